@@ -1,0 +1,392 @@
+//! CSV files: a header row naming `id` and the columns, one record per row.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use csv::{ErrorKind, ReaderBuilder, StringRecord, WriterBuilder};
+use tandem_connector::{Changes, ConnectorError};
+use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
+
+use crate::table::{self, Table, io_error, line_error, version_of};
+
+const BOM: &str = "\u{feff}";
+const BUFFER: usize = 1 << 16;
+
+/// What a column holds.
+#[derive(Debug)]
+enum Column {
+    Id,
+    ModifiedAt,
+    Text(FieldName),
+    /// `business_relations`: a `;`-separated list.
+    List(FieldName),
+    /// Not ours: never exposed, kept as it is.
+    Unknown,
+}
+
+impl Column {
+    fn new(kind: EntityKind, name: &str) -> Column {
+        match name {
+            "id" => Column::Id,
+            "modified_at" => Column::ModifiedAt,
+            field::BUSINESS_RELATIONS if kind == EntityKind::Contact => {
+                Column::List(FieldName::new(name))
+            }
+            _ if table::is_field(kind, name) => Column::Text(FieldName::new(name)),
+            _ => Column::Unknown,
+        }
+    }
+
+    fn field(&self) -> Option<&FieldName> {
+        match self {
+            Column::Text(name) | Column::List(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// How the columns of a file map to a record.
+#[derive(Debug)]
+struct Layout {
+    kind: EntityKind,
+    headers: StringRecord,
+    /// Whether the file starts with a UTF-8 byte order mark (Excel writes one). The
+    /// reader skips it; the writer puts it back.
+    bom: bool,
+    columns: Vec<Column>,
+    id: usize,
+    modified_at: Option<usize>,
+}
+
+impl Layout {
+    /// The layout of a file that does not exist yet: just the `id` column.
+    fn fresh(kind: EntityKind) -> Layout {
+        Layout {
+            kind,
+            headers: StringRecord::from(vec!["id"]),
+            bom: false,
+            columns: vec![Column::Id],
+            id: 0,
+            modified_at: None,
+        }
+    }
+
+    fn new(
+        path: &Path,
+        kind: EntityKind,
+        headers: &StringRecord,
+        bom: bool,
+    ) -> Result<Layout, ConnectorError> {
+        let mut columns = Vec::with_capacity(headers.len());
+        for (i, name) in headers.iter().enumerate() {
+            let column = Column::new(kind, name);
+            // Unknown columns may repeat (they are kept by position); ours may not, or
+            // the record would be ambiguous.
+            if !matches!(column, Column::Unknown) && headers.iter().take(i).any(|n| n == name) {
+                return Err(line_error(path, 1, format!("duplicate column `{name}`")));
+            }
+            columns.push(column);
+        }
+        let id = columns
+            .iter()
+            .position(|c| matches!(c, Column::Id))
+            .ok_or_else(|| line_error(path, 1, "no `id` column"))?;
+        let modified_at = columns.iter().position(|c| matches!(c, Column::ModifiedAt));
+        Ok(Layout {
+            kind,
+            headers: headers.clone(),
+            bom,
+            columns,
+            id,
+            modified_at,
+        })
+    }
+
+    /// The column of field `name`, added at the end if the file has none yet.
+    fn column_for(&mut self, name: &FieldName) -> usize {
+        if let Some(i) = self.columns.iter().position(|c| c.field() == Some(name)) {
+            return i;
+        }
+        self.headers.push_field(name.as_str());
+        self.columns.push(Column::new(self.kind, name.as_str()));
+        self.columns.len() - 1
+    }
+
+    /// A hash of every non-empty cell with its column name. Empty cells do not count,
+    /// so adding a column leaves the versions of the other rows as they were.
+    fn hash(&self, row: &StringRecord, buf: &mut Vec<u8>) -> u64 {
+        buf.clear();
+        for (name, cell) in self.headers.iter().zip(row.iter()) {
+            if !cell.is_empty() {
+                buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
+                buf.extend_from_slice(name.as_bytes());
+                buf.extend_from_slice(&(cell.len() as u64).to_le_bytes());
+                buf.extend_from_slice(cell.as_bytes());
+            }
+        }
+        xxhash_rust::xxh3::xxh3_64(buf)
+    }
+}
+
+/// Reads `path` strictly, calling `each` with every row, its line number and its
+/// `modified_at`. Returns the layout, or `None` when the file is missing or empty.
+fn scan(
+    path: &Path,
+    kind: EntityKind,
+    mut each: impl FnMut(&Layout, &StringRecord, u64, Option<Timestamp>) -> Result<(), ConnectorError>,
+) -> Result<Option<Layout>, ConnectorError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("cannot read", path, e)),
+    };
+    let bom = starts_with_bom(&mut file).map_err(|e| io_error("cannot read", path, e))?;
+    let mut reader = ReaderBuilder::new()
+        .flexible(false)
+        .buffer_capacity(BUFFER)
+        .from_reader(file);
+    let headers = reader.headers().map_err(|e| csv_error(path, None, e))?;
+    if headers.is_empty() {
+        return Ok(None);
+    }
+    let layout = Layout::new(path, kind, headers, bom)?;
+    let mut row = StringRecord::new();
+    while reader
+        .read_record(&mut row)
+        .map_err(|e| csv_error(path, Some(&layout.headers), e))?
+    {
+        let line = row.position().map_or(0, csv::Position::line);
+        if row[layout.id].trim().is_empty() {
+            return Err(line_error(path, line, "empty id"));
+        }
+        let modified_at = match layout.modified_at.map(|i| &row[i]) {
+            None | Some("") => None,
+            Some(text) => Some(
+                Timestamp::parse(text)
+                    .map_err(|e| line_error(path, line, format!("column `modified_at`: {e}")))?,
+            ),
+        };
+        each(&layout, &row, line, modified_at)?;
+    }
+    Ok(Some(layout))
+}
+
+/// Peeks at the first bytes and rewinds.
+fn starts_with_bom(file: &mut File) -> io::Result<bool> {
+    let mut head = Vec::with_capacity(BOM.len());
+    file.take(BOM.len() as u64).read_to_end(&mut head)?;
+    file.rewind()?;
+    Ok(head == BOM.as_bytes())
+}
+
+fn csv_error(path: &Path, headers: Option<&StringRecord>, error: csv::Error) -> ConnectorError {
+    // Errors in the header row carry no position.
+    let line = error.position().map_or(1, csv::Position::line);
+    match error.into_kind() {
+        ErrorKind::Io(e) => io_error("cannot read", path, e),
+        ErrorKind::Utf8 { err, .. } => {
+            let column = match headers.and_then(|h| h.get(err.field())) {
+                Some(name) => format!("`{name}`"),
+                None => format!("{}", err.field() + 1),
+            };
+            line_error(path, line, format!("invalid UTF-8 in column {column}"))
+        }
+        ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => line_error(
+            path,
+            line,
+            format!("expected {expected_len} fields, found {len}"),
+        ),
+        // Seeking and serde are not used here.
+        other => line_error(path, line, format!("{other:?}")),
+    }
+}
+
+/// Every record of the file at `path`; a missing file holds none.
+pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, ConnectorError> {
+    let mut records = Vec::new();
+    let mut lines = Vec::new();
+    let mut buf = Vec::with_capacity(512);
+    scan(path, kind, |layout, row, line, modified_at| {
+        let mut fields = Fields::new();
+        for (column, cell) in layout.columns.iter().zip(row.iter()) {
+            match column {
+                _ if cell.is_empty() => {}
+                Column::Text(name) => fields.set(name.clone(), Value::Text(cell.to_owned())),
+                Column::List(name) => fields.set(name.clone(), split_list(cell)),
+                Column::Id | Column::ModifiedAt | Column::Unknown => {}
+            }
+        }
+        records.push(Record {
+            id: row[layout.id].to_owned(),
+            kind,
+            fields,
+            version: Some(version_of(layout.hash(row, &mut buf))),
+            modified_at,
+            deleted: false,
+        });
+        lines.push(line);
+        Ok(())
+    })?;
+    table::check_unique(path, records.iter().map(|r| r.id.as_str()), &lines)?;
+    Ok(records)
+}
+
+/// `A; B;;C` -> `[A, B, C]`.
+fn split_list(cell: &str) -> Value {
+    Value::List(
+        cell.split(';')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// A CSV file loaded for writing.
+#[derive(Debug)]
+pub(crate) struct CsvTable {
+    path: PathBuf,
+    layout: Layout,
+    /// Rows may be shorter than the header after a column was added; the missing
+    /// cells are empty and are written out as such.
+    rows: Vec<Option<StringRecord>>,
+    index: HashMap<String, usize>,
+}
+
+impl CsvTable {
+    pub(crate) fn load(path: &Path, kind: EntityKind) -> Result<CsvTable, ConnectorError> {
+        let mut rows = Vec::new();
+        let mut lines = Vec::new();
+        let layout = scan(path, kind, |_, row, line, _| {
+            rows.push(Some(row.clone()));
+            lines.push(line);
+            Ok(())
+        })?
+        .unwrap_or_else(|| Layout::fresh(kind));
+        let id = layout.id;
+        table::check_unique(path, rows.iter().flatten().map(|r| &r[id]), &lines)?;
+        let index = rows
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, row)| (row[id].to_owned(), i))
+            .collect();
+        Ok(CsvTable {
+            path: path.to_owned(),
+            layout,
+            rows,
+            index,
+        })
+    }
+
+    fn row(&self, row: usize) -> &StringRecord {
+        self.rows[row].as_ref().expect("index only names live rows")
+    }
+}
+
+impl Table for CsvTable {
+    fn find(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    fn ids(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        let id = self.layout.id;
+        Box::new(self.rows.iter().flatten().map(move |row| &row[id]))
+    }
+
+    fn version(&self, row: usize) -> String {
+        version_of(self.layout.hash(self.row(row), &mut Vec::new()))
+    }
+
+    fn stamps_modified_at(&self) -> bool {
+        self.layout.modified_at.is_some()
+    }
+
+    fn insert(
+        &mut self,
+        id: String,
+        fields: &Fields,
+        stamp: Option<Timestamp>,
+    ) -> Result<usize, ConnectorError> {
+        for (name, _) in fields {
+            self.layout.column_for(name);
+        }
+        let stamp = stamp.map(|t| t.to_string()).unwrap_or_default();
+        let mut row = StringRecord::with_capacity(256, self.layout.columns.len());
+        for column in &self.layout.columns {
+            match column {
+                Column::Id => row.push_field(&id),
+                Column::ModifiedAt => row.push_field(&stamp),
+                Column::Text(name) | Column::List(name) => {
+                    row.push_field(
+                        &fields
+                            .get(name.as_str())
+                            .map(Value::to_cell)
+                            .unwrap_or_default(),
+                    );
+                }
+                Column::Unknown => row.push_field(""),
+            }
+        }
+        self.index.insert(id, self.rows.len());
+        self.rows.push(Some(row));
+        Ok(self.rows.len() - 1)
+    }
+
+    fn update(
+        &mut self,
+        row: usize,
+        changes: &Changes,
+        stamp: Option<Timestamp>,
+    ) -> Result<(), ConnectorError> {
+        for (name, value) in changes {
+            // Clearing a field the file has no column for changes nothing.
+            if !value.is_empty() {
+                self.layout.column_for(name);
+            }
+        }
+        let stamp = stamp.map(|t| t.to_string());
+        let old = self.row(row);
+        let mut new =
+            StringRecord::with_capacity(old.as_slice().len() + 64, self.layout.columns.len());
+        for (i, column) in self.layout.columns.iter().enumerate() {
+            if let (Column::ModifiedAt, Some(stamp)) = (column, &stamp) {
+                new.push_field(stamp);
+            } else if let Some(value) = column.field().and_then(|name| changes.get(name)) {
+                new.push_field(&value.to_cell());
+            } else {
+                new.push_field(old.get(i).unwrap_or(""));
+            }
+        }
+        self.rows[row] = Some(new);
+        Ok(())
+    }
+
+    fn remove(&mut self, row: usize) {
+        if let Some(old) = self.rows[row].take() {
+            self.index.remove(&old[self.layout.id]);
+        }
+    }
+
+    fn save(&self) -> Result<(), ConnectorError> {
+        let width = self.layout.headers.len();
+        crate::atomic::replace(&self.path, |file| {
+            if self.layout.bom {
+                file.write_all(BOM.as_bytes())?;
+            }
+            let mut out = WriterBuilder::new()
+                .buffer_capacity(BUFFER)
+                .from_writer(file);
+            out.write_record(&self.layout.headers)?;
+            for row in self.rows.iter().flatten() {
+                let padding = std::iter::repeat_n("", width - row.len());
+                out.write_record(row.iter().chain(padding))?;
+            }
+            out.flush()
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! Applying write operations to a file loaded in memory, independent of its format.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tandem_connector::{Changes, ConnectorError, WriteOp, WriteOutcome, Written};
+use tandem_model::{EntityKind, FieldName, Fields, Timestamp, field};
+
+/// A whole file of one kind, loaded for writing. Rows are addressed by index; removed
+/// rows keep their index (as a hole) so earlier lookups stay valid within one call.
+pub(crate) trait Table {
+    /// The row holding `id`, if it is live.
+    fn find(&self, id: &str) -> Option<usize>;
+    /// The ids of all live rows.
+    fn ids(&self) -> Box<dyn Iterator<Item = &str> + '_>;
+    /// The row's version: a hash of its full content, unknown columns included.
+    fn version(&self, row: usize) -> String;
+    /// Whether rows carry a `modified_at` column that writes must stamp.
+    fn stamps_modified_at(&self) -> bool;
+    fn insert(
+        &mut self,
+        id: String,
+        fields: &Fields,
+        stamp: Option<Timestamp>,
+    ) -> Result<usize, ConnectorError>;
+    fn update(
+        &mut self,
+        row: usize,
+        changes: &Changes,
+        stamp: Option<Timestamp>,
+    ) -> Result<(), ConnectorError>;
+    fn remove(&mut self, row: usize);
+    /// Rewrites the file atomically.
+    fn save(&self) -> Result<(), ConnectorError>;
+}
+
+/// Applies `ops` in order, one outcome per op. Returns whether any op succeeded, i.e.
+/// whether the file must be saved.
+pub(crate) fn apply(
+    table: &mut impl Table,
+    kind: EntityKind,
+    ops: Vec<WriteOp>,
+) -> (Vec<WriteOutcome>, bool) {
+    // One stamp per call: every row touched by the same write carries the same time.
+    let stamp = table.stamps_modified_at().then(Timestamp::now);
+    let mut ids = IdAllocator::new(kind, table.ids());
+    let mut changed = false;
+    let outcomes = ops
+        .into_iter()
+        .map(|op| {
+            let outcome = apply_one(table, kind, op, stamp, &mut ids);
+            changed |= outcome.is_ok();
+            outcome
+        })
+        .collect();
+    (outcomes, changed)
+}
+
+fn apply_one(
+    table: &mut impl Table,
+    kind: EntityKind,
+    op: WriteOp,
+    stamp: Option<Timestamp>,
+    ids: &mut IdAllocator,
+) -> WriteOutcome {
+    match op {
+        WriteOp::Create { fields } => {
+            check_names(kind, None, fields.iter().map(|(name, _)| name))?;
+            let id = ids.next(|id| table.find(id).is_some());
+            let row = table.insert(id.clone(), &fields, stamp)?;
+            Ok(Written {
+                id,
+                version: Some(table.version(row)),
+                modified_at: stamp,
+            })
+        }
+        WriteOp::Update {
+            id,
+            version,
+            changes,
+        } => {
+            check_names(kind, Some(&id), changes.keys())?;
+            let row = locate(table, &id, version.as_deref())?;
+            table.update(row, &changes, stamp)?;
+            Ok(Written {
+                version: Some(table.version(row)),
+                id,
+                modified_at: stamp,
+            })
+        }
+        WriteOp::Delete { id, version } => {
+            let row = locate(table, &id, version.as_deref())?;
+            table.remove(row);
+            Ok(Written {
+                id,
+                version: None,
+                modified_at: None,
+            })
+        }
+    }
+}
+
+/// Finds the row of `id` and checks that it is still at the expected version.
+fn locate(table: &impl Table, id: &str, expected: Option<&str>) -> Result<usize, ConnectorError> {
+    let row = table
+        .find(id)
+        .ok_or_else(|| ConnectorError::NotFound { id: id.to_owned() })?;
+    match expected {
+        Some(expected) if expected != table.version(row) => {
+            Err(ConnectorError::Conflict { id: id.to_owned() })
+        }
+        _ => Ok(row),
+    }
+}
+
+/// Refuses fields the file could store but would never read back as fields: anything
+/// that is neither canonical for the kind nor an `x_` extra (this includes `id` and
+/// `modified_at`, which are not fields).
+fn check_names<'a>(
+    kind: EntityKind,
+    id: Option<&str>,
+    mut names: impl Iterator<Item = &'a FieldName>,
+) -> Result<(), ConnectorError> {
+    match names.find(|name| !is_field(kind, name.as_str())) {
+        Some(name) => Err(ConnectorError::invalid(
+            id,
+            format!("`{name}` is not a field of a {kind}; use a canonical name or an x_ extra"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether a column or key of a file of `kind` is exposed as a field.
+pub(crate) fn is_field(kind: EntityKind, name: &str) -> bool {
+    field::is_canonical_for(kind, name) || field::is_extra(name)
+}
+
+/// The version string of a row with content hash `hash`.
+pub(crate) fn version_of(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+/// Hands out ids for created rows: the highest numbered id plus one, in its style
+/// (`C0009` -> `C0010`), or `<kind prefix>0001` when no id ends in digits.
+#[derive(Debug)]
+pub(crate) struct IdAllocator {
+    prefix: String,
+    next: u64,
+    width: usize,
+}
+
+impl IdAllocator {
+    pub(crate) fn new<'a>(kind: EntityKind, ids: impl Iterator<Item = &'a str>) -> IdAllocator {
+        let mut best: Option<(&str, u64, usize)> = None;
+        for id in ids {
+            let digits = id.bytes().rev().take_while(u8::is_ascii_digit).count();
+            let (prefix, number) = id.split_at(id.len() - digits);
+            // Ids with too many digits for a u64 are not part of the sequence.
+            let Ok(n) = number.parse::<u64>() else {
+                continue;
+            };
+            if best.is_none_or(|(_, max, _)| n > max) {
+                best = Some((prefix, n, digits));
+            }
+        }
+        match best {
+            Some((prefix, max, width)) => IdAllocator {
+                prefix: prefix.to_owned(),
+                next: max.saturating_add(1),
+                width,
+            },
+            None => IdAllocator {
+                prefix: kind_prefix(kind).to_owned(),
+                next: 1,
+                width: 4,
+            },
+        }
+    }
+
+    /// The next id that `taken` does not claim.
+    pub(crate) fn next(&mut self, taken: impl Fn(&str) -> bool) -> String {
+        loop {
+            let id = format!("{}{:0width$}", self.prefix, self.next, width = self.width);
+            self.next = self.next.saturating_add(1);
+            if !taken(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+fn kind_prefix(kind: EntityKind) -> &'static str {
+    match kind {
+        EntityKind::Contact => "C",
+        EntityKind::Customer => "K",
+        EntityKind::Vendor => "V",
+        EntityKind::BankAccount => "B",
+    }
+}
+
+/// Fails on the second occurrence of an id; `lines[i]` is the line of the i-th id.
+pub(crate) fn check_unique<'a>(
+    path: &Path,
+    ids: impl Iterator<Item = &'a str>,
+    lines: &[u64],
+) -> Result<(), ConnectorError> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(lines.len());
+    for (i, id) in ids.enumerate() {
+        if let Some(first) = seen.insert(id, i) {
+            return Err(line_error(
+                path,
+                lines[i],
+                format!("duplicate id `{id}` (first on line {})", lines[first]),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An error about one line of a file: `<path> line <n>: <message>`.
+pub(crate) fn line_error(
+    path: &Path,
+    line: u64,
+    message: impl std::fmt::Display,
+) -> ConnectorError {
+    ConnectorError::fatal(format!("{} line {line}: {message}", path.display()))
+}
+
+/// An IO error on a file, naming it.
+pub(crate) fn io_error(action: &str, path: &Path, error: std::io::Error) -> ConnectorError {
+    ConnectorError::fatal(format!("{action} {}: {error}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(kind: EntityKind, ids: &[&str]) -> String {
+        IdAllocator::new(kind, ids.iter().copied()).next(|id| ids.contains(&id))
+    }
+
+    #[test]
+    fn ids_continue_the_highest_numbered_sequence() {
+        assert_eq!(next(EntityKind::Contact, &["C0009", "C0002"]), "C0010");
+        assert_eq!(next(EntityKind::Contact, &["C9"]), "C10");
+        assert_eq!(
+            next(EntityKind::Customer, &["K7", "X-0100", "abc"]),
+            "X-0101"
+        );
+        assert_eq!(next(EntityKind::Vendor, &["9999"]), "10000");
+    }
+
+    #[test]
+    fn fresh_ids_use_the_kind_prefix() {
+        assert_eq!(next(EntityKind::Contact, &[]), "C0001");
+        assert_eq!(next(EntityKind::Customer, &["acme"]), "K0001");
+        assert_eq!(next(EntityKind::Vendor, &[]), "V0001");
+        assert_eq!(next(EntityKind::BankAccount, &[]), "B0001");
+    }
+
+    #[test]
+    fn taken_ids_are_skipped() {
+        let mut ids = IdAllocator::new(EntityKind::Contact, std::iter::empty());
+        assert_eq!(ids.next(|id| id == "C0001"), "C0002");
+        assert_eq!(ids.next(|_| false), "C0003");
+    }
+}

@@ -1,0 +1,809 @@
+use std::fs;
+
+use tandem_connector::{Changes, Connector, ConnectorError, ConnectorFactory, WriteOp, Written};
+use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value};
+use tempfile::TempDir;
+
+use super::*;
+
+const CONTACT: EntityKind = EntityKind::Contact;
+
+fn folder() -> TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn csv_in(dir: &TempDir) -> FileConnector {
+    FileConnector::new(dir.path().to_owned(), Format::Csv)
+}
+
+fn jsonl_in(dir: &TempDir) -> FileConnector {
+    FileConnector::new(dir.path().to_owned(), Format::Jsonl)
+}
+
+fn put(dir: &TempDir, name: &str, content: impl AsRef<[u8]>) {
+    fs::write(dir.path().join(name), content).unwrap();
+}
+
+fn get(dir: &TempDir, name: &str) -> String {
+    fs::read_to_string(dir.path().join(name)).unwrap()
+}
+
+async fn read(c: &FileConnector, kind: EntityKind) -> Vec<Record> {
+    let page = c.read(kind, None).await.unwrap();
+    assert_eq!(page.listing, Listing::Full);
+    assert!(!page.has_more);
+    assert_eq!(page.cursor, None);
+    page.records
+}
+
+async fn write(c: &FileConnector, kind: EntityKind, ops: Vec<WriteOp>) -> Vec<WriteOutcome> {
+    c.write(kind, ops).await.unwrap()
+}
+
+fn changes(pairs: &[(&str, Value)]) -> Changes {
+    pairs
+        .iter()
+        .map(|(k, v)| (FieldName::new(k), v.clone()))
+        .collect()
+}
+
+fn update(id: &str, version: Option<&str>, pairs: &[(&str, Value)]) -> WriteOp {
+    WriteOp::Update {
+        id: id.to_owned(),
+        version: version.map(str::to_owned),
+        changes: changes(pairs),
+    }
+}
+
+fn ok(outcome: &WriteOutcome) -> &Written {
+    outcome.as_ref().unwrap()
+}
+
+/// Changes when the file is replaced: the rename brings a new inode.
+#[cfg(unix)]
+fn identity(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().ino()
+}
+
+#[cfg(not(unix))]
+fn identity(path: &Path) -> std::time::SystemTime {
+    fs::metadata(path).unwrap().modified().unwrap()
+}
+
+#[tokio::test]
+async fn reads_columns_in_any_order_and_subset() {
+    let dir = folder();
+    put(
+        &dir,
+        "customers.csv",
+        "city,name,id\nGent,Acme,K1\n,Bolt,K2\n",
+    );
+    put(&dir, "vendors.csv", "id\nV1\n");
+    let c = csv_in(&dir);
+    let customers = read(&c, EntityKind::Customer).await;
+    assert_eq!(customers.len(), 2);
+    assert_eq!(customers[0].id, "K1");
+    assert_eq!(customers[0].kind, EntityKind::Customer);
+    assert_eq!(
+        customers[0].fields,
+        Fields::new().with("name", "Acme").with("city", "Gent")
+    );
+    // Empty cells are empty fields.
+    assert_eq!(customers[1].fields, Fields::new().with("name", "Bolt"));
+    assert_ne!(customers[0].version, customers[1].version);
+    let vendors = read(&c, EntityKind::Vendor).await;
+    assert_eq!(vendors.len(), 1);
+    assert!(vendors[0].fields.is_empty());
+}
+
+#[tokio::test]
+async fn fields_of_other_kinds_and_unknown_columns_are_not_exposed() {
+    let dir = folder();
+    put(
+        &dir,
+        "customers.csv",
+        "id,name,iban,notes,x_rating\nK1,Acme,BE71,call first,5\n",
+    );
+    let records = read(&csv_in(&dir), EntityKind::Customer).await;
+    assert_eq!(
+        records[0].fields,
+        Fields::new().with("name", "Acme").with("x_rating", "5")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_file_is_an_empty_set() {
+    let dir = folder();
+    assert!(read(&csv_in(&dir), CONTACT).await.is_empty());
+    assert!(
+        read(&jsonl_in(&dir), EntityKind::BankAccount)
+            .await
+            .is_empty()
+    );
+    put(&dir, "vendors.csv", "");
+    assert!(read(&csv_in(&dir), EntityKind::Vendor).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_folder_is_an_error_not_an_empty_set() {
+    let dir = folder();
+    let missing = dir.path().join("nowhere");
+    let c = FileConnector::new(missing.clone(), Format::Csv);
+    let err = c.check().await.unwrap_err();
+    assert!(matches!(err, ConnectorError::Config { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(c.read(CONTACT, None).await.is_err());
+    assert!(c.write(CONTACT, vec![]).await.is_err());
+}
+
+#[tokio::test]
+async fn check_reports_the_first_broken_file() {
+    let dir = folder();
+    put(&dir, "contacts.csv", "id,name\nC1,Ann\n");
+    let c = csv_in(&dir);
+    c.check().await.unwrap();
+    put(&dir, "vendors.csv", "id,name\nV1\n");
+    let err = c.check().await.unwrap_err().to_string();
+    assert!(err.contains("vendors.csv line 2"), "{err}");
+}
+
+#[tokio::test]
+async fn unknown_columns_survive_update_create_and_delete_byte_for_byte() {
+    let dir = folder();
+    let original = "id,notes,name,legacy\n\
+                    C1,\"  spaced, \"\"quoted\"\"\nand multi-line  \",Ann,\u{e9}t\u{e9}\n\
+                    C2,keep me,Bob,  x  \n\
+                    C3,gone,Cy,y\n";
+    put(&dir, "contacts.csv", original);
+    let c = csv_in(&dir);
+    let before = read(&c, CONTACT).await;
+    let outcomes = write(
+        &c,
+        CONTACT,
+        vec![
+            update("C1", None, &[("name", Value::text("Anna"))]),
+            WriteOp::Create {
+                fields: Fields::new().with("name", "Dee"),
+            },
+            WriteOp::Delete {
+                id: "C3".into(),
+                version: None,
+            },
+        ],
+    )
+    .await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+
+    let mut reader = ::csv::Reader::from_path(dir.path().join("contacts.csv")).unwrap();
+    let rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(
+        reader.headers().unwrap(),
+        vec!["id", "notes", "name", "legacy"]
+    );
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                "C1",
+                "  spaced, \"quoted\"\nand multi-line  ",
+                "Anna",
+                "\u{e9}t\u{e9}"
+            ],
+            vec!["C2", "keep me", "Bob", "  x  "],
+            vec!["C4", "", "Dee", ""],
+        ]
+    );
+    // The untouched row reads back at its old version.
+    let after = read(&c, CONTACT).await;
+    assert_eq!(after[1].fields, Fields::new().with("name", "Bob"));
+    assert_eq!(after[1].version, before[1].version);
+}
+
+#[tokio::test]
+async fn versions_cover_unknown_columns() {
+    let dir = folder();
+    put(&dir, "contacts.csv", "id,name,notes\nC1,Ann,a\n");
+    let c = csv_in(&dir);
+    let before = read(&c, CONTACT).await[0].version.clone();
+    put(&dir, "contacts.csv", "id,name,notes\nC1,Ann,b\n");
+    let after = read(&c, CONTACT).await[0].version.clone();
+    assert!(before.is_some());
+    assert_ne!(before, after);
+}
+
+#[tokio::test]
+async fn written_versions_match_what_a_read_returns() {
+    for format in [Format::Csv, Format::Jsonl] {
+        let dir = folder();
+        let c = FileConnector::new(dir.path().to_owned(), format);
+        let created = write(
+            &c,
+            CONTACT,
+            vec![WriteOp::Create {
+                fields: Fields::new().with("name", "Ann"),
+            }],
+        )
+        .await;
+        let created = ok(&created[0]).clone();
+        assert_eq!(read(&c, CONTACT).await[0].version, created.version);
+        let updated = write(
+            &c,
+            CONTACT,
+            vec![update(
+                &created.id,
+                created.version.as_deref(),
+                &[("city", Value::text("Gent"))],
+            )],
+        )
+        .await;
+        let updated = ok(&updated[0]);
+        assert_ne!(updated.version, created.version);
+        assert_eq!(
+            read(&c, CONTACT).await[0].version,
+            updated.version,
+            "{format:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_new_column_goes_last_and_leaves_other_versions_alone() {
+    let dir = folder();
+    put(&dir, "contacts.csv", "id,name\nC1,Ann\nC2,Bob\n");
+    let c = csv_in(&dir);
+    let before = read(&c, CONTACT).await;
+    write(
+        &c,
+        CONTACT,
+        vec![update("C1", None, &[("x_rating", Value::Number(5.0))])],
+    )
+    .await;
+    assert_eq!(
+        get(&dir, "contacts.csv"),
+        "id,name,x_rating\nC1,Ann,5\nC2,Bob,\n"
+    );
+    let after = read(&c, CONTACT).await;
+    assert_eq!(after[1].version, before[1].version);
+    assert_ne!(after[0].version, before[0].version);
+    // Null clears a cell.
+    write(
+        &c,
+        CONTACT,
+        vec![update("C1", None, &[("name", Value::Null)])],
+    )
+    .await;
+    assert_eq!(
+        get(&dir, "contacts.csv"),
+        "id,name,x_rating\nC1,,5\nC2,Bob,\n"
+    );
+}
+
+#[tokio::test]
+async fn jsonl_round_trip_keeps_types_and_unknown_keys() {
+    let dir = folder();
+    put(
+        &dir,
+        "contacts.jsonl",
+        concat!(
+            r#"{"id":"C1","name":"Ann","x_vip":true,"x_score":4.5,"x_since":{"date":"2020-02-01"},"business_relations":["CUST","VEND"],"email":null,"crm":{"deep":[1,2]}}"#,
+            "\n\n",
+            r#"{"id": "C2", "name": "Bob",   "note": "keep   spacing"}"#,
+            "\r\n",
+        ),
+    );
+    let c = jsonl_in(&dir);
+    let records = read(&c, CONTACT).await;
+    assert_eq!(records.len(), 2);
+    let expected = Fields::new()
+        .with("name", "Ann")
+        .with("x_vip", Value::Bool(true))
+        .with("x_score", Value::Number(4.5))
+        .with("x_since", Value::date("2020-02-01").unwrap())
+        .with(
+            "business_relations",
+            Value::List(vec!["CUST".into(), "VEND".into()]),
+        );
+    assert_eq!(records[0].fields, expected);
+
+    let outcomes = write(
+        &c,
+        CONTACT,
+        vec![
+            update(
+                "C1",
+                records[0].version.as_deref(),
+                &[("x_score", Value::Number(5.0)), ("x_vip", Value::Null)],
+            ),
+            WriteOp::Create {
+                fields: Fields::new()
+                    .with("name", "Cy")
+                    .with("x_vip", Value::Bool(false)),
+            },
+        ],
+    )
+    .await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let text = get(&dir, "contacts.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            r#"{"id":"C1","business_relations":["CUST","VEND"],"crm":{"deep":[1,2]},"email":null,"name":"Ann","x_score":5,"x_since":{"date":"2020-02-01"}}"#,
+            // Untouched rows are written back as they were.
+            r#"{"id": "C2", "name": "Bob",   "note": "keep   spacing"}"#,
+            r#"{"id":"C3","name":"Cy","x_vip":false}"#,
+        ]
+    );
+    let again = read(&c, CONTACT).await;
+    assert_eq!(again[1].version, records[1].version);
+    assert_eq!(again[0].fields.get("x_score"), Some(&Value::Number(5.0)));
+    assert_eq!(again[0].fields.get("x_vip"), None);
+    assert_eq!(again[2].fields.get("x_vip"), Some(&Value::Bool(false)));
+}
+
+#[tokio::test]
+async fn malformed_jsonl_names_file_and_line() {
+    let dir = folder();
+    let c = jsonl_in(&dir);
+    let path = dir.path().join("vendors.jsonl");
+    for (content, message) in [
+        ("{\"id\":\"V1\"}\n{\"id\":\"V2\",\n", "line 2: invalid JSON"),
+        ("{\"id\":\"V1\"}\n\n[1]\n", "line 3: expected a JSON object"),
+        ("{\"name\":\"x\"}\n", "line 1: no `id`"),
+        ("{\"id\":\"V1\",\"name\":{\"x\":1}}\n", "line 1: `name`:"),
+        (
+            "{\"id\":\"V1\"}\n{\"id\":\"V1\"}\n",
+            "line 2: duplicate id `V1` (first on line 1)",
+        ),
+        (
+            "{\"id\":\"V1\",\"modified_at\":\"soon\"}\n",
+            "line 1: `modified_at`:",
+        ),
+    ] {
+        fs::write(&path, content).unwrap();
+        let err = c.read(EntityKind::Vendor, None).await.unwrap_err();
+        assert!(matches!(err, ConnectorError::Fatal { .. }), "{err:?}");
+        let expected = format!("{} {message}", path.display());
+        assert!(err.to_string().starts_with(&expected), "{err} / {expected}");
+        // A write refuses the file too and leaves it as it is.
+        let create = WriteOp::Create {
+            fields: Fields::new().with("name", "x"),
+        };
+        assert!(c.write(EntityKind::Vendor, vec![create]).await.is_err());
+        assert_eq!(fs::read_to_string(&path).unwrap(), content);
+    }
+}
+
+#[tokio::test]
+async fn creates_continue_the_id_sequence() {
+    let dir = folder();
+    put(
+        &dir,
+        "contacts.csv",
+        "id,name\nC0002,Ann\nC0009,Bob\nC0003,Cy\n",
+    );
+    let c = csv_in(&dir);
+    let create = |name: &str| WriteOp::Create {
+        fields: Fields::new().with("name", name),
+    };
+    let outcomes = write(&c, CONTACT, vec![create("Dee"), create("Eve")]).await;
+    assert_eq!(ok(&outcomes[0]).id, "C0010");
+    assert_eq!(ok(&outcomes[1]).id, "C0011");
+    assert_eq!(
+        get(&dir, "contacts.csv"),
+        "id,name\nC0002,Ann\nC0009,Bob\nC0003,Cy\nC0010,Dee\nC0011,Eve\n"
+    );
+}
+
+#[tokio::test]
+async fn creates_in_new_files_use_a_prefix_per_kind() {
+    let dir = folder();
+    let c = csv_in(&dir);
+    let create = || WriteOp::Create {
+        fields: Fields::new().with("name", "Acme").with("city", "Gent"),
+    };
+    for (kind, id) in [
+        (EntityKind::Contact, "C0001"),
+        (EntityKind::Customer, "K0001"),
+        (EntityKind::Vendor, "V0001"),
+        (EntityKind::BankAccount, "B0001"),
+    ] {
+        let outcomes = write(&c, kind, vec![create(), create()]).await;
+        assert_eq!(ok(&outcomes[0]).id, id);
+        assert_eq!(ok(&outcomes[0]).modified_at, None);
+    }
+    // The header of a new file is `id` and the fields used.
+    assert_eq!(
+        get(&dir, "vendors.csv"),
+        "id,city,name\nV0001,Gent,Acme\nV0002,Gent,Acme\n"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_version_conflicts_and_the_other_ops_still_apply() {
+    let dir = folder();
+    put(&dir, "customers.csv", "id,name\nK1,Acme\nK2,Bolt\n");
+    let c = csv_in(&dir);
+    let records = read(&c, EntityKind::Customer).await;
+    let outcomes = write(
+        &c,
+        EntityKind::Customer,
+        vec![
+            update(
+                "K1",
+                Some("0000000000000000"),
+                &[("name", Value::text("Stale"))],
+            ),
+            update(
+                "K2",
+                records[1].version.as_deref(),
+                &[("name", Value::text("Bolt NV"))],
+            ),
+            WriteOp::Delete {
+                id: "K1".into(),
+                version: Some("0000000000000000".into()),
+            },
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0],
+        Err(ConnectorError::Conflict { id: "K1".into() })
+    );
+    assert_eq!(ok(&outcomes[1]).id, "K2");
+    assert_eq!(
+        outcomes[2],
+        Err(ConnectorError::Conflict { id: "K1".into() })
+    );
+    assert_eq!(get(&dir, "customers.csv"), "id,name\nK1,Acme\nK2,Bolt NV\n");
+}
+
+#[tokio::test]
+async fn missing_ids_are_not_found() {
+    let dir = folder();
+    put(&dir, "customers.csv", "id,name\nK1,Acme\n");
+    let before = identity(&dir.path().join("customers.csv"));
+    let c = csv_in(&dir);
+    let outcomes = write(
+        &c,
+        EntityKind::Customer,
+        vec![
+            update("K9", None, &[("name", Value::text("x"))]),
+            WriteOp::Delete {
+                id: "K8".into(),
+                version: None,
+            },
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0],
+        Err(ConnectorError::NotFound { id: "K9".into() })
+    );
+    assert_eq!(
+        outcomes[1],
+        Err(ConnectorError::NotFound { id: "K8".into() })
+    );
+    // Nothing succeeded, so nothing was rewritten; no file is created either.
+    assert_eq!(identity(&dir.path().join("customers.csv")), before);
+    let outcomes = write(
+        &c,
+        EntityKind::Vendor,
+        vec![WriteOp::Delete {
+            id: "V1".into(),
+            version: None,
+        }],
+    )
+    .await;
+    assert!(outcomes[0].is_err());
+    assert!(!dir.path().join("vendors.csv").exists());
+}
+
+#[tokio::test]
+async fn delete_removes_the_row() {
+    let dir = folder();
+    put(&dir, "bank_accounts.csv", "id,iban\nB1,BE1\nB2,BE2\n");
+    let c = csv_in(&dir);
+    let version = read(&c, EntityKind::BankAccount).await[0].version.clone();
+    let outcomes = write(
+        &c,
+        EntityKind::BankAccount,
+        vec![
+            WriteOp::Delete {
+                id: "B1".into(),
+                version,
+            },
+            // Gone within the same call.
+            update("B1", None, &[("iban", Value::text("BE9"))]),
+        ],
+    )
+    .await;
+    assert_eq!(
+        ok(&outcomes[0]),
+        &Written {
+            id: "B1".into(),
+            version: None,
+            modified_at: None
+        }
+    );
+    assert_eq!(
+        outcomes[1],
+        Err(ConnectorError::NotFound { id: "B1".into() })
+    );
+    assert_eq!(get(&dir, "bank_accounts.csv"), "id,iban\nB2,BE2\n");
+}
+
+#[tokio::test]
+async fn rewrites_leave_no_tmp_file() {
+    for format in [Format::Csv, Format::Jsonl] {
+        let dir = folder();
+        let c = FileConnector::new(dir.path().to_owned(), format);
+        write(
+            &c,
+            CONTACT,
+            vec![WriteOp::Create {
+                fields: Fields::new().with("name", "Ann"),
+            }],
+        )
+        .await;
+        write(
+            &c,
+            CONTACT,
+            vec![update("C0001", None, &[("name", Value::text("Anna"))])],
+        )
+        .await;
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![format!("contacts.{}", format.extension())]);
+    }
+}
+
+#[tokio::test]
+async fn malformed_csv_names_file_and_line_and_is_left_alone() {
+    let dir = folder();
+    let c = csv_in(&dir);
+    let path = dir.path().join("contacts.csv");
+    let cases: [(&[u8], &str); 6] = [
+        (
+            b"id,name,city,phone,email\nC1,a,b,c,d\nC2,a,b,c,d\nC3,a,b\n",
+            "line 4: expected 5 fields, found 3",
+        ),
+        (
+            b"id,name\nC1,Ann\nC2,B\xffb\n",
+            "line 3: invalid UTF-8 in column `name`",
+        ),
+        (b"name,city\nAnn,Gent\n", "line 1: no `id` column"),
+        (b"id,name\nC1,Ann\n,Bob\n", "line 3: empty id"),
+        (
+            b"id,name\nC1,Ann\nC2,Bob\nC1,Cy\n",
+            "line 4: duplicate id `C1` (first on line 2)",
+        ),
+        (
+            b"id,modified_at\nC1,2024-05-01T12:00:00Z\nC2,tomorrow\n",
+            "line 3: column `modified_at`:",
+        ),
+    ];
+    for (content, message) in cases {
+        fs::write(&path, content).unwrap();
+        let err = c.read(CONTACT, None).await.unwrap_err();
+        assert!(matches!(err, ConnectorError::Fatal { .. }), "{err:?}");
+        let expected = format!("{} {message}", path.display());
+        assert!(err.to_string().starts_with(&expected), "{err} / {expected}");
+        let ops = vec![
+            WriteOp::Create {
+                fields: Fields::new().with("name", "x"),
+            },
+            update("C1", None, &[("name", Value::text("y"))]),
+        ];
+        let err = c.write(CONTACT, ops).await.unwrap_err();
+        assert!(err.to_string().starts_with(&expected), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), content);
+    }
+}
+
+#[tokio::test]
+async fn business_relations_are_a_list() {
+    let dir = folder();
+    put(
+        &dir,
+        "contacts.csv",
+        "id,business_relations\nC1, CUST ;;VEND\nC2,\n",
+    );
+    put(
+        &dir,
+        "customers.csv",
+        "id,business_relations\nK1,CUST;VEND\n",
+    );
+    let c = csv_in(&dir);
+    let records = read(&c, CONTACT).await;
+    assert_eq!(
+        records[0].fields.get("business_relations"),
+        Some(&Value::List(vec!["CUST".into(), "VEND".into()]))
+    );
+    assert!(records[1].fields.is_empty());
+    // Only contacts have relations; for customers the column is unknown.
+    assert!(read(&c, EntityKind::Customer).await[0].fields.is_empty());
+
+    let relations = Value::List(vec!["BANK".into(), "CUST".into()]);
+    write(
+        &c,
+        CONTACT,
+        vec![update(
+            "C2",
+            None,
+            &[("business_relations", relations.clone())],
+        )],
+    )
+    .await;
+    assert_eq!(
+        get(&dir, "contacts.csv"),
+        "id,business_relations\nC1, CUST ;;VEND\nC2,BANK;CUST\n"
+    );
+    assert_eq!(
+        read(&c, CONTACT).await[1].fields.get("business_relations"),
+        Some(&relations)
+    );
+}
+
+#[tokio::test]
+async fn modified_at_is_read_and_stamped() {
+    let dir = folder();
+    put(
+        &dir,
+        "contacts.csv",
+        "id,name,modified_at\nC1,Ann,2024-05-01T12:00:00Z\nC2,Bob,\n",
+    );
+    let c = csv_in(&dir);
+    let records = read(&c, CONTACT).await;
+    assert_eq!(
+        records[0].modified_at,
+        Some(Timestamp::parse("2024-05-01T12:00:00Z").unwrap())
+    );
+    assert_eq!(records[1].modified_at, None);
+    assert!(records[0].fields.get("modified_at").is_none());
+
+    let before = Timestamp::now();
+    let outcomes = write(
+        &c,
+        CONTACT,
+        vec![
+            update("C2", None, &[("name", Value::text("Bobby"))]),
+            WriteOp::Create {
+                fields: Fields::new().with("name", "Cy"),
+            },
+        ],
+    )
+    .await;
+    let stamp = ok(&outcomes[0]).modified_at.unwrap();
+    assert!(stamp >= before);
+    assert_eq!(ok(&outcomes[1]).modified_at, Some(stamp));
+    let records = read(&c, CONTACT).await;
+    assert_eq!(
+        records[0].modified_at,
+        Some(Timestamp::parse("2024-05-01T12:00:00Z").unwrap())
+    );
+    assert_eq!(records[1].modified_at, Some(stamp));
+    assert_eq!(records[2].modified_at, Some(stamp));
+}
+
+#[tokio::test]
+async fn jsonl_stamps_modified_at_when_rows_carry_it() {
+    let dir = folder();
+    put(
+        &dir,
+        "vendors.jsonl",
+        "{\"id\":\"V1\",\"name\":\"Acme\",\"modified_at\":\"2024-05-01\"}\n",
+    );
+    let c = jsonl_in(&dir);
+    let outcomes = write(
+        &c,
+        EntityKind::Vendor,
+        vec![update("V1", None, &[("city", Value::text("Gent"))])],
+    )
+    .await;
+    let stamp = ok(&outcomes[0]).modified_at.unwrap();
+    assert_eq!(
+        read(&c, EntityKind::Vendor).await[0].modified_at,
+        Some(stamp)
+    );
+}
+
+#[tokio::test]
+async fn fields_the_kind_does_not_have_are_refused() {
+    let dir = folder();
+    put(&dir, "customers.csv", "id,name\nK1,Acme\n");
+    let c = csv_in(&dir);
+    let outcomes = write(
+        &c,
+        EntityKind::Customer,
+        vec![
+            update("K1", None, &[("iban", Value::text("BE1"))]),
+            update("K1", None, &[("id", Value::text("K2"))]),
+            WriteOp::Create {
+                fields: Fields::new().with("modified_at", "now"),
+            },
+        ],
+    )
+    .await;
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Err(ConnectorError::InvalidRecord { .. })),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(get(&dir, "customers.csv"), "id,name\nK1,Acme\n");
+}
+
+#[tokio::test]
+async fn a_byte_order_mark_is_not_part_of_the_header_and_is_kept() {
+    let dir = folder();
+    put(&dir, "contacts.csv", "\u{feff}id,name\nC1,Ann\n");
+    let c = csv_in(&dir);
+    assert_eq!(read(&c, CONTACT).await[0].id, "C1");
+    write(
+        &c,
+        CONTACT,
+        vec![update("C1", None, &[("name", Value::text("Anna"))])],
+    )
+    .await;
+    assert_eq!(get(&dir, "contacts.csv"), "\u{feff}id,name\nC1,Anna\n");
+}
+
+#[test]
+fn the_factory_resolves_paths_and_names_unknown_settings() {
+    let context = BuildContext {
+        base_dir: PathBuf::from("/etc/tandem"),
+    };
+    let factory = FileConnectorFactory;
+    assert_eq!(factory.type_name(), "file");
+    let built = factory
+        .build(
+            serde_json::json!({"path": "data", "format": "jsonl"}),
+            &context,
+        )
+        .unwrap();
+    let debug = format!("{built:?}");
+    assert!(
+        debug.contains("/etc/tandem/data") && debug.contains("Jsonl"),
+        "{debug}"
+    );
+
+    let err = factory
+        .build(
+            serde_json::json!({"path": "data", "formt": "csv"}),
+            &context,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Config { .. }));
+    assert!(err.to_string().contains("formt"), "{err}");
+    let err = factory
+        .build(
+            serde_json::json!({"path": "data", "format": "xml"}),
+            &context,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("xml"), "{err}");
+}
+
+#[test]
+fn capabilities_are_full_listings_with_writes() {
+    let c = FileConnector::new(PathBuf::from("data"), Format::default());
+    let caps = c.capabilities();
+    assert_eq!(caps.kinds, EntityKind::ALL.to_vec());
+    assert!(!caps.incremental && caps.write && caps.delete);
+    assert!(caps.max_batch >= 100_000);
+    assert_eq!(
+        c.file(EntityKind::BankAccount),
+        PathBuf::from("data/bank_accounts.csv")
+    );
+}

@@ -1,0 +1,336 @@
+//! An in-memory connector: a faithful, fully featured reference implementation of the
+//! [`Connector`] contract, incremental with tombstones, for tests and benchmarks of the
+//! engine. It is not registered as a config `type`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use tandem_model::{EntityKind, Fields, Record, Timestamp};
+
+use crate::{Capabilities, Connector, ConnectorError, Cursor, Listing, Page, WriteOp, WriteOutcome, Written};
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Live records by id.
+    records: BTreeMap<String, Record>,
+    /// Sequence number of the last change of each id (live or deleted).
+    changed_at: BTreeMap<String, u64>,
+    /// Ids deleted, with the sequence number of the delete.
+    deleted: BTreeMap<String, u64>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tables: BTreeMap<EntityKind, Table>,
+    sequence: u64,
+    /// When set, reads fail after this many pages (to test R16).
+    fail_after_pages: Option<usize>,
+    pages_served: usize,
+}
+
+/// See the module docs. `incremental = false` makes every read a full listing, like a
+/// system without change tracking.
+#[derive(Debug)]
+pub struct MemoryConnector {
+    inner: Mutex<Inner>,
+    kinds: Vec<EntityKind>,
+    incremental: bool,
+    page_size: usize,
+    id_prefix: String,
+}
+
+impl MemoryConnector {
+    pub fn new(kinds: &[EntityKind], incremental: bool) -> MemoryConnector {
+        MemoryConnector {
+            inner: Mutex::new(Inner {
+                tables: kinds.iter().map(|k| (*k, Table::default())).collect(),
+                sequence: 0,
+                fail_after_pages: None,
+                pages_served: 0,
+            }),
+            kinds: kinds.to_vec(),
+            incremental,
+            page_size: 1000,
+            id_prefix: "M".to_owned(),
+        }
+    }
+
+    pub fn with_page_size(mut self, page_size: usize) -> MemoryConnector {
+        self.page_size = page_size.max(1);
+        self
+    }
+
+    pub fn with_id_prefix(mut self, prefix: &str) -> MemoryConnector {
+        self.id_prefix = prefix.to_owned();
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic in a test while holding the lock must not hide the real failure.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Inserts or replaces a record as a user of the system would, outside Tandem.
+    pub fn put(&self, kind: EntityKind, id: &str, fields: Fields) {
+        let mut inner = self.lock();
+        inner.sequence += 1;
+        let seq = inner.sequence;
+        let table = inner.tables.entry(kind).or_default();
+        let record = Record {
+            version: Some(format!("v{seq}")),
+            modified_at: Some(Timestamp(seq as i64 * 1000)),
+            ..Record::new(kind, id, fields)
+        };
+        table.records.insert(id.to_owned(), record);
+        table.changed_at.insert(id.to_owned(), seq);
+        table.deleted.remove(id);
+    }
+
+    /// Deletes a record as a user of the system would.
+    pub fn remove(&self, kind: EntityKind, id: &str) {
+        let mut inner = self.lock();
+        inner.sequence += 1;
+        let seq = inner.sequence;
+        let table = inner.tables.entry(kind).or_default();
+        if table.records.remove(id).is_some() {
+            table.changed_at.insert(id.to_owned(), seq);
+            table.deleted.insert(id.to_owned(), seq);
+        }
+    }
+
+    pub fn get(&self, kind: EntityKind, id: &str) -> Option<Record> {
+        self.lock().tables.get(&kind)?.records.get(id).cloned()
+    }
+
+    pub fn all(&self, kind: EntityKind) -> Vec<Record> {
+        self.lock()
+            .tables
+            .get(&kind)
+            .map(|t| t.records.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes reads fail with a transient error once `pages` more pages were served.
+    pub fn fail_reads_after(&self, pages: Option<usize>) {
+        let mut inner = self.lock();
+        inner.fail_after_pages = pages;
+        inner.pages_served = 0;
+    }
+
+    fn apply(inner: &mut Inner, kind: EntityKind, op: WriteOp, prefix: &str) -> WriteOutcome {
+        inner.sequence += 1;
+        let seq = inner.sequence;
+        let table = inner.tables.entry(kind).or_default();
+        let check = |record: &Record, id: &str, version: &Option<String>| match version {
+            Some(v) if record.version.as_ref() != Some(v) => Err(ConnectorError::Conflict { id: id.to_owned() }),
+            _ => Ok(()),
+        };
+        let id = match op {
+            WriteOp::Create { fields } => {
+                table.next_id += 1;
+                let mut id = format!("{prefix}{}", table.next_id);
+                while table.records.contains_key(&id) {
+                    table.next_id += 1;
+                    id = format!("{prefix}{}", table.next_id);
+                }
+                table.records.insert(id.clone(), Record::new(kind, id.clone(), fields));
+                id
+            }
+            WriteOp::Update { id, version, changes } => {
+                let record = table
+                    .records
+                    .get_mut(&id)
+                    .ok_or_else(|| ConnectorError::NotFound { id: id.clone() })?;
+                check(record, &id, &version)?;
+                record.fields.apply(&changes);
+                id
+            }
+            WriteOp::Delete { id, version } => {
+                let record = table
+                    .records
+                    .get(&id)
+                    .ok_or_else(|| ConnectorError::NotFound { id: id.clone() })?;
+                check(record, &id, &version)?;
+                table.records.remove(&id);
+                table.deleted.insert(id.clone(), seq);
+                table.changed_at.insert(id.clone(), seq);
+                return Ok(Written {
+                    id,
+                    version: None,
+                    modified_at: None,
+                });
+            }
+        };
+        let record = table.records.get_mut(&id).expect("record was just written");
+        record.version = Some(format!("v{seq}"));
+        record.modified_at = Some(Timestamp(seq as i64 * 1000));
+        table.changed_at.insert(id.clone(), seq);
+        Ok(Written {
+            id,
+            version: record.version.clone(),
+            modified_at: record.modified_at,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for MemoryConnector {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kinds: self.kinds.clone(),
+            incremental: self.incremental,
+            write: true,
+            delete: true,
+            max_batch: 500,
+        }
+    }
+
+    async fn check(&self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    /// Cursors are `<since>:<after-id>`: changes with a sequence number above `since`,
+    /// paged by id. A full listing pages by id from an empty cursor.
+    async fn read(&self, kind: EntityKind, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
+        let mut inner = self.lock();
+        if let Some(limit) = inner.fail_after_pages {
+            if inner.pages_served >= limit {
+                return Err(ConnectorError::transient("connection reset while listing"));
+            }
+        }
+        inner.pages_served += 1;
+        let sequence = inner.sequence;
+        let table = inner
+            .tables
+            .get(&kind)
+            .ok_or_else(|| ConnectorError::config(format!("this connector holds no {}", kind.plural())))?;
+        let (listing, since, after, snapshot) = match cursor.map(|c| c.0.as_str()) {
+            Some(c) => {
+                let mut parts = c.splitn(4, ':');
+                let mode = parts.next().unwrap_or_default();
+                let since: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let snapshot: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(sequence);
+                let after = parts.next().unwrap_or_default().to_owned();
+                let listing = if mode == "full" || !self.incremental {
+                    Listing::Full
+                } else {
+                    Listing::Changes
+                };
+                (listing, since, after, snapshot)
+            }
+            None => (Listing::Full, 0, String::new(), sequence),
+        };
+        let mut records = Vec::new();
+        let mut last_id = None;
+        let candidates: Box<dyn Iterator<Item = (&String, &u64)>> = match listing {
+            Listing::Full => Box::new(table.changed_at.iter().filter(|(id, _)| table.records.contains_key(*id))),
+            Listing::Changes => Box::new(table.changed_at.iter().filter(|(_, seq)| **seq > since)),
+        };
+        let mut has_more = false;
+        for (id, _) in candidates.filter(|(id, _)| after.is_empty() || id.as_str() > after.as_str()) {
+            if records.len() == self.page_size {
+                has_more = true;
+                break;
+            }
+            records.push(match table.records.get(id) {
+                Some(record) => record.clone(),
+                None => Record::tombstone(kind, id.clone()),
+            });
+            last_id = Some(id.clone());
+        }
+        let mode = match listing {
+            Listing::Full => "full",
+            Listing::Changes => "changes",
+        };
+        let cursor = if has_more {
+            Cursor(format!("{mode}:{since}:{snapshot}:{}", last_id.unwrap_or_default()))
+        } else {
+            // The next run asks for changes since the snapshot this read started from.
+            Cursor(format!("changes:{snapshot}:{snapshot}:"))
+        };
+        Ok(Page {
+            records,
+            listing,
+            cursor: Some(cursor),
+            has_more,
+        })
+    }
+
+    async fn write(&self, kind: EntityKind, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let mut inner = self.lock();
+        Ok(ops
+            .into_iter()
+            .map(|op| Self::apply(&mut inner, kind, op, &self.id_prefix))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Changes;
+    use tandem_model::{FieldName, Value};
+
+    async fn read_all(c: &MemoryConnector, kind: EntityKind, cursor: Option<Cursor>) -> (Vec<Record>, Listing, Cursor) {
+        let mut cursor = cursor;
+        let mut out = Vec::new();
+        loop {
+            let page = c.read(kind, cursor.as_ref()).await.unwrap();
+            out.extend(page.records);
+            cursor = page.cursor;
+            if !page.has_more {
+                return (out, page.listing, cursor.unwrap());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn full_listing_then_changes_with_tombstones() {
+        let c = MemoryConnector::new(&[EntityKind::Customer], true).with_page_size(2);
+        for i in 0..5 {
+            c.put(EntityKind::Customer, &format!("K{i}"), Fields::new().with("name", "x"));
+        }
+        let (all, listing, cursor) = read_all(&c, EntityKind::Customer, None).await;
+        assert_eq!(all.len(), 5);
+        assert_eq!(listing, Listing::Full);
+
+        c.remove(EntityKind::Customer, "K1");
+        let mut changes = Changes::new();
+        changes.insert(FieldName::new("name"), Value::text("y"));
+        let out = c
+            .write(
+                EntityKind::Customer,
+                vec![WriteOp::Update {
+                    id: "K2".into(),
+                    version: Some("v0".into()),
+                    changes: changes.clone(),
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(out[0], Err(ConnectorError::Conflict { id: "K2".into() }));
+        let version = c.get(EntityKind::Customer, "K2").unwrap().version;
+        let out = c
+            .write(EntityKind::Customer, vec![WriteOp::Update { id: "K2".into(), version, changes }])
+            .await
+            .unwrap();
+        assert!(out[0].is_ok());
+
+        let (changed, listing, _) = read_all(&c, EntityKind::Customer, Some(cursor)).await;
+        assert_eq!(listing, Listing::Changes);
+        let ids: Vec<_> = changed.iter().map(|r| (r.id.as_str(), r.deleted)).collect();
+        assert_eq!(ids, vec![("K1", true), ("K2", false)]);
+    }
+
+    #[tokio::test]
+    async fn reads_can_be_made_to_fail() {
+        let c = MemoryConnector::new(&[EntityKind::Contact], false).with_page_size(1);
+        c.put(EntityKind::Contact, "C1", Fields::new());
+        c.put(EntityKind::Contact, "C2", Fields::new());
+        c.fail_reads_after(Some(1));
+        let page = c.read(EntityKind::Contact, None).await.unwrap();
+        assert!(page.has_more);
+        assert!(c.read(EntityKind::Contact, page.cursor.as_ref()).await.is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! What the engine needs to know about a deployment: where the contacts are and which
+//! business relations to keep (R1). The `tandem` binary reads these from `tandem.toml`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tandem_model::{EntityKind, field};
+
+/// The contact side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactsConfig {
+    /// The connector (by its name under `[connectors]`) that holds the contacts.
+    pub connector: String,
+    /// Contact fields that sync never overwrites (replaces the default, empty list).
+    #[serde(default)]
+    pub preserve: Option<Vec<String>>,
+}
+
+/// One business relation: a code and the kind of account it stands for (R1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelationConfig {
+    /// The account kind this code stands for.
+    pub kind: EntityKind,
+    /// The connector (by its name under `[connectors]`) that holds these accounts.
+    pub connector: String,
+    /// Give every account without a contact a new company contact (R6).
+    #[serde(default)]
+    pub create_contacts: bool,
+    /// Match tiers tried in order to link existing records (R4), e.g.
+    /// `[["vat_registration_no"], ["email"], ["name", "post_code"]]`.
+    #[serde(default, rename = "match")]
+    pub match_tiers: Vec<MatchTier>,
+    /// Who wins when both sides changed the same field (R15).
+    #[serde(default)]
+    pub conflict: ConflictPolicy,
+    /// Which side's values a new link starts from (R4).
+    #[serde(default)]
+    pub initial: InitialSide,
+    /// The shared fields of this relation; defaults to the kind's shared set (R8).
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Account fields sync never overwrites; defaults to the kind's preserve list (R8).
+    #[serde(default)]
+    pub preserve: Option<Vec<String>>,
+}
+
+/// A match tier: fields that must all be filled and equal on both sides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MatchTier {
+    /// `["email"]`: compared trimmed and case-insensitively.
+    Fields(Vec<String>),
+    /// `{ fields = ["iban"], exact = true }`: `exact` compares byte for byte.
+    Rule {
+        fields: Vec<String>,
+        #[serde(default)]
+        exact: bool,
+    },
+}
+
+impl MatchTier {
+    pub fn fields(&self) -> &[String] {
+        match self {
+            MatchTier::Fields(fields) | MatchTier::Rule { fields, .. } => fields,
+        }
+    }
+
+    pub fn exact(&self) -> bool {
+        matches!(self, MatchTier::Rule { exact: true, .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// The contact's value wins.
+    #[default]
+    ContactWins,
+    /// The account's value wins.
+    AccountWins,
+    /// The side modified last wins (by each record's modification time); the contact
+    /// when a time is missing or equal.
+    Newest,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialSide {
+    #[default]
+    Contact,
+    Account,
+}
+
+/// Everything the engine needs, validated by [`SyncConfig::new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    pub contacts: ContactsConfig,
+    /// Relations by code, in config order.
+    pub relations: Vec<(String, RelationConfig)>,
+}
+
+/// A config mistake, with the config key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SyncConfig {
+    /// Checks what types cannot: codes, field names, one code per account kind and
+    /// connector.
+    pub fn new(contacts: ContactsConfig, relations: BTreeMap<String, RelationConfig>) -> Result<SyncConfig, ConfigError> {
+        let err = |key: String, message: String| Err(ConfigError { key, message });
+        if let Some(preserve) = &contacts.preserve {
+            check_fields(EntityKind::Contact, preserve, "contacts.preserve")?;
+        }
+        let mut seen: BTreeMap<(EntityKind, &str), &str> = BTreeMap::new();
+        for (code, relation) in &relations {
+            let key = format!("relations.{code}");
+            if code.is_empty() || !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return err(key, "a relation code is letters, digits, `_` or `-`".into());
+            }
+            if relation.kind == EntityKind::Contact {
+                return err(
+                    format!("{key}.kind"),
+                    "a relation links contacts to accounts: use customer, vendor or bank_account".into(),
+                );
+            }
+            if let Some(other) = seen.insert((relation.kind, relation.connector.as_str()), code) {
+                return err(
+                    key,
+                    format!(
+                        "{}s on connector `{}` already belong to relation `{other}`; one code per kind and connector",
+                        relation.kind, relation.connector
+                    ),
+                );
+            }
+            for (i, tier) in relation.match_tiers.iter().enumerate() {
+                if tier.fields().is_empty() {
+                    return err(format!("{key}.match[{i}]"), "a match tier needs at least one field".into());
+                }
+                check_fields(relation.kind, tier.fields(), &format!("{key}.match[{i}]"))?;
+            }
+            if let Some(fields) = &relation.fields {
+                check_fields(relation.kind, fields, &format!("{key}.fields"))?;
+                for f in fields {
+                    if !field::is_canonical_for(EntityKind::Contact, f) && !field::is_extra(f) {
+                        return err(format!("{key}.fields"), format!("contacts have no field `{f}`"));
+                    }
+                }
+            }
+            if let Some(preserve) = &relation.preserve {
+                check_fields(relation.kind, preserve, &format!("{key}.preserve"))?;
+            }
+        }
+        Ok(SyncConfig {
+            contacts,
+            relations: relations.into_iter().collect(),
+        })
+    }
+}
+
+fn check_fields(kind: EntityKind, fields: &[String], key: &str) -> Result<(), ConfigError> {
+    for f in fields {
+        if !field::is_canonical_for(kind, f) && !field::is_extra(f) {
+            return Err(ConfigError {
+                key: key.to_owned(),
+                message: format!(
+                    "`{f}` is not a field of {}s; use a canonical field name (see docs) or an extra `x_<name>`",
+                    kind
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relation(kind: EntityKind, connector: &str) -> RelationConfig {
+        RelationConfig {
+            kind,
+            connector: connector.into(),
+            create_contacts: false,
+            match_tiers: vec![],
+            conflict: ConflictPolicy::default(),
+            initial: InitialSide::default(),
+            fields: None,
+            preserve: None,
+        }
+    }
+
+    fn contacts() -> ContactsConfig {
+        ContactsConfig {
+            connector: "crm".into(),
+            preserve: None,
+        }
+    }
+
+    #[test]
+    fn r1_one_code_per_kind_and_connector() {
+        let mut relations = BTreeMap::new();
+        relations.insert("CUST".into(), relation(EntityKind::Customer, "erp"));
+        relations.insert("CUST2".into(), relation(EntityKind::Customer, "erp"));
+        let e = SyncConfig::new(contacts(), relations).unwrap_err();
+        assert_eq!(e.key, "relations.CUST2");
+        assert!(e.message.contains("already belong to relation `CUST`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_match_field_is_named() {
+        let mut relations = BTreeMap::new();
+        let mut r = relation(EntityKind::BankAccount, "erp");
+        r.match_tiers = vec![MatchTier::Fields(vec!["vat_number".into()])];
+        relations.insert("BANK".into(), r);
+        let e = SyncConfig::new(contacts(), relations).unwrap_err();
+        assert_eq!(e.key, "relations.BANK.match[0]");
+        assert!(e.to_string().contains("`vat_number` is not a field of bank_accounts"), "{e}");
+    }
+
+    #[test]
+    fn tiers_parse_in_both_forms() {
+        let tiers: Vec<MatchTier> =
+            serde_json::from_str(r#"[["email"], {"fields": ["iban"], "exact": true}]"#).unwrap();
+        assert_eq!(tiers[0].fields(), ["email".to_string()]);
+        assert!(!tiers[0].exact());
+        assert!(tiers[1].exact());
+    }
+}

@@ -1,0 +1,310 @@
+//! Matching unlinked records by tiers of fields (R4).
+//!
+//! Each tier builds one hash index over both pools, so a tier costs O(contacts +
+//! accounts), never O(contacts x accounts). A pair is linked only when its key is
+//! shared by exactly one unlinked contact and exactly one unlinked account; a key
+//! shared by more is ambiguous: reported, and those records are not tried on later
+//! tiers, because a weaker rule must not guess where a stronger one could not decide.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use tandem_model::{Record, Value};
+
+use crate::relation::Tier;
+
+/// Records that share a match key with too many others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ambiguity {
+    pub code: String,
+    /// 1-based tier number, as users count them in the config.
+    pub tier: usize,
+    pub fields: Vec<String>,
+    /// The shared values, as found on the first contact.
+    pub values: Vec<String>,
+    pub contact_ids: Vec<String>,
+    pub account_ids: Vec<String>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MatchOutcome {
+    /// (contact id, account id, 1-based tier)
+    pub matches: Vec<(String, String, usize)>,
+    pub ambiguous: Vec<Ambiguity>,
+    /// Accounts that matched no contact (ambiguous ones excluded), in id order.
+    pub unmatched_accounts: Vec<String>,
+}
+
+/// Matches `contacts` against `accounts` (both unlinked under `code`).
+pub fn match_records(code: &str, tiers: &[Tier], contacts: &[&Record], accounts: &[&Record]) -> MatchOutcome {
+    let mut contact_open = vec![true; contacts.len()];
+    let mut account_open = vec![true; accounts.len()];
+    let mut outcome = MatchOutcome::default();
+    let mut buf = String::new();
+
+    for (t, tier) in tiers.iter().enumerate() {
+        let mut index: HashMap<u128, (Vec<u32>, Vec<u32>)> = HashMap::new();
+        for (i, record) in contacts.iter().enumerate() {
+            if contact_open[i] && key(tier, record, &mut buf) {
+                index.entry(hash(&buf)).or_default().0.push(i as u32);
+            }
+        }
+        if index.is_empty() {
+            continue;
+        }
+        for (i, record) in accounts.iter().enumerate() {
+            if account_open[i] && key(tier, record, &mut buf) {
+                if let Some(bucket) = index.get_mut(&hash(&buf)) {
+                    bucket.1.push(i as u32);
+                }
+            }
+        }
+        for (cs, accs) in index.into_values() {
+            if accs.is_empty() {
+                continue;
+            }
+            for &c in &cs {
+                contact_open[c as usize] = false;
+            }
+            for &a in &accs {
+                account_open[a as usize] = false;
+            }
+            if cs.len() == 1 && accs.len() == 1 {
+                outcome.matches.push((
+                    contacts[cs[0] as usize].id.clone(),
+                    accounts[accs[0] as usize].id.clone(),
+                    t + 1,
+                ));
+            } else {
+                let first = contacts[cs[0] as usize];
+                let mut contact_ids: Vec<String> = cs.iter().map(|&c| contacts[c as usize].id.clone()).collect();
+                let mut account_ids: Vec<String> = accs.iter().map(|&a| accounts[a as usize].id.clone()).collect();
+                contact_ids.sort();
+                account_ids.sort();
+                outcome.ambiguous.push(Ambiguity {
+                    code: code.to_owned(),
+                    tier: t + 1,
+                    fields: tier.fields.iter().map(|f| f.to_string()).collect(),
+                    values: tier.fields.iter().map(|f| first.fields.value(f.as_str()).to_cell()).collect(),
+                    contact_ids,
+                    account_ids,
+                });
+            }
+        }
+    }
+    outcome.matches.sort();
+    outcome.ambiguous.sort_by(|a, b| (a.tier, &a.contact_ids).cmp(&(b.tier, &b.contact_ids)));
+    outcome.unmatched_accounts = accounts
+        .iter()
+        .zip(&account_open)
+        .filter(|(_, open)| **open)
+        .map(|(r, _)| r.id.clone())
+        .collect();
+    outcome.unmatched_accounts.sort();
+    outcome
+}
+
+/// Writes the record's key for `tier` into `buf`; false when a field is empty (empty
+/// values never match).
+fn key(tier: &Tier, record: &Record, buf: &mut String) -> bool {
+    buf.clear();
+    for field in &tier.fields {
+        let value = match record.fields.get(field.as_str()) {
+            Some(v) => v,
+            None => return false,
+        };
+        let text = match value {
+            Value::List(items) => items.join(";"),
+            other => other.to_cell(),
+        };
+        if tier.exact {
+            if text.is_empty() {
+                return false;
+            }
+            buf.push_str(&text);
+        } else {
+            let trimmed = text.trim();
+            if trimmed.is_empty() {
+                return false;
+            }
+            for c in trimmed.chars() {
+                buf.extend(c.to_lowercase());
+            }
+        }
+        // A separator that cannot occur in text keeps ("ab","c") apart from ("a","bc").
+        buf.push('\u{1f}');
+    }
+    true
+}
+
+fn hash(key: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_model::{EntityKind, FieldName, Fields};
+
+    fn tier(fields: &[&str]) -> Tier {
+        Tier {
+            fields: fields.iter().map(|f| FieldName::new(f)).collect(),
+            exact: false,
+        }
+    }
+
+    fn rec(kind: EntityKind, id: &str, pairs: &[(&str, &str)]) -> Record {
+        let mut f = Fields::new();
+        for (k, v) in pairs {
+            f.set(*k, Value::text(*v));
+        }
+        Record::new(kind, id, f)
+    }
+
+    fn contact(id: &str, pairs: &[(&str, &str)]) -> Record {
+        rec(EntityKind::Contact, id, pairs)
+    }
+
+    fn customer(id: &str, pairs: &[(&str, &str)]) -> Record {
+        rec(EntityKind::Customer, id, pairs)
+    }
+
+    struct Case {
+        name: &'static str,
+        tiers: Vec<Tier>,
+        contacts: Vec<Record>,
+        accounts: Vec<Record>,
+        matches: Vec<(&'static str, &'static str, usize)>,
+        ambiguous: Vec<(Vec<&'static str>, Vec<&'static str>)>,
+        unmatched: Vec<&'static str>,
+    }
+
+    #[test]
+    fn r4_match_tiers_table() {
+        let cases = vec![
+            Case {
+                name: "vat first, case and blanks ignored",
+                tiers: vec![tier(&["vat_registration_no"]), tier(&["email"])],
+                contacts: vec![contact("C1", &[("vat_registration_no", " be0123 ")])],
+                accounts: vec![customer("K1", &[("vat_registration_no", "BE0123")])],
+                matches: vec![("C1", "K1", 1)],
+                ambiguous: vec![],
+                unmatched: vec![],
+            },
+            Case {
+                name: "falls through to the second tier",
+                tiers: vec![tier(&["vat_registration_no"]), tier(&["email"])],
+                contacts: vec![contact("C1", &[("email", "a@x.be")])],
+                accounts: vec![customer("K1", &[("email", "A@X.BE"), ("vat_registration_no", "BE1")])],
+                matches: vec![("C1", "K1", 2)],
+                ambiguous: vec![],
+                unmatched: vec![],
+            },
+            Case {
+                name: "empty values never match",
+                tiers: vec![tier(&["email"])],
+                contacts: vec![contact("C1", &[("email", "  ")])],
+                accounts: vec![customer("K1", &[("email", " ")])],
+                matches: vec![],
+                ambiguous: vec![],
+                unmatched: vec!["K1"],
+            },
+            Case {
+                name: "two contacts for one account is ambiguous",
+                tiers: vec![tier(&["email"]), tier(&["name"])],
+                contacts: vec![
+                    contact("C1", &[("email", "a@x.be"), ("name", "Acme")]),
+                    contact("C2", &[("email", "a@x.be"), ("name", "Acme")]),
+                ],
+                accounts: vec![customer("K1", &[("email", "a@x.be"), ("name", "Acme")])],
+                matches: vec![],
+                ambiguous: vec![(vec!["C1", "C2"], vec!["K1"])],
+                unmatched: vec![],
+            },
+            Case {
+                name: "two accounts for one contact is ambiguous",
+                tiers: vec![tier(&["email"])],
+                contacts: vec![contact("C1", &[("email", "a@x.be")])],
+                accounts: vec![customer("K1", &[("email", "a@x.be")]), customer("K2", &[("email", "a@x.be")])],
+                matches: vec![],
+                ambiguous: vec![(vec!["C1"], vec!["K1", "K2"])],
+                unmatched: vec![],
+            },
+            Case {
+                name: "all fields of a tier must agree",
+                tiers: vec![tier(&["name", "post_code"])],
+                contacts: vec![
+                    contact("C1", &[("name", "Acme"), ("post_code", "9000")]),
+                    contact("C2", &[("name", "Acme"), ("post_code", "1000")]),
+                ],
+                accounts: vec![customer("K1", &[("name", "ACME"), ("post_code", "1000")])],
+                matches: vec![("C2", "K1", 1)],
+                ambiguous: vec![],
+                unmatched: vec![],
+            },
+            Case {
+                name: "no tiers, nothing matches",
+                tiers: vec![],
+                contacts: vec![contact("C1", &[("email", "a@x.be")])],
+                accounts: vec![customer("K1", &[("email", "a@x.be")])],
+                matches: vec![],
+                ambiguous: vec![],
+                unmatched: vec!["K1"],
+            },
+            Case {
+                name: "field boundaries are kept",
+                tiers: vec![tier(&["name", "name_2"])],
+                contacts: vec![contact("C1", &[("name", "ab"), ("name_2", "c")])],
+                accounts: vec![customer("K1", &[("name", "a"), ("name_2", "bc")])],
+                matches: vec![],
+                ambiguous: vec![],
+                unmatched: vec!["K1"],
+            },
+        ];
+        for case in cases {
+            let contacts: Vec<&Record> = case.contacts.iter().collect();
+            let accounts: Vec<&Record> = case.accounts.iter().collect();
+            let out = match_records("CUST", &case.tiers, &contacts, &accounts);
+            let matches: Vec<_> = out.matches.iter().map(|(c, a, t)| (c.as_str(), a.as_str(), *t)).collect();
+            assert_eq!(matches, case.matches, "{}", case.name);
+            let ambiguous: Vec<_> = out
+                .ambiguous
+                .iter()
+                .map(|a| {
+                    (
+                        a.contact_ids.iter().map(String::as_str).collect::<Vec<_>>(),
+                        a.account_ids.iter().map(String::as_str).collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            assert_eq!(ambiguous, case.ambiguous, "{}", case.name);
+            assert_eq!(out.unmatched_accounts, case.unmatched, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn r4_ambiguous_records_are_not_guessed_by_a_later_tier() {
+        let tiers = vec![tier(&["email"]), tier(&["name"])];
+        let contacts = [
+            contact("C1", &[("email", "a@x.be"), ("name", "One")]),
+            contact("C2", &[("email", "a@x.be"), ("name", "Two")]),
+        ];
+        let accounts = [customer("K1", &[("email", "a@x.be"), ("name", "One")])];
+        let out = match_records("CUST", &tiers, &contacts.iter().collect::<Vec<_>>(), &accounts.iter().collect::<Vec<_>>());
+        assert!(out.matches.is_empty());
+        assert_eq!(out.ambiguous.len(), 1);
+        assert_eq!(out.ambiguous[0].values, vec!["a@x.be".to_string()]);
+    }
+
+    #[test]
+    fn exact_tiers_compare_bytes() {
+        let exact = Tier {
+            fields: vec![FieldName::new("email")],
+            exact: true,
+        };
+        let contacts = [contact("C1", &[("email", "A@x.be")])];
+        let accounts = [customer("K1", &[("email", "a@x.be")])];
+        let out = match_records("CUST", &[exact], &contacts.iter().collect::<Vec<_>>(), &accounts.iter().collect::<Vec<_>>());
+        assert!(out.matches.is_empty());
+    }
+}

@@ -1,0 +1,246 @@
+use std::borrow::{Borrow, Cow};
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Value, field};
+
+/// A field name. Canonical names are stored as `'static` strings, so a million records
+/// do not carry a million copies of `"post_code"`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FieldName(Cow<'static, str>);
+
+impl FieldName {
+    pub fn new(name: &str) -> FieldName {
+        match field::canonical(name) {
+            Some(canonical) => FieldName(Cow::Borrowed(canonical)),
+            None => FieldName(Cow::Owned(name.to_owned())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for FieldName {
+    fn from(name: &str) -> FieldName {
+        FieldName::new(name)
+    }
+}
+
+impl Serialize for FieldName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for FieldName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<FieldName, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Ok(FieldName::new(&s))
+    }
+}
+
+impl Borrow<str> for FieldName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for FieldName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for FieldName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The fields of a record: names to non-empty values, ordered by name.
+///
+/// Setting an empty value removes the field, so a field is either filled or absent.
+/// A map of *changes* (where `Null` means "clear this field") is a plain
+/// `BTreeMap<FieldName, Value>`, not `Fields`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Fields(BTreeMap<FieldName, Value>);
+
+impl Fields {
+    pub fn new() -> Fields {
+        Fields::default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name)
+    }
+
+    /// The field as text, if it holds text or a date.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(Value::as_text)
+    }
+
+    /// Sets a field; an empty value removes it.
+    pub fn set(&mut self, name: impl Into<FieldName>, value: Value) {
+        let name = name.into();
+        if value.is_empty() {
+            self.0.remove(name.as_str());
+        } else {
+            self.0.insert(name, value);
+        }
+    }
+
+    /// Builder form of [`Fields::set`].
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Fields {
+        self.set(name, value.into());
+        self
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Value> {
+        self.0.remove(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&FieldName, &Value)> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value of `name`, or `Null` when the field is empty.
+    pub fn value(&self, name: &str) -> &Value {
+        static NULL: Value = Value::Null;
+        self.get(name).unwrap_or(&NULL)
+    }
+
+    /// Only the named fields.
+    pub fn project(&self, names: &[&str]) -> Fields {
+        let mut out = Fields::new();
+        for name in names {
+            if let Some(value) = self.get(name) {
+                out.set(*name, value.clone());
+            }
+        }
+        out
+    }
+
+    /// Applies a change set: `Null` clears, anything else sets.
+    pub fn apply(&mut self, changes: &BTreeMap<FieldName, Value>) {
+        for (name, value) in changes {
+            self.set(name.clone(), value.clone());
+        }
+    }
+
+    /// A stable 64-bit content hash (xxh3) of all fields, used to notice that a record
+    /// read from a full listing did not change since the last run.
+    pub fn content_hash(&self) -> u64 {
+        let mut buf = Vec::with_capacity(256);
+        for (name, value) in &self.0 {
+            buf.extend_from_slice(&(name.as_str().len() as u64).to_le_bytes());
+            buf.extend_from_slice(name.as_str().as_bytes());
+            value.encode(&mut buf);
+        }
+        xxhash_rust::xxh3::xxh3_64(&buf)
+    }
+}
+
+impl fmt::Debug for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a Fields {
+    type Item = (&'a FieldName, &'a Value);
+    type IntoIter = std::collections::btree_map::Iter<'a, FieldName, Value>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<(FieldName, Value)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (FieldName, Value)>>(iter: I) -> Fields {
+        let mut fields = Fields::new();
+        for (name, value) in iter {
+            fields.set(name, value);
+        }
+        fields
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
+        let map = BTreeMap::<String, Value>::deserialize(deserializer)?;
+        Ok(map
+            .into_iter()
+            .map(|(k, v)| (FieldName::new(&k), v))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_values_are_not_stored() {
+        let mut f = Fields::new().with("name", "Acme").with("phone", "");
+        assert_eq!(f.len(), 1);
+        f.set("name", Value::Null);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn canonical_names_are_static() {
+        let name = FieldName::new("post_code");
+        assert!(matches!(name.0, Cow::Borrowed(_)));
+        let extra = FieldName::new("x_rating");
+        assert!(matches!(extra.0, Cow::Owned(_)));
+    }
+
+    #[test]
+    fn content_hash_follows_content_not_insertion_order() {
+        let a = Fields::new().with("name", "Acme").with("city", "Gent");
+        let b = Fields::new().with("city", "Gent").with("name", "Acme");
+        assert_eq!(a.content_hash(), b.content_hash());
+        let c = Fields::new().with("city", "Gent").with("name", "Acme ");
+        assert_ne!(a.content_hash(), c.content_hash());
+        // A value cannot leak into the next field's name.
+        let d = Fields::new().with("name", "ab");
+        let e = Fields::new().with("name", "a").with("name_2", "b");
+        assert_ne!(d.content_hash(), e.content_hash());
+    }
+
+    #[test]
+    fn apply_sets_and_clears() {
+        let mut f = Fields::new().with("name", "Acme").with("phone", "1");
+        let mut changes = BTreeMap::new();
+        changes.insert(FieldName::new("phone"), Value::Null);
+        changes.insert(FieldName::new("city"), Value::text("Gent"));
+        f.apply(&changes);
+        assert_eq!(f, Fields::new().with("name", "Acme").with("city", "Gent"));
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let f = Fields::new().with("name", "Acme").with("x_rating", Value::Number(3.0));
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(json, r#"{"name":"Acme","x_rating":3}"#);
+        assert_eq!(serde_json::from_str::<Fields>(&json).unwrap(), f);
+    }
+}

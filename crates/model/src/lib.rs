@@ -1,0 +1,17 @@
+//! The common partner model every connector maps to and the engine works on.
+//!
+//! Pure data: no IO, no async. Records carry canonical snake_case field names
+//! ([`field`]) with typed [`Value`]s; empty values are never stored, so "missing",
+//! `Null` and `""` all mean the same thing: the field is empty.
+
+mod fields;
+mod kind;
+mod record;
+mod value;
+
+pub mod field;
+
+pub use fields::{FieldName, Fields};
+pub use kind::{ContactType, EntityKind, ParseKindError};
+pub use record::{Record, Timestamp, TimestampError};
+pub use value::{Value, ValueError};

@@ -1,0 +1,168 @@
+//! Deployment state: what Tandem remembers between runs.
+//!
+//! * links: which contact is which account under a relation code, with the last
+//!   synchronised value of every shared field (the *baseline*, R14) and each side's
+//!   version;
+//! * cursors per connector and kind, and content hashes of records read from full
+//!   listings (to notice what changed, and what disappeared, R16);
+//! * runs with their counters.
+//!
+//! [`StateStore`] is the interface; [`SqliteState`] the embedded default. Writes go in
+//! [`StateBatch`]es, each one transaction, so a crash leaves either all or none of a
+//! batch.
+
+mod sqlite;
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use tandem_model::{EntityKind, Fields, Timestamp};
+
+pub use sqlite::{LockMode, SqliteState};
+
+/// A business relation between one contact and one account (R2: at most one per code
+/// and contact, and per code and account).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// The relation code, e.g. `CUST`.
+    pub code: String,
+    pub contact_id: String,
+    pub account_id: String,
+    /// The last synchronised value of every shared field.
+    pub baseline: Fields,
+    pub contact_version: Option<String>,
+    pub account_version: Option<String>,
+    /// The error of the last sync of this pair, if it failed.
+    pub last_error: Option<String>,
+    /// How many runs in a row failed on this pair.
+    pub failure_count: u32,
+    pub linked_at: Timestamp,
+    pub synced_at: Timestamp,
+}
+
+/// Identifies where a cursor or hash belongs: a connector instance (its config name)
+/// and a record kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Scope {
+    pub connector: String,
+    pub kind: EntityKind,
+}
+
+impl Scope {
+    pub fn new(connector: &str, kind: EntityKind) -> Scope {
+        Scope {
+            connector: connector.to_owned(),
+            kind,
+        }
+    }
+}
+
+/// A run as recorded in the state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: i64,
+    /// `sync` (plans do not record runs).
+    pub mode: String,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// `running`, `ok`, `failed` (the run stopped early), or `partial` (records failed).
+    pub status: String,
+    /// The run's counters and per-relation summary, as the engine reported them.
+    pub summary: serde_json::Value,
+}
+
+/// State changes that belong together; applied in one transaction.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StateBatch {
+    /// Inserted or replaced by (code, contact_id).
+    pub upsert_links: Vec<Link>,
+    /// (code, contact_id)
+    pub delete_links: Vec<(String, String)>,
+    pub set_hashes: Vec<(Scope, String, u64)>,
+    pub delete_hashes: Vec<(Scope, String)>,
+    pub set_cursors: Vec<(Scope, String)>,
+}
+
+impl StateBatch {
+    pub fn is_empty(&self) -> bool {
+        self.upsert_links.is_empty()
+            && self.delete_links.is_empty()
+            && self.set_hashes.is_empty()
+            && self.delete_hashes.is_empty()
+            && self.set_cursors.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "the state {path} is in use by another tandem process (lock file {path}.lock); \
+         wait for that run to finish, or stop it, then try again"
+    )]
+    Locked { path: String },
+    #[error("cannot open the state {path}: {message}")]
+    Open { path: String, message: String },
+    #[error(
+        "the state {path} has schema version {found}, newer than this tandem knows ({known}); \
+         use a newer tandem"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("state storage failed while {action}: {source}")]
+    Sqlite {
+        action: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// R2: the account already has a contact under this code.
+    #[error(
+        "cannot link account {account_id} to contact {contact_id} under {code}: the account is \
+         already linked to contact {linked_contact}, and an account has at most one contact per \
+         relation code (R2)"
+    )]
+    AccountTaken {
+        code: String,
+        account_id: String,
+        contact_id: String,
+        linked_contact: String,
+    },
+    #[error("the state holds a malformed value ({what}): {message}")]
+    Corrupt { what: String, message: String },
+    #[error("unsupported state url `{url}`; use sqlite://<path>")]
+    UnsupportedUrl { url: String },
+}
+
+/// The state of one deployment. Implementations must keep R2 as an invariant:
+/// a second link for the same (code, contact) replaces the first, and a link whose
+/// (code, account) is already taken by another contact is refused.
+pub trait StateStore: Send {
+    /// The links of the given contacts, all codes.
+    fn links_of_contacts(&self, contact_ids: &[&str]) -> Result<Vec<Link>, StateError>;
+    /// The links of the given accounts under `code`.
+    fn links_of_accounts(&self, code: &str, account_ids: &[&str]) -> Result<Vec<Link>, StateError>;
+    /// Every link under `code`, or under every code, ordered by code and contact id.
+    fn links(&self, code: Option<&str>) -> Result<Vec<Link>, StateError>;
+    /// The contact ids and the account ids linked under `code`.
+    fn linked_ids(&self, code: &str) -> Result<(HashSet<String>, HashSet<String>), StateError>;
+    fn count_links(&self, code: &str) -> Result<u64, StateError>;
+
+    fn cursor(&self, scope: &Scope) -> Result<Option<String>, StateError>;
+    /// All content hashes stored for `scope`, by record id.
+    fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError>;
+
+    /// Applies `batch` in one transaction.
+    fn commit(&mut self, batch: StateBatch) -> Result<(), StateError>;
+
+    fn begin_run(&mut self, mode: &str) -> Result<i64, StateError>;
+    fn finish_run(
+        &mut self,
+        run_id: i64,
+        status: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), StateError>;
+    /// The most recent runs, newest first.
+    fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError>;
+}

@@ -1,0 +1,696 @@
+//! The embedded state: one SQLite file per deployment, next to a lock file that keeps
+//! a second tandem process from using it at the same time.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::iter;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use rusqlite::types::FromSql;
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Params, Row, Statement,
+    TransactionBehavior, ffi, params, params_from_iter,
+};
+use tandem_model::Timestamp;
+
+use crate::{Link, RunRecord, Scope, StateBatch, StateError, StateStore};
+
+/// Schema migrations in order: step `i` takes a state from `PRAGMA user_version` `i`
+/// to `i + 1`. Add a migration by appending it; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[MIGRATION_1_INITIAL];
+
+const MIGRATION_1_INITIAL: &str = "
+CREATE TABLE links (
+    code            TEXT NOT NULL,
+    contact_id      TEXT NOT NULL,
+    account_id      TEXT NOT NULL,
+    baseline        TEXT NOT NULL,
+    contact_version TEXT,
+    account_version TEXT,
+    last_error      TEXT,
+    failure_count   INTEGER NOT NULL DEFAULT 0,
+    linked_at       INTEGER NOT NULL,
+    synced_at       INTEGER NOT NULL,
+    PRIMARY KEY (code, contact_id),
+    UNIQUE (code, account_id)
+) STRICT;
+-- links_of_contacts looks contacts up across all codes.
+CREATE INDEX links_by_contact ON links (contact_id);
+
+CREATE TABLE record_hashes (
+    connector TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    id        TEXT NOT NULL,
+    hash      INTEGER NOT NULL,
+    PRIMARY KEY (connector, kind, id)
+) WITHOUT ROWID, STRICT;
+
+CREATE TABLE cursors (
+    connector TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    cursor    TEXT NOT NULL,
+    PRIMARY KEY (connector, kind)
+) WITHOUT ROWID, STRICT;
+
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    mode        TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    status      TEXT NOT NULL,
+    summary     TEXT
+) STRICT;
+";
+
+/// How many ids go into one `IN (...)` lookup; well under SQLite's variable limit.
+const LOOKUP_CHUNK: usize = 500;
+
+const LINK_COLUMNS: &str = "code, contact_id, account_id, baseline, contact_version, \
+                            account_version, last_error, failure_count, linked_at, synced_at";
+
+const UPSERT_LINK: &str = "
+INSERT INTO links (code, contact_id, account_id, baseline, contact_version, account_version,
+                   last_error, failure_count, linked_at, synced_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (code, contact_id) DO UPDATE SET
+    account_id = excluded.account_id,
+    baseline = excluded.baseline,
+    contact_version = excluded.contact_version,
+    account_version = excluded.account_version,
+    last_error = excluded.last_error,
+    failure_count = excluded.failure_count,
+    linked_at = excluded.linked_at,
+    synced_at = excluded.synced_at";
+
+const SET_HASH: &str = "
+INSERT INTO record_hashes (connector, kind, id, hash) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (connector, kind, id) DO UPDATE SET hash = excluded.hash";
+
+const SET_CURSOR: &str = "
+INSERT INTO cursors (connector, kind, cursor) VALUES (?1, ?2, ?3)
+ON CONFLICT (connector, kind) DO UPDATE SET cursor = excluded.cursor";
+
+static LINKS_OF_CONTACTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {LINK_COLUMNS} FROM links WHERE contact_id IN ({}) ORDER BY contact_id, code",
+        placeholders(LOOKUP_CHUNK)
+    )
+});
+
+static LINKS_OF_ACCOUNTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {LINK_COLUMNS} FROM links WHERE code = ? AND account_id IN ({}) \
+         ORDER BY account_id",
+        placeholders(LOOKUP_CHUNK)
+    )
+});
+
+/// How a process holds the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Alone: for commands that write (`sync`).
+    Exclusive,
+    /// Alongside other shared holders, never alongside an exclusive one: for commands
+    /// that only read (`plan`, status). Writes are not refused, but two shared holders
+    /// writing at once would wait on each other.
+    Shared,
+}
+
+/// The SQLite [`StateStore`].
+///
+/// The lock on `<path>.lock` is taken before the database is opened and held until
+/// the value is dropped, so two syncs can never interleave their batches.
+#[derive(Debug)]
+pub struct SqliteState {
+    // Fields drop in order: the database is closed (and its WAL checkpointed) before
+    // the lock is released.
+    conn: Connection,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl SqliteState {
+    /// Opens (creating it and its folder if needed) the state at `path`, locks it, and
+    /// brings its schema up to date. Fails at once with [`StateError::Locked`] when
+    /// another process holds a conflicting lock.
+    pub fn open(path: &Path, mode: LockMode) -> Result<SqliteState, StateError> {
+        let shown = path.display().to_string();
+        let open_error = |message: String| StateError::Open {
+            path: shown.clone(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| {
+                open_error(format!(
+                    "cannot create the folder {}: {e}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let lock = lock(path, mode)?;
+        // No SQLITE_OPEN_URI: the path is a file name, whatever it looks like.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn =
+            Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
+        configure(&conn).map_err(|e| open_error(e.to_string()))?;
+        migrate(&mut conn, &shown)?;
+        Ok(SqliteState {
+            conn,
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// Opens the state named by a config url, `sqlite://<path>`; a relative path is
+    /// taken from `base_dir` (usually the config file's folder).
+    pub fn open_url(url: &str, base_dir: &Path, mode: LockMode) -> Result<SqliteState, StateError> {
+        const SCHEME: &str = "sqlite://";
+        let rest = url
+            .get(..SCHEME.len())
+            .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
+            .map(|_| &url[SCHEME.len()..])
+            .filter(|rest| !rest.is_empty())
+            .ok_or_else(|| StateError::UnsupportedUrl {
+                url: redact_url(url),
+            })?;
+        let path = Path::new(rest);
+        if path.is_absolute() {
+            SqliteState::open(path, mode)
+        } else {
+            SqliteState::open(&base_dir.join(path), mode)
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn links_by_ids(
+        &self,
+        sql: &str,
+        code: Option<&str>,
+        ids: &[&str],
+    ) -> Result<Vec<Link>, StateError> {
+        let mut ids = ids.to_vec();
+        // Sorted ids walk the index in order; duplicates would return a link twice.
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(sql_error(READING_LINKS))?;
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            // Padding the last chunk with a repeated id keeps one statement for every
+            // chunk; `IN` ignores the duplicates.
+            let padding = iter::repeat(chunk[chunk.len() - 1]);
+            let values = chunk.iter().copied().chain(padding).take(LOOKUP_CHUNK);
+            query_links(
+                &mut stmt,
+                params_from_iter(code.into_iter().chain(values)),
+                &mut out,
+            )?;
+        }
+        Ok(out)
+    }
+}
+
+const READING_LINKS: &str = "reading links";
+
+impl StateStore for SqliteState {
+    /// Ordered by contact id, then code.
+    fn links_of_contacts(&self, contact_ids: &[&str]) -> Result<Vec<Link>, StateError> {
+        self.links_by_ids(&LINKS_OF_CONTACTS, None, contact_ids)
+    }
+
+    /// Ordered by account id.
+    fn links_of_accounts(&self, code: &str, account_ids: &[&str]) -> Result<Vec<Link>, StateError> {
+        self.links_by_ids(&LINKS_OF_ACCOUNTS, Some(code), account_ids)
+    }
+
+    fn links(&self, code: Option<&str>) -> Result<Vec<Link>, StateError> {
+        let mut out = Vec::new();
+        let mut stmt;
+        match code {
+            Some(code) => {
+                stmt = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {LINK_COLUMNS} FROM links WHERE code = ?1 ORDER BY code, contact_id"
+                    ))
+                    .map_err(sql_error(READING_LINKS))?;
+                query_links(&mut stmt, [code], &mut out)?;
+            }
+            None => {
+                stmt = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {LINK_COLUMNS} FROM links ORDER BY code, contact_id"
+                    ))
+                    .map_err(sql_error(READING_LINKS))?;
+                query_links(&mut stmt, [], &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn linked_ids(&self, code: &str) -> Result<(HashSet<String>, HashSet<String>), StateError> {
+        const ACTION: &str = "reading linked ids";
+        let n = usize::try_from(self.count_links(code)?).unwrap_or(0);
+        let mut contacts = HashSet::with_capacity(n);
+        let mut accounts = HashSet::with_capacity(n);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT contact_id, account_id FROM links WHERE code = ?1")
+            .map_err(sql_error(ACTION))?;
+        let mut rows = stmt.query([code]).map_err(sql_error(ACTION))?;
+        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+            contacts.insert(row.get(0).map_err(sql_error(ACTION))?);
+            accounts.insert(row.get(1).map_err(sql_error(ACTION))?);
+        }
+        Ok((contacts, accounts))
+    }
+
+    fn count_links(&self, code: &str) -> Result<u64, StateError> {
+        const ACTION: &str = "counting links";
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM links WHERE code = ?1")
+            .and_then(|mut stmt| stmt.query_row([code], |row| row.get(0)))
+            .map_err(sql_error(ACTION))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    fn cursor(&self, scope: &Scope) -> Result<Option<String>, StateError> {
+        self.conn
+            .prepare_cached("SELECT cursor FROM cursors WHERE connector = ?1 AND kind = ?2")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![scope.connector, scope.kind.as_str()], |row| {
+                    row.get(0)
+                })
+                .optional()
+            })
+            .map_err(sql_error("reading a cursor"))
+    }
+
+    fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError> {
+        const ACTION: &str = "reading content hashes";
+        let key = params![scope.connector, scope.kind.as_str()];
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM record_hashes WHERE connector = ?1 AND kind = ?2")
+            .and_then(|mut stmt| stmt.query_row(key, |row| row.get(0)))
+            .map_err(sql_error(ACTION))?;
+        let mut out = HashMap::with_capacity(usize::try_from(n).unwrap_or(0));
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, hash FROM record_hashes WHERE connector = ?1 AND kind = ?2")
+            .map_err(sql_error(ACTION))?;
+        let mut rows = stmt.query(key).map_err(sql_error(ACTION))?;
+        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+            let id: String = row.get(0).map_err(sql_error(ACTION))?;
+            let hash: i64 = row.get(1).map_err(sql_error(ACTION))?;
+            out.insert(id, hash.cast_unsigned());
+        }
+        Ok(out)
+    }
+
+    /// Applies the batch in one transaction: deleted links, upserted links, deleted
+    /// hashes, set hashes, cursors, in that order. R2 is checked link by link, so to move
+    /// an account to another contact, delete its old link in the same batch.
+    fn commit(&mut self, batch: StateBatch) -> Result<(), StateError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // IMMEDIATE takes the write lock up front instead of failing halfway through.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error("starting a transaction"))?;
+        delete_links(&tx, &batch.delete_links)?;
+        upsert_links(&tx, &batch.upsert_links)?;
+        delete_hashes(&tx, &batch.delete_hashes)?;
+        set_hashes(&tx, &batch.set_hashes)?;
+        set_cursors(&tx, &batch.set_cursors)?;
+        // Any early return above drops `tx`, which rolls the whole batch back.
+        tx.commit().map_err(sql_error("committing a batch"))
+    }
+
+    fn begin_run(&mut self, mode: &str) -> Result<i64, StateError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO runs (mode, started_at, status) VALUES (?1, ?2, 'running')",
+            )
+            .and_then(|mut stmt| stmt.insert(params![mode, Timestamp::now().0]))
+            .map_err(sql_error("recording the start of a run"))
+    }
+
+    fn finish_run(
+        &mut self,
+        run_id: i64,
+        status: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), StateError> {
+        const ACTION: &str = "recording the end of a run";
+        let summary = summary.to_string();
+        let updated = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET finished_at = ?2, status = ?3, summary = ?4 WHERE id = ?1",
+            )
+            .and_then(|mut stmt| stmt.execute(params![run_id, Timestamp::now().0, status, summary]))
+            .map_err(sql_error(ACTION))?;
+        if updated == 0 {
+            return Err(StateError::Sqlite {
+                action: ACTION,
+                source: rusqlite::Error::QueryReturnedNoRows,
+            });
+        }
+        Ok(())
+    }
+
+    fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        const ACTION: &str = "reading runs";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, mode, started_at, finished_at, status, summary FROM runs \
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(sql_error(ACTION))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt.query([limit]).map_err(sql_error(ACTION))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+            let id: i64 = get(row, 0, ACTION)?;
+            let summary = match get::<Option<String>>(row, 5, ACTION)? {
+                None => serde_json::Value::Null,
+                Some(text) => serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+                    what: format!("summary of run {id}"),
+                    message: e.to_string(),
+                })?,
+            };
+            out.push(RunRecord {
+                id,
+                mode: get(row, 1, ACTION)?,
+                started_at: Timestamp(get(row, 2, ACTION)?),
+                finished_at: get::<Option<i64>>(row, 3, ACTION)?.map(Timestamp),
+                status: get(row, 4, ACTION)?,
+                summary,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn sql_error(action: &'static str) -> impl Fn(rusqlite::Error) -> StateError {
+    move |source| StateError::Sqlite { action, source }
+}
+
+fn get<T: FromSql>(row: &Row<'_>, index: usize, action: &'static str) -> Result<T, StateError> {
+    row.get(index).map_err(sql_error(action))
+}
+
+fn placeholders(n: usize) -> String {
+    let mut s = "?,".repeat(n);
+    s.pop();
+    s
+}
+
+/// Takes the lock on `<path>.lock`, without waiting.
+fn lock(path: &Path, mode: LockMode) -> Result<File, StateError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| StateError::Open {
+            path: path.display().to_string(),
+            message: format!("cannot open the lock file {}: {e}", lock_path.display()),
+        })?;
+    let locked = match mode {
+        LockMode::Exclusive => file.try_lock(),
+        LockMode::Shared => file.try_lock_shared(),
+    };
+    match locked {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StateError::Locked {
+            path: path.display().to_string(),
+        }),
+        Err(TryLockError::Error(e)) => Err(StateError::Open {
+            path: path.display().to_string(),
+            message: format!("cannot lock {}: {e}", lock_path.display()),
+        }),
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    // The lock file already keeps writers apart; this only covers shared holders
+    // racing to set up a new file, so a long wait would just hide a stuck process.
+    conn.busy_timeout(Duration::from_secs(1))?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Large batches touch many index pages; 64 MiB of page cache (allocated as
+    // needed) keeps a million-link batch from thrashing.
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Applies the migrations the file lacks, all in one transaction.
+fn migrate(conn: &mut Connection, shown: &str) -> Result<(), StateError> {
+    let known = MIGRATIONS.len() as i64;
+    let open_error = |message: String| StateError::Open {
+        path: shown.to_owned(),
+        message,
+    };
+    let check = |found: i64| match found {
+        found if found > known => Err(StateError::TooNew {
+            path: shown.to_owned(),
+            found,
+            known,
+        }),
+        found if found < 0 => Err(open_error(format!("invalid schema version {found}"))),
+        found => Ok(found),
+    };
+    let found = check(user_version(conn).map_err(|e| open_error(e.to_string()))?)?;
+    if found == known {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| open_error(format!("cannot start the schema migration: {e}")))?;
+    // Another process sharing the file may have migrated it while we waited.
+    let found = check(user_version(&tx).map_err(|e| open_error(e.to_string()))?)?;
+    for (step, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(found.unsigned_abs() as usize)
+    {
+        tx.execute_batch(sql)
+            .map_err(|e| open_error(format!("schema migration {} failed: {e}", step + 1)))?;
+    }
+    tx.pragma_update(None, "user_version", known)
+        .and_then(|()| tx.commit())
+        .map_err(|e| open_error(format!("cannot finish the schema migration: {e}")))
+}
+
+fn query_links(
+    stmt: &mut Statement<'_>,
+    params: impl Params,
+    out: &mut Vec<Link>,
+) -> Result<(), StateError> {
+    let mut rows = stmt.query(params).map_err(sql_error(READING_LINKS))?;
+    while let Some(row) = rows.next().map_err(sql_error(READING_LINKS))? {
+        out.push(link_from_row(row)?);
+    }
+    Ok(())
+}
+
+/// Reads a row selected with [`LINK_COLUMNS`].
+fn link_from_row(row: &Row<'_>) -> Result<Link, StateError> {
+    let code: String = get(row, 0, READING_LINKS)?;
+    let contact_id: String = get(row, 1, READING_LINKS)?;
+    let baseline = row
+        .get_ref(3)
+        .and_then(|value| Ok(value.as_str()?))
+        .map_err(sql_error(READING_LINKS))?;
+    let baseline = serde_json::from_str(baseline).map_err(|e| StateError::Corrupt {
+        what: format!("baseline of the {code} link of contact {contact_id}"),
+        message: e.to_string(),
+    })?;
+    Ok(Link {
+        account_id: get(row, 2, READING_LINKS)?,
+        baseline,
+        contact_version: get(row, 4, READING_LINKS)?,
+        account_version: get(row, 5, READING_LINKS)?,
+        last_error: get(row, 6, READING_LINKS)?,
+        failure_count: get(row, 7, READING_LINKS)?,
+        linked_at: Timestamp(get(row, 8, READING_LINKS)?),
+        synced_at: Timestamp(get(row, 9, READING_LINKS)?),
+        code,
+        contact_id,
+    })
+}
+
+fn delete_links(conn: &Connection, keys: &[(String, String)]) -> Result<(), StateError> {
+    const ACTION: &str = "deleting links";
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM links WHERE code = ?1 AND contact_id = ?2")
+        .map_err(sql_error(ACTION))?;
+    for (code, contact_id) in keys {
+        stmt.execute([code, contact_id])
+            .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn upsert_links(conn: &Connection, links: &[Link]) -> Result<(), StateError> {
+    const ACTION: &str = "storing links";
+    if links.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(UPSERT_LINK)
+        .map_err(sql_error(ACTION))?;
+    for link in links {
+        let baseline = serde_json::to_string(&link.baseline).map_err(|e| StateError::Corrupt {
+            what: format!(
+                "baseline of the {} link of contact {}",
+                link.code, link.contact_id
+            ),
+            message: e.to_string(),
+        })?;
+        let stored = stmt.execute(params![
+            link.code,
+            link.contact_id,
+            link.account_id,
+            baseline,
+            link.contact_version,
+            link.account_version,
+            link.last_error,
+            link.failure_count,
+            link.linked_at.0,
+            link.synced_at.0,
+        ]);
+        if let Err(source) = stored {
+            return Err(account_taken(conn, link, source));
+        }
+    }
+    Ok(())
+}
+
+/// Explains a refused link: with the (code, contact) conflict handled by the upsert,
+/// a unique violation means another contact already holds the account (R2).
+fn account_taken(conn: &Connection, link: &Link, source: rusqlite::Error) -> StateError {
+    let unique_violation = source.sqlite_error().is_some_and(|e| {
+        e.code == ErrorCode::ConstraintViolation && e.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE
+    });
+    let holder = unique_violation
+        .then(|| {
+            conn.query_row(
+                "SELECT contact_id FROM links WHERE code = ?1 AND account_id = ?2",
+                [&link.code, &link.account_id],
+                |row| row.get::<_, String>(0),
+            )
+            .ok()
+        })
+        .flatten();
+    match holder {
+        Some(linked_contact) => StateError::AccountTaken {
+            code: link.code.clone(),
+            account_id: link.account_id.clone(),
+            contact_id: link.contact_id.clone(),
+            linked_contact,
+        },
+        None => StateError::Sqlite {
+            action: "storing links",
+            source,
+        },
+    }
+}
+
+fn delete_hashes(conn: &Connection, keys: &[(Scope, String)]) -> Result<(), StateError> {
+    const ACTION: &str = "deleting content hashes";
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM record_hashes WHERE connector = ?1 AND kind = ?2 AND id = ?3")
+        .map_err(sql_error(ACTION))?;
+    for (scope, id) in keys {
+        stmt.execute(params![scope.connector, scope.kind.as_str(), id])
+            .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn set_hashes(conn: &Connection, hashes: &[(Scope, String, u64)]) -> Result<(), StateError> {
+    const ACTION: &str = "storing content hashes";
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(SET_HASH).map_err(sql_error(ACTION))?;
+    for (scope, id, hash) in hashes {
+        // SQLite integers are signed; the bits round-trip through `cast_unsigned`.
+        stmt.execute(params![
+            scope.connector,
+            scope.kind.as_str(),
+            id,
+            hash.cast_signed()
+        ])
+        .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn set_cursors(conn: &Connection, cursors: &[(Scope, String)]) -> Result<(), StateError> {
+    const ACTION: &str = "storing cursors";
+    if cursors.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(SET_CURSOR).map_err(sql_error(ACTION))?;
+    for (scope, cursor) in cursors {
+        stmt.execute(params![scope.connector, scope.kind.as_str(), cursor])
+            .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+/// Hides a password in a url before it goes into an error message.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
