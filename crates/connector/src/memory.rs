@@ -27,6 +27,8 @@ struct Inner {
     /// When set, reads fail after this many pages (to test R16).
     fail_after_pages: Option<usize>,
     pages_served: usize,
+    /// Writes to these records fail as invalid, with the message (to test R17).
+    rejected: BTreeMap<(EntityKind, String), String>,
 }
 
 /// See the module docs. `incremental = false` makes every read a full listing, like a
@@ -48,6 +50,7 @@ impl MemoryConnector {
                 sequence: 0,
                 fail_after_pages: None,
                 pages_served: 0,
+                rejected: BTreeMap::new(),
             }),
             kinds: kinds.to_vec(),
             incremental,
@@ -118,7 +121,22 @@ impl MemoryConnector {
         inner.pages_served = 0;
     }
 
+    /// Makes every write to record `id` fail as an invalid record with `message`, or
+    /// lifts that with `None`.
+    pub fn reject_writes_to(&self, kind: EntityKind, id: &str, message: Option<&str>) {
+        let mut inner = self.lock();
+        match message {
+            Some(m) => inner.rejected.insert((kind, id.to_owned()), m.to_owned()),
+            None => inner.rejected.remove(&(kind, id.to_owned())),
+        };
+    }
+
     fn apply(inner: &mut Inner, kind: EntityKind, op: WriteOp, prefix: &str) -> WriteOutcome {
+        if let Some(id) = op.id() {
+            if let Some(message) = inner.rejected.get(&(kind, id.to_owned())) {
+                return Err(ConnectorError::invalid(Some(id), message.clone()));
+            }
+        }
         inner.sequence += 1;
         let seq = inner.sequence;
         let table = inner.tables.entry(kind).or_default();

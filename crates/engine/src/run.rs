@@ -317,7 +317,14 @@ impl<'a> Engine<'a> {
         let mut settled_accounts: Vec<HashSet<String>> = vec![HashSet::new(); accounts.len()];
         info!(run = run_id, "applying");
 
-        // 1. Contacts for accounts without one (R6); each batch's links are stored
+        // 1. Links whose contact or account is gone (R12, R13), first: the account of
+        //    a dropped link may get a new contact below (R6).
+        for unlink in &plan.unlinks {
+            batch.delete_links.push((unlink.code.clone(), unlink.contact_id.clone()));
+        }
+        self.state.commit(std::mem::take(&mut batch))?;
+
+        // 2. Contacts for accounts without one (R6); each batch's links are stored
         //    right after it, so a later failure cannot orphan the new contacts.
         let max = contacts_connector.capabilities().max_batch.max(1);
         for chunk in plan.creates.chunks(max) {
@@ -370,7 +377,7 @@ impl<'a> Engine<'a> {
             self.state.commit(std::mem::take(&mut batch))?;
         }
 
-        // 2. Contact updates, then 3. account updates per relation.
+        // 3. Contact updates, then account updates per relation.
         let contact_ops: Vec<(usize, WriteOp)> = plan
             .hubs
             .iter()
@@ -529,12 +536,7 @@ impl<'a> Engine<'a> {
             }
         }
 
-        // 5. Links whose contact or account is gone (R12, R13).
-        for unlink in &plan.unlinks {
-            batch.delete_links.push((unlink.code.clone(), unlink.contact_id.clone()));
-        }
-
-        // 6. What was read and not otherwise settled: remember it as seen; forget
+        // 5. What was read and not otherwise settled: remember it as seen; forget
         //    the deleted.
         for read in std::iter::once((&contacts, &settled_contacts)).chain(accounts.iter().zip(&settled_accounts)) {
             let (read, settled) = read;

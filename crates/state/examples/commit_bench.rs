@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut state = SqliteState::open(&dir.path().join("state.db"), LockMode::Exclusive)?;
     let scope = Scope::new("erp", EntityKind::Customer);
 
-    let set_hashes = (0..n).map(|i| (scope.clone(), id("K", i), i.wrapping_mul(31))).collect();
+    let set_hashes = (0..n).map(|i| (scope.clone(), id("K", i ^ 0x5555), i.wrapping_mul(31))).collect();
     let started = Instant::now();
     state.commit(StateBatch {
         set_hashes,
@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| Link {
             code: "CUST".to_owned(),
             contact_id: id("C", i),
-            account_id: id("K", i),
+            account_id: id("K", i ^ 0x5555),
             baseline: Fields::new()
                 .with(field::NAME, format!("Company {i}").as_str())
                 .with(field::ADDRESS, format!("Main Street {i}").as_str())

@@ -465,7 +465,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Large batches touch many index pages; 64 MiB of page cache (allocated as
     // needed) keeps a million-link batch from thrashing.
-    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "cache_size", -1048576)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())
 }

@@ -1,0 +1,236 @@
+//! The engine end to end on in-memory connectors and a real SQLite state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tandem_connector::Connector;
+use tandem_connector::memory::MemoryConnector;
+use tandem_engine::{ConflictPolicy, ContactsConfig, Engine, InitialSide, MatchTier, RelationConfig, Relations, RunReport, SyncConfig};
+use tandem_model::{EntityKind, Fields, Value};
+use tandem_state::{LockMode, SqliteState, StateStore};
+
+struct World {
+    crm: Arc<MemoryConnector>,
+    erp: Arc<MemoryConnector>,
+    relations: Relations,
+    state: SqliteState,
+    _dir: tempfile::TempDir,
+}
+
+fn relation(kind: EntityKind, create_contacts: bool) -> RelationConfig {
+    RelationConfig {
+        kind,
+        connector: "erp".into(),
+        create_contacts,
+        match_tiers: vec![
+            MatchTier::Fields(vec!["vat_registration_no".into()]),
+            MatchTier::Fields(vec!["email".into()]),
+        ],
+        conflict: ConflictPolicy::ContactWins,
+        initial: InitialSide::Contact,
+        fields: None,
+        preserve: None,
+    }
+}
+
+fn world(incremental: bool) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let state = SqliteState::open(&dir.path().join("state.db"), LockMode::Exclusive).unwrap();
+    let mut relations = BTreeMap::new();
+    relations.insert("CUST".to_string(), relation(EntityKind::Customer, true));
+    relations.insert("VEND".to_string(), relation(EntityKind::Vendor, false));
+    let config = SyncConfig::new(
+        ContactsConfig {
+            connector: "crm".into(),
+            preserve: None,
+        },
+        relations,
+    )
+    .unwrap();
+    World {
+        crm: Arc::new(MemoryConnector::new(&[EntityKind::Contact], incremental).with_page_size(3).with_id_prefix("C")),
+        erp: Arc::new(
+            MemoryConnector::new(&[EntityKind::Customer, EntityKind::Vendor], incremental)
+                .with_page_size(2)
+                .with_id_prefix("K"),
+        ),
+        relations: Relations::from_config(&config),
+        state,
+        _dir: dir,
+    }
+}
+
+impl World {
+    fn connectors(&self) -> HashMap<String, Arc<dyn Connector>> {
+        let mut map: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+        map.insert("crm".into(), self.crm.clone());
+        map.insert("erp".into(), self.erp.clone());
+        map
+    }
+
+    async fn sync(&mut self) -> RunReport {
+        let connectors = self.connectors();
+        let mut engine = Engine::new(self.relations.clone(), connectors, &mut self.state).unwrap();
+        engine.sync().await.unwrap()
+    }
+
+    async fn plan(&mut self) -> RunReport {
+        let connectors = self.connectors();
+        let mut engine = Engine::new(self.relations.clone(), connectors, &mut self.state).unwrap();
+        engine.plan().await.unwrap()
+    }
+
+    fn seed(&self) {
+        let f = |pairs: &[(&str, &str)]| pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v));
+        self.crm.put(EntityKind::Contact, "C1", f(&[("name", "Acme"), ("vat_registration_no", "BE1"), ("phone", "1")]));
+        self.crm.put(EntityKind::Contact, "C2", f(&[("name", "Beta"), ("email", "info@beta.be")]));
+        self.crm.put(EntityKind::Contact, "C3", f(&[("name", "Gamma")]));
+        self.erp.put(EntityKind::Customer, "K1", f(&[("name", "ACME NV"), ("vat_registration_no", "BE1")]));
+        self.erp.put(EntityKind::Customer, "K2", f(&[("name", "Beta BV"), ("email", "INFO@beta.be")]));
+        self.erp.put(EntityKind::Customer, "K3", f(&[("name", "Delta"), ("city", "Gent")]));
+        self.erp.put(EntityKind::Vendor, "V1", f(&[("name", "Acme"), ("vat_registration_no", "BE1")]));
+    }
+}
+
+fn text(c: &MemoryConnector, kind: EntityKind, id: &str, field: &str) -> Option<String> {
+    c.get(kind, id).and_then(|r| r.fields.text(field).map(str::to_owned))
+}
+
+fn count(report: &RunReport, code: &str) -> tandem_engine::plan::RelationCounts {
+    report.counts.iter().find(|c| c.code == code).unwrap().clone()
+}
+
+async fn first_sync_links_creates_and_settles(incremental: bool) {
+    let mut w = world(incremental);
+    w.seed();
+    let planned = w.plan().await;
+    let report = w.sync().await;
+    assert_eq!(planned.counts, report.counts, "plan and sync report the same actions");
+    assert_eq!(planned.writes, report.writes);
+    let cust = count(&report, "CUST");
+    assert_eq!((cust.linked, cust.created, cust.failed), (2, 1, 0));
+    assert_eq!(count(&report, "VEND").linked, 1);
+    // R4: the link starts from the contact's values.
+    assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "name").as_deref(), Some("Acme"));
+    assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(), Some("1"));
+    // R6: Delta got a company contact.
+    let created: Vec<_> = w.crm.all(EntityKind::Contact).into_iter().filter(|c| c.fields.text("name") == Some("Delta")).collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].fields.text("city"), Some("Gent"));
+    assert_eq!(created[0].fields.text("contact_type"), Some("company"));
+    assert_eq!(w.state.count_links("CUST").unwrap(), 3);
+
+    // R14: the next run finds the values it wrote and writes nothing.
+    let second = w.sync().await;
+    assert_eq!(second.writes, 0, "{:#?}", second.plan);
+    assert_eq!(count(&second, "CUST").unchanged, 3);
+    let third = w.sync().await;
+    assert_eq!(third.writes, 0);
+}
+
+#[tokio::test]
+async fn r14_second_run_writes_nothing_full_listing() {
+    first_sync_links_creates_and_settles(false).await;
+}
+
+#[tokio::test]
+async fn r14_second_run_writes_nothing_incremental() {
+    first_sync_links_creates_and_settles(true).await;
+}
+
+#[tokio::test]
+async fn r7_phone_changed_on_customer_reaches_contact_and_vendor_in_one_run() {
+    for incremental in [false, true] {
+        let mut w = world(incremental);
+        w.seed();
+        w.sync().await;
+        let mut k1 = w.erp.get(EntityKind::Customer, "K1").unwrap().fields;
+        k1.set("phone", Value::text("+32 9 999"));
+        w.erp.put(EntityKind::Customer, "K1", k1);
+        let report = w.sync().await;
+        assert_eq!(report.writes, 2, "contact and vendor");
+        assert_eq!(text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(), Some("+32 9 999"));
+        assert_eq!(text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(), Some("+32 9 999"));
+        assert_eq!(w.sync().await.writes, 0);
+    }
+}
+
+#[tokio::test]
+async fn r16_incomplete_full_listing_deletes_nothing() {
+    let mut w = world(false);
+    w.seed();
+    w.sync().await;
+    w.erp.put(EntityKind::Customer, "K4", Fields::new().with("name", "Epsilon"));
+    w.erp.remove(EntityKind::Customer, "K2");
+    // The listing breaks after its first page: nothing may be taken for deleted.
+    w.erp.fail_reads_after(Some(1));
+    let connectors = w.connectors();
+    let mut engine = Engine::new(w.relations.clone(), connectors, &mut w.state).unwrap();
+    let err = engine.sync().await.unwrap_err();
+    assert!(err.to_string().contains("reading customers from connector `erp` failed"), "{err}");
+    assert_eq!(w.state.count_links("CUST").unwrap(), 3);
+    // Once the listing completes, the missing customer is a delete (R13).
+    w.erp.fail_reads_after(None);
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").unlinked, 1);
+    let accounts: Vec<String> = w.state.links(Some("CUST")).unwrap().into_iter().map(|l| l.account_id).collect();
+    assert!(!accounts.contains(&"K2".to_string()), "{accounts:?}");
+    assert!(accounts.contains(&"K4".to_string()), "{accounts:?}");
+    assert!(w.crm.get(EntityKind::Contact, "C2").is_some(), "the contact stays");
+}
+
+#[tokio::test]
+async fn r16_records_missing_from_a_change_page_are_not_deleted() {
+    let mut w = world(true);
+    w.seed();
+    w.sync().await;
+    // Only C1 changes; everything else is absent from the change pages.
+    let mut c1 = w.crm.get(EntityKind::Contact, "C1").unwrap().fields;
+    c1.set("email", Value::text("acme@x.be"));
+    w.crm.put(EntityKind::Contact, "C1", c1);
+    let report = w.sync().await;
+    assert_eq!(report.counts.iter().map(|c| c.unlinked).sum::<u64>(), 0);
+    assert_eq!(w.state.count_links("CUST").unwrap(), 3);
+    assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "email").as_deref(), Some("acme@x.be"));
+    // A tombstone is a delete (R12): the contact's links go, the accounts stay.
+    w.crm.remove(EntityKind::Contact, "C1");
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").unlinked, 1);
+    assert_eq!(count(&report, "VEND").unlinked, 1);
+    assert!(w.erp.get(EntityKind::Customer, "K1").is_some());
+}
+
+#[tokio::test]
+async fn r17_a_failing_record_does_not_stop_the_run() {
+    let mut w = world(false);
+    w.seed();
+    w.sync().await;
+    for (id, phone) in [("C1", "2"), ("C2", "3")] {
+        let mut fields = w.crm.get(EntityKind::Contact, id).unwrap().fields;
+        fields.set("phone", Value::text(phone));
+        w.crm.put(EntityKind::Contact, id, fields);
+    }
+    w.erp.reject_writes_to(EntityKind::Customer, "K1", Some("phone number rejected by the ERP"));
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").failed, 1);
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(report.failures[0].account_id, "K1");
+    assert!(report.failures[0].error.contains("phone number rejected"), "{:?}", report.failures);
+    // The other pairs went through: C2's customer and C1's vendor.
+    assert_eq!(text(&w.erp, EntityKind::Customer, "K2", "phone").as_deref(), Some("3"));
+    assert_eq!(text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(), Some("2"));
+    let link = w.state.links_of_accounts("CUST", &["K1"]).unwrap().remove(0);
+    assert_eq!(link.failure_count, 1);
+    assert!(link.last_error.unwrap().contains("phone number rejected"));
+
+    // Retried on the next run, and settled once the ERP accepts it.
+    let again = w.sync().await;
+    assert_eq!(count(&again, "CUST").failed, 1);
+    w.erp.reject_writes_to(EntityKind::Customer, "K1", None);
+    let fixed = w.sync().await;
+    assert_eq!(fixed.failed(), 0);
+    assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(), Some("2"));
+    let link = w.state.links_of_accounts("CUST", &["K1"]).unwrap().remove(0);
+    assert_eq!((link.failure_count, link.last_error), (0, None));
+    assert_eq!(w.sync().await.writes, 0);
+}
