@@ -1,7 +1,7 @@
 //! CSV files: a header row naming `id` and the columns, one record per row.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -58,6 +58,9 @@ struct Layout {
     columns: Vec<Column>,
     id: usize,
     modified_at: Option<usize>,
+    /// The field columns in name order: filling the fields of a record in their own
+    /// order is the cheapest way to fill them.
+    by_name: Vec<usize>,
 }
 
 impl Layout {
@@ -70,6 +73,7 @@ impl Layout {
             columns: vec![Column::Id],
             id: 0,
             modified_at: None,
+            by_name: Vec::new(),
         }
     }
 
@@ -94,6 +98,10 @@ impl Layout {
             .position(|c| matches!(c, Column::Id))
             .ok_or_else(|| line_error(path, 1, "no `id` column"))?;
         let modified_at = columns.iter().position(|c| matches!(c, Column::ModifiedAt));
+        let mut by_name: Vec<usize> = (0..columns.len())
+            .filter(|&i| columns[i].field().is_some())
+            .collect();
+        by_name.sort_by(|&a, &b| columns[a].field().cmp(&columns[b].field()));
         Ok(Layout {
             kind,
             headers: headers.clone(),
@@ -101,6 +109,7 @@ impl Layout {
             columns,
             id,
             modified_at,
+            by_name,
         })
     }
 
@@ -111,7 +120,11 @@ impl Layout {
         }
         self.headers.push_field(name.as_str());
         self.columns.push(Column::new(self.kind, name.as_str()));
-        self.columns.len() - 1
+        let added = self.columns.len() - 1;
+        self.by_name.push(added);
+        self.by_name
+            .sort_by(|&a, &b| self.columns[a].field().cmp(&self.columns[b].field()));
+        added
     }
 
     /// A hash of every non-empty cell with its column name. Empty cells do not count,
@@ -210,14 +223,23 @@ pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, Connect
     let mut records = Vec::new();
     let mut lines = Vec::new();
     let mut buf = Vec::with_capacity(512);
+    let size = fs::metadata(path).map_or(0, |m| m.len());
     scan(path, kind, |layout, row, line, modified_at| {
+        if records.len() == table::SAMPLE_ROWS {
+            let sampled = row.position().map_or(0, csv::Position::byte);
+            let expected = table::expected_rows(size, sampled);
+            records.reserve(expected);
+            lines.reserve(expected);
+        }
         let mut fields = Fields::new();
-        for (column, cell) in layout.columns.iter().zip(row.iter()) {
-            match column {
-                _ if cell.is_empty() => {}
-                Column::Text(name) => fields.set(name.clone(), Value::Text(cell.to_owned())),
-                Column::List(name) => fields.set(name.clone(), split_list(cell)),
-                Column::Id | Column::ModifiedAt | Column::Unknown => {}
+        for &i in &layout.by_name {
+            match (&layout.columns[i], &row[i]) {
+                (_, "") => {}
+                (Column::Text(name), cell) => {
+                    fields.set(name.clone(), Value::Text(cell.to_owned()))
+                }
+                (Column::List(name), cell) => fields.set(name.clone(), table::split_list(cell)),
+                _ => {}
             }
         }
         records.push(Record {
@@ -233,17 +255,6 @@ pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, Connect
     })?;
     table::check_unique(path, records.iter().map(|r| r.id.as_str()), &lines)?;
     Ok(records)
-}
-
-/// `A; B;;C` -> `[A, B, C]`.
-fn split_list(cell: &str) -> Value {
-    Value::List(
-        cell.split(';')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    )
 }
 
 /// A CSV file loaded for writing.

@@ -1,10 +1,13 @@
 //! JSON Lines files: one JSON object per line, with `id` and field keys.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::{self, BufWriter, Write};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::error::Category;
 use serde_json::{Map, Value as Json};
 use tandem_connector::{Changes, ConnectorError};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
@@ -14,6 +17,8 @@ use crate::table::{self, Table, io_error, line_error, version_of};
 /// One parsed line.
 struct Line<'a> {
     number: u64,
+    /// Bytes read up to the end of the line.
+    offset: u64,
     /// The line as stored, without its line break: the version hashes it, and
     /// unchanged rows are written back as they were.
     text: &'a str,
@@ -30,13 +35,23 @@ fn scan(
     kind: EntityKind,
     mut each: impl FnMut(Line<'_>) -> Result<(), ConnectorError>,
 ) -> Result<bool, ConnectorError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
+    let file = match File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io_error("cannot read", path, e)),
     };
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let number = i as u64 + 1;
+    // Line by line into one reused buffer: the file is never held whole in memory.
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut buf = Vec::with_capacity(1024);
+    let mut offset = 0;
+    for number in 1.. {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(n) => offset += n as u64,
+            Err(e) => return Err(io_error("cannot read", path, e)),
+        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -48,61 +63,135 @@ fn scan(
                 format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
             )
         })?;
-        each(parse_line(kind, number, text).map_err(|message| line_error(path, number, message))?)?;
+        let line = parse_line(kind, number, offset, text)
+            .map_err(|message| line_error(path, number, message))?;
+        each(line)?;
     }
     Ok(true)
 }
 
-fn parse_line(kind: EntityKind, number: u64, text: &str) -> Result<Line<'_>, String> {
-    let object = match serde_json::from_str::<Json>(text).map_err(json_error)? {
-        Json::Object(object) => object,
-        _ => return Err("expected a JSON object".to_owned()),
-    };
-    let id = match object.get("id") {
+fn parse_line(kind: EntityKind, number: u64, offset: u64, text: &str) -> Result<Line<'_>, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let row = RowSeed(kind)
+        .deserialize(&mut deserializer)
+        .and_then(|row| deserializer.end().map(|()| row))
+        .map_err(json_error)?;
+    let id = match row.id {
         None => return Err("no `id`".to_owned()),
         Some(Json::String(id)) if id.trim().is_empty() => return Err("empty id".to_owned()),
-        Some(Json::String(id)) => id.clone(),
+        Some(Json::String(id)) => id,
         Some(Json::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
         Some(_) => return Err("`id` must be a string".to_owned()),
     };
-    let has_modified_at = object.contains_key("modified_at");
-    let modified_at = match object.get("modified_at") {
+    let modified_at = match &row.modified_at {
         None | Some(Json::Null) => None,
         Some(Json::String(s)) if s.is_empty() => None,
         Some(Json::String(s)) => {
-            Some(Timestamp::parse(s).map_err(|e| format!("`modified_at`: {e}"))?)
+            Some(Timestamp::parse(s.as_str()).map_err(|e| format!("`modified_at`: {e}"))?)
         }
         Some(_) => return Err("`modified_at` must be an RFC 3339 string".to_owned()),
     };
-    let mut fields = Fields::new();
-    for (key, value) in object {
-        if !table::is_field(kind, &key) {
-            continue;
-        }
-        let value: Value = serde_json::from_value(value).map_err(|e| format!("`{key}`: {e}"))?;
-        let value = match value {
-            // A contact's relations may be written as one `;`-separated string.
-            Value::Text(s) if kind == EntityKind::Contact && key == field::BUSINESS_RELATIONS => {
-                Value::List(
-                    s.split(';')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                )
-            }
-            value => value,
-        };
-        fields.set(FieldName::new(&key), value);
-    }
     Ok(Line {
         number,
+        offset,
         text,
         id,
-        fields,
+        fields: row.fields,
         modified_at,
-        has_modified_at,
+        has_modified_at: row.modified_at.is_some(),
     })
+}
+
+/// A line as parsed in one pass: fields straight into [`Value`]s, unknown keys skipped
+/// (they stay in the stored line), so no intermediate JSON tree is built.
+struct Row {
+    id: Option<Json>,
+    modified_at: Option<Json>,
+    fields: Fields,
+}
+
+struct RowSeed(EntityKind);
+
+impl<'de> DeserializeSeed<'de> for RowSeed {
+    type Value = Row;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Row, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed {
+    type Value = Row;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
+        let mut row = Row {
+            id: None,
+            modified_at: None,
+            fields: Fields::new(),
+        };
+        while let Some(key) = map.next_key_seed(KeySeed(self.0))? {
+            match key {
+                Key::Id => row.id = Some(map.next_value()?),
+                Key::ModifiedAt => row.modified_at = Some(map.next_value()?),
+                Key::Field(name) => {
+                    let value = map
+                        .next_value::<Value>()
+                        .map_err(|e| de::Error::custom(format!("`{name}`: {e}")))?;
+                    let value = match value {
+                        // A contact's relations may be written as one `;`-separated string.
+                        Value::Text(s) if name.as_str() == field::BUSINESS_RELATIONS => {
+                            table::split_list(&s)
+                        }
+                        value => value,
+                    };
+                    row.fields.set(name, value);
+                }
+                Key::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(row)
+    }
+}
+
+enum Key {
+    Id,
+    ModifiedAt,
+    Field(FieldName),
+    Other,
+}
+
+/// Classifies a key without allocating (canonical names are `'static`).
+struct KeySeed(EntityKind);
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+        Ok(match key {
+            "id" => Key::Id,
+            "modified_at" => Key::ModifiedAt,
+            _ if table::is_field(self.0, key) => Key::Field(FieldName::new(key)),
+            _ => Key::Other,
+        })
+    }
 }
 
 /// serde_json says where in the line; the line is ours to name.
@@ -111,14 +200,28 @@ fn json_error(error: serde_json::Error) -> String {
     let message = message
         .rsplit_once(" at line ")
         .map_or(message.as_str(), |(m, _)| m);
-    format!("invalid JSON: {message} (column {})", error.column())
+    let at = match error.column() {
+        0 => String::new(),
+        column => format!(" (column {column})"),
+    };
+    match error.classify() {
+        // Well-formed JSON of the wrong shape.
+        Category::Data => format!("{message}{at}"),
+        Category::Syntax | Category::Eof | Category::Io => format!("invalid JSON: {message}{at}"),
+    }
 }
 
 /// Every record of the file at `path`; a missing file holds none.
 pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, ConnectorError> {
     let mut records = Vec::new();
     let mut lines = Vec::new();
+    let size = fs::metadata(path).map_or(0, |m| m.len());
     scan(path, kind, |line| {
+        if records.len() == table::SAMPLE_ROWS {
+            let expected = table::expected_rows(size, line.offset);
+            records.reserve(expected);
+            lines.reserve(expected);
+        }
         records.push(Record {
             id: line.id,
             kind,

@@ -356,7 +356,10 @@ async fn malformed_jsonl_names_file_and_line() {
     let path = dir.path().join("vendors.jsonl");
     for (content, message) in [
         ("{\"id\":\"V1\"}\n{\"id\":\"V2\",\n", "line 2: invalid JSON"),
-        ("{\"id\":\"V1\"}\n\n[1]\n", "line 3: expected a JSON object"),
+        (
+            "{\"id\":\"V1\"}\n\n[1]\n",
+            "line 3: invalid type: sequence, expected a JSON object",
+        ),
         ("{\"name\":\"x\"}\n", "line 1: no `id`"),
         ("{\"id\":\"V1\",\"name\":{\"x\":1}}\n", "line 1: `name`:"),
         (

@@ -132,10 +132,10 @@ impl MemoryConnector {
     }
 
     fn apply(inner: &mut Inner, kind: EntityKind, op: WriteOp, prefix: &str) -> WriteOutcome {
-        if let Some(id) = op.id() {
-            if let Some(message) = inner.rejected.get(&(kind, id.to_owned())) {
-                return Err(ConnectorError::invalid(Some(id), message.clone()));
-            }
+        if let Some(id) = op.id()
+            && let Some(message) = inner.rejected.get(&(kind, id.to_owned()))
+        {
+            return Err(ConnectorError::invalid(Some(id), message.clone()));
         }
         inner.sequence += 1;
         let seq = inner.sequence;
@@ -212,10 +212,8 @@ impl Connector for MemoryConnector {
     /// paged by id. A full listing pages by id from an empty cursor.
     async fn read(&self, kind: EntityKind, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
         let mut inner = self.lock();
-        if let Some(limit) = inner.fail_after_pages {
-            if inner.pages_served >= limit {
-                return Err(ConnectorError::transient("connection reset while listing"));
-            }
+        if inner.fail_after_pages.is_some_and(|limit| inner.pages_served >= limit) {
+            return Err(ConnectorError::transient("connection reset while listing"));
         }
         inner.pages_served += 1;
         let sequence = inner.sequence;

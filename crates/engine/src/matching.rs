@@ -53,10 +53,11 @@ pub fn match_records(code: &str, tiers: &[Tier], contacts: &[&Record], accounts:
             continue;
         }
         for (i, record) in accounts.iter().enumerate() {
-            if account_open[i] && key(tier, record, &mut buf) {
-                if let Some(bucket) = index.get_mut(&hash(&buf)) {
-                    bucket.1.push(i as u32);
-                }
+            if account_open[i]
+                && key(tier, record, &mut buf)
+                && let Some(bucket) = index.get_mut(&hash(&buf))
+            {
+                bucket.1.push(i as u32);
             }
         }
         for (cs, accs) in index.into_values() {

@@ -66,16 +66,24 @@ impl fmt::Display for FieldName {
 /// Setting an empty value removes the field, so a field is either filled or absent.
 /// A map of *changes* (where `Null` means "clear this field") is a plain
 /// `BTreeMap<FieldName, Value>`, not `Fields`.
+///
+/// Stored as a vector sorted by name: records have a dozen fields or so, and a
+/// million of them must fit in memory, where a map's nodes would cost several times
+/// the data.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Fields(BTreeMap<FieldName, Value>);
+pub struct Fields(Vec<(FieldName, Value)>);
 
 impl Fields {
     pub fn new() -> Fields {
         Fields::default()
     }
 
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0.get(name)
+        self.position(name).ok().map(|i| &self.0[i].1)
     }
 
     /// The field as text, if it holds text or a date.
@@ -86,10 +94,13 @@ impl Fields {
     /// Sets a field; an empty value removes it.
     pub fn set(&mut self, name: impl Into<FieldName>, value: Value) {
         let name = name.into();
-        if value.is_empty() {
-            self.0.remove(name.as_str());
-        } else {
-            self.0.insert(name, value);
+        match (self.position(name.as_str()), value.is_empty()) {
+            (Ok(i), true) => {
+                self.0.remove(i);
+            }
+            (Ok(i), false) => self.0[i].1 = value,
+            (Err(_), true) => {}
+            (Err(i), false) => self.0.insert(i, (name, value)),
         }
     }
 
@@ -100,11 +111,11 @@ impl Fields {
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Value> {
-        self.0.remove(name)
+        self.position(name).ok().map(|i| self.0.remove(i).1)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&FieldName, &Value)> {
-        self.0.iter()
+    pub fn iter(&self) -> FieldsIter<'_> {
+        FieldsIter(self.0.iter())
     }
 
     pub fn len(&self) -> usize {
@@ -143,7 +154,7 @@ impl Fields {
     /// read from a full listing did not change since the last run.
     pub fn content_hash(&self) -> u64 {
         let mut buf = Vec::with_capacity(256);
-        for (name, value) in &self.0 {
+        for (name, value) in self.iter() {
             buf.extend_from_slice(&(name.as_str().len() as u64).to_le_bytes());
             buf.extend_from_slice(name.as_str().as_bytes());
             value.encode(&mut buf);
@@ -154,16 +165,32 @@ impl Fields {
 
 impl fmt::Debug for Fields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.0.iter()).finish()
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Iterates fields in name order.
+#[derive(Debug, Clone)]
+pub struct FieldsIter<'a>(std::slice::Iter<'a, (FieldName, Value)>);
+
+impl<'a> Iterator for FieldsIter<'a> {
+    type Item = (&'a FieldName, &'a Value);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(n, v)| (n, v))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
     }
 }
 
 impl<'a> IntoIterator for &'a Fields {
     type Item = (&'a FieldName, &'a Value);
-    type IntoIter = std::collections::btree_map::Iter<'a, FieldName, Value>;
+    type IntoIter = FieldsIter<'a>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.iter()
     }
 }
 

@@ -11,7 +11,7 @@ mod value;
 
 pub mod field;
 
-pub use fields::{FieldName, Fields};
+pub use fields::{FieldName, Fields, FieldsIter};
 pub use kind::{ContactType, EntityKind, ParseKindError};
 pub use record::{Record, Timestamp, TimestampError};
 pub use value::{Value, ValueError};

@@ -33,11 +33,11 @@ CREATE TABLE links (
     failure_count   INTEGER NOT NULL DEFAULT 0,
     linked_at       INTEGER NOT NULL,
     synced_at       INTEGER NOT NULL,
-    PRIMARY KEY (code, contact_id),
-    UNIQUE (code, account_id)
-) STRICT;
+    PRIMARY KEY (code, contact_id)
+
+) WITHOUT ROWID, STRICT;
 -- links_of_contacts looks contacts up across all codes.
-CREATE INDEX links_by_contact ON links (contact_id);
+-- CREATE INDEX links_by_contact ON links (contact_id);
 
 CREATE TABLE record_hashes (
     connector TEXT NOT NULL,
@@ -335,13 +335,17 @@ impl StateStore for SqliteState {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_error("starting a transaction"))?;
+        let t0 = std::time::Instant::now();
         delete_links(&tx, &batch.delete_links)?;
         upsert_links(&tx, &batch.upsert_links)?;
         delete_hashes(&tx, &batch.delete_hashes)?;
         set_hashes(&tx, &batch.set_hashes)?;
         set_cursors(&tx, &batch.set_cursors)?;
         // Any early return above drops `tx`, which rolls the whole batch back.
-        tx.commit().map_err(sql_error("committing a batch"))
+        let t1 = std::time::Instant::now();
+        let r = tx.commit().map_err(sql_error("committing a batch"));
+        eprintln!("statements {:?} commit {:?}", t1 - t0, t1.elapsed());
+        r
     }
 
     fn begin_run(&mut self, mode: &str) -> Result<i64, StateError> {
@@ -573,7 +577,11 @@ fn upsert_links(conn: &Connection, links: &[Link]) -> Result<(), StateError> {
     let mut stmt = conn
         .prepare_cached(UPSERT_LINK)
         .map_err(sql_error(ACTION))?;
-    for link in links {
+    let t = std::time::Instant::now();
+    let mut sorted: Vec<&Link> = links.iter().collect();
+    if std::env::var_os("SORT").is_some() { sorted.sort_by(|a, b| (&a.code, &a.contact_id).cmp(&(&b.code, &b.contact_id))); }
+    eprintln!("sort {:?}", t.elapsed());
+    for link in sorted {
         let baseline = serde_json::to_string(&link.baseline).map_err(|e| StateError::Corrupt {
             what: format!(
                 "baseline of the {} link of contact {}",

@@ -1,0 +1,404 @@
+//! Human output of plans and runs: a summary table per relation, the read stats, the
+//! records that need a person (ambiguous matches, failures) and, for `plan`, every
+//! action. `--json` bypasses all of this and prints the report itself.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tandem_engine::RunReport;
+use tandem_engine::plan::{FieldChange, UnlinkReason};
+use tandem_engine::relation::Relations;
+use tandem_model::{EntityKind, Fields, Value};
+
+/// Renders `report`; with `actions`, every link, create, field change, conflict and
+/// unlink follows the summary.
+pub fn report(
+    report: &RunReport,
+    relations: &Relations,
+    actions: bool,
+    elapsed: Duration,
+) -> String {
+    let mut out = String::new();
+    let kind_of = |code: &str| {
+        relations
+            .relations
+            .iter()
+            .find(|r| r.code == code)
+            .map(|r| r.kind)
+    };
+
+    let mut rows = vec![row(&[
+        "relation",
+        "linked",
+        "created",
+        "updated",
+        "unchanged",
+        "unlinked",
+        "conflicts",
+        "ambiguous",
+        "failed",
+    ])];
+    for c in &report.counts {
+        let name = match kind_of(&c.code) {
+            Some(kind) => format!("{} ({})", c.code, kind.plural()),
+            None => c.code.clone(),
+        };
+        rows.push(vec![
+            name,
+            c.linked.to_string(),
+            c.created.to_string(),
+            c.updated.to_string(),
+            c.unchanged.to_string(),
+            c.unlinked.to_string(),
+            c.conflicts.to_string(),
+            c.ambiguous.to_string(),
+            c.failed.to_string(),
+        ]);
+    }
+    table(&mut out, &rows);
+
+    out.push('\n');
+    let mut rows = vec![row(&["read", "kind", "records", "changed", "deleted"])];
+    for r in &report.read {
+        rows.push(vec![
+            r.connector.clone(),
+            r.kind.plural().to_owned(),
+            r.records.to_string(),
+            r.changed.to_string(),
+            r.deleted.to_string(),
+        ]);
+    }
+    table(&mut out, &rows);
+
+    if !report.ambiguous.is_empty() {
+        out.push_str(
+            "\nAmbiguous matches, not linked (make the values unique, or link by hand):\n",
+        );
+        for a in &report.ambiguous {
+            let kind = kind_of(&a.code).map_or("accounts", EntityKind::plural);
+            let _ = writeln!(
+                out,
+                "  {} tier {} ({}): contacts {} / {kind} {}",
+                a.code,
+                a.tier,
+                a.fields
+                    .iter()
+                    .zip(&a.values)
+                    .map(|(f, v)| format!("{f} {v:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                a.contact_ids.join(", "),
+                a.account_ids.join(", "),
+            );
+        }
+    }
+
+    if !report.failures.is_empty() {
+        out.push_str("\nFailed records (retried on the next run):\n");
+        for f in &report.failures {
+            let contact = match &f.contact_id {
+                Some(id) => format!("contact {id}"),
+                None => "new contact".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {} {contact} / account {}: {} write failed: {}",
+                f.code, f.account_id, f.side, f.error
+            );
+        }
+    }
+
+    if actions {
+        plan_actions(&mut out, report, relations);
+    }
+
+    out.push('\n');
+    out.push_str(&final_line(report, elapsed));
+    out.push('\n');
+    out
+}
+
+fn final_line(report: &RunReport, elapsed: Duration) -> String {
+    let ambiguous = report.ambiguous.len();
+    let failed = report.failed();
+    let mut notes = Vec::new();
+    if ambiguous > 0 {
+        notes.push(plural(
+            ambiguous as u64,
+            "ambiguous match",
+            "ambiguous matches",
+        ));
+    }
+    if failed > 0 {
+        notes.push(format!("{failed} failed"));
+    }
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", notes.join(", "))
+    };
+    let secs = elapsed.as_secs_f64();
+    match report.run_id {
+        Some(run) => format!(
+            "sync {}: {} written{notes} (run {run}, {secs:.2} s)",
+            if failed > 0 {
+                "finished with failures"
+            } else {
+                "finished"
+            },
+            plural(report.writes, "record", "records"),
+        ),
+        None => format!(
+            "plan: sync would write {}{notes}; nothing was written ({secs:.2} s)",
+            plural(report.writes, "record", "records"),
+        ),
+    }
+}
+
+fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
+    let plan = &report.plan;
+    let relation = |code: &str| relations.relations.iter().find(|r| r.code == code);
+    let kind = |code: &str| relation(code).map_or("account", |r| r.kind.as_str());
+
+    let links: Vec<_> = plan
+        .hubs
+        .iter()
+        .flat_map(|h| h.pairs.iter().map(move |p| (h, p)))
+        .filter_map(|(h, p)| Some((h, p, p.matched_by_tier?)))
+        .collect();
+    let has_links = !links.is_empty();
+    if has_links {
+        out.push_str("\nLinks to make (R4):\n");
+        for (hub, pair, tier) in links {
+            let fields = relation(&pair.code)
+                .and_then(|r| r.tiers.get(tier - 1))
+                .map(|t| {
+                    t.fields
+                        .iter()
+                        .map(|f| f.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" + ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} contact {} <-> {} {}  (tier {tier}: {fields})",
+                pair.code,
+                hub.contact_id,
+                kind(&pair.code),
+                pair.account_id,
+            );
+        }
+    }
+
+    if !plan.creates.is_empty() {
+        out.push_str("\nContacts to create (R6):\n");
+        for c in &plan.creates {
+            let _ = writeln!(
+                out,
+                "  {} for {} {}: {}",
+                c.code,
+                kind(&c.code),
+                c.account_id,
+                fields(&c.fields)
+            );
+        }
+    }
+
+    let has_changes = plan.hubs.iter().any(|h| {
+        !h.contact_changes.is_empty() || h.pairs.iter().any(|p| !p.account_changes.is_empty())
+    });
+    if has_changes {
+        out.push_str("\nField changes (old -> new):\n");
+        for hub in &plan.hubs {
+            if !hub.contact_changes.is_empty() {
+                let _ = writeln!(out, "  contact {}", hub.contact_id);
+                changes(out, &hub.contact_changes);
+            }
+            for pair in hub.pairs.iter().filter(|p| !p.account_changes.is_empty()) {
+                let _ = writeln!(
+                    out,
+                    "  {} {} ({}, contact {})",
+                    kind(&pair.code),
+                    pair.account_id,
+                    pair.code,
+                    hub.contact_id
+                );
+                changes(out, &pair.account_changes);
+            }
+        }
+    }
+
+    let conflicts: Vec<_> = plan
+        .hubs
+        .iter()
+        .flat_map(|h| h.conflicts.iter().map(move |c| (h, c)))
+        .collect();
+    if !conflicts.is_empty() {
+        out.push_str("\nConflicts, both sides changed since the last sync (R15):\n");
+        for (hub, c) in conflicts {
+            let _ = writeln!(
+                out,
+                "  contact {}, {} (was {}):",
+                hub.contact_id,
+                c.field,
+                show(&c.base)
+            );
+            if let Some(v) = &c.contact {
+                let _ = writeln!(out, "      contact {}: {}", hub.contact_id, show(v));
+            }
+            for (code, account, v) in &c.accounts {
+                let _ = writeln!(out, "      {code} {} {account}: {}", kind(code), show(v));
+            }
+            let policy = relation_policy(relations, &c.winner, &c.accounts);
+            let _ = writeln!(
+                out,
+                "      -> {} wins{policy}: {}",
+                c.winner,
+                show(&c.value)
+            );
+        }
+    }
+
+    if !plan.unlinks.is_empty() {
+        out.push_str("\nLinks to drop:\n");
+        for u in &plan.unlinks {
+            let reason = match u.reason {
+                UnlinkReason::ContactDeleted => "the contact was deleted; the account stays (R12)",
+                UnlinkReason::AccountDeleted => "the account was deleted; the contact stays (R13)",
+            };
+            let _ = writeln!(
+                out,
+                "  {} contact {} <-> {} {}: {reason}",
+                u.code,
+                u.contact_id,
+                kind(&u.code),
+                u.account_id
+            );
+        }
+    }
+
+    if !has_links && plan.creates.is_empty() && !has_changes && plan.unlinks.is_empty() {
+        out.push_str("\nNothing to do: every linked pair is in step.\n");
+    }
+}
+
+/// ` (policy newest)`: the policy that decided, as far as one relation's did.
+fn relation_policy(
+    relations: &Relations,
+    winner: &str,
+    accounts: &[(String, String, Value)],
+) -> String {
+    let code = if winner == "contact" {
+        accounts.first().map(|(code, _, _)| code.as_str())
+    } else {
+        Some(winner)
+    };
+    code.and_then(|code| relations.relations.iter().find(|r| r.code == code))
+        .map(|r| {
+            let policy = serde_json::to_value(r.conflict)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            format!(" ({} conflict = {policy})", r.code)
+        })
+        .unwrap_or_default()
+}
+
+fn changes(out: &mut String, changes: &[FieldChange]) {
+    for c in changes {
+        let _ = writeln!(
+            out,
+            "      {}: {} -> {}",
+            c.field,
+            show(&c.old),
+            show(&c.new)
+        );
+    }
+}
+
+/// `"Acme" (city="Gent", ...)`: the name first, since that is how people find it.
+fn fields(fields: &Fields) -> String {
+    let rest = fields
+        .iter()
+        .filter(|(name, _)| name.as_str() != tandem_model::field::NAME)
+        .map(|(name, value)| format!("{name}={}", show(value)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match fields.get(tandem_model::field::NAME) {
+        Some(name) => format!("{} ({rest})", show(name)),
+        None => rest,
+    }
+}
+
+/// A value for people: quoted text, `(empty)` for nothing.
+fn show(value: &Value) -> String {
+    if value.is_empty() {
+        "(empty)".to_owned()
+    } else {
+        format!("{:?}", value.to_cell())
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| (*c).to_owned()).collect()
+}
+
+/// Aligned columns: text columns left, number columns right (headers follow their
+/// column).
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let cells = |i: usize| rows.iter().filter_map(move |r| r.get(i));
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| cells(i).map(|c| c.chars().count()).max().unwrap_or(0))
+        .collect();
+    let numeric: Vec<bool> = (0..columns)
+        .map(|i| i > 0 && cells(i).skip(1).all(|c| c.parse::<u64>().is_ok()))
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            let width = widths[i];
+            let gap = if i == 0 { "" } else { "  " };
+            let _ = if numeric[i] {
+                write!(line, "{gap}{cell:>width$}")
+            } else {
+                write!(line, "{gap}{cell:<width$}")
+            };
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_numbers_right() {
+        let mut out = String::new();
+        table(
+            &mut out,
+            &[
+                row(&["relation", "linked"]),
+                row(&["CUST (customers)", "12"]),
+            ],
+        );
+        assert_eq!(out, "relation          linked\nCUST (customers)      12\n");
+    }
+
+    #[test]
+    fn values_are_quoted_and_empty_is_named() {
+        assert_eq!(show(&Value::text("+32 9")), "\"+32 9\"");
+        assert_eq!(show(&Value::Null), "(empty)");
+        assert_eq!(
+            show(&Value::List(vec!["CUST".into(), "VEND".into()])),
+            "\"CUST;VEND\""
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the `tandem` binary on real files and a real SQLite state.
+//!
+//! Each test builds a deployment in a temporary folder (a `tandem.toml`, a `crm`
+//! folder of contacts and an `erp` folder of accounts), runs the binary and checks the
+//! files it leaves behind. Tests are named after the rule they guard (`r7_...`).
+
+mod support;
+
+mod config;
+mod quickstart;
+mod rules;

@@ -1,0 +1,233 @@
+//! The domain rules through the binary, on the file connector.
+
+use crate::support::{Deployment, cell, counts, row_where, rows, stderr};
+
+const CONTACTS: &str = "\
+id,contact_type,company_id,name,post_code,city,phone,email,vat_registration_no
+C1,company,,Acme NV,9000,Gent,+32 9 111,info@acme.be,BE0111
+C2,company,,Beta BV,1000,Brussel,,sales@beta.be,
+C3,person,C1,Jan Peeters,,,,jan@acme.be,
+C4,company,,Gamma,2000,Antwerpen,,dup@x.be,
+C5,company,,Gamma Two,2000,Antwerpen,,dup@x.be,
+";
+
+const CUSTOMERS: &str = "\
+id,name,post_code,city,phone,email,vat_registration_no,payment_terms
+K1,ACME,9000,Gent,,info@acme.be,BE0111,30D
+K2,Beta,1000,Brussel,+32 2 222,SALES@beta.be,,14D
+K3,Delta,3000,Leuven,+32 16 333,,BE0333,30D
+K4,Dup,,,,dup@x.be,,
+";
+
+const VENDORS: &str = "\
+id,name,vat_registration_no,phone
+V1,Acme,BE0111,
+";
+
+fn seeded() -> Deployment {
+    let d = Deployment::new();
+    d.write("crm/contacts.csv", CONTACTS);
+    d.write("erp/customers.csv", CUSTOMERS);
+    d.write("erp/vendors.csv", VENDORS);
+    d
+}
+
+fn link(code: &str, contact: &str, account: &str) -> (String, String, String) {
+    (code.into(), contact.into(), account.into())
+}
+
+#[test]
+fn r4_match_tiers_link_existing_records_and_report_ambiguity() {
+    let d = seeded();
+    let report = d.sync();
+    let cust = counts(&report, "CUST");
+    assert_eq!(cust["linked"], 2, "{report}");
+    assert_eq!(cust["ambiguous"], 1);
+    let ambiguous = &report["ambiguous"][0];
+    assert_eq!(ambiguous["account_ids"], serde_json::json!(["K4"]));
+    assert_eq!(ambiguous["contact_ids"], serde_json::json!(["C4", "C5"]));
+    let links = d.links();
+    assert!(links.contains(&link("CUST", "C1", "K1")), "by VAT: {links:?}");
+    assert!(links.contains(&link("CUST", "C2", "K2")), "by e-mail, any case: {links:?}");
+    assert!(links.contains(&link("VEND", "C1", "V1")), "one contact, two relations: {links:?}");
+    assert!(!links.iter().any(|l| l.2 == "K4"), "ambiguous is never guessed");
+
+    // R4 initial = contact: the link starts from the contact; its empties are filled.
+    let customers = d.read("erp/customers.csv");
+    assert_eq!(cell(&customers, "K1", "name").as_deref(), Some("Acme NV"));
+    assert_eq!(cell(&customers, "K1", "phone").as_deref(), Some("+32 9 111"));
+    let contacts = d.read("crm/contacts.csv");
+    assert_eq!(cell(&contacts, "C2", "phone").as_deref(), Some("+32 2 222"));
+    // Columns Tandem does not know survive the rewrite.
+    assert_eq!(cell(&customers, "K1", "payment_terms").as_deref(), Some("30D"));
+    assert_eq!(cell(&customers, "K2", "payment_terms").as_deref(), Some("14D"));
+}
+
+#[test]
+fn r6_unmatched_customer_gets_a_new_company_contact() {
+    let d = seeded();
+    let report = d.sync();
+    assert_eq!(counts(&report, "CUST")["created"], 1);
+    let contacts = d.read("crm/contacts.csv");
+    let delta = row_where(&contacts, "name", "Delta").expect("a contact for Delta");
+    assert_eq!(delta["contact_type"], "company");
+    assert_eq!(delta["phone"], "+32 16 333");
+    assert_eq!(delta["vat_registration_no"], "BE0333");
+    assert!(d.links().contains(&link("CUST", &delta["id"], "K3")));
+    // VEND does not create contacts; K4 is ambiguous and gets none either.
+    assert_eq!(rows(&contacts).len(), 6);
+}
+
+#[test]
+fn r14_second_run_writes_nothing_and_plan_matches_sync() {
+    let d = seeded();
+    let planned = d.json(&["plan"]);
+    let before = d.snapshot();
+    assert_eq!(before, d.snapshot(), "plan writes nothing");
+    let report = d.sync();
+    assert_eq!(planned["counts"], report["counts"]);
+    assert_eq!(planned["writes"], report["writes"]);
+    assert!(report["writes"].as_u64().unwrap() > 0);
+
+    let files = d.snapshot();
+    let second = d.sync();
+    assert_eq!(second["writes"], 0, "{second}");
+    assert_eq!(files, d.snapshot(), "the second run rewrote a file");
+    assert_eq!(counts(&second, "CUST")["unchanged"], 3);
+    assert_eq!(counts(&second, "CUST")["updated"], 0);
+}
+
+#[test]
+fn r7_phone_changed_on_customer_reaches_contact_and_vendor() {
+    let d = seeded();
+    d.sync();
+    let customers = d.read("erp/customers.csv").replace("+32 9 111", "+32 9 999");
+    d.write("erp/customers.csv", &customers);
+    let report = d.sync();
+    assert_eq!(report["writes"], 2, "{report}");
+    assert_eq!(cell(&d.read("crm/contacts.csv"), "C1", "phone").as_deref(), Some("+32 9 999"));
+    assert_eq!(cell(&d.read("erp/vendors.csv"), "V1", "phone").as_deref(), Some("+32 9 999"));
+    assert_eq!(d.sync()["writes"], 0);
+}
+
+#[test]
+fn r7_contact_edit_reaches_customer_and_vendor() {
+    let d = seeded();
+    d.sync();
+    let contacts = d.read("crm/contacts.csv").replace("Acme NV", "Acme Group NV");
+    d.write("crm/contacts.csv", &contacts);
+    let report = d.sync();
+    assert_eq!(counts(&report, "CUST")["updated"], 1);
+    assert_eq!(counts(&report, "VEND")["updated"], 1);
+    assert_eq!(cell(&d.read("erp/customers.csv"), "K1", "name").as_deref(), Some("Acme Group NV"));
+    assert_eq!(cell(&d.read("erp/vendors.csv"), "V1", "name").as_deref(), Some("Acme Group NV"));
+}
+
+#[test]
+fn r13_deleted_customer_drops_its_link_and_keeps_the_contact() {
+    let d = seeded();
+    d.sync();
+    let customers: String = d.read("erp/customers.csv").lines().filter(|l| !l.starts_with("K2,")).map(|l| format!("{l}\n")).collect();
+    d.write("erp/customers.csv", &customers);
+    let report = d.sync();
+    assert_eq!(counts(&report, "CUST")["unlinked"], 1);
+    assert!(!d.links().iter().any(|l| l.2 == "K2"));
+    assert!(cell(&d.read("crm/contacts.csv"), "C2", "name").is_some(), "the contact stays");
+}
+
+#[test]
+fn r12_deleted_contact_drops_its_links_and_keeps_the_accounts() {
+    let d = seeded();
+    d.sync();
+    let contacts: String = d.read("crm/contacts.csv").lines().filter(|l| !l.starts_with("C1,")).map(|l| format!("{l}\n")).collect();
+    d.write("crm/contacts.csv", &contacts);
+    let report = d.sync();
+    assert_eq!(counts(&report, "CUST")["unlinked"], 1);
+    assert_eq!(counts(&report, "VEND")["unlinked"], 1);
+    assert!(!d.links().iter().any(|l| l.1 == "C1"));
+    assert!(cell(&d.read("erp/customers.csv"), "K1", "name").is_some());
+    assert!(cell(&d.read("erp/vendors.csv"), "V1", "name").is_some());
+}
+
+#[test]
+fn r1_a_kind_without_a_code_is_not_synchronised() {
+    let config = crate::support::CONFIG.split("[relations.VEND]").next().unwrap().to_owned();
+    let d = Deployment::with_config(&config);
+    d.write("crm/contacts.csv", CONTACTS);
+    d.write("erp/customers.csv", CUSTOMERS);
+    d.write("erp/vendors.csv", VENDORS);
+    let report = d.sync();
+    assert!(report["counts"].as_array().unwrap().iter().all(|c| c["code"] != "VEND"));
+    assert_eq!(d.read("erp/vendors.csv"), VENDORS, "vendors untouched");
+    assert!(!d.links().iter().any(|l| l.0 == "VEND"));
+}
+
+#[test]
+fn r16_malformed_csv_names_file_and_line_and_changes_nothing() {
+    let d = seeded();
+    d.sync();
+    let files = d.snapshot();
+    let links = d.links();
+    // A row with a missing cell: were it read as a listing without K2, K2 would be
+    // taken for deleted.
+    let broken = d.read("erp/customers.csv").replacen("\nK2,", "\nK2,Beta\nK9,", 1);
+    d.write("erp/customers.csv", &broken);
+    let out = d.tandem(&["sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("customers.csv"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert_eq!(d.links(), links, "state untouched");
+    for (name, bytes) in files {
+        if !name.ends_with("customers.csv") {
+            assert_eq!(std::fs::read(&name).unwrap(), bytes, "{name} changed");
+        }
+    }
+    assert_eq!(d.read("erp/customers.csv"), broken, "the bad file is left for the user to fix");
+}
+
+#[test]
+fn bad_utf8_names_file_and_line() {
+    let d = seeded();
+    let mut bytes = CONTACTS.as_bytes().to_vec();
+    let at = CONTACTS.find("Gamma Two").unwrap();
+    bytes[at + 1] = 0xff;
+    std::fs::write(d.path("crm/contacts.csv"), &bytes).unwrap();
+    let out = d.tandem(&["sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("contacts.csv"), "{err}");
+    assert!(err.contains("line 6"), "{err}");
+    assert!(!d.path(".tandem/state.db").exists() || d.links().is_empty());
+    assert_eq!(d.read("erp/customers.csv"), CUSTOMERS);
+}
+
+#[test]
+fn a_second_sync_on_the_same_state_fails_at_once() {
+    use tandem_state::{LockMode, SqliteState};
+    let d = seeded();
+    d.sync();
+    let _held = SqliteState::open(&d.path(".tandem/state.db"), LockMode::Exclusive).unwrap();
+    let started = std::time::Instant::now();
+    let out = d.tandem(&["sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("in use by another tandem process"), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "it must not wait");
+}
+
+#[test]
+fn jsonl_files_sync_like_csv() {
+    let config = crate::support::CONFIG.replace("path = \"crm\"", "path = \"crm\"\nformat = \"jsonl\"");
+    let d = Deployment::with_config(&config);
+    d.write(
+        "crm/contacts.jsonl",
+        "{\"id\":\"C1\",\"name\":\"Acme NV\",\"vat_registration_no\":\"BE0111\",\"x_rating\":5,\"tags\":[\"a\"]}\n",
+    );
+    d.write("erp/customers.csv", CUSTOMERS);
+    d.sync();
+    assert_eq!(cell(&d.read("erp/customers.csv"), "K1", "name").as_deref(), Some("Acme NV"));
+    let contacts = d.read("crm/contacts.jsonl");
+    assert!(contacts.contains("\"tags\":[\"a\"]"), "unknown keys survive: {contacts}");
+    assert!(contacts.contains("Delta"), "a contact was created for K3: {contacts}");
+    assert_eq!(d.sync()["writes"], 0);
+}

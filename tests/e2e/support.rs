@@ -1,0 +1,185 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// A deployment in a temporary folder.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+}
+
+pub const CONFIG: &str = r#"
+[state]
+url = "sqlite://.tandem/state.db"
+
+[connectors.crm]
+type = "file"
+path = "crm"
+
+[connectors.erp]
+type = "file"
+path = "erp"
+
+[contacts]
+connector = "crm"
+
+[relations.CUST]
+kind = "customer"
+connector = "erp"
+create_contacts = true
+match = [["vat_registration_no"], ["email"], ["name", "post_code"]]
+
+[relations.VEND]
+kind = "vendor"
+connector = "erp"
+match = [["vat_registration_no"]]
+"#;
+
+impl Deployment {
+    /// A deployment with [`CONFIG`] and no data.
+    pub fn new() -> Deployment {
+        Deployment::with_config(CONFIG)
+    }
+
+    pub fn with_config(config: &str) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("crm")).unwrap();
+        fs::create_dir_all(dir.path().join("erp")).unwrap();
+        fs::write(dir.path().join("tandem.toml"), config).unwrap();
+        Deployment { dir }
+    }
+
+    /// A copy of an example folder from the repository.
+    pub fn example(name: &str) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&repo_root().join("examples").join(name), dir.path());
+        let _ = fs::remove_dir_all(dir.path().join(".tandem"));
+        Deployment { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        fs::write(self.path(rel), content).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+
+    /// Runs `tandem --config <dir>/tandem.toml <args>` from another directory, so
+    /// relative paths must resolve against the config file.
+    pub fn tandem(&self, args: &[&str]) -> Output {
+        self.tandem_env(args, &[])
+    }
+
+    pub fn tandem_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        cmd.arg("--config").arg(self.path("tandem.toml")).args(args);
+        cmd.current_dir(std::env::temp_dir());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("RUST_LOG");
+        cmd.output().unwrap()
+    }
+
+    /// Runs a command with `--json` that must succeed, and returns its report.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.tandem(&all);
+        assert!(out.status.success(), "tandem {args:?} failed:\n{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn sync(&self) -> Value {
+        self.json(&["sync"])
+    }
+
+    /// Every file of the deployment but the state, as (name, bytes).
+    pub fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for sub in ["crm", "erp"] {
+            let mut entries: Vec<_> = fs::read_dir(self.path(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+            entries.sort();
+            for p in entries {
+                out.push((p.display().to_string(), fs::read(&p).unwrap()));
+            }
+        }
+        out
+    }
+
+    /// The links in the state, as (code, contact id, account id), sorted.
+    pub fn links(&self) -> Vec<(String, String, String)> {
+        use tandem_state::{LockMode, SqliteState, StateStore};
+        let state = SqliteState::open(&self.path(".tandem/state.db"), LockMode::Shared).unwrap();
+        state
+            .links(None)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.code, l.contact_id, l.account_id))
+            .collect()
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The counts of relation `code` in a report.
+pub fn counts(report: &Value, code: &str) -> Value {
+    report["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"] == code)
+        .unwrap_or_else(|| panic!("no counts for {code} in {report}"))
+        .clone()
+}
+
+/// A CSV file as rows of (column, value) maps keyed by id.
+pub fn rows(csv_text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            headers.iter().zip(r.iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()
+        })
+        .collect()
+}
+
+/// The value of `column` in the row with `id`.
+pub fn cell(csv_text: &str, id: &str, column: &str) -> Option<String> {
+    rows(csv_text)
+        .into_iter()
+        .find(|r| r.get("id").map(String::as_str) == Some(id))
+        .and_then(|r| r.get(column).cloned())
+}
+
+/// The row whose `column` is `value`.
+pub fn row_where(csv_text: &str, column: &str, value: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    rows(csv_text).into_iter().find(|r| r.get(column).map(String::as_str) == Some(value))
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
