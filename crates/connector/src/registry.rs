@@ -90,17 +90,32 @@ impl Registry {
 
 /// Deserialises a connector's settings, naming the offending key on error
 /// (`unknown field `formt` at `formt`...`). Settings types should use
-/// `#[serde(deny_unknown_fields)]`.
+/// `#[serde(deny_unknown_fields)]`. Values never appear in the message: a setting may
+/// be a password.
 pub fn parse_settings<T: DeserializeOwned>(settings: serde_json::Value) -> Result<T, ConnectorError> {
     serde_path_to_error::deserialize(settings).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let message = redact_value(&e.into_inner().to_string());
         if path == "." {
-            ConnectorError::config(inner.to_string())
+            ConnectorError::config(message)
         } else {
-            ConnectorError::config(format!("`{path}`: {inner}"))
+            ConnectorError::config(format!("`{path}`: {message}"))
         }
     })
+}
+
+/// serde quotes the offending value in "invalid type: string \"hunter2\", expected
+/// ..."; keep only what was expected.
+fn redact_value(message: &str) -> String {
+    for prefix in ["invalid type", "invalid value", "invalid length"] {
+        if message.starts_with(prefix) {
+            return match message.find(", expected ") {
+                Some(at) => format!("{prefix}{}", &message[at..]),
+                None => prefix.to_owned(),
+            };
+        }
+    }
+    message.to_owned()
 }
 
 #[cfg(test)]
@@ -197,6 +212,16 @@ mod tests {
             .build("null", serde_json::json!({"path": "x", "paht": "y"}), &context())
             .unwrap_err();
         assert!(err.to_string().contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn setting_values_are_never_quoted() {
+        let err = registry()
+            .build("null", serde_json::json!({"path": 12345}), &context())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("12345"), "{err}");
+        assert!(err.contains("`path`: invalid type, expected a string"), "{err}");
     }
 
     #[test]

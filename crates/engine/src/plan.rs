@@ -401,12 +401,11 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
                 .filter(|(i, v)| v != base(*i))
                 .collect();
             let mut value = contact_value.clone();
-            let distinct: BTreeSet<String> = proposals
-                .iter()
-                .map(|(_, v)| v.to_cell())
-                .chain(contact_changed.then(|| contact_value.to_cell()))
-                .collect();
-            if distinct.len() <= 1 {
+            // Competing changes are a conflict; the same change made on several sides is not.
+            let mut proposed = proposals.iter().map(|(_, v)| v).chain(contact_changed.then_some(&contact_value));
+            let first = proposed.next();
+            let agreed = proposed.all(|v| Some(v) == first);
+            if agreed {
                 if let Some((i, v)) = proposals.first() {
                     value = v.clone();
                     sourced[*i] = true;
