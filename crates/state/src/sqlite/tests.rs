@@ -55,6 +55,11 @@ fn migrations_apply_on_a_fresh_file_and_reopening_is_a_no_op() {
 
     let state = open(&nested);
     assert_eq!(state.count_links("CUST").unwrap(), 1);
+    let journal: String = state
+        .conn
+        .pragma_query_value(None, "journal_mode", |row| row.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
     drop(state);
     assert_eq!(version(&nested), MIGRATIONS.len() as i64);
 }
@@ -221,6 +226,25 @@ fn r2_account_has_at_most_one_contact_per_code() {
         vec![link("CUST", "C1", "K1")]
     );
     assert!(state.links_of_contacts(&["C2"]).unwrap().is_empty());
+
+    // Nor can a contact that has another account move onto a taken one.
+    upsert(&mut state, vec![link("CUST", "C3", "K3")]).unwrap();
+    let err = upsert(&mut state, vec![link("CUST", "C3", "K1")]).unwrap_err();
+    assert!(
+        matches!(&err, StateError::AccountTaken { contact_id, linked_contact, .. }
+            if contact_id == "C3" && linked_contact == "C1"),
+        "{err}"
+    );
+    assert_eq!(
+        state.links_of_contacts(&["C3"]).unwrap(),
+        vec![link("CUST", "C3", "K3")]
+    );
+    state
+        .commit(StateBatch {
+            delete_links: vec![("CUST".into(), "C3".into())],
+            ..StateBatch::default()
+        })
+        .unwrap();
 
     // The same account number under another code is another relation.
     upsert(&mut state, vec![link("VEND", "C2", "K1")]).unwrap();
@@ -440,6 +464,12 @@ fn lookups_by_many_ids_are_chunked() {
         .map(|i| link("CUST", &format!("C{i:05}"), &format!("K{i:05}")))
         .collect();
     upsert(&mut state, links.clone()).unwrap();
+    // Every third contact is a vendor too.
+    let vendors: Vec<Link> = (0..2_345)
+        .step_by(3)
+        .map(|i| link("VEND", &format!("C{i:05}"), &format!("V{i:05}")))
+        .collect();
+    upsert(&mut state, vendors).unwrap();
 
     // Every other id, plus unknown ids and duplicates, across several chunks.
     let mut contacts: Vec<String> = (0..2_345).step_by(2).map(|i| format!("C{i:05}")).collect();
@@ -448,7 +478,18 @@ fn lookups_by_many_ids_are_chunked() {
     contacts.reverse();
     let ids: Vec<&str> = contacts.iter().map(String::as_str).collect();
     let found = state.links_of_contacts(&ids).unwrap();
-    let expected: Vec<Link> = links.iter().step_by(2).cloned().collect();
+    let expected: Vec<Link> = (0..2_345)
+        .step_by(2)
+        .flat_map(|i| {
+            let contact = format!("C{i:05}");
+            let mut both = vec![link("CUST", &contact, &format!("K{i:05}"))];
+            if i % 3 == 0 {
+                both.push(link("VEND", &contact, &format!("V{i:05}")));
+            }
+            both
+        })
+        .collect();
+    assert_eq!(found.len(), expected.len());
     assert_eq!(found, expected);
 
     let accounts: Vec<String> = (0..2_345).map(|i| format!("K{i:05}")).collect();
