@@ -17,27 +17,39 @@ fn fails_with(config: &str, needles: &[&str]) {
 #[test]
 fn unknown_key_is_named() {
     fails_with(
-        &CONFIG.replace("create_contacts = true", "create_contacts = true\nconflcit = \"newest\""),
+        &CONFIG.replace(
+            "create_contacts = true",
+            "create_contacts = true\nconflcit = \"newest\"",
+        ),
         &["relations.CUST", "conflcit"],
     );
 }
 
 #[test]
 fn unknown_connector_type_is_named() {
-    fails_with(&CONFIG.replacen("type = \"file\"", "type = \"ftp\"", 1), &["connectors.crm", "ftp"]);
+    fails_with(
+        &CONFIG.replacen("type = \"file\"", "type = \"ftp\"", 1),
+        &["connectors.crm", "ftp"],
+    );
 }
 
 #[test]
 fn relation_on_a_missing_connector_is_named() {
     fails_with(
-        &CONFIG.replace("connector = \"erp\"\ncreate_contacts", "connector = \"erp2\"\ncreate_contacts"),
+        &CONFIG.replace(
+            "connector = \"erp\"\ncreate_contacts",
+            "connector = \"erp2\"\ncreate_contacts",
+        ),
         &["relations.CUST.connector", "erp2"],
     );
 }
 
 #[test]
 fn unknown_connector_setting_is_named() {
-    fails_with(&CONFIG.replacen("path = \"crm\"", "path = \"crm\"\nformt = \"csv\"", 1), &["connectors.crm", "formt"]);
+    fails_with(
+        &CONFIG.replacen("path = \"crm\"", "path = \"crm\"\nformt = \"csv\"", 1),
+        &["connectors.crm", "formt"],
+    );
 }
 
 #[test]
@@ -71,7 +83,10 @@ fn environment_overrides_and_variables_apply() {
     d.write("tandem.toml", &config);
     let out = d.tandem_env(
         &["--json", "sync"],
-        &[("TANDEM__CONNECTORS__ERP__PATH", "erp-other"), ("TANDEM_TEST_CRM", "crm")],
+        &[
+            ("TANDEM__CONNECTORS__ERP__PATH", "erp-other"),
+            ("TANDEM_TEST_CRM", "crm"),
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

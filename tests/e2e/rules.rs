@@ -47,20 +47,41 @@ fn r4_match_tiers_link_existing_records_and_report_ambiguity() {
     assert_eq!(ambiguous["account_ids"], serde_json::json!(["K4"]));
     assert_eq!(ambiguous["contact_ids"], serde_json::json!(["C4", "C5"]));
     let links = d.links();
-    assert!(links.contains(&link("CUST", "C1", "K1")), "by VAT: {links:?}");
-    assert!(links.contains(&link("CUST", "C2", "K2")), "by e-mail, any case: {links:?}");
-    assert!(links.contains(&link("VEND", "C1", "V1")), "one contact, two relations: {links:?}");
-    assert!(!links.iter().any(|l| l.2 == "K4"), "ambiguous is never guessed");
+    assert!(
+        links.contains(&link("CUST", "C1", "K1")),
+        "by VAT: {links:?}"
+    );
+    assert!(
+        links.contains(&link("CUST", "C2", "K2")),
+        "by e-mail, any case: {links:?}"
+    );
+    assert!(
+        links.contains(&link("VEND", "C1", "V1")),
+        "one contact, two relations: {links:?}"
+    );
+    assert!(
+        !links.iter().any(|l| l.2 == "K4"),
+        "ambiguous is never guessed"
+    );
 
     // R4 initial = contact: the link starts from the contact; its empties are filled.
     let customers = d.read("erp/customers.csv");
     assert_eq!(cell(&customers, "K1", "name").as_deref(), Some("Acme NV"));
-    assert_eq!(cell(&customers, "K1", "phone").as_deref(), Some("+32 9 111"));
+    assert_eq!(
+        cell(&customers, "K1", "phone").as_deref(),
+        Some("+32 9 111")
+    );
     let contacts = d.read("crm/contacts.csv");
     assert_eq!(cell(&contacts, "C2", "phone").as_deref(), Some("+32 2 222"));
     // Columns Tandem does not know survive the rewrite.
-    assert_eq!(cell(&customers, "K1", "payment_terms").as_deref(), Some("30D"));
-    assert_eq!(cell(&customers, "K2", "payment_terms").as_deref(), Some("14D"));
+    assert_eq!(
+        cell(&customers, "K1", "payment_terms").as_deref(),
+        Some("30D")
+    );
+    assert_eq!(
+        cell(&customers, "K2", "payment_terms").as_deref(),
+        Some("14D")
+    );
 }
 
 #[test]
@@ -101,12 +122,20 @@ fn r14_second_run_writes_nothing_and_plan_matches_sync() {
 fn r7_phone_changed_on_customer_reaches_contact_and_vendor() {
     let d = seeded();
     d.sync();
-    let customers = d.read("erp/customers.csv").replace("+32 9 111", "+32 9 999");
+    let customers = d
+        .read("erp/customers.csv")
+        .replace("+32 9 111", "+32 9 999");
     d.write("erp/customers.csv", &customers);
     let report = d.sync();
     assert_eq!(report["writes"], 2, "{report}");
-    assert_eq!(cell(&d.read("crm/contacts.csv"), "C1", "phone").as_deref(), Some("+32 9 999"));
-    assert_eq!(cell(&d.read("erp/vendors.csv"), "V1", "phone").as_deref(), Some("+32 9 999"));
+    assert_eq!(
+        cell(&d.read("crm/contacts.csv"), "C1", "phone").as_deref(),
+        Some("+32 9 999")
+    );
+    assert_eq!(
+        cell(&d.read("erp/vendors.csv"), "V1", "phone").as_deref(),
+        Some("+32 9 999")
+    );
     assert_eq!(d.sync()["writes"], 0);
 }
 
@@ -114,32 +143,53 @@ fn r7_phone_changed_on_customer_reaches_contact_and_vendor() {
 fn r7_contact_edit_reaches_customer_and_vendor() {
     let d = seeded();
     d.sync();
-    let contacts = d.read("crm/contacts.csv").replace("Acme NV", "Acme Group NV");
+    let contacts = d
+        .read("crm/contacts.csv")
+        .replace("Acme NV", "Acme Group NV");
     d.write("crm/contacts.csv", &contacts);
     let report = d.sync();
     assert_eq!(counts(&report, "CUST")["updated"], 1);
     assert_eq!(counts(&report, "VEND")["updated"], 1);
-    assert_eq!(cell(&d.read("erp/customers.csv"), "K1", "name").as_deref(), Some("Acme Group NV"));
-    assert_eq!(cell(&d.read("erp/vendors.csv"), "V1", "name").as_deref(), Some("Acme Group NV"));
+    assert_eq!(
+        cell(&d.read("erp/customers.csv"), "K1", "name").as_deref(),
+        Some("Acme Group NV")
+    );
+    assert_eq!(
+        cell(&d.read("erp/vendors.csv"), "V1", "name").as_deref(),
+        Some("Acme Group NV")
+    );
 }
 
 #[test]
 fn r13_deleted_customer_drops_its_link_and_keeps_the_contact() {
     let d = seeded();
     d.sync();
-    let customers: String = d.read("erp/customers.csv").lines().filter(|l| !l.starts_with("K2,")).map(|l| format!("{l}\n")).collect();
+    let customers: String = d
+        .read("erp/customers.csv")
+        .lines()
+        .filter(|l| !l.starts_with("K2,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     d.write("erp/customers.csv", &customers);
     let report = d.sync();
     assert_eq!(counts(&report, "CUST")["unlinked"], 1);
     assert!(!d.links().iter().any(|l| l.2 == "K2"));
-    assert!(cell(&d.read("crm/contacts.csv"), "C2", "name").is_some(), "the contact stays");
+    assert!(
+        cell(&d.read("crm/contacts.csv"), "C2", "name").is_some(),
+        "the contact stays"
+    );
 }
 
 #[test]
 fn r12_deleted_contact_drops_its_links_and_keeps_the_accounts() {
     let d = seeded();
     d.sync();
-    let contacts: String = d.read("crm/contacts.csv").lines().filter(|l| !l.starts_with("C1,")).map(|l| format!("{l}\n")).collect();
+    let contacts: String = d
+        .read("crm/contacts.csv")
+        .lines()
+        .filter(|l| !l.starts_with("C1,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     d.write("crm/contacts.csv", &contacts);
     let report = d.sync();
     assert_eq!(counts(&report, "CUST")["unlinked"], 1);
@@ -151,13 +201,23 @@ fn r12_deleted_contact_drops_its_links_and_keeps_the_accounts() {
 
 #[test]
 fn r1_a_kind_without_a_code_is_not_synchronised() {
-    let config = crate::support::CONFIG.split("[relations.VEND]").next().unwrap().to_owned();
+    let config = crate::support::CONFIG
+        .split("[relations.VEND]")
+        .next()
+        .unwrap()
+        .to_owned();
     let d = Deployment::with_config(&config);
     d.write("crm/contacts.csv", CONTACTS);
     d.write("erp/customers.csv", CUSTOMERS);
     d.write("erp/vendors.csv", VENDORS);
     let report = d.sync();
-    assert!(report["counts"].as_array().unwrap().iter().all(|c| c["code"] != "VEND"));
+    assert!(
+        report["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["code"] != "VEND")
+    );
     assert_eq!(d.read("erp/vendors.csv"), VENDORS, "vendors untouched");
     assert!(!d.links().iter().any(|l| l.0 == "VEND"));
 }
@@ -170,7 +230,9 @@ fn r16_malformed_csv_names_file_and_line_and_changes_nothing() {
     let links = d.links();
     // A row with a missing cell: were it read as a listing without K2, K2 would be
     // taken for deleted.
-    let broken = d.read("erp/customers.csv").replacen("\nK2,", "\nK2,Beta\nK9,", 1);
+    let broken = d
+        .read("erp/customers.csv")
+        .replacen("\nK2,", "\nK2,Beta\nK9,", 1);
     d.write("erp/customers.csv", &broken);
     let out = d.tandem(&["sync"]);
     assert_eq!(out.status.code(), Some(1));
@@ -183,7 +245,11 @@ fn r16_malformed_csv_names_file_and_line_and_changes_nothing() {
             assert_eq!(std::fs::read(&name).unwrap(), bytes, "{name} changed");
         }
     }
-    assert_eq!(d.read("erp/customers.csv"), broken, "the bad file is left for the user to fix");
+    assert_eq!(
+        d.read("erp/customers.csv"),
+        broken,
+        "the bad file is left for the user to fix"
+    );
 }
 
 #[test]
@@ -211,13 +277,21 @@ fn a_second_sync_on_the_same_state_fails_at_once() {
     let started = std::time::Instant::now();
     let out = d.tandem(&["sync"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("in use by another tandem process"), "{}", stderr(&out));
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "it must not wait");
+    assert!(
+        stderr(&out).contains("in use by another tandem process"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "it must not wait"
+    );
 }
 
 #[test]
 fn jsonl_files_sync_like_csv() {
-    let config = crate::support::CONFIG.replace("path = \"crm\"", "path = \"crm\"\nformat = \"jsonl\"");
+    let config =
+        crate::support::CONFIG.replace("path = \"crm\"", "path = \"crm\"\nformat = \"jsonl\"");
     let d = Deployment::with_config(&config);
     d.write(
         "crm/contacts.jsonl",
@@ -225,9 +299,18 @@ fn jsonl_files_sync_like_csv() {
     );
     d.write("erp/customers.csv", CUSTOMERS);
     d.sync();
-    assert_eq!(cell(&d.read("erp/customers.csv"), "K1", "name").as_deref(), Some("Acme NV"));
+    assert_eq!(
+        cell(&d.read("erp/customers.csv"), "K1", "name").as_deref(),
+        Some("Acme NV")
+    );
     let contacts = d.read("crm/contacts.jsonl");
-    assert!(contacts.contains("\"tags\":[\"a\"]"), "unknown keys survive: {contacts}");
-    assert!(contacts.contains("Delta"), "a contact was created for K3: {contacts}");
+    assert!(
+        contacts.contains("\"tags\":[\"a\"]"),
+        "unknown keys survive: {contacts}"
+    );
+    assert!(
+        contacts.contains("Delta"),
+        "a contact was created for K3: {contacts}"
+    );
     assert_eq!(d.sync()["writes"], 0);
 }

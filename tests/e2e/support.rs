@@ -92,8 +92,13 @@ impl Deployment {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.tandem(&all);
-        assert!(out.status.success(), "tandem {args:?} failed:\n{}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "tandem {args:?} failed:\n{}",
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     pub fn sync(&self) -> Value {
@@ -104,7 +109,10 @@ impl Deployment {
     pub fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         for sub in ["crm", "erp"] {
-            let mut entries: Vec<_> = fs::read_dir(self.path(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+            let mut entries: Vec<_> = fs::read_dir(self.path(sub))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
             entries.sort();
             for p in entries {
                 out.push((p.display().to_string(), fs::read(&p).unwrap()));
@@ -149,7 +157,11 @@ pub fn rows(csv_text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
         .records()
         .map(|r| {
             let r = r.unwrap();
-            headers.iter().zip(r.iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect()
+            headers
+                .iter()
+                .zip(r.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
         })
         .collect()
 }
@@ -163,12 +175,21 @@ pub fn cell(csv_text: &str, id: &str, column: &str) -> Option<String> {
 }
 
 /// The row whose `column` is `value`.
-pub fn row_where(csv_text: &str, column: &str, value: &str) -> Option<std::collections::BTreeMap<String, String>> {
-    rows(csv_text).into_iter().find(|r| r.get(column).map(String::as_str) == Some(value))
+pub fn row_where(
+    csv_text: &str,
+    column: &str,
+    value: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    rows(csv_text)
+        .into_iter()
+        .find(|r| r.get(column).map(String::as_str) == Some(value))
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -103,7 +103,10 @@ pub fn report(
             let _ = writeln!(
                 out,
                 "  {} {contact} / account {}: {} write failed: {}",
-                f.code, f.account_id, f.side, f.error
+                f.code,
+                f.account_id.as_deref().unwrap_or("(new)"),
+                f.side,
+                f.error
             );
         }
     }
@@ -164,7 +167,10 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
         .hubs
         .iter()
         .flat_map(|h| h.pairs.iter().map(move |p| (h, p)))
-        .filter_map(|(h, p)| Some((h, p, p.matched_by_tier?)))
+        .filter_map(|(h, p)| match p.new_link? {
+            tandem_engine::plan::NewLink::Match { tier } => Some((h, p, tier)),
+            _ => None,
+        })
         .collect();
     let has_links = !links.is_empty();
     if has_links {
@@ -266,6 +272,7 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
             let reason = match u.reason {
                 UnlinkReason::ContactDeleted => "the contact was deleted; the account stays (R12)",
                 UnlinkReason::AccountDeleted => "the account was deleted; the contact stays (R13)",
+                UnlinkReason::Operator => "unlinked by an operator; both records stay",
             };
             let _ = writeln!(
                 out,

@@ -39,7 +39,9 @@ fn id_text(id: &Option<String>) -> String {
 
 impl ConnectorError {
     pub fn transient(message: impl Into<String>) -> Self {
-        ConnectorError::Transient { message: message.into() }
+        ConnectorError::Transient {
+            message: message.into(),
+        }
     }
     pub fn invalid(id: Option<&str>, message: impl Into<String>) -> Self {
         ConnectorError::InvalidRecord {
@@ -48,10 +50,14 @@ impl ConnectorError {
         }
     }
     pub fn config(message: impl Into<String>) -> Self {
-        ConnectorError::Config { message: message.into() }
+        ConnectorError::Config {
+            message: message.into(),
+        }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
-        ConnectorError::Fatal { message: message.into() }
+        ConnectorError::Fatal {
+            message: message.into(),
+        }
     }
 
     pub fn rate_limited(retry_after: Option<Duration>) -> Self {
@@ -62,7 +68,10 @@ impl ConnectorError {
 
     /// Whether the same call may succeed if made again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ConnectorError::RateLimited { .. } | ConnectorError::Transient { .. })
+        matches!(
+            self,
+            ConnectorError::RateLimited { .. } | ConnectorError::Transient { .. }
+        )
     }
 
     /// Whether the error concerns one record only (the run goes on without it, R17),
@@ -70,7 +79,9 @@ impl ConnectorError {
     pub fn is_record_error(&self) -> bool {
         matches!(
             self,
-            ConnectorError::Conflict { .. } | ConnectorError::NotFound { .. } | ConnectorError::InvalidRecord { .. }
+            ConnectorError::Conflict { .. }
+                | ConnectorError::NotFound { .. }
+                | ConnectorError::InvalidRecord { .. }
         )
     }
 }

@@ -130,9 +130,14 @@ pub trait Connector: Send + Sync + fmt::Debug {
 
     /// Reads one page of `kind`. Without a cursor, or when the connector is not
     /// incremental, the pages form a full listing.
-    async fn read(&self, kind: EntityKind, cursor: Option<&Cursor>) -> Result<Page, ConnectorError>;
+    async fn read(&self, kind: EntityKind, cursor: Option<&Cursor>)
+    -> Result<Page, ConnectorError>;
 
     /// Applies up to `capabilities().max_batch` operations on records of `kind`.
     /// An `Err` means none of them was applied.
-    async fn write(&self, kind: EntityKind, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, ConnectorError>;
+    async fn write(
+        &self,
+        kind: EntityKind,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOutcome>, ConnectorError>;
 }

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use tandem_model::{EntityKind, Fields, Record, Timestamp};
 
-use crate::{Capabilities, Connector, ConnectorError, Cursor, Listing, Page, WriteOp, WriteOutcome, Written};
+use crate::{
+    Capabilities, Connector, ConnectorError, Cursor, Listing, Page, WriteOp, WriteOutcome, Written,
+};
 
 #[derive(Debug, Default)]
 struct Table {
@@ -141,7 +143,9 @@ impl MemoryConnector {
         let seq = inner.sequence;
         let table = inner.tables.entry(kind).or_default();
         let check = |record: &Record, id: &str, version: &Option<String>| match version {
-            Some(v) if record.version.as_ref() != Some(v) => Err(ConnectorError::Conflict { id: id.to_owned() }),
+            Some(v) if record.version.as_ref() != Some(v) => {
+                Err(ConnectorError::Conflict { id: id.to_owned() })
+            }
             _ => Ok(()),
         };
         let id = match op {
@@ -152,10 +156,16 @@ impl MemoryConnector {
                     table.next_id += 1;
                     id = format!("{prefix}{}", table.next_id);
                 }
-                table.records.insert(id.clone(), Record::new(kind, id.clone(), fields));
+                table
+                    .records
+                    .insert(id.clone(), Record::new(kind, id.clone(), fields));
                 id
             }
-            WriteOp::Update { id, version, changes } => {
+            WriteOp::Update {
+                id,
+                version,
+                changes,
+            } => {
                 let record = table
                     .records
                     .get_mut(&id)
@@ -210,23 +220,32 @@ impl Connector for MemoryConnector {
 
     /// Cursors are `<since>:<after-id>`: changes with a sequence number above `since`,
     /// paged by id. A full listing pages by id from an empty cursor.
-    async fn read(&self, kind: EntityKind, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
+    async fn read(
+        &self,
+        kind: EntityKind,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page, ConnectorError> {
         let mut inner = self.lock();
-        if inner.fail_after_pages.is_some_and(|limit| inner.pages_served >= limit) {
+        if inner
+            .fail_after_pages
+            .is_some_and(|limit| inner.pages_served >= limit)
+        {
             return Err(ConnectorError::transient("connection reset while listing"));
         }
         inner.pages_served += 1;
         let sequence = inner.sequence;
-        let table = inner
-            .tables
-            .get(&kind)
-            .ok_or_else(|| ConnectorError::config(format!("this connector holds no {}", kind.plural())))?;
+        let table = inner.tables.get(&kind).ok_or_else(|| {
+            ConnectorError::config(format!("this connector holds no {}", kind.plural()))
+        })?;
         let (listing, since, after, snapshot) = match cursor.map(|c| c.0.as_str()) {
             Some(c) => {
                 let mut parts = c.splitn(4, ':');
                 let mode = parts.next().unwrap_or_default();
                 let since: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                let snapshot: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(sequence);
+                let snapshot: u64 = parts
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(sequence);
                 let after = parts.next().unwrap_or_default().to_owned();
                 let listing = if mode == "full" || !self.incremental {
                     Listing::Full
@@ -240,11 +259,17 @@ impl Connector for MemoryConnector {
         let mut records = Vec::new();
         let mut last_id = None;
         let candidates: Box<dyn Iterator<Item = (&String, &u64)>> = match listing {
-            Listing::Full => Box::new(table.changed_at.iter().filter(|(id, _)| table.records.contains_key(*id))),
+            Listing::Full => Box::new(
+                table
+                    .changed_at
+                    .iter()
+                    .filter(|(id, _)| table.records.contains_key(*id)),
+            ),
             Listing::Changes => Box::new(table.changed_at.iter().filter(|(_, seq)| **seq > since)),
         };
         let mut has_more = false;
-        for (id, _) in candidates.filter(|(id, _)| after.is_empty() || id.as_str() > after.as_str()) {
+        for (id, _) in candidates.filter(|(id, _)| after.is_empty() || id.as_str() > after.as_str())
+        {
             if records.len() == self.page_size {
                 has_more = true;
                 break;
@@ -260,7 +285,10 @@ impl Connector for MemoryConnector {
             Listing::Changes => "changes",
         };
         let cursor = if has_more {
-            Cursor(format!("{mode}:{since}:{snapshot}:{}", last_id.unwrap_or_default()))
+            Cursor(format!(
+                "{mode}:{since}:{snapshot}:{}",
+                last_id.unwrap_or_default()
+            ))
         } else {
             // The next run asks for changes since the snapshot this read started from.
             Cursor(format!("changes:{snapshot}:{snapshot}:"))
@@ -273,7 +301,11 @@ impl Connector for MemoryConnector {
         })
     }
 
-    async fn write(&self, kind: EntityKind, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, ConnectorError> {
+    async fn write(
+        &self,
+        kind: EntityKind,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
         let mut inner = self.lock();
         Ok(ops
             .into_iter()
@@ -288,7 +320,11 @@ mod tests {
     use crate::Changes;
     use tandem_model::{FieldName, Value};
 
-    async fn read_all(c: &MemoryConnector, kind: EntityKind, cursor: Option<Cursor>) -> (Vec<Record>, Listing, Cursor) {
+    async fn read_all(
+        c: &MemoryConnector,
+        kind: EntityKind,
+        cursor: Option<Cursor>,
+    ) -> (Vec<Record>, Listing, Cursor) {
         let mut cursor = cursor;
         let mut out = Vec::new();
         loop {
@@ -305,7 +341,11 @@ mod tests {
     async fn full_listing_then_changes_with_tombstones() {
         let c = MemoryConnector::new(&[EntityKind::Customer], true).with_page_size(2);
         for i in 0..5 {
-            c.put(EntityKind::Customer, &format!("K{i}"), Fields::new().with("name", "x"));
+            c.put(
+                EntityKind::Customer,
+                &format!("K{i}"),
+                Fields::new().with("name", "x"),
+            );
         }
         let (all, listing, cursor) = read_all(&c, EntityKind::Customer, None).await;
         assert_eq!(all.len(), 5);
@@ -328,7 +368,14 @@ mod tests {
         assert_eq!(out[0], Err(ConnectorError::Conflict { id: "K2".into() }));
         let version = c.get(EntityKind::Customer, "K2").unwrap().version;
         let out = c
-            .write(EntityKind::Customer, vec![WriteOp::Update { id: "K2".into(), version, changes }])
+            .write(
+                EntityKind::Customer,
+                vec![WriteOp::Update {
+                    id: "K2".into(),
+                    version,
+                    changes,
+                }],
+            )
             .await
             .unwrap();
         assert!(out[0].is_ok());
@@ -347,6 +394,10 @@ mod tests {
         c.fail_reads_after(Some(1));
         let page = c.read(EntityKind::Contact, None).await.unwrap();
         assert!(page.has_more);
-        assert!(c.read(EntityKind::Contact, page.cursor.as_ref()).await.is_err());
+        assert!(
+            c.read(EntityKind::Contact, page.cursor.as_ref())
+                .await
+                .is_err()
+        );
     }
 }

@@ -92,7 +92,9 @@ impl Registry {
 /// (`unknown field `formt` at `formt`...`). Settings types should use
 /// `#[serde(deny_unknown_fields)]`. Values never appear in the message: a setting may
 /// be a password.
-pub fn parse_settings<T: DeserializeOwned>(settings: serde_json::Value) -> Result<T, ConnectorError> {
+pub fn parse_settings<T: DeserializeOwned>(
+    settings: serde_json::Value,
+) -> Result<T, ConnectorError> {
     serde_path_to_error::deserialize(settings).map_err(|e| {
         let path = e.path().to_string();
         let message = redact_value(&e.into_inner().to_string());
@@ -157,7 +159,11 @@ mod tests {
                 has_more: false,
             })
         }
-        async fn write(&self, _: EntityKind, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        async fn write(
+            &self,
+            _: EntityKind,
+            ops: Vec<WriteOp>,
+        ) -> Result<Vec<WriteOutcome>, ConnectorError> {
             Ok(ops
                 .iter()
                 .map(|_| Err(ConnectorError::fatal("read-only")))
@@ -171,7 +177,11 @@ mod tests {
         fn type_name(&self) -> &'static str {
             "null"
         }
-        fn build(&self, settings: serde_json::Value, _: &BuildContext) -> Result<Arc<dyn Connector>, ConnectorError> {
+        fn build(
+            &self,
+            settings: serde_json::Value,
+            _: &BuildContext,
+        ) -> Result<Arc<dyn Connector>, ConnectorError> {
             let _settings: NullSettings = parse_settings(settings)?;
             Ok(Arc::new(NullConnector))
         }
@@ -184,7 +194,9 @@ mod tests {
     }
 
     fn context() -> BuildContext {
-        BuildContext { base_dir: PathBuf::from("/etc/tandem") }
+        BuildContext {
+            base_dir: PathBuf::from("/etc/tandem"),
+        }
     }
 
     #[tokio::test]
@@ -209,7 +221,11 @@ mod tests {
     #[test]
     fn unknown_setting_is_named() {
         let err = registry()
-            .build("null", serde_json::json!({"path": "x", "paht": "y"}), &context())
+            .build(
+                "null",
+                serde_json::json!({"path": "x", "paht": "y"}),
+                &context(),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("paht"), "{err}");
     }
@@ -221,12 +237,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("12345"), "{err}");
-        assert!(err.contains("`path`: invalid type, expected a string"), "{err}");
+        assert!(
+            err.contains("`path`: invalid type, expected a string"),
+            "{err}"
+        );
     }
 
     #[test]
     fn relative_paths_resolve_against_the_config_folder() {
-        assert_eq!(context().resolve(Path::new("data")), PathBuf::from("/etc/tandem/data"));
-        assert_eq!(context().resolve(Path::new("/data")), PathBuf::from("/data"));
+        assert_eq!(
+            context().resolve(Path::new("data")),
+            PathBuf::from("/etc/tandem/data")
+        );
+        assert_eq!(
+            context().resolve(Path::new("/data")),
+            PathBuf::from("/data")
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tandem_model::{EntityKind, field};
+use tandem_model::{EntityKind, Value, field};
 
 /// The contact side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +35,16 @@ pub struct RelationConfig {
     /// Who wins when both sides changed the same field (R15).
     #[serde(default)]
     pub conflict: ConflictPolicy,
+    /// Per-field exceptions to `conflict`, e.g. `{ phone = "account_wins" }`.
+    #[serde(default)]
+    pub conflict_fields: BTreeMap<String, ConflictPolicy>,
+    /// Values for fields the contact does not carry, set on accounts created from a
+    /// contact (R5); shorthand for a last `templates` rule without conditions.
+    #[serde(default)]
+    pub template: Option<BTreeMap<String, Value>>,
+    /// Templates chosen by rules on the contact, first match wins (R5).
+    #[serde(default)]
+    pub templates: Vec<TemplateRule>,
     /// Which side's values a new link starts from (R4).
     #[serde(default)]
     pub initial: InitialSide,
@@ -44,6 +54,36 @@ pub struct RelationConfig {
     /// Account fields sync never overwrites; defaults to the kind's preserve list (R8).
     #[serde(default)]
     pub preserve: Option<Vec<String>>,
+}
+
+impl RelationConfig {
+    /// A relation with every optional setting at its default.
+    pub fn new(kind: EntityKind, connector: &str) -> RelationConfig {
+        RelationConfig {
+            kind,
+            connector: connector.to_owned(),
+            create_contacts: false,
+            match_tiers: Vec::new(),
+            conflict: ConflictPolicy::default(),
+            conflict_fields: BTreeMap::new(),
+            template: None,
+            templates: Vec::new(),
+            initial: InitialSide::default(),
+            fields: None,
+            preserve: None,
+        }
+    }
+}
+
+/// A template chosen when every `when` field of the contact equals the given value
+/// (trimmed, case-insensitive), e.g. `{ when = { country_code = "BE" }, fields = {
+/// x_payment_terms = "30D" } }`. `contact_type` is `company` or `person`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRule {
+    #[serde(default)]
+    pub when: BTreeMap<String, String>,
+    pub fields: BTreeMap<String, Value>,
 }
 
 /// A match tier: fields that must all be filled and equal on both sides.
@@ -83,6 +123,9 @@ pub enum ConflictPolicy {
     /// The side modified last wins (by each record's modification time); the contact
     /// when a time is missing or equal.
     Newest,
+    /// Nobody wins: the field waits in the conflict queue for `tandem conflicts
+    /// resolve`; the pair's other fields go on synchronising.
+    Manual,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +155,10 @@ pub struct ConfigError {
 impl SyncConfig {
     /// Checks what types cannot: codes, field names, one code per account kind and
     /// connector.
-    pub fn new(contacts: ContactsConfig, relations: BTreeMap<String, RelationConfig>) -> Result<SyncConfig, ConfigError> {
+    pub fn new(
+        contacts: ContactsConfig,
+        relations: BTreeMap<String, RelationConfig>,
+    ) -> Result<SyncConfig, ConfigError> {
         let err = |key: String, message: String| Err(ConfigError { key, message });
         if let Some(preserve) = &contacts.preserve {
             check_fields(EntityKind::Contact, preserve, "contacts.preserve")?;
@@ -120,13 +166,18 @@ impl SyncConfig {
         let mut seen: BTreeMap<(EntityKind, &str), &str> = BTreeMap::new();
         for (code, relation) in &relations {
             let key = format!("relations.{code}");
-            if code.is_empty() || !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if code.is_empty()
+                || !code
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return err(key, "a relation code is letters, digits, `_` or `-`".into());
             }
             if relation.kind == EntityKind::Contact {
                 return err(
                     format!("{key}.kind"),
-                    "a relation links contacts to accounts: use customer, vendor or bank_account".into(),
+                    "a relation links contacts to accounts: use customer, vendor or bank_account"
+                        .into(),
                 );
             }
             if let Some(other) = seen.insert((relation.kind, relation.connector.as_str()), code) {
@@ -140,7 +191,10 @@ impl SyncConfig {
             }
             for (i, tier) in relation.match_tiers.iter().enumerate() {
                 if tier.fields().is_empty() {
-                    return err(format!("{key}.match[{i}]"), "a match tier needs at least one field".into());
+                    return err(
+                        format!("{key}.match[{i}]"),
+                        "a match tier needs at least one field".into(),
+                    );
                 }
                 check_fields(relation.kind, tier.fields(), &format!("{key}.match[{i}]"))?;
             }
@@ -148,12 +202,35 @@ impl SyncConfig {
                 check_fields(relation.kind, fields, &format!("{key}.fields"))?;
                 for f in fields {
                     if !field::is_canonical_for(EntityKind::Contact, f) && !field::is_extra(f) {
-                        return err(format!("{key}.fields"), format!("contacts have no field `{f}`"));
+                        return err(
+                            format!("{key}.fields"),
+                            format!("contacts have no field `{f}`"),
+                        );
                     }
                 }
             }
             if let Some(preserve) = &relation.preserve {
                 check_fields(relation.kind, preserve, &format!("{key}.preserve"))?;
+            }
+            let fields: Vec<String> = relation.conflict_fields.keys().cloned().collect();
+            check_fields(relation.kind, &fields, &format!("{key}.conflict_fields"))?;
+            for (i, rule) in relation.templates.iter().enumerate() {
+                let fields: Vec<String> = rule.fields.keys().cloned().collect();
+                check_fields(
+                    relation.kind,
+                    &fields,
+                    &format!("{key}.templates[{i}].fields"),
+                )?;
+                let when: Vec<String> = rule.when.keys().cloned().collect();
+                check_fields(
+                    EntityKind::Contact,
+                    &when,
+                    &format!("{key}.templates[{i}].when"),
+                )?;
+            }
+            if let Some(template) = &relation.template {
+                let fields: Vec<String> = template.keys().cloned().collect();
+                check_fields(relation.kind, &fields, &format!("{key}.template"))?;
             }
         }
         Ok(SyncConfig {
@@ -183,16 +260,7 @@ mod tests {
     use super::*;
 
     fn relation(kind: EntityKind, connector: &str) -> RelationConfig {
-        RelationConfig {
-            kind,
-            connector: connector.into(),
-            create_contacts: false,
-            match_tiers: vec![],
-            conflict: ConflictPolicy::default(),
-            initial: InitialSide::default(),
-            fields: None,
-            preserve: None,
-        }
+        RelationConfig::new(kind, connector)
     }
 
     fn contacts() -> ContactsConfig {
@@ -209,7 +277,10 @@ mod tests {
         relations.insert("CUST2".into(), relation(EntityKind::Customer, "erp"));
         let e = SyncConfig::new(contacts(), relations).unwrap_err();
         assert_eq!(e.key, "relations.CUST2");
-        assert!(e.message.contains("already belong to relation `CUST`"), "{e}");
+        assert!(
+            e.message.contains("already belong to relation `CUST`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -220,7 +291,11 @@ mod tests {
         relations.insert("BANK".into(), r);
         let e = SyncConfig::new(contacts(), relations).unwrap_err();
         assert_eq!(e.key, "relations.BANK.match[0]");
-        assert!(e.to_string().contains("`vat_number` is not a field of bank_accounts"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("`vat_number` is not a field of bank_accounts"),
+            "{e}"
+        );
     }
 
     #[test]

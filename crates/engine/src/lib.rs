@@ -3,12 +3,20 @@
 //! [`plan::plan`] is the pure core; [`Engine`] does the IO around it. The engine
 //! never names a concrete connector: it gets `dyn Connector`s by config name.
 
+mod apply;
 pub mod config;
+pub mod failpoint;
 pub mod matching;
+pub mod operator;
 pub mod plan;
 pub mod relation;
 mod run;
 
-pub use config::{ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchTier, RelationConfig, SyncConfig};
+pub use config::{
+    ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchTier, RelationConfig,
+    SyncConfig, TemplateRule,
+};
+pub use operator::{Resolved, RetryTarget, Take, resolve, resolve_conflict, retry};
+pub use plan::Directives;
 pub use relation::Relations;
 pub use run::{Engine, EngineError, Failure, ReadStats, RunReport, record_hash};

@@ -36,7 +36,12 @@ pub struct MatchOutcome {
 }
 
 /// Matches `contacts` against `accounts` (both unlinked under `code`).
-pub fn match_records(code: &str, tiers: &[Tier], contacts: &[&Record], accounts: &[&Record]) -> MatchOutcome {
+pub fn match_records(
+    code: &str,
+    tiers: &[Tier],
+    contacts: &[&Record],
+    accounts: &[&Record],
+) -> MatchOutcome {
     let mut contact_open = vec![true; contacts.len()];
     let mut account_open = vec![true; accounts.len()];
     let mut outcome = MatchOutcome::default();
@@ -78,15 +83,25 @@ pub fn match_records(code: &str, tiers: &[Tier], contacts: &[&Record], accounts:
                 ));
             } else {
                 let first = contacts[cs[0] as usize];
-                let mut contact_ids: Vec<String> = cs.iter().map(|&c| contacts[c as usize].id.clone()).collect();
-                let mut account_ids: Vec<String> = accs.iter().map(|&a| accounts[a as usize].id.clone()).collect();
+                let mut contact_ids: Vec<String> = cs
+                    .iter()
+                    .map(|&c| contacts[c as usize].id.clone())
+                    .collect();
+                let mut account_ids: Vec<String> = accs
+                    .iter()
+                    .map(|&a| accounts[a as usize].id.clone())
+                    .collect();
                 contact_ids.sort();
                 account_ids.sort();
                 outcome.ambiguous.push(Ambiguity {
                     code: code.to_owned(),
                     tier: t + 1,
                     fields: tier.fields.iter().map(|f| f.to_string()).collect(),
-                    values: tier.fields.iter().map(|f| first.fields.value(f.as_str()).to_cell()).collect(),
+                    values: tier
+                        .fields
+                        .iter()
+                        .map(|f| first.fields.value(f.as_str()).to_cell())
+                        .collect(),
                     contact_ids,
                     account_ids,
                 });
@@ -94,7 +109,9 @@ pub fn match_records(code: &str, tiers: &[Tier], contacts: &[&Record], accounts:
         }
     }
     outcome.matches.sort();
-    outcome.ambiguous.sort_by(|a, b| (a.tier, &a.contact_ids).cmp(&(b.tier, &b.contact_ids)));
+    outcome
+        .ambiguous
+        .sort_by(|a, b| (a.tier, &a.contact_ids).cmp(&(b.tier, &b.contact_ids)));
     outcome.unmatched_accounts = accounts
         .iter()
         .zip(&account_open)
@@ -196,7 +213,10 @@ mod tests {
                 name: "falls through to the second tier",
                 tiers: vec![tier(&["vat_registration_no"]), tier(&["email"])],
                 contacts: vec![contact("C1", &[("email", "a@x.be")])],
-                accounts: vec![customer("K1", &[("email", "A@X.BE"), ("vat_registration_no", "BE1")])],
+                accounts: vec![customer(
+                    "K1",
+                    &[("email", "A@X.BE"), ("vat_registration_no", "BE1")],
+                )],
                 matches: vec![("C1", "K1", 2)],
                 ambiguous: vec![],
                 unmatched: vec![],
@@ -226,7 +246,10 @@ mod tests {
                 name: "two accounts for one contact is ambiguous",
                 tiers: vec![tier(&["email"])],
                 contacts: vec![contact("C1", &[("email", "a@x.be")])],
-                accounts: vec![customer("K1", &[("email", "a@x.be")]), customer("K2", &[("email", "a@x.be")])],
+                accounts: vec![
+                    customer("K1", &[("email", "a@x.be")]),
+                    customer("K2", &[("email", "a@x.be")]),
+                ],
                 matches: vec![],
                 ambiguous: vec![(vec!["C1"], vec!["K1", "K2"])],
                 unmatched: vec![],
@@ -266,7 +289,11 @@ mod tests {
             let contacts: Vec<&Record> = case.contacts.iter().collect();
             let accounts: Vec<&Record> = case.accounts.iter().collect();
             let out = match_records("CUST", &case.tiers, &contacts, &accounts);
-            let matches: Vec<_> = out.matches.iter().map(|(c, a, t)| (c.as_str(), a.as_str(), *t)).collect();
+            let matches: Vec<_> = out
+                .matches
+                .iter()
+                .map(|(c, a, t)| (c.as_str(), a.as_str(), *t))
+                .collect();
             assert_eq!(matches, case.matches, "{}", case.name);
             let ambiguous: Vec<_> = out
                 .ambiguous
@@ -291,7 +318,12 @@ mod tests {
             contact("C2", &[("email", "a@x.be"), ("name", "Two")]),
         ];
         let accounts = [customer("K1", &[("email", "a@x.be"), ("name", "One")])];
-        let out = match_records("CUST", &tiers, &contacts.iter().collect::<Vec<_>>(), &accounts.iter().collect::<Vec<_>>());
+        let out = match_records(
+            "CUST",
+            &tiers,
+            &contacts.iter().collect::<Vec<_>>(),
+            &accounts.iter().collect::<Vec<_>>(),
+        );
         assert!(out.matches.is_empty());
         assert_eq!(out.ambiguous.len(), 1);
         assert_eq!(out.ambiguous[0].values, vec!["a@x.be".to_string()]);
@@ -305,7 +337,12 @@ mod tests {
         };
         let contacts = [contact("C1", &[("email", "A@x.be")])];
         let accounts = [customer("K1", &[("email", "a@x.be")])];
-        let out = match_records("CUST", &[exact], &contacts.iter().collect::<Vec<_>>(), &accounts.iter().collect::<Vec<_>>());
+        let out = match_records(
+            "CUST",
+            &[exact],
+            &contacts.iter().collect::<Vec<_>>(),
+            &accounts.iter().collect::<Vec<_>>(),
+        );
         assert!(out.matches.is_empty());
     }
 }

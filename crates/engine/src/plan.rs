@@ -8,11 +8,11 @@
 //! wins outright; competing changes are a conflict settled by the relation's policy
 //! (R15). The agreed value then goes to every side that does not have it yet.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use tandem_model::{ContactType, EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
-use tandem_state::Link;
+use tandem_state::{ConflictEntry, Link, PendingCreate};
 
 use crate::config::{ConflictPolicy, InitialSide};
 use crate::matching::{Ambiguity, match_records};
@@ -25,7 +25,8 @@ use crate::relation::{Relation, Relations};
 /// without a link here has none under that code.
 #[derive(Debug, Default)]
 pub struct PlanInput {
-    /// Contacts in play: changed since the last run, or unlinked under some code.
+    /// Contacts in play: changed since the last run, unlinked under some code, or
+    /// needed by this run.
     pub contacts: BTreeMap<String, Record>,
     /// Contacts deleted (tombstones, or missing from a completed full listing).
     pub deleted_contacts: BTreeSet<String>,
@@ -34,12 +35,35 @@ pub struct PlanInput {
     pub links: Vec<Link>,
     /// Per relation: how many links the state held before the run.
     pub link_counts: Vec<u64>,
+    /// Open conflicts of the `manual` policy, with their resolutions if any.
+    pub conflicts: Vec<ConflictEntry>,
+    /// Creates started by an earlier run and not known to have finished.
+    pub pending: Vec<PendingCreate>,
+    /// What an operator asked for on this run.
+    pub directives: Directives,
 }
 
 #[derive(Debug, Default)]
 pub struct AccountInput {
     pub records: BTreeMap<String, Record>,
     pub deleted: BTreeSet<String>,
+}
+
+/// Operator requests carried out by a run (`tandem link`, `create`, `unlink`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Directives {
+    /// (code, contact id, account id)
+    pub link: Vec<(String, String, String)>,
+    /// (code, contact id)
+    pub create: Vec<(String, String)>,
+    /// (code, contact id)
+    pub unlink: Vec<(String, String)>,
+}
+
+impl Directives {
+    pub fn is_empty(&self) -> bool {
+        self.link.is_empty() && self.create.is_empty() && self.unlink.is_empty()
+    }
 }
 
 /// A field's value before and after.
@@ -59,9 +83,24 @@ pub struct Conflict {
     pub contact: Option<Value>,
     /// (code, account id, value) of each account that changed the field.
     pub accounts: Vec<(String, String, Value)>,
-    /// `contact`, or the code of the relation whose account won.
+    pub policy: ConflictPolicy,
+    /// `contact`, the code of the relation whose account won, or `manual` when the
+    /// pair waits in the conflict queue.
     pub winner: String,
+    /// The value the sides end up with (for `manual`, the contact's).
     pub value: Value,
+}
+
+/// How a link came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum NewLink {
+    /// By a match tier (1-based) (R4).
+    Match { tier: usize },
+    /// By `tandem link`.
+    Operator,
+    /// A record this deployment created in a run that was cut short, found again.
+    Recovered,
 }
 
 /// One contact and everything that happens to it and its accounts.
@@ -89,10 +128,13 @@ pub struct PairPlan {
     pub account_id: String,
     #[serde(skip)]
     pub account_version: Option<String>,
-    /// For a link made this run: the 1-based match tier.
+    /// For a link made this run: how.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub matched_by_tier: Option<usize>,
+    pub new_link: Option<NewLink>,
     pub account_changes: Vec<FieldChange>,
+    /// Fields this pair's account brought to the contact.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from_account: Vec<FieldName>,
     /// Whether this run changes either side of the pair.
     pub updated: bool,
     #[serde(skip)]
@@ -118,6 +160,35 @@ pub struct ContactCreate {
     pub baseline: Fields,
 }
 
+/// A new account for a contact that asked for a relation and matched none (R5).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountCreate {
+    pub code: String,
+    #[serde(skip)]
+    pub relation: usize,
+    /// The contact that will hold the relation (a person's company, R3).
+    pub contact_id: String,
+    /// The person who asked, when it is not `contact_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    #[serde(skip)]
+    pub contact_version: Option<String>,
+    pub fields: Fields,
+    /// The 0-based template rule used, if the relation has templates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<usize>,
+    #[serde(skip)]
+    pub baseline: Fields,
+}
+
+/// A request that cannot be carried out, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub code: String,
+    pub contact_id: String,
+    pub error: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnlinkReason {
@@ -125,6 +196,8 @@ pub enum UnlinkReason {
     ContactDeleted,
     /// R13: the account is gone; the contact stays.
     AccountDeleted,
+    /// `tandem unlink`: both stay.
+    Operator,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -139,39 +212,57 @@ pub struct Unlink {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RelationCounts {
     pub code: String,
-    /// Links made by match rules.
+    /// Links made by match rules, by an operator, or recovered.
     pub linked: u64,
-    /// Records created (contacts for accounts, R6).
+    /// Records created (contacts for accounts, R6; accounts for contacts, R5).
     pub created: u64,
     /// Pairs where this run changed either side.
     pub updated: u64,
     /// Linked pairs left as they were.
     pub unchanged: u64,
-    /// Links dropped because a side was deleted.
+    /// Links dropped because a side was deleted or an operator unlinked them.
     pub unlinked: u64,
     pub conflicts: u64,
     pub ambiguous: u64,
-    /// Pairs or creates whose writes failed.
+    /// Pairs, creates or requests that failed.
     pub failed: u64,
+    /// Pairs and creates left alone after failing twice the same way (R17).
+    pub parked: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Plan {
     pub hubs: Vec<HubPlan>,
     pub creates: Vec<ContactCreate>,
+    pub account_creates: Vec<AccountCreate>,
     pub unlinks: Vec<Unlink>,
     pub ambiguous: Vec<Ambiguity>,
+    pub rejected: Vec<Rejection>,
     pub counts: Vec<RelationCounts>,
+    /// Open conflicts settled this run, as (code, contact id, field).
+    #[serde(skip)]
+    pub close_conflicts: Vec<(String, String, String)>,
+    /// Pending creates that are done (found again, or no longer wanted), as (code,
+    /// side, source id).
+    #[serde(skip)]
+    pub done_pending: Vec<(String, String, String)>,
 }
 
 impl Plan {
     /// Number of record writes the plan makes.
     pub fn write_count(&self) -> usize {
         self.creates.len()
+            + self.account_creates.len()
             + self
                 .hubs
                 .iter()
-                .map(|h| usize::from(!h.contact_changes.is_empty()) + h.pairs.iter().filter(|p| !p.account_changes.is_empty()).count())
+                .map(|h| {
+                    usize::from(!h.contact_changes.is_empty())
+                        + h.pairs
+                            .iter()
+                            .filter(|p| !p.account_changes.is_empty())
+                            .count()
+                })
                 .sum::<usize>()
     }
 }
@@ -182,87 +273,359 @@ impl Plan {
 pub fn may_hold(contact: &Record, kind: EntityKind) -> bool {
     match ContactType::from_field(contact.fields.text(field::CONTACT_TYPE)) {
         ContactType::Company => true,
-        ContactType::Person => kind == EntityKind::Customer && contact.fields.text(field::COMPANY_ID).is_none(),
+        ContactType::Person => {
+            kind == EntityKind::Customer && contact.fields.text(field::COMPANY_ID).is_none()
+        }
+    }
+}
+
+/// The relation codes listed in a contact's `business_relations` field (R5, R9).
+pub fn listed_codes(contact: &Record) -> Vec<String> {
+    match contact.fields.get(field::BUSINESS_RELATIONS) {
+        Some(Value::List(items)) => items.iter().map(|s| s.trim().to_owned()).collect(),
+        Some(other) => other
+            .to_cell()
+            .split([';', ','])
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => Vec::new(),
     }
 }
 
 /// Plans a run. Deterministic: the same input gives the same plan.
 pub fn plan(relations: &Relations, input: &PlanInput) -> Plan {
-    let n = relations.relations.len();
-    let mut plan = Plan {
-        counts: relations
-            .relations
-            .iter()
-            .map(|r| RelationCounts {
-                code: r.code.clone(),
-                ..RelationCounts::default()
-            })
-            .collect(),
-        ..Plan::default()
-    };
-    let empty = AccountInput::default();
-    let accounts = |r: usize| input.accounts.get(r).unwrap_or(&empty);
+    Planner::new(relations, input).run()
+}
 
-    // Live links by contact, and the set of linked accounts per relation. Links of
-    // codes no longer configured are left alone (R1).
-    let mut by_contact: BTreeMap<&str, Vec<(usize, &Link)>> = BTreeMap::new();
-    let mut linked_accounts: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); n];
-    for link in &input.links {
-        let Some(r) = relations.index_of(&link.code) else { continue };
-        let reason = if input.deleted_contacts.contains(&link.contact_id) {
-            Some(UnlinkReason::ContactDeleted)
-        } else if accounts(r).deleted.contains(&link.account_id) {
-            Some(UnlinkReason::AccountDeleted)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            plan.unlinks.push(Unlink {
-                code: link.code.clone(),
-                contact_id: link.contact_id.clone(),
-                account_id: link.account_id.clone(),
-                reason,
-            });
-            plan.counts[r].unlinked += 1;
-            continue;
+struct Planner<'a> {
+    relations: &'a Relations,
+    input: &'a PlanInput,
+    plan: Plan,
+    /// Live links by contact (not unlinked this run), parked ones included.
+    by_contact: BTreeMap<&'a str, Vec<(usize, &'a Link)>>,
+    /// Per relation, the accounts with a live link.
+    linked_accounts: Vec<BTreeSet<&'a str>>,
+    /// Links made this run, by contact: (relation, account id, how).
+    new_links: BTreeMap<&'a str, Vec<(usize, &'a str, NewLink)>>,
+    /// Contacts that lose a code this run (R9, R13), with the codes.
+    lost_codes: BTreeMap<&'a str, BTreeSet<String>>,
+    /// Contacts that gain a code this run through a create (R5), with the codes.
+    gained_codes: BTreeMap<&'a str, BTreeSet<String>>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(relations: &'a Relations, input: &'a PlanInput) -> Planner<'a> {
+        Planner {
+            relations,
+            input,
+            plan: Plan {
+                counts: relations
+                    .relations
+                    .iter()
+                    .map(|r| RelationCounts {
+                        code: r.code.clone(),
+                        ..RelationCounts::default()
+                    })
+                    .collect(),
+                ..Plan::default()
+            },
+            by_contact: BTreeMap::new(),
+            linked_accounts: vec![BTreeSet::new(); relations.relations.len()],
+            new_links: BTreeMap::new(),
+            lost_codes: BTreeMap::new(),
+            gained_codes: BTreeMap::new(),
         }
-        linked_accounts[r].insert(&link.account_id);
-        by_contact.entry(&link.contact_id).or_default().push((r, link));
     }
 
-    // Match unlinked records per relation (R4); create contacts for the rest (R6).
-    let mut new_links: BTreeMap<&str, Vec<(usize, &str, usize)>> = BTreeMap::new();
-    for (r, relation) in relations.relations.iter().enumerate() {
+    fn accounts(&self, r: usize) -> &'a AccountInput {
+        static NONE: AccountInput = AccountInput {
+            records: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+        };
+        self.input.accounts.get(r).unwrap_or(&NONE)
+    }
+
+    fn run(mut self) -> Plan {
+        self.unlink_and_index();
+        self.operator_links();
+        for r in 0..self.relations.relations.len() {
+            self.match_and_create(r);
+        }
+        self.hubs();
+        self.reflect_codes();
+        self.finish_counts();
+        self.plan
+    }
+
+    /// Links whose contact or account is gone, or that an operator dropped; index
+    /// the rest. Links of codes no longer configured are left alone (R1).
+    fn unlink_and_index(&mut self) {
+        let input = self.input;
+        for link in &input.links {
+            let Some(r) = self.relations.index_of(&link.code) else {
+                continue;
+            };
+            let reason = if input.deleted_contacts.contains(&link.contact_id) {
+                Some(UnlinkReason::ContactDeleted)
+            } else if self.accounts(r).deleted.contains(&link.account_id) {
+                Some(UnlinkReason::AccountDeleted)
+            } else if input
+                .directives
+                .unlink
+                .iter()
+                .any(|(code, contact)| *code == link.code && *contact == link.contact_id)
+            {
+                Some(UnlinkReason::Operator)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.plan.unlinks.push(Unlink {
+                    code: link.code.clone(),
+                    contact_id: link.contact_id.clone(),
+                    account_id: link.account_id.clone(),
+                    reason,
+                });
+                self.plan.counts[r].unlinked += 1;
+                if reason != UnlinkReason::ContactDeleted {
+                    self.lost_codes
+                        .entry(&link.contact_id)
+                        .or_default()
+                        .insert(link.code.clone());
+                }
+                continue;
+            }
+            self.linked_accounts[r].insert(&link.account_id);
+            self.by_contact
+                .entry(&link.contact_id)
+                .or_default()
+                .push((r, link));
+        }
+        for (code, contact) in &input.directives.unlink {
+            if !self
+                .plan
+                .unlinks
+                .iter()
+                .any(|u| &u.code == code && &u.contact_id == contact)
+            {
+                self.reject(
+                    code,
+                    contact,
+                    format!("contact {contact} has no {code} link to remove"),
+                );
+            }
+        }
+    }
+
+    fn reject(&mut self, code: &str, contact_id: &str, error: String) {
+        if let Some(r) = self.relations.index_of(code) {
+            self.plan.counts[r].failed += 1;
+        }
+        self.plan.rejected.push(Rejection {
+            code: code.to_owned(),
+            contact_id: contact_id.to_owned(),
+            error,
+        });
+    }
+
+    fn is_linked(&self, r: usize, contact_id: &str) -> bool {
+        self.by_contact
+            .get(contact_id)
+            .is_some_and(|links| links.iter().any(|(lr, _)| *lr == r))
+            || self
+                .new_links
+                .get(contact_id)
+                .is_some_and(|links| links.iter().any(|(lr, _, _)| *lr == r))
+    }
+
+    /// `tandem link <CODE> <contact> <account>` (R4, explicitly).
+    fn operator_links(&mut self) {
+        let input = self.input;
+        for (code, contact_id, account_id) in &input.directives.link {
+            let Some(r) = self.relations.index_of(code) else {
+                self.reject(
+                    code,
+                    contact_id,
+                    format!("no relation `{code}` is configured"),
+                );
+                continue;
+            };
+            let kind = self.relations.relations[r].kind;
+            let error = match (
+                input.contacts.get_key_value(contact_id),
+                self.accounts(r).records.get_key_value(account_id),
+            ) {
+                (None, _) => Some(format!("contact {contact_id} not found")),
+                (_, None) => Some(format!("{kind} {account_id} not found")),
+                (Some((_, c)), _) if !may_hold(c, kind) => Some(format!(
+                    "contact {contact_id} is a person with a company: link its company, which holds the relation (R3)"
+                )),
+                (Some(_), Some(_)) if self.is_linked(r, contact_id) => Some(format!(
+                    "contact {contact_id} already has a {code} link (R2); unlink it first"
+                )),
+                (Some(_), Some(_)) if self.linked_accounts[r].contains(account_id.as_str()) => {
+                    Some(format!(
+                        "{kind} {account_id} already belongs to another contact (R2); unlink it first"
+                    ))
+                }
+                (Some((c, _)), Some((a, _))) => {
+                    self.linked_accounts[r].insert(a);
+                    self.new_links
+                        .entry(c)
+                        .or_default()
+                        .push((r, a, NewLink::Operator));
+                    self.plan.counts[r].linked += 1;
+                    None
+                }
+            };
+            if let Some(error) = error {
+                self.reject(code, contact_id, error);
+            }
+        }
+    }
+
+    /// Match unlinked records (R4); recover creates cut short; create contacts for
+    /// unmatched accounts (R6) and accounts for contacts that ask (R5).
+    fn match_and_create(&mut self, r: usize) {
+        let input = self.input;
+        let relation = &self.relations.relations[r];
         let pool_contacts: Vec<&Record> = input
             .contacts
             .values()
-            .filter(|c| !c.deleted && may_hold(c, relation.kind))
-            .filter(|c| !by_contact.get(c.id.as_str()).is_some_and(|links| links.iter().any(|(lr, _)| *lr == r)))
+            .filter(|c| !c.deleted && may_hold(c, relation.kind) && !self.is_linked(r, &c.id))
             .collect();
-        let pool_accounts: Vec<&Record> = accounts(r)
+        let pool_accounts: Vec<&Record> = self
+            .accounts(r)
             .records
             .values()
-            .filter(|a| !a.deleted && !linked_accounts[r].contains(a.id.as_str()))
+            .filter(|a| !a.deleted && !self.linked_accounts[r].contains(a.id.as_str()))
             .collect();
-        if pool_accounts.is_empty() {
-            continue;
-        }
-        let outcome = match_records(&relation.code, &relation.tiers, &pool_contacts, &pool_accounts);
+        let outcome = match_records(
+            &relation.code,
+            &relation.tiers,
+            &pool_contacts,
+            &pool_accounts,
+        );
+        let mut matched_contacts: BTreeSet<&str> = BTreeSet::new();
+        let mut taken_accounts: BTreeSet<&str> = BTreeSet::new();
         for (contact_id, account_id, tier) in &outcome.matches {
-            let contact_id = input.contacts.get_key_value(contact_id).map(|(k, _)| k.as_str()).unwrap_or_default();
-            let account_id = accounts(r).records.get_key_value(account_id).map(|(k, _)| k.as_str()).unwrap_or_default();
-            new_links.entry(contact_id).or_default().push((r, account_id, *tier));
+            let (c, _) = input
+                .contacts
+                .get_key_value(contact_id)
+                .expect("matched from the pool");
+            let (a, _) = self
+                .accounts(r)
+                .records
+                .get_key_value(account_id)
+                .expect("matched from the pool");
+            matched_contacts.insert(c);
+            taken_accounts.insert(a);
+            self.new_links
+                .entry(c)
+                .or_default()
+                .push((r, a, NewLink::Match { tier: *tier }));
         }
-        plan.counts[r].linked += outcome.matches.len() as u64;
-        plan.counts[r].ambiguous += outcome.ambiguous.len() as u64;
-        plan.ambiguous.extend(outcome.ambiguous);
+        self.plan.counts[r].linked += outcome.matches.len() as u64;
+        self.plan.counts[r].ambiguous += outcome.ambiguous.len() as u64;
+        let ambiguous_contacts: BTreeSet<String> = outcome
+            .ambiguous
+            .iter()
+            .flat_map(|a| a.contact_ids.clone())
+            .collect();
+        self.plan.ambiguous.extend(outcome.ambiguous);
+
+        // Creates an earlier run started: the record it created is an unlinked record
+        // with exactly the fields sent, found again instead of created twice.
+        let mut pending_for: BTreeMap<(&str, &str), &PendingCreate> = BTreeMap::new();
+        for p in input.pending.iter().filter(|p| p.code == relation.code) {
+            pending_for.insert((p.side.as_str(), p.source_id.as_str()), p);
+        }
+        let mut unmatched_accounts = outcome.unmatched_accounts;
+        let mut recovered_contacts: BTreeSet<&str> = BTreeSet::new();
+        if !pending_for.is_empty() {
+            for p in pending_for.values() {
+                let done = match p.side.as_str() {
+                    "contact" => {
+                        self.linked_accounts[r].contains(p.source_id.as_str())
+                            || taken_accounts.contains(p.source_id.as_str())
+                    }
+                    _ => self.is_linked(r, &p.source_id),
+                };
+                if done
+                    || (p.side == "contact" && !self.accounts(r).records.contains_key(&p.source_id))
+                {
+                    self.plan.done_pending.push((
+                        p.code.clone(),
+                        p.side.clone(),
+                        p.source_id.clone(),
+                    ));
+                }
+            }
+            let mut still_unmatched = Vec::new();
+            for account_id in unmatched_accounts {
+                let Some(p) = pending_for
+                    .get(&("contact", account_id.as_str()))
+                    .filter(|p| p.error.is_none() && !p.fields.is_empty())
+                else {
+                    still_unmatched.push(account_id);
+                    continue;
+                };
+                let found: Vec<&Record> = pool_contacts
+                    .iter()
+                    .filter(|c| {
+                        !matched_contacts.contains(c.id.as_str())
+                            && !recovered_contacts.contains(c.id.as_str())
+                    })
+                    .filter(|c| same_fields(&c.fields, &p.fields))
+                    .copied()
+                    .collect();
+                match found.as_slice() {
+                    [contact] => {
+                        let (a, _) = self
+                            .accounts(r)
+                            .records
+                            .get_key_value(&account_id)
+                            .expect("from the pool");
+                        recovered_contacts.insert(&contact.id);
+                        self.new_links.entry(&contact.id).or_default().push((
+                            r,
+                            a,
+                            NewLink::Recovered,
+                        ));
+                        self.plan.counts[r].linked += 1;
+                        self.plan.done_pending.push((
+                            p.code.clone(),
+                            p.side.clone(),
+                            p.source_id.clone(),
+                        ));
+                    }
+                    _ => still_unmatched.push(account_id),
+                }
+            }
+            unmatched_accounts = still_unmatched;
+        }
+
         if relation.create_contacts {
-            for account_id in outcome.unmatched_accounts {
-                let account = &accounts(r).records[&account_id];
+            for account_id in unmatched_accounts {
+                if pending_for
+                    .get(&("contact", account_id.as_str()))
+                    .is_some_and(|p| p.parked)
+                {
+                    continue;
+                }
+                let account = &self.accounts(r).records[&account_id];
                 let baseline = account.fields.project(&names(&relation.shared));
                 let mut fields = baseline.clone();
-                fields.set(field::CONTACT_TYPE, Value::text(ContactType::Company.as_str()));
-                plan.creates.push(ContactCreate {
+                fields.set(
+                    field::CONTACT_TYPE,
+                    Value::text(ContactType::Company.as_str()),
+                );
+                fields.set(
+                    field::BUSINESS_RELATIONS,
+                    Value::List(vec![relation.code.clone()]),
+                );
+                self.plan.creates.push(ContactCreate {
                     code: relation.code.clone(),
                     relation: r,
                     account_id,
@@ -270,66 +633,336 @@ pub fn plan(relations: &Relations, input: &PlanInput) -> Plan {
                     fields,
                     baseline,
                 });
-                plan.counts[r].created += 1;
+                self.plan.counts[r].created += 1;
             }
         }
-    }
 
-    // The hubs: every contact with a link or a new link that involves a record read
-    // this run.
-    let mut hub_ids: BTreeSet<&str> = new_links.keys().copied().collect();
-    for (contact_id, links) in &by_contact {
-        if input.contacts.contains_key(*contact_id)
-            || links.iter().any(|(r, l)| accounts(*r).records.contains_key(&l.account_id))
-        {
-            hub_ids.insert(contact_id);
+        // Contacts that ask for this relation (R5): by their business_relations field
+        // or by `tandem create`. A person asks on behalf of its company (R3).
+        let mut requesters: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        let operator_requests: Vec<&str> = input
+            .directives
+            .create
+            .iter()
+            .filter(|(code, _)| *code == relation.code)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        for contact in input.contacts.values().filter(|c| !c.deleted) {
+            let by_operator = operator_requests.contains(&contact.id.as_str());
+            let listed = listed_codes(contact).contains(&relation.code)
+                && !self
+                    .lost_codes
+                    .get(contact.id.as_str())
+                    .is_some_and(|l| l.contains(&relation.code));
+            if !by_operator && !listed {
+                continue;
+            }
+            match self.holder(r, contact) {
+                Ok(None) => {
+                    if by_operator {
+                        self.reject(
+                            &relation.code,
+                            &contact.id,
+                            format!(
+                                "contact {} already has a {} link",
+                                contact.id, relation.code
+                            ),
+                        );
+                    }
+                }
+                Ok(Some(holder)) => {
+                    requesters
+                        .entry(holder)
+                        .or_insert((holder != contact.id).then_some(contact.id.as_str()));
+                }
+                Err(error) => self.reject(&relation.code, &contact.id, error),
+            }
         }
-    }
-    for contact_id in hub_ids {
-        let mut pairs: Vec<PairInput> = Vec::new();
-        for (r, link) in by_contact.get(contact_id).into_iter().flatten() {
-            pairs.push(PairInput {
-                relation: *r,
-                account_id: &link.account_id,
-                account: accounts(*r).records.get(&link.account_id),
-                link: Some(link),
-                tier: None,
-            });
+        for id in operator_requests {
+            if !input.contacts.contains_key(id) {
+                self.reject(&relation.code, id, format!("contact {id} not found"));
+            }
         }
-        for (r, account_id, tier) in new_links.get(contact_id).into_iter().flatten() {
-            pairs.push(PairInput {
-                relation: *r,
-                account_id,
-                account: accounts(*r).records.get(*account_id),
-                link: None,
-                tier: Some(*tier),
-            });
-        }
-        pairs.sort_by_key(|p| p.relation);
-        let contact = input.contacts.get(contact_id);
-        if let Some(hub) = plan_hub(relations, contact_id, contact, &pairs) {
-            for pair in &hub.pairs {
-                let counts = &mut plan.counts[pair.relation];
-                if pair.updated && pair.previous.is_some() {
-                    counts.updated += 1;
+        for (holder, requested_by) in requesters {
+            if matched_contacts.contains(holder)
+                || recovered_contacts.contains(holder)
+                || ambiguous_contacts.contains(holder)
+            {
+                continue;
+            }
+            let contact = &input.contacts[holder];
+            let pending = pending_for.get(&("account", holder));
+            if pending.is_some_and(|p| p.parked) {
+                continue;
+            }
+            // An account an earlier run created for this contact, found again.
+            if let Some(p) = pending.filter(|p| p.error.is_none() && !p.fields.is_empty()) {
+                let found: Vec<&Record> = pool_accounts
+                    .iter()
+                    .filter(|a| {
+                        !taken_accounts.contains(a.id.as_str()) && same_fields(&a.fields, &p.fields)
+                    })
+                    .copied()
+                    .collect();
+                if let [account] = found.as_slice() {
+                    taken_accounts.insert(&account.id);
+                    self.new_links.entry(holder).or_default().push((
+                        r,
+                        &account.id,
+                        NewLink::Recovered,
+                    ));
+                    self.plan.counts[r].linked += 1;
+                    self.plan.done_pending.push((
+                        p.code.clone(),
+                        p.side.clone(),
+                        p.source_id.clone(),
+                    ));
+                    continue;
                 }
             }
-            for conflict in &hub.conflicts {
-                for pair in &pairs {
-                    let code = &relations.relations[pair.relation].code;
-                    if conflict.accounts.iter().any(|(c, a, _)| c == code && a == pair.account_id) {
-                        plan.counts[pair.relation].conflicts += 1;
+            let template = match relation.template_for(contact) {
+                Ok(t) => t,
+                Err(error) => {
+                    self.reject(&relation.code, requested_by.unwrap_or(holder), error);
+                    continue;
+                }
+            };
+            let baseline = contact.fields.project(&names(&relation.shared));
+            let mut fields = baseline.clone();
+            if let Some(t) = template {
+                for (name, value) in &t.fields {
+                    if fields.get(name.as_str()).is_none() {
+                        fields.set(name.clone(), value.clone());
                     }
                 }
             }
-            plan.hubs.push(hub);
+            self.gained_codes
+                .entry(holder)
+                .or_default()
+                .insert(relation.code.clone());
+            self.plan.account_creates.push(AccountCreate {
+                code: relation.code.clone(),
+                relation: r,
+                contact_id: holder.to_owned(),
+                requested_by: requested_by.map(str::to_owned),
+                contact_version: contact.version.clone(),
+                fields,
+                template: template.map(|t| t.index),
+                baseline,
+            });
+            self.plan.counts[r].created += 1;
         }
     }
-    for (r, counts) in plan.counts.iter_mut().enumerate() {
-        let before = input.link_counts.get(r).copied().unwrap_or(0);
-        counts.unchanged = before.saturating_sub(counts.updated + counts.unlinked);
+
+    /// Who holds relation `r` when `contact` asks for it (R3): `Ok(None)` when that
+    /// contact already holds it.
+    fn holder(&self, r: usize, contact: &'a Record) -> Result<Option<&'a str>, String> {
+        let relation = &self.relations.relations[r];
+        let person = ContactType::from_field(contact.fields.text(field::CONTACT_TYPE))
+            == ContactType::Person;
+        let holder: &'a Record = match (person, contact.fields.text(field::COMPANY_ID)) {
+            (true, Some(company_id)) => match self.input.contacts.get(company_id) {
+                Some(company) => company,
+                // Not read this run: it did not change and holds all its codes.
+                None if self
+                    .by_contact
+                    .get(company_id)
+                    .is_some_and(|l| l.iter().any(|(lr, _)| *lr == r)) =>
+                {
+                    return Ok(None);
+                }
+                None => {
+                    return Err(format!(
+                        "person {} asks for {} through company {company_id}, which was not found",
+                        contact.id, relation.code
+                    ));
+                }
+            },
+            (true, None) if relation.kind != EntityKind::Customer => {
+                return Err(format!(
+                    "person {} has no company; {}s need a company contact (R3): set the person's company_id or ask on the company",
+                    contact.id, relation.kind
+                ));
+            }
+            _ => contact,
+        };
+        if self.is_linked(r, &holder.id) {
+            Ok(None)
+        } else {
+            Ok(Some(holder.id.as_str()))
+        }
     }
-    plan
+
+    /// Every contact with a link or a new link that involves a record read this run.
+    fn hubs(&mut self) {
+        let input = self.input;
+        let resolutions: HashMap<(&str, &str, &str), &ConflictEntry> = input
+            .conflicts
+            .iter()
+            .filter(|c| c.closed_at.is_none())
+            .map(|c| {
+                (
+                    (c.code.as_str(), c.contact_id.as_str(), c.field.as_str()),
+                    c,
+                )
+            })
+            .collect();
+        let mut hub_ids: BTreeSet<&str> = self.new_links.keys().copied().collect();
+        for (contact_id, links) in &self.by_contact {
+            if input.contacts.contains_key(*contact_id)
+                || links
+                    .iter()
+                    .any(|(r, l)| self.accounts(*r).records.contains_key(&l.account_id))
+            {
+                hub_ids.insert(contact_id);
+            }
+        }
+        for contact_id in hub_ids {
+            let mut pairs: Vec<PairInput> = Vec::new();
+            for (r, link) in self.by_contact.get(contact_id).into_iter().flatten() {
+                if link.parked {
+                    continue;
+                }
+                pairs.push(PairInput {
+                    relation: *r,
+                    account_id: &link.account_id,
+                    account: self.accounts(*r).records.get(&link.account_id),
+                    link: Some(link),
+                    new_link: None,
+                });
+            }
+            for (r, account_id, how) in self.new_links.get(contact_id).into_iter().flatten() {
+                pairs.push(PairInput {
+                    relation: *r,
+                    account_id,
+                    account: self.accounts(*r).records.get(*account_id),
+                    link: None,
+                    new_link: Some(*how),
+                });
+            }
+            if pairs.is_empty() {
+                continue;
+            }
+            pairs.sort_by_key(|p| p.relation);
+            let contact = input.contacts.get(contact_id);
+            let merged = merge_hub(self.relations, contact_id, contact, &pairs, &resolutions);
+            self.plan.close_conflicts.extend(merged.closed);
+            let Some(hub) = merged.hub else { continue };
+            for pair in &hub.pairs {
+                if pair.updated && pair.previous.is_some() {
+                    self.plan.counts[pair.relation].updated += 1;
+                }
+            }
+            for conflict in &hub.conflicts {
+                for (code, _, _) in &conflict.accounts {
+                    if let Some(r) = self.relations.index_of(code) {
+                        self.plan.counts[r].conflicts += 1;
+                    }
+                }
+            }
+            self.plan.hubs.push(hub);
+        }
+    }
+
+    /// R9: after the run, a contact's `business_relations` lists the codes it holds.
+    /// Configured codes it holds are added, codes it lost are removed, codes it asks
+    /// for stay until they are granted or refused; anything else in the field is left.
+    fn reflect_codes(&mut self) {
+        let input = self.input;
+        let configured: BTreeSet<&str> = self
+            .relations
+            .relations
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect();
+        let mut subjects: BTreeSet<&str> = input.contacts.keys().map(String::as_str).collect();
+        subjects.retain(|id| !input.deleted_contacts.contains(*id));
+        for contact_id in subjects {
+            let contact = &input.contacts[contact_id];
+            let current = listed_codes(contact);
+            let mut held: BTreeSet<String> = BTreeSet::new();
+            for (r, _) in self.by_contact.get(contact_id).into_iter().flatten() {
+                held.insert(self.relations.relations[*r].code.clone());
+            }
+            for (r, _, _) in self.new_links.get(contact_id).into_iter().flatten() {
+                held.insert(self.relations.relations[*r].code.clone());
+            }
+            held.extend(
+                self.gained_codes
+                    .get(contact_id)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+            let lost = self.lost_codes.get(contact_id);
+            let mut wanted: Vec<String> = Vec::new();
+            for code in &current {
+                let keep = if configured.contains(code.as_str()) {
+                    // Held, or still asked for (not just lost).
+                    held.contains(code) || !lost.is_some_and(|l| l.contains(code))
+                } else {
+                    true
+                };
+                if keep && !wanted.contains(code) {
+                    wanted.push(code.clone());
+                }
+            }
+            for code in &held {
+                if !wanted.contains(code) {
+                    wanted.push(code.clone());
+                }
+            }
+            if wanted == current {
+                continue;
+            }
+            let change = FieldChange {
+                field: FieldName::new(field::BUSINESS_RELATIONS),
+                old: contact.fields.value(field::BUSINESS_RELATIONS).clone(),
+                new: Value::List(wanted),
+            };
+            match self
+                .plan
+                .hubs
+                .iter_mut()
+                .find(|h| h.contact_id == contact_id)
+            {
+                Some(hub) => {
+                    if let Some(after) = &mut hub.contact_after {
+                        after.set(change.field.clone(), change.new.clone());
+                    }
+                    hub.contact_changes.push(change);
+                }
+                None => {
+                    let mut after = contact.fields.clone();
+                    after.set(change.field.clone(), change.new.clone());
+                    self.plan.hubs.push(HubPlan {
+                        contact_id: contact_id.to_owned(),
+                        contact_version: contact.version.clone(),
+                        contact_changes: vec![change],
+                        pairs: Vec::new(),
+                        conflicts: Vec::new(),
+                        contact_after: Some(after),
+                    });
+                }
+            }
+        }
+        self.plan
+            .hubs
+            .sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
+    }
+
+    fn finish_counts(&mut self) {
+        for (r, counts) in self.plan.counts.iter_mut().enumerate() {
+            let before = self.input.link_counts.get(r).copied().unwrap_or(0);
+            counts.unchanged = before.saturating_sub(counts.updated + counts.unlinked);
+        }
+    }
+}
+
+/// Whether `record` holds exactly the values of `sent` (a create's fields).
+fn same_fields(record: &Fields, sent: &Fields) -> bool {
+    sent.iter()
+        .all(|(name, value)| record.value(name.as_str()) == value)
 }
 
 struct PairInput<'a> {
@@ -337,15 +970,29 @@ struct PairInput<'a> {
     account_id: &'a str,
     account: Option<&'a Record>,
     link: Option<&'a Link>,
-    tier: Option<usize>,
+    new_link: Option<NewLink>,
 }
 
 fn names(list: &[FieldName]) -> Vec<&str> {
     list.iter().map(FieldName::as_str).collect()
 }
 
-/// Merges one contact with all its pairs. `None` when nothing is to be done.
-fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, pairs: &[PairInput]) -> Option<HubPlan> {
+struct Merged {
+    hub: Option<HubPlan>,
+    /// Open conflicts of this hub that are settled: (code, contact id, field).
+    closed: Vec<(String, String, String)>,
+}
+
+type Resolutions<'a> = HashMap<(&'a str, &'a str, &'a str), &'a ConflictEntry>;
+
+/// Merges one contact with all its pairs.
+fn merge_hub(
+    relations: &Relations,
+    contact_id: &str,
+    contact: Option<&Record>,
+    pairs: &[PairInput],
+    resolutions: &Resolutions,
+) -> Merged {
     let rel = |p: &PairInput| -> &Relation { &relations.relations[p.relation] };
     let universe: BTreeSet<&FieldName> = pairs.iter().flat_map(|p| rel(p).shared.iter()).collect();
     // The contact's stored version: when it was not read, the newest link's.
@@ -362,13 +1009,22 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
     let mut contact_changes = Vec::new();
     let mut account_changes: Vec<Vec<FieldChange>> = vec![Vec::new(); pairs.len()];
     let mut baselines: Vec<Fields> = vec![Fields::new(); pairs.len()];
-    let mut sourced: Vec<bool> = vec![false; pairs.len()];
+    let mut from_account: Vec<Vec<FieldName>> = vec![Vec::new(); pairs.len()];
     let mut conflicts = Vec::new();
+    let mut closed = Vec::new();
+    let mut open_manual: BTreeSet<(usize, &FieldName)> = BTreeSet::new();
 
     for f in universe {
         let name = f.as_str();
-        let involved: Vec<usize> = (0..pairs.len()).filter(|&i| rel(&pairs[i]).shared.contains(f)).collect();
-        let base = |i: usize| -> &Value { pairs[i].link.map(|l| l.baseline.value(name)).unwrap_or(&Value::Null) };
+        let involved: Vec<usize> = (0..pairs.len())
+            .filter(|&i| rel(&pairs[i]).shared.contains(f))
+            .collect();
+        let base = |i: usize| -> &Value {
+            pairs[i]
+                .link
+                .map(|l| l.baseline.value(name))
+                .unwrap_or(&Value::Null)
+        };
         let account_value = |i: usize| -> Value {
             match pairs[i].account {
                 Some(a) => a.fields.value(name).clone(),
@@ -385,30 +1041,73 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
                 .unwrap_or(Value::Null),
         };
         let contact_owns = relations.contact_preserve.contains(f);
-        let owner_pairs: Vec<usize> = involved.iter().copied().filter(|&i| rel(&pairs[i]).preserve.contains(f)).collect();
+        let owner_pairs: Vec<usize> = involved
+            .iter()
+            .copied()
+            .filter(|&i| rel(&pairs[i]).preserve.contains(f))
+            .collect();
+        let resolution = involved.iter().find_map(|&i| {
+            resolutions
+                .get(&(rel(&pairs[i]).code.as_str(), contact_id, name))
+                .and_then(|c| c.resolution.clone())
+                .map(|v| (i, v))
+        });
+        // Pairs whose change to this field waits for a decision (manual policy).
+        let mut held: Vec<usize> = Vec::new();
 
-        let value = if contact_owns {
+        let value = if let Some((_, v)) = resolution {
+            for &i in &involved {
+                let code = &rel(&pairs[i]).code;
+                if resolutions.contains_key(&(code.as_str(), contact_id, name)) {
+                    closed.push((code.clone(), contact_id.to_owned(), name.to_owned()));
+                }
+            }
+            v
+        } else if contact_owns {
             contact_value.clone()
         } else if let Some(&owner) = owner_pairs.first() {
             account_value(owner)
         } else {
             // Step 1: the contact and its existing links, a three-way merge.
-            let existing: Vec<usize> = involved.iter().copied().filter(|&i| pairs[i].link.is_some()).collect();
-            let contact_changed = contact.is_some() && existing.iter().any(|&i| &contact_value != base(i));
-            let proposals: Vec<(usize, Value)> = existing
+            let existing: Vec<usize> = involved
+                .iter()
+                .copied()
+                .filter(|&i| pairs[i].link.is_some())
+                .collect();
+            let contact_changed =
+                contact.is_some() && existing.iter().any(|&i| &contact_value != base(i));
+            let mut proposals: Vec<(usize, Value)> = existing
                 .iter()
                 .map(|&i| (i, account_value(i)))
                 .filter(|(i, v)| v != base(*i))
                 .collect();
+            let agreed = |proposals: &[(usize, Value)]| {
+                let mut all = proposals
+                    .iter()
+                    .map(|(_, v)| v)
+                    .chain(contact_changed.then_some(&contact_value));
+                let first = all.next();
+                all.all(|v| Some(v) == first)
+            };
+            if !agreed(&proposals) {
+                // Competing changes: pairs under `manual` step aside and wait.
+                held = proposals
+                    .iter()
+                    .filter(|(i, _)| rel(&pairs[*i]).policy(f) == ConflictPolicy::Manual)
+                    .map(|(i, _)| *i)
+                    .collect();
+                proposals.retain(|(i, _)| !held.contains(i));
+            }
             let mut value = contact_value.clone();
-            // Competing changes are a conflict; the same change made on several sides is not.
-            let mut proposed = proposals.iter().map(|(_, v)| v).chain(contact_changed.then_some(&contact_value));
-            let first = proposed.next();
-            let agreed = proposed.all(|v| Some(v) == first);
-            if agreed {
+            if agreed(&proposals) {
                 if let Some((i, v)) = proposals.first() {
                     value = v.clone();
-                    sourced[*i] = true;
+                    for (j, w) in &proposals {
+                        if w == v {
+                            from_account[*j].push(f.clone());
+                        }
+                    }
+                    let _ = i;
                 }
             } else {
                 let newest = |candidates: &[&(usize, Value)]| -> (usize, Value) {
@@ -428,32 +1127,52 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
                         .filter(|(i, v)| {
                             v != &contact_value
                                 && account_beats_contact(
-                                    rel(&pairs[*i]).conflict,
+                                    rel(&pairs[*i]).policy(f),
                                     pairs[*i].account.and_then(|a| a.modified_at),
                                     contact_modified,
                                 )
                         })
                         .collect();
-                    if beating.is_empty() { None } else { Some(newest(&beating)) }
+                    if beating.is_empty() {
+                        None
+                    } else {
+                        Some(newest(&beating))
+                    }
                 } else {
                     Some(newest(&proposals.iter().collect::<Vec<_>>()))
                 };
-                let winner_name = match &winner {
+                let (winner_name, policy) = match &winner {
                     Some((i, v)) => {
                         value = v.clone();
-                        sourced[*i] = true;
-                        rel(&pairs[*i]).code.clone()
+                        from_account[*i].push(f.clone());
+                        (rel(&pairs[*i]).code.clone(), rel(&pairs[*i]).policy(f))
                     }
-                    None => "contact".to_owned(),
+                    None => (
+                        "contact".to_owned(),
+                        proposals
+                            .first()
+                            .map(|(i, _)| rel(&pairs[*i]).policy(f))
+                            .unwrap_or_default(),
+                    ),
                 };
                 conflicts.push(Conflict {
                     field: f.clone(),
-                    base: existing.first().map(|&i| base(i).clone()).unwrap_or(Value::Null),
+                    base: existing
+                        .first()
+                        .map(|&i| base(i).clone())
+                        .unwrap_or(Value::Null),
                     contact: contact_changed.then(|| contact_value.clone()),
                     accounts: proposals
                         .iter()
-                        .map(|(i, v)| (rel(&pairs[*i]).code.clone(), pairs[*i].account_id.to_owned(), v.clone()))
+                        .map(|(i, v)| {
+                            (
+                                rel(&pairs[*i]).code.clone(),
+                                pairs[*i].account_id.to_owned(),
+                                v.clone(),
+                            )
+                        })
                         .collect(),
+                    policy,
                     winner: winner_name,
                     value: value.clone(),
                 });
@@ -468,11 +1187,27 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
                 };
                 if take_account && a != value {
                     value = a;
-                    sourced[i] = true;
+                    from_account[i].push(f.clone());
                 }
             }
             value
         };
+        for &i in &held {
+            open_manual.insert((i, f));
+            conflicts.push(Conflict {
+                field: f.clone(),
+                base: base(i).clone(),
+                contact: Some(value.clone()),
+                accounts: vec![(
+                    rel(&pairs[i]).code.clone(),
+                    pairs[i].account_id.to_owned(),
+                    account_value(i),
+                )],
+                policy: ConflictPolicy::Manual,
+                winner: "manual".to_owned(),
+                value: value.clone(),
+            });
+        }
 
         if !contact_owns && value != contact_value {
             contact_changes.push(FieldChange {
@@ -484,16 +1219,39 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
         for &i in &involved {
             let a = account_value(i);
             let owns = owner_pairs.contains(&i);
-            if !owns && value != a {
+            let waits = held.contains(&i);
+            if !owns && !waits && value != a {
                 account_changes[i].push(FieldChange {
                     field: f.clone(),
                     old: a.clone(),
                     new: value.clone(),
                 });
             }
-            baselines[i].set(f.clone(), if owns { a } else { value.clone() });
+            // A waiting field keeps its old baseline, so the conflict stays visible.
+            let new_base = if waits {
+                base(i).clone()
+            } else if owns {
+                a
+            } else {
+                value.clone()
+            };
+            baselines[i].set(f.clone(), new_base);
         }
     }
+    // Open manual conflicts that did not come up again are settled by themselves.
+    for ((code, contact, field), entry) in resolutions {
+        if *contact != contact_id || entry.resolution.is_some() {
+            continue;
+        }
+        let still_open = open_manual
+            .iter()
+            .any(|(i, f)| rel(&pairs[*i]).code == *code && f.as_str() == *field);
+        let in_hub = pairs.iter().any(|p| rel(p).code == *code);
+        if in_hub && !still_open {
+            closed.push((code.to_string(), contact.to_string(), field.to_string()));
+        }
+    }
+    closed.sort();
 
     let contact_after = contact.map(|c| {
         let mut fields = c.fields.clone();
@@ -505,7 +1263,11 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
     let mut out_pairs = Vec::new();
     for (i, p) in pairs.iter().enumerate() {
         let changes = std::mem::take(&mut account_changes[i]);
-        let updated = !changes.is_empty() || (sourced[i] && !contact_changes.is_empty());
+        let brought: Vec<FieldName> = std::mem::take(&mut from_account[i])
+            .into_iter()
+            .filter(|f| contact_changes.iter().any(|c| &c.field == f))
+            .collect();
+        let updated = !changes.is_empty() || !brought.is_empty();
         let account_version = match p.account {
             Some(a) => a.version.clone(),
             None => p.link.and_then(|l| l.account_version.clone()),
@@ -517,7 +1279,7 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
                 && (contact.is_none() || l.contact_version == contact_version)
                 && l.failure_count == 0
         });
-        if p.tier.is_none() && !updated && contact_changes.is_empty() && unchanged_link {
+        if p.new_link.is_none() && !updated && contact_changes.is_empty() && unchanged_link {
             continue;
         }
         let account_after = p.account.map(|a| {
@@ -532,30 +1294,35 @@ fn plan_hub(relations: &Relations, contact_id: &str, contact: Option<&Record>, p
             relation: p.relation,
             account_id: p.account_id.to_owned(),
             account_version,
-            matched_by_tier: p.tier,
+            new_link: p.new_link,
             account_changes: changes,
+            from_account: brought,
             updated,
             baseline,
             previous: p.link.cloned(),
             account_after,
         });
     }
-    if out_pairs.is_empty() && contact_changes.is_empty() {
-        return None;
-    }
-    Some(HubPlan {
-        contact_id: contact_id.to_owned(),
-        contact_version,
-        contact_changes,
-        pairs: out_pairs,
-        conflicts,
-        contact_after,
-    })
+    let hub = (!out_pairs.is_empty() || !contact_changes.is_empty() || !conflicts.is_empty()).then(
+        || HubPlan {
+            contact_id: contact_id.to_owned(),
+            contact_version,
+            contact_changes,
+            pairs: out_pairs,
+            conflicts,
+            contact_after,
+        },
+    );
+    Merged { hub, closed }
 }
 
-fn account_beats_contact(policy: ConflictPolicy, account: Option<Timestamp>, contact: Option<Timestamp>) -> bool {
+fn account_beats_contact(
+    policy: ConflictPolicy,
+    account: Option<Timestamp>,
+    contact: Option<Timestamp>,
+) -> bool {
     match policy {
-        ConflictPolicy::ContactWins => false,
+        ConflictPolicy::ContactWins | ConflictPolicy::Manual => false,
         ConflictPolicy::AccountWins => true,
         ConflictPolicy::Newest => matches!((account, contact), (Some(a), Some(c)) if a > c),
     }

@@ -1,7 +1,7 @@
 //! The config resolved into what planning needs: field sets as `FieldName`s, preserve
 //! lists filled in from the model's defaults (R8).
 
-use tandem_model::{EntityKind, FieldName, field};
+use tandem_model::{ContactType, EntityKind, FieldName, Fields, Record, Value, field};
 
 use crate::config::{ConflictPolicy, InitialSide, SyncConfig};
 
@@ -17,8 +17,80 @@ pub struct Relation {
     pub preserve: Vec<FieldName>,
     pub tiers: Vec<Tier>,
     pub conflict: ConflictPolicy,
+    /// Per-field exceptions to `conflict`.
+    pub conflict_fields: Vec<(FieldName, ConflictPolicy)>,
+    /// Templates for accounts created from contacts (R5), first match wins.
+    pub templates: Vec<Template>,
     pub initial: InitialSide,
     pub create_contacts: bool,
+}
+
+impl Relation {
+    /// The conflict policy for `field` (R15).
+    pub fn policy(&self, field: &FieldName) -> ConflictPolicy {
+        self.conflict_fields
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, p)| *p)
+            .unwrap_or(self.conflict)
+    }
+
+    /// The template for an account created from `contact`: `Ok(None)` when the
+    /// relation has no templates, an error naming the contact's values when it has
+    /// some and none applies (R5: never a silent default).
+    pub fn template_for(&self, contact: &Record) -> Result<Option<&Template>, String> {
+        if self.templates.is_empty() {
+            return Ok(None);
+        }
+        if let Some(t) = self.templates.iter().find(|t| t.applies_to(contact)) {
+            return Ok(Some(t));
+        }
+        let mut seen: Vec<String> = self
+            .templates
+            .iter()
+            .flat_map(|t| t.when.iter().map(|(f, _)| f.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|f| format!("{f}={:?}", contact_value(contact, &f)))
+            .collect();
+        seen.sort();
+        Err(format!(
+            "no template of relation {} applies to contact {} ({}); add a rule for it or an unconditional `template`",
+            self.code,
+            contact.id,
+            seen.join(", ")
+        ))
+    }
+}
+
+/// Field values set on accounts created from a contact, where the contact left them
+/// empty (R5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// 0-based position among the relation's rules (the `template` shorthand is last).
+    pub index: usize,
+    pub when: Vec<(FieldName, String)>,
+    pub fields: Fields,
+}
+
+impl Template {
+    pub fn applies_to(&self, contact: &Record) -> bool {
+        self.when.iter().all(|(f, want)| {
+            contact_value(contact, f)
+                .trim()
+                .eq_ignore_ascii_case(want.trim())
+        })
+    }
+}
+
+/// A contact's value as templates see it: `contact_type` defaults to `company`.
+fn contact_value(contact: &Record, field: &FieldName) -> String {
+    if field.as_str() == field::CONTACT_TYPE {
+        return ContactType::from_field(contact.fields.text(field::CONTACT_TYPE))
+            .as_str()
+            .to_owned();
+    }
+    contact.fields.value(field.as_str()).to_cell()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +138,29 @@ impl Relations {
                     })
                     .collect(),
                 conflict: r.conflict,
+                conflict_fields: r
+                    .conflict_fields
+                    .iter()
+                    .map(|(f, p)| (FieldName::new(f), *p))
+                    .collect(),
+                templates: r
+                    .templates
+                    .iter()
+                    .map(|t| (t.when.clone(), t.fields.clone()))
+                    .chain(r.template.clone().map(|f| (Default::default(), f)))
+                    .enumerate()
+                    .map(|(index, (when, fields))| Template {
+                        index,
+                        when: when
+                            .into_iter()
+                            .map(|(f, v)| (FieldName::new(&f), v))
+                            .collect(),
+                        fields: fields
+                            .into_iter()
+                            .map(|(f, v): (String, Value)| (FieldName::new(&f), v))
+                            .collect(),
+                    })
+                    .collect(),
                 initial: r.initial,
                 create_contacts: r.create_contacts,
             })

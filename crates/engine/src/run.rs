@@ -1,22 +1,18 @@
 //! A run: read every side, load what the state knows about what was read, plan, and
-//! (for `sync`) apply the plan in batches and remember the outcome.
-//!
-//! Order of a sync, so that a crash at any point loses nothing: writes to the
-//! systems first, then the links and baselines they produced, then the content hashes
-//! and cursors that let the next run skip what is settled. A baseline is only stored
-//! after both sides hold it, so an interrupted run is finished by the next one.
+//! (for `sync`) apply the plan (see `apply.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tandem_connector::{Changes, Connector, ConnectorError, Cursor, Listing, WriteOp, WriteOutcome};
-use tandem_model::{EntityKind, Fields, Record, Timestamp};
-use tandem_state::{Link, Scope, StateBatch, StateError, StateStore};
+use tandem_connector::{Connector, ConnectorError, Cursor, Listing};
+use tandem_model::{EntityKind, Fields, Record};
+use tandem_state::{Link, Scope, StateError, StateStore};
 use tracing::info;
 
+use crate::apply::apply;
 use crate::matching::Ambiguity;
-use crate::plan::{FieldChange, Plan, PlanInput, RelationCounts, may_hold, plan};
+use crate::plan::{AccountInput, Directives, Plan, PlanInput, RelationCounts, may_hold, plan};
 use crate::relation::Relations;
 
 /// Everything that stops a run as a whole. Record-level failures do not: they are
@@ -26,7 +22,11 @@ pub enum EngineError {
     #[error("connector `{connector}` is not configured (named by {by})")]
     UnknownConnector { connector: String, by: String },
     #[error("connector `{connector}` does not hold {kind}s (needed by {by})")]
-    KindNotHeld { connector: String, kind: EntityKind, by: String },
+    KindNotHeld {
+        connector: String,
+        kind: EntityKind,
+        by: String,
+    },
     #[error("reading {kind}s from connector `{connector}` failed: {source}")]
     Read {
         connector: String,
@@ -34,19 +34,25 @@ pub enum EngineError {
         #[source]
         source: ConnectorError,
     },
+    /// An operator request (`link`, `create`, `unlink`, ...) that cannot be done;
+    /// nothing was written.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     State(#[from] StateError),
 }
 
-/// One failed write.
+/// One failed write or request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failure {
     pub code: String,
     pub contact_id: Option<String>,
-    pub account_id: String,
+    pub account_id: Option<String>,
     /// `contact` or `account`: where the write failed.
     pub side: &'static str,
     pub error: String,
+    /// Failed twice the same way: left alone until `tandem retry` (R17).
+    pub parked: bool,
 }
 
 /// What a read found, per connector and kind.
@@ -55,7 +61,8 @@ pub struct ReadStats {
     pub connector: String,
     pub kind: EntityKind,
     pub records: u64,
-    /// New or changed since the last run.
+    /// New or changed since the last run, or written by the last run without being
+    /// read (looked at again).
     pub changed: u64,
     pub deleted: u64,
 }
@@ -92,38 +99,42 @@ pub fn record_hash(fields: &Fields, version: Option<&str>) -> u64 {
 }
 
 /// Hash value that makes the next run look at a record again.
-const RECHECK: u64 = 0;
-/// State changes per transaction while applying.
-const COMMIT_EVERY: usize = 20_000;
+pub(crate) const RECHECK: u64 = 0;
 
-struct ScopeRead {
-    scope: Scope,
-    records: BTreeMap<String, Record>,
-    deleted: BTreeSet<String>,
+pub(crate) struct ScopeRead {
+    pub scope: Scope,
+    pub records: BTreeMap<String, Record>,
+    pub deleted: BTreeSet<String>,
     /// Hash of each record kept in `records`, as read.
-    hashes: HashMap<String, u64>,
-    cursor: Option<Cursor>,
-    stats: ReadStats,
+    pub hashes: HashMap<String, u64>,
+    /// Records whose hash differed from the stored one.
+    pub changed: HashSet<String>,
+    pub cursor: Option<Cursor>,
+    pub stats: ReadStats,
 }
 
 /// Runs plans and syncs for one deployment.
 pub struct Engine<'a> {
-    relations: Relations,
-    connectors: HashMap<String, Arc<dyn Connector>>,
-    state: &'a mut dyn StateStore,
+    pub(crate) relations: Relations,
+    pub(crate) connectors: HashMap<String, Arc<dyn Connector>>,
+    pub(crate) state: &'a mut dyn StateStore,
 }
 
 impl std::fmt::Debug for Engine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("relations", &self.relations).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("relations", &self.relations)
+            .finish_non_exhaustive()
     }
 }
 
-struct Prepared {
-    input: PlanInput,
-    plan: Plan,
-    contacts: ScopeRead,
-    accounts: Vec<ScopeRead>,
+pub(crate) struct Prepared {
+    pub input: PlanInput,
+    pub plan: Plan,
+    pub contacts: ScopeRead,
+    pub accounts: Vec<ScopeRead>,
+    /// Pairs and creates parked before this run, per relation.
+    pub parked_before: Vec<u64>,
 }
 
 impl<'a> Engine<'a> {
@@ -137,18 +148,34 @@ impl<'a> Engine<'a> {
             connectors,
             state,
         };
-        engine.connector(&engine.relations.contacts_connector, EntityKind::Contact, "contacts.connector")?;
+        engine.connector(
+            &engine.relations.contacts_connector,
+            EntityKind::Contact,
+            "contacts.connector",
+        )?;
         for r in &engine.relations.relations {
-            engine.connector(&r.connector, r.kind, &format!("relations.{}.connector", r.code))?;
+            engine.connector(
+                &r.connector,
+                r.kind,
+                &format!("relations.{}.connector", r.code),
+            )?;
         }
         Ok(engine)
     }
 
-    fn connector(&self, name: &str, kind: EntityKind, by: &str) -> Result<&Arc<dyn Connector>, EngineError> {
-        let connector = self.connectors.get(name).ok_or_else(|| EngineError::UnknownConnector {
-            connector: name.to_owned(),
-            by: by.to_owned(),
-        })?;
+    pub(crate) fn connector(
+        &self,
+        name: &str,
+        kind: EntityKind,
+        by: &str,
+    ) -> Result<&Arc<dyn Connector>, EngineError> {
+        let connector = self
+            .connectors
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownConnector {
+                connector: name.to_owned(),
+                by: by.to_owned(),
+            })?;
         if !connector.capabilities().holds(kind) {
             return Err(EngineError::KindNotHeld {
                 connector: name.to_owned(),
@@ -161,8 +188,19 @@ impl<'a> Engine<'a> {
 
     /// What `sync` would do now; writes nothing anywhere.
     pub async fn plan(&mut self) -> Result<RunReport, EngineError> {
-        let prepared = self.prepare().await?;
+        self.plan_with(Directives::default()).await
+    }
+
+    /// What `sync_with(directives)` would do now; writes nothing anywhere.
+    pub async fn plan_with(&mut self, directives: Directives) -> Result<RunReport, EngineError> {
+        let prepared = self.prepare(directives).await?;
         let writes = prepared.plan.write_count() as u64;
+        let mut counts = prepared.plan.counts.clone();
+        for (c, parked) in counts.iter_mut().zip(&prepared.parked_before) {
+            c.parked = *parked;
+            c.unchanged = c.unchanged.saturating_sub(*parked);
+        }
+        let failures = rejections(&prepared.plan);
         Ok(RunReport {
             run_id: None,
             mode: "plan",
@@ -170,19 +208,38 @@ impl<'a> Engine<'a> {
                 .chain(&prepared.accounts)
                 .map(|s| s.stats.clone())
                 .collect(),
-            counts: prepared.plan.counts.clone(),
+            counts,
             writes,
             ambiguous: prepared.plan.ambiguous.clone(),
-            failures: Vec::new(),
+            failures,
             plan: prepared.plan,
         })
     }
 
     /// Reads, plans and applies.
     pub async fn sync(&mut self) -> Result<RunReport, EngineError> {
-        let prepared = self.prepare().await?;
+        self.sync_with(Directives::default()).await
+    }
+
+    /// A sync that also carries out operator requests. A request that cannot be done
+    /// stops the run before anything is written.
+    pub async fn sync_with(&mut self, directives: Directives) -> Result<RunReport, EngineError> {
+        let operator = !directives.is_empty();
+        let prepared = self.prepare(directives).await?;
+        if operator
+            && let Some(rejection) = prepared
+                .plan
+                .rejected
+                .iter()
+                .find(|r| is_directive(&prepared.input.directives, r))
+        {
+            return Err(EngineError::Refused(format!(
+                "{}: {}",
+                rejection.code, rejection.error
+            )));
+        }
         let run_id = self.state.begin_run("sync")?;
-        let report = self.apply(run_id, prepared).await;
+        let report = apply(self, run_id, prepared).await;
         match &report {
             Ok(report) => {
                 let status = if report.failed() > 0 { "partial" } else { "ok" };
@@ -203,8 +260,8 @@ impl<'a> Engine<'a> {
         report
     }
 
-    async fn prepare(&mut self) -> Result<Prepared, EngineError> {
-        let relations = &self.relations;
+    async fn prepare(&mut self, directives: Directives) -> Result<Prepared, EngineError> {
+        let relations = self.relations.clone();
         // Which records are linked, to keep unlinked ones in play for matching.
         let mut linked_contacts = Vec::new();
         let mut linked_accounts = Vec::new();
@@ -216,76 +273,132 @@ impl<'a> Engine<'a> {
             linked_accounts.push(accounts);
         }
 
-        let contacts_name = relations.contacts_connector.clone();
-        let contacts_connector = self.connector(&contacts_name, EntityKind::Contact, "contacts.connector")?.clone();
-        let kinds: Vec<EntityKind> = relations.relations.iter().map(|r| r.kind).collect();
-        let contacts = read_scope(&*self.state, &contacts_name, &*contacts_connector, EntityKind::Contact, |c| {
-            kinds
-                .iter()
-                .zip(&linked_contacts)
-                .any(|(kind, linked)| may_hold(c, *kind) && !linked.contains(&c.id))
-        })
-        .await?;
+        // Accounts first: a deleted account's contact must be read to lose the code (R9).
         let mut accounts = Vec::new();
         for (r, relation) in relations.relations.iter().enumerate() {
-            let connector = self.connector(&relation.connector, relation.kind, "relation")?.clone();
+            let connector = self
+                .connector(&relation.connector, relation.kind, "relation")?
+                .clone();
             let linked = &linked_accounts[r];
-            let read = read_scope(&*self.state, &relation.connector, &*connector, relation.kind, |a| {
-                !linked.contains(&a.id)
-            })
+            let wanted: HashSet<&str> = directives
+                .link
+                .iter()
+                .filter(|(code, _, _)| *code == relation.code)
+                .map(|(_, _, a)| a.as_str())
+                .collect();
+            let read = read_scope(
+                &*self.state,
+                &relation.connector,
+                &*connector,
+                relation.kind,
+                |a| !linked.contains(&a.id) || wanted.contains(a.id.as_str()),
+            )
             .await?;
             accounts.push(read);
         }
-        drop(linked_contacts);
         drop(linked_accounts);
+        let mut account_links: BTreeMap<(String, String), Link> = BTreeMap::new();
+        let mut wanted_contacts: HashSet<String> = directives
+            .link
+            .iter()
+            .map(|(_, c, _)| c.clone())
+            .chain(directives.create.iter().map(|(_, c)| c.clone()))
+            .chain(directives.unlink.iter().map(|(_, c)| c.clone()))
+            .collect();
+        if link_counts.iter().any(|n| *n > 0) {
+            for (r, read) in accounts.iter().enumerate() {
+                let ids: Vec<&str> = read
+                    .records
+                    .keys()
+                    .chain(&read.deleted)
+                    .map(String::as_str)
+                    .collect();
+                for link in self
+                    .state
+                    .links_of_accounts(&relations.relations[r].code, &ids)?
+                {
+                    if read.deleted.contains(&link.account_id) {
+                        wanted_contacts.insert(link.contact_id.clone());
+                    }
+                    account_links.insert((link.code.clone(), link.contact_id.clone()), link);
+                }
+            }
+        }
+
+        let contacts_name = relations.contacts_connector.clone();
+        let contacts_connector = self
+            .connector(&contacts_name, EntityKind::Contact, "contacts.connector")?
+            .clone();
+        let kinds: Vec<EntityKind> = relations.relations.iter().map(|r| r.kind).collect();
+        let mut contacts = read_scope(
+            &*self.state,
+            &contacts_name,
+            &*contacts_connector,
+            EntityKind::Contact,
+            |c| {
+                wanted_contacts.contains(&c.id)
+                    || kinds
+                        .iter()
+                        .zip(&linked_contacts)
+                        .any(|(kind, linked)| may_hold(c, *kind) && !linked.contains(&c.id))
+            },
+        )
+        .await?;
+        drop(linked_contacts);
 
         // Every link touching what is in play, and every link of those contacts.
-        let mut links: BTreeMap<(String, String), Link> = BTreeMap::new();
+        let mut links = account_links;
         if link_counts.iter().any(|n| *n > 0) {
-            let ids: Vec<&str> = contacts
+            let mut ids: BTreeSet<&str> = contacts
                 .records
                 .keys()
                 .chain(&contacts.deleted)
                 .map(String::as_str)
                 .collect();
-            for link in self.state.links_of_contacts(&ids)? {
-                links.insert((link.code.clone(), link.contact_id.clone()), link);
+            for (_, contact_id) in links.keys() {
+                ids.insert(contact_id);
             }
-            let mut more_contacts: BTreeSet<String> = BTreeSet::new();
-            for (r, read) in accounts.iter().enumerate() {
-                let ids: Vec<&str> = read.records.keys().chain(&read.deleted).map(String::as_str).collect();
-                for link in self.state.links_of_accounts(&relations.relations[r].code, &ids)? {
-                    if !contacts.records.contains_key(&link.contact_id) {
-                        more_contacts.insert(link.contact_id.clone());
-                    }
-                    links.insert((link.code.clone(), link.contact_id.clone()), link);
-                }
-            }
-            let ids: Vec<&str> = more_contacts.iter().map(String::as_str).collect();
-            for link in self.state.links_of_contacts(&ids)? {
+            let ids: Vec<&str> = ids.into_iter().collect();
+            let more = self.state.links_of_contacts(&ids)?;
+            for link in more {
                 links.insert((link.code.clone(), link.contact_id.clone()), link);
             }
         }
+        let parked = self.state.parked_links()?;
+        let pending = self.state.pending_creates()?;
+        let parked_before = relations
+            .relations
+            .iter()
+            .map(|r| {
+                (parked.iter().filter(|l| l.code == r.code).count()
+                    + pending
+                        .iter()
+                        .filter(|p| p.code == r.code && p.parked)
+                        .count()) as u64
+            })
+            .collect();
 
         // The records move into the plan input; nothing is held twice.
-        let mut contacts = contacts;
         let input = PlanInput {
             contacts: std::mem::take(&mut contacts.records),
             deleted_contacts: contacts.deleted.clone(),
             accounts: accounts
                 .iter_mut()
-                .map(|a| crate::plan::AccountInput {
+                .map(|a| AccountInput {
                     records: std::mem::take(&mut a.records),
                     deleted: a.deleted.clone(),
                 })
                 .collect(),
             links: links.into_values().collect(),
             link_counts,
+            conflicts: self.state.conflicts(true)?,
+            pending,
+            directives,
         };
-        let plan = plan(relations, &input);
+        let plan = plan(&relations, &input);
         info!(
             hubs = plan.hubs.len(),
-            creates = plan.creates.len(),
+            creates = plan.creates.len() + plan.account_creates.len(),
             unlinks = plan.unlinks.len(),
             writes = plan.write_count(),
             "planned"
@@ -295,301 +408,40 @@ impl<'a> Engine<'a> {
             plan,
             contacts,
             accounts,
+            parked_before,
         })
     }
+}
 
-    async fn apply(&mut self, run_id: i64, prepared: Prepared) -> Result<RunReport, EngineError> {
-        let Prepared {
-            input,
-            mut plan,
-            contacts,
-            accounts,
-        } = prepared;
-        drop(input);
-        let now = Timestamp::now();
-        let relations = self.relations.clone();
-        let contacts_connector = self.connectors[&relations.contacts_connector].clone();
-        let mut batch = StateBatch::default();
-        let mut failures = Vec::new();
-        let mut writes = 0u64;
-        // Records whose hash is settled by the plan's outcome; the rest keep their read hash.
-        let mut settled_contacts: HashSet<String> = HashSet::new();
-        let mut settled_accounts: Vec<HashSet<String>> = vec![HashSet::new(); accounts.len()];
-        info!(run = run_id, "applying");
-
-        // 1. Links whose contact or account is gone (R12, R13), first: the account of
-        //    a dropped link may get a new contact below (R6).
-        for unlink in &plan.unlinks {
-            batch.delete_links.push((unlink.code.clone(), unlink.contact_id.clone()));
-        }
-        self.state.commit(std::mem::take(&mut batch))?;
-
-        // 2. Contacts for accounts without one (R6); each batch's links are stored
-        //    right after it, so a later failure cannot orphan the new contacts.
-        let max = contacts_connector.capabilities().max_batch.max(1);
-        for chunk in plan.creates.chunks(max) {
-            let ops = chunk
-                .iter()
-                .map(|c| WriteOp::Create { fields: c.fields.clone() })
-                .collect();
-            let outcomes = write_all(&*contacts_connector, EntityKind::Contact, ops).await;
-            for (create, outcome) in chunk.iter().zip(outcomes) {
-                let r = create.relation;
-                settled_accounts[r].insert(create.account_id.clone());
-                let account_scope = &accounts[r].scope;
-                match outcome {
-                    Ok(written) => {
-                        writes += 1;
-                        batch.set_hashes.push((
-                            contacts.scope.clone(),
-                            written.id.clone(),
-                            record_hash(&create.fields, written.version.as_deref()),
-                        ));
-                        let read_hash = accounts[r].hashes.get(&create.account_id).copied().unwrap_or(RECHECK);
-                        batch.set_hashes.push((account_scope.clone(), create.account_id.clone(), read_hash));
-                        batch.upsert_links.push(Link {
-                            code: create.code.clone(),
-                            contact_id: written.id,
-                            account_id: create.account_id.clone(),
-                            baseline: create.baseline.clone(),
-                            contact_version: written.version,
-                            account_version: create.account_version.clone(),
-                            last_error: None,
-                            failure_count: 0,
-                            linked_at: now,
-                            synced_at: now,
-                        });
-                    }
-                    Err(e) => {
-                        plan.counts[r].created -= 1;
-                        plan.counts[r].failed += 1;
-                        batch.set_hashes.push((account_scope.clone(), create.account_id.clone(), RECHECK));
-                        failures.push(Failure {
-                            code: create.code.clone(),
-                            contact_id: None,
-                            account_id: create.account_id.clone(),
-                            side: "contact",
-                            error: e.to_string(),
-                        });
-                    }
-                }
-            }
-            self.state.commit(std::mem::take(&mut batch))?;
-        }
-
-        // 3. Contact updates, then account updates per relation.
-        let contact_ops: Vec<(usize, WriteOp)> = plan
-            .hubs
+fn is_directive(directives: &Directives, rejection: &crate::plan::Rejection) -> bool {
+    let (code, contact) = (&rejection.code, &rejection.contact_id);
+    directives
+        .link
+        .iter()
+        .any(|(c, k, _)| c == code && k == contact)
+        || directives
+            .create
             .iter()
-            .enumerate()
-            .filter(|(_, h)| !h.contact_changes.is_empty())
-            .map(|(i, h)| {
-                (
-                    i,
-                    WriteOp::Update {
-                        id: h.contact_id.clone(),
-                        version: h.contact_version.clone(),
-                        changes: to_changes(&h.contact_changes),
-                    },
-                )
-            })
-            .collect();
-        let mut contact_results: HashMap<usize, WriteOutcome> = HashMap::new();
-        for chunk in contact_ops.chunks(max) {
-            let ops = chunk.iter().map(|(_, op)| op.clone()).collect();
-            let outcomes = write_all(&*contacts_connector, EntityKind::Contact, ops).await;
-            for ((hub, _), outcome) in chunk.iter().zip(outcomes) {
-                writes += u64::from(outcome.is_ok());
-                contact_results.insert(*hub, outcome);
-            }
-        }
-        let mut account_results: HashMap<(usize, usize), WriteOutcome> = HashMap::new();
-        for (r, relation) in relations.relations.iter().enumerate() {
-            let ops: Vec<((usize, usize), WriteOp)> = plan
-                .hubs
-                .iter()
-                .enumerate()
-                .flat_map(|(h, hub)| hub.pairs.iter().enumerate().map(move |(p, pair)| ((h, p), pair)))
-                .filter(|(_, pair)| pair.relation == r && !pair.account_changes.is_empty())
-                .map(|(key, pair)| {
-                    (
-                        key,
-                        WriteOp::Update {
-                            id: pair.account_id.clone(),
-                            version: pair.account_version.clone(),
-                            changes: to_changes(&pair.account_changes),
-                        },
-                    )
-                })
-                .collect();
-            if ops.is_empty() {
-                continue;
-            }
-            let connector = self.connectors[&relation.connector].clone();
-            let max = connector.capabilities().max_batch.max(1);
-            for chunk in ops.chunks(max) {
-                let batch_ops = chunk.iter().map(|(_, op)| op.clone()).collect();
-                let outcomes = write_all(&*connector, relation.kind, batch_ops).await;
-                for ((key, _), outcome) in chunk.iter().zip(outcomes) {
-                    writes += u64::from(outcome.is_ok());
-                    account_results.insert(*key, outcome);
-                }
-            }
-        }
+            .any(|(c, k)| c == code && k == contact)
+        || directives
+            .unlink
+            .iter()
+            .any(|(c, k)| c == code && k == contact)
+}
 
-        // 4. Links, baselines and hashes from the outcomes.
-        for (h, hub) in plan.hubs.iter().enumerate() {
-            let contact_result = contact_results.remove(&h);
-            let contact_error = match &contact_result {
-                Some(Err(e)) => Some(e.to_string()),
-                _ => None,
-            };
-            let contact_version = match &contact_result {
-                Some(Ok(w)) => w.version.clone(),
-                _ => hub.contact_version.clone(),
-            };
-            let mut hub_failed = contact_error.is_some();
-            for (p, pair) in hub.pairs.iter().enumerate() {
-                let r = pair.relation;
-                settled_accounts[r].insert(pair.account_id.clone());
-                let account_result = account_results.remove(&(h, p));
-                let account_error = match &account_result {
-                    Some(Err(e)) => Some(e.to_string()),
-                    _ => None,
-                };
-                let account_version = match &account_result {
-                    Some(Ok(w)) => w.version.clone(),
-                    _ => pair.account_version.clone(),
-                };
-                let scope = accounts[r].scope.clone();
-                let error = account_error.clone().or_else(|| contact_error.clone());
-                match error {
-                    None => {
-                        let hash = match (&pair.account_after, &account_result) {
-                            (Some(after), _) => record_hash(after, account_version.as_deref()),
-                            // Written without having been read: look again next run.
-                            (None, Some(_)) => RECHECK,
-                            (None, None) => accounts[r].hashes.get(&pair.account_id).copied().unwrap_or(RECHECK),
-                        };
-                        if pair.account_after.is_some() || account_result.is_some() {
-                            batch.set_hashes.push((scope, pair.account_id.clone(), hash));
-                        }
-                        batch.upsert_links.push(Link {
-                            code: pair.code.clone(),
-                            contact_id: hub.contact_id.clone(),
-                            account_id: pair.account_id.clone(),
-                            baseline: pair.baseline.clone(),
-                            contact_version: contact_version.clone(),
-                            account_version,
-                            last_error: None,
-                            failure_count: 0,
-                            linked_at: pair.previous.as_ref().map(|l| l.linked_at).unwrap_or(now),
-                            synced_at: now,
-                        });
-                    }
-                    Some(error) => {
-                        hub_failed = true;
-                        plan.counts[r].failed += 1;
-                        if pair.previous.is_some() {
-                            if pair.updated {
-                                plan.counts[r].updated -= 1;
-                            } else {
-                                plan.counts[r].unchanged = plan.counts[r].unchanged.saturating_sub(1);
-                            }
-                        } else {
-                            plan.counts[r].linked -= 1;
-                        }
-                        batch.set_hashes.push((scope, pair.account_id.clone(), RECHECK));
-                        failures.push(Failure {
-                            code: pair.code.clone(),
-                            contact_id: Some(hub.contact_id.clone()),
-                            account_id: pair.account_id.clone(),
-                            side: if account_error.is_some() { "account" } else { "contact" },
-                            error: error.clone(),
-                        });
-                        // The old baseline stays, so the next run sees the same changes
-                        // again; a new link is not made until its first sync succeeds.
-                        if let Some(previous) = &pair.previous {
-                            batch.upsert_links.push(Link {
-                                contact_version: contact_version.clone(),
-                                account_version,
-                                last_error: Some(error),
-                                failure_count: previous.failure_count + 1,
-                                ..previous.clone()
-                            });
-                        }
-                    }
-                }
-            }
-            settled_contacts.insert(hub.contact_id.clone());
-            let contact_hash = match (&hub.contact_after, hub_failed) {
-                (_, true) => Some(RECHECK),
-                (Some(after), false) => Some(record_hash(after, contact_version.as_deref())),
-                (None, false) if contact_result.is_some() => Some(RECHECK),
-                (None, false) => None,
-            };
-            if let Some(hash) = contact_hash {
-                batch.set_hashes.push((contacts.scope.clone(), hub.contact_id.clone(), hash));
-            }
-            if batch_len(&batch) >= COMMIT_EVERY {
-                self.state.commit(std::mem::take(&mut batch))?;
-            }
-        }
-
-        // 5. What was read and not otherwise settled: remember it as seen; forget
-        //    the deleted.
-        for read in std::iter::once((&contacts, &settled_contacts)).chain(accounts.iter().zip(&settled_accounts)) {
-            let (read, settled) = read;
-            for (id, hash) in &read.hashes {
-                if !settled.contains(id) {
-                    batch.set_hashes.push((read.scope.clone(), id.clone(), *hash));
-                }
-                if batch_len(&batch) >= COMMIT_EVERY {
-                    self.state.commit(std::mem::take(&mut batch))?;
-                }
-            }
-            for id in &read.deleted {
-                batch.delete_hashes.push((read.scope.clone(), id.clone()));
-            }
-            if let Some(cursor) = &read.cursor {
-                batch.set_cursors.push((read.scope.clone(), cursor.0.clone()));
-            }
-        }
-        self.state.commit(batch)?;
-
-        info!(run = run_id, writes, failed = failures.len(), "applied");
-        Ok(RunReport {
-            run_id: Some(run_id),
-            mode: "sync",
-            read: std::iter::once(&contacts).chain(&accounts).map(|s| s.stats.clone()).collect(),
-            counts: plan.counts.clone(),
-            writes,
-            ambiguous: plan.ambiguous.clone(),
-            failures,
-            plan,
+/// Rejected requests, as failures of the report.
+pub(crate) fn rejections(plan: &Plan) -> Vec<Failure> {
+    plan.rejected
+        .iter()
+        .map(|r| Failure {
+            code: r.code.clone(),
+            contact_id: Some(r.contact_id.clone()),
+            account_id: None,
+            side: "contact",
+            error: r.error.clone(),
+            parked: false,
         })
-    }
-}
-
-fn batch_len(batch: &StateBatch) -> usize {
-    batch.upsert_links.len() + batch.set_hashes.len() + batch.delete_hashes.len() + batch.delete_links.len()
-}
-
-fn to_changes(changes: &[FieldChange]) -> Changes {
-    changes.iter().map(|c| (c.field.clone(), c.new.clone())).collect()
-}
-
-/// Writes `ops`, turning an error for the whole call into one error per op.
-async fn write_all(connector: &dyn Connector, kind: EntityKind, ops: Vec<WriteOp>) -> Vec<WriteOutcome> {
-    let n = ops.len();
-    match connector.write(kind, ops).await {
-        Ok(outcomes) if outcomes.len() == n => outcomes,
-        Ok(outcomes) => {
-            let message = format!("the connector answered {} outcomes for {n} writes", outcomes.len());
-            (0..n).map(|_| Err(ConnectorError::fatal(message.clone()))).collect()
-        }
-        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-    }
+        .collect()
 }
 
 /// Reads all pages of one connector and kind. Keeps the records that changed since
@@ -615,6 +467,7 @@ async fn read_scope(
         records: BTreeMap::new(),
         deleted: BTreeSet::new(),
         hashes: HashMap::new(),
+        changed: HashSet::new(),
         cursor: None,
         stats: ReadStats {
             connector: connector_name.to_owned(),
@@ -645,6 +498,9 @@ async fn read_scope(
             let changed = stored.remove(&record.id) != Some(hash);
             out.stats.changed += u64::from(changed);
             if changed || keep(&record) {
+                if changed {
+                    out.changed.insert(record.id.clone());
+                }
                 out.hashes.insert(record.id.clone(), hash);
                 out.records.insert(record.id.clone(), record);
             }

@@ -2,24 +2,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tandem_engine::plan::{AccountInput, Plan, PlanInput, UnlinkReason, plan};
-use tandem_engine::{ConflictPolicy, ContactsConfig, InitialSide, MatchTier, RelationConfig, Relations, SyncConfig};
+use tandem_engine::plan::{AccountInput, NewLink, Plan, PlanInput, UnlinkReason, plan};
+use tandem_engine::{
+    ConflictPolicy, ContactsConfig, InitialSide, MatchTier, RelationConfig, Relations, SyncConfig,
+};
 use tandem_model::{EntityKind, Fields, Record, Timestamp, Value};
 use tandem_state::Link;
 
 fn relation(kind: EntityKind) -> RelationConfig {
     RelationConfig {
-        kind,
-        connector: format!("erp_{kind}"),
-        create_contacts: false,
         match_tiers: vec![
             MatchTier::Fields(vec!["vat_registration_no".into()]),
             MatchTier::Fields(vec!["email".into()]),
         ],
-        conflict: ConflictPolicy::ContactWins,
-        initial: InitialSide::Contact,
-        fields: None,
-        preserve: None,
+        ..RelationConfig::new(kind, &format!("erp_{kind}"))
     }
 }
 
@@ -66,6 +62,7 @@ fn link(code: &str, contact: &str, account: &str, baseline: &[(&str, &str)]) -> 
         account_version: Some(format!("{account}-v0")),
         last_error: None,
         failure_count: 0,
+        parked: false,
         linked_at: Timestamp(0),
         synced_at: Timestamp(0),
     }
@@ -82,13 +79,25 @@ struct Input {
 }
 
 fn run(relations: &Relations, input: Input) -> Plan {
-    let mut accounts: Vec<AccountInput> = relations.relations.iter().map(|_| AccountInput::default()).collect();
+    let mut accounts: Vec<AccountInput> = relations
+        .relations
+        .iter()
+        .map(|_| AccountInput::default())
+        .collect();
     for a in input.accounts {
-        let r = relations.relations.iter().position(|r| r.kind == a.kind).unwrap();
+        let r = relations
+            .relations
+            .iter()
+            .position(|r| r.kind == a.kind)
+            .unwrap();
         accounts[r].records.insert(a.id.clone(), a);
     }
     for (kind, id) in input.deleted_accounts {
-        let r = relations.relations.iter().position(|r| r.kind == kind).unwrap();
+        let r = relations
+            .relations
+            .iter()
+            .position(|r| r.kind == kind)
+            .unwrap();
         accounts[r].deleted.insert(id.to_string());
     }
     let link_counts = relations
@@ -97,25 +106,43 @@ fn run(relations: &Relations, input: Input) -> Plan {
         .map(|r| input.links.iter().filter(|l| l.code == r.code).count() as u64)
         .collect();
     let input = PlanInput {
-        contacts: input.contacts.into_iter().map(|c| (c.id.clone(), c)).collect(),
-        deleted_contacts: input.deleted_contacts.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
+        contacts: input
+            .contacts
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect(),
+        deleted_contacts: input
+            .deleted_contacts
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>(),
         accounts,
         links: input.links,
         link_counts,
+        ..PlanInput::default()
     };
     plan(relations, &input)
 }
 
-/// (record id, field, new value) of every write in the plan, sorted.
+/// (record id, field, new value) of every write in the plan but the R9 reflection of
+/// codes on the contact, sorted.
 fn writes(plan: &Plan) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for hub in &plan.hubs {
-        for c in &hub.contact_changes {
+        for c in hub
+            .contact_changes
+            .iter()
+            .filter(|c| c.field.as_str() != "business_relations")
+        {
             out.push((hub.contact_id.clone(), c.field.to_string(), c.new.to_cell()));
         }
         for pair in &hub.pairs {
             for c in &pair.account_changes {
-                out.push((pair.account_id.clone(), c.field.to_string(), c.new.to_cell()));
+                out.push((
+                    pair.account_id.clone(),
+                    c.field.to_string(),
+                    c.new.to_cell(),
+                ));
             }
         }
     }
@@ -127,15 +154,23 @@ fn w(id: &str, field: &str, value: &str) -> (String, String, String) {
     (id.into(), field.into(), value.into())
 }
 
-const BASE: &[(&str, &str)] = &[("name", "Acme"), ("phone", "1"), ("vat_registration_no", "BE1")];
+const BASE: &[(&str, &str)] = &[
+    ("name", "Acme"),
+    ("phone", "1"),
+    ("vat_registration_no", "BE1"),
+];
 
 #[test]
 fn r14_nothing_changed_plans_nothing() {
     let rels = relations(|_| {});
+    let mut contact = record(EntityKind::Contact, "C1", BASE);
+    contact
+        .fields
+        .set("business_relations", Value::List(vec!["CUST".into()]));
     let plan = run(
         &rels,
         Input {
-            contacts: vec![record(EntityKind::Contact, "C1", BASE)],
+            contacts: vec![contact],
             accounts: vec![record(EntityKind::Customer, "K1", BASE)],
             links: vec![link("CUST", "C1", "K1", BASE)],
             ..Input::default()
@@ -148,17 +183,32 @@ fn r14_nothing_changed_plans_nothing() {
 #[test]
 fn r7_account_change_reaches_contact_and_other_accounts() {
     let rels = relations(|_| {});
-    let changed = &[("name", "Acme"), ("phone", "2"), ("vat_registration_no", "BE1")];
+    let changed = &[
+        ("name", "Acme"),
+        ("phone", "2"),
+        ("vat_registration_no", "BE1"),
+    ];
     let plan = run(
         &rels,
         Input {
             // The contact and the vendor were not read: unchanged since the baseline.
             accounts: vec![record(EntityKind::Customer, "K1", changed)],
-            links: vec![link("CUST", "C1", "K1", BASE), link("VEND", "C1", "V1", BASE), link("BANK", "C1", "B1", BASE)],
+            links: vec![
+                link("CUST", "C1", "K1", BASE),
+                link("VEND", "C1", "V1", BASE),
+                link("BANK", "C1", "B1", BASE),
+            ],
             ..Input::default()
         },
     );
-    assert_eq!(writes(&plan), vec![w("B1", "phone", "2"), w("C1", "phone", "2"), w("V1", "phone", "2")]);
+    assert_eq!(
+        writes(&plan),
+        vec![
+            w("B1", "phone", "2"),
+            w("C1", "phone", "2"),
+            w("V1", "phone", "2")
+        ]
+    );
     let hub = &plan.hubs[0];
     assert_eq!(hub.contact_version.as_deref(), Some("C1-v0"));
     let cust = plan.counts.iter().find(|c| c.code == "CUST").unwrap();
@@ -171,12 +221,26 @@ fn r7_contact_change_reaches_every_account() {
     let plan = run(
         &rels,
         Input {
-            contacts: vec![record(EntityKind::Contact, "C1", &[("name", "Acme NV"), ("phone", "1"), ("vat_registration_no", "BE1")])],
-            links: vec![link("CUST", "C1", "K1", BASE), link("VEND", "C1", "V1", BASE)],
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[
+                    ("name", "Acme NV"),
+                    ("phone", "1"),
+                    ("vat_registration_no", "BE1"),
+                ],
+            )],
+            links: vec![
+                link("CUST", "C1", "K1", BASE),
+                link("VEND", "C1", "V1", BASE),
+            ],
             ..Input::default()
         },
     );
-    assert_eq!(writes(&plan), vec![w("K1", "name", "Acme NV"), w("V1", "name", "Acme NV")]);
+    assert_eq!(
+        writes(&plan),
+        vec![w("K1", "name", "Acme NV"), w("V1", "name", "Acme NV")]
+    );
 }
 
 #[test]
@@ -185,8 +249,19 @@ fn r8_bank_accounts_do_not_receive_vat_numbers() {
     let plan = run(
         &rels,
         Input {
-            contacts: vec![record(EntityKind::Contact, "C1", &[("name", "Acme"), ("phone", "1"), ("vat_registration_no", "BE2")])],
-            links: vec![link("CUST", "C1", "K1", BASE), link("BANK", "C1", "B1", &[("name", "Acme"), ("phone", "1")])],
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[
+                    ("name", "Acme"),
+                    ("phone", "1"),
+                    ("vat_registration_no", "BE2"),
+                ],
+            )],
+            links: vec![
+                link("CUST", "C1", "K1", BASE),
+                link("BANK", "C1", "B1", &[("name", "Acme"), ("phone", "1")]),
+            ],
             ..Input::default()
         },
     );
@@ -201,7 +276,11 @@ fn r8_preserved_fields_are_never_overwritten() {
     let plan = run(
         &rels,
         Input {
-            contacts: vec![record(EntityKind::Contact, "C1", &[("name", "Acme"), ("currency_code", "USD")])],
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[("name", "Acme"), ("currency_code", "USD")],
+            )],
             accounts: vec![record(EntityKind::Customer, "K1", base)],
             links: vec![link("CUST", "C1", "K1", base)],
             ..Input::default()
@@ -221,9 +300,25 @@ fn r15_conflict_policies() {
     ];
     for (policy, contact_time, account_time, winner, value) in cases {
         let rels = relations(|m| m.get_mut("CUST").unwrap().conflict = policy);
-        let mut contact = record(EntityKind::Contact, "C1", &[("name", "Acme"), ("phone", "2"), ("vat_registration_no", "BE1")]);
+        let mut contact = record(
+            EntityKind::Contact,
+            "C1",
+            &[
+                ("name", "Acme"),
+                ("phone", "2"),
+                ("vat_registration_no", "BE1"),
+            ],
+        );
         contact.modified_at = contact_time.map(Timestamp);
-        let mut account = record(EntityKind::Customer, "K1", &[("name", "Acme"), ("phone", "3"), ("vat_registration_no", "BE1")]);
+        let mut account = record(
+            EntityKind::Customer,
+            "K1",
+            &[
+                ("name", "Acme"),
+                ("phone", "3"),
+                ("vat_registration_no", "BE1"),
+            ],
+        );
         account.modified_at = account_time.map(Timestamp);
         let plan = run(
             &rels,
@@ -238,9 +333,20 @@ fn r15_conflict_policies() {
         assert_eq!(hub.conflicts.len(), 1, "{policy:?}");
         assert_eq!(hub.conflicts[0].winner, winner, "{policy:?}");
         assert_eq!(hub.conflicts[0].value.to_cell(), value, "{policy:?}");
-        let expected = if winner == "contact" { w("K1", "phone", value) } else { w("C1", "phone", value) };
+        let expected = if winner == "contact" {
+            w("K1", "phone", value)
+        } else {
+            w("C1", "phone", value)
+        };
         assert_eq!(writes(&plan), vec![expected], "{policy:?}");
-        assert_eq!(plan.counts.iter().find(|c| c.code == "CUST").unwrap().conflicts, 1);
+        assert_eq!(
+            plan.counts
+                .iter()
+                .find(|c| c.code == "CUST")
+                .unwrap()
+                .conflicts,
+            1
+        );
     }
 }
 
@@ -250,20 +356,43 @@ fn r15_different_fields_merge_without_conflict() {
     let plan = run(
         &rels,
         Input {
-            contacts: vec![record(EntityKind::Contact, "C1", &[("name", "Acme NV"), ("phone", "1"), ("vat_registration_no", "BE1")])],
-            accounts: vec![record(EntityKind::Customer, "K1", &[("name", "Acme"), ("phone", "9"), ("vat_registration_no", "BE1")])],
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[
+                    ("name", "Acme NV"),
+                    ("phone", "1"),
+                    ("vat_registration_no", "BE1"),
+                ],
+            )],
+            accounts: vec![record(
+                EntityKind::Customer,
+                "K1",
+                &[
+                    ("name", "Acme"),
+                    ("phone", "9"),
+                    ("vat_registration_no", "BE1"),
+                ],
+            )],
             links: vec![link("CUST", "C1", "K1", BASE)],
             ..Input::default()
         },
     );
     assert!(plan.hubs[0].conflicts.is_empty());
-    assert_eq!(writes(&plan), vec![w("C1", "phone", "9"), w("K1", "name", "Acme NV")]);
+    assert_eq!(
+        writes(&plan),
+        vec![w("C1", "phone", "9"), w("K1", "name", "Acme NV")]
+    );
 }
 
 #[test]
 fn r14_same_change_on_both_sides_is_no_conflict_and_no_write() {
     let rels = relations(|_| {});
-    let same = &[("name", "Acme"), ("phone", "7"), ("vat_registration_no", "BE1")];
+    let same = &[
+        ("name", "Acme"),
+        ("phone", "7"),
+        ("vat_registration_no", "BE1"),
+    ];
     let plan = run(
         &rels,
         Input {
@@ -284,21 +413,43 @@ fn r4_new_links_start_from_the_contact_and_fill_empties() {
     let plan = run(
         &rels,
         Input {
-            contacts: vec![record(EntityKind::Contact, "C1", &[("name", "Acme"), ("vat_registration_no", "BE1")])],
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[("name", "Acme"), ("vat_registration_no", "BE1")],
+            )],
             accounts: vec![record(
                 EntityKind::Customer,
                 "K1",
-                &[("name", "ACME NV"), ("phone", "5"), ("vat_registration_no", "be1")],
+                &[
+                    ("name", "ACME NV"),
+                    ("phone", "5"),
+                    ("vat_registration_no", "be1"),
+                ],
             )],
             ..Input::default()
         },
     );
     assert_eq!(
         writes(&plan),
-        vec![w("C1", "phone", "5"), w("K1", "name", "Acme"), w("K1", "vat_registration_no", "BE1")]
+        vec![
+            w("C1", "phone", "5"),
+            w("K1", "name", "Acme"),
+            w("K1", "vat_registration_no", "BE1")
+        ]
     );
-    assert_eq!(plan.hubs[0].pairs[0].matched_by_tier, Some(1));
-    assert_eq!(plan.counts.iter().find(|c| c.code == "CUST").unwrap().linked, 1);
+    assert_eq!(
+        plan.hubs[0].pairs[0].new_link,
+        Some(NewLink::Match { tier: 1 })
+    );
+    assert_eq!(
+        plan.counts
+            .iter()
+            .find(|c| c.code == "CUST")
+            .unwrap()
+            .linked,
+        1
+    );
 }
 
 #[test]
@@ -307,13 +458,24 @@ fn r4_initial_account_takes_the_account_values() {
     let plan = run(
         &rels,
         Input {
-            contacts: vec![record(EntityKind::Contact, "C1", &[("name", "Acme"), ("city", "Gent"), ("email", "a@x.be")])],
-            accounts: vec![record(EntityKind::Customer, "K1", &[("name", "ACME NV"), ("email", "a@x.be")])],
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[("name", "Acme"), ("city", "Gent"), ("email", "a@x.be")],
+            )],
+            accounts: vec![record(
+                EntityKind::Customer,
+                "K1",
+                &[("name", "ACME NV"), ("email", "a@x.be")],
+            )],
             ..Input::default()
         },
     );
     // The account's name wins; its empty city does not clear the contact's.
-    assert_eq!(writes(&plan), vec![w("C1", "name", "ACME NV"), w("K1", "city", "Gent")]);
+    assert_eq!(
+        writes(&plan),
+        vec![w("C1", "name", "ACME NV"), w("K1", "city", "Gent")]
+    );
 }
 
 #[test]
@@ -339,7 +501,12 @@ fn r2_linked_records_are_not_matched_again() {
     let new: Vec<_> = plan
         .hubs
         .iter()
-        .flat_map(|h| h.pairs.iter().filter(|p| p.matched_by_tier.is_some()).map(move |p| (h.contact_id.clone(), p.account_id.clone())))
+        .flat_map(|h| {
+            h.pairs
+                .iter()
+                .filter(|p| p.new_link.is_some())
+                .map(move |p| (h.contact_id.clone(), p.account_id.clone()))
+        })
         .collect();
     assert_eq!(new, vec![("C1".to_string(), "V1".to_string())]);
 }
@@ -351,8 +518,20 @@ fn r3_only_companies_and_lone_persons_hold_relations() {
         &rels,
         Input {
             contacts: vec![
-                record(EntityKind::Contact, "P1", &[("contact_type", "person"), ("company_id", "C9"), ("email", "p1@x.be")]),
-                record(EntityKind::Contact, "P2", &[("contact_type", "person"), ("email", "p2@x.be")]),
+                record(
+                    EntityKind::Contact,
+                    "P1",
+                    &[
+                        ("contact_type", "person"),
+                        ("company_id", "C9"),
+                        ("email", "p1@x.be"),
+                    ],
+                ),
+                record(
+                    EntityKind::Contact,
+                    "P2",
+                    &[("contact_type", "person"), ("email", "p2@x.be")],
+                ),
             ],
             accounts: vec![
                 record(EntityKind::Customer, "K1", &[("email", "p1@x.be")]),
@@ -362,7 +541,15 @@ fn r3_only_companies_and_lone_persons_hold_relations() {
             ..Input::default()
         },
     );
-    let linked: Vec<_> = plan.hubs.iter().flat_map(|h| h.pairs.iter().map(move |p| (h.contact_id.as_str(), p.account_id.as_str()))).collect();
+    let linked: Vec<_> = plan
+        .hubs
+        .iter()
+        .flat_map(|h| {
+            h.pairs
+                .iter()
+                .map(move |p| (h.contact_id.as_str(), p.account_id.as_str()))
+        })
+        .collect();
     assert_eq!(linked, vec![("P2", "K2")]);
 }
 
@@ -379,7 +566,11 @@ fn r6_contacts_are_created_only_for_unmatched_accounts() {
             ],
             accounts: vec![
                 record(EntityKind::Vendor, "V1", &[("vat_registration_no", "BE1")]),
-                record(EntityKind::Vendor, "V2", &[("name", "New Supplier"), ("iban", "BE68")]),
+                record(
+                    EntityKind::Vendor,
+                    "V2",
+                    &[("name", "New Supplier"), ("iban", "BE68")],
+                ),
                 // Ambiguous: reported, never given a new contact.
                 record(EntityKind::Vendor, "V3", &[("email", "x@x.be")]),
                 // Customers without a contact are left alone: CUST does not create.
@@ -390,7 +581,12 @@ fn r6_contacts_are_created_only_for_unmatched_accounts() {
     );
     assert_eq!(plan.creates.len(), 1);
     assert_eq!(plan.creates[0].account_id, "V2");
-    assert_eq!(plan.creates[0].fields, fields(&[("name", "New Supplier"), ("contact_type", "company")]));
+    let mut expected = fields(&[("name", "New Supplier"), ("contact_type", "company")]);
+    expected.set("business_relations", Value::List(vec!["VEND".into()]));
+    assert_eq!(
+        plan.creates[0].fields, expected,
+        "R9: the new contact shows its code"
+    );
     assert_eq!(plan.ambiguous.len(), 1);
     assert_eq!(plan.ambiguous[0].account_ids, vec!["V3".to_string()]);
 }
@@ -403,16 +599,31 @@ fn r12_r13_deletes_drop_only_the_link() {
         Input {
             deleted_contacts: vec!["C1"],
             deleted_accounts: vec![(EntityKind::Vendor, "V2")],
-            links: vec![link("CUST", "C1", "K1", BASE), link("VEND", "C2", "V2", BASE), link("CUST", "C2", "K2", BASE)],
+            links: vec![
+                link("CUST", "C1", "K1", BASE),
+                link("VEND", "C2", "V2", BASE),
+                link("CUST", "C2", "K2", BASE),
+            ],
             ..Input::default()
         },
     );
-    let unlinks: Vec<_> = plan.unlinks.iter().map(|u| (u.code.as_str(), u.contact_id.as_str(), u.reason)).collect();
+    let unlinks: Vec<_> = plan
+        .unlinks
+        .iter()
+        .map(|u| (u.code.as_str(), u.contact_id.as_str(), u.reason))
+        .collect();
     assert_eq!(
         unlinks,
-        vec![("CUST", "C1", UnlinkReason::ContactDeleted), ("VEND", "C2", UnlinkReason::AccountDeleted)]
+        vec![
+            ("CUST", "C1", UnlinkReason::ContactDeleted),
+            ("VEND", "C2", UnlinkReason::AccountDeleted)
+        ]
     );
-    assert_eq!(plan.write_count(), 0, "a delete is never carried to the other side");
+    assert_eq!(
+        plan.write_count(),
+        0,
+        "a delete is never carried to the other side"
+    );
 }
 
 #[test]
@@ -430,4 +641,481 @@ fn r1_links_of_unconfigured_codes_are_left_alone() {
     );
     assert!(plan.hubs.is_empty());
     assert!(plan.counts.iter().all(|c| c.code != "VEND"));
+}
+
+fn codes(plan: &Plan, contact: &str) -> Option<Vec<String>> {
+    plan.hubs
+        .iter()
+        .find(|h| h.contact_id == contact)?
+        .contact_changes
+        .iter()
+        .find(|c| c.field.as_str() == "business_relations")
+        .map(|c| match &c.new {
+            Value::List(l) => l.clone(),
+            other => vec![other.to_cell()],
+        })
+}
+
+#[test]
+fn r9_contact_shows_the_codes_it_holds_and_keeps_other_categories() {
+    let rels = relations(|_| {});
+    let mut c1 = record(
+        EntityKind::Contact,
+        "C1",
+        &[("name", "Acme"), ("vat_registration_no", "BE1")],
+    );
+    c1.fields
+        .set("business_relations", Value::List(vec!["VIP".into()]));
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![c1],
+            accounts: vec![record(
+                EntityKind::Vendor,
+                "V1",
+                &[("name", "Acme"), ("vat_registration_no", "BE1")],
+            )],
+            links: vec![link(
+                "CUST",
+                "C1",
+                "K1",
+                &[("name", "Acme"), ("vat_registration_no", "BE1")],
+            )],
+            ..Input::default()
+        },
+    );
+    assert_eq!(
+        codes(&plan, "C1"),
+        Some(vec!["VIP".to_string(), "CUST".into(), "VEND".into()])
+    );
+}
+
+#[test]
+fn r13_r9_deleted_account_takes_its_code_off_the_contact() {
+    let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
+    let mut c1 = record(EntityKind::Contact, "C1", BASE);
+    c1.fields.set(
+        "business_relations",
+        Value::List(vec!["CUST".into(), "VEND".into()]),
+    );
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![c1],
+            deleted_accounts: vec![(EntityKind::Customer, "K1")],
+            links: vec![
+                link("CUST", "C1", "K1", BASE),
+                link("VEND", "C1", "V1", BASE),
+            ],
+            ..Input::default()
+        },
+    );
+    assert_eq!(codes(&plan, "C1"), Some(vec!["VEND".to_string()]));
+    // Losing the code is not a request for a new customer.
+    assert!(plan.account_creates.is_empty());
+}
+
+#[test]
+fn r5_contact_asking_for_a_code_gets_an_account_from_the_template() {
+    let rels = relations(|m| {
+        let cust = m.get_mut("CUST").unwrap();
+        cust.templates = vec![tandem_engine::TemplateRule {
+            when: [("country_code".to_string(), "NL".to_string())]
+                .into_iter()
+                .collect(),
+            fields: [("x_payment_terms".to_string(), Value::text("14D"))]
+                .into_iter()
+                .collect(),
+        }];
+        cust.template = Some(
+            [
+                ("x_payment_terms".to_string(), Value::text("30D")),
+                ("currency_code".to_string(), Value::text("EUR")),
+            ]
+            .into_iter()
+            .collect(),
+        );
+    });
+    let mut c1 = record(
+        EntityKind::Contact,
+        "C1",
+        &[
+            ("name", "Acme"),
+            ("country_code", "be"),
+            ("currency_code", "USD"),
+        ],
+    );
+    c1.fields.set("business_relations", Value::text("CUST"));
+    let mut c2 = record(
+        EntityKind::Contact,
+        "C2",
+        &[("name", "Dutch"), ("country_code", "nl")],
+    );
+    c2.fields.set("business_relations", Value::text("CUST"));
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![c1, c2],
+            ..Input::default()
+        },
+    );
+    assert_eq!(plan.account_creates.len(), 2);
+    let acme = &plan.account_creates[0];
+    assert_eq!(acme.contact_id, "C1");
+    assert_eq!(acme.template, Some(1));
+    // The template fills only what the contact left empty.
+    assert_eq!(acme.fields.text("currency_code"), Some("USD"));
+    assert_eq!(acme.fields.text("x_payment_terms"), Some("30D"));
+    assert_eq!(
+        plan.account_creates[1].fields.text("x_payment_terms"),
+        Some("14D")
+    );
+    assert_eq!(
+        plan.counts
+            .iter()
+            .find(|c| c.code == "CUST")
+            .unwrap()
+            .created,
+        2
+    );
+}
+
+#[test]
+fn r5_no_applicable_template_is_an_error_for_that_contact() {
+    let rels = relations(|m| {
+        m.get_mut("CUST").unwrap().templates = vec![tandem_engine::TemplateRule {
+            when: [("country_code".to_string(), "BE".to_string())]
+                .into_iter()
+                .collect(),
+            fields: [("x_payment_terms".to_string(), Value::text("30D"))]
+                .into_iter()
+                .collect(),
+        }];
+    });
+    let mut c1 = record(
+        EntityKind::Contact,
+        "C1",
+        &[("name", "Acme"), ("country_code", "FR")],
+    );
+    c1.fields.set("business_relations", Value::text("CUST"));
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![c1],
+            ..Input::default()
+        },
+    );
+    assert!(plan.account_creates.is_empty());
+    assert_eq!(plan.rejected.len(), 1);
+    assert!(
+        plan.rejected[0]
+            .error
+            .contains("no template of relation CUST applies to contact C1"),
+        "{:?}",
+        plan.rejected
+    );
+    assert!(
+        plan.rejected[0].error.contains("country_code=\"FR\""),
+        "{:?}",
+        plan.rejected
+    );
+}
+
+#[test]
+fn r5_a_contact_asking_for_a_code_is_matched_before_anything_is_created() {
+    let rels = relations(|_| {});
+    let mut c1 = record(
+        EntityKind::Contact,
+        "C1",
+        &[("name", "Acme"), ("email", "a@x.be")],
+    );
+    c1.fields.set("business_relations", Value::text("CUST"));
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![c1],
+            accounts: vec![record(EntityKind::Customer, "K1", &[("email", "a@x.be")])],
+            ..Input::default()
+        },
+    );
+    assert!(plan.account_creates.is_empty());
+    assert_eq!(
+        plan.hubs[0].pairs[0].new_link,
+        Some(NewLink::Match { tier: 2 })
+    );
+}
+
+#[test]
+fn r3_a_person_asking_to_be_customer_makes_its_company_the_customer() {
+    let rels = relations(|_| {});
+    let mut p1 = record(
+        EntityKind::Contact,
+        "P1",
+        &[
+            ("name", "Jan"),
+            ("contact_type", "person"),
+            ("company_id", "C1"),
+        ],
+    );
+    p1.fields.set("business_relations", Value::text("CUST"));
+    let mut p2 = record(
+        EntityKind::Contact,
+        "P2",
+        &[("name", "Lone"), ("contact_type", "person")],
+    );
+    p2.fields
+        .set("business_relations", Value::text("VEND;CUST"));
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![
+                p1,
+                p2,
+                record(EntityKind::Contact, "C1", &[("name", "Acme")]),
+            ],
+            ..Input::default()
+        },
+    );
+    let creates: Vec<_> = plan
+        .account_creates
+        .iter()
+        .map(|c| {
+            (
+                c.code.as_str(),
+                c.contact_id.as_str(),
+                c.requested_by.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        creates,
+        vec![("CUST", "C1", Some("P1")), ("CUST", "P2", None)]
+    );
+    assert_eq!(plan.rejected.len(), 1);
+    assert_eq!(plan.rejected[0].contact_id, "P2");
+    assert!(
+        plan.rejected[0].error.contains("vendors need a company"),
+        "{:?}",
+        plan.rejected
+    );
+    assert_eq!(codes(&plan, "C1"), Some(vec!["CUST".to_string()]));
+}
+
+#[test]
+fn r15_manual_conflict_waits_and_other_fields_go_on() {
+    let rels = relations(|m| m.get_mut("CUST").unwrap().conflict = ConflictPolicy::Manual);
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[
+                    ("name", "Acme NV"),
+                    ("phone", "2"),
+                    ("vat_registration_no", "BE1"),
+                ],
+            )],
+            accounts: vec![record(
+                EntityKind::Customer,
+                "K1",
+                &[
+                    ("name", "Acme"),
+                    ("phone", "3"),
+                    ("vat_registration_no", "BE1"),
+                ],
+            )],
+            links: vec![link("CUST", "C1", "K1", BASE)],
+            ..Input::default()
+        },
+    );
+    let hub = &plan.hubs[0];
+    assert_eq!(hub.conflicts.len(), 1);
+    assert_eq!(hub.conflicts[0].winner, "manual");
+    assert_eq!(
+        writes(&plan),
+        vec![w("K1", "name", "Acme NV")],
+        "the phone waits, the name goes"
+    );
+    assert_eq!(
+        hub.pairs[0].baseline.text("phone"),
+        Some("1"),
+        "the old baseline keeps the conflict visible"
+    );
+}
+
+#[test]
+fn r15_a_resolved_conflict_is_written_to_both_sides_and_closed() {
+    let rels = relations(|m| m.get_mut("CUST").unwrap().conflict = ConflictPolicy::Manual);
+    let conflict = tandem_state::ConflictEntry {
+        id: 7,
+        code: "CUST".into(),
+        contact_id: "C1".into(),
+        account_id: "K1".into(),
+        field: "phone".into(),
+        base: Value::text("1"),
+        contact_value: Value::text("2"),
+        account_value: Value::text("3"),
+        opened_at: Timestamp(0),
+        run_id: None,
+        resolution: Some(Value::text("3")),
+        closed_at: None,
+    };
+    let relations_ref = &rels;
+    let mut accounts: Vec<AccountInput> = relations_ref
+        .relations
+        .iter()
+        .map(|_| AccountInput::default())
+        .collect();
+    let k1 = record(
+        EntityKind::Customer,
+        "K1",
+        &[
+            ("name", "Acme"),
+            ("phone", "3"),
+            ("vat_registration_no", "BE1"),
+        ],
+    );
+    accounts[1].records.insert("K1".into(), k1);
+    let c1 = record(
+        EntityKind::Contact,
+        "C1",
+        &[
+            ("name", "Acme"),
+            ("phone", "2"),
+            ("vat_registration_no", "BE1"),
+        ],
+    );
+    let input = PlanInput {
+        contacts: [("C1".to_string(), c1)].into_iter().collect(),
+        accounts,
+        links: vec![link("CUST", "C1", "K1", BASE)],
+        conflicts: vec![conflict],
+        ..PlanInput::default()
+    };
+    let plan = plan(&rels, &input);
+    assert_eq!(writes(&plan), vec![w("C1", "phone", "3")]);
+    assert!(plan.hubs[0].conflicts.is_empty());
+    assert_eq!(
+        plan.close_conflicts,
+        vec![("CUST".to_string(), "C1".to_string(), "phone".to_string())]
+    );
+}
+
+#[test]
+fn r17_parked_pairs_are_left_alone() {
+    let rels = relations(|_| {});
+    let mut parked = link("CUST", "C1", "K1", BASE);
+    parked.parked = true;
+    parked.failure_count = 2;
+    let plan = run(
+        &rels,
+        Input {
+            accounts: vec![record(
+                EntityKind::Customer,
+                "K1",
+                &[
+                    ("name", "Acme"),
+                    ("phone", "9"),
+                    ("vat_registration_no", "BE1"),
+                ],
+            )],
+            links: vec![parked, link("VEND", "C1", "V1", BASE)],
+            ..Input::default()
+        },
+    );
+    assert_eq!(plan.write_count(), 0);
+}
+
+#[test]
+fn crash_between_create_and_link_is_repaired_not_repeated() {
+    let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
+    let mut sent = fields(&[("name", "Delta"), ("contact_type", "company")]);
+    sent.set("business_relations", Value::List(vec!["CUST".into()]));
+    let pending = tandem_state::PendingCreate {
+        code: "CUST".into(),
+        side: "contact".into(),
+        source_id: "K3".into(),
+        fields: sent.clone(),
+        run_id: Some(1),
+        error: None,
+        failure_count: 0,
+        parked: false,
+        updated_at: Timestamp(0),
+    };
+    let mut created = Record::new(EntityKind::Contact, "C9", sent);
+    created.version = Some("v1".into());
+    let mut accounts: Vec<AccountInput> = rels
+        .relations
+        .iter()
+        .map(|_| AccountInput::default())
+        .collect();
+    accounts[1].records.insert(
+        "K3".into(),
+        record(EntityKind::Customer, "K3", &[("name", "Delta")]),
+    );
+    let input = PlanInput {
+        contacts: [("C9".to_string(), created)].into_iter().collect(),
+        accounts,
+        pending: vec![pending],
+        ..PlanInput::default()
+    };
+    let plan = plan(&rels, &input);
+    assert!(plan.creates.is_empty(), "no second contact");
+    assert_eq!(plan.hubs[0].pairs[0].new_link, Some(NewLink::Recovered));
+    assert_eq!(
+        plan.done_pending,
+        vec![("CUST".to_string(), "contact".to_string(), "K3".to_string())]
+    );
+}
+
+#[test]
+fn r4_operator_links_and_unlinks() {
+    let rels = relations(|_| {});
+    let mut input = Input {
+        contacts: vec![
+            record(EntityKind::Contact, "C1", &[("name", "Acme")]),
+            record(EntityKind::Contact, "C2", &[("name", "Beta")]),
+        ],
+        accounts: vec![record(EntityKind::Customer, "K7", &[("name", "ACME")])],
+        links: vec![link("VEND", "C2", "V2", &[("name", "Beta")])],
+        ..Input::default()
+    };
+    let rels_ref = &rels;
+    let mut accounts: Vec<AccountInput> = rels_ref
+        .relations
+        .iter()
+        .map(|_| AccountInput::default())
+        .collect();
+    for a in std::mem::take(&mut input.accounts) {
+        accounts[1].records.insert(a.id.clone(), a);
+    }
+    let plan_input = PlanInput {
+        contacts: input
+            .contacts
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect(),
+        accounts,
+        links: input.links,
+        directives: tandem_engine::Directives {
+            link: vec![("CUST".into(), "C1".into(), "K7".into())],
+            create: vec![],
+            unlink: vec![("VEND".into(), "C2".into())],
+        },
+        ..PlanInput::default()
+    };
+    let plan = plan(&rels, &plan_input);
+    assert_eq!(
+        plan.hubs
+            .iter()
+            .find(|h| h.contact_id == "C1")
+            .unwrap()
+            .pairs[0]
+            .new_link,
+        Some(NewLink::Operator)
+    );
+    assert_eq!(plan.unlinks[0].reason, UnlinkReason::Operator);
+    assert_eq!(writes(&plan), vec![w("K7", "name", "Acme")]);
+    assert!(plan.rejected.is_empty(), "{:?}", plan.rejected);
 }

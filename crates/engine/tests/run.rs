@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use tandem_connector::Connector;
 use tandem_connector::memory::MemoryConnector;
-use tandem_engine::{ConflictPolicy, ContactsConfig, Engine, InitialSide, MatchTier, RelationConfig, Relations, RunReport, SyncConfig};
+use tandem_engine::{
+    ContactsConfig, Engine, MatchTier, RelationConfig, Relations, RunReport, SyncConfig,
+};
 use tandem_model::{EntityKind, Fields, Value};
 use tandem_state::{LockMode, SqliteState, StateStore};
 
@@ -19,17 +21,12 @@ struct World {
 
 fn relation(kind: EntityKind, create_contacts: bool) -> RelationConfig {
     RelationConfig {
-        kind,
-        connector: "erp".into(),
-        create_contacts,
         match_tiers: vec![
             MatchTier::Fields(vec!["vat_registration_no".into()]),
             MatchTier::Fields(vec!["email".into()]),
         ],
-        conflict: ConflictPolicy::ContactWins,
-        initial: InitialSide::Contact,
-        fields: None,
-        preserve: None,
+        create_contacts,
+        ..RelationConfig::new(kind, "erp")
     }
 }
 
@@ -48,7 +45,11 @@ fn world(incremental: bool) -> World {
     )
     .unwrap();
     World {
-        crm: Arc::new(MemoryConnector::new(&[EntityKind::Contact], incremental).with_page_size(3).with_id_prefix("C")),
+        crm: Arc::new(
+            MemoryConnector::new(&[EntityKind::Contact], incremental)
+                .with_page_size(3)
+                .with_id_prefix("C"),
+        ),
         erp: Arc::new(
             MemoryConnector::new(&[EntityKind::Customer, EntityKind::Vendor], incremental)
                 .with_page_size(2)
@@ -81,23 +82,59 @@ impl World {
     }
 
     fn seed(&self) {
-        let f = |pairs: &[(&str, &str)]| pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v));
-        self.crm.put(EntityKind::Contact, "C1", f(&[("name", "Acme"), ("vat_registration_no", "BE1"), ("phone", "1")]));
-        self.crm.put(EntityKind::Contact, "C2", f(&[("name", "Beta"), ("email", "info@beta.be")]));
-        self.crm.put(EntityKind::Contact, "C3", f(&[("name", "Gamma")]));
-        self.erp.put(EntityKind::Customer, "K1", f(&[("name", "ACME NV"), ("vat_registration_no", "BE1")]));
-        self.erp.put(EntityKind::Customer, "K2", f(&[("name", "Beta BV"), ("email", "INFO@beta.be")]));
-        self.erp.put(EntityKind::Customer, "K3", f(&[("name", "Delta"), ("city", "Gent")]));
-        self.erp.put(EntityKind::Vendor, "V1", f(&[("name", "Acme"), ("vat_registration_no", "BE1")]));
+        let f =
+            |pairs: &[(&str, &str)]| pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v));
+        self.crm.put(
+            EntityKind::Contact,
+            "C1",
+            f(&[
+                ("name", "Acme"),
+                ("vat_registration_no", "BE1"),
+                ("phone", "1"),
+            ]),
+        );
+        self.crm.put(
+            EntityKind::Contact,
+            "C2",
+            f(&[("name", "Beta"), ("email", "info@beta.be")]),
+        );
+        self.crm
+            .put(EntityKind::Contact, "C3", f(&[("name", "Gamma")]));
+        self.erp.put(
+            EntityKind::Customer,
+            "K1",
+            f(&[("name", "ACME NV"), ("vat_registration_no", "BE1")]),
+        );
+        self.erp.put(
+            EntityKind::Customer,
+            "K2",
+            f(&[("name", "Beta BV"), ("email", "INFO@beta.be")]),
+        );
+        self.erp.put(
+            EntityKind::Customer,
+            "K3",
+            f(&[("name", "Delta"), ("city", "Gent")]),
+        );
+        self.erp.put(
+            EntityKind::Vendor,
+            "V1",
+            f(&[("name", "Acme"), ("vat_registration_no", "BE1")]),
+        );
     }
 }
 
 fn text(c: &MemoryConnector, kind: EntityKind, id: &str, field: &str) -> Option<String> {
-    c.get(kind, id).and_then(|r| r.fields.text(field).map(str::to_owned))
+    c.get(kind, id)
+        .and_then(|r| r.fields.text(field).map(str::to_owned))
 }
 
 fn count(report: &RunReport, code: &str) -> tandem_engine::plan::RelationCounts {
-    report.counts.iter().find(|c| c.code == code).unwrap().clone()
+    report
+        .counts
+        .iter()
+        .find(|c| c.code == code)
+        .unwrap()
+        .clone()
 }
 
 async fn first_sync_links_creates_and_settles(incremental: bool) {
@@ -105,16 +142,30 @@ async fn first_sync_links_creates_and_settles(incremental: bool) {
     w.seed();
     let planned = w.plan().await;
     let report = w.sync().await;
-    assert_eq!(planned.counts, report.counts, "plan and sync report the same actions");
+    assert_eq!(
+        planned.counts, report.counts,
+        "plan and sync report the same actions"
+    );
     assert_eq!(planned.writes, report.writes);
     let cust = count(&report, "CUST");
     assert_eq!((cust.linked, cust.created, cust.failed), (2, 1, 0));
     assert_eq!(count(&report, "VEND").linked, 1);
     // R4: the link starts from the contact's values.
-    assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "name").as_deref(), Some("Acme"));
-    assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(), Some("1"));
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K1", "name").as_deref(),
+        Some("Acme")
+    );
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(),
+        Some("1")
+    );
     // R6: Delta got a company contact.
-    let created: Vec<_> = w.crm.all(EntityKind::Contact).into_iter().filter(|c| c.fields.text("name") == Some("Delta")).collect();
+    let created: Vec<_> = w
+        .crm
+        .all(EntityKind::Contact)
+        .into_iter()
+        .filter(|c| c.fields.text("name") == Some("Delta"))
+        .collect();
     assert_eq!(created.len(), 1);
     assert_eq!(created[0].fields.text("city"), Some("Gent"));
     assert_eq!(created[0].fields.text("contact_type"), Some("company"));
@@ -149,8 +200,14 @@ async fn r7_phone_changed_on_customer_reaches_contact_and_vendor_in_one_run() {
         w.erp.put(EntityKind::Customer, "K1", k1);
         let report = w.sync().await;
         assert_eq!(report.writes, 2, "contact and vendor");
-        assert_eq!(text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(), Some("+32 9 999"));
-        assert_eq!(text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(), Some("+32 9 999"));
+        assert_eq!(
+            text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(),
+            Some("+32 9 999")
+        );
+        assert_eq!(
+            text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(),
+            Some("+32 9 999")
+        );
         assert_eq!(w.sync().await.writes, 0);
     }
 }
@@ -160,23 +217,40 @@ async fn r16_incomplete_full_listing_deletes_nothing() {
     let mut w = world(false);
     w.seed();
     w.sync().await;
-    w.erp.put(EntityKind::Customer, "K4", Fields::new().with("name", "Epsilon"));
+    w.erp.put(
+        EntityKind::Customer,
+        "K4",
+        Fields::new().with("name", "Epsilon"),
+    );
     w.erp.remove(EntityKind::Customer, "K2");
     // The listing breaks after its first page: nothing may be taken for deleted.
     w.erp.fail_reads_after(Some(1));
     let connectors = w.connectors();
     let mut engine = Engine::new(w.relations.clone(), connectors, &mut w.state).unwrap();
     let err = engine.sync().await.unwrap_err();
-    assert!(err.to_string().contains("reading customers from connector `erp` failed"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("reading customers from connector `erp` failed"),
+        "{err}"
+    );
     assert_eq!(w.state.count_links("CUST").unwrap(), 3);
     // Once the listing completes, the missing customer is a delete (R13).
     w.erp.fail_reads_after(None);
     let report = w.sync().await;
     assert_eq!(count(&report, "CUST").unlinked, 1);
-    let accounts: Vec<String> = w.state.links(Some("CUST")).unwrap().into_iter().map(|l| l.account_id).collect();
+    let accounts: Vec<String> = w
+        .state
+        .links(Some("CUST"))
+        .unwrap()
+        .into_iter()
+        .map(|l| l.account_id)
+        .collect();
     assert!(!accounts.contains(&"K2".to_string()), "{accounts:?}");
     assert!(accounts.contains(&"K4".to_string()), "{accounts:?}");
-    assert!(w.crm.get(EntityKind::Contact, "C2").is_some(), "the contact stays");
+    assert!(
+        w.crm.get(EntityKind::Contact, "C2").is_some(),
+        "the contact stays"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +265,10 @@ async fn r16_records_missing_from_a_change_page_are_not_deleted() {
     let report = w.sync().await;
     assert_eq!(report.counts.iter().map(|c| c.unlinked).sum::<u64>(), 0);
     assert_eq!(w.state.count_links("CUST").unwrap(), 3);
-    assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "email").as_deref(), Some("acme@x.be"));
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K1", "email").as_deref(),
+        Some("acme@x.be")
+    );
     // A tombstone is a delete (R12): the contact's links go, the accounts stay.
     w.crm.remove(EntityKind::Contact, "C1");
     let report = w.sync().await;
@@ -210,27 +287,90 @@ async fn r17_a_failing_record_does_not_stop_the_run() {
         fields.set("phone", Value::text(phone));
         w.crm.put(EntityKind::Contact, id, fields);
     }
-    w.erp.reject_writes_to(EntityKind::Customer, "K1", Some("phone number rejected by the ERP"));
+    w.erp.reject_writes_to(
+        EntityKind::Customer,
+        "K1",
+        Some("phone number rejected by the ERP"),
+    );
     let report = w.sync().await;
     assert_eq!(count(&report, "CUST").failed, 1);
     assert_eq!(report.failures.len(), 1);
-    assert_eq!(report.failures[0].account_id, "K1");
-    assert!(report.failures[0].error.contains("phone number rejected"), "{:?}", report.failures);
+    assert_eq!(report.failures[0].account_id.as_deref(), Some("K1"));
+    assert!(
+        report.failures[0].error.contains("phone number rejected"),
+        "{:?}",
+        report.failures
+    );
     // The other pairs went through: C2's customer and C1's vendor.
-    assert_eq!(text(&w.erp, EntityKind::Customer, "K2", "phone").as_deref(), Some("3"));
-    assert_eq!(text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(), Some("2"));
-    let link = w.state.links_of_accounts("CUST", &["K1"]).unwrap().remove(0);
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K2", "phone").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(),
+        Some("2")
+    );
+    let link = w
+        .state
+        .links_of_accounts("CUST", &["K1"])
+        .unwrap()
+        .remove(0);
     assert_eq!(link.failure_count, 1);
     assert!(link.last_error.unwrap().contains("phone number rejected"));
 
-    // Retried on the next run, and settled once the ERP accepts it.
+    // Retried on the next run; the same error twice parks the pair (R17).
     let again = w.sync().await;
     assert_eq!(count(&again, "CUST").failed, 1);
+    assert_eq!(count(&again, "CUST").parked, 1);
+    assert!(again.failures[0].parked);
+    let link = w
+        .state
+        .links_of_accounts("CUST", &["K1"])
+        .unwrap()
+        .remove(0);
+    assert!(link.parked);
+
+    // Parked: left alone, even once the ERP would accept it...
     w.erp.reject_writes_to(EntityKind::Customer, "K1", None);
+    let quiet = w.sync().await;
+    assert_eq!(quiet.failed(), 0);
+    assert_eq!(quiet.writes, 0);
+    assert_eq!(count(&quiet, "CUST").parked, 1);
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(),
+        Some("1")
+    );
+
+    // ...until retried by hand.
+    let retried =
+        tandem_engine::retry(&mut w.state, &w.relations, &tandem_engine::RetryTarget::All).unwrap();
+    assert_eq!(retried, 1);
     let fixed = w.sync().await;
     assert_eq!(fixed.failed(), 0);
-    assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(), Some("2"));
-    let link = w.state.links_of_accounts("CUST", &["K1"]).unwrap().remove(0);
-    assert_eq!((link.failure_count, link.last_error), (0, None));
+    assert_eq!(count(&fixed, "CUST").parked, 0);
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(),
+        Some("2")
+    );
+    let link = w
+        .state
+        .links_of_accounts("CUST", &["K1"])
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (link.failure_count, link.last_error, link.parked),
+        (0, None, false)
+    );
     assert_eq!(w.sync().await.writes, 0);
+    let log = w.state.interactions("C1", 100).unwrap();
+    let actions: Vec<&str> = log
+        .iter()
+        .filter(|i| i.code == "CUST")
+        .map(|i| i.action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["linked", "updated", "failed", "parked", "updated"],
+        "{log:#?}"
+    );
 }

@@ -265,7 +265,9 @@ mod tests {
 
     #[test]
     fn serde_round_trip() {
-        let f = Fields::new().with("name", "Acme").with("x_rating", Value::Number(3.0));
+        let f = Fields::new()
+            .with("name", "Acme")
+            .with("x_rating", Value::Number(3.0));
         let json = serde_json::to_string(&f).unwrap();
         assert_eq!(json, r#"{"name":"Acme","x_rating":3}"#);
         assert_eq!(serde_json::from_str::<Fields>(&json).unwrap(), f);

@@ -119,7 +119,13 @@ mod tests {
     #[test]
     fn contact_type_defaults_to_company() {
         assert_eq!(ContactType::from_field(None), ContactType::Company);
-        assert_eq!(ContactType::from_field(Some(" Person ")), ContactType::Person);
-        assert_eq!(ContactType::from_field(Some("company")), ContactType::Company);
+        assert_eq!(
+            ContactType::from_field(Some(" Person ")),
+            ContactType::Person
+        );
+        assert_eq!(
+            ContactType::from_field(Some("company")),
+            ContactType::Company
+        );
     }
 }

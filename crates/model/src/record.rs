@@ -94,9 +94,17 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0 % 1000 == 0 {
-            write!(f, "{}", humantime::format_rfc3339_seconds(self.to_system_time()))
+            write!(
+                f,
+                "{}",
+                humantime::format_rfc3339_seconds(self.to_system_time())
+            )
         } else {
-            write!(f, "{}", humantime::format_rfc3339_millis(self.to_system_time()))
+            write!(
+                f,
+                "{}",
+                humantime::format_rfc3339_millis(self.to_system_time())
+            )
         }
     }
 }
@@ -125,18 +133,32 @@ mod tests {
         let ms = Timestamp::parse("2024-05-01T12:00:00.250Z").unwrap();
         assert_eq!(ms.0 - t.0, 250);
         assert_eq!(ms.to_string(), "2024-05-01T12:00:00.250Z");
-        assert_eq!(Timestamp::parse("2024-05-01").unwrap().0, t.0 - 12 * 3600 * 1000);
+        assert_eq!(
+            Timestamp::parse("2024-05-01").unwrap().0,
+            t.0 - 12 * 3600 * 1000
+        );
         assert!(Timestamp::parse("yesterday").is_err());
     }
 
     #[test]
     fn records_serialise_compactly() {
-        let r = Record::new(EntityKind::Customer, "K1", Fields::new().with("name", "Acme"));
+        let r = Record::new(
+            EntityKind::Customer,
+            "K1",
+            Fields::new().with("name", "Acme"),
+        );
         let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(json, r#"{"id":"K1","kind":"customer","fields":{"name":"Acme"}}"#);
+        assert_eq!(
+            json,
+            r#"{"id":"K1","kind":"customer","fields":{"name":"Acme"}}"#
+        );
         let back: Record = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
         let t = Record::tombstone(EntityKind::Contact, "C1");
-        assert!(serde_json::to_string(&t).unwrap().contains(r#""deleted":true"#));
+        assert!(
+            serde_json::to_string(&t)
+                .unwrap()
+                .contains(r#""deleted":true"#)
+        );
     }
 }

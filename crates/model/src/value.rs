@@ -36,7 +36,12 @@ impl Value {
     pub fn date(s: &str) -> Result<Value, ValueError> {
         let b = s.as_bytes();
         let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-        let ok = b.len() == 10 && b[4] == b'-' && b[7] == b'-' && digits(0..4) && digits(5..7) && digits(8..10);
+        let ok = b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && digits(0..4)
+            && digits(5..7)
+            && digits(8..10);
         let month: u32 = if ok { s[5..7].parse().unwrap_or(0) } else { 0 };
         let day: u32 = if ok { s[8..10].parse().unwrap_or(0) } else { 0 };
         if ok && (1..=12).contains(&month) && (1..=31).contains(&day) {
@@ -188,7 +193,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string, boolean, number, list of strings, null or {\"date\": \"YYYY-MM-DD\"}")
+        f.write_str(
+            "a string, boolean, number, list of strings, null or {\"date\": \"YYYY-MM-DD\"}",
+        )
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
@@ -249,7 +256,10 @@ mod tests {
         assert_eq!(Value::Null, Value::text(""));
         assert_eq!(Value::List(vec![]), Value::Null);
         assert_ne!(Value::text("a"), Value::Null);
-        assert_ne!(Value::text("2024-01-01"), Value::date("2024-01-01").unwrap());
+        assert_ne!(
+            Value::text("2024-01-01"),
+            Value::date("2024-01-01").unwrap()
+        );
     }
 
     #[test]

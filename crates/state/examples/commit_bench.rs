@@ -57,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             account_version: Some(format!("W/\"{i}\"")),
             last_error: None,
             failure_count: 0,
+            parked: false,
             linked_at: Timestamp::now(),
             synced_at: Timestamp::now(),
         })

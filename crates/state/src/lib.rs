@@ -5,7 +5,9 @@
 //!   version;
 //! * cursors per connector and kind, and content hashes of records read from full
 //!   listings (to notice what changed, and what disappeared, R16);
-//! * runs with their counters.
+//! * runs with their counters;
+//! * the interaction log (R11), the conflict queue (R15), pending creates (R5, R6),
+//!   parked pairs (R17) and the company of each person contact (R3).
 //!
 //! [`StateStore`] is the interface; [`SqliteState`] the embedded default. Writes go in
 //! [`StateBatch`]es, each one transaction, so a crash leaves either all or none of a
@@ -16,7 +18,7 @@ mod sqlite;
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use tandem_model::{EntityKind, Fields, Timestamp};
+use tandem_model::{EntityKind, Fields, Timestamp, Value};
 
 pub use sqlite::{LockMode, SqliteState};
 
@@ -36,6 +38,8 @@ pub struct Link {
     pub last_error: Option<String>,
     /// How many runs in a row failed on this pair.
     pub failure_count: u32,
+    /// Failed twice with the same error: left alone until retried by hand (R17).
+    pub parked: bool,
     pub linked_at: Timestamp,
     pub synced_at: Timestamp,
 }
@@ -65,10 +69,73 @@ pub struct RunRecord {
     pub mode: String,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
-    /// `running`, `ok`, `failed` (the run stopped early), or `partial` (records failed).
+    /// `running`, `ok`, `failed` (the run stopped early), `partial` (records failed), or
+    /// `interrupted` (its process died: still `running` when the next run began).
     pub status: String,
     /// The run's counters and per-relation summary, as the engine reported them.
     pub summary: serde_json::Value,
+}
+
+/// One entry of a contact's interaction log (R11): something Tandem did to a related
+/// pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interaction {
+    /// Assigned by the store; ignored when appending.
+    pub id: i64,
+    pub at: Timestamp,
+    /// The run that did it; `None` for operator commands outside a run.
+    pub run_id: Option<i64>,
+    pub contact_id: String,
+    pub code: String,
+    pub account_id: Option<String>,
+    /// `linked`, `created`, `updated`, `conflict`, `unlinked`, `failed`, `parked`,
+    /// `retried`, `resolved`.
+    pub action: String,
+    /// Where the action came from: `contact`, `account`, `match`, `operator`, ...
+    pub source: String,
+    /// Action-specific details: fields with old and new values, tier, reason, error.
+    pub details: serde_json::Value,
+}
+
+/// A field both sides changed under the `manual` policy, waiting for a decision (R15).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictEntry {
+    /// Assigned by the store; ignored when upserting.
+    pub id: i64,
+    pub code: String,
+    pub contact_id: String,
+    pub account_id: String,
+    pub field: String,
+    pub base: Value,
+    pub contact_value: Value,
+    pub account_value: Value,
+    pub opened_at: Timestamp,
+    pub run_id: Option<i64>,
+    /// The value chosen by `tandem conflicts resolve`, applied by the next run.
+    pub resolution: Option<Value>,
+    /// When the resolution was applied; the entry is closed then.
+    pub closed_at: Option<Timestamp>,
+}
+
+/// A record Tandem is creating from another (R5, R6), written down before the remote
+/// create so that a crash between the create and its link is repaired, not repeated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingCreate {
+    pub code: String,
+    /// `contact` when creating a contact from an account, `account` when creating an
+    /// account from a contact.
+    pub side: String,
+    /// The id of the record it is created from.
+    pub source_id: String,
+    /// The fields sent to the create.
+    pub fields: Fields,
+    pub run_id: Option<i64>,
+    /// The error of the last attempt, if it failed.
+    pub error: Option<String>,
+    pub failure_count: u32,
+    /// Failed twice with the same error: not retried until retried by hand (R17).
+    pub parked: bool,
+    pub updated_at: Timestamp,
 }
 
 /// State changes that belong together; applied in one transaction.
@@ -81,6 +148,21 @@ pub struct StateBatch {
     pub set_hashes: Vec<(Scope, String, u64)>,
     pub delete_hashes: Vec<(Scope, String)>,
     pub set_cursors: Vec<(Scope, String)>,
+    /// Appended to the interaction log.
+    pub interactions: Vec<Interaction>,
+    /// Open conflicts by (code, contact_id, field): a new one is inserted, an open one
+    /// gets the new values (its resolution, if any, is kept).
+    pub upsert_conflicts: Vec<ConflictEntry>,
+    /// Sets the resolution of the conflict with this id.
+    pub resolve_conflicts: Vec<(i64, Value)>,
+    /// Closes the open conflict of (code, contact_id, field) at the given time.
+    pub close_conflicts: Vec<(String, String, String, Timestamp)>,
+    /// Inserted or replaced by (code, side, source_id).
+    pub upsert_pending: Vec<PendingCreate>,
+    /// (code, side, source_id)
+    pub delete_pending: Vec<(String, String, String)>,
+    /// Person contact -> its company contact (R3, R10); `None` forgets the contact.
+    pub set_companies: Vec<(String, Option<String>)>,
 }
 
 impl StateBatch {
@@ -90,6 +172,13 @@ impl StateBatch {
             && self.set_hashes.is_empty()
             && self.delete_hashes.is_empty()
             && self.set_cursors.is_empty()
+            && self.interactions.is_empty()
+            && self.upsert_conflicts.is_empty()
+            && self.resolve_conflicts.is_empty()
+            && self.close_conflicts.is_empty()
+            && self.upsert_pending.is_empty()
+            && self.delete_pending.is_empty()
+            && self.set_companies.is_empty()
     }
 }
 
@@ -129,6 +218,9 @@ pub enum StateError {
         contact_id: String,
         linked_contact: String,
     },
+    /// A resolution for a conflict that does not exist or is already closed.
+    #[error("there is no open conflict with id {id}; `tandem conflicts` lists the open ones")]
+    UnknownConflict { id: i64 },
     #[error("the state holds a malformed value ({what}): {message}")]
     Corrupt { what: String, message: String },
     #[error("unsupported state url `{url}`; use sqlite://<path>")]
@@ -148,6 +240,18 @@ pub trait StateStore: Send {
     /// The contact ids and the account ids linked under `code`.
     fn linked_ids(&self, code: &str) -> Result<(HashSet<String>, HashSet<String>), StateError>;
     fn count_links(&self, code: &str) -> Result<u64, StateError>;
+
+    /// Links with `parked` set, ordered by code and contact id.
+    fn parked_links(&self) -> Result<Vec<Link>, StateError>;
+
+    /// The interaction log of a contact, oldest first; at most the `limit` newest.
+    fn interactions(&self, contact_id: &str, limit: usize) -> Result<Vec<Interaction>, StateError>;
+    /// Conflicts ordered by id; only open ones (`closed_at` unset) when `open_only`.
+    fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictEntry>, StateError>;
+    /// Every pending create, ordered by (code, side, source_id).
+    fn pending_creates(&self) -> Result<Vec<PendingCreate>, StateError>;
+    /// The company contact of a person contact, as last read.
+    fn company_of(&self, contact_id: &str) -> Result<Option<String>, StateError>;
 
     fn cursor(&self, scope: &Scope) -> Result<Option<String>, StateError>;
     /// All content hashes stored for `scope`, by record id.

@@ -15,11 +15,16 @@ use rusqlite::{
 };
 use tandem_model::Timestamp;
 
-use crate::{Link, RunRecord, Scope, StateBatch, StateError, StateStore};
+use tandem_model::Value;
+
+use crate::{
+    ConflictEntry, Interaction, Link, PendingCreate, RunRecord, Scope, StateBatch, StateError,
+    StateStore,
+};
 
 /// Schema migrations in order: step `i` takes a state from `PRAGMA user_version` `i`
 /// to `i + 1`. Add a migration by appending it; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[MIGRATION_1_INITIAL];
+const MIGRATIONS: &[&str] = &[MIGRATION_1_INITIAL, MIGRATION_2_BUSINESS_RULES];
 
 const MIGRATION_1_INITIAL: &str = "
 CREATE TABLE links (
@@ -62,18 +67,83 @@ CREATE TABLE runs (
 ) STRICT;
 ";
 
+/// Parked links (R17), the interaction log (R11), the conflict queue (R15), pending
+/// creates (R5, R6) and the company of each person contact (R3).
+const MIGRATION_2_BUSINESS_RULES: &str = "
+ALTER TABLE links ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
+
+-- Few links are parked: a partial index lists them without a scan, and costs nothing
+-- for the others.
+CREATE INDEX links_parked ON links (code, contact_id) WHERE parked <> 0;
+
+-- `begin_run` looks for runs a dead process left running.
+CREATE INDEX runs_running ON runs (id) WHERE status = 'running';
+
+CREATE TABLE interactions (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    run_id     INTEGER,
+    contact_id TEXT NOT NULL,
+    code       TEXT NOT NULL,
+    account_id TEXT,
+    action     TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    details    TEXT NOT NULL
+) STRICT;
+
+CREATE INDEX interactions_by_contact ON interactions (contact_id, id);
+
+CREATE TABLE conflicts (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    code          TEXT NOT NULL,
+    contact_id    TEXT NOT NULL,
+    account_id    TEXT NOT NULL,
+    field         TEXT NOT NULL,
+    base          TEXT NOT NULL,
+    contact_value TEXT NOT NULL,
+    account_value TEXT NOT NULL,
+    opened_at     INTEGER NOT NULL,
+    run_id        INTEGER,
+    resolution    TEXT,
+    closed_at     INTEGER
+) STRICT;
+
+-- At most one open conflict per pair and field; closed ones are history.
+CREATE UNIQUE INDEX conflicts_open ON conflicts (code, contact_id, field)
+    WHERE closed_at IS NULL;
+
+CREATE TABLE pending_creates (
+    code          TEXT NOT NULL,
+    side          TEXT NOT NULL,
+    source_id     TEXT NOT NULL,
+    fields        TEXT NOT NULL,
+    run_id        INTEGER,
+    error         TEXT,
+    failure_count INTEGER NOT NULL DEFAULT 0,
+    parked        INTEGER NOT NULL DEFAULT 0,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (code, side, source_id)
+) STRICT;
+
+CREATE TABLE contact_companies (
+    contact_id TEXT NOT NULL PRIMARY KEY,
+    company_id TEXT NOT NULL
+) WITHOUT ROWID, STRICT;
+";
+
 /// How many ids go into one `IN (...)` lookup; well under SQLite's variable limit.
 const LOOKUP_CHUNK: usize = 500;
 
 const LINK_COLUMNS: &str = "code, contact_id, account_id, baseline, contact_version, \
-                            account_version, last_error, failure_count, linked_at, synced_at";
+                            account_version, last_error, failure_count, linked_at, synced_at, \
+                            parked";
 
 /// Stores a new link, or refreshes one whose account did not change. Leaving
 /// `account_id` out of the `SET` spares the (code, account) index on the common path.
 const UPSERT_LINK: &str = "
 INSERT INTO links (code, contact_id, account_id, baseline, contact_version, account_version,
-                   last_error, failure_count, linked_at, synced_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                   last_error, failure_count, linked_at, synced_at, parked)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
 ON CONFLICT (code, contact_id) DO UPDATE SET
     baseline = excluded.baseline,
     contact_version = excluded.contact_version,
@@ -81,7 +151,8 @@ ON CONFLICT (code, contact_id) DO UPDATE SET
     last_error = excluded.last_error,
     failure_count = excluded.failure_count,
     linked_at = excluded.linked_at,
-    synced_at = excluded.synced_at
+    synced_at = excluded.synced_at,
+    parked = excluded.parked
 WHERE links.account_id = excluded.account_id";
 
 /// Replaces a link whose contact now has another account under the same code: what
@@ -95,7 +166,8 @@ UPDATE links SET
     last_error = ?7,
     failure_count = ?8,
     linked_at = ?9,
-    synced_at = ?10
+    synced_at = ?10,
+    parked = ?11
 WHERE code = ?1 AND contact_id = ?2";
 
 const SET_HASH: &str = "
@@ -153,7 +225,8 @@ pub struct SqliteState {
     // the lock is released.
     conn: Connection,
     path: PathBuf,
-    _lock: File,
+    /// `None` for an in-memory state, which no other process can see.
+    lock: Option<File>,
 }
 
 impl SqliteState {
@@ -186,33 +259,61 @@ impl SqliteState {
         Ok(SqliteState {
             conn,
             path: path.to_owned(),
-            _lock: lock,
+            lock: Some(lock),
         })
+    }
+
+    /// Opens the state at `path` if the file exists, like [`SqliteState::open`];
+    /// otherwise returns an empty state in memory, creating no file or folder, for
+    /// commands that must not leave a state behind (`plan`, status, ...). Its
+    /// [`path`](SqliteState::path) is where the file would be.
+    pub fn open_existing(path: &Path, mode: LockMode) -> Result<SqliteState, StateError> {
+        let shown = path.display().to_string();
+        match fs::metadata(path) {
+            Ok(_) => SqliteState::open(path, mode),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let open_error = |message: String| StateError::Open {
+                    path: shown.clone(),
+                    message: format!("cannot create an empty state in memory: {message}"),
+                };
+                let mut conn =
+                    Connection::open_in_memory().map_err(|e| open_error(e.to_string()))?;
+                configure(&conn).map_err(|e| open_error(e.to_string()))?;
+                migrate(&mut conn, &shown)?;
+                Ok(SqliteState {
+                    conn,
+                    path: path.to_owned(),
+                    lock: None,
+                })
+            }
+            Err(e) => Err(StateError::Open {
+                path: shown,
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// Opens the state named by a config url, `sqlite://<path>`; a relative path is
     /// taken from `base_dir` (usually the config file's folder).
     pub fn open_url(url: &str, base_dir: &Path, mode: LockMode) -> Result<SqliteState, StateError> {
-        const SCHEME: &str = "sqlite://";
-        let rest = url
-            .get(..SCHEME.len())
-            .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
-            .map(|_| &url[SCHEME.len()..])
-            .filter(|rest| !rest.is_empty())
-            .ok_or_else(|| StateError::UnsupportedUrl {
-                url: redact_url(url),
-            })?;
-        let path = Path::new(rest);
-        if path.is_absolute() {
-            SqliteState::open(path, mode)
-        } else {
-            SqliteState::open(&base_dir.join(path), mode)
-        }
+        SqliteState::open(&url_path(url, base_dir)?, mode)
     }
 
-    /// The database file.
+    /// [`SqliteState::open_existing`] for a config url: an existing state is opened
+    /// with [`LockMode::Shared`]; a missing one is an empty state in memory, and no file,
+    /// lock file or folder is created.
+    pub fn open_url_existing(url: &str, base_dir: &Path) -> Result<SqliteState, StateError> {
+        SqliteState::open_existing(&url_path(url, base_dir)?, LockMode::Shared)
+    }
+
+    /// The database file; for a state in memory, where the file would be.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the state lives in memory only (see [`SqliteState::open_existing`]).
+    pub fn is_in_memory(&self) -> bool {
+        self.lock.is_none()
     }
 
     /// The codes that have links.
@@ -330,6 +431,152 @@ impl StateStore for SqliteState {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    fn parked_links(&self) -> Result<Vec<Link>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LINK_COLUMNS} FROM links WHERE parked <> 0 ORDER BY code, contact_id"
+            ))
+            .map_err(sql_error(READING_LINKS))?;
+        let mut out = Vec::new();
+        query_links(&mut stmt, [], &mut out)?;
+        Ok(out)
+    }
+
+    fn interactions(&self, contact_id: &str, limit: usize) -> Result<Vec<Interaction>, StateError> {
+        const ACTION: &str = "reading the interaction log";
+        // The newest `limit` entries by the (contact_id, id) index, then oldest first.
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, at, run_id, contact_id, code, account_id, action, source, details \
+                 FROM (SELECT * FROM interactions WHERE contact_id = ?1 \
+                       ORDER BY id DESC LIMIT ?2) \
+                 ORDER BY id",
+            )
+            .map_err(sql_error(ACTION))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt
+            .query(params![contact_id, limit])
+            .map_err(sql_error(ACTION))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+            let id: i64 = get(row, 0, ACTION)?;
+            let details: String = get(row, 8, ACTION)?;
+            let details = serde_json::from_str(&details).map_err(|e| StateError::Corrupt {
+                what: format!("details of interaction {id}"),
+                message: e.to_string(),
+            })?;
+            out.push(Interaction {
+                id,
+                at: Timestamp(get(row, 1, ACTION)?),
+                run_id: get(row, 2, ACTION)?,
+                contact_id: get(row, 3, ACTION)?,
+                code: get(row, 4, ACTION)?,
+                account_id: get(row, 5, ACTION)?,
+                action: get(row, 6, ACTION)?,
+                source: get(row, 7, ACTION)?,
+                details,
+            });
+        }
+        Ok(out)
+    }
+
+    fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictEntry>, StateError> {
+        const ACTION: &str = "reading conflicts";
+        let filter = if open_only {
+            "WHERE closed_at IS NULL"
+        } else {
+            ""
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT id, code, contact_id, account_id, field, base, contact_value, \
+                 account_value, opened_at, run_id, resolution, closed_at \
+                 FROM conflicts {filter} ORDER BY id"
+            ))
+            .map_err(sql_error(ACTION))?;
+        let mut rows = stmt.query([]).map_err(sql_error(ACTION))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+            let id: i64 = get(row, 0, ACTION)?;
+            let value = |index: usize, what: &str| -> Result<Option<Value>, StateError> {
+                get::<Option<String>>(row, index, ACTION)?
+                    .map(|text| {
+                        serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+                            what: format!("{what} of conflict {id}"),
+                            message: e.to_string(),
+                        })
+                    })
+                    .transpose()
+            };
+            let required = |index: usize, what: &str| -> Result<Value, StateError> {
+                value(index, what)?.ok_or_else(|| StateError::Corrupt {
+                    what: format!("{what} of conflict {id}"),
+                    message: "missing".to_owned(),
+                })
+            };
+            out.push(ConflictEntry {
+                id,
+                code: get(row, 1, ACTION)?,
+                contact_id: get(row, 2, ACTION)?,
+                account_id: get(row, 3, ACTION)?,
+                field: get(row, 4, ACTION)?,
+                base: required(5, "base value")?,
+                contact_value: required(6, "contact value")?,
+                account_value: required(7, "account value")?,
+                opened_at: Timestamp(get(row, 8, ACTION)?),
+                run_id: get(row, 9, ACTION)?,
+                resolution: value(10, "resolution")?,
+                closed_at: get::<Option<i64>>(row, 11, ACTION)?.map(Timestamp),
+            });
+        }
+        Ok(out)
+    }
+
+    fn pending_creates(&self) -> Result<Vec<PendingCreate>, StateError> {
+        const ACTION: &str = "reading pending creates";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT code, side, source_id, fields, run_id, error, failure_count, parked, \
+                 updated_at FROM pending_creates ORDER BY code, side, source_id",
+            )
+            .map_err(sql_error(ACTION))?;
+        let mut rows = stmt.query([]).map_err(sql_error(ACTION))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+            let code: String = get(row, 0, ACTION)?;
+            let side: String = get(row, 1, ACTION)?;
+            let source_id: String = get(row, 2, ACTION)?;
+            let fields: String = get(row, 3, ACTION)?;
+            let fields = serde_json::from_str(&fields).map_err(|e| StateError::Corrupt {
+                what: format!("fields of the pending {code} {side} create from {source_id}"),
+                message: e.to_string(),
+            })?;
+            out.push(PendingCreate {
+                fields,
+                run_id: get(row, 4, ACTION)?,
+                error: get(row, 5, ACTION)?,
+                failure_count: get(row, 6, ACTION)?,
+                parked: get(row, 7, ACTION)?,
+                updated_at: Timestamp(get(row, 8, ACTION)?),
+                code,
+                side,
+                source_id,
+            });
+        }
+        Ok(out)
+    }
+
+    fn company_of(&self, contact_id: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .prepare_cached("SELECT company_id FROM contact_companies WHERE contact_id = ?1")
+            .and_then(|mut stmt| stmt.query_row([contact_id], |row| row.get(0)).optional())
+            .map_err(sql_error("reading the company of a contact"))
+    }
+
     fn cursor(&self, scope: &Scope) -> Result<Option<String>, StateError> {
         self.conn
             .prepare_cached("SELECT cursor FROM cursors WHERE connector = ?1 AND kind = ?2")
@@ -365,8 +612,16 @@ impl StateStore for SqliteState {
     }
 
     /// Applies the batch in one transaction: deleted links, upserted links, deleted
-    /// hashes, set hashes, cursors, in that order. R2 is checked link by link, so to move
-    /// an account to another contact, delete its old link in the same batch.
+    /// hashes, set hashes, cursors, interactions, upserted, resolved and closed
+    /// conflicts, upserted and deleted pending creates, companies, in that order. R2 is
+    /// checked link by link, so to move an account to another contact, delete its old
+    /// link in the same batch.
+    ///
+    /// An upserted conflict is always open: it is inserted with its `opened_at` and
+    /// `resolution` (its `closed_at` is ignored), or updates the open conflict of the
+    /// same (code, contact, field), whose `opened_at` and resolution stay. Resolving a
+    /// conflict that does not exist or is closed fails the batch with
+    /// [`StateError::UnknownConflict`].
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError> {
         if batch.is_empty() {
             return Ok(());
@@ -381,17 +636,37 @@ impl StateStore for SqliteState {
         delete_hashes(&tx, &batch.delete_hashes)?;
         set_hashes(&tx, &batch.set_hashes)?;
         set_cursors(&tx, &batch.set_cursors)?;
+        append_interactions(&tx, &batch.interactions)?;
+        upsert_conflicts(&tx, &batch.upsert_conflicts)?;
+        resolve_conflicts(&tx, &batch.resolve_conflicts)?;
+        close_conflicts(&tx, &batch.close_conflicts)?;
+        upsert_pending(&tx, &batch.upsert_pending)?;
+        delete_pending(&tx, &batch.delete_pending)?;
+        set_companies(&tx, &batch.set_companies)?;
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().map_err(sql_error("committing a batch"))
     }
 
+    /// Also marks every earlier run still `running` as `interrupted`: its process died
+    /// without finishing it. Runs are begun under the exclusive lock, so none of them
+    /// can really be running.
     fn begin_run(&mut self, mode: &str) -> Result<i64, StateError> {
-        self.conn
+        const ACTION: &str = "recording the start of a run";
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error(ACTION))?;
+        tx.prepare_cached("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+            .and_then(|mut stmt| stmt.execute([]))
+            .map_err(sql_error(ACTION))?;
+        let id = tx
             .prepare_cached(
                 "INSERT INTO runs (mode, started_at, status) VALUES (?1, ?2, 'running')",
             )
             .and_then(|mut stmt| stmt.insert(params![mode, Timestamp::now().0]))
-            .map_err(sql_error("recording the start of a run"))
+            .map_err(sql_error(ACTION))?;
+        tx.commit().map_err(sql_error(ACTION))?;
+        Ok(id)
     }
 
     fn finish_run(
@@ -450,6 +725,22 @@ impl StateStore for SqliteState {
         }
         Ok(out)
     }
+}
+
+/// The file named by a config url, `sqlite://<path>`; a relative path is taken from
+/// `base_dir`.
+fn url_path(url: &str, base_dir: &Path) -> Result<PathBuf, StateError> {
+    const SCHEME: &str = "sqlite://";
+    let rest = url
+        .get(..SCHEME.len())
+        .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
+        .map(|_| &url[SCHEME.len()..])
+        .filter(|rest| !rest.is_empty())
+        .ok_or_else(|| StateError::UnsupportedUrl {
+            url: redact_url(url),
+        })?;
+    // `join` keeps an absolute path as it is.
+    Ok(base_dir.join(rest))
 }
 
 fn sql_error(action: &'static str) -> impl Fn(rusqlite::Error) -> StateError {
@@ -592,6 +883,7 @@ fn link_from_row(row: &Row<'_>) -> Result<Link, StateError> {
         failure_count: get(row, 7, READING_LINKS)?,
         linked_at: Timestamp(get(row, 8, READING_LINKS)?),
         synced_at: Timestamp(get(row, 9, READING_LINKS)?),
+        parked: get(row, 10, READING_LINKS)?,
         code,
         contact_id,
     })
@@ -645,6 +937,7 @@ fn upsert_links(conn: &Connection, links: &[Link]) -> Result<(), StateError> {
             link.failure_count,
             link.linked_at.0,
             link.synced_at.0,
+            link.parked,
         ];
         let stored = upsert.execute(values).and_then(|changed| match changed {
             0 => moved.execute(values),
@@ -730,6 +1023,223 @@ fn set_cursors(conn: &Connection, cursors: &[(Scope, String)]) -> Result<(), Sta
     for (scope, cursor) in cursors {
         stmt.execute(params![scope.connector, scope.kind.as_str(), cursor])
             .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn append_interactions(conn: &Connection, entries: &[Interaction]) -> Result<(), StateError> {
+    const ACTION: &str = "appending to the interaction log";
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO interactions (at, run_id, contact_id, code, account_id, action, \
+             source, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(sql_error(ACTION))?;
+    for entry in entries {
+        stmt.execute(params![
+            entry.at.0,
+            entry.run_id,
+            entry.contact_id,
+            entry.code,
+            entry.account_id,
+            entry.action,
+            entry.source,
+            entry.details.to_string(),
+        ])
+        .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+/// A field value as JSON text.
+fn value_json(value: &Value, what: impl FnOnce() -> String) -> Result<String, StateError> {
+    serde_json::to_string(value).map_err(|e| StateError::Corrupt {
+        what: what(),
+        message: e.to_string(),
+    })
+}
+
+/// Inserts a conflict, or refreshes the open one of the same (code, contact, field).
+/// The conflict target names the partial index, so closed conflicts never collide.
+const UPSERT_CONFLICT: &str = "
+INSERT INTO conflicts (code, contact_id, field, account_id, base, contact_value, account_value,
+                       opened_at, run_id, resolution)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (code, contact_id, field) WHERE closed_at IS NULL DO UPDATE SET
+    account_id = excluded.account_id,
+    base = excluded.base,
+    contact_value = excluded.contact_value,
+    account_value = excluded.account_value,
+    run_id = excluded.run_id";
+
+fn upsert_conflicts(conn: &Connection, entries: &[ConflictEntry]) -> Result<(), StateError> {
+    const ACTION: &str = "storing conflicts";
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(UPSERT_CONFLICT)
+        .map_err(sql_error(ACTION))?;
+    for entry in entries {
+        let json = |value: &Value, what: &str| {
+            value_json(value, || {
+                format!(
+                    "{what} of the {} conflict of contact {} on {}",
+                    entry.code, entry.contact_id, entry.field
+                )
+            })
+        };
+        let resolution = entry
+            .resolution
+            .as_ref()
+            .map(|value| json(value, "resolution"))
+            .transpose()?;
+        stmt.execute(params![
+            entry.code,
+            entry.contact_id,
+            entry.field,
+            entry.account_id,
+            json(&entry.base, "base value")?,
+            json(&entry.contact_value, "contact value")?,
+            json(&entry.account_value, "account value")?,
+            entry.opened_at.0,
+            entry.run_id,
+            resolution,
+        ])
+        .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn resolve_conflicts(conn: &Connection, resolutions: &[(i64, Value)]) -> Result<(), StateError> {
+    const ACTION: &str = "resolving conflicts";
+    if resolutions.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached("UPDATE conflicts SET resolution = ?2 WHERE id = ?1 AND closed_at IS NULL")
+        .map_err(sql_error(ACTION))?;
+    for (id, value) in resolutions {
+        let value = value_json(value, || format!("resolution of conflict {id}"))?;
+        if stmt
+            .execute(params![id, value])
+            .map_err(sql_error(ACTION))?
+            == 0
+        {
+            return Err(StateError::UnknownConflict { id: *id });
+        }
+    }
+    Ok(())
+}
+
+fn close_conflicts(
+    conn: &Connection,
+    keys: &[(String, String, String, Timestamp)],
+) -> Result<(), StateError> {
+    const ACTION: &str = "closing conflicts";
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE conflicts SET closed_at = ?4 \
+             WHERE code = ?1 AND contact_id = ?2 AND field = ?3 AND closed_at IS NULL",
+        )
+        .map_err(sql_error(ACTION))?;
+    for (code, contact_id, field, at) in keys {
+        stmt.execute(params![code, contact_id, field, at.0])
+            .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+const UPSERT_PENDING: &str = "
+INSERT INTO pending_creates (code, side, source_id, fields, run_id, error, failure_count,
+                             parked, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+ON CONFLICT (code, side, source_id) DO UPDATE SET
+    fields = excluded.fields,
+    run_id = excluded.run_id,
+    error = excluded.error,
+    failure_count = excluded.failure_count,
+    parked = excluded.parked,
+    updated_at = excluded.updated_at";
+
+fn upsert_pending(conn: &Connection, creates: &[PendingCreate]) -> Result<(), StateError> {
+    const ACTION: &str = "storing pending creates";
+    if creates.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(UPSERT_PENDING)
+        .map_err(sql_error(ACTION))?;
+    for create in creates {
+        let fields = serde_json::to_string(&create.fields).map_err(|e| StateError::Corrupt {
+            what: format!(
+                "fields of the pending {} {} create from {}",
+                create.code, create.side, create.source_id
+            ),
+            message: e.to_string(),
+        })?;
+        stmt.execute(params![
+            create.code,
+            create.side,
+            create.source_id,
+            fields,
+            create.run_id,
+            create.error,
+            create.failure_count,
+            create.parked,
+            create.updated_at.0,
+        ])
+        .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn delete_pending(conn: &Connection, keys: &[(String, String, String)]) -> Result<(), StateError> {
+    const ACTION: &str = "deleting pending creates";
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "DELETE FROM pending_creates WHERE code = ?1 AND side = ?2 AND source_id = ?3",
+        )
+        .map_err(sql_error(ACTION))?;
+    for (code, side, source_id) in keys {
+        stmt.execute([code, side, source_id])
+            .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn set_companies(
+    conn: &Connection,
+    companies: &[(String, Option<String>)],
+) -> Result<(), StateError> {
+    const ACTION: &str = "storing the companies of contacts";
+    if companies.is_empty() {
+        return Ok(());
+    }
+    let mut set = conn
+        .prepare_cached(
+            "INSERT INTO contact_companies (contact_id, company_id) VALUES (?1, ?2) \
+             ON CONFLICT (contact_id) DO UPDATE SET company_id = excluded.company_id",
+        )
+        .map_err(sql_error(ACTION))?;
+    let mut forget = conn
+        .prepare_cached("DELETE FROM contact_companies WHERE contact_id = ?1")
+        .map_err(sql_error(ACTION))?;
+    for (contact_id, company_id) in companies {
+        match company_id {
+            Some(company_id) => set.execute([contact_id, company_id]),
+            None => forget.execute([contact_id]),
+        }
+        .map_err(sql_error(ACTION))?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use serde_json::json;
-use tandem_model::{EntityKind, Fields, Timestamp};
+use tandem_model::{EntityKind, Fields, Timestamp, Value};
 use tempfile::TempDir;
 
 use super::*;
@@ -26,6 +26,7 @@ fn link(code: &str, contact: &str, account: &str) -> Link {
         account_version: None,
         last_error: None,
         failure_count: 0,
+        parked: false,
         linked_at: Timestamp(1_700_000_000_000),
         synced_at: Timestamp(1_700_000_000_500),
     }
@@ -518,6 +519,11 @@ fn a_failing_batch_leaves_nothing_applied() {
             delete_hashes: vec![],
             set_hashes: vec![(scope.clone(), "1".into(), 1)],
             set_cursors: vec![(scope.clone(), "next".into())],
+            interactions: vec![interaction("C1", "linked", json!({}))],
+            upsert_conflicts: vec![conflict("CUST", "C1", "phone", "1", "2")],
+            upsert_pending: vec![pending("CUST", "account", "C9")],
+            set_companies: vec![("P1".into(), Some("C1".into()))],
+            ..StateBatch::default()
         })
         .unwrap_err();
     assert!(matches!(err, StateError::AccountTaken { .. }), "{err}");
@@ -527,6 +533,10 @@ fn a_failing_batch_leaves_nothing_applied() {
     );
     assert!(state.hashes(&scope).unwrap().is_empty());
     assert_eq!(state.cursor(&scope).unwrap(), None);
+    assert!(state.interactions("C1", 10).unwrap().is_empty());
+    assert!(state.conflicts(false).unwrap().is_empty());
+    assert!(state.pending_creates().unwrap().is_empty());
+    assert_eq!(state.company_of("P1").unwrap(), None);
 
     // The store stays usable after a rolled-back batch.
     upsert(&mut state, vec![link("CUST", "C3", "K3")]).unwrap();
@@ -562,4 +572,566 @@ fn urls_with_passwords_are_redacted() {
     );
     assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
     assert_eq!(redact_url("state.db"), "state.db");
+}
+
+fn interaction(contact: &str, action: &str, details: serde_json::Value) -> Interaction {
+    Interaction {
+        // Ignored: the store assigns ids.
+        id: 999,
+        at: Timestamp(1_700_000_001_000),
+        run_id: Some(7),
+        contact_id: contact.to_owned(),
+        code: "CUST".to_owned(),
+        account_id: Some(format!("K-{contact}")),
+        action: action.to_owned(),
+        source: "contact".to_owned(),
+        details,
+    }
+}
+
+fn conflict(code: &str, contact: &str, field: &str, ours: &str, theirs: &str) -> ConflictEntry {
+    ConflictEntry {
+        id: 0,
+        code: code.to_owned(),
+        contact_id: contact.to_owned(),
+        account_id: format!("K-{contact}"),
+        field: field.to_owned(),
+        base: Value::text("base"),
+        contact_value: Value::text(ours),
+        account_value: Value::text(theirs),
+        opened_at: Timestamp(1_700_000_002_000),
+        run_id: Some(1),
+        resolution: None,
+        closed_at: None,
+    }
+}
+
+fn pending(code: &str, side: &str, source: &str) -> PendingCreate {
+    PendingCreate {
+        code: code.to_owned(),
+        side: side.to_owned(),
+        source_id: source.to_owned(),
+        fields: Fields::new()
+            .with("name", format!("Name of {source}").as_str())
+            .with("x_terms", Value::Number(30.0)),
+        run_id: Some(3),
+        error: None,
+        failure_count: 0,
+        parked: false,
+        updated_at: Timestamp(1_700_000_003_000),
+    }
+}
+
+fn commit(state: &mut SqliteState, batch: StateBatch) {
+    state.commit(batch).unwrap();
+}
+
+/// What the store hands back for `entry` stored under `id`.
+fn stored(mut entry: Interaction, id: i64) -> Interaction {
+    entry.id = id;
+    entry
+}
+
+#[test]
+fn r11_interaction_log_round_trips_oldest_first_with_a_limit() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let details = json!({"fields": {"phone": {"old": "1", "new": "2"}}, "tier": 0});
+    let entries: Vec<Interaction> = (0..5)
+        .map(|i| interaction("C1", &format!("action-{i}"), json!({"n": i})))
+        .collect();
+    let mut other = interaction("C2", "updated", details.clone());
+    other.run_id = None;
+    other.account_id = None;
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: vec![entries[0].clone(), other.clone(), entries[1].clone()],
+            ..StateBatch::default()
+        },
+    );
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: entries[2..].to_vec(),
+            ..StateBatch::default()
+        },
+    );
+    drop(state);
+
+    let state = open(&path);
+    let all = state.interactions("C1", 100).unwrap();
+    assert_eq!(all.len(), 5);
+    // Ids are the store's, increasing in the order entries were appended.
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "{all:?}");
+    let expected: Vec<Interaction> = entries
+        .iter()
+        .zip(&all)
+        .map(|(entry, got)| stored(entry.clone(), got.id))
+        .collect();
+    assert_eq!(all, expected);
+
+    // The three newest, still oldest first.
+    assert_eq!(state.interactions("C1", 3).unwrap(), all[2..].to_vec());
+    assert!(state.interactions("C1", 0).unwrap().is_empty());
+
+    let theirs = state.interactions("C2", 10).unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0], stored(other, theirs[0].id));
+    assert_eq!(theirs[0].details, details);
+    assert!(state.interactions("nobody", 10).unwrap().is_empty());
+}
+
+#[test]
+fn r15_at_most_one_open_conflict_per_pair_and_field() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_conflicts: vec![
+                conflict("VEND", "C1", "phone", "1", "2"),
+                conflict("VEND", "C1", "email", "a@x", "b@x"),
+                conflict("CUST", "C1", "phone", "1", "3"),
+            ],
+            ..StateBatch::default()
+        },
+    );
+    let open_ones = state.conflicts(true).unwrap();
+    assert_eq!(open_ones.len(), 3);
+    let phone = open_ones[0].clone();
+    assert_eq!(
+        phone,
+        ConflictEntry {
+            id: phone.id,
+            ..conflict("VEND", "C1", "phone", "1", "2")
+        }
+    );
+
+    commit(
+        &mut state,
+        StateBatch {
+            resolve_conflicts: vec![(phone.id, Value::text("2"))],
+            ..StateBatch::default()
+        },
+    );
+
+    // Both sides changed again before the resolution was applied: the same entry gets
+    // the new values, and keeps its resolution and opening time.
+    let mut again = conflict("VEND", "C1", "phone", "5", "6");
+    again.account_id = "K-moved".into();
+    again.base = Value::Null;
+    again.opened_at = Timestamp(1_800_000_000_000);
+    again.run_id = Some(2);
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_conflicts: vec![again.clone()],
+            ..StateBatch::default()
+        },
+    );
+    drop(state);
+
+    let state = open(&path);
+    let all = state.conflicts(false).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        all[0],
+        ConflictEntry {
+            id: phone.id,
+            opened_at: phone.opened_at,
+            resolution: Some(Value::text("2")),
+            ..again
+        }
+    );
+    assert_eq!(all[1..], open_ones[1..]);
+}
+
+#[test]
+fn r15_a_conflict_is_resolved_then_closed_and_may_open_again() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let first = conflict("VEND", "C1", "phone", "1", "2");
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_conflicts: vec![first.clone(), conflict("VEND", "C2", "phone", "3", "4")],
+            ..StateBatch::default()
+        },
+    );
+    let ids: Vec<i64> = state
+        .conflicts(true)
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+
+    // Resolving to an empty value (clear the field) is a resolution, not "none".
+    commit(
+        &mut state,
+        StateBatch {
+            resolve_conflicts: vec![(ids[0], Value::Null)],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(
+        state.conflicts(true).unwrap()[0].resolution,
+        Some(Value::Null)
+    );
+
+    let closed_at = Timestamp(1_700_000_009_000);
+    commit(
+        &mut state,
+        StateBatch {
+            close_conflicts: vec![
+                ("VEND".into(), "C1".into(), "phone".into(), closed_at),
+                // Nothing open there: not an error.
+                ("VEND".into(), "C1".into(), "email".into(), closed_at),
+            ],
+            ..StateBatch::default()
+        },
+    );
+    let open_ones = state.conflicts(true).unwrap();
+    assert_eq!(open_ones.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[1]]);
+    let closed = state.conflicts(false).unwrap()[0].clone();
+    assert_eq!(closed.id, ids[0]);
+    assert_eq!(closed.closed_at, Some(closed_at));
+    assert_eq!(closed.resolution, Some(Value::Null));
+
+    // A closed conflict cannot be resolved any more, and an unknown id is named.
+    for id in [ids[0], 4242] {
+        let err = state
+            .commit(StateBatch {
+                interactions: vec![interaction("C1", "resolved", json!({}))],
+                resolve_conflicts: vec![(id, Value::text("x"))],
+                ..StateBatch::default()
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, StateError::UnknownConflict { id: got } if got == id),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&id.to_string()), "{err}");
+    }
+    // The failed batches left nothing behind.
+    assert!(state.interactions("C1", 10).unwrap().is_empty());
+
+    // The same pair and field conflicts again: a new entry, the closed one stays as it was.
+    let mut second = conflict("VEND", "C1", "phone", "7", "8");
+    second.opened_at = Timestamp(1_700_000_010_000);
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_conflicts: vec![second.clone()],
+            ..StateBatch::default()
+        },
+    );
+    let all = state.conflicts(false).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0], closed);
+    assert!(all[2].id > ids[1]);
+    assert_eq!(
+        all[2],
+        ConflictEntry {
+            id: all[2].id,
+            ..second
+        }
+    );
+    assert_eq!(
+        state
+            .conflicts(true)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        [ids[1], all[2].id]
+    );
+
+    // Closing closes only the open one.
+    commit(
+        &mut state,
+        StateBatch {
+            close_conflicts: vec![(
+                "VEND".into(),
+                "C1".into(),
+                "phone".into(),
+                Timestamp(1_700_000_011_000),
+            )],
+            ..StateBatch::default()
+        },
+    );
+    let all = state.conflicts(false).unwrap();
+    assert_eq!(all[0].closed_at, Some(closed_at));
+    assert_eq!(all[2].closed_at, Some(Timestamp(1_700_000_011_000)));
+}
+
+#[test]
+fn pending_creates_are_upserted_and_deleted() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_pending: vec![
+                pending("VEND", "account", "C2"),
+                pending("CUST", "contact", "K1"),
+                pending("CUST", "account", "C1"),
+            ],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(
+        state.pending_creates().unwrap(),
+        vec![
+            pending("CUST", "account", "C1"),
+            pending("CUST", "contact", "K1"),
+            pending("VEND", "account", "C2"),
+        ]
+    );
+
+    let mut failed = pending("CUST", "contact", "K1");
+    failed.fields = Fields::new().with("name", "Renamed");
+    failed.error = Some("invalid record: name too long".into());
+    failed.failure_count = 2;
+    failed.parked = true;
+    failed.run_id = None;
+    failed.updated_at = Timestamp(1_700_000_004_000);
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_pending: vec![failed.clone()],
+            delete_pending: vec![
+                ("CUST".into(), "account".into(), "C1".into()),
+                ("CUST".into(), "account".into(), "missing".into()),
+            ],
+            ..StateBatch::default()
+        },
+    );
+    drop(state);
+    let state = open(&path);
+    assert_eq!(
+        state.pending_creates().unwrap(),
+        vec![failed, pending("VEND", "account", "C2")]
+    );
+}
+
+#[test]
+fn r17_parked_links_round_trip() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let mut parked_vend = link("VEND", "C1", "V1");
+    parked_vend.parked = true;
+    parked_vend.failure_count = 2;
+    parked_vend.last_error = Some("invalid record".into());
+    let mut parked_cust = link("CUST", "C2", "K2");
+    parked_cust.parked = true;
+    upsert(
+        &mut state,
+        vec![
+            parked_vend.clone(),
+            link("CUST", "C1", "K1"),
+            parked_cust.clone(),
+        ],
+    )
+    .unwrap();
+    drop(state);
+
+    let mut state = open(&path);
+    assert_eq!(
+        state.links_of_contacts(&["C1"]).unwrap(),
+        vec![link("CUST", "C1", "K1"), parked_vend.clone()]
+    );
+    assert_eq!(
+        state.parked_links().unwrap(),
+        vec![parked_cust.clone(), parked_vend]
+    );
+
+    // Retried by hand: unparked. A parked link that moves to another account keeps
+    // its flag.
+    let mut moved = parked_cust.clone();
+    moved.account_id = "K3".into();
+    upsert(&mut state, vec![link("VEND", "C1", "V1"), moved.clone()]).unwrap();
+    assert_eq!(state.parked_links().unwrap(), vec![moved]);
+}
+
+#[test]
+fn r3_company_of_person_contacts_is_set_and_forgotten() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    commit(
+        &mut state,
+        StateBatch {
+            set_companies: vec![
+                ("P1".into(), Some("CO1".into())),
+                ("P2".into(), Some("CO1".into())),
+            ],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("CO1"));
+    commit(
+        &mut state,
+        StateBatch {
+            set_companies: vec![
+                ("P1".into(), Some("CO2".into())),
+                ("P2".into(), None),
+                ("unknown".into(), None),
+            ],
+            ..StateBatch::default()
+        },
+    );
+    drop(state);
+    let state = open(&path);
+    assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("CO2"));
+    assert_eq!(state.company_of("P2").unwrap(), None);
+    assert_eq!(state.company_of("CO1").unwrap(), None);
+}
+
+#[test]
+fn a_run_left_running_by_a_dead_process_is_marked_interrupted() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let done = state.begin_run("sync").unwrap();
+    state.finish_run(done, "partial", &json!({})).unwrap();
+    let dead = state.begin_run("sync").unwrap();
+    // The process dies here: the run is never finished.
+    drop(state);
+
+    let mut state = open(&path);
+    assert_eq!(state.runs(1).unwrap()[0].status, "running");
+    let next = state.begin_run("sync").unwrap();
+    let runs = state.runs(10).unwrap();
+    let status: Vec<(i64, &str)> = runs.iter().map(|r| (r.id, r.status.as_str())).collect();
+    assert_eq!(
+        status,
+        [(next, "running"), (dead, "interrupted"), (done, "partial")]
+    );
+    assert_eq!(runs[1].finished_at, None);
+}
+
+#[test]
+fn open_url_existing_creates_nothing_when_the_state_is_missing() {
+    let (dir, _) = temp();
+    let mut state = SqliteState::open_url_existing("sqlite://data/state.db", dir.path()).unwrap();
+    assert!(state.is_in_memory());
+    assert_eq!(state.path(), dir.path().join("data/state.db"));
+    assert!(state.links(None).unwrap().is_empty());
+    assert!(state.conflicts(false).unwrap().is_empty());
+    assert_eq!(
+        state
+            .cursor(&Scope::new("crm", EntityKind::Contact))
+            .unwrap(),
+        None
+    );
+    // Writes go to memory only.
+    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
+    assert_eq!(state.count_links("CUST").unwrap(), 1);
+    drop(state);
+
+    let top = dir.path().join("top.db");
+    let state =
+        SqliteState::open_url_existing(&format!("sqlite://{}", top.display()), Path::new("/x"))
+            .unwrap();
+    assert!(state.is_in_memory());
+    drop(state);
+
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let err = SqliteState::open_url_existing("postgres://u:hunter2@h/db", dir.path()).unwrap_err();
+    assert!(matches!(err, StateError::UnsupportedUrl { .. }), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn open_url_existing_reads_an_existing_state_under_a_shared_lock() {
+    let (dir, _) = temp();
+    let url = "sqlite://data/state.db";
+    let mut state = SqliteState::open_url(url, dir.path(), LockMode::Exclusive).unwrap();
+    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
+    // While a sync holds the state, read-only commands are refused at once.
+    let err = SqliteState::open_url_existing(url, dir.path()).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    drop(state);
+
+    let first = SqliteState::open_url_existing(url, dir.path()).unwrap();
+    let second = SqliteState::open_url_existing(url, dir.path()).unwrap();
+    assert!(!first.is_in_memory());
+    assert_eq!(first.path(), dir.path().join("data/state.db"));
+    assert_eq!(first.links(None).unwrap(), vec![link("CUST", "C1", "K1")]);
+    assert_eq!(second.count_links("CUST").unwrap(), 1);
+    let err = SqliteState::open_url(url, dir.path(), LockMode::Exclusive).unwrap_err();
+    assert!(matches!(err, StateError::Locked { .. }), "{err}");
+}
+
+#[test]
+fn a_version_1_state_is_migrated_and_keeps_its_links() {
+    let (_dir, path) = temp();
+    {
+        // A state written by the first release: migration 1 only.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATION_1_INITIAL).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO links (code, contact_id, account_id, baseline, contact_version, \
+             account_version, last_error, failure_count, linked_at, synced_at) \
+             VALUES ('CUST', 'C1', 'K1', '{\"name\":\"Name of C1\"}', 'cv-C1', NULL, NULL, 0, \
+             1700000000000, 1700000000500)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO runs (mode, started_at, status) VALUES ('sync', 1, 'ok')",
+            [],
+        )
+        .unwrap();
+    }
+    assert_eq!(version(&path), 1);
+
+    let mut state = open(&path);
+    assert_eq!(state.links(None).unwrap(), vec![link("CUST", "C1", "K1")]);
+    assert!(state.parked_links().unwrap().is_empty());
+    assert_eq!(state.runs(10).unwrap().len(), 1);
+    // The new tables are there.
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: vec![interaction("C1", "linked", json!({}))],
+            upsert_conflicts: vec![conflict("CUST", "C1", "phone", "1", "2")],
+            upsert_pending: vec![pending("CUST", "account", "C2")],
+            set_companies: vec![("P1".into(), Some("C1".into()))],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.interactions("C1", 10).unwrap().len(), 1);
+    assert_eq!(state.conflicts(true).unwrap().len(), 1);
+    assert_eq!(state.pending_creates().unwrap().len(), 1);
+    assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("C1"));
+    drop(state);
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+}
+
+#[test]
+fn a_malformed_conflict_value_names_the_conflict() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_conflicts: vec![conflict("CUST", "C1", "phone", "1", "2")],
+            ..StateBatch::default()
+        },
+    );
+    let id = state.conflicts(true).unwrap()[0].id;
+    state
+        .conn
+        .execute("UPDATE conflicts SET account_value = '{\"x\": 1}'", [])
+        .unwrap();
+    let err = state.conflicts(false).unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("conflict {id}")) && message.contains("account value"),
+        "{message}"
+    );
 }

@@ -1,0 +1,795 @@
+//! Applying a plan, in an order that loses nothing when the process dies at any point:
+//!
+//! 1. links whose side is gone or that an operator dropped (state only);
+//! 2. creates, each one written down as *pending* before the remote call and linked
+//!    right after it, so a crash in between is repaired by the next run (the record
+//!    is found again by its fields) instead of creating a duplicate;
+//! 3. contact updates, then account updates per relation;
+//! 4. links, baselines, the interaction log (R11), failures and parking (R17);
+//! 5. content hashes and cursors last.
+//!
+//! A baseline is only stored after both sides hold it, so an update that was cut
+//! short is seen again, and finished, by the next run.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+use tandem_connector::{Changes, Connector, ConnectorError, WriteOp, WriteOutcome};
+use tandem_model::{EntityKind, Fields, Timestamp};
+use tandem_state::{ConflictEntry, Interaction, Link, PendingCreate, StateBatch};
+use tracing::info;
+
+use crate::failpoint;
+use crate::plan::{FieldChange, NewLink, UnlinkReason};
+use crate::run::{
+    Engine, EngineError, Failure, Prepared, RECHECK, RunReport, record_hash, rejections,
+};
+
+/// State changes per transaction while applying.
+const COMMIT_EVERY: usize = 20_000;
+
+fn batch_len(batch: &StateBatch) -> usize {
+    batch.upsert_links.len()
+        + batch.set_hashes.len()
+        + batch.delete_hashes.len()
+        + batch.delete_links.len()
+        + batch.interactions.len()
+}
+
+fn to_changes(changes: &[FieldChange]) -> Changes {
+    changes
+        .iter()
+        .map(|c| (c.field.clone(), c.new.clone()))
+        .collect()
+}
+
+fn changes_json(changes: &[FieldChange]) -> serde_json::Value {
+    changes
+        .iter()
+        .map(|c| json!({ "field": c.field, "old": c.old, "new": c.new }))
+        .collect()
+}
+
+/// Writes `ops`, turning an error for the whole call into one error per op.
+async fn write_all(
+    connector: &dyn Connector,
+    kind: EntityKind,
+    ops: Vec<WriteOp>,
+) -> Vec<WriteOutcome> {
+    let n = ops.len();
+    match connector.write(kind, ops).await {
+        Ok(outcomes) if outcomes.len() == n => outcomes,
+        Ok(outcomes) => {
+            let message = format!(
+                "the connector answered {} outcomes for {n} writes",
+                outcomes.len()
+            );
+            (0..n)
+                .map(|_| Err(ConnectorError::fatal(message.clone())))
+                .collect()
+        }
+        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// R17: the failure count after `error`, and whether the pair is parked now (the
+/// same error as last time).
+fn next_failure(previous_error: Option<&str>, previous_count: u32, error: &str) -> (u32, bool) {
+    (
+        previous_count + 1,
+        previous_count >= 1 && previous_error == Some(error),
+    )
+}
+
+struct Log {
+    run_id: i64,
+    now: Timestamp,
+}
+
+impl Log {
+    fn entry(
+        &self,
+        contact_id: &str,
+        code: &str,
+        account_id: Option<&str>,
+        action: &str,
+        source: &str,
+        details: serde_json::Value,
+    ) -> Interaction {
+        Interaction {
+            id: 0,
+            at: self.now,
+            run_id: Some(self.run_id),
+            contact_id: contact_id.to_owned(),
+            code: code.to_owned(),
+            account_id: account_id.map(str::to_owned),
+            action: action.to_owned(),
+            source: source.to_owned(),
+            details,
+        }
+    }
+}
+
+/// One create, contact (R6) or account (R5), as the apply loop needs it.
+struct CreateJob {
+    code: String,
+    relation: usize,
+    /// `contact` (a contact from an account) or `account` (an account from a contact).
+    side: &'static str,
+    source_id: String,
+    source_version: Option<String>,
+    fields: Fields,
+    baseline: Fields,
+    details: serde_json::Value,
+}
+
+pub(crate) async fn apply(
+    engine: &mut Engine<'_>,
+    run_id: i64,
+    prepared: Prepared,
+) -> Result<RunReport, EngineError> {
+    let Prepared {
+        input,
+        mut plan,
+        contacts,
+        accounts,
+        parked_before,
+    } = prepared;
+    let previous_pending: HashMap<(String, String, String), PendingCreate> = input
+        .pending
+        .iter()
+        .map(|p| {
+            (
+                (p.code.clone(), p.side.clone(), p.source_id.clone()),
+                p.clone(),
+            )
+        })
+        .collect();
+    let contact_types: HashMap<String, Option<String>> = contacts
+        .changed
+        .iter()
+        .filter_map(|id| input.contacts.get(id))
+        .map(|c| {
+            (
+                c.id.clone(),
+                c.fields
+                    .text(tandem_model::field::COMPANY_ID)
+                    .map(str::to_owned),
+            )
+        })
+        .collect();
+    drop(input);
+    let log = Log {
+        run_id,
+        now: Timestamp::now(),
+    };
+    let now = log.now;
+    let relations = engine.relations.clone();
+    let contacts_connector = engine.connectors[&relations.contacts_connector].clone();
+    let mut batch = StateBatch::default();
+    let mut failures = rejections(&plan);
+    let mut writes = 0u64;
+    // Records whose hash is settled by the plan's outcome; the rest keep their read hash.
+    let mut settled_contacts: HashSet<String> = HashSet::new();
+    let mut settled_accounts: Vec<HashSet<String>> = vec![HashSet::new(); accounts.len()];
+    info!(run = run_id, "applying");
+
+    // Requests refused by the plan fail like writes do: twice the same way parks them.
+    for rejection in &plan.rejected {
+        let key = (
+            rejection.code.clone(),
+            "account".to_owned(),
+            rejection.contact_id.clone(),
+        );
+        let previous = previous_pending.get(&key);
+        let (count, parked) = next_failure(
+            previous.and_then(|p| p.error.as_deref()),
+            previous.map_or(0, |p| p.failure_count),
+            &rejection.error,
+        );
+        batch.upsert_pending.push(PendingCreate {
+            code: rejection.code.clone(),
+            side: "account".to_owned(),
+            source_id: rejection.contact_id.clone(),
+            fields: Fields::new(),
+            run_id: Some(run_id),
+            error: Some(rejection.error.clone()),
+            failure_count: count,
+            parked,
+            updated_at: now,
+        });
+        if let Some(f) = failures.iter_mut().find(|f| {
+            f.code == rejection.code && f.contact_id.as_ref() == Some(&rejection.contact_id)
+        }) {
+            f.parked = parked;
+        }
+    }
+
+    // 1. Links whose contact or account is gone, or that an operator dropped.
+    for unlink in &plan.unlinks {
+        batch
+            .delete_links
+            .push((unlink.code.clone(), unlink.contact_id.clone()));
+        let source = match unlink.reason {
+            UnlinkReason::ContactDeleted => "contact",
+            UnlinkReason::AccountDeleted => "account",
+            UnlinkReason::Operator => "operator",
+        };
+        batch.interactions.push(log.entry(
+            &unlink.contact_id,
+            &unlink.code,
+            Some(&unlink.account_id),
+            "unlinked",
+            source,
+            json!({ "reason": unlink.reason }),
+        ));
+    }
+    engine.state.commit(std::mem::take(&mut batch))?;
+    failpoint::hit("after_unlinks");
+
+    // 2. Creates: contacts for accounts (R6), then accounts for contacts (R5).
+    let mut jobs: Vec<CreateJob> = plan
+        .creates
+        .iter()
+        .map(|c| CreateJob {
+            code: c.code.clone(),
+            relation: c.relation,
+            side: "contact",
+            source_id: c.account_id.clone(),
+            source_version: c.account_version.clone(),
+            fields: c.fields.clone(),
+            baseline: c.baseline.clone(),
+            details: json!({ "fields": c.fields }),
+        })
+        .collect();
+    jobs.extend(plan.account_creates.iter().map(|c| CreateJob {
+        code: c.code.clone(),
+        relation: c.relation,
+        side: "account",
+        source_id: c.contact_id.clone(),
+        source_version: c.contact_version.clone(),
+        fields: c.fields.clone(),
+        baseline: c.baseline.clone(),
+        details: json!({ "fields": c.fields, "template": c.template, "requested_by": c.requested_by }),
+    }));
+    for side in ["contact", "account"] {
+        for r in 0..relations.relations.len() {
+            let group: Vec<&CreateJob> = jobs
+                .iter()
+                .filter(|j| j.side == side && j.relation == r)
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let relation = &relations.relations[r];
+            let (connector, kind) = if side == "contact" {
+                (contacts_connector.clone(), EntityKind::Contact)
+            } else {
+                (
+                    engine.connectors[&relation.connector].clone(),
+                    relation.kind,
+                )
+            };
+            let max = connector.capabilities().max_batch.max(1);
+            for chunk in group.chunks(max) {
+                // Written down first: a crash after the remote create is repaired, not repeated.
+                for job in chunk {
+                    let previous = previous_pending.get(&(
+                        job.code.clone(),
+                        side.to_owned(),
+                        job.source_id.clone(),
+                    ));
+                    batch.upsert_pending.push(PendingCreate {
+                        code: job.code.clone(),
+                        side: side.to_owned(),
+                        source_id: job.source_id.clone(),
+                        fields: job.fields.clone(),
+                        run_id: Some(run_id),
+                        error: None,
+                        failure_count: previous.map_or(0, |p| p.failure_count),
+                        parked: false,
+                        updated_at: now,
+                    });
+                }
+                engine.state.commit(std::mem::take(&mut batch))?;
+                failpoint::hit(&format!("before_{side}_create"));
+                let ops = chunk
+                    .iter()
+                    .map(|j| WriteOp::Create {
+                        fields: j.fields.clone(),
+                    })
+                    .collect();
+                let outcomes = write_all(&*connector, kind, ops).await;
+                failpoint::hit(&format!("after_{side}_create"));
+                for (job, outcome) in chunk.iter().zip(outcomes) {
+                    let key = (job.code.clone(), side.to_owned(), job.source_id.clone());
+                    match outcome {
+                        Ok(written) => {
+                            writes += 1;
+                            let new_hash = record_hash(&job.fields, written.version.as_deref());
+                            let (contact_id, account_id, contact_version, account_version) =
+                                if side == "contact" {
+                                    settled_accounts[r].insert(job.source_id.clone());
+                                    let read_hash = accounts[r]
+                                        .hashes
+                                        .get(&job.source_id)
+                                        .copied()
+                                        .unwrap_or(RECHECK);
+                                    batch.set_hashes.push((
+                                        contacts.scope.clone(),
+                                        written.id.clone(),
+                                        new_hash,
+                                    ));
+                                    batch.set_hashes.push((
+                                        accounts[r].scope.clone(),
+                                        job.source_id.clone(),
+                                        read_hash,
+                                    ));
+                                    (
+                                        written.id.clone(),
+                                        job.source_id.clone(),
+                                        written.version.clone(),
+                                        job.source_version.clone(),
+                                    )
+                                } else {
+                                    batch.set_hashes.push((
+                                        accounts[r].scope.clone(),
+                                        written.id.clone(),
+                                        new_hash,
+                                    ));
+                                    (
+                                        job.source_id.clone(),
+                                        written.id.clone(),
+                                        job.source_version.clone(),
+                                        written.version.clone(),
+                                    )
+                                };
+                            batch.upsert_links.push(Link {
+                                code: job.code.clone(),
+                                contact_id: contact_id.clone(),
+                                account_id: account_id.clone(),
+                                baseline: job.baseline.clone(),
+                                contact_version,
+                                account_version,
+                                last_error: None,
+                                failure_count: 0,
+                                parked: false,
+                                linked_at: now,
+                                synced_at: now,
+                            });
+                            batch.delete_pending.push(key);
+                            batch.interactions.push(log.entry(
+                                &contact_id,
+                                &job.code,
+                                Some(&account_id),
+                                "created",
+                                side,
+                                job.details.clone(),
+                            ));
+                            batch.interactions.push(log.entry(
+                                &contact_id,
+                                &job.code,
+                                Some(&account_id),
+                                "linked",
+                                side,
+                                json!({ "by": "create" }),
+                            ));
+                        }
+                        Err(e) => {
+                            let error = e.to_string();
+                            let previous = previous_pending.get(&key);
+                            let (count, parked) = next_failure(
+                                previous.and_then(|p| p.error.as_deref()),
+                                previous.map_or(0, |p| p.failure_count),
+                                &error,
+                            );
+                            plan.counts[r].created -= 1;
+                            plan.counts[r].failed += 1;
+                            if side == "contact" {
+                                settled_accounts[r].insert(job.source_id.clone());
+                                batch.set_hashes.push((
+                                    accounts[r].scope.clone(),
+                                    job.source_id.clone(),
+                                    RECHECK,
+                                ));
+                            }
+                            batch.upsert_pending.push(PendingCreate {
+                                code: job.code.clone(),
+                                side: side.to_owned(),
+                                source_id: job.source_id.clone(),
+                                fields: job.fields.clone(),
+                                run_id: Some(run_id),
+                                error: Some(error.clone()),
+                                failure_count: count,
+                                parked,
+                                updated_at: now,
+                            });
+                            let (contact_id, account_id) = if side == "contact" {
+                                (None, Some(job.source_id.clone()))
+                            } else {
+                                (Some(job.source_id.clone()), None)
+                            };
+                            failures.push(Failure {
+                                code: job.code.clone(),
+                                contact_id,
+                                account_id,
+                                side,
+                                error,
+                                parked,
+                            });
+                        }
+                    }
+                }
+                engine.state.commit(std::mem::take(&mut batch))?;
+                failpoint::hit(&format!("after_{side}_create_commit"));
+            }
+        }
+    }
+
+    // 3. Contact updates, then account updates per relation.
+    let max = contacts_connector.capabilities().max_batch.max(1);
+    let contact_ops: Vec<(usize, WriteOp)> = plan
+        .hubs
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !h.contact_changes.is_empty())
+        .map(|(i, h)| {
+            (
+                i,
+                WriteOp::Update {
+                    id: h.contact_id.clone(),
+                    version: h.contact_version.clone(),
+                    changes: to_changes(&h.contact_changes),
+                },
+            )
+        })
+        .collect();
+    let mut contact_results: HashMap<usize, WriteOutcome> = HashMap::new();
+    for chunk in contact_ops.chunks(max) {
+        let ops = chunk.iter().map(|(_, op)| op.clone()).collect();
+        let outcomes = write_all(&*contacts_connector, EntityKind::Contact, ops).await;
+        for ((hub, _), outcome) in chunk.iter().zip(outcomes) {
+            writes += u64::from(outcome.is_ok());
+            contact_results.insert(*hub, outcome);
+        }
+    }
+    failpoint::hit("after_contact_updates");
+    let mut account_results: HashMap<(usize, usize), WriteOutcome> = HashMap::new();
+    for (r, relation) in relations.relations.iter().enumerate() {
+        let ops: Vec<((usize, usize), WriteOp)> = plan
+            .hubs
+            .iter()
+            .enumerate()
+            .flat_map(|(h, hub)| {
+                hub.pairs
+                    .iter()
+                    .enumerate()
+                    .map(move |(p, pair)| ((h, p), pair))
+            })
+            .filter(|(_, pair)| pair.relation == r && !pair.account_changes.is_empty())
+            .map(|(key, pair)| {
+                (
+                    key,
+                    WriteOp::Update {
+                        id: pair.account_id.clone(),
+                        version: pair.account_version.clone(),
+                        changes: to_changes(&pair.account_changes),
+                    },
+                )
+            })
+            .collect();
+        if ops.is_empty() {
+            continue;
+        }
+        let connector = engine.connectors[&relation.connector].clone();
+        let max = connector.capabilities().max_batch.max(1);
+        for chunk in ops.chunks(max) {
+            let batch_ops = chunk.iter().map(|(_, op)| op.clone()).collect();
+            let outcomes = write_all(&*connector, relation.kind, batch_ops).await;
+            for ((key, _), outcome) in chunk.iter().zip(outcomes) {
+                writes += u64::from(outcome.is_ok());
+                account_results.insert(*key, outcome);
+            }
+        }
+    }
+    failpoint::hit("after_account_updates");
+
+    // 4. Links, baselines, the log and hashes from the outcomes.
+    for (h, hub) in plan.hubs.iter().enumerate() {
+        let contact_result = contact_results.remove(&h);
+        let contact_error = match &contact_result {
+            Some(Err(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        let contact_version = match &contact_result {
+            Some(Ok(w)) => w.version.clone(),
+            _ => hub.contact_version.clone(),
+        };
+        let mut hub_failed = contact_error.is_some();
+        if let Some(error) = &contact_error
+            && hub.pairs.is_empty()
+        {
+            // Only the contact's own field (R9) was to change: report, retry next run.
+            failures.push(Failure {
+                code: String::new(),
+                contact_id: Some(hub.contact_id.clone()),
+                account_id: None,
+                side: "contact",
+                error: error.clone(),
+                parked: false,
+            });
+        }
+        for conflict in &hub.conflicts {
+            for (code, account_id, account_value) in &conflict.accounts {
+                batch.interactions.push(log.entry(
+                    &hub.contact_id,
+                    code,
+                    Some(account_id),
+                    "conflict",
+                    "both",
+                    json!({
+                        "field": conflict.field,
+                        "base": conflict.base,
+                        "contact": conflict.contact,
+                        "account": account_value,
+                        "policy": conflict.policy,
+                        "winner": conflict.winner,
+                        "value": conflict.value,
+                    }),
+                ));
+                if conflict.winner == "manual" {
+                    batch.upsert_conflicts.push(ConflictEntry {
+                        id: 0,
+                        code: code.clone(),
+                        contact_id: hub.contact_id.clone(),
+                        account_id: account_id.clone(),
+                        field: conflict.field.to_string(),
+                        base: conflict.base.clone(),
+                        contact_value: conflict.value.clone(),
+                        account_value: account_value.clone(),
+                        opened_at: now,
+                        run_id: Some(run_id),
+                        resolution: None,
+                        closed_at: None,
+                    });
+                }
+            }
+        }
+        for (p, pair) in hub.pairs.iter().enumerate() {
+            let r = pair.relation;
+            settled_accounts[r].insert(pair.account_id.clone());
+            let account_result = account_results.remove(&(h, p));
+            let account_error = match &account_result {
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            let account_version = match &account_result {
+                Some(Ok(w)) => w.version.clone(),
+                _ => pair.account_version.clone(),
+            };
+            let scope = accounts[r].scope.clone();
+            match account_error.clone().or_else(|| contact_error.clone()) {
+                None => {
+                    let hash = match (&pair.account_after, &account_result) {
+                        (Some(after), _) => Some(record_hash(after, account_version.as_deref())),
+                        // Written without having been read: look again next run.
+                        (None, Some(_)) => Some(RECHECK),
+                        (None, None) => None,
+                    };
+                    if let Some(hash) = hash {
+                        batch
+                            .set_hashes
+                            .push((scope, pair.account_id.clone(), hash));
+                    }
+                    batch.upsert_links.push(Link {
+                        code: pair.code.clone(),
+                        contact_id: hub.contact_id.clone(),
+                        account_id: pair.account_id.clone(),
+                        baseline: pair.baseline.clone(),
+                        contact_version: contact_version.clone(),
+                        account_version,
+                        last_error: None,
+                        failure_count: 0,
+                        parked: false,
+                        linked_at: pair.previous.as_ref().map(|l| l.linked_at).unwrap_or(now),
+                        synced_at: now,
+                    });
+                    if let Some(how) = pair.new_link {
+                        let source = match how {
+                            NewLink::Operator => "operator",
+                            NewLink::Match { .. } | NewLink::Recovered => "match",
+                        };
+                        batch.interactions.push(log.entry(
+                            &hub.contact_id,
+                            &pair.code,
+                            Some(&pair.account_id),
+                            "linked",
+                            source,
+                            json!(how),
+                        ));
+                    }
+                    if pair.updated {
+                        let from_account: Vec<&FieldChange> = hub
+                            .contact_changes
+                            .iter()
+                            .filter(|c| pair.from_account.contains(&c.field))
+                            .collect();
+                        let source =
+                            match (pair.account_changes.is_empty(), from_account.is_empty()) {
+                                (false, true) => "contact",
+                                (true, false) => "account",
+                                _ => "both",
+                            };
+                        let from_account: Vec<FieldChange> =
+                            from_account.into_iter().cloned().collect();
+                        batch.interactions.push(log.entry(
+                            &hub.contact_id,
+                            &pair.code,
+                            Some(&pair.account_id),
+                            "updated",
+                            source,
+                            json!({
+                                "account": changes_json(&pair.account_changes),
+                                "contact": changes_json(&from_account),
+                            }),
+                        ));
+                    }
+                }
+                Some(error) => {
+                    hub_failed = true;
+                    plan.counts[r].failed += 1;
+                    if pair.previous.is_some() {
+                        if pair.updated {
+                            plan.counts[r].updated -= 1;
+                        } else {
+                            plan.counts[r].unchanged = plan.counts[r].unchanged.saturating_sub(1);
+                        }
+                    } else {
+                        plan.counts[r].linked -= 1;
+                    }
+                    batch
+                        .set_hashes
+                        .push((scope, pair.account_id.clone(), RECHECK));
+                    let mut parked = false;
+                    // The old baseline stays, so the next run sees the same changes
+                    // again; a new link is not made until its first sync succeeds.
+                    if let Some(previous) = &pair.previous {
+                        let (count, now_parked) = next_failure(
+                            previous.last_error.as_deref(),
+                            previous.failure_count,
+                            &error,
+                        );
+                        parked = now_parked;
+                        batch.upsert_links.push(Link {
+                            contact_version: contact_version.clone(),
+                            account_version,
+                            last_error: Some(error.clone()),
+                            failure_count: count,
+                            parked,
+                            ..previous.clone()
+                        });
+                        batch.interactions.push(log.entry(
+                            &hub.contact_id,
+                            &pair.code,
+                            Some(&pair.account_id),
+                            if parked { "parked" } else { "failed" },
+                            if account_error.is_some() {
+                                "account"
+                            } else {
+                                "contact"
+                            },
+                            json!({ "error": error, "failures": count }),
+                        ));
+                    }
+                    failures.push(Failure {
+                        code: pair.code.clone(),
+                        contact_id: Some(hub.contact_id.clone()),
+                        account_id: Some(pair.account_id.clone()),
+                        side: if account_error.is_some() {
+                            "account"
+                        } else {
+                            "contact"
+                        },
+                        error,
+                        parked,
+                    });
+                }
+            }
+        }
+        settled_contacts.insert(hub.contact_id.clone());
+        let contact_hash = match (&hub.contact_after, hub_failed) {
+            (_, true) => Some(RECHECK),
+            (Some(after), false) => Some(record_hash(after, contact_version.as_deref())),
+            (None, false) if contact_result.is_some() => Some(RECHECK),
+            (None, false) => contacts.hashes.get(&hub.contact_id).copied(),
+        };
+        if let Some(hash) = contact_hash {
+            batch
+                .set_hashes
+                .push((contacts.scope.clone(), hub.contact_id.clone(), hash));
+        }
+        if batch_len(&batch) >= COMMIT_EVERY {
+            engine.state.commit(std::mem::take(&mut batch))?;
+        }
+    }
+    for (code, contact_id, field) in &plan.close_conflicts {
+        batch
+            .close_conflicts
+            .push((code.clone(), contact_id.clone(), field.clone(), now));
+        batch.interactions.push(log.entry(
+            contact_id,
+            code,
+            None,
+            "resolved",
+            "operator",
+            json!({ "field": field }),
+        ));
+    }
+    for key in &plan.done_pending {
+        batch.delete_pending.push(key.clone());
+    }
+    engine.state.commit(std::mem::take(&mut batch))?;
+    failpoint::hit("after_link_commit");
+
+    // 5. What was read and not otherwise settled: remember it as seen; forget the
+    //    deleted; then the cursors.
+    for (id, company) in contact_types {
+        batch.set_companies.push((id, company));
+    }
+    for id in &contacts.deleted {
+        batch.set_companies.push((id.clone(), None));
+    }
+    for (read, settled) in std::iter::once((&contacts, &settled_contacts))
+        .chain(accounts.iter().zip(&settled_accounts))
+    {
+        for (id, hash) in &read.hashes {
+            if !settled.contains(id) {
+                batch
+                    .set_hashes
+                    .push((read.scope.clone(), id.clone(), *hash));
+            }
+            if batch_len(&batch) >= COMMIT_EVERY {
+                engine.state.commit(std::mem::take(&mut batch))?;
+            }
+        }
+        for id in &read.deleted {
+            batch.delete_hashes.push((read.scope.clone(), id.clone()));
+        }
+    }
+    engine.state.commit(std::mem::take(&mut batch))?;
+    failpoint::hit("before_cursor_commit");
+    for read in std::iter::once(&contacts).chain(&accounts) {
+        if let Some(cursor) = &read.cursor {
+            batch
+                .set_cursors
+                .push((read.scope.clone(), cursor.0.clone()));
+        }
+    }
+    engine.state.commit(batch)?;
+
+    let parked_now = engine.state.parked_links()?;
+    let pending_now = engine.state.pending_creates()?;
+    for (r, counts) in plan.counts.iter_mut().enumerate() {
+        let code = &relations.relations[r].code;
+        counts.parked = (parked_now.iter().filter(|l| &l.code == code).count()
+            + pending_now
+                .iter()
+                .filter(|p| &p.code == code && p.parked)
+                .count()) as u64;
+        counts.unchanged = counts.unchanged.saturating_sub(parked_before[r]);
+    }
+    info!(run = run_id, writes, failed = failures.len(), "applied");
+    Ok(RunReport {
+        run_id: Some(run_id),
+        mode: "sync",
+        read: std::iter::once(&contacts)
+            .chain(&accounts)
+            .map(|s| s.stats.clone())
+            .collect(),
+        counts: plan.counts.clone(),
+        writes,
+        ambiguous: plan.ambiguous.clone(),
+        failures,
+        plan,
+    })
+}
