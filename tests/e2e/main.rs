@@ -7,5 +7,6 @@
 mod support;
 
 mod config;
+mod crash;
 mod quickstart;
 mod rules;

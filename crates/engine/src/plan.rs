@@ -606,37 +606,6 @@ impl<'a> Planner<'a> {
             unmatched_accounts = still_unmatched;
         }
 
-        if relation.create_contacts {
-            for account_id in unmatched_accounts {
-                if pending_for
-                    .get(&("contact", account_id.as_str()))
-                    .is_some_and(|p| p.parked)
-                {
-                    continue;
-                }
-                let account = &self.accounts(r).records[&account_id];
-                let baseline = account.fields.project(&names(&relation.shared));
-                let mut fields = baseline.clone();
-                fields.set(
-                    field::CONTACT_TYPE,
-                    Value::text(ContactType::Company.as_str()),
-                );
-                fields.set(
-                    field::BUSINESS_RELATIONS,
-                    Value::List(vec![relation.code.clone()]),
-                );
-                self.plan.creates.push(ContactCreate {
-                    code: relation.code.clone(),
-                    relation: r,
-                    account_id,
-                    account_version: account.version.clone(),
-                    fields,
-                    baseline,
-                });
-                self.plan.counts[r].created += 1;
-            }
-        }
-
         // Contacts that ask for this relation (R5): by their business_relations field
         // or by `tandem create`. A person asks on behalf of its company (R3).
         let mut requesters: BTreeMap<&str, Option<&str>> = BTreeMap::new();
@@ -683,6 +652,7 @@ impl<'a> Planner<'a> {
                 self.reject(&relation.code, id, format!("contact {id} not found"));
             }
         }
+        let mut to_create: Vec<(&str, Option<&str>)> = Vec::new();
         for (holder, requested_by) in requesters {
             if matched_contacts.contains(holder)
                 || recovered_contacts.contains(holder)
@@ -690,7 +660,6 @@ impl<'a> Planner<'a> {
             {
                 continue;
             }
-            let contact = &input.contacts[holder];
             let pending = pending_for.get(&("account", holder));
             if pending.is_some_and(|p| p.parked) {
                 continue;
@@ -720,6 +689,45 @@ impl<'a> Planner<'a> {
                     continue;
                 }
             }
+            to_create.push((holder, requested_by));
+        }
+
+        if relation.create_contacts {
+            for account_id in unmatched_accounts
+                .into_iter()
+                .filter(|a| !taken_accounts.contains(a.as_str()))
+            {
+                if pending_for
+                    .get(&("contact", account_id.as_str()))
+                    .is_some_and(|p| p.parked)
+                {
+                    continue;
+                }
+                let account = &self.accounts(r).records[&account_id];
+                let baseline = account.fields.project(&names(&relation.shared));
+                let mut fields = baseline.clone();
+                fields.set(
+                    field::CONTACT_TYPE,
+                    Value::text(ContactType::Company.as_str()),
+                );
+                fields.set(
+                    field::BUSINESS_RELATIONS,
+                    Value::List(vec![relation.code.clone()]),
+                );
+                self.plan.creates.push(ContactCreate {
+                    code: relation.code.clone(),
+                    relation: r,
+                    account_id,
+                    account_version: account.version.clone(),
+                    fields,
+                    baseline,
+                });
+                self.plan.counts[r].created += 1;
+            }
+        }
+
+        for (holder, requested_by) in to_create {
+            let contact = &input.contacts[holder];
             let template = match relation.template_for(contact) {
                 Ok(t) => t,
                 Err(error) => {

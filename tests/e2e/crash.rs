@@ -1,0 +1,198 @@
+//! Crash consistency: a sync killed at any write point is finished by the next run,
+//! with the same files and links as a run that was never interrupted: no duplicate
+//! record, no lost update, no dangling link.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::{Deployment, stderr};
+
+const CONFIG: &str = r#"
+[state]
+url = "sqlite://.tandem/state.db"
+
+[connectors.crm]
+type = "file"
+path = "crm"
+
+[connectors.erp]
+type = "file"
+path = "erp"
+
+[contacts]
+connector = "crm"
+
+[relations.CUST]
+kind = "customer"
+connector = "erp"
+create_contacts = true
+match = [["vat_registration_no"], ["email"]]
+template = { x_payment_terms = "30D" }
+
+[relations.VEND]
+kind = "vendor"
+connector = "erp"
+match = [["vat_registration_no"]]
+"#;
+
+const CONTACTS: &str = "\
+id,contact_type,company_id,name,post_code,phone,email,vat_registration_no,business_relations
+C0001,company,,Acme NV,9000,+32 9 111,info@acme.be,BE0111,
+C0002,company,,Beta BV,1000,,sales@beta.be,,
+";
+
+const CUSTOMERS: &str = "\
+id,name,post_code,phone,email,vat_registration_no
+K0001,Acme,9000,,info@acme.be,BE0111
+K0002,Beta,1000,+32 2 222,sales@beta.be,
+";
+
+const VENDORS: &str = "\
+id,name,vat_registration_no,phone
+V0001,Acme,BE0111,
+V0002,Gamma Supplies,BE0333,+32 3 333
+";
+
+/// A deployment after a first sync, with changes waiting that make the next run
+/// touch every write point: contact and account creates, updates both ways, a new
+/// link by matching, and the cursor.
+fn prepared() -> Deployment {
+    let d = Deployment::with_config(CONFIG);
+    d.write("crm/contacts.csv", CONTACTS);
+    d.write("erp/customers.csv", CUSTOMERS);
+    d.write("erp/vendors.csv", VENDORS);
+    d.sync();
+
+    let customers = d
+        .read("erp/customers.csv")
+        .replace("+32 2 222", "+32 2 999")
+        + "K0003,Delta,3000,,,\n";
+    d.write("erp/customers.csv", &customers);
+    let contacts = d.read("crm/contacts.csv");
+    let header = contacts.lines().next().unwrap().to_owned();
+    let contacts = contacts.replace("info@acme.be", "hello@acme.be");
+    let row = |values: &[(&str, &str)]| {
+        header
+            .split(',')
+            .map(|col| {
+                values
+                    .iter()
+                    .find(|(k, _)| *k == col)
+                    .map_or("", |(_, v)| *v)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let contacts = format!(
+        "{contacts}{}\n{}\n",
+        row(&[
+            ("id", "C0003"),
+            ("contact_type", "company"),
+            ("name", "Epsilon"),
+            ("business_relations", "CUST")
+        ]),
+        row(&[
+            ("id", "C0004"),
+            ("contact_type", "company"),
+            ("name", "Gamma Supplies"),
+            ("vat_registration_no", "BE0333")
+        ]),
+    );
+    d.write("crm/contacts.csv", &contacts);
+    d
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn copy_of(d: &Deployment) -> Deployment {
+    let copy = Deployment {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    copy_dir(d.dir.path(), copy.dir.path());
+    copy
+}
+
+/// The files and the links a deployment ends with.
+fn outcome(d: &Deployment) -> (Vec<(String, String)>, Vec<(String, String, String)>) {
+    let files = ["crm/contacts.csv", "erp/customers.csv", "erp/vendors.csv"]
+        .iter()
+        .map(|f| (f.to_string(), d.read(f)))
+        .collect();
+    (files, d.links())
+}
+
+#[test]
+fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
+    let start = prepared();
+
+    let reference = copy_of(&start);
+    let report = reference.sync();
+    assert_eq!(report["failures"], serde_json::json!([]), "{report}");
+    let counts = &report["counts"];
+    assert!(
+        report["writes"].as_u64().unwrap() >= 6,
+        "a representative run: {report}"
+    );
+    assert!(
+        counts.to_string().contains("\"created\":2"),
+        "one contact and one account created: {counts}"
+    );
+    assert_eq!(reference.sync()["writes"], 0);
+    let expected = outcome(&reference);
+    assert!(
+        expected.0[1].1.contains("Epsilon"),
+        "the account created from the contact: {:?}",
+        expected.0[1]
+    );
+    assert!(
+        expected.0[0].1.contains("Delta"),
+        "the contact created from the customer: {:?}",
+        expected.0[0]
+    );
+
+    for point in tandem_engine::failpoint::POINTS {
+        let d = copy_of(&start);
+        let out = d.tandem_env(&["sync"], &[("TANDEM_FAILPOINT", point)]);
+        assert!(
+            !out.status.success(),
+            "{point}: the run was not interrupted"
+        );
+        assert!(
+            stderr(&out).contains(&format!("failpoint {point} reached")),
+            "{point}: {}",
+            stderr(&out)
+        );
+
+        let rerun = d.sync();
+        assert_eq!(rerun["failures"], serde_json::json!([]), "{point}: {rerun}");
+        let settled = d.sync();
+        assert_eq!(
+            settled["writes"], 0,
+            "{point}: the run after the repair still wrote: {settled}"
+        );
+        let got = outcome(&d);
+        assert_eq!(got.1, expected.1, "{point}: links differ");
+        for ((name, want), (_, have)) in expected.0.iter().zip(&got.0) {
+            assert_eq!(have, want, "{point}: {name} differs");
+        }
+        let status = d.tandem(&["--json", "status"]);
+        if status.status.success() {
+            let text = String::from_utf8_lossy(&status.stdout);
+            assert!(
+                text.contains("interrupted"),
+                "{point}: the killed run is marked interrupted: {text}"
+            );
+        }
+    }
+}
