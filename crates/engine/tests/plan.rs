@@ -1119,3 +1119,44 @@ fn r4_operator_links_and_unlinks() {
     assert_eq!(writes(&plan), vec![w("K7", "name", "Acme")]);
     assert!(plan.rejected.is_empty(), "{:?}", plan.rejected);
 }
+
+#[test]
+fn r8_a_relation_overrides_its_field_set_and_preserve_list() {
+    let rels = relations(|m| {
+        let cust = m.get_mut("CUST").unwrap();
+        // Phones are not shared with customers; the ERP owns the name.
+        cust.fields = Some(vec![
+            "name".into(),
+            "email".into(),
+            "vat_registration_no".into(),
+        ]);
+        cust.preserve = Some(vec!["name".into()]);
+    });
+    let base = &[
+        ("name", "Acme"),
+        ("email", "a@x.be"),
+        ("vat_registration_no", "BE1"),
+    ];
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[
+                    ("name", "Acme NV"),
+                    ("phone", "7"),
+                    ("email", "b@x.be"),
+                    ("vat_registration_no", "BE1"),
+                ],
+            )],
+            links: vec![link("CUST", "C1", "K1", base)],
+            ..Input::default()
+        },
+    );
+    // The e-mail goes; the phone is not shared; the name is the ERP's.
+    assert_eq!(
+        writes(&plan),
+        vec![w("C1", "name", "Acme"), w("K1", "email", "b@x.be")]
+    );
+}

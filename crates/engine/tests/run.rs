@@ -374,3 +374,73 @@ async fn r17_a_failing_record_does_not_stop_the_run() {
         "{log:#?}"
     );
 }
+
+#[tokio::test]
+async fn r10_a_contact_resolves_to_its_account_and_a_person_through_its_company() {
+    let mut w = world(false);
+    w.seed();
+    w.crm.put(
+        EntityKind::Contact,
+        "P1",
+        Fields::new()
+            .with("name", "Jan Peeters")
+            .with("contact_type", "person")
+            .with("company_id", "C1"),
+    );
+    w.sync().await;
+    let company = tandem_engine::resolve(&w.state, "CUST", "C1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (company.account_id.as_str(), company.holder_id.as_str()),
+        ("K1", "C1")
+    );
+    let person = tandem_engine::resolve(&w.state, "VEND", "P1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (person.account_id.as_str(), person.holder_id.as_str()),
+        ("V1", "C1")
+    );
+    assert_eq!(
+        tandem_engine::resolve(&w.state, "VEND", "C2").unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn r11_every_action_on_a_pair_is_logged_and_nothing_else() {
+    let mut w = world(false);
+    w.seed();
+    w.sync().await;
+    let mut k1 = w.erp.get(EntityKind::Customer, "K1").unwrap().fields;
+    k1.set("phone", Value::text("+32 9 999"));
+    w.erp.put(EntityKind::Customer, "K1", k1);
+    w.sync().await;
+    w.erp.remove(EntityKind::Vendor, "V1");
+    w.sync().await;
+
+    let log = w.state.interactions("C1", 100).unwrap();
+    let entries: Vec<(&str, &str, &str)> = log
+        .iter()
+        .map(|i| (i.code.as_str(), i.action.as_str(), i.source.as_str()))
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            ("CUST", "linked", "match"),
+            ("CUST", "updated", "contact"),
+            ("VEND", "linked", "match"),
+            ("VEND", "updated", "contact"),
+            ("CUST", "updated", "account"),
+            ("VEND", "updated", "contact"),
+            ("VEND", "unlinked", "account"),
+        ]
+    );
+    let update = &log[4];
+    assert_eq!(update.details["contact"][0]["field"], "phone");
+    assert_eq!(update.details["contact"][0]["new"], "+32 9 999");
+    assert!(log.iter().all(|i| i.run_id.is_some()));
+    // C3 ("Gamma") has no relation: no entry.
+    assert!(w.state.interactions("C3", 100).unwrap().is_empty());
+}
