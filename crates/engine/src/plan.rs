@@ -804,17 +804,13 @@ impl<'a> Planner<'a> {
     /// Every contact with a link or a new link that involves a record read this run.
     fn hubs(&mut self) {
         let input = self.input;
-        let resolutions: HashMap<(&str, &str, &str), &ConflictEntry> = input
-            .conflicts
-            .iter()
-            .filter(|c| c.closed_at.is_none())
-            .map(|c| {
-                (
-                    (c.code.as_str(), c.contact_id.as_str(), c.field.as_str()),
-                    c,
-                )
-            })
-            .collect();
+        let mut open_conflicts: HashMap<&str, Vec<&ConflictEntry>> = HashMap::new();
+        for c in input.conflicts.iter().filter(|c| c.closed_at.is_none()) {
+            open_conflicts
+                .entry(c.contact_id.as_str())
+                .or_default()
+                .push(c);
+        }
         let mut hub_ids: BTreeSet<&str> = self.new_links.keys().copied().collect();
         for (contact_id, links) in &self.by_contact {
             if input.contacts.contains_key(*contact_id)
@@ -853,7 +849,11 @@ impl<'a> Planner<'a> {
             }
             pairs.sort_by_key(|p| p.relation);
             let contact = input.contacts.get(contact_id);
-            let merged = merge_hub(self.relations, contact_id, contact, &pairs, &resolutions);
+            let open = open_conflicts
+                .get(contact_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let merged = merge_hub(self.relations, contact_id, contact, &pairs, open);
             self.plan.close_conflicts.extend(merged.closed);
             let Some(hub) = merged.hub else { continue };
             for pair in &hub.pairs {
@@ -991,15 +991,13 @@ struct Merged {
     closed: Vec<(String, String, String)>,
 }
 
-type Resolutions<'a> = HashMap<(&'a str, &'a str, &'a str), &'a ConflictEntry>;
-
 /// Merges one contact with all its pairs.
 fn merge_hub(
     relations: &Relations,
     contact_id: &str,
     contact: Option<&Record>,
     pairs: &[PairInput],
-    resolutions: &Resolutions,
+    open: &[&ConflictEntry],
 ) -> Merged {
     let rel = |p: &PairInput| -> &Relation { &relations.relations[p.relation] };
     let universe: BTreeSet<&FieldName> = pairs.iter().flat_map(|p| rel(p).shared.iter()).collect();
@@ -1055,8 +1053,8 @@ fn merge_hub(
             .filter(|&i| rel(&pairs[i]).preserve.contains(f))
             .collect();
         let resolution = involved.iter().find_map(|&i| {
-            resolutions
-                .get(&(rel(&pairs[i]).code.as_str(), contact_id, name))
+            open.iter()
+                .find(|c| c.code == rel(&pairs[i]).code && c.field == name)
                 .and_then(|c| c.resolution.clone())
                 .map(|v| (i, v))
         });
@@ -1066,7 +1064,7 @@ fn merge_hub(
         let value = if let Some((_, v)) = resolution {
             for &i in &involved {
                 let code = &rel(&pairs[i]).code;
-                if resolutions.contains_key(&(code.as_str(), contact_id, name)) {
+                if open.iter().any(|c| &c.code == code && c.field == name) {
                     closed.push((code.clone(), contact_id.to_owned(), name.to_owned()));
                 }
             }
@@ -1247,16 +1245,17 @@ fn merge_hub(
         }
     }
     // Open manual conflicts that did not come up again are settled by themselves.
-    for ((code, contact, field), entry) in resolutions {
-        if *contact != contact_id || entry.resolution.is_some() {
-            continue;
-        }
+    for entry in open.iter().filter(|c| c.resolution.is_none()) {
         let still_open = open_manual
             .iter()
-            .any(|(i, f)| rel(&pairs[*i]).code == *code && f.as_str() == *field);
-        let in_hub = pairs.iter().any(|p| rel(p).code == *code);
+            .any(|(i, f)| rel(&pairs[*i]).code == entry.code && f.as_str() == entry.field);
+        let in_hub = pairs.iter().any(|p| rel(p).code == entry.code);
         if in_hub && !still_open {
-            closed.push((code.to_string(), contact.to_string(), field.to_string()));
+            closed.push((
+                entry.code.clone(),
+                contact_id.to_owned(),
+                entry.field.clone(),
+            ));
         }
     }
     closed.sort();
