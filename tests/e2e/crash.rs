@@ -123,8 +123,11 @@ fn copy_of(d: &Deployment) -> Deployment {
     copy
 }
 
+/// Each data file's name and content, and the links.
+type Outcome = (Vec<(String, String)>, Vec<(String, String, String)>);
+
 /// The files and the links a deployment ends with.
-fn outcome(d: &Deployment) -> (Vec<(String, String)>, Vec<(String, String, String)>) {
+fn outcome(d: &Deployment) -> Outcome {
     let files = ["crm/contacts.csv", "erp/customers.csv", "erp/vendors.csv"]
         .iter()
         .map(|f| (f.to_string(), d.read(f)))

@@ -6,7 +6,9 @@
 
 mod support;
 
+mod business_rules;
 mod config;
 mod crash;
+mod operator;
 mod quickstart;
 mod rules;

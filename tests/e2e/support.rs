@@ -105,6 +105,91 @@ impl Deployment {
         self.json(&["sync"])
     }
 
+    /// Runs a command with `--json` that must exit with `code`, and returns its output
+    /// as JSON (e.g. a `sync` whose records failed exits with 2 and still reports).
+    pub fn json_exit(&self, args: &[&str], code: i32) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.tandem(&all);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "tandem {args:?}:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(&out)))
+    }
+
+    /// Runs a command that must succeed, and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.tandem(args);
+        assert!(
+            out.status.success(),
+            "tandem {args:?} failed ({:?}):\n{}{}",
+            out.status.code(),
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// Runs a command that must fail with exit code `code`, and returns its stdout and
+    /// stderr together.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.tandem(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "tandem {args:?}:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        format!("{}{}", stdout(&out), stderr(&out))
+    }
+
+    /// Removes the row of `id` from the CSV file `rel`.
+    pub fn remove_row(&self, rel: &str, id: &str) {
+        let kept: String = self
+            .read(rel)
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{id},")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        self.write(rel, &kept);
+    }
+
+    /// Sets `column` of the row `id` in the CSV file `rel` (the column must exist).
+    pub fn set_cell(&self, rel: &str, id: &str, column: &str, value: &str) {
+        let text = self.read(rel);
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let headers = reader.headers().unwrap().clone();
+        let at = headers
+            .iter()
+            .position(|h| h == column)
+            .unwrap_or_else(|| panic!("{rel} has no column {column}"));
+        let id_at = headers.iter().position(|h| h == "id").unwrap();
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record(&headers).unwrap();
+        let mut found = false;
+        for record in reader.records() {
+            let record = record.unwrap();
+            let mut cells: Vec<String> = record.iter().map(str::to_owned).collect();
+            cells.resize(headers.len(), String::new());
+            if cells[id_at] == id {
+                cells[at] = value.to_owned();
+                found = true;
+            }
+            writer.write_record(&cells).unwrap();
+        }
+        assert!(found, "{rel} has no row {id}");
+        self.write(
+            rel,
+            &String::from_utf8(writer.into_inner().unwrap()).unwrap(),
+        );
+    }
+
     /// Every file of the deployment but the state, as (name, bytes).
     pub fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
@@ -132,6 +217,10 @@ impl Deployment {
             .map(|l| (l.code, l.contact_id, l.account_id))
             .collect()
     }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn stderr(out: &Output) -> String {

@@ -5,7 +5,9 @@
 //! to stdout (tables, or JSON with `--json`); progress and errors go to stderr.
 
 mod config;
+mod inspect;
 mod logging;
+mod operator;
 mod output;
 
 use std::collections::HashMap;
@@ -16,10 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
-use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgAction, ArgGroup, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tandem_connector::{Connector, Registry};
-use tandem_engine::{Engine, Relations};
+use tandem_engine::{Directives, Engine, EngineError, Relations, RetryTarget};
 use tandem_model::EntityKind;
 use tandem_state::{LockMode, SqliteState, StateError};
 use tracing::debug;
@@ -40,8 +42,9 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  error: the config, the state or a connector failed, or the run stopped
-  2  `sync` finished, but some records failed (listed in the report; they are
-     retried on the next run)";
+  2  `sync` (or `link`, `unlink`, `create`) finished, but some records failed
+     (listed in the report; they are retried on the next run, and parked after
+     the same error twice until `tandem retry`)";
 
 /// Keeps contacts (CRM, address book) in step with customers, vendors and bank
 /// accounts (ERP).
@@ -78,13 +81,107 @@ enum Command {
     Sync,
     /// Print what `sync` would do now, without writing to any system.
     ///
-    /// Prints the counts per relation, then every link to make, contact to create,
-    /// field change (old -> new), link to drop, ambiguous match and conflict.
+    /// Prints the counts per relation, then every link to make, record to create,
+    /// field change (old -> new), link to drop, ambiguous match, refused request and
+    /// conflict. Never creates a state file.
     Plan,
     /// Check the config, open the state, and check every connector.
     ///
     /// Prints one line per check; exits with 1 when any failed.
     Check,
+    /// Link a contact to an existing account under a relation code (R4), then sync.
+    ///
+    /// The pair starts from the relation's `initial` side. Refused (exit 1, nothing
+    /// written) when the contact already has a link under the code or the account
+    /// already has a contact (R2), or either record does not exist.
+    #[command(after_help = EXIT_CODES)]
+    Link {
+        /// The relation code, e.g. CUST.
+        code: String,
+        contact_id: String,
+        account_id: String,
+    },
+    /// Drop a contact's link under a relation code, then sync. Both records stay.
+    #[command(after_help = EXIT_CODES)]
+    Unlink {
+        /// The relation code, e.g. CUST.
+        code: String,
+        contact_id: String,
+    },
+    /// Create an account for a contact (R5), then sync.
+    ///
+    /// Like a contact whose business-relation field lists the code: the contact is
+    /// matched first, and gets a new account from the relation's template when
+    /// nothing matches. A person asks on behalf of its company (R3).
+    #[command(after_help = EXIT_CODES)]
+    Create {
+        /// The relation code, e.g. CUST.
+        code: String,
+        /// The contact that asks for the relation.
+        #[arg(long, value_name = "CONTACT_ID")]
+        contact: String,
+    },
+    /// List the links in the state, of one relation code or all.
+    Links {
+        /// Only the links of this relation code.
+        code: Option<String>,
+        /// `table` (default), `csv` or `json` (the same as --json).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// Print the account a contact stands for under a code (R10).
+    ///
+    /// A person resolves through its company. Exits with 1 when there is none.
+    Resolve { contact_id: String, code: String },
+    /// Print a contact's interaction log (R11), oldest first.
+    Log {
+        contact_id: String,
+        /// At most this many entries, the newest.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// List the open conflicts of the `manual` policy (R15), or settle one.
+    Conflicts {
+        #[command(subcommand)]
+        command: Option<ConflictsCommand>,
+    },
+    /// Put parked pairs and creates back into the next sync (R17).
+    ///
+    /// A pair or create that failed twice with the same error is parked: left alone
+    /// until retried with this command. `tandem status` lists them.
+    #[command(group(ArgGroup::new("target").required(true).args(["all", "code"])))]
+    Retry {
+        /// Everything parked.
+        #[arg(long, conflicts_with_all = ["code", "id"])]
+        all: bool,
+        /// The relation code of the pair or create to retry.
+        #[arg(requires = "id")]
+        code: Option<String>,
+        /// Its contact id (or account id, for a contact created from an account).
+        id: Option<String>,
+    },
+    /// Show the last runs, parked pairs and creates, open conflicts and pending creates.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConflictsCommand {
+    /// Settle an open conflict; the next sync writes the chosen value to both sides.
+    Resolve {
+        /// The conflict's id, as `tandem conflicts` lists it.
+        id: i64,
+        /// `contact`, `account`, or a value of your own (`""` clears the field).
+        #[arg(long, value_name = "contact|account|VALUE", allow_hyphen_values = true)]
+        take: String,
+    },
+}
+
+/// The output format of `tandem links`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -136,10 +233,82 @@ fn parse_args() -> Result<Cli, clap::Error> {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Sync => sync_or_plan(cli, true).await,
-        Command::Plan => sync_or_plan(cli, false).await,
+    let directive = |d: Directives| RunMode::Sync(Some(d));
+    match &cli.command {
+        Command::Sync => run_engine(cli, RunMode::Sync(None)).await,
+        Command::Plan => run_engine(cli, RunMode::Plan).await,
         Command::Check => check(cli).await,
+        Command::Link {
+            code,
+            contact_id,
+            account_id,
+        } => {
+            let link = vec![(code.clone(), contact_id.clone(), account_id.clone())];
+            run_engine(
+                cli,
+                directive(Directives {
+                    link,
+                    ..Directives::default()
+                }),
+            )
+            .await
+        }
+        Command::Unlink { code, contact_id } => {
+            let unlink = vec![(code.clone(), contact_id.clone())];
+            run_engine(
+                cli,
+                directive(Directives {
+                    unlink,
+                    ..Directives::default()
+                }),
+            )
+            .await
+        }
+        Command::Create { code, contact } => {
+            let create = vec![(code.clone(), contact.clone())];
+            run_engine(
+                cli,
+                directive(Directives {
+                    create,
+                    ..Directives::default()
+                }),
+            )
+            .await
+        }
+        Command::Links { code, format } => {
+            let format = match (cli.json, format) {
+                (true, Some(f)) if *f != Format::Json => {
+                    return Err(anyhow!(
+                        "--json and --format {} ask for different formats; give one of them",
+                        match f {
+                            Format::Csv => "csv",
+                            _ => "table",
+                        }
+                    ));
+                }
+                (true, _) => Format::Json,
+                (false, f) => f.unwrap_or(Format::Table),
+            };
+            inspect::links(cli, code.as_deref(), format)
+        }
+        Command::Resolve { contact_id, code } => inspect::resolve(cli, contact_id, code),
+        Command::Log { contact_id, limit } => inspect::log(cli, contact_id, *limit),
+        Command::Conflicts { command: None } => inspect::conflicts(cli),
+        Command::Conflicts {
+            command: Some(ConflictsCommand::Resolve { id, take }),
+        } => operator::resolve_conflict(cli, *id, take),
+        Command::Retry { all, code, id } => {
+            let target = match (all, code, id) {
+                (true, _, _) => RetryTarget::All,
+                (false, Some(code), Some(id)) => RetryTarget::Record {
+                    code: code.clone(),
+                    id: id.clone(),
+                },
+                _ => return Err(anyhow!("give --all, or a relation code and an id")),
+            };
+            operator::retry(cli, &target)
+        }
+        Command::Status => inspect::status(cli),
     }
 }
 
@@ -155,25 +324,84 @@ fn load(cli: &Cli, registry: &Registry) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Opens the state for a command that writes: created if missing, held alone.
 fn open_state(config: &Config, mode: LockMode) -> anyhow::Result<SqliteState> {
-    SqliteState::open_url(&config.state_url, &config.base_dir, mode).map_err(|e| match e {
+    SqliteState::open_url(&config.state_url, &config.base_dir, mode)
+        .map_err(|e| state_error(config, e))
+}
+
+/// Opens the state for a command that only reads: shared with other readers, and an
+/// empty state in memory when there is no state file yet (none is created).
+fn open_state_read(config: &Config) -> anyhow::Result<SqliteState> {
+    SqliteState::open_url_existing(&config.state_url, &config.base_dir)
+        .map_err(|e| state_error(config, e))
+}
+
+fn state_error(config: &Config, e: StateError) -> anyhow::Error {
+    match e {
         // A wrong url is a config mistake; the other errors name the state file.
         StateError::UnsupportedUrl { .. } => anyhow!("{}: state.url: {e}", config.shown()),
         e => anyhow!(e),
-    })
+    }
 }
 
-async fn sync_or_plan(cli: &Cli, sync: bool) -> anyhow::Result<ExitCode> {
+/// The relation code `code`, which must be configured.
+fn configured<'a>(config: &'a Config, code: &str) -> anyhow::Result<&'a str> {
+    config
+        .sync
+        .relations
+        .iter()
+        .find(|(c, _)| c == code)
+        .map(|(c, _)| c.as_str())
+        .ok_or_else(|| {
+            let known: Vec<&str> = config
+                .sync
+                .relations
+                .iter()
+                .map(|(c, _)| c.as_str())
+                .collect();
+            anyhow!(
+                "{}: no relation `{code}` is configured (relations: {})",
+                config.shown(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+}
+
+/// What an engine command does.
+enum RunMode {
+    /// `tandem plan`: reads, plans, writes nothing.
+    Plan,
+    /// `tandem sync`, or `link` / `unlink` / `create` with their request.
+    Sync(Option<Directives>),
+}
+
+async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let config = load(cli, &registry)?;
+    let sync = matches!(mode, RunMode::Sync(_));
+    if let RunMode::Sync(Some(directives)) = &mode {
+        let codes = directives
+            .link
+            .iter()
+            .map(|(c, _, _)| c)
+            .chain(directives.unlink.iter().map(|(c, _)| c))
+            .chain(directives.create.iter().map(|(c, _)| c));
+        for code in codes {
+            configured(&config, code)?;
+        }
+    }
     // The lock comes first, so a second sync stops before touching any system; a
-    // plan only reads, so plans may run side by side.
-    let lock = if sync {
-        LockMode::Exclusive
+    // plan only reads, so plans may run side by side, and it never creates a state.
+    let mut state = if sync {
+        open_state(&config, LockMode::Exclusive)?
     } else {
-        LockMode::Shared
+        open_state_read(&config)?
     };
-    let mut state = open_state(&config, lock)?;
     let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
     for name in config.connectors.keys() {
         connectors.insert(name.clone(), config.build_connector(name, &registry)?);
@@ -182,17 +410,26 @@ async fn sync_or_plan(cli: &Cli, sync: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut engine = Engine::new(relations.clone(), connectors, &mut state)
         .map_err(|e| anyhow!("{}: {e}", config.shown()))?;
-    let report = if sync {
-        engine.sync().await.context("sync failed")?
-    } else {
-        engine.plan().await.context("plan failed")?
+    let report = match mode {
+        RunMode::Plan => engine.plan().await.context("plan failed")?,
+        RunMode::Sync(None) => engine.sync().await.context("sync failed")?,
+        RunMode::Sync(Some(directives)) => match engine.sync_with(directives).await {
+            Ok(report) => report,
+            Err(EngineError::Refused(message)) => {
+                return Err(anyhow!(
+                    "{} refused, nothing was written: {message}",
+                    command_name(&cli.command)
+                ));
+            }
+            Err(e) => return Err(anyhow!(e).context("sync failed")),
+        },
     };
     let elapsed = started.elapsed();
 
     if cli.json {
         print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        let actions = !sync || cli.verbose > 0;
+        let actions = !sync || cli.verbose > 0 || !matches!(cli.command, Command::Sync);
         print_stdout(&output::report(&report, &relations, actions, elapsed))?;
     }
     let records_failed = report.failed() > 0 || !report.failures.is_empty();
@@ -201,6 +438,15 @@ async fn sync_or_plan(cli: &Cli, sync: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Link { .. } => "link",
+        Command::Unlink { .. } => "unlink",
+        Command::Create { .. } => "create",
+        _ => "request",
+    }
 }
 
 /// One line of `tandem check`.
@@ -223,15 +469,21 @@ async fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry)?;
     let mut lines = Vec::new();
 
-    let state = SqliteState::open_url(&config.state_url, &config.base_dir, LockMode::Shared);
+    // Read-only: a missing state is reported as such, never created.
+    let state = SqliteState::open_url_existing(&config.state_url, &config.base_dir);
     // The path only: a url may carry a password.
     let name = state
         .as_ref()
         .map(|s| s.path().display().to_string())
         .unwrap_or_else(|_| "state.url".to_owned());
+    let fresh = state.as_ref().is_ok_and(SqliteState::is_in_memory);
     lines.push(CheckLine {
         check: "state",
-        label: format!("state {name}"),
+        label: if fresh {
+            format!("state {name} (not created yet; the first sync creates it)")
+        } else {
+            format!("state {name}")
+        },
         name,
         ok: state.is_ok(),
         error: state.as_ref().err().map(ToString::to_string),
@@ -322,7 +574,7 @@ async fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes to stdout; a closed pipe (`tandem plan | head`) is not an error.
-fn print_stdout(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),

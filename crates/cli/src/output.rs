@@ -5,8 +5,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use tandem_engine::ConflictPolicy;
 use tandem_engine::RunReport;
-use tandem_engine::plan::{FieldChange, UnlinkReason};
+use tandem_engine::plan::{FieldChange, NewLink, UnlinkReason};
 use tandem_engine::relation::Relations;
 use tandem_model::{EntityKind, Fields, Value};
 
@@ -37,6 +38,7 @@ pub fn report(
         "conflicts",
         "ambiguous",
         "failed",
+        "parked",
     ])];
     for c in &report.counts {
         let name = match kind_of(&c.code) {
@@ -53,6 +55,7 @@ pub fn report(
             c.conflicts.to_string(),
             c.ambiguous.to_string(),
             c.failed.to_string(),
+            c.parked.to_string(),
         ]);
     }
     table(&mut out, &rows);
@@ -93,22 +96,91 @@ pub fn report(
         }
     }
 
-    if !report.failures.is_empty() {
-        out.push_str("\nFailed records (retried on the next run):\n");
-        for f in &report.failures {
-            let contact = match &f.contact_id {
-                Some(id) => format!("contact {id}"),
-                None => "new contact".to_owned(),
+    let rejected: Vec<_> = report
+        .plan
+        .rejected
+        .iter()
+        .map(|r| {
+            let parked = report.failures.iter().any(|f| {
+                f.parked && f.code == r.code && f.contact_id.as_deref() == Some(&r.contact_id)
+            });
+            (r, parked)
+        })
+        .collect();
+    if !rejected.is_empty() {
+        out.push_str("\nRequests refused (counted as failed; asked again on the next run):\n");
+        for (r, parked) in &rejected {
+            let _ = writeln!(
+                out,
+                "  {} contact {}: {}{}",
+                r.code,
+                r.contact_id,
+                r.error,
+                if *parked { PARKED } else { "" }
+            );
+        }
+    }
+
+    let failures: Vec<_> = report
+        .failures
+        .iter()
+        .filter(|f| {
+            !report.plan.rejected.iter().any(|r| {
+                r.code == f.code
+                    && f.contact_id.as_deref() == Some(&r.contact_id)
+                    && r.error == f.error
+            })
+        })
+        .collect();
+    if !failures.is_empty() {
+        out.push_str(
+            "\nFailed records (retried on the next run; parked after the same error twice):\n",
+        );
+        for f in failures {
+            let kind = kind_of(&f.code).map_or("account", EntityKind::as_str);
+            let what = match (&f.contact_id, &f.account_id) {
+                (None, Some(account)) => {
+                    format!("{} new contact for {kind} {account}: create failed", f.code)
+                }
+                (Some(contact), None) if f.side == "account" => {
+                    format!("{} new {kind} for contact {contact}: create failed", f.code)
+                }
+                (Some(contact), None) if f.code.is_empty() => {
+                    format!("contact {contact}: contact write failed")
+                }
+                (Some(contact), None) => format!("{} contact {contact}: failed", f.code),
+                (Some(contact), Some(account)) => format!(
+                    "{} contact {contact} / {kind} {account}: {} write failed",
+                    f.code, f.side
+                ),
+                (None, None) => format!("{}: {} write failed", f.code, f.side),
             };
             let _ = writeln!(
                 out,
-                "  {} {contact} / account {}: {} write failed: {}",
-                f.code,
-                f.account_id.as_deref().unwrap_or("(new)"),
-                f.side,
-                f.error
+                "  {what}: {}{}",
+                f.error,
+                if f.parked { PARKED } else { "" }
             );
         }
+    }
+
+    let waiting = report
+        .plan
+        .hubs
+        .iter()
+        .flat_map(|h| &h.conflicts)
+        .filter(|c| c.winner == "manual")
+        .count();
+    if waiting > 0 {
+        let _ = writeln!(
+            out,
+            "\n{} the conflict queue (R15, policy manual): `tandem conflicts` lists them.",
+            if waiting == 1 {
+                "1 field waits in".to_owned()
+            } else {
+                format!("{waiting} fields wait in")
+            }
+        );
     }
 
     if actions {
@@ -120,6 +192,8 @@ pub fn report(
     out.push('\n');
     out
 }
+
+const PARKED: &str = " (parked until `tandem retry`)";
 
 fn final_line(report: &RunReport, elapsed: Duration) -> String {
     let ambiguous = report.ambiguous.len();
@@ -167,32 +241,60 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
         .hubs
         .iter()
         .flat_map(|h| h.pairs.iter().map(move |p| (h, p)))
-        .filter_map(|(h, p)| match p.new_link? {
-            tandem_engine::plan::NewLink::Match { tier } => Some((h, p, tier)),
-            _ => None,
-        })
+        .filter_map(|(h, p)| Some((h, p, p.new_link?)))
         .collect();
     let has_links = !links.is_empty();
     if has_links {
         out.push_str("\nLinks to make (R4):\n");
-        for (hub, pair, tier) in links {
-            let fields = relation(&pair.code)
-                .and_then(|r| r.tiers.get(tier - 1))
-                .map(|t| {
-                    t.fields
-                        .iter()
-                        .map(|f| f.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" + ")
-                })
-                .unwrap_or_default();
+        for (hub, pair, how) in links {
+            let how = match how {
+                NewLink::Match { tier } => {
+                    let fields = relation(&pair.code)
+                        .and_then(|r| r.tiers.get(tier - 1))
+                        .map(|t| {
+                            t.fields
+                                .iter()
+                                .map(|f| f.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" + ")
+                        })
+                        .unwrap_or_default();
+                    format!("match tier {tier}: {fields}")
+                }
+                NewLink::Operator => "by an operator: tandem link".to_owned(),
+                NewLink::Recovered => {
+                    "recovered: created by an earlier run that was cut short".to_owned()
+                }
+            };
             let _ = writeln!(
                 out,
-                "  {} contact {} <-> {} {}  (tier {tier}: {fields})",
+                "  {} contact {} <-> {} {}  ({how})",
                 pair.code,
                 hub.contact_id,
                 kind(&pair.code),
                 pair.account_id,
+            );
+        }
+    }
+
+    if !plan.account_creates.is_empty() {
+        out.push_str("\nAccounts to create (R5):\n");
+        for c in &plan.account_creates {
+            let asked = match &c.requested_by {
+                Some(person) => format!(", asked by person {person}"),
+                None => String::new(),
+            };
+            let template = match c.template {
+                Some(t) => format!(", template {t}"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {} {} for contact {}{asked}{template}: {}",
+                c.code,
+                kind(&c.code),
+                c.contact_id,
+                fields(&c.fields)
             );
         }
     }
@@ -240,6 +342,7 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
         .iter()
         .flat_map(|h| h.conflicts.iter().map(move |c| (h, c)))
         .collect();
+    let conflicts_empty = conflicts.is_empty();
     if !conflicts.is_empty() {
         out.push_str("\nConflicts, both sides changed since the last sync (R15):\n");
         for (hub, c) in conflicts {
@@ -256,13 +359,20 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
             for (code, account, v) in &c.accounts {
                 let _ = writeln!(out, "      {code} {} {account}: {}", kind(code), show(v));
             }
-            let policy = relation_policy(relations, &c.winner, &c.accounts);
-            let _ = writeln!(
-                out,
-                "      -> {} wins{policy}: {}",
-                c.winner,
-                show(&c.value)
-            );
+            if c.winner == "manual" {
+                let _ = writeln!(
+                    out,
+                    "      -> waits in the conflict queue (policy manual): tandem conflicts"
+                );
+            } else {
+                let policy = relation_policy(&c.winner, &c.accounts, c.policy);
+                let _ = writeln!(
+                    out,
+                    "      -> {} wins{policy}: {}",
+                    c.winner,
+                    show(&c.value)
+                );
+            }
         }
     }
 
@@ -285,31 +395,37 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
         }
     }
 
-    if !has_links && plan.creates.is_empty() && !has_changes && plan.unlinks.is_empty() {
+    if !has_links
+        && plan.creates.is_empty()
+        && plan.account_creates.is_empty()
+        && !has_changes
+        && conflicts_empty
+        && plan.unlinks.is_empty()
+        && plan.rejected.is_empty()
+    {
         out.push_str("\nNothing to do: every linked pair is in step.\n");
     }
 }
 
-/// ` (policy newest)`: the policy that decided, as far as one relation's did.
+/// ` (CUST conflict = newest)`: the relation and the policy that decided.
 fn relation_policy(
-    relations: &Relations,
     winner: &str,
     accounts: &[(String, String, Value)],
+    policy: ConflictPolicy,
 ) -> String {
     let code = if winner == "contact" {
         accounts.first().map(|(code, _, _)| code.as_str())
     } else {
         Some(winner)
     };
-    code.and_then(|code| relations.relations.iter().find(|r| r.code == code))
-        .map(|r| {
-            let policy = serde_json::to_value(r.conflict)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            format!(" ({} conflict = {policy})", r.code)
-        })
-        .unwrap_or_default()
+    let policy = serde_json::to_value(policy)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    match code {
+        Some(code) => format!(" ({code} conflict = {policy})"),
+        None => format!(" (conflict = {policy})"),
+    }
 }
 
 fn changes(out: &mut String, changes: &[FieldChange]) {
@@ -339,7 +455,7 @@ fn fields(fields: &Fields) -> String {
 }
 
 /// A value for people: quoted text, `(empty)` for nothing.
-fn show(value: &Value) -> String {
+pub(crate) fn show(value: &Value) -> String {
     if value.is_empty() {
         "(empty)".to_owned()
     } else {
@@ -347,17 +463,40 @@ fn show(value: &Value) -> String {
     }
 }
 
-fn plural(n: u64, one: &str, many: &str) -> String {
+/// A JSON value (as stored in the interaction log) for people, like [`show`].
+pub(crate) fn json_show(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "(empty)".to_owned(),
+        serde_json::Value::String(s) if s.is_empty() => "(empty)".to_owned(),
+        serde_json::Value::String(s) => format!("{s:?}"),
+        serde_json::Value::Array(items) if items.is_empty() => "(empty)".to_owned(),
+        serde_json::Value::Array(items) => format!(
+            "{:?}",
+            items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(";")
+        ),
+        serde_json::Value::Object(map) => match map.get("date").and_then(|d| d.as_str()) {
+            Some(date) => format!("{date:?}"),
+            None => value.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn row(cells: &[&str]) -> Vec<String> {
+pub(crate) fn row(cells: &[&str]) -> Vec<String> {
     cells.iter().map(|c| (*c).to_owned()).collect()
 }
 
 /// Aligned columns: text columns left, number columns right (headers follow their
 /// column).
-fn table(out: &mut String, rows: &[Vec<String>]) {
+pub(crate) fn table(out: &mut String, rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let cells = |i: usize| rows.iter().filter_map(move |r| r.get(i));
     let widths: Vec<usize> = (0..columns)

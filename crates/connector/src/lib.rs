@@ -5,10 +5,15 @@
 //! [`WriteOp`]s, reporting one [`WriteOutcome`] per operation. The engine only ever
 //! sees `dyn Connector`; which concrete connectors exist is decided by whoever fills
 //! the [`Registry`] (the `tandem` binary).
+//!
+//! With the cargo feature `testkit`, the module `testkit` runs the standard contract
+//! tests (the conformance kit) against any connector instance, for use in its tests.
 
 mod error;
 pub mod memory;
 mod registry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 use std::collections::BTreeMap;
 use std::fmt;

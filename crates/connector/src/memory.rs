@@ -242,11 +242,15 @@ impl Connector for MemoryConnector {
                 let mut parts = c.splitn(4, ':');
                 let mode = parts.next().unwrap_or_default();
                 let since: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                let snapshot: u64 = parts
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(sequence);
+                let snapshot: Option<u64> = parts.next().and_then(|s| s.parse().ok());
                 let after = parts.next().unwrap_or_default().to_owned();
+                // A read starts where there is no id to resume after; it takes the
+                // snapshot its end cursor will resume from. Only the pages after the
+                // first carry it on.
+                let snapshot = match snapshot {
+                    Some(snapshot) if !after.is_empty() => snapshot,
+                    _ => sequence,
+                };
                 let listing = if mode == "full" || !self.incremental {
                     Listing::Full
                 } else {
@@ -306,6 +310,12 @@ impl Connector for MemoryConnector {
         kind: EntityKind,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        if !self.kinds.contains(&kind) {
+            return Err(ConnectorError::config(format!(
+                "this connector holds no {}",
+                kind.plural()
+            )));
+        }
         let mut inner = self.lock();
         Ok(ops
             .into_iter()
@@ -384,6 +394,32 @@ mod tests {
         assert_eq!(listing, Listing::Changes);
         let ids: Vec<_> = changed.iter().map(|r| (r.id.as_str(), r.deleted)).collect();
         assert_eq!(ids, vec![("K1", true), ("K2", false)]);
+    }
+
+    #[tokio::test]
+    async fn a_read_of_changes_moves_the_cursor_on() {
+        let c = MemoryConnector::new(&[EntityKind::Vendor], true).with_page_size(1);
+        c.put(EntityKind::Vendor, "V1", Fields::new().with("name", "a"));
+        let (_, _, cursor) = read_all(&c, EntityKind::Vendor, None).await;
+        c.put(EntityKind::Vendor, "V2", Fields::new().with("name", "b"));
+        c.put(EntityKind::Vendor, "V3", Fields::new().with("name", "c"));
+        let (changed, _, cursor) = read_all(&c, EntityKind::Vendor, Some(cursor)).await;
+        assert_eq!(changed.len(), 2);
+        // Nothing changed since: the same changes must not come again.
+        let (again, listing, _) = read_all(&c, EntityKind::Vendor, Some(cursor)).await;
+        assert_eq!(listing, Listing::Changes);
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn kinds_it_does_not_hold_are_refused() {
+        let c = MemoryConnector::new(&[EntityKind::Contact], true);
+        let create = WriteOp::Create {
+            fields: Fields::new().with("name", "x"),
+        };
+        let err = c.write(EntityKind::Vendor, vec![create]).await.unwrap_err();
+        assert!(matches!(err, ConnectorError::Config { .. }), "{err:?}");
+        assert!(c.read(EntityKind::Vendor, None).await.is_err());
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use tandem_state::{ConflictEntry, Interaction, Link, PendingCreate, StateBatch};
 use tracing::info;
 
 use crate::failpoint;
-use crate::plan::{FieldChange, NewLink, UnlinkReason};
+use crate::plan::{FieldChange, NewLink, PENDING_LINK, UnlinkReason};
 use crate::run::{
     Engine, EngineError, Failure, Prepared, RECHECK, RunReport, record_hash, rejections,
 };
@@ -171,6 +171,7 @@ pub(crate) async fn apply(
     let mut writes = 0u64;
     // Records whose hash is settled by the plan's outcome; the rest keep their read hash.
     let mut settled_contacts: HashSet<String> = HashSet::new();
+    let mut recheck_contacts: Vec<String> = Vec::new();
     let mut settled_accounts: Vec<HashSet<String>> = vec![HashSet::new(); accounts.len()];
     info!(run = run_id, "applying");
 
@@ -203,6 +204,11 @@ pub(crate) async fn apply(
         }) {
             f.parked = parked;
         }
+        if !parked {
+            // Looked at again next run, even if nobody edits it (R17).
+            settled_contacts.insert(rejection.contact_id.clone());
+            recheck_contacts.push(rejection.contact_id.clone());
+        }
     }
 
     // 1. Links whose contact or account is gone, or that an operator dropped.
@@ -213,7 +219,16 @@ pub(crate) async fn apply(
         let source = match unlink.reason {
             UnlinkReason::ContactDeleted => "contact",
             UnlinkReason::AccountDeleted => "account",
-            UnlinkReason::Operator => "operator",
+            UnlinkReason::Operator => {
+                // Match rules must not link the pair again (R4).
+                batch.unlinked_pairs.push((
+                    unlink.code.clone(),
+                    unlink.contact_id.clone(),
+                    unlink.account_id.clone(),
+                    true,
+                ));
+                "operator"
+            }
         };
         batch.interactions.push(log.entry(
             &unlink.contact_id,
@@ -595,6 +610,19 @@ pub(crate) async fn apply(
                         synced_at: now,
                     });
                     if let Some(how) = pair.new_link {
+                        batch.delete_pending.push((
+                            pair.code.clone(),
+                            PENDING_LINK.to_owned(),
+                            hub.contact_id.clone(),
+                        ));
+                        if how == NewLink::Operator {
+                            batch.unlinked_pairs.push((
+                                pair.code.clone(),
+                                hub.contact_id.clone(),
+                                pair.account_id.clone(),
+                                false,
+                            ));
+                        }
                         let source = match how {
                             NewLink::Operator => "operator",
                             NewLink::Match { .. } | NewLink::Recovered => "match",
@@ -681,6 +709,41 @@ pub(crate) async fn apply(
                             json!({ "error": error, "failures": count }),
                         ));
                     }
+                    if let (None, Some(how)) = (&pair.previous, pair.new_link) {
+                        // Remembered, so the link is tried again next run and parked if
+                        // it fails the same way twice.
+                        let key = (
+                            pair.code.clone(),
+                            PENDING_LINK.to_owned(),
+                            hub.contact_id.clone(),
+                        );
+                        let previous = previous_pending.get(&key);
+                        let (count, now_parked) = next_failure(
+                            previous.and_then(|p| p.error.as_deref()),
+                            previous.map_or(0, |p| p.failure_count),
+                            &error,
+                        );
+                        parked = now_parked;
+                        let (by, tier) = match how {
+                            NewLink::Operator => ("operator", 0),
+                            NewLink::Match { tier } => ("match", tier),
+                            NewLink::Recovered => ("match", 0),
+                        };
+                        batch.upsert_pending.push(PendingCreate {
+                            code: pair.code.clone(),
+                            side: PENDING_LINK.to_owned(),
+                            source_id: hub.contact_id.clone(),
+                            fields: Fields::new()
+                                .with("account_id", pair.account_id.as_str())
+                                .with("by", by)
+                                .with("tier", tier.to_string()),
+                            run_id: Some(run_id),
+                            error: Some(error.clone()),
+                            failure_count: count,
+                            parked,
+                            updated_at: now,
+                        });
+                    }
                     failures.push(Failure {
                         code: pair.code.clone(),
                         contact_id: Some(hub.contact_id.clone()),
@@ -697,7 +760,19 @@ pub(crate) async fn apply(
             }
         }
         settled_contacts.insert(hub.contact_id.clone());
-        let contact_hash = match (&hub.contact_after, hub_failed) {
+        // A field waiting in the conflict queue: both records are read again every run,
+        // so neither side's value is mistaken for the baseline.
+        let waiting = hub.conflicts.iter().any(|c| c.winner == "manual");
+        for conflict in hub.conflicts.iter().filter(|c| c.winner == "manual") {
+            for (code, account_id, _) in &conflict.accounts {
+                if let Some(r) = relations.index_of(code) {
+                    batch
+                        .set_hashes
+                        .push((accounts[r].scope.clone(), account_id.clone(), RECHECK));
+                }
+            }
+        }
+        let contact_hash = match (&hub.contact_after, hub_failed || waiting) {
             (_, true) => Some(RECHECK),
             (Some(after), false) => Some(record_hash(after, contact_version.as_deref())),
             (None, false) if contact_result.is_some() => Some(RECHECK),
@@ -756,6 +831,9 @@ pub(crate) async fn apply(
             batch.delete_hashes.push((read.scope.clone(), id.clone()));
         }
     }
+    for id in recheck_contacts {
+        batch.set_hashes.push((contacts.scope.clone(), id, RECHECK));
+    }
     engine.state.commit(std::mem::take(&mut batch))?;
     failpoint::hit("before_cursor_commit");
     for read in std::iter::once(&contacts).chain(&accounts) {
@@ -776,7 +854,7 @@ pub(crate) async fn apply(
                 .iter()
                 .filter(|p| &p.code == code && p.parked)
                 .count()) as u64;
-        counts.unchanged = counts.unchanged.saturating_sub(parked_before[r]);
+        counts.unchanged = counts.unchanged.saturating_sub(parked_before[r].links);
     }
     info!(run = run_id, writes, failed = failures.len(), "applied");
     Ok(RunReport {

@@ -4,8 +4,8 @@
 //! systems.
 
 use serde::Serialize;
-use tandem_model::{EntityKind, Value};
-use tandem_state::{ConflictEntry, Scope, StateBatch, StateError, StateStore};
+use tandem_model::{EntityKind, Timestamp, Value};
+use tandem_state::{ConflictEntry, Interaction, Scope, StateBatch, StateError, StateStore};
 
 use crate::relation::Relations;
 use crate::run::RECHECK;
@@ -101,6 +101,20 @@ pub fn retry(
             continue;
         }
         count += 1;
+        if pending.side != "contact" {
+            // Only a contact already known can have a log (R11).
+            batch.interactions.push(Interaction {
+                id: 0,
+                at: Timestamp::now(),
+                run_id: None,
+                contact_id: pending.source_id.clone(),
+                code: pending.code.clone(),
+                account_id: None,
+                action: "retried".to_owned(),
+                source: "operator".to_owned(),
+                details: serde_json::json!({ "error": pending.error, "failures": pending.failure_count }),
+            });
+        }
         let scope = if pending.side == "contact" {
             account_scope(&pending.code)
         } else {

@@ -39,6 +39,9 @@ pub struct PlanInput {
     pub conflicts: Vec<ConflictEntry>,
     /// Creates started by an earlier run and not known to have finished.
     pub pending: Vec<PendingCreate>,
+    /// (code, contact, account) pairs an operator unlinked: never linked again by match
+    /// rules.
+    pub unlinked_pairs: Vec<(String, String, String)>,
     /// What an operator asked for on this run.
     pub directives: Directives,
 }
@@ -267,6 +270,10 @@ impl Plan {
     }
 }
 
+/// The `side` of a pending entry for a link whose first sync failed: its `fields` hold
+/// `account_id`, `by` (`match` or `operator`) and `tier`.
+pub const PENDING_LINK: &str = "link";
+
 /// Whether a contact may hold a relation of `kind` directly (R3): companies may; a
 /// person without a company may be a customer; any other person resolves through its
 /// company.
@@ -312,6 +319,9 @@ struct Planner<'a> {
     lost_codes: BTreeMap<&'a str, BTreeSet<String>>,
     /// Contacts that gain a code this run through a create (R5), with the codes.
     gained_codes: BTreeMap<&'a str, BTreeSet<String>>,
+    /// Shared fields a template filled on an account created for a contact that had
+    /// them empty: the contact gets them too (R5, R7).
+    template_fills: BTreeMap<&'a str, Vec<(FieldName, Value)>>,
 }
 
 impl<'a> Planner<'a> {
@@ -335,6 +345,7 @@ impl<'a> Planner<'a> {
             new_links: BTreeMap::new(),
             lost_codes: BTreeMap::new(),
             gained_codes: BTreeMap::new(),
+            template_fills: BTreeMap::new(),
         }
     }
 
@@ -439,29 +450,88 @@ impl<'a> Planner<'a> {
                 .is_some_and(|links| links.iter().any(|(lr, _, _)| *lr == r))
     }
 
-    /// `tandem link <CODE> <contact> <account>` (R4, explicitly).
+    /// `tandem link <CODE> <contact> <account>` (R4, explicitly), and links whose first
+    /// sync failed in an earlier run, tried again (R17).
     fn operator_links(&mut self) {
         let input = self.input;
-        for (code, contact_id, account_id) in &input.directives.link {
-            let Some(r) = self.relations.index_of(code) else {
+        for (code, _) in &input.directives.create {
+            if self.relations.index_of(code).is_none() {
+                let contact = input
+                    .directives
+                    .create
+                    .iter()
+                    .find(|(c, _)| c == code)
+                    .map(|(_, k)| k.clone())
+                    .unwrap_or_default();
                 self.reject(
                     code,
-                    contact_id,
+                    &contact,
                     format!("no relation `{code}` is configured"),
                 );
+            }
+        }
+        let retried: Vec<(String, String, String, NewLink)> = input
+            .pending
+            .iter()
+            .filter(|p| p.side == PENDING_LINK && !p.parked)
+            .filter_map(|p| {
+                let account = p.fields.text("account_id")?.to_owned();
+                let how = match p.fields.text("by") {
+                    Some("operator") => NewLink::Operator,
+                    _ => NewLink::Match {
+                        tier: p
+                            .fields
+                            .text("tier")
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or(0),
+                    },
+                };
+                Some((p.code.clone(), p.source_id.clone(), account, how))
+            })
+            .collect();
+        let requested = input
+            .directives
+            .link
+            .iter()
+            .map(|(code, contact, account)| {
+                (
+                    code.clone(),
+                    contact.clone(),
+                    account.clone(),
+                    NewLink::Operator,
+                )
+            });
+        let directives = input.directives.link.len();
+        for (n, (code, contact_id, account_id, how)) in requested.chain(retried).enumerate() {
+            let by_operator = n < directives;
+            let Some(r) = self.relations.index_of(&code) else {
+                if by_operator {
+                    self.reject(
+                        &code,
+                        &contact_id,
+                        format!("no relation `{code}` is configured"),
+                    );
+                }
                 continue;
             };
             let kind = self.relations.relations[r].kind;
             let error = match (
-                input.contacts.get_key_value(contact_id),
-                self.accounts(r).records.get_key_value(account_id),
+                input.contacts.get_key_value(&contact_id),
+                self.accounts(r).records.get_key_value(&account_id),
             ) {
                 (None, _) => Some(format!("contact {contact_id} not found")),
                 (_, None) => Some(format!("{kind} {account_id} not found")),
-                (Some((_, c)), _) if !may_hold(c, kind) => Some(format!(
-                    "contact {contact_id} is a person with a company: link its company, which holds the relation (R3)"
-                )),
-                (Some(_), Some(_)) if self.is_linked(r, contact_id) => Some(format!(
+                (Some((_, c)), _) if !may_hold(c, kind) => {
+                    Some(match c.fields.text(field::COMPANY_ID) {
+                        Some(company) => format!(
+                            "contact {contact_id} is a person of company {company}: link the company, which holds the relation (R3)"
+                        ),
+                        None => format!(
+                            "contact {contact_id} is a person without a company; {kind}s need a company contact (R3)"
+                        ),
+                    })
+                }
+                (Some(_), Some(_)) if self.is_linked(r, &contact_id) => Some(format!(
                     "contact {contact_id} already has a {code} link (R2); unlink it first"
                 )),
                 (Some(_), Some(_)) if self.linked_accounts[r].contains(account_id.as_str()) => {
@@ -471,16 +541,20 @@ impl<'a> Planner<'a> {
                 }
                 (Some((c, _)), Some((a, _))) => {
                     self.linked_accounts[r].insert(a);
-                    self.new_links
-                        .entry(c)
-                        .or_default()
-                        .push((r, a, NewLink::Operator));
+                    self.new_links.entry(c).or_default().push((r, a, how));
                     self.plan.counts[r].linked += 1;
                     None
                 }
             };
-            if let Some(error) = error {
-                self.reject(code, contact_id, error);
+            match error {
+                Some(error) if by_operator => self.reject(&code, &contact_id, error),
+                // A retried link that no longer makes sense is dropped; matching decides anew.
+                Some(_) => self.plan.done_pending.push((
+                    code.clone(),
+                    PENDING_LINK.to_owned(),
+                    contact_id.clone(),
+                )),
+                None => {}
             }
         }
     }
@@ -490,10 +564,22 @@ impl<'a> Planner<'a> {
     fn match_and_create(&mut self, r: usize) {
         let input = self.input;
         let relation = &self.relations.relations[r];
+        // A contact whose link to an account keeps failing waits for `tandem retry`.
+        let waiting: BTreeSet<&str> = input
+            .pending
+            .iter()
+            .filter(|p| p.code == relation.code && p.side == PENDING_LINK)
+            .map(|p| p.source_id.as_str())
+            .collect();
         let pool_contacts: Vec<&Record> = input
             .contacts
             .values()
-            .filter(|c| !c.deleted && may_hold(c, relation.kind) && !self.is_linked(r, &c.id))
+            .filter(|c| {
+                !c.deleted
+                    && may_hold(c, relation.kind)
+                    && !self.is_linked(r, &c.id)
+                    && !waiting.contains(c.id.as_str())
+            })
             .collect();
         let pool_accounts: Vec<&Record> = self
             .accounts(r)
@@ -507,6 +593,14 @@ impl<'a> Planner<'a> {
             &pool_contacts,
             &pool_accounts,
         );
+        let mut outcome = outcome;
+        // Pairs an operator unlinked stay apart, whatever the match rules say.
+        outcome.matches.retain(|(c, a, _)| {
+            !input
+                .unlinked_pairs
+                .iter()
+                .any(|(code, uc, ua)| *code == relation.code && uc == c && ua == a)
+        });
         let mut matched_contacts: BTreeSet<&str> = BTreeSet::new();
         let mut taken_accounts: BTreeSet<&str> = BTreeSet::new();
         for (contact_id, account_id, tier) in &outcome.matches {
@@ -544,7 +638,7 @@ impl<'a> Planner<'a> {
         let mut unmatched_accounts = outcome.unmatched_accounts;
         let mut recovered_contacts: BTreeSet<&str> = BTreeSet::new();
         if !pending_for.is_empty() {
-            for p in pending_for.values() {
+            for p in pending_for.values().filter(|p| p.side != PENDING_LINK) {
                 let done = match p.side.as_str() {
                     "contact" => {
                         self.linked_accounts[r].contains(p.source_id.as_str())
@@ -624,6 +718,15 @@ impl<'a> Planner<'a> {
                     .get(contact.id.as_str())
                     .is_some_and(|l| l.contains(&relation.code));
             if !by_operator && !listed {
+                continue;
+            }
+            // Refused twice the same way: left alone until `tandem retry` (R17); a link
+            // waiting to be retried is not a request for a new account.
+            if pending_for
+                .get(&("account", contact.id.as_str()))
+                .is_some_and(|p| p.parked)
+                || waiting.contains(contact.id.as_str())
+            {
                 continue;
             }
             match self.holder(r, contact) {
@@ -735,12 +838,20 @@ impl<'a> Planner<'a> {
                     continue;
                 }
             };
-            let baseline = contact.fields.project(&names(&relation.shared));
+            let mut baseline = contact.fields.project(&names(&relation.shared));
             let mut fields = baseline.clone();
             if let Some(t) = template {
                 for (name, value) in &t.fields {
                     if fields.get(name.as_str()).is_none() {
                         fields.set(name.clone(), value.clone());
+                        if relation.shared.contains(name) {
+                            // Both sides will hold it: the link starts from it.
+                            baseline.set(name.clone(), value.clone());
+                            self.template_fills
+                                .entry(holder)
+                                .or_default()
+                                .push((name.clone(), value.clone()));
+                        }
                     }
                 }
             }
@@ -920,14 +1031,28 @@ impl<'a> Planner<'a> {
                     wanted.push(code.clone());
                 }
             }
-            if wanted == current {
+            let mut changes = Vec::new();
+            if wanted != current {
+                changes.push(FieldChange {
+                    field: FieldName::new(field::BUSINESS_RELATIONS),
+                    old: contact.fields.value(field::BUSINESS_RELATIONS).clone(),
+                    new: Value::List(wanted),
+                });
+            }
+            for (name, value) in self.template_fills.get(contact_id).into_iter().flatten() {
+                if contact.fields.get(name.as_str()).is_none()
+                    && !changes.iter().any(|c| &c.field == name)
+                {
+                    changes.push(FieldChange {
+                        field: name.clone(),
+                        old: Value::Null,
+                        new: value.clone(),
+                    });
+                }
+            }
+            if changes.is_empty() {
                 continue;
             }
-            let change = FieldChange {
-                field: FieldName::new(field::BUSINESS_RELATIONS),
-                old: contact.fields.value(field::BUSINESS_RELATIONS).clone(),
-                new: Value::List(wanted),
-            };
             match self
                 .plan
                 .hubs
@@ -935,18 +1060,23 @@ impl<'a> Planner<'a> {
                 .find(|h| h.contact_id == contact_id)
             {
                 Some(hub) => {
-                    if let Some(after) = &mut hub.contact_after {
-                        after.set(change.field.clone(), change.new.clone());
+                    for change in changes {
+                        if let Some(after) = &mut hub.contact_after {
+                            after.set(change.field.clone(), change.new.clone());
+                        }
+                        hub.contact_changes.retain(|c| c.field != change.field);
+                        hub.contact_changes.push(change);
                     }
-                    hub.contact_changes.push(change);
                 }
                 None => {
                     let mut after = contact.fields.clone();
-                    after.set(change.field.clone(), change.new.clone());
+                    for change in &changes {
+                        after.set(change.field.clone(), change.new.clone());
+                    }
                     self.plan.hubs.push(HubPlan {
                         contact_id: contact_id.to_owned(),
                         contact_version: contact.version.clone(),
-                        contact_changes: vec![change],
+                        contact_changes: changes,
                         pairs: Vec::new(),
                         conflicts: Vec::new(),
                         contact_after: Some(after),
@@ -1067,12 +1197,25 @@ fn merge_hub(
                 if open.iter().any(|c| &c.code == code && c.field == name) {
                     closed.push((code.clone(), contact_id.to_owned(), name.to_owned()));
                 }
+                if account_value(i) == v {
+                    from_account[i].push(f.clone());
+                }
             }
             v
         } else if contact_owns {
             contact_value.clone()
         } else if let Some(&owner) = owner_pairs.first() {
-            account_value(owner)
+            // The owner's value wins, but an empty one only when the owner cleared it:
+            // empty values never overwrite filled ones (R4).
+            let a = account_value(owner);
+            if a.is_empty() && base(owner).is_empty() {
+                contact_value.clone()
+            } else {
+                if a != contact_value {
+                    from_account[owner].push(f.clone());
+                }
+                a
+            }
         } else {
             // Step 1: the contact and its existing links, a three-way merge.
             let existing: Vec<usize> = involved

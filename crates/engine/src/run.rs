@@ -134,7 +134,14 @@ pub(crate) struct Prepared {
     pub contacts: ScopeRead,
     pub accounts: Vec<ScopeRead>,
     /// Pairs and creates parked before this run, per relation.
-    pub parked_before: Vec<u64>,
+    pub parked_before: Vec<ParkedCount>,
+}
+
+/// Parked work of one relation (R17).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ParkedCount {
+    pub links: u64,
+    pub creates: u64,
 }
 
 impl<'a> Engine<'a> {
@@ -197,8 +204,9 @@ impl<'a> Engine<'a> {
         let writes = prepared.plan.write_count() as u64;
         let mut counts = prepared.plan.counts.clone();
         for (c, parked) in counts.iter_mut().zip(&prepared.parked_before) {
-            c.parked = *parked;
-            c.unchanged = c.unchanged.saturating_sub(*parked);
+            c.parked = parked.links + parked.creates;
+            // Parked pairs are neither updated nor unchanged.
+            c.unchanged = c.unchanged.saturating_sub(parked.links);
         }
         let failures = rejections(&prepared.plan);
         Ok(RunReport {
@@ -364,17 +372,23 @@ impl<'a> Engine<'a> {
                 links.insert((link.code.clone(), link.contact_id.clone()), link);
             }
         }
+        let mut unlinked_pairs = Vec::new();
+        for r in &relations.relations {
+            for (contact, account) in self.state.unlinked_pairs(&r.code)? {
+                unlinked_pairs.push((r.code.clone(), contact, account));
+            }
+        }
         let parked = self.state.parked_links()?;
         let pending = self.state.pending_creates()?;
         let parked_before = relations
             .relations
             .iter()
-            .map(|r| {
-                (parked.iter().filter(|l| l.code == r.code).count()
-                    + pending
-                        .iter()
-                        .filter(|p| p.code == r.code && p.parked)
-                        .count()) as u64
+            .map(|r| ParkedCount {
+                links: parked.iter().filter(|l| l.code == r.code).count() as u64,
+                creates: pending
+                    .iter()
+                    .filter(|p| p.code == r.code && p.parked)
+                    .count() as u64,
             })
             .collect();
 
@@ -393,6 +407,7 @@ impl<'a> Engine<'a> {
             link_counts,
             conflicts: self.state.conflicts(true)?,
             pending,
+            unlinked_pairs,
             directives,
         };
         let plan = plan(&relations, &input);

@@ -163,6 +163,9 @@ pub struct StateBatch {
     pub delete_pending: Vec<(String, String, String)>,
     /// Person contact -> its company contact (R3, R10); `None` forgets the contact.
     pub set_companies: Vec<(String, Option<String>)>,
+    /// (code, contact, account, unlinked): a pair an operator unlinked (`true`), which
+    /// match rules must not link again, or a pair linked by hand again (`false`).
+    pub unlinked_pairs: Vec<(String, String, String, bool)>,
 }
 
 impl StateBatch {
@@ -179,6 +182,7 @@ impl StateBatch {
             && self.upsert_pending.is_empty()
             && self.delete_pending.is_empty()
             && self.set_companies.is_empty()
+            && self.unlinked_pairs.is_empty()
     }
 }
 
@@ -250,6 +254,8 @@ pub trait StateStore: Send {
     fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictEntry>, StateError>;
     /// Every pending create, ordered by (code, side, source_id).
     fn pending_creates(&self) -> Result<Vec<PendingCreate>, StateError>;
+    /// The (contact, account) pairs an operator unlinked under `code`.
+    fn unlinked_pairs(&self, code: &str) -> Result<Vec<(String, String)>, StateError>;
     /// The company contact of a person contact, as last read.
     fn company_of(&self, contact_id: &str) -> Result<Option<String>, StateError>;
 

@@ -24,7 +24,11 @@ use crate::{
 
 /// Schema migrations in order: step `i` takes a state from `PRAGMA user_version` `i`
 /// to `i + 1`. Add a migration by appending it; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[MIGRATION_1_INITIAL, MIGRATION_2_BUSINESS_RULES];
+const MIGRATIONS: &[&str] = &[
+    MIGRATION_1_INITIAL,
+    MIGRATION_2_BUSINESS_RULES,
+    MIGRATION_3_UNLINKED_PAIRS,
+];
 
 const MIGRATION_1_INITIAL: &str = "
 CREATE TABLE links (
@@ -69,6 +73,16 @@ CREATE TABLE runs (
 
 /// Parked links (R17), the interaction log (R11), the conflict queue (R15), pending
 /// creates (R5, R6) and the company of each person contact (R3).
+const MIGRATION_3_UNLINKED_PAIRS: &str = "
+-- Pairs an operator unlinked: match rules must not link them again.
+CREATE TABLE unlinked_pairs (
+    code       TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    PRIMARY KEY (code, contact_id, account_id)
+) STRICT, WITHOUT ROWID;
+";
+
 const MIGRATION_2_BUSINESS_RULES: &str = "
 ALTER TABLE links ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
 
@@ -570,6 +584,21 @@ impl StateStore for SqliteState {
         Ok(out)
     }
 
+    fn unlinked_pairs(&self, code: &str) -> Result<Vec<(String, String)>, StateError> {
+        const ACTION: &str = "reading the pairs unlinked by hand";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT contact_id, account_id FROM unlinked_pairs WHERE code = ?1 \
+                 ORDER BY contact_id, account_id",
+            )
+            .map_err(sql_error(ACTION))?;
+        let rows = stmt
+            .query_map([code], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(sql_error(ACTION))?;
+        rows.collect::<Result<_, _>>().map_err(sql_error(ACTION))
+    }
+
     fn company_of(&self, contact_id: &str) -> Result<Option<String>, StateError> {
         self.conn
             .prepare_cached("SELECT company_id FROM contact_companies WHERE contact_id = ?1")
@@ -643,6 +672,7 @@ impl StateStore for SqliteState {
         upsert_pending(&tx, &batch.upsert_pending)?;
         delete_pending(&tx, &batch.delete_pending)?;
         set_companies(&tx, &batch.set_companies)?;
+        set_unlinked_pairs(&tx, &batch.unlinked_pairs)?;
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().map_err(sql_error("committing a batch"))
     }
@@ -1238,6 +1268,35 @@ fn set_companies(
         match company_id {
             Some(company_id) => set.execute([contact_id, company_id]),
             None => forget.execute([contact_id]),
+        }
+        .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn set_unlinked_pairs(
+    conn: &Connection,
+    pairs: &[(String, String, String, bool)],
+) -> Result<(), StateError> {
+    const ACTION: &str = "storing the pairs unlinked by hand";
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut add = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO unlinked_pairs (code, contact_id, account_id) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(sql_error(ACTION))?;
+    let mut remove = conn
+        .prepare_cached(
+            "DELETE FROM unlinked_pairs WHERE code = ?1 AND contact_id = ?2 AND account_id = ?3",
+        )
+        .map_err(sql_error(ACTION))?;
+    for (code, contact_id, account_id, unlinked) in pairs {
+        if *unlinked {
+            add.execute([code, contact_id, account_id])
+        } else {
+            remove.execute([code, contact_id, account_id])
         }
         .map_err(sql_error(ACTION))?;
     }

@@ -1135,3 +1135,31 @@ fn a_malformed_conflict_value_names_the_conflict() {
         "{message}"
     );
 }
+
+#[test]
+fn r4_pairs_unlinked_by_hand_are_remembered_until_linked_again() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let mut batch = StateBatch::default();
+    batch
+        .unlinked_pairs
+        .push(("CUST".into(), "C1".into(), "K1".into(), true));
+    batch
+        .unlinked_pairs
+        .push(("CUST".into(), "C1".into(), "K1".into(), true));
+    batch
+        .unlinked_pairs
+        .push(("VEND".into(), "C1".into(), "V1".into(), true));
+    state.commit(batch).unwrap();
+    assert_eq!(
+        state.unlinked_pairs("CUST").unwrap(),
+        vec![("C1".to_string(), "K1".to_string())]
+    );
+    let mut batch = StateBatch::default();
+    batch
+        .unlinked_pairs
+        .push(("CUST".into(), "C1".into(), "K1".into(), false));
+    state.commit(batch).unwrap();
+    assert!(state.unlinked_pairs("CUST").unwrap().is_empty());
+    assert_eq!(state.unlinked_pairs("VEND").unwrap().len(), 1);
+}

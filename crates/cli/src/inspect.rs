@@ -1,0 +1,598 @@
+//! Commands that only read the state: `links`, `resolve`, `log`, `conflicts` (the
+//! list) and `status`. They take the shared lock and never create a state file: with
+//! no state yet they answer from an empty one.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+use serde_json::json;
+use tandem_state::{ConflictEntry, Interaction, Link, PendingCreate, RunRecord, StateStore};
+
+use crate::config::Config;
+use crate::output::{json_show, plural, row, show, table};
+use crate::{Cli, Format, configured, load, open_state_read, print_stdout, registry};
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    print_stdout(&(serde_json::to_string_pretty(value)? + "\n"))
+}
+
+/// The account kind of a configured code, for messages (`customer`).
+pub(crate) fn kind_name(config: &Config, code: &str) -> &'static str {
+    config
+        .sync
+        .relations
+        .iter()
+        .find(|(c, _)| c == code)
+        .map_or("account", |(_, r)| r.kind.as_str())
+}
+
+/// `tandem links [<CODE>] [--format table|csv|json]`.
+pub(crate) fn links(cli: &Cli, code: Option<&str>, format: Format) -> anyhow::Result<ExitCode> {
+    let config = load(cli, &registry())?;
+    let state = open_state_read(&config)?;
+    let links = state.links(code)?;
+    if let Some(code) = code
+        && links.is_empty()
+    {
+        // Links of a code no longer configured are still listed (R1 leaves them be);
+        // a code that is neither is most likely a typo.
+        configured(&config, code)?;
+    }
+    match format {
+        Format::Json => print_json(&links)?,
+        Format::Csv => print_stdout(&links_csv(&links)?)?,
+        Format::Table => {
+            if links.is_empty() {
+                let what = match code {
+                    Some(code) => format!("No {code} links"),
+                    None => "No links".to_owned(),
+                };
+                print_stdout(&format!("{what} yet: `tandem sync` makes them.\n"))?;
+            } else {
+                let mut rows = vec![row(&[
+                    "code",
+                    "contact_id",
+                    "account_id",
+                    "linked_at",
+                    "synced_at",
+                    "failure_count",
+                    "parked",
+                    "last_error",
+                ])];
+                rows.extend(links.iter().map(|l| link_cells(l).to_vec()));
+                let mut out = String::new();
+                table(&mut out, &rows);
+                let _ = writeln!(out, "\n{}", plural(links.len() as u64, "link", "links"));
+                print_stdout(&out)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn link_cells(l: &Link) -> [String; 8] {
+    [
+        l.code.clone(),
+        l.contact_id.clone(),
+        l.account_id.clone(),
+        l.linked_at.to_string(),
+        l.synced_at.to_string(),
+        l.failure_count.to_string(),
+        l.parked.to_string(),
+        l.last_error.clone().unwrap_or_default(),
+    ]
+}
+
+fn links_csv(links: &[Link]) -> anyhow::Result<String> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record([
+        "code",
+        "contact_id",
+        "account_id",
+        "linked_at",
+        "synced_at",
+        "failure_count",
+        "parked",
+        "last_error",
+    ])?;
+    for link in links {
+        out.write_record(link_cells(link))?;
+    }
+    let bytes = out.into_inner().context("cannot write CSV")?;
+    Ok(String::from_utf8(bytes)?)
+}
+
+/// `tandem resolve <CONTACT_ID> <CODE>` (R10).
+pub(crate) fn resolve(cli: &Cli, contact_id: &str, code: &str) -> anyhow::Result<ExitCode> {
+    let config = load(cli, &registry())?;
+    configured(&config, code)?;
+    let state = open_state_read(&config)?;
+    let kind = kind_name(&config, code);
+    let Some(found) = tandem_engine::resolve(&state, code, contact_id)? else {
+        let company = state.company_of(contact_id)?;
+        let via = match &company {
+            Some(company) => format!(" (nor has its company {company})"),
+            None => String::new(),
+        };
+        return Err(anyhow!(
+            "contact {contact_id} has no {code} relation{via}: it is not linked to a {kind}; \
+             `tandem link {code} <contact> <account>` or `tandem create {code} --contact <contact>` \
+             makes one"
+        ));
+    };
+    if cli.json {
+        print_json(&json!({
+            "contact_id": contact_id,
+            "code": found.code,
+            "kind": kind,
+            "account_id": found.account_id,
+            "holder_id": found.holder_id,
+        }))?;
+    } else if found.holder_id == contact_id {
+        print_stdout(&format!("{}\n", found.account_id))?;
+    } else {
+        print_stdout(&format!(
+            "{} (via company {})\n",
+            found.account_id, found.holder_id
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tandem log <CONTACT_ID> [--limit N]` (R11).
+pub(crate) fn log(cli: &Cli, contact_id: &str, limit: usize) -> anyhow::Result<ExitCode> {
+    let config = load(cli, &registry())?;
+    let state = open_state_read(&config)?;
+    let entries = state.interactions(contact_id, limit)?;
+    if cli.json {
+        print_json(&entries)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        print_stdout(&format!(
+            "No interactions logged for contact {contact_id}: Tandem has done nothing to a \
+             relation of it (R11).\n"
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![row(&[
+        "at", "run", "code", "account", "action", "source", "details",
+    ])];
+    for e in &entries {
+        rows.push(log_cells(e));
+    }
+    let mut out = String::new();
+    table(&mut out, &rows);
+    print_stdout(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_cells(e: &Interaction) -> Vec<String> {
+    vec![
+        e.at.to_string(),
+        e.run_id.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+        e.code.clone(),
+        e.account_id.clone().unwrap_or_else(|| "-".to_owned()),
+        e.action.clone(),
+        e.source.clone(),
+        details(&e.details),
+    ]
+}
+
+/// A compact rendering of an entry's details: fields old -> new, tier, reason,
+/// template, conflict values, error.
+pub(crate) fn details(d: &serde_json::Value) -> String {
+    let Some(map) = d.as_object() else {
+        return if d.is_null() {
+            String::new()
+        } else {
+            d.to_string()
+        };
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(by) = map.get("by").and_then(|v| v.as_str()) {
+        match map.get("tier").and_then(serde_json::Value::as_u64) {
+            Some(tier) => parts.push(format!("by match tier {tier}")),
+            None => parts.push(format!("by {by}")),
+        }
+    }
+    if let Some(reason) = map.get("reason").and_then(|v| v.as_str()) {
+        parts.push(
+            match reason {
+                "contact_deleted" => "the contact was deleted (R12)",
+                "account_deleted" => "the account was deleted (R13)",
+                "operator" => "unlinked by an operator",
+                other => other,
+            }
+            .to_owned(),
+        );
+    }
+    if let Some(requested_by) = map.get("requested_by").and_then(|v| v.as_str()) {
+        parts.push(format!("requested by {requested_by}"));
+    }
+    if let Some(template) = map.get("template").and_then(serde_json::Value::as_u64) {
+        parts.push(format!("template {template}"));
+    }
+    if let Some(fields) = map.get("fields").and_then(|v| v.as_object()) {
+        parts.push(
+            fields
+                .iter()
+                .map(|(k, v)| format!("{k}={}", json_show(v)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    let conflict = map.contains_key("policy");
+    for (key, label) in [("account", "to account"), ("contact", "to contact")] {
+        if conflict {
+            break;
+        }
+        if let Some(changes) = map.get(key).and_then(|v| v.as_array()) {
+            if changes.is_empty() {
+                continue;
+            }
+            let shown: Vec<String> = changes
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {} -> {}",
+                        c["field"].as_str().unwrap_or("?"),
+                        json_show(&c["old"]),
+                        json_show(&c["new"])
+                    )
+                })
+                .collect();
+            parts.push(format!("{label}: {}", shown.join(", ")));
+        }
+    }
+    if conflict {
+        let field = map.get("field").and_then(|v| v.as_str()).unwrap_or("?");
+        let mut text = format!("{field}: base {}", json_show(&map["base"]));
+        if let Some(v) = map.get("contact").filter(|v| !v.is_null()) {
+            let _ = write!(text, ", contact {}", json_show(v));
+        }
+        if let Some(v) = map.get("account") {
+            let _ = write!(text, ", account {}", json_show(v));
+        }
+        let policy = map["policy"].as_str().unwrap_or("?");
+        match map.get("winner").and_then(|v| v.as_str()) {
+            Some("manual") => {
+                let _ = write!(text, "; policy manual: waits in the conflict queue");
+            }
+            Some(winner) => {
+                let _ = write!(
+                    text,
+                    "; policy {policy}: {winner} wins, {}",
+                    json_show(map.get("value").unwrap_or(&serde_json::Value::Null))
+                );
+            }
+            None => {}
+        }
+        parts.push(text);
+    } else if let Some(field) = map.get("field").and_then(|v| v.as_str()) {
+        parts.push(format!("{field} settled"));
+    }
+    if let Some(error) = map.get("error").and_then(|v| v.as_str()) {
+        match map.get("failures").and_then(serde_json::Value::as_u64) {
+            Some(n) => parts.push(format!("error (failure {n}): {error}")),
+            None => parts.push(format!("error: {error}")),
+        }
+    }
+    parts.join("; ")
+}
+
+/// `tandem conflicts`: the open conflicts (R15).
+pub(crate) fn conflicts(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let config = load(cli, &registry())?;
+    let state = open_state_read(&config)?;
+    let open = state.conflicts(true)?;
+    if cli.json {
+        print_json(&open)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if open.is_empty() {
+        print_stdout("No open conflicts.\n")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![row(&[
+        "id",
+        "code",
+        "contact",
+        "account",
+        "field",
+        "base",
+        "contact value",
+        "account value",
+        "resolution",
+    ])];
+    for c in &open {
+        rows.push(conflict_cells(c));
+    }
+    let mut out = String::new();
+    table(&mut out, &rows);
+    let _ = write!(
+        out,
+        "\n{} waiting. Settle one with `tandem conflicts resolve <id> --take contact|account|<value>`;\n\
+         the next `tandem sync` writes the chosen value to both sides and closes it.\n",
+        plural(open.len() as u64, "conflict", "conflicts")
+    );
+    print_stdout(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn conflict_cells(c: &ConflictEntry) -> Vec<String> {
+    vec![
+        c.id.to_string(),
+        c.code.clone(),
+        c.contact_id.clone(),
+        c.account_id.clone(),
+        c.field.clone(),
+        show(&c.base),
+        show(&c.contact_value),
+        show(&c.account_value),
+        match &c.resolution {
+            Some(v) => format!("{} (next sync)", show(v)),
+            None => "-".to_owned(),
+        },
+    ]
+}
+
+/// A run as `tandem status` shows it.
+#[derive(Debug, Serialize)]
+struct StatusRun {
+    #[serde(flatten)]
+    run: RunRecord,
+    duration_ms: Option<i64>,
+}
+
+/// `tandem status`.
+pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let config = load(cli, &registry())?;
+    let state = open_state_read(&config)?;
+    let runs: Vec<StatusRun> = state
+        .runs(10)?
+        .into_iter()
+        .map(|mut run| {
+            // Readers hold the shared lock, so no sync holds the exclusive one: a run
+            // still marked running is one whose process died.
+            if run.status == "running" {
+                run.status = "interrupted".to_owned();
+            }
+            StatusRun {
+                duration_ms: run.finished_at.map(|f| f.0 - run.started_at.0),
+                run,
+            }
+        })
+        .collect();
+    let parked_links = state.parked_links()?;
+    let pending = state.pending_creates()?;
+    let (parked_creates, pending): (Vec<PendingCreate>, Vec<PendingCreate>) =
+        pending.into_iter().partition(|p| p.parked);
+    let open_conflicts = state.conflicts(true)?;
+
+    if cli.json {
+        print_json(&json!({
+            "state": state.path().display().to_string(),
+            "state_exists": !state.is_in_memory(),
+            "runs": runs,
+            "parked": { "links": parked_links, "creates": parked_creates },
+            "open_conflicts": open_conflicts.len(),
+            "pending_creates": pending,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut out = String::new();
+    if state.is_in_memory() {
+        let _ = writeln!(
+            out,
+            "No state yet at {}: nothing has been synchronised.",
+            state.path().display()
+        );
+    }
+    if runs.is_empty() {
+        out.push_str("No runs yet.\n");
+    } else {
+        out.push_str("Last runs:\n");
+        let mut rows = vec![row(&[
+            "run", "mode", "status", "started", "duration", "writes", "counts",
+        ])];
+        for r in &runs {
+            rows.push(vec![
+                r.run.id.to_string(),
+                r.run.mode.clone(),
+                r.run.status.clone(),
+                r.run.started_at.to_string(),
+                r.duration_ms.map_or_else(
+                    || "-".to_owned(),
+                    |ms| format!("{:.2} s", ms as f64 / 1000.0),
+                ),
+                r.run.summary["writes"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_owned(), |w| w.to_string()),
+                summary_counts(&r.run.summary),
+            ]);
+        }
+        table(&mut out, &rows);
+    }
+
+    let parked = parked_links.len() + parked_creates.len();
+    if parked == 0 {
+        out.push_str("\nParked: none.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "\nParked, left alone until `tandem retry` (failed twice with the same error, R17):"
+        );
+        for l in &parked_links {
+            let _ = writeln!(
+                out,
+                "  {} contact {} / {} {}: {} ({}); retry: tandem retry {} {}",
+                l.code,
+                l.contact_id,
+                kind_name(&config, &l.code),
+                l.account_id,
+                l.last_error.as_deref().unwrap_or("(no error recorded)"),
+                plural(u64::from(l.failure_count), "failure", "failures"),
+                l.code,
+                l.contact_id
+            );
+        }
+        for p in &parked_creates {
+            let _ = writeln!(
+                out,
+                "  {}: {} ({}); retry: tandem retry {} {}",
+                create_label(&config, p),
+                p.error.as_deref().unwrap_or("(no error recorded)"),
+                plural(u64::from(p.failure_count), "failure", "failures"),
+                p.code,
+                p.source_id
+            );
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\nOpen conflicts: {}{}",
+        open_conflicts.len(),
+        if open_conflicts.is_empty() {
+            ""
+        } else {
+            " (`tandem conflicts` lists them)"
+        }
+    );
+
+    if !pending.is_empty() {
+        out.push_str(
+            "\nPending creates (not finished yet; the next sync completes or repairs them):\n",
+        );
+        for p in &pending {
+            let state = match &p.error {
+                Some(e) => format!(
+                    "failed {}: {e}",
+                    plural(u64::from(p.failure_count), "time", "times")
+                ),
+                None => format!(
+                    "started by run {}",
+                    p.run_id.map_or_else(|| "?".to_owned(), |r| r.to_string())
+                ),
+            };
+            let _ = writeln!(out, "  {}: {state}", create_label(&config, p));
+        }
+    }
+    print_stdout(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `CUST new customer for contact C1`, `CUST new contact for customer K3`.
+fn create_label(config: &Config, p: &PendingCreate) -> String {
+    let kind = kind_name(config, &p.code);
+    if p.side == "contact" {
+        format!("{} new contact for {kind} {}", p.code, p.source_id)
+    } else {
+        format!("{} new {kind} for contact {}", p.code, p.source_id)
+    }
+}
+
+/// `CUST: 2 linked, 1 created; VEND: 1 linked` from a run's summary; the error of a
+/// run that stopped.
+fn summary_counts(summary: &serde_json::Value) -> String {
+    if let Some(error) = summary["error"].as_str() {
+        return format!("error: {error}");
+    }
+    let Some(counts) = summary["counts"].as_array() else {
+        return "-".to_owned();
+    };
+    let names = [
+        "linked",
+        "created",
+        "updated",
+        "unchanged",
+        "unlinked",
+        "conflicts",
+        "ambiguous",
+        "failed",
+        "parked",
+    ];
+    let shown: Vec<String> = counts
+        .iter()
+        .filter_map(|c| {
+            let code = c["code"].as_str()?;
+            let nonzero: Vec<String> = names
+                .iter()
+                .filter_map(|n| match c[*n].as_u64() {
+                    Some(1) if *n == "conflicts" => Some("1 conflict".to_owned()),
+                    Some(v) if v > 0 => Some(format!("{v} {n}")),
+                    _ => None,
+                })
+                .collect();
+            (!nonzero.is_empty()).then(|| format!("{code}: {}", nonzero.join(", ")))
+        })
+        .collect();
+    if shown.is_empty() {
+        "nothing".to_owned()
+    } else {
+        shown.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_model::Timestamp;
+
+    use super::*;
+
+    #[test]
+    fn details_show_changes_tiers_and_errors() {
+        let d =
+            json!({"account": [{"field": "phone", "old": null, "new": "+32 9"}], "contact": []});
+        assert_eq!(details(&d), "to account: phone (empty) -> \"+32 9\"");
+        assert_eq!(
+            details(&json!({"by": "match", "tier": 2})),
+            "by match tier 2"
+        );
+        assert_eq!(
+            details(&json!({"error": "boom", "failures": 2})),
+            "error (failure 2): boom"
+        );
+        let conflict = json!({"field": "phone", "base": "a", "contact": "b", "account": "c",
+            "policy": "manual", "winner": "manual", "value": "b"});
+        assert_eq!(
+            details(&conflict),
+            "phone: base \"a\", contact \"b\", account \"c\"; policy manual: waits in the conflict queue"
+        );
+    }
+
+    #[test]
+    fn summary_counts_skip_zeros() {
+        let s = json!({"counts": [{"code": "CUST", "linked": 2, "created": 0, "failed": 1},
+            {"code": "VEND", "linked": 0}]});
+        assert_eq!(summary_counts(&s), "CUST: 2 linked, 1 failed");
+        assert_eq!(summary_counts(&json!({"error": "x"})), "error: x");
+    }
+
+    #[test]
+    fn links_export_as_csv() {
+        let link = Link {
+            code: "CUST".into(),
+            contact_id: "C1".into(),
+            account_id: "K1".into(),
+            baseline: Default::default(),
+            contact_version: None,
+            account_version: None,
+            last_error: Some("a, \"b\"".into()),
+            failure_count: 1,
+            parked: false,
+            linked_at: Timestamp(0),
+            synced_at: Timestamp(1000),
+        };
+        let text = links_csv(&[link]).unwrap();
+        assert_eq!(
+            text,
+            "code,contact_id,account_id,linked_at,synced_at,failure_count,parked,last_error\n\
+             CUST,C1,K1,1970-01-01T00:00:00Z,1970-01-01T00:00:01Z,1,false,\"a, \"\"b\"\"\"\n"
+        );
+    }
+}

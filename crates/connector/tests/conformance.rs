@@ -1,0 +1,270 @@
+//! The conformance kit against the in-memory reference connector, and against broken
+//! variants of it, to show that the kit notices what it claims to check.
+
+use tandem_connector::memory::MemoryConnector;
+use tandem_connector::testkit::{Options, Report, Status, check_conformance};
+use tandem_connector::{
+    Capabilities, Connector, ConnectorError, Cursor, Page, WriteOp, WriteOutcome,
+};
+use tandem_model::{EntityKind, Fields};
+
+fn options() -> Options {
+    Options {
+        // The memory connector stores any field name it is given.
+        refuses_unknown_names: false,
+        max_batch: 20,
+        ..Options::default()
+    }
+}
+
+fn failed(report: &Report, name: &str, kind: EntityKind) -> String {
+    let check = report
+        .get(name, Some(kind))
+        .unwrap_or_else(|| panic!("no check {name} [{kind}] in\n{report}"));
+    assert_eq!(check.status, Status::Failed, "{name} [{kind}] in\n{report}");
+    check.message.clone()
+}
+
+#[tokio::test]
+async fn incremental_memory_connector_conforms() {
+    let c = MemoryConnector::new(&EntityKind::ALL, true).with_page_size(7);
+    // Records that were there before are left alone.
+    c.put(
+        EntityKind::Customer,
+        "K-existing",
+        Fields::new().with("name", "Existing"),
+    );
+    let report = check_conformance(&c, &options()).await;
+    report.assert_passed();
+    for name in ["changes", "cursor", "stale_version", "version_changes"] {
+        for kind in EntityKind::ALL {
+            assert_eq!(
+                report.get(name, Some(kind)).map(|c| c.status),
+                Some(Status::Passed),
+                "{name} [{kind}]\n{report}"
+            );
+        }
+    }
+    assert!(
+        report
+            .get("paging", Some(EntityKind::Vendor))
+            .unwrap()
+            .message
+            .contains("pages"),
+        "{report}"
+    );
+    // Everything the kit created is gone again.
+    assert_eq!(c.all(EntityKind::Customer).len(), 1);
+    assert!(c.all(EntityKind::Contact).is_empty());
+}
+
+#[tokio::test]
+async fn full_listing_memory_connector_conforms() {
+    let c =
+        MemoryConnector::new(&[EntityKind::Contact, EntityKind::Customer], false).with_page_size(3);
+    let report = check_conformance(&c, &options()).await;
+    report.assert_passed();
+    assert!(report.get("changes", Some(EntityKind::Contact)).is_none());
+    // The kinds it does not hold are refused.
+    assert_eq!(
+        report
+            .get("unheld_kind", Some(EntityKind::Vendor))
+            .unwrap()
+            .status,
+        Status::Passed
+    );
+}
+
+#[tokio::test]
+async fn options_narrow_the_kinds() {
+    let c = MemoryConnector::new(&EntityKind::ALL, true);
+    let options = Options {
+        kinds: Some(vec![EntityKind::Vendor]),
+        ..options()
+    };
+    let report = check_conformance(&c, &options).await;
+    report.assert_passed();
+    assert!(report.get("batch", Some(EntityKind::Vendor)).is_some());
+    assert!(report.get("batch", Some(EntityKind::Contact)).is_none());
+}
+
+/// A wrapper that lets each test break one thing.
+#[derive(Debug)]
+struct Broken {
+    inner: MemoryConnector,
+    fault: Fault,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// Updates and deletes ignore the version they carry.
+    IgnoresVersions,
+    /// Writes drop the `x_` extras.
+    DropsExtras,
+    /// Change pages repeat their last record.
+    DuplicatesChanges,
+    /// Changes leave out tombstones.
+    NoTombstones,
+    /// Updates of missing records fail as fatal errors.
+    UntypedNotFound,
+    /// Claims a batch size it cannot take.
+    SmallBatches,
+    /// Claims to be read-only but writes.
+    DishonestReadOnly,
+    /// Honestly takes one op per call: no fault at all.
+    OneOpPerCall,
+}
+
+fn broken(fault: Fault) -> Broken {
+    Broken {
+        inner: MemoryConnector::new(&[EntityKind::Customer], true).with_page_size(4),
+        fault,
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for Broken {
+    fn capabilities(&self) -> Capabilities {
+        let mut caps = self.inner.capabilities();
+        if self.fault == Fault::DishonestReadOnly {
+            caps.write = false;
+            caps.delete = false;
+        }
+        if self.fault == Fault::OneOpPerCall {
+            caps.max_batch = 1;
+        }
+        caps
+    }
+
+    async fn check(&self) -> Result<(), ConnectorError> {
+        self.inner.check().await
+    }
+
+    async fn read(
+        &self,
+        kind: EntityKind,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page, ConnectorError> {
+        let mut page = self.inner.read(kind, cursor).await?;
+        if page.listing == tandem_connector::Listing::Changes {
+            match self.fault {
+                Fault::DuplicatesChanges => {
+                    if let Some(last) = page.records.last().cloned() {
+                        page.records.push(last);
+                    }
+                }
+                Fault::NoTombstones => page.records.retain(|r| !r.deleted),
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+
+    async fn write(
+        &self,
+        kind: EntityKind,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        if self.fault == Fault::SmallBatches && ops.len() > 3
+            || self.fault == Fault::OneOpPerCall && ops.len() > 1
+        {
+            return Err(ConnectorError::fatal("too many operations"));
+        }
+        let ops = ops
+            .into_iter()
+            .map(|op| match (self.fault, op) {
+                (Fault::IgnoresVersions, WriteOp::Update { id, changes, .. }) => WriteOp::Update {
+                    id,
+                    version: None,
+                    changes,
+                },
+                (Fault::IgnoresVersions, WriteOp::Delete { id, .. }) => {
+                    WriteOp::Delete { id, version: None }
+                }
+                (Fault::DropsExtras, WriteOp::Create { fields }) => WriteOp::Create {
+                    fields: fields
+                        .iter()
+                        .filter(|(n, _)| !n.as_str().starts_with("x_"))
+                        .map(|(n, v)| (n.clone(), v.clone()))
+                        .collect(),
+                },
+                (_, op) => op,
+            })
+            .collect();
+        let mut outcomes = self.inner.write(kind, ops).await?;
+        if self.fault == Fault::UntypedNotFound {
+            for outcome in &mut outcomes {
+                if let Err(ConnectorError::NotFound { id }) = outcome {
+                    *outcome = Err(ConnectorError::fatal(format!("no row {id}")));
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+const K: EntityKind = EntityKind::Customer;
+
+async fn report_for(fault: Fault) -> Report {
+    let report = check_conformance(&broken(fault), &options()).await;
+    assert!(!report.passed(), "{fault:?} went unnoticed:\n{report}");
+    report
+}
+
+#[tokio::test]
+async fn the_kit_notices_ignored_versions() {
+    let report = report_for(Fault::IgnoresVersions).await;
+    let message = failed(&report, "stale_version", K);
+    assert!(message.contains("succeeded"), "{message}");
+}
+
+#[tokio::test]
+async fn the_kit_notices_lost_extras() {
+    let report = report_for(Fault::DropsExtras).await;
+    let message = failed(&report, "round_trip_create", K);
+    assert!(message.contains("`x_conformance_note`"), "{message}");
+}
+
+#[tokio::test]
+async fn the_kit_notices_duplicated_changes() {
+    let report = report_for(Fault::DuplicatesChanges).await;
+    let message = failed(&report, "changes", K);
+    assert!(message.contains("times"), "{message}");
+}
+
+#[tokio::test]
+async fn the_kit_notices_missing_tombstones() {
+    let report = report_for(Fault::NoTombstones).await;
+    let message = failed(&report, "cursor", K);
+    assert!(message.contains("changes lost"), "{message}");
+}
+
+#[tokio::test]
+async fn the_kit_notices_untyped_errors() {
+    let report = report_for(Fault::UntypedNotFound).await;
+    let message = failed(&report, "not_found", K);
+    assert!(message.contains("not as not found"), "{message}");
+}
+
+#[tokio::test]
+async fn the_kit_notices_a_batch_size_that_is_not_honoured() {
+    let report = report_for(Fault::SmallBatches).await;
+    failed(&report, "batch", K);
+}
+
+#[tokio::test]
+async fn the_kit_notices_writes_to_a_read_only_connector() {
+    let report = report_for(Fault::DishonestReadOnly).await;
+    let message = failed(&report, "write_refused", K);
+    assert!(message.contains("succeeded"), "{message}");
+}
+
+#[tokio::test]
+async fn the_kit_keeps_to_max_batch() {
+    let report = check_conformance(&broken(Fault::OneOpPerCall), &options()).await;
+    report.assert_passed();
+    assert_eq!(
+        report.get("batch", Some(K)).unwrap().message,
+        "1 create in one call"
+    );
+}
