@@ -766,6 +766,7 @@ pub(crate) async fn apply(
         for conflict in hub.conflicts.iter().filter(|c| c.winner == "manual") {
             for (code, account_id, _) in &conflict.accounts {
                 if let Some(r) = relations.index_of(code) {
+                    settled_accounts[r].insert(account_id.clone());
                     batch
                         .set_hashes
                         .push((accounts[r].scope.clone(), account_id.clone(), RECHECK));

@@ -444,3 +444,33 @@ async fn r11_every_action_on_a_pair_is_logged_and_nothing_else() {
     // C3 ("Gamma") has no relation: no entry.
     assert!(w.state.interactions("C3", 100).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn r15_a_manual_conflict_waits_across_runs_without_losing_either_value() {
+    let mut w = world(false);
+    w.relations.relations[0].conflict = tandem_engine::ConflictPolicy::Manual;
+    assert_eq!(w.relations.relations[0].code, "CUST");
+    w.seed();
+    w.sync().await;
+    let mut c1 = w.crm.get(EntityKind::Contact, "C1").unwrap().fields;
+    c1.set("phone", Value::text("contact-side"));
+    w.crm.put(EntityKind::Contact, "C1", c1);
+    let mut k1 = w.erp.get(EntityKind::Customer, "K1").unwrap().fields;
+    k1.set("phone", Value::text("account-side"));
+    w.erp.put(EntityKind::Customer, "K1", k1);
+    for _ in 0..3 {
+        let report = w.sync().await;
+        assert_eq!(count(&report, "CUST").conflicts, 1);
+        assert_eq!(text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(), Some("contact-side"));
+        assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(), Some("account-side"));
+        assert_eq!(w.state.conflicts(true).unwrap().len(), 1);
+    }
+    let id = w.state.conflicts(true).unwrap()[0].id;
+    tandem_engine::resolve_conflict(&mut w.state, &w.relations, id, &tandem_engine::Take::Account).unwrap();
+    w.sync().await;
+    assert_eq!(text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(), Some("account-side"));
+    // The vendor, under contact_wins, took the contact's change and now the decision.
+    assert_eq!(text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(), Some("account-side"));
+    assert!(w.state.conflicts(true).unwrap().is_empty());
+    assert_eq!(w.sync().await.writes, 0);
+}
