@@ -51,3 +51,22 @@ fn quickstart_syncs_and_settles() {
     );
     assert_eq!(d.sync()["writes"], 0);
 }
+
+#[test]
+fn business_rules_example_syncs_and_settles() {
+    let d = Deployment::example("business-rules");
+    let planned = d.json(&["plan"]);
+    let first = d.sync();
+    assert_eq!(planned["counts"], first["counts"], "plan and sync agree");
+    assert!(
+        !first["plan"]["account_creates"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{first}"
+    );
+    assert_eq!(first["failures"], serde_json::json!([]), "{first}");
+    let files = d.snapshot();
+    assert_eq!(d.sync()["writes"], 0);
+    assert_eq!(files, d.snapshot());
+}

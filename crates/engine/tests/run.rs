@@ -461,16 +461,34 @@ async fn r15_a_manual_conflict_waits_across_runs_without_losing_either_value() {
     for _ in 0..3 {
         let report = w.sync().await;
         assert_eq!(count(&report, "CUST").conflicts, 1);
-        assert_eq!(text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(), Some("contact-side"));
-        assert_eq!(text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(), Some("account-side"));
+        assert_eq!(
+            text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(),
+            Some("contact-side")
+        );
+        assert_eq!(
+            text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(),
+            Some("account-side")
+        );
         assert_eq!(w.state.conflicts(true).unwrap().len(), 1);
     }
     let id = w.state.conflicts(true).unwrap()[0].id;
-    tandem_engine::resolve_conflict(&mut w.state, &w.relations, id, &tandem_engine::Take::Account).unwrap();
+    tandem_engine::resolve_conflict(
+        &mut w.state,
+        &w.relations,
+        id,
+        &tandem_engine::Take::Account,
+    )
+    .unwrap();
     w.sync().await;
-    assert_eq!(text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(), Some("account-side"));
+    assert_eq!(
+        text(&w.crm, EntityKind::Contact, "C1", "phone").as_deref(),
+        Some("account-side")
+    );
     // The vendor, under contact_wins, took the contact's change and now the decision.
-    assert_eq!(text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(), Some("account-side"));
+    assert_eq!(
+        text(&w.erp, EntityKind::Vendor, "V1", "phone").as_deref(),
+        Some("account-side")
+    );
     assert!(w.state.conflicts(true).unwrap().is_empty());
     assert_eq!(w.sync().await.writes, 0);
 }
