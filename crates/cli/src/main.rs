@@ -9,6 +9,8 @@ mod inspect;
 mod logging;
 mod operator;
 mod output;
+#[cfg(feature = "plugins")]
+mod plugins;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -35,6 +37,8 @@ fn registry() -> Registry {
     let mut registry = Registry::new();
     #[cfg(feature = "connector-file")]
     registry.register(Box::new(tandem_connector_file::FileConnectorFactory));
+    #[cfg(feature = "plugins")]
+    registry.register(Box::new(tandem_plugin::PluginFactory));
     registry
 }
 
@@ -162,6 +166,13 @@ enum Command {
     },
     /// Show the last runs, parked pairs and creates, open conflicts and pending creates.
     Status,
+    /// List the plugins: those the config names (`type = "plugin"`) and the libraries
+    /// in the `plugins` folder next to it, with name, version, ABI, kinds and
+    /// capabilities.
+    ///
+    /// Exits with 1 when a plugin cannot be loaded (the error says why).
+    #[cfg(feature = "plugins")]
+    Plugins,
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,6 +320,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             operator::retry(cli, &target)
         }
         Command::Status => inspect::status(cli),
+        #[cfg(feature = "plugins")]
+        Command::Plugins => plugins::plugins(cli),
     }
 }
 

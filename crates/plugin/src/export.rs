@@ -11,7 +11,7 @@
 #![allow(unsafe_code)]
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::fmt::{self, Write as _};
 use std::future::Future;
@@ -60,10 +60,18 @@ static VTABLE: PluginVTable = PluginVTable {
 /// `tandem_plugin_vtable`. Not for direct use.
 #[doc(hidden)]
 pub fn vtable(plugin: Plugin) -> *const PluginVTable {
-    // Nothing here can panic: setting a `OnceLock` and a panic hook does not.
-    let _ = PLUGIN.set(plugin);
-    install_panic_hook();
-    &VTABLE
+    let result = panic::catch_unwind(|| {
+        let _ = PLUGIN.set(plugin);
+        install_panic_hook();
+    });
+    match result {
+        Ok(()) => &VTABLE,
+        Err(payload) => {
+            drop_payload(payload);
+            // The host reports a plugin without a function table.
+            std::ptr::null()
+        }
+    }
 }
 
 /// The connector behind an instance handle.
@@ -275,13 +283,18 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, ConnectorError> {
 thread_local! {
     /// Where the last panic on this thread happened, set by the panic hook.
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether this thread is inside an entry point, whose error will report a panic.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Runs `f`, turning a panic into [`ConnectorError::Fatal`] "plugin panicked: ...".
 fn guarded<T>(f: impl FnOnce() -> Result<T, ConnectorError>) -> Result<T, ConnectorError> {
     // A location left by a panic caught elsewhere (by tokio, say) is not ours.
     let _ = LAST_PANIC.try_with(|last| last.borrow_mut().take());
-    match panic::catch_unwind(AssertUnwindSafe(f)) {
+    let outer = GUARDED.try_with(|g| g.replace(true)).unwrap_or(false);
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    let _ = GUARDED.try_with(|g| g.set(outer));
+    match result {
         Ok(result) => result,
         Err(payload) => {
             let message = panic_message(payload.as_ref());
@@ -316,7 +329,9 @@ fn drop_payload(payload: Box<dyn Any + Send>) {
 }
 
 /// Replaces the default hook (which prints to the host's stderr) with one that
-/// remembers the location for the error and forwards the panic to the host's log.
+/// remembers the location for the error and forwards the panic to the host's log: as
+/// a debug record when the call's error will report it, as a warning otherwise (a
+/// panic in a task the connector spawned, say).
 fn install_panic_hook() {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
@@ -334,7 +349,13 @@ fn install_panic_hook() {
                     *last = location;
                 }
             });
-            forward(abi::LEVEL_WARN, "tandem_plugin", &text);
+            let reported = GUARDED.try_with(Cell::get).unwrap_or(false);
+            let level = if reported {
+                abi::LEVEL_DEBUG
+            } else {
+                abi::LEVEL_WARN
+            };
+            forward(level, "tandem_plugin", &text);
         }));
     });
 }
@@ -523,6 +544,7 @@ macro_rules! export_connector {
             }
 
             /// The plugin ABI version this library speaks; checked by the host first.
+            /// It returns a constant: nothing in it can panic.
             #[allow(unsafe_code)]
             #[unsafe(no_mangle)]
             pub extern "C" fn tandem_plugin_abi_version() -> u32 {

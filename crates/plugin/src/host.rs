@@ -179,7 +179,7 @@ fn open(path: &Path, canonical: &Path) -> Result<&'static Loaded, PluginError> {
     // version check below has passed.
     let library = unsafe { Library::new(canonical) }.map_err(|e| PluginError::NotALibrary {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: loader_reason(&e, canonical),
     })?;
     // Never unloaded, not even when it fails the checks: it may have started threads
     // or registered thread-local destructors in its initialisers.
@@ -255,6 +255,20 @@ fn open(path: &Path, canonical: &Path) -> Result<&'static Loaded, PluginError> {
         vtable,
         description,
     })))
+}
+
+/// The system loader's own words ("invalid ELF header"): libloading's message alone
+/// is "dlopen failed", the reason is its source. The file name the loader repeats is
+/// left out, since the message names the path already.
+fn loader_reason(error: &libloading::Error, canonical: &Path) -> String {
+    let reason = std::error::Error::source(error)
+        .map(ToString::to_string)
+        .unwrap_or_else(|| error.to_string());
+    let prefix = format!("{}: ", canonical.display());
+    match reason.strip_prefix(&prefix) {
+        Some(rest) if !rest.is_empty() => rest.to_owned(),
+        _ => reason,
+    }
 }
 
 /// Copies the bytes of a buffer the plugin returned, then frees it.
