@@ -10,5 +10,6 @@ mod business_rules;
 mod config;
 mod crash;
 mod operator;
+mod plugin;
 mod quickstart;
 mod rules;

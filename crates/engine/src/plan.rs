@@ -595,12 +595,17 @@ impl<'a> Planner<'a> {
         );
         let mut outcome = outcome;
         // Pairs an operator unlinked stay apart, whatever the match rules say.
-        outcome.matches.retain(|(c, a, _)| {
-            !input
-                .unlinked_pairs
-                .iter()
-                .any(|(code, uc, ua)| *code == relation.code && uc == c && ua == a)
-        });
+        let apart: BTreeSet<(&str, &str)> = input
+            .unlinked_pairs
+            .iter()
+            .filter(|(code, _, _)| *code == relation.code)
+            .map(|(_, c, a)| (c.as_str(), a.as_str()))
+            .collect();
+        if !apart.is_empty() {
+            outcome
+                .matches
+                .retain(|(c, a, _)| !apart.contains(&(c.as_str(), a.as_str())));
+        }
         let mut matched_contacts: BTreeSet<&str> = BTreeSet::new();
         let mut taken_accounts: BTreeSet<&str> = BTreeSet::new();
         for (contact_id, account_id, tier) in &outcome.matches {
@@ -994,9 +999,20 @@ impl<'a> Planner<'a> {
             .iter()
             .map(|r| r.code.as_str())
             .collect();
-        let mut subjects: BTreeSet<&str> = input.contacts.keys().map(String::as_str).collect();
-        subjects.retain(|id| !input.deleted_contacts.contains(*id));
-        for contact_id in subjects {
+        // Hubs by contact: a search per contact would make this quadratic.
+        let mut hub_of: HashMap<String, usize> = self
+            .plan
+            .hubs
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.contact_id.clone(), i))
+            .collect();
+        for contact_id in input
+            .contacts
+            .keys()
+            .map(String::as_str)
+            .filter(|id| !input.deleted_contacts.contains(*id))
+        {
             let contact = &input.contacts[contact_id];
             let current = listed_codes(contact);
             let mut held: BTreeSet<String> = BTreeSet::new();
@@ -1053,12 +1069,7 @@ impl<'a> Planner<'a> {
             if changes.is_empty() {
                 continue;
             }
-            match self
-                .plan
-                .hubs
-                .iter_mut()
-                .find(|h| h.contact_id == contact_id)
-            {
+            match hub_of.get(contact_id).map(|&i| &mut self.plan.hubs[i]) {
                 Some(hub) => {
                     for change in changes {
                         if let Some(after) = &mut hub.contact_after {
@@ -1073,6 +1084,7 @@ impl<'a> Planner<'a> {
                     for change in &changes {
                         after.set(change.field.clone(), change.new.clone());
                     }
+                    hub_of.insert(contact_id.to_owned(), self.plan.hubs.len());
                     self.plan.hubs.push(HubPlan {
                         contact_id: contact_id.to_owned(),
                         contact_version: contact.version.clone(),

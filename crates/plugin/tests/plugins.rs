@@ -1,5 +1,6 @@
-//! Real plugin libraries loaded through the host: the file connector as a plugin, and
-//! one fixture per way a plugin can be bad (tests/plugins/*). The libraries are built
+//! Real plugin libraries loaded through the host: the file connector and the SQLite
+//! example (examples/plugin-sqlite) as plugins, and one fixture per way a plugin can be
+//! bad (tests/plugins/*). The libraries are built
 //! by `cargo build` from the first test that needs them, so `cargo test -p
 //! tandem-plugin` works on its own and never tests a stale library.
 
@@ -19,6 +20,7 @@ use tandem_plugin::{ABI_VERSION, PluginError, PluginFactory};
 use tempfile::TempDir;
 
 const FILE_PLUGIN: &str = "tandem-connector-file-plugin";
+const SQLITE_PLUGIN: &str = "tandem-connector-sqlite-example-plugin";
 const PANICKING: &str = "tandem-test-plugin-panicking";
 const WRONG_ABI: &str = "tandem-test-plugin-wrong-abi";
 const NO_SYMBOLS: &str = "tandem-test-plugin-no-symbols";
@@ -41,7 +43,7 @@ fn library(package: &str) -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
         command.arg("build").arg("--quiet");
-        for package in [FILE_PLUGIN, PANICKING, WRONG_ABI, NO_SYMBOLS] {
+        for package in [FILE_PLUGIN, SQLITE_PLUGIN, PANICKING, WRONG_ABI, NO_SYMBOLS] {
             command.args(["-p", package]);
         }
         match profile_dir.file_name().and_then(|n| n.to_str()) {
@@ -688,4 +690,93 @@ fn edit_line(
         return Err(format!("no line with id {id} in {}", path.display()));
     }
     std::fs::write(path, lines.join("\n") + "\n").map_err(|e| e.to_string())
+}
+
+// ----- the example SQLite connector (examples/plugin-sqlite) as a plugin -----
+
+/// What another application keeps on a record: the `extra` column the connector
+/// never maps.
+fn legacy(id: &str) -> serde_json::Value {
+    json!({"legacy": {"owner": format!("owner of {id}"), "tags": [1, 2]}})
+}
+
+#[tokio::test]
+async fn the_sqlite_example_plugin_passes_the_conformance_kit() {
+    use tandem_connector_sqlite_example::Database;
+
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("erp.db");
+    // Records of someone else's: the kit must leave them alone.
+    Database::open(&db)
+        .unwrap()
+        .put(
+            EntityKind::Customer,
+            "acme",
+            &Fields::new().with("name", text("Acme")),
+        )
+        .unwrap();
+    let (inject_db, verify_db) = (db.clone(), db.clone());
+    let options = Options {
+        unknown_field: Some(unknown_field_with(
+            move |kind, id| {
+                Database::open(&inject_db)
+                    .and_then(|mut db| db.set_extra(kind, id, &legacy(id)))
+                    .map_err(|e| e.to_string())
+            },
+            move |kind, id| {
+                let extra = Database::open(&verify_db)
+                    .and_then(|db| db.extra(kind, id))
+                    .map_err(|e| e.to_string())?;
+                match extra {
+                    Some(extra) if extra == legacy(id) => Ok(()),
+                    other => Err(format!("`extra` is {other:?}, not {}", legacy(id))),
+                }
+            },
+        )),
+        ..Options::default()
+    };
+    let path = library(SQLITE_PLUGIN);
+    let connector = build(
+        dir.path(),
+        json!({"path": path, "settings": {"path": "erp.db"}}),
+    )
+    .unwrap();
+    let builtin = tandem_connector_sqlite_example::SqliteConnectorFactory
+        .build(json!({"path": "erp.db"}), &context(dir.path()))
+        .unwrap();
+    assert_eq!(connector.capabilities(), builtin.capabilities());
+    assert!(connector.capabilities().incremental);
+
+    let report = check_conformance(connector.as_ref(), &options).await;
+    report.assert_passed();
+    // Incremental reads, typed conflicts and unmapped data all crossed the boundary.
+    for kind in EntityKind::ALL {
+        for name in [
+            "changes",
+            "cursor",
+            "stale_version",
+            "unknown_fields",
+            "invalid_field",
+        ] {
+            assert_eq!(
+                report.get(name, Some(kind)).map(|c| c.status),
+                Some(Status::Passed),
+                "{name} [{kind}]\n{report}"
+            );
+        }
+    }
+    // Only the seeded record is left, and the plugin and the built-in connector read
+    // the same database the same way.
+    let from_plugin = connector.read(EntityKind::Customer, None).await.unwrap();
+    let ids: Vec<&str> = from_plugin.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["acme"]);
+    assert_eq!(
+        from_plugin,
+        builtin.read(EntityKind::Customer, None).await.unwrap()
+    );
+
+    let info = tandem_plugin::describe(&path).unwrap();
+    assert_eq!(info.name, SQLITE_PLUGIN);
+    assert_eq!(info.type_name, "sqlite-example");
+    assert_eq!(info.abi_version, ABI_VERSION);
 }
