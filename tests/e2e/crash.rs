@@ -2,10 +2,7 @@
 //! with the same files and links as a run that was never interrupted: no duplicate
 //! record, no lost update, no dangling link.
 
-use std::fs;
-use std::path::Path;
-
-use crate::support::{Deployment, stderr};
+use crate::support::{Deployment, copy_dir, stderr};
 
 const CONFIG: &str = r#"
 [state]
@@ -100,19 +97,6 @@ fn prepared() -> Deployment {
     );
     d.write("crm/contacts.csv", &contacts);
     d
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn copy_of(d: &Deployment) -> Deployment {

@@ -314,3 +314,94 @@ fn jsonl_files_sync_like_csv() {
     );
     assert_eq!(d.sync()["writes"], 0);
 }
+
+#[test]
+fn r2_a_contact_holds_one_link_per_code_and_an_account_one_contact() {
+    let d = seeded();
+    d.sync();
+    let links = d.links();
+    // C1 is customer and vendor at once: two codes, one link each.
+    let of_c1: Vec<&str> = links
+        .iter()
+        .filter(|l| l.1 == "C1")
+        .map(|l| l.0.as_str())
+        .collect();
+    assert_eq!(of_c1, vec!["CUST", "VEND"]);
+    for (i, a) in links.iter().enumerate() {
+        for b in &links[i + 1..] {
+            assert!(!(a.0 == b.0 && a.1 == b.1), "two {} links for {}", a.0, a.1);
+            assert!(
+                !(a.0 == b.0 && a.2 == b.2),
+                "two contacts for {} {}",
+                a.0,
+                a.2
+            );
+        }
+    }
+    // A second contact for K1, or a second customer for C1, is refused.
+    let out = d.tandem(&["link", "CUST", "C4", "K1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already belongs to another contact"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.tandem(&["link", "CUST", "C1", "K4"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already has a CUST link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(d.links(), links);
+}
+
+#[test]
+fn r8_field_sets_and_preserve_lists_per_kind() {
+    let config = format!(
+        "{}\n[relations.BANK]\nkind = \"bank_account\"\nconnector = \"erp\"\nmatch = [[\"name\"]]\n",
+        crate::support::CONFIG
+    );
+    let d = Deployment::with_config(&config);
+    d.write(
+        "crm/contacts.csv",
+        "id,name,email,vat_registration_no,currency_code\nC1,Acme NV,info@acme.be,BE0111,USD\n",
+    );
+    d.write(
+        "erp/customers.csv",
+        "id,name,vat_registration_no,currency_code\nK1,Acme,BE0111,EUR\n",
+    );
+    d.write(
+        "erp/bank_accounts.csv",
+        "id,name,iban\nB1,Acme NV,BE71096123456769\n",
+    );
+    d.sync();
+    let contacts = d.read("crm/contacts.csv");
+    let banks = d.read("erp/bank_accounts.csv");
+    let customers = d.read("erp/customers.csv");
+    // Bank accounts share no VAT number; the IBAN is the bank account's alone.
+    assert_eq!(cell(&banks, "B1", "vat_registration_no"), None, "{banks}");
+    assert_eq!(cell(&banks, "B1", "email").as_deref(), Some("info@acme.be"));
+    assert_eq!(cell(&contacts, "C1", "iban"), None, "{contacts}");
+    // Customers preserve currency_code: the ERP's value wins and is never overwritten.
+    assert_eq!(
+        cell(&customers, "K1", "currency_code").as_deref(),
+        Some("EUR")
+    );
+    assert_eq!(
+        cell(&contacts, "C1", "currency_code").as_deref(),
+        Some("EUR")
+    );
+    let edited = d.read("crm/contacts.csv").replace("EUR", "GBP");
+    d.write("crm/contacts.csv", &edited);
+    d.sync();
+    assert_eq!(
+        cell(&d.read("erp/customers.csv"), "K1", "currency_code").as_deref(),
+        Some("EUR")
+    );
+    assert_eq!(
+        cell(&d.read("crm/contacts.csv"), "C1", "currency_code").as_deref(),
+        Some("EUR")
+    );
+    assert_eq!(d.sync()["writes"], 0);
+}
