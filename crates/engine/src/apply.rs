@@ -145,7 +145,8 @@ pub(crate) async fn apply(
             )
         })
         .collect();
-    let contact_types: HashMap<String, Option<String>> = contacts
+    // The company of every contact that changed (R3, R10); `None` for companies.
+    let person_companies: HashMap<String, Option<String>> = contacts
         .changed
         .iter()
         .filter_map(|id| input.contacts.get(id))
@@ -809,7 +810,7 @@ pub(crate) async fn apply(
 
     // 5. What was read and not otherwise settled: remember it as seen; forget the
     //    deleted; then the cursors.
-    for (id, company) in contact_types {
+    for (id, company) in person_companies {
         batch.set_companies.push((id, company));
     }
     for id in &contacts.deleted {
