@@ -37,6 +37,8 @@ fn registry() -> Registry {
     let mut registry = Registry::new();
     #[cfg(feature = "connector-file")]
     registry.register(Box::new(tandem_connector_file::FileConnectorFactory));
+    #[cfg(feature = "connector-tryton")]
+    registry.register(Box::new(tandem_connector_tryton::TrytonConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
     registry

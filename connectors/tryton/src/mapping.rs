@@ -1,0 +1,751 @@
+//! Between Tryton's records (as `read` returns them, with dotted child fields) and the
+//! common model. Pure functions: no IO.
+//!
+//! | model field | Tryton |
+//! |---|---|
+//! | `name` | `party.name` |
+//! | `address`, `address_2` | first and further lines of the first address's street |
+//! | `city`, `post_code`, `country_code` | the first address's `city`, `postal_code`, `country.code` |
+//! | `phone`, `mobile_phone`, `fax`, `email`, `home_page` | the first contact mechanism of type phone, mobile, fax, email, website |
+//! | `vat_registration_no` | the first identifier of type `eu_vat` (or another `*_vat`); new ones are `eu_vat` |
+//! | `registration_no` | the first identifier without a type |
+//! | `language_code` | `lang.code` |
+//! | `x_code` | `party.code` (read only: Tryton's sequence sets it) |
+//! | `iban` | the account number of type iban (compact) |
+//! | `bank_account_no` | the account number of type other |
+//! | `swift_code` | the bank's BIC |
+//!
+//! Everything else Tryton holds (other addresses and contact mechanisms, categories,
+//! other identifiers, owners, ...) is never written.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value as Json, json};
+use tandem_connector::Changes;
+use tandem_model::{EntityKind, Fields, Value, field};
+
+use crate::cursor::{Micros, datetime_micros};
+
+/// What `read` asks of a party.
+pub const PARTY_FIELDS: &[&str] = &[
+    "name",
+    "code",
+    "_timestamp",
+    "create_date",
+    "write_date",
+    "categories",
+    "lang.code",
+    "addresses.street",
+    "addresses.postal_code",
+    "addresses.city",
+    "addresses.country.code",
+    "addresses.create_date",
+    "addresses.write_date",
+    "contact_mechanisms.type",
+    "contact_mechanisms.value",
+    "contact_mechanisms.create_date",
+    "contact_mechanisms.write_date",
+    "identifiers.type",
+    "identifiers.code",
+    "identifiers.create_date",
+    "identifiers.write_date",
+];
+
+/// What `read` asks of a bank account: its numbers, its bank and the bank's party.
+pub fn bank_account_fields() -> Vec<String> {
+    let mut fields: Vec<String> = [
+        "_timestamp",
+        "create_date",
+        "write_date",
+        "bank",
+        "bank.bic",
+        "bank.create_date",
+        "bank.write_date",
+        "bank.party",
+        "numbers.type",
+        "numbers.number_compact",
+        "numbers.number",
+        "numbers.create_date",
+        "numbers.write_date",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    fields.extend(
+        PARTY_FIELDS
+            .iter()
+            .filter(|f| {
+                !["code", "_timestamp", "categories"].contains(f) && !f.starts_with("identifiers")
+            })
+            .map(|f| format!("bank.party.{f}")),
+    );
+    fields
+}
+
+/// The party fields a customer or vendor maps.
+pub const PARTY_MAPPED: &[&str] = &[
+    field::NAME,
+    field::ADDRESS,
+    field::ADDRESS_2,
+    field::CITY,
+    field::POST_CODE,
+    field::COUNTRY_CODE,
+    field::PHONE,
+    field::MOBILE_PHONE,
+    field::FAX,
+    field::EMAIL,
+    field::HOME_PAGE,
+    field::VAT_REGISTRATION_NO,
+    field::REGISTRATION_NO,
+    field::LANGUAGE_CODE,
+];
+
+/// The bank party fields a bank account maps.
+pub const BANK_PARTY_MAPPED: &[&str] = &[
+    field::NAME,
+    field::ADDRESS,
+    field::ADDRESS_2,
+    field::CITY,
+    field::POST_CODE,
+    field::COUNTRY_CODE,
+    field::PHONE,
+    field::MOBILE_PHONE,
+    field::FAX,
+    field::EMAIL,
+    field::HOME_PAGE,
+    field::LANGUAGE_CODE,
+];
+
+pub const BANK_MAPPED: &[&str] = &[field::IBAN, field::SWIFT_CODE, field::BANK_ACCOUNT_NO];
+
+/// The party code, read only.
+pub const X_CODE: &str = "x_code";
+
+const MECHANISMS: &[(&str, &str)] = &[
+    (field::PHONE, "phone"),
+    (field::MOBILE_PHONE, "mobile"),
+    (field::FAX, "fax"),
+    (field::EMAIL, "email"),
+    (field::HOME_PAGE, "website"),
+];
+
+const ADDRESS_FIELDS: &[&str] = &[
+    field::ADDRESS,
+    field::ADDRESS_2,
+    field::CITY,
+    field::POST_CODE,
+    field::COUNTRY_CODE,
+];
+
+fn text(value: &Json) -> Option<&str> {
+    value.as_str().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn children<'a>(raw: &'a Json, name: &str) -> &'a [Json] {
+    raw.get(format!("{name}.").as_str())
+        .and_then(Json::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+fn id_of(raw: &Json) -> Option<i64> {
+    raw.get("id").and_then(Json::as_i64)
+}
+
+fn first_address(raw: &Json) -> Option<&Json> {
+    children(raw, "addresses").first()
+}
+
+fn mechanism<'a>(raw: &'a Json, kind: &str) -> Option<&'a Json> {
+    children(raw, "contact_mechanisms")
+        .iter()
+        .find(|m| m.get("type").and_then(Json::as_str) == Some(kind))
+}
+
+fn is_vat_type(t: Option<&str>) -> bool {
+    t.is_some_and(|t| t == "eu_vat" || t.ends_with("_vat"))
+}
+
+fn vat_identifier(raw: &Json) -> Option<&Json> {
+    let ids = children(raw, "identifiers");
+    ids.iter()
+        .find(|i| i.get("type").and_then(Json::as_str) == Some("eu_vat"))
+        .or_else(|| {
+            ids.iter()
+                .find(|i| is_vat_type(i.get("type").and_then(Json::as_str)))
+        })
+}
+
+fn registration_identifier(raw: &Json) -> Option<&Json> {
+    children(raw, "identifiers").iter().find(|i| {
+        i.get("type")
+            .and_then(Json::as_str)
+            .is_none_or(str::is_empty)
+    })
+}
+
+/// Splits a street into its first line and the rest (joined with ", ").
+fn split_street(street: &str) -> (String, String) {
+    let mut lines = street.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default().to_owned();
+    let rest: Vec<&str> = lines.collect();
+    (first, rest.join(", "))
+}
+
+/// The fields of a party: name, first address, communication, identifiers, language.
+pub fn party_fields(raw: &Json, with_identifiers: bool) -> Fields {
+    let mut fields = Fields::new();
+    let mut set = |name: &'static str, value: Option<&str>| {
+        if let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) {
+            fields.set(name, Value::text(v));
+        }
+    };
+    set(field::NAME, raw.get("name").and_then(text));
+    if let Some(address) = first_address(raw) {
+        let (line1, rest) =
+            split_street(address.get("street").and_then(Json::as_str).unwrap_or(""));
+        set(field::ADDRESS, Some(&line1));
+        set(field::ADDRESS_2, Some(&rest));
+        set(field::CITY, address.get("city").and_then(text));
+        set(field::POST_CODE, address.get("postal_code").and_then(text));
+        set(
+            field::COUNTRY_CODE,
+            address
+                .get("country.")
+                .and_then(|c| c.get("code"))
+                .and_then(text),
+        );
+    }
+    for (name, kind) in MECHANISMS {
+        set(
+            name,
+            mechanism(raw, kind)
+                .and_then(|m| m.get("value"))
+                .and_then(text),
+        );
+    }
+    if with_identifiers {
+        set(
+            field::VAT_REGISTRATION_NO,
+            vat_identifier(raw)
+                .and_then(|i| i.get("code"))
+                .and_then(text),
+        );
+        set(
+            field::REGISTRATION_NO,
+            registration_identifier(raw)
+                .and_then(|i| i.get("code"))
+                .and_then(text),
+        );
+        set(X_CODE, raw.get("code").and_then(text));
+    }
+    set(
+        field::LANGUAGE_CODE,
+        raw.get("lang.").and_then(|l| l.get("code")).and_then(text),
+    );
+    fields
+}
+
+/// The fields of a bank account: its bank party's, its numbers, its bank's BIC.
+pub fn bank_account_fields_of(raw: &Json) -> Fields {
+    let bank = raw.get("bank.").filter(|b| b.is_object());
+    let mut fields = bank
+        .and_then(|b| b.get("party."))
+        .filter(|p| p.is_object())
+        .map(|p| party_fields(p, false))
+        .unwrap_or_default();
+    if let Some(bic) = bank.and_then(|b| b.get("bic")).and_then(text) {
+        fields.set(field::SWIFT_CODE, Value::text(bic));
+    }
+    for number in children(raw, "numbers") {
+        let (name, value) = match number.get("type").and_then(Json::as_str) {
+            Some("iban") => (
+                field::IBAN,
+                number
+                    .get("number_compact")
+                    .and_then(text)
+                    .or_else(|| number.get("number").and_then(text)),
+            ),
+            Some("other") => (field::BANK_ACCOUNT_NO, number.get("number").and_then(text)),
+            _ => continue,
+        };
+        if let Some(v) = value
+            && fields.get(name).is_none()
+        {
+            fields.set(name, Value::text(v));
+        }
+    }
+    fields
+}
+
+/// The newest `create_date` or `write_date` anywhere in the record and its children.
+pub fn newest(raw: &Json) -> Option<Micros> {
+    match raw {
+        Json::Object(map) => map
+            .iter()
+            .filter_map(|(k, v)| {
+                if k == "create_date" || k == "write_date" {
+                    datetime_micros(v)
+                } else {
+                    newest(v)
+                }
+            })
+            .max(),
+        Json::Array(items) => items.iter().filter_map(newest).max(),
+        _ => None,
+    }
+}
+
+/// A hash of everything read: the record's version.
+pub fn hash(raw: &Json) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(raw.to_string().as_bytes())
+}
+
+pub fn version(raw: &Json) -> String {
+    format!("{:016x}", hash(raw))
+}
+
+/// Why a write naming `name` cannot be done, if it cannot. Clearing a field Tryton has no
+/// place for is a no-op, not an error.
+pub fn refuse(kind: EntityKind, name: &str, value: &Value) -> Option<String> {
+    let mapped = match kind {
+        EntityKind::BankAccount => BANK_PARTY_MAPPED.contains(&name) || BANK_MAPPED.contains(&name),
+        _ => PARTY_MAPPED.contains(&name),
+    };
+    if mapped {
+        return None;
+    }
+    if name == X_CODE && kind != EntityKind::BankAccount {
+        return Some(
+            "`x_code` is the party code Tryton's sequence sets; it cannot be written".into(),
+        );
+    }
+    if field::is_canonical_for(kind, name) {
+        if value.is_empty() {
+            return None;
+        }
+        return Some(format!(
+            "Tryton has no place for `{name}` on a {kind}; leave it out of the relation's \
+             `fields`"
+        ));
+    }
+    if field::is_extra(name) {
+        return Some(format!(
+            "the Tryton connector knows no extra field `{name}`"
+        ));
+    }
+    Some(format!("`{name}` is not a field of a {kind}"))
+}
+
+/// Ids of countries (by upper-case code) and languages (by lower-case code).
+#[derive(Debug, Default, Clone)]
+pub struct Lookups {
+    pub countries: HashMap<String, i64>,
+    pub langs: HashMap<String, i64>,
+}
+
+impl Lookups {
+    fn country(&self, code: &str) -> Result<i64, String> {
+        self.countries
+            .get(&code.trim().to_uppercase())
+            .copied()
+            .ok_or_else(|| format!("Tryton has no country with the code `{}`", code.trim()))
+    }
+
+    fn lang(&self, code: &str) -> Result<i64, String> {
+        self.langs
+            .get(&lang_key(code))
+            .copied()
+            .ok_or_else(|| format!("Tryton has no language with the code `{}`", code.trim()))
+    }
+}
+
+/// Languages compare case-insensitively, `-` and `_` alike (`zh-CN` is `zh_CN`).
+pub fn lang_key(code: &str) -> String {
+    code.trim().to_lowercase().replace('-', "_")
+}
+
+fn change_text<'a>(changes: &'a Changes, name: &str) -> Option<Option<&'a str>> {
+    changes
+        .get(name)
+        .map(|v| v.as_text().map(str::trim).filter(|s| !s.is_empty()))
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    if v.is_empty() {
+        None
+    } else {
+        Some(v.to_cell().trim().to_owned()).filter(|s| !s.is_empty())
+    }
+}
+
+/// The `write` (or, without `current`, `create`) values of a party for `changes`.
+/// Children are written through the party, which bumps its `write_date`.
+pub fn party_values(
+    current: Option<&Json>,
+    changes: &Changes,
+    lookups: &Lookups,
+    with_identifiers: bool,
+) -> Result<Map<String, Json>, String> {
+    let get = |name: &str| changes.get(name).and_then(value_text);
+    let mut values = Map::new();
+    if changes.contains_key(field::NAME) {
+        values.insert("name".into(), json!(get(field::NAME)));
+    }
+
+    // The first address.
+    if ADDRESS_FIELDS.iter().any(|f| changes.contains_key(*f)) {
+        let address = current.and_then(first_address);
+        let mut a = Map::new();
+        if changes.contains_key(field::ADDRESS) || changes.contains_key(field::ADDRESS_2) {
+            let (line1, rest) = split_street(
+                address
+                    .and_then(|a| a.get("street"))
+                    .and_then(Json::as_str)
+                    .unwrap_or(""),
+            );
+            let line1 = match change_text(changes, field::ADDRESS) {
+                Some(v) => v.unwrap_or_default().to_owned(),
+                None => line1,
+            };
+            let rest = match change_text(changes, field::ADDRESS_2) {
+                Some(v) => v.unwrap_or_default().to_owned(),
+                None => rest,
+            };
+            let street = [line1, rest]
+                .into_iter()
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+            a.insert("street_unstructured".into(), json!(street));
+        }
+        if changes.contains_key(field::CITY) {
+            a.insert("city".into(), json!(get(field::CITY)));
+        }
+        if changes.contains_key(field::POST_CODE) {
+            a.insert("postal_code".into(), json!(get(field::POST_CODE)));
+        }
+        if changes.contains_key(field::COUNTRY_CODE) {
+            let country = match get(field::COUNTRY_CODE) {
+                Some(code) => json!(lookups.country(&code)?),
+                None => Json::Null,
+            };
+            a.insert("country".into(), country);
+        }
+        match address.and_then(id_of) {
+            Some(id) => {
+                values.insert("addresses".into(), json!([["write", [id], a]]));
+            }
+            None if a.values().any(|v| !v.is_null() && v != "") => {
+                values.insert("addresses".into(), json!([["create", [a]]]));
+            }
+            None => {}
+        }
+    }
+
+    // Contact mechanisms.
+    let mut ops = Vec::new();
+    let mut creates = Vec::new();
+    let mut deletes = Vec::new();
+    for (name, kind) in MECHANISMS {
+        if !changes.contains_key(*name) {
+            continue;
+        }
+        let existing = current.and_then(|c| mechanism(c, kind)).and_then(id_of);
+        match (existing, get(name)) {
+            (Some(id), Some(v)) => ops.push(json!(["write", [id], {"value": v}])),
+            (Some(id), None) => deletes.push(id),
+            (None, Some(v)) => creates.push(json!({"type": kind, "value": v})),
+            (None, None) => {}
+        }
+    }
+    push_child_ops(&mut values, "contact_mechanisms", ops, creates, deletes);
+
+    // Identifiers.
+    if with_identifiers {
+        let mut ops = Vec::new();
+        let mut creates = Vec::new();
+        let mut deletes = Vec::new();
+        for (name, kind) in [
+            (field::VAT_REGISTRATION_NO, Some("eu_vat")),
+            (field::REGISTRATION_NO, None),
+        ] {
+            if !changes.contains_key(name) {
+                continue;
+            }
+            let existing = current
+                .and_then(|c| {
+                    if kind.is_some() {
+                        vat_identifier(c)
+                    } else {
+                        registration_identifier(c)
+                    }
+                })
+                .and_then(id_of);
+            match (existing, get(name)) {
+                (Some(id), Some(v)) => ops.push(json!(["write", [id], {"code": v}])),
+                (Some(id), None) => deletes.push(id),
+                (None, Some(v)) => creates.push(json!({"type": kind, "code": v})),
+                (None, None) => {}
+            }
+        }
+        push_child_ops(&mut values, "identifiers", ops, creates, deletes);
+    }
+
+    if changes.contains_key(field::LANGUAGE_CODE) {
+        let lang = match get(field::LANGUAGE_CODE) {
+            Some(code) => json!(lookups.lang(&code)?),
+            None => Json::Null,
+        };
+        values.insert("lang".into(), lang);
+    }
+    Ok(values)
+}
+
+fn push_child_ops(
+    values: &mut Map<String, Json>,
+    name: &str,
+    mut ops: Vec<Json>,
+    creates: Vec<Json>,
+    deletes: Vec<i64>,
+) {
+    if !creates.is_empty() {
+        ops.push(json!(["create", creates]));
+    }
+    if !deletes.is_empty() {
+        ops.push(json!(["delete", deletes]));
+    }
+    if !ops.is_empty() {
+        values.insert(name.into(), Json::Array(ops));
+    }
+}
+
+/// The `numbers` operations of a bank account for `changes` (iban, bank_account_no).
+pub fn number_ops(current: Option<&Json>, changes: &Changes) -> Option<Json> {
+    let mut ops = Vec::new();
+    let mut creates = Vec::new();
+    let mut deletes = Vec::new();
+    for (name, kind) in [(field::IBAN, "iban"), (field::BANK_ACCOUNT_NO, "other")] {
+        let Some(value) = changes.get(name) else {
+            continue;
+        };
+        let existing = current
+            .map(|c| children(c, "numbers"))
+            .unwrap_or(&[])
+            .iter()
+            .find(|n| n.get("type").and_then(Json::as_str) == Some(kind))
+            .and_then(id_of);
+        match (existing, value_text(value)) {
+            (Some(id), Some(v)) => ops.push(json!(["write", [id], {"number": v}])),
+            (Some(id), None) => deletes.push(id),
+            (None, Some(v)) => creates.push(json!({"type": kind, "number": v})),
+            (None, None) => {}
+        }
+    }
+    if !creates.is_empty() {
+        ops.push(json!(["create", creates]));
+    }
+    if !deletes.is_empty() {
+        ops.push(json!(["delete", deletes]));
+    }
+    (!ops.is_empty()).then_some(Json::Array(ops))
+}
+
+/// The country and language codes `changes` name, to look up before building values.
+pub fn codes(changes: &Changes) -> (Vec<String>, Vec<String>) {
+    let country = changes
+        .get(field::COUNTRY_CODE)
+        .and_then(value_text)
+        .map(|c| c.to_uppercase());
+    let lang = changes.get(field::LANGUAGE_CODE).and_then(value_text);
+    (country.into_iter().collect(), lang.into_iter().collect())
+}
+
+/// Fields as a change set (for creates).
+pub fn as_changes(fields: &Fields) -> Changes {
+    fields
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_model::FieldName;
+
+    fn raw_party() -> Json {
+        json!({
+            "id": 7, "name": "Acme", "code": "P7", "_timestamp": "1.5",
+            "create_date": {"__class__": "datetime", "year": 2024, "month": 5, "day": 1,
+                            "hour": 12, "minute": 0, "second": 0, "microsecond": 0},
+            "write_date": null, "categories": [1, 2],
+            "lang.": {"id": 3, "code": "fr"},
+            "addresses.": [
+                {"id": 11, "street": "1 Main St\nFloor 2\nRoom 3", "postal_code": "1000",
+                 "city": "Brussels", "country.": {"id": 2, "code": "BE"},
+                 "create_date": null,
+                 "write_date": {"__class__": "datetime", "year": 2024, "month": 6, "day": 1,
+                                "hour": 8, "minute": 0, "second": 0, "microsecond": 5}},
+                {"id": 12, "street": "Elsewhere", "postal_code": "2000", "city": "Antwerp",
+                 "country.": null}
+            ],
+            "contact_mechanisms.": [
+                {"id": 21, "type": "skype", "value": "acme.sk"},
+                {"id": 22, "type": "phone", "value": "+32 9 100 0001"},
+                {"id": 23, "type": "phone", "value": "+32 9 100 0002"},
+                {"id": 24, "type": "email", "value": "info@acme.example"},
+                {"id": 25, "type": "website", "value": "https://acme.example"}
+            ],
+            "identifiers.": [
+                {"id": 31, "type": "be_vat", "code": "BE0403019261"},
+                {"id": 32, "type": null, "code": "REG 1"}
+            ]
+        })
+    }
+
+    fn changes(pairs: &[(&str, Value)]) -> Changes {
+        pairs
+            .iter()
+            .map(|(n, v)| (FieldName::new(n), v.clone()))
+            .collect()
+    }
+
+    fn lookups() -> Lookups {
+        Lookups {
+            countries: [("BE".to_owned(), 2), ("NL".to_owned(), 5)].into(),
+            langs: [("fr".to_owned(), 3), ("nl".to_owned(), 4)].into(),
+        }
+    }
+
+    #[test]
+    fn a_party_maps_to_the_common_model() {
+        let f = party_fields(&raw_party(), true);
+        assert_eq!(f.text(field::NAME), Some("Acme"));
+        assert_eq!(f.text(field::ADDRESS), Some("1 Main St"));
+        assert_eq!(f.text(field::ADDRESS_2), Some("Floor 2, Room 3"));
+        assert_eq!(f.text(field::CITY), Some("Brussels"));
+        assert_eq!(f.text(field::POST_CODE), Some("1000"));
+        assert_eq!(f.text(field::COUNTRY_CODE), Some("BE"));
+        assert_eq!(
+            f.text(field::PHONE),
+            Some("+32 9 100 0001"),
+            "the first phone"
+        );
+        assert_eq!(f.text(field::EMAIL), Some("info@acme.example"));
+        assert_eq!(f.text(field::HOME_PAGE), Some("https://acme.example"));
+        assert_eq!(f.text(field::MOBILE_PHONE), None);
+        assert_eq!(f.text(field::VAT_REGISTRATION_NO), Some("BE0403019261"));
+        assert_eq!(f.text(field::REGISTRATION_NO), Some("REG 1"));
+        assert_eq!(f.text(field::LANGUAGE_CODE), Some("fr"));
+        assert_eq!(f.text(X_CODE), Some("P7"));
+        assert_eq!(
+            newest(&raw_party()),
+            datetime_micros(&raw_party()["addresses."][0]["write_date"]),
+            "the newest timestamp includes the children's"
+        );
+    }
+
+    #[test]
+    fn updates_touch_only_what_changed_and_keep_unmapped_children() {
+        let c = changes(&[
+            (field::ADDRESS_2, Value::Null),
+            (field::COUNTRY_CODE, Value::text("nl")),
+            (field::PHONE, Value::text("+31 20 000")),
+            (field::EMAIL, Value::Null),
+            (field::FAX, Value::text("+32 9 300")),
+            (field::VAT_REGISTRATION_NO, Value::text("BE0403019262")),
+            (field::LANGUAGE_CODE, Value::text("NL")),
+        ]);
+        let values = party_values(Some(&raw_party()), &c, &lookups(), true).unwrap();
+        assert_eq!(
+            Json::Object(values),
+            json!({
+                "addresses": [["write", [11], {"street_unstructured": "1 Main St", "country": 5}]],
+                "contact_mechanisms": [
+                    ["write", [22], {"value": "+31 20 000"}],
+                    ["create", [{"type": "fax", "value": "+32 9 300"}]],
+                    ["delete", [24]]
+                ],
+                "identifiers": [["write", [31], {"code": "BE0403019262"}]],
+                "lang": 4
+            })
+        );
+    }
+
+    #[test]
+    fn creates_build_children() {
+        let c = changes(&[
+            (field::NAME, Value::text("New")),
+            (field::CITY, Value::text("Ghent")),
+            (field::EMAIL, Value::text("new@example.com")),
+            (field::REGISTRATION_NO, Value::text("R9")),
+        ]);
+        let values = party_values(None, &c, &lookups(), true).unwrap();
+        assert_eq!(
+            Json::Object(values),
+            json!({
+                "name": "New",
+                "addresses": [["create", [{"city": "Ghent"}]]],
+                "contact_mechanisms": [["create", [{"type": "email", "value": "new@example.com"}]]],
+                "identifiers": [["create", [{"type": null, "code": "R9"}]]]
+            })
+        );
+        let bad = changes(&[(field::COUNTRY_CODE, Value::text("XX"))]);
+        assert!(
+            party_values(None, &bad, &lookups(), true)
+                .unwrap_err()
+                .contains("`XX`")
+        );
+    }
+
+    #[test]
+    fn unmapped_fields_are_refused_unless_cleared() {
+        let k = EntityKind::Customer;
+        assert!(refuse(k, field::NAME, &Value::text("a")).is_none());
+        assert!(refuse(k, field::COUNTY, &Value::Null).is_none());
+        assert!(refuse(k, field::COUNTY, &Value::text("Kent")).is_some());
+        assert!(refuse(k, X_CODE, &Value::text("P1")).is_some());
+        assert!(refuse(k, "x_other", &Value::text("a")).is_some());
+        assert!(refuse(k, "nonsense", &Value::Null).is_some());
+        assert!(refuse(EntityKind::BankAccount, field::IBAN, &Value::text("BE")).is_none());
+        assert!(
+            refuse(
+                EntityKind::BankAccount,
+                field::VAT_REGISTRATION_NO,
+                &Value::text("BE")
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn a_bank_account_maps_its_bank_party() {
+        let raw = json!({
+            "id": 4, "_timestamp": "1",
+            "bank.": {"id": 1, "bic": "GEBABEBB", "party.": raw_party()},
+            "numbers.": [
+                {"id": 1, "type": "iban", "number": "BE71 0961 2345 6769",
+                 "number_compact": "BE71096123456769"},
+                {"id": 2, "type": "other", "number": "123-456", "number_compact": null}
+            ]
+        });
+        let f = bank_account_fields_of(&raw);
+        assert_eq!(f.text(field::NAME), Some("Acme"));
+        assert_eq!(f.text(field::IBAN), Some("BE71096123456769"));
+        assert_eq!(f.text(field::BANK_ACCOUNT_NO), Some("123-456"));
+        assert_eq!(f.text(field::SWIFT_CODE), Some("GEBABEBB"));
+        assert_eq!(f.text(field::VAT_REGISTRATION_NO), None);
+        let ops = number_ops(
+            Some(&raw),
+            &changes(&[
+                (field::IBAN, Value::text("BE71096123456769")),
+                (field::BANK_ACCOUNT_NO, Value::Null),
+            ]),
+        );
+        assert_eq!(
+            ops,
+            Some(json!([["write", [1], {"number": "BE71096123456769"}], ["delete", [2]]]))
+        );
+    }
+}

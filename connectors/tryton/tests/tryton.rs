@@ -1,0 +1,516 @@
+//! The Tryton connector against a real `trytond` (see `testsupport`): the conformance
+//! kit for customers, vendors and bank accounts, and the mapping of data made in
+//! Tryton itself.
+
+use serde_json::{Value as Json, json};
+use tandem_connector::testkit::{Options, UnknownField, check_conformance};
+use tandem_connector::{BuildContext, Connector, ConnectorFactory, Listing, WriteOp};
+use tandem_connector_tryton::testsupport::TrytonServer;
+use tandem_connector_tryton::{Client, Secret, TrytonConnectorFactory};
+use tandem_model::{EntityKind, Fields, Value, field};
+
+fn connector(server: &TrytonServer, batch: usize) -> std::sync::Arc<dyn Connector> {
+    let mut settings = server.settings();
+    settings["batch_size"] = json!(batch);
+    TrytonConnectorFactory
+        .build(
+            settings,
+            &BuildContext {
+                base_dir: std::env::temp_dir(),
+            },
+        )
+        .unwrap()
+}
+
+fn client(server: &TrytonServer) -> Client {
+    Client::new(
+        &server.url(),
+        "tandem",
+        "admin",
+        Secret::new(server.password.clone()),
+    )
+    .unwrap()
+}
+
+/// A valid Belgian VAT number, different for every `n`.
+pub fn be_vat(n: u32) -> String {
+    let base = 4_000_000 + u64::from(n) * 13;
+    format!("BE{base:08}{:02}", 97 - base % 97)
+}
+
+/// A valid Belgian IBAN (bank code 096), different for every `n`.
+pub fn be_iban(n: u32) -> String {
+    let account = 960_000_000_u64 + u64::from(n);
+    let national = match account % 97 {
+        0 => 97,
+        r => r,
+    };
+    let bban = format!("{account:010}{national:02}");
+    // Check digits: BBAN + "BE00" with letters as numbers (B = 11, E = 14), mod 97.
+    let digits = format!("{bban}111400");
+    let rem = digits
+        .bytes()
+        .fold(0u64, |acc, d| (acc * 10 + u64::from(d - b'0')) % 97);
+    format!("BE{:02}{bban}", 98 - rem)
+}
+
+fn sample(kind: EntityKind, v: u32) -> Fields {
+    let pick = |options: &[&str]| options[v as usize % options.len()].to_owned();
+    let mut f = Fields::new()
+        .with(field::NAME, format!("Conformance {kind} {v}"))
+        .with(field::ADDRESS, format!("{v} Sample Street"))
+        .with(field::ADDRESS_2, format!("Floor {v}"))
+        .with(field::CITY, format!("Sample City {v}"))
+        .with(field::POST_CODE, format!("{}", 1000 + v))
+        .with(
+            field::COUNTRY_CODE,
+            pick(&["BE", "NL", "DE", "FR", "LU", "AT", "DK"]),
+        )
+        .with(field::PHONE, format!("+32 9 100 {v:04}"))
+        .with(field::MOBILE_PHONE, format!("+32 470 20 {v:04}"))
+        .with(field::FAX, format!("+32 9 300 {v:04}"))
+        .with(field::EMAIL, format!("conformance{v}@example.invalid"))
+        .with(field::HOME_PAGE, format!("https://example.invalid/{v}"))
+        .with(field::LANGUAGE_CODE, pick(&["en", "fr", "de", "nl"]));
+    if kind == EntityKind::BankAccount {
+        f = f
+            .with(field::IBAN, be_iban(v))
+            .with(
+                field::SWIFT_CODE,
+                pick(&["GEBABEBB", "KREDBEBB", "BBRUBEBB"]),
+            )
+            .with(field::BANK_ACCOUNT_NO, format!("ACC-{v:06}"));
+    } else {
+        f = f
+            .with(field::VAT_REGISTRATION_NO, be_vat(v))
+            .with(field::REGISTRATION_NO, format!("REG-{v}"));
+    }
+    f
+}
+
+/// A Skype contact mechanism, which the connector does not map, added in Tryton on the
+/// party (or the bank's party) and checked after an update through the connector.
+struct Skype(Client);
+
+impl Skype {
+    async fn party(&self, kind: EntityKind, id: &str) -> Result<i64, String> {
+        let id: i64 = id.parse().map_err(|_| format!("id {id}"))?;
+        if kind != EntityKind::BankAccount {
+            return Ok(id);
+        }
+        let rows = self
+            .0
+            .model(
+                "bank.account",
+                "read",
+                vec![json!([id]), json!(["bank.party"])],
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        rows[0]["bank."]["party"]
+            .as_i64()
+            .ok_or_else(|| format!("bank account {id} has no bank party: {rows}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl UnknownField for Skype {
+    async fn inject(&self, kind: EntityKind, id: &str) -> Result<(), String> {
+        let party = self.party(kind, id).await?;
+        self.0
+            .model(
+                "party.contact_mechanism",
+                "create",
+                vec![json!([{"party": party, "type": "skype", "value": format!("skype-{id}")}])],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    async fn verify(&self, kind: EntityKind, id: &str) -> Result<(), String> {
+        let party = self.party(kind, id).await?;
+        let found = self
+            .0
+            .model(
+                "party.contact_mechanism",
+                "search_count",
+                vec![json!([
+                    ["party", "=", party],
+                    ["type", "=", "skype"],
+                    ["value", "=", format!("skype-{id}")]
+                ])],
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        if found == json!(1) {
+            Ok(())
+        } else {
+            Err(format!("the Skype mechanism of {id} is gone ({found})"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tryton_connector_conforms() {
+    let Some(server) = TrytonServer::start() else {
+        return;
+    };
+    let connector = connector(&server, 7);
+    let options = Options {
+        sample,
+        max_batch: 7,
+        unknown_field: Some(Box::new(Skype(client(&server)))),
+        ..Options::default()
+    };
+    let report = check_conformance(connector.as_ref(), &options).await;
+    if !report.passed() {
+        eprintln!(
+            "{}",
+            server
+                .log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    report.assert_passed();
+    for kind in [
+        EntityKind::Customer,
+        EntityKind::Vendor,
+        EntityKind::BankAccount,
+    ] {
+        for name in [
+            "round_trip_create",
+            "round_trip_update",
+            "stale_version",
+            "unknown_fields",
+            "invalid_field",
+            "changes",
+            "cursor",
+            "delete",
+            "not_found",
+        ] {
+            assert_eq!(
+                report.get(name, Some(kind)).map(|c| c.status),
+                Some(tandem_connector::testkit::Status::Passed),
+                "{name} [{kind}]\n{report}"
+            );
+        }
+    }
+}
+
+async fn full(
+    connector: &dyn Connector,
+    kind: EntityKind,
+) -> (Vec<tandem_model::Record>, tandem_connector::Cursor) {
+    let mut records = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = connector.read(kind, cursor.as_ref()).await.unwrap();
+        assert_eq!(page.listing, Listing::Full);
+        records.extend(page.records);
+        cursor = page.cursor;
+        if !page.has_more {
+            return (records, cursor.unwrap());
+        }
+    }
+}
+
+/// Data made in Tryton: one party both customer and supplier, changes made to child
+/// records directly, a category removed, a party deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tryton_data_maps_and_changes_are_found() {
+    let Some(server) = TrytonServer::start() else {
+        return;
+    };
+    let rpc = client(&server);
+    let connector = connector(&server, 2);
+    let cats = rpc
+        .model(
+            "party.category",
+            "search_read",
+            vec![json!([]), json!(0), Json::Null, Json::Null, json!(["name"])],
+        )
+        .await
+        .unwrap();
+    let cat = |name: &str| {
+        cats.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (customer, supplier) = (cat("Customer"), cat("Supplier"));
+    let ids = rpc
+        .model(
+            "party.party",
+            "create",
+            vec![json!([
+                {"name": "Both Ltd", "categories": [["add", [customer, supplier]]],
+                 "contact_mechanisms": [["create", [{"type": "email", "value": "both@example.com"},
+                                                     {"type": "skype", "value": "both.sk"}]]],
+                 "identifiers": [["create", [{"type": "eu_vat", "code": be_vat(1)}]]]},
+                {"name": "Only Customer", "categories": [["add", [customer]]]},
+                {"name": "Only Supplier", "categories": [["add", [supplier]]]},
+                {"name": "Nobody"}
+            ])],
+        )
+        .await
+        .unwrap();
+    let id = |i: usize| ids[i].as_i64().unwrap();
+
+    let (customers, c_cursor) = full(connector.as_ref(), EntityKind::Customer).await;
+    let (vendors, v_cursor) = full(connector.as_ref(), EntityKind::Vendor).await;
+    let names = |rs: &[tandem_model::Record]| {
+        let mut n: Vec<String> = rs
+            .iter()
+            .map(|r| r.fields.text(field::NAME).unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&customers), ["Both Ltd", "Only Customer"]);
+    assert_eq!(names(&vendors), ["Both Ltd", "Only Supplier"]);
+    let both = customers
+        .iter()
+        .find(|r| r.id == id(0).to_string())
+        .unwrap();
+    assert_eq!(both.fields.text(field::EMAIL), Some("both@example.com"));
+    assert_eq!(
+        both.fields.text(field::VAT_REGISTRATION_NO),
+        Some(be_vat(1).as_str())
+    );
+    assert!(both.modified_at.is_some());
+
+    // Nothing changed: nothing returned.
+    let page = connector
+        .read(EntityKind::Customer, Some(&c_cursor))
+        .await
+        .unwrap();
+    assert_eq!(page.listing, Listing::Changes);
+    assert!(page.records.is_empty(), "{:?}", page.records);
+
+    // A contact mechanism written directly (the party's write_date does not move), a
+    // category removed, a party deleted, a new customer.
+    let mechanism = rpc
+        .model(
+            "party.contact_mechanism",
+            "search",
+            vec![
+                json!([["party", "=", id(0)], ["type", "=", "email"]]),
+                json!(0),
+                Json::Null,
+                Json::Null,
+            ],
+        )
+        .await
+        .unwrap();
+    rpc.model(
+        "party.contact_mechanism",
+        "write",
+        vec![mechanism.clone(), json!({"value": "new@example.com"})],
+    )
+    .await
+    .unwrap();
+    rpc.model(
+        "party.party",
+        "write",
+        vec![
+            json!([id(2)]),
+            json!({"categories": [["remove", [supplier]]]}),
+        ],
+    )
+    .await
+    .unwrap();
+    rpc.model("party.party", "delete", vec![json!([id(1)])])
+        .await
+        .unwrap();
+    let new = rpc
+        .model(
+            "party.party",
+            "create",
+            vec![json!([{"name": "Late Customer", "categories": [["add", [customer]]]}])],
+        )
+        .await
+        .unwrap()[0]
+        .as_i64()
+        .unwrap();
+
+    let page = connector
+        .read(EntityKind::Customer, Some(&c_cursor))
+        .await
+        .unwrap();
+    let mut seen: Vec<(String, bool)> = page
+        .records
+        .iter()
+        .map(|r| (r.id.clone(), r.deleted))
+        .collect();
+    seen.sort();
+    let mut want = vec![
+        (id(0).to_string(), false),
+        (id(1).to_string(), true),
+        (new.to_string(), false),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
+    let changed = page
+        .records
+        .iter()
+        .find(|r| r.id == id(0).to_string())
+        .unwrap();
+    assert_eq!(changed.fields.text(field::EMAIL), Some("new@example.com"));
+    // Read again from the new cursor: the overlap window is read again, but nothing
+    // comes twice.
+    let again = connector
+        .read(EntityKind::Customer, page.cursor.as_ref())
+        .await
+        .unwrap();
+    assert!(again.records.is_empty(), "{:?}", again.records);
+
+    let page = connector
+        .read(EntityKind::Vendor, Some(&v_cursor))
+        .await
+        .unwrap();
+    let mut seen: Vec<(String, bool)> = page
+        .records
+        .iter()
+        .map(|r| (r.id.clone(), r.deleted))
+        .collect();
+    seen.sort();
+    let mut want = vec![(id(0).to_string(), false), (id(2).to_string(), true)];
+    want.sort();
+    assert_eq!(
+        seen, want,
+        "the supplier that lost its category is a tombstone"
+    );
+
+    // An update through the connector keeps the Skype mechanism and the other role.
+    let both = connector
+        .read(EntityKind::Vendor, None)
+        .await
+        .unwrap()
+        .records;
+    let both = both.iter().find(|r| r.id == id(0).to_string()).unwrap();
+    let mut changes = tandem_connector::Changes::new();
+    changes.insert("phone".into(), Value::text("+32 9 999 99 99"));
+    changes.insert("county".into(), Value::Null);
+    let out = connector
+        .write(
+            EntityKind::Vendor,
+            vec![WriteOp::Update {
+                id: both.id.clone(),
+                version: both.version.clone(),
+                changes,
+            }],
+        )
+        .await
+        .unwrap();
+    out[0].as_ref().unwrap();
+    let party = rpc
+        .model(
+            "party.party",
+            "read",
+            vec![
+                json!([id(0)]),
+                json!(["categories", "contact_mechanisms.type"]),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(party[0]["categories"].as_array().unwrap().len(), 2);
+    let types: Vec<&str> = party[0]["contact_mechanisms."]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"skype") && types.contains(&"phone"),
+        "{types:?}"
+    );
+
+    // Deleting the vendor keeps the customer; Tryton's user errors are per record.
+    let out = connector
+        .write(
+            EntityKind::Vendor,
+            vec![
+                WriteOp::Delete {
+                    id: id(0).to_string(),
+                    version: None,
+                },
+                WriteOp::Create {
+                    fields: Fields::new()
+                        .with("name", "Bad VAT")
+                        .with("vat_registration_no", "BE0000000001"),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    out[0].as_ref().unwrap();
+    assert!(
+        matches!(
+            &out[1],
+            Err(tandem_connector::ConnectorError::InvalidRecord { .. })
+        ),
+        "{:?}",
+        out[1]
+    );
+    let customers = full(connector.as_ref(), EntityKind::Customer).await.0;
+    assert!(customers.iter().any(|r| r.id == id(0).to_string()));
+    assert!(
+        !full(connector.as_ref(), EntityKind::Vendor)
+            .await
+            .0
+            .iter()
+            .any(|r| r.id == id(0).to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_an_auth_error_and_never_shown() {
+    let Some(server) = TrytonServer::start() else {
+        return;
+    };
+    let mut settings = server.settings();
+    settings["password"] = json!("not-the-password-42");
+    let connector = TrytonConnectorFactory
+        .build(
+            settings,
+            &BuildContext {
+                base_dir: std::env::temp_dir(),
+            },
+        )
+        .unwrap();
+    let e = connector.check().await.unwrap_err();
+    assert!(
+        matches!(e, tandem_connector::ConnectorError::Auth { .. }),
+        "{e:?}"
+    );
+    assert!(!e.to_string().contains("not-the-password-42"));
+    assert!(!format!("{connector:?}").contains("not-the-password-42"));
+}
+
+#[test]
+fn samples_are_valid() {
+    assert_eq!(be_iban(0).len(), 16);
+    // Known-good IBAN from Tryton's own checks.
+    let digits = |s: &str| {
+        let moved = format!("{}{}", &s[4..], &s[..4]);
+        moved.chars().fold(0u64, |acc, c| {
+            let v = c.to_digit(36).unwrap() as u64;
+            if v >= 10 {
+                (acc * 100 + v) % 97
+            } else {
+                (acc * 10 + v) % 97
+            }
+        })
+    };
+    assert_eq!(digits("BE71096123456769"), 1);
+    assert_eq!(digits(&be_iban(5)), 1);
+}
