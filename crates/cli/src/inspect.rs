@@ -505,17 +505,7 @@ fn summary_counts(summary: &serde_json::Value) -> String {
     let Some(counts) = summary["counts"].as_array() else {
         return "-".to_owned();
     };
-    let names = [
-        "linked",
-        "created",
-        "updated",
-        "unchanged",
-        "unlinked",
-        "conflicts",
-        "ambiguous",
-        "failed",
-        "parked",
-    ];
+    let names = crate::output::COUNT_NAMES;
     let shown: Vec<String> = counts
         .iter()
         .filter_map(|c| {

@@ -13,6 +13,19 @@ use tandem_model::{EntityKind, Fields, Value};
 
 /// Renders `report`; with `actions`, every link, create, field change, conflict and
 /// unlink follows the summary.
+/// The counters of a relation, in the order they are shown.
+pub const COUNT_NAMES: [&str; 9] = [
+    "linked",
+    "created",
+    "updated",
+    "unchanged",
+    "unlinked",
+    "conflicts",
+    "ambiguous",
+    "failed",
+    "parked",
+];
+
 pub fn report(
     report: &RunReport,
     relations: &Relations,
@@ -28,18 +41,9 @@ pub fn report(
             .map(|r| r.kind)
     };
 
-    let mut rows = vec![row(&[
-        "relation",
-        "linked",
-        "created",
-        "updated",
-        "unchanged",
-        "unlinked",
-        "conflicts",
-        "ambiguous",
-        "failed",
-        "parked",
-    ])];
+    let mut header = vec!["relation"];
+    header.extend(COUNT_NAMES);
+    let mut rows = vec![row(&header)];
     for c in &report.counts {
         let name = match kind_of(&c.code) {
             Some(kind) => format!("{} ({})", c.code, kind.plural()),
