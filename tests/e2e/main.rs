@@ -13,3 +13,5 @@ mod operator;
 mod plugin;
 mod quickstart;
 mod rules;
+#[cfg(feature = "connector-tryton")]
+mod tryton;

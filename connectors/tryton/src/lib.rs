@@ -22,6 +22,12 @@
 //! carrying the `_timestamp`s read just before (a change in between is a conflict);
 //! when Tryton refuses a batch, its records are tried one by one so that only the bad
 //! one fails.
+//!
+//! Versions hold a short hash per mapped field ([`mapping::version`]). An update is a
+//! conflict only when a field it names changed since its version to something other
+//! than what it writes ([`mapping::is_stale`]): a party that is both customer and
+//! vendor, updated under both roles in one run, is not refused the second write
+//! because the first one changed the party.
 
 pub mod cursor;
 pub mod mapping;
@@ -320,13 +326,10 @@ impl TrytonConnector {
 
     fn to_record(kind: EntityKind, raw: &Json) -> Record {
         let id = raw.get("id").and_then(Json::as_i64).unwrap_or_default();
-        let fields = if kind == EntityKind::BankAccount {
-            mapping::bank_account_fields_of(raw)
-        } else {
-            mapping::party_fields(raw, true)
-        };
+        let fields = mapping::fields_of(kind, raw);
+        let version = mapping::version(kind, &fields);
         let mut record = Record::new(kind, id.to_string(), fields);
-        record.version = Some(mapping::version(raw));
+        record.version = Some(version);
         record.modified_at = mapping::newest(raw).map(|m| Timestamp(m.div_euclid(1000)));
         record
     }
@@ -606,9 +609,10 @@ impl TrytonConnector {
                         outcomes[i] = Some(Err(ConnectorError::NotFound { id: id.clone() }));
                         continue;
                     };
+                    let update = matches!(op, WriteOp::Update { .. }).then_some(changes);
                     if version
-                        .as_ref()
-                        .is_some_and(|v| *v != mapping::version(raw))
+                        .as_deref()
+                        .is_some_and(|v| mapping::is_stale(kind, v, raw, update))
                     {
                         outcomes[i] = Some(Err(ConnectorError::Conflict { id: id.clone() }));
                         continue;
@@ -784,9 +788,10 @@ impl TrytonConnector {
                         outcomes[i] = Some(Err(ConnectorError::NotFound { id: id.clone() }));
                         continue;
                     };
+                    let update = matches!(op, WriteOp::Update { .. }).then_some(changes);
                     if version
-                        .as_ref()
-                        .is_some_and(|v| *v != mapping::version(raw))
+                        .as_deref()
+                        .is_some_and(|v| mapping::is_stale(kind, v, raw, update))
                     {
                         outcomes[i] = Some(Err(ConnectorError::Conflict { id: id.clone() }));
                         continue;

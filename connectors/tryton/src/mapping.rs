@@ -301,8 +301,121 @@ pub fn hash(raw: &Json) -> u64 {
     xxhash_rust::xxh3::xxh3_64(raw.to_string().as_bytes())
 }
 
-pub fn version(raw: &Json) -> String {
+/// The version of the first release: a hash of everything read. Still accepted on writes
+/// (compared as a whole), so that links stored by it keep working.
+fn legacy_version(raw: &Json) -> String {
     format!("{:016x}", hash(raw))
+}
+
+/// Marks a version made of one short hash per mapped field.
+const VERSION_PREFIX: &str = "f1:";
+
+/// The fields a version covers, in a fixed order.
+fn versioned(kind: EntityKind) -> Vec<&'static str> {
+    match kind {
+        EntityKind::BankAccount => BANK_PARTY_MAPPED
+            .iter()
+            .chain(BANK_MAPPED)
+            .copied()
+            .collect(),
+        _ => PARTY_MAPPED.iter().copied().chain([X_CODE]).collect(),
+    }
+}
+
+fn field_hash(value: Option<&Value>) -> u32 {
+    let cell = value.map(Value::to_cell).unwrap_or_default();
+    // Truncation on purpose: 32 bits per field keep versions short.
+    xxhash_rust::xxh3::xxh3_64(cell.trim().as_bytes()) as u32
+}
+
+/// The mapped fields of a record as `read` returned it.
+pub fn fields_of(kind: EntityKind, raw: &Json) -> Fields {
+    if kind == EntityKind::BankAccount {
+        bank_account_fields_of(raw)
+    } else {
+        party_fields(raw, true)
+    }
+}
+
+/// A record's version: `f1:` and 8 hex digits per mapped field (see [`versioned`]), so
+/// that a write can tell which fields changed since the version was read.
+pub fn version(kind: EntityKind, fields: &Fields) -> String {
+    let mut out = String::from(VERSION_PREFIX);
+    for name in versioned(kind) {
+        out.push_str(&format!("{:08x}", field_hash(fields.get(name))));
+    }
+    out
+}
+
+/// The per-field hashes of a version, by field name (`None`: not a per-field version
+/// of this kind).
+fn field_hashes(kind: EntityKind, version: &str) -> Option<HashMap<&'static str, u32>> {
+    let hex = version.strip_prefix(VERSION_PREFIX)?;
+    let names = versioned(kind);
+    if hex.len() != names.len() * 8 || !hex.is_ascii() {
+        return None;
+    }
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| Some((name, u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).ok()?)))
+        .collect()
+}
+
+/// Whether two values of `name` are the same once Tryton has stored them (it compacts
+/// identifiers and codes).
+fn same_value(name: &str, a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    if matches!(
+        name,
+        field::IBAN
+            | field::SWIFT_CODE
+            | field::VAT_REGISTRATION_NO
+            | field::COUNTRY_CODE
+            | field::LANGUAGE_CODE
+            | field::EMAIL
+    ) {
+        let compact = |s: &str| {
+            s.chars()
+                .filter(|c| !c.is_whitespace())
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        };
+        return compact(a) == compact(b);
+    }
+    a == b
+}
+
+/// Whether a write carrying `version` must be refused as a conflict, given the record
+/// as it is now (`raw`, read just before writing).
+///
+/// An update (`changes`) conflicts only when a field it names changed since `version`
+/// to something other than what it writes: another field changed meanwhile (by
+/// Tryton's users, or by the write of the party's other role in the same run) is no
+/// conflict, and Tryton keeps that change. A delete (`None`) conflicts when any mapped
+/// field changed.
+pub fn is_stale(kind: EntityKind, version: &str, raw: &Json, changes: Option<&Changes>) -> bool {
+    let Some(then) = field_hashes(kind, version) else {
+        return version != legacy_version(raw);
+    };
+    let now = fields_of(kind, raw);
+    let changed = |name: &str| {
+        then.get(name)
+            .is_some_and(|h| *h != field_hash(now.get(name)))
+    };
+    match changes {
+        None => then.keys().any(|name| changed(name)),
+        Some(changes) => changes.iter().any(|(name, value)| {
+            changed(name.as_str())
+                && !same_value(
+                    name.as_str(),
+                    &now.get(name.as_str())
+                        .map(Value::to_cell)
+                        .unwrap_or_default(),
+                    &value.to_cell(),
+                )
+        }),
+    }
 }
 
 /// Why a write naming `name` cannot be done, if it cannot. Clearing a field Tryton has no
@@ -573,6 +686,56 @@ pub fn as_changes(fields: &Fields) -> Changes {
 mod tests {
     use super::*;
     use tandem_model::FieldName;
+
+    #[test]
+    fn versions_tell_which_fields_changed() {
+        let kind = EntityKind::Customer;
+        let then = raw_party();
+        let version = version(kind, &fields_of(kind, &then));
+        assert!(version.starts_with("f1:"), "{version}");
+        assert_eq!(version, super::version(kind, &fields_of(kind, &then)));
+        let mut now = then.clone();
+        now["name"] = json!("Acme Renamed");
+        let set = |name: &'static str, value: &str| {
+            let mut c = Changes::new();
+            c.insert(FieldName::new(name), Value::text(value));
+            c
+        };
+        // Unchanged record: nothing is stale.
+        assert!(!is_stale(
+            kind,
+            &version,
+            &then,
+            Some(&set(field::NAME, "X"))
+        ));
+        assert!(!is_stale(kind, &version, &then, None));
+        // Another field changed: an update of the city is no conflict, a delete is.
+        assert!(!is_stale(
+            kind,
+            &version,
+            &now,
+            Some(&set(field::CITY, "Ghent"))
+        ));
+        assert!(is_stale(kind, &version, &now, None));
+        // The named field changed: a conflict, unless to what is being written.
+        assert!(is_stale(
+            kind,
+            &version,
+            &now,
+            Some(&set(field::NAME, "Other"))
+        ));
+        assert!(!is_stale(
+            kind,
+            &version,
+            &now,
+            Some(&set(field::NAME, "Acme Renamed"))
+        ));
+        // Versions of the first release are compared as a whole; garbage conflicts.
+        assert!(!is_stale(kind, &legacy_version(&then), &then, None));
+        assert!(is_stale(kind, &legacy_version(&then), &now, None));
+        assert!(is_stale(kind, "f1:zz", &then, None));
+        assert!(is_stale(EntityKind::BankAccount, &version, &then, None));
+    }
 
     fn raw_party() -> Json {
         json!({

@@ -472,6 +472,147 @@ async fn tryton_data_maps_and_changes_are_found() {
     );
 }
 
+fn set(pairs: &[(&'static str, &str)]) -> tandem_connector::Changes {
+    let mut changes = tandem_connector::Changes::new();
+    for (name, value) in pairs {
+        changes.insert(tandem_model::FieldName::new(name), Value::text(*value));
+    }
+    changes
+}
+
+async fn update(
+    connector: &dyn Connector,
+    kind: EntityKind,
+    record: &tandem_model::Record,
+    changes: tandem_connector::Changes,
+) -> Result<tandem_connector::Written, tandem_connector::ConnectorError> {
+    let op = WriteOp::Update {
+        id: record.id.clone(),
+        version: record.version.clone(),
+        changes,
+    };
+    connector.write(kind, vec![op]).await.unwrap().remove(0)
+}
+
+/// A party that is both customer and vendor, updated under both roles with the versions
+/// read at the start of a run (as the engine does when a contact linked to both
+/// changes): the second write is no conflict, though the first changed the party. A
+/// field changed in Tryton to something else than what is written still is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_roles_updated_in_one_run_are_no_conflict() {
+    let Some(server) = TrytonServer::start() else {
+        return;
+    };
+    let connector = connector(&server, 10);
+    let fields = Fields::new()
+        .with(field::NAME, "Both Roles Ltd")
+        .with(field::PHONE, "+32 9 100 0001")
+        .with(field::CITY, "Ghent");
+    let created = connector
+        .write(
+            EntityKind::Customer,
+            vec![WriteOp::Create {
+                fields: fields.clone(),
+            }],
+        )
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    // The supplier role: the same party gets the supplier category.
+    let rpc = client(&server);
+    let supplier = rpc
+        .model(
+            "party.category",
+            "search",
+            vec![
+                json!([["name", "=", "Supplier"]]),
+                json!(0),
+                json!(1),
+                Json::Null,
+            ],
+        )
+        .await
+        .unwrap();
+    let party: i64 = created.id.parse().unwrap();
+    rpc.model(
+        "party.party",
+        "write",
+        vec![json!([party]), json!({"categories": [["add", supplier]]})],
+    )
+    .await
+    .unwrap();
+
+    // The run reads both roles first.
+    let (customers, _) = full(connector.as_ref(), EntityKind::Customer).await;
+    let (vendors, _) = full(connector.as_ref(), EntityKind::Vendor).await;
+    let customer = customers.iter().find(|r| r.id == created.id).unwrap();
+    let vendor = vendors.iter().find(|r| r.id == created.id).unwrap();
+
+    // Then writes the same change under both roles, with those versions.
+    let phone = [(field::PHONE, "+32 9 100 0002")];
+    update(
+        connector.as_ref(),
+        EntityKind::Customer,
+        customer,
+        set(&phone),
+    )
+    .await
+    .unwrap();
+    let written = update(connector.as_ref(), EntityKind::Vendor, vendor, set(&phone))
+        .await
+        .unwrap();
+    // A field the other write did not touch is no conflict either.
+    update(
+        connector.as_ref(),
+        EntityKind::Vendor,
+        vendor,
+        set(&[(field::CITY, "Bruges")]),
+    )
+    .await
+    .unwrap();
+    let (vendors, _) = full(connector.as_ref(), EntityKind::Vendor).await;
+    let now = vendors.iter().find(|r| r.id == created.id).unwrap();
+    assert_eq!(now.fields.text(field::PHONE), Some("+32 9 100 0002"));
+    assert_eq!(now.fields.text(field::CITY), Some("Bruges"));
+    assert_ne!(written.version, vendor.version);
+
+    // A real conflict: the phone changed (by the first write) to something other than
+    // what a write with the old version sends.
+    let e = update(
+        connector.as_ref(),
+        EntityKind::Vendor,
+        vendor,
+        set(&[(field::PHONE, "+32 9 100 0003")]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, tandem_connector::ConnectorError::Conflict { .. }),
+        "{e:?}"
+    );
+    // And a delete with a version older than any change.
+    let e = connector
+        .write(
+            EntityKind::Vendor,
+            vec![WriteOp::Delete {
+                id: vendor.id.clone(),
+                version: vendor.version.clone(),
+            }],
+        )
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap_err();
+    assert!(
+        matches!(e, tandem_connector::ConnectorError::Conflict { .. }),
+        "{e:?}"
+    );
+    let (vendors, _) = full(connector.as_ref(), EntityKind::Vendor).await;
+    let after = vendors.iter().find(|r| r.id == created.id).unwrap();
+    assert_eq!(after.fields.text(field::PHONE), Some("+32 9 100 0002"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_an_auth_error_and_never_shown() {
     let Some(server) = TrytonServer::start() else {

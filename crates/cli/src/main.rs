@@ -39,6 +39,8 @@ fn registry() -> Registry {
     registry.register(Box::new(tandem_connector_file::FileConnectorFactory));
     #[cfg(feature = "connector-tryton")]
     registry.register(Box::new(tandem_connector_tryton::TrytonConnectorFactory));
+    #[cfg(feature = "connector-carddav")]
+    registry.register(Box::new(tandem_connector_carddav::CarddavConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
     registry

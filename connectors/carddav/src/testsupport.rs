@@ -1,0 +1,205 @@
+//! Real CardDAV servers per test (cargo feature `testsupport`).
+//!
+//! `scripts/carddav-env` installs Radicale and Xandikos into cached virtual environments
+//! and exports `TANDEM_RADICALE_BIN` and `TANDEM_XANDIKOS_BIN`; `scripts/test` runs it
+//! first. [`CardServer::radicale`] / [`CardServer::xandikos`] start a server on a free
+//! loopback port with a storage folder of its own, wait until it answers and create an
+//! empty address book; dropping the server kills the process.
+//!
+//! Without the environment, tests are skipped with a message when run locally, and fail
+//! when `CI` is set: a CI run must never pass by skipping.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "tandem";
+pub const PASSWORD: &str = "tandem-test-pw";
+
+/// Which server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Radicale with htpasswd (plain) auth: user [`USER`], password [`PASSWORD`].
+    Radicale,
+    /// Xandikos, without auth (it has password auth only with its own TLS).
+    Xandikos,
+}
+
+/// A running CardDAV server with one empty address book.
+#[derive(Debug)]
+pub struct CardServer {
+    child: Child,
+    pub flavor: Flavor,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl CardServer {
+    pub fn radicale() -> Option<CardServer> {
+        Self::start(Flavor::Radicale)
+    }
+
+    pub fn xandikos() -> Option<CardServer> {
+        Self::start(Flavor::Xandikos)
+    }
+
+    /// Starts a server, or returns `None` (after printing why) when the environment is
+    /// missing and `CI` is not set.
+    ///
+    /// # Panics
+    /// When the environment is missing under `CI`, or the server does not start.
+    pub fn start(flavor: Flavor) -> Option<CardServer> {
+        let var = match flavor {
+            Flavor::Radicale => "TANDEM_RADICALE_BIN",
+            Flavor::Xandikos => "TANDEM_XANDIKOS_BIN",
+        };
+        let Some(bin) = std::env::var_os(var) else {
+            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+            let message = format!(
+                "{var} is not set: run `eval \"$(bash scripts/carddav-env)\"` first (scripts/test does)"
+            );
+            if ci {
+                panic!("{message}; CI must not skip the CardDAV tests");
+            }
+            eprintln!("skipping a CardDAV test: {message}");
+            return None;
+        };
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Self::try_start(flavor, PathBuf::from(&bin)) {
+                Ok(server) => return Some(server),
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("{flavor:?} did not start: {last_error}");
+    }
+
+    fn try_start(flavor: Flavor, bin: PathBuf) -> Result<CardServer, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
+        let mut cmd = match flavor {
+            Flavor::Radicale => {
+                let users = dir.path().join("users");
+                std::fs::write(&users, format!("{USER}:{PASSWORD}\n"))
+                    .map_err(|e| e.to_string())?;
+                let config = dir.path().join("radicale.conf");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "[server]\nhosts = 127.0.0.1:{port}\n[auth]\ntype = htpasswd\n\
+                         htpasswd_filename = {}\nhtpasswd_encryption = plain\ndelay = 0\n\
+                         [rights]\ntype = owner_only\n[storage]\nfilesystem_folder = {}\n\
+                         [logging]\nlevel = warning\n",
+                        users.display(),
+                        storage.display()
+                    ),
+                )
+                .map_err(|e| e.to_string())?;
+                let mut c = Command::new(bin.join("radicale"));
+                c.arg("-C").arg(&config);
+                c
+            }
+            Flavor::Xandikos => {
+                let mut c = Command::new(bin.join("xandikos"));
+                c.args(["serve", "-d"]).arg(&storage).args([
+                    "--defaults",
+                    "-l",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "--no-detect-systemd",
+                ]);
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run the server in {}: {e}", bin.display()))?;
+        let mut server = CardServer {
+            child,
+            flavor,
+            port,
+            dir,
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!("exited with {status}: {}", server.log()));
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("no answer within 30 s: {}", server.log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    /// The base URL, `http://127.0.0.1:<port>/`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Creates address book `name` (MKCOL with the addressbook resource type) and
+    /// returns its URL.
+    pub async fn new_book(&self, name: &str) -> String {
+        let url = match self.flavor {
+            Flavor::Radicale => format!("{}{USER}/{name}/", self.base()),
+            Flavor::Xandikos => format!("{}user/contacts/{name}/", self.base()),
+        };
+        let body = r#"<?xml version="1.0" encoding="utf-8"?><d:mkcol xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:set><d:prop><d:resourcetype><d:collection/><card:addressbook/></d:resourcetype></d:prop></d:set></d:mkcol>"#;
+        let resp = self
+            .http(reqwest::Method::from_bytes(b"MKCOL").expect("method"), &url)
+            .header("Content-Type", "application/xml; charset=utf-8")
+            .body(body)
+            .send()
+            .await
+            .expect("MKCOL");
+        assert_eq!(resp.status().as_u16(), 201, "MKCOL {url}: {}", self.log());
+        url
+    }
+
+    /// A request with this server's credentials.
+    pub fn http(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = reqwest::Client::new().request(method, url);
+        match self.flavor {
+            Flavor::Radicale => req.basic_auth(USER, Some(PASSWORD)),
+            Flavor::Xandikos => req,
+        }
+    }
+
+    /// The settings of a `type = "carddav"` connector on `book`.
+    pub fn settings(&self, book: &str) -> serde_json::Value {
+        match self.flavor {
+            Flavor::Radicale => {
+                serde_json::json!({"url": book, "username": USER, "password": PASSWORD})
+            }
+            Flavor::Xandikos => serde_json::json!({ "url": book }),
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for CardServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,307 @@
+//! The CardDAV connector against real servers (see `testsupport`): the conformance kit on
+//! Radicale and Xandikos, unknown properties surviving updates, conflicts, sync-token
+//! resumption and unparseable cards.
+
+use std::sync::Arc;
+
+use reqwest::Method;
+use tandem_connector::testkit::{Options, UnknownField, check_conformance};
+use tandem_connector::{
+    BuildContext, Connector, ConnectorError, ConnectorFactory, Listing, WriteOp,
+};
+use tandem_connector_carddav::testsupport::{CardServer, Flavor, PASSWORD, USER};
+use tandem_connector_carddav::vcard::Card;
+use tandem_connector_carddav::{CarddavConnector, CarddavConnectorFactory};
+use tandem_model::{EntityKind, Fields, Value, field};
+
+fn build(server: &CardServer, book: &str) -> Arc<dyn Connector> {
+    CarddavConnectorFactory
+        .build(
+            server.settings(book),
+            &BuildContext {
+                base_dir: std::env::temp_dir(),
+            },
+        )
+        .unwrap()
+}
+
+/// Adds properties Tandem does not map to a card behind the connector's back.
+struct Foreign {
+    book: String,
+    auth: bool,
+}
+
+impl Foreign {
+    fn req(&self, method: Method, id: &str) -> reqwest::RequestBuilder {
+        let r = reqwest::Client::new().request(method, format!("{}{id}", self.book));
+        if self.auth {
+            r.basic_auth(USER, Some(PASSWORD))
+        } else {
+            r
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl UnknownField for Foreign {
+    async fn inject(&self, _kind: EntityKind, id: &str) -> Result<(), String> {
+        let resp = self
+            .req(Method::GET, id)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        let text = text.replace(
+            "END:VCARD",
+            "NOTE:keep me\\, please\r\nX-OTHER-APP;X-P=1:other value\r\nitem9.TEL;TYPE=HOME:+1 555 0100\r\nEND:VCARD",
+        );
+        let resp = self
+            .req(Method::PUT, id)
+            .header("If-Match", etag)
+            .header("Content-Type", "text/vcard; charset=utf-8")
+            .body(text)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("PUT: {}", resp.status()))
+        }
+    }
+
+    async fn verify(&self, _kind: EntityKind, id: &str) -> Result<(), String> {
+        let text = self
+            .req(Method::GET, id)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let card = Card::parse(&text)?;
+        let note = card.first("NOTE").map(|p| p.text());
+        let other = card.first("X-OTHER-APP");
+        let home = card
+            .all("TEL")
+            .find(|p| p.param_values("TYPE").contains(&"home".to_owned()));
+        if note.as_deref() == Some("keep me, please")
+            && other.is_some_and(|p| p.text() == "other value" && p.param("X-P") == Some("1"))
+            && home.is_some_and(|p| p.text() == "+1 555 0100")
+        {
+            Ok(())
+        } else {
+            Err(format!("foreign properties lost:\n{text}"))
+        }
+    }
+}
+
+async fn conformance(flavor: Flavor) {
+    let Some(server) = CardServer::start(flavor) else {
+        return;
+    };
+    let book = server.new_book("conformance").await;
+    let connector = build(&server, &book);
+    let options = Options {
+        max_batch: 10,
+        unknown_field: Some(Box::new(Foreign {
+            book: book.clone(),
+            auth: flavor == Flavor::Radicale,
+        })),
+        ..Options::default()
+    };
+    let report = check_conformance(connector.as_ref(), &options).await;
+    if !report.passed() {
+        eprintln!("{}", server.log());
+    }
+    report.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_on_radicale() {
+    conformance(Flavor::Radicale).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_on_xandikos() {
+    conformance(Flavor::Xandikos).await;
+}
+
+async fn create(c: &dyn Connector, fields: Fields) -> (String, String) {
+    let w = c
+        .write(EntityKind::Contact, vec![WriteOp::Create { fields }])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    (w.id, w.version.unwrap())
+}
+
+async fn stale_version_and_412_are_conflicts(flavor: Flavor) {
+    let Some(server) = CardServer::start(flavor) else {
+        return;
+    };
+    let book = server.new_book("conflicts").await;
+    let c = build(&server, &book);
+    let (id, v1) = create(c.as_ref(), Fields::new().with(field::NAME, "Acme")).await;
+    let update = |version: &str, city: &str| WriteOp::Update {
+        id: id.clone(),
+        version: Some(version.to_owned()),
+        changes: [(field::CITY.into(), Value::text(city))]
+            .into_iter()
+            .collect(),
+    };
+    let out = c
+        .write(EntityKind::Contact, vec![update(&v1, "Gent")])
+        .await
+        .unwrap();
+    let v2 = out[0].clone().unwrap().version.unwrap();
+    assert_ne!(v1, v2);
+    // The version the op carries is stale: Conflict, nothing written.
+    let out = c
+        .write(EntityKind::Contact, vec![update(&v1, "Brugge")])
+        .await
+        .unwrap();
+    assert_eq!(out[0], Err(ConnectorError::Conflict { id: id.clone() }));
+    // A 412 from the server itself (a stale If-Match on DELETE).
+    let out = c
+        .write(
+            EntityKind::Contact,
+            vec![WriteOp::Delete {
+                id: id.clone(),
+                version: Some(v1.clone()),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0], Err(ConnectorError::Conflict { id: id.clone() }));
+    let page = c.read(EntityKind::Contact, None).await.unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].fields.text(field::CITY), Some("Gent"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicts_on_radicale() {
+    stale_version_and_412_are_conflicts(Flavor::Radicale).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicts_on_xandikos() {
+    stale_version_and_412_are_conflicts(Flavor::Xandikos).await;
+}
+
+async fn token_resumes_and_bad_token_falls_back(flavor: Flavor) {
+    let Some(server) = CardServer::start(flavor) else {
+        return;
+    };
+    let book = server.new_book("sync").await;
+    let c = build(&server, &book);
+    let (a, _) = create(c.as_ref(), Fields::new().with(field::NAME, "A")).await;
+    let (b, vb) = create(c.as_ref(), Fields::new().with(field::NAME, "B")).await;
+    let first = c.read(EntityKind::Contact, None).await.unwrap();
+    assert_eq!(first.listing, Listing::Full);
+    assert_eq!(first.records.len(), 2);
+    let cursor = first.cursor.unwrap();
+    // Nothing changed: an empty change set.
+    let same = c.read(EntityKind::Contact, Some(&cursor)).await.unwrap();
+    assert_eq!((same.listing, same.records.len()), (Listing::Changes, 0));
+    let (new, _) = create(c.as_ref(), Fields::new().with(field::NAME, "C")).await;
+    c.write(
+        EntityKind::Contact,
+        vec![WriteOp::Delete {
+            id: b.clone(),
+            version: Some(vb),
+        }],
+    )
+    .await
+    .unwrap()[0]
+        .clone()
+        .unwrap();
+    let changes = c.read(EntityKind::Contact, Some(&cursor)).await.unwrap();
+    assert_eq!(changes.listing, Listing::Changes);
+    let mut seen: Vec<(String, bool)> = changes
+        .records
+        .iter()
+        .map(|r| (r.id.clone(), r.deleted))
+        .collect();
+    seen.sort();
+    let mut want = vec![(new, false), (b, true)];
+    want.sort();
+    assert_eq!(seen, want);
+    assert!(!changes.records.iter().any(|r| r.id == a));
+    // A token the server does not know: a full listing again, not an error or a gap.
+    let bogus = tandem_connector::Cursor(
+        r#"{"token":"http://radicale.org/ns/sync/0000000000000000000000000000000000000000000000000000000000000000"}"#
+            .into(),
+    );
+    let full = c.read(EntityKind::Contact, Some(&bogus)).await.unwrap();
+    assert_eq!(full.listing, Listing::Full);
+    assert_eq!(full.records.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_on_radicale() {
+    token_resumes_and_bad_token_falls_back(Flavor::Radicale).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_on_xandikos() {
+    token_resumes_and_bad_token_falls_back(Flavor::Xandikos).await;
+}
+
+/// Xandikos stores cards byte for byte, so a card only it accepts (a line without a
+/// colon inside, after a valid FN and UID) reaches the connector as-is.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unparseable_card_is_skipped_with_its_href_and_retried() {
+    let Some(server) = CardServer::xandikos() else {
+        return;
+    };
+    let book = server.new_book("bad").await;
+    let c = CarddavConnector::from_settings(server.settings(&book)).unwrap();
+    let (good, _) = create(&c, Fields::new().with(field::NAME, "Good")).await;
+    let bad = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:bad-1\r\nFN:Bad\r\nN:Bad;;;;\r\nEND:VCARD\r\nBEGIN:VCARD\r\nEND:VCARD\r\n";
+    let resp = server
+        .http(Method::PUT, &format!("{book}bad-1.vcf"))
+        .header("Content-Type", "text/vcard")
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
+    if !resp.status().is_success() {
+        panic!("the server refused the bad card: {}", resp.status());
+    }
+    let page = c.read(EntityKind::Contact, None).await.unwrap();
+    assert_eq!(
+        page.records
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        [good.as_str()]
+    );
+    let skipped = c.skipped();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].0.ends_with("/bad-1.vcf"), "{skipped:?}");
+    // Not a full listing: the bad card must not look deleted (R16).
+    assert_eq!(page.listing, Listing::Changes);
+    // Fixed by hand: the next read picks it up.
+    let fixed =
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:bad-1\r\nFN:Fixed\r\nN:Fixed;;;;\r\nEND:VCARD\r\n";
+    server
+        .http(Method::PUT, &format!("{book}bad-1.vcf"))
+        .header("Content-Type", "text/vcard")
+        .body(fixed)
+        .send()
+        .await
+        .unwrap();
+    let next = c
+        .read(EntityKind::Contact, page.cursor.as_ref())
+        .await
+        .unwrap();
+    assert!(c.skipped().is_empty());
+    assert!(
+        next.records
+            .iter()
+            .any(|r| r.id == "bad-1.vcf" && r.fields.text(field::NAME) == Some("Fixed"))
+    );
+}
