@@ -1,0 +1,307 @@
+//! `tandem-bench`: generates partner data and measures Tandem's runs on it.
+//!
+//! `tandem-bench run --n 100000` generates N contacts and N accounts into a temporary
+//! folder and measures, each phase in a child process of its own (so peak memory is the
+//! phase's own): parsing the CSV files alone, the initial sync, a second sync with no
+//! change, and an incremental run with k changes through a change-reading (in-memory)
+//! connector over a state holding the links of the initial sync.
+
+mod generate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use tandem_connector::Connector;
+use tandem_connector::memory::MemoryConnector;
+use tandem_connector_file::{FileConnector, Format};
+use tandem_engine::{ContactsConfig, Engine, MatchTier, RelationConfig, Relations, SyncConfig};
+use tandem_model::{EntityKind, Value};
+use tandem_state::{LockMode, SqliteState};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem-bench",
+    about = "Measures Tandem on generated partner data"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Writes a data set and its tandem.toml into a folder.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+    },
+    /// Generates a data set and measures every phase; prints a table (or JSON).
+    Run {
+        /// Partners per side; several sizes may be given.
+        #[arg(long, num_args = 1.., default_values_t = [10_000usize])]
+        n: Vec<usize>,
+        /// Changes in the incremental run, spread over both sides.
+        #[arg(long, default_value_t = 1_000)]
+        k: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One phase, measured in this process (used by `run`).
+    #[command(hide = true)]
+    Phase {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1_000)]
+        k: usize,
+    },
+}
+
+/// What one phase cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Measure {
+    phase: String,
+    n: usize,
+    wall_s: f64,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+    /// Records read (parse) or written (syncs).
+    records: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Generate { out, n } => {
+            generate::generate(&out, n, generate::Shares::default())?;
+            println!("wrote {n} contacts and {n} accounts to {}", out.display());
+            Ok(())
+        }
+        Cmd::Run { n, k, json } => run(&n, k, json),
+        Cmd::Phase { name, dir, k } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (wall_s, records) = runtime.block_on(phase(&name, &dir, k))?;
+            let (cpu_s, peak_rss_mib) = process_usage();
+            let n = std::fs::read_to_string(dir.join("n"))?.trim().parse()?;
+            let m = Measure {
+                phase: name,
+                n,
+                wall_s,
+                cpu_s,
+                peak_rss_mib,
+                records,
+            };
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
+    }
+}
+
+const PHASES: &[&str] = &["parse", "initial", "second", "incremental"];
+
+fn run(sizes: &[usize], k: usize, json: bool) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut all = Vec::new();
+    for &n in sizes {
+        let dir = tempfile::tempdir()?;
+        eprintln!("generating N = {n} ...");
+        generate::generate(dir.path(), n, generate::Shares::default())?;
+        std::fs::write(dir.path().join("n"), n.to_string())?;
+        for name in PHASES {
+            eprintln!("  {name} ...");
+            let out = Command::new(&exe)
+                .args(["phase", name, "--dir"])
+                .arg(dir.path())
+                .args(["--k", &k.to_string()])
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "phase {name} failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let m: Measure = serde_json::from_slice(&out.stdout).context("a phase's report")?;
+            all.push(m);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    println!("| N | phase | wall s | CPU s | peak RSS MiB | records | vs parse |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for m in &all {
+        let parse = all
+            .iter()
+            .find(|p| p.n == m.n && p.phase == "parse")
+            .map_or(1.0, |p| p.wall_s);
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {} | {:.1}x |",
+            m.n,
+            m.phase,
+            m.wall_s,
+            m.cpu_s,
+            m.peak_rss_mib,
+            m.records,
+            m.wall_s / parse
+        );
+    }
+    Ok(())
+}
+
+/// CPU seconds and peak resident memory (MiB) of this process, from /proc.
+fn process_usage() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name: utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, hwm_kib / 1024.0)
+}
+
+fn relations(connector: &str) -> anyhow::Result<Relations> {
+    let tiers = vec![
+        MatchTier::Fields(vec!["vat_registration_no".into()]),
+        MatchTier::Fields(vec!["email".into()]),
+        MatchTier::Fields(vec!["name".into(), "post_code".into()]),
+    ];
+    let mut map = std::collections::BTreeMap::new();
+    for (code, kind) in [("CUST", EntityKind::Customer), ("VEND", EntityKind::Vendor)] {
+        map.insert(
+            code.to_owned(),
+            RelationConfig {
+                create_contacts: true,
+                match_tiers: tiers.clone(),
+                ..RelationConfig::new(kind, connector)
+            },
+        );
+    }
+    let config = SyncConfig::new(
+        ContactsConfig {
+            connector: "crm".into(),
+            preserve: None,
+        },
+        map,
+    )?;
+    Ok(Relations::from_config(&config))
+}
+
+fn file_connectors(dir: &Path) -> HashMap<String, Arc<dyn Connector>> {
+    let mut map: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    map.insert(
+        "crm".into(),
+        Arc::new(FileConnector::new(dir.join("crm"), Format::Csv)),
+    );
+    map.insert(
+        "erp".into(),
+        Arc::new(FileConnector::new(dir.join("erp"), Format::Csv)),
+    );
+    map
+}
+
+/// Runs one phase; returns its wall time and the records it read or wrote.
+async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
+    match name {
+        "parse" => {
+            let started = Instant::now();
+            let mut records = 0;
+            for (folder, kind) in [
+                ("crm", EntityKind::Contact),
+                ("erp", EntityKind::Customer),
+                ("erp", EntityKind::Vendor),
+            ] {
+                let connector = FileConnector::new(dir.join(folder), Format::Csv);
+                records += connector.read(kind, None).await?.records.len() as u64;
+            }
+            Ok((started.elapsed().as_secs_f64(), records))
+        }
+        "initial" | "second" => {
+            let mut state = SqliteState::open(&dir.join(".tandem/state.db"), LockMode::Exclusive)?;
+            let mut engine = Engine::new(relations("erp")?, file_connectors(dir), &mut state)?;
+            let started = Instant::now();
+            let report = engine.sync().await?;
+            Ok((started.elapsed().as_secs_f64(), report.writes))
+        }
+        "incremental" => incremental(dir, k).await,
+        other => bail!("unknown phase `{other}`"),
+    }
+}
+
+/// Seeds change-reading in-memory connectors with the data set, syncs them once (not
+/// measured), applies `k` changes over both sides and measures the run that follows.
+async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
+    let crm = Arc::new(
+        MemoryConnector::new(&[EntityKind::Contact], true)
+            .with_page_size(10_000)
+            .with_id_prefix("MC"),
+    );
+    let erp = Arc::new(
+        MemoryConnector::new(&[EntityKind::Customer, EntityKind::Vendor], true)
+            .with_page_size(10_000)
+            .with_id_prefix("MA"),
+    );
+    for (folder, kind, target) in [
+        ("crm", EntityKind::Contact, &crm),
+        ("erp", EntityKind::Customer, &erp),
+        ("erp", EntityKind::Vendor, &erp),
+    ] {
+        let page = FileConnector::new(dir.join(folder), Format::Csv)
+            .read(kind, None)
+            .await?;
+        for record in page.records {
+            target.put(kind, &record.id, record.fields);
+        }
+    }
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    connectors.insert("crm".into(), crm.clone());
+    connectors.insert("erp".into(), erp.clone());
+    let state_dir = tempfile::tempdir()?;
+    let mut state = SqliteState::open(&state_dir.path().join("state.db"), LockMode::Exclusive)?;
+    Engine::new(relations("erp")?, connectors.clone(), &mut state)?
+        .sync()
+        .await?;
+    // k changes: half on contacts, half on accounts, spread over the data set.
+    let contacts = crm.all(EntityKind::Contact);
+    let customers = erp.all(EntityKind::Customer);
+    for i in 0..k {
+        let (target, kind, list) = if i % 2 == 0 {
+            (&crm, EntityKind::Contact, &contacts)
+        } else {
+            (&erp, EntityKind::Customer, &customers)
+        };
+        let record = &list[(i * 7919) % list.len()];
+        let mut fields = target
+            .get(kind, &record.id)
+            .map(|r| r.fields)
+            .unwrap_or_default();
+        fields.set("phone", Value::text(format!("+32 470 {i:06}")));
+        target.put(kind, &record.id, fields);
+    }
+    drop((contacts, customers));
+    let started = Instant::now();
+    let report = Engine::new(relations("erp")?, connectors, &mut state)?
+        .sync()
+        .await?;
+    Ok((started.elapsed().as_secs_f64(), report.writes))
+}
