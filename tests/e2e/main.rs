@@ -9,6 +9,8 @@ mod support;
 mod business_rules;
 mod config;
 mod crash;
+#[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
+mod flagship;
 mod operator;
 mod plugin;
 mod quickstart;

@@ -10,9 +10,9 @@ use tandem_connector_tryton::{Client, Secret};
 use crate::support::{Deployment, cell, counts, row_where, rows, stderr, stdout};
 
 /// Only what Tryton maps on a party (no `name_2`, `county`, commercial codes).
-const PARTY_FIELDS: &str = r#"["name", "address", "address_2", "city", "post_code", "country_code", "phone", "mobile_phone", "fax", "email", "home_page", "vat_registration_no", "registration_no"]"#;
+pub(crate) const PARTY_FIELDS: &str = r#"["name", "address", "address_2", "city", "post_code", "country_code", "phone", "mobile_phone", "fax", "email", "home_page", "vat_registration_no", "registration_no"]"#;
 /// Only what Tryton maps on a bank's party.
-const BANK_FIELDS: &str = r#"["name", "address", "address_2", "city", "post_code", "country_code", "phone", "mobile_phone", "fax", "email", "home_page"]"#;
+pub(crate) const BANK_FIELDS: &str = r#"["name", "address", "address_2", "city", "post_code", "country_code", "phone", "mobile_phone", "fax", "email", "home_page"]"#;
 
 fn config(server: &TrytonServer) -> String {
     format!(
@@ -60,7 +60,7 @@ fields = {BANK_FIELDS}
 }
 
 /// A valid Belgian VAT number, different for every `n`.
-fn be_vat(n: u32) -> String {
+pub(crate) fn be_vat(n: u32) -> String {
     let base = 4_000_000 + u64::from(n) * 13;
     format!("BE{base:08}{:02}", 97 - base % 97)
 }
@@ -93,13 +93,13 @@ fn sync(d: &Deployment, server: &TrytonServer) -> Json {
     report
 }
 
-struct Tryton {
-    rt: tokio::runtime::Runtime,
-    rpc: Client,
+pub(crate) struct Tryton {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) rpc: Client,
 }
 
 impl Tryton {
-    fn new(server: &TrytonServer) -> Tryton {
+    pub(crate) fn new(server: &TrytonServer) -> Tryton {
         Tryton {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -115,19 +115,19 @@ impl Tryton {
         }
     }
 
-    fn call(&self, model: &str, method: &str, params: Vec<Json>) -> Json {
+    pub(crate) fn call(&self, model: &str, method: &str, params: Vec<Json>) -> Json {
         self.rt
             .block_on(self.rpc.model(model, method, params))
             .unwrap_or_else(|e| panic!("{model}.{method}: {e:?}"))
     }
 
-    fn create(&self, model: &str, values: Json) -> i64 {
+    pub(crate) fn create(&self, model: &str, values: Json) -> i64 {
         self.call(model, "create", vec![json!([values])])[0]
             .as_i64()
             .unwrap()
     }
 
-    fn category(&self, name: &str) -> i64 {
+    pub(crate) fn category(&self, name: &str) -> i64 {
         self.call(
             "party.category",
             "search",
@@ -137,7 +137,7 @@ impl Tryton {
         .unwrap()
     }
 
-    fn party(&self, id: &str) -> Json {
+    pub(crate) fn party(&self, id: &str) -> Json {
         let id: i64 = id.parse().unwrap();
         self.call(
             "party.party",
@@ -156,7 +156,7 @@ impl Tryton {
         .clone()
     }
 
-    fn mechanism(party: &Json, kind: &str) -> Option<String> {
+    pub(crate) fn mechanism(party: &Json, kind: &str) -> Option<String> {
         party["contact_mechanisms."]
             .as_array()?
             .iter()
