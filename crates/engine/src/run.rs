@@ -270,15 +270,34 @@ impl<'a> Engine<'a> {
 
     async fn prepare(&mut self, directives: Directives) -> Result<Prepared, EngineError> {
         let relations = self.relations.clone();
-        // Which records are linked, to keep unlinked ones in play for matching.
-        let mut linked_contacts = Vec::new();
-        let mut linked_accounts = Vec::new();
+        // Which records are linked, to keep unchanged unlinked ones in play for
+        // matching. Only full listings need it: a change-reading connector sends only
+        // what changed, and all of that is kept, so the cost follows the changes.
+        let contacts_full = !self
+            .connector(
+                &relations.contacts_connector,
+                EntityKind::Contact,
+                "contacts.connector",
+            )?
+            .capabilities()
+            .incremental;
+        let mut linked_contacts: Vec<Option<HashSet<String>>> = Vec::new();
+        let mut linked_accounts: Vec<Option<HashSet<String>>> = Vec::new();
         let mut link_counts = Vec::new();
         for r in &relations.relations {
-            let (contacts, accounts) = self.state.linked_ids(&r.code)?;
-            link_counts.push(accounts.len() as u64);
-            linked_contacts.push(contacts);
-            linked_accounts.push(accounts);
+            let accounts_full = !self
+                .connector(&r.connector, r.kind, "relation")?
+                .capabilities()
+                .incremental;
+            link_counts.push(self.state.count_links(&r.code)?);
+            if contacts_full || accounts_full {
+                let (contacts, accounts) = self.state.linked_ids(&r.code)?;
+                linked_contacts.push(contacts_full.then_some(contacts));
+                linked_accounts.push(accounts_full.then_some(accounts));
+            } else {
+                linked_contacts.push(None);
+                linked_accounts.push(None);
+            }
         }
 
         // Accounts first: a deleted account's contact must be read to lose the code (R9).
@@ -299,7 +318,10 @@ impl<'a> Engine<'a> {
                 &relation.connector,
                 &*connector,
                 relation.kind,
-                |a| !linked.contains(&a.id) || wanted.contains(a.id.as_str()),
+                |a| {
+                    linked.as_ref().is_none_or(|l| !l.contains(&a.id))
+                        || wanted.contains(a.id.as_str())
+                },
             )
             .await?;
             accounts.push(read);
@@ -345,10 +367,9 @@ impl<'a> Engine<'a> {
             EntityKind::Contact,
             |c| {
                 wanted_contacts.contains(&c.id)
-                    || kinds
-                        .iter()
-                        .zip(&linked_contacts)
-                        .any(|(kind, linked)| may_hold(c, *kind) && !linked.contains(&c.id))
+                    || kinds.iter().zip(&linked_contacts).any(|(kind, linked)| {
+                        may_hold(c, *kind) && linked.as_ref().is_none_or(|l| !l.contains(&c.id))
+                    })
             },
         )
         .await?;
@@ -470,8 +491,15 @@ async fn read_scope(
     keep: impl Fn(&Record) -> bool,
 ) -> Result<ScopeRead, EngineError> {
     let scope = Scope::new(connector_name, kind);
-    let mut stored = state.hashes(&scope)?;
     let incremental = connector.capabilities().incremental;
+    // A full listing is compared with every stored hash (what is missing is deleted);
+    // changes only with the hashes of the records they bring.
+    let mut stored = if incremental {
+        HashMap::new()
+    } else {
+        state.hashes(&scope)?
+    };
+    let mut loaded_all = !incremental;
     let mut cursor = if incremental {
         state.cursor(&scope)?.map(Cursor)
     } else {
@@ -502,6 +530,15 @@ async fn read_scope(
                 kind,
                 source,
             })?;
+        if incremental && page.listing == Listing::Changes {
+            let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
+            stored.extend(state.hashes_of(&out.scope, &ids)?);
+        } else if incremental && !loaded_all {
+            // A full listing from a change-reading connector (first run, or a token it
+            // rejected): compare with everything, so missing records are deletes.
+            stored = state.hashes(&out.scope)?;
+            loaded_all = true;
+        }
         for record in page.records {
             if record.deleted {
                 stored.remove(&record.id);

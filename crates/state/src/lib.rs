@@ -260,6 +260,9 @@ pub trait StateStore: Send {
     fn company_of(&self, contact_id: &str) -> Result<Option<String>, StateError>;
 
     fn cursor(&self, scope: &Scope) -> Result<Option<String>, StateError>;
+    /// The content hashes stored for the given ids of `scope` (ids without one are
+    /// left out): what a change-reading connector's page needs, without loading all.
+    fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError>;
     /// All content hashes stored for `scope`, by record id.
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError>;
 

@@ -618,6 +618,29 @@ impl StateStore for SqliteState {
             .map_err(sql_error("reading a cursor"))
     }
 
+    fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError> {
+        const ACTION: &str = "reading content hashes";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT hash FROM record_hashes WHERE connector = ?1 AND kind = ?2 AND id = ?3",
+            )
+            .map_err(sql_error(ACTION))?;
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            let hash: Option<i64> = stmt
+                .query_row(params![scope.connector, scope.kind.as_str(), id], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(sql_error(ACTION))?;
+            if let Some(hash) = hash {
+                out.insert((*id).to_owned(), hash.cast_unsigned());
+            }
+        }
+        Ok(out)
+    }
+
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError> {
         const ACTION: &str = "reading content hashes";
         let key = params![scope.connector, scope.kind.as_str()];
