@@ -594,30 +594,11 @@ impl TrytonConnector {
             .await?;
 
         for (i, (op, changes)) in ops.iter().zip(&all_changes).enumerate() {
-            let id_text = op.id();
-            if let Some(reason) = changes
-                .iter()
-                .find_map(|(name, value)| mapping::refuse(kind, name.as_str(), value))
-            {
-                outcomes[i] = Some(Err(ConnectorError::invalid(id_text, reason)));
-                continue;
-            }
-            let raw = match op {
-                WriteOp::Create { .. } => None,
-                WriteOp::Update { id, version, .. } | WriteOp::Delete { id, version } => {
-                    let Some(raw) = id.parse::<i64>().ok().and_then(|n| current.get(&n)) else {
-                        outcomes[i] = Some(Err(ConnectorError::NotFound { id: id.clone() }));
-                        continue;
-                    };
-                    let update = matches!(op, WriteOp::Update { .. }).then_some(changes);
-                    if version
-                        .as_deref()
-                        .is_some_and(|v| mapping::is_stale(kind, v, raw, update))
-                    {
-                        outcomes[i] = Some(Err(ConnectorError::Conflict { id: id.clone() }));
-                        continue;
-                    }
-                    Some(raw)
+            let raw = match precheck(kind, op, changes, &current) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    outcomes[i] = Some(Err(e));
+                    continue;
                 }
             };
             let timestamp = raw
@@ -773,30 +754,11 @@ impl TrytonConnector {
         let mut done = Vec::new();
         let mut deletes: Vec<(usize, i64, String)> = Vec::new();
         for (i, (op, changes)) in ops.iter().zip(&all_changes).enumerate() {
-            let id_text = op.id();
-            if let Some(reason) = changes
-                .iter()
-                .find_map(|(name, value)| mapping::refuse(kind, name.as_str(), value))
-            {
-                outcomes[i] = Some(Err(ConnectorError::invalid(id_text, reason)));
-                continue;
-            }
-            let raw = match op {
-                WriteOp::Create { .. } => None,
-                WriteOp::Update { id, version, .. } | WriteOp::Delete { id, version } => {
-                    let Some(raw) = id.parse::<i64>().ok().and_then(|n| current.get(&n)) else {
-                        outcomes[i] = Some(Err(ConnectorError::NotFound { id: id.clone() }));
-                        continue;
-                    };
-                    let update = matches!(op, WriteOp::Update { .. }).then_some(changes);
-                    if version
-                        .as_deref()
-                        .is_some_and(|v| mapping::is_stale(kind, v, raw, update))
-                    {
-                        outcomes[i] = Some(Err(ConnectorError::Conflict { id: id.clone() }));
-                        continue;
-                    }
-                    Some(raw)
+            let raw = match precheck(kind, op, changes, &current) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    outcomes[i] = Some(Err(e));
+                    continue;
                 }
             };
             if let WriteOp::Delete { id, .. } = op {
@@ -808,7 +770,7 @@ impl TrytonConnector {
             }
             match self.write_bank_account(raw, changes, &lookups).await {
                 Ok(id) => done.push((i, id)),
-                Err(e) => outcomes[i] = Some(Err(e.for_record(id_text))),
+                Err(e) => outcomes[i] = Some(Err(e.for_record(op.id()))),
             }
         }
         let results = self
@@ -1021,6 +983,41 @@ impl Connector for TrytonConnector {
             EntityKind::Contact => Err(unheld(kind)),
             EntityKind::BankAccount => self.write_bank_accounts(ops).await,
             _ => self.write_parties(kind, ops).await,
+        }
+    }
+}
+
+/// The checks every write op passes before it is sent: fields Tryton has no place for
+/// are refused, the record must exist, and its version must not be stale for the
+/// fields written. Returns the record as read (`None` for a create).
+fn precheck<'a>(
+    kind: EntityKind,
+    op: &WriteOp,
+    changes: &Changes,
+    current: &'a HashMap<i64, Json>,
+) -> Result<Option<&'a Json>, ConnectorError> {
+    if let Some(reason) = changes
+        .iter()
+        .find_map(|(name, value)| mapping::refuse(kind, name.as_str(), value))
+    {
+        return Err(ConnectorError::invalid(op.id(), reason));
+    }
+    match op {
+        WriteOp::Create { .. } => Ok(None),
+        WriteOp::Update { id, version, .. } | WriteOp::Delete { id, version } => {
+            let raw = id
+                .parse::<i64>()
+                .ok()
+                .and_then(|n| current.get(&n))
+                .ok_or_else(|| ConnectorError::NotFound { id: id.clone() })?;
+            let update = matches!(op, WriteOp::Update { .. }).then_some(changes);
+            if version
+                .as_deref()
+                .is_some_and(|v| mapping::is_stale(kind, v, raw, update))
+            {
+                return Err(ConnectorError::Conflict { id: id.clone() });
+            }
+            Ok(Some(raw))
         }
     }
 }
