@@ -231,7 +231,7 @@ pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, Connect
             records.reserve(expected);
             lines.reserve(expected);
         }
-        let mut fields = Fields::new();
+        let mut fields = Fields::with_capacity(layout.by_name.len());
         for &i in &layout.by_name {
             match (&layout.columns[i], &row[i]) {
                 (_, "") => {}

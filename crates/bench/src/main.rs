@@ -8,6 +8,10 @@
 
 mod generate;
 
+// The same allocator as the `tandem` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +79,10 @@ struct Measure {
     peak_rss_mib: f64,
     /// Records read (parse) or written (syncs).
     records: u64,
+    /// Incremental only: the peak resident memory of the measured run above what the
+    /// process held before it (the in-memory connectors hold the data set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_rss_growth_mib: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +94,13 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Run { n, k, json } => run(&n, k, json),
         Cmd::Phase { name, dir, k } => {
+            // The engine's progress and step timings, on stderr, when RUST_LOG asks.
+            if let Ok(filter) = std::env::var("RUST_LOG") {
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                    .with_writer(std::io::stderr)
+                    .init();
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -99,6 +114,7 @@ fn main() -> anyhow::Result<()> {
                 cpu_s,
                 peak_rss_mib,
                 records,
+                run_rss_growth_mib: RUN_RSS_GROWTH_MIB.with(std::cell::Cell::get),
             };
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
@@ -137,20 +153,22 @@ fn run(sizes: &[usize], k: usize, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
-    println!("| N | phase | wall s | CPU s | peak RSS MiB | records | vs parse |");
-    println!("|---:|---|---:|---:|---:|---:|---:|");
+    println!("| N | phase | wall s | CPU s | peak RSS MiB | run's own RSS MiB | records | vs parse |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for m in &all {
         let parse = all
             .iter()
             .find(|p| p.n == m.n && p.phase == "parse")
             .map_or(1.0, |p| p.wall_s);
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {} | {:.1}x |",
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.1}x |",
             m.n,
             m.phase,
             m.wall_s,
             m.cpu_s,
             m.peak_rss_mib,
+            m.run_rss_growth_mib
+                .map_or_else(|| "-".to_owned(), |g| format!("{g:.0}")),
             m.records,
             m.wall_s / parse
         );
@@ -171,13 +189,7 @@ fn process_usage() -> (f64, f64) {
             .unwrap_or(0.0)
     };
     let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let hwm_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu, hwm_kib / 1024.0)
+    (cpu, rss_mib("VmHWM:"))
 }
 
 fn relations(connector: &str) -> anyhow::Result<Relations> {
@@ -278,9 +290,14 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     connectors.insert("erp".into(), erp.clone());
     let state_dir = tempfile::tempdir()?;
     let mut state = SqliteState::open(&state_dir.path().join("state.db"), LockMode::Exclusive)?;
-    Engine::new(relations("erp")?, connectors.clone(), &mut state)?
-        .sync()
-        .await?;
+    // The initial sync, then one more run: it reads back what the initial sync wrote
+    // (a change-reading system reports Tandem's own writes as changes) and writes
+    // nothing. Neither is measured.
+    for _ in 0..2 {
+        Engine::new(relations("erp")?, connectors.clone(), &mut state)?
+            .sync()
+            .await?;
+    }
     // k changes: half on contacts, half on accounts, spread over the data set.
     let contacts = crm.all(EntityKind::Contact);
     let customers = erp.all(EntityKind::Customer);
@@ -299,9 +316,48 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
         target.put(kind, &record.id, fields);
     }
     drop((contacts, customers));
+    let rss_before = rss_mib("VmRSS:");
+    reset_peak_rss();
+    perf_control("enable");
     let started = Instant::now();
     let report = Engine::new(relations("erp")?, connectors, &mut state)?
         .sync()
         .await?;
-    Ok((started.elapsed().as_secs_f64(), report.writes))
+    let wall = started.elapsed().as_secs_f64();
+    perf_control("disable");
+    // The connectors hold the whole data set (they stand for the external systems);
+    // what the run itself needed is the peak above what was resident before it.
+    RUN_RSS_GROWTH_MIB.with(|g| g.set(Some(rss_mib("VmHWM:") - rss_before)));
+    Ok((wall, report.writes))
+}
+
+thread_local! {
+    static RUN_RSS_GROWTH_MIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+}
+
+/// A memory figure of this process from /proc/self/status, in MiB.
+fn rss_mib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Profiles only the measured run: with `perf record -D -1 --control
+/// fifo:CTL,ACK`, set `TANDEM_BENCH_PERF_CTL=CTL` and `TANDEM_BENCH_PERF_ACK=ACK`.
+fn perf_control(command: &str) {
+    if let Ok(ctl) = std::env::var("TANDEM_BENCH_PERF_CTL") {
+        let _ = std::fs::write(ctl, format!("{command}\n"));
+        if let Ok(ack) = std::env::var("TANDEM_BENCH_PERF_ACK") {
+            let _ = std::fs::read(ack);
+        }
+    }
+}
+
+/// Resets the peak resident size (VmHWM) to the current one (Linux: `clear_refs` 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

@@ -17,9 +17,20 @@ struct Table {
     records: BTreeMap<String, Record>,
     /// Sequence number of the last change of each id (live or deleted).
     changed_at: BTreeMap<String, u64>,
+    /// The same, by sequence number: a change read costs what changed, not what exists.
+    by_sequence: BTreeMap<u64, String>,
     /// Ids deleted, with the sequence number of the delete.
     deleted: BTreeMap<String, u64>,
     next_id: u64,
+}
+
+impl Table {
+    fn mark_changed(&mut self, id: &str, seq: u64) {
+        if let Some(previous) = self.changed_at.insert(id.to_owned(), seq) {
+            self.by_sequence.remove(&previous);
+        }
+        self.by_sequence.insert(seq, id.to_owned());
+    }
 }
 
 #[derive(Debug)]
@@ -88,7 +99,7 @@ impl MemoryConnector {
             ..Record::new(kind, id, fields)
         };
         table.records.insert(id.to_owned(), record);
-        table.changed_at.insert(id.to_owned(), seq);
+        table.mark_changed(id, seq);
         table.deleted.remove(id);
     }
 
@@ -99,7 +110,7 @@ impl MemoryConnector {
         let seq = inner.sequence;
         let table = inner.tables.entry(kind).or_default();
         if table.records.remove(id).is_some() {
-            table.changed_at.insert(id.to_owned(), seq);
+            table.mark_changed(id, seq);
             table.deleted.insert(id.to_owned(), seq);
         }
     }
@@ -182,7 +193,7 @@ impl MemoryConnector {
                 check(record, &id, &version)?;
                 table.records.remove(&id);
                 table.deleted.insert(id.clone(), seq);
-                table.changed_at.insert(id.clone(), seq);
+                table.mark_changed(&id, seq);
                 return Ok(Written {
                     id,
                     version: None,
@@ -193,12 +204,13 @@ impl MemoryConnector {
         let record = table.records.get_mut(&id).expect("record was just written");
         record.version = Some(format!("v{seq}"));
         record.modified_at = Some(Timestamp(seq as i64 * 1000));
-        table.changed_at.insert(id.clone(), seq);
-        Ok(Written {
+        let written = Written {
             id,
             version: record.version.clone(),
             modified_at: record.modified_at,
-        })
+        };
+        table.mark_changed(&written.id, seq);
+        Ok(written)
     }
 }
 
@@ -262,18 +274,26 @@ impl Connector for MemoryConnector {
         };
         let mut records = Vec::new();
         let mut last_id = None;
-        let candidates: Box<dyn Iterator<Item = (&String, &u64)>> = match listing {
+        let candidates: Box<dyn Iterator<Item = &String>> = match listing {
             Listing::Full => Box::new(
                 table
                     .changed_at
-                    .iter()
-                    .filter(|(id, _)| table.records.contains_key(*id)),
+                    .keys()
+                    .filter(|id| table.records.contains_key(*id)),
             ),
-            Listing::Changes => Box::new(table.changed_at.iter().filter(|(_, seq)| **seq > since)),
+            Listing::Changes => {
+                // Found by sequence number, then paged by id like a full listing.
+                let mut changed: Vec<&String> = table
+                    .by_sequence
+                    .range(since + 1..)
+                    .map(|(_, id)| id)
+                    .collect();
+                changed.sort_unstable();
+                Box::new(changed.into_iter())
+            }
         };
         let mut has_more = false;
-        for (id, _) in candidates.filter(|(id, _)| after.is_empty() || id.as_str() > after.as_str())
-        {
+        for id in candidates.filter(|id| after.is_empty() || id.as_str() > after.as_str()) {
             if records.len() == self.page_size {
                 has_more = true;
                 break;

@@ -175,6 +175,7 @@ pub(crate) async fn apply(
     let mut recheck_contacts: Vec<String> = Vec::new();
     let mut settled_accounts: Vec<HashSet<String>> = vec![HashSet::new(); accounts.len()];
     info!(run = run_id, "applying");
+    let started = std::time::Instant::now();
 
     // Requests refused by the plan fail like writes do: twice the same way parks them.
     for rejection in &plan.rejected {
@@ -217,6 +218,24 @@ pub(crate) async fn apply(
         batch
             .delete_links
             .push((unlink.code.clone(), unlink.contact_id.clone()));
+        // The side that stays is unlinked now: looked at again next run, so matching
+        // (R4) and R6 see it even if nobody edits it. Records in play this run were.
+        let r = relations.index_of(&unlink.code);
+        if unlink.reason != UnlinkReason::AccountDeleted
+            && let Some(r) = r
+            && !accounts[r].hashes.contains_key(&unlink.account_id)
+        {
+            batch.set_hashes.push((
+                accounts[r].scope.clone(),
+                unlink.account_id.clone(),
+                RECHECK,
+            ));
+        }
+        if unlink.reason != UnlinkReason::ContactDeleted
+            && !contacts.hashes.contains_key(&unlink.contact_id)
+        {
+            recheck_contacts.push(unlink.contact_id.clone());
+        }
         let source = match unlink.reason {
             UnlinkReason::ContactDeleted => "contact",
             UnlinkReason::AccountDeleted => "account",
@@ -442,6 +461,7 @@ pub(crate) async fn apply(
         }
     }
 
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "after_creates", "applying");
     // 3. Contact updates, then account updates per relation.
     let max = contacts_connector.capabilities().max_batch.max(1);
     let contact_ops: Vec<(usize, WriteOp)> = plan
@@ -470,6 +490,7 @@ pub(crate) async fn apply(
         }
     }
     failpoint::hit("after_contact_updates");
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "after_contact_updates", "applying");
     let mut account_results: HashMap<(usize, usize), WriteOutcome> = HashMap::new();
     for (r, relation) in relations.relations.iter().enumerate() {
         let ops: Vec<((usize, usize), WriteOp)> = plan
@@ -509,6 +530,7 @@ pub(crate) async fn apply(
         }
     }
     failpoint::hit("after_account_updates");
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "after_account_updates", "applying");
 
     // 4. Links, baselines, the log and hashes from the outcomes.
     for (h, hub) in plan.hubs.iter().enumerate() {
@@ -807,6 +829,7 @@ pub(crate) async fn apply(
     }
     engine.state.commit(std::mem::take(&mut batch))?;
     failpoint::hit("after_link_commit");
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "after_link_commit", "applying");
 
     // 5. What was read and not otherwise settled: remember it as seen; forget the
     //    deleted; then the cursors.
@@ -838,6 +861,7 @@ pub(crate) async fn apply(
     }
     engine.state.commit(std::mem::take(&mut batch))?;
     failpoint::hit("before_cursor_commit");
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "before_cursor_commit", "applying");
     for read in std::iter::once(&contacts).chain(&accounts) {
         if let Some(cursor) = &read.cursor {
             batch
@@ -858,7 +882,13 @@ pub(crate) async fn apply(
                 .count()) as u64;
         counts.unchanged = counts.unchanged.saturating_sub(parked_before[r].links);
     }
-    info!(run = run_id, writes, failed = failures.len(), "applied");
+    info!(
+        run = run_id,
+        writes,
+        failed = failures.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "applied"
+    );
     Ok(RunReport {
         run_id: Some(run_id),
         mode: "sync",

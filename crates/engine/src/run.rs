@@ -12,7 +12,9 @@ use tracing::info;
 
 use crate::apply::apply;
 use crate::matching::Ambiguity;
-use crate::plan::{AccountInput, Directives, Plan, PlanInput, RelationCounts, may_hold, plan};
+use crate::plan::{
+    AccountInput, Directives, Plan, PlanInput, RelationCounts, listed_codes, may_hold, plan,
+};
 use crate::relation::Relations;
 
 /// Everything that stops a run as a whole. Record-level failures do not: they are
@@ -65,6 +67,9 @@ pub struct ReadStats {
     /// read (looked at again).
     pub changed: u64,
     pub deleted: u64,
+    /// Records this run looked at beyond reading: the changed ones, and unchanged ones
+    /// matching or the run needed. A run without changes keeps none.
+    pub in_play: u64,
 }
 
 /// The result of `plan` or `sync`.
@@ -270,63 +275,43 @@ impl<'a> Engine<'a> {
 
     async fn prepare(&mut self, directives: Directives) -> Result<Prepared, EngineError> {
         let relations = self.relations.clone();
-        // Which records are linked, to keep unchanged unlinked ones in play for
-        // matching. Only full listings need it: a change-reading connector sends only
-        // what changed, and all of that is kept, so the cost follows the changes.
-        let contacts_full = !self
-            .connector(
-                &relations.contacts_connector,
-                EntityKind::Contact,
-                "contacts.connector",
-            )?
-            .capabilities()
-            .incremental;
-        let mut linked_contacts: Vec<Option<HashSet<String>>> = Vec::new();
-        let mut linked_accounts: Vec<Option<HashSet<String>>> = Vec::new();
         let mut link_counts = Vec::new();
         for r in &relations.relations {
-            let accounts_full = !self
-                .connector(&r.connector, r.kind, "relation")?
-                .capabilities()
-                .incremental;
             link_counts.push(self.state.count_links(&r.code)?);
-            if contacts_full || accounts_full {
-                let (contacts, accounts) = self.state.linked_ids(&r.code)?;
-                linked_contacts.push(contacts_full.then_some(contacts));
-                linked_accounts.push(accounts_full.then_some(accounts));
-            } else {
-                linked_contacts.push(None);
-                linked_accounts.push(None);
-            }
         }
+        let any_links = link_counts.iter().any(|n| *n > 0);
+        let wanted_accounts: Vec<HashSet<&str>> = relations
+            .relations
+            .iter()
+            .map(|relation| {
+                directives
+                    .link
+                    .iter()
+                    .filter(|(code, _, _)| *code == relation.code)
+                    .map(|(_, _, a)| a.as_str())
+                    .collect()
+            })
+            .collect();
 
-        // Accounts first: a deleted account's contact must be read to lose the code (R9).
+        // First pass: keep what changed and what the run needs; unchanged records
+        // stream by. Accounts first: a deleted account's contact must be read to lose
+        // the code (R9).
         let mut accounts = Vec::new();
         for (r, relation) in relations.relations.iter().enumerate() {
             let connector = self
                 .connector(&relation.connector, relation.kind, "relation")?
                 .clone();
-            let linked = &linked_accounts[r];
-            let wanted: HashSet<&str> = directives
-                .link
-                .iter()
-                .filter(|(code, _, _)| *code == relation.code)
-                .map(|(_, _, a)| a.as_str())
-                .collect();
+            let wanted = &wanted_accounts[r];
             let read = read_scope(
                 &*self.state,
                 &relation.connector,
                 &*connector,
                 relation.kind,
-                |a| {
-                    linked.as_ref().is_none_or(|l| !l.contains(&a.id))
-                        || wanted.contains(a.id.as_str())
-                },
+                |a| wanted.contains(a.id.as_str()),
             )
             .await?;
             accounts.push(read);
         }
-        drop(linked_accounts);
         let mut account_links: BTreeMap<(String, String), Link> = BTreeMap::new();
         let mut wanted_contacts: HashSet<String> = directives
             .link
@@ -335,7 +320,7 @@ impl<'a> Engine<'a> {
             .chain(directives.create.iter().map(|(_, c)| c.clone()))
             .chain(directives.unlink.iter().map(|(_, c)| c.clone()))
             .collect();
-        if link_counts.iter().any(|n| *n > 0) {
+        if any_links {
             for (r, read) in accounts.iter().enumerate() {
                 let ids: Vec<&str> = read
                     .records
@@ -354,30 +339,140 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-
         let contacts_name = relations.contacts_connector.clone();
         let contacts_connector = self
             .connector(&contacts_name, EntityKind::Contact, "contacts.connector")?
             .clone();
-        let kinds: Vec<EntityKind> = relations.relations.iter().map(|r| r.kind).collect();
         let mut contacts = read_scope(
             &*self.state,
             &contacts_name,
             &*contacts_connector,
             EntityKind::Contact,
-            |c| {
-                wanted_contacts.contains(&c.id)
-                    || kinds.iter().zip(&linked_contacts).any(|(kind, linked)| {
-                        may_hold(c, *kind) && linked.as_ref().is_none_or(|l| !l.contains(&c.id))
-                    })
-            },
+            |c| wanted_contacts.contains(&c.id),
         )
         .await?;
+
+        // Which relations need matching this run. Unchanged unlinked records were
+        // matched when they were last read, and nothing can pair them now unless
+        // something of the relation changed: an unlinked record, a dropped link, an
+        // operator request, a pending create. A quiet relation keeps no unchanged
+        // record in play, so a run without changes costs the reading.
+        let pending = self.state.pending_creates()?;
+        let contact_links: Vec<Link> = if any_links {
+            let ids: Vec<&str> = contacts
+                .records
+                .keys()
+                .chain(&contacts.deleted)
+                .map(String::as_str)
+                .collect();
+            self.state.links_of_contacts(&ids)?
+        } else {
+            Vec::new()
+        };
+        let mut active = Vec::new();
+        for (r, relation) in relations.relations.iter().enumerate() {
+            let code = relation.code.as_str();
+            let accounts_linked: HashSet<&str> = account_links
+                .values()
+                .filter(|l| l.code == code)
+                .map(|l| l.account_id.as_str())
+                .collect();
+            let contacts_linked: HashSet<&str> = contact_links
+                .iter()
+                .filter(|l| l.code == code)
+                .map(|l| l.contact_id.as_str())
+                .collect();
+            let read = &accounts[r];
+            let by_operator = directives.link.iter().any(|(c, _, _)| c == code)
+                || directives.create.iter().any(|(c, _)| c == code)
+                || directives.unlink.iter().any(|(c, _)| c == code);
+            let pending_here = pending.iter().any(|p| p.code == code && !p.parked);
+            let account_side = read
+                .changed
+                .iter()
+                .any(|id| !accounts_linked.contains(id.as_str()))
+                || read
+                    .deleted
+                    .iter()
+                    .any(|id| accounts_linked.contains(id.as_str()));
+            let contact_side = contacts
+                .changed
+                .iter()
+                .filter_map(|id| contacts.records.get(id))
+                .any(|c| {
+                    (may_hold(c, relation.kind) && !contacts_linked.contains(c.id.as_str()))
+                        || listed_codes(c).iter().any(|l| l == code)
+                })
+                || contacts
+                    .deleted
+                    .iter()
+                    .any(|id| contacts_linked.contains(id.as_str()));
+            active.push(by_operator || pending_here || account_side || contact_side);
+        }
+        drop(contact_links);
+
+        // Second pass, for relations that need matching: the unchanged unlinked records
+        // of full listings, which the first pass let go by. A change-reading connector
+        // sends only what changed; matching sees what it sent.
+        let contacts_full = !contacts_connector.capabilities().incremental;
+        let mut linked_contacts: Vec<Option<HashSet<String>>> = vec![None; accounts.len()];
+        for (r, relation) in relations.relations.iter().enumerate() {
+            if !active[r] {
+                continue;
+            }
+            let connector = self
+                .connector(&relation.connector, relation.kind, "relation")?
+                .clone();
+            let accounts_skipped = accounts[r].stats.records > accounts[r].records.len() as u64;
+            let contacts_skipped = contacts.stats.records > contacts.records.len() as u64;
+            let accounts_full = !connector.capabilities().incremental;
+            if !((accounts_full && accounts_skipped) || (contacts_full && contacts_skipped)) {
+                continue;
+            }
+            let (linked_here, linked_accounts) = self.state.linked_ids(&relation.code)?;
+            linked_contacts[r] = Some(linked_here);
+            if accounts_full && accounts_skipped {
+                let read = &mut accounts[r];
+                let more = read_more(&relation.connector, &*connector, relation.kind, |a| {
+                    !read.records.contains_key(&a.id) && !linked_accounts.contains(&a.id)
+                })
+                .await?;
+                add_in_play(read, more);
+            }
+        }
+        if contacts_full && linked_contacts.iter().any(Option::is_some) {
+            let kinds: Vec<EntityKind> = relations.relations.iter().map(|r| r.kind).collect();
+            let more = read_more(
+                &contacts_name,
+                &*contacts_connector,
+                EntityKind::Contact,
+                |c| {
+                    !contacts.records.contains_key(&c.id)
+                        && linked_contacts.iter().zip(&kinds).any(|(linked, kind)| {
+                            linked
+                                .as_ref()
+                                .is_some_and(|l| may_hold(c, *kind) && !l.contains(&c.id))
+                        })
+                },
+            )
+            .await?;
+            add_in_play(&mut contacts, more);
+        }
         drop(linked_contacts);
+        info!(
+            active = ?relations
+                .relations
+                .iter()
+                .zip(&active)
+                .filter(|(_, a)| **a)
+                .map(|(r, _)| r.code.as_str())
+                .collect::<Vec<_>>(),
+            "relations to match"
+        );
 
         // Every link touching what is in play, and every link of those contacts.
         let mut links = account_links;
-        if link_counts.iter().any(|n| *n > 0) {
+        if any_links {
             let mut ids: BTreeSet<&str> = contacts
                 .records
                 .keys()
@@ -386,6 +481,12 @@ impl<'a> Engine<'a> {
                 .collect();
             for (_, contact_id) in links.keys() {
                 ids.insert(contact_id);
+            }
+            // A person asks through its company (R3), which may not be in play.
+            for contact in contacts.records.values() {
+                if let Some(company) = contact.fields.text(tandem_model::field::COMPANY_ID) {
+                    ids.insert(company);
+                }
             }
             let ids: Vec<&str> = ids.into_iter().collect();
             let more = self.state.links_of_contacts(&ids)?;
@@ -400,7 +501,6 @@ impl<'a> Engine<'a> {
             }
         }
         let parked = self.state.parked_links()?;
-        let pending = self.state.pending_creates()?;
         let parked_before = relations
             .relations
             .iter()
@@ -431,8 +531,10 @@ impl<'a> Engine<'a> {
             unlinked_pairs,
             directives,
         };
+        let started = std::time::Instant::now();
         let plan = plan(&relations, &input);
         info!(
+            ms = started.elapsed().as_millis() as u64,
             hubs = plan.hubs.len(),
             creates = plan.creates.len() + plan.account_creates.len(),
             unlinks = plan.unlinks.len(),
@@ -518,9 +620,11 @@ async fn read_scope(
             records: 0,
             changed: 0,
             deleted: 0,
+            in_play: 0,
         },
     };
     info!(connector = connector_name, kind = kind.plural(), "reading");
+    let started = std::time::Instant::now();
     let listing = loop {
         let page = connector
             .read(kind, cursor.as_ref())
@@ -567,6 +671,7 @@ async fn read_scope(
         out.deleted.extend(stored.into_keys());
     }
     out.stats.deleted = out.deleted.len() as u64;
+    out.stats.in_play = out.records.len() as u64;
     out.cursor = if incremental { cursor } else { None };
     info!(
         connector = connector_name,
@@ -574,7 +679,52 @@ async fn read_scope(
         records = out.stats.records,
         changed = out.stats.changed,
         deleted = out.stats.deleted,
+        kept = out.records.len(),
+        ms = started.elapsed().as_millis() as u64,
         "read"
     );
     Ok(out)
+}
+
+/// Puts records of a second pass in play, with their hashes (they did not change).
+fn add_in_play(read: &mut ScopeRead, records: Vec<Record>) {
+    info!(
+        connector = read.stats.connector,
+        kind = read.stats.kind.plural(),
+        records = records.len(),
+        "read again: unlinked records for matching"
+    );
+    for record in records {
+        let hash = record_hash(&record.fields, record.version.as_deref());
+        read.hashes.insert(record.id.clone(), hash);
+        read.records.insert(record.id.clone(), record);
+    }
+    read.stats.in_play = read.records.len() as u64;
+}
+
+/// Reads a full listing again and returns the records `keep` asks for; nothing else
+/// (hashes, deletes, cursors) is looked at.
+async fn read_more(
+    connector_name: &str,
+    connector: &dyn Connector,
+    kind: EntityKind,
+    keep: impl Fn(&Record) -> bool,
+) -> Result<Vec<Record>, EngineError> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = connector
+            .read(kind, cursor.as_ref())
+            .await
+            .map_err(|source| EngineError::Read {
+                connector: connector_name.to_owned(),
+                kind,
+                source,
+            })?;
+        out.extend(page.records.into_iter().filter(|r| !r.deleted && keep(r)));
+        cursor = page.cursor;
+        if !page.has_more {
+            return Ok(out);
+        }
+    }
 }

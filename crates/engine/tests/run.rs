@@ -492,3 +492,100 @@ async fn r15_a_manual_conflict_waits_across_runs_without_losing_either_value() {
     assert!(w.state.conflicts(true).unwrap().is_empty());
     assert_eq!(w.sync().await.writes, 0);
 }
+
+#[tokio::test]
+async fn r4_a_run_without_changes_keeps_no_record_in_play() {
+    // C3 and the vendor-less contacts stay unlinked: a quiet run must not match them again.
+    for incremental in [false, true] {
+        let mut w = world(incremental);
+        w.seed();
+        w.sync().await;
+        w.sync().await;
+        let report = w.sync().await;
+        assert_eq!(report.writes, 0);
+        for read in &report.read {
+            assert_eq!(
+                read.in_play, 0,
+                "{} {}s in play on a quiet run (incremental: {incremental})",
+                read.connector, read.kind
+            );
+        }
+        // A change brings only what the relation needs back into play.
+        w.erp.put(
+            EntityKind::Vendor,
+            "V9",
+            Fields::new().with("name", "Zeta").with("email", "z@zeta.be"),
+        );
+        let report = w.sync().await;
+        let vendors = report
+            .read
+            .iter()
+            .find(|r| r.kind == EntityKind::Vendor)
+            .unwrap();
+        assert_eq!(vendors.in_play, 1);
+    }
+}
+
+#[tokio::test]
+async fn r4_a_contact_leaving_an_ambiguity_lets_the_other_match_without_being_edited() {
+    // Full listings: the contact that did not change is read again once the relation
+    // has something to match.
+    let mut w = world(false);
+    let f = |pairs: &[(&str, &str)]| pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v));
+    w.crm.put(
+        EntityKind::Contact,
+        "C1",
+        f(&[("name", "Acme"), ("email", "office@acme.be")]),
+    );
+    w.crm.put(
+        EntityKind::Contact,
+        "C2",
+        f(&[("name", "Acme Gent"), ("email", "office@acme.be")]),
+    );
+    w.erp.put(
+        EntityKind::Vendor,
+        "V1",
+        f(&[("name", "ACME"), ("email", "office@acme.be")]),
+    );
+    let report = w.sync().await;
+    assert_eq!(count(&report, "VEND").ambiguous, 1);
+    let report = w.sync().await;
+    assert_eq!(count(&report, "VEND").linked, 0);
+
+    w.crm.put(
+        EntityKind::Contact,
+        "C1",
+        f(&[("name", "Acme"), ("email", "sales@acme.be")]),
+    );
+    let report = w.sync().await;
+    assert_eq!(count(&report, "VEND").linked, 1, "{report:#?}");
+    let links = w.state.links(Some("VEND")).unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(
+        (links[0].contact_id.as_str(), links[0].account_id.as_str()),
+        ("C2", "V1")
+    );
+}
+
+#[tokio::test]
+async fn r12_the_account_of_a_deleted_contact_is_looked_at_again() {
+    // CUST creates contacts (R6): the customer left without a contact gets a new one on
+    // the next run, although nobody edited it.
+    let mut w = world(false);
+    w.seed();
+    w.sync().await;
+    let link = w
+        .state
+        .links(Some("CUST"))
+        .unwrap()
+        .into_iter()
+        .find(|l| l.account_id == "K1")
+        .unwrap();
+    w.crm.remove(EntityKind::Contact, &link.contact_id);
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").unlinked, 1);
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").created, 1, "{report:#?}");
+    let links = w.state.links(Some("CUST")).unwrap();
+    assert!(links.iter().any(|l| l.account_id == "K1"));
+}

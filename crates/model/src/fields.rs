@@ -78,6 +78,12 @@ impl Fields {
         Fields::default()
     }
 
+    /// Room for `n` fields without growing: a reader that knows its columns sets
+    /// them without a reallocation each.
+    pub fn with_capacity(n: usize) -> Fields {
+        Fields(Vec::with_capacity(n))
+    }
+
     fn position(&self, name: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
     }
