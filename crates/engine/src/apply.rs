@@ -461,39 +461,49 @@ pub(crate) async fn apply(
         }
     }
 
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "after_creates", "applying");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        step = "after_creates",
+        "applying"
+    );
     // 3. Contact updates, then account updates per relation.
     let max = contacts_connector.capabilities().max_batch.max(1);
-    let contact_ops: Vec<(usize, WriteOp)> = plan
+    // Ops are built chunk by chunk from the plan: a million updates are not held twice.
+    let contact_hubs: Vec<usize> = plan
         .hubs
         .iter()
         .enumerate()
         .filter(|(_, h)| !h.contact_changes.is_empty())
-        .map(|(i, h)| {
-            (
-                i,
+        .map(|(i, _)| i)
+        .collect();
+    let mut contact_results: HashMap<usize, WriteOutcome> = HashMap::new();
+    for chunk in contact_hubs.chunks(max) {
+        let ops = chunk
+            .iter()
+            .map(|&i| {
+                let h = &plan.hubs[i];
                 WriteOp::Update {
                     id: h.contact_id.clone(),
                     version: h.contact_version.clone(),
                     changes: to_changes(&h.contact_changes),
-                },
-            )
-        })
-        .collect();
-    let mut contact_results: HashMap<usize, WriteOutcome> = HashMap::new();
-    for chunk in contact_ops.chunks(max) {
-        let ops = chunk.iter().map(|(_, op)| op.clone()).collect();
+                }
+            })
+            .collect();
         let outcomes = write_all(&*contacts_connector, EntityKind::Contact, ops).await;
-        for ((hub, _), outcome) in chunk.iter().zip(outcomes) {
+        for (hub, outcome) in chunk.iter().zip(outcomes) {
             writes += u64::from(outcome.is_ok());
             contact_results.insert(*hub, outcome);
         }
     }
     failpoint::hit("after_contact_updates");
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "after_contact_updates", "applying");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        step = "after_contact_updates",
+        "applying"
+    );
     let mut account_results: HashMap<(usize, usize), WriteOutcome> = HashMap::new();
     for (r, relation) in relations.relations.iter().enumerate() {
-        let ops: Vec<((usize, usize), WriteOp)> = plan
+        let keys: Vec<(usize, usize)> = plan
             .hubs
             .iter()
             .enumerate()
@@ -504,33 +514,38 @@ pub(crate) async fn apply(
                     .map(move |(p, pair)| ((h, p), pair))
             })
             .filter(|(_, pair)| pair.relation == r && !pair.account_changes.is_empty())
-            .map(|(key, pair)| {
-                (
-                    key,
-                    WriteOp::Update {
-                        id: pair.account_id.clone(),
-                        version: pair.account_version.clone(),
-                        changes: to_changes(&pair.account_changes),
-                    },
-                )
-            })
+            .map(|(key, _)| key)
             .collect();
-        if ops.is_empty() {
+        if keys.is_empty() {
             continue;
         }
         let connector = engine.connectors[&relation.connector].clone();
         let max = connector.capabilities().max_batch.max(1);
-        for chunk in ops.chunks(max) {
-            let batch_ops = chunk.iter().map(|(_, op)| op.clone()).collect();
-            let outcomes = write_all(&*connector, relation.kind, batch_ops).await;
-            for ((key, _), outcome) in chunk.iter().zip(outcomes) {
+        for chunk in keys.chunks(max) {
+            let ops = chunk
+                .iter()
+                .map(|&(h, p)| {
+                    let pair = &plan.hubs[h].pairs[p];
+                    WriteOp::Update {
+                        id: pair.account_id.clone(),
+                        version: pair.account_version.clone(),
+                        changes: to_changes(&pair.account_changes),
+                    }
+                })
+                .collect();
+            let outcomes = write_all(&*connector, relation.kind, ops).await;
+            for (key, outcome) in chunk.iter().zip(outcomes) {
                 writes += u64::from(outcome.is_ok());
                 account_results.insert(*key, outcome);
             }
         }
     }
     failpoint::hit("after_account_updates");
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "after_account_updates", "applying");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        step = "after_account_updates",
+        "applying"
+    );
 
     // 4. Links, baselines, the log and hashes from the outcomes.
     for (h, hub) in plan.hubs.iter().enumerate() {
@@ -829,7 +844,11 @@ pub(crate) async fn apply(
     }
     engine.state.commit(std::mem::take(&mut batch))?;
     failpoint::hit("after_link_commit");
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "after_link_commit", "applying");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        step = "after_link_commit",
+        "applying"
+    );
 
     // 5. What was read and not otherwise settled: remember it as seen; forget the
     //    deleted; then the cursors.
@@ -861,7 +880,11 @@ pub(crate) async fn apply(
     }
     engine.state.commit(std::mem::take(&mut batch))?;
     failpoint::hit("before_cursor_commit");
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, step = "before_cursor_commit", "applying");
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        step = "before_cursor_commit",
+        "applying"
+    );
     for read in std::iter::once(&contacts).chain(&accounts) {
         if let Some(cursor) = &read.cursor {
             batch

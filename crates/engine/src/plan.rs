@@ -1134,12 +1134,12 @@ struct Merged {
 }
 
 /// Merges one contact with all its pairs.
-fn merge_hub(
-    relations: &Relations,
+fn merge_hub<'p>(
+    relations: &'p Relations,
     contact_id: &str,
-    contact: Option<&Record>,
-    pairs: &[PairInput],
-    open: &[&ConflictEntry],
+    contact: Option<&'p Record>,
+    pairs: &'p [PairInput<'p>],
+    open: &[&'p ConflictEntry],
 ) -> Merged {
     let rel = |p: &PairInput| -> &Relation { &relations.relations[p.relation] };
     let universe: BTreeSet<&FieldName> = pairs.iter().flat_map(|p| rel(p).shared.iter()).collect();
@@ -1173,20 +1173,22 @@ fn merge_hub(
                 .map(|l| l.baseline.value(name))
                 .unwrap_or(&Value::Null)
         };
-        let account_value = |i: usize| -> Value {
+        // Values are borrowed from the records and links; only what is written or
+        // remembered is copied.
+        let account_value = |i: usize| -> &Value {
             match pairs[i].account {
-                Some(a) => a.fields.value(name).clone(),
+                Some(a) => a.fields.value(name),
                 // Not read this run, so unchanged since it was synchronised.
-                None => base(i).clone(),
+                None => base(i),
             }
         };
-        let contact_value: Value = match contact {
-            Some(c) => c.fields.value(name).clone(),
+        let contact_value: &Value = match contact {
+            Some(c) => c.fields.value(name),
             None => involved
                 .iter()
                 .find(|&&i| pairs[i].link.is_some())
-                .map(|&i| base(i).clone())
-                .unwrap_or(Value::Null),
+                .map(|&i| base(i))
+                .unwrap_or(&Value::Null),
         };
         let contact_owns = relations.contact_preserve.contains(f);
         let owner_pairs: Vec<usize> = involved
@@ -1197,7 +1199,7 @@ fn merge_hub(
         let resolution = involved.iter().find_map(|&i| {
             open.iter()
                 .find(|c| c.code == rel(&pairs[i]).code && c.field == name)
-                .and_then(|c| c.resolution.clone())
+                .and_then(|c| c.resolution.as_ref())
                 .map(|v| (i, v))
         });
         // Pairs whose change to this field waits for a decision (manual policy).
@@ -1215,13 +1217,13 @@ fn merge_hub(
             }
             v
         } else if contact_owns {
-            contact_value.clone()
+            contact_value
         } else if let Some(&owner) = owner_pairs.first() {
             // The owner's value wins, but an empty one only when the owner cleared it:
             // empty values never overwrite filled ones (R4).
             let a = account_value(owner);
             if a.is_empty() && base(owner).is_empty() {
-                contact_value.clone()
+                contact_value
             } else {
                 if a != contact_value {
                     from_account[owner].push(f.clone());
@@ -1236,17 +1238,17 @@ fn merge_hub(
                 .filter(|&i| pairs[i].link.is_some())
                 .collect();
             let contact_changed =
-                contact.is_some() && existing.iter().any(|&i| &contact_value != base(i));
-            let mut proposals: Vec<(usize, Value)> = existing
+                contact.is_some() && existing.iter().any(|&i| contact_value != base(i));
+            let mut proposals: Vec<(usize, &Value)> = existing
                 .iter()
                 .map(|&i| (i, account_value(i)))
-                .filter(|(i, v)| v != base(*i))
+                .filter(|(i, v)| *v != base(*i))
                 .collect();
-            let agreed = |proposals: &[(usize, Value)]| {
+            let agreed = |proposals: &[(usize, &Value)]| {
                 let mut all = proposals
                     .iter()
-                    .map(|(_, v)| v)
-                    .chain(contact_changed.then_some(&contact_value));
+                    .map(|(_, v)| *v)
+                    .chain(contact_changed.then_some(contact_value));
                 let first = all.next();
                 all.all(|v| Some(v) == first)
             };
@@ -1259,10 +1261,10 @@ fn merge_hub(
                     .collect();
                 proposals.retain(|(i, _)| !held.contains(i));
             }
-            let mut value = contact_value.clone();
+            let mut value = contact_value;
             if agreed(&proposals) {
                 if let Some((i, v)) = proposals.first() {
-                    value = v.clone();
+                    value = v;
                     for (j, w) in &proposals {
                         if w == v {
                             from_account[*j].push(f.clone());
@@ -1271,7 +1273,7 @@ fn merge_hub(
                     let _ = i;
                 }
             } else {
-                let newest = |candidates: &[&(usize, Value)]| -> (usize, Value) {
+                let newest = |candidates: &[&(usize, &'p Value)]| -> (usize, &'p Value) {
                     let mut best = candidates[0];
                     for c in &candidates[1..] {
                         let m = pairs[c.0].account.and_then(|a| a.modified_at);
@@ -1280,13 +1282,13 @@ fn merge_hub(
                             best = c;
                         }
                     }
-                    best.clone()
+                    *best
                 };
                 let winner = if contact_changed {
-                    let beating: Vec<&(usize, Value)> = proposals
+                    let beating: Vec<&(usize, &Value)> = proposals
                         .iter()
                         .filter(|(i, v)| {
-                            v != &contact_value
+                            *v != contact_value
                                 && account_beats_contact(
                                     rel(&pairs[*i]).policy(f),
                                     pairs[*i].account.and_then(|a| a.modified_at),
@@ -1304,7 +1306,7 @@ fn merge_hub(
                 };
                 let (winner_name, policy) = match &winner {
                     Some((i, v)) => {
-                        value = v.clone();
+                        value = v;
                         from_account[*i].push(f.clone());
                         (rel(&pairs[*i]).code.clone(), rel(&pairs[*i]).policy(f))
                     }
@@ -1329,7 +1331,7 @@ fn merge_hub(
                             (
                                 rel(&pairs[*i]).code.clone(),
                                 pairs[*i].account_id.to_owned(),
-                                v.clone(),
+                                (*v).clone(),
                             )
                         })
                         .collect(),
@@ -1362,7 +1364,7 @@ fn merge_hub(
                 accounts: vec![(
                     rel(&pairs[i]).code.clone(),
                     pairs[i].account_id.to_owned(),
-                    account_value(i),
+                    account_value(i).clone(),
                 )],
                 policy: ConflictPolicy::Manual,
                 winner: "manual".to_owned(),
@@ -1390,13 +1392,14 @@ fn merge_hub(
             }
             // A waiting field keeps its old baseline, so the conflict stays visible.
             let new_base = if waits {
-                base(i).clone()
+                base(i)
             } else if owns {
                 a
             } else {
-                value.clone()
+                value
             };
-            baselines[i].set(f.clone(), new_base);
+            // Baselines are built in name order: an append, not an insert.
+            baselines[i].set(f.clone(), new_base.clone());
         }
     }
     // Open manual conflicts that did not come up again are settled by themselves.

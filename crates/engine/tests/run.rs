@@ -514,7 +514,9 @@ async fn r4_a_run_without_changes_keeps_no_record_in_play() {
         w.erp.put(
             EntityKind::Vendor,
             "V9",
-            Fields::new().with("name", "Zeta").with("email", "z@zeta.be"),
+            Fields::new()
+                .with("name", "Zeta")
+                .with("email", "z@zeta.be"),
         );
         let report = w.sync().await;
         let vendors = report
