@@ -275,10 +275,16 @@ impl Connector for MemoryConnector {
         let mut records = Vec::new();
         let mut last_id = None;
         let candidates: Box<dyn Iterator<Item = &String>> = match listing {
+            // Each page starts after the last id of the one before, without walking
+            // the ids before it.
             Listing::Full => Box::new(
                 table
                     .changed_at
-                    .keys()
+                    .range::<str, _>((
+                        std::ops::Bound::Excluded(after.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .map(|(id, _)| id)
                     .filter(|id| table.records.contains_key(*id)),
             ),
             Listing::Changes => {

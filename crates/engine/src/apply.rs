@@ -862,7 +862,8 @@ pub(crate) async fn apply(
         .chain(accounts.iter().zip(&settled_accounts))
     {
         for (id, hash) in &read.hashes {
-            if !settled.contains(id) {
+            // An unchanged record's stored hash is already this one.
+            if !settled.contains(id) && read.changed.contains(id) {
                 batch
                     .set_hashes
                     .push((read.scope.clone(), id.clone(), *hash));

@@ -8,7 +8,7 @@
 //! wins outright; competing changes are a conflict settled by the relation's policy
 //! (R15). The agreed value then goes to every side that does not have it yet.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use tandem_model::{ContactType, EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
@@ -30,6 +30,11 @@ pub struct PlanInput {
     pub contacts: BTreeMap<String, Record>,
     /// Contacts deleted (tombstones, or missing from a completed full listing).
     pub deleted_contacts: BTreeSet<String>,
+    /// Contacts in `contacts` only as match candidates: unchanged since the last run,
+    /// read again because their relation needs matching. Unless they get a new link,
+    /// nothing about them is merged or reflected: both were settled when they were
+    /// last read.
+    pub match_only: HashSet<String>,
     /// Per relation, in config order.
     pub accounts: Vec<AccountInput>,
     pub links: Vec<Link>,
@@ -929,7 +934,7 @@ impl<'a> Planner<'a> {
         }
         let mut hub_ids: BTreeSet<&str> = self.new_links.keys().copied().collect();
         for (contact_id, links) in &self.by_contact {
-            if input.contacts.contains_key(*contact_id)
+            if (input.contacts.contains_key(*contact_id) && !input.match_only.contains(*contact_id))
                 || links
                     .iter()
                     .any(|(r, l)| self.accounts(*r).records.contains_key(&l.account_id))
@@ -1013,6 +1018,14 @@ impl<'a> Planner<'a> {
             .map(String::as_str)
             .filter(|id| !input.deleted_contacts.contains(*id))
         {
+            if input.match_only.contains(contact_id)
+                && !self.new_links.contains_key(contact_id)
+                && !self.lost_codes.contains_key(contact_id)
+                && !self.gained_codes.contains_key(contact_id)
+                && !self.template_fills.contains_key(contact_id)
+            {
+                continue;
+            }
             let contact = &input.contacts[contact_id];
             let current = listed_codes(contact);
             let mut held: BTreeSet<String> = BTreeSet::new();

@@ -440,6 +440,7 @@ impl<'a> Engine<'a> {
                 add_in_play(read, more);
             }
         }
+        let mut match_only = HashSet::new();
         if contacts_full && linked_contacts.iter().any(Option::is_some) {
             let kinds: Vec<EntityKind> = relations.relations.iter().map(|r| r.kind).collect();
             let more = read_more(
@@ -456,6 +457,7 @@ impl<'a> Engine<'a> {
                 },
             )
             .await?;
+            match_only.extend(more.iter().map(|c| c.id.clone()));
             add_in_play(&mut contacts, more);
         }
         drop(linked_contacts);
@@ -517,6 +519,7 @@ impl<'a> Engine<'a> {
         let input = PlanInput {
             contacts: std::mem::take(&mut contacts.records),
             deleted_contacts: contacts.deleted.clone(),
+            match_only,
             accounts: accounts
                 .iter_mut()
                 .map(|a| AccountInput {
