@@ -17,3 +17,4 @@ mod quickstart;
 mod rules;
 #[cfg(feature = "connector-tryton")]
 mod tryton;
+mod unchanged;

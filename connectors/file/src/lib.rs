@@ -4,7 +4,8 @@
 //! Config: `type = "file"`, settings `{"path": "<folder>", "format": "csv" | "jsonl"}`.
 //!
 //! Every read is a full listing. Every write re-reads the file, applies the operations
-//! and replaces the file atomically. Columns (CSV) and keys (JSON Lines) that are not
+//! and replaces the file atomically. A fingerprint (length and hash of the file's bytes)
+//! lets the engine skip reading a file that did not change since the last run. Columns (CSV) and keys (JSON Lines) that are not
 //! fields of the kind are never exposed but are kept on every rewrite. A record's
 //! version is a hash of its whole row, so any edit to the file changes it.
 //!
@@ -17,6 +18,7 @@ mod csv;
 mod jsonl;
 mod table;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,15 @@ pub struct FileConnector {
     format: Format,
     /// Writes read, change and replace a whole file; two at once would lose one.
     writing: Mutex<()>,
+    /// Per kind: the fingerprint taken last, and the (before, after) fingerprints of
+    /// every write through this instance since then.
+    own_writes: Mutex<HashMap<EntityKind, OwnWrites>>,
+}
+
+#[derive(Debug)]
+struct OwnWrites {
+    since: String,
+    writes: Vec<(String, String)>,
 }
 
 impl FileConnector {
@@ -95,6 +106,7 @@ impl FileConnector {
             folder: path,
             format,
             writing: Mutex::new(()),
+            own_writes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,6 +141,33 @@ impl FileConnector {
         }
     }
 
+    /// The length and xxh3 hash of the file's bytes (`none` for a missing file): any
+    /// edit changes it, whatever the editor and the file times say.
+    fn content_fingerprint(&self, kind: EntityKind) -> Result<String, ConnectorError> {
+        self.check_folder()?;
+        let path = self.file(kind);
+        let mut file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok("none".to_owned()),
+            Err(e) => return Err(table::io_error("cannot read", &path, e)),
+        };
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            match io::Read::read(&mut file, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    len += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(table::io_error("cannot read", &path, e)),
+            }
+        }
+        Ok(format!("{len}:{:016x}", hasher.digest()))
+    }
+
     fn read_all(&self, kind: EntityKind) -> Result<Vec<Record>, ConnectorError> {
         self.check_folder()?;
         let path = self.file(kind);
@@ -148,10 +187,29 @@ impl FileConnector {
         // atomic), so the lock is still good.
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let path = self.file(kind);
-        match self.format {
+        let tracking = self.own_writes_lock().contains_key(&kind);
+        let before = if tracking {
+            Some(self.content_fingerprint(kind)?)
+        } else {
+            None
+        };
+        let outcomes = match self.format {
             Format::Csv => apply(csv::CsvTable::load(&path, kind)?, kind, ops),
             Format::Jsonl => apply(jsonl::JsonlTable::load(&path, kind)?, kind, ops),
+        }?;
+        if let Some(before) = before {
+            let after = self.content_fingerprint(kind)?;
+            if let Some(own) = self.own_writes_lock().get_mut(&kind) {
+                own.writes.push((before, after));
+            }
         }
+        Ok(outcomes)
+    }
+
+    fn own_writes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKind, OwnWrites>> {
+        self.own_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -207,6 +265,45 @@ impl Connector for FileConnector {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteOutcome>, ConnectorError> {
         self.write_all(kind, ops)
+    }
+
+    async fn fingerprint(&self, kind: EntityKind) -> Result<Option<String>, ConnectorError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let fingerprint = self.content_fingerprint(kind)?;
+        self.own_writes_lock().insert(
+            kind,
+            OwnWrites {
+                since: fingerprint.clone(),
+                writes: Vec::new(),
+            },
+        );
+        Ok(Some(fingerprint))
+    }
+
+    async fn fingerprint_after_own_writes(
+        &self,
+        kind: EntityKind,
+        since: &str,
+    ) -> Result<Option<String>, ConnectorError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let expected = {
+            let own = self.own_writes_lock();
+            let Some(own) = own.get(&kind).filter(|o| o.since == since) else {
+                return Ok(None);
+            };
+            // Each write must start where the one before ended: anything in between
+            // was someone else's edit.
+            let mut current = own.since.clone();
+            for (before, after) in &own.writes {
+                if *before != current {
+                    return Ok(None);
+                }
+                current.clone_from(after);
+            }
+            current
+        };
+        let now = self.content_fingerprint(kind)?;
+        Ok((now == expected).then_some(now))
     }
 }
 

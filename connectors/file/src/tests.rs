@@ -810,3 +810,73 @@ fn capabilities_are_full_listings_with_writes() {
         PathBuf::from("data/bank_accounts.csv")
     );
 }
+
+#[tokio::test]
+async fn a_fingerprint_follows_the_content_and_vouches_only_for_own_writes() {
+    let dir = folder();
+    put(&dir, "contacts.csv", "id,name\nC1,Acme\n");
+    let c = csv_in(&dir);
+    let first = c.fingerprint(CONTACT).await.unwrap().unwrap();
+    assert_eq!(c.fingerprint(CONTACT).await.unwrap().unwrap(), first);
+    // No write: the fingerprint stands as long as nobody edits the file.
+    assert_eq!(
+        c.fingerprint_after_own_writes(CONTACT, &first)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(first.as_str())
+    );
+
+    // Own writes: vouched for, ending at the new content.
+    let create = WriteOp::Create {
+        fields: Fields::new().with("name", "Beta"),
+    };
+    assert!(write(&c, CONTACT, vec![create.clone()]).await[0].is_ok());
+    let after = c
+        .fingerprint_after_own_writes(CONTACT, &first)
+        .await
+        .unwrap()
+        .expect("only this instance wrote");
+    assert_ne!(after, first);
+    assert_eq!(
+        c.fingerprint(CONTACT).await.unwrap().as_deref(),
+        Some(after.as_str())
+    );
+
+    // Someone else's edit between the fingerprint and a write: not vouched for.
+    let since = c.fingerprint(CONTACT).await.unwrap().unwrap();
+    put(
+        &dir,
+        "contacts.csv",
+        get(&dir, "contacts.csv") + "C9,Edited by hand\n",
+    );
+    assert!(write(&c, CONTACT, vec![create.clone()]).await[0].is_ok());
+    assert_eq!(
+        c.fingerprint_after_own_writes(CONTACT, &since)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // An edit after the last own write: not vouched for either.
+    let since = c.fingerprint(CONTACT).await.unwrap().unwrap();
+    assert!(write(&c, CONTACT, vec![create]).await[0].is_ok());
+    put(
+        &dir,
+        "contacts.csv",
+        get(&dir, "contacts.csv") + "C10,Later\n",
+    );
+    assert_eq!(
+        c.fingerprint_after_own_writes(CONTACT, &since)
+            .await
+            .unwrap(),
+        None
+    );
+    // A missing file has a fingerprint too; a missing folder is an error.
+    assert_eq!(
+        c.fingerprint(EntityKind::Vendor).await.unwrap().as_deref(),
+        Some("none")
+    );
+    let gone = FileConnector::new(dir.path().join("nope"), Format::Csv);
+    assert!(gone.fingerprint(CONTACT).await.is_err());
+}

@@ -3,8 +3,9 @@
 //! `tandem-bench run --n 100000` generates N contacts and N accounts into a temporary
 //! folder and measures, each phase in a child process of its own (so peak memory is the
 //! phase's own): parsing the CSV files alone, the initial sync, a second sync with no
-//! change, and an incremental run with k changes through a change-reading (in-memory)
-//! connector over a state holding the links of the initial sync.
+//! change (which skips the unchanged files), the same with every file read
+//! (`--full-read`), and an incremental run with k changes through a change-reading
+//! (in-memory) connector over a state holding the links of the initial sync.
 
 mod generate;
 
@@ -126,7 +127,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-const PHASES: &[&str] = &["parse", "initial", "second", "incremental"];
+const PHASES: &[&str] = &["parse", "initial", "second", "second-full", "incremental"];
 
 fn run(sizes: &[usize], k: usize, runs: usize, json: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
@@ -263,9 +264,11 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
             }
             Ok((started.elapsed().as_secs_f64(), records))
         }
-        "initial" | "second" => {
+        "initial" | "second" | "second-full" => {
             let mut state = SqliteState::open(&dir.join(".tandem/state.db"), LockMode::Exclusive)?;
             let mut engine = Engine::new(relations("erp")?, file_connectors(dir), &mut state)?;
+            // `second-full` reads every file although none changed (`--full-read`).
+            engine.set_full_read(name == "second-full");
             let started = Instant::now();
             let report = engine.sync().await?;
             Ok((started.elapsed().as_secs_f64(), report.writes))

@@ -91,14 +91,25 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Read every system, link, create and update records, and print what was done.
+    ///
+    /// A file that did not change since the end of the last sync (same content hash)
+    /// is not read again; --full-read reads everything anyway.
     #[command(after_help = EXIT_CODES)]
-    Sync,
+    Sync {
+        /// Read every system completely, even what did not change since the last sync.
+        #[arg(long)]
+        full_read: bool,
+    },
     /// Print what `sync` would do now, without writing to any system.
     ///
     /// Prints the counts per relation, then every link to make, record to create,
     /// field change (old -> new), link to drop, ambiguous match, refused request and
     /// conflict. Never creates a state file.
-    Plan,
+    Plan {
+        /// Read every system completely, even what did not change since the last sync.
+        #[arg(long)]
+        full_read: bool,
+    },
     /// Check the config, open the state, and check every connector.
     ///
     /// Prints one line per check; exits with 1 when any failed.
@@ -256,8 +267,8 @@ fn parse_args() -> Result<Cli, clap::Error> {
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let directive = |d: Directives| RunMode::Sync(Some(d));
     match &cli.command {
-        Command::Sync => run_engine(cli, RunMode::Sync(None)).await,
-        Command::Plan => run_engine(cli, RunMode::Plan).await,
+        Command::Sync { .. } => run_engine(cli, RunMode::Sync(None)).await,
+        Command::Plan { .. } => run_engine(cli, RunMode::Plan).await,
         Command::Check => check(cli).await,
         Command::Link {
             code,
@@ -433,6 +444,10 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut engine = Engine::new(relations.clone(), connectors, &mut state)
         .map_err(|e| anyhow!("{}: {e}", config.shown()))?;
+    engine.set_full_read(matches!(
+        cli.command,
+        Command::Sync { full_read: true } | Command::Plan { full_read: true }
+    ));
     let report = match mode {
         RunMode::Plan => engine.plan().await.context("plan failed")?,
         RunMode::Sync(None) => engine.sync().await.context("sync failed")?,
@@ -452,7 +467,7 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     if cli.json {
         print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        let actions = !sync || cli.verbose > 0 || !matches!(cli.command, Command::Sync);
+        let actions = !sync || cli.verbose > 0 || !matches!(cli.command, Command::Sync { .. });
         print_stdout(&output::report(&report, &relations, actions, elapsed))?;
     }
     let records_failed = report.failed() > 0 || !report.failures.is_empty();

@@ -70,7 +70,11 @@ pub fn report(
         rows.push(vec![
             r.connector.clone(),
             r.kind.plural().to_owned(),
-            r.records.to_string(),
+            if r.skipped {
+                "unchanged, not read".to_owned()
+            } else {
+                r.records.to_string()
+            },
             r.changed.to_string(),
             r.deleted.to_string(),
         ]);

@@ -145,4 +145,26 @@ pub trait Connector: Send + Sync + fmt::Debug {
         kind: EntityKind,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteOutcome>, ConnectorError>;
+
+    /// A token for the current records of `kind`, when the connector can tell cheaply
+    /// (a file's content hash): two equal tokens promise that a full read would return
+    /// exactly the same records, so the engine may skip reading. Taking a fingerprint
+    /// also starts the record of this instance's own writes (see
+    /// [`Connector::fingerprint_after_own_writes`]). The default, `None`, means the
+    /// connector cannot tell, and every run reads.
+    async fn fingerprint(&self, _kind: EntityKind) -> Result<Option<String>, ConnectorError> {
+        Ok(None)
+    }
+
+    /// The fingerprint of `kind` now, if everything that changed it since the
+    /// fingerprint `since` was taken are writes made through this instance (none
+    /// counts); `None` when anything else may have changed it. The engine remembers
+    /// it, so that the next run skips reading what only its own writes changed.
+    async fn fingerprint_after_own_writes(
+        &self,
+        _kind: EntityKind,
+        _since: &str,
+    ) -> Result<Option<String>, ConnectorError> {
+        Ok(None)
+    }
 }

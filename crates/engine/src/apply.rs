@@ -893,6 +893,25 @@ pub(crate) async fn apply(
                 .push((read.scope.clone(), cursor.0.clone()));
         }
     }
+    // Remembered last, with the cursors: a scope that only this run's own writes
+    // changed is not read by the next run while its fingerprint stays the same.
+    // Anything else forgets it, so the next run reads.
+    let tag = engine.fingerprint_tag();
+    for read in std::iter::once(&contacts).chain(&accounts) {
+        let Some(since) = &read.fingerprint else {
+            continue;
+        };
+        let connector = &engine.connectors[&read.scope.connector];
+        let now = connector
+            .fingerprint_after_own_writes(read.scope.kind, since)
+            .await
+            .ok()
+            .flatten();
+        batch.set_fingerprints.push((
+            read.scope.clone(),
+            now.map(|fingerprint| format!("{tag}:{fingerprint}")),
+        ));
+    }
     engine.state.commit(batch)?;
 
     let parked_now = engine.state.parked_links()?;

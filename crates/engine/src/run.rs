@@ -70,6 +70,9 @@ pub struct ReadStats {
     /// Records this run looked at beyond reading: the changed ones, and unchanged ones
     /// matching or the run needed. A run without changes keeps none.
     pub in_play: u64,
+    /// Not read at all: the connector's fingerprint is the one remembered at the end
+    /// of the last run, so nothing changed (`--full-read` reads anyway).
+    pub skipped: bool,
 }
 
 /// The result of `plan` or `sync`.
@@ -115,6 +118,8 @@ pub(crate) struct ScopeRead {
     /// Records whose hash differed from the stored one.
     pub changed: HashSet<String>,
     pub cursor: Option<Cursor>,
+    /// The connector's fingerprint taken before reading, if it gives one.
+    pub fingerprint: Option<String>,
     pub stats: ReadStats,
 }
 
@@ -123,6 +128,8 @@ pub struct Engine<'a> {
     pub(crate) relations: Relations,
     pub(crate) connectors: HashMap<String, Arc<dyn Connector>>,
     pub(crate) state: &'a mut dyn StateStore,
+    /// Read every scope even when its fingerprint says nothing changed.
+    pub(crate) full_read: bool,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -159,6 +166,7 @@ impl<'a> Engine<'a> {
             relations,
             connectors,
             state,
+            full_read: false,
         };
         engine.connector(
             &engine.relations.contacts_connector,
@@ -196,6 +204,19 @@ impl<'a> Engine<'a> {
             });
         }
         Ok(connector)
+    }
+
+    /// Reads every scope even when its connector's fingerprint says nothing changed
+    /// since the last run (`tandem sync --full-read`).
+    pub fn set_full_read(&mut self, full_read: bool) {
+        self.full_read = full_read;
+    }
+
+    /// What ties a remembered fingerprint to this deployment: the relations as
+    /// configured and the Tandem version (a change to either reads everything again).
+    pub(crate) fn fingerprint_tag(&self) -> String {
+        let config = format!("{}:{:?}", env!("CARGO_PKG_VERSION"), self.relations);
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(config.as_bytes()))
     }
 
     /// What `sync` would do now; writes nothing anywhere.
@@ -280,6 +301,7 @@ impl<'a> Engine<'a> {
             link_counts.push(self.state.count_links(&r.code)?);
         }
         let any_links = link_counts.iter().any(|n| *n > 0);
+        let tag = self.fingerprint_tag();
         let wanted_accounts: Vec<HashSet<&str>> = relations
             .relations
             .iter()
@@ -307,6 +329,7 @@ impl<'a> Engine<'a> {
                 &relation.connector,
                 &*connector,
                 relation.kind,
+                (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
                 |a| wanted.contains(a.id.as_str()),
             )
             .await?;
@@ -348,6 +371,7 @@ impl<'a> Engine<'a> {
             &contacts_name,
             &*contacts_connector,
             EntityKind::Contact,
+            (!self.full_read && wanted_contacts.is_empty()).then_some(tag.as_str()),
             |c| wanted_contacts.contains(&c.id),
         )
         .await?;
@@ -423,8 +447,12 @@ impl<'a> Engine<'a> {
             let connector = self
                 .connector(&relation.connector, relation.kind, "relation")?
                 .clone();
-            let accounts_skipped = accounts[r].stats.records > accounts[r].records.len() as u64;
-            let contacts_skipped = contacts.stats.records > contacts.records.len() as u64;
+            // Records the first pass let go by (or did not read at all).
+            let passed = |read: &ScopeRead| {
+                read.stats.skipped || read.stats.records > read.records.len() as u64
+            };
+            let accounts_skipped = passed(&accounts[r]);
+            let contacts_skipped = passed(&contacts);
             let accounts_full = !connector.capabilities().incremental;
             if !((accounts_full && accounts_skipped) || (contacts_full && contacts_skipped)) {
                 continue;
@@ -593,9 +621,51 @@ async fn read_scope(
     connector_name: &str,
     connector: &dyn Connector,
     kind: EntityKind,
+    skip_tag: Option<&str>,
     keep: impl Fn(&Record) -> bool,
 ) -> Result<ScopeRead, EngineError> {
     let scope = Scope::new(connector_name, kind);
+    let read_error = |source| EngineError::Read {
+        connector: connector_name.to_owned(),
+        kind,
+        source,
+    };
+    // A fingerprint equal to the one remembered at the end of the last run (with the
+    // same configuration) means the records are those the state describes: nothing to
+    // read, unless some record waits to be looked at again.
+    let fingerprint = connector.fingerprint(kind).await.map_err(read_error)?;
+    let unchanged = match (skip_tag, &fingerprint) {
+        (Some(tag), Some(fingerprint)) => {
+            state.fingerprint(&scope)? == Some(format!("{tag}:{fingerprint}"))
+                && !state.has_rechecks(&scope)?
+        }
+        _ => false,
+    };
+    if unchanged {
+        info!(
+            connector = connector_name,
+            kind = kind.plural(),
+            "not read: unchanged since the last run"
+        );
+        return Ok(ScopeRead {
+            scope,
+            records: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+            hashes: HashMap::new(),
+            changed: HashSet::new(),
+            cursor: None,
+            fingerprint,
+            stats: ReadStats {
+                connector: connector_name.to_owned(),
+                kind,
+                records: 0,
+                changed: 0,
+                deleted: 0,
+                in_play: 0,
+                skipped: true,
+            },
+        });
+    }
     let incremental = connector.capabilities().incremental;
     // A full listing is compared with every stored hash (what is missing is deleted);
     // changes only with the hashes of the records they bring.
@@ -617,6 +687,7 @@ async fn read_scope(
         hashes: HashMap::new(),
         changed: HashSet::new(),
         cursor: None,
+        fingerprint,
         stats: ReadStats {
             connector: connector_name.to_owned(),
             kind,
@@ -624,6 +695,7 @@ async fn read_scope(
             changed: 0,
             deleted: 0,
             in_play: 0,
+            skipped: false,
         },
     };
     info!(connector = connector_name, kind = kind.plural(), "reading");

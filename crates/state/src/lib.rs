@@ -148,6 +148,8 @@ pub struct StateBatch {
     pub set_hashes: Vec<(Scope, String, u64)>,
     pub delete_hashes: Vec<(Scope, String)>,
     pub set_cursors: Vec<(Scope, String)>,
+    /// Sets (or with `None` forgets) the fingerprint of a scope.
+    pub set_fingerprints: Vec<(Scope, Option<String>)>,
     /// Appended to the interaction log.
     pub interactions: Vec<Interaction>,
     /// Open conflicts by (code, contact_id, field): a new one is inserted, an open one
@@ -175,6 +177,7 @@ impl StateBatch {
             && self.set_hashes.is_empty()
             && self.delete_hashes.is_empty()
             && self.set_cursors.is_empty()
+            && self.set_fingerprints.is_empty()
             && self.interactions.is_empty()
             && self.upsert_conflicts.is_empty()
             && self.resolve_conflicts.is_empty()
@@ -265,6 +268,11 @@ pub trait StateStore: Send {
     fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError>;
     /// All content hashes stored for `scope`, by record id.
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError>;
+    /// The connector's fingerprint of `scope` as of the end of the last run, when the
+    /// stored hashes describe exactly those records.
+    fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError>;
+    /// Whether some record of `scope` is marked to be looked at again (hash 0).
+    fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError>;
 
     /// Applies `batch` in one transaction.
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError>;

@@ -28,7 +28,23 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_1_INITIAL,
     MIGRATION_2_BUSINESS_RULES,
     MIGRATION_3_UNLINKED_PAIRS,
+    MIGRATION_4_FINGERPRINTS,
 ];
+
+/// Fingerprints of scopes that did not change since the end of the last run, and a
+/// quick way to see whether a scope has records to look at again.
+const MIGRATION_4_FINGERPRINTS: &str = "
+CREATE TABLE fingerprints (
+    connector   TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (connector, kind)
+) WITHOUT ROWID, STRICT;
+
+-- Records marked to be looked at again (hash 0) are few: a partial index finds them
+-- without a scan.
+CREATE INDEX record_hashes_recheck ON record_hashes (connector, kind) WHERE hash = 0;
+";
 
 const MIGRATION_1_INITIAL: &str = "
 CREATE TABLE links (
@@ -641,6 +657,30 @@ impl StateStore for SqliteState {
         Ok(out)
     }
 
+    fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError> {
+        self.conn
+            .prepare_cached(
+                "SELECT fingerprint FROM fingerprints WHERE connector = ?1 AND kind = ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![scope.connector, scope.kind.as_str()], |row| {
+                    row.get(0)
+                })
+                .optional()
+            })
+            .map_err(sql_error("reading a fingerprint"))
+    }
+
+    fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError> {
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM record_hashes WHERE connector = ?1 AND kind = ?2 AND hash = 0 \
+                 LIMIT 1",
+            )
+            .and_then(|mut stmt| stmt.exists(params![scope.connector, scope.kind.as_str()]))
+            .map_err(sql_error("looking for records to look at again"))
+    }
+
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError> {
         const ACTION: &str = "reading content hashes";
         let key = params![scope.connector, scope.kind.as_str()];
@@ -688,6 +728,7 @@ impl StateStore for SqliteState {
         delete_hashes(&tx, &batch.delete_hashes)?;
         set_hashes(&tx, &batch.set_hashes)?;
         set_cursors(&tx, &batch.set_cursors)?;
+        set_fingerprints(&tx, &batch.set_fingerprints)?;
         append_interactions(&tx, &batch.interactions)?;
         upsert_conflicts(&tx, &batch.upsert_conflicts)?;
         resolve_conflicts(&tx, &batch.resolve_conflicts)?;
@@ -1076,6 +1117,28 @@ fn set_cursors(conn: &Connection, cursors: &[(Scope, String)]) -> Result<(), Sta
     for (scope, cursor) in cursors {
         stmt.execute(params![scope.connector, scope.kind.as_str(), cursor])
             .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn set_fingerprints(
+    conn: &Connection,
+    fingerprints: &[(Scope, Option<String>)],
+) -> Result<(), StateError> {
+    const ACTION: &str = "storing fingerprints";
+    for (scope, fingerprint) in fingerprints {
+        let result = match fingerprint {
+            Some(f) => conn
+                .prepare_cached(
+                    "INSERT INTO fingerprints (connector, kind, fingerprint) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (connector, kind) DO UPDATE SET fingerprint = excluded.fingerprint",
+                )
+                .and_then(|mut stmt| stmt.execute(params![scope.connector, scope.kind.as_str(), f])),
+            None => conn
+                .prepare_cached("DELETE FROM fingerprints WHERE connector = ?1 AND kind = ?2")
+                .and_then(|mut stmt| stmt.execute(params![scope.connector, scope.kind.as_str()])),
+        };
+        result.map_err(sql_error(ACTION))?;
     }
     Ok(())
 }
