@@ -22,7 +22,8 @@ use tracing::info;
 use crate::failpoint;
 use crate::plan::{FieldChange, NewLink, PENDING_LINK, UnlinkReason};
 use crate::run::{
-    Engine, EngineError, Failure, Prepared, RECHECK, RunReport, record_hash, rejections,
+    Engine, EngineError, Failure, Prepared, RECHECK, RunReport, record_hash, record_hash_of,
+    rejections,
 };
 
 /// State changes per transaction while applying.
@@ -623,8 +624,8 @@ pub(crate) async fn apply(
             let scope = accounts[r].scope.clone();
             match account_error.clone().or_else(|| contact_error.clone()) {
                 None => {
-                    let hash = match (&pair.account_after, &account_result) {
-                        (Some(after), _) => Some(record_hash(after, account_version.as_deref())),
+                    let hash = match (pair.account_after_hash, &account_result) {
+                        (Some(after), _) => Some(record_hash_of(after, account_version.as_deref())),
                         // Written without having been read: look again next run.
                         (None, Some(_)) => Some(RECHECK),
                         (None, None) => None,
@@ -811,9 +812,9 @@ pub(crate) async fn apply(
                 }
             }
         }
-        let contact_hash = match (&hub.contact_after, hub_failed || waiting) {
+        let contact_hash = match (hub.contact_after_hash, hub_failed || waiting) {
             (_, true) => Some(RECHECK),
-            (Some(after), false) => Some(record_hash(after, contact_version.as_deref())),
+            (Some(after), false) => Some(record_hash_of(after, contact_version.as_deref())),
             (None, false) if contact_result.is_some() => Some(RECHECK),
             (None, false) => contacts.hashes.get(&hub.contact_id).copied(),
         };

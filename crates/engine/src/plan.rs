@@ -121,10 +121,11 @@ pub struct HubPlan {
     pub pairs: Vec<PairPlan>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<Conflict>,
-    /// The contact's fields after the write, when the whole record was read (to
-    /// remember its content hash).
+    /// The content hash of the contact's fields after the write, when the whole
+    /// record was read (remembered, so the next run sees no change). A hash, not the
+    /// fields: a million hubs must not hold a second copy of every contact.
     #[serde(skip)]
-    pub contact_after: Option<Fields>,
+    pub contact_after_hash: Option<u64>,
 }
 
 /// One link of a hub: its account's writes and its new baseline.
@@ -149,8 +150,9 @@ pub struct PairPlan {
     pub baseline: Fields,
     #[serde(skip)]
     pub previous: Option<Link>,
+    /// The content hash of the account's fields after the write, when it was read.
     #[serde(skip)]
-    pub account_after: Option<Fields>,
+    pub account_after_hash: Option<u64>,
 }
 
 /// A new company contact for an account without one (R6).
@@ -291,6 +293,17 @@ pub fn may_hold(contact: &Record, kind: EntityKind) -> bool {
     }
 }
 
+/// Whether `code` is listed in a contact's `business_relations` field, without
+/// building the list (asked for every contact and relation of a run).
+pub fn lists_code(contact: &Record, code: &str) -> bool {
+    match contact.fields.get(field::BUSINESS_RELATIONS) {
+        Some(Value::List(items)) => items.iter().any(|s| s.trim() == code),
+        Some(Value::Text(text)) => text.split([';', ',']).any(|s| s.trim() == code),
+        Some(_) => listed_codes(contact).iter().any(|c| c == code),
+        None => false,
+    }
+}
+
 /// The relation codes listed in a contact's `business_relations` field (R5, R9).
 pub fn listed_codes(contact: &Record) -> Vec<String> {
     match contact.fields.get(field::BUSINESS_RELATIONS) {
@@ -370,6 +383,7 @@ impl<'a> Planner<'a> {
         }
         self.hubs();
         self.reflect_codes();
+        self.hash_contacts_after();
         self.finish_counts();
         self.plan
     }
@@ -722,7 +736,7 @@ impl<'a> Planner<'a> {
             .collect();
         for contact in input.contacts.values().filter(|c| !c.deleted) {
             let by_operator = operator_requests.contains(&contact.id.as_str());
-            let listed = listed_codes(contact).contains(&relation.code)
+            let listed = lists_code(contact, &relation.code)
                 && !self
                     .lost_codes
                     .get(contact.id.as_str())
@@ -1085,18 +1099,11 @@ impl<'a> Planner<'a> {
             match hub_of.get(contact_id).map(|&i| &mut self.plan.hubs[i]) {
                 Some(hub) => {
                     for change in changes {
-                        if let Some(after) = &mut hub.contact_after {
-                            after.set(change.field.clone(), change.new.clone());
-                        }
                         hub.contact_changes.retain(|c| c.field != change.field);
                         hub.contact_changes.push(change);
                     }
                 }
                 None => {
-                    let mut after = contact.fields.clone();
-                    for change in &changes {
-                        after.set(change.field.clone(), change.new.clone());
-                    }
                     hub_of.insert(contact_id.to_owned(), self.plan.hubs.len());
                     self.plan.hubs.push(HubPlan {
                         contact_id: contact_id.to_owned(),
@@ -1104,7 +1111,7 @@ impl<'a> Planner<'a> {
                         contact_changes: changes,
                         pairs: Vec::new(),
                         conflicts: Vec::new(),
-                        contact_after: Some(after),
+                        contact_after_hash: None,
                     });
                 }
             }
@@ -1112,6 +1119,20 @@ impl<'a> Planner<'a> {
         self.plan
             .hubs
             .sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
+    }
+
+    /// The content hash of every contact read this run as it will be after its writes
+    /// (merge and R9 together), computed once all of them are planned.
+    fn hash_contacts_after(&mut self) {
+        for hub in &mut self.plan.hubs {
+            if let Some(contact) = self.input.contacts.get(&hub.contact_id) {
+                let mut after = contact.fields.clone();
+                for change in &hub.contact_changes {
+                    after.set(change.field.clone(), change.new.clone());
+                }
+                hub.contact_after_hash = Some(after.content_hash());
+            }
+        }
     }
 
     fn finish_counts(&mut self) {
@@ -1431,13 +1452,6 @@ fn merge_hub<'p>(
     }
     closed.sort();
 
-    let contact_after = contact.map(|c| {
-        let mut fields = c.fields.clone();
-        for change in &contact_changes {
-            fields.set(change.field.clone(), change.new.clone());
-        }
-        fields
-    });
     let mut out_pairs = Vec::new();
     for (i, p) in pairs.iter().enumerate() {
         let changes = std::mem::take(&mut account_changes[i]);
@@ -1460,12 +1474,12 @@ fn merge_hub<'p>(
         if p.new_link.is_none() && !updated && contact_changes.is_empty() && unchanged_link {
             continue;
         }
-        let account_after = p.account.map(|a| {
+        let account_after_hash = p.account.map(|a| {
             let mut fields = a.fields.clone();
             for change in &changes {
                 fields.set(change.field.clone(), change.new.clone());
             }
-            fields
+            fields.content_hash()
         });
         out_pairs.push(PairPlan {
             code: rel(p).code.clone(),
@@ -1478,7 +1492,7 @@ fn merge_hub<'p>(
             updated,
             baseline,
             previous: p.link.cloned(),
-            account_after,
+            account_after_hash,
         });
     }
     let hub = (!out_pairs.is_empty() || !contact_changes.is_empty() || !conflicts.is_empty()).then(
@@ -1488,7 +1502,7 @@ fn merge_hub<'p>(
             contact_changes,
             pairs: out_pairs,
             conflicts,
-            contact_after,
+            contact_after_hash: None,
         },
     );
     Merged { hub, closed }

@@ -13,7 +13,7 @@ use tracing::info;
 use crate::apply::apply;
 use crate::matching::Ambiguity;
 use crate::plan::{
-    AccountInput, Directives, Plan, PlanInput, RelationCounts, listed_codes, may_hold, plan,
+    AccountInput, Directives, Plan, PlanInput, RelationCounts, lists_code, may_hold, plan,
 };
 use crate::relation::Relations;
 
@@ -101,7 +101,12 @@ impl RunReport {
 /// any change the system reports, even to data Tandem does not map, is noticed.
 /// Never 0, which marks a record to be looked at again.
 pub fn record_hash(fields: &Fields, version: Option<&str>) -> u64 {
-    let mut buf = fields.content_hash().to_le_bytes().to_vec();
+    record_hash_of(fields.content_hash(), version)
+}
+
+/// [`record_hash`] from the fields' content hash.
+pub(crate) fn record_hash_of(content_hash: u64, version: Option<&str>) -> u64 {
+    let mut buf = content_hash.to_le_bytes().to_vec();
     buf.extend_from_slice(version.unwrap_or("").as_bytes());
     xxhash_rust::xxh3::xxh3_64(&buf).max(1)
 }
@@ -425,7 +430,7 @@ impl<'a> Engine<'a> {
                 .filter_map(|id| contacts.records.get(id))
                 .any(|c| {
                     (may_hold(c, relation.kind) && !contacts_linked.contains(c.id.as_str()))
-                        || listed_codes(c).iter().any(|l| l == code)
+                        || lists_code(c, code)
                 })
                 || contacts
                     .deleted
