@@ -88,6 +88,10 @@ struct Measure {
     /// process held before it (the in-memory connectors hold the data set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run_rss_growth_mib: Option<f64>,
+    /// Incremental only: anonymous memory (heap, SQLite's page cache) held at the end
+    /// of the run above what was held before it; file pages mapped by SQLite excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_anon_growth_mib: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                 peak_rss_mib,
                 records,
                 run_rss_growth_mib: RUN_RSS_GROWTH_MIB.with(std::cell::Cell::get),
+                run_anon_growth_mib: RUN_ANON_GROWTH_MIB.with(std::cell::Cell::get),
             };
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
@@ -177,13 +182,15 @@ fn run(sizes: &[usize], k: usize, runs: usize, json: bool) -> anyhow::Result<()>
             .find(|p| p.n == m.n && p.phase == "parse")
             .map_or(1.0, |p| p.wall_s);
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {:.1}x |",
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {:.1}x |",
             m.n,
             m.phase,
             m.wall_s,
             m.cpu_s,
             m.peak_rss_mib,
             m.run_rss_growth_mib
+                .map_or_else(|| "-".to_owned(), |g| format!("{g:.0}")),
+            m.run_anon_growth_mib
                 .map_or_else(|| "-".to_owned(), |g| format!("{g:.0}")),
             m.records,
             m.wall_s / parse
@@ -335,6 +342,7 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     }
     drop((contacts, customers));
     let rss_before = rss_mib("VmRSS:");
+    let anon_before = rss_mib("RssAnon:");
     reset_peak_rss();
     perf_control("enable");
     let started = Instant::now();
@@ -346,11 +354,14 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     // The connectors hold the whole data set (they stand for the external systems);
     // what the run itself needed is the peak above what was resident before it.
     RUN_RSS_GROWTH_MIB.with(|g| g.set(Some(rss_mib("VmHWM:") - rss_before)));
+    // Measured while the report (with the whole plan) is still held.
+    RUN_ANON_GROWTH_MIB.with(|g| g.set(Some(rss_mib("RssAnon:") - anon_before)));
     Ok((wall, report.writes))
 }
 
 thread_local! {
     static RUN_RSS_GROWTH_MIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+    static RUN_ANON_GROWTH_MIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
 }
 
 /// A memory figure of this process from /proc/self/status, in MiB.

@@ -886,9 +886,13 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // The lock file already keeps writers apart; this only covers shared holders
     // racing to set up a new file, so a long wait would just hide a stuck process.
     conn.busy_timeout(Duration::from_secs(1))?;
-    // Takes effect only on a new file. Larger pages make shallower trees: a quarter
-    // less time to commit a million links than with the 4 KiB default.
-    conn.pragma_update(None, "page_size", 16384)?;
+    // Takes effect only on a new file. 4 KiB, SQLite's default: a run that changes a
+    // few records writes one page per B-tree it touches for each of them, to the WAL
+    // and again at the checkpoint, so the page size is what a change costs. With 16 KiB
+    // pages an incremental run of 1,000 changes over a million links took 0.31 s
+    // instead of 0.24 s, while bulk commits gained little in a real initial sync
+    // (docs/BENCHMARKS.md).
+    conn.pragma_update(None, "page_size", 4096)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
