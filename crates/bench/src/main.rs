@@ -103,6 +103,25 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Run { n, k, runs, json } => run(&n, k, runs.max(1), json),
         Cmd::Phase { name, dir, k } => {
+            // Resident memory over time, to see which step holds the peak:
+            // TANDEM_BENCH_RSS_EVERY_MS=500 prints it on stderr every half second.
+            if let Some(every) = std::env::var("TANDEM_BENCH_RSS_EVERY_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                std::thread::spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_millis(every));
+                        eprintln!(
+                            "rss {} {:.0} MiB",
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |d| d.as_secs_f64()),
+                            rss_mib("VmRSS:")
+                        );
+                    }
+                });
+            }
             // The engine's progress and step timings, on stderr, when RUST_LOG asks.
             if let Ok(filter) = std::env::var("RUST_LOG") {
                 tracing_subscriber::fmt()
