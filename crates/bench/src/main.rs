@@ -192,9 +192,9 @@ fn run(sizes: &[usize], k: usize, runs: usize, json: bool) -> anyhow::Result<()>
         return Ok(());
     }
     println!(
-        "| N | phase | wall s | CPU s | peak RSS MiB | run's own RSS MiB | records | vs parse |"
+        "| N | phase | wall s | CPU s | peak RSS MiB | run's own RSS MiB | run's own heap MiB | records | vs parse |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in &all {
         let parse = all
             .iter()
