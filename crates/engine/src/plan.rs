@@ -318,9 +318,20 @@ pub fn listed_codes(contact: &Record) -> Vec<String> {
     }
 }
 
+/// From this many hubs on, merging is spread over the machine's cores.
+const PARALLEL_HUBS: usize = 20_000;
+
 /// Plans a run. Deterministic: the same input gives the same plan.
 pub fn plan(relations: &Relations, input: &PlanInput) -> Plan {
-    Planner::new(relations, input).run()
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    plan_on(relations, input, threads)
+}
+
+/// [`plan`] on at most `threads` threads.
+fn plan_on(relations: &Relations, input: &PlanInput, threads: usize) -> Plan {
+    let mut planner = Planner::new(relations, input);
+    planner.threads = threads.max(1);
+    planner.run()
 }
 
 struct Planner<'a> {
@@ -340,6 +351,8 @@ struct Planner<'a> {
     /// Shared fields a template filled on an account created for a contact that had
     /// them empty: the contact gets them too (R5, R7).
     template_fills: BTreeMap<&'a str, Vec<(FieldName, Value)>>,
+    /// Threads to merge hubs on, when there are many.
+    threads: usize,
 }
 
 impl<'a> Planner<'a> {
@@ -364,6 +377,7 @@ impl<'a> Planner<'a> {
             lost_codes: BTreeMap::new(),
             gained_codes: BTreeMap::new(),
             template_fills: BTreeMap::new(),
+            threads: 1,
         }
     }
 
@@ -956,39 +970,37 @@ impl<'a> Planner<'a> {
                 hub_ids.insert(contact_id);
             }
         }
-        for contact_id in hub_ids {
-            let mut pairs: Vec<PairInput> = Vec::new();
-            for (r, link) in self.by_contact.get(contact_id).into_iter().flatten() {
-                if link.parked {
-                    continue;
-                }
-                pairs.push(PairInput {
-                    relation: *r,
-                    account_id: &link.account_id,
-                    account: self.accounts(*r).records.get(&link.account_id),
-                    link: Some(link),
-                    new_link: None,
-                });
-            }
-            for (r, account_id, how) in self.new_links.get(contact_id).into_iter().flatten() {
-                pairs.push(PairInput {
-                    relation: *r,
-                    account_id,
-                    account: self.accounts(*r).records.get(*account_id),
-                    link: None,
-                    new_link: Some(*how),
-                });
-            }
-            if pairs.is_empty() {
-                continue;
-            }
-            pairs.sort_by_key(|p| p.relation);
-            let contact = input.contacts.get(contact_id);
-            let open = open_conflicts
-                .get(contact_id)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let merged = merge_hub(self.relations, contact_id, contact, &pairs, open);
+        // Each hub is merged on its own (pure, no shared state): on a big run the hubs
+        // are split over the machine's cores, and the results taken back in order, so
+        // the plan is the same as on one core.
+        let hub_ids: Vec<&str> = hub_ids.into_iter().collect();
+        let threads = if hub_ids.len() < PARALLEL_HUBS {
+            1
+        } else {
+            self.threads
+        };
+        let this = &*self;
+        let merge = |ids: &[&str]| -> Vec<Merged> {
+            ids.iter()
+                .filter_map(|contact_id| this.merge_one(contact_id, &open_conflicts))
+                .collect()
+        };
+        let merged: Vec<Merged> = if threads <= 1 {
+            merge(&hub_ids)
+        } else {
+            let chunk = hub_ids.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = hub_ids
+                    .chunks(chunk)
+                    .map(|ids| scope.spawn(move || merge(ids)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().expect("merging a hub does not panic"))
+                    .collect()
+            })
+        };
+        for merged in merged {
             self.plan.close_conflicts.extend(merged.closed);
             let Some(hub) = merged.hub else { continue };
             for pair in &hub.pairs {
@@ -1005,6 +1017,47 @@ impl<'a> Planner<'a> {
             }
             self.plan.hubs.push(hub);
         }
+    }
+
+    /// One contact with all its pairs, merged; `None` when it has no pair.
+    fn merge_one(
+        &self,
+        contact_id: &str,
+        open_conflicts: &HashMap<&str, Vec<&ConflictEntry>>,
+    ) -> Option<Merged> {
+        let input = self.input;
+        let mut pairs: Vec<PairInput> = Vec::new();
+        for (r, link) in self.by_contact.get(contact_id).into_iter().flatten() {
+            if link.parked {
+                continue;
+            }
+            pairs.push(PairInput {
+                relation: *r,
+                account_id: &link.account_id,
+                account: self.accounts(*r).records.get(&link.account_id),
+                link: Some(link),
+                new_link: None,
+            });
+        }
+        for (r, account_id, how) in self.new_links.get(contact_id).into_iter().flatten() {
+            pairs.push(PairInput {
+                relation: *r,
+                account_id,
+                account: self.accounts(*r).records.get(*account_id),
+                link: None,
+                new_link: Some(*how),
+            });
+        }
+        if pairs.is_empty() {
+            return None;
+        }
+        pairs.sort_by_key(|p| p.relation);
+        let contact = input.contacts.get(contact_id);
+        let open = open_conflicts
+            .get(contact_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Some(merge_hub(self.relations, contact_id, contact, &pairs, open))
     }
 
     /// R9: after the run, a contact's `business_relations` lists the codes it holds.
@@ -1517,5 +1570,70 @@ fn account_beats_contact(
         ConflictPolicy::ContactWins | ConflictPolicy::Manual => false,
         ConflictPolicy::AccountWins => true,
         ConflictPolicy::Newest => matches!((account, contact), (Some(a), Some(c)) if a > c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_model::{EntityKind, Fields, Record};
+
+    use super::*;
+    use crate::config::{ContactsConfig, MatchTier, RelationConfig, SyncConfig};
+
+    /// Enough hubs to be merged on several threads: the plan must be the one a single
+    /// thread makes, hub for hub.
+    #[test]
+    fn merging_on_several_threads_gives_the_same_plan() {
+        let mut map = BTreeMap::new();
+        map.insert(
+            "CUST".to_owned(),
+            RelationConfig {
+                match_tiers: vec![MatchTier::Fields(vec!["vat_registration_no".into()])],
+                create_contacts: true,
+                ..RelationConfig::new(EntityKind::Customer, "erp")
+            },
+        );
+        let config = SyncConfig::new(
+            ContactsConfig {
+                connector: "crm".into(),
+                preserve: None,
+            },
+            map,
+        )
+        .unwrap();
+        let relations = Relations::from_config(&config);
+        let n = PARALLEL_HUBS + 5_000;
+        let mut input = PlanInput {
+            accounts: vec![AccountInput::default()],
+            link_counts: vec![0],
+            ..PlanInput::default()
+        };
+        for i in 0..n {
+            let contact = Record::new(
+                EntityKind::Contact,
+                format!("C{i:06}"),
+                Fields::new()
+                    .with("name", format!("Partner {i}"))
+                    .with("vat_registration_no", format!("BE{i:010}"))
+                    .with("phone", format!("+32 {i}")),
+            );
+            input.contacts.insert(contact.id.clone(), contact);
+            let account = Record::new(
+                EntityKind::Customer,
+                format!("K{i:06}"),
+                Fields::new()
+                    .with("name", format!("PARTNER {i}"))
+                    .with("vat_registration_no", format!("BE{i:010}"))
+                    .with("city", "Gent"),
+            );
+            input.accounts[0]
+                .records
+                .insert(account.id.clone(), account);
+        }
+        let one = plan_on(&relations, &input, 1);
+        let four = plan_on(&relations, &input, 4);
+        assert_eq!(one.hubs.len(), n);
+        assert_eq!(one.counts, four.counts);
+        assert!(one == four, "the plans differ");
     }
 }
