@@ -160,7 +160,13 @@ pub(crate) async fn apply(
             )
         })
         .collect();
-    drop(input);
+    // Freeing millions of records takes seconds: done on another thread while the
+    // writes go on (nothing below needs them).
+    if input.contacts.len() > 10_000 {
+        std::thread::spawn(move || drop(input));
+    } else {
+        drop(input);
+    }
     let log = Log {
         run_id,
         now: Timestamp::now(),

@@ -159,13 +159,20 @@ impl Fields {
     /// A stable 64-bit content hash (xxh3) of all fields, used to notice that a record
     /// read from a full listing did not change since the last run.
     pub fn content_hash(&self) -> u64 {
-        let mut buf = Vec::with_capacity(256);
-        for (name, value) in self.iter() {
-            buf.extend_from_slice(&(name.as_str().len() as u64).to_le_bytes());
-            buf.extend_from_slice(name.as_str().as_bytes());
-            value.encode(&mut buf);
+        thread_local! {
+            // Hashed once per record read: one buffer per thread, not one per record.
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
         }
-        xxhash_rust::xxh3::xxh3_64(&buf)
+        BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            for (name, value) in self.iter() {
+                buf.extend_from_slice(&(name.as_str().len() as u64).to_le_bytes());
+                buf.extend_from_slice(name.as_str().as_bytes());
+                value.encode(&mut buf);
+            }
+            xxhash_rust::xxh3::xxh3_64(&buf)
+        })
     }
 }
 
