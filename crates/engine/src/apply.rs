@@ -135,6 +135,7 @@ pub(crate) async fn apply(
         contacts,
         accounts,
         parked_before,
+        matched,
     } = prepared;
     let previous_pending: HashMap<(String, String, String), PendingCreate> = input
         .pending
@@ -898,6 +899,20 @@ pub(crate) async fn apply(
             batch
                 .set_cursors
                 .push((read.scope.clone(), cursor.0.clone()));
+        }
+    }
+    // The ambiguous matches of every relation matched this run, reported again by
+    // the runs that leave it quiet.
+    for (r, relation) in relations.relations.iter().enumerate() {
+        if matched.get(r).copied().unwrap_or(true) {
+            let found: Vec<&crate::matching::Ambiguity> = plan
+                .ambiguous
+                .iter()
+                .filter(|a| a.code == relation.code)
+                .collect();
+            batch
+                .set_ambiguities
+                .push((relation.code.clone(), serde_json::json!(found)));
         }
     }
     // Remembered last, with the cursors: a scope that only this run's own writes

@@ -14,7 +14,7 @@ use tandem_model::{Record, Value};
 use crate::relation::Tier;
 
 /// Records that share a match key with too many others.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Ambiguity {
     pub code: String,
     /// 1-based tier number, as users count them in the config.

@@ -152,6 +152,8 @@ pub(crate) struct Prepared {
     pub accounts: Vec<ScopeRead>,
     /// Pairs and creates parked before this run, per relation.
     pub parked_before: Vec<ParkedCount>,
+    /// Per relation: whether it was matched this run (not quiet).
+    pub matched: Vec<bool>,
 }
 
 /// Parked work of one relation (R17).
@@ -416,14 +418,12 @@ impl<'a> Engine<'a> {
                 || directives.create.iter().any(|(c, _)| c == code)
                 || directives.unlink.iter().any(|(c, _)| c == code);
             let pending_here = pending.iter().any(|p| p.code == code && !p.parked);
+            // A delete, linked or not, may end an ambiguity: matched again.
             let account_side = read
                 .changed
                 .iter()
                 .any(|id| !accounts_linked.contains(id.as_str()))
-                || read
-                    .deleted
-                    .iter()
-                    .any(|id| accounts_linked.contains(id.as_str()));
+                || !read.deleted.is_empty();
             let contact_side = contacts
                 .changed
                 .iter()
@@ -432,10 +432,7 @@ impl<'a> Engine<'a> {
                     (may_hold(c, relation.kind) && !contacts_linked.contains(c.id.as_str()))
                         || lists_code(c, code)
                 })
-                || contacts
-                    .deleted
-                    .iter()
-                    .any(|id| contacts_linked.contains(id.as_str()));
+                || !contacts.deleted.is_empty();
             active.push(by_operator || pending_here || account_side || contact_side);
         }
         drop(contact_links);
@@ -568,7 +565,20 @@ impl<'a> Engine<'a> {
             directives,
         };
         let started = std::time::Instant::now();
-        let plan = plan(&relations, &input);
+        let mut plan = plan(&relations, &input);
+        // A quiet relation matched nothing this run: its ambiguous matches are the ones
+        // its last matching found, still standing, and reported as such.
+        for (r, relation) in relations.relations.iter().enumerate() {
+            if active[r] {
+                continue;
+            }
+            let standing: Vec<Ambiguity> = match self.state.ambiguities(&relation.code)? {
+                Some(json) => serde_json::from_value(json).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            plan.counts[r].ambiguous += standing.len() as u64;
+            plan.ambiguous.extend(standing);
+        }
         info!(
             ms = started.elapsed().as_millis() as u64,
             hubs = plan.hubs.len(),
@@ -583,6 +593,7 @@ impl<'a> Engine<'a> {
             contacts,
             accounts,
             parked_before,
+            matched: active,
         })
     }
 }

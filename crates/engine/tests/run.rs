@@ -551,8 +551,12 @@ async fn r4_a_contact_leaving_an_ambiguity_lets_the_other_match_without_being_ed
     );
     let report = w.sync().await;
     assert_eq!(count(&report, "VEND").ambiguous, 1);
+    // A quiet run matches nothing, and still reports the ambiguity it stands on.
     let report = w.sync().await;
     assert_eq!(count(&report, "VEND").linked, 0);
+    assert_eq!(count(&report, "VEND").ambiguous, 1, "{report:#?}");
+    assert_eq!(report.ambiguous.len(), 1);
+    assert_eq!(report.ambiguous[0].contact_ids, ["C1", "C2"]);
 
     w.crm.put(
         EntityKind::Contact,

@@ -150,6 +150,8 @@ pub struct StateBatch {
     pub set_cursors: Vec<(Scope, String)>,
     /// Sets (or with `None` forgets) the fingerprint of a scope.
     pub set_fingerprints: Vec<(Scope, Option<String>)>,
+    /// Replaces the ambiguous matches remembered for a relation code (a JSON list).
+    pub set_ambiguities: Vec<(String, serde_json::Value)>,
     /// Appended to the interaction log.
     pub interactions: Vec<Interaction>,
     /// Open conflicts by (code, contact_id, field): a new one is inserted, an open one
@@ -178,6 +180,7 @@ impl StateBatch {
             && self.delete_hashes.is_empty()
             && self.set_cursors.is_empty()
             && self.set_fingerprints.is_empty()
+            && self.set_ambiguities.is_empty()
             && self.interactions.is_empty()
             && self.upsert_conflicts.is_empty()
             && self.resolve_conflicts.is_empty()
@@ -273,6 +276,9 @@ pub trait StateStore: Send {
     fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError>;
     /// Whether some record of `scope` is marked to be looked at again (hash 0).
     fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError>;
+    /// The ambiguous matches of relation `code` as its last matching found them (a
+    /// JSON list), if it ever matched.
+    fn ambiguities(&self, code: &str) -> Result<Option<serde_json::Value>, StateError>;
 
     /// Applies `batch` in one transaction.
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError>;

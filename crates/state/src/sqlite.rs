@@ -44,6 +44,13 @@ CREATE TABLE fingerprints (
 -- Records marked to be looked at again (hash 0) are few: a partial index finds them
 -- without a scan.
 CREATE INDEX record_hashes_recheck ON record_hashes (connector, kind) WHERE hash = 0;
+
+-- The ambiguous matches of each relation as its last matching found them, reported
+-- again while nothing of the relation changes (and no matching runs).
+CREATE TABLE ambiguities (
+    code        TEXT NOT NULL PRIMARY KEY,
+    ambiguities TEXT NOT NULL
+) WITHOUT ROWID, STRICT;
 ";
 
 const MIGRATION_1_INITIAL: &str = "
@@ -671,6 +678,22 @@ impl StateStore for SqliteState {
             .map_err(sql_error("reading a fingerprint"))
     }
 
+    fn ambiguities(&self, code: &str) -> Result<Option<serde_json::Value>, StateError> {
+        const ACTION: &str = "reading ambiguous matches";
+        let text: Option<String> = self
+            .conn
+            .prepare_cached("SELECT ambiguities FROM ambiguities WHERE code = ?1")
+            .and_then(|mut stmt| stmt.query_row([code], |row| row.get(0)).optional())
+            .map_err(sql_error(ACTION))?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| StateError::Corrupt {
+                what: format!("ambiguous matches of {code}"),
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
     fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError> {
         self.conn
             .prepare_cached(
@@ -729,6 +752,7 @@ impl StateStore for SqliteState {
         set_hashes(&tx, &batch.set_hashes)?;
         set_cursors(&tx, &batch.set_cursors)?;
         set_fingerprints(&tx, &batch.set_fingerprints)?;
+        set_ambiguities(&tx, &batch.set_ambiguities)?;
         append_interactions(&tx, &batch.interactions)?;
         upsert_conflicts(&tx, &batch.upsert_conflicts)?;
         resolve_conflicts(&tx, &batch.resolve_conflicts)?;
@@ -1143,6 +1167,22 @@ fn set_fingerprints(
                 .and_then(|mut stmt| stmt.execute(params![scope.connector, scope.kind.as_str()])),
         };
         result.map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn set_ambiguities(
+    conn: &Connection,
+    entries: &[(String, serde_json::Value)],
+) -> Result<(), StateError> {
+    const ACTION: &str = "storing ambiguous matches";
+    for (code, ambiguities) in entries {
+        conn.prepare_cached(
+            "INSERT INTO ambiguities (code, ambiguities) VALUES (?1, ?2) \
+             ON CONFLICT (code) DO UPDATE SET ambiguities = excluded.ambiguities",
+        )
+        .and_then(|mut stmt| stmt.execute(params![code, ambiguities.to_string()]))
+        .map_err(sql_error(ACTION))?;
     }
     Ok(())
 }
