@@ -135,7 +135,7 @@ pub(crate) async fn apply(
         contacts,
         accounts,
         parked_before,
-        matched,
+        ambiguities,
     } = prepared;
     let previous_pending: HashMap<(String, String, String), PendingCreate> = input
         .pending
@@ -903,16 +903,18 @@ pub(crate) async fn apply(
     }
     // The ambiguous matches of every relation matched this run, reported again by
     // the runs that leave it quiet.
-    for (r, relation) in relations.relations.iter().enumerate() {
-        if matched.get(r).copied().unwrap_or(true) {
-            let found: Vec<&crate::matching::Ambiguity> = plan
-                .ambiguous
-                .iter()
-                .filter(|a| a.code == relation.code)
-                .collect();
-            batch
-                .set_ambiguities
-                .push((relation.code.clone(), serde_json::json!(found)));
+    for (relation, known) in relations.relations.iter().zip(&ambiguities) {
+        if !known.complete {
+            continue;
+        }
+        let found: Vec<&crate::matching::Ambiguity> = plan
+            .ambiguous
+            .iter()
+            .filter(|a| a.code == relation.code)
+            .collect();
+        let found = serde_json::json!(found);
+        if known.stored.as_ref() != Some(&found) {
+            batch.set_ambiguities.push((relation.code.clone(), found));
         }
     }
     // Remembered last, with the cursors: a scope that only this run's own writes

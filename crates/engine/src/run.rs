@@ -152,8 +152,15 @@ pub(crate) struct Prepared {
     pub accounts: Vec<ScopeRead>,
     /// Pairs and creates parked before this run, per relation.
     pub parked_before: Vec<ParkedCount>,
-    /// Per relation: whether it was matched this run (not quiet).
-    pub matched: Vec<bool>,
+    /// Per relation: the ambiguous matches remembered, and whether this run's
+    /// matching was complete enough to replace them.
+    pub ambiguities: Vec<StoredAmbiguities>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoredAmbiguities {
+    pub complete: bool,
+    pub stored: Option<serde_json::Value>,
 }
 
 /// Parked work of one relation (R17).
@@ -567,17 +574,27 @@ impl<'a> Engine<'a> {
         let started = std::time::Instant::now();
         let mut plan = plan(&relations, &input);
         // A quiet relation matched nothing this run: its ambiguous matches are the ones
-        // its last matching found, still standing, and reported as such.
+        // its last complete matching found, still standing, and reported as such.
+        let mut ambiguities = Vec::new();
         for (r, relation) in relations.relations.iter().enumerate() {
-            if active[r] {
-                continue;
+            let stored = self.state.ambiguities(&relation.code)?;
+            if !active[r] {
+                let standing: Vec<Ambiguity> = stored
+                    .clone()
+                    .and_then(|json| serde_json::from_value(json).ok())
+                    .unwrap_or_default();
+                plan.counts[r].ambiguous += standing.len() as u64;
+                plan.ambiguous.extend(standing);
             }
-            let standing: Vec<Ambiguity> = match self.state.ambiguities(&relation.code)? {
-                Some(json) => serde_json::from_value(json).unwrap_or_default(),
-                None => Vec::new(),
-            };
-            plan.counts[r].ambiguous += standing.len() as u64;
-            plan.ambiguous.extend(standing);
+            // Only a matching that saw every unlinked record of both sides (full
+            // listings) knows all of them; a change-reading side shows only some.
+            let complete = active[r]
+                && contacts_full
+                && !self
+                    .connector(&relation.connector, relation.kind, "relation")?
+                    .capabilities()
+                    .incremental;
+            ambiguities.push(StoredAmbiguities { complete, stored });
         }
         info!(
             ms = started.elapsed().as_millis() as u64,
@@ -593,7 +610,7 @@ impl<'a> Engine<'a> {
             contacts,
             accounts,
             parked_before,
-            matched: active,
+            ambiguities,
         })
     }
 }
