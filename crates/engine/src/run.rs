@@ -128,6 +128,31 @@ pub(crate) struct ScopeRead {
     pub stats: ReadStats,
 }
 
+impl ScopeRead {
+    /// Nothing read yet.
+    fn empty(scope: Scope, fingerprint: Option<String>) -> ScopeRead {
+        let stats = ReadStats {
+            connector: scope.connector.clone(),
+            kind: scope.kind,
+            records: 0,
+            changed: 0,
+            deleted: 0,
+            in_play: 0,
+            skipped: false,
+        };
+        ScopeRead {
+            scope,
+            records: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+            hashes: HashMap::new(),
+            changed: HashSet::new(),
+            cursor: None,
+            fingerprint,
+            stats,
+        }
+    }
+}
+
 /// Runs plans and syncs for one deployment.
 pub struct Engine<'a> {
     pub(crate) relations: Relations,
@@ -680,24 +705,9 @@ async fn read_scope(
             kind = kind.plural(),
             "not read: unchanged since the last run"
         );
-        return Ok(ScopeRead {
-            scope,
-            records: BTreeMap::new(),
-            deleted: BTreeSet::new(),
-            hashes: HashMap::new(),
-            changed: HashSet::new(),
-            cursor: None,
-            fingerprint,
-            stats: ReadStats {
-                connector: connector_name.to_owned(),
-                kind,
-                records: 0,
-                changed: 0,
-                deleted: 0,
-                in_play: 0,
-                skipped: true,
-            },
-        });
+        let mut out = ScopeRead::empty(scope, fingerprint);
+        out.stats.skipped = true;
+        return Ok(out);
     }
     let incremental = connector.capabilities().incremental;
     // A full listing is compared with every stored hash (what is missing is deleted);
@@ -713,24 +723,7 @@ async fn read_scope(
     } else {
         None
     };
-    let mut out = ScopeRead {
-        scope,
-        records: BTreeMap::new(),
-        deleted: BTreeSet::new(),
-        hashes: HashMap::new(),
-        changed: HashSet::new(),
-        cursor: None,
-        fingerprint,
-        stats: ReadStats {
-            connector: connector_name.to_owned(),
-            kind,
-            records: 0,
-            changed: 0,
-            deleted: 0,
-            in_play: 0,
-            skipped: false,
-        },
-    };
+    let mut out = ScopeRead::empty(scope, fingerprint);
     info!(connector = connector_name, kind = kind.plural(), "reading");
     let started = std::time::Instant::now();
     let mut kept: Vec<Record> = Vec::new();
