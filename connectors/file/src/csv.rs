@@ -265,7 +265,8 @@ pub(crate) struct CsvTable {
     /// Rows may be shorter than the header after a column was added; the missing
     /// cells are empty and are written out as such.
     rows: Vec<Option<StringRecord>>,
-    index: HashMap<String, usize>,
+    /// Hashed with foldhash: a million ids are indexed per write.
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
 impl CsvTable {

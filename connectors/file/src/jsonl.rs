@@ -244,7 +244,8 @@ pub(crate) struct JsonlTable {
     /// The stored lines; a changed row is serialised afresh.
     rows: Vec<Option<String>>,
     ids: Vec<String>,
-    index: HashMap<String, usize>,
+    /// Hashed with foldhash: a million ids are indexed per write.
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
     stamps: bool,
 }
 

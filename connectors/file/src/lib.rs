@@ -92,6 +92,25 @@ pub struct FileConnector {
     /// Per kind: the fingerprint taken last, and the (before, after) fingerprints of
     /// every write through this instance since then.
     own_writes: Mutex<HashMap<EntityKind, OwnWrites>>,
+    /// The file this instance saved last, still in memory with the fingerprint of the
+    /// bytes it saved: the next write to the same file starts from it instead of
+    /// parsing the file again (a run writes the contacts file twice: creates, then
+    /// updates), as long as nobody else changed the file. Dropped when a run starts
+    /// reading (`fingerprint`), so an idle connector holds nothing.
+    last_saved: Mutex<Option<SavedTable>>,
+}
+
+#[derive(Debug)]
+struct SavedTable {
+    kind: EntityKind,
+    fingerprint: String,
+    table: LoadedTable,
+}
+
+#[derive(Debug)]
+enum LoadedTable {
+    Csv(csv::CsvTable),
+    Jsonl(jsonl::JsonlTable),
 }
 
 #[derive(Debug)]
@@ -107,6 +126,7 @@ impl FileConnector {
             format,
             writing: Mutex::new(()),
             own_writes: Mutex::new(HashMap::new()),
+            last_saved: Mutex::new(None),
         }
     }
 
@@ -187,22 +207,38 @@ impl FileConnector {
         // atomic), so the lock is still good.
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let path = self.file(kind);
-        let tracking = self.own_writes_lock().contains_key(&kind);
-        let before = if tracking {
-            Some(self.content_fingerprint(kind)?)
-        } else {
-            None
+        let before = self.content_fingerprint(kind)?;
+        let saved = self
+            .last_saved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .filter(|saved| saved.kind == kind && saved.fingerprint == before);
+        let mut table = match (saved, self.format) {
+            (Some(saved), _) => saved.table,
+            (None, Format::Csv) => LoadedTable::Csv(csv::CsvTable::load(&path, kind)?),
+            (None, Format::Jsonl) => LoadedTable::Jsonl(jsonl::JsonlTable::load(&path, kind)?),
         };
-        let outcomes = match self.format {
-            Format::Csv => apply(csv::CsvTable::load(&path, kind)?, kind, ops),
-            Format::Jsonl => apply(jsonl::JsonlTable::load(&path, kind)?, kind, ops),
-        }?;
-        if let Some(before) = before {
-            let after = self.content_fingerprint(kind)?;
-            if let Some(own) = self.own_writes_lock().get_mut(&kind) {
-                own.writes.push((before, after));
-            }
+        let (outcomes, changed) = match &mut table {
+            LoadedTable::Csv(table) => apply(table, kind, ops)?,
+            LoadedTable::Jsonl(table) => apply(table, kind, ops)?,
+        };
+        let after = if changed {
+            self.content_fingerprint(kind)?
+        } else {
+            before.clone()
+        };
+        if let Some(own) = self.own_writes_lock().get_mut(&kind) {
+            own.writes.push((before, after.clone()));
         }
+        *self
+            .last_saved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(SavedTable {
+            kind,
+            fingerprint: after,
+            table,
+        });
         Ok(outcomes)
     }
 
@@ -213,16 +249,18 @@ impl FileConnector {
     }
 }
 
+/// Applies `ops` to a loaded file and saves it if any succeeded; returns the outcomes
+/// and whether the file was saved.
 fn apply(
-    mut table: impl Table,
+    table: &mut impl Table,
     kind: EntityKind,
     ops: Vec<WriteOp>,
-) -> Result<Vec<WriteOutcome>, ConnectorError> {
-    let (outcomes, changed) = table::apply(&mut table, kind, ops);
+) -> Result<(Vec<WriteOutcome>, bool), ConnectorError> {
+    let (outcomes, changed) = table::apply(table, kind, ops);
     if changed {
         table.save()?;
     }
-    Ok(outcomes)
+    Ok((outcomes, changed))
 }
 
 #[async_trait::async_trait]
@@ -269,6 +307,11 @@ impl Connector for FileConnector {
 
     async fn fingerprint(&self, kind: EntityKind) -> Result<Option<String>, ConnectorError> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        // A run starts reading: the table kept from the last run's writes is let go.
+        self.last_saved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let fingerprint = self.content_fingerprint(kind)?;
         self.own_writes_lock().insert(
             kind,

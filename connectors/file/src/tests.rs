@@ -880,3 +880,58 @@ async fn a_fingerprint_follows_the_content_and_vouches_only_for_own_writes() {
     let gone = FileConnector::new(dir.path().join("nope"), Format::Csv);
     assert!(gone.fingerprint(CONTACT).await.is_err());
 }
+
+/// Two writes in a row start the second from the table the first saved; an edit by
+/// hand in between is seen (the file is parsed again), never overwritten.
+#[tokio::test]
+async fn a_write_after_an_own_write_keeps_edits_made_in_between() {
+    for (c, name, dir) in [
+        {
+            let dir = folder();
+            put(&dir, "contacts.csv", "id,name\nC1,Acme\n");
+            (csv_in(&dir), "contacts.csv", dir)
+        },
+        {
+            let dir = folder();
+            put(
+                &dir,
+                "contacts.jsonl",
+                "{\"id\":\"C1\",\"name\":\"Acme\"}\n",
+            );
+            (jsonl_in(&dir), "contacts.jsonl", dir)
+        },
+    ] {
+        let create = |name: &str| WriteOp::Create {
+            fields: Fields::new().with("name", name),
+        };
+        let first = write(&c, CONTACT, vec![create("Beta")]).await;
+        let beta = ok(&first[0]).clone();
+        // Straight after: starts from the saved table; versions stay those of a read.
+        let second = write(
+            &c,
+            CONTACT,
+            vec![update(
+                &beta.id,
+                beta.version.as_deref(),
+                &[("city", Value::text("Gent"))],
+            )],
+        )
+        .await;
+        let read_back = read(&c, CONTACT).await;
+        let beta_read = read_back.iter().find(|r| r.id == beta.id).unwrap();
+        assert_eq!(beta_read.version, ok(&second[0]).version, "{name}");
+        assert_eq!(beta_read.fields.text("city"), Some("Gent"), "{name}");
+
+        // A hand edit after the last write: the next write keeps it.
+        let edited = get(&dir, name).replace("Acme", "Acme by hand");
+        put(&dir, name, &edited);
+        let third = write(&c, CONTACT, vec![create("Gamma")]).await;
+        assert!(third[0].is_ok(), "{name}");
+        let text = get(&dir, name);
+        assert!(text.contains("Acme by hand"), "{name}: {text}");
+        assert!(
+            text.contains("Gamma") && text.contains("Gent"),
+            "{name}: {text}"
+        );
+    }
+}

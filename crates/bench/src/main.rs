@@ -151,7 +151,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-const PHASES: &[&str] = &["parse", "initial", "second", "second-full", "incremental"];
+const PHASES: &[&str] = &[
+    "parse",
+    "initial",
+    "state-floor",
+    "second",
+    "second-full",
+    "incremental",
+];
 
 fn run(sizes: &[usize], k: usize, runs: usize, json: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
@@ -300,8 +307,79 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
             Ok((started.elapsed().as_secs_f64(), report.writes))
         }
         "incremental" => incremental(dir, k).await,
+        "state-floor" => state_floor(dir),
         other => bail!("unknown phase `{other}`"),
     }
+}
+
+/// What storing the initial sync's state costs by itself: the links, hashes and log
+/// entries the initial sync wrote, committed again into an empty state through the
+/// same state layer and in batches of the same size, with no reading, planning or
+/// file writing. A floor under the initial sync's time on this machine.
+fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
+    use tandem_model::Timestamp;
+    use tandem_state::{Interaction, Scope, StateBatch, StateStore};
+    const BATCH: usize = 20_000;
+    let source = SqliteState::open(&dir.join(".tandem/state.db"), LockMode::Shared)?;
+    let links = source.links(None)?;
+    let mut hashes = Vec::new();
+    for (connector, kind) in [
+        ("crm", EntityKind::Contact),
+        ("erp", EntityKind::Customer),
+        ("erp", EntityKind::Vendor),
+    ] {
+        let scope = Scope::new(connector, kind);
+        for (id, hash) in source.hashes(&scope)? {
+            hashes.push((scope.clone(), id, hash));
+        }
+    }
+    drop(source);
+    let db = rusqlite::Connection::open(dir.join(".tandem/state.db"))?;
+    let mut stmt = db.prepare(
+        "SELECT at, run_id, contact_id, code, account_id, action, source, details \
+         FROM interactions ORDER BY id",
+    )?;
+    let interactions = stmt
+        .query_map([], |row| {
+            let details: String = row.get(7)?;
+            Ok(Interaction {
+                id: 0,
+                at: Timestamp(row.get(0)?),
+                run_id: row.get(1)?,
+                contact_id: row.get(2)?,
+                code: row.get(3)?,
+                account_id: row.get(4)?,
+                action: row.get(5)?,
+                source: row.get(6)?,
+                details: serde_json::from_str(&details).unwrap_or_default(),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(stmt);
+    drop(db);
+    let rows = (links.len() + hashes.len() + interactions.len()) as u64;
+    let target = tempfile::tempdir()?;
+    let mut state = SqliteState::open(&target.path().join("state.db"), LockMode::Exclusive)?;
+    let started = Instant::now();
+    let (mut links, mut hashes, mut interactions) = (
+        links.into_iter(),
+        hashes.into_iter(),
+        interactions.into_iter(),
+    );
+    loop {
+        // Each batch as the engine makes them: links with their hashes and log entries.
+        let batch = StateBatch {
+            upsert_links: links.by_ref().take(BATCH / 5).collect(),
+            set_hashes: hashes.by_ref().take(2 * BATCH / 5).collect(),
+            interactions: interactions.by_ref().take(2 * BATCH / 5).collect(),
+            ..StateBatch::default()
+        };
+        if batch.is_empty() {
+            break;
+        }
+        state.commit(batch)?;
+    }
+    Ok((started.elapsed().as_secs_f64(), rows))
 }
 
 /// Seeds change-reading in-memory connectors with the data set, syncs them once (not

@@ -16,7 +16,9 @@ use std::collections::{HashMap, HashSet};
 use serde_json::json;
 use tandem_connector::{Changes, Connector, ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Fields, Timestamp};
-use tandem_state::{ConflictEntry, Interaction, Link, PendingCreate, StateBatch};
+use tandem_state::{
+    ConflictEntry, Interaction, Link, PendingCreate, StateBatch, StateError, StateStore,
+};
 use tracing::info;
 
 use crate::failpoint;
@@ -80,6 +82,58 @@ fn next_failure(previous_error: Option<&str>, previous_count: u32, error: &str) 
         previous_count + 1,
         previous_count >= 1 && previous_error == Some(error),
     )
+}
+
+/// Runs `build`, which hands batches to a [`Committer`]; each is committed on a helper
+/// thread while `build` goes on with the next. Batches are committed in the order sent,
+/// each in its own transaction, exactly as if committed in line; everything sent is
+/// committed when this returns. The first failed commit stops the building (its next
+/// send fails) and is the error returned.
+fn commit_behind(
+    state: &mut dyn StateStore,
+    build: impl FnOnce(&Committer) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    std::thread::scope(|scope| {
+        // One batch waits while one is committed: memory stays at three batches.
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<StateBatch>(1);
+        let writer = scope.spawn(move || -> Result<(), StateError> {
+            let mut busy = std::time::Duration::ZERO;
+            for batch in receiver {
+                let t = std::time::Instant::now();
+                state.commit(batch)?;
+                busy += t.elapsed();
+            }
+            tracing::debug!(busy_ms = busy.as_millis() as u64, "state writer");
+            Ok(())
+        });
+        let t = std::time::Instant::now();
+        let built = build(&Committer { sender });
+        tracing::debug!(build_ms = t.elapsed().as_millis() as u64, "state builder");
+        let written = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // A failed commit closed the channel: its error explains the failed send.
+        written?;
+        built
+    })
+}
+
+/// Hands batches to the helper thread of [`commit_behind`].
+struct Committer {
+    sender: std::sync::mpsc::SyncSender<StateBatch>,
+}
+
+impl Committer {
+    fn send(&self, batch: StateBatch) -> Result<(), EngineError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.sender
+            .send(batch)
+            // Only a failed commit ends the writer early; `commit_behind` returns its
+            // error instead of this one.
+            .map_err(|_| EngineError::Refused("the state writer stopped".to_owned()))
+    }
 }
 
 struct Log {
@@ -179,9 +233,10 @@ pub(crate) async fn apply(
     let mut failures = rejections(&plan);
     let mut writes = 0u64;
     // Records whose hash is settled by the plan's outcome; the rest keep their read hash.
-    let mut settled_contacts: HashSet<String> = HashSet::new();
+    let mut settled_contacts: crate::IdSet<String> = crate::IdSet::default();
     let mut recheck_contacts: Vec<String> = Vec::new();
-    let mut settled_accounts: Vec<HashSet<String>> = vec![HashSet::new(); accounts.len()];
+    let mut settled_accounts: Vec<crate::IdSet<String>> =
+        vec![crate::IdSet::default(); accounts.len()];
     info!(run = run_id, "applying");
     let started = std::time::Instant::now();
 
@@ -484,7 +539,10 @@ pub(crate) async fn apply(
         .filter(|(_, h)| !h.contact_changes.is_empty())
         .map(|(i, _)| i)
         .collect();
-    let mut contact_results: HashMap<usize, WriteOutcome> = HashMap::new();
+    // Indexed by hub (contacts) and by pair in hub order (accounts).
+    let mut contact_results: Vec<Option<WriteOutcome>> = std::iter::repeat_with(|| None)
+        .take(plan.hubs.len())
+        .collect();
     for chunk in contact_hubs.chunks(max) {
         let ops = chunk
             .iter()
@@ -500,7 +558,7 @@ pub(crate) async fn apply(
         let outcomes = write_all(&*contacts_connector, EntityKind::Contact, ops).await;
         for (hub, outcome) in chunk.iter().zip(outcomes) {
             writes += u64::from(outcome.is_ok());
-            contact_results.insert(*hub, outcome);
+            contact_results[*hub] = Some(outcome);
         }
     }
     failpoint::hit("after_contact_updates");
@@ -509,7 +567,18 @@ pub(crate) async fn apply(
         step = "after_contact_updates",
         "applying"
     );
-    let mut account_results: HashMap<(usize, usize), WriteOutcome> = HashMap::new();
+    let pair_offsets: Vec<usize> = plan
+        .hubs
+        .iter()
+        .scan(0, |next, hub| {
+            let first = *next;
+            *next += hub.pairs.len();
+            Some(first)
+        })
+        .collect();
+    let pair_count = plan.hubs.iter().map(|h| h.pairs.len()).sum();
+    let mut account_results: Vec<Option<WriteOutcome>> =
+        std::iter::repeat_with(|| None).take(pair_count).collect();
     for (r, relation) in relations.relations.iter().enumerate() {
         let keys: Vec<(usize, usize)> = plan
             .hubs
@@ -544,7 +613,7 @@ pub(crate) async fn apply(
             let outcomes = write_all(&*connector, relation.kind, ops).await;
             for (key, outcome) in chunk.iter().zip(outcomes) {
                 writes += u64::from(outcome.is_ok());
-                account_results.insert(*key, outcome);
+                account_results[pair_offsets[key.0] + key.1] = Some(outcome);
             }
         }
     }
@@ -556,301 +625,320 @@ pub(crate) async fn apply(
     );
 
     // 4. Links, baselines, the log and hashes from the outcomes.
-    for (h, hub) in plan.hubs.iter().enumerate() {
-        let contact_result = contact_results.remove(&h);
-        let contact_error = match &contact_result {
-            Some(Err(e)) => Some(e.to_string()),
-            _ => None,
-        };
-        let contact_version = match &contact_result {
-            Some(Ok(w)) => w.version.clone(),
-            _ => hub.contact_version.clone(),
-        };
-        let mut hub_failed = contact_error.is_some();
-        if let Some(error) = &contact_error
-            && hub.pairs.is_empty()
-        {
-            // Only the contact's own field (R9) was to change: report, retry next run.
-            failures.push(Failure {
-                code: String::new(),
-                contact_id: Some(hub.contact_id.clone()),
-                account_id: None,
-                side: "contact",
-                error: error.clone(),
-                parked: false,
-            });
-        }
-        for conflict in &hub.conflicts {
-            for (code, account_id, account_value) in &conflict.accounts {
-                batch.interactions.push(log.entry(
-                    &hub.contact_id,
-                    code,
-                    Some(account_id),
-                    "conflict",
-                    "both",
-                    json!({
-                        "field": conflict.field,
-                        "base": conflict.base,
-                        "contact": conflict.contact,
-                        "account": account_value,
-                        "policy": conflict.policy,
-                        "winner": conflict.winner,
-                        "value": conflict.value,
-                    }),
-                ));
-                if conflict.winner == "manual" {
-                    batch.upsert_conflicts.push(ConflictEntry {
-                        id: 0,
-                        code: code.clone(),
-                        contact_id: hub.contact_id.clone(),
-                        account_id: account_id.clone(),
-                        field: conflict.field.to_string(),
-                        base: conflict.base.clone(),
-                        contact_value: conflict.value.clone(),
-                        account_value: account_value.clone(),
-                        opened_at: now,
-                        run_id: Some(run_id),
-                        resolution: None,
-                        closed_at: None,
-                    });
-                }
-            }
-        }
-        for (p, pair) in hub.pairs.iter().enumerate() {
-            let r = pair.relation;
-            settled_accounts[r].insert(pair.account_id.clone());
-            let account_result = account_results.remove(&(h, p));
-            let account_error = match &account_result {
+    let pending_links: HashSet<(&str, &str)> = previous_pending
+        .keys()
+        .filter(|(_, side, _)| side == PENDING_LINK)
+        .map(|(code, _, contact)| (code.as_str(), contact.as_str()))
+        .collect();
+    // Committed on a helper thread while the next batch is built.
+    commit_behind(&mut *engine.state, |committer| {
+        for (h, hub) in plan.hubs.iter().enumerate() {
+            let contact_result = contact_results[h].take();
+            let contact_error = match &contact_result {
                 Some(Err(e)) => Some(e.to_string()),
                 _ => None,
             };
-            let account_version = match &account_result {
+            let contact_version = match &contact_result {
                 Some(Ok(w)) => w.version.clone(),
-                _ => pair.account_version.clone(),
+                _ => hub.contact_version.clone(),
             };
-            let scope = accounts[r].scope.clone();
-            match account_error.clone().or_else(|| contact_error.clone()) {
-                None => {
-                    let hash = match (pair.account_after_hash, &account_result) {
-                        (Some(after), _) => Some(record_hash_of(after, account_version.as_deref())),
-                        // Written without having been read: look again next run.
-                        (None, Some(_)) => Some(RECHECK),
-                        (None, None) => None,
-                    };
-                    if let Some(hash) = hash {
-                        batch
-                            .set_hashes
-                            .push((scope, pair.account_id.clone(), hash));
-                    }
-                    batch.upsert_links.push(Link {
-                        code: pair.code.clone(),
-                        contact_id: hub.contact_id.clone(),
-                        account_id: pair.account_id.clone(),
-                        baseline: pair.baseline.clone(),
-                        contact_version: contact_version.clone(),
-                        account_version,
-                        last_error: None,
-                        failure_count: 0,
-                        parked: false,
-                        linked_at: pair.previous.as_ref().map(|l| l.linked_at).unwrap_or(now),
-                        synced_at: now,
-                    });
-                    if let Some(how) = pair.new_link {
-                        batch.delete_pending.push((
-                            pair.code.clone(),
-                            PENDING_LINK.to_owned(),
-                            hub.contact_id.clone(),
-                        ));
-                        if how == NewLink::Operator {
-                            batch.unlinked_pairs.push((
-                                pair.code.clone(),
-                                hub.contact_id.clone(),
-                                pair.account_id.clone(),
-                                false,
-                            ));
-                        }
-                        let source = match how {
-                            NewLink::Operator => "operator",
-                            NewLink::Match { .. } | NewLink::Recovered => "match",
-                        };
-                        batch.interactions.push(log.entry(
-                            &hub.contact_id,
-                            &pair.code,
-                            Some(&pair.account_id),
-                            "linked",
-                            source,
-                            json!(how),
-                        ));
-                    }
-                    if pair.updated {
-                        let from_account: Vec<&FieldChange> = hub
-                            .contact_changes
-                            .iter()
-                            .filter(|c| pair.from_account.contains(&c.field))
-                            .collect();
-                        let source =
-                            match (pair.account_changes.is_empty(), from_account.is_empty()) {
-                                (false, true) => "contact",
-                                (true, false) => "account",
-                                _ => "both",
-                            };
-                        let from_account: Vec<FieldChange> =
-                            from_account.into_iter().cloned().collect();
-                        batch.interactions.push(log.entry(
-                            &hub.contact_id,
-                            &pair.code,
-                            Some(&pair.account_id),
-                            "updated",
-                            source,
-                            json!({
-                                "account": changes_json(&pair.account_changes),
-                                "contact": changes_json(&from_account),
-                            }),
-                        ));
+            let mut hub_failed = contact_error.is_some();
+            if let Some(error) = &contact_error
+                && hub.pairs.is_empty()
+            {
+                // Only the contact's own field (R9) was to change: report, retry next run.
+                failures.push(Failure {
+                    code: String::new(),
+                    contact_id: Some(hub.contact_id.clone()),
+                    account_id: None,
+                    side: "contact",
+                    error: error.clone(),
+                    parked: false,
+                });
+            }
+            for conflict in &hub.conflicts {
+                for (code, account_id, account_value) in &conflict.accounts {
+                    batch.interactions.push(log.entry(
+                        &hub.contact_id,
+                        code,
+                        Some(account_id),
+                        "conflict",
+                        "both",
+                        json!({
+                            "field": conflict.field,
+                            "base": conflict.base,
+                            "contact": conflict.contact,
+                            "account": account_value,
+                            "policy": conflict.policy,
+                            "winner": conflict.winner,
+                            "value": conflict.value,
+                        }),
+                    ));
+                    if conflict.winner == "manual" {
+                        batch.upsert_conflicts.push(ConflictEntry {
+                            id: 0,
+                            code: code.clone(),
+                            contact_id: hub.contact_id.clone(),
+                            account_id: account_id.clone(),
+                            field: conflict.field.to_string(),
+                            base: conflict.base.clone(),
+                            contact_value: conflict.value.clone(),
+                            account_value: account_value.clone(),
+                            opened_at: now,
+                            run_id: Some(run_id),
+                            resolution: None,
+                            closed_at: None,
+                        });
                     }
                 }
-                Some(error) => {
-                    hub_failed = true;
-                    plan.counts[r].failed += 1;
-                    if pair.previous.is_some() {
-                        if pair.updated {
-                            plan.counts[r].updated -= 1;
-                        } else {
-                            plan.counts[r].unchanged = plan.counts[r].unchanged.saturating_sub(1);
+            }
+            for (p, pair) in hub.pairs.iter().enumerate() {
+                let r = pair.relation;
+                settled_accounts[r].insert(pair.account_id.clone());
+                let account_result = account_results[pair_offsets[h] + p].take();
+                let account_error = match &account_result {
+                    Some(Err(e)) => Some(e.to_string()),
+                    _ => None,
+                };
+                let account_version = match &account_result {
+                    Some(Ok(w)) => w.version.clone(),
+                    _ => pair.account_version.clone(),
+                };
+                let scope = accounts[r].scope.clone();
+                match account_error.clone().or_else(|| contact_error.clone()) {
+                    None => {
+                        let hash = match (pair.account_after_hash, &account_result) {
+                            (Some(after), _) => {
+                                Some(record_hash_of(after, account_version.as_deref()))
+                            }
+                            // Written without having been read: look again next run.
+                            (None, Some(_)) => Some(RECHECK),
+                            (None, None) => None,
+                        };
+                        if let Some(hash) = hash {
+                            batch
+                                .set_hashes
+                                .push((scope, pair.account_id.clone(), hash));
                         }
-                    } else {
-                        plan.counts[r].linked -= 1;
-                    }
-                    batch
-                        .set_hashes
-                        .push((scope, pair.account_id.clone(), RECHECK));
-                    let mut parked = false;
-                    // The old baseline stays, so the next run sees the same changes
-                    // again; a new link is not made until its first sync succeeds.
-                    if let Some(previous) = &pair.previous {
-                        let (count, now_parked) = next_failure(
-                            previous.last_error.as_deref(),
-                            previous.failure_count,
-                            &error,
-                        );
-                        parked = now_parked;
                         batch.upsert_links.push(Link {
+                            code: pair.code.clone(),
+                            contact_id: hub.contact_id.clone(),
+                            account_id: pair.account_id.clone(),
+                            baseline: pair.baseline.clone(),
                             contact_version: contact_version.clone(),
                             account_version,
-                            last_error: Some(error.clone()),
-                            failure_count: count,
-                            parked,
-                            ..previous.clone()
+                            last_error: None,
+                            failure_count: 0,
+                            parked: false,
+                            linked_at: pair.previous.as_ref().map(|l| l.linked_at).unwrap_or(now),
+                            synced_at: now,
                         });
-                        batch.interactions.push(log.entry(
-                            &hub.contact_id,
-                            &pair.code,
-                            Some(&pair.account_id),
-                            if parked { "parked" } else { "failed" },
-                            if account_error.is_some() {
+                        if let Some(how) = pair.new_link {
+                            // A link that failed in an earlier run is done now.
+                            if pending_links
+                                .contains(&(pair.code.as_str(), hub.contact_id.as_str()))
+                            {
+                                batch.delete_pending.push((
+                                    pair.code.clone(),
+                                    PENDING_LINK.to_owned(),
+                                    hub.contact_id.clone(),
+                                ));
+                            }
+                            if how == NewLink::Operator {
+                                batch.unlinked_pairs.push((
+                                    pair.code.clone(),
+                                    hub.contact_id.clone(),
+                                    pair.account_id.clone(),
+                                    false,
+                                ));
+                            }
+                            let source = match how {
+                                NewLink::Operator => "operator",
+                                NewLink::Match { .. } | NewLink::Recovered => "match",
+                            };
+                            batch.interactions.push(log.entry(
+                                &hub.contact_id,
+                                &pair.code,
+                                Some(&pair.account_id),
+                                "linked",
+                                source,
+                                json!(how),
+                            ));
+                        }
+                        if pair.updated {
+                            let from_account: Vec<&FieldChange> = hub
+                                .contact_changes
+                                .iter()
+                                .filter(|c| pair.from_account.contains(&c.field))
+                                .collect();
+                            let source =
+                                match (pair.account_changes.is_empty(), from_account.is_empty()) {
+                                    (false, true) => "contact",
+                                    (true, false) => "account",
+                                    _ => "both",
+                                };
+                            let from_account: Vec<FieldChange> =
+                                from_account.into_iter().cloned().collect();
+                            batch.interactions.push(log.entry(
+                                &hub.contact_id,
+                                &pair.code,
+                                Some(&pair.account_id),
+                                "updated",
+                                source,
+                                json!({
+                                    "account": changes_json(&pair.account_changes),
+                                    "contact": changes_json(&from_account),
+                                }),
+                            ));
+                        }
+                    }
+                    Some(error) => {
+                        hub_failed = true;
+                        plan.counts[r].failed += 1;
+                        if pair.previous.is_some() {
+                            if pair.updated {
+                                plan.counts[r].updated -= 1;
+                            } else {
+                                plan.counts[r].unchanged =
+                                    plan.counts[r].unchanged.saturating_sub(1);
+                            }
+                        } else {
+                            plan.counts[r].linked -= 1;
+                        }
+                        batch
+                            .set_hashes
+                            .push((scope, pair.account_id.clone(), RECHECK));
+                        let mut parked = false;
+                        // The old baseline stays, so the next run sees the same changes
+                        // again; a new link is not made until its first sync succeeds.
+                        if let Some(previous) = &pair.previous {
+                            let (count, now_parked) = next_failure(
+                                previous.last_error.as_deref(),
+                                previous.failure_count,
+                                &error,
+                            );
+                            parked = now_parked;
+                            batch.upsert_links.push(Link {
+                                contact_version: contact_version.clone(),
+                                account_version,
+                                last_error: Some(error.clone()),
+                                failure_count: count,
+                                parked,
+                                ..previous.clone()
+                            });
+                            batch.interactions.push(log.entry(
+                                &hub.contact_id,
+                                &pair.code,
+                                Some(&pair.account_id),
+                                if parked { "parked" } else { "failed" },
+                                if account_error.is_some() {
+                                    "account"
+                                } else {
+                                    "contact"
+                                },
+                                json!({ "error": error, "failures": count }),
+                            ));
+                        }
+                        if let (None, Some(how)) = (&pair.previous, pair.new_link) {
+                            // Remembered, so the link is tried again next run and parked if
+                            // it fails the same way twice.
+                            let key = (
+                                pair.code.clone(),
+                                PENDING_LINK.to_owned(),
+                                hub.contact_id.clone(),
+                            );
+                            let previous = previous_pending.get(&key);
+                            let (count, now_parked) = next_failure(
+                                previous.and_then(|p| p.error.as_deref()),
+                                previous.map_or(0, |p| p.failure_count),
+                                &error,
+                            );
+                            parked = now_parked;
+                            let (by, tier) = match how {
+                                NewLink::Operator => ("operator", 0),
+                                NewLink::Match { tier } => ("match", tier),
+                                NewLink::Recovered => ("match", 0),
+                            };
+                            batch.upsert_pending.push(PendingCreate {
+                                code: pair.code.clone(),
+                                side: PENDING_LINK.to_owned(),
+                                source_id: hub.contact_id.clone(),
+                                fields: Fields::new()
+                                    .with("account_id", pair.account_id.as_str())
+                                    .with("by", by)
+                                    .with("tier", tier.to_string()),
+                                run_id: Some(run_id),
+                                error: Some(error.clone()),
+                                failure_count: count,
+                                parked,
+                                updated_at: now,
+                            });
+                        }
+                        failures.push(Failure {
+                            code: pair.code.clone(),
+                            contact_id: Some(hub.contact_id.clone()),
+                            account_id: Some(pair.account_id.clone()),
+                            side: if account_error.is_some() {
                                 "account"
                             } else {
                                 "contact"
                             },
-                            json!({ "error": error, "failures": count }),
-                        ));
-                    }
-                    if let (None, Some(how)) = (&pair.previous, pair.new_link) {
-                        // Remembered, so the link is tried again next run and parked if
-                        // it fails the same way twice.
-                        let key = (
-                            pair.code.clone(),
-                            PENDING_LINK.to_owned(),
-                            hub.contact_id.clone(),
-                        );
-                        let previous = previous_pending.get(&key);
-                        let (count, now_parked) = next_failure(
-                            previous.and_then(|p| p.error.as_deref()),
-                            previous.map_or(0, |p| p.failure_count),
-                            &error,
-                        );
-                        parked = now_parked;
-                        let (by, tier) = match how {
-                            NewLink::Operator => ("operator", 0),
-                            NewLink::Match { tier } => ("match", tier),
-                            NewLink::Recovered => ("match", 0),
-                        };
-                        batch.upsert_pending.push(PendingCreate {
-                            code: pair.code.clone(),
-                            side: PENDING_LINK.to_owned(),
-                            source_id: hub.contact_id.clone(),
-                            fields: Fields::new()
-                                .with("account_id", pair.account_id.as_str())
-                                .with("by", by)
-                                .with("tier", tier.to_string()),
-                            run_id: Some(run_id),
-                            error: Some(error.clone()),
-                            failure_count: count,
+                            error,
                             parked,
-                            updated_at: now,
                         });
                     }
-                    failures.push(Failure {
-                        code: pair.code.clone(),
-                        contact_id: Some(hub.contact_id.clone()),
-                        account_id: Some(pair.account_id.clone()),
-                        side: if account_error.is_some() {
-                            "account"
-                        } else {
-                            "contact"
-                        },
-                        error,
-                        parked,
-                    });
                 }
             }
-        }
-        settled_contacts.insert(hub.contact_id.clone());
-        // A field waiting in the conflict queue: both records are read again every run,
-        // so neither side's value is mistaken for the baseline.
-        let waiting = hub.conflicts.iter().any(|c| c.winner == "manual");
-        for conflict in hub.conflicts.iter().filter(|c| c.winner == "manual") {
-            for (code, account_id, _) in &conflict.accounts {
-                if let Some(r) = relations.index_of(code) {
-                    settled_accounts[r].insert(account_id.clone());
-                    batch
-                        .set_hashes
-                        .push((accounts[r].scope.clone(), account_id.clone(), RECHECK));
+            settled_contacts.insert(hub.contact_id.clone());
+            // A field waiting in the conflict queue: both records are read again every run,
+            // so neither side's value is mistaken for the baseline.
+            let waiting = hub.conflicts.iter().any(|c| c.winner == "manual");
+            for conflict in hub.conflicts.iter().filter(|c| c.winner == "manual") {
+                for (code, account_id, _) in &conflict.accounts {
+                    if let Some(r) = relations.index_of(code) {
+                        settled_accounts[r].insert(account_id.clone());
+                        batch.set_hashes.push((
+                            accounts[r].scope.clone(),
+                            account_id.clone(),
+                            RECHECK,
+                        ));
+                    }
                 }
             }
+            let contact_hash = match (hub.contact_after_hash, hub_failed || waiting) {
+                (_, true) => Some(RECHECK),
+                (Some(after), false) => Some(record_hash_of(after, contact_version.as_deref())),
+                (None, false) if contact_result.is_some() => Some(RECHECK),
+                (None, false) => contacts.hashes.get(&hub.contact_id).copied(),
+            };
+            if let Some(hash) = contact_hash {
+                batch
+                    .set_hashes
+                    .push((contacts.scope.clone(), hub.contact_id.clone(), hash));
+            }
+            if batch_len(&batch) >= COMMIT_EVERY {
+                committer.send(std::mem::take(&mut batch))?;
+            }
         }
-        let contact_hash = match (hub.contact_after_hash, hub_failed || waiting) {
-            (_, true) => Some(RECHECK),
-            (Some(after), false) => Some(record_hash_of(after, contact_version.as_deref())),
-            (None, false) if contact_result.is_some() => Some(RECHECK),
-            (None, false) => contacts.hashes.get(&hub.contact_id).copied(),
-        };
-        if let Some(hash) = contact_hash {
+        for (code, contact_id, field) in &plan.close_conflicts {
             batch
-                .set_hashes
-                .push((contacts.scope.clone(), hub.contact_id.clone(), hash));
+                .close_conflicts
+                .push((code.clone(), contact_id.clone(), field.clone(), now));
+            batch.interactions.push(log.entry(
+                contact_id,
+                code,
+                None,
+                "resolved",
+                "operator",
+                json!({ "field": field }),
+            ));
         }
-        if batch_len(&batch) >= COMMIT_EVERY {
-            engine.state.commit(std::mem::take(&mut batch))?;
+        for key in &plan.done_pending {
+            batch.delete_pending.push(key.clone());
         }
-    }
-    for (code, contact_id, field) in &plan.close_conflicts {
-        batch
-            .close_conflicts
-            .push((code.clone(), contact_id.clone(), field.clone(), now));
-        batch.interactions.push(log.entry(
-            contact_id,
-            code,
-            None,
-            "resolved",
-            "operator",
-            json!({ "field": field }),
-        ));
-    }
-    for key in &plan.done_pending {
-        batch.delete_pending.push(key.clone());
-    }
-    engine.state.commit(std::mem::take(&mut batch))?;
+        committer.send(std::mem::take(&mut batch))?;
+        Ok(())
+    })?;
     failpoint::hit("after_link_commit");
     tracing::debug!(
         ms = started.elapsed().as_millis() as u64,
@@ -860,34 +948,37 @@ pub(crate) async fn apply(
 
     // 5. What was read and not otherwise settled: remember it as seen; forget the
     //    deleted; then the cursors.
-    for (id, company) in person_companies {
-        batch.set_companies.push((id, company));
-    }
-    for id in &contacts.deleted {
-        batch.set_companies.push((id.clone(), None));
-    }
-    for (read, settled) in std::iter::once((&contacts, &settled_contacts))
-        .chain(accounts.iter().zip(&settled_accounts))
-    {
-        for (id, hash) in &read.hashes {
-            // An unchanged record's stored hash is already this one.
-            if !settled.contains(id) && read.changed.contains(id) {
-                batch
-                    .set_hashes
-                    .push((read.scope.clone(), id.clone(), *hash));
+    commit_behind(&mut *engine.state, |committer| {
+        for (id, company) in person_companies {
+            batch.set_companies.push((id, company));
+        }
+        for id in &contacts.deleted {
+            batch.set_companies.push((id.clone(), None));
+        }
+        for (read, settled) in std::iter::once((&contacts, &settled_contacts))
+            .chain(accounts.iter().zip(&settled_accounts))
+        {
+            for (id, hash) in &read.hashes {
+                // An unchanged record's stored hash is already this one.
+                if !settled.contains(id) && read.changed.contains(id) {
+                    batch
+                        .set_hashes
+                        .push((read.scope.clone(), id.clone(), *hash));
+                }
+                if batch_len(&batch) >= COMMIT_EVERY {
+                    committer.send(std::mem::take(&mut batch))?;
+                }
             }
-            if batch_len(&batch) >= COMMIT_EVERY {
-                engine.state.commit(std::mem::take(&mut batch))?;
+            for id in &read.deleted {
+                batch.delete_hashes.push((read.scope.clone(), id.clone()));
             }
         }
-        for id in &read.deleted {
-            batch.delete_hashes.push((read.scope.clone(), id.clone()));
+        for id in recheck_contacts {
+            batch.set_hashes.push((contacts.scope.clone(), id, RECHECK));
         }
-    }
-    for id in recheck_contacts {
-        batch.set_hashes.push((contacts.scope.clone(), id, RECHECK));
-    }
-    engine.state.commit(std::mem::take(&mut batch))?;
+        committer.send(std::mem::take(&mut batch))?;
+        Ok(())
+    })?;
     failpoint::hit("before_cursor_commit");
     tracing::debug!(
         ms = started.elapsed().as_millis() as u64,

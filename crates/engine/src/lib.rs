@@ -12,6 +12,12 @@ pub mod plan;
 pub mod relation;
 mod run;
 
+/// Maps and sets keyed by record ids, hashed with foldhash: the engine hashes millions
+/// of short ids per run, and SipHash (the std default) cost several times more. The seed
+/// is random per process, like std's.
+pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 pub use config::{
     ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchTier, RelationConfig,
     SyncConfig, TemplateRule,

@@ -6,8 +6,6 @@
 //! shared by more is ambiguous: reported, and those records are not tried on later
 //! tiers, because a weaker rule must not guess where a stronger one could not decide.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 use tandem_model::{Record, Value};
 
@@ -48,7 +46,7 @@ pub fn match_records(
     let mut buf = String::new();
 
     for (t, tier) in tiers.iter().enumerate() {
-        let mut index: HashMap<u128, (Vec<u32>, Vec<u32>)> = HashMap::new();
+        let mut index: crate::IdMap<u128, (Vec<u32>, Vec<u32>)> = crate::IdMap::default();
         for (i, record) in contacts.iter().enumerate() {
             if contact_open[i] && key(tier, record, &mut buf) {
                 index.entry(hash(&buf)).or_default().0.push(i as u32);

@@ -1072,7 +1072,7 @@ impl<'a> Planner<'a> {
             .map(|r| r.code.as_str())
             .collect();
         // Hubs by contact: a search per contact would make this quadratic.
-        let mut hub_of: HashMap<String, usize> = self
+        let mut hub_of: crate::IdMap<String, usize> = self
             .plan
             .hubs
             .iter()

@@ -119,9 +119,9 @@ pub(crate) struct ScopeRead {
     pub records: BTreeMap<String, Record>,
     pub deleted: BTreeSet<String>,
     /// Hash of each record kept in `records`, as read.
-    pub hashes: HashMap<String, u64>,
+    pub hashes: crate::IdMap<String, u64>,
     /// Records whose hash differed from the stored one.
-    pub changed: HashSet<String>,
+    pub changed: crate::IdSet<String>,
     pub cursor: Option<Cursor>,
     /// The connector's fingerprint taken before reading, if it gives one.
     pub fingerprint: Option<String>,
@@ -144,8 +144,8 @@ impl ScopeRead {
             scope,
             records: BTreeMap::new(),
             deleted: BTreeSet::new(),
-            hashes: HashMap::new(),
-            changed: HashSet::new(),
+            hashes: crate::IdMap::default(),
+            changed: crate::IdSet::default(),
             cursor: None,
             fingerprint,
             stats,
