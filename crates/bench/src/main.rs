@@ -334,6 +334,10 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
         }
     }
     drop(source);
+    // In key order, the cheapest order for SQLite's B-trees: a floor.
+    hashes.sort_unstable_by(|a, b| {
+        (&a.0.connector, a.0.kind.plural(), &a.1).cmp(&(&b.0.connector, b.0.kind.plural(), &b.1))
+    });
     let db = rusqlite::Connection::open(dir.join(".tandem/state.db"))?;
     let mut stmt = db.prepare(
         "SELECT at, run_id, contact_id, code, account_id, action, source, details \
