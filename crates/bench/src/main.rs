@@ -2,16 +2,17 @@
 //!
 //! `tandem-bench run --n 100000` generates N contacts and N accounts into a temporary
 //! folder and measures, each phase in a child process of its own (so peak memory is the
-//! phase's own): parsing the CSV files alone, the initial sync, a second sync with no
+//! phase's own): parsing the CSV files alone, the initial sync, storing the initial
+//! sync's state rows alone (`state-floor`), a second sync with no
 //! change (which skips the unchanged files), the same with every file read
 //! (`--full-read`), and an incremental run with k changes through a change-reading
 //! (in-memory) connector over a state holding the links of the initial sync.
 
 mod generate;
 
-// The same allocator as the `tandem` binary, so the figures are the binary's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The `tandem` binary's allocator and its settings, so the figures are the binary's.
+#[path = "../../cli/src/allocator.rs"]
+mod allocator;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,7 @@ struct Measure {
 }
 
 fn main() -> anyhow::Result<()> {
+    allocator::keep_freed_memory();
     match Cli::parse().command {
         Cmd::Generate { out, n } => {
             generate::generate(&out, n, generate::Shares::default())?;

@@ -4,6 +4,7 @@
 //! it ([`registry`]), opens the state and hands everything to the engine. Reports go
 //! to stdout (tables, or JSON with `--json`); progress and errors go to stderr.
 
+mod allocator;
 mod config;
 mod inspect;
 mod logging;
@@ -27,12 +28,6 @@ use tandem_engine::{Directives, Engine, EngineError, Relations, RetryTarget};
 use tandem_model::EntityKind;
 use tandem_state::{LockMode, SqliteState, StateError};
 use tracing::debug;
-
-// A run allocates and frees millions of small strings; mimalloc does that in about
-// two thirds of the time glibc's allocator takes (docs/BENCHMARKS.md). Plugins free
-// their own buffers, so the host's allocator is never asked to free theirs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use crate::config::{Config, Env};
 
@@ -217,6 +212,7 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     let cli = match parse_args() {
         Ok(cli) => cli,
         Err(e) => {
