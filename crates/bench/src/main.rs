@@ -357,7 +357,9 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
                 account_id: row.get(4)?,
                 action: row.get(5)?,
                 source: row.get(6)?,
-                details: serde_json::from_str(&details).unwrap_or_default(),
+                details: serde_json::from_str::<serde_json::Value>(&details)
+                    .unwrap_or_default()
+                    .into(),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -9,18 +9,20 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Keeps freed memory in the process instead of giving it back to the OS a second
-/// later. A sync frees the records it read (gigabytes at a million partners) and then
-/// allocates as much again to apply the plan; pages given back must be faulted in and
-/// zeroed again on their next use, which cost 7 % of an initial sync of 1M partners
-/// (docs/BENCHMARKS.md). A run is a process of its own, so it ends with its run.
+/// Keeps freed memory in the process for ten seconds instead of one before giving it
+/// back to the OS. A sync frees the records it read (gigabytes at a million partners)
+/// and then allocates as much again to apply the plan; pages given back must be faulted
+/// in and zeroed again on their next use, which cost 7 % of an initial sync of 1M
+/// partners (docs/BENCHMARKS.md). Memory nobody reuses still goes back, ten seconds
+/// later.
 pub fn keep_freed_memory() {
     // `mi_option_purge_delay` in mimalloc.h (option indexes are stable: retired
     // options keep their slot); libmimalloc-sys names no constant for it.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
     // SAFETY: sets an integer option; mimalloc reads it atomically when it purges.
     #[allow(unsafe_code)]
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
     }
 }

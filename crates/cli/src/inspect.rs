@@ -177,7 +177,7 @@ fn log_cells(e: &Interaction) -> Vec<String> {
         e.account_id.clone().unwrap_or_else(|| "-".to_owned()),
         e.action.clone(),
         e.source.clone(),
-        details(&e.details),
+        details(&e.details.value()),
     ]
 }
 

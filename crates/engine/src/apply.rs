@@ -17,7 +17,7 @@ use serde_json::json;
 use tandem_connector::{Changes, Connector, ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Fields, Timestamp};
 use tandem_state::{
-    ConflictEntry, Interaction, Link, PendingCreate, StateBatch, StateError, StateStore,
+    ConflictEntry, Details, Interaction, Link, PendingCreate, StateBatch, StateError, StateStore,
 };
 use tracing::info;
 
@@ -46,11 +46,23 @@ fn to_changes(changes: &[FieldChange]) -> Changes {
         .collect()
 }
 
-fn changes_json(changes: &[FieldChange]) -> serde_json::Value {
-    changes
-        .iter()
-        .map(|c| json!({ "field": c.field, "old": c.old, "new": c.new }))
-        .collect()
+/// The details of an `updated` entry: the changes each side received.
+#[derive(serde::Serialize)]
+struct UpdatedDetails<'a> {
+    account: &'a [FieldChange],
+    contact: Vec<&'a FieldChange>,
+}
+
+/// The details of a `linked` entry not made by matching or by hand.
+#[derive(serde::Serialize)]
+struct LinkedBy {
+    by: &'static str,
+}
+
+/// The details of a `created` entry for a contact made from an account (R6).
+#[derive(serde::Serialize)]
+struct CreatedDetails<'a> {
+    fields: &'a Fields,
 }
 
 /// Writes `ops`, turning an error for the whole call into one error per op.
@@ -149,7 +161,7 @@ impl Log {
         account_id: Option<&str>,
         action: &str,
         source: &str,
-        details: serde_json::Value,
+        details: Details,
     ) -> Interaction {
         Interaction {
             id: 0,
@@ -175,7 +187,7 @@ struct CreateJob {
     source_version: Option<String>,
     fields: Fields,
     baseline: Fields,
-    details: serde_json::Value,
+    details: Details,
 }
 
 pub(crate) async fn apply(
@@ -319,7 +331,7 @@ pub(crate) async fn apply(
             Some(&unlink.account_id),
             "unlinked",
             source,
-            json!({ "reason": unlink.reason }),
+            Details::of(&json!({ "reason": unlink.reason })),
         ));
     }
     engine.state.commit(std::mem::take(&mut batch))?;
@@ -337,7 +349,7 @@ pub(crate) async fn apply(
             source_version: c.account_version.clone(),
             fields: c.fields.clone(),
             baseline: c.baseline.clone(),
-            details: json!({ "fields": c.fields }),
+            details: Details::of(&CreatedDetails { fields: &c.fields }),
         })
         .collect();
     jobs.extend(plan.account_creates.iter().map(|c| CreateJob {
@@ -348,7 +360,9 @@ pub(crate) async fn apply(
         source_version: c.contact_version.clone(),
         fields: c.fields.clone(),
         baseline: c.baseline.clone(),
-        details: json!({ "fields": c.fields, "template": c.template, "requested_by": c.requested_by }),
+        details: Details::of(
+            &json!({ "fields": c.fields, "template": c.template, "requested_by": c.requested_by }),
+        ),
     }));
     for side in ["contact", "account"] {
         for r in 0..relations.relations.len() {
@@ -470,7 +484,7 @@ pub(crate) async fn apply(
                                 Some(&account_id),
                                 "linked",
                                 side,
-                                json!({ "by": "create" }),
+                                Details::of(&LinkedBy { by: "create" }),
                             ));
                         }
                         Err(e) => {
@@ -664,7 +678,7 @@ pub(crate) async fn apply(
                         Some(account_id),
                         "conflict",
                         "both",
-                        json!({
+                        Details::of(&json!({
                             "field": conflict.field,
                             "base": conflict.base,
                             "contact": conflict.contact,
@@ -672,7 +686,7 @@ pub(crate) async fn apply(
                             "policy": conflict.policy,
                             "winner": conflict.winner,
                             "value": conflict.value,
-                        }),
+                        })),
                     ));
                     if conflict.winner == "manual" {
                         batch.upsert_conflicts.push(ConflictEntry {
@@ -762,7 +776,7 @@ pub(crate) async fn apply(
                                 Some(&pair.account_id),
                                 "linked",
                                 source,
-                                json!(how),
+                                Details::of(&how),
                             ));
                         }
                         if pair.updated {
@@ -777,17 +791,15 @@ pub(crate) async fn apply(
                                     (true, false) => "account",
                                     _ => "both",
                                 };
-                            let from_account: Vec<FieldChange> =
-                                from_account.into_iter().cloned().collect();
                             batch.interactions.push(log.entry(
                                 &hub.contact_id,
                                 &pair.code,
                                 Some(&pair.account_id),
                                 "updated",
                                 source,
-                                json!({
-                                    "account": changes_json(&pair.account_changes),
-                                    "contact": changes_json(&from_account),
+                                Details::of(&UpdatedDetails {
+                                    account: &pair.account_changes,
+                                    contact: from_account,
                                 }),
                             ));
                         }
@@ -824,7 +836,7 @@ pub(crate) async fn apply(
                                 last_error: Some(error.clone()),
                                 failure_count: count,
                                 parked,
-                                ..previous.clone()
+                                ..(**previous).clone()
                             });
                             batch.interactions.push(log.entry(
                                 &hub.contact_id,
@@ -836,7 +848,7 @@ pub(crate) async fn apply(
                                 } else {
                                     "contact"
                                 },
-                                json!({ "error": error, "failures": count }),
+                                Details::of(&json!({ "error": error, "failures": count })),
                             ));
                         }
                         if let (None, Some(how)) = (&pair.previous, pair.new_link) {
@@ -930,7 +942,7 @@ pub(crate) async fn apply(
                 None,
                 "resolved",
                 "operator",
-                json!({ "field": field }),
+                Details::of(&json!({ "field": field })),
             ));
         }
         for key in &plan.done_pending {

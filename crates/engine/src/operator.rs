@@ -112,7 +112,9 @@ pub fn retry(
                 account_id: None,
                 action: "retried".to_owned(),
                 source: "operator".to_owned(),
-                details: serde_json::json!({ "error": pending.error, "failures": pending.failure_count }),
+                details: tandem_state::Details::of(
+                    &serde_json::json!({ "error": pending.error, "failures": pending.failure_count }),
+                ),
             });
         }
         let scope = if pending.side == "contact" {

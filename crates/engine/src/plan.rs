@@ -148,8 +148,10 @@ pub struct PairPlan {
     pub updated: bool,
     #[serde(skip)]
     pub baseline: Fields,
+    /// The link as stored before this run; boxed, since most pairs of a big run are
+    /// new links and an inline `Link` would double the size of every pair.
     #[serde(skip)]
-    pub previous: Option<Link>,
+    pub previous: Option<Box<Link>>,
     /// The content hash of the account's fields after the write, when it was read.
     #[serde(skip)]
     pub account_after_hash: Option<u64>,
@@ -1544,7 +1546,7 @@ fn merge_hub<'p>(
             from_account: brought,
             updated,
             baseline,
-            previous: p.link.cloned(),
+            previous: p.link.cloned().map(Box::new),
             account_after_hash,
         });
     }

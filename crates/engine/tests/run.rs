@@ -438,8 +438,9 @@ async fn r11_every_action_on_a_pair_is_logged_and_nothing_else() {
         ]
     );
     let update = &log[4];
-    assert_eq!(update.details["contact"][0]["field"], "phone");
-    assert_eq!(update.details["contact"][0]["new"], "+32 9 999");
+    let details = update.details.value();
+    assert_eq!(details["contact"][0]["field"], "phone");
+    assert_eq!(details["contact"][0]["new"], "+32 9 999");
     assert!(log.iter().all(|i| i.run_id.is_some()));
     // C3 ("Gamma") has no relation: no entry.
     assert!(w.state.interactions("C3", 100).unwrap().is_empty());

@@ -500,10 +500,14 @@ impl StateStore for SqliteState {
         while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
             let id: i64 = get(row, 0, ACTION)?;
             let details: String = get(row, 8, ACTION)?;
-            let details = serde_json::from_str(&details).map_err(|e| StateError::Corrupt {
-                what: format!("details of interaction {id}"),
-                message: e.to_string(),
+            // Checked here, so that readers can take the text for JSON.
+            serde_json::from_str::<serde::de::IgnoredAny>(&details).map_err(|e| {
+                StateError::Corrupt {
+                    what: format!("details of interaction {id}"),
+                    message: e.to_string(),
+                }
             })?;
+            let details = crate::Details::from_stored(details);
             out.push(Interaction {
                 id,
                 at: Timestamp(get(row, 1, ACTION)?),
@@ -1207,7 +1211,7 @@ fn append_interactions(conn: &Connection, entries: &[Interaction]) -> Result<(),
             entry.account_id,
             entry.action,
             entry.source,
-            entry.details.to_string(),
+            entry.details.as_str(),
         ])
         .map_err(sql_error(ACTION))?;
     }

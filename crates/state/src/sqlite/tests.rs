@@ -585,7 +585,7 @@ fn interaction(contact: &str, action: &str, details: serde_json::Value) -> Inter
         account_id: Some(format!("K-{contact}")),
         action: action.to_owned(),
         source: "contact".to_owned(),
-        details,
+        details: details.into(),
     }
 }
 
@@ -678,7 +678,7 @@ fn r11_interaction_log_round_trips_oldest_first_with_a_limit() {
     let theirs = state.interactions("C2", 10).unwrap();
     assert_eq!(theirs.len(), 1);
     assert_eq!(theirs[0], stored(other, theirs[0].id));
-    assert_eq!(theirs[0].details, details);
+    assert_eq!(theirs[0].details.value(), details);
     assert!(state.interactions("nobody", 10).unwrap().is_empty());
 }
 
