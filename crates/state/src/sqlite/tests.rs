@@ -987,6 +987,42 @@ fn r3_company_of_person_contacts_is_set_and_forgotten() {
     assert_eq!(state.company_of("CO1").unwrap(), None);
 }
 
+/// Forgetting goes by chunks of ids; every contact of a big batch is forgotten, and
+/// the last entry for a contact in a batch is the one that counts.
+#[test]
+fn r3_companies_forgotten_in_bulk_and_the_last_entry_counts() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let people: Vec<String> = (0..1_234).map(|i| format!("P{i}")).collect();
+    commit(
+        &mut state,
+        StateBatch {
+            set_companies: people
+                .iter()
+                .map(|p| (p.clone(), Some("CO1".to_owned())))
+                .collect(),
+            ..StateBatch::default()
+        },
+    );
+    let mut batch: Vec<(String, Option<String>)> =
+        people.iter().map(|p| (p.clone(), None)).collect();
+    // P7 is forgotten, then given a company again in the same batch.
+    batch.push(("P7".into(), Some("CO2".into())));
+    // P8 is given a company, then forgotten.
+    batch.insert(0, ("P8".into(), Some("CO3".into())));
+    commit(
+        &mut state,
+        StateBatch {
+            set_companies: batch,
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.company_of("P7").unwrap().as_deref(), Some("CO2"));
+    for p in people.iter().filter(|p| *p != "P7") {
+        assert_eq!(state.company_of(p).unwrap(), None, "{p}");
+    }
+}
+
 #[test]
 fn a_run_left_running_by_a_dead_process_is_marked_interrupted() {
     let (_dir, path) = temp();
