@@ -1,7 +1,7 @@
 //! The embedded state: one SQLite file per deployment, next to a lock file that keeps
 //! a second tandem process from using it at the same time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::iter;
 use std::path::{Path, PathBuf};
@@ -1389,42 +1389,21 @@ fn set_companies(
     if companies.is_empty() {
         return Ok(());
     }
-    // The last word on each contact counts, as if applied one by one.
-    let mut last: BTreeMap<&str, Option<&str>> = BTreeMap::new();
-    for (contact_id, company_id) in companies {
-        last.insert(contact_id, company_id.as_deref());
-    }
     let mut set = conn
         .prepare_cached(
             "INSERT INTO contact_companies (contact_id, company_id) VALUES (?1, ?2) \
              ON CONFLICT (contact_id) DO UPDATE SET company_id = excluded.company_id",
         )
         .map_err(sql_error(ACTION))?;
-    let mut forget: Vec<&str> = Vec::new();
-    for (contact_id, company_id) in &last {
+    let mut forget = conn
+        .prepare_cached("DELETE FROM contact_companies WHERE contact_id = ?1")
+        .map_err(sql_error(ACTION))?;
+    for (contact_id, company_id) in companies {
         match company_id {
-            Some(company_id) => {
-                set.execute([contact_id, company_id])
-                    .map_err(sql_error(ACTION))?;
-            }
-            None => forget.push(contact_id),
+            Some(company_id) => set.execute([contact_id, company_id]),
+            None => forget.execute([contact_id]),
         }
-    }
-    // Most contacts are companies, which have none to forget: a sync of a million
-    // contacts forgets a million times. One statement per chunk, not per contact.
-    if !forget.is_empty() {
-        let sql = format!(
-            "DELETE FROM contact_companies WHERE contact_id IN ({})",
-            placeholders(LOOKUP_CHUNK)
-        );
-        let mut stmt = conn.prepare_cached(&sql).map_err(sql_error(ACTION))?;
-        for chunk in forget.chunks(LOOKUP_CHUNK) {
-            // Padded with a repeated id, so every chunk uses the same statement.
-            let padding = iter::repeat(chunk[chunk.len() - 1]);
-            let ids = chunk.iter().copied().chain(padding).take(LOOKUP_CHUNK);
-            stmt.execute(params_from_iter(ids))
-                .map_err(sql_error(ACTION))?;
-        }
+        .map_err(sql_error(ACTION))?;
     }
     Ok(())
 }
