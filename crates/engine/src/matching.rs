@@ -44,6 +44,8 @@ pub fn match_records(
     let mut account_open = vec![true; accounts.len()];
     let mut outcome = MatchOutcome::default();
     let mut buf = String::new();
+    // (contact, account, tier) by position in the pools.
+    let mut matches: Vec<(u32, u32, usize)> = Vec::new();
 
     for (t, tier) in tiers.iter().enumerate() {
         let mut index: crate::IdMap<u128, (Vec<u32>, Vec<u32>)> = crate::IdMap::default();
@@ -74,11 +76,7 @@ pub fn match_records(
                 account_open[a as usize] = false;
             }
             if cs.len() == 1 && accs.len() == 1 {
-                outcome.matches.push((
-                    contacts[cs[0] as usize].id.clone(),
-                    accounts[accs[0] as usize].id.clone(),
-                    t + 1,
-                ));
+                matches.push((cs[0], accs[0], t + 1));
             } else {
                 let first = contacts[cs[0] as usize];
                 let mut contact_ids: Vec<String> = cs
@@ -106,7 +104,24 @@ pub fn match_records(
             }
         }
     }
-    outcome.matches.sort();
+    // In contact id order (a contact matches at most once). The engine's pools come in
+    // id order, and then position order is id order: sorting a million matches by
+    // their ids would chase two pointers per comparison.
+    if contacts.windows(2).all(|w| w[0].id <= w[1].id) {
+        matches.sort_unstable_by_key(|m| m.0);
+    } else {
+        matches.sort_unstable_by(|a, b| contacts[a.0 as usize].id.cmp(&contacts[b.0 as usize].id));
+    }
+    outcome.matches = matches
+        .into_iter()
+        .map(|(c, a, tier)| {
+            (
+                contacts[c as usize].id.clone(),
+                accounts[a as usize].id.clone(),
+                tier,
+            )
+        })
+        .collect();
     outcome
         .ambiguous
         .sort_by(|a, b| (a.tier, &a.contact_ids).cmp(&(b.tier, &b.contact_ids)));
@@ -116,7 +131,9 @@ pub fn match_records(
         .filter(|(_, open)| **open)
         .map(|(r, _)| r.id.clone())
         .collect();
-    outcome.unmatched_accounts.sort();
+    if !accounts.windows(2).all(|w| w[0].id <= w[1].id) {
+        outcome.unmatched_accounts.sort();
+    }
     outcome
 }
 
@@ -129,15 +146,20 @@ fn key(tier: &Tier, record: &Record, buf: &mut String) -> bool {
             Some(v) => v,
             None => return false,
         };
-        let text = match value {
-            Value::List(items) => items.join(";"),
-            other => other.to_cell(),
+        // Text is borrowed: keys are made for every record on every tier.
+        let owned;
+        let text: &str = match value {
+            Value::Text(text) | Value::Date(text) => text,
+            other => {
+                owned = other.to_cell();
+                &owned
+            }
         };
         if tier.exact {
             if text.is_empty() {
                 return false;
             }
-            buf.push_str(&text);
+            buf.push_str(text);
         } else {
             let trimmed = text.trim();
             if trimmed.is_empty() {

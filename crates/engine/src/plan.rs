@@ -641,8 +641,9 @@ impl<'a> Planner<'a> {
                 .matches
                 .retain(|(c, a, _)| !apart.contains(&(c.as_str(), a.as_str())));
         }
-        let mut matched_contacts: BTreeSet<&str> = BTreeSet::new();
-        let mut taken_accounts: BTreeSet<&str> = BTreeSet::new();
+        // Looked up, never walked: hash sets.
+        let mut matched_contacts: crate::IdSet<&str> = crate::IdSet::default();
+        let mut taken_accounts: crate::IdSet<&str> = crate::IdSet::default();
         for (contact_id, account_id, tier) in &outcome.matches {
             let (c, _) = input
                 .contacts
@@ -662,7 +663,7 @@ impl<'a> Planner<'a> {
         }
         self.plan.counts[r].linked += outcome.matches.len() as u64;
         self.plan.counts[r].ambiguous += outcome.ambiguous.len() as u64;
-        let ambiguous_contacts: BTreeSet<String> = outcome
+        let ambiguous_contacts: crate::IdSet<String> = outcome
             .ambiguous
             .iter()
             .flat_map(|a| a.contact_ids.clone())
