@@ -87,6 +87,19 @@ async fn write_all(
     }
 }
 
+/// The error of a write, if it failed, and the record's version after it: the new one
+/// when it succeeded, `before` when it failed or nothing was written.
+fn error_and_version(
+    result: &Option<WriteOutcome>,
+    before: &Option<String>,
+) -> (Option<String>, Option<String>) {
+    match result {
+        Some(Err(e)) => (Some(e.to_string()), before.clone()),
+        Some(Ok(written)) => (None, written.version.clone()),
+        None => (None, before.clone()),
+    }
+}
+
 /// R17: the failure count after `error`, and whether the pair is parked now (the
 /// same error as last time).
 fn next_failure(previous_error: Option<&str>, previous_count: u32, error: &str) -> (u32, bool) {
@@ -648,14 +661,8 @@ pub(crate) async fn apply(
     commit_behind(&mut *engine.state, |committer| {
         for (h, hub) in plan.hubs.iter().enumerate() {
             let contact_result = contact_results[h].take();
-            let contact_error = match &contact_result {
-                Some(Err(e)) => Some(e.to_string()),
-                _ => None,
-            };
-            let contact_version = match &contact_result {
-                Some(Ok(w)) => w.version.clone(),
-                _ => hub.contact_version.clone(),
-            };
+            let (contact_error, contact_version) =
+                error_and_version(&contact_result, &hub.contact_version);
             let mut hub_failed = contact_error.is_some();
             if let Some(error) = &contact_error
                 && hub.pairs.is_empty()
@@ -710,14 +717,8 @@ pub(crate) async fn apply(
                 let r = pair.relation;
                 settled_accounts[r].insert(pair.account_id.clone());
                 let account_result = account_results[pair_offsets[h] + p].take();
-                let account_error = match &account_result {
-                    Some(Err(e)) => Some(e.to_string()),
-                    _ => None,
-                };
-                let account_version = match &account_result {
-                    Some(Ok(w)) => w.version.clone(),
-                    _ => pair.account_version.clone(),
-                };
+                let (account_error, account_version) =
+                    error_and_version(&account_result, &pair.account_version);
                 let scope = accounts[r].scope.clone();
                 match account_error.clone().or_else(|| contact_error.clone()) {
                     None => {

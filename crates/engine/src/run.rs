@@ -671,6 +671,15 @@ pub(crate) fn rejections(plan: &Plan) -> Vec<Failure> {
         .collect()
 }
 
+/// A failed read of `kind` from `connector_name`, as the engine reports it.
+fn read_error(connector_name: &str, kind: EntityKind) -> impl Fn(ConnectorError) -> EngineError {
+    move |source| EngineError::Read {
+        connector: connector_name.to_owned(),
+        kind,
+        source,
+    }
+}
+
 /// Reads all pages of one connector and kind. Keeps the records that changed since
 /// the last run, plus the unchanged ones `keep` asks for; finds deletes from
 /// tombstones, and from a full listing only once it completed (R16).
@@ -683,15 +692,13 @@ async fn read_scope(
     keep: impl Fn(&Record) -> bool,
 ) -> Result<ScopeRead, EngineError> {
     let scope = Scope::new(connector_name, kind);
-    let read_error = |source| EngineError::Read {
-        connector: connector_name.to_owned(),
-        kind,
-        source,
-    };
     // A fingerprint equal to the one remembered at the end of the last run (with the
     // same configuration) means the records are those the state describes: nothing to
     // read, unless some record waits to be looked at again.
-    let fingerprint = connector.fingerprint(kind).await.map_err(read_error)?;
+    let fingerprint = connector
+        .fingerprint(kind)
+        .await
+        .map_err(read_error(connector_name, kind))?;
     let unchanged = match (skip_tag, &fingerprint) {
         (Some(tag), Some(fingerprint)) => {
             state.fingerprint(&scope)? == Some(format!("{tag}:{fingerprint}"))
@@ -731,11 +738,7 @@ async fn read_scope(
         let page = connector
             .read(kind, cursor.as_ref())
             .await
-            .map_err(|source| EngineError::Read {
-                connector: connector_name.to_owned(),
-                kind,
-                source,
-            })?;
+            .map_err(read_error(connector_name, kind))?;
         if incremental && page.listing == Listing::Changes {
             let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
             stored.extend(state.hashes_of(&out.scope, &ids)?);
@@ -821,11 +824,7 @@ async fn read_more(
         let page = connector
             .read(kind, cursor.as_ref())
             .await
-            .map_err(|source| EngineError::Read {
-                connector: connector_name.to_owned(),
-                kind,
-                source,
-            })?;
+            .map_err(read_error(connector_name, kind))?;
         out.extend(page.records.into_iter().filter(|r| !r.deleted && keep(r)));
         cursor = page.cursor;
         if !page.has_more {
