@@ -127,7 +127,7 @@ pub fn to_fields(card: &Card) -> Fields {
     let text = |f: &mut Fields, name: &str, v: String| {
         let v = v.trim().to_owned();
         if !v.is_empty() {
-            f.set(field::canonical(name).expect("canonical"), Value::Text(v));
+            f.set(field::canonical(name).expect("canonical"), Value::text(v));
         }
     };
     let n = card
@@ -202,11 +202,11 @@ pub fn to_fields(card: &Card) -> Fields {
         };
         let raw = p.text();
         let value = match p.param(X_TYPE).map(str::to_ascii_lowercase).as_deref() {
-            Some("number") => raw.parse().map(Value::Number).unwrap_or(Value::Text(raw)),
+            Some("number") => raw.parse().map(Value::Number).unwrap_or(Value::text(raw)),
             Some("bool") => Value::Bool(raw == "true"),
-            Some("date") => Value::date(&raw).unwrap_or(Value::Text(raw)),
+            Some("date") => Value::date(&raw).unwrap_or(Value::text(raw)),
             Some("list") => Value::List(p.list()),
-            _ => Value::Text(raw),
+            _ => Value::text(raw),
         };
         match field::canonical(&name) {
             Some(c) => f.set(c, value),
@@ -420,7 +420,7 @@ pub fn apply(card: &mut Card, changes: &Changes) {
             Value::Text(s) => Some((escape(s), None)),
             Value::Number(_) => Some((escape(&value.to_cell()), Some("number"))),
             Value::Bool(_) => Some((value.to_cell(), Some("bool"))),
-            Value::Date(d) => Some((d.clone(), Some("date"))),
+            Value::Date(d) => Some((d.to_string(), Some("date"))),
             Value::List(l) => Some((join_list(l), Some("list"))),
         };
         card.remove_all(&prop);

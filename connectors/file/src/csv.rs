@@ -235,9 +235,7 @@ pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, Connect
         for &i in &layout.by_name {
             match (&layout.columns[i], &row[i]) {
                 (_, "") => {}
-                (Column::Text(name), cell) => {
-                    fields.set(name.clone(), Value::Text(cell.to_owned()))
-                }
+                (Column::Text(name), cell) => fields.set(name.clone(), Value::text(cell)),
                 (Column::List(name), cell) => fields.set(name.clone(), table::split_list(cell)),
                 _ => {}
             }

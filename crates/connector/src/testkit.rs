@@ -357,7 +357,7 @@ fn sample_value(name: &str, kind: EntityKind, v: u32) -> Value {
         field::BANK_BRANCH_NO => format!("{:03}", v % 1000),
         other => format!("{other} {v}"),
     };
-    Value::Text(text)
+    Value::text(text)
 }
 
 /// Runs every check that applies to `connector` and reports each one.

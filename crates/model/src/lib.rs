@@ -14,4 +14,4 @@ pub mod field;
 pub use fields::{FieldName, Fields, FieldsIter};
 pub use kind::{ContactType, EntityKind, ParseKindError};
 pub use record::{Record, Timestamp, TimestampError};
-pub use value::{Value, ValueError};
+pub use value::{SmolStr, Value, ValueError};
