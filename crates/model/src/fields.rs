@@ -61,6 +61,21 @@ impl fmt::Display for FieldName {
     }
 }
 
+/// The same order as `str::cmp`, byte by byte in line: field names are short and
+/// mostly differ in their first bytes, and a lookup by name is the engine's most
+/// frequent operation (about a third of planning was calls to `memcmp` for names of
+/// four to twenty bytes).
+#[inline]
+fn compare_names(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
 /// The fields of a record: names to non-empty values, ordered by name.
 ///
 /// Setting an empty value removes the field, so a field is either filled or absent.
@@ -85,7 +100,8 @@ impl Fields {
     }
 
     fn position(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(n, _)| n.as_str().cmp(name))
+        self.0
+            .binary_search_by(|(n, _)| compare_names(n.as_str(), name))
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
@@ -236,6 +252,22 @@ impl<'de> Deserialize<'de> for Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_compare_as_strings_do() {
+        let mut names: Vec<&str> = field::COMMON
+            .iter()
+            .chain(field::CONTACT_ONLY)
+            .chain(field::BANK_ONLY)
+            .copied()
+            .collect();
+        names.extend(["", "a", "x_", "x_rating", "x_r", "name_", "namf", "émail", "n"]);
+        for a in &names {
+            for b in &names {
+                assert_eq!(compare_names(a, b), a.cmp(b), "{a:?} against {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn empty_values_are_not_stored() {
