@@ -1508,19 +1508,27 @@ fn merge_hub<'p>(
     }
     closed.sort();
 
-    let mut out_pairs = Vec::new();
+    // What the plan keeps is held until the run ends, for every hub of the run: it is
+    // sized to what it holds, not to what pushing one by one grew it to (on a big run,
+    // fresh memory is a large part of planning's time).
+    contact_changes.shrink_to_fit();
+    conflicts.shrink_to_fit();
+    let mut out_pairs = Vec::with_capacity(pairs.len());
     for (i, p) in pairs.iter().enumerate() {
-        let changes = std::mem::take(&mut account_changes[i]);
-        let brought: Vec<FieldName> = std::mem::take(&mut from_account[i])
+        let mut changes = std::mem::take(&mut account_changes[i]);
+        changes.shrink_to_fit();
+        let mut brought: Vec<FieldName> = std::mem::take(&mut from_account[i])
             .into_iter()
             .filter(|f| contact_changes.iter().any(|c| &c.field == f))
             .collect();
+        brought.shrink_to_fit();
         let updated = !changes.is_empty() || !brought.is_empty();
         let account_version = match p.account {
             Some(a) => a.version.clone(),
             None => p.link.and_then(|l| l.account_version.clone()),
         };
-        let baseline = std::mem::take(&mut baselines[i]);
+        let mut baseline = std::mem::take(&mut baselines[i]);
+        baseline.shrink_to_fit();
         let unchanged_link = p.link.is_some_and(|l| {
             l.baseline == baseline
                 && l.account_version == account_version

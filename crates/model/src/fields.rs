@@ -136,6 +136,12 @@ impl Fields {
         self.position(name).ok().map(|i| self.0.remove(i).1)
     }
 
+    /// Gives back the room grown for fields that were never set: a field set kept for
+    /// long (a plan's baseline) should not carry a doubled vector.
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+
     pub fn iter(&self) -> FieldsIter<'_> {
         FieldsIter(self.0.iter())
     }
