@@ -267,7 +267,9 @@ mod tests {
             .chain(field::BANK_ONLY)
             .copied()
             .collect();
-        names.extend(["", "a", "x_", "x_rating", "x_r", "name_", "namf", "émail", "n"]);
+        names.extend([
+            "", "a", "x_", "x_rating", "x_r", "name_", "namf", "émail", "n",
+        ]);
         for a in &names {
             for b in &names {
                 assert_eq!(compare_names(a, b), a.cmp(b), "{a:?} against {b:?}");
