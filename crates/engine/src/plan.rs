@@ -346,6 +346,9 @@ struct Planner<'a> {
     linked_accounts: Vec<BTreeSet<&'a str>>,
     /// Links made this run, by contact: (relation, account id, how).
     new_links: BTreeMap<&'a str, Vec<(usize, &'a str, NewLink)>>,
+    /// Baselines new links start from instead of `initial`: the fields a create that
+    /// was cut short sent (R18), by (relation, contact id).
+    starts: HashMap<(usize, &'a str), &'a Fields>,
     /// Contacts that lose a code this run (R9, R13), with the codes.
     lost_codes: BTreeMap<&'a str, BTreeSet<String>>,
     /// Contacts that gain a code this run through a create (R5), with the codes.
@@ -376,6 +379,7 @@ impl<'a> Planner<'a> {
             by_contact: BTreeMap::new(),
             linked_accounts: vec![BTreeSet::new(); relations.relations.len()],
             new_links: BTreeMap::new(),
+            starts: HashMap::new(),
             lost_codes: BTreeMap::new(),
             gained_codes: BTreeMap::new(),
             template_fills: BTreeMap::new(),
@@ -401,6 +405,9 @@ impl<'a> Planner<'a> {
         self.reflect_codes();
         self.hash_contacts_after();
         self.finish_counts();
+        // A create found again is also linked now: named once.
+        self.plan.done_pending.sort();
+        self.plan.done_pending.dedup();
         self.plan
     }
 
@@ -597,6 +604,7 @@ impl<'a> Planner<'a> {
     /// Match unlinked records (R4); recover creates cut short; create contacts for
     /// unmatched accounts (R6) and accounts for contacts that ask (R5).
     fn match_and_create(&mut self, r: usize) {
+        self.recover(r);
         let input = self.input;
         let relation = &self.relations.relations[r];
         // A contact whose link to an account keeps failing waits for `tandem retry`.
@@ -676,8 +684,7 @@ impl<'a> Planner<'a> {
         for p in input.pending.iter().filter(|p| p.code == relation.code) {
             pending_for.insert((p.side.as_str(), p.source_id.as_str()), p);
         }
-        let mut unmatched_accounts = outcome.unmatched_accounts;
-        let mut recovered_contacts: BTreeSet<&str> = BTreeSet::new();
+        let unmatched_accounts = outcome.unmatched_accounts;
         if !pending_for.is_empty() {
             for p in pending_for.values().filter(|p| p.side != PENDING_LINK) {
                 let done = match p.side.as_str() {
@@ -687,9 +694,13 @@ impl<'a> Planner<'a> {
                     }
                     _ => self.is_linked(r, &p.source_id),
                 };
-                if done
-                    || (p.side == "contact" && !self.accounts(r).records.contains_key(&p.source_id))
-                {
+                // Its source is gone only when this run saw it deleted: a source not
+                // read this run (an unchanged file that was skipped) still wants it.
+                let source_deleted = match p.side.as_str() {
+                    "contact" => self.accounts(r).deleted.contains(&p.source_id),
+                    _ => input.deleted_contacts.contains(&p.source_id),
+                };
+                if done || source_deleted {
                     self.plan.done_pending.push((
                         p.code.clone(),
                         p.side.clone(),
@@ -697,48 +708,6 @@ impl<'a> Planner<'a> {
                     ));
                 }
             }
-            let mut still_unmatched = Vec::new();
-            for account_id in unmatched_accounts {
-                let Some(p) = pending_for
-                    .get(&("contact", account_id.as_str()))
-                    .filter(|p| p.error.is_none() && !p.fields.is_empty())
-                else {
-                    still_unmatched.push(account_id);
-                    continue;
-                };
-                let found: Vec<&Record> = pool_contacts
-                    .iter()
-                    .filter(|c| {
-                        !matched_contacts.contains(c.id.as_str())
-                            && !recovered_contacts.contains(c.id.as_str())
-                    })
-                    .filter(|c| same_fields(&c.fields, &p.fields))
-                    .copied()
-                    .collect();
-                match found.as_slice() {
-                    [contact] => {
-                        let (a, _) = self
-                            .accounts(r)
-                            .records
-                            .get_key_value(&account_id)
-                            .expect("from the pool");
-                        recovered_contacts.insert(&contact.id);
-                        self.new_links.entry(&contact.id).or_default().push((
-                            r,
-                            a,
-                            NewLink::Recovered,
-                        ));
-                        self.plan.counts[r].linked += 1;
-                        self.plan.done_pending.push((
-                            p.code.clone(),
-                            p.side.clone(),
-                            p.source_id.clone(),
-                        ));
-                    }
-                    _ => still_unmatched.push(account_id),
-                }
-            }
-            unmatched_accounts = still_unmatched;
         }
 
         // Contacts that ask for this relation (R5): by their business_relations field
@@ -773,14 +742,8 @@ impl<'a> Planner<'a> {
             match self.holder(r, contact) {
                 Ok(None) => {
                     if by_operator {
-                        self.reject(
-                            &relation.code,
-                            &contact.id,
-                            format!(
-                                "contact {} already has a {} link",
-                                contact.id, relation.code
-                            ),
-                        );
+                        let error = already_held(contact, &relation.code);
+                        self.reject(&relation.code, &contact.id, error);
                     }
                 }
                 Ok(Some(holder)) => {
@@ -798,40 +761,14 @@ impl<'a> Planner<'a> {
         }
         let mut to_create: Vec<(&str, Option<&str>)> = Vec::new();
         for (holder, requested_by) in requesters {
-            if matched_contacts.contains(holder)
-                || recovered_contacts.contains(holder)
-                || ambiguous_contacts.contains(holder)
+            if matched_contacts.contains(holder) || ambiguous_contacts.contains(holder) {
+                continue;
+            }
+            if pending_for
+                .get(&("account", holder))
+                .is_some_and(|p| p.parked)
             {
                 continue;
-            }
-            let pending = pending_for.get(&("account", holder));
-            if pending.is_some_and(|p| p.parked) {
-                continue;
-            }
-            // An account an earlier run created for this contact, found again.
-            if let Some(p) = pending.filter(|p| p.error.is_none() && !p.fields.is_empty()) {
-                let found: Vec<&Record> = pool_accounts
-                    .iter()
-                    .filter(|a| {
-                        !taken_accounts.contains(a.id.as_str()) && same_fields(&a.fields, &p.fields)
-                    })
-                    .copied()
-                    .collect();
-                if let [account] = found.as_slice() {
-                    taken_accounts.insert(&account.id);
-                    self.new_links.entry(holder).or_default().push((
-                        r,
-                        &account.id,
-                        NewLink::Recovered,
-                    ));
-                    self.plan.counts[r].linked += 1;
-                    self.plan.done_pending.push((
-                        p.code.clone(),
-                        p.side.clone(),
-                        p.source_id.clone(),
-                    ));
-                    continue;
-                }
             }
             to_create.push((holder, requested_by));
         }
@@ -911,6 +848,74 @@ impl<'a> Planner<'a> {
                 baseline,
             });
             self.plan.counts[r].created += 1;
+        }
+    }
+
+    /// Creates an earlier run started and may have made (R18): the record created is an
+    /// unlinked record holding exactly the fields sent. It is linked before matching
+    /// runs, starting from the fields sent as its baseline, so an edit made to either
+    /// side since is merged three-way instead of being overwritten by `initial`.
+    fn recover(&mut self, r: usize) {
+        let input = self.input;
+        let code = self.relations.relations[r].code.as_str();
+        let kind = self.relations.relations[r].kind;
+        let wanted: Vec<&'a PendingCreate> = input
+            .pending
+            .iter()
+            .filter(|p| p.code == code && p.side != PENDING_LINK && !p.parked)
+            .filter(|p| p.error.is_none() && !p.fields.is_empty())
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let pool_contacts: Vec<&'a Record> = input
+            .contacts
+            .values()
+            .filter(|c| !c.deleted && may_hold(c, kind) && !self.is_linked(r, &c.id))
+            .collect();
+        let pool_accounts: Vec<&'a Record> = self
+            .accounts(r)
+            .records
+            .values()
+            .filter(|a| !a.deleted && !self.linked_accounts[r].contains(a.id.as_str()))
+            .collect();
+        let contacts = SentIndex::new(&pool_contacts, wanted.iter().map(|p| &p.fields));
+        let accounts = SentIndex::new(&pool_accounts, wanted.iter().map(|p| &p.fields));
+        for p in wanted {
+            let (contact, account) = if p.side == "contact" {
+                let Some((a, _)) = self.accounts(r).records.get_key_value(&p.source_id) else {
+                    continue;
+                };
+                if self.linked_accounts[r].contains(a.as_str()) {
+                    continue;
+                }
+                match contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
+                    Some(c) => (c.id.as_str(), a.as_str()),
+                    None => continue,
+                }
+            } else {
+                let Some((c, _)) = input.contacts.get_key_value(&p.source_id) else {
+                    continue;
+                };
+                if self.is_linked(r, c) {
+                    continue;
+                }
+                let free = |a: &Record| !self.linked_accounts[r].contains(a.id.as_str());
+                match accounts.found(&p.fields, free) {
+                    Some(a) => (c.as_str(), a.id.as_str()),
+                    None => continue,
+                }
+            };
+            self.linked_accounts[r].insert(account);
+            self.new_links
+                .entry(contact)
+                .or_default()
+                .push((r, account, NewLink::Recovered));
+            self.starts.insert((r, contact), &p.fields);
+            self.plan.counts[r].linked += 1;
+            self.plan
+                .done_pending
+                .push((p.code.clone(), p.side.clone(), p.source_id.clone()));
         }
     }
 
@@ -1039,6 +1044,7 @@ impl<'a> Planner<'a> {
                 account_id: &link.account_id,
                 account: self.accounts(*r).records.get(&link.account_id),
                 link: Some(link),
+                base: Some(&link.baseline),
                 new_link: None,
             });
         }
@@ -1048,6 +1054,7 @@ impl<'a> Planner<'a> {
                 account_id,
                 account: self.accounts(*r).records.get(*account_id),
                 link: None,
+                base: self.starts.get(&(*r, contact_id)).copied(),
                 new_link: Some(*how),
             });
         }
@@ -1199,6 +1206,66 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// Why a contact's request for `code` needs nothing: it, or for a person its company
+/// (R3), already holds the relation.
+fn already_held(contact: &Record, code: &str) -> String {
+    let person =
+        ContactType::from_field(contact.fields.text(field::CONTACT_TYPE)) == ContactType::Person;
+    match contact.fields.text(field::COMPANY_ID) {
+        Some(company) if person => format!(
+            "contact {} is a person of company {company}, which already has a {code} link (R3): \
+             `tandem resolve {} {code}` names the account",
+            contact.id, contact.id
+        ),
+        _ => format!("contact {} already has a {code} link (R2)", contact.id),
+    }
+}
+
+/// The records of a pool by the value of one pivot field of the creates looked for, so
+/// finding 25,000 creates again costs a lookup each, not a walk of the pool each.
+struct SentIndex<'r> {
+    by_pivot: HashMap<(String, String), Vec<&'r Record>>,
+}
+
+impl<'r> SentIndex<'r> {
+    fn new<'s>(pool: &[&'r Record], sent: impl Iterator<Item = &'s Fields>) -> SentIndex<'r> {
+        let names: BTreeSet<&str> = sent.filter_map(|f| pivot(f).map(|(n, _)| n)).collect();
+        let mut by_pivot: HashMap<(String, String), Vec<&'r Record>> = HashMap::new();
+        for record in pool {
+            for name in &names {
+                if let Some(value) = record.fields.get(name) {
+                    by_pivot
+                        .entry(((*name).to_owned(), value.to_cell()))
+                        .or_default()
+                        .push(record);
+                }
+            }
+        }
+        SentIndex { by_pivot }
+    }
+
+    /// The one record accepted by `free` that holds every value of `sent`; `None` when
+    /// there is none, or more than one (never a guess).
+    fn found(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Option<&'r Record> {
+        let (name, value) = pivot(sent)?;
+        let candidates = self.by_pivot.get(&(name.to_owned(), value.to_cell()))?;
+        let mut found = candidates
+            .iter()
+            .filter(|r| free(r) && same_fields(&r.fields, sent));
+        match (found.next(), found.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    }
+}
+
+/// The field a create is looked up by: its name, or its first field.
+fn pivot(sent: &Fields) -> Option<(&str, &Value)> {
+    sent.get(field::NAME)
+        .map(|v| (field::NAME, v))
+        .or_else(|| sent.iter().next().map(|(n, v)| (n.as_str(), v)))
+}
+
 /// Whether `record` holds exactly the values of `sent` (a create's fields).
 fn same_fields(record: &Fields, sent: &Fields) -> bool {
     sent.iter()
@@ -1210,6 +1277,9 @@ struct PairInput<'a> {
     account_id: &'a str,
     account: Option<&'a Record>,
     link: Option<&'a Link>,
+    /// What both sides are taken to have agreed on: the link's baseline, or for a
+    /// recovered create the fields it sent; `None` for a new link (R4's `initial`).
+    base: Option<&'a Fields>,
     new_link: Option<NewLink>,
 }
 
@@ -1257,12 +1327,8 @@ fn merge_hub<'p>(
         let involved: Vec<usize> = (0..pairs.len())
             .filter(|&i| rel(&pairs[i]).shared.contains(f))
             .collect();
-        let base = |i: usize| -> &Value {
-            pairs[i]
-                .link
-                .map(|l| l.baseline.value(name))
-                .unwrap_or(&Value::Null)
-        };
+        let base =
+            |i: usize| -> &Value { pairs[i].base.map(|b| b.value(name)).unwrap_or(&Value::Null) };
         // Values are borrowed from the records and links; only what is written or
         // remembered is copied.
         let account_value = |i: usize| -> &Value {
@@ -1276,7 +1342,7 @@ fn merge_hub<'p>(
             Some(c) => c.fields.value(name),
             None => involved
                 .iter()
-                .find(|&&i| pairs[i].link.is_some())
+                .find(|&&i| pairs[i].base.is_some())
                 .map(|&i| base(i))
                 .unwrap_or(&Value::Null),
         };
@@ -1325,7 +1391,7 @@ fn merge_hub<'p>(
             let existing: Vec<usize> = involved
                 .iter()
                 .copied()
-                .filter(|&i| pairs[i].link.is_some())
+                .filter(|&i| pairs[i].base.is_some())
                 .collect();
             let contact_changed =
                 contact.is_some() && existing.iter().any(|&i| contact_value != base(i));
@@ -1432,7 +1498,7 @@ fn merge_hub<'p>(
             }
             // Step 2: new links start from the contact's values or the account's (R4);
             // an empty value never overwrites a filled one.
-            for &i in involved.iter().filter(|&&i| pairs[i].link.is_none()) {
+            for &i in involved.iter().filter(|&&i| pairs[i].base.is_none()) {
                 let a = account_value(i);
                 let take_account = match rel(&pairs[i]).initial {
                     InitialSide::Contact => value.is_empty() && !a.is_empty(),

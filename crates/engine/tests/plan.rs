@@ -1069,6 +1069,176 @@ fn crash_between_create_and_link_is_repaired_not_repeated() {
     );
 }
 
+fn pending_contact_create(account: &str, sent: &Fields) -> tandem_state::PendingCreate {
+    tandem_state::PendingCreate {
+        code: "CUST".into(),
+        side: "contact".into(),
+        source_id: account.into(),
+        fields: sent.clone(),
+        run_id: Some(1),
+        error: None,
+        failure_count: 0,
+        parked: false,
+        updated_at: Timestamp(0),
+    }
+}
+
+/// A contact created by a run that died before linking it; the account was edited
+/// before the next run. The link starts from the fields sent, so the edit reaches the
+/// contact instead of being overwritten by the contact's older value (`initial`).
+#[test]
+fn r18_an_edit_made_after_a_create_was_cut_short_is_kept() {
+    let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
+    let mut sent = fields(&[
+        ("name", "Delta"),
+        ("phone", "1"),
+        ("contact_type", "company"),
+    ]);
+    sent.set("business_relations", Value::List(vec!["CUST".into()]));
+    let created = Record::new(EntityKind::Contact, "C9", sent.clone());
+    let mut accounts: Vec<AccountInput> = rels
+        .relations
+        .iter()
+        .map(|_| AccountInput::default())
+        .collect();
+    accounts[1].records.insert(
+        "K3".into(),
+        record(
+            EntityKind::Customer,
+            "K3",
+            &[("name", "Delta"), ("phone", "2")],
+        ),
+    );
+    let input = PlanInput {
+        contacts: [("C9".to_string(), created)].into_iter().collect(),
+        accounts,
+        pending: vec![pending_contact_create("K3", &sent)],
+        ..PlanInput::default()
+    };
+    let plan = plan(&rels, &input);
+    assert!(plan.creates.is_empty(), "no second contact");
+    assert_eq!(plan.hubs[0].pairs[0].new_link, Some(NewLink::Recovered));
+    assert_eq!(writes(&plan), vec![w("C9", "phone", "2")]);
+}
+
+/// Thousands of creates cut short are found again by lookup, each with its own record
+/// (the same name twice is not a guess: neither is linked).
+#[test]
+fn r18_many_creates_cut_short_are_each_found_again() {
+    let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
+    let mut accounts: Vec<AccountInput> = rels
+        .relations
+        .iter()
+        .map(|_| AccountInput::default())
+        .collect();
+    let mut contacts = BTreeMap::new();
+    let mut pending = Vec::new();
+    for i in 0..3000 {
+        // K0 and K1 sent the same fields: two candidates each, neither recovered.
+        let name = format!("Partner {}", i.max(1));
+        let mut sent = fields(&[("name", &name), ("contact_type", "company")]);
+        sent.set("business_relations", Value::List(vec!["CUST".into()]));
+        let account = format!("K{i}");
+        accounts[1].records.insert(
+            account.clone(),
+            record(EntityKind::Customer, &account, &[("name", &name)]),
+        );
+        let contact = format!("C{i:05}");
+        contacts.insert(
+            contact.clone(),
+            Record::new(EntityKind::Contact, &contact, sent.clone()),
+        );
+        pending.push(pending_contact_create(&account, &sent));
+    }
+    let input = PlanInput {
+        contacts,
+        accounts,
+        pending,
+        ..PlanInput::default()
+    };
+    let started = std::time::Instant::now();
+    let plan = plan(&rels, &input);
+    let recovered = plan
+        .hubs
+        .iter()
+        .flat_map(|h| &h.pairs)
+        .filter(|p| p.new_link == Some(NewLink::Recovered))
+        .count();
+    assert_eq!(recovered, 2998);
+    assert!(
+        !plan
+            .hubs
+            .iter()
+            .any(|h| h.contact_id == "C00000" || h.contact_id == "C00001"),
+        "an ambiguous create is not guessed"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn r3_a_person_asking_for_its_companys_relation_is_told_so() {
+    let rels = relations(|_| {});
+    let contacts = [
+        record(EntityKind::Contact, "C1", &[("name", "Acme")]),
+        record(
+            EntityKind::Contact,
+            "C2",
+            &[
+                ("name", "Ann"),
+                ("contact_type", "person"),
+                ("company_id", "C1"),
+            ],
+        ),
+    ];
+    let input = PlanInput {
+        contacts: contacts.into_iter().map(|c| (c.id.clone(), c)).collect(),
+        accounts: rels
+            .relations
+            .iter()
+            .map(|_| AccountInput::default())
+            .collect(),
+        links: vec![link("VEND", "C1", "V1", BASE)],
+        directives: tandem_engine::plan::Directives {
+            create: vec![("VEND".into(), "C2".into())],
+            ..Default::default()
+        },
+        ..PlanInput::default()
+    };
+    let plan = plan(&rels, &input);
+    let error = &plan.rejected[0].error;
+    assert!(error.contains("person of company C1"), "{error}");
+    assert!(
+        error.contains("C1, which already has a VEND link"),
+        "{error}"
+    );
+}
+
+/// A parked create stays parked while its account is not read (an unchanged file is
+/// skipped); only the account's delete ends it.
+#[test]
+fn r17_a_parked_create_is_kept_while_its_account_is_not_read() {
+    let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
+    let mut parked = pending_contact_create("K3", &fields(&[("name", "Delta")]));
+    parked.error = Some("refused".into());
+    parked.failure_count = 2;
+    parked.parked = true;
+    let mut input = PlanInput {
+        accounts: rels
+            .relations
+            .iter()
+            .map(|_| AccountInput::default())
+            .collect(),
+        pending: vec![parked],
+        ..PlanInput::default()
+    };
+    assert!(plan(&rels, &input).done_pending.is_empty());
+    input.accounts[1].deleted.insert("K3".into());
+    assert_eq!(
+        plan(&rels, &input).done_pending,
+        vec![("CUST".to_string(), "contact".to_string(), "K3".to_string())]
+    );
+}
+
 #[test]
 fn r4_operator_links_and_unlinks() {
     let rels = relations(|_| {});
