@@ -577,6 +577,7 @@ mod tests {
             parked: false,
             linked_at: Timestamp(0),
             synced_at: Timestamp(1000),
+            intent: None,
         };
         let text = links_csv(&[link]).unwrap();
         assert_eq!(

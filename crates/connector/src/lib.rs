@@ -146,6 +146,33 @@ pub trait Connector: Send + Sync + fmt::Debug {
         ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteOutcome>, ConnectorError>;
 
+    /// The records of `kind` with these ids, as a read would return them; ids that do
+    /// not exist are left out. The engine asks for the records a run needs and a
+    /// change-reading connector did not send (a write to retry, a record named by an
+    /// operator, an intent a run cut short left). The default walks a full listing;
+    /// a connector that can fetch by id should.
+    async fn read_ids(
+        &self,
+        kind: EntityKind,
+        ids: &[&str],
+    ) -> Result<Vec<tandem_model::Record>, ConnectorError> {
+        let wanted: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.read(kind, cursor.as_ref()).await?;
+            out.extend(
+                page.records
+                    .into_iter()
+                    .filter(|r| !r.deleted && wanted.contains(r.id.as_str())),
+            );
+            cursor = page.cursor;
+            if !page.has_more || out.len() == wanted.len() {
+                return Ok(out);
+            }
+        }
+    }
+
     /// A token for the current records of `kind`, when the connector can tell cheaply
     /// (a file's content hash): two equal tokens promise that a full read would return
     /// exactly the same records, so the engine may skip reading. Taking a fingerprint

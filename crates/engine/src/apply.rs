@@ -17,7 +17,8 @@ use serde_json::json;
 use tandem_connector::{Changes, Connector, ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Fields, Timestamp};
 use tandem_state::{
-    ConflictEntry, Details, Interaction, Link, PendingCreate, StateBatch, StateError, StateStore,
+    ConflictEntry, Details, Intent, Interaction, Link, PendingCreate, StateBatch, StateError,
+    StateStore,
 };
 use tracing::info;
 
@@ -200,6 +201,8 @@ struct CreateJob {
     source_version: Option<String>,
     fields: Fields,
     baseline: Fields,
+    /// What the source still has to receive once the record exists (R18).
+    intent: Option<Intent>,
     details: Details,
 }
 
@@ -262,6 +265,9 @@ pub(crate) async fn apply(
     let mut recheck_contacts: Vec<String> = Vec::new();
     let mut settled_accounts: Vec<crate::IdSet<String>> =
         vec![crate::IdSet::default(); accounts.len()];
+    // Links made by creating an account for a contact, by contact: a write to that
+    // contact later in the run gives them its new version (R19).
+    let mut created_links: HashMap<String, Vec<Link>> = HashMap::new();
     info!(run = run_id, "applying");
     let started = std::time::Instant::now();
 
@@ -362,6 +368,7 @@ pub(crate) async fn apply(
             source_version: c.account_version.clone(),
             fields: c.fields.clone(),
             baseline: c.baseline.clone(),
+            intent: None,
             details: Details::of(&CreatedDetails { fields: &c.fields }),
         })
         .collect();
@@ -373,6 +380,7 @@ pub(crate) async fn apply(
         source_version: c.contact_version.clone(),
         fields: c.fields.clone(),
         baseline: c.baseline.clone(),
+        intent: (!c.intent.contact.is_empty()).then(|| c.intent.clone()),
         details: Details::of(
             &json!({ "fields": c.fields, "template": c.template, "requested_by": c.requested_by }),
         ),
@@ -469,7 +477,7 @@ pub(crate) async fn apply(
                                         written.version.clone(),
                                     )
                                 };
-                            batch.upsert_links.push(Link {
+                            let link = Link {
                                 code: job.code.clone(),
                                 contact_id: contact_id.clone(),
                                 account_id: account_id.clone(),
@@ -481,7 +489,15 @@ pub(crate) async fn apply(
                                 parked: false,
                                 linked_at: now,
                                 synced_at: now,
-                            });
+                                intent: job.intent.clone(),
+                            };
+                            if side == "account" {
+                                created_links
+                                    .entry(contact_id.clone())
+                                    .or_default()
+                                    .push(link.clone());
+                            }
+                            batch.upsert_links.push(link);
                             batch.delete_pending.push(key);
                             batch.interactions.push(log.entry(
                                 &contact_id,
@@ -556,7 +572,10 @@ pub(crate) async fn apply(
         step = "after_creates",
         "applying"
     );
-    // 3. Contact updates, then account updates per relation.
+    // 3. What the writes will do, written down first (R18); then contact updates, then
+    //    account updates per relation.
+    commit_intents(&mut *engine.state, &plan, now)?;
+    failpoint::hit("after_intent_commit");
     let max = contacts_connector.capabilities().max_batch.max(1);
     // Ops are built chunk by chunk from the plan: a million updates are not held twice.
     let contact_hubs: Vec<usize> = plan
@@ -747,6 +766,7 @@ pub(crate) async fn apply(
                             parked: false,
                             linked_at: pair.previous.as_ref().map(|l| l.linked_at).unwrap_or(now),
                             synced_at: now,
+                            intent: None,
                         });
                         if let Some(how) = pair.new_link {
                             // A link that failed in an earlier run is done now.
@@ -852,40 +872,30 @@ pub(crate) async fn apply(
                                 Details::of(&json!({ "error": error, "failures": count })),
                             ));
                         }
-                        if let (None, Some(how)) = (&pair.previous, pair.new_link) {
-                            // Remembered, so the link is tried again next run and parked if
-                            // it fails the same way twice.
-                            let key = (
-                                pair.code.clone(),
-                                PENDING_LINK.to_owned(),
-                                hub.contact_id.clone(),
-                            );
-                            let previous = previous_pending.get(&key);
-                            let (count, now_parked) = next_failure(
-                                previous.and_then(|p| p.error.as_deref()),
-                                previous.map_or(0, |p| p.failure_count),
-                                &error,
-                            );
+                        if pair.previous.is_none() {
+                            // A new link stays, with the baseline it starts from and
+                            // what it still has to write: the next run finishes it
+                            // instead of matching or creating anew (R18).
+                            let (count, now_parked) = next_failure(None, 0, &error);
                             parked = now_parked;
-                            let (by, tier) = match how {
-                                NewLink::Operator => ("operator", 0),
-                                NewLink::Match { tier } => ("match", tier),
-                                NewLink::Recovered => ("match", 0),
-                            };
-                            batch.upsert_pending.push(PendingCreate {
-                                code: pair.code.clone(),
-                                side: PENDING_LINK.to_owned(),
-                                source_id: hub.contact_id.clone(),
-                                fields: Fields::new()
-                                    .with("account_id", pair.account_id.as_str())
-                                    .with("by", by)
-                                    .with("tier", tier.to_string()),
-                                run_id: Some(run_id),
-                                error: Some(error.clone()),
+                            batch.upsert_links.push(Link {
+                                last_error: Some(error.clone()),
                                 failure_count: count,
                                 parked,
-                                updated_at: now,
+                                ..intended_link(hub, pair, now)
                             });
+                            batch.interactions.push(log.entry(
+                                &hub.contact_id,
+                                &pair.code,
+                                Some(&pair.account_id),
+                                "failed",
+                                if account_error.is_some() {
+                                    "account"
+                                } else {
+                                    "contact"
+                                },
+                                Details::of(&json!({ "error": error, "failures": count })),
+                            ));
                         }
                         failures.push(Failure {
                             code: pair.code.clone(),
@@ -901,6 +911,9 @@ pub(crate) async fn apply(
                         });
                     }
                 }
+            }
+            if let Some(Ok(written)) = &contact_result {
+                own_contact_write(&mut batch, hub, &mut created_links, written, now);
             }
             settled_contacts.insert(hub.contact_id.clone());
             // A field waiting in the conflict queue: both records are read again every run,
@@ -1073,4 +1086,76 @@ pub(crate) async fn apply(
         failures,
         plan,
     })
+}
+
+/// The link a pair of the plan is about to have: its new baseline and what the run
+/// writes, with the versions as read.
+fn intended_link(hub: &crate::plan::HubPlan, pair: &crate::plan::PairPlan, now: Timestamp) -> Link {
+    let previous = pair.previous.as_deref();
+    Link {
+        code: pair.code.clone(),
+        contact_id: hub.contact_id.clone(),
+        account_id: pair.account_id.clone(),
+        baseline: pair.baseline.clone(),
+        contact_version: hub.contact_version.clone(),
+        account_version: pair.account_version.clone(),
+        last_error: previous.and_then(|l| l.last_error.clone()),
+        failure_count: previous.map_or(0, |l| l.failure_count),
+        parked: false,
+        linked_at: previous.map_or(now, |l| l.linked_at),
+        synced_at: previous.map_or(now, |l| l.synced_at),
+        intent: pair.intent.clone(),
+    }
+}
+
+/// R18: before any update is sent, every pair that will be written is stored with the
+/// baseline the writes will leave and what each side held before. A run cut short
+/// leaves these rows; the next one reads both records and finishes the writes, or
+/// merges an edit made meanwhile against that baseline.
+fn commit_intents(
+    state: &mut dyn StateStore,
+    plan: &crate::plan::Plan,
+    now: Timestamp,
+) -> Result<(), EngineError> {
+    commit_behind(state, |committer| {
+        let mut batch = StateBatch::default();
+        for hub in &plan.hubs {
+            for pair in hub.pairs.iter().filter(|p| p.intent.is_some()) {
+                batch.upsert_links.push(intended_link(hub, pair, now));
+            }
+            if batch.upsert_links.len() >= COMMIT_EVERY {
+                committer.send(std::mem::take(&mut batch))?;
+            }
+        }
+        committer.send(batch)
+    })
+}
+
+/// R19: a contact Tandem wrote has a new version; every link of it learns it, also the
+/// links the hub did not merge and those made by creating an account for it this run
+/// (whose wait for the contact's template fills ends with this write).
+fn own_contact_write(
+    batch: &mut StateBatch,
+    hub: &crate::plan::HubPlan,
+    created_links: &mut HashMap<String, Vec<Link>>,
+    written: &tandem_connector::Written,
+    now: Timestamp,
+) {
+    for link in &hub.other_links {
+        batch.upsert_links.push(Link {
+            contact_version: written.version.clone(),
+            ..link.clone()
+        });
+    }
+    for link in created_links.remove(&hub.contact_id).into_iter().flatten() {
+        if hub.pairs.iter().any(|p| p.code == link.code) {
+            continue;
+        }
+        batch.upsert_links.push(Link {
+            contact_version: written.version.clone(),
+            intent: None,
+            synced_at: now,
+            ..link
+        });
+    }
 }

@@ -17,6 +17,7 @@ pub const POINTS: &[&str] = &[
     "before_account_create",
     "after_account_create",
     "after_account_create_commit",
+    "after_intent_commit",
     "after_contact_updates",
     "after_account_updates",
     "after_link_commit",

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use tandem_model::{ContactType, EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
-use tandem_state::{ConflictEntry, Link, PendingCreate};
+use tandem_state::{ConflictEntry, Intent, Link, PendingCreate};
 
 use crate::config::{ConflictPolicy, InitialSide};
 use crate::matching::{Ambiguity, match_records};
@@ -126,6 +126,11 @@ pub struct HubPlan {
     /// fields: a million hubs must not hold a second copy of every contact.
     #[serde(skip)]
     pub contact_after_hash: Option<u64>,
+    /// The contact's links that are not among `pairs` (parked, or unchanged when only
+    /// the contact's own fields change): a write to the contact gives them its new
+    /// version too, so Tandem's own write is never taken for someone else's (R19).
+    #[serde(skip)]
+    pub other_links: Vec<Link>,
 }
 
 /// One link of a hub: its account's writes and its new baseline.
@@ -155,6 +160,10 @@ pub struct PairPlan {
     /// The content hash of the account's fields after the write, when it was read.
     #[serde(skip)]
     pub account_after_hash: Option<u64>,
+    /// What this run writes to the pair, stored with `baseline` before it writes
+    /// (R18); `None` when it writes nothing to either side.
+    #[serde(skip)]
+    pub intent: Option<Intent>,
 }
 
 /// A new company contact for an account without one (R6).
@@ -191,6 +200,10 @@ pub struct AccountCreate {
     pub template: Option<usize>,
     #[serde(skip)]
     pub baseline: Fields,
+    /// The contact's side of the new link's intent (R18): the template fills it is
+    /// still to receive, each empty before.
+    #[serde(skip)]
+    pub intent: Intent,
 }
 
 /// A request that cannot be carried out, with the reason.
@@ -403,6 +416,7 @@ impl<'a> Planner<'a> {
         }
         self.hubs();
         self.reflect_codes();
+        self.other_links();
         self.hash_contacts_after();
         self.finish_counts();
         // A create found again is also linked now: named once.
@@ -837,6 +851,16 @@ impl<'a> Planner<'a> {
                 .entry(holder)
                 .or_default()
                 .insert(relation.code.clone());
+            let intent = Intent {
+                contact: self
+                    .template_fills
+                    .get(holder)
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, _)| (name.clone(), Value::Null))
+                    .collect(),
+                account: Vec::new(),
+            };
             self.plan.account_creates.push(AccountCreate {
                 code: relation.code.clone(),
                 relation: r,
@@ -846,6 +870,7 @@ impl<'a> Planner<'a> {
                 fields,
                 template: template.map(|t| t.index),
                 baseline,
+                intent,
             });
             self.plan.counts[r].created += 1;
         }
@@ -1175,6 +1200,7 @@ impl<'a> Planner<'a> {
                         pairs: Vec::new(),
                         conflicts: Vec::new(),
                         contact_after_hash: None,
+                        other_links: Vec::new(),
                     });
                 }
             }
@@ -1182,6 +1208,27 @@ impl<'a> Planner<'a> {
         self.plan
             .hubs
             .sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
+    }
+
+    /// R19: every link of a contact this run writes to learns the contact's new version,
+    /// also the links the hub does not merge (parked, or unchanged while only the
+    /// contact's own fields change).
+    fn other_links(&mut self) {
+        for hub in self.plan.hubs.iter_mut() {
+            if hub.contact_changes.is_empty() {
+                continue;
+            }
+            for (_, link) in self
+                .by_contact
+                .get(hub.contact_id.as_str())
+                .into_iter()
+                .flatten()
+            {
+                if !hub.pairs.iter().any(|p| p.code == link.code) {
+                    hub.other_links.push((*link).clone());
+                }
+            }
+        }
     }
 
     /// The content hash of every contact read this run as it will be after its writes
@@ -1331,15 +1378,36 @@ fn merge_hub<'p>(
             |i: usize| -> &Value { pairs[i].base.map(|b| b.value(name)).unwrap_or(&Value::Null) };
         // Values are borrowed from the records and links; only what is written or
         // remembered is copied.
+        // A side still holding what it held before an intended write did not get it
+        // and was not edited: it stands for the baseline (R18).
         let account_value = |i: usize| -> &Value {
             match pairs[i].account {
-                Some(a) => a.fields.value(name),
+                Some(a) => {
+                    let value = a.fields.value(name);
+                    let before = pairs[i].link.and_then(|l| l.intent.as_ref());
+                    match before.and_then(|intent| intent.account_before(name)) {
+                        Some(before) if before == value => base(i),
+                        _ => value,
+                    }
+                }
                 // Not read this run, so unchanged since it was synchronised.
                 None => base(i),
             }
         };
         let contact_value: &Value = match contact {
-            Some(c) => c.fields.value(name),
+            Some(c) => {
+                let value = c.fields.value(name);
+                involved
+                    .iter()
+                    .find(|&&i| {
+                        pairs[i]
+                            .link
+                            .and_then(|l| l.intent.as_ref())
+                            .and_then(|intent| intent.contact_before(name))
+                            == Some(value)
+                    })
+                    .map_or(value, |&i| base(i))
+            }
             None => involved
                 .iter()
                 .find(|&&i| pairs[i].base.is_some())
@@ -1528,15 +1596,17 @@ fn merge_hub<'p>(
             });
         }
 
-        if !contact_owns && value != contact_value {
+        // Writes compare with what the sides hold, not with what they stand for.
+        let contact_holds = contact.map_or(contact_value, |c| c.fields.value(name));
+        if !contact_owns && value != contact_holds {
             contact_changes.push(FieldChange {
                 field: f.clone(),
-                old: contact_value.clone(),
+                old: contact_holds.clone(),
                 new: value.clone(),
             });
         }
         for &i in &involved {
-            let a = account_value(i);
+            let a = pairs[i].account.map_or(base(i), |a| a.fields.value(name));
             let owns = owner_pairs.contains(&i);
             let waits = held.contains(&i);
             if !owns && !waits && value != a {
@@ -1600,6 +1670,7 @@ fn merge_hub<'p>(
                 && l.account_version == account_version
                 && (contact.is_none() || l.contact_version == contact_version)
                 && l.failure_count == 0
+                && l.intent.is_none()
         });
         if p.new_link.is_none() && !updated && contact_changes.is_empty() && unchanged_link {
             continue;
@@ -1611,6 +1682,18 @@ fn merge_hub<'p>(
             }
             fields.content_hash()
         });
+        let intent = Intent {
+            contact: contact_changes
+                .iter()
+                .filter(|c| rel(p).shared.contains(&c.field))
+                .map(|c| (c.field.clone(), c.old.clone()))
+                .collect(),
+            account: changes
+                .iter()
+                .map(|c| (c.field.clone(), c.old.clone()))
+                .collect(),
+        };
+        let intent = (!intent.contact.is_empty() || !intent.account.is_empty()).then_some(intent);
         out_pairs.push(PairPlan {
             code: rel(p).code.clone(),
             relation: p.relation,
@@ -1623,6 +1706,7 @@ fn merge_hub<'p>(
             baseline,
             previous: p.link.cloned().map(Box::new),
             account_after_hash,
+            intent,
         });
     }
     let hub = (!out_pairs.is_empty() || !contact_changes.is_empty() || !conflicts.is_empty()).then(
@@ -1633,6 +1717,7 @@ fn merge_hub<'p>(
             pairs: out_pairs,
             conflicts,
             contact_after_hash: None,
+            other_links: Vec::new(),
         },
     );
     Merged { hub, closed }

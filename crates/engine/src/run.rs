@@ -341,18 +341,9 @@ impl<'a> Engine<'a> {
         }
         let any_links = link_counts.iter().any(|n| *n > 0);
         let tag = self.fingerprint_tag();
-        let wanted_accounts: Vec<HashSet<&str>> = relations
-            .relations
-            .iter()
-            .map(|relation| {
-                directives
-                    .link
-                    .iter()
-                    .filter(|(code, _, _)| *code == relation.code)
-                    .map(|(_, _, a)| a.as_str())
-                    .collect()
-            })
-            .collect();
+        let pending = self.state.pending_creates()?;
+        let needed = Needed::of(&relations, &directives, &*self.state, &pending)?;
+        let wanted_accounts = &needed.accounts;
 
         // First pass: keep what changed and what the run needs; unchanged records
         // stream by. Accounts first: a deleted account's contact must be read to lose
@@ -363,7 +354,7 @@ impl<'a> Engine<'a> {
                 .connector(&relation.connector, relation.kind, "relation")?
                 .clone();
             let wanted = &wanted_accounts[r];
-            let read = read_scope(
+            let mut read = read_scope(
                 &*self.state,
                 &relation.connector,
                 &*connector,
@@ -372,16 +363,11 @@ impl<'a> Engine<'a> {
                 |a| wanted.contains(a.id.as_str()),
             )
             .await?;
+            fetch_missing(&*self.state, &*connector, &mut read, wanted).await?;
             accounts.push(read);
         }
         let mut account_links: BTreeMap<(String, String), Link> = BTreeMap::new();
-        let mut wanted_contacts: HashSet<String> = directives
-            .link
-            .iter()
-            .map(|(_, c, _)| c.clone())
-            .chain(directives.create.iter().map(|(_, c)| c.clone()))
-            .chain(directives.unlink.iter().map(|(_, c)| c.clone()))
-            .collect();
+        let mut wanted_contacts: HashSet<String> = needed.contacts;
         if any_links {
             for (r, read) in accounts.iter().enumerate() {
                 let ids: Vec<&str> = read
@@ -414,13 +400,19 @@ impl<'a> Engine<'a> {
             |c| wanted_contacts.contains(&c.id),
         )
         .await?;
+        fetch_missing(
+            &*self.state,
+            &*contacts_connector,
+            &mut contacts,
+            &wanted_contacts,
+        )
+        .await?;
 
         // Which relations need matching this run. Unchanged unlinked records were
         // matched when they were last read, and nothing can pair them now unless
         // something of the relation changed: an unlinked record, a dropped link, an
         // operator request, a pending create. A quiet relation keeps no unchanged
         // record in play, so a run without changes costs the reading.
-        let pending = self.state.pending_creates()?;
         let contact_links: Vec<Link> = if any_links {
             let ids: Vec<&str> = contacts
                 .records
@@ -487,13 +479,17 @@ impl<'a> Engine<'a> {
             };
             let accounts_skipped = passed(&accounts[r]);
             let contacts_skipped = passed(&contacts);
+            // A change-reading connector sent only what changed: its unchanged unlinked
+            // records are read from a full listing, or a new record on the other side
+            // could not match them (and would get a duplicate, R6).
             let accounts_full = !connector.capabilities().incremental;
-            if !((accounts_full && accounts_skipped) || (contacts_full && contacts_skipped)) {
+            let accounts_again = !accounts_full || accounts_skipped;
+            if !accounts_again && (contacts_full && !contacts_skipped) {
                 continue;
             }
             let (linked_here, linked_accounts) = self.state.linked_ids(&relation.code)?;
             linked_contacts[r] = Some(linked_here);
-            if accounts_full && accounts_skipped {
+            if accounts_again {
                 let read = &mut accounts[r];
                 let more = read_more(&relation.connector, &*connector, relation.kind, |a| {
                     !read.records.contains_key(&a.id) && !linked_accounts.contains(&a.id)
@@ -503,7 +499,7 @@ impl<'a> Engine<'a> {
             }
         }
         let mut match_only = HashSet::new();
-        if contacts_full && linked_contacts.iter().any(Option::is_some) {
+        if linked_contacts.iter().any(Option::is_some) {
             let kinds: Vec<EntityKind> = relations.relations.iter().map(|r| r.kind).collect();
             let more = read_more(
                 &contacts_name,
@@ -638,6 +634,114 @@ impl<'a> Engine<'a> {
             ambiguities,
         })
     }
+}
+
+/// Records a run needs whether or not they changed: named by an operator, or with
+/// work left over from an earlier run (an intent a run cut short, a create or link to
+/// try again, a record marked to be looked at again).
+struct Needed {
+    /// Per relation, account ids.
+    accounts: Vec<HashSet<String>>,
+    contacts: HashSet<String>,
+}
+
+impl Needed {
+    fn of(
+        relations: &Relations,
+        directives: &Directives,
+        state: &dyn StateStore,
+        pending: &[tandem_state::PendingCreate],
+    ) -> Result<Needed, EngineError> {
+        let mut needed = Needed {
+            accounts: vec![HashSet::new(); relations.relations.len()],
+            contacts: HashSet::new(),
+        };
+        let mut account = |code: &str, id: &str| {
+            if let Some(r) = relations.index_of(code) {
+                needed.accounts[r].insert(id.to_owned());
+            }
+        };
+        for (code, _, a) in &directives.link {
+            account(code, a);
+        }
+        let links = state.links_with_intent()?;
+        for link in &links {
+            account(&link.code, &link.account_id);
+        }
+        for p in pending.iter().filter(|p| !p.parked) {
+            match p.side.as_str() {
+                "contact" => account(&p.code, &p.source_id),
+                crate::plan::PENDING_LINK => {
+                    if let Some(a) = p.fields.text("account_id") {
+                        account(&p.code, a);
+                    }
+                }
+                _ => {}
+            }
+        }
+        needed.contacts.extend(
+            (directives.link.iter().map(|(_, c, _)| c))
+                .chain(directives.create.iter().map(|(_, c)| c))
+                .chain(directives.unlink.iter().map(|(_, c)| c))
+                .chain(links.iter().map(|l| &l.contact_id))
+                .chain(
+                    pending
+                        .iter()
+                        .filter(|p| !p.parked && p.side != "contact")
+                        .map(|p| &p.source_id),
+                )
+                .cloned(),
+        );
+        Ok(needed)
+    }
+}
+
+/// A change-reading connector sends what changed; the records the run needs beyond
+/// that (`wanted`, and those marked to be looked at again) are read by id. A full
+/// listing already held every record there is.
+async fn fetch_missing(
+    state: &dyn StateStore,
+    connector: &dyn Connector,
+    read: &mut ScopeRead,
+    wanted: &HashSet<String>,
+) -> Result<(), EngineError> {
+    if !connector.capabilities().incremental || read.stats.skipped {
+        return Ok(());
+    }
+    let rechecks = state.rechecks(&read.scope)?;
+    let missing: BTreeSet<&str> = wanted
+        .iter()
+        .chain(&rechecks)
+        .map(String::as_str)
+        .filter(|id| !read.records.contains_key(*id) && !read.deleted.contains(*id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = missing.into_iter().collect();
+    let (connector_name, kind) = (read.scope.connector.clone(), read.scope.kind);
+    let records = connector
+        .read_ids(kind, &ids)
+        .await
+        .map_err(read_error(&connector_name, kind))?;
+    let stored = state.hashes_of(&read.scope, &ids)?;
+    info!(
+        connector = connector_name,
+        kind = kind.plural(),
+        asked = ids.len(),
+        found = records.len(),
+        "read by id: records the run needs"
+    );
+    for record in records {
+        let hash = record_hash(&record.fields, record.version.as_deref());
+        if stored.get(&record.id) != Some(&hash) {
+            read.changed.insert(record.id.clone());
+        }
+        read.hashes.insert(record.id.clone(), hash);
+        read.records.insert(record.id.clone(), record);
+    }
+    read.stats.in_play = read.records.len() as u64;
+    Ok(())
 }
 
 fn is_directive(directives: &Directives, rejection: &crate::plan::Rejection) -> bool {

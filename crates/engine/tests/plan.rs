@@ -65,6 +65,7 @@ fn link(code: &str, contact: &str, account: &str, baseline: &[(&str, &str)]) -> 
         parked: false,
         linked_at: Timestamp(0),
         synced_at: Timestamp(0),
+        intent: None,
     }
 }
 

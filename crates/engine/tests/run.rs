@@ -596,3 +596,136 @@ async fn r12_the_account_of_a_deleted_contact_is_looked_at_again() {
     let links = w.state.links(Some("CUST")).unwrap();
     assert!(links.iter().any(|l| l.account_id == "K1"));
 }
+
+fn contacts_named(w: &World, name: &str) -> usize {
+    w.crm
+        .all(EntityKind::Contact)
+        .into_iter()
+        .filter(|c| c.fields.text("name") == Some(name))
+        .count()
+}
+
+/// A matched pair whose first write fails keeps its link (with what it still has to
+/// write): the next runs neither match it anew nor create a second contact for the
+/// account, even when nothing is read again but by id (R18, R17).
+async fn failed_first_write_keeps_the_link(incremental: bool) {
+    let mut w = world(incremental);
+    w.seed();
+    // C2 matches K2 by e-mail; the link starts from the contact's name.
+    w.erp
+        .reject_writes_to(EntityKind::Customer, "K2", Some("ERP is busy"));
+    let first = w.sync().await;
+    assert_eq!(count(&first, "CUST").failed, 1);
+    let link = w.state.links_of_accounts("CUST", &["K2"]).unwrap();
+    assert_eq!(
+        link.len(),
+        1,
+        "the link is stored although its write failed"
+    );
+    assert_eq!(link[0].contact_id, "C2");
+    assert!(link[0].intent.is_some());
+    assert_eq!(contacts_named(&w, "Beta BV"), 0);
+
+    let second = w.sync().await;
+    assert_eq!(count(&second, "CUST").created, 0, "{second:#?}");
+    assert_eq!(contacts_named(&w, "Beta BV"), 0, "no second contact");
+    let link = &w.state.links_of_accounts("CUST", &["K2"]).unwrap()[0];
+    assert!(
+        link.parked,
+        "the same error twice parks the pair: {link:?} {second:#?}"
+    );
+    assert_eq!(w.sync().await.writes, 0, "parked: left alone");
+
+    w.erp.reject_writes_to(EntityKind::Customer, "K2", None);
+    tandem_engine::retry(&mut w.state, &w.relations, &tandem_engine::RetryTarget::All).unwrap();
+    let fixed = w.sync().await;
+    assert_eq!(fixed.failed(), 0, "{fixed:#?}");
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K2", "name").as_deref(),
+        Some("Beta")
+    );
+    let link = &w.state.links_of_accounts("CUST", &["K2"]).unwrap()[0];
+    assert!(link.intent.is_none() && !link.parked && link.failure_count == 0);
+    assert_eq!(w.sync().await.writes, 0);
+    assert_eq!(w.crm.all(EntityKind::Contact).len(), 4);
+}
+
+#[tokio::test]
+async fn r18_a_failed_first_write_keeps_the_link_full_listing() {
+    failed_first_write_keeps_the_link(false).await;
+}
+
+#[tokio::test]
+async fn r18_a_failed_first_write_keeps_the_link_change_reading() {
+    failed_first_write_keeps_the_link(true).await;
+}
+
+/// Tandem writes a contact for one link (its codes change when its vendor is
+/// deleted); the contact's other link learns the new version, so the next write for
+/// that link is not refused as someone else's change.
+async fn own_writes_are_no_conflicts(incremental: bool) {
+    let mut w = world(incremental);
+    w.seed();
+    w.sync().await;
+    let c1 = w.state.links_of_accounts("CUST", &["K1"]).unwrap()[0]
+        .contact_id
+        .clone();
+    w.erp.remove(EntityKind::Vendor, "V1");
+    let unlinked = w.sync().await;
+    assert_eq!(count(&unlinked, "VEND").unlinked, 1);
+    let written = w.crm.get(EntityKind::Contact, &c1).unwrap().version;
+    let link = &w.state.links_of_accounts("CUST", &["K1"]).unwrap()[0];
+    assert_eq!(
+        link.contact_version, written,
+        "R19: every link knows the write"
+    );
+
+    let mut k1 = w.erp.get(EntityKind::Customer, "K1").unwrap().fields;
+    k1.set("phone", Value::text("77"));
+    w.erp.put(EntityKind::Customer, "K1", k1);
+    let report = w.sync().await;
+    assert_eq!(report.failed(), 0, "{:?}", report.failures);
+    assert_eq!(
+        text(&w.crm, EntityKind::Contact, &c1, "phone").as_deref(),
+        Some("77")
+    );
+}
+
+#[tokio::test]
+async fn r19_own_writes_are_no_conflicts_full_listing() {
+    own_writes_are_no_conflicts(false).await;
+}
+
+#[tokio::test]
+async fn r19_own_writes_are_no_conflicts_change_reading() {
+    own_writes_are_no_conflicts(true).await;
+}
+
+/// With change-reading connectors a new account still matches a contact that did not
+/// change (and gets no duplicate contact, R6).
+#[tokio::test]
+async fn r4_a_new_account_matches_an_unchanged_contact_of_a_change_reading_connector() {
+    let mut w = world(true);
+    w.seed();
+    w.crm.put(
+        EntityKind::Contact,
+        "C4",
+        Fields::new()
+            .with("name", "Epsilon")
+            .with("email", "hello@epsilon.example"),
+    );
+    w.sync().await;
+    w.sync().await;
+    w.erp.put(
+        EntityKind::Customer,
+        "K4",
+        Fields::new()
+            .with("name", "Epsilon SA")
+            .with("email", "hello@epsilon.example"),
+    );
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").linked, 1, "{report:#?}");
+    assert_eq!(count(&report, "CUST").created, 0);
+    let link = &w.state.links_of_accounts("CUST", &["K4"]).unwrap()[0];
+    assert_eq!(link.contact_id, "C4");
+}

@@ -60,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             parked: false,
             linked_at: Timestamp::now(),
             synced_at: Timestamp::now(),
+            intent: None,
         })
         .collect();
     let batch = StateBatch {

@@ -18,7 +18,7 @@ mod sqlite;
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use tandem_model::{EntityKind, Fields, Timestamp, Value};
+use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
 
 pub use sqlite::{LockMode, SqliteState};
 
@@ -42,6 +42,42 @@ pub struct Link {
     pub parked: bool,
     pub linked_at: Timestamp,
     pub synced_at: Timestamp,
+    /// Writes a run was about to make to this pair when it stored `baseline` (R18);
+    /// `None` once both sides hold the baseline.
+    pub intent: Option<Intent>,
+}
+
+/// What a run is about to write to a linked pair (R18). It is stored with the baseline
+/// the writes will leave, before any system is written to: for each field written to
+/// a side, the value that side held before. A side that still holds that value did
+/// not get the write and was not edited since, so it is taken to hold the baseline;
+/// any other value is an edit, merged three-way against the baseline. Cleared when
+/// both writes landed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contact: Vec<(FieldName, Value)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub account: Vec<(FieldName, Value)>,
+}
+
+impl Intent {
+    /// The contact's value of `field` before the intended write, if one was intended.
+    pub fn contact_before(&self, field: &str) -> Option<&Value> {
+        before(&self.contact, field)
+    }
+
+    /// The account's value of `field` before the intended write, if one was intended.
+    pub fn account_before(&self, field: &str) -> Option<&Value> {
+        before(&self.account, field)
+    }
+}
+
+fn before<'i>(values: &'i [(FieldName, Value)], field: &str) -> Option<&'i Value> {
+    values
+        .iter()
+        .find(|(name, _)| name.as_str() == field)
+        .map(|(_, v)| v)
 }
 
 /// Identifies where a cursor or hash belongs: a connector instance (its config name)
@@ -303,6 +339,8 @@ pub trait StateStore: Send {
 
     /// Links with `parked` set, ordered by code and contact id.
     fn parked_links(&self) -> Result<Vec<Link>, StateError>;
+    /// Links with an intent a run left unfinished (R18), ordered by code and contact.
+    fn links_with_intent(&self) -> Result<Vec<Link>, StateError>;
 
     /// The interaction log of a contact, oldest first; at most the `limit` newest.
     fn interactions(&self, contact_id: &str, limit: usize) -> Result<Vec<Interaction>, StateError>;
@@ -326,6 +364,8 @@ pub trait StateStore: Send {
     fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError>;
     /// Whether some record of `scope` is marked to be looked at again (hash 0).
     fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError>;
+    /// The records of `scope` marked to be looked at again (hash 0).
+    fn rechecks(&self, scope: &Scope) -> Result<Vec<String>, StateError>;
     /// The ambiguous matches of relation `code` as its last matching found them (a
     /// JSON list), if it ever matched.
     fn ambiguities(&self, code: &str) -> Result<Option<serde_json::Value>, StateError>;

@@ -29,7 +29,18 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_2_BUSINESS_RULES,
     MIGRATION_3_UNLINKED_PAIRS,
     MIGRATION_4_FINGERPRINTS,
+    MIGRATION_5_INTENTS,
 ];
+
+/// Durable intents (R18): a link stored before a run writes to its records carries
+/// what it is about to write, until the writes landed.
+const MIGRATION_5_INTENTS: &str = "
+ALTER TABLE links ADD COLUMN intent TEXT;
+
+-- Few links have an unfinished intent (a run cut short, a failed write): a partial
+-- index lists them without a scan.
+CREATE INDEX links_intent ON links (code, contact_id) WHERE intent IS NOT NULL;
+";
 
 /// Fingerprints of scopes that did not change since the end of the last run, and a
 /// quick way to see whether a scope has records to look at again.
@@ -173,14 +184,14 @@ const LOOKUP_CHUNK: usize = 500;
 
 const LINK_COLUMNS: &str = "code, contact_id, account_id, baseline, contact_version, \
                             account_version, last_error, failure_count, linked_at, synced_at, \
-                            parked";
+                            parked, intent";
 
 /// Stores a new link, or refreshes one whose account did not change. Leaving
 /// `account_id` out of the `SET` spares the (code, account) index on the common path.
 const UPSERT_LINK: &str = "
 INSERT INTO links (code, contact_id, account_id, baseline, contact_version, account_version,
-                   last_error, failure_count, linked_at, synced_at, parked)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                   last_error, failure_count, linked_at, synced_at, parked, intent)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ON CONFLICT (code, contact_id) DO UPDATE SET
     baseline = excluded.baseline,
     contact_version = excluded.contact_version,
@@ -189,7 +200,8 @@ ON CONFLICT (code, contact_id) DO UPDATE SET
     failure_count = excluded.failure_count,
     linked_at = excluded.linked_at,
     synced_at = excluded.synced_at,
-    parked = excluded.parked
+    parked = excluded.parked,
+    intent = excluded.intent
 WHERE links.account_id = excluded.account_id";
 
 /// Replaces a link whose contact now has another account under the same code: what
@@ -204,7 +216,8 @@ UPDATE links SET
     failure_count = ?8,
     linked_at = ?9,
     synced_at = ?10,
-    parked = ?11
+    parked = ?11,
+    intent = ?12
 WHERE code = ?1 AND contact_id = ?2";
 
 const SET_HASH: &str = "
@@ -480,6 +493,19 @@ impl StateStore for SqliteState {
         Ok(out)
     }
 
+    fn links_with_intent(&self) -> Result<Vec<Link>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LINK_COLUMNS} FROM links WHERE intent IS NOT NULL \
+                 ORDER BY code, contact_id"
+            ))
+            .map_err(sql_error(READING_LINKS))?;
+        let mut out = Vec::new();
+        query_links(&mut stmt, [], &mut out)?;
+        Ok(out)
+    }
+
     fn interactions(&self, contact_id: &str, limit: usize) -> Result<Vec<Interaction>, StateError> {
         const ACTION: &str = "reading the interaction log";
         // The newest `limit` entries by the (contact_id, id) index, then oldest first.
@@ -706,6 +732,24 @@ impl StateStore for SqliteState {
             )
             .and_then(|mut stmt| stmt.exists(params![scope.connector, scope.kind.as_str()]))
             .map_err(sql_error("looking for records to look at again"))
+    }
+
+    fn rechecks(&self, scope: &Scope) -> Result<Vec<String>, StateError> {
+        const ACTION: &str = "listing records to look at again";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM record_hashes WHERE connector = ?1 AND kind = ?2 AND hash = 0 \
+                 ORDER BY id",
+            )
+            .map_err(sql_error(ACTION))?;
+        let ids = stmt
+            .query_map(params![scope.connector, scope.kind.as_str()], |row| {
+                row.get(0)
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(sql_error(ACTION))?;
+        Ok(ids)
     }
 
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError> {
@@ -1010,9 +1054,25 @@ fn link_from_row(row: &Row<'_>) -> Result<Link, StateError> {
         linked_at: Timestamp(get(row, 8, READING_LINKS)?),
         synced_at: Timestamp(get(row, 9, READING_LINKS)?),
         parked: get(row, 10, READING_LINKS)?,
+        intent: intent_from_row(row, &code, &contact_id)?,
         code,
         contact_id,
     })
+}
+
+fn intent_from_row(
+    row: &Row<'_>,
+    code: &str,
+    contact_id: &str,
+) -> Result<Option<crate::Intent>, StateError> {
+    let text: Option<String> = get(row, 11, READING_LINKS)?;
+    text.map(|text| {
+        serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            what: format!("intent of the {code} link of contact {contact_id}"),
+            message: e.to_string(),
+        })
+    })
+    .transpose()
 }
 
 fn delete_links(conn: &Connection, keys: &[(String, String)]) -> Result<(), StateError> {
@@ -1052,6 +1112,12 @@ fn upsert_links(conn: &Connection, links: &[Link]) -> Result<(), StateError> {
         json.clear();
         serde_json::to_writer(&mut json, &link.baseline).map_err(|e| corrupt(e.to_string()))?;
         let baseline = std::str::from_utf8(&json).map_err(|e| corrupt(e.to_string()))?;
+        let intent = match &link.intent {
+            Some(intent) => {
+                Some(serde_json::to_string(intent).map_err(|e| corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
         let values = params![
             link.code,
             link.contact_id,
@@ -1064,6 +1130,7 @@ fn upsert_links(conn: &Connection, links: &[Link]) -> Result<(), StateError> {
             link.linked_at.0,
             link.synced_at.0,
             link.parked,
+            intent,
         ];
         let stored = upsert.execute(values).and_then(|changed| match changed {
             0 => moved.execute(values),

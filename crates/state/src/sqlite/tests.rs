@@ -29,6 +29,7 @@ fn link(code: &str, contact: &str, account: &str) -> Link {
         parked: false,
         linked_at: Timestamp(1_700_000_000_000),
         synced_at: Timestamp(1_700_000_000_500),
+        intent: None,
     }
 }
 
