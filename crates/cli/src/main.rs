@@ -141,6 +141,20 @@ enum Command {
         #[arg(long, value_name = "CONTACT_ID")]
         contact: String,
     },
+    /// Create a contact for an account without one (R6), then sync.
+    ///
+    /// Works for any relation, also one that does not number contacts, and for an
+    /// account whose contact was deleted, which otherwise gets no new contact (R12).
+    /// Refused (exit 1, nothing written) when the account has a contact or does not
+    /// exist.
+    #[command(name = "create-contact", after_help = EXIT_CODES)]
+    CreateContact {
+        /// The relation code, e.g. CUST.
+        code: String,
+        /// The account that gets a contact.
+        #[arg(long, value_name = "ACCOUNT_ID")]
+        account: String,
+    },
     /// List the links in the state, of one relation code or all.
     Links {
         /// Only the links of this relation code.
@@ -303,6 +317,17 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::CreateContact { code, account } => {
+            let create_contact = vec![(code.clone(), account.clone())];
+            run_engine(
+                cli,
+                directive(Directives {
+                    create_contact,
+                    ..Directives::default()
+                }),
+            )
+            .await
+        }
         Command::Links { code, format } => {
             let format = match (cli.json, format) {
                 (true, Some(f)) if *f != Format::Json => {
@@ -420,7 +445,8 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(c, _, _)| c)
             .chain(directives.unlink.iter().map(|(c, _)| c))
-            .chain(directives.create.iter().map(|(c, _)| c));
+            .chain(directives.create.iter().map(|(c, _)| c))
+            .chain(directives.create_contact.iter().map(|(c, _)| c));
         for code in codes {
             configured(&config, code)?;
         }
@@ -479,6 +505,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Link { .. } => "link",
         Command::Unlink { .. } => "unlink",
         Command::Create { .. } => "create",
+        Command::CreateContact { .. } => "create-contact",
         _ => "request",
     }
 }

@@ -203,6 +203,9 @@ struct CreateJob {
     baseline: Fields,
     /// What the source still has to receive once the record exists (R18).
     intent: Option<Intent>,
+    /// A contact asked for by `tandem create-contact`: the account's contact may have
+    /// been deleted before (R12), which no longer holds once it has a new one.
+    asked: bool,
     details: Details,
 }
 
@@ -331,7 +334,18 @@ pub(crate) async fn apply(
             recheck_contacts.push(unlink.contact_id.clone());
         }
         let source = match unlink.reason {
-            UnlinkReason::ContactDeleted => "contact",
+            UnlinkReason::ContactDeleted => {
+                // The user deleted the contact: the account gets no new one unless
+                // asked (R12 over R6).
+                if r.is_some_and(|r| relations.relations[r].create_contacts) {
+                    batch.contact_deleted.push((
+                        unlink.code.clone(),
+                        unlink.account_id.clone(),
+                        true,
+                    ));
+                }
+                "contact"
+            }
             UnlinkReason::AccountDeleted => "account",
             UnlinkReason::Operator => {
                 // Match rules must not link the pair again (R4).
@@ -369,6 +383,7 @@ pub(crate) async fn apply(
             fields: c.fields.clone(),
             baseline: c.baseline.clone(),
             intent: None,
+            asked: c.asked,
             details: Details::of(&CreatedDetails { fields: &c.fields }),
         })
         .collect();
@@ -381,6 +396,7 @@ pub(crate) async fn apply(
         fields: c.fields.clone(),
         baseline: c.baseline.clone(),
         intent: (!c.intent.contact.is_empty()).then(|| c.intent.clone()),
+        asked: false,
         details: Details::of(
             &json!({ "fields": c.fields, "template": c.template, "requested_by": c.requested_by }),
         ),
@@ -491,6 +507,13 @@ pub(crate) async fn apply(
                                 synced_at: now,
                                 intent: job.intent.clone(),
                             };
+                            if job.asked {
+                                batch.contact_deleted.push((
+                                    job.code.clone(),
+                                    job.source_id.clone(),
+                                    false,
+                                ));
+                            }
                             if side == "account" {
                                 created_links
                                     .entry(contact_id.clone())

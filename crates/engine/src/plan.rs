@@ -47,6 +47,9 @@ pub struct PlanInput {
     /// (code, contact, account) pairs an operator unlinked: never linked again by match
     /// rules.
     pub unlinked_pairs: Vec<(String, String, String)>,
+    /// Per relation: accounts whose contact the user deleted, which get no new contact
+    /// unless asked (R12 over R6).
+    pub contact_deleted: Vec<HashSet<String>>,
     /// What an operator asked for on this run.
     pub directives: Directives,
 }
@@ -66,11 +69,17 @@ pub struct Directives {
     pub create: Vec<(String, String)>,
     /// (code, contact id)
     pub unlink: Vec<(String, String)>,
+    /// (code, account id): `tandem create-contact`, a new contact for an account (R6),
+    /// also for one whose contact was deleted.
+    pub create_contact: Vec<(String, String)>,
 }
 
 impl Directives {
     pub fn is_empty(&self) -> bool {
-        self.link.is_empty() && self.create.is_empty() && self.unlink.is_empty()
+        self.link.is_empty()
+            && self.create.is_empty()
+            && self.unlink.is_empty()
+            && self.create_contact.is_empty()
     }
 }
 
@@ -179,6 +188,9 @@ pub struct ContactCreate {
     /// The shared fields the new link starts from.
     #[serde(skip)]
     pub baseline: Fields,
+    /// Asked for by `tandem create-contact`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub asked: bool,
 }
 
 /// A new account for a contact that asked for a relation and matched none (R5).
@@ -787,39 +799,7 @@ impl<'a> Planner<'a> {
             to_create.push((holder, requested_by));
         }
 
-        if relation.create_contacts {
-            for account_id in unmatched_accounts
-                .into_iter()
-                .filter(|a| !taken_accounts.contains(a.as_str()))
-            {
-                if pending_for
-                    .get(&("contact", account_id.as_str()))
-                    .is_some_and(|p| p.parked)
-                {
-                    continue;
-                }
-                let account = &self.accounts(r).records[&account_id];
-                let baseline = account.fields.project(&names(&relation.shared));
-                let mut fields = baseline.clone();
-                fields.set(
-                    field::CONTACT_TYPE,
-                    Value::text(ContactType::Company.as_str()),
-                );
-                fields.set(
-                    field::BUSINESS_RELATIONS,
-                    Value::List(vec![relation.code.clone()]),
-                );
-                self.plan.creates.push(ContactCreate {
-                    code: relation.code.clone(),
-                    relation: r,
-                    account_id,
-                    account_version: account.version.clone(),
-                    fields,
-                    baseline,
-                });
-                self.plan.counts[r].created += 1;
-            }
-        }
+        self.create_contacts(r, unmatched_accounts, &taken_accounts, &pending_for);
 
         for (holder, requested_by) in to_create {
             let contact = &input.contacts[holder];
@@ -941,6 +921,76 @@ impl<'a> Planner<'a> {
             self.plan
                 .done_pending
                 .push((p.code.clone(), p.side.clone(), p.source_id.clone()));
+        }
+    }
+
+    /// R6: a new company contact for every unmatched account of a relation that numbers
+    /// contacts, but not for one whose contact the user deleted (R12), unless asked by
+    /// `tandem create-contact`, which works for any relation.
+    fn create_contacts(
+        &mut self,
+        r: usize,
+        unmatched: Vec<String>,
+        taken: &crate::IdSet<&str>,
+        pending_for: &BTreeMap<(&str, &str), &PendingCreate>,
+    ) {
+        let relation = &self.relations.relations[r];
+        let asked: BTreeSet<&str> = self
+            .input
+            .directives
+            .create_contact
+            .iter()
+            .filter(|(code, _)| *code == relation.code)
+            .map(|(_, a)| a.as_str())
+            .collect();
+        let deleted = self.input.contact_deleted.get(r);
+        for account_id in unmatched {
+            let by_operator = asked.contains(account_id.as_str());
+            let wanted = by_operator
+                || (relation.create_contacts
+                    && !deleted.is_some_and(|d| d.contains(&account_id))
+                    && !pending_for
+                        .get(&("contact", account_id.as_str()))
+                        .is_some_and(|p| p.parked));
+            if !wanted || taken.contains(account_id.as_str()) {
+                continue;
+            }
+            let account = &self.accounts(r).records[&account_id];
+            let baseline = account.fields.project(&names(&relation.shared));
+            let mut fields = baseline.clone();
+            fields.set(
+                field::CONTACT_TYPE,
+                Value::text(ContactType::Company.as_str()),
+            );
+            fields.set(
+                field::BUSINESS_RELATIONS,
+                Value::List(vec![relation.code.clone()]),
+            );
+            self.plan.creates.push(ContactCreate {
+                code: relation.code.clone(),
+                relation: r,
+                account_id,
+                account_version: account.version.clone(),
+                fields,
+                baseline,
+                asked: by_operator,
+            });
+            self.plan.counts[r].created += 1;
+        }
+        for account_id in asked {
+            if !self
+                .plan
+                .creates
+                .iter()
+                .any(|c| c.relation == r && c.account_id == account_id)
+            {
+                let error = if self.linked_accounts[r].contains(account_id) {
+                    format!("{} {account_id} already has a contact (R2)", relation.kind)
+                } else {
+                    format!("{} {account_id} not found", relation.kind)
+                };
+                self.reject(&relation.code, account_id, error);
+            }
         }
     }
 

@@ -440,7 +440,8 @@ impl<'a> Engine<'a> {
             let read = &accounts[r];
             let by_operator = directives.link.iter().any(|(c, _, _)| c == code)
                 || directives.create.iter().any(|(c, _)| c == code)
-                || directives.unlink.iter().any(|(c, _)| c == code);
+                || directives.unlink.iter().any(|(c, _)| c == code)
+                || directives.create_contact.iter().any(|(c, _)| c == code);
             let pending_here = pending.iter().any(|p| p.code == code && !p.parked);
             // A delete, linked or not, may end an ambiguity: matched again.
             let account_side = read
@@ -590,6 +591,11 @@ impl<'a> Engine<'a> {
             conflicts: self.state.conflicts(true)?,
             pending,
             unlinked_pairs,
+            contact_deleted: relations
+                .relations
+                .iter()
+                .map(|r| self.state.contact_deleted(&r.code))
+                .collect::<Result<_, _>>()?,
             directives,
         };
         let started = std::time::Instant::now();
@@ -662,6 +668,9 @@ impl Needed {
             }
         };
         for (code, _, a) in &directives.link {
+            account(code, a);
+        }
+        for (code, a) in &directives.create_contact {
             account(code, a);
         }
         let links = state.links_with_intent()?;
@@ -758,6 +767,10 @@ fn is_directive(directives: &Directives, rejection: &crate::plan::Rejection) -> 
             .unlink
             .iter()
             .any(|(c, k)| c == code && k == contact)
+        || directives
+            .create_contact
+            .iter()
+            .any(|(c, a)| c == code && a == contact)
 }
 
 /// Rejected requests, as failures of the report.

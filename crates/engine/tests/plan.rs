@@ -1273,6 +1273,7 @@ fn r4_operator_links_and_unlinks() {
             link: vec![("CUST".into(), "C1".into(), "K7".into())],
             create: vec![],
             unlink: vec![("VEND".into(), "C2".into())],
+            create_contact: vec![],
         },
         ..PlanInput::default()
     };

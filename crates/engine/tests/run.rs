@@ -575,9 +575,9 @@ async fn r4_a_contact_leaving_an_ambiguity_lets_the_other_match_without_being_ed
 }
 
 #[tokio::test]
-async fn r12_the_account_of_a_deleted_contact_is_looked_at_again() {
-    // CUST creates contacts (R6): the customer left without a contact gets a new one on
-    // the next run, although nobody edited it.
+async fn r12_the_account_of_a_deleted_contact_gets_no_new_contact_unless_asked() {
+    // CUST creates contacts (R6), but the user deleted this customer's contact: R12
+    // wins, on this run and every later one, until `tandem create-contact`.
     let mut w = world(false);
     w.seed();
     w.sync().await;
@@ -589,12 +589,29 @@ async fn r12_the_account_of_a_deleted_contact_is_looked_at_again() {
         .find(|l| l.account_id == "K1")
         .unwrap();
     w.crm.remove(EntityKind::Contact, &link.contact_id);
+    let contacts = w.crm.all(EntityKind::Contact).len();
     let report = w.sync().await;
     assert_eq!(count(&report, "CUST").unlinked, 1);
-    let report = w.sync().await;
-    assert_eq!(count(&report, "CUST").created, 1, "{report:#?}");
+    for _ in 0..2 {
+        let quiet = w.sync().await;
+        assert_eq!(count(&quiet, "CUST").created, 0, "{quiet:#?}");
+        assert_eq!(quiet.writes, 0, "a sync after a sync writes nothing");
+    }
+    assert_eq!(w.crm.all(EntityKind::Contact).len(), contacts);
+
+    let connectors = w.connectors();
+    let mut engine = Engine::new(w.relations.clone(), connectors, &mut w.state).unwrap();
+    let asked = engine
+        .sync_with(tandem_engine::Directives {
+            create_contact: vec![("CUST".into(), "K1".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(count(&asked, "CUST").created, 1, "{asked:#?}");
     let links = w.state.links(Some("CUST")).unwrap();
     assert!(links.iter().any(|l| l.account_id == "K1"));
+    assert_eq!(w.sync().await.writes, 0);
 }
 
 fn contacts_named(w: &World, name: &str) -> usize {

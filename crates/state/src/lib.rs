@@ -256,6 +256,9 @@ pub struct StateBatch {
     /// (code, contact, account, unlinked): a pair an operator unlinked (`true`), which
     /// match rules must not link again, or a pair linked by hand again (`false`).
     pub unlinked_pairs: Vec<(String, String, String, bool)>,
+    /// (code, account, deleted): an account whose contact the user deleted (`true`),
+    /// which gets no new contact unless asked (R12 over R6), or one asked for (`false`).
+    pub contact_deleted: Vec<(String, String, bool)>,
 }
 
 impl StateBatch {
@@ -275,6 +278,7 @@ impl StateBatch {
             && self.delete_pending.is_empty()
             && self.set_companies.is_empty()
             && self.unlinked_pairs.is_empty()
+            && self.contact_deleted.is_empty()
     }
 }
 
@@ -350,6 +354,8 @@ pub trait StateStore: Send {
     fn pending_creates(&self) -> Result<Vec<PendingCreate>, StateError>;
     /// The (contact, account) pairs an operator unlinked under `code`.
     fn unlinked_pairs(&self, code: &str) -> Result<Vec<(String, String)>, StateError>;
+    /// The accounts under `code` whose contact the user deleted (R12).
+    fn contact_deleted(&self, code: &str) -> Result<HashSet<String>, StateError>;
     /// The company contact of a person contact, as last read.
     fn company_of(&self, contact_id: &str) -> Result<Option<String>, StateError>;
 

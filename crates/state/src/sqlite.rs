@@ -40,6 +40,14 @@ ALTER TABLE links ADD COLUMN intent TEXT;
 -- Few links have an unfinished intent (a run cut short, a failed write): a partial
 -- index lists them without a scan.
 CREATE INDEX links_intent ON links (code, contact_id) WHERE intent IS NOT NULL;
+
+-- Accounts whose contact the user deleted (R12): no new contact is created for them
+-- (R6) unless asked with `tandem create-contact`.
+CREATE TABLE contact_deleted (
+    code       TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    PRIMARY KEY (code, account_id)
+) STRICT, WITHOUT ROWID;
 ";
 
 /// Fingerprints of scopes that did not change since the end of the last run, and a
@@ -652,6 +660,18 @@ impl StateStore for SqliteState {
         rows.collect::<Result<_, _>>().map_err(sql_error(ACTION))
     }
 
+    fn contact_deleted(&self, code: &str) -> Result<HashSet<String>, StateError> {
+        const ACTION: &str = "reading the accounts whose contact was deleted";
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT account_id FROM contact_deleted WHERE code = ?1")
+            .map_err(sql_error(ACTION))?;
+        let rows = stmt
+            .query_map([code], |row| row.get(0))
+            .map_err(sql_error(ACTION))?;
+        rows.collect::<Result<_, _>>().map_err(sql_error(ACTION))
+    }
+
     fn company_of(&self, contact_id: &str) -> Result<Option<String>, StateError> {
         self.conn
             .prepare_cached("SELECT company_id FROM contact_companies WHERE contact_id = ?1")
@@ -809,6 +829,7 @@ impl StateStore for SqliteState {
         delete_pending(&tx, &batch.delete_pending)?;
         set_companies(&tx, &batch.set_companies)?;
         set_unlinked_pairs(&tx, &batch.unlinked_pairs)?;
+        set_contact_deleted(&tx, &batch.contact_deleted)?;
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().map_err(sql_error("committing a batch"))
     }
@@ -1469,6 +1490,31 @@ fn set_companies(
         match company_id {
             Some(company_id) => set.execute([contact_id, company_id]),
             None => forget.execute([contact_id]),
+        }
+        .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn set_contact_deleted(
+    conn: &Connection,
+    marks: &[(String, String, bool)],
+) -> Result<(), StateError> {
+    const ACTION: &str = "storing the accounts whose contact was deleted";
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let mut add = conn
+        .prepare_cached("INSERT OR IGNORE INTO contact_deleted (code, account_id) VALUES (?1, ?2)")
+        .map_err(sql_error(ACTION))?;
+    let mut remove = conn
+        .prepare_cached("DELETE FROM contact_deleted WHERE code = ?1 AND account_id = ?2")
+        .map_err(sql_error(ACTION))?;
+    for (code, account_id, deleted) in marks {
+        if *deleted {
+            add.execute([code, account_id])
+        } else {
+            remove.execute([code, account_id])
         }
         .map_err(sql_error(ACTION))?;
     }
