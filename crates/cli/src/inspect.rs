@@ -416,6 +416,12 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
             ]);
         }
         table(&mut out, &rows);
+        // Why the failed runs stopped: nothing else says it once their output is gone.
+        for r in runs.iter().filter(|r| r.run.status == "failed") {
+            if let Some(error) = r.run.summary["error"].as_str() {
+                let _ = writeln!(out, "run {} failed: {error}", r.run.id);
+            }
+        }
     }
 
     let parked = parked_links.len() + parked_creates.len();
