@@ -208,6 +208,27 @@ impl DeleteGuard {
             && known > 0
             && (listed == 0 || deleted as f64 > self.max_share * known as f64)
     }
+
+    /// [`DeleteGuard::refuses`] as the error that stops the run, naming the scope.
+    fn check(
+        &self,
+        scope: &Scope,
+        deleted: u64,
+        known: u64,
+        listed: u64,
+    ) -> Result<(), EngineError> {
+        if !self.refuses(deleted, known, listed) {
+            return Ok(());
+        }
+        Err(EngineError::TooManyDeletes {
+            connector: scope.connector.clone(),
+            kind: scope.kind,
+            deleted,
+            known,
+            empty: listed == 0,
+            max_share: self.max_share,
+        })
+    }
 }
 
 impl Default for DeleteGuard {
@@ -869,17 +890,7 @@ async fn read_scope(
     if listing == Listing::Full {
         // Seen before, absent from a completed full listing: deleted, unless that is
         // too many to believe.
-        let missing = stored.len() as u64;
-        if guard.refuses(missing, known, out.stats.records) {
-            return Err(EngineError::TooManyDeletes {
-                connector: connector_name.to_owned(),
-                kind,
-                deleted: missing,
-                known,
-                empty: out.stats.records == 0,
-                max_share: guard.max_share,
-            });
-        }
+        guard.check(&out.scope, stored.len() as u64, known, out.stats.records)?;
         out.deleted.extend(stored.into_keys());
     }
     out.stats.deleted = out.deleted.len() as u64;
@@ -934,5 +945,30 @@ async fn read_more(
         if !page.has_more {
             return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeleteGuard;
+
+    #[test]
+    fn r16_the_guard_counts_shares_of_known_records() {
+        let half = DeleteGuard::default();
+        assert!(!half.refuses(1, 2, 1), "50 % is not over half");
+        assert!(half.refuses(2, 3, 1), "66 % is");
+        assert!(!half.refuses(0, 3, 3));
+        assert!(!half.refuses(0, 0, 0), "nothing known, nothing guarded");
+        let all = DeleteGuard {
+            max_share: 1.0,
+            allow: false,
+        };
+        assert!(!all.refuses(3, 3, 2), "all known replaced by others");
+        assert!(all.refuses(3, 3, 0), "an empty listing is always stopped");
+        let allowed = DeleteGuard {
+            max_share: 0.0,
+            allow: true,
+        };
+        assert!(!allowed.refuses(3, 3, 0));
     }
 }
