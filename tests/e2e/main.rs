@@ -11,6 +11,7 @@ mod config;
 mod crash;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod flagship;
+mod guard;
 mod operator;
 mod plugin;
 mod quickstart;

@@ -46,6 +46,31 @@ pub struct ConfigFile {
     /// The business relations to keep, by relation code (`[relations.CUST]`, R1).
     #[serde(default)]
     pub relations: BTreeMap<String, RelationConfig>,
+    /// How a run behaves.
+    #[serde(default)]
+    pub sync: RunConfig,
+}
+
+/// The `[sync]` section.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The share (0 to 1) of a scope's known records a full listing may delete; more,
+    /// or an empty listing where records are known, stops the run (R16).
+    #[serde(default = "default_max_delete_share")]
+    pub max_delete_share: f64,
+}
+
+impl Default for RunConfig {
+    fn default() -> RunConfig {
+        RunConfig {
+            max_delete_share: default_max_delete_share(),
+        }
+    }
+}
+
+fn default_max_delete_share() -> f64 {
+    tandem_engine::DeleteGuard::DEFAULT_MAX_SHARE
 }
 
 /// The `[state]` section.
@@ -103,6 +128,8 @@ pub struct Config {
     /// Connectors by name, each of a type the registry knows.
     pub connectors: BTreeMap<String, ConnectorConfig>,
     pub sync: SyncConfig,
+    /// The `[sync]` section.
+    pub run: RunConfig,
 }
 
 /// A config mistake: the file, the key (when one is to blame) and what is wrong.
@@ -277,11 +304,21 @@ impl Config {
             }
         }
 
+        let share = parsed.sync.max_delete_share;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(err_at(
+                "sync.max_delete_share".to_owned(),
+                "must be a number from 0 to 1: the share of a kind's known records one run \
+                 may delete, e.g. 0.5 for half"
+                    .to_owned(),
+            ));
+        }
         let ConfigFile {
             state,
             connectors,
             contacts,
             relations,
+            sync: run,
         } = parsed;
         let sync = SyncConfig::new(contacts, relations).map_err(|e| err_at(e.key, e.message))?;
         Ok(Config {
@@ -290,6 +327,7 @@ impl Config {
             state_url: state.url,
             connectors,
             sync,
+            run,
         })
     }
 
@@ -627,6 +665,29 @@ match = [["email"]]
         assert!(!config.connectors["crm"].settings.contains_key("type"));
         assert_eq!(config.sync.contacts.connector, "crm");
         assert_eq!(relation(&config, "CUST").kind.as_str(), "customer");
+    }
+
+    #[test]
+    fn r16_max_delete_share_defaults_to_half_and_takes_numbers_from_0_to_1() {
+        assert_eq!(load(BASE, &[]).unwrap().run.max_delete_share, 0.5);
+        let config = load(&format!("{BASE}\n[sync]\nmax_delete_share = 1\n"), &[]).unwrap();
+        assert_eq!(config.run.max_delete_share, 1.0);
+        let config = load(BASE, &[("TANDEM__SYNC__MAX_DELETE_SHARE", "0.25")]).unwrap();
+        assert_eq!(config.run.max_delete_share, 0.25);
+        for bad in ["1.5", "-0.1", "nan"] {
+            let e = load_err(&format!("{BASE}\n[sync]\nmax_delete_share = {bad}\n"), &[]);
+            assert!(
+                e.starts_with(
+                    "examples/x/tandem.toml: sync.max_delete_share: must be a number from 0 to 1"
+                ),
+                "{e}"
+            );
+        }
+        let e = load_err(BASE, &[("TANDEM__SYNC__MAX_DELETE_SHARE", "half")]);
+        assert!(e.contains("sync.max_delete_share"), "{e}");
+        assert!(e.contains("TANDEM__SYNC__MAX_DELETE_SHARE"), "{e}");
+        let e = load_err(&format!("{BASE}\n[sync]\nmax_deletes = 3\n"), &[]);
+        assert!(e.contains("sync: unknown field `max_deletes`"), "{e}");
     }
 
     #[test]

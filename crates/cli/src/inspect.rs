@@ -416,6 +416,12 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
             ]);
         }
         table(&mut out, &rows);
+        // Why the failed runs stopped: nothing else says it once their output is gone.
+        for r in &runs {
+            if let Some(error) = r.run.summary["error"].as_str() {
+                let _ = writeln!(out, "run {} failed: {error}", r.run.id);
+            }
+        }
     }
 
     let parked = parked_links.len() + parked_creates.len();
@@ -499,8 +505,9 @@ fn create_label(config: &Config, p: &PendingCreate) -> String {
 /// `CUST: 2 linked, 1 created; VEND: 1 linked` from a run's summary; the error of a
 /// run that stopped.
 fn summary_counts(summary: &serde_json::Value) -> String {
-    if let Some(error) = summary["error"].as_str() {
-        return format!("error: {error}");
+    // The error itself is printed under the table: it is too long for a cell.
+    if summary["error"].is_string() {
+        return "error (below)".to_owned();
     }
     let Some(counts) = summary["counts"].as_array() else {
         return "-".to_owned();
@@ -560,7 +567,7 @@ mod tests {
         let s = json!({"counts": [{"code": "CUST", "linked": 2, "created": 0, "failed": 1},
             {"code": "VEND", "linked": 0}]});
         assert_eq!(summary_counts(&s), "CUST: 2 linked, 1 failed");
-        assert_eq!(summary_counts(&json!({"error": "x"})), "error: x");
+        assert_eq!(summary_counts(&json!({"error": "x"})), "error (below)");
     }
 
     #[test]

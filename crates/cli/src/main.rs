@@ -26,7 +26,7 @@ use serde::Serialize;
 use tandem_connector::{Connector, Registry};
 use tandem_engine::{Directives, Engine, EngineError, Relations, RetryTarget};
 use tandem_model::EntityKind;
-use tandem_state::{LockMode, SqliteState, StateError};
+use tandem_state::{LockMode, SqliteState, StateError, StateStore};
 use tracing::debug;
 
 use crate::config::{Config, Env};
@@ -94,6 +94,10 @@ enum Command {
         /// Read every system completely, even what did not change since the last sync.
         #[arg(long)]
         full_read: bool,
+        /// Carry out deletes found by full listings even beyond [sync] max_delete_share,
+        /// or when a listing is empty (R16).
+        #[arg(long)]
+        allow_deletes: bool,
     },
     /// Print what `sync` would do now, without writing to any system.
     ///
@@ -104,6 +108,10 @@ enum Command {
         /// Read every system completely, even what did not change since the last sync.
         #[arg(long)]
         full_read: bool,
+        /// Plan deletes found by full listings even beyond [sync] max_delete_share, or
+        /// when a listing is empty (R16).
+        #[arg(long)]
+        allow_deletes: bool,
     },
     /// Check the config, open the state, and check every connector.
     ///
@@ -458,18 +466,36 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     } else {
         open_state_read(&config)?
     };
-    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
-    for name in config.connectors.keys() {
-        connectors.insert(name.clone(), config.build_connector(name, &registry)?);
-    }
     let relations = Relations::from_config(&config.sync);
     let started = Instant::now();
-    let mut engine = Engine::new(relations.clone(), connectors, &mut state)
-        .map_err(|e| anyhow!("{}: {e}", config.shown()))?;
-    engine.set_full_read(matches!(
-        cli.command,
-        Command::Sync { full_read: true } | Command::Plan { full_read: true }
-    ));
+    let built = build_connectors(&config, &registry).and_then(|connectors| {
+        Engine::new(relations.clone(), connectors, &mut state)
+            .map_err(|e| anyhow!("{}: {e}", config.shown()))
+    });
+    let mut engine = match built {
+        Ok(engine) => engine,
+        Err(e) => {
+            // The engine records the runs it begins; this one stopped before.
+            if sync {
+                record_failed_run(&mut state, &e);
+            }
+            return Err(e);
+        }
+    };
+    let (full_read, allow_deletes) = match cli.command {
+        Command::Sync {
+            full_read,
+            allow_deletes,
+        }
+        | Command::Plan {
+            full_read,
+            allow_deletes,
+        } => (full_read, allow_deletes),
+        _ => (false, false),
+    };
+    engine.set_full_read(full_read);
+    engine.set_allow_deletes(allow_deletes);
+    engine.set_max_delete_share(config.run.max_delete_share);
     let report = match mode {
         RunMode::Plan => engine.plan().await.context("plan failed")?,
         RunMode::Sync(None) => engine.sync().await.context("sync failed")?,
@@ -498,6 +524,28 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Builds every configured connector.
+fn build_connectors(
+    config: &Config,
+    registry: &Registry,
+) -> anyhow::Result<HashMap<String, Arc<dyn Connector>>> {
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    for name in config.connectors.keys() {
+        connectors.insert(name.clone(), config.build_connector(name, registry)?);
+    }
+    Ok(connectors)
+}
+
+/// Records a sync that failed before the engine could begin it, so that
+/// `tandem status` shows it. The run's own error is what the user needs to see, so a
+/// failure to record it is not reported.
+fn record_failed_run(state: &mut SqliteState, error: &anyhow::Error) {
+    let summary = serde_json::json!({ "error": format!("{error:#}") });
+    if let Ok(run) = state.begin_run("sync") {
+        let _ = state.finish_run(run, "failed", &summary);
+    }
 }
 
 fn command_name(command: &Command) -> &'static str {

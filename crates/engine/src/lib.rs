@@ -25,4 +25,4 @@ pub use config::{
 pub use operator::{Resolved, RetryTarget, Take, resolve, resolve_conflict, retry};
 pub use plan::Directives;
 pub use relation::Relations;
-pub use run::{Engine, EngineError, Failure, ReadStats, RunReport, record_hash};
+pub use run::{DeleteGuard, Engine, EngineError, Failure, ReadStats, RunReport, record_hash};

@@ -36,6 +36,28 @@ pub enum EngineError {
         #[source]
         source: ConnectorError,
     },
+    /// A completed full listing that would delete more of a scope's known records than
+    /// the guard lets through, or all of them (R16); nothing was written.
+    #[error(
+        "a full listing would delete {deleted} of {known} known {} ({percent} %) from connector \
+         `{connector}`{}; nothing was written. If these records really were deleted, run again \
+         with --allow-deletes; the limit is [sync] max_delete_share (now {max_share})",
+        kind.plural(),
+        if *empty { " (it listed none at all: is the source missing, empty or misnamed?)" } else { "" },
+        percent = deleted * 100 / (*known).max(1),
+    )]
+    TooManyDeletes {
+        connector: String,
+        kind: EntityKind,
+        /// Known records absent from the listing.
+        deleted: u64,
+        /// Records of the scope the state knows (stored hashes).
+        known: u64,
+        /// The listing held no records at all.
+        empty: bool,
+        /// The configured limit, a share of `known`.
+        max_share: f64,
+    },
     /// An operator request (`link`, `create`, `unlink`, ...) that cannot be done;
     /// nothing was written.
     #[error("{0}")]
@@ -160,6 +182,62 @@ pub struct Engine<'a> {
     pub(crate) state: &'a mut dyn StateStore,
     /// Read every scope even when its fingerprint says nothing changed.
     pub(crate) full_read: bool,
+    /// How many deletes a full listing may imply (R16).
+    pub(crate) delete_guard: DeleteGuard,
+}
+
+/// What stops a run whose full listing would delete too much (R16): more than
+/// `max_share` of a scope's known records, or all of them (an empty listing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeleteGuard {
+    /// A share of the known records, from 0 to 1.
+    pub max_share: f64,
+    /// Let every delete through (`--allow-deletes`).
+    pub allow: bool,
+}
+
+impl DeleteGuard {
+    /// The default limit: half of a scope's known records.
+    pub const DEFAULT_MAX_SHARE: f64 = 0.5;
+
+    /// Whether deleting `deleted` of `known` records, from a listing of `listed`
+    /// records, must stop the run. Nothing known, nothing guarded.
+    pub fn refuses(&self, deleted: u64, known: u64, listed: u64) -> bool {
+        !self.allow
+            && deleted > 0
+            && known > 0
+            && (listed == 0 || deleted as f64 > self.max_share * known as f64)
+    }
+
+    /// [`DeleteGuard::refuses`] as the error that stops the run, naming the scope.
+    fn check(
+        &self,
+        scope: &Scope,
+        deleted: u64,
+        known: u64,
+        listed: u64,
+    ) -> Result<(), EngineError> {
+        if !self.refuses(deleted, known, listed) {
+            return Ok(());
+        }
+        Err(EngineError::TooManyDeletes {
+            connector: scope.connector.clone(),
+            kind: scope.kind,
+            deleted,
+            known,
+            empty: listed == 0,
+            max_share: self.max_share,
+        })
+    }
+}
+
+impl Default for DeleteGuard {
+    fn default() -> DeleteGuard {
+        DeleteGuard {
+            max_share: DeleteGuard::DEFAULT_MAX_SHARE,
+            allow: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -206,6 +284,7 @@ impl<'a> Engine<'a> {
             connectors,
             state,
             full_read: false,
+            delete_guard: DeleteGuard::default(),
         };
         engine.connector(
             &engine.relations.contacts_connector,
@@ -249,6 +328,21 @@ impl<'a> Engine<'a> {
     /// since the last run (`tandem sync --full-read`).
     pub fn set_full_read(&mut self, full_read: bool) {
         self.full_read = full_read;
+    }
+
+    /// The share of a scope's known records a full listing may delete before the run
+    /// stops (`[sync] max_delete_share`, R16); clamped to 0..=1.
+    pub fn set_max_delete_share(&mut self, share: f64) {
+        self.delete_guard.max_share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
+    }
+
+    /// Lets a full listing delete any share of its scope (`--allow-deletes`).
+    pub fn set_allow_deletes(&mut self, allow: bool) {
+        self.delete_guard.allow = allow;
     }
 
     /// What ties a remembered fingerprint to this deployment: the relations as
@@ -296,23 +390,12 @@ impl<'a> Engine<'a> {
 
     /// A sync that also carries out operator requests. A request that cannot be done
     /// stops the run before anything is written.
+    ///
+    /// Every sync is recorded in the state's runs, a failed one too (a read error, a
+    /// refused request, too many deletes), with its status and error.
     pub async fn sync_with(&mut self, directives: Directives) -> Result<RunReport, EngineError> {
-        let operator = !directives.is_empty();
-        let prepared = self.prepare(directives).await?;
-        if operator
-            && let Some(rejection) = prepared
-                .plan
-                .rejected
-                .iter()
-                .find(|r| is_directive(&prepared.input.directives, r))
-        {
-            return Err(EngineError::Refused(format!(
-                "{}: {}",
-                rejection.code, rejection.error
-            )));
-        }
         let run_id = self.state.begin_run("sync")?;
-        let report = apply(self, run_id, prepared).await;
+        let report = self.run_sync(run_id, directives).await;
         match &report {
             Ok(report) => {
                 let status = if report.failed() > 0 { "partial" } else { "ok" };
@@ -331,6 +414,29 @@ impl<'a> Engine<'a> {
             }
         }
         report
+    }
+
+    /// The body of [`Engine::sync_with`], under the run `run_id`.
+    async fn run_sync(
+        &mut self,
+        run_id: i64,
+        directives: Directives,
+    ) -> Result<RunReport, EngineError> {
+        let operator = !directives.is_empty();
+        let prepared = self.prepare(directives).await?;
+        if operator
+            && let Some(rejection) = prepared
+                .plan
+                .rejected
+                .iter()
+                .find(|r| is_directive(&prepared.input.directives, r))
+        {
+            return Err(EngineError::Refused(format!(
+                "{}: {}",
+                rejection.code, rejection.error
+            )));
+        }
+        apply(self, run_id, prepared).await
     }
 
     async fn prepare(&mut self, directives: Directives) -> Result<Prepared, EngineError> {
@@ -360,6 +466,7 @@ impl<'a> Engine<'a> {
                 &*connector,
                 relation.kind,
                 (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
+                self.delete_guard,
                 |a| wanted.contains(a.id.as_str()),
             )
             .await?;
@@ -397,6 +504,7 @@ impl<'a> Engine<'a> {
             &*contacts_connector,
             EntityKind::Contact,
             (!self.full_read && wanted_contacts.is_empty()).then_some(tag.as_str()),
+            self.delete_guard,
             |c| wanted_contacts.contains(&c.id),
         )
         .await?;
@@ -799,13 +907,15 @@ fn read_error(connector_name: &str, kind: EntityKind) -> impl Fn(ConnectorError)
 
 /// Reads all pages of one connector and kind. Keeps the records that changed since
 /// the last run, plus the unchanged ones `keep` asks for; finds deletes from
-/// tombstones, and from a full listing only once it completed (R16).
+/// tombstones, and from a full listing only once it completed (R16), as far as
+/// `guard` lets them through.
 async fn read_scope(
     state: &dyn StateStore,
     connector_name: &str,
     connector: &dyn Connector,
     kind: EntityKind,
     skip_tag: Option<&str>,
+    guard: DeleteGuard,
     keep: impl Fn(&Record) -> bool,
 ) -> Result<ScopeRead, EngineError> {
     let scope = Scope::new(connector_name, kind);
@@ -842,6 +952,8 @@ async fn read_scope(
         state.hashes(&scope)?
     };
     let mut loaded_all = !incremental;
+    // Records of the scope the state knows: what a full listing is held against.
+    let mut known = stored.len() as u64;
     let mut cursor = if incremental {
         state.cursor(&scope)?.map(Cursor)
     } else {
@@ -863,6 +975,7 @@ async fn read_scope(
             // A full listing from a change-reading connector (first run, or a token it
             // rejected): compare with everything, so missing records are deletes.
             stored = state.hashes(&out.scope)?;
+            known = stored.len() as u64;
             loaded_all = true;
         }
         for record in page.records {
@@ -892,7 +1005,9 @@ async fn read_scope(
     // insert. A record sent twice keeps its last copy, as an insert would.
     out.records = kept.into_iter().map(|r| (r.id.clone(), r)).collect();
     if listing == Listing::Full {
-        // Seen before, absent from a completed full listing: deleted.
+        // Seen before, absent from a completed full listing: deleted, unless that is
+        // too many to believe.
+        guard.check(&out.scope, stored.len() as u64, known, out.stats.records)?;
         out.deleted.extend(stored.into_keys());
     }
     out.stats.deleted = out.deleted.len() as u64;
@@ -947,5 +1062,30 @@ async fn read_more(
         if !page.has_more {
             return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeleteGuard;
+
+    #[test]
+    fn r16_the_guard_counts_shares_of_known_records() {
+        let half = DeleteGuard::default();
+        assert!(!half.refuses(1, 2, 1), "50 % is not over half");
+        assert!(half.refuses(2, 3, 1), "66 % is");
+        assert!(!half.refuses(0, 3, 3));
+        assert!(!half.refuses(0, 0, 0), "nothing known, nothing guarded");
+        let all = DeleteGuard {
+            max_share: 1.0,
+            allow: false,
+        };
+        assert!(!all.refuses(3, 3, 2), "all known replaced by others");
+        assert!(all.refuses(3, 3, 0), "an empty listing is always stopped");
+        let allowed = DeleteGuard {
+            max_share: 0.0,
+            allow: true,
+        };
+        assert!(!allowed.refuses(3, 3, 0));
     }
 }

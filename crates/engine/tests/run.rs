@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tandem_connector::Connector;
 use tandem_connector::memory::MemoryConnector;
 use tandem_engine::{
-    ContactsConfig, Engine, MatchTier, RelationConfig, Relations, RunReport, SyncConfig,
+    ContactsConfig, Engine, EngineError, MatchTier, RelationConfig, Relations, RunReport,
+    SyncConfig,
 };
 use tandem_model::{EntityKind, Fields, Value};
 use tandem_state::{LockMode, SqliteState, StateStore};
@@ -73,6 +74,24 @@ impl World {
         let connectors = self.connectors();
         let mut engine = Engine::new(self.relations.clone(), connectors, &mut self.state).unwrap();
         engine.sync().await.unwrap()
+    }
+
+    /// A sync with the delete guard set by `guard` (R16).
+    async fn sync_guarded(
+        &mut self,
+        guard: impl FnOnce(&mut Engine<'_>),
+    ) -> Result<RunReport, EngineError> {
+        let connectors = self.connectors();
+        let mut engine = Engine::new(self.relations.clone(), connectors, &mut self.state).unwrap();
+        guard(&mut engine);
+        engine.sync().await
+    }
+
+    /// A sync that lets every delete through (`--allow-deletes`).
+    async fn sync_allowing_deletes(&mut self) -> RunReport {
+        self.sync_guarded(|e| e.set_allow_deletes(true))
+            .await
+            .unwrap()
     }
 
     async fn plan(&mut self) -> RunReport {
@@ -417,8 +436,9 @@ async fn r11_every_action_on_a_pair_is_logged_and_nothing_else() {
     k1.set("phone", Value::text("+32 9 999"));
     w.erp.put(EntityKind::Customer, "K1", k1);
     w.sync().await;
+    // The only vendor: a full listing without any is let through explicitly (R16).
     w.erp.remove(EntityKind::Vendor, "V1");
-    w.sync().await;
+    w.sync_allowing_deletes().await;
 
     let log = w.state.interactions("C1", 100).unwrap();
     let entries: Vec<(&str, &str, &str)> = log
@@ -745,4 +765,178 @@ async fn r4_a_new_account_matches_an_unchanged_contact_of_a_change_reading_conne
     assert_eq!(count(&report, "CUST").created, 0);
     let link = &w.state.links_of_accounts("CUST", &["K4"]).unwrap()[0];
     assert_eq!(link.contact_id, "C4");
+}
+
+/// Every stored hash of a scope, sorted: what a refused run must leave as it was.
+fn stored_hashes(w: &World, connector: &str, kind: EntityKind) -> Vec<(String, u64)> {
+    let mut hashes: Vec<(String, u64)> = w
+        .state
+        .hashes(&tandem_state::Scope::new(connector, kind))
+        .unwrap()
+        .into_iter()
+        .collect();
+    hashes.sort();
+    hashes
+}
+
+#[tokio::test]
+async fn r16_an_empty_listing_stops_the_run_before_anything_is_written() {
+    let mut w = world(false);
+    w.seed();
+    w.sync().await;
+    let links = w.state.links(None).unwrap();
+    let hashes = stored_hashes(&w, "erp", EntityKind::Customer);
+    let contacts = w.crm.all(EntityKind::Contact);
+    for id in ["K1", "K2", "K3"] {
+        w.erp.remove(EntityKind::Customer, id);
+    }
+
+    // `plan` shows the same refusal.
+    let connectors = w.connectors();
+    let mut engine = Engine::new(w.relations.clone(), connectors, &mut w.state).unwrap();
+    let err = engine.plan().await.unwrap_err();
+    assert!(matches!(err, EngineError::TooManyDeletes { .. }), "{err}");
+
+    // Even a limit of 1 lets no empty listing through.
+    let err = w
+        .sync_guarded(|e| e.set_max_delete_share(1.0))
+        .await
+        .unwrap_err();
+    match &err {
+        EngineError::TooManyDeletes {
+            connector,
+            kind,
+            deleted,
+            known,
+            empty,
+            ..
+        } => assert_eq!(
+            (connector.as_str(), *kind, *deleted, *known, *empty),
+            ("erp", EntityKind::Customer, 3, 3, true)
+        ),
+        other => panic!("{other}"),
+    }
+    let message = err.to_string();
+    for part in [
+        "would delete 3 of 3 known customers (100 %) from connector `erp`",
+        "--allow-deletes",
+        "[sync] max_delete_share",
+    ] {
+        assert!(message.contains(part), "{message}");
+    }
+    assert_eq!(w.state.links(None).unwrap(), links, "links untouched");
+    assert_eq!(stored_hashes(&w, "erp", EntityKind::Customer), hashes);
+    assert_eq!(
+        w.crm.all(EntityKind::Contact),
+        contacts,
+        "contacts untouched"
+    );
+    // The refused run is recorded as failed, with its error.
+    let run = w.state.runs(1).unwrap().remove(0);
+    assert_eq!(run.status, "failed");
+    assert!(
+        run.summary["error"]
+            .as_str()
+            .unwrap()
+            .contains("would delete 3 of 3"),
+        "{:?}",
+        run.summary
+    );
+
+    // Let through, the deletes are carried out: the links go, the contacts stay (R13).
+    let report = w.sync_allowing_deletes().await;
+    assert_eq!(count(&report, "CUST").unlinked, 3);
+    assert_eq!(w.state.count_links("CUST").unwrap(), 0);
+    assert!(w.crm.get(EntityKind::Contact, "C1").is_some());
+    assert_eq!(w.sync().await.writes, 0, "nothing left to delete");
+}
+
+#[tokio::test]
+async fn r16_a_share_over_the_limit_stops_the_run_and_one_under_it_goes_through() {
+    let mut w = world(false);
+    w.seed();
+    w.sync().await;
+    let links = w.state.links(None).unwrap();
+    // 2 of 3 known customers (66 %) is over the default half.
+    w.erp.remove(EntityKind::Customer, "K1");
+    w.erp.remove(EntityKind::Customer, "K2");
+    let err = w.sync_guarded(|_| {}).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("would delete 2 of 3 known customers (66 %) from connector `erp`"),
+        "{message}"
+    );
+    assert!(!message.contains("listed none"), "{message}");
+    assert_eq!(w.state.links(None).unwrap(), links, "links untouched");
+    // A limit of 0.7 lets it through.
+    let report = w
+        .sync_guarded(|e| e.set_max_delete_share(0.7))
+        .await
+        .unwrap();
+    assert_eq!(count(&report, "CUST").unlinked, 2);
+
+    // 1 of 4 known contacts is under the limit: no flag needed (R12).
+    let known = w.crm.all(EntityKind::Contact).len();
+    assert!(known >= 4, "{known}");
+    w.crm.remove(EntityKind::Contact, "C3");
+    let report = w.sync().await;
+    assert_eq!(report.read[0].deleted, 1);
+}
+
+#[tokio::test]
+async fn r16_the_contact_side_is_guarded_too() {
+    let mut w = world(false);
+    w.seed();
+    w.sync().await;
+    let links = w.state.links(None).unwrap();
+    for contact in w.crm.all(EntityKind::Contact) {
+        w.crm.remove(EntityKind::Contact, &contact.id);
+    }
+    let err = w.sync_guarded(|_| {}).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            EngineError::TooManyDeletes { connector, kind: EntityKind::Contact, empty: true, .. }
+                if connector == "crm"
+        ),
+        "{err}"
+    );
+    assert_eq!(w.state.links(None).unwrap(), links);
+    // A limit of 0 refuses any delete from a listing.
+    w.crm.put(
+        EntityKind::Contact,
+        "C1",
+        Fields::new().with("name", "Acme"),
+    );
+    let err = w
+        .sync_guarded(|e| e.set_max_delete_share(0.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::TooManyDeletes { empty: false, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn r16_tombstones_and_unknown_scopes_are_not_guarded() {
+    // Tombstones are deletes the connector vouches for.
+    let mut w = world(true);
+    w.seed();
+    w.sync().await;
+    for id in ["K1", "K2", "K3"] {
+        w.erp.remove(EntityKind::Customer, id);
+    }
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").unlinked, 3);
+
+    // An empty listing of a scope the state knows nothing of deletes nothing.
+    let mut w = world(false);
+    w.crm.put(
+        EntityKind::Contact,
+        "C1",
+        Fields::new().with("name", "Acme"),
+    );
+    let report = w.sync().await;
+    assert_eq!(report.writes, 0);
 }

@@ -291,6 +291,14 @@ pub enum StateError {
     Locked { path: String },
     #[error("cannot open the state {path}: {message}")]
     Open { path: String, message: String },
+    /// An existing file that is not a Tandem state: opening it as a new one would
+    /// forget every link and every operator decision.
+    #[error(
+        "the state {path} is not a Tandem state: {reason}; nothing was changed. Restore it \
+         from a backup, or point [state] url elsewhere; to start over, delete it (a new state \
+         forgets every link, unlink and conflict decision)"
+    )]
+    NotAState { path: String, reason: String },
     #[error(
         "the state {path} has schema version {found}, newer than this tandem knows ({known}); \
          use a newer tandem"

@@ -291,6 +291,11 @@ impl SqliteState {
     /// Opens (creating it and its folder if needed) the state at `path`, locks it, and
     /// brings its schema up to date. Fails at once with [`StateError::Locked`] when
     /// another process holds a conflicting lock.
+    ///
+    /// Only a missing file is created, and whole: the schema is written to a temporary
+    /// file renamed into place, so a run cut short never leaves an empty state behind.
+    /// An existing file that is not a Tandem state (empty, not SQLite, or SQLite with
+    /// other tables) is refused with [`StateError::NotAState`] and left as it is.
     pub fn open(path: &Path, mode: LockMode) -> Result<SqliteState, StateError> {
         let shown = path.display().to_string();
         let open_error = |message: String| StateError::Open {
@@ -306,12 +311,25 @@ impl SqliteState {
             })?;
         }
         let lock = lock(path, mode)?;
-        // No SQLITE_OPEN_URI: the path is a file name, whatever it looks like.
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        match fs::metadata(path) {
+            Ok(meta) if meta.len() == 0 => {
+                return Err(StateError::NotAState {
+                    path: shown,
+                    reason: "the file is empty (0 bytes)".to_owned(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, &shown)?,
+            Err(e) => return Err(open_error(e.to_string())),
+        }
+        // No SQLITE_OPEN_URI: the path is a file name, whatever it looks like. No
+        // SQLITE_OPEN_CREATE: the file exists now, and one that went away in between
+        // must not come back empty.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn =
             Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
+        // Before `configure`, which changes the file (journal mode).
+        check_tandem_schema(&conn, &shown)?;
         configure(&conn).map_err(|e| open_error(e.to_string()))?;
         migrate(&mut conn, &shown)?;
         Ok(SqliteState {
@@ -996,6 +1014,93 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // reading a million links takes 40% less time. Only reads use it.
     conn.pragma_update(None, "mmap_size", 1 << 30)?;
     conn.set_prepared_statement_cache_capacity(32);
+    Ok(())
+}
+
+/// Creates a new state at `path` (which does not exist): the schema is written to a
+/// temporary file next to it, which is then renamed into place.
+fn create(path: &Path, shown: &str) -> Result<(), StateError> {
+    let open_error = |message: String| StateError::Open {
+        path: shown.to_owned(),
+        message,
+    };
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".new-{}", std::process::id()));
+    let temporary = PathBuf::from(name);
+    let remove = |file: &Path| {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = file.as_os_str().to_owned();
+            name.push(suffix);
+            let _ = fs::remove_file(PathBuf::from(name));
+        }
+    };
+    // A file of that name is what a process with this id left when it died.
+    remove(&temporary);
+    let created = (|| {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&temporary, flags)
+            .map_err(|e| open_error(format!("cannot create {}: {e}", temporary.display())))?;
+        configure(&conn).map_err(|e| open_error(e.to_string()))?;
+        migrate(&mut conn, shown)?;
+        // Closing checkpoints the write-ahead log into the file.
+        conn.close()
+            .map_err(|(_, e)| open_error(format!("cannot create {}: {e}", temporary.display())))?;
+        File::open(&temporary)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| fs::rename(&temporary, path))
+            .map_err(|e| {
+                open_error(format!(
+                    "cannot move the new state {} into place: {e}",
+                    temporary.display()
+                ))
+            })
+    })();
+    if created.is_err() {
+        remove(&temporary);
+    }
+    created
+}
+
+/// Refuses a file that is not a Tandem state: not SQLite at all, or SQLite holding
+/// tables without Tandem's schema version (another program's database). An SQLite
+/// file without any table is taken as a new state.
+fn check_tandem_schema(conn: &Connection, shown: &str) -> Result<(), StateError> {
+    let not_a_state = |reason: String| StateError::NotAState {
+        path: shown.to_owned(),
+        reason,
+    };
+    let version = user_version(conn).map_err(|e| match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => not_a_state("it is not an SQLite database".to_owned()),
+        _ => StateError::Open {
+            path: shown.to_owned(),
+            message: e.to_string(),
+        },
+    })?;
+    let tables: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+             ORDER BY name",
+        )
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .map_err(sql_error("checking the state's schema"))?;
+    let has = |name: &str| tables.iter().any(|t| t == name);
+    if version == 0 && !tables.is_empty() {
+        let mut shown_tables: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+        if tables.len() > 5 {
+            shown_tables.push("...");
+        }
+        return Err(not_a_state(format!(
+            "it is an SQLite database of another program (tables {})",
+            shown_tables.join(", ")
+        )));
+    }
+    if version > 0 && !(has("links") && has("runs")) {
+        return Err(not_a_state(format!(
+            "it says schema version {version}, but lacks Tandem's tables"
+        )));
+    }
     Ok(())
 }
 

@@ -84,20 +84,102 @@ fn a_newer_schema_is_refused() {
     assert!(err.to_string().contains(&path.display().to_string()));
 }
 
+/// Opens `path` expecting [`StateError::NotAState`]; checks the message and that the
+/// file was left exactly as it was.
+fn refused(path: &Path, mode: LockMode, reason: &str) {
+    let before = fs::read(path).unwrap();
+    let err = SqliteState::open(path, mode).unwrap_err();
+    assert!(matches!(err, StateError::NotAState { .. }), "{err}");
+    let message = err.to_string();
+    for part in [
+        &path.display().to_string(),
+        "is not a Tandem state",
+        reason,
+        "Restore it from a backup",
+        "delete it",
+    ] {
+        assert!(message.contains(part), "{part:?} not in: {message}");
+    }
+    assert_eq!(fs::read(path).unwrap(), before, "the file is untouched");
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    assert!(!Path::new(&wal).exists(), "no write-ahead log was started");
+}
+
 #[test]
-fn a_file_that_is_not_a_database_is_a_clear_open_error() {
+fn a_file_that_is_not_a_database_is_refused_and_left_alone() {
     let (_dir, path) = temp();
     fs::write(
         &path,
         "this is not sqlite, just some text that is long enough".repeat(20),
     )
     .unwrap();
-    let err = SqliteState::open(&path, LockMode::Exclusive).unwrap_err();
-    assert!(matches!(err, StateError::Open { .. }), "{err}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
+    refused(&path, LockMode::Exclusive, "not an SQLite database");
+    refused(&path, LockMode::Shared, "not an SQLite database");
+}
+
+#[test]
+fn an_empty_state_file_is_refused_and_left_alone() {
+    let (_dir, path) = temp();
+    fs::write(&path, "").unwrap();
+    refused(&path, LockMode::Exclusive, "empty (0 bytes)");
+    // Read-only commands too.
+    let err = SqliteState::open_existing(&path, LockMode::Shared).unwrap_err();
+    assert!(matches!(err, StateError::NotAState { .. }), "{err}");
+    assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+}
+
+#[test]
+fn another_programs_database_is_refused_and_left_alone() {
+    let (_dir, path) = temp();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL);")
+            .unwrap();
+    }
+    refused(
+        &path,
+        LockMode::Exclusive,
+        "another program (tables invoices)",
     );
+
+    // A schema version without Tandem's tables is not a Tandem state either.
+    let (_dir2, path) = temp();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE links (x);").unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+    }
+    refused(&path, LockMode::Exclusive, "lacks Tandem's tables");
+}
+
+#[test]
+fn an_sqlite_file_without_tables_becomes_a_new_state() {
+    let (_dir, path) = temp();
+    {
+        // A valid SQLite file (a header page) holding nothing.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x); DROP TABLE t; VACUUM;")
+            .unwrap();
+    }
+    assert!(fs::metadata(&path).unwrap().len() > 0);
+    let mut state = open(&path);
+    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
+    drop(state);
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+}
+
+#[test]
+fn a_new_state_is_created_whole_and_leaves_no_temporary_file() {
+    let (dir, path) = temp();
+    drop(open(&path));
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["state.db", "state.db.lock"]);
 }
 
 #[test]
