@@ -183,3 +183,49 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
         }
     }
 }
+
+/// R18: an edit made on the account after a run was killed, wherever it was killed,
+/// survives the run that finishes the work: Tandem's half-done write to the contact is
+/// not mistaken for the contact's own edit, which would win the conflict and revert it.
+#[test]
+fn r18_an_edit_made_after_a_crash_is_not_reverted() {
+    let start = prepared();
+    for point in tandem_engine::failpoint::POINTS {
+        let d = copy_of(&start);
+        let out = d.tandem_env(&["sync"], &[("TANDEM_FAILPOINT", point)]);
+        assert!(
+            !out.status.success(),
+            "{point}: the run was not interrupted"
+        );
+        let customers = d.read("erp/customers.csv");
+        let edited = customers
+            .lines()
+            .map(|line| {
+                if line.starts_with("K0002,") {
+                    line.replace("+32 2 999", "+32 2 555")
+                        .replace("+32 2 222", "+32 2 555")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+        assert!(edited.contains("+32 2 555"), "{point}: {customers}");
+        d.write("erp/customers.csv", &edited);
+        let rerun = d.sync();
+        assert_eq!(rerun["failures"], serde_json::json!([]), "{point}: {rerun}");
+        assert_eq!(d.sync()["writes"], 0, "{point}: not settled");
+        let contact = d
+            .read("crm/contacts.csv")
+            .lines()
+            .find(|l| l.starts_with("C0002,"))
+            .unwrap()
+            .to_owned();
+        assert!(contact.contains("+32 2 555"), "{point}: {contact}");
+        assert!(
+            d.read("erp/customers.csv").contains("+32 2 555"),
+            "{point}: the edit was reverted"
+        );
+    }
+}

@@ -703,6 +703,14 @@ async fn r18_a_failed_first_write_keeps_the_link_change_reading() {
 async fn own_writes_are_no_conflicts(incremental: bool) {
     let mut w = world(incremental);
     w.seed();
+    // A second vendor, so deleting one is not refused by the delete guard (R16).
+    w.erp.put(
+        EntityKind::Vendor,
+        "V2",
+        Fields::new()
+            .with("name", "Zeta")
+            .with("vat_registration_no", "BE9"),
+    );
     w.sync().await;
     let c1 = w.state.links_of_accounts("CUST", &["K1"]).unwrap()[0]
         .contact_id
