@@ -1033,24 +1033,10 @@ fn crash_between_create_and_link_is_repaired_not_repeated() {
     let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
     let mut sent = fields(&[("name", "Delta"), ("contact_type", "company")]);
     sent.set("business_relations", Value::List(vec!["CUST".into()]));
-    let pending = tandem_state::PendingCreate {
-        code: "CUST".into(),
-        side: "contact".into(),
-        source_id: "K3".into(),
-        fields: sent.clone(),
-        run_id: Some(1),
-        error: None,
-        failure_count: 0,
-        parked: false,
-        updated_at: Timestamp(0),
-    };
+    let pending = pending_contact_create("K3", &sent);
     let mut created = Record::new(EntityKind::Contact, "C9", sent);
     created.version = Some("v1".into());
-    let mut accounts: Vec<AccountInput> = rels
-        .relations
-        .iter()
-        .map(|_| AccountInput::default())
-        .collect();
+    let mut accounts = no_accounts(&rels);
     accounts[1].records.insert(
         "K3".into(),
         record(EntityKind::Customer, "K3", &[("name", "Delta")]),
@@ -1068,6 +1054,14 @@ fn crash_between_create_and_link_is_repaired_not_repeated() {
         plan.done_pending,
         vec![("CUST".to_string(), "contact".to_string(), "K3".to_string())]
     );
+}
+
+/// One empty account input per relation.
+fn no_accounts(rels: &Relations) -> Vec<AccountInput> {
+    rels.relations
+        .iter()
+        .map(|_| AccountInput::default())
+        .collect()
 }
 
 fn pending_contact_create(account: &str, sent: &Fields) -> tandem_state::PendingCreate {
@@ -1097,11 +1091,7 @@ fn r18_an_edit_made_after_a_create_was_cut_short_is_kept() {
     ]);
     sent.set("business_relations", Value::List(vec!["CUST".into()]));
     let created = Record::new(EntityKind::Contact, "C9", sent.clone());
-    let mut accounts: Vec<AccountInput> = rels
-        .relations
-        .iter()
-        .map(|_| AccountInput::default())
-        .collect();
+    let mut accounts = no_accounts(&rels);
     accounts[1].records.insert(
         "K3".into(),
         record(
@@ -1127,11 +1117,7 @@ fn r18_an_edit_made_after_a_create_was_cut_short_is_kept() {
 #[test]
 fn r18_many_creates_cut_short_are_each_found_again() {
     let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
-    let mut accounts: Vec<AccountInput> = rels
-        .relations
-        .iter()
-        .map(|_| AccountInput::default())
-        .collect();
+    let mut accounts = no_accounts(&rels);
     let mut contacts = BTreeMap::new();
     let mut pending = Vec::new();
     for i in 0..3000 {
