@@ -11,6 +11,7 @@ pub mod operator;
 pub mod plan;
 pub mod relation;
 mod run;
+pub mod side;
 
 /// Maps and sets keyed by record ids, hashed with foldhash: the engine hashes millions
 /// of short ids per run, and SipHash (the std default) cost several times more. The seed
@@ -26,3 +27,4 @@ pub use operator::{Resolved, RetryTarget, Take, resolve, resolve_conflict, retry
 pub use plan::Directives;
 pub use relation::Relations;
 pub use run::{DeleteGuard, Engine, EngineError, Failure, ReadStats, RunReport, record_hash};
+pub use side::Side;

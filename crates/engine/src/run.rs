@@ -72,8 +72,8 @@ pub struct Failure {
     pub code: String,
     pub contact_id: Option<String>,
     pub account_id: Option<String>,
-    /// `contact` or `account`: where the write failed.
-    pub side: &'static str,
+    /// Where the write failed.
+    pub side: crate::side::Side,
     pub error: String,
     /// Failed twice the same way: left alone until `tandem retry` (R17).
     pub parked: bool,
@@ -889,7 +889,7 @@ pub(crate) fn rejections(plan: &Plan) -> Vec<Failure> {
             code: r.code.clone(),
             contact_id: Some(r.contact_id.clone()),
             account_id: None,
-            side: "contact",
+            side: crate::side::Side::Contact,
             error: r.error.clone(),
             parked: false,
         })

@@ -1,0 +1,278 @@
+//! Step 2: creates, contacts for accounts (R6) then accounts for contacts (R5). Each is
+//! written down as pending before the remote call and linked right after it, so a crash
+//! in between is repaired by the next run instead of creating a duplicate (R18).
+
+use serde_json::json;
+use tandem_connector::{Connector, ConnectorError, WriteOp, Written};
+use tandem_model::{EntityKind, Fields};
+use tandem_state::{Details, Intent, Link, PendingCreate, StateStore};
+
+use super::{Applier, PendingKey, next_failure, write_all};
+use crate::failpoint;
+use crate::run::{EngineError, Failure, RECHECK, record_hash};
+use crate::side::Side;
+
+/// One create, contact (R6) or account (R5), as the apply step needs it.
+struct CreateJob {
+    code: String,
+    relation: usize,
+    /// The side created: a contact from an account, or an account from a contact.
+    side: Side,
+    source_id: String,
+    source_version: Option<String>,
+    fields: Fields,
+    baseline: Fields,
+    /// What the source still has to receive once the record exists (R18).
+    intent: Option<Intent>,
+    /// A contact asked for by `tandem create-contact`: the account's contact may have
+    /// been deleted before (R12), which no longer holds once it has a new one.
+    asked: bool,
+    details: Details,
+}
+
+impl CreateJob {
+    fn pending_key(&self) -> PendingKey {
+        (
+            self.code.clone(),
+            self.side.as_str().to_owned(),
+            self.source_id.clone(),
+        )
+    }
+}
+
+/// The details of a `created` entry for a contact made from an account (R6).
+#[derive(serde::Serialize)]
+struct CreatedDetails<'a> {
+    fields: &'a Fields,
+}
+
+/// The details of a `linked` entry not made by matching or by hand.
+#[derive(serde::Serialize)]
+struct LinkedBy {
+    by: &'static str,
+}
+
+impl Applier<'_> {
+    pub(super) async fn creates(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
+        let jobs = self.create_jobs();
+        for side in [Side::Contact, Side::Account] {
+            for r in 0..self.relations.relations.len() {
+                let group: Vec<&CreateJob> = jobs
+                    .iter()
+                    .filter(|j| j.side == side && j.relation == r)
+                    .collect();
+                if group.is_empty() {
+                    continue;
+                }
+                let (connector, kind) = self.side_connector(side, r);
+                let max = connector.capabilities().max_batch.max(1);
+                for chunk in group.chunks(max) {
+                    self.create_chunk(state, &*connector, kind, chunk).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn create_jobs(&self) -> Vec<CreateJob> {
+        let contacts = self.plan.creates.iter().map(|c| CreateJob {
+            code: c.code.clone(),
+            relation: c.relation,
+            side: Side::Contact,
+            source_id: c.account_id.clone(),
+            source_version: c.account_version.clone(),
+            fields: c.fields.clone(),
+            baseline: c.baseline.clone(),
+            intent: None,
+            asked: c.asked,
+            details: Details::of(&CreatedDetails { fields: &c.fields }),
+        });
+        let accounts = self.plan.account_creates.iter().map(|c| CreateJob {
+            code: c.code.clone(),
+            relation: c.relation,
+            side: Side::Account,
+            source_id: c.contact_id.clone(),
+            source_version: c.contact_version.clone(),
+            fields: c.fields.clone(),
+            baseline: c.baseline.clone(),
+            intent: (!c.intent.contact.is_empty()).then(|| c.intent.clone()),
+            asked: false,
+            details: Details::of(
+                &json!({ "fields": c.fields, "template": c.template, "requested_by": c.requested_by }),
+            ),
+        });
+        contacts.chain(accounts).collect()
+    }
+
+    /// One batch of creates of one side and relation: written down, sent, settled.
+    async fn create_chunk(
+        &mut self,
+        state: &mut dyn StateStore,
+        connector: &dyn Connector,
+        kind: EntityKind,
+        chunk: &[&CreateJob],
+    ) -> Result<(), EngineError> {
+        let side = chunk[0].side;
+        // Written down first: a crash after the remote create is repaired, not repeated.
+        for job in chunk {
+            let previous = self.previous_pending.get(&job.pending_key());
+            let pending = PendingCreate {
+                code: job.code.clone(),
+                side: side.as_str().to_owned(),
+                source_id: job.source_id.clone(),
+                fields: job.fields.clone(),
+                run_id: Some(self.log.run_id),
+                error: None,
+                failure_count: previous.map_or(0, |p| p.failure_count),
+                parked: false,
+                updated_at: self.log.now,
+            };
+            self.batch.upsert_pending.push(pending);
+        }
+        self.commit(state)?;
+        failpoint::hit(&format!("before_{side}_create"));
+        let ops = chunk
+            .iter()
+            .map(|j| WriteOp::Create {
+                fields: j.fields.clone(),
+            })
+            .collect();
+        let outcomes = write_all(connector, kind, ops).await;
+        failpoint::hit(&format!("after_{side}_create"));
+        for (job, outcome) in chunk.iter().zip(outcomes) {
+            match outcome {
+                Ok(written) => self.created(job, &written),
+                Err(e) => self.create_failed(job, &e),
+            }
+        }
+        self.commit(state)?;
+        failpoint::hit(&format!("after_{side}_create_commit"));
+        Ok(())
+    }
+
+    /// A create that happened: its link, hashes and log entries.
+    fn created(&mut self, job: &CreateJob, written: &Written) {
+        let r = job.relation;
+        self.writes += 1;
+        let new_hash = record_hash(&job.fields, written.version.as_deref());
+        let (contact_id, account_id, contact_version, account_version) = match job.side {
+            Side::Contact => {
+                self.settled_accounts[r].insert(job.source_id.clone());
+                let read_hash = self.accounts[r]
+                    .hashes
+                    .get(&job.source_id)
+                    .copied()
+                    .unwrap_or(RECHECK);
+                let hashes = &mut self.batch.set_hashes;
+                hashes.push((self.contacts.scope.clone(), written.id.clone(), new_hash));
+                hashes.push((
+                    self.accounts[r].scope.clone(),
+                    job.source_id.clone(),
+                    read_hash,
+                ));
+                let versions = (written.version.clone(), job.source_version.clone());
+                (
+                    written.id.clone(),
+                    job.source_id.clone(),
+                    versions.0,
+                    versions.1,
+                )
+            }
+            Side::Account => {
+                self.batch.set_hashes.push((
+                    self.accounts[r].scope.clone(),
+                    written.id.clone(),
+                    new_hash,
+                ));
+                let versions = (job.source_version.clone(), written.version.clone());
+                (
+                    job.source_id.clone(),
+                    written.id.clone(),
+                    versions.0,
+                    versions.1,
+                )
+            }
+        };
+        let link = Link {
+            code: job.code.clone(),
+            contact_id: contact_id.clone(),
+            account_id: account_id.clone(),
+            baseline: job.baseline.clone(),
+            contact_version,
+            account_version,
+            last_error: None,
+            failure_count: 0,
+            parked: false,
+            linked_at: self.log.now,
+            synced_at: self.log.now,
+            intent: job.intent.clone(),
+        };
+        if job.asked {
+            let mark = (job.code.clone(), job.source_id.clone(), false);
+            self.batch.contact_deleted.push(mark);
+        }
+        if job.side == Side::Account {
+            let links = self.created_links.entry(contact_id.clone()).or_default();
+            links.push(link.clone());
+        }
+        self.batch.upsert_links.push(link);
+        self.batch.delete_pending.push(job.pending_key());
+        let (code, side) = (&job.code, job.side.as_str());
+        let created = job.details.clone();
+        self.log(
+            &contact_id,
+            code,
+            Some(&account_id),
+            "created",
+            side,
+            created,
+        );
+        let by = Details::of(&LinkedBy { by: "create" });
+        self.log(&contact_id, code, Some(&account_id), "linked", side, by);
+    }
+
+    /// A create that failed: counted, remembered, parked the second time (R17).
+    fn create_failed(&mut self, job: &CreateJob, e: &ConnectorError) {
+        let r = job.relation;
+        let error = e.to_string();
+        let previous = self.previous_pending.get(&job.pending_key());
+        let (count, parked) = next_failure(
+            previous.and_then(|p| p.error.as_deref()),
+            previous.map_or(0, |p| p.failure_count),
+            &error,
+        );
+        self.plan.counts[r].created -= 1;
+        self.plan.counts[r].failed += 1;
+        if job.side == Side::Contact {
+            self.settled_accounts[r].insert(job.source_id.clone());
+            self.batch.set_hashes.push((
+                self.accounts[r].scope.clone(),
+                job.source_id.clone(),
+                RECHECK,
+            ));
+        }
+        self.batch.upsert_pending.push(PendingCreate {
+            code: job.code.clone(),
+            side: job.side.as_str().to_owned(),
+            source_id: job.source_id.clone(),
+            fields: job.fields.clone(),
+            run_id: Some(self.log.run_id),
+            error: Some(error.clone()),
+            failure_count: count,
+            parked,
+            updated_at: self.log.now,
+        });
+        let (contact_id, account_id) = match job.side {
+            Side::Contact => (None, Some(job.source_id.clone())),
+            Side::Account => (Some(job.source_id.clone()), None),
+        };
+        self.failures.push(Failure {
+            code: job.code.clone(),
+            contact_id,
+            account_id,
+            side: job.side,
+            error,
+            parked,
+        });
+    }
+}

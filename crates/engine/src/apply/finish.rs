@@ -1,0 +1,168 @@
+//! Step 5: what was read and not otherwise settled is remembered as seen, the deleted
+//! forgotten; then cursors, ambiguities and fingerprints, last; then the report.
+
+use std::collections::HashMap;
+
+use tandem_state::StateStore;
+use tracing::info;
+
+use super::Applier;
+use crate::matching::Ambiguity;
+use crate::plan::PlanInput;
+use crate::run::{EngineError, ParkedCount, RECHECK, RunReport, ScopeRead, StoredAmbiguities};
+
+/// The company of every contact that changed (R3, R10); `None` for companies.
+pub(super) fn person_companies(
+    contacts: &ScopeRead,
+    input: &PlanInput,
+) -> HashMap<String, Option<String>> {
+    contacts
+        .changed
+        .iter()
+        .filter_map(|id| input.contacts.get(id))
+        .map(|c| {
+            let company = c.fields.text(tandem_model::field::COMPANY_ID);
+            (c.id.clone(), company.map(str::to_owned))
+        })
+        .collect()
+}
+
+impl Applier<'_> {
+    /// Hashes of what was read and not settled by the plan, the deleted forgotten, and
+    /// the company of each person.
+    pub(super) fn remember_reads(
+        &mut self,
+        state: &mut dyn StateStore,
+        person_companies: HashMap<String, Option<String>>,
+    ) -> Result<(), EngineError> {
+        super::commit_behind(state, |committer| {
+            let batch = &mut self.batch;
+            batch.set_companies.extend(person_companies);
+            for id in &self.contacts.deleted {
+                batch.set_companies.push((id.clone(), None));
+            }
+            let reads = std::iter::once((&self.contacts, &self.settled_contacts))
+                .chain(self.accounts.iter().zip(&self.settled_accounts));
+            for (read, settled) in reads {
+                for (id, hash) in &read.hashes {
+                    // An unchanged record's stored hash is already this one.
+                    if !settled.contains(id) && read.changed.contains(id) {
+                        batch
+                            .set_hashes
+                            .push((read.scope.clone(), id.clone(), *hash));
+                    }
+                    committer.send_full(batch)?;
+                }
+                for id in &read.deleted {
+                    batch.delete_hashes.push((read.scope.clone(), id.clone()));
+                }
+            }
+            for id in std::mem::take(&mut self.recheck_contacts) {
+                batch
+                    .set_hashes
+                    .push((self.contacts.scope.clone(), id, RECHECK));
+            }
+            committer.send(std::mem::take(batch))
+        })
+    }
+
+    /// Cursors, the ambiguous matches and the fingerprints, in the run's last commit.
+    pub(super) async fn finish(
+        &mut self,
+        state: &mut dyn StateStore,
+        tag: &str,
+        ambiguities: &[StoredAmbiguities],
+    ) -> Result<(), EngineError> {
+        for read in std::iter::once(&self.contacts).chain(&self.accounts) {
+            if let Some(cursor) = &read.cursor {
+                let cursor = (read.scope.clone(), cursor.0.clone());
+                self.batch.set_cursors.push(cursor);
+            }
+        }
+        self.remember_ambiguities(ambiguities);
+        self.remember_fingerprints(tag).await;
+        self.commit(state)
+    }
+
+    /// The ambiguous matches of every relation matched completely this run, reported
+    /// again by the runs that leave it quiet.
+    fn remember_ambiguities(&mut self, ambiguities: &[StoredAmbiguities]) {
+        for (relation, known) in self.relations.relations.iter().zip(ambiguities) {
+            if !known.complete {
+                continue;
+            }
+            let found: Vec<&Ambiguity> = self
+                .plan
+                .ambiguous
+                .iter()
+                .filter(|a| a.code == relation.code)
+                .collect();
+            let found = serde_json::json!(found);
+            if known.stored.as_ref() != Some(&found) {
+                let remembered = (relation.code.clone(), found);
+                self.batch.set_ambiguities.push(remembered);
+            }
+        }
+    }
+
+    /// Remembered last, with the cursors: a scope that only this run's own writes
+    /// changed is not read by the next run while its fingerprint stays the same.
+    /// Anything else forgets it, so the next run reads.
+    async fn remember_fingerprints(&mut self, tag: &str) {
+        for read in std::iter::once(&self.contacts).chain(&self.accounts) {
+            let Some(since) = &read.fingerprint else {
+                continue;
+            };
+            let connector = &self.connectors[&read.scope.connector];
+            let now = connector
+                .fingerprint_after_own_writes(read.scope.kind, since)
+                .await
+                .ok()
+                .flatten();
+            let fingerprint = now.map(|fingerprint| format!("{tag}:{fingerprint}"));
+            self.batch
+                .set_fingerprints
+                .push((read.scope.clone(), fingerprint));
+        }
+    }
+
+    /// The run's report, with what is parked now.
+    pub(super) fn report(
+        self,
+        state: &dyn StateStore,
+        parked_before: &[ParkedCount],
+    ) -> Result<RunReport, EngineError> {
+        let parked_now = state.parked_links()?;
+        let pending_now = state.pending_creates()?;
+        let mut plan = self.plan;
+        for (r, counts) in plan.counts.iter_mut().enumerate() {
+            let code = &self.relations.relations[r].code;
+            counts.parked = (parked_now.iter().filter(|l| &l.code == code).count()
+                + pending_now
+                    .iter()
+                    .filter(|p| &p.code == code && p.parked)
+                    .count()) as u64;
+            counts.unchanged = counts.unchanged.saturating_sub(parked_before[r].links);
+        }
+        info!(
+            run = self.log.run_id,
+            writes = self.writes,
+            failed = self.failures.len(),
+            ms = self.started.elapsed().as_millis() as u64,
+            "applied"
+        );
+        Ok(RunReport {
+            run_id: Some(self.log.run_id),
+            mode: "sync",
+            read: std::iter::once(&self.contacts)
+                .chain(&self.accounts)
+                .map(|s| s.stats.clone())
+                .collect(),
+            counts: plan.counts.clone(),
+            writes: self.writes,
+            ambiguous: plan.ambiguous.clone(),
+            failures: self.failures,
+            plan,
+        })
+    }
+}

@@ -1,0 +1,317 @@
+//! Applying a plan, in an order that loses nothing when the process dies at any point:
+//!
+//! 1. requests the plan refused, and links whose side is gone or that an operator
+//!    dropped (state only; `unlink.rs`);
+//! 2. creates, each one written down as *pending* before the remote call and linked
+//!    right after it, so a crash in between is repaired by the next run (the record
+//!    is found again by its fields) instead of creating a duplicate (`create.rs`);
+//! 3. intents, then contact updates, then account updates per relation (`write.rs`);
+//! 4. links, baselines, the interaction log (R11), failures and parking (R17)
+//!    (`settle.rs`);
+//! 5. content hashes, cursors and fingerprints last (`finish.rs`).
+//!
+//! A pair's writes are written down (R18) before they are sent, with the baseline
+//! they will leave; the next run finishes what a crash cut short.
+
+mod create;
+mod finish;
+mod settle;
+mod unlink;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome};
+use tandem_model::{EntityKind, Timestamp};
+use tandem_state::{Details, Interaction, Link, PendingCreate, StateBatch, StateError, StateStore};
+use tracing::info;
+
+use crate::plan::Plan;
+use crate::relation::Relations;
+use crate::run::{Engine, EngineError, Failure, Prepared, RunReport, ScopeRead, rejections};
+use crate::side::Side;
+
+/// State changes per transaction while applying.
+const COMMIT_EVERY: usize = 20_000;
+
+/// A pending entry by (code, side, source id), as the state keys it.
+type PendingKey = (String, String, String);
+
+/// Everything the steps of one apply share.
+struct Applier<'e> {
+    relations: &'e Relations,
+    connectors: &'e HashMap<String, Arc<dyn Connector>>,
+    log: Log,
+    plan: Plan,
+    contacts: ScopeRead,
+    accounts: Vec<ScopeRead>,
+    /// Pending creates, failed requests and links as the run found them.
+    previous_pending: HashMap<PendingKey, PendingCreate>,
+    batch: StateBatch,
+    failures: Vec<Failure>,
+    writes: u64,
+    /// Records whose hash is settled by the plan's outcome; the rest keep their read hash.
+    settled_contacts: crate::IdSet<String>,
+    settled_accounts: Vec<crate::IdSet<String>>,
+    /// Contacts to look at again next run although nobody edits them.
+    recheck_contacts: Vec<String>,
+    /// Links made by creating an account for a contact, by contact: a write to that
+    /// contact later in the run gives them its new version (R19).
+    created_links: HashMap<String, Vec<Link>>,
+    started: std::time::Instant,
+}
+
+pub(crate) async fn apply(
+    engine: &mut Engine<'_>,
+    run_id: i64,
+    prepared: Prepared,
+) -> Result<RunReport, EngineError> {
+    let tag = engine.fingerprint_tag();
+    let Engine {
+        relations,
+        connectors,
+        state,
+        ..
+    } = engine;
+    let Prepared {
+        input,
+        plan,
+        contacts,
+        accounts,
+        parked_before,
+        ambiguities,
+    } = prepared;
+    let previous_pending = input
+        .pending
+        .iter()
+        .map(|p| {
+            (
+                (p.code.clone(), p.side.clone(), p.source_id.clone()),
+                p.clone(),
+            )
+        })
+        .collect();
+    let person_companies = finish::person_companies(&contacts, &input);
+    // Freeing millions of records takes seconds: done on another thread while the
+    // writes go on (nothing below needs them).
+    if input.contacts.len() > 10_000 {
+        std::thread::spawn(move || drop(input));
+    } else {
+        drop(input);
+    }
+    let mut applier = Applier {
+        relations,
+        connectors,
+        log: Log {
+            run_id,
+            now: Timestamp::now(),
+        },
+        failures: rejections(&plan),
+        plan,
+        settled_accounts: vec![crate::IdSet::default(); accounts.len()],
+        contacts,
+        accounts,
+        previous_pending,
+        batch: StateBatch::default(),
+        writes: 0,
+        settled_contacts: crate::IdSet::default(),
+        recheck_contacts: Vec::new(),
+        created_links: HashMap::new(),
+        started: std::time::Instant::now(),
+    };
+    info!(run = run_id, "applying");
+    applier.refusals();
+    applier.unlinks();
+    applier.commit(&mut **state)?;
+    crate::failpoint::hit("after_unlinks");
+    applier.creates(&mut **state).await?;
+    applier.step("after_creates");
+    let outcomes = applier.writes(&mut **state).await?;
+    applier.settle(&mut **state, outcomes)?;
+    crate::failpoint::hit("after_link_commit");
+    applier.step("after_link_commit");
+    applier.remember_reads(&mut **state, person_companies)?;
+    crate::failpoint::hit("before_cursor_commit");
+    applier.step("before_cursor_commit");
+    applier.finish(&mut **state, &tag, &ambiguities).await?;
+    applier.report(&**state, &parked_before)
+}
+
+impl Applier<'_> {
+    fn commit(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
+        state.commit(std::mem::take(&mut self.batch))?;
+        Ok(())
+    }
+
+    /// Step timings in the log (`tandem_engine::apply=debug`).
+    fn step(&self, step: &'static str) {
+        tracing::debug!(
+            ms = self.started.elapsed().as_millis() as u64,
+            step,
+            "applying"
+        );
+    }
+
+    fn connector(&self, name: &str) -> Arc<dyn Connector> {
+        self.connectors[name].clone()
+    }
+
+    /// The connector and kind of one side of relation `r`.
+    fn side_connector(&self, side: Side, r: usize) -> (Arc<dyn Connector>, EntityKind) {
+        match side {
+            Side::Contact => (
+                self.connector(&self.relations.contacts_connector),
+                EntityKind::Contact,
+            ),
+            Side::Account => {
+                let relation = &self.relations.relations[r];
+                (self.connector(&relation.connector), relation.kind)
+            }
+        }
+    }
+
+    /// A new entry for the interaction log of this run.
+    fn log(
+        &mut self,
+        contact_id: &str,
+        code: &str,
+        account_id: Option<&str>,
+        action: &str,
+        source: &str,
+        details: Details,
+    ) {
+        let entry = self
+            .log
+            .entry(contact_id, code, account_id, action, source, details);
+        self.batch.interactions.push(entry);
+    }
+}
+
+fn batch_len(batch: &StateBatch) -> usize {
+    batch.upsert_links.len()
+        + batch.set_hashes.len()
+        + batch.delete_hashes.len()
+        + batch.delete_links.len()
+        + batch.interactions.len()
+}
+
+/// Writes `ops`, turning an error for the whole call into one error per op.
+async fn write_all(
+    connector: &dyn Connector,
+    kind: EntityKind,
+    ops: Vec<WriteOp>,
+) -> Vec<WriteOutcome> {
+    let n = ops.len();
+    match connector.write(kind, ops).await {
+        Ok(outcomes) if outcomes.len() == n => outcomes,
+        Ok(outcomes) => {
+            let message = format!(
+                "the connector answered {} outcomes for {n} writes",
+                outcomes.len()
+            );
+            (0..n)
+                .map(|_| Err(ConnectorError::fatal(message.clone())))
+                .collect()
+        }
+        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// R17: the failure count after `error`, and whether the record is parked now (the
+/// same error as last time). The one place that decides parking.
+fn next_failure(previous_error: Option<&str>, previous_count: u32, error: &str) -> (u32, bool) {
+    (
+        previous_count + 1,
+        previous_count >= 1 && previous_error == Some(error),
+    )
+}
+
+/// Runs `build`, which hands batches to a [`Committer`]; each is committed on a helper
+/// thread while `build` goes on with the next. Batches are committed in the order sent,
+/// each in its own transaction, exactly as if committed in line; everything sent is
+/// committed when this returns. The first failed commit stops the building (its next
+/// send fails) and is the error returned.
+fn commit_behind(
+    state: &mut dyn StateStore,
+    build: impl FnOnce(&Committer) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    std::thread::scope(|scope| {
+        // One batch waits while one is committed: memory stays at three batches.
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<StateBatch>(1);
+        let writer = scope.spawn(move || -> Result<(), StateError> {
+            let mut busy = std::time::Duration::ZERO;
+            for batch in receiver {
+                let t = std::time::Instant::now();
+                state.commit(batch)?;
+                busy += t.elapsed();
+            }
+            tracing::debug!(busy_ms = busy.as_millis() as u64, "state writer");
+            Ok(())
+        });
+        let t = std::time::Instant::now();
+        let built = build(&Committer { sender });
+        tracing::debug!(build_ms = t.elapsed().as_millis() as u64, "state builder");
+        let written = writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // A failed commit closed the channel: its error explains the failed send.
+        written?;
+        built
+    })
+}
+
+/// Hands batches to the helper thread of [`commit_behind`].
+struct Committer {
+    sender: std::sync::mpsc::SyncSender<StateBatch>,
+}
+
+impl Committer {
+    fn send(&self, batch: StateBatch) -> Result<(), EngineError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.sender
+            .send(batch)
+            // Only a failed commit ends the writer early; `commit_behind` returns its
+            // error instead of this one.
+            .map_err(|_| EngineError::Refused("the state writer stopped".to_owned()))
+    }
+
+    /// Sends `batch` once it holds enough for a transaction of its own.
+    fn send_full(&self, batch: &mut StateBatch) -> Result<(), EngineError> {
+        if batch_len(batch) >= COMMIT_EVERY {
+            self.send(std::mem::take(batch))?;
+        }
+        Ok(())
+    }
+}
+
+struct Log {
+    run_id: i64,
+    now: Timestamp,
+}
+
+impl Log {
+    fn entry(
+        &self,
+        contact_id: &str,
+        code: &str,
+        account_id: Option<&str>,
+        action: &str,
+        source: &str,
+        details: Details,
+    ) -> Interaction {
+        Interaction {
+            id: 0,
+            at: self.now,
+            run_id: Some(self.run_id),
+            contact_id: contact_id.to_owned(),
+            code: code.to_owned(),
+            account_id: account_id.map(str::to_owned),
+            action: action.to_owned(),
+            source: source.to_owned(),
+            details,
+        }
+    }
+}

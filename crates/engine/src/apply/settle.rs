@@ -1,0 +1,378 @@
+//! Step 4: links, baselines, the interaction log (R11), conflicts (R15), failures and
+//! parking (R17), from the outcomes of the writes. Committed on a helper thread while
+//! the next batch is built.
+
+use serde_json::json;
+use tandem_connector::{WriteOutcome, Written};
+use tandem_state::{ConflictEntry, Details, Link, StateStore};
+
+use super::write::{Outcomes, intended_link};
+use super::{Applier, commit_behind, next_failure};
+use crate::plan::{FieldChange, HubPlan, NewLink, PENDING_LINK, PairPlan};
+use crate::run::{EngineError, Failure, RECHECK, record_hash_of};
+use crate::side::Side;
+
+/// The details of an `updated` entry: the changes each side received.
+#[derive(serde::Serialize)]
+struct UpdatedDetails<'a> {
+    account: &'a [FieldChange],
+    contact: Vec<&'a FieldChange>,
+}
+
+/// The error of a write, if it failed, and the record's version after it: the new one
+/// when it succeeded, `before` when it failed or nothing was written.
+fn error_and_version(
+    result: Option<&WriteOutcome>,
+    before: &Option<String>,
+) -> (Option<String>, Option<String>) {
+    match result {
+        Some(Err(e)) => (Some(e.to_string()), before.clone()),
+        Some(Ok(written)) => (None, written.version.clone()),
+        None => (None, before.clone()),
+    }
+}
+
+/// A pair's versions after the run's writes.
+struct Versions {
+    contact_version: Option<String>,
+    account_version: Option<String>,
+    /// The write of the account was sent (so the record changed).
+    account_written: bool,
+}
+
+impl Applier<'_> {
+    pub(super) fn settle(
+        &mut self,
+        state: &mut dyn StateStore,
+        mut outcomes: Outcomes,
+    ) -> Result<(), EngineError> {
+        let hubs = std::mem::take(&mut self.plan.hubs);
+        let built = commit_behind(state, |committer| {
+            for (h, hub) in hubs.iter().enumerate() {
+                self.settle_hub(h, hub, &mut outcomes);
+                committer.send_full(&mut self.batch)?;
+            }
+            self.close_conflicts();
+            committer.send(std::mem::take(&mut self.batch))
+        });
+        self.plan.hubs = hubs;
+        built
+    }
+
+    fn settle_hub(&mut self, h: usize, hub: &HubPlan, outcomes: &mut Outcomes) {
+        let contact_result = outcomes.contacts[h].take();
+        let (contact_error, contact_version) =
+            error_and_version(contact_result.as_ref(), &hub.contact_version);
+        let mut hub_failed = contact_error.is_some();
+        if let Some(error) = &contact_error
+            && hub.pairs.is_empty()
+        {
+            // Only the contact's own field (R9) was to change: report, retry next run.
+            self.failures.push(Failure {
+                code: String::new(),
+                contact_id: Some(hub.contact_id.clone()),
+                account_id: None,
+                side: Side::Contact,
+                error: error.clone(),
+                parked: false,
+            });
+        }
+        self.log_conflicts(hub);
+        for (p, pair) in hub.pairs.iter().enumerate() {
+            self.settled_accounts[pair.relation].insert(pair.account_id.clone());
+            let account_result = outcomes.accounts[outcomes.pair_offsets[h] + p].take();
+            let (account_error, account_version) =
+                error_and_version(account_result.as_ref(), &pair.account_version);
+            let written = Versions {
+                contact_version: contact_version.clone(),
+                account_version,
+                account_written: account_result.is_some(),
+            };
+            match (account_error, &contact_error) {
+                (None, None) => self.pair_done(hub, pair, written),
+                (Some(error), _) => {
+                    hub_failed = true;
+                    self.pair_failed(hub, pair, &written, error, Side::Account);
+                }
+                (None, Some(error)) => {
+                    hub_failed = true;
+                    self.pair_failed(hub, pair, &written, error.clone(), Side::Contact);
+                }
+            }
+        }
+        if let Some(Ok(written)) = &contact_result {
+            self.own_contact_write(hub, written);
+        }
+        self.settle_contact_hash(hub, contact_result.is_some(), &contact_version, hub_failed);
+    }
+
+    /// Every conflict is logged, whatever the policy (R15); `manual` ones wait in the
+    /// queue.
+    fn log_conflicts(&mut self, hub: &HubPlan) {
+        for conflict in &hub.conflicts {
+            for (code, account_id, account_value) in &conflict.accounts {
+                let details = Details::of(&json!({
+                    "field": conflict.field,
+                    "base": conflict.base,
+                    "contact": conflict.contact,
+                    "account": account_value,
+                    "policy": conflict.policy,
+                    "winner": conflict.winner,
+                    "value": conflict.value,
+                }));
+                self.log(
+                    &hub.contact_id,
+                    code,
+                    Some(account_id),
+                    "conflict",
+                    "both",
+                    details,
+                );
+                if conflict.winner == "manual" {
+                    self.batch.upsert_conflicts.push(ConflictEntry {
+                        id: 0,
+                        code: code.clone(),
+                        contact_id: hub.contact_id.clone(),
+                        account_id: account_id.clone(),
+                        field: conflict.field.to_string(),
+                        base: conflict.base.clone(),
+                        contact_value: conflict.value.clone(),
+                        account_value: account_value.clone(),
+                        opened_at: self.log.now,
+                        run_id: Some(self.log.run_id),
+                        resolution: None,
+                        closed_at: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Both sides hold the pair's new baseline: the link stores it, its intent done.
+    fn pair_done(&mut self, hub: &HubPlan, pair: &PairPlan, written: Versions) {
+        let scope = self.accounts[pair.relation].scope.clone();
+        let hash = match (pair.account_after_hash, written.account_written) {
+            (Some(after), _) => Some(record_hash_of(after, written.account_version.as_deref())),
+            // Written without having been read: look again next run.
+            (None, true) => Some(RECHECK),
+            (None, false) => None,
+        };
+        if let Some(hash) = hash {
+            self.batch
+                .set_hashes
+                .push((scope, pair.account_id.clone(), hash));
+        }
+        self.batch.upsert_links.push(Link {
+            contact_version: written.contact_version,
+            account_version: written.account_version,
+            last_error: None,
+            failure_count: 0,
+            parked: false,
+            synced_at: self.log.now,
+            intent: None,
+            ..intended_link(hub, pair, self.log.now)
+        });
+        if let Some(how) = pair.new_link {
+            self.log_new_link(hub, pair, how);
+        }
+        if pair.updated {
+            self.log_update(hub, pair);
+        }
+    }
+
+    fn log_new_link(&mut self, hub: &HubPlan, pair: &PairPlan, how: NewLink) {
+        // A link that failed in an earlier run, remembered the old way, is done now.
+        let old_key = (
+            pair.code.clone(),
+            PENDING_LINK.to_owned(),
+            hub.contact_id.clone(),
+        );
+        if self.previous_pending.contains_key(&old_key) {
+            self.batch.delete_pending.push(old_key);
+        }
+        if how == NewLink::Operator {
+            self.batch.unlinked_pairs.push((
+                pair.code.clone(),
+                hub.contact_id.clone(),
+                pair.account_id.clone(),
+                false,
+            ));
+        }
+        let source = match how {
+            NewLink::Operator => "operator",
+            NewLink::Match { .. } | NewLink::Recovered => "match",
+        };
+        let details = Details::of(&how);
+        let account = Some(pair.account_id.as_str());
+        self.log(
+            &hub.contact_id,
+            &pair.code,
+            account,
+            "linked",
+            source,
+            details,
+        );
+    }
+
+    fn log_update(&mut self, hub: &HubPlan, pair: &PairPlan) {
+        let from_account: Vec<&FieldChange> = hub
+            .contact_changes
+            .iter()
+            .filter(|c| pair.from_account.contains(&c.field))
+            .collect();
+        let source = match (pair.account_changes.is_empty(), from_account.is_empty()) {
+            (false, true) => "contact",
+            (true, false) => "account",
+            _ => "both",
+        };
+        let details = Details::of(&UpdatedDetails {
+            account: &pair.account_changes,
+            contact: from_account,
+        });
+        let account = Some(pair.account_id.as_str());
+        self.log(
+            &hub.contact_id,
+            &pair.code,
+            account,
+            "updated",
+            source,
+            details,
+        );
+    }
+
+    /// A write of the pair failed on `side`. An existing link keeps its old baseline, so
+    /// the next run sees the same changes again; a new link stays with the baseline it
+    /// starts from and what it still has to write (R18). Twice the same way parks it.
+    fn pair_failed(
+        &mut self,
+        hub: &HubPlan,
+        pair: &PairPlan,
+        written: &Versions,
+        error: String,
+        side: Side,
+    ) {
+        let r = pair.relation;
+        let counts = &mut self.plan.counts[r];
+        counts.failed += 1;
+        match (&pair.previous, pair.updated) {
+            (Some(_), true) => counts.updated -= 1,
+            (Some(_), false) => counts.unchanged = counts.unchanged.saturating_sub(1),
+            (None, _) => counts.linked -= 1,
+        }
+        let scope = self.accounts[r].scope.clone();
+        self.batch
+            .set_hashes
+            .push((scope, pair.account_id.clone(), RECHECK));
+        let base = match &pair.previous {
+            Some(previous) => (**previous).clone(),
+            None => intended_link(hub, pair, self.log.now),
+        };
+        let (count, parked) = next_failure(base.last_error.as_deref(), base.failure_count, &error);
+        self.batch.upsert_links.push(Link {
+            contact_version: written.contact_version.clone(),
+            account_version: written.account_version.clone(),
+            last_error: Some(error.clone()),
+            failure_count: count,
+            parked,
+            ..base
+        });
+        let action = if parked { "parked" } else { "failed" };
+        let details = Details::of(&json!({ "error": error, "failures": count }));
+        let account = Some(pair.account_id.as_str());
+        self.log(
+            &hub.contact_id,
+            &pair.code,
+            account,
+            action,
+            side.as_str(),
+            details,
+        );
+        self.failures.push(Failure {
+            code: pair.code.clone(),
+            contact_id: Some(hub.contact_id.clone()),
+            account_id: Some(pair.account_id.clone()),
+            side,
+            error,
+            parked,
+        });
+    }
+
+    /// R19: a contact Tandem wrote has a new version; every link of it learns it, also
+    /// the links the hub did not merge and those made by creating an account for it this
+    /// run (whose wait for the contact's template fills ends with this write).
+    fn own_contact_write(&mut self, hub: &HubPlan, written: &Written) {
+        for link in &hub.other_links {
+            self.batch.upsert_links.push(Link {
+                contact_version: written.version.clone(),
+                ..link.clone()
+            });
+        }
+        let created = self.created_links.remove(&hub.contact_id);
+        for link in created.into_iter().flatten() {
+            if hub.pairs.iter().any(|p| p.code == link.code) {
+                continue;
+            }
+            self.batch.upsert_links.push(Link {
+                contact_version: written.version.clone(),
+                intent: None,
+                synced_at: self.log.now,
+                ..link
+            });
+        }
+    }
+
+    /// The contact's hash after the run. A failure, or a field waiting in the conflict
+    /// queue, makes both records be read again next run, so neither side's value is
+    /// mistaken for the baseline.
+    fn settle_contact_hash(
+        &mut self,
+        hub: &HubPlan,
+        written: bool,
+        version: &Option<String>,
+        failed: bool,
+    ) {
+        self.settled_contacts.insert(hub.contact_id.clone());
+        let waiting = hub.conflicts.iter().any(|c| c.winner == "manual");
+        for conflict in hub.conflicts.iter().filter(|c| c.winner == "manual") {
+            for (code, account_id, _) in &conflict.accounts {
+                if let Some(r) = self.relations.index_of(code) {
+                    self.settled_accounts[r].insert(account_id.clone());
+                    let scope = self.accounts[r].scope.clone();
+                    self.batch
+                        .set_hashes
+                        .push((scope, account_id.clone(), RECHECK));
+                }
+            }
+        }
+        let hash = match (hub.contact_after_hash, failed || waiting) {
+            (_, true) => Some(RECHECK),
+            (Some(after), false) => Some(record_hash_of(after, version.as_deref())),
+            (None, false) if written => Some(RECHECK),
+            (None, false) => self.contacts.hashes.get(&hub.contact_id).copied(),
+        };
+        if let Some(hash) = hash {
+            let scope = self.contacts.scope.clone();
+            self.batch
+                .set_hashes
+                .push((scope, hub.contact_id.clone(), hash));
+        }
+    }
+
+    /// Open conflicts settled this run, and pending entries that are done.
+    fn close_conflicts(&mut self) {
+        let closed = std::mem::take(&mut self.plan.close_conflicts);
+        for (code, contact_id, field) in &closed {
+            self.batch.close_conflicts.push((
+                code.clone(),
+                contact_id.clone(),
+                field.clone(),
+                self.log.now,
+            ));
+            let details = Details::of(&json!({ "field": field }));
+            self.log(contact_id, code, None, "resolved", "operator", details);
+        }
+        self.plan.close_conflicts = closed;
+        let done = self.plan.done_pending.clone();
+        self.batch.delete_pending.extend(done);
+    }
+}

@@ -1,0 +1,127 @@
+//! Step 1: requests the plan refused (R17), and links whose contact or account is gone
+//! or that an operator dropped (R12, R13).
+
+use serde_json::json;
+use tandem_model::Fields;
+use tandem_state::{Details, PendingCreate};
+
+use super::{Applier, next_failure};
+use crate::plan::{Unlink, UnlinkReason};
+use crate::run::RECHECK;
+use crate::side::Side;
+
+impl Applier<'_> {
+    /// Requests refused by the plan fail like writes do: twice the same way parks them.
+    pub(super) fn refusals(&mut self) {
+        let rejected = std::mem::take(&mut self.plan.rejected);
+        for rejection in &rejected {
+            let key = (
+                rejection.code.clone(),
+                Side::Account.as_str().to_owned(),
+                rejection.contact_id.clone(),
+            );
+            let previous = self.previous_pending.get(&key);
+            let (count, parked) = next_failure(
+                previous.and_then(|p| p.error.as_deref()),
+                previous.map_or(0, |p| p.failure_count),
+                &rejection.error,
+            );
+            self.batch.upsert_pending.push(PendingCreate {
+                code: rejection.code.clone(),
+                side: Side::Account.as_str().to_owned(),
+                source_id: rejection.contact_id.clone(),
+                fields: Fields::new(),
+                run_id: Some(self.log.run_id),
+                error: Some(rejection.error.clone()),
+                failure_count: count,
+                parked,
+                updated_at: self.log.now,
+            });
+            if let Some(f) = self.failures.iter_mut().find(|f| {
+                f.code == rejection.code && f.contact_id.as_ref() == Some(&rejection.contact_id)
+            }) {
+                f.parked = parked;
+            }
+            if !parked {
+                // Looked at again next run, even if nobody edits it (R17).
+                self.settled_contacts.insert(rejection.contact_id.clone());
+                self.recheck_contacts.push(rejection.contact_id.clone());
+            }
+        }
+        self.plan.rejected = rejected;
+    }
+
+    /// Links whose contact or account is gone, or that an operator dropped.
+    pub(super) fn unlinks(&mut self) {
+        let unlinks = std::mem::take(&mut self.plan.unlinks);
+        for unlink in &unlinks {
+            self.batch
+                .delete_links
+                .push((unlink.code.clone(), unlink.contact_id.clone()));
+            self.look_again_at_what_stays(unlink);
+            let source = self.remember_why(unlink);
+            self.log(
+                &unlink.contact_id,
+                &unlink.code,
+                Some(&unlink.account_id),
+                "unlinked",
+                source,
+                Details::of(&json!({ "reason": unlink.reason })),
+            );
+        }
+        self.plan.unlinks = unlinks;
+    }
+
+    /// The side that stays is unlinked now: looked at again next run, so matching (R4)
+    /// sees it even if nobody edits it. Records in play this run were.
+    fn look_again_at_what_stays(&mut self, unlink: &Unlink) {
+        if unlink.reason != UnlinkReason::AccountDeleted
+            && let Some(r) = self.relations.index_of(&unlink.code)
+            && !self.accounts[r].hashes.contains_key(&unlink.account_id)
+        {
+            self.batch.set_hashes.push((
+                self.accounts[r].scope.clone(),
+                unlink.account_id.clone(),
+                RECHECK,
+            ));
+        }
+        if unlink.reason != UnlinkReason::ContactDeleted
+            && !self.contacts.hashes.contains_key(&unlink.contact_id)
+        {
+            self.recheck_contacts.push(unlink.contact_id.clone());
+        }
+    }
+
+    /// What later runs must remember of an unlink; the log's source of the entry.
+    fn remember_why(&mut self, unlink: &Unlink) -> &'static str {
+        match unlink.reason {
+            UnlinkReason::ContactDeleted => {
+                // The user deleted the contact: the account gets no new one unless
+                // asked (R12 over R6).
+                let numbers_contacts = self
+                    .relations
+                    .index_of(&unlink.code)
+                    .is_some_and(|r| self.relations.relations[r].create_contacts);
+                if numbers_contacts {
+                    self.batch.contact_deleted.push((
+                        unlink.code.clone(),
+                        unlink.account_id.clone(),
+                        true,
+                    ));
+                }
+                "contact"
+            }
+            UnlinkReason::AccountDeleted => "account",
+            UnlinkReason::Operator => {
+                // Match rules must not link the pair again (R4).
+                self.batch.unlinked_pairs.push((
+                    unlink.code.clone(),
+                    unlink.contact_id.clone(),
+                    unlink.account_id.clone(),
+                    true,
+                ));
+                "operator"
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Step 3: what the writes will do is written down first (R18), then contact updates,
+//! then account updates per relation.
+
+use tandem_connector::{Changes, WriteOp, WriteOutcome};
+use tandem_model::{EntityKind, Timestamp};
+use tandem_state::{Link, StateBatch, StateStore};
+
+use super::{Applier, COMMIT_EVERY, commit_behind, write_all};
+use crate::failpoint;
+use crate::plan::{FieldChange, HubPlan, PairPlan, Plan};
+use crate::run::EngineError;
+
+/// What every write of step 3 answered.
+pub(super) struct Outcomes {
+    /// By hub.
+    pub contacts: Vec<Option<WriteOutcome>>,
+    /// By pair, in hub order (`pair_offsets[hub] + pair`).
+    pub accounts: Vec<Option<WriteOutcome>>,
+    pub pair_offsets: Vec<usize>,
+}
+
+impl Outcomes {
+    fn new(plan: &Plan) -> Outcomes {
+        let pair_offsets: Vec<usize> = plan
+            .hubs
+            .iter()
+            .scan(0, |next, hub| {
+                let first = *next;
+                *next += hub.pairs.len();
+                Some(first)
+            })
+            .collect();
+        let pairs = plan.hubs.iter().map(|h| h.pairs.len()).sum();
+        Outcomes {
+            contacts: std::iter::repeat_with(|| None)
+                .take(plan.hubs.len())
+                .collect(),
+            accounts: std::iter::repeat_with(|| None).take(pairs).collect(),
+            pair_offsets,
+        }
+    }
+}
+
+fn to_changes(changes: &[FieldChange]) -> Changes {
+    changes
+        .iter()
+        .map(|c| (c.field.clone(), c.new.clone()))
+        .collect()
+}
+
+impl Applier<'_> {
+    pub(super) async fn writes(
+        &mut self,
+        state: &mut dyn StateStore,
+    ) -> Result<Outcomes, EngineError> {
+        commit_intents(state, &self.plan, self.log.now)?;
+        failpoint::hit("after_intent_commit");
+        let mut outcomes = Outcomes::new(&self.plan);
+        self.write_contacts(&mut outcomes).await;
+        failpoint::hit("after_contact_updates");
+        self.step("after_contact_updates");
+        for r in 0..self.relations.relations.len() {
+            self.write_accounts(r, &mut outcomes).await;
+        }
+        failpoint::hit("after_account_updates");
+        self.step("after_account_updates");
+        Ok(outcomes)
+    }
+
+    /// Contact updates; ops are built chunk by chunk from the plan, so a million
+    /// updates are not held twice.
+    async fn write_contacts(&mut self, outcomes: &mut Outcomes) {
+        let connector = self.connector(&self.relations.contacts_connector);
+        let max = connector.capabilities().max_batch.max(1);
+        let hubs: Vec<usize> = (0..self.plan.hubs.len())
+            .filter(|&i| !self.plan.hubs[i].contact_changes.is_empty())
+            .collect();
+        for chunk in hubs.chunks(max) {
+            let ops = chunk
+                .iter()
+                .map(|&i| {
+                    let h = &self.plan.hubs[i];
+                    WriteOp::Update {
+                        id: h.contact_id.clone(),
+                        version: h.contact_version.clone(),
+                        changes: to_changes(&h.contact_changes),
+                    }
+                })
+                .collect();
+            let answers = write_all(&*connector, EntityKind::Contact, ops).await;
+            for (&hub, outcome) in chunk.iter().zip(answers) {
+                self.writes += u64::from(outcome.is_ok());
+                outcomes.contacts[hub] = Some(outcome);
+            }
+        }
+    }
+
+    /// The account updates of relation `r`.
+    async fn write_accounts(&mut self, r: usize, outcomes: &mut Outcomes) {
+        let keys: Vec<(usize, usize)> = self
+            .plan
+            .hubs
+            .iter()
+            .enumerate()
+            .flat_map(|(h, hub)| {
+                hub.pairs
+                    .iter()
+                    .enumerate()
+                    .map(move |(p, pair)| ((h, p), pair))
+            })
+            .filter(|(_, pair)| pair.relation == r && !pair.account_changes.is_empty())
+            .map(|(key, _)| key)
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let relation = &self.relations.relations[r];
+        let connector = self.connector(&relation.connector);
+        let max = connector.capabilities().max_batch.max(1);
+        for chunk in keys.chunks(max) {
+            let ops = chunk
+                .iter()
+                .map(|&(h, p)| {
+                    let pair = &self.plan.hubs[h].pairs[p];
+                    WriteOp::Update {
+                        id: pair.account_id.clone(),
+                        version: pair.account_version.clone(),
+                        changes: to_changes(&pair.account_changes),
+                    }
+                })
+                .collect();
+            let answers = write_all(&*connector, relation.kind, ops).await;
+            for (&(h, p), outcome) in chunk.iter().zip(answers) {
+                self.writes += u64::from(outcome.is_ok());
+                outcomes.accounts[outcomes.pair_offsets[h] + p] = Some(outcome);
+            }
+        }
+    }
+}
+
+/// The link a pair of the plan is about to have: its new baseline and what the run
+/// writes, with the versions as read.
+pub(super) fn intended_link(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> Link {
+    let previous = pair.previous.as_deref();
+    Link {
+        code: pair.code.clone(),
+        contact_id: hub.contact_id.clone(),
+        account_id: pair.account_id.clone(),
+        baseline: pair.baseline.clone(),
+        contact_version: hub.contact_version.clone(),
+        account_version: pair.account_version.clone(),
+        last_error: previous.and_then(|l| l.last_error.clone()),
+        failure_count: previous.map_or(0, |l| l.failure_count),
+        parked: false,
+        linked_at: previous.map_or(now, |l| l.linked_at),
+        synced_at: previous.map_or(now, |l| l.synced_at),
+        intent: pair.intent.clone(),
+    }
+}
+
+/// R18: before any update is sent, every pair that will be written is stored with the
+/// baseline the writes will leave and what each side held before. A run cut short
+/// leaves these rows; the next one reads both records and finishes the writes, or
+/// merges an edit made meanwhile against that baseline.
+fn commit_intents(
+    state: &mut dyn StateStore,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<(), EngineError> {
+    commit_behind(state, |committer| {
+        let mut batch = StateBatch::default();
+        for hub in &plan.hubs {
+            for pair in hub.pairs.iter().filter(|p| p.intent.is_some()) {
+                batch.upsert_links.push(intended_link(hub, pair, now));
+            }
+            if batch.upsert_links.len() >= COMMIT_EVERY {
+                committer.send(std::mem::take(&mut batch))?;
+            }
+        }
+        committer.send(batch)
+    })
+}
