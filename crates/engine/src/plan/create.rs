@@ -1,0 +1,75 @@
+//! Contacts created for accounts (R6).
+
+use super::*;
+
+impl<'a> Planner<'a> {
+    /// R6: a new company contact for every unmatched account of a relation that numbers
+    /// contacts, but not for one whose contact the user deleted (R12), unless asked by
+    /// `tandem create-contact`, which works for any relation.
+    pub(super) fn create_contacts(
+        &mut self,
+        r: usize,
+        unmatched: Vec<String>,
+        taken: &crate::IdSet<&str>,
+        pending_for: &BTreeMap<(&str, &str), &PendingCreate>,
+    ) {
+        let relation = &self.relations.relations[r];
+        let asked: BTreeSet<&str> = self
+            .input
+            .directives
+            .create_contact
+            .iter()
+            .filter(|(code, _)| *code == relation.code)
+            .map(|(_, a)| a.as_str())
+            .collect();
+        let deleted = self.input.contact_deleted.get(r);
+        for account_id in unmatched {
+            let by_operator = asked.contains(account_id.as_str());
+            let wanted = by_operator
+                || (relation.create_contacts
+                    && !deleted.is_some_and(|d| d.contains(&account_id))
+                    && !pending_for
+                        .get(&("contact", account_id.as_str()))
+                        .is_some_and(|p| p.parked));
+            if !wanted || taken.contains(account_id.as_str()) {
+                continue;
+            }
+            let account = &self.accounts(r).records[&account_id];
+            let baseline = account.fields.project(&names(&relation.shared));
+            let mut fields = baseline.clone();
+            fields.set(
+                field::CONTACT_TYPE,
+                Value::text(ContactType::Company.as_str()),
+            );
+            fields.set(
+                field::BUSINESS_RELATIONS,
+                Value::List(vec![relation.code.clone()]),
+            );
+            self.plan.creates.push(ContactCreate {
+                code: relation.code.clone(),
+                relation: r,
+                account_id,
+                account_version: account.version.clone(),
+                fields,
+                baseline,
+                asked: by_operator,
+            });
+            self.plan.counts[r].created += 1;
+        }
+        for account_id in asked {
+            if !self
+                .plan
+                .creates
+                .iter()
+                .any(|c| c.relation == r && c.account_id == account_id)
+            {
+                let error = if self.linked_accounts[r].contains(account_id) {
+                    format!("{} {account_id} already has a contact (R2)", relation.kind)
+                } else {
+                    format!("{} {account_id} not found", relation.kind)
+                };
+                self.reject(&relation.code, account_id, error);
+            }
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The pure planning core: from what was read and what the state remembers, decide
+//! every write, link and unlink of a run. No IO; `tandem plan` prints this and `tandem
+//! sync` applies it, so both report the same actions.
+//!
+//! The contact is the hub (R7): for each contact, all its links are merged at once.
+//! Per shared field, each side's value is compared with the link's baseline (R14): a
+//! side *changed* the field when its value differs from the baseline. One change
+//! wins outright; competing changes are a conflict settled by the relation's policy
+//! (R15). The agreed value then goes to every side that does not have it yet.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+use tandem_model::{ContactType, EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
+use tandem_state::{ConflictEntry, Intent, Link, PendingCreate};
+
+use crate::config::{ConflictPolicy, InitialSide};
+use crate::matching::{Ambiguity, match_records};
+use crate::relation::{Relation, Relations};
+
+mod codes;
+mod create;
+mod merge;
+mod operator;
+mod recover;
+mod relate;
+mod request;
+mod unlink;
+
+/// What was read this run and what the state holds about it.
+///
+/// Invariant: `links` holds every link of every contact in `contacts`, of every
+/// account in `accounts`, and of every contact such a link points at, so a record
+/// without a link here has none under that code.
+#[derive(Debug, Default)]
+pub struct PlanInput {
+    /// Contacts in play: changed since the last run, unlinked under some code, or
+    /// needed by this run.
+    pub contacts: BTreeMap<String, Record>,
+    /// Contacts deleted (tombstones, or missing from a completed full listing).
+    pub deleted_contacts: BTreeSet<String>,
+    /// Contacts in `contacts` only as match candidates: unchanged since the last run,
+    /// read again because their relation needs matching. Unless they get a new link,
+    /// nothing about them is merged or reflected: both were settled when they were
+    /// last read.
+    pub match_only: HashSet<String>,
+    /// Per relation, in config order.
+    pub accounts: Vec<AccountInput>,
+    pub links: Vec<Link>,
+    /// Per relation: how many links the state held before the run.
+    pub link_counts: Vec<u64>,
+    /// Open conflicts of the `manual` policy, with their resolutions if any.
+    pub conflicts: Vec<ConflictEntry>,
+    /// Creates started by an earlier run and not known to have finished.
+    pub pending: Vec<PendingCreate>,
+    /// (code, contact, account) pairs an operator unlinked: never linked again by match
+    /// rules.
+    pub unlinked_pairs: Vec<(String, String, String)>,
+    /// Per relation: accounts whose contact the user deleted, which get no new contact
+    /// unless asked (R12 over R6).
+    pub contact_deleted: Vec<HashSet<String>>,
+    /// What an operator asked for on this run.
+    pub directives: Directives,
+}
+
+#[derive(Debug, Default)]
+pub struct AccountInput {
+    pub records: BTreeMap<String, Record>,
+    pub deleted: BTreeSet<String>,
+}
+
+/// Operator requests carried out by a run (`tandem link`, `create`, `unlink`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Directives {
+    /// (code, contact id, account id)
+    pub link: Vec<(String, String, String)>,
+    /// (code, contact id)
+    pub create: Vec<(String, String)>,
+    /// (code, contact id)
+    pub unlink: Vec<(String, String)>,
+    /// (code, account id): `tandem create-contact`, a new contact for an account (R6),
+    /// also for one whose contact was deleted.
+    pub create_contact: Vec<(String, String)>,
+}
+
+impl Directives {
+    pub fn is_empty(&self) -> bool {
+        self.link.is_empty()
+            && self.create.is_empty()
+            && self.unlink.is_empty()
+            && self.create_contact.is_empty()
+    }
+}
+
+/// A field's value before and after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    pub field: FieldName,
+    pub old: Value,
+    pub new: Value,
+}
+
+/// Two or more sides changed one field since the baseline (R15).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    pub field: FieldName,
+    pub base: Value,
+    /// The contact's value, when the contact changed the field.
+    pub contact: Option<Value>,
+    /// (code, account id, value) of each account that changed the field.
+    pub accounts: Vec<(String, String, Value)>,
+    pub policy: ConflictPolicy,
+    /// `contact`, the code of the relation whose account won, or `manual` when the
+    /// pair waits in the conflict queue.
+    pub winner: String,
+    /// The value the sides end up with (for `manual`, the contact's).
+    pub value: Value,
+}
+
+/// How a link came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum NewLink {
+    /// By a match tier (1-based) (R4).
+    Match { tier: usize },
+    /// By `tandem link`.
+    Operator,
+    /// A record this deployment created in a run that was cut short, found again.
+    Recovered,
+}
+
+/// One contact and everything that happens to it and its accounts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HubPlan {
+    pub contact_id: String,
+    #[serde(skip)]
+    pub contact_version: Option<String>,
+    pub contact_changes: Vec<FieldChange>,
+    pub pairs: Vec<PairPlan>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
+    /// The content hash of the contact's fields after the write, when the whole
+    /// record was read (remembered, so the next run sees no change). A hash, not the
+    /// fields: a million hubs must not hold a second copy of every contact.
+    #[serde(skip)]
+    pub contact_after_hash: Option<u64>,
+    /// The contact's links that are not among `pairs` (parked, or unchanged when only
+    /// the contact's own fields change): a write to the contact gives them its new
+    /// version too, so Tandem's own write is never taken for someone else's (R19).
+    #[serde(skip)]
+    pub other_links: Vec<Link>,
+}
+
+/// One link of a hub: its account's writes and its new baseline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairPlan {
+    pub code: String,
+    #[serde(skip)]
+    pub relation: usize,
+    pub account_id: String,
+    #[serde(skip)]
+    pub account_version: Option<String>,
+    /// For a link made this run: how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_link: Option<NewLink>,
+    pub account_changes: Vec<FieldChange>,
+    /// Fields this pair's account brought to the contact.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub from_account: Vec<FieldName>,
+    /// Whether this run changes either side of the pair.
+    pub updated: bool,
+    #[serde(skip)]
+    pub baseline: Fields,
+    /// The link as stored before this run; boxed, since most pairs of a big run are
+    /// new links and an inline `Link` would double the size of every pair.
+    #[serde(skip)]
+    pub previous: Option<Box<Link>>,
+    /// The content hash of the account's fields after the write, when it was read.
+    #[serde(skip)]
+    pub account_after_hash: Option<u64>,
+    /// What this run writes to the pair, stored with `baseline` before it writes
+    /// (R18); `None` when it writes nothing to either side.
+    #[serde(skip)]
+    pub intent: Option<Intent>,
+}
+
+/// A new company contact for an account without one (R6).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContactCreate {
+    pub code: String,
+    #[serde(skip)]
+    pub relation: usize,
+    pub account_id: String,
+    #[serde(skip)]
+    pub account_version: Option<String>,
+    pub fields: Fields,
+    /// The shared fields the new link starts from.
+    #[serde(skip)]
+    pub baseline: Fields,
+    /// Asked for by `tandem create-contact`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub asked: bool,
+}
+
+/// A new account for a contact that asked for a relation and matched none (R5).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountCreate {
+    pub code: String,
+    #[serde(skip)]
+    pub relation: usize,
+    /// The contact that will hold the relation (a person's company, R3).
+    pub contact_id: String,
+    /// The person who asked, when it is not `contact_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    #[serde(skip)]
+    pub contact_version: Option<String>,
+    pub fields: Fields,
+    /// The 0-based template rule used, if the relation has templates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<usize>,
+    #[serde(skip)]
+    pub baseline: Fields,
+    /// The contact's side of the new link's intent (R18): the template fills it is
+    /// still to receive, each empty before.
+    #[serde(skip)]
+    pub intent: Intent,
+}
+
+/// A request that cannot be carried out, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub code: String,
+    pub contact_id: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnlinkReason {
+    /// R12: the contact is gone; the account stays.
+    ContactDeleted,
+    /// R13: the account is gone; the contact stays.
+    AccountDeleted,
+    /// `tandem unlink`: both stay.
+    Operator,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unlink {
+    pub code: String,
+    pub contact_id: String,
+    pub account_id: String,
+    pub reason: UnlinkReason,
+}
+
+/// Per relation counts of a plan or a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RelationCounts {
+    pub code: String,
+    /// Links made by match rules, by an operator, or recovered.
+    pub linked: u64,
+    /// Records created (contacts for accounts, R6; accounts for contacts, R5).
+    pub created: u64,
+    /// Pairs where this run changed either side.
+    pub updated: u64,
+    /// Linked pairs left as they were.
+    pub unchanged: u64,
+    /// Links dropped because a side was deleted or an operator unlinked them.
+    pub unlinked: u64,
+    pub conflicts: u64,
+    pub ambiguous: u64,
+    /// Pairs, creates or requests that failed.
+    pub failed: u64,
+    /// Pairs and creates left alone after failing twice the same way (R17).
+    pub parked: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub hubs: Vec<HubPlan>,
+    pub creates: Vec<ContactCreate>,
+    pub account_creates: Vec<AccountCreate>,
+    pub unlinks: Vec<Unlink>,
+    pub ambiguous: Vec<Ambiguity>,
+    pub rejected: Vec<Rejection>,
+    pub counts: Vec<RelationCounts>,
+    /// Open conflicts settled this run, as (code, contact id, field).
+    #[serde(skip)]
+    pub close_conflicts: Vec<(String, String, String)>,
+    /// Pending creates that are done (found again, or no longer wanted), as (code,
+    /// side, source id).
+    #[serde(skip)]
+    pub done_pending: Vec<(String, String, String)>,
+}
+
+impl Plan {
+    /// Number of record writes the plan makes.
+    pub fn write_count(&self) -> usize {
+        self.creates.len()
+            + self.account_creates.len()
+            + self
+                .hubs
+                .iter()
+                .map(|h| {
+                    usize::from(!h.contact_changes.is_empty())
+                        + h.pairs
+                            .iter()
+                            .filter(|p| !p.account_changes.is_empty())
+                            .count()
+                })
+                .sum::<usize>()
+    }
+}
+
+/// The `side` of a pending entry for a link whose first sync failed: its `fields` hold
+/// `account_id`, `by` (`match` or `operator`) and `tier`.
+pub const PENDING_LINK: &str = "link";
+
+/// Whether a contact may hold a relation of `kind` directly (R3): companies may; a
+/// person without a company may be a customer; any other person resolves through its
+/// company.
+pub fn may_hold(contact: &Record, kind: EntityKind) -> bool {
+    match ContactType::from_field(contact.fields.text(field::CONTACT_TYPE)) {
+        ContactType::Company => true,
+        ContactType::Person => {
+            kind == EntityKind::Customer && contact.fields.text(field::COMPANY_ID).is_none()
+        }
+    }
+}
+
+/// Whether `code` is listed in a contact's `business_relations` field, without
+/// building the list (asked for every contact and relation of a run).
+pub fn lists_code(contact: &Record, code: &str) -> bool {
+    match contact.fields.get(field::BUSINESS_RELATIONS) {
+        Some(Value::List(items)) => items.iter().any(|s| s.trim() == code),
+        Some(Value::Text(text)) => text.split([';', ',']).any(|s| s.trim() == code),
+        Some(_) => listed_codes(contact).iter().any(|c| c == code),
+        None => false,
+    }
+}
+
+/// The relation codes listed in a contact's `business_relations` field (R5, R9).
+pub fn listed_codes(contact: &Record) -> Vec<String> {
+    match contact.fields.get(field::BUSINESS_RELATIONS) {
+        Some(Value::List(items)) => items.iter().map(|s| s.trim().to_owned()).collect(),
+        Some(other) => other
+            .to_cell()
+            .split([';', ','])
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// From this many hubs on, merging is spread over the machine's cores.
+const PARALLEL_HUBS: usize = 20_000;
+
+/// Plans a run. Deterministic: the same input gives the same plan.
+pub fn plan(relations: &Relations, input: &PlanInput) -> Plan {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    plan_on(relations, input, threads)
+}
+
+/// [`plan`] on at most `threads` threads.
+fn plan_on(relations: &Relations, input: &PlanInput, threads: usize) -> Plan {
+    let mut planner = Planner::new(relations, input);
+    planner.threads = threads.max(1);
+    planner.run()
+}
+
+struct Planner<'a> {
+    relations: &'a Relations,
+    input: &'a PlanInput,
+    plan: Plan,
+    /// Live links by contact (not unlinked this run), parked ones included.
+    by_contact: BTreeMap<&'a str, Vec<(usize, &'a Link)>>,
+    /// Per relation, the accounts with a live link.
+    linked_accounts: Vec<BTreeSet<&'a str>>,
+    /// Links made this run, by contact: (relation, account id, how).
+    new_links: BTreeMap<&'a str, Vec<(usize, &'a str, NewLink)>>,
+    /// Baselines new links start from instead of `initial`: the fields a create that
+    /// was cut short sent (R18), by (relation, contact id).
+    starts: HashMap<(usize, &'a str), &'a Fields>,
+    /// Contacts that lose a code this run (R9, R13), with the codes.
+    lost_codes: BTreeMap<&'a str, BTreeSet<String>>,
+    /// Contacts that gain a code this run through a create (R5), with the codes.
+    gained_codes: BTreeMap<&'a str, BTreeSet<String>>,
+    /// Shared fields a template filled on an account created for a contact that had
+    /// them empty: the contact gets them too (R5, R7).
+    template_fills: BTreeMap<&'a str, Vec<(FieldName, Value)>>,
+    /// Threads to merge hubs on, when there are many.
+    threads: usize,
+}
+
+impl<'a> Planner<'a> {
+    fn new(relations: &'a Relations, input: &'a PlanInput) -> Planner<'a> {
+        Planner {
+            relations,
+            input,
+            plan: Plan {
+                counts: relations
+                    .relations
+                    .iter()
+                    .map(|r| RelationCounts {
+                        code: r.code.clone(),
+                        ..RelationCounts::default()
+                    })
+                    .collect(),
+                ..Plan::default()
+            },
+            by_contact: BTreeMap::new(),
+            linked_accounts: vec![BTreeSet::new(); relations.relations.len()],
+            new_links: BTreeMap::new(),
+            starts: HashMap::new(),
+            lost_codes: BTreeMap::new(),
+            gained_codes: BTreeMap::new(),
+            template_fills: BTreeMap::new(),
+            threads: 1,
+        }
+    }
+
+    fn accounts(&self, r: usize) -> &'a AccountInput {
+        static NONE: AccountInput = AccountInput {
+            records: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+        };
+        self.input.accounts.get(r).unwrap_or(&NONE)
+    }
+
+    fn run(mut self) -> Plan {
+        self.unlink_and_index();
+        self.operator_links();
+        for r in 0..self.relations.relations.len() {
+            self.match_and_create(r);
+        }
+        self.hubs();
+        self.reflect_codes();
+        self.other_links();
+        self.hash_contacts_after();
+        self.finish_counts();
+        // A create found again is also linked now: named once.
+        self.plan.done_pending.sort();
+        self.plan.done_pending.dedup();
+        self.plan
+    }
+
+    pub(super) fn reject(&mut self, code: &str, contact_id: &str, error: String) {
+        if let Some(r) = self.relations.index_of(code) {
+            self.plan.counts[r].failed += 1;
+        }
+        self.plan.rejected.push(Rejection {
+            code: code.to_owned(),
+            contact_id: contact_id.to_owned(),
+            error,
+        });
+    }
+
+    pub(super) fn is_linked(&self, r: usize, contact_id: &str) -> bool {
+        self.by_contact
+            .get(contact_id)
+            .is_some_and(|links| links.iter().any(|(lr, _)| *lr == r))
+            || self
+                .new_links
+                .get(contact_id)
+                .is_some_and(|links| links.iter().any(|(lr, _, _)| *lr == r))
+    }
+
+    pub(super) fn finish_counts(&mut self) {
+        for (r, counts) in self.plan.counts.iter_mut().enumerate() {
+            let before = self.input.link_counts.get(r).copied().unwrap_or(0);
+            counts.unchanged = before.saturating_sub(counts.updated + counts.unlinked);
+        }
+    }
+}
+
+pub(super) fn names(list: &[FieldName]) -> Vec<&str> {
+    list.iter().map(FieldName::as_str).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_model::{EntityKind, Fields, Record};
+
+    use super::*;
+    use crate::config::{ContactsConfig, MatchTier, RelationConfig, SyncConfig};
+
+    /// Enough hubs to be merged on several threads: the plan must be the one a single
+    /// thread makes, hub for hub.
+    #[test]
+    fn merging_on_several_threads_gives_the_same_plan() {
+        let mut map = BTreeMap::new();
+        map.insert(
+            "CUST".to_owned(),
+            RelationConfig {
+                match_tiers: vec![MatchTier::Fields(vec!["vat_registration_no".into()])],
+                create_contacts: true,
+                ..RelationConfig::new(EntityKind::Customer, "erp")
+            },
+        );
+        let config = SyncConfig::new(
+            ContactsConfig {
+                connector: "crm".into(),
+                preserve: None,
+            },
+            map,
+        )
+        .unwrap();
+        let relations = Relations::from_config(&config);
+        let n = PARALLEL_HUBS + 5_000;
+        let mut input = PlanInput {
+            accounts: vec![AccountInput::default()],
+            link_counts: vec![0],
+            ..PlanInput::default()
+        };
+        for i in 0..n {
+            let contact = Record::new(
+                EntityKind::Contact,
+                format!("C{i:06}"),
+                Fields::new()
+                    .with("name", format!("Partner {i}"))
+                    .with("vat_registration_no", format!("BE{i:010}"))
+                    .with("phone", format!("+32 {i}")),
+            );
+            input.contacts.insert(contact.id.clone(), contact);
+            let account = Record::new(
+                EntityKind::Customer,
+                format!("K{i:06}"),
+                Fields::new()
+                    .with("name", format!("PARTNER {i}"))
+                    .with("vat_registration_no", format!("BE{i:010}"))
+                    .with("city", "Gent"),
+            );
+            input.accounts[0]
+                .records
+                .insert(account.id.clone(), account);
+        }
+        let one = plan_on(&relations, &input, 1);
+        let four = plan_on(&relations, &input, 4);
+        assert_eq!(one.hubs.len(), n);
+        assert_eq!(one.counts, four.counts);
+        assert!(one == four, "the plans differ");
+    }
+}
