@@ -137,319 +137,508 @@ pub(super) struct Merged {
 /// Merges one contact with all its pairs.
 pub(super) fn merge_hub<'p>(
     relations: &'p Relations,
-    contact_id: &str,
+    contact_id: &'p str,
     contact: Option<&'p Record>,
     pairs: &'p [PairInput<'p>],
-    open: &[&'p ConflictEntry],
+    open: &'p [&'p ConflictEntry],
 ) -> Merged {
-    let rel = |p: &PairInput| -> &Relation { &relations.relations[p.relation] };
-    let universe: BTreeSet<&FieldName> = pairs.iter().flat_map(|p| rel(p).shared.iter()).collect();
-    // The contact's stored version: when it was not read, the newest link's.
-    let contact_version = match contact {
-        Some(c) => c.version.clone(),
-        None => pairs
-            .iter()
-            .filter_map(|p| p.link)
-            .max_by_key(|l| l.synced_at)
-            .and_then(|l| l.contact_version.clone()),
+    let view = HubView {
+        relations,
+        contact_id,
+        contact,
+        pairs,
+        open,
     };
-    let contact_modified = contact.and_then(|c| c.modified_at);
-
-    let mut contact_changes = Vec::new();
-    let mut account_changes: Vec<Vec<FieldChange>> = vec![Vec::new(); pairs.len()];
-    let mut baselines: Vec<Fields> = vec![Fields::new(); pairs.len()];
-    let mut from_account: Vec<Vec<FieldName>> = vec![Vec::new(); pairs.len()];
-    let mut conflicts = Vec::new();
-    let mut closed = Vec::new();
-    let mut open_manual: BTreeSet<(usize, &FieldName)> = BTreeSet::new();
-
+    let universe: BTreeSet<&FieldName> = pairs
+        .iter()
+        .flat_map(|p| relations.relations[p.relation].shared.iter())
+        .collect();
+    let mut out = HubMerge::new(pairs.len());
     for f in universe {
-        let name = f.as_str();
-        let involved: Vec<usize> = (0..pairs.len())
-            .filter(|&i| rel(&pairs[i]).shared.contains(f))
-            .collect();
-        let base =
-            |i: usize| -> &Value { pairs[i].base.map(|b| b.value(name)).unwrap_or(&Value::Null) };
-        // Values are borrowed from the records and links; only what is written or
-        // remembered is copied.
-        // A side still holding what it held before an intended write did not get it
-        // and was not edited: it stands for the baseline (R18).
-        let account_value = |i: usize| -> &Value {
-            match pairs[i].account {
-                Some(a) => {
-                    let value = a.fields.value(name);
-                    let before = pairs[i].link.and_then(|l| l.intent.as_ref());
-                    match before.and_then(|intent| intent.account_before(name)) {
-                        Some(before) if before == value => base(i),
-                        _ => value,
-                    }
-                }
-                // Not read this run, so unchanged since it was synchronised.
-                None => base(i),
+        view.merge_field(f, &mut out);
+    }
+    view.close_settled(&mut out);
+    view.finish(out)
+}
+
+/// One hub's inputs, as the merge of every field reads them. Values are borrowed from
+/// the records and links; only what is written or remembered is copied.
+struct HubView<'p> {
+    relations: &'p Relations,
+    contact_id: &'p str,
+    contact: Option<&'p Record>,
+    pairs: &'p [PairInput<'p>],
+    open: &'p [&'p ConflictEntry],
+}
+
+/// What the merge of a hub builds, field by field; per pair where it is a `Vec`.
+struct HubMerge {
+    contact_changes: Vec<FieldChange>,
+    account_changes: Vec<Vec<FieldChange>>,
+    baselines: Vec<Fields>,
+    /// Fields each pair's account brought to the contact.
+    from_account: Vec<Vec<FieldName>>,
+    conflicts: Vec<Conflict>,
+    /// Open conflicts of this hub that are settled: (code, contact id, field).
+    closed: Vec<(String, String, String)>,
+    /// (pair, field) whose change waits for a decision (manual policy).
+    open_manual: BTreeSet<(usize, FieldName)>,
+}
+
+impl HubMerge {
+    fn new(pairs: usize) -> HubMerge {
+        HubMerge {
+            contact_changes: Vec::new(),
+            account_changes: vec![Vec::new(); pairs],
+            baselines: vec![Fields::new(); pairs],
+            from_account: vec![Vec::new(); pairs],
+            conflicts: Vec::new(),
+            closed: Vec::new(),
+            open_manual: BTreeSet::new(),
+        }
+    }
+}
+
+/// The value one field ends with, and the pairs whose change to it waits (manual).
+struct Decision<'p> {
+    value: &'p Value,
+    held: Vec<usize>,
+}
+
+impl<'p> HubView<'p> {
+    fn rel(&self, i: usize) -> &'p Relation {
+        &self.relations.relations[self.pairs[i].relation]
+    }
+
+    /// What pair `i`'s sides agreed on last (its baseline), `Null` for a new link.
+    fn base(&self, i: usize, name: &str) -> &'p Value {
+        match self.pairs[i].base {
+            Some(base) => base.value(name),
+            None => &Value::Null,
+        }
+    }
+
+    /// What pair `i`'s account holds; the baseline when it was not read this run (it
+    /// did not change since it was synchronised).
+    fn account_holds(&self, i: usize, name: &str) -> &'p Value {
+        match self.pairs[i].account {
+            Some(a) => a.fields.value(name),
+            None => self.base(i, name),
+        }
+    }
+
+    /// What pair `i`'s account stands for: a side still holding what it held before an
+    /// intended write did not get it and was not edited, so it stands for the baseline
+    /// (R18).
+    fn account_value(&self, i: usize, name: &str) -> &'p Value {
+        let value = self.account_holds(i, name);
+        let intent = self.pairs[i].link.and_then(|l| l.intent.as_ref());
+        match intent.and_then(|intent| intent.account_before(name)) {
+            Some(before) if self.pairs[i].account.is_some() && before == value => {
+                self.base(i, name)
             }
-        };
-        let contact_value: &Value = match contact {
+            _ => value,
+        }
+    }
+
+    /// What the contact stands for (see [`HubView::account_value`]); when it was not
+    /// read, the baseline of its first link.
+    fn contact_value(&self, involved: &[usize], name: &str) -> &'p Value {
+        match self.contact {
             Some(c) => {
                 let value = c.fields.value(name);
+                let intended = |i: &&usize| {
+                    let intent = self.pairs[**i].link.and_then(|l| l.intent.as_ref());
+                    intent.and_then(|intent| intent.contact_before(name)) == Some(value)
+                };
                 involved
                     .iter()
-                    .find(|&&i| {
-                        pairs[i]
-                            .link
-                            .and_then(|l| l.intent.as_ref())
-                            .and_then(|intent| intent.contact_before(name))
-                            == Some(value)
-                    })
-                    .map_or(value, |&i| base(i))
+                    .find(intended)
+                    .map_or(value, |&i| self.base(i, name))
             }
             None => involved
                 .iter()
-                .find(|&&i| pairs[i].base.is_some())
-                .map(|&i| base(i))
-                .unwrap_or(&Value::Null),
-        };
-        let contact_owns = relations.contact_preserve.contains(f);
-        let owner_pairs: Vec<usize> = involved
+                .find(|&&i| self.pairs[i].base.is_some())
+                .map_or(&Value::Null, |&i| self.base(i, name)),
+        }
+    }
+
+    /// The contact's modification time (the `newest` policy).
+    fn contact_modified(&self) -> Option<Timestamp> {
+        self.contact.and_then(|c| c.modified_at)
+    }
+
+    fn account_modified(&self, i: usize) -> Option<Timestamp> {
+        self.pairs[i].account.and_then(|a| a.modified_at)
+    }
+
+    fn merge_field(&self, f: &FieldName, out: &mut HubMerge) {
+        let name = f.as_str();
+        let involved: Vec<usize> = (0..self.pairs.len())
+            .filter(|&i| self.rel(i).shared.contains(f))
+            .collect();
+        let contact_value = self.contact_value(&involved, name);
+        let contact_owns = self.relations.contact_preserve.contains(f);
+        let owner = involved
             .iter()
             .copied()
-            .filter(|&i| rel(&pairs[i]).preserve.contains(f))
-            .collect();
-        let resolution = involved.iter().find_map(|&i| {
-            open.iter()
-                .find(|c| c.code == rel(&pairs[i]).code && c.field == name)
-                .and_then(|c| c.resolution.as_ref())
-                .map(|v| (i, v))
-        });
-        // Pairs whose change to this field waits for a decision (manual policy).
-        let mut held: Vec<usize> = Vec::new();
-
-        let value = if let Some((_, v)) = resolution {
-            for &i in &involved {
-                let code = &rel(&pairs[i]).code;
-                if open.iter().any(|c| &c.code == code && c.field == name) {
-                    closed.push((code.clone(), contact_id.to_owned(), name.to_owned()));
-                }
-                if account_value(i) == v {
-                    from_account[i].push(f.clone());
-                }
+            .find(|&i| self.rel(i).preserve.contains(f));
+        let decision = if let Some(resolved) = self.resolved(f, &involved, out) {
+            Decision {
+                value: resolved,
+                held: Vec::new(),
             }
-            v
         } else if contact_owns {
-            contact_value
-        } else if let Some(&owner) = owner_pairs.first() {
-            // The owner's value wins, but an empty one only when the owner cleared it:
-            // empty values never overwrite filled ones (R4).
-            let a = account_value(owner);
-            if a.is_empty() && base(owner).is_empty() {
-                contact_value
-            } else {
-                if a != contact_value {
-                    from_account[owner].push(f.clone());
-                }
-                a
+            Decision {
+                value: contact_value,
+                held: Vec::new(),
+            }
+        } else if let Some(owner) = owner {
+            Decision {
+                value: self.owners_value(f, owner, contact_value, out),
+                held: Vec::new(),
             }
         } else {
-            // Step 1: the contact and its existing links, a three-way merge.
-            let existing: Vec<usize> = involved
-                .iter()
-                .copied()
-                .filter(|&i| pairs[i].base.is_some())
-                .collect();
-            let contact_changed =
-                contact.is_some() && existing.iter().any(|&i| contact_value != base(i));
-            let mut proposals: Vec<(usize, &Value)> = existing
-                .iter()
-                .map(|&i| (i, account_value(i)))
-                .filter(|(i, v)| *v != base(*i))
-                .collect();
-            let agreed = |proposals: &[(usize, &Value)]| {
-                let mut all = proposals
-                    .iter()
-                    .map(|(_, v)| *v)
-                    .chain(contact_changed.then_some(contact_value));
-                let first = all.next();
-                all.all(|v| Some(v) == first)
-            };
-            if !agreed(&proposals) {
-                // Competing changes: pairs under `manual` step aside and wait.
-                held = proposals
-                    .iter()
-                    .filter(|(i, _)| rel(&pairs[*i]).policy(f) == ConflictPolicy::Manual)
-                    .map(|(i, _)| *i)
-                    .collect();
-                proposals.retain(|(i, _)| !held.contains(i));
-            }
-            let mut value = contact_value;
-            if agreed(&proposals) {
-                if let Some((i, v)) = proposals.first() {
-                    value = v;
-                    for (j, w) in &proposals {
-                        if w == v {
-                            from_account[*j].push(f.clone());
-                        }
-                    }
-                    let _ = i;
-                }
-            } else {
-                let newest = |candidates: &[&(usize, &'p Value)]| -> (usize, &'p Value) {
-                    let mut best = candidates[0];
-                    for c in &candidates[1..] {
-                        let m = pairs[c.0].account.and_then(|a| a.modified_at);
-                        let best_m = pairs[best.0].account.and_then(|a| a.modified_at);
-                        if m > best_m {
-                            best = c;
-                        }
-                    }
-                    *best
-                };
-                let winner = if contact_changed {
-                    let beating: Vec<&(usize, &Value)> = proposals
-                        .iter()
-                        .filter(|(i, v)| {
-                            *v != contact_value
-                                && account_beats_contact(
-                                    rel(&pairs[*i]).policy(f),
-                                    pairs[*i].account.and_then(|a| a.modified_at),
-                                    contact_modified,
-                                )
-                        })
-                        .collect();
-                    if beating.is_empty() {
-                        None
-                    } else {
-                        Some(newest(&beating))
-                    }
-                } else {
-                    Some(newest(&proposals.iter().collect::<Vec<_>>()))
-                };
-                let (winner_name, policy) = match &winner {
-                    Some((i, v)) => {
-                        value = v;
-                        from_account[*i].push(f.clone());
-                        (rel(&pairs[*i]).code.clone(), rel(&pairs[*i]).policy(f))
-                    }
-                    None => (
-                        "contact".to_owned(),
-                        proposals
-                            .first()
-                            .map(|(i, _)| rel(&pairs[*i]).policy(f))
-                            .unwrap_or_default(),
-                    ),
-                };
-                conflicts.push(Conflict {
-                    field: f.clone(),
-                    base: existing
-                        .first()
-                        .map(|&i| base(i).clone())
-                        .unwrap_or(Value::Null),
-                    contact: contact_changed.then(|| contact_value.clone()),
-                    accounts: proposals
-                        .iter()
-                        .map(|(i, v)| {
-                            (
-                                rel(&pairs[*i]).code.clone(),
-                                pairs[*i].account_id.to_owned(),
-                                (*v).clone(),
-                            )
-                        })
-                        .collect(),
-                    policy,
-                    winner: winner_name,
-                    value: value.clone(),
-                });
-            }
-            // Step 2: new links start from the contact's values or the account's (R4);
-            // an empty value never overwrites a filled one.
-            for &i in involved.iter().filter(|&&i| pairs[i].base.is_none()) {
-                let a = account_value(i);
-                let take_account = match rel(&pairs[i]).initial {
-                    InitialSide::Contact => value.is_empty() && !a.is_empty(),
-                    InitialSide::Account => !a.is_empty(),
-                };
-                if take_account && a != value {
-                    value = a;
-                    from_account[i].push(f.clone());
-                }
-            }
-            value
+            let mut decision = self.three_way(f, &involved, contact_value, out);
+            decision.value = self.start_new_links(f, &involved, decision.value, out);
+            decision
         };
-        for &i in &held {
-            open_manual.insert((i, f));
-            conflicts.push(Conflict {
+        for &i in &decision.held {
+            out.open_manual.insert((i, f.clone()));
+            out.conflicts.push(Conflict {
                 field: f.clone(),
-                base: base(i).clone(),
-                contact: Some(value.clone()),
+                base: self.base(i, name).clone(),
+                contact: Some(decision.value.clone()),
                 accounts: vec![(
-                    rel(&pairs[i]).code.clone(),
-                    pairs[i].account_id.to_owned(),
-                    account_value(i).clone(),
+                    self.rel(i).code.clone(),
+                    self.pairs[i].account_id.to_owned(),
+                    self.account_value(i, name).clone(),
                 )],
                 policy: ConflictPolicy::Manual,
                 winner: "manual".to_owned(),
-                value: value.clone(),
+                value: decision.value.clone(),
             });
         }
+        self.record(f, &involved, &decision, contact_owns, out);
+    }
 
-        // Writes compare with what the sides hold, not with what they stand for.
-        let contact_holds = contact.map_or(contact_value, |c| c.fields.value(name));
+    /// A decision an operator took on an open conflict (`tandem conflicts resolve`).
+    fn resolved(&self, f: &FieldName, involved: &[usize], out: &mut HubMerge) -> Option<&'p Value> {
+        let name = f.as_str();
+        let value = involved.iter().find_map(|&i| {
+            self.open
+                .iter()
+                .find(|c| c.code == self.rel(i).code && c.field == name)
+                .and_then(|c| c.resolution.as_ref())
+        })?;
+        for &i in involved {
+            let code = &self.rel(i).code;
+            if self.open.iter().any(|c| &c.code == code && c.field == name) {
+                let closed = (code.clone(), self.contact_id.to_owned(), name.to_owned());
+                out.closed.push(closed);
+            }
+            if self.account_value(i, name) == value {
+                out.from_account[i].push(f.clone());
+            }
+        }
+        Some(value)
+    }
+
+    /// Preserve lists make a side the owner of a field (R8): its value wins, but an
+    /// empty one only when the owner cleared it (empty values never overwrite filled
+    /// ones, R4).
+    fn owners_value(
+        &self,
+        f: &FieldName,
+        owner: usize,
+        contact_value: &'p Value,
+        out: &mut HubMerge,
+    ) -> &'p Value {
+        let a = self.account_value(owner, f.as_str());
+        if a.is_empty() && self.base(owner, f.as_str()).is_empty() {
+            return contact_value;
+        }
+        if a != contact_value {
+            out.from_account[owner].push(f.clone());
+        }
+        a
+    }
+
+    /// The contact and its existing links, a three-way merge against each baseline
+    /// (R14): one change wins outright; the same change everywhere is no conflict;
+    /// competing changes are settled by the policy (R15), or wait (manual).
+    fn three_way(
+        &self,
+        f: &FieldName,
+        involved: &[usize],
+        contact_value: &'p Value,
+        out: &mut HubMerge,
+    ) -> Decision<'p> {
+        let name = f.as_str();
+        let existing: Vec<usize> = involved
+            .iter()
+            .copied()
+            .filter(|&i| self.pairs[i].base.is_some())
+            .collect();
+        let contact_changed = self.contact.is_some()
+            && existing
+                .iter()
+                .any(|&i| contact_value != self.base(i, name));
+        let mut proposals: Vec<(usize, &'p Value)> = existing
+            .iter()
+            .map(|&i| (i, self.account_value(i, name)))
+            .filter(|(i, v)| *v != self.base(*i, name))
+            .collect();
+        let agreed = |proposals: &[(usize, &Value)]| {
+            let mut all = proposals
+                .iter()
+                .map(|(_, v)| *v)
+                .chain(contact_changed.then_some(contact_value));
+            let first = all.next();
+            all.all(|v| Some(v) == first)
+        };
+        let mut held = Vec::new();
+        if !agreed(&proposals) {
+            // Competing changes: pairs under `manual` step aside and wait.
+            held = proposals
+                .iter()
+                .filter(|(i, _)| self.rel(*i).policy(f) == ConflictPolicy::Manual)
+                .map(|(i, _)| *i)
+                .collect();
+            proposals.retain(|(i, _)| !held.contains(i));
+        }
+        let value = if agreed(&proposals) {
+            match proposals.first() {
+                Some(&(_, v)) => {
+                    for (j, w) in &proposals {
+                        if *w == v {
+                            out.from_account[*j].push(f.clone());
+                        }
+                    }
+                    v
+                }
+                None => contact_value,
+            }
+        } else {
+            let base = existing
+                .first()
+                .map_or(&Value::Null, |&i| self.base(i, name));
+            let changes = Competing {
+                base,
+                contact: contact_changed.then_some(contact_value),
+                proposals,
+            };
+            self.settle_competing(f, contact_value, &changes, out)
+        };
+        Decision { value, held }
+    }
+
+    /// Competing changes that do not wait: the policy picks the winner (R15); the
+    /// conflict is logged either way.
+    fn settle_competing(
+        &self,
+        f: &FieldName,
+        contact_value: &'p Value,
+        changes: &Competing<'p>,
+        out: &mut HubMerge,
+    ) -> &'p Value {
+        let proposals = &changes.proposals;
+        let newest = |candidates: &[&(usize, &'p Value)]| -> (usize, &'p Value) {
+            let mut best = candidates[0];
+            for c in &candidates[1..] {
+                if self.account_modified(c.0) > self.account_modified(best.0) {
+                    best = c;
+                }
+            }
+            *best
+        };
+        let winner = if changes.contact.is_some() {
+            let beating: Vec<&(usize, &Value)> = proposals
+                .iter()
+                .filter(|(i, v)| {
+                    *v != contact_value
+                        && account_beats_contact(
+                            self.rel(*i).policy(f),
+                            self.account_modified(*i),
+                            self.contact_modified(),
+                        )
+                })
+                .collect();
+            (!beating.is_empty()).then(|| newest(&beating))
+        } else {
+            Some(newest(&proposals.iter().collect::<Vec<_>>()))
+        };
+        let (value, winner_name, policy) = match winner {
+            Some((i, v)) => {
+                out.from_account[i].push(f.clone());
+                (v, self.rel(i).code.clone(), self.rel(i).policy(f))
+            }
+            None => {
+                let policy = proposals
+                    .first()
+                    .map(|(i, _)| self.rel(*i).policy(f))
+                    .unwrap_or_default();
+                (contact_value, "contact".to_owned(), policy)
+            }
+        };
+        out.conflicts.push(Conflict {
+            field: f.clone(),
+            base: changes.base.clone(),
+            contact: changes.contact.cloned(),
+            accounts: proposals
+                .iter()
+                .map(|(i, v)| {
+                    let code = self.rel(*i).code.clone();
+                    (code, self.pairs[*i].account_id.to_owned(), (*v).clone())
+                })
+                .collect(),
+            policy,
+            winner: winner_name,
+            value: value.clone(),
+        });
+        value
+    }
+
+    /// New links start from the contact's values or the account's (R4's `initial`); an
+    /// empty value never overwrites a filled one.
+    fn start_new_links(
+        &self,
+        f: &FieldName,
+        involved: &[usize],
+        mut value: &'p Value,
+        out: &mut HubMerge,
+    ) -> &'p Value {
+        for &i in involved.iter().filter(|&&i| self.pairs[i].base.is_none()) {
+            let a = self.account_value(i, f.as_str());
+            let take_account = match self.rel(i).initial {
+                InitialSide::Contact => value.is_empty() && !a.is_empty(),
+                InitialSide::Account => !a.is_empty(),
+            };
+            if take_account && a != value {
+                value = a;
+                out.from_account[i].push(f.clone());
+            }
+        }
+        value
+    }
+
+    /// The writes the decision needs (compared with what the sides hold, not with
+    /// what they stand for) and each pair's new baseline.
+    fn record(
+        &self,
+        f: &FieldName,
+        involved: &[usize],
+        decision: &Decision<'p>,
+        contact_owns: bool,
+        out: &mut HubMerge,
+    ) {
+        let name = f.as_str();
+        let value = decision.value;
+        let contact_holds = match self.contact {
+            Some(c) => c.fields.value(name),
+            None => self.contact_value(involved, name),
+        };
         if !contact_owns && value != contact_holds {
-            contact_changes.push(FieldChange {
+            out.contact_changes.push(FieldChange {
                 field: f.clone(),
                 old: contact_holds.clone(),
                 new: value.clone(),
             });
         }
-        for &i in &involved {
-            let a = pairs[i].account.map_or(base(i), |a| a.fields.value(name));
-            let owns = owner_pairs.contains(&i);
-            let waits = held.contains(&i);
+        for &i in involved {
+            let a = self.account_holds(i, name);
+            let owns = self.rel(i).preserve.contains(f);
+            let waits = decision.held.contains(&i);
             if !owns && !waits && value != a {
-                account_changes[i].push(FieldChange {
+                out.account_changes[i].push(FieldChange {
                     field: f.clone(),
                     old: a.clone(),
                     new: value.clone(),
                 });
             }
             // A waiting field keeps its old baseline, so the conflict stays visible.
-            let new_base = if waits {
-                base(i)
-            } else if owns {
-                a
-            } else {
-                value
+            let new_base = match (waits, owns) {
+                (true, _) => self.base(i, name),
+                (false, true) => a,
+                (false, false) => value,
             };
             // Baselines are built in name order: an append, not an insert.
-            baselines[i].set(f.clone(), new_base.clone());
+            out.baselines[i].set(f.clone(), new_base.clone());
         }
     }
-    // Open manual conflicts that did not come up again are settled by themselves.
-    for entry in open.iter().filter(|c| c.resolution.is_none()) {
-        let still_open = open_manual
-            .iter()
-            .any(|(i, f)| rel(&pairs[*i]).code == entry.code && f.as_str() == entry.field);
-        let in_hub = pairs.iter().any(|p| rel(p).code == entry.code);
-        if in_hub && !still_open {
-            closed.push((
-                entry.code.clone(),
-                contact_id.to_owned(),
-                entry.field.clone(),
-            ));
-        }
-    }
-    closed.sort();
 
-    // What the plan keeps is held until the run ends, for every hub of the run: it is
-    // sized to what it holds, not to what pushing one by one grew it to (on a big run,
-    // fresh memory is a large part of planning's time).
-    contact_changes.shrink_to_fit();
-    conflicts.shrink_to_fit();
-    let mut out_pairs = Vec::with_capacity(pairs.len());
-    for (i, p) in pairs.iter().enumerate() {
-        let mut changes = std::mem::take(&mut account_changes[i]);
+    /// Open manual conflicts that did not come up again are settled by themselves.
+    fn close_settled(&self, out: &mut HubMerge) {
+        for entry in self.open.iter().filter(|c| c.resolution.is_none()) {
+            let still_open = out
+                .open_manual
+                .iter()
+                .any(|(i, f)| self.rel(*i).code == entry.code && f.as_str() == entry.field);
+            let in_hub = (0..self.pairs.len()).any(|i| self.rel(i).code == entry.code);
+            if in_hub && !still_open {
+                out.closed.push((
+                    entry.code.clone(),
+                    self.contact_id.to_owned(),
+                    entry.field.clone(),
+                ));
+            }
+        }
+        out.closed.sort();
+    }
+
+    /// The contact's stored version: when it was not read, the newest link's.
+    fn contact_version(&self) -> Option<String> {
+        match self.contact {
+            Some(c) => c.version.clone(),
+            None => self
+                .pairs
+                .iter()
+                .filter_map(|p| p.link)
+                .max_by_key(|l| l.synced_at)
+                .and_then(|l| l.contact_version.clone()),
+        }
+    }
+
+    /// The hub's plan. What the plan keeps is held until the run ends, for every hub of
+    /// the run: it is sized to what it holds, not to what pushing one by one grew it to
+    /// (on a big run, fresh memory is a large part of planning's time).
+    fn finish(&self, mut out: HubMerge) -> Merged {
+        out.contact_changes.shrink_to_fit();
+        out.conflicts.shrink_to_fit();
+        let contact_version = self.contact_version();
+        let pairs: Vec<PairPlan> = (0..self.pairs.len())
+            .filter_map(|i| self.pair_plan(i, &mut out, &contact_version))
+            .collect();
+        let hub =
+            (!pairs.is_empty() || !out.contact_changes.is_empty() || !out.conflicts.is_empty())
+                .then(|| HubPlan {
+                    contact_id: self.contact_id.to_owned(),
+                    contact_version,
+                    contact_changes: out.contact_changes,
+                    pairs,
+                    conflicts: out.conflicts,
+                    contact_after_hash: None,
+                    other_links: Vec::new(),
+                });
+        Merged {
+            hub,
+            closed: out.closed,
+        }
+    }
+
+    /// Pair `i`'s plan; `None` when nothing about it changes.
+    fn pair_plan(
+        &self,
+        i: usize,
+        out: &mut HubMerge,
+        contact_version: &Option<String>,
+    ) -> Option<PairPlan> {
+        let p = &self.pairs[i];
+        let mut changes = std::mem::take(&mut out.account_changes[i]);
         changes.shrink_to_fit();
-        let mut brought: Vec<FieldName> = std::mem::take(&mut from_account[i])
+        let mut brought: Vec<FieldName> = std::mem::take(&mut out.from_account[i])
             .into_iter()
-            .filter(|f| contact_changes.iter().any(|c| &c.field == f))
+            .filter(|f| out.contact_changes.iter().any(|c| &c.field == f))
             .collect();
         brought.shrink_to_fit();
         let updated = !changes.is_empty() || !brought.is_empty();
@@ -457,17 +646,17 @@ pub(super) fn merge_hub<'p>(
             Some(a) => a.version.clone(),
             None => p.link.and_then(|l| l.account_version.clone()),
         };
-        let mut baseline = std::mem::take(&mut baselines[i]);
+        let mut baseline = std::mem::take(&mut out.baselines[i]);
         baseline.shrink_to_fit();
         let unchanged_link = p.link.is_some_and(|l| {
             l.baseline == baseline
                 && l.account_version == account_version
-                && (contact.is_none() || l.contact_version == contact_version)
+                && (self.contact.is_none() || &l.contact_version == contact_version)
                 && l.failure_count == 0
                 && l.intent.is_none()
         });
-        if p.new_link.is_none() && !updated && contact_changes.is_empty() && unchanged_link {
-            continue;
+        if p.new_link.is_none() && !updated && out.contact_changes.is_empty() && unchanged_link {
+            return None;
         }
         let account_after_hash = p.account.map(|a| {
             let mut fields = a.fields.clone();
@@ -476,20 +665,9 @@ pub(super) fn merge_hub<'p>(
             }
             fields.content_hash()
         });
-        let intent = Intent {
-            contact: contact_changes
-                .iter()
-                .filter(|c| rel(p).shared.contains(&c.field))
-                .map(|c| (c.field.clone(), c.old.clone()))
-                .collect(),
-            account: changes
-                .iter()
-                .map(|c| (c.field.clone(), c.old.clone()))
-                .collect(),
-        };
-        let intent = (!intent.contact.is_empty() || !intent.account.is_empty()).then_some(intent);
-        out_pairs.push(PairPlan {
-            code: rel(p).code.clone(),
+        let intent = pair_intent(self.rel(i), &out.contact_changes, &changes);
+        Some(PairPlan {
+            code: self.rel(i).code.clone(),
             relation: p.relation,
             account_id: p.account_id.to_owned(),
             account_version,
@@ -501,20 +679,38 @@ pub(super) fn merge_hub<'p>(
             previous: p.link.cloned().map(Box::new),
             account_after_hash,
             intent,
-        });
+        })
     }
-    let hub = (!out_pairs.is_empty() || !contact_changes.is_empty() || !conflicts.is_empty()).then(
-        || HubPlan {
-            contact_id: contact_id.to_owned(),
-            contact_version,
-            contact_changes,
-            pairs: out_pairs,
-            conflicts,
-            contact_after_hash: None,
-            other_links: Vec::new(),
-        },
-    );
-    Merged { hub, closed }
+}
+
+/// Competing changes of one field since the baseline.
+struct Competing<'p> {
+    base: &'p Value,
+    /// The contact's value, when the contact changed the field.
+    contact: Option<&'p Value>,
+    /// (pair, value) of each account that changed it and does not wait.
+    proposals: Vec<(usize, &'p Value)>,
+}
+
+/// What the run writes to a pair, stored before the writes (R18): the value each side
+/// held before, per field written there; `None` when it writes nothing.
+fn pair_intent(
+    relation: &Relation,
+    contact_changes: &[FieldChange],
+    account_changes: &[FieldChange],
+) -> Option<Intent> {
+    let intent = Intent {
+        contact: contact_changes
+            .iter()
+            .filter(|c| relation.shared.contains(&c.field))
+            .map(|c| (c.field.clone(), c.old.clone()))
+            .collect(),
+        account: account_changes
+            .iter()
+            .map(|c| (c.field.clone(), c.old.clone()))
+            .collect(),
+    };
+    (!intent.contact.is_empty() || !intent.account.is_empty()).then_some(intent)
 }
 
 pub(super) fn account_beats_contact(
