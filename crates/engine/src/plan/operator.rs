@@ -2,113 +2,120 @@
 
 use super::*;
 
+/// A link to make: (code, contact id, account id, how).
+type Wanted = (String, String, String, NewLink);
+
 impl<'a> Planner<'a> {
     /// `tandem link <CODE> <contact> <account>` (R4, explicitly), and links whose first
-    /// sync failed in an earlier run, tried again (R17).
+    /// sync failed in an earlier run (remembered the old way), tried again (R17).
     pub(super) fn operator_links(&mut self) {
+        self.refuse_unconfigured_creates();
         let input = self.input;
-        for (code, _) in &input.directives.create {
-            if self.relations.index_of(code).is_none() {
-                let contact = input
-                    .directives
-                    .create
-                    .iter()
-                    .find(|(c, _)| c == code)
-                    .map(|(_, k)| k.clone())
-                    .unwrap_or_default();
-                self.reject(
-                    code,
-                    &contact,
-                    format!("no relation `{code}` is configured"),
-                );
-            }
-        }
-        let retried: Vec<(String, String, String, NewLink)> = input
-            .pending
-            .iter()
-            .filter(|p| p.side == PENDING_LINK && !p.parked)
-            .filter_map(|p| {
-                let account = p.fields.text("account_id")?.to_owned();
-                let how = match p.fields.text("by") {
-                    Some("operator") => NewLink::Operator,
-                    _ => NewLink::Match {
-                        tier: p
-                            .fields
-                            .text("tier")
-                            .and_then(|t| t.parse().ok())
-                            .unwrap_or(0),
-                    },
-                };
-                Some((p.code.clone(), p.source_id.clone(), account, how))
-            })
-            .collect();
         let requested = input
             .directives
             .link
             .iter()
             .map(|(code, contact, account)| {
-                (
-                    code.clone(),
-                    contact.clone(),
-                    account.clone(),
-                    NewLink::Operator,
-                )
+                let how = NewLink::Operator;
+                (code.clone(), contact.clone(), account.clone(), how)
             });
         let directives = input.directives.link.len();
-        for (n, (code, contact_id, account_id, how)) in requested.chain(retried).enumerate() {
+        let wanted: Vec<Wanted> = requested.chain(retried_links(input)).collect();
+        for (n, (code, contact_id, account_id, how)) in wanted.into_iter().enumerate() {
             let by_operator = n < directives;
-            let Some(r) = self.relations.index_of(&code) else {
-                if by_operator {
-                    self.reject(
-                        &code,
-                        &contact_id,
-                        format!("no relation `{code}` is configured"),
-                    );
-                }
-                continue;
-            };
-            let kind = self.relations.relations[r].kind;
-            let error = match (
-                input.contacts.get_key_value(&contact_id),
-                self.accounts(r).records.get_key_value(&account_id),
-            ) {
-                (None, _) => Some(format!("contact {contact_id} not found")),
-                (_, None) => Some(format!("{kind} {account_id} not found")),
-                (Some((_, c)), _) if !may_hold(c, kind) => {
-                    Some(match c.fields.text(field::COMPANY_ID) {
-                        Some(company) => format!(
-                            "contact {contact_id} is a person of company {company}: link the company, which holds the relation (R3)"
-                        ),
-                        None => format!(
-                            "contact {contact_id} is a person without a company; {kind}s need a company contact (R3)"
-                        ),
-                    })
-                }
-                (Some(_), Some(_)) if self.is_linked(r, &contact_id) => Some(format!(
-                    "contact {contact_id} already has a {code} link (R2); unlink it first"
-                )),
-                (Some(_), Some(_)) if self.linked_accounts[r].contains(account_id.as_str()) => {
-                    Some(format!(
-                        "{kind} {account_id} already belongs to another contact (R2); unlink it first"
-                    ))
-                }
-                (Some((c, _)), Some((a, _))) => {
-                    self.linked_accounts[r].insert(a);
-                    self.new_links.entry(c).or_default().push((r, a, how));
-                    self.plan.counts[r].linked += 1;
-                    None
-                }
+            let error = match self.relations.index_of(&code) {
+                None if by_operator => Some(format!("no relation `{code}` is configured")),
+                None => continue,
+                Some(r) => self.link_by_hand(r, &contact_id, &account_id, how),
             };
             match error {
                 Some(error) if by_operator => self.reject(&code, &contact_id, error),
                 // A retried link that no longer makes sense is dropped; matching decides anew.
-                Some(_) => self.plan.done_pending.push((
-                    code.clone(),
-                    PENDING_LINK.to_owned(),
-                    contact_id.clone(),
-                )),
+                Some(_) => {
+                    let key = (code, PENDING_LINK.to_owned(), contact_id);
+                    self.plan.done_pending.push(key);
+                }
                 None => {}
             }
         }
     }
+
+    fn refuse_unconfigured_creates(&mut self) {
+        for (code, contact) in &self.input.directives.create {
+            if self.relations.index_of(code).is_none() {
+                let error = format!("no relation `{code}` is configured");
+                self.reject(code, contact, error);
+            }
+        }
+    }
+
+    /// Links `contact_id` to `account_id` under relation `r`; the reason when it cannot
+    /// (R2, R3, a record not found).
+    fn link_by_hand(
+        &mut self,
+        r: usize,
+        contact_id: &str,
+        account_id: &str,
+        how: NewLink,
+    ) -> Option<String> {
+        let (code, kind) = (
+            &self.relations.relations[r].code,
+            self.relations.relations[r].kind,
+        );
+        let contact = self.input.contacts.get_key_value(contact_id);
+        let account = self.accounts(r).records.get_key_value(account_id);
+        let (Some((c, contact)), Some((a, _))) = (contact, account) else {
+            return Some(match contact {
+                None => format!("contact {contact_id} not found"),
+                Some(_) => format!("{kind} {account_id} not found"),
+            });
+        };
+        if !may_hold(contact, kind) {
+            return Some(match contact.fields.text(field::COMPANY_ID) {
+                Some(company) => format!(
+                    "contact {contact_id} is a person of company {company}: link the company, which holds the relation (R3)"
+                ),
+                None => format!(
+                    "contact {contact_id} is a person without a company; {kind}s need a company contact (R3)"
+                ),
+            });
+        }
+        if self.is_linked(r, contact_id) {
+            return Some(format!(
+                "contact {contact_id} already has a {code} link (R2); unlink it first"
+            ));
+        }
+        if self.linked_accounts[r].contains(account_id) {
+            return Some(format!(
+                "{kind} {account_id} already belongs to another contact (R2); unlink it first"
+            ));
+        }
+        self.linked_accounts[r].insert(a);
+        self.new_links.entry(c).or_default().push((r, a, how));
+        self.plan.counts[r].linked += 1;
+        None
+    }
+}
+
+/// Links whose first sync failed in a run before links were stored with their intent
+/// (pending rows of side `link`), tried again.
+fn retried_links(input: &PlanInput) -> impl Iterator<Item = Wanted> + '_ {
+    input
+        .pending
+        .iter()
+        .filter(|p| p.side == PENDING_LINK && !p.parked)
+        .filter_map(|p| {
+            let account = p.fields.text("account_id")?.to_owned();
+            let how = match p.fields.text("by") {
+                Some("operator") => NewLink::Operator,
+                _ => NewLink::Match {
+                    tier: p
+                        .fields
+                        .text("tier")
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0),
+                },
+            };
+            Some((p.code.clone(), p.source_id.clone(), account, how))
+        })
 }
