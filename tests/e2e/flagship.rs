@@ -15,7 +15,7 @@ use tandem_model::{EntityKind, FieldName, Fields, Record, Value, field};
 use crate::support::{Deployment, counts, stderr, stdout};
 use crate::tryton::{BANK_FIELDS, PARTY_FIELDS, Tryton, be_vat};
 
-fn config(book: &str, cards: &CardServer, server: &TrytonServer) -> String {
+pub(crate) fn config(book: &str, cards: &CardServer, server: &TrytonServer) -> String {
     let settings = cards.settings(book);
     format!(
         r#"
@@ -65,13 +65,13 @@ fields = {BANK_FIELDS}
 }
 
 /// The address book, through the CardDAV connector.
-struct Book {
-    rt: tokio::runtime::Runtime,
-    connector: CarddavConnector,
+pub(crate) struct Book {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) connector: CarddavConnector,
 }
 
 impl Book {
-    fn write(&self, op: WriteOp) -> String {
+    pub(crate) fn write(&self, op: WriteOp) -> String {
         self.rt
             .block_on(self.connector.write(EntityKind::Contact, vec![op]))
             .unwrap()
@@ -80,11 +80,11 @@ impl Book {
             .id
     }
 
-    fn create(&self, fields: Fields) -> String {
+    pub(crate) fn create(&self, fields: Fields) -> String {
         self.write(WriteOp::Create { fields })
     }
 
-    fn update(&self, id: &str, changes: &[(&str, &str)]) {
+    pub(crate) fn update(&self, id: &str, changes: &[(&str, &str)]) {
         let changes: Changes = changes
             .iter()
             .map(|(k, v)| (FieldName::from(*k), Value::from(*v)))
@@ -96,7 +96,7 @@ impl Book {
         });
     }
 
-    fn delete(&self, id: &str) {
+    pub(crate) fn delete(&self, id: &str) {
         self.write(WriteOp::Delete {
             id: id.into(),
             version: None,
@@ -104,7 +104,7 @@ impl Book {
     }
 
     /// Every card, by a full listing.
-    fn all(&self) -> Vec<Record> {
+    pub(crate) fn all(&self) -> Vec<Record> {
         let page = self
             .rt
             .block_on(self.connector.read(EntityKind::Contact, None))
@@ -113,32 +113,32 @@ impl Book {
         page.records
     }
 
-    fn card(&self, id: &str) -> Option<Fields> {
+    pub(crate) fn card(&self, id: &str) -> Option<Fields> {
         self.all()
             .into_iter()
             .find(|r| r.id == id)
             .map(|r| r.fields)
     }
 
-    fn by_name(&self, name: &str) -> Option<Record> {
+    pub(crate) fn by_name(&self, name: &str) -> Option<Record> {
         self.all()
             .into_iter()
             .find(|r| r.fields.get(field::NAME).map(Value::to_string).as_deref() == Some(name))
     }
 
     /// (id, version) of every card: what a run that writes nothing leaves unchanged.
-    fn versions(&self) -> Vec<(String, Option<String>)> {
+    pub(crate) fn versions(&self) -> Vec<(String, Option<String>)> {
         let mut v: Vec<_> = self.all().into_iter().map(|r| (r.id, r.version)).collect();
         v.sort();
         v
     }
 }
 
-fn text(f: &Fields, name: &str) -> Option<String> {
+pub(crate) fn text(f: &Fields, name: &str) -> Option<String> {
     f.get(name).map(Value::to_string)
 }
 
-fn relations(f: &Fields) -> Vec<String> {
+pub(crate) fn relations(f: &Fields) -> Vec<String> {
     match f.get(field::BUSINESS_RELATIONS) {
         Some(Value::List(l)) => l.clone(),
         Some(v) => v.to_string().split(';').map(str::to_owned).collect(),
@@ -146,21 +146,26 @@ fn relations(f: &Fields) -> Vec<String> {
     }
 }
 
-fn company(name: &str) -> Fields {
+pub(crate) fn company(name: &str) -> Fields {
     Fields::new()
         .with(field::CONTACT_TYPE, "company")
         .with(field::NAME, name)
 }
 
-struct Run<'a> {
-    d: Deployment,
-    cards: &'a CardServer,
-    server: &'a TrytonServer,
-    card_password: String,
+pub(crate) struct Run<'a> {
+    pub(crate) d: Deployment,
+    pub(crate) cards: &'a CardServer,
+    pub(crate) server: &'a TrytonServer,
+    pub(crate) card_password: String,
 }
 
 impl Run<'_> {
-    fn tandem(&self, args: &[&str]) -> Json {
+    pub(crate) fn tandem(&self, args: &[&str]) -> Json {
+        self.tandem_exit(args, 0)
+    }
+
+    /// `tandem --json <args>`, which must exit with `code`; its JSON output.
+    pub(crate) fn tandem_exit(&self, args: &[&str], code: i32) -> Json {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.d.tandem_env(
@@ -171,8 +176,8 @@ impl Run<'_> {
             ],
         );
         assert!(
-            out.status.success(),
-            "tandem {args:?} failed ({:?}):\n{}{}\nradicale:\n{}\ntrytond:\n{}",
+            out.status.code() == Some(code),
+            "tandem {args:?} did not exit with {code} ({:?}):\n{}{}\nradicale:\n{}\ntrytond:\n{}",
             out.status.code(),
             stdout(&out),
             stderr(&out),
@@ -188,13 +193,13 @@ impl Run<'_> {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn sync(&self) -> Json {
+    pub(crate) fn sync(&self) -> Json {
         let report = self.tandem(&["sync"]);
         assert_eq!(report["failures"], json!([]), "{report}");
         report
     }
 
-    fn link(&self, code: &str, contact: &str) -> Option<String> {
+    pub(crate) fn link(&self, code: &str, contact: &str) -> Option<String> {
         self.d
             .links()
             .into_iter()

@@ -11,6 +11,8 @@ mod config;
 mod crash;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod flagship;
+#[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
+mod flagship_byid;
 mod guard;
 mod operator;
 mod plugin;

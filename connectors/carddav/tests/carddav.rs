@@ -240,6 +240,88 @@ async fn token_resumes_and_bad_token_falls_back(flavor: Flavor) {
     assert_eq!(full.records.len(), 2);
 }
 
+/// `read_ids` asks in `addressbook-multiget` batches; cards the server does not have
+/// (unknown, deleted, not a member name) are left out, the others equal the listing.
+async fn read_ids_multigets_in_batches(flavor: Flavor) {
+    let Some(server) = CardServer::start(flavor) else {
+        return;
+    };
+    let book = server.new_book("byid").await;
+    let c = build(&server, &book);
+    let mut real = Vec::new();
+    for name in ["A", "B", "C", "Gone"] {
+        real.push(
+            create(
+                c.as_ref(),
+                Fields::new()
+                    .with(field::NAME, name)
+                    .with(field::CITY, "Gent"),
+            )
+            .await,
+        );
+    }
+    let (gone, gone_version) = real.pop().unwrap();
+    c.write(
+        EntityKind::Contact,
+        vec![WriteOp::Delete {
+            id: gone.clone(),
+            version: Some(gone_version),
+        }],
+    )
+    .await
+    .unwrap()[0]
+        .clone()
+        .unwrap();
+    // More than two batches of ids, the real ones spread over them.
+    let unknown: Vec<String> = (0..2 * tandem_connector_carddav::MULTIGET_BATCH + 10)
+        .map(|i| format!("no-such-card-{i}.vcf"))
+        .collect();
+    let mut ids: Vec<&str> = unknown.iter().map(String::as_str).collect();
+    ids.insert(0, &real[0].0);
+    ids.insert(tandem_connector_carddav::MULTIGET_BATCH + 3, &real[1].0);
+    ids.push(&real[2].0);
+    ids.push(&real[2].0);
+    ids.push(&gone);
+    ids.push("a/b.vcf");
+    ids.push("");
+    let found = c.read_ids(EntityKind::Contact, &ids).await.unwrap();
+    let listing = c.read(EntityKind::Contact, None).await.unwrap();
+    assert_eq!(listing.records.len(), 3);
+    let mut got: Vec<_> = found
+        .iter()
+        .map(|r| (r.id.clone(), r.version.clone(), r.fields.clone()))
+        .collect();
+    let mut want: Vec<_> = listing
+        .records
+        .iter()
+        .map(|r| (r.id.clone(), r.version.clone(), r.fields.clone()))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, want);
+    assert!(
+        c.read_ids(EntityKind::Contact, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        c.read_ids(EntityKind::Customer, &[real[0].0.as_str()])
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_ids_on_radicale() {
+    read_ids_multigets_in_batches(Flavor::Radicale).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_ids_on_xandikos() {
+    read_ids_multigets_in_batches(Flavor::Xandikos).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_on_radicale() {
     token_resumes_and_bad_token_falls_back(Flavor::Radicale).await;
@@ -277,6 +359,15 @@ async fn an_unparseable_card_is_skipped_with_its_href_and_retried() {
             .iter()
             .map(|r| r.id.as_str())
             .collect::<Vec<_>>(),
+        [good.as_str()]
+    );
+    // read_ids leaves it out too, and still returns the good one.
+    let by_id = c
+        .read_ids(EntityKind::Contact, &["bad-1.vcf", good.as_str()])
+        .await
+        .unwrap();
+    assert_eq!(
+        by_id.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         [good.as_str()]
     );
     let skipped = c.skipped();

@@ -284,7 +284,7 @@ impl TrytonConnector {
     }
 
     /// Reads the records `ids` of `kind` (those that are still of the kind), in chunks.
-    async fn read_ids(
+    async fn read_rows(
         &self,
         kind: EntityKind,
         base: &[Json],
@@ -390,7 +390,7 @@ impl TrytonConnector {
             wanted.extend(self.search_ids(kind, domain).await?);
         }
         let wanted: Vec<i64> = wanted.into_iter().collect();
-        let rows = self.read_ids(kind, &base, &wanted).await?;
+        let rows = self.read_rows(kind, &base, &wanted).await?;
         let mut next = State {
             ids: now.clone(),
             newest: prev.newest,
@@ -487,7 +487,7 @@ impl TrytonConnector {
             return Ok(HashMap::new());
         };
         Ok(self
-            .read_ids(kind, &base, ids)
+            .read_rows(kind, &base, ids)
             .await?
             .into_iter()
             .filter_map(|raw| Some((raw.get("id")?.as_i64()?, raw)))
@@ -501,7 +501,7 @@ impl TrytonConnector {
     ) -> Result<HashMap<i64, Written>, ConnectorError> {
         let mut out = HashMap::new();
         let base = self.domain(kind).await?.unwrap_or_default();
-        for raw in self.read_ids(kind, &base, ids).await? {
+        for raw in self.read_rows(kind, &base, ids).await? {
             let record = Self::to_record(kind, &raw);
             if let Ok(id) = record.id.parse() {
                 out.insert(
@@ -965,6 +965,38 @@ impl Connector for TrytonConnector {
             Some(s) if s.is_paging() => self.full_page(kind, s).await,
             Some(s) => self.changes(kind, s).await,
         }
+    }
+
+    /// One `search_read` per `batch_size` ids, with the kind's domain: an id that is not
+    /// a number, does not exist, is inactive (deleted) or lacks the kind's category is
+    /// left out, as a full listing would leave it out.
+    async fn read_ids(
+        &self,
+        kind: EntityKind,
+        ids: &[&str],
+    ) -> Result<Vec<Record>, ConnectorError> {
+        if kind == EntityKind::Contact {
+            return Err(unheld(kind));
+        }
+        let ids: Vec<i64> = ids
+            .iter()
+            .filter_map(|id| id.trim().parse::<i64>().ok())
+            .filter(|id| *id > 0)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(base) = self.domain(kind).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .read_rows(kind, &base, &ids)
+            .await?
+            .iter()
+            .map(|raw| Self::to_record(kind, raw))
+            .collect())
     }
 
     async fn write(

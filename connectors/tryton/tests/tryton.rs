@@ -6,7 +6,7 @@ use serde_json::{Value as Json, json};
 use tandem_connector::testkit::{Options, UnknownField, check_conformance};
 use tandem_connector::{BuildContext, Connector, ConnectorFactory, Listing, WriteOp};
 use tandem_connector_tryton::testsupport::TrytonServer;
-use tandem_connector_tryton::{Client, Secret, TrytonConnectorFactory};
+use tandem_connector_tryton::{Client, Secret, Settings, TrytonConnector, TrytonConnectorFactory};
 use tandem_model::{EntityKind, Fields, Value, field};
 
 fn connector(server: &TrytonServer, batch: usize) -> std::sync::Arc<dyn Connector> {
@@ -188,6 +188,7 @@ async fn the_tryton_connector_conforms() {
             "stale_version",
             "unknown_fields",
             "invalid_field",
+            "read_ids",
             "changes",
             "cursor",
             "delete",
@@ -217,6 +218,127 @@ async fn full(
             return (records, cursor.unwrap());
         }
     }
+}
+
+/// `read_ids` reads by id with the kind's domain, `batch_size` ids per call: parties
+/// without the kind's category, deactivated parties, unknown ids and ids that are no
+/// number are left out; what it returns equals the full listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ids_reads_only_records_of_the_kind() {
+    let Some(server) = TrytonServer::start() else {
+        return;
+    };
+    let rpc = client(&server);
+    let mut settings = server.settings();
+    settings["batch_size"] = json!(2);
+    let connector =
+        TrytonConnector::new(serde_json::from_value::<Settings>(settings).unwrap()).unwrap();
+    let category = |name: &'static str| {
+        let rpc = &rpc;
+        async move {
+            rpc.model(
+                "party.category",
+                "search",
+                vec![json!([["name", "=", name]]), json!(0), json!(1), Json::Null],
+            )
+            .await
+            .unwrap()[0]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    let (customer, supplier) = (category("Customer").await, category("Supplier").await);
+    let ids = rpc
+        .model(
+            "party.party",
+            "create",
+            vec![json!([
+                {"name": "Both Ltd", "categories": [["add", [customer, supplier]]],
+                 "contact_mechanisms": [["create", [{"type": "email", "value": "both@example.com"}]]]},
+                {"name": "Only Customer", "categories": [["add", [customer]]]},
+                {"name": "Only Supplier", "categories": [["add", [supplier]]]},
+                {"name": "Nobody"},
+                {"name": "Former Customer", "categories": [["add", [customer]]]},
+                {"name": "Third Customer", "categories": [["add", [customer]]]}
+            ])],
+        )
+        .await
+        .unwrap();
+    let id = |i: usize| ids[i].as_i64().unwrap().to_string();
+    let (both, customer_only, supplier_only, nobody, former, third) =
+        (id(0), id(1), id(2), id(3), id(4), id(5));
+    // Deleted as the connector deletes: deactivated.
+    rpc.model(
+        "party.party",
+        "write",
+        vec![json!([ids[4]]), json!({"active": false})],
+    )
+    .await
+    .unwrap();
+    let sorted = |mut rs: Vec<tandem_model::Record>| {
+        rs.sort_by(|a, b| a.id.cmp(&b.id));
+        rs
+    };
+    for (kind, asked, want) in [
+        (
+            EntityKind::Customer,
+            vec![
+                both.as_str(),
+                "not-a-number",
+                supplier_only.as_str(),
+                nobody.as_str(),
+                former.as_str(),
+                "999999",
+                customer_only.as_str(),
+                third.as_str(),
+                both.as_str(),
+            ],
+            vec![&both, &customer_only, &third],
+        ),
+        (
+            EntityKind::Vendor,
+            vec![
+                both.as_str(),
+                customer_only.as_str(),
+                supplier_only.as_str(),
+                "-1",
+            ],
+            vec![&both, &supplier_only],
+        ),
+    ] {
+        let (listing, _) = full(&connector, kind).await;
+        let calls = connector.client().stats.calls();
+        let found = sorted(connector.read_ids(kind, &asked).await.unwrap());
+        let calls = connector.client().stats.calls() - calls;
+        let expected = sorted(
+            listing
+                .into_iter()
+                .filter(|r| want.contains(&&r.id))
+                .collect(),
+        );
+        assert_eq!(expected.len(), want.len());
+        assert_eq!(found, expected, "{kind}");
+        // One search_read per batch of (numeric, distinct) ids, nothing else.
+        let numeric = asked
+            .iter()
+            .filter(|i| i.parse::<i64>().is_ok_and(|n| n > 0))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
+        assert!(calls <= numeric.div_ceil(2), "{kind}: {calls} calls");
+    }
+    assert!(
+        connector
+            .read_ids(EntityKind::BankAccount, &["999999", "x"])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        connector
+            .read_ids(EntityKind::Contact, &[both.as_str()])
+            .await
+            .is_err()
+    );
 }
 
 /// Data made in Tryton: one party both customer and supplier, changes made to child

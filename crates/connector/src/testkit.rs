@@ -32,6 +32,7 @@
 //! | `write_refused` | without `write`: a create is refused with an error that is not retryable, and nothing appears. |
 //! | `batch` | a batch of `min(max_batch, Options::max_batch)` creates in one call gives one successful outcome per op, with distinct ids. |
 //! | `paging` | the next full listing holds every record of the batch exactly once, over however many pages. |
+//! | `read_ids` | [`Connector::read_ids`] of some records of the batch (or of the listing, without writes), one record that was there before and ids that do not exist returns exactly the existing records asked for, once each, equal (fields and version) to what a full listing shows; the unknown ids are left out, not an error; no ids, no records. |
 //! | `changes` | incremental: a read from the cursor the first listing ended with returns exactly the batch's creates, once each, as [`Listing::Changes`]. |
 //! | `round_trip_create` | a record created with every canonical field of the kind and some `x_` extras reads back equal (by parsed value); the version the create reported is the version read. |
 //! | `round_trip_update` | an update that changes every field and clears one, carrying the current version, reads back equal. |
@@ -41,7 +42,7 @@
 //! | `unknown_fields` | with [`Options::unknown_field`]: data injected out of band survives an update. |
 //! | `invalid_field` | a create and an update naming a field that is neither canonical for the kind nor `x_` fail with [`ConnectorError::InvalidRecord`], alone: the valid create next to it in the same call (when `max_batch` allows two) succeeds. |
 //! | `cursor` | after a create, an update and a delete, a read from the last cursor returns exactly those changes, the delete as a tombstone, and a read from its cursor returns nothing (incremental); or a full listing with the created and updated records and without the deleted one (full listing). |
-//! | `delete` | a delete carrying the current version succeeds and a completed listing no longer holds the record. |
+//! | `delete` | a delete carrying the current version succeeds, a completed listing no longer holds the record and `read_ids` no longer returns it. |
 //! | `delete_refused` | without `delete`: a delete is refused with an error that is not retryable, and the record stays. |
 //! | `not_found` | an update and a delete of an id that does not exist (any more) fail with [`ConnectorError::NotFound`]. |
 //! | `cleanup` | every record the kit created was deleted again. |
@@ -726,6 +727,7 @@ impl Kit<'_> {
         self.verdict("full_listing", k, problems, note);
 
         if !caps.write {
+            self.read_ids(kind, &initial, &[]).await;
             self.write_refused(kind).await;
             return;
         }
@@ -787,11 +789,12 @@ impl Kit<'_> {
             self.skip_rest(
                 kind,
                 caps,
-                &["paging", "changes", "cursor"],
+                &["paging", "read_ids", "changes", "cursor"],
                 "the batch created nothing",
             );
         } else {
             self.paging(kind, &batch).await;
+            self.read_ids(kind, &initial, &batch).await;
             self.changes(kind, caps, &initial, &batch).await;
         }
 
@@ -900,6 +903,7 @@ impl Kit<'_> {
             &[
                 "batch",
                 "paging",
+                "read_ids",
                 "changes",
                 "round_trip_create",
                 "round_trip_update",
@@ -914,7 +918,7 @@ impl Kit<'_> {
                 "not_found",
             ]
         } else {
-            &["write_refused"]
+            &["read_ids", "write_refused"]
         };
         self.skip_rest(kind, caps, names, why);
     }
@@ -992,6 +996,145 @@ impl Kit<'_> {
             } else {
                 ""
             }
+        );
+        self.verdict(NAME, k, problems, note);
+    }
+
+    /// Asks `read_ids` for every other record of `batch` (or of the listing when the
+    /// kit wrote nothing), one record that was there before, and ids that do not exist.
+    async fn read_ids(&mut self, kind: EntityKind, initial: &Listed, batch: &[(String, Fields)]) {
+        const NAME: &str = "read_ids";
+        let k = Some(kind);
+        let listed = match self.list(kind, None).await {
+            Ok(listed) if listed.listing == Listing::Full => listed,
+            Ok(listed) => {
+                return self.fail(
+                    NAME,
+                    k,
+                    format!(
+                        "a read without cursor returned {:?}, not a full listing",
+                        listed.listing
+                    ),
+                );
+            }
+            Err(e) => return self.fail(NAME, k, e),
+        };
+        let live = |id: &str| listed.get(id).is_some_and(|r| !r.deleted);
+        let mut asked: Vec<&str> = if batch.is_empty() {
+            listed
+                .records
+                .iter()
+                .step_by(2)
+                .take(25)
+                .map(|r| r.id.as_str())
+                .collect()
+        } else {
+            batch.iter().step_by(2).map(|(id, _)| id.as_str()).collect()
+        };
+        let batch_ids: BTreeSet<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+        if let Some(before) = initial
+            .records
+            .iter()
+            .map(|r| r.id.as_str())
+            .find(|id| live(id) && !batch_ids.contains(id) && !asked.contains(id))
+        {
+            asked.push(before);
+        }
+        asked.retain(|id| live(id));
+        if asked.is_empty() {
+            return self.skip(NAME, k, "no records to ask for");
+        }
+        let unknown: Vec<String> = [
+            "999999999".to_owned(),
+            format!("tandem-conformance-unknown-{kind}"),
+        ]
+        .into_iter()
+        .filter(|id| listed.count(id) == 0)
+        .collect();
+        // The unknown ids in the middle: a connector must not stop at the first miss.
+        let mut ids: Vec<&str> = asked.clone();
+        let middle = ids.len() / 2;
+        for (i, id) in unknown.iter().enumerate() {
+            ids.insert(middle + i, id);
+        }
+
+        let mut problems = Vec::new();
+        match self.c.read_ids(kind, &[]).await {
+            Ok(none) if none.is_empty() => {}
+            Ok(some) => problems.push(format!(
+                "read_ids without ids returned {} records: {}",
+                some.len(),
+                ids_of(&some)
+            )),
+            Err(e) => problems.push(format!("read_ids without ids failed: {e}")),
+        }
+        let found = match self.c.read_ids(kind, &ids).await {
+            Ok(found) => found,
+            Err(e) => {
+                problems.push(format!(
+                    "read_ids of {} ids, {} of them unknown, failed: {e}",
+                    ids.len(),
+                    unknown.len()
+                ));
+                self.verdict(NAME, k, problems, "");
+                return;
+            }
+        };
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for record in &found {
+            *seen.entry(record.id.as_str()).or_insert(0) += 1;
+            let id = &record.id;
+            if record.kind != kind {
+                problems.push(format!("{id} came back as a {}", record.kind));
+            }
+            if record.deleted {
+                problems.push(format!("{id} came back as a tombstone"));
+                continue;
+            }
+            if unknown.contains(id) {
+                problems.push(format!("{id}, which does not exist, came back"));
+                continue;
+            }
+            if !asked.contains(&id.as_str()) {
+                problems.push(format!("{id} came back but was not asked for"));
+                continue;
+            }
+            let Some(listed) = listed.get(id) else {
+                continue;
+            };
+            problems.extend(
+                fields_differ(&listed.fields, &record.fields)
+                    .into_iter()
+                    .map(|p| format!("{id}: the full listing and read_ids differ in {p}")),
+            );
+            if record.version != listed.version {
+                problems.push(format!(
+                    "{id}: read_ids gives version {:?}, the full listing {:?}",
+                    record.version, listed.version
+                ));
+            }
+        }
+        for (id, n) in &seen {
+            if *n > 1 {
+                problems.push(format!("{id} came back {n} times"));
+            }
+        }
+        let missing: Vec<&str> = asked
+            .iter()
+            .copied()
+            .filter(|id| !seen.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "records asked for but left out: {}",
+                missing.join(", ")
+            ));
+        }
+        let note = format!(
+            "{} of {} ids found ({} unknown left out)",
+            found.len(),
+            ids.len(),
+            unknown.len()
         );
         self.verdict(NAME, k, problems, note);
     }
@@ -1644,7 +1787,23 @@ impl Kit<'_> {
                     match self.fetch(kind, id).await {
                         Ok(None) => {
                             missing = Some(id.clone());
-                            self.pass(NAME, k, "gone from the next full listing");
+                            match self.c.read_ids(kind, &[id.as_str()]).await {
+                                Ok(found) if found.iter().all(|r| r.deleted) => self.pass(
+                                    NAME,
+                                    k,
+                                    "gone from the next full listing and from read_ids",
+                                ),
+                                Ok(_) => self.fail(
+                                    NAME,
+                                    k,
+                                    format!("read_ids still returns {id} after its delete"),
+                                ),
+                                Err(e) => self.fail(
+                                    NAME,
+                                    k,
+                                    format!("read_ids of {id}, just deleted, failed: {e}"),
+                                ),
+                            }
                         }
                         Ok(Some(_)) => self.fail(
                             NAME,
@@ -1863,6 +2022,18 @@ fn compare_fields(expected: &Fields, cleared: &[&str], actual: &Fields) -> Vec<S
         }
     }
     problems
+}
+
+/// The fields in which two reads of one record differ, as `` `name` (A, B) ``.
+fn fields_differ(a: &Fields, b: &Fields) -> Vec<String> {
+    let names: BTreeSet<&str> = a.iter().chain(b.iter()).map(|(n, _)| n.as_str()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| match (a.get(name), b.get(name)) {
+            (Some(x), Some(y)) if same_value(x, y) => None,
+            (x, y) => Some(format!("`{name}` ({x:?}, {y:?})")),
+        })
+        .collect()
 }
 
 /// The version a write reported must be the version a read shows, or the engine's next

@@ -6,7 +6,7 @@ use tandem_connector::testkit::{Options, Report, Status, check_conformance};
 use tandem_connector::{
     Capabilities, Connector, ConnectorError, Cursor, Page, WriteOp, WriteOutcome,
 };
-use tandem_model::{EntityKind, Fields};
+use tandem_model::{EntityKind, Fields, Record};
 
 fn options() -> Options {
     Options {
@@ -36,7 +36,13 @@ async fn incremental_memory_connector_conforms() {
     );
     let report = check_conformance(&c, &options()).await;
     report.assert_passed();
-    for name in ["changes", "cursor", "stale_version", "version_changes"] {
+    for name in [
+        "changes",
+        "cursor",
+        "read_ids",
+        "stale_version",
+        "version_changes",
+    ] {
         for kind in EntityKind::ALL {
             assert_eq!(
                 report.get(name, Some(kind)).map(|c| c.status),
@@ -113,6 +119,12 @@ enum Fault {
     DishonestReadOnly,
     /// Honestly takes one op per call: no fault at all.
     OneOpPerCall,
+    /// `read_ids` returns every record, asked for or not.
+    ReadIdsIgnoresIds,
+    /// `read_ids` fails with not found when an id does not exist.
+    ReadIdsRefusesUnknown,
+    /// `read_ids` returns records with a field the listing does not show.
+    ReadIdsAltersRecords,
 }
 
 fn broken(fault: Fault) -> Broken {
@@ -158,6 +170,34 @@ impl Connector for Broken {
             }
         }
         Ok(page)
+    }
+
+    async fn read_ids(
+        &self,
+        kind: EntityKind,
+        ids: &[&str],
+    ) -> Result<Vec<Record>, ConnectorError> {
+        match self.fault {
+            Fault::ReadIdsIgnoresIds => Ok(self.inner.all(kind)),
+            Fault::ReadIdsRefusesUnknown => {
+                let found = self.inner.read_ids(kind, ids).await?;
+                match ids.iter().find(|id| !found.iter().any(|r| r.id == **id)) {
+                    Some(id) => Err(ConnectorError::NotFound {
+                        id: (*id).to_owned(),
+                    }),
+                    None => Ok(found),
+                }
+            }
+            Fault::ReadIdsAltersRecords => {
+                let mut found = self.inner.read_ids(kind, ids).await?;
+                for r in &mut found {
+                    r.fields
+                        .set("name", tandem_model::Value::text("stale copy"));
+                }
+                Ok(found)
+            }
+            _ => self.inner.read_ids(kind, ids).await,
+        }
     }
 
     async fn write(
@@ -267,4 +307,25 @@ async fn the_kit_keeps_to_max_batch() {
         report.get("batch", Some(K)).unwrap().message,
         "1 create in one call"
     );
+}
+
+#[tokio::test]
+async fn the_kit_notices_read_ids_that_ignores_the_ids() {
+    let report = report_for(Fault::ReadIdsIgnoresIds).await;
+    let message = failed(&report, "read_ids", K);
+    assert!(message.contains("was not asked for"), "{message}");
+}
+
+#[tokio::test]
+async fn the_kit_notices_read_ids_that_fails_on_an_unknown_id() {
+    let report = report_for(Fault::ReadIdsRefusesUnknown).await;
+    let message = failed(&report, "read_ids", K);
+    assert!(message.contains("unknown, failed"), "{message}");
+}
+
+#[tokio::test]
+async fn the_kit_notices_read_ids_that_differs_from_the_listing() {
+    let report = report_for(Fault::ReadIdsAltersRecords).await;
+    let message = failed(&report, "read_ids", K);
+    assert!(message.contains("`name`"), "{message}");
 }
