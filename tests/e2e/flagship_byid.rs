@@ -282,16 +282,10 @@ fn r4_r5_link_and_create_by_hand_on_unchanged_records() {
 /// supplier gets one card (VEND numbers contacts), and that card holds CUST as well as
 /// VEND: the customer matches the card by VAT number.
 ///
-/// FAILS TODAY, for a cause in the engine (`crates/engine/src/apply.rs`, contact
-/// creates): the card VEND creates is stored with its real content hash, so the next
-/// run takes it for unchanged; CUST matched in the run that created it, before the card
-/// existed, and a quiet relation is not matched again, so the customer never meets the
-/// card (with `--full-read` neither). Touching the card by hand makes CUST link it at
-/// once. The fix: store the created contact's hash as "look again" (`RECHECK`) when
-/// another relation could still match it; the next run reads it by id and matches it.
-/// Run with `--ignored` once the engine has it.
+/// CUST matches in the run that sees the party before VEND's card exists; the
+/// customer, left unmatched while another relation created a contact, is looked at
+/// again by the next run, which matches it against the new card.
 #[test]
-#[ignore = "engine: a contact created under one relation is never matched under the others (see the doc comment)"]
 fn r2_a_party_that_is_customer_and_supplier_is_linked_under_both_codes() {
     let Some((cards, server)) = servers() else {
         return;

@@ -62,6 +62,10 @@ impl Applier<'_> {
                     .set_hashes
                     .push((self.contacts.scope.clone(), id, RECHECK));
             }
+            for (r, id) in &self.plan.recheck_accounts {
+                let scope = self.accounts[*r].scope.clone();
+                batch.set_hashes.push((scope, id.clone(), RECHECK));
+            }
             committer.send(std::mem::take(batch))
         })
     }

@@ -3,6 +3,18 @@
 use super::*;
 
 impl<'a> Planner<'a> {
+    /// Contacts created this run for one relation may match accounts of another that
+    /// matched nothing (a party that is customer and supplier): those accounts are
+    /// looked at again next run, which matches them against the new contacts.
+    pub(super) fn recheck_for_new_contacts(&mut self) {
+        let left = std::mem::take(&mut self.left_unmatched);
+        for (r, account_id) in left {
+            if self.plan.creates.iter().any(|c| c.relation != r) {
+                self.plan.recheck_accounts.push((r, account_id));
+            }
+        }
+    }
+
     /// R6: a new company contact for every unmatched account of a relation that numbers
     /// contacts, but not for one whose contact the user deleted (R12), unless asked by
     /// `tandem create-contact`, which works for any relation.
@@ -31,7 +43,11 @@ impl<'a> Planner<'a> {
                     && !pending_for
                         .get(&("contact", account_id.as_str()))
                         .is_some_and(|p| p.parked));
-            if !wanted || taken.contains(account_id.as_str()) {
+            if taken.contains(account_id.as_str()) {
+                continue;
+            }
+            if !wanted {
+                self.left_unmatched.push((r, account_id));
                 continue;
             }
             let account = &self.accounts(r).records[&account_id];

@@ -292,6 +292,10 @@ pub struct Plan {
     /// side, source id).
     #[serde(skip)]
     pub done_pending: Vec<(String, String, String)>,
+    /// Accounts to look at again next run, by relation: they matched no contact this
+    /// run, before contacts this run creates for other relations existed (R4).
+    #[serde(skip)]
+    pub recheck_accounts: Vec<(usize, String)>,
 }
 
 impl Plan {
@@ -392,6 +396,8 @@ struct Planner<'a> {
     template_fills: BTreeMap<&'a str, Vec<(FieldName, Value)>>,
     /// Threads to merge hubs on, when there are many.
     threads: usize,
+    /// Accounts matched to no contact and given none, by relation.
+    left_unmatched: Vec<(usize, String)>,
 }
 
 impl<'a> Planner<'a> {
@@ -418,6 +424,7 @@ impl<'a> Planner<'a> {
             gained_codes: BTreeMap::new(),
             template_fills: BTreeMap::new(),
             threads: 1,
+            left_unmatched: Vec::new(),
         }
     }
 
@@ -440,6 +447,7 @@ impl<'a> Planner<'a> {
         self.other_links();
         self.hash_contacts_after();
         self.finish_counts();
+        self.recheck_for_new_contacts();
         // A create found again is also linked now: named once.
         self.plan.done_pending.sort();
         self.plan.done_pending.dedup();
