@@ -9,12 +9,6 @@ impl<'a> Planner<'a> {
     /// for stay until they are granted or refused; anything else in the field is left.
     pub(super) fn reflect_codes(&mut self) {
         let input = self.input;
-        let configured: BTreeSet<&str> = self
-            .relations
-            .relations
-            .iter()
-            .map(|r| r.code.as_str())
-            .collect();
         // Hubs by contact: a search per contact would make this quadratic.
         let mut hub_of: crate::IdMap<String, usize> = self
             .plan
@@ -23,77 +17,19 @@ impl<'a> Planner<'a> {
             .enumerate()
             .map(|(i, h)| (h.contact_id.clone(), i))
             .collect();
-        for contact_id in input
+        for contact in input
             .contacts
-            .keys()
-            .map(String::as_str)
-            .filter(|id| !input.deleted_contacts.contains(*id))
+            .values()
+            .filter(|c| !input.deleted_contacts.contains(&c.id))
         {
-            if input.match_only.contains(contact_id)
-                && !self.new_links.contains_key(contact_id)
-                && !self.lost_codes.contains_key(contact_id)
-                && !self.gained_codes.contains_key(contact_id)
-                && !self.template_fills.contains_key(contact_id)
-            {
+            if !self.touched(&contact.id) {
                 continue;
             }
-            let contact = &input.contacts[contact_id];
-            let current = listed_codes(contact);
-            let mut held: BTreeSet<String> = BTreeSet::new();
-            for (r, _) in self.by_contact.get(contact_id).into_iter().flatten() {
-                held.insert(self.relations.relations[*r].code.clone());
-            }
-            for (r, _, _) in self.new_links.get(contact_id).into_iter().flatten() {
-                held.insert(self.relations.relations[*r].code.clone());
-            }
-            held.extend(
-                self.gained_codes
-                    .get(contact_id)
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
-            let lost = self.lost_codes.get(contact_id);
-            let mut wanted: Vec<String> = Vec::new();
-            for code in &current {
-                let keep = if configured.contains(code.as_str()) {
-                    // Held, or still asked for (not just lost).
-                    held.contains(code) || !lost.is_some_and(|l| l.contains(code))
-                } else {
-                    true
-                };
-                if keep && !wanted.contains(code) {
-                    wanted.push(code.clone());
-                }
-            }
-            for code in &held {
-                if !wanted.contains(code) {
-                    wanted.push(code.clone());
-                }
-            }
-            let mut changes = Vec::new();
-            if wanted != current {
-                changes.push(FieldChange {
-                    field: FieldName::new(field::BUSINESS_RELATIONS),
-                    old: contact.fields.value(field::BUSINESS_RELATIONS).clone(),
-                    new: Value::List(wanted),
-                });
-            }
-            for (name, value) in self.template_fills.get(contact_id).into_iter().flatten() {
-                if contact.fields.get(name.as_str()).is_none()
-                    && !changes.iter().any(|c| &c.field == name)
-                {
-                    changes.push(FieldChange {
-                        field: name.clone(),
-                        old: Value::Null,
-                        new: value.clone(),
-                    });
-                }
-            }
+            let changes = self.own_field_changes(contact);
             if changes.is_empty() {
                 continue;
             }
-            match hub_of.get(contact_id).map(|&i| &mut self.plan.hubs[i]) {
+            match hub_of.get(&contact.id).map(|&i| &mut self.plan.hubs[i]) {
                 Some(hub) => {
                     for change in changes {
                         hub.contact_changes.retain(|c| c.field != change.field);
@@ -101,9 +37,9 @@ impl<'a> Planner<'a> {
                     }
                 }
                 None => {
-                    hub_of.insert(contact_id.to_owned(), self.plan.hubs.len());
+                    hub_of.insert(contact.id.clone(), self.plan.hubs.len());
                     self.plan.hubs.push(HubPlan {
-                        contact_id: contact_id.to_owned(),
+                        contact_id: contact.id.clone(),
                         contact_version: contact.version.clone(),
                         contact_changes: changes,
                         pairs: Vec::new(),
@@ -117,6 +53,90 @@ impl<'a> Planner<'a> {
         self.plan
             .hubs
             .sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
+    }
+
+    /// Whether the run may change the contact's own fields: a contact read only as a
+    /// match candidate was settled when it was last read, unless this run links it,
+    /// drops one of its links or creates for it.
+    fn touched(&self, contact_id: &str) -> bool {
+        !self.input.match_only.contains(contact_id)
+            || self.new_links.contains_key(contact_id)
+            || self.lost_codes.contains_key(contact_id)
+            || self.gained_codes.contains_key(contact_id)
+            || self.template_fills.contains_key(contact_id)
+    }
+
+    /// The codes the contact lists after the run (R9) and the template values it
+    /// receives from an account created for it (R5), as changes.
+    fn own_field_changes(&self, contact: &Record) -> Vec<FieldChange> {
+        let current = listed_codes(contact);
+        let wanted = self.codes_after(&contact.id, &current);
+        let mut changes = Vec::new();
+        if wanted != current {
+            changes.push(FieldChange {
+                field: FieldName::new(field::BUSINESS_RELATIONS),
+                old: contact.fields.value(field::BUSINESS_RELATIONS).clone(),
+                new: Value::List(wanted),
+            });
+        }
+        let fills = self.template_fills.get(contact.id.as_str());
+        for (name, value) in fills.into_iter().flatten() {
+            if contact.fields.get(name.as_str()).is_none()
+                && !changes.iter().any(|c| &c.field == name)
+            {
+                changes.push(FieldChange {
+                    field: name.clone(),
+                    old: Value::Null,
+                    new: value.clone(),
+                });
+            }
+        }
+        changes
+    }
+
+    /// The codes a contact lists after the run: what it listed, less configured codes
+    /// it lost, plus the codes it holds.
+    fn codes_after(&self, contact_id: &str, current: &[String]) -> Vec<String> {
+        let code = |r: usize| self.relations.relations[r].code.clone();
+        let mut held: BTreeSet<String> = BTreeSet::new();
+        held.extend(
+            self.by_contact
+                .get(contact_id)
+                .into_iter()
+                .flatten()
+                .map(|(r, _)| code(*r)),
+        );
+        held.extend(
+            self.new_links
+                .get(contact_id)
+                .into_iter()
+                .flatten()
+                .map(|(r, _, _)| code(*r)),
+        );
+        held.extend(
+            self.gained_codes
+                .get(contact_id)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        let lost = self.lost_codes.get(contact_id);
+        let mut wanted: Vec<String> = Vec::new();
+        for code in current {
+            let configured = self.relations.index_of(code).is_some();
+            // Held, or still asked for (not just lost); other codes are left.
+            let keep =
+                !configured || held.contains(code) || !lost.is_some_and(|l| l.contains(code));
+            if keep && !wanted.contains(code) {
+                wanted.push(code.clone());
+            }
+        }
+        for code in held {
+            if !wanted.contains(&code) {
+                wanted.push(code);
+            }
+        }
+        wanted
     }
 
     /// R19: every link of a contact this run writes to learns the contact's new version,
