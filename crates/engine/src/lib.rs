@@ -5,11 +5,14 @@
 
 mod apply;
 pub mod config;
+mod error;
 pub mod failpoint;
 pub mod matching;
 pub mod operator;
 pub mod plan;
+mod read;
 pub mod relation;
+mod report;
 mod run;
 pub mod side;
 
@@ -23,8 +26,11 @@ pub use config::{
     ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchTier, RelationConfig,
     SyncConfig, TemplateRule,
 };
+pub use error::EngineError;
 pub use operator::{Resolved, RetryTarget, Take, resolve, resolve_conflict, retry};
 pub use plan::Directives;
+pub use read::{DeleteGuard, record_hash};
 pub use relation::Relations;
-pub use run::{DeleteGuard, Engine, EngineError, Failure, ReadStats, RunReport, record_hash};
+pub use report::{Failure, ReadStats, RunReport};
+pub use run::Engine;
 pub use side::Side;

@@ -1,0 +1,308 @@
+//! Reading: every scope's records, what changed since the last run (content hashes),
+//! what was deleted (R16), the records a run needs whatever was sent (`needed`), and
+//! which relations wake up to match (`wake`).
+
+mod guard;
+mod needed;
+mod wake;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tandem_connector::{Connector, ConnectorError, Cursor, Listing, Page};
+use tandem_model::{EntityKind, Fields, Record};
+use tandem_state::{Scope, StateStore};
+use tracing::info;
+
+use crate::error::EngineError;
+use crate::report::ReadStats;
+
+pub use guard::DeleteGuard;
+pub(crate) use needed::{Needed, fetch_missing};
+pub(crate) use wake::{FirstPass, Sides, second_pass, wakes};
+
+/// The content hash remembered for a record: its fields and its version, so that
+/// any change the system reports, even to data Tandem does not map, is noticed.
+/// Never 0, which marks a record to be looked at again.
+pub fn record_hash(fields: &Fields, version: Option<&str>) -> u64 {
+    record_hash_of(fields.content_hash(), version)
+}
+
+/// [`record_hash`] from the fields' content hash.
+pub(crate) fn record_hash_of(content_hash: u64, version: Option<&str>) -> u64 {
+    let mut buf = content_hash.to_le_bytes().to_vec();
+    buf.extend_from_slice(version.unwrap_or("").as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&buf).max(1)
+}
+
+/// Hash value that makes the next run look at a record again.
+pub(crate) const RECHECK: u64 = 0;
+
+pub(crate) struct ScopeRead {
+    pub scope: Scope,
+    pub records: BTreeMap<String, Record>,
+    pub deleted: BTreeSet<String>,
+    /// Hash of each record kept in `records`, as read.
+    pub hashes: crate::IdMap<String, u64>,
+    /// Records whose hash differed from the stored one.
+    pub changed: crate::IdSet<String>,
+    pub cursor: Option<Cursor>,
+    /// The connector's fingerprint taken before reading, if it gives one.
+    pub fingerprint: Option<String>,
+    pub stats: ReadStats,
+}
+
+impl ScopeRead {
+    /// Nothing read yet.
+    pub(crate) fn empty(scope: Scope, fingerprint: Option<String>) -> ScopeRead {
+        let stats = ReadStats {
+            connector: scope.connector.clone(),
+            kind: scope.kind,
+            records: 0,
+            changed: 0,
+            deleted: 0,
+            in_play: 0,
+            skipped: false,
+        };
+        ScopeRead {
+            scope,
+            records: BTreeMap::new(),
+            deleted: BTreeSet::new(),
+            hashes: crate::IdMap::default(),
+            changed: crate::IdSet::default(),
+            cursor: None,
+            fingerprint,
+            stats,
+        }
+    }
+}
+
+/// A failed read of `kind` from `connector_name`, as the engine reports it.
+pub(crate) fn read_error(
+    connector_name: &str,
+    kind: EntityKind,
+) -> impl Fn(ConnectorError) -> EngineError {
+    move |source| EngineError::Read {
+        connector: connector_name.to_owned(),
+        kind,
+        source,
+    }
+}
+
+/// Reads all pages of one connector and kind. Keeps the records that changed since
+/// the last run, plus the unchanged ones `keep` asks for; finds deletes from
+/// tombstones, and from a full listing only once it completed (R16), as far as
+/// `guard` lets them through.
+pub(crate) async fn read_scope(
+    state: &dyn StateStore,
+    connector_name: &str,
+    connector: &dyn Connector,
+    kind: EntityKind,
+    skip_tag: Option<&str>,
+    guard: DeleteGuard,
+    keep: impl Fn(&Record) -> bool,
+) -> Result<ScopeRead, EngineError> {
+    let scope = Scope::new(connector_name, kind);
+    let fingerprint = connector
+        .fingerprint(kind)
+        .await
+        .map_err(read_error(connector_name, kind))?;
+    if unchanged(state, &scope, skip_tag, fingerprint.as_deref())? {
+        info!(
+            connector = connector_name,
+            kind = kind.plural(),
+            "not read: unchanged since the last run"
+        );
+        let mut out = ScopeRead::empty(scope, fingerprint);
+        out.stats.skipped = true;
+        return Ok(out);
+    }
+    let incremental = connector.capabilities().incremental;
+    let mut stored = Stored::new(state, &scope, incremental)?;
+    let mut cursor = match incremental {
+        true => state.cursor(&scope)?.map(Cursor),
+        false => None,
+    };
+    let mut out = ScopeRead::empty(scope, fingerprint);
+    info!(connector = connector_name, kind = kind.plural(), "reading");
+    let started = std::time::Instant::now();
+    let mut kept: Vec<Record> = Vec::new();
+    let listing = loop {
+        let page = connector
+            .read(kind, cursor.as_ref())
+            .await
+            .map_err(read_error(connector_name, kind))?;
+        stored.before(state, &out.scope, &page)?;
+        let (listing, has_more) = (page.listing, page.has_more);
+        cursor = page.cursor;
+        out.take(page.records, &mut stored.hashes, &keep, &mut kept);
+        if !has_more {
+            break listing;
+        }
+    };
+    // Built at once from the kept records: a sorted bulk build instead of a search per
+    // insert. A record sent twice keeps its last copy, as an insert would.
+    out.records = kept.into_iter().map(|r| (r.id.clone(), r)).collect();
+    if listing == Listing::Full {
+        // Seen before, absent from a completed full listing: deleted, unless that is
+        // too many to believe.
+        let gone = stored.hashes.len() as u64;
+        guard.check(&out.scope, gone, stored.known, out.stats.records)?;
+        out.deleted.extend(stored.hashes.into_keys());
+    }
+    out.stats.deleted = out.deleted.len() as u64;
+    out.stats.in_play = out.records.len() as u64;
+    out.cursor = if incremental { cursor } else { None };
+    info!(
+        connector = connector_name,
+        kind = kind.plural(),
+        records = out.stats.records,
+        changed = out.stats.changed,
+        deleted = out.stats.deleted,
+        kept = out.records.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "read"
+    );
+    Ok(out)
+}
+
+/// A fingerprint equal to the one remembered at the end of the last run (with the same
+/// configuration) means the records are those the state describes: nothing to read,
+/// unless some record waits to be looked at again.
+fn unchanged(
+    state: &dyn StateStore,
+    scope: &Scope,
+    skip_tag: Option<&str>,
+    fingerprint: Option<&str>,
+) -> Result<bool, EngineError> {
+    Ok(match (skip_tag, fingerprint) {
+        (Some(tag), Some(fingerprint)) => {
+            state.fingerprint(scope)? == Some(format!("{tag}:{fingerprint}"))
+                && !state.has_rechecks(scope)?
+        }
+        _ => false,
+    })
+}
+
+/// The stored hashes a listing is compared with. A full listing is compared with every
+/// stored hash (what is missing is deleted); changes only with the hashes of the
+/// records they bring.
+struct Stored {
+    hashes: HashMap<String, u64>,
+    incremental: bool,
+    loaded_all: bool,
+    /// Records of the scope the state knows: what a full listing is held against.
+    known: u64,
+}
+
+impl Stored {
+    fn new(
+        state: &dyn StateStore,
+        scope: &Scope,
+        incremental: bool,
+    ) -> Result<Stored, EngineError> {
+        let hashes = if incremental {
+            HashMap::new()
+        } else {
+            state.hashes(scope)?
+        };
+        Ok(Stored {
+            known: hashes.len() as u64,
+            hashes,
+            incremental,
+            loaded_all: !incremental,
+        })
+    }
+
+    /// Loads what `page` is compared with.
+    fn before(
+        &mut self,
+        state: &dyn StateStore,
+        scope: &Scope,
+        page: &Page,
+    ) -> Result<(), EngineError> {
+        if !self.incremental {
+            return Ok(());
+        }
+        if page.listing == Listing::Changes {
+            let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
+            self.hashes.extend(state.hashes_of(scope, &ids)?);
+        } else if !self.loaded_all {
+            // A full listing from a change-reading connector (first run, or a token it
+            // rejected): compare with everything, so missing records are deletes.
+            self.hashes = state.hashes(scope)?;
+            self.known = self.hashes.len() as u64;
+            self.loaded_all = true;
+        }
+        Ok(())
+    }
+}
+
+impl ScopeRead {
+    /// Takes one page: tombstones are deletes; a record is kept when it changed or
+    /// `keep` asks for it; every record seen is taken off `stored`.
+    fn take(
+        &mut self,
+        records: Vec<Record>,
+        stored: &mut HashMap<String, u64>,
+        keep: &impl Fn(&Record) -> bool,
+        kept: &mut Vec<Record>,
+    ) {
+        for record in records {
+            if record.deleted {
+                stored.remove(&record.id);
+                self.deleted.insert(record.id);
+                continue;
+            }
+            self.stats.records += 1;
+            let hash = record_hash(&record.fields, record.version.as_deref());
+            let changed = stored.remove(&record.id) != Some(hash);
+            self.stats.changed += u64::from(changed);
+            if changed || keep(&record) {
+                if changed {
+                    self.changed.insert(record.id.clone());
+                }
+                self.hashes.insert(record.id.clone(), hash);
+                kept.push(record);
+            }
+        }
+    }
+}
+
+/// Puts records of a second pass in play, with their hashes (they did not change).
+pub(crate) fn add_in_play(read: &mut ScopeRead, records: Vec<Record>) {
+    info!(
+        connector = read.stats.connector,
+        kind = read.stats.kind.plural(),
+        records = records.len(),
+        "read again: unlinked records for matching"
+    );
+    for record in records {
+        let hash = record_hash(&record.fields, record.version.as_deref());
+        read.hashes.insert(record.id.clone(), hash);
+        read.records.insert(record.id.clone(), record);
+    }
+    read.stats.in_play = read.records.len() as u64;
+}
+
+/// Reads a full listing again and returns the records `keep` asks for; nothing else
+/// (hashes, deletes, cursors) is looked at.
+pub(crate) async fn read_more(
+    connector_name: &str,
+    connector: &dyn Connector,
+    kind: EntityKind,
+    keep: impl Fn(&Record) -> bool,
+) -> Result<Vec<Record>, EngineError> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = connector
+            .read(kind, cursor.as_ref())
+            .await
+            .map_err(read_error(connector_name, kind))?;
+        out.extend(page.records.into_iter().filter(|r| !r.deleted && keep(r)));
+        cursor = page.cursor;
+        if !page.has_more {
+            return Ok(out);
+        }
+    }
+}

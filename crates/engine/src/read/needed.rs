@@ -1,0 +1,123 @@
+//! Records a run needs whatever their connectors send (R17, R18).
+
+use std::collections::{BTreeSet, HashSet};
+
+use tandem_connector::Connector;
+use tandem_state::StateStore;
+use tracing::info;
+
+use super::{ScopeRead, read_error, record_hash};
+use crate::error::EngineError;
+use crate::plan::Directives;
+use crate::relation::Relations;
+
+/// Records a run needs whether or not they changed: named by an operator, or with
+/// work left over from an earlier run (an intent a run cut short, a create or link to
+/// try again, a record marked to be looked at again).
+pub(crate) struct Needed {
+    /// Per relation, account ids.
+    pub accounts: Vec<HashSet<String>>,
+    pub contacts: HashSet<String>,
+}
+
+impl Needed {
+    pub(crate) fn of(
+        relations: &Relations,
+        directives: &Directives,
+        state: &dyn StateStore,
+        pending: &[tandem_state::PendingCreate],
+    ) -> Result<Needed, EngineError> {
+        let mut needed = Needed {
+            accounts: vec![HashSet::new(); relations.relations.len()],
+            contacts: HashSet::new(),
+        };
+        let mut account = |code: &str, id: &str| {
+            if let Some(r) = relations.index_of(code) {
+                needed.accounts[r].insert(id.to_owned());
+            }
+        };
+        for (code, _, a) in &directives.link {
+            account(code, a);
+        }
+        for (code, a) in &directives.create_contact {
+            account(code, a);
+        }
+        let links = state.links_with_intent()?;
+        for link in &links {
+            account(&link.code, &link.account_id);
+        }
+        for p in pending.iter().filter(|p| !p.parked) {
+            match p.side.as_str() {
+                "contact" => account(&p.code, &p.source_id),
+                crate::plan::PENDING_LINK => {
+                    if let Some(a) = p.fields.text("account_id") {
+                        account(&p.code, a);
+                    }
+                }
+                _ => {}
+            }
+        }
+        needed.contacts.extend(
+            (directives.link.iter().map(|(_, c, _)| c))
+                .chain(directives.create.iter().map(|(_, c)| c))
+                .chain(directives.unlink.iter().map(|(_, c)| c))
+                .chain(links.iter().map(|l| &l.contact_id))
+                .chain(
+                    pending
+                        .iter()
+                        .filter(|p| !p.parked && p.side != "contact")
+                        .map(|p| &p.source_id),
+                )
+                .cloned(),
+        );
+        Ok(needed)
+    }
+}
+
+/// A change-reading connector sends what changed; the records the run needs beyond
+/// that (`wanted`, and those marked to be looked at again) are read by id. A full
+/// listing already held every record there is.
+pub(crate) async fn fetch_missing(
+    state: &dyn StateStore,
+    connector: &dyn Connector,
+    read: &mut ScopeRead,
+    wanted: &HashSet<String>,
+) -> Result<(), EngineError> {
+    if !connector.capabilities().incremental || read.stats.skipped {
+        return Ok(());
+    }
+    let rechecks = state.rechecks(&read.scope)?;
+    let missing: BTreeSet<&str> = wanted
+        .iter()
+        .chain(&rechecks)
+        .map(String::as_str)
+        .filter(|id| !read.records.contains_key(*id) && !read.deleted.contains(*id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = missing.into_iter().collect();
+    let (connector_name, kind) = (read.scope.connector.clone(), read.scope.kind);
+    let records = connector
+        .read_ids(kind, &ids)
+        .await
+        .map_err(read_error(&connector_name, kind))?;
+    let stored = state.hashes_of(&read.scope, &ids)?;
+    info!(
+        connector = connector_name,
+        kind = kind.plural(),
+        asked = ids.len(),
+        found = records.len(),
+        "read by id: records the run needs"
+    );
+    for record in records {
+        let hash = record_hash(&record.fields, record.version.as_deref());
+        if stored.get(&record.id) != Some(&hash) {
+            read.changed.insert(record.id.clone());
+        }
+        read.hashes.insert(record.id.clone(), hash);
+        read.records.insert(record.id.clone(), record);
+    }
+    read.stats.in_play = read.records.len() as u64;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Which relations need matching this run, and the second pass that reads their
+//! unchanged unlinked records (R4).
+//!
+//! Unchanged unlinked records were matched when they were last read, and nothing can
+//! pair them now unless something of the relation changed: an unlinked record, a
+//! dropped link, an operator request, a pending create. A quiet relation keeps no
+//! unchanged record in play, so a run without changes costs the reading.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use tandem_connector::Connector;
+use tandem_model::EntityKind;
+use tandem_state::{Link, PendingCreate, StateStore};
+
+use super::{ScopeRead, add_in_play, read_more};
+use crate::error::EngineError;
+use crate::plan::{Directives, lists_code, may_hold};
+use crate::relation::{Relation, Relations};
+
+/// What the first pass found, as waking reads it.
+pub(crate) struct FirstPass<'r> {
+    pub accounts: &'r [ScopeRead],
+    pub contacts: &'r ScopeRead,
+    /// Links of the accounts read, by (code, contact).
+    pub account_links: &'r BTreeMap<(String, String), Link>,
+    /// Links of the contacts read.
+    pub contact_links: &'r [Link],
+}
+
+/// Per relation, whether it needs matching this run.
+pub(crate) fn wakes(
+    relations: &Relations,
+    directives: &Directives,
+    pending: &[PendingCreate],
+    read: &FirstPass<'_>,
+) -> Vec<bool> {
+    relations
+        .relations
+        .iter()
+        .enumerate()
+        .map(|(r, relation)| {
+            let code = relation.code.as_str();
+            let by_operator = directives.link.iter().any(|(c, _, _)| c == code)
+                || directives.create.iter().any(|(c, _)| c == code)
+                || directives.unlink.iter().any(|(c, _)| c == code)
+                || directives.create_contact.iter().any(|(c, _)| c == code);
+            let pending_here = pending.iter().any(|p| p.code == code && !p.parked);
+            by_operator
+                || pending_here
+                || account_side_wakes(code, &read.accounts[r], read.account_links)
+                || contact_side_wakes(relation, read.contacts, read.contact_links)
+        })
+        .collect()
+}
+
+/// A changed account without a link; or a delete, linked or not, which may end an
+/// ambiguity.
+fn account_side_wakes(
+    code: &str,
+    read: &ScopeRead,
+    links: &BTreeMap<(String, String), Link>,
+) -> bool {
+    let linked: HashSet<&str> = links
+        .values()
+        .filter(|l| l.code == code)
+        .map(|l| l.account_id.as_str())
+        .collect();
+    read.changed.iter().any(|id| !linked.contains(id.as_str())) || !read.deleted.is_empty()
+}
+
+/// A changed contact that may hold the relation and has no link under it, or that
+/// asks for it; or a deleted contact.
+fn contact_side_wakes(relation: &Relation, contacts: &ScopeRead, links: &[Link]) -> bool {
+    let code = relation.code.as_str();
+    let linked: HashSet<&str> = links
+        .iter()
+        .filter(|l| l.code == code)
+        .map(|l| l.contact_id.as_str())
+        .collect();
+    contacts
+        .changed
+        .iter()
+        .filter_map(|id| contacts.records.get(id))
+        .any(|c| {
+            (may_hold(c, relation.kind) && !linked.contains(c.id.as_str())) || lists_code(c, code)
+        })
+        || !contacts.deleted.is_empty()
+}
+
+/// The connectors a second pass reads from.
+pub(crate) struct Sides<'c> {
+    /// Per relation, its accounts' connector.
+    pub accounts: Vec<Arc<dyn Connector>>,
+    pub contacts: &'c dyn Connector,
+}
+
+/// Second pass, for relations that need matching: the unchanged unlinked records the
+/// first pass let go by (or did not read at all). A change-reading connector sent only
+/// what changed: its unchanged unlinked records are read from a full listing too, or a
+/// new record on the other side could not match them (and would get a duplicate, R6).
+/// Returns the contacts read only as match candidates.
+pub(crate) async fn second_pass(
+    state: &dyn StateStore,
+    relations: &Relations,
+    sides: &Sides<'_>,
+    active: &[bool],
+    accounts: &mut [ScopeRead],
+    contacts: &mut ScopeRead,
+) -> Result<HashSet<String>, EngineError> {
+    // Records the first pass let go by (or did not read at all).
+    let passed =
+        |read: &ScopeRead| read.stats.skipped || read.stats.records > read.records.len() as u64;
+    let contacts_again = sides.contacts.capabilities().incremental || passed(contacts);
+    let mut linked_contacts: Vec<Option<HashSet<String>>> = vec![None; accounts.len()];
+    for (r, relation) in relations.relations.iter().enumerate() {
+        let connector = &sides.accounts[r];
+        let accounts_again = connector.capabilities().incremental || passed(&accounts[r]);
+        if !active[r] || !(accounts_again || contacts_again) {
+            continue;
+        }
+        let (linked_here, linked_accounts) = state.linked_ids(&relation.code)?;
+        linked_contacts[r] = Some(linked_here);
+        if accounts_again {
+            let read = &mut accounts[r];
+            let more = read_more(&relation.connector, &**connector, relation.kind, |a| {
+                !read.records.contains_key(&a.id) && !linked_accounts.contains(&a.id)
+            })
+            .await?;
+            add_in_play(read, more);
+        }
+    }
+    let mut match_only = HashSet::new();
+    if linked_contacts.iter().any(Option::is_some) {
+        let kinds: Vec<EntityKind> = relations.relations.iter().map(|r| r.kind).collect();
+        let unlinked = |c: &tandem_model::Record| {
+            linked_contacts.iter().zip(&kinds).any(|(linked, kind)| {
+                linked
+                    .as_ref()
+                    .is_some_and(|l| may_hold(c, *kind) && !l.contains(&c.id))
+            })
+        };
+        let name = &relations.contacts_connector;
+        let more = read_more(name, sides.contacts, EntityKind::Contact, |c| {
+            !contacts.records.contains_key(&c.id) && unlinked(c)
+        })
+        .await?;
+        match_only.extend(more.iter().map(|c| c.id.clone()));
+        add_in_play(contacts, more);
+    }
+    Ok(match_only)
+}
