@@ -33,6 +33,39 @@ pub struct MatchOutcome {
     pub unmatched_accounts: Vec<String>,
 }
 
+/// The records of both pools that share one key.
+struct Found<'p> {
+    contacts: &'p [&'p Record],
+    accounts: &'p [&'p Record],
+    /// Positions in the pools.
+    cs: &'p [u32],
+    accs: &'p [u32],
+}
+
+impl Found<'_> {
+    /// More than one record on a side: reported, never guessed (R4).
+    fn ambiguity(&self, code: &str, tier_number: usize, tier: &Tier) -> Ambiguity {
+        let first = self.contacts[self.cs[0] as usize];
+        let ids = |pool: &[&Record], at: &[u32]| {
+            let mut ids: Vec<String> = at.iter().map(|&i| pool[i as usize].id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        Ambiguity {
+            code: code.to_owned(),
+            tier: tier_number,
+            fields: tier.fields.iter().map(|f| f.to_string()).collect(),
+            values: tier
+                .fields
+                .iter()
+                .map(|f| first.fields.value(f.as_str()).to_cell())
+                .collect(),
+            contact_ids: ids(self.contacts, self.cs),
+            account_ids: ids(self.accounts, self.accs),
+        }
+    }
+}
+
 /// Matches `contacts` against `accounts` (both unlinked under `code`).
 pub fn match_records(
     code: &str,
@@ -78,29 +111,13 @@ pub fn match_records(
             if cs.len() == 1 && accs.len() == 1 {
                 matches.push((cs[0], accs[0], t + 1));
             } else {
-                let first = contacts[cs[0] as usize];
-                let mut contact_ids: Vec<String> = cs
-                    .iter()
-                    .map(|&c| contacts[c as usize].id.clone())
-                    .collect();
-                let mut account_ids: Vec<String> = accs
-                    .iter()
-                    .map(|&a| accounts[a as usize].id.clone())
-                    .collect();
-                contact_ids.sort();
-                account_ids.sort();
-                outcome.ambiguous.push(Ambiguity {
-                    code: code.to_owned(),
-                    tier: t + 1,
-                    fields: tier.fields.iter().map(|f| f.to_string()).collect(),
-                    values: tier
-                        .fields
-                        .iter()
-                        .map(|f| first.fields.value(f.as_str()).to_cell())
-                        .collect(),
-                    contact_ids,
-                    account_ids,
-                });
+                let found = Found {
+                    contacts,
+                    accounts,
+                    cs: &cs,
+                    accs: &accs,
+                };
+                outcome.ambiguous.push(found.ambiguity(code, t + 1, tier));
             }
         }
     }

@@ -231,11 +231,7 @@ impl<'a> Engine<'a> {
 
     async fn prepare(&mut self, directives: Directives) -> Result<Prepared, EngineError> {
         let relations = self.relations.clone();
-        let link_counts = relations
-            .relations
-            .iter()
-            .map(|r| self.state.count_links(&r.code))
-            .collect::<Result<Vec<u64>, _>>()?;
+        let link_counts = self.per_relation(|code| self.state.count_links(code))?;
         let any_links = link_counts.iter().any(|n| *n > 0);
         let pending = self.state.pending_creates()?;
         let needed = Needed::of(&relations, &directives, &*self.state, &pending)?;
@@ -288,11 +284,7 @@ impl<'a> Engine<'a> {
             conflicts: self.state.conflicts(true)?,
             pending,
             unlinked_pairs: self.unlinked_pairs()?,
-            contact_deleted: relations
-                .relations
-                .iter()
-                .map(|r| self.state.contact_deleted(&r.code))
-                .collect::<Result<_, _>>()?,
+            contact_deleted: self.per_relation(|code| self.state.contact_deleted(code))?,
             directives,
         };
         let started = std::time::Instant::now();
@@ -314,6 +306,15 @@ impl<'a> Engine<'a> {
             parked_before,
             ambiguities,
         })
+    }
+
+    /// `get` of every relation's code, in config order.
+    fn per_relation<T>(
+        &self,
+        get: impl Fn(&str) -> Result<T, tandem_state::StateError>,
+    ) -> Result<Vec<T>, EngineError> {
+        let values = self.relations.relations.iter().map(|r| get(&r.code));
+        Ok(values.collect::<Result<_, _>>()?)
     }
 
     /// The first pass over every relation's accounts.
