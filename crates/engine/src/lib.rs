@@ -4,8 +4,9 @@
 //! never names a concrete connector: it gets `dyn Connector`s by config name.
 
 // No function over 80 lines (`clippy.toml` beside Cargo.toml sets the limit); the CI's
-// clippy run denies warnings, so a longer one fails the build.
-#![warn(clippy::too_many_lines)]
+// clippy run denies warnings, so a longer one fails the build. Table-driven tests may
+// be longer.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 mod apply;
 pub mod config;
