@@ -1,0 +1,986 @@
+//! A model-based test of the engine: random sequences of user edits, creates and
+//! deletes on both sides, rejected writes and runs cut short at every failpoint,
+//! followed by fault-free runs; then the invariants of DESIGN.md must hold (R2, R6, R7,
+//! R9, R12, R14, R15, R17, R18, R19).
+//!
+//! The world: contacts in a CRM, customers (`CUST`, contacts created for them, R6) and
+//! vendors (`VEND`, no creates) in an ERP, both in-memory connectors, either full
+//! listings or change-reading (a parameter of the case), and a SQLite state in a
+//! temporary folder. A crash is a panic at a failpoint (`failpoint::arm_panic`); the
+//! state is then dropped and opened again, as by a new process.
+//!
+//! The model keeps what the user did (every edit with its step) and what the state
+//! said after every run, and checks at the end:
+//! 1. every linked pair agrees on every shared field, unless a manual conflict is open
+//!    for that field;
+//! 2. one link per code on each side (R2); no contact is created twice for one account
+//!    and no account is created at all (no contact asks for one); every contact the
+//!    engine created belongs to an account;
+//! 3. no edit is lost: a field of a pair edited on one side only since the pair's last
+//!    clean run (no failure, no intent, not parked) ends with that value on both sides;
+//!    edited on both sides, it ends with the policy's winner (`contact_wins`,
+//!    `account_wins`), an open conflict (`manual`) or either value (`newest`, or a run
+//!    cut short in between, after which R18 lets an edit made after the crash win);
+//! 4. a further run writes nothing (R14).
+//!
+//! Also: every customer whose contact the test did not delete has a contact (R6), one
+//! whose contact it deleted gets no new one (R12), and a contact lists exactly the
+//! codes it holds (R9).
+//!
+//! A failing case prints its minimal steps and the trace of the runs; proptest keeps
+//! its seed in `model.proptest-regressions`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use tandem_connector::Connector;
+use tandem_connector::memory::MemoryConnector;
+use tandem_engine::{
+    ConflictPolicy, ContactsConfig, Engine, EngineError, MatchTier, RelationConfig, Relations,
+    RetryTarget, RunReport, SyncConfig, failpoint,
+};
+use tandem_model::{EntityKind, Fields, Record, Value};
+use tandem_state::{Link, LockMode, SqliteState, StateStore};
+
+/// The shared fields the test edits.
+const FIELDS: [&str; 4] = ["phone", "email", "city", "name"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Contact,
+    Customer,
+    Vendor,
+}
+
+impl Side {
+    fn kind(self) -> EntityKind {
+        match self {
+            Side::Contact => EntityKind::Contact,
+            Side::Customer => EntityKind::Customer,
+            Side::Vendor => EntityKind::Vendor,
+        }
+    }
+
+    /// The prefix of ids the test gives; the connectors number their own creates
+    /// `C<n>` and `K<n>`.
+    fn prefix(self) -> &'static str {
+        match self {
+            Side::Contact => "uc",
+            Side::Customer => "uk",
+            Side::Vendor => "uv",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Sets one of [`FIELDS`] of a record to a value never used before, or clears it.
+    Edit {
+        side: Side,
+        pick: Index,
+        field: usize,
+        clear: bool,
+    },
+    /// A new record; `like` copies the VAT number (`true`) or e-mail of any record, so
+    /// that it matches (or makes a match ambiguous).
+    Create {
+        side: Side,
+        like: Option<(Index, bool)>,
+    },
+    Delete {
+        side: Side,
+        pick: Index,
+    },
+    /// The next `syncs` runs' writes to this record fail.
+    Reject {
+        side: Side,
+        pick: Index,
+        syncs: u8,
+    },
+    Sync,
+    /// A run that panics the `nth` time it passes `failpoint::POINTS[point]`.
+    Crash {
+        point: usize,
+        nth: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    incremental: bool,
+    cust: ConflictPolicy,
+    vend: ConflictPolicy,
+    /// Every run lets deletes through (`--allow-deletes`); otherwise the delete guard
+    /// may refuse a run, which must then write nothing.
+    allow_deletes: bool,
+    setup: Vec<Step>,
+    steps: Vec<Step>,
+}
+
+fn side() -> impl Strategy<Value = Side> {
+    prop_oneof![
+        2 => Just(Side::Contact),
+        2 => Just(Side::Customer),
+        1 => Just(Side::Vendor),
+    ]
+}
+
+fn create() -> impl Strategy<Value = Step> {
+    (
+        side(),
+        proptest::option::weighted(0.4, (any::<Index>(), any::<bool>())),
+    )
+        .prop_map(|(side, like)| Step::Create { side, like })
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        5 => (side(), any::<Index>(), 0..FIELDS.len(), proptest::bool::weighted(0.15))
+            .prop_map(|(side, pick, field, clear)| Step::Edit { side, pick, field, clear }),
+        2 => create(),
+        1 => (side(), any::<Index>()).prop_map(|(side, pick)| Step::Delete { side, pick }),
+        1 => (side(), any::<Index>(), 1..3u8)
+            .prop_map(|(side, pick, syncs)| Step::Reject { side, pick, syncs }),
+        3 => Just(Step::Sync),
+        2 => (0..failpoint::POINTS.len(), 1..3usize)
+            .prop_map(|(point, nth)| Step::Crash { point, nth }),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = ConflictPolicy> {
+    prop_oneof![
+        Just(ConflictPolicy::ContactWins),
+        Just(ConflictPolicy::AccountWins),
+        Just(ConflictPolicy::Newest),
+        Just(ConflictPolicy::Manual),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        any::<bool>(),
+        policy(),
+        prop_oneof![
+            Just(ConflictPolicy::ContactWins),
+            Just(ConflictPolicy::Manual)
+        ],
+        any::<bool>(),
+        proptest::collection::vec(create(), 4..10),
+        proptest::collection::vec(step(), 1..30),
+    )
+        .prop_map(
+            |(incremental, cust, vend, allow_deletes, setup, steps)| Case {
+                incremental,
+                cust,
+                vend,
+                allow_deletes,
+                setup,
+                steps,
+            },
+        )
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    /// Stopped by the delete guard (R16).
+    Refused,
+    /// Panicked at a failpoint.
+    Crashed,
+}
+
+#[derive(Debug, Clone)]
+struct Snapshot {
+    step: usize,
+    outcome: Outcome,
+    /// The links in the state after the run.
+    links: Vec<Link>,
+}
+
+impl Snapshot {
+    fn link(&self, code: &str, contact: &str) -> Option<&Link> {
+        self.links
+            .iter()
+            .find(|l| l.code == code && l.contact_id == contact)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Edit {
+    step: usize,
+    id: String,
+    field: &'static str,
+    value: Option<String>,
+}
+
+/// A contact the engine created (R6), with the customers it can stand for (their
+/// shared fields equal the contact's when it was first seen).
+#[derive(Debug, Clone)]
+struct Created {
+    step: usize,
+    sources: Vec<String>,
+}
+
+struct World {
+    crm: Arc<MemoryConnector>,
+    erp: Arc<MemoryConnector>,
+    relations: Relations,
+    state: Option<SqliteState>,
+    path: PathBuf,
+    allow_deletes: bool,
+    _dir: tempfile::TempDir,
+    /// Makes every value and id unique.
+    next: u64,
+    step: usize,
+    edits: Vec<Edit>,
+    snapshots: Vec<Snapshot>,
+    /// Records whose writes fail, with the runs left.
+    rejected: BTreeMap<(EntityKind, String), u8>,
+    /// Contacts the test deleted: step, and the customers they stood for.
+    deleted_contacts: Vec<(usize, String, Vec<String>)>,
+    created: BTreeMap<String, Created>,
+    trace: Vec<String>,
+}
+
+fn relation(kind: EntityKind, create_contacts: bool, conflict: ConflictPolicy) -> RelationConfig {
+    RelationConfig {
+        match_tiers: vec![
+            MatchTier::Fields(vec!["vat_registration_no".into()]),
+            MatchTier::Fields(vec!["email".into()]),
+        ],
+        create_contacts,
+        conflict,
+        ..RelationConfig::new(kind, "erp")
+    }
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    // A state in memory-backed storage when there is some: 500 cases of many runs.
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// Failpoint panics are the crashes the test asks for: not worth a backtrace each.
+fn quiet_failpoint_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !message.starts_with("failpoint ") {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+impl World {
+    fn new(case: &Case) -> World {
+        let dir = temp_dir();
+        let path = dir.path().join("state.db");
+        let state = SqliteState::open(&path, LockMode::Exclusive).unwrap();
+        let mut relations = BTreeMap::new();
+        relations.insert(
+            "CUST".to_string(),
+            relation(EntityKind::Customer, true, case.cust),
+        );
+        relations.insert(
+            "VEND".to_string(),
+            relation(EntityKind::Vendor, false, case.vend),
+        );
+        let config = SyncConfig::new(
+            ContactsConfig {
+                connector: "crm".into(),
+                preserve: None,
+            },
+            relations,
+        )
+        .unwrap();
+        World {
+            crm: Arc::new(
+                MemoryConnector::new(&[EntityKind::Contact], case.incremental)
+                    .with_page_size(3)
+                    .with_id_prefix("C"),
+            ),
+            erp: Arc::new(
+                MemoryConnector::new(
+                    &[EntityKind::Customer, EntityKind::Vendor],
+                    case.incremental,
+                )
+                .with_page_size(2)
+                .with_id_prefix("K"),
+            ),
+            relations: Relations::from_config(&config),
+            state: Some(state),
+            path,
+            allow_deletes: case.allow_deletes,
+            _dir: dir,
+            next: 0,
+            step: 0,
+            edits: Vec::new(),
+            snapshots: Vec::new(),
+            rejected: BTreeMap::new(),
+            deleted_contacts: Vec::new(),
+            created: BTreeMap::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn state(&self) -> &SqliteState {
+        self.state.as_ref().unwrap()
+    }
+
+    fn connector(&self, kind: EntityKind) -> &MemoryConnector {
+        if kind == EntityKind::Contact {
+            &self.crm
+        } else {
+            &self.erp
+        }
+    }
+
+    fn connectors(&self) -> HashMap<String, Arc<dyn Connector>> {
+        let mut map: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+        map.insert("crm".into(), self.crm.clone());
+        map.insert("erp".into(), self.erp.clone());
+        map
+    }
+
+    fn unique(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn records(&self, side: Side) -> Vec<Record> {
+        self.connector(side.kind()).all(side.kind())
+    }
+
+    fn pick(&self, side: Side, pick: &Index) -> Option<Record> {
+        let records = self.records(side);
+        (!records.is_empty()).then(|| records[pick.index(records.len())].clone())
+    }
+
+    fn apply(&mut self, step: &Step) -> Result<(), String> {
+        self.step += 1;
+        match step {
+            Step::Edit {
+                side,
+                pick,
+                field,
+                clear,
+            } => {
+                let Some(record) = self.pick(*side, pick) else {
+                    return Ok(());
+                };
+                let field = FIELDS[*field];
+                let value = (!clear).then(|| format!("{field}-{}", self.unique()));
+                let mut fields = record.fields.clone();
+                match &value {
+                    Some(v) => fields.set(field, Value::text(v.as_str())),
+                    None => {
+                        fields.remove(field);
+                    }
+                }
+                self.connector(record.kind)
+                    .put(record.kind, &record.id, fields);
+                self.trace.push(format!(
+                    "{}: edit {} {field} = {value:?}",
+                    self.step, record.id
+                ));
+                self.edits.push(Edit {
+                    step: self.step,
+                    id: record.id,
+                    field,
+                    value,
+                });
+            }
+            Step::Create { side, like } => {
+                let n = self.unique();
+                let id = format!("{}{n}", side.prefix());
+                let mut fields = Fields::new()
+                    .with("name", format!("name-{n}"))
+                    .with("phone", format!("phone-{n}"));
+                if n % 2 == 0 {
+                    fields.set("city", Value::text(format!("city-{n}")));
+                }
+                if n % 3 != 0 {
+                    fields.set("email", Value::text(format!("e{n}@example.com")));
+                }
+                if n % 2 == 1 {
+                    fields.set("vat_registration_no", Value::text(format!("BE{n}")));
+                }
+                if let Some((pick, vat)) = like {
+                    let mut all = self.records(Side::Contact);
+                    all.extend(self.records(Side::Customer));
+                    all.extend(self.records(Side::Vendor));
+                    if !all.is_empty() {
+                        let source = &all[pick.index(all.len())];
+                        let field = if *vat { "vat_registration_no" } else { "email" };
+                        match source.fields.get(field) {
+                            Some(v) => fields.set(field, v.clone()),
+                            None => {
+                                fields.remove(field);
+                            }
+                        }
+                    }
+                }
+                if *side == Side::Contact {
+                    fields.set("contact_type", Value::text("company"));
+                }
+                self.trace
+                    .push(format!("{}: create {id} {fields:?}", self.step));
+                self.connector(side.kind()).put(side.kind(), &id, fields);
+            }
+            Step::Delete { side, pick } => {
+                let Some(record) = self.pick(*side, pick) else {
+                    return Ok(());
+                };
+                if record.kind == EntityKind::Contact {
+                    let mut customers: Vec<String> = self
+                        .state()
+                        .links(Some("CUST"))
+                        .unwrap()
+                        .into_iter()
+                        .filter(|l| l.contact_id == record.id)
+                        .map(|l| l.account_id)
+                        .collect();
+                    if let Some(created) = self.created.get(&record.id) {
+                        customers.extend(created.sources.iter().cloned());
+                    }
+                    self.deleted_contacts
+                        .push((self.step, record.id.clone(), customers));
+                }
+                self.trace.push(format!("{}: delete {}", self.step, record.id));
+                self.connector(record.kind).remove(record.kind, &record.id);
+            }
+            Step::Reject { side, pick, syncs } => {
+                let Some(record) = self.pick(*side, pick) else {
+                    return Ok(());
+                };
+                self.trace.push(format!(
+                    "{}: reject writes to {} for {syncs} runs",
+                    self.step, record.id
+                ));
+                self.connector(record.kind).reject_writes_to(
+                    record.kind,
+                    &record.id,
+                    Some("rejected by the model test"),
+                );
+                self.rejected.insert((record.kind, record.id), *syncs);
+            }
+            Step::Sync => {
+                self.sync(None)?;
+            }
+            Step::Crash { point, nth } => {
+                self.sync(Some((failpoint::POINTS[*point], *nth)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One run, cut short at `crash` if it gets there. Records what the state holds
+    /// afterwards.
+    fn sync(&mut self, crash: Option<(&str, usize)>) -> Result<Option<RunReport>, String> {
+        let connectors = self.connectors();
+        let relations = self.relations.clone();
+        let allow = self.allow_deletes;
+        let state = self.state.as_mut().unwrap();
+        let rt = runtime();
+        if let Some((point, nth)) = crash {
+            failpoint::arm_panic(point, nth);
+        }
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            rt.block_on(async {
+                let mut engine = Engine::new(relations, connectors, state).unwrap();
+                engine.set_allow_deletes(allow);
+                engine.sync().await
+            })
+        }));
+        failpoint::disarm();
+        drop(rt);
+        let before = self.snapshots.last().map(|s| s.links.clone());
+        let (outcome, report) = match result {
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_default();
+                if !message.starts_with("failpoint ") {
+                    return Err(format!("step {}: the run panicked: {message}", self.step));
+                }
+                // A new process: the state is opened again.
+                self.state = None;
+                let state = SqliteState::open(&self.path, LockMode::Exclusive)
+                    .map_err(|e| format!("the state does not open after a crash: {e}"))?;
+                self.state = Some(state);
+                (Outcome::Crashed, None)
+            }
+            Ok(Ok(report)) => (Outcome::Ok, Some(report)),
+            Ok(Err(EngineError::TooManyDeletes { .. })) if !allow => (Outcome::Refused, None),
+            Ok(Err(e)) => return Err(format!("step {}: the run failed: {e}", self.step)),
+        };
+        let mut links = self.state().links(None).unwrap();
+        links.sort_by(|a, b| (&a.code, &a.contact_id).cmp(&(&b.code, &b.contact_id)));
+        if outcome == Outcome::Refused && before.as_ref().is_some_and(|b| *b != links) {
+            return Err(format!(
+                "step {}: a run the delete guard refused changed the links",
+                self.step
+            ));
+        }
+        self.trace.push(format!(
+            "{}: sync{} -> {outcome:?}{}; links {:?}",
+            self.step,
+            crash.map(|(p, n)| format!(" crashing at {p}:{n}")).unwrap_or_default(),
+            report
+                .as_ref()
+                .map(|r| format!(
+                    " ({} writes, failures {:?})",
+                    r.writes,
+                    r.failures
+                        .iter()
+                        .map(|f| (&f.code, &f.contact_id, &f.account_id, f.parked))
+                        .collect::<Vec<_>>()
+                ))
+                .unwrap_or_default(),
+            links
+                .iter()
+                .map(|l| format!(
+                    "{}:{}-{}{}{}{}",
+                    l.code,
+                    l.contact_id,
+                    l.account_id,
+                    if l.failure_count > 0 { " failed" } else { "" },
+                    if l.parked { " parked" } else { "" },
+                    if l.intent.is_some() { " intent" } else { "" },
+                ))
+                .collect::<Vec<_>>()
+        ));
+        self.snapshots.push(Snapshot {
+            step: self.step,
+            outcome,
+            links,
+        });
+        self.observe_created();
+        // Rejections last a given number of runs.
+        let mut lifted = Vec::new();
+        for (key, left) in &mut self.rejected {
+            *left -= 1;
+            if *left == 0 {
+                lifted.push(key.clone());
+            }
+        }
+        for key in lifted {
+            self.connector(key.0).reject_writes_to(key.0, &key.1, None);
+            self.rejected.remove(&key);
+        }
+        Ok(report)
+    }
+
+    /// Notes the contacts the engine created since the last look, and which customers
+    /// they can stand for.
+    fn observe_created(&mut self) {
+        let shared: Vec<&str> = self.relations.relations[0]
+            .shared
+            .iter()
+            .map(|f| f.as_str())
+            .collect();
+        let customers = self.erp.all(EntityKind::Customer);
+        for contact in self.crm.all(EntityKind::Contact) {
+            if contact.id.starts_with(Side::Contact.prefix()) || self.created.contains_key(&contact.id)
+            {
+                continue;
+            }
+            let sources = customers
+                .iter()
+                .filter(|c| c.fields.project(&shared) == contact.fields.project(&shared))
+                .map(|c| c.id.clone())
+                .collect();
+            self.created.insert(
+                contact.id,
+                Created {
+                    step: self.step,
+                    sources,
+                },
+            );
+        }
+    }
+
+    /// Lifts every injected fault, retries parked work and runs until settled; then
+    /// checks the invariants.
+    fn finish(&mut self) -> Result<(), String> {
+        for (kind, id) in std::mem::take(&mut self.rejected).into_keys() {
+            self.connector(kind).reject_writes_to(kind, &id, None);
+        }
+        failpoint::disarm();
+        let final_step = self.step + 1;
+        self.step = final_step;
+        tandem_engine::retry(
+            self.state.as_mut().unwrap(),
+            &self.relations,
+            &RetryTarget::All,
+        )
+        .unwrap();
+        self.allow_deletes = true;
+        let mut last = None;
+        for _ in 0..2 {
+            let report = self.sync(None)?.expect("a run without faults reports");
+            if !report.failures.is_empty() {
+                return Err(format!(
+                    "a run without faults failed: {:?}",
+                    report.failures
+                ));
+            }
+            last = Some(report);
+        }
+        let report = last.unwrap();
+        let mut errors = Vec::new();
+        self.check(&report, final_step, &mut errors);
+        let further = self.sync(None)?.unwrap();
+        if further.writes != 0 {
+            errors.push(format!(
+                "(4) a further run wrote {} times: {:#?}",
+                further.writes, further.plan
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    fn check(&self, report: &RunReport, final_step: usize, errors: &mut Vec<String>) {
+        let state = self.state();
+        let links = state.links(None).unwrap();
+        let open: BTreeSet<(String, String, String)> = state
+            .conflicts(true)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.code, c.contact_id, c.field))
+            .collect();
+        let ever_conflicted: BTreeSet<(String, String)> = state
+            .conflicts(false)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.contact_id, c.field))
+            .collect();
+        let contacts: BTreeMap<String, Record> = self
+            .crm
+            .all(EntityKind::Contact)
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let account = |code: &str, id: &str| {
+            let kind = if code == "CUST" {
+                EntityKind::Customer
+            } else {
+                EntityKind::Vendor
+            };
+            self.erp.get(kind, id)
+        };
+
+        // (2) one link per code on each side, both records there.
+        let mut by_contact = BTreeSet::new();
+        let mut by_account = BTreeSet::new();
+        for l in &links {
+            if !by_contact.insert((l.code.clone(), l.contact_id.clone())) {
+                errors.push(format!("(2) contact {} has two {} links", l.contact_id, l.code));
+            }
+            if !by_account.insert((l.code.clone(), l.account_id.clone())) {
+                errors.push(format!("(2) account {} has two contacts", l.account_id));
+            }
+            if !contacts.contains_key(&l.contact_id) || account(&l.code, &l.account_id).is_none()
+            {
+                errors.push(format!("(2) a link to a record that is gone: {l:?}"));
+            }
+            if l.parked || l.failure_count > 0 || l.intent.is_some() {
+                errors.push(format!("a link not settled after runs without faults: {l:?}"));
+            }
+        }
+        for kind in [EntityKind::Customer, EntityKind::Vendor] {
+            for r in self.erp.all(kind) {
+                if !r.id.starts_with("u") {
+                    errors.push(format!("(2) an account nobody asked for: {r:?}"));
+                }
+            }
+        }
+        // (2) no two contacts created for one customer; every created contact stood
+        // for one.
+        let mut per_source: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, created) in &self.created {
+            match created.sources.as_slice() {
+                [] => errors.push(format!(
+                    "(2) contact {id}, created at step {}, stands for no customer",
+                    created.step
+                )),
+                [one] => per_source.entry(one).or_default().push(id),
+                _ => {}
+            }
+        }
+        for (source, created) in &per_source {
+            if created.len() > 1 {
+                errors.push(format!(
+                    "(2) customer {source} got {} contacts: {created:?}",
+                    created.len()
+                ));
+            }
+        }
+        for (id, created) in &self.created {
+            if contacts.contains_key(id)
+                && !links.iter().any(|l| l.code == "CUST" && &l.contact_id == id)
+                && created
+                    .sources
+                    .iter()
+                    .any(|s| self.erp.get(EntityKind::Customer, s).is_some())
+            {
+                errors.push(format!(
+                    "(2) contact {id} created for {:?}, which is still there, holds no CUST link",
+                    created.sources
+                ));
+            }
+        }
+
+        // R6 and R12.
+        let ambiguous: BTreeSet<&str> = report
+            .ambiguous
+            .iter()
+            .flat_map(|a| a.account_ids.iter().map(String::as_str))
+            .collect();
+        for customer in self.erp.all(EntityKind::Customer) {
+            let deleted: Vec<usize> = self
+                .deleted_contacts
+                .iter()
+                .filter(|(_, _, customers)| customers.contains(&customer.id))
+                .map(|(step, _, _)| *step)
+                .collect();
+            let linked = links
+                .iter()
+                .any(|l| l.code == "CUST" && l.account_id == customer.id);
+            if deleted.is_empty() && !linked && !ambiguous.contains(customer.id.as_str()) {
+                errors.push(format!("(R6) customer {} has no contact", customer.id));
+            }
+            if let Some(first) = deleted.iter().min() {
+                for (id, created) in &self.created {
+                    if created.step > *first && created.sources == [customer.id.clone()] {
+                        errors.push(format!(
+                            "(R12) customer {} got contact {id} at step {} after the test \
+                             deleted its contact at step {first}",
+                            customer.id, created.step
+                        ));
+                    }
+                }
+            }
+        }
+
+        // R9: a contact lists exactly the codes it holds.
+        for contact in contacts.values() {
+            for code in ["CUST", "VEND"] {
+                let holds = links
+                    .iter()
+                    .any(|l| l.code == code && l.contact_id == contact.id);
+                if tandem_engine::plan::lists_code(contact, code) != holds {
+                    errors.push(format!(
+                        "(R9) contact {} holds {code}: {holds}, lists it: {:?}",
+                        contact.id,
+                        contact.fields.get("business_relations")
+                    ));
+                }
+            }
+        }
+
+        for l in &links {
+            let (Some(contact), Some(acct)) =
+                (contacts.get(&l.contact_id), account(&l.code, &l.account_id))
+            else {
+                continue;
+            };
+            let relation = self
+                .relations
+                .relations
+                .iter()
+                .find(|r| r.code == l.code)
+                .unwrap();
+            // (1) the pair agrees on every shared field but open conflicts.
+            for field in &relation.shared {
+                let field = field.as_str();
+                if open.contains(&(l.code.clone(), l.contact_id.clone(), field.to_owned())) {
+                    continue;
+                }
+                if contact.fields.get(field) != acct.fields.get(field) {
+                    errors.push(format!(
+                        "(1) {} {} / {} disagree on {field}: {:?} / {:?}",
+                        l.code,
+                        l.contact_id,
+                        l.account_id,
+                        contact.fields.get(field),
+                        acct.fields.get(field)
+                    ));
+                }
+            }
+            // (3) no edit lost.
+            self.check_edits(l, relation.conflict, contact, &acct, &ever_conflicted, &open, final_step, errors);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_edits(
+        &self,
+        link: &Link,
+        policy: ConflictPolicy,
+        contact: &Record,
+        account: &Record,
+        ever_conflicted: &BTreeSet<(String, String)>,
+        open: &BTreeSet<(String, String, String)>,
+        final_step: usize,
+        errors: &mut Vec<String>,
+    ) {
+        let code = link.code.as_str();
+        let c = link.contact_id.as_str();
+        let a = link.account_id.as_str();
+        let during: Vec<&Snapshot> = self
+            .snapshots
+            .iter()
+            .filter(|s| s.step < final_step)
+            .collect();
+        // The link held since snapshot `start`.
+        let start = during
+            .iter()
+            .rposition(|s| s.link(code, c).is_none_or(|l| l.account_id != a))
+            .map_or(0, |i| i + 1);
+        if start >= during.len() {
+            return; // linked by the final runs: nothing to hold it to
+        }
+        // Its last clean run, or else the run that made it.
+        let window = (start..during.len())
+            .rev()
+            .find(|&i| {
+                let l = during[i].link(code, c).unwrap();
+                during[i].outcome == Outcome::Ok
+                    && l.failure_count == 0
+                    && !l.parked
+                    && l.intent.is_none()
+            })
+            .unwrap_or(start);
+        let since = during[window].step;
+        let crashed_since = during[window + 1..]
+            .iter()
+            .any(|s| s.outcome == Outcome::Crashed);
+        // Every record of the hub since then.
+        let mut hub: BTreeSet<String> = BTreeSet::from([c.to_owned()]);
+        for s in &during[window..] {
+            hub.extend(
+                s.links
+                    .iter()
+                    .filter(|l| l.contact_id == c)
+                    .map(|l| l.account_id.clone()),
+            );
+        }
+        for l in self.state().links(None).unwrap() {
+            if l.contact_id == c {
+                hub.insert(l.account_id);
+            }
+        }
+        for field in FIELDS {
+            if ever_conflicted.contains(&(c.to_owned(), field.to_owned())) {
+                continue;
+            }
+            let edits: Vec<&Edit> = self
+                .edits
+                .iter()
+                .filter(|e| e.step > since && e.field == field && hub.contains(&e.id))
+                .collect();
+            let last = |id: &str| edits.iter().rev().find(|e| e.id == id).map(|e| &e.value);
+            let (on_contact, on_account) = (last(c), last(a));
+            if edits
+                .iter()
+                .any(|e| e.id != c && e.id != a)
+            {
+                continue; // another account of the hub was edited too
+            }
+            let expected: Vec<&Option<String>> = match (on_contact, on_account) {
+                (None, None) => continue,
+                (Some(v), None) | (None, Some(v)) => vec![v],
+                (Some(cv), Some(av)) => {
+                    if crashed_since || policy == ConflictPolicy::Newest {
+                        vec![cv, av]
+                    } else {
+                        match policy {
+                            ConflictPolicy::ContactWins => vec![cv],
+                            ConflictPolicy::AccountWins => vec![av],
+                            _ => {
+                                if !open.contains(&(code.to_owned(), c.to_owned(), field.to_owned())) {
+                                    errors.push(format!(
+                                        "(3) {code} {c} / {a}: {field} edited on both sides \
+                                         since step {since} ({cv:?} / {av:?}) under `manual` \
+                                         without a conflict"
+                                    ));
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                }
+            };
+            let text = |r: &Record| r.fields.get(field).map(|v| v.to_cell());
+            for (side, record) in [("contact", contact), ("account", account)] {
+                let held = text(record);
+                if !expected.contains(&&held) {
+                    errors.push(format!(
+                        "(3) {code} {c} / {a}: {field} on the {side} is {held:?}, expected one \
+                         of {expected:?} (edits since step {since}: {:?})",
+                        edits
+                            .iter()
+                            .map(|e| (e.step, &e.id, &e.value))
+                            .collect::<Vec<_>>()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn run_case(case: &Case) -> Result<(), String> {
+    quiet_failpoint_panics();
+    let mut world = World::new(case);
+    let outcome = (|| {
+        for step in case.setup.iter().chain(&case.steps) {
+            world.apply(step)?;
+        }
+        world.finish()
+    })();
+    outcome.map_err(|e| format!("{e}\n--- trace ---\n{}", world.trace.join("\n")))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // `PROPTEST_CASES` overrides, for a quick look or a long hunt.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(500),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn model(case in case()) {
+        let outcome = run_case(&case);
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
+}
