@@ -4,9 +4,14 @@
 //! `TANDEM_FAILPOINT=<name>[:<n>]` makes the process abort, as a crash would, the
 //! `n`-th time (default 1st) it passes the point `name`. Unset, a failpoint costs one
 //! relaxed atomic load.
+//!
+//! In-process tests (the model test of the engine) use [`arm_panic`] instead: the point
+//! panics rather than aborting, the test catches the panic, drops the state and opens
+//! it again, as a new process would. The hook is process-global (nextest runs every
+//! test in a process of its own).
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// Every failpoint of a sync, in the order a run passes them.
 pub const POINTS: &[&str] = &[
@@ -48,8 +53,45 @@ fn armed() -> Option<&'static Armed> {
         .as_ref()
 }
 
-/// Aborts the process here if `TANDEM_FAILPOINT` names this point.
+/// The point armed by [`arm_panic`]: its name, which pass panics, passes seen.
+static PANIC_AT: Mutex<Option<(String, usize, usize)>> = Mutex::new(None);
+/// Whether [`PANIC_AT`] is set: an unarmed failpoint takes no lock.
+static PANIC_ARMED: AtomicBool = AtomicBool::new(false);
+
+fn panic_at() -> std::sync::MutexGuard<'static, Option<(String, usize, usize)>> {
+    PANIC_AT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Test hook: the `nth` (from 1) pass through the point `name` panics, once, instead
+/// of aborting the process. Replaces any point armed before.
+pub fn arm_panic(name: &str, nth: usize) {
+    *panic_at() = Some((name.to_owned(), nth.max(1), 0));
+    PANIC_ARMED.store(true, Ordering::SeqCst);
+}
+
+/// Test hook: undoes [`arm_panic`] (a point that panicked is disarmed already).
+pub fn disarm() {
+    *panic_at() = None;
+    PANIC_ARMED.store(false, Ordering::SeqCst);
+}
+
+/// Aborts the process here if `TANDEM_FAILPOINT` names this point; panics if
+/// [`arm_panic`] armed it.
 pub fn hit(name: &str) {
+    if PANIC_ARMED.load(Ordering::Relaxed) {
+        let mut armed = panic_at();
+        if let Some((point, nth, seen)) = armed.as_mut()
+            && point == name
+        {
+            *seen += 1;
+            if *seen == *nth {
+                *armed = None;
+                PANIC_ARMED.store(false, Ordering::SeqCst);
+                drop(armed);
+                panic!("failpoint {name} reached: panicking as a crash would");
+            }
+        }
+    }
     if let Some(armed) = armed()
         && armed.name == name
         && armed.seen.fetch_add(1, Ordering::Relaxed) + 1 == armed.nth

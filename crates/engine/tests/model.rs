@@ -1,0 +1,1491 @@
+//! A model-based test of the engine: random sequences of user edits, creates and
+//! deletes on both sides, rejected writes and runs cut short at every failpoint,
+//! followed by fault-free runs; then the invariants of DESIGN.md must hold (R2, R6, R7,
+//! R9, R12, R14, R15, R17, R18, R19).
+//!
+//! The world: contacts in a CRM, customers (`CUST`, contacts created for them, R6) and
+//! vendors (`VEND`, no creates) in an ERP, both in-memory connectors, either full
+//! listings or change-reading (a parameter of the case), and a SQLite state in a
+//! temporary folder. A crash is a panic at a failpoint (`failpoint::arm_panic`); the
+//! state is then dropped and opened again, as by a new process.
+//!
+//! The model keeps what the user did (every edit with its step) and what the state
+//! said after every run, and checks at the end:
+//! 1. every linked pair agrees on every shared field, unless a manual conflict is open
+//!    for that field;
+//! 2. one link per code on each side (R2); no contact is created twice for one account
+//!    and no account is created at all (no contact asks for one); every contact the
+//!    engine created belongs to an account;
+//! 3. no edit is lost: a field of a pair edited on one side only since the pair's last
+//!    clean run (no failure, no intent, not parked) ends with that value on both sides;
+//!    edited on both sides, it ends with the policy's winner (`contact_wins`,
+//!    `account_wins`), an open conflict (`manual`) or either value (`newest`, or a run
+//!    cut short in between, after which R18 lets an edit made after the crash win);
+//! 4. a further run writes nothing (R14).
+//!
+//! Also: every customer whose contact the test did not delete has a contact (R6), one
+//! whose contact it deleted gets no new one (R12), and a contact lists exactly the
+//! codes it holds (R9).
+//!
+//! A failing case prints its minimal steps and the trace of the runs; proptest keeps
+//! its seed in `model.proptest-regressions`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use tandem_connector::Connector;
+use tandem_connector::memory::MemoryConnector;
+use tandem_engine::{
+    ConflictPolicy, ContactsConfig, Engine, EngineError, MatchTier, RelationConfig, Relations,
+    RetryTarget, RunReport, SyncConfig, failpoint,
+};
+use tandem_model::{EntityKind, Fields, Record, Value};
+use tandem_state::{Link, LockMode, SqliteState, StateStore};
+
+/// The shared fields the test edits.
+const FIELDS: [&str; 4] = ["phone", "email", "city", "name"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Contact,
+    Customer,
+    Vendor,
+}
+
+impl Side {
+    fn kind(self) -> EntityKind {
+        match self {
+            Side::Contact => EntityKind::Contact,
+            Side::Customer => EntityKind::Customer,
+            Side::Vendor => EntityKind::Vendor,
+        }
+    }
+
+    /// The prefix of ids the test gives; the connectors number their own creates
+    /// `C<n>` and `K<n>`.
+    fn prefix(self) -> &'static str {
+        match self {
+            Side::Contact => "uc",
+            Side::Customer => "uk",
+            Side::Vendor => "uv",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Sets one of [`FIELDS`] of a record to a value never used before, or clears it.
+    Edit {
+        side: Side,
+        pick: Index,
+        field: usize,
+        clear: bool,
+    },
+    /// A new record; `like` copies the VAT number (`true`) or e-mail of any record, so
+    /// that it matches (or makes a match ambiguous).
+    Create {
+        side: Side,
+        like: Option<(Index, bool)>,
+    },
+    Delete {
+        side: Side,
+        pick: Index,
+    },
+    /// The next `syncs` runs' writes to this record fail.
+    Reject {
+        side: Side,
+        pick: Index,
+        syncs: u8,
+    },
+    Sync,
+    /// A run that panics the `nth` time it passes `failpoint::POINTS[point]`.
+    Crash {
+        point: usize,
+        nth: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    incremental: bool,
+    cust: ConflictPolicy,
+    vend: ConflictPolicy,
+    /// Every run lets deletes through (`--allow-deletes`); otherwise the delete guard
+    /// may refuse a run, which must then write nothing.
+    allow_deletes: bool,
+    setup: Vec<Step>,
+    steps: Vec<Step>,
+}
+
+fn side() -> impl Strategy<Value = Side> {
+    prop_oneof![
+        2 => Just(Side::Contact),
+        2 => Just(Side::Customer),
+        1 => Just(Side::Vendor),
+    ]
+}
+
+fn create() -> impl Strategy<Value = Step> {
+    (
+        side(),
+        proptest::option::weighted(0.4, (any::<Index>(), any::<bool>())),
+    )
+        .prop_map(|(side, like)| Step::Create { side, like })
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        5 => (side(), any::<Index>(), 0..FIELDS.len(), proptest::bool::weighted(0.15))
+            .prop_map(|(side, pick, field, clear)| Step::Edit { side, pick, field, clear }),
+        2 => create(),
+        1 => (side(), any::<Index>()).prop_map(|(side, pick)| Step::Delete { side, pick }),
+        1 => (side(), any::<Index>(), 1..3u8)
+            .prop_map(|(side, pick, syncs)| Step::Reject { side, pick, syncs }),
+        3 => Just(Step::Sync),
+        2 => (0..failpoint::POINTS.len(), 1..3usize)
+            .prop_map(|(point, nth)| Step::Crash { point, nth }),
+    ]
+}
+
+fn policy() -> impl Strategy<Value = ConflictPolicy> {
+    prop_oneof![
+        Just(ConflictPolicy::ContactWins),
+        Just(ConflictPolicy::AccountWins),
+        Just(ConflictPolicy::Newest),
+        Just(ConflictPolicy::Manual),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        any::<bool>(),
+        policy(),
+        prop_oneof![
+            Just(ConflictPolicy::ContactWins),
+            Just(ConflictPolicy::Manual)
+        ],
+        any::<bool>(),
+        proptest::collection::vec(create(), 4..10),
+        proptest::collection::vec(step(), 1..30),
+    )
+        .prop_map(
+            |(incremental, cust, vend, allow_deletes, setup, steps)| Case {
+                incremental,
+                cust,
+                vend,
+                allow_deletes,
+                setup,
+                steps,
+            },
+        )
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    /// Stopped by the delete guard (R16).
+    Refused,
+    /// Panicked at a failpoint.
+    Crashed,
+}
+
+#[derive(Debug, Clone)]
+struct Snapshot {
+    step: usize,
+    outcome: Outcome,
+    /// The links in the state after the run.
+    links: Vec<Link>,
+}
+
+impl Snapshot {
+    fn link(&self, code: &str, contact: &str) -> Option<&Link> {
+        self.links
+            .iter()
+            .find(|l| l.code == code && l.contact_id == contact)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Edit {
+    step: usize,
+    id: String,
+    field: &'static str,
+    value: Option<String>,
+}
+
+/// A contact the engine created (R6), with the customers it can stand for (their
+/// shared fields equal the contact's when it was first seen).
+#[derive(Debug, Clone)]
+struct Created {
+    step: usize,
+    sources: Vec<String>,
+}
+
+struct World {
+    crm: Arc<MemoryConnector>,
+    erp: Arc<MemoryConnector>,
+    relations: Relations,
+    state: Option<SqliteState>,
+    path: PathBuf,
+    allow_deletes: bool,
+    _dir: tempfile::TempDir,
+    /// Makes every value and id unique.
+    next: u64,
+    step: usize,
+    edits: Vec<Edit>,
+    snapshots: Vec<Snapshot>,
+    /// Records whose writes fail, with the runs left.
+    rejected: BTreeMap<(EntityKind, String), u8>,
+    /// Contacts the test deleted: step, and the customers they stood for.
+    deleted_contacts: Vec<(usize, String, Vec<String>)>,
+    /// Customers whose contact the test deleted while their stored hash was 0 (to be
+    /// looked at again, as after every update Tandem makes) or their link had an
+    /// intent or a failure (read again by the next run): engine bug 1.
+    rechecked_when_deleted: BTreeSet<String>,
+    /// Customers whose contact, created by a run cut short before linking it, the test
+    /// deleted: engine bug 4.
+    unlinked_creation_deleted: BTreeSet<String>,
+    /// Contacts that held (or were created for) an account the test deleted.
+    lost_customer: BTreeSet<String>,
+    created: BTreeMap<String, Created>,
+    /// Accounts any run reported as matching ambiguously (R4): they get no contact.
+    ambiguous: BTreeSet<String>,
+    trace: Vec<String>,
+}
+
+fn relation(kind: EntityKind, create_contacts: bool, conflict: ConflictPolicy) -> RelationConfig {
+    RelationConfig {
+        match_tiers: vec![
+            MatchTier::Fields(vec!["vat_registration_no".into()]),
+            MatchTier::Fields(vec!["email".into()]),
+        ],
+        create_contacts,
+        conflict,
+        ..RelationConfig::new(kind, "erp")
+    }
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    // A state in memory-backed storage when there is some: 500 cases of many runs.
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// Failpoint panics are the crashes the test asks for: not worth a backtrace each.
+fn quiet_failpoint_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !message.starts_with("failpoint ") {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+impl World {
+    fn new(case: &Case) -> World {
+        let dir = temp_dir();
+        let path = dir.path().join("state.db");
+        let state = SqliteState::open(&path, LockMode::Exclusive).unwrap();
+        let mut relations = BTreeMap::new();
+        relations.insert(
+            "CUST".to_string(),
+            relation(EntityKind::Customer, true, case.cust),
+        );
+        relations.insert(
+            "VEND".to_string(),
+            relation(EntityKind::Vendor, false, case.vend),
+        );
+        let config = SyncConfig::new(
+            ContactsConfig {
+                connector: "crm".into(),
+                preserve: None,
+            },
+            relations,
+        )
+        .unwrap();
+        World {
+            crm: Arc::new(
+                MemoryConnector::new(&[EntityKind::Contact], case.incremental)
+                    .with_page_size(3)
+                    .with_id_prefix("C"),
+            ),
+            erp: Arc::new(
+                MemoryConnector::new(
+                    &[EntityKind::Customer, EntityKind::Vendor],
+                    case.incremental,
+                )
+                .with_page_size(2)
+                .with_id_prefix("K"),
+            ),
+            relations: Relations::from_config(&config),
+            state: Some(state),
+            path,
+            allow_deletes: case.allow_deletes,
+            _dir: dir,
+            next: 0,
+            step: 0,
+            edits: Vec::new(),
+            snapshots: Vec::new(),
+            rejected: BTreeMap::new(),
+            deleted_contacts: Vec::new(),
+            lost_customer: BTreeSet::new(),
+            rechecked_when_deleted: BTreeSet::new(),
+            unlinked_creation_deleted: BTreeSet::new(),
+            created: BTreeMap::new(),
+            ambiguous: BTreeSet::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn state(&self) -> &SqliteState {
+        self.state.as_ref().unwrap()
+    }
+
+    fn connector(&self, kind: EntityKind) -> &MemoryConnector {
+        if kind == EntityKind::Contact {
+            &self.crm
+        } else {
+            &self.erp
+        }
+    }
+
+    fn connectors(&self) -> HashMap<String, Arc<dyn Connector>> {
+        let mut map: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+        map.insert("crm".into(), self.crm.clone());
+        map.insert("erp".into(), self.erp.clone());
+        map
+    }
+
+    fn unique(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn records(&self, side: Side) -> Vec<Record> {
+        self.connector(side.kind()).all(side.kind())
+    }
+
+    fn pick(&self, side: Side, pick: &Index) -> Option<Record> {
+        let records = self.records(side);
+        (!records.is_empty()).then(|| records[pick.index(records.len())].clone())
+    }
+
+    fn apply(&mut self, step: &Step) -> Result<(), String> {
+        self.step += 1;
+        match step {
+            Step::Edit {
+                side,
+                pick,
+                field,
+                clear,
+            } => {
+                let Some(record) = self.pick(*side, pick) else {
+                    return Ok(());
+                };
+                // Left out while engine bug 6 is open (see its reproduction below): an
+                // edit to a contact a run created and was cut short before linking.
+                if self.created.contains_key(&record.id)
+                    && self
+                        .state()
+                        .links(Some("CUST"))
+                        .unwrap()
+                        .iter()
+                        .all(|l| l.contact_id != record.id)
+                {
+                    return Ok(());
+                }
+                let field = FIELDS[*field];
+                if *clear && record.fields.get(field).is_none() {
+                    return Ok(()); // nothing to clear: not an edit
+                }
+                let value = (!clear).then(|| format!("{field}-{}", self.unique()));
+                let mut fields = record.fields.clone();
+                match &value {
+                    Some(v) => fields.set(field, Value::text(v.as_str())),
+                    None => {
+                        fields.remove(field);
+                    }
+                }
+                self.connector(record.kind)
+                    .put(record.kind, &record.id, fields);
+                self.trace.push(format!(
+                    "{}: edit {} {field} = {value:?}",
+                    self.step, record.id
+                ));
+                self.edits.push(Edit {
+                    step: self.step,
+                    id: record.id,
+                    field,
+                    value,
+                });
+            }
+            Step::Create { side, like } => {
+                let n = self.unique();
+                let id = format!("{}{n}", side.prefix());
+                let mut fields = Fields::new()
+                    .with("name", format!("name-{n}"))
+                    .with("phone", format!("phone-{n}"));
+                if n.is_multiple_of(2) {
+                    fields.set("city", Value::text(format!("city-{n}")));
+                }
+                if !n.is_multiple_of(3) {
+                    fields.set("email", Value::text(format!("e{n}@example.com")));
+                }
+                if n % 2 == 1 {
+                    fields.set("vat_registration_no", Value::text(format!("BE{n}")));
+                }
+                if let Some((pick, vat)) = like {
+                    let mut all = self.records(Side::Contact);
+                    all.extend(self.records(Side::Customer));
+                    all.extend(self.records(Side::Vendor));
+                    if !all.is_empty() {
+                        let source = &all[pick.index(all.len())];
+                        let field = if *vat { "vat_registration_no" } else { "email" };
+                        match source.fields.get(field) {
+                            Some(v) => fields.set(field, v.clone()),
+                            None => {
+                                fields.remove(field);
+                            }
+                        }
+                    }
+                }
+                if *side == Side::Contact {
+                    fields.set("contact_type", Value::text("company"));
+                }
+                self.trace
+                    .push(format!("{}: create {id} {fields:?}", self.step));
+                self.connector(side.kind()).put(side.kind(), &id, fields);
+            }
+            Step::Delete { side, pick } => {
+                let Some(record) = self.pick(*side, pick) else {
+                    return Ok(());
+                };
+                if record.kind != EntityKind::Contact {
+                    let code = if record.kind == EntityKind::Customer {
+                        "CUST"
+                    } else {
+                        "VEND"
+                    };
+                    self.lost_customer.extend(
+                        self.state()
+                            .links_of_accounts(code, &[record.id.as_str()])
+                            .unwrap()
+                            .into_iter()
+                            .map(|l| l.contact_id),
+                    );
+                    // A contact created for it by a run cut short before linking it.
+                    let created_for: Vec<String> = self
+                        .created
+                        .iter()
+                        .filter(|(_, c)| c.sources.contains(&record.id))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    self.lost_customer.extend(created_for);
+                }
+                if record.kind == EntityKind::Contact {
+                    let mut customers: Vec<String> = self
+                        .state()
+                        .links(Some("CUST"))
+                        .unwrap()
+                        .into_iter()
+                        .filter(|l| l.contact_id == record.id)
+                        .map(|l| l.account_id)
+                        .collect();
+                    if let Some(created) = self.created.get(&record.id) {
+                        if customers.is_empty() {
+                            self.unlinked_creation_deleted
+                                .extend(created.sources.iter().cloned());
+                        }
+                        customers.extend(created.sources.iter().cloned());
+                    }
+                    let hashes = self
+                        .state()
+                        .hashes(&tandem_state::Scope::new("erp", EntityKind::Customer))
+                        .unwrap();
+                    let pending: BTreeSet<String> = self
+                        .state()
+                        .links(Some("CUST"))
+                        .unwrap()
+                        .into_iter()
+                        .filter(|l| l.intent.is_some() || l.failure_count > 0)
+                        .map(|l| l.account_id)
+                        .collect();
+                    for customer in &customers {
+                        if hashes.get(customer).is_some_and(|h| *h == 0)
+                            || pending.contains(customer)
+                        {
+                            self.rechecked_when_deleted.insert(customer.clone());
+                        }
+                    }
+                    self.deleted_contacts
+                        .push((self.step, record.id.clone(), customers));
+                }
+                self.trace
+                    .push(format!("{}: delete {}", self.step, record.id));
+                self.connector(record.kind).remove(record.kind, &record.id);
+            }
+            Step::Reject { side, pick, syncs } => {
+                let Some(record) = self.pick(*side, pick) else {
+                    return Ok(());
+                };
+                self.trace.push(format!(
+                    "{}: reject writes to {} for {syncs} runs",
+                    self.step, record.id
+                ));
+                self.connector(record.kind).reject_writes_to(
+                    record.kind,
+                    &record.id,
+                    Some("rejected by the model test"),
+                );
+                self.rejected.insert((record.kind, record.id), *syncs);
+            }
+            Step::Sync => {
+                self.sync(None)?;
+            }
+            Step::Crash { point, nth } => {
+                self.sync(Some((failpoint::POINTS[*point], *nth)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One run, cut short at `crash` if it gets there. Records what the state holds
+    /// afterwards.
+    fn sync(&mut self, crash: Option<(&str, usize)>) -> Result<Option<RunReport>, String> {
+        let connectors = self.connectors();
+        let relations = self.relations.clone();
+        let allow = self.allow_deletes;
+        let state = self.state.as_mut().unwrap();
+        let rt = runtime();
+        if let Some((point, nth)) = crash {
+            failpoint::arm_panic(point, nth);
+        }
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            rt.block_on(async {
+                let mut engine = Engine::new(relations, connectors, state).unwrap();
+                engine.set_allow_deletes(allow);
+                engine.sync().await
+            })
+        }));
+        failpoint::disarm();
+        drop(rt);
+        let before = self.snapshots.last().map(|s| s.links.clone());
+        let (outcome, report) = match result {
+            Err(panic) => {
+                let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+                if !message.starts_with("failpoint ") {
+                    return Err(format!("step {}: the run panicked: {message}", self.step));
+                }
+                // A new process: the state is opened again.
+                self.state = None;
+                let state = SqliteState::open(&self.path, LockMode::Exclusive)
+                    .map_err(|e| format!("the state does not open after a crash: {e}"))?;
+                self.state = Some(state);
+                (Outcome::Crashed, None)
+            }
+            Ok(Ok(report)) => (Outcome::Ok, Some(report)),
+            Ok(Err(EngineError::TooManyDeletes { .. })) if !allow => (Outcome::Refused, None),
+            Ok(Err(e)) => return Err(format!("step {}: the run failed: {e}", self.step)),
+        };
+        let mut links = self.state().links(None).unwrap();
+        links.sort_by(|a, b| (&a.code, &a.contact_id).cmp(&(&b.code, &b.contact_id)));
+        if outcome == Outcome::Refused && before.as_ref().is_some_and(|b| *b != links) {
+            return Err(format!(
+                "step {}: a run the delete guard refused changed the links",
+                self.step
+            ));
+        }
+        self.trace.push(format!(
+            "{}: sync{} -> {outcome:?}{}; links {:?}",
+            self.step,
+            crash
+                .map(|(p, n)| format!(" crashing at {p}:{n}"))
+                .unwrap_or_default(),
+            report
+                .as_ref()
+                .map(|r| format!(
+                    " ({} writes, failures {:?})",
+                    r.writes,
+                    r.failures
+                        .iter()
+                        .map(|f| (&f.code, &f.contact_id, &f.account_id, f.parked))
+                        .collect::<Vec<_>>()
+                ))
+                .unwrap_or_default(),
+            links
+                .iter()
+                .map(|l| format!(
+                    "{}:{}-{}{}{}{}",
+                    l.code,
+                    l.contact_id,
+                    l.account_id,
+                    if l.failure_count > 0 { " failed" } else { "" },
+                    if l.parked { " parked" } else { "" },
+                    if l.intent.is_some() { " intent" } else { "" },
+                ))
+                .collect::<Vec<_>>()
+        ));
+        if let Some(report) = &report {
+            for a in &report.ambiguous {
+                self.ambiguous.extend(a.account_ids.iter().cloned());
+            }
+        }
+        self.snapshots.push(Snapshot {
+            step: self.step,
+            outcome,
+            links,
+        });
+        self.observe_created();
+        // Rejections last a given number of runs.
+        let mut lifted = Vec::new();
+        for (key, left) in &mut self.rejected {
+            *left -= 1;
+            if *left == 0 {
+                lifted.push(key.clone());
+            }
+        }
+        for key in lifted {
+            self.connector(key.0).reject_writes_to(key.0, &key.1, None);
+            self.rejected.remove(&key);
+        }
+        Ok(report)
+    }
+
+    /// Notes the contacts the engine created since the last look, and which customers
+    /// they can stand for.
+    fn observe_created(&mut self) {
+        let shared: Vec<&str> = self.relations.relations[0]
+            .shared
+            .iter()
+            .map(|f| f.as_str())
+            .collect();
+        let customers = self.erp.all(EntityKind::Customer);
+        for contact in self.crm.all(EntityKind::Contact) {
+            if contact.id.starts_with(Side::Contact.prefix())
+                || self.created.contains_key(&contact.id)
+            {
+                continue;
+            }
+            let sources = customers
+                .iter()
+                .filter(|c| c.fields.project(&shared) == contact.fields.project(&shared))
+                .map(|c| c.id.clone())
+                .collect();
+            self.created.insert(
+                contact.id,
+                Created {
+                    step: self.step,
+                    sources,
+                },
+            );
+        }
+    }
+
+    /// Lifts every injected fault, retries parked work and runs until settled; then
+    /// checks the invariants.
+    fn finish(&mut self) -> Result<(), String> {
+        for (kind, id) in std::mem::take(&mut self.rejected).into_keys() {
+            self.connector(kind).reject_writes_to(kind, &id, None);
+        }
+        failpoint::disarm();
+        let final_step = self.step + 1;
+        self.step = final_step;
+        tandem_engine::retry(
+            self.state.as_mut().unwrap(),
+            &self.relations,
+            &RetryTarget::All,
+        )
+        .unwrap();
+        self.allow_deletes = true;
+        for _ in 0..2 {
+            let report = self.sync(None)?.expect("a run without faults reports");
+            if !report.failures.is_empty() {
+                return Err(format!(
+                    "a run without faults failed: {:?}",
+                    report.failures
+                ));
+            }
+        }
+        let mut errors = Vec::new();
+        self.check(final_step, &mut errors);
+        let further = self.sync(None)?.unwrap();
+        if further.writes != 0 {
+            errors.push(format!(
+                "(4) a further run wrote {} times: {:#?}",
+                further.writes, further.plan
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    fn check(&self, final_step: usize, errors: &mut Vec<String>) {
+        let state = self.state();
+        let links = state.links(None).unwrap();
+        let open: BTreeSet<(String, String, String)> = state
+            .conflicts(true)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.code, c.contact_id, c.field))
+            .collect();
+        let ever_conflicted: BTreeSet<(String, String)> = state
+            .conflicts(false)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.contact_id, c.field))
+            .collect();
+        let contacts: BTreeMap<String, Record> = self
+            .crm
+            .all(EntityKind::Contact)
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let account = |code: &str, id: &str| {
+            let kind = if code == "CUST" {
+                EntityKind::Customer
+            } else {
+                EntityKind::Vendor
+            };
+            self.erp.get(kind, id)
+        };
+
+        // (2) one link per code on each side, both records there.
+        let mut by_contact = BTreeSet::new();
+        let mut by_account = BTreeSet::new();
+        for l in &links {
+            if !by_contact.insert((l.code.clone(), l.contact_id.clone())) {
+                errors.push(format!(
+                    "(2) contact {} has two {} links",
+                    l.contact_id, l.code
+                ));
+            }
+            if !by_account.insert((l.code.clone(), l.account_id.clone())) {
+                errors.push(format!("(2) account {} has two contacts", l.account_id));
+            }
+            // Excluded while engine bug 5 is open (see its reproduction below): the link
+            // of a contact deleted while its first run's intent was pending stays.
+            let bug5 = self
+                .deleted_contacts
+                .iter()
+                .any(|(_, id, _)| *id == l.contact_id)
+                && l.intent.is_none();
+            if !bug5
+                && (!contacts.contains_key(&l.contact_id)
+                    || account(&l.code, &l.account_id).is_none())
+            {
+                errors.push(format!("(2) a link to a record that is gone: {l:?}"));
+            }
+            if l.parked || l.failure_count > 0 || l.intent.is_some() {
+                errors.push(format!(
+                    "a link not settled after runs without faults: {l:?}"
+                ));
+            }
+        }
+        for kind in [EntityKind::Customer, EntityKind::Vendor] {
+            for r in self.erp.all(kind) {
+                // Excluded while engine bug 2 is open (see its reproduction below): a
+                // contact that lost its account to a delete by the test (a failed
+                // write, or a run cut short after the unlinks), and then asks for the
+                // code it still lists, gets a new account.
+                let bug2 =
+                    self.snapshots.iter().flat_map(|s| &s.links).any(|l| {
+                        l.account_id == r.id && self.lost_customer.contains(&l.contact_id)
+                    });
+                if !r.id.starts_with("u") && !bug2 {
+                    errors.push(format!("(2) an account nobody asked for: {r:?}"));
+                }
+            }
+        }
+        // (2) no two contacts created for one customer; every created contact stood
+        // for one.
+        let mut per_source: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, created) in &self.created {
+            match created.sources.as_slice() {
+                [] => errors.push(format!(
+                    "(2) contact {id}, created at step {}, stands for no customer",
+                    created.step
+                )),
+                [one] => per_source.entry(one).or_default().push(id),
+                _ => {}
+            }
+        }
+        for (source, created) in &per_source {
+            if created.len() > 1 && !self.bug1(source) {
+                errors.push(format!(
+                    "(2) customer {source} got {} contacts: {created:?}",
+                    created.len()
+                ));
+            }
+        }
+        for (id, created) in &self.created {
+            if contacts.contains_key(id)
+                && !links
+                    .iter()
+                    .any(|l| l.code == "CUST" && &l.contact_id == id)
+                && created
+                    .sources
+                    .iter()
+                    .any(|s| self.erp.get(EntityKind::Customer, s).is_some())
+            {
+                errors.push(format!(
+                    "(2) contact {id} created for {:?}, which is still there, holds no CUST link",
+                    created.sources
+                ));
+            }
+        }
+
+        // R6 and R12.
+        for customer in self.erp.all(EntityKind::Customer) {
+            let deleted: Vec<usize> = self
+                .deleted_contacts
+                .iter()
+                .filter(|(_, _, customers)| customers.contains(&customer.id))
+                .map(|(step, _, _)| *step)
+                .collect();
+            let linked = links
+                .iter()
+                .any(|l| l.code == "CUST" && l.account_id == customer.id);
+            if deleted.is_empty() && !linked && !self.ambiguous.contains(&customer.id) {
+                errors.push(format!("(R6) customer {} has no contact", customer.id));
+            }
+            if let Some(first) = deleted.iter().min()
+                && !self.bug1(&customer.id)
+            {
+                for (id, created) in &self.created {
+                    if created.step > *first && created.sources == [customer.id.clone()] {
+                        errors.push(format!(
+                            "(R12) customer {} got contact {id} at step {} after the test \
+                             deleted its contact at step {first}",
+                            customer.id, created.step
+                        ));
+                    }
+                }
+            }
+        }
+
+        // R9: a contact lists exactly the codes it holds.
+        for contact in contacts.values() {
+            for code in ["CUST", "VEND"] {
+                let holds = links
+                    .iter()
+                    .any(|l| l.code == code && l.contact_id == contact.id);
+                if tandem_engine::plan::lists_code(contact, code) != holds {
+                    errors.push(format!(
+                        "(R9) contact {} holds {code}: {holds}, lists it: {:?}",
+                        contact.id,
+                        contact.fields.get("business_relations")
+                    ));
+                }
+            }
+        }
+
+        for l in &links {
+            let (Some(contact), Some(acct)) =
+                (contacts.get(&l.contact_id), account(&l.code, &l.account_id))
+            else {
+                continue;
+            };
+            let relation = self
+                .relations
+                .relations
+                .iter()
+                .find(|r| r.code == l.code)
+                .unwrap();
+            // (1) the pair agrees on every shared field but open conflicts.
+            // Excluded while engine bug 2 is open: an account it created again (not
+            // made by the test) may be created with the contact's value from before
+            // this run's update and never get it (not minimised yet).
+            if !l.account_id.starts_with('u') {
+                continue;
+            }
+            for field in &relation.shared {
+                let field = field.as_str();
+                if open.contains(&(l.code.clone(), l.contact_id.clone(), field.to_owned())) {
+                    continue;
+                }
+                if contact.fields.get(field) != acct.fields.get(field) {
+                    errors.push(format!(
+                        "(1) {} {} / {} disagree on {field}: {:?} / {:?}",
+                        l.code,
+                        l.contact_id,
+                        l.account_id,
+                        contact.fields.get(field),
+                        acct.fields.get(field)
+                    ));
+                }
+            }
+            // (3) no edit lost.
+            self.check_edits(
+                l,
+                relation.conflict,
+                contact,
+                &acct,
+                &ever_conflicted,
+                &open,
+                final_step,
+                errors,
+            );
+        }
+    }
+
+    /// Excluded while engine bug 1 is open (see its reproduction below): `customer`
+    /// was edited between the runs before and after the test deleted its contact, or
+    /// was in play anyway (`rechecked_when_deleted`), and then gets a new contact. Such a customer is left out of the R12 check and
+    /// of the count of contacts created per customer.
+    fn bug1(&self, customer: &str) -> bool {
+        self.rechecked_when_deleted.contains(customer)
+            // Engine bug 4, also excluded while open (see its reproduction below).
+            || self.unlinked_creation_deleted.contains(customer)
+            || self.deleted_contacts
+            .iter()
+            .filter(|(_, _, customers)| customers.iter().any(|c| c == customer))
+            .any(|(deleted, _, _)| {
+                let ran = |s: &&Snapshot| s.outcome != Outcome::Refused;
+                let seen = self
+                    .snapshots
+                    .iter()
+                    .filter(ran)
+                    .find(|s| s.step > *deleted)
+                    .map_or(usize::MAX, |s| s.step);
+                let before = self
+                    .snapshots
+                    .iter()
+                    .filter(ran)
+                    .rfind(|s| s.step < *deleted)
+                    .map_or(0, |s| s.step);
+                self.edits
+                    .iter()
+                    .any(|e| e.id == customer && e.step > before && e.step < seen)
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_edits(
+        &self,
+        link: &Link,
+        policy: ConflictPolicy,
+        contact: &Record,
+        account: &Record,
+        ever_conflicted: &BTreeSet<(String, String)>,
+        open: &BTreeSet<(String, String, String)>,
+        final_step: usize,
+        errors: &mut Vec<String>,
+    ) {
+        let code = link.code.as_str();
+        let c = link.contact_id.as_str();
+        let a = link.account_id.as_str();
+        let during: Vec<&Snapshot> = self
+            .snapshots
+            .iter()
+            .filter(|s| s.step < final_step)
+            .collect();
+        // The link held since snapshot `start`.
+        let start = during
+            .iter()
+            .rposition(|s| s.link(code, c).is_none_or(|l| l.account_id != a))
+            .map_or(0, |i| i + 1);
+        if start >= during.len() {
+            return; // linked by the final runs: nothing to hold it to
+        }
+        // Its last clean run, or else the run that made it.
+        let window = (start..during.len())
+            .rev()
+            .find(|&i| {
+                let l = during[i].link(code, c).unwrap();
+                during[i].outcome == Outcome::Ok
+                    && l.failure_count == 0
+                    && !l.parked
+                    && l.intent.is_none()
+            })
+            .unwrap_or(start);
+        let since = during[window].step;
+        let crashed_since = during[window + 1..]
+            .iter()
+            .any(|s| s.outcome == Outcome::Crashed);
+        // Every record of the hub since then.
+        let mut hub: BTreeSet<String> = BTreeSet::from([c.to_owned()]);
+        for s in &during[window..] {
+            hub.extend(
+                s.links
+                    .iter()
+                    .filter(|l| l.contact_id == c)
+                    .map(|l| l.account_id.clone()),
+            );
+        }
+        for l in self.state().links(None).unwrap() {
+            if l.contact_id == c {
+                hub.insert(l.account_id);
+            }
+        }
+        // Accounts that joined the hub after the window: a new link fills the
+        // contact's empty fields from the account (R4: empty values never overwrite
+        // filled ones), so a field cleared since then may be filled again.
+        let joined = hub.iter().any(|id| {
+            id != c
+                && during[window]
+                    .links
+                    .iter()
+                    .all(|l| l.contact_id != c || &l.account_id != id)
+        });
+        for field in FIELDS {
+            if ever_conflicted.contains(&(c.to_owned(), field.to_owned())) {
+                continue;
+            }
+            let edits: Vec<&Edit> = self
+                .edits
+                .iter()
+                .filter(|e| e.step > since && e.field == field && hub.contains(&e.id))
+                .collect();
+            let last = |id: &str| edits.iter().rev().find(|e| e.id == id).map(|e| &e.value);
+            let (on_contact, on_account) = (last(c), last(a));
+            if edits.iter().any(|e| e.id != c && e.id != a) {
+                continue; // another account of the hub was edited too
+            }
+            // Excluded while engine bug 3 is open (see its reproduction below): a field
+            // edited after a run that failed on the pair: a clear may be written over
+            // (the side is taken for one that never got the write), and the write that
+            // landed on the other side counts as an edit there, so a later edit of the
+            // failed side loses a conflict it should not have (bug 3b, not minimised).
+            let failed_before = |step: usize| {
+                during[window..].iter().any(|s| {
+                    s.step < step
+                        && s.link(code, c)
+                            .is_some_and(|l| l.failure_count > 0 || l.intent.is_some())
+                })
+            };
+            if edits.iter().any(|e| failed_before(e.step)) {
+                continue;
+            }
+            let expected: Vec<&Option<String>> = match (on_contact, on_account) {
+                (None, None) => continue,
+                (Some(v), None) | (None, Some(v)) => vec![v],
+                (Some(cv), Some(av)) => {
+                    if crashed_since || policy == ConflictPolicy::Newest {
+                        vec![cv, av]
+                    } else {
+                        match policy {
+                            ConflictPolicy::ContactWins => vec![cv],
+                            ConflictPolicy::AccountWins => vec![av],
+                            _ => {
+                                if !open.contains(&(
+                                    code.to_owned(),
+                                    c.to_owned(),
+                                    field.to_owned(),
+                                )) {
+                                    errors.push(format!(
+                                        "(3) {code} {c} / {a}: {field} edited on both sides \
+                                         since step {since} ({cv:?} / {av:?}) under `manual` \
+                                         without a conflict"
+                                    ));
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                }
+            };
+            if joined && expected.contains(&&None) {
+                continue;
+            }
+            let text = |r: &Record| r.fields.get(field).map(|v| v.to_cell());
+            for (side, record) in [("contact", contact), ("account", account)] {
+                let held = text(record);
+                if !expected.contains(&&held) {
+                    errors.push(format!(
+                        "(3) {code} {c} / {a}: {field} on the {side} is {held:?}, expected one \
+                         of {expected:?} (edits since step {since}: {:?})",
+                        edits
+                            .iter()
+                            .map(|e| (e.step, &e.id, &e.value))
+                            .collect::<Vec<_>>()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn run_case(case: &Case) -> Result<(), String> {
+    quiet_failpoint_panics();
+    let mut world = World::new(case);
+    let outcome = (|| {
+        for step in case.setup.iter().chain(&case.steps) {
+            world.apply(step)?;
+        }
+        world.finish()
+    })();
+    outcome.map_err(|e| format!("{e}\n--- trace ---\n{}", world.trace.join("\n")))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // `PROPTEST_CASES` overrides, for a quick look or a long hunt.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(500),
+        max_shrink_iters: 10_000,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn model(case in case()) {
+        let outcome = run_case(&case);
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
+}
+
+// Reproductions of engine bugs the model found, minimised by hand from its failing
+// cases. Each fails until its bug is fixed (`#[ignore]`d so that CI stays green; run
+// them with `cargo nextest run -p tandem-engine --test model --run-ignored all`).
+
+/// A world without faults for the reproductions, default delete guard.
+fn plain(incremental: bool) -> World {
+    World::new(&Case {
+        incremental,
+        cust: ConflictPolicy::ContactWins,
+        vend: ConflictPolicy::ContactWins,
+        allow_deletes: false,
+        setup: Vec::new(),
+        steps: Vec::new(),
+    })
+}
+
+async fn plain_sync(w: &mut World) -> Result<RunReport, EngineError> {
+    let connectors = w.connectors();
+    let mut engine =
+        Engine::new(w.relations.clone(), connectors, w.state.as_mut().unwrap()).unwrap();
+    engine.sync().await
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Fields {
+    pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v))
+}
+
+/// BUG 1 (R12 over R6). A customer whose contact the user deleted gets a new contact
+/// when the customer was also edited before the run that sees the delete (any shared
+/// field; the same with full listings when deletes are let through). Deleted and
+/// edited in different runs, it gets none, as it should. Found by the model (seed in
+/// `model.proptest-regressions`: create a customer, sync, delete its contact, clear the
+/// customer's name, sync): "customer uk2 got 2 contacts".
+#[tokio::test]
+#[ignore = "engine bug 1: R6 creates a contact for an account edited in the run its contact is deleted"]
+async fn bug1_r12_a_customer_edited_while_its_contact_is_deleted_gets_no_new_contact() {
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            fields(&[("name", "Acme"), ("email", "a@x.be")]),
+        );
+        plain_sync(&mut w).await.unwrap();
+        let contact = w.state().links(Some("CUST")).unwrap()[0].contact_id.clone();
+        w.crm.remove(EntityKind::Contact, &contact);
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            fields(&[("name", "Acme 2"), ("email", "a@x.be")]),
+        );
+        // The only contact is gone: the full listing is empty, let it through (R16).
+        let connectors = w.connectors();
+        let mut engine =
+            Engine::new(w.relations.clone(), connectors, w.state.as_mut().unwrap()).unwrap();
+        engine.set_allow_deletes(true);
+        let report = engine.sync().await.unwrap();
+        let contacts: Vec<String> = w
+            .crm
+            .all(EntityKind::Contact)
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            contacts,
+            Vec::<String>::new(),
+            "incremental: {incremental}: R12 wins over R6 {:#?}",
+            report.plan
+        );
+    }
+}
+
+/// BUG 1, the common case: no edit to the customer at all. Tandem's own update of
+/// the customer (a phone edited on the contact) leaves the customer's stored hash at 0
+/// ("look at it again"); when the user then deletes the contact, the customer is in
+/// play and gets a new contact.
+#[tokio::test]
+#[ignore = "engine bug 1: R6 creates a contact for an account Tandem updated in the run before its contact is deleted"]
+async fn bug1_r12_a_customer_tandem_just_updated_gets_no_new_contact() {
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        for n in 1..=3 {
+            w.erp.put(
+                EntityKind::Customer,
+                &format!("uk{n}"),
+                fields(&[("name", &format!("Customer {n}"))]),
+            );
+        }
+        plain_sync(&mut w).await.unwrap();
+        let contact = w.state().links_of_accounts("CUST", &["uk1"]).unwrap()[0]
+            .contact_id
+            .clone();
+        let mut edited = w.crm.get(EntityKind::Contact, &contact).unwrap().fields;
+        edited.set("phone", Value::text("123"));
+        w.crm.put(EntityKind::Contact, &contact, edited);
+        assert_eq!(plain_sync(&mut w).await.unwrap().writes, 1);
+        w.crm.remove(EntityKind::Contact, &contact);
+        let report = plain_sync(&mut w).await.unwrap();
+        assert_eq!(
+            w.crm.all(EntityKind::Contact).len(),
+            2,
+            "incremental: {incremental}: R12 wins over R6 {:#?}",
+            report.plan
+        );
+    }
+}
+
+/// BUG 2 (R13, R9, R17). A customer is deleted; its contact must lose the code `CUST`
+/// (R9), but that write fails once. The next run takes the code still listed on the
+/// contact for a request (R5) and creates a new customer: the account the user deleted
+/// comes back. Found by the model ("an account nobody asked for": delete a customer
+/// while writes to its contact are rejected for one run, then sync twice).
+#[tokio::test]
+#[ignore = "engine bug 2: a failed code removal after an account delete re-creates the account"]
+async fn bug2_r13_a_deleted_account_is_not_created_again_when_removing_its_code_failed() {
+    for incremental in [true, false] {
+        let mut w = plain(incremental);
+        for n in 1..=3 {
+            w.erp.put(
+                EntityKind::Customer,
+                &format!("uk{n}"),
+                fields(&[("name", &format!("Customer {n}"))]),
+            );
+        }
+        plain_sync(&mut w).await.unwrap();
+        let contact = w.state().links_of_accounts("CUST", &["uk1"]).unwrap()[0]
+            .contact_id
+            .clone();
+        w.crm
+            .reject_writes_to(EntityKind::Contact, &contact, Some("CRM is busy"));
+        w.erp.remove(EntityKind::Customer, "uk1");
+        let first = plain_sync(&mut w).await.unwrap();
+        assert_eq!(first.failures.len(), 1, "{:?}", first.failures);
+        w.crm.reject_writes_to(EntityKind::Contact, &contact, None);
+        let second = plain_sync(&mut w).await.unwrap();
+        let customers: Vec<String> = w
+            .erp
+            .all(EntityKind::Customer)
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            customers,
+            ["uk2", "uk3"],
+            "incremental: {incremental}: the deleted customer came back {:#?}",
+            second.plan
+        );
+        let codes = w
+            .crm
+            .get(EntityKind::Contact, &contact)
+            .unwrap()
+            .fields
+            .get("business_relations")
+            .cloned();
+        assert_eq!(codes, None, "the contact lost the code (R9)");
+    }
+}
+
+/// BUG 3 (R18, R17). A run writes a contact's new city to the customer, but its write
+/// to the contact (the customer's new phone) fails; the pair keeps what it had to do.
+/// The user then clears the city on the customer, back to what it held before the
+/// write. The next run takes the customer for one that never got the write and writes
+/// the city again: the user's edit is reverted, on both sides. Found by the model (a
+/// contact matched by e-mail while its writes are rejected, then the customer's city
+/// cleared): "city on the account is Some(..), expected None".
+#[tokio::test]
+#[ignore = "engine bug 3: an edit back to the value a side held before a landed write is reverted after a partly failed run"]
+async fn bug3_r18_an_edit_after_a_partly_failed_run_is_not_reverted() {
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        for n in 1..=3 {
+            w.erp.put(
+                EntityKind::Customer,
+                &format!("uk{n}"),
+                fields(&[("name", &format!("Customer {n}"))]),
+            );
+        }
+        plain_sync(&mut w).await.unwrap();
+        let contact = w.state().links_of_accounts("CUST", &["uk1"]).unwrap()[0]
+            .contact_id
+            .clone();
+        let mut c = w.crm.get(EntityKind::Contact, &contact).unwrap().fields;
+        c.set("city", Value::text("Gent"));
+        w.crm.put(EntityKind::Contact, &contact, c);
+        let mut k = w.erp.get(EntityKind::Customer, "uk1").unwrap().fields;
+        k.set("phone", Value::text("123"));
+        w.erp.put(EntityKind::Customer, "uk1", k);
+        w.crm
+            .reject_writes_to(EntityKind::Contact, &contact, Some("CRM is busy"));
+        let partly = plain_sync(&mut w).await.unwrap();
+        assert_eq!(partly.failures.len(), 1);
+        let customer = w.erp.get(EntityKind::Customer, "uk1").unwrap().fields;
+        assert_eq!(
+            customer.text("city"),
+            Some("Gent"),
+            "the customer's write landed"
+        );
+        w.crm.reject_writes_to(EntityKind::Contact, &contact, None);
+        // The user clears the city Tandem wrote to the customer.
+        let mut k = customer;
+        k.remove("city");
+        w.erp.put(EntityKind::Customer, "uk1", k);
+        plain_sync(&mut w).await.unwrap();
+        let city = |r: Option<Record>| r.unwrap().fields.text("city").map(str::to_owned);
+        assert_eq!(
+            (
+                city(w.crm.get(EntityKind::Contact, &contact)),
+                city(w.erp.get(EntityKind::Customer, "uk1"))
+            ),
+            (None, None),
+            "incremental: {incremental}: the user's last edit wins"
+        );
+    }
+}
+
+/// BUG 4 (R12, R18). A run creates a contact for a customer (R6) and is cut short
+/// before it links it (failpoint `after_contact_create`). The user deletes that
+/// contact. The next run finds the pending create without its contact and creates a
+/// second one: the customer whose contact the user deleted gets a new one. Found by the
+/// model ("customer uk1 got 2 contacts"). A crash needs the panicking failpoint, so
+/// this is a plain test on the model's world.
+#[test]
+#[ignore = "engine bug 4: a contact created by a crashed run and deleted by the user is created again"]
+fn bug4_r12_a_contact_deleted_after_a_crashed_create_is_not_created_again() {
+    quiet_failpoint_panics();
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        w.allow_deletes = true;
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            fields(&[("name", "Acme"), ("email", "a@x.be")]),
+        );
+        w.sync(Some(("after_contact_create", 1))).unwrap();
+        assert_eq!(w.snapshots[0].outcome, Outcome::Crashed);
+        let created = w.crm.all(EntityKind::Contact);
+        assert_eq!(created.len(), 1, "the contact was created before the crash");
+        w.crm.remove(EntityKind::Contact, &created[0].id);
+        w.sync(None).unwrap();
+        assert_eq!(
+            w.crm.all(EntityKind::Contact).len(),
+            0,
+            "incremental: {incremental}: the customer whose contact the user deleted gets \
+             no new one (R12)"
+        );
+    }
+}
+
+/// BUG 5 (R12, R16, R18). The first run matches a contact to a customer and is cut
+/// short after storing its intents (`after_intent_commit`), before any hash of the
+/// contact was stored. The user deletes the contact. The next runs never notice the
+/// delete (a full listing only deletes what has a stored hash): the link to the gone
+/// contact stays, and the customer never gets a contact (R6). Found by the model ("a
+/// link to a record that is gone").
+#[test]
+#[ignore = "engine bug 5: a link made by a crashed run outlives its deleted contact"]
+fn bug5_r12_a_contact_deleted_after_a_crashed_first_run_loses_its_link() {
+    quiet_failpoint_panics();
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        w.allow_deletes = true;
+        w.crm.put(
+            EntityKind::Contact,
+            "uc1",
+            fields(&[
+                ("name", "Acme"),
+                ("email", "a@x.be"),
+                ("contact_type", "company"),
+            ]),
+        );
+        w.crm.put(
+            EntityKind::Contact,
+            "uc2",
+            fields(&[("name", "Beta"), ("contact_type", "company")]),
+        );
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            fields(&[("name", "Acme NV"), ("email", "a@x.be")]),
+        );
+        w.sync(Some(("after_intent_commit", 1))).unwrap();
+        assert_eq!(w.snapshots[0].outcome, Outcome::Crashed);
+        w.crm.remove(EntityKind::Contact, "uc1");
+        w.sync(None).unwrap();
+        w.sync(None).unwrap();
+        let links = w.state().links(Some("CUST")).unwrap();
+        assert!(
+            links.iter().all(|l| l.contact_id != "uc1"),
+            "incremental: {incremental}: the deleted contact's link stays: {links:?}"
+        );
+    }
+}
+
+/// BUG 6 (R18, R6, R5). A run creates a contact for a customer and is cut short before
+/// it links it (`after_contact_create`). The user edits that contact (any shared
+/// field). The next run no longer recognises it as the create it sent (it looks for the
+/// exact fields sent), creates a second contact for the customer, and takes the code
+/// `CUST` listed on the first for a request: a new customer is created for it too.
+/// Found by the model ("customer uk4 got 2 contacts", "an account nobody asked for").
+#[test]
+#[ignore = "engine bug 6: a contact created by a crashed run and then edited is duplicated, with a new account"]
+fn bug6_r18_a_contact_edited_after_a_crashed_create_is_not_duplicated() {
+    quiet_failpoint_panics();
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            fields(&[("name", "Acme"), ("city", "Gent")]),
+        );
+        w.sync(Some(("after_contact_create", 1))).unwrap();
+        let created = w.crm.all(EntityKind::Contact);
+        assert_eq!(created.len(), 1, "the contact was created before the crash");
+        let mut edited = created[0].fields.clone();
+        edited.set("city", Value::text("Brugge"));
+        w.crm.put(EntityKind::Contact, &created[0].id, edited);
+        w.sync(None).unwrap();
+        let contacts = w.crm.all(EntityKind::Contact).len();
+        let customers = w.erp.all(EntityKind::Customer).len();
+        assert_eq!(
+            (contacts, customers),
+            (1, 1),
+            "incremental: {incremental}: no duplicate contact, no new customer"
+        );
+    }
+}
