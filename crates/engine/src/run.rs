@@ -14,7 +14,9 @@ pub(crate) use crate::error::EngineError;
 use crate::matching::Ambiguity;
 use crate::plan::{AccountInput, Directives, Plan, PlanInput, plan};
 pub(crate) use crate::read::{DeleteGuard, RECHECK, ScopeRead, record_hash, record_hash_of};
-use crate::read::{FirstPass, Needed, Sides, fetch_missing, read_scope, second_pass, wakes};
+use crate::read::{
+    FirstPass, Needed, Sides, fetch_missing, gone_if_missing, read_scope, second_pass, wakes,
+};
 use crate::relation::Relations;
 pub(crate) use crate::report::rejections;
 pub(crate) use crate::report::{Failure, RunReport};
@@ -239,9 +241,13 @@ impl<'a> Engine<'a> {
         // stream by. Accounts first: a deleted account's contact must be read to lose
         // the code (R9).
         let mut accounts = self.read_accounts(&needed.accounts).await?;
+        for (read, known) in accounts.iter_mut().zip(&needed.linked_accounts) {
+            gone_if_missing(read, known);
+        }
         let mut wanted_contacts = needed.contacts;
         let account_links = self.links_of_accounts(&accounts, any_links, &mut wanted_contacts)?;
         let mut contacts = self.read_contacts(&wanted_contacts).await?;
+        gone_if_missing(&mut contacts, &needed.linked_contacts);
         let contact_links = match any_links {
             true => self.state.links_of_contacts(&ids_of(&contacts))?,
             false => Vec::new(),

@@ -1197,7 +1197,7 @@ fn fields(pairs: &[(&str, &str)]) -> Fields {
 /// `model.proptest-regressions`: create a customer, sync, delete its contact, clear the
 /// customer's name, sync): "customer uk2 got 2 contacts".
 #[tokio::test]
-#[ignore = "engine bug 1: R6 creates a contact for an account edited in the run its contact is deleted"]
+
 async fn bug1_r12_a_customer_edited_while_its_contact_is_deleted_gets_no_new_contact() {
     for incremental in [false, true] {
         let mut w = plain(incremental);
@@ -1240,7 +1240,7 @@ async fn bug1_r12_a_customer_edited_while_its_contact_is_deleted_gets_no_new_con
 /// ("look at it again"); when the user then deletes the contact, the customer is in
 /// play and gets a new contact.
 #[tokio::test]
-#[ignore = "engine bug 1: R6 creates a contact for an account Tandem updated in the run before its contact is deleted"]
+
 async fn bug1_r12_a_customer_tandem_just_updated_gets_no_new_contact() {
     for incremental in [false, true] {
         let mut w = plain(incremental);
@@ -1329,7 +1329,7 @@ async fn bug2_r13_a_deleted_account_is_not_created_again_when_removing_its_code_
 /// contact matched by e-mail while its writes are rejected, then the customer's city
 /// cleared): "city on the account is Some(..), expected None".
 #[tokio::test]
-#[ignore = "engine bug 3: an edit back to the value a side held before a landed write is reverted after a partly failed run"]
+
 async fn bug3_r18_an_edit_after_a_partly_failed_run_is_not_reverted() {
     for incremental in [false, true] {
         let mut w = plain(incremental);
@@ -1418,7 +1418,7 @@ fn bug4_r12_a_contact_deleted_after_a_crashed_create_is_not_created_again() {
 /// contact stays, and the customer never gets a contact (R6). Found by the model ("a
 /// link to a record that is gone").
 #[test]
-#[ignore = "engine bug 5: a link made by a crashed run outlives its deleted contact"]
+
 fn bug5_r12_a_contact_deleted_after_a_crashed_first_run_loses_its_link() {
     quiet_failpoint_panics();
     for incremental in [false, true] {

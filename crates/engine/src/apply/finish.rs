@@ -70,12 +70,11 @@ impl Applier<'_> {
         })
     }
 
-    /// Cursors, the ambiguous matches and the fingerprints, in the run's last commit.
+    /// Cursors and fingerprints, in the run's last commit.
     pub(super) async fn finish(
         &mut self,
         state: &mut dyn StateStore,
         tag: &str,
-        ambiguities: &[StoredAmbiguities],
     ) -> Result<(), EngineError> {
         for read in std::iter::once(&self.contacts).chain(&self.accounts) {
             if let Some(cursor) = &read.cursor {
@@ -83,14 +82,13 @@ impl Applier<'_> {
                 self.batch.set_cursors.push(cursor);
             }
         }
-        self.remember_ambiguities(ambiguities);
         self.remember_fingerprints(tag).await;
         self.commit(state)
     }
 
     /// The ambiguous matches of every relation matched completely this run, reported
     /// again by the runs that leave it quiet.
-    fn remember_ambiguities(&mut self, ambiguities: &[StoredAmbiguities]) {
+    pub(super) fn remember_ambiguities(&mut self, ambiguities: &[StoredAmbiguities]) {
         for (relation, known) in self.relations.relations.iter().zip(ambiguities) {
             if !known.complete {
                 continue;

@@ -127,6 +127,8 @@ pub(crate) async fn apply(
     crate::failpoint::hit("after_unlinks");
     applier.creates(&mut **state).await?;
     applier.step("after_creates");
+    // Stored before the hashes that make the next run quiet: a quiet run reports them.
+    applier.remember_ambiguities(&ambiguities);
     let outcomes = applier.writes(&mut **state).await?;
     applier.settle(&mut **state, outcomes)?;
     crate::failpoint::hit("after_link_commit");
@@ -134,7 +136,7 @@ pub(crate) async fn apply(
     applier.remember_reads(&mut **state, person_companies)?;
     crate::failpoint::hit("before_cursor_commit");
     applier.step("before_cursor_commit");
-    applier.finish(&mut **state, &tag, &ambiguities).await?;
+    applier.finish(&mut **state, &tag).await?;
     applier.report(&**state, &parked_before)
 }
 

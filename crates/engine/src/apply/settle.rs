@@ -4,7 +4,8 @@
 
 use serde_json::json;
 use tandem_connector::{WriteOutcome, Written};
-use tandem_state::{ConflictEntry, Details, Link, StateStore};
+use tandem_model::{FieldName, Timestamp, Value};
+use tandem_state::{ConflictEntry, Details, Intent, Link, StateStore};
 
 use super::write::{Outcomes, intended_link};
 use super::{Applier, commit_behind, next_failure};
@@ -32,12 +33,14 @@ fn error_and_version(
     }
 }
 
-/// A pair's versions after the run's writes.
+/// A pair's versions after the run's writes, and which writes failed.
 struct Versions {
     contact_version: Option<String>,
     account_version: Option<String>,
     /// The write of the account was sent (so the record changed).
     account_written: bool,
+    contact_failed: bool,
+    account_failed: bool,
 }
 
 impl Applier<'_> {
@@ -87,6 +90,8 @@ impl Applier<'_> {
                 contact_version: contact_version.clone(),
                 account_version,
                 account_written: account_result.is_some(),
+                contact_failed: contact_error.is_some(),
+                account_failed: account_error.is_some(),
             };
             match (account_error, &contact_error) {
                 (None, None) => self.pair_done(hub, pair, written),
@@ -263,18 +268,19 @@ impl Applier<'_> {
         self.batch
             .set_hashes
             .push((scope, pair.account_id.clone(), RECHECK));
-        let base = match &pair.previous {
-            Some(previous) => (**previous).clone(),
-            None => intended_link(hub, pair, self.log.now),
-        };
-        let (count, parked) = next_failure(base.last_error.as_deref(), base.failure_count, &error);
+        let previous = pair.previous.as_deref();
+        let (count, parked) = next_failure(
+            previous.and_then(|l| l.last_error.as_deref()),
+            previous.map_or(0, |l| l.failure_count),
+            &error,
+        );
         self.batch.upsert_links.push(Link {
             contact_version: written.contact_version.clone(),
             account_version: written.account_version.clone(),
             last_error: Some(error.clone()),
             failure_count: count,
             parked,
-            ..base
+            ..after_failure(hub, pair, written, self.log.now)
         });
         let action = if parked { "parked" } else { "failed" };
         let details = Details::of(&json!({ "error": error, "failures": count }));
@@ -375,4 +381,65 @@ impl Applier<'_> {
         let done = self.plan.done_pending.clone();
         self.batch.delete_pending.extend(done);
     }
+}
+
+/// What a pair keeps after a write failed (R17, R18). A field whose write landed, or
+/// that needed none, takes the new baseline: both sides hold it, so an edit back to the
+/// old value is an edit. A field whose write failed keeps the old baseline, so the next
+/// run sees the same change again, and an edit made meanwhile competes with it (R15).
+/// A new link has no old baseline: it keeps what it still has to write as its intent.
+fn after_failure(hub: &HubPlan, pair: &PairPlan, written: &Versions, now: Timestamp) -> Link {
+    let mut link = intended_link(hub, pair, now);
+    let failed_on_contact = hub
+        .contact_changes
+        .iter()
+        .filter(|_| written.contact_failed)
+        .map(|c| &c.field);
+    let failed_on_account = pair
+        .account_changes
+        .iter()
+        .filter(|_| written.account_failed)
+        .map(|c| &c.field);
+    let failed: Vec<&FieldName> = failed_on_contact.chain(failed_on_account).collect();
+    let is_failed = |name: &FieldName| failed.contains(&name);
+    match pair.previous.as_deref() {
+        Some(previous) => {
+            for name in &failed {
+                let old = previous.baseline.value(name.as_str()).clone();
+                link.baseline.set((*name).clone(), old);
+            }
+            link.intent = previous.intent.clone().map(|intent| Intent {
+                contact: keep(intent.contact, &is_failed),
+                account: keep(intent.account, &is_failed),
+            });
+        }
+        None => {
+            link.intent = pair.intent.clone().map(|intent| Intent {
+                contact: if written.contact_failed {
+                    intent.contact
+                } else {
+                    Vec::new()
+                },
+                account: if written.account_failed {
+                    intent.account
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+    }
+    link.intent = link
+        .intent
+        .filter(|i| !i.contact.is_empty() || !i.account.is_empty());
+    link
+}
+
+fn keep(
+    values: Vec<(FieldName, Value)>,
+    wanted: &impl Fn(&FieldName) -> bool,
+) -> Vec<(FieldName, Value)> {
+    values
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .collect()
 }

@@ -37,9 +37,11 @@ impl<'a> Planner<'a> {
         let deleted = self.input.contact_deleted.get(r);
         for account_id in unmatched {
             let by_operator = asked.contains(account_id.as_str());
+            let contact_deleted = deleted.is_some_and(|d| d.contains(&account_id))
+                || self.contact_deleted_now.contains(&(r, account_id.as_str()));
             let wanted = by_operator
                 || (relation.create_contacts
-                    && !deleted.is_some_and(|d| d.contains(&account_id))
+                    && !contact_deleted
                     && !pending_for
                         .get(&("contact", account_id.as_str()))
                         .is_some_and(|p| p.parked));

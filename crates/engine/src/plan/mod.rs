@@ -398,6 +398,8 @@ struct Planner<'a> {
     threads: usize,
     /// Accounts matched to no contact and given none, by relation.
     left_unmatched: Vec<(usize, String)>,
+    /// Accounts whose contact the user deleted, seen this run, by relation (R12).
+    contact_deleted_now: BTreeSet<(usize, &'a str)>,
 }
 
 impl<'a> Planner<'a> {
@@ -425,6 +427,7 @@ impl<'a> Planner<'a> {
             template_fills: BTreeMap::new(),
             threads: 1,
             left_unmatched: Vec::new(),
+            contact_deleted_now: BTreeSet::new(),
         }
     }
 

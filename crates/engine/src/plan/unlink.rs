@@ -33,6 +33,10 @@ impl<'a> Planner<'a> {
                     reason,
                 });
                 self.plan.counts[r].unlinked += 1;
+                if reason == UnlinkReason::ContactDeleted {
+                    self.contact_deleted_now
+                        .insert((r, link.account_id.as_str()));
+                }
                 if reason != UnlinkReason::ContactDeleted {
                     self.lost_codes
                         .entry(&link.contact_id)

@@ -17,7 +17,7 @@ use crate::error::EngineError;
 use crate::report::ReadStats;
 
 pub use guard::DeleteGuard;
-pub(crate) use needed::{Needed, fetch_missing};
+pub(crate) use needed::{Needed, fetch_missing, gone_if_missing};
 pub(crate) use wake::{FirstPass, Sides, second_pass, wakes};
 
 /// The content hash remembered for a record: its fields and its version, so that

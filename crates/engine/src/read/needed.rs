@@ -18,6 +18,10 @@ pub(crate) struct Needed {
     /// Per relation, account ids.
     pub accounts: Vec<HashSet<String>>,
     pub contacts: HashSet<String>,
+    /// The records of links a run left unfinished (R18): a complete read that does not
+    /// return one means it is gone, although no hash of it was ever stored.
+    pub linked_accounts: Vec<HashSet<String>>,
+    pub linked_contacts: HashSet<String>,
 }
 
 impl Needed {
@@ -30,6 +34,8 @@ impl Needed {
         let mut needed = Needed {
             accounts: vec![HashSet::new(); relations.relations.len()],
             contacts: HashSet::new(),
+            linked_accounts: vec![HashSet::new(); relations.relations.len()],
+            linked_contacts: HashSet::new(),
         };
         let mut account = |code: &str, id: &str| {
             if let Some(r) = relations.index_of(code) {
@@ -46,6 +52,14 @@ impl Needed {
         for link in &links {
             account(&link.code, &link.account_id);
         }
+        for link in &links {
+            if let Some(r) = relations.index_of(&link.code) {
+                needed.linked_accounts[r].insert(link.account_id.clone());
+            }
+        }
+        needed
+            .linked_contacts
+            .extend(links.iter().map(|l| l.contact_id.clone()));
         for p in pending.iter().filter(|p| !p.parked) {
             match p.side.as_str() {
                 "contact" => account(&p.code, &p.source_id),
@@ -71,6 +85,19 @@ impl Needed {
                 .cloned(),
         );
         Ok(needed)
+    }
+}
+
+/// Marks as deleted the records of `known` that a complete read did not return: a full
+/// listing that completed, or a read by id, holds every one that exists (R16).
+pub(crate) fn gone_if_missing(read: &mut ScopeRead, known: &HashSet<String>) {
+    if read.stats.skipped {
+        return;
+    }
+    for id in known {
+        if !read.records.contains_key(id) && read.deleted.insert(id.clone()) {
+            read.stats.deleted += 1;
+        }
     }
 }
 
