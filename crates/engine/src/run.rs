@@ -291,6 +291,7 @@ impl<'a> Engine<'a> {
             pending,
             unlinked_pairs: self.unlinked_pairs()?,
             contact_deleted: self.per_relation(|code| self.state.contact_deleted(code))?,
+            codes_lost: self.state.codes_lost()?,
             directives,
         };
         let started = std::time::Instant::now();

@@ -1276,7 +1276,7 @@ async fn bug1_r12_a_customer_tandem_just_updated_gets_no_new_contact() {
 /// comes back. Found by the model ("an account nobody asked for": delete a customer
 /// while writes to its contact are rejected for one run, then sync twice).
 #[tokio::test]
-#[ignore = "engine bug 2: a failed code removal after an account delete re-creates the account"]
+
 async fn bug2_r13_a_deleted_account_is_not_created_again_when_removing_its_code_failed() {
     for incremental in [true, false] {
         let mut w = plain(incremental);

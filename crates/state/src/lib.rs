@@ -259,6 +259,9 @@ pub struct StateBatch {
     /// (code, account, deleted): an account whose contact the user deleted (`true`),
     /// which gets no new contact unless asked (R12 over R6), or one asked for (`false`).
     pub contact_deleted: Vec<(String, String, bool)>,
+    /// (code, contact, lost): a code the contact lost that is still to be taken off its
+    /// business-relation field (`true`, R9), or taken off now (`false`).
+    pub codes_lost: Vec<(String, String, bool)>,
 }
 
 impl StateBatch {
@@ -279,6 +282,7 @@ impl StateBatch {
             && self.set_companies.is_empty()
             && self.unlinked_pairs.is_empty()
             && self.contact_deleted.is_empty()
+            && self.codes_lost.is_empty()
     }
 }
 
@@ -362,6 +366,9 @@ pub trait StateStore: Send {
     fn pending_creates(&self) -> Result<Vec<PendingCreate>, StateError>;
     /// The (contact, account) pairs an operator unlinked under `code`.
     fn unlinked_pairs(&self, code: &str) -> Result<Vec<(String, String)>, StateError>;
+    /// (code, contact) of the codes contacts lost that are still to be taken off their
+    /// business-relation field (R9).
+    fn codes_lost(&self) -> Result<Vec<(String, String)>, StateError>;
     /// The accounts under `code` whose contact the user deleted (R12).
     fn contact_deleted(&self, code: &str) -> Result<HashSet<String>, StateError>;
     /// The company contact of a person contact, as last read.

@@ -48,6 +48,14 @@ CREATE TABLE contact_deleted (
     account_id TEXT NOT NULL,
     PRIMARY KEY (code, account_id)
 ) STRICT, WITHOUT ROWID;
+
+-- Codes a contact lost (R13, an unlink) that are still to be taken off its
+-- business-relation field (R9): while it lists them, they are not requests (R5).
+CREATE TABLE codes_lost (
+    code       TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    PRIMARY KEY (code, contact_id)
+) STRICT, WITHOUT ROWID;
 ";
 
 /// Fingerprints of scopes that did not change since the end of the last run, and a
@@ -678,6 +686,18 @@ impl StateStore for SqliteState {
         rows.collect::<Result<_, _>>().map_err(sql_error(ACTION))
     }
 
+    fn codes_lost(&self) -> Result<Vec<(String, String)>, StateError> {
+        const ACTION: &str = "reading the codes contacts lost";
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT code, contact_id FROM codes_lost ORDER BY code, contact_id")
+            .map_err(sql_error(ACTION))?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(sql_error(ACTION))?;
+        rows.collect::<Result<_, _>>().map_err(sql_error(ACTION))
+    }
+
     fn contact_deleted(&self, code: &str) -> Result<HashSet<String>, StateError> {
         const ACTION: &str = "reading the accounts whose contact was deleted";
         let mut stmt = self
@@ -848,6 +868,7 @@ impl StateStore for SqliteState {
         set_companies(&tx, &batch.set_companies)?;
         set_unlinked_pairs(&tx, &batch.unlinked_pairs)?;
         set_contact_deleted(&tx, &batch.contact_deleted)?;
+        set_codes_lost(&tx, &batch.codes_lost)?;
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().map_err(sql_error("committing a batch"))
     }
@@ -1595,6 +1616,28 @@ fn set_companies(
         match company_id {
             Some(company_id) => set.execute([contact_id, company_id]),
             None => forget.execute([contact_id]),
+        }
+        .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+fn set_codes_lost(conn: &Connection, marks: &[(String, String, bool)]) -> Result<(), StateError> {
+    const ACTION: &str = "storing the codes contacts lost";
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let mut add = conn
+        .prepare_cached("INSERT OR IGNORE INTO codes_lost (code, contact_id) VALUES (?1, ?2)")
+        .map_err(sql_error(ACTION))?;
+    let mut remove = conn
+        .prepare_cached("DELETE FROM codes_lost WHERE code = ?1 AND contact_id = ?2")
+        .map_err(sql_error(ACTION))?;
+    for (code, contact_id, lost) in marks {
+        if *lost {
+            add.execute([code, contact_id])
+        } else {
+            remove.execute([code, contact_id])
         }
         .map_err(sql_error(ACTION))?;
     }

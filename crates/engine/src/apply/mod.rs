@@ -59,6 +59,8 @@ struct Applier<'e> {
     /// Links made by creating an account for a contact, by contact: a write to that
     /// contact later in the run gives them its new version (R19).
     created_links: HashMap<String, Vec<Link>>,
+    /// Contacts whose write failed this run.
+    contact_write_failed: crate::IdSet<String>,
     started: std::time::Instant,
 }
 
@@ -118,6 +120,7 @@ pub(crate) async fn apply(
         settled_contacts: crate::IdSet::default(),
         recheck_contacts: Vec::new(),
         created_links: HashMap::new(),
+        contact_write_failed: crate::IdSet::default(),
         started: std::time::Instant::now(),
     };
     info!(run = run_id, "applying");

@@ -105,8 +105,12 @@ impl Applier<'_> {
                 }
             }
         }
-        if let Some(Ok(written)) = &contact_result {
-            self.own_contact_write(hub, written);
+        match &contact_result {
+            Some(Ok(written)) => self.own_contact_write(hub, written),
+            Some(Err(_)) => {
+                self.contact_write_failed.insert(hub.contact_id.clone());
+            }
+            None => {}
         }
         self.settle_contact_hash(hub, contact_result.is_some(), &contact_version, hub_failed);
     }
@@ -380,6 +384,13 @@ impl Applier<'_> {
         self.plan.close_conflicts = closed;
         let done = self.plan.done_pending.clone();
         self.batch.delete_pending.extend(done);
+        // A lost code is off the contact's field once its write landed (R9).
+        for (code, contact_id) in &self.plan.codes_removed {
+            if !self.contact_write_failed.contains(contact_id) {
+                let mark = (code.clone(), contact_id.clone(), false);
+                self.batch.codes_lost.push(mark);
+            }
+        }
     }
 }
 

@@ -92,6 +92,13 @@ impl Applier<'_> {
         }
     }
 
+    /// The contact is to lose the code (R9) until a write to it lands: remembered, so a
+    /// code still listed after a failed or cut-short write is not a request (R5).
+    fn code_lost(&mut self, unlink: &Unlink) {
+        let mark = (unlink.code.clone(), unlink.contact_id.clone(), true);
+        self.batch.codes_lost.push(mark);
+    }
+
     /// What later runs must remember of an unlink; the log's source of the entry.
     fn remember_why(&mut self, unlink: &Unlink) -> &'static str {
         match unlink.reason {
@@ -111,8 +118,12 @@ impl Applier<'_> {
                 }
                 "contact"
             }
-            UnlinkReason::AccountDeleted => "account",
+            UnlinkReason::AccountDeleted => {
+                self.code_lost(unlink);
+                "account"
+            }
             UnlinkReason::Operator => {
+                self.code_lost(unlink);
                 // Match rules must not link the pair again (R4).
                 self.batch.unlinked_pairs.push((
                     unlink.code.clone(),

@@ -68,9 +68,19 @@ impl<'a> Planner<'a> {
 
     /// The codes the contact lists after the run (R9) and the template values it
     /// receives from an account created for it (R5), as changes.
-    fn own_field_changes(&self, contact: &Record) -> Vec<FieldChange> {
+    fn own_field_changes(&mut self, contact: &Record) -> Vec<FieldChange> {
         let current = listed_codes(contact);
         let wanted = self.codes_after(&contact.id, &current);
+        let lost = self
+            .lost_codes
+            .get(contact.id.as_str())
+            .into_iter()
+            .flatten();
+        for code in lost.filter(|code| !wanted.contains(code)) {
+            self.plan
+                .codes_removed
+                .push((code.clone(), contact.id.clone()));
+        }
         let mut changes = Vec::new();
         if wanted != current {
             changes.push(FieldChange {

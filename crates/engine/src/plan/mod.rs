@@ -59,6 +59,9 @@ pub struct PlanInput {
     /// Per relation: accounts whose contact the user deleted, which get no new contact
     /// unless asked (R12 over R6).
     pub contact_deleted: Vec<HashSet<String>>,
+    /// (code, contact): codes contacts lost in an earlier run that are still to be
+    /// taken off their business-relation field (R9); not requests (R5).
+    pub codes_lost: Vec<(String, String)>,
     /// What an operator asked for on this run.
     pub directives: Directives,
 }
@@ -296,6 +299,10 @@ pub struct Plan {
     /// run, before contacts this run creates for other relations existed (R4).
     #[serde(skip)]
     pub recheck_accounts: Vec<(usize, String)>,
+    /// (code, contact): lost codes the contact's field no longer lists once this run's
+    /// write to it landed (R9).
+    #[serde(skip)]
+    pub codes_removed: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -404,6 +411,13 @@ struct Planner<'a> {
 
 impl<'a> Planner<'a> {
     fn new(relations: &'a Relations, input: &'a PlanInput) -> Planner<'a> {
+        let mut lost_codes: BTreeMap<&'a str, BTreeSet<String>> = BTreeMap::new();
+        for (code, contact) in &input.codes_lost {
+            lost_codes
+                .entry(contact.as_str())
+                .or_default()
+                .insert(code.clone());
+        }
         Planner {
             relations,
             input,
@@ -422,7 +436,7 @@ impl<'a> Planner<'a> {
             linked_accounts: vec![BTreeSet::new(); relations.relations.len()],
             new_links: BTreeMap::new(),
             starts: HashMap::new(),
-            lost_codes: BTreeMap::new(),
+            lost_codes,
             gained_codes: BTreeMap::new(),
             template_fills: BTreeMap::new(),
             threads: 1,

@@ -60,6 +60,9 @@ impl Needed {
         needed
             .linked_contacts
             .extend(links.iter().map(|l| l.contact_id.clone()));
+        // A contact still to lose a code (R9) is read until the write lands.
+        let losing = state.codes_lost()?.into_iter().map(|(_, contact)| contact);
+        needed.contacts.extend(losing);
         for p in pending.iter().filter(|p| !p.parked) {
             match p.side.as_str() {
                 "contact" => account(&p.code, &p.source_id),
