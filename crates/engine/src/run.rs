@@ -296,7 +296,7 @@ impl<'a> Engine<'a> {
         };
         let started = std::time::Instant::now();
         let mut plan = plan(&relations, &input);
-        let ambiguities = self.standing_ambiguities(&active, &sides, &mut plan)?;
+        let ambiguities = self.standing_ambiguities(&active, &mut plan)?;
         info!(
             ms = started.elapsed().as_millis() as u64,
             hubs = plan.hubs.len(),
@@ -461,14 +461,14 @@ impl<'a> Engine<'a> {
     }
 
     /// A quiet relation matched nothing this run: its ambiguous matches are the ones
-    /// its last complete matching found, still standing, and reported as such.
+    /// its last matching found, still standing, and reported as such. A relation that
+    /// matched saw every unlinked record of both sides (the second pass reads full
+    /// listings, also of change-reading connectors): its findings replace them.
     fn standing_ambiguities(
         &self,
         active: &[bool],
-        sides: &Sides<'_>,
         plan: &mut Plan,
     ) -> Result<Vec<StoredAmbiguities>, EngineError> {
-        let contacts_full = !sides.contacts.capabilities().incremental;
         let mut ambiguities = Vec::new();
         for (r, relation) in self.relations.relations.iter().enumerate() {
             let stored = self.state.ambiguities(&relation.code)?;
@@ -480,10 +480,7 @@ impl<'a> Engine<'a> {
                 plan.counts[r].ambiguous += standing.len() as u64;
                 plan.ambiguous.extend(standing);
             }
-            // Only a matching that saw every unlinked record of both sides (full
-            // listings) knows all of them; a change-reading side shows only some.
-            let accounts_full = !sides.accounts[r].capabilities().incremental;
-            let complete = active[r] && contacts_full && accounts_full;
+            let complete = active[r];
             ambiguities.push(StoredAmbiguities { complete, stored });
         }
         Ok(ambiguities)

@@ -70,6 +70,10 @@ impl Applier<'_> {
             );
         }
         self.plan.unlinks = unlinks;
+        for (code, contact_id) in &self.plan.new_lost_codes {
+            let mark = (code.clone(), contact_id.clone(), true);
+            self.batch.codes_lost.push(mark);
+        }
     }
 
     /// The side that stays is unlinked now: looked at again next run, so matching (R4)

@@ -303,6 +303,11 @@ pub struct Plan {
     /// write to it landed (R9).
     #[serde(skip)]
     pub codes_removed: Vec<(String, String)>,
+    /// (code, contact): codes contacts lose this run other than by an unlink (a
+    /// contact created for an account deleted before its link was stored), remembered
+    /// until the removal lands (R9).
+    #[serde(skip)]
+    pub new_lost_codes: Vec<(String, String)>,
 }
 
 impl Plan {

@@ -36,6 +36,7 @@ impl<'a> Planner<'a> {
         for p in wanted {
             let (contact, account) = if p.side == "contact" {
                 let Some((a, _)) = self.accounts(r).records.get_key_value(&p.source_id) else {
+                    self.source_gone(r, p, &contacts);
                     continue;
                 };
                 if self.linked_accounts[r].contains(a.as_str()) {
@@ -72,49 +73,114 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// The records of a pool by the value of one pivot field of the creates looked for, so
-/// finding 25,000 creates again costs a lookup each, not a walk of the pool each.
-pub(super) struct SentIndex<'r> {
-    by_pivot: HashMap<(String, String), Vec<&'r Record>>,
+impl<'a> Planner<'a> {
+    /// A contact created for an account the user deleted before the create was linked:
+    /// the contact stays and loses the code (R13), which it lists since its create.
+    fn source_gone(&mut self, r: usize, p: &'a PendingCreate, contacts: &SentIndex<'a>) {
+        if !self.accounts(r).deleted.contains(&p.source_id) {
+            return;
+        }
+        if let Some(contact) = contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
+            let code = self.relations.relations[r].code.clone();
+            self.plan
+                .new_lost_codes
+                .push((code.clone(), contact.id.clone()));
+            self.lost_codes.entry(&contact.id).or_default().insert(code);
+        }
+    }
 }
+
+/// The records of a pool by the values of a few fields of the creates looked for, so
+/// finding 25,000 creates again costs a few lookups each, not a walk of the pool each.
+pub(super) struct SentIndex<'r> {
+    by_key: HashMap<(&'static str, String), Vec<&'r Record>>,
+}
+
+/// The fields a create is looked up by: any one of them left as sent finds it.
+const KEYS: &[&str] = &[
+    field::NAME,
+    field::EMAIL,
+    field::VAT_REGISTRATION_NO,
+    field::PHONE,
+    field::CITY,
+];
+
+/// Fields that say what a record created by Tandem is (R6): never edited away for it
+/// to be found again.
+const KIND_OF_RECORD: &[&str] = &[field::CONTACT_TYPE, field::BUSINESS_RELATIONS];
 
 impl<'r> SentIndex<'r> {
     fn new<'s>(pool: &[&'r Record], sent: impl Iterator<Item = &'s Fields>) -> SentIndex<'r> {
-        let names: BTreeSet<&str> = sent.filter_map(|f| pivot(f).map(|(n, _)| n)).collect();
-        let mut by_pivot: HashMap<(String, String), Vec<&'r Record>> = HashMap::new();
+        let sent: Vec<&Fields> = sent.collect();
+        let keys: Vec<&'static str> = KEYS
+            .iter()
+            .copied()
+            .filter(|k| sent.iter().any(|f| f.get(k).is_some()))
+            .collect();
+        let mut by_key: HashMap<(&'static str, String), Vec<&'r Record>> = HashMap::new();
         for record in pool {
-            for name in &names {
-                if let Some(value) = record.fields.get(name) {
-                    by_pivot
-                        .entry(((*name).to_owned(), value.to_cell()))
+            for key in &keys {
+                if let Some(value) = record.fields.get(key) {
+                    by_key
+                        .entry((key, value.to_cell()))
                         .or_default()
                         .push(record);
                 }
             }
         }
-        SentIndex { by_pivot }
+        SentIndex { by_key }
     }
 
-    /// The one record accepted by `free` that holds every value of `sent`; `None` when
-    /// there is none, or more than one (never a guess).
+    /// The one record accepted by `free` that holds every value of `sent`; failing
+    /// that, the one that holds all of them but one (the user edited it since the
+    /// create: merged against the fields sent). `None` when there is none, or more than
+    /// one (never a guess).
     fn found(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Option<&'r Record> {
-        let (name, value) = pivot(sent)?;
-        let candidates = self.by_pivot.get(&(name.to_owned(), value.to_cell()))?;
-        let mut found = candidates
+        let mut candidates: Vec<&'r Record> = KEYS
             .iter()
-            .filter(|r| free(r) && same_fields(&r.fields, sent));
-        match (found.next(), found.next()) {
-            (Some(one), None) => Some(one),
-            _ => None,
-        }
+            .filter_map(|key| {
+                let value = sent.get(key)?;
+                self.by_key.get(&(*key, value.to_cell()))
+            })
+            .flatten()
+            .copied()
+            .filter(|r| free(r))
+            .collect();
+        candidates.sort_by(|a, b| a.id.cmp(&b.id));
+        candidates.dedup_by(|a, b| a.id == b.id);
+        let exact = candidates
+            .iter()
+            .copied()
+            .filter(|r| same_fields(&r.fields, sent));
+        only(exact).or_else(|| {
+            let near = candidates
+                .iter()
+                .copied()
+                .filter(|r| nearly(&r.fields, sent));
+            only(near)
+        })
     }
 }
 
-/// The field a create is looked up by: its name, or its first field.
-pub(super) fn pivot(sent: &Fields) -> Option<(&str, &Value)> {
-    sent.get(field::NAME)
-        .map(|v| (field::NAME, v))
-        .or_else(|| sent.iter().next().map(|(n, v)| (n.as_str(), v)))
+/// The record when there is exactly one.
+fn only<'r>(mut found: impl Iterator<Item = &'r Record>) -> Option<&'r Record> {
+    match (found.next(), found.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
+    }
+}
+
+/// Whether `record` holds every value of `sent` but one, and what a created record is
+/// as sent; never for a create of fewer than three fields, where one is too many.
+fn nearly(record: &Fields, sent: &Fields) -> bool {
+    let kind_kept = KIND_OF_RECORD
+        .iter()
+        .all(|name| sent.get(name).is_none_or(|v| record.value(name) == v));
+    let differing = sent
+        .iter()
+        .filter(|(name, value)| record.value(name.as_str()) != *value)
+        .count();
+    kind_kept && sent.len() >= 3 && differing <= 1
 }
 
 /// Whether `record` holds exactly the values of `sent` (a create's fields).

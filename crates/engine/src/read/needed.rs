@@ -18,8 +18,9 @@ pub(crate) struct Needed {
     /// Per relation, account ids.
     pub accounts: Vec<HashSet<String>>,
     pub contacts: HashSet<String>,
-    /// The records of links a run left unfinished (R18): a complete read that does not
-    /// return one means it is gone, although no hash of it was ever stored.
+    /// The records of links a run left unfinished and the accounts creates started from
+    /// (R18): a complete read that does not return one means it is gone, although no
+    /// hash of it may ever have been stored.
     pub linked_accounts: Vec<HashSet<String>>,
     pub linked_contacts: HashSet<String>,
 }
@@ -60,6 +61,13 @@ impl Needed {
         needed
             .linked_contacts
             .extend(links.iter().map(|l| l.contact_id.clone()));
+        // The account a create started from: gone if a complete read lacks it (no hash
+        // of it may be stored yet).
+        for p in pending.iter().filter(|p| !p.parked && p.side == "contact") {
+            if let Some(r) = relations.index_of(&p.code) {
+                needed.linked_accounts[r].insert(p.source_id.clone());
+            }
+        }
         // A contact still to lose a code (R9) is read until the write lands.
         let losing = state.codes_lost()?.into_iter().map(|(_, contact)| contact);
         needed.contacts.extend(losing);
