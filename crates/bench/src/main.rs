@@ -45,7 +45,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Writes a data set and its tandem.toml into a folder.
+    /// Writes a data set, its tandem.toml and its size (`n`) into a folder.
     Generate {
         #[arg(long)]
         out: PathBuf,
@@ -125,7 +125,8 @@ fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
     match Cli::parse().command {
         Cmd::Generate { out, n } => {
-            generate::generate(&out, n, generate::Shares::default())?;
+            // With its size in `n`, as `phase <name> --dir` reads it.
+            generate_into(&out, n)?;
             println!("wrote {n} contacts and {n} accounts to {}", out.display());
             Ok(())
         }
