@@ -5,8 +5,11 @@
 //! phase's own): parsing the CSV files alone, the initial sync, storing the initial
 //! sync's state rows alone (`state-floor`), a second sync with no
 //! change (which skips the unchanged files), the same with every file read
-//! (`--full-read`), and an incremental run with k changes through a change-reading
-//! (in-memory) connector over a state holding the links of the initial sync.
+//! (`--full-read`), an incremental run with k changes through a change-reading
+//! (in-memory) connector over a state holding the links of the initial sync, and the
+//! sync that recovers from an initial sync cut short (`recovery`: the initial sync of a
+//! fresh copy of the data aborts in a child process at a failpoint, the next sync is
+//! measured and must end with the contacts and links of the uninterrupted one).
 
 mod generate;
 
@@ -42,7 +45,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Writes a data set and its tandem.toml into a folder.
+    /// Writes a data set, its tandem.toml and its size (`n`) into a folder.
     Generate {
         #[arg(long)]
         out: PathBuf,
@@ -61,6 +64,13 @@ enum Cmd {
         /// reports the fastest (a shared machine's noise only ever adds time).
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// The phases to measure, in the runner's order (default: all). `recovery` is
+        /// checked against `initial`, so it needs it.
+        #[arg(long, num_args = 1.., value_parser = clap::builder::PossibleValuesParser::new(PHASES.iter().copied()))]
+        phases: Vec<String>,
+        /// Where `recovery` cuts the initial sync short (`TANDEM_FAILPOINT`, `name[:n]`).
+        #[arg(long, default_value = "before_contact_create")]
+        failpoint: String,
         #[arg(long)]
         json: bool,
     },
@@ -93,17 +103,45 @@ struct Measure {
     /// of the run above what was held before it; file pages mapped by SQLite excluded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run_anon_growth_mib: Option<f64>,
+    /// Initial and recovery only: what the sync left (checked by the runner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+    /// Recovery only: the wall time of the run that was cut short, until it aborted
+    /// (measured by the runner around the child process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crashed_wall_s: Option<f64>,
+}
+
+/// What a sync left: the contacts in the file, the links and the pending creates in
+/// the state. A recovered initial sync must leave what the uninterrupted one left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Outcome {
+    contacts: u64,
+    links: u64,
+    pending: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
     match Cli::parse().command {
         Cmd::Generate { out, n } => {
-            generate::generate(&out, n, generate::Shares::default())?;
+            // With its size in `n`, as `phase <name> --dir` reads it.
+            generate_into(&out, n)?;
             println!("wrote {n} contacts and {n} accounts to {}", out.display());
             Ok(())
         }
-        Cmd::Run { n, k, runs, json } => run(&n, k, runs.max(1), json),
+        Cmd::Run {
+            n,
+            k,
+            runs,
+            phases,
+            failpoint,
+            json,
+        } => {
+            let phases = selected(phases)?;
+            let all = run(&n, k, runs.max(1), &phases, &failpoint)?;
+            report(&all, json)
+        }
         Cmd::Phase { name, dir, k } => {
             // Resident memory over time, to see which step holds the peak:
             // TANDEM_BENCH_RSS_EVERY_MS=500 prints it on stderr every half second.
@@ -146,6 +184,8 @@ fn main() -> anyhow::Result<()> {
                 records,
                 run_rss_growth_mib: RUN_RSS_GROWTH_MIB.with(std::cell::Cell::get),
                 run_anon_growth_mib: RUN_ANON_GROWTH_MIB.with(std::cell::Cell::get),
+                outcome: None,
+                crashed_wall_s: None,
             };
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
@@ -156,14 +196,34 @@ fn main() -> anyhow::Result<()> {
 const PHASES: &[&str] = &[
     "parse",
     "initial",
+    "recovery",
     "state-floor",
     "second",
     "second-full",
     "incremental",
 ];
 
-fn run(sizes: &[usize], k: usize, runs: usize, json: bool) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
+/// The phases asked for, in the runner's order; all of them when none is named.
+fn selected(asked: Vec<String>) -> anyhow::Result<Vec<&'static str>> {
+    let phases: Vec<&'static str> = PHASES
+        .iter()
+        .copied()
+        .filter(|p| asked.is_empty() || asked.iter().any(|a| a == p))
+        .collect();
+    if phases.contains(&"recovery") && !phases.contains(&"initial") {
+        bail!("`recovery` is checked against `initial`: select both");
+    }
+    Ok(phases)
+}
+
+/// Measures every phase of every size `runs` times; keeps the fastest of each.
+fn run(
+    sizes: &[usize],
+    k: usize,
+    runs: usize,
+    phases: &[&str],
+    failpoint: &str,
+) -> anyhow::Result<Vec<Measure>> {
     let mut all: Vec<Measure> = Vec::new();
     for &n in sizes {
         for run in 1..=runs {
@@ -171,46 +231,153 @@ fn run(sizes: &[usize], k: usize, runs: usize, json: bool) -> anyhow::Result<()>
             // deterministic) and an empty state.
             let dir = tempfile::tempdir()?;
             eprintln!("generating N = {n} (run {run} of {runs}) ...");
-            generate::generate(dir.path(), n, generate::Shares::default())?;
-            std::fs::write(dir.path().join("n"), n.to_string())?;
-            for name in PHASES {
+            generate_into(dir.path(), n)?;
+            let mut reference = None;
+            for &name in phases {
                 eprintln!("  {name} ...");
-                let out = Command::new(&exe)
-                    .args(["phase", name, "--dir"])
-                    .arg(dir.path())
-                    .args(["--k", &k.to_string()])
-                    .output()?;
-                if !out.status.success() {
-                    bail!(
-                        "phase {name} failed:\n{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                let m: Measure = serde_json::from_slice(&out.stdout).context("a phase's report")?;
+                let m = match name {
+                    "recovery" => recovery(dir.path(), k, failpoint, reference)?,
+                    _ => run_phase(name, dir.path(), k)?,
+                };
                 eprintln!("    {:.2} s", m.wall_s);
-                match all.iter_mut().find(|b| b.n == n && b.phase == m.phase) {
-                    Some(best) if best.wall_s <= m.wall_s => {}
-                    Some(best) => *best = m,
-                    None => all.push(m),
+                if name == "initial" {
+                    reference = m.outcome;
                 }
+                keep_fastest(&mut all, m);
             }
         }
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
-        return Ok(());
+    Ok(all)
+}
+
+fn generate_into(dir: &Path, n: usize) -> anyhow::Result<()> {
+    generate::generate(dir, n, generate::Shares::default())?;
+    std::fs::write(dir.join("n"), n.to_string())?;
+    Ok(())
+}
+
+fn keep_fastest(all: &mut Vec<Measure>, m: Measure) {
+    match all.iter_mut().find(|b| b.n == m.n && b.phase == m.phase) {
+        Some(best) if best.wall_s <= m.wall_s => {}
+        Some(best) => *best = m,
+        None => all.push(m),
     }
+}
+
+/// Runs one phase in a child process of its own and reads its report; the initial
+/// sync's report carries what it left.
+fn run_phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<Measure> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["phase", name, "--dir"])
+        .arg(dir)
+        .args(["--k", &k.to_string()])
+        .env_remove("TANDEM_FAILPOINT")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "phase {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut m: Measure = serde_json::from_slice(&out.stdout).context("a phase's report")?;
+    if matches!(name, "initial" | "recovery") {
+        m.outcome = Some(outcome(dir)?);
+    }
+    Ok(m)
+}
+
+/// The initial sync of a fresh copy of the data, cut short at `failpoint` in a child
+/// process (which aborts, as a crash would), then the next sync, measured. It must
+/// leave what the uninterrupted initial sync left (`reference`): no duplicate contact,
+/// no lost link, no pending create.
+fn recovery(
+    dir: &Path,
+    k: usize,
+    failpoint: &str,
+    reference: Option<Outcome>,
+) -> anyhow::Result<Measure> {
+    let copy = dir.join("recovery");
+    let n = std::fs::read_to_string(dir.join("n"))?.trim().parse()?;
+    generate_into(&copy, n)?;
+    let crashed_wall_s = crash(&copy, failpoint)?;
+    let mut m = run_phase("recovery", &copy, k)?;
+    m.crashed_wall_s = Some(crashed_wall_s);
+    let reference = reference.context("`recovery` runs after `initial`")?;
+    if m.outcome != Some(reference) {
+        bail!(
+            "the recovered sync left {:?}, the uninterrupted one {reference:?}",
+            m.outcome
+        );
+    }
+    Ok(m)
+}
+
+/// Runs the initial sync in a child process that must abort at `failpoint`; returns
+/// the wall time until it did.
+fn crash(dir: &Path, failpoint: &str) -> anyhow::Result<f64> {
+    use std::os::unix::process::ExitStatusExt;
+    const SIGABRT: i32 = 6;
+    let started = Instant::now();
+    let out = Command::new(std::env::current_exe()?)
+        .args(["phase", "initial", "--dir"])
+        .arg(dir)
+        .env("TANDEM_FAILPOINT", failpoint)
+        .output()?;
+    let wall = started.elapsed().as_secs_f64();
+    let name = failpoint.split(':').next().unwrap_or(failpoint);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.signal() != Some(SIGABRT)
+        || !stderr.contains(&format!("failpoint {name} reached"))
+    {
+        bail!(
+            "the initial sync did not abort at {failpoint} ({}):\n{stderr}",
+            out.status
+        );
+    }
+    Ok(wall)
+}
+
+/// What the sync in `dir` left (see [`Outcome`]).
+fn outcome(dir: &Path) -> anyhow::Result<Outcome> {
+    use tandem_state::StateStore;
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let contacts = runtime
+        .block_on(FileConnector::new(dir.join("crm"), Format::Csv).read(EntityKind::Contact, None))?
+        .records
+        .len() as u64;
+    let state = SqliteState::open(&dir.join(".tandem/state.db"), LockMode::Shared)?;
+    Ok(Outcome {
+        contacts,
+        links: state.count_links("CUST")? + state.count_links("VEND")?,
+        pending: state.pending_creates()?.len() as u64,
+    })
+}
+
+fn report(all: &[Measure], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(all)?);
+    } else {
+        print_phases(all);
+        print_recoveries(all);
+    }
+    Ok(())
+}
+
+fn print_phases(all: &[Measure]) {
     println!(
         "| N | phase | wall s | CPU s | peak RSS MiB | run's own RSS MiB | run's own heap MiB | records | vs parse |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-    for m in &all {
-        let parse = all
+    for m in all {
+        let vs_parse = all
             .iter()
             .find(|p| p.n == m.n && p.phase == "parse")
-            .map_or(1.0, |p| p.wall_s);
+            .map_or_else(
+                || "-".to_owned(),
+                |p| format!("{:.1}x", m.wall_s / p.wall_s),
+            );
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {:.1}x |",
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {vs_parse} |",
             m.n,
             m.phase,
             m.wall_s,
@@ -221,10 +388,46 @@ fn run(sizes: &[usize], k: usize, runs: usize, json: bool) -> anyhow::Result<()>
             m.run_anon_growth_mib
                 .map_or_else(|| "-".to_owned(), |g| format!("{g:.0}")),
             m.records,
-            m.wall_s / parse
         );
     }
-    Ok(())
+}
+
+/// The recovering sync next to the uninterrupted initial sync of the same N.
+fn print_recoveries(all: &[Measure]) {
+    let pairs: Vec<(&Measure, &Measure)> = all
+        .iter()
+        .filter(|m| m.phase == "recovery")
+        .filter_map(|r| {
+            let initial = all.iter().find(|i| i.n == r.n && i.phase == "initial")?;
+            Some((initial, r))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "| N | aborted after s | wall s, recovery / initial | ratio | CPU s, recovery / initial | peak RSS MiB, recovery / initial | contacts, links left (both) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---|");
+    for (i, r) in pairs {
+        let left = r.outcome.map_or_else(
+            || "-".to_owned(),
+            |o| format!("{}, {}", o.contacts, o.links),
+        );
+        println!(
+            "| {} | {:.2} | {:.2} / {:.2} | {:.2}x | {:.2} / {:.2} | {:.0} / {:.0} | {left} |",
+            r.n,
+            r.crashed_wall_s.unwrap_or(0.0),
+            r.wall_s,
+            i.wall_s,
+            r.wall_s / i.wall_s,
+            r.cpu_s,
+            i.cpu_s,
+            r.peak_rss_mib,
+            i.peak_rss_mib,
+        );
+    }
 }
 
 /// CPU seconds and peak resident memory (MiB) of this process, from /proc.
@@ -299,7 +502,7 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
             }
             Ok((started.elapsed().as_secs_f64(), records))
         }
-        "initial" | "second" | "second-full" => {
+        "initial" | "recovery" | "second" | "second-full" => {
             let mut state = SqliteState::open(&dir.join(".tandem/state.db"), LockMode::Exclusive)?;
             let mut engine = Engine::new(relations("erp")?, file_connectors(dir), &mut state)?;
             // `second-full` reads every file although none changed (`--full-read`).
