@@ -15,7 +15,7 @@ use crate::matching::Ambiguity;
 use crate::plan::{AccountInput, Directives, Plan, PlanInput, plan};
 pub(crate) use crate::read::{DeleteGuard, RECHECK, ScopeRead, record_hash, record_hash_of};
 use crate::read::{
-    FirstPass, Needed, Sides, fetch_missing, gone_if_missing, read_scope, second_pass, wakes,
+    FirstPass, Needed, Sides, Wake, fetch_missing, gone_if_missing, read_scope, second_pass, wakes,
 };
 use crate::relation::Relations;
 pub(crate) use crate::report::rejections;
@@ -258,19 +258,19 @@ impl<'a> Engine<'a> {
             account_links: &account_links,
             contact_links: &contact_links,
         };
-        let active = wakes(&relations, &directives, &pending, &first);
+        let wakes = wakes(&relations, &directives, &pending, &first);
         drop(contact_links);
         let sides = self.sides()?;
         let match_only = second_pass(
             &*self.state,
             &relations,
             &sides,
-            &active,
+            &wakes,
             &mut accounts,
             &mut contacts,
         )
         .await?;
-        log_active(&relations, &active);
+        log_active(&relations, &wakes);
         let links = self.links_in_play(account_links, &contacts, any_links)?;
         let parked_before = self.parked_before(&pending)?;
         // The records move into the plan input; nothing is held twice.
@@ -296,7 +296,7 @@ impl<'a> Engine<'a> {
         };
         let started = std::time::Instant::now();
         let mut plan = plan(&relations, &input);
-        let ambiguities = self.standing_ambiguities(&active, &mut plan)?;
+        let ambiguities = self.standing_ambiguities(&wakes, &sides, &mut plan)?;
         info!(
             ms = started.elapsed().as_millis() as u64,
             hubs = plan.hubs.len(),
@@ -461,18 +461,20 @@ impl<'a> Engine<'a> {
     }
 
     /// A quiet relation matched nothing this run: its ambiguous matches are the ones
-    /// its last matching found, still standing, and reported as such. A relation that
-    /// matched saw every unlinked record of both sides (the second pass reads full
-    /// listings, also of change-reading connectors): its findings replace them.
+    /// its last matching found, still standing, and reported as such. A matching that
+    /// saw every unlinked record of both sides (full listings, or a wide wake that read
+    /// change-reading connectors fully) replaces them.
     fn standing_ambiguities(
         &self,
-        active: &[bool],
+        wakes: &[Wake],
+        sides: &Sides<'_>,
         plan: &mut Plan,
     ) -> Result<Vec<StoredAmbiguities>, EngineError> {
+        let contacts_full = !sides.contacts.capabilities().incremental;
         let mut ambiguities = Vec::new();
         for (r, relation) in self.relations.relations.iter().enumerate() {
             let stored = self.state.ambiguities(&relation.code)?;
-            if !active[r] {
+            if wakes[r] == Wake::Quiet {
                 let standing: Vec<Ambiguity> = stored
                     .clone()
                     .and_then(|json| serde_json::from_value(json).ok())
@@ -480,7 +482,9 @@ impl<'a> Engine<'a> {
                 plan.counts[r].ambiguous += standing.len() as u64;
                 plan.ambiguous.extend(standing);
             }
-            let complete = active[r];
+            let accounts_full = !sides.accounts[r].capabilities().incremental;
+            let complete = wakes[r] == Wake::Widely
+                || (wakes[r] == Wake::Changed && contacts_full && accounts_full);
             ambiguities.push(StoredAmbiguities { complete, stored });
         }
         Ok(ambiguities)
@@ -516,13 +520,13 @@ fn ids_of(read: &ScopeRead) -> Vec<&str> {
         .collect()
 }
 
-fn log_active(relations: &Relations, active: &[bool]) {
-    let codes: Vec<&str> = relations
+fn log_active(relations: &Relations, wakes: &[Wake]) {
+    let codes: Vec<(&str, Wake)> = relations
         .relations
         .iter()
-        .zip(active)
-        .filter(|(_, a)| **a)
-        .map(|(r, _)| r.code.as_str())
+        .zip(wakes)
+        .filter(|(_, w)| **w != Wake::Quiet)
+        .map(|(r, w)| (r.code.as_str(), *w))
         .collect();
     info!(active = ?codes, "relations to match");
 }

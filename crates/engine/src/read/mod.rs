@@ -18,7 +18,7 @@ use crate::report::ReadStats;
 
 pub use guard::DeleteGuard;
 pub(crate) use needed::{Needed, fetch_missing, gone_if_missing};
-pub(crate) use wake::{FirstPass, Sides, second_pass, wakes};
+pub(crate) use wake::{FirstPass, Sides, Wake, second_pass, wakes};
 
 /// The content hash remembered for a record: its fields and its version, so that
 /// any change the system reports, even to data Tandem does not map, is noticed.
@@ -45,6 +45,9 @@ pub(crate) struct ScopeRead {
     pub hashes: crate::IdMap<String, u64>,
     /// Records whose hash differed from the stored one.
     pub changed: crate::IdSet<String>,
+    /// Changed records without a stored hash (new since the last run, or never
+    /// settled) or marked to be looked at again.
+    pub new: crate::IdSet<String>,
     pub cursor: Option<Cursor>,
     /// The connector's fingerprint taken before reading, if it gives one.
     pub fingerprint: Option<String>,
@@ -69,6 +72,7 @@ impl ScopeRead {
             deleted: BTreeSet::new(),
             hashes: crate::IdMap::default(),
             changed: crate::IdSet::default(),
+            new: crate::IdSet::default(),
             cursor: None,
             fingerprint,
             stats,
@@ -255,11 +259,16 @@ impl ScopeRead {
             }
             self.stats.records += 1;
             let hash = record_hash(&record.fields, record.version.as_deref());
-            let changed = stored.remove(&record.id) != Some(hash);
+            let before = stored.remove(&record.id);
+            let changed = before != Some(hash);
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
                 if changed {
                     self.changed.insert(record.id.clone());
+                }
+                // Marked to be looked at again counts as new: it may pair with anything.
+                if before.is_none_or(|h| h == RECHECK) {
+                    self.new.insert(record.id.clone());
                 }
                 self.hashes.insert(record.id.clone(), hash);
                 kept.push(record);

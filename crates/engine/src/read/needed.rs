@@ -150,8 +150,12 @@ pub(crate) async fn fetch_missing(
     );
     for record in records {
         let hash = record_hash(&record.fields, record.version.as_deref());
-        if stored.get(&record.id) != Some(&hash) {
+        let before = stored.get(&record.id).copied();
+        if before != Some(hash) {
             read.changed.insert(record.id.clone());
+        }
+        if before.is_none_or(|h| h == super::RECHECK) {
+            read.new.insert(record.id.clone());
         }
         read.hashes.insert(record.id.clone(), hash);
         read.records.insert(record.id.clone(), record);

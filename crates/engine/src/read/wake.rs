@@ -28,13 +28,27 @@ pub(crate) struct FirstPass<'r> {
     pub contact_links: &'r [Link],
 }
 
-/// Per relation, whether it needs matching this run.
+/// How much of a relation a run matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Wake {
+    /// Nothing of it changed: no matching; its standing ambiguities are reported.
+    Quiet,
+    /// An unlinked record that was known before changed: matched against the unchanged
+    /// unlinked records of full listings, read again. A change-reading connector's
+    /// unchanged records were matched against its old values and are not read again.
+    Changed,
+    /// A new unlinked record, a delete, a request, an operator, a pending create:
+    /// matched against every unlinked record, from change-reading connectors too.
+    Widely,
+}
+
+/// Per relation, how much it matches this run.
 pub(crate) fn wakes(
     relations: &Relations,
     directives: &Directives,
     pending: &[PendingCreate],
     read: &FirstPass<'_>,
-) -> Vec<bool> {
+) -> Vec<Wake> {
     relations
         .relations
         .iter()
@@ -46,46 +60,71 @@ pub(crate) fn wakes(
                 || directives.unlink.iter().any(|(c, _)| c == code)
                 || directives.create_contact.iter().any(|(c, _)| c == code);
             let pending_here = pending.iter().any(|p| p.code == code && !p.parked);
-            by_operator
-                || pending_here
-                || account_side_wakes(code, &read.accounts[r], read.account_links)
-                || contact_side_wakes(relation, read.contacts, read.contact_links)
+            let accounts = account_side_wakes(code, &read.accounts[r], read.account_links);
+            let contacts = contact_side_wakes(relation, read.contacts, read.contact_links);
+            if by_operator || pending_here {
+                Wake::Widely
+            } else {
+                accounts.max(contacts)
+            }
         })
         .collect()
 }
 
-/// A changed account without a link; or a delete, linked or not, which may end an
-/// ambiguity.
+/// A new unlinked account, or a delete (linked or not: it may end an ambiguity), wakes
+/// the relation widely; a changed unlinked one that was known before, for full
+/// listings.
 fn account_side_wakes(
     code: &str,
     read: &ScopeRead,
     links: &BTreeMap<(String, String), Link>,
-) -> bool {
+) -> Wake {
     let linked: HashSet<&str> = links
         .values()
         .filter(|l| l.code == code)
         .map(|l| l.account_id.as_str())
         .collect();
-    read.changed.iter().any(|id| !linked.contains(id.as_str())) || !read.deleted.is_empty()
+    let mut unlinked = read
+        .changed
+        .iter()
+        .filter(|id| !linked.contains(id.as_str()));
+    if !read.deleted.is_empty() || unlinked.clone().any(|id| read.new.contains(id)) {
+        Wake::Widely
+    } else if unlinked.next().is_some() {
+        Wake::Changed
+    } else {
+        Wake::Quiet
+    }
 }
 
-/// A changed contact that may hold the relation and has no link under it, or that
-/// asks for it; or a deleted contact.
-fn contact_side_wakes(relation: &Relation, contacts: &ScopeRead, links: &[Link]) -> bool {
+/// A changed contact without a link under the relation: widely when it is new, asks
+/// for the relation (R5) or when a contact was deleted; for full listings when it was
+/// known before and may hold the relation.
+fn contact_side_wakes(relation: &Relation, contacts: &ScopeRead, links: &[Link]) -> Wake {
     let code = relation.code.as_str();
     let linked: HashSet<&str> = links
         .iter()
         .filter(|l| l.code == code)
         .map(|l| l.contact_id.as_str())
         .collect();
-    contacts
+    let mut wake = match contacts.deleted.is_empty() {
+        true => Wake::Quiet,
+        false => Wake::Widely,
+    };
+    let changed = contacts
         .changed
         .iter()
         .filter_map(|id| contacts.records.get(id))
-        .any(|c| {
-            (may_hold(c, relation.kind) && !linked.contains(c.id.as_str())) || lists_code(c, code)
-        })
-        || !contacts.deleted.is_empty()
+        .filter(|c| !linked.contains(c.id.as_str()));
+    for c in changed {
+        if lists_code(c, code) || (contacts.new.contains(&c.id) && may_hold(c, relation.kind)) {
+            return Wake::Widely;
+        }
+        if may_hold(c, relation.kind) {
+            wake = wake.max(Wake::Changed);
+        }
+    }
+    wake
 }
 
 /// The connectors a second pass reads from.
@@ -104,19 +143,22 @@ pub(crate) async fn second_pass(
     state: &dyn StateStore,
     relations: &Relations,
     sides: &Sides<'_>,
-    active: &[bool],
+    wakes: &[Wake],
     accounts: &mut [ScopeRead],
     contacts: &mut ScopeRead,
 ) -> Result<HashSet<String>, EngineError> {
-    // Records the first pass let go by (or did not read at all).
-    let passed =
-        |read: &ScopeRead| read.stats.skipped || read.stats.records > read.records.len() as u64;
-    let contacts_again = sides.contacts.capabilities().incremental || passed(contacts);
+    // Records the first pass let go by (or did not read at all), or that a
+    // change-reading connector did not send.
+    let again = |read: &ScopeRead, connector: &dyn Connector, wake: Wake| {
+        let passed = read.stats.skipped || read.stats.records > read.records.len() as u64;
+        wake != Wake::Quiet
+            && (passed || (connector.capabilities().incremental && wake == Wake::Widely))
+    };
     let mut linked_contacts: Vec<Option<HashSet<String>>> = vec![None; accounts.len()];
     for (r, relation) in relations.relations.iter().enumerate() {
         let connector = &sides.accounts[r];
-        let accounts_again = connector.capabilities().incremental || passed(&accounts[r]);
-        if !active[r] || !(accounts_again || contacts_again) {
+        let accounts_again = again(&accounts[r], &**connector, wakes[r]);
+        if !accounts_again && !again(contacts, sides.contacts, wakes[r]) {
             continue;
         }
         let (linked_here, linked_accounts) = state.linked_ids(&relation.code)?;
