@@ -177,7 +177,7 @@ pub fn report(
         .hubs
         .iter()
         .flat_map(|h| &h.conflicts)
-        .filter(|c| c.winner == "manual")
+        .filter(|c| c.winner == tandem_engine::Winner::Manual)
         .count();
     if waiting > 0 {
         let _ = writeln!(
@@ -367,13 +367,13 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
             for (code, account, v) in &c.accounts {
                 let _ = writeln!(out, "      {code} {} {account}: {}", kind(code), show(v));
             }
-            if c.winner == "manual" {
+            if c.winner == tandem_engine::Winner::Manual {
                 let _ = writeln!(
                     out,
                     "      -> waits in the conflict queue (policy manual): tandem conflicts"
                 );
             } else {
-                let policy = relation_policy(&c.winner, &c.accounts, c.policy);
+                let policy = relation_policy(c.winner.as_str(), &c.accounts, c.policy);
                 let _ = writeln!(
                     out,
                     "      -> {} wins{policy}: {}",

@@ -38,4 +38,4 @@ pub use read::{DeleteGuard, record_hash};
 pub use relation::Relations;
 pub use report::{Failure, ReadStats, RunReport};
 pub use run::Engine;
-pub use side::Side;
+pub use side::{Side, Winner};

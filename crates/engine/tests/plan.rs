@@ -332,7 +332,7 @@ fn r15_conflict_policies() {
         );
         let hub = &plan.hubs[0];
         assert_eq!(hub.conflicts.len(), 1, "{policy:?}");
-        assert_eq!(hub.conflicts[0].winner, winner, "{policy:?}");
+        assert_eq!(hub.conflicts[0].winner.as_str(), winner, "{policy:?}");
         assert_eq!(hub.conflicts[0].value.to_cell(), value, "{policy:?}");
         let expected = if winner == "contact" {
             w("K1", "phone", value)
@@ -932,7 +932,7 @@ fn r15_manual_conflict_waits_and_other_fields_go_on() {
     );
     let hub = &plan.hubs[0];
     assert_eq!(hub.conflicts.len(), 1);
-    assert_eq!(hub.conflicts[0].winner, "manual");
+    assert_eq!(hub.conflicts[0].winner.as_str(), "manual");
     assert_eq!(
         writes(&plan),
         vec![w("K1", "name", "Acme NV")],

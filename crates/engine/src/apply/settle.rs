@@ -11,7 +11,7 @@ use super::write::{Outcomes, intended_link};
 use super::{Applier, commit_behind, next_failure};
 use crate::plan::{FieldChange, HubPlan, NewLink, PENDING_LINK, PairPlan};
 use crate::run::{EngineError, Failure, RECHECK, record_hash_of};
-use crate::side::Side;
+use crate::side::{Side, Winner};
 
 /// The details of an `updated` entry: the changes each side received.
 #[derive(serde::Serialize)]
@@ -137,7 +137,7 @@ impl Applier<'_> {
                     "both",
                     details,
                 );
-                if conflict.winner == "manual" {
+                if conflict.winner == Winner::Manual {
                     self.batch.upsert_conflicts.push(ConflictEntry {
                         id: 0,
                         code: code.clone(),
@@ -342,8 +342,8 @@ impl Applier<'_> {
         failed: bool,
     ) {
         self.settled_contacts.insert(hub.contact_id.clone());
-        let waiting = hub.conflicts.iter().any(|c| c.winner == "manual");
-        for conflict in hub.conflicts.iter().filter(|c| c.winner == "manual") {
+        let waiting = hub.conflicts.iter().any(|c| c.winner == Winner::Manual);
+        for conflict in hub.conflicts.iter().filter(|c| c.winner == Winner::Manual) {
             for (code, account_id, _) in &conflict.accounts {
                 if let Some(r) = self.relations.index_of(code) {
                     self.settled_accounts[r].insert(account_id.clone());

@@ -2,6 +2,7 @@
 //! R15).
 
 use super::*;
+use crate::side::Winner;
 
 impl<'a> Planner<'a> {
     /// Every contact with a link or a new link that involves a record read this run.
@@ -315,7 +316,7 @@ impl<'p> HubView<'p> {
                     self.account_value(i, name).clone(),
                 )],
                 policy: ConflictPolicy::Manual,
-                winner: "manual".to_owned(),
+                winner: Winner::Manual,
                 value: decision.value.clone(),
             });
         }
@@ -471,14 +472,15 @@ impl<'p> HubView<'p> {
         let (value, winner_name, policy) = match winner {
             Some((i, v)) => {
                 out.from_account[i].push(f.clone());
-                (v, self.rel(i).code.clone(), self.rel(i).policy(f))
+                let code = self.rel(i).code.clone();
+                (v, Winner::Account(code), self.rel(i).policy(f))
             }
             None => {
                 let policy = proposals
                     .first()
                     .map(|(i, _)| self.rel(*i).policy(f))
                     .unwrap_or_default();
-                (contact_value, "contact".to_owned(), policy)
+                (contact_value, Winner::Contact, policy)
             }
         };
         out.conflicts.push(Conflict {

@@ -115,7 +115,7 @@ pub struct Conflict {
     pub policy: ConflictPolicy,
     /// `contact`, the code of the relation whose account won, or `manual` when the
     /// pair waits in the conflict queue.
-    pub winner: String,
+    pub winner: crate::side::Winner,
     /// The value the sides end up with (for `manual`, the contact's).
     pub value: Value,
 }
