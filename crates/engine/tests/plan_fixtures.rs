@@ -208,7 +208,11 @@ impl Fixture {
                     fail(file, n, format!("unknown section `{name}`"));
                 }
                 if (name == "accounts") != arg.is_some() {
-                    fail(file, n, "`--- accounts <CODE>` names a code; no other section does");
+                    fail(
+                        file,
+                        n,
+                        "`--- accounts <CODE>` names a code; no other section does",
+                    );
                 }
                 section = Some((name, arg));
                 continue;
@@ -217,7 +221,11 @@ impl Fixture {
                 if line.trim().is_empty() || line.starts_with('#') {
                     continue;
                 }
-                fail(file, n, "text before the first `--- <section>` line that is not a comment");
+                fail(
+                    file,
+                    n,
+                    "text before the first `--- <section>` line that is not a comment",
+                );
             };
             if name == "config" {
                 fixture.config.push_str(line);
@@ -247,7 +255,11 @@ impl Fixture {
                     fail(
                         file,
                         n,
-                        format!("{} cells, the header has {}", cells.len(), table.header.len()),
+                        format!(
+                            "{} cells, the header has {}",
+                            cells.len(),
+                            table.header.len()
+                        ),
                     );
                 } else {
                     table.rows.push((n, cells));
@@ -358,7 +370,11 @@ impl Fixture {
             match side {
                 "contact" => intent.contact.push(entry),
                 "account" => intent.account.push(entry),
-                other => fail(file, *n, format!("side is contact or account, not `{other}`")),
+                other => fail(
+                    file,
+                    *n,
+                    format!("side is contact or account, not `{other}`"),
+                ),
             }
         }
         input.link_counts = relations
@@ -522,9 +538,7 @@ fn relations(file: &str, text: &str) -> Relations {
     if let Some(toml::Value::Table(relations)) = table.get_mut("relations") {
         for (_, relation) in relations.iter_mut() {
             if let toml::Value::Table(relation) = relation {
-                relation
-                    .entry("connector")
-                    .or_insert_with(|| "erp".into());
+                relation.entry("connector").or_insert_with(|| "erp".into());
             }
         }
     }
@@ -594,7 +608,14 @@ fn render(plan: &Plan) -> String {
     for hub in &plan.hubs {
         writeln!(o, "hub {}", hub.contact_id).unwrap();
         for c in &hub.contact_changes {
-            writeln!(o, "  contact {}: {} -> {}", c.field, value(&c.old), value(&c.new)).unwrap();
+            writeln!(
+                o,
+                "  contact {}: {} -> {}",
+                c.field,
+                value(&c.old),
+                value(&c.new)
+            )
+            .unwrap();
         }
         for pair in &hub.pairs {
             let how = match pair.new_link {
@@ -631,15 +652,18 @@ fn render(plan: &Plan) -> String {
                 sides.push(format!("{code} {account} {}", value(v)));
             }
             let policy = serde_json::to_value(c.policy).unwrap();
+            let outcome = if c.winner == "manual" {
+                "waits in the conflict queue".to_owned()
+            } else {
+                format!("{} wins, {}", c.winner, value(&c.value))
+            };
             writeln!(
                 o,
-                "  conflict {} (base {}): {}; {} -> {} wins, {}",
+                "  conflict {} (base {}): {}; {} -> {outcome}",
                 c.field,
                 value(&c.base),
                 sides.join(", "),
                 policy.as_str().unwrap(),
-                c.winner,
-                value(&c.value)
             )
             .unwrap();
         }
