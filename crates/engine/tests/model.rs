@@ -1007,6 +1007,19 @@ impl World {
                 .collect();
             let last = |id: &str| edits.iter().rev().find(|e| e.id == id).map(|e| &e.value);
             let (on_contact, on_account) = (last(c), last(a));
+            let step_of = |id: &str| edits.iter().rev().find(|e| e.id == id).map(|e| e.step);
+            // A run that failed on the pair between the two sides' edits: the first edit
+            // may have reached the other side before the second was made, which is then
+            // the last edit there (R18: a landed write is known), or it may not have.
+            let failed_between = match (step_of(c), step_of(a)) {
+                (Some(x), Some(y)) => during[window..].iter().any(|s| {
+                    s.step > x.min(y)
+                        && s.step < x.max(y)
+                        && s.link(code, c)
+                            .is_some_and(|l| l.failure_count > 0 || l.intent.is_some())
+                }),
+                _ => false,
+            };
             if edits.iter().any(|e| e.id != c && e.id != a) {
                 continue; // another account of the hub was edited too
             }
@@ -1014,7 +1027,7 @@ impl World {
                 (None, None) => continue,
                 (Some(v), None) | (None, Some(v)) => vec![v],
                 (Some(cv), Some(av)) => {
-                    if crashed_since || policy == ConflictPolicy::Newest {
+                    if crashed_since || failed_between || policy == ConflictPolicy::Newest {
                         vec![cv, av]
                     } else {
                         match policy {

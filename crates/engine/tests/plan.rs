@@ -1159,6 +1159,14 @@ fn r18_many_creates_cut_short_are_each_found_again() {
             .any(|h| h.contact_id == "C00000" || h.contact_id == "C00001"),
         "an ambiguous create is not guessed"
     );
+    assert!(
+        plan.creates.is_empty() && plan.account_creates.is_empty(),
+        "nor made again, for either side: {:?} {:?}",
+        plan.creates,
+        plan.account_creates
+    );
+    let waiting = plan.ambiguous.iter().filter(|a| a.tier == 0).count();
+    assert_eq!(waiting, 2, "each reported: {:?}", plan.ambiguous);
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 

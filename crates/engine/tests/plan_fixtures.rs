@@ -652,7 +652,7 @@ fn render(plan: &Plan) -> String {
                 sides.push(format!("{code} {account} {}", value(v)));
             }
             let policy = serde_json::to_value(c.policy).unwrap();
-            let outcome = if c.winner == "manual" {
+            let outcome = if c.winner == tandem_engine::Winner::Manual {
                 "waits in the conflict queue".to_owned()
             } else {
                 format!("{} wins, {}", c.winner, value(&c.value))

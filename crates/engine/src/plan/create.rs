@@ -38,7 +38,8 @@ impl<'a> Planner<'a> {
         for account_id in unmatched {
             let by_operator = asked.contains(account_id.as_str());
             let contact_deleted = deleted.is_some_and(|d| d.contains(&account_id))
-                || self.contact_deleted_now.contains(&(r, account_id.as_str()));
+                || self.contact_deleted_now.contains(&(r, account_id.as_str()))
+                || self.recovery_waiting.contains(&(r, account_id.as_str()));
             let wanted = by_operator
                 || (relation.create_contacts
                     && !contact_deleted

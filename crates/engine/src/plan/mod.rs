@@ -412,6 +412,9 @@ struct Planner<'a> {
     left_unmatched: Vec<(usize, String)>,
     /// Accounts whose contact the user deleted, seen this run, by relation (R12).
     contact_deleted_now: BTreeSet<(usize, &'a str)>,
+    /// Records of a create cut short that cannot be told apart, by relation: no new
+    /// record for them, and their codes are no requests (R18).
+    recovery_waiting: BTreeSet<(usize, &'a str)>,
 }
 
 impl<'a> Planner<'a> {
@@ -447,6 +450,7 @@ impl<'a> Planner<'a> {
             threads: 1,
             left_unmatched: Vec::new(),
             contact_deleted_now: BTreeSet::new(),
+            recovery_waiting: BTreeSet::new(),
         }
     }
 

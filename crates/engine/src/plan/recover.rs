@@ -43,8 +43,12 @@ impl<'a> Planner<'a> {
                     continue;
                 }
                 match contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
-                    Some(c) => (c.id.as_str(), a.as_str()),
-                    None => continue,
+                    Found::One(c) => (c.id.as_str(), a.as_str()),
+                    Found::Several(candidates) => {
+                        self.recovery_waits(r, p, &candidates, (&[], &[a.as_str()]));
+                        continue;
+                    }
+                    Found::None => continue,
                 }
             } else {
                 let Some((c, _)) = input.contacts.get_key_value(&p.source_id) else {
@@ -55,8 +59,12 @@ impl<'a> Planner<'a> {
                 }
                 let free = |a: &Record| !self.linked_accounts[r].contains(a.id.as_str());
                 match accounts.found(&p.fields, free) {
-                    Some(a) => (c.as_str(), a.id.as_str()),
-                    None => continue,
+                    Found::One(a) => (c.as_str(), a.id.as_str()),
+                    Found::Several(candidates) => {
+                        self.recovery_waits(r, p, &candidates, (&[c.as_str()], &[]));
+                        continue;
+                    }
+                    Found::None => continue,
                 }
             };
             self.linked_accounts[r].insert(account);
@@ -74,13 +82,55 @@ impl<'a> Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
+    /// A create cut short whose record cannot be told from others holding the same
+    /// fields: reported, never guessed; its source gets no second record, and the
+    /// candidates' own codes are no requests, until an operator links one (`tandem
+    /// link`) or the records differ.
+    fn recovery_waits(
+        &mut self,
+        r: usize,
+        p: &'a PendingCreate,
+        candidates: &[&'a Record],
+        (contacts, accounts): (&[&'a str], &[&'a str]),
+    ) {
+        let code = &self.relations.relations[r].code;
+        let mut contact_ids: Vec<String> = contacts.iter().map(|c| (*c).to_owned()).collect();
+        let mut account_ids: Vec<String> = accounts.iter().map(|a| (*a).to_owned()).collect();
+        for candidate in candidates {
+            match candidate.kind {
+                EntityKind::Contact => contact_ids.push(candidate.id.clone()),
+                _ => account_ids.push(candidate.id.clone()),
+            }
+        }
+        for id in contacts
+            .iter()
+            .copied()
+            .chain(candidates.iter().map(|c| c.id.as_str()))
+        {
+            self.recovery_waiting.insert((r, id));
+        }
+        for id in accounts {
+            self.recovery_waiting.insert((r, id));
+        }
+        let name = p.fields.value(field::NAME).to_cell();
+        self.plan.counts[r].ambiguous += 1;
+        self.plan.ambiguous.push(Ambiguity {
+            code: code.clone(),
+            tier: 0,
+            fields: vec!["a create cut short".to_owned()],
+            values: vec![name],
+            contact_ids,
+            account_ids,
+        });
+    }
+
     /// A contact created for an account the user deleted before the create was linked:
     /// the contact stays and loses the code (R13), which it lists since its create.
     fn source_gone(&mut self, r: usize, p: &'a PendingCreate, contacts: &SentIndex<'a>) {
         if !self.accounts(r).deleted.contains(&p.source_id) {
             return;
         }
-        if let Some(contact) = contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
+        if let Found::One(contact) = contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
             let code = self.relations.relations[r].code.clone();
             self.plan
                 .new_lost_codes
@@ -135,7 +185,7 @@ impl<'r> SentIndex<'r> {
     /// that, the one that holds all of them but one (the user edited it since the
     /// create: merged against the fields sent). `None` when there is none, or more than
     /// one (never a guess).
-    fn found(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Option<&'r Record> {
+    fn found(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
         let mut candidates: Vec<&'r Record> = KEYS
             .iter()
             .filter_map(|key| {
@@ -148,30 +198,42 @@ impl<'r> SentIndex<'r> {
             .collect();
         candidates.sort_by(|a, b| a.id.cmp(&b.id));
         candidates.dedup_by(|a, b| a.id == b.id);
-        let exact = candidates
+        let exact: Vec<&'r Record> = candidates
             .iter()
             .copied()
-            .filter(|r| same_fields(&r.fields, sent));
-        only(exact).or_else(|| {
-            let near = candidates
-                .iter()
-                .copied()
-                .filter(|r| nearly(&r.fields, sent));
-            only(near)
-        })
+            .filter(|r| same_fields(&r.fields, sent))
+            .collect();
+        match Found::of(exact) {
+            Found::None => {
+                let near = candidates.into_iter().filter(|r| nearly(&r.fields, sent));
+                Found::of(near.collect())
+            }
+            found => found,
+        }
     }
 }
 
-/// The record when there is exactly one.
-fn only<'r>(mut found: impl Iterator<Item = &'r Record>) -> Option<&'r Record> {
-    match (found.next(), found.next()) {
-        (Some(one), None) => Some(one),
-        _ => None,
+/// What looking for a create cut short found.
+pub(super) enum Found<'r> {
+    None,
+    One(&'r Record),
+    /// More than one record holds the fields sent: never a guess.
+    Several(Vec<&'r Record>),
+}
+
+impl<'r> Found<'r> {
+    fn of(mut records: Vec<&'r Record>) -> Found<'r> {
+        match records.len() {
+            0 => Found::None,
+            1 => Found::One(records.remove(0)),
+            _ => Found::Several(records),
+        }
     }
 }
 
-/// Whether `record` holds every value of `sent` but one, and what a created record is
-/// as sent; never for a create of fewer than three fields, where one is too many.
+/// Whether `record` is the create `sent` after an edit: what a created record is
+/// (contact type, codes) as sent, and every value but one, or its name and at least
+/// half of the values. Never for a create of fewer than three fields.
 fn nearly(record: &Fields, sent: &Fields) -> bool {
     let kind_kept = KIND_OF_RECORD
         .iter()
@@ -180,7 +242,10 @@ fn nearly(record: &Fields, sent: &Fields) -> bool {
         .iter()
         .filter(|(name, value)| record.value(name.as_str()) != *value)
         .count();
-    kind_kept && sent.len() >= 3 && differing <= 1
+    let named = sent
+        .get(field::NAME)
+        .is_some_and(|name| record.value(field::NAME) == name);
+    kind_kept && sent.len() >= 3 && (differing <= 1 || (named && differing * 2 <= sent.len()))
 }
 
 /// Whether `record` holds exactly the values of `sent` (a create's fields).

@@ -173,7 +173,12 @@ impl<'a> Planner<'a> {
             let parked = pending
                 .get(&("account", contact.id.as_str()))
                 .is_some_and(|p| p.parked);
-            if !(by_operator || listed) || parked || waiting.contains(contact.id.as_str()) {
+            let recovering = self.recovery_waiting.contains(&(r, contact.id.as_str()));
+            if !(by_operator || listed)
+                || parked
+                || waiting.contains(contact.id.as_str())
+                || recovering
+            {
                 continue;
             }
             match self.holder(r, contact) {
