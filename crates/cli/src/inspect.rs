@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde_json::json;
-use tandem_state::{ConflictEntry, Interaction, Link, PendingCreate, RunRecord, StateStore};
+use tandem_state::{
+    ConflictEntry, Interaction, Link, LogEntry, PendingCreate, RunRecord, StateStore,
+};
 
 use crate::config::Config;
 use crate::output::{json_show, plural, row, show, table};
@@ -177,110 +179,118 @@ fn log_cells(e: &Interaction) -> Vec<String> {
         e.account_id.clone().unwrap_or_else(|| "-".to_owned()),
         e.action.clone(),
         e.source.clone(),
-        details(&e.details.value()),
+        details(e),
     ]
 }
 
-/// A compact rendering of an entry's details: fields old -> new, tier, reason,
-/// template, conflict values, error.
-pub(crate) fn details(d: &serde_json::Value) -> String {
-    let Some(map) = d.as_object() else {
-        return if d.is_null() {
-            String::new()
-        } else {
-            d.to_string()
-        };
-    };
-    let mut parts: Vec<String> = Vec::new();
-    if let Some(by) = map.get("by").and_then(|v| v.as_str()) {
-        match map.get("tier").and_then(serde_json::Value::as_u64) {
-            Some(tier) => parts.push(format!("by match tier {tier}")),
-            None => parts.push(format!("by {by}")),
+/// A compact rendering of an entry: fields old -> new, tier, reason, template,
+/// conflict values, error. Details no known action has are shown as they are.
+pub(crate) fn details(e: &Interaction) -> String {
+    match e.entry() {
+        Some(entry) => describe(&entry),
+        None => match e.details.value() {
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        },
+    }
+}
+
+fn describe(entry: &LogEntry) -> String {
+    match entry {
+        LogEntry::Linked {
+            tier: Some(tier), ..
+        } => format!("by match tier {tier}"),
+        LogEntry::Linked { by, .. } => format!("by {by}"),
+        LogEntry::Unlinked { reason } => match reason.as_str() {
+            "contact_deleted" => "the contact was deleted (R12)",
+            "account_deleted" => "the account was deleted (R13)",
+            "operator" => "unlinked by an operator",
+            other => other,
         }
-    }
-    if let Some(reason) = map.get("reason").and_then(|v| v.as_str()) {
-        parts.push(
-            match reason {
-                "contact_deleted" => "the contact was deleted (R12)",
-                "account_deleted" => "the account was deleted (R13)",
-                "operator" => "unlinked by an operator",
-                other => other,
+        .to_owned(),
+        LogEntry::Created {
+            fields,
+            template,
+            requested_by,
+        } => {
+            let mut parts = Vec::new();
+            if let Some(requested_by) = requested_by {
+                parts.push(format!("requested by {requested_by}"));
             }
-            .to_owned(),
-        );
-    }
-    if let Some(requested_by) = map.get("requested_by").and_then(|v| v.as_str()) {
-        parts.push(format!("requested by {requested_by}"));
-    }
-    if let Some(template) = map.get("template").and_then(serde_json::Value::as_u64) {
-        parts.push(format!("template {template}"));
-    }
-    if let Some(fields) = map.get("fields").and_then(|v| v.as_object()) {
-        parts.push(
-            fields
-                .iter()
-                .map(|(k, v)| format!("{k}={}", json_show(v)))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-    }
-    let conflict = map.contains_key("policy");
-    for (key, label) in [("account", "to account"), ("contact", "to contact")] {
-        if conflict {
-            break;
-        }
-        if let Some(changes) = map.get(key).and_then(|v| v.as_array()) {
-            if changes.is_empty() {
-                continue;
+            if let Some(template) = template {
+                parts.push(format!("template {template}"));
             }
-            let shown: Vec<String> = changes
+            let shown: Vec<String> = fields
                 .iter()
-                .map(|c| {
-                    format!(
-                        "{} {} -> {}",
-                        c["field"].as_str().unwrap_or("?"),
-                        json_show(&c["old"]),
-                        json_show(&c["new"])
-                    )
-                })
+                .map(|(k, v)| format!("{k}={}", value_show(v)))
                 .collect();
-            parts.push(format!("{label}: {}", shown.join(", ")));
+            parts.push(shown.join(", "));
+            parts.join("; ")
         }
-    }
-    if conflict {
-        let field = map.get("field").and_then(|v| v.as_str()).unwrap_or("?");
-        let mut text = format!("{field}: base {}", json_show(&map["base"]));
-        if let Some(v) = map.get("contact").filter(|v| !v.is_null()) {
-            let _ = write!(text, ", contact {}", json_show(v));
-        }
-        if let Some(v) = map.get("account") {
-            let _ = write!(text, ", account {}", json_show(v));
-        }
-        let policy = map["policy"].as_str().unwrap_or("?");
-        match map.get("winner").and_then(|v| v.as_str()) {
-            Some("manual") => {
-                let _ = write!(text, "; policy manual: waits in the conflict queue");
+        LogEntry::Updated { account, contact } => {
+            let mut parts = Vec::new();
+            for (changes, label) in [(account, "to account"), (contact, "to contact")] {
+                if !changes.is_empty() {
+                    let shown: Vec<String> = changes.iter().map(change_show).collect();
+                    parts.push(format!("{label}: {}", shown.join(", ")));
+                }
             }
-            Some(winner) => {
-                let _ = write!(
-                    text,
-                    "; policy {policy}: {winner} wins, {}",
-                    json_show(map.get("value").unwrap_or(&serde_json::Value::Null))
-                );
-            }
-            None => {}
+            parts.join("; ")
         }
-        parts.push(text);
-    } else if let Some(field) = map.get("field").and_then(|v| v.as_str()) {
-        parts.push(format!("{field} settled"));
-    }
-    if let Some(error) = map.get("error").and_then(|v| v.as_str()) {
-        match map.get("failures").and_then(serde_json::Value::as_u64) {
-            Some(n) => parts.push(format!("error (failure {n}): {error}")),
-            None => parts.push(format!("error: {error}")),
+        LogEntry::Conflict { .. } => conflict_show(entry),
+        LogEntry::Resolved { field } => format!("{field} settled"),
+        LogEntry::Failed { error, failures } | LogEntry::Parked { error, failures } => {
+            format!("error (failure {failures}): {error}")
         }
+        LogEntry::Retried {
+            error: Some(error),
+            failures,
+        } => format!("error (failure {failures}): {error}"),
+        LogEntry::Retried { error: None, .. } => String::new(),
     }
-    parts.join("; ")
+}
+
+fn value_show(value: &tandem_model::Value) -> String {
+    json_show(&serde_json::to_value(value).unwrap_or_default())
+}
+
+fn change_show(c: &tandem_state::Change) -> String {
+    format!(
+        "{} {} -> {}",
+        c.field,
+        value_show(&c.old),
+        value_show(&c.new)
+    )
+}
+
+fn conflict_show(entry: &LogEntry) -> String {
+    let LogEntry::Conflict {
+        field,
+        base,
+        contact,
+        account,
+        policy,
+        winner,
+        value,
+    } = entry
+    else {
+        return String::new();
+    };
+    let mut text = format!("{field}: base {}", value_show(base));
+    if let Some(v) = contact.as_ref().filter(|v| !v.is_empty()) {
+        let _ = write!(text, ", contact {}", value_show(v));
+    }
+    let _ = write!(text, ", account {}", value_show(account));
+    if winner == "manual" {
+        let _ = write!(text, "; policy manual: waits in the conflict queue");
+    } else {
+        let _ = write!(
+            text,
+            "; policy {policy}: {winner} wins, {}",
+            value_show(value)
+        );
+    }
+    text
 }
 
 /// `tandem conflicts`: the open conflicts (R15).
@@ -541,24 +551,46 @@ mod tests {
 
     use super::*;
 
+    fn entry(action: &str, details: serde_json::Value) -> Interaction {
+        Interaction {
+            id: 0,
+            at: Timestamp(0),
+            run_id: None,
+            contact_id: "C1".into(),
+            code: "CUST".into(),
+            account_id: None,
+            action: action.into(),
+            source: "match".into(),
+            details: details.into(),
+        }
+    }
+
     #[test]
     fn details_show_changes_tiers_and_errors() {
         let d =
             json!({"account": [{"field": "phone", "old": null, "new": "+32 9"}], "contact": []});
-        assert_eq!(details(&d), "to account: phone (empty) -> \"+32 9\"");
         assert_eq!(
-            details(&json!({"by": "match", "tier": 2})),
+            details(&entry("updated", d)),
+            "to account: phone (empty) -> \"+32 9\""
+        );
+        assert_eq!(
+            details(&entry("linked", json!({"by": "match", "tier": 2}))),
             "by match tier 2"
         );
         assert_eq!(
-            details(&json!({"error": "boom", "failures": 2})),
+            details(&entry("failed", json!({"error": "boom", "failures": 2}))),
             "error (failure 2): boom"
         );
         let conflict = json!({"field": "phone", "base": "a", "contact": "b", "account": "c",
             "policy": "manual", "winner": "manual", "value": "b"});
         assert_eq!(
-            details(&conflict),
+            details(&entry("conflict", conflict)),
             "phone: base \"a\", contact \"b\", account \"c\"; policy manual: waits in the conflict queue"
+        );
+        assert_eq!(
+            details(&entry("mystery", json!({"x": 1}))),
+            "{\"x\":1}",
+            "an unknown entry is shown as stored"
         );
     }
 

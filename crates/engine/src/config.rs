@@ -128,6 +128,18 @@ pub enum ConflictPolicy {
     Manual,
 }
 
+impl ConflictPolicy {
+    /// As the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::ContactWins => "contact_wins",
+            ConflictPolicy::AccountWins => "account_wins",
+            ConflictPolicy::Newest => "newest",
+            ConflictPolicy::Manual => "manual",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InitialSide {

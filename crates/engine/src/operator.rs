@@ -112,9 +112,11 @@ pub fn retry(
                 account_id: None,
                 action: "retried".to_owned(),
                 source: "operator".to_owned(),
-                details: tandem_state::Details::of(
-                    &serde_json::json!({ "error": pending.error, "failures": pending.failure_count }),
-                ),
+                details: tandem_state::LogEntry::Retried {
+                    error: pending.error.clone(),
+                    failures: pending.failure_count,
+                }
+                .details(),
             });
         }
         let scope = if pending.side == "contact" {

@@ -13,6 +13,7 @@
 //! [`StateBatch`]es, each one transaction, so a crash leaves either all or none of a
 //! batch.
 
+mod log;
 mod sqlite;
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
 
+pub use log::{Change, LogEntry};
 pub use sqlite::{LockMode, SqliteState};
 
 /// A business relation between one contact and one account (R2: at most one per code

@@ -2,10 +2,9 @@
 //! written down as pending before the remote call and linked right after it, so a crash
 //! in between is repaired by the next run instead of creating a duplicate (R18).
 
-use serde_json::json;
 use tandem_connector::{Connector, ConnectorError, WriteOp, Written};
 use tandem_model::{EntityKind, Fields};
-use tandem_state::{Details, Intent, Link, PendingCreate, StateStore};
+use tandem_state::{Intent, Link, LogEntry, PendingCreate, StateStore};
 
 use super::{Applier, PendingKey, next_failure, write_all};
 use crate::failpoint;
@@ -27,7 +26,8 @@ struct CreateJob {
     /// A contact asked for by `tandem create-contact`: the account's contact may have
     /// been deleted before (R12), which no longer holds once it has a new one.
     asked: bool,
-    details: Details,
+    /// The log's `created` entry.
+    entry: LogEntry,
 }
 
 impl CreateJob {
@@ -38,18 +38,6 @@ impl CreateJob {
             self.source_id.clone(),
         )
     }
-}
-
-/// The details of a `created` entry for a contact made from an account (R6).
-#[derive(serde::Serialize)]
-struct CreatedDetails<'a> {
-    fields: &'a Fields,
-}
-
-/// The details of a `linked` entry not made by matching or by hand.
-#[derive(serde::Serialize)]
-struct LinkedBy {
-    by: &'static str,
 }
 
 impl Applier<'_> {
@@ -85,7 +73,11 @@ impl Applier<'_> {
             baseline: c.baseline.clone(),
             intent: None,
             asked: c.asked,
-            details: Details::of(&CreatedDetails { fields: &c.fields }),
+            entry: LogEntry::Created {
+                fields: c.fields.clone(),
+                template: None,
+                requested_by: None,
+            },
         });
         let accounts = self.plan.account_creates.iter().map(|c| CreateJob {
             code: c.code.clone(),
@@ -97,9 +89,11 @@ impl Applier<'_> {
             baseline: c.baseline.clone(),
             intent: (!c.intent.contact.is_empty()).then(|| c.intent.clone()),
             asked: false,
-            details: Details::of(
-                &json!({ "fields": c.fields, "template": c.template, "requested_by": c.requested_by }),
-            ),
+            entry: LogEntry::Created {
+                fields: c.fields.clone(),
+                template: c.template,
+                requested_by: c.requested_by.clone(),
+            },
         });
         contacts.chain(accounts).collect()
     }
@@ -218,17 +212,13 @@ impl Applier<'_> {
         self.batch.upsert_links.push(link);
         self.batch.delete_pending.push(job.pending_key());
         let (code, side) = (&job.code, job.side.as_str());
-        let created = job.details.clone();
-        self.log(
-            &contact_id,
-            code,
-            Some(&account_id),
-            "created",
-            side,
-            created,
-        );
-        let by = Details::of(&LinkedBy { by: "create" });
-        self.log(&contact_id, code, Some(&account_id), "linked", side, by);
+        let account = Some(account_id.as_str());
+        self.log(&contact_id, code, account, side, &job.entry);
+        let by = LogEntry::Linked {
+            by: "create".to_owned(),
+            tier: None,
+        };
+        self.log(&contact_id, code, account, side, &by);
     }
 
     /// A create that failed: counted, remembered, parked the second time (R17).

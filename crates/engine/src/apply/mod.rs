@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Timestamp};
-use tandem_state::{Details, Interaction, Link, PendingCreate, StateBatch, StateError, StateStore};
+use tandem_state::{
+    Interaction, Link, LogEntry, PendingCreate, StateBatch, StateError, StateStore,
+};
 use tracing::info;
 
 use crate::plan::Plan;
@@ -182,13 +184,10 @@ impl Applier<'_> {
         contact_id: &str,
         code: &str,
         account_id: Option<&str>,
-        action: &str,
         source: &str,
-        details: Details,
+        entry: &LogEntry,
     ) {
-        let entry = self
-            .log
-            .entry(contact_id, code, account_id, action, source, details);
+        let entry = self.log.entry(contact_id, code, account_id, source, entry);
         self.batch.interactions.push(entry);
     }
 }
@@ -303,9 +302,8 @@ impl Log {
         contact_id: &str,
         code: &str,
         account_id: Option<&str>,
-        action: &str,
         source: &str,
-        details: Details,
+        entry: &LogEntry,
     ) -> Interaction {
         Interaction {
             id: 0,
@@ -314,9 +312,9 @@ impl Log {
             contact_id: contact_id.to_owned(),
             code: code.to_owned(),
             account_id: account_id.map(str::to_owned),
-            action: action.to_owned(),
+            action: entry.action().to_owned(),
             source: source.to_owned(),
-            details,
+            details: entry.details(),
         }
     }
 }

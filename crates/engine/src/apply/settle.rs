@@ -2,23 +2,15 @@
 //! parking (R17), from the outcomes of the writes. Committed on a helper thread while
 //! the next batch is built.
 
-use serde_json::json;
 use tandem_connector::{WriteOutcome, Written};
 use tandem_model::{FieldName, Timestamp, Value};
-use tandem_state::{ConflictEntry, Details, Intent, Link, StateStore};
+use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
 use super::write::{Outcomes, intended_link};
 use super::{Applier, commit_behind, next_failure};
 use crate::plan::{FieldChange, HubPlan, NewLink, PENDING_LINK, PairPlan};
 use crate::run::{EngineError, Failure, RECHECK, record_hash_of};
 use crate::side::{Side, Winner};
-
-/// The details of an `updated` entry: the changes each side received.
-#[derive(serde::Serialize)]
-struct UpdatedDetails<'a> {
-    account: &'a [FieldChange],
-    contact: Vec<&'a FieldChange>,
-}
 
 /// The error of a write, if it failed, and the record's version after it: the new one
 /// when it succeeded, `before` when it failed or nothing was written.
@@ -120,23 +112,16 @@ impl Applier<'_> {
     fn log_conflicts(&mut self, hub: &HubPlan) {
         for conflict in &hub.conflicts {
             for (code, account_id, account_value) in &conflict.accounts {
-                let details = Details::of(&json!({
-                    "field": conflict.field,
-                    "base": conflict.base,
-                    "contact": conflict.contact,
-                    "account": account_value,
-                    "policy": conflict.policy,
-                    "winner": conflict.winner,
-                    "value": conflict.value,
-                }));
-                self.log(
-                    &hub.contact_id,
-                    code,
-                    Some(account_id),
-                    "conflict",
-                    "both",
-                    details,
-                );
+                let entry = LogEntry::Conflict {
+                    field: conflict.field.to_string(),
+                    base: conflict.base.clone(),
+                    contact: conflict.contact.clone(),
+                    account: account_value.clone(),
+                    policy: conflict.policy.as_str().to_owned(),
+                    winner: conflict.winner.as_str().to_owned(),
+                    value: conflict.value.clone(),
+                };
+                self.log(&hub.contact_id, code, Some(account_id), "both", &entry);
                 if conflict.winner == Winner::Manual {
                     self.batch.upsert_conflicts.push(ConflictEntry {
                         id: 0,
@@ -211,16 +196,8 @@ impl Applier<'_> {
             NewLink::Operator => "operator",
             NewLink::Match { .. } | NewLink::Recovered => "match",
         };
-        let details = Details::of(&how);
         let account = Some(pair.account_id.as_str());
-        self.log(
-            &hub.contact_id,
-            &pair.code,
-            account,
-            "linked",
-            source,
-            details,
-        );
+        self.log(&hub.contact_id, &pair.code, account, source, &how.entry());
     }
 
     fn log_update(&mut self, hub: &HubPlan, pair: &PairPlan) {
@@ -234,19 +211,12 @@ impl Applier<'_> {
             (true, false) => "account",
             _ => "both",
         };
-        let details = Details::of(&UpdatedDetails {
-            account: &pair.account_changes,
-            contact: from_account,
-        });
+        let entry = LogEntry::Updated {
+            account: pair.account_changes.iter().map(change).collect(),
+            contact: from_account.into_iter().map(change).collect(),
+        };
         let account = Some(pair.account_id.as_str());
-        self.log(
-            &hub.contact_id,
-            &pair.code,
-            account,
-            "updated",
-            source,
-            details,
-        );
+        self.log(&hub.contact_id, &pair.code, account, source, &entry);
     }
 
     /// A write of the pair failed on `side`. An existing link keeps its old baseline, so
@@ -286,17 +256,18 @@ impl Applier<'_> {
             parked,
             ..after_failure(hub, pair, written, self.log.now)
         });
-        let action = if parked { "parked" } else { "failed" };
-        let details = Details::of(&json!({ "error": error, "failures": count }));
+        let entry = match parked {
+            true => LogEntry::Parked {
+                error: error.clone(),
+                failures: count,
+            },
+            false => LogEntry::Failed {
+                error: error.clone(),
+                failures: count,
+            },
+        };
         let account = Some(pair.account_id.as_str());
-        self.log(
-            &hub.contact_id,
-            &pair.code,
-            account,
-            action,
-            side.as_str(),
-            details,
-        );
+        self.log(&hub.contact_id, &pair.code, account, side.as_str(), &entry);
         self.failures.push(Failure {
             code: pair.code.clone(),
             contact_id: Some(hub.contact_id.clone()),
@@ -378,8 +349,10 @@ impl Applier<'_> {
                 field.clone(),
                 self.log.now,
             ));
-            let details = Details::of(&json!({ "field": field }));
-            self.log(contact_id, code, None, "resolved", "operator", details);
+            let entry = LogEntry::Resolved {
+                field: field.clone(),
+            };
+            self.log(contact_id, code, None, "operator", &entry);
         }
         self.plan.close_conflicts = closed;
         let done = self.plan.done_pending.clone();
@@ -453,4 +426,13 @@ fn keep(
         .into_iter()
         .filter(|(name, _)| wanted(name))
         .collect()
+}
+
+/// A change as the log keeps it.
+fn change(c: &FieldChange) -> Change {
+    Change {
+        field: c.field.to_string(),
+        old: c.old.clone(),
+        new: c.new.clone(),
+    }
 }

@@ -1,9 +1,8 @@
 //! Step 1: requests the plan refused (R17), and links whose contact or account is gone
 //! or that an operator dropped (R12, R13).
 
-use serde_json::json;
 use tandem_model::Fields;
-use tandem_state::{Details, PendingCreate};
+use tandem_state::{LogEntry, PendingCreate};
 
 use super::{Applier, next_failure};
 use crate::plan::{Unlink, UnlinkReason};
@@ -60,14 +59,11 @@ impl Applier<'_> {
                 .push((unlink.code.clone(), unlink.contact_id.clone()));
             self.look_again_at_what_stays(unlink);
             let source = self.remember_why(unlink);
-            self.log(
-                &unlink.contact_id,
-                &unlink.code,
-                Some(&unlink.account_id),
-                "unlinked",
-                source,
-                Details::of(&json!({ "reason": unlink.reason })),
-            );
+            let entry = LogEntry::Unlinked {
+                reason: unlink.reason.as_str().to_owned(),
+            };
+            let account = Some(unlink.account_id.as_str());
+            self.log(&unlink.contact_id, &unlink.code, account, source, &entry);
         }
         self.plan.unlinks = unlinks;
         for (code, contact_id) in &self.plan.new_lost_codes {

@@ -249,6 +249,32 @@ pub enum UnlinkReason {
     Operator,
 }
 
+impl UnlinkReason {
+    /// As the log spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnlinkReason::ContactDeleted => "contact_deleted",
+            UnlinkReason::AccountDeleted => "account_deleted",
+            UnlinkReason::Operator => "operator",
+        }
+    }
+}
+
+impl NewLink {
+    /// How the log says it: `by` and the tier of a match.
+    pub fn entry(self) -> tandem_state::LogEntry {
+        let (by, tier) = match self {
+            NewLink::Match { tier } => ("match", Some(tier)),
+            NewLink::Operator => ("operator", None),
+            NewLink::Recovered => ("recovered", None),
+        };
+        tandem_state::LogEntry::Linked {
+            by: by.to_owned(),
+            tier,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unlink {
     pub code: String,
