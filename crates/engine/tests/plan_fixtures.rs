@@ -123,7 +123,7 @@ fn check_fixture(file: &Path) {
     let name = file.display().to_string();
     let (relations, input) = Fixture::parse(&name, &scenario).build(&name);
     let plan = plan(&relations, &input);
-    let rendered = render(&plan);
+    let rendered = render(&plan, &relations);
     expect_file![file].assert_eq(&format!("{scenario}{PLAN_MARK}\n{rendered}"));
 }
 
@@ -601,7 +601,7 @@ fn before(values: &[(tandem_model::FieldName, Value)]) -> String {
 }
 
 /// The plan as the snapshot shows it; sections without entries are left out.
-fn render(plan: &Plan) -> String {
+fn render(plan: &Plan, relations: &Relations) -> String {
     let mut out = String::new();
     let o = &mut out;
     writeln!(o, "writes: {}", plan.write_count()).unwrap();
@@ -634,7 +634,8 @@ fn render(plan: &Plan) -> String {
                 writeln!(o, "    to the contact: {}", names.join(", ")).unwrap();
             }
             writeln!(o, "    baseline: {}", fields(&pair.baseline)).unwrap();
-            if let Some(intent) = &pair.intent {
+            let relation = &relations.relations[pair.relation];
+            if let Some(intent) = &pair.intent(hub, relation) {
                 if !intent.contact.is_empty() {
                     writeln!(o, "    intent, contact before: {}", before(&intent.contact)).unwrap();
                 }

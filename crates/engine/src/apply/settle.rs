@@ -6,7 +6,7 @@ use tandem_connector::{WriteOutcome, Written};
 use tandem_model::{FieldName, Timestamp, Value};
 use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
-use super::write::{Outcomes, intended_link};
+use super::write::{Outcomes, link_of};
 use super::{Applier, commit_behind, next_failure};
 use crate::plan::{FieldChange, HubPlan, NewLink, PENDING_LINK, PairPlan};
 use crate::run::{EngineError, Failure, RECHECK, record_hash_of};
@@ -163,8 +163,7 @@ impl Applier<'_> {
             failure_count: 0,
             parked: false,
             synced_at: self.log.now,
-            intent: None,
-            ..intended_link(hub, pair, self.log.now)
+            ..link_of(hub, pair, self.log.now)
         });
         if let Some(how) = pair.new_link {
             self.log_new_link(hub, pair, how);
@@ -254,7 +253,7 @@ impl Applier<'_> {
             last_error: Some(error.clone()),
             failure_count: count,
             parked,
-            ..after_failure(hub, pair, written, self.log.now)
+            ..after_failure(hub, pair, written, self.relations, self.log.now)
         });
         let entry = match parked {
             true => LogEntry::Parked {
@@ -372,8 +371,14 @@ impl Applier<'_> {
 /// old value is an edit. A field whose write failed keeps the old baseline, so the next
 /// run sees the same change again, and an edit made meanwhile competes with it (R15).
 /// A new link has no old baseline: it keeps what it still has to write as its intent.
-fn after_failure(hub: &HubPlan, pair: &PairPlan, written: &Versions, now: Timestamp) -> Link {
-    let mut link = intended_link(hub, pair, now);
+fn after_failure(
+    hub: &HubPlan,
+    pair: &PairPlan,
+    written: &Versions,
+    relations: &crate::relation::Relations,
+    now: Timestamp,
+) -> Link {
+    let mut link = link_of(hub, pair, now);
     let failed_on_contact = hub
         .contact_changes
         .iter()
@@ -398,7 +403,8 @@ fn after_failure(hub: &HubPlan, pair: &PairPlan, written: &Versions, now: Timest
             });
         }
         None => {
-            link.intent = pair.intent.clone().map(|intent| Intent {
+            let relation = &relations.relations[pair.relation];
+            link.intent = pair.intent(hub, relation).map(|intent| Intent {
                 contact: if written.contact_failed {
                     intent.contact
                 } else {

@@ -8,6 +8,7 @@ use tandem_state::{Link, StateBatch, StateStore};
 use super::{Applier, COMMIT_EVERY, commit_behind, write_all};
 use crate::failpoint;
 use crate::plan::{FieldChange, HubPlan, PairPlan, Plan};
+use crate::relation::Relations;
 use crate::run::EngineError;
 
 /// What every write of step 3 answered.
@@ -53,7 +54,7 @@ impl Applier<'_> {
         &mut self,
         state: &mut dyn StateStore,
     ) -> Result<Outcomes, EngineError> {
-        commit_intents(state, &self.plan, self.log.now)?;
+        commit_intents(state, &self.plan, self.relations, self.log.now)?;
         failpoint::hit("after_intent_commit");
         let mut outcomes = Outcomes::new(&self.plan);
         self.write_contacts(&mut outcomes).await;
@@ -138,9 +139,9 @@ impl Applier<'_> {
     }
 }
 
-/// The link a pair of the plan is about to have: its new baseline and what the run
-/// writes, with the versions as read.
-pub(super) fn intended_link(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> Link {
+/// The link a pair of the plan ends with: its new baseline, with the versions as
+/// read and without an intent.
+pub(super) fn link_of(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> Link {
     let previous = pair.previous.as_deref();
     Link {
         code: pair.code.clone(),
@@ -154,7 +155,7 @@ pub(super) fn intended_link(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> L
         parked: false,
         linked_at: previous.map_or(now, |l| l.linked_at),
         synced_at: previous.map_or(now, |l| l.synced_at),
-        intent: pair.intent.clone(),
+        intent: None,
     }
 }
 
@@ -165,13 +166,21 @@ pub(super) fn intended_link(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> L
 fn commit_intents(
     state: &mut dyn StateStore,
     plan: &Plan,
+    relations: &Relations,
     now: Timestamp,
 ) -> Result<(), EngineError> {
     commit_behind(state, |committer| {
         let mut batch = StateBatch::default();
         for hub in &plan.hubs {
-            for pair in hub.pairs.iter().filter(|p| p.intent.is_some()) {
-                batch.upsert_links.push(intended_link(hub, pair, now));
+            for pair in &hub.pairs {
+                let relation = &relations.relations[pair.relation];
+                if let Some(intent) = pair.intent(hub, relation) {
+                    let intent = Some(intent);
+                    batch.upsert_links.push(Link {
+                        intent,
+                        ..link_of(hub, pair, now)
+                    });
+                }
             }
             if batch.upsert_links.len() >= COMMIT_EVERY {
                 committer.send(std::mem::take(&mut batch))?;

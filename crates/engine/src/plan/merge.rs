@@ -667,7 +667,6 @@ impl<'p> HubView<'p> {
             }
             fields.content_hash()
         });
-        let intent = pair_intent(self.rel(i), &out.contact_changes, &changes);
         Some(PairPlan {
             code: self.rel(i).code.clone(),
             relation: p.relation,
@@ -680,7 +679,6 @@ impl<'p> HubView<'p> {
             baseline,
             previous: p.link.cloned().map(Box::new),
             account_after_hash,
-            intent,
         })
     }
 }
@@ -692,27 +690,6 @@ struct Competing<'p> {
     contact: Option<&'p Value>,
     /// (pair, value) of each account that changed it and does not wait.
     proposals: Vec<(usize, &'p Value)>,
-}
-
-/// What the run writes to a pair, stored before the writes (R18): the value each side
-/// held before, per field written there; `None` when it writes nothing.
-fn pair_intent(
-    relation: &Relation,
-    contact_changes: &[FieldChange],
-    account_changes: &[FieldChange],
-) -> Option<Intent> {
-    let intent = Intent {
-        contact: contact_changes
-            .iter()
-            .filter(|c| relation.shared.contains(&c.field))
-            .map(|c| (c.field.clone(), c.old.clone()))
-            .collect(),
-        account: account_changes
-            .iter()
-            .map(|c| (c.field.clone(), c.old.clone()))
-            .collect(),
-    };
-    (!intent.contact.is_empty() || !intent.account.is_empty()).then_some(intent)
 }
 
 pub(super) fn account_beats_contact(

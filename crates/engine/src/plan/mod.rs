@@ -181,10 +181,28 @@ pub struct PairPlan {
     /// The content hash of the account's fields after the write, when it was read.
     #[serde(skip)]
     pub account_after_hash: Option<u64>,
-    /// What this run writes to the pair, stored with `baseline` before it writes
-    /// (R18); `None` when it writes nothing to either side.
-    #[serde(skip)]
-    pub intent: Option<Intent>,
+}
+
+impl PairPlan {
+    /// What this run writes to the pair, stored with its baseline before it writes
+    /// (R18): the value each side holds before, per field written there; `None` when
+    /// it writes nothing. Derived when it is stored, so a plan does not hold it twice.
+    pub fn intent(&self, hub: &HubPlan, relation: &Relation) -> Option<Intent> {
+        let intent = Intent {
+            contact: hub
+                .contact_changes
+                .iter()
+                .filter(|c| relation.shared.contains(&c.field))
+                .map(|c| (c.field.clone(), c.old.clone()))
+                .collect(),
+            account: self
+                .account_changes
+                .iter()
+                .map(|c| (c.field.clone(), c.old.clone()))
+                .collect(),
+        };
+        (!intent.contact.is_empty() || !intent.account.is_empty()).then_some(intent)
+    }
 }
 
 /// A new company contact for an account without one (R6).
