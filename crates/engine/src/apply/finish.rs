@@ -18,7 +18,7 @@ pub(super) fn person_companies(
 ) -> HashMap<String, Option<String>> {
     contacts
         .changed
-        .iter()
+        .keys()
         .filter_map(|id| input.contacts.get(id))
         .map(|c| {
             let company = c.fields.text(tandem_model::field::COMPANY_ID);
@@ -46,7 +46,7 @@ impl Applier<'_> {
             for (read, settled) in reads {
                 for (id, hash) in &read.hashes {
                     // An unchanged record's stored hash is already this one.
-                    if !settled.contains(id) && read.changed.contains(id) {
+                    if !settled.contains(id) && read.changed.contains_key(id) {
                         batch
                             .set_hashes
                             .push((read.scope.clone(), id.clone(), *hash));

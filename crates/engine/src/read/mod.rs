@@ -43,11 +43,10 @@ pub(crate) struct ScopeRead {
     pub deleted: BTreeSet<String>,
     /// Hash of each record kept in `records`, as read.
     pub hashes: crate::IdMap<String, u64>,
-    /// Records whose hash differed from the stored one.
-    pub changed: crate::IdSet<String>,
-    /// Changed records without a stored hash (new since the last run, or never
-    /// settled) or marked to be looked at again.
-    pub new: crate::IdSet<String>,
+    /// Records whose hash differed from the stored one, each with whether it is new:
+    /// without a stored hash (new since the last run, or never settled) or marked to be
+    /// looked at again. One map, not two sets: at a first sync every record is both.
+    pub changed: crate::IdMap<String, bool>,
     pub cursor: Option<Cursor>,
     /// The connector's fingerprint taken before reading, if it gives one.
     pub fingerprint: Option<String>,
@@ -71,8 +70,7 @@ impl ScopeRead {
             records: BTreeMap::new(),
             deleted: BTreeSet::new(),
             hashes: crate::IdMap::default(),
-            changed: crate::IdSet::default(),
-            new: crate::IdSet::default(),
+            changed: crate::IdMap::default(),
             cursor: None,
             fingerprint,
             stats,
@@ -264,11 +262,9 @@ impl ScopeRead {
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
                 if changed {
-                    self.changed.insert(record.id.clone());
-                }
-                // Marked to be looked at again counts as new: it may pair with anything.
-                if before.is_none_or(|h| h == RECHECK) {
-                    self.new.insert(record.id.clone());
+                    // Marked to be looked at again counts as new: it may pair with anything.
+                    let new = before.is_none_or(|h| h == RECHECK);
+                    self.changed.insert(record.id.clone(), new);
                 }
                 self.hashes.insert(record.id.clone(), hash);
                 kept.push(record);

@@ -152,10 +152,8 @@ pub(crate) async fn fetch_missing(
         let hash = record_hash(&record.fields, record.version.as_deref());
         let before = stored.get(&record.id).copied();
         if before != Some(hash) {
-            read.changed.insert(record.id.clone());
-        }
-        if before.is_none_or(|h| h == super::RECHECK) {
-            read.new.insert(record.id.clone());
+            let new = before.is_none_or(|h| h == super::RECHECK);
+            read.changed.insert(record.id.clone(), new);
         }
         read.hashes.insert(record.id.clone(), hash);
         read.records.insert(record.id.clone(), record);

@@ -87,8 +87,8 @@ fn account_side_wakes(
     let mut unlinked = read
         .changed
         .iter()
-        .filter(|id| !linked.contains(id.as_str()));
-    if !read.deleted.is_empty() || unlinked.clone().any(|id| read.new.contains(id)) {
+        .filter(|(id, _)| !linked.contains(id.as_str()));
+    if !read.deleted.is_empty() || unlinked.clone().any(|(_, new)| *new) {
         Wake::Widely
     } else if unlinked.next().is_some() {
         Wake::Changed
@@ -114,10 +114,10 @@ fn contact_side_wakes(relation: &Relation, contacts: &ScopeRead, links: &[Link])
     let changed = contacts
         .changed
         .iter()
-        .filter_map(|id| contacts.records.get(id))
-        .filter(|c| !linked.contains(c.id.as_str()));
-    for c in changed {
-        if lists_code(c, code) || (contacts.new.contains(&c.id) && may_hold(c, relation.kind)) {
+        .filter_map(|(id, new)| Some((contacts.records.get(id)?, *new)))
+        .filter(|(c, _)| !linked.contains(c.id.as_str()));
+    for (c, new) in changed {
+        if lists_code(c, code) || (new && may_hold(c, relation.kind)) {
             return Wake::Widely;
         }
         if may_hold(c, relation.kind) {
