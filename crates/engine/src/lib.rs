@@ -36,6 +36,6 @@ pub use operator::{Resolved, RetryTarget, Take, resolve, resolve_conflict, retry
 pub use plan::Directives;
 pub use read::{DeleteGuard, record_hash};
 pub use relation::Relations;
-pub use report::{Failure, ReadStats, RunReport};
+pub use report::{Failure, ReadStats, RunMode, RunReport};
 pub use run::Engine;
 pub use side::{Side, Winner};

@@ -43,7 +43,7 @@ pub struct ReadStats {
 pub struct RunReport {
     /// The run's id in the state; `None` for a plan.
     pub run_id: Option<i64>,
-    pub mode: &'static str,
+    pub mode: RunMode,
     pub read: Vec<ReadStats>,
     pub counts: Vec<RelationCounts>,
     /// Record writes planned (plan) or made (sync).
@@ -57,6 +57,24 @@ pub struct RunReport {
 impl RunReport {
     pub fn failed(&self) -> u64 {
         self.counts.iter().map(|c| c.failed).sum()
+    }
+}
+
+/// What a run did: planned only (`tandem plan`, nothing written) or synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    Plan,
+    Sync,
+}
+
+impl RunMode {
+    /// As the state's runs and the report spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Plan => "plan",
+            RunMode::Sync => "sync",
+        }
     }
 }
 

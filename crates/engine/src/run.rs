@@ -162,7 +162,7 @@ impl<'a> Engine<'a> {
         let failures = rejections(&prepared.plan);
         Ok(RunReport {
             run_id: None,
-            mode: "plan",
+            mode: crate::report::RunMode::Plan,
             read: std::iter::once(&prepared.contacts)
                 .chain(&prepared.accounts)
                 .map(|s| s.stats.clone())
@@ -186,7 +186,9 @@ impl<'a> Engine<'a> {
     /// Every sync is recorded in the state's runs, a failed one too (a read error, a
     /// refused request, too many deletes), with its status and error.
     pub async fn sync_with(&mut self, directives: Directives) -> Result<RunReport, EngineError> {
-        let run_id = self.state.begin_run("sync")?;
+        let run_id = self
+            .state
+            .begin_run(crate::report::RunMode::Sync.as_str())?;
         let report = self.run_sync(run_id, directives).await;
         match &report {
             Ok(report) => {

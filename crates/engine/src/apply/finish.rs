@@ -155,7 +155,7 @@ impl Applier<'_> {
         );
         Ok(RunReport {
             run_id: Some(self.log.run_id),
-            mode: "sync",
+            mode: crate::report::RunMode::Sync,
             read: std::iter::once(&self.contacts)
                 .chain(&self.accounts)
                 .map(|s| s.stats.clone())

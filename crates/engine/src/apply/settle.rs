@@ -3,7 +3,7 @@
 //! the next batch is built.
 
 use tandem_connector::{WriteOutcome, Written};
-use tandem_model::{FieldName, Timestamp, Value};
+use tandem_model::Timestamp;
 use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
 use super::write::{Outcomes, link_of};
@@ -366,11 +366,12 @@ impl Applier<'_> {
     }
 }
 
-/// What a pair keeps after a write failed (R17, R18). A field whose write landed, or
-/// that needed none, takes the new baseline: both sides hold it, so an edit back to the
-/// old value is an edit. A field whose write failed keeps the old baseline, so the next
-/// run sees the same change again, and an edit made meanwhile competes with it (R15).
-/// A new link has no old baseline: it keeps what it still has to write as its intent.
+/// What a pair keeps after a write failed (R17, R18): the new baseline, and as its
+/// intent what each side held before the writes that failed. A side that still holds
+/// that stands for the baseline and gets the write again next run; a side the run did
+/// write holds the baseline, so an edit back to its old value is an edit, and Tandem's
+/// own write is never taken for the contact's change (R19). An edit made to the failed
+/// side meanwhile is merged against the baseline.
 fn after_failure(
     hub: &HubPlan,
     pair: &PairPlan,
@@ -378,60 +379,23 @@ fn after_failure(
     relations: &crate::relation::Relations,
     now: Timestamp,
 ) -> Link {
-    let mut link = link_of(hub, pair, now);
-    let failed_on_contact = hub
-        .contact_changes
-        .iter()
-        .filter(|_| written.contact_failed)
-        .map(|c| &c.field);
-    let failed_on_account = pair
-        .account_changes
-        .iter()
-        .filter(|_| written.account_failed)
-        .map(|c| &c.field);
-    let failed: Vec<&FieldName> = failed_on_contact.chain(failed_on_account).collect();
-    let is_failed = |name: &FieldName| failed.contains(&name);
-    match pair.previous.as_deref() {
-        Some(previous) => {
-            for name in &failed {
-                let old = previous.baseline.value(name.as_str()).clone();
-                link.baseline.set((*name).clone(), old);
-            }
-            link.intent = previous.intent.clone().map(|intent| Intent {
-                contact: keep(intent.contact, &is_failed),
-                account: keep(intent.account, &is_failed),
-            });
-        }
-        None => {
-            let relation = &relations.relations[pair.relation];
-            link.intent = pair.intent(hub, relation).map(|intent| Intent {
-                contact: if written.contact_failed {
-                    intent.contact
-                } else {
-                    Vec::new()
-                },
-                account: if written.account_failed {
-                    intent.account
-                } else {
-                    Vec::new()
-                },
-            });
-        }
+    let relation = &relations.relations[pair.relation];
+    let intent = pair.intent(hub, relation).map(|intent| Intent {
+        contact: if written.contact_failed {
+            intent.contact
+        } else {
+            Vec::new()
+        },
+        account: if written.account_failed {
+            intent.account
+        } else {
+            Vec::new()
+        },
+    });
+    Link {
+        intent: intent.filter(|i| !i.contact.is_empty() || !i.account.is_empty()),
+        ..link_of(hub, pair, now)
     }
-    link.intent = link
-        .intent
-        .filter(|i| !i.contact.is_empty() || !i.account.is_empty());
-    link
-}
-
-fn keep(
-    values: Vec<(FieldName, Value)>,
-    wanted: &impl Fn(&FieldName) -> bool,
-) -> Vec<(FieldName, Value)> {
-    values
-        .into_iter()
-        .filter(|(name, _)| wanted(name))
-        .collect()
 }
 
 /// A change as the log keeps it.

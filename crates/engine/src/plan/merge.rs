@@ -381,10 +381,24 @@ impl<'p> HubView<'p> {
             .copied()
             .filter(|&i| self.pairs[i].base.is_some())
             .collect();
-        let contact_changed = self.contact.is_some()
-            && existing
-                .iter()
-                .any(|&i| contact_value != self.base(i, name));
+        // The contact changed when it differs from a link's baseline. A link whose
+        // baseline lags (its last write failed, or a run left it unfinished) is not asked
+        // while a current one is: Tandem's own write to the contact for another link is
+        // not the contact's change (R19). (A field waiting for a decision keeps its old
+        // baseline on purpose: that link is current, and the conflict stays.)
+        let lagging = |i: usize| {
+            self.pairs[i]
+                .link
+                .is_some_and(|l| l.failure_count > 0 || l.intent.is_some())
+        };
+        let current: Vec<usize> = existing.iter().copied().filter(|&i| !lagging(i)).collect();
+        let judges = if current.is_empty() {
+            &existing
+        } else {
+            &current
+        };
+        let contact_changed =
+            self.contact.is_some() && judges.iter().any(|&i| contact_value != self.base(i, name));
         let mut proposals: Vec<(usize, &'p Value)> = existing
             .iter()
             .map(|&i| (i, self.account_value(i, name)))
