@@ -405,3 +405,48 @@ fn r8_field_sets_and_preserve_lists_per_kind() {
     );
     assert_eq!(d.sync()["writes"], 0);
 }
+
+/// R12 wins over R6, through the binary: the customer whose contact the user deleted
+/// gets no new contact (CUST numbers contacts), on this run and the next; `tandem
+/// create-contact` asks for one, and is refused for an account that has one.
+#[test]
+fn r12_a_deleted_contact_is_not_created_again_unless_asked() {
+    let d = seeded();
+    d.sync();
+    d.remove_row("crm/contacts.csv", "C2");
+    let report = d.sync();
+    assert_eq!(counts(&report, "CUST")["unlinked"], 1, "{report}");
+    assert_eq!(counts(&report, "CUST")["created"], 0, "{report}");
+    let quiet = d.sync();
+    assert_eq!(
+        quiet["writes"], 0,
+        "a sync after that writes nothing: {quiet}"
+    );
+    assert!(!d.read("crm/contacts.csv").contains("Beta"));
+
+    let refused = d.fails(&["create-contact", "CUST", "--account", "K1"], 1);
+    assert!(refused.contains("K1 already has a contact"), "{refused}");
+    let out = d.ok(&["--json", "create-contact", "CUST", "--account", "K2"]);
+    assert!(
+        out.contains("\"created\": 1") || out.contains("\"created\":1"),
+        "{out}"
+    );
+    let created = row_where(&d.read("crm/contacts.csv"), "name", "Beta BV").expect("a new contact");
+    let id = created["id"].clone();
+    assert!(
+        d.links().contains(&link("CUST", &id, "K2")),
+        "{:?}",
+        d.links()
+    );
+    assert_eq!(d.sync()["writes"], 0);
+}
+
+/// A person's refused request names its company, which holds the relation (R3).
+#[test]
+fn r3_a_persons_request_for_its_companys_relation_names_the_company() {
+    let d = seeded();
+    d.sync();
+    let err = d.fails(&["create", "VEND", "--contact", "C3"], 1);
+    assert!(err.contains("person of company C1"), "{err}");
+    assert!(err.contains("C1, which already has a VEND link"), "{err}");
+}
