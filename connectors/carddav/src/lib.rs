@@ -112,6 +112,29 @@ pub struct CarddavConnector {
 }
 
 impl CarddavConnector {
+    /// The record of a fetched card; a card that cannot be parsed is logged with its
+    /// href and returned as (href, why), for the caller to skip.
+    fn card_record(
+        &self,
+        kind: EntityKind,
+        id: &str,
+        etag: String,
+        data: &str,
+    ) -> Result<Record, (String, String)> {
+        match Card::parse(data) {
+            Ok(card) => {
+                let mut record = Record::new(kind, id, mapping::to_fields(&card));
+                record.version = Some(etag);
+                Ok(record)
+            }
+            Err(why) => {
+                let href = self.dav.member_url(id);
+                tracing::warn!(%href, %why, "skipped a card that cannot be parsed");
+                Err((href, why))
+            }
+        }
+    }
+
     pub fn from_settings(settings: serde_json::Value) -> Result<CarddavConnector, ConnectorError> {
         let s: Settings = parse_settings(settings)?;
         if s.password.is_some() && s.username.is_none() {
@@ -317,20 +340,16 @@ impl Connector for CarddavConnector {
                     continue;
                 }
                 match fetched {
-                    Fetched::Card { etag, data } => match Card::parse(&data) {
-                        Ok(card) => {
-                            let mut r = Record::new(kind, &id, mapping::to_fields(&card));
-                            r.version = Some(etag);
-                            records.push(r);
+                    Fetched::Card { etag, data } => {
+                        match self.card_record(kind, &id, etag, &data) {
+                            Ok(record) => records.push(record),
+                            Err(skip) => {
+                                skipped.push(skip);
+                                // Retried next read.
+                                seen.insert(id);
+                            }
                         }
-                        Err(why) => {
-                            let href = self.dav.member_url(&id);
-                            tracing::warn!(%href, %why, "skipped a card that cannot be parsed");
-                            skipped.push((href, why));
-                            // Retried next read.
-                            seen.insert(id);
-                        }
-                    },
+                    }
                     // Deleted between the listing and the fetch.
                     Fetched::Missing if !full => records.push(Record::tombstone(kind, &id)),
                     Fetched::Missing => {}
@@ -391,18 +410,10 @@ impl Connector for CarddavConnector {
                 if !asked.contains(id.as_str()) || !seen.insert(id.clone()) {
                     continue;
                 }
-                if let Fetched::Card { etag, data } = fetched {
-                    match Card::parse(&data) {
-                        Ok(card) => {
-                            let mut r = Record::new(kind, &id, mapping::to_fields(&card));
-                            r.version = Some(etag);
-                            records.push(r);
-                        }
-                        Err(why) => {
-                            let href = self.dav.member_url(&id);
-                            tracing::warn!(%href, %why, "skipped a card that cannot be parsed");
-                        }
-                    }
+                if let Fetched::Card { etag, data } = fetched
+                    && let Ok(record) = self.card_record(kind, &id, etag, &data)
+                {
+                    records.push(record);
                 }
             }
         }

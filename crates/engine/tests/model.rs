@@ -1117,6 +1117,23 @@ fn plain(incremental: bool) -> World {
     })
 }
 
+/// Three customers, synced once (each got a contact, R6), and uk1's contact.
+async fn three_customers_synced(incremental: bool) -> (World, String) {
+    let mut w = plain(incremental);
+    for n in 1..=3 {
+        w.erp.put(
+            EntityKind::Customer,
+            &format!("uk{n}"),
+            fields(&[("name", &format!("Customer {n}"))]),
+        );
+    }
+    plain_sync(&mut w).await.unwrap();
+    let contact = w.state().links_of_accounts("CUST", &["uk1"]).unwrap()[0]
+        .contact_id
+        .clone();
+    (w, contact)
+}
+
 async fn plain_sync(w: &mut World) -> Result<RunReport, EngineError> {
     let connectors = w.connectors();
     let mut engine =
@@ -1179,18 +1196,7 @@ async fn r12_a_customer_edited_while_its_contact_is_deleted_gets_no_new_contact(
 #[tokio::test]
 async fn r12_a_customer_tandem_just_updated_gets_no_new_contact() {
     for incremental in [false, true] {
-        let mut w = plain(incremental);
-        for n in 1..=3 {
-            w.erp.put(
-                EntityKind::Customer,
-                &format!("uk{n}"),
-                fields(&[("name", &format!("Customer {n}"))]),
-            );
-        }
-        plain_sync(&mut w).await.unwrap();
-        let contact = w.state().links_of_accounts("CUST", &["uk1"]).unwrap()[0]
-            .contact_id
-            .clone();
+        let (mut w, contact) = three_customers_synced(incremental).await;
         let mut edited = w.crm.get(EntityKind::Contact, &contact).unwrap().fields;
         edited.set("phone", Value::text("123"));
         w.crm.put(EntityKind::Contact, &contact, edited);
@@ -1214,18 +1220,7 @@ async fn r12_a_customer_tandem_just_updated_gets_no_new_contact() {
 #[tokio::test]
 async fn r13_a_deleted_account_is_not_created_again_when_removing_its_code_failed() {
     for incremental in [true, false] {
-        let mut w = plain(incremental);
-        for n in 1..=3 {
-            w.erp.put(
-                EntityKind::Customer,
-                &format!("uk{n}"),
-                fields(&[("name", &format!("Customer {n}"))]),
-            );
-        }
-        plain_sync(&mut w).await.unwrap();
-        let contact = w.state().links_of_accounts("CUST", &["uk1"]).unwrap()[0]
-            .contact_id
-            .clone();
+        let (mut w, contact) = three_customers_synced(incremental).await;
         w.crm
             .reject_writes_to(EntityKind::Contact, &contact, Some("CRM is busy"));
         w.erp.remove(EntityKind::Customer, "uk1");
@@ -1266,18 +1261,7 @@ async fn r13_a_deleted_account_is_not_created_again_when_removing_its_code_faile
 #[tokio::test]
 async fn r18_an_edit_after_a_partly_failed_run_is_not_reverted() {
     for incremental in [false, true] {
-        let mut w = plain(incremental);
-        for n in 1..=3 {
-            w.erp.put(
-                EntityKind::Customer,
-                &format!("uk{n}"),
-                fields(&[("name", &format!("Customer {n}"))]),
-            );
-        }
-        plain_sync(&mut w).await.unwrap();
-        let contact = w.state().links_of_accounts("CUST", &["uk1"]).unwrap()[0]
-            .contact_id
-            .clone();
+        let (mut w, contact) = three_customers_synced(incremental).await;
         let mut c = w.crm.get(EntityKind::Contact, &contact).unwrap().fields;
         c.set("city", Value::text("Gent"));
         w.crm.put(EntityKind::Contact, &contact, c);

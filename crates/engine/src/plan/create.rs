@@ -37,12 +37,13 @@ impl<'a> Planner<'a> {
         let deleted = self.input.contact_deleted.get(r);
         for account_id in unmatched {
             let by_operator = asked.contains(account_id.as_str());
-            let contact_deleted = deleted.is_some_and(|d| d.contains(&account_id))
+            // Its contact was deleted (R12), or a create cut short may have made it (R18).
+            let held_back = deleted.is_some_and(|d| d.contains(&account_id))
                 || self.contact_deleted_now.contains(&(r, account_id.as_str()))
                 || self.recovery_waiting.contains(&(r, account_id.as_str()));
             let wanted = by_operator
                 || (relation.create_contacts
-                    && !contact_deleted
+                    && !held_back
                     && !pending_for
                         .get(&("contact", account_id.as_str()))
                         .is_some_and(|p| p.parked));
