@@ -680,13 +680,13 @@ C9,company,Yankee Inc,US,CUST
     d.fails(&["sync"], 2);
     d.fails(&["sync"], 2);
     let status = d.json(&["status"]);
-    let creates = status["parked"]["creates"].as_array().unwrap();
-    assert_eq!(creates.len(), 1, "{status}");
-    assert_eq!(creates[0]["code"], "CUST");
-    assert_eq!(creates[0]["source_id"], "C9");
+    let refused = status["parked"]["refused_requests"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{status}");
+    assert_eq!(refused[0]["code"], "CUST");
+    assert_eq!(refused[0]["contact_id"], "C9");
     assert!(
         d.ok(&["status"])
-            .contains("CUST new customer for contact C9"),
+            .contains("CUST request of contact C9 refused: no template"),
         "status names it"
     );
     // The contact is fixed; the parked request waits for the operator.
@@ -746,10 +746,24 @@ fn r17_a_parked_refused_request_is_left_alone() {
     // Parked: left alone until `tandem retry`, so the run is clean.
     let third = d.json(&["sync"]);
     assert_eq!(counts(&third, "VEND")["failed"], 0, "{third}");
+    let status = d.json(&["status"]);
+    assert_eq!(status["parked"]["refused_requests"][0]["failure_count"], 2);
+    assert_eq!(status["parked"]["refused_requests"][0]["contact_id"], "C3");
     assert_eq!(
-        d.json(&["status"])["parked"]["creates"][0]["failure_count"],
-        2
+        status["parked"]["creates"],
+        json!([]),
+        "a refusal is no create"
     );
+    let shown = d.ok(&["status"]);
+    assert!(
+        shown.contains("VEND request of contact C3 refused")
+            && shown.contains("tandem retry VEND C3"),
+        "{shown}"
+    );
+    // Retried by hand: asked again, refused again (nothing changed), not parked yet.
+    assert!(d.ok(&["retry", "VEND", "C3"]).contains('1'));
+    let fourth = d.json_exit(&["sync"], 2);
+    assert_eq!(fourth["failures"][0]["parked"], false, "{fourth}");
 }
 
 #[test]

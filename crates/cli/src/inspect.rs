@@ -9,7 +9,8 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde_json::json;
 use tandem_state::{
-    ConflictEntry, Interaction, Link, LogEntry, PendingCreate, RunRecord, StateStore,
+    ConflictEntry, Interaction, Link, LogEntry, PendingCreate, PendingLink, RefusedRequest,
+    RunRecord, Side, StateStore,
 };
 
 use crate::config::Config;
@@ -377,9 +378,13 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let parked_links = state.parked_links()?;
-    let pending = state.pending_creates()?;
-    let (parked_creates, pending): (Vec<PendingCreate>, Vec<PendingCreate>) =
-        pending.into_iter().partition(|p| p.parked);
+    let pending = tandem_engine::Pending::load(&state)?;
+    let (parked_creates, creates): (Vec<PendingCreate>, Vec<PendingCreate>) =
+        pending.creates.into_iter().partition(|p| p.parked);
+    let (parked_refused, refused): (Vec<RefusedRequest>, Vec<RefusedRequest>) =
+        pending.refused.into_iter().partition(|p| p.parked);
+    let (parked_pending_links, pending_links): (Vec<PendingLink>, Vec<PendingLink>) =
+        pending.links.into_iter().partition(|p| p.parked);
     let open_conflicts = state.conflicts(true)?;
 
     if cli.json {
@@ -387,9 +392,16 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
             "state": state.path().display().to_string(),
             "state_exists": !state.is_in_memory(),
             "runs": runs,
-            "parked": { "links": parked_links, "creates": parked_creates },
+            "parked": {
+                "links": parked_links,
+                "creates": parked_creates,
+                "refused_requests": parked_refused,
+                "pending_links": parked_pending_links,
+            },
             "open_conflicts": open_conflicts.len(),
-            "pending_creates": pending,
+            "pending_creates": creates,
+            "refused_requests": refused,
+            "pending_links": pending_links,
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -434,7 +446,10 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let parked = parked_links.len() + parked_creates.len();
+    let parked = parked_links.len()
+        + parked_creates.len()
+        + parked_refused.len()
+        + parked_pending_links.len();
     if parked == 0 {
         out.push_str("\nParked: none.\n");
     } else {
@@ -467,6 +482,32 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
                 p.source_id
             );
         }
+        for p in &parked_refused {
+            let _ = writeln!(
+                out,
+                "  {} request of contact {} refused: {} ({}); retry: tandem retry {} {}",
+                p.code,
+                p.contact_id,
+                p.error,
+                plural(u64::from(p.failure_count), "failure", "failures"),
+                p.code,
+                p.contact_id
+            );
+        }
+        for p in &parked_pending_links {
+            let _ = writeln!(
+                out,
+                "  {} contact {} / {} {} (not linked yet): {} ({}); retry: tandem retry {} {}",
+                p.code,
+                p.contact_id,
+                kind_name(&config, &p.code),
+                p.account_id,
+                p.error.as_deref().unwrap_or("(no error recorded)"),
+                plural(u64::from(p.failure_count), "failure", "failures"),
+                p.code,
+                p.contact_id
+            );
+        }
     }
 
     let _ = writeln!(
@@ -480,11 +521,30 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     );
 
-    if !pending.is_empty() {
+    if !refused.is_empty() {
+        out.push_str("\nRefused requests (asked again on the next run; parked after the same refusal twice):\n");
+        for p in &refused {
+            let _ = writeln!(out, "  {} contact {}: {}", p.code, p.contact_id, p.error);
+        }
+    }
+    if !pending_links.is_empty() {
+        out.push_str("\nLinks not made yet (the next sync links them):\n");
+        for p in &pending_links {
+            let _ = writeln!(
+                out,
+                "  {} contact {} / {} {}",
+                p.code,
+                p.contact_id,
+                kind_name(&config, &p.code),
+                p.account_id
+            );
+        }
+    }
+    if !creates.is_empty() {
         out.push_str(
             "\nPending creates (not finished yet; the next sync completes or repairs them):\n",
         );
-        for p in &pending {
+        for p in &creates {
             let state = match &p.error {
                 Some(e) => format!(
                     "failed {}: {e}",
@@ -505,7 +565,7 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
 /// `CUST new customer for contact C1`, `CUST new contact for customer K3`.
 fn create_label(config: &Config, p: &PendingCreate) -> String {
     let kind = kind_name(config, &p.code);
-    if p.side == "contact" {
+    if p.side == Side::Contact {
         format!("{} new contact for {kind} {}", p.code, p.source_id)
     } else {
         format!("{} new {kind} for contact {}", p.code, p.source_id)

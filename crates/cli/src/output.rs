@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tandem_engine::ConflictPolicy;
 use tandem_engine::RunReport;
+use tandem_engine::Side;
 use tandem_engine::plan::{FieldChange, NewLink, UnlinkReason};
 use tandem_engine::relation::Relations;
 use tandem_model::{EntityKind, Fields, Value};
@@ -150,7 +151,7 @@ pub fn report(
                 (None, Some(account)) => {
                     format!("{} new contact for {kind} {account}: create failed", f.code)
                 }
-                (Some(contact), None) if f.side == "account" => {
+                (Some(contact), None) if f.side == Side::Account => {
                     format!("{} new {kind} for contact {contact}: create failed", f.code)
                 }
                 (Some(contact), None) if f.code.is_empty() => {

@@ -14,6 +14,7 @@ mod error;
 pub mod failpoint;
 pub mod matching;
 pub mod operator;
+mod pending;
 pub mod plan;
 mod read;
 pub mod relation;
@@ -33,6 +34,7 @@ pub use config::{
 };
 pub use error::EngineError;
 pub use operator::{Resolved, RetryTarget, Take, resolve, resolve_conflict, retry};
+pub use pending::{Pending, PendingDone};
 pub use plan::Directives;
 pub use read::{DeleteGuard, record_hash};
 pub use relation::Relations;

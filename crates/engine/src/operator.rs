@@ -5,8 +5,12 @@
 
 use serde::Serialize;
 use tandem_model::{EntityKind, Timestamp, Value};
-use tandem_state::{ConflictEntry, Interaction, Scope, StateBatch, StateError, StateStore};
+use tandem_state::{
+    ConflictEntry, Interaction, Link, LogEntry, PendingCreate, PendingLink, Scope, Side,
+    StateBatch, StateError, StateStore,
+};
 
+use crate::pending::Pending;
 use crate::relation::Relations;
 use crate::run::RECHECK;
 
@@ -56,85 +60,156 @@ pub enum RetryTarget {
     Record { code: String, id: String },
 }
 
-/// R17: puts parked pairs and creates back into the next run. Returns how many.
+/// R17: puts parked pairs, creates and requests back into the next run. Returns how
+/// many.
 pub fn retry(
     state: &mut dyn StateStore,
     relations: &Relations,
     target: &RetryTarget,
 ) -> Result<usize, StateError> {
-    let wanted = |code: &str, ids: &[&str]| match target {
-        RetryTarget::All => true,
-        RetryTarget::Record { code: c, id } => c == code && ids.contains(&id.as_str()),
+    let mut retry = Retry {
+        relations,
+        target,
+        contacts: Scope::new(&relations.contacts_connector, EntityKind::Contact),
+        batch: StateBatch::default(),
+        count: 0,
     };
-    let contacts = Scope::new(&relations.contacts_connector, EntityKind::Contact);
-    let account_scope = |code: &str| {
-        relations
-            .relations
-            .iter()
-            .find(|r| r.code == code)
-            .map(|r| Scope::new(&r.connector, r.kind))
-    };
-    let mut batch = StateBatch::default();
-    let mut count = 0;
     for link in state.parked_links()? {
-        if !wanted(&link.code, &[&link.contact_id, &link.account_id]) {
-            continue;
+        retry.link(link);
+    }
+    let pending = Pending::load(&*state)?;
+    for create in pending.creates.into_iter().filter(|p| p.parked) {
+        retry.create(create);
+    }
+    for request in pending.refused.into_iter().filter(|p| p.parked) {
+        if retry.wanted(&request.code, &[&request.contact_id]) {
+            retry.contact_again(&request.contact_id);
+            let entry = LogEntry::Retried {
+                error: Some(request.error),
+                failures: request.failure_count,
+            };
+            retry.log(&request.code, &request.contact_id, &entry);
+            retry
+                .batch
+                .delete_refused
+                .push((request.code, request.contact_id));
         }
-        count += 1;
-        batch
+    }
+    for link in pending.links.into_iter().filter(|p| p.parked) {
+        if retry.wanted(&link.code, &[&link.contact_id, &link.account_id]) {
+            retry.contact_again(&link.contact_id);
+            retry.account_again(&link.code, &link.account_id);
+            let entry = LogEntry::Retried {
+                error: link.error.clone(),
+                failures: link.failure_count,
+            };
+            retry.log(&link.code, &link.contact_id, &entry);
+            let PendingLink {
+                code, contact_id, ..
+            } = link;
+            retry.batch.delete_pending_links.push((code, contact_id));
+        }
+    }
+    let count = retry.count;
+    state.commit(retry.batch)?;
+    Ok(count)
+}
+
+/// The state changes `retry` makes: each retried record is looked at again (R17).
+struct Retry<'a> {
+    relations: &'a Relations,
+    target: &'a RetryTarget,
+    contacts: Scope,
+    batch: StateBatch,
+    count: usize,
+}
+
+impl Retry<'_> {
+    fn wanted(&self, code: &str, ids: &[&str]) -> bool {
+        match self.target {
+            RetryTarget::All => true,
+            RetryTarget::Record { code: c, id } => c == code && ids.contains(&id.as_str()),
+        }
+    }
+
+    fn account_scope(&self, code: &str) -> Option<Scope> {
+        let relation = self.relations.relations.iter().find(|r| r.code == code)?;
+        Some(Scope::new(&relation.connector, relation.kind))
+    }
+
+    /// Counts one retried entry and marks its contact to be read again.
+    fn contact_again(&mut self, contact_id: &str) {
+        self.count += 1;
+        let scope = self.contacts.clone();
+        self.batch
             .set_hashes
-            .push((contacts.clone(), link.contact_id.clone(), RECHECK));
-        if let Some(scope) = account_scope(&link.code) {
-            batch
+            .push((scope, contact_id.to_owned(), RECHECK));
+    }
+
+    fn account_again(&mut self, code: &str, account_id: &str) {
+        if let Some(scope) = self.account_scope(code) {
+            self.batch
                 .set_hashes
-                .push((scope, link.account_id.clone(), RECHECK));
+                .push((scope, account_id.to_owned(), RECHECK));
         }
-        batch.upsert_links.push(tandem_state::Link {
+    }
+
+    /// Only a contact already known can have a log (R11).
+    fn log(&mut self, code: &str, contact_id: &str, entry: &LogEntry) {
+        self.batch.interactions.push(Interaction {
+            id: 0,
+            at: Timestamp::now(),
+            run_id: None,
+            contact_id: contact_id.to_owned(),
+            code: code.to_owned(),
+            account_id: None,
+            action: "retried".to_owned(),
+            source: "operator".to_owned(),
+            details: entry.details(),
+        });
+    }
+
+    fn link(&mut self, link: Link) {
+        if !self.wanted(&link.code, &[&link.contact_id, &link.account_id]) {
+            return;
+        }
+        self.contact_again(&link.contact_id);
+        self.account_again(&link.code, &link.account_id);
+        self.batch.upsert_links.push(Link {
             parked: false,
             failure_count: 0,
             last_error: None,
             ..link
         });
     }
-    for pending in state.pending_creates()? {
-        if !pending.parked || !wanted(&pending.code, &[&pending.source_id]) {
-            continue;
+
+    fn create(&mut self, create: PendingCreate) {
+        if !self.wanted(&create.code, &[&create.source_id]) {
+            return;
         }
-        count += 1;
-        if pending.side != "contact" {
-            // Only a contact already known can have a log (R11).
-            batch.interactions.push(Interaction {
-                id: 0,
-                at: Timestamp::now(),
-                run_id: None,
-                contact_id: pending.source_id.clone(),
-                code: pending.code.clone(),
-                account_id: None,
-                action: "retried".to_owned(),
-                source: "operator".to_owned(),
-                details: tandem_state::LogEntry::Retried {
-                    error: pending.error.clone(),
-                    failures: pending.failure_count,
-                }
-                .details(),
-            });
+        match create.side {
+            // The account it is created from is read again.
+            Side::Contact => {
+                self.count += 1;
+                self.account_again(&create.code, &create.source_id);
+            }
+            Side::Account => {
+                self.contact_again(&create.source_id);
+                let entry = LogEntry::Retried {
+                    error: create.error.clone(),
+                    failures: create.failure_count,
+                };
+                self.log(&create.code, &create.source_id, &entry);
+            }
         }
-        let scope = if pending.side == "contact" {
-            account_scope(&pending.code)
-        } else {
-            Some(contacts.clone())
-        };
-        if let Some(scope) = scope {
-            batch
-                .set_hashes
-                .push((scope, pending.source_id.clone(), RECHECK));
-        }
-        batch
-            .delete_pending
-            .push((pending.code, pending.side, pending.source_id));
+        let PendingCreate {
+            code,
+            side,
+            source_id,
+            ..
+        } = create;
+        self.batch.delete_pending.push((code, side, source_id));
     }
-    state.commit(batch)?;
-    Ok(count)
 }
 
 /// How to settle a manual conflict.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use tandem_connector::Connector;
 use tandem_model::EntityKind;
-use tandem_state::{Link, PendingCreate, StateStore};
+use tandem_state::{Link, StateStore};
+
+use crate::pending::Pending;
 use tracing::info;
 
 use crate::apply::apply;
@@ -237,7 +239,7 @@ impl<'a> Engine<'a> {
         let relations = self.relations.clone();
         let link_counts = self.per_relation(|code| self.state.count_links(code))?;
         let any_links = link_counts.iter().any(|n| *n > 0);
-        let pending = self.state.pending_creates()?;
+        let pending = Pending::load(&*self.state)?;
         let needed = Needed::of(&relations, &directives, &*self.state, &pending)?;
         // First pass: keep what changed and what the run needs; unchanged records
         // stream by. Accounts first: a deleted account's contact must be read to lose
@@ -446,7 +448,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Pairs and creates parked before this run, per relation (R17).
-    fn parked_before(&self, pending: &[PendingCreate]) -> Result<Vec<ParkedCount>, EngineError> {
+    fn parked_before(&self, pending: &Pending) -> Result<Vec<ParkedCount>, EngineError> {
         let parked = self.state.parked_links()?;
         Ok(self
             .relations
@@ -454,10 +456,7 @@ impl<'a> Engine<'a> {
             .iter()
             .map(|r| ParkedCount {
                 links: parked.iter().filter(|l| l.code == r.code).count() as u64,
-                creates: pending
-                    .iter()
-                    .filter(|p| p.code == r.code && p.parked)
-                    .count() as u64,
+                creates: pending.parked_in(&r.code),
             })
             .collect())
     }

@@ -1044,15 +1044,19 @@ fn crash_between_create_and_link_is_repaired_not_repeated() {
     let input = PlanInput {
         contacts: [("C9".to_string(), created)].into_iter().collect(),
         accounts,
-        pending: vec![pending],
+        pending: creates(vec![pending]),
         ..PlanInput::default()
     };
     let plan = plan(&rels, &input);
     assert!(plan.creates.is_empty(), "no second contact");
     assert_eq!(plan.hubs[0].pairs[0].new_link, Some(NewLink::Recovered));
     assert_eq!(
-        plan.done_pending,
-        vec![("CUST".to_string(), "contact".to_string(), "K3".to_string())]
+        plan.done_pending.creates,
+        vec![(
+            "CUST".to_string(),
+            tandem_state::Side::Contact,
+            "K3".to_string()
+        )]
     );
 }
 
@@ -1067,7 +1071,7 @@ fn no_accounts(rels: &Relations) -> Vec<AccountInput> {
 fn pending_contact_create(account: &str, sent: &Fields) -> tandem_state::PendingCreate {
     tandem_state::PendingCreate {
         code: "CUST".into(),
-        side: "contact".into(),
+        side: tandem_state::Side::Contact,
         source_id: account.into(),
         fields: sent.clone(),
         run_id: Some(1),
@@ -1103,7 +1107,7 @@ fn r18_an_edit_made_after_a_create_was_cut_short_is_kept() {
     let input = PlanInput {
         contacts: [("C9".to_string(), created)].into_iter().collect(),
         accounts,
-        pending: vec![pending_contact_create("K3", &sent)],
+        pending: creates(vec![pending_contact_create("K3", &sent)]),
         ..PlanInput::default()
     };
     let plan = plan(&rels, &input);
@@ -1140,7 +1144,7 @@ fn r18_many_creates_cut_short_are_each_found_again() {
     let input = PlanInput {
         contacts,
         accounts,
-        pending,
+        pending: creates(pending),
         ..PlanInput::default()
     };
     let started = std::time::Instant::now();
@@ -1223,14 +1227,18 @@ fn r17_a_parked_create_is_kept_while_its_account_is_not_read() {
             .iter()
             .map(|_| AccountInput::default())
             .collect(),
-        pending: vec![parked],
+        pending: creates(vec![parked]),
         ..PlanInput::default()
     };
-    assert!(plan(&rels, &input).done_pending.is_empty());
+    assert!(plan(&rels, &input).done_pending.creates.is_empty());
     input.accounts[1].deleted.insert("K3".into());
     assert_eq!(
-        plan(&rels, &input).done_pending,
-        vec![("CUST".to_string(), "contact".to_string(), "K3".to_string())]
+        plan(&rels, &input).done_pending.creates,
+        vec![(
+            "CUST".to_string(),
+            tandem_state::Side::Contact,
+            "K3".to_string()
+        )]
     );
 }
 
@@ -1324,5 +1332,57 @@ fn r8_a_relation_overrides_its_field_set_and_preserve_list() {
     assert_eq!(
         writes(&plan),
         vec![w("C1", "name", "Acme"), w("K1", "email", "b@x.be")]
+    );
+}
+
+fn creates(creates: Vec<tandem_state::PendingCreate>) -> tandem_engine::Pending {
+    tandem_engine::Pending {
+        creates,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn r18_a_pending_link_of_an_older_state_is_linked_by_the_next_run() {
+    let rels = relations(|_| {});
+    let mut accounts = no_accounts(&rels);
+    accounts[1].records.insert(
+        "K3".into(),
+        record(EntityKind::Customer, "K3", &[("name", "Delta")]),
+    );
+    let contact = record(EntityKind::Contact, "C3", &[("name", "Delta NV")]);
+    let pending_link = |parked| tandem_state::PendingLink {
+        code: "CUST".into(),
+        contact_id: "C3".into(),
+        account_id: "K3".into(),
+        by: tandem_state::LinkedBy::Match { tier: 2 },
+        error: Some("503".into()),
+        failure_count: 1,
+        parked,
+        updated_at: Timestamp(0),
+    };
+    let mut input = PlanInput {
+        contacts: [("C3".to_string(), contact)].into_iter().collect(),
+        accounts,
+        pending: tandem_engine::Pending {
+            links: vec![pending_link(false)],
+            ..Default::default()
+        },
+        ..PlanInput::default()
+    };
+    let planned = plan(&rels, &input);
+    assert_eq!(planned.hubs.len(), 1, "{planned:?}");
+    let pair = &planned.hubs[0].pairs[0];
+    assert_eq!(
+        (pair.account_id.as_str(), pair.new_link),
+        ("K3", Some(NewLink::Match { tier: 2 }))
+    );
+    // Parked: left alone, and the contact is not matched anew meanwhile (R17).
+    input.pending.links = vec![pending_link(true)];
+    assert!(
+        plan(&rels, &input)
+            .hubs
+            .iter()
+            .all(|h| h.pairs.is_empty() || h.contact_id != "C3")
     );
 }

@@ -16,7 +16,7 @@ use expect_test::expect_file;
 use tandem_engine::plan::{AccountInput, Directives, NewLink, Plan, PlanInput, UnlinkReason, plan};
 use tandem_engine::{ContactsConfig, RelationConfig, Relations, SyncConfig};
 use tandem_model::{EntityKind, Fields, Record, Timestamp, Value};
-use tandem_state::{ConflictEntry, Intent, Link, PendingCreate};
+use tandem_state::{ConflictEntry, Intent, Link, PendingCreate, RefusedRequest, Side};
 
 /// The chapters, each a folder of fixtures; a folder not listed here is an error.
 const CHAPTERS: &[&str] = &[
@@ -158,6 +158,7 @@ struct Fixture {
     links: Table,
     intents: Table,
     pending: Table,
+    refused: Table,
     conflicts: Table,
     /// (line, words) of the line-based sections.
     deleted: Vec<(usize, Vec<String>)>,
@@ -197,6 +198,7 @@ impl Fixture {
                     "links",
                     "intents",
                     "pending",
+                    "refused",
                     "conflicts",
                     "deleted",
                     "unlinked_pairs",
@@ -241,6 +243,7 @@ impl Fixture {
                 "links" => Some(&mut fixture.links),
                 "intents" => Some(&mut fixture.intents),
                 "pending" => Some(&mut fixture.pending),
+                "refused" => Some(&mut fixture.refused),
                 "conflicts" => Some(&mut fixture.conflicts),
                 _ => None,
             };
@@ -386,7 +389,7 @@ impl Fixture {
         for (n, cells) in &self.pending.rows {
             let mut pending = PendingCreate {
                 code: String::new(),
-                side: String::new(),
+                side: Side::Contact,
                 source_id: String::new(),
                 fields: Fields::new(),
                 run_id: Some(1),
@@ -398,7 +401,10 @@ impl Fixture {
             for (column, value) in self.pending.row(cells) {
                 match column {
                     "code" => pending.code = value.to_owned(),
-                    "side" => pending.side = value.to_owned(),
+                    "side" => {
+                        pending.side = Side::parse(value)
+                            .unwrap_or_else(|| fail(file, *n, "side is `contact` or `account`"))
+                    }
                     "source" => pending.source_id = value.to_owned(),
                     "@error" => pending.error = Some(value.to_owned()),
                     "@failures" => pending.failure_count = number(file, *n, value),
@@ -409,7 +415,30 @@ impl Fixture {
                     field => pending.fields.set(field, Value::text(value)),
                 }
             }
-            input.pending.push(pending);
+            input.pending.creates.push(pending);
+        }
+
+        for (n, cells) in &self.refused.rows {
+            let mut refused = RefusedRequest {
+                code: String::new(),
+                contact_id: String::new(),
+                error: String::new(),
+                run_id: Some(1),
+                failure_count: 1,
+                parked: false,
+                updated_at: Timestamp(0),
+            };
+            for (column, value) in self.refused.row(cells) {
+                match column {
+                    "code" => refused.code = value.to_owned(),
+                    "contact" => refused.contact_id = value.to_owned(),
+                    "@error" => refused.error = value.to_owned(),
+                    "@failures" => refused.failure_count = number(file, *n, value),
+                    "@parked" => refused.parked = yes(file, *n, value),
+                    other => fail(file, *n, format!("unknown column `{other}`")),
+                }
+            }
+            input.pending.refused.push(refused);
         }
 
         for (n, cells) in &self.conflicts.rows {
@@ -734,8 +763,14 @@ fn render(plan: &Plan, relations: &Relations) -> String {
     for (code, contact, field) in &plan.close_conflicts {
         writeln!(o, "close conflict {code} {contact} {field}").unwrap();
     }
-    for (code, side, source) in &plan.done_pending {
+    for (code, side, source) in &plan.done_pending.creates {
         writeln!(o, "done pending {code} {side} {source}").unwrap();
+    }
+    for (code, contact) in &plan.done_pending.refused {
+        writeln!(o, "done refused {code} {contact}").unwrap();
+    }
+    for (code, contact) in &plan.done_pending.links {
+        writeln!(o, "done pending link {code} {contact}").unwrap();
     }
     for (code, contact) in &plan.codes_removed {
         writeln!(o, "lost code removed {code} {contact}").unwrap();

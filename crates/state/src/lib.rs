@@ -14,6 +14,7 @@
 //! batch.
 
 mod log;
+mod pending;
 mod sqlite;
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
 
 pub use log::{Change, LogEntry};
+pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
 pub use sqlite::{LockMode, SqliteState};
 
 /// A business relation between one contact and one account (R2: at most one per code
@@ -205,27 +207,6 @@ pub struct ConflictEntry {
     pub closed_at: Option<Timestamp>,
 }
 
-/// A record Tandem is creating from another (R5, R6), written down before the remote
-/// create so that a crash between the create and its link is repaired, not repeated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingCreate {
-    pub code: String,
-    /// `contact` when creating a contact from an account, `account` when creating an
-    /// account from a contact.
-    pub side: String,
-    /// The id of the record it is created from.
-    pub source_id: String,
-    /// The fields sent to the create.
-    pub fields: Fields,
-    pub run_id: Option<i64>,
-    /// The error of the last attempt, if it failed.
-    pub error: Option<String>,
-    pub failure_count: u32,
-    /// Failed twice with the same error: not retried until retried by hand (R17).
-    pub parked: bool,
-    pub updated_at: Timestamp,
-}
-
 /// State changes that belong together; applied in one transaction.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct StateBatch {
@@ -251,8 +232,14 @@ pub struct StateBatch {
     pub close_conflicts: Vec<(String, String, String, Timestamp)>,
     /// Inserted or replaced by (code, side, source_id).
     pub upsert_pending: Vec<PendingCreate>,
-    /// (code, side, source_id)
-    pub delete_pending: Vec<(String, String, String)>,
+    /// (code, side created, source_id)
+    pub delete_pending: Vec<(String, Side, String)>,
+    /// Inserted or replaced by (code, contact_id).
+    pub upsert_refused: Vec<RefusedRequest>,
+    /// (code, contact_id)
+    pub delete_refused: Vec<(String, String)>,
+    /// (code, contact_id): links of an older state whose first sync is done.
+    pub delete_pending_links: Vec<(String, String)>,
     /// Person contact -> its company contact (R3, R10); `None` forgets the contact.
     pub set_companies: Vec<(String, Option<String>)>,
     /// (code, contact, account, unlinked): a pair an operator unlinked (`true`), which
@@ -281,6 +268,9 @@ impl StateBatch {
             && self.close_conflicts.is_empty()
             && self.upsert_pending.is_empty()
             && self.delete_pending.is_empty()
+            && self.upsert_refused.is_empty()
+            && self.delete_refused.is_empty()
+            && self.delete_pending_links.is_empty()
             && self.set_companies.is_empty()
             && self.unlinked_pairs.is_empty()
             && self.contact_deleted.is_empty()
@@ -366,6 +356,10 @@ pub trait StateStore: Send {
     fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictEntry>, StateError>;
     /// Every pending create, ordered by (code, side, source_id).
     fn pending_creates(&self) -> Result<Vec<PendingCreate>, StateError>;
+    /// Every refused request, ordered by (code, contact_id).
+    fn refused_requests(&self) -> Result<Vec<RefusedRequest>, StateError>;
+    /// Links an older state left to retry, ordered by (code, contact_id).
+    fn pending_links(&self) -> Result<Vec<PendingLink>, StateError>;
     /// The (contact, account) pairs an operator unlinked under `code`.
     fn unlinked_pairs(&self, code: &str) -> Result<Vec<(String, String)>, StateError>;
     /// (code, contact) of the codes contacts lost that are still to be taken off their

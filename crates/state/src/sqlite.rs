@@ -18,8 +18,8 @@ use tandem_model::Timestamp;
 use tandem_model::Value;
 
 use crate::{
-    ConflictEntry, Interaction, Link, PendingCreate, RunRecord, Scope, StateBatch, StateError,
-    StateStore,
+    ConflictEntry, Interaction, Link, LinkedBy, PendingCreate, PendingLink, RefusedRequest,
+    RunRecord, Scope, Side, StateBatch, StateError, StateStore,
 };
 
 /// Schema migrations in order: step `i` takes a state from `PRAGMA user_version` `i`
@@ -30,7 +30,49 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_3_UNLINKED_PAIRS,
     MIGRATION_4_FINGERPRINTS,
     MIGRATION_5_INTENTS,
+    MIGRATION_6_PENDING_SPLIT,
 ];
+
+/// Pending creates, refused requests and pending links each get their own table: they
+/// shared `pending_creates`, told apart by `side = 'link'` and by empty `fields`.
+const MIGRATION_6_PENDING_SPLIT: &str = "
+CREATE TABLE refused_requests (
+    code          TEXT NOT NULL,
+    contact_id    TEXT NOT NULL,
+    error         TEXT NOT NULL,
+    run_id        INTEGER,
+    failure_count INTEGER NOT NULL DEFAULT 0,
+    parked        INTEGER NOT NULL DEFAULT 0,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (code, contact_id)
+) WITHOUT ROWID, STRICT;
+
+INSERT INTO refused_requests
+SELECT code, source_id, COALESCE(error, ''), run_id, failure_count, parked, updated_at
+FROM pending_creates WHERE side = 'account' AND fields = '{}';
+DELETE FROM pending_creates WHERE side = 'account' AND fields = '{}';
+
+CREATE TABLE pending_links (
+    code          TEXT NOT NULL,
+    contact_id    TEXT NOT NULL,
+    account_id    TEXT NOT NULL,
+    tier          INTEGER,
+    error         TEXT,
+    failure_count INTEGER NOT NULL DEFAULT 0,
+    parked        INTEGER NOT NULL DEFAULT 0,
+    updated_at    INTEGER NOT NULL,
+    PRIMARY KEY (code, contact_id)
+) WITHOUT ROWID, STRICT;
+
+-- `tier` is NULL for a pair linked by `tandem link`.
+INSERT INTO pending_links
+SELECT code, source_id, json_extract(fields, '$.account_id'),
+       CASE WHEN json_extract(fields, '$.by') = 'operator' THEN NULL
+            ELSE COALESCE(CAST(json_extract(fields, '$.tier') AS INTEGER), 0) END,
+       error, failure_count, parked, updated_at
+FROM pending_creates WHERE side = 'link' AND json_extract(fields, '$.account_id') IS NOT NULL;
+DELETE FROM pending_creates WHERE side = 'link';
+";
 
 /// Durable intents (R18): a link stored before a run writes to its records carries
 /// what it is about to write, until the writes landed.
@@ -651,10 +693,15 @@ impl StateStore for SqliteState {
             let code: String = get(row, 0, ACTION)?;
             let side: String = get(row, 1, ACTION)?;
             let source_id: String = get(row, 2, ACTION)?;
+            let what = || format!("the pending {code} {side} create from {source_id}");
             let fields: String = get(row, 3, ACTION)?;
             let fields = serde_json::from_str(&fields).map_err(|e| StateError::Corrupt {
-                what: format!("fields of the pending {code} {side} create from {source_id}"),
+                what: format!("fields of {}", what()),
                 message: e.to_string(),
+            })?;
+            let side = Side::parse(&side).ok_or_else(|| StateError::Corrupt {
+                what: format!("side of {}", what()),
+                message: "neither `contact` nor `account`".to_owned(),
             })?;
             out.push(PendingCreate {
                 fields,
@@ -666,6 +713,60 @@ impl StateStore for SqliteState {
                 code,
                 side,
                 source_id,
+            });
+        }
+        Ok(out)
+    }
+
+    fn refused_requests(&self) -> Result<Vec<RefusedRequest>, StateError> {
+        const ACTION: &str = "reading refused requests";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT code, contact_id, error, run_id, failure_count, parked, updated_at \
+                 FROM refused_requests ORDER BY code, contact_id",
+            )
+            .map_err(sql_error(ACTION))?;
+        let mut rows = stmt.query([]).map_err(sql_error(ACTION))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+            out.push(RefusedRequest {
+                code: get(row, 0, ACTION)?,
+                contact_id: get(row, 1, ACTION)?,
+                error: get(row, 2, ACTION)?,
+                run_id: get(row, 3, ACTION)?,
+                failure_count: get(row, 4, ACTION)?,
+                parked: get(row, 5, ACTION)?,
+                updated_at: Timestamp(get(row, 6, ACTION)?),
+            });
+        }
+        Ok(out)
+    }
+
+    fn pending_links(&self) -> Result<Vec<PendingLink>, StateError> {
+        const ACTION: &str = "reading pending links";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT code, contact_id, account_id, tier, error, failure_count, parked, \
+                 updated_at FROM pending_links ORDER BY code, contact_id",
+            )
+            .map_err(sql_error(ACTION))?;
+        let mut rows = stmt.query([]).map_err(sql_error(ACTION))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+            let tier: Option<i64> = get(row, 3, ACTION)?;
+            out.push(PendingLink {
+                code: get(row, 0, ACTION)?,
+                contact_id: get(row, 1, ACTION)?,
+                account_id: get(row, 2, ACTION)?,
+                by: tier.map_or(LinkedBy::Operator, |tier| LinkedBy::Match {
+                    tier: usize::try_from(tier).unwrap_or(0),
+                }),
+                error: get(row, 4, ACTION)?,
+                failure_count: get(row, 5, ACTION)?,
+                parked: get(row, 6, ACTION)?,
+                updated_at: Timestamp(get(row, 7, ACTION)?),
             });
         }
         Ok(out)
@@ -865,6 +966,9 @@ impl StateStore for SqliteState {
         close_conflicts(&tx, &batch.close_conflicts)?;
         upsert_pending(&tx, &batch.upsert_pending)?;
         delete_pending(&tx, &batch.delete_pending)?;
+        upsert_refused(&tx, &batch.upsert_refused)?;
+        delete_by_code_and_contact(&tx, "refused_requests", &batch.delete_refused)?;
+        delete_by_code_and_contact(&tx, "pending_links", &batch.delete_pending_links)?;
         set_companies(&tx, &batch.set_companies)?;
         set_unlinked_pairs(&tx, &batch.unlinked_pairs)?;
         set_contact_deleted(&tx, &batch.contact_deleted)?;
@@ -1564,7 +1668,7 @@ fn upsert_pending(conn: &Connection, creates: &[PendingCreate]) -> Result<(), St
         })?;
         stmt.execute(params![
             create.code,
-            create.side,
+            create.side.as_str(),
             create.source_id,
             fields,
             create.run_id,
@@ -1578,7 +1682,7 @@ fn upsert_pending(conn: &Connection, creates: &[PendingCreate]) -> Result<(), St
     Ok(())
 }
 
-fn delete_pending(conn: &Connection, keys: &[(String, String, String)]) -> Result<(), StateError> {
+fn delete_pending(conn: &Connection, keys: &[(String, Side, String)]) -> Result<(), StateError> {
     const ACTION: &str = "deleting pending creates";
     if keys.is_empty() {
         return Ok(());
@@ -1589,7 +1693,63 @@ fn delete_pending(conn: &Connection, keys: &[(String, String, String)]) -> Resul
         )
         .map_err(sql_error(ACTION))?;
     for (code, side, source_id) in keys {
-        stmt.execute([code, side, source_id])
+        stmt.execute([code, side.as_str(), source_id])
+            .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+const UPSERT_REFUSED: &str = "
+INSERT INTO refused_requests (code, contact_id, error, run_id, failure_count, parked,
+                              updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (code, contact_id) DO UPDATE SET
+    error = excluded.error,
+    run_id = excluded.run_id,
+    failure_count = excluded.failure_count,
+    parked = excluded.parked,
+    updated_at = excluded.updated_at";
+
+fn upsert_refused(conn: &Connection, requests: &[RefusedRequest]) -> Result<(), StateError> {
+    const ACTION: &str = "storing refused requests";
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(UPSERT_REFUSED)
+        .map_err(sql_error(ACTION))?;
+    for r in requests {
+        stmt.execute(params![
+            r.code,
+            r.contact_id,
+            r.error,
+            r.run_id,
+            r.failure_count,
+            r.parked,
+            r.updated_at.0,
+        ])
+        .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+/// Deletes rows of `table` (keyed by code and contact) by (code, contact_id).
+fn delete_by_code_and_contact(
+    conn: &Connection,
+    table: &'static str,
+    keys: &[(String, String)],
+) -> Result<(), StateError> {
+    const ACTION: &str = "deleting refused requests or pending links";
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "DELETE FROM {table} WHERE code = ?1 AND contact_id = ?2"
+        ))
+        .map_err(sql_error(ACTION))?;
+    for (code, contact_id) in keys {
+        stmt.execute([code, contact_id])
             .map_err(sql_error(ACTION))?;
     }
     Ok(())

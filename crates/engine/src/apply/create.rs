@@ -32,11 +32,7 @@ struct CreateJob {
 
 impl CreateJob {
     fn pending_key(&self) -> PendingKey {
-        (
-            self.code.clone(),
-            self.side.as_str().to_owned(),
-            self.source_id.clone(),
-        )
+        (self.code.clone(), self.side, self.source_id.clone())
     }
 }
 
@@ -109,10 +105,10 @@ impl Applier<'_> {
         let side = chunk[0].side;
         // Written down first: a crash after the remote create is repaired, not repeated.
         for job in chunk {
-            let previous = self.previous_pending.get(&job.pending_key());
+            let previous = self.previous.creates.get(&job.pending_key());
             let pending = PendingCreate {
                 code: job.code.clone(),
-                side: side.as_str().to_owned(),
+                side,
                 source_id: job.source_id.clone(),
                 fields: job.fields.clone(),
                 run_id: Some(self.log.run_id),
@@ -122,6 +118,10 @@ impl Applier<'_> {
                 updated_at: self.log.now,
             };
             self.batch.upsert_pending.push(pending);
+            if side == Side::Account {
+                // A request refused before is granted now.
+                self.request_granted(&job.code, &job.source_id);
+            }
         }
         self.commit(state)?;
         failpoint::hit(&format!("before_{side}_create"));
@@ -225,7 +225,7 @@ impl Applier<'_> {
     fn create_failed(&mut self, job: &CreateJob, e: &ConnectorError) {
         let r = job.relation;
         let error = e.to_string();
-        let previous = self.previous_pending.get(&job.pending_key());
+        let previous = self.previous.creates.get(&job.pending_key());
         let (count, parked) = next_failure(
             previous.and_then(|p| p.error.as_deref()),
             previous.map_or(0, |p| p.failure_count),
@@ -243,7 +243,7 @@ impl Applier<'_> {
         }
         self.batch.upsert_pending.push(PendingCreate {
             code: job.code.clone(),
-            side: job.side.as_str().to_owned(),
+            side: job.side,
             source_id: job.source_id.clone(),
             fields: job.fields.clone(),
             run_id: Some(self.log.run_id),

@@ -135,15 +135,12 @@ impl Applier<'_> {
         parked_before: &[ParkedCount],
     ) -> Result<RunReport, EngineError> {
         let parked_now = state.parked_links()?;
-        let pending_now = state.pending_creates()?;
+        let pending_now = crate::pending::Pending::load(state)?;
         let mut plan = self.plan;
         for (r, counts) in plan.counts.iter_mut().enumerate() {
             let code = &self.relations.relations[r].code;
-            counts.parked = (parked_now.iter().filter(|l| &l.code == code).count()
-                + pending_now
-                    .iter()
-                    .filter(|p| &p.code == code && p.parked)
-                    .count()) as u64;
+            counts.parked = parked_now.iter().filter(|l| &l.code == code).count() as u64
+                + pending_now.parked_in(code);
             counts.unchanged = counts.unchanged.saturating_sub(parked_before[r].links);
         }
         info!(

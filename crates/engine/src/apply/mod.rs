@@ -19,16 +19,17 @@ mod settle;
 mod unlink;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Timestamp};
 use tandem_state::{
-    Interaction, Link, LogEntry, PendingCreate, StateBatch, StateError, StateStore,
+    Interaction, Link, LogEntry, PendingCreate, RefusedRequest, StateBatch, StateError, StateStore,
 };
 use tracing::info;
 
+use crate::pending::Pending;
 use crate::plan::Plan;
 use crate::relation::Relations;
 use crate::run::{Engine, EngineError, Failure, Prepared, RunReport, ScopeRead, rejections};
@@ -37,8 +38,34 @@ use crate::side::Side;
 /// State changes per transaction while applying.
 const COMMIT_EVERY: usize = 20_000;
 
-/// A pending entry by (code, side, source id), as the state keys it.
-type PendingKey = (String, String, String);
+/// A pending create by (code, side created, source id), as the state keys it.
+type PendingKey = (String, Side, String);
+
+/// What earlier runs left unfinished, as the run found it, by key.
+#[derive(Debug, Default)]
+struct Previous {
+    creates: HashMap<PendingKey, PendingCreate>,
+    /// Refused requests by (code, contact id).
+    refused: HashMap<(String, String), RefusedRequest>,
+    /// Pending links of an older state, by (code, contact id).
+    links: HashSet<(String, String)>,
+}
+
+impl Previous {
+    fn of(pending: &Pending) -> Previous {
+        Previous {
+            creates: (pending.creates.iter())
+                .map(|p| ((p.code.clone(), p.side, p.source_id.clone()), p.clone()))
+                .collect(),
+            refused: (pending.refused.iter())
+                .map(|p| ((p.code.clone(), p.contact_id.clone()), p.clone()))
+                .collect(),
+            links: (pending.links.iter())
+                .map(|p| (p.code.clone(), p.contact_id.clone()))
+                .collect(),
+        }
+    }
+}
 
 /// Everything the steps of one apply share.
 struct Applier<'e> {
@@ -48,8 +75,8 @@ struct Applier<'e> {
     plan: Plan,
     contacts: ScopeRead,
     accounts: Vec<ScopeRead>,
-    /// Pending creates, failed requests and links as the run found them.
-    previous_pending: HashMap<PendingKey, PendingCreate>,
+    /// Pending creates, refused requests and links as the run found them.
+    previous: Previous,
     batch: StateBatch,
     failures: Vec<Failure>,
     writes: u64,
@@ -86,16 +113,7 @@ pub(crate) async fn apply(
         parked_before,
         ambiguities,
     } = prepared;
-    let previous_pending = input
-        .pending
-        .iter()
-        .map(|p| {
-            (
-                (p.code.clone(), p.side.clone(), p.source_id.clone()),
-                p.clone(),
-            )
-        })
-        .collect();
+    let previous = Previous::of(&input.pending);
     let person_companies = finish::person_companies(&contacts, &input);
     // Freeing millions of records takes seconds: done on another thread while the
     // writes go on (nothing below needs them).
@@ -116,7 +134,7 @@ pub(crate) async fn apply(
         settled_accounts: vec![crate::IdSet::default(); accounts.len()],
         contacts,
         accounts,
-        previous_pending,
+        previous,
         batch: StateBatch::default(),
         writes: 0,
         settled_contacts: crate::IdSet::default(),
@@ -219,6 +237,16 @@ async fn write_all(
                 .collect()
         }
         Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    }
+}
+
+impl Applier<'_> {
+    /// A contact's request refused in an earlier run is granted: it gets the account.
+    fn request_granted(&mut self, code: &str, contact_id: &str) {
+        let key = (code.to_owned(), contact_id.to_owned());
+        if self.previous.refused.contains_key(&key) {
+            self.batch.delete_refused.push(key);
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
 use super::write::{Outcomes, link_of};
 use super::{Applier, commit_behind, next_failure};
-use crate::plan::{FieldChange, HubPlan, NewLink, PENDING_LINK, PairPlan};
+use crate::plan::{FieldChange, HubPlan, NewLink, PairPlan};
 use crate::run::{EngineError, Failure, RECHECK, record_hash_of};
 use crate::side::{Side, Winner};
 
@@ -174,15 +174,12 @@ impl Applier<'_> {
     }
 
     fn log_new_link(&mut self, hub: &HubPlan, pair: &PairPlan, how: NewLink) {
-        // A link that failed in an earlier run, remembered the old way, is done now.
-        let old_key = (
-            pair.code.clone(),
-            PENDING_LINK.to_owned(),
-            hub.contact_id.clone(),
-        );
-        if self.previous_pending.contains_key(&old_key) {
-            self.batch.delete_pending.push(old_key);
+        // A link that failed in an older state, remembered as pending, is done now.
+        let key = (pair.code.clone(), hub.contact_id.clone());
+        if self.previous.links.contains(&key) {
+            self.batch.delete_pending_links.push(key);
         }
+        self.request_granted(&pair.code, &hub.contact_id);
         if how == NewLink::Operator {
             self.batch.unlinked_pairs.push((
                 pair.code.clone(),
@@ -355,7 +352,9 @@ impl Applier<'_> {
         }
         self.plan.close_conflicts = closed;
         let done = self.plan.done_pending.clone();
-        self.batch.delete_pending.extend(done);
+        self.batch.delete_pending.extend(done.creates);
+        self.batch.delete_refused.extend(done.refused);
+        self.batch.delete_pending_links.extend(done.links);
         // A lost code is off the contact's field once its write landed (R9).
         for (code, contact_id) in &self.plan.codes_removed {
             if !self.contact_write_failed.contains(contact_id) {

@@ -1,37 +1,29 @@
 //! Step 1: requests the plan refused (R17), and links whose contact or account is gone
 //! or that an operator dropped (R12, R13).
 
-use tandem_model::Fields;
-use tandem_state::{LogEntry, PendingCreate};
+use tandem_state::{LogEntry, RefusedRequest};
 
 use super::{Applier, next_failure};
 use crate::plan::{Unlink, UnlinkReason};
 use crate::run::RECHECK;
-use crate::side::Side;
 
 impl Applier<'_> {
     /// Requests refused by the plan fail like writes do: twice the same way parks them.
     pub(super) fn refusals(&mut self) {
         let rejected = std::mem::take(&mut self.plan.rejected);
         for rejection in &rejected {
-            let key = (
-                rejection.code.clone(),
-                Side::Account.as_str().to_owned(),
-                rejection.contact_id.clone(),
-            );
-            let previous = self.previous_pending.get(&key);
+            let key = (rejection.code.clone(), rejection.contact_id.clone());
+            let previous = self.previous.refused.get(&key);
             let (count, parked) = next_failure(
-                previous.and_then(|p| p.error.as_deref()),
+                previous.map(|p| p.error.as_str()),
                 previous.map_or(0, |p| p.failure_count),
                 &rejection.error,
             );
-            self.batch.upsert_pending.push(PendingCreate {
+            self.batch.upsert_refused.push(RefusedRequest {
                 code: rejection.code.clone(),
-                side: Side::Account.as_str().to_owned(),
-                source_id: rejection.contact_id.clone(),
-                fields: Fields::new(),
+                contact_id: rejection.contact_id.clone(),
+                error: rejection.error.clone(),
                 run_id: Some(self.log.run_id),
-                error: Some(rejection.error.clone()),
                 failure_count: count,
                 parked,
                 updated_at: self.log.now,

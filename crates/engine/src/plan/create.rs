@@ -23,7 +23,6 @@ impl<'a> Planner<'a> {
         r: usize,
         unmatched: Vec<String>,
         taken: &crate::IdSet<&str>,
-        pending_for: &BTreeMap<(&str, &str), &PendingCreate>,
     ) {
         let relation = &self.relations.relations[r];
         let asked: BTreeSet<&str> = self
@@ -44,9 +43,11 @@ impl<'a> Planner<'a> {
             let wanted = by_operator
                 || (relation.create_contacts
                     && !held_back
-                    && !pending_for
-                        .get(&("contact", account_id.as_str()))
-                        .is_some_and(|p| p.parked));
+                    && !(self.input.pending).create_parked(
+                        &relation.code,
+                        Side::Contact,
+                        &account_id,
+                    ));
             if taken.contains(account_id.as_str()) {
                 continue;
             }

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use tandem_model::{ContactType, EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
-use tandem_state::{ConflictEntry, Intent, Link, PendingCreate};
+use tandem_state::{ConflictEntry, Intent, Link, LinkedBy, PendingCreate, Side};
+
+use crate::pending::{Pending, PendingDone};
 
 use crate::config::{ConflictPolicy, InitialSide};
 use crate::matching::{Ambiguity, match_records};
@@ -51,8 +53,8 @@ pub struct PlanInput {
     pub link_counts: Vec<u64>,
     /// Open conflicts of the `manual` policy, with their resolutions if any.
     pub conflicts: Vec<ConflictEntry>,
-    /// Creates started by an earlier run and not known to have finished.
-    pub pending: Vec<PendingCreate>,
+    /// Creates, refused requests and links earlier runs left unfinished.
+    pub pending: Pending,
     /// (code, contact, account) pairs an operator unlinked: never linked again by match
     /// rules.
     pub unlinked_pairs: Vec<(String, String, String)>,
@@ -335,10 +337,10 @@ pub struct Plan {
     /// Open conflicts settled this run, as (code, contact id, field).
     #[serde(skip)]
     pub close_conflicts: Vec<(String, String, String)>,
-    /// Pending creates that are done (found again, or no longer wanted), as (code,
-    /// side, source id).
+    /// Pending creates, refused requests and links that are done (found again,
+    /// granted, or no longer wanted).
     #[serde(skip)]
-    pub done_pending: Vec<(String, String, String)>,
+    pub done_pending: PendingDone,
     /// Accounts to look at again next run, by relation: they matched no contact this
     /// run, before contacts this run creates for other relations existed (R4).
     #[serde(skip)]
@@ -372,10 +374,6 @@ impl Plan {
                 .sum::<usize>()
     }
 }
-
-/// The `side` of a pending entry for a link whose first sync failed: its `fields` hold
-/// `account_id`, `by` (`match` or `operator`) and `tier`.
-pub const PENDING_LINK: &str = "link";
 
 /// Whether a contact may hold a relation of `kind` directly (R3): companies may; a
 /// person without a company may be a customer; any other person resolves through its
@@ -519,7 +517,6 @@ impl<'a> Planner<'a> {
         self.finish_counts();
         self.recheck_for_new_contacts();
         // A create found again is also linked now: named once.
-        self.plan.done_pending.sort();
         self.plan.done_pending.dedup();
         self.plan
     }

@@ -31,10 +31,7 @@ impl<'a> Planner<'a> {
             match error {
                 Some(error) if by_operator => self.reject(&code, &contact_id, error),
                 // A retried link that no longer makes sense is dropped; matching decides anew.
-                Some(_) => {
-                    let key = (code, PENDING_LINK.to_owned(), contact_id);
-                    self.plan.done_pending.push(key);
-                }
+                Some(_) => self.plan.done_pending.links.push((code, contact_id)),
                 None => {}
             }
         }
@@ -98,24 +95,18 @@ impl<'a> Planner<'a> {
 }
 
 /// Links whose first sync failed in a run before links were stored with their intent
-/// (pending rows of side `link`), tried again.
+/// (an older state's pending links), tried again.
 fn retried_links(input: &PlanInput) -> impl Iterator<Item = Wanted> + '_ {
-    input
-        .pending
-        .iter()
-        .filter(|p| p.side == PENDING_LINK && !p.parked)
-        .filter_map(|p| {
-            let account = p.fields.text("account_id")?.to_owned();
-            let how = match p.fields.text("by") {
-                Some("operator") => NewLink::Operator,
-                _ => NewLink::Match {
-                    tier: p
-                        .fields
-                        .text("tier")
-                        .and_then(|t| t.parse().ok())
-                        .unwrap_or(0),
-                },
-            };
-            Some((p.code.clone(), p.source_id.clone(), account, how))
-        })
+    input.pending.links.iter().filter(|p| !p.parked).map(|p| {
+        let how = match p.by {
+            LinkedBy::Operator => NewLink::Operator,
+            LinkedBy::Match { tier } => NewLink::Match { tier },
+        };
+        (
+            p.code.clone(),
+            p.contact_id.clone(),
+            p.account_id.clone(),
+            how,
+        )
+    })
 }

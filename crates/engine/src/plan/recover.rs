@@ -13,8 +13,9 @@ impl<'a> Planner<'a> {
         let kind = self.relations.relations[r].kind;
         let wanted: Vec<&'a PendingCreate> = input
             .pending
+            .creates
             .iter()
-            .filter(|p| p.code == code && p.side != PENDING_LINK && !p.parked)
+            .filter(|p| p.code == code && !p.parked)
             .filter(|p| p.error.is_none() && !p.fields.is_empty())
             .collect();
         if wanted.is_empty() {
@@ -34,7 +35,7 @@ impl<'a> Planner<'a> {
         let contacts = SentIndex::new(&pool_contacts, wanted.iter().map(|p| &p.fields));
         let accounts = SentIndex::new(&pool_accounts, wanted.iter().map(|p| &p.fields));
         for p in wanted {
-            let (contact, account) = if p.side == "contact" {
+            let (contact, account) = if p.side == Side::Contact {
                 let Some((a, _)) = self.accounts(r).records.get_key_value(&p.source_id) else {
                     self.source_gone(r, p, &contacts);
                     continue;
@@ -74,9 +75,8 @@ impl<'a> Planner<'a> {
                 .push((r, account, NewLink::Recovered));
             self.starts.insert((r, contact), &p.fields);
             self.plan.counts[r].linked += 1;
-            self.plan
-                .done_pending
-                .push((p.code.clone(), p.side.clone(), p.source_id.clone()));
+            let key = (p.code.clone(), p.side, p.source_id.clone());
+            self.plan.done_pending.creates.push(key);
         }
     }
 }

@@ -3,9 +3,6 @@
 use super::request::already_held;
 use super::*;
 
-/// Pending creates, refused requests and links of one relation, by (side, source id).
-type PendingOf<'a> = BTreeMap<(&'a str, &'a str), &'a PendingCreate>;
-
 /// What matching one relation found.
 struct Matched<'a> {
     contacts: crate::IdSet<&'a str>,
@@ -21,32 +18,24 @@ impl<'a> Planner<'a> {
     pub(super) fn match_and_create(&mut self, r: usize) {
         self.recover(r);
         let code = self.relations.relations[r].code.as_str();
-        let pending: PendingOf<'a> = self
-            .input
-            .pending
-            .iter()
-            .filter(|p| p.code == code)
-            .map(|p| ((p.side.as_str(), p.source_id.as_str()), p))
-            .collect();
+        let pending = &self.input.pending;
         // A contact whose link to an account keeps failing waits for `tandem retry`.
-        let waiting: BTreeSet<&'a str> = pending
-            .keys()
-            .filter(|(side, _)| *side == PENDING_LINK)
-            .map(|(_, contact)| *contact)
+        let waiting: BTreeSet<&'a str> = (self.input.pending.links.iter())
+            .filter(|p| p.code == code)
+            .map(|p| p.contact_id.as_str())
             .collect();
         let matched = self.match_unlinked(r, &waiting);
-        self.drop_done_pending(r, &pending, &matched.accounts);
-        let requests = self.requests(r, &pending, &waiting);
-        let parked = |holder: &str| pending.get(&("account", holder)).is_some_and(|p| p.parked);
+        self.drop_done_pending(r, &matched.accounts);
+        let requests = self.requests(r, &waiting);
         let to_create: Vec<(&'a str, Option<&'a str>)> = requests
             .into_iter()
             .filter(|(holder, _)| {
                 !matched.contacts.contains(holder)
                     && !matched.ambiguous.contains(*holder)
-                    && !parked(holder)
+                    && !pending.request_parked(code, holder)
             })
             .collect();
-        self.create_contacts(r, matched.unmatched_accounts, &matched.accounts, &pending);
+        self.create_contacts(r, matched.unmatched_accounts, &matched.accounts);
         for (holder, requested_by) in to_create {
             self.create_account(r, holder, requested_by);
         }
@@ -125,24 +114,35 @@ impl<'a> Planner<'a> {
     /// Pending creates that are done: their source holds the relation now, or was
     /// deleted. A source not read this run (an unchanged file that was skipped) still
     /// wants its create.
-    fn drop_done_pending(&mut self, r: usize, pending: &PendingOf<'a>, taken: &crate::IdSet<&str>) {
-        for p in pending.values().filter(|p| p.side != PENDING_LINK) {
+    fn drop_done_pending(&mut self, r: usize, taken: &crate::IdSet<&str>) {
+        let input = self.input;
+        let code = self.relations.relations[r].code.as_str();
+        for p in input.pending.creates.iter().filter(|p| p.code == code) {
             let source = p.source_id.as_str();
-            let (done, source_deleted) = match p.side.as_str() {
-                "contact" => (
-                    self.linked_accounts[r].contains(source) || taken.contains(source),
-                    self.accounts(r).deleted.contains(source),
-                ),
-                _ => (
-                    self.is_linked(r, source),
-                    self.input.deleted_contacts.contains(source),
-                ),
+            let done = match p.side {
+                Side::Contact => {
+                    self.linked_accounts[r].contains(source)
+                        || taken.contains(source)
+                        || self.accounts(r).deleted.contains(source)
+                }
+                Side::Account => self.contact_is_done(r, source),
             };
-            if done || source_deleted {
-                let key = (p.code.clone(), p.side.clone(), p.source_id.clone());
-                self.plan.done_pending.push(key);
+            if done {
+                let key = (p.code.clone(), p.side, p.source_id.clone());
+                self.plan.done_pending.creates.push(key);
             }
         }
+        for p in input.pending.refused.iter().filter(|p| p.code == code) {
+            if self.contact_is_done(r, &p.contact_id) {
+                let key = (p.code.clone(), p.contact_id.clone());
+                self.plan.done_pending.refused.push(key);
+            }
+        }
+    }
+
+    /// A contact's request is done when it holds the relation or was deleted.
+    fn contact_is_done(&self, r: usize, contact: &str) -> bool {
+        self.is_linked(r, contact) || self.input.deleted_contacts.contains(contact)
     }
 
     /// R5: contacts that ask for this relation, by their business_relations field or by
@@ -151,7 +151,6 @@ impl<'a> Planner<'a> {
     fn requests(
         &mut self,
         r: usize,
-        pending: &PendingOf<'a>,
         waiting: &BTreeSet<&'a str>,
     ) -> BTreeMap<&'a str, Option<&'a str>> {
         let input = self.input;
@@ -170,9 +169,7 @@ impl<'a> Planner<'a> {
             let listed = lists_code(contact, code) && !lost.is_some_and(|l| l.contains(code));
             // Refused twice the same way: left alone until `tandem retry` (R17); a link
             // waiting to be retried is not a request for a new account.
-            let parked = pending
-                .get(&("account", contact.id.as_str()))
-                .is_some_and(|p| p.parked);
+            let parked = input.pending.request_parked(code, &contact.id);
             let recovering = self.recovery_waiting.contains(&(r, contact.id.as_str()));
             if !(by_operator || listed)
                 || parked

@@ -3,11 +3,12 @@
 use std::collections::{BTreeSet, HashSet};
 
 use tandem_connector::Connector;
-use tandem_state::StateStore;
+use tandem_state::{Side, StateStore};
 use tracing::info;
 
 use super::{ScopeRead, read_error, record_hash};
 use crate::error::EngineError;
+use crate::pending::Pending;
 use crate::plan::Directives;
 use crate::relation::Relations;
 
@@ -30,7 +31,7 @@ impl Needed {
         relations: &Relations,
         directives: &Directives,
         state: &dyn StateStore,
-        pending: &[tandem_state::PendingCreate],
+        pending: &Pending,
     ) -> Result<Needed, EngineError> {
         let mut needed = Needed {
             accounts: vec![HashSet::new(); relations.relations.len()],
@@ -63,7 +64,8 @@ impl Needed {
             .extend(links.iter().map(|l| l.contact_id.clone()));
         // The account a create started from: gone if a complete read lacks it (no hash
         // of it may be stored yet).
-        for p in pending.iter().filter(|p| !p.parked && p.side == "contact") {
+        let creates = pending.creates.iter().filter(|p| !p.parked);
+        for p in creates.clone().filter(|p| p.side == Side::Contact) {
             if let Some(r) = relations.index_of(&p.code) {
                 needed.linked_accounts[r].insert(p.source_id.clone());
             }
@@ -71,16 +73,11 @@ impl Needed {
         // A contact still to lose a code (R9) is read until the write lands.
         let losing = state.codes_lost()?.into_iter().map(|(_, contact)| contact);
         needed.contacts.extend(losing);
-        for p in pending.iter().filter(|p| !p.parked) {
-            match p.side.as_str() {
-                "contact" => account(&p.code, &p.source_id),
-                crate::plan::PENDING_LINK => {
-                    if let Some(a) = p.fields.text("account_id") {
-                        account(&p.code, a);
-                    }
-                }
-                _ => {}
-            }
+        for p in creates.clone().filter(|p| p.side == Side::Contact) {
+            account(&p.code, &p.source_id);
+        }
+        for p in pending.links.iter().filter(|p| !p.parked) {
+            account(&p.code, &p.account_id);
         }
         needed.contacts.extend(
             (directives.link.iter().map(|(_, c, _)| c))
@@ -88,10 +85,23 @@ impl Needed {
                 .chain(directives.unlink.iter().map(|(_, c)| c))
                 .chain(links.iter().map(|l| &l.contact_id))
                 .chain(
-                    pending
-                        .iter()
-                        .filter(|p| !p.parked && p.side != "contact")
+                    creates
+                        .filter(|p| p.side == Side::Account)
                         .map(|p| &p.source_id),
+                )
+                .chain(
+                    pending
+                        .refused
+                        .iter()
+                        .filter(|p| !p.parked)
+                        .map(|p| &p.contact_id),
+                )
+                .chain(
+                    pending
+                        .links
+                        .iter()
+                        .filter(|p| !p.parked)
+                        .map(|p| &p.contact_id),
                 )
                 .cloned(),
         );

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use tandem_connector::Connector;
 use tandem_model::EntityKind;
-use tandem_state::{Link, PendingCreate, StateStore};
+use tandem_state::{Link, StateStore};
+
+use crate::pending::Pending;
 
 use super::{ScopeRead, add_in_play, read_more};
 use crate::error::EngineError;
@@ -46,7 +48,7 @@ pub(crate) enum Wake {
 pub(crate) fn wakes(
     relations: &Relations,
     directives: &Directives,
-    pending: &[PendingCreate],
+    pending: &Pending,
     read: &FirstPass<'_>,
 ) -> Vec<Wake> {
     relations
@@ -59,7 +61,7 @@ pub(crate) fn wakes(
                 || directives.create.iter().any(|(c, _)| c == code)
                 || directives.unlink.iter().any(|(c, _)| c == code)
                 || directives.create_contact.iter().any(|(c, _)| c == code);
-            let pending_here = pending.iter().any(|p| p.code == code && !p.parked);
+            let pending_here = pending.active_in(code);
             let accounts = account_side_wakes(code, &read.accounts[r], read.account_links);
             let contacts = contact_side_wakes(relation, read.contacts, read.contact_links);
             if by_operator || pending_here {

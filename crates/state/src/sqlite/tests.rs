@@ -692,7 +692,7 @@ fn conflict(code: &str, contact: &str, field: &str, ours: &str, theirs: &str) ->
 fn pending(code: &str, side: &str, source: &str) -> PendingCreate {
     PendingCreate {
         code: code.to_owned(),
-        side: side.to_owned(),
+        side: Side::parse(side).unwrap(),
         source_id: source.to_owned(),
         fields: Fields::new()
             .with("name", format!("Name of {source}").as_str())
@@ -984,8 +984,8 @@ fn pending_creates_are_upserted_and_deleted() {
         StateBatch {
             upsert_pending: vec![failed.clone()],
             delete_pending: vec![
-                ("CUST".into(), "account".into(), "C1".into()),
-                ("CUST".into(), "account".into(), "missing".into()),
+                ("CUST".into(), Side::Account, "C1".into()),
+                ("CUST".into(), Side::Account, "missing".into()),
             ],
             ..StateBatch::default()
         },
@@ -1281,4 +1281,141 @@ fn r4_pairs_unlinked_by_hand_are_remembered_until_linked_again() {
     state.commit(batch).unwrap();
     assert!(state.unlinked_pairs("CUST").unwrap().is_empty());
     assert_eq!(state.unlinked_pairs("VEND").unwrap().len(), 1);
+}
+
+fn refused_request(code: &str, contact: &str, error: &str) -> RefusedRequest {
+    RefusedRequest {
+        code: code.to_owned(),
+        contact_id: contact.to_owned(),
+        error: error.to_owned(),
+        run_id: Some(4),
+        failure_count: 1,
+        parked: false,
+        updated_at: Timestamp(1_700_000_005_000),
+    }
+}
+
+#[test]
+fn r17_refused_requests_round_trip_apart_from_creates() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let mut parked = refused_request("VEND", "C2", "contact C1 already has a VEND link");
+    parked.failure_count = 2;
+    parked.parked = true;
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_refused: vec![
+                refused_request("CUST", "C1", "company ambiguous"),
+                parked.clone(),
+            ],
+            upsert_pending: vec![pending("CUST", "account", "C1")],
+            ..StateBatch::default()
+        },
+    );
+    drop(state);
+    let mut state = open(&path);
+    assert_eq!(
+        state.refused_requests().unwrap(),
+        vec![
+            refused_request("CUST", "C1", "company ambiguous"),
+            parked.clone()
+        ]
+    );
+    assert_eq!(
+        state.pending_creates().unwrap().len(),
+        1,
+        "a create of the same contact stays apart"
+    );
+    commit(
+        &mut state,
+        StateBatch {
+            delete_refused: vec![("CUST".into(), "C1".into())],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.refused_requests().unwrap(), vec![parked]);
+    assert_eq!(state.pending_creates().unwrap().len(), 1);
+}
+
+#[test]
+fn migration_6_splits_pending_rows_into_creates_refusals_and_links() {
+    let (_dir, path) = temp();
+    {
+        // A state of migration 5: refused requests are `account` rows with no fields,
+        // failed new links are `link` rows whose fields name the account.
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        let insert = |side: &str, source: &str, fields: &str, error: Option<&str>, parked: bool| {
+            conn.execute(
+                "INSERT INTO pending_creates (code, side, source_id, fields, run_id, error, \
+                 failure_count, parked, updated_at) VALUES ('CUST', ?1, ?2, ?3, 7, ?4, 2, ?5, 1700000000000)",
+                params![side, source, fields, error, parked],
+            )
+            .unwrap();
+        };
+        insert("contact", "K1", r#"{"name":"Acme"}"#, None, false);
+        insert(
+            "account",
+            "C1",
+            r#"{"name":"Beta"}"#,
+            Some("timeout"),
+            false,
+        );
+        insert("account", "C2", "{}", Some("company ambiguous"), true);
+        insert(
+            "link",
+            "C3",
+            r#"{"account_id":"K3","by":"match","tier":"2"}"#,
+            Some("503"),
+            false,
+        );
+        insert(
+            "link",
+            "C4",
+            r#"{"account_id":"K4","by":"operator"}"#,
+            None,
+            true,
+        );
+    }
+    let state = open(&path);
+    let creates: Vec<(Side, String)> = state
+        .pending_creates()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.side, p.source_id))
+        .collect();
+    assert_eq!(
+        creates,
+        vec![
+            (Side::Account, "C1".to_owned()),
+            (Side::Contact, "K1".to_owned())
+        ]
+    );
+    let refused = state.refused_requests().unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (
+            refused[0].contact_id.as_str(),
+            refused[0].error.as_str(),
+            refused[0].parked
+        ),
+        ("C2", "company ambiguous", true)
+    );
+    let links: Vec<(String, String, LinkedBy, bool)> = state
+        .pending_links()
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.contact_id, l.account_id, l.by, l.parked))
+        .collect();
+    assert_eq!(
+        links,
+        vec![
+            ("C3".into(), "K3".into(), LinkedBy::Match { tier: 2 }, false),
+            ("C4".into(), "K4".into(), LinkedBy::Operator, true),
+        ]
+    );
 }
