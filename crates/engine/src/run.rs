@@ -219,6 +219,13 @@ impl<'a> Engine<'a> {
         directives: Directives,
     ) -> Result<RunReport, EngineError> {
         let operator = !directives.is_empty();
+        let taken_up = self.state.unpack_intents()?;
+        if taken_up > 0 {
+            info!(
+                links = taken_up,
+                "taking up the intents of a run cut short (R18)"
+            );
+        }
         let prepared = self.prepare(directives).await?;
         if operator
             && let Some(rejection) = prepared

@@ -207,6 +207,13 @@ pub struct ConflictEntry {
     pub closed_at: Option<Timestamp>,
 }
 
+/// Links a run is about to write, with their intents (R18), stored together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntentBatch {
+    pub run_id: i64,
+    pub links: Vec<Link>,
+}
+
 /// State changes that belong together; applied in one transaction.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct StateBatch {
@@ -240,6 +247,13 @@ pub struct StateBatch {
     pub delete_refused: Vec<(String, String)>,
     /// (code, contact_id): links of an older state whose first sync is done.
     pub delete_pending_links: Vec<(String, String)>,
+    /// Links with the intent a run is about to carry out (R18), stored as one record per
+    /// batch: far cheaper than a row each, for a first sync that writes every pair. The
+    /// next run makes them link rows ([`StateStore::unpack_intents`]) unless the run
+    /// that stored them clears them once its links are stored.
+    pub intent_batches: Vec<IntentBatch>,
+    /// Runs whose intent batches are done with: their links are stored.
+    pub clear_intent_batches: Vec<i64>,
     /// Person contact -> its company contact (R3, R10); `None` forgets the contact.
     pub set_companies: Vec<(String, Option<String>)>,
     /// (code, contact, account, unlinked): a pair an operator unlinked (`true`), which
@@ -271,6 +285,8 @@ impl StateBatch {
             && self.upsert_refused.is_empty()
             && self.delete_refused.is_empty()
             && self.delete_pending_links.is_empty()
+            && self.intent_batches.is_empty()
+            && self.clear_intent_batches.is_empty()
             && self.set_companies.is_empty()
             && self.unlinked_pairs.is_empty()
             && self.contact_deleted.is_empty()
@@ -389,6 +405,12 @@ pub trait StateStore: Send {
 
     /// Applies `batch` in one transaction.
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError>;
+
+    /// Makes the links of every stored intent batch link rows with their intents, in
+    /// one transaction, and forgets the batches: what a run cut short left (R18). A link
+    /// whose account another contact holds now is left out (R2). Returns how many
+    /// links were taken up.
+    fn unpack_intents(&mut self) -> Result<u64, StateError>;
 
     fn begin_run(&mut self, mode: &str) -> Result<i64, StateError>;
     fn finish_run(

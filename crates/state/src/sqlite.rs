@@ -18,8 +18,8 @@ use tandem_model::Timestamp;
 use tandem_model::Value;
 
 use crate::{
-    ConflictEntry, Interaction, Link, LinkedBy, PendingCreate, PendingLink, RefusedRequest,
-    RunRecord, Scope, Side, StateBatch, StateError, StateStore,
+    ConflictEntry, IntentBatch, Interaction, Link, LinkedBy, PendingCreate, PendingLink,
+    RefusedRequest, RunRecord, Scope, Side, StateBatch, StateError, StateStore,
 };
 
 /// Schema migrations in order: step `i` takes a state from `PRAGMA user_version` `i`
@@ -31,7 +31,18 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_4_FINGERPRINTS,
     MIGRATION_5_INTENTS,
     MIGRATION_6_PENDING_SPLIT,
+    MIGRATION_7_INTENT_BATCHES,
 ];
+
+/// Intents stored one record per batch of links (R18): a first sync that writes a
+/// million pairs stores 50 records before its writes, not a million rows twice.
+const MIGRATION_7_INTENT_BATCHES: &str = "
+CREATE TABLE intent_batches (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    links  TEXT NOT NULL
+) STRICT;
+";
 
 /// Pending creates, refused requests and pending links each get their own table: they
 /// shared `pending_creates`, told apart by `side = 'link'` and by empty `fields`.
@@ -527,7 +538,10 @@ impl StateStore for SqliteState {
             .map_err(sql_error(READING_LINKS))?;
         let mut out = Vec::new();
         query_links(&mut stmt, params_from_iter(code), &mut out)?;
-        Ok(out)
+        let in_flight = intent_batch_links(&self.conn)?;
+        Ok(overlay(out, in_flight, |l| {
+            code.is_none_or(|c| l.code == c)
+        }))
     }
 
     fn linked_ids(&self, code: &str) -> Result<(HashSet<String>, HashSet<String>), StateError> {
@@ -579,7 +593,8 @@ impl StateStore for SqliteState {
             .map_err(sql_error(READING_LINKS))?;
         let mut out = Vec::new();
         query_links(&mut stmt, [], &mut out)?;
-        Ok(out)
+        let in_flight = intent_batch_links(&self.conn)?;
+        Ok(overlay(out, in_flight, |_| true))
     }
 
     fn interactions(&self, contact_id: &str, limit: usize) -> Result<Vec<Interaction>, StateError> {
@@ -969,12 +984,35 @@ impl StateStore for SqliteState {
         upsert_refused(&tx, &batch.upsert_refused)?;
         delete_by_code_and_contact(&tx, "refused_requests", &batch.delete_refused)?;
         delete_by_code_and_contact(&tx, "pending_links", &batch.delete_pending_links)?;
+        store_intent_batches(&tx, &batch.intent_batches, &batch.clear_intent_batches)?;
         set_companies(&tx, &batch.set_companies)?;
         set_unlinked_pairs(&tx, &batch.unlinked_pairs)?;
         set_contact_deleted(&tx, &batch.contact_deleted)?;
         set_codes_lost(&tx, &batch.codes_lost)?;
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().map_err(sql_error("committing a batch"))
+    }
+
+    fn unpack_intents(&mut self) -> Result<u64, StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error("starting a transaction"))?;
+        let links = intent_batch_links(&tx)?;
+        let mut unpacked = 0;
+        for link in &links {
+            match upsert_links(&tx, std::slice::from_ref(link)) {
+                Ok(()) => unpacked += 1,
+                // Another contact holds the account now: that link is the newer one.
+                Err(StateError::AccountTaken { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tx.execute("DELETE FROM intent_batches", [])
+            .map_err(sql_error("forgetting intents taken up"))?;
+        tx.commit()
+            .map_err(sql_error("committing intents taken up"))?;
+        Ok(unpacked)
     }
 
     /// Also marks every earlier run still `running` as `interrupted`: its process died
@@ -1339,6 +1377,66 @@ fn delete_links(conn: &Connection, keys: &[(String, String)]) -> Result<(), Stat
             .map_err(sql_error(ACTION))?;
     }
     Ok(())
+}
+
+fn store_intent_batches(
+    conn: &Connection,
+    batches: &[IntentBatch],
+    cleared: &[i64],
+) -> Result<(), StateError> {
+    const ACTION: &str = "storing intents";
+    for batch in batches {
+        let links = serde_json::to_string(&batch.links).map_err(|e| StateError::Corrupt {
+            what: format!("intents of run {}", batch.run_id),
+            message: e.to_string(),
+        })?;
+        conn.prepare_cached("INSERT INTO intent_batches (run_id, links) VALUES (?1, ?2)")
+            .and_then(|mut stmt| stmt.execute(params![batch.run_id, links]))
+            .map_err(sql_error(ACTION))?;
+    }
+    for run_id in cleared {
+        conn.prepare_cached("DELETE FROM intent_batches WHERE run_id = ?1")
+            .and_then(|mut stmt| stmt.execute([run_id]))
+            .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+/// `stored` links with the `in_flight` links of intent batches that `keep` accepts in
+/// place of the stored link of the same (code, contact): what the links are once the
+/// next run takes the batches up. Ordered by code and contact id.
+fn overlay(stored: Vec<Link>, in_flight: Vec<Link>, keep: impl Fn(&Link) -> bool) -> Vec<Link> {
+    if in_flight.is_empty() {
+        return stored;
+    }
+    let mut by_key: std::collections::BTreeMap<(String, String), Link> = stored
+        .into_iter()
+        .map(|l| ((l.code.clone(), l.contact_id.clone()), l))
+        .collect();
+    for link in in_flight.into_iter().filter(|l| keep(l)) {
+        by_key.insert((link.code.clone(), link.contact_id.clone()), link);
+    }
+    by_key.into_values().collect()
+}
+
+/// The links of every stored intent batch, oldest first.
+fn intent_batch_links(conn: &Connection) -> Result<Vec<Link>, StateError> {
+    const ACTION: &str = "reading intents";
+    let mut stmt = conn
+        .prepare_cached("SELECT run_id, links FROM intent_batches ORDER BY id")
+        .map_err(sql_error(ACTION))?;
+    let mut rows = stmt.query([]).map_err(sql_error(ACTION))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+        let run_id: i64 = get(row, 0, ACTION)?;
+        let text: String = get(row, 1, ACTION)?;
+        let links: Vec<Link> = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            what: format!("intents of run {run_id}"),
+            message: e.to_string(),
+        })?;
+        out.extend(links);
+    }
+    Ok(out)
 }
 
 fn upsert_links(conn: &Connection, links: &[Link]) -> Result<(), StateError> {

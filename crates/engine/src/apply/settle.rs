@@ -48,6 +48,8 @@ impl Applier<'_> {
                 committer.send_full(&mut self.batch)?;
             }
             self.close_conflicts();
+            // Every link this run wrote to is stored now: its intents are done with.
+            self.batch.clear_intent_batches.push(self.log.run_id);
             committer.send(std::mem::take(&mut self.batch))
         });
         self.plan.hubs = hubs;

@@ -3,7 +3,7 @@
 
 use tandem_connector::{Changes, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Timestamp};
-use tandem_state::{Link, StateBatch, StateStore};
+use tandem_state::{IntentBatch, Link, StateBatch, StateStore};
 
 use super::{Applier, COMMIT_EVERY, commit_behind, write_all};
 use crate::failpoint;
@@ -54,7 +54,7 @@ impl Applier<'_> {
         &mut self,
         state: &mut dyn StateStore,
     ) -> Result<Outcomes, EngineError> {
-        commit_intents(state, &self.plan, self.relations, self.log.now)?;
+        commit_intents(state, &self.plan, self.relations, &self.log)?;
         failpoint::hit("after_intent_commit");
         let mut outcomes = Outcomes::new(&self.plan);
         self.write_contacts(&mut outcomes).await;
@@ -160,32 +160,46 @@ pub(super) fn link_of(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> Link {
 }
 
 /// R18: before any update is sent, every pair that will be written is stored with the
-/// baseline the writes will leave and what each side held before. A run cut short
-/// leaves these rows; the next one reads both records and finishes the writes, or
-/// merges an edit made meanwhile against that baseline.
+/// baseline the writes will leave and what each side held before, as one intent batch
+/// per [`COMMIT_EVERY`] pairs. A run cut short leaves these batches; the next one makes
+/// them link rows, reads both records and finishes the writes, or merges an edit made
+/// meanwhile against that baseline. This run clears them once its links are stored.
 fn commit_intents(
     state: &mut dyn StateStore,
     plan: &Plan,
     relations: &Relations,
-    now: Timestamp,
+    log: &super::Log,
 ) -> Result<(), EngineError> {
     commit_behind(state, |committer| {
-        let mut batch = StateBatch::default();
+        let mut links = Vec::new();
+        let send = |links: Vec<Link>| {
+            let batch = IntentBatch {
+                run_id: log.run_id,
+                links,
+            };
+            committer.send(StateBatch {
+                intent_batches: vec![batch],
+                ..StateBatch::default()
+            })
+        };
         for hub in &plan.hubs {
             for pair in &hub.pairs {
                 let relation = &relations.relations[pair.relation];
                 if let Some(intent) = pair.intent(hub, relation) {
                     let intent = Some(intent);
-                    batch.upsert_links.push(Link {
+                    links.push(Link {
                         intent,
-                        ..link_of(hub, pair, now)
+                        ..link_of(hub, pair, log.now)
                     });
                 }
             }
-            if batch.upsert_links.len() >= COMMIT_EVERY {
-                committer.send(std::mem::take(&mut batch))?;
+            if links.len() >= COMMIT_EVERY {
+                send(std::mem::take(&mut links))?;
             }
         }
-        committer.send(batch)
+        if links.is_empty() {
+            return Ok(());
+        }
+        send(links)
     })
 }

@@ -1419,3 +1419,92 @@ fn migration_6_splits_pending_rows_into_creates_refusals_and_links() {
         ]
     );
 }
+
+fn with_intent(mut link: Link) -> Link {
+    link.intent = Some(tandem_state_intent());
+    link
+}
+
+fn tandem_state_intent() -> crate::Intent {
+    crate::Intent {
+        contact: vec![("phone".into(), Value::text("old"))],
+        account: Vec::new(),
+    }
+}
+
+#[test]
+fn r18_intent_batches_are_links_until_cleared_and_taken_up_by_the_next_run() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
+    let mut rewritten = with_intent(link("CUST", "C1", "K1"));
+    rewritten.baseline = Fields::new().with("name", "New name");
+    let batch = |links| IntentBatch { run_id: 7, links };
+    commit(
+        &mut state,
+        StateBatch {
+            intent_batches: vec![
+                batch(vec![rewritten.clone()]),
+                batch(vec![with_intent(link("CUST", "C2", "K2"))]),
+            ],
+            ..StateBatch::default()
+        },
+    );
+    // Read as the links they will be: what `tandem links` and the next run see.
+    let expected = vec![rewritten.clone(), with_intent(link("CUST", "C2", "K2"))];
+    assert_eq!(state.links(None).unwrap(), expected);
+    assert_eq!(state.links_with_intent().unwrap(), expected);
+    assert!(state.links(Some("VEND")).unwrap().is_empty());
+
+    // Cut short: the next run takes them up as link rows.
+    drop(state);
+    let mut state = open(&path);
+    assert_eq!(state.unpack_intents().unwrap(), 2);
+    assert_eq!(state.unpack_intents().unwrap(), 0, "taken up once");
+    assert_eq!(state.links(None).unwrap(), expected);
+    assert_eq!(state.count_links("CUST").unwrap(), 2);
+
+    // A run that finishes clears its batches: the stored links stand.
+    commit(
+        &mut state,
+        StateBatch {
+            intent_batches: vec![batch(vec![with_intent(link("CUST", "C3", "K3"))])],
+            ..StateBatch::default()
+        },
+    );
+    commit(
+        &mut state,
+        StateBatch {
+            upsert_links: vec![link("CUST", "C3", "K3")],
+            clear_intent_batches: vec![7],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.unpack_intents().unwrap(), 0);
+    assert_eq!(
+        state.links(Some("CUST")).unwrap()[2],
+        link("CUST", "C3", "K3")
+    );
+}
+
+#[test]
+fn r2_an_intent_whose_account_was_taken_since_is_left_out() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    commit(
+        &mut state,
+        StateBatch {
+            intent_batches: vec![IntentBatch {
+                run_id: 3,
+                links: vec![with_intent(link("CUST", "C1", "K1"))],
+            }],
+            ..StateBatch::default()
+        },
+    );
+    upsert(&mut state, vec![link("CUST", "C2", "K1")]).unwrap();
+    assert_eq!(state.unpack_intents().unwrap(), 0);
+    let links: Vec<(String, String)> = (state.links(None).unwrap().into_iter())
+        .map(|l| (l.contact_id, l.account_id))
+        .collect();
+    assert_eq!(links, vec![("C2".to_owned(), "K1".to_owned())]);
+}
