@@ -24,7 +24,7 @@ pub(crate) fn replace(
     let original = match fs::metadata(&target) {
         Ok(meta) => Some(meta),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(FileError::write(&target, e).into()),
+        Err(e) => return Err(FileError::write(path, &target, e).into()),
     };
     let result = temp_beside(&target, original.as_ref()).and_then(|mut tmp| {
         write(tmp.as_file_mut())?;
@@ -35,7 +35,7 @@ pub(crate) fn replace(
         // On failure the temporary file is dropped, which removes it.
         tmp.persist(&target).map(drop).map_err(|e| e.error)
     });
-    result.map_err(|e| FileError::write(&target, e))?;
+    result.map_err(|e| FileError::write(path, &target, e))?;
     sync_folder(folder(&target));
     Ok(())
 }

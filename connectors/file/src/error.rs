@@ -36,12 +36,17 @@ pub(crate) enum FileError {
         path.display()
     )]
     Read { path: PathBuf, source: io::Error },
+    /// `target` is the file a write replaces: `path`, or the file `path` links to.
     #[error(
-        "cannot write {}: {source}; the file was left as it was; check that Tandem may create \
-         files in {} and that the disk has room, then run again",
-        path.display(), folder(path).display()
+        "cannot write {}{}: {source}; the file was left as it was; check that Tandem may \
+         create files in {} and that the disk has room, then run again",
+        path.display(), link_text(path, target), folder(target).display()
     )]
-    Write { path: PathBuf, source: io::Error },
+    Write {
+        path: PathBuf,
+        target: PathBuf,
+        source: io::Error,
+    },
 }
 
 impl FileError {
@@ -52,11 +57,23 @@ impl FileError {
         }
     }
 
-    pub(crate) fn write(path: &Path, source: io::Error) -> FileError {
+    /// An error writing `path`, which replaces the file `target` (`path` itself or the
+    /// file it links to).
+    pub(crate) fn write(path: &Path, target: &Path, source: io::Error) -> FileError {
         FileError::Write {
             path: path.to_owned(),
+            target: target.to_owned(),
             source,
         }
+    }
+}
+
+/// ` (a link to <target>)` when a write goes through a link.
+fn link_text(path: &Path, target: &Path) -> String {
+    if path == target {
+        String::new()
+    } else {
+        format!(" (a link to {})", target.display())
     }
 }
 

@@ -28,9 +28,9 @@ pub(crate) fn target(path: &Path) -> Result<PathBuf, FileError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
-                dangling(path).unwrap_or_else(|| FileError::write(path, e))
+                dangling(path).unwrap_or_else(|| FileError::write(path, path, e))
             } else {
-                FileError::write(path, e)
+                FileError::write(path, path, e)
             }
         }),
         _ => Ok(path.to_owned()),

@@ -118,6 +118,44 @@ async fn a_dangling_symlink_is_an_error_that_says_what_to_do() {
     }
 }
 
+/// A write that fails leaves the file as it was and names the link, the file it points
+/// to and what to check. (The temporary file's name is longer than the target's, so a
+/// target name near the limit of the file system makes the write fail, even as root.)
+#[cfg(unix)]
+#[tokio::test]
+async fn a_failed_write_through_a_link_names_both_and_leaves_the_file() {
+    let dir = folder();
+    let long = format!("vendors.csv.{}", "x".repeat(240));
+    let target = dir.path().join(&long);
+    fs::write(&target, "id,name\nV1,Acme\n").unwrap();
+    let link = dir.path().join("vendors.csv");
+    std::os::unix::fs::symlink(&long, &link).unwrap();
+    let c = csv_in(&dir);
+    assert_eq!(read(&c, EntityKind::Vendor).await.len(), 1);
+
+    let err = c
+        .write(EntityKind::Vendor, vec![create("Bolt")])
+        .await
+        .unwrap_err()
+        .to_string();
+    let expected = format!(
+        "cannot write {} (a link to {}): ",
+        link.display(),
+        target.display()
+    );
+    assert!(err.starts_with(&expected), "{err}");
+    assert!(
+        err.ends_with(&format!(
+            "; the file was left as it was; check that Tandem may create files in {} and \
+             that the disk has room, then run again",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), "id,name\nV1,Acme\n");
+    assert_eq!(names(dir.path()), vec!["vendors.csv".to_owned(), long]);
+}
+
 #[cfg(unix)]
 fn is_root(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
