@@ -2,7 +2,7 @@
 //! and the new file is the old one's equal: same place (through symbolic links), same
 //! mode, same owner and group.
 
-use std::fs::{self, File, Metadata};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
 use std::path::Path;
 
@@ -40,24 +40,31 @@ pub(crate) fn replace(
     Ok(())
 }
 
-/// A new file with a random name in the folder of `target`, created exclusively: an
-/// existing file or link of that name is never opened, followed or truncated. Hidden
-/// and ending in `.tmp`, so nobody takes it for a data file.
+/// A new file with a random name in the folder of `target`, created exclusively
+/// (`create_new`, O_EXCL): an existing file or link of that name is never opened,
+/// followed or truncated. Hidden and ending in `.tmp`, so nobody takes it for a data
+/// file. Its errors do not carry its random name, so that the same failure reads the
+/// same on every run (R17 parks a record after the same error twice).
 fn temp_beside(target: &Path, original: Option<&Metadata>) -> io::Result<NamedTempFile> {
     let name = target.file_name().unwrap_or_default().to_string_lossy();
     let prefix = format!(".{name}.");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
-    // A new data file gets the mode any new file gets (0666 less the umask). A
-    // replacement stays private to its owner (0600) until it takes the old mode.
-    #[cfg(unix)]
-    if original.is_none() {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(fs::Permissions::from_mode(0o666));
-    }
-    #[cfg(not(unix))]
-    let _ = original;
-    builder.tempfile_in(folder(target))
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .make_in(folder(target), |path| {
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            // A new data file gets the mode any new file gets (0666 less the umask). A
+            // replacement stays private to its owner (0600) until it takes the old mode.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(if original.is_some() { 0o600 } else { 0o666 });
+            }
+            #[cfg(not(unix))]
+            let _ = original;
+            options.open(path)
+        })
 }
 
 /// Gives `file` the owner, group and mode of `original`. The owner first: changing
