@@ -3,6 +3,7 @@
 //! path. And errors on data files that say what is wrong, where and what to do.
 
 use std::fs;
+#[cfg(unix)]
 use std::path::Path;
 
 use tandem_connector::{Connector, ConnectorError, WriteOp};
@@ -20,6 +21,7 @@ fn create(name: &str) -> WriteOp {
 }
 
 /// The names in a folder, sorted.
+#[cfg(unix)]
 fn names(folder: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(folder)
         .unwrap()
@@ -30,6 +32,7 @@ fn names(folder: &Path) -> Vec<String> {
 }
 
 /// A row with `id` and `name`, as a CSV line or a JSON Lines line.
+#[cfg(unix)]
 fn one_row(format: Format, id: &str, name: &str) -> String {
     match format {
         Format::Csv => format!("{id},{name}"),
@@ -38,6 +41,7 @@ fn one_row(format: Format, id: &str, name: &str) -> String {
 }
 
 /// What comes before the rows: the CSV header row.
+#[cfg(unix)]
 fn header(format: Format) -> &'static str {
     match format {
         Format::Csv => "id,name\n",
