@@ -4,7 +4,9 @@
 //! Config: `type = "file"`, settings `{"path": "<folder>", "format": "csv" | "jsonl"}`.
 //!
 //! Every read is a full listing. Every write re-reads the file, applies the operations
-//! and replaces the file atomically. A fingerprint (length and hash of the file's bytes)
+//! and replaces the file atomically, keeping what the file was: a symbolic link stays a
+//! link (its target is replaced), and mode, owner, group, line ends and byte order mark
+//! stay as found. A fingerprint (length and hash of the file's bytes)
 //! lets the engine skip reading a file that did not change since the last run. Columns (CSV) and keys (JSON Lines) that are not
 //! fields of the kind are never exposed but are kept on every rewrite. A record's
 //! version is a hash of its whole row, so any edit to the file changes it.
