@@ -38,8 +38,8 @@ pub(crate) trait Table {
 }
 
 /// How a text file is laid out byte for byte, kept on every rewrite: Excel writes a
-/// byte order mark and Windows tools end lines with CR LF, and a file that changes
-/// style on every sync shows every line as changed to the tools that read it.
+/// byte order mark and Windows programs end lines with CR LF, and a file that changes
+/// style on every sync shows every line as changed to the programs that read it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct TextStyle {
     /// Whether the file starts with a UTF-8 byte order mark.

@@ -251,7 +251,7 @@ async fn a_planted_symlink_at_the_old_temporary_name_is_not_followed_or_touched(
     }
 }
 
-/// A rewrite of a file is not a rewrite of its line ends: tools that compare files line
+/// A rewrite of a file is not a rewrite of its line ends: programs that compare files line
 /// by line (and version control) would see every line as changed.
 #[tokio::test]
 async fn crlf_line_ends_are_kept_in_csv() {
