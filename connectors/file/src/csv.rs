@@ -1,17 +1,17 @@
 //! CSV files: a header row naming `id` and the columns, one record per row.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, Read, Seek, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 
-use csv::{ErrorKind, ReaderBuilder, StringRecord, WriterBuilder};
+use csv::{ErrorKind, ReaderBuilder, StringRecord, Terminator, WriterBuilder};
 use tandem_connector::{Changes, ConnectorError};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
 
-use crate::table::{self, Table, io_error, line_error, version_of};
+use crate::error::{FileError, header_error, line_error};
+use crate::link;
+use crate::table::{self, Table, TextStyle, version_of};
 
-const BOM: &str = "\u{feff}";
 const BUFFER: usize = 1 << 16;
 
 /// What a column holds.
@@ -52,9 +52,9 @@ impl Column {
 struct Layout {
     kind: EntityKind,
     headers: StringRecord,
-    /// Whether the file starts with a UTF-8 byte order mark (Excel writes one). The
-    /// reader skips it; the writer puts it back.
-    bom: bool,
+    /// The byte order mark and line ends found. The reader skips a byte order mark; the
+    /// writer puts back both.
+    style: TextStyle,
     columns: Vec<Column>,
     id: usize,
     modified_at: Option<usize>,
@@ -69,7 +69,7 @@ impl Layout {
         Layout {
             kind,
             headers: StringRecord::from(vec!["id"]),
-            bom: false,
+            style: TextStyle::default(),
             columns: vec![Column::Id],
             id: 0,
             modified_at: None,
@@ -81,7 +81,7 @@ impl Layout {
         path: &Path,
         kind: EntityKind,
         headers: &StringRecord,
-        bom: bool,
+        style: TextStyle,
     ) -> Result<Layout, ConnectorError> {
         let mut columns = Vec::with_capacity(headers.len());
         for (i, name) in headers.iter().enumerate() {
@@ -89,14 +89,14 @@ impl Layout {
             // Unknown columns may repeat (they are kept by position); ours may not, or
             // the record would be ambiguous.
             if !matches!(column, Column::Unknown) && headers.iter().take(i).any(|n| n == name) {
-                return Err(line_error(path, 1, format!("duplicate column `{name}`")));
+                return Err(header_error(path, format!("duplicate column `{name}`")));
             }
             columns.push(column);
         }
         let id = columns
             .iter()
             .position(|c| matches!(c, Column::Id))
-            .ok_or_else(|| line_error(path, 1, "no `id` column"))?;
+            .ok_or_else(|| header_error(path, "no `id` column"))?;
         let modified_at = columns.iter().position(|c| matches!(c, Column::ModifiedAt));
         let mut by_name: Vec<usize> = (0..columns.len())
             .filter(|&i| columns[i].field().is_some())
@@ -105,7 +105,7 @@ impl Layout {
         Ok(Layout {
             kind,
             headers: headers.clone(),
-            bom,
+            style,
             columns,
             id,
             modified_at,
@@ -150,12 +150,10 @@ fn scan(
     kind: EntityKind,
     mut each: impl FnMut(&Layout, &StringRecord, u64, Option<Timestamp>) -> Result<(), ConnectorError>,
 ) -> Result<Option<Layout>, ConnectorError> {
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error("cannot read", path, e)),
+    let Some(mut file) = link::open(path)? else {
+        return Ok(None);
     };
-    let bom = starts_with_bom(&mut file).map_err(|e| io_error("cannot read", path, e))?;
+    let style = TextStyle::sniff(&mut file).map_err(|e| FileError::read(path, e))?;
     let mut reader = ReaderBuilder::new()
         .flexible(false)
         .buffer_capacity(BUFFER)
@@ -164,7 +162,7 @@ fn scan(
     if headers.is_empty() {
         return Ok(None);
     }
-    let layout = Layout::new(path, kind, headers, bom)?;
+    let layout = Layout::new(path, kind, headers, style)?;
     let mut row = StringRecord::new();
     while reader
         .read_record(&mut row)
@@ -186,19 +184,11 @@ fn scan(
     Ok(Some(layout))
 }
 
-/// Peeks at the first bytes and rewinds.
-fn starts_with_bom(file: &mut File) -> io::Result<bool> {
-    let mut head = Vec::with_capacity(BOM.len());
-    file.take(BOM.len() as u64).read_to_end(&mut head)?;
-    file.rewind()?;
-    Ok(head == BOM.as_bytes())
-}
-
 fn csv_error(path: &Path, headers: Option<&StringRecord>, error: csv::Error) -> ConnectorError {
     // Errors in the header row carry no position.
     let line = error.position().map_or(1, csv::Position::line);
     match error.into_kind() {
-        ErrorKind::Io(e) => io_error("cannot read", path, e),
+        ErrorKind::Io(e) => FileError::read(path, e).into(),
         ErrorKind::Utf8 { err, .. } => {
             let column = match headers.and_then(|h| h.get(err.field())) {
                 Some(name) => format!("`{name}`"),
@@ -384,12 +374,17 @@ impl Table for CsvTable {
 
     fn save(&self) -> Result<(), ConnectorError> {
         let width = self.layout.headers.len();
+        let style = self.layout.style;
+        let terminator = if style.crlf {
+            Terminator::CRLF
+        } else {
+            Terminator::Any(b'\n')
+        };
         crate::atomic::replace(&self.path, |file| {
-            if self.layout.bom {
-                file.write_all(BOM.as_bytes())?;
-            }
+            style.write_start(file)?;
             let mut out = WriterBuilder::new()
                 .buffer_capacity(BUFFER)
+                .terminator(terminator)
                 .from_writer(file);
             out.write_record(&self.layout.headers)?;
             for row in self.rows.iter().flatten() {

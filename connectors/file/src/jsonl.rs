@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::fs;
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -12,7 +12,9 @@ use serde_json::{Map, Value as Json};
 use tandem_connector::{Changes, ConnectorError};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
 
-use crate::table::{self, Table, io_error, line_error, version_of};
+use crate::error::{FileError, line_error};
+use crate::link;
+use crate::table::{self, BOM, Table, TextStyle, version_of};
 
 /// One parsed line.
 struct Line<'a> {
@@ -28,18 +30,23 @@ struct Line<'a> {
     has_modified_at: bool,
 }
 
-/// Reads `path` strictly, calling `each` with every non-blank line. Returns false
-/// when the file does not exist.
+/// Reads `path` strictly, calling `each` with every non-blank line. Returns the
+/// file's byte order mark and line ends, or `None` when the file does not exist.
 fn scan(
     path: &Path,
     kind: EntityKind,
     mut each: impl FnMut(Line<'_>) -> Result<(), ConnectorError>,
-) -> Result<bool, ConnectorError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_error("cannot read", path, e)),
+) -> Result<Option<TextStyle>, ConnectorError> {
+    let Some(mut file) = link::open(path)? else {
+        return Ok(None);
     };
+    let read_error = |e| ConnectorError::from(FileError::read(path, e));
+    let style = TextStyle::sniff(&mut file).map_err(read_error)?;
+    // A byte order mark is not JSON: start after it.
+    if style.bom {
+        file.seek(SeekFrom::Start(BOM.len() as u64))
+            .map_err(read_error)?;
+    }
     // Line by line into one reused buffer: the file is never held whole in memory.
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut buf = Vec::with_capacity(1024);
@@ -49,7 +56,7 @@ fn scan(
         match reader.read_until(b'\n', &mut buf) {
             Ok(0) => break,
             Ok(n) => offset += n as u64,
-            Err(e) => return Err(io_error("cannot read", path, e)),
+            Err(e) => return Err(read_error(e)),
         }
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -67,7 +74,7 @@ fn scan(
             .map_err(|message| line_error(path, number, message))?;
         each(line)?;
     }
-    Ok(true)
+    Ok(Some(style))
 }
 
 fn parse_line(kind: EntityKind, number: u64, offset: u64, text: &str) -> Result<Line<'_>, String> {
@@ -247,6 +254,8 @@ pub(crate) struct JsonlTable {
     /// Hashed with foldhash: a million ids are indexed per write.
     index: HashMap<String, usize, foldhash::fast::RandomState>,
     stamps: bool,
+    /// The byte order mark and line ends found, put back on every rewrite.
+    style: TextStyle,
 }
 
 impl JsonlTable {
@@ -255,13 +264,14 @@ impl JsonlTable {
         let mut ids = Vec::new();
         let mut lines = Vec::new();
         let mut stamps = false;
-        scan(path, kind, |line| {
+        let style = scan(path, kind, |line| {
             rows.push(Some(line.text.to_owned()));
             ids.push(line.id);
             lines.push(line.number);
             stamps |= line.has_modified_at;
             Ok(())
-        })?;
+        })?
+        .unwrap_or_default();
         table::check_unique(path, ids.iter().map(String::as_str), &lines)?;
         let index = ids
             .iter()
@@ -274,6 +284,7 @@ impl JsonlTable {
             ids,
             index,
             stamps,
+            style,
         })
     }
 
@@ -393,11 +404,13 @@ impl Table for JsonlTable {
     }
 
     fn save(&self) -> Result<(), ConnectorError> {
+        let style = self.style;
         crate::atomic::replace(&self.path, |file| {
             let mut out = BufWriter::with_capacity(1 << 16, file);
+            style.write_start(&mut out)?;
             for row in self.rows.iter().flatten() {
                 out.write_all(row.as_bytes())?;
-                out.write_all(b"\n")?;
+                out.write_all(style.line_end())?;
             }
             out.flush()
         })

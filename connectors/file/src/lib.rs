@@ -4,7 +4,9 @@
 //! Config: `type = "file"`, settings `{"path": "<folder>", "format": "csv" | "jsonl"}`.
 //!
 //! Every read is a full listing. Every write re-reads the file, applies the operations
-//! and replaces the file atomically. A fingerprint (length and hash of the file's bytes)
+//! and replaces the file atomically, keeping what the file was: a symbolic link stays a
+//! link (its target is replaced), and mode, owner, group, line ends and byte order mark
+//! stay as found. A fingerprint (length and hash of the file's bytes)
 //! lets the engine skip reading a file that did not change since the last run. Columns (CSV) and keys (JSON Lines) that are not
 //! fields of the kind are never exposed but are kept on every rewrite. A record's
 //! version is a hash of its whole row, so any edit to the file changes it.
@@ -15,7 +17,9 @@
 
 mod atomic;
 mod csv;
+mod error;
 mod jsonl;
+mod link;
 mod table;
 
 use std::collections::HashMap;
@@ -31,6 +35,7 @@ use tandem_connector::{
 };
 use tandem_model::{EntityKind, Record};
 
+use crate::error::FileError;
 use crate::table::Table;
 
 /// The format of the files in the folder.
@@ -150,14 +155,19 @@ impl FileConnector {
         match fs::metadata(&self.folder) {
             Ok(meta) if meta.is_dir() => Ok(()),
             Ok(_) => Err(ConnectorError::config(format!(
-                "{} is not a folder",
+                "{} is not a folder; set the connector's `path` to the folder that holds \
+                 the files, then run again",
                 self.folder.display()
             ))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ConnectorError::config(format!(
-                "folder {} does not exist",
+                "folder {} does not exist; create it (or mount the share it is on) or set the \
+                 connector's `path` to the folder that holds the files, then run again",
                 self.folder.display()
             ))),
-            Err(e) => Err(table::io_error("cannot open folder", &self.folder, e)),
+            Err(e) => Err(ConnectorError::fatal(format!(
+                "cannot open folder {}: {e}; check that Tandem may open it, then run again",
+                self.folder.display()
+            ))),
         }
     }
 
@@ -166,10 +176,8 @@ impl FileConnector {
     fn content_fingerprint(&self, kind: EntityKind) -> Result<String, ConnectorError> {
         self.check_folder()?;
         let path = self.file(kind);
-        let mut file = match fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok("none".to_owned()),
-            Err(e) => return Err(table::io_error("cannot read", &path, e)),
+        let Some(mut file) = link::open(&path)? else {
+            return Ok("none".to_owned());
         };
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -182,7 +190,7 @@ impl FileConnector {
                     len += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(table::io_error("cannot read", &path, e)),
+                Err(e) => return Err(FileError::read(&path, e).into()),
             }
         }
         Ok(format!("{len}:{:016x}", hasher.digest()))

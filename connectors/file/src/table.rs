@@ -1,9 +1,13 @@
 //! Applying write operations to a file loaded in memory, independent of its format.
 
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
 use std::path::Path;
 
 use tandem_connector::{Changes, ConnectorError, WriteOp, WriteOutcome, Written};
 use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value, field};
+
+use crate::error::{FIX_DUPLICATE, FileError};
 
 /// A whole file of one kind, loaded for writing. Rows are addressed by index; removed
 /// rows keep their index (as a hole) so earlier lookups stay valid within one call.
@@ -31,6 +35,48 @@ pub(crate) trait Table {
     fn remove(&mut self, row: usize);
     /// Rewrites the file atomically.
     fn save(&self) -> Result<(), ConnectorError>;
+}
+
+/// How a text file is laid out byte for byte, kept on every rewrite: Excel writes a
+/// byte order mark and Windows programs end lines with CR LF, and a file that changes
+/// style on every sync shows every line as changed to the programs that read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TextStyle {
+    /// Whether the file starts with a UTF-8 byte order mark.
+    pub(crate) bom: bool,
+    /// Whether the first line ends with CR LF rather than LF.
+    pub(crate) crlf: bool,
+}
+
+/// The UTF-8 byte order mark.
+pub(crate) const BOM: &[u8] = b"\xef\xbb\xbf";
+
+impl TextStyle {
+    /// Looks at the start of the file and rewinds. A first line longer than what is
+    /// looked at counts as LF.
+    pub(crate) fn sniff(file: &mut File) -> io::Result<TextStyle> {
+        let mut head = Vec::with_capacity(4096);
+        (&mut *file).take(1 << 16).read_to_end(&mut head)?;
+        file.rewind()?;
+        let crlf = head
+            .iter()
+            .position(|&b| b == b'\n')
+            .is_some_and(|end| end > 0 && head[end - 1] == b'\r');
+        Ok(TextStyle {
+            bom: head.starts_with(BOM),
+            crlf,
+        })
+    }
+
+    /// The bytes that end a line.
+    pub(crate) fn line_end(self) -> &'static [u8] {
+        if self.crlf { b"\r\n" } else { b"\n" }
+    }
+
+    /// Writes what comes before the first line.
+    pub(crate) fn write_start(self, out: &mut impl Write) -> io::Result<()> {
+        if self.bom { out.write_all(BOM) } else { Ok(()) }
+    }
 }
 
 /// Applies `ops` in order, one outcome per op. Returns whether any op succeeded, i.e.
@@ -258,30 +304,18 @@ pub(crate) fn check_unique<'a>(
         }
     }
     match found {
-        Some((first, repeat)) => Err(line_error(
-            path,
-            lines[repeat],
-            format!(
+        Some((first, repeat)) => Err(FileError::Line {
+            path: path.to_owned(),
+            line: lines[repeat],
+            problem: format!(
                 "duplicate id `{}` (first on line {})",
                 ids[repeat], lines[first]
             ),
-        )),
+            next: FIX_DUPLICATE,
+        }
+        .into()),
         None => Ok(()),
     }
-}
-
-/// An error about one line of a file: `<path> line <n>: <message>`.
-pub(crate) fn line_error(
-    path: &Path,
-    line: u64,
-    message: impl std::fmt::Display,
-) -> ConnectorError {
-    ConnectorError::fatal(format!("{} line {line}: {message}", path.display()))
-}
-
-/// An IO error on a file, naming it.
-pub(crate) fn io_error(action: &str, path: &Path, error: std::io::Error) -> ConnectorError {
-    ConnectorError::fatal(format!("{action} {}: {error}", path.display()))
 }
 
 #[cfg(test)]
@@ -324,7 +358,8 @@ mod tests {
             check_unique(Path::new("f.csv"), ids.into_iter(), &[2, 3, 4, 5, 6, 7]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "f.csv line 5: duplicate id `b` (first on line 3)"
+            "f.csv line 5: duplicate id `b` (first on line 3); \
+             give one of the two rows another id or remove it, then run again"
         );
         assert!(check_unique(Path::new("f.csv"), ["a", "b"].into_iter(), &[2, 3]).is_ok());
     }

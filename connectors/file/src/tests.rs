@@ -935,3 +935,5 @@ async fn a_write_after_an_own_write_keeps_edits_made_in_between() {
         );
     }
 }
+
+mod safe_rewrites;
