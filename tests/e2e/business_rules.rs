@@ -563,6 +563,22 @@ fn r15_policy_per_field_via_conflict_fields() {
     assert_eq!(open[0]["field"], "email");
 }
 
+/// Makes every write of `erp/vendors.csv` fail while reads go on: the file moves to a
+/// name so long that no temporary file fits beside it, and a link takes its place
+/// (Tandem writes through links). Works as root too, unlike a read-only folder.
+fn break_vendor_writes(d: &Deployment) {
+    let long = format!("vendors.csv.{}", "x".repeat(240));
+    std::fs::rename(d.path("erp/vendors.csv"), d.path(&format!("erp/{long}"))).unwrap();
+    std::os::unix::fs::symlink(&long, d.path("erp/vendors.csv")).unwrap();
+}
+
+/// Undoes [`break_vendor_writes`].
+fn mend_vendor_writes(d: &Deployment) {
+    let long = format!("vendors.csv.{}", "x".repeat(240));
+    std::fs::remove_file(d.path("erp/vendors.csv")).unwrap();
+    std::fs::rename(d.path(&format!("erp/{long}")), d.path("erp/vendors.csv")).unwrap();
+}
+
 #[test]
 fn r17_a_record_failing_twice_the_same_way_is_parked_until_retried() {
     let d = Deployment::with_config(CONFIG);
@@ -583,7 +599,7 @@ fn r17_a_record_failing_twice_the_same_way_is_parked_until_retried() {
 
     // From now on every write of vendors.csv fails the same way (its temporary file
     // cannot be created), while customers.csv and contacts.csv take writes.
-    std::fs::create_dir(d.path("erp/vendors.csv.tmp")).unwrap();
+    break_vendor_writes(&d);
     d.set_cell("crm/contacts.csv", "C1", "phone", "+32 1");
     d.set_cell("crm/contacts.csv", "C2", "phone", "+32 2");
 
@@ -650,7 +666,7 @@ fn r17_a_record_failing_twice_the_same_way_is_parked_until_retried() {
     );
 
     // Fixed and retried by hand: the change goes through.
-    std::fs::remove_dir(d.path("erp/vendors.csv.tmp")).unwrap();
+    mend_vendor_writes(&d);
     assert_eq!(
         cell(&d.read("erp/vendors.csv"), "V1", "phone").as_deref(),
         Some(""),
@@ -773,7 +789,7 @@ fn r17_a_new_link_failing_twice_is_parked() {
         "erp/vendors.csv",
         "id,name,vat_registration_no\nV1,Acme,BE0111\n",
     );
-    std::fs::create_dir(d.path("erp/vendors.csv.tmp")).unwrap();
+    break_vendor_writes(&d);
     d.fails(&["sync"], 2);
     let second = d.json_exit(&["sync"], 2);
     assert_eq!(second["failures"][0]["parked"], true, "{second}");
@@ -783,12 +799,12 @@ fn r17_a_new_link_failing_twice_is_parked() {
 fn r9_a_failed_operator_link_does_not_turn_into_a_create() {
     let d = deployment("id,contact_type,name\nC2,company,Beta BV\n");
     d.write("erp/vendors.csv", "id,name\nV2,Beta\n");
-    std::fs::create_dir(d.path("erp/vendors.csv.tmp")).unwrap();
+    break_vendor_writes(&d);
     d.fails(&["link", "VEND", "C2", "V2"], 2);
     // The link stays, with its first write still to do (R18).
     let link = ("VEND".to_owned(), "C2".to_owned(), "V2".to_owned());
     assert_eq!(d.links(), vec![link.clone()]);
-    std::fs::remove_dir(d.path("erp/vendors.csv.tmp")).unwrap();
+    mend_vendor_writes(&d);
     d.sync();
     assert_eq!(
         rows(&d.read("erp/vendors.csv")).len(),

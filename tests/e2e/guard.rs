@@ -110,7 +110,12 @@ fn r16_a_missing_file_a_dangling_symlink_or_an_empty_path_variable_stops_the_syn
     #[cfg(unix)]
     {
         std::os::unix::fs::symlink(d.path("nowhere.csv"), d.path("erp/customers.csv")).unwrap();
-        refused(&d, &["sync"], &env, &parts);
+        let link = [
+            "customers.csv is a symbolic link to",
+            "nowhere.csv, which does not exist",
+            "then run again",
+        ];
+        refused(&d, &["sync"], &env, &link);
         fs::remove_file(d.path("erp/customers.csv")).unwrap();
     }
     assert_eq!(d.links(), links, "no link dropped");
