@@ -123,6 +123,7 @@ pub(super) fn overrides(env: &Env, file: &toml::Table) -> (Vec<Override>, Vec<Co
         .separator(SEPARATOR)
         .source(Some(texts))
         .collect()
+        // It fails only on a value that is not UTF-8, and those were left out above.
         .unwrap_or_default();
     let mut found = Vec::new();
     for (key, vars) in vars {
