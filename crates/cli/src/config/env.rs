@@ -172,7 +172,8 @@ pub(super) enum Expect {
     /// An inline table, written in TOML: `{ x_payment_terms = "30D" }`.
     Table,
     /// Unknown (a connector setting the file does not have): a TOML value when the
-    /// text is one (`42`, `true`, `["a"]`, `"123456"`), else the text.
+    /// text is one (`42`, `true`, `["a"]`, `"0042"`), else the text. A setting named
+    /// like a secret (`password`, `token`, ...) is text.
     Any,
 }
 
@@ -359,7 +360,12 @@ fn locate_setting(
         path.push(key);
         let value = existing.map(|(_, v)| v);
         let Some(next) = rest.get(i + 1) else {
-            return Ok((path, value.map_or(Expect::Any, expect_of)));
+            let expect = match value {
+                Some(value) => expect_of(value),
+                None if is_secret_name(segment) => Expect::Text,
+                None => Expect::Any,
+            };
+            return Ok((path, expect));
         };
         match value {
             None => table = None,
@@ -390,6 +396,15 @@ fn find_key<'a>(table: &'a toml::Table, segment: &str) -> Option<(String, &'a to
         (Some((k, v)), None) => Some((k.clone(), v)),
         _ => None,
     }
+}
+
+/// Whether a setting named `name` holds a secret, which is text even when it is all
+/// digits: read as a number, a connector's "expected a string" would show it.
+fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "token", "secret", "key"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 fn expect_of(value: &toml::Value) -> Expect {

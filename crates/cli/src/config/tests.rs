@@ -268,7 +268,7 @@ fn env_values_are_read_as_the_type_the_key_expects() {
             ("TANDEM__CONNECTORS__ERP__RETRIES", "42"),
             ("TANDEM__CONNECTORS__ERP__VERIFY", "false"),
             ("TANDEM__CONNECTORS__ERP__LABEL", "plain text"),
-            ("TANDEM__CONNECTORS__ERP__TOKEN", r#""123456""#),
+            ("TANDEM__CONNECTORS__ERP__CODE", r#""0042""#),
         ],
     )
     .unwrap();
@@ -287,7 +287,7 @@ fn env_values_are_read_as_the_type_the_key_expects() {
     assert_eq!(erp["retries"], 42);
     assert_eq!(erp["verify"], false);
     assert_eq!(erp["label"], "plain text");
-    assert_eq!(erp["token"], "123456");
+    assert_eq!(erp["code"], "0042");
 }
 
 #[test]
@@ -304,6 +304,17 @@ fn env_keeps_text_keys_text() {
     assert_eq!(config.connectors["erp"].settings["password"], "123456");
     assert_eq!(config.connectors["crm"].settings["path"], "2024");
     assert_eq!(config.state_url, "true");
+    // A secret the file does not have is text too: never a number an error would show.
+    let config = load(
+        BASE,
+        &[
+            ("TANDEM__CONNECTORS__ERP__PASSWORD", "123456"),
+            ("TANDEM__CONNECTORS__ERP__API_TOKEN", "987654"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.connectors["erp"].settings["password"], "123456");
+    assert_eq!(config.connectors["erp"].settings["api_token"], "987654");
 }
 
 #[test]
