@@ -101,8 +101,13 @@ fn r16_a_missing_file_a_dangling_symlink_or_an_empty_path_variable_stops_the_syn
     let mut parts = vec!["would delete 4 of 4 known customers (100 %) from connector `erp`"];
     parts.extend(GUARD_HINTS);
 
-    // The variable set to "": the folder of the config, which has no customers file.
-    refused(&d, &["sync"], &[("ERP_DIR", "")], &parts);
+    // The variable set to "": a config mistake, stopped before anything is read.
+    refused(
+        &d,
+        &["sync"],
+        &[("ERP_DIR", "")],
+        &["connectors.erp.path: environment variable `ERP_DIR` is set but empty"],
+    );
 
     fs::rename(d.path("erp/customers.csv"), d.path("customers.csv.bak")).unwrap();
     refused(&d, &["sync"], &env, &parts);

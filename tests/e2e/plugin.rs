@@ -239,10 +239,10 @@ fn a_plugin_path_that_does_not_exist_is_named() {
     let d = Deployment::with_config(&plugin_config("plugins/libacme.so"));
     let missing = d.dir.path().join("plugins/libacme.so");
     refused(&d, &format!("plugin {} does not exist", missing.display()));
-    // `check` names the config file too.
+    // `check` names the config file and the line too.
     let out = d.fails(&["check"], 1);
     assert!(
-        out.contains("tandem.toml: connectors.erp.path: plugin "),
+        out.contains("tandem.toml:11: connectors.erp.path: plugin "),
         "{out}"
     );
 }

@@ -1,21 +1,28 @@
-//! `tandem.toml`: reading it, applying environment overrides and `${VAR}` secrets,
-//! and checking it (DESIGN.md section 4).
+//! `tandem.toml`: reading it, layering the environment over it, and checking it
+//! (DESIGN.md section 4).
 //!
-//! Loading goes in fixed steps, so that each kind of mistake gets the message that
-//! names it best:
+//! Loading goes in steps:
 //!
-//! 1. the text is parsed as TOML (syntax errors carry the line and column);
-//! 2. every `TANDEM__SECTION__KEY[__SUBKEY...]` environment variable sets that key;
-//! 3. `${VAR}` in every string value is replaced from the environment;
-//! 4. the table is deserialised into [`ConfigFile`] (unknown keys are errors that
-//!    name their path);
-//! 5. connector types and references are checked, then the engine's own checks run.
+//! 1. the file is parsed as TOML (a syntax error carries the line and column);
+//! 2. every `TANDEM__SECTION__KEY[__SUBKEY...]` environment variable is resolved onto
+//!    a key ([`env`]): one the file has, or one Tandem knows;
+//! 3. the config crate merges the two layers, the environment on top ([`layers`]);
+//! 4. `${VAR}` in every string is replaced from the environment, and URLs with a
+//!    password in them are refused ([`expand`]);
+//! 5. each section is deserialised on its own, then connector types, references and
+//!    the engine's own checks run.
 //!
-//! Every error names the file and the key, never a value: settings may hold
-//! passwords.
+//! A mistake does not stop the steps that do not depend on it: every mistake found is
+//! reported, each with where it was made (the file and line, or the environment
+//! variable) and the key. Never a value: settings may hold passwords.
+
+mod env;
+mod expand;
+mod layers;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -23,33 +30,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tandem_connector::{BuildContext, Connector, ConnectorError, Registry};
 use tandem_engine::{ContactsConfig, RelationConfig, SyncConfig};
 
-/// The prefix of environment variables that override config keys.
-const ENV_PREFIX: &str = "TANDEM__";
-/// The separator between key segments in an override's name.
-const ENV_SEPARATOR: &str = "__";
-
-/// The whole of `tandem.toml`, as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    /// Where Tandem keeps what it remembers between runs.
-    #[serde(default)]
-    pub state: StateConfig,
-    /// The systems to synchronise, by a name of your choice (`[connectors.crm]`).
-    #[serde(default)]
-    pub connectors: BTreeMap<String, ConnectorConfig>,
-    /// The contact side: which connector holds the contacts.
-    pub contacts: ContactsConfig,
-    /// The business relations to keep, by relation code (`[relations.CUST]`, R1).
-    #[serde(default)]
-    pub relations: BTreeMap<String, RelationConfig>,
-    /// How a run behaves.
-    #[serde(default)]
-    pub sync: RunConfig,
-}
+pub use self::env::Env;
+use self::layers::Sources;
 
 /// The `[sync]` section.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -130,12 +116,37 @@ pub struct Config {
     pub sync: SyncConfig,
     /// The `[sync]` section.
     pub run: RunConfig,
+    /// Where each key was set, for messages about it.
+    sources: Sources,
 }
 
-/// A config mistake: the file, the key (when one is to blame) and what is wrong.
+/// Where a config value was set.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    /// The config file, at a line when one is to blame.
+    File { path: String, line: Option<usize> },
+    /// An environment variable, `TANDEM__...` (an override).
+    Env { var: String },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line: None } => write!(f, "{path}"),
+            Origin::File {
+                path,
+                line: Some(line),
+            } => write!(f, "{path}:{line}"),
+            Origin::Env { var } => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+/// A config mistake: where it was made, the key (when one is to blame) and what is
+/// wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub file: String,
+    pub origin: Origin,
     pub key: Option<String>,
     pub message: String,
 }
@@ -143,192 +154,111 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.key {
-            Some(key) => write!(f, "{}: {key}: {}", self.file, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
+            Some(key) => write!(f, "{}: {key}: {}", self.origin, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
-/// The environment as the config sees it: a snapshot, so that tests can pass their
-/// own without touching the process environment.
-#[derive(Debug, Clone, Default)]
-pub struct Env {
-    vars: BTreeMap<String, OsString>,
-}
-
-impl Env {
-    /// The process environment. Variables whose names are not UTF-8 cannot be named
-    /// in a config, so they are left out.
-    pub fn from_process() -> Env {
-        Env {
-            vars: std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
-                .collect(),
-        }
-    }
-
-    #[cfg(test)]
-    pub fn from_pairs(pairs: &[(&str, &str)]) -> Env {
-        Env {
-            vars: pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
-                .collect(),
-        }
-    }
-
-    /// The value of `name`; an error message when it is set but not UTF-8.
-    fn get(&self, name: &str) -> Result<Option<String>, String> {
-        match self.vars.get(name) {
-            None => Ok(None),
-            Some(value) => value
-                .clone()
-                .into_string()
-                .map(Some)
-                .map_err(|_| format!("environment variable `{name}` is not valid UTF-8")),
-        }
-    }
-
-    /// The override variables, in name order so that the result does not depend on
-    /// the order of the environment.
-    fn overrides(&self) -> impl Iterator<Item = &str> {
-        self.vars
-            .range(ENV_PREFIX.to_owned()..)
-            .map(|(k, _)| k.as_str())
-            .take_while(|k| k.starts_with(ENV_PREFIX))
-    }
-}
-
-/// An environment variable that set a config key; named in errors about that key,
-/// since the file does not show it.
+/// Every mistake found in a config, in the order of the file's lines, then the
+/// environment's variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Override {
-    var: String,
-    /// The key path it set, e.g. `relations.CUST.conflict`.
-    path: String,
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    fn new(mut errors: Vec<ConfigError>) -> ConfigErrors {
+        errors.sort_by(|a, b| a.origin.cmp(&b.origin));
+        errors.dedup();
+        ConfigErrors(errors)
+    }
+
+    fn one(origin: Origin, message: String) -> ConfigErrors {
+        ConfigErrors(vec![ConfigError {
+            origin,
+            key: None,
+            message,
+        }])
+    }
 }
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [only] = &self.0[..] {
+            return write!(f, "{only}");
+        }
+        write!(f, "{} mistakes in the config:", self.0.len())?;
+        for error in &self.0 {
+            write!(f, "\n  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
 
 impl Config {
-    /// Reads, overrides, substitutes and checks the config at `path`. Connector types
-    /// are checked against `registry`; the connectors are not built yet.
-    pub fn load(path: &Path, env: &Env, registry: &Registry) -> Result<Config, ConfigError> {
+    /// Reads the config at `path`, layers `env` over it and checks it. Connector
+    /// types are checked against `registry`; the connectors are not built yet.
+    pub fn load(path: &Path, env: &Env, registry: &Registry) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
-        let err = |key: Option<String>, message: String| ConfigError {
-            file: file.clone(),
-            key,
-            message,
-        };
         let text = fs::read_to_string(path).map_err(|e| {
             let hint = if e.kind() == io::ErrorKind::NotFound {
                 " (name another file with --config or TANDEM_CONFIG)"
             } else {
                 ""
             };
-            err(None, format!("cannot read the config file: {e}{hint}"))
+            let origin = Origin::File {
+                path: file.clone(),
+                line: None,
+            };
+            ConfigErrors::one(origin, format!("cannot read the config file: {e}{hint}"))
         })?;
-        let table = parse(&text).map_err(|message| err(None, message))?;
         let base_dir = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        Config::from_table(file, base_dir, table, env, registry)
+        Config::from_text(file, base_dir, &text, env, registry)
     }
 
-    /// Steps 2 to 5 of loading, on an already parsed table.
-    fn from_table(
+    /// Steps 1 to 5 of loading, on the text of the file `file`.
+    fn from_text(
         file: String,
         base_dir: PathBuf,
-        mut table: toml::Table,
+        text: &str,
         env: &Env,
         registry: &Registry,
-    ) -> Result<Config, ConfigError> {
-        let err = |key: Option<String>, message: String| ConfigError {
-            file: file.clone(),
-            key,
-            message,
-        };
-        let overrides = apply_overrides(&mut table, env).map_err(|message| err(None, message))?;
-        // Mention the variable when a key it set is the one at fault.
-        let err_at = |key: String, message: String| {
-            let message = match env_source(&key, &message, &overrides) {
-                Some(var) => format!("{message} (set by environment variable {var})"),
-                None => message,
+    ) -> Result<Config, ConfigErrors> {
+        let file_table = parse(text).map_err(|(line, message)| {
+            let origin = Origin::File {
+                path: file.clone(),
+                line: Some(line),
             };
-            err(Some(key), message)
-        };
-        substitute_table(&mut table, "", env).map_err(|(key, message)| err_at(key, message))?;
+            ConfigErrors::one(origin, message)
+        })?;
+        let mut sources = Sources::new(&file, text);
+        let (overrides, mut errors) = env::overrides(env, &file_table);
+        overrides.iter().for_each(|o| sources.record(o));
+        let mut table = layers::merge(text, &overrides)
+            .map_err(|message| ConfigErrors(vec![sources.error("", message)]))?;
 
-        let parsed: ConfigFile = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let message = e.into_inner().message().to_owned();
-                match unknown_field_parent(&path, &message) {
-                    Some("") => err(None, message),
-                    Some(parent) => err_at(parent.to_owned(), message),
-                    None => err_at(path, message),
-                }
-            })?;
-
-        for (name, connector) in &parsed.connectors {
-            if !registry.knows(&connector.type_name) {
-                let known = registry.type_names();
-                let known = if known.is_empty() {
-                    "none (it was built without connector features)".to_owned()
-                } else {
-                    known.join(", ")
-                };
-                return Err(err_at(
-                    format!("connectors.{name}.type"),
-                    format!(
-                        "unknown connector type `{}`; this build knows: {known}",
-                        connector.type_name
-                    ),
-                ));
-            }
+        let mut problems = Vec::new();
+        expand::substitute_table(&mut table, "", env, &mut problems);
+        expand::find_passwords_in_urls(&table, &mut problems);
+        // A value that could not be expanded is not checked further: its mistake is
+        // reported already.
+        let reported: Vec<String> = problems.iter().map(|p| p.key.clone()).collect();
+        let mut later = Vec::new();
+        let parsed = Parsed::read(table, &mut later);
+        let sync = parsed.check(registry, &mut later);
+        later.retain(|p| !reported.iter().any(|r| related(r, &p.key)));
+        problems.extend(later);
+        errors.extend(problems.into_iter().map(|p| p.into_error(&sources)));
+        match (sync, errors.is_empty()) {
+            (Some(sync), true) => Ok(parsed.into_config(file, base_dir, sync, sources)),
+            _ => Err(ConfigErrors::new(errors)),
         }
-        let references =
-            std::iter::once(("contacts.connector".to_owned(), &parsed.contacts.connector)).chain(
-                parsed
-                    .relations
-                    .iter()
-                    .map(|(code, r)| (format!("relations.{code}.connector"), &r.connector)),
-            );
-        for (key, name) in references {
-            if !parsed.connectors.contains_key(name) {
-                return Err(err_at(
-                    key,
-                    format!("no connector named `{name}` under [connectors]"),
-                ));
-            }
-        }
-
-        let share = parsed.sync.max_delete_share;
-        if !(0.0..=1.0).contains(&share) {
-            return Err(err_at(
-                "sync.max_delete_share".to_owned(),
-                "must be a number from 0 to 1: the share of a kind's known records one run \
-                 may delete, e.g. 0.5 for half"
-                    .to_owned(),
-            ));
-        }
-        let ConfigFile {
-            state,
-            connectors,
-            contacts,
-            relations,
-            sync: run,
-        } = parsed;
-        let sync = SyncConfig::new(contacts, relations).map_err(|e| err_at(e.key, e.message))?;
-        Ok(Config {
-            file: PathBuf::from(&file),
-            base_dir,
-            state_url: state.url,
-            connectors,
-            sync,
-            run,
-        })
     }
 
     /// The config file, for messages.
@@ -336,7 +266,12 @@ impl Config {
         self.file.display().to_string()
     }
 
-    /// Builds one connector; the error names the file and the connector's key.
+    /// An error about `key`, blamed on where its value was set.
+    pub fn error_at(&self, key: &str, message: String) -> ConfigError {
+        self.sources.error(key, message)
+    }
+
+    /// Builds one connector; the error names the key and where it was set.
     pub fn build_connector(
         &self,
         name: &str,
@@ -351,21 +286,246 @@ impl Config {
             .build(&connector.type_name, settings, &context)
             .map_err(|e| {
                 let (key, message) = settings_error(name, e);
-                ConfigError {
-                    file: self.shown(),
-                    key: Some(key),
-                    message,
-                }
+                self.sources.error(&key, message)
             })
     }
 }
 
-/// The key an error is about: for "unknown field `x`" the table that holds `x` (the
-/// path ends with the unknown key itself), `""` for the top level or the root.
-fn unknown_field_parent<'a>(path: &'a str, message: &str) -> Option<&'a str> {
-    if path == "." {
-        return Some("");
+/// Whether one key is the other or inside it.
+fn related(a: &str, b: &str) -> bool {
+    a == b || layers::is_below(a, b) || layers::is_below(b, a)
+}
+
+/// A mistake at a key, found once the layers are merged.
+#[derive(Debug)]
+struct Problem {
+    key: String,
+    /// The key whose value is to blame, when it is not `key`: an unknown key is
+    /// reported on the table that holds it, at its own line.
+    blamed: Option<String>,
+    message: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            blamed: None,
+            message: message.into(),
+        }
     }
+
+    fn into_error(self, sources: &Sources) -> ConfigError {
+        let blamed = self.blamed.as_deref().unwrap_or(&self.key);
+        sources.error_blaming(&self.key, blamed, self.message)
+    }
+}
+
+/// The sections of a config, each read on its own so that a mistake in one does not
+/// hide those in the others. `None`: missing or not readable.
+struct Parsed {
+    state: Option<StateConfig>,
+    run: Option<RunConfig>,
+    contacts: Option<ContactsConfig>,
+    connectors: BTreeMap<String, ConnectorConfig>,
+    relations: BTreeMap<String, RelationConfig>,
+    /// Whether every connector and relation was read.
+    complete: bool,
+}
+
+impl Parsed {
+    fn read(table: toml::Table, problems: &mut Vec<Problem>) -> Parsed {
+        let mut parsed = Parsed {
+            state: Some(StateConfig::default()),
+            run: Some(RunConfig::default()),
+            contacts: None,
+            connectors: BTreeMap::new(),
+            relations: BTreeMap::new(),
+            complete: true,
+        };
+        if !table.contains_key("contacts") {
+            let message = "missing section: [contacts] names the connector that holds the \
+                           contacts, e.g. connector = \"crm\"";
+            problems.push(Problem::new("contacts", message));
+        }
+        for (key, value) in table {
+            match key.as_str() {
+                "state" => parsed.state = read_one(value, &key, problems),
+                "sync" => parsed.run = read_one(value, &key, problems),
+                "contacts" => parsed.contacts = read_one(value, &key, problems),
+                "connectors" => parsed.connectors = parsed.read_each(value, &key, problems),
+                "relations" => parsed.relations = parsed.read_each(value, &key, problems),
+                _ => {
+                    let known: Vec<String> =
+                        env::SECTIONS.iter().map(|s| format!("`{s}`")).collect();
+                    let message = format!("unknown section, expected one of {}", known.join(", "));
+                    problems.push(Problem::new(key, message));
+                }
+            }
+        }
+        parsed
+    }
+
+    /// Each entry of the table `value`, read on its own.
+    fn read_each<T: DeserializeOwned>(
+        &mut self,
+        value: toml::Value,
+        key: &str,
+        problems: &mut Vec<Problem>,
+    ) -> BTreeMap<String, T> {
+        let toml::Value::Table(table) = value else {
+            problems.push(Problem::new(
+                key,
+                format!("must be a table: [{key}.<name>]"),
+            ));
+            self.complete = false;
+            return BTreeMap::new();
+        };
+        let mut read = BTreeMap::new();
+        for (name, value) in table {
+            match read_one(value, &format!("{key}.{name}"), problems) {
+                Some(entry) => _ = read.insert(name, entry),
+                None => self.complete = false,
+            }
+        }
+        read
+    }
+
+    /// The checks across sections, then the engine's own; the engine's config when
+    /// everything was read and passed.
+    fn check(&self, registry: &Registry, problems: &mut Vec<Problem>) -> Option<SyncConfig> {
+        self.check_connector_types(registry, problems);
+        self.check_references(problems);
+        if let Some(run) = &self.run
+            && !(0.0..=1.0).contains(&run.max_delete_share)
+        {
+            let message = "must be a number from 0 to 1: the share of a kind's known records \
+                           one run may delete, e.g. 0.5 for half";
+            problems.push(Problem::new("sync.max_delete_share", message));
+        }
+        let contacts = self.contacts.as_ref()?;
+        let sync = engine_checks(contacts, &self.relations, problems)?;
+        let complete = self.complete && self.state.is_some() && self.run.is_some();
+        complete.then_some(sync)
+    }
+
+    fn check_connector_types(&self, registry: &Registry, problems: &mut Vec<Problem>) {
+        for (name, connector) in &self.connectors {
+            if !registry.knows(&connector.type_name) {
+                let known = registry.type_names();
+                let known = if known.is_empty() {
+                    "none (it was built without connector features)".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                let message = format!(
+                    "unknown connector type `{}`; this build knows: {known}",
+                    connector.type_name
+                );
+                problems.push(Problem::new(format!("connectors.{name}.type"), message));
+            }
+        }
+    }
+
+    /// Every connector named must be configured (when the connectors were all read).
+    fn check_references(&self, problems: &mut Vec<Problem>) {
+        if !self.complete {
+            return;
+        }
+        let contacts = self
+            .contacts
+            .iter()
+            .map(|c| ("contacts.connector".to_owned(), &c.connector));
+        let relations = self
+            .relations
+            .iter()
+            .map(|(code, r)| (format!("relations.{code}.connector"), &r.connector));
+        for (key, name) in contacts.chain(relations) {
+            if !self.connectors.contains_key(name) {
+                let message = format!("no connector named `{name}` under [connectors]");
+                problems.push(Problem::new(key, message));
+            }
+        }
+    }
+
+    fn into_config(
+        self,
+        file: String,
+        base_dir: PathBuf,
+        sync: SyncConfig,
+        sources: Sources,
+    ) -> Config {
+        Config {
+            file: PathBuf::from(file),
+            base_dir,
+            state_url: self.state.unwrap_or_default().url,
+            connectors: self.connectors,
+            sync,
+            run: self.run.unwrap_or_default(),
+            sources,
+        }
+    }
+}
+
+/// The section or entry `value` at `key`; `None` (and a problem) when it cannot be
+/// read.
+fn read_one<T: DeserializeOwned>(
+    value: toml::Value,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| {
+            let path = match e.path().to_string() {
+                p if p == "." => key.to_owned(),
+                p if p.starts_with('[') => format!("{key}{p}"),
+                p => format!("{key}.{p}"),
+            };
+            let message = e.into_inner().message().to_owned();
+            let problem = match unknown_field_parent(&path, &message) {
+                Some(parent) => Problem {
+                    key: parent.to_owned(),
+                    blamed: Some(path.clone()),
+                    message,
+                },
+                None => Problem::new(path, message),
+            };
+            problems.push(problem);
+        })
+        .ok()
+}
+
+/// The engine's checks of the contacts and of each relation on its own, so that each
+/// relation's mistake is shown; then of all together, for the checks across
+/// relations.
+fn engine_checks(
+    contacts: &ContactsConfig,
+    relations: &BTreeMap<String, RelationConfig>,
+    problems: &mut Vec<Problem>,
+) -> Option<SyncConfig> {
+    let mut check = |contacts: &ContactsConfig, relations: BTreeMap<String, RelationConfig>| {
+        SyncConfig::new(contacts.clone(), relations)
+            .map_err(|e| problems.push(Problem::new(e.key, e.message)))
+            .ok()
+    };
+    let mut passed = check(contacts, BTreeMap::new()).is_some();
+    let without_preserve = ContactsConfig {
+        preserve: None,
+        ..contacts.clone()
+    };
+    for (code, relation) in relations {
+        let one = BTreeMap::from([(code.clone(), relation.clone())]);
+        passed &= check(&without_preserve, one).is_some();
+    }
+    if !passed {
+        return None;
+    }
+    check(contacts, relations.clone())
+}
+
+/// The key an error is about: for "unknown field `x`" the table that holds `x` (the
+/// path ends with the unknown key itself), `""` for the top level.
+fn unknown_field_parent<'a>(path: &'a str, message: &str) -> Option<&'a str> {
     let field = message.strip_prefix("unknown field `")?.split('`').next()?;
     if path == field {
         Some("")
@@ -374,24 +534,19 @@ fn unknown_field_parent<'a>(path: &'a str, message: &str) -> Option<&'a str> {
     }
 }
 
-/// Parses the text of the file. A syntax error keeps toml's message and position but
-/// not its excerpt of the file, which could show a secret.
-fn parse(text: &str) -> Result<toml::Table, String> {
+/// Parses the text of the file. A syntax error keeps toml's message and line but not
+/// its excerpt of the file, which could show a secret.
+fn parse(text: &str) -> Result<toml::Table, (usize, String)> {
     text.parse::<toml::Table>().map_err(|e| match e.span() {
         Some(span) => {
-            let (line, column) = line_column(text, span.start);
-            format!("line {line}, column {column}: {}", e.message())
+            let (line, column) = layers::line_column(text, span.start);
+            (
+                line,
+                format!("{} (column {column})", e.message().trim_end()),
+            )
         }
-        None => e.message().to_owned(),
+        None => (1, e.message().to_owned()),
     })
-}
-
-/// 1-based line and column (in characters) of byte `offset`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..text.floor_char_boundary(offset)];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
 }
 
 /// A connector's settings error, moved onto the key it names: `parse_settings`
@@ -409,534 +564,4 @@ fn settings_error(name: &str, error: ConnectorError) -> (String, String) {
         return (format!("{key}.{path}"), rest.to_owned());
     }
     (key, message)
-}
-
-/// Applies every `TANDEM__A__B__C=value` to the key `a.b.c`. A segment matches an
-/// existing key whatever its case; a new key is lowercased. The value is read as a
-/// TOML value when it is one (`true`, `42`, `["a", "b"]`), else taken as text; a key
-/// that already holds text keeps text, so a password of digits stays a string.
-fn apply_overrides(table: &mut toml::Table, env: &Env) -> Result<Vec<Override>, String> {
-    let mut applied = Vec::new();
-    for var in env.overrides() {
-        let segments: Vec<&str> = var[ENV_PREFIX.len()..].split(ENV_SEPARATOR).collect();
-        if segments.iter().any(|s| s.is_empty()) {
-            return Err(format!(
-                "environment variable {var}: a key segment is empty; write \
-                 TANDEM__SECTION__KEY with `__` between segments"
-            ));
-        }
-        let text = env.get(var)?.unwrap_or_default();
-        let (last, parents) = segments.split_last().expect("split yields one segment");
-        let mut path: Vec<String> = Vec::with_capacity(segments.len());
-        let mut current = &mut *table;
-        for segment in parents {
-            let key = existing_key(current, segment);
-            path.push(key.clone());
-            current = match current
-                .entry(key)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            {
-                toml::Value::Table(t) => t,
-                _ => {
-                    return Err(format!(
-                        "environment variable {var}: `{}` is not a table, so it has no key `{}`",
-                        path.join("."),
-                        segments[path.len()].to_lowercase()
-                    ));
-                }
-            };
-        }
-        let key = existing_key(current, last);
-        path.push(key.clone());
-        let value = override_value(text, current.get(&key));
-        current.insert(key, value);
-        applied.push(Override {
-            var: var.to_owned(),
-            path: path.join("."),
-        });
-    }
-    Ok(applied)
-}
-
-/// The key of `table` that `segment` names: an existing one, compared
-/// case-insensitively (an exact match first), or else the segment lowercased.
-fn existing_key(table: &toml::Table, segment: &str) -> String {
-    if table.contains_key(segment) {
-        return segment.to_owned();
-    }
-    table
-        .keys()
-        .find(|k| k.eq_ignore_ascii_case(segment))
-        .cloned()
-        .unwrap_or_else(|| segment.to_lowercase())
-}
-
-fn override_value(text: String, existing: Option<&toml::Value>) -> toml::Value {
-    if matches!(existing, Some(toml::Value::String(_))) {
-        return toml::Value::String(text);
-    }
-    match text.parse::<toml::Value>() {
-        Ok(value) => value,
-        Err(_) => toml::Value::String(text),
-    }
-}
-
-/// The override that set `key`, or a key inside it, or (for an unknown field error
-/// about `key`) the field named in `message`.
-fn env_source<'a>(key: &str, message: &str, overrides: &'a [Override]) -> Option<&'a str> {
-    overrides
-        .iter()
-        .find(|o| {
-            key == o.path
-                || key
-                    .strip_prefix(o.path.as_str())
-                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
-                || o.path
-                    .strip_prefix(key)
-                    .and_then(|rest| rest.strip_prefix('.'))
-                    .is_some_and(|field| message.contains(&format!("field `{field}`")))
-        })
-        .map(|o| o.var.as_str())
-}
-
-type SubstError = (String, String);
-
-fn substitute_table(table: &mut toml::Table, prefix: &str, env: &Env) -> Result<(), SubstError> {
-    for (key, value) in table.iter_mut() {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        substitute_value(value, &path, env)?;
-    }
-    Ok(())
-}
-
-fn substitute_value(value: &mut toml::Value, path: &str, env: &Env) -> Result<(), SubstError> {
-    match value {
-        toml::Value::String(s) if s.contains('$') => {
-            *s = expand(s, env).map_err(|message| (path.to_owned(), message))?;
-        }
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                substitute_value(item, &format!("{path}[{i}]"), env)?;
-            }
-        }
-        toml::Value::Table(table) => substitute_table(table, path, env)?,
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Replaces `${VAR}` with the variable's value; `$${` stands for a literal `${`. A
-/// replaced value is not expanded again. Errors name the variable, never a value.
-fn expand(text: &str, env: &Env) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        if let Some(after) = tail.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or("`${` without a closing `}`; write `$${` for a literal `${`")?;
-            let name = &after[..end];
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(format!(
-                    "`${{{name}}}` is not a variable name (letters, digits and `_`); \
-                     write `$${{` for a literal `${{`"
-                ));
-            }
-            match env.get(name)? {
-                Some(value) => out.push_str(&value),
-                None => return Err(format!("environment variable `{name}` is not set")),
-            }
-            rest = &after[end + 1..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = r#"
-[connectors.crm]
-type = "file"
-path = "crm"
-
-[connectors.erp]
-type = "file"
-path = "erp"
-
-[contacts]
-connector = "crm"
-
-[relations.CUST]
-kind = "customer"
-connector = "erp"
-match = [["email"]]
-"#;
-
-    /// A stand-in for the file connector's factory, so these tests do not depend on
-    /// the connector features the binary is built with.
-    struct FileLike;
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code, reason = "only the parsing matters")]
-    struct FileLikeSettings {
-        path: String,
-        format: Option<String>,
-        password: Option<String>,
-    }
-
-    impl tandem_connector::ConnectorFactory for FileLike {
-        fn type_name(&self) -> &'static str {
-            "file"
-        }
-
-        fn build(
-            &self,
-            settings: serde_json::Value,
-            _: &BuildContext,
-        ) -> Result<Arc<dyn Connector>, ConnectorError> {
-            let _: FileLikeSettings = tandem_connector::parse_settings(settings)?;
-            Err(ConnectorError::fatal("not a real connector"))
-        }
-    }
-
-    fn registry() -> Registry {
-        let mut registry = Registry::new();
-        registry.register(Box::new(FileLike));
-        registry
-    }
-
-    /// Loads `text` as if it were the file `examples/x/tandem.toml`.
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let table = parse(text).map_err(|message| ConfigError {
-            file: "examples/x/tandem.toml".into(),
-            key: None,
-            message,
-        })?;
-        Config::from_table(
-            "examples/x/tandem.toml".into(),
-            PathBuf::from("examples/x"),
-            table,
-            &Env::from_pairs(env),
-            &registry(),
-        )
-    }
-
-    fn load_err(text: &str, env: &[(&str, &str)]) -> String {
-        load(text, env).unwrap_err().to_string()
-    }
-
-    fn relation<'a>(config: &'a Config, code: &str) -> &'a RelationConfig {
-        &config
-            .sync
-            .relations
-            .iter()
-            .find(|(c, _)| c == code)
-            .unwrap()
-            .1
-    }
-
-    #[test]
-    fn loads_a_minimal_config_with_defaults() {
-        let config = load(BASE, &[]).unwrap();
-        assert_eq!(config.state_url, "sqlite://.tandem/state.db");
-        assert_eq!(config.connectors["crm"].type_name, "file");
-        assert_eq!(config.connectors["crm"].settings["path"], "crm");
-        assert!(!config.connectors["crm"].settings.contains_key("type"));
-        assert_eq!(config.sync.contacts.connector, "crm");
-        assert_eq!(relation(&config, "CUST").kind.as_str(), "customer");
-    }
-
-    #[test]
-    fn r16_max_delete_share_defaults_to_half_and_takes_numbers_from_0_to_1() {
-        assert_eq!(load(BASE, &[]).unwrap().run.max_delete_share, 0.5);
-        let config = load(&format!("{BASE}\n[sync]\nmax_delete_share = 1\n"), &[]).unwrap();
-        assert_eq!(config.run.max_delete_share, 1.0);
-        let config = load(BASE, &[("TANDEM__SYNC__MAX_DELETE_SHARE", "0.25")]).unwrap();
-        assert_eq!(config.run.max_delete_share, 0.25);
-        for bad in ["1.5", "-0.1", "nan"] {
-            let e = load_err(&format!("{BASE}\n[sync]\nmax_delete_share = {bad}\n"), &[]);
-            assert!(
-                e.starts_with(
-                    "examples/x/tandem.toml: sync.max_delete_share: must be a number from 0 to 1"
-                ),
-                "{e}"
-            );
-        }
-        let e = load_err(BASE, &[("TANDEM__SYNC__MAX_DELETE_SHARE", "half")]);
-        assert!(e.contains("sync.max_delete_share"), "{e}");
-        assert!(e.contains("TANDEM__SYNC__MAX_DELETE_SHARE"), "{e}");
-        let e = load_err(&format!("{BASE}\n[sync]\nmax_deletes = 3\n"), &[]);
-        assert!(e.contains("sync: unknown field `max_deletes`"), "{e}");
-    }
-
-    #[test]
-    fn env_overrides_an_existing_key_whatever_its_case() {
-        let config = load(
-            BASE,
-            &[
-                ("TANDEM__RELATIONS__CUST__CONNECTOR", "crm"),
-                ("TANDEM__CONNECTORS__CRM__PATH", "elsewhere"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(relation(&config, "CUST").connector, "crm");
-        assert_eq!(config.connectors["crm"].settings["path"], "elsewhere");
-        // No second, lowercased `crm` or `cust` entry appeared.
-        assert_eq!(config.connectors.len(), 2);
-        assert_eq!(config.sync.relations.len(), 1);
-    }
-
-    #[test]
-    fn env_adds_a_new_key_lowercased() {
-        let config = load(
-            BASE,
-            &[
-                ("TANDEM__STATE__URL", "sqlite:///var/lib/tandem/state.db"),
-                ("TANDEM__CONNECTORS__CRM__FORMAT", "jsonl"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(config.state_url, "sqlite:///var/lib/tandem/state.db");
-        assert_eq!(config.connectors["crm"].settings["format"], "jsonl");
-    }
-
-    #[test]
-    fn env_values_parse_as_toml_values() {
-        let config = load(
-            BASE,
-            &[
-                ("TANDEM__RELATIONS__CUST__CREATE_CONTACTS", "true"),
-                (
-                    "TANDEM__RELATIONS__CUST__MATCH",
-                    r#"[["vat_registration_no"], ["email"]]"#,
-                ),
-                ("TANDEM__CONNECTORS__ERP__RETRIES", "42"),
-                ("TANDEM__CONNECTORS__ERP__LABEL", "plain text"),
-            ],
-        )
-        .unwrap();
-        let cust = relation(&config, "CUST");
-        assert!(cust.create_contacts);
-        assert_eq!(cust.match_tiers.len(), 2);
-        assert_eq!(config.connectors["erp"].settings["retries"], 42);
-        assert_eq!(config.connectors["erp"].settings["label"], "plain text");
-    }
-
-    #[test]
-    fn env_keeps_text_keys_text() {
-        let config = load(
-            &BASE.replace("path = \"erp\"", "path = \"erp\"\npassword = \"x\""),
-            &[("TANDEM__CONNECTORS__ERP__PASSWORD", "123456")],
-        )
-        .unwrap();
-        assert_eq!(config.connectors["erp"].settings["password"], "123456");
-    }
-
-    #[test]
-    fn env_errors_name_the_variable() {
-        let e = load_err(BASE, &[("TANDEM__RELATIONS__CUST__CONFLICT", "sometimes")]);
-        assert!(
-            e.starts_with(
-                "examples/x/tandem.toml: relations.CUST.conflict: unknown variant `sometimes`"
-            ),
-            "{e}"
-        );
-        assert!(
-            e.ends_with("(set by environment variable TANDEM__RELATIONS__CUST__CONFLICT)"),
-            "{e}"
-        );
-        let e = load_err(BASE, &[("TANDEM__RELATIONS__CUST__CONFLCIT", "newest")]);
-        assert!(e.contains("unknown field `conflcit`"), "{e}");
-        assert!(e.contains("TANDEM__RELATIONS__CUST__CONFLCIT"), "{e}");
-        let e = load_err(BASE, &[("TANDEM__CONTACTS__CONNECTOR__X", "1")]);
-        assert!(
-            e.contains("TANDEM__CONTACTS__CONNECTOR__X: `contacts.connector` is not a table"),
-            "{e}"
-        );
-        let e = load_err(BASE, &[("TANDEM__STATE____URL", "x")]);
-        assert!(e.contains("a key segment is empty"), "{e}");
-    }
-
-    #[test]
-    fn variables_are_substituted_in_strings() {
-        let text = BASE.replace(
-            "path = \"erp\"",
-            "path = \"${ERP_DIR}/data\"\npassword = \"${ERP_PASSWORD}\"\nnote = \"costs $$5, literal $${HOME}\"",
-        );
-        let config = load(
-            &text,
-            &[("ERP_DIR", "/srv/erp"), ("ERP_PASSWORD", "s3cret")],
-        )
-        .unwrap();
-        let erp = &config.connectors["erp"].settings;
-        assert_eq!(erp["path"], "/srv/erp/data");
-        assert_eq!(erp["password"], "s3cret");
-        assert_eq!(erp["note"], "costs $$5, literal ${HOME}");
-    }
-
-    #[test]
-    fn variables_set_by_env_overrides_are_substituted_too() {
-        let config = load(
-            BASE,
-            &[
-                ("TANDEM__CONNECTORS__CRM__TOKEN", "${CRM_TOKEN}"),
-                ("CRM_TOKEN", "t0k"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(config.connectors["crm"].settings["token"], "t0k");
-    }
-
-    #[test]
-    fn a_missing_variable_names_key_and_variable() {
-        let text = BASE.replace(
-            "path = \"erp\"",
-            "path = \"erp\"\npassword = \"${ERP_PASSWORD}\"",
-        );
-        assert_eq!(
-            load_err(&text, &[]),
-            "examples/x/tandem.toml: connectors.erp.password: environment variable `ERP_PASSWORD` is not set"
-        );
-        let text = BASE.replace("[[\"email\"]]", "[[\"${TIER}\"]]");
-        assert_eq!(
-            load_err(&text, &[]),
-            "examples/x/tandem.toml: relations.CUST.match[0][0]: environment variable `TIER` is not set"
-        );
-        let text = BASE.replace("path = \"crm\"", "path = \"${CRM\"");
-        assert!(load_err(&text, &[]).contains("connectors.crm.path: `${` without a closing `}`"));
-    }
-
-    #[test]
-    fn unknown_keys_are_named_with_the_file() {
-        let text = BASE.replace("match = [[\"email\"]]", "conflcit = \"newest\"");
-        let e = load_err(&text, &[]);
-        assert!(
-            e.starts_with(
-                "examples/x/tandem.toml: relations.CUST: unknown field `conflcit`, expected one of"
-            ),
-            "{e}"
-        );
-        let e = load_err(&format!("{BASE}\n[stat]\nurl = \"x\"\n"), &[]);
-        assert!(
-            e.starts_with("examples/x/tandem.toml: unknown field `stat`"),
-            "{e}"
-        );
-        let e = load_err(
-            &BASE.replace("kind = \"customer\"", "kind = \"client\""),
-            &[],
-        );
-        assert!(
-            e.starts_with("examples/x/tandem.toml: relations.CUST.kind: unknown variant `client`"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn syntax_errors_give_line_and_column_without_the_line_itself() {
-        let e = load_err("[state]\nurl = \"sqlite://x\npassword = 1\n", &[]);
-        assert!(
-            e.starts_with("examples/x/tandem.toml: line 2, column "),
-            "{e}"
-        );
-        assert!(!e.contains("sqlite://x"), "{e}");
-    }
-
-    #[test]
-    fn unknown_connector_type_lists_the_known_ones() {
-        let text = BASE.replace("type = \"file\"\npath = \"crm\"", "type = \"ftp\"");
-        assert_eq!(
-            load_err(&text, &[]),
-            "examples/x/tandem.toml: connectors.crm.type: unknown connector type `ftp`; this build knows: file"
-        );
-        let text = BASE.replace("type = \"file\"\npath = \"crm\"", "path = \"crm\"");
-        assert_eq!(
-            load_err(&text, &[]),
-            "examples/x/tandem.toml: connectors.crm: missing field `type`"
-        );
-    }
-
-    #[test]
-    fn missing_connector_references_are_named() {
-        let text = BASE.replace("[connectors.erp]\ntype = \"file\"\npath = \"erp\"\n", "");
-        assert_eq!(
-            load_err(&text, &[]),
-            "examples/x/tandem.toml: relations.CUST.connector: no connector named `erp` under [connectors]"
-        );
-        let text = BASE.replace("connector = \"crm\"", "connector = \"addressbook\"");
-        assert_eq!(
-            load_err(&text, &[]),
-            "examples/x/tandem.toml: contacts.connector: no connector named `addressbook` under [connectors]"
-        );
-    }
-
-    #[test]
-    fn engine_checks_are_prefixed_with_the_file() {
-        let text = BASE.replace("[[\"email\"]]", "[[\"vat_number\"]]");
-        let e = load_err(&text, &[]);
-        assert!(
-            e.starts_with(
-                "examples/x/tandem.toml: relations.CUST.match[0]: `vat_number` is not a field"
-            ),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn connector_settings_errors_are_moved_onto_their_key() {
-        let text = BASE.replace(
-            "path = \"crm\"",
-            "path = \"crm\"\nformt = \"csv\"\npassword = \"hunter2\"",
-        );
-        let config = load(&text, &[]).unwrap();
-        let e = config
-            .build_connector("crm", &registry())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("examples/x/tandem.toml: connectors.crm.formt: unknown field `formt`"),
-            "{e}"
-        );
-        assert!(!format!("{config:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn relative_paths_resolve_from_the_config_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tandem.toml");
-        fs::write(&path, BASE).unwrap();
-        let config = Config::load(&path, &Env::default(), &registry()).unwrap();
-        assert_eq!(config.base_dir, dir.path());
-        let e =
-            Config::load(&dir.path().join("nope.toml"), &Env::default(), &registry()).unwrap_err();
-        assert!(e.to_string().contains("cannot read the config file"), "{e}");
-        assert!(e.to_string().contains("--config"), "{e}");
-    }
-
-    #[test]
-    fn line_columns_count_characters() {
-        assert_eq!(line_column("ab\ncd", 0), (1, 1));
-        assert_eq!(line_column("ab\ncd", 4), (2, 2));
-        assert_eq!(line_column("é\nx", 3), (2, 1));
-    }
 }

@@ -29,7 +29,7 @@ use tandem_model::EntityKind;
 use tandem_state::{LockMode, SqliteState, StateError, StateStore};
 use tracing::debug;
 
-use crate::config::{Config, Env};
+use crate::config::{Config, ConfigErrors, Env};
 
 /// The connector types compiled into this binary: one cargo feature per connector
 /// crate (`connector-<type>`), so a build carries only the systems it needs.
@@ -403,7 +403,7 @@ fn open_state_read(config: &Config) -> anyhow::Result<SqliteState> {
 fn state_error(config: &Config, e: StateError) -> anyhow::Error {
     match e {
         // A wrong url is a config mistake; the other errors name the state file.
-        StateError::UnsupportedUrl { .. } => anyhow!("{}: state.url: {e}", config.shown()),
+        StateError::UnsupportedUrl { .. } => anyhow!(config.error_at("state.url", e.to_string())),
         e => anyhow!(e),
     }
 }
@@ -526,16 +526,24 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Builds every configured connector.
+/// Builds every configured connector; the settings mistakes of all of them.
 fn build_connectors(
     config: &Config,
     registry: &Registry,
 ) -> anyhow::Result<HashMap<String, Arc<dyn Connector>>> {
     let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    let mut errors = Vec::new();
     for name in config.connectors.keys() {
-        connectors.insert(name.clone(), config.build_connector(name, registry)?);
+        match config.build_connector(name, registry) {
+            Ok(connector) => _ = connectors.insert(name.clone(), connector),
+            Err(e) => errors.push(e),
+        }
     }
-    Ok(connectors)
+    if errors.is_empty() {
+        Ok(connectors)
+    } else {
+        Err(ConfigErrors(errors).into())
+    }
 }
 
 /// Records a sync that failed before the engine could begin it, so that
