@@ -157,9 +157,7 @@ impl<'a> Engine<'a> {
         let writes = prepared.plan.write_count() as u64;
         let mut counts = prepared.plan.counts.clone();
         for (c, parked) in counts.iter_mut().zip(&prepared.parked_before) {
-            c.parked = parked.links + parked.creates;
-            // Parked pairs are neither updated nor unchanged.
-            c.unchanged = c.unchanged.saturating_sub(parked.links);
+            c.set_parked(parked.links + parked.creates, parked.links);
         }
         let failures = rejections(&prepared.plan);
         Ok(RunReport {
@@ -308,6 +306,8 @@ impl<'a> Engine<'a> {
         let started = std::time::Instant::now();
         let mut plan = plan(&relations, &input);
         let ambiguities = self.standing_ambiguities(&wakes, &sides, &mut plan)?;
+        // The standing ambiguities are the plan's too.
+        plan.counts = plan.derive_counts(&relations, &input.link_counts);
         info!(
             ms = started.elapsed().as_millis() as u64,
             hubs = plan.hubs.len(),
@@ -487,7 +487,6 @@ impl<'a> Engine<'a> {
                     .clone()
                     .and_then(|json| serde_json::from_value(json).ok())
                     .unwrap_or_default();
-                plan.counts[r].ambiguous += standing.len() as u64;
                 plan.ambiguous.extend(standing);
             }
             let accounts_full = !sides.accounts[r].capabilities().incremental;

@@ -231,8 +231,7 @@ impl Applier<'_> {
             previous.map_or(0, |p| p.failure_count),
             &error,
         );
-        self.plan.counts[r].created -= 1;
-        self.plan.counts[r].failed += 1;
+        self.plan.counts[r].create_failed();
         if job.side == Side::Contact {
             self.settled_accounts[r].insert(job.source_id.clone());
             self.batch.set_hashes.push((

@@ -139,9 +139,8 @@ impl Applier<'_> {
         let mut plan = self.plan;
         for (r, counts) in plan.counts.iter_mut().enumerate() {
             let code = &self.relations.relations[r].code;
-            counts.parked = parked_now.iter().filter(|l| &l.code == code).count() as u64
-                + pending_now.parked_in(code);
-            counts.unchanged = counts.unchanged.saturating_sub(parked_before[r].links);
+            let links = parked_now.iter().filter(|l| &l.code == code).count() as u64;
+            counts.set_parked(links + pending_now.parked_in(code), parked_before[r].links);
         }
         info!(
             run = self.log.run_id,

@@ -8,7 +8,7 @@ use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
 use super::write::{Outcomes, link_of};
 use super::{Applier, commit_behind, next_failure};
-use crate::plan::{FieldChange, HubPlan, NewLink, PairPlan};
+use crate::plan::{FieldChange, HubPlan, NewLink, PairPlan, PairWas};
 use crate::run::{EngineError, Failure, RECHECK, record_hash_of};
 use crate::side::{Side, Winner};
 
@@ -229,13 +229,12 @@ impl Applier<'_> {
         side: Side,
     ) {
         let r = pair.relation;
-        let counts = &mut self.plan.counts[r];
-        counts.failed += 1;
-        match (&pair.previous, pair.updated) {
-            (Some(_), true) => counts.updated -= 1,
-            (Some(_), false) => counts.unchanged = counts.unchanged.saturating_sub(1),
-            (None, _) => counts.linked -= 1,
-        }
+        let was = match (&pair.previous, pair.updated) {
+            (Some(_), true) => PairWas::Updated,
+            (Some(_), false) => PairWas::Unchanged,
+            (None, _) => PairWas::New,
+        };
+        self.plan.counts[r].pair_failed(was);
         let scope = self.accounts[r].scope.clone();
         self.batch
             .set_hashes

@@ -75,7 +75,6 @@ impl<'a> Planner<'a> {
                 baseline,
                 asked: by_operator,
             });
-            self.plan.counts[r].created += 1;
         }
         for account_id in asked {
             if !self

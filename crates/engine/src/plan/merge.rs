@@ -58,18 +58,6 @@ impl<'a> Planner<'a> {
         for merged in merged {
             self.plan.close_conflicts.extend(merged.closed);
             let Some(hub) = merged.hub else { continue };
-            for pair in &hub.pairs {
-                if pair.updated && pair.previous.is_some() {
-                    self.plan.counts[pair.relation].updated += 1;
-                }
-            }
-            for conflict in &hub.conflicts {
-                for (code, _, _) in &conflict.accounts {
-                    if let Some(r) = self.relations.index_of(code) {
-                        self.plan.counts[r].conflicts += 1;
-                    }
-                }
-            }
             self.plan.hubs.push(hub);
         }
     }

@@ -21,6 +21,8 @@ use crate::matching::{Ambiguity, match_records};
 use crate::relation::{Relation, Relations};
 
 mod codes;
+mod counts;
+pub use counts::PairWas;
 mod create;
 mod merge;
 mod operator;
@@ -514,7 +516,9 @@ impl<'a> Planner<'a> {
         self.reflect_codes();
         self.other_links();
         self.hash_contacts_after();
-        self.finish_counts();
+        self.plan.counts = self
+            .plan
+            .derive_counts(self.relations, &self.input.link_counts);
         self.recheck_for_new_contacts();
         // A create found again is also linked now: named once.
         self.plan.done_pending.dedup();
@@ -522,9 +526,6 @@ impl<'a> Planner<'a> {
     }
 
     pub(super) fn reject(&mut self, code: &str, contact_id: &str, error: String) {
-        if let Some(r) = self.relations.index_of(code) {
-            self.plan.counts[r].failed += 1;
-        }
         self.plan.rejected.push(Rejection {
             code: code.to_owned(),
             contact_id: contact_id.to_owned(),
@@ -540,13 +541,6 @@ impl<'a> Planner<'a> {
                 .new_links
                 .get(contact_id)
                 .is_some_and(|links| links.iter().any(|(lr, _, _)| *lr == r))
-    }
-
-    pub(super) fn finish_counts(&mut self) {
-        for (r, counts) in self.plan.counts.iter_mut().enumerate() {
-            let before = self.input.link_counts.get(r).copied().unwrap_or(0);
-            counts.unchanged = before.saturating_sub(counts.updated + counts.unlinked);
-        }
     }
 }
 

@@ -89,7 +89,6 @@ impl<'a> Planner<'a> {
         }
         self.linked_accounts[r].insert(a);
         self.new_links.entry(c).or_default().push((r, a, how));
-        self.plan.counts[r].linked += 1;
         None
     }
 }

@@ -74,7 +74,6 @@ impl<'a> Planner<'a> {
                 .or_default()
                 .push((r, account, NewLink::Recovered));
             self.starts.insert((r, contact), &p.fields);
-            self.plan.counts[r].linked += 1;
             let key = (p.code.clone(), p.side, p.source_id.clone());
             self.plan.done_pending.creates.push(key);
         }
@@ -113,7 +112,6 @@ impl<'a> Planner<'a> {
             self.recovery_waiting.insert((r, id));
         }
         let name = p.fields.value(field::NAME).to_cell();
-        self.plan.counts[r].ambiguous += 1;
         self.plan.ambiguous.push(Ambiguity {
             code: code.clone(),
             tier: 0,

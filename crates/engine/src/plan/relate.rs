@@ -105,8 +105,6 @@ impl<'a> Planner<'a> {
             let how = NewLink::Match { tier: *tier };
             self.new_links.entry(c).or_default().push((r, a, how));
         }
-        self.plan.counts[r].linked += outcome.matches.len() as u64;
-        self.plan.counts[r].ambiguous += outcome.ambiguous.len() as u64;
         self.plan.ambiguous.extend(outcome.ambiguous);
         matched
     }
@@ -247,6 +245,5 @@ impl<'a> Planner<'a> {
             baseline,
             intent,
         });
-        self.plan.counts[r].created += 1;
     }
 }

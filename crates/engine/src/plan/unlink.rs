@@ -32,7 +32,6 @@ impl<'a> Planner<'a> {
                     account_id: link.account_id.clone(),
                     reason,
                 });
-                self.plan.counts[r].unlinked += 1;
                 if reason == UnlinkReason::ContactDeleted {
                     self.contact_deleted_now
                         .insert((r, link.account_id.as_str()));
