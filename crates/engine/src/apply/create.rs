@@ -6,7 +6,7 @@ use tandem_connector::{Connector, ConnectorError, WriteOp, Written};
 use tandem_model::{EntityKind, Fields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, StateStore};
 
-use super::{Applier, PendingKey, next_failure, write_all};
+use super::{Applier, Failed, PendingKey, write_all};
 use crate::failpoint;
 use crate::run::{EngineError, Failure, RECHECK, record_hash};
 use crate::side::Side;
@@ -225,13 +225,22 @@ impl Applier<'_> {
     fn create_failed(&mut self, job: &CreateJob, e: &ConnectorError) {
         let r = job.relation;
         let error = e.to_string();
-        let previous = self.previous.creates.get(&job.pending_key());
-        let (count, parked) = next_failure(
-            previous.and_then(|p| p.error.as_deref()),
-            previous.map_or(0, |p| p.failure_count),
-            &error,
-        );
-        self.plan.counts[r].create_failed();
+        let previous = (self.previous.creates.get(&job.pending_key()))
+            .map(|p| (p.failure_count, p.error.clone()));
+        let (contact_id, account_id) = match job.side {
+            Side::Contact => (None, Some(job.source_id.clone())),
+            Side::Account => (Some(job.source_id.clone()), None),
+        };
+        let failure = Failure {
+            code: job.code.clone(),
+            contact_id,
+            account_id,
+            side: job.side,
+            error: error.clone(),
+            parked: false,
+        };
+        let previous = previous.as_ref().map(|(n, e)| (*n, e.as_deref()));
+        let (count, parked) = self.fail(Failed::Create(r), previous, failure);
         if job.side == Side::Contact {
             self.settled_accounts[r].insert(job.source_id.clone());
             self.batch.set_hashes.push((
@@ -246,22 +255,10 @@ impl Applier<'_> {
             source_id: job.source_id.clone(),
             fields: job.fields.clone(),
             run_id: Some(self.log.run_id),
-            error: Some(error.clone()),
+            error: Some(error),
             failure_count: count,
             parked,
             updated_at: self.log.now,
-        });
-        let (contact_id, account_id) = match job.side {
-            Side::Contact => (None, Some(job.source_id.clone())),
-            Side::Account => (Some(job.source_id.clone()), None),
-        };
-        self.failures.push(Failure {
-            code: job.code.clone(),
-            contact_id,
-            account_id,
-            side: job.side,
-            error,
-            parked,
         });
     }
 }

@@ -30,7 +30,7 @@ use tandem_state::{
 use tracing::info;
 
 use crate::pending::Pending;
-use crate::plan::Plan;
+use crate::plan::{PairWas, Plan};
 use crate::relation::Relations;
 use crate::run::{Engine, EngineError, Failure, Prepared, RunReport, ScopeRead, rejections};
 use crate::side::Side;
@@ -250,13 +250,52 @@ impl Applier<'_> {
     }
 }
 
-/// R17: the failure count after `error`, and whether the record is parked now (the
-/// same error as last time). The one place that decides parking.
-fn next_failure(previous_error: Option<&str>, previous_count: u32, error: &str) -> (u32, bool) {
-    (
-        previous_count + 1,
-        previous_count >= 1 && previous_error == Some(error),
-    )
+/// What failed, as the counts know it.
+#[derive(Debug, Clone, Copy)]
+enum Failed {
+    /// A pair's write, in relation `r`.
+    Pair(usize, PairWas),
+    /// A create, in relation `r`.
+    Create(usize),
+    /// A request the plan refused: the plan counted it already.
+    Request,
+}
+
+/// The failure count and the error of the last attempt, as the state holds them.
+type Attempts<'a> = Option<(u32, Option<&'a str>)>;
+
+impl Applier<'_> {
+    /// R17, the one place a failure is handled: counted, parked when it is the same
+    /// error as last time, and reported. Returns the new failure count and whether it
+    /// is parked now, for the state row the caller stores.
+    fn fail(
+        &mut self,
+        failed: Failed,
+        previous: Attempts<'_>,
+        mut failure: Failure,
+    ) -> (u32, bool) {
+        let (previous_count, previous_error) = previous.unwrap_or((0, None));
+        let count = previous_count + 1;
+        let parked = previous_count >= 1 && previous_error == Some(failure.error.as_str());
+        failure.parked = parked;
+        match failed {
+            Failed::Pair(r, was) => self.plan.counts[r].pair_failed(was),
+            Failed::Create(r) => self.plan.counts[r].create_failed(),
+            Failed::Request => {
+                // Reported from the plan already: only whether it is parked is new.
+                let reported = self
+                    .failures
+                    .iter_mut()
+                    .find(|f| f.code == failure.code && f.contact_id == failure.contact_id);
+                if let Some(reported) = reported {
+                    reported.parked = parked;
+                }
+                return (count, parked);
+            }
+        }
+        self.failures.push(failure);
+        (count, parked)
+    }
 }
 
 /// Runs `build`, which hands batches to a [`Committer`]; each is committed on a helper

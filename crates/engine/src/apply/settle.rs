@@ -7,7 +7,7 @@ use tandem_model::Timestamp;
 use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
 use super::write::{Outcomes, link_of};
-use super::{Applier, commit_behind, next_failure};
+use super::{Applier, Failed, commit_behind};
 use crate::plan::{FieldChange, HubPlan, NewLink, PairPlan, PairWas};
 use crate::run::{EngineError, Failure, RECHECK, record_hash_of};
 use crate::side::{Side, Winner};
@@ -234,17 +234,21 @@ impl Applier<'_> {
             (Some(_), false) => PairWas::Unchanged,
             (None, _) => PairWas::New,
         };
-        self.plan.counts[r].pair_failed(was);
         let scope = self.accounts[r].scope.clone();
         self.batch
             .set_hashes
             .push((scope, pair.account_id.clone(), RECHECK));
-        let previous = pair.previous.as_deref();
-        let (count, parked) = next_failure(
-            previous.and_then(|l| l.last_error.as_deref()),
-            previous.map_or(0, |l| l.failure_count),
-            &error,
-        );
+        let failure = Failure {
+            code: pair.code.clone(),
+            contact_id: Some(hub.contact_id.clone()),
+            account_id: Some(pair.account_id.clone()),
+            side,
+            error: error.clone(),
+            parked: false,
+        };
+        let previous =
+            (pair.previous.as_deref()).map(|l| (l.failure_count, l.last_error.as_deref()));
+        let (count, parked) = self.fail(Failed::Pair(r, was), previous, failure);
         self.batch.upsert_links.push(Link {
             contact_version: written.contact_version.clone(),
             account_version: written.account_version.clone(),
@@ -265,14 +269,6 @@ impl Applier<'_> {
         };
         let account = Some(pair.account_id.as_str());
         self.log(&hub.contact_id, &pair.code, account, side.as_str(), &entry);
-        self.failures.push(Failure {
-            code: pair.code.clone(),
-            contact_id: Some(hub.contact_id.clone()),
-            account_id: Some(pair.account_id.clone()),
-            side,
-            error,
-            parked,
-        });
     }
 
     /// R19: a contact Tandem wrote has a new version; every link of it learns it, also

@@ -3,9 +3,11 @@
 
 use tandem_state::{LogEntry, RefusedRequest};
 
-use super::{Applier, next_failure};
+use super::{Applier, Failed};
 use crate::plan::{Unlink, UnlinkReason};
+use crate::report::Failure;
 use crate::run::RECHECK;
+use crate::side::Side;
 
 impl Applier<'_> {
     /// Requests refused by the plan fail like writes do: twice the same way parks them.
@@ -13,12 +15,18 @@ impl Applier<'_> {
         let rejected = std::mem::take(&mut self.plan.rejected);
         for rejection in &rejected {
             let key = (rejection.code.clone(), rejection.contact_id.clone());
-            let previous = self.previous.refused.get(&key);
-            let (count, parked) = next_failure(
-                previous.map(|p| p.error.as_str()),
-                previous.map_or(0, |p| p.failure_count),
-                &rejection.error,
-            );
+            let previous =
+                (self.previous.refused.get(&key)).map(|p| (p.failure_count, Some(p.error.clone())));
+            let failure = Failure {
+                code: rejection.code.clone(),
+                contact_id: Some(rejection.contact_id.clone()),
+                account_id: None,
+                side: Side::Contact,
+                error: rejection.error.clone(),
+                parked: false,
+            };
+            let previous = previous.as_ref().map(|(n, e)| (*n, e.as_deref()));
+            let (count, parked) = self.fail(Failed::Request, previous, failure);
             self.batch.upsert_refused.push(RefusedRequest {
                 code: rejection.code.clone(),
                 contact_id: rejection.contact_id.clone(),
@@ -28,11 +36,6 @@ impl Applier<'_> {
                 parked,
                 updated_at: self.log.now,
             });
-            if let Some(f) = self.failures.iter_mut().find(|f| {
-                f.code == rejection.code && f.contact_id.as_ref() == Some(&rejection.contact_id)
-            }) {
-                f.parked = parked;
-            }
             if !parked {
                 // Looked at again next run, even if nobody edits it (R17).
                 self.settled_contacts.insert(rejection.contact_id.clone());
