@@ -34,5 +34,5 @@ pub use retry::retry_after;
 pub use settings::{HttpSettings, RetrySettings};
 pub use tls::{client_builder, install_crypto_provider};
 
-pub use reqwest::{Method, StatusCode, header};
+pub use reqwest::{Method, StatusCode, Url, header};
 pub use secrecy::{ExposeSecret, SecretString};
