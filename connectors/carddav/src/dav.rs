@@ -74,6 +74,11 @@ impl Dav {
         format!("{}{}", self.url, encode_segment(id))
     }
 
+    /// `text` (from the server) with every secret of the connector masked.
+    pub fn mask(&self, text: &str) -> String {
+        self.http.redactor().mask(text)
+    }
+
     /// The server's `body` as an error may show it (shortened, redacted).
     pub fn server_text(&self, body: &str, sent: Option<&str>) -> String {
         self.http

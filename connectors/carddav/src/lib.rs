@@ -109,6 +109,8 @@ impl CarddavConnector {
                 Ok(record)
             }
             Err(why) => {
+                // The reason may quote a line of the card: the server's text.
+                let why = self.dav.mask(&why);
                 let href = self.dav.member_url(id);
                 tracing::warn!(%href, %why, "skipped a card that cannot be parsed");
                 Err((href, why))

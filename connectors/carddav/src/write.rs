@@ -143,6 +143,7 @@ impl CarddavConnector {
             .etag
             .ok_or_else(|| ConnectorError::fatal(format!("GET {url}: no ETag")))?;
         let card = Card::parse(&a.body).map_err(|e| {
+            let e = self.dav.mask(&e);
             ConnectorError::invalid(Some(id), format!("{url} is not a readable vCard: {e}"))
         })?;
         Ok((etag, card))

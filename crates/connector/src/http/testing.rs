@@ -1,6 +1,7 @@
 //! Test support for HTTP connectors (cargo feature `http-testsupport`): a private CA
 //! that issues server certificates, a server that echoes every request it receives,
-//! and a small proxy that injects faults in front of a real server.
+//! a small proxy that injects faults in front of a real server, and a capture of the
+//! logs a test writes.
 //!
 //! Everything listens on 127.0.0.1 only, on a free port, and stops when dropped.
 
@@ -170,18 +171,24 @@ pub enum Echo {
 pub struct EchoServer {
     listener: Listener,
     mode: Arc<Mutex<Echo>>,
+    received: Arc<Mutex<Vec<RawRequest>>>,
 }
 
 impl EchoServer {
     pub fn start(mode: Echo) -> EchoServer {
         let mode = Arc::new(Mutex::new(mode));
         let shared = mode.clone();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
         let listener = Listener::start(move |stream| {
             let Ok(mut out) = stream.try_clone() else {
                 return;
             };
             let mut reader = BufReader::new(stream);
             while let Some(request) = read_request(&mut reader) {
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(request.clone());
                 let mode = *shared.lock().unwrap_or_else(|e| e.into_inner());
                 let close = request
                     .head
@@ -192,7 +199,19 @@ impl EchoServer {
                 }
             }
         });
-        EchoServer { listener, mode }
+        EchoServer {
+            listener,
+            mode,
+            received,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<RawRequest> {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set(&self, mode: Echo) {
@@ -392,4 +411,49 @@ fn forward(upstream: u16, request: &RawRequest) -> Option<Vec<u8>> {
     let mut reply = Vec::new();
     conn.read_to_end(&mut reply).ok()?;
     Some(reply)
+}
+
+/// The logs written on this thread while it is alive, every level included.
+#[derive(Debug)]
+pub struct Logs {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Logs {
+    /// Starts capturing (a current-thread runtime keeps every task on this thread).
+    pub fn capture() -> Logs {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogWriter(buffer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        Logs {
+            buffer,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
