@@ -174,7 +174,7 @@ async fn the_tryton_connector_conforms_over_https() {
 }
 
 async fn conforms_on(server: &TrytonServer) {
-    let connector = connector(&server, 7);
+    let connector = connector(server, 7);
     let options = Options {
         sample,
         max_batch: 7,
