@@ -109,37 +109,7 @@ impl CardServer {
         let log =
             std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
         let mut cmd = match flavor {
-            Flavor::Radicale => {
-                let users = dir.path().join("users");
-                std::fs::write(&users, format!("{USER}:{PASSWORD}\n"))
-                    .map_err(|e| e.to_string())?;
-                let config = dir.path().join("radicale.conf");
-                let ssl = tls
-                    .as_ref()
-                    .map(|f| {
-                        format!(
-                            "ssl = True\ncertificate = {}\nkey = {}\n",
-                            f.cert.display(),
-                            f.key.display()
-                        )
-                    })
-                    .unwrap_or_default();
-                std::fs::write(
-                    &config,
-                    format!(
-                        "[server]\nhosts = 127.0.0.1:{port}\n{ssl}[auth]\ntype = htpasswd\n\
-                         htpasswd_filename = {}\nhtpasswd_encryption = plain\ndelay = 0\n\
-                         [rights]\ntype = owner_only\n[storage]\nfilesystem_folder = {}\n\
-                         [logging]\nlevel = warning\n",
-                        users.display(),
-                        storage.display()
-                    ),
-                )
-                .map_err(|e| e.to_string())?;
-                let mut c = Command::new(bin.join("radicale"));
-                c.arg("-C").arg(&config);
-                c
-            }
+            Flavor::Radicale => radicale_command(&bin, dir.path(), port, tls.as_ref())?,
             Flavor::Xandikos => {
                 let mut c = Command::new(bin.join("xandikos"));
                 c.args(["serve", "-d"]).arg(&storage).args([
@@ -251,6 +221,42 @@ impl CardServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
+}
+
+/// Radicale with htpasswd auth (and TLS with `tls`), its files in `dir`.
+fn radicale_command(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    tls: Option<&TlsFiles>,
+) -> Result<Command, String> {
+    let users = dir.join("users");
+    std::fs::write(&users, format!("{USER}:{PASSWORD}\n")).map_err(|e| e.to_string())?;
+    let config = dir.join("radicale.conf");
+    let ssl = tls
+        .map(|f| {
+            format!(
+                "ssl = True\ncertificate = {}\nkey = {}\n",
+                f.cert.display(),
+                f.key.display()
+            )
+        })
+        .unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhosts = 127.0.0.1:{port}\n{ssl}[auth]\ntype = htpasswd\n\
+             htpasswd_filename = {}\nhtpasswd_encryption = plain\ndelay = 0\n\
+             [rights]\ntype = owner_only\n[storage]\nfilesystem_folder = {}\n\
+             [logging]\nlevel = warning\n",
+            users.display(),
+            dir.join("storage").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = Command::new(bin.join("radicale"));
+    c.arg("-C").arg(&config);
+    Ok(c)
 }
 
 impl Drop for CardServer {
