@@ -120,9 +120,9 @@ pub struct HttpClient {
     settings: HttpSettings,
     limiter: Option<DefaultDirectRateLimiter>,
     redactor: Redactor,
-    /// Set when a request gave up without reaching the server: later requests try once
-    /// until one gets through, so a server that is down costs one retry budget, not one
-    /// per record.
+    /// Set when a request gave up on connection failures or timeouts: later requests
+    /// try once until one gets through, so a server that is down or hung costs one retry
+    /// budget, not one per record.
     unreachable: AtomicBool,
 }
 
@@ -231,7 +231,11 @@ impl HttpClient {
                 Ok(reply)
             }
             Err(failure) => {
-                if matches!(failure, Failure::NotSent(_)) && tries > 1 {
+                let down = matches!(
+                    failure,
+                    Failure::NotSent(_) | Failure::Lost { timed_out: true, .. }
+                );
+                if down && tries > 1 {
                     self.unreachable.store(true, Ordering::Relaxed);
                 }
                 Err(self.give_up(request, failure, tries))
