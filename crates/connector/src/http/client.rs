@@ -233,7 +233,11 @@ impl HttpClient {
             Err(failure) => {
                 let down = matches!(
                     failure,
-                    Failure::NotSent(_) | Failure::Lost { timed_out: true, .. }
+                    Failure::NotSent(_)
+                        | Failure::Lost {
+                            timed_out: true,
+                            ..
+                        }
                 );
                 if down && tries > 1 {
                     self.unreachable.store(true, Ordering::Relaxed);
