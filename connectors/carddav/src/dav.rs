@@ -1,11 +1,7 @@
 //! The WebDAV/CardDAV requests the connector makes, and their multistatus answers.
 
-use std::time::Duration;
-
-use reqwest::{Method, StatusCode};
 use tandem_connector::ConnectorError;
-
-use crate::Secret;
+use tandem_connector::http::{Auth, HttpClient, HttpSettings, Method, Request, StatusCode, Url};
 
 /// A change listed by `sync-collection`.
 #[derive(Debug, Default)]
@@ -33,52 +29,43 @@ pub enum Fetched {
 
 #[derive(Debug)]
 pub struct Dav {
-    http: reqwest::Client,
+    http: HttpClient,
     /// The address book collection, ending with `/`.
     pub url: String,
     path: String,
-    username: Option<String>,
-    password: Option<Secret>,
 }
 
 pub struct Answer {
     pub status: StatusCode,
     pub etag: Option<String>,
     pub body: String,
+    /// An earlier try of the request may have been acted on (see `Reply::repeated`).
+    pub repeated: bool,
 }
 
 impl Dav {
-    pub fn new(
-        url: &str,
-        username: Option<String>,
-        password: Option<Secret>,
-    ) -> Result<Dav, ConnectorError> {
+    pub fn new(url: &str, http: HttpSettings, auth: Auth) -> Result<Dav, ConnectorError> {
         let mut url = url.trim().to_owned();
         if !url.ends_with('/') {
             url.push('/');
         }
-        let parsed = reqwest::Url::parse(&url)
-            .map_err(|e| ConnectorError::config(format!("url: `{url}` is not a URL: {e}")))?;
-        if parsed.scheme() != "http" {
-            return Err(ConnectorError::config(format!(
-                "url: `{url}`: only http:// is supported (put a TLS proxy in front, or add TLS)"
-            )));
-        }
+        let parsed = Url::parse(&url)
+            .map_err(|e| ConnectorError::config(format!("`url`: `{url}` is not a URL: {e}")))?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
+            // The URL itself is not shown: it holds a password.
             return Err(ConnectorError::config(
-                "url: put the user and password in `username` and `password`, not in the URL",
+                "`url`: put the user and password in `username` and `password`, not in the URL",
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ConnectorError::fatal(format!("HTTP client: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ConnectorError::config(format!(
+                "`url`: `{url}` is neither an http:// nor an https:// URL"
+            )));
+        }
         Ok(Dav {
-            http,
+            http: HttpClient::new("CardDAV", http, auth)?,
             path: parsed.path().to_owned(),
             url,
-            username,
-            password,
         })
     }
 
@@ -87,60 +74,65 @@ impl Dav {
         format!("{}{}", self.url, encode_segment(id))
     }
 
+    /// `text` (from the server) with every secret of the connector masked.
+    pub fn mask(&self, text: &str) -> String {
+        self.http.redactor().mask(text)
+    }
+
+    /// The server's `body` as an error may show it (shortened, redacted).
+    pub fn server_text(&self, body: &str, sent: Option<&str>) -> String {
+        self.http
+            .redactor()
+            .server_text(body.as_bytes(), sent.map(str::as_bytes))
+    }
+
     pub async fn request(
         &self,
         method: &str,
         url: &str,
-        headers: &[(&str, &str)],
+        headers: &[(&'static str, &str)],
         body: Option<String>,
     ) -> Result<Answer, ConnectorError> {
         let method = Method::from_bytes(method.as_bytes()).expect("a valid method");
-        let mut req = self.http.request(method.clone(), url);
-        if let Some(user) = &self.username {
-            req = req.basic_auth(user, self.password.as_ref().map(Secret::expose));
-        }
+        let mut request = Request::new(method.clone(), url);
         for (k, v) in headers {
-            req = req.header(*k, *v);
+            request = request.header(k, *v);
         }
         if let Some(body) = body {
-            req = req.body(body);
+            request = request.body(body);
         }
-        let resp = req.send().await.map_err(|e| {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "cannot connect"
-            } else {
-                "failed"
-            };
-            ConnectorError::transient(format!("{method} {url}: {what}"))
-        })?;
-        let status = resp.status();
-        let etag = resp
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let body = resp
-            .text()
-            .await
-            .map_err(|e| ConnectorError::transient(format!("{method} {url}: reading: {e}")))?;
-        match status.as_u16() {
-            401 => Err(ConnectorError::Auth {
-                message: format!("{method} {url}: 401 Unauthorized (check username and password)"),
-            }),
-            429 => Err(ConnectorError::rate_limited(
-                retry_after.map(Duration::from_secs),
-            )),
-            500..=599 => Err(ConnectorError::transient(format!(
-                "{method} {url}: {status}"
-            ))),
-            _ => Ok(Answer { status, etag, body }),
+        let reply = self.http.send(&request).await?;
+        if reply.status == StatusCode::UNAUTHORIZED {
+            return Err(self.unauthorized(&method, url));
+        }
+        Ok(Answer {
+            status: reply.status,
+            etag: reply.header("etag").map(str::to_owned),
+            body: reply.text(),
+            repeated: reply.repeated,
+        })
+    }
+
+    /// An answer the protocol does not expect, with the server's text.
+    fn unexpected(&self, what: &str, a: &Answer) -> ConnectorError {
+        let text = self.server_text(&a.body, None);
+        ConnectorError::fatal(format!(
+            "{what} {}: unexpected {}: {text}",
+            self.url, a.status
+        ))
+    }
+
+    /// A 401, with the settings to check.
+    fn unauthorized(&self, method: &Method, url: &str) -> ConnectorError {
+        let check = match self.http.auth() {
+            Auth::Basic { .. } => "check `username` and `password`",
+            Auth::Bearer(_) => "check `token` (expired or revoked?)",
+            Auth::None => {
+                "the server asks for credentials: set `username` and `password`, or `token`"
+            }
+        };
+        ConnectorError::Auth {
+            message: format!("CardDAV {method} {url}: 401 Unauthorized; {check}"),
         }
     }
 
@@ -175,10 +167,7 @@ impl Dav {
                 )));
             }
             _ => {
-                return Err(ConnectorError::fatal(format!(
-                    "PROPFIND {}: unexpected {}",
-                    self.url, a.status
-                )));
+                return Err(self.unexpected("PROPFIND", &a));
             }
         }
         let doc = parse_xml(&a.body, &self.url)?;
@@ -229,10 +218,9 @@ impl Dav {
                 }));
             }
             _ => {
-                return Err(SyncError::Other(ConnectorError::fatal(format!(
-                    "REPORT sync-collection {}: unexpected {}",
-                    self.url, a.status
-                ))));
+                return Err(SyncError::Other(
+                    self.unexpected("REPORT sync-collection", &a),
+                ));
             }
         }
         let doc = parse_xml(&a.body, &self.url).map_err(SyncError::Other)?;
@@ -293,10 +281,7 @@ impl Dav {
             )
             .await?;
         if a.status.as_u16() != 207 {
-            return Err(ConnectorError::fatal(format!(
-                "REPORT addressbook-multiget {}: unexpected {}",
-                self.url, a.status
-            )));
+            return Err(self.unexpected("REPORT addressbook-multiget", &a));
         }
         let doc = parse_xml(&a.body, &self.url)?;
         let mut out = Vec::new();
@@ -326,7 +311,7 @@ impl Dav {
 
     /// The member id of `href` if it is a member of this book (not the book itself).
     fn member_id(&self, href: &str) -> Option<String> {
-        let path = match reqwest::Url::parse(href) {
+        let path = match Url::parse(href) {
             Ok(u) => u.path().to_owned(),
             Err(_) => href.to_owned(),
         };

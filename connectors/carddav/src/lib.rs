@@ -1,7 +1,10 @@
 //! Tandem connector for CardDAV address books (`type = "carddav"`): contacts as vCards.
 //!
-//! Settings: `url` (the address book collection, `http://`), `username` and `password`
-//! (HTTP basic auth; both or neither). Only [`EntityKind::Contact`].
+//! Settings: `url` (the address book collection, `https://` or `http://`), `username`
+//! and `password` (HTTP basic auth) or `token` (a bearer token), `max_concurrent_writes`
+//! (default 4), and the keys every HTTP connector shares (`ca_file`, `connect_timeout`,
+//! `timeout` default 120 s, `retry`, `max_requests_per_second`; see
+//! [`tandem_connector::http`]). Only [`EntityKind::Contact`].
 //!
 //! **Reads** use RFC 6578 `sync-collection` with the stored sync token as the cursor: no
 //! cursor (or a token the server rejects, 403 or 412) is a full listing
@@ -19,61 +22,36 @@
 //! `UID` = the uuid); updates read the card, apply the changed fields to it (every other
 //! property survives, see [`mapping`]) and `PUT` it back with `If-Match`; deletes send
 //! `If-Match` too. A stale version, or a 412, is [`ConnectorError::Conflict`]. The record
-//! id is the card's member name in the book (`<uuid>.vcf`), its version the ETag.
+//! id is the card's member name in the book (`<uuid>.vcf`), its version the ETag. Up to
+//! `max_concurrent_writes` ops of a batch are in flight at once. Every request is
+//! retried on connection faults, timeouts, 429 and 5xx, and a retried write never
+//! makes a second card nor reports its own first try as a conflict (see `write.rs`).
 
 mod dav;
 pub mod mapping;
+mod settings;
 #[cfg(feature = "testsupport")]
 pub mod testsupport;
 pub mod vcard;
+mod write;
 
-use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tandem_connector::{
     BuildContext, Capabilities, Connector, ConnectorError, ConnectorFactory, Cursor, Listing, Page,
-    WriteOp, WriteOutcome, Written, parse_settings,
+    WriteOp, WriteOutcome,
 };
-use tandem_model::{EntityKind, Record, field};
+use tandem_model::{EntityKind, Record};
 
 use crate::dav::{Dav, Fetched, SyncError};
+use crate::settings::Settings;
 use crate::vcard::Card;
 
 /// Cards per `addressbook-multiget`.
 pub const MULTIGET_BATCH: usize = 100;
 /// Ops per `write` call.
 pub const MAX_BATCH: usize = 50;
-
-/// A password: never shown by `Debug` or in messages.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    url: String,
-    #[serde(default)]
-    username: Option<String>,
-    #[serde(default)]
-    password: Option<Secret>,
-}
 
 /// Builds [`CarddavConnector`]s for `type = "carddav"`.
 #[derive(Debug, Default)]
@@ -87,9 +65,11 @@ impl ConnectorFactory for CarddavConnectorFactory {
     fn build(
         &self,
         settings: serde_json::Value,
-        _context: &BuildContext,
+        context: &BuildContext,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
-        Ok(Arc::new(CarddavConnector::from_settings(settings)?))
+        Ok(Arc::new(CarddavConnector::from_settings_in(
+            settings, context,
+        )?))
     }
 }
 
@@ -109,6 +89,7 @@ struct State {
 pub struct CarddavConnector {
     dav: Dav,
     skipped: Mutex<Vec<(String, String)>>,
+    max_concurrent_writes: usize,
 }
 
 impl CarddavConnector {
@@ -128,6 +109,8 @@ impl CarddavConnector {
                 Ok(record)
             }
             Err(why) => {
+                // The reason may quote a line of the card: the server's text.
+                let why = self.dav.mask(&why);
                 let href = self.dav.member_url(id);
                 tracing::warn!(%href, %why, "skipped a card that cannot be parsed");
                 Err((href, why))
@@ -135,16 +118,25 @@ impl CarddavConnector {
         }
     }
 
+    /// A connector from its settings; a relative `ca_file` is taken from the current
+    /// folder (the factory resolves it against the config file's folder).
     pub fn from_settings(settings: serde_json::Value) -> Result<CarddavConnector, ConnectorError> {
-        let s: Settings = parse_settings(settings)?;
-        if s.password.is_some() && s.username.is_none() {
-            return Err(ConnectorError::config(
-                "password is set but username is not",
-            ));
-        }
+        let here = BuildContext {
+            base_dir: std::env::current_dir().unwrap_or_default(),
+        };
+        Self::from_settings_in(settings, &here)
+    }
+
+    /// A connector from its settings, relative paths resolved by `context`.
+    pub fn from_settings_in(
+        settings: serde_json::Value,
+        context: &BuildContext,
+    ) -> Result<CarddavConnector, ConnectorError> {
+        let s = Settings::parse(settings, context)?;
         Ok(CarddavConnector {
-            dav: Dav::new(&s.url, s.username, s.password)?,
+            dav: Dav::new(&s.url, s.http, s.auth)?,
             skipped: Mutex::new(Vec::new()),
+            max_concurrent_writes: s.max_concurrent_writes,
         })
     }
 
@@ -161,128 +153,6 @@ impl CarddavConnector {
                 "a CardDAV address book holds contacts only, not {}",
                 kind.plural()
             )))
-        }
-    }
-
-    async fn get(&self, id: &str) -> Result<(String, Card), ConnectorError> {
-        let url = self.dav.member_url(id);
-        let a = self.dav.request("GET", &url, &[], None).await?;
-        match a.status.as_u16() {
-            200 => {}
-            404 | 410 => return Err(ConnectorError::NotFound { id: id.into() }),
-            _ => {
-                return Err(ConnectorError::fatal(format!(
-                    "GET {url}: unexpected {}",
-                    a.status
-                )));
-            }
-        }
-        let etag = a
-            .etag
-            .ok_or_else(|| ConnectorError::fatal(format!("GET {url}: no ETag")))?;
-        let card = Card::parse(&a.body).map_err(|e| {
-            ConnectorError::invalid(Some(id), format!("{url} is not a readable vCard: {e}"))
-        })?;
-        Ok((etag, card))
-    }
-
-    async fn put(
-        &self,
-        id: &str,
-        card: &Card,
-        precondition: (&str, &str),
-    ) -> Result<Written, ConnectorError> {
-        let url = self.dav.member_url(id);
-        let a = self
-            .dav
-            .request(
-                "PUT",
-                &url,
-                &[precondition, ("Content-Type", "text/vcard; charset=utf-8")],
-                Some(card.to_text()),
-            )
-            .await?;
-        match a.status.as_u16() {
-            200 | 201 | 204 => {}
-            412 => return Err(ConnectorError::Conflict { id: id.into() }),
-            403 => {
-                return Err(ConnectorError::Auth {
-                    message: format!("PUT {url}: 403 Forbidden"),
-                });
-            }
-            _ => {
-                return Err(ConnectorError::invalid(
-                    Some(id),
-                    format!("PUT {url}: the server refused the card: {}", a.status),
-                ));
-            }
-        }
-        // Servers may re-serialise the card; the ETag they report is what a read shows.
-        let version = match a.etag {
-            Some(e) => e,
-            None => self.get(id).await?.0,
-        };
-        Ok(Written {
-            id: id.into(),
-            version: Some(version),
-            modified_at: None,
-        })
-    }
-
-    async fn write_one(&self, op: WriteOp) -> WriteOutcome {
-        let check_names = |names: &mut dyn Iterator<Item = &str>, id: Option<&str>| {
-            for n in names {
-                if !field::is_canonical_for(EntityKind::Contact, n) && !field::is_extra(n) {
-                    return Err(ConnectorError::invalid(
-                        id,
-                        format!("`{n}` is not a contact field (nor an x_ extra)"),
-                    ));
-                }
-            }
-            Ok(())
-        };
-        match op {
-            WriteOp::Create { fields } => {
-                check_names(&mut fields.iter().map(|(n, _)| n.as_str()), None)?;
-                let uid = new_uuid();
-                let id = format!("{uid}.vcf");
-                let card = mapping::new_card(&uid, &fields);
-                self.put(&id, &card, ("If-None-Match", "*")).await
-            }
-            WriteOp::Update {
-                id,
-                version,
-                changes,
-            } => {
-                check_names(&mut changes.keys().map(|n| n.as_str()), Some(&id))?;
-                let (etag, mut card) = self.get(&id).await?;
-                if version.as_ref().is_some_and(|v| *v != etag) {
-                    return Err(ConnectorError::Conflict { id });
-                }
-                mapping::apply(&mut card, &changes);
-                self.put(&id, &card, ("If-Match", &etag)).await
-            }
-            WriteOp::Delete { id, version } => {
-                let url = self.dav.member_url(&id);
-                let headers: Vec<(&str, &str)> = version
-                    .as_deref()
-                    .map(|v| vec![("If-Match", v)])
-                    .unwrap_or_default();
-                let a = self.dav.request("DELETE", &url, &headers, None).await?;
-                match a.status.as_u16() {
-                    200 | 204 => Ok(Written {
-                        id,
-                        version: None,
-                        modified_at: None,
-                    }),
-                    404 | 410 => Err(ConnectorError::NotFound { id }),
-                    412 => Err(ConnectorError::Conflict { id }),
-                    _ => Err(ConnectorError::fatal(format!(
-                        "DELETE {url}: unexpected {}",
-                        a.status
-                    ))),
-                }
-            }
         }
     }
 }
@@ -432,11 +302,7 @@ impl Connector for CarddavConnector {
                 ops.len()
             )));
         }
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            out.push(self.write_one(op).await);
-        }
-        Ok(out)
+        Ok(self.write_all(ops).await)
     }
 }
 
@@ -499,9 +365,35 @@ mod tests {
         let e = CarddavConnector::from_settings(serde_json::json!({"url": "http://x/", "urll": 1}))
             .unwrap_err();
         assert!(e.to_string().contains("urll"), "{e}");
-        let e =
-            CarddavConnector::from_settings(serde_json::json!({"url": "https://x/"})).unwrap_err();
-        assert!(matches!(e, ConnectorError::Config { .. }));
+        for (settings, named) in [
+            (serde_json::json!({"url": "ftp://x/"}), "`url`"),
+            (
+                serde_json::json!({"url": "https://u:s3cret@x/"}),
+                "not in the URL",
+            ),
+            (
+                serde_json::json!({"url": "https://x/", "password": "s3cret"}),
+                "`username`",
+            ),
+            (
+                serde_json::json!({"url": "https://x/", "username": "u", "token": "s3cret"}),
+                "`token`",
+            ),
+            (
+                serde_json::json!({"url": "https://x/", "max_concurrent_writes": 0}),
+                "`max_concurrent_writes`",
+            ),
+        ] {
+            let e = CarddavConnector::from_settings(settings).unwrap_err();
+            assert!(matches!(e, ConnectorError::Config { .. }), "{e}");
+            assert!(e.to_string().contains(named), "{e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let c = CarddavConnector::from_settings(serde_json::json!({
+            "url": "https://x/", "token": "s3cret", "retry": {"attempts": 2}, "timeout": "5m"
+        }))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]

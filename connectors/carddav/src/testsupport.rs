@@ -6,6 +6,9 @@
 //! loopback port with a storage folder of its own, wait until it answers and create an
 //! empty address book; dropping the server kills the process.
 //!
+//! [`CardServer::radicale_tls`] serves Radicale over HTTPS with a certificate from a
+//! private CA made for the test ([`CardServer::ca_file`]).
+//!
 //! Without the environment, tests are skipped with a message when run locally, and fail
 //! when `CI` is set: a CI run must never pass by skipping.
 
@@ -13,6 +16,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tandem_connector::http::testing::{TestCa, TlsFiles};
 
 pub const USER: &str = "tandem";
 pub const PASSWORD: &str = "tandem-test-pw";
@@ -33,6 +38,7 @@ pub struct CardServer {
     pub flavor: Flavor,
     pub port: u16,
     dir: tempfile::TempDir,
+    tls: Option<TlsFiles>,
 }
 
 impl CardServer {
@@ -44,12 +50,21 @@ impl CardServer {
         Self::start(Flavor::Xandikos)
     }
 
+    /// Radicale over HTTPS, its certificate issued by a CA of the test's own.
+    pub fn radicale_tls() -> Option<CardServer> {
+        Self::start_with(Flavor::Radicale, true)
+    }
+
     /// Starts a server, or returns `None` (after printing why) when the environment is
     /// missing and `CI` is not set.
     ///
     /// # Panics
     /// When the environment is missing under `CI`, or the server does not start.
     pub fn start(flavor: Flavor) -> Option<CardServer> {
+        Self::start_with(flavor, false)
+    }
+
+    fn start_with(flavor: Flavor, tls: bool) -> Option<CardServer> {
         let var = match flavor {
             Flavor::Radicale => "TANDEM_RADICALE_BIN",
             Flavor::Xandikos => "TANDEM_XANDIKOS_BIN",
@@ -67,7 +82,7 @@ impl CardServer {
         };
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(flavor, PathBuf::from(&bin)) {
+            match Self::try_start(flavor, PathBuf::from(&bin), tls) {
                 Ok(server) => return Some(server),
                 Err(e) => last_error = e,
             }
@@ -75,8 +90,16 @@ impl CardServer {
         panic!("{flavor:?} did not start: {last_error}");
     }
 
-    fn try_start(flavor: Flavor, bin: PathBuf) -> Result<CardServer, String> {
+    fn try_start(flavor: Flavor, bin: PathBuf, tls: bool) -> Result<CardServer, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let tls = match tls {
+            true => Some(
+                TestCa::new("Tandem test CA")
+                    .write_files(dir.path())
+                    .map_err(|e| e.to_string())?,
+            ),
+            false => None,
+        };
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
@@ -86,27 +109,7 @@ impl CardServer {
         let log =
             std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
         let mut cmd = match flavor {
-            Flavor::Radicale => {
-                let users = dir.path().join("users");
-                std::fs::write(&users, format!("{USER}:{PASSWORD}\n"))
-                    .map_err(|e| e.to_string())?;
-                let config = dir.path().join("radicale.conf");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "[server]\nhosts = 127.0.0.1:{port}\n[auth]\ntype = htpasswd\n\
-                         htpasswd_filename = {}\nhtpasswd_encryption = plain\ndelay = 0\n\
-                         [rights]\ntype = owner_only\n[storage]\nfilesystem_folder = {}\n\
-                         [logging]\nlevel = warning\n",
-                        users.display(),
-                        storage.display()
-                    ),
-                )
-                .map_err(|e| e.to_string())?;
-                let mut c = Command::new(bin.join("radicale"));
-                c.arg("-C").arg(&config);
-                c
-            }
+            Flavor::Radicale => radicale_command(&bin, dir.path(), port, tls.as_ref())?,
             Flavor::Xandikos => {
                 let mut c = Command::new(bin.join("xandikos"));
                 c.args(["serve", "-d"]).arg(&storage).args([
@@ -131,6 +134,7 @@ impl CardServer {
             flavor,
             port,
             dir,
+            tls,
         };
         let started = Instant::now();
         loop {
@@ -148,9 +152,15 @@ impl CardServer {
         Ok(server)
     }
 
-    /// The base URL, `http://127.0.0.1:<port>/`.
+    /// The base URL, `http://127.0.0.1:<port>/` (`https://` with TLS).
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The CA certificate a TLS server's certificate comes from.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|f| f.ca.as_path())
     }
 
     /// Creates address book `name` (MKCOL with the addressbook resource type) and
@@ -172,29 +182,81 @@ impl CardServer {
         url
     }
 
-    /// A request with this server's credentials.
+    /// A client that trusts this server (its CA, with TLS).
+    pub fn client(&self) -> reqwest::Client {
+        let mut client = tandem_connector::http::client_builder();
+        if let Some(files) = &self.tls {
+            let pem = std::fs::read(&files.ca).expect("the test CA");
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("PEM");
+            client = client.tls_certs_only(certs);
+        }
+        client.build().expect("a client")
+    }
+
+    /// A request with this server's credentials (and its CA, with TLS).
     pub fn http(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let req = reqwest::Client::new().request(method, url);
+        let req = self.client().request(method, url);
         match self.flavor {
             Flavor::Radicale => req.basic_auth(USER, Some(PASSWORD)),
             Flavor::Xandikos => req,
         }
     }
 
-    /// The settings of a `type = "carddav"` connector on `book`.
+    /// The settings of a `type = "carddav"` connector on `book` (with `ca_file` under
+    /// TLS).
     pub fn settings(&self, book: &str) -> serde_json::Value {
-        match self.flavor {
+        let mut settings = match self.flavor {
             Flavor::Radicale => {
                 serde_json::json!({"url": book, "username": USER, "password": PASSWORD})
             }
             Flavor::Xandikos => serde_json::json!({ "url": book }),
+        };
+        if let Some(ca) = self.ca_file() {
+            settings["ca_file"] = serde_json::json!(ca);
         }
+        settings
     }
 
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
+}
+
+/// Radicale with htpasswd auth (and TLS with `tls`), its files in `dir`.
+fn radicale_command(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    tls: Option<&TlsFiles>,
+) -> Result<Command, String> {
+    let users = dir.join("users");
+    std::fs::write(&users, format!("{USER}:{PASSWORD}\n")).map_err(|e| e.to_string())?;
+    let config = dir.join("radicale.conf");
+    let ssl = tls
+        .map(|f| {
+            format!(
+                "ssl = True\ncertificate = {}\nkey = {}\n",
+                f.cert.display(),
+                f.key.display()
+            )
+        })
+        .unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhosts = 127.0.0.1:{port}\n{ssl}[auth]\ntype = htpasswd\n\
+             htpasswd_filename = {}\nhtpasswd_encryption = plain\ndelay = 0\n\
+             [rights]\ntype = owner_only\n[storage]\nfilesystem_folder = {}\n\
+             [logging]\nlevel = warning\n",
+            users.display(),
+            dir.join("storage").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = Command::new(bin.join("radicale"));
+    c.arg("-C").arg(&config);
+    Ok(c)
 }
 
 impl Drop for CardServer {

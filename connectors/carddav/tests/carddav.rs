@@ -29,11 +29,12 @@ fn build(server: &CardServer, book: &str) -> Arc<dyn Connector> {
 struct Foreign {
     book: String,
     auth: bool,
+    client: reqwest::Client,
 }
 
 impl Foreign {
     fn req(&self, method: Method, id: &str) -> reqwest::RequestBuilder {
-        let r = reqwest::Client::new().request(method, format!("{}{id}", self.book));
+        let r = self.client.request(method, format!("{}{id}", self.book));
         if self.auth {
             r.basic_auth(USER, Some(PASSWORD))
         } else {
@@ -101,6 +102,12 @@ async fn conformance(flavor: Flavor) {
     let Some(server) = CardServer::start(flavor) else {
         return;
     };
+    conformance_on(server).await;
+}
+
+/// The conformance kit on `server`: over HTTPS when it serves TLS.
+async fn conformance_on(server: CardServer) {
+    let flavor = server.flavor;
     let book = server.new_book("conformance").await;
     let connector = build(&server, &book);
     let options = Options {
@@ -108,6 +115,7 @@ async fn conformance(flavor: Flavor) {
         unknown_field: Some(Box::new(Foreign {
             book: book.clone(),
             auth: flavor == Flavor::Radicale,
+            client: server.client(),
         })),
         ..Options::default()
     };
@@ -121,6 +129,16 @@ async fn conformance(flavor: Flavor) {
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_on_radicale() {
     conformance(Flavor::Radicale).await;
+}
+
+/// HTTPS with a private CA named in `ca_file`: the whole contract, through `https://`.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_over_https_on_radicale() {
+    let Some(server) = CardServer::radicale_tls() else {
+        return;
+    };
+    assert!(server.base().starts_with("https://"));
+    conformance_on(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
+use tandem_connector::http::{HttpSettings, SecretString};
 use tandem_connector::{
     BuildContext, Capabilities, Changes, Connector, ConnectorError, ConnectorFactory, Cursor,
     Listing, Page, WriteOp, WriteOutcome, Written, parse_settings,
@@ -68,12 +69,12 @@ fn default_batch() -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// `http://host:8000/`
+    /// `https://erp.example.com/` or `http://host:8000/`
     pub url: String,
     pub database: String,
     #[serde(default = "default_user")]
     pub user: String,
-    pub password: Secret,
+    pub password: SecretString,
     #[serde(default = "default_customer")]
     pub customer_category: String,
     #[serde(default = "default_supplier")]
@@ -81,6 +82,23 @@ pub struct Settings {
     /// Records per page and per write call.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// The keys every HTTP connector shares (`ca_file`, timeouts, `retry`,
+    /// `max_requests_per_second`), read by [`Settings::parse`].
+    #[serde(skip, default = "rpc::default_http")]
+    pub http: HttpSettings,
+}
+
+impl Settings {
+    /// The settings of a config table: the shared HTTP keys, then the connector's own.
+    pub fn parse(
+        mut settings: serde_json::Value,
+        context: &BuildContext,
+    ) -> Result<Settings, ConnectorError> {
+        let http = HttpSettings::take_from(&mut settings, &rpc::default_http(), context)?;
+        let mut own: Settings = parse_settings(settings)?;
+        own.http = http;
+        Ok(own)
+    }
 }
 
 /// Builds [`TrytonConnector`]s for `type = "tryton"`.
@@ -95,9 +113,9 @@ impl ConnectorFactory for TrytonConnectorFactory {
     fn build(
         &self,
         settings: serde_json::Value,
-        _context: &BuildContext,
+        context: &BuildContext,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
-        let settings: Settings = parse_settings(settings)?;
+        let settings = Settings::parse(settings, context)?;
         Ok(Arc::new(TrytonConnector::new(settings)?))
     }
 }
@@ -131,11 +149,12 @@ impl TrytonConnector {
             return Err(ConnectorError::config("`database` must not be empty"));
         }
         Ok(TrytonConnector {
-            rpc: Client::new(
+            rpc: Client::with_http(
                 &settings.url,
                 &settings.database,
                 &settings.user,
                 settings.password,
+                settings.http,
             )?,
             customer_category: settings.customer_category,
             supplier_category: settings.supplier_category,

@@ -1,7 +1,8 @@
 //! Tryton's JSON-RPC: one session login reused, re-login on 401, gzip sniffed by hand,
-//! typed errors, retries with backoff where retrying is safe.
+//! typed errors. Transport faults, timeouts, 429 and 5xx are retried by the shared HTTP
+//! layer: calls that only read (and the login) whatever happened, calls that change
+//! data only when Tryton certainly did not run them (see [`is_safe`]).
 
-use std::fmt;
 use std::io::Read;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,26 +12,36 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tandem_connector::ConnectorError;
+use tandem_connector::http::{
+    Auth, ExposeSecret, HttpClient, HttpError, HttpSettings, Method, Request, SecretString,
+};
 
-/// A password that never shows in `Debug` output, logs or errors.
+/// A password for [`Client::new`]: a [`SecretString`] that never shows in `Debug`
+/// output, logs or errors.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct Secret(String);
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
+        Secret(SecretString::from(s.into()))
     }
 
     /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[REDACTED]")
+    }
+}
+
+impl From<Secret> for SecretString {
+    fn from(s: Secret) -> SecretString {
+        s.0
     }
 }
 
@@ -96,46 +107,51 @@ impl Stats {
     }
 }
 
+/// A slow Tryton may take a while to connect; one `create` of a batch of parties takes
+/// seconds, and much longer on a loaded server, so a call may take five minutes.
+pub fn default_http() -> HttpSettings {
+    HttpSettings::with_timeouts(Duration::from_secs(10), Duration::from_secs(300))
+}
+
 /// A JSON-RPC client of one Tryton database, logged in as one user.
 #[derive(Debug)]
 pub struct Client {
-    http: reqwest::Client,
+    http: HttpClient,
     /// `http://host:port/`, always with the trailing slash.
     base: String,
     database: String,
     user: String,
-    password: Secret,
+    password: SecretString,
     /// The `Authorization` header of the current session.
-    session: Mutex<Option<String>>,
+    session: Mutex<Option<SecretString>>,
     /// Serialises logins, so that concurrent calls after a 401 log in once.
     login: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     pub stats: Stats,
 }
 
-const ATTEMPTS: u32 = 4;
-
 impl Client {
+    /// A client with the default HTTP settings.
     pub fn new(
         url: &str,
         database: &str,
         user: &str,
-        password: Secret,
+        password: impl Into<SecretString>,
     ) -> Result<Client, ConnectorError> {
-        let mut base = url.trim().to_owned();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            return Err(ConnectorError::config(format!(
-                "`url`: `{base}` is not an http:// URL"
-            )));
-        }
-        if !base.ends_with('/') {
-            base.push('/');
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(300))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| ConnectorError::config(format!("cannot build the HTTP client: {e}")))?;
+        Self::with_http(url, database, user, password.into(), default_http())
+    }
+
+    /// A client with these HTTP settings (TLS roots, timeouts, retries, rate limit).
+    pub fn with_http(
+        url: &str,
+        database: &str,
+        user: &str,
+        password: SecretString,
+        http: HttpSettings,
+    ) -> Result<Client, ConnectorError> {
+        let base = base_url(url)?;
+        let http = HttpClient::new("Tryton", http, Auth::None)?;
+        http.redactor().add(&password);
         Ok(Client {
             http,
             base,
@@ -181,15 +197,12 @@ impl Client {
     }
 
     /// Calls `method` on the database, logging in first if needed and again once after
-    /// a 401. Calls that only read are retried on transport faults, 429 and 5xx.
+    /// a 401.
     pub async fn call(&self, method: &str, params: Json) -> Result<Json, RpcError> {
-        let safe = is_safe(method);
+        let url = format!("{}{}/rpc/", self.base, self.database);
         let mut relogged = false;
-        let mut attempt = 0;
         loop {
-            attempt += 1;
             let auth = self.session().await?;
-            let url = format!("{}{}/rpc/", self.base, self.database);
             match self.post(&url, method, &params, Some(&auth)).await {
                 Ok(result) => return result,
                 Err(Failure::Unauthorized) if !relogged => {
@@ -199,29 +212,14 @@ impl Client {
                 Err(Failure::Unauthorized) => {
                     return Err(ConnectorError::Auth {
                         message: format!(
-                            "Tryton refused the session of user `{}` on database `{}` right after logging in",
+                            "Tryton refused the session of user `{}` on database `{}` right \
+                             after logging in; check `user` and its access rights",
                             self.user, self.database
                         ),
                     }
                     .into());
                 }
-                Err(f) => {
-                    let retry = match &f {
-                        Failure::NotSent(_) => true,
-                        Failure::RateLimited(_) | Failure::Transport(_) | Failure::Server(..) => {
-                            safe
-                        }
-                        Failure::Unauthorized => false,
-                    };
-                    if !retry || attempt >= ATTEMPTS {
-                        return Err(f.into_error(method).into());
-                    }
-                    let delay = f
-                        .retry_after()
-                        .unwrap_or(Duration::from_millis(250 * 2u64.pow(attempt - 1)));
-                    tracing::debug!(method, attempt, ?delay, "retrying a Tryton call");
-                    tokio::time::sleep(delay.min(Duration::from_secs(30))).await;
-                }
+                Err(f) => return Err(f.into_error(method).into()),
             }
         }
     }
@@ -238,51 +236,30 @@ impl Client {
         }
     }
 
-    async fn session(&self) -> Result<String, RpcError> {
-        if let Some(s) = self
-            .session
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+    async fn session(&self) -> Result<SecretString, RpcError> {
+        if let Some(s) = self.current_session() {
             return Ok(s);
         }
         let _one = self.login.lock().await;
-        if let Some(s) = self
-            .session
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(s) = self.current_session() {
             return Ok(s);
         }
         let url = format!("{}{}/rpc/", self.base, self.database);
-        let params = json!([self.user, {"password": self.password.expose()}, "en"]);
-        let mut attempt = 0;
-        let result = loop {
-            attempt += 1;
-            match self.post(&url, "common.db.login", &params, None).await {
-                Ok(r) => break r,
-                // A refused login is never retried: Tryton delays and then blocks them.
-                Err(f @ (Failure::NotSent(_) | Failure::Server(..))) if attempt < ATTEMPTS => {
-                    tracing::debug!(attempt, "retrying the Tryton login: {}", f.describe());
-                    tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt - 1))).await;
-                }
-                Err(Failure::Unauthorized) => return Err(self.login_refused().into()),
-                Err(Failure::Server(404, _)) => {
-                    return Err(ConnectorError::config(format!(
-                        "Tryton at {} has no database `{}`",
-                        self.base, self.database
-                    ))
-                    .into());
-                }
-                Err(f) => return Err(f.into_error("common.db.login").into()),
+        let params = json!([self.user, {"password": self.password.expose_secret()}, "en"]);
+        let result = match self.post(&url, "common.db.login", &params, None).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(RpcError::User(_))) | Err(Failure::Unauthorized) => {
+                return Err(self.login_refused().into());
             }
-        };
-        let result = match result {
-            Ok(r) => r,
-            Err(RpcError::User(_)) => return Err(self.login_refused().into()),
-            Err(e) => return Err(e),
+            Ok(Err(e)) => return Err(e),
+            Err(Failure::Server(404, _)) => {
+                return Err(ConnectorError::config(format!(
+                    "Tryton at {} has no database `{}` (check `database`)",
+                    self.base, self.database
+                ))
+                .into());
+            }
+            Err(f) => return Err(f.into_error("common.db.login").into()),
         };
         let (Some(uid), Some(token)) = (
             result.get(0).and_then(Json::as_i64),
@@ -290,27 +267,40 @@ impl Client {
         ) else {
             return Err(self.login_refused().into());
         };
-        let raw = format!("{}:{uid}:{token}", self.user);
-        let header = format!(
-            "Session {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        );
+        let encoded = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{uid}:{token}", self.user));
+        // The session is a credential too: never shown if a server repeats it.
+        let redactor = self.http.redactor();
+        redactor.add(&SecretString::from(token.to_owned()));
+        redactor.add(&SecretString::from(encoded.clone()));
+        let header = SecretString::from(format!("Session {encoded}"));
         *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(header.clone());
         Ok(header)
+    }
+
+    fn current_session(&self) -> Option<SecretString> {
+        self.session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn login_refused(&self) -> ConnectorError {
         ConnectorError::Auth {
             message: format!(
-                "Tryton at {} refused the login of user `{}` on database `{}`",
+                "Tryton at {} refused the login of user `{}` on database `{}`; check `user` \
+                 and `password`",
                 self.base, self.user, self.database
             ),
         }
     }
 
-    fn forget_session(&self, auth: &str) {
+    fn forget_session(&self, auth: &SecretString) {
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        if session.as_deref() == Some(auth) {
+        if session
+            .as_ref()
+            .is_some_and(|s| s.expose_secret() == auth.expose_secret())
+        {
             *session = None;
         }
     }
@@ -320,71 +310,71 @@ impl Client {
         url: &str,
         method: &str,
         params: &Json,
-        auth: Option<&str>,
+        auth: Option<&SecretString>,
     ) -> Result<Result<Json, RpcError>, Failure> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"id": id, "method": method, "params": params});
-        let mut request = self
-            .http
-            .post(url)
+        let body = json!({"id": id, "method": method, "params": params}).to_string();
+        let mut request = Request::new(Method::POST, url)
             .header("Accept-Encoding", "gzip")
-            .json(&body);
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .safe(is_safe(method))
+            .describe(format!("{method} at {url}"));
         if let Some(auth) = auth {
-            request = request.header("Authorization", auth);
+            request = request.authorization(auth.clone());
         }
         let started = Instant::now();
-        let outcome = self.exchange(request).await;
+        let reply = self.http.send(&request).await;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats
             .wait_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let (status, retry_after, bytes) = outcome?;
-        match status {
+        let reply = reply.map_err(Failure::Http)?;
+        let bytes = gunzip(&reply.body).map_err(|e| Failure::Server(200, e))?;
+        let shown = |text: &[u8]| {
+            self.http
+                .redactor()
+                .server_text(text, Some(body.as_bytes()))
+        };
+        match reply.status.as_u16() {
             200 => {}
             401 | 403 => return Err(Failure::Unauthorized),
-            429 => return Err(Failure::RateLimited(retry_after)),
-            s => return Err(Failure::Server(s, snippet(&bytes))),
+            s => return Err(Failure::Server(s, shown(&bytes))),
         }
         let reply: Json = serde_json::from_slice(&bytes).map_err(|e| {
             Failure::Server(
                 200,
-                format!("not a JSON-RPC reply ({e}): {}", snippet(&bytes)),
+                format!("not a JSON-RPC reply ({e}): {}", shown(&bytes)),
             )
         })?;
         if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
-            return Ok(Err(classify(method, error)));
+            return Ok(Err(classify(method, error, |t| shown(t.as_bytes()))));
         }
         Ok(Ok(reply.get("result").cloned().unwrap_or(Json::Null)))
     }
+}
 
-    async fn exchange(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(u16, Option<Duration>, Vec<u8>), Failure> {
-        let response = request.send().await.map_err(|e| {
-            if e.is_connect() {
-                Failure::NotSent(e.to_string())
-            } else {
-                Failure::Transport(e.to_string())
-            }
-        })?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let raw = response
-            .bytes()
-            .await
-            .map_err(|e| Failure::Transport(e.to_string()))?;
-        Ok((
-            status,
-            retry_after,
-            gunzip(&raw).map_err(Failure::Transport)?,
-        ))
+/// `url` with a trailing slash, if it is an http(s) URL without credentials in it.
+fn base_url(url: &str) -> Result<String, ConnectorError> {
+    let mut base = url.trim().to_owned();
+    let parsed = tandem_connector::http::Url::parse(&base)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"));
+    let Some(parsed) = parsed else {
+        return Err(ConnectorError::config(
+            "`url` is not an http:// or https:// URL",
+        ));
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // The URL is not shown: it holds a password.
+        return Err(ConnectorError::config(
+            "`url`: put the user and password in `user` and `password`, not in the URL",
+        ));
     }
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    Ok(base)
 }
 
 /// Decodes a gzip body; trytond labels even uncompressed bodies as gzip, so the body
@@ -401,12 +391,10 @@ pub fn gunzip(raw: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Calls that only read may be repeated without effect.
+/// Calls that may be sent twice: reads, and the login (a second session is harmless).
+/// A `create` sent twice makes two records, so changes are retried only when Tryton
+/// certainly did not run them; otherwise the records fail for this run (R17) and the
+/// engine finds a create again by its intent (R18).
 fn is_safe(method: &str) -> bool {
     method.starts_with("common.")
         || [
@@ -423,44 +411,20 @@ fn is_safe(method: &str) -> bool {
 /// A call that failed before a JSON-RPC reply arrived.
 #[derive(Debug)]
 enum Failure {
-    /// The connection could not be made: nothing was sent, retrying is always safe.
-    NotSent(String),
-    /// The request may have been sent.
-    Transport(String),
+    /// No reply after the retries the call allows.
+    Http(HttpError),
     Unauthorized,
-    RateLimited(Option<Duration>),
+    /// Any other status, with the server's text (shortened and redacted).
     Server(u16, String),
 }
 
 impl Failure {
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Failure::RateLimited(d) => *d,
-            _ => None,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Failure::NotSent(m) | Failure::Transport(m) => m.clone(),
-            Failure::Unauthorized => "HTTP 401".into(),
-            Failure::RateLimited(_) => "HTTP 429".into(),
-            Failure::Server(s, m) => format!("HTTP {s}: {m}"),
-        }
-    }
-
     fn into_error(self, method: &str) -> ConnectorError {
         match self {
-            Failure::NotSent(m) | Failure::Transport(m) => {
-                ConnectorError::transient(format!("Tryton call {method}: {m}"))
-            }
+            Failure::Http(e) => e.into_connector(),
             Failure::Unauthorized => ConnectorError::Auth {
-                message: format!("Tryton refused {method} (HTTP 401)"),
+                message: format!("Tryton refused {method} (HTTP 401); check `user` and `password`"),
             },
-            Failure::RateLimited(d) => ConnectorError::rate_limited(d),
-            Failure::Server(s, m) if s >= 500 => {
-                ConnectorError::transient(format!("Tryton call {method}: HTTP {s}: {m}"))
-            }
             Failure::Server(s, m) => {
                 ConnectorError::fatal(format!("Tryton call {method}: HTTP {s}: {m}"))
             }
@@ -470,12 +434,10 @@ impl Failure {
 
 /// Tells Tryton's error replies apart: `["UserError", [message, description, ...]]`,
 /// `["ConcurrencyException", message]`, `["AccessError", [...]]`, ...
-fn classify(method: &str, error: &Json) -> RpcError {
-    let name = error
-        .get(0)
-        .and_then(Json::as_str)
-        .unwrap_or("error")
-        .to_owned();
+/// `shown` makes the server's text fit for an error (shortened, secrets masked, not
+/// shown when it repeats the request).
+fn classify(method: &str, error: &Json, shown: impl Fn(&str) -> String) -> RpcError {
+    let name = shown(error.get(0).and_then(Json::as_str).unwrap_or("error"));
     let details = error.get(1).cloned().unwrap_or(Json::Null);
     let message = match &details {
         Json::String(s) => s.clone(),
@@ -489,6 +451,7 @@ fn classify(method: &str, error: &Json) -> RpcError {
         Json::Null => String::new(),
         other => other.to_string(),
     };
+    let message = shown(&message);
     match name.as_str() {
         "UserError" | "UserWarning" => RpcError::User(message),
         "ConcurrencyException" => RpcError::Concurrency,
@@ -527,18 +490,19 @@ mod tests {
     fn errors_are_typed() {
         let user = json!(["UserError", ["The VAT is not valid.", "", null]]);
         assert_eq!(
-            classify("model.party.party.create", &user),
+            classify("model.party.party.create", &user, str::to_owned),
             RpcError::User("The VAT is not valid.".into())
         );
         assert_eq!(
             classify(
                 "m",
-                &json!(["ConcurrencyException", "Records were modified"])
+                &json!(["ConcurrencyException", "Records were modified"]),
+                str::to_owned
             ),
             RpcError::Concurrency
         );
         assert!(matches!(
-            classify("m", &json!(["AccessError", ["no", ""]])),
+            classify("m", &json!(["AccessError", ["no", ""]]), str::to_owned),
             RpcError::Other(ConnectorError::Auth { .. })
         ));
         assert!(is_safe("model.party.party.search_read"));

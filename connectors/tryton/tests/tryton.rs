@@ -23,11 +23,14 @@ fn connector(server: &TrytonServer, batch: usize) -> std::sync::Arc<dyn Connecto
 }
 
 fn client(server: &TrytonServer) -> Client {
-    Client::new(
+    let mut http = tandem_connector_tryton::rpc::default_http();
+    http.ca_file = server.ca_file().map(ToOwned::to_owned);
+    Client::with_http(
         &server.url(),
         "tandem",
         "admin",
-        Secret::new(server.password.clone()),
+        Secret::new(server.password.clone()).into(),
+        http,
     )
     .unwrap()
 }
@@ -156,11 +159,26 @@ async fn the_tryton_connector_conforms() {
     let Some(server) = TrytonServer::start() else {
         return;
     };
-    let connector = connector(&server, 7);
+    conforms_on(&server).await;
+}
+
+/// The whole contract through `https://`, the server's certificate from a private CA
+/// named in `ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tryton_connector_conforms_over_https() {
+    let Some(server) = TrytonServer::start_tls() else {
+        return;
+    };
+    assert!(server.url().starts_with("https://"));
+    conforms_on(&server).await;
+}
+
+async fn conforms_on(server: &TrytonServer) {
+    let connector = connector(server, 7);
     let options = Options {
         sample,
         max_batch: 7,
-        unknown_field: Some(Box::new(Skype(client(&server)))),
+        unknown_field: Some(Box::new(Skype(client(server)))),
         ..Options::default()
     };
     let report = check_conformance(connector.as_ref(), &options).await;

@@ -6,10 +6,15 @@
 //! sees `dyn Connector`; which concrete connectors exist is decided by whoever fills
 //! the [`Registry`] (the `tandem` binary).
 //!
+//! With the cargo feature `http`, the module `http` is the HTTP layer every HTTP
+//! connector shares (HTTPS, `ca_file`, timeouts, retries, rate limits, redaction).
+//!
 //! With the cargo feature `testkit`, the module `testkit` runs the standard contract
 //! tests (the conformance kit) against any connector instance, for use in its tests.
 
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod memory;
 mod registry;
 #[cfg(feature = "testkit")]
