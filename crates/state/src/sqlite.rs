@@ -13,12 +13,12 @@ use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Params, Row, Statement,
     TransactionBehavior, ffi, params, params_from_iter,
 };
-use tandem_model::Timestamp;
+use tandem_model::{Fields, Timestamp};
 
 use tandem_model::Value;
 
 use crate::{
-    ConflictEntry, IntentBatch, Interaction, Link, LinkedBy, PendingCreate, PendingLink,
+    ConflictEntry, Intent, IntentBatch, Interaction, Link, LinkedBy, PendingCreate, PendingLink,
     RefusedRequest, RunRecord, Scope, Side, StateBatch, StateError, StateStore,
 };
 
@@ -1353,7 +1353,7 @@ fn intent_from_row(
     row: &Row<'_>,
     code: &str,
     contact_id: &str,
-) -> Result<Option<crate::Intent>, StateError> {
+) -> Result<Option<Intent>, StateError> {
     let text: Option<String> = get(row, 11, READING_LINKS)?;
     text.map(|text| {
         serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
@@ -1386,7 +1386,8 @@ fn store_intent_batches(
 ) -> Result<(), StateError> {
     const ACTION: &str = "storing intents";
     for batch in batches {
-        let links = serde_json::to_string(&batch.links).map_err(|e| StateError::Corrupt {
+        let packed: Vec<_> = batch.links.iter().map(pack).collect();
+        let links = serde_json::to_string(&packed).map_err(|e| StateError::Corrupt {
             what: format!("intents of run {}", batch.run_id),
             message: e.to_string(),
         })?;
@@ -1419,6 +1420,75 @@ fn overlay(stored: Vec<Link>, in_flight: Vec<Link>, keep: impl Fn(&Link) -> bool
     by_key.into_values().collect()
 }
 
+/// A link in an intent batch: a JSON array, without the keys a million links would
+/// repeat, and times as milliseconds.
+type PackedLink = (
+    String,
+    String,
+    String,
+    Fields,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    u32,
+    bool,
+    i64,
+    i64,
+    Option<Intent>,
+);
+
+#[allow(clippy::type_complexity)]
+fn pack(
+    l: &Link,
+) -> (
+    &str,
+    &str,
+    &str,
+    &Fields,
+    &Option<String>,
+    &Option<String>,
+    &Option<String>,
+    u32,
+    bool,
+    i64,
+    i64,
+    &Option<Intent>,
+) {
+    (
+        &l.code,
+        &l.contact_id,
+        &l.account_id,
+        &l.baseline,
+        &l.contact_version,
+        &l.account_version,
+        &l.last_error,
+        l.failure_count,
+        l.parked,
+        l.linked_at.0,
+        l.synced_at.0,
+        &l.intent,
+    )
+}
+
+fn unpack(p: PackedLink) -> Link {
+    let (code, contact_id, account_id, baseline, contact_version, account_version) =
+        (p.0, p.1, p.2, p.3, p.4, p.5);
+    Link {
+        code,
+        contact_id,
+        account_id,
+        baseline,
+        contact_version,
+        account_version,
+        last_error: p.6,
+        failure_count: p.7,
+        parked: p.8,
+        linked_at: Timestamp(p.9),
+        synced_at: Timestamp(p.10),
+        intent: p.11,
+    }
+}
+
 /// The links of every stored intent batch, oldest first.
 fn intent_batch_links(conn: &Connection) -> Result<Vec<Link>, StateError> {
     const ACTION: &str = "reading intents";
@@ -1430,11 +1500,12 @@ fn intent_batch_links(conn: &Connection) -> Result<Vec<Link>, StateError> {
     while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
         let run_id: i64 = get(row, 0, ACTION)?;
         let text: String = get(row, 1, ACTION)?;
-        let links: Vec<Link> = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-            what: format!("intents of run {run_id}"),
-            message: e.to_string(),
-        })?;
-        out.extend(links);
+        let links: Vec<PackedLink> =
+            serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+                what: format!("intents of run {run_id}"),
+                message: e.to_string(),
+            })?;
+        out.extend(links.into_iter().map(unpack));
     }
     Ok(out)
 }

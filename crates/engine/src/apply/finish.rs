@@ -1,8 +1,6 @@
 //! Step 5: what was read and not otherwise settled is remembered as seen, the deleted
 //! forgotten; then cursors, ambiguities and fingerprints, last; then the report.
 
-use std::collections::HashMap;
-
 use tandem_state::StateStore;
 use tracing::info;
 
@@ -12,17 +10,20 @@ use crate::plan::PlanInput;
 use crate::run::{EngineError, ParkedCount, RECHECK, RunReport, ScopeRead, StoredAmbiguities};
 
 /// The company of every contact that changed (R3, R10); `None` for companies.
+/// The company of every contact that changed (R3, R10), `None` for one that is no
+/// person (any more). A list, not a map: each contact is in it once, and a first sync
+/// lists a million.
 pub(super) fn person_companies(
     contacts: &ScopeRead,
     input: &PlanInput,
-) -> HashMap<String, Option<String>> {
+) -> Vec<(String, Option<String>)> {
     contacts
         .changed
         .keys()
-        .filter_map(|id| input.contacts.get(id))
-        .map(|c| {
-            let company = c.fields.text(tandem_model::field::COMPANY_ID);
-            (c.id.clone(), company.map(str::to_owned))
+        .filter_map(|id| {
+            let contact = input.contacts.get(id)?;
+            let company = contact.fields.text(tandem_model::field::COMPANY_ID);
+            Some((contact.id.clone(), company.map(str::to_owned)))
         })
         .collect()
 }
@@ -33,7 +34,7 @@ impl Applier<'_> {
     pub(super) fn remember_reads(
         &mut self,
         state: &mut dyn StateStore,
-        person_companies: HashMap<String, Option<String>>,
+        person_companies: Vec<(String, Option<String>)>,
     ) -> Result<(), EngineError> {
         super::commit_behind(state, |committer| {
             let batch = &mut self.batch;

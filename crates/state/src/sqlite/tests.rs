@@ -1425,8 +1425,8 @@ fn with_intent(mut link: Link) -> Link {
     link
 }
 
-fn tandem_state_intent() -> crate::Intent {
-    crate::Intent {
+fn tandem_state_intent() -> Intent {
+    Intent {
         contact: vec![("phone".into(), Value::text("old"))],
         account: Vec::new(),
     }
