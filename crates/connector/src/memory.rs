@@ -42,6 +42,8 @@ struct Inner {
     pages_served: usize,
     /// Writes to these records fail as invalid, with the message (to test R17).
     rejected: BTreeMap<(EntityKind, String), String>,
+    /// Writes to these records fail as transient: the server is busy (to test R17).
+    unavailable: std::collections::BTreeSet<(EntityKind, String)>,
 }
 
 /// See the module docs. `incremental = false` makes every read a full listing, like a
@@ -64,6 +66,7 @@ impl MemoryConnector {
                 fail_after_pages: None,
                 pages_served: 0,
                 rejected: BTreeMap::new(),
+                unavailable: std::collections::BTreeSet::new(),
             }),
             kinds: kinds.to_vec(),
             incremental,
@@ -144,11 +147,27 @@ impl MemoryConnector {
         };
     }
 
+    /// Makes every write to record `id` fail as transient (`503 Service Unavailable`),
+    /// or lifts that with `false`.
+    pub fn make_unavailable(&self, kind: EntityKind, id: &str, unavailable: bool) {
+        let mut inner = self.lock();
+        if unavailable {
+            inner.unavailable.insert((kind, id.to_owned()));
+        } else {
+            inner.unavailable.remove(&(kind, id.to_owned()));
+        }
+    }
+
     fn apply(inner: &mut Inner, kind: EntityKind, op: WriteOp, prefix: &str) -> WriteOutcome {
         if let Some(id) = op.id()
             && let Some(message) = inner.rejected.get(&(kind, id.to_owned()))
         {
             return Err(ConnectorError::invalid(Some(id), message.clone()));
+        }
+        if let Some(id) = op.id()
+            && inner.unavailable.contains(&(kind, id.to_owned()))
+        {
+            return Err(ConnectorError::transient("503 Service Unavailable"));
         }
         inner.sequence += 1;
         let seq = inner.sequence;

@@ -948,3 +948,35 @@ async fn r16_tombstones_and_unknown_scopes_are_not_guarded() {
     let report = w.sync().await;
     assert_eq!(report.writes, 0);
 }
+
+#[tokio::test]
+async fn r17_a_busy_server_never_parks_a_record() {
+    let mut w = world(false);
+    w.seed();
+    w.sync().await;
+    let mut fields = w.crm.get(EntityKind::Contact, "C1").unwrap().fields;
+    fields.set("phone", Value::text("2"));
+    w.crm.put(EntityKind::Contact, "C1", fields);
+    w.erp.make_unavailable(EntityKind::Customer, "K1", true);
+    // The same passing error run after run: failed and tried again, never parked.
+    for _ in 0..3 {
+        let report = w.sync().await;
+        assert_eq!(count(&report, "CUST").failed, 1, "{:?}", report.failures);
+        assert_eq!(count(&report, "CUST").parked, 0);
+        assert!(!report.failures[0].parked);
+    }
+    let link = w
+        .state
+        .links_of_accounts("CUST", &["K1"])
+        .unwrap()
+        .remove(0);
+    assert_eq!((link.failure_count, link.parked), (3, false));
+    // Once the server takes it, the edit lands.
+    w.erp.make_unavailable(EntityKind::Customer, "K1", false);
+    let report = w.sync().await;
+    assert_eq!(report.failed(), 0);
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K1", "phone").as_deref(),
+        Some("2")
+    );
+}

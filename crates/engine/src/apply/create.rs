@@ -240,7 +240,7 @@ impl Applier<'_> {
             parked: false,
         };
         let previous = previous.as_ref().map(|(n, e)| (*n, e.as_deref()));
-        let (count, parked) = self.fail(Failed::Create(r), previous, failure);
+        let (count, parked) = self.fail(Failed::Create(r, e.is_retryable()), previous, failure);
         if job.side == Side::Contact {
             self.settled_accounts[r].insert(job.source_id.clone());
             self.batch.set_hashes.push((

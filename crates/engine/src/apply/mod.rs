@@ -253,10 +253,11 @@ impl Applier<'_> {
 /// What failed, as the counts know it.
 #[derive(Debug, Clone, Copy)]
 enum Failed {
-    /// A pair's write, in relation `r`.
-    Pair(usize, PairWas),
-    /// A create, in relation `r`.
-    Create(usize),
+    /// A pair's write, in relation `r`; whether the error was passing (the server's
+    /// state, not the record's: rate limited, unavailable), which never parks.
+    Pair(usize, PairWas, bool),
+    /// A create, in relation `r`; whether the error was passing.
+    Create(usize, bool),
     /// A request the plan refused: the plan counted it already.
     Request,
 }
@@ -276,11 +277,13 @@ impl Applier<'_> {
     ) -> (u32, bool) {
         let (previous_count, previous_error) = previous.unwrap_or((0, None));
         let count = previous_count + 1;
-        let parked = previous_count >= 1 && previous_error == Some(failure.error.as_str());
+        let passing = matches!(failed, Failed::Pair(_, _, true) | Failed::Create(_, true));
+        let same_again = previous_count >= 1 && previous_error == Some(failure.error.as_str());
+        let parked = same_again && !passing;
         failure.parked = parked;
         match failed {
-            Failed::Pair(r, was) => self.plan.counts[r].pair_failed(was),
-            Failed::Create(r) => self.plan.counts[r].create_failed(),
+            Failed::Pair(r, was, _) => self.plan.counts[r].pair_failed(was),
+            Failed::Create(r, _) => self.plan.counts[r].create_failed(),
             Failed::Request => {
                 // Reported from the plan already: only whether it is parked is new.
                 let reported = self

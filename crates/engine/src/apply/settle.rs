@@ -2,7 +2,7 @@
 //! parking (R17), from the outcomes of the writes. Committed on a helper thread while
 //! the next batch is built.
 
-use tandem_connector::{WriteOutcome, Written};
+use tandem_connector::{ConnectorError, WriteOutcome, Written};
 use tandem_model::Timestamp;
 use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
@@ -17,11 +17,29 @@ use crate::side::{Side, Winner};
 fn error_and_version(
     result: Option<&WriteOutcome>,
     before: &Option<String>,
-) -> (Option<String>, Option<String>) {
+) -> (Option<WriteError>, Option<String>) {
     match result {
-        Some(Err(e)) => (Some(e.to_string()), before.clone()),
+        Some(Err(e)) => (Some(WriteError::of(e)), before.clone()),
         Some(Ok(written)) => (None, written.version.clone()),
         None => (None, before.clone()),
+    }
+}
+
+/// A write that failed, as the report and the state keep it.
+#[derive(Debug, Clone)]
+struct WriteError {
+    text: String,
+    /// The server could not take it now (rate limited, unavailable): no fault of the
+    /// record, so it is never parked (R17).
+    passing: bool,
+}
+
+impl WriteError {
+    fn of(e: &ConnectorError) -> WriteError {
+        WriteError {
+            text: e.to_string(),
+            passing: e.is_retryable(),
+        }
     }
 }
 
@@ -70,7 +88,7 @@ impl Applier<'_> {
                 contact_id: Some(hub.contact_id.clone()),
                 account_id: None,
                 side: Side::Contact,
-                error: error.clone(),
+                error: error.text.clone(),
                 parked: false,
             });
         }
@@ -225,9 +243,11 @@ impl Applier<'_> {
         hub: &HubPlan,
         pair: &PairPlan,
         written: &Versions,
-        error: String,
+        error: WriteError,
         side: Side,
     ) {
+        let passing = error.passing;
+        let error = error.text;
         let r = pair.relation;
         let was = match (&pair.previous, pair.updated) {
             (Some(_), true) => PairWas::Updated,
@@ -248,7 +268,7 @@ impl Applier<'_> {
         };
         let previous =
             (pair.previous.as_deref()).map(|l| (l.failure_count, l.last_error.as_deref()));
-        let (count, parked) = self.fail(Failed::Pair(r, was), previous, failure);
+        let (count, parked) = self.fail(Failed::Pair(r, was, passing), previous, failure);
         self.batch.upsert_links.push(Link {
             contact_version: written.contact_version.clone(),
             account_version: written.account_version.clone(),
