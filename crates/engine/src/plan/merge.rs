@@ -55,6 +55,8 @@ impl<'a> Planner<'a> {
                     .collect()
             })
         };
+        // Sized once: growing by doubling would hold up to twice the hubs while copying.
+        self.plan.hubs.reserve_exact(merged.len());
         for merged in merged {
             self.plan.close_conflicts.extend(merged.closed);
             let Some(hub) = merged.hub else { continue };
