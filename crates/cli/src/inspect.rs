@@ -457,55 +457,64 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
             out,
             "\nParked, left alone until `tandem retry` (failed twice with the same error, R17):"
         );
+        let no_error = "(no error recorded)";
         for l in &parked_links {
-            let _ = writeln!(
-                out,
-                "  {} contact {} / {} {}: {} ({}); retry: tandem retry {} {}",
+            let what = format!(
+                "{} contact {} / {} {}",
                 l.code,
                 l.contact_id,
                 kind_name(&config, &l.code),
-                l.account_id,
-                l.last_error.as_deref().unwrap_or("(no error recorded)"),
-                plural(u64::from(l.failure_count), "failure", "failures"),
-                l.code,
-                l.contact_id
+                l.account_id
+            );
+            let error = l.last_error.as_deref().unwrap_or(no_error);
+            parked_line(
+                &mut out,
+                &what,
+                error,
+                l.failure_count,
+                &l.code,
+                &l.contact_id,
             );
         }
         for p in &parked_creates {
-            let _ = writeln!(
-                out,
-                "  {}: {} ({}); retry: tandem retry {} {}",
-                create_label(&config, p),
-                p.error.as_deref().unwrap_or("(no error recorded)"),
-                plural(u64::from(p.failure_count), "failure", "failures"),
-                p.code,
-                p.source_id
+            let error = p.error.as_deref().unwrap_or(no_error);
+            let what = create_label(&config, p);
+            parked_line(
+                &mut out,
+                &what,
+                error,
+                p.failure_count,
+                &p.code,
+                &p.source_id,
             );
         }
         for p in &parked_refused {
-            let _ = writeln!(
-                out,
-                "  {} request of contact {} refused: {} ({}); retry: tandem retry {} {}",
-                p.code,
-                p.contact_id,
-                p.error,
-                plural(u64::from(p.failure_count), "failure", "failures"),
-                p.code,
-                p.contact_id
+            let what = format!("{} request of contact {} refused", p.code, p.contact_id);
+            parked_line(
+                &mut out,
+                &what,
+                &p.error,
+                p.failure_count,
+                &p.code,
+                &p.contact_id,
             );
         }
         for p in &parked_pending_links {
-            let _ = writeln!(
-                out,
-                "  {} contact {} / {} {} (not linked yet): {} ({}); retry: tandem retry {} {}",
+            let what = format!(
+                "{} contact {} / {} {} (not linked yet)",
                 p.code,
                 p.contact_id,
                 kind_name(&config, &p.code),
-                p.account_id,
-                p.error.as_deref().unwrap_or("(no error recorded)"),
-                plural(u64::from(p.failure_count), "failure", "failures"),
-                p.code,
-                p.contact_id
+                p.account_id
+            );
+            let error = p.error.as_deref().unwrap_or(no_error);
+            parked_line(
+                &mut out,
+                &what,
+                error,
+                p.failure_count,
+                &p.code,
+                &p.contact_id,
             );
         }
     }
@@ -560,6 +569,15 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     print_stdout(&out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One parked item of `tandem status`, with the command that puts it back.
+fn parked_line(out: &mut String, what: &str, error: &str, failures: u32, code: &str, id: &str) {
+    let failures = plural(u64::from(failures), "failure", "failures");
+    let _ = writeln!(
+        out,
+        "  {what}: {error} ({failures}); retry: tandem retry {code} {id}"
+    );
 }
 
 /// `CUST new customer for contact C1`, `CUST new contact for customer K3`.
