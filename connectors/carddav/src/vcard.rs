@@ -6,9 +6,9 @@
 //! A card keeps every property as it came: names and parameters as spelled, values raw
 //! (escaped, still quoted-printable) in [`Property::value`], and the lines each property
 //! was read from. A property that is not changed is written back from those lines, byte
-//! for byte; a changed one is written in the card's own conventions (its line ends; for
-//! 2.1, quoted-printable where the text needs it). The accessors decode texts,
-//! structured components, lists and URIs.
+//! for byte; a changed one is written in the card's own conventions: its line ends, and
+//! for 2.1 quoted-printable where the text needs it (without soft line breaks). The
+//! accessors decode texts, structured components, lists and URIs.
 
 use std::fmt;
 
@@ -268,10 +268,10 @@ impl Property {
             return;
         }
         let (head, value) = self.content_line();
-        if self.is_quoted_printable() {
-            fold_quoted_printable(out, &head, value, newline);
-        } else if version == Version::V21 {
-            // 2.1 unfolding keeps the folding white space: long lines stay whole.
+        // Quoted-printable soft line breaks are read, but not written: vobject (under
+        // Radicale, Xandikos, khard) refuses them. 2.1 unfolding keeps the folding white
+        // space. Either way long lines stay whole.
+        if self.is_quoted_printable() || version == Version::V21 {
             out.push_str(&head);
             out.push_str(value);
             out.push_str(newline);
@@ -491,31 +491,6 @@ fn fold(out: &mut String, line: &str, newline: &str) {
         }
         out.push(ch);
         width += len;
-    }
-    out.push_str(newline);
-}
-
-/// Writes a quoted-printable property with soft line breaks (`=` at the end of a line),
-/// lines of at most 76 octets, never inside an `=XX`.
-fn fold_quoted_printable(out: &mut String, head: &str, value: &str, newline: &str) {
-    out.push_str(head);
-    let mut width = head.len();
-    let mut rest = value;
-    while !rest.is_empty() {
-        let take = if rest.starts_with('=') {
-            3.min(rest.len())
-        } else {
-            1
-        };
-        let take = rest.ceil_char_boundary(take);
-        if width + take > 75 {
-            out.push('=');
-            out.push_str(newline);
-            width = 0;
-        }
-        out.push_str(&rest[..take]);
-        width += take;
-        rest = &rest[take..];
     }
     out.push_str(newline);
 }
@@ -820,7 +795,8 @@ mod tests {
         card.props[1].set_text(Version::V21, name);
         card.props[2].set_text(Version::V21, "Ärzte AG");
         let written = card.to_text();
-        assert!(written.split("\r\n").all(|l| l.len() <= 76), "{written}");
+        // One line: vobject-based servers refuse soft line breaks.
+        assert_eq!(written.lines().count(), 5, "{written}");
         assert!(
             written.contains("FN;CHARSET=UTF-8;ENCODING=QUOTED-PRINTABLE:J=C3=BC"),
             "{written}"
