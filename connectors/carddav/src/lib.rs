@@ -12,6 +12,10 @@
 //! tombstones. Changed cards are fetched with `addressbook-multiget` in batches of
 //! [`MULTIGET_BATCH`]. One read returns one page.
 //!
+//! **Contact group cards** (`KIND:group`, `X-ADDRESSBOOKSERVER-KIND:group`) are no
+//! contacts: reads pass over them (counted in [`CarddavConnector::groups_skipped`]),
+//! so they are never matched, and an update of one is refused.
+//!
 //! **A card that cannot be parsed** is skipped with a warning naming its href and the
 //! reason (R17), kept in [`CarddavConnector::skipped`], and retried on the next read (its
 //! id stays in the cursor). Because a skipped card is not in the page, a full listing
@@ -35,6 +39,7 @@ pub mod testsupport;
 pub mod vcard;
 mod write;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -89,24 +94,31 @@ struct State {
 pub struct CarddavConnector {
     dav: Dav,
     skipped: Mutex<Vec<(String, String)>>,
+    groups: AtomicUsize,
     max_concurrent_writes: usize,
 }
 
 impl CarddavConnector {
-    /// The record of a fetched card; a card that cannot be parsed is logged with its
-    /// href and returned as (href, why), for the caller to skip.
+    /// The record of a fetched card (`None` for a contact group card); a card that
+    /// cannot be parsed is logged with its href and returned as (href, why), for the
+    /// caller to skip.
     fn card_record(
         &self,
         kind: EntityKind,
         id: &str,
         etag: String,
         data: &str,
-    ) -> Result<Record, (String, String)> {
+    ) -> Result<Option<Record>, (String, String)> {
         match Card::parse(data) {
+            // A contact group lists members; it is no contact to sync or match.
+            Ok(card) if mapping::is_group(&card) => {
+                tracing::debug!(href = %self.dav.member_url(id), "skipped a contact group card");
+                Ok(None)
+            }
             Ok(card) => {
                 let mut record = Record::new(kind, id, mapping::to_fields(&card));
                 record.version = Some(etag);
-                Ok(record)
+                Ok(Some(record))
             }
             Err(why) => {
                 // The reason may quote a line of the card: the server's text.
@@ -136,6 +148,7 @@ impl CarddavConnector {
         Ok(CarddavConnector {
             dav: Dav::new(&s.url, s.http, s.auth)?,
             skipped: Mutex::new(Vec::new()),
+            groups: AtomicUsize::new(0),
             max_concurrent_writes: s.max_concurrent_writes,
         })
     }
@@ -143,6 +156,11 @@ impl CarddavConnector {
     /// The cards the last read skipped: (href, why).
     pub fn skipped(&self) -> Vec<(String, String)> {
         self.skipped.lock().expect("not poisoned").clone()
+    }
+
+    /// The contact group cards the last read passed over (they are no contacts).
+    pub fn groups_skipped(&self) -> usize {
+        self.groups.load(Ordering::Relaxed)
     }
 
     fn only_contacts(kind: EntityKind) -> Result<(), ConnectorError> {
@@ -203,6 +221,7 @@ impl Connector for CarddavConnector {
         }
         let mut records = Vec::new();
         let mut skipped = Vec::new();
+        let mut groups = 0;
         let mut seen = std::collections::HashSet::new();
         for batch in wanted.chunks(MULTIGET_BATCH) {
             for (id, fetched) in self.dav.multiget(batch).await? {
@@ -212,7 +231,8 @@ impl Connector for CarddavConnector {
                 match fetched {
                     Fetched::Card { etag, data } => {
                         match self.card_record(kind, &id, etag, &data) {
-                            Ok(record) => records.push(record),
+                            Ok(Some(record)) => records.push(record),
+                            Ok(None) => groups += 1,
                             Err(skip) => {
                                 skipped.push(skip);
                                 // Retried next read.
@@ -239,6 +259,10 @@ impl Connector for CarddavConnector {
             .collect();
         let rescan = full && !skipped.is_empty();
         *self.skipped.lock().expect("not poisoned") = skipped;
+        self.groups.store(groups, Ordering::Relaxed);
+        if groups > 0 {
+            tracing::info!(url = %self.dav.url, groups, "passed over contact group cards (no contacts)");
+        }
         let next = State {
             token: sync.token,
             retry,
@@ -281,7 +305,7 @@ impl Connector for CarddavConnector {
                     continue;
                 }
                 if let Fetched::Card { etag, data } = fetched
-                    && let Ok(record) = self.card_record(kind, &id, etag, &data)
+                    && let Ok(Some(record)) = self.card_record(kind, &id, etag, &data)
                 {
                     records.push(record);
                 }

@@ -2,33 +2,44 @@
 //!
 //! | field | vCard |
 //! |---|---|
-//! | `contact_type` | `KIND` (4.0) / `X-ADDRESSBOOKSERVER-KIND` (3.0): `org` = company, `individual` = person; without either, a card with a structured name is a person, one with only `ORG` a company |
+//! | `contact_type` | `KIND` (4.0), `X-KIND` (3.0, khard), `X-ADDRESSBOOKSERVER-KIND` (3.0, Apple): `org` = company, `individual` = person; else Apple's `X-ABShowAs:COMPANY`; without any, a card with a structured name is a person, one with only `ORG` a company |
 //! | `name` | `FN` (and the first `ORG` component of a company) |
 //! | `first_name`, `surname` | `N` given and family names (other components kept) |
-//! | `address`, `address_2`, `city`, `county`, `post_code`, `country_code` | the first `ADR;TYPE=work` (else the first `ADR`): street, extended, locality, region, code, country; the PO box is kept |
-//! | `phone`, `mobile_phone`, `fax` | `TEL` by `TYPE`: `fax`, `cell`, else voice |
-//! | `email`, `home_page`, `job_title` | the first `EMAIL`, `URL`, `TITLE` |
+//! | `address`, `address_2` | the first `ADR;TYPE=work` (else the first `ADR`): the street's first line; the extended address and the street's further lines (joined with `, `) |
+//! | `city`, `county`, `post_code`, `country_code` | the same `ADR`: locality, region, code, country; the PO box is kept |
+//! | `phone`, `mobile_phone`, `fax` | `TEL` by `TYPE`: `fax`, `cell`, else voice (not `pager`); a `tel:` URI gives its number (visual separators as spaces), its `;ext=` stays in the card |
+//! | `email`, `home_page`, `job_title` | the first `EMAIL`, `URL` (a URI: never escaped), `TITLE` |
 //! | `business_relations` | every `CATEGORIES` value (the engine keeps the non-code ones, R9) |
 //! | `company_id` | `X-TANDEM-COMPANY-ID`: the company contact's Tandem id (its member name, `<UID>.vcf` for cards Tandem creates) |
 //! | other canonical fields, `x_...` extras | `X-TANDEM-<NAME>` (`vat_registration_no` -> `X-TANDEM-VAT-REGISTRATION-NO`), non-text values typed with `X-TANDEM-TYPE=number\|bool\|date\|list` |
 //!
+//! Group cards (`KIND:group`, `X-ADDRESSBOOKSERVER-KIND:group`) are no contacts
+//! ([`is_group`]): the connector skips them on read and never writes them.
+//!
 //! Everything else in a card (photos, notes, other `TEL`s and addresses, parameters,
-//! groups) is kept as it was: an update parses the stored card and replaces only the
-//! properties of the fields it changes.
+//! groups, names as spelled) is kept as it was: an update parses the stored card and
+//! replaces only the properties of the fields it changes, in the card's own version
+//! (2.1 values quoted-printable where needed), and sets `REV` when anything changed.
 
 use tandem_connector::Changes;
-use tandem_model::{Fields, Value, field};
+use tandem_model::{Fields, Timestamp, Value, field};
 
-use crate::vcard::{Card, Property, escape, join_components, join_list};
+use crate::vcard::{Card, Property, Version, escape};
 
 const KIND: &str = "KIND";
+const X_KIND: &str = "X-KIND";
 const ABS_KIND: &str = "X-ADDRESSBOOKSERVER-KIND";
+/// The properties that say what a card stands for, in the order they are believed.
+const KIND_PROPS: [&str; 3] = [KIND, X_KIND, ABS_KIND];
+/// Apple Contacts' mark of a company card.
+const SHOW_AS: &str = "X-ABShowAs";
 const X_PREFIX: &str = "X-TANDEM-";
 const X_TYPE: &str = "X-TANDEM-TYPE";
 /// Marks an `FN` Tandem had to make up (vCard requires one) when no `name` was given.
 const DERIVED: &str = "X-TANDEM-DERIVED";
 
-/// ADR components, in order; `None` for the PO box, which Tandem does not map.
+/// ADR components, in order; `None` for the PO box, which Tandem does not map. The
+/// street and the extended address are read and written together (see [`street`]).
 const ADR_FIELDS: [Option<&str>; 7] = [
     None,
     Some(field::ADDRESS_2),
@@ -38,6 +49,8 @@ const ADR_FIELDS: [Option<&str>; 7] = [
     Some(field::POST_CODE),
     Some(field::COUNTRY_CODE),
 ];
+const EXTENDED: usize = 1;
+const STREET: usize = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum TelKind {
@@ -46,14 +59,19 @@ enum TelKind {
     Fax,
 }
 
-fn tel_kind(p: &Property) -> TelKind {
+const TEL_KINDS: [TelKind; 3] = [TelKind::Phone, TelKind::Mobile, TelKind::Fax];
+
+fn tel_kind(p: &Property) -> Option<TelKind> {
     let types = p.param_values("TYPE");
-    if types.iter().any(|t| t == "fax") {
-        TelKind::Fax
-    } else if types.iter().any(|t| t == "cell") {
-        TelKind::Mobile
+    let has = |t: &str| types.iter().any(|x| x == t);
+    if has("fax") {
+        Some(TelKind::Fax)
+    } else if has("cell") || has("mobile") || has("iphone") {
+        Some(TelKind::Mobile)
+    } else if has("pager") {
+        None
     } else {
-        TelKind::Phone
+        Some(TelKind::Phone)
     }
 }
 
@@ -71,7 +89,8 @@ fn x_property(name: &str) -> String {
 }
 
 fn x_field(prop: &str) -> Option<String> {
-    let rest = prop.strip_prefix(X_PREFIX)?;
+    let upper = prop.to_ascii_uppercase();
+    let rest = upper.strip_prefix(X_PREFIX)?;
     if rest == "TYPE" || rest == "DERIVED" {
         return None;
     }
@@ -102,9 +121,55 @@ fn is_x_mapped(name: &str) -> bool {
     )
 }
 
+/// The kind the card declares, lower-case: `KIND`, else `X-KIND`, else
+/// `X-ADDRESSBOOKSERVER-KIND`.
+fn declared_kind(card: &Card) -> Option<String> {
+    KIND_PROPS
+        .iter()
+        .find_map(|n| card.first(n))
+        .map(|p| p.text().trim().to_ascii_lowercase())
+}
+
+/// A contact group (vCard 4 `KIND:group`, iCloud's `X-ADDRESSBOOKSERVER-KIND:group`):
+/// a list of members, not a contact.
+pub fn is_group(card: &Card) -> bool {
+    KIND_PROPS
+        .iter()
+        .flat_map(|n| card.all(n))
+        .any(|p| p.text().trim().eq_ignore_ascii_case("group"))
+}
+
+fn contact_type(card: &Card) -> Option<&'static str> {
+    match declared_kind(card).as_deref() {
+        Some("org" | "organization") => return Some("company"),
+        Some("individual") => return Some("person"),
+        Some(_) => return None,
+        None => {}
+    }
+    match card
+        .first(SHOW_AS)
+        .map(|p| p.text().trim().to_ascii_lowercase())
+    {
+        Some(s) if s == "company" => return Some("company"),
+        Some(s) if s == "person" => return Some("person"),
+        _ => {}
+    }
+    let n = card
+        .first("N")
+        .map(Property::components)
+        .unwrap_or_default();
+    if n.iter().take(2).any(|c| !c.trim().is_empty()) {
+        Some("person")
+    } else if card.first("ORG").is_some() {
+        Some("company")
+    } else {
+        None
+    }
+}
+
 fn adr_index(card: &Card) -> Option<usize> {
     let adrs: Vec<usize> = (0..card.props.len())
-        .filter(|&i| card.props[i].name == "ADR")
+        .filter(|&i| card.props[i].is("ADR"))
         .collect();
     adrs.iter()
         .copied()
@@ -117,75 +182,90 @@ fn adr_index(card: &Card) -> Option<usize> {
         .or_else(|| adrs.first().copied())
 }
 
-fn strip_tel(v: &str) -> &str {
-    v.strip_prefix("tel:").unwrap_or(v)
+/// The `tel:` URI of a value, without its scheme (`None` for a text value).
+fn tel_uri(value: &str) -> Option<&str> {
+    let v = value.trim();
+    v.get(..4)
+        .filter(|s| s.eq_ignore_ascii_case("tel:"))
+        .map(|_| &v[4..])
+}
+
+/// The phone number a `TEL` holds: its text, or a `tel:` URI's number without its
+/// parameters (`;ext=`, ...), percent-decoded, with `-` separators read as spaces (as
+/// they are written, see [`set_phone`]).
+fn phone_of(p: &Property) -> String {
+    let value = p.uri();
+    match tel_uri(&value) {
+        Some(uri) => {
+            let number = uri.split(';').next().unwrap_or_default();
+            percent_decode(number).replace('-', " ")
+        }
+        None => value,
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = s
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn put_text(f: &mut Fields, name: &str, v: String) {
+    let v = v.trim();
+    if !v.is_empty() {
+        f.set(field::canonical(name).expect("canonical"), Value::text(v));
+    }
+}
+
+/// The first line of a street and its further lines (blank ones dropped).
+fn street_lines(street: &str) -> (String, Vec<String>) {
+    let mut lines = street
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned);
+    let first = lines.next().unwrap_or_default();
+    (first, lines.collect())
 }
 
 /// The contact fields of a card.
 pub fn to_fields(card: &Card) -> Fields {
     let mut f = Fields::new();
-    let text = |f: &mut Fields, name: &str, v: String| {
-        let v = v.trim().to_owned();
-        if !v.is_empty() {
-            f.set(field::canonical(name).expect("canonical"), Value::text(v));
-        }
-    };
-    let n = card
-        .first("N")
-        .map(Property::components)
-        .unwrap_or_default();
-    let has_n = n.iter().take(2).any(|c| !c.trim().is_empty());
-    let kind = card
-        .first(KIND)
-        .or_else(|| card.first(ABS_KIND))
-        .map(|p| p.text().trim().to_ascii_lowercase());
-    let contact_type = match kind.as_deref() {
-        Some("org" | "organization") => Some("company"),
-        Some("individual") => Some("person"),
-        Some(_) => None,
-        None if has_n => Some("person"),
-        None if card.first("ORG").is_some() => Some("company"),
-        None => None,
-    };
-    if let Some(t) = contact_type {
+    if let Some(t) = contact_type(card) {
         f.set(field::CONTACT_TYPE, Value::text(t));
     }
-    match card.first("FN") {
-        Some(fn_) if fn_.param(DERIVED).is_none() => text(&mut f, field::NAME, fn_.text()),
-        Some(_) => {}
-        None => {
-            if let Some(org) = card.first("ORG") {
-                text(&mut f, field::NAME, org.components().remove(0));
-            }
+    read_names(card, &mut f);
+    read_address(card, &mut f);
+    for kind in TEL_KINDS {
+        if let Some(p) = card.all("TEL").find(|p| tel_kind(p) == Some(kind)) {
+            put_text(&mut f, tel_field(kind), phone_of(p));
         }
     }
-    if let Some(s) = n.first() {
-        text(&mut f, field::SURNAME, s.clone());
+    if let Some(p) = card.first("EMAIL") {
+        put_text(&mut f, field::EMAIL, p.text());
     }
-    if let Some(g) = n.get(1) {
-        text(&mut f, field::FIRST_NAME, g.clone());
+    if let Some(p) = card.first("URL") {
+        put_text(&mut f, field::HOME_PAGE, p.uri());
     }
-    if let Some(i) = adr_index(card) {
-        let parts = card.props[i].components();
-        for (name, value) in ADR_FIELDS.iter().zip(parts) {
-            if let Some(name) = name {
-                text(&mut f, name, value);
-            }
-        }
-    }
-    for kind in [TelKind::Phone, TelKind::Mobile, TelKind::Fax] {
-        if let Some(p) = card.all("TEL").find(|p| tel_kind(p) == kind) {
-            text(&mut f, tel_field(kind), strip_tel(&p.text()).to_owned());
-        }
-    }
-    for (prop, name) in [
-        ("EMAIL", field::EMAIL),
-        ("URL", field::HOME_PAGE),
-        ("TITLE", field::JOB_TITLE),
-    ] {
-        if let Some(p) = card.first(prop) {
-            text(&mut f, name, p.text());
-        }
+    if let Some(p) = card.first("TITLE") {
+        put_text(&mut f, field::JOB_TITLE, p.text());
     }
     let categories: Vec<String> = card
         .all("CATEGORIES")
@@ -196,6 +276,56 @@ pub fn to_fields(card: &Card) -> Fields {
     if !categories.is_empty() {
         f.set(field::BUSINESS_RELATIONS, Value::List(categories));
     }
+    read_extras(card, &mut f);
+    f
+}
+
+fn read_names(card: &Card, f: &mut Fields) {
+    match card.first("FN") {
+        Some(fn_) if fn_.param(DERIVED).is_none() => put_text(f, field::NAME, fn_.text()),
+        Some(_) => {}
+        None => {
+            if let Some(org) = card.first("ORG") {
+                put_text(f, field::NAME, org.components().remove(0));
+            }
+        }
+    }
+    let n = card
+        .first("N")
+        .map(Property::components)
+        .unwrap_or_default();
+    if let Some(s) = n.first() {
+        put_text(f, field::SURNAME, s.clone());
+    }
+    if let Some(g) = n.get(1) {
+        put_text(f, field::FIRST_NAME, g.clone());
+    }
+}
+
+fn read_address(card: &Card, f: &mut Fields) {
+    let Some(i) = adr_index(card) else {
+        return;
+    };
+    let parts = card.props[i].components();
+    let (first, more) = street_lines(parts.get(STREET).map_or("", String::as_str));
+    put_text(f, field::ADDRESS, first);
+    // A multi-line street's further lines are `address_2`, as an ERP's second line.
+    let second: Vec<String> = parts
+        .get(EXTENDED)
+        .map(|e| e.trim().to_owned())
+        .into_iter()
+        .chain(more)
+        .filter(|l| !l.is_empty())
+        .collect();
+    put_text(f, field::ADDRESS_2, second.join(", "));
+    for (k, value) in parts.into_iter().enumerate().skip(STREET + 1) {
+        if let Some(Some(name)) = ADR_FIELDS.get(k) {
+            put_text(f, name, value);
+        }
+    }
+}
+
+fn read_extras(card: &Card, f: &mut Fields) {
     for p in &card.props {
         let Some(name) = x_field(&p.name) else {
             continue;
@@ -213,7 +343,6 @@ pub fn to_fields(card: &Card) -> Fields {
             None => f.set(name.as_str(), value),
         }
     }
-    f
 }
 
 /// A new card (vCard 3.0) with `uid` holding `fields`.
@@ -234,228 +363,399 @@ fn text_of(v: &Value) -> Option<String> {
     }
 }
 
+/// A change to apply: what each field becomes (`Some(None)`: cleared), and what the
+/// card will hold once changed (for `FN`, `ORG` and the street).
+struct Plan<'a> {
+    changes: &'a Changes,
+    before: Fields,
+    version: Version,
+}
+
+impl Plan<'_> {
+    fn get(&self, name: &str) -> Option<Option<String>> {
+        self.changes.get(name).map(text_of)
+    }
+
+    fn after(&self, name: &str) -> Option<String> {
+        match self.get(name) {
+            Some(v) => v,
+            None => self.before.text(name).map(str::to_owned),
+        }
+    }
+
+    fn is_company(&self) -> bool {
+        self.after(field::CONTACT_TYPE)
+            .is_some_and(|t| !t.eq_ignore_ascii_case("person"))
+    }
+}
+
 /// Applies `changes` to `card`: each named field replaces its property (a `Null` or
 /// empty value removes it); every other property is left as it is. Keeps `FN` (which
-/// vCard requires) and, for 3.0, `N` present.
+/// vCard requires) and, before 4.0, `N` present; sets `REV` when the card changed.
 pub fn apply(card: &mut Card, changes: &Changes) {
-    let v4 = card.version() == Some("4.0");
-    let get = |name: &str| changes.get(name).map(text_of);
-    // What the card will be once changed, for FN and ORG.
-    let before = to_fields(card);
-    let after_text = |name: &str| match get(name) {
-        Some(v) => v,
-        None => before.text(name).map(str::to_owned),
+    apply_at(card, changes, Timestamp::now());
+}
+
+/// [`apply`], with `now` as the new `REV`.
+pub fn apply_at(card: &mut Card, changes: &Changes, now: Timestamp) {
+    let unchanged = card.props.clone();
+    let plan = Plan {
+        changes,
+        before: to_fields(card),
+        version: card.syntax(),
     };
+    if let Some(t) = plan.get(field::CONTACT_TYPE) {
+        write_kind(card, plan.version, t.as_deref());
+    }
+    write_names(card, &plan);
+    write_address(card, &plan);
+    for kind in TEL_KINDS {
+        if let Some(v) = plan.get(tel_field(kind)) {
+            write_phone(card, plan.version, kind, v);
+        }
+    }
+    for (prop, name) in [("EMAIL", field::EMAIL), ("TITLE", field::JOB_TITLE)] {
+        if let Some(v) = plan.get(name) {
+            set_first(card, plan.version, prop, v, Property::set_text);
+        }
+    }
+    if let Some(v) = plan.get(field::HOME_PAGE) {
+        set_first(card, plan.version, "URL", v, Property::set_uri);
+    }
+    if let Some(v) = changes.get(field::BUSINESS_RELATIONS) {
+        write_categories(card, plan.version, v);
+    }
+    write_extras(card, &plan);
+    if card.props != unchanged {
+        set_rev(card, plan.version, now);
+    }
+}
 
-    if let Some(t) = get(field::CONTACT_TYPE) {
-        let value = t.map(|t| {
-            if t.trim().eq_ignore_ascii_case("person") {
-                "individual"
-            } else {
-                "org"
-            }
-        });
-        let names: Vec<&str> = [KIND, ABS_KIND]
-            .into_iter()
-            .filter(|n| card.first(n).is_some())
-            .collect();
-        match value {
-            None => {
-                card.remove_all(KIND);
-                card.remove_all(ABS_KIND);
-            }
-            Some(v) if names.is_empty() => card
-                .props
-                .push(Property::new(if v4 { KIND } else { ABS_KIND }, v.into())),
-            Some(v) => {
-                for n in names {
-                    card.set(n, v.into());
+/// `KIND` as the card's version has it: 4.0 `KIND`; before, Apple's
+/// `X-ADDRESSBOOKSERVER-KIND` and `X-KIND` (which khard reads), added for companies.
+/// Every kind property the card already has says the same; Apple's `X-ABShowAs`
+/// follows.
+fn write_kind(card: &mut Card, version: Version, contact_type: Option<&str>) {
+    let Some(t) = contact_type else {
+        for n in KIND_PROPS.iter().chain([&SHOW_AS]) {
+            card.remove_all(n);
+        }
+        return;
+    };
+    let company = !t.trim().eq_ignore_ascii_case("person");
+    let value = if company { "org" } else { "individual" };
+    for p in card.props.iter_mut() {
+        if KIND_PROPS.iter().any(|n| p.is(n)) {
+            p.set_text(version, value);
+        }
+    }
+    let wanted: &[&str] = match version {
+        Version::V40 => &[KIND],
+        _ => &[ABS_KIND, X_KIND],
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|n| card.first(n).is_none())
+        .collect();
+    let any = KIND_PROPS.iter().any(|n| card.first(n).is_some());
+    for n in missing {
+        if company || (!any && n == wanted[0]) {
+            card.props.push(Property::new(n, value.into()));
+        }
+    }
+    match (company, card.position(SHOW_AS)) {
+        (true, Some(i)) => card.props[i].set_text(version, "COMPANY"),
+        (false, Some(_)) => card.remove_all(SHOW_AS),
+        (_, None) => {}
+    }
+}
+
+fn write_names(card: &mut Card, plan: &Plan) {
+    let version = plan.version;
+    match plan.get(field::NAME) {
+        Some(Some(n)) => {
+            match card.position("FN") {
+                Some(i) => {
+                    card.props[i].remove_param(DERIVED);
+                    card.props[i].set_text(version, &n);
+                }
+                None => {
+                    let mut p = Property::new("FN", String::new());
+                    p.set_text(version, &n);
+                    card.props.push(p);
                 }
             }
-        }
-    }
-    let is_company =
-        after_text(field::CONTACT_TYPE).is_some_and(|t| !t.eq_ignore_ascii_case("person"));
-
-    if let Some(name) = get(field::NAME) {
-        match name {
-            Some(n) => {
-                card.remove_all("FN");
-                card.props.push(Property::new("FN", escape(&n)));
-                if is_company {
-                    set_component(card, "ORG", 0, 1, &n);
-                }
-            }
-            None => {
-                card.remove_all("FN");
+            if plan.is_company() {
+                set_component(card, version, "ORG", 0, 1, &n);
             }
         }
+        Some(None) => card.remove_all("FN"),
+        None => {}
     }
-    if get(field::FIRST_NAME).is_some() || get(field::SURNAME).is_some() {
-        if let Some(s) = get(field::SURNAME) {
-            set_component(card, "N", 0, 5, s.as_deref().unwrap_or(""));
-        }
-        if let Some(g) = get(field::FIRST_NAME) {
-            set_component(card, "N", 1, 5, g.as_deref().unwrap_or(""));
-        }
+    if let Some(s) = plan.get(field::SURNAME) {
+        set_component(card, version, "N", 0, 5, s.as_deref().unwrap_or(""));
     }
-    if !v4 && card.first("N").is_none() {
+    if let Some(g) = plan.get(field::FIRST_NAME) {
+        set_component(card, version, "N", 1, 5, g.as_deref().unwrap_or(""));
+    }
+    if version != Version::V40 && card.first("N").is_none() {
         card.props.push(Property::new("N", ";;;;".into()));
     }
     // FN is required: make one up from the names when no name is given.
     if card.first("FN").is_none() {
-        let made_up = [after_text(field::FIRST_NAME), after_text(field::SURNAME)]
+        let made_up = [plan.after(field::FIRST_NAME), plan.after(field::SURNAME)]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
             .join(" ");
         let made_up = if made_up.is_empty() {
-            after_text(field::EMAIL).unwrap_or_else(|| "-".into())
+            plan.after(field::EMAIL).unwrap_or_else(|| "-".into())
         } else {
             made_up
         };
-        card.props
-            .push(Property::new("FN", escape(&made_up)).with_param(DERIVED, &["1"]));
-    }
-
-    if ADR_FIELDS
-        .iter()
-        .flatten()
-        .any(|n| changes.contains_key(*n))
-    {
-        let i = match adr_index(card) {
-            Some(i) => i,
-            None => {
-                card.props
-                    .push(Property::new("ADR", ";;;;;;".into()).with_param("TYPE", &["work"]));
-                card.props.len() - 1
-            }
-        };
-        let mut parts = card.props[i].components();
-        parts.resize(7, String::new());
-        for (k, name) in ADR_FIELDS.iter().enumerate() {
-            if let Some(v) = name.and_then(get) {
-                parts[k] = v.unwrap_or_default();
-            }
-        }
-        if parts.iter().all(|p| p.trim().is_empty()) {
-            card.props.remove(i);
-        } else {
-            card.props[i].value = join_components(&parts);
-        }
-    }
-
-    for kind in [TelKind::Phone, TelKind::Mobile, TelKind::Fax] {
-        let Some(v) = get(tel_field(kind)) else {
-            continue;
-        };
-        let at = card
-            .props
-            .iter()
-            .position(|p| p.name == "TEL" && tel_kind(p) == kind);
-        match (at, v) {
-            (Some(i), None) => {
-                card.props.remove(i);
-            }
-            (Some(i), Some(v)) => {
-                let uri = card.props[i].value.starts_with("tel:");
-                card.props[i].value = if uri { format!("tel:{v}") } else { escape(&v) };
-            }
-            (None, Some(v)) => {
-                let types: &[&str] = match kind {
-                    TelKind::Phone => &["work", "voice"],
-                    TelKind::Mobile => &["cell"],
-                    TelKind::Fax => &["work", "fax"],
-                };
-                card.props
-                    .push(Property::new("TEL", escape(&v)).with_param("TYPE", types));
-            }
-            (None, None) => {}
-        }
-    }
-    for (prop, name) in [
-        ("EMAIL", field::EMAIL),
-        ("URL", field::HOME_PAGE),
-        ("TITLE", field::JOB_TITLE),
-    ] {
-        if let Some(v) = get(name) {
-            set_first(card, prop, v.map(|v| escape(&v)), &[]);
-        }
-    }
-    if let Some(v) = changes.get(field::BUSINESS_RELATIONS) {
-        let list: Vec<String> = match v {
-            Value::List(l) => l.clone(),
-            Value::Null => Vec::new(),
-            other => other
-                .to_cell()
-                .split([',', ';'])
-                .map(str::to_owned)
-                .collect(),
-        };
-        let list: Vec<String> = list
-            .into_iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let at = card.props.iter().position(|p| p.name == "CATEGORIES");
-        card.remove_all("CATEGORIES");
-        if !list.is_empty() {
-            let p = Property::new("CATEGORIES", join_list(&list));
-            match at {
-                Some(i) => card.props.insert(i.min(card.props.len()), p),
-                None => card.props.push(p),
-            }
-        }
-    }
-    for (name, value) in changes {
-        let name = name.as_str();
-        if !is_x_mapped(name) {
-            continue;
-        }
-        let prop = x_property(name);
-        let typed = match value {
-            Value::Null => None,
-            Value::Text(s) if s.trim().is_empty() => None,
-            Value::List(l) if l.is_empty() => None,
-            Value::Text(s) => Some((escape(s), None)),
-            Value::Number(_) => Some((escape(&value.to_cell()), Some("number"))),
-            Value::Bool(_) => Some((value.to_cell(), Some("bool"))),
-            Value::Date(d) => Some((d.to_string(), Some("date"))),
-            Value::List(l) => Some((join_list(l), Some("list"))),
-        };
-        card.remove_all(&prop);
-        if let Some((v, t)) = typed {
-            let mut p = Property::new(&prop, v);
-            if let Some(t) = t {
-                p = p.with_param(X_TYPE, &[t]);
-            }
-            card.props.push(p);
-        }
+        let mut p = Property::new("FN", String::new()).with_param(DERIVED, &["1"]);
+        p.set_text(version, &made_up);
+        card.props.push(p);
     }
 }
 
-fn set_first(card: &mut Card, prop: &str, value: Option<String>, params: &[(&str, &[&str])]) {
-    let at = card.props.iter().position(|p| p.name == prop);
+/// A new property with `TYPE` values, as the version spells them (2.1: bare).
+fn typed(name: &str, version: Version, types: &[&str]) -> Property {
+    let p = Property::new(name, String::new());
+    if version == Version::V21 {
+        types
+            .iter()
+            .fold(p, |p, t| p.with_param(&t.to_uppercase(), &[]))
+    } else {
+        p.with_param("TYPE", types)
+    }
+}
+
+fn write_address(card: &mut Card, plan: &Plan) {
+    if !ADR_FIELDS
+        .iter()
+        .flatten()
+        .any(|n| plan.changes.contains_key(*n))
+    {
+        return;
+    }
+    let i = match adr_index(card) {
+        Some(i) => i,
+        None => {
+            let mut p = typed("ADR", plan.version, &["work"]);
+            p.value = ";;;;;;".into();
+            card.props.push(p);
+            card.props.len() - 1
+        }
+    };
+    let mut parts = card.props[i].components();
+    parts.resize(7, String::new());
+    street(&mut parts, plan);
+    for (k, name) in ADR_FIELDS.iter().enumerate().skip(STREET + 1) {
+        if let Some(v) = name.and_then(|n| plan.get(n)) {
+            parts[k] = v.unwrap_or_default();
+        }
+    }
+    if parts.iter().all(|p| p.trim().is_empty()) {
+        card.props.remove(i);
+    } else {
+        card.props[i].set_components(plan.version, &parts);
+    }
+}
+
+/// Writes `address` and `address_2` into the street and extended address as the card
+/// lays them out: a card that uses the extended address keeps `address_2` there; any
+/// other gets it as the street's second line (RFC 6350 asks for multi-line streets),
+/// so a multi-line street reads back the same and never drifts.
+fn street(parts: &mut [String], plan: &Plan) {
+    let (line1, line2) = (plan.get(field::ADDRESS), plan.get(field::ADDRESS_2));
+    if line1.is_none() && line2.is_none() {
+        return;
+    }
+    let (first, mut rest) = street_lines(&parts[STREET]);
+    let first = line1.map_or(first, Option::unwrap_or_default);
+    if let Some(v) = line2 {
+        let v = v.unwrap_or_default();
+        if parts[EXTENDED].trim().is_empty() {
+            rest = vec![v];
+        } else {
+            parts[EXTENDED] = v;
+            rest.clear();
+        }
+    }
+    parts[STREET] = std::iter::once(first)
+        .chain(rest)
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+}
+
+fn write_phone(card: &mut Card, version: Version, kind: TelKind, value: Option<String>) {
+    let at = card
+        .props
+        .iter()
+        .position(|p| p.is("TEL") && tel_kind(p) == Some(kind));
     match (at, value) {
-        (Some(i), Some(v)) => card.props[i].value = v,
         (Some(i), None) => {
             card.props.remove(i);
         }
+        (Some(i), Some(v)) => set_phone(&mut card.props[i], version, &v),
         (None, Some(v)) => {
-            let mut p = Property::new(prop, v);
-            for (n, vals) in params {
-                p = p.with_param(n, vals);
-            }
+            let types: &[&str] = match kind {
+                TelKind::Phone => &["work", "voice"],
+                TelKind::Mobile => &["cell"],
+                TelKind::Fax => &["work", "fax"],
+            };
+            let mut p = typed("TEL", version, types);
+            p.set_text(version, &v);
             card.props.push(p);
         }
         (None, None) => {}
     }
 }
 
+/// A `tel:` URI stays one: the number with `-` for its spaces (RFC 3966 has no
+/// spaces), and the URI's parameters (`;ext=`, ...) kept.
+fn set_phone(p: &mut Property, version: Version, number: &str) {
+    let current = p.uri();
+    match tel_uri(&current) {
+        Some(uri) => {
+            let params = uri.find(';').map_or("", |i| &uri[i..]);
+            let number = number.split_whitespace().collect::<Vec<_>>().join("-");
+            p.set_uri(version, &format!("tel:{number}{params}"));
+        }
+        None => p.set_text(version, number),
+    }
+}
+
+fn set_first(
+    card: &mut Card,
+    version: Version,
+    prop: &str,
+    value: Option<String>,
+    set: fn(&mut Property, Version, &str),
+) {
+    match (card.position(prop), value) {
+        (Some(i), Some(v)) => set(&mut card.props[i], version, &v),
+        (Some(i), None) => {
+            card.props.remove(i);
+        }
+        (None, Some(v)) => {
+            let mut p = Property::new(prop, String::new());
+            set(&mut p, version, &v);
+            card.props.push(p);
+        }
+        (None, None) => {}
+    }
+}
+
+fn write_categories(card: &mut Card, version: Version, value: &Value) {
+    let list: Vec<String> = match value {
+        Value::List(l) => l.clone(),
+        Value::Null => Vec::new(),
+        other => other
+            .to_cell()
+            .split([',', ';'])
+            .map(str::to_owned)
+            .collect(),
+    };
+    let list: Vec<String> = list
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    set_only(card, "CATEGORIES", !list.is_empty(), |p| {
+        p.set_list(version, &list)
+    });
+}
+
+/// Makes `name` one property: the first one found (keeping its place, group and
+/// parameters) or a new one, set by `set`; `None` removes them all.
+fn set_only(card: &mut Card, name: &str, keep: bool, set: impl FnOnce(&mut Property)) {
+    let at = card.position(name);
+    let mut p = at
+        .map(|i| card.props[i].clone())
+        .unwrap_or_else(|| Property::new(name, String::new()));
+    card.remove_all(name);
+    if keep {
+        set(&mut p);
+        let i = at.unwrap_or(card.props.len()).min(card.props.len());
+        card.props.insert(i, p);
+    }
+}
+
+fn write_extras(card: &mut Card, plan: &Plan) {
+    let version = plan.version;
+    for (name, value) in plan.changes {
+        let name = name.as_str();
+        if !is_x_mapped(name) {
+            continue;
+        }
+        let kept = match value {
+            Value::Null => None,
+            Value::Text(s) if s.trim().is_empty() => None,
+            Value::List(l) if l.is_empty() => None,
+            other => Some(other),
+        };
+        set_only(card, &x_property(name), kept.is_some(), |p| {
+            let kind = match kept {
+                Some(Value::Number(_)) => Some("number"),
+                Some(Value::Bool(_)) => Some("bool"),
+                Some(Value::Date(_)) => Some("date"),
+                Some(Value::List(_)) => Some("list"),
+                _ => None,
+            };
+            match kept {
+                Some(Value::List(l)) => p.set_list(version, l),
+                Some(v) => p.set_text(version, &v.to_cell()),
+                None => {}
+            }
+            match kind {
+                Some(t) => p.set_param(X_TYPE, &[t]),
+                None => p.remove_param(X_TYPE),
+            }
+        });
+    }
+}
+
+/// `REV` set to `now`, in the form the card already uses (`2024-05-01T12:00:00Z` or
+/// `20240501T120000Z`); a new one in its version's form.
+fn set_rev(card: &mut Card, version: Version, now: Timestamp) {
+    let whole_seconds = Timestamp(now.0 - now.0.rem_euclid(1000));
+    let extended = whole_seconds.to_string();
+    let basic: String = extended
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    match card.position("REV") {
+        Some(i) => {
+            let old = card.props[i].text();
+            let v = if old.contains('-') { extended } else { basic };
+            card.props[i].set_uri(version, &v);
+        }
+        None => {
+            let v = if version == Version::V40 {
+                basic
+            } else {
+                extended
+            };
+            card.props.push(Property::new("REV", v));
+        }
+    }
+}
+
 /// Sets component `index` of the first structured property `prop` (made with `len`
 /// empty components when missing), keeping the other components.
-fn set_component(card: &mut Card, prop: &str, index: usize, len: usize, value: &str) {
-    let i = match card.props.iter().position(|p| p.name == prop) {
+fn set_component(
+    card: &mut Card,
+    version: Version,
+    prop: &str,
+    index: usize,
+    len: usize,
+    value: &str,
+) {
+    let i = match card.position(prop) {
         Some(i) => i,
         None => {
             card.props
@@ -468,7 +768,7 @@ fn set_component(card: &mut Card, prop: &str, index: usize, len: usize, value: &
         parts.resize(index + 1, String::new());
     }
     parts[index] = value.to_owned();
-    card.props[i].value = join_components(&parts);
+    card.props[i].set_components(version, &parts);
 }
 
 #[cfg(test)]
@@ -529,9 +829,15 @@ mod tests {
         apply(&mut updated, &changes(&change));
         let text = updated.to_text();
         let again = Card::parse(&text).unwrap();
-        // Unmapped properties survive byte for byte (as parsed values).
-        for name in ["PRODID", "PHOTO", "X-ABLABEL", "ORG", "UID"] {
-            assert_eq!(again.first(name), card.first(name), "{name}");
+        // Unmapped properties survive byte for byte.
+        for line in [
+            "PRODID:-//Apple Inc.//iPhone OS 17//EN",
+            "PHOTO;ENCODING=b;TYPE=JPEG:AAAA",
+            "item2.X-ABLabel:_$!<Work>!$_",
+            "ORG:Acme;Sales",
+            "UID:abc",
+        ] {
+            assert!(text.contains(&format!("\r\n{line}\r\n")), "{line}\n{text}");
         }
         let adr = again.first("ADR").unwrap();
         assert_eq!(adr.group.as_deref(), Some("item2"));
@@ -550,7 +856,7 @@ mod tests {
         let mut card = Card::parse(text).unwrap();
         let f = to_fields(&card);
         assert_eq!(f.text(field::CONTACT_TYPE), Some("company"));
-        assert_eq!(f.text(field::PHONE), Some("+32-9-1"));
+        assert_eq!(f.text(field::PHONE), Some("+32 9 1"));
         let change = Fields::new()
             .with(field::NAME, "Acme Corp")
             .with(field::PHONE, "+32 9 2")
@@ -558,9 +864,10 @@ mod tests {
         apply(&mut card, &changes(&change));
         let again = Card::parse(&card.to_text()).unwrap();
         assert_eq!(again.version(), Some("4.0"));
-        assert_eq!(again.first("TEL").unwrap().value, "tel:+32 9 2");
+        assert_eq!(again.first("TEL").unwrap().value, "tel:+32-9-2");
         assert_eq!(again.first("ORG").unwrap().text(), "Acme Corp");
         assert!(again.first(ABS_KIND).is_none());
+        assert!(again.first(X_KIND).is_none());
         assert!(again.first("N").is_none());
     }
 
@@ -582,5 +889,187 @@ mod tests {
         assert!(f.is_empty(), "{f:?}");
         assert!(card.first("FN").is_some());
         assert!(card.first("ADR").is_none());
+    }
+
+    const NOW: Timestamp = Timestamp(1_714_564_800_123); // 2024-05-01T12:00:00.123Z
+
+    fn one(name: &str, value: impl Into<Value>) -> Changes {
+        changes(&Fields::new().with(name, value))
+    }
+
+    #[test]
+    fn group_cards_are_no_contacts() {
+        for kind in [
+            "KIND:group",
+            "X-ADDRESSBOOKSERVER-KIND:group",
+            "X-ADDRESSBOOKSERVER-KIND:GROUP",
+        ] {
+            let text = format!("BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Team\r\n{kind}\r\nEND:VCARD\r\n");
+            assert!(is_group(&Card::parse(&text).unwrap()), "{kind}");
+        }
+        let org = "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Acme\r\nKIND:org\r\nEND:VCARD\r\n";
+        assert!(!is_group(&Card::parse(org).unwrap()));
+    }
+
+    #[test]
+    fn rev_is_set_when_the_card_changes_in_the_form_it_had() {
+        let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nN:;;;;\r\nFN:A\r\nREV:2020-01-01T00:00:00Z\r\nEND:VCARD\r\n";
+        let mut card = Card::parse(text).unwrap();
+        apply_at(&mut card, &one(field::NAME, "A"), NOW);
+        assert_eq!(card.to_text(), text, "nothing changed, REV neither");
+        apply_at(&mut card, &one(field::NAME, "B"), NOW);
+        assert_eq!(card.first("REV").unwrap().value, "2024-05-01T12:00:00Z");
+        let v4 = "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:A\r\nEND:VCARD\r\n";
+        let mut card = Card::parse(v4).unwrap();
+        apply_at(&mut card, &one(field::EMAIL, "a@example.org"), NOW);
+        assert_eq!(card.first("REV").unwrap().value, "20240501T120000Z");
+        let basic = v4.replace("FN:A", "FN:A\r\nREV:20200101T000000Z");
+        let mut card = Card::parse(&basic).unwrap();
+        apply_at(&mut card, &one(field::EMAIL, "a@example.org"), NOW);
+        assert_eq!(card.first("REV").unwrap().value, "20240501T120000Z");
+    }
+
+    #[test]
+    fn company_cards_carry_the_kind_their_version_allows() {
+        let company = Fields::new()
+            .with(field::NAME, "Acme")
+            .with(field::CONTACT_TYPE, "company");
+        let card = new_card("u", &company);
+        assert_eq!(card.first(ABS_KIND).unwrap().value, "org");
+        // khard reads a 3.0 card's kind from X-KIND.
+        assert_eq!(card.first(X_KIND).unwrap().value, "org");
+        assert!(card.first(KIND).is_none());
+        let mut v4 = Card::parse("BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Acme\r\nEND:VCARD\r\n").unwrap();
+        apply_at(&mut v4, &changes(&company), NOW);
+        assert_eq!(v4.first(KIND).unwrap().value, "org");
+        assert!(v4.first(ABS_KIND).is_none() && v4.first(X_KIND).is_none());
+        let person = new_card("p", &Fields::new().with(field::CONTACT_TYPE, "person"));
+        assert_eq!(person.first(ABS_KIND).unwrap().value, "individual");
+        assert!(person.first(X_KIND).is_none());
+    }
+
+    #[test]
+    fn apples_show_as_company_is_a_company_and_follows_the_type() {
+        let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nN:;;;;\r\nFN:Acme\r\nORG:Acme;\r\nX-ABShowAs:COMPANY\r\nEND:VCARD\r\n";
+        let mut card = Card::parse(text).unwrap();
+        assert_eq!(to_fields(&card).text(field::CONTACT_TYPE), Some("company"));
+        apply_at(&mut card, &one(field::CONTACT_TYPE, "person"), NOW);
+        assert!(card.first(SHOW_AS).is_none());
+        assert_eq!(to_fields(&card).text(field::CONTACT_TYPE), Some("person"));
+    }
+
+    #[test]
+    fn a_multi_line_street_reads_as_two_lines_and_does_not_drift() {
+        let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:A\r\nADR;TYPE=work:;;1 Main St\\nBuilding 2\\nFloor 3;Ghent;;9000;BE\r\nEND:VCARD\r\n";
+        let mut card = Card::parse(text).unwrap();
+        let f = to_fields(&card);
+        assert_eq!(f.text(field::ADDRESS), Some("1 Main St"));
+        assert_eq!(f.text(field::ADDRESS_2), Some("Building 2, Floor 3"));
+        // Written back as read (an ERP's round trip): nothing moves.
+        let same = Fields::new()
+            .with(field::ADDRESS, "1 Main St")
+            .with(field::CITY, "Antwerp");
+        apply_at(&mut card, &changes(&same), NOW);
+        let adr = card.first("ADR").unwrap().components();
+        assert_eq!(adr[1], "");
+        assert_eq!(adr[2], "1 Main St\nBuilding 2\nFloor 3");
+        apply_at(&mut card, &one(field::ADDRESS_2, "Building 4"), NOW);
+        let adr = card.first("ADR").unwrap().components();
+        assert_eq!(
+            (adr[1].as_str(), adr[2].as_str()),
+            ("", "1 Main St\nBuilding 4")
+        );
+        assert_eq!(to_fields(&card).text(field::ADDRESS_2), Some("Building 4"));
+        // A card that uses the extended address keeps using it.
+        let ext = text.replace(";;1 Main St\\nBuilding 2\\nFloor 3;", ";Suite 5;1 Main St;");
+        let mut card = Card::parse(&ext).unwrap();
+        assert_eq!(to_fields(&card).text(field::ADDRESS_2), Some("Suite 5"));
+        apply_at(&mut card, &one(field::ADDRESS_2, "Suite 6"), NOW);
+        let adr = card.first("ADR").unwrap().components();
+        assert_eq!((adr[1].as_str(), adr[2].as_str()), ("Suite 6", "1 Main St"));
+    }
+
+    #[test]
+    fn tel_uris_keep_their_extension_out_of_the_number_and_get_no_spaces() {
+        let text = "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:A\r\nTEL;VALUE=uri;TYPE=work:tel:+1-555-555-0100;ext=42\r\nEND:VCARD\r\n";
+        let mut card = Card::parse(text).unwrap();
+        assert_eq!(to_fields(&card).text(field::PHONE), Some("+1 555 555 0100"));
+        apply_at(&mut card, &one(field::PHONE, "+1 555  555 0199"), NOW);
+        assert_eq!(
+            card.first("TEL").unwrap().value,
+            "tel:+1-555-555-0199;ext=42"
+        );
+        assert_eq!(to_fields(&card).text(field::PHONE), Some("+1 555 555 0199"));
+    }
+
+    #[test]
+    fn url_values_are_uris_and_their_commas_are_not_escaped() {
+        let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:A\r\nURL;type=WORK:http\\://example.com/old\r\nEND:VCARD\r\n";
+        let mut card = Card::parse(text).unwrap();
+        assert_eq!(
+            to_fields(&card).text(field::HOME_PAGE),
+            Some("http://example.com/old")
+        );
+        apply_at(
+            &mut card,
+            &one(field::HOME_PAGE, "https://example.com/a,b;c"),
+            NOW,
+        );
+        assert!(
+            card.to_text()
+                .contains("\r\nURL;type=WORK:https://example.com/a,b;c\r\n")
+        );
+        let f = to_fields(&Card::parse(&card.to_text()).unwrap());
+        assert_eq!(f.text(field::HOME_PAGE), Some("https://example.com/a,b;c"));
+    }
+
+    #[test]
+    fn names_of_properties_and_parameters_are_kept_as_spelled_on_update() {
+        let mut card = Card::parse(APPLE).unwrap();
+        apply_at(&mut card, &one(field::CITY, "Antwerp"), NOW);
+        let text = card.to_text();
+        assert!(
+            text.contains("\r\nitem2.X-ABLabel:_$!<Work>!$_\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\nitem2.ADR;type=WORK:PO 7;;1 Main St;Antwerp;;9000;BE\r\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("X-ABLABEL") && !text.contains("TYPE=WORK"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_2_1_card_is_updated_in_2_1() {
+        let text = "BEGIN:VCARD\r\nVERSION:2.1\r\nN;CHARSET=UTF-8;ENCODING=QUOTED-PRINTABLE:=4D=C3=BC=6C=6C=65=72;=4A=C3=BC=72=67=65=6E;;;\r\nFN;CHARSET=UTF-8;ENCODING=QUOTED-PRINTABLE:=4A=C3=BC=72=67=65=6E=20=4D=C3=BC=6C=6C=65=72\r\nTEL;CELL:+49 170 1\r\nEND:VCARD\r\n";
+        let mut card = Card::parse(text).unwrap();
+        let f = to_fields(&card);
+        assert_eq!(f.text(field::NAME), Some("Jürgen Müller"));
+        assert_eq!(f.text(field::FIRST_NAME), Some("Jürgen"));
+        let change = Fields::new()
+            .with(field::CITY, "Köln")
+            .with(field::PHONE, "+49 221 2");
+        apply_at(&mut card, &changes(&change), NOW);
+        let written = card.to_text();
+        assert!(
+            written.starts_with(&text[..text.find("END:VCARD").unwrap()]),
+            "{written}"
+        );
+        assert!(
+            written.contains(
+                "\r\nADR;WORK;ENCODING=QUOTED-PRINTABLE;CHARSET=UTF-8:;;;K=C3=B6ln;;;\r\n"
+            ),
+            "{written}"
+        );
+        assert!(
+            written.contains("\r\nTEL;WORK;VOICE:+49 221 2\r\n"),
+            "{written}"
+        );
+        let f = to_fields(&Card::parse(&written).unwrap());
+        assert_eq!(f.text(field::CITY), Some("Köln"));
+        assert_eq!(f.text(field::NAME), Some("Jürgen Müller"));
     }
 }

@@ -54,6 +54,12 @@ impl CarddavConnector {
                 if version.as_ref().is_some_and(|v| *v != etag) {
                     return Err(ConnectorError::Conflict { id });
                 }
+                if mapping::is_group(&card) {
+                    return Err(ConnectorError::invalid(
+                        Some(&id),
+                        "a contact group card, not a contact: Tandem does not write it",
+                    ));
+                }
                 mapping::apply(&mut card, &changes);
                 match self.put(&id, &card, ("If-Match", &etag)).await? {
                     Put::Done(w) => Ok(w),
