@@ -20,7 +20,7 @@ pub(crate) enum Failure {
     Tls(String),
     /// The request could not be built (a header value that is none).
     Invalid(String),
-    /// A status that asks to try again (429, 5xx, 408).
+    /// A status that asks to try again (408, 423, 429, 5xx).
     Status {
         status: StatusCode,
         retry_after: Option<Duration>,
@@ -40,12 +40,14 @@ impl Failure {
     }
 
     /// Whether the server may have acted on the request. 429 and 503 say it did not
-    /// (nginx's `limit_req` answers 503 too); a 500, 502 or 504 may come after it did.
+    /// (nginx's `limit_req` answers 503 too), nor does 423 (WebDAV: the resource is
+    /// locked, as Xandikos answers a write while another is stored in the same book);
+    /// a 500, 502 or 504 may come after it did.
     pub(crate) fn maybe_acted(&self) -> bool {
         match self {
             Failure::NotSent(_) | Failure::Tls(_) | Failure::Invalid(_) => false,
             Failure::Lost { .. } => true,
-            Failure::Status { status, .. } => !matches!(status.as_u16(), 429 | 503),
+            Failure::Status { status, .. } => !matches!(status.as_u16(), 423 | 429 | 503),
         }
     }
 
@@ -59,7 +61,7 @@ impl Failure {
 
 /// Statuses that are worth another try.
 pub(crate) fn is_retry_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+    matches!(status.as_u16(), 408 | 423 | 429 | 500 | 502 | 503 | 504)
 }
 
 /// The wait a `Retry-After` header asks for: seconds, or an HTTP date (a date in the
@@ -113,6 +115,10 @@ mod tests {
         assert!(Failure::NotSent("refused".into()).retryable(false));
         assert!(status(429).retryable(false));
         assert!(status(503).retryable(false));
+        assert!(
+            status(423).retryable(false),
+            "locked: not stored, try again"
+        );
         assert!(!status(500).retryable(false));
         assert!(!status(504).retryable(false));
         let lost = Failure::Lost {
