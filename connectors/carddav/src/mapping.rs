@@ -17,7 +17,7 @@
 //! properties of the fields it changes.
 
 use tandem_connector::Changes;
-use tandem_model::{Fields, Value, field};
+use tandem_model::{Fields, Value, field, normalise};
 
 use crate::vcard::{Card, Property, escape, join_components, join_list};
 
@@ -169,6 +169,11 @@ pub fn to_fields(card: &Card) -> Fields {
         let parts = card.props[i].components();
         for (name, value) in ADR_FIELDS.iter().zip(parts) {
             if let Some(name) = name {
+                // RFC 6350 makes the country a name: read as its ISO code (R20).
+                let value = match *name {
+                    field::COUNTRY_CODE => normalise::country_code(&value),
+                    _ => value,
+                };
                 text(&mut f, name, value);
             }
         }
@@ -478,6 +483,30 @@ mod tests {
 
     fn changes(f: &Fields) -> Changes {
         f.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    }
+
+    #[test]
+    fn r20_adr_country_names_are_read_as_iso_codes() {
+        let adr = |country: &str| {
+            let text = format!(
+                "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Acme\r\nADR;TYPE=work:;;1 Main St;Town;;1000;{country}\r\nEND:VCARD\r\n"
+            );
+            to_fields(&Card::parse(&text).unwrap())
+                .text(field::COUNTRY_CODE)
+                .map(str::to_owned)
+        };
+        for (name, code) in [
+            ("Germany", "DE"),
+            ("Schweiz", "CH"),
+            ("USA", "US"),
+            ("België", "BE"),
+            ("Japan", "JP"),
+            ("ca", "CA"),
+        ] {
+            assert_eq!(adr(name).as_deref(), Some(code), "{name}");
+        }
+        // A name no table knows stays as written, for the target to refuse with a reason.
+        assert_eq!(adr("Atlantis").as_deref(), Some("Atlantis"));
     }
 
     #[test]
