@@ -789,8 +789,16 @@ impl TrytonConnector {
                 deletes.push((i, id.parse().unwrap_or_default(), ts.to_owned()));
                 continue;
             }
-            if let Some(reason) = raw.and_then(|raw| mapping::bank_owned_change(raw, changes)) {
-                outcomes[i] = Some(Err(ConnectorError::invalid(op.id(), reason)));
+            if let (Some(raw), WriteOp::Update { id, version, .. }) = (raw, op)
+                && let Some(reason) = mapping::bank_owned_change(raw, changes)
+            {
+                // Changed since it was read: a conflict first, the change may be moot.
+                let stale =
+                    (version.as_deref()).is_some_and(|v| mapping::is_stale(kind, v, raw, None));
+                outcomes[i] = Some(Err(match stale {
+                    true => ConnectorError::Conflict { id: id.clone() },
+                    false => ConnectorError::invalid(op.id(), reason),
+                }));
                 continue;
             }
             match self.write_bank_account(raw, changes, &lookups).await {

@@ -1139,13 +1139,13 @@ mod tests {
             &raw,
             &changes(&[
                 (field::NAME, Value::text("BCG Geneva desk")),
-                (field::CITY, Value::text("Brussels")),
+                (field::CITY, Value::text("Lausanne")),
                 (field::IBAN, Value::text("BE71096123456769")),
             ]),
         )
         .unwrap();
         assert!(
-            e.starts_with("`name`, `city` of a Tryton bank account are its bank's (`Acme`)"),
+            e.starts_with("`city`, `name` of a Tryton bank account are its bank's (`Acme`)"),
             "{e}"
         );
         assert!(e.contains("`preserve`"), "{e}");
