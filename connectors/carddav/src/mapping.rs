@@ -22,7 +22,7 @@
 //! (2.1 values quoted-printable where needed), and sets `REV` when anything changed.
 
 use tandem_connector::Changes;
-use tandem_model::{Fields, Timestamp, Value, field};
+use tandem_model::{Fields, Timestamp, Value, field, normalise};
 
 use crate::vcard::{Card, Property, Version, escape};
 
@@ -320,6 +320,11 @@ fn read_address(card: &Card, f: &mut Fields) {
     put_text(f, field::ADDRESS_2, second.join(", "));
     for (k, value) in parts.into_iter().enumerate().skip(STREET + 1) {
         if let Some(Some(name)) = ADR_FIELDS.get(k) {
+            // RFC 6350 makes the country a name: read as its ISO code (R20).
+            let value = match *name {
+                field::COUNTRY_CODE => normalise::country_code(&value),
+                _ => value,
+            };
             put_text(f, name, value);
         }
     }
@@ -778,6 +783,30 @@ mod tests {
 
     fn changes(f: &Fields) -> Changes {
         f.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    }
+
+    #[test]
+    fn r20_adr_country_names_are_read_as_iso_codes() {
+        let adr = |country: &str| {
+            let text = format!(
+                "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Acme\r\nADR;TYPE=work:;;1 Main St;Town;;1000;{country}\r\nEND:VCARD\r\n"
+            );
+            to_fields(&Card::parse(&text).unwrap())
+                .text(field::COUNTRY_CODE)
+                .map(str::to_owned)
+        };
+        for (name, code) in [
+            ("Germany", "DE"),
+            ("Schweiz", "CH"),
+            ("USA", "US"),
+            ("België", "BE"),
+            ("Japan", "JP"),
+            ("ca", "CA"),
+        ] {
+            assert_eq!(adr(name).as_deref(), Some(code), "{name}");
+        }
+        // A name no table knows stays as written, for the target to refuse with a reason.
+        assert_eq!(adr("Atlantis").as_deref(), Some("Atlantis"));
     }
 
     #[test]

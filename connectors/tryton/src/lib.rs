@@ -8,7 +8,9 @@
 //!   has no role left, deactivates it (Tryton's soft delete; nothing is destroyed).
 //! - **Bank accounts** are `bank.account` records. Their name, address and
 //!   communication are those of the bank's party; IBAN and account number come from
-//!   the account's numbers, the SWIFT code from the bank.
+//!   the account's numbers, the SWIFT code from the bank. What is the bank's is read and
+//!   never written by an update: every account at that bank shares it (a change to it
+//!   is refused with the reason); the account's numbers are written.
 //!
 //! See [`mapping`] for every field. Data the connector does not map (other addresses,
 //! other contact mechanisms, categories, owners, ...) is left untouched by updates.
@@ -787,6 +789,18 @@ impl TrytonConnector {
                 deletes.push((i, id.parse().unwrap_or_default(), ts.to_owned()));
                 continue;
             }
+            if let (Some(raw), WriteOp::Update { id, version, .. }) = (raw, op)
+                && let Some(reason) = mapping::bank_owned_change(raw, changes)
+            {
+                // Changed since it was read: a conflict first, the change may be moot.
+                let stale =
+                    (version.as_deref()).is_some_and(|v| mapping::is_stale(kind, v, raw, None));
+                outcomes[i] = Some(Err(match stale {
+                    true => ConnectorError::Conflict { id: id.clone() },
+                    false => ConnectorError::invalid(op.id(), reason),
+                }));
+                continue;
+            }
             match self.write_bank_account(raw, changes, &lookups).await {
                 Ok(id) => done.push((i, id)),
                 Err(e) => outcomes[i] = Some(Err(e.for_record(op.id()))),
@@ -823,7 +837,9 @@ impl TrytonConnector {
         self.finish(kind, n, outcomes, done).await
     }
 
-    /// Creates (no `current`) or updates one bank account, its bank and the bank's party.
+    /// Creates (no `current`) one bank account, with a bank and a bank party of its own
+    /// when it names one, or updates one: its numbers only, never its bank (what is the
+    /// bank's was checked unchanged, `mapping::bank_owned_change`).
     async fn write_bank_account(
         &self,
         current: Option<&Json>,
@@ -843,25 +859,7 @@ impl TrytonConnector {
             .filter(|b| b.is_object());
         let mut account_values = Map::new();
         match bank {
-            Some(bank) => {
-                let party = bank.get("party.").filter(|p| p.is_object());
-                if !party_changes.is_empty() {
-                    let values = mapping::party_values(party, &party_changes, lookups, false)
-                        .map_err(RpcError::User)?;
-                    if let Some(pid) = party.and_then(|p| p["id"].as_i64())
-                        && !values.is_empty()
-                    {
-                        self.rpc
-                            .model(PARTY, "write", vec![json!([pid]), Json::Object(values)])
-                            .await?;
-                    }
-                }
-                if let (Some(bic), Some(bank_id)) = (bic, bank["id"].as_i64()) {
-                    self.rpc
-                        .model(BANK, "write", vec![json!([bank_id]), json!({"bic": bic})])
-                        .await?;
-                }
-            }
+            Some(_) => {}
             None if !party_changes.values().all(|v| v.is_empty())
                 || bic.as_ref().is_some_and(Option::is_some) =>
             {

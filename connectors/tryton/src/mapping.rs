@@ -5,15 +5,19 @@
 //! |---|---|
 //! | `name` | `party.name` |
 //! | `address`, `address_2` | first and further lines of the first address's street |
-//! | `city`, `post_code`, `country_code` | the first address's `city`, `postal_code`, `country.code` |
+//! | `city`, `post_code`, `country_code` | the first address's `city`, `postal_code`, `country.code`; a country name is written as its code (`Schweiz`: `CH`, R20) |
 //! | `phone`, `mobile_phone`, `fax`, `email`, `home_page` | the first contact mechanism of type phone, mobile, fax, email, website |
-//! | `vat_registration_no` | the first identifier of type `eu_vat` (or another `*_vat`); new ones are `eu_vat` |
+//! | `vat_registration_no` | the first identifier of type `eu_vat` (or another `*_vat`), read with its country prefix; written compact (R20): `eu_vat` (new ones) with the prefix, `<cc>_vat` without it, as Tryton's own client stores them |
 //! | `registration_no` | the first identifier without a type |
 //! | `language_code` | `lang.code` |
 //! | `x_code` | `party.code` (read only: Tryton's sequence sets it) |
 //! | `iban` | the account number of type iban (compact) |
 //! | `bank_account_no` | the account number of type other |
 //! | `swift_code` | the bank's BIC |
+//!
+//! A bank account's name, address, communication and BIC are its bank's, which every
+//! account at that bank shares: they are read, and never written by an update (a change
+//! to them is refused, [`bank_owned_change`]); the account's own numbers are.
 //!
 //! Everything else Tryton holds (other addresses and contact mechanisms, categories,
 //! other identifiers, owners, ...) is never written.
@@ -22,7 +26,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value as Json, json};
 use tandem_connector::Changes;
-use tandem_model::{EntityKind, Fields, Value, field};
+use tandem_model::normalise::vat;
+use tandem_model::{CountryCode, EntityKind, Fields, Value, field};
 
 use crate::cursor::{Micros, datetime_micros};
 
@@ -176,6 +181,49 @@ fn vat_identifier(raw: &Json) -> Option<&Json> {
         })
 }
 
+/// The country of a national VAT identifier type (`be_vat`: BE); `None` for `eu_vat`.
+fn national_vat_country(kind: Option<&str>) -> Option<CountryCode> {
+    let cc = kind?.strip_suffix("_vat")?;
+    (cc != "eu").then(|| CountryCode::find(cc)).flatten()
+}
+
+/// The prefix a national VAT type's numbers go without in Tryton (`EL` for `gr_vat`;
+/// outside the EU, the country code: `GB` for `gb_vat`).
+fn national_prefix(country: CountryCode) -> String {
+    country
+        .vat_prefix()
+        .map_or_else(|| country.to_string(), str::to_owned)
+}
+
+/// A VAT identifier's number as the model holds it: with its country prefix (a
+/// national type's numbers are stored without it).
+fn vat_of(identifier: &Json) -> Option<String> {
+    let code = identifier.get("code").and_then(text)?;
+    let kind = identifier.get("type").and_then(Json::as_str);
+    match national_vat_country(kind) {
+        Some(country) if code.starts_with(|c: char| c.is_ascii_digit()) => {
+            Some(format!("{}{code}", national_prefix(country)))
+        }
+        _ => Some(code.to_owned()),
+    }
+}
+
+/// The number written to a VAT identifier of type `kind`: compact (R20), with the EU
+/// prefix of the party's `country` for `eu_vat`, without its own prefix for a national
+/// type, as Tryton's client stores them (and searches them).
+fn vat_for(kind: Option<&str>, number: &str, country: Option<CountryCode>) -> String {
+    match national_vat_country(kind) {
+        Some(national) => {
+            let compact = vat::compact(number, None);
+            match compact.strip_prefix(national_prefix(national).as_str()) {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => rest.to_owned(),
+                _ => compact,
+            }
+        }
+        None => vat::compact(number, country),
+    }
+}
+
 fn registration_identifier(raw: &Json) -> Option<&Json> {
     children(raw, "identifiers").iter().find(|i| {
         i.get("type")
@@ -227,9 +275,7 @@ pub fn party_fields(raw: &Json, with_identifiers: bool) -> Fields {
     if with_identifiers {
         set(
             field::VAT_REGISTRATION_NO,
-            vat_identifier(raw)
-                .and_then(|i| i.get("code"))
-                .and_then(text),
+            vat_identifier(raw).and_then(vat_of).as_deref(),
         );
         set(
             field::REGISTRATION_NO,
@@ -366,14 +412,14 @@ fn field_hashes(kind: EntityKind, version: &str) -> Option<HashMap<&'static str,
 /// identifiers and codes).
 fn same_value(name: &str, a: &str, b: &str) -> bool {
     let (a, b) = (a.trim(), b.trim());
+    match name {
+        field::VAT_REGISTRATION_NO => return vat::same(a, b),
+        field::COUNTRY_CODE => return country_key(a) == country_key(b),
+        _ => {}
+    }
     if matches!(
         name,
-        field::IBAN
-            | field::SWIFT_CODE
-            | field::VAT_REGISTRATION_NO
-            | field::COUNTRY_CODE
-            | field::LANGUAGE_CODE
-            | field::EMAIL
+        field::IBAN | field::SWIFT_CODE | field::LANGUAGE_CODE | field::EMAIL
     ) {
         let compact = |s: &str| {
             s.chars()
@@ -450,6 +496,45 @@ pub fn refuse(kind: EntityKind, name: &str, value: &Value) -> Option<String> {
     Some(format!("`{name}` is not a field of a {kind}"))
 }
 
+/// Why an update of a bank account cannot be made, if it cannot: it changes what is
+/// its bank's (the bank party's name, address and communication, the BIC), which every
+/// account at that bank shares. A value the bank already holds passes: there is
+/// nothing to write.
+pub fn bank_owned_change(raw: &Json, changes: &Changes) -> Option<String> {
+    let bank = raw.get("bank.").filter(|b| b.is_object())?;
+    let now = bank_account_fields_of(raw);
+    let changed: Vec<String> = changes
+        .iter()
+        .filter(|(name, _)| {
+            BANK_PARTY_MAPPED.contains(&name.as_str()) || name.as_str() == field::SWIFT_CODE
+        })
+        .filter(|(name, value)| {
+            let held = now.value(name.as_str()).to_cell();
+            !same_value(name.as_str(), &held, &value.to_cell())
+        })
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    if changed.is_empty() {
+        return None;
+    }
+    let bank_name = bank
+        .get("party.")
+        .and_then(|p| p.get("name"))
+        .and_then(text)
+        .unwrap_or("?");
+    let (them, are) = match changed.len() {
+        1 => ("it", "is"),
+        _ => ("them", "are"),
+    };
+    Some(format!(
+        "{} of a Tryton bank account {are} its bank's (`{bank_name}`), which every account \
+         at that bank shares: Tandem reads {them} and never writes {them}; list {them} in the \
+         relation's `preserve` (the bank's values then reach the contact), or leave {them} \
+         out of its `fields`",
+        changed.join(", ")
+    ))
+}
+
 /// Ids of countries (by upper-case code) and languages (by lower-case code).
 #[derive(Debug, Default, Clone)]
 pub struct Lookups {
@@ -458,11 +543,29 @@ pub struct Lookups {
 }
 
 impl Lookups {
-    fn country(&self, code: &str) -> Result<i64, String> {
-        self.countries
-            .get(&code.trim().to_uppercase())
-            .copied()
-            .ok_or_else(|| format!("Tryton has no country with the code `{}`", code.trim()))
+    /// The id of the country `text` stands for, a code or a name (R20). A name no table
+    /// knows, or a country Tryton lacks, is refused with the reason, never dropped.
+    fn country(&self, text: &str) -> Result<i64, String> {
+        if let Some(id) = self.countries.get(&country_key(text)) {
+            return Ok(*id);
+        }
+        let text = text.trim();
+        Err(match CountryCode::find(text) {
+            Some(code) if code.as_str() == text => {
+                format!(
+                    "Tryton has no country with the code `{code}` ({})",
+                    code.name()
+                )
+            }
+            Some(code) => format!(
+                "Tryton has no country with the code `{code}` ({}), which `{text}` stands for",
+                code.name()
+            ),
+            None => format!(
+                "Tryton has no country `{text}`: it is neither an ISO 3166 code nor a country \
+                 name Tandem knows"
+            ),
+        })
     }
 
     fn lang(&self, code: &str) -> Result<i64, String> {
@@ -470,6 +573,15 @@ impl Lookups {
             .get(&lang_key(code))
             .copied()
             .ok_or_else(|| format!("Tryton has no language with the code `{}`", code.trim()))
+    }
+}
+
+/// Countries are looked up by code: the code of a name a table knows (`Schweiz`: `CH`),
+/// else the text in upper case.
+pub fn country_key(text: &str) -> String {
+    match CountryCode::find(text) {
+        Some(code) => code.to_string(),
+        None => text.trim().to_uppercase(),
     }
 }
 
@@ -574,35 +686,8 @@ pub fn party_values(
     }
     push_child_ops(&mut values, "contact_mechanisms", ops, creates, deletes);
 
-    // Identifiers.
     if with_identifiers {
-        let mut ops = Vec::new();
-        let mut creates = Vec::new();
-        let mut deletes = Vec::new();
-        for (name, kind) in [
-            (field::VAT_REGISTRATION_NO, Some("eu_vat")),
-            (field::REGISTRATION_NO, None),
-        ] {
-            if !changes.contains_key(name) {
-                continue;
-            }
-            let existing = current
-                .and_then(|c| {
-                    if kind.is_some() {
-                        vat_identifier(c)
-                    } else {
-                        registration_identifier(c)
-                    }
-                })
-                .and_then(id_of);
-            match (existing, get(name)) {
-                (Some(id), Some(v)) => ops.push(json!(["write", [id], {"code": v}])),
-                (Some(id), None) => deletes.push(id),
-                (None, Some(v)) => creates.push(json!({"type": kind, "code": v})),
-                (None, None) => {}
-            }
-        }
-        push_child_ops(&mut values, "identifiers", ops, creates, deletes);
+        identifier_ops(&mut values, current, changes);
     }
 
     if changes.contains_key(field::LANGUAGE_CODE) {
@@ -613,6 +698,53 @@ pub fn party_values(
         values.insert("lang".into(), lang);
     }
     Ok(values)
+}
+
+/// The `identifiers` operations for `changes` (VAT and registration numbers); VAT
+/// numbers are written compact ([`vat_for`]).
+fn identifier_ops(values: &mut Map<String, Json>, current: Option<&Json>, changes: &Changes) {
+    let mut ops = Vec::new();
+    let mut creates = Vec::new();
+    let mut deletes = Vec::new();
+    for name in [field::VAT_REGISTRATION_NO, field::REGISTRATION_NO] {
+        let Some(value) = changes.get(name) else {
+            continue;
+        };
+        let vat = name == field::VAT_REGISTRATION_NO;
+        let existing = current.and_then(|c| match vat {
+            true => vat_identifier(c),
+            false => registration_identifier(c),
+        });
+        let kind = match (vat, existing) {
+            (true, Some(e)) => e.get("type").and_then(Json::as_str),
+            (true, None) => Some("eu_vat"),
+            (false, _) => None,
+        };
+        let code = value_text(value).map(|v| match vat {
+            true => vat_for(kind, &v, party_country(current, changes)),
+            false => v,
+        });
+        match (existing.and_then(id_of), code) {
+            (Some(id), Some(v)) => ops.push(json!(["write", [id], {"code": v}])),
+            (Some(id), None) => deletes.push(id),
+            (None, Some(v)) => creates.push(json!({"type": kind, "code": v})),
+            (None, None) => {}
+        }
+    }
+    push_child_ops(values, "identifiers", ops, creates, deletes);
+}
+
+/// The party's country after `changes`: the one they set, else its first address's.
+fn party_country(current: Option<&Json>, changes: &Changes) -> Option<CountryCode> {
+    match change_text(changes, field::COUNTRY_CODE) {
+        Some(set) => set.and_then(CountryCode::find),
+        None => current
+            .and_then(first_address)
+            .and_then(|a| a.get("country."))
+            .and_then(|c| c.get("code"))
+            .and_then(text)
+            .and_then(CountryCode::find),
+    }
 }
 
 fn push_child_ops(
@@ -669,7 +801,7 @@ pub fn codes(changes: &Changes) -> (Vec<String>, Vec<String>) {
     let country = changes
         .get(field::COUNTRY_CODE)
         .and_then(value_text)
-        .map(|c| c.to_uppercase());
+        .map(|c| country_key(&c));
     let lang = changes.get(field::LANGUAGE_CODE).and_then(value_text);
     (country.into_iter().collect(), lang.into_iter().collect())
 }
@@ -776,7 +908,12 @@ mod tests {
 
     fn lookups() -> Lookups {
         Lookups {
-            countries: [("BE".to_owned(), 2), ("NL".to_owned(), 5)].into(),
+            countries: [
+                ("BE".to_owned(), 2),
+                ("NL".to_owned(), 5),
+                ("CH".to_owned(), 6),
+            ]
+            .into(),
             langs: [("fr".to_owned(), 3), ("nl".to_owned(), 4)].into(),
         }
     }
@@ -830,7 +967,8 @@ mod tests {
                     ["create", [{"type": "fax", "value": "+32 9 300"}]],
                     ["delete", [24]]
                 ],
-                "identifiers": [["write", [31], {"code": "BE0403019262"}]],
+                // A `be_vat` number as Tryton's client stores it: compact, no prefix.
+                "identifiers": [["write", [31], {"code": "0403019262"}]],
                 "lang": 4
             })
         );
@@ -910,5 +1048,119 @@ mod tests {
             ops,
             Some(json!([["write", [1], {"number": "BE71096123456769"}], ["delete", [2]]]))
         );
+    }
+
+    fn vat_written(current: Option<&Json>, pairs: &[(&str, Value)]) -> Json {
+        let values = party_values(current, &changes(pairs), &lookups(), true).unwrap();
+        values["identifiers"].clone()
+    }
+
+    #[test]
+    fn r20_vat_numbers_are_written_compact() {
+        let vat = |v: &str| (field::VAT_REGISTRATION_NO, Value::text(v));
+        assert_eq!(
+            vat_written(None, &[vat("nl 0044 95445 b01")]),
+            json!([["create", [{"type": "eu_vat", "code": "NL004495445B01"}]]])
+        );
+        // A number without its prefix takes the party's country's.
+        assert_eq!(
+            vat_written(
+                None,
+                &[
+                    vat("0044.95445.B01"),
+                    (field::COUNTRY_CODE, Value::text("Netherlands"))
+                ]
+            ),
+            json!([["create", [{"type": "eu_vat", "code": "NL004495445B01"}]]])
+        );
+        let mut party = raw_party();
+        party["identifiers."][0]["type"] = json!("eu_vat");
+        assert_eq!(
+            vat_written(Some(&party), &[vat("be 0403.019.262")]),
+            json!([["write", [31], {"code": "BE0403019262"}]])
+        );
+        // The party's address is in Belgium.
+        assert_eq!(
+            vat_written(Some(&party), &[vat("0403 019 262")]),
+            json!([["write", [31], {"code": "BE0403019262"}]])
+        );
+    }
+
+    #[test]
+    fn r20_national_vat_numbers_are_read_with_their_prefix() {
+        let mut party = raw_party();
+        party["identifiers."][0]["code"] = json!("0403019261");
+        let f = party_fields(&party, true);
+        assert_eq!(f.text(field::VAT_REGISTRATION_NO), Some("BE0403019261"));
+        // Written back as Tryton keeps it, and read the same: no change.
+        assert_eq!(vat_for(Some("be_vat"), "BE0403019261", None), "0403019261");
+        assert_eq!(vat_for(Some("gr_vat"), "EL 094259216", None), "094259216");
+    }
+
+    #[test]
+    fn r20_country_names_are_written_as_codes() {
+        let country = |v: &str| changes(&[(field::COUNTRY_CODE, Value::text(v))]);
+        for name in ["Schweiz", "Switzerland", "ch", "Suisse"] {
+            let values = party_values(None, &country(name), &lookups(), true).unwrap();
+            assert_eq!(
+                values["addresses"],
+                json!([["create", [{"country": 6}]]]),
+                "{name}"
+            );
+        }
+        assert_eq!(codes(&country("Schweiz")).0, vec!["CH".to_string()]);
+    }
+
+    #[test]
+    fn r20_a_country_tryton_cannot_take_is_refused_with_the_reason() {
+        let refused = |v: &str| {
+            let c = changes(&[(field::COUNTRY_CODE, Value::text(v))]);
+            party_values(None, &c, &lookups(), true).unwrap_err()
+        };
+        let e = refused("Atlantis");
+        assert!(
+            e.contains("`Atlantis`") && e.contains("neither an ISO 3166 code"),
+            "{e}"
+        );
+        let e = refused("Japan");
+        assert!(e.contains("`JP` (Japan), which `Japan` stands for"), "{e}");
+        let e = refused("JP");
+        assert!(e.contains("the code `JP` (Japan)"), "{e}");
+    }
+
+    #[test]
+    fn a_change_to_what_is_the_banks_is_refused_unless_the_bank_holds_it() {
+        let raw = json!({
+            "id": 4, "_timestamp": "1",
+            "bank.": {"id": 1, "bic": "GEBABEBB", "party.": raw_party()},
+            "numbers.": [{"id": 1, "type": "iban", "number": "BE71096123456769"}]
+        });
+        let e = bank_owned_change(
+            &raw,
+            &changes(&[
+                (field::NAME, Value::text("BCG Geneva desk")),
+                (field::CITY, Value::text("Lausanne")),
+                (field::IBAN, Value::text("BE71096123456769")),
+            ]),
+        )
+        .unwrap();
+        assert!(
+            e.starts_with("`city`, `name` of a Tryton bank account are its bank's (`Acme`)"),
+            "{e}"
+        );
+        assert!(e.contains("`preserve`"), "{e}");
+        assert!(
+            bank_owned_change(
+                &raw,
+                &changes(&[
+                    (field::NAME, Value::text("Acme")),
+                    (field::COUNTRY_CODE, Value::text("Belgium")),
+                    (field::IBAN, Value::text("DE89370400440532013000")),
+                ]),
+            )
+            .is_none()
+        );
+        let e = bank_owned_change(&raw, &changes(&[(field::SWIFT_CODE, Value::text("X"))]));
+        assert!(e.is_some_and(|e| e.contains("`swift_code`")));
     }
 }

@@ -59,7 +59,17 @@ pub fn be_iban(n: u32) -> String {
 
 fn sample(kind: EntityKind, v: u32) -> Fields {
     let pick = |options: &[&str]| options[v as usize % options.len()].to_owned();
-    let mut f = Fields::new()
+    if kind == EntityKind::BankAccount {
+        // An update changes the account's own numbers only: its name (which makes a
+        // bank for the account when it is created), address, communication and BIC are
+        // its bank's, never written by an update, so they are the same in every variant
+        // (see `a_bank_accounts_bank_is_read_and_never_written_by_an_update`).
+        return Fields::new()
+            .with(field::NAME, "Conformance Bank")
+            .with(field::IBAN, be_iban(v))
+            .with(field::BANK_ACCOUNT_NO, format!("ACC-{v:06}"));
+    }
+    let f = Fields::new()
         .with(field::NAME, format!("Conformance {kind} {v}"))
         .with(field::ADDRESS, format!("{v} Sample Street"))
         .with(field::ADDRESS_2, format!("Floor {v}"))
@@ -75,20 +85,8 @@ fn sample(kind: EntityKind, v: u32) -> Fields {
         .with(field::EMAIL, format!("conformance{v}@example.invalid"))
         .with(field::HOME_PAGE, format!("https://example.invalid/{v}"))
         .with(field::LANGUAGE_CODE, pick(&["en", "fr", "de", "nl"]));
-    if kind == EntityKind::BankAccount {
-        f = f
-            .with(field::IBAN, be_iban(v))
-            .with(
-                field::SWIFT_CODE,
-                pick(&["GEBABEBB", "KREDBEBB", "BBRUBEBB"]),
-            )
-            .with(field::BANK_ACCOUNT_NO, format!("ACC-{v:06}"));
-    } else {
-        f = f
-            .with(field::VAT_REGISTRATION_NO, be_vat(v))
-            .with(field::REGISTRATION_NO, format!("REG-{v}"));
-    }
-    f
+    f.with(field::VAT_REGISTRATION_NO, be_vat(v))
+        .with(field::REGISTRATION_NO, format!("REG-{v}"))
 }
 
 /// A Skype contact mechanism, which the connector does not map, added in Tryton on the
@@ -775,6 +773,207 @@ async fn a_wrong_password_is_an_auth_error_and_never_shown() {
     );
     assert!(!e.to_string().contains("not-the-password-42"));
     assert!(!format!("{connector:?}").contains("not-the-password-42"));
+}
+
+/// A bank, its party and two accounts at it, made in Tryton itself.
+struct Bank {
+    party: i64,
+    bank: i64,
+    accounts: [i64; 2],
+}
+
+async fn a_bank(rpc: &Client) -> Bank {
+    let create = |model: &'static str, values: Json| async move {
+        rpc.model(model, "create", vec![json!([values])])
+            .await
+            .unwrap()[0]
+            .as_i64()
+            .unwrap()
+    };
+    let party = create(
+        "party.party",
+        json!({"name": "Banque de Credit, Geneve",
+               "addresses": [["create", [{"street_unstructured": "Rue du Rhone 1", "city": "Geneve", "postal_code": "1204"}]]],
+               "contact_mechanisms": [["create", [{"type": "email", "value": "desk@bcg.example"}]]]}),
+    )
+    .await;
+    let bank = create("bank", json!({"party": party, "bic": "GEBABEBB"})).await;
+    let mut accounts = [0; 2];
+    for (i, account) in accounts.iter_mut().enumerate() {
+        *account = create(
+            "bank.account",
+            json!({"bank": bank, "numbers": [["create", [{"type": "iban", "number": be_iban(100 + i as u32)}]]]}),
+        )
+        .await;
+    }
+    Bank {
+        party,
+        bank,
+        accounts,
+    }
+}
+
+/// Issue 15, failure 7: the bank account's name is its bank's, shared by every account
+/// at that bank. An update never writes what is the bank's (a change to it is refused
+/// with the reason, a value the bank holds passes); the account's own numbers are
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_accounts_bank_is_read_and_never_written_by_an_update() {
+    let Some(server) = TrytonServer::start() else {
+        return;
+    };
+    let connector = connector(&server, 10);
+    let rpc = client(&server);
+    let bank = a_bank(&rpc).await;
+    let kind = EntityKind::BankAccount;
+    let bank_party = || async {
+        rpc.model(
+            "party.party",
+            "read",
+            vec![json!([bank.party]), json!(["name", "write_date"])],
+        )
+        .await
+        .unwrap()[0]
+            .clone()
+    };
+    let before = bank_party().await;
+    let (accounts, _) = full(connector.as_ref(), kind).await;
+    let first = accounts
+        .iter()
+        .find(|r| r.id == bank.accounts[0].to_string())
+        .unwrap();
+    // Read: the bank's party and BIC.
+    assert_eq!(
+        first.fields.text(field::NAME),
+        Some("Banque de Credit, Geneve")
+    );
+    assert_eq!(first.fields.text(field::CITY), Some("Geneve"));
+    assert_eq!(first.fields.text(field::SWIFT_CODE), Some("GEBABEBB"));
+
+    // A card's name over the bank's: refused, naming the fields and the bank.
+    for changes in [
+        set(&[(field::NAME, "BCG Geneva desk")]),
+        set(&[(field::CITY, "Lausanne"), (field::IBAN, &be_iban(7))]),
+        set(&[(field::SWIFT_CODE, "KREDBEBB")]),
+    ] {
+        let e = update(connector.as_ref(), kind, first, changes)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, tandem_connector::ConnectorError::InvalidRecord { .. })
+                && e.to_string()
+                    .contains("its bank's (`Banque de Credit, Geneve`)"),
+            "{e}"
+        );
+    }
+    // The account's own numbers are written; values the bank holds pass unwritten.
+    update(
+        connector.as_ref(),
+        kind,
+        first,
+        set(&[
+            (field::NAME, "Banque de Credit, Geneve"),
+            (field::EMAIL, "desk@bcg.example"),
+            (field::IBAN, &be_iban(7)),
+            (field::BANK_ACCOUNT_NO, "ACC-7"),
+        ]),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        bank_party().await,
+        before,
+        "the bank's party was never written"
+    );
+    let bic = rpc
+        .model("bank", "read", vec![json!([bank.bank]), json!(["bic"])])
+        .await
+        .unwrap();
+    assert_eq!(bic[0]["bic"], "GEBABEBB");
+    let (accounts, _) = full(connector.as_ref(), kind).await;
+    let id = |n: usize| bank.accounts[n].to_string();
+    let first = accounts.iter().find(|r| r.id == id(0)).unwrap();
+    assert_eq!(first.fields.text(field::IBAN), Some(be_iban(7).as_str()));
+    assert_eq!(first.fields.text(field::BANK_ACCOUNT_NO), Some("ACC-7"));
+    let second = accounts.iter().find(|r| r.id == id(1)).unwrap();
+    assert_eq!(
+        second.fields.text(field::NAME),
+        Some("Banque de Credit, Geneve")
+    );
+}
+
+/// R20 against a real Tryton: a country name is written as its code, a VAT number
+/// compact (what Tryton's own search finds), and both read back as no change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r20_country_names_and_vat_numbers_reach_tryton_normalised() {
+    let Some(server) = TrytonServer::start() else {
+        return;
+    };
+    let connector = connector(&server, 10);
+    let rpc = client(&server);
+    let typed = Fields::new()
+        .with(field::NAME, "Normalised NV")
+        .with(field::COUNTRY_CODE, "Schweiz")
+        .with(field::VAT_REGISTRATION_NO, "nl 0044 95445 b01");
+    let created = connector
+        .write(
+            EntityKind::Customer,
+            vec![
+                WriteOp::Create { fields: typed },
+                WriteOp::Create {
+                    fields: Fields::new()
+                        .with(field::NAME, "Lost Land Ltd")
+                        .with(field::COUNTRY_CODE, "Atlantis"),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let id = created[0].as_ref().unwrap().id.clone();
+    // A name no table knows is refused with the reason, never dropped.
+    let e = created[1].as_ref().unwrap_err();
+    assert!(
+        e.to_string().contains("Tryton has no country `Atlantis`"),
+        "{e}"
+    );
+    let found = rpc
+        .model(
+            "party.party",
+            "search",
+            vec![
+                json!([["identifiers.code", "=", "NL004495445B01"]]),
+                json!(0),
+                Json::Null,
+                Json::Null,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        json!([id.parse::<i64>().unwrap()]),
+        "found by the compact number"
+    );
+    let (customers, _) = full(connector.as_ref(), EntityKind::Customer).await;
+    let read = customers.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(read.fields.text(field::COUNTRY_CODE), Some("CH"));
+    assert_eq!(
+        read.fields.text(field::VAT_REGISTRATION_NO),
+        Some("NL004495445B01")
+    );
+    // "Germany" over "CH": a change, written as DE.
+    update(
+        connector.as_ref(),
+        EntityKind::Customer,
+        read,
+        set(&[(field::COUNTRY_CODE, "Germany")]),
+    )
+    .await
+    .unwrap();
+    let (customers, _) = full(connector.as_ref(), EntityKind::Customer).await;
+    let read = customers.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(read.fields.text(field::COUNTRY_CODE), Some("DE"));
 }
 
 #[test]

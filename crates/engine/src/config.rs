@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tandem_model::{EntityKind, Value, field};
+use tandem_model::{EntityKind, PhoneRegion, Value, field};
 
 /// The contact side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +54,13 @@ pub struct RelationConfig {
     /// Account fields sync never overwrites; defaults to the kind's preserve list (R8).
     #[serde(default)]
     pub preserve: Option<Vec<String>>,
+    /// Phone numbers compared as E.164 in matching and merging (R20); needs
+    /// `phone_region`.
+    #[serde(default)]
+    pub match_normalise: Option<MatchNormalise>,
+    /// The region national phone numbers are read in (`BE`), for `match_normalise`.
+    #[serde(default)]
+    pub phone_region: Option<PhoneRegion>,
 }
 
 impl RelationConfig {
@@ -71,8 +78,26 @@ impl RelationConfig {
             initial: InitialSide::default(),
             fields: None,
             preserve: None,
+            match_normalise: None,
+            phone_region: None,
         }
     }
+
+    /// The region phone numbers are compared in as E.164, when the relation asks.
+    pub fn e164_region(&self) -> Option<PhoneRegion> {
+        match self.match_normalise {
+            Some(MatchNormalise::E164) => self.phone_region,
+            None => None,
+        }
+    }
+}
+
+/// Normalisations a relation turns on beyond the ones every field has (R20).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchNormalise {
+    /// Phone, mobile and fax numbers as E.164, national ones read in `phone_region`.
+    E164,
 }
 
 /// A template chosen when every `when` field of the contact equals the given value
@@ -240,6 +265,7 @@ impl SyncConfig {
                     &format!("{key}.templates[{i}].when"),
                 )?;
             }
+            check_normalise(relation, &key)?;
             if let Some(template) = &relation.template {
                 let fields: Vec<String> = template.keys().cloned().collect();
                 check_fields(relation.kind, &fields, &format!("{key}.template"))?;
@@ -250,6 +276,25 @@ impl SyncConfig {
             relations: relations.into_iter().collect(),
         })
     }
+}
+
+/// `match_normalise = "e164"` and `phone_region` come together: national numbers are
+/// read in a region, and a region alone would change nothing.
+fn check_normalise(relation: &RelationConfig, key: &str) -> Result<(), ConfigError> {
+    let message = match (relation.match_normalise, relation.phone_region) {
+        (Some(MatchNormalise::E164), None) => {
+            "`match_normalise = \"e164\"` reads national numbers in a region: set \
+             `phone_region`, e.g. \"BE\""
+        }
+        (None, Some(_)) => {
+            "`phone_region` is used by `match_normalise = \"e164\"` only; set both or neither"
+        }
+        _ => return Ok(()),
+    };
+    Err(ConfigError {
+        key: format!("{key}.phone_region"),
+        message: message.into(),
+    })
 }
 
 fn check_fields(kind: EntityKind, fields: &[String], key: &str) -> Result<(), ConfigError> {
@@ -308,6 +353,36 @@ mod tests {
                 .contains("`vat_number` is not a field of bank_accounts"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn r20_e164_needs_a_phone_region() {
+        let mut r = relation(EntityKind::Customer, "erp");
+        r.match_normalise = Some(MatchNormalise::E164);
+        let relations = BTreeMap::from([("CUST".to_string(), r.clone())]);
+        let e = SyncConfig::new(contacts(), relations).unwrap_err();
+        assert_eq!(e.key, "relations.CUST.phone_region");
+        r.phone_region = Some("BE".parse().unwrap());
+        assert_eq!(r.e164_region(), "BE".parse().ok());
+        let relations = BTreeMap::from([("CUST".to_string(), r)]);
+        assert!(SyncConfig::new(contacts(), relations).is_ok());
+    }
+
+    #[test]
+    fn r20_normalise_keys_parse_and_name_a_bad_region() {
+        let r: RelationConfig = serde_json::from_str(
+            r#"{"kind": "customer", "connector": "erp", "match_normalise": "e164", "phone_region": "be"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.e164_region().map(|p| p.to_string()).as_deref(),
+            Some("BE")
+        );
+        let e = serde_json::from_str::<RelationConfig>(
+            r#"{"kind": "customer", "connector": "erp", "phone_region": "Belgium"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`Belgium` is not a region"), "{e}");
     }
 
     #[test]

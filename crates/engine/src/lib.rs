@@ -29,8 +29,8 @@ pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::Ra
 pub(crate) type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub use config::{
-    ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchTier, RelationConfig,
-    SyncConfig, TemplateRule,
+    ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchNormalise, MatchTier,
+    RelationConfig, SyncConfig, TemplateRule,
 };
 pub use error::EngineError;
 pub use operator::{Resolved, RetryTarget, Take, resolve, resolve_conflict, retry};

@@ -7,7 +7,8 @@
 //! tiers, because a weaker rule must not guess where a stronger one could not decide.
 
 use serde::Serialize;
-use tandem_model::{Record, Value};
+use tandem_model::normalise::{CountryCode, Form};
+use tandem_model::{Record, Value, field};
 
 use crate::relation::Tier;
 
@@ -155,9 +156,12 @@ pub fn match_records(
 }
 
 /// Writes the record's key for `tier` into `buf`; false when a field is empty (empty
-/// values never match).
+/// values never match). Each field in its normalised form (R20): VAT numbers compacted
+/// with the record's country prefix, countries as codes, e-mail domains in any case,
+/// phones as E.164 when the relation asks.
 fn key(tier: &Tier, record: &Record, buf: &mut String) -> bool {
     buf.clear();
+    let mut country = None;
     for field in &tier.fields {
         let value = match record.fields.get(field.as_str()) {
             Some(v) => v,
@@ -172,19 +176,17 @@ fn key(tier: &Tier, record: &Record, buf: &mut String) -> bool {
                 &owned
             }
         };
-        if tier.exact {
-            if text.is_empty() {
-                return false;
-            }
-            buf.push_str(text);
-        } else {
-            let trimmed = text.trim();
-            if trimmed.is_empty() {
-                return false;
-            }
-            for c in trimmed.chars() {
-                buf.extend(c.to_lowercase());
-            }
+        // Only a number without its prefix needs the country (most carry one).
+        if Form::of(field.as_str()) == Form::Vat
+            && text.trim_start().starts_with(|c: char| c.is_ascii_digit())
+        {
+            country = record
+                .fields
+                .text(field::COUNTRY_CODE)
+                .and_then(CountryCode::find);
+        }
+        if !tier.comparison.push_key(buf, field.as_str(), text, country) {
+            return false;
         }
         // A separator that cannot occur in text keeps ("ab","c") apart from ("a","bc").
         buf.push('\u{1f}');
@@ -199,12 +201,13 @@ fn hash(key: &str) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_model::normalise::Comparison;
     use tandem_model::{EntityKind, FieldName, Fields};
 
     fn tier(fields: &[&str]) -> Tier {
         Tier {
             fields: fields.iter().map(|f| FieldName::new(f)).collect(),
-            exact: false,
+            comparison: Comparison::default(),
         }
     }
 
@@ -369,11 +372,14 @@ mod tests {
     #[test]
     fn exact_tiers_compare_bytes() {
         let exact = Tier {
-            fields: vec![FieldName::new("email")],
-            exact: true,
+            fields: vec![FieldName::new("name")],
+            comparison: Comparison {
+                exact: true,
+                ..Comparison::default()
+            },
         };
-        let contacts = [contact("C1", &[("email", "A@x.be")])];
-        let accounts = [customer("K1", &[("email", "a@x.be")])];
+        let contacts = [contact("C1", &[("name", "Acme")])];
+        let accounts = [customer("K1", &[("name", "ACME")])];
         let out = match_records(
             "CUST",
             &[exact],
@@ -381,5 +387,105 @@ mod tests {
             &accounts.iter().collect::<Vec<_>>(),
         );
         assert!(out.matches.is_empty());
+    }
+
+    fn matches(tier: Tier, contact: &[(&str, &str)], account: &[(&str, &str)]) -> bool {
+        let contacts = [self::contact("C1", contact)];
+        let accounts = [customer("K1", account)];
+        let out = match_records(
+            "CUST",
+            &[tier],
+            &contacts.iter().collect::<Vec<_>>(),
+            &accounts.iter().collect::<Vec<_>>(),
+        );
+        out.matches == vec![("C1".to_string(), "K1".to_string(), 1)]
+    }
+
+    #[test]
+    fn r20_vat_numbers_match_across_formats() {
+        let vat = || tier(&["vat_registration_no"]);
+        assert!(matches(
+            vat(),
+            &[("vat_registration_no", "nl 0044 95445 b01")],
+            &[("vat_registration_no", "NL004495445B01")],
+        ));
+        assert!(matches(
+            vat(),
+            &[("vat_registration_no", "BE 0403.019.261")],
+            &[("vat_registration_no", "be-0403-019-261")],
+        ));
+        // A number without its prefix takes the record's country's.
+        assert!(matches(
+            vat(),
+            &[
+                ("vat_registration_no", "0044.95445.B01"),
+                ("country_code", "Netherlands")
+            ],
+            &[("vat_registration_no", "NL004495445B01")],
+        ));
+        assert!(!matches(
+            vat(),
+            &[("vat_registration_no", "NL004495445B01")],
+            &[("vat_registration_no", "NL004495445B02")],
+        ));
+    }
+
+    #[test]
+    fn r20_country_names_match_their_codes() {
+        let t = || tier(&["name", "country_code"]);
+        assert!(matches(
+            t(),
+            &[("name", "Acme"), ("country_code", "Schweiz")],
+            &[("name", "Acme"), ("country_code", "CH")],
+        ));
+        assert!(matches(
+            t(),
+            &[("name", "Acme"), ("country_code", "USA")],
+            &[("name", "Acme"), ("country_code", "United States")],
+        ));
+        assert!(!matches(
+            t(),
+            &[("name", "Acme"), ("country_code", "Germany")],
+            &[("name", "Acme"), ("country_code", "AT")],
+        ));
+    }
+
+    #[test]
+    fn r20_email_domains_match_in_any_case_even_in_exact_tiers() {
+        let exact = || Tier {
+            fields: vec![FieldName::new("email")],
+            comparison: Comparison {
+                exact: true,
+                ..Comparison::default()
+            },
+        };
+        assert!(matches(
+            exact(),
+            &[("email", "info@Acme.EXAMPLE")],
+            &[("email", "info@acme.example")],
+        ));
+        // The local part of an address is the owner's: exact tiers keep its case.
+        assert!(!matches(
+            exact(),
+            &[("email", "Info@acme.example")],
+            &[("email", "info@acme.example")],
+        ));
+    }
+
+    #[test]
+    fn r20_phones_match_as_e164_when_the_relation_asks() {
+        let phone = |region: Option<&str>| Tier {
+            fields: vec![FieldName::new("phone")],
+            comparison: Comparison {
+                exact: false,
+                phone_region: region.map(|r| r.parse().unwrap()),
+            },
+        };
+        let contact = &[("phone", "09 123 45 67")];
+        let account = &[("phone", "+32 (0)9 123 45 67")];
+        assert!(matches(phone(Some("BE")), contact, account));
+        assert!(!matches(phone(None), contact, account));
+        // Read in another region, the national number is another number.
+        assert!(!matches(phone(Some("NL")), contact, account));
     }
 }

@@ -1,7 +1,8 @@
 //! The config resolved into what planning needs: field sets as `FieldName`s, preserve
 //! lists filled in from the model's defaults (R8).
 
-use tandem_model::{ContactType, EntityKind, FieldName, Fields, Record, Value, field};
+use tandem_model::normalise::Comparison;
+use tandem_model::{ContactType, EntityKind, FieldName, Fields, PhoneRegion, Record, Value, field};
 
 use crate::config::{ConflictPolicy, InitialSide, SyncConfig};
 
@@ -23,6 +24,8 @@ pub struct Relation {
     pub templates: Vec<Template>,
     pub initial: InitialSide,
     pub create_contacts: bool,
+    /// Phones compared as E.164 in this region (R20), in matching and merging.
+    pub phone_region: Option<PhoneRegion>,
 }
 
 impl Relation {
@@ -33,6 +36,15 @@ impl Relation {
             .find(|(f, _)| f == field)
             .map(|(_, p)| *p)
             .unwrap_or(self.conflict)
+    }
+
+    /// How merging compares values of this relation's pairs (R20): text byte for byte,
+    /// VAT numbers, countries, e-mail domains (and phones, when asked) normalised.
+    pub fn comparison(&self) -> Comparison {
+        Comparison {
+            exact: true,
+            phone_region: self.phone_region,
+        }
     }
 
     /// The template for an account created from `contact`: `Ok(None)` when the
@@ -74,11 +86,16 @@ pub struct Template {
 }
 
 impl Template {
+    /// Values compare trimmed and in any case, and as their field's form (R20): a rule
+    /// on `country_code = "CH"` applies to a contact in `Schweiz`.
     pub fn applies_to(&self, contact: &Record) -> bool {
+        let loose = Comparison::default();
         self.when.iter().all(|(f, want)| {
-            contact_value(contact, f)
-                .trim()
-                .eq_ignore_ascii_case(want.trim())
+            let (mut have, mut wanted) = (String::new(), String::new());
+            let value = contact_value(contact, f);
+            loose.push_key(&mut have, f.as_str(), &value, None);
+            loose.push_key(&mut wanted, f.as_str(), want, None);
+            have == wanted
         })
     }
 }
@@ -93,10 +110,12 @@ fn contact_value(contact: &Record, field: &FieldName) -> String {
     contact.fields.value(field.as_str()).to_cell()
 }
 
+/// A match tier: fields that must all be filled and the same on both sides, compared
+/// as `comparison` says (R4, R20).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier {
     pub fields: Vec<FieldName>,
-    pub exact: bool,
+    pub comparison: Comparison,
 }
 
 /// The contact side plus every relation, in config order.
@@ -134,7 +153,10 @@ impl Relations {
                     .iter()
                     .map(|t| Tier {
                         fields: names(t.fields()),
-                        exact: t.exact(),
+                        comparison: Comparison {
+                            exact: t.exact(),
+                            phone_region: r.e164_region(),
+                        },
                     })
                     .collect(),
                 conflict: r.conflict,
@@ -163,6 +185,7 @@ impl Relations {
                     .collect(),
                 initial: r.initial,
                 create_contacts: r.create_contacts,
+                phone_region: r.e164_region(),
             })
             .collect();
         Relations {

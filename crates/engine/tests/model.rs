@@ -1005,7 +1005,21 @@ impl World {
                 .iter()
                 .filter(|e| e.step > since && e.field == field && hub.contains(&e.id))
                 .collect();
-            let last = |id: &str| edits.iter().rev().find(|e| e.id == id).map(|e| &e.value);
+            // The value both sides agreed on at the window: a side whose last edit put it
+            // back before any later run was, for a sync that compares states, not edited
+            // at all. (A later run may have written the other value since: not then.)
+            let agreed: Option<String> = during[window]
+                .link(code, c)
+                .and_then(|l| l.baseline.get(field).map(|v| v.to_cell()))
+                .filter(|v| !v.is_empty());
+            let last = |id: &str| {
+                let edit = edits.iter().rev().find(|e| e.id == id)?;
+                let no_run_between = during[window + 1..]
+                    .iter()
+                    .all(|s| s.step > edit.step || s.outcome == Outcome::Refused);
+                let net = edit.value.as_ref().filter(|v| !v.is_empty());
+                (!no_run_between || net != agreed.as_ref()).then_some(&edit.value)
+            };
             let (on_contact, on_account) = (last(c), last(a));
             let step_of = |id: &str| edits.iter().rev().find(|e| e.id == id).map(|e| e.step);
             // A run that failed on the pair between the two sides' edits: the first edit

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tandem_engine::plan::{AccountInput, NewLink, Plan, PlanInput, UnlinkReason, plan};
 use tandem_engine::{
-    ConflictPolicy, ContactsConfig, InitialSide, MatchTier, RelationConfig, Relations, SyncConfig,
+    ConflictPolicy, ContactsConfig, InitialSide, MatchNormalise, MatchTier, RelationConfig,
+    Relations, SyncConfig,
 };
 use tandem_model::{EntityKind, Fields, Record, Timestamp, Value};
 use tandem_state::Link;
@@ -431,13 +432,10 @@ fn r4_new_links_start_from_the_contact_and_fill_empties() {
             ..Input::default()
         },
     );
+    // `be1` is `BE1` in another spelling: no change (R20).
     assert_eq!(
         writes(&plan),
-        vec![
-            w("C1", "phone", "5"),
-            w("K1", "name", "Acme"),
-            w("K1", "vat_registration_no", "BE1")
-        ]
+        vec![w("C1", "phone", "5"), w("K1", "name", "Acme")]
     );
     assert_eq!(
         plan.hubs[0].pairs[0].new_link,
@@ -1385,4 +1383,190 @@ fn r18_a_pending_link_of_an_older_state_is_linked_by_the_next_run() {
             .iter()
             .all(|h| h.pairs.is_empty() || h.contact_id != "C3")
     );
+}
+
+#[test]
+fn r20_a_vat_number_the_account_stores_compacted_is_no_change() {
+    let rels = relations(|_| {});
+    let typed = &[
+        ("name", "Acme"),
+        ("vat_registration_no", "nl 0044 95445 b01"),
+    ];
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![record(EntityKind::Contact, "C1", typed)],
+            // Tryton stores the number compacted.
+            accounts: vec![record(
+                EntityKind::Customer,
+                "K1",
+                &[("name", "Acme"), ("vat_registration_no", "NL004495445B01")],
+            )],
+            links: vec![link("CUST", "C1", "K1", typed)],
+            ..Input::default()
+        },
+    );
+    assert!(writes(&plan).is_empty(), "{:?}", writes(&plan));
+}
+
+#[test]
+fn r20_a_country_name_and_its_code_are_no_change() {
+    let rels = relations(|_| {});
+    let base = &[("name", "Acme"), ("country_code", "DE")];
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[("name", "Acme"), ("country_code", "Germany")],
+            )],
+            accounts: vec![record(EntityKind::Customer, "K1", base)],
+            links: vec![link("CUST", "C1", "K1", base)],
+            ..Input::default()
+        },
+    );
+    assert!(writes(&plan).is_empty(), "{:?}", writes(&plan));
+    // Another country is a change.
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[("name", "Acme"), ("country_code", "Schweiz")],
+            )],
+            accounts: vec![record(EntityKind::Customer, "K1", base)],
+            links: vec![link("CUST", "C1", "K1", base)],
+            ..Input::default()
+        },
+    );
+    assert_eq!(writes(&plan), vec![w("K1", "country_code", "Schweiz")]);
+}
+
+#[test]
+fn r20_records_matched_by_vat_across_formats_are_linked_without_a_respelling() {
+    let rels = relations(|_| {});
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[
+                    ("name", "Acme"),
+                    ("vat_registration_no", "nl 0044 95445 b01"),
+                ],
+            )],
+            accounts: vec![record(
+                EntityKind::Customer,
+                "K1",
+                &[("name", "Acme"), ("vat_registration_no", "NL004495445B01")],
+            )],
+            ..Input::default()
+        },
+    );
+    assert_eq!(
+        plan.hubs[0].pairs[0].new_link,
+        Some(NewLink::Match { tier: 1 })
+    );
+    assert!(writes(&plan).is_empty(), "{:?}", writes(&plan));
+}
+
+#[test]
+fn r20_e164_links_by_phone_and_writes_no_respelling() {
+    let rels = relations(|m| {
+        let cust = m.get_mut("CUST").unwrap();
+        cust.match_tiers = vec![MatchTier::Fields(vec!["phone".into()])];
+        cust.match_normalise = Some(MatchNormalise::E164);
+        cust.phone_region = Some("BE".parse().unwrap());
+    });
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![record(
+                EntityKind::Contact,
+                "C1",
+                &[("name", "Acme"), ("phone", "09 123 45 67")],
+            )],
+            accounts: vec![record(
+                EntityKind::Customer,
+                "K1",
+                &[("name", "Acme"), ("phone", "+32 9 123 45 67")],
+            )],
+            ..Input::default()
+        },
+    );
+    assert_eq!(
+        plan.hubs[0].pairs[0].new_link,
+        Some(NewLink::Match { tier: 1 })
+    );
+    assert!(writes(&plan).is_empty(), "{:?}", writes(&plan));
+}
+
+#[test]
+fn r20_a_template_rule_on_a_country_code_applies_to_its_name() {
+    let rels = relations(|m| {
+        m.get_mut("CUST").unwrap().templates = vec![tandem_engine::TemplateRule {
+            when: BTreeMap::from([("country_code".to_string(), "CH".to_string())]),
+            fields: BTreeMap::from([("language_code".to_string(), Value::text("de"))]),
+        }];
+    });
+    let mut contact = record(
+        EntityKind::Contact,
+        "C1",
+        &[("name", "Acme"), ("country_code", "Schweiz")],
+    );
+    contact
+        .fields
+        .set("business_relations", Value::List(vec!["CUST".into()]));
+    let plan = run(
+        &rels,
+        Input {
+            contacts: vec![contact],
+            ..Input::default()
+        },
+    );
+    assert_eq!(plan.account_creates.len(), 1, "{:?}", plan.rejected);
+    assert_eq!(
+        plan.account_creates[0].fields.text("language_code"),
+        Some("de")
+    );
+}
+
+#[test]
+fn r20_r18_a_create_found_again_though_the_system_compacted_its_vat_number() {
+    let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
+    let sent = fields(&[
+        ("name", "Delta"),
+        ("city", "Gent"),
+        ("vat_registration_no", "nl 0044 95445 b01"),
+    ]);
+    let pending = tandem_state::PendingCreate {
+        side: tandem_state::Side::Account,
+        source_id: "C9".into(),
+        ..pending_contact_create("", &sent)
+    };
+    let mut stored = sent.clone();
+    stored.set("vat_registration_no", Value::text("NL004495445B01"));
+    // The user renamed it since: one edit, and the spelling is no second one.
+    stored.set("name", Value::text("Delta NV"));
+    let mut accounts = no_accounts(&rels);
+    accounts[1]
+        .records
+        .insert("K9".into(), Record::new(EntityKind::Customer, "K9", stored));
+    let input = PlanInput {
+        contacts: [(
+            "C9".to_string(),
+            Record::new(EntityKind::Contact, "C9", sent),
+        )]
+        .into_iter()
+        .collect(),
+        accounts,
+        pending: creates(vec![pending]),
+        ..PlanInput::default()
+    };
+    let plan = plan(&rels, &input);
+    assert!(plan.account_creates.is_empty(), "no second account");
+    assert_eq!(plan.hubs[0].pairs[0].new_link, Some(NewLink::Recovered));
 }

@@ -10,8 +10,10 @@ mod record;
 mod value;
 
 pub mod field;
+pub mod normalise;
 
 pub use fields::{FieldName, Fields, FieldsIter};
 pub use kind::{ContactType, EntityKind, ParseKindError};
+pub use normalise::{CountryCode, PhoneRegion};
 pub use record::{Record, Timestamp, TimestampError};
 pub use value::{SmolStr, Value, ValueError};

@@ -195,6 +195,8 @@ pub(super) const RELATION_KEYS: &[(&str, Expect)] = &[
     ("initial", Expect::Text),
     ("fields", Expect::List),
     ("preserve", Expect::List),
+    ("match_normalise", Expect::Text),
+    ("phone_region", Expect::Text),
 ];
 
 /// Where `var` points and what it sets, or why it cannot be applied.

@@ -201,6 +201,25 @@ impl<'p> HubView<'p> {
         &self.relations.relations[self.pairs[i].relation]
     }
 
+    /// Whether pair `i`'s values `a` and `b` of `f` are one (R20: VAT numbers,
+    /// countries, e-mail domains, phones when asked, in any spelling). A system that
+    /// stores its own spelling of a value Tandem wrote has not changed it (R14).
+    fn same(&self, i: usize, f: &FieldName, a: &Value, b: &Value) -> bool {
+        a == b || self.rel(i).comparison().same(f.as_str(), a, b)
+    }
+
+    /// [`HubView::same`] for values of the contact and of several pairs: phones as
+    /// E.164 when any involved relation asks.
+    fn same_in_hub(&self, involved: &[usize], f: &FieldName, a: &Value, b: &Value) -> bool {
+        let asks = involved
+            .iter()
+            .find(|&&i| self.rel(i).phone_region.is_some());
+        match asks.or(involved.first()) {
+            Some(&i) => self.same(i, f, a, b),
+            None => a == b,
+        }
+    }
+
     /// What pair `i`'s sides agreed on last (its baseline), `Null` for a new link.
     fn base(&self, i: usize, name: &str) -> &'p Value {
         match self.pairs[i].base {
@@ -328,7 +347,7 @@ impl<'p> HubView<'p> {
                 let closed = (code.clone(), self.contact_id.to_owned(), name.to_owned());
                 out.closed.push(closed);
             }
-            if self.account_value(i, name) == value {
+            if self.same(i, f, self.account_value(i, name), value) {
                 out.from_account[i].push(f.clone());
             }
         }
@@ -349,7 +368,7 @@ impl<'p> HubView<'p> {
         if a.is_empty() && self.base(owner, f.as_str()).is_empty() {
             return contact_value;
         }
-        if a != contact_value {
+        if !self.same(owner, f, a, contact_value) {
             out.from_account[owner].push(f.clone());
         }
         a
@@ -387,12 +406,14 @@ impl<'p> HubView<'p> {
         } else {
             &current
         };
-        let contact_changed =
-            self.contact.is_some() && judges.iter().any(|&i| contact_value != self.base(i, name));
+        let contact_changed = self.contact.is_some()
+            && judges
+                .iter()
+                .any(|&i| !self.same(i, f, contact_value, self.base(i, name)));
         let mut proposals: Vec<(usize, &'p Value)> = existing
             .iter()
             .map(|&i| (i, self.account_value(i, name)))
-            .filter(|(i, v)| *v != self.base(*i, name))
+            .filter(|(i, v)| !self.same(*i, f, v, self.base(*i, name)))
             .collect();
         let agreed = |proposals: &[(usize, &Value)]| {
             let mut all = proposals
@@ -400,7 +421,7 @@ impl<'p> HubView<'p> {
                 .map(|(_, v)| *v)
                 .chain(contact_changed.then_some(contact_value));
             let first = all.next();
-            all.all(|v| Some(v) == first)
+            all.all(|v| first.is_some_and(|first| self.same_in_hub(involved, f, v, first)))
         };
         let mut held = Vec::new();
         if !agreed(&proposals) {
@@ -416,7 +437,7 @@ impl<'p> HubView<'p> {
             match proposals.first() {
                 Some(&(_, v)) => {
                     for (j, w) in &proposals {
-                        if *w == v {
+                        if self.same(*j, f, w, v) {
                             out.from_account[*j].push(f.clone());
                         }
                     }
@@ -461,7 +482,7 @@ impl<'p> HubView<'p> {
             let beating: Vec<&(usize, &Value)> = proposals
                 .iter()
                 .filter(|(i, v)| {
-                    *v != contact_value
+                    !self.same(*i, f, v, contact_value)
                         && account_beats_contact(
                             self.rel(*i).policy(f),
                             self.account_modified(*i),
@@ -520,7 +541,7 @@ impl<'p> HubView<'p> {
                 InitialSide::Contact => value.is_empty() && !a.is_empty(),
                 InitialSide::Account => !a.is_empty(),
             };
-            if take_account && a != value {
+            if take_account && !self.same(i, f, a, value) {
                 value = a;
                 out.from_account[i].push(f.clone());
             }
@@ -544,7 +565,7 @@ impl<'p> HubView<'p> {
             Some(c) => c.fields.value(name),
             None => self.contact_value(involved, name),
         };
-        if !contact_owns && value != contact_holds {
+        if !contact_owns && !self.same_in_hub(involved, f, value, contact_holds) {
             out.contact_changes.push(FieldChange {
                 field: f.clone(),
                 old: contact_holds.clone(),
@@ -555,7 +576,7 @@ impl<'p> HubView<'p> {
             let a = self.account_holds(i, name);
             let owns = self.rel(i).preserve.contains(f);
             let waits = decision.held.contains(&i);
-            if !owns && !waits && value != a {
+            if !owns && !waits && !self.same(i, f, value, a) {
                 out.account_changes[i].push(FieldChange {
                     field: f.clone(),
                     old: a.clone(),

@@ -1,6 +1,7 @@
 //! Creates an earlier run started, found again before matching (R18).
 
 use super::*;
+use tandem_model::normalise::Comparison;
 
 impl<'a> Planner<'a> {
     /// Creates an earlier run started and may have made (R18): the record created is an
@@ -170,7 +171,7 @@ impl<'r> SentIndex<'r> {
             for key in &keys {
                 if let Some(value) = record.fields.get(key) {
                     by_key
-                        .entry((key, value.to_cell()))
+                        .entry((key, index_text(key, value)))
                         .or_default()
                         .push(record);
                 }
@@ -188,7 +189,7 @@ impl<'r> SentIndex<'r> {
             .iter()
             .filter_map(|key| {
                 let value = sent.get(key)?;
-                self.by_key.get(&(*key, value.to_cell()))
+                self.by_key.get(&(*key, index_text(key, value)))
             })
             .flatten()
             .copied()
@@ -229,6 +230,22 @@ impl<'r> Found<'r> {
     }
 }
 
+/// How a value is found again: the system may store its own spelling of what was sent
+/// (Tryton compacts VAT numbers, R20).
+const SENT: Comparison = Comparison {
+    exact: true,
+    phone_region: None,
+};
+
+/// A value as the index holds it: normalised where its field has a form (R20).
+fn index_text(name: &str, value: &Value) -> String {
+    let mut buf = String::new();
+    match value.as_text() {
+        Some(text) if SENT.push_key(&mut buf, name, text, None) => buf,
+        _ => value.to_cell(),
+    }
+}
+
 /// Whether `record` is the create `sent` after an edit: what a created record is
 /// (contact type, codes) as sent, and every value but one, or its name and at least
 /// half of the values. Never for a create of fewer than three fields.
@@ -238,7 +255,7 @@ fn nearly(record: &Fields, sent: &Fields) -> bool {
         .all(|name| sent.get(name).is_none_or(|v| record.value(name) == v));
     let differing = sent
         .iter()
-        .filter(|(name, value)| record.value(name.as_str()) != *value)
+        .filter(|(name, value)| !SENT.same(name.as_str(), record.value(name.as_str()), value))
         .count();
     let named = sent
         .get(field::NAME)
@@ -249,5 +266,5 @@ fn nearly(record: &Fields, sent: &Fields) -> bool {
 /// Whether `record` holds exactly the values of `sent` (a create's fields).
 pub(super) fn same_fields(record: &Fields, sent: &Fields) -> bool {
     sent.iter()
-        .all(|(name, value)| record.value(name.as_str()) == value)
+        .all(|(name, value)| SENT.same(name.as_str(), record.value(name.as_str()), value))
 }
