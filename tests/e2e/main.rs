@@ -14,6 +14,8 @@ mod flagship;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod flagship_byid;
 mod guard;
+#[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
+mod https;
 mod operator;
 mod plugin;
 mod quickstart;
