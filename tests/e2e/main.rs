@@ -10,6 +10,8 @@ mod business_rules;
 mod config;
 mod crash;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
+mod faults;
+#[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod flagship;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod flagship_byid;
