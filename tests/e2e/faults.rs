@@ -8,8 +8,10 @@
 //! with nothing failed; both must end with the same cards, parties and links: no
 //! duplicate, no lost update, every customer with its contact.
 //!
-//! The figures (runs, requests, faults, time against the fault-free run) are printed;
-//! `TANDEM_FAULT_SEED` picks another seed. See docs/BENCHMARKS.md.
+//! The figures (runs, requests, faults, time against the fault-free run) are printed
+//! (`--no-capture`). `TANDEM_FAULT_SEED` and `TANDEM_FAULT_SHARE` try another seed and
+//! share; `TANDEM_FAULT_SEQUENTIAL=1` runs the two deployments one after the other, for
+//! times that do not share the CPU. See docs/BENCHMARKS.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -129,7 +131,8 @@ struct Systems {
     book_url: String,
     erp_proxy: FaultProxy,
     tryton: Tryton,
-    customer: i64,
+    /// The id of Tryton's `Customer` category.
+    customer_category: i64,
 }
 
 impl Systems {
@@ -148,7 +151,7 @@ impl Systems {
         let book_proxy = FaultProxy::start(cards.port);
         let book_url = url.replace(&cards.base(), &book_proxy.url());
         let tryton = Tryton::new(&server);
-        let customer = tryton.category("Customer");
+        let customer_category = tryton.category("Customer");
         Some(Systems {
             erp_proxy: FaultProxy::start(server.port),
             _cards: cards,
@@ -157,7 +160,7 @@ impl Systems {
             book_proxy,
             book_url,
             tryton,
-            customer,
+            customer_category,
         })
     }
 
@@ -196,7 +199,9 @@ impl Systems {
     }
 
     fn create_parties(&self, numbers: impl Iterator<Item = u32>) {
-        let values: Vec<Json> = numbers.map(|i| party_values(i, self.customer)).collect();
+        let values: Vec<Json> = numbers
+            .map(|i| party_values(i, self.customer_category))
+            .collect();
         self.tryton
             .call("party.party", "create", vec![json!(values)]);
     }
@@ -249,7 +254,11 @@ fn edits_after_first_run() -> Vec<Edit> {
     }
     // Customer 8's card had a phone of its own, written to Tryton by the first run
     // (whose first `write` lost its reply when faults are on): edited again there.
-    edits.push(on_party(customer_name(8), field::PHONE, "+32 9 008 77 77".into()));
+    edits.push(on_party(
+        customer_name(8),
+        field::PHONE,
+        "+32 9 008 77 77".into(),
+    ));
     for i in (31..=36).chain(101..=106) {
         edits.push(on_party(customer_name(i), field::CITY, "Leuven".into()));
     }
