@@ -10,11 +10,14 @@ mod business_rules;
 mod config;
 mod crash;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
+mod faults;
+#[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod flagship;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod flagship_byid;
 mod guard;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
+mod https;
 mod normalised;
 mod operator;
 mod plugin;

@@ -980,3 +980,103 @@ async fn r17_a_busy_server_never_parks_a_record() {
         Some("2")
     );
 }
+
+/// A connector that makes its creates but loses the replies of the first `lose` of
+/// them: what a server does when the connection breaks after it acted.
+#[derive(Debug)]
+struct LosesCreateReplies {
+    inner: Arc<MemoryConnector>,
+    lose: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Connector for LosesCreateReplies {
+    fn capabilities(&self) -> tandem_connector::Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn check(&self) -> Result<(), tandem_connector::ConnectorError> {
+        self.inner.check().await
+    }
+
+    async fn read(
+        &self,
+        kind: EntityKind,
+        cursor: Option<&tandem_connector::Cursor>,
+    ) -> Result<tandem_connector::Page, tandem_connector::ConnectorError> {
+        self.inner.read(kind, cursor).await
+    }
+
+    async fn write(
+        &self,
+        kind: EntityKind,
+        ops: Vec<tandem_connector::WriteOp>,
+    ) -> Result<Vec<tandem_connector::WriteOutcome>, tandem_connector::ConnectorError> {
+        use std::sync::atomic::Ordering;
+        let creates: Vec<bool> = ops
+            .iter()
+            .map(|op| matches!(op, tandem_connector::WriteOp::Create { .. }))
+            .collect();
+        let mut outcomes = self.inner.write(kind, ops).await?;
+        for (outcome, create) in outcomes.iter_mut().zip(creates) {
+            let lost = create
+                && (self.lose)
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            if lost {
+                *outcome = Err(tandem_connector::ConnectorError::transient(
+                    "the connection broke before a complete reply",
+                ));
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+#[tokio::test]
+async fn r18_a_create_whose_reply_was_lost_is_found_again_with_the_edit_made_since() {
+    let mut w = world(false);
+    // Nothing a match rule could find it by: only the create's own record says it.
+    let asks = Fields::new()
+        .with("name", "Newco")
+        .with("city", "Brugge")
+        .with("phone", "050")
+        .with("business_relations", Value::List(vec!["CUST".into()]));
+    w.crm.put(EntityKind::Contact, "C9", asks);
+    let lossy = Arc::new(LosesCreateReplies {
+        inner: w.erp.clone(),
+        lose: 1.into(),
+    });
+    let mut connectors = w.connectors();
+    connectors.insert("erp".into(), lossy);
+    let first = sync_with(&mut w, &connectors).await;
+    assert_eq!(count(&first, "CUST").failed, 1, "{:?}", first.failures);
+    let made = w.erp.all(EntityKind::Customer);
+    assert_eq!(made.len(), 1, "made, although the reply was lost");
+    // Edited in the ERP before the next run: merged, not overwritten by `initial`.
+    let id = made[0].id.clone();
+    let mut fields = made[0].fields.clone();
+    fields.set("city", Value::text("Oostende"));
+    w.erp.put(EntityKind::Customer, &id, fields);
+
+    let second = sync_with(&mut w, &connectors).await;
+    assert_eq!(second.failed(), 0, "{:?}", second.failures);
+    assert_eq!(
+        w.erp.all(EntityKind::Customer).len(),
+        1,
+        "no second customer"
+    );
+    let link = w.state.links_of_accounts("CUST", &[&id]).unwrap();
+    assert_eq!(link[0].contact_id, "C9");
+    assert_eq!(
+        text(&w.crm, EntityKind::Contact, "C9", "city").as_deref(),
+        Some("Oostende"),
+        "the edit made since reached the contact, not overwritten"
+    );
+    assert_eq!(sync_with(&mut w, &connectors).await.writes, 0);
+}
+
+async fn sync_with(w: &mut World, connectors: &HashMap<String, Arc<dyn Connector>>) -> RunReport {
+    let mut engine = Engine::new(w.relations.clone(), connectors.clone(), &mut w.state).unwrap();
+    engine.sync().await.unwrap()
+}

@@ -1,7 +1,7 @@
 //! Test support for HTTP connectors (cargo feature `http-testsupport`): a private CA
 //! that issues server certificates, a server that echoes every request it receives,
-//! a small proxy that injects faults in front of a real server, and a capture of the
-//! logs a test writes.
+//! a small proxy that injects faults in front of a real server (chosen by rules, or at
+//! random from a seed), and a capture of the logs a test writes.
 //!
 //! Everything listens on 127.0.0.1 only, on a free port, and stops when dropped.
 
@@ -262,6 +262,86 @@ pub enum Fault {
     Delay(Duration),
 }
 
+impl Fault {
+    /// A short name for summaries: `429`, `503`, `dropped`, `slow`, `lost reply`.
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::Status { status, .. } => status.to_string(),
+            Fault::DropBeforeForward => "dropped".into(),
+            Fault::DropAfterForward => "lost reply".into(),
+            Fault::Delay(_) => "slow".into(),
+        }
+    }
+}
+
+/// Faults on a share of all requests, chosen by a seeded generator from each request's
+/// number: the same seed gives the same requests of a sequence the same faults, so a
+/// client that sends its requests in a fixed order meets the same faults every time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RandomFaults {
+    pub seed: u64,
+    /// The share of requests that get a fault, 0 to 1.
+    pub share: f64,
+    /// What a request chosen for a fault gets: one of these, with equal odds.
+    pub faults: Vec<Fault>,
+}
+
+impl RandomFaults {
+    /// What real servers do: 429 asking to wait `retry_after` seconds, 503, a connection
+    /// dropped before the server saw the request, a reply held back `slow`, and a reply
+    /// dropped after the server acted on the request.
+    pub fn mixed(seed: u64, share: f64, retry_after: u64, slow: Duration) -> RandomFaults {
+        RandomFaults {
+            seed,
+            share,
+            faults: vec![
+                Fault::Status {
+                    status: 429,
+                    retry_after: Some(retry_after.to_string()),
+                },
+                Fault::Status {
+                    status: 503,
+                    retry_after: None,
+                },
+                Fault::DropBeforeForward,
+                Fault::Delay(slow),
+                Fault::DropAfterForward,
+            ],
+        }
+    }
+
+    /// The fault of request number `n` (counted from 0), if any.
+    pub fn pick(&self, n: usize) -> Option<Fault> {
+        let n = n as u64;
+        // The top 53 bits as a uniform number in [0, 1).
+        let roll = (splitmix64(self.seed, 2 * n) >> 11) as f64 / (1u64 << 53) as f64;
+        if roll >= self.share || self.faults.is_empty() {
+            return None;
+        }
+        let which = splitmix64(self.seed, 2 * n + 1) % self.faults.len() as u64;
+        Some(self.faults[which as usize].clone())
+    }
+}
+
+/// The `n`-th output of SplitMix64 seeded with `seed`: a random-access generator, so
+/// that request `n`'s draw depends on nothing but the seed and `n`.
+fn splitmix64(seed: u64, n: u64) -> u64 {
+    let mut z = seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A fault the proxy injected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injected {
+    /// The request's number at the proxy, counted from 0.
+    pub request: usize,
+    /// Its request line, and for JSON-RPC the method called.
+    pub label: String,
+    pub fault: Fault,
+}
+
 #[derive(Debug)]
 struct Rule {
     matches: String,
@@ -272,12 +352,16 @@ struct Rule {
 #[derive(Debug, Default)]
 struct ProxyState {
     rules: Mutex<Vec<Rule>>,
+    random: Mutex<Option<RandomFaults>>,
     requests: AtomicUsize,
     log: Mutex<Vec<String>>,
+    injected: Mutex<Vec<Injected>>,
 }
 
 /// A plain-HTTP proxy in front of a loopback server that injects [`Fault`]s into the
-/// requests whose text (head or body) contains a given string.
+/// requests whose text (head or body) contains a given string ([`FaultProxy::inject`]),
+/// and into a share of all requests chosen by a seeded generator
+/// ([`FaultProxy::set_random`]). A rule that matches comes first.
 #[derive(Debug)]
 pub struct FaultProxy {
     listener: Listener,
@@ -318,6 +402,16 @@ impl FaultProxy {
         });
     }
 
+    /// Injects random faults from now on (`None`: no more random faults).
+    pub fn set_random(&self, faults: Option<RandomFaults>) {
+        *self.state.random.lock().expect("random faults") = faults;
+    }
+
+    /// Every fault injected so far, in order.
+    pub fn injected(&self) -> Vec<Injected> {
+        self.state.injected.lock().expect("injected").clone()
+    }
+
     /// Requests received so far.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
@@ -329,7 +423,7 @@ impl FaultProxy {
     }
 }
 
-fn take_fault(state: &ProxyState, text: &str) -> Option<Fault> {
+fn take_rule(state: &ProxyState, text: &str) -> Option<Fault> {
     let mut rules = state.rules.lock().expect("rules");
     let rule = rules
         .iter_mut()
@@ -338,12 +432,44 @@ fn take_fault(state: &ProxyState, text: &str) -> Option<Fault> {
     Some(rule.fault.clone())
 }
 
+/// The fault for request number `n`, written down with the request when there is one.
+fn take_fault(state: &ProxyState, n: usize, request: &RawRequest) -> Option<Fault> {
+    let random = || {
+        state
+            .random
+            .lock()
+            .expect("random faults")
+            .as_ref()?
+            .pick(n)
+    };
+    let fault = take_rule(state, &request.text()).or_else(random)?;
+    state.injected.lock().expect("injected").push(Injected {
+        request: n,
+        label: label(request),
+        fault: fault.clone(),
+    });
+    Some(fault)
+}
+
+/// The request line, and for a JSON-RPC call the method (every Tryton call is
+/// `POST /<db>/`).
+fn label(request: &RawRequest) -> String {
+    let line = request.head.lines().next().unwrap_or_default();
+    let method = serde_json::from_slice::<serde_json::Value>(&request.body)
+        .ok()
+        .and_then(|body| body.get("method")?.as_str().map(str::to_owned));
+    match method {
+        Some(method) => format!("{line} {method}"),
+        None => line.to_owned(),
+    }
+}
+
 /// Serves one request; false when the client connection is to be closed.
 fn proxy_one(state: &ProxyState, upstream: u16, request: &RawRequest, out: &mut TcpStream) -> bool {
-    state.requests.fetch_add(1, Ordering::SeqCst);
+    let n = state.requests.fetch_add(1, Ordering::SeqCst);
     let line = request.head.lines().next().unwrap_or_default().to_owned();
     state.log.lock().expect("log").push(line);
-    let fault = take_fault(state, &request.text());
+    let fault = take_fault(state, n, request);
     let reply = match &fault {
         Some(Fault::Status {
             status,
@@ -455,5 +581,26 @@ impl Write for LogWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_faults_hit_about_their_share_the_same_way_for_a_seed() {
+        let faults = RandomFaults::mixed(7, 0.2, 1, Duration::from_millis(10));
+        let picks: Vec<_> = (0..5000).map(|n| faults.pick(n)).collect();
+        let hit = picks.iter().flatten().count();
+        assert!((900..1100).contains(&hit), "{hit} of 5000");
+        for fault in &faults.faults {
+            let times = picks.iter().flatten().filter(|f| *f == fault).count();
+            assert!(times > 150, "{fault:?}: {times}");
+        }
+        let again: Vec<_> = (0..5000).map(|n| faults.pick(n)).collect();
+        assert_eq!(picks, again);
+        let other = RandomFaults { seed: 8, ..faults };
+        assert_ne!(picks, (0..5000).map(|n| other.pick(n)).collect::<Vec<_>>());
     }
 }

@@ -221,7 +221,10 @@ impl Applier<'_> {
         self.log(&contact_id, code, account, side, &by);
     }
 
-    /// A create that failed: counted, remembered, parked the second time (R17).
+    /// A create that failed: counted, remembered, parked the second time (R17). One
+    /// that may have made its record all the same stays pending without an error, as
+    /// a create a crash cut short: the next run finds its record before it creates
+    /// anything (R18).
     fn create_failed(&mut self, job: &CreateJob, e: &ConnectorError) {
         let r = job.relation;
         let error = e.to_string();
@@ -255,10 +258,17 @@ impl Applier<'_> {
             source_id: job.source_id.clone(),
             fields: job.fields.clone(),
             run_id: Some(self.log.run_id),
-            error: Some(error),
+            error: (!may_have_made(e)).then_some(error),
             failure_count: count,
             parked,
             updated_at: self.log.now,
         });
     }
+}
+
+/// Whether a create that failed with `e` may have made its record: a transient failure
+/// (a reply lost after the server acted, a timeout) leaves it unknown. Every other
+/// error says the record was not made (rate limited, refused, not allowed).
+fn may_have_made(e: &ConnectorError) -> bool {
+    matches!(e, ConnectorError::Transient { .. })
 }
