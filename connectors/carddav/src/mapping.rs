@@ -559,13 +559,26 @@ fn write_address(card: &mut Card, plan: &Plan) {
     street(&mut parts, plan);
     for (k, name) in ADR_FIELDS.iter().enumerate().skip(STREET + 1) {
         if let Some(v) = name.and_then(|n| plan.get(n)) {
-            parts[k] = v.unwrap_or_default();
+            let v = v.unwrap_or_default();
+            parts[k] = match *name {
+                Some(field::COUNTRY_CODE) => country_name(&v),
+                _ => v,
+            };
         }
     }
     if parts.iter().all(|p| p.trim().is_empty()) {
         card.props.remove(i);
     } else {
         card.props[i].set_components(plan.version, &parts);
+    }
+}
+
+/// RFC 6350 makes the ADR country a name: a code Tandem knows is written as the
+/// country's English name (read back as the same code, R20); anything else as it is.
+fn country_name(code: &str) -> String {
+    match normalise::CountryCode::find(code) {
+        Some(country) if !country.name().is_empty() => country.name().to_owned(),
+        _ => code.to_owned(),
     }
 }
 
@@ -783,6 +796,21 @@ mod tests {
 
     fn changes(f: &Fields) -> Changes {
         f.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    }
+
+    #[test]
+    fn r20_a_country_code_is_written_as_the_countrys_name_and_read_back_as_the_code() {
+        let mut card = Card::parse(
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Acme\r\nADR;TYPE=work:;;1 Main St;Town;;1000;Schweiz\r\nEND:VCARD\r\n",
+        )
+        .unwrap();
+        apply(
+            &mut card,
+            &changes(&Fields::new().with(field::COUNTRY_CODE, "DE")),
+        );
+        let text = card.to_text();
+        assert!(text.contains(";1000;Germany"), "{text}");
+        assert_eq!(to_fields(&card).text(field::COUNTRY_CODE), Some("DE"));
     }
 
     #[test]
