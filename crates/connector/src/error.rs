@@ -74,6 +74,13 @@ impl ConnectorError {
         )
     }
 
+    /// Whether a write that failed with this error may still have been carried out: a
+    /// transient failure (a reply lost after the server acted, a timeout) leaves it
+    /// unknown. Every other error says it was not (rate limited, refused, not allowed).
+    pub fn may_have_acted(&self) -> bool {
+        matches!(self, ConnectorError::Transient { .. })
+    }
+
     /// Whether the error concerns one record only (the run goes on without it, R17),
     /// rather than the connection or the configuration.
     pub fn is_record_error(&self) -> bool {

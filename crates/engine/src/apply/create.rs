@@ -258,17 +258,10 @@ impl Applier<'_> {
             source_id: job.source_id.clone(),
             fields: job.fields.clone(),
             run_id: Some(self.log.run_id),
-            error: (!may_have_made(e)).then_some(error),
+            error: (!e.may_have_acted()).then_some(error),
             failure_count: count,
             parked,
             updated_at: self.log.now,
         });
     }
-}
-
-/// Whether a create that failed with `e` may have made its record: a transient failure
-/// (a reply lost after the server acted, a timeout) leaves it unknown. Every other
-/// error says the record was not made (rate limited, refused, not allowed).
-fn may_have_made(e: &ConnectorError) -> bool {
-    matches!(e, ConnectorError::Transient { .. })
 }
