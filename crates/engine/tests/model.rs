@@ -1040,6 +1040,8 @@ impl World {
             let expected: Vec<&Option<String>> = match (on_contact, on_account) {
                 (None, None) => continue,
                 (Some(v), None) | (None, Some(v)) => vec![v],
+                // The same edit on both sides is no conflict (R14).
+                (Some(cv), Some(av)) if cv == av => vec![cv],
                 (Some(cv), Some(av)) => {
                     if crashed_since || failed_between || policy == ConflictPolicy::Newest {
                         vec![cv, av]
