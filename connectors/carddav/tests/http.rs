@@ -295,3 +295,30 @@ async fn every_operation(c: &CarddavConnector) -> String {
     note(Ok(format!("{:?}", c.skipped())));
     out
 }
+
+/// SabreDAV wants HTTP Digest: the connector answers the challenge (the conformance
+/// kit runs on it), and a wrong password is an auth error that names the settings,
+/// says Digest, and shows no password.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_on_a_digest_server_names_username_and_password() {
+    let Some(server) = CardServer::sabredav() else {
+        return;
+    };
+    let book = server.new_book("digest").await;
+    let right = connector(server.settings(&book));
+    right.check().await.unwrap();
+    create(&right, "Digest").await.unwrap();
+    let mut settings = server.settings(&book);
+    settings["password"] = json!("not-the-password");
+    let wrong = connector(settings);
+    for e in [
+        wrong.check().await.unwrap_err(),
+        wrong.read(EntityKind::Contact, None).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, ConnectorError::Auth { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("check `username` and `password`"), "{text}");
+        assert!(text.contains("Digest"), "{text}");
+        assert!(!text.contains("not-the-password"), "{text}");
+    }
+}
