@@ -186,6 +186,12 @@ impl CardServer {
         format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
+    /// The folder the server stores its data in (Radicale: `collection-root/<user>/<book>/`
+    /// holds one `.vcf` file per card, which a benchmark may write directly).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
     /// The CA certificate a TLS server's certificate comes from.
     pub fn ca_file(&self) -> Option<&Path> {
         self.tls.as_ref().map(|f| f.ca.as_path())
