@@ -375,6 +375,17 @@ impl Dav {
     /// The members a `PROPFIND` Depth 1 multistatus lists, with their ETags.
     fn parse_members(&self, body: &str) -> Result<Vec<(String, Option<String>)>, ConnectorError> {
         let doc = parse_xml(body, &self.url)?;
+        // RFC 4918: 507 on the collection marks a listing the server cut short; members
+        // missing from it are not gone.
+        let truncated = doc
+            .descendants()
+            .any(|n| is_dav(&n, "status") && n.text().is_some_and(|t| t.contains(" 507")));
+        if truncated {
+            return Err(ConnectorError::transient(format!(
+                "PROPFIND {}: the server cut the listing short (507)",
+                self.url
+            )));
+        }
         let mut out = Vec::new();
         for n in doc.descendants().filter(|n| is_dav(n, "response")) {
             let collection = n.descendants().any(|c| is_dav(&c, "collection"));
@@ -589,6 +600,11 @@ mod tests {
 <d:response><d:href>http://127.0.0.1:1/u/book/c.vcf</d:href><d:propstat><d:prop><d:resourcetype/></d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat><d:propstat><d:prop><d:getetag/></d:prop><d:status>HTTP/1.1 404 Not Found</d:status></d:propstat></d:response>
 </d:multistatus>"#;
         let members = dav().parse_members(body).unwrap();
+        let cut = body.replace(
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.1 507 Insufficient Storage",
+        );
+        assert!(dav().parse_members(&cut).is_err());
         assert_eq!(
             members,
             vec![

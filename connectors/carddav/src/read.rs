@@ -131,6 +131,15 @@ impl CarddavConnector {
         retry: Vec<String>,
     ) -> Result<Listed, ConnectorError> {
         let now = self.etag_listing().await?;
+        if now.is_empty() && !before.is_empty() {
+            // Every card gone at once looks like a server fault as much as a purge: as a
+            // full listing, the engine's delete guard weighs it (R16).
+            return Ok(Listed {
+                full: true,
+                etags: Some(now),
+                ..Listed::default()
+            });
+        }
         let changed = now
             .iter()
             .filter(|(id, tag)| before.get(*id) != Some(*tag))

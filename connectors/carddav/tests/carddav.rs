@@ -526,3 +526,41 @@ async fn an_unparseable_card_is_skipped_with_its_href_and_retried() {
             .any(|r| r.id == "bad-1.vcf" && r.fields.text(field::NAME) == Some("Fixed"))
     );
 }
+
+/// Without `sync-collection`, a book whose every card vanished since the cursor is not
+/// a list of tombstones but an empty full listing, so the engine's delete guard weighs
+/// it (R16); a book that lost some cards gives their tombstones.
+#[tokio::test(flavor = "multi_thread")]
+async fn r16_a_book_emptied_at_once_is_a_full_listing_not_tombstones() {
+    let Some((server, _proxy, book, c)) = sabredav_behind_a_proxy("emptied").await else {
+        return;
+    };
+    let (a, _) = create(&c, Fields::new().with(field::NAME, "A")).await;
+    let (b, _) = create(&c, Fields::new().with(field::NAME, "B")).await;
+    let first = c.read(EntityKind::Contact, None).await.unwrap();
+    let raw = server.raw();
+    assert_eq!(
+        raw.send("DELETE", &format!("{book}{a}"), &[], None)
+            .await
+            .status,
+        204
+    );
+    let some = c
+        .read(EntityKind::Contact, first.cursor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(some.listing, Listing::Changes);
+    assert_eq!(ids(&some), vec![a.clone()]);
+    assert!(some.records[0].deleted);
+    assert_eq!(
+        raw.send("DELETE", &format!("{book}{b}"), &[], None)
+            .await
+            .status,
+        204
+    );
+    let all = c
+        .read(EntityKind::Contact, some.cursor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!((all.listing, all.records.len()), (Listing::Full, 0));
+}
