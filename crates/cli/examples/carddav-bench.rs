@@ -52,7 +52,7 @@ fn card(i: usize) -> String {
         i % 1000,
         i,
         // The VAT number where this card is to match by it.
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             format!("X-TANDEM-VAT-REGISTRATION-NO:{}\r\n", be_vat(i))
         } else {
             String::new()
