@@ -13,7 +13,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::digest::{self, DigestSession, Offer};
+use super::digest::{self, DigestAnswer, Offer};
 use super::retry::{self, Failure};
 use super::{HttpError, HttpSettings, Redactor, tls};
 use crate::ConnectorError;
@@ -129,7 +129,7 @@ pub struct HttpClient {
     /// budget, not one per record.
     unreachable: AtomicBool,
     /// The Digest challenge the server sent, answered by every later request.
-    digest: RwLock<Option<Arc<DigestSession>>>,
+    digest: RwLock<Option<Arc<DigestAnswer>>>,
 }
 
 impl fmt::Debug for HttpClient {
@@ -240,7 +240,7 @@ impl HttpClient {
                 tracing::debug!(label = self.label, algorithm = ?challenge.algorithm,
                     stale = challenge.stale, "answering the server's Digest challenge");
                 *self.digest.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Arc::new(DigestSession::new(challenge)));
+                    Some(Arc::new(DigestAnswer::new(challenge)));
                 true
             }
             Offer::Unsupported(what) => {
@@ -350,9 +350,9 @@ impl HttpClient {
                 value.set_sensitive(true);
                 b = b.header(AUTHORIZATION, value);
             }
-            (None, Auth::Basic { user, password }) => match (self.digest_session(), password) {
-                (Some(session), Some(password)) => {
-                    let value = session.authorization(
+            (None, Auth::Basic { user, password }) => match (self.digest_answer(), password) {
+                (Some(answer), Some(password)) => {
+                    let value = answer.authorization(
                         user,
                         password,
                         request.method.as_str(),
@@ -380,7 +380,7 @@ impl HttpClient {
         Ok(b)
     }
 
-    fn digest_session(&self) -> Option<Arc<DigestSession>> {
+    fn digest_answer(&self) -> Option<Arc<DigestAnswer>> {
         self.digest
             .read()
             .unwrap_or_else(|e| e.into_inner())

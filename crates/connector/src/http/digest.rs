@@ -19,7 +19,7 @@ use md5::Digest as _;
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use secrecy::{ExposeSecret, SecretString};
 
-/// A Digest hash function, with or without the session variant of `HA1`.
+/// A Digest hash function, with or without the `-sess` variant of `HA1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     Md5,
@@ -55,7 +55,7 @@ impl Algorithm {
         }
     }
 
-    fn session(self) -> bool {
+    fn sess(self) -> bool {
         matches!(self, Algorithm::Md5Sess | Algorithm::Sha256Sess)
     }
 
@@ -173,7 +173,7 @@ impl Challenge {
         let ((user, password), (method, uri), (nc, cnonce)) = (credentials, target, count);
         let h = |data: &str| self.algorithm.hash(data);
         let mut ha1 = h(&format!("{user}:{}:{password}", self.realm));
-        if self.algorithm.session() {
+        if self.algorithm.sess() {
             ha1 = h(&format!("{ha1}:{}:{cnonce}", self.nonce));
         }
         let ha2 = h(&format!("{method}:{uri}"));
@@ -190,14 +190,14 @@ impl Challenge {
 
 /// A challenge being answered, request after request, with a rising nonce count.
 #[derive(Debug)]
-pub struct DigestSession {
+pub struct DigestAnswer {
     pub challenge: Challenge,
     count: AtomicU32,
 }
 
-impl DigestSession {
-    pub fn new(challenge: Challenge) -> DigestSession {
-        DigestSession {
+impl DigestAnswer {
+    pub fn new(challenge: Challenge) -> DigestAnswer {
+        DigestAnswer {
             challenge,
             count: AtomicU32::new(0),
         }
@@ -434,10 +434,10 @@ mod tests {
     #[test]
     fn the_authorization_carries_a_rising_count_and_never_the_password() {
         let c = usable(&headers(&[&RFC7616.replace("ALG", "SHA-256-sess")]));
-        let session = DigestSession::new(c);
+        let answer = DigestAnswer::new(c);
         let password = SecretString::from("Circle of Life");
-        let first = session.authorization("Mufasa", &password, "PUT", "/a%20b/c.vcf?x=1");
-        let second = session.authorization("Mufasa", &password, "PUT", "/a%20b/c.vcf?x=1");
+        let first = answer.authorization("Mufasa", &password, "PUT", "/a%20b/c.vcf?x=1");
+        let second = answer.authorization("Mufasa", &password, "PUT", "/a%20b/c.vcf?x=1");
         let (first, second) = (first.expose_secret(), second.expose_secret());
         assert!(first.starts_with("Digest username=\"Mufasa\", realm=\"http-auth@example.org\", uri=\"/a%20b/c.vcf?x=1\", algorithm=SHA-256-sess"), "{first}");
         assert!(first.contains("nc=00000001") && second.contains("nc=00000002"));
@@ -466,8 +466,8 @@ mod tests {
     fn a_server_without_qop_gets_the_rfc_2069_answer() {
         let c = usable(&headers(&[r#"Digest realm="r", nonce="n""#]));
         assert!(!c.qop_auth);
-        let session = DigestSession::new(c.clone());
-        let a = session.authorization("u", &SecretString::from("p"), "GET", "/");
+        let answer = DigestAnswer::new(c.clone());
+        let a = answer.authorization("u", &SecretString::from("p"), "GET", "/");
         assert!(!a.expose_secret().contains("qop"));
         let ha1 = Algorithm::Md5.hash("u:r:p");
         let ha2 = Algorithm::Md5.hash("GET:/");
