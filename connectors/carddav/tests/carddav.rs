@@ -207,6 +207,12 @@ async fn token_resumes_and_bad_token_falls_back(flavor: Flavor) {
     assert_eq!(first.listing, Listing::Full);
     assert_eq!(first.records.len(), 2);
     let cursor = first.cursor.unwrap();
+    // The server lists sync-collection: the cursor is its token, not a list of ETags.
+    assert!(
+        !cursor.0.contains("etags") && !cursor.0.contains(r#""token":"""#),
+        "{}",
+        cursor.0
+    );
     // Nothing changed: an empty change set.
     let same = c.read(EntityKind::Contact, Some(&cursor)).await.unwrap();
     assert_eq!((same.listing, same.records.len()), (Listing::Changes, 0));
