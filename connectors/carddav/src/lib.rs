@@ -1,16 +1,21 @@
 //! Tandem connector for CardDAV address books (`type = "carddav"`): contacts as vCards.
 //!
 //! Settings: `url` (the address book collection, `https://` or `http://`), `username`
-//! and `password` (HTTP basic auth) or `token` (a bearer token), `max_concurrent_writes`
-//! (default 4), and the keys every HTTP connector shares (`ca_file`, `connect_timeout`,
-//! `timeout` default 120 s, `retry`, `max_requests_per_second`; see
-//! [`tandem_connector::http`]). Only [`EntityKind::Contact`].
+//! and `password` (HTTP basic auth, or HTTP Digest when the server asks for it) or
+//! `token` (a bearer token), `max_concurrent_writes` (default 8), and the keys every
+//! HTTP connector shares (`ca_file`, `connect_timeout`, `timeout` default 120 s,
+//! `retry`, `max_requests_per_second`; see [`tandem_connector::http`]). Only
+//! [`EntityKind::Contact`].
 //!
 //! **Reads** use RFC 6578 `sync-collection` with the stored sync token as the cursor: no
 //! cursor (or a token the server rejects, 403 or 412) is a full listing
 //! ([`Listing::Full`]); otherwise the changes since the token, deleted cards as
-//! tombstones. Changed cards are fetched with `addressbook-multiget` in batches of
-//! [`MULTIGET_BATCH`]. One read returns one page.
+//! tombstones. A server without `sync-collection` (its `supported-report-set` does not
+//! list it, it answers the report with 403 `supported-report` or 501, or without a sync
+//! token) is listed with `PROPFIND` Depth 1 instead, and its changes are the members
+//! whose ETag differs from the one the cursor keeps (see `read.rs`). Cards are fetched
+//! with `addressbook-multiget` in batches of [`MULTIGET_BATCH`]. One read returns one
+//! page.
 //!
 //! **Contact group cards** (`KIND:group`, `X-ADDRESSBOOKSERVER-KIND:group`) are no
 //! contacts: reads pass over them (counted in [`CarddavConnector::groups_skipped`]),
@@ -33,12 +38,14 @@
 
 mod dav;
 pub mod mapping;
+mod read;
 mod settings;
 #[cfg(feature = "testsupport")]
 pub mod testsupport;
 pub mod vcard;
 mod write;
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -49,12 +56,14 @@ use tandem_connector::{
 };
 use tandem_model::{EntityKind, Record};
 
-use crate::dav::{Dav, Fetched, SyncError};
+use crate::dav::{Dav, Fetched};
 use crate::settings::Settings;
 use crate::vcard::Card;
 
-/// Cards per `addressbook-multiget`.
-pub const MULTIGET_BATCH: usize = 100;
+/// Cards per `addressbook-multiget`: a full listing of 2,000 cards on Radicale takes
+/// about 1.7 s in batches of 50, 1.3 s of 100 and 0.95 s of 250, and no less in larger
+/// ones (docs/BENCHMARKS.md), which cost more when one is retried or split.
+pub const MULTIGET_BATCH: usize = 250;
 /// Ops per `write` call.
 pub const MAX_BATCH: usize = 50;
 
@@ -79,7 +88,8 @@ impl ConnectorFactory for CarddavConnectorFactory {
 }
 
 /// What the cursor holds: the sync token, the cards to fetch again (skipped last time),
-/// and whether the next read must be a full listing.
+/// whether the next read must be a full listing, and, on servers without
+/// `sync-collection`, a short hash of every member's ETag at the last read.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     token: String,
@@ -87,6 +97,17 @@ struct State {
     retry: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     rescan: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    etags: Option<BTreeMap<String, String>>,
+}
+
+/// How full listings are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// RFC 6578 `sync-collection`, whose token then reads the changes.
+    Sync,
+    /// `PROPFIND` Depth 1, on servers without `sync-collection`.
+    Propfind,
 }
 
 /// A CardDAV address book.
@@ -96,6 +117,8 @@ pub struct CarddavConnector {
     skipped: Mutex<Vec<(String, String)>>,
     groups: AtomicUsize,
     max_concurrent_writes: usize,
+    /// Learnt from the server at the first full listing.
+    mode: Mutex<Option<Mode>>,
 }
 
 impl CarddavConnector {
@@ -150,6 +173,7 @@ impl CarddavConnector {
             skipped: Mutex::new(Vec::new()),
             groups: AtomicUsize::new(0),
             max_concurrent_writes: s.max_concurrent_writes,
+            mode: Mutex::new(None),
         })
     }
 
@@ -197,79 +221,53 @@ impl Connector for CarddavConnector {
         cursor: Option<&Cursor>,
     ) -> Result<Page, ConnectorError> {
         Self::only_contacts(kind)?;
-        let state: Option<State> = cursor.and_then(|c| serde_json::from_str(&c.0).ok());
-        if cursor.is_some() && state.is_none() {
-            tracing::warn!(url = %self.dav.url, "unreadable cursor: reading a full listing");
-        }
-        let previous = state.filter(|s| !s.rescan && !s.token.is_empty());
-        let (sync, full, retry) = match &previous {
-            None => (self.sync(None).await?, true, Vec::new()),
-            Some(s) => match self.dav.sync(Some(&s.token)).await {
-                Ok(sync) => (sync, false, s.retry.clone()),
-                Err(SyncError::TokenRejected) => {
-                    tracing::info!(url = %self.dav.url, "sync token rejected: reading a full listing");
-                    (self.sync(None).await?, true, Vec::new())
-                }
-                Err(SyncError::Other(e)) => return Err(e),
-            },
-        };
+        let listed = self.listing(cursor).await?;
+        let removed: HashSet<&str> = listed.removed.iter().map(String::as_str).collect();
         let mut wanted: Vec<String> = Vec::new();
-        for id in sync.changed.iter().chain(&retry) {
-            if !wanted.contains(id) && !sync.removed.contains(id) {
+        let mut asked = HashSet::new();
+        for id in listed.changed.iter().chain(&listed.retry) {
+            if !removed.contains(id.as_str()) && asked.insert(id.as_str()) {
                 wanted.push(id.clone());
             }
         }
-        let mut records = Vec::new();
-        let mut skipped = Vec::new();
-        let mut groups = 0;
-        let mut seen = std::collections::HashSet::new();
-        for batch in wanted.chunks(MULTIGET_BATCH) {
-            for (id, fetched) in self.dav.multiget(batch).await? {
-                if !seen.insert(id.clone()) {
-                    continue;
-                }
-                match fetched {
-                    Fetched::Card { etag, data } => {
-                        match self.card_record(kind, &id, etag, &data) {
-                            Ok(Some(record)) => records.push(record),
-                            Ok(None) => groups += 1,
-                            Err(skip) => {
-                                skipped.push(skip);
-                                // Retried next read.
-                                seen.insert(id);
-                            }
-                        }
-                    }
-                    // Deleted between the listing and the fetch.
-                    Fetched::Missing if !full => records.push(Record::tombstone(kind, &id)),
-                    Fetched::Missing => {}
-                }
-            }
-        }
+        let full = listed.full;
+        let mut got = self.fetch_records(kind, &wanted, full).await?;
         if !full {
-            for id in &sync.removed {
-                if seen.insert(id.clone()) {
-                    records.push(Record::tombstone(kind, id));
+            for id in &listed.removed {
+                if got.seen.insert(id.clone()) {
+                    got.records.push(Record::tombstone(kind, id));
                 }
             }
         }
-        let retry: Vec<String> = skipped
+        let retry: Vec<String> = got
+            .skipped
             .iter()
             .filter_map(|(href, _)| href.rsplit('/').next().map(dav::decode))
             .collect();
-        let rescan = full && !skipped.is_empty();
-        *self.skipped.lock().expect("not poisoned") = skipped;
-        self.groups.store(groups, Ordering::Relaxed);
-        if groups > 0 {
-            tracing::info!(url = %self.dav.url, groups, "passed over contact group cards (no contacts)");
+        let rescan = full && !got.skipped.is_empty();
+        *self.skipped.lock().expect("not poisoned") = got.skipped;
+        self.groups.store(got.groups, Ordering::Relaxed);
+        if got.groups > 0 {
+            tracing::info!(url = %self.dav.url, groups = got.groups, "passed over contact group cards (no contacts)");
         }
+        let etags = listed.etags.map(|mut tags| {
+            // What was fetched is newer than the listing; a card gone meanwhile is gone.
+            for (id, etag) in got.etags {
+                match etag {
+                    Some(etag) => tags.insert(id, read::etag_tag(&etag)),
+                    None => tags.remove(&id),
+                };
+            }
+            tags
+        });
         let next = State {
-            token: sync.token,
+            token: listed.token,
             retry,
             rescan,
+            etags,
         };
         Ok(Page {
-            records,
+            records: got.records,
             listing: if full && !rescan {
                 Listing::Full
             } else {
@@ -290,7 +288,7 @@ impl Connector for CarddavConnector {
     ) -> Result<Vec<Record>, ConnectorError> {
         Self::only_contacts(kind)?;
         let mut wanted: Vec<String> = Vec::with_capacity(ids.len());
-        let mut asked = std::collections::HashSet::new();
+        let mut asked = HashSet::new();
         for id in ids {
             // A member name is one path segment; anything else is no card of this book.
             if !id.is_empty() && !id.contains('/') && asked.insert(*id) {
@@ -298,17 +296,15 @@ impl Connector for CarddavConnector {
             }
         }
         let mut records = Vec::with_capacity(wanted.len());
-        let mut seen = std::collections::HashSet::new();
-        for batch in wanted.chunks(MULTIGET_BATCH) {
-            for (id, fetched) in self.dav.multiget(batch).await? {
-                if !asked.contains(id.as_str()) || !seen.insert(id.clone()) {
-                    continue;
-                }
-                if let Fetched::Card { etag, data } = fetched
-                    && let Ok(Some(record)) = self.card_record(kind, &id, etag, &data)
-                {
-                    records.push(record);
-                }
+        let mut seen = HashSet::new();
+        for (id, fetched) in self.fetch(&wanted).await? {
+            if !asked.contains(id.as_str()) || !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Fetched::Card { etag, data } = fetched
+                && let Ok(Some(record)) = self.card_record(kind, &id, etag, &data)
+            {
+                records.push(record);
             }
         }
         Ok(records)
@@ -327,19 +323,6 @@ impl Connector for CarddavConnector {
             )));
         }
         Ok(self.write_all(ops).await)
-    }
-}
-
-impl CarddavConnector {
-    async fn sync(&self, token: Option<&str>) -> Result<dav::Sync, ConnectorError> {
-        match self.dav.sync(token).await {
-            Ok(s) => Ok(s),
-            Err(SyncError::TokenRejected) => Err(ConnectorError::fatal(format!(
-                "REPORT sync-collection {}: the server refused a full listing",
-                self.dav.url
-            ))),
-            Err(SyncError::Other(e)) => Err(e),
-        }
     }
 }
 

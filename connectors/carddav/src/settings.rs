@@ -6,9 +6,10 @@ use serde::Deserialize;
 use tandem_connector::http::{Auth, HttpSettings, SecretString};
 use tandem_connector::{BuildContext, ConnectorError, parse_settings};
 
-/// Writes in flight at once by default: enough to hide a slow server's latency, few
-/// enough not to crowd it (Radicale takes a lock per write anyway).
-pub const DEFAULT_CONCURRENT_WRITES: usize = 4;
+/// Writes in flight at once by default: enough to hide a slow server's latency and
+/// keep it busy while Tandem reads the card of the next update, few enough not to
+/// crowd it (Radicale takes a lock per write anyway). Measured in docs/BENCHMARKS.md.
+pub const DEFAULT_CONCURRENT_WRITES: usize = 8;
 
 /// A slow server may take a while to connect; a write to a large book takes long on
 /// Radicale (it scans the book for UID clashes), so a request may take two minutes.
@@ -77,5 +78,31 @@ impl Settings {
             http,
             max_concurrent_writes: own.max_concurrent_writes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(settings: serde_json::Value) -> Result<Settings, ConnectorError> {
+        let here = BuildContext {
+            base_dir: std::env::temp_dir(),
+        };
+        Settings::parse(settings, &here)
+    }
+
+    #[test]
+    fn eight_writes_at_once_by_default_and_the_bound_is_kept() {
+        let s = parse(serde_json::json!({"url": "https://x/"})).unwrap();
+        assert_eq!(s.max_concurrent_writes, 8);
+        let s = parse(serde_json::json!({"url": "https://x/", "max_concurrent_writes": 2}));
+        assert_eq!(s.unwrap().max_concurrent_writes, 2);
+    }
+
+    #[test]
+    fn a_user_and_password_are_one_auth_for_basic_and_digest() {
+        let s = parse(serde_json::json!({"url": "https://x/", "username": "u", "password": "p"}));
+        assert!(matches!(s.unwrap().auth, Auth::Basic { .. }));
     }
 }

@@ -1,10 +1,13 @@
 //! Real CardDAV servers per test (cargo feature `testsupport`).
 //!
 //! `scripts/carddav-env` installs Radicale and Xandikos into cached virtual environments
-//! and exports `TANDEM_RADICALE_BIN` and `TANDEM_XANDIKOS_BIN`; `scripts/test` runs it
-//! first. [`CardServer::radicale`] / [`CardServer::xandikos`] start a server on a free
-//! loopback port with a storage folder of its own, wait until it answers and create an
-//! empty address book; dropping the server kills the process.
+//! and SabreDAV from Debian's packages, and exports `TANDEM_RADICALE_BIN`,
+//! `TANDEM_XANDIKOS_BIN` and `TANDEM_SABREDAV_PHP`; `scripts/test` runs it first.
+//! [`CardServer::radicale`] / [`CardServer::xandikos`] / [`CardServer::sabredav`] start a
+//! server on a free loopback port with a storage folder of its own and wait until it
+//! answers; [`CardServer::new_book`] creates an empty address book; dropping the server
+//! kills the process. SabreDAV runs `tests/servers/sabredav/server.php` under `php -S`,
+//! with a SQLite database made fresh for the server and HTTP Digest auth.
 //!
 //! [`CardServer::radicale_tls`] serves Radicale over HTTPS with a certificate from a
 //! private CA made for the test ([`CardServer::ca_file`]).
@@ -13,11 +16,13 @@
 //! when `CI` is set: a CI run must never pass by skipping.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_connector::http::testing::{TestCa, TlsFiles};
+use tandem_connector::http::{Auth, HttpClient, HttpSettings, Request, SecretString};
 
 pub const USER: &str = "tandem";
 pub const PASSWORD: &str = "tandem-test-pw";
@@ -29,6 +34,14 @@ pub enum Flavor {
     Radicale,
     /// Xandikos, without auth (it has password auth only with its own TLS).
     Xandikos,
+    /// SabreDAV 1.8 (no `sync-collection`) with HTTP Digest auth: user [`USER`],
+    /// password [`PASSWORD`].
+    Sabredav,
+}
+
+/// The PHP script that serves SabreDAV.
+fn sabredav_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/servers/sabredav/server.php")
 }
 
 /// A running CardDAV server with one empty address book.
@@ -50,6 +63,10 @@ impl CardServer {
         Self::start(Flavor::Xandikos)
     }
 
+    pub fn sabredav() -> Option<CardServer> {
+        Self::start(Flavor::Sabredav)
+    }
+
     /// Radicale over HTTPS, its certificate issued by a CA of the test's own.
     pub fn radicale_tls() -> Option<CardServer> {
         Self::start_with(Flavor::Radicale, true)
@@ -68,6 +85,7 @@ impl CardServer {
         let var = match flavor {
             Flavor::Radicale => "TANDEM_RADICALE_BIN",
             Flavor::Xandikos => "TANDEM_XANDIKOS_BIN",
+            Flavor::Sabredav => "TANDEM_SABREDAV_PHP",
         };
         let Some(bin) = std::env::var_os(var) else {
             let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
@@ -110,6 +128,16 @@ impl CardServer {
             std::fs::File::create(dir.path().join("server.log")).map_err(|e| e.to_string())?;
         let mut cmd = match flavor {
             Flavor::Radicale => radicale_command(&bin, dir.path(), port, tls.as_ref())?,
+            Flavor::Sabredav => {
+                let mut c = Command::new(&bin);
+                c.args(["-S", &format!("127.0.0.1:{port}")])
+                    .arg(sabredav_script())
+                    .current_dir(&storage)
+                    .env("TANDEM_SABREDAV_DB", storage.join("sabredav.sqlite"))
+                    .env("TANDEM_SABREDAV_USER", USER)
+                    .env("TANDEM_SABREDAV_PASSWORD", PASSWORD);
+                c
+            }
             Flavor::Xandikos => {
                 let mut c = Command::new(bin.join("xandikos"));
                 c.args(["serve", "-d"]).arg(&storage).args([
@@ -158,8 +186,14 @@ impl CardServer {
         format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
+    /// The folder the server stores its data in (Radicale: `collection-root/<user>/<book>/`
+    /// holds one `.vcf` file per card, which a benchmark may write directly).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
     /// The CA certificate a TLS server's certificate comes from.
-    pub fn ca_file(&self) -> Option<&std::path::Path> {
+    pub fn ca_file(&self) -> Option<&Path> {
         self.tls.as_ref().map(|f| f.ca.as_path())
     }
 
@@ -169,17 +203,33 @@ impl CardServer {
         let url = match self.flavor {
             Flavor::Radicale => format!("{}{USER}/{name}/", self.base()),
             Flavor::Xandikos => format!("{}user/contacts/{name}/", self.base()),
+            Flavor::Sabredav => format!("{}addressbooks/{USER}/{name}/", self.base()),
         };
         let body = r#"<?xml version="1.0" encoding="utf-8"?><d:mkcol xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:set><d:prop><d:resourcetype><d:collection/><card:addressbook/></d:resourcetype></d:prop></d:set></d:mkcol>"#;
-        let resp = self
-            .http(reqwest::Method::from_bytes(b"MKCOL").expect("method"), &url)
-            .header("Content-Type", "application/xml; charset=utf-8")
-            .body(body)
-            .send()
-            .await
-            .expect("MKCOL");
-        assert_eq!(resp.status().as_u16(), 201, "MKCOL {url}: {}", self.log());
+        let headers = [("Content-Type", "application/xml; charset=utf-8")];
+        let reply = self.raw().send("MKCOL", &url, &headers, Some(body)).await;
+        assert_eq!(reply.status, 201, "MKCOL {url}: {}", self.log());
         url
+    }
+
+    /// Requests behind the connector's back, with this server's credentials (HTTP
+    /// Digest where the server asks for it) and its CA.
+    pub fn raw(&self) -> Raw {
+        let mut settings =
+            HttpSettings::with_timeouts(Duration::from_secs(10), Duration::from_secs(120));
+        settings.retry.attempts = 1;
+        settings.ca_file = self.ca_file().map(Path::to_path_buf);
+        let auth = match self.flavor {
+            Flavor::Radicale | Flavor::Sabredav => Auth::Basic {
+                user: USER.into(),
+                password: Some(SecretString::from(PASSWORD)),
+            },
+            Flavor::Xandikos => Auth::None,
+        };
+        let http = HttpClient::new("test", settings, auth).expect("a client");
+        Raw {
+            http: Arc::new(http),
+        }
     }
 
     /// A client that trusts this server (its CA, with TLS).
@@ -193,11 +243,12 @@ impl CardServer {
         client.build().expect("a client")
     }
 
-    /// A request with this server's credentials (and its CA, with TLS).
+    /// A request with this server's basic credentials (and its CA, with TLS); for
+    /// SabreDAV, which wants Digest, see [`CardServer::raw`].
     pub fn http(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         let req = self.client().request(method, url);
         match self.flavor {
-            Flavor::Radicale => req.basic_auth(USER, Some(PASSWORD)),
+            Flavor::Radicale | Flavor::Sabredav => req.basic_auth(USER, Some(PASSWORD)),
             Flavor::Xandikos => req,
         }
     }
@@ -206,7 +257,7 @@ impl CardServer {
     /// TLS).
     pub fn settings(&self, book: &str) -> serde_json::Value {
         let mut settings = match self.flavor {
-            Flavor::Radicale => {
+            Flavor::Radicale | Flavor::Sabredav => {
                 serde_json::json!({"url": book, "username": USER, "password": PASSWORD})
             }
             Flavor::Xandikos => serde_json::json!({ "url": book }),
@@ -223,10 +274,52 @@ impl CardServer {
     }
 }
 
+/// Requests to a [`CardServer`] that do not go through the connector.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    http: Arc<HttpClient>,
+}
+
+/// What a [`Raw`] request got.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub body: String,
+}
+
+impl Raw {
+    /// # Panics
+    /// When the server cannot be reached.
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&'static str, &str)],
+        body: Option<&str>,
+    ) -> RawReply {
+        let method =
+            tandem_connector::http::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = Request::new(method, url);
+        for (name, value) in headers {
+            request = request.header(name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body.to_owned());
+        }
+        let reply = self.http.send(&request).await.expect("the server answers");
+        RawReply {
+            status: reply.status.as_u16(),
+            etag: reply.header("etag").map(str::to_owned),
+            body: reply.text(),
+        }
+    }
+}
+
 /// Radicale with htpasswd auth (and TLS with `tls`), its files in `dir`.
 fn radicale_command(
-    bin: &std::path::Path,
-    dir: &std::path::Path,
+    bin: &Path,
+    dir: &Path,
     port: u16,
     tls: Option<&TlsFiles>,
 ) -> Result<Command, String> {

@@ -25,7 +25,8 @@ enum Put {
 
 impl CarddavConnector {
     /// Applies `ops`, up to `max_concurrent_writes` at once, outcomes in op order. Ops
-    /// on the same card run one after the other.
+    /// on the same card run one after the other. A slow write holds up no other: the
+    /// next op starts as soon as any write ends (outcomes are put in order after).
     pub(crate) async fn write_all(&self, ops: Vec<WriteOp>) -> Vec<WriteOutcome> {
         let mut ids = std::collections::HashSet::new();
         let distinct = ops.iter().filter_map(WriteOp::id).all(|id| ids.insert(id));
@@ -34,11 +35,14 @@ impl CarddavConnector {
         } else {
             1
         };
-        futures_util::stream::iter(ops)
-            .map(|op| self.write_one(op))
-            .buffered(at_once)
-            .collect()
-            .await
+        let mut done: Vec<(usize, WriteOutcome)> =
+            futures_util::stream::iter(ops.into_iter().enumerate())
+                .map(|(i, op)| async move { (i, self.write_one(op).await) })
+                .buffer_unordered(at_once)
+                .collect()
+                .await;
+        done.sort_unstable_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, outcome)| outcome).collect()
     }
 
     async fn write_one(&self, op: WriteOp) -> WriteOutcome {

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use reqwest::Method;
+use tandem_connector::http::testing::FaultProxy;
 use tandem_connector::testkit::{Options, UnknownField, check_conformance};
 use tandem_connector::{
     BuildContext, Connector, ConnectorError, ConnectorFactory, Listing, WriteOp,
 };
-use tandem_connector_carddav::testsupport::{CardServer, Flavor, PASSWORD, USER};
+use tandem_connector_carddav::testsupport::{CardServer, Flavor, Raw};
 use tandem_connector_carddav::vcard::Card;
 use tandem_connector_carddav::{CarddavConnector, CarddavConnectorFactory};
 use tandem_model::{EntityKind, Fields, Value, field};
@@ -28,59 +29,34 @@ fn build(server: &CardServer, book: &str) -> Arc<dyn Connector> {
 /// Adds properties Tandem does not map to a card behind the connector's back.
 struct Foreign {
     book: String,
-    auth: bool,
-    client: reqwest::Client,
-}
-
-impl Foreign {
-    fn req(&self, method: Method, id: &str) -> reqwest::RequestBuilder {
-        let r = self.client.request(method, format!("{}{id}", self.book));
-        if self.auth {
-            r.basic_auth(USER, Some(PASSWORD))
-        } else {
-            r
-        }
-    }
+    raw: Raw,
 }
 
 #[async_trait::async_trait]
 impl UnknownField for Foreign {
     async fn inject(&self, _kind: EntityKind, id: &str) -> Result<(), String> {
-        let resp = self
-            .req(Method::GET, id)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
-        let text = resp.text().await.map_err(|e| e.to_string())?;
-        let text = text.replace(
+        let url = format!("{}{id}", self.book);
+        let got = self.raw.send("GET", &url, &[], None).await;
+        let etag = got.etag.ok_or("no ETag")?;
+        let text = got.body.replace(
             "END:VCARD",
             "NOTE:keep me\\, please\r\nX-OTHER-APP;X-P=1:other value\r\nitem9.TEL;TYPE=HOME:+1 555 0100\r\nEND:VCARD",
         );
-        let resp = self
-            .req(Method::PUT, id)
-            .header("If-Match", etag)
-            .header("Content-Type", "text/vcard; charset=utf-8")
-            .body(text)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if resp.status().is_success() {
+        let headers = [
+            ("If-Match", etag.as_str()),
+            ("Content-Type", "text/vcard; charset=utf-8"),
+        ];
+        let put = self.raw.send("PUT", &url, &headers, Some(&text)).await;
+        if (200..300).contains(&put.status) {
             Ok(())
         } else {
-            Err(format!("PUT: {}", resp.status()))
+            Err(format!("PUT: {}", put.status))
         }
     }
 
     async fn verify(&self, _kind: EntityKind, id: &str) -> Result<(), String> {
-        let text = self
-            .req(Method::GET, id)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let url = format!("{}{id}", self.book);
+        let text = self.raw.send("GET", &url, &[], None).await.body;
         let card = Card::parse(&text)?;
         let note = card.first("NOTE").map(|p| p.text());
         let other = card.first("X-OTHER-APP");
@@ -107,15 +83,13 @@ async fn conformance(flavor: Flavor) {
 
 /// The conformance kit on `server`: over HTTPS when it serves TLS.
 async fn conformance_on(server: CardServer) {
-    let flavor = server.flavor;
     let book = server.new_book("conformance").await;
     let connector = build(&server, &book);
     let options = Options {
         max_batch: 10,
         unknown_field: Some(Box::new(Foreign {
             book: book.clone(),
-            auth: flavor == Flavor::Radicale,
-            client: server.client(),
+            raw: server.raw(),
         })),
         ..Options::default()
     };
@@ -144,6 +118,13 @@ async fn conformance_over_https_on_radicale() {
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_on_xandikos() {
     conformance(Flavor::Xandikos).await;
+}
+
+/// SabreDAV 1.8: no `sync-collection` (full listings by PROPFIND and multiget), a
+/// multiget that fails whole for one missing card, and HTTP Digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_on_sabredav() {
+    conformance(Flavor::Sabredav).await;
 }
 
 async fn create(c: &dyn Connector, fields: Fields) -> (String, String) {
@@ -209,6 +190,11 @@ async fn conflicts_on_xandikos() {
     stale_version_and_412_are_conflicts(Flavor::Xandikos).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicts_on_sabredav() {
+    stale_version_and_412_are_conflicts(Flavor::Sabredav).await;
+}
+
 async fn token_resumes_and_bad_token_falls_back(flavor: Flavor) {
     let Some(server) = CardServer::start(flavor) else {
         return;
@@ -221,6 +207,12 @@ async fn token_resumes_and_bad_token_falls_back(flavor: Flavor) {
     assert_eq!(first.listing, Listing::Full);
     assert_eq!(first.records.len(), 2);
     let cursor = first.cursor.unwrap();
+    // The server lists sync-collection: the cursor is its token, not a list of ETags.
+    assert!(
+        !cursor.0.contains("etags") && !cursor.0.contains(r#""token":"""#),
+        "{}",
+        cursor.0
+    );
     // Nothing changed: an empty change set.
     let same = c.read(EntityKind::Contact, Some(&cursor)).await.unwrap();
     assert_eq!((same.listing, same.records.len()), (Listing::Changes, 0));
@@ -340,6 +332,132 @@ async fn read_ids_on_xandikos() {
     read_ids_multigets_in_batches(Flavor::Xandikos).await;
 }
 
+/// SabreDAV fails a whole multiget with 404 when one card is missing: the cards its
+/// listing holds are asked for again.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_ids_on_sabredav_leave_out_missing_cards() {
+    read_ids_multigets_in_batches(Flavor::Sabredav).await;
+}
+
+/// A SabreDAV book behind a proxy that counts (and may fail) requests.
+async fn sabredav_behind_a_proxy(
+    name: &str,
+) -> Option<(CardServer, FaultProxy, String, CarddavConnector)> {
+    let server = CardServer::sabredav()?;
+    let book = server.new_book(name).await;
+    let proxy = FaultProxy::start(server.port);
+    let via_proxy = book.replace(&server.base(), &proxy.url());
+    let c = CarddavConnector::from_settings(server.settings(&via_proxy)).unwrap();
+    Some((server, proxy, book, c))
+}
+
+fn reports(proxy: &FaultProxy) -> usize {
+    proxy
+        .request_lines()
+        .iter()
+        .filter(|l| l.starts_with("REPORT"))
+        .count()
+}
+
+fn ids(page: &tandem_connector::Page) -> Vec<String> {
+    let mut ids: Vec<String> = page.records.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// SabreDAV 1.8 lists no `sync-collection` among its supported reports: the first read
+/// is a full listing (PROPFIND Depth 1, then multiget), and later ones compare ETags:
+/// only new and changed cards are fetched, a card deleted behind the connector's back
+/// is a tombstone, and no sync REPORT is ever tried.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_sync_collection_changes_come_from_comparing_etags() {
+    let Some((server, proxy, book, c)) = sabredav_behind_a_proxy("nosync").await else {
+        return;
+    };
+    let (a, va) = create(&c, Fields::new().with(field::NAME, "A")).await;
+    let (b, _) = create(&c, Fields::new().with(field::NAME, "B")).await;
+    let first = c.read(EntityKind::Contact, None).await.unwrap();
+    assert_eq!(first.listing, Listing::Full);
+    assert_eq!(reports(&proxy), 1, "{:?}", proxy.request_lines());
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(ids(&first), want);
+
+    let gone = server
+        .raw()
+        .send("DELETE", &format!("{book}{b}"), &[], None)
+        .await;
+    assert_eq!(gone.status, 204);
+    let (new, _) = create(&c, Fields::new().with(field::NAME, "C")).await;
+    let update = WriteOp::Update {
+        id: a.clone(),
+        version: Some(va),
+        changes: [(field::CITY.into(), Value::text("Gent"))]
+            .into_iter()
+            .collect(),
+    };
+    c.write(EntityKind::Contact, vec![update]).await.unwrap()[0]
+        .clone()
+        .unwrap();
+    let next = c
+        .read(EntityKind::Contact, first.cursor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(next.listing, Listing::Changes);
+    let mut got: Vec<(String, bool)> = next
+        .records
+        .iter()
+        .map(|r| (r.id.clone(), r.deleted))
+        .collect();
+    got.sort();
+    let mut want = vec![(a.clone(), false), (b, true), (new, false)];
+    want.sort();
+    assert_eq!(got, want);
+    let city = next.records.iter().find(|r| r.id == a).unwrap();
+    assert_eq!(city.fields.text(field::CITY), Some("Gent"));
+    // Nothing changed since: an empty change set, and no multiget at all.
+    let before = reports(&proxy);
+    let quiet = c
+        .read(EntityKind::Contact, next.cursor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!((quiet.listing, quiet.records.len()), (Listing::Changes, 0));
+    assert_eq!(reports(&proxy), before, "{:?}", proxy.request_lines());
+    // One multiget per read with changes: the report set was asked once, sync never.
+    assert_eq!(before, 2, "{:?}", proxy.request_lines());
+}
+
+/// A server that does not list its reports and answers `sync-collection` with 403
+/// `supported-report` (SabreDAV, its report set hidden by the proxy): a full listing
+/// by PROPFIND, not an authentication error; later reads compare ETags.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_not_supported_answer_falls_back_to_propfind_not_to_an_auth_error() {
+    let Some((_server, proxy, _book, c)) = sabredav_behind_a_proxy("refused").await else {
+        return;
+    };
+    let (a, _) = create(&c, Fields::new().with(field::NAME, "A")).await;
+    proxy.inject(
+        "supported-report-set",
+        tandem_connector::http::testing::Fault::Status {
+            status: 400,
+            retry_after: None,
+        },
+        1,
+    );
+    let page = c.read(EntityKind::Contact, None).await.unwrap();
+    assert_eq!((page.listing, ids(&page)), (Listing::Full, vec![a.clone()]));
+    // The refused sync-collection, then the multiget.
+    assert_eq!(reports(&proxy), 2, "{:?}", proxy.request_lines());
+    let (b, _) = create(&c, Fields::new().with(field::NAME, "B")).await;
+    let again = c
+        .read(EntityKind::Contact, page.cursor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!((again.listing, ids(&again)), (Listing::Changes, vec![b]));
+    assert_eq!(reports(&proxy), 3, "{:?}", proxy.request_lines());
+    assert!(!a.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_on_radicale() {
     token_resumes_and_bad_token_falls_back(Flavor::Radicale).await;
@@ -413,4 +531,42 @@ async fn an_unparseable_card_is_skipped_with_its_href_and_retried() {
             .iter()
             .any(|r| r.id == "bad-1.vcf" && r.fields.text(field::NAME) == Some("Fixed"))
     );
+}
+
+/// Without `sync-collection`, a book whose every card vanished since the cursor is not
+/// a list of tombstones but an empty full listing, so the engine's delete guard weighs
+/// it (R16); a book that lost some cards gives their tombstones.
+#[tokio::test(flavor = "multi_thread")]
+async fn r16_a_book_emptied_at_once_is_a_full_listing_not_tombstones() {
+    let Some((server, _proxy, book, c)) = sabredav_behind_a_proxy("emptied").await else {
+        return;
+    };
+    let (a, _) = create(&c, Fields::new().with(field::NAME, "A")).await;
+    let (b, _) = create(&c, Fields::new().with(field::NAME, "B")).await;
+    let first = c.read(EntityKind::Contact, None).await.unwrap();
+    let raw = server.raw();
+    assert_eq!(
+        raw.send("DELETE", &format!("{book}{a}"), &[], None)
+            .await
+            .status,
+        204
+    );
+    let some = c
+        .read(EntityKind::Contact, first.cursor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(some.listing, Listing::Changes);
+    assert_eq!(ids(&some), vec![a.clone()]);
+    assert!(some.records[0].deleted);
+    assert_eq!(
+        raw.send("DELETE", &format!("{book}{b}"), &[], None)
+            .await
+            .status,
+        204
+    );
+    let all = c
+        .read(EntityKind::Contact, some.cursor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!((all.listing, all.records.len()), (Listing::Full, 0));
 }

@@ -95,8 +95,7 @@ async fn a_bearer_token_is_sent_and_a_refused_one_names_token() {
 /// A proxy in front of Radicale and a connector that goes through it.
 async fn behind_a_proxy(server: &CardServer, book: &str) -> (FaultProxy, CarddavConnector) {
     let proxy = FaultProxy::start(server.port);
-    let mut settings = server.settings(&book.replace(&server.base(), &proxy.url()));
-    settings["max_concurrent_writes"] = json!(4);
+    let settings = server.settings(&book.replace(&server.base(), &proxy.url()));
     (proxy, connector(settings))
 }
 
@@ -202,15 +201,17 @@ async fn rate_limits_and_failing_servers_are_waited_out() {
     assert!(e.to_string().contains("after 4 tries"), "{e}");
 }
 
+/// Eight writes at once by default: sixteen creates whose replies each take a second
+/// take two rounds, not sixteen (nor four, at the old bound of four).
 #[tokio::test(flavor = "multi_thread")]
-async fn writes_run_concurrently_up_to_the_bound() {
+async fn eight_writes_run_at_once_by_default() {
     let Some(server) = CardServer::radicale() else {
         return;
     };
     let book = server.new_book("concurrent").await;
     let (proxy, c) = behind_a_proxy(&server, &book).await;
-    proxy.inject("PUT ", Fault::Delay(Duration::from_millis(500)), 8);
-    let ops = (0..8)
+    proxy.inject("PUT ", Fault::Delay(Duration::from_secs(1)), 16);
+    let ops = (0..16)
         .map(|i| WriteOp::Create {
             fields: Fields::new().with(field::NAME, format!("Card {i}")),
         })
@@ -219,11 +220,36 @@ async fn writes_run_concurrently_up_to_the_bound() {
     let out = c.write(EntityKind::Contact, ops).await.unwrap();
     let took = started.elapsed();
     assert!(out.iter().all(Result::is_ok), "{out:?}");
-    // Four at a time: two rounds of half a second, not eight.
-    assert!(took >= Duration::from_millis(1000), "{took:?}");
-    assert!(took < Duration::from_millis(3000), "{took:?}");
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_millis(3900), "{took:?}");
     let page = c.read(EntityKind::Contact, None).await.unwrap();
-    assert_eq!(page.records.len(), 8);
+    assert_eq!(page.records.len(), 16);
+}
+
+/// `max_concurrent_writes` bounds the writes in flight: at 2, four slow creates take
+/// two rounds.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_run_concurrently_up_to_the_bound() {
+    let Some(server) = CardServer::radicale() else {
+        return;
+    };
+    let book = server.new_book("bounded").await;
+    let proxy = FaultProxy::start(server.port);
+    let mut settings = server.settings(&book.replace(&server.base(), &proxy.url()));
+    settings["max_concurrent_writes"] = json!(2);
+    let c = connector(settings);
+    proxy.inject("PUT ", Fault::Delay(Duration::from_millis(700)), 4);
+    let ops = (0..4)
+        .map(|i| WriteOp::Create {
+            fields: Fields::new().with(field::NAME, format!("Card {i}")),
+        })
+        .collect();
+    let started = Instant::now();
+    let out = c.write(EntityKind::Contact, ops).await.unwrap();
+    let took = started.elapsed();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert!(took < Duration::from_millis(2700), "{took:?}");
 }
 
 /// Every operation against a server that echoes every request back, under every
@@ -294,4 +320,31 @@ async fn every_operation(c: &CarddavConnector) -> String {
     );
     note(Ok(format!("{:?}", c.skipped())));
     out
+}
+
+/// SabreDAV wants HTTP Digest: the connector answers the challenge (the conformance
+/// kit runs on it), and a wrong password is an auth error that names the settings,
+/// says Digest, and shows no password.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_on_a_digest_server_names_username_and_password() {
+    let Some(server) = CardServer::sabredav() else {
+        return;
+    };
+    let book = server.new_book("digest").await;
+    let right = connector(server.settings(&book));
+    right.check().await.unwrap();
+    create(&right, "Digest").await.unwrap();
+    let mut settings = server.settings(&book);
+    settings["password"] = json!("not-the-password");
+    let wrong = connector(settings);
+    for e in [
+        wrong.check().await.unwrap_err(),
+        wrong.read(EntityKind::Contact, None).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, ConnectorError::Auth { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("check `username` and `password`"), "{text}");
+        assert!(text.contains("Digest"), "{text}");
+        assert!(!text.contains("not-the-password"), "{text}");
+    }
 }

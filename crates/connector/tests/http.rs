@@ -340,3 +340,180 @@ async fn https_trusts_the_ca_file_and_names_it_when_the_certificate_is_not_trust
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server that wants HTTP Digest (SHA-256, qop=auth) for user `sales`: it checks each
+/// answer against `password` and the nonce it issued last, and records the
+/// `Authorization` of every request.
+struct DigestServer {
+    port: u16,
+    nonce: Arc<std::sync::Mutex<String>>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl DigestServer {
+    fn start(password: &'static str) -> DigestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let nonce = Arc::new(std::sync::Mutex::new("nonce-1".to_owned()));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (n, s) = (nonce.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut request_line, mut auth, mut line) =
+                    (String::new(), String::new(), String::new());
+                let mut length = 0;
+                reader.read_line(&mut request_line).unwrap();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(v) = line.strip_prefix("authorization: ") {
+                        auth = v.trim().to_owned();
+                    }
+                    if let Some(v) = line.strip_prefix("content-length: ") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                // Read whole, so that closing the connection resets nothing.
+                std::io::Read::read_exact(&mut reader, &mut vec![0; length]).unwrap();
+                s.lock().unwrap().push(auth.clone());
+                let current = n.lock().unwrap().clone();
+                let reply = match digest_check(&request_line, &auth, &current, password) {
+                    Ok(()) => "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+                        .to_owned(),
+                    Err(stale) => format!(
+                        "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nWWW-Authenticate: Basic realm=\"tandem-test\"\r\n\
+                         WWW-Authenticate: Digest realm=\"tandem-test\", qop=\"auth\", algorithm=SHA-256, \
+                         nonce=\"{current}\", opaque=\"opaque-1\"{}\r\nContent-Length: 0\r\n\r\n",
+                        if stale { ", stale=true" } else { "" }
+                    ),
+                };
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        DigestServer { port, nonce, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/book/a%20b.vcf?x=1", self.port)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn sha256(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `Ok` for a right answer; `Err(stale)` otherwise (`stale`: right but an old nonce).
+fn digest_check(request_line: &str, auth: &str, nonce: &str, password: &str) -> Result<(), bool> {
+    let Some(params) = auth.strip_prefix("Digest ") else {
+        return Err(false);
+    };
+    let get = |name: &str| {
+        params.split(", ").find_map(|p| {
+            p.strip_prefix(&format!("{name}="))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+    };
+    let mut parts = request_line.split(' ');
+    let (method, target) = (parts.next().unwrap(), parts.next().unwrap());
+    let (Some(uri), Some(nc), Some(cnonce), Some(sent_nonce), Some(response)) = (
+        get("uri"),
+        get("nc"),
+        get("cnonce"),
+        get("nonce"),
+        get("response"),
+    ) else {
+        return Err(false);
+    };
+    if uri != target || get("username").as_deref() != Some("sales") {
+        return Err(false);
+    }
+    let ha1 = sha256(&format!("sales:tandem-test:{password}"));
+    let ha2 = sha256(&format!("{method}:{uri}"));
+    let want = sha256(&format!("{ha1}:{sent_nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    match (response == want, sent_nonce == nonce) {
+        (true, true) => Ok(()),
+        (true, false) => Err(true),
+        (false, _) => Err(false),
+    }
+}
+
+fn password_client(password: &str) -> HttpClient {
+    let auth = Auth::Basic {
+        user: "sales".into(),
+        password: Some(SecretString::from(password.to_owned())),
+    };
+    HttpClient::new("Test", settings(), auth).unwrap()
+}
+
+#[tokio::test]
+async fn a_digest_challenge_is_answered_and_later_requests_send_no_password() {
+    let server = DigestServer::start("digest pw");
+    let c = password_client("digest pw");
+    for method in [
+        Method::GET,
+        Method::PUT,
+        Method::from_bytes(b"REPORT").unwrap(),
+    ] {
+        let reply = c
+            .send(&Request::new(method, server.url()).body("x"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status.as_u16(), 200);
+    }
+    assert!(c.uses_digest());
+    let seen = server.seen();
+    // Basic once, answered by a challenge; Digest from then on, the count rising.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen[0].starts_with("Basic "), "{seen:?}");
+    for (i, auth) in seen[1..].iter().enumerate() {
+        assert!(auth.starts_with("Digest username=\"sales\""), "{auth}");
+        assert!(auth.contains("algorithm=SHA-256"), "{auth}");
+        assert!(auth.contains(&format!("nc={:08x}", i + 1)), "{auth}");
+        assert!(auth.contains("uri=\"/book/a%20b.vcf?x=1\""), "{auth}");
+        assert!(!auth.contains("digest pw"), "{auth}");
+    }
+}
+
+#[tokio::test]
+async fn a_stale_nonce_is_replaced_and_a_wrong_password_is_a_401_not_a_loop() {
+    let server = DigestServer::start("digest pw");
+    let c = password_client("digest pw");
+    c.send(&Request::new(Method::GET, server.url()))
+        .await
+        .unwrap();
+    *server.nonce.lock().unwrap() = "nonce-2".into();
+    let reply = c
+        .send(&Request::new(Method::GET, server.url()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status.as_u16(), 200);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen[3].contains("nonce=\"nonce-2\""), "{seen:?}");
+
+    let wrong = password_client("not the pw");
+    let reply = wrong
+        .send(&Request::new(Method::GET, server.url()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status.as_u16(), 401);
+    // Basic, then one Digest answer: no third try.
+    assert_eq!(server.seen().len(), 6);
+    // A bearer token or no credentials never answer a challenge.
+    let anonymous = client(settings());
+    let reply = anonymous
+        .send(&Request::new(Method::GET, server.url()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status.as_u16(), 401);
+    assert_eq!(server.seen().len(), 7);
+    assert!(!anonymous.uses_digest());
+}

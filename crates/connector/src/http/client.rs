@@ -4,6 +4,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::Retryable as _;
@@ -12,6 +13,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::digest::{self, DigestAnswer, Offer};
 use super::retry::{self, Failure};
 use super::{HttpError, HttpSettings, Redactor, tls};
 use crate::ConnectorError;
@@ -22,7 +24,9 @@ use crate::ConnectorError;
 pub enum Auth {
     #[default]
     None,
-    /// HTTP basic auth.
+    /// A user and password: sent as HTTP basic auth, until the server answers with a
+    /// Digest challenge (RFC 7616); from then on every request answers that challenge
+    /// instead, and the password itself is no longer sent.
     Basic {
         user: String,
         password: Option<SecretString>,
@@ -124,6 +128,8 @@ pub struct HttpClient {
     /// try once until one gets through, so a server that is down or hung costs one retry
     /// budget, not one per record.
     unreachable: AtomicBool,
+    /// The Digest challenge the server sent, answered by every later request.
+    digest: RwLock<Option<Arc<DigestAnswer>>>,
 }
 
 impl fmt::Debug for HttpClient {
@@ -169,6 +175,7 @@ impl HttpClient {
             settings,
             redactor,
             unreachable: AtomicBool::new(false),
+            digest: RwLock::new(None),
         })
     }
 
@@ -195,10 +202,57 @@ impl HttpClient {
         }
     }
 
+    /// Whether requests answer a Digest challenge (for messages on a 401).
+    pub fn uses_digest(&self) -> bool {
+        self.digest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Sends `request`, trying again as the retry settings allow. Any status comes back
     /// as a [`Reply`] except 408, 429 and 5xx, which are retried and, when they persist,
-    /// an [`HttpError::Status`].
+    /// an [`HttpError::Status`]. A 401 with a Digest challenge the client can answer
+    /// (a user and password, no `Authorization` of the request's own) is answered once.
     pub async fn send(&self, request: &Request) -> Result<Reply, HttpError> {
+        let reply = self.send_tries(request).await?;
+        if reply.status == StatusCode::UNAUTHORIZED && self.take_challenge(request, &reply) {
+            // The 401 says the server did not act on the request: sending it again is safe.
+            return self.send_tries(request).await;
+        }
+        Ok(reply)
+    }
+
+    /// Keeps the Digest challenge of a 401 for this and later requests; `false` when
+    /// there is none the client can answer.
+    fn take_challenge(&self, request: &Request, reply: &Reply) -> bool {
+        let Auth::Basic {
+            password: Some(_), ..
+        } = &self.auth
+        else {
+            return false;
+        };
+        if request.authorization.is_some() {
+            return false;
+        }
+        match digest::offer(&reply.headers) {
+            Offer::Usable(challenge) => {
+                tracing::debug!(label = self.label, algorithm = ?challenge.algorithm,
+                    stale = challenge.stale, "answering the server's Digest challenge");
+                *self.digest.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Arc::new(DigestAnswer::new(challenge)));
+                true
+            }
+            Offer::Unsupported(what) => {
+                tracing::warn!(label = self.label, url = %request.url,
+                    "the server asks for Digest authentication with {what}, which Tandem does not support");
+                false
+            }
+            Offer::None => false,
+        }
+    }
+
+    async fn send_tries(&self, request: &Request) -> Result<Reply, HttpError> {
         let started = Instant::now();
         let attempts = if self.unreachable.load(Ordering::Relaxed) {
             1
@@ -296,9 +350,22 @@ impl HttpClient {
                 value.set_sensitive(true);
                 b = b.header(AUTHORIZATION, value);
             }
-            (None, Auth::Basic { user, password }) => {
-                b = b.basic_auth(user, password.as_ref().map(|p| p.expose_secret()));
-            }
+            (None, Auth::Basic { user, password }) => match (self.digest_answer(), password) {
+                (Some(answer), Some(password)) => {
+                    let value = answer.authorization(
+                        user,
+                        password,
+                        request.method.as_str(),
+                        &request_target(&request.url),
+                    );
+                    let mut value = HeaderValue::from_str(value.expose_secret()).map_err(|_| {
+                        Failure::Invalid("a user name that cannot be sent in a header".into())
+                    })?;
+                    value.set_sensitive(true);
+                    b = b.header(AUTHORIZATION, value);
+                }
+                _ => b = b.basic_auth(user, password.as_ref().map(|p| p.expose_secret())),
+            },
             (None, Auth::Bearer(token)) => b = b.bearer_auth(token.expose_secret()),
             (None, Auth::None) => {}
         }
@@ -311,6 +378,13 @@ impl HttpClient {
             b = b.body(body.clone());
         }
         Ok(b)
+    }
+
+    fn digest_answer(&self) -> Option<Arc<DigestAnswer>> {
+        self.digest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn transport_failure(&self, e: &reqwest::Error) -> Failure {
@@ -370,6 +444,17 @@ impl HttpClient {
                 attempts,
             },
         }
+    }
+}
+
+/// The request target a Digest answer names: the URL's path and query.
+fn request_target(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        },
+        Err(_) => url.to_owned(),
     }
 }
 

@@ -13,12 +13,16 @@
 //!   not be sent twice ([`Request::once`]) is retried only when the server certainly did
 //!   not act on it: the connection was never made, or the answer was 429 or 503.
 //! - **A rate limit** (`max_requests_per_second`), shared by every request of the client.
+//! - **Authentication**: none, a bearer token, or a user and password sent as basic
+//!   auth, or as HTTP Digest (RFC 7616: MD5, SHA-256, `qop=auth`) once the server
+//!   answers with a Digest challenge.
 //! - **Secret-safe errors**: server text is shortened, and dropped when it repeats the
 //!   request; known secrets are masked wherever they appear ([`Redactor`]).
 //!
 //! The keys are read by [`HttpSettings::take_from`], the same for every HTTP connector.
 
 mod client;
+mod digest;
 mod error;
 mod redact;
 mod retry;
