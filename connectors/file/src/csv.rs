@@ -299,7 +299,13 @@ impl Table for CsvTable {
     }
 
     fn version(&self, row: usize) -> String {
-        version_of(self.layout.hash(self.row(row), &mut Vec::new()))
+        let row = self.row(row);
+        // Sized for the row at once (cells, names, two lengths each): a write asks
+        // twice, and growing the buffer cell by cell cost more than the hash.
+        let names = self.layout.headers.as_byte_record().as_slice().len();
+        let cells = row.as_byte_record().as_slice().len();
+        let mut buf = Vec::with_capacity(names + cells + 16 * row.len());
+        version_of(self.layout.hash(row, &mut buf))
     }
 
     fn stamps_modified_at(&self) -> bool {

@@ -144,7 +144,7 @@ pub(super) fn merge_hub<'p>(
         .iter()
         .flat_map(|p| relations.relations[p.relation].shared.iter())
         .collect();
-    let mut out = HubMerge::new(pairs.len());
+    let mut out = HubMerge::new(pairs.iter().map(|p| &relations.relations[p.relation]));
     for f in universe {
         view.merge_field(f, &mut out);
     }
@@ -177,11 +177,17 @@ struct HubMerge {
 }
 
 impl HubMerge {
-    fn new(pairs: usize) -> HubMerge {
+    /// For pairs of `relations`, in order.
+    fn new<'r>(relations: impl ExactSizeIterator<Item = &'r Relation>) -> HubMerge {
+        let pairs = relations.len();
         HubMerge {
             contact_changes: Vec::new(),
             account_changes: vec![Vec::new(); pairs],
-            baselines: vec![Fields::new(); pairs],
+            // A pair's baseline holds at most its relation's shared fields: sized once
+            // instead of grown field by field.
+            baselines: relations
+                .map(|r| Fields::with_capacity(r.shared.len()))
+                .collect(),
             from_account: vec![Vec::new(); pairs],
             conflicts: Vec::new(),
             closed: Vec::new(),
@@ -251,26 +257,33 @@ impl<'p> HubView<'p> {
         }
     }
 
-    /// What the contact stands for (see [`HubView::account_value`]); when it was not
-    /// read, the baseline of its first link.
-    fn contact_value(&self, involved: &[usize], name: &str) -> &'p Value {
+    /// What the contact holds; when it was not read, the baseline of its first link
+    /// (it did not change since it was synchronised). Looked up once per field: the
+    /// merge and the writes both need it.
+    fn contact_holds(&self, involved: &[usize], name: &str) -> &'p Value {
         match self.contact {
-            Some(c) => {
-                let value = c.fields.value(name);
-                let intended = |i: &&usize| {
-                    let intent = self.pairs[**i].link.and_then(|l| l.intent.as_ref());
-                    intent.and_then(|intent| intent.contact_before(name)) == Some(value)
-                };
-                involved
-                    .iter()
-                    .find(intended)
-                    .map_or(value, |&i| self.base(i, name))
-            }
+            Some(c) => c.fields.value(name),
             None => involved
                 .iter()
                 .find(|&&i| self.pairs[i].base.is_some())
                 .map_or(&Value::Null, |&i| self.base(i, name)),
         }
+    }
+
+    /// What the contact stands for, given what it `holds` (see
+    /// [`HubView::account_value`]).
+    fn contact_value(&self, involved: &[usize], name: &str, holds: &'p Value) -> &'p Value {
+        if self.contact.is_none() {
+            return holds;
+        }
+        let intended = |i: &&usize| {
+            let intent = self.pairs[**i].link.and_then(|l| l.intent.as_ref());
+            intent.and_then(|intent| intent.contact_before(name)) == Some(holds)
+        };
+        involved
+            .iter()
+            .find(intended)
+            .map_or(holds, |&i| self.base(i, name))
     }
 
     /// The contact's modification time (the `newest` policy).
@@ -287,7 +300,8 @@ impl<'p> HubView<'p> {
         let involved: Vec<usize> = (0..self.pairs.len())
             .filter(|&i| self.rel(i).shared.contains(f))
             .collect();
-        let contact_value = self.contact_value(&involved, name);
+        let contact_holds = self.contact_holds(&involved, name);
+        let contact_value = self.contact_value(&involved, name, contact_holds);
         let contact_owns = self.relations.contact_preserve.contains(f);
         let owner = involved
             .iter()
@@ -329,7 +343,7 @@ impl<'p> HubView<'p> {
                 value: decision.value.clone(),
             });
         }
-        self.record(f, &involved, &decision, contact_owns, out);
+        self.record(f, &involved, &decision, contact_owns, contact_holds, out);
     }
 
     /// A decision an operator took on an open conflict (`tandem conflicts resolve`).
@@ -557,14 +571,11 @@ impl<'p> HubView<'p> {
         involved: &[usize],
         decision: &Decision<'p>,
         contact_owns: bool,
+        contact_holds: &'p Value,
         out: &mut HubMerge,
     ) {
         let name = f.as_str();
         let value = decision.value;
-        let contact_holds = match self.contact {
-            Some(c) => c.fields.value(name),
-            None => self.contact_value(involved, name),
-        };
         if !contact_owns && !self.same_in_hub(involved, f, value, contact_holds) {
             out.contact_changes.push(FieldChange {
                 field: f.clone(),
@@ -633,9 +644,12 @@ impl<'p> HubView<'p> {
         out.contact_changes.shrink_to_fit();
         out.conflicts.shrink_to_fit();
         let contact_version = self.contact_version();
-        let pairs: Vec<PairPlan> = (0..self.pairs.len())
-            .filter_map(|i| self.pair_plan(i, &mut out, &contact_version))
-            .collect();
+        // Sized to the hub's pairs: collecting from `filter_map` would start at four
+        // pairs, three of them unused for most hubs of a big run.
+        let mut pairs: Vec<PairPlan> = Vec::with_capacity(self.pairs.len());
+        pairs.extend(
+            (0..self.pairs.len()).filter_map(|i| self.pair_plan(i, &mut out, &contact_version)),
+        );
         let hub =
             (!pairs.is_empty() || !out.contact_changes.is_empty() || !out.conflicts.is_empty())
                 .then(|| HubPlan {

@@ -765,6 +765,36 @@ fn r11_interaction_log_round_trips_oldest_first_with_a_limit() {
     assert!(state.interactions("nobody", 10).unwrap().is_empty());
 }
 
+/// A big batch is appended several entries per statement: every entry is kept, in
+/// order, with its own values.
+#[test]
+fn r11_a_big_batch_of_log_entries_keeps_each_in_order() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let entries: Vec<Interaction> = (0..150)
+        .map(|i| {
+            let mut entry = interaction("C1", &format!("action-{i}"), json!({"n": i}));
+            entry.account_id = (i % 3 != 0).then(|| format!("K{i}"));
+            entry
+        })
+        .collect();
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: entries.clone(),
+            ..StateBatch::default()
+        },
+    );
+    let all = state.interactions("C1", 1000).unwrap();
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    let expected: Vec<Interaction> = entries
+        .into_iter()
+        .zip(&all)
+        .map(|(entry, got)| stored(entry, got.id))
+        .collect();
+    assert_eq!(all, expected);
+}
+
 #[test]
 fn r15_at_most_one_open_conflict_per_pair_and_field() {
     let (_dir, path) = temp();
