@@ -4,6 +4,7 @@
 //! folder of contacts and an `erp` folder of accounts), runs the binary and checks the
 //! files it leaves behind. Tests are named after the rule they guard (`r7_...`).
 
+mod browser;
 mod support;
 
 mod business_rules;
@@ -23,6 +24,7 @@ mod operator;
 mod plugin;
 mod quickstart;
 mod rules;
+mod status_page;
 #[cfg(feature = "connector-tryton")]
 mod tryton;
 mod unchanged;

@@ -12,6 +12,7 @@ mod operator;
 mod output;
 #[cfg(feature = "plugins")]
 mod plugins;
+mod web;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -203,7 +204,16 @@ enum Command {
         id: Option<String>,
     },
     /// Show the last runs, parked pairs and creates, open conflicts and pending creates.
-    Status,
+    ///
+    /// With --serve, serves the status page (HTML, no JavaScript) on a loopback address
+    /// until stopped, reading the state beside any sync; its conflict buttons settle as
+    /// `tandem conflicts resolve` does.
+    Status {
+        /// Serve the status page at this loopback address (port 0: any free port; the
+        /// address is printed).
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<std::net::SocketAddr>,
+    },
     /// List the plugins: those the config names (`type = "plugin"`) and the libraries
     /// in the `plugins` folder next to it, with name, version, ABI, kinds and
     /// capabilities.
@@ -369,7 +379,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             };
             operator::retry(cli, &target)
         }
-        Command::Status => inspect::status(cli),
+        Command::Status { serve: None } => inspect::status(cli),
+        Command::Status { serve: Some(addr) } => web::standalone::serve(cli, *addr).await,
         #[cfg(feature = "plugins")]
         Command::Plugins => plugins::plugins(cli),
     }
