@@ -2,12 +2,11 @@
 //! button in headless Chromium, and the next sync writes the chosen value to both
 //! sides. Also what the page refuses, over plain HTTP.
 
-use std::io::{BufRead, BufReader};
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::Duration;
-
-use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::browser::Browser;
 use crate::support::{Deployment, cell, counts};
@@ -54,43 +53,90 @@ fn with_conflict() -> (Deployment, i64) {
     (d, id)
 }
 
-/// `tandem status --serve 127.0.0.1:0`, stopped when dropped.
-struct StatusPage {
+/// `tandem run` with its listener on a free loopback port, stopped when dropped.
+struct Service {
     child: Child,
-    _stdout: BufReader<ChildStdout>,
+    /// `http://127.0.0.1:PORT/`
     url: String,
 }
 
-impl StatusPage {
-    fn start(d: &Deployment) -> StatusPage {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .arg("--config")
-            .arg(d.path("tandem.toml"))
-            .args(["status", "--serve", "127.0.0.1:0"])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("Status page on ")
-            .unwrap_or_else(|| panic!("the address line, not {line:?}"))
-            .to_owned();
-        StatusPage {
-            child,
-            _stdout: stdout,
-            url,
+impl Service {
+    /// Starts the service with `service` (keys of `[service]`, `listen` added) and waits
+    /// until its listener answers.
+    fn start(d: &Deployment, service: &str) -> Service {
+        let config = d.read("tandem.toml");
+        let mut last = String::new();
+        // The port is free when picked; another process may take it before the service.
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            d.write(
+                "tandem.toml",
+                &format!("{config}\n[service]\nlisten = \"127.0.0.1:{port}\"\n{service}"),
+            );
+            let child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+                .arg("--config")
+                .arg(d.path("tandem.toml"))
+                .arg("run")
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut service = Service {
+                child,
+                url: format!("http://127.0.0.1:{port}/"),
+            };
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(status)) = service.child.try_wait() {
+                    let mut err = String::new();
+                    let _ = service
+                        .child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err);
+                    last = format!("tandem run exited ({status}): {err}");
+                    break;
+                }
+                if get(&format!("{}healthz", service.url)).is_some_and(|(s, _)| s == 200) {
+                    return service;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if last.is_empty() {
+                last = "the listener did not answer within 30 s".to_owned();
+            }
         }
+        panic!("tandem run did not start: {last}");
     }
 }
 
-impl Drop for StatusPage {
+impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A GET, or `None` when nothing answers.
+fn get(url: &str) -> Option<(u16, String)> {
+    try_request("GET", url, &[], None)
+}
+
+/// Waits until `check` holds (the service syncs on its own schedule), at most 30 s.
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: not within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -103,15 +149,27 @@ fn artifact(name: &str) -> PathBuf {
         .join(name)
 }
 
+fn phone(d: &Deployment, file: &str, id: &str) -> Option<String> {
+    cell(&d.read(file), id, "phone")
+}
+
+/// Both sides carry `value`: the service's sync after the decision wrote it.
+fn both_sides_carry(d: &Deployment, value: &str) {
+    eventually(&format!("both sides carry {value:?}"), || {
+        phone(d, "crm/contacts.csv", "C1").as_deref() == Some(value)
+            && phone(d, "erp/customers.csv", "K1").as_deref() == Some(value)
+    });
+}
+
 #[test]
 fn r15_a_conflict_settled_by_clicking_on_the_status_page_is_written_by_the_next_sync() {
     let Some(browser) = Browser::start() else {
         return;
     };
     let (d, id) = with_conflict();
-    let page = StatusPage::start(&d);
+    let service = Service::start(&d, "");
 
-    browser.goto(&page.url);
+    browser.goto(&service.url);
     assert_eq!(browser.title(), "Tandem status - Tandem");
     let row = browser.find(&format!("#conflict-{id}"));
     let text = browser.text(&row);
@@ -125,10 +183,9 @@ fn r15_a_conflict_settled_by_clicking_on_the_status_page_is_written_by_the_next_
         assert!(text.contains(needle), "{needle:?} in {text:?}");
     }
     let all = browser.page_text();
-    assert!(all.contains("Last runs"), "{all}");
     assert!(
         all.contains("CUST: 1 unchanged, 1 conflict"),
-        "the run's counts: {all}"
+        "the last runs with their counts: {all}"
     );
     let shot = browser.screenshot(&artifact("status-page.png"));
     println!("screenshot of the status page: {}", shot.display());
@@ -137,51 +194,41 @@ fn r15_a_conflict_settled_by_clicking_on_the_status_page_is_written_by_the_next_
     browser.click(&browser.find(&format!("#take-account-{id}")));
     let notice = browser.text(&browser.find("#notice"));
     assert!(
-        notice.contains(&format!("Conflict {id} settled: the next sync writes")),
+        notice.contains(&format!("Conflict {id} settled")),
         "{notice}"
     );
-    assert!(notice.contains(MARKUP), "{notice}");
     assert!(
         !browser.url().contains("/settle"),
         "redirected to the overview, so a reload posts nothing: {}",
         browser.url()
     );
-    let row = browser.text(&browser.find(&format!("#conflict-{id}")));
-    assert!(row.contains(&format!("Settled: {MARKUP}")), "{row}");
     let shot = browser.screenshot(&artifact("status-page-settled.png"));
     println!("screenshot after settling: {}", shot.display());
 
-    let report = d.sync();
-    assert!(report["writes"].as_u64().unwrap() >= 1, "{report}");
-    assert_eq!(
-        cell(&d.read("crm/contacts.csv"), "C1", "phone").as_deref(),
-        Some(MARKUP)
-    );
-    assert_eq!(
-        cell(&d.read("erp/customers.csv"), "K1", "phone").as_deref(),
-        Some(MARKUP)
-    );
-    assert_eq!(d.json(&["conflicts"]), json!([]), "closed");
+    // The service syncs the decision at once, and the page follows the state.
+    both_sides_carry(&d, MARKUP);
+    eventually("the page shows no open conflict", || {
+        browser.goto(&service.url);
+        browser.page_text().contains("No open conflicts.")
+    });
 
-    // The page follows the state: no conflict now, and the log tells what happened.
-    browser.goto(&page.url);
-    assert!(browser.page_text().contains("No open conflicts."));
+    // The log tells what happened, and the links search finds the pair.
     let field = browser.find("#log-contact");
     browser.type_into(&field, "C1\u{E007}");
     let log = browser.page_text();
     assert!(log.contains("Interaction log of contact C1"), "{log}");
-    assert!(log.contains("conflict"), "{log}");
     assert!(
-        log.contains("phone settled"),
-        "the resolution is logged: {log}"
+        log.contains("policy manual"),
+        "the conflict is logged: {log}"
     );
+    assert!(log.contains("phone settled"), "so is the decision: {log}");
 
-    browser.goto(&page.url);
+    browser.goto(&service.url);
     let field = browser.find("#link-id");
     browser.type_into(&field, "K1\u{E007}");
     let links = browser.page_text();
     assert!(links.contains("Links of K1"), "{links}");
-    assert!(links.contains("customer K1"), "{links}");
+    assert!(links.contains("CUST C1 customer K1"), "{links}");
 }
 
 #[test]
@@ -190,25 +237,46 @@ fn r15_a_value_of_ones_own_typed_into_the_status_page_is_written_by_the_next_syn
         return;
     };
     let (d, id) = with_conflict();
-    let page = StatusPage::start(&d);
-    browser.goto(&page.url);
+    let service = Service::start(&d, "");
+    browser.goto(&service.url);
     // Enter in the field submits the typed value, never a side's.
     let field = browser.find(&format!("#value-{id}"));
     browser.type_into(&field, "+32 9 999\u{E007}");
     let notice = browser.text(&browser.find("#notice"));
-    assert!(notice.contains("\"+32 9 999\""), "{notice}");
-    d.sync();
-    for (file, id) in [("crm/contacts.csv", "C1"), ("erp/customers.csv", "K1")] {
-        assert_eq!(
-            cell(&d.read(file), id, "phone").as_deref(),
-            Some("+32 9 999"),
-            "{file}"
-        );
+    assert!(
+        notice.contains(&format!("Conflict {id} settled")),
+        "{notice}"
+    );
+    both_sides_carry(&d, "+32 9 999");
+}
+
+/// An answer of the listener.
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
-/// Plain HTTP requests, each answered by the running page.
-fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+/// One plain HTTP request (no redirects followed); `None` when nothing answers.
+fn try_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    send(method, url, headers, body).map(|r| (r.status, r.body))
+}
+
+fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Option<Reply> {
     tandem_connector::http::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -229,69 +297,131 @@ fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(body.to_owned());
         }
-        let response = r.send().await.unwrap();
+        let response = r.send().await.ok()?;
         let status = response.status().as_u16();
-        (status, response.text().await.unwrap())
+        let headers = response.headers().clone();
+        Some(Reply {
+            status,
+            headers,
+            body: response.text().await.ok()?,
+        })
     })
+}
+
+fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    send(method, url, headers, body).unwrap_or_else(|| panic!("{method} {url}: no answer"))
 }
 
 #[test]
 fn the_status_page_refuses_foreign_host_names_and_posts_without_its_csrf_token() {
     let (d, id) = with_conflict();
-    let page = StatusPage::start(&d);
-    let (status, html) = request("GET", &page.url, &[], None);
-    assert_eq!(status, 200, "{html}");
+    let service = Service::start(&d, "");
+    let page = request("GET", &service.url, &[], None);
+    assert_eq!(page.status, 200, "{}", page.body);
     assert!(
-        html.contains("+32 3 &lt;b&gt;x&lt;/b&gt; &amp; &quot;y&quot;"),
-        "escaped: {html}"
+        page.body
+            .contains("+32 3 &lt;b&gt;x&lt;/b&gt; &amp; &quot;y&quot;"),
+        "escaped: {}",
+        page.body
     );
-    let csrf = html
+    assert!(
+        page.header("content-security-policy")
+            .contains("default-src 'none'"),
+        "no script runs, whatever a value holds"
+    );
+    let csrf = page
+        .body
         .split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .unwrap()
         .to_owned();
-    let settle = format!("{}conflicts/{id}/settle", page.url);
+    let settle = format!("{}conflicts/{id}/settle", service.url);
 
     // DNS rebinding: a foreign name pointing at 127.0.0.1 is not served.
-    let (status, html) = request("GET", &page.url, &[("host", "evil.example")], None);
-    assert_eq!(status, 403, "{html}");
-    assert!(html.contains("answers only on loopback"), "{html}");
+    let foreign = request("GET", &service.url, &[("host", "evil.example")], None);
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    assert!(foreign.body.contains("answers only on loopback"));
 
-    // A post without the token, with a wrong one, or from another site writes nothing.
-    let (status, _) = request("POST", &settle, &[], Some("take=contact"));
-    assert!(status == 422 || status == 400, "{status}");
-    let (status, html) = request("POST", &settle, &[], Some("csrf=nope&take=contact"));
-    assert_eq!(status, 403, "{html}");
-    assert!(html.contains("CSRF token"), "{html}");
+    // A post without the CSRF token, with a wrong one, or from another site is refused.
+    let reply = request("POST", &settle, &[], Some("take=contact"));
+    assert!(matches!(reply.status, 400 | 422), "{}", reply.status);
+    let reply = request("POST", &settle, &[], Some("csrf=nope&take=contact"));
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(reply.body.contains("CSRF token"), "{}", reply.body);
     let body = format!("csrf={csrf}&take=contact");
-    let (status, _) = request(
-        "POST",
-        &settle,
-        &[("sec-fetch-site", "cross-site")],
-        Some(&body),
-    );
-    assert_eq!(status, 403);
-    assert_eq!(
-        d.json(&["conflicts"])[0]["resolution"],
-        json!(null),
-        "nothing settled"
-    );
+    let cross = [("sec-fetch-site", "cross-site")];
+    assert_eq!(request("POST", &settle, &cross, Some(&body)).status, 403);
+    let page = request("GET", &service.url, &[], None);
+    assert!(page.body.contains(&format!("id=\"conflict-{id}\"")));
+    assert!(!page.body.contains("Settled:"), "nothing settled");
 
-    // With the token it is settled; an unknown conflict is said to be so.
-    let (status, _) = request("POST", &settle, &[], Some(&body));
-    assert_eq!(status, 303);
-    assert_eq!(d.json(&["conflicts"])[0]["resolution"], "+32 2");
-    let unknown = format!("{}conflicts/999/settle", page.url);
-    let (status, html) = request("POST", &unknown, &[], Some(&body));
-    assert_eq!(status, 404, "{html}");
-    assert!(html.contains("no open conflict with id 999"), "{html}");
+    // An unknown conflict is said to be so; with the token the decision is taken.
+    let unknown = format!("{}conflicts/999/settle", service.url);
+    let reply = request("POST", &unknown, &[], Some(&body));
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert!(reply.body.contains("no open conflict with id 999"));
+    let reply = request("POST", &settle, &[], Some(&body));
+    assert_eq!(reply.status, 303);
+    assert_eq!(reply.header("location"), format!("/?settled={id}"));
+    both_sides_carry(&d, "+32 2");
+}
 
-    // The overview says what the next sync writes.
-    let (status, html) = request("GET", &format!("{}?settled={id}", page.url), &[], None);
-    assert_eq!(status, 200);
+#[test]
+fn with_a_token_the_status_page_asks_for_it_once_and_keeps_it_in_an_httponly_cookie() {
+    let (d, _) = with_conflict();
+    let token = "0123456789abcdef-token";
+    let service = Service::start(&d, &format!("token = \"{token}\"\n"));
+    let url = &service.url;
+
+    let page = request("GET", url, &[], None);
+    assert_eq!(page.status, 401);
     assert!(
-        html.contains("the next sync writes &quot;+32 2&quot;"),
-        "{html}"
+        page.body.contains("type=\"password\" name=\"token\""),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("conflict-"), "nothing of the state");
+    let wrong = request("GET", &format!("{url}?token=nope"), &[], None);
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("not the configured one"));
+
+    // Given once in the address: a cookie, and the token leaves the address.
+    let given = request(
+        "GET",
+        &format!("{url}log?contact=C1&token={token}"),
+        &[],
+        None,
+    );
+    assert_eq!(given.status, 303);
+    assert_eq!(given.header("location"), "/log?contact=C1");
+    let cookie = given.header("set-cookie");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        !cookie.contains(token),
+        "the cookie does not hold it as typed"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let log = request(
+        "GET",
+        &format!("{url}log?contact=C1"),
+        &[("cookie", pair)],
+        None,
+    );
+    assert_eq!(log.status, 200, "{}", log.body);
+    assert!(log.body.contains("Interaction log of contact C1"));
+    let bearer = format!("Bearer {token}");
+    let page = request("GET", url, &[("authorization", &bearer)], None);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Open conflicts"));
+    // The service's own routes keep their bearer rule.
+    assert_eq!(
+        request("GET", &format!("{url}metrics"), &[("cookie", pair)], None).status,
+        401
+    );
+    assert_eq!(
+        request("GET", &format!("{url}healthz"), &[], None).status,
+        200
     );
 }

@@ -12,6 +12,7 @@ mod operator;
 mod output;
 #[cfg(feature = "plugins")]
 mod plugins;
+mod service;
 mod web;
 
 use std::collections::HashMap;
@@ -100,6 +101,12 @@ enum Command {
         #[arg(long)]
         allow_deletes: bool,
     },
+    /// Sync continuously: poll every connector, sync what changed, serve health and
+    /// metrics (docs/guide/service.md).
+    ///
+    /// Holds the state until it stops. SIGTERM or Ctrl-C lets the run in flight finish
+    /// and exits 0; a second signal stops the run at the next safe point.
+    Run,
     /// Print what `sync` would do now, without writing to any system.
     ///
     /// Prints the counts per relation, then every link to make, record to create,
@@ -204,16 +211,7 @@ enum Command {
         id: Option<String>,
     },
     /// Show the last runs, parked pairs and creates, open conflicts and pending creates.
-    ///
-    /// With --serve, serves the status page (HTML, no JavaScript) on a loopback address
-    /// until stopped, reading the state beside any sync; its conflict buttons settle as
-    /// `tandem conflicts resolve` does.
-    Status {
-        /// Serve the status page at this loopback address (port 0: any free port; the
-        /// address is printed).
-        #[arg(long, value_name = "ADDR")]
-        serve: Option<std::net::SocketAddr>,
-    },
+    Status,
     /// List the plugins: those the config names (`type = "plugin"`) and the libraries
     /// in the `plugins` folder next to it, with name, version, ABI, kinds and
     /// capabilities.
@@ -258,10 +256,17 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` answers signals and HTTP on two worker threads while a run computes.
+    let runtime = match &cli.command {
+        Command::Run => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             print_error(&anyhow!(e).context("cannot start the async runtime"));
@@ -297,6 +302,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Sync { .. } => run_engine(cli, RunMode::Sync(None)).await,
         Command::Plan { .. } => run_engine(cli, RunMode::Plan).await,
+        Command::Run => service::run(cli).await,
         Command::Check => check(cli).await,
         Command::Link {
             code,
@@ -379,8 +385,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             };
             operator::retry(cli, &target)
         }
-        Command::Status { serve: None } => inspect::status(cli),
-        Command::Status { serve: Some(addr) } => web::standalone::serve(cli, *addr).await,
+        Command::Status => inspect::status(cli),
         #[cfg(feature = "plugins")]
         Command::Plugins => plugins::plugins(cli),
     }

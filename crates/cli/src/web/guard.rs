@@ -22,6 +22,7 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{Web, render};
 
@@ -32,26 +33,10 @@ const COOKIE_NAME: &str = "tandem_token";
 const POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; \
                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The listener's token (`[service] token`); never shown.
-#[derive(Clone)]
-pub(crate) struct Token(String);
-
-impl Token {
-    #[allow(dead_code, reason = "made from [service] token by the service")]
-    pub(crate) fn new(token: String) -> Token {
-        Token(token)
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(***)")
-    }
-}
-
 /// The token and the CSRF token of this process.
 pub(crate) struct Guard {
-    token: Option<Token>,
+    /// `[service] token`.
+    token: Option<SecretString>,
     /// What the cookie holds: the token in hex, so any token is a valid cookie value.
     cookie: Option<String>,
     csrf: String,
@@ -60,7 +45,7 @@ pub(crate) struct Guard {
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("token", &self.token)
+            .field("token", &self.token.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
     }
 }
@@ -68,11 +53,11 @@ impl fmt::Debug for Guard {
 impl Guard {
     /// # Errors
     /// When the operating system gives no random bytes for the CSRF token.
-    pub(crate) fn new(token: Option<Token>) -> Result<Guard, getrandom::Error> {
+    pub(crate) fn new(token: Option<SecretString>) -> Result<Guard, getrandom::Error> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes)?;
         Ok(Guard {
-            cookie: token.as_ref().map(|t| hex(t.0.as_bytes())),
+            cookie: token.as_ref().map(|t| hex(t.expose_secret().as_bytes())),
             token,
             csrf: hex(&bytes),
         })
@@ -89,7 +74,7 @@ impl Guard {
     fn token_matches(&self, given: &str) -> bool {
         self.token
             .as_ref()
-            .is_some_and(|t| same(given.as_bytes(), t.0.as_bytes()))
+            .is_some_and(|t| same(given.as_bytes(), t.expose_secret().as_bytes()))
     }
 
     fn cookie_matches(&self, given: &str) -> bool {
@@ -273,7 +258,7 @@ mod tests {
 
     #[test]
     fn tokens_are_compared_whole_and_never_shown() {
-        let guard = Guard::new(Some(Token::new("s3cret; =".into()))).unwrap();
+        let guard = Guard::new(Some(SecretString::from("s3cret; ="))).unwrap();
         assert!(guard.token_matches("s3cret; ="));
         assert!(!guard.token_matches("s3cret; "));
         assert!(!guard.token_matches(""));

@@ -16,7 +16,7 @@
 
 mod guard;
 pub(crate) mod render;
-pub(crate) mod standalone;
+mod service;
 
 use std::sync::Arc;
 
@@ -27,12 +27,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::Markup;
+use secrecy::SecretString;
 use serde::Deserialize;
 use tandem_engine::Take;
 use tandem_state::{SqliteState, StateStore};
 
-pub(crate) use guard::{Guard, Token};
+use guard::Guard;
 use render::{Kinds, Notice, Overview};
+pub(crate) use service::service_routes;
 
 /// At most this many interaction log entries on a page, the newest.
 const LOG_LIMIT: usize = 200;
@@ -104,7 +106,7 @@ impl Web {
     pub(crate) fn new(
         access: Arc<dyn Access>,
         kinds: Kinds,
-        token: Option<Token>,
+        token: Option<SecretString>,
     ) -> anyhow::Result<Web> {
         let guard = Guard::new(token)
             .map_err(|e| anyhow::anyhow!("cannot make the status page's CSRF token: {e}"))?;
@@ -327,10 +329,8 @@ async fn settle(
     };
     match web.access.settle(id, take).await {
         // 303: the browser GETs the overview, so a reload does not post again.
-        Ok(Settled::Recorded) => {
-            Redirect::to(&format!("/?settled={id}#conflict-{id}")).into_response()
-        }
-        Ok(Settled::Queued) => Redirect::to(&format!("/?queued={id}#conflicts")).into_response(),
+        Ok(Settled::Recorded) => Redirect::to(&format!("/?settled={id}")).into_response(),
+        Ok(Settled::Queued) => Redirect::to(&format!("/?queued={id}")).into_response(),
         Err(e @ SettleError::Unknown(_)) => {
             failed(StatusCode::NOT_FOUND, "Not settled", &e.to_string())
         }
