@@ -23,6 +23,7 @@ mod operator;
 mod plugin;
 mod quickstart;
 mod rules;
+mod service;
 #[cfg(feature = "connector-tryton")]
 mod tryton;
 mod unchanged;

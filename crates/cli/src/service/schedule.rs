@@ -248,7 +248,10 @@ mod tests {
         assert_eq!(s.next(later), Next::Poll(set(&["erp"])));
         s.polled(&set(&["erp"]), false, later);
         let next_full = later + Duration::from_secs(3600);
-        assert_eq!(s.next(next_full - Duration::from_secs(1)), Next::Poll(set(&["erp"])));
+        assert_eq!(
+            s.next(next_full - Duration::from_secs(1)),
+            Next::Poll(set(&["erp"]))
+        );
         assert_eq!(s.next(next_full), Next::Sync { full: true });
     }
 
