@@ -536,3 +536,179 @@ fn a_second_signal_stops_at_a_safe_point_and_the_next_run_finishes_the_work() {
     assert_eq!(d.sync()["writes"], 0);
     assert_eq!(outcome(&d), outcome(&reference));
 }
+
+/// `tandem run` against a real Radicale and a real trytond.
+#[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
+pub(crate) mod servers {
+    use std::time::Duration;
+
+    use serde_json::{Value as Json, json};
+    use tandem_connector_carddav::CarddavConnector;
+    use tandem_connector_carddav::testsupport::CardServer;
+    use tandem_connector_tryton::testsupport::{DATABASE, TrytonServer};
+    use tandem_model::field;
+
+    use super::{Service, free_port, http, parse_metrics, sample, wait_until};
+    use crate::flagship::{Book, company, text};
+    use crate::support::Deployment;
+    use crate::tryton::{PARTY_FIELDS, Tryton, be_vat};
+
+    /// Contacts in a Radicale address book, customers in Tryton, polled every
+    /// `poll`.
+    pub(crate) fn config(
+        book: &str,
+        cards: &CardServer,
+        server: &TrytonServer,
+        poll: &str,
+        port: u16,
+    ) -> String {
+        let settings = cards.settings(book);
+        let user = settings["username"].as_str().unwrap_or_default();
+        format!(
+            r#"
+[state]
+url = "sqlite://.tandem/state.db"
+
+[connectors.book]
+type = "carddav"
+url = "{book}"
+username = "{user}"
+password = "${{CARDDAV_PASSWORD}}"
+
+[connectors.erp]
+type = "tryton"
+url = "{url}"
+database = "{DATABASE}"
+user = "admin"
+password = "${{TRYTON_PASSWORD}}"
+
+[contacts]
+connector = "book"
+
+[relations.CUST]
+kind = "customer"
+connector = "erp"
+match = [["vat_registration_no"]]
+fields = {PARTY_FIELDS}
+
+[service]
+poll_interval = "{poll}"
+max_poll_interval = "{poll}"
+listen = "127.0.0.1:{port}"
+"#,
+            url = server.url()
+        )
+    }
+
+    /// The phone mechanism of party `party`, set to `phone`.
+    pub(crate) fn set_party_phone(tryton: &Tryton, party: i64, phone: &str) {
+        let ids = tryton.call(
+            "party.contact_mechanism",
+            "search",
+            vec![
+                json!([["party", "=", party], ["type", "=", "phone"]]),
+                json!(0),
+                Json::Null,
+                Json::Null,
+            ],
+        );
+        tryton.call(
+            "party.contact_mechanism",
+            "write",
+            vec![ids, json!({"value": phone})],
+        );
+    }
+
+    pub(crate) fn party_phone(tryton: &Tryton, party: i64) -> Option<String> {
+        Tryton::mechanism(&tryton.party(&party.to_string()), "phone")
+    }
+
+    /// The done-when of the service: changes cross both ways while it runs, SIGTERM
+    /// stops it with exit 0, and a change made while it was down is carried when it
+    /// runs again; a sync after it has nothing left to do.
+    #[test]
+    fn radicale_and_tryton_stay_in_step_while_tandem_runs() {
+        let Some(cards) = CardServer::radicale() else {
+            return;
+        };
+        let Some(server) = TrytonServer::start() else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = rt.block_on(cards.new_book("service"));
+        let book = Book {
+            connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
+            rt,
+        };
+        let tryton = Tryton::new(&server);
+        let customer = tryton.category("Customer");
+        let acme = tryton.create(
+            "party.party",
+            json!({"name": "Acme NV", "categories": [["add", [customer]]],
+                   "identifiers": [["create", [{"type": "eu_vat", "code": be_vat(1)}]]],
+                   "contact_mechanisms": [["create", [{"type": "phone", "value": "+32 9 100 00 01"}]]]}),
+        );
+        let card =
+            book.create(company("Acme NV").with(field::VAT_REGISTRATION_NO, be_vat(1).as_str()));
+        let port = free_port();
+        let d = Deployment::with_config(&config(&url, &cards, &server, "1s", port));
+        let password = cards.settings(&url)["password"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let env = [
+            ("TRYTON_PASSWORD", server.password.as_str()),
+            ("CARDDAV_PASSWORD", password.as_str()),
+        ];
+        let card_phone = || text(&book.card(&card).unwrap(), field::PHONE);
+        let timeout = Duration::from_secs(60);
+
+        let mut service = Service::start(&d, &env);
+        wait_until(timeout, "the link fills the card's phone", || {
+            card_phone().as_deref() == Some("+32 9 100 00 01")
+        });
+        book.update(&card, &[(field::PHONE, "+32 9 100 00 02")]);
+        wait_until(timeout, "a card's phone reaches Tryton", || {
+            party_phone(&tryton, acme).as_deref() == Some("+32 9 100 00 02")
+        });
+        set_party_phone(&tryton, acme, "+32 9 100 00 03");
+        wait_until(timeout, "a party's phone reaches the card", || {
+            card_phone().as_deref() == Some("+32 9 100 00 03")
+        });
+        let (status, text) = http(port, "GET", "/metrics", None, None);
+        assert_eq!(status, 200);
+        let metrics = parse_metrics(&text);
+        for connector in ["book", "erp"] {
+            let requests = sample(
+                &metrics,
+                "tandem_http_requests_total",
+                &[("connector", connector), ("outcome", "ok")],
+            );
+            assert!(requests > 0.0, "{connector} requests counted:\n{text}");
+        }
+        assert_eq!(http(port, "GET", "/readyz", None, None).0, 200);
+        service.stop(Duration::from_secs(30));
+        assert!(
+            !service.log().contains(&server.password),
+            "no secret in the log"
+        );
+
+        // Changed while nothing runs: carried by the next start.
+        book.update(&card, &[(field::PHONE, "+32 9 100 00 04")]);
+        let mut service = Service::start(&d, &env);
+        wait_until(
+            timeout,
+            "a change made while stopped reaches Tryton",
+            || party_phone(&tryton, acme).as_deref() == Some("+32 9 100 00 04"),
+        );
+        service.stop(Duration::from_secs(30));
+        let out = d.tandem_env(&["--json", "sync"], &env);
+        assert!(out.status.success(), "{}", crate::support::stderr(&out));
+        let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["writes"], 0, "nothing was left undone");
+        assert_eq!(d.links().len(), 1);
+    }
+}
