@@ -446,8 +446,11 @@ fn copy_of(d: &Deployment) -> Deployment {
     copy
 }
 
+/// Each data file's content by name, and the links.
+type Outcome = (BTreeMap<String, String>, Vec<(String, String, String)>);
+
 /// The data files and the links a deployment ends with.
-fn outcome(d: &Deployment) -> (BTreeMap<String, String>, Vec<(String, String, String)>) {
+fn outcome(d: &Deployment) -> Outcome {
     let files = ["crm/contacts.csv", "erp/customers.csv", "erp/vendors.csv"]
         .iter()
         .map(|f| (f.to_string(), d.read(f)))
