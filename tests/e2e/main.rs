@@ -24,6 +24,7 @@ mod operator;
 mod plugin;
 mod quickstart;
 mod rules;
+mod service;
 mod status_page;
 #[cfg(feature = "connector-tryton")]
 mod tryton;
