@@ -10,6 +10,19 @@ use tandem_state::{
 
 use crate::inspect::{details, summary_counts};
 
+/// At most this many rows of one list on the overview: a state with thousands of
+/// conflicts or parked records still gives a page a browser shows.
+pub(crate) const SHOWN: usize = 200;
+
+/// The note under a list cut at [`SHOWN`].
+fn more(total: usize, command: &str) -> Markup {
+    html! {
+        @if total > SHOWN {
+            p.more { "The first " (SHOWN) " of " (total) "; " code { (command) } " lists them all." }
+        }
+    }
+}
+
 /// What the overview shows, read from the state in one go.
 #[derive(Debug, Default)]
 pub(crate) struct Overview {
@@ -179,7 +192,7 @@ fn parked(o: &Overview, kinds: &Kinds) -> Markup {
             p { "Failed twice with the same error (R17): left alone until retried with " code { "tandem retry CODE ID" } "." }
             table {
                 tr { th { "what" } th { "error" } th { "failures" } th { "retry" } }
-                @for l in &o.parked_links {
+                @for l in o.parked_links.iter().take(SHOWN) {
                     tr {
                         td { (l.code) " contact " (contact_link(&l.contact_id)) " / " (kinds.of(&l.code)) " " (l.account_id) }
                         td { (l.last_error.as_deref().unwrap_or(no_error)) }
@@ -187,7 +200,7 @@ fn parked(o: &Overview, kinds: &Kinds) -> Markup {
                         td { code { "tandem retry " (l.code) " " (l.contact_id) } }
                     }
                 }
-                @for p in &o.parked_creates {
+                @for p in o.parked_creates.iter().take(SHOWN) {
                     tr {
                         td { (create_label(kinds, p)) }
                         td { (p.error.as_deref().unwrap_or(no_error)) }
@@ -195,7 +208,7 @@ fn parked(o: &Overview, kinds: &Kinds) -> Markup {
                         td { code { "tandem retry " (p.code) " " (p.source_id) } }
                     }
                 }
-                @for p in &o.parked_refused {
+                @for p in o.parked_refused.iter().take(SHOWN) {
                     tr {
                         td { (p.code) " request of contact " (contact_link(&p.contact_id)) " refused" }
                         td { (p.error) }
@@ -203,7 +216,7 @@ fn parked(o: &Overview, kinds: &Kinds) -> Markup {
                         td { code { "tandem retry " (p.code) " " (p.contact_id) } }
                     }
                 }
-                @for p in &o.parked_pending_links {
+                @for p in o.parked_pending_links.iter().take(SHOWN) {
                     tr {
                         td { (p.code) " contact " (contact_link(&p.contact_id)) " / " (kinds.of(&p.code)) " " (p.account_id) " (not linked yet)" }
                         td { (p.error.as_deref().unwrap_or(no_error)) }
@@ -212,6 +225,11 @@ fn parked(o: &Overview, kinds: &Kinds) -> Markup {
                     }
                 }
             }
+            (more(
+                [o.parked_links.len(), o.parked_creates.len(), o.parked_refused.len(), o.parked_pending_links.len()]
+                    .into_iter().max().unwrap_or(0),
+                "tandem status",
+            ))
         }
     }
 }
@@ -236,7 +254,7 @@ fn conflicts(open: &[ConflictEntry], kinds: &Kinds, csrf: &str) -> Markup {
                 "A decision is written to both sides by the next sync, which closes the conflict." }
             table {
                 tr { th { "id" } th { "pair" } th { "field" } th { "base" } th { "contact" } th { "account" } th { "settle" } }
-                @for c in open {
+                @for c in open.iter().take(SHOWN) {
                     tr id={ "conflict-" (c.id) } {
                         td { (c.id) }
                         td { (c.code) " contact " (contact_link(&c.contact_id)) " / " (kinds.of(&c.code)) " " (c.account_id) }
@@ -253,6 +271,7 @@ fn conflicts(open: &[ConflictEntry], kinds: &Kinds, csrf: &str) -> Markup {
                     }
                 }
             }
+            (more(open.len(), "tandem conflicts"))
         }
     }
 }
@@ -287,26 +306,28 @@ fn waiting(o: &Overview, kinds: &Kinds) -> Markup {
             h3 { "Refused requests" }
             p { "Asked again on the next run; parked after the same refusal twice." }
             ul {
-                @for p in &o.refused {
+                @for p in o.refused.iter().take(SHOWN) {
                     li { (p.code) " contact " (contact_link(&p.contact_id)) ": " (p.error) }
                 }
             }
+            (more(o.refused.len(), "tandem status"))
         }
         @if !o.pending_links.is_empty() {
             h3 { "Links not made yet" }
             p { "The next sync links them." }
             ul {
-                @for p in &o.pending_links {
+                @for p in o.pending_links.iter().take(SHOWN) {
                     li { (p.code) " contact " (contact_link(&p.contact_id)) " / " (kinds.of(&p.code)) " " (p.account_id)
                         @if let Some(e) = &p.error { ": " (e) } }
                 }
             }
+            (more(o.pending_links.len(), "tandem status"))
         }
         @if !o.pending_creates.is_empty() {
             h3 { "Pending creates" }
             p { "Not finished yet; the next sync completes or repairs them." }
             ul {
-                @for p in &o.pending_creates {
+                @for p in o.pending_creates.iter().take(SHOWN) {
                     li { (create_label(kinds, p)) ": "
                         @match &p.error {
                             Some(e) => { "failed " (p.failure_count) " times: " (e) },
@@ -315,6 +336,7 @@ fn waiting(o: &Overview, kinds: &Kinds) -> Markup {
                     }
                 }
             }
+            (more(o.pending_creates.len(), "tandem status"))
         }
     }
 }
@@ -605,6 +627,21 @@ mod tests {
         assert!(html.contains("Nothing is parked."));
         assert!(html.contains("No open conflicts."));
         assert!(html.contains("Nothing waits."));
+    }
+
+    #[test]
+    fn long_lists_are_cut_with_a_note() {
+        let o = Overview {
+            conflicts: (1..=SHOWN as i64 + 5).map(conflict).collect(),
+            ..Overview::default()
+        };
+        let html = overview(&o, &kinds(), "t", None).into_string();
+        assert!(html.contains("id=\"conflict-200\""));
+        assert!(!html.contains("id=\"conflict-201\""));
+        assert!(
+            html.contains("The first 200 of 205; <code>tandem conflicts</code> lists them all."),
+            "{html}"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ struct ServiceAccess {
     state_url: String,
     base_dir: PathBuf,
     commands: mpsc::Sender<ServiceCommand>,
+    /// [`ANSWER_WITHIN`]; shorter in tests.
+    answer_within: Duration,
 }
 
 #[async_trait]
@@ -52,7 +54,7 @@ impl Access for ServiceAccess {
                 }
             })
         })?;
-        match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+        match tokio::time::timeout(self.answer_within, answer).await {
             Ok(Ok(Ok(_))) => Ok(Settled::Recorded),
             Ok(Ok(Err(CommandError::UnknownConflict(_)))) => Err(SettleError::Unknown(id)),
             Ok(Ok(Err(CommandError::Failed(message)))) => Err(SettleError::Failed(message)),
@@ -84,7 +86,96 @@ pub(crate) fn service_routes(config: &Config, shared: &Shared) -> anyhow::Result
         state_url: config.state_url.clone(),
         base_dir: config.base_dir.clone(),
         commands: shared.commands.clone(),
+        answer_within: ANSWER_WITHIN,
     };
     let web = Web::new(Arc::new(access), kinds(config), shared.token.clone())?;
     Ok(super::routes(Arc::new(web)))
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_model::{Timestamp, Value};
+    use tandem_state::ConflictEntry;
+
+    use super::*;
+
+    fn access(commands: mpsc::Sender<ServiceCommand>) -> ServiceAccess {
+        ServiceAccess {
+            state_url: "sqlite://state.db".into(),
+            base_dir: PathBuf::from("/nonexistent"),
+            commands,
+            answer_within: Duration::from_millis(50),
+        }
+    }
+
+    fn entry(id: i64) -> ConflictEntry {
+        ConflictEntry {
+            id,
+            code: "CUST".into(),
+            contact_id: "C1".into(),
+            account_id: "K1".into(),
+            field: "phone".into(),
+            base: Value::Null,
+            contact_value: Value::text("a"),
+            account_value: Value::text("b"),
+            opened_at: Timestamp(0),
+            run_id: None,
+            resolution: Some(Value::text("b")),
+            closed_at: None,
+        }
+    }
+
+    /// Answers the next command with `answer`, as the run loop does between runs.
+    fn answer_with(
+        mut receiver: mpsc::Receiver<ServiceCommand>,
+        answer: fn(i64) -> Result<ConflictEntry, CommandError>,
+    ) -> tokio::task::JoinHandle<Take> {
+        tokio::spawn(async move {
+            let ServiceCommand::ResolveConflict { id, take, reply } =
+                receiver.recv().await.unwrap();
+            let _ = reply.send(answer(id));
+            take
+        })
+    }
+
+    #[tokio::test]
+    async fn a_decision_goes_to_the_run_loop_and_its_answer_comes_back() {
+        let (commands, receiver) = mpsc::channel(4);
+        let loop_ = answer_with(receiver, |id| Ok(entry(id)));
+        let settled = access(commands).settle(3, Take::Account).await;
+        assert!(matches!(settled, Ok(Settled::Recorded)), "{settled:?}");
+        assert_eq!(loop_.await.unwrap(), Take::Account);
+
+        let (commands, receiver) = mpsc::channel(4);
+        let loop_ = answer_with(receiver, |id| {
+            Err(CommandError::UnknownConflict(format!(
+                "no open conflict {id}"
+            )))
+        });
+        let settled = access(commands).settle(9, Take::Contact).await;
+        assert!(
+            matches!(settled, Err(SettleError::Unknown(9))),
+            "{settled:?}"
+        );
+        loop_.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_busy_loop_queues_the_decision_and_a_stopped_one_refuses_it() {
+        let (commands, mut receiver) = mpsc::channel(4);
+        let settled = access(commands.clone())
+            .settle(3, Take::Value("x".into()))
+            .await;
+        assert!(matches!(settled, Ok(Settled::Queued)), "{settled:?}");
+        // Still queued for the loop, which carries it out after the run.
+        let ServiceCommand::ResolveConflict { id, take, .. } = receiver.try_recv().unwrap();
+        assert_eq!((id, take), (3, Take::Value("x".into())));
+
+        drop(receiver);
+        let settled = access(commands).settle(3, Take::Contact).await;
+        match settled {
+            Err(SettleError::Failed(message)) => assert!(message.contains("stopping"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
