@@ -430,56 +430,6 @@ impl SqliteState {
         }
     }
 
-    /// Opens the state at `path` to read it while another holder (the process's own
-    /// run loop, or a sync) may hold the lock: no lock is taken, the connection is
-    /// read-only, and each read sees the last committed batch (WAL). A missing file is an
-    /// empty state in memory, as with [`SqliteState::open_existing`]. A state whose
-    /// schema is older or newer than this binary's is refused (a reader never migrates):
-    /// the process holding it migrates it when it opens it.
-    pub fn open_read_only(path: &Path) -> Result<SqliteState, StateError> {
-        let shown = path.display().to_string();
-        if !path.exists() {
-            return SqliteState::open_existing(path, LockMode::Shared);
-        }
-        let open_error = |message: String| StateError::Open {
-            path: shown.clone(),
-            message,
-        };
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
-        check_tandem_schema(&conn, &shown)?;
-        conn.busy_timeout(Duration::from_secs(1))
-            .map_err(|e| open_error(e.to_string()))?;
-        let known = MIGRATIONS.len() as i64;
-        match user_version(&conn).map_err(|e| open_error(e.to_string()))? {
-            found if found > known => {
-                return Err(StateError::TooNew {
-                    path: shown,
-                    found,
-                    known,
-                });
-            }
-            found if found < known => {
-                return Err(open_error(format!(
-                    "its schema version {found} is older than this tandem's ({known}); a \
-                     reader does not migrate it: run `tandem sync` once, or start the service"
-                )));
-            }
-            _ => {}
-        }
-        Ok(SqliteState {
-            conn,
-            path: path.to_owned(),
-            lock: None,
-        })
-    }
-
-    /// [`SqliteState::open_read_only`] for a config url.
-    pub fn open_url_read_only(url: &str, base_dir: &Path) -> Result<SqliteState, StateError> {
-        SqliteState::open_read_only(&url_path(url, base_dir)?)
-    }
-
     /// Opens the state named by a config url, `sqlite://<path>`; a relative path is
     /// taken from `base_dir` (usually the config file's folder).
     pub fn open_url(url: &str, base_dir: &Path, mode: LockMode) -> Result<SqliteState, StateError> {
@@ -500,7 +450,7 @@ impl SqliteState {
 
     /// Whether the state lives in memory only (see [`SqliteState::open_existing`]).
     pub fn is_in_memory(&self) -> bool {
-        // A reader holds no lock either (`open_read_only`), but has a file.
+        // A state opened read-only has a file but holds no lock.
         self.lock.is_none() && self.conn.path().is_none_or(str::is_empty)
     }
 
@@ -2093,5 +2043,6 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+mod read_only;
 #[cfg(test)]
 mod tests;

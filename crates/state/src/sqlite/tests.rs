@@ -1184,7 +1184,7 @@ fn open_url_existing_reads_an_existing_state_under_a_shared_lock() {
 }
 
 #[test]
-fn open_read_only_reads_while_a_sync_holds_the_state_and_sees_its_commits() {
+fn open_url_read_only_reads_while_a_sync_holds_the_state_and_sees_its_commits() {
     let (dir, _) = temp();
     let url = "sqlite://data/state.db";
     let missing = SqliteState::open_url_read_only(url, dir.path()).unwrap();
@@ -1203,20 +1203,6 @@ fn open_read_only_reads_while_a_sync_holds_the_state_and_sees_its_commits() {
     // The lock stays the holder's alone.
     let err = SqliteState::open_url(url, dir.path(), LockMode::Exclusive);
     assert!(matches!(err, Err(StateError::Locked { .. })));
-}
-
-#[test]
-fn open_read_only_refuses_a_state_it_would_have_to_migrate() {
-    let (_dir, path) = temp();
-    {
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(MIGRATION_1_INITIAL).unwrap();
-        conn.pragma_update(None, "user_version", 1).unwrap();
-    }
-    let err = SqliteState::open_read_only(&path).unwrap_err();
-    assert!(err.to_string().contains("does not migrate"), "{err}");
-    let conn = Connection::open(&path).unwrap();
-    assert_eq!(user_version(&conn).unwrap(), 1, "left as it was");
 }
 
 #[test]
