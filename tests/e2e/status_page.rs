@@ -184,6 +184,10 @@ fn r15_a_conflict_settled_by_clicking_on_the_status_page_is_written_by_the_next_
     }
     let all = browser.page_text();
     assert!(
+        all.contains("Ready: every connector passed its last check or poll."),
+        "{all}"
+    );
+    assert!(
         all.contains("CUST: 1 unchanged, 1 conflict"),
         "the last runs with their counts: {all}"
     );

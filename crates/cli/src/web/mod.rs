@@ -48,6 +48,9 @@ pub(crate) trait Access: Send + Sync + 'static {
     /// Records the decision for the open conflict `id`, as `tandem conflicts resolve`
     /// does; the next run writes it to both sides.
     async fn settle(&self, id: i64, take: Take) -> Result<Settled, SettleError>;
+
+    /// Why the service is not ready (`/readyz`); empty when it is.
+    fn not_ready(&self) -> Vec<String>;
 }
 
 /// How a decision was taken in.
@@ -185,6 +188,7 @@ fn load_overview(state: &SqliteState) -> anyhow::Result<Overview> {
         pending_links,
         pending_creates,
         conflicts: state.conflicts(true)?,
+        not_ready: Vec::new(),
     })
 }
 
@@ -197,10 +201,11 @@ struct OverviewQuery {
 }
 
 async fn overview(State(web): State<Arc<Web>>, Query(q): Query<OverviewQuery>) -> Response {
-    let overview = match read(&web, load_overview).await {
+    let mut overview = match read(&web, load_overview).await {
         Ok(o) => o,
         Err(response) => return response,
     };
+    overview.not_ready = web.access.not_ready();
     let notice = match (q.settled, q.queued) {
         (Some(id), _) => Some(settled_notice(&overview, &web.kinds, id)),
         (None, Some(id)) => Some(Notice::Done(format!(

@@ -39,6 +39,8 @@ pub(crate) struct Overview {
     pub pending_links: Vec<PendingLink>,
     pub pending_creates: Vec<PendingCreate>,
     pub conflicts: Vec<ConflictEntry>,
+    /// Why the service is not ready (`/readyz`); empty when it is.
+    pub not_ready: Vec<String>,
 }
 
 /// The account kind of each configured relation code, for labels (`customer`).
@@ -132,6 +134,11 @@ pub(crate) fn query(text: &str) -> String {
 /// `/`: runs, parked work, waiting work, open conflicts, and the search forms.
 pub(crate) fn overview(o: &Overview, kinds: &Kinds, csrf: &str, notice: Option<&Notice>) -> Markup {
     let body = html! {
+        @if o.not_ready.is_empty() {
+            p id="health" { "Ready: every connector passed its last check or poll." }
+        } @else {
+            p.notice.failed id="health" { "Not ready: " (o.not_ready.join("; ")) ". The log says why." }
+        }
         @if !o.state_exists {
             p.empty { "No state yet at " code { (o.state_path) } ": nothing has been synchronised." }
         }
@@ -627,6 +634,24 @@ mod tests {
         assert!(html.contains("Nothing is parked."));
         assert!(html.contains("No open conflicts."));
         assert!(html.contains("Nothing waits."));
+    }
+
+    #[test]
+    fn the_overview_says_whether_the_service_is_ready() {
+        let html = overview(&Overview::default(), &kinds(), "t", None).into_string();
+        assert!(
+            html.contains("<p id=\"health\">Ready: every connector passed"),
+            "{html}"
+        );
+        let o = Overview {
+            not_ready: vec!["connector erp failed its last check or poll".into()],
+            ..Overview::default()
+        };
+        let html = overview(&o, &kinds(), "t", None).into_string();
+        assert!(
+            html.contains("<p class=\"notice failed\" id=\"health\">Not ready: connector erp failed its last check or poll. The log says why.</p>"),
+            "{html}"
+        );
     }
 
     #[test]

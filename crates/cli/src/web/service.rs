@@ -28,6 +28,8 @@ struct ServiceAccess {
     commands: mpsc::Sender<ServiceCommand>,
     /// [`ANSWER_WITHIN`]; shorter in tests.
     answer_within: Duration,
+    /// [`Shared::not_ready`].
+    not_ready: Box<dyn Fn() -> Vec<String> + Send + Sync>,
 }
 
 #[async_trait]
@@ -66,6 +68,10 @@ impl Access for ServiceAccess {
             Err(_) => Ok(Settled::Queued),
         }
     }
+
+    fn not_ready(&self) -> Vec<String> {
+        (self.not_ready)()
+    }
 }
 
 /// The account kind of each configured code.
@@ -81,12 +87,14 @@ fn kinds(config: &Config) -> Kinds {
 }
 
 /// The status page's routes for the service's listener, guarded by `[service] token`.
-pub(crate) fn service_routes(config: &Config, shared: &Shared) -> anyhow::Result<Router> {
+pub(crate) fn service_routes(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<Router> {
+    let health = shared.clone();
     let access = ServiceAccess {
         state_url: config.state_url.clone(),
         base_dir: config.base_dir.clone(),
         commands: shared.commands.clone(),
         answer_within: ANSWER_WITHIN,
+        not_ready: Box::new(move || health.not_ready()),
     };
     let web = Web::new(Arc::new(access), kinds(config), shared.token.clone())?;
     Ok(super::routes(Arc::new(web)))
@@ -105,6 +113,7 @@ mod tests {
             base_dir: PathBuf::from("/nonexistent"),
             commands,
             answer_within: Duration::from_millis(50),
+            not_ready: Box::new(Vec::new),
         }
     }
 
