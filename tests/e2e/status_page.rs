@@ -429,3 +429,24 @@ fn with_a_token_the_status_page_asks_for_it_once_and_keeps_it_in_an_httponly_coo
         200
     );
 }
+
+#[test]
+fn with_a_token_a_browser_types_it_once_and_keeps_the_search_it_asked_for() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let (d, _) = with_conflict();
+    let token = "0123456789abcdef-token";
+    let service = Service::start(&d, &format!("token = \"{token}\"\n"));
+    browser.goto(&format!("{}links?id=K1", service.url));
+    assert_eq!(browser.title(), "Token required - Tandem");
+    let field = browser.find("#token");
+    browser.type_into(&field, &format!("{token}\u{E007}"));
+    // The search asked for, without the token in the address.
+    assert_eq!(browser.title(), "Links of K1 - Tandem");
+    assert!(!browser.url().contains("token"), "{}", browser.url());
+    // The cookie opens every page of the session from now on.
+    browser.goto(&service.url);
+    assert_eq!(browser.title(), "Tandem status - Tandem");
+    assert!(browser.page_text().contains("Open conflicts"));
+}

@@ -179,10 +179,10 @@ async fn admit(web: &Web, request: Request, next: Next) -> Response {
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
     if let Some((_, given)) = pairs.iter().find(|(k, _)| k == "token") {
-        if !guard.token_matches(given) {
-            return unauthorized(&path, true);
-        }
         let rest: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "token").collect();
+        if !guard.token_matches(given) {
+            return unauthorized(&path, &rest, true);
+        }
         let mut location = path.clone();
         if !rest.is_empty() {
             location.push('?');
@@ -212,12 +212,16 @@ async fn admit(web: &Web, request: Request, next: Next) -> Response {
     if admitted {
         next.run(request).await
     } else {
-        unauthorized(&path, false)
+        let query: Vec<&(String, String)> = pairs.iter().collect();
+        unauthorized(&path, &query, false)
     }
 }
 
-fn unauthorized(path: &str, wrong: bool) -> Response {
-    let mut response = (StatusCode::UNAUTHORIZED, render::token_form(path, wrong)).into_response();
+/// The token form, which keeps the address's query (a search asked for before the
+/// token) in hidden fields.
+fn unauthorized(path: &str, query: &[&(String, String)], wrong: bool) -> Response {
+    let form = render::token_form(path, query, wrong);
+    let mut response = (StatusCode::UNAUTHORIZED, form).into_response();
     response.headers_mut().insert(
         WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"tandem\""),

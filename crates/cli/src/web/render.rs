@@ -442,11 +442,14 @@ pub(crate) fn error(title: &str, message: &str) -> Markup {
 }
 
 /// The answer to a request without the token: a form that asks for it.
-pub(crate) fn token_form(path: &str, wrong: bool) -> Markup {
+pub(crate) fn token_form(path: &str, query: &[&(String, String)], wrong: bool) -> Markup {
     let notice = wrong.then(|| Notice::Failed("That token is not the configured one.".to_owned()));
     let body = html! {
         p { "This listener requires the token of " code { "[service] token" } "." }
         form method="get" action=(path) {
+            @for (name, value) in query.iter().map(|p| (&p.0, &p.1)) {
+                input type="hidden" name=(name) value=(value);
+            }
             label for="token" { "Token " }
             input type="password" name="token" id="token" autocomplete="current-password" required;
             " "
@@ -736,10 +739,11 @@ mod tests {
 
     #[test]
     fn the_token_form_asks_for_the_token_without_echoing_one() {
-        let html = token_form("/links", true).into_string();
+        let id = ("id".to_owned(), "K\"1".to_owned());
+        let html = token_form("/links", &[&id], true).into_string();
         assert!(
-            html.contains("<form method=\"get\" action=\"/links\">"),
-            "{html}"
+            html.contains("<form method=\"get\" action=\"/links\"><input type=\"hidden\" name=\"id\" value=\"K&quot;1\">"),
+            "the search asked for is kept: {html}"
         );
         assert!(html.contains("type=\"password\" name=\"token\""));
         assert!(html.contains("That token is not the configured one."));
