@@ -108,12 +108,20 @@ impl Browser {
             match reply {
                 Ok(value) => {
                     let id = value["sessionId"].as_str().unwrap().to_owned();
-                    return Some(Browser {
+                    let browser = Browser {
                         runtime,
                         client,
                         session: format!("{base}/session/{id}"),
                         driver: child,
-                    });
+                    };
+                    // A click that submits a form may return before the next page is
+                    // there: finding an element waits for it, up to 10 s.
+                    browser.call(
+                        reqwest::Method::POST,
+                        "/timeouts",
+                        Some(json!({ "implicit": 10_000 })),
+                    );
+                    return Some(browser);
                 }
                 Err(e) => {
                     let _ = child.kill();
@@ -141,6 +149,23 @@ impl Browser {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Waits until the page's title is `title` (a form submitted by a click or Enter
+    /// may still be loading), at most 10 s.
+    pub fn wait_title(&self, title: &str) {
+        let started = Instant::now();
+        loop {
+            let now = self.title();
+            if now == title {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the page's title is still {now:?}, not {title:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn title(&self) -> String {

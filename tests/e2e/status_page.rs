@@ -219,6 +219,7 @@ fn r15_a_conflict_settled_by_clicking_on_the_status_page_is_written_by_the_next_
     // The log tells what happened, and the links search finds the pair.
     let field = browser.find("#log-contact");
     browser.type_into(&field, "C1\u{E007}");
+    browser.wait_title("Interaction log of contact C1 - Tandem");
     let log = browser.page_text();
     assert!(log.contains("Interaction log of contact C1"), "{log}");
     assert!(
@@ -230,6 +231,7 @@ fn r15_a_conflict_settled_by_clicking_on_the_status_page_is_written_by_the_next_
     browser.goto(&service.url);
     let field = browser.find("#link-id");
     browser.type_into(&field, "K1\u{E007}");
+    browser.wait_title("Links of K1 - Tandem");
     let links = browser.page_text();
     assert!(links.contains("Links of K1"), "{links}");
     assert!(links.contains("CUST C1 customer K1"), "{links}");
@@ -443,7 +445,7 @@ fn with_a_token_a_browser_types_it_once_and_keeps_the_search_it_asked_for() {
     let field = browser.find("#token");
     browser.type_into(&field, &format!("{token}\u{E007}"));
     // The search asked for, without the token in the address.
-    assert_eq!(browser.title(), "Links of K1 - Tandem");
+    browser.wait_title("Links of K1 - Tandem");
     assert!(!browser.url().contains("token"), "{}", browser.url());
     // The cookie opens every page of the session from now on.
     browser.goto(&service.url);
