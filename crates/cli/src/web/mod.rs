@@ -59,10 +59,6 @@ pub(crate) enum Settled {
     /// Recorded in the state.
     Recorded,
     /// Handed to the run loop, which records it when the run in flight ends.
-    #[allow(
-        dead_code,
-        reason = "the service's run loop answers so; the standalone page never"
-    )]
     Queued,
 }
 
