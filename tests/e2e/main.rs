@@ -10,6 +10,7 @@ mod support;
 mod business_rules;
 mod config;
 mod crash;
+mod deploy;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod faults;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]

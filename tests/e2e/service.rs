@@ -305,6 +305,19 @@ fn run_carries_changes_serves_metrics_and_settles_conflicts_over_http() {
     );
     assert_eq!(status, 401, "decisions need the token");
 
+    // A few quiet polls more.
+    let polls_now = || {
+        let (_, text) = http(port, "GET", "/metrics", Some(TOKEN), None);
+        sample(
+            &parse_metrics(&text),
+            "tandem_runs_total",
+            &[("mode", "poll")],
+        )
+    };
+    let before = polls_now();
+    wait_until(Duration::from_secs(30), "three more polls", || {
+        polls_now() >= before + 3.0
+    });
     let (status, text) = http(port, "GET", "/metrics", Some(TOKEN), None);
     assert_eq!(status, 200);
     let metrics = parse_metrics(&text);
@@ -343,6 +356,23 @@ fn run_carries_changes_serves_metrics_and_settles_conflicts_over_http() {
 
     service.stop(Duration::from_secs(10));
     assert!(!service.log().contains(TOKEN), "the token is never logged");
+    // Polls write nothing: the state's runs are the two syncs before and the service's
+    // syncs, however many polls there were.
+    let runs = d.json(&["status"])["runs"].as_array().unwrap().len() as f64;
+    let syncs: f64 = ["ok", "partial", "failed"]
+        .iter()
+        .map(|o| {
+            sample(
+                &metrics,
+                "tandem_runs_total",
+                &[("mode", "sync"), ("outcome", o)],
+            )
+        })
+        .sum();
+    assert!(
+        runs <= (2.0 + syncs + 1.0).min(10.0),
+        "{runs} runs for {syncs} syncs"
+    );
     // Nothing waits: the service left the deployment settled.
     assert_eq!(d.sync()["writes"], 0);
     assert_eq!(d.json(&["conflicts"]), json!([]));
