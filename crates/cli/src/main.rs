@@ -101,8 +101,8 @@ enum Command {
         #[arg(long)]
         allow_deletes: bool,
     },
-    /// Sync continuously: poll every connector, sync what changed, serve health and
-    /// metrics (docs/guide/service.md).
+    /// Sync continuously: poll every connector, sync what changed, serve health,
+    /// metrics and a status page (docs/guide/service.md).
     ///
     /// Holds the state until it stops. SIGTERM or Ctrl-C lets the run in flight finish
     /// and exits 0; a second signal stops the run at the next safe point.
