@@ -4,11 +4,13 @@
 //! folder of contacts and an `erp` folder of accounts), runs the binary and checks the
 //! files it leaves behind. Tests are named after the rule they guard (`r7_...`).
 
+mod browser;
 mod support;
 
 mod business_rules;
 mod config;
 mod crash;
+mod deploy;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod faults;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
@@ -23,6 +25,8 @@ mod operator;
 mod plugin;
 mod quickstart;
 mod rules;
+mod service;
+mod status_page;
 #[cfg(feature = "connector-tryton")]
 mod tryton;
 mod unchanged;

@@ -34,6 +34,8 @@ use serde::de::DeserializeOwned;
 use tandem_connector::{BuildContext, Connector, ConnectorError, Registry};
 use tandem_engine::{ContactsConfig, RelationConfig, SyncConfig};
 
+use crate::service::config::ServiceConfig;
+
 pub use self::env::Env;
 use self::layers::Sources;
 
@@ -116,6 +118,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// The `[sync]` section.
     pub run: RunConfig,
+    /// The `[service]` section (`tandem run`).
+    pub service: ServiceConfig,
     /// Where each key was set, for messages about it.
     sources: Sources,
 }
@@ -326,6 +330,7 @@ impl Problem {
 struct Parsed {
     state: Option<StateConfig>,
     run: Option<RunConfig>,
+    service: Option<ServiceConfig>,
     contacts: Option<ContactsConfig>,
     connectors: BTreeMap<String, ConnectorConfig>,
     relations: BTreeMap<String, RelationConfig>,
@@ -338,6 +343,7 @@ impl Parsed {
         let mut parsed = Parsed {
             state: Some(StateConfig::default()),
             run: Some(RunConfig::default()),
+            service: Some(ServiceConfig::default()),
             contacts: None,
             connectors: BTreeMap::new(),
             relations: BTreeMap::new(),
@@ -352,6 +358,7 @@ impl Parsed {
             match key.as_str() {
                 "state" => parsed.state = read_one(value, &key, problems),
                 "sync" => parsed.run = read_one(value, &key, problems),
+                "service" => parsed.service = read_one(value, &key, problems),
                 "contacts" => parsed.contacts = read_one(value, &key, problems),
                 "connectors" => parsed.connectors = parsed.read_each(value, &key, problems),
                 "relations" => parsed.relations = parsed.read_each(value, &key, problems),
@@ -403,9 +410,16 @@ impl Parsed {
                            one run may delete, e.g. 0.5 for half";
             problems.push(Problem::new("sync.max_delete_share", message));
         }
+        if let Some(service) = &self.service
+            && self.complete
+        {
+            let found = service.check(self.connectors.keys());
+            problems.extend(found.into_iter().map(|(k, m)| Problem::new(k, m)));
+        }
         let contacts = self.contacts.as_ref()?;
         let sync = engine_checks(contacts, &self.relations, problems)?;
-        let complete = self.complete && self.state.is_some() && self.run.is_some();
+        let complete =
+            self.complete && self.state.is_some() && self.run.is_some() && self.service.is_some();
         complete.then_some(sync)
     }
 
@@ -462,6 +476,7 @@ impl Parsed {
             connectors: self.connectors,
             sync,
             run: self.run.unwrap_or_default(),
+            service: self.service.unwrap_or_default(),
             sources,
         }
     }

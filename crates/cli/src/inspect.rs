@@ -592,7 +592,7 @@ fn create_label(config: &Config, p: &PendingCreate) -> String {
 
 /// `CUST: 2 linked, 1 created; VEND: 1 linked` from a run's summary; the error of a
 /// run that stopped.
-fn summary_counts(summary: &serde_json::Value) -> String {
+pub(crate) fn summary_counts(summary: &serde_json::Value) -> String {
     // The error itself is printed under the table: it is too long for a cell.
     if summary["error"].is_string() {
         return "error (below)".to_owned();

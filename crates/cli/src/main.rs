@@ -12,6 +12,8 @@ mod operator;
 mod output;
 #[cfg(feature = "plugins")]
 mod plugins;
+mod service;
+mod web;
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -99,6 +101,12 @@ enum Command {
         #[arg(long)]
         allow_deletes: bool,
     },
+    /// Sync continuously: poll every connector, sync what changed, serve health,
+    /// metrics and a status page (docs/guide/service.md).
+    ///
+    /// Holds the state until it stops. SIGTERM or Ctrl-C lets the run in flight finish
+    /// and exits 0; a second signal stops the run at the next safe point.
+    Run,
     /// Print what `sync` would do now, without writing to any system.
     ///
     /// Prints the counts per relation, then every link to make, record to create,
@@ -248,10 +256,17 @@ fn main() -> ExitCode {
         }
     };
     logging::init(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` answers signals and HTTP on two worker threads while a run computes.
+    let runtime = match &cli.command {
+        Command::Run => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             print_error(&anyhow!(e).context("cannot start the async runtime"));
@@ -287,6 +302,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Sync { .. } => run_engine(cli, RunMode::Sync(None)).await,
         Command::Plan { .. } => run_engine(cli, RunMode::Plan).await,
+        Command::Run => service::run(cli).await,
         Command::Check => check(cli).await,
         Command::Link {
             code,

@@ -49,6 +49,10 @@ pub enum EngineError {
     /// nothing was written.
     #[error("{0}")]
     Refused(String),
+    /// The caller asked the run to stop (`StopFlag`), and it stopped at a safe point:
+    /// what it wrote is stored, with the intents of what it did not (R18).
+    #[error("stopped on request before the run was complete; the next run carries on")]
+    Stopped,
     #[error(transparent)]
     State(#[from] StateError),
 }

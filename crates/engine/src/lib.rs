@@ -21,6 +21,7 @@ pub mod relation;
 mod report;
 mod run;
 pub mod side;
+mod stop;
 
 /// Maps and sets keyed by record ids, hashed with foldhash: the engine hashes millions
 /// of short ids per run, and SipHash (the std default) cost several times more. The seed
@@ -41,3 +42,4 @@ pub use relation::Relations;
 pub use report::{Failure, ReadStats, RunMode, RunReport};
 pub use run::Engine;
 pub use side::{Side, Winner};
+pub use stop::StopFlag;

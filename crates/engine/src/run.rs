@@ -32,6 +32,10 @@ pub struct Engine<'a> {
     pub(crate) full_read: bool,
     /// How many deletes a full listing may imply (R16).
     pub(crate) delete_guard: DeleteGuard,
+    /// Asks the run to stop at the next safe point (`tandem run`, on a signal).
+    pub(crate) stop: crate::stop::StopFlag,
+    /// The connectors whose scopes are read (`tandem run` polls some only).
+    pub(crate) scopes: crate::stop::ScopeFilter,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -79,6 +83,8 @@ impl<'a> Engine<'a> {
             state,
             full_read: false,
             delete_guard: DeleteGuard::default(),
+            stop: crate::stop::StopFlag::default(),
+            scopes: crate::stop::ScopeFilter::default(),
         };
         engine.connector(
             &engine.relations.contacts_connector,
@@ -201,6 +207,10 @@ impl<'a> Engine<'a> {
                 });
                 self.state.finish_run(run_id, status, &summary)?;
             }
+            Err(EngineError::Stopped) => {
+                let summary = serde_json::json!({ "error": EngineError::Stopped.to_string() });
+                let _ = self.state.finish_run(run_id, "stopped", &summary);
+            }
             Err(e) => {
                 let summary = serde_json::json!({ "error": e.to_string() });
                 // The run's own error is what the user needs to see.
@@ -236,6 +246,9 @@ impl<'a> Engine<'a> {
                 "{}: {}",
                 rejection.code, rejection.error
             )));
+        }
+        if self.stop.is_stopped() {
+            return Err(EngineError::Stopped);
         }
         apply(self, run_id, prepared).await
     }
@@ -345,6 +358,10 @@ impl<'a> Engine<'a> {
         for (r, relation) in self.relations.relations.iter().enumerate() {
             let connector = self.connector(&relation.connector, relation.kind, "relation")?;
             let wanted = &wanted[r];
+            if let Some(left_out) = self.left_out(&relation.connector, relation.kind, wanted)? {
+                accounts.push(left_out);
+                continue;
+            }
             let mut read = read_scope(
                 &*self.state,
                 &relation.connector,
@@ -390,6 +407,9 @@ impl<'a> Engine<'a> {
         let tag = self.fingerprint_tag();
         let name = &self.relations.contacts_connector;
         let connector = self.connector(name, EntityKind::Contact, "contacts.connector")?;
+        if let Some(left_out) = self.left_out(name, EntityKind::Contact, wanted)? {
+            return Ok(left_out);
+        }
         let mut contacts = read_scope(
             &*self.state,
             name,

@@ -178,9 +178,27 @@ pub(super) enum Expect {
 }
 
 /// The sections of the file, and the keys of the sections Tandem reads itself.
-pub(super) const SECTIONS: &[&str] = &["state", "connectors", "contacts", "relations", "sync"];
+pub(super) const SECTIONS: &[&str] = &[
+    "state",
+    "connectors",
+    "contacts",
+    "relations",
+    "sync",
+    "service",
+];
 pub(super) const STATE_KEYS: &[(&str, Expect)] = &[("url", Expect::Text)];
 pub(super) const SYNC_KEYS: &[(&str, Expect)] = &[("max_delete_share", Expect::Number)];
+pub(super) const SERVICE_KEYS: &[(&str, Expect)] = &[
+    ("poll_interval", Expect::Text),
+    ("max_poll_interval", Expect::Text),
+    ("idle_polls", Expect::Number),
+    ("full_listing_interval", Expect::Text),
+    ("grace_period", Expect::Text),
+    ("listen", Expect::Text),
+    ("token", Expect::Text),
+    // `[service.connectors.<name>]`: each connector's own intervals.
+    ("connectors", Expect::Table),
+];
 pub(super) const CONTACTS_KEYS: &[(&str, Expect)] =
     &[("connector", Expect::Text), ("preserve", Expect::List)];
 pub(super) const RELATION_KEYS: &[(&str, Expect)] = &[
@@ -238,6 +256,7 @@ fn locate(segments: &[&str], file: &toml::Table) -> Result<Located, LocateError>
     let keys = match section.as_str() {
         "state" => STATE_KEYS,
         "sync" => SYNC_KEYS,
+        "service" => SERVICE_KEYS,
         "contacts" => CONTACTS_KEYS,
         "relations" | "connectors" => return locate_named(&section, rest, file),
         _ => {

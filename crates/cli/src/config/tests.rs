@@ -212,7 +212,7 @@ fn an_unknown_section_from_the_environment_is_blamed_on_the_variable_not_the_fil
     assert_eq!(
         e,
         "environment variable TANDEM__BOGUS__X: Tandem has no config section `bogus`; the \
-         sections are state, connectors, contacts, relations, sync"
+         sections are state, connectors, contacts, relations, sync, service"
     );
     assert!(!e.contains("tandem.toml"), "{e}");
 }

@@ -279,6 +279,8 @@ impl HttpClient {
         })
         .await;
         let tries = tries.load(Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        super::observe::observe(self.label, &request.url, elapsed, tries, outcome.is_ok());
         match outcome {
             Ok(reply) => {
                 self.unreachable.store(false, Ordering::Relaxed);

@@ -24,6 +24,7 @@
 mod client;
 mod digest;
 mod error;
+mod observe;
 mod redact;
 mod retry;
 mod settings;
@@ -33,6 +34,7 @@ mod tls;
 
 pub use client::{Auth, HttpClient, Reply, Request};
 pub use error::HttpError;
+pub use observe::{RequestEvent, RequestObserver, set_request_observer};
 pub use redact::Redactor;
 pub use retry::retry_after;
 pub use settings::{HttpSettings, RetrySettings};

@@ -102,6 +102,9 @@ impl Applier<'_> {
         kind: EntityKind,
         chunk: &[&CreateJob],
     ) -> Result<(), EngineError> {
+        if self.stop.is_stopped() {
+            return Err(EngineError::Stopped);
+        }
         let side = chunk[0].side;
         // Written down first: a crash after the remote create is repaired, not repeated.
         for job in chunk {

@@ -91,6 +91,8 @@ struct Applier<'e> {
     /// Contacts whose write failed this run.
     contact_write_failed: crate::IdSet<String>,
     started: std::time::Instant,
+    /// Checked between write batches (the safe points).
+    stop: crate::StopFlag,
 }
 
 pub(crate) async fn apply(
@@ -103,6 +105,7 @@ pub(crate) async fn apply(
         relations,
         connectors,
         state,
+        stop,
         ..
     } = engine;
     let Prepared {
@@ -142,6 +145,7 @@ pub(crate) async fn apply(
         created_links: HashMap::new(),
         contact_write_failed: crate::IdSet::default(),
         started: std::time::Instant::now(),
+        stop: stop.clone(),
     };
     info!(run = run_id, "applying");
     applier.refusals();

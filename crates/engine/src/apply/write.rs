@@ -58,14 +58,25 @@ impl Applier<'_> {
         failpoint::hit("after_intent_commit");
         let mut outcomes = Outcomes::new(&self.plan);
         self.write_contacts(&mut outcomes).await;
+        self.stopped()?;
         failpoint::hit("after_contact_updates");
         self.step("after_contact_updates");
         for r in 0..self.relations.relations.len() {
             self.write_accounts(r, &mut outcomes).await;
+            self.stopped()?;
         }
         failpoint::hit("after_account_updates");
         self.step("after_account_updates");
         Ok(outcomes)
+    }
+
+    /// A stop asked for during the updates ends the run here: the intents of the
+    /// updates not sent are stored, and the next run takes them up (R18).
+    fn stopped(&self) -> Result<(), EngineError> {
+        match self.stop.is_stopped() {
+            true => Err(EngineError::Stopped),
+            false => Ok(()),
+        }
     }
 
     /// Contact updates; ops are built chunk by chunk from the plan, so a million
@@ -77,6 +88,9 @@ impl Applier<'_> {
             .filter(|&i| !self.plan.hubs[i].contact_changes.is_empty())
             .collect();
         for chunk in hubs.chunks(max) {
+            if self.stop.is_stopped() {
+                return;
+            }
             let ops = chunk
                 .iter()
                 .map(|&i| {
@@ -119,6 +133,9 @@ impl Applier<'_> {
         let connector = self.connector(&relation.connector);
         let max = connector.capabilities().max_batch.max(1);
         for chunk in keys.chunks(max) {
+            if self.stop.is_stopped() {
+                return;
+            }
             let ops = chunk
                 .iter()
                 .map(|&(h, p)| {

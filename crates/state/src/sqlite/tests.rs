@@ -1214,6 +1214,28 @@ fn open_url_existing_reads_an_existing_state_under_a_shared_lock() {
 }
 
 #[test]
+fn open_url_read_only_reads_while_a_sync_holds_the_state_and_sees_its_commits() {
+    let (dir, _) = temp();
+    let url = "sqlite://data/state.db";
+    let missing = SqliteState::open_url_read_only(url, dir.path()).unwrap();
+    assert!(missing.is_in_memory(), "a missing state is an empty one");
+    drop(missing);
+    assert!(!dir.path().join("data").exists(), "and nothing is created");
+
+    let mut state = SqliteState::open_url(url, dir.path(), LockMode::Exclusive).unwrap();
+    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
+    let reader = SqliteState::open_url_read_only(url, dir.path()).unwrap();
+    assert!(!reader.is_in_memory());
+    assert_eq!(reader.links(None).unwrap(), vec![link("CUST", "C1", "K1")]);
+    // The holder's next commit is seen by the open reader.
+    upsert(&mut state, vec![link("CUST", "C2", "K2")]).unwrap();
+    assert_eq!(reader.count_links("CUST").unwrap(), 2);
+    // The lock stays the holder's alone.
+    let err = SqliteState::open_url(url, dir.path(), LockMode::Exclusive);
+    assert!(matches!(err, Err(StateError::Locked { .. })));
+}
+
+#[test]
 fn a_version_1_state_is_migrated_and_keeps_its_links() {
     let (_dir, path) = temp();
     {
