@@ -450,7 +450,8 @@ impl SqliteState {
 
     /// Whether the state lives in memory only (see [`SqliteState::open_existing`]).
     pub fn is_in_memory(&self) -> bool {
-        self.lock.is_none()
+        // A state opened read-only has a file but holds no lock.
+        self.lock.is_none() && self.conn.path().is_none_or(str::is_empty)
     }
 
     /// The codes that have links.
@@ -2042,5 +2043,7 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+mod read_only;
+mod runs;
 #[cfg(test)]
 mod tests;

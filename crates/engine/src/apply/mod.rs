@@ -91,6 +91,8 @@ struct Applier<'e> {
     /// Contacts whose write failed this run.
     contact_write_failed: crate::IdSet<String>,
     started: std::time::Instant,
+    /// Writes sent of those planned, for the progress events.
+    progress: crate::progress::Applying,
 }
 
 pub(crate) async fn apply(
@@ -142,8 +144,10 @@ pub(crate) async fn apply(
         created_links: HashMap::new(),
         contact_write_failed: crate::IdSet::default(),
         started: std::time::Instant::now(),
+        progress: crate::progress::Applying::default(),
     };
     info!(run = run_id, "applying");
+    applier.progress = crate::progress::Applying::new(applier.plan.write_count() as u64);
     applier.refusals();
     applier.unlinks();
     applier.commit(&mut **state)?;
@@ -160,6 +164,7 @@ pub(crate) async fn apply(
     crate::failpoint::hit("before_cursor_commit");
     applier.step("before_cursor_commit");
     applier.finish(&mut **state, &tag).await?;
+    crate::progress::apply_end(applier.progress.done, applier.progress.total);
     applier.report(&**state, &parked_before)
 }
 
@@ -170,7 +175,8 @@ impl Applier<'_> {
     }
 
     /// Step timings in the log (`tandem_engine::apply=debug`).
-    fn step(&self, step: &'static str) {
+    fn step(&mut self, step: &'static str) {
+        self.progress.advance(0, step);
         tracing::debug!(
             ms = self.started.elapsed().as_millis() as u64,
             step,

@@ -1,0 +1,67 @@
+//! Reading a state while a sync writes to it: no lock, a read-only connection, and
+//! SQLite's WAL, which shows a reader the last committed transaction while the writer
+//! goes on. For `tandem status`, `links`, `log`, `conflicts` and `runs`.
+
+use std::fs::{OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{LockMode, MIGRATIONS, SqliteState, check_tandem_schema, url_path, user_version};
+use crate::StateError;
+
+impl SqliteState {
+    /// Opens the state named by a config url for reading only, without taking its lock,
+    /// so it works while a sync holds it. Every write through it fails. A missing file
+    /// is an empty state in memory (no file is created); a state whose schema this
+    /// binary would migrate is opened as [`SqliteState::open_url_existing`] does
+    /// (shared lock, migrated), since it cannot be read as it is.
+    pub fn open_url_read_only(url: &str, base_dir: &Path) -> Result<SqliteState, StateError> {
+        let path = url_path(url, base_dir)?;
+        let shown = path.display().to_string();
+        if !path.exists() {
+            return SqliteState::open_existing(&path, LockMode::Shared);
+        }
+        let open_error = |e: rusqlite::Error| StateError::Open {
+            path: shown.clone(),
+            message: e.to_string(),
+        };
+        // No SQLITE_OPEN_CREATE: a file that went away in between must not come back.
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(open_error)?;
+        check_tandem_schema(&conn, &shown)?;
+        if user_version(&conn).map_err(open_error)? != MIGRATIONS.len() as i64 {
+            drop(conn);
+            return SqliteState::open_existing(&path, LockMode::Shared);
+        }
+        // A sync commits in batches; a reader may wait out one commit's checkpoint.
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_error)?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(open_error)?;
+        conn.pragma_update(None, "mmap_size", 1 << 30)
+            .map_err(open_error)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(SqliteState {
+            conn,
+            path,
+            lock: None,
+        })
+    }
+
+    /// Whether another process holds the state's lock alone: a sync is running. For a
+    /// state opened with [`SqliteState::open_url_read_only`], which holds no lock.
+    pub fn writer_active(&self) -> bool {
+        let mut lock_path = self.path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let Ok(file) = OpenOptions::new().read(true).open(PathBuf::from(lock_path)) else {
+            // No lock file: nothing ever synced with it.
+            return false;
+        };
+        let busy = matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock));
+        // Dropping the file lets a lock we took go.
+        drop(file);
+        busy
+    }
+}
