@@ -8,6 +8,7 @@ mod support;
 
 mod business_rules;
 mod config;
+mod conventions;
 mod crash;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod faults;
@@ -18,6 +19,7 @@ mod flagship_byid;
 mod guard;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod https;
+mod json_output;
 mod normalised;
 mod operator;
 mod plugin;

@@ -277,9 +277,9 @@ fn new_bar(total: u64, read: bool) -> ProgressBar {
         ProgressBar::new_spinner()
     };
     let template = if total > 0 {
-        "{spinner} [{bar:30}] {msg} [{elapsed}]"
+        "{spinner} [{bar:24}] {wide_msg} [{elapsed}]"
     } else {
-        "{spinner} {msg} [{elapsed}]"
+        "{spinner} {wide_msg} [{elapsed}]"
     };
     // The templates are constants: a bad one is a bug the tests catch.
     let style = ProgressStyle::with_template(template)
@@ -314,7 +314,8 @@ pub fn read_message(scope: &str, done: u64, total: u64, elapsed: Duration) -> St
 /// `applying: 3,000 of 10,000 writes sent, 1.2k/s, ETA 6s (account updates)`.
 pub fn apply_message(done: u64, total: u64, elapsed: Duration, at: &str) -> String {
     let mut out = format!("applying: {} of {} writes sent", count(done), count(total));
-    if let Some(rate) = rate(done, elapsed) {
+    // Once every write is sent, the rate only falls while the state is stored.
+    if let Some(rate) = rate(done, elapsed).filter(|_| done < total) {
         let _ = write!(out, ", {rate}");
     }
     if let Some(eta) = eta(done, total, elapsed) {
@@ -528,7 +529,7 @@ mod tests {
         );
         assert_eq!(
             apply_message(10_000, 10_000, ten, "after_link_commit"),
-            "applying: 10,000 of 10,000 writes sent, 1.0k/s (link commit)"
+            "applying: 10,000 of 10,000 writes sent (link commit)"
         );
         assert_eq!(
             apply_message(0, 10, Duration::ZERO, "start"),
