@@ -39,8 +39,8 @@ impl SqliteState {
 
     /// The interaction log entries of run `id` (R11), oldest first, at most `limit`;
     /// and how many it has in all. The log has no index by run: this reads the whole
-    /// table once (about a second for a few million entries), which an operator
-    /// command can afford and a sync's commits need not pay for.
+    /// table once, which an operator command can afford, and a sync's commits do not
+    /// pay for an index they never use.
     pub fn run_interactions(
         &self,
         run_id: i64,
