@@ -262,6 +262,28 @@ fn log_format_json_prints_one_object_a_line_with_the_run_id() {
     );
     // The report on stdout is unchanged.
     assert!(stdout(&out).contains("sync finished"));
+
+    // A failed record is a line with its ids (a person without a company cannot be a
+    // vendor, R3).
+    let d = Deployment::new();
+    d.write(
+        "crm/contacts.csv",
+        "id,contact_type,company_id,name,business_relations\nC3,person,,Piet,VEND\n",
+    );
+    let out = d.tandem(&["--log-format", "json", "sync"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let failed: Value = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["message"] == "record failed")
+        .unwrap_or_else(|| panic!("a `record failed` line in {}", stderr(&out)));
+    assert_eq!(failed["contact_id"], "C3", "{failed}");
+    assert_eq!(failed["code"], "VEND");
+    assert_eq!(failed["run"], 1);
+    assert!(
+        failed["error"].as_str().unwrap().contains("company"),
+        "{failed}"
+    );
 }
 
 #[test]

@@ -287,6 +287,16 @@ impl Applier<'_> {
         let same_again = previous_count >= 1 && previous_error == Some(failure.error.as_str());
         let parked = same_again && !passing;
         failure.parked = parked;
+        // One line per failed record, with its ids, for logs read by machines.
+        info!(
+            code = failure.code,
+            contact_id = failure.contact_id,
+            account_id = failure.account_id,
+            side = %failure.side,
+            parked,
+            error = failure.error,
+            "record failed"
+        );
         match failed {
             Failed::Pair(r, was, _) => self.plan.counts[r].pair_failed(was),
             Failed::Create(r, _) => self.plan.counts[r].create_failed(),
