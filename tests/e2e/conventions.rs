@@ -7,7 +7,7 @@ use std::fs;
 use std::process::Command;
 
 use serde_json::Value;
-use tandem_state::{LockMode, SqliteState};
+use tandem_state::{LockMode, SqliteState, StateStore};
 
 use crate::support::{Deployment, stderr, stdout};
 
@@ -188,8 +188,9 @@ fn plan_marks_caps_and_exits_2_on_changes_when_asked() {
 fn status_links_log_conflicts_and_runs_work_while_a_sync_holds_the_state() {
     let d = deployment();
     d.sync();
-    // What a running sync holds: the lock, alone.
-    let held = SqliteState::open(&d.path(".tandem/state.db"), LockMode::Exclusive).unwrap();
+    // What a running sync holds: the lock, alone, and a run it began.
+    let mut held = SqliteState::open(&d.path(".tandem/state.db"), LockMode::Exclusive).unwrap();
+    held.begin_run("sync").unwrap();
     let status = d.ok(&["status"]);
     assert!(status.contains("A sync is running now"), "{status}");
     assert_eq!(d.json(&["status"])["sync_running"], true);
@@ -202,8 +203,12 @@ fn status_links_log_conflicts_and_runs_work_while_a_sync_holds_the_state() {
     let out = d.tandem(&["sync"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("in use by another tandem process"));
+    assert_eq!(d.json(&["runs"])[0]["status"], "running");
     drop(held);
-    assert_eq!(d.json(&["status"])["sync_running"], false);
+    // Its process is gone: the run it left is one that died.
+    let status = d.json(&["status"]);
+    assert_eq!(status["sync_running"], false);
+    assert_eq!(status["runs"][0]["status"], "interrupted", "{status}");
 }
 
 #[test]
@@ -309,4 +314,63 @@ fn progress_off_a_terminal_is_plain_lines() {
         !err.contains("tandem_progress"),
         "progress events are for bars only"
     );
+}
+
+#[test]
+fn ctrl_c_stops_a_sync_with_one_line_and_the_next_sync_finishes_the_work() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let d = Deployment::new();
+    let (mut contacts, mut customers) = (
+        String::from("id,name,email\n"),
+        String::from("id,name,email\n"),
+    );
+    for i in 0..15_000 {
+        let _ = writeln!(contacts, "C{i},Company {i},c{i}@example.com");
+        let _ = writeln!(customers, "K{i},Company {i},c{i}@example.com");
+    }
+    d.write("crm/contacts.csv", &contacts);
+    d.write("erp/customers.csv", &customers);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--config")
+        .arg(d.path("tandem.toml"))
+        .arg("sync")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_lines = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // Under way: it has begun reading (15,000 records a side take it seconds more).
+    while !seen.contains("reading") {
+        assert!(stderr_lines.read_line(&mut seen).unwrap() > 0, "{seen}");
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    stderr_lines.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains("interrupted: stopping now") && seen.contains("Nothing is lost"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("sync finished"),
+        "it stopped before the end: {seen}"
+    );
+
+    let report = d.sync();
+    assert_eq!(report["failures"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        d.links().len(),
+        15_000,
+        "the next sync links every pair once"
+    );
+    assert_eq!(d.sync()["writes"], 0, "and leaves nothing to do");
 }

@@ -362,7 +362,7 @@ struct StatusRun {
 pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
     let state = open_state_inspect(&config)?;
-    let sync_running = state.writer_active();
+    let sync_running = crate::runs::sync_running(&state)?;
     let runs: Vec<StatusRun> = state
         .runs(10)?
         .into_iter()

@@ -665,6 +665,41 @@ mod tests {
     }
 
     #[test]
+    fn actions_are_marked_coloured_on_request_and_capped() {
+        let mut out = String::new();
+        let mut list = Actions {
+            out: &mut out,
+            left: 2,
+            skipped: 0,
+            colour: false,
+        };
+        list.heading("Links to make (R4):");
+        assert!(list.action(Marker::Add, "CUST contact C1 <-> customer K1".into()));
+        assert!(list.action(Marker::Change, "contact C2".into()));
+        assert!(
+            !list.action(Marker::Remove, "CUST contact C3".into()),
+            "past the cap"
+        );
+        list.heading("Links to drop:");
+        assert_eq!(list.skipped, 1);
+        assert_eq!(
+            out, "\nLinks to make (R4):\n  + CUST contact C1 <-> customer K1\n  ~ contact C2\n",
+            "no heading for a section with nothing listed"
+        );
+
+        let mut out = String::new();
+        let mut list = Actions {
+            out: &mut out,
+            left: usize::MAX,
+            skipped: 0,
+            colour: true,
+        };
+        list.action(Marker::Remove, "x".into());
+        list.action(Marker::Conflict, "y".into());
+        assert_eq!(out, "  \x1b[31m-\x1b[0m x\n  \x1b[35m!\x1b[0m y\n");
+    }
+
+    #[test]
     fn values_are_quoted_and_empty_is_named() {
         assert_eq!(show(&Value::text("+32 9")), "\"+32 9\"");
         assert_eq!(show(&Value::Null), "(empty)");
