@@ -331,7 +331,8 @@ fn main() -> ExitCode {
         .map(|_| Bars::on_stderr());
     logging::init(cli.verbose, cli.quiet, cli.log_format, bars.clone());
     if let Some(what) = engine_command {
-        progress::stop_on_ctrl_c(bars.clone(), what);
+        let json_logs = cli.log_format == LogFormat::Json;
+        progress::stop_on_ctrl_c(bars.clone(), what, json_logs);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

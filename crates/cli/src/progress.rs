@@ -446,10 +446,11 @@ pub fn interrupt_message(what: Interrupted) -> &'static str {
     }
 }
 
-/// On Ctrl-C: the bars come off, one line says what happens, and the process ends
-/// with 130 (128 + SIGINT, the shell's convention). Watched from a thread of its own:
-/// the run's thread may be busy for seconds between awaits (planning, commits).
-pub fn stop_on_ctrl_c(bars: Option<Bars>, what: Interrupted) {
+/// On Ctrl-C: the bars come off, one line says what happens (a JSON log line with
+/// `json_logs`), and the process ends with 130 (128 + SIGINT, the shell's
+/// convention). Watched from a thread of its own: the run's thread may be busy for
+/// seconds between awaits (planning, commits).
+pub fn stop_on_ctrl_c(bars: Option<Bars>, what: Interrupted, json_logs: bool) {
     let watcher = std::thread::Builder::new()
         .name("ctrl-c".into())
         .spawn(move || {
@@ -465,7 +466,11 @@ pub fn stop_on_ctrl_c(bars: Option<Bars>, what: Interrupted) {
             if let Some(bars) = &bars {
                 bars.clear();
             }
-            let _ = writeln!(io::stderr(), "\n{}", interrupt_message(what));
+            if json_logs {
+                tracing::warn!(target: "tandem", "{}", interrupt_message(what));
+            } else {
+                let _ = writeln!(io::stderr(), "\n{}", interrupt_message(what));
+            }
             std::process::exit(130);
         });
     // Without the watcher Ctrl-C still stops the process, only without the message.
