@@ -133,6 +133,13 @@ fn usage_errors_exit_2_and_help_exits_0() {
     assert!(stderr(&out).contains("--no-such-option"));
     assert!(out.stdout.is_empty(), "nothing on stdout without --json");
     assert_eq!(d.tandem(&["link", "CUST"]).status.code(), Some(2));
+    let out = d.tandem(&["--json", "links", "--format", "csv"]);
+    assert_eq!(out.status.code(), Some(2), "options at odds: a usage error");
+    assert!(
+        stdout(&out).contains("different formats"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(d.tandem(&["--help"]).status.code(), Some(0));
     let help = d.ok(&["sync", "--help"]);
     assert!(

@@ -190,7 +190,7 @@ fn links_list_and_export_as_csv_and_json() {
     assert!(table.contains("3 links"), "{table}");
     let err = d.fails(&["links", "NOPE"], 1);
     assert!(err.contains("no relation `NOPE` is configured"), "{err}");
-    let err = d.fails(&["--json", "links", "--format", "csv"], 1);
+    let err = d.fails(&["--json", "links", "--format", "csv"], 2);
     assert!(err.contains("--format"), "{err}");
 }
 

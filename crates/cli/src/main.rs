@@ -349,10 +349,24 @@ fn main() -> ExitCode {
             if cli.json {
                 json::print_error(&e);
             }
-            ExitCode::from(1)
+            // Options that clap cannot tell apart are usage errors too.
+            ExitCode::from(if e.is::<UsageError>() { 2 } else { 1 })
         }
     }
 }
+
+/// A mistake on the command line that clap's rules do not catch: exit 2, like
+/// clap's own.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 impl Command {
     /// For commands that run the engine: what Ctrl-C interrupts. They show progress
@@ -448,13 +462,13 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Links { code, format } => {
             let format = match (cli.json, format) {
                 (true, Some(f)) if *f != Format::Json => {
-                    return Err(anyhow!(
+                    return Err(anyhow!(UsageError(format!(
                         "--json and --format {} ask for different formats; give one of them",
                         match f {
                             Format::Csv => "csv",
                             _ => "table",
                         }
-                    ));
+                    ))));
                 }
                 (true, _) => Format::Json,
                 (false, f) => f.unwrap_or(Format::Table),
@@ -474,7 +488,11 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     code: code.clone(),
                     id: id.clone(),
                 },
-                _ => return Err(anyhow!("give --all, or a relation code and an id")),
+                _ => {
+                    return Err(anyhow!(UsageError(
+                        "give --all, or a relation code and an id".to_owned()
+                    )));
+                }
             };
             operator::retry(cli, &target)
         }
