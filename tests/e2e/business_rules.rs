@@ -95,7 +95,7 @@ C3,person,,Piet Janssens,BE,VEND
 C4,person,,Els Peeters,BE,CUST
 ",
     );
-    let report = d.json_exit(&["sync"], 2);
+    let report = d.json_exit(&["sync"], 3);
     let failure = report["failures"]
         .as_array()
         .unwrap()
@@ -121,7 +121,7 @@ C4,person,,Els Peeters,BE,CUST
     );
 
     // The human report gives the reason too.
-    let text = d.fails(&["sync"], 2);
+    let text = d.fails(&["sync"], 3);
     assert!(text.contains("Requests refused"), "{text}");
     assert!(text.contains("VEND contact C3"), "{text}");
     assert!(text.contains("vendors need a company contact"), "{text}");
@@ -185,7 +185,7 @@ C1,company,Acme NV,BE,CUST
 C9,company,Yankee Inc,US,CUST
 ",
     );
-    let report = d.json_exit(&["sync"], 2);
+    let report = d.json_exit(&["sync"], 3);
     let failures = report["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{report}");
     assert_eq!(failures[0]["contact_id"], "C9");
@@ -603,7 +603,7 @@ fn r17_a_record_failing_twice_the_same_way_is_parked_until_retried() {
     d.set_cell("crm/contacts.csv", "C1", "phone", "+32 1");
     d.set_cell("crm/contacts.csv", "C2", "phone", "+32 2");
 
-    let first = d.json_exit(&["sync"], 2);
+    let first = d.json_exit(&["sync"], 3);
     let failures = first["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{first}");
     assert_eq!(failures[0]["code"], "VEND");
@@ -630,7 +630,7 @@ fn r17_a_record_failing_twice_the_same_way_is_parked_until_retried() {
         Some("+32 1")
     );
 
-    let second = d.fails(&["sync"], 2);
+    let second = d.fails(&["sync"], 3);
     assert!(
         second.contains("(parked until `tandem retry`)"),
         "same error twice: parked: {second}"
@@ -693,8 +693,8 @@ id,contact_type,name,country_code,business_relations
 C9,company,Yankee Inc,US,CUST
 ",
     );
-    d.fails(&["sync"], 2);
-    d.fails(&["sync"], 2);
+    d.fails(&["sync"], 3);
+    d.fails(&["sync"], 3);
     let status = d.json(&["status"]);
     let refused = status["parked"]["refused_requests"].as_array().unwrap();
     assert_eq!(refused.len(), 1, "{status}");
@@ -756,8 +756,8 @@ C1,company,Acme NV,BE0111,CUST
 #[test]
 fn r17_a_parked_refused_request_is_left_alone() {
     let d = deployment("id,contact_type,name,business_relations\nC3,person,Piet,VEND\n");
-    d.fails(&["sync"], 2);
-    let second = d.json_exit(&["sync"], 2);
+    d.fails(&["sync"], 3);
+    let second = d.json_exit(&["sync"], 3);
     assert_eq!(second["failures"][0]["parked"], true, "{second}");
     // Parked: left alone until `tandem retry`, so the run is clean.
     let third = d.json(&["sync"]);
@@ -778,7 +778,7 @@ fn r17_a_parked_refused_request_is_left_alone() {
     );
     // Retried by hand: asked again, refused again (nothing changed), not parked yet.
     assert!(d.ok(&["retry", "VEND", "C3"]).contains('1'));
-    let fourth = d.json_exit(&["sync"], 2);
+    let fourth = d.json_exit(&["sync"], 3);
     assert_eq!(fourth["failures"][0]["parked"], false, "{fourth}");
 }
 
@@ -790,8 +790,8 @@ fn r17_a_new_link_failing_twice_is_parked() {
         "id,name,vat_registration_no\nV1,Acme,BE0111\n",
     );
     break_vendor_writes(&d);
-    d.fails(&["sync"], 2);
-    let second = d.json_exit(&["sync"], 2);
+    d.fails(&["sync"], 3);
+    let second = d.json_exit(&["sync"], 3);
     assert_eq!(second["failures"][0]["parked"], true, "{second}");
 }
 
@@ -800,7 +800,7 @@ fn r9_a_failed_operator_link_does_not_turn_into_a_create() {
     let d = deployment("id,contact_type,name\nC2,company,Beta BV\n");
     d.write("erp/vendors.csv", "id,name\nV2,Beta\n");
     break_vendor_writes(&d);
-    d.fails(&["link", "VEND", "C2", "V2"], 2);
+    d.fails(&["link", "VEND", "C2", "V2"], 3);
     // The link stays, with its first write still to do (R18).
     let link = ("VEND".to_owned(), "C2".to_owned(), "V2".to_owned());
     assert_eq!(d.links(), vec![link.clone()]);
@@ -842,8 +842,8 @@ fn r17_parked_creates_do_not_reduce_unchanged_links() {
         "erp/customers.csv",
         "id,name,vat_registration_no\nK1,Acme,BE0111\n",
     );
-    d.fails(&["sync"], 2);
-    d.fails(&["sync"], 2);
+    d.fails(&["sync"], 3);
+    d.fails(&["sync"], 3);
     let report = d.sync();
     assert_eq!(counts(&report, "CUST")["parked"], 1, "{report}");
     assert_eq!(counts(&report, "CUST")["unchanged"], 1, "{report}");

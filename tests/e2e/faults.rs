@@ -602,8 +602,8 @@ struct Scenario<'a> {
 }
 
 impl Scenario<'_> {
-    /// `tandem --json <args>`: its exit code and JSON report (`null` when it printed
-    /// none, e.g. a run that stopped).
+    /// `tandem --json <args>`: its exit code and JSON report (the error object for a
+    /// run that stopped).
     fn tandem(&mut self, args: &[&str]) -> (Option<i32>, Json) {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
@@ -619,7 +619,8 @@ impl Scenario<'_> {
             self.figures.elapsed += started.elapsed();
         }
         let report = serde_json::from_slice(&out.stdout).unwrap_or(Json::Null);
-        if report.is_null() {
+        // A run that stopped prints an error object (`{"error": ...}`) instead.
+        if report.is_null() || report.get("error").is_some() {
             eprintln!(
                 "tandem {args:?} ({:?}):\n{}{}",
                 out.status.code(),

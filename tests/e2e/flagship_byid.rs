@@ -93,7 +93,7 @@ fn r17_a_write_tryton_refuses_is_retried_parked_and_put_back() {
 
     // Check digits that do not add up: Tryton refuses the identifier.
     book.update(&c_acme, &[(field::VAT_REGISTRATION_NO, "BE0000000001")]);
-    let first = run.tandem_exit(&["sync"], 2);
+    let first = run.tandem_exit(&["sync"], 3);
     let failures = first["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{first}");
     assert_eq!(failures[0]["code"], "CUST", "{first}");
@@ -108,7 +108,7 @@ fn r17_a_write_tryton_refuses_is_retried_parked_and_put_back() {
     assert_eq!(counts(&first, "CUST")["failed"], 1, "{first}");
 
     // Nothing changed anywhere: the run tries again, and parks it (same error twice).
-    let second = run.tandem_exit(&["sync"], 2);
+    let second = run.tandem_exit(&["sync"], 3);
     assert_eq!(counts(&second, "CUST")["failed"], 1, "retried: {second}");
     assert_eq!(second["failures"][0]["parked"], true, "{second}");
     assert_eq!(second["failures"][0]["error"], error.as_str(), "{second}");

@@ -300,7 +300,7 @@ fn a_certificate_not_from_the_trusted_ca_names_the_connector_and_ca_file() {
         let out = tandem(&d, &server, &["sync"]);
         let shown = format!("{}{}", stdout(&out), stderr(&out));
         assert!(
-            !out.status.success() && out.status.code() != Some(2),
+            !out.status.success() && out.status.code() != Some(3),
             "a sync without the right CA for `{wrong}` must stop ({:?}):\n{shown}",
             out.status.code()
         );

@@ -9,6 +9,7 @@ mod support;
 
 mod business_rules;
 mod config;
+mod conventions;
 mod crash;
 mod deploy;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
@@ -20,6 +21,7 @@ mod flagship_byid;
 mod guard;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod https;
+mod json_output;
 mod normalised;
 mod operator;
 mod plugin;

@@ -162,7 +162,7 @@ fn r20_cards_with_country_names_sync_to_tryton_as_country_codes() {
         ),
     );
     let run = w.run(config(&w.url, &w.cards, &w.server));
-    let first = run.tandem_exit(&["sync"], 2);
+    let first = run.tandem_exit(&["sync"], 3);
     assert_eq!(counts(&first, "CUST")["created"], 2, "{first}");
     let contact = |name: &str| w.book.by_name(name).unwrap().id;
     let alpen = run
@@ -186,7 +186,7 @@ fn r20_cards_with_country_names_sync_to_tryton_as_country_codes() {
 
     // The cards keep the names their users wrote; the second run has nothing to write.
     let versions = w.book.versions();
-    let second = run.tandem_exit(&["sync"], 2);
+    let second = run.tandem_exit(&["sync"], 3);
     assert_eq!(counts(&second, "CUST")["updated"], 0, "{second}");
     assert_eq!(w.book.versions(), versions, "no card written again");
     assert!(

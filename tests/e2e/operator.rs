@@ -190,7 +190,7 @@ fn links_list_and_export_as_csv_and_json() {
     assert!(table.contains("3 links"), "{table}");
     let err = d.fails(&["links", "NOPE"], 1);
     assert!(err.contains("no relation `NOPE` is configured"), "{err}");
-    let err = d.fails(&["--json", "links", "--format", "csv"], 1);
+    let err = d.fails(&["--json", "links", "--format", "csv"], 2);
     assert!(err.contains("--format"), "{err}");
 }
 
@@ -236,11 +236,12 @@ fn status_shows_the_last_runs_and_what_waits() {
 fn retry_needs_all_or_a_code_and_an_id() {
     let d = seeded();
     d.sync();
-    let err = d.fails(&["retry"], 1);
+    // Usage errors exit with 2, clap's convention.
+    let err = d.fails(&["retry"], 2);
     assert!(err.contains("--all"), "{err}");
-    let err = d.fails(&["retry", "CUST"], 1);
+    let err = d.fails(&["retry", "CUST"], 2);
     assert!(err.contains("<ID>"), "{err}");
-    let err = d.fails(&["retry", "--all", "CUST", "C1"], 1);
+    let err = d.fails(&["retry", "--all", "CUST", "C1"], 2);
     assert!(err.contains("cannot be used with"), "{err}");
     let err = d.fails(&["retry", "CUST", "C1"], 1);
     assert!(err.contains("nothing parked for CUST C1"), "{err}");

@@ -87,7 +87,9 @@ impl Deployment {
         cmd.output().unwrap()
     }
 
-    /// Runs a command with `--json` that must succeed, and returns its report.
+    /// Runs a command with `--json` that must succeed, and returns its report. The
+    /// output must carry `format_version` 1; a list (`links`, `log`, `conflicts`,
+    /// `plugins`: an object with the version and one list) is returned as the list.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
@@ -97,8 +99,9 @@ impl Deployment {
             "tandem {args:?} failed:\n{}",
             stderr(&out)
         );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        let value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        unversioned(value)
     }
 
     pub fn sync(&self) -> Value {
@@ -106,7 +109,7 @@ impl Deployment {
     }
 
     /// Runs a command with `--json` that must exit with `code`, and returns its output
-    /// as JSON (e.g. a `sync` whose records failed exits with 2 and still reports).
+    /// as JSON (e.g. a `sync` whose records failed exits with 3 and still reports).
     pub fn json_exit(&self, args: &[&str], code: i32) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
@@ -118,8 +121,10 @@ impl Deployment {
             stdout(&out),
             stderr(&out)
         );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(&out)))
+        unversioned(
+            serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", stdout(&out))),
+        )
     }
 
     /// Runs a command that must succeed, and returns its stdout.
@@ -217,6 +222,24 @@ impl Deployment {
             .map(|l| (l.code, l.contact_id, l.account_id))
             .collect()
     }
+}
+
+/// `--json` output without its `format_version` (which must be 1); the list of a
+/// list command.
+pub fn unversioned(mut value: Value) -> Value {
+    assert!(value.is_object(), "--json output is an object: {value}");
+    let object = value.as_object_mut().unwrap();
+    assert_eq!(
+        object.remove("format_version"),
+        Some(Value::from(1)),
+        "--json output carries format_version 1"
+    );
+    if object.len() == 1
+        && let Some(list) = object.values().next().filter(|v| v.is_array())
+    {
+        return list.clone();
+    }
+    value
 }
 
 pub fn stdout(out: &Output) -> String {

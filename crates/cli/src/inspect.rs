@@ -1,6 +1,6 @@
 //! Commands that only read the state: `links`, `resolve`, `log`, `conflicts` (the
-//! list) and `status`. They take the shared lock and never create a state file: with
-//! no state yet they answer from an empty one.
+//! list) and `status`. They read without the lock (a running sync does not stop them)
+//! and never create a state file: with no state yet they answer from an empty one.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -15,10 +15,10 @@ use tandem_state::{
 
 use crate::config::Config;
 use crate::output::{json_show, plural, row, show, table};
-use crate::{Cli, Format, configured, load, open_state_read, print_stdout, registry};
+use crate::{Cli, Format, configured, load, open_state_inspect, print_stdout, registry};
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    print_stdout(&(serde_json::to_string_pretty(value)? + "\n"))
+    crate::json::print(value)
 }
 
 /// The account kind of a configured code, for messages (`customer`).
@@ -34,7 +34,7 @@ pub(crate) fn kind_name(config: &Config, code: &str) -> &'static str {
 /// `tandem links [<CODE>] [--format table|csv|json]`.
 pub(crate) fn links(cli: &Cli, code: Option<&str>, format: Format) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
-    let state = open_state_read(&config)?;
+    let state = open_state_inspect(&config)?;
     let links = state.links(code)?;
     if let Some(code) = code
         && links.is_empty()
@@ -44,7 +44,7 @@ pub(crate) fn links(cli: &Cli, code: Option<&str>, format: Format) -> anyhow::Re
         configured(&config, code)?;
     }
     match format {
-        Format::Json => print_json(&links)?,
+        Format::Json => crate::json::print_list("links", &links)?,
         Format::Csv => print_stdout(&links_csv(&links)?)?,
         Format::Table => {
             if links.is_empty() {
@@ -111,7 +111,7 @@ fn links_csv(links: &[Link]) -> anyhow::Result<String> {
 pub(crate) fn resolve(cli: &Cli, contact_id: &str, code: &str) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
     configured(&config, code)?;
-    let state = open_state_read(&config)?;
+    let state = open_state_inspect(&config)?;
     let kind = kind_name(&config, code);
     let Some(found) = tandem_engine::resolve(&state, code, contact_id)? else {
         let company = state.company_of(contact_id)?;
@@ -147,10 +147,10 @@ pub(crate) fn resolve(cli: &Cli, contact_id: &str, code: &str) -> anyhow::Result
 /// `tandem log <CONTACT_ID> [--limit N]` (R11).
 pub(crate) fn log(cli: &Cli, contact_id: &str, limit: usize) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
-    let state = open_state_read(&config)?;
+    let state = open_state_inspect(&config)?;
     let entries = state.interactions(contact_id, limit)?;
     if cli.json {
-        print_json(&entries)?;
+        crate::json::print_list("entries", &entries)?;
         return Ok(ExitCode::SUCCESS);
     }
     if entries.is_empty() {
@@ -297,10 +297,10 @@ fn conflict_show(entry: &LogEntry) -> String {
 /// `tandem conflicts`: the open conflicts (R15).
 pub(crate) fn conflicts(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
-    let state = open_state_read(&config)?;
+    let state = open_state_inspect(&config)?;
     let open = state.conflicts(true)?;
     if cli.json {
-        print_json(&open)?;
+        crate::json::print_list("conflicts", &open)?;
         return Ok(ExitCode::SUCCESS);
     }
     if open.is_empty() {
@@ -361,14 +361,15 @@ struct StatusRun {
 /// `tandem status`.
 pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
-    let state = open_state_read(&config)?;
+    let state = open_state_inspect(&config)?;
+    let sync_running = crate::runs::sync_running(&state)?;
     let runs: Vec<StatusRun> = state
         .runs(10)?
         .into_iter()
         .map(|mut run| {
-            // Readers hold the shared lock, so no sync holds the exclusive one: a run
-            // still marked running is one whose process died.
-            if run.status == "running" {
+            // A run still marked running while no sync holds the lock is one whose
+            // process died.
+            if run.status == "running" && !sync_running {
                 run.status = "interrupted".to_owned();
             }
             StatusRun {
@@ -391,6 +392,7 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
         print_json(&json!({
             "state": state.path().display().to_string(),
             "state_exists": !state.is_in_memory(),
+            "sync_running": sync_running,
             "runs": runs,
             "parked": {
                 "links": parked_links,
@@ -412,6 +414,11 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
             out,
             "No state yet at {}: nothing has been synchronised.",
             state.path().display()
+        );
+    }
+    if sync_running {
+        out.push_str(
+            "A sync is running now: what follows is the state as its last commit left it.\n",
         );
     }
     if runs.is_empty() {

@@ -6,12 +6,17 @@
 
 mod allocator;
 mod config;
+mod docs;
+mod init;
 mod inspect;
+mod json;
 mod logging;
 mod operator;
 mod output;
 #[cfg(feature = "plugins")]
 mod plugins;
+mod progress;
+mod runs;
 mod service;
 mod web;
 
@@ -32,6 +37,8 @@ use tandem_state::{LockMode, SqliteState, StateError, StateStore};
 use tracing::debug;
 
 use crate::config::{Config, ConfigErrors, Env};
+use crate::logging::LogFormat;
+use crate::progress::{Bars, Interrupted};
 
 /// The connector types compiled into this binary: one cargo feature per connector
 /// crate (`connector-<type>`), so a build carries only the systems it needs.
@@ -53,9 +60,14 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  error: the config, the state or a connector failed, or the run stopped
-  2  `sync` (or `link`, `unlink`, `create`) finished, but some records failed
+  2  usage error: an unknown command or option, a missing argument (and for
+     `plan --detailed-exitcode`: the plan has changes)
+  3  `sync` (or `link`, `unlink`, `create`) finished, but some records failed
      (listed in the report; they are retried on the next run, and parked after
      the same error twice until `tandem retry`)";
+
+/// The exit code of a sync whose records failed (R17); 2 is clap's usage error.
+const EXIT_RECORDS_FAILED: u8 = 3;
 
 /// Keeps contacts (CRM, address book) in step with customers, vendors and bank
 /// accounts (ERP).
@@ -81,6 +93,17 @@ struct Cli {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// The form of the log lines on stderr: `plain` for people, `json` for log
+    /// collectors (one object a line, with timestamp, level, target, message, run id,
+    /// connector, kind, ...).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -109,9 +132,11 @@ enum Command {
     Run,
     /// Print what `sync` would do now, without writing to any system.
     ///
-    /// Prints the counts per relation, then every link to make, record to create,
-    /// field change (old -> new), link to drop, ambiguous match, refused request and
-    /// conflict. Never creates a state file.
+    /// Prints the counts per relation, then every link to make (+), record to create
+    /// (+), field change (~, old -> new), link to drop (-), ambiguous match, refused
+    /// request and conflict; in colour on a terminal (not with NO_COLOR). Never creates
+    /// a state file.
+    #[command(after_help = EXIT_CODES)]
     Plan {
         /// Read every system completely, even what did not change since the last sync.
         #[arg(long)]
@@ -120,6 +145,13 @@ enum Command {
         /// when a listing is empty (R16).
         #[arg(long)]
         allow_deletes: bool,
+        /// List every action; without it, a plan lists its first 200 and counts the rest.
+        #[arg(long)]
+        all: bool,
+        /// Exit with 2 when the plan has changes (writes, unlinks or conflicts), 0 when it
+        /// has none, 1 on errors: for scripts, as `terraform plan` does.
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Check the config, open the state, and check every connector.
     ///
@@ -211,7 +243,42 @@ enum Command {
         id: Option<String>,
     },
     /// Show the last runs, parked pairs and creates, open conflicts and pending creates.
+    ///
+    /// Works while a sync runs (it reads the state without taking its lock).
     Status,
+    /// List the recent runs, or show what one run did to which records.
+    Runs {
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
+        /// At most this many runs, the newest.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Write a commented starter config for the chosen connector types.
+    ///
+    /// Writes the file named by --config (default `tandem.toml`); refuses to overwrite
+    /// an existing file.
+    Init {
+        /// Where the contacts live: `file`, `carddav` or `plugin`.
+        #[arg(long, value_enum, default_value_t = init::ContactsType::File)]
+        contacts: init::ContactsType,
+        /// Where the customers, vendors and bank accounts live: `file`, `tryton` or
+        /// `plugin`.
+        #[arg(long, value_enum, default_value_t = init::AccountsType::File)]
+        accounts: init::AccountsType,
+    },
+    /// Print a shell completion script on stdout.
+    ///
+    /// bash: `tandem completions bash > ~/.local/share/bash-completion/completions/tandem`;
+    /// zsh: `tandem completions zsh > ~/.zfunc/_tandem`; fish: `tandem completions fish
+    /// > ~/.config/fish/completions/tandem.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout: `tandem man | man -l -`.
+    Man,
     /// List the plugins: those the config names (`type = "plugin"`) and the libraries
     /// in the `plugins` folder next to it, with name, version, ABI, kinds and
     /// capabilities.
@@ -233,6 +300,18 @@ enum ConflictsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// The records a run touched (from the interaction log), and its failures.
+    Show {
+        /// The run's id, as `tandem runs` lists it.
+        id: i64,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
 /// The output format of `tandem links`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
@@ -247,15 +326,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            // clap's usual 2 would read as "records failed".
-            return if e.use_stderr() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            };
+            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+                let _ = print_stdout(&format!("{:#}\n", json::usage_error_value(&e)));
+            }
+            // 2 for usage errors, 0 for --help and --version: clap's convention.
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    logging::init(cli.verbose, cli.quiet);
+    let engine_command = cli.command.engine_command();
+    let bars = engine_command
+        .filter(|_| progress::wanted(cli.quiet, cli.log_format == LogFormat::Plain))
+        .map(|_| Bars::on_stderr());
+    logging::init(cli.verbose, cli.quiet, cli.log_format, bars.clone());
+    if let Some(what) = engine_command {
+        let json_logs = cli.log_format == LogFormat::Json;
+        progress::stop_on_ctrl_c(bars.clone(), what, json_logs);
+    }
     // `run` answers signals and HTTP on two worker threads while a run computes.
     let runtime = match &cli.command {
         Command::Run => tokio::runtime::Builder::new_multi_thread()
@@ -265,19 +351,50 @@ fn main() -> ExitCode {
         _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-    };
-    let runtime = match runtime {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            print_error(&anyhow!(e).context("cannot start the async runtime"));
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(&cli)) {
+    }
+    .context("cannot start the async runtime");
+    let result = runtime.and_then(|runtime| runtime.block_on(run(&cli)));
+    if let Some(bars) = &bars {
+        bars.clear();
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             print_error(&e);
-            ExitCode::from(1)
+            if cli.json {
+                json::print_error(&e);
+            }
+            // Options that clap cannot tell apart are usage errors too.
+            ExitCode::from(if e.is::<UsageError>() { 2 } else { 1 })
+        }
+    }
+}
+
+/// A mistake on the command line that clap's rules do not catch: exit 2, like
+/// clap's own.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+impl Command {
+    /// For commands that run the engine: what Ctrl-C interrupts. They show progress
+    /// bars on a terminal.
+    fn engine_command(&self) -> Option<Interrupted> {
+        match self {
+            Command::Sync { .. }
+            | Command::Link { .. }
+            | Command::Unlink { .. }
+            | Command::Create { .. }
+            | Command::CreateContact { .. } => Some(Interrupted::Sync),
+            Command::Plan { .. } => Some(Interrupted::Plan),
+            _ => None,
         }
     }
 }
@@ -295,6 +412,12 @@ fn parse_args() -> Result<Cli, clap::Error> {
          config value is read from the environment."
     ));
     Cli::from_arg_matches(&command.try_get_matches()?)
+}
+
+/// The command line as clap knows it, with the help texts of `tandem --help`: what
+/// completions and the man page are made from.
+fn cli_command() -> clap::Command {
+    Cli::command().after_help(EXIT_CODES)
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -355,13 +478,13 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Links { code, format } => {
             let format = match (cli.json, format) {
                 (true, Some(f)) if *f != Format::Json => {
-                    return Err(anyhow!(
+                    return Err(anyhow!(UsageError(format!(
                         "--json and --format {} ask for different formats; give one of them",
                         match f {
                             Format::Csv => "csv",
                             _ => "table",
                         }
-                    ));
+                    ))));
                 }
                 (true, _) => Format::Json,
                 (false, f) => f.unwrap_or(Format::Table),
@@ -381,11 +504,22 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                     code: code.clone(),
                     id: id.clone(),
                 },
-                _ => return Err(anyhow!("give --all, or a relation code and an id")),
+                _ => {
+                    return Err(anyhow!(UsageError(
+                        "give --all, or a relation code and an id".to_owned()
+                    )));
+                }
             };
             operator::retry(cli, &target)
         }
         Command::Status => inspect::status(cli),
+        Command::Runs { command, limit } => match command {
+            None => runs::list(cli, *limit),
+            Some(RunsCommand::Show { id, limit }) => runs::show(cli, *id, *limit),
+        },
+        Command::Init { contacts, accounts } => init::init(cli, *contacts, *accounts),
+        Command::Completions { shell } => docs::completions(*shell),
+        Command::Man => docs::man(),
         #[cfg(feature = "plugins")]
         Command::Plugins => plugins::plugins(cli),
     }
@@ -413,6 +547,14 @@ fn open_state(config: &Config, mode: LockMode) -> anyhow::Result<SqliteState> {
 /// empty state in memory when there is no state file yet (none is created).
 fn open_state_read(config: &Config) -> anyhow::Result<SqliteState> {
     SqliteState::open_url_existing(&config.state_url, &config.base_dir)
+        .map_err(|e| state_error(config, e))
+}
+
+/// Opens the state for a command that only looks (`status`, `links`, `log`,
+/// `conflicts`, `runs`): no lock, so it works while a sync runs, and never a file
+/// created.
+fn open_state_inspect(config: &Config) -> anyhow::Result<SqliteState> {
+    SqliteState::open_url_read_only(&config.state_url, &config.base_dir)
         .map_err(|e| state_error(config, e))
 }
 
@@ -506,6 +648,7 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
         | Command::Plan {
             full_read,
             allow_deletes,
+            ..
         } => (full_read, allow_deletes),
         _ => (false, false),
     };
@@ -528,14 +671,30 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     };
     let elapsed = started.elapsed();
 
+    let (all, detailed) = match cli.command {
+        Command::Plan {
+            all,
+            detailed_exitcode,
+            ..
+        } => (all, detailed_exitcode),
+        _ => (true, false),
+    };
     if cli.json {
-        print_stdout(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+        json::print(&report)?;
     } else {
         let actions = !sync || cli.verbose > 0 || !matches!(cli.command, Command::Sync { .. });
-        print_stdout(&output::report(&report, &relations, actions, elapsed))?;
+        let view = output::View {
+            actions,
+            // A sync lists what it did in full: it is the record of the run.
+            cap: (!all).then_some(output::PLAN_CAP),
+            colour: output::colour_on_stdout(),
+        };
+        print_stdout(&output::report(&report, &relations, view, elapsed))?;
     }
     let records_failed = report.failed() > 0 || !report.failures.is_empty();
     Ok(if sync && records_failed {
+        ExitCode::from(EXIT_RECORDS_FAILED)
+    } else if detailed && output::has_changes(&report) {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
@@ -679,12 +838,11 @@ async fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
 
     let failed = lines.iter().filter(|l| !l.ok).count();
     if cli.json {
-        let json = serde_json::json!({
+        json::print(&serde_json::json!({
             "config": config.shown(),
             "ok": failed == 0,
             "checks": lines,
-        });
-        print_stdout(&(serde_json::to_string_pretty(&json)? + "\n"))?;
+        }))?;
     } else {
         let mut out = String::new();
         for line in &lines {

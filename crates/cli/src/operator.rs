@@ -30,7 +30,7 @@ pub(crate) fn retry(cli: &Cli, target: &RetryTarget) -> anyhow::Result<ExitCode>
         ));
     }
     if cli.json {
-        print_stdout(&(serde_json::to_string_pretty(&json!({ "retried": count }))? + "\n"))?;
+        crate::json::print(&json!({ "retried": count }))?;
     } else if count == 0 {
         print_stdout("Nothing is parked; nothing to retry.\n")?;
     } else {
@@ -62,7 +62,7 @@ pub(crate) fn resolve_conflict(cli: &Cli, id: i64, take: &str) -> anyhow::Result
         Err(e) => return Err(anyhow!(e).context("cannot record the decision")),
     };
     if cli.json {
-        print_stdout(&(serde_json::to_string_pretty(&entry)? + "\n"))?;
+        crate::json::print(&entry)?;
         return Ok(ExitCode::SUCCESS);
     }
     let value = entry

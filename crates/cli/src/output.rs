@@ -3,6 +3,7 @@
 //! action. `--json` bypasses all of this and prints the report itself.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use tandem_engine::ConflictPolicy;
@@ -12,8 +13,6 @@ use tandem_engine::plan::{FieldChange, NewLink, UnlinkReason};
 use tandem_engine::relation::Relations;
 use tandem_model::{EntityKind, Fields, Value};
 
-/// Renders `report`; with `actions`, every link, create, field change, conflict and
-/// unlink follows the summary.
 /// The counters of a relation, in the order they are shown.
 pub const COUNT_NAMES: [&str; 9] = [
     "linked",
@@ -27,12 +26,37 @@ pub const COUNT_NAMES: [&str; 9] = [
     "parked",
 ];
 
-pub fn report(
-    report: &RunReport,
-    relations: &Relations,
-    actions: bool,
-    elapsed: Duration,
-) -> String {
+/// How many actions a plan lists before it only counts the rest (`plan --all` lists
+/// them all).
+pub const PLAN_CAP: usize = 200;
+
+/// How a report is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    /// List every link, create, field change, conflict and unlink after the summary.
+    pub actions: bool,
+    /// At most this many actions, then a count of the rest.
+    pub cap: Option<usize>,
+    /// `+`/`~`/`-`/`!` markers in colour (a terminal without NO_COLOR).
+    pub colour: bool,
+}
+
+/// Colour when stdout is a terminal and NO_COLOR (<https://no-color.org>) is not set
+/// to something.
+pub fn colour_on_stdout() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Whether a plan changes anything: writes, unlinks or conflicts (`plan
+/// --detailed-exitcode`).
+pub fn has_changes(report: &RunReport) -> bool {
+    report.writes > 0
+        || !report.plan.unlinks.is_empty()
+        || report.plan.hubs.iter().any(|h| !h.conflicts.is_empty())
+}
+
+/// Renders `report` as `view` says.
+pub fn report(report: &RunReport, relations: &Relations, view: View, elapsed: Duration) -> String {
     let mut out = String::new();
     let kind_of = |code: &str| {
         relations
@@ -192,8 +216,22 @@ pub fn report(
         );
     }
 
-    if actions {
-        plan_actions(&mut out, report, relations);
+    if view.actions {
+        let mut list = Actions {
+            out: &mut out,
+            left: view.cap.unwrap_or(usize::MAX),
+            skipped: 0,
+            colour: view.colour,
+        };
+        plan_actions(&mut list, report, relations);
+        if list.skipped > 0 {
+            let skipped = list.skipped;
+            let _ = writeln!(
+                out,
+                "\n... and {} (`tandem plan --all` lists every one)",
+                plural(skipped as u64, "more action", "more actions")
+            );
+        }
     }
 
     out.push('\n');
@@ -241,7 +279,7 @@ fn final_line(report: &RunReport, elapsed: Duration) -> String {
     }
 }
 
-fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
+fn plan_actions(list: &mut Actions<'_>, report: &RunReport, relations: &Relations) {
     let plan = &report.plan;
     let relation = |code: &str| relations.relations.iter().find(|r| r.code == code);
     let kind = |code: &str| relation(code).map_or("account", |r| r.kind.as_str());
@@ -254,7 +292,7 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
         .collect();
     let has_links = !links.is_empty();
     if has_links {
-        out.push_str("\nLinks to make (R4):\n");
+        list.heading("Links to make (R4):");
         for (hub, pair, how) in links {
             let how = match how {
                 NewLink::Match { tier } => {
@@ -275,19 +313,21 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
                     "recovered: created by an earlier run that was cut short".to_owned()
                 }
             };
-            let _ = writeln!(
-                out,
-                "  {} contact {} <-> {} {}  ({how})",
-                pair.code,
-                hub.contact_id,
-                kind(&pair.code),
-                pair.account_id,
+            list.action(
+                Marker::Add,
+                format!(
+                    "{} contact {} <-> {} {}  ({how})",
+                    pair.code,
+                    hub.contact_id,
+                    kind(&pair.code),
+                    pair.account_id,
+                ),
             );
         }
     }
 
     if !plan.account_creates.is_empty() {
-        out.push_str("\nAccounts to create (R5):\n");
+        list.heading("Accounts to create (R5):");
         for c in &plan.account_creates {
             let asked = match &c.requested_by {
                 Some(person) => format!(", asked by person {person}"),
@@ -297,27 +337,31 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
                 Some(t) => format!(", template {t}"),
                 None => String::new(),
             };
-            let _ = writeln!(
-                out,
-                "  {} {} for contact {}{asked}{template}: {}",
-                c.code,
-                kind(&c.code),
-                c.contact_id,
-                fields(&c.fields)
+            list.action(
+                Marker::Add,
+                format!(
+                    "{} {} for contact {}{asked}{template}: {}",
+                    c.code,
+                    kind(&c.code),
+                    c.contact_id,
+                    fields(&c.fields)
+                ),
             );
         }
     }
 
     if !plan.creates.is_empty() {
-        out.push_str("\nContacts to create (R6):\n");
+        list.heading("Contacts to create (R6):");
         for c in &plan.creates {
-            let _ = writeln!(
-                out,
-                "  {} for {} {}: {}",
-                c.code,
-                kind(&c.code),
-                c.account_id,
-                fields(&c.fields)
+            list.action(
+                Marker::Add,
+                format!(
+                    "{} for {} {}: {}",
+                    c.code,
+                    kind(&c.code),
+                    c.account_id,
+                    fields(&c.fields)
+                ),
             );
         }
     }
@@ -326,22 +370,24 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
         !h.contact_changes.is_empty() || h.pairs.iter().any(|p| !p.account_changes.is_empty())
     });
     if has_changes {
-        out.push_str("\nField changes (old -> new):\n");
+        list.heading("Field changes (old -> new):");
         for hub in &plan.hubs {
-            if !hub.contact_changes.is_empty() {
-                let _ = writeln!(out, "  contact {}", hub.contact_id);
-                changes(out, &hub.contact_changes);
+            if !hub.contact_changes.is_empty()
+                && list.action(Marker::Change, format!("contact {}", hub.contact_id))
+            {
+                changes(list.out, &hub.contact_changes);
             }
             for pair in hub.pairs.iter().filter(|p| !p.account_changes.is_empty()) {
-                let _ = writeln!(
-                    out,
-                    "  {} {} ({}, contact {})",
+                let header = format!(
+                    "{} {} ({}, contact {})",
                     kind(&pair.code),
                     pair.account_id,
                     pair.code,
                     hub.contact_id
                 );
-                changes(out, &pair.account_changes);
+                if list.action(Marker::Change, header) {
+                    changes(list.out, &pair.account_changes);
+                }
             }
         }
     }
@@ -353,15 +399,18 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
         .collect();
     let conflicts_empty = conflicts.is_empty();
     if !conflicts.is_empty() {
-        out.push_str("\nConflicts, both sides changed since the last sync (R15):\n");
+        list.heading("Conflicts, both sides changed since the last sync (R15):");
         for (hub, c) in conflicts {
-            let _ = writeln!(
-                out,
-                "  contact {}, {} (was {}):",
+            let header = format!(
+                "contact {}, {} (was {}):",
                 hub.contact_id,
                 c.field,
                 show(&c.base)
             );
+            if !list.action(Marker::Conflict, header) {
+                continue;
+            }
+            let out = &mut *list.out;
             if let Some(v) = &c.contact {
                 let _ = writeln!(out, "      contact {}: {}", hub.contact_id, show(v));
             }
@@ -386,20 +435,22 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
     }
 
     if !plan.unlinks.is_empty() {
-        out.push_str("\nLinks to drop:\n");
+        list.heading("Links to drop:");
         for u in &plan.unlinks {
             let reason = match u.reason {
                 UnlinkReason::ContactDeleted => "the contact was deleted; the account stays (R12)",
                 UnlinkReason::AccountDeleted => "the account was deleted; the contact stays (R13)",
                 UnlinkReason::Operator => "unlinked by an operator; both records stay",
             };
-            let _ = writeln!(
-                out,
-                "  {} contact {} <-> {} {}: {reason}",
-                u.code,
-                u.contact_id,
-                kind(&u.code),
-                u.account_id
+            list.action(
+                Marker::Remove,
+                format!(
+                    "{} contact {} <-> {} {}: {reason}",
+                    u.code,
+                    u.contact_id,
+                    kind(&u.code),
+                    u.account_id
+                ),
             );
         }
     }
@@ -412,7 +463,73 @@ fn plan_actions(out: &mut String, report: &RunReport, relations: &Relations) {
         && plan.unlinks.is_empty()
         && plan.rejected.is_empty()
     {
-        out.push_str("\nNothing to do: every linked pair is in step.\n");
+        list.out
+            .push_str("\nNothing to do: every linked pair is in step.\n");
+    }
+}
+
+/// What an action does, as its marker says: `+` makes, `~` changes, `-` drops, `!`
+/// needs a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    Add,
+    Change,
+    Remove,
+    Conflict,
+}
+
+impl Marker {
+    fn sign(self) -> char {
+        match self {
+            Marker::Add => '+',
+            Marker::Change => '~',
+            Marker::Remove => '-',
+            Marker::Conflict => '!',
+        }
+    }
+
+    /// The ANSI colour: green, yellow, red, magenta.
+    fn colour(self) -> &'static str {
+        match self {
+            Marker::Add => "32",
+            Marker::Change => "33",
+            Marker::Remove => "31",
+            Marker::Conflict => "35",
+        }
+    }
+}
+
+/// The action list of a plan, capped: past the cap, actions are only counted.
+struct Actions<'a> {
+    out: &'a mut String,
+    left: usize,
+    skipped: usize,
+    colour: bool,
+}
+
+impl Actions<'_> {
+    /// A section's heading, when some of its actions will be listed.
+    fn heading(&mut self, text: &str) {
+        if self.left > 0 {
+            let _ = write!(self.out, "\n{text}\n");
+        }
+    }
+
+    /// Lists one action, or counts it past the cap; whether it was listed (its detail
+    /// lines follow it then).
+    fn action(&mut self, marker: Marker, text: String) -> bool {
+        if self.left == 0 {
+            self.skipped += 1;
+            return false;
+        }
+        self.left -= 1;
+        let sign = marker.sign();
+        let _ = if self.colour {
+            writeln!(self.out, "  \x1b[{}m{sign}\x1b[0m {text}", marker.colour())
+        } else {
+            writeln!(self.out, "  {sign} {text}")
+        };
+        true
     }
 }
 
@@ -545,6 +662,41 @@ mod tests {
             ],
         );
         assert_eq!(out, "relation          linked\nCUST (customers)      12\n");
+    }
+
+    #[test]
+    fn actions_are_marked_coloured_on_request_and_capped() {
+        let mut out = String::new();
+        let mut list = Actions {
+            out: &mut out,
+            left: 2,
+            skipped: 0,
+            colour: false,
+        };
+        list.heading("Links to make (R4):");
+        assert!(list.action(Marker::Add, "CUST contact C1 <-> customer K1".into()));
+        assert!(list.action(Marker::Change, "contact C2".into()));
+        assert!(
+            !list.action(Marker::Remove, "CUST contact C3".into()),
+            "past the cap"
+        );
+        list.heading("Links to drop:");
+        assert_eq!(list.skipped, 1);
+        assert_eq!(
+            out, "\nLinks to make (R4):\n  + CUST contact C1 <-> customer K1\n  ~ contact C2\n",
+            "no heading for a section with nothing listed"
+        );
+
+        let mut out = String::new();
+        let mut list = Actions {
+            out: &mut out,
+            left: usize::MAX,
+            skipped: 0,
+            colour: true,
+        };
+        list.action(Marker::Remove, "x".into());
+        list.action(Marker::Conflict, "y".into());
+        assert_eq!(out, "  \x1b[31m-\x1b[0m x\n  \x1b[35m!\x1b[0m y\n");
     }
 
     #[test]

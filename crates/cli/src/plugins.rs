@@ -78,7 +78,7 @@ pub(crate) fn plugins(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let failed = entries.iter().any(|e| e.error.is_some());
     if cli.json {
-        print_stdout(&(serde_json::to_string_pretty(&entries)? + "\n"))?;
+        crate::json::print_list("plugins", &entries)?;
     } else if entries.is_empty() {
         print_stdout(&format!(
             "No plugins: none is configured (`type = \"plugin\"`) and there is no library in {}.\n",

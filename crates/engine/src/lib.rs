@@ -16,6 +16,7 @@ pub mod matching;
 pub mod operator;
 mod pending;
 pub mod plan;
+pub mod progress;
 mod read;
 pub mod relation;
 mod report;

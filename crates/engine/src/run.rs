@@ -9,7 +9,7 @@ use tandem_model::EntityKind;
 use tandem_state::{Link, StateStore};
 
 use crate::pending::Pending;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use crate::apply::apply;
 pub(crate) use crate::error::EngineError;
@@ -195,7 +195,9 @@ impl<'a> Engine<'a> {
         let run_id = self
             .state
             .begin_run(crate::report::RunMode::Sync.as_str())?;
-        let report = self.run_sync(run_id, directives).await;
+        // Every event of the run carries its id (`--log-format json` shows it).
+        let span = tracing::info_span!("run", run = run_id);
+        let report = self.run_sync(run_id, directives).instrument(span).await;
         match &report {
             Ok(report) => {
                 let status = if report.failed() > 0 { "partial" } else { "ok" };
@@ -280,6 +282,7 @@ impl<'a> Engine<'a> {
             account_links: &account_links,
             contact_links: &contact_links,
         };
+        crate::progress::plan_start();
         let wakes = wakes(&relations, &directives, &pending, &first);
         drop(contact_links);
         let sides = self.sides()?;
@@ -321,14 +324,7 @@ impl<'a> Engine<'a> {
         let ambiguities = self.standing_ambiguities(&wakes, &sides, &mut plan)?;
         // The standing ambiguities are the plan's too.
         plan.counts = plan.derive_counts(&relations, &input.link_counts);
-        info!(
-            ms = started.elapsed().as_millis() as u64,
-            hubs = plan.hubs.len(),
-            creates = plan.creates.len() + plan.account_creates.len(),
-            unlinks = plan.unlinks.len(),
-            writes = plan.write_count(),
-            "planned"
-        );
+        log_planned(&plan, started.elapsed());
         Ok(Prepared {
             input,
             plan,
@@ -556,4 +552,17 @@ fn log_active(relations: &Relations, wakes: &[Wake]) {
         .map(|(r, w)| (r.code.as_str(), *w))
         .collect();
     info!(active = ?codes, "relations to match");
+}
+
+/// The `planned` line, and the progress event that ends planning.
+fn log_planned(plan: &Plan, took: std::time::Duration) {
+    info!(
+        ms = took.as_millis() as u64,
+        hubs = plan.hubs.len(),
+        creates = plan.creates.len() + plan.account_creates.len(),
+        unlinks = plan.unlinks.len(),
+        writes = plan.write_count(),
+        "planned"
+    );
+    crate::progress::plan_end(plan.write_count() as u64);
 }

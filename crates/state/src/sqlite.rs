@@ -2078,5 +2078,6 @@ fn redact_url(url: &str) -> String {
 }
 
 mod read_only;
+mod runs;
 #[cfg(test)]
 mod tests;

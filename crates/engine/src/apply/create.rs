@@ -135,6 +135,7 @@ impl Applier<'_> {
             })
             .collect();
         let outcomes = write_all(connector, kind, ops).await;
+        self.progress.advance(chunk.len(), "creates");
         failpoint::hit(&format!("after_{side}_create"));
         for (job, outcome) in chunk.iter().zip(outcomes) {
             match outcome {

@@ -93,6 +93,8 @@ struct Applier<'e> {
     started: std::time::Instant,
     /// Checked between write batches (the safe points).
     stop: crate::StopFlag,
+    /// Writes sent of those planned, for the progress events.
+    progress: crate::progress::Applying,
 }
 
 pub(crate) async fn apply(
@@ -146,8 +148,10 @@ pub(crate) async fn apply(
         contact_write_failed: crate::IdSet::default(),
         started: std::time::Instant::now(),
         stop: stop.clone(),
+        progress: crate::progress::Applying::default(),
     };
     info!(run = run_id, "applying");
+    applier.progress = crate::progress::Applying::new(applier.plan.write_count() as u64);
     applier.refusals();
     applier.unlinks();
     applier.commit(&mut **state)?;
@@ -164,6 +168,7 @@ pub(crate) async fn apply(
     crate::failpoint::hit("before_cursor_commit");
     applier.step("before_cursor_commit");
     applier.finish(&mut **state, &tag).await?;
+    crate::progress::apply_end(applier.progress.done, applier.progress.total);
     applier.report(&**state, &parked_before)
 }
 
@@ -174,7 +179,8 @@ impl Applier<'_> {
     }
 
     /// Step timings in the log (`tandem_engine::apply=debug`).
-    fn step(&self, step: &'static str) {
+    fn step(&mut self, step: &'static str) {
+        self.progress.advance(0, step);
         tracing::debug!(
             ms = self.started.elapsed().as_millis() as u64,
             step,
@@ -285,6 +291,16 @@ impl Applier<'_> {
         let same_again = previous_count >= 1 && previous_error == Some(failure.error.as_str());
         let parked = same_again && !passing;
         failure.parked = parked;
+        // One line per failed record, with its ids, for logs read by machines.
+        info!(
+            code = failure.code,
+            contact_id = failure.contact_id,
+            account_id = failure.account_id,
+            side = %failure.side,
+            parked,
+            error = failure.error,
+            "record failed"
+        );
         match failed {
             Failed::Pair(r, was, _) => self.plan.counts[r].pair_failed(was),
             Failed::Create(r, _) => self.plan.counts[r].create_failed(),

@@ -103,6 +103,7 @@ impl Applier<'_> {
                 })
                 .collect();
             let answers = write_all(&*connector, EntityKind::Contact, ops).await;
+            self.progress.advance(chunk.len(), "contact updates");
             for (&hub, outcome) in chunk.iter().zip(answers) {
                 self.writes += u64::from(outcome.is_ok());
                 outcomes.contacts[hub] = Some(outcome);
@@ -148,6 +149,7 @@ impl Applier<'_> {
                 })
                 .collect();
             let answers = write_all(&*connector, relation.kind, ops).await;
+            self.progress.advance(chunk.len(), "account updates");
             for (&(h, p), outcome) in chunk.iter().zip(answers) {
                 self.writes += u64::from(outcome.is_ok());
                 outcomes.accounts[outcomes.pair_offsets[h] + p] = Some(outcome);

@@ -14,6 +14,7 @@ use tandem_state::{Scope, StateStore};
 use tracing::info;
 
 use crate::error::EngineError;
+use crate::progress;
 use crate::report::ReadStats;
 
 pub use guard::DeleteGuard;
@@ -126,6 +127,12 @@ pub(crate) async fn read_scope(
     };
     let mut out = ScopeRead::empty(scope, fingerprint);
     info!(connector = connector_name, kind = kind.plural(), "reading");
+    // A full listing brings about as many records as the state knows of.
+    progress::read_start(
+        connector_name,
+        kind,
+        if incremental { 0 } else { stored.known },
+    );
     let started = std::time::Instant::now();
     let mut kept: Vec<Record> = Vec::new();
     let listing = loop {
@@ -137,6 +144,13 @@ pub(crate) async fn read_scope(
         let (listing, has_more) = (page.listing, page.has_more);
         cursor = page.cursor;
         out.take(page.records, &mut stored.hashes, &keep, &mut kept);
+        // A change-reading connector's full listing is held against every stored hash.
+        let expected = if listing == Listing::Full {
+            stored.known
+        } else {
+            0
+        };
+        progress::read_progress(connector_name, kind, out.stats.records, expected);
         if !has_more {
             break listing;
         }
@@ -164,6 +178,7 @@ pub(crate) async fn read_scope(
         ms = started.elapsed().as_millis() as u64,
         "read"
     );
+    progress::read_end(connector_name, kind, out.stats.records);
     Ok(out)
 }
 

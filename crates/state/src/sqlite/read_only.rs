@@ -65,3 +65,43 @@ impl SqliteState {
         busy
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StateStore;
+
+    #[test]
+    fn a_state_is_read_beside_the_sync_that_holds_it_and_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "sqlite://state.db";
+        let mut writer = SqliteState::open_url(url, dir.path(), LockMode::Exclusive).unwrap();
+        let run = writer.begin_run("sync").unwrap();
+
+        let mut reader = SqliteState::open_url_read_only(url, dir.path()).unwrap();
+        assert!(!reader.is_in_memory());
+        assert!(reader.writer_active(), "the sync holds the lock");
+        assert_eq!(
+            reader.runs(5).unwrap()[0].id,
+            run,
+            "what the sync committed"
+        );
+        assert!(reader.begin_run("sync").is_err(), "read only");
+
+        drop(writer);
+        assert!(!reader.writer_active());
+        // The lock is free: a new sync may take it while the reader is open.
+        let writer = SqliteState::open_url(url, dir.path(), LockMode::Exclusive);
+        assert!(writer.is_ok());
+    }
+
+    #[test]
+    fn a_missing_state_is_empty_and_stays_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = SqliteState::open_url_read_only("sqlite://none.db", dir.path()).unwrap();
+        assert!(state.is_in_memory());
+        assert!(state.runs(5).unwrap().is_empty());
+        assert!(!dir.path().join("none.db").exists());
+        assert!(!state.writer_active());
+    }
+}

@@ -1,0 +1,70 @@
+//! Progress of a run, for people watching it: `tracing` events at trace level under
+//! the target [`TARGET`], which a front end turns into progress bars (`tandem sync` on
+//! a terminal) and which a log filter leaves out otherwise.
+//!
+//! Every event has a `phase` (`read`, `plan`, `apply`) and a `step` (`start`,
+//! `progress`, `end`); counts are `done` and `total`, where a `total` of 0 means
+//! unknown. Read events name the `connector` and `kind`. Events come once per page
+//! read and once per batch written, so they cost nothing next to the work they count.
+
+use tandem_model::EntityKind;
+use tracing::trace;
+
+/// The target of every progress event.
+pub const TARGET: &str = "tandem_progress";
+
+/// A scope's reading began; `expected` is the number of records the state knows of
+/// it when the listing is a full one (0: not known).
+pub(crate) fn read_start(connector: &str, kind: EntityKind, expected: u64) {
+    trace!(target: TARGET, phase = "read", step = "start", connector, kind = kind.plural(), total = expected);
+}
+
+/// Records of a scope read so far.
+pub(crate) fn read_progress(connector: &str, kind: EntityKind, done: u64, expected: u64) {
+    trace!(target: TARGET, phase = "read", step = "progress", connector, kind = kind.plural(), done, total = expected);
+}
+
+/// A scope was read: `done` records in all.
+pub(crate) fn read_end(connector: &str, kind: EntityKind, done: u64) {
+    trace!(target: TARGET, phase = "read", step = "end", connector, kind = kind.plural(), done);
+}
+
+/// Matching and planning began (after the first pass of reads).
+pub(crate) fn plan_start() {
+    trace!(target: TARGET, phase = "plan", step = "start");
+}
+
+/// The plan is made: `writes` records to write.
+pub(crate) fn plan_end(writes: u64) {
+    trace!(target: TARGET, phase = "plan", step = "end", total = writes);
+}
+
+/// Writes sent so far, of `total` planned, and the step of the apply under way.
+pub(crate) fn apply_progress(done: u64, total: u64, step: &'static str) {
+    trace!(target: TARGET, phase = "apply", step = "progress", done, total, at = step);
+}
+
+/// The run is applied.
+pub(crate) fn apply_end(done: u64, total: u64) {
+    trace!(target: TARGET, phase = "apply", step = "end", done, total);
+}
+
+/// Writes of a run that were sent (whatever their outcome), for the progress events.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Applying {
+    pub total: u64,
+    pub done: u64,
+}
+
+impl Applying {
+    pub(crate) fn new(total: u64) -> Applying {
+        apply_progress(0, total, "start");
+        Applying { total, done: 0 }
+    }
+
+    /// `n` more writes were sent, in the step `at`.
+    pub(crate) fn advance(&mut self, n: usize, at: &'static str) {
+        self.done += n as u64;
+        apply_progress(self.done, self.total, at);
+    }
+}
