@@ -745,3 +745,55 @@ listen = "127.0.0.1:{port}"
         assert_eq!(d.links().len(), 1);
     }
 }
+
+/// A connector that cannot be read makes the service not ready (and says which), the
+/// service keeps going and retries, becomes ready once the connector can be read
+/// again, and still stops with exit 0.
+#[test]
+fn a_failing_connector_makes_the_service_not_ready_until_it_recovers() {
+    let port = free_port();
+    let d = Deployment::with_config(&small_config(port));
+    d.write(
+        "crm/contacts.csv",
+        "id,contact_type,name,vat_registration_no\nC1,company,Acme NV,BE0111\n",
+    );
+    // A line that cannot be read: the connector fails its check and every read.
+    d.write(
+        "erp/customers.csv",
+        "id,name,vat_registration_no,email\n\"K1,Acme NV,BE0111,info@acme.be\n",
+    );
+    let mut service = Service::start(&d, &[]);
+    service.wait_for_log("listening on", Duration::from_secs(30));
+    wait_until(Duration::from_secs(30), "/readyz says not ready", || {
+        http(port, "GET", "/readyz", None, None).0 == 503
+    });
+    let (_, body) = http(port, "GET", "/readyz", None, None);
+    assert!(body.contains("connector erp"), "{body}");
+    assert_eq!(http(port, "GET", "/healthz", None, None).0, 200);
+
+    d.write(
+        "erp/customers.csv",
+        "id,name,vat_registration_no,email\nK1,Acme NV,BE0111,info@acme.be\n",
+    );
+    wait_until(Duration::from_secs(30), "the service recovers", || {
+        cell(&d.read("crm/contacts.csv"), "C1", "email").as_deref() == Some("info@acme.be")
+    });
+    wait_until(Duration::from_secs(30), "/readyz says ready", || {
+        http(port, "GET", "/readyz", None, None).0 == 200
+    });
+    let (_, text) = http(port, "GET", "/metrics", Some(TOKEN), None);
+    let metrics = parse_metrics(&text);
+    let failed: f64 = ["poll", "sync"]
+        .iter()
+        .map(|m| {
+            sample(
+                &metrics,
+                "tandem_runs_total",
+                &[("mode", m), ("outcome", "failed")],
+            )
+        })
+        .sum();
+    assert!(failed >= 1.0, "the failed runs are counted:\n{text}");
+    service.stop(Duration::from_secs(10));
+    assert!(service.log().contains("warning:"), "{}", service.log());
+}

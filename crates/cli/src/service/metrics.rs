@@ -223,6 +223,10 @@ impl Metrics {
             .set(interval.as_secs_f64());
     }
 
+    #[cfg_attr(
+        not(any(feature = "connector-tryton", feature = "connector-carddav")),
+        allow(dead_code, reason = "no HTTP connector in this build")
+    )]
     pub fn http(&self, connector: &str, took: Duration, tries: u32, ok: bool) {
         let labels = vec![("connector", connector.to_owned())];
         self.http_seconds
@@ -299,6 +303,10 @@ fn written(report: &RunReport, relations: &Relations) -> BTreeMap<(String, Entit
 /// Counts the HTTP connectors' requests under the name of the connector whose `url`
 /// has the request's origin.
 #[derive(Debug)]
+#[cfg_attr(
+    not(any(feature = "connector-tryton", feature = "connector-carddav")),
+    allow(dead_code, reason = "no HTTP connector in this build")
+)]
 pub struct HttpCounter {
     pub metrics: Arc<Metrics>,
     /// (origin, connector name).

@@ -61,7 +61,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub token: Option<SecretString>,
     pub commands: mpsc::Sender<ServiceCommand>,
-    /// Per connector: `None` when its last check or poll passed, else why not.
+    /// Per connector: `None` when its last check, poll or sync read passed, else why
+    /// not.
     health: Mutex<BTreeMap<String, Option<String>>>,
 }
 
@@ -296,6 +297,8 @@ impl Service<'_> {
                 };
                 metrics.run(mode, outcome, took);
                 metrics.report(&report, &self.relations, true);
+                let read = report.read.iter().filter(|r| !r.skipped);
+                read.for_each(|r| self.shared.set_health(&r.connector, None));
                 self.count_conflicts();
                 let line = summary(&report, took);
                 match did_something(&report) {
