@@ -216,7 +216,14 @@ impl CarddavConnector {
                     out.etags.push((id.clone(), Some(etag.clone())));
                     match self.card_record(kind, &id, etag, &data) {
                         Ok(Some(record)) => out.records.push(record),
-                        Ok(None) => out.groups += 1,
+                        Ok(None) => {
+                            out.groups += 1;
+                            // A contact that became a group is gone as a contact, as
+                            // a full listing would find it (R16 weighs those).
+                            if !full {
+                                out.records.push(Record::tombstone(kind, &id));
+                            }
+                        }
                         // Retried next read.
                         Err(skip) => out.skipped.push(skip),
                     }

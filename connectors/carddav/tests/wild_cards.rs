@@ -83,6 +83,27 @@ async fn group_cards_are_passed_over_counted_and_never_written(flavor: Flavor) {
         "{outcome:?}"
     );
     assert_eq!(get(&server, &format!("{book}group.vcf")).await, before);
+
+    // A contact card turned into a group reads, from the changes, as gone. (It keeps
+    // its UID: servers refuse a card whose UID changes or is another card's.)
+    let uid_line = |card: &str| {
+        let line = card.lines().find(|l| l.starts_with("UID:"));
+        line.expect("the corpus card has a UID").to_owned()
+    };
+    let group = corpus_card("icloud-group.vcf");
+    let turned = group.replace(&uid_line(&group), &uid_line(&company));
+    put(&server, &format!("{book}company.vcf"), &turned).await;
+    let changes = c
+        .read(EntityKind::Contact, page.cursor.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(changes.listing, Listing::Changes);
+    let gone: Vec<(&str, bool)> = changes
+        .records
+        .iter()
+        .map(|r| (r.id.as_str(), r.deleted))
+        .collect();
+    assert_eq!(gone, [("company.vcf", true)]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
