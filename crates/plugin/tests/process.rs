@@ -245,3 +245,20 @@ fn settings_the_child_refuses_name_their_key() {
          max_batch (rejected by process connector `erp`)"
     );
 }
+
+/// The Python SDK's own tests (sdk/python/tests): the protocol loop, the example
+/// connector, and that both stay within Python 3.9.
+#[test]
+fn the_python_sdk_tests_pass() {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python");
+    let out = std::process::Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "tests", "-v"])
+        .current_dir(&sdk)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 runs");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("\nOK"), "{log}");
+    assert!(!log.contains("Ran 0 tests"), "{log}");
+}
