@@ -86,8 +86,14 @@ fn the_python_example_passes_the_conformance_kit() {
     let out = d.tandem(&["conformance", "--connector", "erp", "--kind", "customer"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    assert!(text.starts_with("Conformance of connector erp:\n"), "{text}");
-    assert!(text.contains("  ok   round_trip_create [customer]"), "{text}");
+    assert!(
+        text.starts_with("Conformance of connector erp:\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  ok   round_trip_create [customer]"),
+        "{text}"
+    );
     assert!(!text.contains("[vendor]"), "{text}");
     assert!(text.contains(" passed, 0 failed, "), "{text}");
 }
@@ -224,7 +230,10 @@ fn r17_a_child_that_dies_on_one_record_fails_that_record_only() {
     assert!(erp_field(&d, "customer", "Acme Trading NV", "name").is_some());
     assert_eq!(erp_field(&d, "customer", "Brightline Studio", "name"), None);
     // Tandem has exited: no child of it is left.
-    assert_eq!(processes_running(&script.display().to_string()), Vec::<String>::new());
+    assert_eq!(
+        processes_running(&script.display().to_string()),
+        Vec::<String>::new()
+    );
 
     // Without the crash, the next run creates the record that failed.
     d.write("tandem.toml", &crashing.replace("CRASH_ON", "NO_CRASH"));

@@ -39,7 +39,9 @@ async fn measure(connector: &dyn Connector, n: usize) -> (Duration, Duration, us
     while next < n {
         let end = (next + batch).min(n);
         let ops = (next..end)
-            .map(|i| WriteOp::Create { fields: customer(i) })
+            .map(|i| WriteOp::Create {
+                fields: customer(i),
+            })
             .collect();
         let outcomes = connector.write(EntityKind::Customer, ops).await.unwrap();
         assert!(outcomes.iter().all(Result::is_ok));
@@ -89,13 +91,20 @@ async fn main() {
         .join("../../examples/process-python/sqlite_connector.py")
         .canonicalize()
         .unwrap();
-    println!("{n} customers, 9 fields each; one run each, in {}", dir.path().display());
+    println!(
+        "{n} customers, 9 fields each; one run each, in {}",
+        dir.path().display()
+    );
 
     std::fs::create_dir_all(dir.path().join("erp")).unwrap();
     let file: Arc<dyn Connector> = FileConnectorFactory
         .build(json!({"path": "erp"}), &context)
         .unwrap();
-    report("file (CSV, compiled in)", measure(file.as_ref(), n).await, n);
+    report(
+        "file (CSV, compiled in)",
+        measure(file.as_ref(), n).await,
+        n,
+    );
 
     let python: Arc<dyn Connector> = ProcessFactory
         .build(
@@ -107,5 +116,9 @@ async fn main() {
             &context,
         )
         .unwrap();
-    report("process (Python, SQLite)", measure(python.as_ref(), n).await, n);
+    report(
+        "process (Python, SQLite)",
+        measure(python.as_ref(), n).await,
+        n,
+    );
 }

@@ -36,13 +36,15 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tandem_connector::{
-    BuildContext, Capabilities, Connector, ConnectorError, ConnectorFactory, Cursor, Page,
-    WriteOp, WriteOutcome, Written, parse_settings,
+    BuildContext, Capabilities, Connector, ConnectorError, ConnectorFactory, Cursor, Page, WriteOp,
+    WriteOutcome, Written, parse_settings,
 };
 use tandem_model::EntityKind;
 
 use crate::ABI_VERSION;
-use crate::protocol::{Description, Envelope, Init, InstanceInfo, Message, Reply, ReplyLine, Request};
+use crate::protocol::{
+    Description, Envelope, Init, InstanceInfo, Message, Reply, ReplyLine, Request,
+};
 
 /// The default time a call may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,7 +109,10 @@ struct Spec {
 }
 
 impl Spec {
-    fn from_settings(settings: ProcessSettings, context: &BuildContext) -> Result<Spec, ConnectorError> {
+    fn from_settings(
+        settings: ProcessSettings,
+        context: &BuildContext,
+    ) -> Result<Spec, ConnectorError> {
         let Some((program, args)) = settings.command.split_first() else {
             return Err(ConnectorError::config(
                 "`command`: give the program and its arguments, e.g. [\"python3\", \"connector.py\"]",
@@ -132,7 +137,10 @@ impl Spec {
             program
         };
         let name = settings.name.unwrap_or_else(|| {
-            program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
         Ok(Spec {
             label: format!("process connector `{name}`"),
@@ -141,9 +149,14 @@ impl Spec {
             args: args.to_vec(),
             env: settings.env,
             working_dir,
-            init: Init { settings: settings.settings, base_dir: context.base_dir.clone() },
+            init: Init {
+                settings: settings.settings,
+                base_dir: context.base_dir.clone(),
+            },
             timeout,
-            max_message_bytes: settings.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_message_bytes: settings
+                .max_message_bytes
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         })
     }
 }
@@ -169,12 +182,26 @@ impl fmt::Display for ChildFailure {
                 "the child did not answer within {} (setting `timeout`)",
                 humantime::format_duration(*timeout)
             ),
-            ChildFailure::NotAReply(why) => write!(f, "the child wrote a line that is not a reply: {why}"),
-            ChildFailure::WrongId { expected, found: Some(found) } => {
-                write!(f, "the child answered request id {found} to request id {expected}")
+            ChildFailure::NotAReply(why) => {
+                write!(f, "the child wrote a line that is not a reply: {why}")
             }
-            ChildFailure::WrongId { expected, found: None } => {
-                write!(f, "the child answered request id {expected} without an `id`")
+            ChildFailure::WrongId {
+                expected,
+                found: Some(found),
+            } => {
+                write!(
+                    f,
+                    "the child answered request id {found} to request id {expected}"
+                )
+            }
+            ChildFailure::WrongId {
+                expected,
+                found: None,
+            } => {
+                write!(
+                    f,
+                    "the child answered request id {expected} without an `id`"
+                )
             }
             ChildFailure::TooLong(limit) => write!(
                 f,
@@ -268,18 +295,26 @@ impl Running {
             // The child is gone; its exit status says more than "broken pipe".
             return Err(self.closed(deadline));
         }
-        let line = match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let line = match self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             Ok(Line::Text(line)) => line,
             Ok(Line::TooLong) => return Err(ChildFailure::TooLong(self.max_message_bytes)),
             Ok(Line::Failed(why)) => return Err(ChildFailure::Io(why)),
-            Ok(Line::Closed) | Err(RecvTimeoutError::Disconnected) => return Err(self.closed(deadline)),
+            Ok(Line::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                return Err(self.closed(deadline));
+            }
             Err(RecvTimeoutError::Timeout) => return Err(ChildFailure::Hung(timeout)),
         };
         let parsed: ReplyLine<T> = serde_json::from_slice(&line)
             .map_err(|e| ChildFailure::NotAReply(format!("{e} in {}", excerpt(&line))))?;
         match (parsed.id, parsed.reply) {
             (Some(found), Some(reply)) if found == id => Ok(reply),
-            (found, Some(_)) => Err(ChildFailure::WrongId { expected: id, found }),
+            (found, Some(_)) => Err(ChildFailure::WrongId {
+                expected: id,
+                found,
+            }),
             (_, None) => Err(ChildFailure::NotAReply(format!(
                 "it holds neither `ok` nor `err`: {}",
                 excerpt(&line)
@@ -337,7 +372,9 @@ fn read_lines(stdout: impl Read, limit: usize, sender: &Sender<Line>) {
     let mut reader = BufReader::with_capacity(256 * 1024, stdout);
     loop {
         let mut line = Vec::new();
-        let read = (&mut reader).take(limit as u64 + 1).read_until(b'\n', &mut line);
+        let read = (&mut reader)
+            .take(limit as u64 + 1)
+            .read_until(b'\n', &mut line);
         let event = match read {
             Ok(0) => Line::Closed,
             Ok(_) if line.ends_with(b"\n") || line.len() <= limit => Line::Text(line),
@@ -357,7 +394,10 @@ fn forward_log(stderr: impl Read, connector: &str) {
     let mut line = Vec::new();
     loop {
         line.clear();
-        match (&mut reader).take(MAX_LOG_LINE as u64).read_until(b'\n', &mut line) {
+        match (&mut reader)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -411,13 +451,21 @@ pub struct ProcessConnector {
 impl ProcessConnector {
     /// Starts the child, asks it to describe itself, hands it its settings and asks
     /// for its capabilities. `settings` is the connector's config table minus `type`.
-    pub fn start(settings: serde_json::Value, context: &BuildContext) -> Result<ProcessConnector, ConnectorError> {
+    pub fn start(
+        settings: serde_json::Value,
+        context: &BuildContext,
+    ) -> Result<ProcessConnector, ConnectorError> {
         let settings: ProcessSettings = parse_settings(settings)?;
         let spec = Arc::new(Spec::from_settings(settings, context)?);
         let mut running =
             Running::spawn(&spec).map_err(|e| ConnectorError::config(format!("`command`: {e}")))?;
         let started = handshake(&spec, &mut running).and_then(|description| {
-            let info = exchange::<InstanceInfo>(&spec, &mut running, &Message::Call(Request::Info), "info")?;
+            let info = exchange::<InstanceInfo>(
+                &spec,
+                &mut running,
+                &Message::Call(Request::Info),
+                "info",
+            )?;
             Ok((description, info))
         });
         match started {
@@ -511,12 +559,18 @@ fn exchange<T: DeserializeOwned>(
 fn start_error(spec: &Spec, error: ConnectorError) -> ConnectorError {
     match error {
         ConnectorError::Config { message } => {
-            match message.strip_prefix('`').and_then(|rest| rest.split_once("`: ")) {
+            match message
+                .strip_prefix('`')
+                .and_then(|rest| rest.split_once("`: "))
+            {
                 Some((key, rest)) if !key.is_empty() => ConnectorError::config(format!(
                     "`settings.{key}`: {rest} (rejected by {})",
                     spec.label
                 )),
-                _ => ConnectorError::config(format!("`settings`: {} rejected its settings: {message}", spec.label)),
+                _ => ConnectorError::config(format!(
+                    "`settings`: {} rejected its settings: {message}",
+                    spec.label
+                )),
             }
         }
         error => ConnectorError::config(format!("`command`: {error}")),
@@ -571,9 +625,13 @@ fn call_child<T: DeserializeOwned>(
             tracing::warn!(target: "tandem_plugin", connector = %spec.name, "{error}");
             if state.failures_in_a_row >= 2 {
                 state.given_up = Some(failure.to_string());
-                return Err(ConnectorError::transient(format!("{error}; not restarted again")));
+                return Err(ConnectorError::transient(format!(
+                    "{error}; not restarted again"
+                )));
             }
-            Err(ConnectorError::transient(format!("{error}; it is restarted for the next call")))
+            Err(ConnectorError::transient(format!(
+                "{error}; it is restarted for the next call"
+            )))
         }
     }
 }
@@ -616,13 +674,24 @@ impl Connector for ProcessConnector {
         self.request(Request::Check, "check".to_owned()).await
     }
 
-    async fn read(&self, kind: EntityKind, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
-        let request = Request::Read { kind, cursor: cursor.cloned() };
+    async fn read(
+        &self,
+        kind: EntityKind,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page, ConnectorError> {
+        let request = Request::Read {
+            kind,
+            cursor: cursor.cloned(),
+        };
         let call = call_name(&request);
         self.request(request, call).await
     }
 
-    async fn write(&self, kind: EntityKind, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, ConnectorError> {
+    async fn write(
+        &self,
+        kind: EntityKind,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
         let count = ops.len();
         let request = Request::Write { kind, ops };
         let call = call_name(&request);

@@ -152,17 +152,24 @@ impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ReplyLineVisitor<T> {
     type Value = ReplyLine<T>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(r#"a reply object {"id": <number>, "ok": <value>} or {"id": <number>, "err": <error>}"#)
+        f.write_str(
+            r#"a reply object {"id": <number>, "ok": <value>} or {"id": <number>, "err": <error>}"#,
+        )
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         use serde::de::Error;
-        let mut line = ReplyLine { id: None, reply: None };
+        let mut line = ReplyLine {
+            id: None,
+            reply: None,
+        };
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
                 "id" => line.id = Some(map.next_value()?),
                 "ok" | "err" if line.reply.is_some() => {
-                    return Err(A::Error::custom("a reply holds one of `ok` and `err`, not both"));
+                    return Err(A::Error::custom(
+                        "a reply holds one of `ok` and `err`, not both",
+                    ));
                 }
                 "ok" => line.reply = Some(Reply::Ok(map.next_value()?)),
                 "err" => line.reply = Some(Reply::Err(map.next_value()?)),
@@ -235,11 +242,19 @@ mod tests {
             cursor: None,
         });
         assert_eq!(
-            serde_json::to_value(Envelope { id: 3, message: &read }).unwrap(),
+            serde_json::to_value(Envelope {
+                id: 3,
+                message: &read
+            })
+            .unwrap(),
             json!({"id": 3, "type": "call", "call": "read", "kind": "vendor", "cursor": null})
         );
         assert_eq!(
-            serde_json::to_value(Envelope { id: 1, message: &Message::Describe }).unwrap(),
+            serde_json::to_value(Envelope {
+                id: 1,
+                message: &Message::Describe
+            })
+            .unwrap(),
             json!({"id": 1, "type": "describe"})
         );
         let init = Message::Init(Init {
@@ -247,7 +262,11 @@ mod tests {
             base_dir: "/etc/tandem".into(),
         });
         assert_eq!(
-            serde_json::to_value(Envelope { id: 2, message: &init }).unwrap(),
+            serde_json::to_value(Envelope {
+                id: 2,
+                message: &init
+            })
+            .unwrap(),
             json!({"id": 2, "type": "init", "settings": {"path": "erp.db"}, "base_dir": "/etc/tandem"})
         );
         assert_eq!(
@@ -259,17 +278,27 @@ mod tests {
     #[test]
     fn reply_lines_are_read_in_any_key_order() {
         let line: ReplyLine<()> = serde_json::from_str(r#"{"ok": null, "id": 9}"#).unwrap();
-        assert_eq!(line, ReplyLine { id: Some(9), reply: Some(Reply::Ok(())) });
+        assert_eq!(
+            line,
+            ReplyLine {
+                id: Some(9),
+                reply: Some(Reply::Ok(()))
+            }
+        );
         let line: ReplyLine<()> =
             serde_json::from_str(r#"{"id": 4, "err": {"error": "auth", "message": "no"}}"#)
                 .unwrap();
         assert_eq!(
             line.reply,
-            Some(Reply::Err(ConnectorError::Auth { message: "no".into() }))
+            Some(Reply::Err(ConnectorError::Auth {
+                message: "no".into()
+            }))
         );
         let line: ReplyLine<()> = serde_json::from_str(r#"{"id": 4}"#).unwrap();
         assert_eq!(line.reply, None);
-        assert!(serde_json::from_str::<ReplyLine<()>>(r#"{"id": 4, "ok": null, "err": null}"#).is_err());
+        assert!(
+            serde_json::from_str::<ReplyLine<()>>(r#"{"id": 4, "ok": null, "err": null}"#).is_err()
+        );
         assert!(serde_json::from_str::<ReplyLine<()>>("[1]").is_err());
     }
 }

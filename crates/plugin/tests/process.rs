@@ -70,7 +70,9 @@ async fn a_child_that_exits_mid_call() {
     let first = connector.child_id().unwrap();
     let (error, _) = failed_check(&connector).await;
     assert!(
-        error.contains("process connector `erp` failed in call `check`: the child exited (exit status: 3)"),
+        error.contains(
+            "process connector `erp` failed in call `check`: the child exited (exit status: 3)"
+        ),
         "{error}"
     );
     assert!(error.contains("restarted for the next call"), "{error}");
@@ -144,7 +146,9 @@ async fn a_child_killed_mid_call() {
     let (error, took) = failed_check(&connector).await;
     killer.join().unwrap();
     assert!(
-        error.contains("process connector `erp` failed in call `check`: the child exited (signal: 9"),
+        error.contains(
+            "process connector `erp` failed in call `check`: the child exited (signal: 9"
+        ),
         "{error}"
     );
     assert!(took < Duration::from_secs(10), "took {took:?}");
@@ -158,7 +162,9 @@ async fn a_child_that_fails_again_after_its_restart_is_not_restarted_twice() {
     assert!(first.contains("restarted for the next call"), "{first}");
     let second = connector.check().await.unwrap_err().to_string();
     assert!(
-        second.contains("failed in call `check`: the child exited (exit status: 3); not restarted again"),
+        second.contains(
+            "failed in call `check`: the child exited (exit status: 3); not restarted again"
+        ),
         "{second}"
     );
     assert_eq!(connector.child_id(), None);
@@ -218,12 +224,18 @@ fn a_program_that_does_not_exist_is_a_config_error_at_command() {
     .unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, ConnectorError::Config { .. }), "{error:?}");
-    assert!(message.starts_with("configuration error: `command`: cannot start "), "{message}");
+    assert!(
+        message.starts_with("configuration error: `command`: cannot start "),
+        "{message}"
+    );
     assert!(message.contains("no-such-connector"), "{message}");
 
-    let error = ProcessConnector::start(json!({"name": "erp", "command": []}), &context())
-        .unwrap_err();
-    assert!(error.to_string().contains("`command`: give the program"), "{error}");
+    let error =
+        ProcessConnector::start(json!({"name": "erp", "command": []}), &context()).unwrap_err();
+    assert!(
+        error.to_string().contains("`command`: give the program"),
+        "{error}"
+    );
 }
 
 #[test]
