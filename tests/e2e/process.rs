@@ -113,15 +113,13 @@ fn conformance_of_an_unknown_connector_is_a_usage_error() {
 
 /// A field of the accounts in the Python example's database, by account name.
 fn erp_field(d: &Deployment, kind: &str, name: &str, field: &str) -> Option<String> {
-    let query = format!(
-        "import json, sqlite3, sys\n\
+    let query = "import json, sqlite3, sys\n\
          db = sqlite3.connect(sys.argv[1])\n\
          for (fields,) in db.execute(\"SELECT fields FROM records WHERE kind = ?\", (sys.argv[2],)):\n\
          \x20   f = json.loads(fields)\n\
-         \x20   if f.get('name') == sys.argv[3]: print(f.get(sys.argv[4], ''))\n"
-    );
+         \x20   if f.get('name') == sys.argv[3]: print(f.get(sys.argv[4], ''))\n";
     let out = Command::new("python3")
-        .args(["-c", &query])
+        .args(["-c", query])
         .arg(d.path("erp.db"))
         .args([kind, name, field])
         .output()
