@@ -6,6 +6,7 @@
 //! as its argument says and answers every other call correctly.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -273,4 +274,57 @@ fn the_python_sdk_tests_pass() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("\nOK"), "{log}");
     assert!(!log.contains("Ran 0 tests"), "{log}");
+}
+
+// ----- logs -----
+
+/// Every line the host's `tracing` printed during this test run.
+fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || Capture(logs))
+            .init();
+        logs
+    })
+}
+
+struct Capture(&'static Mutex<Vec<u8>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_childs_stderr_is_logged_under_the_connectors_name_at_its_level() {
+    let logs = logs();
+    let connector = child("ok", json!({"name": "crm-in-python"}));
+    // The child writes "warn: misbehaving child started in mode ok" as it starts; the
+    // line is read by a thread of its own.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("misbehaving child started in mode ok"))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "not logged:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.contains(" WARN "), "{line}");
+    assert!(line.contains("tandem_plugin"), "{line}");
+    assert!(line.contains("connector=\"crm-in-python\""), "{line}");
+    assert!(!line.contains("warn:"), "the level prefix stays in: {line}");
+    drop(connector);
 }
