@@ -9,6 +9,7 @@ misbehaves on `check` as its first argument says:
     garbage   answers with a line that is not JSON
     wrong_id  answers with another request's id
     oversized answers with a line of 2 MiB
+    deaf      stops reading stdin after `info` (so a large request fills the pipe)
     env       answers with an error listing the names in its environment
     ok        answers correctly
 """
@@ -40,6 +41,8 @@ for raw in sys.stdin:
     elif call == "info":
         capabilities = {"kinds": ["customer"], "incremental": False, "write": True, "delete": True, "max_batch": 10}
         reply(json.dumps({"id": id, "ok": {"name": "misbehaving", "version": "1", "capabilities": capabilities}}))
+        if mode == "deaf":
+            time.sleep(3600)
     elif call == "read":
         record = {"id": "K1", "kind": "customer", "fields": {"name": "Still here"}, "version": "1"}
         reply(json.dumps({"id": id, "ok": {"records": [record], "listing": "full", "cursor": None, "has_more": False}}))

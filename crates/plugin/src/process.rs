@@ -223,7 +223,8 @@ enum Line {
 /// A running child.
 struct Running {
     process: Child,
-    stdin: Option<BufWriter<ChildStdin>>,
+    /// Requests for the writer thread; dropping it closes the child's stdin.
+    requests: Option<Sender<Vec<u8>>>,
     lines: Receiver<Line>,
     next_id: u64,
     max_message_bytes: usize,
@@ -247,14 +248,23 @@ impl Running {
                 spec.working_dir.display()
             )
         })?;
-        let stdin = process.stdin.take().map(BufWriter::new);
+        let stdin = process.stdin.take().expect("stdin is piped");
         let stdout = process.stdout.take().expect("stdout is piped");
         let stderr = process.stderr.take().expect("stderr is piped");
         let (sender, lines) = mpsc::channel();
+        let (requests, to_write) = mpsc::channel();
         let limit = spec.max_message_bytes;
+        let write_failures = sender.clone();
+        // Requests are written from a thread of their own: a child that stops reading
+        // its stdin blocks that thread, never the call, which times out.
         let spawned = std::thread::Builder::new()
-            .name(format!("{}-stdout", spec.name))
-            .spawn(move || read_lines(stdout, limit, &sender))
+            .name(format!("{}-stdin", spec.name))
+            .spawn(move || write_requests(stdin, &to_write, &write_failures))
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name(format!("{}-stdout", spec.name))
+                    .spawn(move || read_lines(stdout, limit, &sender))
+            })
             .and_then(|_| {
                 let name = spec.name.clone();
                 std::thread::Builder::new()
@@ -263,7 +273,7 @@ impl Running {
             });
         let mut running = Running {
             process,
-            stdin,
+            requests: Some(requests),
             lines,
             next_id: 1,
             max_message_bytes: limit,
@@ -287,12 +297,11 @@ impl Running {
             .map_err(|e| ChildFailure::Io(format!("cannot encode the request: {e}")))?;
         bytes.push(b'\n');
         let deadline = Instant::now() + timeout;
-        let sent = match self.stdin.as_mut() {
-            Some(stdin) => stdin.write_all(&bytes).and_then(|()| stdin.flush()),
-            None => Err(std::io::ErrorKind::BrokenPipe.into()),
-        };
-        if sent.is_err() {
-            // The child is gone; its exit status says more than "broken pipe".
+        let sent = self
+            .requests
+            .as_ref()
+            .is_some_and(|requests| requests.send(bytes).is_ok());
+        if !sent {
             return Err(self.closed(deadline));
         }
         let line = match self
@@ -301,7 +310,13 @@ impl Running {
         {
             Ok(Line::Text(line)) => line,
             Ok(Line::TooLong) => return Err(ChildFailure::TooLong(self.max_message_bytes)),
-            Ok(Line::Failed(why)) => return Err(ChildFailure::Io(why)),
+            Ok(Line::Failed(why)) => {
+                // A child that exited: its exit status says more than "broken pipe".
+                return Err(match self.closed(deadline) {
+                    ChildFailure::Exited(Some(status)) => ChildFailure::Exited(Some(status)),
+                    _ => ChildFailure::Io(why),
+                });
+            }
             Ok(Line::Closed) | Err(RecvTimeoutError::Disconnected) => {
                 return Err(self.closed(deadline));
             }
@@ -337,7 +352,7 @@ impl Running {
 
     /// Closes stdin, gives the child a moment to exit, then kills it; always reaps it.
     fn stop(&mut self) {
-        drop(self.stdin.take());
+        drop(self.requests.take());
         let until = Instant::now() + EXIT_GRACE;
         while Instant::now() < until {
             match self.process.try_wait() {
@@ -351,7 +366,7 @@ impl Running {
 
     /// Kills the child at once (it misbehaved) and reaps it.
     fn kill(&mut self) {
-        drop(self.stdin.take());
+        drop(self.requests.take());
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
@@ -364,6 +379,18 @@ fn excerpt(line: &[u8]) -> String {
     match text.char_indices().nth(80) {
         Some((at, _)) => format!("`{}...`", &text[..at]),
         None => format!("`{text}`"),
+    }
+}
+
+/// Writes each request to the child's stdin until the channel closes (then stdin is
+/// closed) or a write fails (reported as a [`Line::Failed`]).
+fn write_requests(stdin: ChildStdin, requests: &Receiver<Vec<u8>>, failures: &Sender<Line>) {
+    let mut stdin = BufWriter::new(stdin);
+    for bytes in requests {
+        if let Err(e) = stdin.write_all(&bytes).and_then(|()| stdin.flush()) {
+            let _ = failures.send(Line::Failed(format!("cannot write the request: {e}")));
+            return;
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tandem_connector::{BuildContext, Connector, ConnectorError};
-use tandem_model::EntityKind;
+use tandem_connector::{BuildContext, Connector, ConnectorError, WriteOp};
+use tandem_model::{EntityKind, Fields};
 use tandem_plugin::ProcessConnector;
 
 fn script() -> PathBuf {
@@ -91,6 +91,35 @@ async fn a_child_that_hangs_is_stopped_after_the_timeout() {
     );
     assert!(took < Duration::from_secs(4), "took {took:?}");
     restarts_for_the_next_call(connector, first).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_child_that_stops_reading_its_stdin_is_stopped_after_the_timeout() {
+    let connector = child("deaf", json!({"timeout": "1s"}));
+    let first = connector.child_id().unwrap();
+    // Far more than a pipe holds: writing it blocks until the child reads.
+    let ops: Vec<WriteOp> = (0..10)
+        .map(|n| WriteOp::Create {
+            fields: Fields::new().with("name", format!("{n} {}", "x".repeat(100_000)).as_str()),
+        })
+        .collect();
+    let started = Instant::now();
+    let error = connector
+        .write(EntityKind::Customer, ops)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("process connector `erp` failed in call `write customer (10 ops)`: the child did not answer within 1s"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!alive(first));
+    drop(connector);
 }
 
 #[tokio::test(flavor = "multi_thread")]
