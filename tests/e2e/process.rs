@@ -235,3 +235,36 @@ fn r17_a_child_that_dies_on_one_record_fails_that_record_only() {
     assert_eq!(counts(&retried, "CUST")["created"], 1, "{retried:#}");
     assert!(erp_field(&d, "customer", "Brightline Studio", "name").is_some());
 }
+
+#[test]
+fn tandem_plugins_lists_process_connectors_with_what_they_say() {
+    let d = example("process-python");
+    let plugins = d.json(&["plugins"]);
+    let erp = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["connector"] == "erp")
+        .unwrap_or_else(|| panic!("{plugins:#}"));
+    assert_eq!(erp["error"], Value::Null, "{erp:#}");
+    assert_eq!(
+        erp["info"]["name"], "tandem-example-sqlite-python",
+        "{erp:#}"
+    );
+    assert_eq!(erp["info"]["abi_version"], 1, "{erp:#}");
+    assert_eq!(
+        erp["info"]["capabilities"]["kinds"],
+        serde_json::json!(["customer", "vendor"]),
+        "{erp:#}"
+    );
+    // A program that does not exist is an error naming the key, and the exit code says so.
+    let config = d
+        .read("tandem.toml")
+        .replace("'python3'", "'no-such-python'");
+    d.write("tandem.toml", &config);
+    let out = d.fails(&["plugins"], 1);
+    assert!(
+        out.contains("error: connectors.erp.command: cannot start no-such-python"),
+        "{out}"
+    );
+}

@@ -282,7 +282,7 @@ enum Command {
     },
     /// Print the manual page (roff) on stdout: `tandem man | man -l -`.
     Man,
-    /// List the plugins: those the config names (`type = "plugin"`) and the libraries
+    /// List the plugins: those the config names (`type = "plugin"` or `"process"`) and the libraries
     /// in the `plugins` folder next to it, with name, version, ABI, kinds and
     /// capabilities.
     ///
