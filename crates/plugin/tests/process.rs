@@ -357,3 +357,62 @@ fn the_childs_stderr_is_logged_under_the_connectors_name_at_its_level() {
     assert!(!line.contains("warn:"), "the level prefix stays in: {line}");
     drop(connector);
 }
+
+// ----- the protocol document -----
+
+/// Every JSON block of docs/plugin-protocol.md is JSON; every example request is a
+/// message Tandem sends, byte for byte the same once read and written again, and every
+/// example reply reads as the type its request asks for.
+#[test]
+fn the_protocol_documents_examples_are_what_tandem_sends_and_reads() {
+    use tandem_connector::{Page, Written};
+    use tandem_plugin::protocol::{Description, Envelope, InstanceInfo, Message, Reply, ReplyLine};
+
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/plugin-protocol.md"),
+    )
+    .unwrap();
+    let mut rest = doc.as_str();
+    let (mut requests, mut replies) = (0, 0);
+    while let Some(at) = rest.find("```json\n") {
+        rest = &rest[at + "```json\n".len()..];
+        let end = rest.find("```").unwrap();
+        let block = &rest[..end];
+        rest = &rest[end + 3..];
+        let value: Value =
+            serde_json::from_str(block).unwrap_or_else(|e| panic!("not JSON ({e}):\n{block}"));
+        let Some(id) = value.get("id").and_then(Value::as_u64) else {
+            continue;
+        };
+        if value.get("type").is_some() {
+            let message: Message = serde_json::from_value(value.clone())
+                .unwrap_or_else(|e| panic!("not a request ({e}):\n{block}"));
+            let again = serde_json::to_value(Envelope {
+                id,
+                message: &message,
+            })
+            .unwrap();
+            assert_eq!(again, value, "{block}");
+            requests += 1;
+            continue;
+        }
+        fn reads<T: serde::de::DeserializeOwned>(block: &str) {
+            let line: ReplyLine<T> = serde_json::from_str(block)
+                .unwrap_or_else(|e| panic!("not a reply ({e}):\n{block}"));
+            assert!(line.reply.is_some(), "{block}");
+        }
+        match id {
+            1 => reads::<Description>(block),
+            2 | 4 => reads::<()>(block),
+            3 => reads::<InstanceInfo>(block),
+            5 => reads::<Page>(block),
+            6 => reads::<Vec<Reply<Written>>>(block),
+            other => panic!("an example reply with id {other}: which call?\n{block}"),
+        }
+        replies += 1;
+    }
+    // describe, init, info, check, read and write asked; the answers of describe,
+    // info, read and write shown (init's and check's are `null`, in the text).
+    assert!(requests >= 6, "{requests} example requests");
+    assert!(replies >= 4, "{replies} example replies");
+}
