@@ -268,3 +268,28 @@ fn tandem_plugins_lists_process_connectors_with_what_they_say() {
         "{out}"
     );
 }
+
+#[test]
+fn relative_paths_resolve_from_the_config_file_wherever_tandem_starts() {
+    let d = example("process-node");
+    let parent = d.dir.path().parent().unwrap();
+    let folder = d.dir.path().file_name().unwrap();
+    // `--config <folder>/tandem.toml`, relative to where tandem runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--config")
+        .arg(Path::new(folder).join("tandem.toml"))
+        .args(["--json", "sync"])
+        .current_dir(parent)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(counts(&report, "CUST")["created"], 2, "{report}");
+    // The child was told the config's folder as an absolute path, and wrote there.
+    assert!(d.path("erp.json").is_file(), "{}", stderr(&out));
+    assert!(
+        !d.path(&Path::new(folder).join("erp.json").to_string_lossy())
+            .exists()
+    );
+}

@@ -128,6 +128,15 @@ impl Spec {
             Some(dir) => context.resolve(dir),
             None => context.base_dir.clone(),
         };
+        // The child resolves relative paths from its own working folder: both folders
+        // it is given must not depend on where tandem was started.
+        let (base_dir, working_dir) = match (
+            std::path::absolute(&context.base_dir),
+            std::path::absolute(&working_dir),
+        ) {
+            (Ok(base_dir), Ok(working_dir)) => (base_dir, working_dir),
+            _ => (context.base_dir.clone(), working_dir),
+        };
         // A relative program with a folder in it is relative to the working folder;
         // a bare name is looked up on the PATH.
         let program = PathBuf::from(program);
@@ -151,7 +160,7 @@ impl Spec {
             working_dir,
             init: Init {
                 settings: settings.settings,
-                base_dir: context.base_dir.clone(),
+                base_dir,
             },
             timeout,
             max_message_bytes: settings
