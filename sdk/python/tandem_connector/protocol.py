@@ -371,7 +371,11 @@ def serve(factory: Any, stdin: Any, stdout: Any) -> None:
                 "id": request_id,
                 "err": {"error": "fatal", "message": "%s: %s" % (type(error).__name__, error)},
             }
-        line = json.dumps(reply, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        try:
+            line = json.dumps(reply, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as error:  # NaN, or a value JSON cannot carry
+            message = "the reply cannot be written as JSON: %s" % error
+            line = json.dumps({"id": request_id, "err": {"error": "fatal", "message": message}})
         stdout.write(line.encode("utf-8") + b"\n")
         stdout.flush()
     if connector is not None:

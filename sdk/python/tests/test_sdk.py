@@ -120,6 +120,22 @@ class ProtocolLoop(unittest.TestCase):
         self.assertIn("before `init`", replies[0]["err"]["message"])
         self.assertIn("unknown message type `shout`", replies[1]["err"]["message"])
 
+    def test_a_value_json_cannot_carry_is_a_fatal_reply(self):
+        class Odd(Memory):
+            def read(self, kind, cursor):
+                return Page([record(kind, "1", {"x_ratio": float("nan")})])
+
+        stdin = io.BytesIO(
+            b'{"id":1,"type":"init","settings":{},"base_dir":"."}\n'
+            b'{"id":2,"type":"call","call":"read","kind":"customer","cursor":null}\n'
+        )
+        stdout = io.BytesIO()
+        serve(Odd, stdin, stdout)
+        reply = json.loads(stdout.getvalue().splitlines()[1])
+        self.assertEqual(reply["id"], 2)
+        self.assertEqual(reply["err"]["error"], "fatal")
+        self.assertIn("cannot be written as JSON", reply["err"]["message"])
+
     def test_errors_carry_their_keys(self):
         self.assertEqual(
             InvalidRecord("`colour` is not a field", id="7").to_json(),
