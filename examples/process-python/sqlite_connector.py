@@ -12,8 +12,10 @@ Settings:
     page_size  records per page of a listing; default 1000
     max_batch  operations per write call; default 500
 
-Every read is a full listing (no change feed); every record has a version (a counter
-per record) that updates and deletes may carry, refused with a conflict when stale.
+It reads incrementally: every write appends to a change log, and a read from the
+cursor a listing ended with returns the records changed since, deleted ones as
+tombstones. Every record has a version (a counter per record) that updates and
+deletes may carry, refused with a conflict when stale.
 """
 
 import json
@@ -34,6 +36,7 @@ from tandem_connector import (
     ConfigError,
     Conflict,
     Connector,
+    Fatal,
     NotFound,
     Page,
     Written,
@@ -41,6 +44,7 @@ from tandem_connector import (
     log,
     record,
     run,
+    tombstone,
 )
 
 SCHEMA = """
@@ -52,6 +56,11 @@ CREATE TABLE IF NOT EXISTS records (
     fields      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_kind ON records (kind, id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    id   INTEGER NOT NULL
+);
 """
 
 
@@ -83,7 +92,7 @@ class SqliteConnector(Connector):
         log.info("serving %s", self.path)
 
     def capabilities(self):
-        return Capabilities(kinds=self.kinds, incremental=False, write=True, delete=True, max_batch=self.max_batch)
+        return Capabilities(kinds=self.kinds, incremental=True, write=True, delete=True, max_batch=self.max_batch)
 
     def check(self):
         self.db.execute("SELECT count(*) FROM records").fetchone()
@@ -93,8 +102,25 @@ class SqliteConnector(Connector):
             raise ConfigError("this connector holds %s, not %ss" % (", ".join(self.kinds), kind))
 
     def read(self, kind, cursor):
+        """Cursors: `after:<id>:<seq>` (the next page of a listing that started at
+        change <seq>) and `since:<seq>` (the changes after change <seq>)."""
         self.held(kind)
-        after = int(cursor) if cursor else 0
+        if cursor is None:
+            return self.listing(kind, 0, self.last_change())
+        parts = cursor.split(":")
+        try:
+            if parts[0] == "after" and len(parts) == 3:
+                return self.listing(kind, int(parts[1]), int(parts[2]))
+            if parts[0] == "since" and len(parts) == 2:
+                return self.changes(kind, int(parts[1]))
+        except ValueError:
+            pass
+        raise Fatal("`%s` is not a cursor of this connector" % cursor)
+
+    def last_change(self):
+        return self.db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+
+    def listing(self, kind, after, since):
         rows = self.db.execute(
             "SELECT id, version, modified_at, fields FROM records WHERE kind = ? AND id > ? ORDER BY id LIMIT ?",
             (kind, after, self.page_size + 1),
@@ -105,7 +131,29 @@ class SqliteConnector(Connector):
             record(kind, str(id), json.loads(fields), version=str(version), modified_at=modified_at)
             for id, version, modified_at, fields in rows
         ]
-        return Page(records, "full", str(rows[-1][0]) if has_more else None, has_more)
+        cursor = "after:%d:%d" % (rows[-1][0], since) if has_more else "since:%d" % since
+        return Page(records, "full", cursor, has_more)
+
+    def changes(self, kind, since):
+        rows = self.db.execute(
+            "SELECT c.id, max(c.seq) AS last, r.version, r.modified_at, r.fields"
+            " FROM changes c LEFT JOIN records r ON r.id = c.id"
+            " WHERE c.kind = ? AND c.seq > ? GROUP BY c.id ORDER BY last LIMIT ?",
+            (kind, since, self.page_size + 1),
+        ).fetchall()
+        has_more = len(rows) > self.page_size
+        rows = rows[: self.page_size]
+        records = [
+            tombstone(kind, str(id))
+            if fields is None
+            else record(kind, str(id), json.loads(fields), version=str(version), modified_at=modified_at)
+            for id, _, version, modified_at, fields in rows
+        ]
+        last = rows[-1][1] if rows else since
+        return Page(records, "changes", "since:%d" % last, has_more)
+
+    def changed(self, kind, id):
+        self.db.execute("INSERT INTO changes (kind, id) VALUES (?, ?)", (kind, id))
 
     def write(self, kind, ops):
         self.held(kind)
@@ -126,6 +174,7 @@ class SqliteConnector(Connector):
             "INSERT INTO records (kind, version, modified_at, fields) VALUES (?, 1, ?, ?)",
             (kind, stamp, json.dumps(fields, ensure_ascii=False)),
         )
+        self.changed(kind, cursor.lastrowid)
         return Written(str(cursor.lastrowid), "1", stamp)
 
     def current(self, kind, id, version):
@@ -153,11 +202,13 @@ class SqliteConnector(Connector):
             "UPDATE records SET version = ?, modified_at = ?, fields = ? WHERE id = ?",
             (current + 1, stamp, json.dumps(fields, ensure_ascii=False), int(id)),
         )
+        self.changed(kind, int(id))
         return Written(id, str(current + 1), stamp)
 
     def delete(self, kind, id, version):
         self.current(kind, id, version)
         self.db.execute("DELETE FROM records WHERE id = ?", (int(id),))
+        self.changed(kind, int(id))
         return Written(id, None, None)
 
     def close(self):

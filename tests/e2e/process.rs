@@ -77,6 +77,16 @@ fn the_python_example_passes_the_conformance_kit() {
         report["counts"]["passed"].as_u64().unwrap() >= 20,
         "{report:#}"
     );
+    // It reads incrementally: its change feed, tombstones included, crosses the pipe.
+    for kind in ["customer", "vendor"] {
+        let changes = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "changes" && c["kind"] == kind)
+            .unwrap_or_else(|| panic!("no changes check for {kind}: {report:#}"));
+        assert_eq!(changes["status"], "passed", "{report:#}");
+    }
     // The people-readable form lists the same checks, one a line.
     let out = d.tandem(&["conformance", "--connector", "erp", "--kind", "customer"]);
     let text = stdout(&out);
