@@ -111,6 +111,7 @@ async fn main() {
             json!({
                 "name": "erp",
                 "command": ["python3", script],
+                "env": {"PYTHONDONTWRITEBYTECODE": "1"},
                 "settings": {"path": "erp.db", "kinds": ["customer"]},
             }),
             &context,

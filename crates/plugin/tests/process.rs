@@ -276,6 +276,7 @@ fn settings_the_child_refuses_name_their_key() {
         json!({
             "name": "erp",
             "command": ["python3", example],
+            "env": {"PYTHONDONTWRITEBYTECODE": "1"},
             "settings": {"path": "x.db", "colour": "blue"},
         }),
         &context(),
