@@ -183,7 +183,7 @@ class ExampleConnector(unittest.TestCase):
                 input=b"".join(json.dumps(m).encode() + b"\n" for m in lines),
                 capture_output=True,
                 check=True,
-                env={},
+                env={"PYTHONDONTWRITEBYTECODE": "1"},
             )
             replies = [json.loads(line) for line in out.stdout.splitlines()]
         created, refused = replies[2]["ok"]
