@@ -106,7 +106,7 @@ fn validate(
 }
 
 /// Runs `tandem --json <args>`, expects `code`, and checks the output against `schema`.
-fn check(d: &Deployment, args: &[&str], code: i32, schema: &str) -> Value {
+pub(crate) fn check(d: &Deployment, args: &[&str], code: i32, schema: &str) -> Value {
     let schemas = schemas();
     let mut all = vec!["--json"];
     all.extend_from_slice(args);

@@ -25,6 +25,7 @@ mod json_output;
 mod normalised;
 mod operator;
 mod plugin;
+mod process;
 mod quickstart;
 mod rules;
 mod service;

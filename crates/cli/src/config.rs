@@ -285,7 +285,12 @@ impl Config {
         let context = BuildContext {
             base_dir: self.base_dir.clone(),
         };
-        let settings = serde_json::Value::Object(connector.settings.clone());
+        let mut settings = connector.settings.clone();
+        // A child process's messages and log lines carry the connector's name.
+        if connector.type_name == "process" {
+            settings.insert("name".to_owned(), name.into());
+        }
+        let settings = serde_json::Value::Object(settings);
         registry
             .build(&connector.type_name, settings, &context)
             .map_err(|e| {

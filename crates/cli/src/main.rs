@@ -6,6 +6,7 @@
 
 mod allocator;
 mod config;
+mod conformance;
 mod docs;
 mod init;
 mod inspect;
@@ -53,6 +54,8 @@ fn registry() -> Registry {
     registry.register(Box::new(tandem_connector_carddav::CarddavConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
+    #[cfg(feature = "plugins")]
+    registry.register(Box::new(tandem_plugin::ProcessFactory));
     registry
 }
 
@@ -279,13 +282,34 @@ enum Command {
     },
     /// Print the manual page (roff) on stdout: `tandem man | man -l -`.
     Man,
-    /// List the plugins: those the config names (`type = "plugin"`) and the libraries
+    /// List the plugins: those the config names (`type = "plugin"` or `"process"`) and the libraries
     /// in the `plugins` folder next to it, with name, version, ABI, kinds and
     /// capabilities.
     ///
     /// Exits with 1 when a plugin cannot be loaded (the error says why).
     #[cfg(feature = "plugins")]
     Plugins,
+    /// Run the connector conformance kit against a configured connector (compiled
+    /// in, plugin or process) and print which contract rules hold.
+    ///
+    /// The kit writes through the connector: point it at a scratch system. Records
+    /// already there are left alone; every record it creates is deleted again.
+    /// Exits with 1 when a rule does not hold.
+    Conformance {
+        /// The connector's name in the config (`[connectors.NAME]`).
+        #[arg(long, value_name = "NAME")]
+        connector: String,
+        /// Exercise only this kind (repeatable); default every kind it holds.
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<EntityKind>,
+        /// The size of the batch written in one call (capped by the connector's).
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        max_batch: usize,
+        /// The connector stores any field name, so writes naming a field that is
+        /// neither canonical nor `x_` need not be refused.
+        #[arg(long)]
+        any_field_name: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -522,6 +546,20 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Man => docs::man(),
         #[cfg(feature = "plugins")]
         Command::Plugins => plugins::plugins(cli),
+        Command::Conformance {
+            connector,
+            kinds,
+            max_batch,
+            any_field_name,
+        } => {
+            let request = conformance::Request {
+                connector,
+                kinds,
+                max_batch: *max_batch,
+                any_field_name: *any_field_name,
+            };
+            conformance::conformance(cli, &request).await
+        }
     }
 }
 

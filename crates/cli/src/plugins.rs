@@ -1,6 +1,6 @@
-//! `tandem plugins`: the plugins the config names (`type = "plugin"`) and the plugin
-//! libraries in the `plugins` folder next to the config, with what each says about
-//! itself.
+//! `tandem plugins`: the plugins the config names (`type = "plugin"` and
+//! `type = "process"`) and the plugin libraries in the `plugins` folder next to the
+//! config, with what each says about itself.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,6 +30,10 @@ pub(crate) fn plugins(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     let mut entries = Vec::new();
     for (name, connector) in &config.connectors {
+        if connector.type_name == "process" {
+            entries.push(process_entry(name, &connector.settings, &context));
+            continue;
+        }
         if connector.type_name != "plugin" {
             continue;
         }
@@ -81,7 +85,7 @@ pub(crate) fn plugins(cli: &Cli) -> anyhow::Result<ExitCode> {
         crate::json::print_list("plugins", &entries)?;
     } else if entries.is_empty() {
         print_stdout(&format!(
-            "No plugins: none is configured (`type = \"plugin\"`) and there is no library in {}.\n",
+            "No plugins: none is configured (`type = \"plugin\"` or `\"process\"`) and there is no library in {}.\n",
             folder.display()
         ))?;
     } else {
@@ -148,6 +152,48 @@ pub(crate) fn plugins(cli: &Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A process connector (`type = "process"`): its child is started, describes itself
+/// and is stopped again; `path` is its program.
+fn process_entry(
+    name: &str,
+    settings: &serde_json::Map<String, serde_json::Value>,
+    context: &BuildContext,
+) -> Entry {
+    let mut settings = settings.clone();
+    settings.insert("name".to_owned(), name.into());
+    let program = settings
+        .get("command")
+        .and_then(|c| c.get(0))
+        .and_then(|p| p.as_str())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let (info, error) = match tandem_plugin::ProcessConnector::start(
+        serde_json::Value::Object(settings),
+        context,
+    ) {
+        Ok(connector) => {
+            let description = connector.description();
+            let info = PluginInfo {
+                path: connector.program().to_path_buf(),
+                name: description.name.clone(),
+                version: description.version.clone(),
+                abi_version: description.abi_version,
+                type_name: description.type_name.clone(),
+                tandem_plugin_version: description.tandem_plugin_version.clone(),
+                capabilities: Some(connector.info().capabilities.clone()),
+            };
+            (Some(info), None)
+        }
+        Err(e) => (None, Some(connector_error(name, e))),
+    };
+    Entry {
+        connector: Some(name.to_owned()),
+        path: info.as_ref().map_or(program, |i| i.path.clone()),
+        info,
+        error,
+    }
 }
 
 /// `incremental, write, delete, batch 500` or `full listings, batch 100`.

@@ -32,12 +32,14 @@
 //!    proven unused (thread-locals, runtime threads), and unloading buys nothing in a
 //!    process that runs one sync.
 //!
-//! The messages are plain JSON documents, so the same protocol can later run over a
-//! child process's stdin and stdout, for plugins written in any language.
+//! The messages are plain JSON documents, and the same protocol runs over a child
+//! process's stdin and stdout ([`process`], `type = "process"`) for connectors written
+//! in any language: docs/plugin-protocol.md specifies it.
 
 pub mod abi;
 pub mod export;
 mod host;
+pub mod process;
 pub mod protocol;
 
 use std::io;
@@ -48,6 +50,7 @@ use tandem_connector::{Capabilities, ConnectorError};
 use tandem_model::EntityKind;
 
 pub use host::{PluginConnector, PluginFactory, describe, describe_configured, loaded};
+pub use process::{ProcessConnector, ProcessFactory};
 
 /// The version of the plugin boundary: the function table and the JSON messages. A
 /// plugin built against another version is refused with a message saying so. Bumped
