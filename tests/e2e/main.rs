@@ -7,6 +7,13 @@
 mod browser;
 mod support;
 
+#[cfg(all(
+    feature = "connector-business-central",
+    feature = "connector-carddav",
+    feature = "connector-tryton"
+))]
+mod business_central;
+
 mod business_rules;
 mod config;
 mod conventions;
