@@ -336,3 +336,108 @@ connector = "erp"
     );
     assert!(!o.contains(secret) && !e.contains(secret), "{o}{e}");
 }
+
+/// The figures of docs/BENCHMARKS.md: 1,000 partners between a contacts file and
+/// Business Central (the local server), through the binary. Half of the contacts match
+/// a customer by VAT number, a quarter ask for a customer (created from the template),
+/// and 250 vendors have no contact (one is created for each). Prints the wall time and
+/// the API requests of a first run, and of a second run with nothing changed.
+///
+/// `cargo nextest run -p tandem-cli --test e2e --run-ignored only -E 'test(bc_thousand)' --no-capture`
+#[test]
+#[ignore = "a benchmark: run it by hand for docs/BENCHMARKS.md"]
+fn bc_thousand_partners_figures() {
+    let bc = BcServer::start(Options::default());
+    let mut contacts =
+        String::from("id,contact_type,name,email,vat_registration_no,business_relations\n");
+    for i in 0..750 {
+        let vat = format!("BE0{}", 400_000_000 + i);
+        if i < 500 {
+            bc.insert(
+                "customers",
+                json!({"displayName": format!("Partner {i}"), "taxRegistrationNumber": vat}),
+            );
+            contacts.push_str(&format!(
+                "K{i},company,Partner {i},p{i}@bench.example,{vat},\n"
+            ));
+        } else {
+            contacts.push_str(&format!(
+                "K{i},company,Partner {i},p{i}@bench.example,,CUST\n"
+            ));
+        }
+    }
+    for i in 750..1000 {
+        bc.insert(
+            "vendors",
+            json!({"displayName": format!("Vendor {i}"), "taxRegistrationNumber": format!("DE{:09}", i)}),
+        );
+    }
+    let d = Deployment::with_config(&format!(
+        r#"
+[state]
+url = "sqlite://.tandem/state.db"
+
+[connectors.crm]
+type = "file"
+path = "crm"
+
+[connectors.erp]
+type = "business_central"
+tenant = "{TENANT}"
+company = "{COMPANY_NAME}"
+client_id = "{client_id}"
+client_secret = "${{BC_CLIENT_SECRET}}"
+api_host = "{host}"
+login_host = "{host}"
+
+[contacts]
+connector = "crm"
+
+[relations.CUST]
+kind = "customer"
+connector = "erp"
+match = [["vat_registration_no"]]
+fields = ["name", "email", "vat_registration_no"]
+template = {{ currency_code = "EUR" }}
+
+[relations.VEND]
+kind = "vendor"
+connector = "erp"
+match = [["vat_registration_no"]]
+create_contacts = true
+fields = ["name", "email", "vat_registration_no"]
+"#,
+        client_id = bc.options().client_id,
+        host = bc.host_url()
+    ));
+    d.write("crm/contacts.csv", &contacts);
+    let secret = bc.options().client_secret;
+    let sync = || {
+        let before = bc.stats();
+        let started = std::time::Instant::now();
+        let out = d.tandem_env(&["--json", "sync"], &[("BC_CLIENT_SECRET", &secret)]);
+        let elapsed = started.elapsed();
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        let after = bc.stats();
+        let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+        (report, elapsed, before, after)
+    };
+    let (first, t1, b1, a1) = sync();
+    assert_eq!(counts(&first, "CUST")["linked"], 500, "{first}");
+    assert_eq!(counts(&first, "CUST")["created"], 250, "{first}");
+    assert_eq!(counts(&first, "VEND")["created"], 250, "{first}");
+    let (second, t2, b2, a2) = sync();
+    assert_eq!(second["writes"], 0, "{second}");
+    for (name, t, b, a) in [("first", t1, b1, a1), ("second", t2, b2, a2)] {
+        let requests = a.requests - b.requests;
+        println!(
+            "{name} run: {:.2} s, {requests} API requests ({} GET, {} $batch with {} operations, {} writes), {:.3} requests per partner",
+            t.as_secs_f64(),
+            a.gets - b.gets,
+            a.batches - b.batches,
+            a.batch_ops - b.batch_ops,
+            a.writes - b.writes,
+            requests as f64 / 1000.0
+        );
+    }
+}
