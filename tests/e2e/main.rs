@@ -28,6 +28,8 @@ mod flagship_byid;
 mod guard;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod https;
+#[cfg(all(feature = "connector-hubspot", feature = "connector-tryton"))]
+mod hubspot;
 mod json_output;
 mod normalised;
 mod operator;

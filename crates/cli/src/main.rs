@@ -55,6 +55,8 @@ fn registry() -> Registry {
     registry.register(Box::new(
         tandem_connector_business_central::BusinessCentralConnectorFactory,
     ));
+    #[cfg(feature = "connector-hubspot")]
+    registry.register(Box::new(tandem_connector_hubspot::HubSpotConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
     registry

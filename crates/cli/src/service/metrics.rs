@@ -227,7 +227,8 @@ impl Metrics {
         not(any(
             feature = "connector-tryton",
             feature = "connector-carddav",
-            feature = "connector-business-central"
+            feature = "connector-business-central",
+            feature = "connector-hubspot"
         )),
         allow(dead_code, reason = "no HTTP connector in this build")
     )]
@@ -311,7 +312,8 @@ fn written(report: &RunReport, relations: &Relations) -> BTreeMap<(String, Entit
     not(any(
         feature = "connector-tryton",
         feature = "connector-carddav",
-        feature = "connector-business-central"
+        feature = "connector-business-central",
+        feature = "connector-hubspot"
     )),
     allow(dead_code, reason = "no HTTP connector in this build")
 )]
@@ -324,7 +326,8 @@ pub struct HttpCounter {
 #[cfg(any(
     feature = "connector-tryton",
     feature = "connector-carddav",
-    feature = "connector-business-central"
+    feature = "connector-business-central",
+    feature = "connector-hubspot"
 ))]
 impl tandem_connector::http::RequestObserver for HttpCounter {
     fn request(&self, event: &tandem_connector::http::RequestEvent<'_>) {

@@ -149,7 +149,8 @@ fn observe_http(config: &Config, metrics: &Arc<Metrics>) {
     #[cfg(any(
         feature = "connector-tryton",
         feature = "connector-carddav",
-        feature = "connector-business-central"
+        feature = "connector-business-central",
+        feature = "connector-hubspot"
     ))]
     {
         use tandem_connector::http::Url;
@@ -170,7 +171,8 @@ fn observe_http(config: &Config, metrics: &Arc<Metrics>) {
     #[cfg(not(any(
         feature = "connector-tryton",
         feature = "connector-carddav",
-        feature = "connector-business-central"
+        feature = "connector-business-central",
+        feature = "connector-hubspot"
     )))]
     let _ = (config, metrics);
 }

@@ -198,9 +198,32 @@ struct State {
     next_id: u64,
     recent: VecDeque<Instant>,
     stats: Stats,
+    /// Edits applied when a batch next names the record: someone else's change made
+    /// between the client's read and its write.
+    edits_before_write: Vec<(&'static str, String, Map<String, Json>)>,
 }
 
 impl State {
+    fn apply_pending_edits(&mut self, object: &'static str, inputs: &[Json]) {
+        for input in inputs {
+            let Some(id) = input["id"].as_str() else {
+                continue;
+            };
+            while let Some(i) = self
+                .edits_before_write
+                .iter()
+                .position(|(o, e, _)| *o == object && e == id)
+            {
+                let (_, _, edit) = self.edits_before_write.remove(i);
+                if let Ok(p) = self.position(object, &json!(id)) {
+                    let o = &mut self.list(object)[p];
+                    set_props(o, &edit);
+                    o.modified_ms = now_ms().max(o.modified_ms + 1);
+                }
+            }
+        }
+    }
+
     fn admit(&mut self) -> bool {
         if let Some(b) = self.options.budget {
             let now = Instant::now();
@@ -518,6 +541,7 @@ impl State {
         let object = Self::object_name(object)?;
         self.stats.batches += 1;
         let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+        self.apply_pending_edits(object, &inputs);
         if inputs.len() > MAX_BATCH {
             return Err(fail(
                 StatusCode::BAD_REQUEST,
@@ -790,6 +814,7 @@ impl HubSpotServer {
             next_id: 100,
             recent: VecDeque::new(),
             stats: Stats::default(),
+            edits_before_write: Vec::new(),
         }));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new().fallback(serve).with_state(state.clone());
@@ -858,6 +883,15 @@ impl HubSpotServer {
         let o = &mut s.list(object)[i];
         set_props(o, props.as_object().unwrap_or(&Map::new()));
         o.modified_ms = now;
+    }
+
+    /// The next batch call naming this record first meets this edit, made by someone
+    /// else a moment earlier.
+    pub fn edit_before_next_write(&self, object: &'static str, id: &str, props: Json) {
+        let props = props.as_object().cloned().unwrap_or_default();
+        self.state()
+            .edits_before_write
+            .push((object, id.to_owned(), props));
     }
 
     pub fn archive(&self, object: &'static str, id: &str) {
