@@ -265,3 +265,93 @@ fn hubspot_contacts_and_tryton_accounts_stay_in_step() {
     let stats = hs.stats();
     assert!(stats.throttled > 0, "{stats:?}");
 }
+
+/// The figures of docs/BENCHMARKS.md: 1,000 partners between HubSpot (the local server)
+/// and an accounts file, through the binary. 500 HubSpot companies match a customer by
+/// name, 250 ask for a customer (`CUST` in the relations property), and 250 vendors
+/// have no company (one is created in HubSpot for each). Prints the wall time and the
+/// API requests of a first run, and of a second run with nothing changed.
+///
+/// `cargo nextest run -p tandem-cli --test e2e --run-ignored only -E 'test(hubspot_thousand)' --no-capture`
+#[test]
+#[ignore = "a benchmark: run it by hand for docs/BENCHMARKS.md"]
+fn hubspot_thousand_partners_figures() {
+    let hs = HubSpotServer::start(Options::default());
+    let mut customers = String::from("id,name,phone\n");
+    for i in 0..750 {
+        let relations = if i < 500 { "" } else { "CUST" };
+        hs.insert(
+            "companies",
+            json!({"name": format!("Partner {i}"), "phone": format!("+32 9 {i:06}"), RELATIONS_PROPERTY: relations}),
+            &[],
+        );
+        if i < 500 {
+            customers.push_str(&format!("A{i},Partner {i},\n"));
+        }
+    }
+    let mut vendors = String::from("id,name,phone\n");
+    for i in 750..1000 {
+        vendors.push_str(&format!("V{i},Vendor {i},+49 40 {i:06}\n"));
+    }
+    let d = Deployment::with_config(&format!(
+        r#"
+[state]
+url = "sqlite://.tandem/state.db"
+
+[connectors.crm]
+type = "hubspot"
+url = "{url}"
+token = "${{HUBSPOT_TOKEN}}"
+
+[connectors.erp]
+type = "file"
+path = "erp"
+
+[contacts]
+connector = "crm"
+
+[relations.CUST]
+kind = "customer"
+connector = "erp"
+match = [["name"]]
+fields = ["name", "phone"]
+
+[relations.VEND]
+kind = "vendor"
+connector = "erp"
+match = [["name"]]
+create_contacts = true
+fields = ["name", "phone"]
+"#,
+        url = hs.url()
+    ));
+    d.write("erp/customers.csv", &customers);
+    d.write("erp/vendors.csv", &vendors);
+    let token = hs.token();
+    let sync = || {
+        let before = hs.stats();
+        let started = std::time::Instant::now();
+        let out = d.tandem_env(&["--json", "sync"], &[("HUBSPOT_TOKEN", &token)]);
+        let elapsed = started.elapsed();
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+        (report, elapsed, before, hs.stats())
+    };
+    let (first, t1, b1, a1) = sync();
+    assert_eq!(counts(&first, "CUST")["linked"], 500, "{first}");
+    assert_eq!(counts(&first, "CUST")["created"], 250, "{first}");
+    assert_eq!(counts(&first, "VEND")["created"], 250, "{first}");
+    let (second, t2, b2, a2) = sync();
+    assert_eq!(second["writes"], 0, "{second}");
+    for (name, t, b, a) in [("first", t1, b1, a1), ("second", t2, b2, a2)] {
+        let requests = a.requests - b.requests;
+        println!(
+            "{name} run: {:.2} s, {requests} API requests ({} searches, {} batch calls, {} records written), {:.3} requests per partner",
+            t.as_secs_f64(),
+            a.searches - b.searches,
+            a.batches - b.batches,
+            a.writes - b.writes,
+            requests as f64 / 1000.0
+        );
+    }
+}
