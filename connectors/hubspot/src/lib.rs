@@ -74,6 +74,10 @@ pub struct Settings {
     pub relations_property: String,
     #[serde(default = "default_overlap")]
     pub overlap_seconds: u64,
+    /// A property with unique values: when set, creates go through `batch/upsert` with
+    /// a new random key in it, so that a create sent twice makes one record.
+    #[serde(default)]
+    pub create_key_property: String,
     #[serde(skip, default = "default_http")]
     pub http: HttpSettings,
 }
@@ -105,6 +109,7 @@ pub struct HubSpotConnector {
     http: HttpClient,
     url: String,
     relations: Option<String>,
+    create_key: Option<String>,
     overlap_ms: i64,
     requests: AtomicUsize,
 }
@@ -198,6 +203,7 @@ impl HubSpotConnector {
             http,
             url: settings.url.trim_end_matches('/').to_owned(),
             relations,
+            create_key: Some(settings.create_key_property).filter(|p| !p.trim().is_empty()),
             overlap_ms: (settings.overlap_seconds * 1000) as i64,
             requests: AtomicUsize::new(0),
         })
@@ -580,11 +586,15 @@ impl HubSpotConnector {
                     .map(|i| {
                         let trace = inputs[i]["objectWriteTraceId"].as_str();
                         let id = inputs[i]["id"].as_str();
+                        let key_property = inputs[i]["idProperty"].as_str();
                         results
                             .iter()
-                            .find(|r| match (trace, id) {
-                                (Some(t), _) => r["objectWriteTraceId"].as_str() == Some(t),
-                                (None, Some(id)) => r["id"].as_str() == Some(id),
+                            .find(|r| match (trace, key_property, id) {
+                                (Some(t), _, _) => r["objectWriteTraceId"].as_str() == Some(t),
+                                (None, Some(p), Some(key)) => {
+                                    r["properties"][p].as_str() == Some(key)
+                                }
+                                (None, None, Some(id)) => r["id"].as_str() == Some(id),
                                 _ => false,
                             })
                             .cloned()
@@ -614,8 +624,10 @@ impl HubSpotConnector {
             Ok((status, answer)) => {
                 let e = if status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND {
                     ConnectorError::invalid(
+                        // An upsert's `id` is its key, no record id.
                         inputs[0]["id"]
                             .as_str()
+                            .filter(|_| inputs[0]["idProperty"].is_null())
                             .map(|id| record_id(object, id))
                             .as_deref(),
                         format!(
@@ -756,11 +768,50 @@ impl HubSpotConnector {
                     input
                 })
                 .collect();
+            if let Some(key_property) = &self.create_key {
+                self.upserts(object, key_property, &mine, outcomes).await;
+                continue;
+            }
             // A create sent twice makes two records: never retried once it may have arrived.
             let results = self.batch(object, "create", inputs, false).await;
             for (item, result) in mine.iter().zip(results) {
                 outcomes[item.index] = Some(result.map(|r| written(object, &r)));
             }
+        }
+    }
+
+    /// Creates by `batch/upsert` on a unique property holding a new random key: sent
+    /// twice, the second finds the record the first made. A person's company is set
+    /// after.
+    async fn upserts(
+        &self,
+        object: &'static str,
+        key_property: &str,
+        items: &[&Item],
+        outcomes: &mut [Option<WriteOutcome>],
+    ) {
+        let mut keyed = Vec::new();
+        for item in items {
+            match new_key() {
+                Ok(key) => keyed.push((*item, key)),
+                Err(e) => outcomes[item.index] = Some(Err(e)),
+            }
+        }
+        let inputs: Vec<Json> = keyed
+            .iter()
+            .map(|(i, key)| json!({"idProperty": key_property, "id": key, "properties": i.body.properties}))
+            .collect();
+        let results = self.batch(object, "upsert", inputs, true).await;
+        for ((item, key), result) in keyed.iter().zip(results) {
+            let mut outcome = result.map(|r| written(object, &r));
+            if let (Ok(w), Some(Some(company))) = (&outcome, &item.body.company) {
+                let id = w.id.rsplit('-').next().unwrap_or_default().to_owned();
+                if let Err(e) = self.set_company(&id, Some(company)).await {
+                    outcome = Err(e);
+                }
+            }
+            tracing::trace!(key = %key, "HubSpot upsert");
+            outcomes[item.index] = Some(outcome);
         }
     }
 
@@ -844,6 +895,14 @@ impl HubSpotConnector {
         }
         Ok(())
     }
+}
+
+/// 32 random hex digits: the unique key of one create.
+fn new_key() -> Result<String, ConnectorError> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b)
+        .map_err(|e| ConnectorError::fatal(format!("HubSpot: no random numbers: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn refuse_kind(kind: EntityKind) -> Result<(), ConnectorError> {

@@ -81,8 +81,22 @@ impl UnknownField for Description {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hubspot_connector_conforms() {
+    conforms(json!({})).await;
+}
+
+/// Creates through `batch/upsert` on a unique key property.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hubspot_connector_conforms_with_upserts() {
+    conforms(json!({"create_key_property": tandem_fake_hubspot::UNIQUE_KEY_PROPERTY})).await;
+}
+
+async fn conforms(extra: Json) {
     let server = Arc::new(HubSpotServer::start(Options::default()));
-    let c = connector(&server, json!({"max_requests_per_second": 200}));
+    let mut settings = json!({"max_requests_per_second": 200});
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        settings[k] = v;
+    }
+    let c = connector(&server, settings);
     let options = KitOptions {
         sample,
         max_batch: 30,
@@ -239,4 +253,51 @@ async fn a_wrong_token_is_an_auth_error_that_never_shows_it() {
     assert!(matches!(e, ConnectorError::Auth { .. }), "{e:?}");
     assert!(e.to_string().contains("`token`"), "{e}");
     assert!(!e.to_string().contains(token), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_unique_key_property_a_create_sent_twice_makes_one_record() {
+    use tandem_connector::http::testing::{Fault, FaultProxy};
+    let server = HubSpotServer::start(Options::default());
+    let acme = server.insert("companies", json!({"name": "Acme NV"}), &[]);
+    let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FaultProxy::start(port);
+    let c = connector(
+        &server,
+        json!({"url": proxy.url().trim_end_matches('/'),
+               "create_key_property": tandem_fake_hubspot::UNIQUE_KEY_PROPERTY}),
+    );
+    // The first upsert reaches HubSpot, its reply is lost; the batch is sent again.
+    proxy.inject("batch/upsert", Fault::DropAfterForward, 1);
+    let out = c
+        .write(
+            EntityKind::Contact,
+            vec![
+                WriteOp::Create {
+                    fields: Fields::new()
+                        .with(field::CONTACT_TYPE, "company")
+                        .with(field::NAME, "Newco Ltd"),
+                },
+                WriteOp::Create {
+                    fields: Fields::new()
+                        .with(field::CONTACT_TYPE, "person")
+                        .with(field::NAME, "Ann Peeters")
+                        .with(field::COMPANY_ID, format!("company-{acme}")),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    assert_eq!(proxy.injected().len(), 1, "a reply was lost");
+    assert_eq!(server.ids("companies").len(), 2, "Acme and one Newco");
+    assert_eq!(server.ids("contacts").len(), 1);
+    let ann = out[1]
+        .as_ref()
+        .unwrap()
+        .id
+        .strip_prefix("contact-")
+        .unwrap()
+        .to_owned();
+    assert_eq!(server.companies_of(&ann), vec![acme]);
 }

@@ -45,6 +45,9 @@ pub const MAX_SEARCH_RESULTS: usize = 10_000;
 pub const CONTACT_TO_COMPANY: u64 = 279;
 /// A custom property the tests' portal defines, holding the relation codes.
 pub const RELATIONS_PROPERTY: &str = "tandem_relations";
+/// A custom property defined with unique values ("Require unique values"), usable as
+/// the `idProperty` of `batch/upsert`.
+pub const UNIQUE_KEY_PROPERTY: &str = "tandem_create_key";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
@@ -96,6 +99,7 @@ fn properties(object: &str) -> Option<&'static [&'static str]> {
             RELATIONS_PROPERTY,
             "hs_lead_status",
             "lifecyclestage",
+            UNIQUE_KEY_PROPERTY,
         ]),
         "companies" => Some(&[
             "name",
@@ -111,6 +115,7 @@ fn properties(object: &str) -> Option<&'static [&'static str]> {
             "industry",
             "description",
             RELATIONS_PROPERTY,
+            UNIQUE_KEY_PROPERTY,
         ]),
         _ => None,
     }
@@ -625,6 +630,56 @@ impl State {
                     results.push(o.render(object, &wanted));
                 }
                 self.stats.writes += results.len();
+                Ok((
+                    StatusCode::OK,
+                    json!({"status": "COMPLETE", "results": results}),
+                ))
+            }
+            // Creates or updates by a unique property's value
+            // (<https://developers.hubspot.com/docs/api/crm/understanding-the-crm#upsert>).
+            "upsert" => {
+                let mut results = Vec::new();
+                for input in &inputs {
+                    let (Some(id_property), Some(key)) =
+                        (input["idProperty"].as_str(), input["id"].as_str())
+                    else {
+                        return Err(fail(
+                            StatusCode::BAD_REQUEST,
+                            "VALIDATION_ERROR",
+                            "upsert inputs need idProperty and id",
+                        ));
+                    };
+                    if id_property != UNIQUE_KEY_PROPERTY {
+                        return Err(fail(
+                            StatusCode::BAD_REQUEST,
+                            "VALIDATION_ERROR",
+                            format!("{id_property} is not a property with unique values"),
+                        ));
+                    }
+                    let mut props = input["properties"].as_object().cloned().unwrap_or_default();
+                    self.check_props(object, &props)?;
+                    props.insert(id_property.to_owned(), json!(key));
+                    let found = self.list(object).iter().position(|o| {
+                        !o.archived && o.props.get(id_property).map(String::as_str) == Some(key)
+                    });
+                    let (o, new) = match found {
+                        Some(i) => {
+                            let o = &mut self.list(object)[i];
+                            set_props(o, &props);
+                            o.modified_ms = now_ms().max(o.modified_ms + 1);
+                            (o.clone(), false)
+                        }
+                        None => {
+                            let o = self.create(object, &json!({"properties": props}))?;
+                            self.list(object).push(o.clone());
+                            (o, true)
+                        }
+                    };
+                    self.stats.writes += 1;
+                    let mut r = o.render(object, &[id_property.to_owned()]);
+                    r["new"] = json!(new);
+                    results.push(r);
+                }
                 Ok((
                     StatusCode::OK,
                     json!({"status": "COMPLETE", "results": results}),
