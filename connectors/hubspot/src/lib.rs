@@ -15,16 +15,19 @@
 //!   conflict when the date read just before writing differs from it. A batch HubSpot
 //!   refuses whole (one invalid input) is tried one input at a time, so that only the
 //!   bad one fails. A person's company is set with the v4 association endpoints.
-//! - **Limits**: by default 9 requests a second (the lowest tier allows 100 per 10 s);
-//!   429 and 5xx are retried with backoff by the shared HTTP layer.
+//! - **Limits**: by default 9 requests a second (the lowest tier allows 100 per 10 s),
+//!   searches at most 4 a second; 429 and 5xx are retried with backoff by the shared
+//!   HTTP layer.
 
 pub mod mapping;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use tandem_connector::http::{
@@ -43,6 +46,8 @@ pub const MAX_BATCH: usize = 100;
 /// Results one search query can reach.
 const SEARCH_CAP: usize = 10_000;
 const CONTACT_TO_COMPANY: u64 = 279;
+/// The search endpoints allow about 4 requests a second per token.
+const SEARCHES_PER_SECOND: u32 = 4;
 
 fn default_api() -> String {
     "https://api.hubapi.com".into()
@@ -112,6 +117,8 @@ pub struct HubSpotConnector {
     create_key: Option<String>,
     overlap_ms: i64,
     requests: AtomicUsize,
+    /// The search endpoints' own limit, on top of the client's.
+    search_limiter: DefaultDirectRateLimiter,
 }
 
 /// The cursor: the newest modification date seen per object type, the records seen
@@ -206,6 +213,10 @@ impl HubSpotConnector {
             create_key: Some(settings.create_key_property).filter(|p| !p.trim().is_empty()),
             overlap_ms: (settings.overlap_seconds * 1000) as i64,
             requests: AtomicUsize::new(0),
+            search_limiter: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::new(SEARCHES_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+                    .allow_burst(NonZeroU32::MIN),
+            ),
         })
     }
 
@@ -326,6 +337,7 @@ impl HubSpotConnector {
                 let body = json!({"filterGroups": filters,
                     "sorts": [{"propertyName": modified, "direction": "ASCENDING"}],
                     "properties": self.properties(object), "limit": 100, "after": after.to_string()});
+                self.search_limiter.until_ready().await;
                 let page = self
                     .call_ok(
                         Method::POST,

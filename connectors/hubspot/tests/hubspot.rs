@@ -301,3 +301,25 @@ async fn with_a_unique_key_property_a_create_sent_twice_makes_one_record() {
         .to_owned();
     assert_eq!(server.companies_of(&ann), vec![acme]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_keep_to_their_own_limit_of_four_a_second() {
+    let server = HubSpotServer::start(Options {
+        search_budget: Some(Budget {
+            requests: 4,
+            window: Duration::from_secs(1),
+        }),
+        ..Options::default()
+    });
+    let c = connector(&server, json!({"max_requests_per_second": 100}));
+    let cursor = c.read(EntityKind::Contact, None).await.unwrap().cursor;
+    for n in 0..450 {
+        server.insert("companies", json!({"name": format!("Company {n}")}), &[]);
+    }
+    // 5 pages of companies and 1 of contacts: 6 searches, more than 4 in a second.
+    let page = c.read(EntityKind::Contact, cursor.as_ref()).await.unwrap();
+    assert_eq!(page.records.len(), 450);
+    let stats = server.stats();
+    assert_eq!(stats.searches, 6, "{stats:?}");
+    assert_eq!(stats.throttled, 0, "{stats:?}");
+}

@@ -59,6 +59,8 @@ pub struct Budget {
 pub struct Options {
     pub token: String,
     pub budget: Option<Budget>,
+    /// The search endpoints' own limit (about 4 requests a second per token).
+    pub search_budget: Option<Budget>,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
         Options {
             token: "pat-na1-11111111-2222-3333-4444-fake5555".into(),
             budget: None,
+            search_budget: None,
         }
     }
 }
@@ -202,10 +205,30 @@ struct State {
     objects: BTreeMap<&'static str, Vec<Object>>,
     next_id: u64,
     recent: VecDeque<Instant>,
+    recent_searches: VecDeque<Instant>,
     stats: Stats,
     /// Edits applied when a batch next names the record: someone else's change made
     /// between the client's read and its write.
     edits_before_write: Vec<(&'static str, String, Map<String, Json>)>,
+}
+
+/// Whether one more request fits in `budget`, noting it when it does.
+fn within(budget: Option<Budget>, recent: &mut VecDeque<Instant>) -> bool {
+    let Some(b) = budget else {
+        return true;
+    };
+    let now = Instant::now();
+    while recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > b.window)
+    {
+        recent.pop_front();
+    }
+    if recent.len() >= b.requests {
+        return false;
+    }
+    recent.push_back(now);
+    true
 }
 
 impl State {
@@ -229,21 +252,16 @@ impl State {
         }
     }
 
-    fn admit(&mut self) -> bool {
-        if let Some(b) = self.options.budget {
-            let now = Instant::now();
-            while self
-                .recent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > b.window)
-            {
-                self.recent.pop_front();
-            }
-            if self.recent.len() >= b.requests {
-                self.stats.throttled += 1;
-                return false;
-            }
-            self.recent.push_back(now);
+    fn admit(&mut self, search: bool) -> bool {
+        // Searches count against both limits (usage guidelines: "the search endpoints
+        // are rate limited to four requests per second per authentication token").
+        if search && !within(self.options.search_budget, &mut self.recent_searches) {
+            self.stats.throttled += 1;
+            return false;
+        }
+        if !within(self.options.budget, &mut self.recent) {
+            self.stats.throttled += 1;
+            return false;
         }
         self.stats.requests += 1;
         true
@@ -802,7 +820,7 @@ async fn serve(
             &[],
         );
     }
-    if !state.admit() {
+    if !state.admit(uri.path().ends_with("/search")) {
         let max = state.options.budget.map_or(0, |b| b.requests).to_string();
         let interval = state
             .options
@@ -868,6 +886,7 @@ impl HubSpotServer {
             objects: BTreeMap::new(),
             next_id: 100,
             recent: VecDeque::new(),
+            recent_searches: VecDeque::new(),
             stats: Stats::default(),
             edits_before_write: Vec::new(),
         }));
