@@ -42,6 +42,8 @@ pub enum Ty {
     BlankEnum,
     /// `Company` or `Person`, `company` or `person` in the model.
     ContactType,
+    /// An option without an empty value (a customer's `type`): it cannot be cleared.
+    Choice,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +87,7 @@ pub fn props(kind: EntityKind) -> Vec<Prop> {
             out.extend([
                 p(field::CURRENCY_CODE, "currencyCode", Ty::Text),
                 p(field::SALESPERSON_CODE, "salespersonCode", Ty::Text),
-                p("x_type", "type", Ty::Text),
+                p("x_type", "type", Ty::Choice),
                 p("x_payment_terms_id", "paymentTermsId", Ty::Guid),
                 p("x_payment_method_id", "paymentMethodId", Ty::Guid),
                 p("x_shipment_method_id", "shipmentMethodId", Ty::Guid),
@@ -213,6 +215,12 @@ fn json_of(prop: &Prop, value: &Value) -> Result<Json, String> {
             Ty::Bool => Json::Bool(false),
             Ty::BlankEnum => Json::String(" ".into()),
             Ty::Text | Ty::ContactType => Json::String(String::new()),
+            Ty::Choice => {
+                return Err(format!(
+                    "`{}` cannot be cleared: Business Central always holds a value",
+                    prop.field
+                ));
+            }
         });
     }
     let text = value.to_cell();
@@ -239,7 +247,7 @@ fn json_of(prop: &Prop, value: &Value) -> Result<Json, String> {
                 ));
             }
         },
-        Ty::Text | Ty::Guid | Ty::BlankEnum => Json::String(text),
+        Ty::Text | Ty::Guid | Ty::BlankEnum | Ty::Choice => Json::String(text),
     })
 }
 
@@ -289,6 +297,8 @@ mod tests {
         assert!(e.contains("no place for `fax` on a customer"), "{e}");
         let e = body_of(EntityKind::Vendor, [("nonsense", &fax)]).unwrap_err();
         assert!(e.contains("not a field"), "{e}");
+        let e = body_of(EntityKind::Customer, [("x_type", &null)]).unwrap_err();
+        assert!(e.contains("`x_type` cannot be cleared"), "{e}");
         let person = Value::text("Person");
         let body = body_of(EntityKind::Contact, [(field::CONTACT_TYPE, &person)]).unwrap();
         assert_eq!(body["type"], "Person");
