@@ -44,7 +44,7 @@ use crate::mapping::{Body, COMPANIES, CONTACTS, modified_property, record_id, sp
 /// Inputs per batch call.
 pub const MAX_BATCH: usize = 100;
 /// Results one search query can reach.
-const SEARCH_CAP: usize = 10_000;
+pub const SEARCH_CAP: usize = 10_000;
 const CONTACT_TO_COMPANY: u64 = 279;
 /// The search endpoints allow about 4 requests a second per token.
 const SEARCHES_PER_SECOND: u32 = 4;
@@ -54,6 +54,9 @@ fn default_api() -> String {
 }
 fn default_relations() -> String {
     "tandem_relations".into()
+}
+fn default_search_cap() -> usize {
+    SEARCH_CAP
 }
 fn default_overlap() -> u64 {
     300
@@ -83,6 +86,9 @@ pub struct Settings {
     /// a new random key in it, so that a create sent twice makes one record.
     #[serde(default)]
     pub create_key_property: String,
+    /// Results one search query reaches (HubSpot's cap): only ever lowered, by tests.
+    #[serde(default = "default_search_cap")]
+    pub search_cap: usize,
     #[serde(skip, default = "default_http")]
     pub http: HttpSettings,
 }
@@ -115,6 +121,7 @@ pub struct HubSpotConnector {
     url: String,
     relations: Option<String>,
     create_key: Option<String>,
+    search_cap: usize,
     overlap_ms: i64,
     requests: AtomicUsize,
     /// The search endpoints' own limit, on top of the client's.
@@ -211,6 +218,7 @@ impl HubSpotConnector {
             url: settings.url.trim_end_matches('/').to_owned(),
             relations,
             create_key: Some(settings.create_key_property).filter(|p| !p.trim().is_empty()),
+            search_cap: settings.search_cap.clamp(200, SEARCH_CAP),
             overlap_ms: (settings.overlap_seconds * 1000) as i64,
             requests: AtomicUsize::new(0),
             search_limiter: RateLimiter::direct(
@@ -358,7 +366,7 @@ impl HubSpotConnector {
                     .as_str()
                     .and_then(|a| a.parse().ok())
                 {
-                    Some(next) if next + 100 > SEARCH_CAP => {
+                    Some(next) if next + 100 > self.search_cap => {
                         reached_cap = true;
                         break;
                     }
@@ -367,13 +375,20 @@ impl HubSpotConnector {
                 }
             }
             if !reached_cap {
+                // A search started again from the last date read returns the records
+                // of that date twice: the later copy is kept.
+                let mut seen = std::collections::HashSet::new();
+                out.reverse();
+                out.retain(|r| seen.insert(r["id"].as_str().unwrap_or_default().to_owned()));
+                out.reverse();
                 return Ok(out);
             }
             // 10,000 results are all one query reaches: go on from the last date read.
             if last_ms == from {
                 return Err(ConnectorError::fatal(format!(
-                    "HubSpot: more than {SEARCH_CAP} {object} share one modification date; \
-                     reset the cursor for a full listing"
+                    "HubSpot: more than {} {object} share one modification date; \
+                     reset the cursor for a full listing",
+                    self.search_cap
                 )));
             }
             (operator, from) = ("GTE", last_ms);

@@ -323,3 +323,36 @@ async fn searches_keep_to_their_own_limit_of_four_a_second() {
     assert_eq!(stats.searches, 6, "{stats:?}");
     assert_eq!(stats.throttled, 0, "{stats:?}");
 }
+
+/// A search reaches a capped number of results (10,000 at HubSpot; 300 here): a longer
+/// one starts again from the last modification date read, and returns no record twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_past_the_result_cap_goes_on_from_the_last_date() {
+    let server = HubSpotServer::start(Options {
+        search_cap: 300,
+        ..Options::default()
+    });
+    let c = connector(
+        &server,
+        json!({"search_cap": 300, "max_requests_per_second": 100}),
+    );
+    let cursor = c.read(EntityKind::Contact, None).await.unwrap().cursor;
+    let mut ids = Vec::new();
+    for n in 0..650 {
+        ids.push(server.insert("companies", json!({"name": format!("Company {n}")}), &[]));
+        if n % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let page = c.read(EntityKind::Contact, cursor.as_ref()).await.unwrap();
+    let mut got: Vec<String> = page
+        .records
+        .iter()
+        .map(|r| r.id.strip_prefix("company-").unwrap().to_owned())
+        .collect();
+    assert_eq!(got.len(), 650, "no record twice, none missing");
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    assert!(server.stats().searches > 7, "{:?}", server.stats());
+}
