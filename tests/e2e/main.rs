@@ -7,6 +7,13 @@
 mod browser;
 mod support;
 
+#[cfg(all(
+    feature = "connector-business-central",
+    feature = "connector-carddav",
+    feature = "connector-tryton"
+))]
+mod business_central;
+
 mod business_rules;
 mod config;
 mod conventions;
@@ -21,6 +28,8 @@ mod flagship_byid;
 mod guard;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod https;
+#[cfg(all(feature = "connector-hubspot", feature = "connector-tryton"))]
+mod hubspot;
 mod json_output;
 mod normalised;
 mod operator;

@@ -52,6 +52,12 @@ fn registry() -> Registry {
     registry.register(Box::new(tandem_connector_tryton::TrytonConnectorFactory));
     #[cfg(feature = "connector-carddav")]
     registry.register(Box::new(tandem_connector_carddav::CarddavConnectorFactory));
+    #[cfg(feature = "connector-business-central")]
+    registry.register(Box::new(
+        tandem_connector_business_central::BusinessCentralConnectorFactory,
+    ));
+    #[cfg(feature = "connector-hubspot")]
+    registry.register(Box::new(tandem_connector_hubspot::HubSpotConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
     #[cfg(feature = "plugins")]

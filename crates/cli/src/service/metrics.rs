@@ -224,7 +224,12 @@ impl Metrics {
     }
 
     #[cfg_attr(
-        not(any(feature = "connector-tryton", feature = "connector-carddav")),
+        not(any(
+            feature = "connector-tryton",
+            feature = "connector-carddav",
+            feature = "connector-business-central",
+            feature = "connector-hubspot"
+        )),
         allow(dead_code, reason = "no HTTP connector in this build")
     )]
     pub fn http(&self, connector: &str, took: Duration, tries: u32, ok: bool) {
@@ -304,7 +309,12 @@ fn written(report: &RunReport, relations: &Relations) -> BTreeMap<(String, Entit
 /// has the request's origin.
 #[derive(Debug)]
 #[cfg_attr(
-    not(any(feature = "connector-tryton", feature = "connector-carddav")),
+    not(any(
+        feature = "connector-tryton",
+        feature = "connector-carddav",
+        feature = "connector-business-central",
+        feature = "connector-hubspot"
+    )),
     allow(dead_code, reason = "no HTTP connector in this build")
 )]
 pub struct HttpCounter {
@@ -313,7 +323,12 @@ pub struct HttpCounter {
     pub origins: Vec<(String, String)>,
 }
 
-#[cfg(any(feature = "connector-tryton", feature = "connector-carddav"))]
+#[cfg(any(
+    feature = "connector-tryton",
+    feature = "connector-carddav",
+    feature = "connector-business-central",
+    feature = "connector-hubspot"
+))]
 impl tandem_connector::http::RequestObserver for HttpCounter {
     fn request(&self, event: &tandem_connector::http::RequestEvent<'_>) {
         let name = (self.origins.iter())

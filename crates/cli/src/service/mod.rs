@@ -146,7 +146,12 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 
 /// Counts HTTP requests under the name of the connector whose `url` they go to.
 fn observe_http(config: &Config, metrics: &Arc<Metrics>) {
-    #[cfg(any(feature = "connector-tryton", feature = "connector-carddav"))]
+    #[cfg(any(
+        feature = "connector-tryton",
+        feature = "connector-carddav",
+        feature = "connector-business-central",
+        feature = "connector-hubspot"
+    ))]
     {
         use tandem_connector::http::Url;
         let origins = (config.connectors.iter())
@@ -163,7 +168,12 @@ fn observe_http(config: &Config, metrics: &Arc<Metrics>) {
         };
         tandem_connector::http::set_request_observer(Arc::new(counter));
     }
-    #[cfg(not(any(feature = "connector-tryton", feature = "connector-carddav")))]
+    #[cfg(not(any(
+        feature = "connector-tryton",
+        feature = "connector-carddav",
+        feature = "connector-business-central",
+        feature = "connector-hubspot"
+    )))]
     let _ = (config, metrics);
 }
 
