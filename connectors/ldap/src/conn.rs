@@ -114,6 +114,17 @@ impl Conn {
 
     /// An error of the client library, while doing `what`.
     pub fn error(&self, e: LdapError, what: &str) -> ConnectorError {
+        if let LdapError::Io { source } = &e
+            && let Some(tls) = source
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            // A certificate that is not trusted fails the same way on every try.
+            return ConnectorError::fatal(format!(
+                "LDAP {}: {what}: TLS failed ({tls}); check `ca_file` and that the server's certificate names the host of `url`",
+                self.url
+            ));
+        }
         match e {
             LdapError::LdapResult { result } => self.result_error(&result, None, what),
             LdapError::Io { .. }

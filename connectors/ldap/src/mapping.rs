@@ -166,7 +166,10 @@ impl Mapping {
                 continue;
             }
             if f == field::BUSINESS_RELATIONS {
-                fields.set(f.as_str(), Value::List(values.to_vec()));
+                // LDAP values are a set: sorted, so that reads are stable.
+                let mut codes = values.to_vec();
+                codes.sort();
+                fields.set(f.as_str(), Value::List(codes));
             } else {
                 fields.set(f.as_str(), Value::text(values[0].as_str()));
             }
