@@ -22,6 +22,8 @@ mod guard;
 #[cfg(all(feature = "connector-tryton", feature = "connector-carddav"))]
 mod https;
 mod json_output;
+#[cfg(all(feature = "connector-tryton", feature = "connector-ldap"))]
+mod ldap;
 mod normalised;
 mod operator;
 mod plugin;

@@ -51,6 +51,8 @@ fn registry() -> Registry {
     registry.register(Box::new(tandem_connector_tryton::TrytonConnectorFactory));
     #[cfg(feature = "connector-carddav")]
     registry.register(Box::new(tandem_connector_carddav::CarddavConnectorFactory));
+    #[cfg(feature = "connector-ldap")]
+    registry.register(Box::new(tandem_connector_ldap::LdapConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
     registry
