@@ -2,7 +2,7 @@
 //!
 //! `scripts/ldap-env` installs Debian's `slapd` and `ldap-utils` and exports
 //! `TANDEM_SLAPD`, `TANDEM_SLAPD_MODULES` and `TANDEM_SLAPD_SCHEMA`; `scripts/test` runs
-//! it first. [`Slapd::start`] writes a `slapd.conf` (mdb backend, the syncprov overlay
+//! it first. [`Slapd::start`] writes a `slapd.conf` (mdb backend without fsync, the syncprov overlay
 //! with a session log unless asked not to, the suffix [`SUFFIX`], the bind user
 //! [`BIND_DN`] with write access) into a folder of its own under `target/ldap-tests/`,
 //! loads the suffix, [`BASE_DN`] and the bind user with `slapadd`, and starts `slapd`
@@ -164,7 +164,7 @@ impl Slapd {
             ));
         }
         conf.push_str(&format!(
-            "database mdb\nmaxsize 1073741824\nsuffix \"{SUFFIX}\"\nrootdn \"{ADMIN_DN}\"\n\
+            "database mdb\nmaxsize 1073741824\ndbnosync\nsuffix \"{SUFFIX}\"\nrootdn \"{ADMIN_DN}\"\n\
              rootpw {ADMIN_PASSWORD}\ndirectory {}\n\
              index objectClass,entryUUID,entryCSN eq\n\
              access to attrs=userPassword by self write by anonymous auth by * none\n\
