@@ -232,7 +232,10 @@ fn directory_companies_and_tryton_customers_stay_in_step() {
         .map(|l| l.1)
         .expect("Nordlicht got a contact");
     let entry = dir.get(&nord_entry).expect("the entry is in the directory");
-    assert_eq!(entry.fields.get(field::NAME), Some(&Value::text("Nordlicht AG")));
+    assert_eq!(
+        entry.fields.get(field::NAME),
+        Some(&Value::text("Nordlicht AG"))
+    );
     assert_eq!(
         entry.fields.get(field::CONTACT_TYPE),
         Some(&Value::text("company"))

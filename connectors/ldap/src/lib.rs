@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::controls::{
-    Assertion, ControlType, EntryState, PostRead, PostReadResp, RawControl, RefreshMode,
-    SyncDone, SyncInfo, SyncRequest, SyncState,
+    Assertion, ControlType, EntryState, PostRead, PostReadResp, RawControl, RefreshMode, SyncDone,
+    SyncInfo, SyncRequest, SyncState,
 };
 use ldap3::{Ldap, LdapResult, Mod, ResultEntry, Scope, SearchEntry};
 use serde::{Deserialize, Serialize};
@@ -72,7 +72,9 @@ impl ConnectorFactory for LdapConnectorFactory {
         settings: serde_json::Value,
         context: &BuildContext,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
-        Ok(Arc::new(LdapConnector::from_settings_in(settings, context)?))
+        Ok(Arc::new(LdapConnector::from_settings_in(
+            settings, context,
+        )?))
     }
 }
 
@@ -145,7 +147,9 @@ impl LdapConnector {
                     format!("({extra})")
                 };
                 ldap3::parse_filter(&extra).map_err(|_| {
-                    ConnectorError::config(format!("`filter`: `{extra}` is no LDAP filter (RFC 4515)"))
+                    ConnectorError::config(format!(
+                        "`filter`: `{extra}` is no LDAP filter (RFC 4515)"
+                    ))
                 })?;
                 format!("(&{base_filter}{extra})")
             }
@@ -221,7 +225,6 @@ impl LdapConnector {
             .await
             .map_err(|e| self.conn.error(e, &what))?;
         let mut refresh = Refresh::default();
-        let mut plain_entries = false;
         loop {
             let entry = match stream.next().await {
                 Ok(Some(entry)) => entry,
@@ -249,7 +252,9 @@ impl LdapConnector {
                         sync_uuids,
                     } => {
                         if refresh_deletes {
-                            refresh.deleted.extend(sync_uuids.iter().map(|u| uuid_text(u)));
+                            refresh
+                                .deleted
+                                .extend(sync_uuids.iter().map(|u| uuid_text(u)));
                         } else {
                             refresh.present_phase = true;
                         }
@@ -258,25 +263,23 @@ impl LdapConnector {
                 }
                 continue;
             }
-            let state = sync_state(&entry)?;
+            // No Sync State: the server ignores the control (no Sync Done follows).
+            let Some(state) = sync_state(&entry)? else {
+                continue;
+            };
             let entry = parse_guarded("a search entry", || SearchEntry::construct(entry))?;
-            match state {
-                Some(state) => match state.state {
-                    EntryState::Present => {
-                        refresh.present_phase = true;
+            match state.state {
+                EntryState::Present => refresh.present_phase = true,
+                EntryState::Delete => refresh.deleted.push(uuid_text(&state.entry_uuid)),
+                EntryState::Add | EntryState::Modify => {
+                    if let Some(c) = state.cookie {
+                        refresh.cookie = Some(c);
                     }
-                    EntryState::Delete => refresh.deleted.push(uuid_text(&state.entry_uuid)),
-                    EntryState::Add | EntryState::Modify => {
-                        if let Some(c) = state.cookie {
-                            refresh.cookie = Some(c);
-                        }
-                        let entry = Entry::new(entry.dn, entry.attrs);
-                        if let Some(record) = self.record_of(&entry) {
-                            refresh.records.push(record);
-                        }
+                    let entry = Entry::new(entry.dn, entry.attrs);
+                    if let Some(record) = self.record_of(&entry) {
+                        refresh.records.push(record);
                     }
-                },
-                None => plain_entries = true,
+                }
             }
         }
         let result = stream.finish().await;
@@ -295,7 +298,6 @@ impl LdapConnector {
         let Some(done) = done else {
             // Entries without Sync State controls and no Sync Done: the control was
             // ignored (syncprov not on this database).
-            let _ = plain_entries;
             return Ok(SyncAnswer::Unsupported);
         };
         if done.cookie.is_some() {
@@ -419,10 +421,19 @@ impl LdapConnector {
             return Ok(None);
         }
         let mut ldap = self.ldap().await?;
-        let filter = format!("(&{}({ENTRY_UUID}={}))", self.filter, ldap3::ldap_escape(id));
+        let filter = format!(
+            "(&{}({ENTRY_UUID}={}))",
+            self.filter,
+            ldap3::ldap_escape(id)
+        );
         let what = format!("looking up entry {id} under {}", self.base_dn);
         let result = ldap
-            .search(&self.base_dn, Scope::Subtree, &filter, self.mapping.read_attributes())
+            .search(
+                &self.base_dn,
+                Scope::Subtree,
+                &filter,
+                self.mapping.read_attributes(),
+            )
             .await
             .map_err(|e| self.conn.error(e, &what))?;
         if result.1.rc != rc::SUCCESS {
@@ -477,12 +488,7 @@ impl LdapConnector {
     }
 
     /// What a write left: id and version from the post-read control, else read back.
-    async fn written(
-        &self,
-        result: &LdapResult,
-        dn: &str,
-        id: Option<&str>,
-    ) -> WriteOutcome {
+    async fn written(&self, result: &LdapResult, dn: &str, id: Option<&str>) -> WriteOutcome {
         if let Some(post) = result
             .ctrls
             .iter()
@@ -694,9 +700,18 @@ impl Connector for LdapConnector {
                 .map(|id| format!("({ENTRY_UUID}={})", ldap3::ldap_escape(id.as_str())))
                 .collect();
             let filter = format!("(&{}(|{any}))", self.filter);
-            let what = format!("reading {} entries by id under {}", chunk.len(), self.base_dn);
+            let what = format!(
+                "reading {} entries by id under {}",
+                chunk.len(),
+                self.base_dn
+            );
             let result = ldap
-                .search(&self.base_dn, Scope::Subtree, &filter, self.mapping.read_attributes())
+                .search(
+                    &self.base_dn,
+                    Scope::Subtree,
+                    &filter,
+                    self.mapping.read_attributes(),
+                )
                 .await
                 .map_err(|e| self.conn.error(e, &what))?;
             if result.1.rc != rc::SUCCESS {
@@ -734,8 +749,7 @@ impl Connector for LdapConnector {
 
 /// The RFC 4528 assertion that the entry is still at `version`.
 fn assertion(version: &str) -> RawControl {
-    let mut control =
-        Assertion::new(format!("({ENTRY_CSN}={})", ldap3::ldap_escape(version)));
+    let mut control = Assertion::new(format!("({ENTRY_CSN}={})", ldap3::ldap_escape(version)));
     control.crit = true;
     control
 }
@@ -758,9 +772,7 @@ fn sync_state(entry: &ResultEntry) -> Result<Option<SyncState>, ConnectorError> 
 /// an error of the read, not a crash.
 fn parse_guarded<T>(what: &str, parse: impl FnOnce() -> T) -> Result<T, ConnectorError> {
     std::panic::catch_unwind(AssertUnwindSafe(parse)).map_err(|_| {
-        ConnectorError::fatal(format!(
-            "the LDAP server sent {what} that cannot be parsed"
-        ))
+        ConnectorError::fatal(format!("the LDAP server sent {what} that cannot be parsed"))
     })
 }
 

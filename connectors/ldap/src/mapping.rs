@@ -202,10 +202,7 @@ impl Mapping {
     }
 
     /// The DN and attributes of a new entry.
-    pub fn new_entry(
-        &self,
-        fields: &Fields,
-    ) -> Result<(String, Vec<(String, HashSet<String>)>), ConnectorError> {
+    pub fn new_entry(&self, fields: &Fields) -> Result<(String, NewAttributes), ConnectorError> {
         let text = |name: &str| fields.get(name).and_then(non_empty_text);
         let t = match text(field::CONTACT_TYPE).as_deref() {
             Some("company") => EntryType::Company,
@@ -232,11 +229,7 @@ impl Mapping {
                 if joined.is_empty() {
                     return Err(ConnectorError::invalid(
                         None,
-                        format!(
-                            "a {} needs a `name` (its {})",
-                            t.label(),
-                            self.naming(t)
-                        ),
+                        format!("a {} needs a `name` (its {})", t.label(), self.naming(t)),
                     ));
                 }
                 joined
@@ -321,7 +314,10 @@ impl Mapping {
                     let Some(name) = non_empty_text(v) else {
                         return Err(ConnectorError::invalid(
                             Some(id),
-                            format!("`name` cannot be cleared: it is the entry's {}", self.naming(t)),
+                            format!(
+                                "`name` cannot be cleared: it is the entry's {}",
+                                self.naming(t)
+                            ),
                         ));
                     };
                     new_name = Some(name);
@@ -343,7 +339,8 @@ impl Mapping {
                     update.new_rdn = Some(format!("{rdn}={}", ldap3::dn_escape(value.as_str())));
                 }
                 // The rename adds the new value; the other values follow by modify.
-                let others: HashSet<String> = values.iter().filter(|x| x != value).cloned().collect();
+                let others: HashSet<String> =
+                    values.iter().filter(|x| x != value).cloned().collect();
                 if !others.is_empty() {
                     update.mods.push((attribute, others, ModKind::Add));
                 }
@@ -366,6 +363,9 @@ impl Mapping {
         Ok(update)
     }
 }
+
+/// The attributes of a new entry with their values.
+pub type NewAttributes = Vec<(String, HashSet<String>)>;
 
 /// What [`Mapping::changes`] asks of the server.
 #[derive(Debug, Default)]
@@ -442,7 +442,9 @@ mod tests {
             "2024-05-01T12:00:00Z"
         );
         assert_eq!(
-            generalized_time("20240501120000.250000Z").unwrap().to_string(),
+            generalized_time("20240501120000.250000Z")
+                .unwrap()
+                .to_string(),
             "2024-05-01T12:00:00.250Z"
         );
         assert!(generalized_time("2024").is_none());

@@ -161,7 +161,8 @@ impl Settings {
                 "`page_size` must be between 1 and 100000",
             ));
         }
-        let has = |classes: &[String], name: &str| classes.iter().any(|c| c.eq_ignore_ascii_case(name));
+        let has =
+            |classes: &[String], name: &str| classes.iter().any(|c| c.eq_ignore_ascii_case(name));
         if !has(&own.person_object_classes, "inetOrgPerson") {
             return Err(ConnectorError::config(
                 "`person_object_classes` must hold inetOrgPerson",
@@ -223,7 +224,10 @@ impl Settings {
             }
         }
         let company_rdn = own.company_rdn.unwrap_or_else(|| company_naming.to_owned());
-        for (key, rdn) in [("person_rdn", &own.person_rdn), ("company_rdn", &company_rdn)] {
+        for (key, rdn) in [
+            ("person_rdn", &own.person_rdn),
+            ("company_rdn", &company_rdn),
+        ] {
             let lower = rdn.to_ascii_lowercase();
             let naming = ["cn", "o", "ou"].contains(&lower.as_str());
             if !naming && !attributes.values().any(|a| a.eq_ignore_ascii_case(rdn)) {
@@ -291,9 +295,11 @@ mod tests {
 
     #[test]
     fn the_password_never_shows_in_errors() {
-        let e = parse(serde_json::json!({"url": "ldap://h/", "base_dn": "dc=x", "password": "hunter2"}))
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            serde_json::json!({"url": "ldap://h/", "base_dn": "dc=x", "password": "hunter2"}),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("`bind_dn` is not"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
         let s = parse(serde_json::json!({"url": "ldap://h/", "base_dn": "dc=x", "bind_dn": "cn=a", "password": "hunter2"}))
@@ -305,17 +311,21 @@ mod tests {
     fn mistakes_are_named() {
         let e = parse(serde_json::json!({"url": "http://h/", "base_dn": "dc=x"})).unwrap_err();
         assert!(e.to_string().contains("ldap://"), "{e}");
-        let e = parse(serde_json::json!({"url": "ldaps://h/", "base_dn": "dc=x", "starttls": true}))
-            .unwrap_err();
+        let e =
+            parse(serde_json::json!({"url": "ldaps://h/", "base_dn": "dc=x", "starttls": true}))
+                .unwrap_err();
         assert!(e.to_string().contains("starttls"), "{e}");
-        let e = parse(serde_json::json!({"url": "ldap://h/", "base_dn": "dc=x", "attributes": {"vat": "x"}}))
-            .unwrap_err();
+        let e = parse(
+            serde_json::json!({"url": "ldap://h/", "base_dn": "dc=x", "attributes": {"vat": "x"}}),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("attributes.vat"), "{e}");
         let e = parse(serde_json::json!({"url": "ldap://h/", "base_dn": "dc=x", "attributes": {"fax": "mail"}}))
             .unwrap_err();
         assert!(e.to_string().contains("both map to"), "{e}");
-        let e = parse(serde_json::json!({"url": "ldap://h/", "base_dn": "dc=x", "person_rdn": "uid"}))
-            .unwrap_err();
+        let e =
+            parse(serde_json::json!({"url": "ldap://h/", "base_dn": "dc=x", "person_rdn": "uid"}))
+                .unwrap_err();
         assert!(e.to_string().contains("person_rdn"), "{e}");
     }
 

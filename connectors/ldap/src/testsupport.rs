@@ -141,7 +141,12 @@ impl Slapd {
             ),
             false => None,
         };
-        let schema = |name: &str| env.schema.join(format!("{name}.schema")).display().to_string();
+        let schema = |name: &str| {
+            env.schema
+                .join(format!("{name}.schema"))
+                .display()
+                .to_string()
+        };
         let mut conf = format!(
             "include {}\ninclude {}\ninclude {}\n\
              pidfile {}\nargsfile {}\nmodulepath {}\nmoduleload back_mdb\n",
@@ -172,7 +177,9 @@ impl Slapd {
             data.display()
         ));
         if options.syncprov {
-            conf.push_str("overlay syncprov\nsyncprov-checkpoint 100 10\nsyncprov-sessionlog 100000\n");
+            conf.push_str(
+                "overlay syncprov\nsyncprov-checkpoint 100 10\nsyncprov-sessionlog 100000\n",
+            );
         }
         let conf_path = dir.path().join("slapd.conf");
         std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
@@ -285,7 +292,16 @@ impl Slapd {
     /// with `ldapadd` (a benchmark's fast path).
     pub fn ldapadd(&self, ldif: &Path) -> Result<(), String> {
         let out = Command::new("ldapadd")
-            .args(["-x", "-H", &self.url(), "-D", ADMIN_DN, "-w", ADMIN_PASSWORD, "-f"])
+            .args([
+                "-x",
+                "-H",
+                &self.url(),
+                "-D",
+                ADMIN_DN,
+                "-w",
+                ADMIN_PASSWORD,
+                "-f",
+            ])
             .arg(ldif)
             .stdout(Stdio::null())
             .output()

@@ -107,7 +107,12 @@ impl RoomNumber {
     async fn entry(&self, id: &str) -> Result<SearchEntry, String> {
         let mut ldap = self.admin().await;
         let (entries, _) = ldap
-            .search(BASE_DN, Scope::Subtree, &format!("(entryUUID={id})"), vec!["roomNumber"])
+            .search(
+                BASE_DN,
+                Scope::Subtree,
+                &format!("(entryUUID={id})"),
+                vec!["roomNumber"],
+            )
             .await
             .map_err(|e| e.to_string())?
             .success()
@@ -148,9 +153,7 @@ async fn conformance_on(server: &Slapd, settings: serde_json::Value) {
         let options = Options {
             max_batch: 10,
             sample,
-            unknown_field: Some(Box::new(RoomNumber {
-                url: server.url(),
-            })),
+            unknown_field: Some(Box::new(RoomNumber { url: server.url() })),
             ..Options::default()
         };
         let report = check_conformance(connector.as_ref(), &options).await;
@@ -193,8 +196,14 @@ fn person(name: &str) -> Fields {
     let mut f = Fields::new();
     f.set(field::CONTACT_TYPE, Value::text("person"));
     f.set(field::NAME, Value::text(name));
-    f.set(field::SURNAME, Value::text(name.rsplit(' ').next().unwrap()));
-    f.set(field::EMAIL, Value::text(format!("{}@example.org", name.replace(' ', "."))));
+    f.set(
+        field::SURNAME,
+        Value::text(name.rsplit(' ').next().unwrap()),
+    );
+    f.set(
+        field::EMAIL,
+        Value::text(format!("{}@example.org", name.replace(' ', "."))),
+    );
     f
 }
 
@@ -212,7 +221,12 @@ async fn create(c: &dyn Connector, fields: Fields) -> (String, Option<String>) {
 async fn dn_of(server: &Slapd, uuid: &str) -> String {
     let mut ldap = server.admin().await;
     let (entries, _) = ldap
-        .search(BASE_DN, Scope::Subtree, &format!("(entryUUID={uuid})"), vec!["1.1"])
+        .search(
+            BASE_DN,
+            Scope::Subtree,
+            &format!("(entryUUID={uuid})"),
+            vec!["1.1"],
+        )
         .await
         .unwrap()
         .success()
@@ -235,15 +249,26 @@ async fn deletes_arrive_as_tombstones_by_content_synchronisation() {
     assert_eq!(first.listing, Listing::Full);
     assert_eq!(c.synchronises(), Some(true));
     let ids: HashSet<&str> = first.records.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, HashSet::from([ada.as_str(), bob.as_str(), cyd.as_str()]));
+    assert_eq!(
+        ids,
+        HashSet::from([ada.as_str(), bob.as_str(), cyd.as_str()])
+    );
 
     // Behind the connector's back: delete Bob, change Cyd's phone.
     let mut admin = server.admin().await;
-    admin.delete(&dn_of(&server, &bob).await).await.unwrap().success().unwrap();
+    admin
+        .delete(&dn_of(&server, &bob).await)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
     admin
         .modify(
             &dn_of(&server, &cyd).await,
-            vec![Mod::Replace("telephoneNumber", HashSet::from(["+32 9 555 0101"]))],
+            vec![Mod::Replace(
+                "telephoneNumber",
+                HashSet::from(["+32 9 555 0101"]),
+            )],
         )
         .await
         .unwrap()
@@ -262,7 +287,10 @@ async fn deletes_arrive_as_tombstones_by_content_synchronisation() {
     let changed: Vec<_> = changes.records.iter().filter(|r| !r.deleted).collect();
     assert_eq!(changed.len(), 1, "{changed:?}");
     assert_eq!(changed[0].id, cyd);
-    assert_eq!(changed[0].fields.get(field::PHONE), Some(&Value::text("+32 9 555 0101")));
+    assert_eq!(
+        changed[0].fields.get(field::PHONE),
+        Some(&Value::text("+32 9 555 0101"))
+    );
 
     let quiet = read_all(&c, changes.cursor.as_ref()).await;
     assert_eq!(quiet.listing, Listing::Changes);
@@ -295,7 +323,13 @@ async fn paged_listing_without_syncprov() {
     // The next read is a full listing again, without the deleted entry.
     let gone = created.iter().next().unwrap().clone();
     let w = c
-        .write(EntityKind::Contact, vec![WriteOp::Delete { id: gone.clone(), version: None }])
+        .write(
+            EntityKind::Contact,
+            vec![WriteOp::Delete {
+                id: gone.clone(),
+                version: None,
+            }],
+        )
         .await
         .unwrap();
     assert!(w[0].is_ok());
@@ -340,13 +374,20 @@ async fn a_changed_entry_is_a_conflict() {
         .unwrap();
     assert_eq!(outcome[0], Err(ConnectorError::Conflict { id: id.clone() }));
     let now = c.read_ids(EntityKind::Contact, &[&id]).await.unwrap();
-    assert_eq!(now[0].fields.get(field::JOB_TITLE), Some(&Value::text("Captain")));
+    assert_eq!(
+        now[0].fields.get(field::JOB_TITLE),
+        Some(&Value::text("Captain"))
+    );
     // With the current version the update goes through and reports the new version.
     let current = now[0].version.clone();
     let outcome = c
         .write(
             EntityKind::Contact,
-            vec![WriteOp::Update { id: id.clone(), version: current.clone(), changes }],
+            vec![WriteOp::Update {
+                id: id.clone(),
+                version: current.clone(),
+                changes,
+            }],
         )
         .await
         .unwrap();
@@ -354,10 +395,19 @@ async fn a_changed_entry_is_a_conflict() {
     assert_ne!(written.version, current);
     let now = c.read_ids(EntityKind::Contact, &[&id]).await.unwrap();
     assert_eq!(now[0].version, written.version);
-    assert_eq!(now[0].fields.get(field::JOB_TITLE), Some(&Value::text("Engineer")));
+    assert_eq!(
+        now[0].fields.get(field::JOB_TITLE),
+        Some(&Value::text("Engineer"))
+    );
     // A delete with the old version is a conflict too.
     let outcome = c
-        .write(EntityKind::Contact, vec![WriteOp::Delete { id: id.clone(), version: Some(version) }])
+        .write(
+            EntityKind::Contact,
+            vec![WriteOp::Delete {
+                id: id.clone(),
+                version: Some(version),
+            }],
+        )
         .await
         .unwrap();
     assert_eq!(outcome[0], Err(ConnectorError::Conflict { id }));
@@ -376,14 +426,24 @@ async fn a_new_name_renames_the_entry_and_keeps_its_id() {
     changes.insert(field::NAME.into(), Value::text("Eve Offline, Jr."));
     changes.insert(field::CITY.into(), Value::text("Ghent"));
     let w = c
-        .write(EntityKind::Contact, vec![WriteOp::Update { id: id.clone(), version, changes }])
+        .write(
+            EntityKind::Contact,
+            vec![WriteOp::Update {
+                id: id.clone(),
+                version,
+                changes,
+            }],
+        )
         .await
         .unwrap();
     assert_eq!(w[0].as_ref().unwrap().id, id);
     let dn = dn_of(&server, &id).await;
     assert!(dn.starts_with("cn=Eve Offline"), "{dn}");
     let now = c.read_ids(EntityKind::Contact, &[&id]).await.unwrap();
-    assert_eq!(now[0].fields.get(field::NAME), Some(&Value::text("Eve Offline, Jr.")));
+    assert_eq!(
+        now[0].fields.get(field::NAME),
+        Some(&Value::text("Eve Offline, Jr."))
+    );
     assert_eq!(now[0].fields.get(field::CITY), Some(&Value::text("Ghent")));
     assert_eq!(now[0].version, w[0].as_ref().unwrap().version);
 }

@@ -277,11 +277,17 @@ fn main() {
         .arg(&path)
         .output()
         .expect("ldapmodify");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let second = rt.block_on(run(&config, &connectors, &timed, &state_path));
     assert_eq!(second.entry_writes, 0, "nothing to write to the directory");
 
-    println!("N = {n} entries x {n} customers, slapd (mdb, syncprov) on 127.0.0.1; M = {m} changed");
+    println!(
+        "N = {n} entries x {n} customers, slapd (mdb, syncprov) on 127.0.0.1; M = {m} changed"
+    );
     println!(
         "ldapadd of the N entries: {:.1} s; content sync read of N: {:.2} s; paged listing of N: {:.2} s",
         load.as_secs_f64(),
