@@ -13,6 +13,8 @@ use crate::settings::Settings;
 /// LDAP result codes the connector tells apart (RFC 4511, appendix A; RFC 4528).
 pub mod rc {
     pub const SUCCESS: u32 = 0;
+    pub const TIME_LIMIT_EXCEEDED: u32 = 3;
+    pub const SIZE_LIMIT_EXCEEDED: u32 = 4;
     pub const UNAVAILABLE_CRITICAL_EXTENSION: u32 = 12;
     pub const NO_SUCH_OBJECT: u32 = 32;
     pub const INVALID_CREDENTIALS: u32 = 49;
@@ -159,14 +161,19 @@ impl Conn {
         };
         let message = format!("LDAP {}: {what}: {detail}", self.url);
         match (r.rc, id) {
+            (rc::SIZE_LIMIT_EXCEEDED, _) => ConnectorError::config(format!(
+                "{message}: the server's size limit stops the listing before its end; let the bind DN read every entry (OpenLDAP: `limits dn.exact=\"<bind_dn>\" size=unlimited`, which also lifts the total of paged results)"
+            )),
             (rc::ASSERTION_FAILED, Some(id)) => ConnectorError::Conflict { id: id.to_owned() },
             (rc::NO_SUCH_OBJECT, Some(id)) => ConnectorError::NotFound { id: id.to_owned() },
             (rc::INVALID_CREDENTIALS, _) | (rc::INSUFFICIENT_ACCESS, _) => {
                 ConnectorError::Auth { message }
             }
-            (rc::BUSY, _) | (rc::UNAVAILABLE, _) | (3, _) | (11, _) | (80, _) => {
-                ConnectorError::transient(message)
-            }
+            (rc::BUSY, _)
+            | (rc::UNAVAILABLE, _)
+            | (rc::TIME_LIMIT_EXCEEDED, _)
+            | (11, _)
+            | (80, _) => ConnectorError::transient(message),
             // Schema and naming violations, syntax, constraints, existing entry.
             (16..=21 | 34 | 64..=69, Some(id)) => ConnectorError::invalid(Some(id), message),
             (16..=21 | 34 | 64..=69, None) => ConnectorError::invalid(None, message),

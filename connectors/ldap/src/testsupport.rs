@@ -35,6 +35,8 @@ pub struct Options {
     pub syncprov: bool,
     /// TLS: StartTLS on the plain port and LDAPS on [`Slapd::ldaps_port`].
     pub tls: bool,
+    /// The most entries one search may return to the bind user; `None`: no limit.
+    pub size_limit: Option<u32>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
         Options {
             syncprov: true,
             tls: false,
+            size_limit: None,
         }
     }
 }
@@ -173,8 +176,12 @@ impl Slapd {
              rootpw {ADMIN_PASSWORD}\ndirectory {}\n\
              index objectClass,entryUUID,entryCSN eq\n\
              access to attrs=userPassword by self write by anonymous auth by * none\n\
-             access to * by dn.exact=\"{BIND_DN}\" write by * none\n",
-            data.display()
+             access to * by dn.exact=\"{BIND_DN}\" write by * none\n\
+             limits dn.exact=\"{BIND_DN}\" size={} time=unlimited\n",
+            data.display(),
+            options
+                .size_limit
+                .map_or("unlimited".to_owned(), |n| n.to_string())
         ));
         if options.syncprov {
             conf.push_str(

@@ -179,7 +179,7 @@ async fn conformance_with_content_synchronisation() {
 async fn conformance_with_paged_listings() {
     let Some(server) = Slapd::start_with(testsupport::Options {
         syncprov: false,
-        tls: false,
+        ..Default::default()
     }) else {
         return;
     };
@@ -303,7 +303,7 @@ async fn deletes_arrive_as_tombstones_by_content_synchronisation() {
 async fn paged_listing_without_syncprov() {
     let Some(server) = Slapd::start_with(testsupport::Options {
         syncprov: false,
-        tls: false,
+        ..Default::default()
     }) else {
         return;
     };
@@ -461,8 +461,8 @@ async fn tls_round_trip(server: &Slapd, settings: serde_json::Value, name: &str)
 #[tokio::test(flavor = "multi_thread")]
 async fn starttls_and_ldaps_with_a_private_ca() {
     let Some(server) = Slapd::start_with(testsupport::Options {
-        syncprov: true,
         tls: true,
+        ..Default::default()
     }) else {
         return;
     };
@@ -506,4 +506,33 @@ async fn a_wrong_password_is_an_auth_error_without_the_password() {
     let text = err.to_string();
     assert!(text.contains(testsupport::BIND_DN), "{text}");
     assert!(!text.contains("not-the-password-42"), "{text}");
+}
+
+/// A size limit that cuts the listing short is an error that says how to lift it, never
+/// a short listing (which would read as deletes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_size_limit_is_an_error_that_says_what_to_do() {
+    let Some(server) = Slapd::start_with(testsupport::Options {
+        size_limit: Some(3),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    for sync in ["auto", "paged"] {
+        let mut settings = server.settings();
+        settings["sync"] = json!(sync);
+        settings["page_size"] = json!(2);
+        let c = LdapConnector::from_settings(settings).unwrap();
+        if sync == "auto" {
+            for i in 0..5 {
+                create(&c, person(&format!("Limited {i}"))).await;
+            }
+        }
+        let err = c.read(EntityKind::Contact, None).await.unwrap_err();
+        assert!(
+            matches!(err, ConnectorError::Config { .. }),
+            "{sync}: {err:?}"
+        );
+        assert!(err.to_string().contains("size limit"), "{sync}: {err}");
+    }
 }
