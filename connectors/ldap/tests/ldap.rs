@@ -536,3 +536,18 @@ async fn a_size_limit_is_an_error_that_says_what_to_do() {
         assert!(err.to_string().contains("size limit"), "{sync}: {err}");
     }
 }
+
+/// `check` binds and reads the base entry: a base DN that does not exist is a
+/// configuration error naming `base_dn`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_base_dn_is_named() {
+    let Some(server) = Slapd::start() else {
+        return;
+    };
+    build(server.settings()).check().await.unwrap();
+    let mut settings = server.settings();
+    settings["base_dn"] = json!("ou=nowhere,dc=example,dc=org");
+    let err = build(settings).check().await.unwrap_err();
+    assert!(matches!(err, ConnectorError::Config { .. }), "{err:?}");
+    assert!(err.to_string().contains("`base_dn`"), "{err}");
+}
