@@ -37,6 +37,9 @@ pub struct Options {
     pub tls: bool,
     /// The most entries one search may return to the bind user; `None`: no limit.
     pub size_limit: Option<u32>,
+    /// syncprov's session log, which lets it send deletes since a cookie; without it
+    /// the server answers a refresh with its present phase.
+    pub session_log: bool,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             syncprov: true,
             tls: false,
             size_limit: None,
+            session_log: true,
         }
     }
 }
@@ -184,9 +188,10 @@ impl Slapd {
                 .map_or("unlimited".to_owned(), |n| n.to_string())
         ));
         if options.syncprov {
-            conf.push_str(
-                "overlay syncprov\nsyncprov-checkpoint 100 10\nsyncprov-sessionlog 100000\n",
-            );
+            conf.push_str("overlay syncprov\nsyncprov-checkpoint 100 10\n");
+            if options.session_log {
+                conf.push_str("syncprov-sessionlog 100000\n");
+            }
         }
         let conf_path = dir.path().join("slapd.conf");
         std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;

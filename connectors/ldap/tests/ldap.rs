@@ -551,3 +551,33 @@ async fn a_missing_base_dn_is_named() {
     assert!(matches!(err, ConnectorError::Config { .. }), "{err:?}");
     assert!(err.to_string().contains("`base_dn`"), "{err}");
 }
+
+/// Without a session log, syncprov answers a refresh from a cookie with its present
+/// phase: the connector reads everything again as a full listing, so a delete is still
+/// seen (missing from a completed listing, R16) and nothing else is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_session_log_a_refresh_is_a_full_listing() {
+    let Some(server) = Slapd::start_with(testsupport::Options {
+        session_log: false,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let c = LdapConnector::from_settings(server.settings()).unwrap();
+    let (kept, _) = create(&c, person("Kim Kept")).await;
+    let (gone, _) = create(&c, person("Guy Gone")).await;
+    let first = read_all(&c, None).await;
+    assert_eq!(first.listing, Listing::Full);
+    let mut admin = server.admin().await;
+    admin
+        .delete(&dn_of(&server, &gone).await)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let next = read_all(&c, first.cursor.as_ref()).await;
+    assert_eq!(next.listing, Listing::Full);
+    let ids: Vec<&str> = next.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec![kept.as_str()]);
+    assert!(next.records.iter().all(|r| !r.deleted));
+}
