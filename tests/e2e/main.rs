@@ -31,6 +31,8 @@ mod https;
 #[cfg(all(feature = "connector-hubspot", feature = "connector-tryton"))]
 mod hubspot;
 mod json_output;
+#[cfg(all(feature = "connector-tryton", feature = "connector-ldap"))]
+mod ldap;
 mod normalised;
 mod operator;
 mod plugin;

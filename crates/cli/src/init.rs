@@ -19,6 +19,8 @@ pub enum ContactsType {
     File,
     /// A CardDAV address book (Radicale, Xandikos, SabreDAV, Nextcloud, ...).
     Carddav,
+    /// An LDAP directory (OpenLDAP, 389 Directory Server, ...).
+    Ldap,
     /// A connector built as a plugin library.
     Plugin,
 }
@@ -93,6 +95,7 @@ pub fn starter(contacts: ContactsType, accounts: AccountsType) -> String {
     out.push_str(match contacts {
         ContactsType::File => CONTACTS_FILE,
         ContactsType::Carddav => CONTACTS_CARDDAV,
+        ContactsType::Ldap => CONTACTS_LDAP,
         ContactsType::Plugin => CONTACTS_PLUGIN,
     });
     out.push_str(match accounts {
@@ -103,6 +106,9 @@ pub fn starter(contacts: ContactsType, accounts: AccountsType) -> String {
     out.push_str(RELATIONS);
     if accounts == AccountsType::Tryton {
         out.push_str(TRYTON_FIELDS);
+    }
+    if contacts == ContactsType::Ldap {
+        out.push_str(LDAP_FIELDS);
     }
     out
 }
@@ -140,6 +146,19 @@ username = "user"
 password = "${CARDDAV_PASSWORD}"
 # token = "${CARDDAV_TOKEN}"   # a bearer token instead of username and password
 # ca_file = "ca.pem"           # a private CA for HTTPS
+
+"#;
+
+const CONTACTS_LDAP: &str = r#"# The contacts: person and company entries under a base DN of an LDAP directory
+# (docs/connectors/ldap.md).
+[connectors.crm]
+type = "ldap"
+url = "ldap://127.0.0.1:389/"
+base_dn = "ou=contacts,dc=example,dc=org"
+bind_dn = "cn=tandem,dc=example,dc=org"
+password = "${LDAP_PASSWORD}"
+# starttls = true     # or an ldaps:// url
+# ca_file = "ca.pem"  # a private CA for TLS
 
 "#;
 
@@ -216,6 +235,13 @@ const TRYTON_FIELDS: &str = r#"
 #           "mobile_phone", "fax", "email", "home_page", "vat_registration_no", "registration_no"]
 "#;
 
+const LDAP_FIELDS: &str = r#"
+# A directory holds only the fields mapped to attributes (docs/connectors/ldap.md): list
+# them in each relation, e.g.
+# fields = ["name", "address", "city", "post_code", "country_code", "phone",
+#           "mobile_phone", "fax", "email", "home_page"]
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +251,7 @@ mod tests {
         for contacts in [
             ContactsType::File,
             ContactsType::Carddav,
+            ContactsType::Ldap,
             ContactsType::Plugin,
         ] {
             for accounts in [

@@ -58,6 +58,8 @@ fn registry() -> Registry {
     ));
     #[cfg(feature = "connector-hubspot")]
     registry.register(Box::new(tandem_connector_hubspot::HubSpotConnectorFactory));
+    #[cfg(feature = "connector-ldap")]
+    registry.register(Box::new(tandem_connector_ldap::LdapConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
     #[cfg(feature = "plugins")]
@@ -268,7 +270,7 @@ enum Command {
     /// Writes the file named by --config (default `tandem.toml`); refuses to overwrite
     /// an existing file.
     Init {
-        /// Where the contacts live: `file`, `carddav` or `plugin`.
+        /// Where the contacts live: `file`, `carddav`, `ldap` or `plugin`.
         #[arg(long, value_enum, default_value_t = init::ContactsType::File)]
         contacts: init::ContactsType,
         /// Where the customers, vendors and bank accounts live: `file`, `tryton` or
