@@ -80,7 +80,9 @@ impl Dialect {
             Dialect::MySql => format!("CAST(ROUND(UNIX_TIMESTAMP({expr}) * 1000000) AS SIGNED)"),
             // julianday is a double: round to milliseconds, which it holds exactly.
             Dialect::Sqlite => {
-                format!("(CAST(ROUND((julianday({expr}) - 2440587.5) * 86400000) AS INTEGER) * 1000)")
+                format!(
+                    "(CAST(ROUND((julianday({expr}) - 2440587.5) * 86400000) AS INTEGER) * 1000)"
+                )
             }
         }
     }
@@ -134,7 +136,10 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted_per_part() {
-        assert_eq!(Dialect::Postgres.quote("sales.customers"), "\"sales\".\"customers\"");
+        assert_eq!(
+            Dialect::Postgres.quote("sales.customers"),
+            "\"sales\".\"customers\""
+        );
         assert_eq!(Dialect::MySql.quote("customers"), "`customers`");
     }
 }

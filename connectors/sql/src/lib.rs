@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyConnection;
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tandem_connector::{
     BuildContext, Capabilities, Changes, Connector, ConnectorError, ConnectorFactory, Cursor,
@@ -191,12 +191,7 @@ impl SqlConnector {
 
     /// The parameter placeholder for `column` of `table`: cast to the column's type on
     /// PostgreSQL, which does not convert text parameters by itself.
-    async fn param(
-        &self,
-        table: &Table,
-        column: &str,
-        n: usize,
-    ) -> Result<String, ConnectorError> {
+    async fn param(&self, table: &Table, column: &str, n: usize) -> Result<String, ConnectorError> {
         if self.dialect != Dialect::Postgres {
             return Ok(self.dialect.param(n));
         }
@@ -204,6 +199,20 @@ impl SqlConnector {
         Ok(match types.get(column) {
             Some(ty) => format!("CAST(${n} AS {ty})"),
             None => format!("${n}"),
+        })
+    }
+
+    /// Whether `id` can be a key of `table` at all: PostgreSQL refuses to compare an
+    /// integer column with text that is no integer, where the others just find no row.
+    async fn possible_id(&self, table: &Table, id: &str) -> Result<bool, ConnectorError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(true);
+        }
+        let types = self.pg_types(table).await?;
+        Ok(match types.get(&table.id_column).map(String::as_str) {
+            Some("smallint" | "integer" | "bigint") => id.trim().parse::<i64>().is_ok(),
+            Some("uuid") => id.len() >= 32 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+            _ => true,
         })
     }
 
@@ -250,7 +259,13 @@ impl SqlConnector {
             Some(u) => d.epoch_micros(u),
             None => "NULL".into(),
         });
-        list.join(", ")
+        // Aliases of their own: PostgreSQL names `CAST(id AS TEXT)` `id`, and an
+        // `ORDER BY id` would then sort the text, not the key.
+        list.iter()
+            .enumerate()
+            .map(|(i, expr)| format!("{expr} AS tandem_c{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The `RETURNING` / read-back list after a write: id, version, modification time.
@@ -342,20 +357,37 @@ impl SqlConnector {
                 Ok(Some(Position::Triggers { seq }))
             }
             ChangeSource::UpdatedAt => {
-                let column = table.updated_at.as_deref().unwrap_or("updated_at");
-                let sql = format!(
-                    "SELECT MAX({}) FROM {}",
-                    self.dialect.epoch_micros(column),
-                    table.quoted
-                );
+                let column = table.updated_at.as_deref().unwrap_or("NULL");
+                let epoch = self.dialect.epoch_micros(column);
+                let sql = format!("SELECT MAX({epoch}) FROM {}", table.quoted);
                 let since: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
                     .fetch_one(&self.pool)
                     .await
                     .map_err(|e| self.error(e, table, None))?;
                 let since = since.unwrap_or(0);
+                // The rows the first overlap window will return again, as the listing
+                // about to start shows them: not changes.
+                let sql = format!(
+                    "SELECT {}, {epoch} FROM {} WHERE {epoch} >= {}",
+                    self.dialect.text(&table.id),
+                    table.quoted,
+                    self.dialect.int_param(1)
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind((since - table.overlap_micros).to_string())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| self.error(e, table, None))?;
+                let mut seen = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let id: String = row.try_get(0).map_err(|e| self.error(e, table, None))?;
+                    let time: i64 = row.try_get(1).map_err(|e| self.error(e, table, None))?;
+                    seen.push((id, time));
+                }
+                seen.sort();
                 Ok(Some(Position::UpdatedAt {
                     since,
-                    seen: Vec::new(),
+                    seen,
                     after: None,
                 }))
             }
@@ -491,9 +523,13 @@ impl SqlConnector {
         after: Option<(i64, String)>,
     ) -> Result<Page, ConnectorError> {
         let d = self.dialect;
-        let column = table.updated_at.as_deref().unwrap_or("updated_at");
-        let column = d.quote(column);
-        let epoch = d.epoch_micros(&column);
+        let Some(column) = &table.updated_at else {
+            return Err(ConnectorError::config(format!(
+                "table `{}`: `changes = \"updated_at\"` needs `updated_at`",
+                table.name
+            )));
+        };
+        let epoch = d.epoch_micros(column);
         let select = format!(
             "SELECT {}, {epoch} FROM {}",
             self.select_list(table),
@@ -571,6 +607,13 @@ impl SqlConnector {
 
     async fn fetch_ids(&self, table: &Table, ids: &[&str]) -> Result<Vec<Record>, ConnectorError> {
         let mut out = Vec::with_capacity(ids.len());
+        let mut possible = Vec::with_capacity(ids.len());
+        for id in ids {
+            if self.possible_id(table, id).await? {
+                possible.push(*id);
+            }
+        }
+        let ids = &possible;
         for chunk in ids.chunks(500) {
             let mut params = Vec::with_capacity(chunk.len());
             for n in 1..=chunk.len() {
@@ -720,9 +763,12 @@ impl SqlConnector {
                 )));
             }
         };
-        self.read_back(conn, table, &id)
-            .await?
-            .ok_or_else(|| ConnectorError::transient(format!("table `{}`: row {id} vanished right after its insert", table.name)))
+        self.read_back(conn, table, &id).await?.ok_or_else(|| {
+            ConnectorError::transient(format!(
+                "table `{}`: row {id} vanished right after its insert",
+                table.name
+            ))
+        })
     }
 
     /// The id, version and time of row `id`, inside the transaction.
@@ -732,6 +778,9 @@ impl SqlConnector {
         table: &Table,
         id: &str,
     ) -> Result<Option<Written>, ConnectorError> {
+        if !self.possible_id(table, id).await? {
+            return Ok(None);
+        }
         let p = self.param(table, &table.id_column, 1).await?;
         let sql = format!(
             "SELECT {} FROM {} WHERE {} = {p}",
@@ -769,6 +818,9 @@ impl SqlConnector {
         changes: &Changes,
     ) -> Result<Written, ConnectorError> {
         let d = self.dialect;
+        if !self.possible_id(table, id).await? {
+            return Err(ConnectorError::NotFound { id: id.to_owned() });
+        }
         let mut sets = Vec::new();
         let mut binds: Vec<Option<String>> = Vec::new();
         for (name, value) in changes {
@@ -866,6 +918,9 @@ impl SqlConnector {
         version: Option<&str>,
     ) -> Result<Written, ConnectorError> {
         let d = self.dialect;
+        if !self.possible_id(table, id).await? {
+            return Err(ConnectorError::NotFound { id: id.to_owned() });
+        }
         let mut sql = format!(
             "DELETE FROM {} WHERE {} = {}",
             table.quoted,
@@ -909,35 +964,44 @@ impl SqlConnector {
                 "no kind of this connector has `changes = \"triggers\"`; set it on the kinds whose changes the triggers should record",
             ));
         }
-        let mut done = Vec::new();
-        for statement in triggers::change_table(self.dialect, &self.change_table) {
-            self.execute_ddl(&statement, tables[0]).await?;
-        }
-        done.push(format!("change table `{}`", self.change_table));
-        for table in tables {
-            for statement in triggers::table_triggers(
+        let mut statements = triggers::change_table(self.dialect, &self.change_table);
+        let mut done = vec![format!("change table `{}`", self.change_table)];
+        for table in &tables {
+            statements.extend(triggers::table_triggers(
                 self.dialect,
                 &self.change_table,
                 &table.name,
                 &table.id_column,
-            ) {
-                self.execute_ddl(&statement, table).await?;
-            }
+            ));
             done.push(format!(
                 "triggers on `{}` ({}s) recording inserts, updates and deletes",
                 table.name, table.kind
             ));
         }
-        Ok(done)
-    }
-
-    async fn execute_ddl(&self, statement: &str, table: &Table) -> Result<(), ConnectorError> {
-        // Text protocol: MySQL refuses `CREATE TRIGGER` as a prepared statement.
-        sqlx::raw_sql(AssertSqlSafe(statement.to_owned()))
-            .execute(&self.pool)
+        // One connection, one transaction where the database has transactional DDL:
+        // all triggers or none.
+        let table = tables[0];
+        let mut tx = self
+            .pool
+            .begin()
             .await
-            .map(|_| ())
-            .map_err(|e| self.error(e, table, None))
+            .map_err(|e| self.error(e, table, None))?;
+        for statement in &statements {
+            let result = if self.dialect == Dialect::MySql {
+                // Text protocol: MySQL refuses `CREATE TRIGGER` as a prepared statement.
+                sqlx::raw_sql(AssertSqlSafe(statement.clone()))
+                    .execute(&mut *tx)
+                    .await
+            } else {
+                sqlx::query(AssertSqlSafe(statement.clone()))
+                    .persistent(false)
+                    .execute(&mut *tx)
+                    .await
+            };
+            result.map_err(|e| self.error(e, table, None))?;
+        }
+        tx.commit().await.map_err(|e| self.error(e, table, None))?;
+        Ok(done)
     }
 }
 
@@ -1029,16 +1093,19 @@ impl Connector for SqlConnector {
             (ChangeSource::Triggers, Some(Position::Triggers { seq })) => {
                 self.read_triggers(table, seq).await
             }
-            (
-                ChangeSource::UpdatedAt,
-                Some(Position::UpdatedAt { since, seen, after }),
-            ) => self.read_updated_at(table, since, seen, after).await,
+            (ChangeSource::UpdatedAt, Some(Position::UpdatedAt { since, seen, after })) => {
+                self.read_updated_at(table, since, seen, after).await
+            }
             // The settings changed since the cursor was made: start over with a listing.
             (_, Some(_)) => self.read_full(table, None, None).await,
         }
     }
 
-    async fn read_ids(&self, kind: EntityKind, ids: &[&str]) -> Result<Vec<Record>, ConnectorError> {
+    async fn read_ids(
+        &self,
+        kind: EntityKind,
+        ids: &[&str],
+    ) -> Result<Vec<Record>, ConnectorError> {
         let table = self.table(kind)?;
         let unique: Vec<&str> = {
             let mut seen = HashSet::new();
@@ -1071,7 +1138,8 @@ impl Connector for SqlConnector {
                 outcomes.push(Err(e));
                 continue;
             }
-            self.savepoint(&mut tx, "SAVEPOINT tandem_op", table).await?;
+            self.savepoint(&mut tx, "SAVEPOINT tandem_op", table)
+                .await?;
             match self.apply(&mut tx, table, op).await {
                 Ok(written) => {
                     self.savepoint(&mut tx, "RELEASE SAVEPOINT tandem_op", table)
@@ -1180,7 +1248,12 @@ fn redact(message: &str, password: Option<&str>) -> String {
 }
 
 /// Sorts a database error into the connector's error kinds.
-fn classify(e: sqlx::Error, place: &str, password: Option<&str>, id: Option<&str>) -> ConnectorError {
+fn classify(
+    e: sqlx::Error,
+    place: &str,
+    password: Option<&str>,
+    id: Option<&str>,
+) -> ConnectorError {
     let text = redact(&e.to_string(), password);
     match &e {
         sqlx::Error::Database(db) => {
@@ -1228,7 +1301,10 @@ mod tests {
         let password = url_password(url);
         assert_eq!(password.as_deref(), Some("s3cret"));
         assert_eq!(
-            redact("cannot connect to postgres://shop:s3cret@db", password.as_deref()),
+            redact(
+                "cannot connect to postgres://shop:s3cret@db",
+                password.as_deref()
+            ),
             "cannot connect to postgres://shop:[REDACTED]@db"
         );
         assert_eq!(url_password("sqlite://data/shop.db"), None);
@@ -1281,6 +1357,9 @@ mod tests {
             &context,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("kinds.customer.updated_at"), "{err}");
+        assert!(
+            err.to_string().contains("kinds.customer.updated_at"),
+            "{err}"
+        );
     }
 }

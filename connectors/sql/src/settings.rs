@@ -89,9 +89,8 @@ mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|_| {
-            serde::de::Error::custom("expected a duration such as \"5s\" or \"2min\"")
-        })
+        humantime::parse_duration(&text)
+            .map_err(|_| serde::de::Error::custom("expected a duration such as \"5s\" or \"2min\""))
     }
 }
 

@@ -243,7 +243,10 @@ impl PostgresServer {
 
     /// `postgres://tandem@127.0.0.1:<port>/postgres`.
     pub fn url(&self) -> String {
-        format!("postgres://{POSTGRES_USER}@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://{POSTGRES_USER}@127.0.0.1:{}/postgres",
+            self.port
+        )
     }
 
     /// The server's log so far.
@@ -324,14 +327,26 @@ impl MariadbServer {
         let mut child = Command::new(bin.join("mariadbd"))
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.path().join("mysqld.sock").display()))
-            .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+            .arg(format!(
+                "--socket={}",
+                dir.path().join("mysqld.sock").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("mysqld.pid").display()
+            ))
             .arg(format!("--port={port}"))
             .arg(format!("--user={user}"))
             .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
             .args(["--skip-log-bin", "--innodb-buffer-pool-size=32M"])
-            .args(["--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"])
-            .args(["--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin"])
+            .args([
+                "--innodb-flush-log-at-trx-commit=0",
+                "--innodb-doublewrite=0",
+            ])
+            .args([
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_bin",
+            ])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(|e| e.to_string())?)
             .stderr(log_file)
@@ -348,7 +363,10 @@ impl MariadbServer {
         run_output(
             Command::new(client)
                 .arg("--no-defaults")
-                .arg(format!("--socket={}", server.dir.path().join("mysqld.sock").display()))
+                .arg(format!(
+                    "--socket={}",
+                    server.dir.path().join("mysqld.sock").display()
+                ))
                 .args(["-u", "root", "-e"])
                 .arg(
                     "CREATE DATABASE tandem; \
@@ -389,5 +407,8 @@ fn which(program: &str, bin: &Path) -> Result<PathBuf, String> {
             return Ok(p);
         }
     }
-    Err(format!("{program} not found beside {} or in /usr/bin", bin.display()))
+    Err(format!(
+        "{program} not found beside {} or in /usr/bin",
+        bin.display()
+    ))
 }

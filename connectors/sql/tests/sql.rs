@@ -52,7 +52,11 @@ fn create_table(d: Dialect, table: &str, contact: bool) -> String {
     };
     let (id, number, time) = match d {
         Dialect::Postgres => ("id BIGSERIAL PRIMARY KEY", "NUMERIC", "TIMESTAMPTZ"),
-        Dialect::MySql => ("id BIGINT AUTO_INCREMENT PRIMARY KEY", "DOUBLE", "DATETIME(6)"),
+        Dialect::MySql => (
+            "id BIGINT AUTO_INCREMENT PRIMARY KEY",
+            "DOUBLE",
+            "DATETIME(6)",
+        ),
         Dialect::Sqlite => ("id INTEGER PRIMARY KEY AUTOINCREMENT", "REAL", "TEXT"),
     };
     let mut columns = vec![id.to_owned()];
@@ -298,7 +302,11 @@ async fn create(c: &SqlConnector, name: &str) -> String {
 async fn read_all(
     c: &SqlConnector,
     cursor: Option<tandem_connector::Cursor>,
-) -> (Vec<tandem_model::Record>, Option<tandem_connector::Cursor>, Listing) {
+) -> (
+    Vec<tandem_model::Record>,
+    Option<tandem_connector::Cursor>,
+    Listing,
+) {
     let mut cursor = cursor;
     let mut records = Vec::new();
     loop {
@@ -460,9 +468,7 @@ async fn errors_name_the_table_and_hide_the_password() {
     let Some(server) = PostgresServer::start() else {
         return;
     };
-    let url = server
-        .url()
-        .replace("tandem@", "tandem:hunter2-secret@");
+    let url = server.url().replace("tandem@", "tandem:hunter2-secret@");
     let c = connector(json!({
         "url": url,
         "kinds": {"customer": {"table": "no_such_table", "columns": {"name": "name"}}}
