@@ -28,6 +28,8 @@ mod plugin;
 mod quickstart;
 mod rules;
 mod service;
+#[cfg(all(feature = "connector-sql", feature = "connector-carddav", feature = "connector-tryton"))]
+mod sql;
 mod status_page;
 #[cfg(feature = "connector-tryton")]
 mod tryton;

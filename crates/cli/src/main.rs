@@ -18,6 +18,8 @@ mod plugins;
 mod progress;
 mod runs;
 mod service;
+#[cfg(feature = "connector-sql")]
+mod sql;
 mod web;
 
 use std::collections::HashMap;
@@ -51,6 +53,8 @@ fn registry() -> Registry {
     registry.register(Box::new(tandem_connector_tryton::TrytonConnectorFactory));
     #[cfg(feature = "connector-carddav")]
     registry.register(Box::new(tandem_connector_carddav::CarddavConnectorFactory));
+    #[cfg(feature = "connector-sql")]
+    registry.register(Box::new(tandem_connector_sql::SqlConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
     registry
@@ -286,6 +290,27 @@ enum Command {
     /// Exits with 1 when a plugin cannot be loaded (the error says why).
     #[cfg(feature = "plugins")]
     Plugins,
+    /// Database tables (`type = "sql"` connectors): `tandem sql install-triggers`.
+    #[cfg(feature = "connector-sql")]
+    Sql {
+        #[command(subcommand)]
+        command: SqlCommand,
+    },
+}
+
+#[cfg(feature = "connector-sql")]
+#[derive(Debug, Subcommand)]
+enum SqlCommand {
+    /// Create the change table and, on every table read with `changes = "triggers"`,
+    /// the triggers that record its inserts, updates and deletes (docs/connectors/sql.md).
+    ///
+    /// Safe to run again: existing triggers are replaced. Needs a database user allowed
+    /// to create tables and triggers.
+    InstallTriggers {
+        /// Only this connector; default: every `type = "sql"` connector.
+        #[arg(long)]
+        connector: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -522,6 +547,10 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Man => docs::man(),
         #[cfg(feature = "plugins")]
         Command::Plugins => plugins::plugins(cli),
+        #[cfg(feature = "connector-sql")]
+        Command::Sql {
+            command: SqlCommand::InstallTriggers { connector },
+        } => sql::install_triggers(cli, connector.as_deref()).await,
     }
 }
 
