@@ -22,7 +22,9 @@ pub mod testsupport;
 mod triggers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use secrecy::{ExposeSecret, SecretString};
 
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
@@ -91,7 +93,11 @@ struct Table {
 /// A connector on one database.
 #[derive(Debug)]
 pub struct SqlConnector {
-    pool: AnyPool,
+    /// Made on first use: the pool needs the async runtime, which building a connector
+    /// does not.
+    pool: OnceLock<AnyPool>,
+    url: SecretString,
+    max_connections: u32,
     dialect: Dialect,
     batch_size: usize,
     page_size: usize,
@@ -136,23 +142,22 @@ impl SqlConnector {
         }
         let password = url_password(&url);
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(std::time::Duration::from_secs(30))
-            .connect_lazy(&url)
-            .map_err(|e| {
-                ConnectorError::config(format!(
-                    "`url`: {}",
-                    redact(&e.to_string(), password.as_deref())
-                ))
-            })?;
+        // Parsed now, so a bad URL is a config error at build time; connected later.
+        url.parse::<sqlx::any::AnyConnectOptions>().map_err(|e| {
+            ConnectorError::config(format!(
+                "`url`: {}",
+                redact(&e.to_string(), password.as_deref())
+            ))
+        })?;
         let tables = settings
             .kinds
             .iter()
             .map(|(kind, k)| (*kind, Table::new(dialect, *kind, k)))
             .collect();
         Ok(SqlConnector {
-            pool,
+            pool: OnceLock::new(),
+            url: SecretString::from(url),
+            max_connections: settings.max_connections.max(1),
             dialect,
             batch_size: settings.batch_size,
             page_size: settings.page_size,
@@ -166,9 +171,16 @@ impl SqlConnector {
         self.dialect
     }
 
-    /// The pool, for tests and tools that look at the database behind the connector.
+    /// The connection pool (made on first use, inside the async runtime); for tests
+    /// and tools that look at the database behind the connector.
     pub fn pool(&self) -> &AnyPool {
-        &self.pool
+        self.pool.get_or_init(|| {
+            AnyPoolOptions::new()
+                .max_connections(self.max_connections)
+                .acquire_timeout(std::time::Duration::from_secs(30))
+                .connect_lazy(self.url.expose_secret())
+                .expect("the url was parsed when the connector was built")
+        })
     }
 
     fn table(&self, kind: EntityKind) -> Result<&Table, ConnectorError> {
@@ -229,7 +241,7 @@ impl SqlConnector {
                      AND a.attnum > 0 AND NOT a.attisdropped",
                 )
                 .bind(table.name.clone())
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await
                 .map_err(|e| self.error(e, table, None))?;
                 if rows.is_empty() {
@@ -351,7 +363,7 @@ impl SqlConnector {
                 );
                 let seq: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
                     .bind(table.name.clone())
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.pool())
                     .await
                     .map_err(|e| self.triggers_error(e, table))?;
                 Ok(Some(Position::Triggers { seq }))
@@ -361,7 +373,7 @@ impl SqlConnector {
                 let epoch = self.dialect.epoch_micros(column);
                 let sql = format!("SELECT MAX({epoch}) FROM {}", table.quoted);
                 let since: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
-                    .fetch_one(&self.pool)
+                    .fetch_one(self.pool())
                     .await
                     .map_err(|e| self.error(e, table, None))?;
                 let since = since.unwrap_or(0);
@@ -375,7 +387,7 @@ impl SqlConnector {
                 );
                 let rows = sqlx::query(AssertSqlSafe(sql))
                     .bind((since - table.overlap_micros).to_string())
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.pool())
                     .await
                     .map_err(|e| self.error(e, table, None))?;
                 let mut seen = Vec::with_capacity(rows.len());
@@ -439,7 +451,7 @@ impl SqlConnector {
             query = query.bind(b);
         }
         let rows = query
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await
             .map_err(|e| self.error(e, table, None))?;
         let has_more = rows.len() > self.page_size;
@@ -476,7 +488,7 @@ impl SqlConnector {
         let entries = sqlx::query(AssertSqlSafe(sql))
             .bind(table.name.clone())
             .bind(seq.to_string())
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await
             .map_err(|e| self.triggers_error(e, table))?;
         let has_more = entries.len() == self.page_size;
@@ -563,7 +575,7 @@ impl SqlConnector {
             query = query.bind(b);
         }
         let rows = query
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await
             .map_err(|e| self.error(e, table, None))?;
         let has_more = rows.len() == self.page_size;
@@ -635,7 +647,7 @@ impl SqlConnector {
                 query = query.bind((*id).to_owned());
             }
             let rows = query
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await
                 .map_err(|e| self.error(e, table, None))?;
             for row in &rows {
@@ -982,7 +994,7 @@ impl SqlConnector {
         // all triggers or none.
         let table = tables[0];
         let mut tx = self
-            .pool
+            .pool()
             .begin()
             .await
             .map_err(|e| self.error(e, table, None))?;
@@ -1059,7 +1071,7 @@ impl Connector for SqlConnector {
                 table.quoted
             );
             sqlx::query(AssertSqlSafe(sql))
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await
                 .map_err(|e| self.error(e, table, None))?;
             if table.changes == ChangeSource::Triggers {
@@ -1128,7 +1140,7 @@ impl Connector for SqlConnector {
             )));
         }
         let mut tx = self
-            .pool
+            .pool()
             .begin()
             .await
             .map_err(|e| self.error(e, table, None))?;
