@@ -28,7 +28,11 @@ mod plugin;
 mod quickstart;
 mod rules;
 mod service;
-#[cfg(all(feature = "connector-sql", feature = "connector-carddav", feature = "connector-tryton"))]
+#[cfg(all(
+    feature = "connector-sql",
+    feature = "connector-carddav",
+    feature = "connector-tryton"
+))]
 mod sql;
 mod status_page;
 #[cfg(feature = "connector-tryton")]

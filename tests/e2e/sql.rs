@@ -16,7 +16,8 @@ use tandem_model::{EntityKind, Fields, Value, field};
 use crate::flagship::{Book, text};
 use crate::support::{Deployment, counts, stderr, stdout};
 
-const CUSTOMER_FIELDS: &str = r#"["name", "address", "city", "post_code", "phone", "email", "vat_registration_no"]"#;
+const CUSTOMER_FIELDS: &str =
+    r#"["name", "address", "city", "post_code", "phone", "email", "vat_registration_no"]"#;
 
 fn config(book_url: &str, db_url: &str) -> String {
     format!(
@@ -147,14 +148,14 @@ fn a_postgres_customers_table_and_a_radicale_address_book_stay_in_step() {
         company("Newco Ltd")
             .with(field::CITY, "Brugge")
             .with(field::PHONE, "+32 50 00 00 03")
-            .with(
-                field::BUSINESS_RELATIONS,
-                Value::List(vec!["CUST".into()]),
-            ),
+            .with(field::BUSINESS_RELATIONS, Value::List(vec!["CUST".into()])),
     );
 
     let d = Deployment::with_config(&config(&book_url, &db.url()));
-    let installed = d.tandem_env(&["sql", "install-triggers"], &[("CARDDAV_PASSWORD", &password)]);
+    let installed = d.tandem_env(
+        &["sql", "install-triggers"],
+        &[("CARDDAV_PASSWORD", &password)],
+    );
     assert!(installed.status.success(), "{}", stderr(&installed));
     assert!(
         stdout(&installed).contains("shop: installed triggers on `customers`"),

@@ -23,8 +23,14 @@ pub(crate) async fn install_triggers(cli: &Cli, only: Option<&str>) -> anyhow::R
         .collect();
     if names.is_empty() {
         return Err(anyhow!(UsageError(match only {
-            Some(name) => format!("{} has no `type = \"sql\"` connector `{name}`", config.file.display()),
-            None => format!("{} has no `type = \"sql\"` connector", config.file.display()),
+            Some(name) => format!(
+                "{} has no `type = \"sql\"` connector `{name}`",
+                config.file.display()
+            ),
+            None => format!(
+                "{} has no `type = \"sql\"` connector",
+                config.file.display()
+            ),
         })));
     }
     let mut text = String::new();
