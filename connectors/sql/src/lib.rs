@@ -1373,5 +1373,17 @@ mod tests {
             err.to_string().contains("kinds.customer.updated_at"),
             "{err}"
         );
+        let err = SqlConnector::from_settings(
+            serde_json::json!({
+                "url": "sqlite://x.db",
+                "kinds": {
+                    "customer": {"table": "c", "columns": {}, "changes": "triggers"},
+                    "vendor": {"table": "v", "columns": {}}
+                }
+            }),
+            &context,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("kinds.vendor.changes"), "{err}");
     }
 }

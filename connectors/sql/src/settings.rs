@@ -127,6 +127,19 @@ impl Settings {
             ));
         }
         check_identifier("change_table", &self.change_table)?;
+        // Whether a connector reads changes is one answer for all its kinds.
+        let full: Vec<String> = self
+            .kinds
+            .iter()
+            .filter(|(_, k)| k.changes == ChangeSource::Full)
+            .map(|(kind, _)| kind.to_string())
+            .collect();
+        if !full.is_empty() && full.len() < self.kinds.len() {
+            return Err(ConnectorError::config(format!(
+                "`kinds.{}.changes` is \"full\" while other kinds read changes: one connector reads all its kinds the same way; set `changes` on every kind, or use two connectors",
+                full[0]
+            )));
+        }
         for (kind, k) in &self.kinds {
             let at = |key: &str| format!("kinds.{kind}.{key}");
             check_identifier(&at("table"), &k.table)?;

@@ -301,9 +301,7 @@ impl MariadbServer {
         let user = if is_root() {
             "root".to_owned()
         } else {
-            run_output(&mut Command::new("id").arg("-un"))?
-                .trim()
-                .to_owned()
+            run_output(Command::new("id").arg("-un"))?.trim().to_owned()
         };
         let template = work_root().join("mariadb-template");
         ensure_template(&template, |scratch| {
