@@ -163,6 +163,16 @@ fn a_postgres_customers_table_and_a_radicale_address_book_stay_in_step() {
         stdout(&installed)
     );
 
+    // Again, with `--json`: the triggers are replaced, and said so per connector.
+    let again = run(&d, &["sql", "install-triggers"], &password);
+    assert_eq!(again["format_version"], 1, "{again}");
+    let installed = again["installed"].as_array().unwrap();
+    assert_eq!(installed.len(), 2, "{again}");
+    assert!(
+        installed.iter().all(|i| i["connector"] == "shop"),
+        "{again}"
+    );
+
     // 1. First sync: Acme linked by VAT, a row for Newco, a card for Shoply.
     let first = run(&d, &["sync"], &password);
     let cust = counts(&first, "CUST");

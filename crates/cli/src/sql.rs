@@ -4,10 +4,18 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
+use serde::Serialize;
 use tandem_connector::BuildContext;
 use tandem_connector_sql::SqlConnector;
 
 use crate::{Cli, UsageError, load, print_stdout, registry};
+
+/// One thing installed, for `--json`.
+#[derive(Debug, Serialize)]
+struct Installed {
+    connector: String,
+    installed: String,
+}
 
 /// Installs the triggers of every `type = "sql"` connector, or of `only`.
 pub(crate) async fn install_triggers(cli: &Cli, only: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -34,6 +42,7 @@ pub(crate) async fn install_triggers(cli: &Cli, only: Option<&str>) -> anyhow::R
         })));
     }
     let mut text = String::new();
+    let mut entries = Vec::new();
     for name in names {
         let settings = serde_json::Value::Object(config.connectors[name].settings.clone());
         let connector = SqlConnector::from_settings(settings, &context)
@@ -44,8 +53,16 @@ pub(crate) async fn install_triggers(cli: &Cli, only: Option<&str>) -> anyhow::R
             .with_context(|| format!("connector {name}: installing the triggers"))?;
         for line in installed {
             text.push_str(&format!("{name}: installed {line}\n"));
+            entries.push(Installed {
+                connector: name.clone(),
+                installed: line,
+            });
         }
     }
-    print_stdout(&text)?;
+    if cli.json {
+        crate::json::print_list("installed", &entries)?;
+    } else {
+        print_stdout(&text)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
