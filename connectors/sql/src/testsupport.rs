@@ -6,7 +6,7 @@
 //! [`PostgresServer::start`] / [`MariadbServer::start`] start a server on a free
 //! loopback port in a fresh data folder under the target folder and wait until it
 //! accepts connections; dropping the server stops it and removes the folder. The first
-//! start initialises a template data folder (`target/sql-env/*-template`), later starts
+//! start initialises a template data folder (`target/sql-env/*-template-*`), later starts
 //! copy it, so a start takes about a second.
 //!
 //! PostgreSQL refuses to run as root: as root, its programs run as the `postgres`
@@ -137,6 +137,17 @@ fn ensure_template(
     Ok(())
 }
 
+/// A template per server installation (`postgres-template-usr-lib-postgresql-15-bin`):
+/// another version gets a data folder of its own making.
+fn template_name(server: &str, bin: &Path) -> String {
+    let path: String = bin
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{server}-template{path}")
+}
+
 /// `cp -a from to`: keeps owners and modes (the data folder belongs to `postgres`).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
     run_output(Command::new("cp").arg("-a").arg(from).arg(to)).map(|_| ())
@@ -196,7 +207,7 @@ impl PostgresServer {
             }
             cmd
         };
-        let template = work_root().join("postgres-template");
+        let template = work_root().join(template_name("postgres", bin));
         ensure_template(&template, |scratch| {
             let data = scratch.join("data");
             if let Some((uid, gid)) = owner {
@@ -303,7 +314,7 @@ impl MariadbServer {
         } else {
             run_output(Command::new("id").arg("-un"))?.trim().to_owned()
         };
-        let template = work_root().join("mariadb-template");
+        let template = work_root().join(template_name("mariadb", bin));
         ensure_template(&template, |scratch| {
             let install = which("mariadb-install-db", bin)?;
             run_output(
