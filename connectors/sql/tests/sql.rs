@@ -477,3 +477,19 @@ async fn errors_name_the_table_and_hide_the_password() {
     assert!(err.contains("no_such_table"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// `changes = "triggers"` before `tandem sql install-triggers`: `check` says what to run.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_says_to_install_the_triggers_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(settings(&sqlite_url(&dir), json!({"changes": "triggers"})));
+    make_tables(&c).await;
+    let err = c.check().await.unwrap_err();
+    assert!(matches!(err, ConnectorError::Config { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("tandem sql install-triggers"),
+        "{err}"
+    );
+    c.install_triggers().await.unwrap();
+    c.check().await.unwrap();
+}
