@@ -40,6 +40,12 @@ mod process;
 mod quickstart;
 mod rules;
 mod service;
+#[cfg(all(
+    feature = "connector-sql",
+    feature = "connector-carddav",
+    feature = "connector-tryton"
+))]
+mod sql;
 mod status_page;
 #[cfg(feature = "connector-tryton")]
 mod tryton;

@@ -19,6 +19,8 @@ mod plugins;
 mod progress;
 mod runs;
 mod service;
+#[cfg(feature = "connector-sql")]
+mod sql;
 mod web;
 
 use std::collections::HashMap;
@@ -60,6 +62,8 @@ fn registry() -> Registry {
     registry.register(Box::new(tandem_connector_hubspot::HubSpotConnectorFactory));
     #[cfg(feature = "connector-ldap")]
     registry.register(Box::new(tandem_connector_ldap::LdapConnectorFactory));
+    #[cfg(feature = "connector-sql")]
+    registry.register(Box::new(tandem_connector_sql::SqlConnectorFactory));
     #[cfg(feature = "plugins")]
     registry.register(Box::new(tandem_plugin::PluginFactory));
     #[cfg(feature = "plugins")]
@@ -318,6 +322,27 @@ enum Command {
         #[arg(long)]
         any_field_name: bool,
     },
+    /// Database tables (`type = "sql"` connectors): `tandem sql install-triggers`.
+    #[cfg(feature = "connector-sql")]
+    Sql {
+        #[command(subcommand)]
+        command: SqlCommand,
+    },
+}
+
+#[cfg(feature = "connector-sql")]
+#[derive(Debug, Subcommand)]
+enum SqlCommand {
+    /// Create the change table and, on every table read with `changes = "triggers"`,
+    /// the triggers that record its inserts, updates and deletes (docs/connectors/sql.md).
+    ///
+    /// Safe to run again: existing triggers are replaced. Needs a database user allowed
+    /// to create tables and triggers.
+    InstallTriggers {
+        /// Only this connector; default: every `type = "sql"` connector.
+        #[arg(long)]
+        connector: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -568,6 +593,10 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             };
             conformance::conformance(cli, &request).await
         }
+        #[cfg(feature = "connector-sql")]
+        Command::Sql {
+            command: SqlCommand::InstallTriggers { connector },
+        } => sql::install_triggers(cli, connector.as_deref()).await,
     }
 }
 

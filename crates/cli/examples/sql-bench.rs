@@ -1,0 +1,279 @@
+//! Benchmark: N customers in a real PostgreSQL table with N contacts in a file, as
+//! `tandem sync` runs it (SQL connector, file connector, SQLite state): the first sync,
+//! an incremental run after 1 % of the rows changed, and a run with nothing changed.
+//!
+//! ```sh
+//! eval "$(bash scripts/sql-env)"
+//! cargo run --release -p tandem-cli --example sql-bench -- 10000 [triggers|updated_at|full]
+//! ```
+//!
+//! Every contact matches its row by VAT number and carries a newer phone number: the
+//! first sync reads the table (a full listing), links N pairs and writes N updates to
+//! the table (batches of `batch_size`, one transaction each). Then N / 100 rows get a new
+//! city behind Tandem's back, and the next sync reads only those changes (from the
+//! trigger-filled change table, or by `updated_at`; `full` reads the whole table again)
+//! and writes them to the file. "SQL" is the time spent in the SQL connector's calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::AssertSqlSafe;
+use tandem_connector::{
+    BuildContext, Capabilities, Connector, ConnectorError, ConnectorFactory, Cursor, Page, WriteOp,
+    WriteOutcome,
+};
+use tandem_connector_file::FileConnectorFactory;
+use tandem_connector_sql::SqlConnector;
+use tandem_connector_sql::testsupport::PostgresServer;
+use tandem_engine::{ContactsConfig, Engine, RelationConfig, Relations, SyncConfig};
+use tandem_model::{EntityKind, Record};
+use tandem_state::{LockMode, SqliteState};
+
+fn vat(i: usize) -> String {
+    format!("BE0{:09}", 400_000_000 + i)
+}
+
+fn contacts(n: usize) -> String {
+    let mut out = String::from("id,contact_type,name,city,phone,vat_registration_no\n");
+    for i in 0..n {
+        out.push_str(&format!(
+            "C{i:06},company,Customer {i},Gent,+32 9 {:03} {:04},{}\n",
+            i % 1000,
+            i,
+            vat(i)
+        ));
+    }
+    out
+}
+
+/// A connector that adds up the time spent in another's calls.
+struct Timed {
+    inner: Arc<dyn Connector>,
+    nanos: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl std::fmt::Debug for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Timed")
+    }
+}
+
+impl Timed {
+    fn add(&self, started: Instant) {
+        self.nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for Timed {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn check(&self) -> Result<(), ConnectorError> {
+        self.inner.check().await
+    }
+
+    async fn read(
+        &self,
+        kind: EntityKind,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page, ConnectorError> {
+        let started = Instant::now();
+        let out = self.inner.read(kind, cursor).await;
+        self.add(started);
+        out
+    }
+
+    async fn read_ids(
+        &self,
+        kind: EntityKind,
+        ids: &[&str],
+    ) -> Result<Vec<Record>, ConnectorError> {
+        let started = Instant::now();
+        let out = self.inner.read_ids(kind, ids).await;
+        self.add(started);
+        out
+    }
+
+    async fn write(
+        &self,
+        kind: EntityKind,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let started = Instant::now();
+        self.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        let out = self.inner.write(kind, ops).await;
+        self.add(started);
+        out
+    }
+}
+
+struct Measured {
+    wall: Duration,
+    sql: Duration,
+    sql_writes: u64,
+    linked: u64,
+    updated: u64,
+}
+
+async fn run(
+    config: &SyncConfig,
+    connectors: &HashMap<String, Arc<dyn Connector>>,
+    timed: &Timed,
+    state_path: &std::path::Path,
+) -> Measured {
+    let mut state = SqliteState::open(state_path, LockMode::Exclusive).expect("state");
+    let (spent, writes) = (
+        timed.nanos.load(Ordering::Relaxed),
+        timed.writes.load(Ordering::Relaxed),
+    );
+    let started = Instant::now();
+    let mut engine = Engine::new(
+        Relations::from_config(config),
+        connectors.clone(),
+        &mut state,
+    )
+    .expect("engine");
+    let report = engine.sync().await.expect("sync");
+    let wall = started.elapsed();
+    assert!(
+        report.failures.is_empty(),
+        "failures: {:?}",
+        report.failures
+    );
+    let cust = report.counts.iter().find(|c| c.code == "CUST").unwrap();
+    Measured {
+        wall,
+        sql: Duration::from_nanos(timed.nanos.load(Ordering::Relaxed) - spent),
+        sql_writes: timed.writes.load(Ordering::Relaxed) - writes,
+        linked: cust.linked,
+        updated: cust.updated,
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().map(|a| a.parse().expect("N")).unwrap_or(10_000);
+    let mode = args.next().unwrap_or_else(|| "triggers".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = PostgresServer::start().expect("run `eval \"$(bash scripts/sql-env)\"` first");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("crm")).unwrap();
+    std::fs::write(dir.path().join("crm/contacts.csv"), contacts(n)).unwrap();
+    let context = BuildContext {
+        base_dir: dir.path().to_owned(),
+    };
+    let shop = SqlConnector::from_settings(
+        json!({
+            "url": server.url(),
+            "kinds": {"customer": {
+                "table": "customers",
+                "version": "version",
+                "updated_at": "updated_at",
+                "changes": mode,
+                "columns": {"name": "company_name", "city": "city", "phone": "phone", "vat_registration_no": "vat"}
+            }}
+        }),
+        &context,
+    )
+    .unwrap();
+    rt.block_on(async {
+        let pool = shop.pool();
+        for sql in [
+            "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, company_name TEXT NOT NULL, \
+             city TEXT, phone TEXT, vat TEXT, credit_limit NUMERIC(12,2) NOT NULL DEFAULT 1000, \
+             version INTEGER NOT NULL DEFAULT 1, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            &format!(
+                "INSERT INTO customers (company_name, city, phone, vat) \
+                 SELECT 'Customer ' || i, 'Gent', '+32 9 000 ' || lpad(i::text, 4, '0'), \
+                 'BE0' || (400000000 + i) FROM generate_series(0, {}) AS i",
+                n - 1
+            ),
+        ] {
+            sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        if mode == "triggers" {
+            shop.install_triggers().await.unwrap();
+        }
+    });
+    let shop = Arc::new(shop);
+    let timed = Arc::new(Timed {
+        inner: shop.clone(),
+        nanos: AtomicU64::new(0),
+        writes: AtomicU64::new(0),
+    });
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    connectors.insert("shop".into(), timed.clone());
+    connectors.insert(
+        "crm".into(),
+        FileConnectorFactory
+            .build(json!({"path": "crm"}), &context)
+            .unwrap(),
+    );
+    let relation: RelationConfig = serde_json::from_value(json!({
+        "kind": "customer",
+        "connector": "shop",
+        "match": [["vat_registration_no"]],
+        "fields": ["name", "city", "phone", "vat_registration_no"],
+    }))
+    .unwrap();
+    let config = SyncConfig::new(
+        ContactsConfig {
+            connector: "crm".into(),
+            preserve: None,
+        },
+        BTreeMap::from([("CUST".to_owned(), relation)]),
+    )
+    .unwrap();
+    let state_path = dir.path().join("state.db");
+    let first = rt.block_on(run(&config, &connectors, &timed, &state_path));
+    assert_eq!(first.linked as usize, n);
+    // 1 % of the rows change behind Tandem's back.
+    let changed = (n / 100).max(1);
+    rt.block_on(async {
+        let sql = format!(
+            "UPDATE customers SET city = 'Brugge', version = version + 1, updated_at = now() \
+             WHERE id % 100 = 0 AND id <= {}",
+            changed * 100
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(shop.pool())
+            .await
+            .unwrap();
+    });
+    let second = rt.block_on(run(&config, &connectors, &timed, &state_path));
+    let third = rt.block_on(run(&config, &connectors, &timed, &state_path));
+    println!("N = {n} rows x {n} contacts, PostgreSQL on 127.0.0.1, changes = \"{mode}\"");
+    println!(
+        "{:<12} {:>8} {:>7} {:>7} {:>8} {:>11}",
+        "sync", "wall s", "SQL s", "linked", "updated", "SQL writes"
+    );
+    for (name, m) in [
+        ("first", &first),
+        (&*format!("{changed} changed"), &second),
+        ("unchanged", &third),
+    ] {
+        println!(
+            "{:<12} {:>8.2} {:>7.2} {:>7} {:>8} {:>11}",
+            name,
+            m.wall.as_secs_f64(),
+            m.sql.as_secs_f64(),
+            m.linked,
+            m.updated,
+            m.sql_writes
+        );
+    }
+    drop(server);
+}
