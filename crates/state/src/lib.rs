@@ -13,6 +13,7 @@
 //! [`StateBatch`]es, each one transaction, so a crash leaves either all or none of a
 //! batch.
 
+mod codec;
 mod log;
 mod pending;
 mod sqlite;
