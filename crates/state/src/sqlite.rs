@@ -1225,6 +1225,11 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // Reading through a memory map saves copying each page out of the OS cache:
     // reading a million links takes 40% less time. Only reads use it.
     conn.pragma_update(None, "mmap_size", 1 << 30)?;
+    // A checkpoint every 64 MiB of WAL instead of every 4 MiB: a first sync writes
+    // hundreds of MiB, and each checkpoint waits for the disk (fsync). 300k partners'
+    // state rows took 6.6 and 4.2 s against 9.6 and 5.1 s (`state-floor`, alternated);
+    // a small run checkpoints when the state is closed, as before.
+    conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())
 }
