@@ -86,6 +86,10 @@ INSERT INTO intent_batches_v8 (id, run_id, links) SELECT id, run_id, links FROM 
 DROP TABLE intent_batches;
 ALTER TABLE intent_batches_v8 RENAME TO intent_batches;
 
+-- The hash of a record's match keys as the run that stored its content hash read it
+-- (NULL or 0: unknown): an edit that leaves them does not wake matching.
+ALTER TABLE record_hashes ADD COLUMN match_keys INTEGER;
+
 ALTER TABLE interactions ADD COLUMN next_action TEXT;
 ALTER TABLE interactions ADD COLUMN next_source TEXT;
 ALTER TABLE interactions ADD COLUMN next_details TEXT;
@@ -353,8 +357,10 @@ UPDATE links SET
 WHERE code = ?1 AND contact_id = ?2";
 
 const SET_HASH: &str = "
-INSERT INTO record_hashes (connector, kind, id, hash) VALUES (?1, ?2, ?3, ?4)
-ON CONFLICT (connector, kind, id) DO UPDATE SET hash = excluded.hash";
+INSERT INTO record_hashes (connector, kind, id, hash, match_keys) VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (connector, kind, id) DO UPDATE SET
+    hash = excluded.hash,
+    match_keys = coalesce(excluded.match_keys, record_hashes.match_keys)";
 
 const SET_CURSOR: &str = "
 INSERT INTO cursors (connector, kind, cursor) VALUES (?1, ?2, ?3)
@@ -917,6 +923,34 @@ impl StateStore for SqliteState {
         Ok(out)
     }
 
+    fn match_keys_of(
+        &self,
+        scope: &Scope,
+        ids: &[&str],
+    ) -> Result<HashMap<String, u64>, StateError> {
+        const ACTION: &str = "reading match keys";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT match_keys FROM record_hashes \
+                 WHERE connector = ?1 AND kind = ?2 AND id = ?3",
+            )
+            .map_err(sql_error(ACTION))?;
+        let mut out = HashMap::new();
+        for id in ids {
+            let keys: Option<Option<i64>> = stmt
+                .query_row(params![scope.connector, scope.kind.as_str(), id], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(sql_error(ACTION))?;
+            if let Some(Some(keys)) = keys.filter(|k| *k != Some(0)) {
+                out.insert((*id).to_owned(), keys.cast_unsigned());
+            }
+        }
+        Ok(out)
+    }
+
     fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError> {
         self.conn
             .prepare_cached(
@@ -1020,7 +1054,7 @@ impl StateStore for SqliteState {
         delete_links(&tx, &batch.delete_links)?;
         upsert_links(&tx, &batch.upsert_links)?;
         delete_hashes(&tx, &batch.delete_hashes)?;
-        set_hashes(&tx, &batch.set_hashes)?;
+        set_hashes(&tx, &batch.set_hashes, &batch.set_match_keys)?;
         set_cursors(&tx, &batch.set_cursors)?;
         set_fingerprints(&tx, &batch.set_fingerprints)?;
         set_ambiguities(&tx, &batch.set_ambiguities)?;
@@ -1678,19 +1712,29 @@ fn delete_hashes(conn: &Connection, keys: &[(Scope, String)]) -> Result<(), Stat
     Ok(())
 }
 
-fn set_hashes(conn: &Connection, hashes: &[(Scope, String, u64)]) -> Result<(), StateError> {
+fn set_hashes(
+    conn: &Connection,
+    hashes: &[(Scope, String, u64)],
+    keys: &[(usize, u64)],
+) -> Result<(), StateError> {
     const ACTION: &str = "storing content hashes";
     if hashes.is_empty() {
         return Ok(());
     }
     let mut stmt = conn.prepare_cached(SET_HASH).map_err(sql_error(ACTION))?;
-    for (scope, id, hash) in hashes {
+    let mut keys = keys.iter().peekable();
+    for (i, (scope, id, hash)) in hashes.iter().enumerate() {
+        while keys.next_if(|(k, _)| *k < i).is_some() {}
+        let key = keys
+            .next_if(|(k, _)| *k == i)
+            .map(|(_, key)| key.cast_signed());
         // SQLite integers are signed; the bits round-trip through `cast_unsigned`.
         stmt.execute(params![
             scope.connector,
             scope.kind.as_str(),
             id,
-            hash.cast_signed()
+            hash.cast_signed(),
+            key
         ])
         .map_err(sql_error(ACTION))?;
     }
