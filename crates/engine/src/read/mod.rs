@@ -50,31 +50,41 @@ pub(crate) const UNKNOWN_KEYS: u64 = 0;
 /// record was matched with these values when it was read. Never [`UNKNOWN_KEYS`];
 /// `UNKNOWN_KEYS` when there is no name to hash.
 pub(crate) fn match_keys(fields: &Fields, names: &[FieldName]) -> u64 {
+    thread_local! {
+        // Hashed once per record read: one buffer per thread, and one call to the hash
+        // (its streaming form cost more than the bytes, for a dozen short values).
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+    }
     if names.is_empty() {
         return UNKNOWN_KEYS;
     }
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for name in names {
-        hasher.update(name.as_str().as_bytes());
-        match fields.get(name.as_str()) {
-            None => hasher.update(&[0]),
-            Some(value) => {
-                hasher.update(&[1]);
-                match value {
-                    Value::Text(text) | Value::Date(text) => hasher.update(text.as_bytes()),
-                    Value::List(items) => {
-                        for item in items {
-                            hasher.update(item.as_bytes());
-                            hasher.update(&[0xfe]);
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        for name in names {
+            buf.extend_from_slice(name.as_str().as_bytes());
+            match fields.get(name.as_str()) {
+                None => buf.push(0),
+                Some(value) => {
+                    buf.push(1);
+                    match value {
+                        Value::Text(text) | Value::Date(text) => {
+                            buf.extend_from_slice(text.as_bytes());
                         }
+                        Value::List(items) => {
+                            for item in items {
+                                buf.extend_from_slice(item.as_bytes());
+                                buf.push(0xfe);
+                            }
+                        }
+                        other => buf.extend_from_slice(other.to_cell().as_bytes()),
                     }
-                    other => hasher.update(other.to_cell().as_bytes()),
+                    buf.push(0xff);
                 }
-                hasher.update(&[0xff]);
             }
         }
-    }
-    hasher.digest().max(1)
+        xxhash_rust::xxh3::xxh3_64(&buf).max(1)
+    })
 }
 
 /// What a run remembers of a record it read: its content hash and its match keys.
