@@ -86,9 +86,32 @@ INSERT INTO intent_batches_v8 (id, run_id, links) SELECT id, run_id, links FROM 
 DROP TABLE intent_batches;
 ALTER TABLE intent_batches_v8 RENAME TO intent_batches;
 
--- The hash of a record's match keys as the run that stored its content hash read it
--- (NULL or 0: unknown): an edit that leaves them does not wake matching.
-ALTER TABLE record_hashes ADD COLUMN match_keys INTEGER;
+-- Content hashes by scope number instead of by connector and kind names, repeated on
+-- two million rows and compared at every step down the tree; with the hash of a
+-- record's match keys as the run that stored its content hash read it (NULL or 0:
+-- unknown), so that an edit that leaves them does not wake matching.
+CREATE TABLE scopes (
+    id        INTEGER PRIMARY KEY,
+    connector TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    UNIQUE (connector, kind)
+) STRICT;
+INSERT INTO scopes (connector, kind)
+SELECT DISTINCT connector, kind FROM record_hashes ORDER BY connector, kind;
+CREATE TABLE record_hashes_v8 (
+    scope      INTEGER NOT NULL,
+    id         TEXT NOT NULL,
+    hash       INTEGER NOT NULL,
+    match_keys INTEGER,
+    PRIMARY KEY (scope, id)
+) WITHOUT ROWID, STRICT;
+INSERT INTO record_hashes_v8 (scope, id, hash)
+SELECT s.id, r.id, r.hash FROM record_hashes r
+JOIN scopes s ON s.connector = r.connector AND s.kind = r.kind
+ORDER BY s.id, r.id;
+DROP TABLE record_hashes;
+ALTER TABLE record_hashes_v8 RENAME TO record_hashes;
+CREATE INDEX record_hashes_recheck ON record_hashes (scope) WHERE hash = 0;
 
 ALTER TABLE interactions ADD COLUMN next_action TEXT;
 ALTER TABLE interactions ADD COLUMN next_source TEXT;
@@ -357,10 +380,14 @@ UPDATE links SET
 WHERE code = ?1 AND contact_id = ?2";
 
 const SET_HASH: &str = "
-INSERT INTO record_hashes (connector, kind, id, hash, match_keys) VALUES (?1, ?2, ?3, ?4, ?5)
-ON CONFLICT (connector, kind, id) DO UPDATE SET
+INSERT INTO record_hashes (scope, id, hash, match_keys) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (scope, id) DO UPDATE SET
     hash = excluded.hash,
     match_keys = coalesce(excluded.match_keys, record_hashes.match_keys)";
+
+/// The number of the scope `?1`, `?2` (connector, kind): none for a scope that never
+/// had a hash.
+const SCOPE_ID: &str = "(SELECT id FROM scopes WHERE connector = ?1 AND kind = ?2)";
 
 const SET_CURSOR: &str = "
 INSERT INTO cursors (connector, kind, cursor) VALUES (?1, ?2, ?3)
@@ -904,9 +931,9 @@ impl StateStore for SqliteState {
         const ACTION: &str = "reading content hashes";
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT hash FROM record_hashes WHERE connector = ?1 AND kind = ?2 AND id = ?3",
-            )
+            .prepare_cached(&format!(
+                "SELECT hash FROM record_hashes WHERE scope = {SCOPE_ID} AND id = ?3"
+            ))
             .map_err(sql_error(ACTION))?;
         let mut out = HashMap::with_capacity(ids.len());
         for id in ids {
@@ -931,10 +958,9 @@ impl StateStore for SqliteState {
         const ACTION: &str = "reading match keys";
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT match_keys FROM record_hashes \
-                 WHERE connector = ?1 AND kind = ?2 AND id = ?3",
-            )
+            .prepare_cached(&format!(
+                "SELECT match_keys FROM record_hashes WHERE scope = {SCOPE_ID} AND id = ?3"
+            ))
             .map_err(sql_error(ACTION))?;
         let mut out = HashMap::new();
         for id in ids {
@@ -983,10 +1009,9 @@ impl StateStore for SqliteState {
 
     fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError> {
         self.conn
-            .prepare_cached(
-                "SELECT 1 FROM record_hashes WHERE connector = ?1 AND kind = ?2 AND hash = 0 \
-                 LIMIT 1",
-            )
+            .prepare_cached(&format!(
+                "SELECT 1 FROM record_hashes WHERE scope = {SCOPE_ID} AND hash = 0 LIMIT 1"
+            ))
             .and_then(|mut stmt| stmt.exists(params![scope.connector, scope.kind.as_str()]))
             .map_err(sql_error("looking for records to look at again"))
     }
@@ -995,10 +1020,9 @@ impl StateStore for SqliteState {
         const ACTION: &str = "listing records to look at again";
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT id FROM record_hashes WHERE connector = ?1 AND kind = ?2 AND hash = 0 \
-                 ORDER BY id",
-            )
+            .prepare_cached(&format!(
+                "SELECT id FROM record_hashes WHERE scope = {SCOPE_ID} AND hash = 0 ORDER BY id"
+            ))
             .map_err(sql_error(ACTION))?;
         let ids = stmt
             .query_map(params![scope.connector, scope.kind.as_str()], |row| {
@@ -1014,13 +1038,17 @@ impl StateStore for SqliteState {
         let key = params![scope.connector, scope.kind.as_str()];
         let n: i64 = self
             .conn
-            .prepare_cached("SELECT COUNT(*) FROM record_hashes WHERE connector = ?1 AND kind = ?2")
+            .prepare_cached(&format!(
+                "SELECT COUNT(*) FROM record_hashes WHERE scope = {SCOPE_ID}"
+            ))
             .and_then(|mut stmt| stmt.query_row(key, |row| row.get(0)))
             .map_err(sql_error(ACTION))?;
         let mut out = HashMap::with_capacity(usize::try_from(n).unwrap_or(0));
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT id, hash FROM record_hashes WHERE connector = ?1 AND kind = ?2")
+            .prepare_cached(&format!(
+                "SELECT id, hash FROM record_hashes WHERE scope = {SCOPE_ID}"
+            ))
             .map_err(sql_error(ACTION))?;
         let mut rows = stmt.query(key).map_err(sql_error(ACTION))?;
         while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
@@ -1703,7 +1731,9 @@ fn delete_hashes(conn: &Connection, keys: &[(Scope, String)]) -> Result<(), Stat
         return Ok(());
     }
     let mut stmt = conn
-        .prepare_cached("DELETE FROM record_hashes WHERE connector = ?1 AND kind = ?2 AND id = ?3")
+        .prepare_cached(&format!(
+            "DELETE FROM record_hashes WHERE scope = {SCOPE_ID} AND id = ?3"
+        ))
         .map_err(sql_error(ACTION))?;
     for (scope, id) in keys {
         stmt.execute(params![scope.connector, scope.kind.as_str(), id])
@@ -1723,22 +1753,40 @@ fn set_hashes(
     }
     let mut stmt = conn.prepare_cached(SET_HASH).map_err(sql_error(ACTION))?;
     let mut keys = keys.iter().peekable();
+    // A batch holds a few scopes: numbered once each.
+    let mut scopes: Vec<(&Scope, i64)> = Vec::new();
     for (i, (scope, id, hash)) in hashes.iter().enumerate() {
         while keys.next_if(|(k, _)| *k < i).is_some() {}
         let key = keys
             .next_if(|(k, _)| *k == i)
             .map(|(_, key)| key.cast_signed());
+        let number = match scopes.iter().find(|(s, _)| *s == scope) {
+            Some((_, number)) => *number,
+            None => {
+                let number = scope_number(conn, scope)?;
+                scopes.push((scope, number));
+                number
+            }
+        };
         // SQLite integers are signed; the bits round-trip through `cast_unsigned`.
-        stmt.execute(params![
-            scope.connector,
-            scope.kind.as_str(),
-            id,
-            hash.cast_signed(),
-            key
-        ])
-        .map_err(sql_error(ACTION))?;
+        stmt.execute(params![number, id, hash.cast_signed(), key])
+            .map_err(sql_error(ACTION))?;
     }
     Ok(())
+}
+
+/// The number of `scope` in `scopes`, given it on first use.
+fn scope_number(conn: &Connection, scope: &Scope) -> Result<i64, StateError> {
+    const ACTION: &str = "numbering a scope";
+    let key = params![scope.connector, scope.kind.as_str()];
+    conn.prepare_cached(
+        "INSERT INTO scopes (connector, kind) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )
+    .and_then(|mut stmt| stmt.execute(key))
+    .map_err(sql_error(ACTION))?;
+    conn.prepare_cached(&format!("SELECT {SCOPE_ID}"))
+        .and_then(|mut stmt| stmt.query_row(key, |row| row.get(0)))
+        .map_err(sql_error(ACTION))
 }
 
 fn set_cursors(conn: &Connection, cursors: &[(Scope, String)]) -> Result<(), StateError> {

@@ -1614,6 +1614,15 @@ fn migration_8_keeps_every_baseline_unlink_conflict_log_entry_and_intent_of_a_v7
     let (old_links, old_log) = v7_contents(&path);
     assert_eq!(old_links.len(), 7);
     assert_eq!(old_log.len(), 18);
+    let old_hashes: Vec<(String, String, String, i64)> = Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT connector, kind, id, hash FROM record_hashes ORDER BY 1, 2, 3")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(old_hashes.len() > 10, "{old_hashes:?}");
 
     let mut state = open(&path);
     assert_eq!(version(&path), MIGRATIONS.len() as i64);
@@ -1665,6 +1674,17 @@ fn migration_8_keeps_every_baseline_unlink_conflict_log_entry_and_intent_of_a_v7
     log.sort();
     assert_eq!(log, old_log);
 
+    // Every content hash, under its scope.
+    for (connector, kind, id, hash) in &old_hashes {
+        let kind = EntityKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .unwrap();
+        let scope = Scope::new(connector, kind);
+        let stored = state.hashes_of(&scope, &[id.as_str()]).unwrap();
+        assert_eq!(stored.get(id), Some(&hash.cast_unsigned()), "{connector} {id}");
+        assert_eq!(state.hashes(&scope).unwrap()[id], hash.cast_unsigned());
+    }
     // The intents are taken up as before, and new rows are in the compact form.
     assert_eq!(state.unpack_intents().unwrap(), 1);
     assert_eq!(state.links_with_intent().unwrap().len(), 1);
