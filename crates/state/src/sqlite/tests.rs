@@ -1772,3 +1772,48 @@ fn entries_of_one_pair_share_a_row_and_read_back_as_they_were() {
     );
     assert_eq!(state.interactions("C3", 10).unwrap()[1].id, 7);
 }
+
+#[test]
+fn match_keys_are_stored_with_a_hash_and_kept_by_a_hash_set_without_them() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let contacts = Scope::new("crm", EntityKind::Contact);
+    let customers = Scope::new("erp", EntityKind::Customer);
+    let mut batch = StateBatch::default();
+    batch.set_hash_with_keys(contacts.clone(), "C1".into(), 11, 101);
+    batch.set_hashes.push((contacts.clone(), "C2".into(), 12));
+    batch.set_hash_with_keys(contacts.clone(), "C3".into(), 13, 0);
+    batch.set_hash_with_keys(customers.clone(), "C1".into(), 21, 201);
+    commit(&mut state, batch);
+    let keys = state
+        .match_keys_of(&contacts, &["C1", "C2", "C3", "C9"])
+        .unwrap();
+    // C2 has none, C3 an unknown one, C9 no row at all.
+    assert_eq!(keys, HashMap::from([("C1".to_owned(), 101)]));
+    assert_eq!(
+        state.match_keys_of(&customers, &["C1"]).unwrap(),
+        HashMap::from([("C1".to_owned(), 201)])
+    );
+    // A new hash without keys (Tandem's own write, a record to look at again) keeps
+    // the keys the record was last read with; new keys replace them.
+    commit(
+        &mut state,
+        StateBatch {
+            set_hashes: vec![(contacts.clone(), "C1".into(), 0)],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.match_keys_of(&contacts, &["C1"]).unwrap()["C1"], 101);
+    assert!(state.has_rechecks(&contacts).unwrap());
+    assert_eq!(state.rechecks(&contacts).unwrap(), vec!["C1".to_owned()]);
+    assert!(!state.has_rechecks(&customers).unwrap());
+    let mut batch = StateBatch::default();
+    batch.set_hash_with_keys(contacts.clone(), "C1".into(), 14, 102);
+    commit(&mut state, batch);
+    assert_eq!(state.match_keys_of(&contacts, &["C1"]).unwrap()["C1"], 102);
+    assert_eq!(state.hashes(&contacts).unwrap()["C1"], 14);
+    // A scope that never had a hash has none, and no keys.
+    let vendors = Scope::new("erp", EntityKind::Vendor);
+    assert!(state.hashes(&vendors).unwrap().is_empty());
+    assert!(state.match_keys_of(&vendors, &["C1"]).unwrap().is_empty());
+}
