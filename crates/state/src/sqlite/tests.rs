@@ -1618,7 +1618,9 @@ fn migration_8_keeps_every_baseline_unlink_conflict_log_entry_and_intent_of_a_v7
         .unwrap()
         .prepare("SELECT connector, kind, id, hash FROM record_hashes ORDER BY 1, 2, 3")
         .unwrap()
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
@@ -1682,7 +1684,11 @@ fn migration_8_keeps_every_baseline_unlink_conflict_log_entry_and_intent_of_a_v7
             .unwrap();
         let scope = Scope::new(connector, kind);
         let stored = state.hashes_of(&scope, &[id.as_str()]).unwrap();
-        assert_eq!(stored.get(id), Some(&hash.cast_unsigned()), "{connector} {id}");
+        assert_eq!(
+            stored.get(id),
+            Some(&hash.cast_unsigned()),
+            "{connector} {id}"
+        );
         assert_eq!(state.hashes(&scope).unwrap()[id], hash.cast_unsigned());
     }
     // The intents are taken up as before, and new rows are in the compact form.
