@@ -544,28 +544,46 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
         (&a.0.connector, a.0.kind.plural(), &a.1).cmp(&(&b.0.connector, b.0.kind.plural(), &b.1))
     });
     let db = rusqlite::Connection::open(dir.join(".tandem/state.db"))?;
+    // A log row holds one entry, or two of one pair (`next_action`, migration 8).
     let mut stmt = db.prepare(
-        "SELECT at, run_id, contact_id, code, account_id, action, source, details \
+        "SELECT at, run_id, contact_id, code, account_id, action, source, details, \
+                next_action, next_source, next_details \
          FROM interactions ORDER BY id",
     )?;
-    let interactions = stmt
-        .query_map([], |row| {
-            let details: String = row.get(7)?;
-            Ok(Interaction {
-                id: 0,
-                at: Timestamp(row.get(0)?),
-                run_id: row.get(1)?,
-                contact_id: row.get(2)?,
-                code: row.get(3)?,
-                account_id: row.get(4)?,
-                action: row.get(5)?,
-                source: row.get(6)?,
-                details: serde_json::from_str::<serde_json::Value>(&details)
-                    .unwrap_or_default()
-                    .into(),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let details = |text: String| -> tandem_state::Details {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap_or_default()
+            .into()
+    };
+    let mut interactions = Vec::new();
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let first = Interaction {
+            id: 0,
+            at: Timestamp(row.get(0)?),
+            run_id: row.get(1)?,
+            contact_id: row.get(2)?,
+            code: row.get(3)?,
+            account_id: row.get(4)?,
+            action: row.get(5)?,
+            source: row.get(6)?,
+            details: details(row.get(7)?),
+        };
+        let next: Option<String> = row.get(8)?;
+        if let Some(action) = next {
+            let second = Interaction {
+                action,
+                source: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
+                details: details(row.get::<_, Option<String>>(10)?.unwrap_or_default()),
+                ..first.clone()
+            };
+            interactions.push(first);
+            interactions.push(second);
+        } else {
+            interactions.push(first);
+        }
+    }
+    drop(rows);
     drop(stmt);
     drop(db);
     let rows = (links.len() + hashes.len() + interactions.len()) as u64;

@@ -58,20 +58,4 @@ impl Pending {
         let links = self.links.iter().filter(|p| p.code == code && p.parked);
         (creates.count() + refused.count() + links.count()) as u64
     }
-
-    /// Whether a contact's request for a `code` account is parked: refused twice the
-    /// same way, or its create failed twice (R17).
-    pub(crate) fn request_parked(&self, code: &str, contact: &str) -> bool {
-        self.refused
-            .iter()
-            .any(|p| p.parked && p.code == code && p.contact_id == contact)
-            || self.create_parked(code, Side::Account, contact)
-    }
-
-    /// Whether the create of a `side` record from `source` under `code` is parked.
-    pub(crate) fn create_parked(&self, code: &str, side: Side, source: &str) -> bool {
-        self.creates
-            .iter()
-            .any(|p| p.parked && p.side == side && p.code == code && p.source_id == source)
-    }
 }

@@ -15,9 +15,12 @@ use crate::apply::apply;
 pub(crate) use crate::error::EngineError;
 use crate::matching::Ambiguity;
 use crate::plan::{AccountInput, Directives, Plan, PlanInput, plan};
-pub(crate) use crate::read::{DeleteGuard, RECHECK, ScopeRead, record_hash, record_hash_of};
+pub(crate) use crate::read::{
+    DeleteGuard, RECHECK, ScopeRead, UNKNOWN_KEYS, record_hash, record_hash_of,
+};
 use crate::read::{
-    FirstPass, Needed, Sides, Wake, fetch_missing, gone_if_missing, read_scope, second_pass, wakes,
+    FirstPass, HowToRead, Needed, Sides, StoredKeys, Wake, account_key_fields, contact_key_fields,
+    fetch_missing, gone_if_missing, read_scope, second_pass, wakes,
 };
 use crate::relation::Relations;
 pub(crate) use crate::report::rejections;
@@ -276,11 +279,13 @@ impl<'a> Engine<'a> {
             true => self.state.links_of_contacts(&ids_of(&contacts))?,
             false => Vec::new(),
         };
+        let keys = StoredKeys::load(&*self.state, &accounts, &contacts)?;
         let first = FirstPass {
             accounts: &accounts,
             contacts: &contacts,
             account_links: &account_links,
             contact_links: &contact_links,
+            keys: &keys,
         };
         crate::progress::plan_start();
         let wakes = wakes(&relations, &directives, &pending, &first);
@@ -363,8 +368,11 @@ impl<'a> Engine<'a> {
                 &relation.connector,
                 &**connector,
                 relation.kind,
-                (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
-                self.delete_guard,
+                HowToRead {
+                    skip_tag: (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
+                    guard: self.delete_guard,
+                    key_fields: account_key_fields(&self.relations, r),
+                },
                 |a| wanted.contains(a.id.as_str()),
             )
             .await?;
@@ -411,8 +419,11 @@ impl<'a> Engine<'a> {
             name,
             &**connector,
             EntityKind::Contact,
-            (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
-            self.delete_guard,
+            HowToRead {
+                skip_tag: (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
+                guard: self.delete_guard,
+                key_fields: contact_key_fields(&self.relations),
+            },
             |c| wanted.contains(&c.id),
         )
         .await?;

@@ -1080,3 +1080,52 @@ async fn sync_with(w: &mut World, connectors: &HashMap<String, Arc<dyn Connector
     let mut engine = Engine::new(w.relations.clone(), connectors.clone(), &mut w.state).unwrap();
     engine.sync().await.unwrap()
 }
+
+/// Was a bug (issue 17): one edit of a contact that matters to no match rule made
+/// every relation the contact is not linked under read and match all its unlinked
+/// records again. The match keys stored with each record's hash (R4) tell such an
+/// edit from one that can pair the record anew, which still does.
+#[tokio::test]
+async fn r4_an_edit_that_leaves_the_match_keys_wakes_no_matching_one_that_changes_them_does() {
+    let mut w = world(false);
+    w.seed();
+    let f = |pairs: &[(&str, &str)]| pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v));
+    w.erp.put(
+        EntityKind::Vendor,
+        "V2",
+        f(&[("name", "Zeta"), ("email", "z@zeta.be")]),
+    );
+    w.sync().await;
+    // C2 is linked under CUST only, C3 under nothing, V2 to nobody.
+    assert_eq!(count(&w.sync().await, "VEND").linked, 0);
+
+    // A phone number is no match key: only the edited contact is in play.
+    let mut c2 = w.crm.get(EntityKind::Contact, "C2").unwrap().fields;
+    c2.set("phone", Value::text("+32 9 123"));
+    w.crm.put(EntityKind::Contact, "C2", c2);
+    let report = w.sync().await;
+    let contacts = report
+        .read
+        .iter()
+        .find(|r| r.kind == EntityKind::Contact)
+        .unwrap();
+    assert_eq!((contacts.changed, contacts.in_play), (1, 1), "{contacts:?}");
+    assert_eq!(count(&report, "VEND").linked, 0);
+    assert_eq!(
+        text(&w.erp, EntityKind::Customer, "K2", "phone").as_deref(),
+        Some("+32 9 123")
+    );
+
+    // An e-mail is one: the contact is matched again, and pairs with the vendor.
+    let mut c3 = w.crm.get(EntityKind::Contact, "C3").unwrap().fields;
+    c3.set("email", Value::text("z@zeta.be"));
+    w.crm.put(EntityKind::Contact, "C3", c3);
+    let report = w.sync().await;
+    assert_eq!(count(&report, "VEND").linked, 1, "{:?}", report.counts);
+    let vend = w.state.links(Some("VEND")).unwrap();
+    assert!(
+        vend.iter()
+            .any(|l| l.contact_id == "C3" && l.account_id == "V2"),
+        "{vend:?}"
+    );
+}

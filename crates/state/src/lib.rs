@@ -13,6 +13,7 @@
 //! [`StateBatch`]es, each one transaction, so a crash leaves either all or none of a
 //! batch.
 
+mod codec;
 mod log;
 mod pending;
 mod sqlite;
@@ -222,6 +223,10 @@ pub struct StateBatch {
     /// (code, contact_id)
     pub delete_links: Vec<(String, String)>,
     pub set_hashes: Vec<(Scope, String, u64)>,
+    /// (i, keys): the hash of the match keys of the record of `set_hashes[i]`, as the
+    /// run read it (0: unknown), stored with its content hash; in `i` order. A hash set
+    /// without one keeps the keys stored before.
+    pub set_match_keys: Vec<(usize, u64)>,
     pub delete_hashes: Vec<(Scope, String)>,
     pub set_cursors: Vec<(Scope, String)>,
     /// Sets (or with `None` forgets) the fingerprint of a scope.
@@ -268,6 +273,12 @@ pub struct StateBatch {
 }
 
 impl StateBatch {
+    /// Sets the content hash of a record with the hash of its match keys as read.
+    pub fn set_hash_with_keys(&mut self, scope: Scope, id: String, hash: u64, keys: u64) {
+        self.set_match_keys.push((self.set_hashes.len(), keys));
+        self.set_hashes.push((scope, id, hash));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.upsert_links.is_empty()
             && self.delete_links.is_empty()
@@ -390,6 +401,17 @@ pub trait StateStore: Send {
     /// The content hashes stored for the given ids of `scope` (ids without one are
     /// left out): what a change-reading connector's page needs, without loading all.
     fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError>;
+    /// The match-key hashes stored for the given ids of `scope` (ids without one, or
+    /// with an unknown one, are left out). A store that keeps none returns none: every
+    /// record's keys are then unknown, and matching wakes as it would without them.
+    fn match_keys_of(
+        &self,
+        scope: &Scope,
+        ids: &[&str],
+    ) -> Result<HashMap<String, u64>, StateError> {
+        let _ = (scope, ids);
+        Ok(HashMap::new())
+    }
     /// All content hashes stored for `scope`, by record id.
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError>;
     /// The connector's fingerprint of `scope` as of the end of the last run, when the

@@ -156,18 +156,17 @@ impl Applier<'_> {
         let (contact_id, account_id, contact_version, account_version) = match job.side {
             Side::Contact => {
                 self.settled_accounts[r].insert(job.source_id.clone());
-                let read_hash = self.accounts[r]
-                    .hashes
-                    .get(&job.source_id)
-                    .copied()
-                    .unwrap_or(RECHECK);
+                let read = self.accounts[r].hashes.get(&job.source_id).copied();
                 let hashes = &mut self.batch.set_hashes;
                 hashes.push((self.contacts.scope.clone(), written.id.clone(), new_hash));
-                hashes.push((
-                    self.accounts[r].scope.clone(),
-                    job.source_id.clone(),
-                    read_hash,
-                ));
+                let scope = self.accounts[r].scope.clone();
+                let source = job.source_id.clone();
+                match read {
+                    Some(seen) => self
+                        .batch
+                        .set_hash_with_keys(scope, source, seen.hash, seen.keys),
+                    None => self.batch.set_hashes.push((scope, source, RECHECK)),
+                }
                 let versions = (written.version.clone(), job.source_version.clone());
                 (
                     written.id.clone(),

@@ -45,12 +45,11 @@ impl Applier<'_> {
             let reads = std::iter::once((&self.contacts, &self.settled_contacts))
                 .chain(self.accounts.iter().zip(&self.settled_accounts));
             for (read, settled) in reads {
-                for (id, hash) in &read.hashes {
+                for (id, seen) in &read.hashes {
                     // An unchanged record's stored hash is already this one.
                     if !settled.contains(id) && read.changed.contains_key(id) {
-                        batch
-                            .set_hashes
-                            .push((read.scope.clone(), id.clone(), *hash));
+                        let scope = read.scope.clone();
+                        batch.set_hash_with_keys(scope, id.clone(), seen.hash, seen.keys);
                     }
                     committer.send_full(batch)?;
                 }

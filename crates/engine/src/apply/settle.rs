@@ -171,10 +171,21 @@ impl Applier<'_> {
             (None, true) => Some(RECHECK),
             (None, false) => None,
         };
-        if let Some(hash) = hash {
-            self.batch
-                .set_hashes
-                .push((scope, pair.account_id.clone(), hash));
+        let keys = self.accounts[pair.relation]
+            .hashes
+            .get(&pair.account_id)
+            .map(|seen| seen.keys);
+        match (hash, keys) {
+            (Some(hash), Some(keys)) => {
+                let id = pair.account_id.clone();
+                self.batch.set_hash_with_keys(scope, id, hash, keys);
+            }
+            (Some(hash), None) => {
+                self.batch
+                    .set_hashes
+                    .push((scope, pair.account_id.clone(), hash));
+            }
+            (None, _) => {}
         }
         self.batch.upsert_links.push(Link {
             contact_version: written.contact_version,
@@ -342,13 +353,15 @@ impl Applier<'_> {
             (_, true) => Some(RECHECK),
             (Some(after), false) => Some(record_hash_of(after, version.as_deref())),
             (None, false) if written => Some(RECHECK),
-            (None, false) => self.contacts.hashes.get(&hub.contact_id).copied(),
+            (None, false) => self.contacts.hashes.get(&hub.contact_id).map(|s| s.hash),
         };
-        if let Some(hash) = hash {
-            let scope = self.contacts.scope.clone();
-            self.batch
-                .set_hashes
-                .push((scope, hub.contact_id.clone(), hash));
+        let keys = self.contacts.hashes.get(&hub.contact_id).map(|s| s.keys);
+        let scope = self.contacts.scope.clone();
+        let id = hub.contact_id.clone();
+        match (hash, keys) {
+            (Some(hash), Some(keys)) => self.batch.set_hash_with_keys(scope, id, hash, keys),
+            (Some(hash), None) => self.batch.set_hashes.push((scope, id, hash)),
+            (None, _) => {}
         }
     }
 

@@ -6,7 +6,7 @@ use tandem_state::{LogEntry, RefusedRequest};
 use super::{Applier, Failed};
 use crate::plan::{Unlink, UnlinkReason};
 use crate::report::Failure;
-use crate::run::RECHECK;
+use crate::run::{RECHECK, UNKNOWN_KEYS};
 use crate::side::Side;
 
 impl Applier<'_> {
@@ -53,6 +53,7 @@ impl Applier<'_> {
                 .delete_links
                 .push((unlink.code.clone(), unlink.contact_id.clone()));
             self.look_again_at_what_stays(unlink);
+            self.forget_match_keys(unlink);
             let source = self.remember_why(unlink);
             let entry = LogEntry::Unlinked {
                 reason: unlink.reason.as_str().to_owned(),
@@ -84,6 +85,20 @@ impl Applier<'_> {
             && !self.contacts.hashes.contains_key(&unlink.contact_id)
         {
             self.recheck_contacts.push(unlink.contact_id.clone());
+        }
+    }
+
+    /// The records the unlink frees were not matched under its relation when they were
+    /// read (they were linked): their match keys are stored as unknown, so their next
+    /// edit lets matching see them.
+    fn forget_match_keys(&mut self, unlink: &Unlink) {
+        if let Some(seen) = self.contacts.hashes.get_mut(&unlink.contact_id) {
+            seen.keys = UNKNOWN_KEYS;
+        }
+        if let Some(r) = self.relations.index_of(&unlink.code)
+            && let Some(seen) = self.accounts[r].hashes.get_mut(&unlink.account_id)
+        {
+            seen.keys = UNKNOWN_KEYS;
         }
     }
 

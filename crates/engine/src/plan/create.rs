@@ -43,11 +43,7 @@ impl<'a> Planner<'a> {
             let wanted = by_operator
                 || (relation.create_contacts
                     && !held_back
-                    && !(self.input.pending).create_parked(
-                        &relation.code,
-                        Side::Contact,
-                        &account_id,
-                    ));
+                    && !self.create_parked(&relation.code, Side::Contact, &account_id));
             if taken.contains(account_id.as_str()) {
                 continue;
             }

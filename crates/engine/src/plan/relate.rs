@@ -18,7 +18,6 @@ impl<'a> Planner<'a> {
     pub(super) fn match_and_create(&mut self, r: usize) {
         self.recover(r);
         let code = self.relations.relations[r].code.as_str();
-        let pending = &self.input.pending;
         // A contact whose link to an account keeps failing waits for `tandem retry`.
         let waiting: BTreeSet<&'a str> = (self.input.pending.links.iter())
             .filter(|p| p.code == code)
@@ -32,7 +31,7 @@ impl<'a> Planner<'a> {
             .filter(|(holder, _)| {
                 !matched.contacts.contains(holder)
                     && !matched.ambiguous.contains(*holder)
-                    && !pending.request_parked(code, holder)
+                    && !self.request_parked(code, holder)
             })
             .collect();
         self.create_contacts(r, matched.unmatched_accounts, &matched.accounts);
@@ -167,7 +166,7 @@ impl<'a> Planner<'a> {
             let listed = lists_code(contact, code) && !lost.is_some_and(|l| l.contains(code));
             // Refused twice the same way: left alone until `tandem retry` (R17); a link
             // waiting to be retried is not a request for a new account.
-            let parked = input.pending.request_parked(code, &contact.id);
+            let parked = self.request_parked(code, &contact.id);
             let recovering = self.recovery_waiting.contains(&(r, contact.id.as_str()));
             if !(by_operator || listed)
                 || parked

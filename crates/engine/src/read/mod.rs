@@ -9,7 +9,7 @@ mod wake;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tandem_connector::{Connector, ConnectorError, Cursor, Listing, Page};
-use tandem_model::{EntityKind, Fields, Record};
+use tandem_model::{EntityKind, FieldName, Fields, Record, Value};
 use tandem_state::{Scope, StateStore};
 use tracing::info;
 
@@ -19,7 +19,9 @@ use crate::report::ReadStats;
 
 pub use guard::DeleteGuard;
 pub(crate) use needed::{Needed, fetch_missing, gone_if_missing};
-pub(crate) use wake::{FirstPass, Sides, Wake, second_pass, wakes};
+pub(crate) use wake::{
+    FirstPass, Sides, StoredKeys, Wake, account_key_fields, contact_key_fields, second_pass, wakes,
+};
 
 /// The content hash remembered for a record: its fields and its version, so that
 /// any change the system reports, even to data Tandem does not map, is noticed.
@@ -38,12 +40,69 @@ pub(crate) fn record_hash_of(content_hash: u64, version: Option<&str>) -> u64 {
 /// Hash value that makes the next run look at a record again.
 pub(crate) const RECHECK: u64 = 0;
 
+/// A match-key hash that says nothing: the record's keys are unknown.
+pub(crate) const UNKNOWN_KEYS: u64 = 0;
+
+/// The hash of what matching (R4) reads of a record: the values of `names` (every
+/// field a match tier of the scope's relations uses, and for contacts the fields that
+/// say which relation they may hold). Stored with the content hash, so that a later
+/// edit that leaves them as they were does not make its relations match again: the
+/// record was matched with these values when it was read. Never [`UNKNOWN_KEYS`];
+/// `UNKNOWN_KEYS` when there is no name to hash.
+pub(crate) fn match_keys(fields: &Fields, names: &[FieldName]) -> u64 {
+    thread_local! {
+        // Hashed once per record read: one buffer per thread, and one call to the hash
+        // (its streaming form cost more than the bytes, for a dozen short values).
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+    }
+    if names.is_empty() {
+        return UNKNOWN_KEYS;
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        for name in names {
+            buf.extend_from_slice(name.as_str().as_bytes());
+            match fields.get(name.as_str()) {
+                None => buf.push(0),
+                Some(value) => {
+                    buf.push(1);
+                    match value {
+                        Value::Text(text) | Value::Date(text) => {
+                            buf.extend_from_slice(text.as_bytes());
+                        }
+                        Value::List(items) => {
+                            for item in items {
+                                buf.extend_from_slice(item.as_bytes());
+                                buf.push(0xfe);
+                            }
+                        }
+                        other => buf.extend_from_slice(other.to_cell().as_bytes()),
+                    }
+                    buf.push(0xff);
+                }
+            }
+        }
+        xxhash_rust::xxh3::xxh3_64(&buf).max(1)
+    })
+}
+
+/// What a run remembers of a record it read: its content hash and its match keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub hash: u64,
+    pub keys: u64,
+}
+
 pub(crate) struct ScopeRead {
     pub scope: Scope,
     pub records: BTreeMap<String, Record>,
     pub deleted: BTreeSet<String>,
-    /// Hash of each record kept in `records`, as read.
-    pub hashes: crate::IdMap<String, u64>,
+    /// Hash and match keys of each record kept in `records`, as read.
+    pub hashes: crate::IdMap<String, Seen>,
+    /// The fields [`match_keys`] hashes for this scope; none when the run does not
+    /// know them (keys unknown).
+    pub key_fields: std::sync::Arc<[FieldName]>,
     /// Records whose hash differed from the stored one, each with whether it is new:
     /// without a stored hash (new since the last run, or never settled) or marked to be
     /// looked at again. One map, not two sets: at a first sync every record is both.
@@ -71,6 +130,7 @@ impl ScopeRead {
             records: BTreeMap::new(),
             deleted: BTreeSet::new(),
             hashes: crate::IdMap::default(),
+            key_fields: std::sync::Arc::from(Vec::new()),
             changed: crate::IdMap::default(),
             cursor: None,
             fingerprint,
@@ -91,6 +151,15 @@ pub(crate) fn read_error(
     }
 }
 
+/// How [`read_scope`] reads a scope.
+pub(crate) struct HowToRead<'t> {
+    /// Skip the scope when its fingerprint, tagged so, is the one remembered.
+    pub skip_tag: Option<&'t str>,
+    pub guard: DeleteGuard,
+    /// The fields of the records' match keys ([`match_keys`]).
+    pub key_fields: std::sync::Arc<[FieldName]>,
+}
+
 /// Reads all pages of one connector and kind. Keeps the records that changed since
 /// the last run, plus the unchanged ones `keep` asks for; finds deletes from
 /// tombstones, and from a full listing only once it completed (R16), as far as
@@ -100,10 +169,14 @@ pub(crate) async fn read_scope(
     connector_name: &str,
     connector: &dyn Connector,
     kind: EntityKind,
-    skip_tag: Option<&str>,
-    guard: DeleteGuard,
+    how: HowToRead<'_>,
     keep: impl Fn(&Record) -> bool,
 ) -> Result<ScopeRead, EngineError> {
+    let HowToRead {
+        skip_tag,
+        guard,
+        key_fields,
+    } = how;
     let scope = Scope::new(connector_name, kind);
     let fingerprint = connector
         .fingerprint(kind)
@@ -116,6 +189,7 @@ pub(crate) async fn read_scope(
             "not read: unchanged since the last run"
         );
         let mut out = ScopeRead::empty(scope, fingerprint);
+        out.key_fields = key_fields;
         out.stats.skipped = true;
         return Ok(out);
     }
@@ -126,6 +200,7 @@ pub(crate) async fn read_scope(
         false => None,
     };
     let mut out = ScopeRead::empty(scope, fingerprint);
+    out.key_fields = key_fields;
     info!(connector = connector_name, kind = kind.plural(), "reading");
     // A full listing brings about as many records as the state knows of.
     progress::read_start(
@@ -281,7 +356,8 @@ impl ScopeRead {
                     let new = before.is_none_or(|h| h == RECHECK);
                     self.changed.insert(record.id.clone(), new);
                 }
-                self.hashes.insert(record.id.clone(), hash);
+                let keys = match_keys(&record.fields, &self.key_fields);
+                self.hashes.insert(record.id.clone(), Seen { hash, keys });
                 kept.push(record);
             }
         }
@@ -298,7 +374,8 @@ pub(crate) fn add_in_play(read: &mut ScopeRead, records: Vec<Record>) {
     );
     for record in records {
         let hash = record_hash(&record.fields, record.version.as_deref());
-        read.hashes.insert(record.id.clone(), hash);
+        let keys = match_keys(&record.fields, &read.key_fields);
+        read.hashes.insert(record.id.clone(), Seen { hash, keys });
         read.records.insert(record.id.clone(), record);
     }
     read.stats.in_play = read.records.len() as u64;

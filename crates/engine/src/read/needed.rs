@@ -165,7 +165,9 @@ pub(crate) async fn fetch_missing(
             let new = before.is_none_or(|h| h == super::RECHECK);
             read.changed.insert(record.id.clone(), new);
         }
-        read.hashes.insert(record.id.clone(), hash);
+        let keys = super::match_keys(&record.fields, &read.key_fields);
+        read.hashes
+            .insert(record.id.clone(), super::Seen { hash, keys });
         read.records.insert(record.id.clone(), record);
     }
     read.stats.in_play = read.records.len() as u64;

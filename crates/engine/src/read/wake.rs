@@ -6,16 +6,16 @@
 //! dropped link, an operator request, a pending create. A quiet relation keeps no
 //! unchanged record in play, so a run without changes costs the reading.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use tandem_connector::Connector;
-use tandem_model::EntityKind;
+use tandem_model::{EntityKind, FieldName, field};
 use tandem_state::{Link, StateStore};
 
 use crate::pending::Pending;
 
-use super::{ScopeRead, add_in_play, read_more};
+use super::{ScopeRead, UNKNOWN_KEYS, add_in_play, read_more};
 use crate::error::EngineError;
 use crate::plan::{Directives, lists_code, may_hold};
 use crate::relation::{Relation, Relations};
@@ -28,6 +28,73 @@ pub(crate) struct FirstPass<'r> {
     pub account_links: &'r BTreeMap<(String, String), Link>,
     /// Links of the contacts read.
     pub contact_links: &'r [Link],
+    /// The stored match keys of the changed records known before.
+    pub keys: &'r StoredKeys,
+}
+
+/// The match keys stored for the records a first pass found changed and known before
+/// ([`super::match_keys`]), per relation's accounts and for the contacts. Such a record
+/// whose keys are the same was matched with these values when it was read: its edit
+/// gives matching nothing new.
+#[derive(Default)]
+pub(crate) struct StoredKeys {
+    accounts: Vec<HashMap<String, u64>>,
+    contacts: HashMap<String, u64>,
+}
+
+impl StoredKeys {
+    pub(crate) fn load(
+        state: &dyn StateStore,
+        accounts: &[ScopeRead],
+        contacts: &ScopeRead,
+    ) -> Result<StoredKeys, EngineError> {
+        let of = |read: &ScopeRead| -> Result<HashMap<String, u64>, EngineError> {
+            let known: Vec<&str> = (read.changed.iter())
+                .filter(|(_, new)| !**new)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            match known.is_empty() || read.key_fields.is_empty() {
+                true => Ok(HashMap::new()),
+                false => Ok(state.match_keys_of(&read.scope, &known)?),
+            }
+        };
+        Ok(StoredKeys {
+            accounts: accounts.iter().map(of).collect::<Result<_, _>>()?,
+            contacts: of(contacts)?,
+        })
+    }
+}
+
+/// Whether the record `id` of `read` has the match keys stored for it.
+fn same_keys(read: &ScopeRead, stored: Option<&HashMap<String, u64>>, id: &str) -> bool {
+    let now = read.hashes.get(id).map(|seen| seen.keys);
+    now.is_some_and(|keys| keys != UNKNOWN_KEYS) && stored.and_then(|s| s.get(id)).copied() == now
+}
+
+/// The fields the match keys of contacts hash: every field a match tier of any
+/// relation uses, and those that say which relations a contact may hold (R3).
+pub(crate) fn contact_key_fields(relations: &Relations) -> Arc<[FieldName]> {
+    let tiers = relations.relations.iter().flat_map(|r| &r.tiers);
+    let mut names: Vec<FieldName> = tiers.flat_map(|t| t.fields.iter().cloned()).collect();
+    names.push(FieldName::new(field::CONTACT_TYPE));
+    names.push(FieldName::new(field::COMPANY_ID));
+    names.sort();
+    names.dedup();
+    names.into()
+}
+
+/// The fields the match keys of relation `r`'s accounts hash: every field a match tier
+/// of a relation reading the same scope uses.
+pub(crate) fn account_key_fields(relations: &Relations, r: usize) -> Arc<[FieldName]> {
+    let this = &relations.relations[r];
+    let mut names: Vec<FieldName> = (relations.relations.iter())
+        .filter(|other| other.connector == this.connector && other.kind == this.kind)
+        .flat_map(|other| &other.tiers)
+        .flat_map(|t| t.fields.iter().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.into()
 }
 
 /// How much of a relation a run matches.
@@ -62,8 +129,9 @@ pub(crate) fn wakes(
                 || directives.unlink.iter().any(|(c, _)| c == code)
                 || directives.create_contact.iter().any(|(c, _)| c == code);
             let pending_here = pending.active_in(code);
-            let accounts = account_side_wakes(code, &read.accounts[r], read.account_links);
-            let contacts = contact_side_wakes(relation, read.contacts, read.contact_links);
+            let stored = read.keys.accounts.get(r);
+            let accounts = account_side_wakes(code, &read.accounts[r], stored, read.account_links);
+            let contacts = contact_side_wakes(relation, read);
             if by_operator || pending_here {
                 Wake::Widely
             } else {
@@ -79,6 +147,7 @@ pub(crate) fn wakes(
 fn account_side_wakes(
     code: &str,
     read: &ScopeRead,
+    stored: Option<&HashMap<String, u64>>,
     links: &BTreeMap<(String, String), Link>,
 ) -> Wake {
     let linked: HashSet<&str> = links
@@ -92,7 +161,7 @@ fn account_side_wakes(
         .filter(|(id, _)| !linked.contains(id.as_str()));
     if !read.deleted.is_empty() || unlinked.clone().any(|(_, new)| *new) {
         Wake::Widely
-    } else if unlinked.next().is_some() {
+    } else if unlinked.any(|(id, _)| !same_keys(read, stored, id)) {
         Wake::Changed
     } else {
         Wake::Quiet
@@ -101,8 +170,9 @@ fn account_side_wakes(
 
 /// A changed contact without a link under the relation: widely when it is new, asks
 /// for the relation (R5) or when a contact was deleted; for full listings when it was
-/// known before and may hold the relation.
-fn contact_side_wakes(relation: &Relation, contacts: &ScopeRead, links: &[Link]) -> Wake {
+/// known before, may hold the relation and its match keys changed.
+fn contact_side_wakes(relation: &Relation, read: &FirstPass<'_>) -> Wake {
+    let (contacts, links) = (read.contacts, read.contact_links);
     let code = relation.code.as_str();
     let linked: HashSet<&str> = links
         .iter()
@@ -122,7 +192,7 @@ fn contact_side_wakes(relation: &Relation, contacts: &ScopeRead, links: &[Link])
         if lists_code(c, code) || (new && may_hold(c, relation.kind)) {
             return Wake::Widely;
         }
-        if may_hold(c, relation.kind) {
+        if may_hold(c, relation.kind) && !same_keys(contacts, Some(&read.keys.contacts), &c.id) {
             wake = wake.max(Wake::Changed);
         }
     }

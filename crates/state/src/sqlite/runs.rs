@@ -3,7 +3,7 @@
 use rusqlite::params;
 use tandem_model::Timestamp;
 
-use super::{SqliteState, get, sql_error};
+use super::{LOG_COLUMNS, SqliteState, get, log_entries, sql_error};
 use crate::{Interaction, RunRecord, StateError};
 
 impl SqliteState {
@@ -47,42 +47,27 @@ impl SqliteState {
         limit: usize,
     ) -> Result<(Vec<Interaction>, u64), StateError> {
         const ACTION: &str = "reading the interaction log of a run";
+        // A row holds one entry or two (`next_action`): the total counts entries, and
+        // `limit` rows hold at least `limit` entries.
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT id, at, run_id, contact_id, code, account_id, action, source, details, \
-                        count(*) OVER () \
-                 FROM interactions WHERE run_id = ?1 ORDER BY id LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS}, \
+                        sum(1 + (next_action IS NOT NULL)) OVER () \
+                 FROM interactions WHERE run_id = ?1 ORDER BY id LIMIT ?2"
+            ))
             .map_err(sql_error(ACTION))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows_limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut rows = stmt
-            .query(params![run_id, limit])
+            .query(params![run_id, rows_limit])
             .map_err(sql_error(ACTION))?;
         let mut out = Vec::new();
         let mut total = 0;
         while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
-            let id: i64 = get(row, 0, ACTION)?;
-            let details: String = get(row, 8, ACTION)?;
-            serde_json::from_str::<serde::de::IgnoredAny>(&details).map_err(|e| {
-                StateError::Corrupt {
-                    what: format!("details of interaction {id}"),
-                    message: e.to_string(),
-                }
-            })?;
-            total = get::<i64>(row, 9, ACTION)?;
-            out.push(Interaction {
-                id,
-                at: Timestamp(get(row, 1, ACTION)?),
-                run_id: get(row, 2, ACTION)?,
-                contact_id: get(row, 3, ACTION)?,
-                code: get(row, 4, ACTION)?,
-                account_id: get(row, 5, ACTION)?,
-                action: get(row, 6, ACTION)?,
-                source: get(row, 7, ACTION)?,
-                details: crate::Details::from_stored(details),
-            });
+            total = get::<i64>(row, 12, ACTION)?;
+            out.extend(log_entries(row, ACTION)?);
         }
+        out.truncate(limit);
         Ok((out, u64::try_from(total).unwrap_or(0)))
     }
 }

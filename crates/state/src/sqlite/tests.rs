@@ -1560,3 +1560,266 @@ fn r2_an_intent_whose_account_was_taken_since_is_left_out() {
         .collect();
     assert_eq!(links, vec![("C2".to_owned(), "K1".to_owned())]);
 }
+
+/// A state written by the build before migration 8 (`tests/fixtures/state-v7.db`, see
+/// the README there): links with JSON baselines, a log of 18 entries, an operator
+/// unlink, an open manual conflict and the JSON intent batch of a run cut short.
+fn v7_fixture() -> (TempDir, PathBuf) {
+    let (dir, path) = temp();
+    fs::write(&path, include_bytes!("../../tests/fixtures/state-v7.db")).unwrap();
+    (dir, path)
+}
+
+/// (code, contact, account, baseline) of each link; (id, contact, action) of each
+/// log entry.
+type V7Contents = (
+    Vec<(String, String, String, Fields)>,
+    Vec<(i64, String, String)>,
+);
+
+/// What the v7 file holds, read with plain SQL before anything migrates it.
+fn v7_contents(path: &Path) -> V7Contents {
+    let conn = Connection::open(path).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 7);
+    let links = conn
+        .prepare(
+            "SELECT code, contact_id, account_id, baseline FROM links ORDER BY code, contact_id",
+        )
+        .unwrap()
+        .query_map([], |row| {
+            let baseline: String = row.get(3)?;
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                serde_json::from_str(&baseline).unwrap(),
+            ))
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let log = conn
+        .prepare("SELECT id, contact_id, action FROM interactions ORDER BY id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (links, log)
+}
+
+#[test]
+fn migration_8_keeps_every_baseline_unlink_conflict_log_entry_and_intent_of_a_v7_state() {
+    let (_dir, path) = v7_fixture();
+    let (old_links, old_log) = v7_contents(&path);
+    assert_eq!(old_links.len(), 7);
+    assert_eq!(old_log.len(), 18);
+    let old_hashes: Vec<(String, String, String, i64)> = Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT connector, kind, id, hash FROM record_hashes ORDER BY 1, 2, 3")
+        .unwrap()
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(old_hashes.len() > 10, "{old_hashes:?}");
+
+    let mut state = open(&path);
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+    // Every stored link with its baseline; the cut-short run's batch shows C0002's link
+    // with its intent in place of the stored one, as before.
+    let links = state.links(None).unwrap();
+    let keys: Vec<(String, String, String, Fields)> = links
+        .iter()
+        .map(|l| {
+            (
+                l.code.clone(),
+                l.contact_id.clone(),
+                l.account_id.clone(),
+                l.baseline.clone(),
+            )
+        })
+        .collect();
+    for (old, new) in old_links.iter().zip(&keys) {
+        assert_eq!(old.0, new.0);
+        assert_eq!(old.1, new.1);
+        assert_eq!(old.2, new.2);
+        if old.1 != "C0002" || old.0 != "CUST" {
+            assert_eq!(old.3, new.3, "{} {}", old.0, old.1);
+        }
+    }
+    let in_flight = links
+        .iter()
+        .find(|l| l.code == "CUST" && l.contact_id == "C0002")
+        .unwrap();
+    assert!(in_flight.intent.is_some(), "{in_flight:?}");
+    assert_eq!(in_flight.baseline.text("address"), Some("Rue Haute 46"));
+    assert_eq!(state.count_links("CUST").unwrap(), 4);
+    assert_eq!(state.count_links("VEND").unwrap(), 2);
+    assert_eq!(state.count_links("BANK").unwrap(), 1);
+    assert_eq!(
+        state.unlinked_pairs("CUST").unwrap(),
+        vec![("C0004".to_owned(), "K0004".to_owned())]
+    );
+    let conflicts = state.conflicts(true).unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].base, Value::text("+49 40 123456"));
+    // Every log entry, with its id.
+    let mut log = Vec::new();
+    for contact in ["C0001", "C0002", "C0003", "C0004", "C0006", "C0007"] {
+        for entry in state.interactions(contact, 100).unwrap() {
+            log.push((entry.id, entry.contact_id, entry.action));
+        }
+    }
+    log.sort();
+    assert_eq!(log, old_log);
+
+    // Every content hash, under its scope.
+    for (connector, kind, id, hash) in &old_hashes {
+        let kind = EntityKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .unwrap();
+        let scope = Scope::new(connector, kind);
+        let stored = state.hashes_of(&scope, &[id.as_str()]).unwrap();
+        assert_eq!(
+            stored.get(id),
+            Some(&hash.cast_unsigned()),
+            "{connector} {id}"
+        );
+        assert_eq!(state.hashes(&scope).unwrap()[id], hash.cast_unsigned());
+    }
+    // The intents are taken up as before, and new rows are in the compact form.
+    assert_eq!(state.unpack_intents().unwrap(), 1);
+    assert_eq!(state.links_with_intent().unwrap().len(), 1);
+    assert_eq!(state.count_links("CUST").unwrap(), 4);
+    let kind: String = state
+        .conn
+        .query_row(
+            "SELECT typeof(baseline) FROM links WHERE code = 'CUST' AND contact_id = 'C0002'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(kind, "blob");
+    assert_eq!(state.links(None).unwrap(), links);
+    // New log entries come after the old ones.
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: vec![interaction("C0001", "updated", json!({}))],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.interactions("C0001", 1).unwrap()[0].id, 19);
+}
+
+#[test]
+fn entries_of_one_pair_share_a_row_and_read_back_as_they_were() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let at = |action: &str, contact: &str| Interaction {
+        contact_id: contact.into(),
+        ..interaction(contact, action, json!({ "action": action }))
+    };
+    let entries = vec![
+        at("created", "C1"),
+        at("linked", "C1"),
+        at("updated", "C1"),
+        at("linked", "C2"),
+        at("updated", "C2"),
+        at("linked", "C3"),
+    ];
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: entries.clone(),
+            ..StateBatch::default()
+        },
+    );
+    let rows: i64 = state
+        .conn
+        .query_row("SELECT COUNT(*) FROM interactions", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(rows, 4, "C1: two rows, C2 one, C3 one");
+    let mut read = Vec::new();
+    for contact in ["C1", "C2", "C3"] {
+        read.extend(state.interactions(contact, 10).unwrap());
+    }
+    read.sort_by_key(|e| e.id);
+    let ids: Vec<i64> = read.iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5, 6]);
+    for (stored, made) in read.iter().zip(&entries) {
+        assert_eq!(
+            Interaction {
+                id: stored.id,
+                ..made.clone()
+            },
+            *stored
+        );
+    }
+    // The newest entries only, when fewer are asked for.
+    let last = state.interactions("C1", 2).unwrap();
+    let actions: Vec<&str> = last.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["linked", "updated"]);
+    let run = read[0].run_id.unwrap();
+    let (entries, total) = state.run_interactions(run, 3).unwrap();
+    assert_eq!(total, 6);
+    assert_eq!(entries.len(), 3);
+    // The next batch goes on after the second entry of the last row.
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: vec![at("unlinked", "C3")],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.interactions("C3", 10).unwrap()[1].id, 7);
+}
+
+#[test]
+fn match_keys_are_stored_with_a_hash_and_kept_by_a_hash_set_without_them() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let contacts = Scope::new("crm", EntityKind::Contact);
+    let customers = Scope::new("erp", EntityKind::Customer);
+    let mut batch = StateBatch::default();
+    batch.set_hash_with_keys(contacts.clone(), "C1".into(), 11, 101);
+    batch.set_hashes.push((contacts.clone(), "C2".into(), 12));
+    batch.set_hash_with_keys(contacts.clone(), "C3".into(), 13, 0);
+    batch.set_hash_with_keys(customers.clone(), "C1".into(), 21, 201);
+    commit(&mut state, batch);
+    let keys = state
+        .match_keys_of(&contacts, &["C1", "C2", "C3", "C9"])
+        .unwrap();
+    // C2 has none, C3 an unknown one, C9 no row at all.
+    assert_eq!(keys, HashMap::from([("C1".to_owned(), 101)]));
+    assert_eq!(
+        state.match_keys_of(&customers, &["C1"]).unwrap(),
+        HashMap::from([("C1".to_owned(), 201)])
+    );
+    // A new hash without keys (Tandem's own write, a record to look at again) keeps
+    // the keys the record was last read with; new keys replace them.
+    commit(
+        &mut state,
+        StateBatch {
+            set_hashes: vec![(contacts.clone(), "C1".into(), 0)],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.match_keys_of(&contacts, &["C1"]).unwrap()["C1"], 101);
+    assert!(state.has_rechecks(&contacts).unwrap());
+    assert_eq!(state.rechecks(&contacts).unwrap(), vec!["C1".to_owned()]);
+    assert!(!state.has_rechecks(&customers).unwrap());
+    let mut batch = StateBatch::default();
+    batch.set_hash_with_keys(contacts.clone(), "C1".into(), 14, 102);
+    commit(&mut state, batch);
+    assert_eq!(state.match_keys_of(&contacts, &["C1"]).unwrap()["C1"], 102);
+    assert_eq!(state.hashes(&contacts).unwrap()["C1"], 14);
+    // A scope that never had a hash has none, and no keys.
+    let vendors = Scope::new("erp", EntityKind::Vendor);
+    assert!(state.hashes(&vendors).unwrap().is_empty());
+    assert!(state.match_keys_of(&vendors, &["C1"]).unwrap().is_empty());
+}
