@@ -17,6 +17,9 @@
 //! the time spent in the LDAP connector's calls, and the entry writes. It also times a
 //! full content-synchronisation read of the directory and a paged listing of it.
 
+#[path = "support/timed.rs"]
+mod timed;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::sync::Arc;
@@ -24,16 +27,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tandem_connector::{
-    BuildContext, Capabilities, Connector, ConnectorError, ConnectorFactory, Cursor, Page, WriteOp,
-    WriteOutcome,
-};
+use tandem_connector::{BuildContext, Connector, ConnectorFactory};
 use tandem_connector_file::FileConnectorFactory;
 use tandem_connector_ldap::LdapConnector;
 use tandem_connector_ldap::testsupport::{BASE_DN, Slapd};
 use tandem_engine::{ContactsConfig, Engine, RelationConfig, Relations, SyncConfig};
-use tandem_model::{EntityKind, Record};
+use tandem_model::EntityKind;
 use tandem_state::{LockMode, SqliteState};
+use timed::Timed;
 
 /// Entry `i` as a company (organization) in LDIF.
 fn entry(i: usize) -> String {
@@ -66,75 +67,6 @@ fn customers(n: usize) -> String {
         ));
     }
     out
-}
-
-/// A connector that adds up the time spent in another's calls.
-struct Timed {
-    inner: Arc<dyn Connector>,
-    nanos: AtomicU64,
-    writes: AtomicU64,
-}
-
-impl std::fmt::Debug for Timed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Timed")
-    }
-}
-
-impl Timed {
-    fn add(&self, started: Instant) {
-        self.nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    fn spent(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
-    }
-}
-
-#[async_trait::async_trait]
-impl Connector for Timed {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn check(&self) -> Result<(), ConnectorError> {
-        self.inner.check().await
-    }
-
-    async fn read(
-        &self,
-        kind: EntityKind,
-        cursor: Option<&Cursor>,
-    ) -> Result<Page, ConnectorError> {
-        let started = Instant::now();
-        let out = self.inner.read(kind, cursor).await;
-        self.add(started);
-        out
-    }
-
-    async fn read_ids(
-        &self,
-        kind: EntityKind,
-        ids: &[&str],
-    ) -> Result<Vec<Record>, ConnectorError> {
-        let started = Instant::now();
-        let out = self.inner.read_ids(kind, ids).await;
-        self.add(started);
-        out
-    }
-
-    async fn write(
-        &self,
-        kind: EntityKind,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
-        let started = Instant::now();
-        self.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
-        let out = self.inner.write(kind, ops).await;
-        self.add(started);
-        out
-    }
 }
 
 struct Measured {

@@ -14,6 +14,9 @@
 //! trigger-filled change table, or by `updated_at`; `full` reads the whole table again)
 //! and writes them to the file. "SQL" is the time spent in the SQL connector's calls.
 
+#[path = "support/timed.rs"]
+mod timed;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,16 +24,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::AssertSqlSafe;
-use tandem_connector::{
-    BuildContext, Capabilities, Connector, ConnectorError, ConnectorFactory, Cursor, Page, WriteOp,
-    WriteOutcome,
-};
+use tandem_connector::{BuildContext, Connector, ConnectorFactory};
 use tandem_connector_file::FileConnectorFactory;
 use tandem_connector_sql::SqlConnector;
 use tandem_connector_sql::testsupport::PostgresServer;
 use tandem_engine::{ContactsConfig, Engine, RelationConfig, Relations, SyncConfig};
-use tandem_model::{EntityKind, Record};
 use tandem_state::{LockMode, SqliteState};
+use timed::Timed;
 
 fn vat(i: usize) -> String {
     format!("BE0{:09}", 400_000_000 + i)
@@ -47,71 +47,6 @@ fn contacts(n: usize) -> String {
         ));
     }
     out
-}
-
-/// A connector that adds up the time spent in another's calls.
-struct Timed {
-    inner: Arc<dyn Connector>,
-    nanos: AtomicU64,
-    writes: AtomicU64,
-}
-
-impl std::fmt::Debug for Timed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Timed")
-    }
-}
-
-impl Timed {
-    fn add(&self, started: Instant) {
-        self.nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
-}
-
-#[async_trait::async_trait]
-impl Connector for Timed {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn check(&self) -> Result<(), ConnectorError> {
-        self.inner.check().await
-    }
-
-    async fn read(
-        &self,
-        kind: EntityKind,
-        cursor: Option<&Cursor>,
-    ) -> Result<Page, ConnectorError> {
-        let started = Instant::now();
-        let out = self.inner.read(kind, cursor).await;
-        self.add(started);
-        out
-    }
-
-    async fn read_ids(
-        &self,
-        kind: EntityKind,
-        ids: &[&str],
-    ) -> Result<Vec<Record>, ConnectorError> {
-        let started = Instant::now();
-        let out = self.inner.read_ids(kind, ids).await;
-        self.add(started);
-        out
-    }
-
-    async fn write(
-        &self,
-        kind: EntityKind,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
-        let started = Instant::now();
-        self.writes.fetch_add(ops.len() as u64, Ordering::Relaxed);
-        let out = self.inner.write(kind, ops).await;
-        self.add(started);
-        out
-    }
 }
 
 struct Measured {
