@@ -300,6 +300,16 @@ fn quiet_failpoint_panics() {
     });
 }
 
+/// Failpoints are armed for the whole process: under `cargo test`, whose tests share
+/// one, a test takes them alone so that no other test's run meets its crash.
+fn failpoints_alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    quiet_failpoint_panics();
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .build()
@@ -1089,7 +1099,7 @@ impl World {
 }
 
 fn run_case(case: &Case) -> Result<(), String> {
-    quiet_failpoint_panics();
+    let _alone = failpoints_alone();
     let mut world = World::new(case);
     let outcome = (|| {
         for step in case.setup.iter().chain(&case.steps) {
@@ -1168,7 +1178,12 @@ fn fields(pairs: &[(&str, &str)]) -> Fields {
 /// `model.proptest-regressions`: create a customer, sync, delete its contact, clear the
 /// customer's name, sync): "customer uk2 got 2 contacts".
 #[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
 async fn r12_a_customer_edited_while_its_contact_is_deleted_gets_no_new_contact() {
+    let _alone = failpoints_alone();
     for incremental in [false, true] {
         let mut w = plain(incremental);
         w.erp.put(
@@ -1210,7 +1225,12 @@ async fn r12_a_customer_edited_while_its_contact_is_deleted_gets_no_new_contact(
 /// ("look at it again"); when the user then deletes the contact, the customer is in
 /// play and gets a new contact.
 #[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
 async fn r12_a_customer_tandem_just_updated_gets_no_new_contact() {
+    let _alone = failpoints_alone();
     for incremental in [false, true] {
         let (mut w, contact) = three_customers_synced(incremental).await;
         let mut edited = w.crm.get(EntityKind::Contact, &contact).unwrap().fields;
@@ -1234,7 +1254,12 @@ async fn r12_a_customer_tandem_just_updated_gets_no_new_contact() {
 /// comes back. Found by the model ("an account nobody asked for": delete a customer
 /// while writes to its contact are rejected for one run, then sync twice).
 #[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
 async fn r13_a_deleted_account_is_not_created_again_when_removing_its_code_failed() {
+    let _alone = failpoints_alone();
     for incremental in [true, false] {
         let (mut w, contact) = three_customers_synced(incremental).await;
         w.crm
@@ -1275,7 +1300,12 @@ async fn r13_a_deleted_account_is_not_created_again_when_removing_its_code_faile
 /// contact matched by e-mail while its writes are rejected, then the customer's city
 /// cleared): "city on the account is Some(..), expected None".
 #[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
 async fn r18_an_edit_after_a_partly_failed_run_is_not_reverted() {
+    let _alone = failpoints_alone();
     for incremental in [false, true] {
         let (mut w, contact) = three_customers_synced(incremental).await;
         let mut c = w.crm.get(EntityKind::Contact, &contact).unwrap().fields;
@@ -1322,7 +1352,7 @@ async fn r18_an_edit_after_a_partly_failed_run_is_not_reverted() {
 /// again exactly once).
 #[test]
 fn r18_a_contact_deleted_after_a_crashed_create_is_made_once_again() {
-    quiet_failpoint_panics();
+    let _alone = failpoints_alone();
     for incremental in [false, true] {
         let mut w = plain(incremental);
         w.allow_deletes = true;
@@ -1361,7 +1391,7 @@ fn r18_a_contact_deleted_after_a_crashed_create_is_made_once_again() {
 /// link to a record that is gone").
 #[test]
 fn r12_a_contact_deleted_after_a_crashed_first_run_loses_its_link() {
-    quiet_failpoint_panics();
+    let _alone = failpoints_alone();
     for incremental in [false, true] {
         let mut w = plain(incremental);
         w.allow_deletes = true;
@@ -1405,7 +1435,7 @@ fn r12_a_contact_deleted_after_a_crashed_first_run_loses_its_link() {
 /// Found by the model ("customer uk4 got 2 contacts", "an account nobody asked for").
 #[test]
 fn r18_a_contact_edited_after_a_crashed_create_is_not_duplicated() {
-    quiet_failpoint_panics();
+    let _alone = failpoints_alone();
     for incremental in [false, true] {
         let mut w = plain(incremental);
         w.erp.put(
