@@ -23,7 +23,7 @@ mod timed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -31,9 +31,8 @@ use tandem_connector::{BuildContext, Connector, ConnectorFactory};
 use tandem_connector_carddav::CarddavConnector;
 use tandem_connector_carddav::testsupport::{CardServer, USER};
 use tandem_connector_file::FileConnectorFactory;
-use tandem_engine::{ContactsConfig, Engine, RelationConfig, Relations, SyncConfig};
+use tandem_engine::{ContactsConfig, RelationConfig, SyncConfig};
 use tandem_model::EntityKind;
-use tandem_state::{LockMode, SqliteState};
 use timed::Timed;
 
 /// A valid Belgian VAT number, different for every `n`.
@@ -109,29 +108,13 @@ async fn run(
     timed: &Timed,
     state_path: &std::path::Path,
 ) -> Measured {
-    let mut state = SqliteState::open(state_path, LockMode::Exclusive).expect("state");
-    let (spent, writes) = (timed.spent(), timed.writes.load(Ordering::Relaxed));
-    let started = Instant::now();
-    let mut engine = Engine::new(
-        Relations::from_config(config),
-        connectors.clone(),
-        &mut state,
-    )
-    .expect("engine");
-    let report = engine.sync().await.expect("sync");
-    let wall = started.elapsed();
-    assert!(
-        report.failures.is_empty(),
-        "failures: {:?}",
-        report.failures
-    );
-    let cust = report.counts.iter().find(|c| c.code == "CUST").unwrap();
+    let s = timed::sync_timed(config, connectors, timed, state_path).await;
     Measured {
-        wall,
-        carddav: timed.spent() - spent,
-        card_writes: timed.writes.load(Ordering::Relaxed) - writes,
-        linked: cust.linked,
-        created: cust.created,
+        wall: s.wall,
+        carddav: s.in_connector,
+        card_writes: s.writes,
+        linked: s.linked,
+        created: s.created,
     }
 }
 

@@ -19,8 +19,8 @@ mod timed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use serde_json::json;
 use sqlx::AssertSqlSafe;
@@ -28,8 +28,7 @@ use tandem_connector::{BuildContext, Connector, ConnectorFactory};
 use tandem_connector_file::FileConnectorFactory;
 use tandem_connector_sql::SqlConnector;
 use tandem_connector_sql::testsupport::PostgresServer;
-use tandem_engine::{ContactsConfig, Engine, RelationConfig, Relations, SyncConfig};
-use tandem_state::{LockMode, SqliteState};
+use tandem_engine::{ContactsConfig, RelationConfig, SyncConfig};
 use timed::Timed;
 
 fn vat(i: usize) -> String {
@@ -63,32 +62,13 @@ async fn run(
     timed: &Timed,
     state_path: &std::path::Path,
 ) -> Measured {
-    let mut state = SqliteState::open(state_path, LockMode::Exclusive).expect("state");
-    let (spent, writes) = (
-        timed.nanos.load(Ordering::Relaxed),
-        timed.writes.load(Ordering::Relaxed),
-    );
-    let started = Instant::now();
-    let mut engine = Engine::new(
-        Relations::from_config(config),
-        connectors.clone(),
-        &mut state,
-    )
-    .expect("engine");
-    let report = engine.sync().await.expect("sync");
-    let wall = started.elapsed();
-    assert!(
-        report.failures.is_empty(),
-        "failures: {:?}",
-        report.failures
-    );
-    let cust = report.counts.iter().find(|c| c.code == "CUST").unwrap();
+    let s = timed::sync_timed(config, connectors, timed, state_path).await;
     Measured {
-        wall,
-        sql: Duration::from_nanos(timed.nanos.load(Ordering::Relaxed) - spent),
-        sql_writes: timed.writes.load(Ordering::Relaxed) - writes,
-        linked: cust.linked,
-        updated: cust.updated,
+        wall: s.wall,
+        sql: s.in_connector,
+        sql_writes: s.writes,
+        linked: s.linked,
+        updated: s.updated,
     }
 }
 

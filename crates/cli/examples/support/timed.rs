@@ -5,10 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use tandem_connector::{
     Capabilities, Connector, ConnectorError, Cursor, Page, WriteOp, WriteOutcome,
 };
+use tandem_engine::{Engine, Relations, SyncConfig};
 use tandem_model::{EntityKind, Record};
+use tandem_state::{LockMode, SqliteState};
 
 /// A connector that adds up the time spent in another's calls.
 pub struct Timed {
@@ -29,7 +34,6 @@ impl Timed {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
-    #[allow(dead_code, reason = "not every benchmark reports the time apart")]
     pub fn spent(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
     }
@@ -77,5 +81,52 @@ impl Connector for Timed {
         let out = self.inner.write(kind, ops).await;
         self.add(started);
         out
+    }
+}
+
+/// What one timed sync did: its wall time, the time and record writes spent in the
+/// `Timed` connector's calls, and the counts of relation `CUST`.
+#[allow(dead_code, reason = "each benchmark reports the counts it needs")]
+pub struct TimedSync {
+    pub wall: Duration,
+    pub in_connector: Duration,
+    pub writes: u64,
+    pub linked: u64,
+    pub created: u64,
+    pub updated: u64,
+}
+
+/// One sync over the state at `state_path`, as `tandem sync` runs it; any failed record
+/// stops the benchmark.
+pub async fn sync_timed(
+    config: &SyncConfig,
+    connectors: &HashMap<String, Arc<dyn Connector>>,
+    timed: &Timed,
+    state_path: &Path,
+) -> TimedSync {
+    let mut state = SqliteState::open(state_path, LockMode::Exclusive).expect("state");
+    let (spent, writes) = (timed.spent(), timed.writes.load(Ordering::Relaxed));
+    let started = Instant::now();
+    let mut engine = Engine::new(
+        Relations::from_config(config),
+        connectors.clone(),
+        &mut state,
+    )
+    .expect("engine");
+    let report = engine.sync().await.expect("sync");
+    let wall = started.elapsed();
+    assert!(
+        report.failures.is_empty(),
+        "failures: {:?}",
+        report.failures
+    );
+    let cust = report.counts.iter().find(|c| c.code == "CUST").unwrap();
+    TimedSync {
+        wall,
+        in_connector: timed.spent() - spent,
+        writes: timed.writes.load(Ordering::Relaxed) - writes,
+        linked: cust.linked,
+        created: cust.created,
+        updated: cust.updated,
     }
 }
