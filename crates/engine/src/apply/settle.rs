@@ -263,7 +263,7 @@ impl Applier<'_> {
         let was = match (&pair.previous, pair.updated) {
             (Some(_), true) => PairWas::Updated,
             (Some(_), false) => PairWas::Unchanged,
-            (None, _) => PairWas::New,
+            (None, written) => PairWas::New { written },
         };
         let scope = self.accounts[r].scope.clone();
         self.batch

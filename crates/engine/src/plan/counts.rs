@@ -16,11 +16,15 @@ impl Plan {
             })
             .collect();
         let by_code = |code: &str| relations.index_of(code);
+        // Links the state held before the run whose sides this run changes: the rest of
+        // those links are unchanged. A new link whose sides are written is updated too.
+        let mut updated_before = vec![0u64; counts.len()];
         for hub in &self.hubs {
             for pair in &hub.pairs {
                 let c = &mut counts[pair.relation];
                 c.linked += u64::from(pair.new_link.is_some());
-                c.updated += u64::from(pair.updated && pair.previous.is_some());
+                c.updated += u64::from(pair.updated);
+                updated_before[pair.relation] += u64::from(pair.updated && pair.previous.is_some());
             }
             let conflicting = hub.conflicts.iter().flat_map(|c| &c.accounts);
             for r in conflicting.filter_map(|(code, _, _)| by_code(code)) {
@@ -45,7 +49,7 @@ impl Plan {
         }
         for (r, c) in counts.iter_mut().enumerate() {
             let before = link_counts.get(r).copied().unwrap_or(0);
-            c.unchanged = before.saturating_sub(c.updated + c.unlinked);
+            c.unchanged = before.saturating_sub(updated_before[r] + c.unlinked);
         }
         counts
     }
@@ -62,8 +66,8 @@ enum Item {
 /// What a pair was to the plan before its write failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PairWas {
-    /// A new link.
-    New,
+    /// A new link; `written` when its sides were to change.
+    New { written: bool },
     /// A link whose sides were to change.
     Updated,
     /// A link left as it was (only the contact's own field was to change).
@@ -80,7 +84,12 @@ impl RelationCounts {
     /// A pair whose write failed is counted as failed instead of what it was.
     pub fn pair_failed(&mut self, was: PairWas) {
         let count = match was {
-            PairWas::New => &mut self.linked,
+            PairWas::New { written } => {
+                if written {
+                    self.updated = self.updated.saturating_sub(1);
+                }
+                &mut self.linked
+            }
             PairWas::Updated => &mut self.updated,
             PairWas::Unchanged => &mut self.unchanged,
         };

@@ -313,7 +313,8 @@ pub struct RelationCounts {
     pub linked: u64,
     /// Records created (contacts for accounts, R6; accounts for contacts, R5).
     pub created: u64,
-    /// Pairs where this run changed either side.
+    /// Pairs where this run changed either side, new links included (a first sync
+    /// that rewrites a linked record counts it here and in `linked`).
     pub updated: u64,
     /// Linked pairs left as they were.
     pub unchanged: u64,
