@@ -966,15 +966,21 @@ impl World {
         if start >= during.len() {
             return; // linked by the final runs: nothing to hold it to
         }
-        // Its last clean run, or else the run that made it.
+        // Its last clean run, or else the run that made it. Clean for the whole hub: an
+        // edit to another account whose pair was failing or parked then reaches this
+        // pair only when that pair goes through, after edits made since.
+        let clean = |l: &Link| l.failure_count == 0 && !l.parked && l.intent.is_none();
         let window = (start..during.len())
             .rev()
             .find(|&i| {
-                let l = during[i].link(code, c).unwrap();
+                let hub_clean = during[i]
+                    .links
+                    .iter()
+                    .filter(|l| l.contact_id == c)
+                    .all(clean);
                 during[i].outcome == Outcome::Ok
-                    && l.failure_count == 0
-                    && !l.parked
-                    && l.intent.is_none()
+                    && clean(during[i].link(code, c).unwrap())
+                    && hub_clean
             })
             .unwrap_or(start);
         let since = during[window].step;
