@@ -17,6 +17,7 @@ mod codec;
 mod log;
 mod pending;
 mod sqlite;
+pub mod transfer;
 
 use std::collections::{HashMap, HashSet};
 
@@ -356,6 +357,12 @@ pub enum StateError {
     Corrupt { what: String, message: String },
     #[error("unsupported state url `{url}`; use sqlite://<path>")]
     UnsupportedUrl { url: String },
+    /// A table name that is none of [`transfer::STATE_TABLES`].
+    #[error("the state has no table `{table}`")]
+    UnknownTable { table: String },
+    /// A row handed to [`StateStore::import_rows`] that does not fit its table.
+    #[error("cannot store a row in table {table}: {message}")]
+    BadRow { table: String, message: String },
 }
 
 /// The state of one deployment. Implementations must keep R2 as an invariant:
@@ -443,4 +450,24 @@ pub trait StateStore: Send {
     ) -> Result<(), StateError>;
     /// The most recent runs, newest first.
     fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError>;
+
+    /// The schema version of the stored tables: the number of migrations applied.
+    fn schema_version(&self) -> Result<i64, StateError>;
+    /// Calls `each` with every row of `table` (one of [`transfer::STATE_TABLES`]), in
+    /// primary-key order, its values in the order of the table's columns; stops at the
+    /// first error `each` returns, and returns that error as it is. Returns the number
+    /// of rows.
+    fn export_table(
+        &self,
+        table: &str,
+        each: &mut dyn FnMut(Vec<transfer::StoredValue>) -> Result<(), StateError>,
+    ) -> Result<u64, StateError>;
+    /// Inserts `rows` (as [`StateStore::export_table`] gives them) into `table`, in one
+    /// transaction: all or none. Ids are kept, and the ids the store gives afterwards
+    /// (runs, log entries, conflicts, intent batches) continue after the highest one.
+    fn import_rows(
+        &mut self,
+        table: &str,
+        rows: Vec<Vec<transfer::StoredValue>>,
+    ) -> Result<(), StateError>;
 }
