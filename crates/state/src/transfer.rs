@@ -270,3 +270,285 @@ impl TableChecksum {
         self.sum
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use tandem_model::{EntityKind, Fields, Timestamp, Value};
+
+    use super::*;
+    use crate::{
+        ConflictEntry, Details, IntentBatch, Interaction, Link, LockMode, PendingCreate,
+        RefusedRequest, Scope, Side, SqliteState, StateBatch,
+    };
+
+    fn open(path: &Path) -> SqliteState {
+        SqliteState::open(path, LockMode::Exclusive).unwrap()
+    }
+
+    fn link(code: &str, contact: &str, account: &str) -> Link {
+        Link {
+            code: code.into(),
+            contact_id: contact.into(),
+            account_id: account.into(),
+            baseline: Fields::new().with("name", format!("Name of {contact}").as_str()),
+            contact_version: Some(format!("cv-{contact}")),
+            account_version: None,
+            last_error: None,
+            failure_count: 0,
+            parked: false,
+            linked_at: Timestamp(1_700_000_000_000),
+            synced_at: Timestamp(1_700_000_000_500),
+            intent: None,
+        }
+    }
+
+    /// A state holding a row in every kind of table, and `hashes` content hashes.
+    fn filled(path: &Path, hashes: usize) -> SqliteState {
+        let mut state = open(path);
+        let run = state.begin_run("sync").unwrap();
+        let scope = Scope::new("crm", EntityKind::Contact);
+        let mut parked = link("VEND", "C2", "V1");
+        parked.parked = true;
+        parked.failure_count = 2;
+        parked.last_error = Some("disk full".into());
+        let entry = |action: &str, at: i64| Interaction {
+            id: 0,
+            at: Timestamp(at),
+            run_id: Some(run),
+            contact_id: "C1".into(),
+            code: "CUST".into(),
+            account_id: Some("K1".into()),
+            action: action.into(),
+            source: "match".into(),
+            details: Details::of(&serde_json::json!({ "tier": 1 })),
+        };
+        let mut batch = StateBatch {
+            upsert_links: vec![link("CUST", "C1", "K1"), parked],
+            set_cursors: vec![(scope.clone(), "cursor-1".into())],
+            set_fingerprints: vec![(scope.clone(), Some("fp".into()))],
+            set_ambiguities: vec![("CUST".into(), serde_json::json!([["C7", "C8"]]))],
+            // Two entries of one pair at one time share a row.
+            interactions: vec![
+                entry("linked", 5),
+                entry("updated", 5),
+                entry("conflict", 6),
+            ],
+            upsert_conflicts: vec![ConflictEntry {
+                id: 0,
+                code: "CUST".into(),
+                contact_id: "C1".into(),
+                account_id: "K1".into(),
+                field: "phone".into(),
+                base: Value::from("+32 1"),
+                contact_value: Value::from("+32 2"),
+                account_value: Value::from("+32 3"),
+                opened_at: Timestamp(6),
+                run_id: Some(run),
+                resolution: None,
+                closed_at: None,
+            }],
+            upsert_pending: vec![PendingCreate {
+                code: "CUST".into(),
+                side: Side::Account,
+                source_id: "C5".into(),
+                fields: Fields::new().with("name", "Five"),
+                run_id: Some(run),
+                error: Some("refused".into()),
+                failure_count: 2,
+                parked: true,
+                updated_at: Timestamp(7),
+            }],
+            upsert_refused: vec![RefusedRequest {
+                code: "VEND".into(),
+                contact_id: "C9".into(),
+                error: "no template".into(),
+                run_id: Some(run),
+                failure_count: 1,
+                parked: false,
+                updated_at: Timestamp(8),
+            }],
+            set_companies: vec![("P1".into(), Some("C1".into()))],
+            unlinked_pairs: vec![("CUST".into(), "C3".into(), "K3".into(), true)],
+            contact_deleted: vec![("CUST".into(), "K4".into(), true)],
+            codes_lost: vec![("VEND".into(), "C3".into(), true)],
+            // A run cut short after storing its intents (R18).
+            intent_batches: vec![IntentBatch {
+                run_id: run,
+                links: vec![link("CUST", "C6", "K6")],
+            }],
+            ..StateBatch::default()
+        };
+        for i in 0..hashes {
+            batch.set_hash_with_keys(scope.clone(), format!("C{i:06}"), i as u64 + 1, 9);
+        }
+        state.commit(batch).unwrap();
+        state
+            .finish_run(run, "ok", &serde_json::json!({ "writes": 3 }))
+            .unwrap();
+        state
+    }
+
+    fn rows(state: &dyn StateStore, table: &str) -> Vec<Vec<StoredValue>> {
+        let mut rows = Vec::new();
+        state
+            .export_table(table, &mut |row| {
+                rows.push(row);
+                Ok(())
+            })
+            .unwrap();
+        rows
+    }
+
+    fn paths() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.db");
+        let target = dir.path().join("target/state.db");
+        (dir, source, target)
+    }
+
+    #[test]
+    fn a_copy_holds_every_row_of_every_table_in_chunks_and_ids_go_on_after_it() {
+        let (_dir, source_path, target_path) = paths();
+        let source = filled(&source_path, 2 * COPY_CHUNK_ROWS + 1);
+        let mut target = open(&target_path);
+        let mut seen = Vec::new();
+        let copied = copy_state(&source, &mut target, &mut |table, rows| {
+            seen.push((table.to_owned(), rows));
+        })
+        .unwrap();
+
+        let names: Vec<&str> = copied.iter().map(|c| c.table).collect();
+        let order: Vec<&str> = STATE_TABLES.iter().map(|t| t.name).collect();
+        assert_eq!(names, order);
+        let hashes = copied.iter().find(|c| c.table == "record_hashes").unwrap();
+        assert_eq!(hashes.rows, 2 * COPY_CHUNK_ROWS as u64 + 1);
+        let hash_progress: Vec<u64> = seen
+            .iter()
+            .filter(|(t, _)| t == "record_hashes")
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(
+            hash_progress,
+            [0, 10_000, 20_000, 20_001],
+            "chunks of 10,000"
+        );
+        for table in STATE_TABLES {
+            assert_eq!(
+                rows(&source, table.name),
+                rows(&target, table.name),
+                "{}",
+                table.name
+            );
+            // Only migration 6 writes pending links (from an older state).
+            assert!(
+                table.name == "pending_links" || !rows(&target, table.name).is_empty(),
+                "the state fills {}",
+                table.name
+            );
+        }
+        assert_eq!(target.links(None).unwrap(), source.links(None).unwrap());
+        assert_eq!(
+            target.conflicts(false).unwrap(),
+            source.conflicts(false).unwrap()
+        );
+        assert_eq!(
+            target.interactions("C1", 10).unwrap(),
+            source.interactions("C1", 10).unwrap()
+        );
+        assert_eq!(target.count_links("CUST").unwrap(), 1);
+
+        // The target goes on where the source stopped.
+        let last_run = source.runs(1).unwrap()[0].id;
+        assert_eq!(target.begin_run("sync").unwrap(), last_run + 1);
+    }
+
+    #[test]
+    fn a_target_holding_any_row_is_refused_and_left_unchanged() {
+        let (_dir, source_path, target_path) = paths();
+        let source = filled(&source_path, 3);
+        let mut target = open(&target_path);
+        target
+            .commit(StateBatch {
+                codes_lost: vec![("CUST".into(), "C1".into(), true)],
+                ..StateBatch::default()
+            })
+            .unwrap();
+        let before: Vec<_> = STATE_TABLES.iter().map(|t| rows(&target, t.name)).collect();
+        let err = copy_state(&source, &mut target, &mut |_, _| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CopyError::TargetNotEmpty {
+                    table: "codes_lost",
+                    rows: 1
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("empty state"),
+            "says what to do: {err}"
+        );
+        let after: Vec<_> = STATE_TABLES.iter().map(|t| rows(&target, t.name)).collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn a_state_of_schema_7_is_copied_once_migrated() {
+        let (_dir, source_path, target_path) = paths();
+        std::fs::write(
+            &source_path,
+            include_bytes!("../tests/fixtures/state-v7.db"),
+        )
+        .unwrap();
+        let source = open(&source_path);
+        let mut target = open(&target_path);
+        assert_eq!(
+            source.schema_version().unwrap(),
+            target.schema_version().unwrap()
+        );
+        let copied = copy_state(&source, &mut target, &mut |_, _| {}).unwrap();
+        let count = |table: &str| copied.iter().find(|c| c.table == table).unwrap().rows;
+        assert_eq!(count("links"), 7);
+        assert!(count("interactions") > 0 && count("conflicts") == 1);
+        assert_eq!(count("intent_batches"), 1, "the cut-short run's intents");
+        assert_eq!(target.links(None).unwrap(), source.links(None).unwrap());
+        assert_eq!(
+            target.links_with_intent().unwrap(),
+            source.links_with_intent().unwrap()
+        );
+        assert_eq!(
+            target.unlinked_pairs("CUST").unwrap(),
+            source.unlinked_pairs("CUST").unwrap()
+        );
+        assert_eq!(target.unlinked_pairs("CUST").unwrap().len(), 1);
+        for contact in ["C0001", "C0002", "C0003", "C0004"] {
+            assert_eq!(
+                target.interactions(contact, 100).unwrap(),
+                source.interactions(contact, 100).unwrap(),
+                "{contact}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_checksum_ignores_row_order_and_sees_a_changed_missing_or_repeated_row() {
+        let sum = |rows: &[Vec<StoredValue>]| {
+            let mut checksum = TableChecksum::default();
+            for row in rows {
+                checksum.add(row);
+            }
+            checksum.value()
+        };
+        let a = vec![StoredValue::Integer(1), StoredValue::Text("x".into())];
+        let b = vec![StoredValue::Integer(2), StoredValue::Null];
+        let both = sum(&[a.clone(), b.clone()]);
+        assert_eq!(both, sum(&[b.clone(), a.clone()]));
+        assert_ne!(both, sum(std::slice::from_ref(&a)));
+        assert_ne!(both, sum(&[a.clone(), b.clone(), b.clone()]));
+        let text_as_blob = vec![StoredValue::Integer(1), StoredValue::Blob(b"x".to_vec())];
+        assert_ne!(both, sum(&[text_as_blob, b]));
+    }
+}

@@ -31,7 +31,7 @@ impl SqliteState {
         let mut count = 0;
         while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
             let mut values = Vec::with_capacity(columns.len());
-            for index in 0..columns.len() {
+            for (index, column) in columns.iter().enumerate() {
                 values.push(match row.get_ref(index).map_err(sql_error(ACTION))? {
                     ValueRef::Null => StoredValue::Null,
                     ValueRef::Integer(i) => StoredValue::Integer(i),
@@ -39,7 +39,7 @@ impl SqliteState {
                     ValueRef::Text(text) => {
                         StoredValue::Text(String::from_utf8(text.to_vec()).map_err(|e| {
                             StateError::Corrupt {
-                                what: format!("column {} of table {}", columns[index], table.name),
+                                what: format!("column {column} of table {}", table.name),
                                 message: format!("text that is not UTF-8: {e}"),
                             }
                         })?)
