@@ -26,7 +26,7 @@ use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
 
 pub use log::{Change, LogEntry};
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
-pub use sqlite::{LockMode, SqliteState};
+pub use sqlite::{LockMode, SqliteState, redact_url};
 
 /// A business relation between one contact and one account (R2: at most one per code
 /// and contact, and per code and account).

@@ -2537,8 +2537,8 @@ fn set_unlinked_pairs(
     Ok(())
 }
 
-/// Hides a password in a url before it goes into an error message.
-fn redact_url(url: &str) -> String {
+/// Hides a password in a url before it goes into a message.
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

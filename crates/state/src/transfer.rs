@@ -81,8 +81,18 @@ pub const COPY_CHUNK_ROWS: usize = 10_000;
 pub enum CopyError {
     #[error("reading the source failed: {0}")]
     Source(#[source] StateError),
-    #[error("writing the target failed: {0}")]
+    #[error("the target failed: {0}")]
     Target(#[source] StateError),
+    /// The copy began, and stopped: the target holds part of the state.
+    #[error(
+        "{cause}, while copying table {table}; the target holds part of the copy: delete it \
+         (or empty it), then migrate again"
+    )]
+    Stopped {
+        table: &'static str,
+        #[source]
+        cause: Box<CopyError>,
+    },
     #[error(
         "the source has schema version {source_version} and the target {target_version}; \
          open both with the same tandem, which brings each to its schema first"
@@ -148,44 +158,60 @@ pub fn copy_state(
 
     let mut copied = Vec::with_capacity(STATE_TABLES.len());
     for table in STATE_TABLES {
-        progress(table.name, 0);
-        let mut checksum = TableChecksum::default();
-        let mut chunk = Vec::with_capacity(COPY_CHUNK_ROWS);
-        let mut done = 0;
-        // A failed import ends the export with its error; `target_failed` says that
-        // the error came from the target.
-        let mut target_failed = false;
-        let exported = from.export_table(table.name, &mut |row| {
-            checksum.add(&row);
-            chunk.push(row);
-            if chunk.len() == COPY_CHUNK_ROWS {
-                let rows = std::mem::replace(&mut chunk, Vec::with_capacity(COPY_CHUNK_ROWS));
-                done += rows.len() as u64;
-                if let Err(e) = to.import_rows(table.name, rows) {
-                    target_failed = true;
-                    return Err(e);
-                }
-                progress(table.name, done);
-            }
-            Ok(())
-        });
-        let exported = match exported {
-            Err(e) if target_failed => return Err(CopyError::Target(e)),
-            exported => exported.map_err(CopyError::Source)?,
-        };
-        if !chunk.is_empty() {
-            done += chunk.len() as u64;
-            to.import_rows(table.name, chunk)
-                .map_err(CopyError::Target)?;
-            progress(table.name, done);
-        }
-        verify(&*to, table.name, exported, checksum.value())?;
+        let rows = copy_table(from, to, table.name, progress).map_err(|cause| match cause {
+            CopyError::Mismatch { .. } => cause,
+            cause => CopyError::Stopped {
+                table: table.name,
+                cause: Box::new(cause),
+            },
+        })?;
         copied.push(TableCopied {
             table: table.name,
-            rows: exported,
+            rows,
         });
     }
     Ok(copied)
+}
+
+/// Copies `table` in chunks and checks the copy; returns the rows copied.
+fn copy_table(
+    from: &dyn StateStore,
+    to: &mut dyn StateStore,
+    table: &'static str,
+    progress: &mut dyn FnMut(&str, u64),
+) -> Result<u64, CopyError> {
+    progress(table, 0);
+    let mut checksum = TableChecksum::default();
+    let mut chunk = Vec::with_capacity(COPY_CHUNK_ROWS);
+    let mut done = 0;
+    // A failed import ends the export with its error; `target_failed` says that
+    // the error came from the target.
+    let mut target_failed = false;
+    let exported = from.export_table(table, &mut |row| {
+        checksum.add(&row);
+        chunk.push(row);
+        if chunk.len() == COPY_CHUNK_ROWS {
+            let rows = std::mem::replace(&mut chunk, Vec::with_capacity(COPY_CHUNK_ROWS));
+            done += rows.len() as u64;
+            if let Err(e) = to.import_rows(table, rows) {
+                target_failed = true;
+                return Err(e);
+            }
+            progress(table, done);
+        }
+        Ok(())
+    });
+    let exported = match exported {
+        Err(e) if target_failed => return Err(CopyError::Target(e)),
+        exported => exported.map_err(CopyError::Source)?,
+    };
+    if !chunk.is_empty() {
+        done += chunk.len() as u64;
+        to.import_rows(table, chunk).map_err(CopyError::Target)?;
+        progress(table, done);
+    }
+    verify(&*to, table, exported, checksum.value())?;
+    Ok(exported)
 }
 
 /// Checks that `table` of `to` holds `rows` rows with the checksum `checksum`.
@@ -531,6 +557,37 @@ mod tests {
                 "{contact}"
             );
         }
+    }
+
+    #[test]
+    fn a_copy_that_stops_halfway_names_the_table_and_says_to_start_over() {
+        let (_dir, source_path, target_path) = paths();
+        let source = filled(&source_path, 3);
+        // Text that is not UTF-8, which no store can take as text.
+        rusqlite::Connection::open(&source_path)
+            .unwrap()
+            .execute(
+                "INSERT INTO cursors VALUES ('erp', 'customer', CAST(x'ff' AS TEXT))",
+                [],
+            )
+            .unwrap();
+        let mut target = open(&target_path);
+        let err = copy_state(&source, &mut target, &mut |_, _| {}).unwrap_err();
+        assert!(
+            matches!(&err, CopyError::Stopped { table: "cursors", cause }
+                if matches!(**cause, CopyError::Source(StateError::Corrupt { .. }))),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("cursors") && message.contains("delete it"),
+            "{message}"
+        );
+        assert_eq!(
+            rows(&target, "runs"),
+            rows(&source, "runs"),
+            "copied before"
+        );
     }
 
     #[test]
