@@ -204,15 +204,14 @@ impl TableProgress {
             ProgressMode::Lines => {}
             ProgressMode::Bar(bar) => {
                 if new_table {
+                    // The summary lists every table: a finished bar need not stay.
                     if let Some(done) = bar.take() {
-                        done.finish();
+                        done.finish_and_clear();
                     }
                     let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
                     spinner.set_style(
-                        ProgressStyle::with_template(
-                            "{spinner} {msg}: {human_pos} rows ({per_sec})",
-                        )
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        ProgressStyle::with_template("{spinner} copying {msg}: {human_pos} rows")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
                     spinner.set_message(table.to_owned());
                     spinner.enable_steady_tick(Duration::from_millis(120));
@@ -227,7 +226,7 @@ impl TableProgress {
 
     fn finish(&mut self) {
         if let ProgressMode::Bar(Some(bar)) = &mut self.mode {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }
