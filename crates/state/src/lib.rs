@@ -454,7 +454,9 @@ pub trait StateStore: Send {
     /// The schema version of the stored tables: the number of migrations applied.
     fn schema_version(&self) -> Result<i64, StateError>;
     /// Calls `each` with every row of `table` (one of [`transfer::STATE_TABLES`]), in
-    /// primary-key order, its values in the order of the table's columns; stops at the
+    /// primary-key order, its values in the order of the table's columns (baselines and
+    /// intent batches as blobs in the binary form, whatever form they are kept in);
+    /// stops at the
     /// first error `each` returns, and returns that error as it is. Returns the number
     /// of rows.
     fn export_table(

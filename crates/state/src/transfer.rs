@@ -40,8 +40,10 @@ pub enum ColumnType {
     Real,
     Text,
     Blob,
-    /// Text or blob: baselines and intent batches, binary since migration 8, JSON text
-    /// in rows written before.
+    /// Baselines and intent batches: declared `ANY` in SQLite, where rows written
+    /// before migration 8 hold JSON text and later ones the binary form (`codec`).
+    /// Always exported as a blob in the binary form, so another store needs only a
+    /// blob column (BYTEA); imported as text or blob.
     Any,
 }
 
@@ -540,6 +542,20 @@ mod tests {
         assert_eq!(count("links"), 7);
         assert!(count("interactions") > 0 && count("conflicts") == 1);
         assert_eq!(count("intent_batches"), 1, "the cut-short run's intents");
+        // JSON text of rows written before migration 8 arrives in the binary form.
+        let texts = |path: &Path| -> i64 {
+            rusqlite::Connection::open(path)
+                .unwrap()
+                .query_row(
+                    "SELECT (SELECT count(*) FROM links WHERE typeof(baseline) = 'text') + \
+                     (SELECT count(*) FROM intent_batches WHERE typeof(links) = 'text')",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap()
+        };
+        assert!(texts(&source_path) > 0, "the v7 state holds JSON");
+        assert_eq!(texts(&target_path), 0);
         assert_eq!(target.links(None).unwrap(), source.links(None).unwrap());
         assert_eq!(
             target.links_with_intent().unwrap(),
