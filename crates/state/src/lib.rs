@@ -456,9 +456,8 @@ pub trait StateStore: Send {
     /// Calls `each` with every row of `table` (one of [`transfer::STATE_TABLES`]), in
     /// primary-key order, its values in the order of the table's columns (baselines and
     /// intent batches as blobs in the binary form, whatever form they are kept in);
-    /// stops at the
-    /// first error `each` returns, and returns that error as it is. Returns the number
-    /// of rows.
+    /// stops at the first error `each` returns, and returns that error as it is.
+    /// Returns the number of rows.
     fn export_table(
         &self,
         table: &str,
