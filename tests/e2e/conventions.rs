@@ -100,7 +100,7 @@ fn completions_and_the_man_page_cover_every_command() {
     let d = Deployment::new();
     let bash = d.ok(&["completions", "bash"]);
     assert!(
-        bash.contains("_tandem()") && bash.contains("conflicts"),
+        bash.contains("_tandem()") && bash.contains("conflicts") && bash.contains("migrate"),
         "{bash}"
     );
     let zsh = d.ok(&["completions", "zsh"]);
@@ -112,7 +112,7 @@ fn completions_and_the_man_page_cover_every_command() {
         man.starts_with(".ie") || man.contains(".TH tandem"),
         "{man}"
     );
-    for command in ["SYNC", "PLAN", "RUNS", "INIT", "STATUS"] {
+    for command in ["SYNC", "PLAN", "RUNS", "INIT", "STATUS", "MIGRATE"] {
         assert!(
             man.contains(&format!("TANDEM {command}")),
             "man page lacks {command}"

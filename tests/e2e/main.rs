@@ -33,6 +33,7 @@ mod hubspot;
 mod json_output;
 #[cfg(all(feature = "connector-tryton", feature = "connector-ldap"))]
 mod ldap;
+mod migrate;
 mod normalised;
 mod operator;
 mod plugin;

@@ -12,6 +12,7 @@ mod init;
 mod inspect;
 mod json;
 mod logging;
+mod migrate;
 mod operator;
 mod output;
 #[cfg(feature = "plugins")]
@@ -268,6 +269,21 @@ enum Command {
         /// At most this many runs, the newest.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// Move the state into another store: every link, baseline, log entry, conflict and
+    /// parked record, then check the copy table by table.
+    ///
+    /// Stop the service first: the source is held alone, and the command fails at once
+    /// when a sync holds it. The target is created when missing and must be empty.
+    /// Relative sqlite paths resolve from the current folder. Afterwards, point
+    /// [state] url at the target (docs/configuration.md).
+    Migrate {
+        /// The state to copy, e.g. sqlite://.tandem/state.db.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The new, empty state to fill, e.g. postgres://tandem@db.example/tandem.
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
     /// Write a commented starter config for the chosen connector types.
     ///
@@ -574,6 +590,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             None => runs::list(cli, *limit),
             Some(RunsCommand::Show { id, limit }) => runs::show(cli, *id, *limit),
         },
+        Command::Migrate { from, to } => migrate::migrate(cli, from, to),
         Command::Init { contacts, accounts } => init::init(cli, *contacts, *accounts),
         Command::Completions { shell } => docs::completions(*shell),
         Command::Man => docs::man(),

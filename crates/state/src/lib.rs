@@ -17,6 +17,7 @@ mod codec;
 mod log;
 mod pending;
 mod sqlite;
+pub mod transfer;
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,7 +26,7 @@ use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
 
 pub use log::{Change, LogEntry};
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
-pub use sqlite::{LockMode, SqliteState};
+pub use sqlite::{LockMode, SqliteState, redact_url};
 
 /// A business relation between one contact and one account (R2: at most one per code
 /// and contact, and per code and account).
@@ -356,6 +357,12 @@ pub enum StateError {
     Corrupt { what: String, message: String },
     #[error("unsupported state url `{url}`; use sqlite://<path>")]
     UnsupportedUrl { url: String },
+    /// A table name that is none of [`transfer::STATE_TABLES`].
+    #[error("the state has no table `{table}`")]
+    UnknownTable { table: String },
+    /// A row handed to [`StateStore::import_rows`] that does not fit its table.
+    #[error("cannot store a row in table {table}: {message}")]
+    BadRow { table: String, message: String },
 }
 
 /// The state of one deployment. Implementations must keep R2 as an invariant:
@@ -443,4 +450,25 @@ pub trait StateStore: Send {
     ) -> Result<(), StateError>;
     /// The most recent runs, newest first.
     fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError>;
+
+    /// The schema version of the stored tables: the number of migrations applied.
+    fn schema_version(&self) -> Result<i64, StateError>;
+    /// Calls `each` with every row of `table` (one of [`transfer::STATE_TABLES`]), in
+    /// primary-key order, its values in the order of the table's columns (baselines and
+    /// intent batches as blobs in the binary form, whatever form they are kept in);
+    /// stops at the first error `each` returns, and returns that error as it is.
+    /// Returns the number of rows.
+    fn export_table(
+        &self,
+        table: &str,
+        each: &mut dyn FnMut(Vec<transfer::StoredValue>) -> Result<(), StateError>,
+    ) -> Result<u64, StateError>;
+    /// Inserts `rows` (as [`StateStore::export_table`] gives them) into `table`, in one
+    /// transaction: all or none. Ids are kept, and the ids the store gives afterwards
+    /// (runs, log entries, conflicts, intent batches) continue after the highest one.
+    fn import_rows(
+        &mut self,
+        table: &str,
+        rows: Vec<Vec<transfer::StoredValue>>,
+    ) -> Result<(), StateError>;
 }

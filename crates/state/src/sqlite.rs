@@ -18,6 +18,8 @@ use tandem_model::{Fields, Timestamp};
 use tandem_model::Value;
 
 use crate::codec;
+use crate::transfer::ColumnType::{Any, Integer, Text};
+use crate::transfer::{Column, ColumnType, StateTable, StoredValue};
 use crate::{
     ConflictEntry, Intent, IntentBatch, Interaction, Link, LinkedBy, PendingCreate, PendingLink,
     RefusedRequest, RunRecord, Scope, Side, StateBatch, StateError, StateStore,
@@ -35,6 +37,213 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_7_INTENT_BATCHES,
     MIGRATION_8_COMPACT,
 ];
+
+/// Every table of the schema, as the last migration leaves it, in the order a copy
+/// fills them (`tandem migrate`): a table before the tables whose rows refer to its
+/// rows (runs before what a run did, scopes before their hashes). Columns are in the
+/// schema's order. A migration that adds or changes a table changes it here too
+/// (`state_tables_list_every_table_and_column_of_the_schema` fails until it does).
+pub const STATE_TABLES: &[StateTable] = &[
+    StateTable {
+        name: "runs",
+        columns: &[
+            col("id", Integer, false),
+            col("mode", Text, false),
+            col("started_at", Integer, false),
+            col("finished_at", Integer, true),
+            col("status", Text, false),
+            col("summary", Text, true),
+        ],
+        primary_key: &["id"],
+    },
+    StateTable {
+        name: "scopes",
+        columns: &[
+            col("id", Integer, false),
+            col("connector", Text, false),
+            col("kind", Text, false),
+        ],
+        primary_key: &["id"],
+    },
+    StateTable {
+        name: "record_hashes",
+        columns: &[
+            col("scope", Integer, false),
+            col("id", Text, false),
+            col("hash", Integer, false),
+            col("match_keys", Integer, true),
+        ],
+        primary_key: &["scope", "id"],
+    },
+    StateTable {
+        name: "cursors",
+        columns: &[
+            col("connector", Text, false),
+            col("kind", Text, false),
+            col("cursor", Text, false),
+        ],
+        primary_key: &["connector", "kind"],
+    },
+    StateTable {
+        name: "fingerprints",
+        columns: &[
+            col("connector", Text, false),
+            col("kind", Text, false),
+            col("fingerprint", Text, false),
+        ],
+        primary_key: &["connector", "kind"],
+    },
+    StateTable {
+        name: "links",
+        columns: &[
+            col("code", Text, false),
+            col("contact_id", Text, false),
+            col("account_id", Text, false),
+            col("baseline", Any, false),
+            col("contact_version", Text, true),
+            col("account_version", Text, true),
+            col("last_error", Text, true),
+            col("failure_count", Integer, false),
+            col("linked_at", Integer, false),
+            col("synced_at", Integer, false),
+            col("parked", Integer, false),
+            col("intent", Text, true),
+        ],
+        primary_key: &["code", "contact_id"],
+    },
+    StateTable {
+        name: "link_counts",
+        columns: &[col("code", Text, false), col("links", Integer, false)],
+        primary_key: &["code"],
+    },
+    StateTable {
+        name: "intent_batches",
+        columns: &[
+            col("id", Integer, false),
+            col("run_id", Integer, false),
+            col("links", Any, false),
+        ],
+        primary_key: &["id"],
+    },
+    StateTable {
+        name: "interactions",
+        columns: &[
+            col("id", Integer, false),
+            col("at", Integer, false),
+            col("run_id", Integer, true),
+            col("contact_id", Text, false),
+            col("code", Text, false),
+            col("account_id", Text, true),
+            col("action", Text, false),
+            col("source", Text, false),
+            col("details", Text, false),
+            col("next_action", Text, true),
+            col("next_source", Text, true),
+            col("next_details", Text, true),
+        ],
+        primary_key: &["id"],
+    },
+    StateTable {
+        name: "conflicts",
+        columns: &[
+            col("id", Integer, false),
+            col("code", Text, false),
+            col("contact_id", Text, false),
+            col("account_id", Text, false),
+            col("field", Text, false),
+            col("base", Text, false),
+            col("contact_value", Text, false),
+            col("account_value", Text, false),
+            col("opened_at", Integer, false),
+            col("run_id", Integer, true),
+            col("resolution", Text, true),
+            col("closed_at", Integer, true),
+        ],
+        primary_key: &["id"],
+    },
+    StateTable {
+        name: "pending_creates",
+        columns: &[
+            col("code", Text, false),
+            col("side", Text, false),
+            col("source_id", Text, false),
+            col("fields", Text, false),
+            col("run_id", Integer, true),
+            col("error", Text, true),
+            col("failure_count", Integer, false),
+            col("parked", Integer, false),
+            col("updated_at", Integer, false),
+        ],
+        primary_key: &["code", "side", "source_id"],
+    },
+    StateTable {
+        name: "refused_requests",
+        columns: &[
+            col("code", Text, false),
+            col("contact_id", Text, false),
+            col("error", Text, false),
+            col("run_id", Integer, true),
+            col("failure_count", Integer, false),
+            col("parked", Integer, false),
+            col("updated_at", Integer, false),
+        ],
+        primary_key: &["code", "contact_id"],
+    },
+    StateTable {
+        name: "pending_links",
+        columns: &[
+            col("code", Text, false),
+            col("contact_id", Text, false),
+            col("account_id", Text, false),
+            col("tier", Integer, true),
+            col("error", Text, true),
+            col("failure_count", Integer, false),
+            col("parked", Integer, false),
+            col("updated_at", Integer, false),
+        ],
+        primary_key: &["code", "contact_id"],
+    },
+    StateTable {
+        name: "unlinked_pairs",
+        columns: &[
+            col("code", Text, false),
+            col("contact_id", Text, false),
+            col("account_id", Text, false),
+        ],
+        primary_key: &["code", "contact_id", "account_id"],
+    },
+    StateTable {
+        name: "contact_deleted",
+        columns: &[col("code", Text, false), col("account_id", Text, false)],
+        primary_key: &["code", "account_id"],
+    },
+    StateTable {
+        name: "codes_lost",
+        columns: &[col("code", Text, false), col("contact_id", Text, false)],
+        primary_key: &["code", "contact_id"],
+    },
+    StateTable {
+        name: "contact_companies",
+        columns: &[
+            col("contact_id", Text, false),
+            col("company_id", Text, false),
+        ],
+        primary_key: &["contact_id"],
+    },
+    StateTable {
+        name: "ambiguities",
+        columns: &[col("code", Text, false), col("ambiguities", Text, false)],
+        primary_key: &["code"],
+    },
+];
+
+const fn col(name: &'static str, column_type: ColumnType, nullable: bool) -> Column {
+    Column {
+        name,
+        column_type,
+        nullable,
+    }
+}
 
 /// The compact state (issue 17). Baselines and intent batches are stored in a binary
 /// form (`codec`) instead of JSON: their columns take any type, so rows written before
@@ -1204,6 +1413,22 @@ impl StateStore for SqliteState {
         }
         Ok(out)
     }
+
+    fn schema_version(&self) -> Result<i64, StateError> {
+        self.schema_version_of_file()
+    }
+
+    fn export_table(
+        &self,
+        table: &str,
+        each: &mut dyn FnMut(Vec<StoredValue>) -> Result<(), StateError>,
+    ) -> Result<u64, StateError> {
+        self.export(table, each)
+    }
+
+    fn import_rows(&mut self, table: &str, rows: Vec<Vec<StoredValue>>) -> Result<(), StateError> {
+        self.import(table, rows)
+    }
 }
 
 /// The file named by a config url, `sqlite://<path>`; a relative path is taken from
@@ -2312,8 +2537,8 @@ fn set_unlinked_pairs(
     Ok(())
 }
 
-/// Hides a password in a url before it goes into an error message.
-fn redact_url(url: &str) -> String {
+/// Hides a password in a url before it goes into a message.
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -2331,3 +2556,4 @@ mod read_only;
 mod runs;
 #[cfg(test)]
 mod tests;
+mod transfer;
