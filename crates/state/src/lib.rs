@@ -18,6 +18,8 @@ mod log;
 mod pending;
 mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{HashMap, HashSet};
 

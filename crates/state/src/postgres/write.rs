@@ -837,8 +837,9 @@ async fn store_intent_batches(
         // In order: ids are given in the order of the arrays.
         sqlx::query(
             "INSERT INTO intent_batches (run_id, links)
-             SELECT * FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS b (run_id, links, n)
-             ORDER BY n",
+             SELECT b.run_id, b.links
+             FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS b (run_id, links, n)
+             ORDER BY b.n",
         )
         .bind(batches.iter().map(|b| b.run_id).collect::<Vec<_>>())
         .bind(batches.iter().map(|b| codec::encode_links(&b.links)).collect::<Vec<_>>())

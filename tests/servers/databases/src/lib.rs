@@ -285,14 +285,24 @@ impl PostgresServer {
     pub fn create_database(&self) -> String {
         let n = self.databases.fetch_add(1, Ordering::Relaxed);
         let name = format!("test_{n}");
-        run_output(
-            Command::new(self.bin.join("psql"))
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-                .args(["-p", &self.port.to_string(), "-U", POSTGRES_USER])
-                .args(["-d", "postgres", "-c"])
-                .arg(format!("CREATE DATABASE {name}")),
-        )
-        .unwrap_or_else(|e| panic!("cannot create the database {name}: {e}"));
+        let started = Instant::now();
+        loop {
+            let created = run_output(
+                Command::new(self.bin.join("psql"))
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+                    .args(["-p", &self.port.to_string(), "-U", POSTGRES_USER])
+                    .args(["-d", "postgres", "-c"])
+                    .arg(format!("CREATE DATABASE {name}")),
+            );
+            match created {
+                Ok(_) => break,
+                // The port is open a moment before the server takes connections.
+                Err(e) if e.contains("starting up") && started.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot create the database {name}: {e}"),
+            }
+        }
         format!(
             "postgres://{POSTGRES_USER}@127.0.0.1:{}/{name}",
             self.port
