@@ -206,9 +206,8 @@ fn start(
     session.on(async |conn, shown| schema::prepare(conn, shown).await)?;
     if mode == LockMode::Exclusive {
         let owner = lease::owner();
-        let held = session.on(async |conn, shown| {
-            lease::claim(conn, shown, STATE_LEASE, &owner, ttl).await
-        })?;
+        let held = session
+            .on(async |conn, shown| lease::claim(conn, shown, STATE_LEASE, &owner, ttl).await)?;
         session.leases.push(held);
     }
     Ok(session)
@@ -345,9 +344,7 @@ impl StateStore for PgState {
 
     fn interactions(&self, contact_id: &str, limit: usize) -> Result<Vec<Interaction>, StateError> {
         let contact_id = contact_id.to_owned();
-        self.run(move |s| {
-            s.on(async |conn, _| read::interactions(conn, &contact_id, limit).await)
-        })
+        self.run(move |s| s.on(async |conn, _| read::interactions(conn, &contact_id, limit).await))
     }
 
     fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictEntry>, StateError> {

@@ -1528,7 +1528,11 @@ fn store_intent_batches(
 /// `stored` links with the `in_flight` links of intent batches that `keep` accepts in
 /// place of the stored link of the same (code, contact): what the links are once the
 /// next run takes the batches up. Ordered by code and contact id.
-pub(crate) fn overlay(stored: Vec<Link>, in_flight: Vec<Link>, keep: impl Fn(&Link) -> bool) -> Vec<Link> {
+pub(crate) fn overlay(
+    stored: Vec<Link>,
+    in_flight: Vec<Link>,
+    keep: impl Fn(&Link) -> bool,
+) -> Vec<Link> {
     if in_flight.is_empty() {
         return stored;
     }

@@ -15,11 +15,14 @@
 //!   lease (a long GC pause, a suspended VM) and wakes up after another took the state
 //!   over cannot write a single row, since its fence runs in the same transaction as
 //!   its writes.
-//! * [`release`] deletes the rows that are still this holder's.
+//! * [`release`] ends the leases that are still this holder's: it expires them rather
+//!   than deleting them, so that the next holder's epoch is higher still (a deleted
+//!   row would start again at 1, the epoch a fenced-off holder may still carry).
 //!
 //! A store holds a list of leases so that a worker can hold one per partition.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::PgConnection;
 
@@ -34,15 +37,25 @@ pub(crate) struct Lease {
     pub epoch: i64,
 }
 
-/// Who this process is, for other processes' messages: host and process id.
+/// Who holds a lease, for other processes' messages: host and process id, and a
+/// number telling apart the stores one process opens.
 pub(crate) fn owner() -> String {
+    static OPENED: AtomicU64 = AtomicU64::new(0);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "an unknown host".to_owned());
-    format!("tandem on {host}, pid {}", std::process::id())
+    // The start time tells a restarted process with a recycled pid from the old one.
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let n = OPENED.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "tandem on {host}, pid {} (store {started:x}-{n})",
+        std::process::id()
+    )
 }
 
 fn millis(ttl: Duration) -> i64 {
@@ -162,16 +175,20 @@ pub(crate) async fn fence(
     }
 }
 
-/// Lets the leases go: deletes those rows that are still this holder's.
+/// Lets the leases go: expires those that are still this holder's, so that the next
+/// [`claim`] takes them at once, with the next epoch.
 pub(crate) async fn release(conn: &mut PgConnection, leases: &[Lease]) -> Result<(), StateError> {
     for lease in leases {
-        sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2 AND epoch = $3")
-            .bind(&lease.name)
-            .bind(&lease.owner)
-            .bind(lease.epoch)
-            .execute(&mut *conn)
-            .await
-            .map_err(pg("releasing the state's lease"))?;
+        sqlx::query(
+            "UPDATE leases SET expires_at = '-infinity'
+             WHERE name = $1 AND owner = $2 AND epoch = $3",
+        )
+        .bind(&lease.name)
+        .bind(&lease.owner)
+        .bind(lease.epoch)
+        .execute(&mut *conn)
+        .await
+        .map_err(pg("releasing the state's lease"))?;
     }
     Ok(())
 }

@@ -26,7 +26,11 @@ pub(crate) const SCOPE_ID: &str = "(SELECT id FROM scopes WHERE connector = $1 A
 
 const READING_LINKS: &str = "reading links";
 
-pub(crate) fn get<'r, T>(row: &'r PgRow, index: usize, action: &'static str) -> Result<T, StateError>
+pub(crate) fn get<'r, T>(
+    row: &'r PgRow,
+    index: usize,
+    action: &'static str,
+) -> Result<T, StateError>
 where
     T: Decode<'r, Postgres> + Type<Postgres>,
 {
@@ -109,7 +113,11 @@ pub(crate) async fn links_of_accounts(
          WHERE l.code = $1 AND l.account_id = ANY($2::text[])
          ORDER BY l.account_id"
     );
-    fetch_links(conn, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(code).bind(ids)).await
+    fetch_links(
+        conn,
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(code).bind(ids),
+    )
+    .await
 }
 
 pub(crate) async fn links(
@@ -123,7 +131,9 @@ pub(crate) async fn links(
     );
     let stored = fetch_links(conn, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(code)).await?;
     let in_flight = intent_batch_links(conn).await?;
-    Ok(overlay(stored, in_flight, |l| code.is_none_or(|c| l.code == c)))
+    Ok(overlay(stored, in_flight, |l| {
+        code.is_none_or(|c| l.code == c)
+    }))
 }
 
 pub(crate) async fn parked_links(conn: &mut PgConnection) -> Result<Vec<Link>, StateError> {
@@ -415,7 +425,9 @@ pub(crate) async fn unlinked_pairs(
     .map_err(pg("reading the pairs unlinked by hand"))
 }
 
-pub(crate) async fn codes_lost(conn: &mut PgConnection) -> Result<Vec<(String, String)>, StateError> {
+pub(crate) async fn codes_lost(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, String)>, StateError> {
     sqlx::query_as("SELECT code, contact_id FROM codes_lost ORDER BY code, contact_id")
         .fetch_all(conn)
         .await
@@ -523,7 +535,10 @@ pub(crate) async fn hashes(
         .collect())
 }
 
-pub(crate) async fn has_rechecks(conn: &mut PgConnection, scope: &Scope) -> Result<bool, StateError> {
+pub(crate) async fn has_rechecks(
+    conn: &mut PgConnection,
+    scope: &Scope,
+) -> Result<bool, StateError> {
     let sql = format!(
         "SELECT EXISTS (SELECT 1 FROM record_hashes WHERE scope = {SCOPE_ID} AND hash = 0)"
     );
@@ -535,10 +550,12 @@ pub(crate) async fn has_rechecks(conn: &mut PgConnection, scope: &Scope) -> Resu
         .map_err(pg("looking for records to look at again"))
 }
 
-pub(crate) async fn rechecks(conn: &mut PgConnection, scope: &Scope) -> Result<Vec<String>, StateError> {
-    let sql = format!(
-        "SELECT id FROM record_hashes WHERE scope = {SCOPE_ID} AND hash = 0 ORDER BY id"
-    );
+pub(crate) async fn rechecks(
+    conn: &mut PgConnection,
+    scope: &Scope,
+) -> Result<Vec<String>, StateError> {
+    let sql =
+        format!("SELECT id FROM record_hashes WHERE scope = {SCOPE_ID} AND hash = 0 ORDER BY id");
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(&scope.connector)
         .bind(scope.kind.as_str())
@@ -566,7 +583,10 @@ pub(crate) async fn ambiguities(
     .transpose()
 }
 
-pub(crate) async fn runs(conn: &mut PgConnection, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+pub(crate) async fn runs(
+    conn: &mut PgConnection,
+    limit: usize,
+) -> Result<Vec<RunRecord>, StateError> {
     const ACTION: &str = "reading runs";
     let rows: Vec<(i64, String, i64, Option<i64>, String, Option<String>)> = sqlx::query_as(
         "SELECT id, mode, started_at, finished_at, status, summary FROM runs

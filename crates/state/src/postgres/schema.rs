@@ -234,10 +234,7 @@ pub(crate) async fn prepare(conn: &mut PgConnection, shown: &str) -> Result<(), 
             .execute(&mut *tx)
             .await
             .map_err(pg("creating the state's schema"))?;
-        return tx
-            .commit()
-            .await
-            .map_err(pg("creating the state's schema"));
+        return tx.commit().await.map_err(pg("creating the state's schema"));
     }
     let not_a_state = |reason: String| StateError::NotAState {
         path: shown.to_owned(),

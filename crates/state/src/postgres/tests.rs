@@ -1,1 +1,374 @@
-//! PostgreSQL-only tests.
+//! PostgreSQL-only tests: leases and fencing, databases that are not a state, secrets
+//! in messages. The store's behaviour behind the trait is tested on both stores in
+//! `sqlite/tests.rs`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::Connection;
+use tandem_model::{EntityKind, Fields, Timestamp, Value};
+use tandem_test_databases::PostgresServer;
+
+use super::*;
+use crate::testing::{Place, both_stores};
+use crate::{Details, Interaction, StateBatch};
+
+/// A server and a fresh database on it; `None` when PostgreSQL is missing outside CI.
+fn database() -> Option<(PostgresServer, String)> {
+    let server = PostgresServer::start()?;
+    let url = server.create_database();
+    Some((server, url))
+}
+
+/// Runs `sql` on its own connection to `url`, as another program would.
+fn execute(url: &str, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+}
+
+/// The first column of the first row of `sql`, as text.
+fn text(url: &str, sql: &str) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap()
+    })
+}
+
+fn epoch(url: &str) -> i64 {
+    text(url, "SELECT epoch::text FROM leases WHERE name = 'state'")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn link(contact: &str, account: &str) -> Link {
+    Link {
+        code: "CUST".to_owned(),
+        contact_id: contact.to_owned(),
+        account_id: account.to_owned(),
+        baseline: Fields::new().with("name", format!("Name of {contact}").as_str()),
+        contact_version: Some(format!("cv-{contact}")),
+        account_version: None,
+        last_error: None,
+        failure_count: 0,
+        parked: false,
+        linked_at: Timestamp(1_700_000_000_000),
+        synced_at: Timestamp(1_700_000_000_500),
+        intent: None,
+    }
+}
+
+fn links(links: Vec<Link>) -> StateBatch {
+    StateBatch {
+        upsert_links: links,
+        ..StateBatch::default()
+    }
+}
+
+#[test]
+fn a_live_lease_refuses_another_writer_and_names_its_holder() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let mut holder = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    let err = PgState::open_url(&url, LockMode::Exclusive).unwrap_err();
+    assert!(matches!(err, StateError::Leased { .. }), "{err}");
+    let message = err.to_string();
+    let pid = format!("pid {}", std::process::id());
+    for part in [
+        pid.as_str(),
+        "expires at",
+        " UTC",
+        "in use by another tandem process",
+    ] {
+        assert!(message.contains(part), "{part:?} not in: {message}");
+    }
+    // Readers take no lease, and see what the holder commits.
+    let reader = PgState::open_url(&url, LockMode::Shared).unwrap();
+    holder.commit(links(vec![link("C1", "K1")])).unwrap();
+    assert_eq!(reader.count_links("CUST").unwrap(), 1);
+
+    // Dropped, the holder lets the lease go at once, and the next one gets a higher
+    // epoch.
+    drop(holder);
+    let next = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    assert_eq!(epoch(&url), 2);
+    assert_eq!(next.count_links("CUST").unwrap(), 1);
+}
+
+#[test]
+fn an_expired_lease_is_taken_over_and_its_old_holder_can_write_nothing() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let mut stalled = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    let run = stalled.begin_run("sync").unwrap();
+    assert_eq!(epoch(&url), 1);
+    // The holder stalls past its lease (its thread would have renewed it).
+    execute(
+        &url,
+        "UPDATE leases SET expires_at = now() - interval '1 second'",
+    );
+
+    let mut taker = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    assert_eq!(epoch(&url), 2, "taken over with the next epoch");
+    taker.commit(links(vec![link("C1", "K1")])).unwrap();
+
+    // The stalled holder wakes up: each write fails, and applies nothing.
+    let err = stalled
+        .commit(StateBatch {
+            upsert_links: vec![link("C2", "K2")],
+            interactions: vec![Interaction {
+                id: 0,
+                at: Timestamp(1),
+                run_id: Some(run),
+                contact_id: "C2".into(),
+                code: "CUST".into(),
+                account_id: Some("K2".into()),
+                action: "linked".into(),
+                source: "match".into(),
+                details: Details::of(&json!({})),
+            }],
+            ..StateBatch::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, StateError::LeaseLost { name, epoch, .. } if name == "state" && *epoch == 1),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nothing was written"), "{err}");
+    assert!(matches!(
+        stalled.finish_run(run, "ok", &json!({})),
+        Err(StateError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        stalled.begin_run("sync"),
+        Err(StateError::LeaseLost { .. })
+    ));
+    assert_eq!(
+        taker.links(None).unwrap(),
+        vec![link("C1", "K1")],
+        "nothing of the stalled holder's batch"
+    );
+    assert!(taker.interactions("C2", 10).unwrap().is_empty());
+    assert_eq!(taker.runs(5).unwrap()[0].status, "running");
+
+    // Dropping the old holder leaves the new holder's lease alone.
+    drop(stalled);
+    let err = PgState::open_url(&url, LockMode::Exclusive).unwrap_err();
+    assert!(matches!(err, StateError::Leased { .. }), "{err}");
+}
+
+#[test]
+fn the_store_renews_its_lease_while_it_is_idle() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let ttl = Duration::from_millis(900);
+    let mut holder = PgState::open_url_with_ttl(&url, LockMode::Exclusive, ttl).unwrap();
+    // Three lifetimes without a call: only the store's thread keeps the lease.
+    std::thread::sleep(ttl * 3);
+    let err = PgState::open_url_with_ttl(&url, LockMode::Exclusive, ttl).unwrap_err();
+    assert!(matches!(err, StateError::Leased { .. }), "{err}");
+    holder.commit(links(vec![link("C1", "K1")])).unwrap();
+    assert_eq!(epoch(&url), 1);
+}
+
+#[test]
+fn a_database_of_another_program_is_refused_and_left_alone() {
+    let Some((server, url)) = database() else {
+        return;
+    };
+    execute(
+        &url,
+        "CREATE TABLE invoices (id BIGINT PRIMARY KEY, total DOUBLE PRECISION);
+         INSERT INTO invoices VALUES (1, 9.5);",
+    );
+    for mode in [LockMode::Exclusive, LockMode::Shared] {
+        let err = PgState::open_url(&url, mode).unwrap_err();
+        assert!(matches!(err, StateError::NotAState { .. }), "{err}");
+        let message = err.to_string();
+        for part in [
+            "is not a Tandem state",
+            "another program",
+            "invoices",
+            "nothing was changed",
+        ] {
+            assert!(message.contains(part), "{part:?} not in: {message}");
+        }
+    }
+    let tables = text(
+        &url,
+        "SELECT string_agg(table_name::text, ',') FROM information_schema.tables
+         WHERE table_schema = 'public'",
+    );
+    assert_eq!(tables.as_deref(), Some("invoices"), "no table was added");
+
+    // A database with Tandem's version table but not its tables is refused too.
+    let other = server.create_database();
+    execute(
+        &other,
+        "CREATE TABLE schema_version (version BIGINT NOT NULL); INSERT INTO schema_version VALUES (8);",
+    );
+    let err = PgState::open_url(&other, LockMode::Exclusive).unwrap_err();
+    assert!(
+        matches!(&err, StateError::NotAState { reason, .. } if reason.contains("lacks")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    drop(PgState::open_url(&url, LockMode::Exclusive).unwrap());
+    assert_eq!(
+        text(&url, "SELECT version::text FROM schema_version").as_deref(),
+        Some("8")
+    );
+    // Opening again is a no-op.
+    drop(PgState::open_url(&url, LockMode::Exclusive).unwrap());
+    execute(&url, "UPDATE schema_version SET version = 9");
+    let err = PgState::open_url(&url, LockMode::Shared).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StateError::TooNew {
+                found: 9,
+                known: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+}
+
+#[test]
+fn a_password_never_shows_in_an_error() {
+    let secret = "hunter2-not-shown";
+    let refused_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let urls = [
+        format!("postgres://tandem:{secret}@127.0.0.1:{refused_port}/state"),
+        format!("postgresql://tandem@127.0.0.1:{refused_port}/state?password={secret}"),
+        format!("postgres://tandem:{secret}@127.0.0.1:{refused_port}/state?sslmode=bogus"),
+        format!("mysql://tandem:{secret}@127.0.0.1/state"),
+    ];
+    for url in &urls {
+        let err = PgState::open_url(url, LockMode::Exclusive).unwrap_err();
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+    // A live server refusing the database: its message passes, the password does not.
+    let Some((server, _)) = database() else {
+        return;
+    };
+    let url = format!(
+        "postgres://tandem:{secret}@127.0.0.1:{}/missing",
+        server.port
+    );
+    let err = PgState::open_url(&url, LockMode::Exclusive).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("missing"), "{message}");
+    assert!(message.contains("tandem:***@"), "{message}");
+    assert!(!message.contains(secret) && !format!("{err:?}").contains(secret));
+}
+
+#[test]
+fn redacted_urls_hide_the_password_in_the_user_part_and_in_parameters() {
+    assert_eq!(
+        redact("postgres://u:secret@db:5432/state?password=other&sslmode=require"),
+        "postgres://u:***@db:5432/state?password=***&sslmode=require"
+    );
+    assert_eq!(redact("postgresql://db/state"), "postgresql://db/state");
+}
+
+// A first sync's worth in one batch: 100k links with baselines, 100k log rows (two
+// entries each) and 200k hashes. The time is printed, for comparing the stores.
+both_stores!(a_first_sync_sized_batch_is_stored_and_read_back, |place| {
+    const N: usize = 100_000;
+    let mut state = place.open();
+    let scope = Scope::new("erp", EntityKind::Customer);
+    let contacts = Scope::new("crm", EntityKind::Contact);
+    let mut batch = StateBatch::default();
+    for i in 0..N {
+        let (contact, account) = (format!("C{i:06}"), format!("K{i:06}"));
+        let mut l = link(&contact, &account);
+        l.baseline = l
+            .baseline
+            .with("email", format!("c{i}@example.org").as_str())
+            .with("city", "Gent")
+            .with("x_rating", Value::Number(i as f64));
+        batch.upsert_links.push(l);
+        for action in ["linked", "updated"] {
+            batch.interactions.push(Interaction {
+                id: 0,
+                at: Timestamp(1_700_000_000_000),
+                run_id: Some(1),
+                contact_id: contact.clone(),
+                code: "CUST".into(),
+                account_id: Some(account.clone()),
+                action: action.into(),
+                source: "match".into(),
+                details: Details::of(&json!({ "tier": 1 })),
+            });
+        }
+        batch.set_hash_with_keys(scope.clone(), account, i as u64 + 1, 7);
+        batch.set_hash_with_keys(contacts.clone(), contact, i as u64 + 2, 0);
+    }
+    let expected_links = batch.upsert_links.clone();
+    let started = Instant::now();
+    state.commit(batch).unwrap();
+    let committed = started.elapsed();
+    let started = Instant::now();
+    let read = state.links(Some("CUST")).unwrap();
+    let hashes = state.hashes(&scope).unwrap();
+    let contact_hashes = state.hashes(&contacts).unwrap();
+    let read_back = started.elapsed();
+    let store = match place {
+        Place::Sqlite(_) => "SQLite",
+        Place::Postgres { .. } => "PostgreSQL",
+    };
+    println!(
+        "{store}: committed {N} links, {N} log rows and {} hashes in {committed:.2?}; read \
+         them back in {read_back:.2?}",
+        2 * N
+    );
+    assert_eq!(read, expected_links);
+    assert_eq!(state.count_links("CUST").unwrap(), N as u64);
+    assert_eq!(hashes.len(), N);
+    assert_eq!(hashes["K000041"], 42);
+    assert_eq!(contact_hashes.len(), N);
+    let log = state.interactions("C099999", 10).unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["linked", "updated"]);
+    assert_eq!(log[1].id, 2 * N as i64, "ids in order, two entries per row");
+    assert_eq!(
+        state
+            .match_keys_of(&scope, &["K000001", "K099999"])
+            .unwrap()
+            .len(),
+        2
+    );
+});

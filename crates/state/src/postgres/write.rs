@@ -15,8 +15,8 @@ use sqlx::postgres::PgConnection;
 use tandem_model::{Timestamp, Value};
 
 use super::lease::{self, Lease};
-use super::read::{SCOPE_ID, intent_batch_links};
 use super::pg;
+use super::read::{SCOPE_ID, intent_batch_links};
 use crate::sqlite::{LogRow, same_pair};
 use crate::{
     ConflictEntry, IntentBatch, Interaction, Link, PendingCreate, RefusedRequest, Scope, Side,
@@ -64,8 +64,18 @@ async fn apply(tx: &mut PgConnection, batch: &StateBatch) -> Result<(), StateErr
     delete_by_code_and_contact(tx, "pending_links", &batch.delete_pending_links).await?;
     store_intent_batches(tx, &batch.intent_batches, &batch.clear_intent_batches).await?;
     set_companies(tx, &batch.set_companies).await?;
-    set_marks(tx, Marks::UnlinkedPairs, unlinked_marks(&batch.unlinked_pairs)).await?;
-    set_marks(tx, Marks::ContactDeleted, pair_marks(&batch.contact_deleted)).await?;
+    set_marks(
+        tx,
+        Marks::UnlinkedPairs,
+        unlinked_marks(&batch.unlinked_pairs),
+    )
+    .await?;
+    set_marks(
+        tx,
+        Marks::ContactDeleted,
+        pair_marks(&batch.contact_deleted),
+    )
+    .await?;
     set_marks(tx, Marks::CodesLost, pair_marks(&batch.codes_lost)).await?;
     Ok(())
 }
@@ -129,17 +139,16 @@ pub(crate) async fn finish_run(
     const ACTION: &str = "recording the end of a run";
     let mut tx = conn.begin().await.map_err(pg(ACTION))?;
     lease::fence(&mut tx, shown, leases, ttl).await?;
-    let updated = sqlx::query(
-        "UPDATE runs SET finished_at = $2, status = $3, summary = $4 WHERE id = $1",
-    )
-    .bind(run_id)
-    .bind(Timestamp::now().0)
-    .bind(status)
-    .bind(summary)
-    .execute(&mut *tx)
-    .await
-    .map_err(pg(ACTION))?
-    .rows_affected();
+    let updated =
+        sqlx::query("UPDATE runs SET finished_at = $2, status = $3, summary = $4 WHERE id = $1")
+            .bind(run_id)
+            .bind(Timestamp::now().0)
+            .bind(status)
+            .bind(summary)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg(ACTION))?
+            .rows_affected();
     if updated == 0 {
         return Err(StateError::Postgres {
             action: ACTION,
@@ -316,11 +325,14 @@ async fn insert_links(
         codec::encode_fields(&mut baseline, &link.baseline);
         baselines.push(baseline);
         // An intent is plain data (field names and values), which always renders.
-        intents.push(link.intent.as_ref().map(|i| serde_json::to_string(i).unwrap_or_default()));
+        intents.push(
+            link.intent
+                .as_ref()
+                .map(|i| serde_json::to_string(i).unwrap_or_default()),
+        );
     }
     let column = |f: fn(&Link) -> &str| links.iter().map(|l| f(l)).collect::<Vec<_>>();
-    let optional =
-        |f: fn(&Link) -> Option<&str>| links.iter().map(|l| f(l)).collect::<Vec<_>>();
+    let optional = |f: fn(&Link) -> Option<&str>| links.iter().map(|l| f(l)).collect::<Vec<_>>();
     let number = |f: fn(&Link) -> i64| links.iter().map(|l| f(l)).collect::<Vec<_>>();
     sqlx::query_as(UPSERT_LINKS)
         .bind(column(|l| &l.code))
@@ -340,7 +352,10 @@ async fn insert_links(
 }
 
 /// Adds the links added per code to `link_counts`.
-async fn store_counts(tx: &mut PgConnection, counts: HashMap<String, i64>) -> Result<(), StateError> {
+async fn store_counts(
+    tx: &mut PgConnection,
+    counts: HashMap<String, i64>,
+) -> Result<(), StateError> {
     let (codes, ns): (Vec<String>, Vec<i64>) = counts.into_iter().filter(|(_, n)| *n != 0).unzip();
     if codes.is_empty() {
         return Ok(());
@@ -382,7 +397,10 @@ async fn account_taken(tx: &mut PgConnection, link: &Link, source: sqlx::Error) 
 }
 
 /// Groups `items` by scope, in order of first appearance.
-fn by_scope<'i, T>(items: &'i [T], scope: impl Fn(&'i T) -> &'i Scope) -> Vec<(&'i Scope, Vec<&'i T>)> {
+fn by_scope<'i, T>(
+    items: &'i [T],
+    scope: impl Fn(&'i T) -> &'i Scope,
+) -> Vec<(&'i Scope, Vec<&'i T>)> {
     let mut groups: Vec<(&Scope, Vec<&T>)> = Vec::new();
     for item in items {
         let s = scope(item);
@@ -456,7 +474,10 @@ async fn set_hashes(
     let mut rows: Vec<HashRow> = Vec::with_capacity(hashes.len());
     let mut index: HashMap<(i64, &str), usize> = HashMap::with_capacity(hashes.len());
     for (i, (scope, id, hash)) in hashes.iter().enumerate() {
-        let number = scopes.iter().find(|(s, _)| *s == scope).map_or(0, |(_, n)| *n);
+        let number = scopes
+            .iter()
+            .find(|(s, _)| *s == scope)
+            .map_or(0, |(_, n)| *n);
         let key = keys.get(&i).map(|k| k.cast_signed());
         match index.get(&(number, id.as_str())) {
             Some(&at) => {
@@ -586,10 +607,10 @@ async fn append_interactions(
         i += span;
     }
     for chunk in rows.chunks(CHUNK) {
-        let entry = |f: fn(&Interaction) -> &str| chunk.iter().map(|r| f(r.entry)).collect::<Vec<_>>();
-        let next = |f: fn(&Interaction) -> &str| {
-            chunk.iter().map(|r| r.next.map(f)).collect::<Vec<_>>()
-        };
+        let entry =
+            |f: fn(&Interaction) -> &str| chunk.iter().map(|r| f(r.entry)).collect::<Vec<_>>();
+        let next =
+            |f: fn(&Interaction) -> &str| chunk.iter().map(|r| r.next.map(f)).collect::<Vec<_>>();
         sqlx::query(
             "INSERT INTO interactions (id, at, run_id, contact_id, code, account_id, action,
                                        source, details, next_action, next_source, next_details)
@@ -602,7 +623,12 @@ async fn append_interactions(
         .bind(chunk.iter().map(|r| r.entry.run_id).collect::<Vec<_>>())
         .bind(entry(|e| &e.contact_id))
         .bind(entry(|e| &e.code))
-        .bind(chunk.iter().map(|r| r.entry.account_id.as_deref()).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.entry.account_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .bind(entry(|e| &e.action))
         .bind(entry(|e| &e.source))
         .bind(entry(|e| e.details.as_str()))
@@ -712,7 +738,10 @@ async fn close_conflicts(
     Ok(())
 }
 
-async fn upsert_pending(tx: &mut PgConnection, creates: &[PendingCreate]) -> Result<(), StateError> {
+async fn upsert_pending(
+    tx: &mut PgConnection,
+    creates: &[PendingCreate],
+) -> Result<(), StateError> {
     let creates = last_per_key(creates, |c| (c.code.as_str(), c.side, c.source_id.as_str()));
     for chunk in creates.chunks(CHUNK) {
         let mut fields = Vec::with_capacity(chunk.len());
@@ -742,12 +771,27 @@ async fn upsert_pending(tx: &mut PgConnection, creates: &[PendingCreate]) -> Res
         )
         .bind(chunk.iter().map(|c| c.code.as_str()).collect::<Vec<_>>())
         .bind(chunk.iter().map(|c| c.side.as_str()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|c| c.source_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|c| c.source_id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(fields)
         .bind(chunk.iter().map(|c| c.run_id).collect::<Vec<_>>())
         .bind(chunk.iter().map(|c| c.error.as_deref()).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|c| i64::from(c.failure_count)).collect::<Vec<_>>())
-        .bind(chunk.iter().map(|c| i64::from(c.parked)).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|c| i64::from(c.failure_count))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|c| i64::from(c.parked))
+                .collect::<Vec<_>>(),
+        )
         .bind(chunk.iter().map(|c| c.updated_at.0).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
@@ -842,7 +886,12 @@ async fn store_intent_batches(
              ORDER BY b.n",
         )
         .bind(batches.iter().map(|b| b.run_id).collect::<Vec<_>>())
-        .bind(batches.iter().map(|b| codec::encode_links(&b.links)).collect::<Vec<_>>())
+        .bind(
+            batches
+                .iter()
+                .map(|b| codec::encode_links(&b.links))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await
         .map_err(pg(ACTION))?;

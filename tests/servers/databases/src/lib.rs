@@ -297,16 +297,15 @@ impl PostgresServer {
             match created {
                 Ok(_) => break,
                 // The port is open a moment before the server takes connections.
-                Err(e) if e.contains("starting up") && started.elapsed() < Duration::from_secs(30) => {
+                Err(e)
+                    if e.contains("starting up") && started.elapsed() < Duration::from_secs(30) =>
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) => panic!("cannot create the database {name}: {e}"),
             }
         }
-        format!(
-            "postgres://{POSTGRES_USER}@127.0.0.1:{}/{name}",
-            self.port
-        )
+        format!("postgres://{POSTGRES_USER}@127.0.0.1:{}/{name}", self.port)
     }
 }
 
