@@ -12,7 +12,8 @@ pub(crate) enum Place {
     Sqlite(TempDir),
     Postgres {
         url: String,
-        // Dropped last: the server stops when the test is done.
+        /// Kept to the end of the test, when it stops.
+        #[expect(dead_code, reason = "held for its drop")]
         server: PostgresServer,
     },
 }

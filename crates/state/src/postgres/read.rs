@@ -583,12 +583,15 @@ pub(crate) async fn ambiguities(
     .transpose()
 }
 
+/// id, mode, started_at, finished_at, status, summary
+type RunRow = (i64, String, i64, Option<i64>, String, Option<String>);
+
 pub(crate) async fn runs(
     conn: &mut PgConnection,
     limit: usize,
 ) -> Result<Vec<RunRecord>, StateError> {
     const ACTION: &str = "reading runs";
-    let rows: Vec<(i64, String, i64, Option<i64>, String, Option<String>)> = sqlx::query_as(
+    let rows: Vec<RunRow> = sqlx::query_as(
         "SELECT id, mode, started_at, finished_at, status, summary FROM runs
          ORDER BY id DESC LIMIT $1",
     )
