@@ -20,6 +20,7 @@ mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod testing;
+mod transfer;
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,6 +31,7 @@ pub use log::{Change, LogEntry};
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
 pub use postgres::PgState;
 pub use sqlite::{LockMode, SqliteState};
+pub use transfer::{StoredValue, TABLES};
 
 /// A business relation between one contact and one account (R2: at most one per code
 /// and contact, and per code and account).

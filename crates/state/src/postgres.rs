@@ -12,6 +12,7 @@
 mod lease;
 mod read;
 mod schema;
+mod transfer;
 mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -150,19 +151,27 @@ impl PgState {
         job: impl FnOnce(&mut Session) -> Result<R, StateError> + Send + 'static,
     ) -> Result<R, StateError> {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |session| {
+        self.send(Box::new(move |session| {
             let _ = reply_tx.send(job(session));
-        });
-        let gone = || StateError::Open {
-            path: self.shown.clone(),
-            message: "the state's connection thread stopped; open the state again".to_owned(),
-        };
+        }))?;
+        reply_rx.recv().map_err(|_| self.gone())?
+    }
+
+    /// Hands `job` to the store's thread.
+    fn send(&self, job: Job) -> Result<(), StateError> {
         self.jobs
             .as_ref()
-            .ok_or_else(gone)?
+            .ok_or_else(|| self.gone())?
             .send(job)
-            .map_err(|_| gone())?;
-        reply_rx.recv().map_err(|_| gone())?
+            .map_err(|_| self.gone())
+    }
+
+    /// The store's thread stopped (a job panicked).
+    fn gone(&self) -> StateError {
+        StateError::Open {
+            path: self.shown.clone(),
+            message: "the state's connection thread stopped; open the state again".to_owned(),
+        }
     }
 }
 

@@ -1548,7 +1548,7 @@ pub(crate) fn overlay(
 
 /// A link in an intent batch as stored before migration 8 (still read): a JSON array,
 /// without the keys a million links would repeat, and times as milliseconds.
-type PackedLink = (
+pub(crate) type PackedLink = (
     String,
     String,
     String,
@@ -1563,7 +1563,7 @@ type PackedLink = (
     Option<Intent>,
 );
 
-fn unpack(p: PackedLink) -> Link {
+pub(crate) fn unpack(p: PackedLink) -> Link {
     let (code, contact_id, account_id, baseline, contact_version, account_version) =
         (p.0, p.1, p.2, p.3, p.4, p.5);
     Link {

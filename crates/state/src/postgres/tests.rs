@@ -11,7 +11,7 @@ use tandem_test_databases::PostgresServer;
 
 use super::*;
 use crate::testing::{Place, both_stores};
-use crate::{Details, Interaction, StateBatch};
+use crate::{Details, Interaction, StateBatch, StoredValue};
 
 /// A server and a fresh database on it; `None` when PostgreSQL is missing outside CI.
 fn database() -> Option<(PostgresServer, String)> {
@@ -372,3 +372,187 @@ both_stores!(a_first_sync_sized_batch_is_stored_and_read_back, |place| {
         2
     );
 });
+
+/// Every table of `from`, exported and imported into `to`.
+fn copy(from: &PgState, to: &mut PgState) -> u64 {
+    let mut copied = 0;
+    for table in crate::TABLES {
+        let mut rows = Vec::new();
+        let n = from
+            .export_table(table, &mut |row| {
+                rows.push(row);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(n as usize, rows.len(), "{table}");
+        copied += n;
+        to.import_rows(table, rows).unwrap();
+    }
+    copied
+}
+
+#[test]
+fn a_state_is_copied_table_by_table_and_reads_the_same() {
+    let Some((server, from_url)) = database() else {
+        return;
+    };
+    let mut from = PgState::open_url(&from_url, LockMode::Exclusive).unwrap();
+    let run = from.begin_run("sync").unwrap();
+    let scope = Scope::new("erp", EntityKind::Customer);
+    let mut with_intent = link("C2", "K2");
+    with_intent.intent = Some(crate::Intent {
+        contact: vec![("phone".into(), Value::text("old"))],
+        account: Vec::new(),
+    });
+    let mut batch = links(vec![link("C3", "K3"), link("C1", "K1"), with_intent]);
+    batch.set_hash_with_keys(scope.clone(), "K1".into(), u64::MAX, 99);
+    batch.set_hashes.push((scope.clone(), "K2".into(), 0));
+    batch.set_cursors.push((scope.clone(), "cursor-1".into()));
+    batch
+        .set_fingerprints
+        .push((scope.clone(), Some("fp".into())));
+    batch
+        .set_ambiguities
+        .push(("CUST".into(), json!([["C1", "C2"]])));
+    for action in ["linked", "updated"] {
+        batch.interactions.push(Interaction {
+            id: 0,
+            at: Timestamp(5),
+            run_id: Some(run),
+            contact_id: "C1".into(),
+            code: "CUST".into(),
+            account_id: Some("K1".into()),
+            action: action.into(),
+            source: "match".into(),
+            details: Details::of(&json!({ "action": action })),
+        });
+    }
+    batch.upsert_conflicts.push(ConflictEntry {
+        id: 0,
+        code: "CUST".into(),
+        contact_id: "C1".into(),
+        account_id: "K1".into(),
+        field: "phone".into(),
+        base: Value::text("1"),
+        contact_value: Value::text("2"),
+        account_value: Value::text("3"),
+        opened_at: Timestamp(6),
+        run_id: Some(run),
+        resolution: None,
+        closed_at: None,
+    });
+    batch.set_companies.push(("P1".into(), Some("C1".into())));
+    batch
+        .unlinked_pairs
+        .push(("CUST".into(), "C9".into(), "K9".into(), true));
+    batch.intent_batches.push(crate::IntentBatch {
+        run_id: run,
+        links: vec![link("C4", "K4")],
+    });
+    from.commit(batch).unwrap();
+    from.finish_run(run, "partial", &json!({ "updated": 1 }))
+        .unwrap();
+
+    let to_url = server.create_database();
+    let mut to = PgState::open_url(&to_url, LockMode::Exclusive).unwrap();
+    assert!(copy(&from, &mut to) > 10);
+    assert_eq!(to.links(None).unwrap(), from.links(None).unwrap());
+    assert_eq!(
+        to.links(None).unwrap().len(),
+        4,
+        "with the intent batch's link"
+    );
+    assert_eq!(
+        to.links_with_intent().unwrap(),
+        from.links_with_intent().unwrap()
+    );
+    assert_eq!(to.count_links("CUST").unwrap(), 3);
+    assert_eq!(to.hashes(&scope).unwrap(), from.hashes(&scope).unwrap());
+    assert_eq!(to.match_keys_of(&scope, &["K1"]).unwrap()["K1"], 99);
+    assert_eq!(to.rechecks(&scope).unwrap(), ["K2"]);
+    assert_eq!(to.cursor(&scope).unwrap().as_deref(), Some("cursor-1"));
+    assert_eq!(to.fingerprint(&scope).unwrap().as_deref(), Some("fp"));
+    assert_eq!(to.ambiguities("CUST").unwrap(), Some(json!([["C1", "C2"]])));
+    assert_eq!(
+        to.interactions("C1", 10).unwrap(),
+        from.interactions("C1", 10).unwrap()
+    );
+    assert_eq!(to.conflicts(false).unwrap(), from.conflicts(false).unwrap());
+    assert_eq!(to.runs(10).unwrap(), from.runs(10).unwrap());
+    assert_eq!(to.company_of("P1").unwrap().as_deref(), Some("C1"));
+    assert_eq!(to.unlinked_pairs("CUST").unwrap().len(), 1);
+    // Ids given after the copy are above the copied ones.
+    assert!(to.begin_run("sync").unwrap() > run);
+
+    // Rows come in primary-key order, columns in the schema's.
+    let mut contacts = Vec::new();
+    from.export_table("links", &mut |row| {
+        contacts.push(row[1].clone());
+        assert_eq!(row.len(), 12);
+        assert!(matches!(row[3], StoredValue::Blob(_)), "the baseline");
+        Ok(())
+    })
+    .unwrap();
+    let text = |s: &str| StoredValue::Text(s.to_owned());
+    assert_eq!(contacts, [text("C1"), text("C2"), text("C3")]);
+
+    // A stop asked for by the caller ends the export with its error.
+    let err = from
+        .export_table("links", &mut |_| {
+            Err(StateError::Corrupt {
+                what: "the target".into(),
+                message: "full".into(),
+            })
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+    assert_eq!(from.count_links("CUST").unwrap(), 3, "the store goes on");
+
+    let err = from.export_table("leases", &mut |_| Ok(())).unwrap_err();
+    assert!(
+        err.to_string().contains("not a table of a Tandem state"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_json_baseline_of_an_older_sqlite_state_is_imported_in_the_binary_form() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let mut state = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    let text = |s: &str| StoredValue::Text(s.to_owned());
+    let row = |baseline: StoredValue| {
+        vec![
+            text("CUST"),
+            text("C1"),
+            text("K1"),
+            baseline,
+            StoredValue::Null,
+            StoredValue::Null,
+            StoredValue::Null,
+            StoredValue::Integer(0),
+            StoredValue::Integer(1),
+            StoredValue::Integer(2),
+            StoredValue::Integer(0),
+            StoredValue::Null,
+        ]
+    };
+    state
+        .import_rows("links", vec![row(text(r#"{"name":"Acme","city":"Gent"}"#))])
+        .unwrap();
+    let links = state.links(None).unwrap();
+    assert_eq!(
+        links[0].baseline,
+        Fields::new().with("name", "Acme").with("city", "Gent")
+    );
+    // A value of the wrong kind is named, and nothing is stored.
+    let err = state
+        .import_rows("links", vec![row(StoredValue::Real(1.5))])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("column baseline of row 1 imported into links"),
+        "{err}"
+    );
+}

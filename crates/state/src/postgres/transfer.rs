@@ -1,0 +1,339 @@
+//! Copying a state table by table (`tandem migrate`): rows out of a table in primary
+//! key order, and rows into a table, with each column's values as [`StoredValue`]s.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgRow};
+
+use super::lease::{self, Lease};
+use super::read::get;
+use super::{PgState, pg};
+use crate::sqlite::{PackedLink, unpack};
+use crate::{StateError, StoredValue, TABLES, codec};
+
+/// Rows fetched per round trip from the export's cursor.
+const FETCH: usize = 5_000;
+
+/// What the store's thread sends while exporting a table.
+enum Exported {
+    Row(Vec<StoredValue>),
+    Done(Result<u64, StateError>),
+}
+
+/// A column of a state table: its name and PostgreSQL type.
+struct Column {
+    name: String,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Integer,
+    Real,
+    Text,
+    Blob,
+}
+
+impl Kind {
+    fn array(self) -> &'static str {
+        match self {
+            Kind::Integer => "bigint[]",
+            Kind::Real => "double precision[]",
+            Kind::Text => "text[]",
+            Kind::Blob => "bytea[]",
+        }
+    }
+}
+
+/// `table` if it is a table of a state.
+fn known(table: &str) -> Result<&'static str, StateError> {
+    TABLES
+        .iter()
+        .find(|t| **t == table)
+        .copied()
+        .ok_or_else(|| StateError::Corrupt {
+            what: format!("table name `{table}`"),
+            message: format!("not a table of a Tandem state ({})", TABLES.join(", ")),
+        })
+}
+
+impl PgState {
+    /// Calls `each` with every row of `table`, in primary-key order, its columns in the
+    /// schema's order; returns how many rows there were. Rows come from one snapshot.
+    pub fn export_table(
+        &self,
+        table: &str,
+        each: &mut dyn FnMut(Vec<StoredValue>) -> Result<(), StateError>,
+    ) -> Result<u64, StateError> {
+        let table = known(table)?;
+        // Bounded: the store's thread waits while `each` works through a backlog.
+        let (rows, received) = mpsc::sync_channel(FETCH);
+        self.send(Box::new(move |session| {
+            let result = session.on(async |conn, _| export(conn, table, &rows).await);
+            let _ = rows.send(Exported::Done(result));
+        }))?;
+        loop {
+            match received.recv() {
+                // Returning early drops `received`: the export stops at its next row.
+                Ok(Exported::Row(row)) => each(row)?,
+                Ok(Exported::Done(result)) => return result,
+                Err(_) => return Err(self.gone()),
+            }
+        }
+    }
+
+    /// Inserts `rows` (columns in the schema's order) into `table`, in one transaction
+    /// fenced by the store's lease. Identity counters (runs, conflicts, scopes, intent
+    /// batches) are moved past the ids imported. A JSON baseline or intent batch, as
+    /// SQLite states before migration 8 hold, is stored in the binary form.
+    pub fn import_rows(
+        &mut self,
+        table: &str,
+        rows: Vec<Vec<StoredValue>>,
+    ) -> Result<(), StateError> {
+        let table = known(table)?;
+        self.run(move |session| {
+            let (leases, ttl) = (session.leases.clone(), session.ttl);
+            session.on(async |conn, shown| import(conn, shown, &leases, ttl, table, rows).await)
+        })
+    }
+}
+
+async fn columns(conn: &mut PgConnection, table: &str) -> Result<Vec<Column>, StateError> {
+    const ACTION: &str = "reading a table's columns";
+    let found: Vec<(String, String)> = sqlx::query_as(
+        "SELECT column_name::text, data_type::text FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(pg(ACTION))?;
+    found
+        .into_iter()
+        .map(|(name, data_type)| {
+            let kind = match data_type.as_str() {
+                "bigint" => Kind::Integer,
+                "double precision" => Kind::Real,
+                "text" => Kind::Text,
+                "bytea" => Kind::Blob,
+                other => {
+                    return Err(StateError::Corrupt {
+                        what: format!("column {name} of {table}"),
+                        message: format!("of type {other}, which a state does not use"),
+                    });
+                }
+            };
+            Ok(Column { name, kind })
+        })
+        .collect()
+}
+
+/// The columns of `table`'s primary key, in order.
+async fn primary_key(conn: &mut PgConnection, table: &str) -> Result<Vec<String>, StateError> {
+    sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+         WHERE i.indrelid = $1::regclass AND i.indisprimary
+         ORDER BY array_position(i.indkey::int2[], a.attnum)",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(pg("reading a table's primary key"))
+}
+
+fn value(row: &PgRow, index: usize, kind: Kind) -> Result<StoredValue, StateError> {
+    const ACTION: &str = "exporting a table";
+    let value = match kind {
+        Kind::Integer => get::<Option<i64>>(row, index, ACTION)?.map(StoredValue::Integer),
+        Kind::Real => get::<Option<f64>>(row, index, ACTION)?.map(StoredValue::Real),
+        Kind::Text => get::<Option<String>>(row, index, ACTION)?.map(StoredValue::Text),
+        Kind::Blob => get::<Option<Vec<u8>>>(row, index, ACTION)?.map(StoredValue::Blob),
+    };
+    Ok(value.unwrap_or(StoredValue::Null))
+}
+
+/// Sends every row of `table` to `rows`, from a cursor in a read-only transaction.
+async fn export(
+    conn: &mut PgConnection,
+    table: &'static str,
+    rows: &mpsc::SyncSender<Exported>,
+) -> Result<u64, StateError> {
+    const ACTION: &str = "exporting a table";
+    let columns = columns(conn, table).await?;
+    let key = primary_key(conn, table).await?;
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let mut tx = conn.begin().await.map_err(pg(ACTION))?;
+    let declare = format!(
+        "DECLARE export NO SCROLL CURSOR FOR SELECT {} FROM {table} ORDER BY {}",
+        names.join(", "),
+        key.join(", ")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(declare))
+        .execute(&mut *tx)
+        .await
+        .map_err(pg(ACTION))?;
+    let mut exported = 0;
+    loop {
+        // Not prepared: one statement text would fetch rows of every table's shape.
+        let fetched = sqlx::query(sqlx::AssertSqlSafe(format!("FETCH {FETCH} FROM export")))
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(pg(ACTION))?;
+        if fetched.is_empty() {
+            break;
+        }
+        for row in &fetched {
+            let values = (columns.iter().enumerate())
+                .map(|(i, c)| value(row, i, c.kind))
+                .collect::<Result<Vec<_>, _>>()?;
+            if rows.send(Exported::Row(values)).is_err() {
+                // The caller stopped reading.
+                return Ok(exported);
+            }
+            exported += 1;
+        }
+    }
+    tx.commit().await.map_err(pg(ACTION))?;
+    Ok(exported)
+}
+
+/// `text`, a JSON baseline or JSON intent batch of an older SQLite state, in the
+/// binary form this store keeps; `None` for any other column.
+fn binary_of_json(table: &str, column: &str, text: &str) -> Option<Result<Vec<u8>, String>> {
+    match (table, column) {
+        ("links", "baseline") => Some(
+            serde_json::from_str::<tandem_model::Fields>(text)
+                .map(|fields| {
+                    let mut out = Vec::new();
+                    codec::encode_fields(&mut out, &fields);
+                    out
+                })
+                .map_err(|e| e.to_string()),
+        ),
+        ("intent_batches", "links") => Some(
+            serde_json::from_str::<Vec<PackedLink>>(text)
+                .map(|links| {
+                    let links: Vec<_> = links.into_iter().map(unpack).collect();
+                    codec::encode_links(&links)
+                })
+                .map_err(|e| e.to_string()),
+        ),
+        _ => None,
+    }
+}
+
+/// One column's values as the array its type takes.
+enum Array {
+    Integer(Vec<Option<i64>>),
+    Real(Vec<Option<f64>>),
+    Text(Vec<Option<String>>),
+    Blob(Vec<Option<Vec<u8>>>),
+}
+
+fn arrays(
+    table: &str,
+    columns: &[Column],
+    rows: &[Vec<StoredValue>],
+) -> Result<Vec<Array>, StateError> {
+    let mut arrays: Vec<Array> = columns
+        .iter()
+        .map(|c| match c.kind {
+            Kind::Integer => Array::Integer(Vec::with_capacity(rows.len())),
+            Kind::Real => Array::Real(Vec::with_capacity(rows.len())),
+            Kind::Text => Array::Text(Vec::with_capacity(rows.len())),
+            Kind::Blob => Array::Blob(Vec::with_capacity(rows.len())),
+        })
+        .collect();
+    for (n, row) in rows.iter().enumerate() {
+        let bad = |column: &str, message: String| StateError::Corrupt {
+            what: format!("column {column} of row {} imported into {table}", n + 1),
+            message,
+        };
+        if row.len() != columns.len() {
+            return Err(bad(
+                "(all)",
+                format!("{} values for {} columns", row.len(), columns.len()),
+            ));
+        }
+        for ((column, array), value) in columns.iter().zip(&mut arrays).zip(row) {
+            let mismatch = || {
+                bad(
+                    &column.name,
+                    format!("{value:?} in a {:?} column", column.kind),
+                )
+            };
+            match (array, value) {
+                (Array::Integer(a), StoredValue::Null) => a.push(None),
+                (Array::Integer(a), StoredValue::Integer(i)) => a.push(Some(*i)),
+                (Array::Real(a), StoredValue::Null) => a.push(None),
+                (Array::Real(a), StoredValue::Real(r)) => a.push(Some(*r)),
+                #[expect(clippy::cast_precision_loss, reason = "SQLite's own conversion")]
+                (Array::Real(a), StoredValue::Integer(i)) => a.push(Some(*i as f64)),
+                (Array::Text(a), StoredValue::Null) => a.push(None),
+                (Array::Text(a), StoredValue::Text(t)) => a.push(Some(t.clone())),
+                (Array::Blob(a), StoredValue::Null) => a.push(None),
+                (Array::Blob(a), StoredValue::Blob(b)) => a.push(Some(b.clone())),
+                (Array::Blob(a), StoredValue::Text(t)) => {
+                    let binary = binary_of_json(table, &column.name, t)
+                        .ok_or_else(mismatch)?
+                        .map_err(|e| bad(&column.name, e))?;
+                    a.push(Some(binary));
+                }
+                _ => return Err(mismatch()),
+            }
+        }
+    }
+    Ok(arrays)
+}
+
+async fn import(
+    conn: &mut PgConnection,
+    shown: &str,
+    leases: &[Lease],
+    ttl: Duration,
+    table: &'static str,
+    rows: Vec<Vec<StoredValue>>,
+) -> Result<(), StateError> {
+    const ACTION: &str = "importing rows";
+    let columns = columns(conn, table).await?;
+    let mut tx = conn.begin().await.map_err(pg(ACTION))?;
+    lease::fence(&mut tx, shown, leases, ttl).await?;
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    let params: Vec<String> = (columns.iter().enumerate())
+        .map(|(i, c)| format!("${}::{}", i + 1, c.kind.array()))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) SELECT * FROM unnest({})",
+        names.join(", "),
+        params.join(", ")
+    );
+    for chunk in rows.chunks(FETCH) {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for array in arrays(table, &columns, chunk)? {
+            query = match array {
+                Array::Integer(a) => query.bind(a),
+                Array::Real(a) => query.bind(a),
+                Array::Text(a) => query.bind(a),
+                Array::Blob(a) => query.bind(a),
+            };
+        }
+        query.execute(&mut *tx).await.map_err(pg(ACTION))?;
+    }
+    if matches!(table, "runs" | "conflicts" | "scopes" | "intent_batches") {
+        // The next id given is above every id imported.
+        let sql = format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'),
+                           GREATEST((SELECT max(id) FROM {table}), 1))"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(pg(ACTION))?;
+    }
+    tx.commit().await.map_err(pg(ACTION))
+}
