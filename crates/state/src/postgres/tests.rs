@@ -556,3 +556,33 @@ fn a_json_baseline_of_an_older_sqlite_state_is_imported_in_the_binary_form() {
         "{err}"
     );
 }
+
+#[test]
+fn a_malformed_baseline_or_conflict_value_names_its_row() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let mut state = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    state.commit(links(vec![link("C1", "K1")])).unwrap();
+    execute(&url, "UPDATE links SET baseline = '\\x7b6e6f74'::bytea");
+    let err = state.links(None).unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("CUST") && message.contains("C1"),
+        "{message}"
+    );
+
+    execute(
+        &url,
+        "INSERT INTO conflicts (code, contact_id, account_id, field, base, contact_value,
+                                account_value, opened_at)
+         VALUES ('CUST', 'C1', 'K1', 'phone', '\"1\"', '\"2\"', '{\"x\": 1}', 0)",
+    );
+    let err = state.conflicts(false).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("conflict 1") && message.contains("account value"),
+        "{message}"
+    );
+}
