@@ -391,7 +391,7 @@ pub enum StateError {
     UnknownConflict { id: i64 },
     #[error("the state holds a malformed value ({what}): {message}")]
     Corrupt { what: String, message: String },
-    #[error("unsupported state url `{url}`; use sqlite://<path> or postgres://...")]
+    #[error("unsupported state url `{url}`; use sqlite://<path>")]
     UnsupportedUrl { url: String },
 }
 

@@ -100,6 +100,12 @@ impl PgState {
         // Statements are logged by the server if anyone wants them; sqlx's own log of
         // every statement would flood a first sync's output.
         let options = options.disable_statement_logging();
+        // Named in `pg_stat_activity`, unless the url names it otherwise.
+        let options = if url.contains("application_name=") {
+            options
+        } else {
+            options.application_name("tandem state")
+        };
         let (opened_tx, opened_rx) = mpsc::sync_channel(1);
         let (jobs, jobs_rx) = mpsc::channel::<Job>();
         let thread_shown = shown.clone();

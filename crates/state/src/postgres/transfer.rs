@@ -1,7 +1,6 @@
 //! Copying a state table by table (`tandem migrate`): rows out of a table in primary
 //! key order, and rows into a table, with each column's values as [`StoredValue`]s.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use sqlx::Connection;
@@ -13,13 +12,13 @@ use super::{PgState, pg};
 use crate::sqlite::{PackedLink, unpack};
 use crate::{StateError, StoredValue, TABLES, codec};
 
-/// Rows fetched per round trip from the export's cursor.
-const FETCH: usize = 5_000;
+/// Rows per page of an export, and per statement of an import.
+const PAGE: usize = 5_000;
 
-/// What the store's thread sends while exporting a table.
-enum Exported {
-    Row(Vec<StoredValue>),
-    Done(Result<u64, StateError>),
+/// A page of an export: its rows, and the primary key of its last row.
+struct Page {
+    rows: Vec<Vec<StoredValue>>,
+    last_key: Option<Vec<StoredValue>>,
 }
 
 /// A column of a state table: its name and PostgreSQL type.
@@ -61,25 +60,29 @@ fn known(table: &str) -> Result<&'static str, StateError> {
 
 impl PgState {
     /// Calls `each` with every row of `table`, in primary-key order, its columns in the
-    /// schema's order; returns how many rows there were. Rows come from one snapshot.
+    /// schema's order; returns how many rows there were. Rows are read a page at a time
+    /// (keyset paging), so `each` may use this store too; a copy runs under the lease,
+    /// while no sync writes.
     pub fn export_table(
         &self,
         table: &str,
         each: &mut dyn FnMut(Vec<StoredValue>) -> Result<(), StateError>,
     ) -> Result<u64, StateError> {
         let table = known(table)?;
-        // Bounded: the store's thread waits while `each` works through a backlog.
-        let (rows, received) = mpsc::sync_channel(FETCH);
-        self.send(Box::new(move |session| {
-            let result = session.on(async |conn, _| export(conn, table, &rows).await);
-            let _ = rows.send(Exported::Done(result));
-        }))?;
+        let mut after: Option<Vec<StoredValue>> = None;
+        let mut exported = 0;
         loop {
-            match received.recv() {
-                // Returning early drops `received`: the export stops at its next row.
-                Ok(Exported::Row(row)) => each(row)?,
-                Ok(Exported::Done(result)) => return result,
-                Err(_) => return Err(self.gone()),
+            let page = self.run(move |session| {
+                session.on(async |conn, _| export_page(conn, table, after).await)
+            })?;
+            let full = page.rows.len() == PAGE;
+            for row in page.rows {
+                each(row)?;
+                exported += 1;
+            }
+            match page.last_key {
+                Some(key) if full => after = Some(key),
+                _ => return Ok(exported),
             }
         }
     }
@@ -156,50 +159,60 @@ fn value(row: &PgRow, index: usize, kind: Kind) -> Result<StoredValue, StateErro
     Ok(value.unwrap_or(StoredValue::Null))
 }
 
-/// Sends every row of `table` to `rows`, from a cursor in a read-only transaction.
-async fn export(
+/// The first [`PAGE`] rows of `table` after the primary key `after`, in key order.
+async fn export_page(
     conn: &mut PgConnection,
     table: &'static str,
-    rows: &mpsc::SyncSender<Exported>,
-) -> Result<u64, StateError> {
+    after: Option<Vec<StoredValue>>,
+) -> Result<Page, StateError> {
     const ACTION: &str = "exporting a table";
     let columns = columns(conn, table).await?;
     let key = primary_key(conn, table).await?;
+    let key_at: Vec<(usize, Kind)> = key
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| &c.name == k))
+        .map(|i| (i, columns[i].kind))
+        .collect();
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    let mut tx = conn.begin().await.map_err(pg(ACTION))?;
-    let declare = format!(
-        "DECLARE export NO SCROLL CURSOR FOR SELECT {} FROM {table} ORDER BY {}",
+    let filter = match &after {
+        None => String::new(),
+        Some(_) => {
+            let params: Vec<String> = (key_at.iter().enumerate())
+                .map(|(n, (_, kind))| {
+                    format!("${}::{}", n + 1, kind.array().trim_end_matches("[]"))
+                })
+                .collect();
+            format!("WHERE ({}) > ({})", key.join(", "), params.join(", "))
+        }
+    };
+    let sql = format!(
+        "SELECT {} FROM {table} {filter} ORDER BY {} LIMIT {PAGE}",
         names.join(", "),
         key.join(", ")
     );
-    sqlx::query(sqlx::AssertSqlSafe(declare))
-        .execute(&mut *tx)
-        .await
-        .map_err(pg(ACTION))?;
-    let mut exported = 0;
-    loop {
-        // Not prepared: one statement text would fetch rows of every table's shape.
-        let fetched = sqlx::query(sqlx::AssertSqlSafe(format!("FETCH {FETCH} FROM export")))
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(pg(ACTION))?;
-        if fetched.is_empty() {
-            break;
-        }
-        for row in &fetched {
-            let values = (columns.iter().enumerate())
-                .map(|(i, c)| value(row, i, c.kind))
-                .collect::<Result<Vec<_>, _>>()?;
-            if rows.send(Exported::Row(values)).is_err() {
-                // The caller stopped reading.
-                return Ok(exported);
-            }
-            exported += 1;
-        }
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for value in after.into_iter().flatten() {
+        query = match value {
+            StoredValue::Integer(i) => query.bind(i),
+            StoredValue::Text(t) => query.bind(t),
+            StoredValue::Real(r) => query.bind(r),
+            StoredValue::Blob(b) => query.bind(b),
+            StoredValue::Null => query.bind(None::<i64>),
+        };
     }
-    tx.commit().await.map_err(pg(ACTION))?;
-    Ok(exported)
+    let fetched = query.fetch_all(&mut *conn).await.map_err(pg(ACTION))?;
+    let rows = fetched
+        .iter()
+        .map(|row| {
+            (columns.iter().enumerate())
+                .map(|(i, c)| value(row, i, c.kind))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let last_key = rows
+        .last()
+        .map(|row| key_at.iter().map(|(i, _)| row[*i].clone()).collect());
+    Ok(Page { rows, last_key })
 }
 
 /// `text`, a JSON baseline or JSON intent batch of an older SQLite state, in the
@@ -312,7 +325,7 @@ async fn import(
         names.join(", "),
         params.join(", ")
     );
-    for chunk in rows.chunks(FETCH) {
+    for chunk in rows.chunks(PAGE) {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
         for array in arrays(table, &columns, chunk)? {
             query = match array {
