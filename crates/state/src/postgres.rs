@@ -58,16 +58,67 @@ type Job = Box<dyn FnOnce(&mut Session) + Send>;
 pub(crate) struct Session {
     runtime: tokio::runtime::Runtime,
     conn: PgConnection,
+    options: PgConnectOptions,
+    /// The connection was lost: the next job connects again first.
+    lost: bool,
     /// The url with its password hidden.
     shown: String,
+    /// The url as given, to scrub its password from messages.
+    url: String,
     leases: Vec<Lease>,
     ttl: Duration,
 }
 
+/// How long opening a connection may take: a server behind a firewall that drops
+/// packets would otherwise keep a run waiting for minutes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn connect(options: &PgConnectOptions) -> Result<PgConnection, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(connected) => connected.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    }
+}
+
+/// Whether `e` means the connection is gone (the server restarted, the network
+/// failed, an administrator ended the session), rather than a statement failed.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+    ) || e
+        .as_database_error()
+        .and_then(|d| d.code())
+        // Class 57P: the server is shutting down or ended this session.
+        .is_some_and(|code| code.starts_with("57P"))
+}
+
 impl Session {
-    /// Runs `job` on the connection, on this thread's runtime.
-    fn on<R>(&mut self, job: impl AsyncFnOnce(&mut PgConnection, &str) -> R) -> R {
-        self.runtime.block_on(job(&mut self.conn, &self.shown))
+    /// Runs `job` on the connection, on this thread's runtime. A job that finds the
+    /// connection lost fails (whether a commit landed is unknown then), and the next
+    /// job connects again: the leases are rows, not the session's, so they stay held.
+    fn on<T>(
+        &mut self,
+        job: impl AsyncFnOnce(&mut PgConnection, &str) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        if self.lost {
+            let conn =
+                self.runtime
+                    .block_on(connect(&self.options))
+                    .map_err(|e| StateError::Open {
+                        path: self.shown.clone(),
+                        message: scrub(&format!("cannot connect again: {e}"), &self.url),
+                    })?;
+            self.conn = conn;
+            self.lost = false;
+        }
+        let result = self.runtime.block_on(job(&mut self.conn, &self.shown));
+        if let Err(StateError::Postgres { source, .. }) = &result
+            && connection_lost(source)
+        {
+            self.lost = true;
+        }
+        result
     }
 }
 
@@ -209,12 +260,15 @@ fn start(
         .build()
         .map_err(|e| open_error(format!("cannot start a runtime: {e}")))?;
     let conn = runtime
-        .block_on(options.connect())
+        .block_on(connect(options))
         .map_err(|e| open_error(format!("cannot connect: {e}")))?;
     let mut session = Session {
         runtime,
         conn,
+        options: options.clone(),
+        lost: false,
         shown: shown.to_owned(),
+        url: url.to_owned(),
         leases: Vec::new(),
         ttl,
     };

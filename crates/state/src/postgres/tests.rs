@@ -192,6 +192,28 @@ fn the_store_renews_its_lease_while_it_is_idle() {
 }
 
 #[test]
+fn a_lost_connection_fails_one_call_and_the_next_connects_again() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let mut state = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    state.commit(links(vec![link("C1", "K1")])).unwrap();
+    // An administrator ends the store's session.
+    execute(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'tandem state'",
+    );
+    let err = state.count_links("CUST").unwrap_err();
+    assert!(matches!(err, StateError::Postgres { .. }), "{err}");
+    // The lease is a row, not the session's: still held, and the writes go on.
+    assert_eq!(state.count_links("CUST").unwrap(), 1);
+    state.commit(links(vec![link("C2", "K2")])).unwrap();
+    assert_eq!(state.count_links("CUST").unwrap(), 2);
+    assert_eq!(epoch(&url), 1);
+}
+
+#[test]
 fn a_database_of_another_program_is_refused_and_left_alone() {
     let Some((server, url)) = database() else {
         return;
