@@ -9,14 +9,17 @@
 //! * the interaction log (R11), the conflict queue (R15), pending creates (R5, R6),
 //!   parked pairs (R17) and the company of each person contact (R3).
 //!
-//! [`StateStore`] is the interface; [`SqliteState`] the embedded default. Writes go in
-//! [`StateBatch`]es, each one transaction, so a crash leaves either all or none of a
-//! batch.
+//! [`StateStore`] is the interface; [`SqliteState`] the embedded default, [`PgState`]
+//! the same state in PostgreSQL. Writes go in [`StateBatch`]es, each one transaction,
+//! so a crash leaves either all or none of a batch.
 
 mod codec;
 mod log;
 mod pending;
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod testing;
 pub mod transfer;
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +29,7 @@ use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
 
 pub use log::{Change, LogEntry};
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
+pub use postgres::PgState;
 pub use sqlite::{LockMode, SqliteState, redact_url};
 
 /// A business relation between one contact and one account (R2: at most one per code
@@ -337,6 +341,37 @@ pub enum StateError {
         action: &'static str,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("state storage failed while {action}: {source}")]
+    Postgres {
+        action: &'static str,
+        /// Never holds the url: sqlx's errors name the server's message, not the
+        /// connection string, and connection errors are `Open` with the url redacted.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Another process holds the state's lease (PostgreSQL): it is syncing.
+    #[error(
+        "the state {path} is in use by another tandem process ({owner}); its lease `{name}` \
+         expires at {expires_at} unless renewed; wait for that run to finish, or stop it, \
+         then try again"
+    )]
+    Leased {
+        path: String,
+        name: String,
+        owner: String,
+        expires_at: String,
+    },
+    /// The lease this store held was taken over (it expired: the process stalled for
+    /// longer than its lifetime); the batch was not applied.
+    #[error(
+        "the state {path} was taken over by another process: this process's lease `{name}` \
+         (epoch {epoch}) expired and is no longer held, so nothing was written; run again"
+    )]
+    LeaseLost {
+        path: String,
+        name: String,
+        epoch: i64,
     },
     /// R2: the account already has a contact under this code.
     #[error(

@@ -1753,7 +1753,11 @@ fn store_intent_batches(
 /// `stored` links with the `in_flight` links of intent batches that `keep` accepts in
 /// place of the stored link of the same (code, contact): what the links are once the
 /// next run takes the batches up. Ordered by code and contact id.
-fn overlay(stored: Vec<Link>, in_flight: Vec<Link>, keep: impl Fn(&Link) -> bool) -> Vec<Link> {
+pub(crate) fn overlay(
+    stored: Vec<Link>,
+    in_flight: Vec<Link>,
+    keep: impl Fn(&Link) -> bool,
+) -> Vec<Link> {
     if in_flight.is_empty() {
         return stored;
     }
@@ -1769,7 +1773,7 @@ fn overlay(stored: Vec<Link>, in_flight: Vec<Link>, keep: impl Fn(&Link) -> bool
 
 /// A link in an intent batch as stored before migration 8 (still read): a JSON array,
 /// without the keys a million links would repeat, and times as milliseconds.
-type PackedLink = (
+pub(crate) type PackedLink = (
     String,
     String,
     String,
@@ -1784,7 +1788,7 @@ type PackedLink = (
     Option<Intent>,
 );
 
-fn unpack(p: PackedLink) -> Link {
+pub(crate) fn unpack(p: PackedLink) -> Link {
     let (code, contact_id, account_id, baseline, contact_version, account_version) =
         (p.0, p.1, p.2, p.3, p.4, p.5);
     Link {
@@ -2087,14 +2091,14 @@ static APPEND_INTERACTIONS: LazyLock<String> = LazyLock::new(|| {
 /// One row of the log: an entry, and the entry after it when both are about the same
 /// pair at the same time in the same run (a new link and its first update, a create
 /// and its link: a first sync makes two per pair), which takes the next id.
-struct LogRow<'e> {
-    id: i64,
-    entry: &'e Interaction,
-    next: Option<&'e Interaction>,
+pub(crate) struct LogRow<'e> {
+    pub(crate) id: i64,
+    pub(crate) entry: &'e Interaction,
+    pub(crate) next: Option<&'e Interaction>,
 }
 
 /// Whether `b` can share `a`'s row.
-fn same_pair(a: &Interaction, b: &Interaction) -> bool {
+pub(crate) fn same_pair(a: &Interaction, b: &Interaction) -> bool {
     a.at == b.at
         && a.run_id == b.run_id
         && a.contact_id == b.contact_id

@@ -492,6 +492,71 @@ mod tests {
         assert_eq!(target.begin_run("sync").unwrap(), last_run + 1);
     }
 
+    /// A state copied into PostgreSQL and from there into a new SQLite file holds, in
+    /// every table, the rows it started with; PostgreSQL answers every read as the
+    /// source did, and its ids go on after the copied ones.
+    #[test]
+    fn a_state_goes_to_postgres_and_back_unchanged() {
+        let Some(server) = tandem_test_databases::PostgresServer::start() else {
+            return;
+        };
+        for fixture in [false, true] {
+            let (_dir, source_path, target_path) = paths();
+            let source = if fixture {
+                std::fs::write(
+                    &source_path,
+                    include_bytes!("../tests/fixtures/state-v7.db"),
+                )
+                .unwrap();
+                open(&source_path)
+            } else {
+                filled(&source_path, 2 * COPY_CHUNK_ROWS + 1)
+            };
+            let url = server.create_database();
+            let mut postgres = crate::PgState::open_url(&url, LockMode::Exclusive).unwrap();
+            copy_state(&source, &mut postgres, &mut |_, _| {}).unwrap();
+            let mut back = open(&target_path);
+            copy_state(&postgres, &mut back, &mut |_, _| {}).unwrap();
+            for table in STATE_TABLES {
+                assert_eq!(
+                    rows(&source, table.name),
+                    rows(&back, table.name),
+                    "{} (v7 fixture: {fixture})",
+                    table.name
+                );
+            }
+            assert_eq!(postgres.links(None).unwrap(), source.links(None).unwrap());
+            assert_eq!(
+                postgres.conflicts(false).unwrap(),
+                source.conflicts(false).unwrap()
+            );
+            assert_eq!(
+                postgres.pending_creates().unwrap(),
+                source.pending_creates().unwrap()
+            );
+            assert_eq!(
+                postgres.links_with_intent().unwrap(),
+                source.links_with_intent().unwrap()
+            );
+            for code in ["CUST", "VEND"] {
+                assert_eq!(
+                    postgres.unlinked_pairs(code).unwrap(),
+                    source.unlinked_pairs(code).unwrap()
+                );
+            }
+            for contact in ["C1", "C0001", "C0002", "C0003", "C0004"] {
+                assert_eq!(
+                    postgres.interactions(contact, 100).unwrap(),
+                    source.interactions(contact, 100).unwrap(),
+                    "{contact}"
+                );
+            }
+            assert_eq!(postgres.runs(100).unwrap(), source.runs(100).unwrap());
+            let last_run = source.runs(1).unwrap().first().map_or(0, |r| r.id);
+            assert_eq!(postgres.begin_run("sync").unwrap(), last_run + 1);
+        }
+    }
+
     #[test]
     fn a_target_holding_any_row_is_refused_and_left_unchanged() {
         let (_dir, source_path, target_path) = paths();

@@ -5,6 +5,7 @@ use tandem_model::{EntityKind, Fields, Timestamp, Value};
 use tempfile::TempDir;
 
 use super::*;
+use crate::testing::both_stores;
 
 fn temp() -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -33,7 +34,7 @@ fn link(code: &str, contact: &str, account: &str) -> Link {
     }
 }
 
-fn upsert(state: &mut SqliteState, links: Vec<Link>) -> Result<(), StateError> {
+fn upsert(state: &mut dyn StateStore, links: Vec<Link>) -> Result<(), StateError> {
     state.commit(StateBatch {
         upsert_links: links,
         ..StateBatch::default()
@@ -240,22 +241,20 @@ fn urls_resolve_against_the_base_folder() {
     }
 }
 
-#[test]
-fn links_round_trip_with_baseline_and_versions() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+both_stores!(links_round_trip_with_baseline_and_versions, |place| {
+    let mut state = place.open();
     let mut full = link("CUST", "C1", "K1");
     full.baseline = Fields::new()
         .with("name", "Acme")
         .with("city", "Gent")
-        .with("x_rating", tandem_model::Value::Number(3.5));
+        .with("x_rating", Value::Number(3.5));
     full.account_version = Some("etag-7".into());
     full.last_error = Some("timeout".into());
     full.failure_count = 2;
-    upsert(&mut state, vec![full.clone(), link("VEND", "C2", "V1")]).unwrap();
+    upsert(&mut *state, vec![full.clone(), link("VEND", "C2", "V1")]).unwrap();
     drop(state);
 
-    let state = open(&path);
+    let state = place.open();
     assert_eq!(
         state.links_of_contacts(&["C1"]).unwrap(),
         vec![full.clone()]
@@ -273,15 +272,13 @@ fn links_round_trip_with_baseline_and_versions() {
     let (contacts, accounts) = state.linked_ids("VEND").unwrap();
     assert_eq!(contacts, HashSet::from(["C2".to_owned()]));
     assert_eq!(accounts, HashSet::from(["V1".to_owned()]));
-}
+});
 
-#[test]
-fn r2_account_has_at_most_one_contact_per_code() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
+both_stores!(r2_account_has_at_most_one_contact_per_code, |place| {
+    let mut state = place.open();
+    upsert(&mut *state, vec![link("CUST", "C1", "K1")]).unwrap();
 
-    let err = upsert(&mut state, vec![link("CUST", "C2", "K1")]).unwrap_err();
+    let err = upsert(&mut *state, vec![link("CUST", "C2", "K1")]).unwrap_err();
     match &err {
         StateError::AccountTaken {
             code,
@@ -312,8 +309,8 @@ fn r2_account_has_at_most_one_contact_per_code() {
     assert!(state.links_of_contacts(&["C2"]).unwrap().is_empty());
 
     // Nor can a contact that has another account move onto a taken one.
-    upsert(&mut state, vec![link("CUST", "C3", "K3")]).unwrap();
-    let err = upsert(&mut state, vec![link("CUST", "C3", "K1")]).unwrap_err();
+    upsert(&mut *state, vec![link("CUST", "C3", "K3")]).unwrap();
+    let err = upsert(&mut *state, vec![link("CUST", "C3", "K1")]).unwrap_err();
     assert!(
         matches!(&err, StateError::AccountTaken { contact_id, linked_contact, .. }
             if contact_id == "C3" && linked_contact == "C1"),
@@ -331,11 +328,11 @@ fn r2_account_has_at_most_one_contact_per_code() {
         .unwrap();
 
     // The same account number under another code is another relation.
-    upsert(&mut state, vec![link("VEND", "C2", "K1")]).unwrap();
+    upsert(&mut *state, vec![link("VEND", "C2", "K1")]).unwrap();
 
     // One contact may be customer, vendor and bank account at once.
     upsert(
-        &mut state,
+        &mut *state,
         vec![
             link("CUST", "C9", "K9"),
             link("VEND", "C9", "V9"),
@@ -363,32 +360,31 @@ fn r2_account_has_at_most_one_contact_per_code() {
         state.links_of_accounts("CUST", &["K1"]).unwrap(),
         vec![link("CUST", "C2", "K1")]
     );
-}
+});
 
-#[test]
-fn upsert_replaces_the_link_of_the_same_code_and_contact() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
-    // The same link again is not a conflict with itself.
-    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
+both_stores!(
+    upsert_replaces_the_link_of_the_same_code_and_contact,
+    |place| {
+        let mut state = place.open();
+        upsert(&mut *state, vec![link("CUST", "C1", "K1")]).unwrap();
+        // The same link again is not a conflict with itself.
+        upsert(&mut *state, vec![link("CUST", "C1", "K1")]).unwrap();
 
-    let mut changed = link("CUST", "C1", "K2");
-    changed.baseline = Fields::new().with("name", "Renamed");
-    changed.contact_version = Some("cv-2".into());
-    changed.failure_count = 1;
-    upsert(&mut state, vec![changed.clone()]).unwrap();
-    assert_eq!(state.links(None).unwrap(), vec![changed]);
-    assert!(state.links_of_accounts("CUST", &["K1"]).unwrap().is_empty());
-    assert_eq!(state.count_links("CUST").unwrap(), 1);
-}
+        let mut changed = link("CUST", "C1", "K2");
+        changed.baseline = Fields::new().with("name", "Renamed");
+        changed.contact_version = Some("cv-2".into());
+        changed.failure_count = 1;
+        upsert(&mut *state, vec![changed.clone()]).unwrap();
+        assert_eq!(state.links(None).unwrap(), vec![changed]);
+        assert!(state.links_of_accounts("CUST", &["K1"]).unwrap().is_empty());
+        assert_eq!(state.count_links("CUST").unwrap(), 1);
+    }
+);
 
-#[test]
-fn delete_links_removes_only_the_named_links() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+both_stores!(delete_links_removes_only_the_named_links, |place| {
+    let mut state = place.open();
     upsert(
-        &mut state,
+        &mut *state,
         vec![
             link("CUST", "C1", "K1"),
             link("VEND", "C1", "V1"),
@@ -409,12 +405,10 @@ fn delete_links_removes_only_the_named_links() {
         state.links(None).unwrap(),
         vec![link("CUST", "C2", "K2"), link("VEND", "C1", "V1")]
     );
-}
+});
 
-#[test]
-fn hashes_are_kept_per_scope() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+both_stores!(hashes_are_kept_per_scope, |place| {
+    let mut state = place.open();
     let files = Scope::new("files", EntityKind::Customer);
     let vendors = Scope::new("files", EntityKind::Vendor);
     let erp = Scope::new("erp", EntityKind::Customer);
@@ -476,12 +470,10 @@ fn hashes_are_kept_per_scope() {
         state.hashes(&files).unwrap(),
         HashMap::from([("2".to_owned(), 4)])
     );
-}
+});
 
-#[test]
-fn cursors_are_kept_per_scope() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+both_stores!(cursors_are_kept_per_scope, |place| {
+    let mut state = place.open();
     let contacts = Scope::new("crm", EntityKind::Contact);
     let customers = Scope::new("erp", EntityKind::Customer);
     assert_eq!(state.cursor(&contacts).unwrap(), None);
@@ -501,7 +493,7 @@ fn cursors_are_kept_per_scope() {
         })
         .unwrap();
     drop(state);
-    let state = open(&path);
+    let state = place.open();
     assert_eq!(state.cursor(&contacts).unwrap().as_deref(), Some("page-2"));
     assert_eq!(state.cursor(&customers).unwrap().as_deref(), Some("42"));
     assert_eq!(
@@ -510,12 +502,10 @@ fn cursors_are_kept_per_scope() {
             .unwrap(),
         None
     );
-}
+});
 
-#[test]
-fn runs_are_listed_newest_first() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+both_stores!(runs_are_listed_newest_first, |place| {
+    let mut state = place.open();
     let first = state.begin_run("sync").unwrap();
     state
         .finish_run(first, "ok", &json!({"updated": 3}))
@@ -538,22 +528,20 @@ fn runs_are_listed_newest_first() {
     assert_eq!(state.runs(1).unwrap().len(), 1);
     let err = state.finish_run(999, "ok", &json!({})).unwrap_err();
     assert!(err.to_string().contains("end of a run"), "{err}");
-}
+});
 
-#[test]
-fn lookups_by_many_ids_are_chunked() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+both_stores!(lookups_by_many_ids_are_chunked, |place| {
+    let mut state = place.open();
     let links: Vec<Link> = (0..2_345)
         .map(|i| link("CUST", &format!("C{i:05}"), &format!("K{i:05}")))
         .collect();
-    upsert(&mut state, links.clone()).unwrap();
+    upsert(&mut *state, links.clone()).unwrap();
     // Every third contact is a vendor too.
     let vendors: Vec<Link> = (0..2_345)
         .step_by(3)
         .map(|i| link("VEND", &format!("C{i:05}"), &format!("V{i:05}")))
         .collect();
-    upsert(&mut state, vendors).unwrap();
+    upsert(&mut *state, vendors).unwrap();
 
     // Every other id, plus unknown ids and duplicates, across several chunks.
     let mut contacts: Vec<String> = (0..2_345).step_by(2).map(|i| format!("C{i:05}")).collect();
@@ -581,15 +569,13 @@ fn lookups_by_many_ids_are_chunked() {
     assert_eq!(state.links_of_accounts("CUST", &ids).unwrap(), links);
     assert!(state.links_of_accounts("VEND", &ids).unwrap().is_empty());
     assert!(state.links_of_contacts(&[]).unwrap().is_empty());
-}
+});
 
-#[test]
-fn a_failing_batch_leaves_nothing_applied() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+both_stores!(a_failing_batch_leaves_nothing_applied, |place| {
+    let mut state = place.open();
     let scope = Scope::new("files", EntityKind::Customer);
     upsert(
-        &mut state,
+        &mut *state,
         vec![link("CUST", "C1", "K1"), link("CUST", "C2", "K2")],
     )
     .unwrap();
@@ -622,9 +608,9 @@ fn a_failing_batch_leaves_nothing_applied() {
     assert_eq!(state.company_of("P1").unwrap(), None);
 
     // The store stays usable after a rolled-back batch.
-    upsert(&mut state, vec![link("CUST", "C3", "K3")]).unwrap();
+    upsert(&mut *state, vec![link("CUST", "C3", "K3")]).unwrap();
     assert_eq!(state.count_links("CUST").unwrap(), 3);
-}
+});
 
 #[test]
 fn a_malformed_baseline_names_the_link() {
@@ -705,7 +691,7 @@ fn pending(code: &str, side: &str, source: &str) -> PendingCreate {
     }
 }
 
-fn commit(state: &mut SqliteState, batch: StateBatch) {
+fn commit(state: &mut dyn StateStore, batch: StateBatch) {
     state.commit(batch).unwrap();
 }
 
@@ -715,92 +701,92 @@ fn stored(mut entry: Interaction, id: i64) -> Interaction {
     entry
 }
 
-#[test]
-fn r11_interaction_log_round_trips_oldest_first_with_a_limit() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    let details = json!({"fields": {"phone": {"old": "1", "new": "2"}}, "tier": 0});
-    let entries: Vec<Interaction> = (0..5)
-        .map(|i| interaction("C1", &format!("action-{i}"), json!({"n": i})))
-        .collect();
-    let mut other = interaction("C2", "updated", details.clone());
-    other.run_id = None;
-    other.account_id = None;
+both_stores!(
+    r11_interaction_log_round_trips_oldest_first_with_a_limit,
+    |place| {
+        let mut state = place.open();
+        let details = json!({"fields": {"phone": {"old": "1", "new": "2"}}, "tier": 0});
+        let entries: Vec<Interaction> = (0..5)
+            .map(|i| interaction("C1", &format!("action-{i}"), json!({"n": i})))
+            .collect();
+        let mut other = interaction("C2", "updated", details.clone());
+        other.run_id = None;
+        other.account_id = None;
+        commit(
+            &mut *state,
+            StateBatch {
+                interactions: vec![entries[0].clone(), other.clone(), entries[1].clone()],
+                ..StateBatch::default()
+            },
+        );
+        commit(
+            &mut *state,
+            StateBatch {
+                interactions: entries[2..].to_vec(),
+                ..StateBatch::default()
+            },
+        );
+        drop(state);
+
+        let state = place.open();
+        let all = state.interactions("C1", 100).unwrap();
+        assert_eq!(all.len(), 5);
+        // Ids are the store's, increasing in the order entries were appended.
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id), "{all:?}");
+        let expected: Vec<Interaction> = entries
+            .iter()
+            .zip(&all)
+            .map(|(entry, got)| stored(entry.clone(), got.id))
+            .collect();
+        assert_eq!(all, expected);
+
+        // The three newest, still oldest first.
+        assert_eq!(state.interactions("C1", 3).unwrap(), all[2..].to_vec());
+        assert!(state.interactions("C1", 0).unwrap().is_empty());
+
+        let theirs = state.interactions("C2", 10).unwrap();
+        assert_eq!(theirs.len(), 1);
+        assert_eq!(theirs[0], stored(other, theirs[0].id));
+        assert_eq!(theirs[0].details.value(), details);
+        assert!(state.interactions("nobody", 10).unwrap().is_empty());
+    }
+);
+
+// A big batch is appended several entries per statement: every entry is kept, in
+// order, with its own values.
+both_stores!(
+    r11_a_big_batch_of_log_entries_keeps_each_in_order,
+    |place| {
+        let mut state = place.open();
+        let entries: Vec<Interaction> = (0..150)
+            .map(|i| {
+                let mut entry = interaction("C1", &format!("action-{i}"), json!({"n": i}));
+                entry.account_id = (i % 3 != 0).then(|| format!("K{i}"));
+                entry
+            })
+            .collect();
+        commit(
+            &mut *state,
+            StateBatch {
+                interactions: entries.clone(),
+                ..StateBatch::default()
+            },
+        );
+        let all = state.interactions("C1", 1000).unwrap();
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        let expected: Vec<Interaction> = entries
+            .into_iter()
+            .zip(&all)
+            .map(|(entry, got)| stored(entry, got.id))
+            .collect();
+        assert_eq!(all, expected);
+    }
+);
+
+both_stores!(r15_at_most_one_open_conflict_per_pair_and_field, |place| {
+    let mut state = place.open();
     commit(
-        &mut state,
-        StateBatch {
-            interactions: vec![entries[0].clone(), other.clone(), entries[1].clone()],
-            ..StateBatch::default()
-        },
-    );
-    commit(
-        &mut state,
-        StateBatch {
-            interactions: entries[2..].to_vec(),
-            ..StateBatch::default()
-        },
-    );
-    drop(state);
-
-    let state = open(&path);
-    let all = state.interactions("C1", 100).unwrap();
-    assert_eq!(all.len(), 5);
-    // Ids are the store's, increasing in the order entries were appended.
-    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "{all:?}");
-    let expected: Vec<Interaction> = entries
-        .iter()
-        .zip(&all)
-        .map(|(entry, got)| stored(entry.clone(), got.id))
-        .collect();
-    assert_eq!(all, expected);
-
-    // The three newest, still oldest first.
-    assert_eq!(state.interactions("C1", 3).unwrap(), all[2..].to_vec());
-    assert!(state.interactions("C1", 0).unwrap().is_empty());
-
-    let theirs = state.interactions("C2", 10).unwrap();
-    assert_eq!(theirs.len(), 1);
-    assert_eq!(theirs[0], stored(other, theirs[0].id));
-    assert_eq!(theirs[0].details.value(), details);
-    assert!(state.interactions("nobody", 10).unwrap().is_empty());
-}
-
-/// A big batch is appended several entries per statement: every entry is kept, in
-/// order, with its own values.
-#[test]
-fn r11_a_big_batch_of_log_entries_keeps_each_in_order() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    let entries: Vec<Interaction> = (0..150)
-        .map(|i| {
-            let mut entry = interaction("C1", &format!("action-{i}"), json!({"n": i}));
-            entry.account_id = (i % 3 != 0).then(|| format!("K{i}"));
-            entry
-        })
-        .collect();
-    commit(
-        &mut state,
-        StateBatch {
-            interactions: entries.clone(),
-            ..StateBatch::default()
-        },
-    );
-    let all = state.interactions("C1", 1000).unwrap();
-    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
-    let expected: Vec<Interaction> = entries
-        .into_iter()
-        .zip(&all)
-        .map(|(entry, got)| stored(entry, got.id))
-        .collect();
-    assert_eq!(all, expected);
-}
-
-#[test]
-fn r15_at_most_one_open_conflict_per_pair_and_field() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    commit(
-        &mut state,
+        &mut *state,
         StateBatch {
             upsert_conflicts: vec![
                 conflict("VEND", "C1", "phone", "1", "2"),
@@ -822,7 +808,7 @@ fn r15_at_most_one_open_conflict_per_pair_and_field() {
     );
 
     commit(
-        &mut state,
+        &mut *state,
         StateBatch {
             resolve_conflicts: vec![(phone.id, Value::text("2"))],
             ..StateBatch::default()
@@ -837,7 +823,7 @@ fn r15_at_most_one_open_conflict_per_pair_and_field() {
     again.opened_at = Timestamp(1_800_000_000_000);
     again.run_id = Some(2);
     commit(
-        &mut state,
+        &mut *state,
         StateBatch {
             upsert_conflicts: vec![again.clone()],
             ..StateBatch::default()
@@ -845,7 +831,7 @@ fn r15_at_most_one_open_conflict_per_pair_and_field() {
     );
     drop(state);
 
-    let state = open(&path);
+    let state = place.open();
     let all = state.conflicts(false).unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(
@@ -858,132 +844,131 @@ fn r15_at_most_one_open_conflict_per_pair_and_field() {
         }
     );
     assert_eq!(all[1..], open_ones[1..]);
-}
+});
 
-#[test]
-fn r15_a_conflict_is_resolved_then_closed_and_may_open_again() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    let first = conflict("VEND", "C1", "phone", "1", "2");
-    commit(
-        &mut state,
-        StateBatch {
-            upsert_conflicts: vec![first.clone(), conflict("VEND", "C2", "phone", "3", "4")],
-            ..StateBatch::default()
-        },
-    );
-    let ids: Vec<i64> = state
-        .conflicts(true)
-        .unwrap()
-        .iter()
-        .map(|c| c.id)
-        .collect();
-
-    // Resolving to an empty value (clear the field) is a resolution, not "none".
-    commit(
-        &mut state,
-        StateBatch {
-            resolve_conflicts: vec![(ids[0], Value::Null)],
-            ..StateBatch::default()
-        },
-    );
-    assert_eq!(
-        state.conflicts(true).unwrap()[0].resolution,
-        Some(Value::Null)
-    );
-
-    let closed_at = Timestamp(1_700_000_009_000);
-    commit(
-        &mut state,
-        StateBatch {
-            close_conflicts: vec![
-                ("VEND".into(), "C1".into(), "phone".into(), closed_at),
-                // Nothing open there: not an error.
-                ("VEND".into(), "C1".into(), "email".into(), closed_at),
-            ],
-            ..StateBatch::default()
-        },
-    );
-    let open_ones = state.conflicts(true).unwrap();
-    assert_eq!(open_ones.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[1]]);
-    let closed = state.conflicts(false).unwrap()[0].clone();
-    assert_eq!(closed.id, ids[0]);
-    assert_eq!(closed.closed_at, Some(closed_at));
-    assert_eq!(closed.resolution, Some(Value::Null));
-
-    // A closed conflict cannot be resolved any more, and an unknown id is named.
-    for id in [ids[0], 4242] {
-        let err = state
-            .commit(StateBatch {
-                interactions: vec![interaction("C1", "resolved", json!({}))],
-                resolve_conflicts: vec![(id, Value::text("x"))],
+both_stores!(
+    r15_a_conflict_is_resolved_then_closed_and_may_open_again,
+    |place| {
+        let mut state = place.open();
+        let first = conflict("VEND", "C1", "phone", "1", "2");
+        commit(
+            &mut *state,
+            StateBatch {
+                upsert_conflicts: vec![first.clone(), conflict("VEND", "C2", "phone", "3", "4")],
                 ..StateBatch::default()
-            })
-            .unwrap_err();
-        assert!(
-            matches!(err, StateError::UnknownConflict { id: got } if got == id),
-            "{err}"
+            },
         );
-        assert!(err.to_string().contains(&id.to_string()), "{err}");
-    }
-    // The failed batches left nothing behind.
-    assert!(state.interactions("C1", 10).unwrap().is_empty());
-
-    // The same pair and field conflicts again: a new entry, the closed one stays as it was.
-    let mut second = conflict("VEND", "C1", "phone", "7", "8");
-    second.opened_at = Timestamp(1_700_000_010_000);
-    commit(
-        &mut state,
-        StateBatch {
-            upsert_conflicts: vec![second.clone()],
-            ..StateBatch::default()
-        },
-    );
-    let all = state.conflicts(false).unwrap();
-    assert_eq!(all.len(), 3);
-    assert_eq!(all[0], closed);
-    assert!(all[2].id > ids[1]);
-    assert_eq!(
-        all[2],
-        ConflictEntry {
-            id: all[2].id,
-            ..second
-        }
-    );
-    assert_eq!(
-        state
+        let ids: Vec<i64> = state
             .conflicts(true)
             .unwrap()
             .iter()
             .map(|c| c.id)
-            .collect::<Vec<_>>(),
-        [ids[1], all[2].id]
-    );
+            .collect();
 
-    // Closing closes only the open one.
-    commit(
-        &mut state,
-        StateBatch {
-            close_conflicts: vec![(
-                "VEND".into(),
-                "C1".into(),
-                "phone".into(),
-                Timestamp(1_700_000_011_000),
-            )],
-            ..StateBatch::default()
-        },
-    );
-    let all = state.conflicts(false).unwrap();
-    assert_eq!(all[0].closed_at, Some(closed_at));
-    assert_eq!(all[2].closed_at, Some(Timestamp(1_700_000_011_000)));
-}
+        // Resolving to an empty value (clear the field) is a resolution, not "none".
+        commit(
+            &mut *state,
+            StateBatch {
+                resolve_conflicts: vec![(ids[0], Value::Null)],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(
+            state.conflicts(true).unwrap()[0].resolution,
+            Some(Value::Null)
+        );
 
-#[test]
-fn pending_creates_are_upserted_and_deleted() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+        let closed_at = Timestamp(1_700_000_009_000);
+        commit(
+            &mut *state,
+            StateBatch {
+                close_conflicts: vec![
+                    ("VEND".into(), "C1".into(), "phone".into(), closed_at),
+                    // Nothing open there: not an error.
+                    ("VEND".into(), "C1".into(), "email".into(), closed_at),
+                ],
+                ..StateBatch::default()
+            },
+        );
+        let open_ones = state.conflicts(true).unwrap();
+        assert_eq!(open_ones.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[1]]);
+        let closed = state.conflicts(false).unwrap()[0].clone();
+        assert_eq!(closed.id, ids[0]);
+        assert_eq!(closed.closed_at, Some(closed_at));
+        assert_eq!(closed.resolution, Some(Value::Null));
+
+        // A closed conflict cannot be resolved any more, and an unknown id is named.
+        for id in [ids[0], 4242] {
+            let err = state
+                .commit(StateBatch {
+                    interactions: vec![interaction("C1", "resolved", json!({}))],
+                    resolve_conflicts: vec![(id, Value::text("x"))],
+                    ..StateBatch::default()
+                })
+                .unwrap_err();
+            assert!(
+                matches!(err, StateError::UnknownConflict { id: got } if got == id),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&id.to_string()), "{err}");
+        }
+        // The failed batches left nothing behind.
+        assert!(state.interactions("C1", 10).unwrap().is_empty());
+
+        // The same pair and field conflicts again: a new entry, the closed one stays as it was.
+        let mut second = conflict("VEND", "C1", "phone", "7", "8");
+        second.opened_at = Timestamp(1_700_000_010_000);
+        commit(
+            &mut *state,
+            StateBatch {
+                upsert_conflicts: vec![second.clone()],
+                ..StateBatch::default()
+            },
+        );
+        let all = state.conflicts(false).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0], closed);
+        assert!(all[2].id > ids[1]);
+        assert_eq!(
+            all[2],
+            ConflictEntry {
+                id: all[2].id,
+                ..second
+            }
+        );
+        assert_eq!(
+            state
+                .conflicts(true)
+                .unwrap()
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>(),
+            [ids[1], all[2].id]
+        );
+
+        // Closing closes only the open one.
+        commit(
+            &mut *state,
+            StateBatch {
+                close_conflicts: vec![(
+                    "VEND".into(),
+                    "C1".into(),
+                    "phone".into(),
+                    Timestamp(1_700_000_011_000),
+                )],
+                ..StateBatch::default()
+            },
+        );
+        let all = state.conflicts(false).unwrap();
+        assert_eq!(all[0].closed_at, Some(closed_at));
+        assert_eq!(all[2].closed_at, Some(Timestamp(1_700_000_011_000)));
+    }
+);
+
+both_stores!(pending_creates_are_upserted_and_deleted, |place| {
+    let mut state = place.open();
     commit(
-        &mut state,
+        &mut *state,
         StateBatch {
             upsert_pending: vec![
                 pending("VEND", "account", "C2"),
@@ -1010,7 +995,7 @@ fn pending_creates_are_upserted_and_deleted() {
     failed.run_id = None;
     failed.updated_at = Timestamp(1_700_000_004_000);
     commit(
-        &mut state,
+        &mut *state,
         StateBatch {
             upsert_pending: vec![failed.clone()],
             delete_pending: vec![
@@ -1021,17 +1006,15 @@ fn pending_creates_are_upserted_and_deleted() {
         },
     );
     drop(state);
-    let state = open(&path);
+    let state = place.open();
     assert_eq!(
         state.pending_creates().unwrap(),
         vec![failed, pending("VEND", "account", "C2")]
     );
-}
+});
 
-#[test]
-fn r17_parked_links_round_trip() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
+both_stores!(r17_parked_links_round_trip, |place| {
+    let mut state = place.open();
     let mut parked_vend = link("VEND", "C1", "V1");
     parked_vend.parked = true;
     parked_vend.failure_count = 2;
@@ -1039,7 +1022,7 @@ fn r17_parked_links_round_trip() {
     let mut parked_cust = link("CUST", "C2", "K2");
     parked_cust.parked = true;
     upsert(
-        &mut state,
+        &mut *state,
         vec![
             parked_vend.clone(),
             link("CUST", "C1", "K1"),
@@ -1049,7 +1032,7 @@ fn r17_parked_links_round_trip() {
     .unwrap();
     drop(state);
 
-    let mut state = open(&path);
+    let mut state = place.open();
     assert_eq!(
         state.links_of_contacts(&["C1"]).unwrap(),
         vec![link("CUST", "C1", "K1"), parked_vend.clone()]
@@ -1063,100 +1046,103 @@ fn r17_parked_links_round_trip() {
     // its flag.
     let mut moved = parked_cust.clone();
     moved.account_id = "K3".into();
-    upsert(&mut state, vec![link("VEND", "C1", "V1"), moved.clone()]).unwrap();
+    upsert(&mut *state, vec![link("VEND", "C1", "V1"), moved.clone()]).unwrap();
     assert_eq!(state.parked_links().unwrap(), vec![moved]);
-}
+});
 
-#[test]
-fn r3_company_of_person_contacts_is_set_and_forgotten() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    commit(
-        &mut state,
-        StateBatch {
-            set_companies: vec![
-                ("P1".into(), Some("CO1".into())),
-                ("P2".into(), Some("CO1".into())),
-            ],
-            ..StateBatch::default()
-        },
-    );
-    assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("CO1"));
-    commit(
-        &mut state,
-        StateBatch {
-            set_companies: vec![
-                ("P1".into(), Some("CO2".into())),
-                ("P2".into(), None),
-                ("unknown".into(), None),
-            ],
-            ..StateBatch::default()
-        },
-    );
-    drop(state);
-    let state = open(&path);
-    assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("CO2"));
-    assert_eq!(state.company_of("P2").unwrap(), None);
-    assert_eq!(state.company_of("CO1").unwrap(), None);
-}
-
-/// Forgetting goes by chunks of ids; every contact of a big batch is forgotten, and
-/// the last entry for a contact in a batch is the one that counts.
-#[test]
-fn r3_companies_forgotten_in_bulk_and_the_last_entry_counts() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    let people: Vec<String> = (0..1_234).map(|i| format!("P{i}")).collect();
-    commit(
-        &mut state,
-        StateBatch {
-            set_companies: people
-                .iter()
-                .map(|p| (p.clone(), Some("CO1".to_owned())))
-                .collect(),
-            ..StateBatch::default()
-        },
-    );
-    let mut batch: Vec<(String, Option<String>)> =
-        people.iter().map(|p| (p.clone(), None)).collect();
-    // P7 is forgotten, then given a company again in the same batch.
-    batch.push(("P7".into(), Some("CO2".into())));
-    // P8 is given a company, then forgotten.
-    batch.insert(0, ("P8".into(), Some("CO3".into())));
-    commit(
-        &mut state,
-        StateBatch {
-            set_companies: batch,
-            ..StateBatch::default()
-        },
-    );
-    assert_eq!(state.company_of("P7").unwrap().as_deref(), Some("CO2"));
-    for p in people.iter().filter(|p| *p != "P7") {
-        assert_eq!(state.company_of(p).unwrap(), None, "{p}");
+both_stores!(
+    r3_company_of_person_contacts_is_set_and_forgotten,
+    |place| {
+        let mut state = place.open();
+        commit(
+            &mut *state,
+            StateBatch {
+                set_companies: vec![
+                    ("P1".into(), Some("CO1".into())),
+                    ("P2".into(), Some("CO1".into())),
+                ],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("CO1"));
+        commit(
+            &mut *state,
+            StateBatch {
+                set_companies: vec![
+                    ("P1".into(), Some("CO2".into())),
+                    ("P2".into(), None),
+                    ("unknown".into(), None),
+                ],
+                ..StateBatch::default()
+            },
+        );
+        drop(state);
+        let state = place.open();
+        assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("CO2"));
+        assert_eq!(state.company_of("P2").unwrap(), None);
+        assert_eq!(state.company_of("CO1").unwrap(), None);
     }
-}
+);
 
-#[test]
-fn a_run_left_running_by_a_dead_process_is_marked_interrupted() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    let done = state.begin_run("sync").unwrap();
-    state.finish_run(done, "partial", &json!({})).unwrap();
-    let dead = state.begin_run("sync").unwrap();
-    // The process dies here: the run is never finished.
-    drop(state);
+// Forgetting goes by chunks of ids; every contact of a big batch is forgotten, and
+// the last entry for a contact in a batch is the one that counts.
+both_stores!(
+    r3_companies_forgotten_in_bulk_and_the_last_entry_counts,
+    |place| {
+        let mut state = place.open();
+        let people: Vec<String> = (0..1_234).map(|i| format!("P{i}")).collect();
+        commit(
+            &mut *state,
+            StateBatch {
+                set_companies: people
+                    .iter()
+                    .map(|p| (p.clone(), Some("CO1".to_owned())))
+                    .collect(),
+                ..StateBatch::default()
+            },
+        );
+        let mut batch: Vec<(String, Option<String>)> =
+            people.iter().map(|p| (p.clone(), None)).collect();
+        // P7 is forgotten, then given a company again in the same batch.
+        batch.push(("P7".into(), Some("CO2".into())));
+        // P8 is given a company, then forgotten.
+        batch.insert(0, ("P8".into(), Some("CO3".into())));
+        commit(
+            &mut *state,
+            StateBatch {
+                set_companies: batch,
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(state.company_of("P7").unwrap().as_deref(), Some("CO2"));
+        for p in people.iter().filter(|p| *p != "P7") {
+            assert_eq!(state.company_of(p).unwrap(), None, "{p}");
+        }
+    }
+);
 
-    let mut state = open(&path);
-    assert_eq!(state.runs(1).unwrap()[0].status, "running");
-    let next = state.begin_run("sync").unwrap();
-    let runs = state.runs(10).unwrap();
-    let status: Vec<(i64, &str)> = runs.iter().map(|r| (r.id, r.status.as_str())).collect();
-    assert_eq!(
-        status,
-        [(next, "running"), (dead, "interrupted"), (done, "partial")]
-    );
-    assert_eq!(runs[1].finished_at, None);
-}
+both_stores!(
+    a_run_left_running_by_a_dead_process_is_marked_interrupted,
+    |place| {
+        let mut state = place.open();
+        let done = state.begin_run("sync").unwrap();
+        state.finish_run(done, "partial", &json!({})).unwrap();
+        let dead = state.begin_run("sync").unwrap();
+        // The process dies here: the run is never finished.
+        drop(state);
+
+        let mut state = place.open();
+        assert_eq!(state.runs(1).unwrap()[0].status, "running");
+        let next = state.begin_run("sync").unwrap();
+        let runs = state.runs(10).unwrap();
+        let status: Vec<(i64, &str)> = runs.iter().map(|r| (r.id, r.status.as_str())).collect();
+        assert_eq!(
+            status,
+            [(next, "running"), (dead, "interrupted"), (done, "partial")]
+        );
+        assert_eq!(runs[1].finished_at, None);
+    }
+);
 
 #[test]
 fn open_url_existing_creates_nothing_when_the_state_is_missing() {
@@ -1307,33 +1293,34 @@ fn a_malformed_conflict_value_names_the_conflict() {
     );
 }
 
-#[test]
-fn r4_pairs_unlinked_by_hand_are_remembered_until_linked_again() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    let mut batch = StateBatch::default();
-    batch
-        .unlinked_pairs
-        .push(("CUST".into(), "C1".into(), "K1".into(), true));
-    batch
-        .unlinked_pairs
-        .push(("CUST".into(), "C1".into(), "K1".into(), true));
-    batch
-        .unlinked_pairs
-        .push(("VEND".into(), "C1".into(), "V1".into(), true));
-    state.commit(batch).unwrap();
-    assert_eq!(
-        state.unlinked_pairs("CUST").unwrap(),
-        vec![("C1".to_string(), "K1".to_string())]
-    );
-    let mut batch = StateBatch::default();
-    batch
-        .unlinked_pairs
-        .push(("CUST".into(), "C1".into(), "K1".into(), false));
-    state.commit(batch).unwrap();
-    assert!(state.unlinked_pairs("CUST").unwrap().is_empty());
-    assert_eq!(state.unlinked_pairs("VEND").unwrap().len(), 1);
-}
+both_stores!(
+    r4_pairs_unlinked_by_hand_are_remembered_until_linked_again,
+    |place| {
+        let mut state = place.open();
+        let mut batch = StateBatch::default();
+        batch
+            .unlinked_pairs
+            .push(("CUST".into(), "C1".into(), "K1".into(), true));
+        batch
+            .unlinked_pairs
+            .push(("CUST".into(), "C1".into(), "K1".into(), true));
+        batch
+            .unlinked_pairs
+            .push(("VEND".into(), "C1".into(), "V1".into(), true));
+        state.commit(batch).unwrap();
+        assert_eq!(
+            state.unlinked_pairs("CUST").unwrap(),
+            vec![("C1".to_string(), "K1".to_string())]
+        );
+        let mut batch = StateBatch::default();
+        batch
+            .unlinked_pairs
+            .push(("CUST".into(), "C1".into(), "K1".into(), false));
+        state.commit(batch).unwrap();
+        assert!(state.unlinked_pairs("CUST").unwrap().is_empty());
+        assert_eq!(state.unlinked_pairs("VEND").unwrap().len(), 1);
+    }
+);
 
 fn refused_request(code: &str, contact: &str, error: &str) -> RefusedRequest {
     RefusedRequest {
@@ -1347,48 +1334,49 @@ fn refused_request(code: &str, contact: &str, error: &str) -> RefusedRequest {
     }
 }
 
-#[test]
-fn r17_refused_requests_round_trip_apart_from_creates() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    let mut parked = refused_request("VEND", "C2", "contact C1 already has a VEND link");
-    parked.failure_count = 2;
-    parked.parked = true;
-    commit(
-        &mut state,
-        StateBatch {
-            upsert_refused: vec![
+both_stores!(
+    r17_refused_requests_round_trip_apart_from_creates,
+    |place| {
+        let mut state = place.open();
+        let mut parked = refused_request("VEND", "C2", "contact C1 already has a VEND link");
+        parked.failure_count = 2;
+        parked.parked = true;
+        commit(
+            &mut *state,
+            StateBatch {
+                upsert_refused: vec![
+                    refused_request("CUST", "C1", "company ambiguous"),
+                    parked.clone(),
+                ],
+                upsert_pending: vec![pending("CUST", "account", "C1")],
+                ..StateBatch::default()
+            },
+        );
+        drop(state);
+        let mut state = place.open();
+        assert_eq!(
+            state.refused_requests().unwrap(),
+            vec![
                 refused_request("CUST", "C1", "company ambiguous"),
-                parked.clone(),
-            ],
-            upsert_pending: vec![pending("CUST", "account", "C1")],
-            ..StateBatch::default()
-        },
-    );
-    drop(state);
-    let mut state = open(&path);
-    assert_eq!(
-        state.refused_requests().unwrap(),
-        vec![
-            refused_request("CUST", "C1", "company ambiguous"),
-            parked.clone()
-        ]
-    );
-    assert_eq!(
-        state.pending_creates().unwrap().len(),
-        1,
-        "a create of the same contact stays apart"
-    );
-    commit(
-        &mut state,
-        StateBatch {
-            delete_refused: vec![("CUST".into(), "C1".into())],
-            ..StateBatch::default()
-        },
-    );
-    assert_eq!(state.refused_requests().unwrap(), vec![parked]);
-    assert_eq!(state.pending_creates().unwrap().len(), 1);
-}
+                parked.clone()
+            ]
+        );
+        assert_eq!(
+            state.pending_creates().unwrap().len(),
+            1,
+            "a create of the same contact stays apart"
+        );
+        commit(
+            &mut *state,
+            StateBatch {
+                delete_refused: vec![("CUST".into(), "C1".into())],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(state.refused_requests().unwrap(), vec![parked]);
+        assert_eq!(state.pending_creates().unwrap().len(), 1);
+    }
+);
 
 #[test]
 fn migration_6_splits_pending_rows_into_creates_refusals_and_links() {
@@ -1484,82 +1472,84 @@ fn tandem_state_intent() -> Intent {
     }
 }
 
-#[test]
-fn r18_intent_batches_are_links_until_cleared_and_taken_up_by_the_next_run() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    upsert(&mut state, vec![link("CUST", "C1", "K1")]).unwrap();
-    let mut rewritten = with_intent(link("CUST", "C1", "K1"));
-    rewritten.baseline = Fields::new().with("name", "New name");
-    let batch = |links| IntentBatch { run_id: 7, links };
-    commit(
-        &mut state,
-        StateBatch {
-            intent_batches: vec![
-                batch(vec![rewritten.clone()]),
-                batch(vec![with_intent(link("CUST", "C2", "K2"))]),
-            ],
-            ..StateBatch::default()
-        },
-    );
-    // Read as the links they will be: what `tandem links` and the next run see.
-    let expected = vec![rewritten.clone(), with_intent(link("CUST", "C2", "K2"))];
-    assert_eq!(state.links(None).unwrap(), expected);
-    assert_eq!(state.links_with_intent().unwrap(), expected);
-    assert!(state.links(Some("VEND")).unwrap().is_empty());
+both_stores!(
+    r18_intent_batches_are_links_until_cleared_and_taken_up_by_the_next_run,
+    |place| {
+        let mut state = place.open();
+        upsert(&mut *state, vec![link("CUST", "C1", "K1")]).unwrap();
+        let mut rewritten = with_intent(link("CUST", "C1", "K1"));
+        rewritten.baseline = Fields::new().with("name", "New name");
+        let batch = |links| IntentBatch { run_id: 7, links };
+        commit(
+            &mut *state,
+            StateBatch {
+                intent_batches: vec![
+                    batch(vec![rewritten.clone()]),
+                    batch(vec![with_intent(link("CUST", "C2", "K2"))]),
+                ],
+                ..StateBatch::default()
+            },
+        );
+        // Read as the links they will be: what `tandem links` and the next run see.
+        let expected = vec![rewritten.clone(), with_intent(link("CUST", "C2", "K2"))];
+        assert_eq!(state.links(None).unwrap(), expected);
+        assert_eq!(state.links_with_intent().unwrap(), expected);
+        assert!(state.links(Some("VEND")).unwrap().is_empty());
 
-    // Cut short: the next run takes them up as link rows.
-    drop(state);
-    let mut state = open(&path);
-    assert_eq!(state.unpack_intents().unwrap(), 2);
-    assert_eq!(state.unpack_intents().unwrap(), 0, "taken up once");
-    assert_eq!(state.links(None).unwrap(), expected);
-    assert_eq!(state.count_links("CUST").unwrap(), 2);
+        // Cut short: the next run takes them up as link rows.
+        drop(state);
+        let mut state = place.open();
+        assert_eq!(state.unpack_intents().unwrap(), 2);
+        assert_eq!(state.unpack_intents().unwrap(), 0, "taken up once");
+        assert_eq!(state.links(None).unwrap(), expected);
+        assert_eq!(state.count_links("CUST").unwrap(), 2);
 
-    // A run that finishes clears its batches: the stored links stand.
-    commit(
-        &mut state,
-        StateBatch {
-            intent_batches: vec![batch(vec![with_intent(link("CUST", "C3", "K3"))])],
-            ..StateBatch::default()
-        },
-    );
-    commit(
-        &mut state,
-        StateBatch {
-            upsert_links: vec![link("CUST", "C3", "K3")],
-            clear_intent_batches: vec![7],
-            ..StateBatch::default()
-        },
-    );
-    assert_eq!(state.unpack_intents().unwrap(), 0);
-    assert_eq!(
-        state.links(Some("CUST")).unwrap()[2],
-        link("CUST", "C3", "K3")
-    );
-}
+        // A run that finishes clears its batches: the stored links stand.
+        commit(
+            &mut *state,
+            StateBatch {
+                intent_batches: vec![batch(vec![with_intent(link("CUST", "C3", "K3"))])],
+                ..StateBatch::default()
+            },
+        );
+        commit(
+            &mut *state,
+            StateBatch {
+                upsert_links: vec![link("CUST", "C3", "K3")],
+                clear_intent_batches: vec![7],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(state.unpack_intents().unwrap(), 0);
+        assert_eq!(
+            state.links(Some("CUST")).unwrap()[2],
+            link("CUST", "C3", "K3")
+        );
+    }
+);
 
-#[test]
-fn r2_an_intent_whose_account_was_taken_since_is_left_out() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    commit(
-        &mut state,
-        StateBatch {
-            intent_batches: vec![IntentBatch {
-                run_id: 3,
-                links: vec![with_intent(link("CUST", "C1", "K1"))],
-            }],
-            ..StateBatch::default()
-        },
-    );
-    upsert(&mut state, vec![link("CUST", "C2", "K1")]).unwrap();
-    assert_eq!(state.unpack_intents().unwrap(), 0);
-    let links: Vec<(String, String)> = (state.links(None).unwrap().into_iter())
-        .map(|l| (l.contact_id, l.account_id))
-        .collect();
-    assert_eq!(links, vec![("C2".to_owned(), "K1".to_owned())]);
-}
+both_stores!(
+    r2_an_intent_whose_account_was_taken_since_is_left_out,
+    |place| {
+        let mut state = place.open();
+        commit(
+            &mut *state,
+            StateBatch {
+                intent_batches: vec![IntentBatch {
+                    run_id: 3,
+                    links: vec![with_intent(link("CUST", "C1", "K1"))],
+                }],
+                ..StateBatch::default()
+            },
+        );
+        upsert(&mut *state, vec![link("CUST", "C2", "K1")]).unwrap();
+        assert_eq!(state.unpack_intents().unwrap(), 0);
+        let links: Vec<(String, String)> = (state.links(None).unwrap().into_iter())
+            .map(|l| (l.contact_id, l.account_id))
+            .collect();
+        assert_eq!(links, vec![("C2".to_owned(), "K1".to_owned())]);
+    }
+);
 
 /// A state written by the build before migration 8 (`tests/fixtures/state-v7.db`, see
 /// the README there): links with JSON baselines, a log of 18 entries, an operator
@@ -1779,47 +1769,48 @@ fn entries_of_one_pair_share_a_row_and_read_back_as_they_were() {
     assert_eq!(state.interactions("C3", 10).unwrap()[1].id, 7);
 }
 
-#[test]
-fn match_keys_are_stored_with_a_hash_and_kept_by_a_hash_set_without_them() {
-    let (_dir, path) = temp();
-    let mut state = open(&path);
-    let contacts = Scope::new("crm", EntityKind::Contact);
-    let customers = Scope::new("erp", EntityKind::Customer);
-    let mut batch = StateBatch::default();
-    batch.set_hash_with_keys(contacts.clone(), "C1".into(), 11, 101);
-    batch.set_hashes.push((contacts.clone(), "C2".into(), 12));
-    batch.set_hash_with_keys(contacts.clone(), "C3".into(), 13, 0);
-    batch.set_hash_with_keys(customers.clone(), "C1".into(), 21, 201);
-    commit(&mut state, batch);
-    let keys = state
-        .match_keys_of(&contacts, &["C1", "C2", "C3", "C9"])
-        .unwrap();
-    // C2 has none, C3 an unknown one, C9 no row at all.
-    assert_eq!(keys, HashMap::from([("C1".to_owned(), 101)]));
-    assert_eq!(
-        state.match_keys_of(&customers, &["C1"]).unwrap(),
-        HashMap::from([("C1".to_owned(), 201)])
-    );
-    // A new hash without keys (Tandem's own write, a record to look at again) keeps
-    // the keys the record was last read with; new keys replace them.
-    commit(
-        &mut state,
-        StateBatch {
-            set_hashes: vec![(contacts.clone(), "C1".into(), 0)],
-            ..StateBatch::default()
-        },
-    );
-    assert_eq!(state.match_keys_of(&contacts, &["C1"]).unwrap()["C1"], 101);
-    assert!(state.has_rechecks(&contacts).unwrap());
-    assert_eq!(state.rechecks(&contacts).unwrap(), vec!["C1".to_owned()]);
-    assert!(!state.has_rechecks(&customers).unwrap());
-    let mut batch = StateBatch::default();
-    batch.set_hash_with_keys(contacts.clone(), "C1".into(), 14, 102);
-    commit(&mut state, batch);
-    assert_eq!(state.match_keys_of(&contacts, &["C1"]).unwrap()["C1"], 102);
-    assert_eq!(state.hashes(&contacts).unwrap()["C1"], 14);
-    // A scope that never had a hash has none, and no keys.
-    let vendors = Scope::new("erp", EntityKind::Vendor);
-    assert!(state.hashes(&vendors).unwrap().is_empty());
-    assert!(state.match_keys_of(&vendors, &["C1"]).unwrap().is_empty());
-}
+both_stores!(
+    match_keys_are_stored_with_a_hash_and_kept_by_a_hash_set_without_them,
+    |place| {
+        let mut state = place.open();
+        let contacts = Scope::new("crm", EntityKind::Contact);
+        let customers = Scope::new("erp", EntityKind::Customer);
+        let mut batch = StateBatch::default();
+        batch.set_hash_with_keys(contacts.clone(), "C1".into(), 11, 101);
+        batch.set_hashes.push((contacts.clone(), "C2".into(), 12));
+        batch.set_hash_with_keys(contacts.clone(), "C3".into(), 13, 0);
+        batch.set_hash_with_keys(customers.clone(), "C1".into(), 21, 201);
+        commit(&mut *state, batch);
+        let keys = state
+            .match_keys_of(&contacts, &["C1", "C2", "C3", "C9"])
+            .unwrap();
+        // C2 has none, C3 an unknown one, C9 no row at all.
+        assert_eq!(keys, HashMap::from([("C1".to_owned(), 101)]));
+        assert_eq!(
+            state.match_keys_of(&customers, &["C1"]).unwrap(),
+            HashMap::from([("C1".to_owned(), 201)])
+        );
+        // A new hash without keys (Tandem's own write, a record to look at again) keeps
+        // the keys the record was last read with; new keys replace them.
+        commit(
+            &mut *state,
+            StateBatch {
+                set_hashes: vec![(contacts.clone(), "C1".into(), 0)],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(state.match_keys_of(&contacts, &["C1"]).unwrap()["C1"], 101);
+        assert!(state.has_rechecks(&contacts).unwrap());
+        assert_eq!(state.rechecks(&contacts).unwrap(), vec!["C1".to_owned()]);
+        assert!(!state.has_rechecks(&customers).unwrap());
+        let mut batch = StateBatch::default();
+        batch.set_hash_with_keys(contacts.clone(), "C1".into(), 14, 102);
+        commit(&mut *state, batch);
+        assert_eq!(state.match_keys_of(&contacts, &["C1"]).unwrap()["C1"], 102);
+        assert_eq!(state.hashes(&contacts).unwrap()["C1"], 14);
+        // A scope that never had a hash has none, and no keys.
+        let vendors = Scope::new("erp", EntityKind::Vendor);
+        assert!(state.hashes(&vendors).unwrap().is_empty());
+        assert!(state.match_keys_of(&vendors, &["C1"]).unwrap().is_empty());
+    }
+);
