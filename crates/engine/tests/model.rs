@@ -1465,3 +1465,94 @@ fn r18_a_contact_edited_after_a_crashed_create_is_not_duplicated() {
         );
     }
 }
+
+/// Was a bug (R15): a new link whose first write failed until it was parked, then
+/// edited on both sides (the contact's edit carried to its other link meanwhile), was
+/// retried and the account's edit overwrote the contact's without asking the policy:
+/// under `manual` no conflict, under `contact_wins` the contact's edit lost. Found by
+/// the model (seed b69353ec in `model.proptest-regressions`).
+#[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
+async fn r15_a_retried_link_edited_on_both_sides_is_settled_by_its_policy() {
+    let _alone = failpoints_alone();
+    for (policy, expected) in [
+        (ConflictPolicy::Manual, ["email-8", "email-7", "email-8"]),
+        (ConflictPolicy::ContactWins, ["email-8"; 3]),
+        (ConflictPolicy::AccountWins, ["email-7"; 3]),
+    ] {
+        let mut w = World::new(&Case {
+            incremental: false,
+            cust: policy,
+            vend: ConflictPolicy::ContactWins,
+            allow_deletes: false,
+            setup: Vec::new(),
+            steps: Vec::new(),
+        });
+        let mail = ("email", "e2@example.com");
+        w.crm.put(
+            EntityKind::Contact,
+            "uc4",
+            fields(&[("name", "name-4"), ("contact_type", "company"), mail]),
+        );
+        w.erp.put(
+            EntityKind::Customer,
+            "uk2",
+            fields(&[("name", "name-2"), mail]),
+        );
+        w.erp.put(
+            EntityKind::Vendor,
+            "uv6",
+            fields(&[("name", "name-6"), mail]),
+        );
+        w.erp
+            .reject_writes_to(EntityKind::Customer, "uk2", Some("rejected by the test"));
+        plain_sync(&mut w).await.unwrap();
+        plain_sync(&mut w).await.unwrap();
+        assert!(
+            w.state().links(Some("CUST")).unwrap()[0].parked,
+            "{policy:?}"
+        );
+        for (kind, id, value) in [
+            (EntityKind::Customer, "uk2", "email-7"),
+            (EntityKind::Contact, "uc4", "email-8"),
+        ] {
+            let connector = w.connector(kind);
+            let mut f = connector.get(kind, id).unwrap().fields;
+            f.set("email", Value::text(value));
+            connector.put(kind, id, f);
+        }
+        plain_sync(&mut w).await.unwrap();
+        w.erp.reject_writes_to(EntityKind::Customer, "uk2", None);
+        tandem_engine::retry(w.state.as_mut().unwrap(), &w.relations, &RetryTarget::All).unwrap();
+        plain_sync(&mut w).await.unwrap();
+        let email = |kind, id| {
+            let record = w.connector(kind).get(kind, id).unwrap();
+            record.fields.text("email").map(str::to_owned).unwrap()
+        };
+        assert_eq!(
+            [
+                email(EntityKind::Contact, "uc4"),
+                email(EntityKind::Customer, "uk2"),
+                email(EntityKind::Vendor, "uv6"),
+            ],
+            expected.map(str::to_owned),
+            "{policy:?}"
+        );
+        let open: Vec<_> = (w.state().conflicts(true).unwrap().into_iter())
+            .map(|c| (c.code, c.field))
+            .collect();
+        let queued = policy == ConflictPolicy::Manual;
+        assert_eq!(
+            open,
+            if queued {
+                vec![("CUST".to_owned(), "email".to_owned())]
+            } else {
+                vec![]
+            },
+            "{policy:?}"
+        );
+    }
+}

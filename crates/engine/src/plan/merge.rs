@@ -420,15 +420,23 @@ impl<'p> HubView<'p> {
         } else {
             &current
         };
-        let contact_changed = self.contact.is_some()
-            && judges
-                .iter()
-                .any(|&i| !self.same(i, f, contact_value, self.base(i, name)));
         let mut proposals: Vec<(usize, &'p Value)> = existing
             .iter()
             .map(|&i| (i, self.account_value(i, name)))
             .filter(|(i, v)| !self.same(*i, f, v, self.base(*i, name)))
             .collect();
+        // A lagging link whose account was edited competes with the contact when the
+        // contact moved since that link's baseline too, whoever moved it: the two
+        // systems of that link hold two values since they last agreed (R15), and letting
+        // the account win outright would lose the contact's edit.
+        let moved_from_lagging = proposals
+            .iter()
+            .any(|&(i, _)| lagging(i) && !self.same(i, f, contact_value, self.base(i, name)));
+        let contact_changed = self.contact.is_some()
+            && (moved_from_lagging
+                || judges
+                    .iter()
+                    .any(|&i| !self.same(i, f, contact_value, self.base(i, name))));
         let agreed = |proposals: &[(usize, &Value)]| {
             let mut all = proposals
                 .iter()
