@@ -31,7 +31,7 @@ use tandem_connector::memory::MemoryConnector;
 use tandem_connector_file::{FileConnector, Format};
 use tandem_engine::{ContactsConfig, Engine, MatchTier, RelationConfig, Relations, SyncConfig};
 use tandem_model::{EntityKind, Value};
-use tandem_state::{LockMode, SqliteState};
+use tandem_state::{LockMode, PgState, SqliteState, StateStore};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +71,11 @@ enum Cmd {
         /// Where `recovery` cuts the initial sync short (`TANDEM_FAILPOINT`, `name[:n]`).
         #[arg(long, default_value = "before_contact_create")]
         failpoint: String,
+        /// The state store: an SQLite file per data set, or a database per data set on
+        /// a PostgreSQL server the runner starts (`eval "$(bash scripts/sql-env)"`
+        /// first). `state-floor` measures SQLite only.
+        #[arg(long, value_enum, default_value_t = StateKind::Sqlite)]
+        state: StateKind,
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +88,45 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000)]
         k: usize,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StateKind {
+    Sqlite,
+    Postgres,
+}
+
+/// Where a data set's state lives: `state-url` in its folder names a PostgreSQL
+/// database; without it, the SQLite file `.tandem/state.db`.
+const STATE_URL_FILE: &str = "state-url";
+/// The database of the incremental phase's own state (PostgreSQL runs).
+const INCREMENTAL_STATE_URL_FILE: &str = "incremental-state-url";
+
+/// The state of the data set in `dir`, in the store the runner chose.
+fn open_state(dir: &Path, mode: LockMode) -> anyhow::Result<Box<dyn StateStore>> {
+    match std::fs::read_to_string(dir.join(STATE_URL_FILE)) {
+        Ok(url) => Ok(Box::new(PgState::open_url(url.trim(), mode)?)),
+        Err(_) => Ok(Box::new(SqliteState::open(
+            &dir.join(".tandem/state.db"),
+            mode,
+        )?)),
+    }
+}
+
+/// Gives the data set in `dir` fresh PostgreSQL databases on `server`, when there is
+/// one: its state's and the incremental phase's.
+fn place_state(
+    dir: &Path,
+    server: Option<&tandem_test_databases::PostgresServer>,
+) -> anyhow::Result<()> {
+    if let Some(server) = server {
+        std::fs::write(dir.join(STATE_URL_FILE), server.create_database())?;
+        std::fs::write(
+            dir.join(INCREMENTAL_STATE_URL_FILE),
+            server.create_database(),
+        )?;
+    }
+    Ok(())
 }
 
 /// What one phase cost.
@@ -136,10 +180,23 @@ fn main() -> anyhow::Result<()> {
             runs,
             phases,
             failpoint,
+            state,
             json,
         } => {
-            let phases = selected(phases)?;
-            let all = run(&n, k, runs.max(1), &phases, &failpoint)?;
+            let mut phases = selected(phases)?;
+            let server = match state {
+                StateKind::Sqlite => None,
+                StateKind::Postgres => {
+                    phases.retain(|p| *p != "state-floor");
+                    Some(tandem_test_databases::PostgresServer::start().context(
+                        "PostgreSQL is not installed here: run `eval \"$(bash scripts/sql-env)\"` first",
+                    )?)
+                }
+            };
+            let all = run(&n, k, runs.max(1), &phases, &failpoint, server.as_ref())?;
+            if !json {
+                println!("state: {state:?}");
+            }
             report(&all, json)
         }
         Cmd::Phase { name, dir, k } => {
@@ -223,6 +280,7 @@ fn run(
     runs: usize,
     phases: &[&str],
     failpoint: &str,
+    server: Option<&tandem_test_databases::PostgresServer>,
 ) -> anyhow::Result<Vec<Measure>> {
     let mut all: Vec<Measure> = Vec::new();
     for &n in sizes {
@@ -232,11 +290,12 @@ fn run(
             let dir = tempfile::tempdir()?;
             eprintln!("generating N = {n} (run {run} of {runs}) ...");
             generate_into(dir.path(), n)?;
+            place_state(dir.path(), server)?;
             let mut reference = None;
             for &name in phases {
                 eprintln!("  {name} ...");
                 let m = match name {
-                    "recovery" => recovery(dir.path(), k, failpoint, reference)?,
+                    "recovery" => recovery(dir.path(), k, failpoint, reference, server)?,
                     _ => run_phase(name, dir.path(), k)?,
                 };
                 eprintln!("    {:.2} s", m.wall_s);
@@ -295,10 +354,12 @@ fn recovery(
     k: usize,
     failpoint: &str,
     reference: Option<Outcome>,
+    server: Option<&tandem_test_databases::PostgresServer>,
 ) -> anyhow::Result<Measure> {
     let copy = dir.join("recovery");
     let n = std::fs::read_to_string(dir.join("n"))?.trim().parse()?;
     generate_into(&copy, n)?;
+    place_state(&copy, server)?;
     let crashed_wall_s = crash(&copy, failpoint)?;
     let mut m = run_phase("recovery", &copy, k)?;
     m.crashed_wall_s = Some(crashed_wall_s);
@@ -339,13 +400,12 @@ fn crash(dir: &Path, failpoint: &str) -> anyhow::Result<f64> {
 
 /// What the sync in `dir` left (see [`Outcome`]).
 fn outcome(dir: &Path) -> anyhow::Result<Outcome> {
-    use tandem_state::StateStore;
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let contacts = runtime
         .block_on(FileConnector::new(dir.join("crm"), Format::Csv).read(EntityKind::Contact, None))?
         .records
         .len() as u64;
-    let state = SqliteState::open(&dir.join(".tandem/state.db"), LockMode::Shared)?;
+    let state = open_state(dir, LockMode::Shared)?;
     Ok(Outcome {
         contacts,
         links: state.count_links("CUST")? + state.count_links("VEND")?,
@@ -503,8 +563,8 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
             Ok((started.elapsed().as_secs_f64(), records))
         }
         "initial" | "recovery" | "second" | "second-full" => {
-            let mut state = SqliteState::open(&dir.join(".tandem/state.db"), LockMode::Exclusive)?;
-            let mut engine = Engine::new(relations("erp")?, file_connectors(dir), &mut state)?;
+            let mut state = open_state(dir, LockMode::Exclusive)?;
+            let mut engine = Engine::new(relations("erp")?, file_connectors(dir), &mut *state)?;
             // `second-full` reads every file although none changed (`--full-read`).
             engine.set_full_read(name == "second-full");
             let started = Instant::now();
@@ -640,12 +700,19 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     connectors.insert("crm".into(), crm.clone());
     connectors.insert("erp".into(), erp.clone());
     let state_dir = tempfile::tempdir()?;
-    let mut state = SqliteState::open(&state_dir.path().join("state.db"), LockMode::Exclusive)?;
+    let mut state: Box<dyn StateStore> =
+        match std::fs::read_to_string(dir.join(INCREMENTAL_STATE_URL_FILE)) {
+            Ok(url) => Box::new(PgState::open_url(url.trim(), LockMode::Exclusive)?),
+            Err(_) => Box::new(SqliteState::open(
+                &state_dir.path().join("state.db"),
+                LockMode::Exclusive,
+            )?),
+        };
     // The initial sync, then one more run: it reads back what the initial sync wrote
     // (a change-reading system reports Tandem's own writes as changes) and writes
     // nothing. Neither is measured.
     for _ in 0..2 {
-        Engine::new(relations("erp")?, connectors.clone(), &mut state)?
+        Engine::new(relations("erp")?, connectors.clone(), &mut *state)?
             .sync()
             .await?;
     }
@@ -672,7 +739,7 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     reset_peak_rss();
     perf_control("enable");
     let started = Instant::now();
-    let report = Engine::new(relations("erp")?, connectors, &mut state)?
+    let report = Engine::new(relations("erp")?, connectors, &mut *state)?
         .sync()
         .await?;
     let wall = started.elapsed().as_secs_f64();
