@@ -18,6 +18,7 @@ use tandem_model::{Fields, Timestamp};
 use tandem_model::Value;
 
 use crate::codec;
+use crate::open::redact_url;
 use crate::{
     ConflictEntry, Intent, IntentBatch, Interaction, Link, LinkedBy, PendingCreate, PendingLink,
     RefusedRequest, RunRecord, Scope, Side, StateBatch, StateError, StateStore,
@@ -602,6 +603,20 @@ impl SqliteState {
 const READING_LINKS: &str = "reading links";
 
 impl StateStore for SqliteState {
+    /// The database file; for a state in memory, where the file would be.
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn exists(&self) -> bool {
+        !self.is_in_memory()
+    }
+
+    /// Whether another process holds the lock file alone.
+    fn writer_active(&self) -> bool {
+        self.lock_held_by_writer()
+    }
+
     /// Ordered by contact id, then code.
     fn links_of_contacts(&self, contact_ids: &[&str]) -> Result<Vec<Link>, StateError> {
         if contact_ids.is_empty() {
@@ -1203,6 +1218,18 @@ impl StateStore for SqliteState {
             });
         }
         Ok(out)
+    }
+
+    fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
+        self.run_by_id(id)
+    }
+
+    fn run_interactions(
+        &self,
+        run_id: i64,
+        limit: usize,
+    ) -> Result<(Vec<Interaction>, u64), StateError> {
+        self.interactions_of_run(run_id, limit)
     }
 }
 
@@ -2310,21 +2337,6 @@ fn set_unlinked_pairs(
         .map_err(sql_error(ACTION))?;
     }
     Ok(())
-}
-
-/// Hides a password in a url before it goes into an error message.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
-    }
 }
 
 mod read_only;

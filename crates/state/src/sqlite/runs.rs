@@ -7,8 +7,8 @@ use super::{LOG_COLUMNS, SqliteState, get, log_entries, sql_error};
 use crate::{Interaction, RunRecord, StateError};
 
 impl SqliteState {
-    /// The run `id`, if the state has it.
-    pub fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
+    /// [`StateStore::run`](crate::StateStore::run).
+    pub(super) fn run_by_id(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
         const ACTION: &str = "reading a run";
         let mut stmt = self
             .conn
@@ -41,7 +41,7 @@ impl SqliteState {
     /// and how many it has in all. The log has no index by run: this reads the whole
     /// table once, which an operator command can afford, and a sync's commits do not
     /// pay for an index they never use.
-    pub fn run_interactions(
+    pub(super) fn interactions_of_run(
         &self,
         run_id: i64,
         limit: usize,
