@@ -80,7 +80,7 @@ fn environment_overrides_and_variables_apply() {
     d.write("erp-other/customers.csv", "id,name\nK1,Only Here\n");
     d.write("crm/contacts.csv", "id,name\n");
     let config = CONFIG.replacen("path = \"crm\"", "path = \"${TANDEM_TEST_CRM}\"", 1);
-    d.write("tandem.toml", &config);
+    d.write_config(&config);
     let out = d.tandem_env(
         &["--json", "sync"],
         &[

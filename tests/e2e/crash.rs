@@ -2,7 +2,7 @@
 //! with the same files and links as a run that was never interrupted: no duplicate
 //! record, no lost update, no dangling link.
 
-use crate::support::{Deployment, copy_dir, stderr};
+use crate::support::{Deployment, stderr};
 
 const CONFIG: &str = r#"
 [state]
@@ -100,11 +100,7 @@ fn prepared() -> Deployment {
 }
 
 fn copy_of(d: &Deployment) -> Deployment {
-    let copy = Deployment {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    copy_dir(d.dir.path(), copy.dir.path());
-    copy
+    d.copy()
 }
 
 /// Each data file's name and content, and the links.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Deployment, cell, copy_dir};
+use crate::support::{Deployment, cell};
 
 /// A running `tandem run`, its stderr collected.
 pub(crate) struct Service {
@@ -469,11 +469,7 @@ fn large(n: usize) -> Deployment {
 }
 
 fn copy_of(d: &Deployment) -> Deployment {
-    let copy = Deployment {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    copy_dir(d.dir.path(), copy.dir.path());
-    copy
+    d.copy()
 }
 
 /// Each data file's content by name, and the links.

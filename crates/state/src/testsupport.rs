@@ -58,11 +58,41 @@ impl TestState {
         let server = std::env::var(STATE_URL_VAR)
             .ok()
             .filter(|url| !url.is_empty());
-        let (url, database) = match server {
-            None => (sqlite_url.to_owned(), None),
-            Some(server) => {
-                let database = Database::create(&server);
-                (with_database(&server, &database.name), Some(database))
+        let Some(server) = server else {
+            return TestState::sqlite(sqlite_url, base_dir);
+        };
+        let database = Database::create(&server, None);
+        TestState {
+            url: with_database(&server, &database.name),
+            base_dir: base_dir.to_owned(),
+            database: Some(database),
+            _dir: None,
+        }
+    }
+
+    /// The SQLite state at `sqlite_url` whatever `TANDEM_TEST_STATE_URL` says: for a
+    /// test of what only a file can go through (a file of 0 bytes, a lock file).
+    pub fn sqlite(sqlite_url: &str, base_dir: &Path) -> TestState {
+        TestState {
+            url: sqlite_url.to_owned(),
+            base_dir: base_dir.to_owned(),
+            database: None,
+            _dir: None,
+        }
+    }
+
+    /// A copy of this state for a copy of its test's folder at `base_dir`: on
+    /// PostgreSQL a new database made from this one (no connection to it may be open);
+    /// on SQLite the same url taken from `base_dir`, where the caller copied the file.
+    ///
+    /// # Panics
+    /// When the database cannot be copied.
+    pub fn copy_to(&self, base_dir: &Path) -> TestState {
+        let (url, database) = match &self.database {
+            None => (self.url.clone(), None),
+            Some(source) => {
+                let copy = Database::create(&source.maintenance_url, Some(&source.name));
+                (with_database(&self.url, &copy.name), Some(copy))
             }
         };
         TestState {
@@ -111,8 +141,9 @@ impl TestState {
 }
 
 impl Database {
-    /// Creates a database with a name no other test uses.
-    fn create(server: &str) -> Database {
+    /// Creates a database with a name no other test uses: empty, or a copy of
+    /// `template`.
+    fn create(server: &str, template: Option<&str>) -> Database {
         match StoreKind::of_url(server) {
             Ok(StoreKind::Postgres) => {}
             _ => panic!(
@@ -139,8 +170,12 @@ impl Database {
             maintenance_url,
             name,
         };
+        let options: Vec<String> = template
+            .map(|t| format!("--template={t}"))
+            .into_iter()
+            .collect();
         let out = database
-            .command("createdb")
+            .command("createdb", &options)
             .output()
             .unwrap_or_else(|e| panic!("cannot run createdb ({e}); {}", where_programs_are()));
         assert!(
@@ -153,14 +188,16 @@ impl Database {
         database
     }
 
-    /// `program --maintenance-db=<url> <name>`, a client program of PostgreSQL.
-    fn command(&self, program: &str) -> Command {
+    /// `program --maintenance-db=<url> <options> <name>`, a client program of
+    /// PostgreSQL.
+    fn command(&self, program: &str, options: &[String]) -> Command {
         let program = match std::env::var_os("TANDEM_POSTGRES_BIN") {
             Some(bin) => Path::new(&bin).join(program),
             None => PathBuf::from(program),
         };
         let mut cmd = Command::new(program);
         cmd.arg(format!("--maintenance-db={}", self.maintenance_url))
+            .args(options)
             .arg(&self.name);
         cmd
     }
@@ -170,10 +207,8 @@ impl Drop for Database {
     fn drop(&mut self) {
         // Best effort: the test server is thrown away at the end anyway. `--force`
         // ends connections a failed test left open.
-        let _ = self
-            .command("dropdb")
-            .args(["--if-exists", "--force"])
-            .output();
+        let options = ["--if-exists".to_owned(), "--force".to_owned()];
+        let _ = self.command("dropdb", &options).output();
     }
 }
 
