@@ -99,10 +99,6 @@ fn prepared() -> Deployment {
     d
 }
 
-fn copy_of(d: &Deployment) -> Deployment {
-    d.copy()
-}
-
 /// Each data file's name and content, and the links.
 type Outcome = (Vec<(String, String)>, Vec<(String, String, String)>);
 
@@ -119,7 +115,7 @@ fn outcome(d: &Deployment) -> Outcome {
 fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
     let start = prepared();
 
-    let reference = copy_of(&start);
+    let reference = start.copy();
     let report = reference.sync();
     assert_eq!(report["failures"], serde_json::json!([]), "{report}");
     let counts = &report["counts"];
@@ -145,7 +141,7 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
     );
 
     for point in tandem_engine::failpoint::POINTS {
-        let d = copy_of(&start);
+        let d = start.copy();
         let out = d.tandem_env(&["sync"], &[("TANDEM_FAILPOINT", point)]);
         assert!(
             !out.status.success(),
@@ -187,7 +183,7 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
 fn r18_an_edit_made_after_a_crash_is_not_reverted() {
     let start = prepared();
     for point in tandem_engine::failpoint::POINTS {
-        let d = copy_of(&start);
+        let d = start.copy();
         let out = d.tandem_env(&["sync"], &[("TANDEM_FAILPOINT", point)]);
         assert!(
             !out.status.success(),

@@ -468,10 +468,6 @@ fn large(n: usize) -> Deployment {
     d
 }
 
-fn copy_of(d: &Deployment) -> Deployment {
-    d.copy()
-}
-
 /// Each data file's content by name, and the links.
 type Outcome = (BTreeMap<String, String>, Vec<(String, String, String)>);
 
@@ -498,7 +494,7 @@ const LARGE: usize = 15_000;
 #[test]
 fn sigterm_lets_the_run_in_flight_finish_and_exits_0() {
     let d = large(LARGE);
-    let reference = copy_of(&d);
+    let reference = d.copy();
     let writes = reference.sync()["writes"].as_u64().unwrap();
     assert!(
         writes >= 2 * LARGE as u64,
@@ -531,7 +527,7 @@ fn sigterm_lets_the_run_in_flight_finish_and_exits_0() {
 #[test]
 fn a_second_signal_stops_at_a_safe_point_and_the_next_run_finishes_the_work() {
     let d = large(LARGE);
-    let reference = copy_of(&d);
+    let reference = d.copy();
     reference.sync();
 
     let mut service = Service::start(&d, &[]);
