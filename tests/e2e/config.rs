@@ -62,8 +62,8 @@ fn missing_secret_variable_is_named_without_values() {
 fn check_reports_every_connector() {
     let d = Deployment::new();
     let out = d.tandem(&["check"]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
     assert!(text.contains("crm") && text.contains("erp"), "{text}");
 
     std::fs::remove_dir_all(d.path("erp")).unwrap();
@@ -221,7 +221,10 @@ fn a_state_url_no_store_opens_is_refused_without_showing_its_password() {
             "names the stores there are: {text}"
         );
         assert!(text.contains("tandem:***@db.example"), "{text}");
-        assert!(!text.contains("hunter2"), "{args:?} shows the password: {text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} shows the password: {text}"
+        );
     }
 
     // A PostgreSQL state nobody listens for (port 1): refused, and no password shown.
@@ -231,7 +234,10 @@ fn a_state_url_no_store_opens_is_refused_without_showing_its_password() {
         let out = d.tandem(args);
         let text = format!("{}{}", stdout(&out), stderr(&out));
         assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
-        assert!(!text.contains("hunter2"), "{args:?} shows the password: {text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} shows the password: {text}"
+        );
     }
     assert!(!d.path(".tandem").exists(), "no SQLite state in its place");
 }

@@ -302,7 +302,7 @@ fn log_format_json_prints_one_object_a_line_with_the_run_id() {
 fn progress_off_a_terminal_is_plain_lines() {
     let d = deployment();
     let out = d.tandem(&["sync"]);
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     for line in [
         "reading connector=erp kind=customers",

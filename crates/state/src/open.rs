@@ -100,16 +100,20 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
+    // The last `@` ends the user part even when an unescaped password holds `@`, `/` or
+    // `?`: masking too much is better than showing a password. A password is what
+    // follows the user's first `:`; a user alone is shown.
+    let (user_part, after) = match rest.rfind('@') {
         Some(at) => {
-            let user = authority[..at].split(':').next().unwrap_or_default();
-            format!("{user}:***@{}", &authority[at + 1..])
+            let user_part = match rest[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***@"),
+                None => format!("{}@", &rest[..at]),
+            };
+            (user_part, &rest[at + 1..])
         }
-        None => authority.to_owned(),
+        None => (String::new(), rest),
     };
-    let tail = match tail.split_once('?') {
+    let after = match after.split_once('?') {
         Some((path, query)) => {
             let query: Vec<String> = query
                 .split('&')
@@ -122,9 +126,9 @@ pub fn redact_url(url: &str) -> String {
                 .collect();
             format!("{path}?{}", query.join("&"))
         }
-        None => tail.to_owned(),
+        None => after.to_owned(),
     };
-    format!("{scheme}://{authority}{tail}")
+    format!("{scheme}://{user_part}{after}")
 }
 
 #[cfg(test)]
@@ -144,6 +148,17 @@ mod tests {
         assert_eq!(
             redact_url("postgres://host/db?PASSWORD=secret"),
             "postgres://host/db?PASSWORD=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:@host/db"),
+            "postgres://u:***@host/db",
+            "an empty password is still a password"
+        );
+        assert_eq!(redact_url("postgres://u@host/db"), "postgres://u@host/db");
+        assert_eq!(
+            redact_url("postgres://u:p/a?s@s@host/db"),
+            "postgres://u:***@host/db",
+            "an unescaped password"
         );
         assert_eq!(redact_url("postgres://host/db"), "postgres://host/db");
         assert_eq!(redact_url("state.db"), "state.db");
