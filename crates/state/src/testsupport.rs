@@ -41,6 +41,7 @@ impl TestState {
     ///
     /// # Panics
     /// When no temporary folder or database can be made.
+    // No `Default`: making a state may make a database, which `new` says better.
     #[allow(clippy::new_without_default)]
     pub fn new() -> TestState {
         let dir = tempfile::tempdir().expect("a temporary folder for the state");
