@@ -44,6 +44,16 @@ impl Service {
         self.log.lock().unwrap().clone()
     }
 
+    /// Panics with the log when `tandem run` has exited, so that a wait for what it
+    /// should do fails with its reason instead of a timeout.
+    pub(crate) fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            // The log thread reads the last lines after the exit.
+            std::thread::sleep(Duration::from_millis(200));
+            panic!("tandem run exited ({status}):\n{}", self.log());
+        }
+    }
+
     pub(crate) fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
         let started = Instant::now();
         while !self.log().contains(needle) {
@@ -693,6 +703,7 @@ listen = "127.0.0.1:{port}"
 
         let mut service = Service::start(&d, &env);
         wait_until(timeout, "the link fills the card's phone", || {
+            service.assert_running();
             card_phone().as_deref() == Some("+32 9 100 00 01")
         });
         book.update(&card, &[(field::PHONE, "+32 9 100 00 02")]);
