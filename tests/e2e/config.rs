@@ -1,6 +1,6 @@
 //! Config mistakes are errors that name the file and the key.
 
-use crate::support::{CONFIG, Deployment, counts, stderr};
+use crate::support::{CONFIG, Deployment, SQLITE_STATE_URL, counts, stderr, stdout};
 
 fn fails_with(config: &str, needles: &[&str]) {
     let d = Deployment::with_config(config);
@@ -62,8 +62,8 @@ fn missing_secret_variable_is_named_without_values() {
 fn check_reports_every_connector() {
     let d = Deployment::new();
     let out = d.tandem(&["check"]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
     assert!(text.contains("crm") && text.contains("erp"), "{text}");
 
     std::fs::remove_dir_all(d.path("erp")).unwrap();
@@ -80,7 +80,7 @@ fn environment_overrides_and_variables_apply() {
     d.write("erp-other/customers.csv", "id,name\nK1,Only Here\n");
     d.write("crm/contacts.csv", "id,name\n");
     let config = CONFIG.replacen("path = \"crm\"", "path = \"${TANDEM_TEST_CRM}\"", 1);
-    d.write("tandem.toml", &config);
+    d.write_config(&config);
     let out = d.tandem_env(
         &["--json", "sync"],
         &[
@@ -205,4 +205,39 @@ fn a_url_with_a_password_is_refused_without_showing_the_password() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_state_url_no_store_opens_is_refused_without_showing_its_password() {
+    let unknown = "mysql://tandem:hunter2@db.example/tandem";
+    let d = Deployment::on_sqlite(&CONFIG.replace(SQLITE_STATE_URL, unknown));
+    for args in [&["sync"][..], &["plan"], &["status"], &["check"]] {
+        let out = d.tandem(args);
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(text.contains("state.url"), "names the key: {text}");
+        assert!(
+            text.contains("sqlite://") && text.contains("postgres://"),
+            "names the stores there are: {text}"
+        );
+        assert!(text.contains("tandem:***@db.example"), "{text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} shows the password: {text}"
+        );
+    }
+
+    // A PostgreSQL state nobody listens for (port 1): refused, and no password shown.
+    let postgres = "postgres://tandem:hunter2@127.0.0.1:1/tandem";
+    let d = Deployment::on_sqlite(&CONFIG.replace(SQLITE_STATE_URL, postgres));
+    for args in [&["sync"][..], &["plan"], &["status"], &["check"]] {
+        let out = d.tandem(args);
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} shows the password: {text}"
+        );
+    }
+    assert!(!d.path(".tandem").exists(), "no SQLite state in its place");
 }

@@ -7,7 +7,7 @@ use std::fs;
 use std::process::Command;
 
 use serde_json::Value;
-use tandem_state::{LockMode, SqliteState, StateStore};
+use tandem_state::LockMode;
 
 use crate::support::{Deployment, stderr, stdout};
 
@@ -196,7 +196,7 @@ fn status_links_log_conflicts_and_runs_work_while_a_sync_holds_the_state() {
     let d = deployment();
     d.sync();
     // What a running sync holds: the lock, alone, and a run it began.
-    let mut held = SqliteState::open(&d.path(".tandem/state.db"), LockMode::Exclusive).unwrap();
+    let mut held = d.open_state(LockMode::Exclusive);
     held.begin_run("sync").unwrap();
     let status = d.ok(&["status"]);
     assert!(status.contains("A sync is running now"), "{status}");
@@ -302,7 +302,7 @@ fn log_format_json_prints_one_object_a_line_with_the_run_id() {
 fn progress_off_a_terminal_is_plain_lines() {
     let d = deployment();
     let out = d.tandem(&["sync"]);
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     for line in [
         "reading connector=erp kind=customers",

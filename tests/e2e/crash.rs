@@ -2,7 +2,7 @@
 //! with the same files and links as a run that was never interrupted: no duplicate
 //! record, no lost update, no dangling link.
 
-use crate::support::{Deployment, copy_dir, stderr};
+use crate::support::{Deployment, stderr};
 
 const CONFIG: &str = r#"
 [state]
@@ -99,14 +99,6 @@ fn prepared() -> Deployment {
     d
 }
 
-fn copy_of(d: &Deployment) -> Deployment {
-    let copy = Deployment {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    copy_dir(d.dir.path(), copy.dir.path());
-    copy
-}
-
 /// Each data file's name and content, and the links.
 type Outcome = (Vec<(String, String)>, Vec<(String, String, String)>);
 
@@ -123,7 +115,7 @@ fn outcome(d: &Deployment) -> Outcome {
 fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
     let start = prepared();
 
-    let reference = copy_of(&start);
+    let reference = start.copy();
     let report = reference.sync();
     assert_eq!(report["failures"], serde_json::json!([]), "{report}");
     let counts = &report["counts"];
@@ -149,7 +141,7 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
     );
 
     for point in tandem_engine::failpoint::POINTS {
-        let d = copy_of(&start);
+        let d = start.copy();
         let out = d.tandem_env(&["sync"], &[("TANDEM_FAILPOINT", point)]);
         assert!(
             !out.status.success(),
@@ -191,7 +183,7 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
 fn r18_an_edit_made_after_a_crash_is_not_reverted() {
     let start = prepared();
     for point in tandem_engine::failpoint::POINTS {
-        let d = copy_of(&start);
+        let d = start.copy();
         let out = d.tandem_env(&["sync"], &[("TANDEM_FAILPOINT", point)]);
         assert!(
             !out.status.success(),

@@ -48,12 +48,21 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     assert!(about_unit.is_empty(), "systemd-analyze verify:\n{text}");
 }
 
-/// Waits for a datagram on `socket`; its text.
-fn receive(socket: &UnixDatagram, timeout: Duration) -> String {
-    socket.set_read_timeout(Some(timeout)).unwrap();
+/// Waits for a datagram on `socket`; its text. Fails at once with the service's log
+/// when it exits first.
+fn receive(socket: &UnixDatagram, service: &mut Service, timeout: Duration) -> String {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
     let mut buf = [0u8; 4096];
-    let n = socket.recv(&mut buf).expect("a notify message in time");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) if started.elapsed() > timeout => panic!("no notify message in time: {e}"),
+            Err(_) => service.assert_running(),
+        }
+    }
 }
 
 /// `Type=notify`: READY=1 once serving, a status line after the first sync,
@@ -73,8 +82,11 @@ fn tandem_run_speaks_the_systemd_notify_protocol() {
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     let mut service = Service::start(&d, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
     let started = Instant::now();
-    assert_eq!(receive(&socket, Duration::from_secs(60)).trim(), "READY=1");
-    let status = receive(&socket, Duration::from_secs(60));
+    assert_eq!(
+        receive(&socket, &mut service, Duration::from_secs(60)).trim(),
+        "READY=1"
+    );
+    let status = receive(&socket, &mut service, Duration::from_secs(60));
     assert!(
         status.starts_with("STATUS=last run: CUST 1 linked"),
         "{status}"
@@ -82,7 +94,7 @@ fn tandem_run_speaks_the_systemd_notify_protocol() {
     assert!(started.elapsed() < Duration::from_secs(60));
     service.signal("TERM");
     assert_eq!(
-        receive(&socket, Duration::from_secs(30)).trim(),
+        receive(&socket, &mut service, Duration::from_secs(30)).trim(),
         "STOPPING=1"
     );
     let exit = service.wait(Duration::from_secs(30));

@@ -29,7 +29,11 @@ V1,Acme,BE0111,
 /// A deployment after its first sync: CUST links C1-K1, C2-K2, C4-K4 and a contact
 /// created for K3; VEND links C1-V1.
 fn synced(config: &str, env: &[(&str, &str)]) -> Deployment {
-    let d = Deployment::with_config(config);
+    seeded_and_synced(Deployment::with_config(config), env)
+}
+
+/// [`synced`] for a deployment made already.
+fn seeded_and_synced(d: Deployment, env: &[(&str, &str)]) -> Deployment {
     d.write("crm/contacts.csv", CONTACTS);
     d.write("erp/customers.csv", CUSTOMERS);
     d.write("erp/vendors.csv", VENDORS);
@@ -168,7 +172,8 @@ fn r16_a_share_under_the_limit_goes_through_and_the_limit_is_configured() {
 
 #[test]
 fn a_zero_byte_state_is_refused_and_left_alone() {
-    let d = synced(crate::support::CONFIG, &[]);
+    // A state file of 0 bytes: what only a file store can meet.
+    let d = seeded_and_synced(Deployment::on_sqlite(crate::support::CONFIG), &[]);
     let state = d.path(".tandem/state.db");
     fs::write(&state, "").unwrap();
     let files = d.snapshot();

@@ -234,11 +234,7 @@ struct Footprint {
 }
 
 fn untouched(book: &Book, tryton: &Tryton, d: &Deployment) -> Footprint {
-    let links = if d.path(".tandem/state.db").exists() {
-        d.links().len()
-    } else {
-        0
-    };
+    let links = if d.state_exists() { d.links().len() } else { 0 };
     Footprint {
         cards: book.versions(),
         customers: customer_ids(tryton),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 
 use serde_json::{Value, json};
-use tandem_state::{LockMode, SqliteState};
+use tandem_state::LockMode;
 
 use crate::support::{Deployment, repo_root, stdout};
 
@@ -193,7 +193,7 @@ fn errors_under_json_are_an_object_on_stdout_with_the_same_exit_code() {
 
     // A state another process holds: the error says so, and what to do.
     d.json(&["sync"]);
-    let held = SqliteState::open(&d.path(".tandem/state.db"), LockMode::Exclusive).unwrap();
+    let held = d.open_state(LockMode::Exclusive);
     let locked = check(&d, &["sync"], 1, "error");
     assert!(
         locked["error"]["message"]

@@ -222,9 +222,7 @@ fn status_shows_the_last_runs_and_what_waits() {
 
     // A run whose process died shows as interrupted.
     {
-        use tandem_state::{LockMode, SqliteState, StateStore};
-        let mut state =
-            SqliteState::open(&d.path(".tandem/state.db"), LockMode::Exclusive).unwrap();
+        let mut state = d.open_state(tandem_state::LockMode::Exclusive);
         state.begin_run("sync").unwrap();
     }
     let status = d.json(&["status"]);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Deployment, cell, copy_dir};
+use crate::support::{Deployment, cell};
 
 /// A running `tandem run`, its stderr collected.
 pub(crate) struct Service {
@@ -42,6 +42,16 @@ impl Service {
 
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Panics with the log when `tandem run` has exited, so that a wait for what it
+    /// should do fails with its reason instead of a timeout.
+    pub(crate) fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            // The log thread reads the last lines after the exit.
+            std::thread::sleep(Duration::from_millis(200));
+            panic!("tandem run exited ({status}):\n{}", self.log());
+        }
     }
 
     pub(crate) fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
@@ -468,14 +478,6 @@ fn large(n: usize) -> Deployment {
     d
 }
 
-fn copy_of(d: &Deployment) -> Deployment {
-    let copy = Deployment {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    copy_dir(d.dir.path(), copy.dir.path());
-    copy
-}
-
 /// Each data file's content by name, and the links.
 type Outcome = (BTreeMap<String, String>, Vec<(String, String, String)>);
 
@@ -502,7 +504,7 @@ const LARGE: usize = 15_000;
 #[test]
 fn sigterm_lets_the_run_in_flight_finish_and_exits_0() {
     let d = large(LARGE);
-    let reference = copy_of(&d);
+    let reference = d.copy();
     let writes = reference.sync()["writes"].as_u64().unwrap();
     assert!(
         writes >= 2 * LARGE as u64,
@@ -535,7 +537,7 @@ fn sigterm_lets_the_run_in_flight_finish_and_exits_0() {
 #[test]
 fn a_second_signal_stops_at_a_safe_point_and_the_next_run_finishes_the_work() {
     let d = large(LARGE);
-    let reference = copy_of(&d);
+    let reference = d.copy();
     reference.sync();
 
     let mut service = Service::start(&d, &[]);
@@ -701,6 +703,7 @@ listen = "127.0.0.1:{port}"
 
         let mut service = Service::start(&d, &env);
         wait_until(timeout, "the link fills the card's phone", || {
+            service.assert_running();
             card_phone().as_deref() == Some("+32 9 100 00 01")
         });
         book.update(&card, &[(field::PHONE, "+32 9 100 00 02")]);

@@ -3,11 +3,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use tandem_state::testsupport::TestState;
+use tandem_state::{Access, LockMode, StateStore, StoreKind};
 
 /// A deployment in a temporary folder.
 pub struct Deployment {
     pub dir: tempfile::TempDir,
+    /// The state its config names: `.tandem/state.db` in `dir`, or a database of its
+    /// own on the PostgreSQL server of `TANDEM_TEST_STATE_URL`.
+    pub state: TestState,
 }
+
+/// The state url of [`CONFIG`] and of the examples' configs.
+pub const SQLITE_STATE_URL: &str = "sqlite://.tandem/state.db";
 
 pub const CONFIG: &str = r#"
 [state]
@@ -42,20 +50,68 @@ impl Deployment {
         Deployment::with_config(CONFIG)
     }
 
+    /// A deployment with `config`, whose `[state] url` is replaced by the test's state
+    /// when that is PostgreSQL.
     pub fn with_config(config: &str) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
+        let state = TestState::or_sqlite(SQLITE_STATE_URL, dir.path());
+        Deployment::with_state(dir, state, config)
+    }
+
+    /// A deployment with `config` on its SQLite state whatever the test's store: for
+    /// tests of what only a state file can go through.
+    pub fn on_sqlite(config: &str) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let state = TestState::sqlite(SQLITE_STATE_URL, dir.path());
+        Deployment::with_state(dir, state, config)
+    }
+
+    fn with_state(dir: tempfile::TempDir, state: TestState, config: &str) -> Deployment {
         fs::create_dir_all(dir.path().join("crm")).unwrap();
         fs::create_dir_all(dir.path().join("erp")).unwrap();
-        fs::write(dir.path().join("tandem.toml"), config).unwrap();
-        Deployment { dir }
+        let d = Deployment { dir, state };
+        d.write_config(config);
+        d
     }
 
     /// A copy of an example folder from the repository.
     pub fn example(name: &str) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
+        let state = TestState::or_sqlite(SQLITE_STATE_URL, dir.path());
         copy_dir(&repo_root().join("examples").join(name), dir.path());
         let _ = fs::remove_dir_all(dir.path().join(".tandem"));
-        Deployment { dir }
+        let d = Deployment { dir, state };
+        d.write_config(&d.read("tandem.toml"));
+        d
+    }
+
+    /// A copy of this deployment, its state included, to run apart from it.
+    pub fn copy(&self) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(self.dir.path(), dir.path());
+        let state = self.state.copy_to(dir.path());
+        let d = Deployment { dir, state };
+        d.write_config(&d.read("tandem.toml"));
+        d
+    }
+
+    /// Writes `tandem.toml`: `config`, its state url replaced by the test's state when
+    /// that is PostgreSQL (and a `[state]` table added when it has none).
+    pub fn write_config(&self, config: &str) {
+        self.write("tandem.toml", &on_test_state(config, &self.state));
+    }
+
+    /// Whether the state exists (a read-only command creates none).
+    pub fn state_exists(&self) -> bool {
+        self.state
+            .open_for(Access::ReadOnly)
+            .unwrap_or_else(|e| panic!("cannot read the state: {e}"))
+            .exists()
+    }
+
+    /// Opens the test's state as `tandem` would, with the lock `mode`.
+    pub fn open_state(&self, mode: LockMode) -> Box<dyn StateStore> {
+        self.state.open(mode)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -213,8 +269,7 @@ impl Deployment {
 
     /// The links in the state, as (code, contact id, account id), sorted.
     pub fn links(&self) -> Vec<(String, String, String)> {
-        use tandem_state::{LockMode, SqliteState, StateStore};
-        let state = SqliteState::open(&self.path(".tandem/state.db"), LockMode::Shared).unwrap();
+        let state = self.open_state(LockMode::Shared);
         state
             .links(None)
             .unwrap()
@@ -222,6 +277,42 @@ impl Deployment {
             .map(|l| (l.code, l.contact_id, l.account_id))
             .collect()
     }
+}
+
+/// `config` on the test's state: unchanged on SQLite; on PostgreSQL, the `[state]`
+/// table's url is the test's database (the table is added when there is none).
+fn on_test_state(config: &str, state: &TestState) -> String {
+    if state.kind() == StoreKind::Sqlite {
+        return config.to_owned();
+    }
+    let url_line = format!("url = \"{}\"", state.url());
+    let mut in_state = false;
+    let mut has_state = false;
+    let mut out: Vec<&str> = Vec::new();
+    for line in config.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_state = trimmed == "[state]";
+        }
+        let is_url = trimmed
+            .strip_prefix("url")
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if in_state && is_url {
+            continue;
+        }
+        out.push(line);
+        if in_state && trimmed == "[state]" {
+            out.push(&url_line);
+            has_state = true;
+        }
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    if !has_state {
+        // At the end, so that the lines an error names stay where they were.
+        text.push_str(&format!("\n[state]\n{url_line}\n"));
+    }
+    text
 }
 
 /// `--json` output without its `format_version` (which must be 1); the list of a

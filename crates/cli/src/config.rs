@@ -65,8 +65,9 @@ fn default_max_delete_share() -> f64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// The state store, `sqlite://<path>`. A relative path is taken from the config
-    /// file's folder. Default: `sqlite://.tandem/state.db`.
+    /// The state store, chosen by the scheme (`tandem_state::open_url`):
+    /// `sqlite://<path>`, a relative path taken from the config file's folder, or
+    /// `postgres://...`. Default: `sqlite://.tandem/state.db`.
     #[serde(default = "default_state_url")]
     pub url: String,
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 use tandem_state::{
     ConflictEntry, Interaction, Link, LogEntry, PendingCreate, PendingLink, RefusedRequest,
-    RunRecord, Side, StateStore,
+    RunRecord, Side,
 };
 
 use crate::config::Config;
@@ -113,7 +113,7 @@ pub(crate) fn resolve(cli: &Cli, contact_id: &str, code: &str) -> anyhow::Result
     configured(&config, code)?;
     let state = open_state_inspect(&config)?;
     let kind = kind_name(&config, code);
-    let Some(found) = tandem_engine::resolve(&state, code, contact_id)? else {
+    let Some(found) = tandem_engine::resolve(state.as_ref(), code, contact_id)? else {
         let company = state.company_of(contact_id)?;
         let via = match &company {
             Some(company) => format!(" (nor has its company {company})"),
@@ -362,7 +362,7 @@ struct StatusRun {
 pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
     let state = open_state_inspect(&config)?;
-    let sync_running = crate::runs::sync_running(&state)?;
+    let sync_running = crate::runs::sync_running(state.as_ref())?;
     let runs: Vec<StatusRun> = state
         .runs(10)?
         .into_iter()
@@ -379,7 +379,7 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let parked_links = state.parked_links()?;
-    let pending = tandem_engine::Pending::load(&state)?;
+    let pending = tandem_engine::Pending::load(state.as_ref())?;
     let (parked_creates, creates): (Vec<PendingCreate>, Vec<PendingCreate>) =
         pending.creates.into_iter().partition(|p| p.parked);
     let (parked_refused, refused): (Vec<RefusedRequest>, Vec<RefusedRequest>) =
@@ -390,8 +390,8 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
 
     if cli.json {
         print_json(&json!({
-            "state": state.path().display().to_string(),
-            "state_exists": !state.is_in_memory(),
+            "state": state.location(),
+            "state_exists": state.exists(),
             "sync_running": sync_running,
             "runs": runs,
             "parked": {
@@ -409,11 +409,11 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
 
     let mut out = String::new();
-    if state.is_in_memory() {
+    if !state.exists() {
         let _ = writeln!(
             out,
             "No state yet at {}: nothing has been synchronised.",
-            state.path().display()
+            state.location()
         );
     }
     if sync_running {

@@ -37,7 +37,7 @@ use serde::Serialize;
 use tandem_connector::{Connector, Registry};
 use tandem_engine::{Directives, Engine, EngineError, Relations, RetryTarget};
 use tandem_model::EntityKind;
-use tandem_state::{LockMode, SqliteState, StateError, StateStore};
+use tandem_state::{LockMode, StateError, StateStore};
 use tracing::debug;
 
 use crate::config::{Config, ConfigErrors, Env};
@@ -629,31 +629,35 @@ fn load(cli: &Cli, registry: &Registry) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Opens the state for a command that writes: created if missing, held alone.
-fn open_state(config: &Config, mode: LockMode) -> anyhow::Result<SqliteState> {
-    SqliteState::open_url(&config.state_url, &config.base_dir, mode)
+/// Opens the state for a command that writes: created if missing, held with `mode`.
+/// Every command opens the state through `tandem_state`'s openers, which choose the
+/// store by the url's scheme.
+fn open_state(config: &Config, mode: LockMode) -> anyhow::Result<Box<dyn StateStore>> {
+    tandem_state::open_url(&config.state_url, &config.base_dir, mode)
         .map_err(|e| state_error(config, e))
 }
 
 /// Opens the state for a command that only reads: shared with other readers, and an
-/// empty state in memory when there is no state file yet (none is created).
-fn open_state_read(config: &Config) -> anyhow::Result<SqliteState> {
-    SqliteState::open_url_existing(&config.state_url, &config.base_dir)
+/// empty state when there is none yet (none is created).
+fn open_state_read(config: &Config) -> anyhow::Result<Box<dyn StateStore>> {
+    tandem_state::open_url_existing(&config.state_url, &config.base_dir)
         .map_err(|e| state_error(config, e))
 }
 
 /// Opens the state for a command that only looks (`status`, `links`, `log`,
-/// `conflicts`, `runs`): no lock, so it works while a sync runs, and never a file
+/// `conflicts`, `runs`): no lock, so it works while a sync runs, and never a state
 /// created.
-fn open_state_inspect(config: &Config) -> anyhow::Result<SqliteState> {
-    SqliteState::open_url_read_only(&config.state_url, &config.base_dir)
+fn open_state_inspect(config: &Config) -> anyhow::Result<Box<dyn StateStore>> {
+    tandem_state::open_url_read_only(&config.state_url, &config.base_dir)
         .map_err(|e| state_error(config, e))
 }
 
 fn state_error(config: &Config, e: StateError) -> anyhow::Error {
     match e {
-        // A wrong url is a config mistake; the other errors name the state file.
-        StateError::UnsupportedUrl { .. } => anyhow!(config.error_at("state.url", e.to_string())),
+        // A wrong url is a config mistake; the other errors name the state.
+        StateError::UnsupportedUrl { .. } => {
+            anyhow!(config.error_at("state.url", e.to_string()))
+        }
         e => anyhow!(e),
     }
 }
@@ -719,7 +723,7 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     let relations = Relations::from_config(&config.sync);
     let started = Instant::now();
     let built = build_connectors(&config, &registry).and_then(|connectors| {
-        Engine::new(relations.clone(), connectors, &mut state)
+        Engine::new(relations.clone(), connectors, state.as_mut())
             .map_err(|e| anyhow!("{}: {e}", config.shown()))
     });
     let mut engine = match built {
@@ -727,7 +731,7 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
         Err(e) => {
             // The engine records the runs it begins; this one stopped before.
             if sync {
-                record_failed_run(&mut state, &e);
+                record_failed_run(state.as_mut(), &e);
             }
             return Err(e);
         }
@@ -816,7 +820,7 @@ fn build_connectors(
 /// Records a sync that failed before the engine could begin it, so that
 /// `tandem status` shows it. The run's own error is what the user needs to see, so a
 /// failure to record it is not reported.
-fn record_failed_run(state: &mut SqliteState, error: &anyhow::Error) {
+fn record_failed_run(state: &mut dyn StateStore, error: &anyhow::Error) {
     let summary = serde_json::json!({ "error": format!("{error:#}") });
     if let Ok(run) = state.begin_run("sync") {
         let _ = state.finish_run(run, "failed", &summary);
@@ -854,13 +858,13 @@ async fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut lines = Vec::new();
 
     // Read-only: a missing state is reported as such, never created.
-    let state = SqliteState::open_url_existing(&config.state_url, &config.base_dir);
-    // The path only: a url may carry a password.
+    let state = tandem_state::open_url_existing(&config.state_url, &config.base_dir);
+    // The path, or the url without its password.
     let name = state
         .as_ref()
-        .map(|s| s.path().display().to_string())
+        .map(|s| s.location())
         .unwrap_or_else(|_| "state.url".to_owned());
-    let fresh = state.as_ref().is_ok_and(SqliteState::is_in_memory);
+    let fresh = state.as_ref().is_ok_and(|s| !s.exists());
     lines.push(CheckLine {
         check: "state",
         label: if fresh {

@@ -21,7 +21,7 @@ pub(crate) fn retry(cli: &Cli, target: &RetryTarget) -> anyhow::Result<ExitCode>
     }
     let mut state = open_state(&config, LockMode::Exclusive)?;
     let relations = Relations::from_config(&config.sync);
-    let count = tandem_engine::retry(&mut state, &relations, target)?;
+    let count = tandem_engine::retry(state.as_mut(), &relations, target)?;
     if let RetryTarget::Record { code, id } = target
         && count == 0
     {
@@ -56,7 +56,7 @@ pub(crate) fn resolve_conflict(cli: &Cli, id: i64, take: &str) -> anyhow::Result
     };
     let mut state = open_state(&config, LockMode::Exclusive)?;
     let relations = Relations::from_config(&config.sync);
-    let entry = match tandem_engine::resolve_conflict(&mut state, &relations, id, &take) {
+    let entry = match tandem_engine::resolve_conflict(state.as_mut(), &relations, id, &take) {
         Ok(entry) => entry,
         Err(e @ StateError::UnknownConflict { .. }) => return Err(anyhow!(e)),
         Err(e) => return Err(anyhow!(e).context("cannot record the decision")),

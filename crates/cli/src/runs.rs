@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use serde_json::json;
-use tandem_state::{RunRecord, SqliteState, StateStore};
+use tandem_state::{RunRecord, StateStore};
 
 use crate::inspect::details;
 use crate::output::{plural, row, table};
@@ -17,7 +17,7 @@ use crate::{Cli, load, open_state_inspect, print_stdout, registry};
 pub fn list(cli: &Cli, limit: usize) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
     let state = open_state_inspect(&config)?;
-    let sync_running = sync_running(&state)?;
+    let sync_running = sync_running(state.as_ref())?;
     let runs: Vec<RunRecord> = state
         .runs(limit)?
         .into_iter()
@@ -58,12 +58,12 @@ pub fn list(cli: &Cli, limit: usize) -> anyhow::Result<ExitCode> {
 pub fn show(cli: &Cli, id: i64, limit: usize) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
     let state = open_state_inspect(&config)?;
-    let sync_running = sync_running(&state)?;
+    let sync_running = sync_running(state.as_ref())?;
     let Some(run) = state.run(id)? else {
         let last = state.runs(1)?.first().map(|r| r.id);
         return Err(anyhow!(
             "{}: there is no run {id}{}; `tandem runs` lists them",
-            state.path().display(),
+            state.location(),
             match last {
                 Some(last) => format!(" (the last is run {last})"),
                 None => " (no run yet)".to_owned(),
@@ -147,7 +147,7 @@ pub fn show(cli: &Cli, id: i64, limit: usize) -> anyhow::Result<ExitCode> {
 /// Whether a sync is running now: the last run is marked running and a process holds
 /// the lock. The lock is only probed then: a probe holds it for an instant, and a sync
 /// starting in that instant would find the state in use.
-pub(crate) fn sync_running(state: &SqliteState) -> anyhow::Result<bool> {
+pub(crate) fn sync_running(state: &dyn StateStore) -> anyhow::Result<bool> {
     let last_running = state
         .runs(1)?
         .first()

@@ -6,7 +6,7 @@
 //! The world: contacts in a CRM, customers (`CUST`, contacts created for them, R6) and
 //! vendors (`VEND`, no creates) in an ERP, both in-memory connectors, either full
 //! listings or change-reading (a parameter of the case), and a SQLite state in a
-//! temporary folder. A crash is a panic at a failpoint (`failpoint::arm_panic`); the
+//! temporary folder (or a PostgreSQL database, under `TANDEM_TEST_STATE_URL`). A crash is a panic at a failpoint (`failpoint::arm_panic`); the
 //! state is then dropped and opened again, as by a new process.
 //!
 //! The model keeps what the user did (every edit with its step) and what the state
@@ -32,7 +32,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -44,7 +43,8 @@ use tandem_engine::{
     RetryTarget, RunReport, SyncConfig, failpoint,
 };
 use tandem_model::{EntityKind, Fields, Record, Value};
-use tandem_state::{Link, LockMode, SqliteState, StateStore};
+use tandem_state::testsupport::TestState;
+use tandem_state::{Link, LockMode, StateStore};
 
 /// The shared fields the test edits.
 const FIELDS: [&str; 4] = ["phone", "email", "city", "name"];
@@ -230,8 +230,9 @@ struct World {
     crm: Arc<MemoryConnector>,
     erp: Arc<MemoryConnector>,
     relations: Relations,
-    state: Option<SqliteState>,
-    path: PathBuf,
+    state: Option<Box<dyn StateStore>>,
+    /// Where the state lives: reopened there after a crash.
+    state_place: TestState,
     allow_deletes: bool,
     _dir: tempfile::TempDir,
     /// Makes every value and id unique.
@@ -319,8 +320,8 @@ fn runtime() -> tokio::runtime::Runtime {
 impl World {
     fn new(case: &Case) -> World {
         let dir = temp_dir();
-        let path = dir.path().join("state.db");
-        let state = SqliteState::open(&path, LockMode::Exclusive).unwrap();
+        let state_place = TestState::or_sqlite("sqlite://state.db", dir.path());
+        let state = state_place.open(LockMode::Exclusive);
         let mut relations = BTreeMap::new();
         relations.insert(
             "CUST".to_string(),
@@ -354,7 +355,7 @@ impl World {
             ),
             relations: Relations::from_config(&config),
             state: Some(state),
-            path,
+            state_place,
             allow_deletes: case.allow_deletes,
             _dir: dir,
             next: 0,
@@ -372,8 +373,8 @@ impl World {
         }
     }
 
-    fn state(&self) -> &SqliteState {
-        self.state.as_ref().unwrap()
+    fn state(&self) -> &dyn StateStore {
+        self.state.as_deref().unwrap()
     }
 
     fn connector(&self, kind: EntityKind) -> &MemoryConnector {
@@ -578,7 +579,7 @@ impl World {
         let connectors = self.connectors();
         let relations = self.relations.clone();
         let allow = self.allow_deletes;
-        let state = self.state.as_mut().unwrap();
+        let state = self.state.as_deref_mut().unwrap();
         let rt = runtime();
         if let Some((point, nth)) = crash {
             failpoint::arm_panic(point, nth);
@@ -601,7 +602,9 @@ impl World {
                 }
                 // A new process: the state is opened again.
                 self.state = None;
-                let state = SqliteState::open(&self.path, LockMode::Exclusive)
+                let state = self
+                    .state_place
+                    .open_for(tandem_state::Access::Lock(LockMode::Exclusive))
                     .map_err(|e| format!("the state does not open after a crash: {e}"))?;
                 self.state = Some(state);
                 (Outcome::Crashed, None)
@@ -714,7 +717,7 @@ impl World {
         let final_step = self.step + 1;
         self.step = final_step;
         tandem_engine::retry(
-            self.state.as_mut().unwrap(),
+            self.state.as_deref_mut().unwrap(),
             &self.relations,
             &RetryTarget::All,
         )
@@ -1168,8 +1171,12 @@ async fn three_customers_synced(incremental: bool) -> (World, String) {
 
 async fn plain_sync(w: &mut World) -> Result<RunReport, EngineError> {
     let connectors = w.connectors();
-    let mut engine =
-        Engine::new(w.relations.clone(), connectors, w.state.as_mut().unwrap()).unwrap();
+    let mut engine = Engine::new(
+        w.relations.clone(),
+        connectors,
+        w.state.as_deref_mut().unwrap(),
+    )
+    .unwrap();
     engine.sync().await
 }
 
@@ -1207,8 +1214,12 @@ async fn r12_a_customer_edited_while_its_contact_is_deleted_gets_no_new_contact(
         );
         // The only contact is gone: the full listing is empty, let it through (R16).
         let connectors = w.connectors();
-        let mut engine =
-            Engine::new(w.relations.clone(), connectors, w.state.as_mut().unwrap()).unwrap();
+        let mut engine = Engine::new(
+            w.relations.clone(),
+            connectors,
+            w.state.as_deref_mut().unwrap(),
+        )
+        .unwrap();
         engine.set_allow_deletes(true);
         let report = engine.sync().await.unwrap();
         let contacts: Vec<String> = w

@@ -1,4 +1,5 @@
-//! The engine end to end on in-memory connectors and a real SQLite state.
+//! The engine end to end on in-memory connectors and a real state (SQLite, or
+//! PostgreSQL under `TANDEM_TEST_STATE_URL`: `tandem_state::testsupport`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,14 +11,16 @@ use tandem_engine::{
     SyncConfig,
 };
 use tandem_model::{EntityKind, Fields, Value};
-use tandem_state::{LockMode, SqliteState, StateStore};
+use tandem_state::testsupport::TestState;
+use tandem_state::{LockMode, StateStore};
 
 struct World {
     crm: Arc<MemoryConnector>,
     erp: Arc<MemoryConnector>,
     relations: Relations,
-    state: SqliteState,
-    _dir: tempfile::TempDir,
+    /// Dropped before the place it lives in.
+    state: Box<dyn StateStore>,
+    _state_place: TestState,
 }
 
 fn relation(kind: EntityKind, create_contacts: bool) -> RelationConfig {
@@ -32,8 +35,8 @@ fn relation(kind: EntityKind, create_contacts: bool) -> RelationConfig {
 }
 
 fn world(incremental: bool) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let state = SqliteState::open(&dir.path().join("state.db"), LockMode::Exclusive).unwrap();
+    let state_place = TestState::new();
+    let state = state_place.open(LockMode::Exclusive);
     let mut relations = BTreeMap::new();
     relations.insert("CUST".to_string(), relation(EntityKind::Customer, true));
     relations.insert("VEND".to_string(), relation(EntityKind::Vendor, false));
@@ -58,7 +61,7 @@ fn world(incremental: bool) -> World {
         ),
         relations: Relations::from_config(&config),
         state,
-        _dir: dir,
+        _state_place: state_place,
     }
 }
 
@@ -72,7 +75,8 @@ impl World {
 
     async fn sync(&mut self) -> RunReport {
         let connectors = self.connectors();
-        let mut engine = Engine::new(self.relations.clone(), connectors, &mut self.state).unwrap();
+        let mut engine =
+            Engine::new(self.relations.clone(), connectors, self.state.as_mut()).unwrap();
         engine.sync().await.unwrap()
     }
 
@@ -82,7 +86,8 @@ impl World {
         guard: impl FnOnce(&mut Engine<'_>),
     ) -> Result<RunReport, EngineError> {
         let connectors = self.connectors();
-        let mut engine = Engine::new(self.relations.clone(), connectors, &mut self.state).unwrap();
+        let mut engine =
+            Engine::new(self.relations.clone(), connectors, self.state.as_mut()).unwrap();
         guard(&mut engine);
         engine.sync().await
     }
@@ -96,7 +101,8 @@ impl World {
 
     async fn plan(&mut self) -> RunReport {
         let connectors = self.connectors();
-        let mut engine = Engine::new(self.relations.clone(), connectors, &mut self.state).unwrap();
+        let mut engine =
+            Engine::new(self.relations.clone(), connectors, self.state.as_mut()).unwrap();
         engine.plan().await.unwrap()
     }
 
@@ -245,7 +251,7 @@ async fn r16_incomplete_full_listing_deletes_nothing() {
     // The listing breaks after its first page: nothing may be taken for deleted.
     w.erp.fail_reads_after(Some(1));
     let connectors = w.connectors();
-    let mut engine = Engine::new(w.relations.clone(), connectors, &mut w.state).unwrap();
+    let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
     let err = engine.sync().await.unwrap_err();
     assert!(
         err.to_string()
@@ -361,8 +367,12 @@ async fn r17_a_failing_record_does_not_stop_the_run() {
     );
 
     // ...until retried by hand.
-    let retried =
-        tandem_engine::retry(&mut w.state, &w.relations, &tandem_engine::RetryTarget::All).unwrap();
+    let retried = tandem_engine::retry(
+        w.state.as_mut(),
+        &w.relations,
+        &tandem_engine::RetryTarget::All,
+    )
+    .unwrap();
     assert_eq!(retried, 1);
     let fixed = w.sync().await;
     assert_eq!(fixed.failed(), 0);
@@ -407,14 +417,14 @@ async fn r10_a_contact_resolves_to_its_account_and_a_person_through_its_company(
             .with("company_id", "C1"),
     );
     w.sync().await;
-    let company = tandem_engine::resolve(&w.state, "CUST", "C1")
+    let company = tandem_engine::resolve(w.state.as_ref(), "CUST", "C1")
         .unwrap()
         .unwrap();
     assert_eq!(
         (company.account_id.as_str(), company.holder_id.as_str()),
         ("K1", "C1")
     );
-    let person = tandem_engine::resolve(&w.state, "VEND", "P1")
+    let person = tandem_engine::resolve(w.state.as_ref(), "VEND", "P1")
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -422,7 +432,7 @@ async fn r10_a_contact_resolves_to_its_account_and_a_person_through_its_company(
         ("V1", "C1")
     );
     assert_eq!(
-        tandem_engine::resolve(&w.state, "VEND", "C2").unwrap(),
+        tandem_engine::resolve(w.state.as_ref(), "VEND", "C2").unwrap(),
         None
     );
 }
@@ -494,7 +504,7 @@ async fn r15_a_manual_conflict_waits_across_runs_without_losing_either_value() {
     }
     let id = w.state.conflicts(true).unwrap()[0].id;
     tandem_engine::resolve_conflict(
-        &mut w.state,
+        w.state.as_mut(),
         &w.relations,
         id,
         &tandem_engine::Take::Account,
@@ -620,7 +630,7 @@ async fn r12_the_account_of_a_deleted_contact_gets_no_new_contact_unless_asked()
     assert_eq!(w.crm.all(EntityKind::Contact).len(), contacts);
 
     let connectors = w.connectors();
-    let mut engine = Engine::new(w.relations.clone(), connectors, &mut w.state).unwrap();
+    let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
     let asked = engine
         .sync_with(tandem_engine::Directives {
             create_contact: vec![("CUST".into(), "K1".into())],
@@ -674,7 +684,12 @@ async fn failed_first_write_keeps_the_link(incremental: bool) {
     assert_eq!(w.sync().await.writes, 0, "parked: left alone");
 
     w.erp.reject_writes_to(EntityKind::Customer, "K2", None);
-    tandem_engine::retry(&mut w.state, &w.relations, &tandem_engine::RetryTarget::All).unwrap();
+    tandem_engine::retry(
+        w.state.as_mut(),
+        &w.relations,
+        &tandem_engine::RetryTarget::All,
+    )
+    .unwrap();
     let fixed = w.sync().await;
     assert_eq!(fixed.failed(), 0, "{fixed:#?}");
     assert_eq!(
@@ -801,7 +816,7 @@ async fn r16_an_empty_listing_stops_the_run_before_anything_is_written() {
 
     // `plan` shows the same refusal.
     let connectors = w.connectors();
-    let mut engine = Engine::new(w.relations.clone(), connectors, &mut w.state).unwrap();
+    let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
     let err = engine.plan().await.unwrap_err();
     assert!(matches!(err, EngineError::TooManyDeletes { .. }), "{err}");
 
@@ -1077,7 +1092,8 @@ async fn r18_a_create_whose_reply_was_lost_is_found_again_with_the_edit_made_sin
 }
 
 async fn sync_with(w: &mut World, connectors: &HashMap<String, Arc<dyn Connector>>) -> RunReport {
-    let mut engine = Engine::new(w.relations.clone(), connectors.clone(), &mut w.state).unwrap();
+    let mut engine =
+        Engine::new(w.relations.clone(), connectors.clone(), w.state.as_mut()).unwrap();
     engine.sync().await.unwrap()
 }
 

@@ -10,19 +10,21 @@ use tandem_engine::{
     ContactsConfig, Engine, EngineError, MatchTier, RelationConfig, Relations, StopFlag, SyncConfig,
 };
 use tandem_model::{EntityKind, Fields, Value};
-use tandem_state::{LockMode, SqliteState, StateStore};
+use tandem_state::testsupport::TestState;
+use tandem_state::{LockMode, StateStore};
 
 struct World {
     crm: Arc<MemoryConnector>,
     erp: Arc<MemoryConnector>,
     relations: Relations,
-    state: SqliteState,
-    _dir: tempfile::TempDir,
+    /// Dropped before the place it lives in.
+    state: Box<dyn StateStore>,
+    _state_place: TestState,
 }
 
 fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let state = SqliteState::open(&dir.path().join("state.db"), LockMode::Exclusive).unwrap();
+    let state_place = TestState::new();
+    let state = state_place.open(LockMode::Exclusive);
     let relation = RelationConfig {
         match_tiers: vec![MatchTier::Fields(vec!["vat_registration_no".into()])],
         create_contacts: true,
@@ -39,7 +41,7 @@ fn world() -> World {
         erp: Arc::new(MemoryConnector::new(&[EntityKind::Customer], true).with_id_prefix("K")),
         relations: Relations::from_config(&config),
         state,
-        _dir: dir,
+        _state_place: state_place,
     }
 }
 
@@ -60,7 +62,7 @@ impl World {
         let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
         connectors.insert("crm".into(), self.crm.clone());
         connectors.insert("erp".into(), self.erp.clone());
-        Engine::new(self.relations.clone(), connectors, &mut self.state).unwrap()
+        Engine::new(self.relations.clone(), connectors, self.state.as_mut()).unwrap()
     }
 
     /// Two linked pairs and one customer without a contact.

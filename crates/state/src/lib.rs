@@ -10,16 +10,21 @@
 //!   parked pairs (R17) and the company of each person contact (R3).
 //!
 //! [`StateStore`] is the interface; [`SqliteState`] the embedded default, [`PgState`]
-//! the same state in PostgreSQL. Writes go in [`StateBatch`]es, each one transaction,
-//! so a crash leaves either all or none of a batch.
+//! the same state in PostgreSQL. [`open_url`] and its siblings open the state a config
+//! url names in the store its scheme names (`sqlite://`, `postgres://`). Writes go in
+//! [`StateBatch`]es, each one transaction, so a crash leaves either all or none of a
+//! batch.
 
 mod codec;
 mod log;
+mod open;
 mod pending;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod testing;
+#[cfg(feature = "testsupport")]
+pub mod testsupport;
 pub mod transfer;
 
 use std::collections::{HashMap, HashSet};
@@ -28,9 +33,12 @@ use serde::{Deserialize, Serialize};
 use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
 
 pub use log::{Change, LogEntry};
+pub use open::{
+    Access, StoreKind, open, open_url, open_url_existing, open_url_read_only, redact_url,
+};
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
 pub use postgres::PgState;
-pub use sqlite::{LockMode, SqliteState, redact_url};
+pub use sqlite::{LockMode, SqliteState};
 
 /// A business relation between one contact and one account (R2: at most one per code
 /// and contact, and per code and account).
@@ -390,7 +398,10 @@ pub enum StateError {
     UnknownConflict { id: i64 },
     #[error("the state holds a malformed value ({what}): {message}")]
     Corrupt { what: String, message: String },
-    #[error("unsupported state url `{url}`; use sqlite://<path>")]
+    #[error(
+        "unsupported state url `{url}`; use sqlite://<path> (a file) or \
+         postgres://<user>@<host>/<database> (PostgreSQL)"
+    )]
     UnsupportedUrl { url: String },
     /// A table name that is none of [`transfer::STATE_TABLES`].
     #[error("the state has no table `{table}`")]
@@ -404,6 +415,17 @@ pub enum StateError {
 /// a second link for the same (code, contact) replaces the first, and a link whose
 /// (code, account) is already taken by another contact is refused.
 pub trait StateStore: Send {
+    /// Where the state lives, to show the user: the file's path, or the database's
+    /// url without its password ([`redact_url`]).
+    fn location(&self) -> String;
+    /// Whether the state exists: `false` for the empty stand-in that
+    /// [`open_url_existing`] and [`open_url_read_only`] return when there is no state
+    /// yet (nothing was created, and writes to it are lost).
+    fn exists(&self) -> bool;
+    /// Whether another process holds the state to write it: a sync is running. For a
+    /// state opened with [`open_url_read_only`], which holds no lock itself.
+    fn writer_active(&self) -> bool;
+
     /// The links of the given contacts, all codes.
     fn links_of_contacts(&self, contact_ids: &[&str]) -> Result<Vec<Link>, StateError>;
     /// The links of the given accounts under `code`.
@@ -506,4 +528,13 @@ pub trait StateStore: Send {
         table: &str,
         rows: Vec<Vec<transfer::StoredValue>>,
     ) -> Result<(), StateError>;
+    /// The run `id`, if the state has it.
+    fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError>;
+    /// The interaction log entries of run `run_id` (R11), oldest first, at most
+    /// `limit`; and how many it has in all (for `tandem runs show`).
+    fn run_interactions(
+        &self,
+        run_id: i64,
+        limit: usize,
+    ) -> Result<(Vec<Interaction>, u64), StateError>;
 }

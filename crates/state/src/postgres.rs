@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
+use crate::open::Access;
 use crate::{
     ConflictEntry, Interaction, Link, LockMode, PendingCreate, PendingLink, RefusedRequest,
     RunRecord, Scope, StateBatch, StateError, StateStore,
@@ -139,6 +140,23 @@ impl PgState {
         mode: LockMode,
         ttl: Duration,
     ) -> Result<PgState, StateError> {
+        let opened = PgState::open_for(url, Access::Lock(mode), ttl)?;
+        opened.ok_or_else(|| StateError::Open {
+            path: redact(url),
+            message: "the state's schema was not created".to_owned(),
+        })
+    }
+
+    /// Opens the state for `access` ([`crate::open`]): with [`Access::Lock`] as
+    /// [`PgState::open_url`] does; with [`Access::Existing`] and [`Access::ReadOnly`]
+    /// without a lease and without creating anything: `None` when the database holds
+    /// no state yet. [`Access::ReadOnly`] sessions refuse every write (the server's
+    /// `default_transaction_read_only`).
+    pub fn open_for(
+        url: &str,
+        access: Access,
+        ttl: Duration,
+    ) -> Result<Option<PgState>, StateError> {
         let shown = redact(url);
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
@@ -157,6 +175,10 @@ impl PgState {
         } else {
             options.application_name("tandem state")
         };
+        let options = match access {
+            Access::ReadOnly => options.options([("default_transaction_read_only", "on")]),
+            Access::Lock(_) | Access::Existing => options,
+        };
         let (opened_tx, opened_rx) = mpsc::sync_channel(1);
         let (jobs, jobs_rx) = mpsc::channel::<Job>();
         let thread_shown = shown.clone();
@@ -164,10 +186,14 @@ impl PgState {
         let thread = std::thread::Builder::new()
             .name("tandem-state".to_owned())
             .spawn(move || {
-                let session = match start(&options, &thread_shown, &url_owned, mode, ttl) {
-                    Ok(session) => {
-                        let _ = opened_tx.send(Ok(()));
+                let session = match start(&options, &thread_shown, &url_owned, access, ttl) {
+                    Ok(Some(session)) => {
+                        let _ = opened_tx.send(Ok(true));
                         session
+                    }
+                    Ok(None) => {
+                        let _ = opened_tx.send(Ok(false));
+                        return;
                     }
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
@@ -186,15 +212,21 @@ impl PgState {
                 message: "the state's thread stopped while opening it".to_owned(),
             })
         });
-        if let Err(e) = opened {
-            let _ = thread.join();
-            return Err(e);
+        match opened {
+            Ok(true) => Ok(Some(PgState {
+                jobs: Some(jobs),
+                thread: Some(thread),
+                shown,
+            })),
+            Ok(false) => {
+                let _ = thread.join();
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = thread.join();
+                Err(e)
+            }
         }
-        Ok(PgState {
-            jobs: Some(jobs),
-            thread: Some(thread),
-            shown,
-        })
     }
 
     /// The url of the state, its password hidden.
@@ -243,14 +275,16 @@ impl Drop for PgState {
     }
 }
 
-/// Connects, checks or creates the schema, and takes the lease of `mode`.
+/// Connects, checks the schema (creating it when `access` locks), and takes the
+/// lease of an exclusive lock; `None` when the database holds no state and `access`
+/// creates none.
 fn start(
     options: &PgConnectOptions,
     shown: &str,
     url: &str,
-    mode: LockMode,
+    access: Access,
     ttl: Duration,
-) -> Result<Session, StateError> {
+) -> Result<Option<Session>, StateError> {
     let open_error = |message: String| StateError::Open {
         path: shown.to_owned(),
         message: scrub(&message, url),
@@ -272,14 +306,17 @@ fn start(
         leases: Vec::new(),
         ttl,
     };
-    session.on(async |conn, shown| schema::prepare(conn, shown).await)?;
-    if mode == LockMode::Exclusive {
+    let create = matches!(access, Access::Lock(_));
+    if !session.on(async |conn, shown| schema::prepare(conn, shown, create).await)? {
+        return Ok(None);
+    }
+    if access == Access::Lock(LockMode::Exclusive) {
         let owner = lease::owner();
         let held = session
             .on(async |conn, shown| lease::claim(conn, shown, STATE_LEASE, &owner, ttl).await)?;
         session.leases.push(held);
     }
-    Ok(session)
+    Ok(Some(session))
 }
 
 /// The store's thread: runs jobs as they come, renews the leases every third of their
@@ -312,18 +349,7 @@ fn serve(mut session: Session, jobs: &mpsc::Receiver<Job>) {
 
 /// The url with its password hidden: in the user part and in a `password=` parameter.
 pub(crate) fn redact(url: &str) -> String {
-    let shown = crate::sqlite::redact_url(url);
-    let Some((base, query)) = shown.split_once('?') else {
-        return shown;
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|param| match param.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-            _ => param.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", params.join("&"))
+    crate::open::redact_url(url)
 }
 
 /// `message` without the password of `url`, wherever a library repeated it.
@@ -370,6 +396,36 @@ fn owned(ids: &[&str]) -> Vec<String> {
 }
 
 impl StateStore for PgState {
+    fn location(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn exists(&self) -> bool {
+        true
+    }
+
+    /// Whether another process holds the state's lease: a sync or a service runs.
+    fn writer_active(&self) -> bool {
+        self.run(move |s| s.on(async |conn, _| lease::live(conn, STATE_LEASE).await))
+            .unwrap_or(false)
+    }
+
+    fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
+        PgState::run(self, move |s| {
+            s.on(async |conn, _| read::run(conn, id).await)
+        })
+    }
+
+    fn run_interactions(
+        &self,
+        run_id: i64,
+        limit: usize,
+    ) -> Result<(Vec<Interaction>, u64), StateError> {
+        PgState::run(self, move |s| {
+            s.on(async |conn, _| read::run_interactions(conn, run_id, limit).await)
+        })
+    }
+
     /// Ordered by contact id, then code.
     fn links_of_contacts(&self, contact_ids: &[&str]) -> Result<Vec<Link>, StateError> {
         if contact_ids.is_empty() {

@@ -18,6 +18,7 @@ use tandem_model::{Fields, Timestamp};
 use tandem_model::Value;
 
 use crate::codec;
+use crate::open::redact_url;
 use crate::transfer::ColumnType::{Any, Integer, Text};
 use crate::transfer::{Column, ColumnType, StateTable, StoredValue};
 use crate::{
@@ -713,26 +714,30 @@ impl SqliteState {
         let shown = path.display().to_string();
         match fs::metadata(path) {
             Ok(_) => SqliteState::open(path, mode),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let open_error = |message: String| StateError::Open {
-                    path: shown.clone(),
-                    message: format!("cannot create an empty state in memory: {message}"),
-                };
-                let mut conn =
-                    Connection::open_in_memory().map_err(|e| open_error(e.to_string()))?;
-                configure(&conn).map_err(|e| open_error(e.to_string()))?;
-                migrate(&mut conn, &shown)?;
-                Ok(SqliteState {
-                    conn,
-                    path: path.to_owned(),
-                    lock: None,
-                })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SqliteState::stand_in(path),
             Err(e) => Err(StateError::Open {
                 path: shown,
                 message: e.to_string(),
             }),
         }
+    }
+
+    /// An empty state in memory standing in for the state at `location`, which does not
+    /// exist yet: reads find nothing, and nothing is created anywhere.
+    pub(crate) fn stand_in(location: &Path) -> Result<SqliteState, StateError> {
+        let shown = location.display().to_string();
+        let open_error = |message: String| StateError::Open {
+            path: shown.clone(),
+            message: format!("cannot create an empty state in memory: {message}"),
+        };
+        let mut conn = Connection::open_in_memory().map_err(|e| open_error(e.to_string()))?;
+        configure(&conn).map_err(|e| open_error(e.to_string()))?;
+        migrate(&mut conn, &shown)?;
+        Ok(SqliteState {
+            conn,
+            path: location.to_owned(),
+            lock: None,
+        })
     }
 
     /// Opens the state named by a config url, `sqlite://<path>`; a relative path is
@@ -811,6 +816,20 @@ impl SqliteState {
 const READING_LINKS: &str = "reading links";
 
 impl StateStore for SqliteState {
+    /// The database file; for a state in memory, where the file would be.
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn exists(&self) -> bool {
+        !self.is_in_memory()
+    }
+
+    /// Whether another process holds the lock file alone.
+    fn writer_active(&self) -> bool {
+        self.lock_held_by_writer()
+    }
+
     /// Ordered by contact id, then code.
     fn links_of_contacts(&self, contact_ids: &[&str]) -> Result<Vec<Link>, StateError> {
         if contact_ids.is_empty() {
@@ -1428,6 +1447,18 @@ impl StateStore for SqliteState {
 
     fn import_rows(&mut self, table: &str, rows: Vec<Vec<StoredValue>>) -> Result<(), StateError> {
         self.import(table, rows)
+    }
+
+    fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
+        self.run_by_id(id)
+    }
+
+    fn run_interactions(
+        &self,
+        run_id: i64,
+        limit: usize,
+    ) -> Result<(Vec<Interaction>, u64), StateError> {
+        self.interactions_of_run(run_id, limit)
     }
 }
 
@@ -2539,21 +2570,6 @@ fn set_unlinked_pairs(
         .map_err(sql_error(ACTION))?;
     }
     Ok(())
-}
-
-/// Hides a password in a url before it goes into a message.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
-    }
 }
 
 mod read_only;

@@ -26,7 +26,7 @@ use anyhow::{Context, anyhow};
 use secrecy::SecretString;
 use tandem_connector::Connector;
 use tandem_engine::{Engine, EngineError, Relations, RunReport, StopFlag, Take};
-use tandem_state::{ConflictEntry, LockMode, SqliteState, StateError, StateStore};
+use tandem_state::{ConflictEntry, LockMode, StateError, StateStore};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::instrument::WithSubscriber;
 use tracing::{debug, error, info, warn};
@@ -91,7 +91,7 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut state = open_state(&config, LockMode::Exclusive)?;
     let connectors = build_connectors(&config, &registry)?;
     let relations = Relations::from_config(&config.sync);
-    Engine::new(relations.clone(), connectors.clone(), &mut state)
+    Engine::new(relations.clone(), connectors.clone(), state.as_mut())
         .map_err(|e| anyhow!("{}: {e}", config.shown()))?;
     let metrics = Arc::new(Metrics::new());
     observe_http(&config, &metrics);
@@ -132,7 +132,7 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut service = Service {
         verbose: cli.verbose > 0,
         config: &config,
-        state: &mut state,
+        state: state.as_mut(),
         connectors,
         relations,
         shared,
@@ -191,7 +191,7 @@ async fn check_connectors(connectors: &HashMap<String, Arc<dyn Connector>>, shar
 struct Service<'a> {
     verbose: bool,
     config: &'a Config,
-    state: &'a mut SqliteState,
+    state: &'a mut dyn StateStore,
     connectors: HashMap<String, Arc<dyn Connector>>,
     relations: Relations,
     shared: Arc<Shared>,

@@ -30,7 +30,7 @@ use maud::Markup;
 use secrecy::SecretString;
 use serde::Deserialize;
 use tandem_engine::Take;
-use tandem_state::{SqliteState, StateStore};
+use tandem_state::StateStore;
 
 use guard::Guard;
 use render::{Kinds, Notice, Overview};
@@ -43,7 +43,7 @@ const LOG_LIMIT: usize = 200;
 #[async_trait]
 pub(crate) trait Access: Send + Sync + 'static {
     /// Opens the state to read it; must not wait for a run.
-    fn read(&self) -> anyhow::Result<SqliteState>;
+    fn read(&self) -> anyhow::Result<Box<dyn StateStore>>;
 
     /// Records the decision for the open conflict `id`, as `tandem conflicts resolve`
     /// does; the next run writes it to both sides.
@@ -144,12 +144,12 @@ fn failed(status: StatusCode, title: &str, message: &str) -> Response {
 /// Runs a read of the state on the blocking pool.
 async fn read<T: Send + 'static>(
     web: &Arc<Web>,
-    f: impl FnOnce(&SqliteState) -> anyhow::Result<T> + Send + 'static,
+    f: impl FnOnce(&dyn StateStore) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, Response> {
     let web = web.clone();
     let result = tokio::task::spawn_blocking(move || {
         let state = web.access.read()?;
-        f(&state)
+        f(state.as_ref())
     })
     .await;
     match result {
@@ -167,14 +167,14 @@ async fn read<T: Send + 'static>(
     }
 }
 
-fn load_overview(state: &SqliteState) -> anyhow::Result<Overview> {
+fn load_overview(state: &dyn StateStore) -> anyhow::Result<Overview> {
     let pending = tandem_engine::Pending::load(state)?;
     let (parked_creates, pending_creates) = pending.creates.into_iter().partition(|p| p.parked);
     let (parked_refused, refused) = pending.refused.into_iter().partition(|p| p.parked);
     let (parked_pending_links, pending_links) = pending.links.into_iter().partition(|p| p.parked);
     Ok(Overview {
-        state_path: state.path().display().to_string(),
-        state_exists: !state.is_in_memory(),
+        state_path: state.location(),
+        state_exists: state.exists(),
         runs: state.runs(10)?,
         parked_links: state.parked_links()?,
         parked_creates,

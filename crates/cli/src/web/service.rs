@@ -1,6 +1,7 @@
 //! The status page on `tandem run`'s listener. The run loop holds the state (and its
 //! lock) for the life of the process: the page reads through a read-only connection
-//! of its own, which sees every committed batch (WAL) and never waits for a run, and a
+//! of its own (`tandem_state::open_url_read_only`, in whichever store the url names),
+//! which sees every committed batch and never waits for a run, and a
 //! decision is a [`ServiceCommand`] the loop carries out between runs.
 
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use tandem_engine::Take;
-use tandem_state::SqliteState;
+use tandem_state::StateStore;
 use tokio::sync::{mpsc, oneshot};
 
 use super::render::Kinds;
@@ -34,8 +35,8 @@ struct ServiceAccess {
 
 #[async_trait]
 impl Access for ServiceAccess {
-    fn read(&self) -> anyhow::Result<SqliteState> {
-        Ok(SqliteState::open_url_read_only(
+    fn read(&self) -> anyhow::Result<Box<dyn StateStore>> {
+        Ok(tandem_state::open_url_read_only(
             &self.state_url,
             &self.base_dir,
         )?)

@@ -599,6 +599,53 @@ pub(crate) async fn runs(
     .fetch_all(conn)
     .await
     .map_err(pg(ACTION))?;
+    run_records(rows)
+}
+
+pub(crate) async fn run(conn: &mut PgConnection, id: i64) -> Result<Option<RunRecord>, StateError> {
+    let rows: Vec<RunRow> = sqlx::query_as(
+        "SELECT id, mode, started_at, finished_at, status, summary FROM runs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await
+    .map_err(pg("reading a run"))?;
+    Ok(run_records(rows)?.pop())
+}
+
+/// The log entries of run `run_id`, oldest first, at most `limit`, and how many it
+/// has in all (a row holds one or two entries).
+pub(crate) async fn run_interactions(
+    conn: &mut PgConnection,
+    run_id: i64,
+    limit: usize,
+) -> Result<(Vec<Interaction>, u64), StateError> {
+    const ACTION: &str = "reading the interaction log of a run";
+    let total: Option<i64> = sqlx::query_scalar(
+        "SELECT sum(1 + (next_action IS NOT NULL)::int)::bigint FROM interactions
+         WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(pg(ACTION))?;
+    let sql =
+        format!("SELECT {LOG_COLUMNS} FROM interactions WHERE run_id = $1 ORDER BY id LIMIT $2");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(run_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(conn)
+        .await
+        .map_err(pg(ACTION))?;
+    let mut out = Vec::new();
+    for row in &rows {
+        out.extend(log_entries(row, ACTION)?);
+    }
+    out.truncate(limit);
+    Ok((out, u64::try_from(total.unwrap_or(0)).unwrap_or(0)))
+}
+
+fn run_records(rows: Vec<RunRow>) -> Result<Vec<RunRecord>, StateError> {
     rows.into_iter()
         .map(|(id, mode, started_at, finished_at, status, summary)| {
             let summary = match summary {

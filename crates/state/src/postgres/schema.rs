@@ -210,7 +210,13 @@ const REQUIRED: [&str; 3] = ["links", "runs", "leases"];
 /// a Tandem state (left as it is) or is newer than this store knows. One transaction,
 /// under a transaction-scoped advisory lock (released at its end, so safe behind a
 /// pooler), so that two processes opening a new database at once create it once.
-pub(crate) async fn prepare(conn: &mut PgConnection, shown: &str) -> Result<(), StateError> {
+/// With `create` false, an empty database is left empty: returns whether a state is
+/// there (now).
+pub(crate) async fn prepare(
+    conn: &mut PgConnection,
+    shown: &str,
+    create: bool,
+) -> Result<bool, StateError> {
     const ACTION: &str = "checking the state's schema";
     let mut tx = conn.begin().await.map_err(pg(ACTION))?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tandem state schema'))")
@@ -224,6 +230,10 @@ pub(crate) async fn prepare(conn: &mut PgConnection, shown: &str) -> Result<(), 
     .fetch_all(&mut *tx)
     .await
     .map_err(pg(ACTION))?;
+    if tables.is_empty() && !create {
+        tx.rollback().await.map_err(pg(ACTION))?;
+        return Ok(false);
+    }
     if tables.is_empty() {
         sqlx::raw_sql(SCHEMA)
             .execute(&mut *tx)
@@ -234,7 +244,10 @@ pub(crate) async fn prepare(conn: &mut PgConnection, shown: &str) -> Result<(), 
             .execute(&mut *tx)
             .await
             .map_err(pg("creating the state's schema"))?;
-        return tx.commit().await.map_err(pg("creating the state's schema"));
+        tx.commit()
+            .await
+            .map_err(pg("creating the state's schema"))?;
+        return Ok(true);
     }
     let not_a_state = |reason: String| StateError::NotAState {
         path: shown.to_owned(),
@@ -280,5 +293,6 @@ pub(crate) async fn prepare(conn: &mut PgConnection, shown: &str) -> Result<(), 
         )));
     }
     // Nothing was changed: the transaction only read.
-    tx.commit().await.map_err(pg(ACTION))
+    tx.commit().await.map_err(pg(ACTION))?;
+    Ok(true)
 }

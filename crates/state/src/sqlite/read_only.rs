@@ -52,7 +52,7 @@ impl SqliteState {
 
     /// Whether another process holds the state's lock alone: a sync is running. For a
     /// state opened with [`SqliteState::open_url_read_only`], which holds no lock.
-    pub fn writer_active(&self) -> bool {
+    pub(super) fn lock_held_by_writer(&self) -> bool {
         let mut lock_path = self.path.as_os_str().to_owned();
         lock_path.push(".lock");
         let Ok(file) = OpenOptions::new().read(true).open(PathBuf::from(lock_path)) else {

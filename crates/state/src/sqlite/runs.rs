@@ -7,8 +7,8 @@ use super::{LOG_COLUMNS, SqliteState, get, log_entries, sql_error};
 use crate::{Interaction, RunRecord, StateError};
 
 impl SqliteState {
-    /// The run `id`, if the state has it.
-    pub fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
+    /// [`StateStore::run`](crate::StateStore::run).
+    pub(super) fn run_by_id(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
         const ACTION: &str = "reading a run";
         let mut stmt = self
             .conn
@@ -41,7 +41,7 @@ impl SqliteState {
     /// and how many it has in all. The log has no index by run: this reads the whole
     /// table once, which an operator command can afford, and a sync's commits do not
     /// pay for an index they never use.
-    pub fn run_interactions(
+    pub(super) fn interactions_of_run(
         &self,
         run_id: i64,
         limit: usize,
@@ -69,55 +69,5 @@ impl SqliteState {
         }
         out.truncate(limit);
         Ok((out, u64::try_from(total).unwrap_or(0)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-    use crate::{LockMode, StateBatch, StateStore};
-
-    fn entry(run_id: Option<i64>, contact_id: &str) -> Interaction {
-        Interaction {
-            id: 0,
-            at: Timestamp(0),
-            run_id,
-            contact_id: contact_id.into(),
-            code: "CUST".into(),
-            account_id: Some("K1".into()),
-            action: "linked".into(),
-            source: "match".into(),
-            details: json!({ "by": "match", "tier": 1 }).into(),
-        }
-    }
-
-    #[test]
-    fn a_run_lists_its_own_entries_and_counts_them_past_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut state =
-            SqliteState::open(&dir.path().join("state.db"), LockMode::Exclusive).unwrap();
-        let first = state.begin_run("sync").unwrap();
-        let second = state.begin_run("sync").unwrap();
-        state
-            .commit(StateBatch {
-                interactions: vec![
-                    entry(Some(first), "C1"),
-                    entry(None, "C9"),
-                    entry(Some(second), "C2"),
-                    entry(Some(second), "C3"),
-                    entry(Some(second), "C4"),
-                ],
-                ..StateBatch::default()
-            })
-            .unwrap();
-        let (entries, total) = state.run_interactions(second, 2).unwrap();
-        let contacts: Vec<&str> = entries.iter().map(|e| e.contact_id.as_str()).collect();
-        assert_eq!(contacts, ["C2", "C3"], "oldest first, at most the limit");
-        assert_eq!(total, 3);
-        assert_eq!(state.run_interactions(first, 10).unwrap().1, 1);
-        assert_eq!(state.run(second).unwrap().unwrap().status, "running");
-        assert!(state.run(99).unwrap().is_none());
     }
 }
