@@ -100,7 +100,7 @@ fn mend_vendor_writes(d: &Deployment) {
 /// conflict, an operator unlink, a parked refused request, a parked pending create,
 /// companies, cursors, hashes, fingerprints and runs, all made by `tandem` itself.
 fn lived_in() -> Deployment {
-    let d = Deployment::with_config(CONFIG);
+    let d = Deployment::on_sqlite(CONFIG);
     d.write(
         "crm/contacts.csv",
         "id,contact_type,company_id,name,vat_registration_no,country_code,phone,business_relations\n\
@@ -144,9 +144,16 @@ fn lived_in() -> Deployment {
     d
 }
 
-/// Everything the engine can read from a state, as text to compare.
+/// Everything the engine can read from a state file, as text to compare.
 fn reads(path: &Path, contacts: &[String]) -> Vec<String> {
-    let state = SqliteState::open(path, LockMode::Shared).unwrap();
+    reads_of(
+        &SqliteState::open(path, LockMode::Shared).unwrap(),
+        contacts,
+    )
+}
+
+/// Everything the engine can read from a state, as text to compare.
+fn reads_of(state: &dyn StateStore, contacts: &[String]) -> Vec<String> {
     let mut out = vec![
         format!("links {:?}", state.links(None).unwrap()),
         format!("parked links {:?}", state.parked_links().unwrap()),
@@ -271,10 +278,47 @@ fn migrate_keeps_every_link_baseline_log_entry_conflict_and_parked_record_and_th
     assert_eq!(conflicts.as_array().unwrap().len(), 1, "{conflicts}");
 }
 
+/// The lived-in state moves to PostgreSQL and back through the binary: the same reads
+/// from each, the next sync on PostgreSQL writes nothing, and the way back gives the
+/// state as PostgreSQL holds it.
+#[test]
+fn migrate_moves_a_state_to_postgres_and_back() {
+    let Some(server) = tandem_connector_sql::testsupport::PostgresServer::start() else {
+        return;
+    };
+    let d = lived_in();
+    let contacts = contact_ids(&d);
+    let before = reads(&d.path(".tandem/state.db"), &contacts);
+    let postgres = server.create_database();
+    let out = migrate_ok(&d, "sqlite://.tandem/state.db", &postgres);
+    assert!(out.contains("links"), "a line per table: {out}");
+    {
+        let state = tandem_state::PgState::open_url(&postgres, LockMode::Shared).unwrap();
+        assert_eq!(reads_of(&state, &contacts), before);
+    }
+
+    use_state(&d, &postgres);
+    let files = d.snapshot();
+    let report = d.sync();
+    assert_eq!(report["writes"], 0, "{report}");
+    assert_eq!(files, d.snapshot(), "no system was written to");
+    let conflicts = d.json(&["conflicts"]);
+    assert_eq!(conflicts.as_array().unwrap().len(), 1, "{conflicts}");
+
+    // Back into a new file: the state as the run on PostgreSQL left it.
+    let on_postgres = {
+        let state = tandem_state::PgState::open_url(&postgres, LockMode::Shared).unwrap();
+        reads_of(&state, &contacts)
+    };
+    assert_ne!(on_postgres, before, "the run on PostgreSQL is in its state");
+    migrate_ok(&d, &postgres, "sqlite://back/state.db");
+    assert_eq!(reads(&d.path("back/state.db"), &contacts), on_postgres);
+}
+
 #[test]
 fn migrate_into_a_state_that_holds_rows_is_refused_and_leaves_it_unchanged() {
     let d = lived_in();
-    let other = Deployment::with_config(CONFIG);
+    let other = Deployment::on_sqlite(CONFIG);
     other.write(
         "crm/contacts.csv",
         "id,contact_type,name,vat_registration_no\nC1,company,Other NV,BE0999\n",
@@ -313,7 +357,7 @@ fn migrate_into_a_state_that_holds_rows_is_refused_and_leaves_it_unchanged() {
 
 #[test]
 fn migrate_moves_a_state_of_schema_7() {
-    let d = Deployment::with_config(CONFIG);
+    let d = Deployment::on_sqlite(CONFIG);
     std::fs::create_dir_all(d.path("old")).unwrap();
     std::fs::copy(
         repo_root().join("crates/state/tests/fixtures/state-v7.db"),

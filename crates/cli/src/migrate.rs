@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tandem_state::transfer::{self, TableCopied};
-use tandem_state::{LockMode, SqliteState, StateError, StateStore, redact_url};
+use tandem_state::{LockMode, StateError, StateStore, redact_url};
 
 use crate::logging::LogFormat;
 use crate::{Cli, UsageError, json, print_stdout};
@@ -97,8 +97,15 @@ fn open_for_migrate(
             message: "no such file; --from names the state to copy, which must exist".to_owned(),
         });
     }
-    let state = SqliteState::open_url(url, base_dir, LockMode::Exclusive)?;
-    Ok(Box::new(state))
+    if end == End::Source && !tandem_state::open_url_existing(url, base_dir)?.exists() {
+        return Err(StateError::Open {
+            path: redact_url(url),
+            message: "it holds no Tandem state; --from names the state to copy, which must \
+                      exist"
+                .to_owned(),
+        });
+    }
+    tandem_state::open_url(url, base_dir, LockMode::Exclusive)
 }
 
 /// The file of a `sqlite://` url; `None` for any other url.
