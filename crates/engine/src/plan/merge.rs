@@ -273,17 +273,28 @@ impl<'p> HubView<'p> {
     /// What the contact stands for, given what it `holds` (see
     /// [`HubView::account_value`]).
     fn contact_value(&self, involved: &[usize], name: &str, holds: &'p Value) -> &'p Value {
-        if self.contact.is_none() {
-            return holds;
-        }
-        let intended = |i: &&usize| {
-            let intent = self.pairs[**i].link.and_then(|l| l.intent.as_ref());
-            intent.and_then(|intent| intent.contact_before(name)) == Some(holds)
-        };
         involved
             .iter()
-            .find(intended)
+            .find(|&&i| self.intent_not_landed(i, name, holds))
             .map_or(holds, |&i| self.base(i, name))
+    }
+
+    /// Whether the contact still holds what it held before pair `i`'s intended write
+    /// (R18): the write did not land and the contact was not edited since.
+    fn intent_not_landed(&self, i: usize, name: &str, holds: &Value) -> bool {
+        let intent = self.pairs[i].link.and_then(|l| l.intent.as_ref());
+        self.contact.is_some()
+            && intent.and_then(|intent| intent.contact_before(name)) == Some(holds)
+    }
+
+    /// What the contact stands for as pair `i` sees it: its baseline when pair `i`'s
+    /// own intended write did not land, else what it holds. Another pair's unlanded
+    /// write says nothing about this pair's baseline.
+    fn contact_for(&self, i: usize, name: &str, holds: &'p Value) -> &'p Value {
+        match self.intent_not_landed(i, name, holds) {
+            true => self.base(i, name),
+            false => holds,
+        }
     }
 
     /// The contact's modification time (the `newest` policy).
@@ -323,7 +334,8 @@ impl<'p> HubView<'p> {
                 held: Vec::new(),
             }
         } else {
-            let mut decision = self.three_way(f, &involved, contact_value, out);
+            let contact = (contact_holds, contact_value);
+            let mut decision = self.three_way(f, &involved, contact, out);
             decision.value = self.start_new_links(f, &involved, decision.value, out);
             decision
         };
@@ -388,55 +400,69 @@ impl<'p> HubView<'p> {
         a
     }
 
-    /// The contact and its existing links, a three-way merge against each baseline
-    /// (R14): one change wins outright; the same change everywhere is no conflict;
-    /// competing changes are settled by the policy (R15), or wait (manual).
-    fn three_way(
+    /// Whether the contact changed since the baselines of the `existing` links.
+    ///
+    /// It changed when it differs from a link's baseline, each link seeing the contact
+    /// as it stands for that link ([`HubView::contact_for`]). A link whose baseline lags
+    /// (its last write failed, or a run left it unfinished) is not asked while a current
+    /// one is: Tandem's own write to the contact for another link is not the contact's
+    /// change (R19). (A field waiting for a decision keeps its old baseline on purpose:
+    /// that link is current, and the conflict stays.) But a lagging link whose account
+    /// was edited (it `proposes`) is asked too: when the contact moved since that link's
+    /// baseline, whoever moved it, the two systems of that link hold two values since
+    /// they last agreed (R15), and letting the account win outright would lose the
+    /// contact's edit.
+    fn contact_changed(
         &self,
         f: &FieldName,
-        involved: &[usize],
-        contact_value: &'p Value,
-        out: &mut HubMerge,
-    ) -> Decision<'p> {
+        existing: &[usize],
+        proposals: &[(usize, &'p Value)],
+        holds: &'p Value,
+    ) -> bool {
         let name = f.as_str();
-        let existing: Vec<usize> = involved
-            .iter()
-            .copied()
-            .filter(|&i| self.pairs[i].base.is_some())
-            .collect();
-        // The contact changed when it differs from a link's baseline. A link whose
-        // baseline lags (its last write failed, or a run left it unfinished) is not asked
-        // while a current one is: Tandem's own write to the contact for another link is
-        // not the contact's change (R19). (A field waiting for a decision keeps its old
-        // baseline on purpose: that link is current, and the conflict stays.)
         let lagging = |i: usize| {
             self.pairs[i]
                 .link
                 .is_some_and(|l| l.failure_count > 0 || l.intent.is_some())
         };
+        let moved =
+            |i: usize| !self.same(i, f, self.contact_for(i, name, holds), self.base(i, name));
         let current: Vec<usize> = existing.iter().copied().filter(|&i| !lagging(i)).collect();
         let judges = if current.is_empty() {
-            &existing
+            existing
         } else {
             &current
         };
+        self.contact.is_some()
+            && (judges.iter().any(|&i| moved(i))
+                || proposals.iter().any(|&(i, _)| lagging(i) && moved(i)))
+    }
+
+    /// The contact and its existing links, a three-way merge against each baseline
+    /// (R14): one change wins outright; the same change everywhere is no conflict;
+    /// competing changes are settled by the policy (R15), or wait (manual).
+    /// `contact` is what the contact holds and what it stands for (see
+    /// [`HubView::contact_value`]).
+    fn three_way(
+        &self,
+        f: &FieldName,
+        involved: &[usize],
+        contact: (&'p Value, &'p Value),
+        out: &mut HubMerge,
+    ) -> Decision<'p> {
+        let name = f.as_str();
+        let (contact_holds, contact_value) = contact;
+        let existing: Vec<usize> = involved
+            .iter()
+            .copied()
+            .filter(|&i| self.pairs[i].base.is_some())
+            .collect();
         let mut proposals: Vec<(usize, &'p Value)> = existing
             .iter()
             .map(|&i| (i, self.account_value(i, name)))
             .filter(|(i, v)| !self.same(*i, f, v, self.base(*i, name)))
             .collect();
-        // A lagging link whose account was edited competes with the contact when the
-        // contact moved since that link's baseline too, whoever moved it: the two
-        // systems of that link hold two values since they last agreed (R15), and letting
-        // the account win outright would lose the contact's edit.
-        let moved_from_lagging = proposals
-            .iter()
-            .any(|&(i, _)| lagging(i) && !self.same(i, f, contact_value, self.base(i, name)));
-        let contact_changed = self.contact.is_some()
-            && (moved_from_lagging
-                || judges
-                    .iter()
-                    .any(|&i| !self.same(i, f, contact_value, self.base(i, name))));
+        let contact_changed = self.contact_changed(f, &existing, &proposals, contact_holds);
         let agreed = |proposals: &[(usize, &Value)]| {
             let mut all = proposals
                 .iter()

@@ -7,7 +7,9 @@
 //!
 //! * [`claim`] inserts the row, or takes it over only when it has expired, adding one
 //!   to `epoch`; a live lease of another owner is refused, naming the owner and when
-//!   the lease expires.
+//!   the lease expires, unless that owner is a process of this machine (same boot and
+//!   pid namespace) that no longer runs: a killed sync does not hold the state until its
+//!   lease expires.
 //! * The holder renews it ([`renew`]) well before it expires.
 //! * Every write transaction first runs [`fence`]: it renews each lease held, matching
 //!   owner *and* epoch, and fails with [`StateError::LeaseLost`] when a row is gone or
@@ -38,24 +40,56 @@ pub(crate) struct Lease {
 }
 
 /// Who holds a lease, for other processes' messages: host and process id, and a
-/// number telling apart the stores one process opens.
+/// number telling apart the stores one process opens; then where the process id means
+/// something ([`here`]).
 pub(crate) fn owner() -> String {
     static OPENED: AtomicU64 = AtomicU64::new(0);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "an unknown host".to_owned());
     // The start time tells a restarted process with a recycled pid from the old one.
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     let n = OPENED.fetch_add(1, Ordering::Relaxed);
     format!(
-        "tandem on {host}, pid {} (store {started:x}-{n})",
-        std::process::id()
+        "tandem on {}, pid {} (store {started:x}-{n}){}",
+        host(),
+        std::process::id(),
+        here().map(|here| format!(" [{here}]")).unwrap_or_default()
     )
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "an unknown host".to_owned())
+}
+
+/// Where a process id names a process: this boot of this machine and this pid
+/// namespace (a container has its own). `None` where /proc does not say.
+fn here() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("boot {}, {}", boot.trim(), namespace.display()))
+}
+
+/// Whether `owner` (as [`owner`] wrote it) is a process of this boot and pid
+/// namespace that no longer runs: a sync killed, or ended without letting its lease
+/// go. Its lease can be taken at once instead of after it expires; no other process
+/// can hold it, and no write of the dead one can come.
+fn dead_here(owner: &str) -> bool {
+    let Some(here) = here() else {
+        return false;
+    };
+    let Some(rest) = owner.strip_prefix(&format!("tandem on {}, pid ", host())) else {
+        return false;
+    };
+    let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    owner.ends_with(&format!(" [{here}]"))
+        && !pid.is_empty()
+        && pid != std::process::id().to_string()
+        && !std::path::Path::new("/proc").join(&pid).exists()
 }
 
 fn millis(ttl: Duration) -> i64 {
@@ -103,14 +137,37 @@ pub(crate) async fn claim(
     .fetch_optional(&mut *conn)
     .await
     .map_err(pg(ACTION))?;
-    let (owner, expires_at) = holder.unwrap_or_else(|| {
+    let (holder, expires_at) = holder.unwrap_or_else(|| {
         // Released between the two statements: the next try takes it.
         ("a process that just let it go".to_owned(), "now".to_owned())
     });
+    if dead_here(&holder) {
+        // Taken from that owner only: a live process that took it meanwhile keeps it.
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE leases SET owner = $3, expires_at = now() + $4 * interval '1 millisecond',
+                 epoch = epoch + 1
+             WHERE name = $1 AND owner = $2
+             RETURNING epoch",
+        )
+        .bind(name)
+        .bind(&holder)
+        .bind(owner)
+        .bind(millis(ttl))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(pg(ACTION))?;
+        if let Some(epoch) = epoch {
+            return Ok(Lease {
+                name: name.to_owned(),
+                owner: owner.to_owned(),
+                epoch,
+            });
+        }
+    }
     Err(StateError::Leased {
         path: shown.to_owned(),
         name: name.to_owned(),
-        owner,
+        owner: holder,
         expires_at,
     })
 }

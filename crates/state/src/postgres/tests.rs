@@ -113,6 +113,50 @@ fn a_live_lease_refuses_another_writer_and_names_its_holder() {
     assert_eq!(next.count_links("CUST").unwrap(), 1);
 }
 
+/// A sync killed on this machine leaves its lease behind; the next sync takes it at
+/// once (a higher epoch) instead of waiting for it to expire. A live holder, or one of
+/// another machine or pid namespace, keeps it.
+#[test]
+fn the_lease_of_a_process_that_died_here_is_taken_at_once() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    drop(PgState::open_url(&url, LockMode::Exclusive).unwrap());
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let ours = lease::owner();
+    let me = format!("pid {}", std::process::id());
+    let left_by = |pid: u32, suffix: &str| {
+        let owner = ours.replacen(&me, &format!("pid {pid}"), 1);
+        let owner = match suffix {
+            "" => owner,
+            other => format!("{}{other}]", &owner[..owner.rfind('[').unwrap() + 1]),
+        };
+        execute(
+            &url,
+            &format!(
+                "UPDATE leases SET owner = '{owner}', expires_at = now() + interval '1 hour'
+                 WHERE name = 'state'"
+            ),
+        );
+    };
+    left_by(dead, "");
+    let before = epoch(&url);
+    let next = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    assert_eq!(epoch(&url), before + 1, "taken over, with a higher epoch");
+    drop(next);
+
+    // Another boot (or pid namespace): its pid means nothing here.
+    left_by(dead, "boot elsewhere, pid:[1]");
+    let err = PgState::open_url(&url, LockMode::Exclusive).unwrap_err();
+    assert!(matches!(err, StateError::Leased { .. }), "{err}");
+    // A live process of this machine (this test's parent, say).
+    left_by(std::os::unix::process::parent_id(), "");
+    let err = PgState::open_url(&url, LockMode::Exclusive).unwrap_err();
+    assert!(matches!(err, StateError::Leased { .. }), "{err}");
+}
+
 #[test]
 fn an_expired_lease_is_taken_over_and_its_old_holder_can_write_nothing() {
     let Some((_server, url)) = database() else {
