@@ -69,7 +69,7 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
     for cause in error.chain() {
         if let Some(e) = cause.downcast_ref::<StateError>() {
             return match e {
-                StateError::Locked { .. } => Some(
+                StateError::Locked { .. } | StateError::Leased { .. } => Some(
                     "another tandem command is writing to this state; wait for it to \
                      finish (read-only commands such as `tandem status` work meanwhile)",
                 ),

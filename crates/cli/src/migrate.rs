@@ -132,11 +132,13 @@ fn open_error(error: StateError, end: End, shown: &str) -> anyhow::Error {
         End::Target => "the target state",
     };
     let advice = match (&error, end) {
-        (StateError::Locked { .. }, End::Source) => {
+        (StateError::Locked { .. } | StateError::Leased { .. }, End::Source) => {
             "; stop the service (`tandem run`) and any scheduled `tandem sync` first: no sync \
              may run while its state is copied"
         }
-        (StateError::Locked { .. }, End::Target) => "; no tandem may use it while it is filled",
+        (StateError::Locked { .. } | StateError::Leased { .. }, End::Target) => {
+            "; no tandem may use it while it is filled"
+        }
         _ => "",
     };
     anyhow::Error::new(error).context(format!("cannot open {what} {shown}{advice}"))
