@@ -211,3 +211,37 @@ fn errors_under_json_are_an_object_on_stdout_with_the_same_exit_code() {
     );
     drop(held);
 }
+
+/// On PostgreSQL, `status` shows who holds the state's lease, with its epoch and the
+/// time it has left, and shows none once the holder let it go.
+#[test]
+fn status_shows_the_lease_of_a_postgres_state() {
+    let Some(server) = tandem_connector_sql::testsupport::PostgresServer::start() else {
+        return;
+    };
+    let url = server.create_database();
+    let d = Deployment::on_sqlite(
+        &crate::support::CONFIG.replace(crate::support::SQLITE_STATE_URL, &url),
+    );
+    let holder = tandem_state::PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    let status = check(&d, &["status"], 0, "status");
+    let leases = status["leases"].as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{status}");
+    assert_eq!(leases[0]["name"], "state");
+    assert_eq!(leases[0]["epoch"], 1);
+    let pid = format!("pid {}", std::process::id());
+    assert!(
+        leases[0]["owner"].as_str().unwrap().contains(&pid),
+        "{status}"
+    );
+    let left = leases[0]["expires_in_ms"].as_i64().unwrap();
+    assert!(left > 0 && left <= 30_000, "{status}");
+    let text = stdout(&d.tandem(&["status"]));
+    assert!(
+        text.contains("Lease `state` held by") && text.contains(&pid),
+        "{text}"
+    );
+    drop(holder);
+    let status = check(&d, &["status"], 0, "status");
+    assert_eq!(status["leases"], json!([]), "{status}");
+}

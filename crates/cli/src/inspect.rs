@@ -387,12 +387,14 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     let (parked_pending_links, pending_links): (Vec<PendingLink>, Vec<PendingLink>) =
         pending.links.into_iter().partition(|p| p.parked);
     let open_conflicts = state.conflicts(true)?;
+    let leases = state.leases()?;
 
     if cli.json {
         print_json(&json!({
             "state": state.location(),
             "state_exists": state.exists(),
             "sync_running": sync_running,
+            "leases": leases,
             "runs": runs,
             "parked": {
                 "links": parked_links,
@@ -419,6 +421,16 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     if sync_running {
         out.push_str(
             "A sync is running now: what follows is the state as its last commit left it.\n",
+        );
+    }
+    for lease in &leases {
+        let _ = writeln!(
+            out,
+            "Lease `{}` held by {} (epoch {}), {:.0} s left unless renewed.",
+            lease.name,
+            lease.owner,
+            lease.epoch,
+            lease.expires_in_ms as f64 / 1000.0
         );
     }
     if runs.is_empty() {

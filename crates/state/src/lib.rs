@@ -411,6 +411,16 @@ pub enum StateError {
     BadRow { table: String, message: String },
 }
 
+/// A lease some process holds on the state (PostgreSQL): who, with which epoch, and
+/// for how much longer unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseInfo {
+    pub name: String,
+    pub owner: String,
+    pub epoch: i64,
+    pub expires_in_ms: i64,
+}
+
 /// The state of one deployment. Implementations must keep R2 as an invariant:
 /// a second link for the same (code, contact) replaces the first, and a link whose
 /// (code, account) is already taken by another contact is refused.
@@ -528,6 +538,11 @@ pub trait StateStore: Send {
         table: &str,
         rows: Vec<Vec<transfer::StoredValue>>,
     ) -> Result<(), StateError>;
+    /// The leases live now, by name: who holds the state to write it. A store that
+    /// locks otherwise (SQLite's lock file) has none.
+    fn leases(&self) -> Result<Vec<LeaseInfo>, StateError> {
+        Ok(Vec::new())
+    }
     /// The run `id`, if the state has it.
     fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError>;
     /// The interaction log entries of run `run_id` (R11), oldest first, at most

@@ -410,6 +410,12 @@ impl StateStore for PgState {
             .unwrap_or(false)
     }
 
+    fn leases(&self) -> Result<Vec<crate::LeaseInfo>, StateError> {
+        PgState::run(self, move |s| {
+            s.on(async |conn, _| lease::live_leases(conn).await)
+        })
+    }
+
     fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
         PgState::run(self, move |s| {
             s.on(async |conn, _| read::run(conn, id).await)

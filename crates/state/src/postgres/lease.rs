@@ -250,6 +250,29 @@ pub(crate) async fn release(conn: &mut PgConnection, leases: &[Lease]) -> Result
     Ok(())
 }
 
+/// The leases live now, by name.
+pub(crate) async fn live_leases(
+    conn: &mut PgConnection,
+) -> Result<Vec<crate::LeaseInfo>, StateError> {
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT name, owner, epoch,
+                (extract(epoch FROM expires_at - now()) * 1000)::bigint
+         FROM leases WHERE expires_at > now() ORDER BY name",
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(pg("reading the state's leases"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, owner, epoch, expires_in_ms)| crate::LeaseInfo {
+            name,
+            owner,
+            epoch,
+            expires_in_ms,
+        })
+        .collect())
+}
+
 /// Whether some process holds the lease `name` now (it has not expired).
 pub(crate) async fn live(conn: &mut PgConnection, name: &str) -> Result<bool, StateError> {
     sqlx::query_scalar(
