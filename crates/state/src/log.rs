@@ -121,6 +121,61 @@ impl Interaction {
     }
 }
 
+/// A row of the interaction log as a store reads it (its `LOG_COLUMNS`): one entry,
+/// and a second entry of the same pair and run when `next` is set, stored with the
+/// next id. Both stores read their rows into this, so the row's form lives here.
+pub(crate) struct LogRow {
+    pub id: i64,
+    pub at: i64,
+    pub run_id: Option<i64>,
+    pub contact_id: String,
+    pub code: String,
+    pub account_id: Option<String>,
+    pub action: String,
+    pub source: String,
+    pub details: String,
+    /// The second entry's action, source and details.
+    pub next: Option<(String, Option<String>, String)>,
+}
+
+impl LogRow {
+    /// The entries of the row, their details checked to be JSON (so that readers can
+    /// take the text for JSON).
+    pub(crate) fn into_entries(self) -> Result<Vec<Interaction>, crate::StateError> {
+        let details = |text: String, id: i64| {
+            serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| {
+                crate::StateError::Corrupt {
+                    what: format!("details of interaction {id}"),
+                    message: e.to_string(),
+                }
+            })?;
+            Ok::<_, crate::StateError>(Details::from_stored(text))
+        };
+        let first = Interaction {
+            id: self.id,
+            at: tandem_model::Timestamp(self.at),
+            run_id: self.run_id,
+            contact_id: self.contact_id,
+            code: self.code,
+            account_id: self.account_id,
+            action: self.action,
+            source: self.source,
+            details: details(self.details, self.id)?,
+        };
+        let Some((action, source, text)) = self.next else {
+            return Ok(vec![first]);
+        };
+        let second = Interaction {
+            id: self.id + 1,
+            action,
+            source: source.unwrap_or_default(),
+            details: details(text, self.id + 1)?,
+            ..first.clone()
+        };
+        Ok(vec![first, second])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tandem_model::{Fields, Value};

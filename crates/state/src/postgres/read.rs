@@ -9,8 +9,8 @@ use tandem_model::{Timestamp, Value};
 use super::pg;
 use crate::sqlite::overlay;
 use crate::{
-    ConflictEntry, Details, Intent, Interaction, Link, LinkedBy, PendingCreate, PendingLink,
-    RefusedRequest, RunRecord, Scope, Side, StateError, codec,
+    ConflictEntry, Intent, Interaction, Link, LinkedBy, PendingCreate, PendingLink, RefusedRequest,
+    RunRecord, Scope, Side, StateError, codec,
 };
 
 pub(crate) const LINK_COLUMNS: &str = "l.code, l.contact_id, l.account_id, l.baseline, \
@@ -234,37 +234,27 @@ pub(crate) fn log_entries(
     row: &PgRow,
     action: &'static str,
 ) -> Result<Vec<Interaction>, StateError> {
-    let id: i64 = get(row, 0, action)?;
-    let details = |index: usize, id: i64| -> Result<Details, StateError> {
-        let text: String = get(row, index, action)?;
-        serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| StateError::Corrupt {
-            what: format!("details of interaction {id}"),
-            message: e.to_string(),
-        })?;
-        Ok(Details::from_stored(text))
+    let next = match get::<Option<String>>(row, 9, action)? {
+        Some(next_action) => Some((
+            next_action,
+            get::<Option<String>>(row, 10, action)?,
+            get::<String>(row, 11, action)?,
+        )),
+        None => None,
     };
-    let first = Interaction {
-        id,
-        at: Timestamp(get(row, 1, action)?),
+    crate::log::LogRow {
+        id: get(row, 0, action)?,
+        at: get(row, 1, action)?,
         run_id: get(row, 2, action)?,
         contact_id: get(row, 3, action)?,
         code: get(row, 4, action)?,
         account_id: get(row, 5, action)?,
         action: get(row, 6, action)?,
         source: get(row, 7, action)?,
-        details: details(8, id)?,
-    };
-    let Some(next_action) = get::<Option<String>>(row, 9, action)? else {
-        return Ok(vec![first]);
-    };
-    let second = Interaction {
-        id: id + 1,
-        action: next_action,
-        source: get::<Option<String>>(row, 10, action)?.unwrap_or_default(),
-        details: details(11, id + 1)?,
-        ..first.clone()
-    };
-    Ok(vec![first, second])
+        details: get(row, 8, action)?,
+        next,
+    }
+    .into_entries()
 }
 
 fn json_value(text: &str, what: impl FnOnce() -> String) -> Result<Value, StateError> {
