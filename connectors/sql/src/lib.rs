@@ -446,10 +446,7 @@ impl SqlConnector {
             table.id,
             self.page_size + 1
         ));
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for b in binds {
-            query = query.bind(b);
-        }
+        let query = bound(sql, binds);
         let rows = query
             .fetch_all(self.pool())
             .await
@@ -570,10 +567,7 @@ impl SqlConnector {
             "{select} WHERE {filter} ORDER BY {epoch}, {} LIMIT {}",
             table.id, self.page_size
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for b in binds {
-            query = query.bind(b);
-        }
+        let query = bound(sql, binds);
         let rows = query
             .fetch_all(self.pool())
             .await
@@ -746,20 +740,14 @@ impl SqlConnector {
         };
         if d.returning() {
             sql.push_str(&format!(" RETURNING {}", self.written_list(table)));
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for b in binds {
-                query = query.bind(b);
-            }
+            let query = bound(sql, binds);
             let row = query
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(|e| self.error(e, table, None))?;
             return self.written(table, &row);
         }
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for b in binds {
-            query = query.bind(b);
-        }
+        let query = bound(sql, binds);
         let done = query
             .execute(&mut *conn)
             .await
@@ -883,10 +871,7 @@ impl SqlConnector {
         }
         if d.returning() {
             sql.push_str(&format!(" RETURNING {}", self.written_list(table)));
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for b in binds {
-                query = query.bind(b);
-            }
+            let query = bound(sql, binds);
             let row = query
                 .fetch_optional(&mut *conn)
                 .await
@@ -896,10 +881,7 @@ impl SqlConnector {
                 None => Err(self.missed(conn, table, id).await?),
             };
         }
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for b in binds {
-            query = query.bind(b);
-        }
+        let query = bound(sql, binds);
         let done = query
             .execute(&mut *conn)
             .await
@@ -944,10 +926,7 @@ impl SqlConnector {
             binds.push(v.to_owned());
             sql.push_str(&format!(" AND {expr} = {}", d.param(2)));
         }
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for b in binds {
-            query = query.bind(b);
-        }
+        let query = bound(sql, binds);
         let done = query
             .execute(&mut *conn)
             .await
@@ -1301,6 +1280,19 @@ fn classify(
         }
         _ => ConnectorError::transient(format!("{place}: {text}")),
     }
+}
+
+/// `sql` with `binds` bound to its parameters in order.
+fn bound<T>(
+    sql: String,
+    binds: impl IntoIterator<Item = T>,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>
+where
+    T: 'static + Send + sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    binds
+        .into_iter()
+        .fold(sqlx::query(AssertSqlSafe(sql)), |query, b| query.bind(b))
 }
 
 #[cfg(test)]
