@@ -23,7 +23,6 @@ mod timed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -172,11 +171,7 @@ fn main() {
     if let Some(w) = writes {
         settings["max_concurrent_writes"] = json!(w);
     }
-    let timed = Arc::new(Timed {
-        inner: Arc::new(CarddavConnector::from_settings(settings).unwrap()),
-        nanos: AtomicU64::new(0),
-        writes: AtomicU64::new(0),
-    });
+    let timed = Timed::around(Arc::new(CarddavConnector::from_settings(settings).unwrap()));
     let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
     connectors.insert("crm".into(), timed.clone());
     connectors.insert(

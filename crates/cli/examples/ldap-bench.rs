@@ -23,7 +23,6 @@ mod timed;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -137,11 +136,9 @@ fn main() {
     let context = BuildContext {
         base_dir: dir.path().to_owned(),
     };
-    let timed = Arc::new(Timed {
-        inner: Arc::new(LdapConnector::from_settings(server.settings()).unwrap()),
-        nanos: AtomicU64::new(0),
-        writes: AtomicU64::new(0),
-    });
+    let timed = Timed::around(Arc::new(
+        LdapConnector::from_settings(server.settings()).unwrap(),
+    ));
     let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
     connectors.insert("directory".into(), timed.clone());
     connectors.insert(

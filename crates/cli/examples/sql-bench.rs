@@ -19,7 +19,6 @@ mod timed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use serde_json::json;
@@ -124,11 +123,7 @@ fn main() {
         }
     });
     let shop = Arc::new(shop);
-    let timed = Arc::new(Timed {
-        inner: shop.clone(),
-        nanos: AtomicU64::new(0),
-        writes: AtomicU64::new(0),
-    });
+    let timed = Timed::around(shop.clone());
     let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
     connectors.insert("shop".into(), timed.clone());
     connectors.insert(

@@ -29,6 +29,15 @@ impl std::fmt::Debug for Timed {
 }
 
 impl Timed {
+    /// `inner`, timed from now on.
+    pub fn around(inner: Arc<dyn Connector>) -> Arc<Timed> {
+        Arc::new(Timed {
+            inner,
+            nanos: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        })
+    }
+
     fn add(&self, started: Instant) {
         self.nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
