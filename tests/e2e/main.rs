@@ -51,3 +51,4 @@ mod status_page;
 #[cfg(feature = "connector-tryton")]
 mod tryton;
 mod unchanged;
+mod workers;

@@ -21,8 +21,13 @@ pub(crate) struct Service {
 
 impl Service {
     pub(crate) fn start(d: &Deployment, env: &[(&str, &str)]) -> Service {
+        Service::start_with(d, &["run"], env)
+    }
+
+    /// `tandem <args>` (`run` and its options), its stderr collected.
+    pub(crate) fn start_with(d: &Deployment, args: &[&str], env: &[(&str, &str)]) -> Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
-        cmd.arg("--config").arg(d.path("tandem.toml")).arg("run");
+        cmd.arg("--config").arg(d.path("tandem.toml")).args(args);
         cmd.current_dir(std::env::temp_dir());
         cmd.env_remove("RUST_LOG").envs(env.iter().copied());
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
@@ -416,7 +421,7 @@ pub(crate) fn sample(
         .sum()
 }
 
-const LARGE_CONFIG: &str = r#"
+pub(crate) const LARGE_CONFIG: &str = r#"
 [state]
 url = "sqlite://.tandem/state.db"
 
@@ -450,8 +455,12 @@ grace_period = "60s"
 /// A first sync with work on every step: `n` contacts, each matching a customer by
 /// VAT number with a phone to carry over, `n` customers without a contact (a contact
 /// is created for each), and `n / 10` vendors.
-fn large(n: usize) -> Deployment {
-    let d = Deployment::with_config(LARGE_CONFIG);
+pub(crate) fn large(n: usize) -> Deployment {
+    large_in(Deployment::with_config(LARGE_CONFIG), n)
+}
+
+/// [`large`]'s data, written into `d`.
+pub(crate) fn large_in(d: Deployment, n: usize) -> Deployment {
     let mut contacts = String::from("id,contact_type,name,post_code,vat_registration_no\n");
     let mut customers = String::from("id,name,post_code,phone,vat_registration_no\n");
     let mut vendors = String::from("id,name,vat_registration_no\n");
@@ -479,10 +488,10 @@ fn large(n: usize) -> Deployment {
 }
 
 /// Each data file's content by name, and the links.
-type Outcome = (BTreeMap<String, String>, Vec<(String, String, String)>);
+pub(crate) type Outcome = (BTreeMap<String, String>, Vec<(String, String, String)>);
 
 /// The data files and the links a deployment ends with.
-fn outcome(d: &Deployment) -> Outcome {
+pub(crate) fn outcome(d: &Deployment) -> Outcome {
     let files = ["crm/contacts.csv", "erp/customers.csv", "erp/vendors.csv"]
         .iter()
         .map(|f| (f.to_string(), d.read(f)))
@@ -490,14 +499,14 @@ fn outcome(d: &Deployment) -> Outcome {
     (files, d.links())
 }
 
-fn last_run_status(d: &Deployment) -> String {
+pub(crate) fn last_run_status(d: &Deployment) -> String {
     let status = d.json(&["status"]);
     let runs = status["runs"].as_array().unwrap();
     let last = runs.iter().max_by_key(|r| r["id"].as_i64()).unwrap();
     last["status"].as_str().unwrap().to_owned()
 }
 
-const LARGE: usize = 15_000;
+pub(crate) const LARGE: usize = 15_000;
 
 /// SIGTERM during a large first run: the run finishes, the state is committed, the
 /// process exits 0 within the grace period, and nothing is left to do.

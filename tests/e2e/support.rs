@@ -66,6 +66,14 @@ impl Deployment {
         Deployment::with_state(dir, state, config)
     }
 
+    /// A deployment with `config` on a new database of the PostgreSQL server at
+    /// `server`, whatever the test's store: for workers, which share a state.
+    pub fn on_postgres(config: &str, server: &str) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let state = TestState::on_server(server, dir.path());
+        Deployment::with_state(dir, state, config)
+    }
+
     fn with_state(dir: tempfile::TempDir, state: TestState, config: &str) -> Deployment {
         fs::create_dir_all(dir.path().join("crm")).unwrap();
         fs::create_dir_all(dir.path().join("erp")).unwrap();

@@ -11,6 +11,11 @@
 //! fields of the kind are never exposed but are kept on every rewrite. A record's
 //! version is a hash of its whole row, so any edit to the file changes it.
 //!
+//! A write holds the folder's lock file (`.tandem-write.lock`) from its read to its
+//! rename, so that two processes writing one folder (a worker that was stopped and
+//! resumes beside the one that took over from it) apply their writes one after the
+//! other instead of the later rename undoing the other's.
+//!
 //! File IO is blocking and done inline: reads and writes are whole-file operations
 //! that the engine awaits one at a time anyway, and this keeps the crate free of any
 //! particular async runtime.
@@ -20,6 +25,7 @@ mod csv;
 mod error;
 mod jsonl;
 mod link;
+mod lock;
 mod table;
 
 use std::collections::HashMap;
@@ -214,6 +220,7 @@ impl FileConnector {
         // A panic in another write left no half-written file behind (the rename is
         // atomic), so the lock is still good.
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let _folder = lock::FolderLock::take(&self.folder)?;
         let path = self.file(kind);
         let before = self.content_fingerprint(kind)?;
         let saved = self

@@ -70,15 +70,32 @@ pub struct StateConfig {
     /// `postgres://...`. Default: `sqlite://.tandem/state.db`.
     #[serde(default = "default_state_url")]
     pub url: String,
+    /// How long a PostgreSQL state's lease lasts without renewal: how soon a standby
+    /// worker takes over from one that died elsewhere or stalled. Renewed every third
+    /// of it. Default 30s; at least 3s.
+    #[serde(
+        default = "default_lease",
+        deserialize_with = "crate::service::config::duration"
+    )]
+    pub lease: std::time::Duration,
 }
 
 impl Default for StateConfig {
     fn default() -> StateConfig {
         StateConfig {
             url: default_state_url(),
+            lease: default_lease(),
         }
     }
 }
+
+fn default_lease() -> std::time::Duration {
+    tandem_state::LEASE_TTL
+}
+
+/// The shortest `[state] lease`: renewed every third of it, a shorter one would be lost
+/// to one slow answer of the database.
+pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn default_state_url() -> String {
     "sqlite://.tandem/state.db".to_owned()
@@ -114,6 +131,8 @@ pub struct Config {
     /// The folder of the config file: relative paths in it resolve from here.
     pub base_dir: PathBuf,
     pub state_url: String,
+    /// `[state] lease`: the lifetime of a PostgreSQL state's lease.
+    pub state_lease: std::time::Duration,
     /// Connectors by name, each of a type the registry knows.
     pub connectors: BTreeMap<String, ConnectorConfig>,
     pub sync: SyncConfig,
@@ -416,6 +435,16 @@ impl Parsed {
                            one run may delete, e.g. 0.5 for half";
             problems.push(Problem::new("sync.max_delete_share", message));
         }
+        if let Some(state) = &self.state
+            && state.lease < MIN_LEASE
+        {
+            let message = format!(
+                "must be at least {}: the lease is renewed every third of it, and a shorter \
+                 one is lost to one slow answer of the database",
+                humantime::format_duration(MIN_LEASE)
+            );
+            problems.push(Problem::new("state.lease", message));
+        }
         if let Some(service) = &self.service
             && self.complete
         {
@@ -475,10 +504,12 @@ impl Parsed {
         sync: SyncConfig,
         sources: Sources,
     ) -> Config {
+        let state = self.state.unwrap_or_default();
         Config {
             file: PathBuf::from(file),
             base_dir,
-            state_url: self.state.unwrap_or_default().url,
+            state_url: state.url,
+            state_lease: state.lease,
             connectors: self.connectors,
             sync,
             run: self.run.unwrap_or_default(),

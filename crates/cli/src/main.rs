@@ -145,7 +145,13 @@ enum Command {
     ///
     /// Holds the state until it stops. SIGTERM or Ctrl-C lets the run in flight finish
     /// and exits 0; a second signal stops the run at the next safe point.
-    Run,
+    Run {
+        /// Run as one of several workers sharing a PostgreSQL state, on this host or
+        /// others: one holds the state and syncs, the others stand by and take over
+        /// within [state] lease when it dies or stalls (docs/configuration.md).
+        #[arg(long)]
+        worker: bool,
+    },
     /// Print what `sync` would do now, without writing to any system.
     ///
     /// Prints the counts per relation, then every link to make (+), record to create
@@ -417,7 +423,7 @@ fn main() -> ExitCode {
     }
     // `run` answers signals and HTTP on two worker threads while a run computes.
     let runtime = match &cli.command {
-        Command::Run => tokio::runtime::Builder::new_multi_thread()
+        Command::Run { .. } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build(),
@@ -498,7 +504,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Sync { .. } => run_engine(cli, RunMode::Sync(None)).await,
         Command::Plan { .. } => run_engine(cli, RunMode::Plan).await,
-        Command::Run => service::run(cli).await,
+        Command::Run { worker } => service::run(cli, *worker).await,
         Command::Check => check(cli).await,
         Command::Link {
             code,
@@ -633,8 +639,13 @@ fn load(cli: &Cli, registry: &Registry) -> anyhow::Result<Config> {
 /// Every command opens the state through `tandem_state`'s openers, which choose the
 /// store by the url's scheme.
 fn open_state(config: &Config, mode: LockMode) -> anyhow::Result<Box<dyn StateStore>> {
-    tandem_state::open_url(&config.state_url, &config.base_dir, mode)
-        .map_err(|e| state_error(config, e))
+    tandem_state::open_url_with_lease(
+        &config.state_url,
+        &config.base_dir,
+        mode,
+        config.state_lease,
+    )
+    .map_err(|e| state_error(config, e))
 }
 
 /// Opens the state for a command that only reads: shared with other readers, and an

@@ -2,8 +2,10 @@
 //! write point must be finished by the next run, with no duplicate and no loss).
 //!
 //! `TANDEM_FAILPOINT=<name>[:<n>]` makes the process abort, as a crash would, the
-//! `n`-th time (default 1st) it passes the point `name`. Unset, a failpoint costs one
-//! relaxed atomic load.
+//! `n`-th time (default 1st) it passes the point `name`; `<name>[:<n>]:stop` makes it
+//! stop itself there (SIGSTOP) until it is sent SIGCONT, as a stalled process would (a
+//! suspended VM, a long pause): the workers' test uses it to stall a worker between two
+//! writes to systems. Unset, a failpoint costs one relaxed atomic load.
 //!
 //! In-process tests (the model test of the engine) use [`arm_panic`] instead: the point
 //! panics rather than aborting, the test catches the panic, drops the state and opens
@@ -33,6 +35,14 @@ struct Armed {
     name: String,
     nth: usize,
     seen: AtomicUsize,
+    action: Action,
+}
+
+/// What an armed point does when reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Stop,
 }
 
 fn armed() -> Option<&'static Armed> {
@@ -40,6 +50,10 @@ fn armed() -> Option<&'static Armed> {
     ARMED
         .get_or_init(|| {
             let spec = std::env::var("TANDEM_FAILPOINT").ok()?;
+            let (spec, action) = match spec.strip_suffix(":stop") {
+                Some(spec) => (spec.to_owned(), Action::Stop),
+                None => (spec, Action::Abort),
+            };
             let (name, nth) = match spec.split_once(':') {
                 Some((name, n)) => (name.to_owned(), n.parse().unwrap_or(1)),
                 None => (spec, 1),
@@ -48,6 +62,7 @@ fn armed() -> Option<&'static Armed> {
                 name,
                 nth,
                 seen: AtomicUsize::new(0),
+                action,
             })
         })
         .as_ref()
@@ -96,7 +111,24 @@ pub fn hit(name: &str) {
         && armed.name == name
         && armed.seen.fetch_add(1, Ordering::Relaxed) + 1 == armed.nth
     {
-        eprintln!("failpoint {name} reached: aborting as a crash would");
-        std::process::abort();
+        match armed.action {
+            Action::Abort => {
+                eprintln!("failpoint {name} reached: aborting as a crash would");
+                std::process::abort();
+            }
+            Action::Stop => {
+                eprintln!("failpoint {name} reached: stopping as a stalled process would");
+                stop_this_process();
+            }
+        }
     }
+}
+
+/// Sends this process SIGSTOP through `kill` (the workspace has no unsafe code for
+/// `raise`); it resumes here on SIGCONT.
+fn stop_this_process() {
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-s", "STOP", &pid])
+        .status();
 }

@@ -34,10 +34,11 @@ use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
 
 pub use log::{Change, LogEntry};
 pub use open::{
-    Access, StoreKind, open, open_url, open_url_existing, open_url_read_only, redact_url,
+    Access, StoreKind, open, open_url, open_url_existing, open_url_read_only, open_url_with_lease,
+    redact_url,
 };
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
-pub use postgres::PgState;
+pub use postgres::{LEASE_TTL, PgState, STANDBY_LEASE};
 pub use sqlite::{LockMode, SqliteState};
 
 /// A business relation between one contact and one account (R2: at most one per code
@@ -542,6 +543,14 @@ pub trait StateStore: Send {
     /// locks otherwise (SQLite's lock file) has none.
     fn leases(&self) -> Result<Vec<LeaseInfo>, StateError> {
         Ok(Vec::new())
+    }
+    /// Whether this store still holds what it locked the state with, asked before
+    /// every write to a system: a process that stalled past its lease (stopped,
+    /// suspended) and was taken over must not write to a system either, where no
+    /// fence can stop it. [`StateError::LeaseLost`] when it was taken over. A lock
+    /// that cannot be lost (SQLite's, held by the open file) is always held.
+    fn confirm_lease(&self) -> Result<(), StateError> {
+        Ok(())
     }
     /// The run `id`, if the state has it.
     fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError>;

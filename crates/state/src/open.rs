@@ -4,6 +4,7 @@
 //! [`StateStore`] they return, so a store is chosen here and nowhere else.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::{LockMode, SqliteState, StateError, StateStore};
 
@@ -57,6 +58,20 @@ pub fn open_url(
     open(url, base_dir, Access::Lock(mode))
 }
 
+/// [`open_url`] with a lease lifetime for a store that locks with a lease
+/// (PostgreSQL, `[state] lease`); SQLite's lock is the open file and has none.
+pub fn open_url_with_lease(
+    url: &str,
+    base_dir: &Path,
+    mode: LockMode,
+    lease: Duration,
+) -> Result<Box<dyn StateStore>, StateError> {
+    match StoreKind::of_url(url)? {
+        StoreKind::Sqlite => open(url, base_dir, Access::Lock(mode)),
+        StoreKind::Postgres => open_postgres(url, Access::Lock(mode), lease),
+    }
+}
+
 /// Opens the state named by a config url if it exists, with a shared lock; otherwise
 /// returns an empty state and creates nothing (no file, folder, database or table),
 /// for commands that must not leave a state behind (`plan`, `check`).
@@ -82,14 +97,18 @@ pub fn open(url: &str, base_dir: &Path, access: Access) -> Result<Box<dyn StateS
             };
             Ok(Box::new(state))
         }
-        StoreKind::Postgres => open_postgres(url, access),
+        StoreKind::Postgres => open_postgres(url, access, crate::postgres::LEASE_TTL),
     }
 }
 
 /// The PostgreSQL state store: the one place that opens it. A database without a
 /// state yet, opened to read, is an empty stand-in, as a missing SQLite file is.
-fn open_postgres(url: &str, access: Access) -> Result<Box<dyn StateStore>, StateError> {
-    match crate::PgState::open_for(url, access, crate::postgres::LEASE_TTL)? {
+fn open_postgres(
+    url: &str,
+    access: Access,
+    lease: Duration,
+) -> Result<Box<dyn StateStore>, StateError> {
+    match crate::PgState::open_for(url, access, lease)? {
         Some(state) => Ok(Box::new(state)),
         None => Ok(Box::new(SqliteState::stand_in(Path::new(&redact_url(
             url,

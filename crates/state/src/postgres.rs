@@ -18,6 +18,7 @@ mod write;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// The name of the lease an exclusive holder of the whole state takes.
 const STATE_LEASE: &str = "state";
 
+/// The first part of the name of a standby worker's lease: `standby <owner>`.
+pub const STANDBY_LEASE: &str = "standby";
+
 /// The PostgreSQL [`StateStore`].
 ///
 /// Opened with [`LockMode::Exclusive`], it holds the lease `state` (see [`lease`])
@@ -50,7 +54,16 @@ pub struct PgState {
     thread: Option<JoinHandle<()>>,
     /// The url with its password hidden, for messages.
     shown: String,
+    /// When the leases held were last known to be this store's (see
+    /// [`StateStore::confirm_lease`]).
+    confirmed: Confirmed,
+    ttl: Duration,
 }
+
+/// When the leases were last extended, as seen before the extension was sent: the
+/// lease then lasts at least a lifetime from that instant, whatever the clocks say.
+/// `None` while none is held.
+type Confirmed = Arc<Mutex<Option<Instant>>>;
 
 /// Work for the store's thread.
 type Job = Box<dyn FnOnce(&mut Session) + Send>;
@@ -68,6 +81,7 @@ pub(crate) struct Session {
     url: String,
     leases: Vec<Lease>,
     ttl: Duration,
+    confirmed: Confirmed,
 }
 
 /// How long opening a connection may take: a server behind a firewall that drops
@@ -183,10 +197,20 @@ impl PgState {
         let (jobs, jobs_rx) = mpsc::channel::<Job>();
         let thread_shown = shown.clone();
         let url_owned = url.to_owned();
+        let confirmed = Confirmed::default();
+        let thread_confirmed = confirmed.clone();
         let thread = std::thread::Builder::new()
             .name("tandem-state".to_owned())
             .spawn(move || {
-                let session = match start(&options, &thread_shown, &url_owned, access, ttl) {
+                let opening = Opening {
+                    options: &options,
+                    shown: &thread_shown,
+                    url: &url_owned,
+                    access,
+                    ttl,
+                    confirmed: thread_confirmed,
+                };
+                let session = match start(opening) {
                     Ok(Some(session)) => {
                         let _ = opened_tx.send(Ok(true));
                         session
@@ -217,6 +241,8 @@ impl PgState {
                 jobs: Some(jobs),
                 thread: Some(thread),
                 shown,
+                confirmed,
+                ttl,
             })),
             Ok(false) => {
                 let _ = thread.join();
@@ -227,6 +253,25 @@ impl PgState {
                 Err(e)
             }
         }
+    }
+
+    /// A worker waiting to take the state over (`tandem run --worker`): a store that
+    /// holds no lock but a lease of its own, `standby <owner>`, renewed as any lease is,
+    /// so that `tandem status` lists the workers standing by. Creates the state's schema
+    /// when the database has none (the first worker may be the first to start).
+    pub fn standing_by(url: &str, ttl: Duration) -> Result<PgState, StateError> {
+        let state = PgState::open_url_with_ttl(url, LockMode::Shared, ttl)?;
+        state.run(move |s| {
+            let owner = lease::owner();
+            let name = format!("{STANDBY_LEASE} {owner}");
+            let asked = Instant::now();
+            let held =
+                s.on(async |conn, shown| lease::claim(conn, shown, &name, &owner, ttl).await)?;
+            s.leases.push(held);
+            s.confirmed_at(asked);
+            Ok(())
+        })?;
+        Ok(state)
     }
 
     /// The url of the state, its password hidden.
@@ -275,16 +320,28 @@ impl Drop for PgState {
     }
 }
 
+/// What [`start`] opens, and how.
+struct Opening<'a> {
+    options: &'a PgConnectOptions,
+    shown: &'a str,
+    url: &'a str,
+    access: Access,
+    ttl: Duration,
+    confirmed: Confirmed,
+}
+
 /// Connects, checks the schema (creating it when `access` locks), and takes the
 /// lease of an exclusive lock; `None` when the database holds no state and `access`
 /// creates none.
-fn start(
-    options: &PgConnectOptions,
-    shown: &str,
-    url: &str,
-    access: Access,
-    ttl: Duration,
-) -> Result<Option<Session>, StateError> {
+fn start(opening: Opening<'_>) -> Result<Option<Session>, StateError> {
+    let Opening {
+        options,
+        shown,
+        url,
+        access,
+        ttl,
+        confirmed,
+    } = opening;
     let open_error = |message: String| StateError::Open {
         path: shown.to_owned(),
         message: scrub(&message, url),
@@ -305,6 +362,7 @@ fn start(
         url: url.to_owned(),
         leases: Vec::new(),
         ttl,
+        confirmed,
     };
     let create = matches!(access, Access::Lock(_));
     if !session.on(async |conn, shown| schema::prepare(conn, shown, create).await)? {
@@ -312,15 +370,37 @@ fn start(
     }
     if access == Access::Lock(LockMode::Exclusive) {
         let owner = lease::owner();
+        let asked = Instant::now();
         let held = session
             .on(async |conn, shown| lease::claim(conn, shown, STATE_LEASE, &owner, ttl).await)?;
         session.leases.push(held);
+        session.confirmed_at(asked);
     }
     Ok(Some(session))
 }
 
+impl Session {
+    fn confirmed_at(&self, asked: Instant) {
+        *self.confirmed.lock().unwrap_or_else(|e| e.into_inner()) = Some(asked);
+    }
+
+    /// Extends the leases held now, and notes when; [`StateError::LeaseLost`] when one
+    /// of them was taken over.
+    fn confirm(&mut self) -> Result<(), StateError> {
+        if self.leases.is_empty() {
+            return Ok(());
+        }
+        let (leases, ttl) = (self.leases.clone(), self.ttl);
+        let asked = Instant::now();
+        self.on(async |conn, shown| lease::fence(conn, shown, &leases, ttl).await)?;
+        self.confirmed_at(asked);
+        Ok(())
+    }
+}
+
 /// The store's thread: runs jobs as they come, renews the leases every third of their
-/// lifetime, and releases them when the store is dropped.
+/// lifetime (between jobs, however many come), and releases them when the store is
+/// dropped.
 fn serve(mut session: Session, jobs: &mpsc::Receiver<Job>) {
     let every = session.ttl / 3;
     let mut next_renewal = Instant::now() + every;
@@ -332,13 +412,14 @@ fn serve(mut session: Session, jobs: &mpsc::Receiver<Job>) {
         };
         match received {
             Ok(job) => job(&mut session),
-            Err(RecvTimeoutError::Timeout) => {
-                let (leases, ttl) = (session.leases.clone(), session.ttl);
-                // A lease lost here fails the next commit (its fence): nothing to do now.
-                let _ = session.on(async |conn, _| lease::renew(conn, &leases, ttl).await);
-                next_renewal = Instant::now() + every;
-            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if !session.leases.is_empty() && Instant::now() >= next_renewal {
+            // A lease lost here fails the next commit (its fence) and the next
+            // `confirm_lease`: nothing to do now.
+            let _ = session.confirm();
+            next_renewal = Instant::now() + every;
         }
     }
     let leases = std::mem::take(&mut session.leases);
@@ -408,6 +489,18 @@ impl StateStore for PgState {
     fn writer_active(&self) -> bool {
         self.run(move |s| s.on(async |conn, _| lease::live(conn, STATE_LEASE).await))
             .unwrap_or(false)
+    }
+
+    /// Answers from the last renewal while it is younger than half the lease's
+    /// lifetime (the lease then has at least that half left); otherwise asks the
+    /// server, which also renews it.
+    fn confirm_lease(&self) -> Result<(), StateError> {
+        let confirmed = *self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        match confirmed {
+            None => Ok(()),
+            Some(at) if at.elapsed() < self.ttl / 2 => Ok(()),
+            Some(_) => self.run(Session::confirm),
+        }
     }
 
     fn leases(&self) -> Result<Vec<crate::LeaseInfo>, StateError> {

@@ -71,6 +71,22 @@ impl TestState {
         }
     }
 
+    /// A new database on the PostgreSQL server at `server` (a url naming any of its
+    /// databases), whatever `TANDEM_TEST_STATE_URL` says: for a test of what only a
+    /// shared state can do (several workers).
+    ///
+    /// # Panics
+    /// When `server` is no PostgreSQL url, or the database cannot be created.
+    pub fn on_server(server: &str, base_dir: &Path) -> TestState {
+        let database = Database::create(server, None);
+        TestState {
+            url: with_database(server, &database.name),
+            base_dir: base_dir.to_owned(),
+            database: Some(database),
+            _dir: None,
+        }
+    }
+
     /// The SQLite state at `sqlite_url` whatever `TANDEM_TEST_STATE_URL` says: for a
     /// test of what only a file can go through (a file of 0 bytes, a lock file).
     pub fn sqlite(sqlite_url: &str, base_dir: &Path) -> TestState {

@@ -20,12 +20,13 @@ fn create(name: &str) -> WriteOp {
     }
 }
 
-/// The names in a folder, sorted.
+/// The names in a folder, sorted, but the write lock's.
 #[cfg(unix)]
 fn names(folder: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(folder)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != crate::lock::LOCK_FILE)
         .collect();
     names.sort();
     names

@@ -156,7 +156,7 @@ fn default_grace() -> Duration {
 }
 
 /// A duration written as `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"`.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(text.trim()).map_err(|e| {
         serde::de::Error::custom(format!(

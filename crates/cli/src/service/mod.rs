@@ -16,6 +16,7 @@ mod metrics;
 mod quiet;
 mod schedule;
 mod signals;
+mod worker;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::ExitCode;
@@ -83,45 +84,99 @@ impl Shared {
     }
 }
 
-/// `tandem run`.
-pub(crate) async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+/// `tandem run`; with `worker`, one of several processes sharing a PostgreSQL state
+/// ([`worker`]).
+pub(crate) async fn run(cli: &Cli, worker: bool) -> anyhow::Result<ExitCode> {
     let registry = registry();
     let config = load(cli, &registry)?;
+    if worker {
+        worker::require_shared_state(&config)?;
+    }
     // Held until the process ends: no sync or operator command runs beside the service.
-    let mut state = open_state(&config, LockMode::Exclusive)?;
+    // A worker takes it later, when it is its turn.
+    let mut state = match worker {
+        false => Some(open_state(&config, LockMode::Exclusive)?),
+        true => None,
+    };
     let connectors = build_connectors(&config, &registry)?;
     let relations = Relations::from_config(&config.sync);
-    Engine::new(relations.clone(), connectors.clone(), state.as_mut())
-        .map_err(|e| anyhow!("{}: {e}", config.shown()))?;
     let metrics = Arc::new(Metrics::new());
     observe_http(&config, &metrics);
-    let (commands, receiver) = mpsc::channel(16);
+    let (commands, mut receiver) = mpsc::channel(16);
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
         token: config.service.token.clone(),
         commands,
         health: Mutex::new(BTreeMap::new()),
     });
-    check_connectors(&connectors, &shared).await;
     let stop = StopFlag::new();
-    let stopping = signals::listen(config.service.grace_period, stop.clone())
+    let mut stopping = signals::listen(config.service.grace_period, stop.clone())
         .context("cannot listen for SIGTERM and SIGINT")?;
-    if let Some(addr) = config.service.listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            anyhow!(config.error_at("service.listen", format!("cannot listen on {addr}: {e}")))
-        })?;
-        let app = router(shared.clone()).merge(crate::web::service_routes(&config, &shared)?);
-        let server = axum::serve(listener, app);
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                error!("the HTTP listener stopped: {e}");
+    listen(&config, &shared).await?;
+    loop {
+        let mut held = match state.take() {
+            Some(held) => held,
+            None => match worker::take_over(&config, &mut stopping).await? {
+                Some(held) => held,
+                None => break,
+            },
+        };
+        Engine::new(relations.clone(), connectors.clone(), held.as_mut())
+            .map_err(|e| anyhow!("{}: {e}", config.shown()))?;
+        check_connectors(&connectors, &shared).await;
+        let mut service = Service {
+            verbose: cli.verbose > 0,
+            config: &config,
+            state: held.as_mut(),
+            connectors: connectors.clone(),
+            relations: relations.clone(),
+            shared: shared.clone(),
+            schedule: Schedule::new(
+                &config.service,
+                connectors.keys().map(String::as_str),
+                Instant::now(),
+            ),
+            stop: stop.clone(),
+        };
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        announce(&config);
+        match service.serve(&mut receiver, stopping.clone()).await {
+            Flow::LeaseLost(e) if worker => {
+                warn!("{e}; this worker stands by again");
             }
-        });
-        info!("listening on http://{addr} (the status page, /healthz, /readyz, /metrics)");
+            Flow::LeaseLost(e) => {
+                return Err(anyhow!(e).context(
+                    "another process took the state over while this one stalled; \
+                     start `tandem run` again once it stops, or run workers (`--worker`)",
+                ));
+            }
+            Flow::Continue | Flow::Stopped => break,
+        }
     }
-    let names = connectors.keys().map(String::as_str);
-    let schedule = Schedule::new(&config.service, names, Instant::now());
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    info!("stopped; the state is saved");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the HTTP listener, when `[service] listen` asks for one.
+async fn listen(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let Some(addr) = config.service.listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow!(config.error_at("service.listen", format!("cannot listen on {addr}: {e}")))
+    })?;
+    let app = router(shared.clone()).merge(crate::web::service_routes(config, shared)?);
+    let server = axum::serve(listener, app);
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            error!("the HTTP listener stopped: {e}");
+        }
+    });
+    info!("listening on http://{addr} (the status page, /healthz, /readyz, /metrics)");
+    Ok(())
+}
+
+fn announce(config: &Config) {
     info!(
         "running: polls every {} (up to {} when quiet), a full read every {}; \
          SIGTERM or Ctrl-C stops",
@@ -129,19 +184,6 @@ pub(crate) async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         humantime::format_duration(config.service.max_poll_interval),
         humantime::format_duration(config.service.full_listing_interval),
     );
-    let mut service = Service {
-        verbose: cli.verbose > 0,
-        config: &config,
-        state: state.as_mut(),
-        connectors,
-        relations,
-        shared,
-        schedule,
-        stop,
-    };
-    service.serve(receiver, stopping).await;
-    info!("stopped; the state is saved");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Counts HTTP requests under the name of the connector whose `url` they go to.
@@ -204,17 +246,27 @@ struct Service<'a> {
 enum Flow {
     Continue,
     Stopped,
+    /// The state's lease was taken over (the process stalled past it): nothing more
+    /// is written, by this loop, to the state or to any system.
+    LeaseLost(String),
 }
 
 impl Service<'_> {
+    /// The loop, until a signal stops it ([`Flow::Stopped`]) or the state's lease is
+    /// lost ([`Flow::LeaseLost`]).
     async fn serve(
         &mut self,
-        mut commands: mpsc::Receiver<ServiceCommand>,
+        commands: &mut mpsc::Receiver<ServiceCommand>,
         mut stopping: watch::Receiver<bool>,
-    ) {
+    ) -> Flow {
         loop {
             if *stopping.borrow() {
-                return;
+                return Flow::Stopped;
+            }
+            // A loop that was stopped while it waited finds out here, not at its next
+            // sync, which may be long in coming when nothing changes.
+            if let Err(e @ StateError::LeaseLost { .. }) = self.state.confirm_lease() {
+                return Flow::LeaseLost(e.to_string());
             }
             while let Ok(command) = commands.try_recv() {
                 self.command(command);
@@ -228,11 +280,10 @@ impl Service<'_> {
                     }
                 }
                 Next::Poll(due) => self.poll(due).await,
-                Next::Sync { full } => {
-                    if self.sync(full).await == Flow::Stopped {
-                        return;
-                    }
-                }
+                Next::Sync { full } => match self.sync(full).await {
+                    Flow::Continue => {}
+                    ended => return ended,
+                },
             }
         }
     }
@@ -328,6 +379,10 @@ impl Service<'_> {
                 metrics.run(mode, Outcome::Stopped, took);
                 info!("the run stopped at a safe point; the next run carries on from there (R18)");
                 Flow::Stopped
+            }
+            Err(EngineError::State(e @ StateError::LeaseLost { .. })) => {
+                metrics.run(mode, Outcome::Failed, took);
+                Flow::LeaseLost(format!("{mode} run stopped before its next write: {e}"))
             }
             Err(e) => {
                 metrics.run(mode, Outcome::Failed, took);

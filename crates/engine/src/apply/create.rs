@@ -134,7 +134,7 @@ impl Applier<'_> {
                 fields: j.fields.clone(),
             })
             .collect();
-        let outcomes = write_all(connector, kind, ops).await;
+        let outcomes = write_all(state, connector, kind, ops).await?;
         self.progress.advance(chunk.len(), "creates");
         failpoint::hit(&format!("after_{side}_create"));
         for (job, outcome) in chunk.iter().zip(outcomes) {

@@ -229,13 +229,20 @@ fn batch_len(batch: &StateBatch) -> usize {
 }
 
 /// Writes `ops`, turning an error for the whole call into one error per op.
+///
+/// Asks the state first whether this process still holds it: a worker that stalled
+/// past its lease and was taken over stops here, before its write could undo the
+/// newer holder's (the run ends as after a crash; R18 recovers its intents).
 async fn write_all(
+    state: &dyn StateStore,
     connector: &dyn Connector,
     kind: EntityKind,
     ops: Vec<WriteOp>,
-) -> Vec<WriteOutcome> {
+) -> Result<Vec<WriteOutcome>, EngineError> {
+    state.confirm_lease()?;
     let n = ops.len();
-    match connector.write(kind, ops).await {
+    tracing::debug!(%kind, ops = n, "sending writes");
+    Ok(match connector.write(kind, ops).await {
         Ok(outcomes) if outcomes.len() == n => outcomes,
         Ok(outcomes) => {
             let message = format!(
@@ -247,7 +254,7 @@ async fn write_all(
                 .collect()
         }
         Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-    }
+    })
 }
 
 impl Applier<'_> {

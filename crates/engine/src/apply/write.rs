@@ -57,12 +57,12 @@ impl Applier<'_> {
         commit_intents(state, &self.plan, self.relations, &self.log)?;
         failpoint::hit("after_intent_commit");
         let mut outcomes = Outcomes::new(&self.plan);
-        self.write_contacts(&mut outcomes).await;
+        self.write_contacts(state, &mut outcomes).await?;
         self.stopped()?;
         failpoint::hit("after_contact_updates");
         self.step("after_contact_updates");
         for r in 0..self.relations.relations.len() {
-            self.write_accounts(r, &mut outcomes).await;
+            self.write_accounts(state, r, &mut outcomes).await?;
             self.stopped()?;
         }
         failpoint::hit("after_account_updates");
@@ -81,7 +81,11 @@ impl Applier<'_> {
 
     /// Contact updates; ops are built chunk by chunk from the plan, so a million
     /// updates are not held twice.
-    async fn write_contacts(&mut self, outcomes: &mut Outcomes) {
+    async fn write_contacts(
+        &mut self,
+        state: &dyn StateStore,
+        outcomes: &mut Outcomes,
+    ) -> Result<(), EngineError> {
         let connector = self.connector(&self.relations.contacts_connector);
         let max = connector.capabilities().max_batch.max(1);
         let hubs: Vec<usize> = (0..self.plan.hubs.len())
@@ -89,7 +93,7 @@ impl Applier<'_> {
             .collect();
         for chunk in hubs.chunks(max) {
             if self.stop.is_stopped() {
-                return;
+                return Ok(());
             }
             let ops = chunk
                 .iter()
@@ -102,17 +106,23 @@ impl Applier<'_> {
                     }
                 })
                 .collect();
-            let answers = write_all(&*connector, EntityKind::Contact, ops).await;
+            let answers = write_all(state, &*connector, EntityKind::Contact, ops).await?;
             self.progress.advance(chunk.len(), "contact updates");
             for (&hub, outcome) in chunk.iter().zip(answers) {
                 self.writes += u64::from(outcome.is_ok());
                 outcomes.contacts[hub] = Some(outcome);
             }
         }
+        Ok(())
     }
 
     /// The account updates of relation `r`.
-    async fn write_accounts(&mut self, r: usize, outcomes: &mut Outcomes) {
+    async fn write_accounts(
+        &mut self,
+        state: &dyn StateStore,
+        r: usize,
+        outcomes: &mut Outcomes,
+    ) -> Result<(), EngineError> {
         let keys: Vec<(usize, usize)> = self
             .plan
             .hubs
@@ -128,14 +138,14 @@ impl Applier<'_> {
             .map(|(key, _)| key)
             .collect();
         if keys.is_empty() {
-            return;
+            return Ok(());
         }
         let relation = &self.relations.relations[r];
         let connector = self.connector(&relation.connector);
         let max = connector.capabilities().max_batch.max(1);
         for chunk in keys.chunks(max) {
             if self.stop.is_stopped() {
-                return;
+                return Ok(());
             }
             let ops = chunk
                 .iter()
@@ -148,13 +158,14 @@ impl Applier<'_> {
                     }
                 })
                 .collect();
-            let answers = write_all(&*connector, relation.kind, ops).await;
+            let answers = write_all(state, &*connector, relation.kind, ops).await?;
             self.progress.advance(chunk.len(), "account updates");
             for (&(h, p), outcome) in chunk.iter().zip(answers) {
                 self.writes += u64::from(outcome.is_ok());
                 outcomes.accounts[outcomes.pair_offsets[h] + p] = Some(outcome);
             }
         }
+        Ok(())
     }
 }
 

@@ -10,7 +10,11 @@
 //!   the lease expires, unless that owner is a process of this machine (same boot and
 //!   pid namespace) that no longer runs: a killed sync does not hold the state until its
 //!   lease expires.
-//! * The holder renews it ([`renew`]) well before it expires.
+//! * The holder renews it well before it expires: its store's thread runs [`fence`]
+//!   every third of the lifetime, between jobs, and notes when. Before each write to a
+//!   system the engine asks the store (`confirm_lease`): a renewal younger than half
+//!   the lifetime answers; an older one (the process was stopped, or suspended) is
+//!   checked with the server first, and a lease taken over ends the run there.
 //! * Every write transaction first runs [`fence`]: it renews each lease held, matching
 //!   owner *and* epoch, and fails with [`StateError::LeaseLost`] when a row is gone or
 //!   has another epoch. The epoch is a fencing token: a process that stalled past its
@@ -196,18 +200,6 @@ async fn extend<'l>(
         }
     }
     Ok(None)
-}
-
-/// Renews the leases held, between jobs. Returns whether all of them still are.
-pub(crate) async fn renew(
-    conn: &mut PgConnection,
-    leases: &[Lease],
-    ttl: Duration,
-) -> Result<bool, StateError> {
-    let lost = extend(conn, leases, ttl)
-        .await
-        .map_err(pg("renewing the state's lease"))?;
-    Ok(lost.is_none())
 }
 
 /// The fence of a write: run inside its transaction, before its first write. Renews

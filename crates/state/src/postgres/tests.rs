@@ -237,6 +237,35 @@ fn the_store_renews_its_lease_while_it_is_idle() {
 }
 
 #[test]
+fn a_holder_taken_over_is_told_before_it_writes_to_a_system() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let ttl = Duration::from_millis(1_000);
+    let stalled = PgState::open_url_with_ttl(&url, LockMode::Exclusive, ttl).unwrap();
+    // Idle for longer than its lease: its thread renewed it, the engine may write.
+    std::thread::sleep(ttl * 2);
+    stalled.confirm_lease().unwrap();
+    // Stalled past its lease, which another process took over.
+    execute(
+        &url,
+        "UPDATE leases SET expires_at = now() - interval '1 second'",
+    );
+    let taker = PgState::open_url_with_ttl(&url, LockMode::Exclusive, ttl).unwrap();
+    // Its last renewal is older than half a lifetime: the server is asked, and says no.
+    std::thread::sleep(ttl * 6 / 10);
+    let err = stalled.confirm_lease().unwrap_err();
+    assert!(
+        matches!(&err, StateError::LeaseLost { name, epoch, .. } if name == "state" && *epoch == 1),
+        "{err}"
+    );
+    taker.confirm_lease().unwrap();
+    // A store that holds no lease has nothing to lose.
+    let reader = PgState::open_url(&url, LockMode::Shared).unwrap();
+    reader.confirm_lease().unwrap();
+}
+
+#[test]
 fn a_lost_connection_fails_one_call_and_the_next_connects_again() {
     let Some((_server, url)) = database() else {
         return;
