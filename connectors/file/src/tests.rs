@@ -566,7 +566,7 @@ async fn rewrites_leave_no_tmp_file() {
         let names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name != crate::lock::LOCK_FILE)
+            .filter(|name| name != lock::LOCK_FILE)
             .collect();
         assert_eq!(names, vec![format!("contacts.{}", format.extension())]);
     }
