@@ -212,8 +212,9 @@ fn errors_under_json_are_an_object_on_stdout_with_the_same_exit_code() {
     drop(held);
 }
 
-/// On PostgreSQL, `status` shows who holds the state's lease, with its epoch and the
-/// time it has left, and shows none once the holder let it go.
+/// On PostgreSQL, `status` shows the processes behind the state's leases: who holds
+/// the state and which workers stand by, with epochs and the time left, and shows none
+/// once they let go.
 #[test]
 fn status_shows_the_lease_of_a_postgres_state() {
     let Some(server) = tandem_connector_sql::testsupport::PostgresServer::start() else {
@@ -224,24 +225,35 @@ fn status_shows_the_lease_of_a_postgres_state() {
         &crate::support::CONFIG.replace(crate::support::SQLITE_STATE_URL, &url),
     );
     let holder = tandem_state::PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    let standby = tandem_state::PgState::standing_by(&url, tandem_state::LEASE_TTL).unwrap();
     let status = check(&d, &["status"], 0, "status");
     let leases = status["leases"].as_array().unwrap();
-    assert_eq!(leases.len(), 1, "{status}");
-    assert_eq!(leases[0]["name"], "state");
-    assert_eq!(leases[0]["epoch"], 1);
+    assert_eq!(leases.len(), 2, "{status}");
+    let holding = leases.iter().find(|l| l["role"] == "holder").unwrap();
+    assert_eq!(holding["name"], "state");
+    assert_eq!(holding["epoch"], 1);
     let pid = format!("pid {}", std::process::id());
     assert!(
-        leases[0]["owner"].as_str().unwrap().contains(&pid),
+        holding["owner"].as_str().unwrap().contains(&pid),
         "{status}"
     );
-    let left = leases[0]["expires_in_ms"].as_i64().unwrap();
+    let left = holding["expires_in_ms"].as_i64().unwrap();
     assert!(left > 0 && left <= 30_000, "{status}");
-    let text = stdout(&d.tandem(&["status"]));
+    let waiting = leases.iter().find(|l| l["role"] == "standby").unwrap();
     assert!(
-        text.contains("Lease `state` held by") && text.contains(&pid),
-        "{text}"
+        waiting["owner"].as_str().unwrap().contains(&pid),
+        "{status}"
     );
-    drop(holder);
+    let text = stdout(&d.tandem(&["status"]));
+    let line = |role: &str| {
+        text.lines()
+            .find(|l| l.starts_with(role))
+            .unwrap_or_else(|| panic!("no {role} line:\n{text}"))
+            .to_owned()
+    };
+    assert!(line("holds the state").contains(&pid), "{text}");
+    assert!(line("stands by").contains(&pid), "{text}");
+    drop((holder, standby));
     let status = check(&d, &["status"], 0, "status");
     assert_eq!(status["leases"], json!([]), "{status}");
 }

@@ -423,15 +423,18 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
             "A sync is running now: what follows is the state as its last commit left it.\n",
         );
     }
-    for lease in &leases {
-        let _ = writeln!(
-            out,
-            "Lease `{}` held by {} (epoch {}), {:.0} s left unless renewed.",
-            lease.name,
-            lease.owner,
-            lease.epoch,
-            lease.expires_in_ms as f64 / 1000.0
-        );
+    if !leases.is_empty() {
+        out.push_str("Processes (their leases, renewed every third of [state] lease):\n");
+        let mut rows = vec![row(&["role", "process", "epoch", "lease left"])];
+        for lease in &leases {
+            rows.push(vec![
+                lease.role.says().to_owned(),
+                lease.owner.clone(),
+                lease.epoch.to_string(),
+                format!("{:.0} s", lease.expires_in_ms as f64 / 1000.0),
+            ]);
+        }
+        table(&mut out, &rows);
     }
     if runs.is_empty() {
         out.push_str("No runs yet.\n");

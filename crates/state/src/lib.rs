@@ -417,9 +417,39 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaseInfo {
     pub name: String,
+    /// What holding this lease means.
+    pub role: LeaseRole,
     pub owner: String,
     pub epoch: i64,
     pub expires_in_ms: i64,
+}
+
+/// What a lease says of its holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseRole {
+    /// The lease `state`: this process writes the state and syncs.
+    Holder,
+    /// A worker waiting to take the state over (`tandem run --worker`).
+    Standby,
+}
+
+impl LeaseRole {
+    /// The role of the lease named `name`.
+    pub fn of(name: &str) -> LeaseRole {
+        match name.starts_with(STANDBY_LEASE) {
+            true => LeaseRole::Standby,
+            false => LeaseRole::Holder,
+        }
+    }
+
+    /// For people: `holds the state`, `stands by`.
+    pub fn says(self) -> &'static str {
+        match self {
+            LeaseRole::Holder => "holds the state",
+            LeaseRole::Standby => "stands by",
+        }
+    }
 }
 
 /// The state of one deployment. Implementations must keep R2 as an invariant:

@@ -257,6 +257,7 @@ pub(crate) async fn live_leases(
     Ok(rows
         .into_iter()
         .map(|(name, owner, epoch, expires_in_ms)| crate::LeaseInfo {
+            role: crate::LeaseRole::of(&name),
             name,
             owner,
             epoch,
