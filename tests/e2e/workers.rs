@@ -176,3 +176,26 @@ fn no_duplicates_or_dangling_links(d: &Deployment) {
     let distinct: HashSet<&String> = names.iter().collect();
     assert_eq!(distinct.len(), names.len(), "no contact created twice");
 }
+
+/// Workers share their state through a database: on a SQLite state `--worker` is
+/// refused at once, naming the key and what to do, and nothing is created.
+#[test]
+fn a_worker_on_a_sqlite_state_is_refused_with_what_to_do() {
+    let d = Deployment::on_sqlite(crate::support::CONFIG);
+    let out = d.fails(&["run", "--worker"], 1);
+    assert!(out.contains("state.url"), "{out}");
+    assert!(out.contains("needs a state on PostgreSQL"), "{out}");
+    assert!(out.contains("tandem migrate"), "{out}");
+    assert!(!d.state_exists(), "no state created");
+}
+
+/// A lease shorter than three renewals of a second is a config mistake.
+#[test]
+fn a_lease_under_three_seconds_is_refused() {
+    let d = Deployment::on_sqlite(
+        &crate::support::CONFIG.replace("[state]\n", "[state]\nlease = \"1s\"\n"),
+    );
+    let out = d.fails(&["check"], 1);
+    assert!(out.contains("state.lease"), "{out}");
+    assert!(out.contains("at least 3s"), "{out}");
+}
