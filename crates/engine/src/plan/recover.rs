@@ -185,12 +185,23 @@ impl<'r> SentIndex<'r> {
     /// create: merged against the fields sent). `None` when there is none, or more than
     /// one (never a guess).
     fn found(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
-        let mut candidates: Vec<&'r Record> = KEYS
+        let bucket = |key: &'static str| -> Option<&[&'r Record]> {
+            let value = sent.get(key)?;
+            let held = self.by_key.get(&(key, index_text(key, value)));
+            Some(held.map_or(&[][..], Vec::as_slice))
+        };
+        let mut buckets: Vec<&[&'r Record]> = KEYS.iter().filter_map(|k| bucket(k)).collect();
+        buckets.sort_by_key(|b| b.len());
+        // A record found again holds every value sent but one at most (it is then in
+        // one of the two smallest buckets: it misses one bucket at most), or kept its
+        // name. Looking only there finds what the union of all buckets would, without
+        // walking a bucket as large as a city's for each create.
+        let named = bucket(field::NAME).unwrap_or(&[]);
+        let mut candidates: Vec<&'r Record> = buckets
             .iter()
-            .filter_map(|key| {
-                let value = sent.get(key)?;
-                self.by_key.get(&(*key, index_text(key, value)))
-            })
+            .take(2)
+            .copied()
+            .chain(std::iter::once(named))
             .flatten()
             .copied()
             .filter(|r| free(r))
@@ -267,4 +278,45 @@ fn nearly(record: &Fields, sent: &Fields) -> bool {
 pub(super) fn same_fields(record: &Fields, sent: &Fields) -> bool {
     sent.iter()
         .all(|(name, value)| SENT.same(name.as_str(), record.value(name.as_str()), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use tandem_model::{EntityKind, Fields, Record};
+
+    use super::*;
+
+    /// Creates cut short are looked for among the records sharing their most telling
+    /// values, not among every record of their city: finding 13,500 creates again in
+    /// 118,000 contacts of a few cities took 35 s, one walk of a city per create.
+    #[test]
+    fn a_create_is_found_again_without_walking_the_records_of_its_city() {
+        let records: Vec<Record> = (0..1_000)
+            .map(|i| {
+                let fields = Fields::new()
+                    .with(field::NAME, format!("Company {i}").as_str())
+                    .with(field::CITY, "Gent")
+                    .with(field::VAT_REGISTRATION_NO, format!("BE{i:010}").as_str());
+                Record::new(EntityKind::Contact, format!("C{i}"), fields)
+            })
+            .collect();
+        let pool: Vec<&Record> = records.iter().collect();
+        let sent = records[500].fields.clone();
+        let index = SentIndex::new(&pool, std::iter::once(&sent));
+        let looked_at = Cell::new(0);
+        let found = index.found(&sent, |_| {
+            looked_at.set(looked_at.get() + 1);
+            true
+        });
+        assert!(matches!(found, Found::One(r) if r.id == "C500"));
+        assert!(looked_at.get() <= 3, "looked at {}", looked_at.get());
+
+        // Its name edited since: still found, by its other values.
+        let mut edited = sent.clone();
+        edited.set(field::NAME, tandem_model::Value::text("Company 500 Ltd"));
+        let index = SentIndex::new(&pool, std::iter::once(&edited));
+        assert!(matches!(index.found(&edited, |_| true), Found::One(r) if r.id == "C500"));
+    }
 }
