@@ -315,7 +315,7 @@ mod tests {
 
         // Its name edited since: still found, by its other values.
         let mut edited = sent.clone();
-        edited.set(field::NAME, tandem_model::Value::text("Company 500 Ltd"));
+        edited.set(field::NAME, Value::text("Company 500 Ltd"));
         let index = SentIndex::new(&pool, std::iter::once(&edited));
         assert!(matches!(index.found(&edited, |_| true), Found::One(r) if r.id == "C500"));
     }
