@@ -403,7 +403,12 @@ pub fn lists_code(contact: &Record, code: &str) -> bool {
 
 /// The relation codes listed in a contact's `business_relations` field (R5, R9).
 pub fn listed_codes(contact: &Record) -> Vec<String> {
-    match contact.fields.get(field::BUSINESS_RELATIONS) {
+    codes_in(contact.fields.get(field::BUSINESS_RELATIONS))
+}
+
+/// The codes a `business_relations` value lists: a list, or text separated by `;` or `,`.
+pub(super) fn codes_in(value: Option<&Value>) -> Vec<String> {
+    match value {
         Some(Value::List(items)) => items.iter().map(|s| s.trim().to_owned()).collect(),
         Some(other) => other
             .to_cell()
