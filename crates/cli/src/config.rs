@@ -73,10 +73,7 @@ pub struct StateConfig {
     /// How long a PostgreSQL state's lease lasts without renewal: how soon a standby
     /// worker takes over from one that died elsewhere or stalled. Renewed every third
     /// of it. Default 30s; at least 3s.
-    #[serde(
-        default = "default_lease",
-        deserialize_with = "crate::service::config::duration"
-    )]
+    #[serde(default = "default_lease", deserialize_with = "duration")]
     pub lease: std::time::Duration,
 }
 
@@ -96,6 +93,18 @@ fn default_lease() -> std::time::Duration {
 /// The shortest `[state] lease`: renewed every third of it, a shorter one would be lost
 /// to one slow answer of the database.
 pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A duration written as `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"`.
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"1h\""
+        ))
+    })
+}
 
 fn default_state_url() -> String {
     "sqlite://.tandem/state.db".to_owned()

@@ -66,10 +66,7 @@ pub fn open_url_with_lease(
     mode: LockMode,
     lease: Duration,
 ) -> Result<Box<dyn StateStore>, StateError> {
-    match StoreKind::of_url(url)? {
-        StoreKind::Sqlite => open(url, base_dir, Access::Lock(mode)),
-        StoreKind::Postgres => open_postgres(url, Access::Lock(mode), lease),
-    }
+    open_with(url, base_dir, Access::Lock(mode), lease)
 }
 
 /// Opens the state named by a config url if it exists, with a shared lock; otherwise
@@ -88,6 +85,16 @@ pub fn open_url_read_only(url: &str, base_dir: &Path) -> Result<Box<dyn StateSto
 
 /// Opens the state named by `url` for `access`, in the store its scheme names.
 pub fn open(url: &str, base_dir: &Path, access: Access) -> Result<Box<dyn StateStore>, StateError> {
+    open_with(url, base_dir, access, crate::postgres::LEASE_TTL)
+}
+
+/// [`open`] with the lifetime of a PostgreSQL state's lease.
+fn open_with(
+    url: &str,
+    base_dir: &Path,
+    access: Access,
+    lease: Duration,
+) -> Result<Box<dyn StateStore>, StateError> {
     match StoreKind::of_url(url)? {
         StoreKind::Sqlite => {
             let state = match access {
@@ -97,7 +104,7 @@ pub fn open(url: &str, base_dir: &Path, access: Access) -> Result<Box<dyn StateS
             };
             Ok(Box::new(state))
         }
-        StoreKind::Postgres => open_postgres(url, access, crate::postgres::LEASE_TTL),
+        StoreKind::Postgres => open_postgres(url, access, lease),
     }
 }
 

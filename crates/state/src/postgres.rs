@@ -261,15 +261,9 @@ impl PgState {
     /// when the database has none (the first worker may be the first to start).
     pub fn standing_by(url: &str, ttl: Duration) -> Result<PgState, StateError> {
         let state = PgState::open_url_with_ttl(url, LockMode::Shared, ttl)?;
-        state.run(move |s| {
+        state.run(|s| {
             let owner = lease::owner();
-            let name = format!("{STANDBY_LEASE} {owner}");
-            let asked = Instant::now();
-            let held =
-                s.on(async |conn, shown| lease::claim(conn, shown, &name, &owner, ttl).await)?;
-            s.leases.push(held);
-            s.confirmed_at(asked);
-            Ok(())
+            s.hold(&format!("{STANDBY_LEASE} {owner}"), &owner)
         })?;
         Ok(state)
     }
@@ -369,17 +363,24 @@ fn start(opening: Opening<'_>) -> Result<Option<Session>, StateError> {
         return Ok(None);
     }
     if access == Access::Lock(LockMode::Exclusive) {
-        let owner = lease::owner();
-        let asked = Instant::now();
-        let held = session
-            .on(async |conn, shown| lease::claim(conn, shown, STATE_LEASE, &owner, ttl).await)?;
-        session.leases.push(held);
-        session.confirmed_at(asked);
+        session.hold(STATE_LEASE, &lease::owner())?;
     }
     Ok(Some(session))
 }
 
 impl Session {
+    /// Claims the lease `name` for `owner` and holds it from now on: renewed, fenced
+    /// and released with the others.
+    fn hold(&mut self, name: &str, owner: &str) -> Result<(), StateError> {
+        let ttl = self.ttl;
+        let asked = Instant::now();
+        let held =
+            self.on(async |conn, shown| lease::claim(conn, shown, name, owner, ttl).await)?;
+        self.leases.push(held);
+        self.confirmed_at(asked);
+        Ok(())
+    }
+
     fn confirmed_at(&self, asked: Instant) {
         *self.confirmed.lock().unwrap_or_else(|e| e.into_inner()) = Some(asked);
     }

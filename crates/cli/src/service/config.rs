@@ -8,6 +8,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+use crate::config::duration;
+
 /// The `[service]` section; every key has a default, so the section may be absent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,16 +155,6 @@ fn default_full_listing() -> Duration {
 
 fn default_grace() -> Duration {
     Duration::from_secs(25)
-}
-
-/// A duration written as `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"`.
-pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"1h\""
-        ))
-    })
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -185,24 +185,25 @@ impl<'r> SentIndex<'r> {
     /// create: merged against the fields sent). `None` when there is none, or more than
     /// one (never a guess).
     fn found(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
-        let bucket = |key: &'static str| -> Option<&[&'r Record]> {
-            let value = sent.get(key)?;
-            let held = self.by_key.get(&(key, index_text(key, value)));
-            Some(held.map_or(&[][..], Vec::as_slice))
-        };
-        let mut buckets: Vec<&[&'r Record]> = KEYS.iter().filter_map(|k| bucket(k)).collect();
-        buckets.sort_by_key(|b| b.len());
+        let mut buckets: Vec<(&str, &[&'r Record])> = KEYS
+            .iter()
+            .filter_map(|&key| {
+                let value = sent.get(key)?;
+                let held = self.by_key.get(&(key, index_text(key, value)));
+                Some((key, held.map_or(&[][..], Vec::as_slice)))
+            })
+            .collect();
+        buckets.sort_by_key(|(_, b)| b.len());
         // A record found again holds every value sent but one at most (it is then in
         // one of the two smallest buckets: it misses one bucket at most), or kept its
         // name. Looking only there finds what the union of all buckets would, without
         // walking a bucket as large as a city's for each create.
-        let named = bucket(field::NAME).unwrap_or(&[]);
+        let named = buckets.iter().filter(|(key, _)| *key == field::NAME);
         let mut candidates: Vec<&'r Record> = buckets
             .iter()
             .take(2)
-            .copied()
-            .chain(std::iter::once(named))
-            .flatten()
+            .chain(named)
+            .flat_map(|(_, bucket)| bucket.iter())
             .copied()
             .filter(|r| free(r))
             .collect();
