@@ -81,6 +81,44 @@ pub fn canonical(name: &str) -> Option<&'static str> {
         .copied()
 }
 
+/// The static slot of `name`'s canonical spelling, which a [`crate::FieldName`] points
+/// to (one slot per name, so names compare by address).
+pub(crate) fn canonical_slot(name: &str) -> Option<&'static &'static str> {
+    // A `static`, not the `const` lists: only a static has one address.
+    static SLOTS: [&str; 29] = [
+        NAME,
+        NAME_2,
+        ADDRESS,
+        ADDRESS_2,
+        CITY,
+        POST_CODE,
+        COUNTY,
+        COUNTRY_CODE,
+        PHONE,
+        MOBILE_PHONE,
+        FAX,
+        EMAIL,
+        HOME_PAGE,
+        VAT_REGISTRATION_NO,
+        REGISTRATION_NO,
+        CURRENCY_CODE,
+        LANGUAGE_CODE,
+        SALESPERSON_CODE,
+        TERRITORY_CODE,
+        CONTACT_TYPE,
+        COMPANY_ID,
+        FIRST_NAME,
+        SURNAME,
+        JOB_TITLE,
+        BUSINESS_RELATIONS,
+        IBAN,
+        SWIFT_CODE,
+        BANK_ACCOUNT_NO,
+        BANK_BRANCH_NO,
+    ];
+    SLOTS.iter().find(|f| **f == name)
+}
+
 /// Whether `name` is a canonical field of records of `kind`.
 pub fn is_canonical_for(kind: EntityKind, name: &str) -> bool {
     COMMON.contains(&name)

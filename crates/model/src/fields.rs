@@ -1,4 +1,4 @@
-use std::borrow::{Borrow, Cow};
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -6,21 +6,73 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{Value, field};
 
-/// A field name. Canonical names are stored as `'static` strings, so a million records
-/// do not carry a million copies of `"post_code"`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FieldName(Cow<'static, str>);
+/// A field name: one pointer to its interned text. Canonical names point into the
+/// static list of `field`; any other name is interned once per process (leaked: the
+/// names a deployment meets are its connectors' columns and keys, a bounded set). A
+/// record's dozen fields then cost a pointer per name instead of a 24-byte string
+/// handle, a third of each (name, value) pair, for the millions of records a run holds.
+#[derive(Clone)]
+pub struct FieldName(&'static &'static str);
 
 impl FieldName {
     pub fn new(name: &str) -> FieldName {
-        match field::canonical(name) {
-            Some(canonical) => FieldName(Cow::Borrowed(canonical)),
-            None => FieldName(Cow::Owned(name.to_owned())),
+        match field::canonical_slot(name) {
+            Some(canonical) => FieldName(canonical),
+            None => FieldName(intern(name)),
         }
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+/// The interned slot of a name that is not canonical.
+fn intern(name: &str) -> &'static &'static str {
+    use std::collections::HashMap;
+    use std::sync::{PoisonError, RwLock};
+    static NAMES: RwLock<Option<HashMap<&'static str, &'static &'static str>>> = RwLock::new(None);
+    let known = NAMES.read().unwrap_or_else(PoisonError::into_inner);
+    if let Some(slot) = known.as_ref().and_then(|names| names.get(name)) {
+        return slot;
+    }
+    drop(known);
+    let mut names = NAMES.write().unwrap_or_else(PoisonError::into_inner);
+    let names = names.get_or_insert_with(HashMap::new);
+    if let Some(slot) = names.get(name) {
+        return slot;
+    }
+    let text: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    let slot: &'static &'static str = Box::leak(Box::new(text));
+    names.insert(text, slot);
+    slot
+}
+
+impl PartialEq for FieldName {
+    fn eq(&self, other: &FieldName) -> bool {
+        // Interned: one slot per text, so equal names share their slot.
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for FieldName {}
+
+impl PartialOrd for FieldName {
+    fn partial_cmp(&self, other: &FieldName) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for FieldName {
+    fn cmp(&self, other: &FieldName) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for FieldName {
+    // As `str` hashes: a map keyed by names is looked up by `&str` (`Borrow<str>`).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
@@ -32,7 +84,7 @@ impl From<&str> for FieldName {
 
 impl Serialize for FieldName {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -45,19 +97,19 @@ impl<'de> Deserialize<'de> for FieldName {
 
 impl Borrow<str> for FieldName {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl fmt::Debug for FieldName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for FieldName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -286,11 +338,21 @@ mod tests {
     }
 
     #[test]
-    fn canonical_names_are_static() {
+    fn a_name_is_one_pointer_to_one_slot_per_text() {
+        assert_eq!(size_of::<FieldName>(), size_of::<usize>());
         let name = FieldName::new("post_code");
-        assert!(matches!(name.0, Cow::Borrowed(_)));
+        assert!(std::ptr::eq(name.0, FieldName::new("post_code").0));
         let extra = FieldName::new("x_rating");
-        assert!(matches!(extra.0, Cow::Owned(_)));
+        let again = FieldName::new(&String::from("x_rating"));
+        assert!(std::ptr::eq(extra.0, again.0));
+        assert_eq!(extra, again);
+        assert_ne!(extra, FieldName::new("x_rank"));
+        // Ordered and hashed as their text.
+        assert!(FieldName::new("city") < FieldName::new("name"));
+        assert!(FieldName::new("x_a") < FieldName::new("x_b"));
+        let mut set = std::collections::HashSet::new();
+        set.insert(FieldName::new("x_rating"));
+        assert!(set.contains("x_rating"));
     }
 
     #[test]
