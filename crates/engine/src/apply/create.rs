@@ -39,23 +39,31 @@ impl CreateJob {
 impl Applier<'_> {
     pub(super) async fn creates(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
         let jobs = self.create_jobs();
-        for side in [Side::Contact, Side::Account] {
-            for r in 0..self.relations.relations.len() {
-                let group: Vec<&CreateJob> = jobs
-                    .iter()
-                    .filter(|j| j.side == side && j.relation == r)
-                    .collect();
-                if group.is_empty() {
-                    continue;
-                }
-                let (connector, kind) = self.side_connector(side, r);
-                let max = connector.capabilities().max_batch.max(1);
-                for chunk in group.chunks(max) {
-                    self.create_chunk(state, &*connector, kind, chunk).await?;
-                }
+        for group in Self::create_groups(&jobs, self.relations.relations.len()) {
+            let (connector, kind) = self.side_connector(group[0].side, group[0].relation);
+            let max = connector.capabilities().max_batch.max(1);
+            for chunk in group.chunks(max) {
+                self.create_chunk(state, &*connector, kind, chunk).await?;
             }
         }
         Ok(())
+    }
+
+    /// The creates sent together: every relation's new contacts in one group, since
+    /// they go to the one contacts scope (a file connector rewrites its file once per
+    /// write, not once per relation); then each relation's new accounts. Within a
+    /// group, relations keep config order.
+    fn create_groups(jobs: &[CreateJob], relations: usize) -> Vec<Vec<&CreateJob>> {
+        let of = |side: Side, r: usize| {
+            jobs.iter()
+                .filter(move |j| j.side == side && j.relation == r)
+        };
+        let contacts = (0..relations).flat_map(|r| of(Side::Contact, r)).collect();
+        let accounts = (0..relations).map(|r| of(Side::Account, r).collect());
+        std::iter::once(contacts)
+            .chain(accounts)
+            .filter(|group: &Vec<&CreateJob>| !group.is_empty())
+            .collect()
     }
 
     fn create_jobs(&self) -> Vec<CreateJob> {
