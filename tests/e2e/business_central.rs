@@ -177,7 +177,7 @@ fn radicale_contacts_and_business_central_accounts_stay_in_step() {
             .with(field::POST_CODE, "8000")
             .with(field::PHONE, "+32 50 00 00 03")
             .with(field::EMAIL, "info@newco.example")
-            .with(field::BUSINESS_RELATIONS, Value::List(vec!["CUST".into()])),
+            .with(field::BUSINESS_RELATIONS, Value::list(vec!["CUST".into()])),
     );
 
     let run = Run {

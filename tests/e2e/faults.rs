@@ -106,7 +106,7 @@ fn requesting_card(name: &str, n: u32) -> Fields {
         .with(field::CITY, "Brugge")
         .with(field::POST_CODE, "8000")
         .with(field::PHONE, format!("+32 50 {n:02} 00 00").as_str())
-        .with(field::BUSINESS_RELATIONS, Value::List(vec!["CUST".into()]));
+        .with(field::BUSINESS_RELATIONS, Value::list(vec!["CUST".into()]));
     match n % 2 {
         1 => card.with(
             field::EMAIL,

@@ -141,7 +141,7 @@ pub(crate) fn text(f: &Fields, name: &str) -> Option<String> {
 
 pub(crate) fn relations(f: &Fields) -> Vec<String> {
     match f.get(field::BUSINESS_RELATIONS) {
-        Some(Value::List(l)) => l.clone(),
+        Some(Value::List(l)) => l.to_vec(),
         Some(v) => v.to_string().split(';').map(str::to_owned).collect(),
         None => Vec::new(),
     }
@@ -316,7 +316,7 @@ fn contacts_and_tryton_accounts_stay_in_step(flavor: Flavor) {
             .with(field::EMAIL, "info@newco.example")
             .with(
                 field::BUSINESS_RELATIONS,
-                Value::List(vec!["CUST".into(), "VIP".into()]),
+                Value::list(vec!["CUST".into(), "VIP".into()]),
             ),
     );
 

@@ -174,7 +174,7 @@ fn https_radicale_and_tryton_sync_through_ca_file() {
     );
     let c_newco = book.create(company("Newco Ltd").with(
         field::BUSINESS_RELATIONS,
-        tandem_model::Value::List(vec!["CUST".into()]),
+        tandem_model::Value::list(vec!["CUST".into()]),
     ));
     let trust = Trust {
         book: cards.ca_file(),
@@ -256,7 +256,7 @@ fn a_certificate_not_from_the_trusted_ca_names_the_connector_and_ca_file() {
     );
     book.create(company("Newco Ltd").with(
         field::BUSINESS_RELATIONS,
-        tandem_model::Value::List(vec!["CUST".into()]),
+        tandem_model::Value::list(vec!["CUST".into()]),
     ));
     let (book_ca, erp_ca) = (cards.ca_file(), server.ca_file());
     // No ca_file (the system's roots), and the other server's CA.

@@ -195,7 +195,7 @@ fn directory_companies_and_tryton_customers_stay_in_step() {
     let mut newco = company("Newco Ltd", "info@newco.example", "+32 50 00 00 03");
     newco.set(
         field::BUSINESS_RELATIONS,
-        Value::List(vec!["CUST".to_owned()]),
+        Value::list(vec!["CUST".to_owned()]),
     );
     let newco = dir.create(newco);
     // In Tryton: that customer, and one the directory does not have.

@@ -148,7 +148,7 @@ fn a_postgres_customers_table_and_a_radicale_address_book_stay_in_step() {
         company("Newco Ltd")
             .with(field::CITY, "Brugge")
             .with(field::PHONE, "+32 50 00 00 03")
-            .with(field::BUSINESS_RELATIONS, Value::List(vec!["CUST".into()])),
+            .with(field::BUSINESS_RELATIONS, Value::list(vec!["CUST".into()])),
     );
 
     let d = Deployment::with_config(&config(&book_url, &db.url()));

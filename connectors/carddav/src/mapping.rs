@@ -274,7 +274,7 @@ pub fn to_fields(card: &Card) -> Fields {
         .filter(|c| !c.is_empty())
         .collect();
     if !categories.is_empty() {
-        f.set(field::BUSINESS_RELATIONS, Value::List(categories));
+        f.set(field::BUSINESS_RELATIONS, Value::list(categories));
     }
     read_extras(card, &mut f);
     f
@@ -340,7 +340,7 @@ fn read_extras(card: &Card, f: &mut Fields) {
             Some("number") => raw.parse().map(Value::Number).unwrap_or(Value::text(raw)),
             Some("bool") => Value::Bool(raw == "true"),
             Some("date") => Value::date(&raw).unwrap_or(Value::text(raw)),
-            Some("list") => Value::List(p.list()),
+            Some("list") => Value::list(p.list()),
             _ => Value::text(raw),
         };
         match field::canonical(&name) {
@@ -670,7 +670,7 @@ fn set_first(
 
 fn write_categories(card: &mut Card, version: Version, value: &Value) {
     let list: Vec<String> = match value {
-        Value::List(l) => l.clone(),
+        Value::List(l) => l.to_vec(),
         Value::Null => Vec::new(),
         other => other
             .to_cell()
@@ -871,7 +871,7 @@ mod tests {
         assert_eq!(f.text(field::COUNTRY_CODE), Some("BE"));
         assert_eq!(
             f.get(field::BUSINESS_RELATIONS),
-            Some(&Value::List(vec!["VIP".into(), "CUST".into()]))
+            Some(&Value::list(vec!["VIP".into(), "CUST".into()]))
         );
 
         let mut updated = card.clone();
@@ -881,7 +881,7 @@ mod tests {
             .with(field::VAT_REGISTRATION_NO, "BE0123")
             .with(
                 field::BUSINESS_RELATIONS,
-                Value::List(vec!["VIP".into(), "CUST".into(), "VEND".into()]),
+                Value::list(vec!["VIP".into(), "CUST".into(), "VEND".into()]),
             );
         apply(&mut updated, &changes(&change));
         let text = updated.to_text();

@@ -194,7 +194,7 @@ pub(crate) fn expected_rows(size: u64, sampled: u64) -> usize {
 
 /// A `;`-separated list cell: `A; B;;C` -> `[A, B, C]`.
 pub(crate) fn split_list(cell: &str) -> Value {
-    Value::List(
+    Value::list(
         cell.split(';')
             .map(str::trim)
             .filter(|item| !item.is_empty())

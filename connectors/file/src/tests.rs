@@ -309,7 +309,7 @@ async fn jsonl_round_trip_keeps_types_and_unknown_keys() {
         .with("x_since", Value::date("2020-02-01").unwrap())
         .with(
             "business_relations",
-            Value::List(vec!["CUST".into(), "VEND".into()]),
+            Value::list(vec!["CUST".into(), "VEND".into()]),
         );
     assert_eq!(records[0].fields, expected);
 
@@ -632,13 +632,13 @@ async fn business_relations_are_a_list() {
     let records = read(&c, CONTACT).await;
     assert_eq!(
         records[0].fields.get("business_relations"),
-        Some(&Value::List(vec!["CUST".into(), "VEND".into()]))
+        Some(&Value::list(vec!["CUST".into(), "VEND".into()]))
     );
     assert!(records[1].fields.is_empty());
     // Only contacts have relations; for customers the column is unknown.
     assert!(read(&c, EntityKind::Customer).await[0].fields.is_empty());
 
-    let relations = Value::List(vec!["BANK".into(), "CUST".into()]);
+    let relations = Value::list(vec!["BANK".into(), "CUST".into()]);
     write(
         &c,
         CONTACT,

@@ -133,7 +133,7 @@ pub fn fields_of(
             .map(str::to_owned)
             .collect();
         if !list.is_empty() {
-            f.set(field::BUSINESS_RELATIONS, Value::List(list));
+            f.set(field::BUSINESS_RELATIONS, Value::list(list));
         }
     }
     f
@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(f.get(field::JOB_TITLE), None);
         assert_eq!(
             f.get(field::BUSINESS_RELATIONS),
-            Some(&Value::List(vec!["CUST".into(), "VEND".into()]))
+            Some(&Value::list(vec!["CUST".into(), "VEND".into()]))
         );
         let name = Value::text("Jan van Damme");
         let b = body_of(CONTACTS, [(field::NAME, &name)], None).unwrap();

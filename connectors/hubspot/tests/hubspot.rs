@@ -48,7 +48,7 @@ fn sample(_kind: EntityKind, v: u32) -> Fields {
         .with("x_industry", format!("Industry {v}"))
         .with(
             field::BUSINESS_RELATIONS,
-            Value::List(if v.is_multiple_of(2) {
+            Value::list(if v.is_multiple_of(2) {
                 vec!["CUST".into()]
             } else {
                 vec!["CUST".into(), "VEND".into()]

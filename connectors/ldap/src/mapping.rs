@@ -169,7 +169,7 @@ impl Mapping {
                 // LDAP values are a set: sorted, so that reads are stable.
                 let mut codes = values.to_vec();
                 codes.sort();
-                fields.set(f.as_str(), Value::List(codes));
+                fields.set(f.as_str(), Value::list(codes));
             } else {
                 fields.set(f.as_str(), Value::text(values[0].as_str()));
             }

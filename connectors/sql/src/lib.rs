@@ -1189,7 +1189,7 @@ fn check_names(kind: EntityKind, op: &WriteOp) -> Result<(), ConnectorError> {
 /// A column's text as a field value: lists (business relations) come back as lists.
 fn field_value(name: &str, text: String) -> Value {
     if name == field::BUSINESS_RELATIONS {
-        Value::List(
+        Value::list(
             text.split(';')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())

@@ -704,7 +704,7 @@ mod tests {
         assert_eq!(show(&Value::text("+32 9")), "\"+32 9\"");
         assert_eq!(show(&Value::Null), "(empty)");
         assert_eq!(
-            show(&Value::List(vec!["CUST".into(), "VEND".into()])),
+            show(&Value::list(vec!["CUST".into(), "VEND".into()])),
             "\"CUST;VEND\""
         );
     }

@@ -350,7 +350,7 @@ fn sample_value(name: &str, kind: EntityKind, v: u32) -> Value {
                 1 => &["CUST", "VEND"],
                 _ => &["BANK"],
             };
-            return Value::List(codes.iter().map(|c| (*c).to_owned()).collect());
+            return Value::list(codes.iter().map(|c| (*c).to_owned()).collect());
         }
         field::IBAN => format!("BE68539007{v:06}"),
         field::SWIFT_CODE => pick(&["GEBABEBB", "KREDBEBB", "BBRUBEBB", "GKCCBEBB"], v),
@@ -2074,7 +2074,7 @@ mod tests {
     fn values_compare_by_content_or_cell() {
         assert!(same_value(&Value::Number(1.5), &Value::text("1.5")));
         assert!(same_value(
-            &Value::List(vec!["A".into(), "B".into()]),
+            &Value::list(vec!["A".into(), "B".into()]),
             &Value::text("A;B")
         ));
         assert!(!same_value(&Value::text("a"), &Value::text("A")));

@@ -170,7 +170,8 @@ fn key(tier: &Tier, record: &Record, buf: &mut String) -> bool {
         // Text is borrowed: keys are made for every record on every tier.
         let owned;
         let text: &str = match value {
-            Value::Text(text) | Value::Date(text) => text,
+            Value::Text(text) => text,
+            Value::Date(date) => date,
             other => {
                 owned = other.to_cell();
                 &owned

@@ -168,7 +168,7 @@ fn r14_nothing_changed_plans_nothing() {
     let mut contact = record(EntityKind::Contact, "C1", BASE);
     contact
         .fields
-        .set("business_relations", Value::List(vec!["CUST".into()]));
+        .set("business_relations", Value::list(vec!["CUST".into()]));
     let plan = run(
         &rels,
         Input {
@@ -581,7 +581,7 @@ fn r6_contacts_are_created_only_for_unmatched_accounts() {
     assert_eq!(plan.creates.len(), 1);
     assert_eq!(plan.creates[0].account_id, "V2");
     let mut expected = fields(&[("name", "New Supplier"), ("contact_type", "company")]);
-    expected.set("business_relations", Value::List(vec!["VEND".into()]));
+    expected.set("business_relations", Value::list(vec!["VEND".into()]));
     assert_eq!(
         plan.creates[0].fields, expected,
         "R9: the new contact shows its code"
@@ -650,7 +650,7 @@ fn codes(plan: &Plan, contact: &str) -> Option<Vec<String>> {
         .iter()
         .find(|c| c.field.as_str() == "business_relations")
         .map(|c| match &c.new {
-            Value::List(l) => l.clone(),
+            Value::List(l) => l.to_vec(),
             other => vec![other.to_cell()],
         })
 }
@@ -664,7 +664,7 @@ fn r9_contact_shows_the_codes_it_holds_and_keeps_other_categories() {
         &[("name", "Acme"), ("vat_registration_no", "BE1")],
     );
     c1.fields
-        .set("business_relations", Value::List(vec!["VIP".into()]));
+        .set("business_relations", Value::list(vec!["VIP".into()]));
     let plan = run(
         &rels,
         Input {
@@ -695,7 +695,7 @@ fn r13_r9_deleted_account_takes_its_code_off_the_contact() {
     let mut c1 = record(EntityKind::Contact, "C1", BASE);
     c1.fields.set(
         "business_relations",
-        Value::List(vec!["CUST".into(), "VEND".into()]),
+        Value::list(vec!["CUST".into(), "VEND".into()]),
     );
     let plan = run(
         &rels,
@@ -1030,7 +1030,7 @@ fn r17_parked_pairs_are_left_alone() {
 fn crash_between_create_and_link_is_repaired_not_repeated() {
     let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
     let mut sent = fields(&[("name", "Delta"), ("contact_type", "company")]);
-    sent.set("business_relations", Value::List(vec!["CUST".into()]));
+    sent.set("business_relations", Value::list(vec!["CUST".into()]));
     let pending = pending_contact_create("K3", &sent);
     let mut created = Record::new(EntityKind::Contact, "C9", sent);
     created.version = Some("v1".into());
@@ -1091,7 +1091,7 @@ fn r18_an_edit_made_after_a_create_was_cut_short_is_kept() {
         ("phone", "1"),
         ("contact_type", "company"),
     ]);
-    sent.set("business_relations", Value::List(vec!["CUST".into()]));
+    sent.set("business_relations", Value::list(vec!["CUST".into()]));
     let created = Record::new(EntityKind::Contact, "C9", sent.clone());
     let mut accounts = no_accounts(&rels);
     accounts[1].records.insert(
@@ -1126,7 +1126,7 @@ fn r18_many_creates_cut_short_are_each_found_again() {
         // K0 and K1 sent the same fields: two candidates each, neither recovered.
         let name = format!("Partner {}", i.max(1));
         let mut sent = fields(&[("name", &name), ("contact_type", "company")]);
-        sent.set("business_relations", Value::List(vec!["CUST".into()]));
+        sent.set("business_relations", Value::list(vec!["CUST".into()]));
         let account = format!("K{i}");
         accounts[1].records.insert(
             account.clone(),
@@ -1519,7 +1519,7 @@ fn r20_a_template_rule_on_a_country_code_applies_to_its_name() {
     );
     contact
         .fields
-        .set("business_relations", Value::List(vec!["CUST".into()]));
+        .set("business_relations", Value::list(vec!["CUST".into()]));
     let plan = run(
         &rels,
         Input {

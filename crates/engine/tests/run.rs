@@ -1056,7 +1056,7 @@ async fn r18_a_create_whose_reply_was_lost_is_found_again_with_the_edit_made_sin
         .with("name", "Newco")
         .with("city", "Brugge")
         .with("phone", "050")
-        .with("business_relations", Value::List(vec!["CUST".into()]));
+        .with("business_relations", Value::list(vec!["CUST".into()]));
     w.crm.put(EntityKind::Contact, "C9", asks);
     let lossy = Arc::new(LosesCreateReplies {
         inner: w.erp.clone(),

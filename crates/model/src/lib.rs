@@ -16,4 +16,4 @@ pub use fields::{FieldName, Fields, FieldsIter};
 pub use kind::{ContactType, EntityKind, ParseKindError};
 pub use normalise::{CountryCode, PhoneRegion};
 pub use record::{Record, Timestamp, TimestampError};
-pub use value::{SmolStr, Value, ValueError};
+pub use value::{CalendarDate, SmolStr, Value, ValueError};

@@ -65,7 +65,7 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
         Value::List(items) => {
             out.push(b'L');
             put_len(out, items.len());
-            for item in items {
+            for item in items.iter() {
                 put_str(out, item);
             }
         }
@@ -189,7 +189,7 @@ impl<'b> Reader<'b> {
     fn value(&mut self) -> Read<Value> {
         Ok(match self.byte()? {
             b'T' => Value::Text(SmolStr::new(self.str()?)),
-            b'D' => Value::Date(SmolStr::new(self.str()?)),
+            b'D' => Value::date(self.str()?).map_err(|e| e.to_string())?,
             b'B' => Value::Bool(self.byte()? != 0),
             b'N' => Value::Number(f64::from_bits(self.i64()?.cast_unsigned())),
             b'L' => {
@@ -198,7 +198,7 @@ impl<'b> Reader<'b> {
                 for _ in 0..n {
                     items.push(self.str()?.to_owned());
                 }
-                Value::List(items)
+                Value::list(items)
             }
             b'0' => Value::Null,
             tag => return Err(format!("bad value tag {tag}")),
@@ -307,7 +307,7 @@ mod tests {
             .with("city", "Gent — Zuid")
             .with(
                 "business_relations",
-                Value::List(vec!["CUST".into(), "VEND".into()]),
+                Value::list(vec!["CUST".into(), "VEND".into()]),
             )
             .with("active", Value::Bool(true))
             .with("credit", Value::Number(1234.5))

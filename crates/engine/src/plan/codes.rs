@@ -86,7 +86,7 @@ impl<'a> Planner<'a> {
             changes.push(FieldChange {
                 field: FieldName::new(field::BUSINESS_RELATIONS),
                 old: contact.fields.value(field::BUSINESS_RELATIONS).clone(),
-                new: Value::List(wanted),
+                new: Value::list(wanted),
             });
         }
         let fills = self.template_fills.get(contact.id.as_str());

@@ -60,7 +60,7 @@ impl<'a> Planner<'a> {
             );
             fields.set(
                 field::BUSINESS_RELATIONS,
-                Value::List(vec![relation.code.clone()]),
+                Value::list(vec![relation.code.clone()]),
             );
             self.plan.creates.push(ContactCreate {
                 code: relation.code.clone(),

@@ -68,11 +68,10 @@ pub(crate) fn match_keys(fields: &Fields, names: &[FieldName]) -> u64 {
                 Some(value) => {
                     buf.push(1);
                     match value {
-                        Value::Text(text) | Value::Date(text) => {
-                            buf.extend_from_slice(text.as_bytes());
-                        }
+                        Value::Text(text) => buf.extend_from_slice(text.as_bytes()),
+                        Value::Date(date) => buf.extend_from_slice(date.as_bytes()),
                         Value::List(items) => {
-                            for item in items {
+                            for item in items.iter() {
                                 buf.extend_from_slice(item.as_bytes());
                                 buf.push(0xfe);
                             }

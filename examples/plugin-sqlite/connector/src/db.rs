@@ -611,7 +611,7 @@ fn record(
             .map_err(|e| bad_row(path, kind, &id, format!("field `{key}`: {e}")))?;
         let value = match value {
             // Relations may be stored as one `;`-separated string.
-            Value::Text(text) if key == field::BUSINESS_RELATIONS => Value::List(
+            Value::Text(text) if key == field::BUSINESS_RELATIONS => Value::list(
                 text.split(';')
                     .map(str::trim)
                     .filter(|code| !code.is_empty())
