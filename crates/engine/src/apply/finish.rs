@@ -7,6 +7,7 @@ use tracing::info;
 use super::Applier;
 use crate::matching::Ambiguity;
 use crate::plan::PlanInput;
+use crate::read::Change;
 use crate::run::{EngineError, ParkedCount, RECHECK, RunReport, ScopeRead, StoredAmbiguities};
 
 /// The company of every contact that changed (R3, R10), `None` for one that is no
@@ -22,8 +23,9 @@ pub(super) fn person_companies(
         let company = contact.fields.text(tandem_model::field::COMPANY_ID);
         (contact.id.clone(), company.map(str::to_owned))
     };
-    if contacts.changed.len() * 8 < input.contacts.len() {
-        let mut ids: Vec<&String> = contacts.changed.keys().collect();
+    let changed = contacts.changed().count();
+    if changed * 8 < input.contacts.len() {
+        let mut ids: Vec<&String> = contacts.changed().map(|(id, _)| id).collect();
         ids.sort_unstable();
         return ids
             .into_iter()
@@ -33,7 +35,7 @@ pub(super) fn person_companies(
     input
         .contacts
         .values()
-        .filter(|contact| contacts.changed.contains_key(&contact.id))
+        .filter(|contact| contacts.is_changed(&contact.id))
         .map(company)
         .collect()
 }
@@ -57,7 +59,7 @@ impl Applier<'_> {
             for (read, settled) in reads {
                 for (id, seen) in &read.hashes {
                     // An unchanged record's stored hash is already this one.
-                    if !settled.contains(id) && read.changed.contains_key(id) {
+                    if !settled.contains(id) && seen.change != Change::Unchanged {
                         let scope = read.scope.clone();
                         batch.set_hash_with_keys(scope, id.clone(), seen.hash, seen.keys);
                     }

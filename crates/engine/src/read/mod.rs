@@ -86,33 +86,73 @@ pub(crate) fn match_keys(fields: &Fields, names: &[FieldName]) -> u64 {
     })
 }
 
-/// What a run remembers of a record it read: its content hash and its match keys.
+/// What a run remembers of a record it read: its content hash, its match keys and
+/// whether it changed since the last run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Seen {
     pub hash: u64,
     pub keys: u64,
+    pub change: Change,
+}
+
+/// How a record read compares with what the state remembers of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Its hash is the stored one (kept in play for another reason).
+    Unchanged,
+    /// Known before, with another hash.
+    Known,
+    /// Without a stored hash (new since the last run, or never settled) or marked to
+    /// be looked at again: it may pair with anything.
+    New,
 }
 
 pub(crate) struct ScopeRead {
     pub scope: Scope,
     pub records: BTreeMap<String, Record>,
     pub deleted: BTreeSet<String>,
-    /// Hash and match keys of each record kept in `records`, as read.
+    /// Hash, match keys and change of each record kept in `records`, as read. One
+    /// map, not one more for the changed: at a first sync every record is changed, and
+    /// a second map held a second copy of a million ids.
     pub hashes: crate::IdMap<String, Seen>,
     /// The fields [`match_keys`] hashes for this scope; none when the run does not
     /// know them (keys unknown).
     pub key_fields: std::sync::Arc<[FieldName]>,
-    /// Records whose hash differed from the stored one, each with whether it is new:
-    /// without a stored hash (new since the last run, or never settled) or marked to be
-    /// looked at again. One map, not two sets: at a first sync every record is both.
-    pub changed: crate::IdMap<String, bool>,
     pub cursor: Option<Cursor>,
     /// The connector's fingerprint taken before reading, if it gives one.
     pub fingerprint: Option<String>,
     pub stats: ReadStats,
 }
 
+impl Change {
+    /// A record read with `hash`, the state holding `before` for it.
+    pub(crate) fn of(before: Option<u64>, hash: u64) -> Change {
+        match before {
+            Some(stored) if stored == hash => Change::Unchanged,
+            // Marked to be looked at again counts as new: it may pair with anything.
+            None | Some(RECHECK) => Change::New,
+            Some(_) => Change::Known,
+        }
+    }
+}
+
 impl ScopeRead {
+    /// The records that changed since the last run, each with whether it is new
+    /// ([`Change::New`]).
+    pub(crate) fn changed(&self) -> impl Iterator<Item = (&String, bool)> + Clone {
+        (self.hashes.iter()).filter_map(|(id, seen)| match seen.change {
+            Change::Unchanged => None,
+            change => Some((id, change == Change::New)),
+        })
+    }
+
+    /// Whether record `id` was read and changed since the last run.
+    pub(crate) fn is_changed(&self, id: &str) -> bool {
+        self.hashes
+            .get(id)
+            .is_some_and(|seen| seen.change != Change::Unchanged)
+    }
+
     /// Nothing read yet.
     pub(crate) fn empty(scope: Scope, fingerprint: Option<String>) -> ScopeRead {
         let stats = ReadStats {
@@ -130,7 +170,6 @@ impl ScopeRead {
             deleted: BTreeSet::new(),
             hashes: crate::IdMap::default(),
             key_fields: std::sync::Arc::from(Vec::new()),
-            changed: crate::IdMap::default(),
             cursor: None,
             fingerprint,
             stats,
@@ -350,13 +389,10 @@ impl ScopeRead {
             let changed = before != Some(hash);
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
-                if changed {
-                    // Marked to be looked at again counts as new: it may pair with anything.
-                    let new = before.is_none_or(|h| h == RECHECK);
-                    self.changed.insert(record.id.clone(), new);
-                }
                 let keys = match_keys(&record.fields, &self.key_fields);
-                self.hashes.insert(record.id.clone(), Seen { hash, keys });
+                let change = Change::of(before, hash);
+                let seen = Seen { hash, keys, change };
+                self.hashes.insert(record.id.clone(), seen);
                 kept.push(record);
             }
         }
@@ -374,7 +410,9 @@ pub(crate) fn add_in_play(read: &mut ScopeRead, records: Vec<Record>) {
     for record in records {
         let hash = record_hash(&record.fields, record.version.as_deref());
         let keys = match_keys(&record.fields, &read.key_fields);
-        read.hashes.insert(record.id.clone(), Seen { hash, keys });
+        let change = Change::Unchanged;
+        read.hashes
+            .insert(record.id.clone(), Seen { hash, keys, change });
         read.records.insert(record.id.clone(), record);
     }
     read.stats.in_play = read.records.len() as u64;

@@ -160,14 +160,10 @@ pub(crate) async fn fetch_missing(
     );
     for record in records {
         let hash = record_hash(&record.fields, record.version.as_deref());
-        let before = stored.get(&record.id).copied();
-        if before != Some(hash) {
-            let new = before.is_none_or(|h| h == super::RECHECK);
-            read.changed.insert(record.id.clone(), new);
-        }
+        let change = super::Change::of(stored.get(&record.id).copied(), hash);
         let keys = super::match_keys(&record.fields, &read.key_fields);
-        read.hashes
-            .insert(record.id.clone(), super::Seen { hash, keys });
+        let seen = super::Seen { hash, keys, change };
+        read.hashes.insert(record.id.clone(), seen);
         read.records.insert(record.id.clone(), record);
     }
     read.stats.in_play = read.records.len() as u64;

@@ -49,8 +49,8 @@ impl StoredKeys {
         contacts: &ScopeRead,
     ) -> Result<StoredKeys, EngineError> {
         let of = |read: &ScopeRead| -> Result<HashMap<String, u64>, EngineError> {
-            let known: Vec<&str> = (read.changed.iter())
-                .filter(|(_, new)| !**new)
+            let known: Vec<&str> = (read.changed())
+                .filter(|(_, new)| !*new)
                 .map(|(id, _)| id.as_str())
                 .collect();
             match known.is_empty() || read.key_fields.is_empty() {
@@ -156,10 +156,9 @@ fn account_side_wakes(
         .map(|l| l.account_id.as_str())
         .collect();
     let mut unlinked = read
-        .changed
-        .iter()
+        .changed()
         .filter(|(id, _)| !linked.contains(id.as_str()));
-    if !read.deleted.is_empty() || unlinked.clone().any(|(_, new)| *new) {
+    if !read.deleted.is_empty() || unlinked.clone().any(|(_, new)| new) {
         Wake::Widely
     } else if unlinked.any(|(id, _)| !same_keys(read, stored, id)) {
         Wake::Changed
@@ -184,9 +183,8 @@ fn contact_side_wakes(relation: &Relation, read: &FirstPass<'_>) -> Wake {
         false => Wake::Widely,
     };
     let changed = contacts
-        .changed
-        .iter()
-        .filter_map(|(id, new)| Some((contacts.records.get(id)?, *new)))
+        .changed()
+        .filter_map(|(id, new)| Some((contacts.records.get(id)?, new)))
         .filter(|(c, _)| !linked.contains(c.id.as_str()));
     for (c, new) in changed {
         if lists_code(c, code) || (new && may_hold(c, relation.kind)) {
