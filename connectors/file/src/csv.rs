@@ -10,9 +10,12 @@ use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value, fiel
 
 use crate::error::{FileError, header_error, line_error};
 use crate::link;
+use crate::row::{Row, RowBuilder, TooLong};
 use crate::table::{self, Table, TextStyle, version_of};
 
 const BUFFER: usize = 1 << 16;
+/// What is wrong with a row that does not fit a [`Row`].
+const TOO_LONG: &str = "a row may hold at most 4 GiB";
 
 /// What a column holds.
 #[derive(Debug)]
@@ -128,10 +131,11 @@ impl Layout {
     }
 
     /// A hash of every non-empty cell with its column name. Empty cells do not count,
-    /// so adding a column leaves the versions of the other rows as they were.
-    fn hash(&self, row: &StringRecord, buf: &mut Vec<u8>) -> u64 {
+    /// so adding a column leaves the versions of the other rows as they were. Stored
+    /// versions depend on it: the bytes hashed must not change.
+    fn hash<'a>(&self, row: impl Iterator<Item = &'a str>, buf: &mut Vec<u8>) -> u64 {
         buf.clear();
-        for (name, cell) in self.headers.iter().zip(row.iter()) {
+        for (name, cell) in self.headers.iter().zip(row) {
             if !cell.is_empty() {
                 buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
                 buf.extend_from_slice(name.as_bytes());
@@ -234,7 +238,7 @@ pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, Connect
             id: row[layout.id].to_owned(),
             kind,
             fields,
-            version: Some(version_of(layout.hash(row, &mut buf))),
+            version: Some(version_of(layout.hash(row.iter(), &mut buf))),
             modified_at,
             deleted: false,
         });
@@ -252,9 +256,11 @@ pub(crate) struct CsvTable {
     layout: Layout,
     /// Rows may be shorter than the header after a column was added; the missing
     /// cells are empty and are written out as such.
-    rows: Vec<Option<StringRecord>>,
+    rows: Vec<Option<Row>>,
     /// Hashed with foldhash: a million ids are indexed per write.
     index: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// Where inserted and updated rows are put together.
+    scratch: RowBuilder,
 }
 
 impl CsvTable {
@@ -262,7 +268,10 @@ impl CsvTable {
         let mut rows = Vec::new();
         let mut lines = Vec::new();
         let layout = scan(path, kind, |_, row, line, _| {
-            rows.push(Some(row.clone()));
+            let lens = row.as_byte_record().iter().map(<[u8]>::len);
+            let row = Row::new(row.as_slice(), lens)
+                .map_err(|TooLong| line_error(path, line, TOO_LONG))?;
+            rows.push(Some(row));
             lines.push(line);
             Ok(())
         })?
@@ -280,10 +289,11 @@ impl CsvTable {
             layout,
             rows,
             index,
+            scratch: RowBuilder::default(),
         })
     }
 
-    fn row(&self, row: usize) -> &StringRecord {
+    fn row(&self, row: usize) -> &Row {
         self.rows[row].as_ref().expect("index only names live rows")
     }
 }
@@ -303,9 +313,8 @@ impl Table for CsvTable {
         // Sized for the row at once (cells, names, two lengths each): a write asks
         // twice, and growing the buffer cell by cell cost more than the hash.
         let names = self.layout.headers.as_byte_record().as_slice().len();
-        let cells = row.as_byte_record().as_slice().len();
-        let mut buf = Vec::with_capacity(names + cells + 16 * row.len());
-        version_of(self.layout.hash(row, &mut buf))
+        let mut buf = Vec::with_capacity(names + row.text_len() + 16 * row.len());
+        version_of(self.layout.hash(row.iter(), &mut buf))
     }
 
     fn stamps_modified_at(&self) -> bool {
@@ -322,22 +331,25 @@ impl Table for CsvTable {
             self.layout.column_for(name);
         }
         let stamp = stamp.map(|t| t.to_string()).unwrap_or_default();
-        let mut row = StringRecord::with_capacity(256, self.layout.columns.len());
+        let row = &mut self.scratch;
         for column in &self.layout.columns {
             match column {
-                Column::Id => row.push_field(&id),
-                Column::ModifiedAt => row.push_field(&stamp),
+                Column::Id => row.push(&id),
+                Column::ModifiedAt => row.push(&stamp),
                 Column::Text(name) | Column::List(name) => {
-                    row.push_field(
+                    row.push(
                         &fields
                             .get(name.as_str())
                             .map(Value::to_cell)
                             .unwrap_or_default(),
                     );
                 }
-                Column::Unknown => row.push_field(""),
+                Column::Unknown => row.push(""),
             }
         }
+        let row = row
+            .finish()
+            .map_err(|TooLong| ConnectorError::invalid(Some(&id), TOO_LONG))?;
         self.index.insert(id, self.rows.len());
         self.rows.push(Some(row));
         Ok(self.rows.len() - 1)
@@ -356,18 +368,20 @@ impl Table for CsvTable {
             }
         }
         let stamp = stamp.map(|t| t.to_string());
-        let old = self.row(row);
-        let mut new =
-            StringRecord::with_capacity(old.as_slice().len() + 64, self.layout.columns.len());
+        let old = self.rows[row].as_ref().expect("index only names live rows");
+        let new = &mut self.scratch;
         for (i, column) in self.layout.columns.iter().enumerate() {
             if let (Column::ModifiedAt, Some(stamp)) = (column, &stamp) {
-                new.push_field(stamp);
+                new.push(stamp);
             } else if let Some(value) = column.field().and_then(|name| changes.get(name)) {
-                new.push_field(&value.to_cell());
+                new.push(&value.to_cell());
             } else {
-                new.push_field(old.get(i).unwrap_or(""));
+                new.push(old.get(i).unwrap_or(""));
             }
         }
+        let new = new
+            .finish()
+            .map_err(|TooLong| ConnectorError::invalid(Some(&old[self.layout.id]), TOO_LONG))?;
         self.rows[row] = Some(new);
         Ok(())
     }
@@ -399,5 +413,98 @@ impl Table for CsvTable {
             }
             out.flush()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_model::Fields;
+
+    use super::*;
+
+    /// A row's version as it was computed before rows were kept as [`Row`]s: from a
+    /// `StringRecord`, zipped with the header. Stored versions depend on it.
+    fn old_version(headers: &StringRecord, row: &StringRecord) -> String {
+        let mut buf = Vec::new();
+        for (name, cell) in headers.iter().zip(row.iter()) {
+            if !cell.is_empty() {
+                buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
+                buf.extend_from_slice(name.as_bytes());
+                buf.extend_from_slice(&(cell.len() as u64).to_le_bytes());
+                buf.extend_from_slice(cell.as_bytes());
+            }
+        }
+        version_of(xxhash_rust::xxh3::xxh3_64(&buf))
+    }
+
+    fn cells(table: &CsvTable, row: usize) -> StringRecord {
+        table.row(row).iter().collect()
+    }
+
+    #[test]
+    fn versions_are_those_of_a_string_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("contacts.csv");
+        let content = "id,name,notes,extra\n\
+            C1,\"Ann \"\"Nan\"\" Lee\",\"a, b\",\n\
+            C2,,,\n\
+            C3,Zoë 日本,\"line\nbreak\",🙂\n";
+        fs::write(&path, content).unwrap();
+        let mut table = CsvTable::load(&path, EntityKind::Contact).unwrap();
+        let mut reader = ReaderBuilder::new().from_path(&path).unwrap();
+        let headers = reader.headers().unwrap().clone();
+        let records: Vec<StringRecord> = reader.records().map(Result::unwrap).collect();
+        let mut versions = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            assert_eq!(cells(&table, i), *record);
+            assert_eq!(table.version(i), old_version(&headers, record));
+            versions.push(table.version(i));
+        }
+        // A new column leaves the other rows short, at their old versions.
+        let mut fields = Fields::default();
+        fields.set(FieldName::new("email"), Value::text("d@x.be"));
+        fields.set(FieldName::new("name"), Value::text("Dé, \"D\""));
+        let added = table.insert("C4".into(), &fields, None).unwrap();
+        assert_eq!(table.row(0).len(), 4);
+        let headers = table.layout.headers.clone();
+        for i in 0..=added {
+            assert_eq!(table.version(i), old_version(&headers, &cells(&table, i)));
+        }
+        for (i, version) in versions.iter().enumerate() {
+            assert_eq!(table.version(i), *version);
+        }
+        let changes = [
+            (FieldName::new("name"), Value::text("")),
+            (FieldName::new("email"), Value::text("c3@x.be")),
+        ];
+        let changes = changes.into_iter().collect();
+        table.update(2, &changes, None).unwrap();
+        assert_eq!(table.version(2), old_version(&headers, &cells(&table, 2)));
+        versions.push(table.version(added));
+        versions.push(table.version(2));
+        // As computed before rows were kept as `Row`s.
+        let golden = [
+            "d33023ab9fef9788",
+            "0ddb590118f3fb63",
+            "74834327ba54c387",
+            "af5c943a7fd0eb9d",
+            "247c88cdfada2413",
+        ];
+        assert_eq!(versions, golden);
+        // Short rows are padded with empty cells.
+        table.remove(1);
+        assert_eq!(table.ids().collect::<Vec<_>>(), ["C1", "C3", "C4"]);
+        assert_eq!(
+            ["C1", "C2", "C3", "C4"].map(|id| table.find(id)),
+            [Some(0), None, Some(2), Some(added)]
+        );
+        table.save().unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "id,name,notes,extra,email\n\
+             C1,\"Ann \"\"Nan\"\" Lee\",\"a, b\",,\n\
+             C3,,\"line\nbreak\",🙂,c3@x.be\n\
+             C4,\"Dé, \"\"D\"\"\",,,d@x.be\n"
+        );
     }
 }

@@ -26,6 +26,7 @@ mod error;
 mod jsonl;
 mod link;
 mod lock;
+mod row;
 mod table;
 
 use std::collections::HashMap;
