@@ -662,7 +662,7 @@ fn render(plan: &Plan, relations: &Relations) -> String {
                 let names: Vec<&str> = pair.from_account.iter().map(|f| f.as_str()).collect();
                 writeln!(o, "    to the contact: {}", names.join(", ")).unwrap();
             }
-            writeln!(o, "    baseline: {}", fields(&pair.baseline)).unwrap();
+            writeln!(o, "    baseline: {}", fields(&pair.baseline.unpack())).unwrap();
             let relation = &relations.relations[pair.relation];
             if let Some(intent) = &pair.intent(hub, relation) {
                 if !intent.contact.is_empty() {

@@ -84,40 +84,50 @@ pub fn canonical(name: &str) -> Option<&'static str> {
 /// The static slot of `name`'s canonical spelling, which a [`crate::FieldName`] points
 /// to (one slot per name, so names compare by address).
 pub(crate) fn canonical_slot(name: &str) -> Option<&'static &'static str> {
-    // A `static`, not the `const` lists: only a static has one address.
-    static SLOTS: [&str; 29] = [
-        NAME,
-        NAME_2,
-        ADDRESS,
-        ADDRESS_2,
-        CITY,
-        POST_CODE,
-        COUNTY,
-        COUNTRY_CODE,
-        PHONE,
-        MOBILE_PHONE,
-        FAX,
-        EMAIL,
-        HOME_PAGE,
-        VAT_REGISTRATION_NO,
-        REGISTRATION_NO,
-        CURRENCY_CODE,
-        LANGUAGE_CODE,
-        SALESPERSON_CODE,
-        TERRITORY_CODE,
-        CONTACT_TYPE,
-        COMPANY_ID,
-        FIRST_NAME,
-        SURNAME,
-        JOB_TITLE,
-        BUSINESS_RELATIONS,
-        IBAN,
-        SWIFT_CODE,
-        BANK_ACCOUNT_NO,
-        BANK_BRANCH_NO,
-    ];
     SLOTS.iter().find(|f| **f == name)
 }
+
+/// The position of a canonical slot in [`SLOTS`] (what a packed field set stores
+/// instead of the name), found by address.
+pub(crate) fn slot_index(slot: &'static &'static str) -> Option<u8> {
+    (SLOTS.iter())
+        .position(|s| std::ptr::eq(s, slot))
+        .map(|i| i as u8)
+}
+
+/// Every canonical name, each in one slot. A `static`, not the `const` lists: only a
+/// static has one address.
+pub(crate) static SLOTS: [&str; 29] = [
+    NAME,
+    NAME_2,
+    ADDRESS,
+    ADDRESS_2,
+    CITY,
+    POST_CODE,
+    COUNTY,
+    COUNTRY_CODE,
+    PHONE,
+    MOBILE_PHONE,
+    FAX,
+    EMAIL,
+    HOME_PAGE,
+    VAT_REGISTRATION_NO,
+    REGISTRATION_NO,
+    CURRENCY_CODE,
+    LANGUAGE_CODE,
+    SALESPERSON_CODE,
+    TERRITORY_CODE,
+    CONTACT_TYPE,
+    COMPANY_ID,
+    FIRST_NAME,
+    SURNAME,
+    JOB_TITLE,
+    BUSINESS_RELATIONS,
+    IBAN,
+    SWIFT_CODE,
+    BANK_ACCOUNT_NO,
+    BANK_BRANCH_NO,
+];
 
 /// Whether `name` is a canonical field of records of `kind`.
 pub fn is_canonical_for(kind: EntityKind, name: &str) -> bool {

@@ -25,6 +25,16 @@ impl FieldName {
     pub fn as_str(&self) -> &'static str {
         self.0
     }
+
+    /// The interned slot (what names compare by).
+    pub(crate) fn slot(&self) -> &'static &'static str {
+        self.0
+    }
+
+    /// The name of a slot of [`field::SLOTS`] or of the interner.
+    pub(crate) fn from_slot(slot: &'static &'static str) -> FieldName {
+        FieldName(slot)
+    }
 }
 
 /// The interned slot of a name that is not canonical.

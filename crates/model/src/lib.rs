@@ -6,6 +6,7 @@
 
 mod fields;
 mod kind;
+mod packed;
 mod record;
 mod value;
 
@@ -15,5 +16,6 @@ pub mod normalise;
 pub use fields::{FieldName, Fields, FieldsIter};
 pub use kind::{ContactType, EntityKind, ParseKindError};
 pub use normalise::{CountryCode, PhoneRegion};
+pub use packed::PackedFields;
 pub use record::{Record, Timestamp, TimestampError};
 pub use value::{CalendarDate, SmolStr, Value, ValueError};

@@ -177,7 +177,7 @@ pub(super) fn link_of(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> Link {
         code: pair.code.clone(),
         contact_id: hub.contact_id.clone(),
         account_id: pair.account_id.clone(),
-        baseline: pair.baseline.clone(),
+        baseline: pair.baseline.unpack(),
         contact_version: hub.contact_version.clone(),
         account_version: pair.account_version.clone(),
         last_error: previous.and_then(|l| l.last_error.clone()),

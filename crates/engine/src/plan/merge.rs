@@ -721,10 +721,9 @@ impl<'p> HubView<'p> {
             Some(a) => a.version.clone(),
             None => p.link.and_then(|l| l.account_version.clone()),
         };
-        let mut baseline = std::mem::take(&mut out.baselines[i]);
-        baseline.shrink_to_fit();
+        let baseline = &out.baselines[i];
         let unchanged_link = p.link.is_some_and(|l| {
-            l.baseline == baseline
+            l.baseline == *baseline
                 && l.account_version == account_version
                 && (self.contact.is_none() || &l.contact_version == contact_version)
                 && l.failure_count == 0
@@ -749,7 +748,7 @@ impl<'p> HubView<'p> {
             account_changes: changes,
             from_account: brought,
             updated,
-            baseline,
+            baseline: PackedFields::pack(baseline),
             previous: p.link.cloned().map(Box::new),
             account_after_hash,
         })

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
-use tandem_model::{ContactType, EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
+use tandem_model::{
+    ContactType, EntityKind, FieldName, Fields, PackedFields, Record, Timestamp, Value, field,
+};
 use tandem_state::{ConflictEntry, Intent, Link, LinkedBy, PendingCreate, Side};
 
 use crate::pending::{Pending, PendingDone};
@@ -176,8 +178,10 @@ pub struct PairPlan {
     pub from_account: Vec<FieldName>,
     /// Whether this run changes either side of the pair.
     pub updated: bool,
+    /// Packed: every pair of a run is held until its links are stored, and a baseline
+    /// as a field set took 400 bytes of them.
     #[serde(skip)]
-    pub baseline: Fields,
+    pub baseline: PackedFields,
     /// The link as stored before this run; boxed, since most pairs of a big run are
     /// new links and an inline `Link` would double the size of every pair.
     #[serde(skip)]
