@@ -34,70 +34,9 @@ pub const SWIFT_CODE: &str = "swift_code";
 pub const BANK_ACCOUNT_NO: &str = "bank_account_no";
 pub const BANK_BRANCH_NO: &str = "bank_branch_no";
 
-/// Fields every kind can carry.
-pub const COMMON: &[&str] = &[
-    NAME,
-    NAME_2,
-    ADDRESS,
-    ADDRESS_2,
-    CITY,
-    POST_CODE,
-    COUNTY,
-    COUNTRY_CODE,
-    PHONE,
-    MOBILE_PHONE,
-    FAX,
-    EMAIL,
-    HOME_PAGE,
-    VAT_REGISTRATION_NO,
-    REGISTRATION_NO,
-    CURRENCY_CODE,
-    LANGUAGE_CODE,
-    SALESPERSON_CODE,
-    TERRITORY_CODE,
-];
-
-/// Fields only contacts carry.
-pub const CONTACT_ONLY: &[&str] = &[
-    CONTACT_TYPE,
-    COMPANY_ID,
-    FIRST_NAME,
-    SURNAME,
-    JOB_TITLE,
-    BUSINESS_RELATIONS,
-];
-
-/// Fields only bank accounts carry.
-pub const BANK_ONLY: &[&str] = &[IBAN, SWIFT_CODE, BANK_ACCOUNT_NO, BANK_BRANCH_NO];
-
-/// Returns the `'static` canonical spelling of `name` if it is a canonical field of any
-/// kind. Connector-specific extras (`x_<name>`) are not canonical.
-pub fn canonical(name: &str) -> Option<&'static str> {
-    COMMON
-        .iter()
-        .chain(CONTACT_ONLY)
-        .chain(BANK_ONLY)
-        .find(|f| **f == name)
-        .copied()
-}
-
-/// The static slot of `name`'s canonical spelling, which a [`crate::FieldName`] points
-/// to (one slot per name, so names compare by address).
-pub(crate) fn canonical_slot(name: &str) -> Option<&'static &'static str> {
-    SLOTS.iter().find(|f| **f == name)
-}
-
-/// The position of a canonical slot in [`SLOTS`] (what a packed field set stores
-/// instead of the name), found by address.
-pub(crate) fn slot_index(slot: &'static &'static str) -> Option<u8> {
-    (SLOTS.iter())
-        .position(|s| std::ptr::eq(s, slot))
-        .map(|i| i as u8)
-}
-
-/// Every canonical name, each in one slot. A `static`, not the `const` lists: only a
-/// static has one address.
-pub(crate) static SLOTS: [&str; 29] = [
+/// Every canonical name: those of every kind, then those of contacts only, then those
+/// of bank accounts only (the lists below are its parts).
+const ALL: [&str; 29] = [
     NAME,
     NAME_2,
     ADDRESS,
@@ -128,6 +67,44 @@ pub(crate) static SLOTS: [&str; 29] = [
     BANK_ACCOUNT_NO,
     BANK_BRANCH_NO,
 ];
+
+/// Fields every kind can carry.
+pub const COMMON: &[&str] = ALL.split_at(19).0;
+
+/// Fields only contacts carry.
+pub const CONTACT_ONLY: &[&str] = ALL.split_at(19).1.split_at(6).0;
+
+/// Fields only bank accounts carry.
+pub const BANK_ONLY: &[&str] = ALL.split_at(25).1;
+
+/// Returns the `'static` canonical spelling of `name` if it is a canonical field of any
+/// kind. Connector-specific extras (`x_<name>`) are not canonical.
+pub fn canonical(name: &str) -> Option<&'static str> {
+    COMMON
+        .iter()
+        .chain(CONTACT_ONLY)
+        .chain(BANK_ONLY)
+        .find(|f| **f == name)
+        .copied()
+}
+
+/// The static slot of `name`'s canonical spelling, which a [`crate::FieldName`] points
+/// to (one slot per name, so names compare by address).
+pub(crate) fn canonical_slot(name: &str) -> Option<&'static &'static str> {
+    SLOTS.iter().find(|f| **f == name)
+}
+
+/// The position of a canonical slot in [`SLOTS`] (what a packed field set stores
+/// instead of the name), found by address.
+pub(crate) fn slot_index(slot: &'static &'static str) -> Option<u8> {
+    (SLOTS.iter())
+        .position(|s| std::ptr::eq(s, slot))
+        .map(|i| i as u8)
+}
+
+/// Every canonical name, each in one slot. A `static`, not the `const` lists: only a
+/// static has one address.
+pub(crate) static SLOTS: [&str; 29] = ALL;
 
 /// Whether `name` is a canonical field of records of `kind`.
 pub fn is_canonical_for(kind: EntityKind, name: &str) -> bool {
@@ -182,6 +159,30 @@ pub fn preserve(kind: EntityKind) -> &'static [&'static str] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_lists_of_names_are_the_parts_of_all() {
+        assert_eq!(COMMON.last(), Some(&TERRITORY_CODE));
+        assert_eq!(
+            CONTACT_ONLY,
+            [
+                CONTACT_TYPE,
+                COMPANY_ID,
+                FIRST_NAME,
+                SURNAME,
+                JOB_TITLE,
+                BUSINESS_RELATIONS
+            ]
+        );
+        assert_eq!(
+            BANK_ONLY,
+            [IBAN, SWIFT_CODE, BANK_ACCOUNT_NO, BANK_BRANCH_NO]
+        );
+        assert_eq!(
+            COMMON.len() + CONTACT_ONLY.len() + BANK_ONLY.len(),
+            SLOTS.len()
+        );
+    }
+
     use super::*;
 
     #[test]

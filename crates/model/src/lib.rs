@@ -4,6 +4,7 @@
 //! ([`field`]) with typed [`Value`]s; empty values are never stored, so "missing",
 //! `Null` and `""` all mean the same thing: the field is empty.
 
+pub mod binary;
 mod fields;
 mod kind;
 mod packed;

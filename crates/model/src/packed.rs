@@ -3,10 +3,11 @@
 
 use std::fmt;
 
+use crate::binary::{put_str, put_value};
 use crate::{FieldName, Fields, SmolStr, Value, field};
 
 /// [`Fields`] packed into bytes: per field the name (the index of a canonical name, or
-/// `0xff` and the text) and the value (a tag and its bytes, lengths as LEB128).
+/// `0xff` and the text) and the value in its binary form ([`crate::binary`]).
 ///
 /// Why: a baseline of a dozen fields is a vector of 32-byte pairs, about 400 bytes;
 /// packed, its names are a byte each and its values their text, about 150. A first
@@ -65,45 +66,6 @@ impl fmt::Debug for PackedFields {
     }
 }
 
-fn put_len(out: &mut Vec<u8>, mut n: usize) {
-    while n >= 0x80 {
-        out.push((n as u8 & 0x7f) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_len(out, s.len());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_value(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Text(s) => {
-            out.push(b'T');
-            put_str(out, s);
-        }
-        Value::Date(d) => {
-            out.push(b'D');
-            out.extend_from_slice(d.as_bytes());
-        }
-        Value::Bool(b) => out.extend_from_slice(&[b'B', u8::from(*b)]),
-        Value::Number(n) => {
-            out.push(b'N');
-            out.extend_from_slice(&n.to_bits().to_le_bytes());
-        }
-        Value::List(items) => {
-            out.push(b'L');
-            put_len(out, items.len());
-            for item in items.iter() {
-                put_str(out, item);
-            }
-        }
-        Value::Null => out.push(b'0'),
-    }
-}
-
 // The readers below read what `pack` wrote in this process: a short or malformed
 // buffer cannot occur, so they index and unwrap.
 
@@ -134,10 +96,7 @@ fn take_str<'b>(bytes: &mut &'b [u8]) -> &'b str {
 fn take_value(bytes: &mut &[u8]) -> Value {
     match take(bytes, 1)[0] {
         b'T' => Value::Text(SmolStr::new(take_str(bytes))),
-        b'D' => {
-            let text = std::str::from_utf8(take(bytes, 10)).expect("packed from a date");
-            Value::date(text).expect("packed from a checked date")
-        }
+        b'D' => Value::date(take_str(bytes)).expect("packed from a checked date"),
         b'B' => Value::Bool(take(bytes, 1)[0] != 0),
         b'N' => {
             let bits = take(bytes, 8).try_into().expect("eight bytes");

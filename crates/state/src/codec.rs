@@ -3,36 +3,20 @@
 //! quotes, braces and repeated keys, and its rendering was a visible share of the
 //! commit; this form is read and written without an intermediate tree.
 //!
-//! Baseline: a version byte, then per field its name (length byte, bytes) and value.
-//! Value: a tag byte, then `T` text and `D` date as a length (LEB128) and UTF-8 bytes,
-//! `B` one byte, `N` eight bytes (little-endian `f64` bits), `L` a count and its items
-//! as texts, `0` nothing (null). Never edit a shipped tag: stored states hold them.
+//! Baseline: a version byte, a field count, then per field its name (length, bytes)
+//! and its value in the binary form of `tandem_model::binary` (written there, read
+//! here with errors for malformed rows). Never edit a shipped tag: stored states hold
+//! them.
 //!
 //! Rows written before migration 8 hold JSON text; readers accept both.
 
+use tandem_model::binary::{put_len, put_str, put_value};
 use tandem_model::{FieldName, Fields, SmolStr, Timestamp, Value};
 
 use crate::{Intent, Link};
 
 /// The first byte of every encoded baseline and intent batch.
 const VERSION: u8 = 1;
-
-pub(crate) fn put_len(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_len(out, s.len());
-    out.extend_from_slice(s.as_bytes());
-}
 
 fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
@@ -41,35 +25,6 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
             put_str(out, s);
         }
         None => out.push(0),
-    }
-}
-
-fn put_value(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Text(s) => {
-            out.push(b'T');
-            put_str(out, s);
-        }
-        Value::Date(s) => {
-            out.push(b'D');
-            put_str(out, s);
-        }
-        Value::Bool(b) => {
-            out.push(b'B');
-            out.push(u8::from(*b));
-        }
-        Value::Number(n) => {
-            out.push(b'N');
-            out.extend_from_slice(&n.to_bits().to_le_bytes());
-        }
-        Value::List(items) => {
-            out.push(b'L');
-            put_len(out, items.len());
-            for item in items.iter() {
-                put_str(out, item);
-            }
-        }
-        Value::Null => out.push(b'0'),
     }
 }
 
