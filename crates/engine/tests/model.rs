@@ -1487,6 +1487,50 @@ fn r18_a_contact_edited_after_a_crashed_create_is_not_duplicated() {
     }
 }
 
+/// Was a bug (R18, R12, R5). A run creates a contact for a customer and is cut short
+/// before it links it; the user deletes the customer and edits the contact's name and
+/// phone. The next run did not recognise the contact as the create it sent (an edited
+/// name and one more value), took the code `CUST` it lists for a request and created a
+/// customer again, the one the user had deleted, as a new record. The contact is
+/// found by what it still holds (its kind, VAT number and e-mail) and loses the code,
+/// as it would have had the run linked it. Found by the model (seed efb46fa5).
+#[test]
+fn r18_a_contact_created_for_a_customer_deleted_since_loses_its_code_though_edited() {
+    let _alone = failpoints_alone();
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            fields(&[
+                ("name", "Acme"),
+                ("phone", "+32 9 111 11 11"),
+                ("email", "info@acme.example"),
+                ("vat_registration_no", "BE0123456749"),
+            ]),
+        );
+        w.sync(Some(("after_contact_create", 1))).unwrap();
+        let created = w.crm.all(EntityKind::Contact);
+        assert_eq!(created.len(), 1, "the contact was created before the crash");
+        w.erp.remove(EntityKind::Customer, "uk1");
+        let mut edited = created[0].fields.clone();
+        edited.set("name", Value::text("Acme Holding"));
+        edited.set("phone", Value::text("+32 9 222 22 22"));
+        w.crm.put(EntityKind::Contact, &created[0].id, edited);
+        w.sync(None).unwrap();
+        let customers = w.erp.all(EntityKind::Customer);
+        assert!(
+            customers.is_empty(),
+            "incremental: {incremental}: no customer comes back: {customers:?}"
+        );
+        let contact = &w.crm.all(EntityKind::Contact)[0];
+        assert!(
+            !tandem_engine::plan::lists_code(contact, "CUST"),
+            "incremental: {incremental}: the contact lost the code: {contact:?}"
+        );
+    }
+}
+
 /// Was a bug (R15): a new link whose first write failed until it was parked, then
 /// edited on both sides (the contact's edit carried to its other link meanwhile), was
 /// retried and the account's edit overwrote the contact's without asking the policy:

@@ -129,7 +129,12 @@ impl<'a> Planner<'a> {
         if !self.accounts(r).deleted.contains(&p.source_id) {
             return;
         }
-        if let Found::One(contact) = contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
+        let free = |c: &Record| !self.is_linked(r, &c.id);
+        let found = match contacts.found(&p.fields, free) {
+            Found::None => contacts.found_loosely(&p.fields, free),
+            found => found,
+        };
+        if let Found::One(contact) = found {
             let code = self.relations.relations[r].code.clone();
             self.plan
                 .new_lost_codes
@@ -222,6 +227,66 @@ impl<'r> SentIndex<'r> {
             found => found,
         }
     }
+}
+
+impl<'r> SentIndex<'r> {
+    /// The record a create cut short made, whose source was deleted since (R12, R18):
+    /// it only loses the code it was created with, where a record found by
+    /// [`SentIndex::found`] is linked, so an edit of its name and one more value does
+    /// not hide it. Otherwise its code, still listed, reads as a request (R5) and
+    /// brings back the account the user deleted as a new one. Looked for among the
+    /// records sharing an identifying value (not a city), each bucket of at most
+    /// [`LOOSE_BUCKET`] records (a value shared more widely identifies nothing);
+    /// found when it is the only one holding what a created record is (contact type,
+    /// codes) and at least half of the other values sent.
+    fn found_loosely(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
+        let mut candidates: Vec<&'r Record> = IDENTIFYING
+            .iter()
+            .filter_map(|&key| {
+                let value = sent.get(key)?;
+                self.by_key.get(&(key, index_text(key, value)))
+            })
+            .filter(|bucket| bucket.len() <= LOOSE_BUCKET)
+            .flatten()
+            .copied()
+            .filter(|r| free(r))
+            .collect();
+        candidates.sort_by(|a, b| a.id.cmp(&b.id));
+        candidates.dedup_by(|a, b| a.id == b.id);
+        Found::of(
+            candidates
+                .into_iter()
+                .filter(|r| half_kept(&r.fields, sent))
+                .collect(),
+        )
+    }
+}
+
+/// The values that tell one partner from another: a city does not.
+const IDENTIFYING: &[&str] = &[
+    field::NAME,
+    field::EMAIL,
+    field::VAT_REGISTRATION_NO,
+    field::PHONE,
+];
+
+/// The most records sharing one value that [`SentIndex::found_loosely`] looks at.
+const LOOSE_BUCKET: usize = 64;
+
+/// Whether `record` still is what a created record is (contact type, codes as sent)
+/// and holds at least half of the other values `sent` (at least two).
+fn half_kept(record: &Fields, sent: &Fields) -> bool {
+    let kind_kept = KIND_OF_RECORD
+        .iter()
+        .all(|name| sent.get(name).is_none_or(|v| still_holds(record, name, v)));
+    let values = sent
+        .iter()
+        .filter(|(name, _)| !KIND_OF_RECORD.contains(&name.as_str()));
+    let (count, kept) = values.fold((0, 0), |(count, kept), (name, value)| {
+        let held = still_holds(record, name.as_str(), value);
+        (count + 1, kept + usize::from(held))
+    });
+    kind_kept && count >= 2 && kept * 2 >= count
 }
 
 /// What looking for a create cut short found.
