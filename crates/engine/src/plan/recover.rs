@@ -276,9 +276,6 @@ const LOOSE_BUCKET: usize = 64;
 /// Whether `record` still is what a created record is (contact type, codes as sent)
 /// and holds at least half of the other values `sent` (at least two).
 fn half_kept(record: &Fields, sent: &Fields) -> bool {
-    let kind_kept = KIND_OF_RECORD
-        .iter()
-        .all(|name| sent.get(name).is_none_or(|v| still_holds(record, name, v)));
     let values = sent
         .iter()
         .filter(|(name, _)| !KIND_OF_RECORD.contains(&name.as_str()));
@@ -286,7 +283,15 @@ fn half_kept(record: &Fields, sent: &Fields) -> bool {
         let held = still_holds(record, name.as_str(), value);
         (count + 1, kept + usize::from(held))
     });
-    kind_kept && count >= 2 && kept * 2 >= count
+    kind_kept(record, sent) && count >= 2 && kept * 2 >= count
+}
+
+/// Whether `record` still is what the create `sent` made: contact type and codes as
+/// sent ([`KIND_OF_RECORD`]).
+fn kind_kept(record: &Fields, sent: &Fields) -> bool {
+    KIND_OF_RECORD
+        .iter()
+        .all(|name| sent.get(name).is_none_or(|v| still_holds(record, name, v)))
 }
 
 /// What looking for a create cut short found.
@@ -327,9 +332,6 @@ fn index_text(name: &str, value: &Value) -> String {
 /// (contact type, codes) as sent, and every value but one, or its name and at least
 /// half of the values. Never for a create of fewer than three fields.
 fn nearly(record: &Fields, sent: &Fields) -> bool {
-    let kind_kept = KIND_OF_RECORD
-        .iter()
-        .all(|name| sent.get(name).is_none_or(|v| still_holds(record, name, v)));
     let differing = sent
         .iter()
         .filter(|(name, value)| !still_holds(record, name.as_str(), value))
@@ -337,7 +339,9 @@ fn nearly(record: &Fields, sent: &Fields) -> bool {
     let named = sent
         .get(field::NAME)
         .is_some_and(|name| record.value(field::NAME) == name);
-    kind_kept && sent.len() >= 3 && (differing <= 1 || (named && differing * 2 <= sent.len()))
+    kind_kept(record, sent)
+        && sent.len() >= 3
+        && (differing <= 1 || (named && differing * 2 <= sent.len()))
 }
 
 /// Whether `record` holds exactly the values of `sent` (a create's fields).
