@@ -129,12 +129,7 @@ impl<'a> Planner<'a> {
         if !self.accounts(r).deleted.contains(&p.source_id) {
             return;
         }
-        let free = |c: &Record| !self.is_linked(r, &c.id);
-        let found = match contacts.found(&p.fields, free) {
-            Found::None => contacts.found_loosely(&p.fields, free),
-            found => found,
-        };
-        if let Found::One(contact) = found {
+        if let Found::One(contact) = contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
             let code = self.relations.relations[r].code.clone();
             self.plan
                 .new_lost_codes
@@ -186,9 +181,10 @@ impl<'r> SentIndex<'r> {
     }
 
     /// The one record accepted by `free` that holds every value of `sent`; failing
-    /// that, the one that holds all of them but one (the user edited it since the
-    /// create: merged against the fields sent). `None` when there is none, or more than
-    /// one (never a guess).
+    /// that, the one that holds all of them but one or its name and half of them (the
+    /// user edited it since the create: merged against the fields sent); failing that,
+    /// [`SentIndex::found_loosely`]. `None` when there is none, or more than one at the
+    /// first step that finds any (never a guess).
     fn found(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
         let mut buckets: Vec<(&str, &[&'r Record])> = KEYS
             .iter()
@@ -222,7 +218,10 @@ impl<'r> SentIndex<'r> {
         match Found::of(exact) {
             Found::None => {
                 let near = candidates.into_iter().filter(|r| nearly(&r.fields, sent));
-                Found::of(near.collect())
+                match Found::of(near.collect()) {
+                    Found::None => self.found_loosely(sent, free),
+                    found => found,
+                }
             }
             found => found,
         }
@@ -230,15 +229,14 @@ impl<'r> SentIndex<'r> {
 }
 
 impl<'r> SentIndex<'r> {
-    /// The record a create cut short made, whose source was deleted since (R12, R18):
-    /// it only loses the code it was created with, where a record found by
-    /// [`SentIndex::found`] is linked, so an edit of its name and one more value does
-    /// not hide it. Otherwise its code, still listed, reads as a request (R5) and
-    /// brings back the account the user deleted as a new one. Looked for among the
-    /// records sharing an identifying value (not a city), each bucket of at most
-    /// [`LOOSE_BUCKET`] records (a value shared more widely identifies nothing);
-    /// found when it is the only one holding what a created record is (contact type,
-    /// codes) and at least half of the other values sent.
+    /// A record a create cut short made, edited since in its name and more (R18): the
+    /// one still of the kind sent (contact type, codes) and holding at least half of
+    /// the other values sent, among the records sharing an identifying value (not a
+    /// city), each bucket of at most [`LOOSE_BUCKET`] records (a value shared more
+    /// widely identifies nothing). Not found, a contact created for an account would
+    /// get a twin and its listed code would read as a request (R5), creating an
+    /// account; for an account the user deleted since, that account came back as a
+    /// new one.
     fn found_loosely(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
         let mut candidates: Vec<&'r Record> = IDENTIFYING
             .iter()
