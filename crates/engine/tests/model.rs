@@ -1487,7 +1487,34 @@ fn r18_a_contact_edited_after_a_crashed_create_is_not_duplicated() {
     }
 }
 
-/// Was a bug (R18, R6, R5). As above, but the user edits the contact's name and e-mail:
+/// Customer uk1 (name, e-mail, phone and `extra`), and the world after a sync cut short
+/// once it created uk1's contact (returned), before it linked it.
+fn created_then_cut_short(incremental: bool, extra: (&str, &str)) -> (World, Record) {
+    let mut w = plain(incremental);
+    let sent = [
+        ("name", "Acme"),
+        ("email", "info@acme.example"),
+        ("phone", "+32 9 111 11 11"),
+        extra,
+    ];
+    w.erp.put(EntityKind::Customer, "uk1", fields(&sent));
+    w.sync(Some(("after_contact_create", 1))).unwrap();
+    let mut created = w.crm.all(EntityKind::Contact);
+    assert_eq!(created.len(), 1, "the contact was created before the crash");
+    (w, created.remove(0))
+}
+
+/// The user edits `contact` in the CRM.
+fn edit_contact<const N: usize>(w: &World, contact: &Record, edits: [(&str, &str); N]) {
+    let mut edited = contact.fields.clone();
+    for (field, value) in edits {
+        edited.set(field, Value::text(value));
+    }
+    w.crm.put(EntityKind::Contact, &contact.id, edited);
+}
+
+/// Was a bug (R18, R6, R5). Like `r18_a_contact_edited_after_a_crashed_create_is_not_duplicated`,
+/// but the user edits the contact's name and e-mail:
 /// half of what the create sent. The next run did not recognise it (the name or all
 /// values but one had to be left), created a twin for the customer and took the code
 /// the first lists for a request, creating a customer for it. It is found by its kind
@@ -1497,21 +1524,12 @@ fn r18_a_contact_edited_after_a_crashed_create_is_not_duplicated() {
 fn r18_a_contact_created_by_a_crashed_run_and_edited_in_half_its_values_is_linked() {
     let _alone = failpoints_alone();
     for incremental in [false, true] {
-        let mut w = plain(incremental);
-        let sent = [
-            ("name", "Acme"),
-            ("email", "info@acme.example"),
-            ("phone", "+32 9 111 11 11"),
-            ("city", "Gent"),
-        ];
-        w.erp.put(EntityKind::Customer, "uk1", fields(&sent));
-        w.sync(Some(("after_contact_create", 1))).unwrap();
-        let created = w.crm.all(EntityKind::Contact);
-        assert_eq!(created.len(), 1, "the contact was created before the crash");
-        let mut edited = created[0].fields.clone();
-        edited.set("name", Value::text("Acme Holding"));
-        edited.set("email", Value::text("hello@acme.example"));
-        w.crm.put(EntityKind::Contact, &created[0].id, edited);
+        let (mut w, created) = created_then_cut_short(incremental, ("city", "Gent"));
+        edit_contact(
+            &w,
+            &created,
+            [("name", "Acme Holding"), ("email", "hello@acme.example")],
+        );
         w.sync(None).unwrap();
         let contacts = w.crm.all(EntityKind::Contact);
         let customers = w.erp.all(EntityKind::Customer);
@@ -1524,7 +1542,7 @@ fn r18_a_contact_created_by_a_crashed_run_and_edited_in_half_its_values_is_linke
         assert_eq!(links.len(), 1, "incremental: {incremental}: {links:?}");
         assert_eq!(
             (links[0].contact_id.as_str(), links[0].account_id.as_str()),
-            (created[0].id.as_str(), "uk1")
+            (created.id.as_str(), "uk1")
         );
         assert_eq!(
             customers[0].fields.text("name"),
@@ -1545,25 +1563,14 @@ fn r18_a_contact_created_by_a_crashed_run_and_edited_in_half_its_values_is_linke
 fn r18_a_contact_created_for_a_customer_deleted_since_loses_its_code_though_edited() {
     let _alone = failpoints_alone();
     for incremental in [false, true] {
-        let mut w = plain(incremental);
-        w.erp.put(
-            EntityKind::Customer,
-            "uk1",
-            fields(&[
-                ("name", "Acme"),
-                ("phone", "+32 9 111 11 11"),
-                ("email", "info@acme.example"),
-                ("vat_registration_no", "BE0123456749"),
-            ]),
-        );
-        w.sync(Some(("after_contact_create", 1))).unwrap();
-        let created = w.crm.all(EntityKind::Contact);
-        assert_eq!(created.len(), 1, "the contact was created before the crash");
+        let vat = ("vat_registration_no", "BE0123456749");
+        let (mut w, created) = created_then_cut_short(incremental, vat);
         w.erp.remove(EntityKind::Customer, "uk1");
-        let mut edited = created[0].fields.clone();
-        edited.set("name", Value::text("Acme Holding"));
-        edited.set("phone", Value::text("+32 9 222 22 22"));
-        w.crm.put(EntityKind::Contact, &created[0].id, edited);
+        edit_contact(
+            &w,
+            &created,
+            [("name", "Acme Holding"), ("phone", "+32 9 222 22 22")],
+        );
         w.sync(None).unwrap();
         let customers = w.erp.all(EntityKind::Customer);
         assert!(
