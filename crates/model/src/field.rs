@@ -80,12 +80,7 @@ pub const BANK_ONLY: &[&str] = ALL.split_at(25).1;
 /// Returns the `'static` canonical spelling of `name` if it is a canonical field of any
 /// kind. Connector-specific extras (`x_<name>`) are not canonical.
 pub fn canonical(name: &str) -> Option<&'static str> {
-    COMMON
-        .iter()
-        .chain(CONTACT_ONLY)
-        .chain(BANK_ONLY)
-        .find(|f| **f == name)
-        .copied()
+    canonical_slot(name).copied()
 }
 
 /// The static slot of `name`'s canonical spelling, which a [`crate::FieldName`] points

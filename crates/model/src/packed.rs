@@ -54,12 +54,6 @@ impl PackedFields {
     }
 }
 
-impl From<&Fields> for PackedFields {
-    fn from(fields: &Fields) -> PackedFields {
-        PackedFields::pack(fields)
-    }
-}
-
 impl fmt::Debug for PackedFields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.unpack(), f)
