@@ -199,3 +199,129 @@ fn a_lease_under_three_seconds_is_refused() {
     assert!(out.contains("state.lease"), "{out}");
     assert!(out.contains("at least 3s"), "{out}");
 }
+
+/// [`config`] with the work cut into two partitions.
+fn partitioned_config() -> String {
+    config().replace("lease = ", "partitions = 2\nlease = ")
+}
+
+/// The writes a worker sent since `from` in its log (`-v`), by kind.
+fn writes_sent(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("sending writes")).count()
+}
+
+/// Adds a row to a data file, its columns named; the others empty.
+fn append_row(d: &Deployment, file: &str, cells: &[(&str, String)]) {
+    let mut text = d.read(file);
+    let header = text.lines().next().unwrap_or_default().to_owned();
+    let row: Vec<&str> = header
+        .split(',')
+        .map(|column| {
+            let cell = cells.iter().find(|(name, _)| *name == column);
+            cell.map_or("", |(_, value)| value.as_str())
+        })
+        .collect();
+    text.push_str(&row.join(","));
+    text.push('\n');
+    d.write(file, &text);
+}
+
+/// Replaces `from` by `to` in a data file: an edit by the user of every row it touches.
+fn edit(d: &Deployment, file: &str, from: &str, to: &str) {
+    d.write(file, &d.read(file).replace(from, to));
+}
+
+/// `[state] partitions = 2`: two workers run a partition each and a third stands by.
+/// The first sync's links are all new, the matcher's (partition 0); an edit of every
+/// customer then touches settled hubs of both partitions, and each worker carries out
+/// its own share. The matcher is killed; the standby takes its partition over at once
+/// and links what is added next. The systems and links end as one process alone
+/// leaves them.
+#[test]
+fn partitions_share_the_work_and_end_as_one_process_would() {
+    let Some(server) = tandem_connector_sql::testsupport::PostgresServer::start() else {
+        return;
+    };
+    const N: usize = 2_000;
+    let reference = large(N);
+    reference.sync();
+    let d = large_in(
+        Deployment::on_postgres(&partitioned_config(), &server.url()),
+        N,
+    );
+
+    let mut first = worker(&d, &[]);
+    first.wait_for_log("runs partition 0/2", Duration::from_secs(60));
+    let mut second = worker(&d, &[]);
+    second.wait_for_log("runs partition 1/2", Duration::from_secs(60));
+    let mut third = worker(&d, &[]);
+    third.wait_for_log("standing by:", Duration::from_secs(60));
+    let status = d.ok(&["status"]);
+    assert!(
+        status.contains("partition 0/2") && status.contains("partition 1/2"),
+        "{status}"
+    );
+    wait_until_settled(&d, &mut first);
+
+    // Every customer's phone edited: settled hubs, in both partitions.
+    let (first_before, second_before) = (first.log().len(), second.log().len());
+    for deployment in [&reference, &d] {
+        edit(deployment, "erp/customers.csv", ",+32 2 ", ",+32 9 ");
+    }
+    reference.sync();
+    wait_until_settled(&d, &mut first);
+    assert_eq!(
+        outcome(&d),
+        outcome(&reference),
+        "the edits carried as by one process"
+    );
+    let shares = (
+        writes_sent(&first.log()[first_before..]),
+        writes_sent(&second.log()[second_before..]),
+    );
+    assert!(
+        shares.0 > 0 && shares.1 > 0,
+        "both partitions wrote: {shares:?}"
+    );
+
+    // The matcher killed: the standby takes partition 0 over at once.
+    first.signal("KILL");
+    let _ = first.wait(Duration::from_secs(10));
+    third.wait_for_log("runs partition 0/2", Duration::from_secs(20));
+    for deployment in [&reference, &d] {
+        for i in 0..50 {
+            let (vat, name) = (format!("LU{i:08}"), format!("Late {i}"));
+            let contact = [
+                ("id", format!("X{i:06}")),
+                ("contact_type", "company".into()),
+            ];
+            let shared = [
+                ("name", name),
+                ("post_code", "1000".into()),
+                ("vat_registration_no", vat),
+            ];
+            append_row(
+                deployment,
+                "crm/contacts.csv",
+                &[&contact[..], &shared[..]].concat(),
+            );
+            let customer = [
+                ("id", format!("L{i:06}")),
+                ("phone", format!("+352 {i:06}")),
+            ];
+            append_row(
+                deployment,
+                "erp/customers.csv",
+                &[&customer[..], &shared[..]].concat(),
+            );
+            let lone = [("id", format!("M{i:06}")), ("name", format!("Lone {i}"))];
+            append_row(deployment, "erp/customers.csv", &lone);
+        }
+    }
+    reference.sync();
+    wait_until_settled(&d, &mut third);
+    second.stop(Duration::from_secs(60));
+    third.stop(Duration::from_secs(60));
+    assert_eq!(outcome(&d), outcome(&reference), "as one process alone");
+    no_duplicates_or_dangling_links(&d);
+}

@@ -75,6 +75,11 @@ pub struct StateConfig {
     /// of it. Default 30s; at least 3s.
     #[serde(default = "default_lease", deserialize_with = "duration")]
     pub lease: std::time::Duration,
+    /// Into how many partitions `tandem run --worker` cuts the work, each run by one
+    /// worker at a time (a PostgreSQL state only). Default 1: one worker syncs, the
+    /// others stand by.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
 }
 
 impl Default for StateConfig {
@@ -82,9 +87,18 @@ impl Default for StateConfig {
         StateConfig {
             url: default_state_url(),
             lease: default_lease(),
+            partitions: default_partitions(),
         }
     }
 }
+
+fn default_partitions() -> u32 {
+    1
+}
+
+/// The most partitions `[state] partitions` may ask for: each is a lease, a run of its
+/// own and a copy of the state's record hashes.
+pub const MAX_PARTITIONS: u32 = 64;
 
 fn default_lease() -> std::time::Duration {
     tandem_state::LEASE_TTL
@@ -142,6 +156,8 @@ pub struct Config {
     pub state_url: String,
     /// `[state] lease`: the lifetime of a PostgreSQL state's lease.
     pub state_lease: std::time::Duration,
+    /// `[state] partitions`: into how many partitions workers cut the work.
+    pub state_partitions: u32,
     /// Connectors by name, each of a type the registry knows.
     pub connectors: BTreeMap<String, ConnectorConfig>,
     pub sync: SyncConfig,
@@ -454,6 +470,15 @@ impl Parsed {
             );
             problems.push(Problem::new("state.lease", message));
         }
+        if let Some(state) = &self.state
+            && !(1..=MAX_PARTITIONS).contains(&state.partitions)
+        {
+            let message = format!(
+                "must be a whole number from 1 to {MAX_PARTITIONS}: how many workers \
+                 (`tandem run --worker`) share the work, each running one partition"
+            );
+            problems.push(Problem::new("state.partitions", message));
+        }
         if let Some(service) = &self.service
             && self.complete
         {
@@ -519,6 +544,7 @@ impl Parsed {
             base_dir,
             state_url: state.url,
             state_lease: state.lease,
+            state_partitions: state.partitions,
             connectors: self.connectors,
             sync,
             run: self.run.unwrap_or_default(),

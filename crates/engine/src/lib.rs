@@ -14,6 +14,7 @@ mod error;
 pub mod failpoint;
 pub mod matching;
 pub mod operator;
+pub mod partition;
 mod pending;
 pub mod plan;
 pub mod progress;
@@ -36,6 +37,7 @@ pub use config::{
 };
 pub use error::EngineError;
 pub use operator::{Resolved, RetryTarget, Take, resolve, resolve_conflict, retry};
+pub use partition::Partition;
 pub use pending::{Pending, PendingDone};
 pub use plan::Directives;
 pub use read::{DeleteGuard, record_hash};

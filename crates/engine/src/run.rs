@@ -39,6 +39,8 @@ pub struct Engine<'a> {
     pub(crate) stop: crate::stop::StopFlag,
     /// The connectors whose scopes are read (`tandem run` polls some only).
     pub(crate) scopes: crate::stop::ScopeFilter,
+    /// The share of the work this engine carries out (`tandem run --worker`).
+    pub(crate) partition: crate::Partition,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -59,6 +61,8 @@ pub(crate) struct Prepared {
     /// Per relation: the ambiguous matches remembered, and whether this run's
     /// matching was complete enough to replace them.
     pub ambiguities: Vec<StoredAmbiguities>,
+    /// What this run leaves to other partitions.
+    pub cut: crate::partition::Cut,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -88,6 +92,7 @@ impl<'a> Engine<'a> {
             delete_guard: DeleteGuard::default(),
             stop: crate::stop::StopFlag::default(),
             scopes: crate::stop::ScopeFilter::default(),
+            partition: crate::Partition::whole(),
         };
         engine.connector(
             &engine.relations.contacts_connector,
@@ -125,6 +130,11 @@ impl<'a> Engine<'a> {
             });
         }
         Ok(connector)
+    }
+
+    /// Carries out only `partition`'s share of each run (`crate::partition`).
+    pub fn set_partition(&mut self, partition: crate::Partition) {
+        self.partition = partition;
     }
 
     /// Reads every scope even when its connector's fingerprint says nothing changed
@@ -326,7 +336,8 @@ impl<'a> Engine<'a> {
         };
         let started = std::time::Instant::now();
         let mut plan = plan(&relations, &input);
-        let ambiguities = self.standing_ambiguities(&wakes, &sides, &mut plan)?;
+        let mut ambiguities = self.standing_ambiguities(&wakes, &sides, &mut plan)?;
+        let cut = self.cut(&mut plan, &input.links, &mut ambiguities);
         // The standing ambiguities are the plan's too.
         plan.counts = plan.derive_counts(&relations, &input.link_counts);
         log_planned(&plan, started.elapsed());
@@ -337,7 +348,22 @@ impl<'a> Engine<'a> {
             accounts,
             parked_before,
             ambiguities,
+            cut,
         })
+    }
+
+    /// Keeps this engine's partition's share of `plan` (`crate::partition`).
+    fn cut(
+        &self,
+        plan: &mut Plan,
+        links: &[Link],
+        ambiguities: &mut [StoredAmbiguities],
+    ) -> crate::partition::Cut {
+        if !self.partition.is_matcher() {
+            // Ambiguities are the matcher's to remember.
+            ambiguities.iter_mut().for_each(|a| a.complete = false);
+        }
+        self.partition.cut(plan, links)
     }
 
     /// `get` of every relation's code, in config order.
@@ -372,6 +398,7 @@ impl<'a> Engine<'a> {
                     skip_tag: (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
                     guard: self.delete_guard,
                     key_fields: account_key_fields(&self.relations, r),
+                    scope: self.partition.scope(&relation.connector, relation.kind),
                 },
                 |a| wanted.contains(a.id.as_str()),
             )
@@ -423,6 +450,7 @@ impl<'a> Engine<'a> {
                 skip_tag: (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
                 guard: self.delete_guard,
                 key_fields: contact_key_fields(&self.relations),
+                scope: self.partition.scope(name, EntityKind::Contact),
             },
             |c| wanted.contains(&c.id),
         )

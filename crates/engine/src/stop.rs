@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tandem_model::EntityKind;
-use tandem_state::Scope;
 
 use crate::error::EngineError;
 use crate::read::ScopeRead;
@@ -79,11 +78,11 @@ impl Engine<'_> {
         if self.scopes.reads(connector) || !wanted.is_empty() {
             return Ok(None);
         }
-        let scope = Scope::new(connector, kind);
+        let scope = self.partition.scope(connector, kind);
         if self.state.has_rechecks(&scope)? {
             return Ok(None);
         }
-        let mut read = ScopeRead::empty(scope, None);
+        let mut read = ScopeRead::empty(connector, scope, None);
         read.stats.skipped = true;
         Ok(Some(read))
     }

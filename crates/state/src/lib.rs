@@ -38,7 +38,7 @@ pub use open::{
     redact_url,
 };
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
-pub use postgres::{LEASE_TTL, PgState, STANDBY_LEASE};
+pub use postgres::{LEASE_TTL, PARTITION_LEASE, PgState, STANDBY_LEASE};
 pub use sqlite::{LockMode, SqliteState};
 
 /// A business relation between one contact and one account (R2: at most one per code
@@ -432,14 +432,19 @@ pub enum LeaseRole {
     Holder,
     /// A worker waiting to take the state over (`tandem run --worker`).
     Standby,
+    /// A worker running one partition of the work (`partition <index>/<count>`).
+    Partition,
 }
 
 impl LeaseRole {
     /// The role of the lease named `name`.
     pub fn of(name: &str) -> LeaseRole {
-        match name.starts_with(STANDBY_LEASE) {
-            true => LeaseRole::Standby,
-            false => LeaseRole::Holder,
+        if name.starts_with(STANDBY_LEASE) {
+            LeaseRole::Standby
+        } else if name.starts_with(PARTITION_LEASE) {
+            LeaseRole::Partition
+        } else {
+            LeaseRole::Holder
         }
     }
 
@@ -448,6 +453,7 @@ impl LeaseRole {
         match self {
             LeaseRole::Holder => "holds the state",
             LeaseRole::Standby => "stands by",
+            LeaseRole::Partition => "runs a partition",
         }
     }
 }

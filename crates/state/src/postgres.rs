@@ -43,6 +43,10 @@ const STATE_LEASE: &str = "state";
 /// The first part of the name of a standby worker's lease: `standby <owner>`.
 pub const STANDBY_LEASE: &str = "standby";
 
+/// The first part of the name of the lease of a partition of the work, taken by the
+/// worker that runs it: `partition <index>/<count>`.
+pub const PARTITION_LEASE: &str = "partition ";
+
 /// The PostgreSQL [`StateStore`].
 ///
 /// Opened with [`LockMode::Exclusive`], it holds the lease `state` (see [`lease`])
@@ -268,6 +272,40 @@ impl PgState {
         Ok(state)
     }
 
+    /// A worker's store for one partition of the work (`tandem run --worker` with
+    /// partitions): holds the lease `lease` (`partition <index>/<count>`), renewed
+    /// and fencing every write as the state's lease does. Refused with
+    /// [`StateError::Leased`] while another process runs that partition, while a
+    /// process holds the whole state, or while a worker runs a partition of another
+    /// count (the cut would overlap). Creates the schema in an empty database.
+    pub fn open_partition(url: &str, lease: &str, ttl: Duration) -> Result<PgState, StateError> {
+        let state = PgState::open_url_with_ttl(url, LockMode::Shared, ttl)?;
+        let lease = lease.to_owned();
+        // Dropped on a refusal, which lets the lease just taken go again.
+        state.run(move |s| {
+            s.hold(&lease, &lease::owner())?;
+            let count = lease.rsplit_once('/').map(|(_, count)| count.to_owned());
+            s.on(async |conn, shown| {
+                let others = lease::live_leases(conn).await?;
+                let overlapping = others.into_iter().find(|other| {
+                    other.name == STATE_LEASE
+                        || (other.name.starts_with(PARTITION_LEASE)
+                            && other.name.rsplit_once('/').map(|(_, c)| c.to_owned()) != count)
+                });
+                match overlapping {
+                    None => Ok(()),
+                    Some(other) => Err(StateError::Leased {
+                        path: shown.to_owned(),
+                        name: other.name,
+                        owner: other.owner,
+                        expires_at: format!("in {} ms", other.expires_in_ms.max(0)),
+                    }),
+                }
+            })
+        })?;
+        Ok(state)
+    }
+
     /// The url of the state, its password hidden.
     pub fn url(&self) -> &str {
         &self.shown
@@ -364,6 +402,23 @@ fn start(opening: Opening<'_>) -> Result<Option<Session>, StateError> {
     }
     if access == Access::Lock(LockMode::Exclusive) {
         session.hold(STATE_LEASE, &lease::owner())?;
+        // Workers running partitions write side by side: the whole state is theirs.
+        let partition = session.on(async |conn, _| {
+            let live = lease::live_leases(conn).await?;
+            Ok(live
+                .into_iter()
+                .find(|l| l.name.starts_with(PARTITION_LEASE)))
+        })?;
+        if let Some(worker) = partition {
+            let leases = std::mem::take(&mut session.leases);
+            session.on(async |conn, _| lease::release(conn, &leases).await)?;
+            return Err(StateError::Leased {
+                path: shown.to_owned(),
+                name: worker.name,
+                owner: worker.owner,
+                expires_at: format!("in {} ms", worker.expires_in_ms.max(0)),
+            });
+        }
     }
     Ok(Some(session))
 }

@@ -26,7 +26,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use secrecy::SecretString;
 use tandem_connector::Connector;
-use tandem_engine::{Engine, EngineError, Relations, RunReport, StopFlag, Take};
+use tandem_engine::{Engine, EngineError, Partition, Relations, RunReport, StopFlag, Take};
 use tandem_state::{ConflictEntry, LockMode, StateError, StateStore};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::instrument::WithSubscriber;
@@ -114,8 +114,8 @@ pub(crate) async fn run(cli: &Cli, worker: bool) -> anyhow::Result<ExitCode> {
         .context("cannot listen for SIGTERM and SIGINT")?;
     listen(&config, &shared).await?;
     loop {
-        let mut held = match state.take() {
-            Some(held) => held,
+        let (mut held, partition) = match state.take() {
+            Some(held) => (held, Partition::whole()),
             None => match worker::take_over(&config, &mut stopping).await? {
                 Some(held) => held,
                 None => break,
@@ -137,6 +137,7 @@ pub(crate) async fn run(cli: &Cli, worker: bool) -> anyhow::Result<ExitCode> {
                 Instant::now(),
             ),
             stop: stop.clone(),
+            partition,
         };
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         announce(&config);
@@ -239,6 +240,8 @@ struct Service<'a> {
     shared: Arc<Shared>,
     schedule: Schedule,
     stop: StopFlag,
+    /// The share of the work this loop runs (a worker's partition).
+    partition: Partition,
 }
 
 /// Whether the loop goes on after a sync.
@@ -293,6 +296,7 @@ impl Service<'_> {
         let mut engine = Engine::new(self.relations.clone(), connectors, &mut *self.state)
             .expect("the connectors were checked against the relations at start");
         engine.set_max_delete_share(self.config.run.max_delete_share);
+        engine.set_partition(self.partition);
         engine
     }
 

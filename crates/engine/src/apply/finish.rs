@@ -54,12 +54,21 @@ impl Applier<'_> {
             for id in &self.contacts.deleted {
                 batch.set_companies.push((id.clone(), None));
             }
-            let reads = std::iter::once((&self.contacts, &self.settled_contacts))
-                .chain(self.accounts.iter().zip(&self.settled_accounts));
-            for (read, settled) in reads {
+            let codes = (self.relations.relations.iter()).map(|r| Some(r.code.as_str()));
+            let reads = std::iter::once((None, &self.contacts, &self.settled_contacts)).chain(
+                codes
+                    .zip(&self.accounts)
+                    .zip(&self.settled_accounts)
+                    .map(|((c, a), s)| (c, a, s)),
+            );
+            for (code, read, settled) in reads {
                 for (id, seen) in &read.hashes {
+                    let keeps = match code {
+                        None => self.cut.keeps_contact_hash(id),
+                        Some(code) => self.cut.keeps_account_hash(code, id),
+                    };
                     // An unchanged record's stored hash is already this one.
-                    if !settled.contains(id) && seen.change != Change::Unchanged {
+                    if keeps && !settled.contains(id) && seen.change != Change::Unchanged {
                         let scope = read.scope.clone();
                         batch.set_hash_with_keys(scope, id.clone(), seen.hash, seen.keys);
                     }
@@ -127,7 +136,7 @@ impl Applier<'_> {
             let Some(since) = &read.fingerprint else {
                 continue;
             };
-            let connector = &self.connectors[&read.scope.connector];
+            let connector = &self.connectors[&read.stats.connector];
             let now = connector
                 .fingerprint_after_own_writes(read.scope.kind, since)
                 .await

@@ -95,6 +95,8 @@ struct Applier<'e> {
     stop: crate::StopFlag,
     /// Writes sent of those planned, for the progress events.
     progress: crate::progress::Applying,
+    /// What this run left to other partitions.
+    cut: crate::partition::Cut,
 }
 
 pub(crate) async fn apply(
@@ -117,6 +119,7 @@ pub(crate) async fn apply(
         accounts,
         parked_before,
         ambiguities,
+        cut,
     } = prepared;
     let previous = Previous::of(&input.pending);
     let person_companies = finish::person_companies(&contacts, &input);
@@ -149,6 +152,7 @@ pub(crate) async fn apply(
         started: std::time::Instant::now(),
         stop: stop.clone(),
         progress: crate::progress::Applying::default(),
+        cut,
     };
     info!(run = run_id, "applying");
     applier.progress = crate::progress::Applying::new(applier.plan.write_count() as u64);

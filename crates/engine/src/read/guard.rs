@@ -1,6 +1,6 @@
 //! R16: a full listing that would delete too much stops the run.
 
-use tandem_state::Scope;
+use tandem_model::EntityKind;
 
 use crate::error::EngineError;
 
@@ -30,7 +30,8 @@ impl DeleteGuard {
     /// [`DeleteGuard::refuses`] as the error that stops the run, naming the scope.
     pub(crate) fn check(
         &self,
-        scope: &Scope,
+        connector: &str,
+        kind: EntityKind,
         deleted: u64,
         known: u64,
         listed: u64,
@@ -39,8 +40,8 @@ impl DeleteGuard {
             return Ok(());
         }
         Err(EngineError::TooManyDeletes {
-            connector: scope.connector.clone(),
-            kind: scope.kind,
+            connector: connector.to_owned(),
+            kind,
             deleted,
             known,
             empty: listed == 0,

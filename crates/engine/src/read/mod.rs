@@ -153,10 +153,11 @@ impl ScopeRead {
             .is_some_and(|seen| seen.change != Change::Unchanged)
     }
 
-    /// Nothing read yet.
-    pub(crate) fn empty(scope: Scope, fingerprint: Option<String>) -> ScopeRead {
+    /// Nothing read yet from `connector`, whose cursor, fingerprint and hashes the
+    /// state keeps under `scope` (the connector's own, or a partition's).
+    pub(crate) fn empty(connector: &str, scope: Scope, fingerprint: Option<String>) -> ScopeRead {
         let stats = ReadStats {
-            connector: scope.connector.clone(),
+            connector: connector.to_owned(),
             kind: scope.kind,
             records: 0,
             changed: 0,
@@ -196,6 +197,8 @@ pub(crate) struct HowToRead<'t> {
     pub guard: DeleteGuard,
     /// The fields of the records' match keys ([`match_keys`]).
     pub key_fields: std::sync::Arc<[FieldName]>,
+    /// Where the state keeps the scope's cursor, fingerprint and hashes.
+    pub scope: Scope,
 }
 
 /// Reads all pages of one connector and kind. Keeps the records that changed since
@@ -214,8 +217,8 @@ pub(crate) async fn read_scope(
         skip_tag,
         guard,
         key_fields,
+        scope,
     } = how;
-    let scope = Scope::new(connector_name, kind);
     let fingerprint = connector
         .fingerprint(kind)
         .await
@@ -226,7 +229,7 @@ pub(crate) async fn read_scope(
             kind = kind.plural(),
             "not read: unchanged since the last run"
         );
-        let mut out = ScopeRead::empty(scope, fingerprint);
+        let mut out = ScopeRead::empty(connector_name, scope, fingerprint);
         out.key_fields = key_fields;
         out.stats.skipped = true;
         return Ok(out);
@@ -237,7 +240,7 @@ pub(crate) async fn read_scope(
         true => state.cursor(&scope)?.map(Cursor),
         false => None,
     };
-    let mut out = ScopeRead::empty(scope, fingerprint);
+    let mut out = ScopeRead::empty(connector_name, scope, fingerprint);
     out.key_fields = key_fields;
     info!(connector = connector_name, kind = kind.plural(), "reading");
     // A full listing brings about as many records as the state knows of.
@@ -275,7 +278,7 @@ pub(crate) async fn read_scope(
         // Seen before, absent from a completed full listing: deleted, unless that is
         // too many to believe.
         let gone = stored.hashes.len() as u64;
-        guard.check(&out.scope, gone, stored.known, out.stats.records)?;
+        guard.check(connector_name, kind, gone, stored.known, out.stats.records)?;
         out.deleted.extend(stored.hashes.into_keys());
     }
     out.stats.deleted = out.deleted.len() as u64;

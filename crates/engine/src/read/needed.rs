@@ -145,7 +145,7 @@ pub(crate) async fn fetch_missing(
         return Ok(());
     }
     let ids: Vec<&str> = missing.into_iter().collect();
-    let (connector_name, kind) = (read.scope.connector.clone(), read.scope.kind);
+    let (connector_name, kind) = (read.stats.connector.clone(), read.scope.kind);
     let records = connector
         .read_ids(kind, &ids)
         .await

@@ -154,13 +154,18 @@ pub(crate) async fn links_with_intent(conn: &mut PgConnection) -> Result<Vec<Lin
 }
 
 /// The links of every stored intent batch, oldest first.
+/// The intents of runs no longer running (a worker of another partition may be
+/// carrying out its own right now; `begin_run` marks a dead run of this store's lease
+/// interrupted first). `unpack_intents` forgets the same batches.
 pub(crate) async fn intent_batch_links(conn: &mut PgConnection) -> Result<Vec<Link>, StateError> {
     const ACTION: &str = "reading intents";
-    let rows: Vec<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT run_id, links FROM intent_batches ORDER BY id")
-            .fetch_all(conn)
-            .await
-            .map_err(pg(ACTION))?;
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT run_id, links FROM intent_batches
+             WHERE run_id NOT IN (SELECT id FROM runs WHERE status = 'running') ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(pg(ACTION))?;
     let mut out = Vec::new();
     for (run_id, bytes) in rows {
         let links = codec::decode_links(&bytes).map_err(|message| StateError::Corrupt {

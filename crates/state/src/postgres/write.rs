@@ -15,8 +15,8 @@ use sqlx::postgres::PgConnection;
 use tandem_model::{Timestamp, Value};
 
 use super::lease::{self, Lease};
-use super::pg;
 use super::read::{SCOPE_ID, intent_batch_links};
+use super::{PARTITION_LEASE, pg};
 use crate::sqlite::{LogRow, same_pair};
 use crate::{
     ConflictEntry, IntentBatch, Interaction, Link, PendingCreate, RefusedRequest, Scope, Side,
@@ -91,10 +91,13 @@ pub(crate) async fn unpack_intents(
     let links = intent_batch_links(&mut tx).await?;
     // A link whose account another contact holds now is left out: that link is newer.
     let unpacked = upsert_links(&mut tx, &links, OnTaken::Skip).await?;
-    sqlx::query("DELETE FROM intent_batches")
-        .execute(&mut *tx)
-        .await
-        .map_err(pg("forgetting intents taken up"))?;
+    sqlx::query(
+        "DELETE FROM intent_batches
+         WHERE run_id NOT IN (SELECT id FROM runs WHERE status = 'running')",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(pg("forgetting intents taken up"))?;
     tx.commit()
         .await
         .map_err(pg("committing intents taken up"))?;
@@ -111,14 +114,27 @@ pub(crate) async fn begin_run(
     const ACTION: &str = "recording the start of a run";
     let mut tx = conn.begin().await.map_err(pg(ACTION))?;
     lease::fence(&mut tx, shown, leases, ttl).await?;
-    sqlx::query("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
-        .execute(&mut *tx)
-        .await
-        .map_err(pg(ACTION))?;
+    // A worker of a partition ends only the runs of its partition, and those of a
+    // holder of the whole state (none can live beside a partition's lease): the other
+    // partitions' may be going on. The partition is named in the run's mode.
+    let partition = leases.iter().find(|l| l.name.starts_with(PARTITION_LEASE));
+    let mode = match partition {
+        Some(lease) => format!("{mode}, {}", lease.name),
+        None => mode.to_owned(),
+    };
+    sqlx::query(
+        "UPDATE runs SET status = 'interrupted'
+         WHERE status = 'running'
+           AND ($1::text IS NULL OR mode LIKE '%, ' || $1 OR mode NOT LIKE '%, partition %')",
+    )
+    .bind(partition.map(|l| l.name.as_str()))
+    .execute(&mut *tx)
+    .await
+    .map_err(pg(ACTION))?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO runs (mode, started_at, status) VALUES ($1, $2, 'running') RETURNING id",
     )
-    .bind(mode)
+    .bind(&mode)
     .bind(Timestamp::now().0)
     .fetch_one(&mut *tx)
     .await
@@ -573,9 +589,20 @@ async fn set_ambiguities(
     Ok(())
 }
 
+/// The key of the transaction lock under which log ids are taken ("tandemlg").
+const LOG_APPEND_LOCK: i64 = 0x7461_6e64_656d_6c67;
+
 /// The id the next log entry gets: above every entry stored (the row of the highest id
 /// may hold two entries).
 async fn next_log_id(tx: &mut PgConnection) -> Result<i64, StateError> {
+    // Workers of several partitions append side by side: one at a time takes ids, until
+    // its transaction ends. A transaction's lock, which a pooler keeps on the one
+    // backend of the transaction, unlike a session's.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOG_APPEND_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg("appending to the interaction log"))?;
     let id: Option<i64> = sqlx::query_scalar(
         "SELECT id + 1 + (next_action IS NOT NULL)::int FROM interactions
          ORDER BY id DESC LIMIT 1",

@@ -1,0 +1,237 @@
+//! Partitions: several workers share one deployment's work without doing any of it
+//! twice (`tandem run --worker` with `[workers] partitions`).
+//!
+//! Every worker reads and plans the whole deployment, then carries out only its
+//! partition's share of the plan ([`Partition::cut`]):
+//!
+//! * a hub whose pairs were all linked before the run (a *settled* hub) belongs to the
+//!   partition of its contact, by a stable hash of the contact's id, so a contact and
+//!   all its accounts are always in one partition's hands;
+//! * everything that makes or drops links, or creates records, belongs to partition 0,
+//!   the *matcher*: hubs with a new link (a match, an operator's link, a create found
+//!   again), creates, unlinks, refused requests, pending work done, ambiguities. Only
+//!   the matcher changes which records are linked, so its view of who owns what is
+//!   never older than its own writes.
+//!
+//! Each partition keeps its own view of what changed: its cursors, fingerprints and
+//! content hashes live under a scope of its own (`crm#2/4`), so one partition reading
+//! a change never hides it from the partition that must act on it. A partition stores
+//! the hash of a record it might have to act on later only once it acted on it (see
+//! [`Cut::keeps_hash_of`]); a record another partition owns for good it remembers as
+//! read, so it does not plan that record's hub again and again.
+
+use std::collections::{HashMap, HashSet};
+
+use tandem_model::EntityKind;
+use tandem_state::{Link, Scope};
+
+use crate::plan::{HubPlan, Plan};
+
+/// One partition of a deployment's work: `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    index: u32,
+    count: u32,
+}
+
+impl Default for Partition {
+    fn default() -> Partition {
+        Partition::whole()
+    }
+}
+
+/// A partition that does not exist (`index` not below `count`, or no partitions).
+#[derive(Debug, thiserror::Error)]
+#[error("partition {index} of {count} does not exist: partitions are numbered 0 to count - 1")]
+pub struct NoSuchPartition {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Partition {
+    pub fn new(index: u32, count: u32) -> Result<Partition, NoSuchPartition> {
+        if index >= count {
+            return Err(NoSuchPartition { index, count });
+        }
+        Ok(Partition { index, count })
+    }
+
+    /// The whole deployment as one partition: what a run without workers does.
+    pub fn whole() -> Partition {
+        Partition { index: 0, count: 1 }
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_whole(&self) -> bool {
+        self.count == 1
+    }
+
+    /// Partition 0 makes and drops links and creates records.
+    pub fn is_matcher(&self) -> bool {
+        self.index == 0
+    }
+
+    /// The partition a settled hub of `contact_id` belongs to; stable across processes,
+    /// hosts and releases (xxh3 of the id).
+    pub fn of_contact(contact_id: &str, count: u32) -> u32 {
+        (xxhash_rust::xxh3::xxh3_64(contact_id.as_bytes()) % u64::from(count.max(1))) as u32
+    }
+
+    /// Whether a settled hub of `contact_id` is this partition's.
+    pub fn holds_contact(&self, contact_id: &str) -> bool {
+        self.is_whole() || Partition::of_contact(contact_id, self.count) == self.index
+    }
+
+    /// Where this partition keeps its cursor, fingerprint and hashes of a scope: the
+    /// scope itself for the whole deployment, `name#index/count` otherwise.
+    pub fn scope(&self, connector: &str, kind: EntityKind) -> Scope {
+        match self.is_whole() {
+            true => Scope::new(connector, kind),
+            false => Scope::new(&format!("{connector}#{}/{}", self.index, self.count), kind),
+        }
+    }
+
+    /// The lease a worker holds while it runs this partition.
+    pub fn lease_name(&self) -> String {
+        format!("partition {}/{}", self.index, self.count)
+    }
+
+    /// Keeps this partition's share of `plan` (see the module's doc) and returns what
+    /// was cut away, for [`Cut::keeps_contact_hash`] and [`Cut::keeps_account_hash`].
+    pub(crate) fn cut(&self, plan: &mut Plan, links: &[Link]) -> Cut {
+        let mut cut = Cut {
+            partition: *self,
+            ..Cut::default()
+        };
+        if self.is_whole() {
+            return cut;
+        }
+        for link in links {
+            cut.linked_contacts.insert(link.contact_id.clone());
+            let account = (link.code.clone(), link.account_id.clone());
+            cut.contact_of_account
+                .insert(account, link.contact_id.clone());
+        }
+        let mut kept_contacts = HashSet::new();
+        plan.hubs.retain(|hub| {
+            let keep = self.owns(hub);
+            match keep {
+                true => _ = kept_contacts.insert(hub.contact_id.clone()),
+                false => cut.skip_hub(hub),
+            }
+            keep
+        });
+        let owns_contact = |contact_id: &String| match kept_contacts.contains(contact_id) {
+            true => true,
+            false => self.is_matcher() && !cut.skipped_contacts.contains(contact_id),
+        };
+        plan.close_conflicts
+            .retain(|(_, contact, _)| owns_contact(contact));
+        plan.codes_removed
+            .retain(|(_, contact)| owns_contact(contact));
+        if !self.is_matcher() {
+            cut.skip_matcher_work(plan);
+        }
+        cut
+    }
+
+    /// Whether this partition carries out `hub`.
+    fn owns(&self, hub: &HubPlan) -> bool {
+        let settled = hub
+            .pairs
+            .iter()
+            .all(|p| p.new_link.is_none() && p.previous.is_some());
+        match settled {
+            true => self.holds_contact(&hub.contact_id),
+            false => self.is_matcher(),
+        }
+    }
+}
+
+/// What [`Partition::cut`] left to other partitions.
+#[derive(Debug, Default)]
+pub(crate) struct Cut {
+    partition: Partition,
+    /// Records of the parts of the plan cut away: contacts, and accounts by code.
+    skipped_contacts: HashSet<String>,
+    skipped_accounts: HashSet<(String, String)>,
+    /// Contacts linked when the run read the links, and the contact of each account
+    /// linked then, by (code, account).
+    linked_contacts: HashSet<String>,
+    contact_of_account: HashMap<(String, String), String>,
+}
+
+impl Cut {
+    fn skip_hub(&mut self, hub: &HubPlan) {
+        self.skipped_contacts.insert(hub.contact_id.clone());
+        for pair in &hub.pairs {
+            let account = (pair.code.clone(), pair.account_id.clone());
+            self.skipped_accounts.insert(account);
+        }
+    }
+
+    /// Drops what only the matcher does from a plan of another partition.
+    fn skip_matcher_work(&mut self, plan: &mut Plan) {
+        for create in plan.creates.drain(..) {
+            self.skipped_accounts
+                .insert((create.code, create.account_id));
+        }
+        for create in plan.account_creates.drain(..) {
+            self.skipped_contacts.insert(create.contact_id);
+        }
+        for unlink in plan.unlinks.drain(..) {
+            self.skipped_contacts.insert(unlink.contact_id);
+            self.skipped_accounts
+                .insert((unlink.code, unlink.account_id));
+        }
+        plan.ambiguous.clear();
+        plan.rejected.clear();
+        plan.done_pending = Default::default();
+        plan.recheck_accounts.clear();
+        plan.new_lost_codes.clear();
+    }
+
+    /// Whether this partition remembers a changed contact's hash as read. A record it
+    /// may have to act on later is remembered only once it acted on it, so that the
+    /// change still shows when its turn comes: the matcher may come to act on any
+    /// record (a new link), so it keeps none it left to others; another partition
+    /// acts only on settled hubs of its own contacts, so it keeps none of those it
+    /// left and none unlinked (the matcher may link them into its hubs). A record
+    /// another partition owns for good it remembers, so as not to plan its hub again
+    /// and again.
+    pub(crate) fn keeps_contact_hash(&self, id: &str) -> bool {
+        let skipped = self.skipped_contacts.contains(id);
+        self.keeps(skipped, Some(id))
+    }
+
+    /// [`Cut::keeps_contact_hash`] for an account of relation `code`.
+    pub(crate) fn keeps_account_hash(&self, code: &str, id: &str) -> bool {
+        if self.partition.is_whole() {
+            return true;
+        }
+        let key = (code.to_owned(), id.to_owned());
+        let contact = self.contact_of_account.get(&key).map(String::as_str);
+        self.keeps(self.skipped_accounts.contains(&key), contact)
+    }
+
+    fn keeps(&self, skipped: bool, contact: Option<&str>) -> bool {
+        let partition = self.partition;
+        if partition.is_whole() {
+            return true;
+        }
+        if partition.is_matcher() {
+            return !skipped;
+        }
+        match contact {
+            Some(c) if self.linked_contacts.contains(c) => !(skipped && partition.holds_contact(c)),
+            _ => false,
+        }
+    }
+}
