@@ -731,7 +731,7 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     } else {
         open_state_read(&config)?
     };
-    let relations = Relations::from_config(&config.sync);
+    let relations = Relations::from_config(&config.sync).with_partitions(config.state_partitions);
     let started = Instant::now();
     let built = build_connectors(&config, &registry).and_then(|connectors| {
         Engine::new(relations.clone(), connectors, state.as_mut())

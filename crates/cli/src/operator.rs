@@ -20,7 +20,7 @@ pub(crate) fn retry(cli: &Cli, target: &RetryTarget) -> anyhow::Result<ExitCode>
         configured(&config, code)?;
     }
     let mut state = open_state(&config, LockMode::Exclusive)?;
-    let relations = Relations::from_config(&config.sync);
+    let relations = Relations::from_config(&config.sync).with_partitions(config.state_partitions);
     let count = tandem_engine::retry(state.as_mut(), &relations, target)?;
     if let RetryTarget::Record { code, id } = target
         && count == 0
@@ -55,7 +55,7 @@ pub(crate) fn resolve_conflict(cli: &Cli, id: i64, take: &str) -> anyhow::Result
         value => Take::Value(value.to_owned()),
     };
     let mut state = open_state(&config, LockMode::Exclusive)?;
-    let relations = Relations::from_config(&config.sync);
+    let relations = Relations::from_config(&config.sync).with_partitions(config.state_partitions);
     let entry = match tandem_engine::resolve_conflict(state.as_mut(), &relations, id, &take) {
         Ok(entry) => entry,
         Err(e @ StateError::UnknownConflict { .. }) => return Err(anyhow!(e)),

@@ -70,7 +70,7 @@ pub fn retry(
     let mut retry = Retry {
         relations,
         target,
-        contacts: Scope::new(&relations.contacts_connector, EntityKind::Contact),
+        contacts: relations.scopes_of(&relations.contacts_connector, EntityKind::Contact),
         batch: StateBatch::default(),
         count: 0,
     };
@@ -119,7 +119,8 @@ pub fn retry(
 struct Retry<'a> {
     relations: &'a Relations,
     target: &'a RetryTarget,
-    contacts: Scope,
+    /// Where the state keeps hashes of contacts: marks go to each.
+    contacts: Vec<Scope>,
     batch: StateBatch,
     count: usize,
 }
@@ -132,25 +133,24 @@ impl Retry<'_> {
         }
     }
 
-    fn account_scope(&self, code: &str) -> Option<Scope> {
-        let relation = self.relations.relations.iter().find(|r| r.code == code)?;
-        Some(Scope::new(&relation.connector, relation.kind))
+    fn account_scopes(&self, code: &str) -> Vec<Scope> {
+        let relation = self.relations.relations.iter().find(|r| r.code == code);
+        relation.map_or_else(Vec::new, |r| self.relations.scopes_of(&r.connector, r.kind))
     }
 
     /// Counts one retried entry and marks its contact to be read again.
     fn contact_again(&mut self, contact_id: &str) {
         self.count += 1;
-        let scope = self.contacts.clone();
-        self.batch
-            .set_hashes
-            .push((scope, contact_id.to_owned(), RECHECK));
+        for scope in self.contacts.clone() {
+            let recheck = (scope, contact_id.to_owned(), RECHECK);
+            self.batch.set_hashes.push(recheck);
+        }
     }
 
     fn account_again(&mut self, code: &str, account_id: &str) {
-        if let Some(scope) = self.account_scope(code) {
-            self.batch
-                .set_hashes
-                .push((scope, account_id.to_owned(), RECHECK));
+        for scope in self.account_scopes(code) {
+            let recheck = (scope, account_id.to_owned(), RECHECK);
+            self.batch.set_hashes.push(recheck);
         }
     }
 
@@ -242,17 +242,15 @@ pub fn resolve_conflict(
     let mut batch = StateBatch::default();
     batch.resolve_conflicts.push((id, value.clone()));
     // Both records are looked at again by the next run, which applies the decision.
-    batch.set_hashes.push((
-        Scope::new(&relations.contacts_connector, EntityKind::Contact),
-        conflict.contact_id.clone(),
-        RECHECK,
-    ));
+    for scope in relations.scopes_of(&relations.contacts_connector, EntityKind::Contact) {
+        let recheck = (scope, conflict.contact_id.clone(), RECHECK);
+        batch.set_hashes.push(recheck);
+    }
     if let Some(r) = relations.relations.iter().find(|r| r.code == conflict.code) {
-        batch.set_hashes.push((
-            Scope::new(&r.connector, r.kind),
-            conflict.account_id.clone(),
-            RECHECK,
-        ));
+        for scope in relations.scopes_of(&r.connector, r.kind) {
+            let recheck = (scope, conflict.account_id.clone(), RECHECK);
+            batch.set_hashes.push(recheck);
+        }
     }
     state.commit(batch)?;
     Ok(ConflictEntry {

@@ -104,7 +104,7 @@ impl Partition {
     }
 
     /// Keeps this partition's share of `plan` (see the module's doc) and returns what
-    /// was cut away, for [`Cut::keeps_contact_hash`] and [`Cut::keeps_account_hash`].
+    /// was cut away, for [`Cut::remembers`] and [`Cut::forgets`].
     pub(crate) fn cut(&self, plan: &mut Plan, links: &[Link]) -> Cut {
         let mut cut = Cut {
             partition: *self,
@@ -155,6 +155,15 @@ impl Partition {
     }
 }
 
+/// How a partition remembers a record it read ([`Cut::remembers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Its hash as read: the record shows as changed only once it changes again.
+    AsRead,
+    /// Marked to be looked at again: known, and changed for the next run.
+    ToLookAtAgain,
+}
+
 /// What [`Partition::cut`] left to other partitions.
 #[derive(Debug, Default)]
 pub(crate) struct Cut {
@@ -198,40 +207,56 @@ impl Cut {
         plan.new_lost_codes.clear();
     }
 
-    /// Whether this partition remembers a changed contact's hash as read. A record it
-    /// may have to act on later is remembered only once it acted on it, so that the
-    /// change still shows when its turn comes: the matcher may come to act on any
-    /// record (a new link), so it keeps none it left to others; another partition
-    /// acts only on settled hubs of its own contacts, so it keeps none of those it
-    /// left and none unlinked (the matcher may link them into its hubs). A record
-    /// another partition owns for good it remembers, so as not to plan its hub again
+    /// How this partition remembers a changed record of relation `code` (`None`: a
+    /// contact) that it read. A record it may have to act on later is remembered as
+    /// read only once it acted on it; until then it is marked to be looked at again
+    /// (known, so that its deletion shows, and changed, so that its change still shows
+    /// when its turn comes). The matcher may come to act on any record (a new link),
+    /// so it marks every record it left to others; another partition acts only on
+    /// settled hubs of its own contacts, so it marks those it left, and every record
+    /// not linked (the matcher may link it into a hub of its own). A record another
+    /// partition owns for good it remembers as read, so as not to plan its hub again
     /// and again.
-    pub(crate) fn keeps_contact_hash(&self, id: &str) -> bool {
-        let skipped = self.skipped_contacts.contains(id);
-        self.keeps(skipped, Some(id))
-    }
-
-    /// [`Cut::keeps_contact_hash`] for an account of relation `code`.
-    pub(crate) fn keeps_account_hash(&self, code: &str, id: &str) -> bool {
-        if self.partition.is_whole() {
-            return true;
-        }
-        let key = (code.to_owned(), id.to_owned());
-        let contact = self.contact_of_account.get(&key).map(String::as_str);
-        self.keeps(self.skipped_accounts.contains(&key), contact)
-    }
-
-    fn keeps(&self, skipped: bool, contact: Option<&str>) -> bool {
+    pub(crate) fn remembers(&self, code: Option<&str>, id: &str) -> Seen {
         let partition = self.partition;
         if partition.is_whole() {
-            return true;
+            return Seen::AsRead;
         }
-        if partition.is_matcher() {
-            return !skipped;
+        let (skipped, contact) = self.of(code, id);
+        let as_read = match (partition.is_matcher(), contact) {
+            (true, _) => !skipped,
+            (false, Some(c)) if self.linked_contacts.contains(c) => {
+                !(skipped && partition.holds_contact(c))
+            }
+            (false, _) => false,
+        };
+        match as_read {
+            true => Seen::AsRead,
+            false => Seen::ToLookAtAgain,
         }
-        match contact {
-            Some(c) if self.linked_contacts.contains(c) => !(skipped && partition.holds_contact(c)),
-            _ => false,
+    }
+
+    /// Whether this partition forgets a record read as deleted: not while the unlink
+    /// that follows is left to the matcher, or the deletion would no longer show.
+    pub(crate) fn forgets(&self, code: Option<&str>, id: &str) -> bool {
+        self.partition.is_whole() || !self.of(code, id).0
+    }
+
+    /// Whether record `id` of relation `code` (`None`: a contact) is in a part of the
+    /// plan cut away, and the contact it belongs to (itself, or its account's link).
+    fn of<'c>(&'c self, code: Option<&'c str>, id: &'c str) -> (bool, Option<&'c str>) {
+        match code {
+            None => (self.skipped_contacts.contains(id), Some(id)),
+            Some(code) => {
+                let key = (code.to_owned(), id.to_owned());
+                let contact = self.contact_of_account.get(&key).map(String::as_str);
+                (self.skipped_accounts.contains(&key), contact)
+            }
         }
+    }
+
+    /// Whether this run stores the company of each person read (R3, R10).
+    pub(crate) fn stores_companies(&self) -> bool {
+        self.partition.is_matcher()
     }
 }

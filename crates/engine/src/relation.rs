@@ -125,9 +125,29 @@ pub struct Relations {
     /// Shared fields never written into a contact: the contact owns them.
     pub contact_preserve: Vec<FieldName>,
     pub relations: Vec<Relation>,
+    /// Into how many partitions workers cut the work (`[state] partitions`; 1: none).
+    pub partitions: u32,
 }
 
 impl Relations {
+    /// The same relations, the work cut into `partitions` (`crate::partition`).
+    pub fn with_partitions(mut self, partitions: u32) -> Relations {
+        self.partitions = partitions.max(1);
+        self
+    }
+
+    /// Every scope under which the state may keep hashes of `connector`'s `kind`: its
+    /// own, and each partition's. A mark to read a record again goes to all of them.
+    pub fn scopes_of(&self, connector: &str, kind: EntityKind) -> Vec<tandem_state::Scope> {
+        let mut scopes = vec![tandem_state::Scope::new(connector, kind)];
+        if self.partitions > 1 {
+            let partitions =
+                (0..self.partitions).filter_map(|i| crate::Partition::new(i, self.partitions).ok());
+            scopes.extend(partitions.map(|p| p.scope(connector, kind)));
+        }
+        scopes
+    }
+
     pub fn from_config(config: &SyncConfig) -> Relations {
         let names = |list: &[String]| list.iter().map(|f| FieldName::new(f)).collect::<Vec<_>>();
         let statics = |list: &[&str]| list.iter().map(|f| FieldName::new(f)).collect::<Vec<_>>();
@@ -197,6 +217,7 @@ impl Relations {
                 .map(names)
                 .unwrap_or_else(|| statics(field::preserve(EntityKind::Contact))),
             relations,
+            partitions: 1,
         }
     }
 

@@ -403,7 +403,8 @@ impl<'a> Engine<'a> {
                 |a| wanted.contains(a.id.as_str()),
             )
             .await?;
-            fetch_missing(&*self.state, &**connector, &mut read, wanted).await?;
+            let rechecks_gone = !self.partition.is_whole();
+            fetch_missing(&*self.state, &**connector, &mut read, wanted, rechecks_gone).await?;
             accounts.push(read);
         }
         Ok(accounts)
@@ -455,7 +456,15 @@ impl<'a> Engine<'a> {
             |c| wanted.contains(&c.id),
         )
         .await?;
-        fetch_missing(&*self.state, &**connector, &mut contacts, wanted).await?;
+        let rechecks_gone = !self.partition.is_whole();
+        fetch_missing(
+            &*self.state,
+            &**connector,
+            &mut contacts,
+            wanted,
+            rechecks_gone,
+        )
+        .await?;
         Ok(contacts)
     }
 

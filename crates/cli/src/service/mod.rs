@@ -99,7 +99,7 @@ pub(crate) async fn run(cli: &Cli, worker: bool) -> anyhow::Result<ExitCode> {
         true => None,
     };
     let connectors = build_connectors(&config, &registry)?;
-    let relations = Relations::from_config(&config.sync);
+    let relations = Relations::from_config(&config.sync).with_partitions(config.state_partitions);
     let metrics = Arc::new(Metrics::new());
     observe_http(&config, &metrics);
     let (commands, mut receiver) = mpsc::channel(16);

@@ -6,6 +6,7 @@ use tracing::info;
 
 use super::Applier;
 use crate::matching::Ambiguity;
+use crate::partition::Seen;
 use crate::plan::PlanInput;
 use crate::read::Change;
 use crate::run::{EngineError, ParkedCount, RECHECK, RunReport, ScopeRead, StoredAmbiguities};
@@ -50,9 +51,14 @@ impl Applier<'_> {
     ) -> Result<(), EngineError> {
         super::commit_behind(state, |committer| {
             let batch = &mut self.batch;
-            batch.set_companies.extend(person_companies);
-            for id in &self.contacts.deleted {
-                batch.set_companies.push((id.clone(), None));
+            // The matcher's alone among partitions: it sees every contact's change,
+            // and two partitions reading one contact at two times could store its
+            // company in the wrong order.
+            if self.cut.stores_companies() {
+                batch.set_companies.extend(person_companies);
+                for id in &self.contacts.deleted {
+                    batch.set_companies.push((id.clone(), None));
+                }
             }
             let codes = (self.relations.relations.iter()).map(|r| Some(r.code.as_str()));
             let reads = std::iter::once((None, &self.contacts, &self.settled_contacts)).chain(
@@ -63,18 +69,22 @@ impl Applier<'_> {
             );
             for (code, read, settled) in reads {
                 for (id, seen) in &read.hashes {
-                    let keeps = match code {
-                        None => self.cut.keeps_contact_hash(id),
-                        Some(code) => self.cut.keeps_account_hash(code, id),
-                    };
                     // An unchanged record's stored hash is already this one.
-                    if keeps && !settled.contains(id) && seen.change != Change::Unchanged {
+                    if !settled.contains(id) && seen.change != Change::Unchanged {
                         let scope = read.scope.clone();
-                        batch.set_hash_with_keys(scope, id.clone(), seen.hash, seen.keys);
+                        match self.cut.remembers(code, id) {
+                            Seen::AsRead => {
+                                batch.set_hash_with_keys(scope, id.clone(), seen.hash, seen.keys);
+                            }
+                            Seen::ToLookAtAgain => {
+                                batch.set_hashes.push((scope, id.clone(), RECHECK))
+                            }
+                        }
                     }
                     committer.send_full(batch)?;
                 }
-                for id in &read.deleted {
+                let forgotten = read.deleted.iter().filter(|id| self.cut.forgets(code, id));
+                for id in forgotten {
                     batch.delete_hashes.push((read.scope.clone(), id.clone()));
                 }
             }

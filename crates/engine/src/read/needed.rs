@@ -125,11 +125,16 @@ pub(crate) fn gone_if_missing(read: &mut ScopeRead, known: &HashSet<String>) {
 /// A change-reading connector sends what changed; the records the run needs beyond
 /// that (`wanted`, and those marked to be looked at again) are read by id. A full
 /// listing already held every record there is.
+///
+/// With `rechecks_gone`, a record marked to be looked at again that the connector no
+/// longer has is deleted: a partition keeps a deleted record so marked until the
+/// matcher unlinks it, and the change that said it was deleted is behind its cursor.
 pub(crate) async fn fetch_missing(
     state: &dyn StateStore,
     connector: &dyn Connector,
     read: &mut ScopeRead,
     wanted: &HashSet<String>,
+    rechecks_gone: bool,
 ) -> Result<(), EngineError> {
     if !connector.capabilities().incremental || read.stats.skipped {
         return Ok(());
@@ -158,6 +163,14 @@ pub(crate) async fn fetch_missing(
         found = records.len(),
         "read by id: records the run needs"
     );
+    if rechecks_gone {
+        let found: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let marked: HashSet<&str> = rechecks.iter().map(String::as_str).collect();
+        let gone = (ids.iter()).filter(|id| marked.contains(*id) && !found.contains(*id));
+        let gone: Vec<String> = gone.map(|id| (*id).to_owned()).collect();
+        read.stats.deleted += gone.len() as u64;
+        read.deleted.extend(gone);
+    }
     for record in records {
         let hash = record_hash(&record.fields, record.version.as_deref());
         let change = super::Change::of(stored.get(&record.id).copied(), hash);

@@ -143,29 +143,54 @@ pub(crate) async fn parked_links(conn: &mut PgConnection) -> Result<Vec<Link>, S
     fetch_links(conn, sqlx::query(sqlx::AssertSqlSafe(sql))).await
 }
 
-pub(crate) async fn links_with_intent(conn: &mut PgConnection) -> Result<Vec<Link>, StateError> {
+/// `ended_only`: the intents of runs still going on left out.
+pub(crate) async fn links_with_intent(
+    conn: &mut PgConnection,
+    ended_only: bool,
+) -> Result<Vec<Link>, StateError> {
     let sql = format!(
         "SELECT {LINK_COLUMNS} FROM links l WHERE l.intent IS NOT NULL \
          ORDER BY l.code, l.contact_id"
     );
     let stored = fetch_links(conn, sqlx::query(sqlx::AssertSqlSafe(sql))).await?;
-    let in_flight = intent_batch_links(conn).await?;
+    let in_flight = match ended_only {
+        true => ended_intent_batch_links(conn).await?,
+        false => intent_batch_links(conn).await?,
+    };
     Ok(overlay(stored, in_flight, |_| true))
 }
 
-/// The links of every stored intent batch, oldest first.
-/// The intents of runs no longer running (a worker of another partition may be
-/// carrying out its own right now; `begin_run` marks a dead run of this store's lease
-/// interrupted first). `unpack_intents` forgets the same batches.
+/// The links of every intent batch stored: the intents of runs in flight, shown as
+/// the links they will leave.
 pub(crate) async fn intent_batch_links(conn: &mut PgConnection) -> Result<Vec<Link>, StateError> {
+    const ACTION: &str = "reading intents";
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT run_id, links FROM intent_batches ORDER BY id")
+            .fetch_all(conn)
+            .await
+            .map_err(pg(ACTION))?;
+    decode_intent_batches(rows)
+}
+
+/// The links of the intent batches of runs no longer running, which a run takes up:
+/// a worker of another partition may be carrying out its own right now (`begin_run`
+/// marks a dead run of this store's lease interrupted first). `unpack_intents`
+/// forgets the same batches.
+pub(crate) async fn ended_intent_batch_links(
+    conn: &mut PgConnection,
+) -> Result<Vec<Link>, StateError> {
     const ACTION: &str = "reading intents";
     let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
         "SELECT run_id, links FROM intent_batches
-             WHERE run_id NOT IN (SELECT id FROM runs WHERE status = 'running') ORDER BY id",
+         WHERE run_id NOT IN (SELECT id FROM runs WHERE status = 'running') ORDER BY id",
     )
     .fetch_all(conn)
     .await
     .map_err(pg(ACTION))?;
+    decode_intent_batches(rows)
+}
+
+fn decode_intent_batches(rows: Vec<(i64, Vec<u8>)>) -> Result<Vec<Link>, StateError> {
     let mut out = Vec::new();
     for (run_id, bytes) in rows {
         let links = codec::decode_links(&bytes).map_err(|message| StateError::Corrupt {

@@ -703,3 +703,123 @@ fn a_malformed_baseline_or_conflict_value_names_its_row() {
         "{message}"
     );
 }
+
+/// `tandem run --worker` with partitions: each partition's lease is one worker's, beside
+/// the other partitions' of the same count; the whole state's lease and partitions of
+/// another count exclude them, both ways, naming the holder.
+#[test]
+fn partitions_exclude_the_whole_state_and_another_cut_but_not_each_other() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let first = PgState::open_partition(&url, "partition 0/2", LEASE_TTL).unwrap();
+    let second = PgState::open_partition(&url, "partition 1/2", LEASE_TTL).unwrap();
+    let refused = |result: Result<PgState, StateError>, named: &str| match result {
+        Err(StateError::Leased { name, .. }) => assert_eq!(name, named),
+        other => panic!("not refused for {named}: {:?}", other.map(|_| ())),
+    };
+    refused(
+        PgState::open_partition(&url, "partition 0/2", LEASE_TTL),
+        "partition 0/2",
+    );
+    refused(
+        PgState::open_partition(&url, "partition 2/3", LEASE_TTL),
+        "partition 0/2",
+    );
+    let whole = PgState::open_url(&url, LockMode::Exclusive);
+    assert!(
+        matches!(&whole, Err(StateError::Leased { name, .. }) if name.starts_with("partition "))
+    );
+    // The refused ones let their own leases go: the state is free once both leave.
+    drop((first, second));
+    let whole = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    refused(
+        PgState::open_partition(&url, "partition 1/2", LEASE_TTL),
+        "state",
+    );
+    drop(whole);
+    drop(PgState::open_partition(&url, "partition 1/2", LEASE_TTL).unwrap());
+}
+
+/// A partition's run ends only the runs of its own partition that died (and those of
+/// a holder of the whole state), and takes up only their intents: another partition's
+/// run going on is left alone, its intents are not taken for those of a crash (R18).
+#[test]
+fn a_partition_takes_up_the_intents_of_its_own_dead_runs_only() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let mut first = PgState::open_partition(&url, "partition 0/2", LEASE_TTL).unwrap();
+    let mut second = PgState::open_partition(&url, "partition 1/2", LEASE_TTL).unwrap();
+    let going_on = second.begin_run("sync").unwrap();
+    let mut batch = StateBatch::default();
+    batch.intent_batches.push(crate::IntentBatch {
+        run_id: going_on,
+        links: vec![link("C4", "K4")],
+    });
+    second.commit(batch).unwrap();
+
+    let own = first.begin_run("sync").unwrap();
+    assert_eq!(first.unpack_intents().unwrap(), 0);
+    assert!(first.links_with_intent().unwrap().is_empty());
+    let runs = first.runs(10).unwrap();
+    let status = |id: i64| runs.iter().find(|r| r.id == id).unwrap().status.clone();
+    let mode = |id: i64| runs.iter().find(|r| r.id == id).unwrap().mode.clone();
+    assert_eq!(status(going_on), "running");
+    assert_eq!(mode(own), "sync, partition 0/2");
+    assert_eq!(mode(going_on), "sync, partition 1/2");
+
+    // The second partition's worker dies; the next one ends its run and takes it up.
+    drop(second);
+    let mut next = PgState::open_partition(&url, "partition 1/2", LEASE_TTL).unwrap();
+    let after = next.begin_run("sync").unwrap();
+    assert_eq!(next.unpack_intents().unwrap(), 1);
+    let runs = next.runs(10).unwrap();
+    let status = |id: i64| runs.iter().find(|r| r.id == id).unwrap().status.clone();
+    assert_eq!(status(going_on), "interrupted");
+    assert_eq!(status(own), "running", "the first partition's run goes on");
+    assert_eq!(status(after), "running");
+    first.finish_run(own, "ok", &json!({})).unwrap();
+}
+
+/// Workers of two partitions append to the interaction log side by side: every entry
+/// gets an id of its own.
+#[test]
+fn two_partitions_append_to_the_log_side_by_side() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let entries = |contact: &str| StateBatch {
+        interactions: (0..200)
+            .map(|i| Interaction {
+                id: 0,
+                at: Timestamp(1_700_000_000_000 + i),
+                run_id: None,
+                contact_id: format!("{contact}{i}"),
+                code: "CUST".to_owned(),
+                account_id: None,
+                action: "updated".to_owned(),
+                source: "contact".to_owned(),
+                details: Details::of(&json!({})),
+            })
+            .collect(),
+        ..StateBatch::default()
+    };
+    let writers: Vec<_> = ["partition 0/2", "partition 1/2"]
+        .into_iter()
+        .map(|lease| {
+            let (url, batch) = (url.clone(), entries(lease));
+            std::thread::spawn(move || {
+                let mut state = PgState::open_partition(&url, lease, LEASE_TTL).unwrap();
+                for _ in 0..10 {
+                    state.commit(batch.clone()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let count = text(&url, "SELECT count(*)::text FROM interactions").unwrap();
+    assert_eq!(count, "4000");
+}

@@ -15,7 +15,7 @@ use sqlx::postgres::PgConnection;
 use tandem_model::{Timestamp, Value};
 
 use super::lease::{self, Lease};
-use super::read::{SCOPE_ID, intent_batch_links};
+use super::read::{SCOPE_ID, ended_intent_batch_links};
 use super::{PARTITION_LEASE, pg};
 use crate::sqlite::{LogRow, same_pair};
 use crate::{
@@ -88,7 +88,7 @@ pub(crate) async fn unpack_intents(
 ) -> Result<u64, StateError> {
     let mut tx = conn.begin().await.map_err(pg("starting a transaction"))?;
     lease::fence(&mut tx, shown, leases, ttl).await?;
-    let links = intent_batch_links(&mut tx).await?;
+    let links = ended_intent_batch_links(&mut tx).await?;
     // A link whose account another contact holds now is left out: that link is newer.
     let unpacked = upsert_links(&mut tx, &links, OnTaken::Skip).await?;
     sqlx::query(
