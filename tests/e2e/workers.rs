@@ -252,15 +252,18 @@ fn partitions_share_the_work_and_end_as_one_process_would() {
 
     let mut first = worker(&d, &[]);
     first.wait_for_log("runs partition 0/2", Duration::from_secs(60));
+    let status = d.ok(&["status"]);
+    assert!(status.contains("runs partition 0/2"), "{status}");
+    assert!(status.contains("partition 1/2: no worker"), "{status}");
     let mut second = worker(&d, &[]);
     second.wait_for_log("runs partition 1/2", Duration::from_secs(60));
     let mut third = worker(&d, &[]);
     third.wait_for_log("standing by:", Duration::from_secs(60));
     let status = d.ok(&["status"]);
-    assert!(
-        status.contains("partition 0/2") && status.contains("partition 1/2"),
-        "{status}"
-    );
+    for shown in ["runs partition 0/2", "runs partition 1/2", "stands by"] {
+        assert!(status.contains(shown), "{shown:?} not in {status}");
+    }
+    assert!(!status.contains("no worker"), "{status}");
     wait_until_settled(&d, &mut first);
 
     // Every customer's phone edited: settled hubs, in both partitions.

@@ -9,8 +9,8 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde_json::json;
 use tandem_state::{
-    ConflictEntry, Interaction, Link, LogEntry, PendingCreate, PendingLink, RefusedRequest,
-    RunRecord, Side,
+    ConflictEntry, Interaction, LeaseRole, Link, LogEntry, PendingCreate, PendingLink,
+    RefusedRequest, RunRecord, Side,
 };
 
 use crate::config::Config;
@@ -359,6 +359,37 @@ struct StatusRun {
 }
 
 /// `tandem status`.
+/// The processes holding leases, and with partitions those no worker runs.
+fn processes(out: &mut String, leases: &[tandem_state::LeaseInfo], partitions: u32) {
+    let missing: Vec<String> = (0..partitions)
+        .filter(|_| partitions > 1)
+        .map(|i| format!("partition {i}/{partitions}"))
+        .filter(|name| !leases.iter().any(|l| &l.name == name))
+        .collect();
+    if leases.is_empty() && missing.is_empty() {
+        return;
+    }
+    out.push_str("Processes (their leases, renewed every third of [state] lease):\n");
+    let mut rows = vec![row(&["role", "process", "epoch", "lease left"])];
+    for lease in leases {
+        let role = match lease.role {
+            LeaseRole::Partition => format!("runs {}", lease.name),
+            role => role.says().to_owned(),
+        };
+        rows.push(vec![
+            role,
+            lease.owner.clone(),
+            lease.epoch.to_string(),
+            format!("{:.0} s", lease.expires_in_ms as f64 / 1000.0),
+        ]);
+    }
+    for name in missing {
+        let none = || "-".to_owned();
+        rows.push(vec![format!("{name}: no worker"), none(), none(), none()]);
+    }
+    table(out, &rows);
+}
+
 pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     let config = load(cli, &registry())?;
     let state = open_state_inspect(&config)?;
@@ -423,19 +454,7 @@ pub(crate) fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
             "A sync is running now: what follows is the state as its last commit left it.\n",
         );
     }
-    if !leases.is_empty() {
-        out.push_str("Processes (their leases, renewed every third of [state] lease):\n");
-        let mut rows = vec![row(&["role", "process", "epoch", "lease left"])];
-        for lease in &leases {
-            rows.push(vec![
-                lease.role.says().to_owned(),
-                lease.owner.clone(),
-                lease.epoch.to_string(),
-                format!("{:.0} s", lease.expires_in_ms as f64 / 1000.0),
-            ]);
-        }
-        table(&mut out, &rows);
-    }
+    processes(&mut out, &leases, config.state_partitions);
     if runs.is_empty() {
         out.push_str("No runs yet.\n");
     } else {

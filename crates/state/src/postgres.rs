@@ -542,9 +542,17 @@ impl StateStore for PgState {
     }
 
     /// Whether another process holds the state's lease: a sync or a service runs.
+    /// The whole state's holder, or a worker running a partition.
     fn writer_active(&self) -> bool {
-        self.run(move |s| s.on(async |conn, _| lease::live(conn, STATE_LEASE).await))
-            .unwrap_or(false)
+        self.run(move |s| {
+            s.on(async |conn, _| {
+                let live = lease::live_leases(conn).await?;
+                Ok(live
+                    .iter()
+                    .any(|l| l.name == STATE_LEASE || l.name.starts_with(PARTITION_LEASE)))
+            })
+        })
+        .unwrap_or(false)
     }
 
     /// Answers from the last renewal while it is younger than half the lease's

@@ -265,14 +265,3 @@ pub(crate) async fn live_leases(
         })
         .collect())
 }
-
-/// Whether some process holds the lease `name` now (it has not expired).
-pub(crate) async fn live(conn: &mut PgConnection, name: &str) -> Result<bool, StateError> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM leases WHERE name = $1 AND expires_at > now())",
-    )
-    .bind(name)
-    .fetch_one(conn)
-    .await
-    .map_err(pg("reading the state's lease"))
-}
