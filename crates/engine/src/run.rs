@@ -135,6 +135,7 @@ impl<'a> Engine<'a> {
     /// Carries out only `partition`'s share of each run (`crate::partition`).
     pub fn set_partition(&mut self, partition: crate::Partition) {
         self.partition = partition;
+        self.relations = self.relations.clone().with_partitions(partition.count());
     }
 
     /// Reads every scope even when its connector's fingerprint says nothing changed
