@@ -1,6 +1,6 @@
-"""Helpers of scripts/bench-partitions: point a tandem.toml at a state, and edit the
-phone of every n-th account of a CSV file (written whole, then renamed into place, as
-a user's program would)."""
+"""Helpers of scripts/bench-partitions: point a tandem.toml at a state, edit the phone
+of every n-th account of a CSV file (written whole, then renamed into place, as a
+user's program would), and tell whether a worker ran since a line of its log."""
 
 import csv
 import os
@@ -32,5 +32,14 @@ def edit(path: str, every: str) -> None:
     os.replace(path + ".new", path)
 
 
+def ran_since(log: str, line: str) -> None:
+    """Exits 0 when the worker's log shows a run begun after its line `line` that
+    ended (a read, then the loop's `sync run N:` line), 1 otherwise."""
+    lines = open(log).read().splitlines()[int(line):]
+    began = next((i for i, l in enumerate(lines) if l.startswith("reading connector=")), None)
+    ended = began is not None and any("sync run " in l for l in lines[began:])
+    sys.exit(0 if ended else 1)
+
+
 if __name__ == "__main__":
-    {"configure": configure, "edit": edit}[sys.argv[1]](*sys.argv[2:])
+    {"configure": configure, "edit": edit, "ran_since": ran_since}[sys.argv[1]](*sys.argv[2:])

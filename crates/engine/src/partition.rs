@@ -1,5 +1,5 @@
 //! Partitions: several workers share one deployment's work without doing any of it
-//! twice (`tandem run --worker` with `[workers] partitions`).
+//! twice (`tandem run --worker` with `[state] partitions`).
 //!
 //! Every worker reads and plans the whole deployment, then carries out only its
 //! partition's share of the plan ([`Partition::cut`]):
@@ -15,9 +15,9 @@
 //!
 //! Each partition keeps its own view of what changed: its cursors, fingerprints and
 //! content hashes live under a scope of its own (`crm#2/4`), so one partition reading
-//! a change never hides it from the partition that must act on it. A partition stores
-//! the hash of a record it might have to act on later only once it acted on it (see
-//! [`Cut::keeps_hash_of`]); a record another partition owns for good it remembers as
+//! a change never hides it from the partition that must act on it. A partition
+//! remembers a record it might have to act on later as read only once it acted on it
+//! (see [`Cut::remembers`]); a record another partition owns for good it remembers as
 //! read, so it does not plan that record's hub again and again.
 
 use std::collections::{HashMap, HashSet};
@@ -258,5 +258,49 @@ impl Cut {
     /// Whether this run stores the company of each person read (R3, R10).
     pub(crate) fn stores_companies(&self) -> bool {
         self.partition.is_matcher()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers on several hosts and releases must agree on whose a contact is: the
+    /// hash is fixed, not the process's random one.
+    #[test]
+    fn a_contact_is_in_the_same_partition_on_every_host_and_release() {
+        let seen: Vec<u32> = ["C00000001", "C00000002", "uc6", "K-17"]
+            .iter()
+            .map(|id| Partition::of_contact(id, 4))
+            .collect();
+        assert_eq!(seen, [3, 2, 1, 0]);
+    }
+
+    /// Ten thousand ids spread over four partitions within a tenth of a fair share.
+    #[test]
+    fn contacts_spread_evenly_over_the_partitions() {
+        let mut counts = [0u32; 4];
+        for i in 0..10_000 {
+            counts[Partition::of_contact(&format!("C{i:08}"), 4) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|n| (2_250..=2_750).contains(n)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn a_partition_keeps_its_state_under_its_own_name() {
+        let p = Partition::new(1, 3).unwrap();
+        assert_eq!(p.scope("crm", EntityKind::Contact).connector, "crm#1/3");
+        assert_eq!(p.lease_name(), "partition 1/3");
+        assert_eq!(
+            Partition::whole()
+                .scope("crm", EntityKind::Contact)
+                .connector,
+            "crm"
+        );
+        assert!(Partition::new(3, 3).is_err());
+        assert!(Partition::whole().holds_contact("anything"));
     }
 }

@@ -284,23 +284,14 @@ impl PgState {
         // Dropped on a refusal, which lets the lease just taken go again.
         state.run(move |s| {
             s.hold(&lease, &lease::owner())?;
-            let count = lease.rsplit_once('/').map(|(_, count)| count.to_owned());
+            let count = |name: &str| name.rsplit_once('/').map(|(_, count)| count.to_owned());
+            let ours = count(&lease);
             s.on(async |conn, shown| {
-                let others = lease::live_leases(conn).await?;
-                let overlapping = others.into_iter().find(|other| {
-                    other.name == STATE_LEASE
-                        || (other.name.starts_with(PARTITION_LEASE)
-                            && other.name.rsplit_once('/').map(|(_, c)| c.to_owned()) != count)
-                });
-                match overlapping {
-                    None => Ok(()),
-                    Some(other) => Err(StateError::Leased {
-                        path: shown.to_owned(),
-                        name: other.name,
-                        owner: other.owner,
-                        expires_at: format!("in {} ms", other.expires_in_ms.max(0)),
-                    }),
-                }
+                let overlaps = |name: &str| {
+                    name == STATE_LEASE
+                        || (name.starts_with(PARTITION_LEASE) && count(name) != ours)
+                };
+                lease::refuse_overlapping(conn, shown, overlaps).await
             })
         })?;
         Ok(state)
@@ -403,21 +394,13 @@ fn start(opening: Opening<'_>) -> Result<Option<Session>, StateError> {
     if access == Access::Lock(LockMode::Exclusive) {
         session.hold(STATE_LEASE, &lease::owner())?;
         // Workers running partitions write side by side: the whole state is theirs.
-        let partition = session.on(async |conn, _| {
-            let live = lease::live_leases(conn).await?;
-            Ok(live
-                .into_iter()
-                .find(|l| l.name.starts_with(PARTITION_LEASE)))
-        })?;
-        if let Some(worker) = partition {
+        let partitions = |name: &str| name.starts_with(PARTITION_LEASE);
+        let refused = session
+            .on(async |conn, shown| lease::refuse_overlapping(conn, shown, partitions).await);
+        if let Err(e) = refused {
             let leases = std::mem::take(&mut session.leases);
             session.on(async |conn, _| lease::release(conn, &leases).await)?;
-            return Err(StateError::Leased {
-                path: shown.to_owned(),
-                name: worker.name,
-                owner: worker.owner,
-                expires_at: format!("in {} ms", worker.expires_in_ms.max(0)),
-            });
+            return Err(e);
         }
     }
     Ok(Some(session))
@@ -541,8 +524,8 @@ impl StateStore for PgState {
         true
     }
 
-    /// Whether another process holds the state's lease: a sync or a service runs.
-    /// The whole state's holder, or a worker running a partition.
+    /// Whether another process holds the state's lease (a sync or a service runs) or
+    /// a partition's (a worker runs).
     fn writer_active(&self) -> bool {
         self.run(move |s| {
             s.on(async |conn, _| {

@@ -265,3 +265,30 @@ pub(crate) async fn live_leases(
         })
         .collect())
 }
+
+/// Refuses with [`StateError::Leased`], naming the holder and when its lease expires,
+/// when a live lease `overlaps` (by its name) one just taken: a whole state's holder
+/// and workers of partitions never write side by side, nor partitions of two counts.
+pub(crate) async fn refuse_overlapping(
+    conn: &mut PgConnection,
+    shown: &str,
+    overlaps: impl Fn(&str) -> bool,
+) -> Result<(), StateError> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT name, owner,
+                to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC'
+         FROM leases WHERE expires_at > now() ORDER BY name",
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(pg("reading the state's leases"))?;
+    match rows.into_iter().find(|(name, _, _)| overlaps(name)) {
+        None => Ok(()),
+        Some((name, owner, expires_at)) => Err(StateError::Leased {
+            path: shown.to_owned(),
+            name,
+            owner,
+            expires_at,
+        }),
+    }
+}
