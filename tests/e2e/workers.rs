@@ -328,3 +328,84 @@ fn partitions_share_the_work_and_end_as_one_process_would() {
     assert_eq!(outcome(&d), outcome(&reference), "as one process alone");
     no_duplicates_or_dangling_links(&d);
 }
+
+/// `[state] partitions = 2`, the worker of partition 1 stopped (SIGSTOP) in the middle
+/// of its share of an edit, between its contact updates and its account updates, past
+/// its lease: a spare takes the partition over and finishes the share (R18); the
+/// stopped worker, resumed, writes nothing and stands by. Then the matcher's worker is
+/// killed (SIGKILL) and the resumed one takes partition 0 over. The systems and links
+/// end as one process alone leaves them.
+#[test]
+fn a_partition_stalled_past_its_lease_is_finished_by_a_spare_and_writes_nothing_after() {
+    let Some(server) = tandem_connector_sql::testsupport::PostgresServer::start() else {
+        return;
+    };
+    const N: usize = 2_000;
+    let reference = large(N);
+    reference.sync();
+    let d = large_in(
+        Deployment::on_postgres(&partitioned_config(), &server.url()),
+        N,
+    );
+    let mut first = worker(&d, &[]);
+    first.wait_for_log("runs partition 0/2", Duration::from_secs(60));
+    wait_until_settled(&d, &mut first);
+
+    // Every customer's phone edited, then partition 1's worker starts: its first run
+    // carries its share, and stops between the contacts and the customers.
+    for deployment in [&reference, &d] {
+        edit(deployment, "erp/customers.csv", ",+32 2 ", ",+32 9 ");
+    }
+    reference.sync();
+    let mut second = worker(&d, &[("TANDEM_FAILPOINT", "after_contact_updates:stop")]);
+    second.wait_for_log("runs partition 1/2", Duration::from_secs(60));
+    second.wait_for_log(
+        "failpoint after_contact_updates reached: stopping",
+        Duration::from_secs(120),
+    );
+    assert!(writes_sent(&second.log()) > 0, "{}", second.log());
+    let stopped = Instant::now();
+    let mut third = worker(&d, &[]);
+    third.wait_for_log("runs partition 1/2", Duration::from_secs(30));
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "taken over only once the stopped worker's lease expired: after {:?}",
+        stopped.elapsed()
+    );
+    wait_until_settled(&d, &mut first);
+    let settled = (files(&d), d.links());
+    assert_eq!(outcome(&d), outcome(&reference), "the edits carried");
+
+    let before_resuming = second.log().len();
+    second.signal("CONT");
+    second.wait_for_log("stands by again", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let resumed = second.log()[before_resuming..].to_owned();
+    assert!(
+        resumed.contains("was taken over by another process"),
+        "{resumed}"
+    );
+    assert_eq!(writes_sent(&resumed), 0, "wrote after resuming:\n{resumed}");
+    assert_eq!(
+        (files(&d), d.links()),
+        settled,
+        "the resumed worker wrote nothing"
+    );
+
+    // The matcher's worker killed: the resumed one, standing by, takes partition 0.
+    first.signal("KILL");
+    let _ = first.wait(Duration::from_secs(10));
+    second.wait_for_log("runs partition 0/2", Duration::from_secs(20));
+    for deployment in [&reference, &d] {
+        for i in 0..20 {
+            let lone = [("id", format!("M{i:06}")), ("name", format!("Lone {i}"))];
+            append_row(deployment, "erp/customers.csv", &lone);
+        }
+    }
+    reference.sync();
+    wait_until_settled(&d, &mut second);
+    second.stop(Duration::from_secs(60));
+    third.stop(Duration::from_secs(60));
+    assert_eq!(outcome(&d), outcome(&reference), "as one process alone");
+    no_duplicates_or_dangling_links(&d);
+}
