@@ -189,6 +189,25 @@ fn a_worker_on_a_sqlite_state_is_refused_with_what_to_do() {
     assert!(!d.state_exists(), "no state created");
 }
 
+/// Partitions are for workers on PostgreSQL: on a SQLite state, or out of range, the
+/// config is refused naming the key and what to do.
+#[test]
+fn partitions_on_a_sqlite_state_or_out_of_range_are_refused() {
+    for (partitions, says) in [
+        ("2", "needs a state on PostgreSQL"),
+        ("0", "from 1 to 64"),
+        ("65", "from 1 to 64"),
+    ] {
+        let d = Deployment::on_sqlite(&crate::support::CONFIG.replace(
+            "[state]\n",
+            &format!("[state]\npartitions = {partitions}\n"),
+        ));
+        let out = d.fails(&["check"], 1);
+        assert!(out.contains("state.partitions"), "{out}");
+        assert!(out.contains(says), "{out}");
+    }
+}
+
 /// A lease shorter than three renewals of a second is a config mistake.
 #[test]
 fn a_lease_under_three_seconds_is_refused() {

@@ -479,6 +479,19 @@ impl Parsed {
             );
             problems.push(Problem::new("state.partitions", message));
         }
+        if let Some(state) = &self.state
+            && state.partitions > 1
+            && matches!(
+                tandem_state::StoreKind::of_url(&state.url),
+                Ok(tandem_state::StoreKind::Sqlite)
+            )
+        {
+            let message = "above 1 needs a state on PostgreSQL (`postgres://...`): partitions \
+                           are run by workers (`tandem run --worker`) that share the state; \
+                           set it back to 1, or move the state with `tandem migrate` \
+                           (docs/configuration.md, \"Several workers\")";
+            problems.push(Problem::new("state.partitions", message));
+        }
         if let Some(service) = &self.service
             && self.complete
         {
