@@ -283,6 +283,9 @@ fn partitions_share_the_work_and_end_as_one_process_would() {
         assert!(status.contains(shown), "{shown:?} not in {status}");
     }
     assert!(!status.contains("no worker"), "{status}");
+    // A sync beside the workers is refused, naming a partition's worker.
+    let out = d.fails(&["sync"], 1);
+    assert!(out.contains("lease `partition "), "{out}");
     wait_until_settled(&d, &mut first);
 
     // Every customer's phone edited: settled hubs, in both partitions.

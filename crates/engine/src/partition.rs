@@ -162,6 +162,8 @@ pub(crate) enum Seen {
     AsRead,
     /// Marked to be looked at again: known, and changed for the next run.
     ToLookAtAgain,
+    /// Marked to be looked at again, here and by the partition that holds it.
+    HandedOver(Partition),
 }
 
 /// What [`Partition::cut`] left to other partitions.
@@ -208,36 +210,36 @@ impl Cut {
     }
 
     /// How this partition remembers a changed record of relation `code` (`None`: a
-    /// contact) that it read. A record it may have to act on later is remembered as
-    /// read only once it acted on it; until then it is marked to be looked at again
-    /// (known, so that its deletion shows, and changed, so that its change still shows
-    /// when its turn comes). The matcher may come to act on any record (a new link),
-    /// so it marks every record it left to others; another partition acts only on
-    /// settled hubs of its own contacts, so it marks those it left, and every record
-    /// not linked (the matcher may link it into a hub of its own). A record another
-    /// partition owns for good it remembers as read, so as not to plan its hub again
-    /// and again.
+    /// contact) that it read. What it carried out, and what it will never act on, it
+    /// remembers as read. A record it left to another partition but may have to act
+    /// on later it marks to be looked at again: known, so that its deletion shows, and
+    /// changed, so that its change shows when its turn comes. For a partition other
+    /// than the matcher, that is a record of its own contacts in a hub the matcher
+    /// carries out (a new link). The matcher may come to act on any record, so it
+    /// marks every record it left to others, and also hands it to the partition that
+    /// holds it: that partition may have remembered it as read before the matcher
+    /// linked it (when it was the matcher's), from a copy older or newer than the one
+    /// the link was made from, and only the matcher's view shows which.
     pub(crate) fn remembers(&self, code: Option<&str>, id: &str) -> Seen {
         let partition = self.partition;
-        if partition.is_whole() {
+        let (skipped, contact) = self.of(code, id);
+        if partition.is_whole() || !skipped {
             return Seen::AsRead;
         }
-        let (skipped, contact) = self.of(code, id);
-        let as_read = match (partition.is_matcher(), contact) {
-            (true, _) => !skipped,
-            (false, Some(c)) if self.linked_contacts.contains(c) => {
-                !(skipped && partition.holds_contact(c))
+        match contact {
+            Some(c) if partition.is_matcher() && self.linked_contacts.contains(c) => {
+                let holder = Partition::of_contact(c, partition.count);
+                Seen::HandedOver(Partition::new(holder, partition.count).unwrap_or_default())
             }
-            (false, _) => false,
-        };
-        match as_read {
-            true => Seen::AsRead,
-            false => Seen::ToLookAtAgain,
+            _ if partition.is_matcher() => Seen::ToLookAtAgain,
+            Some(c) if partition.holds_contact(c) => Seen::ToLookAtAgain,
+            _ => Seen::AsRead,
         }
     }
 
     /// Whether this partition forgets a record read as deleted: not while the unlink
-    /// that follows is left to the matcher, or the deletion would no longer show.
+    /// that follows is left to the matcher, or the deletion would no longer show; it is
+    /// marked to be looked at again instead (and, read by id, found gone again).
     pub(crate) fn forgets(&self, code: Option<&str>, id: &str) -> bool {
         self.partition.is_whole() || !self.of(code, id).0
     }

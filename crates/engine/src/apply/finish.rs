@@ -79,13 +79,22 @@ impl Applier<'_> {
                             Seen::ToLookAtAgain => {
                                 batch.set_hashes.push((scope, id.clone(), RECHECK))
                             }
+                            Seen::HandedOver(holder) => {
+                                let theirs = holder.scope(&read.stats.connector, scope.kind);
+                                batch.set_hashes.push((scope, id.clone(), RECHECK));
+                                batch.set_hashes.push((theirs, id.clone(), RECHECK));
+                            }
                         }
                     }
                     committer.send_full(batch)?;
                 }
-                let forgotten = read.deleted.iter().filter(|id| self.cut.forgets(code, id));
-                for id in forgotten {
-                    batch.delete_hashes.push((read.scope.clone(), id.clone()));
+                for id in &read.deleted {
+                    let scope = read.scope.clone();
+                    match self.cut.forgets(code, id) {
+                        true => batch.delete_hashes.push((scope, id.clone())),
+                        // Its unlink is the matcher's: looked at again, found gone.
+                        false => batch.set_hashes.push((scope, id.clone(), RECHECK)),
+                    }
                 }
             }
             for id in std::mem::take(&mut self.recheck_contacts) {
