@@ -83,42 +83,51 @@ fn workers_take_over_from_a_killed_and_a_stalled_worker_and_end_as_one_process_w
         "failpoint after_contact_updates reached: stopping",
         Duration::from_secs(120),
     );
-    let stopped = Instant::now();
-    third.wait_for_log("this worker holds the state", Duration::from_secs(30));
-    // Renewed every second, the lease had two seconds or more left when it stopped.
-    assert!(
-        stopped.elapsed() >= Duration::from_secs(2),
-        "taken over only once the stopped worker's lease expired: after {:?}",
-        stopped.elapsed()
-    );
+    taken_over_once_the_lease_expired(&mut third, "this worker holds the state");
 
     // The third finishes the work; then the stopped one resumes and stands by again
     // without sending a single write.
     wait_until_settled(&d, &mut third);
-    let settled = (files(&d), d.links());
-    let before_resuming = second.log().len();
-    second.signal("CONT");
-    second.wait_for_log("stands by again", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(2));
-    let resumed = second.log()[before_resuming..].to_owned();
-    assert!(
-        resumed.contains("was taken over by another process"),
-        "{resumed}"
-    );
-    assert!(
-        !resumed.contains("sending writes"),
-        "wrote after resuming:\n{resumed}"
-    );
-    assert_eq!(
-        (files(&d), d.links()),
-        settled,
-        "the resumed worker wrote nothing"
-    );
+    resumed_writes_nothing(&d, &mut second);
 
     second.stop(Duration::from_secs(60));
     third.stop(Duration::from_secs(60));
     assert_eq!(outcome(&d), outcome(&reference), "as one process alone");
     no_duplicates_or_dangling_links(&d);
+}
+
+/// Waits until `taker` logs `took` (it took the lease of a worker stopped just now),
+/// and checks that it waited for the lease to expire: renewed every second, the lease
+/// had two seconds or more left when the worker stopped.
+fn taken_over_once_the_lease_expired(taker: &mut Service, took: &str) {
+    let stopped = Instant::now();
+    taker.wait_for_log(took, Duration::from_secs(30));
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "taken over only once the stopped worker's lease expired: after {:?}",
+        stopped.elapsed()
+    );
+}
+
+/// Resumes (SIGCONT) a worker stopped past its lease, whose work another finished:
+/// it finds out it was taken over, stands by again, and sends no write to any system.
+fn resumed_writes_nothing(d: &Deployment, stalled: &mut Service) {
+    let settled = (files(d), d.links());
+    let before_resuming = stalled.log().len();
+    stalled.signal("CONT");
+    stalled.wait_for_log("stands by again", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let resumed = stalled.log()[before_resuming..].to_owned();
+    assert!(
+        resumed.contains("was taken over by another process"),
+        "{resumed}"
+    );
+    assert_eq!(writes_sent(&resumed), 0, "wrote after resuming:\n{resumed}");
+    assert_eq!(
+        (files(d), d.links()),
+        settled,
+        "the resumed worker wrote nothing"
+    );
 }
 
 /// Waits until the holder's last run is done and a plan has nothing left to do.
@@ -224,7 +233,49 @@ fn partitioned_config() -> String {
     config().replace("lease = ", "partitions = 2\nlease = ")
 }
 
-/// The writes a worker sent since `from` in its log (`-v`), by kind.
+/// The reference synced; once the first of `workers` settled `d`, they are stopped,
+/// and `d` must hold what one process alone leaves: the same files and links, no
+/// duplicate, no dangling link.
+fn ends_as_one_process<const N: usize>(
+    reference: &Deployment,
+    d: &Deployment,
+    mut workers: [&mut Service; N],
+) {
+    reference.sync();
+    wait_until_settled(d, workers[0]);
+    for worker in &mut workers {
+        worker.stop(Duration::from_secs(60));
+    }
+    assert_eq!(outcome(d), outcome(reference), "as one process alone");
+    no_duplicates_or_dangling_links(d);
+}
+
+/// Kills (SIGKILL) the worker of partition 0; `taker`, standing by on this host, takes
+/// the partition over at once.
+fn kill_the_matcher(matcher: &mut Service, taker: &mut Service) {
+    matcher.signal("KILL");
+    let _ = matcher.wait(Duration::from_secs(10));
+    taker.wait_for_log("runs partition 0/2", Duration::from_secs(20));
+}
+
+/// [`large`]'s data twice: synced by one process (the reference), and on PostgreSQL
+/// cut into two partitions, with the worker of partition 0 started.
+fn partitioned(
+    server: &tandem_connector_sql::testsupport::PostgresServer,
+) -> (Deployment, Deployment, Service) {
+    const N: usize = 2_000;
+    let reference = large(N);
+    reference.sync();
+    let d = large_in(
+        Deployment::on_postgres(&partitioned_config(), &server.url()),
+        N,
+    );
+    let mut first = worker(&d, &[]);
+    first.wait_for_log("runs partition 0/2", Duration::from_secs(60));
+    (reference, d, first)
+}
+
+/// The batches of writes a worker sent, in (a part of) its log (`-v`).
 fn writes_sent(log: &str) -> usize {
     log.lines().filter(|l| l.contains("sending writes")).count()
 }
@@ -261,16 +312,7 @@ fn partitions_share_the_work_and_end_as_one_process_would() {
     let Some(server) = tandem_connector_sql::testsupport::PostgresServer::start() else {
         return;
     };
-    const N: usize = 2_000;
-    let reference = large(N);
-    reference.sync();
-    let d = large_in(
-        Deployment::on_postgres(&partitioned_config(), &server.url()),
-        N,
-    );
-
-    let mut first = worker(&d, &[]);
-    first.wait_for_log("runs partition 0/2", Duration::from_secs(60));
+    let (reference, d, mut first) = partitioned(&server);
     let status = d.ok(&["status"]);
     assert!(status.contains("runs partition 0/2"), "{status}");
     assert!(status.contains("partition 1/2: no worker"), "{status}");
@@ -310,9 +352,7 @@ fn partitions_share_the_work_and_end_as_one_process_would() {
     );
 
     // The matcher killed: the standby takes partition 0 over at once.
-    first.signal("KILL");
-    let _ = first.wait(Duration::from_secs(10));
-    third.wait_for_log("runs partition 0/2", Duration::from_secs(20));
+    kill_the_matcher(&mut first, &mut third);
     for deployment in [&reference, &d] {
         for i in 0..50 {
             let (vat, name) = (format!("LU{i:08}"), format!("Late {i}"));
@@ -343,12 +383,7 @@ fn partitions_share_the_work_and_end_as_one_process_would() {
             append_row(deployment, "erp/customers.csv", &lone);
         }
     }
-    reference.sync();
-    wait_until_settled(&d, &mut third);
-    second.stop(Duration::from_secs(60));
-    third.stop(Duration::from_secs(60));
-    assert_eq!(outcome(&d), outcome(&reference), "as one process alone");
-    no_duplicates_or_dangling_links(&d);
+    ends_as_one_process(&reference, &d, [&mut third, &mut second]);
 }
 
 /// `[state] partitions = 2`, the worker of partition 1 stopped (SIGSTOP) in the middle
@@ -362,15 +397,7 @@ fn a_partition_stalled_past_its_lease_is_finished_by_a_spare_and_writes_nothing_
     let Some(server) = tandem_connector_sql::testsupport::PostgresServer::start() else {
         return;
     };
-    const N: usize = 2_000;
-    let reference = large(N);
-    reference.sync();
-    let d = large_in(
-        Deployment::on_postgres(&partitioned_config(), &server.url()),
-        N,
-    );
-    let mut first = worker(&d, &[]);
-    first.wait_for_log("runs partition 0/2", Duration::from_secs(60));
+    let (reference, d, mut first) = partitioned(&server);
     wait_until_settled(&d, &mut first);
 
     // Every customer's phone edited, then partition 1's worker starts: its first run
@@ -386,48 +413,19 @@ fn a_partition_stalled_past_its_lease_is_finished_by_a_spare_and_writes_nothing_
         Duration::from_secs(120),
     );
     assert!(writes_sent(&second.log()) > 0, "{}", second.log());
-    let stopped = Instant::now();
     let mut third = worker(&d, &[]);
-    third.wait_for_log("runs partition 1/2", Duration::from_secs(30));
-    assert!(
-        stopped.elapsed() >= Duration::from_secs(2),
-        "taken over only once the stopped worker's lease expired: after {:?}",
-        stopped.elapsed()
-    );
+    taken_over_once_the_lease_expired(&mut third, "runs partition 1/2");
     wait_until_settled(&d, &mut first);
-    let settled = (files(&d), d.links());
     assert_eq!(outcome(&d), outcome(&reference), "the edits carried");
-
-    let before_resuming = second.log().len();
-    second.signal("CONT");
-    second.wait_for_log("stands by again", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(2));
-    let resumed = second.log()[before_resuming..].to_owned();
-    assert!(
-        resumed.contains("was taken over by another process"),
-        "{resumed}"
-    );
-    assert_eq!(writes_sent(&resumed), 0, "wrote after resuming:\n{resumed}");
-    assert_eq!(
-        (files(&d), d.links()),
-        settled,
-        "the resumed worker wrote nothing"
-    );
+    resumed_writes_nothing(&d, &mut second);
 
     // The matcher's worker killed: the resumed one, standing by, takes partition 0.
-    first.signal("KILL");
-    let _ = first.wait(Duration::from_secs(10));
-    second.wait_for_log("runs partition 0/2", Duration::from_secs(20));
+    kill_the_matcher(&mut first, &mut second);
     for deployment in [&reference, &d] {
         for i in 0..20 {
             let lone = [("id", format!("M{i:06}")), ("name", format!("Lone {i}"))];
             append_row(deployment, "erp/customers.csv", &lone);
         }
     }
-    reference.sync();
-    wait_until_settled(&d, &mut second);
-    second.stop(Duration::from_secs(60));
-    third.stop(Duration::from_secs(60));
-    assert_eq!(outcome(&d), outcome(&reference), "as one process alone");
-    no_duplicates_or_dangling_links(&d);
+    ends_as_one_process(&reference, &d, [&mut second, &mut third]);
 }

@@ -1179,16 +1179,24 @@ fn run_case(case: &Case) -> Result<(), String> {
     outcome.map_err(|e| format!("{e}\n--- trace ---\n{}", world.trace.join("\n")))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        // `PROPTEST_CASES` overrides, for a quick look or a long hunt.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(500),
+/// The model's proptest settings: `default_cases` unless `PROPTEST_CASES` says (for a
+/// quick look or a long hunt); failing seeds kept beside this file.
+fn model_config(default_cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default_cases),
         max_shrink_iters: 10_000,
         failure_persistence: Some(Box::new(
             proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
         )),
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(model_config(500))]
 
     #[test]
     fn model(case in case()) {
@@ -1198,18 +1206,11 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        // A round of partitions is two or three runs: fewer cases than `model`.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(150),
-        max_shrink_iters: 10_000,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
-        )),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(model_config(150))]
 
     /// The model with every sync a round of partitions' runs (`tandem run --worker`):
-    /// the same invariants hold as for one whole run.
+    /// the same invariants hold as for one whole run. A round is two or three runs:
+    /// fewer cases.
     #[test]
     fn model_partitions(case in partitioned_case()) {
         let outcome = run_case(&case);
@@ -1767,9 +1768,10 @@ async fn partition_sync(w: &mut World, index: u32, count: u32) -> RunReport {
 /// matcher is deleted while its contact is edited; the partition holding the contact
 /// ran first, and wrote the contact's edit to the deleted customer ("record uk1 not
 /// found"): it had never remembered the customer (left to the matcher when it was
-/// new), so the full listing without it said nothing. A partition now marks what it
-/// leaves to be looked at again, which keeps it known, and forgets a deleted record
-/// only once the matcher's unlink is done.
+/// new), so the full listing without it said nothing. A partition now remembers every
+/// record it reads (an unlinked one as read), and marks a deleted one whose unlink is
+/// the matcher's to be looked at again until that unlink is done: a full listing
+/// finds it missing again, a read by id finds it gone.
 #[tokio::test]
 #[allow(
     clippy::await_holding_lock,
