@@ -200,16 +200,12 @@ impl<'r> SentIndex<'r> {
         // name. Looking only there finds what the union of all buckets would, without
         // walking a bucket as large as a city's for each create.
         let named = buckets.iter().filter(|(key, _)| *key == field::NAME);
-        let mut candidates: Vec<&'r Record> = buckets
+        let buckets = buckets
             .iter()
             .take(2)
             .chain(named)
-            .flat_map(|(_, bucket)| bucket.iter())
-            .copied()
-            .filter(|r| free(r))
-            .collect();
-        candidates.sort_by(|a, b| a.id.cmp(&b.id));
-        candidates.dedup_by(|a, b| a.id == b.id);
+            .map(|(_, bucket)| *bucket);
+        let candidates = distinct_free(buckets, &free);
         let exact: Vec<&'r Record> = candidates
             .iter()
             .copied()
@@ -238,19 +234,14 @@ impl<'r> SentIndex<'r> {
     /// account; for an account the user deleted since, that account came back as a
     /// new one.
     fn found_loosely(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
-        let mut candidates: Vec<&'r Record> = IDENTIFYING
-            .iter()
+        let buckets = (IDENTIFYING.iter())
             .filter_map(|&key| {
                 let value = sent.get(key)?;
                 self.by_key.get(&(key, index_text(key, value)))
             })
             .filter(|bucket| bucket.len() <= LOOSE_BUCKET)
-            .flatten()
-            .copied()
-            .filter(|r| free(r))
-            .collect();
-        candidates.sort_by(|a, b| a.id.cmp(&b.id));
-        candidates.dedup_by(|a, b| a.id == b.id);
+            .map(Vec::as_slice);
+        let candidates = distinct_free(buckets, &free);
         Found::of(
             candidates
                 .into_iter()
@@ -258,6 +249,17 @@ impl<'r> SentIndex<'r> {
                 .collect(),
         )
     }
+}
+
+/// The records of `buckets` that `free` lets through, each once, in id order.
+fn distinct_free<'b, 'r: 'b>(
+    buckets: impl Iterator<Item = &'b [&'r Record]>,
+    free: &impl Fn(&Record) -> bool,
+) -> Vec<&'r Record> {
+    let mut candidates: Vec<&'r Record> = buckets.flatten().copied().filter(|r| free(r)).collect();
+    candidates.sort_by(|a, b| a.id.cmp(&b.id));
+    candidates.dedup_by(|a, b| a.id == b.id);
+    candidates
 }
 
 /// The values that tell one partner from another: a city does not.

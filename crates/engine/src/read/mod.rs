@@ -388,12 +388,11 @@ impl ScopeRead {
             }
             self.stats.records += 1;
             let hash = record_hash(&record.fields, record.version.as_deref());
-            let before = stored.remove(&record.id);
-            let changed = before != Some(hash);
+            let change = Change::of(stored.remove(&record.id), hash);
+            let changed = change != Change::Unchanged;
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
                 let keys = match_keys(&record.fields, &self.key_fields);
-                let change = Change::of(before, hash);
                 let seen = Seen { hash, keys, change };
                 self.hashes.insert(record.id.clone(), seen);
                 kept.push(record);
