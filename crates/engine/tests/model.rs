@@ -1815,3 +1815,77 @@ async fn partitions_leave_a_deleted_account_to_the_matcher_and_write_nothing_to_
         assert!(w.state().links(Some("CUST")).unwrap().is_empty());
     }
 }
+
+/// Was a bug (R19 over R15), found by the model (seed e2e40738 in `model.proptest-
+/// regressions`). A customer's link is parked after writes to its contact failed
+/// twice; the user edits the customer's e-mail; a new vendor then matches the contact
+/// and brings its own e-mail into it (the contact had none). Retried by hand, the
+/// parked pair took the vendor's value in the contact for a contact edit competing
+/// with the customer's, and `contact_wins` overwrote the user's only edit. A value
+/// Tandem writes into a contact is its own write: the parked link's baseline follows it
+/// and the customer is meant to get it (R18), unless, as here, it was edited since.
+#[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
+async fn r19_a_value_tandem_carries_into_a_contact_does_not_beat_an_edit_of_a_parked_link() {
+    let _alone = failpoints_alone();
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        let company = [("contact_type", "company"), ("name", "Acme")];
+        let vat = ("vat_registration_no", "BE3");
+        w.crm.put(
+            EntityKind::Contact,
+            "uc1",
+            fields(&[company[0], company[1], vat]),
+        );
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            fields(&[("name", "Acme"), vat]),
+        );
+        plain_sync(&mut w).await.unwrap();
+        // Writes to the contact fail twice: the customer's phone edits park the pair.
+        w.crm
+            .reject_writes_to(EntityKind::Contact, "uc1", Some("rejected by the test"));
+        for phone in ["+32 1", "+32 2"] {
+            let customer = fields(&[("name", "Acme"), vat, ("phone", phone)]);
+            w.erp.put(EntityKind::Customer, "uk1", customer);
+            plain_sync(&mut w).await.unwrap();
+        }
+        assert!(w.state().links(Some("CUST")).unwrap()[0].parked);
+        w.crm.reject_writes_to(EntityKind::Contact, "uc1", None);
+        let edited = fields(&[
+            ("name", "Acme"),
+            vat,
+            ("phone", "+32 2"),
+            ("email", "k@x.be"),
+        ]);
+        w.erp.put(EntityKind::Customer, "uk1", edited);
+        let vendor = fields(&[("name", "Acme"), vat, ("email", "v@x.be")]);
+        w.erp.put(EntityKind::Vendor, "uv1", vendor);
+        plain_sync(&mut w).await.unwrap();
+        tandem_engine::retry(
+            w.state.as_deref_mut().unwrap(),
+            &w.relations,
+            &RetryTarget::All,
+        )
+        .unwrap();
+        plain_sync(&mut w).await.unwrap();
+        plain_sync(&mut w).await.unwrap();
+        let email = |kind, id| {
+            let record = w.connector(kind).get(kind, id).unwrap();
+            record.fields.text("email").map(str::to_owned)
+        };
+        assert_eq!(
+            [
+                email(EntityKind::Contact, "uc1"),
+                email(EntityKind::Customer, "uk1"),
+                email(EntityKind::Vendor, "uv1"),
+            ],
+            [(); 3].map(|()| Some("k@x.be".to_owned())),
+            "incremental: {incremental}"
+        );
+    }
+}

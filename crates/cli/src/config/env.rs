@@ -186,7 +186,11 @@ pub(super) const SECTIONS: &[&str] = &[
     "sync",
     "service",
 ];
-pub(super) const STATE_KEYS: &[(&str, Expect)] = &[("url", Expect::Text), ("lease", Expect::Text)];
+pub(super) const STATE_KEYS: &[(&str, Expect)] = &[
+    ("url", Expect::Text),
+    ("lease", Expect::Text),
+    ("partitions", Expect::Number),
+];
 pub(super) const SYNC_KEYS: &[(&str, Expect)] = &[("max_delete_share", Expect::Number)];
 pub(super) const SERVICE_KEYS: &[(&str, Expect)] = &[
     ("poll_interval", Expect::Text),

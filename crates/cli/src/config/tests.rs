@@ -231,7 +231,7 @@ fn an_unknown_key_from_the_environment_names_the_variable_and_the_known_keys() {
     assert_eq!(
         e,
         "environment variable TANDEM__STATE__PATH: state: unknown key `path`, expected one \
-         of `url`, `lease`"
+         of `url`, `lease`, `partitions`"
     );
 }
 

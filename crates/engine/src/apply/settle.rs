@@ -307,9 +307,10 @@ impl Applier<'_> {
     /// run (whose wait for the contact's template fills ends with this write).
     fn own_contact_write(&mut self, hub: &HubPlan, written: &Written) {
         for link in &hub.other_links {
+            let link = self.carried_to(link, &hub.contact_changes);
             self.batch.upsert_links.push(Link {
                 contact_version: written.version.clone(),
-                ..link.clone()
+                ..link
             });
         }
         let created = self.created_links.remove(&hub.contact_id);
@@ -324,6 +325,34 @@ impl Applier<'_> {
                 ..link
             });
         }
+    }
+
+    /// R19 for a link the hub did not merge (a parked one): a value Tandem wrote into
+    /// the contact is Tandem's own write, not the contact's edit. Where the link agreed
+    /// with the contact before the write, the value becomes the link's baseline and is
+    /// intended for its account (R18): the account still holding the old value gets it
+    /// when the link is next merged, and an edit the account got meanwhile wins, as the
+    /// only edit there is. Left as it was, the value met the account's edit at the
+    /// retry as a competing contact edit, and the policy could drop the user's edit.
+    fn carried_to(&self, link: &Link, changes: &[FieldChange]) -> Link {
+        let mut link = link.clone();
+        let Some(r) = self.relations.index_of(&link.code) else {
+            return link;
+        };
+        let relation = &self.relations.relations[r];
+        for change in changes {
+            let field = &change.field;
+            let carried = relation.shared.contains(field) && !relation.preserve.contains(field);
+            if !carried || link.baseline.value(field.as_str()) != &change.old {
+                continue;
+            }
+            let intent = link.intent.get_or_insert_with(Intent::default);
+            if intent.account_before(field.as_str()).is_none() {
+                intent.account.push((field.clone(), change.old.clone()));
+            }
+            link.baseline.set(field.clone(), change.new.clone());
+        }
+        link
     }
 
     /// The contact's hash after the run. A failure, or a field waiting in the conflict
