@@ -325,6 +325,18 @@ fn partitions_share_the_work_and_end_as_one_process_would() {
         assert!(status.contains(shown), "{shown:?} not in {status}");
     }
     assert!(!status.contains("no worker"), "{status}");
+    let leases = d.json(&["status"])["leases"].clone();
+    let roles: Vec<(&str, &str)> = (leases.as_array().unwrap().iter())
+        .map(|l| (l["role"].as_str().unwrap(), l["name"].as_str().unwrap()))
+        .filter(|(role, _)| *role == "partition")
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("partition", "partition 0/2"),
+            ("partition", "partition 1/2")
+        ]
+    );
     // A sync beside the workers is refused, naming a partition's worker.
     let out = d.fails(&["sync"], 1);
     assert!(out.contains("lease `partition "), "{out}");
