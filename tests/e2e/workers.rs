@@ -441,3 +441,38 @@ fn a_partition_stalled_past_its_lease_is_finished_by_a_spare_and_writes_nothing_
     }
     ends_as_one_process(&reference, &d, [&mut second, &mut third]);
 }
+
+/// Workers with partitions stopped, a `tandem sync` of the whole deployment carries an
+/// edit of a customer's phone, and the user then undoes it, restoring the file as it
+/// was. The partitions had remembered the customer as it is again: by their hashes
+/// alone they saw nothing, and the contact kept the undone phone. A partition whose
+/// view another cut of the work ran beside looks at every record again, once.
+#[test]
+fn partitions_started_again_after_a_whole_sync_see_an_edit_it_carried_undone() {
+    let Some(server) = tandem_connector_sql::testsupport::PostgresServer::start() else {
+        return;
+    };
+    let (_, d, mut first) = partitioned(&server);
+    let mut second = worker(&d, &[]);
+    second.wait_for_log("runs partition 1/2", Duration::from_secs(60));
+    second.wait_for_log("sync run", Duration::from_secs(60));
+    wait_until_settled(&d, &mut first);
+    first.stop(Duration::from_secs(60));
+    second.stop(Duration::from_secs(60));
+
+    let phone = || crate::support::cell(&d.read("crm/contacts.csv"), "C000001", "phone");
+    let before = d.read("erp/customers.csv");
+    edit(&d, "erp/customers.csv", ",+32 2 000001,", ",+32 7 000001,");
+    d.sync();
+    assert_eq!(phone().as_deref(), Some("+32 7 000001"));
+    d.write("erp/customers.csv", &before);
+
+    let mut first = worker(&d, &[]);
+    first.wait_for_log("runs partition 0/2", Duration::from_secs(60));
+    let mut second = worker(&d, &[]);
+    second.wait_for_log("runs partition 1/2", Duration::from_secs(60));
+    wait_until_settled(&d, &mut first);
+    first.stop(Duration::from_secs(60));
+    second.stop(Duration::from_secs(60));
+    assert_eq!(phone().as_deref(), Some("+32 2 000001"), "the undo carried");
+}

@@ -98,6 +98,34 @@ impl Partition {
         }
     }
 
+    /// The mode the runs of this partition are recorded under (the PostgreSQL store
+    /// adds the partition's lease to the engine's `sync`).
+    fn run_mode(&self) -> String {
+        match self.is_whole() {
+            true => "sync".to_owned(),
+            false => format!("sync, {}", self.lease_name()),
+        }
+    }
+
+    /// Whether this partition's view of what changed is stale: a run of another cut of
+    /// the work (the whole deployment, or partitions of another count) went on since
+    /// this partition's last run, in `runs` (newest first, `current` left out). Its
+    /// hashes may then hide an edit that run carried and the user then undid: the
+    /// record is back to the content this view remembers, and differs from the
+    /// baseline the other run left.
+    pub(crate) fn view_is_stale(&self, runs: &[tandem_state::RunRecord], current: i64) -> bool {
+        let (own, cut) = (self.run_mode(), (!self.is_whole()).then_some(self.count));
+        for run in runs.iter().filter(|r| r.id != current) {
+            if run.mode == own {
+                return false;
+            }
+            if cut_of(&run.mode) != cut {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The lease a worker holds while it runs this partition.
     pub fn lease_name(&self) -> String {
         format!("partition {}/{}", self.index, self.count)
@@ -153,6 +181,13 @@ impl Partition {
             false => self.is_matcher(),
         }
     }
+}
+
+/// The cut of the work a run's mode names: `None` for the whole deployment, else the
+/// count of partitions (`sync, partition 1/3`).
+fn cut_of(mode: &str) -> Option<u32> {
+    let (_, partition) = mode.split_once(", partition ")?;
+    partition.rsplit_once('/')?.1.parse().ok()
 }
 
 /// How a partition remembers a record it read ([`Cut::remembers`]).
@@ -289,6 +324,43 @@ mod tests {
             counts.iter().all(|n| (2_250..=2_750).contains(n)),
             "{counts:?}"
         );
+    }
+
+    /// Runs newest first; the current one is left out.
+    #[test]
+    fn a_view_is_stale_after_a_run_of_another_cut_since_its_own_last_run() {
+        let runs = |modes: &[&str]| -> Vec<tandem_state::RunRecord> {
+            (modes.iter().enumerate())
+                .map(|(i, mode)| tandem_state::RunRecord {
+                    id: 100 - i as i64,
+                    mode: (*mode).to_owned(),
+                    started_at: tandem_model::Timestamp(0),
+                    finished_at: None,
+                    status: "ok".to_owned(),
+                    summary: serde_json::Value::Null,
+                })
+                .collect()
+        };
+        let (p1, whole) = (Partition::new(1, 2).unwrap(), Partition::whole());
+        let own = "sync, partition 1/2";
+        let other = "sync, partition 0/2";
+        for (partition, modes, stale) in [
+            (p1, vec![other, own, "sync"], false),
+            (p1, vec![other, "sync", own], true),
+            (p1, vec!["sync, partition 0/3", own], true),
+            (p1, vec![other, other], false),
+            (p1, vec![], false),
+            (whole, vec!["sync", other], false),
+            (whole, vec![other, "sync"], true),
+            (whole, vec![other], true),
+        ] {
+            let runs = runs(&modes);
+            assert_eq!(
+                partition.view_is_stale(&runs, 101),
+                stale,
+                "{partition:?} {modes:?}"
+            );
+        }
     }
 
     #[test]

@@ -250,6 +250,7 @@ impl<'a> Engine<'a> {
                 "taking up the intents of a run cut short (R18)"
             );
         }
+        self.look_again_if_stale(run_id)?;
         let prepared = self.prepare(directives).await?;
         if operator
             && let Some(rejection) = prepared
@@ -351,6 +352,43 @@ impl<'a> Engine<'a> {
             ambiguities,
             cut,
         })
+    }
+
+    /// After a run of another cut of the work (workers with partitions beside runs of
+    /// the whole deployment, or another count), every record this engine's view knows
+    /// is marked to be looked at again, once: compared with the baselines, not with
+    /// hashes that run may have made stale (`Partition::view_is_stale`).
+    fn look_again_if_stale(&mut self, run_id: i64) -> Result<(), EngineError> {
+        // Runs of another cut are rare: a window of runs back is enough to tell.
+        const WINDOW: usize = 200;
+        if !self
+            .partition
+            .view_is_stale(&self.state.runs(WINDOW)?, run_id)
+        {
+            return Ok(());
+        }
+        let contacts = (&self.relations.contacts_connector, EntityKind::Contact);
+        let accounts = self
+            .relations
+            .relations
+            .iter()
+            .map(|r| (&r.connector, r.kind));
+        let mut batch = tandem_state::StateBatch::default();
+        for (connector, kind) in std::iter::once(contacts).chain(accounts) {
+            let scope = self.partition.scope(connector, kind);
+            for (id, hash) in self.state.hashes(&scope)? {
+                if hash != RECHECK {
+                    batch.set_hashes.push((scope.clone(), id, RECHECK));
+                }
+            }
+        }
+        info!(
+            records = batch.set_hashes.len(),
+            "another cut of the work ran since this one last did: every record it knows \
+             is looked at again"
+        );
+        self.state.commit(batch)?;
+        Ok(())
     }
 
     /// Keeps this engine's partition's share of `plan` (`crate::partition`).
