@@ -98,12 +98,14 @@ impl Partition {
         }
     }
 
-    /// The mode the runs of this partition are recorded under (the PostgreSQL store
-    /// adds the partition's lease to the engine's `sync`).
-    fn run_mode(&self) -> String {
+    /// The mode the runs of this partition are recorded under: `sync`, and the
+    /// partition's lease for a partition (`sync, partition 1/3`), by which a store
+    /// tells its partition's runs from the others'.
+    pub(crate) fn run_mode(&self) -> String {
+        let sync = crate::report::RunMode::Sync.as_str();
         match self.is_whole() {
-            true => "sync".to_owned(),
-            false => format!("sync, {}", self.lease_name()),
+            true => sync.to_owned(),
+            false => format!("{sync}, {}", self.lease_name()),
         }
     }
 
@@ -152,13 +154,13 @@ impl Partition {
             let keep = self.owns(hub);
             match keep {
                 true => _ = kept_contacts.insert(hub.contact_id.clone()),
-                false => cut.skip_hub(hub),
+                false => cut.skip_hub(hub, self.owner(hub)),
             }
             keep
         });
         let owns_contact = |contact_id: &String| match kept_contacts.contains(contact_id) {
             true => true,
-            false => self.is_matcher() && !cut.skipped_contacts.contains(contact_id),
+            false => self.is_matcher() && !cut.skipped_contacts.contains_key(contact_id),
         };
         plan.close_conflicts
             .retain(|(_, contact, _)| owns_contact(contact));
@@ -172,14 +174,26 @@ impl Partition {
 
     /// Whether this partition carries out `hub`.
     fn owns(&self, hub: &HubPlan) -> bool {
+        self.owner(hub) == *self
+    }
+
+    /// The partition that carries out `hub`: a settled one its contact's, any other
+    /// the matcher.
+    fn owner(&self, hub: &HubPlan) -> Partition {
         let settled = hub
             .pairs
             .iter()
             .all(|p| p.new_link.is_none() && p.previous.is_some());
-        match settled {
-            true => self.holds_contact(&hub.contact_id),
-            false => self.is_matcher(),
-        }
+        let index = match settled {
+            true => Partition::of_contact(&hub.contact_id, self.count),
+            false => 0,
+        };
+        Partition::new(index, self.count).unwrap_or_default()
+    }
+
+    /// The partition that makes links and creates records.
+    fn matcher(&self) -> Partition {
+        Partition { index: 0, ..*self }
     }
 }
 
@@ -195,19 +209,19 @@ fn cut_of(mode: &str) -> Option<u32> {
 pub(crate) enum Seen {
     /// Its hash as read: the record shows as changed only once it changes again.
     AsRead,
-    /// Marked to be looked at again: known, and changed for the next run.
-    ToLookAtAgain,
-    /// Marked to be looked at again, here and by the partition that holds it.
-    HandedOver(Partition),
+    /// Marked to be looked at again by the partition `to` that carries out its part of
+    /// the plan, and here too with `again_here` (else remembered as read here).
+    HandedOver { to: Partition, again_here: bool },
 }
 
 /// What [`Partition::cut`] left to other partitions.
 #[derive(Debug, Default)]
 pub(crate) struct Cut {
     partition: Partition,
-    /// Records of the parts of the plan cut away: contacts, and accounts by code.
-    skipped_contacts: HashSet<String>,
-    skipped_accounts: HashSet<(String, String)>,
+    /// Records of the parts of the plan cut away, with the partition that carries
+    /// each part out: contacts, and accounts by code.
+    skipped_contacts: HashMap<String, Partition>,
+    skipped_accounts: HashMap<(String, String), Partition>,
     /// Contacts linked when the run read the links, and the contact of each account
     /// linked then, by (code, account).
     linked_contacts: HashSet<String>,
@@ -215,27 +229,28 @@ pub(crate) struct Cut {
 }
 
 impl Cut {
-    fn skip_hub(&mut self, hub: &HubPlan) {
-        self.skipped_contacts.insert(hub.contact_id.clone());
+    fn skip_hub(&mut self, hub: &HubPlan, owner: Partition) {
+        self.skipped_contacts.insert(hub.contact_id.clone(), owner);
         for pair in &hub.pairs {
             let account = (pair.code.clone(), pair.account_id.clone());
-            self.skipped_accounts.insert(account);
+            self.skipped_accounts.insert(account, owner);
         }
     }
 
     /// Drops what only the matcher does from a plan of another partition.
     fn skip_matcher_work(&mut self, plan: &mut Plan) {
+        let matcher = self.partition.matcher();
         for create in plan.creates.drain(..) {
-            self.skipped_accounts
-                .insert((create.code, create.account_id));
+            let account = (create.code, create.account_id);
+            self.skipped_accounts.insert(account, matcher);
         }
         for create in plan.account_creates.drain(..) {
-            self.skipped_contacts.insert(create.contact_id);
+            self.skipped_contacts.insert(create.contact_id, matcher);
         }
         for unlink in plan.unlinks.drain(..) {
-            self.skipped_contacts.insert(unlink.contact_id);
-            self.skipped_accounts
-                .insert((unlink.code, unlink.account_id));
+            self.skipped_contacts.insert(unlink.contact_id, matcher);
+            let account = (unlink.code, unlink.account_id);
+            self.skipped_accounts.insert(account, matcher);
         }
         plan.ambiguous.clear();
         plan.rejected.clear();
@@ -246,29 +261,33 @@ impl Cut {
 
     /// How this partition remembers a changed record of relation `code` (`None`: a
     /// contact) that it read. What it carried out, and what it will never act on, it
-    /// remembers as read. A record it left to another partition but may have to act
-    /// on later it marks to be looked at again: known, so that its deletion shows, and
-    /// changed, so that its change shows when its turn comes. For a partition other
-    /// than the matcher, that is a record of its own contacts in a hub the matcher
-    /// carries out (a new link). The matcher may come to act on any record, so it
-    /// marks every record it left to others, and also hands it to the partition that
-    /// holds it: that partition may have remembered it as read before the matcher
-    /// linked it (when it was the matcher's), from a copy older or newer than the one
-    /// the link was made from, and only the matcher's view shows which.
+    /// remembers as read. A record in a part of the plan it left to another partition
+    /// it hands over: marked to be looked at again in that partition's view, so that
+    /// the owner's view, which may not have woken to it, does. Partitions' views
+    /// differ: one may see a new link the matcher's view never looked for, leave the
+    /// hub to the matcher, while the matcher takes the hub for settled and leaves it
+    /// to the first (the model found that: neither carried the edit). And it marks
+    /// the record here too when it may have to act on it later (known, so that its
+    /// deletion shows; changed, so that its change shows when its turn comes): the
+    /// matcher for any record, another partition for its own contacts' records.
     pub(crate) fn remembers(&self, code: Option<&str>, id: &str) -> Seen {
         let partition = self.partition;
-        let (skipped, contact) = self.of(code, id);
-        if partition.is_whole() || !skipped {
+        let (owner, contact) = self.of(code, id);
+        let Some(owner) = owner.filter(|_| !partition.is_whole()) else {
             return Seen::AsRead;
-        }
-        match contact {
-            Some(c) if partition.is_matcher() && self.linked_contacts.contains(c) => {
-                let holder = Partition::of_contact(c, partition.count);
-                Seen::HandedOver(Partition::new(holder, partition.count).unwrap_or_default())
-            }
-            _ if partition.is_matcher() => Seen::ToLookAtAgain,
-            Some(c) if partition.holds_contact(c) => Seen::ToLookAtAgain,
-            _ => Seen::AsRead,
+        };
+        let again_here = match contact {
+            _ if partition.is_matcher() => true,
+            Some(c) => partition.holds_contact(c),
+            None => false,
+        };
+        match (owner.is_matcher(), partition.is_matcher()) {
+            // Another partition's settled hub: it sees the change in its own view.
+            (false, false) => Seen::AsRead,
+            _ => Seen::HandedOver {
+                to: owner,
+                again_here,
+            },
         }
     }
 
@@ -276,20 +295,33 @@ impl Cut {
     /// that follows is left to the matcher, or the deletion would no longer show; it is
     /// marked to be looked at again instead (and, read by id, found gone again).
     pub(crate) fn forgets(&self, code: Option<&str>, id: &str) -> bool {
-        self.partition.is_whole() || !self.of(code, id).0
+        self.partition.is_whole() || self.of(code, id).0.is_none()
     }
 
-    /// Whether record `id` of relation `code` (`None`: a contact) is in a part of the
-    /// plan cut away, and the contact it belongs to (itself, or its account's link).
-    fn of<'c>(&'c self, code: Option<&'c str>, id: &'c str) -> (bool, Option<&'c str>) {
+    /// The partition carrying out the part of the plan cut away that record `id` of
+    /// relation `code` (`None`: a contact) is in, if any, and the contact the record
+    /// belongs to (itself, or its account's link).
+    fn of<'c>(
+        &'c self,
+        code: Option<&'c str>,
+        id: &'c str,
+    ) -> (Option<Partition>, Option<&'c str>) {
         match code {
-            None => (self.skipped_contacts.contains(id), Some(id)),
+            None => (self.skipped_contacts.get(id).copied(), Some(id)),
             Some(code) => {
                 let key = (code.to_owned(), id.to_owned());
                 let contact = self.contact_of_account.get(&key).map(String::as_str);
-                (self.skipped_accounts.contains(&key), contact)
+                (self.skipped_accounts.get(&key).copied(), contact)
             }
         }
+    }
+
+    /// The partition that holds the settled hubs of `contact_id`, when it is not this
+    /// one (and the work is cut at all).
+    pub(crate) fn holder_of(&self, contact_id: &str) -> Option<Partition> {
+        let count = self.partition.count;
+        let holder = Partition::new(Partition::of_contact(contact_id, count), count).ok()?;
+        (!self.partition.is_whole() && holder != self.partition).then_some(holder)
     }
 
     /// Whether this run stores the company of each person read (R3, R10).

@@ -206,9 +206,7 @@ impl<'a> Engine<'a> {
     /// Every sync is recorded in the state's runs, a failed one too (a read error, a
     /// refused request, too many deletes), with its status and error.
     pub async fn sync_with(&mut self, directives: Directives) -> Result<RunReport, EngineError> {
-        let run_id = self
-            .state
-            .begin_run(crate::report::RunMode::Sync.as_str())?;
+        let run_id = self.state.begin_run(&self.partition.run_mode())?;
         // Every event of the run carries its id (`--log-format json` shows it).
         let span = tracing::info_span!("run", run = run_id);
         let report = self.run_sync(run_id, directives).instrument(span).await;

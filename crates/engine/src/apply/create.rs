@@ -198,6 +198,7 @@ impl Applier<'_> {
                 )
             }
         };
+        self.hand_over(r, &contact_id, &account_id);
         let link = Link {
             code: job.code.clone(),
             contact_id: contact_id.clone(),

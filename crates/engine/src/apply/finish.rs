@@ -71,20 +71,7 @@ impl Applier<'_> {
                 for (id, seen) in &read.hashes {
                     // An unchanged record's stored hash is already this one.
                     if !settled.contains(id) && seen.change != Change::Unchanged {
-                        let scope = read.scope.clone();
-                        match self.cut.remembers(code, id) {
-                            Seen::AsRead => {
-                                batch.set_hash_with_keys(scope, id.clone(), seen.hash, seen.keys);
-                            }
-                            Seen::ToLookAtAgain => {
-                                batch.set_hashes.push((scope, id.clone(), RECHECK))
-                            }
-                            Seen::HandedOver(holder) => {
-                                let theirs = holder.scope(&read.stats.connector, scope.kind);
-                                batch.set_hashes.push((scope, id.clone(), RECHECK));
-                                batch.set_hashes.push((theirs, id.clone(), RECHECK));
-                            }
-                        }
+                        remember(&self.cut, batch, (code, read), id, seen);
                     }
                     committer.send_full(batch)?;
                 }
@@ -202,5 +189,29 @@ impl Applier<'_> {
             failures: self.failures,
             plan,
         })
+    }
+}
+
+/// Remembers a changed record `id` of `read` (relation `code`, `None` for contacts) as
+/// this run's cut of the work says ([`crate::partition::Cut::remembers`]).
+fn remember(
+    cut: &crate::partition::Cut,
+    batch: &mut tandem_state::StateBatch,
+    (code, read): (Option<&str>, &ScopeRead),
+    id: &str,
+    seen: &crate::read::Seen,
+) {
+    let scope = read.scope.clone();
+    let seen_here = match cut.remembers(code, id) {
+        Seen::AsRead => true,
+        Seen::HandedOver { to, again_here } => {
+            let theirs = to.scope(&read.stats.connector, scope.kind);
+            batch.set_hashes.push((theirs, id.to_owned(), RECHECK));
+            !again_here
+        }
+    };
+    match seen_here {
+        true => batch.set_hash_with_keys(scope, id.to_owned(), seen.hash, seen.keys),
+        false => batch.set_hashes.push((scope, id.to_owned(), RECHECK)),
     }
 }

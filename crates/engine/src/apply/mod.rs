@@ -182,6 +182,23 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// A link made by the matcher belongs from now on to the partition of its contact:
+    /// both records are marked to be looked at again in that partition's view, in the
+    /// commit that stores the link, so that the partition knows them however its view
+    /// stood (a record created by a run cut short before it ever ran, then deleted,
+    /// must show as deleted to it, not as a record to write to).
+    fn hand_over(&mut self, r: usize, contact_id: &str, account_id: &str) {
+        let Some(holder) = self.cut.holder_of(contact_id) else {
+            return;
+        };
+        let (contacts, accounts) = (&self.contacts, &self.accounts[r]);
+        let contact_scope = holder.scope(&contacts.stats.connector, EntityKind::Contact);
+        let account_scope = holder.scope(&accounts.stats.connector, accounts.scope.kind);
+        let marks = &mut self.batch.set_hashes;
+        marks.push((contact_scope, contact_id.to_owned(), crate::run::RECHECK));
+        marks.push((account_scope, account_id.to_owned(), crate::run::RECHECK));
+    }
+
     /// Step timings in the log (`tandem_engine::apply=debug`).
     fn step(&mut self, step: &'static str) {
         self.progress.advance(0, step);

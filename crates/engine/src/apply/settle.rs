@@ -197,6 +197,7 @@ impl Applier<'_> {
             ..link_of(hub, pair, self.log.now)
         });
         if let Some(how) = pair.new_link {
+            self.hand_over(pair.relation, &hub.contact_id, &pair.account_id);
             self.log_new_link(hub, pair, how);
         }
         if pair.updated {
@@ -280,6 +281,9 @@ impl Applier<'_> {
         let previous =
             (pair.previous.as_deref()).map(|l| (l.failure_count, l.last_error.as_deref()));
         let (count, parked) = self.fail(Failed::Pair(r, was, passing), previous, failure);
+        if pair.new_link.is_some() {
+            self.hand_over(r, &hub.contact_id, &pair.account_id);
+        }
         self.batch.upsert_links.push(Link {
             contact_version: written.contact_version.clone(),
             account_version: written.account_version.clone(),

@@ -751,7 +751,7 @@ fn a_partition_takes_up_the_intents_of_its_own_dead_runs_only() {
     };
     let mut first = PgState::open_partition(&url, "partition 0/2", LEASE_TTL).unwrap();
     let mut second = PgState::open_partition(&url, "partition 1/2", LEASE_TTL).unwrap();
-    let going_on = second.begin_run("sync").unwrap();
+    let going_on = second.begin_run("sync, partition 1/2").unwrap();
     let mut batch = StateBatch::default();
     batch.intent_batches.push(crate::IntentBatch {
         run_id: going_on,
@@ -759,7 +759,7 @@ fn a_partition_takes_up_the_intents_of_its_own_dead_runs_only() {
     });
     second.commit(batch).unwrap();
 
-    let own = first.begin_run("sync").unwrap();
+    let own = first.begin_run("sync, partition 0/2").unwrap();
     assert_eq!(first.unpack_intents().unwrap(), 0);
     assert!(first.links_with_intent().unwrap().is_empty());
     let runs = first.runs(10).unwrap();
@@ -772,7 +772,7 @@ fn a_partition_takes_up_the_intents_of_its_own_dead_runs_only() {
     // The second partition's worker dies; the next one ends its run and takes it up.
     drop(second);
     let mut next = PgState::open_partition(&url, "partition 1/2", LEASE_TTL).unwrap();
-    let after = next.begin_run("sync").unwrap();
+    let after = next.begin_run("sync, partition 1/2").unwrap();
     assert_eq!(next.unpack_intents().unwrap(), 1);
     let runs = next.runs(10).unwrap();
     let status = |id: i64| runs.iter().find(|r| r.id == id).unwrap().status.clone();

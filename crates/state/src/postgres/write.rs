@@ -116,12 +116,9 @@ pub(crate) async fn begin_run(
     lease::fence(&mut tx, shown, leases, ttl).await?;
     // A worker of a partition ends only the runs of its partition, and those of a
     // holder of the whole state (none can live beside a partition's lease): the other
-    // partitions' may be going on. The partition is named in the run's mode.
+    // partitions' may be going on. The engine names the partition in the run's mode
+    // (`sync, partition 1/3`), its lease's name.
     let partition = leases.iter().find(|l| l.name.starts_with(PARTITION_LEASE));
-    let mode = match partition {
-        Some(lease) => format!("{mode}, {}", lease.name),
-        None => mode.to_owned(),
-    };
     sqlx::query(
         "UPDATE runs SET status = 'interrupted'
          WHERE status = 'running'
@@ -134,7 +131,7 @@ pub(crate) async fn begin_run(
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO runs (mode, started_at, status) VALUES ($1, $2, 'running') RETURNING id",
     )
-    .bind(&mode)
+    .bind(mode)
     .bind(Timestamp::now().0)
     .fetch_one(&mut *tx)
     .await
