@@ -257,7 +257,9 @@ async fn upsert_links(
     if links.is_empty() {
         return Ok(0);
     }
-    let links = last_per_key(links, |l| (l.code.as_str(), l.contact_id.as_str()));
+    let mut links = last_per_key(links, |l| (l.code.as_str(), l.contact_id.as_str()));
+    // In key order, as hashes are: two partitions may store links of one hub.
+    links.sort_unstable_by_key(|l| (l.code.as_str(), l.contact_id.as_str()));
     let mut counts: HashMap<String, i64> = HashMap::new();
     let mut stored = 0;
     for chunk in links.chunks(CHUNK) {
@@ -508,6 +510,10 @@ async fn set_hashes(
             }
         }
     }
+    // In key order: workers of two partitions write rows of each other's views (hand-
+    // overs) side by side, and one order for all of them keeps their row locks from
+    // crossing (PostgreSQL found a deadlock when each went in its own order).
+    rows.sort_unstable_by(|a, b| (a.scope, a.id).cmp(&(b.scope, b.id)));
     for chunk in rows.chunks(CHUNK) {
         sqlx::query(
             "INSERT INTO record_hashes (scope, id, hash, match_keys)
