@@ -84,9 +84,17 @@ impl Partition {
         (xxhash_rust::xxh3::xxh3_64(contact_id.as_bytes()) % u64::from(count.max(1))) as u32
     }
 
+    /// The partition of this count that holds the settled hubs of `contact_id`.
+    fn holder(&self, contact_id: &str) -> Partition {
+        Partition {
+            index: Partition::of_contact(contact_id, self.count),
+            ..*self
+        }
+    }
+
     /// Whether a settled hub of `contact_id` is this partition's.
     pub fn holds_contact(&self, contact_id: &str) -> bool {
-        self.is_whole() || Partition::of_contact(contact_id, self.count) == self.index
+        self.holder(contact_id) == *self
     }
 
     /// Where this partition keeps its cursor, fingerprint and hashes of a scope: the
@@ -144,7 +152,6 @@ impl Partition {
             return cut;
         }
         for link in links {
-            cut.linked_contacts.insert(link.contact_id.clone());
             let account = (link.code.clone(), link.account_id.clone());
             cut.contact_of_account
                 .insert(account, link.contact_id.clone());
@@ -184,11 +191,10 @@ impl Partition {
             .pairs
             .iter()
             .all(|p| p.new_link.is_none() && p.previous.is_some());
-        let index = match settled {
-            true => Partition::of_contact(&hub.contact_id, self.count),
-            false => 0,
-        };
-        Partition::new(index, self.count).unwrap_or_default()
+        match settled {
+            true => self.holder(&hub.contact_id),
+            false => self.matcher(),
+        }
     }
 
     /// The partition that makes links and creates records.
@@ -222,9 +228,8 @@ pub(crate) struct Cut {
     /// each part out: contacts, and accounts by code.
     skipped_contacts: HashMap<String, Partition>,
     skipped_accounts: HashMap<(String, String), Partition>,
-    /// Contacts linked when the run read the links, and the contact of each account
-    /// linked then, by (code, account).
-    linked_contacts: HashSet<String>,
+    /// The contact of each account linked when the run read the links, by (code,
+    /// account).
     contact_of_account: HashMap<(String, String), String>,
 }
 
@@ -272,8 +277,11 @@ impl Cut {
     /// matcher for any record, another partition for its own contacts' records.
     pub(crate) fn remembers(&self, code: Option<&str>, id: &str) -> Seen {
         let partition = self.partition;
+        if partition.is_whole() {
+            return Seen::AsRead;
+        }
         let (owner, contact) = self.of(code, id);
-        let Some(owner) = owner.filter(|_| !partition.is_whole()) else {
+        let Some(owner) = owner else {
             return Seen::AsRead;
         };
         let again_here = match contact {
@@ -319,9 +327,8 @@ impl Cut {
     /// The partition that holds the settled hubs of `contact_id`, when it is not this
     /// one (and the work is cut at all).
     pub(crate) fn holder_of(&self, contact_id: &str) -> Option<Partition> {
-        let count = self.partition.count;
-        let holder = Partition::new(Partition::of_contact(contact_id, count), count).ok()?;
-        (!self.partition.is_whole() && holder != self.partition).then_some(holder)
+        let holder = self.partition.holder(contact_id);
+        (holder != self.partition).then_some(holder)
     }
 
     /// Whether this run stores the company of each person read (R3, R10).
