@@ -1,7 +1,8 @@
 //! CSV files: a header row naming `id` and the columns, one record per row.
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use csv::{ErrorKind, ReaderBuilder, StringRecord, Terminator, WriterBuilder};
@@ -10,6 +11,7 @@ use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value, fiel
 
 use crate::error::{FileError, header_error, line_error};
 use crate::link;
+use crate::pieces::{self, Cut};
 use crate::row::{Row, RowBuilder, TooLong};
 use crate::table::{self, Table, TextStyle, version_of};
 
@@ -147,45 +149,210 @@ impl Layout {
     }
 }
 
-/// Reads `path` strictly, calling `each` with every row, its line number and its
-/// `modified_at`. Returns the layout, or `None` when the file is missing or empty.
-fn scan(
+/// What [`scan`] read: the layout, and per row what `each` made of it and its line.
+struct Scanned<T> {
+    layout: Layout,
+    rows: Vec<T>,
+    lines: Vec<u64>,
+}
+
+/// Reads `path` strictly, calling `each` with every row, its line, its `modified_at`
+/// and a scratch buffer. Returns the rows in file order, or `None` when the file is missing
+/// or empty. A big file is cut into pieces parsed on the machine's cores (`pieces`):
+/// what a run reads first is these files, and parsing them is most of it.
+fn scan<T: Send>(
     path: &Path,
     kind: EntityKind,
-    mut each: impl FnMut(&Layout, &StringRecord, u64, Option<Timestamp>) -> Result<(), ConnectorError>,
-) -> Result<Option<Layout>, ConnectorError> {
+    each: impl Fn(
+        &Layout,
+        &StringRecord,
+        u64,
+        Option<Timestamp>,
+        &mut Vec<u8>,
+    ) -> Result<T, ConnectorError>
+    + Sync,
+) -> Result<Option<Scanned<T>>, ConnectorError> {
     let Some(mut file) = link::open(path)? else {
         return Ok(None);
     };
     let style = TextStyle::sniff(&mut file).map_err(|e| FileError::read(path, e))?;
+    let size = file.metadata().map_err(|e| FileError::read(path, e))?.len();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
+    let cuts = match cfg!(unix) {
+        true => pieces::cuts(At::new(&file, 0, size), size, threads),
+        false => Ok(Vec::new()),
+    }
+    .map_err(|e| FileError::read(path, e))?;
+    let first_end = cuts.first().map_or(u64::MAX, |c| c.offset);
     let mut reader = ReaderBuilder::new()
         .flexible(false)
         .buffer_capacity(BUFFER)
-        .from_reader(file);
+        .from_reader(At::new(&file, 0, first_end));
     let headers = reader.headers().map_err(|e| csv_error(path, None, e))?;
     if headers.is_empty() {
         return Ok(None);
     }
     let layout = Layout::new(path, kind, headers, style)?;
-    let mut row = StringRecord::new();
-    while reader
-        .read_record(&mut row)
-        .map_err(|e| csv_error(path, Some(&layout.headers), e))?
-    {
-        let line = row.position().map_or(0, csv::Position::line);
-        if row[layout.id].trim().is_empty() {
-            return Err(line_error(path, line, "empty id"));
-        }
-        let modified_at = match layout.modified_at.map(|i| &row[i]) {
-            None | Some("") => None,
-            Some(text) => Some(
-                Timestamp::parse(text)
-                    .map_err(|e| line_error(path, line, format!("column `modified_at`: {e}")))?,
-            ),
-        };
-        each(&layout, &row, line, modified_at)?;
+    let piece = Piece {
+        path,
+        layout: &layout,
+        each: &each,
+    };
+    // The last piece reads on to the end, as a read of the whole file would.
+    let ends = cuts.iter().skip(1).map(|c| c.offset).chain([u64::MAX]);
+    let (first, rest) = std::thread::scope(|scope| {
+        let rest: Vec<_> = (cuts.iter().zip(ends))
+            .map(|(cut, end)| {
+                let (file, piece) = (&file, &piece);
+                scope.spawn(move || piece.read_from(*cut, end, size, file))
+            })
+            .collect();
+        // The first piece's rows are reserved for the whole file: the others are appended
+        // to them without growing it.
+        let first = piece.read(&mut reader, 0, size);
+        let rest: Vec<_> = rest
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
+        (first, rest)
+    });
+    let (mut rows, mut lines) = first?;
+    for piece in rest {
+        let (more_rows, more_lines) = piece?;
+        rows.extend(more_rows);
+        lines.extend(more_lines);
     }
-    Ok(Some(layout))
+    Ok(Some(Scanned {
+        layout,
+        rows,
+        lines,
+    }))
+}
+
+/// One piece of a file being scanned, and what to make of its rows.
+struct Piece<'a, F> {
+    path: &'a Path,
+    layout: &'a Layout,
+    each: &'a F,
+}
+
+impl<T, F> Piece<'_, F>
+where
+    F: Fn(
+        &Layout,
+        &StringRecord,
+        u64,
+        Option<Timestamp>,
+        &mut Vec<u8>,
+    ) -> Result<T, ConnectorError>,
+{
+    /// The rows from `cut` to `end`, on a reader of their own: no header, and the
+    /// width of each row checked against the header's here (the reader would hold it
+    /// against the piece's first row).
+    fn read_from(
+        &self,
+        cut: Cut,
+        end: u64,
+        size: u64,
+        file: &File,
+    ) -> Result<(Vec<T>, Vec<u64>), ConnectorError> {
+        let mut reader = ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(BUFFER)
+            .from_reader(At::new(file, cut.offset, end));
+        self.read(
+            &mut reader,
+            cut.line - 1,
+            end.min(size).saturating_sub(cut.offset),
+        )
+    }
+
+    /// The rows `reader` reads, on lines `lines_before` further down the file than the
+    /// reader counts; room is reserved once for the rows of `len` bytes.
+    fn read(
+        &self,
+        reader: &mut csv::Reader<At<'_>>,
+        lines_before: u64,
+        len: u64,
+    ) -> Result<(Vec<T>, Vec<u64>), ConnectorError> {
+        let (path, layout) = (self.path, self.layout);
+        let (mut rows, mut lines) = (Vec::new(), Vec::new());
+        let mut buf = Vec::with_capacity(512);
+        let mut row = StringRecord::new();
+        while reader
+            .read_record(&mut row)
+            .map_err(|e| csv_error(path, Some(&layout.headers), e))?
+        {
+            let line = lines_before + row.position().map_or(0, csv::Position::line);
+            if rows.len() == table::SAMPLE_ROWS {
+                let sampled = row.position().map_or(0, csv::Position::byte);
+                let expected = table::expected_rows(len, sampled);
+                rows.reserve(expected);
+                lines.reserve(expected);
+            }
+            if row.len() != layout.headers.len() {
+                let (expected, found) = (layout.headers.len(), row.len());
+                let error = format!("expected {expected} fields, found {found}");
+                return Err(line_error(path, line, error));
+            }
+            if row[layout.id].trim().is_empty() {
+                return Err(line_error(path, line, "empty id"));
+            }
+            let modified_at =
+                match layout.modified_at.map(|i| &row[i]) {
+                    None | Some("") => None,
+                    Some(text) => Some(Timestamp::parse(text).map_err(|e| {
+                        line_error(path, line, format!("column `modified_at`: {e}"))
+                    })?),
+                };
+            rows.push((self.each)(layout, &row, line, modified_at, &mut buf)?);
+            lines.push(line);
+        }
+        Ok((rows, lines))
+    }
+}
+
+/// Reads a file from `pos` up to `end` by positional reads, which leave the file's
+/// own offset alone: the pieces of one open file are read side by side, all from the
+/// file opened once (a file replaced meanwhile is not mixed in).
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> At<'a> {
+    fn new(file: &'a File, pos: u64, end: u64) -> At<'a> {
+        At { file, pos, end }
+    }
+}
+
+impl io::Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = read_at(self.file, &mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, pos)
+}
+
+/// Elsewhere a file is read in one piece ([`scan`] makes no cuts), from its start.
+#[cfg(not(unix))]
+fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = file;
+    file.seek(SeekFrom::Start(pos))?;
+    file.read(buf)
 }
 
 fn csv_error(path: &Path, headers: Option<&StringRecord>, error: csv::Error) -> ConnectorError {
@@ -214,17 +381,7 @@ fn csv_error(path: &Path, headers: Option<&StringRecord>, error: csv::Error) -> 
 
 /// Every record of the file at `path`; a missing file holds none.
 pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, ConnectorError> {
-    let mut records = Vec::new();
-    let mut lines = Vec::new();
-    let mut buf = Vec::with_capacity(512);
-    let size = fs::metadata(path).map_or(0, |m| m.len());
-    scan(path, kind, |layout, row, line, modified_at| {
-        if records.len() == table::SAMPLE_ROWS {
-            let sampled = row.position().map_or(0, csv::Position::byte);
-            let expected = table::expected_rows(size, sampled);
-            records.reserve(expected);
-            lines.reserve(expected);
-        }
+    let scanned = scan(path, kind, |layout, row, _, modified_at, buf| {
         let mut fields = Fields::with_capacity(layout.by_name.len());
         for &i in &layout.by_name {
             match (&layout.columns[i], &row[i]) {
@@ -234,19 +391,20 @@ pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, Connect
                 _ => {}
             }
         }
-        records.push(Record {
+        Ok(Record {
             id: row[layout.id].to_owned(),
             kind,
             fields,
-            version: Some(version_of(layout.hash(row.iter(), &mut buf))),
+            version: Some(version_of(layout.hash(row.iter(), buf))),
             modified_at,
             deleted: false,
-        });
-        lines.push(line);
-        Ok(())
+        })
     })?;
-    table::check_unique(path, records.iter().map(|r| r.id.as_str()), &lines)?;
-    Ok(records)
+    let Some(Scanned { rows, lines, .. }) = scanned else {
+        return Ok(Vec::new());
+    };
+    table::check_unique(path, rows.iter().map(|r| r.id.as_str()), &lines)?;
+    Ok(rows)
 }
 
 /// A CSV file loaded for writing.
@@ -265,17 +423,18 @@ pub(crate) struct CsvTable {
 
 impl CsvTable {
     pub(crate) fn load(path: &Path, kind: EntityKind) -> Result<CsvTable, ConnectorError> {
-        let mut rows = Vec::new();
-        let mut lines = Vec::new();
-        let layout = scan(path, kind, |_, row, line, _| {
+        let scanned = scan(path, kind, |_, row, line, _, _| {
             let lens = row.as_byte_record().iter().map(<[u8]>::len);
-            let row = Row::new(row.as_slice(), lens)
-                .map_err(|TooLong| line_error(path, line, TOO_LONG))?;
-            rows.push(Some(row));
-            lines.push(line);
-            Ok(())
-        })?
-        .unwrap_or_else(|| Layout::fresh(kind));
+            Row::new(row.as_slice(), lens).map_err(|TooLong| line_error(path, line, TOO_LONG))
+        })?;
+        let (layout, rows, lines) = match scanned {
+            Some(Scanned {
+                layout,
+                rows,
+                lines,
+            }) => (layout, rows.into_iter().map(Some).collect(), lines),
+            None => (Layout::fresh(kind), Vec::new(), Vec::new()),
+        };
         let id = layout.id;
         table::check_unique(path, rows.iter().flatten().map(|r| &r[id]), &lines)?;
         let index = rows
@@ -418,6 +577,8 @@ impl Table for CsvTable {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use tandem_model::Fields;
 
     use super::*;
@@ -439,6 +600,64 @@ mod tests {
 
     fn cells(table: &CsvTable, row: usize) -> StringRecord {
         table.row(row).iter().collect()
+    }
+
+    /// A file big enough to be parsed in pieces, with quoted line ends, quotes inside
+    /// unquoted fields, CR LF and empty lines near every cut.
+    fn big_file(dir: &Path, tail: &str) -> PathBuf {
+        let path = dir.join("contacts.csv");
+        let mut text = String::from("id,name,notes\r\n");
+        let mut i = 0;
+        while (text.len() as u64) < crate::pieces::PARALLEL_FROM * 2 {
+            text.push_str(&format!(
+                "C{i},\"Ann \"\"{i}\"\"\nLee\",say \"hi\r\n\nD{i},,\"a,\r\nb\"\n"
+            ));
+            i += 1;
+        }
+        text.push_str(tail);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_file_read_in_pieces_is_the_file_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = big_file(dir.path(), "");
+        let records = read(&path, EntityKind::Contact).unwrap();
+        let mut reader = ReaderBuilder::new().from_path(&path).unwrap();
+        let headers = reader.headers().unwrap().clone();
+        let whole: Vec<StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(records.len(), whole.len());
+        for (record, row) in records.iter().zip(&whole) {
+            assert_eq!(record.id, row[0]);
+            assert_eq!(
+                record.fields.text("name"),
+                Some(&row[1]).filter(|n| !n.is_empty())
+            );
+            assert_eq!(
+                record.version.as_deref(),
+                Some(&*old_version(&headers, row))
+            );
+        }
+        let table = CsvTable::load(&path, EntityKind::Contact).unwrap();
+        for (i, row) in whole.iter().enumerate() {
+            assert_eq!(cells(&table, i), *row);
+        }
+    }
+
+    #[test]
+    fn errors_in_a_later_piece_name_the_line_of_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole_lines = |path: &Path| fs::read_to_string(path).unwrap().matches('\n').count();
+        let path = big_file(dir.path(), "X1,a\n");
+        let line = whole_lines(&path);
+        let error = read(&path, EntityKind::Contact).unwrap_err().to_string();
+        assert!(error.contains(&format!("line {line}")), "{error}");
+        assert!(error.contains("expected 3 fields, found 2"), "{error}");
+        let path = big_file(dir.path(), "C0,again,\n");
+        let line = whole_lines(&path);
+        let error = read(&path, EntityKind::Contact).unwrap_err().to_string();
+        assert!(error.contains(&format!("line {line}")), "{error}");
     }
 
     #[test]

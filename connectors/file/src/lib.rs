@@ -26,6 +26,7 @@ mod error;
 mod jsonl;
 mod link;
 mod lock;
+mod pieces;
 mod row;
 mod table;
 
