@@ -608,7 +608,7 @@ mod tests {
         let path = dir.join("contacts.csv");
         let mut text = String::from("id,name,notes\r\n");
         let mut i = 0;
-        while (text.len() as u64) < crate::pieces::PARALLEL_FROM * 2 {
+        while (text.len() as u64) < pieces::PARALLEL_FROM * 2 {
             text.push_str(&format!(
                 "C{i},\"Ann \"\"{i}\"\"\nLee\",say \"hi\r\n\nD{i},,\"a,\r\nb\"\n"
             ));
