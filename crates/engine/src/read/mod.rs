@@ -380,25 +380,56 @@ impl ScopeRead {
         keep: &impl Fn(&Record) -> bool,
         kept: &mut Vec<Record>,
     ) {
-        for record in records {
+        let hashed = hash_all(&records, &self.key_fields);
+        for (record, (hash, keys)) in records.into_iter().zip(hashed) {
             if record.deleted {
                 stored.remove(&record.id);
                 self.deleted.insert(record.id);
                 continue;
             }
             self.stats.records += 1;
-            let hash = record_hash(&record.fields, record.version.as_deref());
             let change = Change::of(stored.remove(&record.id), hash);
             let changed = change != Change::Unchanged;
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
-                let keys = match_keys(&record.fields, &self.key_fields);
                 let seen = Seen { hash, keys, change };
                 self.hashes.insert(record.id.clone(), seen);
                 kept.push(record);
             }
         }
     }
+}
+
+/// From this many records on, a page is hashed on the machine's cores.
+const PARALLEL_HASHING: usize = 20_000;
+
+/// The content hash and match keys of every record of a page, in order (a tombstone's
+/// are not used). A page of a full listing holds up to every record of a scope, and
+/// hashing them is most of the engine's own share of reading.
+fn hash_all(records: &[Record], key_fields: &[FieldName]) -> Vec<(u64, u64)> {
+    let hash = |record: &Record| match record.deleted {
+        true => (RECHECK, UNKNOWN_KEYS),
+        false => (
+            record_hash(&record.fields, record.version.as_deref()),
+            match_keys(&record.fields, key_fields),
+        ),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if records.len() < PARALLEL_HASHING || threads < 2 {
+        return records.iter().map(hash).collect();
+    }
+    let chunk = records.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let hash = &hash;
+        let parts: Vec<_> = records
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(hash).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Puts records of a second pass in play, with their hashes (they did not change).
