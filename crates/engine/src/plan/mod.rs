@@ -546,8 +546,9 @@ impl<'a> Planner<'a> {
     fn run(mut self) -> Plan {
         self.unlink_and_index();
         self.operator_links();
-        for r in 0..self.relations.relations.len() {
-            self.match_and_create(r);
+        let premade = self.match_side_by_side();
+        for (r, premade) in premade.into_iter().enumerate() {
+            self.match_and_create(r, premade);
         }
         self.hubs();
         self.reflect_codes();
@@ -587,10 +588,70 @@ pub(super) fn names(list: &[FieldName]) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use tandem_model::{EntityKind, Fields, Record};
+    use tandem_model::{EntityKind, Fields, Record, Value};
 
     use super::*;
     use crate::config::{ContactsConfig, MatchTier, RelationConfig, SyncConfig};
+
+    /// Relations matched side by side plan what they plan one after the other.
+    #[test]
+    fn matching_relations_side_by_side_gives_the_same_plan() {
+        let tiers = || {
+            vec![
+                MatchTier::Fields(vec!["vat_registration_no".into()]),
+                MatchTier::Fields(vec!["email".into()]),
+            ]
+        };
+        let mut map = BTreeMap::new();
+        for (code, kind) in [("CUST", EntityKind::Customer), ("VEND", EntityKind::Vendor)] {
+            let relation = RelationConfig {
+                match_tiers: tiers(),
+                create_contacts: true,
+                ..RelationConfig::new(kind, "erp")
+            };
+            map.insert(code.to_owned(), relation);
+        }
+        let contacts = ContactsConfig {
+            connector: "crm".into(),
+            preserve: None,
+        };
+        let relations = Relations::from_config(&SyncConfig::new(contacts, map).unwrap());
+        let mut input = PlanInput {
+            accounts: vec![AccountInput::default(), AccountInput::default()],
+            link_counts: vec![0, 0],
+            ..PlanInput::default()
+        };
+        for i in 0..400 {
+            let mut fields = Fields::new()
+                .with("name", format!("Partner {i}"))
+                .with("contact_type", "company")
+                .with("email", format!("p{}@x.be", i % 170));
+            if i % 3 != 0 {
+                fields.set("vat_registration_no", Value::text(format!("BE{i:010}")));
+            }
+            let contact = Record::new(EntityKind::Contact, format!("C{i:04}"), fields);
+            input.contacts.insert(contact.id.clone(), contact);
+            for (r, kind, prefix) in [(0, EntityKind::Customer, "K"), (1, EntityKind::Vendor, "V")]
+            {
+                if (i + r) % 4 == 0 {
+                    continue;
+                }
+                let fields = Fields::new()
+                    .with("name", format!("PARTNER {i}"))
+                    .with("vat_registration_no", format!("BE{:010}", i + 7 * r))
+                    .with("email", format!("p{}@x.be", (i * 3 + r) % 190));
+                let account = Record::new(kind, format!("{prefix}{i:04}"), fields);
+                input.accounts[r]
+                    .records
+                    .insert(account.id.clone(), account);
+            }
+        }
+        let one = plan_on(&relations, &input, 1);
+        let two = plan_on(&relations, &input, 2);
+        assert!(one.hubs.len() > 100 && !one.ambiguous.is_empty() && !one.creates.is_empty());
+        assert_eq!(one.counts, two.counts);
+        assert!(one == two, "the plans differ");
+    }
 
     /// Enough hubs to be merged on several threads: the plan must be the one a single
     /// thread makes, hub for hub.

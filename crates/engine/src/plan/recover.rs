@@ -3,6 +3,12 @@
 use super::*;
 use tandem_model::normalise::Comparison;
 
+/// Whether `p` is a create an earlier run started and may have made (R18), to be found
+/// again before matching: not parked, not failed for sure, with the fields it sent.
+pub(super) fn recoverable(p: &PendingCreate) -> bool {
+    !p.parked && p.error.is_none() && !p.fields.is_empty()
+}
+
 impl<'a> Planner<'a> {
     /// Creates an earlier run started and may have made (R18): the record created is an
     /// unlinked record holding exactly the fields sent. It is linked before matching
@@ -16,8 +22,7 @@ impl<'a> Planner<'a> {
             .pending
             .creates
             .iter()
-            .filter(|p| p.code == code && !p.parked)
-            .filter(|p| p.error.is_none() && !p.fields.is_empty())
+            .filter(|p| p.code == code && recoverable(p))
             .collect();
         if wanted.is_empty() {
             return;

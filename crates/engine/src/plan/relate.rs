@@ -1,7 +1,9 @@
 //! Matching (R4) and the requests and creates that follow from it (R5, R6).
 
+use super::recover::recoverable;
 use super::request::already_held;
 use super::*;
+use crate::matching::MatchOutcome;
 
 /// What matching one relation found.
 struct Matched<'a> {
@@ -13,17 +15,41 @@ struct Matched<'a> {
 }
 
 impl<'a> Planner<'a> {
-    /// Recover creates cut short; match unlinked records (R4); create contacts for
-    /// unmatched accounts (R6) and accounts for contacts that ask (R5).
-    pub(super) fn match_and_create(&mut self, r: usize) {
+    /// Matching (R4) of every relation, each on a thread of its own when the machine
+    /// has several cores: matching is most of planning a first sync, and one relation's
+    /// matching reads nothing another's changes. Not when creates cut short are to be
+    /// found again first (`recover`): those link records before matching, and their
+    /// plan entries keep the relations' order.
+    pub(super) fn match_side_by_side(&self) -> Vec<Option<MatchOutcome>> {
+        let n = self.relations.relations.len();
+        let recovering = self.input.pending.creates.iter().any(recoverable);
+        if n < 2 || self.threads < 2 || recovering {
+            return (0..n).map(|_| None).collect();
+        }
+        std::thread::scope(|scope| {
+            let others: Vec<_> = (1..n)
+                .map(|r| scope.spawn(move || self.match_outcome(r, &self.waiting(r))))
+                .collect();
+            let first = self.match_outcome(0, &self.waiting(0));
+            std::iter::once(first)
+                .chain(others.into_iter().map(|t| {
+                    t.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                }))
+                .map(Some)
+                .collect()
+        })
+    }
+
+    /// Recover creates cut short; match unlinked records (R4), or take the matches
+    /// `premade` by [`Planner::match_side_by_side`]; create contacts for unmatched
+    /// accounts (R6) and accounts for contacts that ask (R5).
+    pub(super) fn match_and_create(&mut self, r: usize, premade: Option<MatchOutcome>) {
         self.recover(r);
         let code = self.relations.relations[r].code.as_str();
-        // A contact whose link to an account keeps failing waits for `tandem retry`.
-        let waiting: BTreeSet<&'a str> = (self.input.pending.links.iter())
-            .filter(|p| p.code == code)
-            .map(|p| p.contact_id.as_str())
-            .collect();
-        let matched = self.match_unlinked(r, &waiting);
+        let waiting = self.waiting(r);
+        let outcome = premade.unwrap_or_else(|| self.match_outcome(r, &waiting));
+        let matched = self.take_matches(r, outcome);
         self.drop_done_pending(r, &matched.accounts);
         let requests = self.requests(r, &waiting);
         let to_create: Vec<(&'a str, Option<&'a str>)> = requests
@@ -40,9 +66,18 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Contacts whose link to an account keeps failing: they wait for `tandem retry`.
+    fn waiting(&self, r: usize) -> BTreeSet<&'a str> {
+        let code = self.relations.relations[r].code.as_str();
+        (self.input.pending.links.iter())
+            .filter(|p| p.code == code)
+            .map(|p| p.contact_id.as_str())
+            .collect()
+    }
+
     /// R4: the unlinked records of both sides matched by the relation's tiers; pairs an
     /// operator unlinked stay apart, whatever the match rules say.
-    fn match_unlinked(&mut self, r: usize, waiting: &BTreeSet<&'a str>) -> Matched<'a> {
+    fn match_outcome(&self, r: usize, waiting: &BTreeSet<&'a str>) -> MatchOutcome {
         let input = self.input;
         let relation = &self.relations.relations[r];
         let pool_contacts: Vec<&Record> = input
@@ -78,6 +113,12 @@ impl<'a> Planner<'a> {
                 .matches
                 .retain(|(c, a, _)| !apart.contains(&(c.as_str(), a.as_str())));
         }
+        outcome
+    }
+
+    /// The links `outcome` makes, and what it leaves to creates.
+    fn take_matches(&mut self, r: usize, outcome: MatchOutcome) -> Matched<'a> {
+        let input = self.input;
         // Looked up, never walked: hash sets.
         let mut matched = Matched {
             contacts: crate::IdSet::default(),
