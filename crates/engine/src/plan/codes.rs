@@ -1,6 +1,8 @@
 //! What the contact shows after the run (R9), and what its writes mean for its other
 //! links (R19).
 
+use std::borrow::Cow;
+
 use super::*;
 
 impl<'a> Planner<'a> {
@@ -9,14 +11,15 @@ impl<'a> Planner<'a> {
     /// for stay until they are granted or refused; anything else in the field is left.
     pub(super) fn reflect_codes(&mut self) {
         let input = self.input;
-        // Hubs by contact: a search per contact would make this quadratic.
-        let mut hub_of: crate::IdMap<String, usize> = self
-            .plan
-            .hubs
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.contact_id.clone(), i))
-            .collect();
+        // Hubs and contacts are both in id order: each contact's hub is found by moving
+        // on through the hubs, not looked up in a map of a million ids.
+        debug_assert!(
+            self.plan
+                .hubs
+                .is_sorted_by(|a, b| a.contact_id < b.contact_id)
+        );
+        let mut next = 0;
+        let mut new_hubs = Vec::new();
         for contact in input
             .contacts
             .values()
@@ -29,27 +32,27 @@ impl<'a> Planner<'a> {
             if changes.is_empty() {
                 continue;
             }
-            match hub_of.get(&contact.id).map(|&i| &mut self.plan.hubs[i]) {
+            let rest = &self.plan.hubs[next..];
+            next += rest.partition_point(|h| h.contact_id < contact.id);
+            match (self.plan.hubs.get_mut(next)).filter(|h| h.contact_id == contact.id) {
                 Some(hub) => {
                     for change in changes {
                         hub.contact_changes.retain(|c| c.field != change.field);
                         hub.contact_changes.push(change);
                     }
                 }
-                None => {
-                    hub_of.insert(contact.id.clone(), self.plan.hubs.len());
-                    self.plan.hubs.push(HubPlan {
-                        contact_id: contact.id.clone(),
-                        contact_version: contact.version.clone(),
-                        contact_changes: changes,
-                        pairs: Vec::new(),
-                        conflicts: Vec::new(),
-                        contact_after_hash: None,
-                        other_links: Vec::new(),
-                    });
-                }
+                None => new_hubs.push(HubPlan {
+                    contact_id: contact.id.clone(),
+                    contact_version: contact.version.clone(),
+                    contact_changes: changes,
+                    pairs: Vec::new(),
+                    conflicts: Vec::new(),
+                    contact_after_hash: None,
+                    other_links: Vec::new(),
+                }),
             }
         }
+        self.plan.hubs.extend(new_hubs);
         self.plan
             .hubs
             .sort_by(|a, b| a.contact_id.cmp(&b.contact_id));
@@ -68,15 +71,15 @@ impl<'a> Planner<'a> {
 
     /// The codes the contact lists after the run (R9) and the template values it
     /// receives from an account created for it (R5), as changes.
-    fn own_field_changes(&mut self, contact: &Record) -> Vec<FieldChange> {
-        let current = listed_codes(contact);
+    fn own_field_changes(&mut self, contact: &'a Record) -> Vec<FieldChange> {
+        let current = listed_code_refs(contact);
         let wanted = self.codes_after(&contact.id, &current);
         let lost = self
             .lost_codes
             .get(contact.id.as_str())
             .into_iter()
             .flatten();
-        for code in lost.filter(|code| !wanted.contains(code)) {
+        for code in lost.filter(|code| !wanted.iter().any(|w| w == code.as_str())) {
             self.plan
                 .codes_removed
                 .push((code.clone(), contact.id.clone()));
@@ -86,7 +89,7 @@ impl<'a> Planner<'a> {
             changes.push(FieldChange {
                 field: FieldName::new(field::BUSINESS_RELATIONS),
                 old: contact.fields.value(field::BUSINESS_RELATIONS).clone(),
-                new: Value::list(wanted),
+                new: Value::list(wanted.into_iter().map(Cow::into_owned).collect()),
             });
         }
         let fills = self.template_fills.get(contact.id.as_str());
@@ -105,45 +108,35 @@ impl<'a> Planner<'a> {
     }
 
     /// The codes a contact lists after the run: what it listed, less configured codes
-    /// it lost, plus the codes it holds.
-    fn codes_after(&self, contact_id: &str, current: &[String]) -> Vec<String> {
-        let code = |r: usize| self.relations.relations[r].code.clone();
-        let mut held: BTreeSet<String> = BTreeSet::new();
+    /// it lost, plus the codes it holds. Borrowed: asked for every contact of a run.
+    fn codes_after(&self, contact_id: &str, current: &[Cow<'a, str>]) -> Vec<Cow<'a, str>> {
+        let relations: &'a Relations = self.relations;
+        let code = |r: usize| relations.relations[r].code.as_str();
+        let mut held: Vec<&'a str> = Vec::new();
+        held.extend((self.by_contact.get(contact_id).into_iter().flatten()).map(|(r, _)| code(*r)));
         held.extend(
-            self.by_contact
-                .get(contact_id)
-                .into_iter()
-                .flatten()
-                .map(|(r, _)| code(*r)),
+            (self.new_links.get(contact_id).into_iter().flatten()).map(|(r, _, _)| code(*r)),
         );
-        held.extend(
-            self.new_links
-                .get(contact_id)
-                .into_iter()
-                .flatten()
-                .map(|(r, _, _)| code(*r)),
-        );
-        held.extend(
-            self.gained_codes
-                .get(contact_id)
-                .into_iter()
-                .flatten()
-                .cloned(),
-        );
+        // Gained codes are configured ones: borrowed from the relation of the same code.
+        let gained = self.gained_codes.get(contact_id).into_iter().flatten();
+        held.extend(gained.filter_map(|c| relations.index_of(c).map(code)));
+        held.sort_unstable();
+        held.dedup();
         let lost = self.lost_codes.get(contact_id);
-        let mut wanted: Vec<String> = Vec::new();
-        for code in current {
-            let configured = self.relations.index_of(code).is_some();
+        let mut wanted: Vec<Cow<'a, str>> = Vec::new();
+        for listed in current {
+            let configured = relations.index_of(listed).is_some();
             // Held, or still asked for (not just lost); other codes are left.
-            let keep =
-                !configured || held.contains(code) || !lost.is_some_and(|l| l.contains(code));
-            if keep && !wanted.contains(code) {
-                wanted.push(code.clone());
+            let keep = !configured
+                || held.contains(&listed.as_ref())
+                || !lost.is_some_and(|l| l.contains(listed.as_ref()));
+            if keep && !wanted.contains(listed) {
+                wanted.push(listed.clone());
             }
         }
         for code in held {
-            if !wanted.contains(&code) {
-                wanted.push(code);
+            if !wanted.iter().any(|w| w == code) {
+                wanted.push(Cow::Borrowed(code));
             }
         }
         wanted
@@ -175,11 +168,8 @@ impl<'a> Planner<'a> {
     pub(super) fn hash_contacts_after(&mut self) {
         for hub in &mut self.plan.hubs {
             if let Some(contact) = self.input.contacts.get(&hub.contact_id) {
-                let mut after = contact.fields.clone();
-                for change in &hub.contact_changes {
-                    after.set(change.field.clone(), change.new.clone());
-                }
-                hub.contact_after_hash = Some(after.content_hash());
+                let changes = hub.contact_changes.iter().map(|c| (&c.field, &c.new));
+                hub.contact_after_hash = Some(contact.fields.content_hash_after(changes));
             }
         }
     }

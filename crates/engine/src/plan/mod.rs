@@ -424,6 +424,19 @@ pub(super) fn codes_in(value: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// [`listed_codes`], borrowed from the field where it can be (a list, or text).
+pub(super) fn listed_code_refs(contact: &Record) -> Vec<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    match contact.fields.get(field::BUSINESS_RELATIONS) {
+        Some(Value::List(items)) => items.iter().map(|s| Cow::Borrowed(s.trim())).collect(),
+        Some(Value::Text(text)) => (text.split([';', ',']).map(str::trim))
+            .filter(|s| !s.is_empty())
+            .map(Cow::Borrowed)
+            .collect(),
+        other => codes_in(other).into_iter().map(Cow::Owned).collect(),
+    }
+}
+
 /// From this many hubs on, merging is spread over the machine's cores.
 const PARALLEL_HUBS: usize = 20_000;
 
