@@ -123,17 +123,24 @@ impl Partition {
     /// hashes may then hide an edit that run carried and the user then undid: the
     /// record is back to the content this view remembers, and differs from the
     /// baseline the other run left.
-    pub(crate) fn view_is_stale(&self, runs: &[tandem_state::RunRecord], current: i64) -> bool {
+    ///
+    /// `None` when `runs` do not tell: neither a run of this view nor one of another
+    /// cut is among them (ask again with more runs).
+    pub(crate) fn view_is_stale(
+        &self,
+        runs: &[tandem_state::RunRecord],
+        current: i64,
+    ) -> Option<bool> {
         let (own, cut) = (self.run_mode(), (!self.is_whole()).then_some(self.count));
         for run in runs.iter().filter(|r| r.id != current) {
             if run.mode == own {
-                return false;
+                return Some(false);
             }
             if cut_of(&run.mode) != cut {
-                return true;
+                return Some(true);
             }
         }
-        false
+        None
     }
 
     /// The lease a worker holds while it runs this partition.
@@ -365,7 +372,8 @@ mod tests {
         );
     }
 
-    /// Runs newest first; the current one is left out.
+    /// Runs newest first; the current one is left out. Runs that hold neither this
+    /// view's nor another cut's do not tell.
     #[test]
     fn a_view_is_stale_after_a_run_of_another_cut_since_its_own_last_run() {
         let runs = |modes: &[&str]| -> Vec<tandem_state::RunRecord> {
@@ -384,14 +392,14 @@ mod tests {
         let own = "sync, partition 1/2";
         let other = "sync, partition 0/2";
         for (partition, modes, stale) in [
-            (p1, vec![other, own, "sync"], false),
-            (p1, vec![other, "sync", own], true),
-            (p1, vec!["sync, partition 0/3", own], true),
-            (p1, vec![other, other], false),
-            (p1, vec![], false),
-            (whole, vec!["sync", other], false),
-            (whole, vec![other, "sync"], true),
-            (whole, vec![other], true),
+            (p1, vec![other, own, "sync"], Some(false)),
+            (p1, vec![other, "sync", own], Some(true)),
+            (p1, vec!["sync, partition 0/3", own], Some(true)),
+            (p1, vec![other, other], None),
+            (p1, vec![], None),
+            (whole, vec!["sync", other], Some(false)),
+            (whole, vec![other, "sync"], Some(true)),
+            (whole, vec![other], Some(true)),
         ] {
             let runs = runs(&modes);
             assert_eq!(

@@ -357,12 +357,17 @@ impl<'a> Engine<'a> {
     /// is marked to be looked at again, once: compared with the baselines, not with
     /// hashes that run may have made stale (`Partition::view_is_stale`).
     fn look_again_if_stale(&mut self, run_id: i64) -> Result<(), EngineError> {
-        // Runs of another cut are rare: a window of runs back is enough to tell.
+        // The run before this one tells, nearly always (a deployment that never used
+        // partitions: its last run was a whole one); runs of another cut are rare, so a
+        // window of runs back is enough when it does not.
         const WINDOW: usize = 200;
-        if !self
-            .partition
-            .view_is_stale(&self.state.runs(WINDOW)?, run_id)
-        {
+        let stale = match self.partition.view_is_stale(&self.state.runs(2)?, run_id) {
+            Some(stale) => stale,
+            None => (self.partition)
+                .view_is_stale(&self.state.runs(WINDOW)?, run_id)
+                .unwrap_or(false),
+        };
+        if !stale {
             return Ok(());
         }
         let contacts = (&self.relations.contacts_connector, EntityKind::Contact);
@@ -440,7 +445,7 @@ impl<'a> Engine<'a> {
                 |a| wanted.contains(a.id.as_str()),
             )
             .await?;
-            let rechecks_gone = !self.partition.is_whole();
+            let rechecks_gone = self.rechecks_gone();
             fetch_missing(&*self.state, &**connector, &mut read, wanted, rechecks_gone).await?;
             accounts.push(read);
         }
@@ -493,7 +498,7 @@ impl<'a> Engine<'a> {
             |c| wanted.contains(&c.id),
         )
         .await?;
-        let rechecks_gone = !self.partition.is_whole();
+        let rechecks_gone = self.rechecks_gone();
         fetch_missing(
             &*self.state,
             &**connector,
@@ -503,6 +508,13 @@ impl<'a> Engine<'a> {
         )
         .await?;
         Ok(contacts)
+    }
+
+    /// Whether a record marked to be looked at again that a change-reading connector no
+    /// longer has is deleted (`fetch_missing`): in a partition's view, whose deleted
+    /// records stay so marked until the matcher unlinks them.
+    fn rechecks_gone(&self) -> bool {
+        !self.partition.is_whole()
     }
 
     fn sides(&self) -> Result<Sides<'_>, EngineError> {
