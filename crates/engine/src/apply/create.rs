@@ -8,7 +8,7 @@ use tandem_state::{Intent, Link, LogEntry, PendingCreate, StateStore};
 
 use super::{Applier, Failed, PendingKey, write_all};
 use crate::failpoint;
-use crate::run::{EngineError, Failure, RECHECK, record_hash};
+use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
 use crate::side::Side;
 
 /// One create, contact (R6) or account (R5), as the apply step needs it.
@@ -161,12 +161,16 @@ impl Applier<'_> {
         let r = job.relation;
         self.writes += 1;
         let new_hash = record_hash(&job.fields, written.version.as_deref());
+        // Stored with the match keys of the fields it was created with: an edit of it
+        // that leaves them wakes no matching (R4). Other relations match it anew
+        // through their accounts marked to be looked at again (`recheck_accounts`).
+        let created = |read: &ScopeRead| match_keys(&job.fields, &read.key_fields);
         let (contact_id, account_id, contact_version, account_version) = match job.side {
             Side::Contact => {
                 self.settled_accounts[r].insert(job.source_id.clone());
                 let read = self.accounts[r].hashes.get(&job.source_id).copied();
-                let hashes = &mut self.batch.set_hashes;
-                hashes.push((self.contacts.scope.clone(), written.id.clone(), new_hash));
+                let (scope, keys) = (self.contacts.scope.clone(), created(&self.contacts));
+                (self.batch).set_hash_with_keys(scope, written.id.clone(), new_hash, keys);
                 let scope = self.accounts[r].scope.clone();
                 let source = job.source_id.clone();
                 match read {
@@ -184,11 +188,8 @@ impl Applier<'_> {
                 )
             }
             Side::Account => {
-                self.batch.set_hashes.push((
-                    self.accounts[r].scope.clone(),
-                    written.id.clone(),
-                    new_hash,
-                ));
+                let (scope, keys) = (self.accounts[r].scope.clone(), created(&self.accounts[r]));
+                (self.batch).set_hash_with_keys(scope, written.id.clone(), new_hash, keys);
                 let versions = (job.source_version.clone(), written.version.clone());
                 (
                     job.source_id.clone(),
