@@ -318,6 +318,7 @@ impl<'a> Engine<'a> {
             contacts: std::mem::take(&mut contacts.records),
             deleted_contacts: contacts.deleted.clone(),
             match_only,
+            quiet: wakes.iter().map(|w| *w == Wake::Quiet).collect(),
             accounts: accounts
                 .iter_mut()
                 .map(|a| AccountInput {

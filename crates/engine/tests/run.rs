@@ -1097,6 +1097,38 @@ async fn sync_with(w: &mut World, connectors: &HashMap<String, Arc<dyn Connector
     engine.sync().await.unwrap()
 }
 
+/// Was a bug (issue 17): an account left unlinked by an ambiguous match, edited where no
+/// match rule looks, woke no matching, and was then matched against the few contacts in
+/// play alone: it matched none of them and got a new contact (R6), a duplicate of the
+/// two it is ambiguous with. A relation with nothing to match matches nothing (R4).
+#[tokio::test]
+async fn r4_an_ambiguous_account_edited_where_no_rule_looks_gets_no_contact() {
+    let mut w = world(false);
+    let f = |pairs: &[(&str, &str)]| pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v));
+    for (id, name) in [("C1", "Acme"), ("C2", "Acme Gent")] {
+        let fields = f(&[("name", name), ("email", "office@acme.be")]);
+        w.crm.put(EntityKind::Contact, id, fields);
+    }
+    let account = |city: &str| {
+        f(&[
+            ("name", "ACME"),
+            ("email", "office@acme.be"),
+            ("city", city),
+        ])
+    };
+    w.erp.put(EntityKind::Customer, "K1", account("Gent"));
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").ambiguous, 1);
+    w.sync().await;
+
+    w.erp.put(EntityKind::Customer, "K1", account("Brugge"));
+    let report = w.sync().await;
+    assert_eq!(count(&report, "CUST").created, 0, "{report:#?}");
+    assert_eq!(w.crm.all(EntityKind::Contact).len(), 2);
+    assert_eq!(count(&report, "CUST").ambiguous, 1, "{report:#?}");
+    assert!(w.state.links(Some("CUST")).unwrap().is_empty());
+}
+
 /// Was a bug (issue 17): a contact Tandem created was stored without its match keys,
 /// so any edit of it made every relation it is not linked under read and match all its
 /// unlinked records again (at 1M contacts, 1,000 edited rows took 18 s). It is stored

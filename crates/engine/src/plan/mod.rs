@@ -52,6 +52,13 @@ pub struct PlanInput {
     pub match_only: HashSet<String>,
     /// Per relation, in config order.
     pub accounts: Vec<AccountInput>,
+    /// Per relation, in config order: whether nothing of it changed that matching could
+    /// act on (`Wake::Quiet`). Such a relation matches nothing and creates nothing from
+    /// matching this run: the unlinked records in play are the few that changed where
+    /// no match rule looks, and matched against each other alone one would seem to
+    /// match nothing (and get a duplicate, R6) or to match one of two it is ambiguous
+    /// with. Missing: the relation matches.
+    pub quiet: Vec<bool>,
     pub links: Vec<Link>,
     /// Per relation: how many links the state held before the run.
     pub link_counts: Vec<u64>,
@@ -536,6 +543,11 @@ impl<'a> Planner<'a> {
             recovery_waiting: BTreeSet::new(),
             parked: parked_of(&input.pending),
         }
+    }
+
+    /// Whether relation `r` matches nothing this run ([`PlanInput::quiet`]).
+    fn is_quiet(&self, r: usize) -> bool {
+        self.input.quiet.get(r).copied().unwrap_or(false)
     }
 
     /// Whether a contact's request for a `code` account is parked (R17).

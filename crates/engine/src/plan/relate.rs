@@ -26,25 +26,29 @@ impl<'a> Planner<'a> {
         if n < 2 || self.threads < 2 || recovering {
             return (0..n).map(|_| None).collect();
         }
+        let outcome =
+            |r: usize| (!self.is_quiet(r)).then(|| self.match_outcome(r, &self.waiting(r)));
         std::thread::scope(|scope| {
-            let others: Vec<_> = (1..n)
-                .map(|r| scope.spawn(move || self.match_outcome(r, &self.waiting(r))))
-                .collect();
-            let first = self.match_outcome(0, &self.waiting(0));
+            let others: Vec<_> = (1..n).map(|r| scope.spawn(move || outcome(r))).collect();
+            let first = outcome(0);
             std::iter::once(first)
                 .chain(others.into_iter().map(|t| {
                     t.join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 }))
-                .map(Some)
                 .collect()
         })
     }
 
     /// Recover creates cut short; match unlinked records (R4), or take the matches
     /// `premade` by [`Planner::match_side_by_side`]; create contacts for unmatched
-    /// accounts (R6) and accounts for contacts that ask (R5).
+    /// accounts (R6) and accounts for contacts that ask (R5). Nothing for a quiet
+    /// relation ([`PlanInput::quiet`]): a request, a pending create or an operator's
+    /// wakes it.
     pub(super) fn match_and_create(&mut self, r: usize, premade: Option<MatchOutcome>) {
+        if self.is_quiet(r) {
+            return;
+        }
         self.recover(r);
         let code = self.relations.relations[r].code.as_str();
         let waiting = self.waiting(r);
