@@ -177,9 +177,8 @@ fn scan<T: Send>(
     };
     let style = TextStyle::sniff(&mut file).map_err(|e| FileError::read(path, e))?;
     let size = file.metadata().map_err(|e| FileError::read(path, e))?.len();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
     let cuts = match cfg!(unix) {
-        true => pieces::cuts(At::new(&file, 0, size), size, threads),
+        true => pieces::cuts(At::new(&file, 0, size), size, threads() as u64),
         false => Ok(Vec::new()),
     }
     .map_err(|e| FileError::read(path, e))?;
@@ -381,7 +380,25 @@ fn csv_error(path: &Path, headers: Option<&StringRecord>, error: csv::Error) -> 
 
 /// Every record of the file at `path`; a missing file holds none.
 pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, ConnectorError> {
-    let scanned = scan(path, kind, |layout, row, _, modified_at, buf| {
+    let Some(Scanned { rows, lines, .. }) = scan(path, kind, record_of(kind))? else {
+        return Ok(Vec::new());
+    };
+    table::check_unique(path, rows.iter().map(|r| r.id.as_str()), &lines)?;
+    Ok(rows)
+}
+
+/// What a row of a file of `kind` is as a record.
+fn record_of(
+    kind: EntityKind,
+) -> impl Fn(
+    &Layout,
+    &StringRecord,
+    u64,
+    Option<Timestamp>,
+    &mut Vec<u8>,
+) -> Result<Record, ConnectorError>
++ Sync {
+    move |layout, row, _, modified_at, buf| {
         let mut fields = Fields::with_capacity(layout.by_name.len());
         for &i in &layout.by_name {
             match (&layout.columns[i], &row[i]) {
@@ -399,12 +416,157 @@ pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, Connect
             modified_at,
             deleted: false,
         })
-    })?;
-    let Some(Scanned { rows, lines, .. }) = scanned else {
-        return Ok(Vec::new());
-    };
-    table::check_unique(path, rows.iter().map(|r| r.id.as_str()), &lines)?;
-    Ok(rows)
+    }
+}
+
+/// The pieces a listing reads a page at a time are about this long: a page holds a
+/// piece's records per core, not the whole file's.
+const PIECE_BYTES: u64 = 8 << 20;
+
+/// A file opened for a full listing.
+pub(crate) enum Opened {
+    /// Small enough to be one page: its records.
+    Whole(Vec<Record>),
+    /// Read a page at a time (boxed: it holds the file's layout and ids).
+    Paged(Box<Listing>),
+}
+
+/// A big file read a page at a time: cut into pieces of about [`PIECE_BYTES`] where
+/// the reader of the whole file would start a record, each page a piece per core,
+/// parsed side by side from the one file opened (a file replaced meanwhile is not mixed
+/// in). Ids are checked for duplicates over the whole file once its last page is read.
+pub(crate) struct Listing {
+    path: PathBuf,
+    kind: EntityKind,
+    file: File,
+    size: u64,
+    layout: Layout,
+    /// Where each piece starts; the last one reads on to the end.
+    starts: Vec<Cut>,
+    /// The next piece to read.
+    next: usize,
+    /// Every id read so far, end to end, where each ends, and its line.
+    ids: String,
+    id_ends: Vec<usize>,
+    lines: Vec<u64>,
+}
+
+impl std::fmt::Debug for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listing")
+            .field("path", &self.path)
+            .field("next", &self.next)
+            .field("pieces", &self.starts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listing {
+    /// Opens the file at `path` for a full listing of records of `kind`.
+    pub(crate) fn open(path: &Path, kind: EntityKind) -> Result<Opened, ConnectorError> {
+        let Some(mut file) = link::open(path)? else {
+            return Ok(Opened::Whole(Vec::new()));
+        };
+        let size = file.metadata().map_err(|e| FileError::read(path, e))?.len();
+        if size < pieces::PARALLEL_FROM || !cfg!(unix) {
+            return read(path, kind).map(Opened::Whole);
+        }
+        let style = TextStyle::sniff(&mut file).map_err(|e| FileError::read(path, e))?;
+        let mut reader = ReaderBuilder::new()
+            .flexible(false)
+            .buffer_capacity(BUFFER)
+            .from_reader(At::new(&file, 0, u64::MAX));
+        let headers = reader.headers().map_err(|e| csv_error(path, None, e))?;
+        if headers.is_empty() {
+            return Ok(Opened::Whole(Vec::new()));
+        }
+        let layout = Layout::new(path, kind, headers, style)?;
+        // Where the reader stands after the header: its first record, as a reader of
+        // the whole file counts bytes and lines.
+        let first = reader.position().clone();
+        let first = Cut {
+            offset: first.byte(),
+            line: first.line(),
+        };
+        drop(reader);
+        let wanted = size.div_ceil(PIECE_BYTES).max(threads() as u64);
+        let cuts = pieces::cuts(At::new(&file, 0, size), size, wanted)
+            .map_err(|e| FileError::read(path, e))?;
+        let starts = std::iter::once(first)
+            .chain(cuts.into_iter().filter(|c| c.offset > first.offset))
+            .collect();
+        Ok(Opened::Paged(Box::new(Listing {
+            path: path.to_owned(),
+            kind,
+            file,
+            size,
+            layout,
+            starts,
+            next: 0,
+            ids: String::new(),
+            id_ends: Vec::new(),
+            lines: Vec::new(),
+        })))
+    }
+
+    /// Whether every piece was read.
+    pub(crate) fn is_done(&self) -> bool {
+        self.next >= self.starts.len()
+    }
+
+    /// Where the next page starts, as the listing's cursor names it.
+    pub(crate) fn position(&self) -> String {
+        format!("piece {} of {}", self.next, self.starts.len())
+    }
+
+    /// The records of the next page: the next piece per core, in file order. After the
+    /// last one, a duplicate id anywhere in the file is an error.
+    pub(crate) fn next_page(&mut self) -> Result<Vec<Record>, ConnectorError> {
+        let from = self.next;
+        let to = (from + threads()).min(self.starts.len());
+        let each = record_of(self.kind);
+        let piece = Piece {
+            path: &self.path,
+            layout: &self.layout,
+            each: &each,
+        };
+        let (starts, file, size) = (&self.starts, &self.file, self.size);
+        let end = |i: usize| starts.get(i + 1).map_or(u64::MAX, |c| c.offset);
+        let parts: Vec<_> = std::thread::scope(|scope| {
+            let parts: Vec<_> = (from..to)
+                .map(|i| {
+                    let piece = &piece;
+                    scope.spawn(move || piece.read_from(starts[i], end(i), size, file))
+                })
+                .collect();
+            parts
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        self.next = to;
+        let mut records = Vec::new();
+        for part in parts {
+            let (rows, lines) = part?;
+            for record in &rows {
+                self.ids.push_str(&record.id);
+                self.id_ends.push(self.ids.len());
+            }
+            self.lines.extend(lines);
+            records.extend(rows);
+        }
+        if self.is_done() {
+            let starts = std::iter::once(0).chain(self.id_ends.iter().copied());
+            let ids = starts.zip(&self.id_ends).map(|(a, &b)| &self.ids[a..b]);
+            table::check_unique(&self.path, ids, &self.lines)?;
+        }
+        Ok(records)
+    }
+}
+
+/// The threads a file is parsed on: the machine's cores, at most four.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// A CSV file loaded for writing.
@@ -555,7 +717,7 @@ impl Table for CsvTable {
         let style = self.layout.style;
         // The rows' text is made on the machine's cores, a share each, and written in
         // order: turning a million rows into CSV is most of a rewrite.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let threads = threads();
         let shares = match self.rows.len() < PARALLEL_SAVE {
             true => 1,
             false => threads,

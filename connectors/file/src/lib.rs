@@ -3,7 +3,9 @@
 //!
 //! Config: `type = "file"`, settings `{"path": "<folder>", "format": "csv" | "jsonl"}`.
 //!
-//! Every read is a full listing. Every write re-reads the file, applies the operations
+//! Every read is a full listing; a big CSV file is listed a page at a time (pieces of
+//! about 8 MiB, parsed on the machine's cores), so a run never holds all its records
+//! at once. Every write re-reads the file, applies the operations
 //! and replaces the file atomically, keeping what the file was: a symbolic link stays a
 //! link (its target is replaced), and mode, owner, group, line ends and byte order mark
 //! stay as found. A fingerprint (length and hash of the file's bytes)
@@ -111,6 +113,9 @@ pub struct FileConnector {
     /// updates), as long as nobody else changed the file. Dropped when a run starts
     /// reading (`fingerprint`), so an idle connector holds nothing.
     last_saved: Mutex<Option<SavedTable>>,
+    /// Per kind, the CSV listing being read a page at a time (a big file's records are
+    /// never all held at once); dropped at its last page or a new listing's start.
+    listings: Mutex<HashMap<EntityKind, csv::Listing>>,
 }
 
 #[derive(Debug)]
@@ -140,6 +145,7 @@ impl FileConnector {
             writing: Mutex::new(()),
             own_writes: Mutex::new(HashMap::new()),
             last_saved: Mutex::new(None),
+            listings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -211,6 +217,48 @@ impl FileConnector {
             Format::Csv => csv::read(&path, kind),
             Format::Jsonl => jsonl::read(&path, kind),
         }
+    }
+
+    /// A page of a CSV file's full listing: the whole file when it is small, else the
+    /// next pieces of the listing `cursor` goes on with (none: a new listing).
+    fn read_page(&self, kind: EntityKind, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
+        self.check_folder()?;
+        let mut listings = self.listings.lock().unwrap_or_else(PoisonError::into_inner);
+        if cursor.is_none() {
+            listings.remove(&kind);
+            match csv::Listing::open(&self.file(kind), kind)? {
+                csv::Opened::Whole(records) => {
+                    return Ok(Page {
+                        records,
+                        listing: Listing::Full,
+                        cursor: None,
+                        has_more: false,
+                    });
+                }
+                csv::Opened::Paged(listing) => _ = listings.insert(kind, *listing),
+            }
+        }
+        let listing = listings
+            .get_mut(&kind)
+            .filter(|l| cursor.is_none_or(|c| c.0 == l.position()))
+            .ok_or_else(|| {
+                ConnectorError::transient(format!(
+                    "the listing of {} was started again by another read before this                      page; run again",
+                    self.file(kind).display()
+                ))
+            })?;
+        let records = listing.next_page();
+        let more = !listing.is_done();
+        let cursor = more.then(|| Cursor(listing.position()));
+        if !more || records.is_err() {
+            listings.remove(&kind);
+        }
+        Ok(Page {
+            records: records?,
+            listing: Listing::Full,
+            cursor,
+            has_more: more,
+        })
     }
 
     fn write_all(
@@ -304,8 +352,11 @@ impl Connector for FileConnector {
     async fn read(
         &self,
         kind: EntityKind,
-        _cursor: Option<&Cursor>,
+        cursor: Option<&Cursor>,
     ) -> Result<Page, ConnectorError> {
+        if self.format == Format::Csv {
+            return self.read_page(kind, cursor);
+        }
         Ok(Page {
             records: self.read_all(kind)?,
             listing: Listing::Full,

@@ -938,3 +938,83 @@ async fn a_write_after_an_own_write_keeps_edits_made_in_between() {
 }
 
 mod safe_rewrites;
+
+/// A contacts file of `rows` rows, with a byte order mark, CR LF line ends and quoted
+/// line ends in every row: big enough to be read a page at a time.
+fn big_contacts(dir: &TempDir, rows: usize, tail: &str) {
+    let mut text = String::from("\u{feff}id,name,notes\r\n");
+    for i in 0..rows {
+        text.push_str(&format!(
+            "C{i},\"Ann \"\"{i}\"\"\",\"a,\r\nb {i} {:060}\"\r\n",
+            i
+        ));
+    }
+    text.push_str(tail);
+    put(dir, "contacts.csv", text);
+}
+
+/// Every page of a full listing, in order.
+async fn pages(c: &FileConnector, kind: EntityKind) -> Result<Vec<Vec<Record>>, ConnectorError> {
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = c.read(kind, cursor.as_ref()).await?;
+        assert_eq!(page.listing, Listing::Full);
+        pages.push(page.records);
+        if !page.has_more {
+            assert_eq!(page.cursor, None);
+            return Ok(pages);
+        }
+        assert!(page.cursor.is_some() && page.cursor != cursor);
+        cursor = page.cursor;
+    }
+}
+
+#[tokio::test]
+async fn a_big_file_is_listed_a_page_at_a_time_and_its_pages_are_the_file() {
+    let dir = folder();
+    big_contacts(&dir, 250_000, "");
+    let c = csv_in(&dir);
+    let pages = pages(&c, CONTACT).await.unwrap();
+    assert!(pages.len() > 1, "{} pages", pages.len());
+    let paged: Vec<Record> = pages.into_iter().flatten().collect();
+    let whole = csv::read(&dir.path().join("contacts.csv"), CONTACT).unwrap();
+    assert_eq!(paged.len(), 250_000);
+    assert!(paged == whole, "the pages differ from the file read whole");
+    assert_eq!(paged[0].id, "C0");
+    assert_eq!(paged[0].fields.text("name"), Some("Ann \"0\""));
+}
+
+#[tokio::test]
+async fn a_duplicate_id_in_a_big_file_is_found_across_pages_on_its_line() {
+    let dir = folder();
+    big_contacts(&dir, 250_000, "C7,again,\r\n");
+    let c = csv_in(&dir);
+    let error = pages(&c, CONTACT).await.unwrap_err().to_string();
+    // The lines a reader of the whole file gives those rows.
+    let mut reader = ::csv::Reader::from_path(dir.path().join("contacts.csv")).unwrap();
+    let lines: Vec<u64> = (reader.records())
+        .map(Result::unwrap)
+        .filter(|r| &r[0] == "C7")
+        .map(|r| r.position().unwrap().line())
+        .collect();
+    assert!(error.contains(&format!("line {}:", lines[1])), "{error}");
+    let first = format!("duplicate id `C7` (first on line {})", lines[0]);
+    assert!(error.contains(&first), "{error}");
+    // The next listing starts afresh.
+    big_contacts(&dir, 250_000, "");
+    assert_eq!(pages(&c, CONTACT).await.unwrap().concat().len(), 250_000);
+}
+
+#[tokio::test]
+async fn a_page_asked_for_after_its_listing_started_again_is_refused() {
+    let dir = folder();
+    big_contacts(&dir, 250_000, "");
+    let c = csv_in(&dir);
+    let first = c.read(CONTACT, None).await.unwrap();
+    assert!(first.has_more);
+    c.read(CONTACT, None).await.unwrap();
+    let stale = Cursor("piece 99 of 100".to_owned());
+    let error = c.read(CONTACT, Some(&stale)).await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+}

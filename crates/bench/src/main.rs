@@ -398,13 +398,30 @@ fn crash(dir: &Path, failpoint: &str) -> anyhow::Result<f64> {
     Ok(wall)
 }
 
+/// Reads a full listing of `kind` page by page, handing each page's records to `each`;
+/// returns how many there were. A big file is listed a page at a time.
+async fn each_page(
+    connector: &FileConnector,
+    kind: EntityKind,
+    mut each: impl FnMut(Vec<tandem_model::Record>),
+) -> anyhow::Result<u64> {
+    let (mut records, mut cursor) = (0, None);
+    loop {
+        let page = connector.read(kind, cursor.as_ref()).await?;
+        records += page.records.len() as u64;
+        each(page.records);
+        if !page.has_more {
+            return Ok(records);
+        }
+        cursor = page.cursor;
+    }
+}
+
 /// What the sync in `dir` left (see [`Outcome`]).
 fn outcome(dir: &Path) -> anyhow::Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let contacts = runtime
-        .block_on(FileConnector::new(dir.join("crm"), Format::Csv).read(EntityKind::Contact, None))?
-        .records
-        .len() as u64;
+    let crm = FileConnector::new(dir.join("crm"), Format::Csv);
+    let contacts = runtime.block_on(each_page(&crm, EntityKind::Contact, |_| {}))?;
     let state = open_state(dir, LockMode::Shared)?;
     Ok(Outcome {
         contacts,
@@ -558,7 +575,7 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
                 ("erp", EntityKind::Vendor),
             ] {
                 let connector = FileConnector::new(dir.join(folder), Format::Csv);
-                records += connector.read(kind, None).await?.records.len() as u64;
+                records += each_page(&connector, kind, |_| {}).await?;
             }
             Ok((started.elapsed().as_secs_f64(), records))
         }
@@ -689,12 +706,13 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
         ("erp", EntityKind::Customer, &erp),
         ("erp", EntityKind::Vendor, &erp),
     ] {
-        let page = FileConnector::new(dir.join(folder), Format::Csv)
-            .read(kind, None)
-            .await?;
-        for record in page.records {
-            target.put(kind, &record.id, record.fields);
-        }
+        let connector = FileConnector::new(dir.join(folder), Format::Csv);
+        each_page(&connector, kind, |records| {
+            for record in records {
+                target.put(kind, &record.id, record.fields);
+            }
+        })
+        .await?;
     }
     let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
     connectors.insert("crm".into(), crm.clone());
