@@ -16,7 +16,8 @@ pub(crate) use crate::error::EngineError;
 use crate::matching::Ambiguity;
 use crate::plan::{AccountInput, Directives, Plan, PlanInput, plan};
 pub(crate) use crate::read::{
-    DeleteGuard, RECHECK, ScopeRead, UNKNOWN_KEYS, match_keys, record_hash, record_hash_of,
+    DeleteGuard, RECHECK, ScopeRead, UNKNOWN_KEYS, WRITTEN_UNREAD, match_keys, record_hash,
+    record_hash_of,
 };
 use crate::read::{
     FirstPass, HowToRead, Needed, Sides, StoredKeys, Wake, account_key_fields, contact_key_fields,

@@ -9,7 +9,7 @@ use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 use super::write::{Outcomes, link_of};
 use super::{Applier, Failed, commit_behind};
 use crate::plan::{FieldChange, HubPlan, NewLink, PairPlan, PairWas};
-use crate::run::{EngineError, Failure, RECHECK, record_hash_of};
+use crate::run::{EngineError, Failure, RECHECK, WRITTEN_UNREAD, record_hash_of};
 use crate::side::{Side, Winner};
 
 /// The error of a write, if it failed, and the record's version after it: the new one
@@ -167,8 +167,8 @@ impl Applier<'_> {
         let scope = self.accounts[pair.relation].scope.clone();
         let hash = match (pair.account_after_hash, written.account_written) {
             (Some(after), _) => Some(record_hash_of(after, written.account_version.as_deref())),
-            // Written without having been read: look again next run.
-            (None, true) => Some(RECHECK),
+            // Written without having been read: compared anew when next read.
+            (None, true) => Some(WRITTEN_UNREAD),
             (None, false) => None,
         };
         let keys = self.accounts[pair.relation]
@@ -385,7 +385,7 @@ impl Applier<'_> {
         let hash = match (hub.contact_after_hash, failed || waiting) {
             (_, true) => Some(RECHECK),
             (Some(after), false) => Some(record_hash_of(after, version.as_deref())),
-            (None, false) if written => Some(RECHECK),
+            (None, false) if written => Some(WRITTEN_UNREAD),
             (None, false) => self.contacts.hashes.get(&hub.contact_id).map(|s| s.hash),
         };
         let keys = self.contacts.hashes.get(&hub.contact_id).map(|s| s.keys);

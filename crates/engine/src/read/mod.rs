@@ -34,11 +34,19 @@ pub fn record_hash(fields: &Fields, version: Option<&str>) -> u64 {
 pub(crate) fn record_hash_of(content_hash: u64, version: Option<&str>) -> u64 {
     let mut buf = content_hash.to_le_bytes().to_vec();
     buf.extend_from_slice(version.unwrap_or("").as_bytes());
-    xxhash_rust::xxh3::xxh3_64(&buf).max(1)
+    xxhash_rust::xxh3::xxh3_64(&buf).clamp(1, WRITTEN_UNREAD - 1)
 }
 
 /// Hash value that makes the next run look at a record again.
 pub(crate) const RECHECK: u64 = 0;
+
+/// Hash value of a record Tandem wrote without having read it: its content is not
+/// known, so it equals no hash a read gives and the next read compares the record anew
+/// (an edit back to what it held before the write is still an edit). Unlike
+/// [`RECHECK`] it is no new record: its stored match keys stand, and only a change of
+/// them wakes matching (R4); nor does it make a run read what a fingerprint says did
+/// not change, or fetch it by id.
+pub(crate) const WRITTEN_UNREAD: u64 = u64::MAX;
 
 /// A match-key hash that says nothing: the record's keys are unknown.
 pub(crate) const UNKNOWN_KEYS: u64 = 0;
