@@ -338,7 +338,7 @@ impl<'a> Engine<'a> {
         };
         let started = std::time::Instant::now();
         let mut plan = plan(&relations, &input);
-        let mut ambiguities = self.standing_ambiguities(&wakes, &sides, &mut plan)?;
+        let mut ambiguities = self.standing_ambiguities(&wakes, &mut plan)?;
         let cut = self.cut(&mut plan, &input.links, &mut ambiguities);
         // The standing ambiguities are the plan's too.
         plan.counts = plan.derive_counts(&relations, &input.link_counts);
@@ -584,16 +584,13 @@ impl<'a> Engine<'a> {
     }
 
     /// A quiet relation matched nothing this run: its ambiguous matches are the ones
-    /// its last matching found, still standing, and reported as such. A matching that
-    /// saw every unlinked record of both sides (full listings, or a wide wake that read
-    /// change-reading connectors fully) replaces them.
+    /// its last matching found, still standing, and reported as such. A matching, which
+    /// sees every unlinked record of both sides, replaces them.
     fn standing_ambiguities(
         &self,
         wakes: &[Wake],
-        sides: &Sides<'_>,
         plan: &mut Plan,
     ) -> Result<Vec<StoredAmbiguities>, EngineError> {
-        let contacts_full = !sides.contacts.capabilities().incremental;
         let mut ambiguities = Vec::new();
         for (r, relation) in self.relations.relations.iter().enumerate() {
             let stored = self.state.ambiguities(&relation.code)?;
@@ -604,9 +601,8 @@ impl<'a> Engine<'a> {
                     .unwrap_or_default();
                 plan.ambiguous.extend(standing);
             }
-            let accounts_full = !sides.accounts[r].capabilities().incremental;
-            let complete = wakes[r] == Wake::Widely
-                || (wakes[r] == Wake::Changed && contacts_full && accounts_full);
+            // Matching read every unlinked record of both sides (`second_pass`).
+            let complete = wakes[r] != Wake::Quiet;
             ambiguities.push(StoredAmbiguities { complete, stored });
         }
         Ok(ambiguities)

@@ -1253,3 +1253,36 @@ async fn r4_a_contact_written_unread_is_looked_at_again_without_waking_matching(
         Some("Gent")
     );
 }
+
+/// Was a bug: an unlinked account whose e-mail is edited to an unchanged contact's,
+/// both read through change-reading connectors. The contact was not among the changes,
+/// and matched against the changes alone the account matched nothing: the link was
+/// missed (and a relation that creates contacts would have made a duplicate, R6).
+/// Matching reads every unlinked record of both sides (R4).
+#[tokio::test]
+async fn r4_an_account_edited_to_match_an_unchanged_contact_of_a_change_reading_crm_links_to_it() {
+    let mut w = world(true);
+    let f = |pairs: &[(&str, &str)]| pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v));
+    w.crm.put(
+        EntityKind::Contact,
+        "C1",
+        f(&[("name", "Acme"), ("email", "office@acme.be")]),
+    );
+    w.erp.put(
+        EntityKind::Vendor,
+        "V1",
+        f(&[("name", "Other"), ("email", "info@other.be")]),
+    );
+    w.sync().await;
+    w.sync().await;
+    assert!(w.state.links(Some("VEND")).unwrap().is_empty());
+
+    w.erp.put(
+        EntityKind::Vendor,
+        "V1",
+        f(&[("name", "Other"), ("email", "office@acme.be")]),
+    );
+    let report = w.sync().await;
+    assert_eq!(count(&report, "VEND").linked, 1, "{report:#?}");
+    assert_eq!(w.crm.all(EntityKind::Contact).len(), 1);
+}

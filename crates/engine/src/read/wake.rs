@@ -102,9 +102,10 @@ pub(crate) fn account_key_fields(relations: &Relations, r: usize) -> Arc<[FieldN
 pub(crate) enum Wake {
     /// Nothing of it changed: no matching; its standing ambiguities are reported.
     Quiet,
-    /// An unlinked record that was known before changed: matched against the unchanged
-    /// unlinked records of full listings, read again. A change-reading connector's
-    /// unchanged records were matched against its old values and are not read again.
+    /// An unlinked record that was known before changed its match keys: matched, as
+    /// for `Widely`, against every unlinked record of both sides, from change-reading
+    /// connectors too: matched against the changes alone, a record whose counterpart
+    /// did not change would match nothing, or one of two it is ambiguous with (R4).
     Changed,
     /// A new unlinked record, a delete, a request, an operator, a pending create:
     /// matched against every unlinked record, from change-reading connectors too.
@@ -207,7 +208,8 @@ pub(crate) struct Sides<'c> {
 /// Second pass, for relations that need matching: the unchanged unlinked records the
 /// first pass let go by (or did not read at all). A change-reading connector sent only
 /// what changed: its unchanged unlinked records are read from a full listing too, or a
-/// new record on the other side could not match them (and would get a duplicate, R6).
+/// new or changed record on the other side could not match them (and would get a
+/// duplicate, R6).
 /// Returns the contacts read only as match candidates.
 pub(crate) async fn second_pass(
     state: &dyn StateStore,
@@ -221,8 +223,7 @@ pub(crate) async fn second_pass(
     // change-reading connector did not send.
     let again = |read: &ScopeRead, connector: &dyn Connector, wake: Wake| {
         let passed = read.stats.skipped || read.stats.records > read.records.len() as u64;
-        wake != Wake::Quiet
-            && (passed || (connector.capabilities().incremental && wake == Wake::Widely))
+        wake != Wake::Quiet && (passed || connector.capabilities().incremental)
     };
     let mut linked_contacts: Vec<Option<HashSet<String>>> = vec![None; accounts.len()];
     for (r, relation) in relations.relations.iter().enumerate() {
