@@ -153,6 +153,14 @@ fn text(c: &MemoryConnector, kind: EntityKind, id: &str, field: &str) -> Option<
         .and_then(|r| r.fields.text(field).map(str::to_owned))
 }
 
+/// How many contacts a run read as changed, and how many it had in play.
+fn contacts_changed_and_in_play(report: &RunReport) -> (u64, u64) {
+    let contacts = (report.read.iter())
+        .find(|r| r.kind == EntityKind::Contact)
+        .expect("contacts are read");
+    (contacts.changed, contacts.in_play)
+}
+
 fn count(report: &RunReport, code: &str) -> tandem_engine::plan::RelationCounts {
     report
         .counts
@@ -1146,12 +1154,7 @@ async fn r4_an_edit_of_a_contact_tandem_created_that_leaves_its_match_keys_wakes
     fields.set("phone", Value::text("+32 9 456"));
     w.crm.put(EntityKind::Contact, &created, fields);
     let report = w.sync().await;
-    let contacts = report
-        .read
-        .iter()
-        .find(|r| r.kind == EntityKind::Contact)
-        .unwrap();
-    assert_eq!((contacts.changed, contacts.in_play), (1, 1), "{contacts:?}");
+    assert_eq!(contacts_changed_and_in_play(&report), (1, 1));
     assert_eq!(
         text(&w.erp, EntityKind::Customer, "K3", "phone").as_deref(),
         Some("+32 9 456")
@@ -1181,12 +1184,7 @@ async fn r4_an_edit_that_leaves_the_match_keys_wakes_no_matching_one_that_change
     c2.set("phone", Value::text("+32 9 123"));
     w.crm.put(EntityKind::Contact, "C2", c2);
     let report = w.sync().await;
-    let contacts = report
-        .read
-        .iter()
-        .find(|r| r.kind == EntityKind::Contact)
-        .unwrap();
-    assert_eq!((contacts.changed, contacts.in_play), (1, 1), "{contacts:?}");
+    assert_eq!(contacts_changed_and_in_play(&report), (1, 1));
     assert_eq!(count(&report, "VEND").linked, 0);
     assert_eq!(
         text(&w.erp, EntityKind::Customer, "K2", "phone").as_deref(),
@@ -1231,12 +1229,7 @@ async fn r4_a_contact_written_unread_is_looked_at_again_without_waking_matching(
         Some("Gent")
     );
     let report = w.sync().await;
-    let contacts = report
-        .read
-        .iter()
-        .find(|r| r.kind == EntityKind::Contact)
-        .unwrap();
-    assert_eq!((contacts.changed, contacts.in_play), (1, 1), "{contacts:?}");
+    assert_eq!(contacts_changed_and_in_play(&report), (1, 1));
 
     // Written unread, then put back to exactly what it held before: still an edit (R14).
     let before = w.crm.get(EntityKind::Contact, "C2").unwrap().fields;
