@@ -187,7 +187,7 @@ fn scan<T: Send>(
         .flexible(false)
         .buffer_capacity(BUFFER)
         .from_reader(At::new(&file, 0, first_end));
-    let headers = reader.headers().map_err(|e| csv_error(path, None, e))?;
+    let headers = reader.headers().map_err(|e| csv_error(path, None, e, 0))?;
     if headers.is_empty() {
         return Ok(None);
     }
@@ -281,7 +281,7 @@ where
         let mut row = StringRecord::new();
         while reader
             .read_record(&mut row)
-            .map_err(|e| csv_error(path, Some(&layout.headers), e))?
+            .map_err(|e| csv_error(path, Some(&layout.headers), e, lines_before))?
         {
             let line = lines_before + row.position().map_or(0, csv::Position::line);
             if rows.len() == table::SAMPLE_ROWS {
@@ -354,9 +354,15 @@ fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     file.read(buf)
 }
 
-fn csv_error(path: &Path, headers: Option<&StringRecord>, error: csv::Error) -> ConnectorError {
+/// `error` of a reader that started `lines_before` lines down the file.
+fn csv_error(
+    path: &Path,
+    headers: Option<&StringRecord>,
+    error: csv::Error,
+    lines_before: u64,
+) -> ConnectorError {
     // Errors in the header row carry no position.
-    let line = error.position().map_or(1, csv::Position::line);
+    let line = lines_before + error.position().map_or(1, csv::Position::line);
     match error.into_kind() {
         ErrorKind::Io(e) => FileError::read(path, e).into(),
         ErrorKind::Utf8 { err, .. } => {
@@ -476,7 +482,7 @@ impl Listing {
             .flexible(false)
             .buffer_capacity(BUFFER)
             .from_reader(At::new(&file, 0, u64::MAX));
-        let headers = reader.headers().map_err(|e| csv_error(path, None, e))?;
+        let headers = reader.headers().map_err(|e| csv_error(path, None, e, 0))?;
         if headers.is_empty() {
             return Ok(Opened::Whole(Vec::new()));
         }
@@ -871,7 +877,13 @@ mod tests {
     #[test]
     fn errors_in_a_later_piece_name_the_line_of_the_whole_file() {
         let dir = tempfile::tempdir().unwrap();
-        let whole_lines = |path: &Path| fs::read_to_string(path).unwrap().matches('\n').count();
+        let whole_lines = |path: &Path| {
+            fs::read(path)
+                .unwrap()
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+        };
         let path = big_file(dir.path(), "X1,a\n");
         let line = whole_lines(&path);
         let error = read(&path, EntityKind::Contact).unwrap_err().to_string();
@@ -881,6 +893,18 @@ mod tests {
         let line = whole_lines(&path);
         let error = read(&path, EntityKind::Contact).unwrap_err().to_string();
         assert!(error.contains(&format!("line {line}")), "{error}");
+        // An error the csv reader finds itself (not UTF-8) counts lines the same way.
+        let path = big_file(dir.path(), "X2,a,b\n");
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - 4;
+        bytes[at] = 0xff;
+        fs::write(&path, bytes).unwrap();
+        let line = whole_lines(&path);
+        let error = read(&path, EntityKind::Contact).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("line {line}: invalid UTF-8")),
+            "{error}"
+        );
     }
 
     #[test]
