@@ -172,60 +172,130 @@ fn scan<T: Send>(
     ) -> Result<T, ConnectorError>
     + Sync,
 ) -> Result<Option<Scanned<T>>, ConnectorError> {
-    let Some(mut file) = link::open(path)? else {
+    let Some(pieces) = Pieces::open(path, kind, u64::MAX)? else {
         return Ok(None);
     };
-    let style = TextStyle::sniff(&mut file).map_err(|e| FileError::read(path, e))?;
-    let size = file.metadata().map_err(|e| FileError::read(path, e))?.len();
-    let cuts = match cfg!(unix) {
-        true => pieces::cuts(At::new(&file, 0, size), size, threads() as u64),
-        false => Ok(Vec::new()),
-    }
-    .map_err(|e| FileError::read(path, e))?;
-    let first_end = cuts.first().map_or(u64::MAX, |c| c.offset);
-    let mut reader = ReaderBuilder::new()
-        .flexible(false)
-        .buffer_capacity(BUFFER)
-        .from_reader(At::new(&file, 0, first_end));
-    let headers = reader.headers().map_err(|e| csv_error(path, None, e, 0))?;
-    if headers.is_empty() {
-        return Ok(None);
-    }
-    let layout = Layout::new(path, kind, headers, style)?;
-    let piece = Piece {
-        path,
-        layout: &layout,
-        each: &each,
-    };
-    // The last piece reads on to the end, as a read of the whole file would.
-    let ends = cuts.iter().skip(1).map(|c| c.offset).chain([u64::MAX]);
-    let (first, rest) = std::thread::scope(|scope| {
-        let rest: Vec<_> = (cuts.iter().zip(ends))
-            .map(|(cut, end)| {
-                let (file, piece) = (&file, &piece);
-                scope.spawn(move || piece.read_from(*cut, end, size, file))
-            })
-            .collect();
-        // The first piece's rows are reserved for the whole file: the others are appended
-        // to them without growing it.
-        let first = piece.read(&mut reader, 0, size);
-        let rest: Vec<_> = rest
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect();
-        (first, rest)
-    });
-    let (mut rows, mut lines) = first?;
-    for piece in rest {
-        let (more_rows, more_lines) = piece?;
-        rows.extend(more_rows);
-        lines.extend(more_lines);
-    }
+    let (rows, lines) = pieces.parse(0..pieces.starts.len(), &each)?;
     Ok(Some(Scanned {
-        layout,
+        layout: pieces.layout,
         rows,
         lines,
     }))
+}
+
+/// A CSV file opened once, its header read, and cut into pieces that parse on their
+/// own: each starts where the reader of the whole file would start a record.
+struct Pieces {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    layout: Layout,
+    /// Where each piece starts, the first just after the header; the last reads on to
+    /// the end, as a read of the whole file would.
+    starts: Vec<Cut>,
+}
+
+impl Pieces {
+    /// Opens `path` and cuts it into a piece per core, or more pieces of about
+    /// `piece_bytes` each; `None` when the file is missing or has no header.
+    fn open(
+        path: &Path,
+        kind: EntityKind,
+        piece_bytes: u64,
+    ) -> Result<Option<Pieces>, ConnectorError> {
+        let Some(mut file) = link::open(path)? else {
+            return Ok(None);
+        };
+        let style = TextStyle::sniff(&mut file).map_err(|e| FileError::read(path, e))?;
+        let size = file.metadata().map_err(|e| FileError::read(path, e))?.len();
+        let mut reader = ReaderBuilder::new()
+            .flexible(false)
+            .buffer_capacity(BUFFER)
+            .from_reader(At::new(&file, 0, u64::MAX));
+        let headers = reader.headers().map_err(|e| csv_error(path, None, e, 0))?;
+        if headers.is_empty() {
+            return Ok(None);
+        }
+        let layout = Layout::new(path, kind, headers, style)?;
+        // Where the reader stands after the header: its first record, as a reader of
+        // the whole file counts bytes and lines.
+        let position = reader.position();
+        let first = Cut {
+            offset: position.byte(),
+            line: position.line(),
+        };
+        drop(reader);
+        let wanted = size.div_ceil(piece_bytes).max(threads() as u64);
+        let cuts = match cfg!(unix) {
+            true => pieces::cuts(At::new(&file, 0, size), size, wanted),
+            false => Ok(Vec::new()),
+        }
+        .map_err(|e| FileError::read(path, e))?;
+        let starts = std::iter::once(first)
+            .chain(cuts.into_iter().filter(|c| c.offset > first.offset))
+            .collect();
+        Ok(Some(Pieces {
+            path: path.to_owned(),
+            file,
+            size,
+            layout,
+            starts,
+        }))
+    }
+
+    /// The rows of the pieces `range`, parsed side by side, in file order. The first
+    /// piece's rows are reserved for the whole range: the others are appended to them
+    /// without growing it.
+    fn parse<T: Send>(
+        &self,
+        range: std::ops::Range<usize>,
+        each: &(
+             impl Fn(
+            &Layout,
+            &StringRecord,
+            u64,
+            Option<Timestamp>,
+            &mut Vec<u8>,
+        ) -> Result<T, ConnectorError>
+             + Sync
+         ),
+    ) -> Result<(Vec<T>, Vec<u64>), ConnectorError> {
+        let piece = Piece {
+            path: &self.path,
+            layout: &self.layout,
+            each,
+        };
+        let (starts, file, size) = (&self.starts, &self.file, self.size);
+        let end = |i: usize| starts.get(i + 1).map_or(size, |c| c.offset);
+        let first = range.start;
+        let whole = end(range.end.saturating_sub(1)).saturating_sub(starts[first].offset);
+        let parts: Vec<_> = std::thread::scope(|scope| {
+            let parts: Vec<_> = range
+                .map(|i| {
+                    let piece = &piece;
+                    let reserve = if i == first {
+                        whole
+                    } else {
+                        end(i) - starts[i].offset
+                    };
+                    let to = starts.get(i + 1).map_or(u64::MAX, |c| c.offset);
+                    scope.spawn(move || piece.read_from(starts[i], to, reserve, file))
+                })
+                .collect();
+            parts
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut parts = parts.into_iter();
+        let (mut rows, mut lines) = parts.next().unwrap_or_else(|| Ok(Default::default()))?;
+        for part in parts {
+            let (more_rows, more_lines) = part?;
+            rows.extend(more_rows);
+            lines.extend(more_lines);
+        }
+        Ok((rows, lines))
+    }
 }
 
 /// One piece of a file being scanned, and what to make of its rows.
@@ -252,7 +322,7 @@ where
         &self,
         cut: Cut,
         end: u64,
-        size: u64,
+        reserve: u64,
         file: &File,
     ) -> Result<(Vec<T>, Vec<u64>), ConnectorError> {
         let mut reader = ReaderBuilder::new()
@@ -260,11 +330,7 @@ where
             .flexible(true)
             .buffer_capacity(BUFFER)
             .from_reader(At::new(file, cut.offset, end));
-        self.read(
-            &mut reader,
-            cut.line - 1,
-            end.min(size).saturating_sub(cut.offset),
-        )
+        self.read(&mut reader, cut.line - 1, reserve)
     }
 
     /// The rows `reader` reads, on lines `lines_before` further down the file than the
@@ -429,26 +495,14 @@ fn record_of(
 /// piece's records per core, not the whole file's.
 const PIECE_BYTES: u64 = 8 << 20;
 
-/// A file opened for a full listing.
-pub(crate) enum Opened {
-    /// Small enough to be one page: its records.
-    Whole(Vec<Record>),
-    /// Read a page at a time (boxed: it holds the file's layout and ids).
-    Paged(Box<Listing>),
-}
-
-/// A big file read a page at a time: cut into pieces of about [`PIECE_BYTES`] where
-/// the reader of the whole file would start a record, each page a piece per core,
-/// parsed side by side from the one file opened (a file replaced meanwhile is not mixed
-/// in). Ids are checked for duplicates over the whole file once its last page is read.
+/// A file read a page at a time: cut into pieces of about [`PIECE_BYTES`] where the
+/// reader of the whole file would start a record, each page a piece per core, parsed
+/// side by side from the one file opened (a file replaced meanwhile is not mixed in).
+/// Ids are checked for duplicates over the whole file once its last page is read.
 pub(crate) struct Listing {
-    path: PathBuf,
     kind: EntityKind,
-    file: File,
-    size: u64,
-    layout: Layout,
-    /// Where each piece starts; the last one reads on to the end.
-    starts: Vec<Cut>,
+    /// `None` for a missing or empty file: one page, of no records.
+    pieces: Option<Pieces>,
     /// The next piece to read.
     next: usize,
     /// Every id read so far, end to end, where each ends, and its line.
@@ -460,111 +514,54 @@ pub(crate) struct Listing {
 impl std::fmt::Debug for Listing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listing")
-            .field("path", &self.path)
+            .field("path", &self.pieces.as_ref().map(|p| &p.path))
             .field("next", &self.next)
-            .field("pieces", &self.starts.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Listing {
     /// Opens the file at `path` for a full listing of records of `kind`.
-    pub(crate) fn open(path: &Path, kind: EntityKind) -> Result<Opened, ConnectorError> {
-        let Some(mut file) = link::open(path)? else {
-            return Ok(Opened::Whole(Vec::new()));
-        };
-        let size = file.metadata().map_err(|e| FileError::read(path, e))?.len();
-        if size < pieces::PARALLEL_FROM || !cfg!(unix) {
-            return read(path, kind).map(Opened::Whole);
-        }
-        let style = TextStyle::sniff(&mut file).map_err(|e| FileError::read(path, e))?;
-        let mut reader = ReaderBuilder::new()
-            .flexible(false)
-            .buffer_capacity(BUFFER)
-            .from_reader(At::new(&file, 0, u64::MAX));
-        let headers = reader.headers().map_err(|e| csv_error(path, None, e, 0))?;
-        if headers.is_empty() {
-            return Ok(Opened::Whole(Vec::new()));
-        }
-        let layout = Layout::new(path, kind, headers, style)?;
-        // Where the reader stands after the header: its first record, as a reader of
-        // the whole file counts bytes and lines.
-        let first = reader.position().clone();
-        let first = Cut {
-            offset: first.byte(),
-            line: first.line(),
-        };
-        drop(reader);
-        let wanted = size.div_ceil(PIECE_BYTES).max(threads() as u64);
-        let cuts = pieces::cuts(At::new(&file, 0, size), size, wanted)
-            .map_err(|e| FileError::read(path, e))?;
-        let starts = std::iter::once(first)
-            .chain(cuts.into_iter().filter(|c| c.offset > first.offset))
-            .collect();
-        Ok(Opened::Paged(Box::new(Listing {
-            path: path.to_owned(),
+    pub(crate) fn open(path: &Path, kind: EntityKind) -> Result<Listing, ConnectorError> {
+        Ok(Listing {
             kind,
-            file,
-            size,
-            layout,
-            starts,
+            pieces: Pieces::open(path, kind, PIECE_BYTES)?,
             next: 0,
             ids: String::new(),
             id_ends: Vec::new(),
             lines: Vec::new(),
-        })))
+        })
     }
 
     /// Whether every piece was read.
     pub(crate) fn is_done(&self) -> bool {
-        self.next >= self.starts.len()
+        self.next >= self.pieces.as_ref().map_or(0, |p| p.starts.len())
     }
 
     /// Where the next page starts, as the listing's cursor names it.
     pub(crate) fn position(&self) -> String {
-        format!("piece {} of {}", self.next, self.starts.len())
+        let pieces = self.pieces.as_ref().map_or(0, |p| p.starts.len());
+        format!("piece {} of {pieces}", self.next)
     }
 
     /// The records of the next page: the next piece per core, in file order. After the
     /// last one, a duplicate id anywhere in the file is an error.
     pub(crate) fn next_page(&mut self) -> Result<Vec<Record>, ConnectorError> {
-        let from = self.next;
-        let to = (from + threads()).min(self.starts.len());
-        let each = record_of(self.kind);
-        let piece = Piece {
-            path: &self.path,
-            layout: &self.layout,
-            each: &each,
+        let Some(pieces) = &self.pieces else {
+            return Ok(Vec::new());
         };
-        let (starts, file, size) = (&self.starts, &self.file, self.size);
-        let end = |i: usize| starts.get(i + 1).map_or(u64::MAX, |c| c.offset);
-        let parts: Vec<_> = std::thread::scope(|scope| {
-            let parts: Vec<_> = (from..to)
-                .map(|i| {
-                    let piece = &piece;
-                    scope.spawn(move || piece.read_from(starts[i], end(i), size, file))
-                })
-                .collect();
-            parts
-                .into_iter()
-                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        self.next = to;
-        let mut records = Vec::new();
-        for part in parts {
-            let (rows, lines) = part?;
-            for record in &rows {
-                self.ids.push_str(&record.id);
-                self.id_ends.push(self.ids.len());
-            }
-            self.lines.extend(lines);
-            records.extend(rows);
+        let range = self.next..(self.next + threads()).min(pieces.starts.len());
+        self.next = range.end;
+        let (records, lines) = pieces.parse(range, &record_of(self.kind))?;
+        for record in &records {
+            self.ids.push_str(&record.id);
+            self.id_ends.push(self.ids.len());
         }
+        self.lines.extend(lines);
         if self.is_done() {
             let starts = std::iter::once(0).chain(self.id_ends.iter().copied());
             let ids = starts.zip(&self.id_ends).map(|(a, &b)| &self.ids[a..b]);
-            table::check_unique(&self.path, ids, &self.lines)?;
+            table::check_unique(&pieces.path, ids, &self.lines)?;
         }
         Ok(records)
     }

@@ -225,25 +225,15 @@ impl FileConnector {
         self.check_folder()?;
         let mut listings = self.listings.lock().unwrap_or_else(PoisonError::into_inner);
         if cursor.is_none() {
-            listings.remove(&kind);
-            match csv::Listing::open(&self.file(kind), kind)? {
-                csv::Opened::Whole(records) => {
-                    return Ok(Page {
-                        records,
-                        listing: Listing::Full,
-                        cursor: None,
-                        has_more: false,
-                    });
-                }
-                csv::Opened::Paged(listing) => _ = listings.insert(kind, *listing),
-            }
+            listings.insert(kind, csv::Listing::open(&self.file(kind), kind)?);
         }
         let listing = listings
             .get_mut(&kind)
             .filter(|l| cursor.is_none_or(|c| c.0 == l.position()))
             .ok_or_else(|| {
                 ConnectorError::transient(format!(
-                    "the listing of {} was started again by another read before this                      page; run again",
+                    "the listing of {} was started again by another read before this page; run \
+                     again",
                     self.file(kind).display()
                 ))
             })?;
