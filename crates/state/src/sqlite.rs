@@ -589,12 +589,6 @@ UPDATE links SET
     intent = ?12
 WHERE code = ?1 AND contact_id = ?2";
 
-const SET_HASH: &str = "
-INSERT INTO record_hashes (scope, id, hash, match_keys) VALUES (?1, ?2, ?3, ?4)
-ON CONFLICT (scope, id) DO UPDATE SET
-    hash = excluded.hash,
-    match_keys = coalesce(excluded.match_keys, record_hashes.match_keys)";
-
 /// The number of the scope `?1`, `?2` (connector, kind): none for a scope that never
 /// had a hash.
 const SCOPE_ID: &str = "(SELECT id FROM scopes WHERE connector = ?1 AND kind = ?2)";
@@ -2011,10 +2005,10 @@ fn set_hashes(
     if hashes.is_empty() {
         return Ok(());
     }
-    let mut stmt = conn.prepare_cached(SET_HASH).map_err(sql_error(ACTION))?;
     let mut keys = keys.iter().peekable();
     // A batch holds a few scopes: numbered once each.
     let mut scopes: Vec<(&Scope, i64)> = Vec::new();
+    let mut rows = Vec::with_capacity(hashes.len());
     for (i, (scope, id, hash)) in hashes.iter().enumerate() {
         while keys.next_if(|(k, _)| *k < i).is_some() {}
         let key = keys
@@ -2029,10 +2023,68 @@ fn set_hashes(
             }
         };
         // SQLite integers are signed; the bits round-trip through `cast_unsigned`.
-        stmt.execute(params![number, id, hash.cast_signed(), key])
+        rows.push(HashRow {
+            scope: number,
+            id,
+            hash: hash.cast_signed(),
+            key,
+        });
+    }
+    // Rows of one statement are upserted in order, as one statement each would be.
+    let mut chunks = rows.chunks_exact(HASH_ROWS);
+    if rows.len() >= HASH_ROWS {
+        let mut stmt = conn
+            .prepare_cached(&SET_HASHES)
             .map_err(sql_error(ACTION))?;
+        for chunk in chunks.by_ref() {
+            for (i, row) in chunk.iter().enumerate() {
+                row.bind(&mut stmt, 4 * i).map_err(sql_error(ACTION))?;
+            }
+            stmt.raw_execute().map_err(sql_error(ACTION))?;
+        }
+    }
+    let mut stmt = conn.prepare_cached(&SET_HASH).map_err(sql_error(ACTION))?;
+    for row in chunks.remainder() {
+        row.bind(&mut stmt, 0).map_err(sql_error(ACTION))?;
+        stmt.raw_execute().map_err(sql_error(ACTION))?;
     }
     Ok(())
+}
+
+/// Hash rows per `INSERT`: one statement per row took a fifth of a first sync's
+/// state commit in SQLite's per-statement work (`state-floor`, docs/BENCHMARKS.md).
+const HASH_ROWS: usize = 64;
+
+static SET_HASH: LazyLock<String> = LazyLock::new(|| set_hashes_sql(1));
+static SET_HASHES: LazyLock<String> = LazyLock::new(|| set_hashes_sql(HASH_ROWS));
+
+/// Upserts `rows` hashes; a match key left NULL keeps the stored one.
+fn set_hashes_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO record_hashes (scope, id, hash, match_keys) VALUES {values} \
+         ON CONFLICT (scope, id) DO UPDATE SET \
+             hash = excluded.hash, \
+             match_keys = coalesce(excluded.match_keys, record_hashes.match_keys)"
+    )
+}
+
+/// One row of `record_hashes`, ready to bind.
+struct HashRow<'a> {
+    scope: i64,
+    id: &'a str,
+    hash: i64,
+    key: Option<i64>,
+}
+
+impl HashRow<'_> {
+    /// Binds the row to the four parameters after `offset`.
+    fn bind(&self, stmt: &mut Statement<'_>, offset: usize) -> rusqlite::Result<()> {
+        stmt.raw_bind_parameter(offset + 1, self.scope)?;
+        stmt.raw_bind_parameter(offset + 2, self.id)?;
+        stmt.raw_bind_parameter(offset + 3, self.hash)?;
+        stmt.raw_bind_parameter(offset + 4, self.key)
+    }
 }
 
 /// The number of `scope` in `scopes`, given it on first use.

@@ -1814,3 +1814,45 @@ both_stores!(
         assert!(state.match_keys_of(&vendors, &["C1"]).unwrap().is_empty());
     }
 );
+
+both_stores!(
+    a_big_batch_of_hashes_with_repeats_stores_what_one_hash_at_a_time_would,
+    |place| {
+        let mut state = place.open();
+        let contacts = Scope::new("crm", EntityKind::Contact);
+        let customers = Scope::new("erp", EntityKind::Customer);
+        // More rows than one statement takes, over two scopes, with ids set twice in
+        // the batch (the later wins) and hashes set without keys (the keys stay).
+        let mut batch = StateBatch::default();
+        let mut hashes: HashMap<(bool, String), u64> = HashMap::new();
+        let mut keys: HashMap<(bool, String), u64> = HashMap::new();
+        for i in 0..300_u64 {
+            let customer = i % 3 == 0;
+            let scope = if customer { &customers } else { &contacts };
+            let id = format!("R{:03}", i % 130);
+            let hash = 1_000 + i;
+            if i % 4 == 0 {
+                batch.set_hashes.push((scope.clone(), id.clone(), hash));
+            } else {
+                batch.set_hash_with_keys(scope.clone(), id.clone(), hash, 5_000 + i);
+                keys.insert((customer, id.clone()), 5_000 + i);
+            }
+            hashes.insert((customer, id), hash);
+        }
+        commit(&mut *state, batch);
+        for (customer, scope) in [(false, &contacts), (true, &customers)] {
+            let stored = state.hashes(scope).unwrap();
+            let expected: HashMap<String, u64> = (hashes.iter())
+                .filter(|((c, _), _)| *c == customer)
+                .map(|((_, id), hash)| (id.clone(), *hash))
+                .collect();
+            assert_eq!(stored, expected);
+            let ids: Vec<&str> = expected.keys().map(String::as_str).collect();
+            let expected_keys: HashMap<String, u64> = (keys.iter())
+                .filter(|((c, _), _)| *c == customer)
+                .map(|((_, id), key)| (id.clone(), *key))
+                .collect();
+            assert_eq!(state.match_keys_of(scope, &ids).unwrap(), expected_keys);
+        }
+    }
+);
