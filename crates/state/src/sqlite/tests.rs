@@ -1856,3 +1856,60 @@ both_stores!(
         }
     }
 );
+
+both_stores!(
+    r2_a_big_batch_of_links_new_refreshed_and_moved_stores_what_one_at_a_time_would,
+    |place| {
+        let mut state = place.open();
+        let first: Vec<Link> = (0..100)
+            .map(|i| link("CUST", &format!("C{i:03}"), &format!("K{i:03}")))
+            .collect();
+        upsert(&mut *state, first.clone()).unwrap();
+        assert_eq!(state.count_links("CUST").unwrap(), 100);
+        // 40 refreshed, 10 moved to accounts no one holds, 80 new: more than one
+        // statement's worth, mixed.
+        let mut expected: std::collections::BTreeMap<String, Link> = first
+            .into_iter()
+            .map(|l| (l.contact_id.clone(), l))
+            .collect();
+        let mut batch = Vec::new();
+        for i in 0..130 {
+            let mut l = match i {
+                0..40 => link("CUST", &format!("C{i:03}"), &format!("K{i:03}")),
+                40..50 => link("CUST", &format!("C{i:03}"), &format!("M{i:03}")),
+                _ => link("CUST", &format!("N{i:03}"), &format!("L{i:03}")),
+            };
+            l.baseline = Fields::new().with("phone", format!("+32 {i}"));
+            expected.insert(l.contact_id.clone(), l.clone());
+            batch.push(l);
+        }
+        upsert(&mut *state, batch).unwrap();
+        assert_eq!(state.count_links("CUST").unwrap(), 180);
+        assert_eq!(
+            state.links(Some("CUST")).unwrap(),
+            expected.values().cloned().collect::<Vec<_>>()
+        );
+        // One new link of many takes an account held by another contact: the batch is
+        // refused, naming that link, and none of it is stored.
+        let taken: Vec<Link> = (0..70)
+            .map(|i| match i {
+                50 => link("CUST", "X050", "K007"),
+                _ => link("CUST", &format!("X{i:03}"), &format!("Y{i:03}")),
+            })
+            .collect();
+        let err = upsert(&mut *state, taken).unwrap_err();
+        match err {
+            StateError::AccountTaken {
+                contact_id,
+                linked_contact,
+                ..
+            } => assert_eq!(
+                (contact_id.as_str(), linked_contact.as_str()),
+                ("X050", "C007")
+            ),
+            other => panic!("{other}"),
+        }
+        assert_eq!(state.count_links("CUST").unwrap(), 180);
+        assert_eq!(state.links(Some("CUST")).unwrap().len(), 180);
+    }
+);
