@@ -25,36 +25,12 @@ impl<'a> Planner<'a> {
                 hub_ids.insert(contact_id);
             }
         }
-        // Each hub is merged on its own (pure, no shared state): on a big run the hubs
-        // are split over the machine's cores, and the results taken back in order, so
-        // the plan is the same as on one core.
+        // Each hub is merged on its own (pure, no shared state): on the cores.
         let hub_ids: Vec<&str> = hub_ids.into_iter().collect();
-        let threads = if hub_ids.len() < PARALLEL_HUBS {
-            1
-        } else {
-            self.threads
-        };
-        let this = &*self;
-        let merge = |ids: &[&str]| -> Vec<Merged> {
-            ids.iter()
-                .filter_map(|contact_id| this.merge_one(contact_id, &open_conflicts))
-                .collect()
-        };
-        let merged: Vec<Merged> = if threads <= 1 {
-            merge(&hub_ids)
-        } else {
-            let chunk = hub_ids.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = hub_ids
-                    .chunks(chunk)
-                    .map(|ids| scope.spawn(move || merge(ids)))
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|w| w.join().expect("merging a hub does not panic"))
-                    .collect()
-            })
-        };
+        let merged: Vec<Option<Merged>> = self.on_cores(&hub_ids, |contact_id| {
+            self.merge_one(contact_id, &open_conflicts)
+        });
+        let merged: Vec<Merged> = merged.into_iter().flatten().collect();
         // Sized once: growing by doubling would hold up to twice the hubs while copying.
         self.plan.hubs.reserve_exact(merged.len());
         for merged in merged {

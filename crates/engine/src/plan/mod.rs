@@ -444,7 +444,8 @@ pub(super) fn listed_code_refs(contact: &Record) -> Vec<std::borrow::Cow<'_, str
     }
 }
 
-/// From this many hubs on, merging is spread over the machine's cores.
+/// From this many hubs (or contacts) on, planning work is spread over the machine's
+/// cores.
 const PARALLEL_HUBS: usize = 20_000;
 
 /// Plans a run. Deterministic: the same input gives the same plan.
@@ -596,6 +597,35 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// `work` done for each of `items`, in their order. From [`PARALLEL_HUBS`] items
+    /// on they are split over the planner's threads, and the results taken back in
+    /// order: the plan is the one a single core makes. `work` must depend on its item
+    /// and the planner alone.
+    pub(super) fn on_cores<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        work: impl Fn(&T) -> R + Sync,
+    ) -> Vec<R> {
+        if items.len() < PARALLEL_HUBS || self.threads <= 1 {
+            return items.iter().map(work).collect();
+        }
+        let chunk = items.len().div_ceil(self.threads);
+        let work = &work;
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = items
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<R>>()))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    }
+
     pub(super) fn is_linked(&self, r: usize, contact_id: &str) -> bool {
         self.by_contact
             .get(contact_id)
@@ -728,8 +758,37 @@ mod tests {
                 .records
                 .insert(account.id.clone(), account);
         }
+        // Some contacts linked before and unlinked by the operator lose their code
+        // (R9): worked out on the cores too.
+        for i in (0..n).step_by(97) {
+            let (contact_id, account_id) = (format!("C{i:06}"), format!("K{i:06}"));
+            let contact = input.contacts.get_mut(&contact_id).unwrap();
+            contact
+                .fields
+                .set("business_relations", Value::list(vec!["CUST".into()]));
+            // Matched again by nothing: the code goes.
+            contact
+                .fields
+                .set("vat_registration_no", Value::from(format!("NL{i:010}")));
+            input.links.push(Link {
+                code: "CUST".into(),
+                contact_id: contact_id.clone(),
+                account_id,
+                baseline: Fields::new(),
+                contact_version: None,
+                account_version: None,
+                last_error: None,
+                failure_count: 0,
+                parked: false,
+                linked_at: Timestamp(0),
+                synced_at: Timestamp(0),
+                intent: None,
+            });
+            input.directives.unlink.push(("CUST".into(), contact_id));
+        }
         let one = plan_on(&relations, &input, 1);
         let four = plan_on(&relations, &input, 4);
+        assert!(one.codes_removed.len() > 200, "{}", one.codes_removed.len());
         assert_eq!(one.hubs.len(), n);
         assert_eq!(one.counts, four.counts);
         assert!(one == four, "the plans differ");
