@@ -640,12 +640,69 @@ pub enum LockMode {
 /// the value is dropped, so two syncs can never interleave their batches.
 #[derive(Debug)]
 pub struct SqliteState {
-    // Fields drop in order: the database is closed (and its WAL checkpointed) before
-    // the lock is released.
+    // Fields drop in order: the checkpointer stops, then the database is closed (and
+    // its WAL checkpointed) before the lock is released.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
     path: PathBuf,
     /// `None` for an in-memory state, which no other process can see.
     lock: Option<File>,
+}
+
+/// Copies the WAL into the database file on a thread and connection of its own, after
+/// each commit, so that the writer does not: a first sync of a million partners spent
+/// about 3 s of its state commits in checkpoints (docs/BENCHMARKS.md).
+///
+/// SQLite lets a passive checkpoint run beside the writer and readers, and copies only
+/// committed pages. The writer keeps its own automatic checkpoint
+/// (`wal_autocheckpoint`) as a backstop: it copies what this one has not (little, when
+/// this one keeps up) and skips while this one runs. A checkpoint that fails here
+/// is left to that backstop and to the checkpoint when the state is closed.
+#[derive(Debug)]
+struct Checkpointer {
+    /// A pending nudge is enough: nudges while a checkpoint runs fold into one.
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// `None` when a second connection cannot be opened: the writer checkpoints alone.
+    fn start(path: &Path) -> Option<Checkpointer> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).ok()?;
+        conn.busy_timeout(Duration::from_secs(1)).ok()?;
+        let (wake, nudges) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("tandem-checkpoint".to_owned())
+            .spawn(move || {
+                for () in nudges {
+                    // (busy, frames in the WAL, frames copied): nothing to act on.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .ok()?;
+        Some(Checkpointer {
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    fn nudge(&self) {
+        if let Some(wake) = &self.wake {
+            // Full: a checkpoint is already due, and will copy this commit too.
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Waits for a checkpoint under way: the writer's close then checkpoints the rest.
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SqliteState {
@@ -693,7 +750,11 @@ impl SqliteState {
         check_tandem_schema(&conn, &shown)?;
         configure(&conn).map_err(|e| open_error(e.to_string()))?;
         migrate(&mut conn, &shown)?;
+        let checkpointer = (mode == LockMode::Exclusive)
+            .then(|| Checkpointer::start(path))
+            .flatten();
         Ok(SqliteState {
+            checkpointer,
             conn,
             path: path.to_owned(),
             lock: Some(lock),
@@ -728,6 +789,7 @@ impl SqliteState {
         configure(&conn).map_err(|e| open_error(e.to_string()))?;
         migrate(&mut conn, &shown)?;
         Ok(SqliteState {
+            checkpointer: None,
             conn,
             path: location.to_owned(),
             lock: None,
@@ -1323,7 +1385,11 @@ impl StateStore for SqliteState {
         set_contact_deleted(&tx, &batch.contact_deleted)?;
         set_codes_lost(&tx, &batch.codes_lost)?;
         // Any early return above drops `tx`, which rolls the whole batch back.
-        tx.commit().map_err(sql_error("committing a batch"))
+        tx.commit().map_err(sql_error("committing a batch"))?;
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.nudge();
+        }
+        Ok(())
     }
 
     fn unpack_intents(&mut self) -> Result<u64, StateError> {

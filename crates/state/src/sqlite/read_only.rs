@@ -44,6 +44,7 @@ impl SqliteState {
             .map_err(open_error)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(SqliteState {
+            checkpointer: None,
             conn,
             path,
             lock: None,

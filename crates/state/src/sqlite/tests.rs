@@ -1913,3 +1913,55 @@ both_stores!(
         assert_eq!(state.links(Some("CUST")).unwrap().len(), 180);
     }
 );
+
+/// Commits reach the database file while the writer holds the state, though far
+/// below the writer's own checkpoint threshold: copied by the checkpointer's thread.
+#[test]
+fn a_writers_commits_are_copied_into_the_database_file_beside_it() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let before = fs::metadata(&path).unwrap().len();
+    let scope = Scope::new("crm", EntityKind::Contact);
+    let mut batch = StateBatch::default();
+    for i in 0..20_000 {
+        batch
+            .set_hashes
+            .push((scope.clone(), format!("C{i:06}"), i + 1));
+    }
+    state.commit(batch).unwrap();
+    let wal = fs::metadata(path.with_extension("db-wal")).unwrap().len();
+    assert!(
+        wal < 16_384 * 4096,
+        "{wal} bytes of WAL reach the writer's own threshold"
+    );
+    let waited = std::time::Instant::now();
+    while fs::metadata(&path).unwrap().len() <= before {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the database file did not grow from {before} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(state.hashes(&scope).unwrap().len(), 20_000);
+    // Closing waits for the thread, then checkpoints the rest; the state reopens whole.
+    drop(state);
+    assert_eq!(open(&path).hashes(&scope).unwrap().len(), 20_000);
+}
+
+/// A state opened to read only starts no checkpointer.
+#[test]
+fn a_shared_holder_starts_no_checkpointer() {
+    let (_dir, path) = temp();
+    drop(open(&path));
+    let shared = SqliteState::open(&path, LockMode::Shared).unwrap();
+    assert!(shared.checkpointer.is_none());
+    assert!(open_in_memory_has_no_checkpointer());
+}
+
+fn open_in_memory_has_no_checkpointer() -> bool {
+    let (_dir, path) = temp();
+    SqliteState::open_existing(&path, LockMode::Exclusive)
+        .unwrap()
+        .checkpointer
+        .is_none()
+}
