@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tandem_connector::Connector;
 use tandem_model::EntityKind;
-use tandem_state::{Link, StateStore};
+use tandem_state::{Link, Scope, StateStore};
 
 use crate::pending::Pending;
 use tracing::{Instrument, info};
@@ -20,8 +20,8 @@ pub(crate) use crate::read::{
     record_hash_of,
 };
 use crate::read::{
-    FirstPass, HowToRead, Needed, Sides, StoredKeys, Wake, account_key_fields, contact_key_fields,
-    fetch_missing, gone_if_missing, read_scope, second_pass, wakes,
+    FirstPass, HowToRead, Needed, Prefetch, Sides, StoredKeys, Wake, account_key_fields,
+    contact_key_fields, fetch_missing, gone_if_missing, read_scope, second_pass, unchanged, wakes,
 };
 use crate::relation::Relations;
 pub(crate) use crate::report::rejections;
@@ -278,13 +278,14 @@ impl<'a> Engine<'a> {
         // First pass: keep what changed and what the run needs; unchanged records
         // stream by. Accounts first: a deleted account's contact must be read to lose
         // the code (R9).
-        let mut accounts = self.read_accounts(&needed.accounts).await?;
+        let mut ahead = Prefetch::start(&*self.state, self.hashes_ahead().await?);
+        let mut accounts = self.read_accounts(&needed.accounts, &mut ahead).await?;
         for (read, known) in accounts.iter_mut().zip(&needed.linked_accounts) {
             gone_if_missing(read, known);
         }
         let mut wanted_contacts = needed.contacts;
         let account_links = self.links_of_accounts(&accounts, any_links, &mut wanted_contacts)?;
-        let mut contacts = self.read_contacts(&wanted_contacts).await?;
+        let mut contacts = self.read_contacts(&wanted_contacts, ahead).await?;
         gone_if_missing(&mut contacts, &needed.linked_contacts);
         let contact_links = match any_links {
             true => self.state.links_of_contacts(&ids_of(&contacts))?,
@@ -423,6 +424,7 @@ impl<'a> Engine<'a> {
     async fn read_accounts(
         &self,
         wanted: &[HashSet<String>],
+        ahead: &mut Prefetch,
     ) -> Result<Vec<ScopeRead>, EngineError> {
         let tag = self.fingerprint_tag();
         let mut accounts = Vec::new();
@@ -433,6 +435,7 @@ impl<'a> Engine<'a> {
                 accounts.push(left_out);
                 continue;
             }
+            let scope = self.partition.scope(&relation.connector, relation.kind);
             let mut read = read_scope(
                 &*self.state,
                 &relation.connector,
@@ -442,7 +445,8 @@ impl<'a> Engine<'a> {
                     skip_tag: (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
                     guard: self.delete_guard,
                     key_fields: account_key_fields(&self.relations, r),
-                    scope: self.partition.scope(&relation.connector, relation.kind),
+                    scope: scope.clone(),
+                    hashes: ahead.take(&scope),
                 },
                 |a| wanted.contains(a.id.as_str()),
             )
@@ -452,6 +456,36 @@ impl<'a> Engine<'a> {
             accounts.push(read);
         }
         Ok(accounts)
+    }
+
+    /// The scopes whose stored hashes are loaded ahead, in the order they are read:
+    /// those read by full listing that are not unchanged since the last run (as far as
+    /// can be told before reading), but the first, which is needed at once.
+    async fn hashes_ahead(&self) -> Result<Vec<Scope>, EngineError> {
+        let tag = self.fingerprint_tag();
+        let skip_tag = (!self.full_read).then_some(tag.as_str());
+        let accounts = self.relations.relations.iter();
+        let sides = (accounts.map(|r| (r.connector.as_str(), r.kind))).chain([(
+            self.relations.contacts_connector.as_str(),
+            EntityKind::Contact,
+        )]);
+        let mut scopes = Vec::new();
+        for (name, kind) in sides {
+            let Some(connector) = self.connectors.get(name) else {
+                continue;
+            };
+            if !self.scopes.reads(name) || connector.capabilities().incremental {
+                continue;
+            }
+            let scope = self.partition.scope(name, kind);
+            // A failing fingerprint fails the scope's read, which says why.
+            let fingerprint = connector.fingerprint(kind).await.ok().flatten();
+            if !unchanged(&*self.state, &scope, skip_tag, fingerprint.as_deref())? {
+                scopes.push(scope);
+            }
+        }
+        scopes.dedup();
+        Ok(scopes.into_iter().skip(1).collect())
     }
 
     /// The links of the accounts read, by (code, contact); the contact of a deleted
@@ -479,13 +513,19 @@ impl<'a> Engine<'a> {
     }
 
     /// The first pass over the contacts.
-    async fn read_contacts(&self, wanted: &HashSet<String>) -> Result<ScopeRead, EngineError> {
+    /// Takes the last of the hashes loaded `ahead`: what is left of them goes here.
+    async fn read_contacts(
+        &self,
+        wanted: &HashSet<String>,
+        mut ahead: Prefetch,
+    ) -> Result<ScopeRead, EngineError> {
         let tag = self.fingerprint_tag();
         let name = &self.relations.contacts_connector;
         let connector = self.connector(name, EntityKind::Contact, "contacts.connector")?;
         if let Some(left_out) = self.left_out(name, EntityKind::Contact, wanted)? {
             return Ok(left_out);
         }
+        let scope = self.partition.scope(name, EntityKind::Contact);
         let mut contacts = read_scope(
             &*self.state,
             name,
@@ -495,7 +535,8 @@ impl<'a> Engine<'a> {
                 skip_tag: (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
                 guard: self.delete_guard,
                 key_fields: contact_key_fields(&self.relations),
-                scope: self.partition.scope(name, EntityKind::Contact),
+                hashes: ahead.take(&scope),
+                scope,
             },
             |c| wanted.contains(&c.id),
         )

@@ -525,6 +525,13 @@ pub trait StateStore: Send {
     }
     /// All content hashes stored for `scope`, by record id.
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError>;
+    /// A second handle on this state that only reads, for another thread while this
+    /// one goes on: the engine loads the stored hashes of a scope while it reads the
+    /// one before. It sees what was committed when it reads. `None` (the default) where
+    /// the store has none to give; the engine then loads them in line.
+    fn reader(&self) -> Option<Box<dyn StateStore + Send>> {
+        None
+    }
     /// The connector's fingerprint of `scope` as of the end of the last run, when the
     /// stored hashes describe exactly those records.
     fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError>;

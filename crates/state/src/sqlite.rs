@@ -1317,6 +1317,14 @@ impl StateStore for SqliteState {
         Ok(ids)
     }
 
+    fn reader(&self) -> Option<Box<dyn StateStore + Send>> {
+        if self.is_in_memory() {
+            return None;
+        }
+        let reader = SqliteState::open_read_only_at(&self.path).ok()??;
+        Some(Box::new(reader))
+    }
+
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError> {
         const ACTION: &str = "reading content hashes";
         let key = params![scope.connector, scope.kind.as_str()];

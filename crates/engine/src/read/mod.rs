@@ -4,6 +4,7 @@
 
 mod guard;
 mod needed;
+mod prefetch;
 mod wake;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,6 +20,7 @@ use crate::report::ReadStats;
 
 pub use guard::DeleteGuard;
 pub(crate) use needed::{Needed, fetch_missing, gone_if_missing};
+pub(crate) use prefetch::Prefetch;
 pub(crate) use wake::{
     FirstPass, Sides, StoredKeys, Wake, account_key_fields, contact_key_fields, second_pass, wakes,
 };
@@ -207,6 +209,8 @@ pub(crate) struct HowToRead<'t> {
     pub key_fields: std::sync::Arc<[FieldName]>,
     /// Where the state keeps the scope's cursor, fingerprint and hashes.
     pub scope: Scope,
+    /// The scope's stored hashes, if loaded ahead ([`Prefetch`]).
+    pub hashes: Option<HashMap<String, u64>>,
 }
 
 /// Reads all pages of one connector and kind. Keeps the records that changed since
@@ -226,6 +230,7 @@ pub(crate) async fn read_scope(
         guard,
         key_fields,
         scope,
+        hashes,
     } = how;
     let fingerprint = connector
         .fingerprint(kind)
@@ -243,7 +248,7 @@ pub(crate) async fn read_scope(
         return Ok(out);
     }
     let incremental = connector.capabilities().incremental;
-    let mut stored = Stored::new(state, &scope, incremental)?;
+    let mut stored = Stored::new(state, &scope, incremental, hashes)?;
     let mut cursor = match incremental {
         true => state.cursor(&scope)?.map(Cursor),
         false => None,
@@ -309,7 +314,7 @@ pub(crate) async fn read_scope(
 /// A fingerprint equal to the one remembered at the end of the last run (with the same
 /// configuration) means the records are those the state describes: nothing to read,
 /// unless some record waits to be looked at again.
-fn unchanged(
+pub(crate) fn unchanged(
     state: &dyn StateStore,
     scope: &Scope,
     skip_tag: Option<&str>,
@@ -340,11 +345,12 @@ impl Stored {
         state: &dyn StateStore,
         scope: &Scope,
         incremental: bool,
+        loaded: Option<HashMap<String, u64>>,
     ) -> Result<Stored, EngineError> {
-        let hashes = if incremental {
-            HashMap::new()
-        } else {
-            state.hashes(scope)?
+        let hashes = match (incremental, loaded) {
+            (true, _) => HashMap::new(),
+            (false, Some(loaded)) => loaded,
+            (false, None) => state.hashes(scope)?,
         };
         Ok(Stored {
             known: hashes.len() as u64,

@@ -19,21 +19,29 @@ impl SqliteState {
     /// (shared lock, migrated), since it cannot be read as it is.
     pub fn open_url_read_only(url: &str, base_dir: &Path) -> Result<SqliteState, StateError> {
         let path = url_path(url, base_dir)?;
-        let shown = path.display().to_string();
         if !path.exists() {
             return SqliteState::open_existing(&path, LockMode::Shared);
         }
+        match SqliteState::open_read_only_at(&path)? {
+            Some(state) => Ok(state),
+            None => SqliteState::open_existing(&path, LockMode::Shared),
+        }
+    }
+
+    /// A read-only connection to the state file at `path`, without its lock; `None`
+    /// when the file's schema is not this binary's (it would have to be migrated).
+    pub(super) fn open_read_only_at(path: &Path) -> Result<Option<SqliteState>, StateError> {
+        let shown = path.display().to_string();
         let open_error = |e: rusqlite::Error| StateError::Open {
             path: shown.clone(),
             message: e.to_string(),
         };
         // No SQLITE_OPEN_CREATE: a file that went away in between must not come back.
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(open_error)?;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
         check_tandem_schema(&conn, &shown)?;
         if user_version(&conn).map_err(open_error)? != MIGRATIONS.len() as i64 {
-            drop(conn);
-            return SqliteState::open_existing(&path, LockMode::Shared);
+            return Ok(None);
         }
         // A sync commits in batches; a reader may wait out one commit's checkpoint.
         conn.busy_timeout(Duration::from_secs(5))
@@ -43,12 +51,12 @@ impl SqliteState {
         conn.pragma_update(None, "mmap_size", 1 << 30)
             .map_err(open_error)?;
         conn.set_prepared_statement_cache_capacity(32);
-        Ok(SqliteState {
+        Ok(Some(SqliteState {
             checkpointer: None,
             conn,
-            path,
+            path: path.to_owned(),
             lock: None,
-        })
+        }))
     }
 
     /// Whether another process holds the state's lock alone: a sync is running. For a
