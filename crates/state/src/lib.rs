@@ -229,6 +229,14 @@ pub struct IntentBatch {
     pub links: Vec<Link>,
 }
 
+/// Creates a run is about to send (R18), written down together: one record for a
+/// batch of creates instead of a pending row each, inserted and deleted again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingCreateBatch {
+    pub run_id: i64,
+    pub creates: Vec<PendingCreate>,
+}
+
 /// State changes that belong together; applied in one transaction.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct StateBatch {
@@ -260,6 +268,14 @@ pub struct StateBatch {
     pub upsert_pending: Vec<PendingCreate>,
     /// (code, side created, source_id)
     pub delete_pending: Vec<(String, Side, String)>,
+    /// Creates about to be sent, one record per batch. They read as pending creates
+    /// (in place of a pending row of the same key) until the run that stored them
+    /// clears them, having stored what each create came to; a run cut short leaves
+    /// them to the next, which makes them pending rows
+    /// ([`StateStore::unpack_intents`]).
+    pub pending_create_batches: Vec<PendingCreateBatch>,
+    /// Runs whose create batches are done with.
+    pub clear_pending_create_batches: Vec<i64>,
     /// Inserted or replaced by (code, contact_id).
     pub upsert_refused: Vec<RefusedRequest>,
     /// (code, contact_id)
@@ -307,6 +323,8 @@ impl StateBatch {
             && self.close_conflicts.is_empty()
             && self.upsert_pending.is_empty()
             && self.delete_pending.is_empty()
+            && self.pending_create_batches.is_empty()
+            && self.clear_pending_create_batches.is_empty()
             && self.upsert_refused.is_empty()
             && self.delete_refused.is_empty()
             && self.delete_pending_links.is_empty()
@@ -546,10 +564,11 @@ pub trait StateStore: Send {
     /// Applies `batch` in one transaction.
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError>;
 
-    /// Makes the links of every stored intent batch link rows with their intents, in
-    /// one transaction, and forgets the batches: what a run cut short left (R18). A link
-    /// whose account another contact holds now is left out (R2). Returns how many
-    /// links were taken up.
+    /// Makes the links of every stored intent batch link rows with their intents, and
+    /// the creates of every stored create batch pending rows (in place of a row of the
+    /// same key), in one transaction, and forgets the batches: what a run cut short left
+    /// (R18). A link whose account another contact holds now is left out (R2). Returns
+    /// how many links were taken up.
     fn unpack_intents(&mut self) -> Result<u64, StateError>;
 
     fn begin_run(&mut self, mode: &str) -> Result<i64, StateError>;

@@ -99,3 +99,43 @@ pub struct PendingLink {
     pub parked: bool,
     pub updated_at: Timestamp,
 }
+
+/// A batch of creates as a create batch record holds it: a JSON list.
+pub(crate) fn encode_creates(
+    batch: &crate::PendingCreateBatch,
+) -> Result<String, crate::StateError> {
+    serde_json::to_string(&batch.creates).map_err(|e| crate::StateError::Corrupt {
+        what: format!("the creates of run {}", batch.run_id),
+        message: e.to_string(),
+    })
+}
+
+/// The creates of a create batch record of run `run_id`.
+pub(crate) fn decode_creates(
+    run_id: i64,
+    text: &str,
+) -> Result<Vec<PendingCreate>, crate::StateError> {
+    serde_json::from_str(text).map_err(|e| crate::StateError::Corrupt {
+        what: format!("the creates run {run_id} was about to send"),
+        message: e.to_string(),
+    })
+}
+
+/// Pending rows with the creates of batch records (oldest first) in place of the rows
+/// of the same key: what the pending creates are once the next run takes the batches
+/// up. Ordered as the rows are: by code, side as spelled, and source id.
+pub(crate) fn overlay_creates(
+    rows: Vec<PendingCreate>,
+    batched: Vec<PendingCreate>,
+) -> Vec<PendingCreate> {
+    if batched.is_empty() {
+        return rows;
+    }
+    let key = |c: &PendingCreate| (c.code.clone(), c.side.as_str(), c.source_id.clone());
+    let mut by_key: std::collections::BTreeMap<_, PendingCreate> =
+        rows.into_iter().map(|c| (key(&c), c)).collect();
+    for create in batched {
+        by_key.insert(key(&create), create);
+    }
+    by_key.into_values().collect()
+}

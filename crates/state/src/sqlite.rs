@@ -22,8 +22,9 @@ use crate::open::redact_url;
 use crate::transfer::ColumnType::{Any, Integer, Text};
 use crate::transfer::{Column, ColumnType, StateTable, StoredValue};
 use crate::{
-    ConflictEntry, Intent, IntentBatch, Interaction, Link, LinkedBy, PendingCreate, PendingLink,
-    RefusedRequest, RunRecord, Scope, Side, StateBatch, StateError, StateStore,
+    ConflictEntry, Intent, IntentBatch, Interaction, Link, LinkedBy, PendingCreate,
+    PendingCreateBatch, PendingLink, RefusedRequest, RunRecord, Scope, Side, StateBatch,
+    StateError, StateStore,
 };
 
 /// Schema migrations in order: step `i` takes a state from `PRAGMA user_version` `i`
@@ -37,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     MIGRATION_6_PENDING_SPLIT,
     MIGRATION_7_INTENT_BATCHES,
     MIGRATION_8_COMPACT,
+    MIGRATION_9_CREATE_BATCHES,
 ];
 
 /// Every table of the schema, as the last migration leaves it, in the order a copy
@@ -123,6 +125,15 @@ pub const STATE_TABLES: &[StateTable] = &[
             col("id", Integer, false),
             col("run_id", Integer, false),
             col("links", Any, false),
+        ],
+        primary_key: &["id"],
+    },
+    StateTable {
+        name: "pending_create_batches",
+        columns: &[
+            col("id", Integer, false),
+            col("run_id", Integer, false),
+            col("creates", Text, false),
         ],
         primary_key: &["id"],
     },
@@ -254,6 +265,18 @@ const fn col(name: &'static str, column_type: ColumnType, nullable: bool) -> Col
 /// entry's action, source and details in the `next_` columns, its id one above the
 /// row's (ids are given by the store, which skips it). Link counts per code are kept
 /// in a table instead of counted on every run.
+/// Creates written down before they are sent (R18) as one record per batch, as
+/// intents are: a first sync sends hundreds of thousands, and a pending row each,
+/// inserted and deleted again, cost about a second for 180,000. `creates` is a JSON
+/// list of pending creates.
+const MIGRATION_9_CREATE_BATCHES: &str = "
+CREATE TABLE pending_create_batches (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id  INTEGER NOT NULL,
+    creates TEXT NOT NULL
+) STRICT;
+";
+
 const MIGRATION_8_COMPACT: &str = "
 CREATE TABLE links_v8 (
     code            TEXT NOT NULL,
@@ -1096,7 +1119,10 @@ impl StateStore for SqliteState {
                 source_id,
             });
         }
-        Ok(out)
+        Ok(crate::pending::overlay_creates(
+            out,
+            create_batch_entries(&self.conn)?,
+        ))
     }
 
     fn refused_requests(&self) -> Result<Vec<RefusedRequest>, StateError> {
@@ -1384,6 +1410,11 @@ impl StateStore for SqliteState {
         close_conflicts(&tx, &batch.close_conflicts)?;
         upsert_pending(&tx, &batch.upsert_pending)?;
         delete_pending(&tx, &batch.delete_pending)?;
+        store_create_batches(
+            &tx,
+            &batch.pending_create_batches,
+            &batch.clear_pending_create_batches,
+        )?;
         upsert_refused(&tx, &batch.upsert_refused)?;
         delete_by_code_and_contact(&tx, "refused_requests", &batch.delete_refused)?;
         delete_by_code_and_contact(&tx, "pending_links", &batch.delete_pending_links)?;
@@ -1417,6 +1448,9 @@ impl StateStore for SqliteState {
         }
         tx.execute("DELETE FROM intent_batches", [])
             .map_err(sql_error("forgetting intents taken up"))?;
+        upsert_pending(&tx, &create_batch_entries(&tx)?)?;
+        tx.execute("DELETE FROM pending_create_batches", [])
+            .map_err(sql_error("forgetting creates taken up"))?;
         tx.commit()
             .map_err(sql_error("committing intents taken up"))?;
         Ok(unpacked)
@@ -2509,6 +2543,42 @@ fn upsert_pending(conn: &Connection, creates: &[PendingCreate]) -> Result<(), St
         .map_err(sql_error(ACTION))?;
     }
     Ok(())
+}
+
+fn store_create_batches(
+    conn: &Connection,
+    batches: &[PendingCreateBatch],
+    cleared: &[i64],
+) -> Result<(), StateError> {
+    const ACTION: &str = "storing creates about to be sent";
+    for batch in batches {
+        let creates = crate::pending::encode_creates(batch)?;
+        conn.prepare_cached("INSERT INTO pending_create_batches (run_id, creates) VALUES (?1, ?2)")
+            .and_then(|mut stmt| stmt.execute(params![batch.run_id, creates]))
+            .map_err(sql_error(ACTION))?;
+    }
+    for run_id in cleared {
+        conn.prepare_cached("DELETE FROM pending_create_batches WHERE run_id = ?1")
+            .and_then(|mut stmt| stmt.execute([run_id]))
+            .map_err(sql_error(ACTION))?;
+    }
+    Ok(())
+}
+
+/// The creates of every stored create batch, oldest first.
+fn create_batch_entries(conn: &Connection) -> Result<Vec<PendingCreate>, StateError> {
+    const ACTION: &str = "reading creates about to be sent";
+    let mut stmt = conn
+        .prepare_cached("SELECT run_id, creates FROM pending_create_batches ORDER BY id")
+        .map_err(sql_error(ACTION))?;
+    let mut rows = stmt.query([]).map_err(sql_error(ACTION))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+        let run_id: i64 = get(row, 0, ACTION)?;
+        let creates: String = get(row, 1, ACTION)?;
+        out.extend(crate::pending::decode_creates(run_id, &creates)?);
+    }
+    Ok(out)
 }
 
 fn delete_pending(conn: &Connection, keys: &[(String, Side, String)]) -> Result<(), StateError> {

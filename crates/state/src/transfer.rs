@@ -401,10 +401,24 @@ mod tests {
             unlinked_pairs: vec![("CUST".into(), "C3".into(), "K3".into(), true)],
             contact_deleted: vec![("CUST".into(), "K4".into(), true)],
             codes_lost: vec![("VEND".into(), "C3".into(), true)],
-            // A run cut short after storing its intents (R18).
+            // A run cut short after storing its intents (R18) and its creates.
             intent_batches: vec![IntentBatch {
                 run_id: run,
                 links: vec![link("CUST", "C6", "K6")],
+            }],
+            pending_create_batches: vec![crate::PendingCreateBatch {
+                run_id: run,
+                creates: vec![PendingCreate {
+                    code: "VEND".into(),
+                    side: Side::Contact,
+                    source_id: "V7".into(),
+                    fields: Fields::new().with("name", "Seven"),
+                    run_id: Some(run),
+                    error: None,
+                    failure_count: 0,
+                    parked: false,
+                    updated_at: Timestamp(9),
+                }],
             }],
             ..StateBatch::default()
         };

@@ -1,10 +1,11 @@
-//! Step 2: creates, contacts for accounts (R6) then accounts for contacts (R5). Each is
-//! written down as pending before the remote call and linked right after it, so a crash
-//! in between is repaired by the next run instead of creating a duplicate (R18).
+//! Step 2: creates, contacts for accounts (R6) then accounts for contacts (R5). Each
+//! batch is written down as pending (one record) before the remote call and linked
+//! right after it, so a crash in between is repaired by the next run instead of
+//! creating a duplicate (R18).
 
 use tandem_connector::{Connector, ConnectorError, WriteOp, Written};
 use tandem_model::{EntityKind, Fields};
-use tandem_state::{Intent, Link, LogEntry, PendingCreate, StateStore};
+use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
 use super::{Applier, Failed, PendingKey, write_all};
 use crate::failpoint;
@@ -114,10 +115,12 @@ impl Applier<'_> {
             return Err(EngineError::Stopped);
         }
         let side = chunk[0].side;
-        // Written down first: a crash after the remote create is repaired, not repeated.
+        // Written down first, as one record: a crash after the remote create is
+        // repaired, not repeated.
+        let mut creates = Vec::with_capacity(chunk.len());
         for job in chunk {
             let previous = self.previous.creates.get(&job.pending_key());
-            let pending = PendingCreate {
+            creates.push(PendingCreate {
                 code: job.code.clone(),
                 side,
                 source_id: job.source_id.clone(),
@@ -127,13 +130,15 @@ impl Applier<'_> {
                 failure_count: previous.map_or(0, |p| p.failure_count),
                 parked: false,
                 updated_at: self.log.now,
-            };
-            self.batch.upsert_pending.push(pending);
+            });
             if side == Side::Account {
                 // A request refused before is granted now.
                 self.request_granted(&job.code, &job.source_id);
             }
         }
+        let run_id = self.log.run_id;
+        let batch = PendingCreateBatch { run_id, creates };
+        self.batch.pending_create_batches.push(batch);
         self.commit(state)?;
         failpoint::hit(&format!("before_{side}_create"));
         let ops = chunk
@@ -151,6 +156,8 @@ impl Applier<'_> {
                 Err(e) => self.create_failed(job, &e),
             }
         }
+        // What each create came to is stored: the record of the batch is done with.
+        (self.batch.clear_pending_create_batches).push(self.log.run_id);
         self.commit(state)?;
         failpoint::hit(&format!("after_{side}_create_commit"));
         Ok(())
@@ -223,7 +230,10 @@ impl Applier<'_> {
             links.push(link.clone());
         }
         self.batch.upsert_links.push(link);
-        self.batch.delete_pending.push(job.pending_key());
+        // A pending row left by an earlier run that failed this create.
+        if self.previous.creates.contains_key(&job.pending_key()) {
+            self.batch.delete_pending.push(job.pending_key());
+        }
         let (code, side) = (&job.code, job.side.as_str());
         let account = Some(account_id.as_str());
         self.log(&contact_id, code, account, side, &job.entry);

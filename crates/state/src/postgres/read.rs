@@ -344,7 +344,7 @@ pub(crate) async fn pending_creates(
         "SELECT code, side, source_id, fields, run_id, error, failure_count, parked, updated_at
          FROM pending_creates ORDER BY code, side, source_id",
     )
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await
     .map_err(pg(ACTION))?;
     let mut out = Vec::with_capacity(rows.len());
@@ -373,6 +373,42 @@ pub(crate) async fn pending_creates(
             side,
             source_id,
         });
+    }
+    let batched = create_batch_entries(conn).await?;
+    Ok(crate::pending::overlay_creates(out, batched))
+}
+
+/// The creates of every create batch stored, oldest first: creates of runs in flight.
+async fn create_batch_entries(conn: &mut PgConnection) -> Result<Vec<PendingCreate>, StateError> {
+    const ACTION: &str = "reading creates about to be sent";
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT run_id, creates FROM pending_create_batches ORDER BY id")
+            .fetch_all(conn)
+            .await
+            .map_err(pg(ACTION))?;
+    decode_create_batches(rows)
+}
+
+/// The creates of the batches of runs no longer running, which a run takes up (see
+/// [`ended_intent_batch_links`]).
+pub(crate) async fn ended_create_batch_entries(
+    conn: &mut PgConnection,
+) -> Result<Vec<PendingCreate>, StateError> {
+    const ACTION: &str = "reading creates about to be sent";
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT run_id, creates FROM pending_create_batches
+         WHERE run_id NOT IN (SELECT id FROM runs WHERE status = 'running') ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(pg(ACTION))?;
+    decode_create_batches(rows)
+}
+
+fn decode_create_batches(rows: Vec<(i64, String)>) -> Result<Vec<PendingCreate>, StateError> {
+    let mut out = Vec::new();
+    for (run_id, creates) in rows {
+        out.extend(crate::pending::decode_creates(run_id, &creates)?);
     }
     Ok(out)
 }

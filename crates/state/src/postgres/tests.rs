@@ -339,18 +339,22 @@ fn a_newer_schema_is_refused() {
     drop(PgState::open_url(&url, LockMode::Exclusive).unwrap());
     assert_eq!(
         text(&url, "SELECT version::text FROM schema_version").as_deref(),
-        Some("8")
+        Some("9")
     );
     // Opening again is a no-op.
     drop(PgState::open_url(&url, LockMode::Exclusive).unwrap());
-    execute(&url, "UPDATE schema_version SET version = 9");
+    assert_eq!(
+        text(&url, "SELECT count(*)::text FROM schema_version").as_deref(),
+        Some("1")
+    );
+    execute(&url, "UPDATE schema_version SET version = 10");
     let err = PgState::open_url(&url, LockMode::Shared).unwrap_err();
     assert!(
         matches!(
             err,
             StateError::TooNew {
-                found: 9,
-                known: 8,
+                found: 10,
+                known: 9,
                 ..
             }
         ),
@@ -822,4 +826,48 @@ fn two_partitions_append_to_the_log_side_by_side() {
     }
     let count = text(&url, "SELECT count(*)::text FROM interactions").unwrap();
     assert_eq!(count, "4000");
+}
+
+/// A state of version 8, the first PostgreSQL schema, made as that release made it:
+/// opened, it gets migration 9 (creates written down as one record per batch) and
+/// keeps every row it held.
+#[test]
+fn a_version_8_state_is_migrated_and_keeps_its_rows() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    execute(&url, schema::SCHEMA);
+    execute(
+        &url,
+        "INSERT INTO schema_version (version) VALUES (8);
+         INSERT INTO links (code, contact_id, account_id, baseline, linked_at, synced_at)
+         VALUES ('CUST', 'C1', 'K1', '\\x', 1, 2);
+         INSERT INTO link_counts (code, links) VALUES ('CUST', 1);
+         INSERT INTO pending_creates (code, side, source_id, fields, run_id, error,
+                                      failure_count, parked, updated_at)
+         VALUES ('CUST', 'contact', 'K2', '{\"name\":\"Acme\"}', 1, 'refused', 1, 0, 5);",
+    );
+    let mut state = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    assert_eq!(
+        text(&url, "SELECT max(version)::text FROM schema_version").as_deref(),
+        Some("9")
+    );
+    assert_eq!(state.count_links("CUST").unwrap(), 1);
+    let pending = state.pending_creates().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].source_id, "K2");
+    assert_eq!(pending[0].error.as_deref(), Some("refused"));
+    // The new table takes a batch, which reads in place of the row of the same key.
+    let mut retried = pending[0].clone();
+    retried.error = None;
+    retried.run_id = Some(2);
+    let mut batch = StateBatch::default();
+    batch
+        .pending_create_batches
+        .push(crate::PendingCreateBatch {
+            run_id: 2,
+            creates: vec![retried.clone()],
+        });
+    state.commit(batch).unwrap();
+    assert_eq!(state.pending_creates().unwrap(), vec![retried]);
 }

@@ -15,12 +15,12 @@ use sqlx::postgres::PgConnection;
 use tandem_model::{Timestamp, Value};
 
 use super::lease::{self, Lease};
-use super::read::{SCOPE_ID, ended_intent_batch_links};
+use super::read::{SCOPE_ID, ended_create_batch_entries, ended_intent_batch_links};
 use super::{PARTITION_LEASE, pg};
 use crate::sqlite::{LogRow, same_pair};
 use crate::{
-    ConflictEntry, IntentBatch, Interaction, Link, PendingCreate, RefusedRequest, Scope, Side,
-    StateBatch, StateError, codec,
+    ConflictEntry, IntentBatch, Interaction, Link, PendingCreate, PendingCreateBatch,
+    RefusedRequest, Scope, Side, StateBatch, StateError, codec,
 };
 
 /// Rows per bulk statement: large enough that round trips do not count, small enough
@@ -59,6 +59,12 @@ async fn apply(tx: &mut PgConnection, batch: &StateBatch) -> Result<(), StateErr
     close_conflicts(tx, &batch.close_conflicts).await?;
     upsert_pending(tx, &batch.upsert_pending).await?;
     delete_pending(tx, &batch.delete_pending).await?;
+    store_create_batches(
+        tx,
+        &batch.pending_create_batches,
+        &batch.clear_pending_create_batches,
+    )
+    .await?;
     upsert_refused(tx, &batch.upsert_refused).await?;
     delete_by_code_and_contact(tx, "refused_requests", &batch.delete_refused).await?;
     delete_by_code_and_contact(tx, "pending_links", &batch.delete_pending_links).await?;
@@ -98,6 +104,16 @@ pub(crate) async fn unpack_intents(
     .execute(&mut *tx)
     .await
     .map_err(pg("forgetting intents taken up"))?;
+    // The creates of ended runs likewise; a partition's run going on keeps its own.
+    let creates = ended_create_batch_entries(&mut tx).await?;
+    upsert_pending(&mut tx, &creates).await?;
+    sqlx::query(
+        "DELETE FROM pending_create_batches
+         WHERE run_id NOT IN (SELECT id FROM runs WHERE status = 'running')",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(pg("forgetting creates taken up"))?;
     tx.commit()
         .await
         .map_err(pg("committing intents taken up"))?;
@@ -826,6 +842,30 @@ async fn upsert_pending(
         .execute(&mut *tx)
         .await
         .map_err(pg("storing pending creates"))?;
+    }
+    Ok(())
+}
+
+async fn store_create_batches(
+    tx: &mut PgConnection,
+    batches: &[PendingCreateBatch],
+    cleared: &[i64],
+) -> Result<(), StateError> {
+    const ACTION: &str = "storing creates about to be sent";
+    for batch in batches {
+        sqlx::query("INSERT INTO pending_create_batches (run_id, creates) VALUES ($1, $2)")
+            .bind(batch.run_id)
+            .bind(crate::pending::encode_creates(batch)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg(ACTION))?;
+    }
+    if !cleared.is_empty() {
+        sqlx::query("DELETE FROM pending_create_batches WHERE run_id = ANY($1::bigint[])")
+            .bind(cleared)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg(ACTION))?;
     }
     Ok(())
 }

@@ -1965,3 +1965,163 @@ fn open_in_memory_has_no_checkpointer() -> bool {
         .checkpointer
         .is_none()
 }
+
+both_stores!(
+    r18_creates_written_down_as_one_record_read_as_pending_until_cleared_or_taken_up,
+    |place| {
+        let mut state = place.open();
+        let mut failed = pending("CUST", "contact", "K1");
+        failed.error = Some("refused".into());
+        failed.failure_count = 1;
+        commit(
+            &mut *state,
+            StateBatch {
+                upsert_pending: vec![failed.clone(), pending("CUST", "contact", "K2")],
+                ..StateBatch::default()
+            },
+        );
+        // A run about to send K1 again and K3: they read in place of the rows.
+        let mut retried = failed.clone();
+        retried.error = None;
+        retried.run_id = Some(5);
+        let sending = vec![retried.clone(), pending("VEND", "account", "C3")];
+        commit(
+            &mut *state,
+            StateBatch {
+                pending_create_batches: vec![PendingCreateBatch {
+                    run_id: 5,
+                    creates: sending.clone(),
+                }],
+                ..StateBatch::default()
+            },
+        );
+        let expected = vec![
+            retried.clone(),
+            pending("CUST", "contact", "K2"),
+            pending("VEND", "account", "C3"),
+        ];
+        assert_eq!(state.pending_creates().unwrap(), expected);
+        // Cleared by the run once it stored what they came to: the rows show again.
+        commit(
+            &mut *state,
+            StateBatch {
+                clear_pending_create_batches: vec![5],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(
+            state.pending_creates().unwrap(),
+            vec![failed.clone(), pending("CUST", "contact", "K2")]
+        );
+        // A run cut short leaves its record; the next makes it pending rows.
+        commit(
+            &mut *state,
+            StateBatch {
+                pending_create_batches: vec![PendingCreateBatch {
+                    run_id: 6,
+                    creates: sending,
+                }],
+                ..StateBatch::default()
+            },
+        );
+        state.unpack_intents().unwrap();
+        assert_eq!(state.pending_creates().unwrap(), expected);
+        commit(
+            &mut *state,
+            StateBatch {
+                clear_pending_create_batches: vec![6],
+                delete_pending: vec![("VEND".into(), Side::Account, "C3".into())],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(
+            state.pending_creates().unwrap(),
+            vec![retried, pending("CUST", "contact", "K2")]
+        );
+    }
+);
+
+/// A state written by the build before migration 9 (`tests/fixtures/state-v8.db`, see
+/// the README there): 7 links, a log, an operator unlink, an open manual conflict and
+/// the pending row of a create a crash cut short.
+#[test]
+fn migration_9_keeps_every_link_log_entry_conflict_unlink_and_pending_create_of_a_v8_state() {
+    let (_dir, path) = temp();
+    fs::write(&path, include_bytes!("../../tests/fixtures/state-v8.db")).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 8);
+    // A row may hold a second entry of its pair, whose id is one above the row's.
+    let old_log: Vec<(i64, String, String)> = conn
+        .prepare(
+            "SELECT id, contact_id, action FROM interactions
+             UNION ALL SELECT id + 1, contact_id, next_action FROM interactions
+             WHERE next_action IS NOT NULL ORDER BY 1",
+        )
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(old_log.len(), 18);
+    let old_links: Vec<(String, String, String)> = conn
+        .prepare("SELECT code, contact_id, account_id FROM links ORDER BY code, contact_id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(conn);
+
+    let mut state = open(&path);
+    assert_eq!(version(&path), 9);
+    let links: Vec<(String, String, String)> = (state.links(None).unwrap().into_iter())
+        .map(|l| (l.code, l.contact_id, l.account_id))
+        .collect();
+    assert_eq!(links, old_links);
+    assert_eq!(state.count_links("CUST").unwrap(), 4);
+    let mut log = Vec::new();
+    for contact in ["C0001", "C0002", "C0003", "C0004", "C0006", "C0007"] {
+        for entry in state.interactions(contact, 100).unwrap() {
+            log.push((entry.id, entry.contact_id, entry.action));
+        }
+    }
+    log.sort();
+    assert_eq!(log, old_log);
+    assert_eq!(state.conflicts(true).unwrap().len(), 1);
+    assert_eq!(
+        state.unlinked_pairs("CUST").unwrap(),
+        vec![("C0004".to_owned(), "K0004".to_owned())]
+    );
+    // The create the crash cut short is still pending, and stays so once taken up.
+    let pending = state.pending_creates().unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let cut_short = &pending[0];
+    assert_eq!(
+        (
+            cut_short.code.as_str(),
+            cut_short.side,
+            cut_short.source_id.as_str()
+        ),
+        ("VEND", Side::Contact, "V0099")
+    );
+    assert_eq!(
+        (cut_short.run_id, cut_short.error.as_deref()),
+        (Some(4), None)
+    );
+    assert_eq!(state.unpack_intents().unwrap(), 0);
+    assert_eq!(state.pending_creates().unwrap(), pending);
+    // The new table takes the next run's creates.
+    let mut retried = cut_short.clone();
+    retried.run_id = Some(5);
+    commit(
+        &mut state,
+        StateBatch {
+            pending_create_batches: vec![PendingCreateBatch {
+                run_id: 5,
+                creates: vec![retried.clone()],
+            }],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.pending_creates().unwrap(), vec![retried]);
+}
