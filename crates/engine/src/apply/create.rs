@@ -7,7 +7,7 @@ use tandem_connector::{Connector, ConnectorError, WriteOp, Written};
 use tandem_model::{EntityKind, Fields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
-use super::{Applier, Failed, PendingKey, write_all};
+use super::{Applier, COMMIT_EVERY, Failed, PendingKey, write_all};
 use crate::failpoint;
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
 use crate::side::Side;
@@ -35,6 +35,18 @@ impl CreateJob {
     fn pending_key(&self) -> PendingKey {
         (self.code.clone(), self.side, self.source_id.clone())
     }
+}
+
+/// `creates` as records of 20,000: one record of 180,000 held its JSON three times
+/// over while it was stored.
+fn batches_of(run_id: i64, mut creates: Vec<PendingCreate>) -> Vec<PendingCreateBatch> {
+    let mut batches = Vec::new();
+    while !creates.is_empty() {
+        let rest = creates.split_off(creates.len().min(COMMIT_EVERY));
+        batches.push(PendingCreateBatch { run_id, creates });
+        creates = rest;
+    }
+    batches
 }
 
 impl Applier<'_> {
@@ -136,9 +148,7 @@ impl Applier<'_> {
                 self.request_granted(&job.code, &job.source_id);
             }
         }
-        let run_id = self.log.run_id;
-        let batch = PendingCreateBatch { run_id, creates };
-        self.batch.pending_create_batches.push(batch);
+        (self.batch.pending_create_batches).extend(batches_of(self.log.run_id, creates));
         self.commit(state)?;
         failpoint::hit(&format!("before_{side}_create"));
         let ops = chunk
@@ -286,5 +296,35 @@ impl Applier<'_> {
             parked,
             updated_at: self.log.now,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_model::Timestamp;
+
+    use super::*;
+
+    #[test]
+    fn creates_are_written_down_in_records_of_twenty_thousand_in_order() {
+        let create = |i: usize| PendingCreate {
+            code: "VEND".into(),
+            side: Side::Contact,
+            source_id: format!("V{i:06}"),
+            fields: Fields::new(),
+            run_id: Some(7),
+            error: None,
+            failure_count: 0,
+            parked: false,
+            updated_at: Timestamp(0),
+        };
+        let creates: Vec<PendingCreate> = (0..2 * COMMIT_EVERY + 1).map(create).collect();
+        let batches = batches_of(7, creates.clone());
+        let sizes: Vec<usize> = batches.iter().map(|b| b.creates.len()).collect();
+        assert_eq!(sizes, [COMMIT_EVERY, COMMIT_EVERY, 1]);
+        assert!(batches.iter().all(|b| b.run_id == 7));
+        let back: Vec<PendingCreate> = batches.into_iter().flat_map(|b| b.creates).collect();
+        assert_eq!(back, creates);
+        assert!(batches_of(7, Vec::new()).is_empty());
     }
 }
