@@ -1,5 +1,5 @@
 //! The state in a PostgreSQL database (`[state] url = "postgres://..."`): the same
-//! tables and columns as the SQLite state's schema version 8, with PostgreSQL's types,
+//! tables and columns as the SQLite state's schema of the same version, with PostgreSQL's types,
 //! so that a state can be copied table by table from one store to the other.
 //!
 //! [`StateStore`] is synchronous and is called from inside the engine's tokio runtime,

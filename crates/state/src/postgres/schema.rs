@@ -1,4 +1,4 @@
-//! The PostgreSQL schema: the SQLite state's tables at schema version 8, column for
+//! The PostgreSQL schema: the SQLite state's tables at the same version, column for
 //! column and in the same order (so that a state is copied table by table), with
 //! PostgreSQL's types: INTEGER is BIGINT, BLOB is BYTEA, REAL is DOUBLE PRECISION.
 //! Text that keys or orders rows is `COLLATE "C"`: byte order, as in SQLite, whatever
