@@ -14,6 +14,7 @@ mod error;
 pub mod failpoint;
 pub mod matching;
 pub mod operator;
+mod parallel;
 pub mod partition;
 mod pending;
 pub mod plan;

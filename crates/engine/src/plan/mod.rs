@@ -450,8 +450,7 @@ const PARALLEL_HUBS: usize = 20_000;
 
 /// Plans a run. Deterministic: the same input gives the same plan.
 pub fn plan(relations: &Relations, input: &PlanInput) -> Plan {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    plan_on(relations, input, threads)
+    plan_on(relations, input, crate::parallel::cores())
 }
 
 /// [`plan`] on at most `threads` threads.
@@ -606,24 +605,11 @@ impl<'a> Planner<'a> {
         items: &[T],
         work: impl Fn(&T) -> R + Sync,
     ) -> Vec<R> {
-        if items.len() < PARALLEL_HUBS || self.threads <= 1 {
-            return items.iter().map(work).collect();
-        }
-        let chunk = items.len().div_ceil(self.threads);
-        let work = &work;
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = items
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<R>>()))
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| {
-                    w.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        })
+        let threads = match items.len() < PARALLEL_HUBS {
+            true => 1,
+            false => self.threads,
+        };
+        crate::parallel::map_in_order(items, threads, work)
     }
 
     pub(super) fn is_linked(&self, r: usize, contact_id: &str) -> bool {

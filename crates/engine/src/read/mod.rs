@@ -428,22 +428,11 @@ fn hash_all(records: &[Record], key_fields: &[FieldName]) -> Vec<(u64, u64)> {
             match_keys(&record.fields, key_fields),
         ),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if records.len() < PARALLEL_HASHING || threads < 2 {
-        return records.iter().map(hash).collect();
-    }
-    let chunk = records.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let hash = &hash;
-        let parts: Vec<_> = records
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(hash).collect::<Vec<_>>()))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|part| part.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
+    let threads = match records.len() < PARALLEL_HASHING {
+        true => 1,
+        false => crate::parallel::cores(),
+    };
+    crate::parallel::map_in_order(records, threads, hash)
 }
 
 /// Puts records of a second pass in play, with their hashes (they did not change).

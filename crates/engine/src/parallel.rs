@@ -1,0 +1,46 @@
+//! Work on many items split over the machine's cores, the results taken back in the
+//! items' order: what it gives is what one core gives.
+
+/// The cores work is split over: at most 8.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// `work` done for each of `items`, in their order, on `threads` threads (in line for
+/// one). `work` must depend on its item alone.
+pub(crate) fn map_in_order<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    if threads <= 1 || items.len() < 2 {
+        return items.iter().map(work).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<R>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_come_back_in_the_items_order_on_any_number_of_threads() {
+        let items: Vec<u64> = (0..1_001).collect();
+        let one = map_in_order(&items, 1, |i| i * 3);
+        for threads in [2, 3, 8] {
+            assert_eq!(map_in_order(&items, threads, |i| i * 3), one);
+        }
+        assert!(map_in_order(&[] as &[u64], 4, |i| *i).is_empty());
+    }
+}
