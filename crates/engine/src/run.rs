@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tandem_connector::Connector;
 use tandem_model::EntityKind;
-use tandem_state::{Link, Scope, StateStore};
+use tandem_state::{Link, StateStore};
 
 use crate::pending::Pending;
 use tracing::{Instrument, info};
@@ -278,7 +278,7 @@ impl<'a> Engine<'a> {
         // First pass: keep what changed and what the run needs; unchanged records
         // stream by. Accounts first: a deleted account's contact must be read to lose
         // the code (R9).
-        let mut ahead = Prefetch::start(&*self.state, self.hashes_ahead().await?);
+        let mut ahead = self.read_ahead().await?;
         let mut accounts = self.read_accounts(&needed.accounts, &mut ahead).await?;
         for (read, known) in accounts.iter_mut().zip(&needed.linked_accounts) {
             gone_if_missing(read, known);
@@ -445,8 +445,9 @@ impl<'a> Engine<'a> {
                     skip_tag: (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
                     guard: self.delete_guard,
                     key_fields: account_key_fields(&self.relations, r),
-                    scope: scope.clone(),
+                    fingerprint: ahead.fingerprint(&scope),
                     hashes: ahead.take(&scope),
+                    scope,
                 },
                 |a| wanted.contains(a.id.as_str()),
             )
@@ -458,10 +459,11 @@ impl<'a> Engine<'a> {
         Ok(accounts)
     }
 
-    /// The scopes whose stored hashes are loaded ahead, in the order they are read:
-    /// those read by full listing that are not unchanged since the last run (as far as
-    /// can be told before reading), but the first, which is needed at once.
-    async fn hashes_ahead(&self) -> Result<Vec<Scope>, EngineError> {
+    /// Starts loading ahead the stored hashes of the scopes read by full listing that
+    /// are not unchanged since the last run (as far as can be told before reading), in
+    /// the order they are read, but the first, which is needed at once; with the
+    /// fingerprints taken to tell.
+    async fn read_ahead(&self) -> Result<Prefetch, EngineError> {
         let tag = self.fingerprint_tag();
         let skip_tag = (!self.full_read).then_some(tag.as_str());
         let accounts = self.relations.relations.iter();
@@ -469,7 +471,7 @@ impl<'a> Engine<'a> {
             self.relations.contacts_connector.as_str(),
             EntityKind::Contact,
         )]);
-        let mut scopes = Vec::new();
+        let (mut scopes, mut fingerprints) = (Vec::new(), HashMap::new());
         for (name, kind) in sides {
             let Some(connector) = self.connectors.get(name) else {
                 continue;
@@ -478,14 +480,18 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let scope = self.partition.scope(name, kind);
-            // A failing fingerprint fails the scope's read, which says why.
-            let fingerprint = connector.fingerprint(kind).await.ok().flatten();
+            // A failing fingerprint is taken again by the scope's read, which says why.
+            let Ok(fingerprint) = connector.fingerprint(kind).await else {
+                continue;
+            };
             if !unchanged(&*self.state, &scope, skip_tag, fingerprint.as_deref())? {
-                scopes.push(scope);
+                scopes.push(scope.clone());
             }
+            fingerprints.insert(scope, fingerprint);
         }
         scopes.dedup();
-        Ok(scopes.into_iter().skip(1).collect())
+        let scopes = scopes.into_iter().skip(1).collect();
+        Ok(Prefetch::start(&*self.state, scopes).with_fingerprints(fingerprints))
     }
 
     /// The links of the accounts read, by (code, contact); the contact of a deleted
@@ -535,6 +541,7 @@ impl<'a> Engine<'a> {
                 skip_tag: (!self.full_read && wanted.is_empty()).then_some(tag.as_str()),
                 guard: self.delete_guard,
                 key_fields: contact_key_fields(&self.relations),
+                fingerprint: ahead.fingerprint(&scope),
                 hashes: ahead.take(&scope),
                 scope,
             },

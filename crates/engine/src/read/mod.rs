@@ -211,6 +211,8 @@ pub(crate) struct HowToRead<'t> {
     pub scope: Scope,
     /// The scope's stored hashes, if loaded ahead ([`Prefetch`]).
     pub hashes: Option<HashMap<String, u64>>,
+    /// The connector's fingerprint of the scope, if taken ahead ([`Prefetch`]).
+    pub fingerprint: Option<Option<String>>,
 }
 
 /// Reads all pages of one connector and kind. Keeps the records that changed since
@@ -231,11 +233,9 @@ pub(crate) async fn read_scope(
         key_fields,
         scope,
         hashes,
+        fingerprint,
     } = how;
-    let fingerprint = connector
-        .fingerprint(kind)
-        .await
-        .map_err(read_error(connector_name, kind))?;
+    let fingerprint = take_fingerprint(connector, connector_name, kind, fingerprint).await?;
     if unchanged(state, &scope, skip_tag, fingerprint.as_deref())? {
         info!(
             connector = connector_name,
@@ -309,6 +309,20 @@ pub(crate) async fn read_scope(
     );
     progress::read_end(connector_name, kind, out.stats.records);
     Ok(out)
+}
+
+/// The connector's fingerprint of a scope: the one taken `ahead` this run, or taken now.
+/// Taken once per run: a file's is a hash of all of it.
+async fn take_fingerprint(
+    connector: &dyn Connector,
+    connector_name: &str,
+    kind: EntityKind,
+    ahead: Option<Option<String>>,
+) -> Result<Option<String>, EngineError> {
+    match ahead {
+        Some(taken) => Ok(taken),
+        None => (connector.fingerprint(kind).await).map_err(read_error(connector_name, kind)),
+    }
 }
 
 /// A fingerprint equal to the one remembered at the end of the last run (with the same

@@ -1,6 +1,8 @@
 //! The stored hashes of the scopes read after the first, loaded on a thread of their
 //! own while the scopes before them are read: at a million records a scope, loading
-//! them took about as long as reading one scope's file (docs/BENCHMARKS.md).
+//! them took about as long as reading one scope's file (docs/BENCHMARKS.md). With them,
+//! the connectors' fingerprints taken to decide which scopes will be read, so that
+//! each is taken once.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -15,6 +17,8 @@ type Loaded = (Scope, Result<HashMap<String, u64>, StateError>);
 pub(crate) struct Prefetch {
     /// The scopes asked for and not taken yet, in order.
     ahead: Vec<Scope>,
+    /// Fingerprints taken ahead, by scope, until taken.
+    fingerprints: HashMap<Scope, Option<String>>,
     loaded: Option<Receiver<Loaded>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -24,6 +28,7 @@ impl Prefetch {
     pub(crate) fn none() -> Prefetch {
         Prefetch {
             ahead: Vec::new(),
+            fingerprints: HashMap::new(),
             loaded: None,
             thread: None,
         }
@@ -55,11 +60,27 @@ impl Prefetch {
         match thread {
             Ok(thread) => Prefetch {
                 ahead,
+                fingerprints: HashMap::new(),
                 loaded: Some(loaded),
                 thread: Some(thread),
             },
             Err(_) => Prefetch::none(),
         }
+    }
+
+    /// Keeps the connectors' `fingerprints` taken to choose what to load ahead.
+    pub(crate) fn with_fingerprints(
+        mut self,
+        fingerprints: HashMap<Scope, Option<String>>,
+    ) -> Prefetch {
+        self.fingerprints = fingerprints;
+        self
+    }
+
+    /// The connector's fingerprint of `scope` if taken ahead (once: a scope read twice
+    /// takes it anew the second time).
+    pub(crate) fn fingerprint(&mut self, scope: &Scope) -> Option<Option<String>> {
+        self.fingerprints.remove(scope)
     }
 
     /// The hashes of `scope` if they were loaded ahead; `None` to load them in line
@@ -131,6 +152,18 @@ mod tests {
         // `b` skipped (not read): passed over, `c` is as stored.
         assert_eq!(ahead.take(&c), Some(state.hashes(&c).unwrap()));
         assert_eq!(ahead.take(&b), None);
+    }
+
+    #[test]
+    fn a_fingerprint_taken_ahead_is_given_once() {
+        let s = scope("erp", EntityKind::Customer);
+        let fingerprints = HashMap::from([(s.clone(), Some("12:ab".to_owned()))]);
+        let mut ahead = Prefetch::none().with_fingerprints(fingerprints);
+        assert_eq!(ahead.fingerprint(&s), Some(Some("12:ab".to_owned())));
+        // Read again: taken anew.
+        assert_eq!(ahead.fingerprint(&s), None);
+        let other = scope("crm", EntityKind::Contact);
+        assert_eq!(ahead.fingerprint(&other), None);
     }
 
     #[test]
