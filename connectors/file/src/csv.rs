@@ -163,14 +163,7 @@ struct Scanned<T> {
 fn scan<T: Send>(
     path: &Path,
     kind: EntityKind,
-    each: impl Fn(
-        &Layout,
-        &StringRecord,
-        u64,
-        Option<Timestamp>,
-        &mut Vec<u8>,
-    ) -> Result<T, ConnectorError>
-    + Sync,
+    each: impl EachRow<T> + Sync,
 ) -> Result<Option<Scanned<T>>, ConnectorError> {
     let Some(pieces) = Pieces::open(path, kind, u64::MAX)? else {
         return Ok(None);
@@ -249,16 +242,7 @@ impl Pieces {
     fn parse<T: Send>(
         &self,
         range: std::ops::Range<usize>,
-        each: &(
-             impl Fn(
-            &Layout,
-            &StringRecord,
-            u64,
-            Option<Timestamp>,
-            &mut Vec<u8>,
-        ) -> Result<T, ConnectorError>
-             + Sync
-         ),
+        each: &(impl EachRow<T> + Sync),
     ) -> Result<(Vec<T>, Vec<u64>), ConnectorError> {
         let piece = Piece {
             path: &self.path,
@@ -298,6 +282,24 @@ impl Pieces {
     }
 }
 
+/// What a scan makes of each row: from the file's layout, the row, its line and the
+/// file's modification time, with a scratch buffer.
+trait EachRow<T>:
+    Fn(&Layout, &StringRecord, u64, Option<Timestamp>, &mut Vec<u8>) -> Result<T, ConnectorError>
+{
+}
+
+impl<T, F> EachRow<T> for F where
+    F: Fn(
+        &Layout,
+        &StringRecord,
+        u64,
+        Option<Timestamp>,
+        &mut Vec<u8>,
+    ) -> Result<T, ConnectorError>
+{
+}
+
 /// One piece of a file being scanned, and what to make of its rows.
 struct Piece<'a, F> {
     path: &'a Path,
@@ -307,6 +309,7 @@ struct Piece<'a, F> {
 
 impl<T, F> Piece<'_, F>
 where
+    // Spelled out: a bound through `EachRow<T>` would not tie `T` to the impl.
     F: Fn(
         &Layout,
         &StringRecord,
@@ -460,16 +463,7 @@ pub(crate) fn read(path: &Path, kind: EntityKind) -> Result<Vec<Record>, Connect
 }
 
 /// What a row of a file of `kind` is as a record.
-fn record_of(
-    kind: EntityKind,
-) -> impl Fn(
-    &Layout,
-    &StringRecord,
-    u64,
-    Option<Timestamp>,
-    &mut Vec<u8>,
-) -> Result<Record, ConnectorError>
-+ Sync {
+fn record_of(kind: EntityKind) -> impl EachRow<Record> + Sync {
     move |layout, row, _, modified_at, buf| {
         let mut fields = Fields::with_capacity(layout.by_name.len());
         for &i in &layout.by_name {
