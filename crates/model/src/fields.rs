@@ -170,6 +170,25 @@ impl Fields {
         self.position(name).ok().map(|i| &self.0[i].1)
     }
 
+    /// [`Fields::get`] by an interned name: slots are compared, not text. A record's
+    /// dozen names are scanned faster than a binary search compares their bytes, and
+    /// the merge looks up every shared field of every side of every hub (a quarter of
+    /// planning went to lookups by text).
+    pub fn get_named(&self, name: &FieldName) -> Option<&Value> {
+        // Beyond this, a binary search by text wins over a scan.
+        const SCAN_UP_TO: usize = 24;
+        if self.0.len() > SCAN_UP_TO {
+            return self.get(name.as_str());
+        }
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// [`Fields::value`] by an interned name (see [`Fields::get_named`]).
+    pub fn value_named(&self, name: &FieldName) -> &Value {
+        static NULL: Value = Value::Null;
+        self.get_named(name).unwrap_or(&NULL)
+    }
+
     /// The field as text, if it holds text or a date.
     pub fn text(&self, name: &str) -> Option<&str> {
         self.get(name).and_then(Value::as_text)
@@ -178,6 +197,17 @@ impl Fields {
     /// Sets a field; an empty value removes it.
     pub fn set(&mut self, name: impl Into<FieldName>, value: Value) {
         let name = name.into();
+        // Sets in name order (a merge's baselines, a reader's sorted columns) append:
+        // one comparison instead of a search.
+        let after_last = (self.0.last()).is_none_or(|(last, _)| {
+            compare_names(last.as_str(), name.as_str()) == std::cmp::Ordering::Less
+        });
+        if after_last {
+            if !value.is_empty() {
+                self.0.push((name, value));
+            }
+            return;
+        }
         match (self.position(name.as_str()), value.is_empty()) {
             (Ok(i), true) => {
                 self.0.remove(i);
@@ -358,6 +388,33 @@ impl<'de> Deserialize<'de> for Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lookup by interned name finds what a lookup by text finds: canonical and
+    /// other names, present and absent, in records small enough to be scanned and
+    /// big enough to be searched.
+    #[test]
+    fn a_lookup_by_interned_name_finds_what_a_lookup_by_text_finds() {
+        let names: Vec<String> = (0..60)
+            .map(|i| format!("x_custom_{i}"))
+            .chain(["email", "phone", "name", "city", "zzz", "a"].map(String::from))
+            .collect();
+        for size in [0, 1, 5, 12, 24, 25, 40] {
+            let mut fields = Fields::new();
+            for (i, n) in names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 0)
+                .take(size)
+            {
+                fields.set(n.as_str(), Value::text(format!("v{i}")));
+            }
+            for n in &names {
+                let interned = FieldName::new(n);
+                assert_eq!(fields.get_named(&interned), fields.get(n), "{size} {n}");
+                assert_eq!(fields.value_named(&interned), fields.value(n), "{size} {n}");
+            }
+        }
+    }
 
     /// The hash after changes is the hash of the changed copy: changes before, between
     /// and after the fields held, a change made twice, a change that removes a field.

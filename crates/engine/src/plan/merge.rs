@@ -80,8 +80,38 @@ impl<'a> Planner<'a> {
             .get(contact_id)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        Some(merge_hub(self.relations, contact_id, contact, &pairs, open))
+        let first = pairs[0].relation;
+        let merged;
+        let universe: &[&FieldName] = match pairs.iter().all(|p| p.relation == first) {
+            true => &self.shared_sorted[first],
+            false => {
+                let relations = &self.relations.relations;
+                merged = universe(pairs.iter().map(|p| &relations[p.relation]));
+                &merged
+            }
+        };
+        Some(merge_hub(
+            self.relations,
+            contact_id,
+            contact,
+            &pairs,
+            open,
+            universe,
+        ))
     }
+}
+
+/// The shared fields of `relations`, each once, in name order: what a hub of pairs of
+/// those relations merges.
+pub(super) fn universe<'r>(
+    relations: impl IntoIterator<Item = &'r Relation>,
+) -> Vec<&'r FieldName> {
+    let mut fields: Vec<&FieldName> = (relations.into_iter())
+        .flat_map(|r| r.shared.iter())
+        .collect();
+    fields.sort_unstable();
+    fields.dedup();
+    fields
 }
 
 pub(super) struct PairInput<'a> {
@@ -101,13 +131,15 @@ pub(super) struct Merged {
     closed: Vec<(String, String, String)>,
 }
 
-/// Merges one contact with all its pairs.
+/// Merges one contact with all its pairs, field by field over `universe` (their
+/// relations' shared fields, in name order).
 pub(super) fn merge_hub<'p>(
     relations: &'p Relations,
     contact_id: &'p str,
     contact: Option<&'p Record>,
     pairs: &'p [PairInput<'p>],
     open: &'p [&'p ConflictEntry],
+    universe: &[&FieldName],
 ) -> Merged {
     let view = HubView {
         relations,
@@ -116,10 +148,6 @@ pub(super) fn merge_hub<'p>(
         pairs,
         open,
     };
-    let universe: BTreeSet<&FieldName> = pairs
-        .iter()
-        .flat_map(|p| relations.relations[p.relation].shared.iter())
-        .collect();
     let mut out = HubMerge::new(pairs.iter().map(|p| &relations.relations[p.relation]));
     for f in universe {
         view.merge_field(f, &mut out);
@@ -203,32 +231,30 @@ impl<'p> HubView<'p> {
     }
 
     /// What pair `i`'s sides agreed on last (its baseline), `Null` for a new link.
-    fn base(&self, i: usize, name: &str) -> &'p Value {
+    fn base(&self, i: usize, f: &FieldName) -> &'p Value {
         match self.pairs[i].base {
-            Some(base) => base.value(name),
+            Some(base) => base.value_named(f),
             None => &Value::Null,
         }
     }
 
     /// What pair `i`'s account holds; the baseline when it was not read this run (it
     /// did not change since it was synchronised).
-    fn account_holds(&self, i: usize, name: &str) -> &'p Value {
+    fn account_holds(&self, i: usize, f: &FieldName) -> &'p Value {
         match self.pairs[i].account {
-            Some(a) => a.fields.value(name),
-            None => self.base(i, name),
+            Some(a) => a.fields.value_named(f),
+            None => self.base(i, f),
         }
     }
 
     /// What pair `i`'s account stands for: a side still holding what it held before an
     /// intended write did not get it and was not edited, so it stands for the baseline
     /// (R18).
-    fn account_value(&self, i: usize, name: &str) -> &'p Value {
-        let value = self.account_holds(i, name);
+    fn account_value(&self, i: usize, f: &FieldName) -> &'p Value {
+        let value = self.account_holds(i, f);
         let intent = self.pairs[i].link.and_then(|l| l.intent.as_ref());
-        match intent.and_then(|intent| intent.account_before(name)) {
-            Some(before) if self.pairs[i].account.is_some() && before == value => {
-                self.base(i, name)
-            }
+        match intent.and_then(|intent| intent.account_before(f.as_str())) {
+            Some(before) if self.pairs[i].account.is_some() && before == value => self.base(i, f),
             _ => value,
         }
     }
@@ -236,39 +262,39 @@ impl<'p> HubView<'p> {
     /// What the contact holds; when it was not read, the baseline of its first link
     /// (it did not change since it was synchronised). Looked up once per field: the
     /// merge and the writes both need it.
-    fn contact_holds(&self, involved: &[usize], name: &str) -> &'p Value {
+    fn contact_holds(&self, involved: &[usize], f: &FieldName) -> &'p Value {
         match self.contact {
-            Some(c) => c.fields.value(name),
+            Some(c) => c.fields.value_named(f),
             None => involved
                 .iter()
                 .find(|&&i| self.pairs[i].base.is_some())
-                .map_or(&Value::Null, |&i| self.base(i, name)),
+                .map_or(&Value::Null, |&i| self.base(i, f)),
         }
     }
 
     /// What the contact stands for, given what it `holds` (see
     /// [`HubView::account_value`]).
-    fn contact_value(&self, involved: &[usize], name: &str, holds: &'p Value) -> &'p Value {
+    fn contact_value(&self, involved: &[usize], f: &FieldName, holds: &'p Value) -> &'p Value {
         involved
             .iter()
-            .find(|&&i| self.intent_not_landed(i, name, holds))
-            .map_or(holds, |&i| self.base(i, name))
+            .find(|&&i| self.intent_not_landed(i, f, holds))
+            .map_or(holds, |&i| self.base(i, f))
     }
 
     /// Whether the contact still holds what it held before pair `i`'s intended write
     /// (R18): the write did not land and the contact was not edited since.
-    fn intent_not_landed(&self, i: usize, name: &str, holds: &Value) -> bool {
+    fn intent_not_landed(&self, i: usize, f: &FieldName, holds: &Value) -> bool {
         let intent = self.pairs[i].link.and_then(|l| l.intent.as_ref());
         self.contact.is_some()
-            && intent.and_then(|intent| intent.contact_before(name)) == Some(holds)
+            && intent.and_then(|intent| intent.contact_before(f.as_str())) == Some(holds)
     }
 
     /// What the contact stands for as pair `i` sees it: its baseline when pair `i`'s
     /// own intended write did not land, else what it holds. Another pair's unlanded
     /// write says nothing about this pair's baseline.
-    fn contact_for(&self, i: usize, name: &str, holds: &'p Value) -> &'p Value {
-        match self.intent_not_landed(i, name, holds) {
-            true => self.base(i, name),
+    fn contact_for(&self, i: usize, f: &FieldName, holds: &'p Value) -> &'p Value {
+        match self.intent_not_landed(i, f, holds) {
+            true => self.base(i, f),
             false => holds,
         }
     }
@@ -283,12 +309,11 @@ impl<'p> HubView<'p> {
     }
 
     fn merge_field(&self, f: &FieldName, out: &mut HubMerge) {
-        let name = f.as_str();
         let involved: Vec<usize> = (0..self.pairs.len())
             .filter(|&i| self.rel(i).shared.contains(f))
             .collect();
-        let contact_holds = self.contact_holds(&involved, name);
-        let contact_value = self.contact_value(&involved, name, contact_holds);
+        let contact_holds = self.contact_holds(&involved, f);
+        let contact_value = self.contact_value(&involved, f, contact_holds);
         let contact_owns = self.relations.contact_preserve.contains(f);
         let owner = involved
             .iter()
@@ -319,12 +344,12 @@ impl<'p> HubView<'p> {
             out.open_manual.insert((i, f.clone()));
             out.conflicts.push(Conflict {
                 field: f.clone(),
-                base: self.base(i, name).clone(),
+                base: self.base(i, f).clone(),
                 contact: Some(decision.value.clone()),
                 accounts: vec![(
                     self.rel(i).code.clone(),
                     self.pairs[i].account_id.to_owned(),
-                    self.account_value(i, name).clone(),
+                    self.account_value(i, f).clone(),
                 )],
                 policy: ConflictPolicy::Manual,
                 winner: Winner::Manual,
@@ -349,7 +374,7 @@ impl<'p> HubView<'p> {
                 let closed = (code.clone(), self.contact_id.to_owned(), name.to_owned());
                 out.closed.push(closed);
             }
-            if self.same(i, f, self.account_value(i, name), value) {
+            if self.same(i, f, self.account_value(i, f), value) {
                 out.from_account[i].push(f.clone());
             }
         }
@@ -366,8 +391,8 @@ impl<'p> HubView<'p> {
         contact_value: &'p Value,
         out: &mut HubMerge,
     ) -> &'p Value {
-        let a = self.account_value(owner, f.as_str());
-        if a.is_empty() && self.base(owner, f.as_str()).is_empty() {
+        let a = self.account_value(owner, f);
+        if a.is_empty() && self.base(owner, f).is_empty() {
             return contact_value;
         }
         if !self.same(owner, f, a, contact_value) {
@@ -395,14 +420,12 @@ impl<'p> HubView<'p> {
         proposals: &[(usize, &'p Value)],
         holds: &'p Value,
     ) -> bool {
-        let name = f.as_str();
         let lagging = |i: usize| {
             self.pairs[i]
                 .link
                 .is_some_and(|l| l.failure_count > 0 || l.intent.is_some())
         };
-        let moved =
-            |i: usize| !self.same(i, f, self.contact_for(i, name, holds), self.base(i, name));
+        let moved = |i: usize| !self.same(i, f, self.contact_for(i, f, holds), self.base(i, f));
         let current: Vec<usize> = existing.iter().copied().filter(|&i| !lagging(i)).collect();
         let judges = if current.is_empty() {
             existing
@@ -426,7 +449,6 @@ impl<'p> HubView<'p> {
         contact: (&'p Value, &'p Value),
         out: &mut HubMerge,
     ) -> Decision<'p> {
-        let name = f.as_str();
         let (contact_holds, contact_value) = contact;
         let existing: Vec<usize> = involved
             .iter()
@@ -435,8 +457,8 @@ impl<'p> HubView<'p> {
             .collect();
         let mut proposals: Vec<(usize, &'p Value)> = existing
             .iter()
-            .map(|&i| (i, self.account_value(i, name)))
-            .filter(|(i, v)| !self.same(*i, f, v, self.base(*i, name)))
+            .map(|&i| (i, self.account_value(i, f)))
+            .filter(|(i, v)| !self.same(*i, f, v, self.base(*i, f)))
             .collect();
         let contact_changed = self.contact_changed(f, &existing, &proposals, contact_holds);
         let agreed = |proposals: &[(usize, &Value)]| {
@@ -470,9 +492,7 @@ impl<'p> HubView<'p> {
                 None => contact_value,
             }
         } else {
-            let base = existing
-                .first()
-                .map_or(&Value::Null, |&i| self.base(i, name));
+            let base = existing.first().map_or(&Value::Null, |&i| self.base(i, f));
             let changes = Competing {
                 base,
                 contact: contact_changed.then_some(contact_value),
@@ -560,7 +580,7 @@ impl<'p> HubView<'p> {
         out: &mut HubMerge,
     ) -> &'p Value {
         for &i in involved.iter().filter(|&&i| self.pairs[i].base.is_none()) {
-            let a = self.account_value(i, f.as_str());
+            let a = self.account_value(i, f);
             let take_account = match self.rel(i).initial {
                 InitialSide::Contact => value.is_empty() && !a.is_empty(),
                 InitialSide::Account => !a.is_empty(),
@@ -584,7 +604,6 @@ impl<'p> HubView<'p> {
         contact_holds: &'p Value,
         out: &mut HubMerge,
     ) {
-        let name = f.as_str();
         let value = decision.value;
         if !contact_owns && !self.same_in_hub(involved, f, value, contact_holds) {
             out.contact_changes.push(FieldChange {
@@ -594,7 +613,7 @@ impl<'p> HubView<'p> {
             });
         }
         for &i in involved {
-            let a = self.account_holds(i, name);
+            let a = self.account_holds(i, f);
             let owns = self.rel(i).preserve.contains(f);
             let waits = decision.held.contains(&i);
             if !owns && !waits && !self.same(i, f, value, a) {
@@ -606,7 +625,7 @@ impl<'p> HubView<'p> {
             }
             // A waiting field keeps its old baseline, so the conflict stays visible.
             let new_base = match (waits, owns) {
-                (true, _) => self.base(i, name),
+                (true, _) => self.base(i, f),
                 (false, true) => a,
                 (false, false) => value,
             };

@@ -494,6 +494,9 @@ struct Planner<'a> {
     /// looked up, not searched (at 1M, searching the 180,000 pending creates a run cut
     /// short left took minutes).
     parked: HashSet<(&'a str, Side, &'a str)>,
+    /// Per relation, its shared fields in name order, once: the fields a hub of that
+    /// relation alone merges, instead of a set built for each of a million hubs.
+    shared_sorted: Vec<Vec<&'a FieldName>>,
 }
 
 /// The parked creates and refused requests of `pending`, as a set (R17).
@@ -542,6 +545,9 @@ impl<'a> Planner<'a> {
             contact_deleted_now: BTreeSet::new(),
             recovery_waiting: BTreeSet::new(),
             parked: parked_of(&input.pending),
+            shared_sorted: (relations.relations.iter())
+                .map(|r| merge::universe([r]))
+                .collect(),
         }
     }
 
