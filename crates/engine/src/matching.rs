@@ -163,7 +163,7 @@ fn key(tier: &Tier, record: &Record, buf: &mut String) -> bool {
     buf.clear();
     let mut country = None;
     for field in &tier.fields {
-        let value = match record.fields.get(field.as_str()) {
+        let value = match record.fields.get_named(field) {
             Some(v) => v,
             None => return false,
         };

@@ -73,7 +73,7 @@ pub(crate) fn match_keys(fields: &Fields, names: &[FieldName]) -> u64 {
         buf.clear();
         for name in names {
             buf.extend_from_slice(name.as_str().as_bytes());
-            match fields.get(name.as_str()) {
+            match fields.get_named(name) {
                 None => buf.push(0),
                 Some(value) => {
                     buf.push(1);
