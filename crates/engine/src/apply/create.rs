@@ -184,7 +184,7 @@ impl Applier<'_> {
         let created = |read: &ScopeRead| match_keys(&job.fields, &read.key_fields);
         let (contact_id, account_id, contact_version, account_version) = match job.side {
             Side::Contact => {
-                self.settled_accounts[r].insert(job.source_id.clone());
+                self.accounts[r].settle(&job.source_id);
                 let read = self.accounts[r].hashes.get(&job.source_id).copied();
                 let (scope, keys) = (self.contacts.scope.clone(), created(&self.contacts));
                 (self.batch).set_hash_with_keys(scope, written.id.clone(), new_hash, keys);
@@ -278,7 +278,7 @@ impl Applier<'_> {
         let previous = previous.as_ref().map(|(n, e)| (*n, e.as_deref()));
         let (count, parked) = self.fail(Failed::Create(r, e.is_retryable()), previous, failure);
         if job.side == Side::Contact {
-            self.settled_accounts[r].insert(job.source_id.clone());
+            self.accounts[r].settle(&job.source_id);
             self.batch.set_hashes.push((
                 self.accounts[r].scope.clone(),
                 job.source_id.clone(),

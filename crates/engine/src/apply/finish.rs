@@ -61,16 +61,11 @@ impl Applier<'_> {
                 }
             }
             let codes = (self.relations.relations.iter()).map(|r| Some(r.code.as_str()));
-            let reads = std::iter::once((None, &self.contacts, &self.settled_contacts)).chain(
-                codes
-                    .zip(&self.accounts)
-                    .zip(&self.settled_accounts)
-                    .map(|((c, a), s)| (c, a, s)),
-            );
-            for (code, read, settled) in reads {
+            let reads = std::iter::once((None, &self.contacts)).chain(codes.zip(&self.accounts));
+            for (code, read) in reads {
                 for (id, seen) in &read.hashes {
                     // An unchanged record's stored hash is already this one.
-                    if !settled.contains(id) && seen.change != Change::Unchanged {
+                    if !seen.settled && seen.change != Change::Unchanged {
                         remember(&self.cut, batch, (code, read), id, seen);
                     }
                     committer.send_full(batch)?;

@@ -80,9 +80,6 @@ struct Applier<'e> {
     batch: StateBatch,
     failures: Vec<Failure>,
     writes: u64,
-    /// Records whose hash is settled by the plan's outcome; the rest keep their read hash.
-    settled_contacts: crate::IdSet<String>,
-    settled_accounts: Vec<crate::IdSet<String>>,
     /// Contacts to look at again next run although nobody edits them.
     recheck_contacts: Vec<String>,
     /// Links made by creating an account for a contact, by contact: a write to that
@@ -139,13 +136,11 @@ pub(crate) async fn apply(
         },
         failures: rejections(&plan),
         plan,
-        settled_accounts: vec![crate::IdSet::default(); accounts.len()],
         contacts,
         accounts,
         previous,
         batch: StateBatch::default(),
         writes: 0,
-        settled_contacts: crate::IdSet::default(),
         recheck_contacts: Vec::new(),
         created_links: HashMap::new(),
         contact_write_failed: crate::IdSet::default(),

@@ -94,7 +94,7 @@ impl Applier<'_> {
         }
         self.log_conflicts(hub);
         for (p, pair) in hub.pairs.iter().enumerate() {
-            self.settled_accounts[pair.relation].insert(pair.account_id.clone());
+            self.accounts[pair.relation].settle(&pair.account_id);
             let account_result = outcomes.accounts[outcomes.pair_offsets[h] + p].take();
             let (account_error, account_version) =
                 error_and_version(account_result.as_ref(), &pair.account_version);
@@ -369,12 +369,12 @@ impl Applier<'_> {
         version: &Option<String>,
         failed: bool,
     ) {
-        self.settled_contacts.insert(hub.contact_id.clone());
+        self.contacts.settle(&hub.contact_id);
         let waiting = hub.conflicts.iter().any(|c| c.winner == Winner::Manual);
         for conflict in hub.conflicts.iter().filter(|c| c.winner == Winner::Manual) {
             for (code, account_id, _) in &conflict.accounts {
                 if let Some(r) = self.relations.index_of(code) {
-                    self.settled_accounts[r].insert(account_id.clone());
+                    self.accounts[r].settle(&account_id);
                     let scope = self.accounts[r].scope.clone();
                     self.batch
                         .set_hashes

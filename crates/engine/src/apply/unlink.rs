@@ -38,7 +38,7 @@ impl Applier<'_> {
             });
             if !parked {
                 // Looked at again next run, even if nobody edits it (R17).
-                self.settled_contacts.insert(rejection.contact_id.clone());
+                self.contacts.settle(&rejection.contact_id);
                 self.recheck_contacts.push(rejection.contact_id.clone());
             }
         }

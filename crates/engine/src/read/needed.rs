@@ -175,7 +175,7 @@ pub(crate) async fn fetch_missing(
         let hash = record_hash(&record.fields, record.version.as_deref());
         let change = super::Change::of(stored.get(&record.id).copied(), hash);
         let keys = super::match_keys(&record.fields, &read.key_fields);
-        let seen = super::Seen { hash, keys, change };
+        let seen = super::Seen::read(hash, keys, change);
         read.hashes.insert(record.id.clone(), seen);
         read.records.insert(record.id.clone(), record);
     }
