@@ -2668,17 +2668,55 @@ fn set_companies(
              ON CONFLICT (contact_id) DO UPDATE SET company_id = excluded.company_id",
         )
         .map_err(sql_error(ACTION))?;
-    let mut forget = conn
-        .prepare_cached("DELETE FROM contact_companies WHERE contact_id = ?1")
-        .map_err(sql_error(ACTION))?;
+    // Forgotten contacts in runs, many to a statement: a first sync forgets the
+    // company of every contact that is no person, a million statements at 1M. A run
+    // is gathered only between two sets, so the order of the list is kept.
+    let mut forgets: Vec<&str> = Vec::with_capacity(FORGET_ROWS);
     for (contact_id, company_id) in companies {
         match company_id {
-            Some(company_id) => set.execute([contact_id, company_id]),
-            None => forget.execute([contact_id]),
+            Some(company_id) => {
+                forget_companies(conn, &mut forgets)?;
+                set.execute([contact_id, company_id])
+                    .map_err(sql_error(ACTION))?;
+            }
+            None => {
+                forgets.push(contact_id);
+                if forgets.len() == FORGET_ROWS {
+                    forget_companies(conn, &mut forgets)?;
+                }
+            }
         }
-        .map_err(sql_error(ACTION))?;
     }
+    forget_companies(conn, &mut forgets)
+}
+
+/// Contacts whose company is forgotten by one statement.
+const FORGET_ROWS: usize = 64;
+
+/// Forgets the companies of `contacts`, and empties the list.
+fn forget_companies(conn: &Connection, contacts: &mut Vec<&str>) -> Result<(), StateError> {
+    const ACTION: &str = "forgetting the companies of contacts";
+    if contacts.is_empty() {
+        return Ok(());
+    }
+    let sql = match contacts.len() {
+        FORGET_ROWS => FORGET_COMPANIES.as_str(),
+        n => &forget_companies_sql(n),
+    };
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute(params_from_iter(contacts.iter())))
+        .map_err(sql_error(ACTION))?;
+    contacts.clear();
     Ok(())
+}
+
+static FORGET_COMPANIES: LazyLock<String> = LazyLock::new(|| forget_companies_sql(FORGET_ROWS));
+
+fn forget_companies_sql(n: usize) -> String {
+    format!(
+        "DELETE FROM contact_companies WHERE contact_id IN ({})",
+        vec!["?"; n].join(", ")
+    )
 }
 
 fn set_codes_lost(conn: &Connection, marks: &[(String, String, bool)]) -> Result<(), StateError> {
