@@ -16,10 +16,14 @@ use crate::link;
 /// (so the rename stays on one file system), gives it the old file's mode, owner and
 /// group, syncs it and renames it over the old file. A symbolic link at `path` is
 /// followed: its target is replaced and the link stays.
+///
+/// Returns the fingerprint of what was written ([`crate::fingerprint_of`]): the file's
+/// as it was put in place, not read back (a read after the rename could take in a
+/// change someone else made meanwhile, and cost a second pass over the file).
 pub(crate) fn replace(
     path: &Path,
-    write: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<(), ConnectorError> {
+    write: impl FnOnce(&mut Fingerprinting<'_>) -> io::Result<()>,
+) -> Result<String, ConnectorError> {
     let target = link::target(path)?;
     let original = match fs::metadata(&target) {
         Ok(meta) => Some(meta),
@@ -27,17 +31,44 @@ pub(crate) fn replace(
         Err(e) => return Err(FileError::write(path, &target, e).into()),
     };
     let result = temp_beside(&target, original.as_ref()).and_then(|mut tmp| {
-        write(tmp.as_file_mut())?;
+        let mut out = Fingerprinting {
+            file: tmp.as_file_mut(),
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            len: 0,
+        };
+        write(&mut out)?;
+        let written = crate::fingerprint_of(out.len, out.hasher.digest());
         if let Some(original) = &original {
             keep_owner_and_mode(tmp.as_file(), original)?;
         }
         tmp.as_file().sync_all()?;
         // On failure the temporary file is dropped, which removes it.
-        tmp.persist(&target).map(drop).map_err(|e| e.error)
+        tmp.persist(&target).map_err(|e| e.error)?;
+        Ok(written)
     });
-    result.map_err(|e| FileError::write(path, &target, e))?;
+    let written = result.map_err(|e| FileError::write(path, &target, e))?;
     sync_folder(folder(&target));
-    Ok(())
+    Ok(written)
+}
+
+/// The new file, hashed as it is written.
+pub(crate) struct Fingerprinting<'f> {
+    file: &'f mut File,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    len: u64,
+}
+
+impl io::Write for Fingerprinting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// A new file with a random name in the folder of `target`, created exclusively

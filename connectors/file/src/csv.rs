@@ -710,7 +710,7 @@ impl Table for CsvTable {
         }
     }
 
-    fn save(&self) -> Result<(), ConnectorError> {
+    fn save(&self) -> Result<String, ConnectorError> {
         let style = self.layout.style;
         // The rows' text is made on the machine's cores, a share each, and written in
         // order: turning a million rows into CSV is most of a rewrite.

@@ -403,7 +403,7 @@ impl Table for JsonlTable {
         }
     }
 
-    fn save(&self) -> Result<(), ConnectorError> {
+    fn save(&self) -> Result<String, ConnectorError> {
         let style = self.style;
         crate::atomic::replace(&self.path, |file| {
             let mut out = BufWriter::with_capacity(1 << 16, file);

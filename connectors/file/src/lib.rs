@@ -207,7 +207,7 @@ impl FileConnector {
                 Err(e) => return Err(FileError::read(&path, e).into()),
             }
         }
-        Ok(format!("{len}:{:016x}", hasher.digest()))
+        Ok(fingerprint_of(len, hasher.digest()))
     }
 
     fn read_all(&self, kind: EntityKind) -> Result<Vec<Record>, ConnectorError> {
@@ -274,15 +274,11 @@ impl FileConnector {
             (None, Format::Csv) => LoadedTable::Csv(csv::CsvTable::load(&path, kind)?),
             (None, Format::Jsonl) => LoadedTable::Jsonl(jsonl::JsonlTable::load(&path, kind)?),
         };
-        let (outcomes, changed) = match &mut table {
+        let (outcomes, saved) = match &mut table {
             LoadedTable::Csv(table) => apply(table, kind, ops)?,
             LoadedTable::Jsonl(table) => apply(table, kind, ops)?,
         };
-        let after = if changed {
-            self.content_fingerprint(kind)?
-        } else {
-            before.clone()
-        };
+        let after = saved.unwrap_or_else(|| before.clone());
         if let Some(own) = self.own_writes_lock().get_mut(&kind) {
             own.writes.push((before, after.clone()));
         }
@@ -305,17 +301,23 @@ impl FileConnector {
 }
 
 /// Applies `ops` to a loaded file and saves it if any succeeded; returns the outcomes
-/// and whether the file was saved.
+/// and, if the file was saved, the fingerprint of what was saved.
 fn apply(
     table: &mut impl Table,
     kind: EntityKind,
     ops: Vec<WriteOp>,
-) -> Result<(Vec<WriteOutcome>, bool), ConnectorError> {
+) -> Result<(Vec<WriteOutcome>, Option<String>), ConnectorError> {
     let (outcomes, changed) = table::apply(table, kind, ops);
-    if changed {
-        table.save()?;
-    }
-    Ok((outcomes, changed))
+    let saved = match changed {
+        true => Some(table.save()?),
+        false => None,
+    };
+    Ok((outcomes, saved))
+}
+
+/// A file's fingerprint: its length and the xxh3 hash of its bytes.
+pub(crate) fn fingerprint_of(len: u64, hash: u64) -> String {
+    format!("{len}:{hash:016x}")
 }
 
 #[async_trait::async_trait]

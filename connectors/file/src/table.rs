@@ -33,8 +33,8 @@ pub(crate) trait Table {
         stamp: Option<Timestamp>,
     ) -> Result<(), ConnectorError>;
     fn remove(&mut self, row: usize);
-    /// Rewrites the file atomically.
-    fn save(&self) -> Result<(), ConnectorError>;
+    /// Rewrites the file atomically; returns the fingerprint of what it wrote.
+    fn save(&self) -> Result<String, ConnectorError>;
 }
 
 /// How a text file is laid out byte for byte, kept on every rewrite: Excel writes a

@@ -812,6 +812,49 @@ fn capabilities_are_full_listings_with_writes() {
     );
 }
 
+/// The fingerprint vouched for after a write is taken from the bytes as they were
+/// written, not read back: it must be the one a read of the file gives, for every
+/// layout a save keeps (a byte order mark, CR LF, a big file made on several threads)
+/// and for JSON Lines.
+#[tokio::test]
+async fn the_fingerprint_of_a_write_is_that_of_the_file_it_left() {
+    let big: String = (0..60_000).map(|i| format!("C{i},Name {i}\r\n")).collect();
+    let files = [
+        ("contacts.csv", "\u{feff}id,name\r\nC1,Acme\r\n".to_owned()),
+        ("contacts.csv", format!("id,name\r\n{big}")),
+        (
+            "contacts.jsonl",
+            "{\"id\":\"C1\",\"name\":\"Acme\"}\n".to_owned(),
+        ),
+    ];
+    for (name, content) in files {
+        let dir = folder();
+        put(&dir, name, &content);
+        let c = match name.ends_with(".csv") {
+            true => csv_in(&dir),
+            false => jsonl_in(&dir),
+        };
+        let since = c.fingerprint(CONTACT).await.unwrap().unwrap();
+        let ops = vec![
+            WriteOp::Create {
+                fields: Fields::new().with("name", "Beta \"quoted\", with a comma"),
+            },
+            update("C1", None, &[("name", Value::text("Acme, renamed"))]),
+        ];
+        assert!(
+            write(&c, CONTACT, ops).await.iter().all(Result::is_ok),
+            "{name}"
+        );
+        let vouched = c
+            .fingerprint_after_own_writes(CONTACT, &since)
+            .await
+            .unwrap();
+        let read = c.fingerprint(CONTACT).await.unwrap();
+        assert!(vouched.is_some(), "{name}");
+        assert_eq!(vouched, read, "{name}");
+    }
+}
+
 #[tokio::test]
 async fn a_fingerprint_follows_the_content_and_vouches_only_for_own_writes() {
     let dir = folder();
