@@ -114,8 +114,15 @@ pub struct FileConnector {
     /// reading (`fingerprint`), so an idle connector holds nothing.
     last_saved: Mutex<Option<SavedTable>>,
     /// Per kind, the CSV listing being read a page at a time (a big file's records are
-    /// never all held at once); dropped at its last page or a new listing's start.
-    listings: Mutex<HashMap<EntityKind, csv::Listing>>,
+    /// never all held at once), with the fingerprint the file had when the run began
+    /// (none if this instance wrote it since); dropped at its last page or a new
+    /// listing's start.
+    listings: Mutex<HashMap<EntityKind, (csv::Listing, Option<String>)>>,
+    /// Per kind, where each row of the file starts as the last complete listing read
+    /// it, with the fingerprint it is of: a write of a few rows splices the file
+    /// instead of parsing and writing all of it. Dropped when a run starts reading
+    /// and by the write that uses it.
+    indexes: Mutex<HashMap<EntityKind, (String, csv::RowIndex)>>,
 }
 
 #[derive(Debug)]
@@ -146,6 +153,7 @@ impl FileConnector {
             own_writes: Mutex::new(HashMap::new()),
             last_saved: Mutex::new(None),
             listings: Mutex::new(HashMap::new()),
+            indexes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -225,11 +233,17 @@ impl FileConnector {
         self.check_folder()?;
         let mut listings = self.listings.lock().unwrap_or_else(PoisonError::into_inner);
         if cursor.is_none() {
-            listings.insert(kind, csv::Listing::open(&self.file(kind), kind)?);
+            // What the file held when the run began, if nothing since: the index the
+            // listing leaves is of that content only if the fingerprint still holds.
+            let began = (self.own_writes_lock().get(&kind))
+                .filter(|own| own.writes.is_empty())
+                .map(|own| own.since.clone());
+            let listing = csv::Listing::open(&self.file(kind), kind)?;
+            listings.insert(kind, (listing, began));
         }
-        let listing = listings
+        let (listing, _) = listings
             .get_mut(&kind)
-            .filter(|l| cursor.is_none_or(|c| c.0 == l.position()))
+            .filter(|(l, _)| cursor.is_none_or(|c| c.0 == l.position()))
             .ok_or_else(|| {
                 ConnectorError::transient(format!(
                     "the listing of {} was started again by another read before this page; run \
@@ -241,7 +255,12 @@ impl FileConnector {
         let more = !listing.is_done();
         let cursor = more.then(|| Cursor(listing.position()));
         if !more || records.is_err() {
-            listings.remove(&kind);
+            let done = listings.remove(&kind);
+            if let (Some((listing, Some(began))), true) = (done, records.is_ok())
+                && let Some(index) = listing.into_index()
+            {
+                self.indexes_lock().insert(kind, (began, index));
+            }
         }
         Ok(Page {
             records: records?,
@@ -269,6 +288,21 @@ impl FileConnector {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .filter(|saved| saved.kind == kind && saved.fingerprint == before);
+        let ops = match (&saved, self.format, self.indexes_lock().remove(&kind)) {
+            (None, Format::Csv, Some((of, index))) if of == before => {
+                match csv::splice(&path, kind, &index, ops)? {
+                    csv::Splice::Done(outcomes, saved) => {
+                        let after = saved.unwrap_or_else(|| before.clone());
+                        if let Some(own) = self.own_writes_lock().get_mut(&kind) {
+                            own.writes.push((before, after));
+                        }
+                        return Ok(outcomes);
+                    }
+                    csv::Splice::NotHere(ops) => ops,
+                }
+            }
+            _ => ops,
+        };
         let mut table = match (saved, self.format) {
             (Some(saved), _) => saved.table,
             (None, Format::Csv) => LoadedTable::Csv(csv::CsvTable::load(&path, kind)?),
@@ -291,6 +325,12 @@ impl FileConnector {
             table,
         });
         Ok(outcomes)
+    }
+
+    fn indexes_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<EntityKind, (String, csv::RowIndex)>> {
+        self.indexes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn own_writes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKind, OwnWrites>> {
@@ -367,11 +407,13 @@ impl Connector for FileConnector {
 
     async fn fingerprint(&self, kind: EntityKind) -> Result<Option<String>, ConnectorError> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        // A run starts reading: the table kept from the last run's writes is let go.
+        // A run starts reading: the table kept from the last run's writes, and the
+        // index of the last listing, are let go.
         self.last_saved
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        self.indexes_lock().remove(&kind);
         let fingerprint = self.content_fingerprint(kind)?;
         self.own_writes_lock().insert(
             kind,

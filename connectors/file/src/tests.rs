@@ -1061,3 +1061,92 @@ async fn a_page_asked_for_after_its_listing_started_again_is_refused() {
     let error = c.read(CONTACT, Some(&stale)).await.unwrap_err();
     assert!(error.is_retryable(), "{error}");
 }
+
+/// Every page of a full listing of `kind`.
+async fn list_all(c: &FileConnector, kind: EntityKind) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = c.read(kind, cursor.as_ref()).await.unwrap();
+        records.extend(page.records);
+        if !page.has_more {
+            return records;
+        }
+        cursor = page.cursor;
+    }
+}
+
+/// A contacts file of 25,000 rows whose third row quotes a name it need not quote: a
+/// rewrite writes it unquoted, a splice leaves it as it is.
+fn quoted_contacts(dir: &TempDir) -> String {
+    let mut text = String::from("id,name,city\n");
+    for i in 1..=25_000 {
+        match i {
+            3 => text.push_str("C3,\"Acme\",Gent\n"),
+            _ => text.push_str(&format!("C{i},Name {i},Gent\n")),
+        }
+    }
+    put(dir, "contacts.csv", &text);
+    text
+}
+
+/// A write of a few rows right after a full listing splices the file: the rows it
+/// touches are written anew, every other byte stays (the unneeded quotes of `C3`
+/// too), and the fingerprint vouched for is the file's.
+#[tokio::test]
+async fn a_few_rows_written_after_a_listing_are_spliced_into_the_file() {
+    let dir = folder();
+    let text = quoted_contacts(&dir);
+    let c = csv_in(&dir);
+    let since = c.fingerprint(CONTACT).await.unwrap().unwrap();
+    assert_eq!(list_all(&c, CONTACT).await.len(), 25_000);
+    let ops = vec![
+        update(
+            "C5",
+            None,
+            &[("name", Value::text("Renamed, with a comma"))],
+        ),
+        WriteOp::Delete {
+            id: "C7".into(),
+            version: None,
+        },
+        WriteOp::Create {
+            fields: Fields::new().with("name", "New"),
+        },
+    ];
+    let outcomes = write(&c, CONTACT, ops).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(ok(&outcomes[2]).id, "C25001");
+    let expected = text
+        .replace("C5,Name 5,Gent\n", "C5,\"Renamed, with a comma\",Gent\n")
+        .replace("C7,Name 7,Gent\n", "")
+        + "C25001,New,\n";
+    assert_eq!(get(&dir, "contacts.csv"), expected);
+    let vouched = c
+        .fingerprint_after_own_writes(CONTACT, &since)
+        .await
+        .unwrap();
+    assert_eq!(vouched, c.fingerprint(CONTACT).await.unwrap());
+}
+
+/// A file edited by someone else after the listing is not spliced: the write loads it
+/// anew (the unneeded quotes go) and keeps the edit.
+#[tokio::test]
+async fn a_file_edited_after_its_listing_is_rewritten_with_the_edit() {
+    let dir = folder();
+    let text = quoted_contacts(&dir);
+    let c = csv_in(&dir);
+    c.fingerprint(CONTACT).await.unwrap();
+    list_all(&c, CONTACT).await;
+    put(
+        &dir,
+        "contacts.csv",
+        text.clone() + "C30000,Added by hand,Gent\n",
+    );
+    let ops = vec![update("C5", None, &[("city", Value::text("Brugge"))])];
+    assert!(write(&c, CONTACT, ops).await.iter().all(Result::is_ok));
+    let after = get(&dir, "contacts.csv");
+    assert!(after.contains("C3,Acme,Gent\n"), "rewritten");
+    assert!(after.contains("C5,Name 5,Brugge\n"));
+    assert!(after.ends_with("C30000,Added by hand,Gent\n"));
+}

@@ -15,6 +15,10 @@ use crate::pieces::{self, Cut};
 use crate::row::{Row, RowBuilder, TooLong};
 use crate::table::{self, Table, TextStyle, version_of};
 
+mod splice;
+
+pub(crate) use splice::{RowIndex, Splice, write as splice};
+
 const BUFFER: usize = 1 << 16;
 /// What is wrong with a row that does not fit a [`Row`].
 const TOO_LONG: &str = "a row may hold at most 4 GiB";
@@ -168,7 +172,7 @@ fn scan<T: Send>(
     let Some(pieces) = Pieces::open(path, kind, u64::MAX)? else {
         return Ok(None);
     };
-    let (rows, lines) = pieces.parse(0..pieces.starts.len(), &each)?;
+    let Parsed { rows, lines, .. } = pieces.parse(0..pieces.starts.len(), &each)?;
     Ok(Some(Scanned {
         layout: pieces.layout,
         rows,
@@ -243,7 +247,7 @@ impl Pieces {
         &self,
         range: std::ops::Range<usize>,
         each: &(impl EachRow<T> + Sync),
-    ) -> Result<(Vec<T>, Vec<u64>), ConnectorError> {
+    ) -> Result<Parsed<T>, ConnectorError> {
         let piece = Piece {
             path: &self.path,
             layout: &self.layout,
@@ -272,13 +276,35 @@ impl Pieces {
                 .collect()
         });
         let mut parts = parts.into_iter();
-        let (mut rows, mut lines) = parts.next().unwrap_or_else(|| Ok(Default::default()))?;
+        let mut parsed = match parts.next() {
+            Some(first) => first?,
+            None => Parsed::default(),
+        };
         for part in parts {
-            let (more_rows, more_lines) = part?;
-            rows.extend(more_rows);
-            lines.extend(more_lines);
+            let more = part?;
+            parsed.rows.extend(more.rows);
+            parsed.lines.extend(more.lines);
+            parsed.starts.extend(more.starts);
         }
-        Ok((rows, lines))
+        Ok(parsed)
+    }
+}
+
+/// Rows parsed in file order, with each one's line (for errors) and the byte of the
+/// file it starts at.
+struct Parsed<T> {
+    rows: Vec<T>,
+    lines: Vec<u64>,
+    starts: Vec<u64>,
+}
+
+impl<T> Default for Parsed<T> {
+    fn default() -> Parsed<T> {
+        Parsed {
+            rows: Vec::new(),
+            lines: Vec::new(),
+            starts: Vec::new(),
+        }
     }
 }
 
@@ -327,25 +353,26 @@ where
         end: u64,
         reserve: u64,
         file: &File,
-    ) -> Result<(Vec<T>, Vec<u64>), ConnectorError> {
+    ) -> Result<Parsed<T>, ConnectorError> {
         let mut reader = ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(BUFFER)
             .from_reader(At::new(file, cut.offset, end));
-        self.read(&mut reader, cut.line - 1, reserve)
+        self.read(&mut reader, cut, reserve)
     }
 
-    /// The rows `reader` reads, on lines `lines_before` further down the file than the
-    /// reader counts; room is reserved once for the rows of `len` bytes.
+    /// The rows `reader` reads from `cut` on (its lines and bytes counted from there);
+    /// room is reserved once for the rows of `len` bytes.
     fn read(
         &self,
         reader: &mut csv::Reader<At<'_>>,
-        lines_before: u64,
+        cut: Cut,
         len: u64,
-    ) -> Result<(Vec<T>, Vec<u64>), ConnectorError> {
+    ) -> Result<Parsed<T>, ConnectorError> {
         let (path, layout) = (self.path, self.layout);
-        let (mut rows, mut lines) = (Vec::new(), Vec::new());
+        let lines_before = cut.line - 1;
+        let (mut rows, mut lines, mut starts) = (Vec::new(), Vec::new(), Vec::new());
         let mut buf = Vec::with_capacity(512);
         let mut row = StringRecord::new();
         while reader
@@ -358,6 +385,7 @@ where
                 let expected = table::expected_rows(len, sampled);
                 rows.reserve(expected);
                 lines.reserve(expected);
+                starts.reserve(expected);
             }
             if row.len() != layout.headers.len() {
                 let (expected, found) = (layout.headers.len(), row.len());
@@ -376,8 +404,13 @@ where
                 };
             rows.push((self.each)(layout, &row, line, modified_at, &mut buf)?);
             lines.push(line);
+            starts.push(cut.offset + row.position().map_or(0, csv::Position::byte));
         }
-        Ok((rows, lines))
+        Ok(Parsed {
+            rows,
+            lines,
+            starts,
+        })
     }
 }
 
@@ -499,10 +532,12 @@ pub(crate) struct Listing {
     pieces: Option<Pieces>,
     /// The next piece to read.
     next: usize,
-    /// Every id read so far, end to end, where each ends, and its line.
+    /// Every id read so far, end to end, where each ends, its line, and the byte of
+    /// the file its row starts at.
     ids: String,
     id_ends: Vec<usize>,
     lines: Vec<u64>,
+    starts: Vec<u64>,
 }
 
 impl std::fmt::Debug for Listing {
@@ -524,6 +559,7 @@ impl Listing {
             ids: String::new(),
             id_ends: Vec::new(),
             lines: Vec::new(),
+            starts: Vec::new(),
         })
     }
 
@@ -546,18 +582,39 @@ impl Listing {
         };
         let range = self.next..(self.next + threads()).min(pieces.starts.len());
         self.next = range.end;
-        let (records, lines) = pieces.parse(range, &record_of(self.kind))?;
+        let Parsed {
+            rows: records,
+            lines,
+            starts,
+        } = pieces.parse(range, &record_of(self.kind))?;
         for record in &records {
             self.ids.push_str(&record.id);
             self.id_ends.push(self.ids.len());
         }
         self.lines.extend(lines);
+        self.starts.extend(starts);
         if self.is_done() {
             let starts = std::iter::once(0).chain(self.id_ends.iter().copied());
             let ids = starts.zip(&self.id_ends).map(|(a, &b)| &self.ids[a..b]);
             table::check_unique(&pieces.path, ids, &self.lines)?;
         }
         Ok(records)
+    }
+}
+
+impl Listing {
+    /// Where each row of the file starts, once every piece was read: what a write of a
+    /// few rows splices the file by ([`splice`]). `None` for a missing or empty file.
+    pub(crate) fn into_index(self) -> Option<RowIndex> {
+        let pieces = self.pieces?;
+        Some(RowIndex {
+            headers: pieces.layout.headers,
+            style: pieces.layout.style,
+            size: pieces.size,
+            ids: self.ids,
+            id_ends: self.id_ends,
+            starts: self.starts,
+        })
     }
 }
 
@@ -613,6 +670,25 @@ impl CsvTable {
 
     fn row(&self, row: usize) -> &Row {
         self.rows[row].as_ref().expect("index only names live rows")
+    }
+
+    /// A table of no rows yet, of a file laid out as `layout`.
+    fn empty(path: &Path, layout: Layout) -> CsvTable {
+        CsvTable {
+            path: path.to_owned(),
+            layout,
+            rows: Vec::new(),
+            index: HashMap::default(),
+            scratch: RowBuilder::default(),
+        }
+    }
+
+    /// Adds `row` as it is; returns where it is.
+    fn push(&mut self, row: Row) -> usize {
+        self.index
+            .insert(row[self.layout.id].to_owned(), self.rows.len());
+        self.rows.push(Some(row));
+        self.rows.len() - 1
     }
 }
 
