@@ -374,7 +374,7 @@ impl Applier<'_> {
         for conflict in hub.conflicts.iter().filter(|c| c.winner == Winner::Manual) {
             for (code, account_id, _) in &conflict.accounts {
                 if let Some(r) = self.relations.index_of(code) {
-                    self.accounts[r].settle(&account_id);
+                    self.accounts[r].settle(account_id);
                     let scope = self.accounts[r].scope.clone();
                     self.batch
                         .set_hashes
