@@ -257,14 +257,6 @@ const fn col(name: &'static str, column_type: ColumnType, nullable: bool) -> Col
     }
 }
 
-/// The compact state (issue 17). Baselines and intent batches are stored in a binary
-/// form (`codec`) instead of JSON: their columns take any type, so rows written before
-/// keep their JSON text, read as before, and are rewritten in the new form when they
-/// next change. The log stores the entries a run makes for one pair at one time (a
-/// new link and its first update, a create and its link) as one row: the second
-/// entry's action, source and details in the `next_` columns, its id one above the
-/// row's (ids are given by the store, which skips it). Link counts per code are kept
-/// in a table instead of counted on every run.
 /// Creates written down before they are sent (R18) as one record per batch, as
 /// intents are: a first sync sends hundreds of thousands, and a pending row each,
 /// inserted and deleted again, cost about a second for 180,000. `creates` is a JSON
@@ -277,6 +269,14 @@ CREATE TABLE pending_create_batches (
 ) STRICT;
 ";
 
+/// The compact state (issue 17). Baselines and intent batches are stored in a binary
+/// form (`codec`) instead of JSON: their columns take any type, so rows written before
+/// keep their JSON text, read as before, and are rewritten in the new form when they
+/// next change. The log stores the entries a run makes for one pair at one time (a
+/// new link and its first update, a create and its link) as one row: the second
+/// entry's action, source and details in the `next_` columns, its id one above the
+/// row's (ids are given by the store, which skips it). Link counts per code are kept
+/// in a table instead of counted on every run.
 const MIGRATION_8_COMPACT: &str = "
 CREATE TABLE links_v8 (
     code            TEXT NOT NULL,
