@@ -319,7 +319,7 @@ fn hash(id: &str) -> u64 {
 impl Table for Spliced<'_> {
     fn find(&self, id: &str) -> Option<usize> {
         if let Some(at) = self.touched.find(id) {
-            return Some(self.outer(at));
+            return Some(self.row_of[at]);
         }
         // A row of the file not parsed: live unless parsed (and then found above, or
         // removed).
@@ -375,13 +375,6 @@ impl Table for Spliced<'_> {
 
     fn save(&self) -> Result<String, ConnectorError> {
         self.splice_into_file()
-    }
-}
-
-impl Spliced<'_> {
-    /// The row (numbered as in the file) of `at` in `touched`.
-    fn outer(&self, at: usize) -> usize {
-        self.row_of[at]
     }
 }
 

@@ -380,13 +380,11 @@ pub(crate) async fn pending_creates(
 
 /// The creates of every create batch stored, oldest first: creates of runs in flight.
 async fn create_batch_entries(conn: &mut PgConnection) -> Result<Vec<PendingCreate>, StateError> {
-    const ACTION: &str = "reading creates about to be sent";
-    let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT run_id, creates FROM pending_create_batches ORDER BY id")
-            .fetch_all(conn)
-            .await
-            .map_err(pg(ACTION))?;
-    decode_create_batches(rows)
+    create_batches(
+        conn,
+        "SELECT run_id, creates FROM pending_create_batches ORDER BY id",
+    )
+    .await
 }
 
 /// The creates of the batches of runs no longer running, which a run takes up (see
@@ -394,18 +392,20 @@ async fn create_batch_entries(conn: &mut PgConnection) -> Result<Vec<PendingCrea
 pub(crate) async fn ended_create_batch_entries(
     conn: &mut PgConnection,
 ) -> Result<Vec<PendingCreate>, StateError> {
-    const ACTION: &str = "reading creates about to be sent";
-    let rows: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT run_id, creates FROM pending_create_batches
-         WHERE run_id NOT IN (SELECT id FROM runs WHERE status = 'running') ORDER BY id",
-    )
-    .fetch_all(conn)
-    .await
-    .map_err(pg(ACTION))?;
-    decode_create_batches(rows)
+    let ended = "SELECT run_id, creates FROM pending_create_batches
+         WHERE run_id NOT IN (SELECT id FROM runs WHERE status = 'running') ORDER BY id";
+    create_batches(conn, ended).await
 }
 
-fn decode_create_batches(rows: Vec<(i64, String)>) -> Result<Vec<PendingCreate>, StateError> {
+/// The creates of the batches `select` gives as (run id, creates).
+async fn create_batches(
+    conn: &mut PgConnection,
+    select: &'static str,
+) -> Result<Vec<PendingCreate>, StateError> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(select)
+        .fetch_all(conn)
+        .await
+        .map_err(pg("reading creates about to be sent"))?;
     let mut out = Vec::new();
     for (run_id, creates) in rows {
         out.extend(crate::pending::decode_creates(run_id, &creates)?);
