@@ -26,26 +26,46 @@ use crate::{
     PendingCreateBatch, PendingLink, RefusedRequest, RunRecord, Scope, Side, StateBatch,
     StateError, StateStore,
 };
+use hash_pages::HashChange;
 
 /// Schema migrations in order: step `i` takes a state from `PRAGMA user_version` `i`
 /// to `i + 1`. Add a migration by appending it; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[
-    MIGRATION_1_INITIAL,
-    MIGRATION_2_BUSINESS_RULES,
-    MIGRATION_3_UNLINKED_PAIRS,
-    MIGRATION_4_FINGERPRINTS,
-    MIGRATION_5_INTENTS,
-    MIGRATION_6_PENDING_SPLIT,
-    MIGRATION_7_INTENT_BATCHES,
-    MIGRATION_8_COMPACT,
-    MIGRATION_9_CREATE_BATCHES,
+const MIGRATIONS: &[Migration] = &[
+    Migration::sql(MIGRATION_1_INITIAL),
+    Migration::sql(MIGRATION_2_BUSINESS_RULES),
+    Migration::sql(MIGRATION_3_UNLINKED_PAIRS),
+    Migration::sql(MIGRATION_4_FINGERPRINTS),
+    Migration::sql(MIGRATION_5_INTENTS),
+    Migration::sql(MIGRATION_6_PENDING_SPLIT),
+    Migration::sql(MIGRATION_7_INTENT_BATCHES),
+    Migration::sql(MIGRATION_8_COMPACT),
+    Migration::sql(MIGRATION_9_CREATE_BATCHES),
+    Migration {
+        sql: MIGRATION_10_HASH_PAGES,
+        then: Some(hash_pages::pack_hash_rows),
+    },
 ];
+
+/// A schema migration: its SQL, then, for one that SQL alone cannot do, code run in
+/// the same transaction.
+pub(super) struct Migration {
+    pub(super) sql: &'static str,
+    then: Option<fn(&Connection) -> rusqlite::Result<()>>,
+}
+
+impl Migration {
+    const fn sql(sql: &'static str) -> Migration {
+        Migration { sql, then: None }
+    }
+}
 
 /// Every table of the schema, as the last migration leaves it, in the order a copy
 /// fills them (`tandem migrate`): a table before the tables whose rows refer to its
 /// rows (runs before what a run did, scopes before their hashes). Columns are in the
 /// schema's order. A migration that adds or changes a table changes it here too
 /// (`state_tables_list_every_table_and_column_of_the_schema` fails until it does).
+/// `record_hashes` is the one table SQLite keeps in another form: in pages
+/// (`record_hash_pages`, migration 10), exported and imported as these rows.
 pub const STATE_TABLES: &[StateTable] = &[
     StateTable {
         name: "runs",
@@ -256,6 +276,22 @@ const fn col(name: &'static str, column_type: ColumnType, nullable: bool) -> Col
         nullable,
     }
 }
+
+/// Content hashes packed in pages of about 64 entries (`sqlite/hash_pages.rs`): a
+/// first sync of 1M partners stored 2.18M hash rows, a third of its state writer's
+/// time. The rows are packed by `hash_pages::pack_hash_rows` after this SQL, which
+/// drops `record_hashes`.
+pub(super) const MIGRATION_10_HASH_PAGES: &str = "
+CREATE TABLE record_hash_pages (
+    scope    INTEGER NOT NULL,
+    first_id TEXT NOT NULL,
+    entries  INTEGER NOT NULL,
+    rechecks INTEGER NOT NULL,
+    page     BLOB NOT NULL,
+    PRIMARY KEY (scope, first_id)
+) STRICT;
+CREATE INDEX record_hash_pages_recheck ON record_hash_pages (scope) WHERE rechecks > 0;
+";
 
 /// Creates written down before they are sent (R18) as one record per batch, as
 /// intents are: a first sync sends hundreds of thousands, and a pending row each,
@@ -1238,26 +1274,10 @@ impl StateStore for SqliteState {
     }
 
     fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError> {
-        const ACTION: &str = "reading content hashes";
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT hash FROM record_hashes WHERE scope = {SCOPE_ID} AND id = ?3"
-            ))
-            .map_err(sql_error(ACTION))?;
-        let mut out = HashMap::with_capacity(ids.len());
-        for id in ids {
-            let hash: Option<i64> = stmt
-                .query_row(params![scope.connector, scope.kind.as_str(), id], |row| {
-                    row.get(0)
-                })
-                .optional()
-                .map_err(sql_error(ACTION))?;
-            if let Some(hash) = hash {
-                out.insert((*id).to_owned(), hash.cast_unsigned());
-            }
+        match hash_pages::scope_number(&self.conn, scope)? {
+            Some(number) => hash_pages::lookup(&self.conn, number, ids, |e| Some(e.hash)),
+            None => Ok(HashMap::new()),
         }
-        Ok(out)
     }
 
     fn match_keys_of(
@@ -1265,26 +1285,13 @@ impl StateStore for SqliteState {
         scope: &Scope,
         ids: &[&str],
     ) -> Result<HashMap<String, u64>, StateError> {
-        const ACTION: &str = "reading match keys";
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT match_keys FROM record_hashes WHERE scope = {SCOPE_ID} AND id = ?3"
-            ))
-            .map_err(sql_error(ACTION))?;
-        let mut out = HashMap::new();
-        for id in ids {
-            let keys: Option<Option<i64>> = stmt
-                .query_row(params![scope.connector, scope.kind.as_str(), id], |row| {
-                    row.get(0)
-                })
-                .optional()
-                .map_err(sql_error(ACTION))?;
-            if let Some(Some(keys)) = keys.filter(|k| *k != Some(0)) {
-                out.insert((*id).to_owned(), keys.cast_unsigned());
+        match hash_pages::scope_number(&self.conn, scope)? {
+            // 0 is stored for keys the run did not know.
+            Some(number) => {
+                hash_pages::lookup(&self.conn, number, ids, |e| e.keys.filter(|k| *k != 0))
             }
+            None => Ok(HashMap::new()),
         }
-        Ok(out)
     }
 
     fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError> {
@@ -1318,28 +1325,24 @@ impl StateStore for SqliteState {
     }
 
     fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError> {
+        let Some(number) = hash_pages::scope_number(&self.conn, scope)? else {
+            return Ok(false);
+        };
         self.conn
-            .prepare_cached(&format!(
-                "SELECT 1 FROM record_hashes WHERE scope = {SCOPE_ID} AND hash = 0 LIMIT 1"
-            ))
-            .and_then(|mut stmt| stmt.exists(params![scope.connector, scope.kind.as_str()]))
+            .prepare_cached("SELECT 1 FROM record_hash_pages WHERE scope = ?1 AND rechecks > 0")
+            .and_then(|mut stmt| stmt.exists([number]))
             .map_err(sql_error("looking for records to look at again"))
     }
 
     fn rechecks(&self, scope: &Scope) -> Result<Vec<String>, StateError> {
-        const ACTION: &str = "listing records to look at again";
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT id FROM record_hashes WHERE scope = {SCOPE_ID} AND hash = 0 ORDER BY id"
-            ))
-            .map_err(sql_error(ACTION))?;
-        let ids = stmt
-            .query_map(params![scope.connector, scope.kind.as_str()], |row| {
-                row.get(0)
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(sql_error(ACTION))?;
+        let mut ids = Vec::new();
+        if let Some(number) = hash_pages::scope_number(&self.conn, scope)? {
+            hash_pages::each_entry(&self.conn, number, true, |id, hash, _| {
+                if hash == hash_pages::RECHECK {
+                    ids.push(id.to_owned());
+                }
+            })?;
+        }
         Ok(ids)
     }
 
@@ -1352,28 +1355,13 @@ impl StateStore for SqliteState {
     }
 
     fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError> {
-        const ACTION: &str = "reading content hashes";
-        let key = params![scope.connector, scope.kind.as_str()];
-        let n: i64 = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT COUNT(*) FROM record_hashes WHERE scope = {SCOPE_ID}"
-            ))
-            .and_then(|mut stmt| stmt.query_row(key, |row| row.get(0)))
-            .map_err(sql_error(ACTION))?;
-        let mut out = HashMap::with_capacity(usize::try_from(n).unwrap_or(0));
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT id, hash FROM record_hashes WHERE scope = {SCOPE_ID}"
-            ))
-            .map_err(sql_error(ACTION))?;
-        let mut rows = stmt.query(key).map_err(sql_error(ACTION))?;
-        while let Some(row) = rows.next().map_err(sql_error(ACTION))? {
-            let id: String = row.get(0).map_err(sql_error(ACTION))?;
-            let hash: i64 = row.get(1).map_err(sql_error(ACTION))?;
-            out.insert(id, hash.cast_unsigned());
-        }
+        let Some(number) = hash_pages::scope_number(&self.conn, scope)? else {
+            return Ok(HashMap::new());
+        };
+        let mut out = HashMap::with_capacity(hash_pages::count(&self.conn, number)?);
+        hash_pages::each_entry(&self.conn, number, false, |id, hash, _| {
+            out.insert(id.to_owned(), hash);
+        })?;
         Ok(out)
     }
 
@@ -1770,12 +1758,13 @@ fn migrate(conn: &mut Connection, shown: &str) -> Result<(), StateError> {
         .map_err(|e| open_error(format!("cannot start the schema migration: {e}")))?;
     // Another process sharing the file may have migrated it while we waited.
     let found = check(user_version(&tx).map_err(|e| open_error(e.to_string()))?)?;
-    for (step, sql) in MIGRATIONS
+    for (step, migration) in MIGRATIONS
         .iter()
         .enumerate()
         .skip(usize::try_from(found).unwrap_or(0))
     {
-        tx.execute_batch(sql)
+        tx.execute_batch(migration.sql)
+            .and_then(|()| migration.then.map_or(Ok(()), |then| then(&tx)))
             .map_err(|e| open_error(format!("schema migration {} failed: {e}", step + 1)))?;
     }
     tx.pragma_update(None, "user_version", known)
@@ -2088,18 +2077,14 @@ fn account_taken(conn: &Connection, link: &Link, source: rusqlite::Error) -> Sta
 }
 
 fn delete_hashes(conn: &Connection, keys: &[(Scope, String)]) -> Result<(), StateError> {
-    const ACTION: &str = "deleting content hashes";
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "DELETE FROM record_hashes WHERE scope = {SCOPE_ID} AND id = ?3"
-        ))
-        .map_err(sql_error(ACTION))?;
+    let mut by_scope: Vec<(&Scope, Vec<(&str, HashChange)>)> = Vec::new();
     for (scope, id) in keys {
-        stmt.execute(params![scope.connector, scope.kind.as_str(), id])
-            .map_err(sql_error(ACTION))?;
+        changes_of(&mut by_scope, scope).push((id, HashChange::Delete));
+    }
+    for (scope, changes) in by_scope {
+        if let Some(number) = hash_pages::scope_number(conn, scope)? {
+            hash_pages::apply(conn, number, changes)?;
+        }
     }
     Ok(())
 }
@@ -2109,90 +2094,33 @@ fn set_hashes(
     hashes: &[(Scope, String, u64)],
     keys: &[(usize, u64)],
 ) -> Result<(), StateError> {
-    const ACTION: &str = "storing content hashes";
-    if hashes.is_empty() {
-        return Ok(());
-    }
     let mut keys = keys.iter().peekable();
-    // A batch holds a few scopes: numbered once each.
-    let mut scopes: Vec<(&Scope, i64)> = Vec::new();
-    let mut rows = Vec::with_capacity(hashes.len());
+    // A batch holds a few scopes.
+    let mut by_scope: Vec<(&Scope, Vec<(&str, HashChange)>)> = Vec::new();
     for (i, (scope, id, hash)) in hashes.iter().enumerate() {
         while keys.next_if(|(k, _)| *k < i).is_some() {}
-        let key = keys
-            .next_if(|(k, _)| *k == i)
-            .map(|(_, key)| key.cast_signed());
-        let number = match scopes.iter().find(|(s, _)| *s == scope) {
-            Some((_, number)) => *number,
-            None => {
-                let number = scope_number(conn, scope)?;
-                scopes.push((scope, number));
-                number
-            }
-        };
-        // SQLite integers are signed; the bits round-trip through `cast_unsigned`.
-        rows.push(HashRow {
-            scope: number,
-            id,
-            hash: hash.cast_signed(),
-            key,
-        });
+        let keys = keys.next_if(|(k, _)| *k == i).map(|(_, key)| *key);
+        changes_of(&mut by_scope, scope).push((id, HashChange::Set { hash: *hash, keys }));
     }
-    // Rows of one statement are upserted in order, as one statement each would be.
-    let mut chunks = rows.chunks_exact(HASH_ROWS);
-    if rows.len() >= HASH_ROWS {
-        let mut stmt = conn
-            .prepare_cached(&SET_HASHES)
-            .map_err(sql_error(ACTION))?;
-        for chunk in chunks.by_ref() {
-            for (i, row) in chunk.iter().enumerate() {
-                row.bind(&mut stmt, 4 * i).map_err(sql_error(ACTION))?;
-            }
-            stmt.raw_execute().map_err(sql_error(ACTION))?;
-        }
-    }
-    let mut stmt = conn.prepare_cached(&SET_HASH).map_err(sql_error(ACTION))?;
-    for row in chunks.remainder() {
-        row.bind(&mut stmt, 0).map_err(sql_error(ACTION))?;
-        stmt.raw_execute().map_err(sql_error(ACTION))?;
+    for (scope, changes) in by_scope {
+        hash_pages::apply(conn, scope_number(conn, scope)?, changes)?;
     }
     Ok(())
 }
 
-/// Hash rows per `INSERT`: one statement per row took a fifth of a first sync's
-/// state commit in SQLite's per-statement work (`state-floor`, docs/BENCHMARKS.md).
-const HASH_ROWS: usize = 64;
-
-static SET_HASH: LazyLock<String> = LazyLock::new(|| set_hashes_sql(1));
-static SET_HASHES: LazyLock<String> = LazyLock::new(|| set_hashes_sql(HASH_ROWS));
-
-/// Upserts `rows` hashes; a match key left NULL keeps the stored one.
-fn set_hashes_sql(rows: usize) -> String {
-    let values = vec!["(?, ?, ?, ?)"; rows].join(", ");
-    format!(
-        "INSERT INTO record_hashes (scope, id, hash, match_keys) VALUES {values} \
-         ON CONFLICT (scope, id) DO UPDATE SET \
-             hash = excluded.hash, \
-             match_keys = coalesce(excluded.match_keys, record_hashes.match_keys)"
-    )
-}
-
-/// One row of `record_hashes`, ready to bind.
-struct HashRow<'a> {
-    scope: i64,
-    id: &'a str,
-    hash: i64,
-    key: Option<i64>,
-}
-
-impl HashRow<'_> {
-    /// Binds the row to the four parameters after `offset`.
-    fn bind(&self, stmt: &mut Statement<'_>, offset: usize) -> rusqlite::Result<()> {
-        stmt.raw_bind_parameter(offset + 1, self.scope)?;
-        stmt.raw_bind_parameter(offset + 2, self.id)?;
-        stmt.raw_bind_parameter(offset + 3, self.hash)?;
-        stmt.raw_bind_parameter(offset + 4, self.key)
-    }
+/// The changes of `scope` in `by_scope`, a list begun on first use.
+fn changes_of<'a, 'b>(
+    by_scope: &'b mut Vec<(&'a Scope, Vec<(&'a str, HashChange)>)>,
+    scope: &'a Scope,
+) -> &'b mut Vec<(&'a str, HashChange)> {
+    let at = match by_scope.iter().position(|(s, _)| *s == scope) {
+        Some(at) => at,
+        None => {
+            by_scope.push((scope, Vec::new()));
+            by_scope.len() - 1
+        }
+    };
+    &mut by_scope[at].1
 }
 
 /// The number of `scope` in `scopes`, given it on first use.
@@ -2795,6 +2723,7 @@ fn set_unlinked_pairs(
     Ok(())
 }
 
+mod hash_pages;
 mod read_only;
 mod runs;
 #[cfg(test)]

@@ -391,7 +391,18 @@ impl Stored {
         let hashes = match (incremental, loaded) {
             (true, _) => HashMap::new(),
             (false, Some(loaded)) => loaded,
-            (false, None) => state.hashes(scope)?,
+            (false, None) => {
+                let started = std::time::Instant::now();
+                let hashes = state.hashes(scope)?;
+                tracing::debug!(
+                    connector = %scope.connector,
+                    kind = scope.kind.as_str(),
+                    records = hashes.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "stored hashes loaded"
+                );
+                hashes
+            }
         };
         Ok(Stored {
             known: hashes.len() as u64,

@@ -50,7 +50,15 @@ impl Prefetch {
             .name("tandem-hashes".to_owned())
             .spawn(move || {
                 for scope in scopes {
+                    let started = std::time::Instant::now();
                     let hashes = reader.hashes(&scope);
+                    debug!(
+                        connector = %scope.connector,
+                        kind = scope.kind.as_str(),
+                        records = hashes.as_ref().map_or(0, HashMap::len),
+                        ms = started.elapsed().as_millis() as u64,
+                        "stored hashes loaded ahead"
+                    );
                     // Taken no more: the reading stopped.
                     if send.send((scope, hashes)).is_err() {
                         return;

@@ -17,14 +17,21 @@ use super::pg;
 use crate::StateError;
 
 /// The schema version this store writes: the SQLite store's number of migrations.
-pub(crate) const VERSION: i64 = 9;
+pub(crate) const VERSION: i64 = 10;
 
 /// The version `SCHEMA` makes.
 const FIRST: i64 = 8;
 
 /// The migrations after [`FIRST`], by the version each makes; never edit one that has
 /// shipped. The same changes as SQLite's migrations of the same numbers.
-const MIGRATIONS: &[(i64, &str)] = &[(9, MIGRATION_9_CREATE_BATCHES)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (9, MIGRATION_9_CREATE_BATCHES),
+    (10, MIGRATION_10_HASH_PAGES),
+];
+
+/// SQLite's migration 10 packs its content hashes in pages; PostgreSQL keeps a row per
+/// hash (`tandem migrate` copies pages as those rows), so only the version moves.
+const MIGRATION_10_HASH_PAGES: &str = "SELECT 1;";
 
 /// Creates written down before they are sent (R18), one record per batch (a JSON list
 /// of pending creates), as intents are.

@@ -13,6 +13,7 @@ use super::*;
 use crate::testing::{Place, both_stores};
 use crate::transfer::{STATE_TABLES, StoredValue};
 use crate::{Details, Interaction, StateBatch};
+use super::schema::VERSION;
 
 /// A server and a fresh database on it; `None` when PostgreSQL is missing outside CI.
 fn database() -> Option<(PostgresServer, String)> {
@@ -338,8 +339,8 @@ fn a_newer_schema_is_refused() {
     };
     drop(PgState::open_url(&url, LockMode::Exclusive).unwrap());
     assert_eq!(
-        text(&url, "SELECT version::text FROM schema_version").as_deref(),
-        Some("9")
+        text(&url, "SELECT version::text FROM schema_version"),
+        Some(VERSION.to_string())
     );
     // Opening again is a no-op.
     drop(PgState::open_url(&url, LockMode::Exclusive).unwrap());
@@ -347,16 +348,19 @@ fn a_newer_schema_is_refused() {
         text(&url, "SELECT count(*)::text FROM schema_version").as_deref(),
         Some("1")
     );
-    execute(&url, "UPDATE schema_version SET version = 10");
+    execute(
+        &url,
+        &format!("UPDATE schema_version SET version = {}", VERSION + 1),
+    );
     let err = PgState::open_url(&url, LockMode::Shared).unwrap_err();
     assert!(
         matches!(
             err,
             StateError::TooNew {
-                found: 10,
-                known: 9,
+                found,
+                known: VERSION,
                 ..
-            }
+            } if found == VERSION + 1
         ),
         "{err}"
     );
@@ -849,8 +853,8 @@ fn a_version_8_state_is_migrated_and_keeps_its_rows() {
     );
     let mut state = PgState::open_url(&url, LockMode::Exclusive).unwrap();
     assert_eq!(
-        text(&url, "SELECT max(version)::text FROM schema_version").as_deref(),
-        Some("9")
+        text(&url, "SELECT max(version)::text FROM schema_version"),
+        Some(VERSION.to_string())
     );
     assert_eq!(state.count_links("CUST").unwrap(), 1);
     let pending = state.pending_creates().unwrap();

@@ -1385,8 +1385,8 @@ fn migration_6_splits_pending_rows_into_creates_refusals_and_links() {
         // A state of migration 5: refused requests are `account` rows with no fields,
         // failed new links are `link` rows whose fields name the account.
         let conn = Connection::open(&path).unwrap();
-        for sql in &MIGRATIONS[..5] {
-            conn.execute_batch(sql).unwrap();
+        for migration in &MIGRATIONS[..5] {
+            conn.execute_batch(migration.sql).unwrap();
         }
         conn.pragma_update(None, "user_version", 5).unwrap();
         let insert = |side: &str, source: &str, fields: &str, error: Option<&str>, parked: bool| {
@@ -2073,7 +2073,7 @@ fn migration_9_keeps_every_link_log_entry_conflict_unlink_and_pending_create_of_
     drop(conn);
 
     let mut state = open(&path);
-    assert_eq!(version(&path), 9);
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
     let links: Vec<(String, String, String)> = (state.links(None).unwrap().into_iter())
         .map(|l| (l.code, l.contact_id, l.account_id))
         .collect();
@@ -2124,4 +2124,163 @@ fn migration_9_keeps_every_link_log_entry_conflict_unlink_and_pending_create_of_
         },
     );
     assert_eq!(state.pending_creates().unwrap(), vec![retried]);
+}
+
+#[test]
+fn migration_10_packs_every_content_hash_of_a_v9_state_with_its_match_keys() {
+    let (_dir, path) = temp();
+    // (scope, id, hash, match keys) as a state of migration 9 holds them: more rows than
+    // a page takes, rechecks (hash 0), keys unknown (NULL or 0) and known.
+    let mut rows: Vec<(i64, String, i64, Option<i64>)> = Vec::new();
+    for n in 0..150 {
+        let keys = match n % 3 {
+            0 => None,
+            1 => Some(0),
+            _ => Some(-7 * n),
+        };
+        let hash = if n % 40 == 0 { 0 } else { i64::MIN + n };
+        rows.push((1, format!("C{n:04}"), hash, keys));
+    }
+    rows.push((2, "K1".to_owned(), 5, Some(9)));
+    {
+        let conn = Connection::open(&path).unwrap();
+        for migration in &MIGRATIONS[..9] {
+            conn.execute_batch(migration.sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 9).unwrap();
+        conn.execute_batch(
+            "INSERT INTO scopes (id, connector, kind) VALUES (1, 'crm', 'contact'), (2, 'erp', 'customer');",
+        )
+        .unwrap();
+        for (scope, id, hash, keys) in &rows {
+            conn.execute(
+                "INSERT INTO record_hashes (scope, id, hash, match_keys) VALUES (?1, ?2, ?3, ?4)",
+                params![scope, id, hash, keys],
+            )
+            .unwrap();
+        }
+    }
+    let state = open(&path);
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+    let gone: i64 = state
+        .conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'record_hashes'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(gone, 0);
+    let mut exported_rows = Vec::new();
+    state
+        .export_table("record_hashes", &mut |row| {
+            exported_rows.push(row);
+            Ok(())
+        })
+        .unwrap();
+    let exported: Vec<(i64, String, i64, Option<i64>)> = exported_rows
+        .into_iter()
+        .map(|row| match &row[..] {
+            [
+                StoredValue::Integer(scope),
+                StoredValue::Text(id),
+                StoredValue::Integer(hash),
+                keys,
+            ] => (
+                *scope,
+                id.clone(),
+                *hash,
+                match keys {
+                    StoredValue::Integer(k) => Some(*k),
+                    _ => None,
+                },
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(exported, rows);
+    let contacts = Scope::new("crm", EntityKind::Contact);
+    let hashes = state.hashes(&contacts).unwrap();
+    assert_eq!(hashes.len(), 150);
+    let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(state.hashes_of(&contacts, &ids).unwrap(), hashes);
+    let keys = state.match_keys_of(&contacts, &ids).unwrap();
+    for (scope, id, hash, key) in &rows[..150] {
+        assert_eq!(*scope, 1);
+        assert_eq!(hashes[id], hash.cast_unsigned());
+        // Unknown keys, NULL or 0, read as none.
+        assert_eq!(
+            keys.get(id),
+            key.filter(|k| *k != 0).map(|k| k.cast_unsigned()).as_ref()
+        );
+    }
+    assert!(state.has_rechecks(&contacts).unwrap());
+    assert_eq!(
+        state.rechecks(&contacts).unwrap(),
+        vec!["C0000", "C0040", "C0080", "C0120"]
+    );
+    let customers = Scope::new("erp", EntityKind::Customer);
+    assert!(!state.has_rechecks(&customers).unwrap());
+    assert_eq!(
+        state.hashes(&customers).unwrap(),
+        HashMap::from([("K1".to_owned(), 5)])
+    );
+}
+
+/// A state written by the build before migration 10 (`tests/fixtures/state-v9.db`, see
+/// the README there): every content hash and its match keys read the same once its
+/// rows are packed into pages, and the links are untouched.
+#[test]
+fn migration_10_keeps_every_content_hash_and_link_of_a_v9_state() {
+    let (_dir, path) = temp();
+    fs::write(&path, include_bytes!("../../tests/fixtures/state-v9.db")).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 9);
+    // (connector, kind, id, hash, match keys)
+    let old_hashes: Vec<(String, String, String, i64, Option<i64>)> = conn
+        .prepare(
+            "SELECT s.connector, s.kind, r.id, r.hash, r.match_keys FROM record_hashes r \
+             JOIN scopes s ON s.id = r.scope ORDER BY 1, 2, 3",
+        )
+        .unwrap()
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(old_hashes.len() >= 10, "{old_hashes:?}");
+    let old_links: i64 = conn
+        .query_row("SELECT COUNT(*) FROM links", [], |row| row.get(0))
+        .unwrap();
+    drop(conn);
+
+    let state = open(&path);
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+    assert_eq!(state.links(None).unwrap().len() as i64, old_links);
+    for (connector, kind, id, hash, keys) in &old_hashes {
+        let kind = EntityKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .unwrap();
+        let scope = Scope::new(connector, kind);
+        let ids = [id.as_str()];
+        assert_eq!(
+            state.hashes_of(&scope, &ids).unwrap().get(id),
+            Some(&hash.cast_unsigned()),
+            "{connector} {id}"
+        );
+        assert_eq!(state.hashes(&scope).unwrap()[id], hash.cast_unsigned());
+        assert_eq!(
+            state.match_keys_of(&scope, &ids).unwrap().get(id).copied(),
+            keys.filter(|k| *k != 0).map(i64::cast_unsigned),
+            "{connector} {id}"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use tandem_model::Fields;
 
-use super::{PackedLink, SqliteState, sql_error, unpack, user_version};
+use super::{PackedLink, SqliteState, hash_pages, sql_error, unpack, user_version};
 use crate::transfer::{ColumnType, StateTable, StoredValue};
 use crate::{Link, StateError, codec};
 
@@ -21,6 +21,9 @@ impl SqliteState {
     ) -> Result<u64, StateError> {
         const ACTION: &str = "exporting a table";
         let table = StateTable::named(table)?;
+        if table.name == "record_hashes" {
+            return hash_pages::export(&self.conn, each);
+        }
         let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
         let sql = format!(
             "SELECT {} FROM {} ORDER BY {}",
@@ -100,6 +103,14 @@ impl SqliteState {
                     )));
                 }
             }
+        }
+        if table.name == "record_hashes" {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_error("starting a transaction"))?;
+            hash_pages::import(&tx, &rows)?;
+            return tx.commit().map_err(sql_error("committing imported rows"));
         }
         let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
         let sql = format!(
@@ -201,13 +212,20 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let mut listed: Vec<&str> = STATE_TABLES.iter().map(|t| t.name).collect();
+        // `record_hashes` is kept in pages (`hash_pages`), exported and imported as rows.
+        let mut listed: Vec<&str> = STATE_TABLES
+            .iter()
+            .map(|t| match t.name {
+                "record_hashes" => "record_hash_pages",
+                name => name,
+            })
+            .collect();
         listed.sort_unstable();
         assert_eq!(
             tables, listed,
             "a migration added or dropped a table: list it in STATE_TABLES"
         );
-        for table in STATE_TABLES {
+        for table in STATE_TABLES.iter().filter(|t| t.name != "record_hashes") {
             // (name, declared type, not null, position in the primary key)
             let columns: Vec<(String, String, bool, i64)> = state
                 .conn
