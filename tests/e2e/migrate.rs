@@ -196,7 +196,9 @@ fn reads_of(state: &dyn StateStore, contacts: &[String]) -> Vec<String> {
         ("erp", EntityKind::Vendor),
     ] {
         let scope = Scope::new(connector, kind);
-        let hashes: BTreeMap<String, u64> = state.hashes(&scope).unwrap().into_iter().collect();
+        let hashes: BTreeMap<String, u64> = (state.hashes(&scope).unwrap().into_iter())
+            .map(|(id, hash)| (id.into(), hash))
+            .collect();
         let ids: Vec<&str> = hashes.keys().map(String::as_str).collect();
         let keys: BTreeMap<String, u64> = state
             .match_keys_of(&scope, &ids)

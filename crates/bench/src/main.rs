@@ -612,7 +612,7 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
     ] {
         let scope = Scope::new(connector, kind);
         for (id, hash) in source.hashes(&scope)? {
-            hashes.push((scope.clone(), id, hash));
+            hashes.push((scope.clone(), id.into(), hash));
         }
     }
     drop(source);

@@ -384,7 +384,7 @@ impl<'a> Engine<'a> {
             let scope = self.partition.scope(connector, kind);
             for (id, hash) in self.state.hashes(&scope)? {
                 if hash != RECHECK {
-                    batch.set_hashes.push((scope.clone(), id, RECHECK));
+                    batch.set_hashes.push((scope.clone(), id.into(), RECHECK));
                 }
             }
         }

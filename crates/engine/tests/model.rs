@@ -547,7 +547,7 @@ impl World {
                         .map(|l| l.account_id)
                         .collect();
                     for customer in &customers {
-                        if hashes.get(customer).is_some_and(|h| *h == 0)
+                        if hashes.get(customer.as_str()).is_some_and(|h| *h == 0)
                             || pending.contains(customer)
                         {
                             self.rechecked_when_deleted.insert(customer.clone());

@@ -805,6 +805,7 @@ fn stored_hashes(w: &World, connector: &str, kind: EntityKind) -> Vec<(String, u
         .hashes(&tandem_state::Scope::new(connector, kind))
         .unwrap()
         .into_iter()
+        .map(|(id, hash)| (id.into(), hash))
         .collect();
     hashes.sort();
     hashes

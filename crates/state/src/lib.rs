@@ -476,6 +476,12 @@ impl LeaseRole {
     }
 }
 
+/// A scope's stored content hashes by record id, as a full listing is compared with
+/// them: a million lookups and removals per scope. Ids of up to 23 bytes sit in the
+/// table itself (no allocation, one cache miss per lookup instead of two), hashed with
+/// foldhash rather than SipHash: the map was a fifth of a `--full-read` run's CPU.
+pub type StoredHashes = HashMap<tandem_model::SmolStr, u64, foldhash::fast::RandomState>;
+
 /// The state of one deployment. Implementations must keep R2 as an invariant:
 /// a second link for the same (code, contact) replaces the first, and a link whose
 /// (code, account) is already taken by another contact is refused.
@@ -542,7 +548,7 @@ pub trait StateStore: Send {
         Ok(HashMap::new())
     }
     /// All content hashes stored for `scope`, by record id.
-    fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError>;
+    fn hashes(&self, scope: &Scope) -> Result<StoredHashes, StateError>;
     /// A second handle on this state that only reads, for another thread while this
     /// one goes on: the engine loads the stored hashes of a scope while it reads the
     /// one before. It sees what was committed when it reads. `None` (the default) where

@@ -687,7 +687,7 @@ impl StateStore for PgState {
         })
     }
 
-    fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError> {
+    fn hashes(&self, scope: &Scope) -> Result<crate::StoredHashes, StateError> {
         let scope = scope.clone();
         self.run(move |s| s.on(async |conn, _| read::hashes(conn, &scope).await))
     }

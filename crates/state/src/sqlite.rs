@@ -24,7 +24,7 @@ use crate::transfer::{Column, ColumnType, StateTable, StoredValue};
 use crate::{
     ConflictEntry, Intent, IntentBatch, Interaction, Link, LinkedBy, PendingCreate,
     PendingCreateBatch, PendingLink, RefusedRequest, RunRecord, Scope, Side, StateBatch,
-    StateError, StateStore,
+    StateError, StateStore, StoredHashes,
 };
 use hash_pages::HashChange;
 
@@ -1354,13 +1354,16 @@ impl StateStore for SqliteState {
         Some(Box::new(reader))
     }
 
-    fn hashes(&self, scope: &Scope) -> Result<HashMap<String, u64>, StateError> {
+    fn hashes(&self, scope: &Scope) -> Result<StoredHashes, StateError> {
         let Some(number) = hash_pages::scope_number(&self.conn, scope)? else {
-            return Ok(HashMap::new());
+            return Ok(StoredHashes::default());
         };
-        let mut out = HashMap::with_capacity(hash_pages::count(&self.conn, number)?);
+        let mut out = StoredHashes::with_capacity_and_hasher(
+            hash_pages::count(&self.conn, number)?,
+            Default::default(),
+        );
         hash_pages::each_entry(&self.conn, number, false, |id, hash, _| {
-            out.insert(id.to_owned(), hash);
+            out.insert(id.into(), hash);
         })?;
         Ok(out)
     }

@@ -7,11 +7,11 @@ mod needed;
 mod prefetch;
 mod wake;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tandem_connector::{Connector, ConnectorError, Cursor, Listing, Page};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Value};
-use tandem_state::{Scope, StateStore};
+use tandem_state::{Scope, StateStore, StoredHashes};
 use tracing::info;
 
 use crate::error::EngineError;
@@ -237,7 +237,7 @@ pub(crate) struct HowToRead<'t> {
     /// Where the state keeps the scope's cursor, fingerprint and hashes.
     pub scope: Scope,
     /// The scope's stored hashes, if loaded ahead ([`Prefetch`]).
-    pub hashes: Option<HashMap<String, u64>>,
+    pub hashes: Option<StoredHashes>,
     /// The connector's fingerprint of the scope, if taken ahead ([`Prefetch`]).
     pub fingerprint: Option<Option<String>>,
 }
@@ -319,7 +319,8 @@ pub(crate) async fn read_scope(
         // too many to believe.
         let gone = stored.hashes.len() as u64;
         guard.check(connector_name, kind, gone, stored.known, out.stats.records)?;
-        out.deleted.extend(stored.hashes.into_keys());
+        out.deleted
+            .extend(stored.hashes.into_keys().map(String::from));
     }
     out.stats.deleted = out.deleted.len() as u64;
     out.stats.in_play = out.records.len() as u64;
@@ -374,7 +375,7 @@ pub(crate) fn unchanged(
 /// stored hash (what is missing is deleted); changes only with the hashes of the
 /// records they bring.
 struct Stored {
-    hashes: HashMap<String, u64>,
+    hashes: StoredHashes,
     incremental: bool,
     loaded_all: bool,
     /// Records of the scope the state knows: what a full listing is held against.
@@ -386,10 +387,10 @@ impl Stored {
         state: &dyn StateStore,
         scope: &Scope,
         incremental: bool,
-        loaded: Option<HashMap<String, u64>>,
+        loaded: Option<StoredHashes>,
     ) -> Result<Stored, EngineError> {
         let hashes = match (incremental, loaded) {
-            (true, _) => HashMap::new(),
+            (true, _) => StoredHashes::default(),
             (false, Some(loaded)) => loaded,
             (false, None) => {
                 let started = std::time::Instant::now();
@@ -424,7 +425,9 @@ impl Stored {
         }
         if page.listing == Listing::Changes {
             let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
-            self.hashes.extend(state.hashes_of(scope, &ids)?);
+            let found = state.hashes_of(scope, &ids)?;
+            self.hashes
+                .extend(found.into_iter().map(|(id, hash)| (id.into(), hash)));
         } else if !self.loaded_all {
             // A full listing from a change-reading connector (first run, or a token it
             // rejected): compare with everything, so missing records are deletes.
@@ -442,19 +445,19 @@ impl ScopeRead {
     fn take(
         &mut self,
         records: Vec<Record>,
-        stored: &mut HashMap<String, u64>,
+        stored: &mut StoredHashes,
         keep: &impl Fn(&Record) -> bool,
         kept: &mut Vec<Record>,
     ) {
         let hashed = hash_all(&records, &self.key_fields);
         for (record, (hash, keys)) in records.into_iter().zip(hashed) {
             if record.deleted {
-                stored.remove(&record.id);
+                stored.remove(record.id.as_str());
                 self.deleted.insert(record.id);
                 continue;
             }
             self.stats.records += 1;
-            let change = Change::of(stored.remove(&record.id), hash);
+            let change = Change::of(stored.remove(record.id.as_str()), hash);
             let changed = change != Change::Unchanged;
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
-use tandem_state::{Scope, StateError, StateStore};
+use tandem_state::{Scope, StateError, StateStore, StoredHashes};
 use tracing::debug;
 
-type Loaded = (Scope, Result<HashMap<String, u64>, StateError>);
+type Loaded = (Scope, Result<StoredHashes, StateError>);
 
 /// Hashes being loaded, scope after scope, in the order they are read.
 pub(crate) struct Prefetch {
@@ -55,7 +55,7 @@ impl Prefetch {
                     debug!(
                         connector = %scope.connector,
                         kind = scope.kind.as_str(),
-                        records = hashes.as_ref().map_or(0, HashMap::len),
+                        records = hashes.as_ref().map_or(0, StoredHashes::len),
                         ms = started.elapsed().as_millis() as u64,
                         "stored hashes loaded ahead"
                     );
@@ -94,7 +94,7 @@ impl Prefetch {
     /// The hashes of `scope` if they were loaded ahead; `None` to load them in line
     /// (not asked for ahead, or their load failed: loading in line reports why).
     /// Scopes asked for ahead but skipped are passed over.
-    pub(crate) fn take(&mut self, scope: &Scope) -> Option<HashMap<String, u64>> {
+    pub(crate) fn take(&mut self, scope: &Scope) -> Option<StoredHashes> {
         let at = self.ahead.iter().position(|s| s == scope)?;
         self.ahead.drain(..=at);
         let loaded = self.loaded.as_ref()?;

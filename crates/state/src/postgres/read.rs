@@ -577,7 +577,7 @@ pub(crate) async fn hashes_of(
 pub(crate) async fn hashes(
     conn: &mut PgConnection,
     scope: &Scope,
-) -> Result<HashMap<String, u64>, StateError> {
+) -> Result<crate::StoredHashes, StateError> {
     let sql = format!("SELECT id, hash FROM record_hashes WHERE scope = {SCOPE_ID}");
     let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&scope.connector)
@@ -587,7 +587,7 @@ pub(crate) async fn hashes(
         .map_err(pg("reading content hashes"))?;
     Ok(rows
         .into_iter()
-        .map(|(id, hash)| (id, hash.cast_unsigned()))
+        .map(|(id, hash)| (id.into(), hash.cast_unsigned()))
         .collect())
 }
 

@@ -9,11 +9,11 @@ use sqlx::Connection;
 use tandem_model::{EntityKind, Fields, Timestamp, Value};
 use tandem_test_databases::PostgresServer;
 
+use super::schema::VERSION;
 use super::*;
 use crate::testing::{Place, both_stores};
 use crate::transfer::{STATE_TABLES, StoredValue};
 use crate::{Details, Interaction, StateBatch};
-use super::schema::VERSION;
 
 /// A server and a fresh database on it; `None` when PostgreSQL is missing outside CI.
 fn database() -> Option<(PostgresServer, String)> {

@@ -425,11 +425,11 @@ both_stores!(hashes_are_kept_per_scope, |place| {
         .unwrap();
     assert_eq!(
         state.hashes(&files).unwrap(),
-        HashMap::from([("1".to_owned(), u64::MAX), ("2".to_owned(), 2)])
+        StoredHashes::from_iter([("1".into(), u64::MAX), ("2".into(), 2)])
     );
     assert_eq!(
         state.hashes(&vendors).unwrap(),
-        HashMap::from([("1".to_owned(), 10)])
+        StoredHashes::from_iter([("1".into(), 10)])
     );
 
     state
@@ -441,15 +441,15 @@ both_stores!(hashes_are_kept_per_scope, |place| {
         .unwrap();
     assert_eq!(
         state.hashes(&files).unwrap(),
-        HashMap::from([("2".to_owned(), 3)])
+        StoredHashes::from_iter([("2".into(), 3)])
     );
     assert_eq!(
         state.hashes(&vendors).unwrap(),
-        HashMap::from([("1".to_owned(), 10)])
+        StoredHashes::from_iter([("1".into(), 10)])
     );
     assert_eq!(
         state.hashes(&erp).unwrap(),
-        HashMap::from([("1".to_owned(), 20)])
+        StoredHashes::from_iter([("1".into(), 20)])
     );
     assert!(
         state
@@ -468,7 +468,7 @@ both_stores!(hashes_are_kept_per_scope, |place| {
         .unwrap();
     assert_eq!(
         state.hashes(&files).unwrap(),
-        HashMap::from([("2".to_owned(), 4)])
+        StoredHashes::from_iter([("2".into(), 4)])
     );
 });
 
@@ -1679,7 +1679,10 @@ fn migration_8_keeps_every_baseline_unlink_conflict_log_entry_and_intent_of_a_v7
             Some(&hash.cast_unsigned()),
             "{connector} {id}"
         );
-        assert_eq!(state.hashes(&scope).unwrap()[id], hash.cast_unsigned());
+        assert_eq!(
+            state.hashes(&scope).unwrap()[id.as_str()],
+            hash.cast_unsigned()
+        );
     }
     // The intents are taken up as before, and new rows are in the compact form.
     assert_eq!(state.unpack_intents().unwrap(), 1);
@@ -1841,7 +1844,9 @@ both_stores!(
         }
         commit(&mut *state, batch);
         for (customer, scope) in [(false, &contacts), (true, &customers)] {
-            let stored = state.hashes(scope).unwrap();
+            let stored: HashMap<String, u64> = (state.hashes(scope).unwrap().into_iter())
+                .map(|(id, hash)| (id.into(), hash))
+                .collect();
             let expected: HashMap<String, u64> = (hashes.iter())
                 .filter(|((c, _), _)| *c == customer)
                 .map(|((_, id), hash)| (id.clone(), *hash))
@@ -2200,7 +2205,9 @@ fn migration_10_packs_every_content_hash_of_a_v9_state_with_its_match_keys() {
         .collect();
     assert_eq!(exported, rows);
     let contacts = Scope::new("crm", EntityKind::Contact);
-    let hashes = state.hashes(&contacts).unwrap();
+    let hashes: HashMap<String, u64> = (state.hashes(&contacts).unwrap().into_iter())
+        .map(|(id, hash)| (id.into(), hash))
+        .collect();
     assert_eq!(hashes.len(), 150);
     let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
     assert_eq!(state.hashes_of(&contacts, &ids).unwrap(), hashes);
@@ -2223,7 +2230,7 @@ fn migration_10_packs_every_content_hash_of_a_v9_state_with_its_match_keys() {
     assert!(!state.has_rechecks(&customers).unwrap());
     assert_eq!(
         state.hashes(&customers).unwrap(),
-        HashMap::from([("K1".to_owned(), 5)])
+        StoredHashes::from_iter([("K1".into(), 5)])
     );
 }
 
@@ -2276,7 +2283,10 @@ fn migration_10_keeps_every_content_hash_and_link_of_a_v9_state() {
             Some(&hash.cast_unsigned()),
             "{connector} {id}"
         );
-        assert_eq!(state.hashes(&scope).unwrap()[id], hash.cast_unsigned());
+        assert_eq!(
+            state.hashes(&scope).unwrap()[id.as_str()],
+            hash.cast_unsigned()
+        );
         assert_eq!(
             state.match_keys_of(&scope, &ids).unwrap().get(id).copied(),
             keys.filter(|k| *k != 0).map(i64::cast_unsigned),
