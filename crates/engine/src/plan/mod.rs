@@ -575,20 +575,28 @@ impl<'a> Planner<'a> {
     }
 
     fn run(mut self) -> Plan {
+        let mut step = Step::start();
         self.unlink_and_index();
         self.operator_links();
+        step.done("index");
         let premade = self.match_side_by_side();
+        step.done("match");
         for (r, premade) in premade.into_iter().enumerate() {
             self.match_and_create(r, premade);
         }
+        step.done("link and create");
         self.hubs();
+        step.done("merge");
         self.reflect_codes();
         self.other_links();
+        step.done("codes");
         self.hash_contacts_after();
+        step.done("hash");
         self.plan.counts = self
             .plan
             .derive_counts(self.relations, &self.input.link_counts);
         self.recheck_for_new_contacts();
+        step.done("count");
         // A create found again is also linked now: named once.
         self.plan.done_pending.dedup();
         self.plan
@@ -626,6 +634,21 @@ impl<'a> Planner<'a> {
                 .new_links
                 .get(contact_id)
                 .is_some_and(|links| links.iter().any(|(lr, _, _)| *lr == r))
+    }
+}
+
+/// The time each step of planning took, at debug level: where a big first sync's
+/// planning goes.
+struct Step(std::time::Instant);
+
+impl Step {
+    fn start() -> Step {
+        Step(std::time::Instant::now())
+    }
+
+    fn done(&mut self, step: &'static str) {
+        tracing::debug!(step, ms = self.0.elapsed().as_millis() as u64, "planning");
+        self.0 = std::time::Instant::now();
     }
 }
 
