@@ -39,7 +39,7 @@ pub(super) enum HashChange {
     Delete,
 }
 
-/// The page holding `id` (or the one it would go to) and where that page's range ends.
+/// The page holding `id` (or the one it would go to), and where that page's range ends.
 const PAGE_AT: &str = "SELECT first_id, page FROM record_hash_pages \
                        WHERE scope = ?1 AND first_id <= ?2 ORDER BY first_id DESC LIMIT 1";
 const FIRST_PAGE: &str = "SELECT first_id, page FROM record_hash_pages \
@@ -72,8 +72,13 @@ pub(super) fn apply(
     changes.sort_by(|a, b| a.0.cmp(b.0));
     let mut at = 0;
     while at < changes.len() {
-        let (page, next_first) = page_for(conn, scope, changes[at].0)?;
-        // Every change up to the next page's range goes to this page.
+        let page = page_for(conn, scope, changes[at].0)?;
+        // Every change up to the next page's range goes to this page. The last change
+        // needs no bound: a run's few changes are mostly one to a page.
+        let next_first = match (&page, at + 1 < changes.len()) {
+            (Some((first_id, _)), true) => next_first_id(conn, scope, first_id)?,
+            _ => None,
+        };
         let end = match &next_first {
             Some(next) => at + changes[at..].partition_point(|(id, _)| *id < next.as_str()),
             None => changes.len(),
@@ -92,13 +97,9 @@ pub(super) fn apply(
 /// A stored page: its first id and its entries.
 type Page = (String, Vec<HashEntry>);
 
-/// The page whose range holds `id` (the first page for an id before every page), with
-/// the first id of the page after it; no page when the scope has none.
-fn page_for(
-    conn: &Connection,
-    scope: i64,
-    id: &str,
-) -> Result<(Option<Page>, Option<String>), StateError> {
+/// The page whose range holds `id` (the first page for an id before every page); none
+/// when the scope has none.
+fn page_for(conn: &Connection, scope: i64, id: &str) -> Result<Option<Page>, StateError> {
     const ACTION: &str = "reading a page of content hashes";
     let read = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
         conn.prepare_cached(sql)
@@ -115,17 +116,24 @@ fn page_for(
         None => read(FIRST_PAGE, &[&scope])?,
     };
     let Some((first_id, bytes)) = found else {
-        return Ok((None, None));
+        return Ok(None);
     };
     let entries = decoded(scope, &first_id, &bytes)?;
-    let next_first = conn
-        .prepare_cached(NEXT_FIRST_ID)
+    Ok(Some((first_id, entries)))
+}
+
+/// The first id of the page after the one that begins at `first_id`.
+fn next_first_id(
+    conn: &Connection,
+    scope: i64,
+    first_id: &str,
+) -> Result<Option<String>, StateError> {
+    conn.prepare_cached(NEXT_FIRST_ID)
         .and_then(|mut stmt| {
             stmt.query_row(params![scope, first_id], |row| row.get(0))
                 .optional()
         })
-        .map_err(sql_error(ACTION))?;
-    Ok((Some((first_id, entries)), next_first))
+        .map_err(sql_error("reading a page of content hashes"))
 }
 
 fn decoded(scope: i64, first_id: &str, bytes: &[u8]) -> Result<Vec<HashEntry>, StateError> {
