@@ -39,11 +39,12 @@ pub(super) enum HashChange {
     Delete,
 }
 
-/// The page holding `id` (or the one it would go to), and where that page's range ends.
+/// The page whose range holds `id`, if one begins at or before it.
 const PAGE_AT: &str = "SELECT first_id, page FROM record_hash_pages \
                        WHERE scope = ?1 AND first_id <= ?2 ORDER BY first_id DESC LIMIT 1";
 const FIRST_PAGE: &str = "SELECT first_id, page FROM record_hash_pages \
                           WHERE scope = ?1 ORDER BY first_id LIMIT 1";
+/// Where the range of the page beginning at `?2` ends: the next page's first id.
 const NEXT_FIRST_ID: &str = "SELECT first_id FROM record_hash_pages \
                              WHERE scope = ?1 AND first_id > ?2 ORDER BY first_id LIMIT 1";
 const DELETE_PAGE: &str = "DELETE FROM record_hash_pages WHERE scope = ?1 AND first_id = ?2";
@@ -283,29 +284,33 @@ pub(super) fn lookup(
 }
 
 /// Calls `each` with every hash as a row of `record_hashes` (`STATE_TABLES`), in
-/// (scope, id) order; returns the number of rows.
+/// (scope, id) order, a page at a time; returns the number of rows.
 pub(super) fn export(
     conn: &Connection,
     each: &mut dyn FnMut(Vec<StoredValue>) -> Result<(), StateError>,
 ) -> Result<u64, StateError> {
     const ACTION: &str = "exporting content hashes";
-    let scopes: Vec<i64> = conn
-        .prepare("SELECT DISTINCT scope FROM record_hash_pages ORDER BY scope")
-        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+    let mut stmt = conn
+        .prepare("SELECT scope, first_id, page FROM record_hash_pages ORDER BY scope, first_id")
         .map_err(sql_error(ACTION))?;
+    let mut pages = stmt.query([]).map_err(sql_error(ACTION))?;
     let mut count = 0;
-    for scope in scopes {
-        let mut rows = Vec::new();
-        each_entry(conn, scope, false, |id, hash, keys| {
-            rows.push(vec![
+    while let Some(page) = pages.next().map_err(sql_error(ACTION))? {
+        let scope: i64 = page.get(0).map_err(sql_error(ACTION))?;
+        let first_id: String = page.get(1).map_err(sql_error(ACTION))?;
+        let bytes = page
+            .get_ref(2)
+            .and_then(|v| Ok(v.as_blob()?))
+            .map_err(sql_error(ACTION))?;
+        for entry in decoded(scope, &first_id, bytes)? {
+            each(vec![
                 StoredValue::Integer(scope),
-                StoredValue::Text(id.to_owned()),
-                StoredValue::Integer(hash.cast_signed()),
-                keys.map_or(StoredValue::Null, |k| StoredValue::Integer(k.cast_signed())),
-            ]);
-        })?;
-        for row in rows {
-            each(row)?;
+                StoredValue::Text(entry.id),
+                StoredValue::Integer(entry.hash.cast_signed()),
+                entry
+                    .keys
+                    .map_or(StoredValue::Null, |k| StoredValue::Integer(k.cast_signed())),
+            ])?;
             count += 1;
         }
     }
