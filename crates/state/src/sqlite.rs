@@ -1274,7 +1274,7 @@ impl StateStore for SqliteState {
     }
 
     fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError> {
-        match hash_pages::scope_number(&self.conn, scope)? {
+        match known_scope(&self.conn, scope)? {
             Some(number) => hash_pages::lookup(&self.conn, number, ids, |e| Some(e.hash)),
             None => Ok(HashMap::new()),
         }
@@ -1285,7 +1285,7 @@ impl StateStore for SqliteState {
         scope: &Scope,
         ids: &[&str],
     ) -> Result<HashMap<String, u64>, StateError> {
-        match hash_pages::scope_number(&self.conn, scope)? {
+        match known_scope(&self.conn, scope)? {
             // 0 is stored for keys the run did not know.
             Some(number) => {
                 hash_pages::lookup(&self.conn, number, ids, |e| e.keys.filter(|k| *k != 0))
@@ -1325,7 +1325,7 @@ impl StateStore for SqliteState {
     }
 
     fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError> {
-        let Some(number) = hash_pages::scope_number(&self.conn, scope)? else {
+        let Some(number) = known_scope(&self.conn, scope)? else {
             return Ok(false);
         };
         self.conn
@@ -1336,7 +1336,7 @@ impl StateStore for SqliteState {
 
     fn rechecks(&self, scope: &Scope) -> Result<Vec<String>, StateError> {
         let mut ids = Vec::new();
-        if let Some(number) = hash_pages::scope_number(&self.conn, scope)? {
+        if let Some(number) = known_scope(&self.conn, scope)? {
             hash_pages::each_entry(&self.conn, number, true, |id, hash, _| {
                 if hash == hash_pages::RECHECK {
                     ids.push(id.to_owned());
@@ -1355,7 +1355,7 @@ impl StateStore for SqliteState {
     }
 
     fn hashes(&self, scope: &Scope) -> Result<StoredHashes, StateError> {
-        let Some(number) = hash_pages::scope_number(&self.conn, scope)? else {
+        let Some(number) = known_scope(&self.conn, scope)? else {
             return Ok(StoredHashes::default());
         };
         let mut out = StoredHashes::with_capacity_and_hasher(
@@ -2082,10 +2082,10 @@ fn account_taken(conn: &Connection, link: &Link, source: rusqlite::Error) -> Sta
 fn delete_hashes(conn: &Connection, keys: &[(Scope, String)]) -> Result<(), StateError> {
     let mut by_scope: Vec<(&Scope, Vec<(&str, HashChange)>)> = Vec::new();
     for (scope, id) in keys {
-        changes_of(&mut by_scope, scope).push((id, HashChange::Delete));
+        hash_pages::group_of(&mut by_scope, scope).push((id, HashChange::Delete));
     }
     for (scope, changes) in by_scope {
-        if let Some(number) = hash_pages::scope_number(conn, scope)? {
+        if let Some(number) = known_scope(conn, scope)? {
             hash_pages::apply(conn, number, changes)?;
         }
     }
@@ -2098,12 +2098,12 @@ fn set_hashes(
     keys: &[(usize, u64)],
 ) -> Result<(), StateError> {
     let mut keys = keys.iter().peekable();
-    // A batch holds a few scopes.
     let mut by_scope: Vec<(&Scope, Vec<(&str, HashChange)>)> = Vec::new();
     for (i, (scope, id, hash)) in hashes.iter().enumerate() {
         while keys.next_if(|(k, _)| *k < i).is_some() {}
         let keys = keys.next_if(|(k, _)| *k == i).map(|(_, key)| *key);
-        changes_of(&mut by_scope, scope).push((id, HashChange::Set { hash: *hash, keys }));
+        hash_pages::group_of(&mut by_scope, scope)
+            .push((id, HashChange::Set { hash: *hash, keys }));
     }
     for (scope, changes) in by_scope {
         hash_pages::apply(conn, scope_number(conn, scope)?, changes)?;
@@ -2111,33 +2111,28 @@ fn set_hashes(
     Ok(())
 }
 
-/// The changes of `scope` in `by_scope`, a list begun on first use.
-fn changes_of<'a, 'b>(
-    by_scope: &'b mut Vec<(&'a Scope, Vec<(&'a str, HashChange)>)>,
-    scope: &'a Scope,
-) -> &'b mut Vec<(&'a str, HashChange)> {
-    let at = match by_scope.iter().position(|(s, _)| *s == scope) {
-        Some(at) => at,
-        None => {
-            by_scope.push((scope, Vec::new()));
-            by_scope.len() - 1
-        }
-    };
-    &mut by_scope[at].1
-}
-
 /// The number of `scope` in `scopes`, given it on first use.
 fn scope_number(conn: &Connection, scope: &Scope) -> Result<i64, StateError> {
-    const ACTION: &str = "numbering a scope";
-    let key = params![scope.connector, scope.kind.as_str()];
     conn.prepare_cached(
         "INSERT INTO scopes (connector, kind) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )
-    .and_then(|mut stmt| stmt.execute(key))
-    .map_err(sql_error(ACTION))?;
+    .and_then(|mut stmt| stmt.execute(params![scope.connector, scope.kind.as_str()]))
+    .map_err(sql_error("numbering a scope"))?;
+    known_scope(conn, scope)?.ok_or_else(|| StateError::Corrupt {
+        what: format!("the scope of {} {}", scope.connector, scope.kind.as_str()),
+        message: "numbered, then not found".to_owned(),
+    })
+}
+
+/// The number of `scope`, if it ever had a hash.
+fn known_scope(conn: &Connection, scope: &Scope) -> Result<Option<i64>, StateError> {
     conn.prepare_cached(&format!("SELECT {SCOPE_ID}"))
-        .and_then(|mut stmt| stmt.query_row(key, |row| row.get(0)))
-        .map_err(sql_error(ACTION))
+        .and_then(|mut stmt| {
+            stmt.query_row(params![scope.connector, scope.kind.as_str()], |row| {
+                row.get(0)
+            })
+        })
+        .map_err(sql_error("numbering a scope"))
 }
 
 fn set_cursors(conn: &Connection, cursors: &[(Scope, String)]) -> Result<(), StateError> {

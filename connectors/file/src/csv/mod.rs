@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use csv::{ErrorKind, ReaderBuilder, StringRecord, Terminator, WriterBuilder};
@@ -252,6 +253,7 @@ impl Pieces {
             path: &self.path,
             layout: &self.layout,
             each,
+            rows: PhantomData,
         };
         let (starts, file, size) = (&self.starts, &self.file, self.size);
         let end = |i: usize| starts.get(i + 1).map_or(size, |c| c.offset);
@@ -326,24 +328,16 @@ impl<T, F> EachRow<T> for F where
 {
 }
 
-/// One piece of a file being scanned, and what to make of its rows.
-struct Piece<'a, F> {
+/// One piece of a file being scanned, and what to make of its rows (of type `T`).
+struct Piece<'a, T, F> {
     path: &'a Path,
     layout: &'a Layout,
     each: &'a F,
+    /// Ties `T` to the piece, so that its impl can bound `F` by [`EachRow`].
+    rows: PhantomData<fn() -> T>,
 }
 
-impl<T, F> Piece<'_, F>
-where
-    // Spelled out: a bound through `EachRow<T>` would not tie `T` to the impl.
-    F: Fn(
-        &Layout,
-        &StringRecord,
-        u64,
-        Option<Timestamp>,
-        &mut Vec<u8>,
-    ) -> Result<T, ConnectorError>,
-{
+impl<T, F: EachRow<T>> Piece<'_, T, F> {
     /// The rows from `cut` to `end`, on a reader of their own: no header, and the
     /// width of each row checked against the header's here (the reader would hold it
     /// against the piece's first row).

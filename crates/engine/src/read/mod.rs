@@ -392,18 +392,7 @@ impl Stored {
         let hashes = match (incremental, loaded) {
             (true, _) => StoredHashes::default(),
             (false, Some(loaded)) => loaded,
-            (false, None) => {
-                let started = std::time::Instant::now();
-                let hashes = state.hashes(scope)?;
-                tracing::debug!(
-                    connector = %scope.connector,
-                    kind = scope.kind.as_str(),
-                    records = hashes.len(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "stored hashes loaded"
-                );
-                hashes
-            }
+            (false, None) => prefetch::load_stored(state, scope, "in line")?,
         };
         Ok(Stored {
             known: hashes.len() as u64,

@@ -50,15 +50,7 @@ impl Prefetch {
             .name("tandem-hashes".to_owned())
             .spawn(move || {
                 for scope in scopes {
-                    let started = std::time::Instant::now();
-                    let hashes = reader.hashes(&scope);
-                    debug!(
-                        connector = %scope.connector,
-                        kind = scope.kind.as_str(),
-                        records = hashes.as_ref().map_or(0, StoredHashes::len),
-                        ms = started.elapsed().as_millis() as u64,
-                        "stored hashes loaded ahead"
-                    );
+                    let hashes = load_stored(&*reader, &scope, "ahead");
                     // Taken no more: the reading stopped.
                     if send.send((scope, hashes)).is_err() {
                         return;
@@ -112,6 +104,26 @@ impl Prefetch {
         }
         None
     }
+}
+
+/// The stored hashes of `scope`, with the time their load took at debug level (`how`:
+/// ahead, or in line).
+pub(crate) fn load_stored(
+    state: &dyn StateStore,
+    scope: &Scope,
+    how: &'static str,
+) -> Result<StoredHashes, StateError> {
+    let started = std::time::Instant::now();
+    let hashes = state.hashes(scope);
+    debug!(
+        connector = %scope.connector,
+        kind = scope.kind.as_str(),
+        how,
+        records = hashes.as_ref().map_or(0, StoredHashes::len),
+        ms = started.elapsed().as_millis() as u64,
+        "stored hashes loaded"
+    );
+    hashes
 }
 
 impl Drop for Prefetch {

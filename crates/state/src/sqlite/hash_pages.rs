@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::sql_error;
+use crate::StateError;
 use crate::codec::{self, HashEntry};
 use crate::transfer::StoredValue;
-use crate::{Scope, StateError};
 
 /// Entries of a page written anew; a page grown past [`PAGE_MAX`] is cut into pages
 /// of this many. 64 entries take about 1.5 KB: a row stays within one 4 KB page.
@@ -50,18 +50,6 @@ const NEXT_FIRST_ID: &str = "SELECT first_id FROM record_hash_pages \
 const DELETE_PAGE: &str = "DELETE FROM record_hash_pages WHERE scope = ?1 AND first_id = ?2";
 const PUT_PAGE: &str = "INSERT OR REPLACE INTO record_hash_pages \
                         (scope, first_id, entries, rechecks, page) VALUES (?1, ?2, ?3, ?4, ?5)";
-
-/// The number of `scope`, if it ever had a hash.
-pub(super) fn scope_number(conn: &Connection, scope: &Scope) -> Result<Option<i64>, StateError> {
-    conn.prepare_cached("SELECT id FROM scopes WHERE connector = ?1 AND kind = ?2")
-        .and_then(|mut stmt| {
-            stmt.query_row(params![scope.connector, scope.kind.as_str()], |row| {
-                row.get(0)
-            })
-            .optional()
-        })
-        .map_err(sql_error("numbering a scope"))
-}
 
 /// Applies `changes` to the hashes of scope `scope`, in their order for one id.
 pub(super) fn apply(
@@ -194,19 +182,36 @@ fn put_pages(
         n if n <= PAGE_MAX => n.max(1),
         _ => PAGE_ENTRIES,
     };
-    let mut stmt = conn.prepare_cached(PUT_PAGE).map_err(sql_error(ACTION))?;
     for page in entries.chunks(size) {
-        let rechecks = page.iter().filter(|e| e.hash == RECHECK).count();
-        stmt.execute(params![
-            scope,
-            page[0].id,
-            page.len() as i64,
-            rechecks as i64,
-            codec::encode_hash_page(page)
-        ])
-        .map_err(sql_error(ACTION))?;
+        put_page(conn, scope, page).map_err(sql_error(ACTION))?;
     }
     Ok(())
+}
+
+/// Stores `page` (sorted by id, not empty) as the page that begins at its first id.
+fn put_page(conn: &Connection, scope: i64, page: &[HashEntry]) -> rusqlite::Result<()> {
+    let rechecks = page.iter().filter(|e| e.hash == RECHECK).count();
+    conn.prepare_cached(PUT_PAGE)?.execute(params![
+        scope,
+        page[0].id,
+        page.len() as i64,
+        rechecks as i64,
+        codec::encode_hash_page(page)
+    ])?;
+    Ok(())
+}
+
+/// The list of `key` in `groups`, begun on first use: a batch's changes by scope (a
+/// batch holds a few).
+pub(super) fn group_of<K: PartialEq, V>(groups: &mut Vec<(K, Vec<V>)>, key: K) -> &mut Vec<V> {
+    let at = match groups.iter().position(|(k, _)| *k == key) {
+        Some(at) => at,
+        None => {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        }
+    };
+    &mut groups[at].1
 }
 
 /// Calls `each` with every entry of scope `scope` in id order, `only_rechecks`: of the
@@ -338,10 +343,7 @@ pub(super) fn import(conn: &Connection, rows: &[Vec<StoredValue>]) -> Result<(),
             hash: hash.cast_unsigned(),
             keys,
         };
-        match by_scope.iter_mut().find(|(s, _)| s == scope) {
-            Some((_, changes)) => changes.push((id, change)),
-            None => by_scope.push((*scope, vec![(id, change)])),
-        }
+        group_of(&mut by_scope, *scope).push((id.as_str(), change));
     }
     for (scope, changes) in by_scope {
         apply(conn, scope, changes)?;
@@ -358,15 +360,8 @@ pub(super) fn pack_hash_rows(conn: &Connection) -> rusqlite::Result<()> {
     let mut page: Vec<HashEntry> = Vec::with_capacity(PAGE_ENTRIES);
     let mut page_scope = 0;
     let put = |scope: i64, page: &mut Vec<HashEntry>| -> rusqlite::Result<()> {
-        if let Some(first) = page.first() {
-            let rechecks = page.iter().filter(|e| e.hash == RECHECK).count();
-            conn.prepare_cached(PUT_PAGE)?.execute(params![
-                scope,
-                first.id,
-                page.len() as i64,
-                rechecks as i64,
-                codec::encode_hash_page(page)
-            ])?;
+        if !page.is_empty() {
+            put_page(conn, scope, page)?;
         }
         page.clear();
         Ok(())
