@@ -88,7 +88,8 @@ pub(crate) fn apply(
 ) -> (Vec<WriteOutcome>, bool) {
     // One stamp per call: every row touched by the same write carries the same time.
     let stamp = table.stamps_modified_at().then(Timestamp::now);
-    let mut ids = IdAllocator::new(kind, table.ids());
+    // Made at the first create: finding the highest id walks every row of the file.
+    let mut ids = None;
     let mut changed = false;
     let outcomes = ops
         .into_iter()
@@ -106,11 +107,12 @@ fn apply_one(
     kind: EntityKind,
     op: WriteOp,
     stamp: Option<Timestamp>,
-    ids: &mut IdAllocator,
+    ids: &mut Option<IdAllocator>,
 ) -> WriteOutcome {
     match op {
         WriteOp::Create { fields } => {
             check_names(kind, None, fields.iter().map(|(name, _)| name))?;
+            let ids = ids.get_or_insert_with(|| IdAllocator::new(kind, table.ids()));
             let id = ids.next(|id| table.find(id).is_some());
             let row = table.insert(id.clone(), &fields, stamp)?;
             Ok(Written {

@@ -21,6 +21,7 @@ mod open;
 mod pending;
 mod postgres;
 mod sqlite;
+mod stored_hashes;
 #[cfg(test)]
 mod testing;
 #[cfg(feature = "testsupport")]
@@ -40,6 +41,7 @@ pub use open::{
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
 pub use postgres::{LEASE_TTL, PARTITION_LEASE, PgState, STANDBY_LEASE};
 pub use sqlite::{LockMode, SqliteState};
+pub use stored_hashes::StoredHashes;
 
 /// A business relation between one contact and one account (R2: at most one per code
 /// and contact, and per code and account).
@@ -475,12 +477,6 @@ impl LeaseRole {
         }
     }
 }
-
-/// A scope's stored content hashes by record id, as a full listing is compared with
-/// them: a million lookups and removals per scope. Ids of up to 23 bytes sit in the
-/// table itself (no allocation, one cache miss per lookup instead of two), hashed with
-/// foldhash rather than SipHash: the map was a fifth of a `--full-read` run's CPU.
-pub type StoredHashes = HashMap<tandem_model::SmolStr, u64, foldhash::fast::RandomState>;
 
 /// The state of one deployment. Implementations must keep R2 as an invariant:
 /// a second link for the same (code, contact) replaces the first, and a link whose

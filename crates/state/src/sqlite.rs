@@ -1358,10 +1358,7 @@ impl StateStore for SqliteState {
         let Some(number) = known_scope(&self.conn, scope)? else {
             return Ok(StoredHashes::default());
         };
-        let mut out = StoredHashes::with_capacity_and_hasher(
-            hash_pages::count(&self.conn, number)?,
-            Default::default(),
-        );
+        let mut out = StoredHashes::with_capacity(hash_pages::count(&self.conn, number)?);
         hash_pages::each_entry(&self.conn, number, false, |id, hash, _| {
             out.insert(id.into(), hash);
         })?;

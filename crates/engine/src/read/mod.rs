@@ -7,7 +7,7 @@ mod needed;
 mod prefetch;
 mod wake;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tandem_connector::{Connector, ConnectorError, Cursor, Listing, Page};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Value};
@@ -299,7 +299,7 @@ pub(crate) async fn read_scope(
         stored.before(state, &out.scope, &page)?;
         let (listing, has_more) = (page.listing, page.has_more);
         cursor = page.cursor;
-        out.take(page.records, &mut stored.hashes, &keep, &mut kept);
+        out.take(page.records, &stored.hashes, &keep, &mut kept);
         // A change-reading connector's full listing is held against every stored hash.
         let expected = if listing == Listing::Full {
             stored.known
@@ -317,10 +317,10 @@ pub(crate) async fn read_scope(
     if listing == Listing::Full {
         // Seen before, absent from a completed full listing: deleted, unless that is
         // too many to believe.
-        let gone = stored.hashes.len() as u64;
-        guard.check(connector_name, kind, gone, stored.known, out.stats.records)?;
-        out.deleted
-            .extend(stored.hashes.into_keys().map(String::from));
+        let gone = stored.hashes.untaken();
+        let count = gone.len() as u64;
+        guard.check(connector_name, kind, count, stored.known, out.stats.records)?;
+        out.deleted.extend(gone.into_iter().map(String::from));
     }
     out.stats.deleted = out.deleted.len() as u64;
     out.stats.in_play = out.records.len() as u64;
@@ -430,27 +430,27 @@ impl Stored {
 
 impl ScopeRead {
     /// Takes one page: tombstones are deletes; a record is kept when it changed or
-    /// `keep` asks for it; every record seen is taken off `stored`.
+    /// `keep` asks for it; every record seen takes its hash from `stored`.
     fn take(
         &mut self,
         records: Vec<Record>,
-        stored: &mut StoredHashes,
+        stored: &StoredHashes,
         keep: &impl Fn(&Record) -> bool,
         kept: &mut Vec<Record>,
     ) {
-        let hashed = hash_all(&records, &self.key_fields);
-        for (record, (hash, keys)) in records.into_iter().zip(hashed) {
+        let mut hashed = hash_all(&records, &self.key_fields, stored);
+        first_copy_takes(&records, &mut hashed, stored);
+        for (record, read) in records.into_iter().zip(hashed) {
             if record.deleted {
-                stored.remove(record.id.as_str());
                 self.deleted.insert(record.id);
                 continue;
             }
             self.stats.records += 1;
-            let change = Change::of(stored.remove(record.id.as_str()), hash);
+            let change = Change::of(read.before, read.hash);
             let changed = change != Change::Unchanged;
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
-                let seen = Seen::read(hash, keys, change);
+                let seen = Seen::read(read.hash, read.keys, change);
                 self.hashes.insert(record.id.clone(), seen);
                 kept.push(record);
             }
@@ -461,22 +461,65 @@ impl ScopeRead {
 /// From this many records on, a page is hashed on the machine's cores.
 const PARALLEL_HASHING: usize = 20_000;
 
-/// The content hash and match keys of every record of a page, in order (a tombstone's
-/// are not used). A page of a full listing holds up to every record of a scope, and
-/// hashing them is most of the engine's own share of reading.
-fn hash_all(records: &[Record], key_fields: &[FieldName]) -> Vec<(u64, u64)> {
-    let hash = |record: &Record| match record.deleted {
-        true => (RECHECK, UNKNOWN_KEYS),
-        false => (
-            record_hash(&record.fields, record.version.as_deref()),
-            match_keys(&record.fields, key_fields),
-        ),
+/// What the hashing of one record of a page found.
+struct Hashed {
+    /// Its content hash and match keys (a tombstone's are not used).
+    hash: u64,
+    keys: u64,
+    /// The hash stored for it, taken.
+    before: Option<u64>,
+}
+
+/// The content hash and match keys of every record of a page, in order, each with the
+/// stored hash it takes. A page of a full listing holds up to every record of a scope:
+/// hashing them and looking them up is most of the engine's own share of reading.
+fn hash_all(records: &[Record], key_fields: &[FieldName], stored: &StoredHashes) -> Vec<Hashed> {
+    let hash = |record: &Record| {
+        let before = stored.take(&record.id);
+        match record.deleted {
+            true => Hashed {
+                hash: RECHECK,
+                keys: UNKNOWN_KEYS,
+                before,
+            },
+            false => Hashed {
+                hash: record_hash(&record.fields, record.version.as_deref()),
+                keys: match_keys(&record.fields, key_fields),
+                before,
+            },
+        }
     };
     let threads = match records.len() < PARALLEL_HASHING {
         true => 1,
         false => crate::parallel::cores(),
     };
     crate::parallel::map_in_order(records, threads, hash)
+}
+
+/// A record listed twice in one page: its copies took the stored hash in whatever
+/// order the hashing threads came to them. As when a listing is taken in order, the
+/// first copy gets it and the later ones none (they read as new).
+fn first_copy_takes(records: &[Record], hashed: &mut [Hashed], stored: &StoredHashes) {
+    let again: HashSet<&str> = (records.iter().zip(hashed.iter()))
+        .filter(|(record, read)| read.before.is_none() && stored.get(&record.id).is_some())
+        .map(|(record, _)| record.id.as_str())
+        .collect();
+    if again.is_empty() {
+        return;
+    }
+    let mut copies: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, record) in records.iter().enumerate() {
+        if again.contains(record.id.as_str()) {
+            copies.entry(record.id.as_str()).or_default().push(i);
+        }
+    }
+    for at in copies.values() {
+        // None when an earlier page took it.
+        let taken = at.iter().find_map(|&i| hashed[i].before);
+        for (n, &i) in at.iter().enumerate() {
+            hashed[i].before = if n == 0 { taken } else { None };
+        }
+    }
 }
 
 /// Puts records of a second pass in play, with their hashes (they did not change).
@@ -517,6 +560,52 @@ pub(crate) async fn read_more(
         cursor = page.cursor;
         if !page.has_more {
             return Ok(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, name: &str) -> Record {
+        let mut fields = Fields::new();
+        fields.set("name", Value::text(name));
+        Record::new(EntityKind::Customer, id, fields)
+    }
+
+    /// Every record of a page big enough to be hashed on two threads, stored as read,
+    /// and one record listed twice: last of the first thread's half as stored, first
+    /// of the second thread's with a new name (so the second thread takes it first).
+    fn page_with_a_copy() -> (Vec<Record>, StoredHashes) {
+        let mut records: Vec<Record> = (0..2 * PARALLEL_HASHING)
+            .map(|i| record(&format!("R{i}"), &format!("Name {i}")))
+            .collect();
+        let stored = records
+            .iter()
+            .map(|r| (r.id.as_str().into(), record_hash(&r.fields, None)))
+            .collect();
+        let copy = format!("R{PARALLEL_HASHING}");
+        records.insert(PARALLEL_HASHING + 1, record(&copy, "Renamed"));
+        (records, stored)
+    }
+
+    #[test]
+    fn a_record_listed_twice_in_a_page_is_compared_by_its_first_copy_whatever_the_threads() {
+        for _ in 0..20 {
+            let (records, stored) = page_with_a_copy();
+            let scope = Scope::new("erp", EntityKind::Customer);
+            let mut read = ScopeRead::empty("erp", scope, None);
+            let mut kept = Vec::new();
+            read.take(records, &stored, &|_| false, &mut kept);
+            // The first copy is as stored; the second is new, and kept as the record.
+            let kept: Vec<(&str, Option<&Value>)> = (kept.iter())
+                .map(|r| (r.id.as_str(), r.fields.get("name")))
+                .collect();
+            assert_eq!(kept, [("R20000", Some(&Value::text("Renamed")))]);
+            assert_eq!(read.hashes["R20000"].change, Change::New);
+            assert_eq!((read.stats.records, read.stats.changed), (40_001, 1));
+            assert!(stored.untaken().is_empty());
         }
     }
 }
