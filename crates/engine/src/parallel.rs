@@ -13,15 +13,26 @@ pub(crate) fn map_in_order<T: Sync, R: Send>(
     threads: usize,
     work: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
+    map_parts_in_order(items, threads, |part| part.iter().map(&work).collect())
+}
+
+/// `work` done for one contiguous part of `items` per thread (`threads` parts, one
+/// for one thread), the results put together in the items' order: for work that
+/// keeps state from item to item within a part. `work` must give one result per item.
+pub(crate) fn map_parts_in_order<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&[T]) -> Vec<R> + Sync,
+) -> Vec<R> {
     if threads <= 1 || items.len() < 2 {
-        return items.iter().map(work).collect();
+        return work(items);
     }
     let chunk = items.len().div_ceil(threads);
     let work = &work;
     std::thread::scope(|scope| {
         let workers: Vec<_> = items
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<R>>()))
+            .map(|part| scope.spawn(move || work(part)))
             .collect();
         workers
             .into_iter()

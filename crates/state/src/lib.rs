@@ -41,7 +41,7 @@ pub use open::{
 pub use pending::{LinkedBy, PendingCreate, PendingLink, RefusedRequest, Side};
 pub use postgres::{LEASE_TTL, PARTITION_LEASE, PgState, STANDBY_LEASE};
 pub use sqlite::{LockMode, SqliteState};
-pub use stored_hashes::StoredHashes;
+pub use stored_hashes::{StoredHashes, Take, Walk};
 
 /// A business relation between one contact and one account (R2: at most one per code
 /// and contact, and per code and account).

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tandem_connector::{Connector, ConnectorError, Cursor, Listing, Page};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Value};
-use tandem_state::{Scope, StateStore, StoredHashes};
+use tandem_state::{Scope, StateStore, StoredHashes, Take, Walk};
 use tracing::info;
 
 use crate::error::EngineError;
@@ -439,14 +439,14 @@ impl ScopeRead {
         kept: &mut Vec<Record>,
     ) {
         let mut hashed = hash_all(&records, &self.key_fields, stored);
-        first_copy_takes(&records, &mut hashed, stored);
+        first_copy_takes(&records, &mut hashed);
         for (record, read) in records.into_iter().zip(hashed) {
             if record.deleted {
                 self.deleted.insert(record.id);
                 continue;
             }
             self.stats.records += 1;
-            let change = Change::of(read.before, read.hash);
+            let change = Change::of(read.before.first(), read.hash);
             let changed = change != Change::Unchanged;
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
@@ -466,16 +466,16 @@ struct Hashed {
     /// Its content hash and match keys (a tombstone's are not used).
     hash: u64,
     keys: u64,
-    /// The hash stored for it, taken.
-    before: Option<u64>,
+    /// What it took of the stored hashes.
+    before: Take,
 }
 
 /// The content hash and match keys of every record of a page, in order, each with the
 /// stored hash it takes. A page of a full listing holds up to every record of a scope:
 /// hashing them and looking them up is most of the engine's own share of reading.
 fn hash_all(records: &[Record], key_fields: &[FieldName], stored: &StoredHashes) -> Vec<Hashed> {
-    let hash = |record: &Record| {
-        let before = stored.take(&record.id);
+    let hash = |walk: &mut Walk, record: &Record| {
+        let before = stored.take(&record.id, walk);
         match record.deleted {
             true => Hashed {
                 hash: RECHECK,
@@ -493,15 +493,19 @@ fn hash_all(records: &[Record], key_fields: &[FieldName], stored: &StoredHashes)
         true => 1,
         false => crate::parallel::cores(),
     };
-    crate::parallel::map_in_order(records, threads, hash)
+    crate::parallel::map_parts_in_order(records, threads, |part| {
+        // Each thread walks the stored hashes along its part of the listing.
+        let mut walk = Walk::default();
+        part.iter().map(|record| hash(&mut walk, record)).collect()
+    })
 }
 
 /// A record listed twice in one page: its copies took the stored hash in whatever
 /// order the hashing threads came to them. As when a listing is taken in order, the
 /// first copy gets it and the later ones none (they read as new).
-fn first_copy_takes(records: &[Record], hashed: &mut [Hashed], stored: &StoredHashes) {
+fn first_copy_takes(records: &[Record], hashed: &mut [Hashed]) {
     let again: HashSet<&str> = (records.iter().zip(hashed.iter()))
-        .filter(|(record, read)| read.before.is_none() && stored.get(&record.id).is_some())
+        .filter(|(_, read)| read.before == Take::Again)
         .map(|(record, _)| record.id.as_str())
         .collect();
     if again.is_empty() {
@@ -514,10 +518,11 @@ fn first_copy_takes(records: &[Record], hashed: &mut [Hashed], stored: &StoredHa
         }
     }
     for at in copies.values() {
-        // None when an earlier page took it.
-        let taken = at.iter().find_map(|&i| hashed[i].before);
+        // Again for every copy when an earlier page took it.
+        let taken = at.iter().find(|&&i| hashed[i].before != Take::Again);
+        let taken = taken.map_or(Take::Again, |&i| hashed[i].before);
         for (n, &i) in at.iter().enumerate() {
-            hashed[i].before = if n == 0 { taken } else { None };
+            hashed[i].before = if n == 0 { taken } else { Take::Again };
         }
     }
 }
