@@ -218,10 +218,38 @@ impl PartialEq for StoredHashes {
 }
 
 impl Extend<(SmolStr, u64)> for StoredHashes {
+    /// Merged in one pass, however many are given and in whatever order: a reader of
+    /// changes adds the hashes of each page's records.
     fn extend<I: IntoIterator<Item = (SmolStr, u64)>>(&mut self, items: I) {
-        for (id, hash) in items {
-            self.insert(id, hash);
+        let added = StoredHashes::from_iter(items);
+        if added.is_empty() {
+            return;
         }
+        let held = std::mem::take(&mut self.entries);
+        let mut merged = Vec::with_capacity(held.len() + added.len());
+        let (mut held, mut added) = (
+            held.into_iter().peekable(),
+            added.entries.into_iter().peekable(),
+        );
+        loop {
+            let next = match (held.peek(), added.peek()) {
+                (Some(h), Some(a)) => match h.id.cmp(&a.id) {
+                    std::cmp::Ordering::Less => held.next(),
+                    std::cmp::Ordering::Greater => added.next(),
+                    // The hash given now replaces the one held.
+                    std::cmp::Ordering::Equal => {
+                        held.next();
+                        added.next()
+                    }
+                },
+                (Some(_), None) => held.next(),
+                (None, Some(_)) => added.next(),
+                (None, None) => break,
+            };
+            merged.extend(next);
+        }
+        self.entries = merged;
+        self.index = OnceLock::new();
     }
 }
 
@@ -372,6 +400,26 @@ mod tests {
             let untaken: Vec<SmolStr> = model.into_keys().collect();
             prop_assert_eq!(hashes.untaken(), untaken);
         }
+    }
+
+    #[test]
+    fn extending_merges_in_id_order_and_the_hash_given_last_wins() {
+        let mut hashes = stored(3);
+        hashes.extend([("R00001".into(), 10), ("A".into(), 7), ("R00009".into(), 9)]);
+        hashes.extend([("R00001".into(), 11), ("R00001".into(), 12)]);
+        hashes.extend([]);
+        let all: Vec<(&str, u64)> = hashes.iter().map(|(id, h)| (id.as_str(), h)).collect();
+        let expected = [
+            ("A", 7),
+            ("R00000", 0),
+            ("R00001", 12),
+            ("R00002", 2),
+            ("R00009", 9),
+        ];
+        assert_eq!(all, expected);
+        let mut walk = Walk::default();
+        assert_eq!(hashes.take("A", &mut walk), Take::First(7));
+        assert_eq!(hashes.take("R00000", &mut walk), Take::First(0));
     }
 
     #[test]
