@@ -291,6 +291,7 @@ pub(crate) async fn read_scope(
     );
     let started = std::time::Instant::now();
     let mut kept: Vec<Record> = Vec::new();
+    let mut seen: Vec<(String, Seen)> = Vec::new();
     let listing = loop {
         let page = connector
             .read(kind, cursor.as_ref())
@@ -299,7 +300,7 @@ pub(crate) async fn read_scope(
         stored.before(state, &out.scope, &page)?;
         let (listing, has_more) = (page.listing, page.has_more);
         cursor = page.cursor;
-        out.take(page.records, &stored.hashes, &keep, &mut kept);
+        out.take(page.records, &stored.hashes, &keep, (&mut kept, &mut seen));
         // A change-reading connector's full listing is held against every stored hash.
         let expected = if listing == Listing::Full {
             stored.known
@@ -314,6 +315,10 @@ pub(crate) async fn read_scope(
     // Built at once from the kept records: a sorted bulk build instead of a search per
     // insert. A record sent twice keeps its last copy, as an insert would.
     out.records = kept.into_iter().map(|r| (r.id.clone(), r)).collect();
+    // At its full size at once: grown record by record, a first sync's million entries
+    // were moved again at every doubling.
+    out.hashes.reserve(seen.len());
+    out.hashes.extend(seen);
     if listing == Listing::Full {
         // Seen before, absent from a completed full listing: deleted, unless that is
         // too many to believe.
@@ -430,13 +435,14 @@ impl Stored {
 
 impl ScopeRead {
     /// Takes one page: tombstones are deletes; a record is kept when it changed or
-    /// `keep` asks for it; every record seen takes its hash from `stored`.
+    /// `keep` asks for it, with what was seen of it (in order: for the run's hashes,
+    /// once the listing is through); every record seen takes its hash from `stored`.
     fn take(
         &mut self,
         records: Vec<Record>,
         stored: &StoredHashes,
         keep: &impl Fn(&Record) -> bool,
-        kept: &mut Vec<Record>,
+        (kept, seen): (&mut Vec<Record>, &mut Vec<(String, Seen)>),
     ) {
         let mut hashed = hash_all(&records, &self.key_fields, stored);
         first_copy_takes(&records, &mut hashed);
@@ -450,8 +456,7 @@ impl ScopeRead {
             let changed = change != Change::Unchanged;
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
-                let seen = Seen::read(read.hash, read.keys, change);
-                self.hashes.insert(record.id.clone(), seen);
+                seen.push((record.id.clone(), Seen::read(read.hash, read.keys, change)));
                 kept.push(record);
             }
         }
@@ -601,14 +606,18 @@ mod tests {
             let (records, stored) = page_with_a_copy();
             let scope = Scope::new("erp", EntityKind::Customer);
             let mut read = ScopeRead::empty("erp", scope, None);
-            let mut kept = Vec::new();
-            read.take(records, &stored, &|_| false, &mut kept);
+            let (mut kept, mut seen) = (Vec::new(), Vec::new());
+            read.take(records, &stored, &|_| false, (&mut kept, &mut seen));
             // The first copy is as stored; the second is new, and kept as the record.
             let kept: Vec<(&str, Option<&Value>)> = (kept.iter())
                 .map(|r| (r.id.as_str(), r.fields.get("name")))
                 .collect();
             assert_eq!(kept, [("R20000", Some(&Value::text("Renamed")))]);
-            assert_eq!(read.hashes["R20000"].change, Change::New);
+            assert_eq!(seen.len(), 1);
+            assert_eq!(
+                (seen[0].0.as_str(), seen[0].1.change),
+                ("R20000", Change::New)
+            );
             assert_eq!((read.stats.records, read.stats.changed), (40_001, 1));
             assert!(stored.untaken().is_empty());
         }
