@@ -312,13 +312,7 @@ pub(crate) async fn read_scope(
             break listing;
         }
     };
-    // Built at once from the kept records: a sorted bulk build instead of a search per
-    // insert. A record sent twice keeps its last copy, as an insert would.
-    out.records = kept.into_iter().map(|r| (r.id.clone(), r)).collect();
-    // At its full size at once: grown record by record, a first sync's million entries
-    // were moved again at every doubling.
-    out.hashes.reserve(seen.len());
-    out.hashes.extend(seen);
+    out.keep_all(kept, seen);
     if listing == Listing::Full {
         // Seen before, absent from a completed full listing: deleted, unless that is
         // too many to believe.
@@ -434,6 +428,17 @@ impl Stored {
 }
 
 impl ScopeRead {
+    /// The records a listing kept, and what was seen of them, once it is through.
+    fn keep_all(&mut self, kept: Vec<Record>, seen: Vec<(String, Seen)>) {
+        // Built at once from the kept records: a sorted bulk build instead of a search
+        // per insert. A record sent twice keeps its last copy, as an insert would.
+        self.records = kept.into_iter().map(|r| (r.id.clone(), r)).collect();
+        // At its full size at once: grown record by record, a first sync's million
+        // entries were moved again at every doubling.
+        self.hashes.reserve(seen.len());
+        self.hashes.extend(seen);
+    }
+
     /// Takes one page: tombstones are deletes; a record is kept when it changed or
     /// `keep` asks for it, with what was seen of it (in order: for the run's hashes,
     /// once the listing is through); every record seen takes its hash from `stored`.
