@@ -288,20 +288,22 @@ impl FileConnector {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .filter(|saved| saved.kind == kind && saved.fingerprint == before);
-        let ops = match (&saved, self.format, self.indexes_lock().remove(&kind)) {
-            (None, Format::Csv, Some((of, index))) if of == before => {
-                match csv::splice(&path, kind, &index, ops)? {
-                    csv::Splice::Done(outcomes, saved) => {
-                        let after = saved.unwrap_or_else(|| before.clone());
-                        if let Some(own) = self.own_writes_lock().get_mut(&kind) {
-                            own.writes.push((before, after));
-                        }
-                        return Ok(outcomes);
+        let index = match (&saved, self.format) {
+            (None, Format::Csv) => self.row_index(kind, &path, &before, &ops)?,
+            _ => None,
+        };
+        let ops = match index {
+            Some(index) => match csv::splice(&path, kind, &index, ops)? {
+                csv::Splice::Done(outcomes, saved) => {
+                    let after = saved.unwrap_or_else(|| before.clone());
+                    if let Some(own) = self.own_writes_lock().get_mut(&kind) {
+                        own.writes.push((before, after));
                     }
-                    csv::Splice::NotHere(ops) => ops,
+                    return Ok(outcomes);
                 }
-            }
-            _ => ops,
+                csv::Splice::NotHere(ops) => ops,
+            },
+            None => ops,
         };
         let mut table = match (saved, self.format) {
             (Some(saved), _) => saved.table,
@@ -325,6 +327,31 @@ impl FileConnector {
             table,
         });
         Ok(outcomes)
+    }
+
+    /// Where each row of the CSV file of `kind` starts, for a splice: the index this
+    /// run's listing left, if the file is still as listed (`before`); for a file not
+    /// listed since the last `fingerprint` call, a scan of it when `ops` are few for
+    /// its size. `None` otherwise: the write goes the full way, as it does for a file
+    /// edited since its listing.
+    fn row_index(
+        &self,
+        kind: EntityKind,
+        path: &Path,
+        before: &str,
+        ops: &[WriteOp],
+    ) -> Result<Option<csv::RowIndex>, ConnectorError> {
+        match self.indexes_lock().remove(&kind) {
+            Some((of, index)) => Ok((of == before).then_some(index)),
+            None => {
+                let size = fingerprint_size(before);
+                let few = size >= SCAN_FROM_BYTES && ops.len() as u64 * SCAN_BYTES_PER_OP <= size;
+                if !few {
+                    return Ok(None);
+                }
+                csv::RowIndex::scan(path, kind)
+            }
+        }
     }
 
     fn indexes_lock(
@@ -359,6 +386,21 @@ fn apply(
 pub(crate) fn fingerprint_of(len: u64, hash: u64) -> String {
     format!("{len}:{hash:016x}")
 }
+
+/// The size of the file a fingerprint is of (0 for a missing file).
+fn fingerprint_size(fingerprint: &str) -> u64 {
+    let size = fingerprint.split_once(':').map(|(size, _)| size);
+    size.and_then(|size| size.parse().ok()).unwrap_or(0)
+}
+
+/// A file not listed this run is scanned for a splice from this size on (about the
+/// 20,000 rows from which a splice pays)...
+const SCAN_FROM_BYTES: u64 = 2 << 20;
+
+/// ... when it has this many bytes per op or more: a splice pays for one op per eight
+/// rows, which for rows of 256 bytes is one per 2 KiB. A file of longer rows may turn
+/// out to have too few rows once scanned, and is then written the full way.
+const SCAN_BYTES_PER_OP: u64 = 2 << 10;
 
 #[async_trait::async_trait]
 impl Connector for FileConnector {

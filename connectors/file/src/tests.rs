@@ -1129,6 +1129,60 @@ async fn a_few_rows_written_after_a_listing_are_spliced_into_the_file() {
     assert_eq!(vouched, c.fingerprint(CONTACT).await.unwrap());
 }
 
+/// A contacts file of 25,000 rows of about 120 bytes (3 MB, big enough to be scanned)
+/// whose third row quotes a name it need not quote.
+fn long_quoted_contacts(dir: &TempDir) -> String {
+    let street = "x".repeat(100);
+    let mut text = String::from("id,name,city\n");
+    for i in 1..=25_000 {
+        match i {
+            3 => text.push_str(&format!("C3,\"Acme\",{street}\n")),
+            _ => text.push_str(&format!("C{i},Name {i},{street}\n")),
+        }
+    }
+    put(dir, "contacts.csv", &text);
+    text
+}
+
+/// A write of a few rows to a big file this run did not list (a scope skipped because
+/// it did not change) finds its rows by a scan and splices them in: every other byte
+/// stays. Many rows written go the full way.
+#[tokio::test]
+async fn a_few_rows_written_to_a_file_not_listed_are_spliced_into_it() {
+    let dir = folder();
+    let text = long_quoted_contacts(&dir);
+    let c = csv_in(&dir);
+    let since = c.fingerprint(CONTACT).await.unwrap().unwrap();
+    let ops = vec![update("C5", None, &[("name", Value::text("Renamed"))])];
+    assert!(write(&c, CONTACT, ops).await.iter().all(Result::is_ok));
+    let expected = text.replace("C5,Name 5,", "C5,Renamed,");
+    assert_eq!(
+        get(&dir, "contacts.csv"),
+        expected,
+        "spliced: C3 keeps its quotes"
+    );
+    let vouched = c
+        .fingerprint_after_own_writes(CONTACT, &since)
+        .await
+        .unwrap();
+    assert_eq!(vouched, c.fingerprint(CONTACT).await.unwrap());
+
+    // One op per row of a tenth of the file: not a few, not scanned.
+    let ops = (1..=2_500)
+        .map(|i| {
+            update(
+                &format!("C{}", i * 10),
+                None,
+                &[("name", Value::text("Many"))],
+            )
+        })
+        .collect();
+    assert!(write(&c, CONTACT, ops).await.iter().all(Result::is_ok));
+    let after = get(&dir, "contacts.csv");
+    assert!(after.contains("\nC3,Acme,"), "rewritten the full way");
+    assert!(after.contains("\nC5,Renamed,") && after.contains("\nC20,Many,"));
+}
+
 /// A file edited by someone else after the listing is not spliced: the write loads it
 /// anew (the unneeded quotes go) and keeps the edit.
 #[tokio::test]

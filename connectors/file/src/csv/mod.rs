@@ -612,6 +612,41 @@ impl Listing {
     }
 }
 
+impl RowIndex {
+    /// Where every row of the file at `path` starts, and its id, from a scan on the
+    /// machine's cores that makes no records: for a write of a few rows to a big file
+    /// this run did not list (a scope skipped because it did not change). The same
+    /// index a complete listing leaves; `None` for a missing or empty file.
+    pub(crate) fn scan(path: &Path, kind: EntityKind) -> Result<Option<RowIndex>, ConnectorError> {
+        let Some(pieces) = Pieces::open(path, kind, u64::MAX)? else {
+            return Ok(None);
+        };
+        let id_of = |layout: &Layout, row: &StringRecord, _, _, _: &mut Vec<u8>| {
+            Ok(row[layout.id].to_owned())
+        };
+        let Parsed {
+            rows,
+            lines,
+            starts,
+        } = pieces.parse(0..pieces.starts.len(), &id_of)?;
+        table::check_unique(&pieces.path, rows.iter().map(String::as_str), &lines)?;
+        let mut ids = String::with_capacity(rows.iter().map(String::len).sum());
+        let mut id_ends = Vec::with_capacity(rows.len());
+        for id in &rows {
+            ids.push_str(id);
+            id_ends.push(ids.len());
+        }
+        Ok(Some(RowIndex {
+            headers: pieces.layout.headers,
+            style: pieces.layout.style,
+            size: pieces.size,
+            ids,
+            id_ends,
+            starts,
+        }))
+    }
+}
+
 /// The threads a file is parsed on: the machine's cores, at most four.
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))

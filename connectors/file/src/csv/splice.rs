@@ -28,7 +28,7 @@ use crate::table::{self, Table, TextStyle};
 const SPLICE_FROM: usize = 20_000;
 
 /// Where every row of a CSV file starts, as a full listing read it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct RowIndex {
     pub(super) headers: StringRecord,
     pub(super) style: TextStyle,
@@ -654,6 +654,27 @@ mod tests {
             if style.blank_after.is_empty() && style.last_newline {
                 prop_assert_eq!(fs::read(&spliced).unwrap(), fs::read(&rewritten).unwrap());
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A scan of a file that was not listed finds the rows where a complete listing
+        /// of it does, whatever its layout.
+        #[test]
+        fn an_index_scanned_is_the_one_a_listing_leaves(
+            rows in proptest::collection::vec(
+                (0..100_000usize, [0..CELLS.len(), 0..CELLS.len(), 0..CELLS.len()]),
+                1..30,
+            ),
+            style in style(),
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let rows: Vec<_> = rows.into_iter().filter(|(id, _)| seen.insert(*id)).collect();
+            let (_dir, path, _) = twins(&file_text(&rows, &style));
+            let scanned = RowIndex::scan(&path, EntityKind::Contact).unwrap().unwrap();
+            prop_assert_eq!(scanned, index_of(&path));
         }
     }
 
