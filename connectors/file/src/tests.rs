@@ -1079,11 +1079,16 @@ async fn list_all(c: &FileConnector, kind: EntityKind) -> Vec<Record> {
 /// A contacts file of 25,000 rows whose third row quotes a name it need not quote: a
 /// rewrite writes it unquoted, a splice leaves it as it is.
 fn quoted_contacts(dir: &TempDir) -> String {
+    contacts_quoting_one(dir, "Gent")
+}
+
+/// [`quoted_contacts`], every row with `city`.
+fn contacts_quoting_one(dir: &TempDir, city: &str) -> String {
     let mut text = String::from("id,name,city\n");
     for i in 1..=25_000 {
         match i {
-            3 => text.push_str("C3,\"Acme\",Gent\n"),
-            _ => text.push_str(&format!("C{i},Name {i},Gent\n")),
+            3 => text.push_str(&format!("C3,\"Acme\",{city}\n")),
+            _ => text.push_str(&format!("C{i},Name {i},{city}\n")),
         }
     }
     put(dir, "contacts.csv", &text);
@@ -1129,19 +1134,9 @@ async fn a_few_rows_written_after_a_listing_are_spliced_into_the_file() {
     assert_eq!(vouched, c.fingerprint(CONTACT).await.unwrap());
 }
 
-/// A contacts file of 25,000 rows of about 120 bytes (3 MB, big enough to be scanned)
-/// whose third row quotes a name it need not quote.
+/// [`quoted_contacts`] with rows of about 120 bytes (3 MB: big enough to be scanned).
 fn long_quoted_contacts(dir: &TempDir) -> String {
-    let street = "x".repeat(100);
-    let mut text = String::from("id,name,city\n");
-    for i in 1..=25_000 {
-        match i {
-            3 => text.push_str(&format!("C3,\"Acme\",{street}\n")),
-            _ => text.push_str(&format!("C{i},Name {i},{street}\n")),
-        }
-    }
-    put(dir, "contacts.csv", &text);
-    text
+    contacts_quoting_one(dir, &"x".repeat(100))
 }
 
 /// A write of a few rows to a big file this run did not list (a scope skipped because

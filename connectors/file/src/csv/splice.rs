@@ -610,6 +610,17 @@ mod tests {
         (dir, paths[0].clone(), paths[1].clone())
     }
 
+    /// Up to 30 rows of distinct ids, their cells drawn from [`CELLS`].
+    fn rows() -> impl Strategy<Value = Vec<(usize, [usize; 3])>> {
+        let cells = [0..CELLS.len(), 0..CELLS.len(), 0..CELLS.len()];
+        proptest::collection::vec((0..100_000usize, cells), 1..30).prop_map(|rows| {
+            let mut seen = std::collections::HashSet::new();
+            rows.into_iter()
+                .filter(|(id, _)| seen.insert(*id))
+                .collect()
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -617,15 +628,10 @@ mod tests {
         /// back as the rewritten one does, whatever the file's layout and the ops.
         #[test]
         fn a_spliced_write_reads_back_as_a_rewrite(
-            rows in proptest::collection::vec(
-                (0..100_000usize, [0..CELLS.len(), 0..CELLS.len(), 0..CELLS.len()]),
-                1..30,
-            ),
+            rows in rows(),
             style in style(),
             ops in proptest::collection::vec(op(), 1..6),
         ) {
-            let mut seen = std::collections::HashSet::new();
-            let rows: Vec<_> = rows.into_iter().filter(|(id, _)| seen.insert(*id)).collect();
             let (_dir, spliced, rewritten) = twins(&file_text(&rows, &style));
             let before = read(&rewritten, EntityKind::Contact).unwrap();
             let ids: Vec<String> = before.iter().map(|r| r.id.clone()).collect();
@@ -663,15 +669,7 @@ mod tests {
         /// A scan of a file that was not listed finds the rows where a complete listing
         /// of it does, whatever its layout.
         #[test]
-        fn an_index_scanned_is_the_one_a_listing_leaves(
-            rows in proptest::collection::vec(
-                (0..100_000usize, [0..CELLS.len(), 0..CELLS.len(), 0..CELLS.len()]),
-                1..30,
-            ),
-            style in style(),
-        ) {
-            let mut seen = std::collections::HashSet::new();
-            let rows: Vec<_> = rows.into_iter().filter(|(id, _)| seen.insert(*id)).collect();
+        fn an_index_scanned_is_the_one_a_listing_leaves(rows in rows(), style in style()) {
             let (_dir, path, _) = twins(&file_text(&rows, &style));
             let scanned = RowIndex::scan(&path, EntityKind::Contact).unwrap().unwrap();
             prop_assert_eq!(scanned, index_of(&path));
