@@ -50,6 +50,10 @@ const NEXT_FIRST_ID: &str = "SELECT first_id FROM record_hash_pages \
 const DELETE_PAGE: &str = "DELETE FROM record_hash_pages WHERE scope = ?1 AND first_id = ?2";
 const PUT_PAGE: &str = "INSERT OR REPLACE INTO record_hash_pages \
                         (scope, first_id, entries, rechecks, page) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// A page rewritten where it stands (its first id unchanged): unlike a replace, which
+/// deletes the row and inserts it again, the key's index is not touched.
+const REWRITE_PAGE: &str = "UPDATE record_hash_pages SET entries = ?3, rechecks = ?4, page = ?5 \
+                            WHERE scope = ?1 AND first_id = ?2";
 
 /// Applies `changes` to the hashes of scope `scope`, in their order for one id.
 pub(super) fn apply(
@@ -171,9 +175,11 @@ fn put_pages(
     entries: &[HashEntry],
 ) -> Result<(), StateError> {
     const ACTION: &str = "storing content hashes";
-    if let Some(old_first) = old_first
-        && entries.first().is_none_or(|e| e.id != old_first)
-    {
+    let same_first = match (&old_first, entries.first()) {
+        (Some(old_first), Some(first)) => first.id == *old_first,
+        _ => false,
+    };
+    if let Some(old_first) = old_first.filter(|_| !same_first) {
         conn.prepare_cached(DELETE_PAGE)
             .and_then(|mut stmt| stmt.execute(params![scope, old_first]))
             .map_err(sql_error(ACTION))?;
@@ -182,16 +188,23 @@ fn put_pages(
         n if n <= PAGE_MAX => n.max(1),
         _ => PAGE_ENTRIES,
     };
-    for page in entries.chunks(size) {
-        put_page(conn, scope, page).map_err(sql_error(ACTION))?;
+    for (i, page) in entries.chunks(size).enumerate() {
+        // The first page keeps the old one's first id: rewritten in place.
+        let sql = if i == 0 && same_first {
+            REWRITE_PAGE
+        } else {
+            PUT_PAGE
+        };
+        put_page(conn, sql, scope, page).map_err(sql_error(ACTION))?;
     }
     Ok(())
 }
 
-/// Stores `page` (sorted by id, not empty) as the page that begins at its first id.
-fn put_page(conn: &Connection, scope: i64, page: &[HashEntry]) -> rusqlite::Result<()> {
+/// Stores `page` (sorted by id, not empty) as the page that begins at its first id,
+/// by `sql` ([`PUT_PAGE`] or [`REWRITE_PAGE`]).
+fn put_page(conn: &Connection, sql: &str, scope: i64, page: &[HashEntry]) -> rusqlite::Result<()> {
     let rechecks = page.iter().filter(|e| e.hash == RECHECK).count();
-    conn.prepare_cached(PUT_PAGE)?.execute(params![
+    conn.prepare_cached(sql)?.execute(params![
         scope,
         page[0].id,
         page.len() as i64,
@@ -361,7 +374,7 @@ pub(super) fn pack_hash_rows(conn: &Connection) -> rusqlite::Result<()> {
     let mut page_scope = 0;
     let put = |scope: i64, page: &mut Vec<HashEntry>| -> rusqlite::Result<()> {
         if !page.is_empty() {
-            put_page(conn, scope, page)?;
+            put_page(conn, PUT_PAGE, scope, page)?;
         }
         page.clear();
         Ok(())
