@@ -801,7 +801,13 @@ fn perf_control(command: &str) {
     if let Ok(ctl) = std::env::var("TANDEM_BENCH_PERF_CTL") {
         let _ = std::fs::write(ctl, format!("{command}\n"));
         if let Ok(ack) = std::env::var("TANDEM_BENCH_PERF_ACK") {
-            let _ = std::fs::read(ack);
+            // perf answers `ack` and keeps the fifo open: one line, not to the end.
+            if let Ok(fifo) = std::fs::File::open(ack) {
+                let _ = std::io::BufRead::read_line(
+                    &mut std::io::BufReader::new(fifo),
+                    &mut String::new(),
+                );
+            }
         }
     }
 }

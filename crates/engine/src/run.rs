@@ -69,6 +69,8 @@ pub(crate) struct Prepared {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StoredAmbiguities {
     pub complete: bool,
+    /// As the state holds them, for a complete matching to compare with what it
+    /// found; none for a relation that did not match (they went to the report).
     pub stored: Option<serde_json::Value>,
 }
 
@@ -641,16 +643,18 @@ impl<'a> Engine<'a> {
     ) -> Result<Vec<StoredAmbiguities>, EngineError> {
         let mut ambiguities = Vec::new();
         for (r, relation) in self.relations.relations.iter().enumerate() {
-            let stored = self.state.ambiguities(&relation.code)?;
-            if wakes[r] == Wake::Quiet {
+            let mut stored = self.state.ambiguities(&relation.code)?;
+            // Matching read every unlinked record of both sides (`second_pass`).
+            let complete = wakes[r] != Wake::Quiet;
+            if !complete {
+                // Taken, not copied: only a complete matching compares them with what
+                // it found (thousands, at a million partners, read on every run).
                 let standing: Vec<Ambiguity> = stored
-                    .clone()
+                    .take()
                     .and_then(|json| serde_json::from_value(json).ok())
                     .unwrap_or_default();
                 plan.ambiguous.extend(standing);
             }
-            // Matching read every unlinked record of both sides (`second_pass`).
-            let complete = wakes[r] != Wake::Quiet;
             ambiguities.push(StoredAmbiguities { complete, stored });
         }
         Ok(ambiguities)
