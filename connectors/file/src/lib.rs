@@ -25,6 +25,7 @@
 mod atomic;
 mod csv;
 mod error;
+mod id_index;
 mod jsonl;
 mod link;
 mod lock;

@@ -1199,3 +1199,16 @@ async fn a_file_edited_after_its_listing_is_rewritten_with_the_edit() {
     assert!(after.contains("C5,Name 5,Brugge\n"));
     assert!(after.ends_with("C30000,Added by hand,Gent\n"));
 }
+
+#[tokio::test]
+async fn a_write_to_a_file_with_a_repeated_id_is_refused_on_its_line_and_changes_nothing() {
+    let dir = folder();
+    let content = "id,name\nC1,Ann\nC2,Bob\nC1,Ann again\n";
+    put(&dir, "contacts.csv", content);
+    let c = csv_in(&dir);
+    let ops = vec![update("C2", None, &[("name", Value::text("Bea"))])];
+    let error = c.write(CONTACT, ops).await.unwrap_err().to_string();
+    assert!(error.contains("line 4:"), "{error}");
+    assert!(error.contains("duplicate id `C1` (first on line 2)"), "{error}");
+    assert_eq!(get(&dir, "contacts.csv"), content);
+}

@@ -1,6 +1,5 @@
 //! CSV files: a header row naming `id` and the columns, one record per row.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
@@ -11,6 +10,7 @@ use tandem_connector::{Changes, ConnectorError};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value, field};
 
 use crate::error::{FileError, header_error, line_error};
+use crate::id_index::IdIndex;
 use crate::link;
 use crate::pieces::{self, Cut};
 use crate::row::{Row, RowBuilder, TooLong};
@@ -660,8 +660,8 @@ pub(crate) struct CsvTable {
     /// Rows may be shorter than the header after a column was added; the missing
     /// cells are empty and are written out as such.
     rows: Vec<Option<Row>>,
-    /// Hashed with foldhash: a million ids are indexed per write.
-    index: HashMap<String, usize, foldhash::fast::RandomState>,
+    /// Rows by id: a million ids are indexed per write that loads the file.
+    index: IdIndex,
     /// Where inserted and updated rows are put together.
     scratch: RowBuilder,
 }
@@ -681,13 +681,17 @@ impl CsvTable {
             None => (Layout::fresh(kind), Vec::new(), Vec::new()),
         };
         let id = layout.id;
-        table::check_unique(path, rows.iter().flatten().map(|r| &r[id]), &lines)?;
-        let index = rows
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, row)| (row[id].to_owned(), i))
-            .collect();
+        let rows: Vec<Option<Row>> = rows;
+        let mut index = IdIndex::with_capacity(rows.len());
+        let id_of = |i: usize| rows[i].as_ref().map_or("", |row| &row[id]);
+        let mut repeated = false;
+        for i in 0..rows.len() {
+            repeated |= index.insert(id_of(i), i, id_of).is_some();
+        }
+        if repeated {
+            // Which id, and on which lines, for the error.
+            table::check_unique(path, rows.iter().flatten().map(|r| &r[id]), &lines)?;
+        }
         Ok(CsvTable {
             path: path.to_owned(),
             layout,
@@ -707,23 +711,31 @@ impl CsvTable {
             path: path.to_owned(),
             layout,
             rows: Vec::new(),
-            index: HashMap::default(),
+            index: IdIndex::default(),
             scratch: RowBuilder::default(),
         }
     }
 
     /// Adds `row` as it is; returns where it is.
     fn push(&mut self, row: Row) -> usize {
-        self.index
-            .insert(row[self.layout.id].to_owned(), self.rows.len());
+        let at = self.rows.len();
         self.rows.push(Some(row));
-        self.rows.len() - 1
+        let id = self.layout.id;
+        let rows = &self.rows;
+        let id_of = |i: usize| rows[i].as_ref().map_or("", |row| &row[id]);
+        self.index.insert(id_of(at), at, id_of);
+        at
+    }
+
+    /// The id of row `i` ("" for a removed one, which the index no longer names).
+    fn id_of(&self, i: usize) -> &str {
+        self.rows[i].as_ref().map_or("", |row| &row[self.layout.id])
     }
 }
 
 impl Table for CsvTable {
     fn find(&self, id: &str) -> Option<usize> {
-        self.index.get(id).copied()
+        self.index.find(id, |i| self.id_of(i))
     }
 
     fn ids(&self) -> Box<dyn Iterator<Item = &str> + '_> {
@@ -773,9 +785,13 @@ impl Table for CsvTable {
         let row = row
             .finish()
             .map_err(|TooLong| ConnectorError::invalid(Some(&id), TOO_LONG))?;
-        self.index.insert(id, self.rows.len());
+        let at = self.rows.len();
         self.rows.push(Some(row));
-        Ok(self.rows.len() - 1)
+        let rows = &self.rows;
+        let column = self.layout.id;
+        let id_of = |i: usize| rows[i].as_ref().map_or("", |row| &row[column]);
+        self.index.insert(&id, at, id_of);
+        Ok(at)
     }
 
     fn update(
@@ -811,7 +827,7 @@ impl Table for CsvTable {
 
     fn remove(&mut self, row: usize) {
         if let Some(old) = self.rows[row].take() {
-            self.index.remove(&old[self.layout.id]);
+            self.index.remove(&old[self.layout.id], row);
         }
     }
 

@@ -19,6 +19,7 @@ use tandem_model::EntityKind;
 
 use super::{At, Column, CsvTable, Layout, TOO_LONG, line_error};
 use crate::atomic::Fingerprinting;
+use crate::id_index::IdIndex;
 use crate::link;
 use crate::row::{Row, TooLong};
 use crate::table::{self, Table, TextStyle};
@@ -138,7 +139,7 @@ struct Spliced<'i> {
     /// found in one pass over the ids, without indexing them all.
     named: HashMap<String, Option<usize>, foldhash::fast::RandomState>,
     /// Every row by its id, made when an id no op names is asked for (a create's).
-    all: std::cell::OnceCell<AllRows<'i>>,
+    all: std::cell::OnceCell<IdIndex>,
     /// The rows touched and inserted, and which row of the file each is.
     touched: CsvTable,
     row_of: Vec<usize>,
@@ -198,8 +199,8 @@ impl<'i> Spliced<'i> {
             Some(&row) => row,
             None => self
                 .all
-                .get_or_init(|| AllRows::of(self.index))
-                .find(self.index, id),
+                .get_or_init(|| all_rows(self.index))
+                .find(id, |i| self.index.id(i)),
         }
     }
 
@@ -336,38 +337,14 @@ impl<'i> Spliced<'i> {
 /// The bytes a splice copies per read and write.
 const COPY_BUFFER: usize = 1 << 20;
 
-/// Every row of a file by its id.
-struct AllRows<'i> {
-    /// By the id's hash; ids whose hash another took are looked up by their text.
-    by_hash: HashMap<u64, usize, foldhash::fast::RandomState>,
-    collided: HashMap<&'i str, usize>,
-}
-
-impl<'i> AllRows<'i> {
-    fn of(index: &'i RowIndex) -> AllRows<'i> {
-        let mut by_hash = HashMap::with_capacity_and_hasher(index.len(), Default::default());
-        let mut collided = HashMap::new();
-        for i in 0..index.len() {
-            let id = index.id(i);
-            if let Some(first) = by_hash.insert(hash(id), i) {
-                // The first keeps the hash; this one is looked up by its text.
-                by_hash.insert(hash(id), first);
-                collided.insert(id, i);
-            }
-        }
-        AllRows { by_hash, collided }
+/// Every row of a file by its id (its ids are unique: the listing or scan that made
+/// the index checked).
+fn all_rows(index: &RowIndex) -> IdIndex {
+    let mut all = IdIndex::with_capacity(index.len());
+    for i in 0..index.len() {
+        all.insert(index.id(i), i, |i| index.id(i));
     }
-
-    fn find(&self, index: &RowIndex, id: &str) -> Option<usize> {
-        match self.by_hash.get(&hash(id)) {
-            Some(&i) if index.id(i) == id => Some(i),
-            _ => self.collided.get(id).copied(),
-        }
-    }
-}
-
-fn hash(id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+    all
 }
 
 impl Table for Spliced<'_> {
