@@ -1209,6 +1209,9 @@ async fn a_write_to_a_file_with_a_repeated_id_is_refused_on_its_line_and_changes
     let ops = vec![update("C2", None, &[("name", Value::text("Bea"))])];
     let error = c.write(CONTACT, ops).await.unwrap_err().to_string();
     assert!(error.contains("line 4:"), "{error}");
-    assert!(error.contains("duplicate id `C1` (first on line 2)"), "{error}");
+    assert!(
+        error.contains("duplicate id `C1` (first on line 2)"),
+        "{error}"
+    );
     assert_eq!(get(&dir, "contacts.csv"), content);
 }

@@ -64,16 +64,19 @@ pub(super) fn apply(
     // Stable: changes to one id keep their order.
     changes.sort_by(|a, b| a.0.cmp(b.0));
     let mut at = 0;
+    // The page of `changes[at]`, when found while bounding the page before.
+    let mut found: Option<Option<Page>> = None;
     while at < changes.len() {
-        let page = page_for(conn, scope, changes[at].0)?;
-        // Every change up to the next page's range goes to this page. The last change
-        // needs no bound: a run's few changes are mostly one to a page.
-        let next_first = match (&page, at + 1 < changes.len()) {
-            (Some((first_id, _)), true) => next_first_id(conn, scope, first_id)?,
-            _ => None,
+        let page = match found.take() {
+            Some(page) => page,
+            None => page_for(conn, scope, changes[at].0)?,
         };
-        let end = match &next_first {
-            Some(next) => at + changes[at..].partition_point(|(id, _)| *id < next.as_str()),
+        let end = match &page {
+            Some(page) => {
+                let (end, next) = page_end(conn, scope, page, &changes, at)?;
+                found = next;
+                end
+            }
             None => changes.len(),
         };
         let (old_first, entries) = match page {
@@ -85,6 +88,38 @@ pub(super) fn apply(
         at = end;
     }
     Ok(())
+}
+
+/// Where the changes that go to `page` (the page of `changes[at]`) end, and the page of
+/// the change there when it was read to tell. Up to the page's last entry they are
+/// its own; past it, the next change's page is read: another page (as it is when a
+/// run's few changes fall one to a page) serves that change next, and only a change
+/// in the gap after the last entry asks where the page's range ends.
+fn page_end(
+    conn: &Connection,
+    scope: i64,
+    (first_id, entries): &Page,
+    changes: &[(&str, HashChange)],
+    at: usize,
+) -> Result<(usize, Option<Option<Page>>), StateError> {
+    let last = entries.last().map(|e| e.id.as_str());
+    let within = changes[at..].partition_point(|(id, _)| Some(*id) <= last);
+    let end = at + within.max(1);
+    if end == changes.len() {
+        return Ok((end, None));
+    }
+    let next = page_for(conn, scope, changes[end].0)?;
+    if next
+        .as_ref()
+        .is_some_and(|(next_first, _)| next_first != first_id)
+    {
+        return Ok((end, Some(next)));
+    }
+    let end = match next_first_id(conn, scope, first_id)? {
+        Some(bound) => end + changes[end..].partition_point(|(id, _)| *id < bound.as_str()),
+        None => changes.len(),
+    };
+    Ok((end, None))
 }
 
 /// A stored page: its first id and its entries.
