@@ -1275,7 +1275,7 @@ impl StateStore for SqliteState {
 
     fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError> {
         match known_scope(&self.conn, scope)? {
-            Some(number) => hash_pages::lookup(&self.conn, number, ids, |e| Some(e.hash)),
+            Some(number) => hash_pages::lookup(&self.conn, number, ids, |hash, _| Some(hash)),
             None => Ok(HashMap::new()),
         }
     }
@@ -1288,7 +1288,7 @@ impl StateStore for SqliteState {
         match known_scope(&self.conn, scope)? {
             // 0 is stored for keys the run did not know.
             Some(number) => {
-                hash_pages::lookup(&self.conn, number, ids, |e| e.keys.filter(|k| *k != 0))
+                hash_pages::lookup(&self.conn, number, ids, |_, keys| keys.filter(|k| *k != 0))
             }
             None => Ok(HashMap::new()),
         }

@@ -306,39 +306,97 @@ pub(super) fn count(conn: &Connection, scope: i64) -> Result<usize, StateError> 
         .map_err(sql_error("counting content hashes"))
 }
 
-/// The value `pick` takes from the entry of each of `ids` that scope `scope` holds.
+/// The value `pick` takes from the (hash, match keys) of each of `ids` that scope
+/// `scope` holds.
 pub(super) fn lookup(
     conn: &Connection,
     scope: i64,
     ids: &[&str],
-    pick: impl Fn(&HashEntry) -> Option<u64>,
+    pick: impl Fn(u64, Option<u64>) -> Option<u64>,
 ) -> Result<HashMap<String, u64>, StateError> {
     const ACTION: &str = "reading content hashes";
     let mut stmt = conn.prepare_cached(PAGE_AT).map_err(sql_error(ACTION))?;
     let mut out = HashMap::with_capacity(ids.len());
     // Ids asked for together are often near each other: a page is decoded once for
-    // every id within its entries.
-    let mut page: Vec<HashEntry> = Vec::new();
+    // every id within its entries, into one buffer that every page reuses.
+    let mut page = DecodedPage::default();
     for &id in ids {
-        let within = page.first().is_some_and(|e| e.id.as_str() <= id)
-            && page.last().is_some_and(|e| id <= e.id.as_str());
-        if !within {
-            let found: Option<(String, Vec<u8>)> = stmt
-                .query_row(params![scope, id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()
-                .map_err(sql_error(ACTION))?;
-            page = match found {
-                Some((first_id, bytes)) => decoded(scope, &first_id, &bytes)?,
-                None => Vec::new(),
-            };
+        if !page.spans(id) {
+            page.clear();
+            let mut rows = stmt.query(params![scope, id]).map_err(sql_error(ACTION))?;
+            if let Some(row) = rows.next().map_err(sql_error(ACTION))? {
+                let bytes = row.get_ref(1).and_then(|v| Ok(v.as_blob()?));
+                page.fill(bytes.map_err(sql_error(ACTION))?)
+                    .map_err(|message| {
+                        corrupt(scope, &row.get::<_, String>(0).unwrap_or_default(), message)
+                    })?;
+            }
         }
-        if let Ok(at) = page.binary_search_by(|e| e.id.as_str().cmp(id))
-            && let Some(value) = pick(&page[at])
+        if let Some((hash, keys)) = page.get(id)
+            && let Some(value) = pick(hash, keys)
         {
             out.insert(id.to_owned(), value);
         }
     }
     Ok(out)
+}
+
+/// A page of content hashes decoded for lookups: its ids in one buffer, not a string
+/// each (a run's lookups at a million records decoded a page per record, and its
+/// strings were most of the work).
+#[derive(Debug, Default)]
+struct DecodedPage {
+    ids: String,
+    /// Per entry, in id order: where its id ends in `ids`, its hash and match keys.
+    entries: Vec<(usize, u64, Option<u64>)>,
+}
+
+impl DecodedPage {
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.entries.clear();
+    }
+
+    fn fill(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (ids, entries) = (&mut self.ids, &mut self.entries);
+        codec::decode_hash_page(bytes, |id, hash, keys| {
+            ids.push_str(id);
+            entries.push((ids.len(), hash, keys));
+        })?;
+        Ok(())
+    }
+
+    fn id(&self, i: usize) -> &str {
+        let start = match i {
+            0 => 0,
+            _ => self.entries[i - 1].0,
+        };
+        &self.ids[start..self.entries[i].0]
+    }
+
+    /// Whether `id` lies between the page's first and last entries.
+    fn spans(&self, id: &str) -> bool {
+        match self.entries.len() {
+            0 => false,
+            n => self.id(0) <= id && id <= self.id(n - 1),
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<(u64, Option<u64>)> {
+        let (mut lo, mut hi) = (0, self.entries.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.id(mid).cmp(id) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    let (_, hash, keys) = self.entries[mid];
+                    return Some((hash, keys));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Calls `each` with every hash as a row of `record_hashes` (`STATE_TABLES`), in
@@ -607,7 +665,7 @@ mod tests {
                     .filter(|((s, _), _)| *s == scope)
                     .map(|((_, id), (hash, _))| (id.clone(), *hash))
                     .collect();
-                prop_assert_eq!(&lookup(&conn, scope, &ids, |e| Some(e.hash)).unwrap(), &expected);
+                prop_assert_eq!(&lookup(&conn, scope, &ids, |hash, _| Some(hash)).unwrap(), &expected);
                 let mut read = HashMap::new();
                 each_entry(&conn, scope, false, |id, hash, _| {
                     read.insert(id.to_owned(), hash);
