@@ -643,18 +643,22 @@ impl<'a> Engine<'a> {
     ) -> Result<Vec<StoredAmbiguities>, EngineError> {
         let mut ambiguities = Vec::new();
         for (r, relation) in self.relations.relations.iter().enumerate() {
-            let mut stored = self.state.ambiguities(&relation.code)?;
             // Matching read every unlinked record of both sides (`second_pass`).
             let complete = wakes[r] != Wake::Quiet;
-            if !complete {
-                // Taken, not copied: only a complete matching compares them with what
-                // it found (thousands, at a million partners, read on every run).
-                let standing: Vec<Ambiguity> = stored
-                    .take()
-                    .and_then(|json| serde_json::from_value(json).ok())
-                    .unwrap_or_default();
-                plan.ambiguous.extend(standing);
-            }
+            let stored = match complete {
+                // Compared with what the matching found.
+                true => self.state.ambiguities(&relation.code)?,
+                // Reported as they stand, read straight into their type: thousands
+                // at a million partners, on every run.
+                false => {
+                    let text = self.state.ambiguities_text(&relation.code)?;
+                    let standing: Vec<Ambiguity> = text
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or_default();
+                    plan.ambiguous.extend(standing);
+                    None
+                }
+            };
             ambiguities.push(StoredAmbiguities { complete, stored });
         }
         Ok(ambiguities)

@@ -562,6 +562,12 @@ pub trait StateStore: Send {
     /// The ambiguous matches of relation `code` as its last matching found them (a
     /// JSON list), if it ever matched.
     fn ambiguities(&self, code: &str) -> Result<Option<serde_json::Value>, StateError>;
+    /// The same as JSON text, for a caller that reads it into types of its own: a
+    /// JSON value of the thousands a million partners leave took as long again to
+    /// build as the types.
+    fn ambiguities_text(&self, code: &str) -> Result<Option<String>, StateError> {
+        Ok(self.ambiguities(code)?.map(|json| json.to_string()))
+    }
 
     /// Applies `batch` in one transaction.
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError>;

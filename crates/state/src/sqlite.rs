@@ -1309,12 +1309,7 @@ impl StateStore for SqliteState {
     }
 
     fn ambiguities(&self, code: &str) -> Result<Option<serde_json::Value>, StateError> {
-        const ACTION: &str = "reading ambiguous matches";
-        let text: Option<String> = self
-            .conn
-            .prepare_cached("SELECT ambiguities FROM ambiguities WHERE code = ?1")
-            .and_then(|mut stmt| stmt.query_row([code], |row| row.get(0)).optional())
-            .map_err(sql_error(ACTION))?;
+        let text = self.ambiguities_text(code)?;
         text.map(|t| {
             serde_json::from_str(&t).map_err(|e| StateError::Corrupt {
                 what: format!("ambiguous matches of {code}"),
@@ -1322,6 +1317,13 @@ impl StateStore for SqliteState {
             })
         })
         .transpose()
+    }
+
+    fn ambiguities_text(&self, code: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .prepare_cached("SELECT ambiguities FROM ambiguities WHERE code = ?1")
+            .and_then(|mut stmt| stmt.query_row([code], |row| row.get(0)).optional())
+            .map_err(sql_error("reading ambiguous matches"))
     }
 
     fn has_rechecks(&self, scope: &Scope) -> Result<bool, StateError> {
