@@ -1095,6 +1095,16 @@ fn contacts_quoting_one(dir: &TempDir, city: &str) -> String {
     text
 }
 
+/// The fingerprint the connector vouches for since `since` (its own writes alone) is
+/// the file's as it is now.
+async fn assert_vouches_for_the_file(c: &FileConnector, since: &str) {
+    let vouched = c
+        .fingerprint_after_own_writes(CONTACT, since)
+        .await
+        .unwrap();
+    assert_eq!(vouched, c.fingerprint(CONTACT).await.unwrap());
+}
+
 /// A write of a few rows right after a full listing splices the file: the rows it
 /// touches are written anew, every other byte stays (the unneeded quotes of `C3`
 /// too), and the fingerprint vouched for is the file's.
@@ -1127,11 +1137,7 @@ async fn a_few_rows_written_after_a_listing_are_spliced_into_the_file() {
         .replace("C7,Name 7,Gent\n", "")
         + "C25001,New,\n";
     assert_eq!(get(&dir, "contacts.csv"), expected);
-    let vouched = c
-        .fingerprint_after_own_writes(CONTACT, &since)
-        .await
-        .unwrap();
-    assert_eq!(vouched, c.fingerprint(CONTACT).await.unwrap());
+    assert_vouches_for_the_file(&c, &since).await;
 }
 
 /// [`quoted_contacts`] with rows of about 120 bytes (3 MB: big enough to be scanned).
@@ -1156,11 +1162,7 @@ async fn a_few_rows_written_to_a_file_not_listed_are_spliced_into_it() {
         expected,
         "spliced: C3 keeps its quotes"
     );
-    let vouched = c
-        .fingerprint_after_own_writes(CONTACT, &since)
-        .await
-        .unwrap();
-    assert_eq!(vouched, c.fingerprint(CONTACT).await.unwrap());
+    assert_vouches_for_the_file(&c, &since).await;
 
     // One op per row of a tenth of the file: not a few, not scanned.
     let ops = (1..=2_500)

@@ -681,11 +681,10 @@ impl CsvTable {
             None => (Layout::fresh(kind), Vec::new(), Vec::new()),
         };
         let id = layout.id;
-        let rows: Vec<Option<Row>> = rows;
         let mut index = IdIndex::with_capacity(rows.len());
-        let id_of = |i: usize| rows[i].as_ref().map_or("", |row| &row[id]);
         let mut repeated = false;
         for i in 0..rows.len() {
+            let id_of = |i| id_at(&rows, id, i);
             repeated |= index.insert(id_of(i), i, id_of).is_some();
         }
         if repeated {
@@ -720,22 +719,23 @@ impl CsvTable {
     fn push(&mut self, row: Row) -> usize {
         let at = self.rows.len();
         self.rows.push(Some(row));
-        let id = self.layout.id;
-        let rows = &self.rows;
-        let id_of = |i: usize| rows[i].as_ref().map_or("", |row| &row[id]);
-        self.index.insert(id_of(at), at, id_of);
+        let (rows, id) = (&self.rows, self.layout.id);
+        self.index
+            .insert(id_at(rows, id, at), at, |i| id_at(rows, id, i));
         at
     }
+}
 
-    /// The id of row `i` ("" for a removed one, which the index no longer names).
-    fn id_of(&self, i: usize) -> &str {
-        self.rows[i].as_ref().map_or("", |row| &row[self.layout.id])
-    }
+/// The id (in column `id`) of row `i` of `rows`; "" for a removed row, which the index
+/// no longer names.
+fn id_at(rows: &[Option<Row>], id: usize, i: usize) -> &str {
+    rows[i].as_ref().map_or("", |row| &row[id])
 }
 
 impl Table for CsvTable {
     fn find(&self, id: &str) -> Option<usize> {
-        self.index.find(id, |i| self.id_of(i))
+        self.index
+            .find(id, |i| id_at(&self.rows, self.layout.id, i))
     }
 
     fn ids(&self) -> Box<dyn Iterator<Item = &str> + '_> {
@@ -785,13 +785,7 @@ impl Table for CsvTable {
         let row = row
             .finish()
             .map_err(|TooLong| ConnectorError::invalid(Some(&id), TOO_LONG))?;
-        let at = self.rows.len();
-        self.rows.push(Some(row));
-        let rows = &self.rows;
-        let column = self.layout.id;
-        let id_of = |i: usize| rows[i].as_ref().map_or("", |row| &row[column]);
-        self.index.insert(&id, at, id_of);
-        Ok(at)
+        Ok(self.push(row))
     }
 
     fn update(
