@@ -648,20 +648,31 @@ impl<'a> Engine<'a> {
             let stored = match complete {
                 // Compared with what the matching found.
                 true => self.state.ambiguities(&relation.code)?,
-                // Reported as they stand, read straight into their type: thousands
-                // at a million partners, on every run.
+                // Reported as they stand: thousands at a million partners, on every run.
                 false => {
-                    let text = self.state.ambiguities_text(&relation.code)?;
-                    let standing: Vec<Ambiguity> = text
-                        .and_then(|text| serde_json::from_str(&text).ok())
-                        .unwrap_or_default();
-                    plan.ambiguous.extend(standing);
+                    plan.ambiguous.extend(self.standing(&relation.code)?);
                     None
                 }
             };
             ambiguities.push(StoredAmbiguities { complete, stored });
         }
         Ok(ambiguities)
+    }
+
+    /// The ambiguous matches relation `code` stands on, read from the stored text
+    /// straight into their type. Text that does not read so is read as any stored
+    /// JSON is: an error when it is no JSON, none when it is other JSON.
+    fn standing(&self, code: &str) -> Result<Vec<Ambiguity>, EngineError> {
+        let Some(text) = self.state.ambiguities_text(code)? else {
+            return Ok(Vec::new());
+        };
+        if let Ok(standing) = serde_json::from_str(&text) {
+            return Ok(standing);
+        }
+        let stored = self.state.ambiguities(code)?;
+        Ok(stored
+            .and_then(|json| serde_json::from_value(json).ok())
+            .unwrap_or_default())
     }
 }
 

@@ -347,8 +347,9 @@ pub(super) fn lookup(
 #[derive(Debug, Default)]
 struct DecodedPage {
     ids: String,
-    /// Per entry, in id order: where its id ends in `ids`, its hash and match keys.
-    entries: Vec<(usize, u64, Option<u64>)>,
+    /// Per entry, in id order: where its id starts and ends in `ids`, its hash and
+    /// match keys.
+    entries: Vec<(usize, usize, u64, Option<u64>)>,
 }
 
 impl DecodedPage {
@@ -360,42 +361,26 @@ impl DecodedPage {
     fn fill(&mut self, bytes: &[u8]) -> Result<(), String> {
         let (ids, entries) = (&mut self.ids, &mut self.entries);
         codec::decode_hash_page(bytes, |id, hash, keys| {
+            let start = ids.len();
             ids.push_str(id);
-            entries.push((ids.len(), hash, keys));
+            entries.push((start, ids.len(), hash, keys));
         })?;
         Ok(())
     }
 
-    fn id(&self, i: usize) -> &str {
-        let start = match i {
-            0 => 0,
-            _ => self.entries[i - 1].0,
-        };
-        &self.ids[start..self.entries[i].0]
-    }
-
     /// Whether `id` lies between the page's first and last entries.
     fn spans(&self, id: &str) -> bool {
-        match self.entries.len() {
-            0 => false,
-            n => self.id(0) <= id && id <= self.id(n - 1),
+        match (self.entries.first(), self.entries.last()) {
+            (Some(&(s, e, ..)), Some(&(ls, le, ..))) => {
+                &self.ids[s..e] <= id && id <= &self.ids[ls..le]
+            }
+            _ => false,
         }
     }
 
     fn get(&self, id: &str) -> Option<(u64, Option<u64>)> {
-        let (mut lo, mut hi) = (0, self.entries.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.id(mid).cmp(id) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => {
-                    let (_, hash, keys) = self.entries[mid];
-                    return Some((hash, keys));
-                }
-            }
-        }
-        None
+        let at = (self.entries).binary_search_by(|&(s, e, ..)| self.ids[s..e].cmp(id));
+        at.ok().map(|at| (self.entries[at].2, self.entries[at].3))
     }
 }
 
