@@ -15,7 +15,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// in and zeroed again on their next use, which cost 7 % of an initial sync of 1M
 /// partners (docs/BENCHMARKS.md). Memory nobody reuses still goes back, ten seconds
 /// later.
+///
+/// `MIMALLOC_PURGE_DELAY` (milliseconds), when set, wins: mimalloc reads it itself.
 pub fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // `mi_option_purge_delay` in mimalloc.h (option indexes are stable: retired
     // options keep their slot); libmimalloc-sys names no constant for it.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -62,7 +62,11 @@ impl Value {
     }
 
     /// A list of texts (business relations, categories).
-    pub fn list(items: Vec<String>) -> Value {
+    pub fn list(mut items: Vec<String>) -> Value {
+        // A value may be held for long (a plan holds one per contact it writes): a
+        // vector grown by pushing, or collected in place from a bigger item type,
+        // keeps room it will never use.
+        items.shrink_to_fit();
         Value::List(Box::new(items))
     }
 

@@ -8,8 +8,13 @@ impl<'a> Planner<'a> {
     /// looked at again next run, which matches them against the new contacts.
     pub(super) fn recheck_for_new_contacts(&mut self) {
         let left = std::mem::take(&mut self.left_unmatched);
+        // Per relation, once: asked per account, the search of every create was a
+        // product of the two counts.
+        let others_create: Vec<bool> = (0..self.relations.relations.len())
+            .map(|r| self.plan.creates.iter().any(|c| c.relation != r))
+            .collect();
         for (r, account_id) in left {
-            if self.plan.creates.iter().any(|c| c.relation != r) {
+            if others_create[r] {
                 self.plan.recheck_accounts.push((r, account_id));
             }
         }
@@ -52,7 +57,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let account = &self.accounts(r).records[&account_id];
-            let baseline = account.fields.project(&names(&relation.shared));
+            let mut baseline = account.fields.project(&names(&relation.shared));
             let mut fields = baseline.clone();
             fields.set(
                 field::CONTACT_TYPE,
@@ -62,6 +67,10 @@ impl<'a> Planner<'a> {
                 field::BUSINESS_RELATIONS,
                 Value::list(vec![relation.code.clone()]),
             );
+            // Held until the run ends, for each of what may be 100,000s of creates:
+            // sized to their fields, not to the doubling that set them one by one.
+            baseline.shrink_to_fit();
+            fields.shrink_to_fit();
             self.plan.creates.push(ContactCreate {
                 code: relation.code.clone(),
                 relation: r,

@@ -88,7 +88,7 @@ impl<'a> Planner<'a> {
             ));
         }
         self.linked_accounts[r].insert(a);
-        self.new_links.entry(c).or_default().push((r, a, how));
+        self.add_new_link(c, r, a, how);
         None
     }
 }

@@ -75,10 +75,7 @@ impl<'a> Planner<'a> {
                 }
             };
             self.linked_accounts[r].insert(account);
-            self.new_links
-                .entry(contact)
-                .or_default()
-                .push((r, account, NewLink::Recovered));
+            self.add_new_link(contact, r, account, NewLink::Recovered);
             self.starts.insert((r, contact), &p.fields);
             let key = (p.code.clone(), p.side, p.source_id.clone());
             self.plan.done_pending.creates.push(key);

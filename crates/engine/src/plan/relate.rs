@@ -147,7 +147,7 @@ impl<'a> Planner<'a> {
             matched.contacts.insert(c);
             matched.accounts.insert(a);
             let how = NewLink::Match { tier: *tier };
-            self.new_links.entry(c).or_default().push((r, a, how));
+            self.add_new_link(c, r, a, how);
         }
         self.plan.ambiguous.extend(outcome.ambiguous);
         matched
