@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 use tandem_model::normalise::{CountryCode, Form};
-use tandem_model::{Record, Value, field};
+use tandem_model::{RecordView, field};
 
 use crate::relation::Tier;
 
@@ -35,20 +35,22 @@ pub struct MatchOutcome {
 }
 
 /// The records of both pools that share one key.
-struct Found<'p> {
-    contacts: &'p [&'p Record],
-    accounts: &'p [&'p Record],
+struct Found<'p, R> {
+    contacts: &'p [&'p R],
+    accounts: &'p [&'p R],
     /// Positions in the pools.
     cs: &'p [u32],
     accs: &'p [u32],
 }
 
-impl Found<'_> {
+impl<R: RecordView> Found<'_, R> {
     /// More than one record on a side: reported, never guessed (R4).
     fn ambiguity(&self, code: &str, tier_number: usize, tier: &Tier) -> Ambiguity {
         let first = self.contacts[self.cs[0] as usize];
-        let ids = |pool: &[&Record], at: &[u32]| {
-            let mut ids: Vec<String> = at.iter().map(|&i| pool[i as usize].id.clone()).collect();
+        let ids = |pool: &[&R], at: &[u32]| {
+            let mut ids: Vec<String> = (at.iter())
+                .map(|&i| pool[i as usize].record_id().to_owned())
+                .collect();
             ids.sort();
             ids
         };
@@ -59,7 +61,7 @@ impl Found<'_> {
             values: tier
                 .fields
                 .iter()
-                .map(|f| first.fields.value(f.as_str()).to_cell())
+                .map(|f| first.value_of(f).map_or_else(String::new, |v| v.to_cell()))
                 .collect(),
             contact_ids: ids(self.contacts, self.cs),
             account_ids: ids(self.accounts, self.accs),
@@ -68,11 +70,11 @@ impl Found<'_> {
 }
 
 /// Matches `contacts` against `accounts` (both unlinked under `code`).
-pub fn match_records(
+pub fn match_records<R: RecordView>(
     code: &str,
     tiers: &[Tier],
-    contacts: &[&Record],
-    accounts: &[&Record],
+    contacts: &[&R],
+    accounts: &[&R],
 ) -> MatchOutcome {
     let mut contact_open = vec![true; contacts.len()];
     let mut account_open = vec![true; accounts.len()];
@@ -122,24 +124,7 @@ pub fn match_records(
             }
         }
     }
-    // In contact id order (a contact matches at most once). The engine's pools come in
-    // id order, and then position order is id order: sorting a million matches by
-    // their ids would chase two pointers per comparison.
-    if contacts.windows(2).all(|w| w[0].id <= w[1].id) {
-        matches.sort_unstable_by_key(|m| m.0);
-    } else {
-        matches.sort_unstable_by(|a, b| contacts[a.0 as usize].id.cmp(&contacts[b.0 as usize].id));
-    }
-    outcome.matches = matches
-        .into_iter()
-        .map(|(c, a, tier)| {
-            (
-                contacts[c as usize].id.clone(),
-                accounts[a as usize].id.clone(),
-                tier,
-            )
-        })
-        .collect();
+    outcome.matches = by_contact_id(matches, contacts, accounts);
     outcome
         .ambiguous
         .sort_by(|a, b| (a.tier, &a.contact_ids).cmp(&(b.tier, &b.contact_ids)));
@@ -147,43 +132,69 @@ pub fn match_records(
         .iter()
         .zip(&account_open)
         .filter(|(_, open)| **open)
-        .map(|(r, _)| r.id.clone())
+        .map(|(r, _)| r.record_id().to_owned())
         .collect();
-    if !accounts.windows(2).all(|w| w[0].id <= w[1].id) {
+    if !accounts
+        .windows(2)
+        .all(|w| w[0].record_id() <= w[1].record_id())
+    {
         outcome.unmatched_accounts.sort();
     }
     outcome
+}
+
+/// Matches by position in the pools, as (contact id, account id, tier) in contact id
+/// order (a contact matches at most once). The engine's pools come in id order, and
+/// then position order is id order: sorting a million matches by their ids would
+/// chase two pointers per comparison.
+fn by_contact_id<R: RecordView>(
+    mut matches: Vec<(u32, u32, usize)>,
+    contacts: &[&R],
+    accounts: &[&R],
+) -> Vec<(String, String, usize)> {
+    let id = |c: u32| contacts[c as usize].record_id();
+    if contacts
+        .windows(2)
+        .all(|w| w[0].record_id() <= w[1].record_id())
+    {
+        matches.sort_unstable_by_key(|m| m.0);
+    } else {
+        matches.sort_unstable_by(|a, b| id(a.0).cmp(id(b.0)));
+    }
+    (matches.into_iter())
+        .map(|(c, a, tier)| {
+            let account = accounts[a as usize].record_id();
+            (id(c).to_owned(), account.to_owned(), tier)
+        })
+        .collect()
 }
 
 /// Writes the record's key for `tier` into `buf`; false when a field is empty (empty
 /// values never match). Each field in its normalised form (R20): VAT numbers compacted
 /// with the record's country prefix, countries as codes, e-mail domains in any case,
 /// phones as E.164 when the relation asks.
-fn key(tier: &Tier, record: &Record, buf: &mut String) -> bool {
+fn key(tier: &Tier, record: &impl RecordView, buf: &mut String) -> bool {
     buf.clear();
     let mut country = None;
     for field in &tier.fields {
-        let value = match record.fields.get_named(field) {
-            Some(v) => v,
-            None => return false,
-        };
         // Text is borrowed: keys are made for every record on every tier.
         let owned;
-        let text: &str = match value {
-            Value::Text(text) => text,
-            Value::Date(date) => date,
-            other => {
-                owned = other.to_cell();
-                &owned
-            }
+        let text: &str = match record.text_named(field) {
+            Some(text) => text,
+            None => match record.value_of(field) {
+                Some(other) => {
+                    owned = other.to_cell();
+                    &owned
+                }
+                None => return false,
+            },
         };
         // Only a number without its prefix needs the country (most carry one).
         if Form::of(field.as_str()) == Form::Vat
             && text.trim_start().starts_with(|c: char| c.is_ascii_digit())
         {
             country = record
-                .fields
-                .text(field::COUNTRY_CODE)
+                .text_of(field::COUNTRY_CODE)
                 .and_then(CountryCode::find);
         }
         if !tier.comparison.push_key(buf, field.as_str(), text, country) {
@@ -203,7 +214,7 @@ fn hash(key: &str) -> u128 {
 mod tests {
     use super::*;
     use tandem_model::normalise::Comparison;
-    use tandem_model::{EntityKind, FieldName, Fields};
+    use tandem_model::{EntityKind, FieldName, Fields, Record, Value};
 
     fn tier(fields: &[&str]) -> Tier {
         Tier {

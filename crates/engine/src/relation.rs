@@ -2,7 +2,9 @@
 //! lists filled in from the model's defaults (R8).
 
 use tandem_model::normalise::Comparison;
-use tandem_model::{ContactType, EntityKind, FieldName, Fields, PhoneRegion, Record, Value, field};
+use tandem_model::{
+    ContactType, EntityKind, FieldName, Fields, PhoneRegion, RecordView, Value, field,
+};
 
 use crate::config::{ConflictPolicy, InitialSide, SyncConfig};
 
@@ -50,7 +52,7 @@ impl Relation {
     /// The template for an account created from `contact`: `Ok(None)` when the
     /// relation has no templates, an error naming the contact's values when it has
     /// some and none applies (R5: never a silent default).
-    pub fn template_for(&self, contact: &Record) -> Result<Option<&Template>, String> {
+    pub fn template_for(&self, contact: &impl RecordView) -> Result<Option<&Template>, String> {
         if self.templates.is_empty() {
             return Ok(None);
         }
@@ -69,7 +71,7 @@ impl Relation {
         Err(format!(
             "no template of relation {} applies to contact {} ({}); add a rule for it or an unconditional `template`",
             self.code,
-            contact.id,
+            contact.record_id(),
             seen.join(", ")
         ))
     }
@@ -88,7 +90,7 @@ pub struct Template {
 impl Template {
     /// Values compare trimmed and in any case, and as their field's form (R20): a rule
     /// on `country_code = "CH"` applies to a contact in `Schweiz`.
-    pub fn applies_to(&self, contact: &Record) -> bool {
+    pub fn applies_to(&self, contact: &impl RecordView) -> bool {
         let loose = Comparison::default();
         self.when.iter().all(|(f, want)| {
             let (mut have, mut wanted) = (String::new(), String::new());
@@ -101,13 +103,15 @@ impl Template {
 }
 
 /// A contact's value as templates see it: `contact_type` defaults to `company`.
-fn contact_value(contact: &Record, field: &FieldName) -> String {
+fn contact_value(contact: &impl RecordView, field: &FieldName) -> String {
     if field.as_str() == field::CONTACT_TYPE {
-        return ContactType::from_field(contact.fields.text(field::CONTACT_TYPE))
+        return ContactType::from_field(contact.text_of(field::CONTACT_TYPE))
             .as_str()
             .to_owned();
     }
-    contact.fields.value(field.as_str()).to_cell()
+    contact
+        .value_of(field)
+        .map_or_else(String::new, |v| v.to_cell())
 }
 
 /// A match tier: fields that must all be filled and the same on both sides, compared

@@ -599,7 +599,7 @@ impl<'a> Engine<'a> {
             let companies = contacts
                 .records
                 .values()
-                .filter_map(|c| c.fields.text(tandem_model::field::COMPANY_ID));
+                .filter_map(|c| c.text(tandem_model::field::COMPANY_ID));
             ids.extend(companies);
             let ids: Vec<&str> = ids.into_iter().collect();
             for link in self.state.links_of_contacts(&ids)? {
@@ -698,10 +698,8 @@ fn is_directive(directives: &Directives, rejection: &crate::plan::Rejection) -> 
 
 /// The ids of the records read and deleted.
 fn ids_of(read: &ScopeRead) -> Vec<&str> {
-    read.records
-        .keys()
-        .chain(&read.deleted)
-        .map(String::as_str)
+    (read.records.keys())
+        .chain(read.deleted.iter().map(String::as_str))
         .collect()
 }
 

@@ -92,7 +92,7 @@ fn run(relations: &Relations, input: Input) -> Plan {
             .iter()
             .position(|r| r.kind == a.kind)
             .unwrap();
-        accounts[r].records.insert(a.id.clone(), a);
+        accounts[r].records.insert(a);
     }
     for (kind, id) in input.deleted_accounts {
         let r = relations
@@ -975,7 +975,7 @@ fn r15_a_resolved_conflict_is_written_to_both_sides_and_closed() {
             ("vat_registration_no", "BE1"),
         ],
     );
-    accounts[1].records.insert("K1".into(), k1);
+    accounts[1].records.insert(k1);
     let c1 = record(
         EntityKind::Contact,
         "C1",
@@ -1035,10 +1035,9 @@ fn crash_between_create_and_link_is_repaired_not_repeated() {
     let mut created = Record::new(EntityKind::Contact, "C9", sent);
     created.version = Some("v1".into());
     let mut accounts = no_accounts(&rels);
-    accounts[1].records.insert(
-        "K3".into(),
-        record(EntityKind::Customer, "K3", &[("name", "Delta")]),
-    );
+    accounts[1]
+        .records
+        .insert(record(EntityKind::Customer, "K3", &[("name", "Delta")]));
     let input = PlanInput {
         contacts: [("C9".to_string(), created)].into_iter().collect(),
         accounts,
@@ -1094,14 +1093,11 @@ fn r18_an_edit_made_after_a_create_was_cut_short_is_kept() {
     sent.set("business_relations", Value::list(vec!["CUST".into()]));
     let created = Record::new(EntityKind::Contact, "C9", sent.clone());
     let mut accounts = no_accounts(&rels);
-    accounts[1].records.insert(
-        "K3".into(),
-        record(
-            EntityKind::Customer,
-            "K3",
-            &[("name", "Delta"), ("phone", "2")],
-        ),
-    );
+    accounts[1].records.insert(record(
+        EntityKind::Customer,
+        "K3",
+        &[("name", "Delta"), ("phone", "2")],
+    ));
     let input = PlanInput {
         contacts: [("C9".to_string(), created)].into_iter().collect(),
         accounts,
@@ -1120,7 +1116,7 @@ fn r18_an_edit_made_after_a_create_was_cut_short_is_kept() {
 fn r18_many_creates_cut_short_are_each_found_again() {
     let rels = relations(|m| m.get_mut("CUST").unwrap().create_contacts = true);
     let mut accounts = no_accounts(&rels);
-    let mut contacts = BTreeMap::new();
+    let mut contacts = tandem_engine::Records::new();
     let mut pending = Vec::new();
     for i in 0..3000 {
         // K0 and K1 sent the same fields: two candidates each, neither recovered.
@@ -1128,15 +1124,11 @@ fn r18_many_creates_cut_short_are_each_found_again() {
         let mut sent = fields(&[("name", &name), ("contact_type", "company")]);
         sent.set("business_relations", Value::list(vec!["CUST".into()]));
         let account = format!("K{i}");
-        accounts[1].records.insert(
-            account.clone(),
-            record(EntityKind::Customer, &account, &[("name", &name)]),
-        );
+        accounts[1]
+            .records
+            .insert(record(EntityKind::Customer, &account, &[("name", &name)]));
         let contact = format!("C{i:05}");
-        contacts.insert(
-            contact.clone(),
-            Record::new(EntityKind::Contact, &contact, sent.clone()),
-        );
+        contacts.insert(Record::new(EntityKind::Contact, &contact, sent.clone()));
         pending.push(pending_contact_create(&account, &sent));
     }
     let input = PlanInput {
@@ -1259,7 +1251,7 @@ fn r4_operator_links_and_unlinks() {
         .map(|_| AccountInput::default())
         .collect();
     for a in std::mem::take(&mut input.accounts) {
-        accounts[1].records.insert(a.id.clone(), a);
+        accounts[1].records.insert(a);
     }
     let plan_input = PlanInput {
         contacts: input
@@ -1344,10 +1336,9 @@ fn creates(creates: Vec<tandem_state::PendingCreate>) -> tandem_engine::Pending 
 fn r18_a_pending_link_of_an_older_state_is_linked_by_the_next_run() {
     let rels = relations(|_| {});
     let mut accounts = no_accounts(&rels);
-    accounts[1].records.insert(
-        "K3".into(),
-        record(EntityKind::Customer, "K3", &[("name", "Delta")]),
-    );
+    accounts[1]
+        .records
+        .insert(record(EntityKind::Customer, "K3", &[("name", "Delta")]));
     let contact = record(EntityKind::Contact, "C3", &[("name", "Delta NV")]);
     let pending_link = |parked| tandem_state::PendingLink {
         code: "CUST".into(),
@@ -1554,7 +1545,7 @@ fn r20_r18_a_create_found_again_though_the_system_compacted_its_vat_number() {
     let mut accounts = no_accounts(&rels);
     accounts[1]
         .records
-        .insert("K9".into(), Record::new(EntityKind::Customer, "K9", stored));
+        .insert(Record::new(EntityKind::Customer, "K9", stored));
     let input = PlanInput {
         contacts: [(
             "C9".to_string(),

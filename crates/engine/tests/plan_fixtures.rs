@@ -305,14 +305,14 @@ impl Fixture {
             if match_only {
                 input.match_only.insert(record.id.clone());
             }
-            input.contacts.insert(record.id.clone(), record);
+            input.contacts.insert(record);
         }
         for (code, table) in &self.accounts {
             let r = code_index(0, code);
             let kind = relations.relations[r].kind;
             for (n, cells) in &table.rows {
                 let (record, _) = record(file, *n, kind, &table.row(cells));
-                input.accounts[r].records.insert(record.id.clone(), record);
+                input.accounts[r].records.insert(record);
             }
         }
 

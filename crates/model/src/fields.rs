@@ -283,49 +283,58 @@ impl Fields {
         &self,
         changes: impl IntoIterator<Item = (&'c FieldName, &'c Value)>,
     ) -> u64 {
-        thread_local! {
-            // Hashed once per record read: one buffer per thread, not one per record.
-            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
-        }
-        let mut overlay: Vec<(&str, &Value)> = Vec::new();
-        for (name, value) in changes {
-            match overlay.iter_mut().find(|(n, _)| *n == name.as_str()) {
-                Some(slot) => slot.1 = value,
-                None => overlay.push((name.as_str(), value)),
-            }
-        }
-        overlay.sort_by(|a, b| compare_names(a.0, b.0));
-        BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            buf.clear();
-            let mut put = |name: &str, value: &Value| {
-                buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
-                buf.extend_from_slice(name.as_bytes());
-                value.encode(&mut buf);
-            };
-            // A change to an empty value removes the field; the fields held are hashed
-            // as they are.
-            let mut changed = (overlay.into_iter())
-                .map(|(n, v)| (n, (!v.is_empty()).then_some(v)))
-                .peekable();
-            for (name, value) in self.iter() {
-                let name = name.as_str();
-                while let Some((before, new)) =
-                    changed.next_if(|(n, _)| compare_names(n, name).is_lt())
-                {
-                    new.inspect(|new| put(before, new));
-                }
-                match changed.next_if(|(n, _)| *n == name) {
-                    Some((_, new)) => new.inspect(|new| put(name, new)),
-                    None => Some(value).inspect(|value| put(name, value)),
-                };
-            }
-            changed.for_each(|(name, new)| {
-                new.inspect(|new| put(name, new));
-            });
-            xxhash_rust::xxh3::xxh3_64(&buf)
-        })
+        content_hash_of(self.iter().map(|(n, v)| (n.as_str(), v)), changes)
     }
+}
+
+/// The content hash of fields given in name order ([`Fields::content_hash_after`]),
+/// however they are held: borrowed from a field set, or unpacked one by one.
+pub(crate) fn content_hash_of<'c, V: crate::value::HashEncode>(
+    fields: impl Iterator<Item = (&'static str, V)>,
+    changes: impl IntoIterator<Item = (&'c FieldName, &'c Value)>,
+) -> u64 {
+    thread_local! {
+        // Hashed once per record read: one buffer per thread, not one per record.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    }
+    let mut overlay: Vec<(&str, &Value)> = Vec::new();
+    for (name, value) in changes {
+        match overlay.iter_mut().find(|(n, _)| *n == name.as_str()) {
+            Some(slot) => slot.1 = value,
+            None => overlay.push((name.as_str(), value)),
+        }
+    }
+    overlay.sort_by(|a, b| compare_names(a.0, b.0));
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        let mut put = |name: &str, value: &dyn crate::value::HashEncode| {
+            buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            buf.extend_from_slice(name.as_bytes());
+            value.encode_for_hash(&mut buf);
+        };
+        // A change to an empty value removes the field; the fields held are hashed
+        // as they are.
+        let mut changed = (overlay.into_iter())
+            .map(|(n, v)| (n, (!v.is_empty()).then_some(v)))
+            .peekable();
+        for (name, value) in fields {
+            while let Some((before, new)) = changed.next_if(|(n, _)| compare_names(n, name).is_lt())
+            {
+                new.inspect(|new| put(before, new));
+            }
+            match changed.next_if(|(n, _)| *n == name) {
+                Some((_, new)) => {
+                    new.inspect(|new| put(name, new));
+                }
+                None => put(name, &value),
+            }
+        }
+        changed.for_each(|(name, new)| {
+            new.inspect(|new| put(name, new));
+        });
+        xxhash_rust::xxh3::xxh3_64(&buf)
+    })
 }
 
 impl fmt::Debug for Fields {

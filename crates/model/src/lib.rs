@@ -6,6 +6,7 @@
 
 pub mod binary;
 mod fields;
+mod held;
 mod kind;
 mod packed;
 mod record;
@@ -15,6 +16,7 @@ pub mod field;
 pub mod normalise;
 
 pub use fields::{FieldName, Fields, FieldsIter};
+pub use held::{PackedRecord, RecordView};
 pub use kind::{ContactType, EntityKind, ParseKindError};
 pub use normalise::{CountryCode, PhoneRegion};
 pub use packed::PackedFields;

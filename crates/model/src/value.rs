@@ -130,6 +130,18 @@ impl Value {
     }
 }
 
+/// What feeds a content hash: a value, or a value still packed
+/// (`crate::packed::PackedValue`), the same bytes for the same value.
+pub(crate) trait HashEncode {
+    fn encode_for_hash(&self, out: &mut Vec<u8>);
+}
+
+impl HashEncode for &Value {
+    fn encode_for_hash(&self, out: &mut Vec<u8>) {
+        self.encode(out);
+    }
+}
+
 /// A checked `YYYY-MM-DD` date, kept as its ten ASCII bytes (made only by
 /// [`Value::date`]); reads as a `&str`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -20,9 +20,9 @@ pub(super) fn person_companies(
     contacts: &ScopeRead,
     input: &PlanInput,
 ) -> Vec<(String, Option<String>)> {
-    let company = |contact: &tandem_model::Record| {
-        let company = contact.fields.text(tandem_model::field::COMPANY_ID);
-        (contact.id.clone(), company.map(str::to_owned))
+    let company = |contact: &tandem_model::PackedRecord| {
+        let company = contact.text(tandem_model::field::COMPANY_ID);
+        (contact.id().to_owned(), company.map(str::to_owned))
     };
     let changed = contacts.changed().count();
     if changed * 8 < input.contacts.len() {
@@ -36,7 +36,7 @@ pub(super) fn person_companies(
     input
         .contacts
         .values()
-        .filter(|contact| contacts.is_changed(&contact.id))
+        .filter(|contact| contacts.is_changed(contact.id()))
         .map(company)
         .collect()
 }

@@ -11,10 +11,10 @@ impl<'a> Planner<'a> {
     /// for stay until they are granted or refused; anything else in the field is left.
     pub(super) fn reflect_codes(&mut self) {
         let input = self.input;
-        let contacts: Vec<&'a Record> = input
+        let contacts: Vec<&'a PackedRecord> = input
             .contacts
             .values()
-            .filter(|c| !input.deleted_contacts.contains(&c.id) && self.touched(&c.id))
+            .filter(|c| !input.deleted_contacts.contains(c.id()) && self.touched(c.id()))
             .collect();
         // Hubs and contacts are both in id order: each contact's hub is found by moving
         // on through the hubs, not looked up in a map of a million ids.
@@ -51,7 +51,7 @@ impl<'a> Planner<'a> {
     fn take_own_changes(
         &mut self,
         mut next: usize,
-        contact: &Record,
+        contact: &PackedRecord,
         changes: Vec<FieldChange>,
         new_hubs: &mut Vec<HubPlan>,
     ) -> usize {
@@ -59,8 +59,9 @@ impl<'a> Planner<'a> {
             return next;
         }
         let rest = &self.plan.hubs[next..];
-        next += rest.partition_point(|h| h.contact_id < contact.id);
-        match (self.plan.hubs.get_mut(next)).filter(|h| h.contact_id == contact.id) {
+        let id = contact.id();
+        next += rest.partition_point(|h| h.contact_id.as_str() < id);
+        match (self.plan.hubs.get_mut(next)).filter(|h| h.contact_id == id) {
             Some(hub) => {
                 // Exactly: grown by a push, a hub's one change took room for four (56
                 // bytes each), 135 MiB over the 805,000 hubs of a first sync at 1M.
@@ -71,8 +72,8 @@ impl<'a> Planner<'a> {
                 }
             }
             None => new_hubs.push(HubPlan {
-                contact_id: contact.id.clone(),
-                contact_version: contact.version.clone(),
+                contact_id: id.to_owned(),
+                contact_version: contact.version().map(str::to_owned),
                 contact_changes: {
                     let mut changes = changes;
                     changes.shrink_to_fit();
@@ -101,31 +102,25 @@ impl<'a> Planner<'a> {
     /// The codes the contact lists after the run (R9) and the template values it
     /// receives from an account created for it (R5), as changes; and the configured
     /// codes it no longer lists.
-    fn own_field_changes(&self, contact: &'a Record) -> OwnChanges {
+    fn own_field_changes(&self, contact: &'a PackedRecord) -> OwnChanges {
         let current = listed_code_refs(contact);
-        let wanted = self.codes_after(&contact.id, &current);
-        let lost = self
-            .lost_codes
-            .get(contact.id.as_str())
-            .into_iter()
-            .flatten();
+        let wanted = self.codes_after(contact.id(), &current);
+        let lost = self.lost_codes.get(contact.id()).into_iter().flatten();
         let codes_removed = lost
             .filter(|code| !wanted.iter().any(|w| w == code.as_str()))
-            .map(|code| (code.clone(), contact.id.clone()))
+            .map(|code| (code.clone(), contact.id().to_owned()))
             .collect();
         let mut changes = Vec::new();
         if wanted != current {
             changes.push(FieldChange {
                 field: FieldName::new(field::BUSINESS_RELATIONS),
-                old: contact.fields.value(field::BUSINESS_RELATIONS).clone(),
+                old: (contact.get(&names::BUSINESS_RELATIONS)).unwrap_or(Value::Null),
                 new: Value::list(wanted.into_iter().map(Cow::into_owned).collect()),
             });
         }
-        let fills = self.template_fills.get(contact.id.as_str());
+        let fills = self.template_fills.get(contact.id());
         for (name, value) in fills.into_iter().flatten() {
-            if contact.fields.get(name.as_str()).is_none()
-                && !changes.iter().any(|c| &c.field == name)
-            {
+            if contact.get(name).is_none() && !changes.iter().any(|c| &c.field == name) {
                 changes.push(FieldChange {
                     field: name.clone(),
                     old: Value::Null,
@@ -202,7 +197,7 @@ impl<'a> Planner<'a> {
         let hashes = self.on_cores(&self.plan.hubs, |hub| {
             let contact = contacts.get(&hub.contact_id)?;
             let changes = hub.contact_changes.iter().map(|c| (&c.field, &c.new));
-            Some(contact.fields.content_hash_after(changes))
+            Some(contact.content_hash_after(changes))
         });
         for (hub, hash) in self.plan.hubs.iter_mut().zip(hashes) {
             hub.contact_after_hash = hash;

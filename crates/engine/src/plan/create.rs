@@ -56,8 +56,9 @@ impl<'a> Planner<'a> {
                 self.left_unmatched.push((r, account_id));
                 continue;
             }
-            let account = &self.accounts(r).records[&account_id];
-            let mut baseline = account.fields.project(&names(&relation.shared));
+            let account = (self.accounts(r).records.get(&account_id))
+                .expect("unmatched accounts are read accounts");
+            let mut baseline = account.fields().project(&names(&relation.shared));
             let mut fields = baseline.clone();
             fields.set(
                 field::CONTACT_TYPE,
@@ -75,7 +76,7 @@ impl<'a> Planner<'a> {
                 code: relation.code.clone(),
                 relation: r,
                 account_id,
-                account_version: account.version.clone(),
+                account_version: account.version().map(str::to_owned),
                 fields,
                 baseline,
                 asked: by_operator,

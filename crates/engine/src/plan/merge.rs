@@ -17,7 +17,7 @@ impl<'a> Planner<'a> {
         }
         let mut hub_ids: BTreeSet<&str> = self.new_links.keys().copied().collect();
         for (contact_id, links) in &self.by_contact {
-            if (input.contacts.contains_key(*contact_id) && !input.match_only.contains(*contact_id))
+            if (input.contacts.contains_key(contact_id) && !input.match_only.contains(*contact_id))
                 || links
                     .iter()
                     .any(|(r, l)| self.accounts(*r).records.contains_key(&l.account_id))
@@ -47,35 +47,48 @@ impl<'a> Planner<'a> {
         open_conflicts: &HashMap<&str, Vec<&ConflictEntry>>,
     ) -> Option<Merged> {
         let input = self.input;
-        let mut pairs: Vec<PairInput> = Vec::new();
+        // Each pair with its account as held (packed), unpacked below.
+        let mut found: Vec<(PairInput, Option<&PackedRecord>)> = Vec::new();
         for (r, link) in self.by_contact.get(contact_id).into_iter().flatten() {
             if link.parked {
                 continue;
             }
-            pairs.push(PairInput {
+            let pair = PairInput {
                 relation: *r,
                 account_id: &link.account_id,
-                account: self.accounts(*r).records.get(&link.account_id),
+                account: None,
                 link: Some(link),
                 base: Some(&link.baseline),
                 new_link: None,
-            });
+            };
+            found.push((pair, self.accounts(*r).records.get(&link.account_id)));
         }
         for (r, account_id, how) in self.new_links.get(contact_id).into_iter().flatten() {
-            pairs.push(PairInput {
+            let pair = PairInput {
                 relation: *r,
                 account_id,
-                account: self.accounts(*r).records.get(*account_id),
+                account: None,
                 link: None,
                 base: self.starts.get(&(*r, contact_id)).copied(),
                 new_link: Some(*how),
-            });
+            };
+            found.push((pair, self.accounts(*r).records.get(account_id)));
         }
-        if pairs.is_empty() {
+        if found.is_empty() {
             return None;
         }
-        pairs.sort_by_key(|p| p.relation);
-        let contact = input.contacts.get(contact_id);
+        found.sort_by_key(|(p, _)| p.relation);
+        // Unpacked for this hub's merge alone: the run holds its records packed.
+        let accounts: Vec<Option<Record>> = (found.iter())
+            .map(|(_, account)| account.map(PackedRecord::unpack))
+            .collect();
+        let pairs: Vec<PairInput> = (found.into_iter().zip(&accounts))
+            .map(|((pair, _), account)| PairInput {
+                account: account.as_ref(),
+                ..pair
+            })
+            .collect();
+        let contact = input.contacts.get(contact_id).map(PackedRecord::unpack);
         let open = open_conflicts
             .get(contact_id)
             .map(Vec::as_slice)
@@ -93,7 +106,7 @@ impl<'a> Planner<'a> {
         Some(merge_hub(
             self.relations,
             contact_id,
-            contact,
+            contact.as_ref(),
             &pairs,
             open,
             universe,

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use tandem_model::{
-    ContactType, EntityKind, FieldName, Fields, PackedFields, Record, Timestamp, Value, field,
+    ContactType, EntityKind, FieldName, Fields, PackedFields, PackedRecord, Record, RecordView,
+    Timestamp, Value, field,
 };
 use tandem_state::{ConflictEntry, Intent, Link, LinkedBy, PendingCreate, Side};
 
@@ -42,7 +43,7 @@ mod unlink;
 pub struct PlanInput {
     /// Contacts in play: changed since the last run, unlinked under some code, or
     /// needed by this run.
-    pub contacts: BTreeMap<String, Record>,
+    pub contacts: crate::Records,
     /// Contacts deleted (tombstones, or missing from a completed full listing).
     pub deleted_contacts: BTreeSet<String>,
     /// Contacts in `contacts` only as match candidates: unchanged since the last run,
@@ -81,7 +82,7 @@ pub struct PlanInput {
 
 #[derive(Debug, Default)]
 pub struct AccountInput {
-    pub records: BTreeMap<String, Record>,
+    pub records: crate::Records,
     pub deleted: BTreeSet<String>,
 }
 
@@ -392,29 +393,43 @@ impl Plan {
 /// Whether a contact may hold a relation of `kind` directly (R3): companies may; a
 /// person without a company may be a customer; any other person resolves through its
 /// company.
-pub fn may_hold(contact: &Record, kind: EntityKind) -> bool {
-    match ContactType::from_field(contact.fields.text(field::CONTACT_TYPE)) {
+pub fn may_hold(contact: &impl RecordView, kind: EntityKind) -> bool {
+    match ContactType::from_field(contact.text_named(&names::CONTACT_TYPE)) {
         ContactType::Company => true,
         ContactType::Person => {
-            kind == EntityKind::Customer && contact.fields.text(field::COMPANY_ID).is_none()
+            kind == EntityKind::Customer && contact.text_named(&names::COMPANY_ID).is_none()
         }
     }
 }
 
+/// Interned names of the fields asked of every contact of a run: looked up by slot,
+/// not found by text each time.
+pub(super) mod names {
+    use std::sync::LazyLock;
+
+    use tandem_model::{FieldName, field};
+
+    pub static CONTACT_TYPE: LazyLock<FieldName> =
+        LazyLock::new(|| FieldName::new(field::CONTACT_TYPE));
+    pub static COMPANY_ID: LazyLock<FieldName> =
+        LazyLock::new(|| FieldName::new(field::COMPANY_ID));
+    pub static BUSINESS_RELATIONS: LazyLock<FieldName> =
+        LazyLock::new(|| FieldName::new(field::BUSINESS_RELATIONS));
+}
+
 /// Whether `code` is listed in a contact's `business_relations` field, without
 /// building the list (asked for every contact and relation of a run).
-pub fn lists_code(contact: &Record, code: &str) -> bool {
-    match contact.fields.get(field::BUSINESS_RELATIONS) {
-        Some(Value::List(items)) => items.iter().any(|s| s.trim() == code),
+pub fn lists_code(contact: &impl RecordView, code: &str) -> bool {
+    match contact.value_of(&names::BUSINESS_RELATIONS).as_deref() {
         Some(Value::Text(text)) => text.split([';', ',']).any(|s| s.trim() == code),
-        Some(_) => listed_codes(contact).iter().any(|c| c == code),
-        None => false,
+        Some(Value::List(items)) => items.iter().any(|s| s.trim() == code),
+        other => codes_in(other).iter().any(|c| c == code),
     }
 }
 
 /// The relation codes listed in a contact's `business_relations` field (R5, R9).
-pub fn listed_codes(contact: &Record) -> Vec<String> {
-    codes_in(contact.fields.get(field::BUSINESS_RELATIONS))
+pub fn listed_codes(contact: &impl RecordView) -> Vec<String> {
+    codes_in(contact.value_of(&names::BUSINESS_RELATIONS).as_deref())
 }
 
 /// The codes a `business_relations` value lists: a list, or text separated by `;` or `,`.
@@ -431,16 +446,15 @@ pub(super) fn codes_in(value: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// [`listed_codes`], borrowed from the field where it can be (a list, or text).
-pub(super) fn listed_code_refs(contact: &Record) -> Vec<std::borrow::Cow<'_, str>> {
+/// [`listed_codes`], borrowed from the field where it is text.
+pub(super) fn listed_code_refs(contact: &impl RecordView) -> Vec<std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
-    match contact.fields.get(field::BUSINESS_RELATIONS) {
-        Some(Value::List(items)) => items.iter().map(|s| Cow::Borrowed(s.trim())).collect(),
-        Some(Value::Text(text)) => (text.split([';', ',']).map(str::trim))
+    match contact.text_named(&names::BUSINESS_RELATIONS) {
+        Some(text) => (text.split([';', ',']).map(str::trim))
             .filter(|s| !s.is_empty())
             .map(Cow::Borrowed)
             .collect(),
-        other => codes_in(other).into_iter().map(Cow::Owned).collect(),
+        None => listed_codes(contact).into_iter().map(Cow::Owned).collect(),
     }
 }
 
@@ -568,7 +582,7 @@ impl<'a> Planner<'a> {
 
     fn accounts(&self, r: usize) -> &'a AccountInput {
         static NONE: AccountInput = AccountInput {
-            records: BTreeMap::new(),
+            records: crate::Records::EMPTY,
             deleted: BTreeSet::new(),
         };
         self.input.accounts.get(r).unwrap_or(&NONE)
@@ -715,7 +729,7 @@ mod tests {
                 fields.set("vat_registration_no", Value::text(format!("BE{i:010}")));
             }
             let contact = Record::new(EntityKind::Contact, format!("C{i:04}"), fields);
-            input.contacts.insert(contact.id.clone(), contact);
+            input.contacts.insert(contact);
             for (r, kind, prefix) in [(0, EntityKind::Customer, "K"), (1, EntityKind::Vendor, "V")]
             {
                 if (i + r) % 4 == 0 {
@@ -726,9 +740,7 @@ mod tests {
                     .with("vat_registration_no", format!("BE{:010}", i + 7 * r))
                     .with("email", format!("p{}@x.be", (i * 3 + r) % 190));
                 let account = Record::new(kind, format!("{prefix}{i:04}"), fields);
-                input.accounts[r]
-                    .records
-                    .insert(account.id.clone(), account);
+                input.accounts[r].records.insert(account);
             }
         }
         let one = plan_on(&relations, &input, 1);
@@ -775,7 +787,7 @@ mod tests {
                     .with("vat_registration_no", format!("BE{i:010}"))
                     .with("phone", format!("+32 {i}")),
             );
-            input.contacts.insert(contact.id.clone(), contact);
+            input.contacts.insert(contact);
             let account = Record::new(
                 EntityKind::Customer,
                 format!("K{i:06}"),
@@ -784,15 +796,13 @@ mod tests {
                     .with("vat_registration_no", format!("BE{i:010}"))
                     .with("city", "Gent"),
             );
-            input.accounts[0]
-                .records
-                .insert(account.id.clone(), account);
+            input.accounts[0].records.insert(account);
         }
         // Some contacts linked before and unlinked by the operator lose their code
         // (R9): worked out on the cores too.
         for i in (0..n).step_by(97) {
             let (contact_id, account_id) = (format!("C{i:06}"), format!("K{i:06}"));
-            let contact = input.contacts.get_mut(&contact_id).unwrap();
+            let mut contact = input.contacts.get(&contact_id).unwrap().unpack();
             contact
                 .fields
                 .set("business_relations", Value::list(vec!["CUST".into()]));
@@ -800,6 +810,7 @@ mod tests {
             contact
                 .fields
                 .set("vat_registration_no", Value::from(format!("NL{i:010}")));
+            input.contacts.insert(contact);
             input.links.push(Link {
                 code: "CUST".into(),
                 contact_id: contact_id.clone(),

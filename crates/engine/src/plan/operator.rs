@@ -68,7 +68,7 @@ impl<'a> Planner<'a> {
             });
         };
         if !may_hold(contact, kind) {
-            return Some(match contact.fields.text(field::COMPANY_ID) {
+            return Some(match contact.text(field::COMPANY_ID) {
                 Some(company) => format!(
                     "contact {contact_id} is a person of company {company}: link the company, which holds the relation (R3)"
                 ),

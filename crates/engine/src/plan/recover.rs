@@ -27,16 +27,16 @@ impl<'a> Planner<'a> {
         if wanted.is_empty() {
             return;
         }
-        let pool_contacts: Vec<&'a Record> = input
+        let pool_contacts: Vec<&'a PackedRecord> = input
             .contacts
             .values()
-            .filter(|c| !c.deleted && may_hold(c, kind) && !self.is_linked(r, &c.id))
+            .filter(|c| !c.deleted() && may_hold(*c, kind) && !self.is_linked(r, c.id()))
             .collect();
-        let pool_accounts: Vec<&'a Record> = self
+        let pool_accounts: Vec<&'a PackedRecord> = self
             .accounts(r)
             .records
             .values()
-            .filter(|a| !a.deleted && !self.linked_accounts[r].contains(a.id.as_str()))
+            .filter(|a| !a.deleted() && !self.linked_accounts[r].contains(a.id()))
             .collect();
         let contacts = SentIndex::new(&pool_contacts, wanted.iter().map(|p| &p.fields));
         let accounts = SentIndex::new(&pool_accounts, wanted.iter().map(|p| &p.fields));
@@ -46,13 +46,13 @@ impl<'a> Planner<'a> {
                     self.source_gone(r, p, &contacts);
                     continue;
                 };
-                if self.linked_accounts[r].contains(a.as_str()) {
+                if self.linked_accounts[r].contains(a) {
                     continue;
                 }
-                match contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
-                    Found::One(c) => (c.id.as_str(), a.as_str()),
+                match contacts.found(&p.fields, |c| !self.is_linked(r, c.id())) {
+                    Found::One(c) => (c.id(), a),
                     Found::Several(candidates) => {
-                        self.recovery_waits(r, p, &candidates, (&[], &[a.as_str()]));
+                        self.recovery_waits(r, p, &candidates, (&[], &[a]));
                         continue;
                     }
                     Found::None => continue,
@@ -64,11 +64,11 @@ impl<'a> Planner<'a> {
                 if self.is_linked(r, c) {
                     continue;
                 }
-                let free = |a: &Record| !self.linked_accounts[r].contains(a.id.as_str());
+                let free = |a: &PackedRecord| !self.linked_accounts[r].contains(a.id());
                 match accounts.found(&p.fields, free) {
-                    Found::One(a) => (c.as_str(), a.id.as_str()),
+                    Found::One(a) => (c, a.id()),
                     Found::Several(candidates) => {
-                        self.recovery_waits(r, p, &candidates, (&[c.as_str()], &[]));
+                        self.recovery_waits(r, p, &candidates, (&[c], &[]));
                         continue;
                     }
                     Found::None => continue,
@@ -92,22 +92,22 @@ impl<'a> Planner<'a> {
         &mut self,
         r: usize,
         p: &'a PendingCreate,
-        candidates: &[&'a Record],
+        candidates: &[&'a PackedRecord],
         (contacts, accounts): (&[&'a str], &[&'a str]),
     ) {
         let code = &self.relations.relations[r].code;
         let mut contact_ids: Vec<String> = contacts.iter().map(|c| (*c).to_owned()).collect();
         let mut account_ids: Vec<String> = accounts.iter().map(|a| (*a).to_owned()).collect();
         for candidate in candidates {
-            match candidate.kind {
-                EntityKind::Contact => contact_ids.push(candidate.id.clone()),
-                _ => account_ids.push(candidate.id.clone()),
+            match candidate.kind() {
+                EntityKind::Contact => contact_ids.push(candidate.id().to_owned()),
+                _ => account_ids.push(candidate.id().to_owned()),
             }
         }
         for id in contacts
             .iter()
             .copied()
-            .chain(candidates.iter().map(|c| c.id.as_str()))
+            .chain(candidates.iter().map(|c| c.id()))
         {
             self.recovery_waiting.insert((r, id));
         }
@@ -131,12 +131,15 @@ impl<'a> Planner<'a> {
         if !self.accounts(r).deleted.contains(&p.source_id) {
             return;
         }
-        if let Found::One(contact) = contacts.found(&p.fields, |c| !self.is_linked(r, &c.id)) {
+        if let Found::One(contact) = contacts.found(&p.fields, |c| !self.is_linked(r, c.id())) {
             let code = self.relations.relations[r].code.clone();
             self.plan
                 .new_lost_codes
-                .push((code.clone(), contact.id.clone()));
-            self.lost_codes.entry(&contact.id).or_default().insert(code);
+                .push((code.clone(), contact.id().to_owned()));
+            self.lost_codes
+                .entry(contact.id())
+                .or_default()
+                .insert(code);
         }
     }
 }
@@ -144,7 +147,7 @@ impl<'a> Planner<'a> {
 /// The records of a pool by the values of a few fields of the creates looked for, so
 /// finding 25,000 creates again costs a few lookups each, not a walk of the pool each.
 pub(super) struct SentIndex<'r> {
-    by_key: HashMap<(&'static str, String), Vec<&'r Record>>,
+    by_key: HashMap<(&'static str, String), Vec<&'r PackedRecord>>,
 }
 
 /// The fields a create is looked up by: any one of them left as sent finds it.
@@ -161,19 +164,20 @@ const KEYS: &[&str] = &[
 const KIND_OF_RECORD: &[&str] = &[field::CONTACT_TYPE, field::BUSINESS_RELATIONS];
 
 impl<'r> SentIndex<'r> {
-    fn new<'s>(pool: &[&'r Record], sent: impl Iterator<Item = &'s Fields>) -> SentIndex<'r> {
+    fn new<'s>(pool: &[&'r PackedRecord], sent: impl Iterator<Item = &'s Fields>) -> SentIndex<'r> {
         let sent: Vec<&Fields> = sent.collect();
         let keys: Vec<&'static str> = KEYS
             .iter()
             .copied()
             .filter(|k| sent.iter().any(|f| f.get(k).is_some()))
             .collect();
-        let mut by_key: HashMap<(&'static str, String), Vec<&'r Record>> = HashMap::new();
+        let names: Vec<FieldName> = keys.iter().map(|k| FieldName::new(k)).collect();
+        let mut by_key: HashMap<(&'static str, String), Vec<&'r PackedRecord>> = HashMap::new();
         for record in pool {
-            for key in &keys {
-                if let Some(value) = record.fields.get(key) {
+            for (key, name) in keys.iter().zip(&names) {
+                if let Some(value) = record.get(name) {
                     by_key
-                        .entry((key, index_text(key, value)))
+                        .entry((key, index_text(key, &value)))
                         .or_default()
                         .push(record);
                 }
@@ -187,8 +191,8 @@ impl<'r> SentIndex<'r> {
     /// user edited it since the create: merged against the fields sent); failing that,
     /// [`SentIndex::found_loosely`]. `None` when there is none, or more than one at the
     /// first step that finds any (never a guess).
-    fn found(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
-        let mut buckets: Vec<(&str, &[&'r Record])> = KEYS
+    fn found(&self, sent: &Fields, free: impl Fn(&PackedRecord) -> bool) -> Found<'r> {
+        let mut buckets: Vec<(&str, &[&'r PackedRecord])> = KEYS
             .iter()
             .filter_map(|&key| {
                 let value = sent.get(key)?;
@@ -207,15 +211,20 @@ impl<'r> SentIndex<'r> {
             .take(2)
             .chain(named)
             .map(|(_, bucket)| *bucket);
-        let candidates = distinct_free(buckets, &free);
-        let exact: Vec<&'r Record> = candidates
-            .iter()
-            .copied()
-            .filter(|r| same_fields(&r.fields, sent))
+        // The few candidates are unpacked to be compared field by field.
+        let candidates: Vec<(&'r PackedRecord, Fields)> = (distinct_free(buckets, &free))
+            .into_iter()
+            .map(|r| (r, r.fields()))
+            .collect();
+        let exact: Vec<&'r PackedRecord> = (candidates.iter())
+            .filter(|(_, fields)| same_fields(fields, sent))
+            .map(|(r, _)| *r)
             .collect();
         match Found::of(exact) {
             Found::None => {
-                let near = candidates.into_iter().filter(|r| nearly(&r.fields, sent));
+                let near = (candidates.into_iter())
+                    .filter(|(_, fields)| nearly(fields, sent))
+                    .map(|(r, _)| r);
                 match Found::of(near.collect()) {
                     Found::None => self.found_loosely(sent, free),
                     found => found,
@@ -235,7 +244,7 @@ impl<'r> SentIndex<'r> {
     /// get a twin and its listed code would read as a request (R5), creating an
     /// account; for an account the user deleted since, that account came back as a
     /// new one.
-    fn found_loosely(&self, sent: &Fields, free: impl Fn(&Record) -> bool) -> Found<'r> {
+    fn found_loosely(&self, sent: &Fields, free: impl Fn(&PackedRecord) -> bool) -> Found<'r> {
         let buckets = (IDENTIFYING.iter())
             .filter_map(|&key| {
                 let value = sent.get(key)?;
@@ -247,7 +256,7 @@ impl<'r> SentIndex<'r> {
         Found::of(
             candidates
                 .into_iter()
-                .filter(|r| half_kept(&r.fields, sent))
+                .filter(|r| half_kept(&r.fields(), sent))
                 .collect(),
         )
     }
@@ -255,12 +264,13 @@ impl<'r> SentIndex<'r> {
 
 /// The records of `buckets` that `free` lets through, each once, in id order.
 fn distinct_free<'b, 'r: 'b>(
-    buckets: impl Iterator<Item = &'b [&'r Record]>,
-    free: &impl Fn(&Record) -> bool,
-) -> Vec<&'r Record> {
-    let mut candidates: Vec<&'r Record> = buckets.flatten().copied().filter(|r| free(r)).collect();
-    candidates.sort_by(|a, b| a.id.cmp(&b.id));
-    candidates.dedup_by(|a, b| a.id == b.id);
+    buckets: impl Iterator<Item = &'b [&'r PackedRecord]>,
+    free: &impl Fn(&PackedRecord) -> bool,
+) -> Vec<&'r PackedRecord> {
+    let mut candidates: Vec<&'r PackedRecord> =
+        buckets.flatten().copied().filter(|r| free(r)).collect();
+    candidates.sort_by(|a, b| a.id().cmp(b.id()));
+    candidates.dedup_by(|a, b| a.id() == b.id());
     candidates
 }
 
@@ -299,13 +309,13 @@ fn kind_kept(record: &Fields, sent: &Fields) -> bool {
 /// What looking for a create cut short found.
 pub(super) enum Found<'r> {
     None,
-    One(&'r Record),
+    One(&'r PackedRecord),
     /// More than one record holds the fields sent: never a guess.
-    Several(Vec<&'r Record>),
+    Several(Vec<&'r PackedRecord>),
 }
 
 impl<'r> Found<'r> {
-    fn of(mut records: Vec<&'r Record>) -> Found<'r> {
+    fn of(mut records: Vec<&'r PackedRecord>) -> Found<'r> {
         match records.len() {
             0 => Found::None,
             1 => Found::One(records.remove(0)),
@@ -386,7 +396,8 @@ mod tests {
                 Record::new(EntityKind::Contact, format!("C{i}"), fields)
             })
             .collect();
-        let pool: Vec<&Record> = records.iter().collect();
+        let packed: Vec<PackedRecord> = records.iter().map(PackedRecord::pack).collect();
+        let pool: Vec<&PackedRecord> = packed.iter().collect();
         let sent = records[500].fields.clone();
         let index = SentIndex::new(&pool, std::iter::once(&sent));
         let looked_at = Cell::new(0);
@@ -394,13 +405,13 @@ mod tests {
             looked_at.set(looked_at.get() + 1);
             true
         });
-        assert!(matches!(found, Found::One(r) if r.id == "C500"));
+        assert!(matches!(found, Found::One(r) if r.id() == "C500"));
         assert!(looked_at.get() <= 3, "looked at {}", looked_at.get());
 
         // Its name edited since: still found, by its other values.
         let mut edited = sent.clone();
         edited.set(field::NAME, Value::text("Company 500 Ltd"));
         let index = SentIndex::new(&pool, std::iter::once(&edited));
-        assert!(matches!(index.found(&edited, |_| true), Found::One(r) if r.id == "C500"));
+        assert!(matches!(index.found(&edited, |_| true), Found::One(r) if r.id() == "C500"));
     }
 }

@@ -84,21 +84,21 @@ impl<'a> Planner<'a> {
     fn match_outcome(&self, r: usize, waiting: &BTreeSet<&'a str>) -> MatchOutcome {
         let input = self.input;
         let relation = &self.relations.relations[r];
-        let pool_contacts: Vec<&Record> = input
+        let pool_contacts: Vec<&PackedRecord> = input
             .contacts
             .values()
             .filter(|c| {
-                !c.deleted
-                    && may_hold(c, relation.kind)
-                    && !self.is_linked(r, &c.id)
-                    && !waiting.contains(c.id.as_str())
+                !c.deleted()
+                    && may_hold(*c, relation.kind)
+                    && !self.is_linked(r, c.id())
+                    && !waiting.contains(c.id())
             })
             .collect();
-        let pool_accounts: Vec<&Record> = self
+        let pool_accounts: Vec<&PackedRecord> = self
             .accounts(r)
             .records
             .values()
-            .filter(|a| !a.deleted && !self.linked_accounts[r].contains(a.id.as_str()))
+            .filter(|a| !a.deleted() && !self.linked_accounts[r].contains(a.id()))
             .collect();
         let mut outcome = match_records(
             &relation.code,
@@ -205,31 +205,28 @@ impl<'a> Planner<'a> {
             .filter(|(c, _)| c == code)
             .map(|(_, c)| c.as_str())
             .collect();
-        for contact in input.contacts.values().filter(|c| !c.deleted) {
-            let by_operator = operator_requests.contains(&contact.id.as_str());
-            let lost = self.lost_codes.get(contact.id.as_str());
+        for contact in input.contacts.values().filter(|c| !c.deleted()) {
+            let id = contact.id();
+            let by_operator = operator_requests.contains(&id);
+            let lost = self.lost_codes.get(id);
             let listed = lists_code(contact, code) && !lost.is_some_and(|l| l.contains(code));
             // Refused twice the same way: left alone until `tandem retry` (R17); a link
             // waiting to be retried is not a request for a new account.
-            let parked = self.request_parked(code, &contact.id);
-            let recovering = self.recovery_waiting.contains(&(r, contact.id.as_str()));
-            if !(by_operator || listed)
-                || parked
-                || waiting.contains(contact.id.as_str())
-                || recovering
-            {
+            let parked = self.request_parked(code, id);
+            let recovering = self.recovery_waiting.contains(&(r, id));
+            if !(by_operator || listed) || parked || waiting.contains(id) || recovering {
                 continue;
             }
             match self.holder(r, contact) {
                 Ok(None) if by_operator => {
-                    self.reject(code, &contact.id, already_held(contact, code));
+                    self.reject(code, id, already_held(contact, code));
                 }
                 Ok(None) => {}
                 Ok(Some(holder)) => {
-                    let asked_by = (holder != contact.id).then_some(contact.id.as_str());
+                    let asked_by = (holder != id).then_some(id);
                     requesters.entry(holder).or_insert(asked_by);
                 }
-                Err(error) => self.reject(code, &contact.id, error),
+                Err(error) => self.reject(code, id, error),
             }
         }
         for id in operator_requests {
@@ -244,7 +241,7 @@ impl<'a> Planner<'a> {
     /// only what is empty, and shared fields it fills reach the contact too.
     fn create_account(&mut self, r: usize, holder: &'a str, requested_by: Option<&'a str>) {
         let relation = &self.relations.relations[r];
-        let contact = &self.input.contacts[holder];
+        let contact = (self.input.contacts.get(holder)).expect("a holder is a read contact");
         let template = match relation.template_for(contact) {
             Ok(t) => t,
             Err(error) => {
@@ -252,7 +249,7 @@ impl<'a> Planner<'a> {
                 return;
             }
         };
-        let mut baseline = contact.fields.project(&names(&relation.shared));
+        let mut baseline = contact.fields().project(&names(&relation.shared));
         let mut fields = baseline.clone();
         let mut fills = Vec::new();
         for (name, value) in template.into_iter().flat_map(|t| &t.fields) {
@@ -283,7 +280,7 @@ impl<'a> Planner<'a> {
             relation: r,
             contact_id: holder.to_owned(),
             requested_by: requested_by.map(str::to_owned),
-            contact_version: contact.version.clone(),
+            contact_version: contact.version().map(str::to_owned),
             fields,
             template: template.map(|t| t.index),
             baseline,

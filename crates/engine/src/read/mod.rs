@@ -7,7 +7,7 @@ mod needed;
 mod prefetch;
 mod wake;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use tandem_connector::{Connector, ConnectorError, Cursor, Listing, Page};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Value};
@@ -124,7 +124,7 @@ pub(crate) enum Change {
 
 pub(crate) struct ScopeRead {
     pub scope: Scope,
-    pub records: BTreeMap<String, Record>,
+    pub records: crate::Records,
     pub deleted: BTreeSet<String>,
     /// Hash, match keys and change of each record kept in `records`, as read. One
     /// map, not one more for the changed: at a first sync every record is changed, and
@@ -204,7 +204,7 @@ impl ScopeRead {
         };
         ScopeRead {
             scope,
-            records: BTreeMap::new(),
+            records: crate::Records::new(),
             deleted: BTreeSet::new(),
             hashes: crate::IdMap::default(),
             key_fields: std::sync::Arc::from(Vec::new()),
@@ -430,9 +430,9 @@ impl Stored {
 impl ScopeRead {
     /// The records a listing kept, and what was seen of them, once it is through.
     fn keep_all(&mut self, kept: Vec<Record>, seen: Vec<(String, Seen)>) {
-        // Built at once from the kept records: a sorted bulk build instead of a search
-        // per insert. A record sent twice keeps its last copy, as an insert would.
-        self.records = kept.into_iter().map(|r| (r.id.clone(), r)).collect();
+        // Packed at once from the kept records, on the cores. A record sent twice keeps
+        // its last copy, as an insert would.
+        self.records = crate::Records::from_read(kept);
         // At its full size at once: grown record by record, a first sync's million
         // entries were moved again at every doubling.
         self.hashes.reserve(seen.len());
@@ -545,14 +545,14 @@ pub(crate) fn add_in_play(read: &mut ScopeRead, records: Vec<Record>) {
         records = records.len(),
         "read again: unlinked records for matching"
     );
-    for record in records {
+    for record in &records {
         let hash = record_hash(&record.fields, record.version.as_deref());
         let keys = match_keys(&record.fields, &read.key_fields);
         let change = Change::Unchanged;
         read.hashes
             .insert(record.id.clone(), Seen::read(hash, keys, change));
-        read.records.insert(record.id.clone(), record);
     }
+    read.records.extend(records);
     read.stats.in_play = read.records.len() as u64;
 }
 

@@ -144,7 +144,7 @@ pub(crate) async fn fetch_missing(
         .iter()
         .chain(&rechecks)
         .map(String::as_str)
-        .filter(|id| !read.records.contains_key(*id) && !read.deleted.contains(*id))
+        .filter(|id| !read.records.contains_key(id) && !read.deleted.contains(*id))
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -171,14 +171,14 @@ pub(crate) async fn fetch_missing(
         read.stats.deleted += gone.len() as u64;
         read.deleted.extend(gone);
     }
-    for record in records {
+    for record in &records {
         let hash = record_hash(&record.fields, record.version.as_deref());
         let change = super::Change::of(stored.get(&record.id).copied(), hash);
         let keys = super::match_keys(&record.fields, &read.key_fields);
         let seen = super::Seen::read(hash, keys, change);
         read.hashes.insert(record.id.clone(), seen);
-        read.records.insert(record.id.clone(), record);
     }
+    read.records.extend(records);
     read.stats.in_play = read.records.len() as u64;
     Ok(())
 }

@@ -186,12 +186,12 @@ fn contact_side_wakes(relation: &Relation, read: &FirstPass<'_>) -> Wake {
     let changed = contacts
         .changed()
         .filter_map(|(id, new)| Some((contacts.records.get(id)?, new)))
-        .filter(|(c, _)| !linked.contains(c.id.as_str()));
+        .filter(|(c, _)| !linked.contains(c.id()));
     for (c, new) in changed {
         if lists_code(c, code) || (new && may_hold(c, relation.kind)) {
             return Wake::Widely;
         }
-        if may_hold(c, relation.kind) && !same_keys(contacts, Some(&read.keys.contacts), &c.id) {
+        if may_hold(c, relation.kind) && !same_keys(contacts, Some(&read.keys.contacts), c.id()) {
             wake = wake.max(Wake::Changed);
         }
     }

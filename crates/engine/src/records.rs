@@ -1,0 +1,280 @@
+//! The records a run read of one scope, held packed and in id order until its plan
+//! is made (see `tandem_model::PackedRecord`).
+
+use tandem_model::{PackedRecord, Record};
+
+/// Records by id: packed, sorted by id, one per id.
+///
+/// Why not a map of `Record`s: a first sync of a million partners holds two million
+/// records until it has planned; as `Record`s in a `BTreeMap` they took 1.2 GiB (a
+/// 32-byte pair per field, the id twice, the map's nodes), packed in a vector about a
+/// third of that.
+///
+/// Looked up by binary search over the first eight bytes of each id, held beside the
+/// records (16 MB for two million): a search that read each id from its record
+/// chased a pointer at every step, and made the planning of a first sync at 1M a
+/// second slower than the map.
+#[derive(Debug, Default, Clone)]
+pub struct Records {
+    records: Vec<PackedRecord>,
+    /// `prefix` of each record's id, in the same order.
+    prefixes: Vec<u64>,
+}
+
+/// The first eight bytes of `id`, zero-padded, as a number that orders as the ids do
+/// (a shorter id pads with the smallest byte).
+fn prefix(id: &str) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = id.len().min(8);
+    bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
+    u64::from_be_bytes(bytes)
+}
+
+/// From this many records on, packing is split over the machine's cores.
+const PARALLEL_PACKING: usize = 20_000;
+
+impl Records {
+    /// None, for a static.
+    pub const EMPTY: Records = Records {
+        records: Vec::new(),
+        prefixes: Vec::new(),
+    };
+
+    pub fn new() -> Records {
+        Records::default()
+    }
+
+    /// Records as read, packed; of an id sent twice, the last copy, as a map keeps it.
+    pub fn from_read(records: Vec<Record>) -> Records {
+        let mut out = Records {
+            records: pack_all(records),
+            prefixes: Vec::new(),
+        };
+        out.sort_and_dedup();
+        out
+    }
+
+    /// Adds `record`; one of the same id is replaced.
+    pub fn insert(&mut self, record: Record) {
+        let packed = PackedRecord::pack(&record);
+        match self.position(&record.id) {
+            Ok(i) => self.records[i] = packed,
+            Err(i) => {
+                self.records.insert(i, packed);
+                self.prefixes.insert(i, prefix(&record.id));
+            }
+        }
+    }
+
+    /// Adds many at once: one sort, not a move of the rest per record.
+    pub fn extend(&mut self, records: Vec<Record>) {
+        if records.len() < 16 {
+            records.into_iter().for_each(|r| self.insert(r));
+            return;
+        }
+        self.records.extend(pack_all(records));
+        self.sort_and_dedup();
+    }
+
+    fn sort_and_dedup(&mut self) {
+        let records = &mut self.records;
+        if !records.is_sorted_by(|a, b| a.cmp_by_id(b).is_lt()) {
+            // Stable: of equal ids the later copy stays later, and wins below.
+            records.sort_by(PackedRecord::cmp_by_id);
+            records.dedup_by(|later, earlier| {
+                let same = later.cmp_by_id(earlier).is_eq();
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+        }
+        records.shrink_to_fit();
+        self.prefixes = records.iter().map(|r| prefix(r.id())).collect();
+    }
+
+    fn position(&self, id: &str) -> Result<usize, usize> {
+        let key = prefix(id);
+        let from = self.prefixes.partition_point(|p| *p < key);
+        let to = from + self.prefixes[from..].partition_point(|p| *p == key);
+        match self.records[from..to].binary_search_by(|r| r.cmp_id(id)) {
+            Ok(i) => Ok(from + i),
+            Err(i) => Err(from + i),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&PackedRecord> {
+        self.position(id).ok().map(|i| &self.records[i])
+    }
+
+    /// The record and its id, borrowed from it.
+    pub fn get_key_value(&self, id: &str) -> Option<(&str, &PackedRecord)> {
+        self.get(id).map(|r| (r.id(), r))
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.position(id).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// In id order.
+    pub fn iter(&self) -> std::slice::Iter<'_, PackedRecord> {
+        self.records.iter()
+    }
+
+    /// In id order ([`Records::iter`], named as a map's).
+    pub fn values(&self) -> std::slice::Iter<'_, PackedRecord> {
+        self.records.iter()
+    }
+
+    /// In id order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.ids()
+    }
+
+    /// In id order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.records.iter().map(PackedRecord::id)
+    }
+}
+
+impl<'r> IntoIterator for &'r Records {
+    type Item = &'r PackedRecord;
+    type IntoIter = std::slice::Iter<'r, PackedRecord>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.records.iter()
+    }
+}
+
+impl FromIterator<Record> for Records {
+    fn from_iter<I: IntoIterator<Item = Record>>(records: I) -> Records {
+        Records::from_read(records.into_iter().collect())
+    }
+}
+
+/// As a map is collected from (id, record) pairs: each record is held by its own id.
+impl FromIterator<(String, Record)> for Records {
+    fn from_iter<I: IntoIterator<Item = (String, Record)>>(pairs: I) -> Records {
+        let records = pairs.into_iter().map(|(id, record)| {
+            assert_eq!(id, record.id, "a record is held by its own id");
+            record
+        });
+        records.collect()
+    }
+}
+
+/// Packs `records`, each freed once packed, on the machine's cores when they are many.
+fn pack_all(mut records: Vec<Record>) -> Vec<PackedRecord> {
+    let pack = |part: Vec<Record>| -> Vec<PackedRecord> {
+        part.into_iter().map(|r| PackedRecord::pack(&r)).collect()
+    };
+    let threads = crate::parallel::cores();
+    if records.len() < PARALLEL_PACKING || threads <= 1 {
+        return pack(records);
+    }
+    let chunk = records.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    while records.len() > chunk {
+        parts.push(records.split_off(records.len() - chunk));
+    }
+    parts.push(records);
+    parts.reverse();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (parts.into_iter())
+            .map(|part| scope.spawn(move || pack(part)))
+            .collect();
+        let mut out = Vec::new();
+        for worker in workers {
+            let packed = worker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            if out.is_empty() {
+                out = packed;
+            } else {
+                out.extend(packed);
+            }
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use tandem_model::{EntityKind, Fields};
+
+    use super::*;
+
+    /// Ids of several lengths; some share their first eight bytes and more.
+    fn id_of(n: u32) -> String {
+        match n % 3 {
+            0 => format!("C{n}"),
+            1 => format!("SHARED-PREFIX-{n:03}"),
+            _ => format!("{n}"),
+        }
+    }
+
+    fn record(id: &str, copy: u32) -> Record {
+        Record::new(
+            EntityKind::Contact,
+            id,
+            Fields::new().with("name", format!("copy {copy}")),
+        )
+    }
+
+    proptest! {
+        /// Read in any order, with repeats, added to later one by one or many at
+        /// once: the records answer as a map of ids to their last copy would.
+        #[test]
+        fn records_answer_as_a_map_of_ids_to_their_last_copy_would(
+            read in prop::collection::vec(0u32..60, 0..200),
+            added in prop::collection::vec(0u32..80, 0..40),
+            one_by_one in any::<bool>(),
+        ) {
+            let mut map = BTreeMap::new();
+            let mut copy = 0;
+            let mut next = |id: u32, map: &mut BTreeMap<String, Record>| {
+                copy += 1;
+                let r = record(&id_of(id), copy);
+                map.insert(r.id.clone(), r.clone());
+                r
+            };
+            let first: Vec<Record> = read.iter().map(|id| next(*id, &mut map)).collect();
+            let mut records = Records::from_read(first);
+            let later: Vec<Record> = added.iter().map(|id| next(*id, &mut map)).collect();
+            match one_by_one {
+                true => later.into_iter().for_each(|r| records.insert(r)),
+                false => records.extend(later),
+            }
+            let held: Vec<Record> = records.iter().map(PackedRecord::unpack).collect();
+            let want: Vec<Record> = map.values().cloned().collect();
+            prop_assert_eq!(held, want);
+            for id in 0..80 {
+                let id = id_of(id);
+                let held = records.get(&id).map(PackedRecord::unpack);
+                prop_assert_eq!(held.as_ref(), map.get(&id));
+                prop_assert_eq!(records.contains_key(&id), map.contains_key(&id));
+            }
+        }
+    }
+
+    #[test]
+    fn many_records_are_packed_on_the_cores_in_their_order() {
+        let read: Vec<Record> = (0..PARALLEL_PACKING + 7)
+            .map(|i| record(&format!("C{:06}", PARALLEL_PACKING + 7 - i), 1))
+            .collect();
+        let records = Records::from_read(read);
+        assert_eq!(records.len(), PARALLEL_PACKING + 7);
+        assert!(records.ids().is_sorted());
+        assert_eq!(records.ids().next(), Some("C000001"));
+    }
+}
