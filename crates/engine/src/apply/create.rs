@@ -27,8 +27,22 @@ struct CreateJob {
     /// A contact asked for by `tandem create-contact`: the account's contact may have
     /// been deleted before (R12), which no longer holds once it has a new one.
     asked: bool,
-    /// The log's `created` entry.
-    entry: LogEntry,
+    /// For the log's `created` entry of an account: the template rule used and who
+    /// asked (R3, R5).
+    template: Option<usize>,
+    requested_by: Option<String>,
+}
+
+impl CreateJob {
+    /// The log's `created` entry, made when it is logged: held for every create of a
+    /// run, it was a third copy of each one's fields.
+    fn entry(&self) -> LogEntry {
+        LogEntry::Created {
+            fields: self.fields.clone(),
+            template: self.template,
+            requested_by: self.requested_by.clone(),
+        }
+    }
 }
 
 impl CreateJob {
@@ -79,38 +93,36 @@ impl Applier<'_> {
             .collect()
     }
 
-    fn create_jobs(&self) -> Vec<CreateJob> {
-        let contacts = self.plan.creates.iter().map(|c| CreateJob {
-            code: c.code.clone(),
+    /// The plan's creates, taken out of it: nothing after this step reads them, and
+    /// copied they were held twice through the step.
+    fn create_jobs(&mut self) -> Vec<CreateJob> {
+        let contacts = std::mem::take(&mut self.plan.creates).into_iter();
+        let contacts = contacts.map(|c| CreateJob {
+            code: c.code,
             relation: c.relation,
             side: Side::Contact,
-            source_id: c.account_id.clone(),
-            source_version: c.account_version.clone(),
-            fields: c.fields.clone(),
-            baseline: c.baseline.clone(),
+            source_id: c.account_id,
+            source_version: c.account_version,
+            fields: c.fields,
+            baseline: c.baseline,
             intent: None,
             asked: c.asked,
-            entry: LogEntry::Created {
-                fields: c.fields.clone(),
-                template: None,
-                requested_by: None,
-            },
+            template: None,
+            requested_by: None,
         });
-        let accounts = self.plan.account_creates.iter().map(|c| CreateJob {
-            code: c.code.clone(),
+        let accounts = std::mem::take(&mut self.plan.account_creates).into_iter();
+        let accounts = accounts.map(|c| CreateJob {
+            code: c.code,
             relation: c.relation,
             side: Side::Account,
-            source_id: c.contact_id.clone(),
-            source_version: c.contact_version.clone(),
-            fields: c.fields.clone(),
-            baseline: c.baseline.clone(),
-            intent: (!c.intent.contact.is_empty()).then(|| c.intent.clone()),
+            source_id: c.contact_id,
+            source_version: c.contact_version,
+            fields: c.fields,
+            baseline: c.baseline,
+            intent: (!c.intent.contact.is_empty()).then_some(c.intent),
             asked: false,
-            entry: LogEntry::Created {
-                fields: c.fields.clone(),
-                template: c.template,
-                requested_by: c.requested_by.clone(),
-            },
+            template: c.template,
+            requested_by: c.requested_by,
         });
         contacts.chain(accounts).collect()
     }
@@ -246,7 +258,7 @@ impl Applier<'_> {
         }
         let (code, side) = (&job.code, job.side.as_str());
         let account = Some(account_id.as_str());
-        self.log(&contact_id, code, account, side, &job.entry);
+        self.log(&contact_id, code, account, side, &job.entry());
         let by = LogEntry::Linked {
             by: "create".to_owned(),
             tier: None,
