@@ -93,36 +93,34 @@ impl Applier<'_> {
             .collect()
     }
 
-    /// The plan's creates, taken out of it: nothing after this step reads them, and
-    /// copied they were held twice through the step.
-    fn create_jobs(&mut self) -> Vec<CreateJob> {
-        let contacts = std::mem::take(&mut self.plan.creates).into_iter();
-        let contacts = contacts.map(|c| CreateJob {
-            code: c.code,
+    /// The plan's creates as jobs. Copied, not taken: the run's report shows the plan
+    /// it carried out, creates included.
+    fn create_jobs(&self) -> Vec<CreateJob> {
+        let contacts = self.plan.creates.iter().map(|c| CreateJob {
+            code: c.code.clone(),
             relation: c.relation,
             side: Side::Contact,
-            source_id: c.account_id,
-            source_version: c.account_version,
-            fields: c.fields,
-            baseline: c.baseline,
+            source_id: c.account_id.clone(),
+            source_version: c.account_version.clone(),
+            fields: c.fields.clone(),
+            baseline: c.baseline.clone(),
             intent: None,
             asked: c.asked,
             template: None,
             requested_by: None,
         });
-        let accounts = std::mem::take(&mut self.plan.account_creates).into_iter();
-        let accounts = accounts.map(|c| CreateJob {
-            code: c.code,
+        let accounts = self.plan.account_creates.iter().map(|c| CreateJob {
+            code: c.code.clone(),
             relation: c.relation,
             side: Side::Account,
-            source_id: c.contact_id,
-            source_version: c.contact_version,
-            fields: c.fields,
-            baseline: c.baseline,
-            intent: (!c.intent.contact.is_empty()).then_some(c.intent),
+            source_id: c.contact_id.clone(),
+            source_version: c.contact_version.clone(),
+            fields: c.fields.clone(),
+            baseline: c.baseline.clone(),
+            intent: (!c.intent.contact.is_empty()).then(|| c.intent.clone()),
             asked: false,
             template: c.template,
-            requested_by: c.requested_by,
+            requested_by: c.requested_by.clone(),
         });
         contacts.chain(accounts).collect()
     }
