@@ -124,33 +124,14 @@ impl Records {
         self.records.is_empty()
     }
 
-    /// In id order.
-    pub fn iter(&self) -> std::slice::Iter<'_, PackedRecord> {
-        self.records.iter()
-    }
-
-    /// In id order ([`Records::iter`], named as a map's).
+    /// In id order (named as a map's, as the planner reads them).
     pub fn values(&self) -> std::slice::Iter<'_, PackedRecord> {
         self.records.iter()
     }
 
-    /// In id order.
+    /// The ids, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.ids()
-    }
-
-    /// In id order.
-    pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
         self.records.iter().map(PackedRecord::id)
-    }
-}
-
-impl<'r> IntoIterator for &'r Records {
-    type Item = &'r PackedRecord;
-    type IntoIter = std::slice::Iter<'r, PackedRecord>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.records.iter()
     }
 }
 
@@ -255,7 +236,7 @@ mod tests {
                 true => later.into_iter().for_each(|r| records.insert(r)),
                 false => records.extend(later),
             }
-            let held: Vec<Record> = records.iter().map(PackedRecord::unpack).collect();
+            let held: Vec<Record> = records.values().map(PackedRecord::unpack).collect();
             let want: Vec<Record> = map.values().cloned().collect();
             prop_assert_eq!(held, want);
             for id in 0..80 {
@@ -274,7 +255,7 @@ mod tests {
             .collect();
         let records = Records::from_read(read);
         assert_eq!(records.len(), PARALLEL_PACKING + 7);
-        assert!(records.ids().is_sorted());
-        assert_eq!(records.ids().next(), Some("C000001"));
+        assert!(records.keys().is_sorted());
+        assert_eq!(records.keys().next(), Some("C000001"));
     }
 }

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::binary::put_str;
-use crate::packed::{self, Wanted, take, take_str};
+use crate::packed::{self, PackedName, take, take_str};
 use crate::{EntityKind, FieldName, Fields, Record, Timestamp, Value};
 
 /// What the rules read of a record, however it is held: a [`Record`] as a connector
@@ -136,13 +136,11 @@ impl PackedRecord {
     }
 
     pub fn id(&self) -> &str {
-        // The id comes first after the flags: read without the rest of the head.
-        let mut bytes = &self.bytes[1..];
-        take_str(&mut bytes)
+        packed::str_of(self.id_bytes())
     }
 
-    /// The id's bytes: compared without checking them as text again (a search by id
-    /// compares a score of ids, and checking each cost more than comparing it).
+    /// The id's bytes: it comes first after the flags, read without the rest of the
+    /// head.
     fn id_bytes(&self) -> &[u8] {
         let mut bytes = &self.bytes[1..];
         let n = packed::take_len(&mut bytes);
@@ -182,21 +180,21 @@ impl PackedRecord {
 
     /// The field's value, unpacked.
     pub fn get(&self, name: &FieldName) -> Option<Value> {
-        let value = packed::find(self.parts().fields, &Wanted::named(name))?;
+        let value = packed::find(self.parts().fields, &PackedName::named(name))?;
         Some(packed::take_value(&mut &value[..]))
     }
 
     /// The field as text, if it holds text or a date: borrowed, not unpacked.
     pub fn text(&self, name: &str) -> Option<&str> {
-        self.text_at(&Wanted::text(name))
+        self.text_at(&PackedName::text(name))
     }
 
     /// [`PackedRecord::text`] by an interned name.
     pub fn text_named(&self, name: &FieldName) -> Option<&str> {
-        self.text_at(&Wanted::named(name))
+        self.text_at(&PackedName::named(name))
     }
 
-    fn text_at(&self, wanted: &Wanted<'_>) -> Option<&str> {
+    fn text_at(&self, wanted: &PackedName<'_>) -> Option<&str> {
         let mut value = packed::find(self.parts().fields, wanted)?;
         match take(&mut value, 1)[0] {
             b'T' | b'D' => Some(take_str(&mut value)),
@@ -204,18 +202,13 @@ impl PackedRecord {
         }
     }
 
-    /// [`Fields::content_hash_after`] of this record's fields, unpacked one at a time
-    /// instead of into a field set.
+    /// [`Fields::content_hash_after`] of this record's fields, hashed from the packed
+    /// bytes: the same hash, nothing unpacked.
     pub fn content_hash_after<'c>(
         &self,
         changes: impl IntoIterator<Item = (&'c FieldName, &'c Value)>,
     ) -> u64 {
         crate::fields::content_hash_of(packed::packed_entries(self.parts().fields), changes)
-    }
-
-    /// Bytes held, the allocation's and the handle's.
-    pub fn size(&self) -> usize {
-        self.bytes.len() + size_of::<PackedRecord>()
     }
 }
 
@@ -240,12 +233,6 @@ impl RecordView for PackedRecord {
 impl fmt::Debug for PackedRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.unpack(), f)
-    }
-}
-
-impl From<&Record> for PackedRecord {
-    fn from(record: &Record) -> PackedRecord {
-        PackedRecord::pack(record)
     }
 }
 
@@ -339,11 +326,8 @@ mod tests {
         let as_record = size_of::<Record>()
             + record.fields.len() * size_of::<(FieldName, Value)>()
             + record.id.len();
-        assert!(
-            packed.size() * 2 < as_record,
-            "{} against {as_record}",
-            packed.size()
-        );
+        let size = packed.bytes.len() + size_of::<PackedRecord>();
+        assert!(size * 2 < as_record, "{size} against {as_record}");
         assert_eq!(packed.text("city"), Some("Gent"));
         assert_eq!(packed.text("email"), None);
     }

@@ -64,13 +64,32 @@ pub(crate) fn fields_of(mut bytes: &[u8]) -> Fields {
     fields
 }
 
-/// The name of a packed field: a canonical slot, or its text.
+/// The name of a packed field: a canonical slot, or its text. Also what a lookup
+/// asks for, worked out once per lookup, so the walk compares a byte per field, not a
+/// name.
+#[derive(PartialEq, Eq)]
 pub(crate) enum PackedName<'b> {
     Slot(u8),
     Other(&'b str),
 }
 
 impl PackedName<'_> {
+    /// The packed name of `name`.
+    pub(crate) fn named(name: &FieldName) -> PackedName<'_> {
+        match field::slot_index(name.slot()) {
+            Some(index) => PackedName::Slot(index),
+            None => PackedName::Other(name.as_str()),
+        }
+    }
+
+    /// The packed name of the field named `name`.
+    pub(crate) fn text(name: &str) -> PackedName<'_> {
+        match field::canonical_slot(name).and_then(field::slot_index) {
+            Some(index) => PackedName::Slot(index),
+            None => PackedName::Other(name),
+        }
+    }
+
     fn field_name(&self) -> FieldName {
         match self {
             PackedName::Slot(index) => FieldName::from_slot(&field::SLOTS[usize::from(*index)]),
@@ -88,45 +107,13 @@ fn take_name<'b>(bytes: &mut &'b [u8]) -> Option<PackedName<'b>> {
     })
 }
 
-/// A field looked for among packed fields: by its slot's byte when its name is
-/// canonical, by text otherwise. Worked out once per lookup, so the walk compares a
-/// byte per field, not a name.
-pub(crate) enum Wanted<'n> {
-    Slot(u8),
-    Other(&'n str),
-}
-
-impl Wanted<'_> {
-    pub(crate) fn named(name: &FieldName) -> Wanted<'_> {
-        match field::slot_index(name.slot()) {
-            Some(index) => Wanted::Slot(index),
-            None => Wanted::Other(name.as_str()),
-        }
-    }
-
-    pub(crate) fn text(name: &str) -> Wanted<'_> {
-        match field::canonical_slot(name).and_then(field::slot_index) {
-            Some(index) => Wanted::Slot(index),
-            None => Wanted::Other(name),
-        }
-    }
-
-    fn is(&self, name: &PackedName<'_>) -> bool {
-        match (self, name) {
-            (Wanted::Slot(wanted), PackedName::Slot(index)) => wanted == index,
-            (Wanted::Other(wanted), PackedName::Other(text)) => wanted == text,
-            _ => false,
-        }
-    }
-}
-
 /// The bytes of the value of field `wanted` (its tag first), found without unpacking
 /// the fields before it.
-pub(crate) fn find<'b>(mut bytes: &'b [u8], wanted: &Wanted<'_>) -> Option<&'b [u8]> {
+pub(crate) fn find<'b>(mut bytes: &'b [u8], wanted: &PackedName<'_>) -> Option<&'b [u8]> {
     while let Some(name) = take_name(&mut bytes) {
         let len = value_len(bytes);
         let value = take(&mut bytes, len);
-        if wanted.is(&name) {
+        if *wanted == name {
             return Some(value);
         }
     }
@@ -178,7 +165,11 @@ pub(crate) fn take_len(bytes: &mut &[u8]) -> usize {
 
 pub(crate) fn take_str<'b>(bytes: &mut &'b [u8]) -> &'b str {
     let n = take_len(bytes);
-    let text = take(bytes, n);
+    str_of(take(bytes, n))
+}
+
+/// Bytes `put_str` wrote, as the `str` they were written from.
+pub(crate) fn str_of(text: &[u8]) -> &str {
     debug_assert!(std::str::from_utf8(text).is_ok(), "packed from a str");
     // SAFETY: packed bytes are private to this crate and written only by `put_str`
     // from a `&str`, and read back at the offsets they were written at: `text` is the

@@ -52,7 +52,7 @@ impl<'a> Planner<'a> {
         &mut self,
         mut next: usize,
         contact: &PackedRecord,
-        changes: Vec<FieldChange>,
+        mut changes: Vec<FieldChange>,
         new_hubs: &mut Vec<HubPlan>,
     ) -> usize {
         if changes.is_empty() {
@@ -71,19 +71,19 @@ impl<'a> Planner<'a> {
                     hub.contact_changes.push(change);
                 }
             }
-            None => new_hubs.push(HubPlan {
-                contact_id: id.to_owned(),
-                contact_version: contact.version().map(str::to_owned),
-                contact_changes: {
-                    let mut changes = changes;
-                    changes.shrink_to_fit();
-                    changes
-                },
-                pairs: Vec::new(),
-                conflicts: Vec::new(),
-                contact_after_hash: None,
-                other_links: Vec::new(),
-            }),
+            None => {
+                // Held until the run ends: sized to what it holds.
+                changes.shrink_to_fit();
+                new_hubs.push(HubPlan {
+                    contact_id: id.to_owned(),
+                    contact_version: contact.version().map(str::to_owned),
+                    contact_changes: changes,
+                    pairs: Vec::new(),
+                    conflicts: Vec::new(),
+                    contact_after_hash: None,
+                    other_links: Vec::new(),
+                });
+            }
         }
         next
     }
@@ -114,7 +114,7 @@ impl<'a> Planner<'a> {
         if wanted != current {
             changes.push(FieldChange {
                 field: FieldName::new(field::BUSINESS_RELATIONS),
-                old: (contact.get(&names::BUSINESS_RELATIONS)).unwrap_or(Value::Null),
+                old: (contact.get(&contact_fields::BUSINESS_RELATIONS)).unwrap_or(Value::Null),
                 new: Value::list(wanted.into_iter().map(Cow::into_owned).collect()),
             });
         }

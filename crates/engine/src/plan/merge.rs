@@ -47,47 +47,37 @@ impl<'a> Planner<'a> {
         open_conflicts: &HashMap<&str, Vec<&ConflictEntry>>,
     ) -> Option<Merged> {
         let input = self.input;
-        // Each pair with its account as held (packed), unpacked below.
-        let mut found: Vec<(PairInput, Option<&PackedRecord>)> = Vec::new();
+        // Each account unpacked for this hub's merge alone: the run holds records packed.
+        let unpacked =
+            |r: usize, id: &str| self.accounts(r).records.get(id).map(PackedRecord::unpack);
+        let mut pairs: Vec<PairInput> = Vec::new();
         for (r, link) in self.by_contact.get(contact_id).into_iter().flatten() {
             if link.parked {
                 continue;
             }
-            let pair = PairInput {
+            pairs.push(PairInput {
                 relation: *r,
                 account_id: &link.account_id,
-                account: None,
+                account: unpacked(*r, &link.account_id),
                 link: Some(link),
                 base: Some(&link.baseline),
                 new_link: None,
-            };
-            found.push((pair, self.accounts(*r).records.get(&link.account_id)));
+            });
         }
         for (r, account_id, how) in self.new_links.get(contact_id).into_iter().flatten() {
-            let pair = PairInput {
+            pairs.push(PairInput {
                 relation: *r,
                 account_id,
-                account: None,
+                account: unpacked(*r, account_id),
                 link: None,
                 base: self.starts.get(&(*r, contact_id)).copied(),
                 new_link: Some(*how),
-            };
-            found.push((pair, self.accounts(*r).records.get(account_id)));
+            });
         }
-        if found.is_empty() {
+        if pairs.is_empty() {
             return None;
         }
-        found.sort_by_key(|(p, _)| p.relation);
-        // Unpacked for this hub's merge alone: the run holds its records packed.
-        let accounts: Vec<Option<Record>> = (found.iter())
-            .map(|(_, account)| account.map(PackedRecord::unpack))
-            .collect();
-        let pairs: Vec<PairInput> = (found.into_iter().zip(&accounts))
-            .map(|((pair, _), account)| PairInput {
-                account: account.as_ref(),
-                ..pair
-            })
-            .collect();
+        pairs.sort_by_key(|p| p.relation);
         let contact = input.contacts.get(contact_id).map(PackedRecord::unpack);
         let open = open_conflicts
             .get(contact_id)
@@ -130,7 +120,8 @@ pub(super) fn universe<'r>(
 pub(super) struct PairInput<'a> {
     relation: usize,
     account_id: &'a str,
-    account: Option<&'a Record>,
+    /// Unpacked for the merge (`merge_one`).
+    account: Option<Record>,
     link: Option<&'a Link>,
     /// What both sides are taken to have agreed on: the link's baseline, or for a
     /// recovered create the fields it sent; `None` for a new link (R4's `initial`).
@@ -254,7 +245,7 @@ impl<'p> HubView<'p> {
     /// What pair `i`'s account holds; the baseline when it was not read this run (it
     /// did not change since it was synchronised).
     fn account_holds(&self, i: usize, f: &FieldName) -> &'p Value {
-        match self.pairs[i].account {
+        match &self.pairs[i].account {
             Some(a) => a.fields.value_named(f),
             None => self.base(i, f),
         }
@@ -318,7 +309,7 @@ impl<'p> HubView<'p> {
     }
 
     fn account_modified(&self, i: usize) -> Option<Timestamp> {
-        self.pairs[i].account.and_then(|a| a.modified_at)
+        self.pairs[i].account.as_ref().and_then(|a| a.modified_at)
     }
 
     fn merge_field(&self, f: &FieldName, out: &mut HubMerge) {
@@ -725,7 +716,7 @@ impl<'p> HubView<'p> {
             .collect();
         brought.shrink_to_fit();
         let updated = !changes.is_empty() || !brought.is_empty();
-        let account_version = match p.account {
+        let account_version = match &p.account {
             Some(a) => a.version.clone(),
             None => p.link.and_then(|l| l.account_version.clone()),
         };
@@ -740,12 +731,9 @@ impl<'p> HubView<'p> {
         if p.new_link.is_none() && !updated && out.contact_changes.is_empty() && unchanged_link {
             return None;
         }
-        let account_after_hash = p.account.map(|a| {
-            let mut fields = a.fields.clone();
-            for change in &changes {
-                fields.set(change.field.clone(), change.new.clone());
-            }
-            fields.content_hash()
+        let account_after_hash = (p.account.as_ref()).map(|a| {
+            let after = changes.iter().map(|c| (&c.field, &c.new));
+            a.fields.content_hash_after(after)
         });
         Some(PairPlan {
             code: self.rel(i).code.clone(),

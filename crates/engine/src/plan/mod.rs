@@ -394,17 +394,18 @@ impl Plan {
 /// person without a company may be a customer; any other person resolves through its
 /// company.
 pub fn may_hold(contact: &impl RecordView, kind: EntityKind) -> bool {
-    match ContactType::from_field(contact.text_named(&names::CONTACT_TYPE)) {
+    match ContactType::from_field(contact.text_named(&contact_fields::CONTACT_TYPE)) {
         ContactType::Company => true,
         ContactType::Person => {
-            kind == EntityKind::Customer && contact.text_named(&names::COMPANY_ID).is_none()
+            kind == EntityKind::Customer
+                && contact.text_named(&contact_fields::COMPANY_ID).is_none()
         }
     }
 }
 
 /// Interned names of the fields asked of every contact of a run: looked up by slot,
 /// not found by text each time.
-pub(super) mod names {
+pub(super) mod contact_fields {
     use std::sync::LazyLock;
 
     use tandem_model::{FieldName, field};
@@ -420,7 +421,10 @@ pub(super) mod names {
 /// Whether `code` is listed in a contact's `business_relations` field, without
 /// building the list (asked for every contact and relation of a run).
 pub fn lists_code(contact: &impl RecordView, code: &str) -> bool {
-    match contact.value_of(&names::BUSINESS_RELATIONS).as_deref() {
+    match contact
+        .value_of(&contact_fields::BUSINESS_RELATIONS)
+        .as_deref()
+    {
         Some(Value::Text(text)) => text.split([';', ',']).any(|s| s.trim() == code),
         Some(Value::List(items)) => items.iter().any(|s| s.trim() == code),
         other => codes_in(other).iter().any(|c| c == code),
@@ -429,7 +433,11 @@ pub fn lists_code(contact: &impl RecordView, code: &str) -> bool {
 
 /// The relation codes listed in a contact's `business_relations` field (R5, R9).
 pub fn listed_codes(contact: &impl RecordView) -> Vec<String> {
-    codes_in(contact.value_of(&names::BUSINESS_RELATIONS).as_deref())
+    codes_in(
+        contact
+            .value_of(&contact_fields::BUSINESS_RELATIONS)
+            .as_deref(),
+    )
 }
 
 /// The codes a `business_relations` value lists: a list, or text separated by `;` or `,`.
@@ -449,7 +457,7 @@ pub(super) fn codes_in(value: Option<&Value>) -> Vec<String> {
 /// [`listed_codes`], borrowed from the field where it is text.
 pub(super) fn listed_code_refs(contact: &impl RecordView) -> Vec<std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
-    match contact.text_named(&names::BUSINESS_RELATIONS) {
+    match contact.text_named(&contact_fields::BUSINESS_RELATIONS) {
         Some(text) => (text.split([';', ',']).map(str::trim))
             .filter(|s| !s.is_empty())
             .map(Cow::Borrowed)
