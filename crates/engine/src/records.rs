@@ -129,6 +129,16 @@ impl Records {
         self.records.iter()
     }
 
+    /// The records whose ids lie in `[from, to)`, in order; `None` leaves that end
+    /// open.
+    pub fn between(&self, from: Option<&str>, to: Option<&str>) -> &[PackedRecord] {
+        let at = |id: Option<&str>, open: usize| {
+            id.map_or(open, |id| self.position(id).unwrap_or_else(|i| i))
+        };
+        let (start, end) = (at(from, 0), at(to, self.records.len()));
+        &self.records[start..end.max(start)]
+    }
+
     /// The ids, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         self.records.iter().map(PackedRecord::id)

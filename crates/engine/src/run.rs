@@ -14,7 +14,7 @@ use tracing::{Instrument, info};
 use crate::apply::apply;
 pub(crate) use crate::error::EngineError;
 use crate::matching::Ambiguity;
-use crate::plan::{AccountInput, Directives, Plan, PlanInput, plan};
+use crate::plan::{AccountInput, Directives, Plan, PlanInput, Planning};
 pub(crate) use crate::read::{
     DeleteGuard, RECHECK, ScopeRead, UNKNOWN_KEYS, WRITTEN_UNREAD, match_keys, record_hash,
     record_hash_of,
@@ -42,6 +42,8 @@ pub struct Engine<'a> {
     pub(crate) scopes: crate::stop::ScopeFilter,
     /// The share of the work this engine carries out (`tandem run --worker`).
     pub(crate) partition: crate::Partition,
+    /// Hubs a sync plans and carries out at a time ([`Planning`]).
+    pub(crate) hubs_per_range: usize,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -52,8 +54,9 @@ impl std::fmt::Debug for Engine<'_> {
     }
 }
 
+/// A run's plan as far as it is made before anything is written: its head, and its
+/// hubs too when it is made in one piece (a `plan`, or a worker's partition).
 pub(crate) struct Prepared {
-    pub input: PlanInput,
     pub plan: Plan,
     pub contacts: ScopeRead,
     pub accounts: Vec<ScopeRead>,
@@ -73,6 +76,18 @@ pub(crate) struct StoredAmbiguities {
     /// found; none for a relation that did not match (they went to the report).
     pub stored: Option<serde_json::Value>,
 }
+
+/// What the first and second pass read, beside the plan's input.
+pub(crate) struct ReadRest {
+    pub contacts: ScopeRead,
+    pub accounts: Vec<ScopeRead>,
+    pub parked_before: Vec<ParkedCount>,
+    pub wakes: Vec<Wake>,
+}
+
+/// Hubs a sync plans and carries out together, by default: a first sync of a million
+/// partners holds a tenth of its plan at a time.
+pub const HUBS_PER_RANGE: usize = 100_000;
 
 /// Parked work of one relation (R17).
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,6 +111,7 @@ impl<'a> Engine<'a> {
             stop: crate::stop::StopFlag::default(),
             scopes: crate::stop::ScopeFilter::default(),
             partition: crate::Partition::whole(),
+            hubs_per_range: HUBS_PER_RANGE,
         };
         engine.connector(
             &engine.relations.contacts_connector,
@@ -141,6 +157,12 @@ impl<'a> Engine<'a> {
         self.relations = self.relations.clone().with_partitions(partition.count());
     }
 
+    /// How many hubs a sync plans and carries out at a time: its plan is held a range
+    /// at a time, not whole (at least 1). A worker's partition is planned whole.
+    pub fn set_hubs_per_range(&mut self, hubs: usize) {
+        self.hubs_per_range = hubs.max(1);
+    }
+
     /// Reads every scope even when its connector's fingerprint says nothing changed
     /// since the last run (`tandem sync --full-read`).
     pub fn set_full_read(&mut self, full_read: bool) {
@@ -176,7 +198,9 @@ impl<'a> Engine<'a> {
 
     /// What `sync_with(directives)` would do now; writes nothing anywhere.
     pub async fn plan_with(&mut self, directives: Directives) -> Result<RunReport, EngineError> {
-        let prepared = self.prepare(directives).await?;
+        let (input, rest) = self.read_input(directives).await?;
+        let relations = self.relations.clone();
+        let (prepared, _) = self.plan_head(&relations, &input, rest, usize::MAX)?;
         let writes = prepared.plan.write_count() as u64;
         let mut counts = prepared.plan.counts.clone();
         for (c, parked) in counts.iter_mut().zip(&prepared.parked_before) {
@@ -252,14 +276,17 @@ impl<'a> Engine<'a> {
             );
         }
         self.look_again_if_stale(run_id)?;
-        let prepared = self.prepare(directives).await?;
-        if operator
-            && let Some(rejection) = prepared
-                .plan
-                .rejected
-                .iter()
-                .find(|r| is_directive(&prepared.input.directives, r))
-        {
+        let (input, rest) = self.read_input(directives).await?;
+        let relations = self.relations.clone();
+        // A partition's plan is cut whole (`Partition::cut`).
+        let per_range = match self.partition.is_whole() {
+            true => self.hubs_per_range,
+            false => usize::MAX,
+        };
+        let (prepared, mut planning) = self.plan_head(&relations, &input, rest, per_range)?;
+        let refused = (prepared.plan.rejected.iter())
+            .find(|r| operator && is_directive(&input.directives, r));
+        if let Some(rejection) = refused {
             return Err(EngineError::Refused(format!(
                 "{}: {}",
                 rejection.code, rejection.error
@@ -268,10 +295,53 @@ impl<'a> Engine<'a> {
         if self.stop.is_stopped() {
             return Err(EngineError::Stopped);
         }
-        apply(self, run_id, prepared).await
+        let report = apply(self, run_id, prepared, &mut planning).await;
+        drop(planning);
+        // Freeing millions of records takes seconds: done on another thread.
+        if input.contacts.len() > 10_000 {
+            std::thread::spawn(move || drop(input));
+        }
+        report
     }
 
-    async fn prepare(&mut self, directives: Directives) -> Result<Prepared, EngineError> {
+    /// Plans the head of a run from what was read ([`Planning`]), and its hubs too when
+    /// `per_range` is unbounded; the hubs left come from the [`Planning`] returned.
+    fn plan_head<'i>(
+        &mut self,
+        relations: &'i Relations,
+        input: &'i PlanInput,
+        rest: ReadRest,
+        per_range: usize,
+    ) -> Result<(Prepared, Planning<'i>), EngineError> {
+        let started = std::time::Instant::now();
+        let threads = crate::parallel::cores();
+        let (mut planning, mut plan) = Planning::start(relations, input, threads, per_range);
+        if per_range == usize::MAX {
+            while let Some(range) = planning.next_range() {
+                plan.absorb(range);
+            }
+        }
+        let mut ambiguities = self.standing_ambiguities(&rest.wakes, &mut plan)?;
+        let cut = self.cut(&mut plan, &input.links, &mut ambiguities);
+        // The standing ambiguities are the plan's too.
+        plan.counts = plan.derive_counts(relations, &input.link_counts);
+        log_planned(&plan, started.elapsed());
+        let prepared = Prepared {
+            plan,
+            contacts: rest.contacts,
+            accounts: rest.accounts,
+            parked_before: rest.parked_before,
+            ambiguities,
+            cut,
+        };
+        Ok((prepared, planning))
+    }
+
+    /// Reads every side for a plan: what changed, and what the plan needs besides.
+    async fn read_input(
+        &mut self,
+        directives: Directives,
+    ) -> Result<(PlanInput, ReadRest), EngineError> {
         let relations = self.relations.clone();
         let link_counts = self.per_relation(|code| self.state.count_links(code))?;
         let any_links = link_counts.iter().any(|n| *n > 0);
@@ -339,22 +409,13 @@ impl<'a> Engine<'a> {
             codes_lost: self.state.codes_lost()?,
             directives,
         };
-        let started = std::time::Instant::now();
-        let mut plan = plan(&relations, &input);
-        let mut ambiguities = self.standing_ambiguities(&wakes, &mut plan)?;
-        let cut = self.cut(&mut plan, &input.links, &mut ambiguities);
-        // The standing ambiguities are the plan's too.
-        plan.counts = plan.derive_counts(&relations, &input.link_counts);
-        log_planned(&plan, started.elapsed());
-        Ok(Prepared {
-            input,
-            plan,
+        let rest = ReadRest {
             contacts,
             accounts,
             parked_before,
-            ambiguities,
-            cut,
-        })
+            wakes,
+        };
+        Ok((input, rest))
     }
 
     /// After a run of another cut of the work (workers with partitions beside runs of

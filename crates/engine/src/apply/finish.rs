@@ -159,6 +159,8 @@ impl Applier<'_> {
         let parked_now = state.parked_links()?;
         let pending_now = crate::pending::Pending::load(state)?;
         let mut plan = self.plan;
+        plan.absorb(self.reported);
+        plan.hubs_left_out = self.hubs_left_out;
         for (r, counts) in plan.counts.iter_mut().enumerate() {
             let code = &self.relations.relations[r].code;
             let links = parked_now.iter().filter(|l| &l.code == code).count() as u64;

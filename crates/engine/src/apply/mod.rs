@@ -30,7 +30,7 @@ use tandem_state::{
 use tracing::info;
 
 use crate::pending::Pending;
-use crate::plan::{PairWas, Plan};
+use crate::plan::{HubRange, PairWas, Plan, Planning};
 use crate::relation::Relations;
 use crate::run::{Engine, EngineError, Failure, Prepared, RunReport, ScopeRead, rejections};
 use crate::side::Side;
@@ -94,12 +94,22 @@ struct Applier<'e> {
     progress: crate::progress::Applying,
     /// What this run left to other partitions.
     cut: crate::partition::Cut,
+    /// The hubs the report shows, with what they settled: at most as many as one
+    /// range holds, so that a run planned range by range holds no whole plan.
+    reported: HubRange,
+    /// Hubs carried out and not in `reported`.
+    hubs_left_out: u64,
+    /// How many hubs the report shows at most.
+    report_cap: usize,
 }
 
+/// Carries out `prepared`, then the hubs `planning` has left, a range at a time: each
+/// range's updates are written and its links stored before the next is planned.
 pub(crate) async fn apply(
     engine: &mut Engine<'_>,
     run_id: i64,
     prepared: Prepared,
+    planning: &mut Planning<'_>,
 ) -> Result<RunReport, EngineError> {
     let tag = engine.fingerprint_tag();
     let Engine {
@@ -110,23 +120,18 @@ pub(crate) async fn apply(
         ..
     } = engine;
     let Prepared {
-        input,
-        plan,
+        mut plan,
         contacts,
         accounts,
         parked_before,
         ambiguities,
         cut,
     } = prepared;
+    let input = planning.input();
     let previous = Previous::of(&input.pending);
-    let person_companies = finish::person_companies(&contacts, &input);
-    // Freeing millions of records takes seconds: done on another thread while the
-    // writes go on (nothing below needs them).
-    if input.contacts.len() > 10_000 {
-        std::thread::spawn(move || drop(input));
-    } else {
-        drop(input);
-    }
+    let person_companies = finish::person_companies(&contacts, input);
+    // The hubs planned with the head (a plan made whole) are the one range; counted.
+    let planned = (planning.is_done()).then(|| plan.take_range());
     let mut applier = Applier {
         relations,
         connectors,
@@ -148,6 +153,9 @@ pub(crate) async fn apply(
         stop: stop.clone(),
         progress: crate::progress::Applying::default(),
         cut,
+        reported: HubRange::default(),
+        hubs_left_out: 0,
+        report_cap: planning.per_range(),
     };
     info!(run = run_id, "applying");
     applier.progress = crate::progress::Applying::new(applier.plan.write_count() as u64);
@@ -159,10 +167,10 @@ pub(crate) async fn apply(
     applier.step("after_creates");
     // Stored before the hashes that make the next run quiet: a quiet run reports them.
     applier.remember_ambiguities(&ambiguities);
-    let outcomes = applier.writes(&mut **state).await?;
-    applier.settle(&mut **state, outcomes)?;
-    crate::failpoint::hit("after_link_commit");
-    applier.step("after_link_commit");
+    let mut next = planned;
+    while let Some(range) = next.take().or_else(|| applier.plan_next(planning)) {
+        applier.carry_out(&mut **state, range, planning.is_done()).await?;
+    }
     applier.remember_reads(&mut **state, person_companies)?;
     crate::failpoint::hit("before_cursor_commit");
     applier.step("before_cursor_commit");
@@ -172,6 +180,51 @@ pub(crate) async fn apply(
 }
 
 impl Applier<'_> {
+    /// The next range's hubs, planned and counted.
+    fn plan_next(&mut self, planning: &mut Planning<'_>) -> Option<HubRange> {
+        let started = std::time::Instant::now();
+        let range = planning.next_range()?;
+        crate::plan::add_hub_counts(&mut self.plan.counts, &range.hubs, self.relations);
+        tracing::debug!(
+            hubs = range.hubs.len(),
+            left = planning.hubs_left(),
+            ms = started.elapsed().as_millis() as u64,
+            "range planned"
+        );
+        Some(range)
+    }
+
+    /// One range's hubs: intents, updates, links (steps 3 and 4); `last` when no range
+    /// comes after it.
+    async fn carry_out(
+        &mut self,
+        state: &mut dyn StateStore,
+        range: HubRange,
+        last: bool,
+    ) -> Result<(), EngineError> {
+        self.progress.total += crate::plan::hub_writes(&range.hubs) as u64;
+        self.plan.hubs = range.hubs;
+        self.plan.close_conflicts = range.close_conflicts;
+        self.plan.codes_removed = range.codes_removed;
+        let outcomes = self.writes(state).await?;
+        self.settle(state, outcomes, last)?;
+        crate::failpoint::hit("after_link_commit");
+        self.step("after_link_commit");
+        let range = self.plan.take_range();
+        let room = self.report_cap.saturating_sub(self.reported.hubs.len());
+        self.hubs_left_out += range.hubs.len().saturating_sub(room) as u64;
+        let HubRange {
+            mut hubs,
+            close_conflicts,
+            codes_removed,
+        } = range;
+        hubs.truncate(room);
+        self.reported.hubs.append(&mut hubs);
+        self.reported.close_conflicts.extend(close_conflicts);
+        self.reported.codes_removed.extend(codes_removed);
+        Ok(())
+    }
+
     fn commit(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
         state.commit(std::mem::take(&mut self.batch))?;
         Ok(())

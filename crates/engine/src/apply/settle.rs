@@ -54,10 +54,13 @@ struct Versions {
 }
 
 impl Applier<'_> {
+    /// The range of hubs in the plan; `last` when no range comes after it: the
+    /// pending entries the run is done with go then.
     pub(super) fn settle(
         &mut self,
         state: &mut dyn StateStore,
         mut outcomes: Outcomes,
+        last: bool,
     ) -> Result<(), EngineError> {
         let hubs = std::mem::take(&mut self.plan.hubs);
         let built = commit_behind(state, |committer| {
@@ -66,6 +69,9 @@ impl Applier<'_> {
                 committer.send_full(&mut self.batch)?;
             }
             self.close_conflicts();
+            if last {
+                self.done_pending();
+            }
             // Every link this run wrote to is stored now: its intents are done with.
             self.batch.clear_intent_batches.push(self.log.run_id);
             committer.send(std::mem::take(&mut self.batch))
@@ -398,7 +404,7 @@ impl Applier<'_> {
         }
     }
 
-    /// Open conflicts settled this run, and pending entries that are done.
+    /// Open conflicts settled by this range, and the lost codes its writes took off.
     fn close_conflicts(&mut self) {
         let closed = std::mem::take(&mut self.plan.close_conflicts);
         for (code, contact_id, field) in &closed {
@@ -414,10 +420,6 @@ impl Applier<'_> {
             self.log(contact_id, code, None, "operator", &entry);
         }
         self.plan.close_conflicts = closed;
-        let done = self.plan.done_pending.clone();
-        self.batch.delete_pending.extend(done.creates);
-        self.batch.delete_refused.extend(done.refused);
-        self.batch.delete_pending_links.extend(done.links);
         // A lost code is off the contact's field once its write landed (R9).
         for (code, contact_id) in &self.plan.codes_removed {
             if !self.contact_write_failed.contains(contact_id) {
@@ -425,6 +427,16 @@ impl Applier<'_> {
                 self.batch.codes_lost.push(mark);
             }
         }
+    }
+}
+
+impl Applier<'_> {
+    /// Pending creates, refused requests and links this run is done with.
+    fn done_pending(&mut self) {
+        let done = self.plan.done_pending.clone();
+        self.batch.delete_pending.extend(done.creates);
+        self.batch.delete_refused.extend(done.refused);
+        self.batch.delete_pending_links.extend(done.links);
     }
 }
 

@@ -9,11 +9,11 @@ impl<'a> Planner<'a> {
     /// R9: after the run, a contact's `business_relations` lists the codes it holds.
     /// Configured codes it holds are added, codes it lost are removed, codes it asks
     /// for stay until they are granted or refused; anything else in the field is left.
-    pub(super) fn reflect_codes(&mut self) {
+    /// For the contacts whose ids lie in `[from, to)` (`None`: open), the range of the
+    /// hubs in the plan.
+    pub(super) fn reflect_codes(&mut self, (from, to): (Option<&str>, Option<&str>)) {
         let input = self.input;
-        let contacts: Vec<&'a PackedRecord> = input
-            .contacts
-            .values()
+        let contacts: Vec<&'a PackedRecord> = (input.contacts.between(from, to).iter())
             .filter(|c| !input.deleted_contacts.contains(c.id()) && self.touched(c.id()))
             .collect();
         // Hubs and contacts are both in id order: each contact's hub is found by moving

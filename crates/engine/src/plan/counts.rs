@@ -9,6 +9,14 @@ impl Plan {
     /// state held before the run. Parked items are counted by the report, from the
     /// state.
     pub fn derive_counts(&self, relations: &Relations, link_counts: &[u64]) -> Vec<RelationCounts> {
+        let mut counts = self.head_counts(relations, link_counts);
+        add_hub_counts(&mut counts, &self.hubs, relations);
+        counts
+    }
+
+    /// [`Plan::derive_counts`] of everything but the hubs, which
+    /// [`add_hub_counts`] adds (a run planned range by range adds each range's).
+    fn head_counts(&self, relations: &Relations, link_counts: &[u64]) -> Vec<RelationCounts> {
         let mut counts: Vec<RelationCounts> = (relations.relations.iter())
             .map(|r| RelationCounts {
                 code: r.code.clone(),
@@ -16,21 +24,6 @@ impl Plan {
             })
             .collect();
         let by_code = |code: &str| relations.index_of(code);
-        // Links the state held before the run whose sides this run changes: the rest of
-        // those links are unchanged. A new link whose sides are written is updated too.
-        let mut updated_before = vec![0u64; counts.len()];
-        for hub in &self.hubs {
-            for pair in &hub.pairs {
-                let c = &mut counts[pair.relation];
-                c.linked += u64::from(pair.new_link.is_some());
-                c.updated += u64::from(pair.updated);
-                updated_before[pair.relation] += u64::from(pair.updated && pair.previous.is_some());
-            }
-            let conflicting = hub.conflicts.iter().flat_map(|c| &c.accounts);
-            for r in conflicting.filter_map(|(code, _, _)| by_code(code)) {
-                counts[r].conflicts += 1;
-            }
-        }
         for create in &self.creates {
             counts[create.relation].created += 1;
         }
@@ -47,11 +40,32 @@ impl Plan {
                 Item::Rejection => counts[r].failed += 1,
             }
         }
+        // Links the state held before the run stay unchanged unless unlinked, or a hub
+        // changes their sides (taken off by `add_hub_counts`).
         for (r, c) in counts.iter_mut().enumerate() {
             let before = link_counts.get(r).copied().unwrap_or(0);
-            c.unchanged = before.saturating_sub(updated_before[r] + c.unlinked);
+            c.unchanged = before.saturating_sub(c.unlinked);
         }
         counts
+    }
+}
+
+/// Adds the counts of `hubs` to `counts`: links made, pairs updated (a new link whose
+/// sides are written is updated too), conflicts; a link the state held before the run
+/// whose sides change is no longer unchanged.
+pub fn add_hub_counts(counts: &mut [RelationCounts], hubs: &[HubPlan], relations: &Relations) {
+    for hub in hubs {
+        for pair in &hub.pairs {
+            let c = &mut counts[pair.relation];
+            c.linked += u64::from(pair.new_link.is_some());
+            c.updated += u64::from(pair.updated);
+            let was_unchanged = pair.updated && pair.previous.is_some();
+            c.unchanged = c.unchanged.saturating_sub(u64::from(was_unchanged));
+        }
+        let conflicting = hub.conflicts.iter().flat_map(|c| &c.accounts);
+        for r in conflicting.filter_map(|(code, _, _)| relations.index_of(code)) {
+            counts[r].conflicts += 1;
+        }
     }
 }
 

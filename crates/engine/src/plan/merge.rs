@@ -5,17 +5,11 @@ use super::*;
 use crate::side::Winner;
 
 impl<'a> Planner<'a> {
-    /// Every contact with a link or a new link that involves a record read this run.
-    pub(super) fn hubs(&mut self) {
+    /// Every contact with a link or a new link that involves a record read this run,
+    /// in id order: the hubs to merge.
+    pub(super) fn hub_ids(&self) -> Vec<&'a str> {
         let input = self.input;
-        let mut open_conflicts: HashMap<&str, Vec<&ConflictEntry>> = HashMap::new();
-        for c in input.conflicts.iter().filter(|c| c.closed_at.is_none()) {
-            open_conflicts
-                .entry(c.contact_id.as_str())
-                .or_default()
-                .push(c);
-        }
-        let mut hub_ids: BTreeSet<&str> = self.new_links.keys().copied().collect();
+        let mut hub_ids: BTreeSet<&'a str> = self.new_links.keys().copied().collect();
         for (contact_id, links) in &self.by_contact {
             if (input.contacts.contains_key(contact_id) && !input.match_only.contains(*contact_id))
                 || links
@@ -25,10 +19,18 @@ impl<'a> Planner<'a> {
                 hub_ids.insert(contact_id);
             }
         }
+        hub_ids.into_iter().collect()
+    }
+
+    /// The hubs of `hub_ids`, merged, into the plan.
+    pub(super) fn merge_hubs(
+        &mut self,
+        hub_ids: &[&'a str],
+        open_conflicts: &HashMap<&'a str, Vec<&'a ConflictEntry>>,
+    ) {
         // Each hub is merged on its own (pure, no shared state): on the cores.
-        let hub_ids: Vec<&str> = hub_ids.into_iter().collect();
-        let merged: Vec<Option<Merged>> = self.on_cores(&hub_ids, |contact_id| {
-            self.merge_one(contact_id, &open_conflicts)
+        let merged: Vec<Option<Merged>> = self.on_cores(hub_ids, |contact_id| {
+            self.merge_one(contact_id, open_conflicts)
         });
         let merged: Vec<Merged> = merged.into_iter().flatten().collect();
         // Sized once: growing by doubling would hold up to twice the hubs while copying.

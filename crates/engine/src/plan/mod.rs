@@ -25,7 +25,7 @@ use crate::relation::{Relation, Relations};
 
 mod codes;
 mod counts;
-pub use counts::PairWas;
+pub use counts::{PairWas, add_hub_counts};
 mod create;
 mod merge;
 mod operator;
@@ -369,25 +369,30 @@ pub struct Plan {
     /// until the removal lands (R9).
     #[serde(skip)]
     pub new_lost_codes: Vec<(String, String)>,
+    /// Hubs a sync carried out that its report leaves out: a run planned range by
+    /// range shows at most one range's hubs (the log has every one).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hubs_left_out: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Plan {
     /// Number of record writes the plan makes.
     pub fn write_count(&self) -> usize {
-        self.creates.len()
-            + self.account_creates.len()
-            + self
-                .hubs
-                .iter()
-                .map(|h| {
-                    usize::from(!h.contact_changes.is_empty())
-                        + h.pairs
-                            .iter()
-                            .filter(|p| !p.account_changes.is_empty())
-                            .count()
-                })
-                .sum::<usize>()
+        self.creates.len() + self.account_creates.len() + hub_writes(&self.hubs)
     }
+}
+
+/// Number of record writes `hubs` make.
+pub fn hub_writes(hubs: &[HubPlan]) -> usize {
+    let writes = |h: &HubPlan| {
+        let accounts = h.pairs.iter().filter(|p| !p.account_changes.is_empty());
+        usize::from(!h.contact_changes.is_empty()) + accounts.count()
+    };
+    hubs.iter().map(writes).sum()
 }
 
 /// Whether a contact may hold a relation of `kind` directly (R3): companies may; a
@@ -475,11 +480,147 @@ pub fn plan(relations: &Relations, input: &PlanInput) -> Plan {
     plan_on(relations, input, crate::parallel::cores())
 }
 
-/// [`plan`] on at most `threads` threads.
+/// [`plan`] on at most `threads` threads: the head, then every hub as one range.
 fn plan_on(relations: &Relations, input: &PlanInput, threads: usize) -> Plan {
-    let mut planner = Planner::new(relations, input);
-    planner.threads = threads.max(1);
-    planner.run()
+    let (mut planning, mut plan) = Planning::start(relations, input, threads, usize::MAX);
+    while let Some(range) = planning.next_range() {
+        plan.absorb(range);
+    }
+    plan.counts = plan.derive_counts(relations, &input.link_counts);
+    plan
+}
+
+/// A run's plan made in pieces: first its head (every link, unlink, create, request
+/// and ambiguity: what needs every record in play), then its hubs a range of contact
+/// ids at a time ([`Planning::next_range`]), so that a run can carry out one range
+/// before it plans the next and hold only that range's plan.
+///
+/// Invariant: the ranges cover every contact id once, in order; the hubs of all
+/// ranges, one after the other, are the hubs of the plan made in one piece.
+pub struct Planning<'a> {
+    planner: Planner<'a>,
+    /// Every contact with a hub to merge, in id order.
+    hub_ids: Vec<&'a str>,
+    /// The first of `hub_ids` not planned yet.
+    next: usize,
+    /// Hubs merged per range (at least one).
+    per_range: usize,
+    /// Whether the last range was given.
+    done: bool,
+    /// Open conflicts of the `manual` policy, by contact.
+    open_conflicts: HashMap<&'a str, Vec<&'a ConflictEntry>>,
+}
+
+impl std::fmt::Debug for Planning<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planning")
+            .field("hubs", &self.hub_ids.len())
+            .field("next", &self.next)
+            .field("per_range", &self.per_range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The hubs of one range of contact ids, and what merging them settled.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HubRange {
+    pub hubs: Vec<HubPlan>,
+    /// Open conflicts settled, as (code, contact id, field).
+    pub close_conflicts: Vec<(String, String, String)>,
+    /// (code, contact): lost codes these contacts' fields no longer list once written.
+    pub codes_removed: Vec<(String, String)>,
+}
+
+impl<'a> Planning<'a> {
+    /// Plans the head of a run on at most `threads` threads; its hubs come
+    /// `per_range` at a time. The head's counts are left to the caller.
+    pub fn start(
+        relations: &'a Relations,
+        input: &'a PlanInput,
+        threads: usize,
+        per_range: usize,
+    ) -> (Planning<'a>, Plan) {
+        let mut planner = Planner::new(relations, input);
+        planner.threads = threads.max(1);
+        planner.head();
+        let plan = std::mem::take(&mut planner.plan);
+        let planning = Planning {
+            hub_ids: planner.hub_ids(),
+            planner,
+            next: 0,
+            per_range: per_range.max(1),
+            done: false,
+            open_conflicts: open_conflicts(input),
+        };
+        (planning, plan)
+    }
+
+    /// The records the plan is made from.
+    pub fn input(&self) -> &'a PlanInput {
+        self.planner.input
+    }
+
+    /// Hubs merged per range.
+    pub fn per_range(&self) -> usize {
+        self.per_range
+    }
+
+    /// Whether every range was given.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The hubs left to plan.
+    pub fn hubs_left(&self) -> usize {
+        self.hub_ids.len() - self.next
+    }
+
+    /// The next range's hubs, planned; at least one range (perhaps empty: contacts
+    /// whose own fields change get hubs of their own), then `None`.
+    pub fn next_range(&mut self) -> Option<HubRange> {
+        if self.done {
+            return None;
+        }
+        let (start, ids) = (self.next, &self.hub_ids);
+        let end = start.saturating_add(self.per_range).min(ids.len());
+        // Each contact falls in one range: from this range's first hub to the next's.
+        let from = (start > 0).then(|| ids[start]);
+        let to = ids.get(end).copied();
+        self.next = end;
+        self.done = end == ids.len();
+        let planner = &mut self.planner;
+        Some(planner.plan_range(&ids[start..end], (from, to), &self.open_conflicts))
+    }
+}
+
+/// Open conflicts of the `manual` policy, by contact.
+fn open_conflicts(input: &PlanInput) -> HashMap<&str, Vec<&ConflictEntry>> {
+    let mut open: HashMap<&str, Vec<&ConflictEntry>> = HashMap::new();
+    for c in input.conflicts.iter().filter(|c| c.closed_at.is_none()) {
+        open.entry(c.contact_id.as_str()).or_default().push(c);
+    }
+    open
+}
+
+impl Plan {
+    /// Adds a range's hubs and what they settled (hubs in id order, as the ranges).
+    pub fn absorb(&mut self, range: HubRange) {
+        match self.hubs.is_empty() {
+            true => self.hubs = range.hubs,
+            false => self.hubs.extend(range.hubs),
+        }
+        self.close_conflicts.extend(range.close_conflicts);
+        self.codes_removed.extend(range.codes_removed);
+    }
+
+    /// Takes the hubs out, with what they settled.
+    pub fn take_range(&mut self) -> HubRange {
+        HubRange {
+            hubs: std::mem::take(&mut self.hubs),
+            close_conflicts: std::mem::take(&mut self.close_conflicts),
+            codes_removed: std::mem::take(&mut self.codes_removed),
+        }
+    }
 }
 
 struct Planner<'a> {
@@ -596,7 +737,9 @@ impl<'a> Planner<'a> {
         self.input.accounts.get(r).unwrap_or(&NONE)
     }
 
-    fn run(mut self) -> Plan {
+    /// Everything but the hubs: unlinks, operator links, matching (R4), creates (R5,
+    /// R6), requests.
+    fn head(&mut self) {
         let mut step = Step::start();
         self.unlink_and_index();
         self.operator_links();
@@ -606,22 +749,30 @@ impl<'a> Planner<'a> {
         for (r, premade) in premade.into_iter().enumerate() {
             self.match_and_create(r, premade);
         }
+        self.recheck_for_new_contacts();
+        // A create found again is also linked now: named once.
+        self.plan.done_pending.dedup();
         step.done("link and create");
-        self.hubs();
+    }
+
+    /// The hubs `ids` of the contact ids in `[from, to)`, merged (R7), with what the
+    /// contacts in that range show after the run (R9), the other links their writes
+    /// reach (R19) and their hashes after the run.
+    fn plan_range(
+        &mut self,
+        ids: &[&'a str],
+        bounds: (Option<&str>, Option<&str>),
+        open_conflicts: &HashMap<&'a str, Vec<&'a ConflictEntry>>,
+    ) -> HubRange {
+        let mut step = Step::start();
+        self.merge_hubs(ids, open_conflicts);
         step.done("merge");
-        self.reflect_codes();
+        self.reflect_codes(bounds);
         self.other_links();
         step.done("codes");
         self.hash_contacts_after();
         step.done("hash");
-        self.plan.counts = self
-            .plan
-            .derive_counts(self.relations, &self.input.link_counts);
-        self.recheck_for_new_contacts();
-        step.done("count");
-        // A create found again is also linked now: named once.
-        self.plan.done_pending.dedup();
-        self.plan
+        self.plan.take_range()
     }
 
     pub(super) fn reject(&mut self, code: &str, contact_id: &str, error: String) {
@@ -762,6 +913,59 @@ mod tests {
     /// thread makes, hub for hub.
     #[test]
     fn merging_on_several_threads_gives_the_same_plan() {
+        let (relations, input, n) = many_hubs();
+        let one = plan_on(&relations, &input, 1);
+        let four = plan_on(&relations, &input, 4);
+        assert!(one.codes_removed.len() > 200, "{}", one.codes_removed.len());
+        assert_eq!(one.hubs.len(), n);
+        assert_eq!(one.counts, four.counts);
+        assert!(one == four, "the plans differ");
+    }
+
+    /// A plan made range by range, as a sync carries it out: the head's counts, then
+    /// each range's hubs added.
+    fn plan_in_ranges(relations: &Relations, input: &PlanInput, per_range: usize) -> Plan {
+        let (mut planning, mut plan) = Planning::start(relations, input, 2, per_range);
+        let mut counts = plan.derive_counts(relations, &input.link_counts);
+        let expected = planning.hubs_left().div_ceil(per_range).max(1);
+        let mut ranges = 0;
+        while let Some(range) = planning.next_range() {
+            add_hub_counts(&mut counts, &range.hubs, relations);
+            plan.absorb(range);
+            ranges += 1;
+        }
+        assert!(planning.is_done() && planning.next_range().is_none());
+        assert_eq!(ranges, expected, "ranges of {per_range}");
+        plan.counts = counts;
+        plan
+    }
+
+    /// Hubs planned a range at a time, in ranges of any size, are the hubs of the plan
+    /// made in one piece, with the same counts: new hubs of contacts whose own field
+    /// changes (R9) fall in the range of their id, unlinked contacts' lost codes too.
+    #[test]
+    fn a_plan_made_range_by_range_is_the_plan_made_in_one_piece() {
+        let (relations, input, _) = many_hubs();
+        let whole = plan_on(&relations, &input, 2);
+        for per_range in [1, 97, 7_000, whole.hubs.len() - 1, whole.hubs.len(), usize::MAX] {
+            let ranged = plan_in_ranges(&relations, &input, per_range);
+            assert_eq!(ranged.counts, whole.counts, "ranges of {per_range}");
+            assert!(ranged == whole, "ranges of {per_range}: the plans differ");
+        }
+        // Nothing to merge: one empty range.
+        let empty = PlanInput {
+            accounts: vec![AccountInput::default()],
+            link_counts: vec![0],
+            ..PlanInput::default()
+        };
+        let (mut planning, _) = Planning::start(&relations, &empty, 1, 10);
+        assert_eq!(planning.next_range(), Some(HubRange::default()));
+        assert_eq!(planning.next_range(), None);
+    }
+
+    /// Enough hubs to merge on several threads; some contacts unlinked by the operator
+    /// lose their code (R9). The relations, the input and the hubs that come of it.
+    fn many_hubs() -> (Relations, PlanInput, usize) {
         let mut map = BTreeMap::new();
         map.insert(
             "CUST".to_owned(),
@@ -835,11 +1039,6 @@ mod tests {
             });
             input.directives.unlink.push(("CUST".into(), contact_id));
         }
-        let one = plan_on(&relations, &input, 1);
-        let four = plan_on(&relations, &input, 4);
-        assert!(one.codes_removed.len() > 200, "{}", one.codes_removed.len());
-        assert_eq!(one.hubs.len(), n);
-        assert_eq!(one.counts, four.counts);
-        assert!(one == four, "the plans differ");
+        (relations, input, n)
     }
 }
