@@ -58,6 +58,13 @@ pub(crate) struct Fingerprinting<'f> {
     len: u64,
 }
 
+impl Fingerprinting<'_> {
+    /// The bytes written so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.len
+    }
+}
+
 impl io::Write for Fingerprinting<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;

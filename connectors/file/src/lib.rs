@@ -296,10 +296,13 @@ impl FileConnector {
         let ops = match index {
             Some(index) => match csv::splice(&path, kind, &index, ops)? {
                 csv::Splice::Done(outcomes, saved) => {
-                    let after = saved.unwrap_or_else(|| before.clone());
+                    // The file's index as it is now: the run's next write to it splices
+                    // too (a sync writes a range of its hubs at a time).
+                    let (after, index) = saved.unwrap_or_else(|| (before.clone(), index));
                     if let Some(own) = self.own_writes_lock().get_mut(&kind) {
-                        own.writes.push((before, after));
+                        own.writes.push((before, after.clone()));
                     }
+                    self.indexes_lock().insert(kind, (after, index));
                     return Ok(outcomes);
                 }
                 csv::Splice::NotHere(ops) => ops,

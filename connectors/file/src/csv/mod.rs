@@ -862,6 +862,81 @@ impl Table for CsvTable {
     }
 }
 
+/// Rows written one at a time, each where the caller can tell (`pending` bytes after
+/// what `out` holds): formatted by one CSV writer into a buffer that goes to `out` a
+/// megabyte at a time. A writer per row allocated its 64 KiB buffer each time.
+pub(super) struct RowWriter {
+    csv: csv::Writer<Staged>,
+    /// What `csv` formatted, shared with it: taken from here to be sent.
+    staged: Staged,
+    width: usize,
+}
+
+/// A buffer a CSV writer writes into and its owner sends from.
+#[derive(Clone, Default)]
+struct Staged(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl io::Write for Staged {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl RowWriter {
+    pub(super) fn new(table: &CsvTable) -> RowWriter {
+        let terminator = match table.layout.style.crlf {
+            true => Terminator::CRLF,
+            false => Terminator::Any(b'\n'),
+        };
+        let staged = Staged::default();
+        RowWriter {
+            csv: WriterBuilder::new()
+                .terminator(terminator)
+                .from_writer(staged.clone()),
+            staged,
+            width: table.layout.headers.len(),
+        }
+    }
+
+    /// Bytes formatted and not yet sent.
+    pub(super) fn pending(&self) -> u64 {
+        self.staged.0.borrow().len() as u64
+    }
+
+    /// Formats `row`, padded with empty cells; sends what is formatted once it is a
+    /// megabyte.
+    pub(super) fn write<W: io::Write + ?Sized>(
+        &mut self,
+        out: &mut W,
+        row: &Row,
+    ) -> io::Result<()> {
+        let padding = std::iter::repeat_n("", self.width - row.len());
+        self.csv.write_record(row.iter().chain(padding))?;
+        // Into the buffer, so that `pending` counts it.
+        self.csv.flush()?;
+        if self.pending() >= ROWS_SENT_AT as u64 {
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is formatted.
+    pub(super) fn flush<W: io::Write + ?Sized>(&mut self, out: &mut W) -> io::Result<()> {
+        let mut staged = self.staged.0.borrow_mut();
+        out.write_all(&staged)?;
+        staged.clear();
+        Ok(())
+    }
+}
+
+/// Formatted rows a [`RowWriter`] sends at once.
+const ROWS_SENT_AT: usize = 1 << 20;
+
 /// From this many rows on, a file's text is made on several threads.
 const PARALLEL_SAVE: usize = 50_000;
 

@@ -51,17 +51,75 @@ impl RowIndex {
     }
 
     /// Whether `ops` are few enough for a splice to pay: a write that touches a good
-    /// share of the rows costs about a rewrite anyway.
+    /// share of the rows costs about a rewrite anyway. Creates touch no row: they are
+    /// added after the last.
     fn worth_it(&self, ops: &[WriteOp]) -> bool {
-        self.len() >= SPLICE_FROM && ops.len() * 8 <= self.len()
+        let touching = ops.iter().filter(|op| !matches!(op, WriteOp::Create { .. }));
+        self.len() >= SPLICE_FROM && touching.count() * 8 <= self.len()
+    }
+}
+
+/// The index of a file a splice writes, made as it is written: each row copied moves
+/// by what the rows rewritten before it grew or shrank by, each row written anew
+/// starts where it is written. The next write of the run splices with it instead of
+/// reading the whole file again.
+struct NextIndex {
+    ids: String,
+    id_ends: Vec<usize>,
+    starts: Vec<u64>,
+}
+
+impl NextIndex {
+    fn with_capacity(rows: usize, id_bytes: usize) -> NextIndex {
+        NextIndex {
+            ids: String::with_capacity(id_bytes),
+            id_ends: Vec::with_capacity(rows),
+            starts: Vec::with_capacity(rows),
+        }
+    }
+
+    fn push(&mut self, id: &str, start: u64) {
+        self.ids.push_str(id);
+        self.id_ends.push(self.ids.len());
+        self.starts.push(start);
+    }
+
+    /// Rows `rows` of `index`, in bytes copied from `from` in the old file to `to` in
+    /// the new. After a row written anew (`after_written`), the first of them starts
+    /// exactly at `to`: its old start may lie in the line end of the row before.
+    fn copied(
+        &mut self,
+        index: &RowIndex,
+        rows: std::ops::Range<usize>,
+        (from, to): (u64, u64),
+        after_written: bool,
+    ) {
+        for (k, i) in rows.enumerate() {
+            let start = match k == 0 && after_written {
+                true => to,
+                false => index.starts[i] - from + to,
+            };
+            self.push(index.id(i), start);
+        }
+    }
+
+    fn finish(self, index: &RowIndex, size: u64) -> RowIndex {
+        RowIndex {
+            headers: index.headers.clone(),
+            style: index.style,
+            size,
+            ids: self.ids,
+            id_ends: self.id_ends,
+            starts: self.starts,
+        }
     }
 }
 
 /// What became of a write offered to [`write`].
 pub(crate) enum Splice {
-    /// Done: the outcomes, and the fingerprint of the file saved (none if no op
-    /// succeeded).
-    Done(Vec<WriteOutcome>, Option<String>),
+    /// Done: the outcomes, and the fingerprint and index of the file saved (none if
+    /// no op succeeded).
+    Done(Vec<WriteOutcome>, Option<(String, RowIndex)>),
     /// A splice does not apply (too many ops, a small file, a new column, a row not
     /// where the listing found it): the ops, to be written the full way.
     NotHere(Vec<WriteOp>),
@@ -270,37 +328,49 @@ impl<'i> Spliced<'i> {
     }
 
     /// Writes the file: its bytes up to each touched row, the row anew (none for a
-    /// removed one), the bytes after the last, then the inserted rows.
-    fn splice_into_file(&self) -> Result<String, ConnectorError> {
+    /// removed one), the bytes after the last, then the inserted rows. Returns its
+    /// fingerprint and its index.
+    fn splice_into_file(&self) -> Result<(String, RowIndex), ConnectorError> {
         let path = self.touched.path.clone();
-        crate::atomic::replace(&path, |out| {
+        let id = self.touched.layout.id;
+        let inserted = &self.touched.rows[self.parsed.len()..];
+        let rows = self.index.len() + inserted.len();
+        let mut next = NextIndex::with_capacity(rows, self.index.ids.len());
+        let mut size = 0;
+        let saved = crate::atomic::replace(&path, |out| {
+            let mut rows = super::RowWriter::new(&self.touched);
             let mut buf = vec![0u8; COPY_BUFFER];
             let mut ends_line = true;
-            let mut pos = 0;
+            // Where the old file is copied from, and its next row not in `next`.
+            let (mut pos, mut row) = (0, 0);
             for (&i, &at) in &self.parsed {
                 let (start, end) = self.range(i)?;
+                rows.flush(out)?;
+                next.copied(self.index, row..i, (pos, out.written()), row > 0);
                 ends_line = self.copy(out, (pos, start), &mut buf)?.unwrap_or(ends_line);
-                if self.touched.rows[at].is_some() {
-                    self.touched.write_rows(
-                        &mut *out,
-                        std::slice::from_ref(&self.touched.rows[at]),
-                        false,
-                    )?;
+                if let Some(written) = &self.touched.rows[at] {
+                    next.push(&written[id], out.written() + rows.pending());
+                    rows.write(out, written)?;
                     ends_line = true;
                 }
-                pos = end;
+                (pos, row) = (end, i + 1);
             }
+            rows.flush(out)?;
+            next.copied(self.index, row..self.index.len(), (pos, out.written()), row > 0);
             let rest = (pos, self.index.size);
             ends_line = self.copy(out, rest, &mut buf)?.unwrap_or(ends_line);
-            let inserted = &self.touched.rows[self.parsed.len()..];
-            if inserted.iter().any(Option::is_some) {
-                if !ends_line {
-                    out.write_all(self.touched.layout.style.line_end())?;
-                }
-                self.touched.write_rows(&mut *out, inserted, false)?;
+            if inserted.iter().any(Option::is_some) && !ends_line {
+                out.write_all(self.touched.layout.style.line_end())?;
             }
+            for written in inserted.iter().flatten() {
+                next.push(&written[id], out.written() + rows.pending());
+                rows.write(out, written)?;
+            }
+            rows.flush(out)?;
+            size = out.written();
             Ok(())
-        })
+        })?;
+        Ok((saved, next.finish(self.index, size)))
     }
 
     /// Copies the file's bytes from `start` to `end` to `out`; whether they end a line
@@ -405,7 +475,7 @@ impl Table for Spliced<'_> {
     }
 
     fn save(&self) -> Result<String, ConnectorError> {
-        self.splice_into_file()
+        self.splice_into_file().map(|(saved, _)| saved)
     }
 }
 
@@ -640,6 +710,59 @@ mod tests {
         }
     }
 
+    /// `ops` spliced into `spliced` with `index` and written the full way into
+    /// `rewritten`: both answer alike and read back alike. The index the splice left.
+    fn splice_and_rewrite(
+        (spliced, rewritten): (&Path, &Path),
+        index: &RowIndex,
+        ops: &[Op],
+    ) -> Result<Option<RowIndex>, TestCaseError> {
+        let before = read(rewritten, EntityKind::Contact).unwrap();
+        let ids: Vec<String> = before.iter().map(|r| r.id.clone()).collect();
+        let versions = (before.iter())
+            .map(|r| (r.id.clone(), r.version.clone().unwrap_or_default()))
+            .collect();
+        let ops = write_ops(ops, &ids, &versions);
+        let done = write_any(spliced, EntityKind::Contact, index, ops.clone()).unwrap();
+        let Splice::Done(outcomes, saved) = done else {
+            return Err(TestCaseError::fail("not spliced"));
+        };
+        let mut table = CsvTable::load(rewritten, EntityKind::Contact).unwrap();
+        let (expected, changed) = table::apply(&mut table, EntityKind::Contact, ops);
+        if changed {
+            table.save().unwrap();
+        }
+        prop_assert_eq!(format!("{outcomes:?}"), format!("{expected:?}"));
+        prop_assert_eq!(
+            read(spliced, EntityKind::Contact).unwrap(),
+            read(rewritten, EntityKind::Contact).unwrap()
+        );
+        Ok(saved.map(|(_, index)| index))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The index a splice leaves is the file's: writes spliced one after the other,
+        /// each with the index the one before left, answer and read back as rewrites
+        /// do, and none has to read the whole file again.
+        #[test]
+        fn writes_spliced_one_after_the_other_read_back_as_rewrites(
+            rows in rows(),
+            style in style(),
+            writes in proptest::collection::vec(proptest::collection::vec(op(), 1..6), 2..5),
+        ) {
+            let (_dir, spliced, rewritten) = twins(&file_text(&rows, &style));
+            let mut index = index_of(&spliced);
+            for ops in &writes {
+                if let Some(next) = splice_and_rewrite((&spliced, &rewritten), &index, ops)? {
+                    prop_assert_eq!(next.size, fs::metadata(&spliced).unwrap().len());
+                    index = next;
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -680,6 +803,7 @@ mod tests {
         let Splice::Done(outcomes, saved) = done else {
             panic!("spliced");
         };
+        let saved = saved.map(|(fingerprint, _)| fingerprint);
         assert!(outcomes.iter().all(Result::is_ok));
         let after = fs::read_to_string(&path).unwrap();
         assert_eq!(
