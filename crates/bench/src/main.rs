@@ -572,6 +572,18 @@ fn file_connectors(dir: &Path) -> HashMap<String, Arc<dyn Connector>> {
     map
 }
 
+/// `TANDEM_BENCH_HUBS_PER_RANGE`: the hubs a sync plans and writes at a time, as
+/// `[sync] hubs_per_range` sets it (`whole`: the plan in one piece).
+fn hubs_per_range() -> anyhow::Result<Option<usize>> {
+    match std::env::var("TANDEM_BENCH_HUBS_PER_RANGE").ok().as_deref() {
+        None => Ok(None),
+        Some("whole") => Ok(Some(usize::MAX)),
+        Some(n) => Ok(Some(n.parse().with_context(|| {
+            format!("TANDEM_BENCH_HUBS_PER_RANGE: `{n}` is no number of hubs (or `whole`)")
+        })?)),
+    }
+}
+
 /// Runs one phase; returns its wall time and the records it read or wrote.
 async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     match name {
@@ -593,6 +605,9 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
             let mut engine = Engine::new(relations("erp")?, file_connectors(dir), &mut *state)?;
             // `second-full` reads every file although none changed (`--full-read`).
             engine.set_full_read(name == "second-full");
+            if let Some(per_range) = hubs_per_range()? {
+                engine.set_hubs_per_range(per_range);
+            }
             let started = Instant::now();
             let report = engine.sync().await?;
             Ok((started.elapsed().as_secs_f64(), report.writes))

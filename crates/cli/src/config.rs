@@ -47,14 +47,23 @@ pub struct RunConfig {
     /// or an empty listing where records are known, stops the run (R16).
     #[serde(default = "default_max_delete_share")]
     pub max_delete_share: f64,
+    /// Contacts with links (hubs) a sync plans and carries out at a time: its plan is
+    /// held one range at a time.
+    #[serde(default = "default_hubs_per_range")]
+    pub hubs_per_range: u64,
 }
 
 impl Default for RunConfig {
     fn default() -> RunConfig {
         RunConfig {
             max_delete_share: default_max_delete_share(),
+            hubs_per_range: default_hubs_per_range(),
         }
     }
+}
+
+fn default_hubs_per_range() -> u64 {
+    tandem_engine::HUBS_PER_RANGE as u64
 }
 
 fn default_max_delete_share() -> f64 {
@@ -459,6 +468,13 @@ impl Parsed {
             let message = "must be a number from 0 to 1: the share of a kind's known records \
                            one run may delete, e.g. 0.5 for half";
             problems.push(Problem::new("sync.max_delete_share", message));
+        }
+        if let Some(run) = &self.run
+            && run.hubs_per_range == 0
+        {
+            let message = "must be at least 1: the contacts with links a sync plans and \
+                           writes at a time, e.g. 100000";
+            problems.push(Problem::new("sync.hubs_per_range", message));
         }
         if let Some(state) = &self.state
             && state.lease < MIN_LEASE

@@ -122,6 +122,8 @@ struct Case {
     /// Each sync is a round of this many partitions' runs, in an order that turns with
     /// the step (`tandem run --worker` with `[state] partitions`); 1: one whole run.
     partitions: u32,
+    /// Hubs a run plans and carries out at a time (`[sync] hubs_per_range`).
+    hubs_per_range: usize,
 }
 
 fn side() -> impl Strategy<Value = Side> {
@@ -184,8 +186,18 @@ fn case() -> impl Strategy<Value = Case> {
                 setup,
                 steps,
                 partitions: 1,
+                hubs_per_range: tandem_engine::HUBS_PER_RANGE,
             },
         )
+}
+
+/// A [`case`] whose runs plan and carry out one or two hubs at a time: every run of
+/// more hubs goes range by range, a crash may cut it short between ranges.
+fn ranged_case() -> impl Strategy<Value = Case> {
+    (case(), 1..=2usize).prop_map(|(case, hubs_per_range)| Case {
+        hubs_per_range,
+        ..case
+    })
 }
 
 /// A [`case`] whose syncs are rounds of two or three partitions' runs.
@@ -238,6 +250,7 @@ struct Created {
 struct World {
     /// Partitions per sync ([`Case::partitions`]).
     partitions: u32,
+    hubs_per_range: usize,
     crm: Arc<MemoryConnector>,
     erp: Arc<MemoryConnector>,
     relations: Relations,
@@ -369,6 +382,7 @@ impl World {
             state_place,
             allow_deletes: case.allow_deletes,
             partitions: case.partitions,
+            hubs_per_range: case.hubs_per_range,
             _dir: dir,
             next: 0,
             step: 0,
@@ -597,6 +611,7 @@ impl World {
             failpoint::arm_panic(point, nth);
         }
         let (count, turn) = (self.partitions, self.step as u32);
+        let per_range = self.hubs_per_range;
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             rt.block_on(async {
                 let mut round: Option<RunReport> = None;
@@ -608,6 +623,7 @@ impl World {
                         Engine::new(relations.clone(), connectors.clone(), &mut *state).unwrap();
                     engine.set_allow_deletes(allow);
                     engine.set_partition(partition);
+                    engine.set_hubs_per_range(per_range);
                     let report = match engine.sync().await {
                         // Each partition judges the deletes among the records it knows:
                         // one may be refused after another went on.
@@ -1218,6 +1234,18 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(model_config(150))]
+
+    /// The model with every run planned and carried out one or two hubs at a time
+    /// (`[sync] hubs_per_range`): the same invariants hold as for a run in one piece.
+    #[test]
+    fn model_ranges(case in ranged_case()) {
+        let outcome = run_case(&case);
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
+}
+
 // Engine bugs the model found, minimised by hand from its failing cases: each failed
 // before its fix. One is a known limit and asserts what Tandem guarantees instead.
 
@@ -1231,6 +1259,7 @@ fn plain(incremental: bool) -> World {
         setup: Vec::new(),
         steps: Vec::new(),
         partitions: 1,
+        hubs_per_range: tandem_engine::HUBS_PER_RANGE,
     })
 }
 
@@ -1682,6 +1711,7 @@ async fn r15_a_retried_link_edited_on_both_sides_is_settled_by_its_policy() {
             setup: Vec::new(),
             steps: Vec::new(),
             partitions: 1,
+            hubs_per_range: tandem_engine::HUBS_PER_RANGE,
         });
         let mail = ("email", "e2@example.com");
         w.crm.put(

@@ -54,7 +54,9 @@ impl RowIndex {
     /// share of the rows costs about a rewrite anyway. Creates touch no row: they are
     /// added after the last.
     fn worth_it(&self, ops: &[WriteOp]) -> bool {
-        let touching = ops.iter().filter(|op| !matches!(op, WriteOp::Create { .. }));
+        let touching = ops
+            .iter()
+            .filter(|op| !matches!(op, WriteOp::Create { .. }));
         self.len() >= SPLICE_FROM && touching.count() * 8 <= self.len()
     }
 }
@@ -308,7 +310,9 @@ impl<'i> Spliced<'i> {
         read_exact_at(&self.file, bytes, start).map_err(read_error)?;
         // Back to the start of the bytes, with the reader's state reset.
         let reader = &mut self.reader;
-        reader.seek(csv::Position::new()).map_err(read_error_of(path))?;
+        reader
+            .seek(csv::Position::new())
+            .map_err(read_error_of(path))?;
         let mut row = StringRecord::new();
         // Exactly one row, and no error: else the file changed since it was indexed.
         let one = reader.read_record(&mut row);
@@ -368,7 +372,12 @@ impl<'i> Spliced<'i> {
                 (pos, row) = (end, i + 1);
             }
             rows.flush(out)?;
-            next.copied(self.index, row..self.index.len(), (pos, out.written()), row > 0);
+            next.copied(
+                self.index,
+                row..self.index.len(),
+                (pos, out.written()),
+                row > 0,
+            );
             let rest = (pos, self.index.size);
             ends_line = self.copy(out, rest, &mut buf)?.unwrap_or(ends_line);
             if inserted.iter().any(Option::is_some) && !ends_line {

@@ -191,7 +191,10 @@ pub(super) const STATE_KEYS: &[(&str, Expect)] = &[
     ("lease", Expect::Text),
     ("partitions", Expect::Number),
 ];
-pub(super) const SYNC_KEYS: &[(&str, Expect)] = &[("max_delete_share", Expect::Number)];
+pub(super) const SYNC_KEYS: &[(&str, Expect)] = &[
+    ("max_delete_share", Expect::Number),
+    ("hubs_per_range", Expect::Number),
+];
 pub(super) const SERVICE_KEYS: &[(&str, Expect)] = &[
     ("poll_interval", Expect::Text),
     ("max_poll_interval", Expect::Text),

@@ -169,7 +169,9 @@ pub(crate) async fn apply(
     applier.remember_ambiguities(&ambiguities);
     let mut next = planned;
     while let Some(range) = next.take().or_else(|| applier.plan_next(planning)) {
-        applier.carry_out(&mut **state, range, planning.is_done()).await?;
+        applier
+            .carry_out(&mut **state, range, planning.is_done())
+            .await?;
     }
     applier.remember_reads(&mut **state, person_companies)?;
     crate::failpoint::hit("before_cursor_commit");

@@ -947,7 +947,14 @@ mod tests {
     fn a_plan_made_range_by_range_is_the_plan_made_in_one_piece() {
         let (relations, input, _) = many_hubs();
         let whole = plan_on(&relations, &input, 2);
-        for per_range in [1, 97, 7_000, whole.hubs.len() - 1, whole.hubs.len(), usize::MAX] {
+        for per_range in [
+            1,
+            97,
+            7_000,
+            whole.hubs.len() - 1,
+            whole.hubs.len(),
+            usize::MAX,
+        ] {
             let ranged = plan_in_ranges(&relations, &input, per_range);
             assert_eq!(ranged.counts, whole.counts, "ranges of {per_range}");
             assert!(ranged == whole, "ranges of {per_range}: the plans differ");
