@@ -7,48 +7,79 @@ use tandem_connector::{Connector, ConnectorError, WriteOp, Written};
 use tandem_model::{EntityKind, Fields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
-use super::{Applier, COMMIT_EVERY, Failed, PendingKey, write_all};
+use super::{Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, write_all};
+use crate::plan::{AccountCreate, ContactCreate};
 use crate::failpoint;
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
 use crate::side::Side;
 
-/// One create, contact (R6) or account (R5), as the apply step needs it.
-struct CreateJob {
-    code: String,
+/// One create, contact (R6) or account (R5), as the apply step needs it: borrowed
+/// from the plan, which the run's report shows.
+struct CreateJob<'p> {
+    code: &'p str,
     relation: usize,
     /// The side created: a contact from an account, or an account from a contact.
     side: Side,
-    source_id: String,
-    source_version: Option<String>,
-    fields: Fields,
-    baseline: Fields,
+    source_id: &'p str,
+    source_version: Option<&'p str>,
+    fields: &'p Fields,
+    baseline: &'p Fields,
     /// What the source still has to receive once the record exists (R18).
-    intent: Option<Intent>,
+    intent: Option<&'p Intent>,
     /// A contact asked for by `tandem create-contact`: the account's contact may have
     /// been deleted before (R12), which no longer holds once it has a new one.
     asked: bool,
     /// For the log's `created` entry of an account: the template rule used and who
     /// asked (R3, R5).
     template: Option<usize>,
-    requested_by: Option<String>,
+    requested_by: Option<&'p str>,
 }
 
-impl CreateJob {
+impl CreateJob<'_> {
     /// The log's `created` entry, made when it is logged: held for every create of a
     /// run, it was a third copy of each one's fields.
     fn entry(&self) -> LogEntry {
         LogEntry::Created {
             fields: self.fields.clone(),
             template: self.template,
-            requested_by: self.requested_by.clone(),
+            requested_by: self.requested_by.map(str::to_owned),
         }
+    }
+
+    fn pending_key(&self) -> PendingKey {
+        (self.code.to_owned(), self.side, self.source_id.to_owned())
     }
 }
 
-impl CreateJob {
-    fn pending_key(&self) -> PendingKey {
-        (self.code.clone(), self.side, self.source_id.clone())
-    }
+/// The plan's creates as jobs, borrowed from it.
+fn create_jobs<'p>(contacts: &'p [ContactCreate], accounts: &'p [AccountCreate]) -> Vec<CreateJob<'p>> {
+    let contacts = contacts.iter().map(|c| CreateJob {
+        code: &c.code,
+        relation: c.relation,
+        side: Side::Contact,
+        source_id: &c.account_id,
+        source_version: c.account_version.as_deref(),
+        fields: &c.fields,
+        baseline: &c.baseline,
+        intent: None,
+        asked: c.asked,
+        template: None,
+        requested_by: None,
+    });
+    let accounts = accounts.iter().map(|c| CreateJob {
+        code: &c.code,
+        relation: c.relation,
+        side: Side::Account,
+        source_id: &c.contact_id,
+        source_version: c.contact_version.as_deref(),
+        fields: &c.fields,
+        baseline: &c.baseline,
+        intent: (!c.intent.contact.is_empty()).then_some(&c.intent),
+        asked: false,
+        template: c.template,
+        requested_by: c.requested_by.as_deref(),
+    });
+    contacts.chain(accounts).collect()
 }
 
 /// `creates` as records of 20,000: one record of 180,000 held its JSON three times
@@ -65,22 +96,39 @@ fn batches_of(run_id: i64, mut creates: Vec<PendingCreate>) -> Vec<PendingCreate
 
 impl Applier<'_> {
     pub(super) async fn creates(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
-        let jobs = self.create_jobs();
+        // Taken out while they are carried out, put back for the report.
+        let (contacts, accounts) = (
+            std::mem::take(&mut self.plan.creates),
+            std::mem::take(&mut self.plan.account_creates),
+        );
+        let jobs = create_jobs(&contacts, &accounts);
+        let mut done = Ok(());
         for group in Self::create_groups(&jobs, self.relations.relations.len()) {
             let (connector, kind) = self.side_connector(group[0].side, group[0].relation);
             let max = connector.capabilities().max_batch.max(1);
             for chunk in group.chunks(max) {
-                self.create_chunk(state, &*connector, kind, chunk).await?;
+                done = self.create_chunk(state, &*connector, kind, chunk).await;
+                if done.is_err() {
+                    break;
+                }
+            }
+            if done.is_err() {
+                break;
             }
         }
-        Ok(())
+        drop(jobs);
+        (self.plan.creates, self.plan.account_creates) = (contacts, accounts);
+        done
     }
 
     /// The creates sent together: every relation's new contacts in one group, since
     /// they go to the one contacts scope (a file connector rewrites its file once per
     /// write, not once per relation); then each relation's new accounts. Within a
     /// group, relations keep config order.
-    fn create_groups(jobs: &[CreateJob], relations: usize) -> Vec<Vec<&CreateJob>> {
+    fn create_groups<'j, 'p>(
+        jobs: &'j [CreateJob<'p>],
+        relations: usize,
+    ) -> Vec<Vec<&'j CreateJob<'p>>> {
         let of = |side: Side, r: usize| {
             jobs.iter()
                 .filter(move |j| j.side == side && j.relation == r)
@@ -93,45 +141,13 @@ impl Applier<'_> {
             .collect()
     }
 
-    /// The plan's creates as jobs. Copied, not taken: the run's report shows the plan
-    /// it carried out, creates included.
-    fn create_jobs(&self) -> Vec<CreateJob> {
-        let contacts = self.plan.creates.iter().map(|c| CreateJob {
-            code: c.code.clone(),
-            relation: c.relation,
-            side: Side::Contact,
-            source_id: c.account_id.clone(),
-            source_version: c.account_version.clone(),
-            fields: c.fields.clone(),
-            baseline: c.baseline.clone(),
-            intent: None,
-            asked: c.asked,
-            template: None,
-            requested_by: None,
-        });
-        let accounts = self.plan.account_creates.iter().map(|c| CreateJob {
-            code: c.code.clone(),
-            relation: c.relation,
-            side: Side::Account,
-            source_id: c.contact_id.clone(),
-            source_version: c.contact_version.clone(),
-            fields: c.fields.clone(),
-            baseline: c.baseline.clone(),
-            intent: (!c.intent.contact.is_empty()).then(|| c.intent.clone()),
-            asked: false,
-            template: c.template,
-            requested_by: c.requested_by.clone(),
-        });
-        contacts.chain(accounts).collect()
-    }
-
     /// One batch of creates of one side and relation: written down, sent, settled.
     async fn create_chunk(
         &mut self,
         state: &mut dyn StateStore,
         connector: &dyn Connector,
         kind: EntityKind,
-        chunk: &[&CreateJob],
+        chunk: &[&CreateJob<'_>],
     ) -> Result<(), EngineError> {
         if self.stop.is_stopped() {
             return Err(EngineError::Stopped);
@@ -143,9 +159,9 @@ impl Applier<'_> {
         for job in chunk {
             let previous = self.previous.creates.get(&job.pending_key());
             creates.push(PendingCreate {
-                code: job.code.clone(),
+                code: job.code.to_owned(),
                 side,
-                source_id: job.source_id.clone(),
+                source_id: job.source_id.to_owned(),
                 fields: job.fields.clone(),
                 run_id: Some(self.log.run_id),
                 error: None,
@@ -155,7 +171,7 @@ impl Applier<'_> {
             });
             if side == Side::Account {
                 // A request refused before is granted now.
-                self.request_granted(&job.code, &job.source_id);
+                self.request_granted(job.code, job.source_id);
             }
         }
         (self.batch.pending_create_batches).extend(batches_of(self.log.run_id, creates));
@@ -170,21 +186,26 @@ impl Applier<'_> {
         let outcomes = write_all(state, connector, kind, ops).await?;
         self.progress.advance(chunk.len(), "creates");
         failpoint::hit(&format!("after_{side}_create"));
-        for (job, outcome) in chunk.iter().zip(outcomes) {
-            match outcome {
-                Ok(written) => self.created(job, &written),
-                Err(e) => self.create_failed(job, &e),
+        // Stored on a helper thread a transaction at a time while the next is built;
+        // the record of the batch goes with the last, once what each create came to is
+        // stored. A crash before finds the creates linked so far done (R18).
+        commit_behind(state, |committer| {
+            for (job, outcome) in chunk.iter().zip(outcomes) {
+                match outcome {
+                    Ok(written) => self.created(job, &written),
+                    Err(e) => self.create_failed(job, &e),
+                }
+                committer.send_full(&mut self.batch)?;
             }
-        }
-        // What each create came to is stored: the record of the batch is done with.
-        (self.batch.clear_pending_create_batches).push(self.log.run_id);
-        self.commit(state)?;
+            (self.batch.clear_pending_create_batches).push(self.log.run_id);
+            committer.send(std::mem::take(&mut self.batch))
+        })?;
         failpoint::hit(&format!("after_{side}_create_commit"));
         Ok(())
     }
 
     /// A create that happened: its link, hashes and log entries.
-    fn created(&mut self, job: &CreateJob, written: &Written) {
+    fn created(&mut self, job: &CreateJob<'_>, written: &Written) {
         let r = job.relation;
         self.writes += 1;
         let new_hash = record_hash(&job.fields, written.version.as_deref());
@@ -194,22 +215,23 @@ impl Applier<'_> {
         let created = |read: &ScopeRead| match_keys(&job.fields, &read.key_fields);
         let (contact_id, account_id, contact_version, account_version) = match job.side {
             Side::Contact => {
-                self.accounts[r].settle(&job.source_id);
-                let read = self.accounts[r].hashes.get(&job.source_id).copied();
+                self.accounts[r].settle(job.source_id);
+                let read = self.accounts[r].hashes.get(job.source_id).copied();
                 let (scope, keys) = (self.contacts.scope.clone(), created(&self.contacts));
                 (self.batch).set_hash_with_keys(scope, written.id.clone(), new_hash, keys);
                 let scope = self.accounts[r].scope.clone();
-                let source = job.source_id.clone();
+                let source = job.source_id.to_owned();
                 match read {
                     Some(seen) => self
                         .batch
                         .set_hash_with_keys(scope, source, seen.hash, seen.keys),
                     None => self.batch.set_hashes.push((scope, source, RECHECK)),
                 }
-                let versions = (written.version.clone(), job.source_version.clone());
+                let source_version = job.source_version.map(str::to_owned);
+                let versions = (written.version.clone(), source_version);
                 (
                     written.id.clone(),
-                    job.source_id.clone(),
+                    job.source_id.to_owned(),
                     versions.0,
                     versions.1,
                 )
@@ -217,9 +239,10 @@ impl Applier<'_> {
             Side::Account => {
                 let (scope, keys) = (self.accounts[r].scope.clone(), created(&self.accounts[r]));
                 (self.batch).set_hash_with_keys(scope, written.id.clone(), new_hash, keys);
-                let versions = (job.source_version.clone(), written.version.clone());
+                let source_version = job.source_version.map(str::to_owned);
+                let versions = (source_version, written.version.clone());
                 (
-                    job.source_id.clone(),
+                    job.source_id.to_owned(),
                     written.id.clone(),
                     versions.0,
                     versions.1,
@@ -228,7 +251,7 @@ impl Applier<'_> {
         };
         self.hand_over(r, &contact_id, &account_id);
         let link = Link {
-            code: job.code.clone(),
+            code: job.code.to_owned(),
             contact_id: contact_id.clone(),
             account_id: account_id.clone(),
             baseline: job.baseline.clone(),
@@ -239,10 +262,10 @@ impl Applier<'_> {
             parked: false,
             linked_at: self.log.now,
             synced_at: self.log.now,
-            intent: job.intent.clone(),
+            intent: job.intent.cloned(),
         };
         if job.asked {
-            let mark = (job.code.clone(), job.source_id.clone(), false);
+            let mark = (job.code.to_owned(), job.source_id.to_owned(), false);
             self.batch.contact_deleted.push(mark);
         }
         if job.side == Side::Account {
@@ -254,7 +277,7 @@ impl Applier<'_> {
         if self.previous.creates.contains_key(&job.pending_key()) {
             self.batch.delete_pending.push(job.pending_key());
         }
-        let (code, side) = (&job.code, job.side.as_str());
+        let (code, side) = (job.code, job.side.as_str());
         let account = Some(account_id.as_str());
         self.log(&contact_id, code, account, side, &job.entry());
         let by = LogEntry::Linked {
@@ -268,17 +291,17 @@ impl Applier<'_> {
     /// that may have made its record all the same stays pending without an error, as
     /// a create a crash cut short: the next run finds its record before it creates
     /// anything (R18).
-    fn create_failed(&mut self, job: &CreateJob, e: &ConnectorError) {
+    fn create_failed(&mut self, job: &CreateJob<'_>, e: &ConnectorError) {
         let r = job.relation;
         let error = e.to_string();
         let previous = (self.previous.creates.get(&job.pending_key()))
             .map(|p| (p.failure_count, p.error.clone()));
         let (contact_id, account_id) = match job.side {
-            Side::Contact => (None, Some(job.source_id.clone())),
-            Side::Account => (Some(job.source_id.clone()), None),
+            Side::Contact => (None, Some(job.source_id.to_owned())),
+            Side::Account => (Some(job.source_id.to_owned()), None),
         };
         let failure = Failure {
-            code: job.code.clone(),
+            code: job.code.to_owned(),
             contact_id,
             account_id,
             side: job.side,
@@ -288,17 +311,17 @@ impl Applier<'_> {
         let previous = previous.as_ref().map(|(n, e)| (*n, e.as_deref()));
         let (count, parked) = self.fail(Failed::Create(r, e.is_retryable()), previous, failure);
         if job.side == Side::Contact {
-            self.accounts[r].settle(&job.source_id);
+            self.accounts[r].settle(job.source_id);
             self.batch.set_hashes.push((
                 self.accounts[r].scope.clone(),
-                job.source_id.clone(),
+                job.source_id.to_owned(),
                 RECHECK,
             ));
         }
         self.batch.upsert_pending.push(PendingCreate {
-            code: job.code.clone(),
+            code: job.code.to_owned(),
             side: job.side,
-            source_id: job.source_id.clone(),
+            source_id: job.source_id.to_owned(),
             fields: job.fields.clone(),
             run_id: Some(self.log.run_id),
             error: (!e.may_have_acted()).then_some(error),
