@@ -11,7 +11,7 @@ use tandem_state::{Link, StateStore};
 use crate::pending::Pending;
 use tracing::{Instrument, info};
 
-use crate::apply::apply;
+use crate::apply::{FromInput, apply};
 pub(crate) use crate::error::EngineError;
 use crate::matching::Ambiguity;
 use crate::plan::{AccountInput, Directives, Plan, PlanInput, Planning};
@@ -295,17 +295,22 @@ impl<'a> Engine<'a> {
         if self.stop.is_stopped() {
             return Err(EngineError::Stopped);
         }
-        let report = apply(self, run_id, prepared, &mut planning).await;
-        drop(planning);
-        // Freeing millions of records takes seconds: done on another thread.
-        if input.contacts.len() > 10_000 {
-            std::thread::spawn(move || drop(input));
+        let from_input = FromInput::of(&input, &prepared.contacts);
+        if planning.is_done() {
+            // Planned whole: the records go before anything is written.
+            drop(planning);
+            let_go(input);
+            return apply(self, run_id, prepared, from_input, None).await;
         }
+        let report = apply(self, run_id, prepared, from_input, Some(&mut planning)).await;
+        drop(planning);
+        let_go(input);
         report
     }
 
     /// Plans the head of a run from what was read ([`Planning`]), and its hubs too when
-    /// `per_range` is unbounded; the hubs left come from the [`Planning`] returned.
+    /// they fit in one range of `per_range`; the hubs left come from the [`Planning`]
+    /// returned.
     fn plan_head<'i>(
         &mut self,
         relations: &'i Relations,
@@ -316,7 +321,8 @@ impl<'a> Engine<'a> {
         let started = std::time::Instant::now();
         let threads = crate::parallel::cores();
         let (mut planning, mut plan) = Planning::start(relations, input, threads, per_range);
-        if per_range == usize::MAX {
+        // A run of one range is planned whole: its records go before anything is written.
+        if planning.hubs_left() <= per_range {
             while let Some(range) = planning.next_range() {
                 plan.absorb(range);
             }
@@ -734,6 +740,13 @@ impl<'a> Engine<'a> {
         Ok(stored
             .and_then(|json| serde_json::from_value(json).ok())
             .unwrap_or_default())
+    }
+}
+
+/// Frees what a run read: millions of records take seconds, on another thread.
+fn let_go(input: PlanInput) {
+    if input.contacts.len() > 10_000 {
+        std::thread::spawn(move || drop(input));
     }
 }
 

@@ -103,13 +103,30 @@ struct Applier<'e> {
     report_cap: usize,
 }
 
+/// What the apply takes from the plan's input, so that a plan made whole lets the
+/// records go before anything is written.
+pub(crate) struct FromInput {
+    previous: Previous,
+    person_companies: Vec<(String, Option<String>)>,
+}
+
+impl FromInput {
+    pub(crate) fn of(input: &crate::plan::PlanInput, contacts: &ScopeRead) -> FromInput {
+        FromInput {
+            previous: Previous::of(&input.pending),
+            person_companies: finish::person_companies(contacts, input),
+        }
+    }
+}
+
 /// Carries out `prepared`, then the hubs `planning` has left, a range at a time: each
 /// range's updates are written and its links stored before the next is planned.
 pub(crate) async fn apply(
     engine: &mut Engine<'_>,
     run_id: i64,
     prepared: Prepared,
-    planning: &mut Planning<'_>,
+    from_input: FromInput,
+    mut planning: Option<&mut Planning<'_>>,
 ) -> Result<RunReport, EngineError> {
     let tag = engine.fingerprint_tag();
     let Engine {
@@ -127,11 +144,13 @@ pub(crate) async fn apply(
         ambiguities,
         cut,
     } = prepared;
-    let input = planning.input();
-    let previous = Previous::of(&input.pending);
-    let person_companies = finish::person_companies(&contacts, input);
+    let FromInput {
+        previous,
+        person_companies,
+    } = from_input;
     // The hubs planned with the head (a plan made whole) are the one range; counted.
-    let planned = (planning.is_done()).then(|| plan.take_range());
+    let whole = planning.as_ref().is_none_or(|p| p.is_done());
+    let planned = whole.then(|| plan.take_range());
     let mut applier = Applier {
         relations,
         connectors,
@@ -155,7 +174,7 @@ pub(crate) async fn apply(
         cut,
         reported: HubRange::default(),
         hubs_left_out: 0,
-        report_cap: planning.per_range(),
+        report_cap: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
     };
     info!(run = run_id, "applying");
     applier.progress = crate::progress::Applying::new(applier.plan.write_count() as u64);
@@ -168,10 +187,9 @@ pub(crate) async fn apply(
     // Stored before the hashes that make the next run quiet: a quiet run reports them.
     applier.remember_ambiguities(&ambiguities);
     let mut next = planned;
-    while let Some(range) = next.take().or_else(|| applier.plan_next(planning)) {
-        applier
-            .carry_out(&mut **state, range, planning.is_done())
-            .await?;
+    while let Some(range) = next.take().or_else(|| applier.plan_next(planning.as_deref_mut()?)) {
+        let last = planning.as_ref().is_none_or(|p| p.is_done());
+        applier.carry_out(&mut **state, range, last).await?;
     }
     applier.remember_reads(&mut **state, person_companies)?;
     crate::failpoint::hit("before_cursor_commit");
