@@ -226,3 +226,31 @@ fn a_sync_that_fails_is_recorded_and_shown_by_status() {
     assert_eq!(status["runs"][0]["status"], "ok", "{status}");
     assert_eq!(status["runs"][1]["status"], "failed", "{status}");
 }
+
+/// A sync whose contacts with links outnumber `[sync] hubs_per_range` plans and writes
+/// them a range at a time and ends where a sync in one piece ends; its report lists the
+/// first range's updates and says how many it leaves out.
+#[test]
+fn a_sync_range_by_range_ends_where_a_sync_in_one_piece_ends() {
+    let whole = synced(crate::support::CONFIG, &[]);
+    let ranged = Deployment::with_config(crate::support::CONFIG);
+    ranged.write("crm/contacts.csv", CONTACTS);
+    ranged.write("erp/customers.csv", CUSTOMERS);
+    ranged.write("erp/vendors.csv", VENDORS);
+    let out = ranged.tandem_env(&["sync", "-v"], &[("TANDEM__SYNC__HUBS_PER_RANGE", "1")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = crate::support::stdout(&out);
+    assert!(
+        shown.contains("more contacts not listed: the run went range by range"),
+        "{shown}"
+    );
+    assert_eq!(ranged.links(), whole.links());
+    let csv = |d: &Deployment, file: &str| fs::read_to_string(d.path(file)).unwrap();
+    for file in ["crm/contacts.csv", "erp/customers.csv", "erp/vendors.csv"] {
+        assert_eq!(csv(&ranged, file), csv(&whole, file), "{file}");
+    }
+    // Nothing left over: the next run in ranges writes nothing.
+    let out = ranged.tandem_env(&["sync"], &[("TANDEM__SYNC__HUBS_PER_RANGE", "1")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ranged.json(&["plan"])["writes"], 0);
+}

@@ -48,22 +48,18 @@ pub struct RunConfig {
     #[serde(default = "default_max_delete_share")]
     pub max_delete_share: f64,
     /// Contacts with links (hubs) a sync plans and carries out at a time: its plan is
-    /// held one range at a time.
-    #[serde(default = "default_hubs_per_range")]
-    pub hubs_per_range: u64,
+    /// held one range at a time. None: all at once.
+    #[serde(default)]
+    pub hubs_per_range: Option<u64>,
 }
 
 impl Default for RunConfig {
     fn default() -> RunConfig {
         RunConfig {
             max_delete_share: default_max_delete_share(),
-            hubs_per_range: default_hubs_per_range(),
+            hubs_per_range: None,
         }
     }
-}
-
-fn default_hubs_per_range() -> u64 {
-    tandem_engine::HUBS_PER_RANGE as u64
 }
 
 fn default_max_delete_share() -> f64 {
@@ -470,7 +466,7 @@ impl Parsed {
             problems.push(Problem::new("sync.max_delete_share", message));
         }
         if let Some(run) = &self.run
-            && run.hubs_per_range == 0
+            && run.hubs_per_range == Some(0)
         {
             let message = "must be at least 1: the contacts with links a sync plans and \
                            writes at a time, e.g. 100000";

@@ -224,6 +224,15 @@ pub fn report(report: &RunReport, relations: &Relations, view: View, elapsed: Du
             colour: view.colour,
         };
         plan_actions(&mut list, report, relations);
+        if report.plan.hubs_left_out > 0 {
+            let _ = writeln!(
+                list.out,
+                "\n... and the updates of {} not listed: the run went range by range \
+                 ([sync] hubs_per_range); `tandem runs show {}` lists every record it touched",
+                plural(report.plan.hubs_left_out, "more contact", "more contacts"),
+                report.run_id.unwrap_or_default(),
+            );
+        }
         if list.skipped > 0 {
             let skipped = list.skipped;
             let _ = writeln!(

@@ -46,6 +46,6 @@ pub use read::{DeleteGuard, record_hash};
 pub use records::Records;
 pub use relation::Relations;
 pub use report::{Failure, ReadStats, RunMode, RunReport};
-pub use run::{Engine, HUBS_PER_RANGE};
+pub use run::Engine;
 pub use side::{Side, Winner};
 pub use stop::StopFlag;

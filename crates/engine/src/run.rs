@@ -42,7 +42,7 @@ pub struct Engine<'a> {
     pub(crate) scopes: crate::stop::ScopeFilter,
     /// The share of the work this engine carries out (`tandem run --worker`).
     pub(crate) partition: crate::Partition,
-    /// Hubs a sync plans and carries out at a time ([`Planning`]).
+    /// Hubs a sync plans and carries out at a time ([`Planning`]); `usize::MAX`: all.
     pub(crate) hubs_per_range: usize,
 }
 
@@ -85,10 +85,6 @@ pub(crate) struct ReadRest {
     pub wakes: Vec<Wake>,
 }
 
-/// Hubs a sync plans and carries out together, by default: a first sync of a million
-/// partners holds a tenth of its plan at a time.
-pub const HUBS_PER_RANGE: usize = 100_000;
-
 /// Parked work of one relation (R17).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ParkedCount {
@@ -111,7 +107,7 @@ impl<'a> Engine<'a> {
             stop: crate::stop::StopFlag::default(),
             scopes: crate::stop::ScopeFilter::default(),
             partition: crate::Partition::whole(),
-            hubs_per_range: HUBS_PER_RANGE,
+            hubs_per_range: usize::MAX,
         };
         engine.connector(
             &engine.relations.contacts_connector,
@@ -158,7 +154,9 @@ impl<'a> Engine<'a> {
     }
 
     /// How many hubs a sync plans and carries out at a time: its plan is held a range
-    /// at a time, not whole (at least 1). A worker's partition is planned whole.
+    /// at a time, not whole (at least 1; unbounded by default: a file connector
+    /// rewrites its file once per range, so ranges trade time for memory). A worker's
+    /// partition is planned whole.
     pub fn set_hubs_per_range(&mut self, hubs: usize) {
         self.hubs_per_range = hubs.max(1);
     }

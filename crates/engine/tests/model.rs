@@ -186,7 +186,7 @@ fn case() -> impl Strategy<Value = Case> {
                 setup,
                 steps,
                 partitions: 1,
-                hubs_per_range: tandem_engine::HUBS_PER_RANGE,
+                hubs_per_range: usize::MAX,
             },
         )
 }
@@ -1259,7 +1259,7 @@ fn plain(incremental: bool) -> World {
         setup: Vec::new(),
         steps: Vec::new(),
         partitions: 1,
-        hubs_per_range: tandem_engine::HUBS_PER_RANGE,
+        hubs_per_range: usize::MAX,
     })
 }
 
@@ -1711,7 +1711,7 @@ async fn r15_a_retried_link_edited_on_both_sides_is_settled_by_its_policy() {
             setup: Vec::new(),
             steps: Vec::new(),
             partitions: 1,
-            hubs_per_range: tandem_engine::HUBS_PER_RANGE,
+            hubs_per_range: usize::MAX,
         });
         let mail = ("email", "e2@example.com");
         w.crm.put(

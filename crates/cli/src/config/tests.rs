@@ -823,3 +823,19 @@ fn line_columns_count_characters() {
     assert_eq!(layers::line_column("ab\ncd", 4), (2, 2));
     assert_eq!(layers::line_column("é\nx", 3), (2, 1));
 }
+
+#[test]
+fn hubs_per_range_is_unset_by_default_and_at_least_one() {
+    assert_eq!(load(BASE, &[]).unwrap().run.hubs_per_range, None);
+    let config = load(&format!("{BASE}\n[sync]\nhubs_per_range = 100000\n"), &[]).unwrap();
+    assert_eq!(config.run.hubs_per_range, Some(100_000));
+    let config = load(BASE, &[("TANDEM__SYNC__HUBS_PER_RANGE", "5000")]).unwrap();
+    assert_eq!(config.run.hubs_per_range, Some(5_000));
+    let e = load_err(&format!("{BASE}\n[sync]\nhubs_per_range = 0\n"), &[]);
+    assert!(
+        e.starts_with(&format!(
+            "{FILE}:19: sync.hubs_per_range: must be at least 1"
+        )),
+        "{e}"
+    );
+}

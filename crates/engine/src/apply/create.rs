@@ -8,8 +8,8 @@ use tandem_model::{EntityKind, Fields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
 use super::{Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, write_all};
-use crate::plan::{AccountCreate, ContactCreate};
 use crate::failpoint;
+use crate::plan::{AccountCreate, ContactCreate};
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
 use crate::side::Side;
 
@@ -52,7 +52,10 @@ impl CreateJob<'_> {
 }
 
 /// The plan's creates as jobs, borrowed from it.
-fn create_jobs<'p>(contacts: &'p [ContactCreate], accounts: &'p [AccountCreate]) -> Vec<CreateJob<'p>> {
+fn create_jobs<'p>(
+    contacts: &'p [ContactCreate],
+    accounts: &'p [AccountCreate],
+) -> Vec<CreateJob<'p>> {
     let contacts = contacts.iter().map(|c| CreateJob {
         code: &c.code,
         relation: c.relation,
@@ -208,11 +211,11 @@ impl Applier<'_> {
     fn created(&mut self, job: &CreateJob<'_>, written: &Written) {
         let r = job.relation;
         self.writes += 1;
-        let new_hash = record_hash(&job.fields, written.version.as_deref());
+        let new_hash = record_hash(job.fields, written.version.as_deref());
         // Stored with the match keys of the fields it was created with: an edit of it
         // that leaves them wakes no matching (R4). Other relations match it anew
         // through their accounts marked to be looked at again (`recheck_accounts`).
-        let created = |read: &ScopeRead| match_keys(&job.fields, &read.key_fields);
+        let created = |read: &ScopeRead| match_keys(job.fields, &read.key_fields);
         let (contact_id, account_id, contact_version, account_version) = match job.side {
             Side::Contact => {
                 self.accounts[r].settle(job.source_id);

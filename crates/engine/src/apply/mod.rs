@@ -187,7 +187,10 @@ pub(crate) async fn apply(
     // Stored before the hashes that make the next run quiet: a quiet run reports them.
     applier.remember_ambiguities(&ambiguities);
     let mut next = planned;
-    while let Some(range) = next.take().or_else(|| applier.plan_next(planning.as_deref_mut()?)) {
+    while let Some(range) = next
+        .take()
+        .or_else(|| applier.plan_next(planning.as_deref_mut()?))
+    {
         let last = planning.as_ref().is_none_or(|p| p.is_done());
         applier.carry_out(&mut **state, range, last).await?;
     }
