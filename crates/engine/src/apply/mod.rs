@@ -225,6 +225,10 @@ impl Applier<'_> {
         range: HubRange,
         last: bool,
     ) -> Result<(), EngineError> {
+        // Between ranges is a safe point: everything before is stored.
+        if self.stop.is_stopped() {
+            return Err(EngineError::Stopped);
+        }
         self.progress.total += crate::plan::hub_writes(&range.hubs) as u64;
         self.plan.hubs = range.hubs;
         self.plan.close_conflicts = range.close_conflicts;
