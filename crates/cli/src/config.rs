@@ -62,6 +62,16 @@ impl Default for RunConfig {
     }
 }
 
+impl RunConfig {
+    /// Gives `engine` this section's settings, for `tandem sync` and the service alike.
+    pub fn configure(&self, engine: &mut tandem_engine::Engine<'_>) {
+        engine.set_max_delete_share(self.max_delete_share);
+        if let Some(per_range) = self.hubs_per_range {
+            engine.set_hubs_per_range(usize::try_from(per_range).unwrap_or(usize::MAX));
+        }
+    }
+}
+
 fn default_max_delete_share() -> f64 {
     tandem_engine::DeleteGuard::DEFAULT_MAX_SHARE
 }

@@ -761,10 +761,7 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     };
     engine.set_full_read(full_read);
     engine.set_allow_deletes(allow_deletes);
-    engine.set_max_delete_share(config.run.max_delete_share);
-    if let Some(per_range) = config.run.hubs_per_range {
-        engine.set_hubs_per_range(usize::try_from(per_range).unwrap_or(usize::MAX));
-    }
+    config.run.configure(&mut engine);
     let report = match mode {
         RunMode::Plan => engine.plan().await.context("plan failed")?,
         RunMode::Sync(None) => engine.sync().await.context("sync failed")?,

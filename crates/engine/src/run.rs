@@ -321,9 +321,7 @@ impl<'a> Engine<'a> {
         let (mut planning, mut plan) = Planning::start(relations, input, threads, per_range);
         // A run of one range is planned whole: its records go before anything is written.
         if planning.hubs_left() <= per_range {
-            while let Some(range) = planning.next_range() {
-                plan.absorb(range);
-            }
+            planning.rest_into(&mut plan);
         }
         let mut ambiguities = self.standing_ambiguities(&rest.wakes, &mut plan)?;
         let cut = self.cut(&mut plan, &input.links, &mut ambiguities);

@@ -1232,10 +1232,6 @@ proptest! {
         let outcome = run_case(&case);
         prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
     }
-}
-
-proptest! {
-    #![proptest_config(model_config(150))]
 
     /// The model with every run planned and carried out one or two hubs at a time
     /// (`[sync] hubs_per_range`): the same invariants hold as for a run in one piece.

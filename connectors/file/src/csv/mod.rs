@@ -889,14 +889,10 @@ impl io::Write for Staged {
 
 impl RowWriter {
     pub(super) fn new(table: &CsvTable) -> RowWriter {
-        let terminator = match table.layout.style.crlf {
-            true => Terminator::CRLF,
-            false => Terminator::Any(b'\n'),
-        };
         let staged = Staged::default();
         RowWriter {
             csv: WriterBuilder::new()
-                .terminator(terminator)
+                .terminator(terminator(table.layout.style))
                 .from_writer(staged.clone()),
             staged,
             width: table.layout.headers.len(),
@@ -934,6 +930,14 @@ impl RowWriter {
     }
 }
 
+/// The line end rows are written with: the file's own.
+fn terminator(style: TextStyle) -> Terminator {
+    match style.crlf {
+        true => Terminator::CRLF,
+        false => Terminator::Any(b'\n'),
+    }
+}
+
 /// Formatted rows a [`RowWriter`] sends at once.
 const ROWS_SENT_AT: usize = 1 << 20;
 
@@ -950,13 +954,9 @@ impl CsvTable {
         header: bool,
     ) -> io::Result<()> {
         let width = self.layout.headers.len();
-        let terminator = match self.layout.style.crlf {
-            true => Terminator::CRLF,
-            false => Terminator::Any(b'\n'),
-        };
         let mut out = WriterBuilder::new()
             .buffer_capacity(BUFFER)
-            .terminator(terminator)
+            .terminator(terminator(self.layout.style))
             .from_writer(out);
         if header {
             out.write_record(&self.layout.headers)?;

@@ -312,7 +312,7 @@ impl<'i> Spliced<'i> {
         let reader = &mut self.reader;
         reader
             .seek(csv::Position::new())
-            .map_err(read_error_of(path))?;
+            .map_err(|e| read_error(io::Error::other(e)))?;
         let mut row = StringRecord::new();
         // Exactly one row, and no error: else the file changed since it was indexed.
         let one = reader.read_record(&mut row);
@@ -435,11 +435,6 @@ fn read_exact_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A CSV reader's error reading the file at `path`.
-fn read_error_of(path: &Path) -> impl Fn(csv::Error) -> crate::error::FileError + '_ {
-    move |e| crate::error::FileError::read(path, io::Error::other(e))
 }
 
 /// The bytes a splice copies per read and write.

@@ -295,10 +295,7 @@ impl Service<'_> {
         let connectors = self.connectors.clone();
         let mut engine = Engine::new(self.relations.clone(), connectors, &mut *self.state)
             .expect("the connectors were checked against the relations at start");
-        engine.set_max_delete_share(self.config.run.max_delete_share);
-        if let Some(per_range) = self.config.run.hubs_per_range {
-            engine.set_hubs_per_range(usize::try_from(per_range).unwrap_or(usize::MAX));
-        }
+        self.config.run.configure(&mut engine);
         engine.set_partition(self.partition);
         engine
     }

@@ -105,23 +105,26 @@ impl Applier<'_> {
             std::mem::take(&mut self.plan.account_creates),
         );
         let jobs = create_jobs(&contacts, &accounts);
-        let mut done = Ok(());
-        for group in Self::create_groups(&jobs, self.relations.relations.len()) {
-            let (connector, kind) = self.side_connector(group[0].side, group[0].relation);
-            let max = connector.capabilities().max_batch.max(1);
-            for chunk in group.chunks(max) {
-                done = self.create_chunk(state, &*connector, kind, chunk).await;
-                if done.is_err() {
-                    break;
-                }
-            }
-            if done.is_err() {
-                break;
-            }
-        }
+        let done = self.create_all(state, &jobs).await;
         drop(jobs);
         (self.plan.creates, self.plan.account_creates) = (contacts, accounts);
         done
+    }
+
+    /// `jobs` in their groups, each in chunks of its connector's batch size.
+    async fn create_all(
+        &mut self,
+        state: &mut dyn StateStore,
+        jobs: &[CreateJob<'_>],
+    ) -> Result<(), EngineError> {
+        for group in Self::create_groups(jobs, self.relations.relations.len()) {
+            let (connector, kind) = self.side_connector(group[0].side, group[0].relation);
+            let max = connector.capabilities().max_batch.max(1);
+            for chunk in group.chunks(max) {
+                self.create_chunk(state, &*connector, kind, chunk).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The creates sent together: every relation's new contacts in one group, since

@@ -177,7 +177,13 @@ pub(crate) async fn apply(
         report_cap: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
     };
     info!(run = run_id, "applying");
-    applier.progress = crate::progress::Applying::new(applier.plan.write_count() as u64);
+    // The writes known now: the head's, and the hubs' of a plan made whole; each range
+    // planned later adds its own.
+    let planned_writes = planned
+        .as_ref()
+        .map_or(0, |r| crate::plan::hub_writes(&r.hubs));
+    let known = applier.plan.write_count() + planned_writes;
+    applier.progress = crate::progress::Applying::new(known as u64);
     applier.refusals();
     applier.unlinks();
     applier.commit(&mut **state)?;
@@ -208,6 +214,7 @@ impl Applier<'_> {
         let started = std::time::Instant::now();
         let range = planning.next_range()?;
         crate::plan::add_hub_counts(&mut self.plan.counts, &range.hubs, self.relations);
+        self.progress.total += crate::plan::hub_writes(&range.hubs) as u64;
         tracing::debug!(
             hubs = range.hubs.len(),
             left = planning.hubs_left(),
@@ -229,26 +236,21 @@ impl Applier<'_> {
         if self.stop.is_stopped() {
             return Err(EngineError::Stopped);
         }
-        self.progress.total += crate::plan::hub_writes(&range.hubs) as u64;
-        self.plan.hubs = range.hubs;
-        self.plan.close_conflicts = range.close_conflicts;
-        self.plan.codes_removed = range.codes_removed;
+        // The steps below carry out the hubs in the plan: this range's alone.
+        self.plan.absorb(range);
         let outcomes = self.writes(state).await?;
         self.settle(state, outcomes, last)?;
         crate::failpoint::hit("after_link_commit");
         self.step("after_link_commit");
-        let range = self.plan.take_range();
+        let mut range = self.plan.take_range();
         let room = self.report_cap.saturating_sub(self.reported.hubs.len());
         self.hubs_left_out += range.hubs.len().saturating_sub(room) as u64;
-        let HubRange {
-            mut hubs,
-            close_conflicts,
-            codes_removed,
-        } = range;
-        hubs.truncate(room);
-        self.reported.hubs.append(&mut hubs);
-        self.reported.close_conflicts.extend(close_conflicts);
-        self.reported.codes_removed.extend(codes_removed);
+        range.hubs.truncate(room);
+        self.reported.hubs.append(&mut range.hubs);
+        self.reported
+            .close_conflicts
+            .append(&mut range.close_conflicts);
+        self.reported.codes_removed.append(&mut range.codes_removed);
         Ok(())
     }
 

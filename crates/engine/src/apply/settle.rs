@@ -428,9 +428,7 @@ impl Applier<'_> {
             }
         }
     }
-}
 
-impl Applier<'_> {
     /// Pending creates, refused requests and links this run is done with.
     fn done_pending(&mut self) {
         let done = self.plan.done_pending.clone();

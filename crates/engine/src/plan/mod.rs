@@ -483,9 +483,7 @@ pub fn plan(relations: &Relations, input: &PlanInput) -> Plan {
 /// [`plan`] on at most `threads` threads: the head, then every hub as one range.
 fn plan_on(relations: &Relations, input: &PlanInput, threads: usize) -> Plan {
     let (mut planning, mut plan) = Planning::start(relations, input, threads, usize::MAX);
-    while let Some(range) = planning.next_range() {
-        plan.absorb(range);
-    }
+    planning.rest_into(&mut plan);
     plan.counts = plan.derive_counts(relations, &input.link_counts);
     plan
 }
@@ -555,11 +553,6 @@ impl<'a> Planning<'a> {
         (planning, plan)
     }
 
-    /// The records the plan is made from.
-    pub fn input(&self) -> &'a PlanInput {
-        self.planner.input
-    }
-
     /// Hubs merged per range.
     pub fn per_range(&self) -> usize {
         self.per_range
@@ -590,6 +583,13 @@ impl<'a> Planning<'a> {
         self.done = end == ids.len();
         let planner = &mut self.planner;
         Some(planner.plan_range(&ids[start..end], (from, to), &self.open_conflicts))
+    }
+
+    /// Every range left, planned into `plan`.
+    pub fn rest_into(&mut self, plan: &mut Plan) {
+        while let Some(range) = self.next_range() {
+            plan.absorb(range);
+        }
     }
 }
 
