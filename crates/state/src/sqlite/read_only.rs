@@ -56,6 +56,7 @@ impl SqliteState {
             conn,
             path: path.to_owned(),
             lock: None,
+            log_index_deferred: false,
         }))
     }
 

@@ -2294,3 +2294,102 @@ fn migration_10_keeps_every_content_hash_and_link_of_a_v9_state() {
         );
     }
 }
+
+fn has_log_index(path: &Path) -> bool {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'interactions_by_contact'",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .unwrap()
+        == 1
+}
+
+/// `BULK_LOG_ROWS` log entries for contacts `C<first>`.., one per contact.
+fn bulk_log(first: usize) -> Vec<Interaction> {
+    (first..first + BULK_LOG_ROWS)
+        .map(|i| interaction(&format!("C{i}"), "linked", json!({"n": i})))
+        .collect()
+}
+
+#[test]
+fn a_bulk_of_log_rows_into_a_small_log_defers_its_index_until_the_run_ends() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let run = state.begin_run("sync").unwrap();
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: bulk_log(0),
+            ..StateBatch::default()
+        },
+    );
+    assert!(!has_log_index(&path), "a first bulk drops the index");
+    // Later batches of the same run go in without it; a contact's log reads the same.
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: bulk_log(BULK_LOG_ROWS),
+            ..StateBatch::default()
+        },
+    );
+    let log = state
+        .interactions(&format!("C{}", BULK_LOG_ROWS + 7), 10)
+        .unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].id, (BULK_LOG_ROWS + 8) as i64);
+    state.finish_run(run, "completed", &json!({})).unwrap();
+    assert!(has_log_index(&path), "the run's end makes it again");
+
+    // A bulk smaller than the log it joins keeps the index.
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: bulk_log(3 * BULK_LOG_ROWS),
+            ..StateBatch::default()
+        },
+    );
+    assert!(has_log_index(&path));
+    let log = state
+        .interactions(&format!("C{}", 3 * BULK_LOG_ROWS), 10)
+        .unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].id, (2 * BULK_LOG_ROWS + 1) as i64);
+}
+
+#[test]
+fn a_log_index_deferred_by_a_run_that_never_ended_is_made_at_the_next_open() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    state.begin_run("sync").unwrap();
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: bulk_log(0),
+            ..StateBatch::default()
+        },
+    );
+    // The process dies: no `finish_run`.
+    drop(state);
+    assert!(!has_log_index(&path));
+    let state = open(&path);
+    assert!(has_log_index(&path));
+    assert_eq!(state.interactions("C42", 10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_batch_with_few_log_rows_keeps_the_index() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let mut few = bulk_log(0);
+    few.truncate(BULK_LOG_ROWS - 1);
+    commit(
+        &mut state,
+        StateBatch {
+            interactions: few,
+            ..StateBatch::default()
+        },
+    );
+    assert!(has_log_index(&path));
+}
