@@ -706,9 +706,6 @@ pub struct SqliteState {
     path: PathBuf,
     /// `None` for an in-memory state, which no other process can see.
     lock: Option<File>,
-    /// The log's index by contact was dropped for a bulk of log rows and is to be made
-    /// again when the run ends ([`defer_log_index`]).
-    log_index_deferred: bool,
 }
 
 /// Copies the WAL into the database file on a thread and connection of its own, after
@@ -812,9 +809,6 @@ impl SqliteState {
         check_tandem_schema(&conn, &shown)?;
         configure(&conn).map_err(|e| open_error(e.to_string()))?;
         migrate(&mut conn, &shown)?;
-        // A run that deferred the log's index and never ended left it out.
-        conn.execute_batch(LOG_INDEX)
-            .map_err(|e| open_error(e.to_string()))?;
         let checkpointer = (mode == LockMode::Exclusive)
             .then(|| Checkpointer::start(path))
             .flatten();
@@ -823,7 +817,6 @@ impl SqliteState {
             conn,
             path: path.to_owned(),
             lock: Some(lock),
-            log_index_deferred: false,
         })
     }
 
@@ -859,7 +852,6 @@ impl SqliteState {
             conn,
             path: location.to_owned(),
             lock: None,
-            log_index_deferred: false,
         })
     }
 
@@ -1402,7 +1394,6 @@ impl StateStore for SqliteState {
         set_cursors(&tx, &batch.set_cursors)?;
         set_fingerprints(&tx, &batch.set_fingerprints)?;
         set_ambiguities(&tx, &batch.set_ambiguities)?;
-        let deferred = !self.log_index_deferred && defer_log_index(&tx, batch.interactions.len())?;
         append_interactions(&tx, &batch.interactions)?;
         upsert_conflicts(&tx, &batch.upsert_conflicts)?;
         resolve_conflicts(&tx, &batch.resolve_conflicts)?;
@@ -1424,7 +1415,6 @@ impl StateStore for SqliteState {
         set_codes_lost(&tx, &batch.codes_lost)?;
         // Any early return above drops `tx`, which rolls the whole batch back.
         tx.commit().map_err(sql_error("committing a batch"))?;
-        self.log_index_deferred |= deferred;
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.nudge();
         }
@@ -1498,12 +1488,6 @@ impl StateStore for SqliteState {
                 action: ACTION,
                 source: rusqlite::Error::QueryReturnedNoRows,
             });
-        }
-        if self.log_index_deferred {
-            self.conn
-                .execute_batch(LOG_INDEX)
-                .map_err(sql_error("indexing the interaction log by contact"))?;
-            self.log_index_deferred = false;
         }
         Ok(())
     }
@@ -2236,35 +2220,6 @@ pub(crate) fn same_pair(a: &Interaction, b: &Interaction) -> bool {
         && a.contact_id == b.contact_id
         && a.code == b.code
         && a.account_id == b.account_id
-}
-
-/// The log's index by contact (migration 2), as [`defer_log_index`] makes it again.
-const LOG_INDEX: &str =
-    "CREATE INDEX IF NOT EXISTS interactions_by_contact ON interactions (contact_id, id);";
-
-/// Log rows a batch must bring for [`defer_log_index`] to consider dropping the index:
-/// below, either way costs next to nothing.
-const BULK_LOG_ROWS: usize = 1_000;
-
-/// Drops the log's index by contact when a batch brings more log rows than the log
-/// holds (a first sync): kept up row by row, it was a quarter of the cost of storing a
-/// first sync's state, about twice what building it anew in one sort costs (at 1M
-/// entries 1.6 s against 0.7 s, docs/BENCHMARKS.md). Run in the batch's transaction;
-/// the index is made again when the run ends ([`StateStore::finish_run`]), or at the
-/// next open if the run never ended. Meanwhile reading a contact's log scans the log:
-/// slower, never different. Returns whether it dropped the index.
-fn defer_log_index(tx: &Connection, new_rows: usize) -> Result<bool, StateError> {
-    const ACTION: &str = "deferring the log's index by contact";
-    if new_rows < BULK_LOG_ROWS {
-        return Ok(false);
-    }
-    let held = next_log_id(tx)? - 1;
-    if usize::try_from(held).unwrap_or(usize::MAX) >= new_rows {
-        return Ok(false);
-    }
-    tx.execute_batch("DROP INDEX IF EXISTS interactions_by_contact;")
-        .map_err(sql_error(ACTION))?;
-    Ok(true)
 }
 
 /// The id the next log entry gets: above every entry stored (the row of the highest id

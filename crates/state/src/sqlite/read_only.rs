@@ -56,7 +56,6 @@ impl SqliteState {
             conn,
             path: path.to_owned(),
             lock: None,
-            log_index_deferred: false,
         }))
     }
 
