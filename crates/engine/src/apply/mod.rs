@@ -450,9 +450,8 @@ fn commit_behind(
             tracing::debug!(busy_ms = busy.as_millis() as u64, "state writer");
             Ok(())
         });
-        let writer = writer.map_err(|e| {
-            EngineError::Refused(format!("could not start the state writer thread: {e}"))
-        })?;
+        // As `scope.spawn` would: a process that cannot start a thread cannot run.
+        let writer = writer.expect("the system could not start the state writer thread");
         let t = std::time::Instant::now();
         let built = build(&Committer { sender });
         tracing::debug!(build_ms = t.elapsed().as_millis() as u64, "state builder");
