@@ -2,11 +2,11 @@
 //! parking (R17), from the outcomes of the writes. Committed on a helper thread while
 //! the next batch is built.
 
-use tandem_connector::{ConnectorError, WriteOutcome, Written};
+use tandem_connector::ConnectorError;
 use tandem_model::Timestamp;
 use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
-use super::write::{Outcomes, link_of};
+use super::write::{Landed, Outcomes, link_of};
 use super::{Applier, Failed, commit_behind};
 use crate::plan::{FieldChange, HubPlan, NewLink, PairPlan, PairWas};
 use crate::run::{EngineError, Failure, RECHECK, WRITTEN_UNREAD, record_hash_of};
@@ -15,12 +15,12 @@ use crate::side::{Side, Winner};
 /// The error of a write, if it failed, and the record's version after it: the new one
 /// when it succeeded, `before` when it failed or nothing was written.
 fn error_and_version(
-    result: Option<&WriteOutcome>,
+    result: Option<&Landed>,
     before: &Option<String>,
 ) -> (Option<WriteError>, Option<String>) {
     match result {
-        Some(Err(e)) => (Some(WriteError::of(e)), before.clone()),
-        Some(Ok(written)) => (None, written.version.clone()),
+        Some(Landed::Failed(e)) => (Some(WriteError::of(e)), before.clone()),
+        Some(Landed::Written { version }) => (None, version.as_deref().map(str::to_owned)),
         None => (None, before.clone()),
     }
 }
@@ -124,8 +124,8 @@ impl Applier<'_> {
             }
         }
         match &contact_result {
-            Some(Ok(written)) => self.own_contact_write(hub, written),
-            Some(Err(_)) => {
+            Some(Landed::Written { version }) => self.own_contact_write(hub, version.as_deref()),
+            Some(Landed::Failed(_)) => {
                 self.contact_write_failed.insert(hub.contact_id.clone());
             }
             None => {}
@@ -315,11 +315,11 @@ impl Applier<'_> {
     /// R19: a contact Tandem wrote has a new version; every link of it learns it, also
     /// the links the hub did not merge and those made by creating an account for it this
     /// run (whose wait for the contact's template fills ends with this write).
-    fn own_contact_write(&mut self, hub: &HubPlan, written: &Written) {
+    fn own_contact_write(&mut self, hub: &HubPlan, version: Option<&str>) {
         for link in &hub.other_links {
             let link = self.carried_to(link, &hub.contact_changes);
             self.batch.upsert_links.push(Link {
-                contact_version: written.version.clone(),
+                contact_version: version.map(str::to_owned),
                 ..link
             });
         }
@@ -329,7 +329,7 @@ impl Applier<'_> {
                 continue;
             }
             self.batch.upsert_links.push(Link {
-                contact_version: written.version.clone(),
+                contact_version: version.map(str::to_owned),
                 intent: None,
                 synced_at: self.log.now,
                 ..link
