@@ -293,7 +293,8 @@ impl<'a> Engine<'a> {
         if self.stop.is_stopped() {
             return Err(EngineError::Stopped);
         }
-        let from_input = FromInput::of(&input, &prepared.contacts);
+        let companies_stored = self.state.holds_companies()?;
+        let from_input = FromInput::of(&input, &prepared.contacts, companies_stored);
         if planning.is_done() {
             // Planned whole: the records go before anything is written.
             drop(planning);

@@ -527,6 +527,9 @@ pub trait StateStore: Send {
     fn contact_deleted(&self, code: &str) -> Result<HashSet<String>, StateError>;
     /// The company contact of a person contact, as last read.
     fn company_of(&self, contact_id: &str) -> Result<Option<String>, StateError>;
+    /// Whether any contact has a company stored (R3): a run against a state holding
+    /// none has none to forget (a first sync of a million companies forgot a million).
+    fn holds_companies(&self) -> Result<bool, StateError>;
 
     fn cursor(&self, scope: &Scope) -> Result<Option<String>, StateError>;
     /// The content hashes stored for the given ids of `scope` (ids without one are

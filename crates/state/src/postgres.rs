@@ -658,6 +658,10 @@ impl StateStore for PgState {
         self.run(move |s| s.on(async |conn, _| read::company_of(conn, &contact_id).await))
     }
 
+    fn holds_companies(&self) -> Result<bool, StateError> {
+        self.run(move |s| s.on(async |conn, _| read::holds_companies(conn).await))
+    }
+
     fn cursor(&self, scope: &Scope) -> Result<Option<String>, StateError> {
         let scope = scope.clone();
         self.run(move |s| s.on(async |conn, _| read::cursor(conn, &scope).await))

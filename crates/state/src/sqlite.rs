@@ -1261,6 +1261,13 @@ impl StateStore for SqliteState {
             .map_err(sql_error("reading the company of a contact"))
     }
 
+    fn holds_companies(&self) -> Result<bool, StateError> {
+        self.conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM contact_companies)")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(sql_error("reading whether any contact has a company"))
+    }
+
     fn cursor(&self, scope: &Scope) -> Result<Option<String>, StateError> {
         self.conn
             .prepare_cached("SELECT cursor FROM cursors WHERE connector = ?1 AND kind = ?2")

@@ -12,17 +12,21 @@ use crate::read::Change;
 use crate::run::{EngineError, ParkedCount, RECHECK, RunReport, ScopeRead, StoredAmbiguities};
 
 /// The company of every contact that changed (R3, R10), `None` for one that is no
-/// person (any more). A list, not a map: each contact is in it once, and a first sync
-/// lists a million. In id order: when most contacts changed, the records are walked in
+/// person (any more), left out when the state holds no company to forget
+/// (`companies_stored`: a first sync of a million companies held a million `None`s
+/// through its writes). A list, not a map: each contact is in it once, and a first sync
+/// may list a million. In id order: when most contacts changed, the records are walked in
 /// their order and the changed looked up, not each changed one searched for in the
 /// tree of records (a second at a million), and the state gets them in key order.
 pub(super) fn person_companies(
     contacts: &ScopeRead,
     input: &PlanInput,
+    companies_stored: bool,
 ) -> Vec<(String, Option<String>)> {
     let company = |contact: &tandem_model::PackedRecord| {
         let company = contact.text(tandem_model::field::COMPANY_ID);
-        (contact.id().to_owned(), company.map(str::to_owned))
+        (company.is_some() || companies_stored)
+            .then(|| (contact.id().to_owned(), company.map(str::to_owned)))
     };
     let changed = contacts.changed().count();
     if changed * 8 < input.contacts.len() {
@@ -30,14 +34,14 @@ pub(super) fn person_companies(
         ids.sort_unstable();
         return ids
             .into_iter()
-            .filter_map(|id| input.contacts.get(id).map(company))
+            .filter_map(|id| input.contacts.get(id).and_then(company))
             .collect();
     }
     input
         .contacts
         .values()
         .filter(|contact| contacts.is_changed(contact.id()))
-        .map(company)
+        .filter_map(company)
         .collect()
 }
 

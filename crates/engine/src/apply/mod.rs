@@ -111,10 +111,16 @@ pub(crate) struct FromInput {
 }
 
 impl FromInput {
-    pub(crate) fn of(input: &crate::plan::PlanInput, contacts: &ScopeRead) -> FromInput {
+    /// `companies_stored`: whether the state holds the company of any contact, so that
+    /// a contact that is no person may have one to forget.
+    pub(crate) fn of(
+        input: &crate::plan::PlanInput,
+        contacts: &ScopeRead,
+        companies_stored: bool,
+    ) -> FromInput {
         FromInput {
             previous: Previous::of(&input.pending),
-            person_companies: finish::person_companies(contacts, input),
+            person_companies: finish::person_companies(contacts, input, companies_stored),
         }
     }
 }

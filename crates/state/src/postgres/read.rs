@@ -514,6 +514,13 @@ pub(crate) async fn company_of(
         .map_err(pg("reading the company of a contact"))
 }
 
+pub(crate) async fn holds_companies(conn: &mut PgConnection) -> Result<bool, StateError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM contact_companies)")
+        .fetch_one(conn)
+        .await
+        .map_err(pg("reading whether any contact has a company"))
+}
+
 pub(crate) async fn cursor(
     conn: &mut PgConnection,
     scope: &Scope,

@@ -1054,6 +1054,7 @@ both_stores!(
     r3_company_of_person_contacts_is_set_and_forgotten,
     |place| {
         let mut state = place.open();
+        assert!(!state.holds_companies().unwrap());
         commit(
             &mut *state,
             StateBatch {
@@ -1064,6 +1065,7 @@ both_stores!(
                 ..StateBatch::default()
             },
         );
+        assert!(state.holds_companies().unwrap());
         assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("CO1"));
         commit(
             &mut *state,
@@ -1081,6 +1083,16 @@ both_stores!(
         assert_eq!(state.company_of("P1").unwrap().as_deref(), Some("CO2"));
         assert_eq!(state.company_of("P2").unwrap(), None);
         assert_eq!(state.company_of("CO1").unwrap(), None);
+        assert!(state.holds_companies().unwrap());
+        let mut state = state;
+        commit(
+            &mut *state,
+            StateBatch {
+                set_companies: vec![("P1".into(), None)],
+                ..StateBatch::default()
+            },
+        );
+        assert!(!state.holds_companies().unwrap(), "every company forgotten");
     }
 );
 
