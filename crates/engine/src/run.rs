@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tandem_connector::Connector;
 use tandem_model::EntityKind;
-use tandem_state::{HashHolder, Link, Scope, Side, StateStore};
+use tandem_state::{Link, StateStore};
 
 use crate::pending::Pending;
 use tracing::{Instrument, info};
@@ -274,7 +274,6 @@ impl<'a> Engine<'a> {
             );
         }
         self.look_again_if_stale(run_id)?;
-        self.hold_hashes_on_links()?;
         let (input, rest) = self.read_input(directives).await?;
         let relations = self.relations.clone();
         // A partition's plan is cut whole (`Partition::cut`).
@@ -462,34 +461,6 @@ impl<'a> Engine<'a> {
         );
         self.state.commit(batch)?;
         Ok(())
-    }
-
-    /// Asks the store to keep the hashes of linked records with their links: a change
-    /// to a pair then writes one row, not a row and two pages of hashes. Each relation
-    /// offers its account scope; the first offers the contacts' scope too. A partition
-    /// keeps hashes under scopes of its own, which no link row can hold for all.
-    fn hold_hashes_on_links(&mut self) -> Result<(), EngineError> {
-        if !self.partition.is_whole() {
-            return Ok(());
-        }
-        let contacts = Scope::new(&self.relations.contacts_connector, EntityKind::Contact);
-        let holders: Vec<HashHolder> = (self.relations.relations.iter())
-            .flat_map(|relation| {
-                let holder = |scope, side| HashHolder {
-                    scope,
-                    code: relation.code.clone(),
-                    side,
-                };
-                [
-                    holder(contacts.clone(), Side::Contact),
-                    holder(
-                        Scope::new(&relation.connector, relation.kind),
-                        Side::Account,
-                    ),
-                ]
-            })
-            .collect();
-        Ok(self.state.hold_hashes_on_links(&holders)?)
     }
 
     /// Keeps this engine's partition's share of `plan` (`crate::partition`).

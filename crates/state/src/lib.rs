@@ -118,16 +118,6 @@ impl Scope {
     }
 }
 
-/// Where a run would have the store keep the content hashes of a scope's linked
-/// records: with the link rows of `code`, on `side`. A store may keep them anywhere
-/// ([`StateStore::hold_hashes_on_links`]); what it gives back is the same.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HashHolder {
-    pub scope: Scope,
-    pub code: String,
-    pub side: Side,
-}
-
 /// A run as recorded in the state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -319,16 +309,6 @@ impl StateBatch {
     pub fn set_hash_with_keys(&mut self, scope: Scope, id: String, hash: u64, keys: u64) {
         self.set_match_keys.push((self.set_hashes.len(), keys));
         self.set_hashes.push((scope, id, hash));
-    }
-
-    /// Each hash the batch sets, in order, with the match keys set with it.
-    pub fn hashes_with_keys(&self) -> impl Iterator<Item = (&Scope, &str, u64, Option<u64>)> {
-        let mut keys = self.set_match_keys.iter().peekable();
-        (self.set_hashes.iter().enumerate()).map(move |(i, (scope, id, hash))| {
-            while keys.next_if(|(k, _)| *k < i).is_some() {}
-            let keys = keys.next_if(|(k, _)| *k == i).map(|(_, key)| *key);
-            (scope, id.as_str(), *hash, keys)
-        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -594,17 +574,6 @@ pub trait StateStore: Send {
 
     /// Applies `batch` in one transaction.
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError>;
-
-    /// Names where the content hashes of each scope's linked records would best be
-    /// kept, in order of preference: a change to a linked pair writes its link row
-    /// anyway. The first free holder of a scope is taken and kept for good (later
-    /// wishes for that scope or that code and side are ignored); the hashes it holds
-    /// are moved then. Nothing a store gives back changes: only where it keeps them.
-    /// The default keeps them where they are.
-    fn hold_hashes_on_links(&mut self, holders: &[HashHolder]) -> Result<(), StateError> {
-        let _ = holders;
-        Ok(())
-    }
 
     /// Makes the links of every stored intent batch link rows with their intents, and
     /// the creates of every stored create batch pending rows (in place of a row of the

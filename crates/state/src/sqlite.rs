@@ -22,12 +22,11 @@ use crate::open::redact_url;
 use crate::transfer::ColumnType::{Any, Integer, Text};
 use crate::transfer::{Column, ColumnType, StateTable, StoredValue};
 use crate::{
-    ConflictEntry, HashHolder, Intent, IntentBatch, Interaction, Link, LinkedBy, PendingCreate,
+    ConflictEntry, Intent, IntentBatch, Interaction, Link, LinkedBy, PendingCreate,
     PendingCreateBatch, PendingLink, RefusedRequest, RunRecord, Scope, Side, StateBatch,
     StateError, StateStore, StoredHashes,
 };
 use hash_pages::HashChange;
-use link_hashes::{Folded, Holder};
 
 /// Schema migrations in order: step `i` takes a state from `PRAGMA user_version` `i`
 /// to `i + 1`. Add a migration by appending it; never edit one that has shipped.
@@ -45,7 +44,6 @@ const MIGRATIONS: &[Migration] = &[
         sql: MIGRATION_10_HASH_PAGES,
         then: Some(hash_pages::pack_hash_rows),
     },
-    Migration::sql(MIGRATION_11_HASHES_ON_LINKS),
 ];
 
 /// A schema migration: its SQL, then, for one that SQL alone cannot do, code run in
@@ -278,27 +276,6 @@ const fn col(name: &'static str, column_type: ColumnType, nullable: bool) -> Col
         nullable,
     }
 }
-
-/// Content hashes of linked records on their link rows (`sqlite/link_hashes.rs`): a
-/// change to a pair writes its link row anyway, and its hashes in pages made pages of
-/// their own dirty. The columns stay empty, and the hashes in the pages, until the
-/// engine names a scope's holder (`StateStore::hold_hashes_on_links`), which moves
-/// them. `tandem migrate` sees none of this: it copies every hash as a row of
-/// `record_hashes`.
-pub(super) const MIGRATION_11_HASHES_ON_LINKS: &str = "
-ALTER TABLE links ADD COLUMN contact_hash INTEGER;
-ALTER TABLE links ADD COLUMN contact_keys INTEGER;
-ALTER TABLE links ADD COLUMN account_hash INTEGER;
-ALTER TABLE links ADD COLUMN account_keys INTEGER;
-CREATE INDEX links_contact_rechecks ON links (code) WHERE contact_hash = 0;
-CREATE INDEX links_account_rechecks ON links (code) WHERE account_hash = 0;
-CREATE TABLE hash_holders (
-    scope INTEGER NOT NULL PRIMARY KEY,
-    code  TEXT NOT NULL,
-    side  TEXT NOT NULL,
-    UNIQUE (code, side)
-) STRICT;
-";
 
 /// Content hashes packed in pages of about 64 entries (`sqlite/hash_pages.rs`): a
 /// first sync of 1M partners stored 2.18M hash rows, a third of its state writer's
@@ -633,19 +610,15 @@ const LINK_COLUMNS: &str = "code, contact_id, account_id, baseline, contact_vers
 
 /// Stores a new link; a link of the same (code, contact) is left to [`UPDATE_LINK`].
 /// Inserting and updating are two statements so that the store knows which one it
-/// did: it keeps the count of links per code (`link_counts`). `?13` to `?16` are the
-/// hash and match keys of the contact and of the account where the code holds their
-/// scope's hashes (`link_hashes`), else null.
+/// did: it keeps the count of links per code (`link_counts`).
 const INSERT_LINK: &str = "
 INSERT INTO links (code, contact_id, account_id, baseline, contact_version, account_version,
-                   last_error, failure_count, linked_at, synced_at, parked, intent,
-                   contact_hash, contact_keys, account_hash, account_keys)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                   last_error, failure_count, linked_at, synced_at, parked, intent)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ON CONFLICT (code, contact_id) DO NOTHING";
 
 /// Refreshes a link whose account did not change. Leaving `account_id` out of the
-/// `SET` spares the (code, account) index on the common path. Same parameters; a
-/// null hash or keys keeps the one stored.
+/// `SET` spares the (code, account) index on the common path. Same parameters.
 const UPDATE_LINK: &str = "
 UPDATE links SET
     baseline = ?4,
@@ -656,16 +629,11 @@ UPDATE links SET
     linked_at = ?9,
     synced_at = ?10,
     parked = ?11,
-    intent = ?12,
-    contact_hash = coalesce(?13, contact_hash),
-    contact_keys = coalesce(?14, contact_keys),
-    account_hash = coalesce(?15, account_hash),
-    account_keys = coalesce(?16, account_keys)
+    intent = ?12
 WHERE code = ?1 AND contact_id = ?2 AND account_id = ?3";
 
 /// Replaces a link whose contact now has another account under the same code: what
-/// [`UPDATE_LINK`] leaves alone. Same parameters; the account's hash is the new
-/// account's.
+/// [`UPDATE_LINK`] leaves alone. Same parameters.
 const MOVE_LINK: &str = "
 UPDATE links SET
     account_id = ?3,
@@ -677,11 +645,7 @@ UPDATE links SET
     linked_at = ?9,
     synced_at = ?10,
     parked = ?11,
-    intent = ?12,
-    contact_hash = coalesce(?13, contact_hash),
-    contact_keys = coalesce(?14, contact_keys),
-    account_hash = ?15,
-    account_keys = ?16
+    intent = ?12
 WHERE code = ?1 AND contact_id = ?2";
 
 /// The number of the scope `?1`, `?2` (connector, kind): none for a scope that never
@@ -916,33 +880,6 @@ impl SqliteState {
     }
 
     /// The codes that have links.
-    /// What `pick` takes from the (hash, match keys) of each of `ids` that `scope`
-    /// holds: on their link rows or in the pages.
-    fn stored_entries(
-        &self,
-        scope: &Scope,
-        ids: &[&str],
-        pick: impl Fn(u64, Option<u64>) -> Option<u64>,
-    ) -> Result<HashMap<String, u64>, StateError> {
-        let Some(number) = known_scope(&self.conn, scope)? else {
-            return Ok(HashMap::new());
-        };
-        let Some(holder) = link_hashes::holder_of(&self.conn, number)? else {
-            return hash_pages::lookup(&self.conn, number, ids, pick);
-        };
-        let on_links = link_hashes::lookup(&self.conn, &holder, ids)?;
-        let rest: Vec<&str> = ids
-            .iter()
-            .copied()
-            .filter(|id| !on_links.contains_key(*id))
-            .collect();
-        let mut found = hash_pages::lookup(&self.conn, number, &rest, &pick)?;
-        found.extend(
-            (on_links.into_iter()).filter_map(|(id, (hash, keys))| Some((id, pick(hash, keys)?))),
-        );
-        Ok(found)
-    }
-
     fn codes(&self) -> Result<Vec<String>, StateError> {
         self.conn
             .prepare_cached(CODES)
@@ -1344,7 +1281,10 @@ impl StateStore for SqliteState {
     }
 
     fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError> {
-        self.stored_entries(scope, ids, |hash, _| Some(hash))
+        match known_scope(&self.conn, scope)? {
+            Some(number) => hash_pages::lookup(&self.conn, number, ids, |hash, _| Some(hash)),
+            None => Ok(HashMap::new()),
+        }
     }
 
     fn match_keys_of(
@@ -1352,8 +1292,13 @@ impl StateStore for SqliteState {
         scope: &Scope,
         ids: &[&str],
     ) -> Result<HashMap<String, u64>, StateError> {
-        // 0 is stored for keys the run did not know.
-        self.stored_entries(scope, ids, |_, keys| keys.filter(|k| *k != 0))
+        match known_scope(&self.conn, scope)? {
+            // 0 is stored for keys the run did not know.
+            Some(number) => {
+                hash_pages::lookup(&self.conn, number, ids, |_, keys| keys.filter(|k| *k != 0))
+            }
+            None => Ok(HashMap::new()),
+        }
     }
 
     fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError> {
@@ -1392,31 +1337,21 @@ impl StateStore for SqliteState {
         let Some(number) = known_scope(&self.conn, scope)? else {
             return Ok(false);
         };
-        let in_pages = self
-            .conn
+        self.conn
             .prepare_cached("SELECT 1 FROM record_hash_pages WHERE scope = ?1 AND rechecks > 0")
             .and_then(|mut stmt| stmt.exists([number]))
-            .map_err(sql_error("looking for records to look at again"))?;
-        match link_hashes::holder_of(&self.conn, number)? {
-            Some(holder) if !in_pages => link_hashes::has_rechecks(&self.conn, &holder),
-            _ => Ok(in_pages),
-        }
+            .map_err(sql_error("looking for records to look at again"))
     }
 
     fn rechecks(&self, scope: &Scope) -> Result<Vec<String>, StateError> {
         let mut ids = Vec::new();
         if let Some(number) = known_scope(&self.conn, scope)? {
-            let mut each = |id: &str, hash, _| {
+            hash_pages::each_entry(&self.conn, number, true, |id, hash, _| {
                 if hash == hash_pages::RECHECK {
                     ids.push(id.to_owned());
                 }
-            };
-            hash_pages::each_entry(&self.conn, number, true, &mut each)?;
-            if let Some(holder) = link_hashes::holder_of(&self.conn, number)? {
-                link_hashes::each_entry(&self.conn, &holder, true, &mut each)?;
-            }
+            })?;
         }
-        ids.sort_unstable();
         Ok(ids)
     }
 
@@ -1436,13 +1371,6 @@ impl StateStore for SqliteState {
         hash_pages::each_entry(&self.conn, number, false, |id, hash, _| {
             out.insert(id.into(), hash);
         })?;
-        if let Some(holder) = link_hashes::holder_of(&self.conn, number)? {
-            let mut held = Vec::new();
-            link_hashes::each_entry(&self.conn, &holder, false, |id, hash, _| {
-                held.push((tandem_model::SmolStr::from(id), hash));
-            })?;
-            out.extend(held);
-        }
         Ok(out)
     }
 
@@ -1466,12 +1394,10 @@ impl StateStore for SqliteState {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_error("starting a transaction"))?;
-        let holders = link_hashes::holders(&tx)?;
-        let folded = Folded::of(&tx, &holders, &batch)?;
-        delete_links(&tx, &batch.delete_links, &holders)?;
-        upsert_links(&tx, &batch.upsert_links, &holders, &folded)?;
-        delete_hashes(&tx, &batch.delete_hashes, &holders)?;
-        set_hashes(&tx, &batch, &holders, &folded)?;
+        delete_links(&tx, &batch.delete_links)?;
+        upsert_links(&tx, &batch.upsert_links)?;
+        delete_hashes(&tx, &batch.delete_hashes)?;
+        set_hashes(&tx, &batch.set_hashes, &batch.set_match_keys)?;
         set_cursors(&tx, &batch.set_cursors)?;
         set_fingerprints(&tx, &batch.set_fingerprints)?;
         set_ambiguities(&tx, &batch.set_ambiguities)?;
@@ -1502,45 +1428,6 @@ impl StateStore for SqliteState {
         Ok(())
     }
 
-    /// Begins the holders not begun yet whose scope and (code, side) are both free,
-    /// moving their records' hashes onto the link rows (`link_hashes`).
-    fn hold_hashes_on_links(&mut self, wanted: &[HashHolder]) -> Result<(), StateError> {
-        let held = link_hashes::holders(&self.conn)?;
-        let free = |w: &&HashHolder| {
-            !held.iter().any(|h| h.code == w.code && h.side == w.side)
-                && known_scope(&self.conn, &w.scope)
-                    .map(|n| n.is_none_or(|n| !held.iter().any(|h| h.scope == n)))
-                    .unwrap_or(true)
-        };
-        let wanted: Vec<&HashHolder> = wanted.iter().filter(free).collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error("starting a transaction"))?;
-        for w in wanted {
-            let holder = Holder {
-                scope: scope_number(&tx, &w.scope)?,
-                code: w.code.clone(),
-                side: w.side,
-            };
-            if let Some(moved) = link_hashes::hold(&tx, &holder)? {
-                tracing::info!(
-                    connector = %w.scope.connector,
-                    kind = w.scope.kind.as_str(),
-                    code = %w.code,
-                    side = %w.side,
-                    moved,
-                    "content hashes of linked records kept on their links from now on"
-                );
-            }
-        }
-        tx.commit()
-            .map_err(sql_error("committing where content hashes are kept"))
-    }
-
     fn unpack_intents(&mut self) -> Result<u64, StateError> {
         let tx = self
             .conn
@@ -1548,14 +1435,8 @@ impl StateStore for SqliteState {
             .map_err(sql_error("starting a transaction"))?;
         let links = intent_batch_links(&tx)?;
         let mut unpacked = 0;
-        let holders = link_hashes::holders(&tx)?;
         for link in &links {
-            match upsert_links(
-                &tx,
-                std::slice::from_ref(link),
-                &holders,
-                &Folded::default(),
-            ) {
+            match upsert_links(&tx, std::slice::from_ref(link)) {
                 Ok(()) => unpacked += 1,
                 // Another contact holds the account now: that link is the newer one.
                 Err(StateError::AccountTaken { .. }) => {}
@@ -1962,11 +1843,7 @@ fn intent_from_row(
     .transpose()
 }
 
-fn delete_links(
-    conn: &Connection,
-    keys: &[(String, String)],
-    holders: &[Holder],
-) -> Result<(), StateError> {
+fn delete_links(conn: &Connection, keys: &[(String, String)]) -> Result<(), StateError> {
     const ACTION: &str = "deleting links";
     if keys.is_empty() {
         return Ok(());
@@ -1974,50 +1851,14 @@ fn delete_links(
     let mut stmt = conn
         .prepare_cached("DELETE FROM links WHERE code = ?1 AND contact_id = ?2")
         .map_err(sql_error(ACTION))?;
-    let mut releasing = conn
-        .prepare_cached(
-            "DELETE FROM links WHERE code = ?1 AND contact_id = ?2 \
-             RETURNING account_id, contact_hash, contact_keys, account_hash, account_keys",
-        )
-        .map_err(sql_error(ACTION))?;
     let mut counts = LinkCounts::default();
-    // (code, contact, account, contact's hash and keys, account's) of deleted rows
-    // whose code holds hashes: given back to the pages.
-    let mut released = Vec::new();
     for (code, contact_id) in keys {
-        let deleted = match holders.iter().any(|h| h.code == *code) {
-            false => stmt.execute([code, contact_id]),
-            true => releasing
-                .query_row([code, contact_id], |row| {
-                    let int = |i| {
-                        row.get::<_, Option<i64>>(i)
-                            .map(|v| v.map(i64::cast_unsigned))
-                    };
-                    let account: String = row.get(0)?;
-                    Ok((account, (int(1)?, int(2)?), (int(3)?, int(4)?)))
-                })
-                .optional()
-                .map(|row| {
-                    let found = usize::from(row.is_some());
-                    released.extend(row.map(|row| (code, contact_id, row)));
-                    found
-                }),
-        }
-        .map_err(sql_error(ACTION))?;
+        let deleted = stmt
+            .execute([code, contact_id])
+            .map_err(sql_error(ACTION))?;
         counts.add(code, -i64::try_from(deleted).unwrap_or(0));
     }
-    counts.store(conn)?;
-    let mut to_pages: Vec<(i64, Vec<(&str, HashChange)>)> = Vec::new();
-    for (code, contact_id, (account_id, contact, account)) in &released {
-        let ids = (contact_id.as_str(), account_id.as_str());
-        for (scope, id, change) in link_hashes::released(holders, code, ids, *contact, *account) {
-            hash_pages::group_of(&mut to_pages, scope).push((id, change));
-        }
-    }
-    for (scope, changes) in to_pages {
-        hash_pages::apply(conn, scope, changes)?;
-    }
-    Ok(())
+    counts.store(conn)
 }
 
 fn store_intent_batches(
@@ -2125,12 +1966,7 @@ fn intent_batch_links(conn: &Connection) -> Result<Vec<Link>, StateError> {
     Ok(out)
 }
 
-fn upsert_links(
-    conn: &Connection,
-    links: &[Link],
-    holders: &[Holder],
-    folded: &Folded<'_>,
-) -> Result<(), StateError> {
+fn upsert_links(conn: &Connection, links: &[Link]) -> Result<(), StateError> {
     const ACTION: &str = "storing links";
     if links.is_empty() {
         return Ok(());
@@ -2145,15 +1981,22 @@ fn upsert_links(
     // One buffer for every baseline instead of an allocation per link.
     let mut baseline = Vec::with_capacity(1024);
     let mut counts = LinkCounts::default();
-    // Per holder, the held records of rows made: their hashes may be in the pages.
-    let mut untaken: Vec<(&Holder, Vec<&str>)> = Vec::new();
     for link in links {
+        let corrupt = |message: String| StateError::Corrupt {
+            what: format!(
+                "baseline of the {} link of contact {}",
+                link.code, link.contact_id
+            ),
+            message,
+        };
         baseline.clear();
         codec::encode_fields(&mut baseline, &link.baseline);
-        let intent = link_intent(link)?;
-        let contact = folded.take(&link.code, Side::Contact, &link.contact_id);
-        let account = folded.take(&link.code, Side::Account, &link.account_id);
-        let int = |v: Option<u64>| v.map(u64::cast_signed);
+        let intent = match &link.intent {
+            Some(intent) => {
+                Some(serde_json::to_string(intent).map_err(|e| corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
         let values = params![
             link.code,
             link.contact_id,
@@ -2167,92 +2010,22 @@ fn upsert_links(
             link.synced_at.0,
             link.parked,
             intent,
-            int(contact.map(|c| c.0)),
-            int(contact.and_then(|c| c.1)),
-            int(account.map(|a| a.0)),
-            int(account.and_then(|a| a.1)),
         ];
-        let mut made = |side: Side, id| {
-            for holder in holders
-                .iter()
-                .filter(|h| h.code == link.code && h.side == side)
-            {
-                hash_pages::group_of(&mut untaken, holder).push(id);
+        let stored = insert.execute(values).and_then(|inserted| {
+            if inserted > 0 {
+                counts.add(&link.code, 1);
+                return Ok(inserted);
             }
-        };
-        let refused = |source| account_taken(conn, link, source);
-        if insert.execute(values).map_err(refused)? > 0 {
-            counts.add(&link.code, 1);
-            made(Side::Contact, link.contact_id.as_str());
-            made(Side::Account, link.account_id.as_str());
-            continue;
-        }
-        if update.execute(values).map_err(refused)? == 0 {
-            let old_account = held_account(conn, holders, link)?;
-            moved.execute(values).map_err(refused)?;
-            made(Side::Account, link.account_id.as_str());
-            if let Some((scope, account_id, change)) = old_account {
-                hash_pages::apply(conn, scope, vec![(account_id.as_str(), change)])?;
+            match update.execute(values)? {
+                0 => moved.execute(values),
+                n => Ok(n),
             }
+        });
+        if let Err(source) = stored {
+            return Err(account_taken(conn, link, source));
         }
     }
-    counts.store(conn)?;
-    for (holder, ids) in untaken {
-        link_hashes::take_from_pages(conn, holder, &ids)?;
-    }
-    Ok(())
-}
-
-/// The intent of `link` as stored.
-fn link_intent(link: &Link) -> Result<Option<String>, StateError> {
-    let Some(intent) = &link.intent else {
-        return Ok(None);
-    };
-    serde_json::to_string(intent)
-        .map(Some)
-        .map_err(|e| StateError::Corrupt {
-            what: format!(
-                "baseline of the {} link of contact {}",
-                link.code, link.contact_id
-            ),
-            message: e.to_string(),
-        })
-}
-
-/// The hash of the account `link`'s row holds, where its code holds the account's
-/// scope: what goes back to the pages when the row moves to another account.
-fn held_account(
-    conn: &Connection,
-    holders: &[Holder],
-    link: &Link,
-) -> Result<Option<(i64, String, HashChange)>, StateError> {
-    let Some(holder) = (holders.iter()).find(|h| h.code == link.code && h.side == Side::Account)
-    else {
-        return Ok(None);
-    };
-    let old = conn
-        .prepare_cached(
-            "SELECT account_id, account_hash, account_keys FROM links \
-             WHERE code = ?1 AND contact_id = ?2",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_row([&link.code, &link.contact_id], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, Option<i64>>(1)?,
-                    row.get::<_, Option<i64>>(2)?,
-                ))
-            })
-            .optional()
-        })
-        .map_err(sql_error("storing links"))?;
-    Ok(old.and_then(|(account_id, hash, keys)| {
-        let change = HashChange::Set {
-            hash: hash?.cast_unsigned(),
-            keys: keys.map(i64::cast_unsigned),
-        };
-        Some((holder.scope, account_id, change))
-    }))
+    counts.store(conn)
 }
 
 /// Links added (or, negative, removed) per code by one statement group, added to
@@ -2312,55 +2085,36 @@ fn account_taken(conn: &Connection, link: &Link, source: rusqlite::Error) -> Sta
     }
 }
 
-fn delete_hashes(
-    conn: &Connection,
-    keys: &[(Scope, String)],
-    holders: &[Holder],
-) -> Result<(), StateError> {
+fn delete_hashes(conn: &Connection, keys: &[(Scope, String)]) -> Result<(), StateError> {
     let mut by_scope: Vec<(&Scope, Vec<(&str, HashChange)>)> = Vec::new();
     for (scope, id) in keys {
         hash_pages::group_of(&mut by_scope, scope).push((id, HashChange::Delete));
     }
     for (scope, changes) in by_scope {
         if let Some(number) = known_scope(conn, scope)? {
-            apply_hash_changes(conn, number, holders, changes)?;
+            hash_pages::apply(conn, number, changes)?;
         }
     }
     Ok(())
 }
 
-/// Sets the hashes of `batch` but those stored with its link rows (`folded`).
 fn set_hashes(
     conn: &Connection,
-    batch: &StateBatch,
-    holders: &[Holder],
-    folded: &Folded<'_>,
+    hashes: &[(Scope, String, u64)],
+    keys: &[(usize, u64)],
 ) -> Result<(), StateError> {
+    let mut keys = keys.iter().peekable();
     let mut by_scope: Vec<(&Scope, Vec<(&str, HashChange)>)> = Vec::new();
-    for (scope, id, hash, keys) in batch.hashes_with_keys() {
-        if !folded.stored(scope, id) {
-            hash_pages::group_of(&mut by_scope, scope).push((id, HashChange::Set { hash, keys }));
-        }
+    for (i, (scope, id, hash)) in hashes.iter().enumerate() {
+        while keys.next_if(|(k, _)| *k < i).is_some() {}
+        let keys = keys.next_if(|(k, _)| *k == i).map(|(_, key)| *key);
+        hash_pages::group_of(&mut by_scope, scope)
+            .push((id, HashChange::Set { hash: *hash, keys }));
     }
     for (scope, changes) in by_scope {
-        apply_hash_changes(conn, scope_number(conn, scope)?, holders, changes)?;
+        hash_pages::apply(conn, scope_number(conn, scope)?, changes)?;
     }
     Ok(())
-}
-
-/// Applies `changes` to scope `scope`: to the link rows of the records its holder
-/// holds, the rest to the pages.
-fn apply_hash_changes(
-    conn: &Connection,
-    scope: i64,
-    holders: &[Holder],
-    changes: Vec<(&str, HashChange)>,
-) -> Result<(), StateError> {
-    let changes = match holders.iter().find(|h| h.scope == scope) {
-        Some(holder) => link_hashes::apply(conn, holder, changes)?,
-        None => changes,
-    };
-    hash_pages::apply(conn, scope, changes)
 }
 
 /// The number of `scope` in `scopes`, given it on first use.
@@ -2974,7 +2728,6 @@ fn set_unlinked_pairs(
 }
 
 mod hash_pages;
-mod link_hashes;
 mod read_only;
 mod runs;
 #[cfg(test)]

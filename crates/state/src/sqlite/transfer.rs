@@ -5,7 +5,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 
 use tandem_model::Fields;
 
-use super::{PackedLink, SqliteState, hash_pages, link_hashes, sql_error, unpack, user_version};
+use super::{PackedLink, SqliteState, hash_pages, sql_error, unpack, user_version};
 use crate::transfer::{ColumnType, StateTable, StoredValue};
 use crate::{Link, StateError, codec};
 
@@ -22,7 +22,7 @@ impl SqliteState {
         const ACTION: &str = "exporting a table";
         let table = StateTable::named(table)?;
         if table.name == "record_hashes" {
-            return link_hashes::export(&self.conn, each);
+            return hash_pages::export(&self.conn, each);
         }
         let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
         let sql = format!(
@@ -212,15 +212,13 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        // `record_hashes` is kept in pages (`hash_pages`) and on link rows (with
-        // `hash_holders`, `link_hashes`), exported and imported as rows.
+        // `record_hashes` is kept in pages (`hash_pages`), exported and imported as rows.
         let mut listed: Vec<&str> = STATE_TABLES
             .iter()
             .map(|t| match t.name {
                 "record_hashes" => "record_hash_pages",
                 name => name,
             })
-            .chain(["hash_holders"])
             .collect();
         listed.sort_unstable();
         assert_eq!(
@@ -255,7 +253,6 @@ mod tests {
                 .collect();
             let schema: Vec<(String, String, bool)> = columns
                 .iter()
-                .filter(|c| table.name != "links" || !link_hashes::COLUMNS.contains(&c.0.as_str()))
                 .map(|(name, declared, not_null, pk)| {
                     // Primary-key columns of STRICT tables take no null.
                     (name.clone(), declared.clone(), *not_null || *pk > 0)
