@@ -1168,7 +1168,19 @@ async fn r4_an_edit_of_a_contact_tandem_created_that_leaves_its_match_keys_wakes
 /// edit from one that can pair the record anew, which still does.
 #[tokio::test]
 async fn r4_an_edit_that_leaves_the_match_keys_wakes_no_matching_one_that_changes_them_does() {
-    let mut w = world(false);
+    edits_wake_matching_only_when_their_match_keys_change(false).await;
+}
+
+/// The same through change-reading connectors, whose changed records' stored keys are
+/// looked up with their hashes as the changes are read.
+#[tokio::test]
+async fn r4_a_change_read_that_leaves_the_match_keys_wakes_no_matching_one_that_changes_them_does()
+{
+    edits_wake_matching_only_when_their_match_keys_change(true).await;
+}
+
+async fn edits_wake_matching_only_when_their_match_keys_change(incremental: bool) {
+    let mut w = world(incremental);
     w.seed();
     let f = |pairs: &[(&str, &str)]| pairs.iter().fold(Fields::new(), |f, (k, v)| f.with(k, *v));
     w.erp.put(

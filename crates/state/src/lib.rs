@@ -546,6 +546,24 @@ pub trait StateStore: Send {
         let _ = (scope, ids);
         Ok(HashMap::new())
     }
+    /// The content hash and match-key hash stored for the given ids of `scope`, in one
+    /// lookup: what a change-reading connector's page needs, with the keys its changed
+    /// records are woken by (ids without a hash are left out; keys `None` when
+    /// unknown). The default asks [`StateStore::hashes_of`] and
+    /// [`StateStore::match_keys_of`].
+    fn hashes_and_keys_of(
+        &self,
+        scope: &Scope,
+        ids: &[&str],
+    ) -> Result<HashMap<String, (u64, Option<u64>)>, StateError> {
+        let mut keys = self.match_keys_of(scope, ids)?;
+        Ok((self.hashes_of(scope, ids)?.into_iter())
+            .map(|(id, hash)| {
+                let keys = keys.remove(&id);
+                (id, (hash, keys))
+            })
+            .collect())
+    }
     /// All content hashes stored for `scope`, by record id.
     fn hashes(&self, scope: &Scope) -> Result<StoredHashes, StateError>;
     /// A second handle on this state that only reads, for another thread while this

@@ -1287,6 +1287,22 @@ impl StateStore for SqliteState {
         }
     }
 
+    /// One page lookup for both: at a million records each id's page is read and
+    /// decoded, and asking twice did it twice.
+    fn hashes_and_keys_of(
+        &self,
+        scope: &Scope,
+        ids: &[&str],
+    ) -> Result<HashMap<String, (u64, Option<u64>)>, StateError> {
+        match known_scope(&self.conn, scope)? {
+            // 0 is stored for keys the run did not know.
+            Some(number) => hash_pages::lookup(&self.conn, number, ids, |hash, keys| {
+                Some((hash, keys.filter(|k| *k != 0)))
+            }),
+            None => Ok(HashMap::new()),
+        }
+    }
+
     fn match_keys_of(
         &self,
         scope: &Scope,

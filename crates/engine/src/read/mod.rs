@@ -137,6 +137,10 @@ pub(crate) struct ScopeRead {
     /// The connector's fingerprint taken before reading, if it gives one.
     pub fingerprint: Option<String>,
     pub stats: ReadStats,
+    /// The match keys stored for each record a change listing brought
+    /// ([`UNKNOWN_KEYS`] for none), looked up with its hash: what waking compares a
+    /// changed record's keys with ([`wake::StoredKeys`]), without a second lookup.
+    pub stored_keys: HashMap<String, u64>,
 }
 
 impl Seen {
@@ -211,6 +215,7 @@ impl ScopeRead {
             cursor: None,
             fingerprint,
             stats,
+            stored_keys: HashMap::new(),
         }
     }
 }
@@ -297,7 +302,7 @@ pub(crate) async fn read_scope(
             .read(kind, cursor.as_ref())
             .await
             .map_err(read_error(connector_name, kind))?;
-        stored.before(state, &out.scope, &page)?;
+        stored.before(state, &out.scope, &page, &mut out.stored_keys)?;
         let (listing, has_more) = (page.listing, page.has_more);
         cursor = page.cursor;
         out.take(page.records, &stored.hashes, &keep, (&mut kept, &mut seen));
@@ -401,21 +406,27 @@ impl Stored {
         })
     }
 
-    /// Loads what `page` is compared with.
+    /// Loads what `page` is compared with, and for a change listing the match keys
+    /// stored for its records into `keys` ([`ScopeRead::stored_keys`]).
     fn before(
         &mut self,
         state: &dyn StateStore,
         scope: &Scope,
         page: &Page,
+        keys: &mut HashMap<String, u64>,
     ) -> Result<(), EngineError> {
         if !self.incremental {
             return Ok(());
         }
         if page.listing == Listing::Changes {
             let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
-            let found = state.hashes_of(scope, &ids)?;
+            let mut found = state.hashes_and_keys_of(scope, &ids)?;
+            for id in ids {
+                let stored = found.get(id).and_then(|(_, keys)| *keys);
+                keys.insert(id.to_owned(), stored.unwrap_or(UNKNOWN_KEYS));
+            }
             self.hashes
-                .extend(found.into_iter().map(|(id, hash)| (id.into(), hash)));
+                .extend(found.drain().map(|(id, (hash, _))| (id.into(), hash)));
         } else if !self.loaded_all {
             // A full listing from a change-reading connector (first run, or a token it
             // rejected): compare with everything, so missing records are deletes.

@@ -49,14 +49,25 @@ impl StoredKeys {
         contacts: &ScopeRead,
     ) -> Result<StoredKeys, EngineError> {
         let of = |read: &ScopeRead| -> Result<HashMap<String, u64>, EngineError> {
-            let known: Vec<&str> = (read.changed())
-                .filter(|(_, new)| !*new)
-                .map(|(id, _)| id.as_str())
-                .collect();
-            match known.is_empty() || read.key_fields.is_empty() {
-                true => Ok(HashMap::new()),
-                false => Ok(state.match_keys_of(&read.scope, &known)?),
+            if read.key_fields.is_empty() {
+                return Ok(HashMap::new());
             }
+            // Looked up with their hashes as read, or asked for now.
+            let mut stored = HashMap::new();
+            let mut unknown: Vec<&str> = Vec::new();
+            for (id, _) in read.changed().filter(|(_, new)| !*new) {
+                match read.stored_keys.get(id) {
+                    Some(&UNKNOWN_KEYS) => {}
+                    Some(&keys) => {
+                        stored.insert(id.clone(), keys);
+                    }
+                    None => unknown.push(id),
+                }
+            }
+            if !unknown.is_empty() {
+                stored.extend(state.match_keys_of(&read.scope, &unknown)?);
+            }
+            Ok(stored)
         };
         Ok(StoredKeys {
             accounts: accounts.iter().map(of).collect::<Result<_, _>>()?,

@@ -308,12 +308,12 @@ pub(super) fn count(conn: &Connection, scope: i64) -> Result<usize, StateError> 
 
 /// The value `pick` takes from the (hash, match keys) of each of `ids` that scope
 /// `scope` holds.
-pub(super) fn lookup(
+pub(super) fn lookup<T>(
     conn: &Connection,
     scope: i64,
     ids: &[&str],
-    pick: impl Fn(u64, Option<u64>) -> Option<u64>,
-) -> Result<HashMap<String, u64>, StateError> {
+    pick: impl Fn(u64, Option<u64>) -> Option<T>,
+) -> Result<HashMap<String, T>, StateError> {
     const ACTION: &str = "reading content hashes";
     let mut stmt = conn.prepare_cached(PAGE_AT).map_err(sql_error(ACTION))?;
     let mut out = HashMap::with_capacity(ids.len());

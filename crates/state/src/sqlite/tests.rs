@@ -1801,6 +1801,23 @@ both_stores!(
             .unwrap();
         // C2 has none, C3 an unknown one, C9 no row at all.
         assert_eq!(keys, HashMap::from([("C1".to_owned(), 101)]));
+        // Both in one lookup: the same.
+        assert_eq!(
+            state
+                .hashes_and_keys_of(&contacts, &["C1", "C2", "C3", "C9"])
+                .unwrap(),
+            HashMap::from([
+                ("C1".to_owned(), (11, Some(101))),
+                ("C2".to_owned(), (12, None)),
+                ("C3".to_owned(), (13, None)),
+            ])
+        );
+        assert!(
+            state
+                .hashes_and_keys_of(&Scope::new("erp", EntityKind::Vendor), &["C1"])
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             state.match_keys_of(&customers, &["C1"]).unwrap(),
             HashMap::from([("C1".to_owned(), 201)])
