@@ -880,6 +880,22 @@ impl SqliteState {
     }
 
     /// The codes that have links.
+    /// What `pick` takes from the hash and match keys stored for each of `ids` in
+    /// `scope`; keys `None` where unknown (0 is stored for keys a run did not know).
+    fn stored_of<T>(
+        &self,
+        scope: &Scope,
+        ids: &[&str],
+        pick: impl Fn(u64, Option<u64>) -> Option<T>,
+    ) -> Result<HashMap<String, T>, StateError> {
+        match known_scope(&self.conn, scope)? {
+            Some(number) => hash_pages::lookup(&self.conn, number, ids, |hash, keys| {
+                pick(hash, keys.filter(|k| *k != 0))
+            }),
+            None => Ok(HashMap::new()),
+        }
+    }
+
     fn codes(&self) -> Result<Vec<String>, StateError> {
         self.conn
             .prepare_cached(CODES)
@@ -1281,10 +1297,7 @@ impl StateStore for SqliteState {
     }
 
     fn hashes_of(&self, scope: &Scope, ids: &[&str]) -> Result<HashMap<String, u64>, StateError> {
-        match known_scope(&self.conn, scope)? {
-            Some(number) => hash_pages::lookup(&self.conn, number, ids, |hash, _| Some(hash)),
-            None => Ok(HashMap::new()),
-        }
+        self.stored_of(scope, ids, |hash, _| Some(hash))
     }
 
     /// One page lookup for both: at a million records each id's page is read and
@@ -1294,13 +1307,7 @@ impl StateStore for SqliteState {
         scope: &Scope,
         ids: &[&str],
     ) -> Result<HashMap<String, (u64, Option<u64>)>, StateError> {
-        match known_scope(&self.conn, scope)? {
-            // 0 is stored for keys the run did not know.
-            Some(number) => hash_pages::lookup(&self.conn, number, ids, |hash, keys| {
-                Some((hash, keys.filter(|k| *k != 0)))
-            }),
-            None => Ok(HashMap::new()),
-        }
+        self.stored_of(scope, ids, |hash, keys| Some((hash, keys)))
     }
 
     fn match_keys_of(
@@ -1308,13 +1315,7 @@ impl StateStore for SqliteState {
         scope: &Scope,
         ids: &[&str],
     ) -> Result<HashMap<String, u64>, StateError> {
-        match known_scope(&self.conn, scope)? {
-            // 0 is stored for keys the run did not know.
-            Some(number) => {
-                hash_pages::lookup(&self.conn, number, ids, |_, keys| keys.filter(|k| *k != 0))
-            }
-            None => Ok(HashMap::new()),
-        }
+        self.stored_of(scope, ids, |_, keys| keys)
     }
 
     fn fingerprint(&self, scope: &Scope) -> Result<Option<String>, StateError> {

@@ -137,10 +137,10 @@ pub(crate) struct ScopeRead {
     /// The connector's fingerprint taken before reading, if it gives one.
     pub fingerprint: Option<String>,
     pub stats: ReadStats,
-    /// The match keys stored for each record a change listing brought
-    /// ([`UNKNOWN_KEYS`] for none), looked up with its hash: what waking compares a
-    /// changed record's keys with ([`wake::StoredKeys`]), without a second lookup.
-    pub stored_keys: HashMap<String, u64>,
+    /// The match keys stored for each record a change listing brought (`None`: none
+    /// known), looked up with its hash: what waking compares a changed record's keys
+    /// with ([`wake::StoredKeys`]), without a second lookup.
+    pub stored_keys: HashMap<String, Option<u64>>,
 }
 
 impl Seen {
@@ -413,7 +413,7 @@ impl Stored {
         state: &dyn StateStore,
         scope: &Scope,
         page: &Page,
-        keys: &mut HashMap<String, u64>,
+        keys: &mut HashMap<String, Option<u64>>,
     ) -> Result<(), EngineError> {
         if !self.incremental {
             return Ok(());
@@ -422,8 +422,7 @@ impl Stored {
             let ids: Vec<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
             let mut found = state.hashes_and_keys_of(scope, &ids)?;
             for id in ids {
-                let stored = found.get(id).and_then(|(_, keys)| *keys);
-                keys.insert(id.to_owned(), stored.unwrap_or(UNKNOWN_KEYS));
+                keys.insert(id.to_owned(), found.get(id).and_then(|(_, keys)| *keys));
             }
             self.hashes
                 .extend(found.drain().map(|(id, (hash, _))| (id.into(), hash)));

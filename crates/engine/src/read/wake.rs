@@ -57,10 +57,10 @@ impl StoredKeys {
             let mut unknown: Vec<&str> = Vec::new();
             for (id, _) in read.changed().filter(|(_, new)| !*new) {
                 match read.stored_keys.get(id) {
-                    Some(&UNKNOWN_KEYS) => {}
-                    Some(&keys) => {
-                        stored.insert(id.clone(), keys);
+                    Some(Some(keys)) => {
+                        stored.insert(id.clone(), *keys);
                     }
+                    Some(None) => {}
                     None => unknown.push(id),
                 }
             }
