@@ -108,11 +108,12 @@ pub struct FileConnector {
     /// Per kind: the fingerprint taken last, and the (before, after) fingerprints of
     /// every write through this instance since then.
     own_writes: Mutex<HashMap<EntityKind, OwnWrites>>,
-    /// The file this instance saved last, still in memory with the fingerprint of the
-    /// bytes it saved: the next write to the same file starts from it instead of
-    /// parsing the file again (a run writes the contacts file twice: creates, then
-    /// updates), as long as nobody else changed the file. Dropped when a run starts
-    /// reading (`fingerprint`), so an idle connector holds nothing.
+    /// The JSON Lines file this instance saved last, still in memory with the
+    /// fingerprint of the bytes it saved: the next write to the same file starts from
+    /// it instead of parsing the file again (a run writes the contacts file twice:
+    /// creates, then updates), as long as nobody else changed the file. Dropped when a
+    /// run starts reading (`fingerprint`), so an idle connector holds nothing. A CSV
+    /// file is never held: its writes stream it, or splice it by the index below.
     last_saved: Mutex<Option<SavedTable>>,
     /// Per kind, the CSV listing being read a page at a time (a big file's records are
     /// never all held at once), with the fingerprint the file had when the run began
@@ -130,13 +131,7 @@ pub struct FileConnector {
 struct SavedTable {
     kind: EntityKind,
     fingerprint: String,
-    table: LoadedTable,
-}
-
-#[derive(Debug)]
-enum LoadedTable {
-    Csv(csv::CsvTable),
-    Jsonl(jsonl::JsonlTable),
+    table: jsonl::JsonlTable,
 }
 
 #[derive(Debug)]
@@ -283,54 +278,76 @@ impl FileConnector {
         let _folder = lock::FolderLock::take(&self.folder)?;
         let path = self.file(kind);
         let before = self.content_fingerprint(kind)?;
-        let saved = self
+        let (outcomes, after) = match self.format {
+            Format::Csv => self.write_csv(kind, &path, &before, ops)?,
+            Format::Jsonl => self.write_jsonl(kind, &path, &before, ops)?,
+        };
+        if let Some(own) = self.own_writes_lock().get_mut(&kind) {
+            own.writes.push((before, after));
+        }
+        Ok(outcomes)
+    }
+
+    /// A write to the JSON Lines file of `kind`, whose fingerprint is `before`: the file
+    /// loaded (or kept from this instance's last write to it), changed and saved
+    /// whole; kept for the next write.
+    fn write_jsonl(
+        &self,
+        kind: EntityKind,
+        path: &Path,
+        before: &str,
+        ops: Vec<WriteOp>,
+    ) -> Result<(Vec<WriteOutcome>, String), ConnectorError> {
+        let mut last_saved = self
             .last_saved
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .filter(|saved| saved.kind == kind && saved.fingerprint == before);
-        let index = match (&saved, self.format) {
-            (None, Format::Csv) => self.row_index(kind, &path, &before, &ops)?,
-            _ => None,
+            .unwrap_or_else(PoisonError::into_inner);
+        let saved = (last_saved.take()).filter(|s| s.kind == kind && s.fingerprint == before);
+        let mut table = match saved {
+            Some(saved) => saved.table,
+            None => jsonl::JsonlTable::load(path, kind)?,
         };
-        let ops = match index {
-            Some(index) => match csv::splice(&path, kind, &index, ops)? {
+        let (outcomes, saved) = apply(&mut table, kind, ops)?;
+        let after = saved.unwrap_or_else(|| before.to_owned());
+        *last_saved = Some(SavedTable {
+            kind,
+            fingerprint: after.clone(),
+            table,
+        });
+        Ok((outcomes, after))
+    }
+
+    /// A write to the CSV file of `kind`, whose fingerprint is `before`: spliced when
+    /// it touches few rows of a big file this run indexed, else streamed through the
+    /// whole file. Returns the outcomes and the file's fingerprint after; the file's
+    /// index as written is kept, so that the run's next write to it can splice.
+    fn write_csv(
+        &self,
+        kind: EntityKind,
+        path: &Path,
+        before: &str,
+        ops: Vec<WriteOp>,
+    ) -> Result<(Vec<WriteOutcome>, String), ConnectorError> {
+        let ops = match self.row_index(kind, path, before, &ops)? {
+            Some(index) => match csv::splice(path, kind, &index, ops)? {
                 csv::Splice::Done(outcomes, saved) => {
-                    // The file's index as it is now: the run's next write to it splices
-                    // too (a sync writes a range of its hubs at a time).
-                    let (after, index) = saved.unwrap_or_else(|| (before.clone(), index));
-                    if let Some(own) = self.own_writes_lock().get_mut(&kind) {
-                        own.writes.push((before, after.clone()));
-                    }
-                    self.indexes_lock().insert(kind, (after, index));
-                    return Ok(outcomes);
+                    let (after, index) = saved.unwrap_or_else(|| (before.to_owned(), index));
+                    self.indexes_lock().insert(kind, (after.clone(), index));
+                    return Ok((outcomes, after));
                 }
                 csv::Splice::NotHere(ops) => ops,
             },
             None => ops,
         };
-        let mut table = match (saved, self.format) {
-            (Some(saved), _) => saved.table,
-            (None, Format::Csv) => LoadedTable::Csv(csv::CsvTable::load(&path, kind)?),
-            (None, Format::Jsonl) => LoadedTable::Jsonl(jsonl::JsonlTable::load(&path, kind)?),
+        let (outcomes, saved) = csv::stream(path, kind, ops)?;
+        let after = match saved {
+            Some((after, index)) => {
+                self.indexes_lock().insert(kind, (after.clone(), index));
+                after
+            }
+            None => before.to_owned(),
         };
-        let (outcomes, saved) = match &mut table {
-            LoadedTable::Csv(table) => apply(table, kind, ops)?,
-            LoadedTable::Jsonl(table) => apply(table, kind, ops)?,
-        };
-        let after = saved.unwrap_or_else(|| before.clone());
-        if let Some(own) = self.own_writes_lock().get_mut(&kind) {
-            own.writes.push((before, after.clone()));
-        }
-        *self
-            .last_saved
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(SavedTable {
-            kind,
-            fingerprint: after,
-            table,
-        });
-        Ok(outcomes)
+        Ok((outcomes, after))
     }
 
     /// Where each row of the CSV file of `kind` starts, for a splice: the index this

@@ -163,7 +163,7 @@ fn locate(table: &impl Table, id: &str, expected: Option<&str>) -> Result<usize,
 /// Refuses fields the file could store but would never read back as fields: anything
 /// that is neither canonical for the kind nor an `x_` extra (this includes `id` and
 /// `modified_at`, which are not fields).
-fn check_names<'a>(
+pub(crate) fn check_names<'a>(
     kind: EntityKind,
     id: Option<&str>,
     mut names: impl Iterator<Item = &'a FieldName>,

@@ -17,15 +17,17 @@ use crate::row::{Row, RowBuilder, TooLong};
 use crate::table::{self, Table, TextStyle, version_of};
 
 mod splice;
+mod stream;
 
 pub(crate) use splice::{RowIndex, Splice, write as splice};
+pub(crate) use stream::write as stream;
 
 const BUFFER: usize = 1 << 16;
 /// What is wrong with a row that does not fit a [`Row`].
 const TOO_LONG: &str = "a row may hold at most 4 GiB";
 
 /// What a column holds.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Column {
     Id,
     ModifiedAt,
@@ -58,10 +60,13 @@ impl Column {
 }
 
 /// How the columns of a file map to a record.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Layout {
     kind: EntityKind,
     headers: StringRecord,
+    /// The columns the file has: every row of it is this wide. A write may add
+    /// columns after them; rows are then padded.
+    width: usize,
     /// The byte order mark and line ends found. The reader skips a byte order mark; the
     /// writer puts back both.
     style: TextStyle,
@@ -79,6 +84,7 @@ impl Layout {
         Layout {
             kind,
             headers: StringRecord::from(vec!["id"]),
+            width: 1,
             style: TextStyle::default(),
             columns: vec![Column::Id],
             id: 0,
@@ -115,6 +121,7 @@ impl Layout {
         Ok(Layout {
             kind,
             headers: headers.clone(),
+            width: headers.len(),
             style,
             columns,
             id,
@@ -152,11 +159,63 @@ impl Layout {
         }
         xxhash_rust::xxh3::xxh3_64(buf)
     }
+
+    /// The version of `row` ([`Layout::hash`] as text).
+    fn version(&self, row: &Row) -> String {
+        // Sized for the row at once (cells, names, two lengths each): a write asks
+        // twice, and growing the buffer cell by cell cost more than the hash.
+        let names = self.headers.as_byte_record().as_slice().len();
+        let mut buf = Vec::with_capacity(names + row.text_len() + 16 * row.len());
+        version_of(self.hash(row.iter(), &mut buf))
+    }
+
+    /// The row a create of `fields` as `id` writes, stamped `stamp` (empty for none).
+    /// Every field must have its column already ([`Layout::column_for`]).
+    fn new_row(
+        &self,
+        id: &str,
+        fields: &Fields,
+        stamp: &str,
+        scratch: &mut RowBuilder,
+    ) -> Result<Row, ConnectorError> {
+        for column in &self.columns {
+            match column {
+                Column::Id => scratch.push(id),
+                Column::ModifiedAt => scratch.push(stamp),
+                Column::Text(name) | Column::List(name) => {
+                    let cell = fields.get(name.as_str()).map(Value::to_cell);
+                    scratch.push(&cell.unwrap_or_default());
+                }
+                Column::Unknown => scratch.push(""),
+            }
+        }
+        (scratch.finish()).map_err(|TooLong| ConnectorError::invalid(Some(id), TOO_LONG))
+    }
+
+    /// `old` with `changes` made and `stamp` (if any) in `modified_at`; as wide as the
+    /// layout. Every field set must have its column already.
+    fn changed_row(
+        &self,
+        old: &Row,
+        changes: &Changes,
+        stamp: Option<&str>,
+        scratch: &mut RowBuilder,
+    ) -> Result<Row, ConnectorError> {
+        for (i, column) in self.columns.iter().enumerate() {
+            if let (Column::ModifiedAt, Some(stamp)) = (column, stamp) {
+                scratch.push(stamp);
+            } else if let Some(value) = column.field().and_then(|name| changes.get(name)) {
+                scratch.push(&value.to_cell());
+            } else {
+                scratch.push(old.get(i).unwrap_or(""));
+            }
+        }
+        (scratch.finish()).map_err(|TooLong| ConnectorError::invalid(Some(&old[self.id]), TOO_LONG))
+    }
 }
 
-/// What [`scan`] read: the layout, and per row what `each` made of it and its line.
+/// What [`scan`] read: per row what `each` made of it and its line.
 struct Scanned<T> {
-    layout: Layout,
     rows: Vec<T>,
     lines: Vec<u64>,
 }
@@ -174,11 +233,7 @@ fn scan<T: Send>(
         return Ok(None);
     };
     let Parsed { rows, lines, .. } = pieces.parse(0..pieces.starts.len(), &each)?;
-    Ok(Some(Scanned {
-        layout: pieces.layout,
-        rows,
-        lines,
-    }))
+    Ok(Some(Scanned { rows, lines }))
 }
 
 /// A CSV file opened once, its header read, and cut into pieces that parse on their
@@ -373,7 +428,6 @@ impl<T, F: EachRow<T>> Piece<'_, T, F> {
             .read_record(&mut row)
             .map_err(|e| csv_error(path, Some(&layout.headers), e, lines_before))?
         {
-            let line = lines_before + row.position().map_or(0, csv::Position::line);
             if rows.len() == table::SAMPLE_ROWS {
                 let sampled = row.position().map_or(0, csv::Position::byte);
                 let expected = table::expected_rows(len, sampled);
@@ -381,21 +435,7 @@ impl<T, F: EachRow<T>> Piece<'_, T, F> {
                 lines.reserve(expected);
                 starts.reserve(expected);
             }
-            if row.len() != layout.headers.len() {
-                let (expected, found) = (layout.headers.len(), row.len());
-                let error = format!("expected {expected} fields, found {found}");
-                return Err(line_error(path, line, error));
-            }
-            if row[layout.id].trim().is_empty() {
-                return Err(line_error(path, line, "empty id"));
-            }
-            let modified_at =
-                match layout.modified_at.map(|i| &row[i]) {
-                    None | Some("") => None,
-                    Some(text) => Some(Timestamp::parse(text).map_err(|e| {
-                        line_error(path, line, format!("column `modified_at`: {e}"))
-                    })?),
-                };
+            let (line, modified_at) = checked(path, layout, &row, lines_before)?;
             rows.push((self.each)(layout, &row, line, modified_at, &mut buf)?);
             lines.push(line);
             starts.push(cut.offset + row.position().map_or(0, csv::Position::byte));
@@ -406,6 +446,34 @@ impl<T, F: EachRow<T>> Piece<'_, T, F> {
             starts,
         })
     }
+}
+
+/// Checks `row`, read by a reader that started `lines_before` lines down the file, as
+/// every read of the file does: as wide as the header, an id, a `modified_at` that
+/// parses. Returns its line and its `modified_at`.
+fn checked(
+    path: &Path,
+    layout: &Layout,
+    row: &StringRecord,
+    lines_before: u64,
+) -> Result<(u64, Option<Timestamp>), ConnectorError> {
+    let line = lines_before + row.position().map_or(0, csv::Position::line);
+    if row.len() != layout.width {
+        let (expected, found) = (layout.width, row.len());
+        let error = format!("expected {expected} fields, found {found}");
+        return Err(line_error(path, line, error));
+    }
+    if row[layout.id].trim().is_empty() {
+        return Err(line_error(path, line, "empty id"));
+    }
+    let modified_at = match layout.modified_at.map(|i| &row[i]) {
+        None | Some("") => None,
+        Some(text) => Some(
+            Timestamp::parse(text)
+                .map_err(|e| line_error(path, line, format!("column `modified_at`: {e}")))?,
+        ),
+    };
+    Ok((line, modified_at))
 }
 
 /// Reads a file from `pos` up to `end` by positional reads, which leave the file's
@@ -448,6 +516,18 @@ fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     let mut file = file;
     file.seek(SeekFrom::Start(pos))?;
     file.read(buf)
+}
+
+/// Fills `buf` from `file` at `at`.
+fn read_exact_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match read_at(file, &mut buf[done..], at + done as u64)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => done += n,
+        }
+    }
+    Ok(())
 }
 
 /// `error` of a reader that started `lines_before` lines down the file.
@@ -667,17 +747,18 @@ pub(crate) struct CsvTable {
 }
 
 impl CsvTable {
+    /// The whole file, loaded: what the streamed and spliced writes are tested against.
+    #[cfg(test)]
     pub(crate) fn load(path: &Path, kind: EntityKind) -> Result<CsvTable, ConnectorError> {
-        let scanned = scan(path, kind, |_, row, line, _, _| {
+        let to_row = |_: &Layout, row: &StringRecord, line, _, _: &mut Vec<u8>| {
             let lens = row.as_byte_record().iter().map(<[u8]>::len);
             Row::new(row.as_slice(), lens).map_err(|TooLong| line_error(path, line, TOO_LONG))
-        })?;
-        let (layout, rows, lines) = match scanned {
-            Some(Scanned {
-                layout,
-                rows,
-                lines,
-            }) => (layout, rows.into_iter().map(Some).collect(), lines),
+        };
+        let (layout, rows, lines) = match Pieces::open(path, kind, u64::MAX)? {
+            Some(pieces) => {
+                let Parsed { rows, lines, .. } = pieces.parse(0..pieces.starts.len(), &to_row)?;
+                (pieces.layout, rows.into_iter().map(Some).collect(), lines)
+            }
             None => (Layout::fresh(kind), Vec::new(), Vec::new()),
         };
         let id = layout.id;
@@ -744,12 +825,7 @@ impl Table for CsvTable {
     }
 
     fn version(&self, row: usize) -> String {
-        let row = self.row(row);
-        // Sized for the row at once (cells, names, two lengths each): a write asks
-        // twice, and growing the buffer cell by cell cost more than the hash.
-        let names = self.layout.headers.as_byte_record().as_slice().len();
-        let mut buf = Vec::with_capacity(names + row.text_len() + 16 * row.len());
-        version_of(self.layout.hash(row.iter(), &mut buf))
+        self.layout.version(self.row(row))
     }
 
     fn stamps_modified_at(&self) -> bool {
@@ -766,25 +842,9 @@ impl Table for CsvTable {
             self.layout.column_for(name);
         }
         let stamp = stamp.map(|t| t.to_string()).unwrap_or_default();
-        let row = &mut self.scratch;
-        for column in &self.layout.columns {
-            match column {
-                Column::Id => row.push(&id),
-                Column::ModifiedAt => row.push(&stamp),
-                Column::Text(name) | Column::List(name) => {
-                    row.push(
-                        &fields
-                            .get(name.as_str())
-                            .map(Value::to_cell)
-                            .unwrap_or_default(),
-                    );
-                }
-                Column::Unknown => row.push(""),
-            }
-        }
-        let row = row
-            .finish()
-            .map_err(|TooLong| ConnectorError::invalid(Some(&id), TOO_LONG))?;
+        let row = self
+            .layout
+            .new_row(&id, fields, &stamp, &mut self.scratch)?;
         Ok(self.push(row))
     }
 
@@ -802,19 +862,7 @@ impl Table for CsvTable {
         }
         let stamp = stamp.map(|t| t.to_string());
         let old = self.rows[row].as_ref().expect("index only names live rows");
-        let new = &mut self.scratch;
-        for (i, column) in self.layout.columns.iter().enumerate() {
-            if let (Column::ModifiedAt, Some(stamp)) = (column, &stamp) {
-                new.push(stamp);
-            } else if let Some(value) = column.field().and_then(|name| changes.get(name)) {
-                new.push(&value.to_cell());
-            } else {
-                new.push(old.get(i).unwrap_or(""));
-            }
-        }
-        let new = new
-            .finish()
-            .map_err(|TooLong| ConnectorError::invalid(Some(&old[self.layout.id]), TOO_LONG))?;
+        let new = (self.layout).changed_row(old, changes, stamp.as_deref(), &mut self.scratch)?;
         self.rows[row] = Some(new);
         Ok(())
     }
@@ -826,38 +874,9 @@ impl Table for CsvTable {
     }
 
     fn save(&self) -> Result<String, ConnectorError> {
-        let style = self.layout.style;
-        // The rows' text is made on the machine's cores, a share each, and written in
-        // order: turning a million rows into CSV is most of a rewrite.
-        let threads = threads();
-        let shares = match self.rows.len() < PARALLEL_SAVE {
-            true => 1,
-            false => threads,
-        };
-        let share = self.rows.len().div_ceil(shares).max(1);
-        let mut shares = self.rows.chunks(share);
-        let first = shares.next().unwrap_or_default();
         crate::atomic::replace(&self.path, |file| {
-            style.write_start(file)?;
-            std::thread::scope(|scope| {
-                let rest: Vec<_> = shares
-                    .map(|rows| {
-                        scope.spawn(move || {
-                            let mut text = Vec::with_capacity(rows.len() * 128);
-                            self.write_rows(&mut text, rows, false)?;
-                            Ok::<_, io::Error>(text)
-                        })
-                    })
-                    .collect();
-                self.write_rows(&mut *file, first, true)?;
-                for share in rest {
-                    let text = share
-                        .join()
-                        .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-                    io::Write::write_all(file, &text)?;
-                }
-                Ok(())
-            })
+            self.layout.style.write_start(file)?;
+            self.write_rows(&mut *file, &self.rows, true)
         })
     }
 }
@@ -940,9 +959,6 @@ fn terminator(style: TextStyle) -> Terminator {
 
 /// Formatted rows a [`RowWriter`] sends at once.
 const ROWS_SENT_AT: usize = 1 << 20;
-
-/// From this many rows on, a file's text is made on several threads.
-const PARALLEL_SAVE: usize = 50_000;
 
 impl CsvTable {
     /// Writes `rows` as CSV to `out`, after the header row if `header`; short rows
@@ -1037,22 +1053,6 @@ mod tests {
         for (i, row) in whole.iter().enumerate() {
             assert_eq!(cells(&table, i), *row);
         }
-    }
-
-    #[test]
-    fn a_table_saved_in_shares_is_the_table_written_in_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = big_file(dir.path(), "");
-        let table = CsvTable::load(&path, EntityKind::Contact).unwrap();
-        assert!(table.rows.len() > PARALLEL_SAVE);
-        table.save().unwrap();
-        let mut whole = Vec::new();
-        table.write_rows(&mut whole, &table.rows, true).unwrap();
-        assert!(fs::read(&path).unwrap() == whole, "the saved file differs");
-        assert_eq!(
-            read(&path, EntityKind::Contact).unwrap().len(),
-            table.rows.len()
-        );
     }
 
     #[test]

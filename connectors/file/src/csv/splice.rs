@@ -17,7 +17,7 @@ use csv::{ReaderBuilder, StringRecord};
 use tandem_connector::{ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::EntityKind;
 
-use super::{Column, CsvTable, Layout, TOO_LONG, line_error};
+use super::{Column, CsvTable, Layout, TOO_LONG, line_error, read_exact_at};
 use crate::atomic::Fingerprinting;
 use crate::id_index::IdIndex;
 use crate::link;
@@ -423,18 +423,6 @@ impl<'i> Spliced<'i> {
         super::read_at(&self.file, &mut last, end - 1)?;
         Ok(Some(last[0] == b'\n'))
     }
-}
-
-/// Fills `buf` from `file` at `at`.
-fn read_exact_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match super::read_at(file, &mut buf[done..], at + done as u64)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => done += n,
-        }
-    }
-    Ok(())
 }
 
 /// The bytes a splice copies per read and write.

@@ -1,0 +1,608 @@
+//! A write that goes the full way (every row of the file read and written again)
+//! without holding the file: it is read a page of pieces at a time, each piece on a
+//! core of its own; the rows ops name are changed as they pass, the others copied byte
+//! for byte; the new file is written piece after piece. Loading the whole file instead
+//! held a table of it (about 450 MiB for a million contacts) at the peak of a first
+//! sync.
+//!
+//! Ops apply as on a loaded table: the ops on one id to its row, in the order given;
+//! creates after every row of the file. Two differences, both on purpose:
+//! - The header comes first, so the columns a write adds are those of the fields its
+//!   valid ops set, added before any row is written: a field set only by an op that
+//!   then fails (a row not found, a stale version) gets its column too, empty. Empty
+//!   cells count for no version, so no row's version changes by it.
+//! - New ids continue past every id the file held before the write, including one the
+//!   same write deletes: an id is never handed out twice in one write.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::Path;
+
+use csv::{ReaderBuilder, StringRecord, WriterBuilder};
+use tandem_connector::{ConnectorError, WriteOp, WriteOutcome, Written};
+use tandem_model::{EntityKind, Timestamp};
+
+use super::{
+    Layout, PIECE_BYTES, Pieces, RowIndex, Staged, TOO_LONG, checked, csv_error, read_exact_at,
+    terminator, threads,
+};
+use crate::atomic::Fingerprinting;
+use crate::error::{FileError, line_error};
+use crate::row::{Row, RowBuilder, TooLong};
+use crate::table::{self, IdAllocator};
+
+/// No op after this one on the same id.
+const LAST: usize = usize::MAX;
+
+/// Where a removed row starts in the new file: nowhere.
+const REMOVED: u64 = u64::MAX;
+
+/// Applies `ops` to the CSV file at `path`, reading and writing it a piece at a time.
+/// Returns one outcome per op, and the fingerprint and index of the file written;
+/// none when no op succeeded (the file is then left as it was).
+pub(crate) fn write(
+    path: &Path,
+    kind: EntityKind,
+    ops: Vec<WriteOp>,
+) -> Result<(Vec<WriteOutcome>, Option<(String, RowIndex)>), ConnectorError> {
+    let pieces = Pieces::open(path, kind, PIECE_BYTES)?;
+    let layout = (pieces.as_ref()).map_or_else(|| Layout::fresh(kind), |p| p.layout.clone());
+    let mut outcomes: Vec<Option<WriteOutcome>> = (0..ops.len()).map(|_| None).collect();
+    let stream = Stream::new(path, layout, &ops, &mut outcomes);
+    if stream.rows_named.is_empty() && stream.creates.is_empty() {
+        return Ok((finish(outcomes, &ops), None));
+    }
+    let (mut stopped, mut index, mut unchanged) = (None, None, false);
+    let saved = crate::atomic::replace(path, |out| {
+        match stream.write_file(out, pieces.as_ref(), &mut outcomes) {
+            Ok(Some(written)) => {
+                index = Some(written);
+                Ok(())
+            }
+            // Nothing succeeded: the new file is dropped, the old one stays.
+            Ok(None) => {
+                unchanged = true;
+                Err(io::Error::other("no op succeeded"))
+            }
+            Err(Stop::Write(e)) => Err(e),
+            Err(Stop::File(e)) => {
+                stopped = Some(e);
+                Err(io::Error::other("the file could not be read"))
+            }
+        }
+    });
+    if let Some(error) = stopped {
+        return Err(error);
+    }
+    if unchanged {
+        return Ok((finish(outcomes, &ops), None));
+    }
+    let saved = saved?;
+    let index = index.expect("a file saved was written whole");
+    Ok((finish(outcomes, &ops), Some((saved, index))))
+}
+
+/// The outcomes, an op no row answered being for a row the file does not hold.
+fn finish(outcomes: Vec<Option<WriteOutcome>>, ops: &[WriteOp]) -> Vec<WriteOutcome> {
+    let not_found = |op: &WriteOp| match op {
+        WriteOp::Update { id, .. } | WriteOp::Delete { id, .. } => {
+            ConnectorError::NotFound { id: id.clone() }
+        }
+        WriteOp::Create { .. } => unreachable!("every valid create has an outcome"),
+    };
+    let answered = outcomes.into_iter().zip(ops);
+    answered
+        .map(|(outcome, op)| outcome.unwrap_or_else(|| Err(not_found(op))))
+        .collect()
+}
+
+/// Why a write stopped before the new file was complete.
+enum Stop {
+    /// Writing the new file failed.
+    Write(io::Error),
+    /// The file to change could not be read, or is not a valid file of its kind.
+    File(ConnectorError),
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Stop {
+        Stop::Write(e)
+    }
+}
+
+impl From<ConnectorError> for Stop {
+    fn from(e: ConnectorError) -> Stop {
+        Stop::File(e)
+    }
+}
+
+/// A write under way: the ops, and the file's layout with the columns they add.
+struct Stream<'o> {
+    path: &'o Path,
+    ops: &'o [WriteOp],
+    layout: Layout,
+    /// The first op on each id an update or delete names; `next[op]` the op after
+    /// `op` on the same id, or [`LAST`].
+    rows_named: HashMap<&'o str, usize, foldhash::fast::RandomState>,
+    next: Vec<usize>,
+    /// The valid creates, in order.
+    creates: Vec<usize>,
+    /// One stamp per write, as `modified_at` is written, if the file has the column.
+    stamp: Option<(Timestamp, String)>,
+}
+
+impl<'o> Stream<'o> {
+    /// Checks each op's field names (an op that fails gets its outcome here) and adds
+    /// a column for each field the others set.
+    fn new(
+        path: &'o Path,
+        mut layout: Layout,
+        ops: &'o [WriteOp],
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> Stream<'o> {
+        let kind = layout.kind;
+        let mut rows_named = HashMap::default();
+        let mut last: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
+        let mut next = vec![LAST; ops.len()];
+        let mut creates = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let (id, names) = match op {
+                WriteOp::Create { fields } => (None, fields.iter().map(|(n, _)| n).collect()),
+                WriteOp::Update { id, changes, .. } => (Some(id), changes.keys().collect()),
+                WriteOp::Delete { id, .. } => (Some(id), Vec::new()),
+            };
+            if let Err(e) = table::check_names(kind, id.map(String::as_str), names.into_iter()) {
+                outcomes[i] = Some(Err(e));
+                continue;
+            }
+            match op {
+                WriteOp::Create { fields } => {
+                    fields
+                        .iter()
+                        .for_each(|(name, _)| _ = layout.column_for(name));
+                    creates.push(i);
+                }
+                WriteOp::Update { changes, .. } => {
+                    // Clearing a field the file has no column for changes nothing.
+                    let set = changes.iter().filter(|(_, value)| !value.is_empty());
+                    set.for_each(|(name, _)| _ = layout.column_for(name));
+                }
+                WriteOp::Delete { .. } => {}
+            }
+            if let Some(id) = id {
+                match last.insert(id, i) {
+                    Some(before) => next[before] = i,
+                    None => _ = rows_named.insert(id.as_str(), i),
+                }
+            }
+        }
+        let stamp = layout.modified_at.map(|_| {
+            let now = Timestamp::now();
+            (now, now.to_string())
+        });
+        Stream {
+            path,
+            ops,
+            layout,
+            rows_named,
+            next,
+            creates,
+            stamp,
+        }
+    }
+
+    /// Writes the new file to `out`: the header, the file's rows a page of pieces at a
+    /// time, then the creates. Its index, or `None` when no op succeeded.
+    fn write_file(
+        &self,
+        out: &mut Fingerprinting<'_>,
+        pieces: Option<&Pieces>,
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> Result<Option<RowIndex>, Stop> {
+        self.layout.style.write_start(out)?;
+        let mut header = self.text(0);
+        header.record(self.layout.headers.iter())?;
+        out.write_all(&header.into_bytes())?;
+        let mut rows = Rows::default();
+        if let Some(pieces) = pieces {
+            let count = pieces.starts.len();
+            for page in (0..count).step_by(threads()) {
+                let parts = self.page(pieces, page..(page + threads()).min(count));
+                for part in parts {
+                    rows.append(part?, out, outcomes)?;
+                }
+            }
+            table::check_unique(self.path, rows.ids(), &rows.lines)?;
+        }
+        self.write_creates(out, &mut rows, outcomes)?;
+        if !outcomes.iter().flatten().any(Result::is_ok) {
+            return Ok(None);
+        }
+        Ok(Some(rows.into_index(&self.layout, out.written())))
+    }
+
+    /// The pieces `range`, each read, changed and written out on a thread of its own.
+    fn page(&self, pieces: &Pieces, range: std::ops::Range<usize>) -> Vec<Result<Part, Stop>> {
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = range
+                .map(|i| scope.spawn(move || self.piece(pieces, i)))
+                .collect();
+            parts
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    }
+
+    /// Piece `i` of the file: its rows read, changed as the ops say and written.
+    fn piece(&self, pieces: &Pieces, i: usize) -> Result<Part, Stop> {
+        let (path, layout) = (self.path, &self.layout);
+        let cut = pieces.starts[i];
+        let end = pieces.starts.get(i + 1).map_or(pieces.size, |c| c.offset);
+        let mut bytes = vec![0; usize::try_from(end - cut.offset).unwrap_or(usize::MAX)];
+        read_exact_at(&pieces.file, &mut bytes, cut.offset)
+            .map_err(|e| ConnectorError::from(FileError::read(path, e)))?;
+        let mut reader = ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&bytes[..]);
+        let mut text = self.text(bytes.len() * 9 / 8);
+        let mut part = Part::default();
+        let mut scratch = RowBuilder::default();
+        let (mut row, mut pending) = (StringRecord::new(), None);
+        let lines_before = cut.line - 1;
+        while reader
+            .read_record(&mut row)
+            .map_err(|e| csv_error(path, Some(&layout.headers), e, lines_before))?
+        {
+            let (line, _) = checked(path, layout, &row, lines_before)?;
+            // A row's bytes run to where the next starts: blank lines after it go with
+            // it when it is copied, and are dropped when it is written anew. A reader
+            // counts a row from where it began looking for it, which after a CR LF is
+            // the LF: no row starts with a line end (empty lines are no rows).
+            let mut start = row.position().map_or(0, csv::Position::byte) as usize;
+            start += bytes[start..]
+                .iter()
+                .take_while(|&&b| is_line_end(b))
+                .count();
+            if let Some((from, fate)) = pending.take() {
+                self.emit(&mut text, &mut part, &bytes[from..start], fate)?;
+            }
+            part.rows.push(&row[layout.id], line);
+            let fate = match self.rows_named.get(&row[layout.id]) {
+                Some(&first) => self.apply(&row, line, first, &mut part.outcomes, &mut scratch)?,
+                None => Fate::Kept,
+            };
+            pending = Some((start, fate));
+        }
+        if let Some((from, fate)) = pending {
+            self.emit(&mut text, &mut part, &bytes[from..], fate)?;
+        }
+        part.text = text.into_bytes();
+        Ok(part)
+    }
+
+    /// The ops on the row `row` (from `first` on), in order; what the row comes to.
+    fn apply(
+        &self,
+        row: &StringRecord,
+        line: u64,
+        first: usize,
+        outcomes: &mut Vec<(usize, WriteOutcome)>,
+        scratch: &mut RowBuilder,
+    ) -> Result<Fate, ConnectorError> {
+        let lens = row.as_byte_record().iter().map(<[u8]>::len);
+        let row = Row::new(row.as_slice(), lens)
+            .map_err(|TooLong| line_error(self.path, line, TOO_LONG))?;
+        let (mut live, mut changed) = (Some(row), false);
+        let mut op = first;
+        while op != LAST {
+            let outcome = self.apply_one(&mut live, &self.ops[op], scratch);
+            changed |= outcome.is_ok();
+            outcomes.push((op, outcome));
+            op = self.next[op];
+        }
+        Ok(match (live, changed) {
+            (None, _) => Fate::Removed,
+            (Some(row), true) => Fate::Written(row),
+            (Some(_), false) => Fate::Kept,
+        })
+    }
+
+    /// One update or delete of the row `live` (`None` once removed).
+    fn apply_one(
+        &self,
+        live: &mut Option<Row>,
+        op: &WriteOp,
+        scratch: &mut RowBuilder,
+    ) -> WriteOutcome {
+        let (WriteOp::Update { id, version, .. } | WriteOp::Delete { id, version }) = op else {
+            unreachable!("only updates and deletes name rows");
+        };
+        let row = live
+            .as_ref()
+            .ok_or_else(|| ConnectorError::NotFound { id: id.clone() })?;
+        if version
+            .as_ref()
+            .is_some_and(|v| *v != self.layout.version(row))
+        {
+            return Err(ConnectorError::Conflict { id: id.clone() });
+        }
+        let WriteOp::Update { changes, .. } = op else {
+            *live = None;
+            return Ok(Written {
+                id: id.clone(),
+                version: None,
+                modified_at: None,
+            });
+        };
+        let stamp = self.stamp.as_ref().map(|(_, text)| text.as_str());
+        let new = self.layout.changed_row(row, changes, stamp, scratch)?;
+        let version = Some(self.layout.version(&new));
+        *live = Some(new);
+        Ok(Written {
+            id: id.clone(),
+            version,
+            modified_at: self.stamp.as_ref().map(|&(at, _)| at),
+        })
+    }
+
+    /// Writes a row of the file whose bytes were `raw` as `fate` says.
+    fn emit(&self, text: &mut Text, part: &mut Part, raw: &[u8], fate: Fate) -> io::Result<()> {
+        let start = text.len();
+        match fate {
+            Fate::Removed => {
+                part.rows.starts.push(REMOVED);
+                return Ok(());
+            }
+            Fate::Kept if self.layout.width == self.layout.headers.len() => {
+                text.bytes().extend_from_slice(raw);
+            }
+            Fate::Kept => {
+                // The row's own bytes, then an empty cell per column added.
+                let len = raw.len() - raw.iter().rev().take_while(|&&b| is_line_end(b)).count();
+                let added = self.layout.headers.len() - self.layout.width;
+                let mut bytes = text.bytes();
+                bytes.extend_from_slice(&raw[..len]);
+                bytes.extend(std::iter::repeat_n(b',', added));
+                bytes.extend_from_slice(self.layout.style.line_end());
+            }
+            Fate::Written(row) => text.row(&row, self.layout.headers.len())?,
+        }
+        part.rows.starts.push(start);
+        part.ends_line = text.bytes().last() == Some(&b'\n');
+        Ok(())
+    }
+
+    /// Writes the creates after the file's rows, each with a new id.
+    fn write_creates(
+        &self,
+        out: &mut Fingerprinting<'_>,
+        rows: &mut Rows,
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> io::Result<()> {
+        if self.creates.is_empty() {
+            return Ok(());
+        }
+        if !rows.ends_line {
+            out.write_all(self.layout.style.line_end())?;
+        }
+        let mut ids = IdAllocator::new(self.layout.kind, rows.ids());
+        let mut held: Vec<u64> = rows.ids().map(id_hash).collect();
+        held.sort_unstable();
+        let mut text = self.text(0);
+        let mut scratch = RowBuilder::default();
+        let (stamp, stamp_text) = match &self.stamp {
+            Some((at, text)) => (Some(*at), text.as_str()),
+            None => (None, ""),
+        };
+        for &i in &self.creates {
+            let WriteOp::Create { fields } = &self.ops[i] else {
+                unreachable!("creates holds creates");
+            };
+            // A hash held is taken: the ids held are unique, so this is never wrong,
+            // only in a case of equal hashes one id further.
+            let id = ids.next(|id| held.binary_search(&id_hash(id)).is_ok());
+            let outcome = self.layout.new_row(&id, fields, stamp_text, &mut scratch);
+            outcomes[i] = Some(match outcome {
+                Ok(row) => {
+                    let start = out.written() + text.len();
+                    text.row(&row, self.layout.headers.len())?;
+                    rows.push(&id, 0);
+                    rows.starts.push(start);
+                    Ok(Written {
+                        version: Some(self.layout.version(&row)),
+                        id,
+                        modified_at: stamp,
+                    })
+                }
+                Err(e) => Err(e),
+            });
+        }
+        out.write_all(&text.into_bytes())
+    }
+
+    /// New text in the file's style, room made for `capacity` bytes.
+    fn text(&self, capacity: usize) -> Text {
+        let staged = Staged::default();
+        staged.0.borrow_mut().reserve(capacity);
+        Text {
+            csv: WriterBuilder::new()
+                .terminator(terminator(self.layout.style))
+                .from_writer(staged.clone()),
+            staged,
+        }
+    }
+}
+
+/// Text of a new file: rows formatted by one CSV writer and bytes copied, in order.
+/// The writer writes into a buffer shared with its owner, who copies bytes in
+/// between (a CSV writer lends out no mutable access to what it writes to).
+struct Text {
+    csv: csv::Writer<Staged>,
+    staged: Staged,
+}
+
+impl Text {
+    /// The bytes so far.
+    fn len(&self) -> u64 {
+        self.staged.0.borrow().len() as u64
+    }
+
+    /// The bytes so far, to add to.
+    fn bytes(&self) -> std::cell::RefMut<'_, Vec<u8>> {
+        self.staged.0.borrow_mut()
+    }
+
+    /// Writes a record of `cells`.
+    fn record<'a>(&mut self, cells: impl Iterator<Item = &'a str>) -> io::Result<()> {
+        self.csv.write_record(cells)?;
+        // Into the shared buffer, so that `len` counts it.
+        self.csv.flush()
+    }
+
+    /// Writes `row`, padded with empty cells to `width`.
+    fn row(&mut self, row: &Row, width: usize) -> io::Result<()> {
+        let padding = std::iter::repeat_n("", width - row.len());
+        self.record(row.iter().chain(padding))
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        drop(self.csv);
+        std::rc::Rc::try_unwrap(self.staged.0)
+            .map(std::cell::RefCell::into_inner)
+            .unwrap_or_else(|shared| shared.borrow().clone())
+    }
+}
+
+fn is_line_end(byte: u8) -> bool {
+    matches!(byte, b'\r' | b'\n')
+}
+
+fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+/// What an op left of a row of the file.
+enum Fate {
+    /// As it was: its bytes are copied.
+    Kept,
+    Written(Row),
+    Removed,
+}
+
+/// A piece written: its text, its rows and the outcomes of the ops on them.
+struct Part {
+    text: Vec<u8>,
+    rows: Rows,
+    outcomes: Vec<(usize, WriteOutcome)>,
+    /// Whether the text ends a line (true for no text).
+    ends_line: bool,
+}
+
+impl Default for Part {
+    fn default() -> Part {
+        Part {
+            text: Vec::new(),
+            rows: Rows::default(),
+            outcomes: Vec::new(),
+            ends_line: true,
+        }
+    }
+}
+
+/// Every row of the file in order, removed ones included, and the rows created: its
+/// id, its line in the file (0 for a created row), and where it starts in the new
+/// file ([`REMOVED`] for none).
+struct Rows {
+    ids: String,
+    id_ends: Vec<usize>,
+    lines: Vec<u64>,
+    starts: Vec<u64>,
+    /// Whether what was written so far ends a line.
+    ends_line: bool,
+}
+
+impl Default for Rows {
+    fn default() -> Rows {
+        Rows {
+            ids: String::new(),
+            id_ends: Vec::new(),
+            lines: Vec::new(),
+            starts: Vec::new(),
+            ends_line: true,
+        }
+    }
+}
+
+impl Rows {
+    fn push(&mut self, id: &str, line: u64) {
+        self.ids.push_str(id);
+        self.id_ends.push(self.ids.len());
+        self.lines.push(line);
+    }
+
+    fn ids(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.id_ends.iter().copied());
+        starts.zip(&self.id_ends).map(|(a, &b)| &self.ids[a..b])
+    }
+
+    /// Writes `part` to `out` and takes in its rows and outcomes.
+    fn append(
+        &mut self,
+        part: Part,
+        out: &mut Fingerprinting<'_>,
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> io::Result<()> {
+        let at = out.written();
+        let text = part.text;
+        out.write_all(&text)?;
+        let Rows {
+            ids,
+            id_ends,
+            lines,
+            starts,
+            ..
+        } = part.rows;
+        let before = self.ids.len();
+        self.ids.push_str(&ids);
+        self.id_ends
+            .extend(id_ends.into_iter().map(|end| end + before));
+        self.lines.extend(lines);
+        let moved = |start| {
+            if start == REMOVED {
+                REMOVED
+            } else {
+                start + at
+            }
+        };
+        self.starts.extend(starts.into_iter().map(moved));
+        if !text.is_empty() {
+            self.ends_line = part.ends_line;
+        }
+        for (op, outcome) in part.outcomes {
+            outcomes[op] = Some(outcome);
+        }
+        Ok(())
+    }
+
+    /// The index of the new file: its rows that are not removed.
+    fn into_index(self, layout: &Layout, size: u64) -> RowIndex {
+        let mut index = RowIndex {
+            headers: layout.headers.clone(),
+            style: layout.style,
+            size,
+            ids: String::with_capacity(self.ids.len()),
+            id_ends: Vec::with_capacity(self.id_ends.len()),
+            starts: Vec::with_capacity(self.starts.len()),
+        };
+        for (id, &start) in self.ids().zip(&self.starts) {
+            if start != REMOVED {
+                index.ids.push_str(id);
+                index.id_ends.push(index.ids.len());
+                index.starts.push(start);
+            }
+        }
+        index
+    }
+}
