@@ -88,8 +88,12 @@ pub(crate) fn apply(
 ) -> (Vec<WriteOutcome>, bool) {
     // One stamp per call: every row touched by the same write carries the same time.
     let stamp = table.stamps_modified_at().then(Timestamp::now);
-    // Made at the first create: finding the highest id walks every row of the file.
-    let mut ids = None;
+    // Made only for a write that creates (finding the highest id walks every row),
+    // before any op: new ids continue past every id the file held, one this write
+    // deletes included, so that no id is handed out twice in one write (the streamed
+    // write, which meets deletes as it goes, does the same).
+    let creates = ops.iter().any(|op| matches!(op, WriteOp::Create { .. }));
+    let mut ids = creates.then(|| IdAllocator::new(kind, table.ids()));
     let mut changed = false;
     let outcomes = ops
         .into_iter()
@@ -112,7 +116,9 @@ fn apply_one(
     match op {
         WriteOp::Create { fields } => {
             check_names(kind, None, fields.iter().map(|(name, _)| name))?;
-            let ids = ids.get_or_insert_with(|| IdAllocator::new(kind, table.ids()));
+            let ids = ids
+                .as_mut()
+                .expect("made before the ops of a write that creates");
             let id = ids.next(|id| table.find(id).is_some());
             let row = table.insert(id.clone(), &fields, stamp)?;
             Ok(Written {

@@ -18,6 +18,8 @@ use crate::table::{self, Table, TextStyle, version_of};
 
 mod splice;
 mod stream;
+#[cfg(test)]
+mod testgen;
 
 pub(crate) use splice::{RowIndex, Splice, write as splice};
 pub(crate) use stream::write as stream;
