@@ -20,11 +20,10 @@ mod registry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use tandem_model::{EntityKind, FieldName, Fields, Timestamp, Value};
+use tandem_model::{EntityKind, Fields, Timestamp};
 
 pub use error::ConnectorError;
 pub use registry::{BuildContext, ConnectorFactory, Registry, parse_settings};
@@ -86,7 +85,7 @@ pub struct Page {
 
 /// A change set for an update: `Null` clears a field, anything else sets it. Fields
 /// not named are left as they are.
-pub type Changes = BTreeMap<FieldName, Value>;
+pub use tandem_model::Changes;
 
 /// One write operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

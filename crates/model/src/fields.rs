@@ -264,7 +264,7 @@ impl Fields {
     }
 
     /// Applies a change set: `Null` clears, anything else sets.
-    pub fn apply(&mut self, changes: &BTreeMap<FieldName, Value>) {
+    pub fn apply(&mut self, changes: &crate::Changes) {
         for (name, value) in changes {
             self.set(name.clone(), value.clone());
         }
@@ -524,7 +524,7 @@ mod tests {
     #[test]
     fn apply_sets_and_clears() {
         let mut f = Fields::new().with("name", "Acme").with("phone", "1");
-        let mut changes = BTreeMap::new();
+        let mut changes = crate::Changes::new();
         changes.insert(FieldName::new("phone"), Value::Null);
         changes.insert(FieldName::new("city"), Value::text("Gent"));
         f.apply(&changes);

@@ -5,6 +5,7 @@
 //! `Null` and `""` all mean the same thing: the field is empty.
 
 pub mod binary;
+mod changes;
 mod fields;
 mod held;
 mod kind;
@@ -15,6 +16,7 @@ mod value;
 pub mod field;
 pub mod normalise;
 
+pub use changes::{Changes, ChangesIter};
 pub use fields::{FieldName, Fields, FieldsIter};
 pub use held::{PackedRecord, RecordView};
 pub use kind::{ContactType, EntityKind, ParseKindError};
