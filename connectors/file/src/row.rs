@@ -80,11 +80,6 @@ impl Row {
             })
     }
 
-    /// The length of the text of all cells.
-    pub(crate) fn text_len(&self) -> usize {
-        self.data.len() - self.text_start()
-    }
-
     fn text_start(&self) -> usize {
         WORD * (1 + self.len())
     }
@@ -155,7 +150,6 @@ mod tests {
             assert_eq!(&row[i], *cell);
         }
         assert_eq!(row.get(5), None);
-        assert_eq!(row.text_len(), cells.concat().len());
         assert_eq!(format!("{row:?}"), format!("{cells:?}"));
     }
 

@@ -162,13 +162,27 @@ impl Layout {
         xxhash_rust::xxh3::xxh3_64(buf)
     }
 
+    /// [`Layout::hash`] of `row`, in a buffer kept per thread: a write asks it twice
+    /// per row it changes, and a buffer made each time cost more than the hash.
+    fn row_hash(&self, row: &Row) -> u64 {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with_borrow_mut(|buf| self.hash(row.iter(), buf))
+    }
+
     /// The version of `row` ([`Layout::hash`] as text).
     fn version(&self, row: &Row) -> String {
-        // Sized for the row at once (cells, names, two lengths each): a write asks
-        // twice, and growing the buffer cell by cell cost more than the hash.
-        let names = self.headers.as_byte_record().as_slice().len();
-        let mut buf = Vec::with_capacity(names + row.text_len() + 16 * row.len());
-        version_of(self.hash(row.iter(), &mut buf))
+        version_of(self.row_hash(row))
+    }
+
+    /// Whether `row` is at `version`, as `version == self.version(row)` says, without
+    /// making the text of its version.
+    fn is_at(&self, row: &Row, version: &str) -> bool {
+        let hex = |b: &u8| matches!(b, b'0'..=b'9' | b'a'..=b'f');
+        version.len() == 16
+            && version.as_bytes().iter().all(hex)
+            && u64::from_str_radix(version, 16) == Ok(self.row_hash(row))
     }
 
     /// The row a create of `fields` as `id` writes, stamped `stamp` (empty for none).
@@ -1088,6 +1102,29 @@ mod tests {
             error.contains(&format!("line {line}: invalid UTF-8")),
             "{error}"
         );
+    }
+
+    /// `is_at` answers as comparing with the text of the row's version does, for
+    /// texts that are not quite a version too.
+    #[test]
+    fn a_row_is_at_its_version_and_no_other_text() {
+        let layout = Layout::fresh(EntityKind::Contact);
+        let row = Row::new("C1", [2].into_iter()).unwrap();
+        let version = layout.version(&row);
+        assert!(layout.is_at(&row, &version));
+        let upper = version.to_uppercase();
+        let short = version.trim_start_matches('0').to_owned() + "x";
+        for other in [
+            upper.as_str(),
+            &short,
+            "",
+            "not a version at all",
+            &version[1..],
+        ] {
+            assert_eq!(layout.is_at(&row, other), other == version, "{other}");
+        }
+        let plus = format!("+{}", &version[1..]);
+        assert!(!layout.is_at(&row, &plus));
     }
 
     #[test]

@@ -322,10 +322,7 @@ impl<'o> Stream<'o> {
         let row = live
             .as_ref()
             .ok_or_else(|| ConnectorError::NotFound { id: id.clone() })?;
-        if version
-            .as_ref()
-            .is_some_and(|v| *v != self.layout.version(row))
-        {
+        if version.as_ref().is_some_and(|v| !self.layout.is_at(row, v)) {
             return Err(ConnectorError::Conflict { id: id.clone() });
         }
         let WriteOp::Update { changes, .. } = op else {
@@ -375,7 +372,8 @@ impl<'o> Stream<'o> {
         Ok(())
     }
 
-    /// Writes the creates after the file's rows, each with a new id.
+    /// Writes the creates after the file's rows, each with a new id: the ids handed
+    /// out in order, the rows made and formatted in shares on the cores.
     fn write_creates(
         &self,
         out: &mut Fingerprinting<'_>,
@@ -388,29 +386,55 @@ impl<'o> Stream<'o> {
         if !rows.ends_line {
             out.write_all(self.layout.style.line_end())?;
         }
+        let mut ids = self.new_ids(rows).into_iter();
+        let share = self.creates.len().div_ceil(threads());
+        let shares: Vec<(&[usize], Vec<String>)> = (self.creates.chunks(share))
+            .map(|creates| (creates, ids.by_ref().take(creates.len()).collect()))
+            .collect();
+        let parts: Vec<io::Result<Part>> = std::thread::scope(|scope| {
+            let parts: Vec<_> = (shares.into_iter())
+                .map(|(creates, ids)| scope.spawn(move || self.created(creates, ids)))
+                .collect();
+            parts
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for part in parts {
+            rows.append(part?, out, outcomes)?;
+        }
+        Ok(())
+    }
+
+    /// An id for each create, past every id the file held: a hash held counts as
+    /// taken (the ids held are unique, so this is never wrong, only in a case of
+    /// equal hashes one id further).
+    fn new_ids(&self, rows: &Rows) -> Vec<String> {
         let mut ids = IdAllocator::new(self.layout.kind, rows.ids());
         let mut held: Vec<u64> = rows.ids().map(id_hash).collect();
         held.sort_unstable();
-        let mut text = self.text(0);
+        let taken = |id: &str| held.binary_search(&id_hash(id)).is_ok();
+        self.creates.iter().map(|_| ids.next(taken)).collect()
+    }
+
+    /// The rows of `creates` as `ids`, formatted.
+    fn created(&self, creates: &[usize], ids: Vec<String>) -> io::Result<Part> {
+        let mut text = self.text(creates.len() * 128);
+        let mut part = Part::default();
         let mut scratch = RowBuilder::default();
         let (stamp, stamp_text) = match &self.stamp {
             Some((at, text)) => (Some(*at), text.as_str()),
             None => (None, ""),
         };
-        for &i in &self.creates {
+        for (&i, id) in creates.iter().zip(ids) {
             let WriteOp::Create { fields } = &self.ops[i] else {
                 unreachable!("creates holds creates");
             };
-            // A hash held is taken: the ids held are unique, so this is never wrong,
-            // only in a case of equal hashes one id further.
-            let id = ids.next(|id| held.binary_search(&id_hash(id)).is_ok());
-            let outcome = self.layout.new_row(&id, fields, stamp_text, &mut scratch);
-            outcomes[i] = Some(match outcome {
+            let outcome = match self.layout.new_row(&id, fields, stamp_text, &mut scratch) {
                 Ok(row) => {
-                    let start = out.written() + text.len();
+                    part.rows.push(&id, 0);
+                    part.rows.starts.push(text.len());
                     text.row(&row, self.layout.headers.len())?;
-                    rows.push(&id, 0);
-                    rows.starts.push(start);
                     Ok(Written {
                         version: Some(self.layout.version(&row)),
                         id,
@@ -418,9 +442,12 @@ impl<'o> Stream<'o> {
                     })
                 }
                 Err(e) => Err(e),
-            });
+            };
+            part.outcomes.push((i, outcome));
         }
-        out.write_all(&text.into_bytes())
+        part.text = text.into_bytes();
+        part.ends_line = true;
+        Ok(part)
     }
 
     /// New text in the file's style, room made for `capacity` bytes.
