@@ -23,8 +23,8 @@ use tandem_connector::{ConnectorError, WriteOp, WriteOutcome, Written};
 use tandem_model::{EntityKind, Timestamp};
 
 use super::{
-    Layout, PIECE_BYTES, Pieces, RowIndex, Staged, TOO_LONG, checked, csv_error, read_exact_at,
-    terminator, threads,
+    Layout, Pieces, RowIndex, Staged, TOO_LONG, checked, csv_error, read_exact_at, terminator,
+    threads,
 };
 use crate::atomic::Fingerprinting;
 use crate::error::{FileError, line_error};
@@ -36,6 +36,11 @@ const LAST: usize = usize::MAX;
 
 /// Where a removed row starts in the new file: nowhere.
 const REMOVED: u64 = u64::MAX;
+
+/// The pieces a write streams are about this long: it holds two per core (read and
+/// written) and the outcomes of their rows. Pieces of 8 MiB held more than a table of
+/// a file of 200,000 rows.
+const PIECE_BYTES: u64 = 2 << 20;
 
 /// Applies `ops` to the CSV file at `path`, reading and writing it a piece at a time.
 /// Returns one outcome per op, and the fingerprint and index of the file written;
@@ -744,7 +749,13 @@ mod tests {
         let text = big_text();
         let (_dir, streamed, loaded) = twins(&text);
         let rows = read(&loaded, CONTACT).unwrap();
-        assert!(text.len() as u64 > 2 * PIECE_BYTES);
+        let pieces = Pieces::open(&streamed, CONTACT, PIECE_BYTES)
+            .unwrap()
+            .unwrap();
+        assert!(
+            pieces.starts.len() > 2 * threads(),
+            "pieces on more than two pages"
+        );
         let mut ops: Vec<WriteOp> = (rows.iter().step_by(997))
             .map(|r| update(&r.id, r.version.clone(), "name", "Bea\r\nBo"))
             .collect();
@@ -775,12 +786,12 @@ mod tests {
         }
     }
 
-    /// Three pieces of awkward CSV (on two cores, two pages): quoted quotes and line
+    /// Five pieces of awkward CSV (on two cores, three pages): quoted quotes and line
     /// ends, CR LF, blank lines.
     fn big_text() -> String {
         let mut text = String::from("id,name,notes\r\n");
         let mut i = 0;
-        while (text.len() as u64) < PIECE_BYTES * 2 + (1 << 20) {
+        while (text.len() as u64) < crate::pieces::PARALLEL_FROM + (1 << 20) {
             text.push_str(&format!(
                 "C{i},\"Ann \"\"{i}\"\"\nLee\",say \"hi\r\n\r\nD{i},,\"a,\r\nb\"\n"
             ));
