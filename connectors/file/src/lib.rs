@@ -328,9 +328,11 @@ impl FileConnector {
         before: &str,
         ops: Vec<WriteOp>,
     ) -> Result<(Vec<WriteOutcome>, String), ConnectorError> {
-        let ops = match self.row_index(kind, path, before, &ops)? {
-            Some(index) => match csv::splice(path, kind, &index, ops)? {
+        let index = self.row_index(kind, path, before, &ops)?;
+        let ops = match &index {
+            Some(of_before) => match csv::splice(path, kind, of_before, ops)? {
                 csv::Splice::Done(outcomes, saved) => {
+                    let index = index.expect("spliced by it");
                     let (after, index) = saved.unwrap_or_else(|| (before.to_owned(), index));
                     self.indexes_lock().insert(kind, (after.clone(), index));
                     return Ok((outcomes, after));
@@ -340,13 +342,14 @@ impl FileConnector {
             None => ops,
         };
         let (outcomes, saved) = csv::stream(path, kind, ops)?;
-        let after = match saved {
-            Some((after, index)) => {
-                self.indexes_lock().insert(kind, (after.clone(), index));
-                after
-            }
-            None => before.to_owned(),
+        // The index of the file as it is now, for the run's next write to it.
+        let (after, index) = match (saved, index) {
+            (Some((after, index)), _) => (after, Some(index)),
+            (None, index) => (before.to_owned(), index),
         };
+        if let Some(index) = index {
+            self.indexes_lock().insert(kind, (after.clone(), index));
+        }
         Ok((outcomes, after))
     }
 
