@@ -24,6 +24,9 @@ mod testgen;
 pub(crate) use splice::{RowIndex, Splice, write as splice};
 pub(crate) use stream::write as stream;
 
+/// A file a write saved: the fingerprint of its bytes and where its rows start.
+pub(crate) type Saved = (String, RowIndex);
+
 const BUFFER: usize = 1 << 16;
 /// What is wrong with a row that does not fit a [`Row`].
 const TOO_LONG: &str = "a row may hold at most 4 GiB";

@@ -121,7 +121,7 @@ impl NextIndex {
 pub(crate) enum Splice {
     /// Done: the outcomes, and the fingerprint and index of the file saved (none if
     /// no op succeeded).
-    Done(Vec<WriteOutcome>, Option<(String, RowIndex)>),
+    Done(Vec<WriteOutcome>, Option<super::Saved>),
     /// A splice does not apply (too many ops, a small file, a new column, a row not
     /// where the listing found it): the ops, to be written the full way.
     NotHere(Vec<WriteOp>),

@@ -23,8 +23,8 @@ use tandem_connector::{ConnectorError, WriteOp, WriteOutcome, Written};
 use tandem_model::{EntityKind, Timestamp};
 
 use super::{
-    Layout, Pieces, RowIndex, Staged, TOO_LONG, checked, csv_error, read_exact_at, terminator,
-    threads,
+    Layout, Pieces, RowIndex, Saved, Staged, TOO_LONG, checked, csv_error, read_exact_at,
+    terminator, threads,
 };
 use crate::atomic::Fingerprinting;
 use crate::error::{FileError, line_error};
@@ -49,7 +49,7 @@ pub(crate) fn write(
     path: &Path,
     kind: EntityKind,
     ops: Vec<WriteOp>,
-) -> Result<(Vec<WriteOutcome>, Option<(String, RowIndex)>), ConnectorError> {
+) -> Result<(Vec<WriteOutcome>, Option<Saved>), ConnectorError> {
     let pieces = Pieces::open(path, kind, PIECE_BYTES)?;
     let layout = (pieces.as_ref()).map_or_else(|| Layout::fresh(kind), |p| p.layout.clone());
     let mut outcomes: Vec<Option<WriteOutcome>> = (0..ops.len()).map(|_| None).collect();
