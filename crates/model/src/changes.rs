@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{FieldName, Value};
+use crate::{FieldName, FieldsIter, Value};
 
 /// A change set for an update: `Null` clears a field, anything else sets it. Fields not
 /// named are left as they are. Each name once, in name order.
@@ -62,8 +62,8 @@ impl Changes {
     }
 
     /// The changes in name order.
-    pub fn iter(&self) -> ChangesIter<'_> {
-        ChangesIter(self.0.iter())
+    pub fn iter(&self) -> FieldsIter<'_> {
+        FieldsIter(self.0.iter())
     }
 
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &FieldName> + ExactSizeIterator {
@@ -89,33 +89,9 @@ impl fmt::Debug for Changes {
     }
 }
 
-/// Iterates changes in name order.
-#[derive(Debug, Clone)]
-pub struct ChangesIter<'a>(std::slice::Iter<'a, (FieldName, Value)>);
-
-impl<'a> Iterator for ChangesIter<'a> {
-    type Item = (&'a FieldName, &'a Value);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|(n, v)| (n, v))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
-    }
-}
-
-impl DoubleEndedIterator for ChangesIter<'_> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        self.0.next_back().map(|(n, v)| (n, v))
-    }
-}
-
-impl ExactSizeIterator for ChangesIter<'_> {}
-
 impl<'a> IntoIterator for &'a Changes {
     type Item = (&'a FieldName, &'a Value);
-    type IntoIter = ChangesIter<'a>;
+    type IntoIter = FieldsIter<'a>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()

@@ -343,9 +343,9 @@ impl fmt::Debug for Fields {
     }
 }
 
-/// Iterates fields in name order.
+/// Iterates fields (or changes, [`crate::Changes`]) in name order.
 #[derive(Debug, Clone)]
-pub struct FieldsIter<'a>(std::slice::Iter<'a, (FieldName, Value)>);
+pub struct FieldsIter<'a>(pub(crate) std::slice::Iter<'a, (FieldName, Value)>);
 
 impl<'a> Iterator for FieldsIter<'a> {
     type Item = (&'a FieldName, &'a Value);
@@ -358,6 +358,14 @@ impl<'a> Iterator for FieldsIter<'a> {
         self.0.size_hint()
     }
 }
+
+impl DoubleEndedIterator for FieldsIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0.next_back().map(|(n, v)| (n, v))
+    }
+}
+
+impl ExactSizeIterator for FieldsIter<'_> {}
 
 impl<'a> IntoIterator for &'a Fields {
     type Item = (&'a FieldName, &'a Value);

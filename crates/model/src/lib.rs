@@ -16,7 +16,7 @@ mod value;
 pub mod field;
 pub mod normalise;
 
-pub use changes::{Changes, ChangesIter};
+pub use changes::Changes;
 pub use fields::{FieldName, Fields, FieldsIter};
 pub use held::{PackedRecord, RecordView};
 pub use kind::{ContactType, EntityKind, ParseKindError};
