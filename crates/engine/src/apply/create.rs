@@ -100,13 +100,18 @@ fn batches_of(run_id: i64, mut creates: Vec<PendingCreate>) -> Vec<PendingCreate
 impl Applier<'_> {
     pub(super) async fn creates(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
         // Taken out while they are carried out, put back for the report.
-        let (contacts, accounts) = (
+        let (mut contacts, mut accounts) = (
             std::mem::take(&mut self.plan.creates),
             std::mem::take(&mut self.plan.account_creates),
         );
         let jobs = create_jobs(&contacts, &accounts);
         let done = self.create_all(state, &jobs).await;
         drop(jobs);
+        // A baseline is what a create's link starts from, stored with the link by now;
+        // the report does not show it. Held through the writes that follow, it was
+        // about 200 bytes for each of a first sync's 180,000 creates at 1M.
+        contacts.iter_mut().for_each(|c| c.baseline = Fields::new());
+        accounts.iter_mut().for_each(|c| c.baseline = Fields::new());
         (self.plan.creates, self.plan.account_creates) = (contacts, accounts);
         done
     }

@@ -231,7 +231,8 @@ pub struct ContactCreate {
     #[serde(skip)]
     pub account_version: Option<String>,
     pub fields: Fields,
-    /// The shared fields the new link starts from.
+    /// The shared fields the new link starts from; emptied once the create step is
+    /// through (the link holds it then).
     #[serde(skip)]
     pub baseline: Fields,
     /// Asked for by `tandem create-contact`.
@@ -256,6 +257,7 @@ pub struct AccountCreate {
     /// The 0-based template rule used, if the relation has templates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<usize>,
+    /// As a contact create's: emptied once the create step is through.
     #[serde(skip)]
     pub baseline: Fields,
     /// The contact's side of the new link's intent (R18): the template fills it is
