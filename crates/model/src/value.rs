@@ -92,13 +92,20 @@ impl Value {
     /// The value as a flat string, as written to a CSV cell: lists are joined with `;`,
     /// `Null` is the empty string.
     pub fn to_cell(&self) -> String {
+        self.cell().into_owned()
+    }
+
+    /// [`Value::to_cell`], borrowed where the value holds the text (a text, `Null`): a
+    /// writer of a million rows makes no copy of each cell it writes.
+    pub fn cell(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
         match self {
-            Value::Text(s) => s.to_string(),
-            Value::Date(d) => d.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Number(n) => format_number(*n),
-            Value::List(l) => l.join(";"),
-            Value::Null => String::new(),
+            Value::Text(s) => Cow::Borrowed(s.as_str()),
+            Value::Null => Cow::Borrowed(""),
+            Value::Date(d) => Cow::Owned(d.to_string()),
+            Value::Bool(b) => Cow::Owned(b.to_string()),
+            Value::Number(n) => Cow::Owned(format_number(*n)),
+            Value::List(l) => Cow::Owned(l.join(";")),
         }
     }
 

@@ -202,7 +202,7 @@ impl Layout {
                 Column::Id => scratch.push(id),
                 Column::ModifiedAt => scratch.push(stamp),
                 Column::Text(name) | Column::List(name) => {
-                    let cell = fields.get(name.as_str()).map(Value::to_cell);
+                    let cell = fields.get(name.as_str()).map(Value::cell);
                     scratch.push(&cell.unwrap_or_default());
                 }
                 Column::Unknown => scratch.push(""),
@@ -220,13 +220,17 @@ impl Layout {
         stamp: Option<&str>,
         scratch: &mut RowBuilder,
     ) -> Result<Row, ConnectorError> {
-        for (i, column) in self.columns.iter().enumerate() {
+        // The old cells in turn: a row is shorter than the layout after a column was
+        // added, and the cells it lacks are empty.
+        let mut old_cells = old.iter();
+        for column in &self.columns {
+            let old_cell = old_cells.next().unwrap_or("");
             if let (Column::ModifiedAt, Some(stamp)) = (column, stamp) {
                 scratch.push(stamp);
             } else if let Some(value) = column.field().and_then(|name| changes.get(name)) {
-                scratch.push(&value.to_cell());
+                scratch.push(&value.cell());
             } else {
-                scratch.push(old.get(i).unwrap_or(""));
+                scratch.push(old_cell);
             }
         }
         (scratch.finish()).map_err(|TooLong| ConnectorError::invalid(Some(&old[self.id]), TOO_LONG))
