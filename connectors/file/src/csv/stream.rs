@@ -126,9 +126,9 @@ struct Stream<'o> {
     path: &'o Path,
     ops: &'o [WriteOp],
     layout: Layout,
-    /// The first op on each id an update or delete names; `next[op]` the op after
-    /// `op` on the same id, or [`LAST`].
-    rows_named: HashMap<&'o str, usize, foldhash::fast::RandomState>,
+    /// The first and the last op on each id an update or delete names; `next[op]` the
+    /// op after `op` on the same id, or [`LAST`].
+    rows_named: HashMap<&'o str, (usize, usize), foldhash::fast::RandomState>,
     next: Vec<usize>,
     /// The valid creates, in order.
     creates: Vec<usize>,
@@ -146,17 +146,22 @@ impl<'o> Stream<'o> {
         outcomes: &mut [Option<WriteOutcome>],
     ) -> Stream<'o> {
         let kind = layout.kind;
-        let mut rows_named = HashMap::default();
-        let mut last: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
+        let mut rows_named: HashMap<&str, (usize, usize), _> =
+            HashMap::with_capacity_and_hasher(ops.len(), Default::default());
         let mut next = vec![LAST; ops.len()];
         let mut creates = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            let (id, names) = match op {
-                WriteOp::Create { fields } => (None, fields.iter().map(|(n, _)| n).collect()),
-                WriteOp::Update { id, changes, .. } => (Some(id), changes.keys().collect()),
-                WriteOp::Delete { id, .. } => (Some(id), Vec::new()),
+            let (id, named) = match op {
+                WriteOp::Create { fields } => (
+                    None,
+                    table::check_names(kind, None, fields.iter().map(|(n, _)| n)),
+                ),
+                WriteOp::Update { id, changes, .. } => {
+                    (Some(id), table::check_names(kind, Some(id), changes.keys()))
+                }
+                WriteOp::Delete { id, .. } => (Some(id), Ok(())),
             };
-            if let Err(e) = table::check_names(kind, id.map(String::as_str), names.into_iter()) {
+            if let Err(e) = named {
                 outcomes[i] = Some(Err(e));
                 continue;
             }
@@ -175,9 +180,11 @@ impl<'o> Stream<'o> {
                 WriteOp::Delete { .. } => {}
             }
             if let Some(id) = id {
-                match last.insert(id, i) {
-                    Some(before) => next[before] = i,
-                    None => _ = rows_named.insert(id.as_str(), i),
+                // The first op on the id, and the last so far: the next one chains on.
+                let (_, last) = rows_named.entry(id.as_str()).or_insert((i, i));
+                if *last != i {
+                    next[*last] = i;
+                    *last = i;
                 }
             }
         }
@@ -275,7 +282,9 @@ impl<'o> Stream<'o> {
             }
             part.rows.push(&row[layout.id], line);
             let fate = match self.rows_named.get(&row[layout.id]) {
-                Some(&first) => self.apply(&row, line, first, &mut part.outcomes, &mut scratch)?,
+                Some(&(first, _)) => {
+                    self.apply(&row, line, first, &mut part.outcomes, &mut scratch)?
+                }
                 None => Fate::Kept,
             };
             pending = Some((start, fate));
