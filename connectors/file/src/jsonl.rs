@@ -293,6 +293,20 @@ impl JsonlTable {
         serde_json::from_str(text)
             .map_err(|e| ConnectorError::fatal(format!("{}: {e}", self.path.display())))
     }
+
+    /// Rewrites the file atomically; returns the fingerprint of what it wrote.
+    pub(crate) fn save(&self) -> Result<String, ConnectorError> {
+        let style = self.style;
+        crate::atomic::replace(&self.path, |file| {
+            let mut out = BufWriter::with_capacity(1 << 16, file);
+            style.write_start(&mut out)?;
+            for row in self.rows.iter().flatten() {
+                out.write_all(row.as_bytes())?;
+                out.write_all(style.line_end())?;
+            }
+            out.flush()
+        })
+    }
 }
 
 /// Serialises `object` on one line, `id` first so the file stays easy to scan.
@@ -401,18 +415,5 @@ impl Table for JsonlTable {
         if self.rows[row].take().is_some() {
             self.index.remove(&self.ids[row]);
         }
-    }
-
-    fn save(&self) -> Result<String, ConnectorError> {
-        let style = self.style;
-        crate::atomic::replace(&self.path, |file| {
-            let mut out = BufWriter::with_capacity(1 << 16, file);
-            style.write_start(&mut out)?;
-            for row in self.rows.iter().flatten() {
-                out.write_all(row.as_bytes())?;
-                out.write_all(style.line_end())?;
-            }
-            out.flush()
-        })
     }
 }

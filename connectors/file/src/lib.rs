@@ -47,7 +47,6 @@ use tandem_connector::{
 use tandem_model::{EntityKind, Record};
 
 use crate::error::FileError;
-use crate::table::Table;
 
 /// The format of the files in the folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -394,7 +393,7 @@ impl FileConnector {
 /// Applies `ops` to a loaded file and saves it if any succeeded; returns the outcomes
 /// and, if the file was saved, the fingerprint of what was saved.
 fn apply(
-    table: &mut impl Table,
+    table: &mut jsonl::JsonlTable,
     kind: EntityKind,
     ops: Vec<WriteOp>,
 ) -> Result<(Vec<WriteOutcome>, Option<String>), ConnectorError> {

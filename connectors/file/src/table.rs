@@ -33,8 +33,6 @@ pub(crate) trait Table {
         stamp: Option<Timestamp>,
     ) -> Result<(), ConnectorError>;
     fn remove(&mut self, row: usize);
-    /// Rewrites the file atomically; returns the fingerprint of what it wrote.
-    fn save(&self) -> Result<String, ConnectorError>;
 }
 
 /// How a text file is laid out byte for byte, kept on every rewrite: Excel writes a
@@ -280,19 +278,29 @@ fn kind_prefix(kind: EntityKind) -> &'static str {
 }
 
 /// Fails on the second occurrence of an id; `lines[i]` is the line of the i-th id.
-///
-/// Sorting hashes is much cheaper than a hash set of a million strings; equal ids have
-/// equal hashes, so duplicates end up next to each other.
 pub(crate) fn check_unique<'a>(
     path: &Path,
     ids: impl Iterator<Item = &'a str>,
     lines: &[u64],
 ) -> Result<(), ConnectorError> {
+    unique_id_hashes(path, ids, lines).map(drop)
+}
+
+/// [`check_unique`], returning the ids' hashes sorted, each with the id's position:
+/// what a write that creates looks new ids up in.
+///
+/// Sorting hashes is much cheaper than a hash set of a million strings; equal ids have
+/// equal hashes, so duplicates end up next to each other.
+pub(crate) fn unique_id_hashes<'a>(
+    path: &Path,
+    ids: impl Iterator<Item = &'a str>,
+    lines: &[u64],
+) -> Result<Vec<(u64, usize)>, ConnectorError> {
     let ids: Vec<&str> = ids.collect();
     let mut hashes: Vec<(u64, usize)> = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| (xxhash_rust::xxh3::xxh3_64(id.as_bytes()), i))
+        .map(|(i, id)| (id_hash(id), i))
         .collect();
     hashes.sort_unstable();
     // The duplicate that comes first in the file, as (first occurrence, repeat).
@@ -322,8 +330,13 @@ pub(crate) fn check_unique<'a>(
             next: FIX_DUPLICATE,
         }
         .into()),
-        None => Ok(()),
+        None => Ok(hashes),
     }
+}
+
+/// The hash [`unique_id_hashes`] sorts an id by.
+pub(crate) fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
 #[cfg(test)]

@@ -879,7 +879,6 @@ impl SqliteState {
         self.lock.is_none() && self.conn.path().is_none_or(str::is_empty)
     }
 
-    /// The codes that have links.
     /// What `pick` takes from the hash and match keys stored for each of `ids` in
     /// `scope`; keys `None` where unknown (0 is stored for keys a run did not know).
     fn stored_of<T>(
@@ -896,6 +895,7 @@ impl SqliteState {
         }
     }
 
+    /// The codes that have links.
     fn codes(&self) -> Result<Vec<String>, StateError> {
         self.conn
             .prepare_cached(CODES)

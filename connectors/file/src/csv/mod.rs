@@ -895,23 +895,14 @@ impl Table for CsvTable {
             self.index.remove(&old[self.layout.id], row);
         }
     }
-
-    fn save(&self) -> Result<String, ConnectorError> {
-        crate::atomic::replace(&self.path, |file| {
-            self.layout.style.write_start(file)?;
-            self.write_rows(&mut *file, &self.rows, true)
-        })
-    }
 }
 
-/// Rows written one at a time, each where the caller can tell (`pending` bytes after
-/// what `out` holds): formatted by one CSV writer into a buffer that goes to `out` a
-/// megabyte at a time. A writer per row allocated its 64 KiB buffer each time.
-pub(super) struct RowWriter {
+/// Text of CSV rows: rows formatted by one CSV writer into a buffer its owner also
+/// copies bytes into, and sends or takes (a CSV writer lends out no mutable access to
+/// what it writes to). A writer per row allocated its 64 KiB buffer each time.
+pub(super) struct Text {
     csv: csv::Writer<Staged>,
-    /// What `csv` formatted, shared with it: taken from here to be sent.
     staged: Staged,
-    width: usize,
 }
 
 /// A buffer a CSV writer writes into and its owner sends from.
@@ -929,46 +920,57 @@ impl io::Write for Staged {
     }
 }
 
-impl RowWriter {
-    pub(super) fn new(table: &CsvTable) -> RowWriter {
+impl Text {
+    /// Text in the style of a file, room made for `capacity` bytes.
+    pub(super) fn new(style: TextStyle, capacity: usize) -> Text {
         let staged = Staged::default();
-        RowWriter {
+        staged.0.borrow_mut().reserve(capacity);
+        Text {
             csv: WriterBuilder::new()
-                .terminator(terminator(table.layout.style))
+                .terminator(terminator(style))
                 .from_writer(staged.clone()),
             staged,
-            width: table.layout.headers.len(),
         }
     }
 
-    /// Bytes formatted and not yet sent.
-    pub(super) fn pending(&self) -> u64 {
+    /// The bytes held.
+    pub(super) fn len(&self) -> u64 {
         self.staged.0.borrow().len() as u64
     }
 
-    /// Formats `row`, padded with empty cells; sends what is formatted once it is a
-    /// megabyte.
-    pub(super) fn write<W: io::Write + ?Sized>(
-        &mut self,
-        out: &mut W,
-        row: &Row,
-    ) -> io::Result<()> {
-        let padding = std::iter::repeat_n("", self.width - row.len());
-        self.csv.write_record(row.iter().chain(padding))?;
-        // Into the buffer, so that `pending` counts it.
-        self.csv.flush()?;
-        if self.pending() >= ROWS_SENT_AT as u64 {
-            self.flush(out)?;
+    /// The bytes held, to add to.
+    pub(super) fn bytes(&self) -> std::cell::RefMut<'_, Vec<u8>> {
+        self.staged.0.borrow_mut()
+    }
+
+    /// Writes a record of `cells`.
+    pub(super) fn record<'a>(&mut self, cells: impl Iterator<Item = &'a str>) -> io::Result<()> {
+        self.csv.write_record(cells)?;
+        // Into the buffer, so that `len` counts it.
+        self.csv.flush()
+    }
+
+    /// Writes `row`, padded with empty cells to `width`.
+    pub(super) fn row(&mut self, row: &Row, width: usize) -> io::Result<()> {
+        let padding = std::iter::repeat_n("", width - row.len());
+        self.record(row.iter().chain(padding))
+    }
+
+    /// Sends the bytes held to `out` once they are a megabyte, or all of them.
+    pub(super) fn send<W: io::Write + ?Sized>(&mut self, out: &mut W, all: bool) -> io::Result<()> {
+        let mut staged = self.staged.0.borrow_mut();
+        if all || staged.len() >= SENT_AT {
+            out.write_all(&staged)?;
+            staged.clear();
         }
         Ok(())
     }
 
-    /// Sends what is formatted.
-    pub(super) fn flush<W: io::Write + ?Sized>(&mut self, out: &mut W) -> io::Result<()> {
-        let mut staged = self.staged.0.borrow_mut();
-        out.write_all(&staged)?;
-        staged.clear();
-        Ok(())
+    pub(super) fn into_bytes(self) -> Vec<u8> {
+        drop(self.csv);
+        std::rc::Rc::try_unwrap(self.staged.0)
+            .map(std::cell::RefCell::into_inner)
+            .unwrap_or_else(|shared| shared.borrow().clone())
     }
 }
 
@@ -980,10 +982,20 @@ fn terminator(style: TextStyle) -> Terminator {
     }
 }
 
-/// Formatted rows a [`RowWriter`] sends at once.
-const ROWS_SENT_AT: usize = 1 << 20;
+/// Formatted rows a [`Text`] sends at once.
+const SENT_AT: usize = 1 << 20;
 
+/// The oracle's side of a table loaded whole: saved whole.
+#[cfg(test)]
 impl CsvTable {
+    /// Rewrites the file atomically; returns the fingerprint of what it wrote.
+    pub(crate) fn save(&self) -> Result<String, ConnectorError> {
+        crate::atomic::replace(&self.path, |file| {
+            self.layout.style.write_start(file)?;
+            self.write_rows(&mut *file, &self.rows, true)
+        })
+    }
+
     /// Writes `rows` as CSV to `out`, after the header row if `header`; short rows
     /// padded with empty cells.
     fn write_rows(

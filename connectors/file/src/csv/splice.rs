@@ -354,24 +354,26 @@ impl<'i> Spliced<'i> {
         let mut next = NextIndex::with_capacity(rows, self.index.ids.len());
         let mut size = 0;
         let saved = crate::atomic::replace(&path, |out| {
-            let mut rows = super::RowWriter::new(&self.touched);
+            let layout = &self.touched.layout;
+            let (mut rows, width) = (super::Text::new(layout.style, 0), layout.headers.len());
             let mut buf = vec![0u8; COPY_BUFFER];
             let mut ends_line = true;
             // Where the old file is copied from, and its next row not in `next`.
             let (mut pos, mut row) = (0, 0);
             for (&i, &at) in &self.parsed {
                 let (start, end) = self.range(i)?;
-                rows.flush(out)?;
+                rows.send(out, true)?;
                 next.copied(self.index, row..i, (pos, out.written()), row > 0);
                 ends_line = self.copy(out, (pos, start), &mut buf)?.unwrap_or(ends_line);
                 if let Some(written) = &self.touched.rows[at] {
-                    next.push(&written[id], out.written() + rows.pending());
-                    rows.write(out, written)?;
+                    next.push(&written[id], out.written() + rows.len());
+                    rows.row(written, width)?;
+                    rows.send(out, false)?;
                     ends_line = true;
                 }
                 (pos, row) = (end, i + 1);
             }
-            rows.flush(out)?;
+            rows.send(out, true)?;
             next.copied(
                 self.index,
                 row..self.index.len(),
@@ -384,10 +386,11 @@ impl<'i> Spliced<'i> {
                 out.write_all(self.touched.layout.style.line_end())?;
             }
             for written in inserted.iter().flatten() {
-                next.push(&written[id], out.written() + rows.pending());
-                rows.write(out, written)?;
+                next.push(&written[id], out.written() + rows.len());
+                rows.row(written, width)?;
+                rows.send(out, false)?;
             }
-            rows.flush(out)?;
+            rows.send(out, true)?;
             size = out.written();
             Ok(())
         })?;
@@ -493,10 +496,6 @@ impl Table for Spliced<'_> {
     fn remove(&mut self, row: usize) {
         let at = self.at(row);
         self.touched.remove(at);
-    }
-
-    fn save(&self) -> Result<String, ConnectorError> {
-        self.splice_into_file().map(|(saved, _)| saved)
     }
 }
 

@@ -18,13 +18,12 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
-use csv::{ReaderBuilder, StringRecord, WriterBuilder};
+use csv::{ReaderBuilder, StringRecord};
 use tandem_connector::{ConnectorError, WriteOp, WriteOutcome, Written};
 use tandem_model::{EntityKind, Timestamp};
 
 use super::{
-    Layout, Pieces, RowIndex, Saved, Staged, TOO_LONG, checked, csv_error, read_exact_at,
-    terminator, threads,
+    Layout, Pieces, RowIndex, Saved, TOO_LONG, Text, checked, csv_error, read_exact_at, threads,
 };
 use crate::atomic::Fingerprinting;
 use crate::error::{FileError, line_error};
@@ -215,7 +214,7 @@ impl<'o> Stream<'o> {
         let mut header = self.text(0);
         header.record(self.layout.headers.iter())?;
         out.write_all(&header.into_bytes())?;
-        let mut rows = Rows::default();
+        let (mut rows, mut held) = (Rows::default(), Vec::new());
         if let Some(pieces) = pieces {
             let count = pieces.starts.len();
             for page in (0..count).step_by(threads()) {
@@ -224,9 +223,9 @@ impl<'o> Stream<'o> {
                     rows.append(part?, out, outcomes)?;
                 }
             }
-            table::check_unique(self.path, rows.ids(), &rows.lines)?;
+            held = table::unique_id_hashes(self.path, rows.ids(), &rows.lines)?;
         }
-        self.write_creates(out, &mut rows, outcomes)?;
+        self.write_creates(out, &mut rows, &held, outcomes)?;
         if !outcomes.iter().flatten().any(Result::is_ok) {
             return Ok(None);
         }
@@ -235,15 +234,7 @@ impl<'o> Stream<'o> {
 
     /// The pieces `range`, each read, changed and written out on a thread of its own.
     fn page(&self, pieces: &Pieces, range: std::ops::Range<usize>) -> Vec<Result<Part, Stop>> {
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = range
-                .map(|i| scope.spawn(move || self.piece(pieces, i)))
-                .collect();
-            parts
-                .into_iter()
-                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
+        side_by_side(range.map(|i| move || self.piece(pieces, i)))
     }
 
     /// Piece `i` of the file: its rows read, changed as the ops say and written.
@@ -387,11 +378,13 @@ impl<'o> Stream<'o> {
     }
 
     /// Writes the creates after the file's rows, each with a new id: the ids handed
-    /// out in order, the rows made and formatted in shares on the cores.
+    /// out in order, the rows made and formatted in shares on the cores. `held`: the
+    /// file's ids' hashes, sorted.
     fn write_creates(
         &self,
         out: &mut Fingerprinting<'_>,
         rows: &mut Rows,
+        held: &[(u64, usize)],
         outcomes: &mut [Option<WriteOutcome>],
     ) -> io::Result<()> {
         if self.creates.is_empty() {
@@ -400,20 +393,13 @@ impl<'o> Stream<'o> {
         if !rows.ends_line {
             out.write_all(self.layout.style.line_end())?;
         }
-        let mut ids = self.new_ids(rows).into_iter();
+        let mut ids = self.new_ids(rows, held).into_iter();
         let share = self.creates.len().div_ceil(threads());
         let shares: Vec<(&[usize], Vec<String>)> = (self.creates.chunks(share))
             .map(|creates| (creates, ids.by_ref().take(creates.len()).collect()))
             .collect();
-        let parts: Vec<io::Result<Part>> = std::thread::scope(|scope| {
-            let parts: Vec<_> = (shares.into_iter())
-                .map(|(creates, ids)| scope.spawn(move || self.created(creates, ids)))
-                .collect();
-            parts
-                .into_iter()
-                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
+        let shares = shares.into_iter();
+        let parts = side_by_side(shares.map(|(creates, ids)| move || self.created(creates, ids)));
         for part in parts {
             rows.append(part?, out, outcomes)?;
         }
@@ -423,11 +409,12 @@ impl<'o> Stream<'o> {
     /// An id for each create, past every id the file held: a hash held counts as
     /// taken (the ids held are unique, so this is never wrong, only in a case of
     /// equal hashes one id further).
-    fn new_ids(&self, rows: &Rows) -> Vec<String> {
+    fn new_ids(&self, rows: &Rows, held: &[(u64, usize)]) -> Vec<String> {
         let mut ids = IdAllocator::new(self.layout.kind, rows.ids());
-        let mut held: Vec<u64> = rows.ids().map(id_hash).collect();
-        held.sort_unstable();
-        let taken = |id: &str| held.binary_search(&id_hash(id)).is_ok();
+        let taken = |id: &str| {
+            let hash = table::id_hash(id);
+            held.binary_search_by_key(&hash, |&(h, _)| h).is_ok()
+        };
         self.creates.iter().map(|_| ids.next(taken)).collect()
     }
 
@@ -466,63 +453,22 @@ impl<'o> Stream<'o> {
 
     /// New text in the file's style, room made for `capacity` bytes.
     fn text(&self, capacity: usize) -> Text {
-        let staged = Staged::default();
-        staged.0.borrow_mut().reserve(capacity);
-        Text {
-            csv: WriterBuilder::new()
-                .terminator(terminator(self.layout.style))
-                .from_writer(staged.clone()),
-            staged,
-        }
+        Text::new(self.layout.style, capacity)
     }
 }
 
-/// Text of a new file: rows formatted by one CSV writer and bytes copied, in order.
-/// The writer writes into a buffer shared with its owner, who copies bytes in
-/// between (a CSV writer lends out no mutable access to what it writes to).
-struct Text {
-    csv: csv::Writer<Staged>,
-    staged: Staged,
-}
-
-impl Text {
-    /// The bytes so far.
-    fn len(&self) -> u64 {
-        self.staged.0.borrow().len() as u64
-    }
-
-    /// The bytes so far, to add to.
-    fn bytes(&self) -> std::cell::RefMut<'_, Vec<u8>> {
-        self.staged.0.borrow_mut()
-    }
-
-    /// Writes a record of `cells`.
-    fn record<'a>(&mut self, cells: impl Iterator<Item = &'a str>) -> io::Result<()> {
-        self.csv.write_record(cells)?;
-        // Into the shared buffer, so that `len` counts it.
-        self.csv.flush()
-    }
-
-    /// Writes `row`, padded with empty cells to `width`.
-    fn row(&mut self, row: &Row, width: usize) -> io::Result<()> {
-        let padding = std::iter::repeat_n("", width - row.len());
-        self.record(row.iter().chain(padding))
-    }
-
-    fn into_bytes(self) -> Vec<u8> {
-        drop(self.csv);
-        std::rc::Rc::try_unwrap(self.staged.0)
-            .map(std::cell::RefCell::into_inner)
-            .unwrap_or_else(|shared| shared.borrow().clone())
-    }
+/// Runs `jobs` on a thread each; their results in order.
+fn side_by_side<T: Send>(jobs: impl Iterator<Item = impl FnOnce() -> T + Send>) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = jobs.map(|job| scope.spawn(job)).collect();
+        (running.into_iter())
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 fn is_line_end(byte: u8) -> bool {
     matches!(byte, b'\r' | b'\n')
-}
-
-fn id_hash(id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
 /// What an op left of a row of the file.
@@ -662,7 +608,6 @@ mod tests {
     };
     use super::super::{CsvTable, read};
     use super::*;
-    use crate::table::Table as _;
 
     const CONTACT: EntityKind = EntityKind::Contact;
 
