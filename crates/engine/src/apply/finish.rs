@@ -30,7 +30,7 @@ pub(super) fn person_companies(
     };
     let changed = contacts.changed().count();
     if changed * 8 < input.contacts.len() {
-        let mut ids: Vec<&String> = contacts.changed().map(|(id, _)| id).collect();
+        let mut ids: Vec<&str> = contacts.changed().map(|(id, _)| id).collect();
         ids.sort_unstable();
         return ids
             .into_iter()

@@ -5,6 +5,7 @@
 mod guard;
 mod needed;
 mod prefetch;
+mod seen;
 mod wake;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -21,6 +22,7 @@ use crate::report::ReadStats;
 pub use guard::DeleteGuard;
 pub(crate) use needed::{Needed, fetch_missing, gone_if_missing};
 pub(crate) use prefetch::Prefetch;
+pub(crate) use seen::SeenMap;
 pub(crate) use wake::{
     FirstPass, Sides, StoredKeys, Wake, account_key_fields, contact_key_fields, second_pass, wakes,
 };
@@ -129,7 +131,7 @@ pub(crate) struct ScopeRead {
     /// Hash, match keys and change of each record kept in `records`, as read. One
     /// map, not one more for the changed: at a first sync every record is changed, and
     /// a second map held a second copy of a million ids.
-    pub hashes: crate::IdMap<String, Seen>,
+    pub hashes: SeenMap,
     /// The fields [`match_keys`] hashes for this scope; none when the run does not
     /// know them (keys unknown).
     pub key_fields: std::sync::Arc<[FieldName]>,
@@ -180,7 +182,7 @@ impl Change {
 impl ScopeRead {
     /// The records that changed since the last run, each with whether it is new
     /// ([`Change::New`]).
-    pub(crate) fn changed(&self) -> impl Iterator<Item = (&String, bool)> + Clone {
+    pub(crate) fn changed(&self) -> impl Iterator<Item = (&str, bool)> + Clone {
         (self.hashes.iter()).filter_map(|(id, seen)| match seen.change {
             Change::Unchanged => None,
             change => Some((id, change == Change::New)),
@@ -210,7 +212,7 @@ impl ScopeRead {
             scope,
             records: crate::Records::new(),
             deleted: BTreeSet::new(),
-            hashes: crate::IdMap::default(),
+            hashes: SeenMap::default(),
             key_fields: std::sync::Arc::from(Vec::new()),
             cursor: None,
             fingerprint,
@@ -296,7 +298,6 @@ pub(crate) async fn read_scope(
     );
     let started = std::time::Instant::now();
     let mut kept: Vec<Record> = Vec::new();
-    let mut seen: Vec<(String, Seen)> = Vec::new();
     let listing = loop {
         let page = connector
             .read(kind, cursor.as_ref())
@@ -305,7 +306,7 @@ pub(crate) async fn read_scope(
         stored.before(state, &out.scope, &page, &mut out.stored_keys)?;
         let (listing, has_more) = (page.listing, page.has_more);
         cursor = page.cursor;
-        out.take(page.records, &stored.hashes, &keep, (&mut kept, &mut seen));
+        out.take(page.records, &stored.hashes, &keep, &mut kept);
         // A change-reading connector's full listing is held against every stored hash.
         let expected = if listing == Listing::Full {
             stored.known
@@ -317,7 +318,7 @@ pub(crate) async fn read_scope(
             break listing;
         }
     };
-    out.keep_all(kept, seen);
+    out.keep_all(kept);
     if listing == Listing::Full {
         // Seen before, absent from a completed full listing: deleted, unless that is
         // too many to believe.
@@ -438,26 +439,23 @@ impl Stored {
 }
 
 impl ScopeRead {
-    /// The records a listing kept, and what was seen of them, once it is through.
-    fn keep_all(&mut self, kept: Vec<Record>, seen: Vec<(String, Seen)>) {
+    /// The records a listing kept, once it is through.
+    fn keep_all(&mut self, kept: Vec<Record>) {
         // Packed at once from the kept records, on the cores. A record sent twice keeps
         // its last copy, as an insert would.
         self.records = crate::Records::from_read(kept);
-        // At its full size at once: grown record by record, a first sync's million
-        // entries were moved again at every doubling.
-        self.hashes.reserve(seen.len());
-        self.hashes.extend(seen);
+        self.hashes.shrink_to_fit();
     }
 
     /// Takes one page: tombstones are deletes; a record is kept when it changed or
-    /// `keep` asks for it, with what was seen of it (in order: for the run's hashes,
-    /// once the listing is through); every record seen takes its hash from `stored`.
+    /// `keep` asks for it, with what was seen of it; every record seen takes its hash
+    /// from `stored`.
     fn take(
         &mut self,
         records: Vec<Record>,
         stored: &StoredHashes,
         keep: &impl Fn(&Record) -> bool,
-        (kept, seen): (&mut Vec<Record>, &mut Vec<(String, Seen)>),
+        kept: &mut Vec<Record>,
     ) {
         let mut hashed = hash_all(&records, &self.key_fields, stored);
         first_copy_takes(&records, &mut hashed);
@@ -471,7 +469,7 @@ impl ScopeRead {
             let changed = change != Change::Unchanged;
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
-                seen.push((record.id.clone(), Seen::read(read.hash, read.keys, change)));
+                (self.hashes).insert(&record.id, Seen::read(read.hash, read.keys, change));
                 kept.push(record);
             }
         }
@@ -560,7 +558,7 @@ pub(crate) fn add_in_play(read: &mut ScopeRead, records: Vec<Record>) {
         let keys = match_keys(&record.fields, &read.key_fields);
         let change = Change::Unchanged;
         read.hashes
-            .insert(record.id.clone(), Seen::read(hash, keys, change));
+            .insert(&record.id, Seen::read(hash, keys, change));
     }
     read.records.extend(records);
     read.stats.in_play = read.records.len() as u64;
@@ -621,18 +619,16 @@ mod tests {
             let (records, stored) = page_with_a_copy();
             let scope = Scope::new("erp", EntityKind::Customer);
             let mut read = ScopeRead::empty("erp", scope, None);
-            let (mut kept, mut seen) = (Vec::new(), Vec::new());
-            read.take(records, &stored, &|_| false, (&mut kept, &mut seen));
+            let mut kept = Vec::new();
+            read.take(records, &stored, &|_| false, &mut kept);
             // The first copy is as stored; the second is new, and kept as the record.
             let kept: Vec<(&str, Option<&Value>)> = (kept.iter())
                 .map(|r| (r.id.as_str(), r.fields.get("name")))
                 .collect();
             assert_eq!(kept, [("R20000", Some(&Value::text("Renamed")))]);
-            assert_eq!(seen.len(), 1);
-            assert_eq!(
-                (seen[0].0.as_str(), seen[0].1.change),
-                ("R20000", Change::New)
-            );
+            let seen: Vec<(&str, Change)> =
+                read.hashes.iter().map(|(id, s)| (id, s.change)).collect();
+            assert_eq!(seen, [("R20000", Change::New)]);
             assert_eq!((read.stats.records, read.stats.changed), (40_001, 1));
             assert!(stored.untaken().is_empty());
         }

@@ -176,7 +176,7 @@ pub(crate) async fn fetch_missing(
         let change = super::Change::of(stored.get(&record.id).copied(), hash);
         let keys = super::match_keys(&record.fields, &read.key_fields);
         let seen = super::Seen::read(hash, keys, change);
-        read.hashes.insert(record.id.clone(), seen);
+        read.hashes.insert(&record.id, seen);
     }
     read.records.extend(records);
     read.stats.in_play = read.records.len() as u64;

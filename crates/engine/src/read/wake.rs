@@ -58,7 +58,7 @@ impl StoredKeys {
             for (id, _) in read.changed().filter(|(_, new)| !*new) {
                 match read.stored_keys.get(id) {
                     Some(Some(keys)) => {
-                        stored.insert(id.clone(), *keys);
+                        stored.insert(id.to_owned(), *keys);
                     }
                     Some(None) => {}
                     None => unknown.push(id),
@@ -167,9 +167,7 @@ fn account_side_wakes(
         .filter(|l| l.code == code)
         .map(|l| l.account_id.as_str())
         .collect();
-    let mut unlinked = read
-        .changed()
-        .filter(|(id, _)| !linked.contains(id.as_str()));
+    let mut unlinked = read.changed().filter(|(id, _)| !linked.contains(id));
     if !read.deleted.is_empty() || unlinked.clone().any(|(_, new)| new) {
         Wake::Widely
     } else if unlinked.any(|(id, _)| !same_keys(read, stored, id)) {
