@@ -224,12 +224,26 @@ pub fn report(report: &RunReport, relations: &Relations, view: View, elapsed: Du
             colour: view.colour,
         };
         plan_actions(&mut list, report, relations);
-        if report.plan.hubs_left_out > 0 {
+        let left_out = [
+            (
+                report.plan.creates_left_out,
+                "more record",
+                "more records",
+                "creates",
+            ),
+            (
+                report.plan.hubs_left_out,
+                "more contact",
+                "more contacts",
+                "updates",
+            ),
+        ];
+        for (count, one, many, what) in left_out.into_iter().filter(|l| l.0 > 0) {
             let _ = writeln!(
                 list.out,
-                "\n... and the updates of {} not listed: the run went range by range \
+                "\n... and the {what} of {} not listed: the run went range by range \
                  ([sync] hubs_per_range); `tandem runs show {}` lists every record it touched",
-                plural(report.plan.hubs_left_out, "more contact", "more contacts"),
+                plural(count, one, many),
                 report.run_id.unwrap_or_default(),
             );
         }

@@ -1100,6 +1100,39 @@ async fn r18_a_create_whose_reply_was_lost_is_found_again_with_the_edit_made_sin
     assert_eq!(sync_with(&mut w, &connectors).await.writes, 0);
 }
 
+/// A run planned range by range holds no whole plan: its report lists one range's
+/// worth of hubs and of creates, says how many it left out, and counts every one.
+#[tokio::test]
+async fn a_run_in_ranges_reports_a_range_of_creates_and_hubs_and_counts_all() {
+    let mut w = world(false);
+    w.seed();
+    let f = |name: &str| Fields::new().with("name", name);
+    for (id, name) in [("K4", "Epsilon"), ("K5", "Zeta")] {
+        w.erp.put(EntityKind::Customer, id, f(name));
+    }
+    let whole = w.plan().await;
+    let connectors = w.connectors();
+    let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
+    engine.set_hubs_per_range(1);
+    let report = engine.sync().await.unwrap();
+    assert_eq!(report.counts, whole.counts);
+    assert_eq!(count(&report, "CUST").created, 3);
+    assert_eq!(report.plan.creates.len(), 1);
+    assert_eq!(report.plan.creates_left_out, 2);
+    assert_eq!(report.plan.hubs.len(), 1);
+    assert_eq!(
+        report.plan.hubs_left_out as usize,
+        whole.plan.hubs.len() - 1
+    );
+    // Every create was carried out, listed or not.
+    for name in ["Delta", "Epsilon", "Zeta"] {
+        assert_eq!(contacts_named(&w, name), 1, "{name}");
+    }
+    let json = serde_json::to_value(&report.plan).unwrap();
+    assert_eq!(json["creates_left_out"], 2);
+    assert!(whole.plan.creates_left_out == 0 && whole.plan.creates.len() == 3);
+}
+
 async fn sync_with(w: &mut World, connectors: &HashMap<String, Arc<dyn Connector>>) -> RunReport {
     let mut engine =
         Engine::new(w.relations.clone(), connectors.clone(), w.state.as_mut()).unwrap();

@@ -1653,9 +1653,11 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Big batches touch many pages: up to 64 MiB of cache (allocated only as
-    // needed) instead of the 2 MiB default.
-    conn.pragma_update(None, "cache_size", -65536)?;
+    // Big batches touch many pages: up to 16 MiB of cache (allocated only as
+    // needed) instead of the 2 MiB default. 64 MiB made no run faster (a first sync
+    // of 1M partners took as long, its commits are in key order) and was held to the
+    // end of every big run (docs/BENCHMARKS.md).
+    conn.pragma_update(None, "cache_size", -16384)?;
     // Reading through a memory map saves copying each page out of the OS cache:
     // reading a million links takes 40% less time. Only reads use it.
     conn.pragma_update(None, "mmap_size", 1 << 30)?;
