@@ -24,8 +24,28 @@ pub(crate) fn map_parts_in_order<T: Sync, R: Send>(
     threads: usize,
     work: impl Fn(&[T]) -> Vec<R> + Sync,
 ) -> Vec<R> {
+    let parts = map_parts(items, threads, work);
+    if parts.len() == 1 {
+        return parts.into_iter().next().unwrap_or_default();
+    }
+    // Sized once, each part let go once moved: collected as they came, the results
+    // (805,000 merged hubs of 184 bytes at 1M) grew by doubling beside the parts.
+    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for mut part in parts {
+        all.append(&mut part);
+    }
+    all
+}
+
+/// `work` done for one contiguous part of `items` per thread, the parts' results in
+/// the items' order, part by part: for a caller that takes them one part at a time.
+pub(crate) fn map_parts<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&[T]) -> Vec<R> + Sync,
+) -> Vec<Vec<R>> {
     if threads <= 1 || items.len() < 2 {
-        return work(items);
+        return vec![work(items)];
     }
     let chunk = items.len().div_ceil(threads);
     let work = &work;
@@ -36,7 +56,7 @@ pub(crate) fn map_parts_in_order<T: Sync, R: Send>(
             .collect();
         workers
             .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     })
 }
@@ -53,5 +73,8 @@ mod tests {
             assert_eq!(map_in_order(&items, threads, |i| i * 3), one);
         }
         assert!(map_in_order(&[] as &[u64], 4, |i| *i).is_empty());
+        let parts = map_parts(&items, 3, |part| part.to_vec());
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.concat(), items);
     }
 }

@@ -29,13 +29,17 @@ impl<'a> Planner<'a> {
         open_conflicts: &HashMap<&'a str, Vec<&'a ConflictEntry>>,
     ) {
         // Each hub is merged on its own (pure, no shared state): on the cores.
-        let merged: Vec<Option<Merged>> = self.on_cores(hub_ids, |contact_id| {
+        let parts: Vec<Vec<Option<Merged>>> = self.on_cores_in_parts(hub_ids, |contact_id| {
             self.merge_one(contact_id, open_conflicts)
         });
-        let merged: Vec<Merged> = merged.into_iter().flatten().collect();
         // Sized once: growing by doubling would hold up to twice the hubs while copying.
-        self.plan.hubs.reserve_exact(merged.len());
-        for merged in merged {
+        // Each part is let go once moved on: the merged hubs are held twice at most
+        // part by part, not whole.
+        let hubs = parts.iter().flatten().flatten();
+        self.plan
+            .hubs
+            .reserve_exact(hubs.filter(|m| m.hub.is_some()).count());
+        for merged in parts.into_iter().flatten().flatten() {
             self.plan.close_conflicts.extend(merged.closed);
             let Some(hub) = merged.hub else { continue };
             self.plan.hubs.push(hub);

@@ -811,6 +811,20 @@ impl<'a> Planner<'a> {
         crate::parallel::map_in_order(items, threads, work)
     }
 
+    /// [`Planner::on_cores`], the results part by part (one per thread), for a caller
+    /// that moves them on without holding them all twice.
+    pub(super) fn on_cores_in_parts<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        work: impl Fn(&T) -> R + Sync,
+    ) -> Vec<Vec<R>> {
+        let threads = match items.len() < PARALLEL_HUBS {
+            true => 1,
+            false => self.threads,
+        };
+        crate::parallel::map_parts(items, threads, |part| part.iter().map(&work).collect())
+    }
+
     /// A link made this run. Most contacts get one, some one per relation: each
     /// contact's list is sized to its links, where growing by a push kept room for
     /// four (129 MiB over the 805,000 new links of a first sync at 1M).
