@@ -23,7 +23,7 @@ struct CreateJob<'p> {
     source_id: &'p str,
     source_version: Option<&'p str>,
     fields: &'p Fields,
-    baseline: &'p Fields,
+    baseline: Baseline<'p>,
     /// What the source still has to receive once the record exists (R18).
     intent: Option<&'p Intent>,
     /// A contact asked for by `tandem create-contact`: the account's contact may have
@@ -35,7 +35,23 @@ struct CreateJob<'p> {
     requested_by: Option<&'p str>,
 }
 
+/// What a create's link starts from.
+#[derive(Clone, Copy)]
+enum Baseline<'p> {
+    /// Held by the create.
+    Held(&'p Fields),
+    /// A new contact's, worked out when its link is made ([`ContactCreate::baseline`]).
+    OfContact(&'p ContactCreate, &'p crate::relation::Relation),
+}
+
 impl CreateJob<'_> {
+    fn baseline(&self) -> Fields {
+        match self.baseline {
+            Baseline::Held(fields) => fields.clone(),
+            Baseline::OfContact(create, relation) => create.baseline(relation),
+        }
+    }
+
     /// The log's `created` entry, made when it is logged: held for every create of a
     /// run, it was a third copy of each one's fields.
     fn entry(&self) -> LogEntry {
@@ -55,6 +71,7 @@ impl CreateJob<'_> {
 fn create_jobs<'p>(
     contacts: &'p [ContactCreate],
     accounts: &'p [AccountCreate],
+    relations: &'p crate::relation::Relations,
 ) -> Vec<CreateJob<'p>> {
     let contacts = contacts.iter().map(|c| CreateJob {
         code: &c.code,
@@ -63,7 +80,7 @@ fn create_jobs<'p>(
         source_id: &c.account_id,
         source_version: c.account_version.as_deref(),
         fields: &c.fields,
-        baseline: &c.baseline,
+        baseline: Baseline::OfContact(c, &relations.relations[c.relation]),
         intent: None,
         asked: c.asked,
         template: None,
@@ -76,7 +93,7 @@ fn create_jobs<'p>(
         source_id: &c.contact_id,
         source_version: c.contact_version.as_deref(),
         fields: &c.fields,
-        baseline: &c.baseline,
+        baseline: Baseline::Held(&c.baseline),
         intent: (!c.intent.contact.is_empty()).then_some(&c.intent),
         asked: false,
         template: c.template,
@@ -114,13 +131,12 @@ impl Applier<'_> {
             std::mem::take(&mut self.plan.creates),
             std::mem::take(&mut self.plan.account_creates),
         );
-        let jobs = create_jobs(&contacts, &accounts);
+        let relations = self.relations;
+        let jobs = create_jobs(&contacts, &accounts, relations);
         let done = self.create_all(state, &jobs).await;
         drop(jobs);
         // A baseline is what a create's link starts from, stored with the link by now;
-        // the report does not show it. Held through the writes that follow, it was
-        // about 200 bytes for each of a first sync's 180,000 creates at 1M.
-        contacts.iter_mut().for_each(|c| c.baseline = Fields::new());
+        // the report does not show it (a new contact's is never held apart).
         accounts.iter_mut().for_each(|c| c.baseline = Fields::new());
         // A run planned range by range holds no whole plan until its end: its report
         // shows as many creates as hubs (180,000 new contacts' fields at 1M took about
@@ -280,7 +296,7 @@ impl Applier<'_> {
             code: job.code.to_owned(),
             contact_id: contact_id.clone(),
             account_id: account_id.clone(),
-            baseline: job.baseline.clone(),
+            baseline: job.baseline(),
             contact_version,
             account_version,
             last_error: None,

@@ -58,8 +58,7 @@ impl<'a> Planner<'a> {
             }
             let account = (self.accounts(r).records.get(&account_id))
                 .expect("unmatched accounts are read accounts");
-            let mut baseline = account.fields().project(&names(&relation.shared));
-            let mut fields = baseline.clone();
+            let mut fields = account.fields().project(&names(&relation.shared));
             fields.set(
                 field::CONTACT_TYPE,
                 Value::text(ContactType::Company.as_str()),
@@ -70,7 +69,6 @@ impl<'a> Planner<'a> {
             );
             // Held until the run ends, for each of what may be 100,000s of creates:
             // sized to their fields, not to the doubling that set them one by one.
-            baseline.shrink_to_fit();
             fields.shrink_to_fit();
             self.plan.creates.push(ContactCreate {
                 code: relation.code.clone(),
@@ -78,7 +76,6 @@ impl<'a> Planner<'a> {
                 account_id,
                 account_version: account.version().map(str::to_owned),
                 fields,
-                baseline,
                 asked: by_operator,
             });
         }
