@@ -93,7 +93,7 @@ impl<'a> Planner<'a> {
     /// drops one of its links or creates for it.
     fn touched(&self, contact_id: &str) -> bool {
         !self.input.match_only.contains(contact_id)
-            || self.new_links.contains_key(contact_id)
+            || self.new_links.has(contact_id)
             || self.lost_codes.contains_key(contact_id)
             || self.gained_codes.contains_key(contact_id)
             || self.template_fills.contains_key(contact_id)
@@ -141,9 +141,7 @@ impl<'a> Planner<'a> {
         let code = |r: usize| relations.relations[r].code.as_str();
         let mut held: Vec<&'a str> = Vec::new();
         held.extend((self.by_contact.get(contact_id).into_iter().flatten()).map(|(r, _)| code(*r)));
-        held.extend(
-            (self.new_links.get(contact_id).into_iter().flatten()).map(|(r, _, _)| code(*r)),
-        );
+        held.extend((self.new_links.of(contact_id).iter()).map(|(r, _, _)| code(*r)));
         // Gained codes are configured ones: borrowed from the relation of the same code.
         let gained = self.gained_codes.get(contact_id).into_iter().flatten();
         held.extend(gained.filter_map(|c| relations.index_of(c).map(code)));

@@ -9,7 +9,7 @@ impl<'a> Planner<'a> {
     /// in id order: the hubs to merge.
     pub(super) fn hub_ids(&self) -> Vec<&'a str> {
         let input = self.input;
-        let mut hub_ids: BTreeSet<&'a str> = self.new_links.keys().copied().collect();
+        let mut hub_ids: BTreeSet<&'a str> = self.new_links.contacts().collect();
         for (contact_id, links) in &self.by_contact {
             if (input.contacts.contains_key(contact_id) && !input.match_only.contains(*contact_id))
                 || links
@@ -70,7 +70,7 @@ impl<'a> Planner<'a> {
                 new_link: None,
             });
         }
-        for (r, account_id, how) in self.new_links.get(contact_id).into_iter().flatten() {
+        for (r, account_id, how) in self.new_links.of(contact_id) {
             pairs.push(PairInput {
                 relation: *r,
                 account_id,

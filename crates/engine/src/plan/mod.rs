@@ -28,6 +28,7 @@ mod counts;
 pub use counts::{PairWas, add_hub_counts};
 mod create;
 mod merge;
+mod new_links;
 mod operator;
 mod recover;
 mod relate;
@@ -554,6 +555,7 @@ impl<'a> Planning<'a> {
         let mut planner = Planner::new(relations, input);
         planner.threads = threads.max(1);
         planner.head();
+        planner.new_links.settle();
         let plan = std::mem::take(&mut planner.plan);
         let planning = Planning {
             hub_ids: planner.hub_ids(),
@@ -645,7 +647,7 @@ struct Planner<'a> {
     /// Per relation, the accounts with a live link.
     linked_accounts: Vec<BTreeSet<&'a str>>,
     /// Links made this run, by contact: (relation, account id, how).
-    new_links: BTreeMap<&'a str, Vec<(usize, &'a str, NewLink)>>,
+    new_links: new_links::NewLinks<'a>,
     /// Baselines new links start from instead of `initial`: the fields a create that
     /// was cut short sent (R18), by (relation, contact id).
     starts: HashMap<(usize, &'a str), &'a Fields>,
@@ -711,7 +713,7 @@ impl<'a> Planner<'a> {
             },
             by_contact: BTreeMap::new(),
             linked_accounts: vec![BTreeSet::new(); relations.relations.len()],
-            new_links: BTreeMap::new(),
+            new_links: new_links::NewLinks::default(),
             starts: HashMap::new(),
             lost_codes,
             gained_codes: BTreeMap::new(),
@@ -787,10 +789,7 @@ impl<'a> Planner<'a> {
         step.done("hash");
         // Each contact falls in one range: the new links of this one's are done with
         // (a first sync at 1M makes 805,000, held until their range is planned).
-        self.new_links = match bounds.1 {
-            Some(to) => self.new_links.split_off(to),
-            None => BTreeMap::new(),
-        };
+        self.new_links.forget_before(bounds.1);
         self.plan.take_range()
     }
 
@@ -832,9 +831,8 @@ impl<'a> Planner<'a> {
         crate::parallel::map_parts(items, threads, |part| part.iter().map(&work).collect())
     }
 
-    /// A link made this run. Most contacts get one, some one per relation: each
-    /// contact's list is sized to its links, where growing by a push kept room for
-    /// four (129 MiB over the 805,000 new links of a first sync at 1M).
+    /// A link made this run. Most contacts get one, some one per relation
+    /// ([`new_links::NewLinks`]).
     pub(super) fn add_new_link(
         &mut self,
         contact: &'a str,
@@ -842,19 +840,14 @@ impl<'a> Planner<'a> {
         account: &'a str,
         how: NewLink,
     ) {
-        let links = self.new_links.entry(contact).or_default();
-        links.reserve_exact(1);
-        links.push((r, account, how));
+        self.new_links.add(contact, (r, account, how));
     }
 
     pub(super) fn is_linked(&self, r: usize, contact_id: &str) -> bool {
         self.by_contact
             .get(contact_id)
             .is_some_and(|links| links.iter().any(|(lr, _)| *lr == r))
-            || self
-                .new_links
-                .get(contact_id)
-                .is_some_and(|links| links.iter().any(|(lr, _, _)| *lr == r))
+            || (self.new_links.of(contact_id).iter()).any(|(lr, _, _)| *lr == r)
     }
 }
 

@@ -1,0 +1,120 @@
+//! The links a run makes, by contact: added to while the head is planned, then
+//! settled into two flat vectors in contact order for the hubs, which read them a
+//! range at a time.
+
+use std::collections::BTreeMap;
+
+use super::NewLink;
+
+/// One new link of a contact: (relation, account id, how).
+pub(super) type NewLinkOf<'a> = (usize, &'a str, NewLink);
+
+/// New links by contact.
+///
+/// Why two shapes: the head adds links and asks for them in any order (a link found
+/// again makes its contact linked for the next candidate), so it needs a map. The
+/// hubs only ask, in contact order. A first sync at 1M makes 805,000 links: in the
+/// map each took a tree slot and a vector of its own, about 105 bytes; settled, 56.
+#[derive(Debug, Default)]
+pub(super) struct NewLinks<'a> {
+    /// Before [`NewLinks::settle`].
+    growing: BTreeMap<&'a str, Vec<NewLinkOf<'a>>>,
+    /// After it: the contact of each link in `links`, in id order.
+    contacts: Vec<&'a str>,
+    links: Vec<NewLinkOf<'a>>,
+}
+
+impl<'a> NewLinks<'a> {
+    /// Adds a link of `contact`; only before [`NewLinks::settle`].
+    pub fn add(&mut self, contact: &'a str, link: NewLinkOf<'a>) {
+        debug_assert!(self.contacts.is_empty(), "a link added once settled");
+        let links = self.growing.entry(contact).or_default();
+        // Most contacts get one: sized to its links, where a push kept room for four.
+        links.reserve_exact(1);
+        links.push(link);
+    }
+
+    /// The links of `contact`, in the order added.
+    pub fn of(&self, contact: &str) -> &[NewLinkOf<'a>] {
+        if let Some(links) = self.growing.get(contact) {
+            return links;
+        }
+        let from = self.contacts.partition_point(|c| *c < contact);
+        let to = from + self.contacts[from..].partition_point(|c| *c == contact);
+        &self.links[from..to]
+    }
+
+    pub fn has(&self, contact: &str) -> bool {
+        !self.of(contact).is_empty()
+    }
+
+    /// Every contact with a new link, once each, in id order.
+    pub fn contacts(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let settled = self.contacts.iter().copied();
+        let mut last = None;
+        let settled = settled.filter(move |c| last.replace(*c) != Some(*c));
+        self.growing.keys().copied().chain(settled)
+    }
+
+    /// From here on only asked: the links in contact order, flat.
+    pub fn settle(&mut self) {
+        let count = self.growing.values().map(Vec::len).sum::<usize>();
+        self.contacts.reserve_exact(count);
+        self.links.reserve_exact(count);
+        for (contact, links) in std::mem::take(&mut self.growing) {
+            for link in links {
+                self.contacts.push(contact);
+                self.links.push(link);
+            }
+        }
+    }
+
+    /// Lets go of the links of contacts before `to` (all, for `None`): their range
+    /// is planned.
+    pub fn forget_before(&mut self, to: Option<&str>) {
+        let end = match to {
+            Some(to) => self.contacts.partition_point(|c| *c < to),
+            None => self.contacts.len(),
+        };
+        if end > 0 {
+            self.contacts.drain(..end);
+            self.links.drain(..end);
+            self.contacts.shrink_to_fit();
+            self.links.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settled_links_are_found_as_added_and_let_go_a_range_at_a_time() {
+        let mut links = NewLinks::default();
+        let how = NewLink::Match { tier: 1 };
+        links.add("C3", (0, "K3", how));
+        links.add("C1", (0, "K1", how));
+        links.add("C3", (1, "V3", NewLink::Operator));
+        links.add("C2", (0, "K2", how));
+        let before: Vec<Vec<NewLinkOf>> = ["C1", "C2", "C3", "C4"]
+            .map(|c| links.of(c).to_vec())
+            .into();
+        assert_eq!(links.contacts().collect::<Vec<_>>(), ["C1", "C2", "C3"]);
+        links.settle();
+        let after: Vec<Vec<NewLinkOf>> = ["C1", "C2", "C3", "C4"]
+            .map(|c| links.of(c).to_vec())
+            .into();
+        assert_eq!(after, before);
+        assert_eq!(
+            links.of("C3"),
+            [(0, "K3", how), (1, "V3", NewLink::Operator)]
+        );
+        assert_eq!(links.contacts().collect::<Vec<_>>(), ["C1", "C2", "C3"]);
+        assert!(links.has("C2") && !links.has("C0"));
+        links.forget_before(Some("C3"));
+        assert!(!links.has("C1") && !links.has("C2") && links.has("C3"));
+        links.forget_before(None);
+        assert_eq!(links.contacts().count(), 0);
+    }
+}
