@@ -9,7 +9,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Keeps freed memory in the process for ten seconds instead of one before giving it
+/// Keeps freed memory in the process for ten seconds instead of 10 ms before giving it
 /// back to the OS. A sync frees the records it read (gigabytes at a million partners)
 /// and then allocates as much again to apply the plan; pages given back must be faulted
 /// in and zeroed again on their next use, which cost 7 % of an initial sync of 1M
@@ -18,16 +18,29 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// `MIMALLOC_PURGE_DELAY` (milliseconds), when set, wins: mimalloc reads it itself.
 pub fn keep_freed_memory() {
+    set_purge_delay(10_000);
+}
+
+/// Gives freed memory back to the OS at mimalloc's own pace again (10 ms), for a run
+/// told to hold little (`[sync] hubs_per_range`): memory kept ten seconds counted in
+/// its peak, 1,179 to 1,189 MiB instead of 965 to 968 for a first sync of 1M in ranges
+/// of 100,000, which then took a little more CPU (28 s against 22 to 26 s) to fault
+/// pages in again (docs/BENCHMARKS.md). `MIMALLOC_PURGE_DELAY`, when set, wins.
+pub fn give_back_freed_memory() {
+    set_purge_delay(10);
+}
+
+/// How long mimalloc keeps freed memory, unless `MIMALLOC_PURGE_DELAY` says.
+fn set_purge_delay(ms: std::ffi::c_long) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
     // `mi_option_purge_delay` in mimalloc.h (option indexes are stable: retired
     // options keep their slot); libmimalloc-sys names no constant for it.
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
     // SAFETY: sets an integer option; mimalloc reads it atomically when it purges.
     #[allow(unsafe_code)]
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms);
     }
 }

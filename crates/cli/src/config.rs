@@ -68,6 +68,8 @@ impl RunConfig {
         engine.set_max_delete_share(self.max_delete_share);
         if let Some(per_range) = self.hubs_per_range {
             engine.set_hubs_per_range(usize::try_from(per_range).unwrap_or(usize::MAX));
+            // Ranges are for short memory: freed memory is not kept for the next step.
+            crate::allocator::give_back_freed_memory();
         }
     }
 }
