@@ -203,6 +203,15 @@ async fn first_sync_links_creates_and_settles(incremental: bool) {
     assert_eq!(created[0].fields.text("city"), Some("Gent"));
     assert_eq!(created[0].fields.text("contact_type"), Some("company"));
     assert_eq!(w.state.count_links("CUST").unwrap(), 3);
+    // The new contact's link starts from the account's shared fields alone, not from
+    // the contact type and code the create added.
+    let link = w
+        .state
+        .links_of_accounts("CUST", &["K3"])
+        .unwrap()
+        .remove(0);
+    let shared = Fields::new().with("city", "Gent").with("name", "Delta");
+    assert_eq!(link.baseline, shared);
 
     // R14: the next run finds the values it wrote and writes nothing.
     let second = w.sync().await;
