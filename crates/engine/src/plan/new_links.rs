@@ -34,6 +34,11 @@ impl<'a> NewLinks<'a> {
         links.push(link);
     }
 
+    /// Room for `contacts` more contacts with links, before they are added.
+    pub fn reserve(&mut self, contacts: usize) {
+        self.growing.reserve(contacts);
+    }
+
     /// The links of `contact`, in the order added.
     pub fn of(&self, contact: &str) -> &[NewLinkOf<'a>] {
         if let Some(links) = self.growing.get(contact) {

@@ -20,7 +20,7 @@ impl<'a> Planner<'a> {
     /// matching reads nothing another's changes. Not when creates cut short are to be
     /// found again first (`recover`): those link records before matching, and their
     /// plan entries keep the relations' order.
-    pub(super) fn match_side_by_side(&self) -> Vec<Option<MatchOutcome>> {
+    pub(super) fn match_side_by_side(&self) -> Vec<Option<MatchOutcome<'a>>> {
         let n = self.relations.relations.len();
         let recovering = self.input.pending.creates.iter().any(recoverable);
         if n < 2 || self.threads < 2 || recovering {
@@ -45,7 +45,7 @@ impl<'a> Planner<'a> {
     /// accounts (R6) and accounts for contacts that ask (R5). Nothing for a quiet
     /// relation ([`PlanInput::quiet`]): a request, a pending create or an operator's
     /// wakes it.
-    pub(super) fn match_and_create(&mut self, r: usize, premade: Option<MatchOutcome>) {
+    pub(super) fn match_and_create(&mut self, r: usize, premade: Option<MatchOutcome<'a>>) {
         if self.is_quiet(r) {
             return;
         }
@@ -81,7 +81,7 @@ impl<'a> Planner<'a> {
 
     /// R4: the unlinked records of both sides matched by the relation's tiers; pairs an
     /// operator unlinked stay apart, whatever the match rules say.
-    fn match_outcome(&self, r: usize, waiting: &BTreeSet<&'a str>) -> MatchOutcome {
+    fn match_outcome(&self, r: usize, waiting: &BTreeSet<&'a str>) -> MatchOutcome<'a> {
         let input = self.input;
         let relation = &self.relations.relations[r];
         let pool_contacts: Vec<&PackedRecord> = input
@@ -115,14 +115,13 @@ impl<'a> Planner<'a> {
         if !apart.is_empty() {
             outcome
                 .matches
-                .retain(|(c, a, _)| !apart.contains(&(c.as_str(), a.as_str())));
+                .retain(|(c, a, _)| !apart.contains(&(*c, *a)));
         }
         outcome
     }
 
     /// The links `outcome` makes, and what it leaves to creates.
-    fn take_matches(&mut self, r: usize, outcome: MatchOutcome) -> Matched<'a> {
-        let input = self.input;
+    fn take_matches(&mut self, r: usize, outcome: MatchOutcome<'a>) -> Matched<'a> {
         // Looked up, never walked: hash sets.
         let mut matched = Matched {
             contacts: crate::IdSet::default(),
@@ -134,20 +133,14 @@ impl<'a> Planner<'a> {
                 .collect(),
             unmatched_accounts: outcome.unmatched_accounts,
         };
-        for (contact_id, account_id, tier) in &outcome.matches {
-            let (c, _) = input
-                .contacts
-                .get_key_value(contact_id)
-                .expect("matched from the pool");
-            let (a, _) = self
-                .accounts(r)
-                .records
-                .get_key_value(account_id)
-                .expect("matched from the pool");
+        // Borrowed from the records matched, as the links keep them.
+        matched.contacts.reserve(outcome.matches.len());
+        matched.accounts.reserve(outcome.matches.len());
+        self.new_links.reserve(outcome.matches.len());
+        for (c, a, tier) in outcome.matches {
             matched.contacts.insert(c);
             matched.accounts.insert(a);
-            let how = NewLink::Match { tier: *tier };
-            self.add_new_link(c, r, a, how);
+            self.add_new_link(c, r, a, NewLink::Match { tier });
         }
         self.plan.ambiguous.extend(outcome.ambiguous);
         matched
