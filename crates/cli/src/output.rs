@@ -722,6 +722,44 @@ mod tests {
         assert_eq!(out, "  \x1b[31m-\x1b[0m x\n  \x1b[35m!\x1b[0m y\n");
     }
 
+    /// A run in ranges lists one range's worth and says how many more it left out,
+    /// of creates and of updates alike.
+    #[test]
+    fn a_ranged_run_names_the_creates_and_updates_it_does_not_list() {
+        let mut plan = tandem_engine::plan::Plan::default();
+        (plan.hubs_left_out, plan.creates_left_out) = (5, 1);
+        let run = RunReport {
+            run_id: Some(7),
+            mode: tandem_engine::RunMode::Sync,
+            read: Vec::new(),
+            counts: Vec::new(),
+            writes: 0,
+            ambiguous: Vec::new(),
+            failures: Vec::new(),
+            plan,
+        };
+        let relations = Relations {
+            contacts_connector: "crm".into(),
+            contact_preserve: Vec::new(),
+            relations: Vec::new(),
+            partitions: 1,
+        };
+        let view = View {
+            actions: true,
+            cap: None,
+            colour: false,
+        };
+        let out = report(&run, &relations, view, Duration::from_secs(1));
+        let line = |what: &str, count: &str| {
+            format!(
+                "... and the {what} of {count} not listed: the run went range by range \
+                 ([sync] hubs_per_range); `tandem runs show 7` lists every record it touched\n"
+            )
+        };
+        assert!(out.contains(&line("creates", "1 more record")), "{out}");
+        assert!(out.contains(&line("updates", "5 more contacts")), "{out}");
+    }
+
     #[test]
     fn values_are_quoted_and_empty_is_named() {
         assert_eq!(show(&Value::text("+32 9")), "\"+32 9\"");
