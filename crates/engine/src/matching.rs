@@ -86,36 +86,23 @@ pub fn match_records<'p, R: RecordView>(
     let mut matches: Vec<(u32, u32, usize)> = Vec::new();
 
     for (t, tier) in tiers.iter().enumerate() {
-        let mut index: crate::IdMap<u128, (Vec<u32>, Vec<u32>)> = crate::IdMap::default();
-        for (i, record) in contacts.iter().enumerate() {
-            if contact_open[i] && key(tier, record, &mut buf) {
-                index.entry(hash(&buf)).or_default().0.push(i as u32);
-            }
-        }
-        if index.is_empty() {
+        let contact_keys = keys_of(tier, contacts, &contact_open, &mut buf);
+        if contact_keys.is_empty() {
             continue;
         }
-        for (i, record) in accounts.iter().enumerate() {
-            if account_open[i]
-                && key(tier, record, &mut buf)
-                && let Some(bucket) = index.get_mut(&hash(&buf))
-            {
-                bucket.1.push(i as u32);
-            }
-        }
-        for (cs, accs) in index.into_values() {
-            if accs.is_empty() {
-                continue;
-            }
-            for &c in &cs {
+        let account_keys = keys_of(tier, accounts, &account_open, &mut buf);
+        for (cs, accs) in common_keys(&contact_keys, &account_keys) {
+            for &(_, c) in cs {
                 contact_open[c as usize] = false;
             }
-            for &a in &accs {
+            for &(_, a) in accs {
                 account_open[a as usize] = false;
             }
-            if cs.len() == 1 && accs.len() == 1 {
-                matches.push((cs[0], accs[0], t + 1));
+            if let ([(_, c)], [(_, a)]) = (cs, accs) {
+                matches.push((*c, *a, t + 1));
             } else {
+                let positions = |keys: &[(u128, u32)]| keys.iter().map(|k| k.1).collect::<Vec<_>>();
+                let (cs, accs) = (positions(cs), positions(accs));
                 let found = Found {
                     contacts,
                     accounts,
@@ -143,6 +130,51 @@ pub fn match_records<'p, R: RecordView>(
         outcome.unmatched_accounts.sort();
     }
     outcome
+}
+
+/// The key of `tier` of each record of `pool` still open, hashed, with its position,
+/// sorted: records that share a key lie together, in position order. Sorted, not
+/// gathered in a map of a vector per key: a tier of a million records made a million
+/// vectors, and grew faster than the records did (10M took 11x the time of 1M).
+fn keys_of<R: RecordView>(
+    tier: &Tier,
+    pool: &[&R],
+    open: &[bool],
+    buf: &mut String,
+) -> Vec<(u128, u32)> {
+    let mut keys = Vec::new();
+    for (i, record) in pool.iter().enumerate() {
+        if open[i] && key(tier, record, buf) {
+            keys.push((hash(buf), i as u32));
+        }
+    }
+    keys.sort_unstable();
+    keys
+}
+
+/// The keys found on both sides ([`keys_of`]), each as its records on either side.
+fn common_keys<'k>(
+    contacts: &'k [(u128, u32)],
+    accounts: &'k [(u128, u32)],
+) -> impl Iterator<Item = (&'k [(u128, u32)], &'k [(u128, u32)])> {
+    let (mut c, mut a) = (0, 0);
+    std::iter::from_fn(move || {
+        while c < contacts.len() && a < accounts.len() {
+            let key = contacts[c].0;
+            match key.cmp(&accounts[a].0) {
+                std::cmp::Ordering::Less => c += 1,
+                std::cmp::Ordering::Greater => a += 1,
+                std::cmp::Ordering::Equal => {
+                    let cs = c + contacts[c..].partition_point(|k| k.0 == key);
+                    let accs = a + accounts[a..].partition_point(|k| k.0 == key);
+                    let group = (&contacts[c..cs], &accounts[a..accs]);
+                    (c, a) = (cs, accs);
+                    return Some(group);
+                }
+            }
+        }
+        None
+    })
 }
 
 /// Matches by position in the pools, as (contact id, account id, tier) in contact id
