@@ -101,7 +101,7 @@ pub fn match_records<'p, R: RecordView>(
             if let ([(_, c)], [(_, a)]) = (cs, accs) {
                 matches.push((*c, *a, t + 1));
             } else {
-                let positions = |keys: &[(u128, u32)]| keys.iter().map(|k| k.1).collect::<Vec<_>>();
+                let positions = |keys: &[Keyed]| keys.iter().map(|k| k.1).collect::<Vec<_>>();
                 let (cs, accs) = (positions(cs), positions(accs));
                 let found = Found {
                     contacts,
@@ -132,16 +132,14 @@ pub fn match_records<'p, R: RecordView>(
     outcome
 }
 
+/// A record's key, hashed, and its position in its pool.
+type Keyed = (u128, u32);
+
 /// The key of `tier` of each record of `pool` still open, hashed, with its position,
 /// sorted: records that share a key lie together, in position order. Sorted, not
 /// gathered in a map of a vector per key: a tier of a million records made a million
 /// vectors, and grew faster than the records did (10M took 11x the time of 1M).
-fn keys_of<R: RecordView>(
-    tier: &Tier,
-    pool: &[&R],
-    open: &[bool],
-    buf: &mut String,
-) -> Vec<(u128, u32)> {
+fn keys_of<R: RecordView>(tier: &Tier, pool: &[&R], open: &[bool], buf: &mut String) -> Vec<Keyed> {
     let mut keys = Vec::new();
     for (i, record) in pool.iter().enumerate() {
         if open[i] && key(tier, record, buf) {
@@ -154,9 +152,9 @@ fn keys_of<R: RecordView>(
 
 /// The keys found on both sides ([`keys_of`]), each as its records on either side.
 fn common_keys<'k>(
-    contacts: &'k [(u128, u32)],
-    accounts: &'k [(u128, u32)],
-) -> impl Iterator<Item = (&'k [(u128, u32)], &'k [(u128, u32)])> {
+    contacts: &'k [Keyed],
+    accounts: &'k [Keyed],
+) -> impl Iterator<Item = (&'k [Keyed], &'k [Keyed])> {
     let (mut c, mut a) = (0, 0);
     std::iter::from_fn(move || {
         while c < contacts.len() && a < accounts.len() {
