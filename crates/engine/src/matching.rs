@@ -524,4 +524,110 @@ mod tests {
         // Read in another region, the national number is another number.
         assert!(!matches(phone(Some("NL")), contact, account));
     }
+
+    /// R4 against a plain model: per tier, the open records grouped by their key as
+    /// text (no hashing, no sorting); a key on both sides closes every record that
+    /// holds it, and makes a match only one to one. Values from a small set, so keys
+    /// are shared, ambiguous and empty often.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        type Outcome = (
+            Vec<(String, String, usize)>,
+            Vec<(Vec<String>, Vec<String>)>,
+            Vec<String>,
+        );
+
+        fn plain(tiers: &[Tier], contacts: &[Record], accounts: &[Record]) -> Outcome {
+            let (mut c_open, mut a_open) = (vec![true; contacts.len()], vec![true; accounts.len()]);
+            let (mut matches, mut ambiguous) = (Vec::new(), Vec::new());
+            let mut buf = String::new();
+            for (t, tier) in tiers.iter().enumerate() {
+                let mut groups: BTreeMap<String, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+                for (i, c) in contacts.iter().enumerate() {
+                    if c_open[i] && key(tier, &c, &mut buf) {
+                        groups.entry(buf.clone()).or_default().0.push(i);
+                    }
+                }
+                for (i, a) in accounts.iter().enumerate() {
+                    if a_open[i] && key(tier, &a, &mut buf) {
+                        groups.entry(buf.clone()).or_default().1.push(i);
+                    }
+                }
+                for (cs, accs) in groups.into_values() {
+                    if cs.is_empty() || accs.is_empty() {
+                        continue;
+                    }
+                    cs.iter().for_each(|&c| c_open[c] = false);
+                    accs.iter().for_each(|&a| a_open[a] = false);
+                    let ids = |pool: &[Record], at: &[usize]| {
+                        let mut ids: Vec<String> = at.iter().map(|&i| pool[i].id.clone()).collect();
+                        ids.sort();
+                        ids
+                    };
+                    match (cs.as_slice(), accs.as_slice()) {
+                        ([c], [a]) => {
+                            matches.push((contacts[*c].id.clone(), accounts[*a].id.clone(), t + 1))
+                        }
+                        _ => ambiguous.push((ids(contacts, &cs), ids(accounts, &accs))),
+                    }
+                }
+            }
+            matches.sort();
+            ambiguous.sort();
+            let unmatched = (accounts.iter().zip(&a_open))
+                .filter(|(_, open)| **open)
+                .map(|(a, _)| a.id.clone())
+                .collect();
+            (matches, ambiguous, unmatched)
+        }
+
+        fn records(kind: EntityKind, prefix: &'static str) -> impl Strategy<Value = Vec<Record>> {
+            let value = |set: &'static [&'static str]| prop::sample::select(set);
+            let one = (
+                value(&["", "BE1", "be 1", "BE2", "NL3"]),
+                value(&["", "a@x.be", "A@X.BE", "b@x.be"]),
+                value(&["", "Acme", "Beta"]),
+            );
+            prop::collection::vec(one, 0..12).prop_map(move |rows| {
+                (rows.into_iter().enumerate())
+                    .map(|(i, (vat, email, name))| {
+                        let pairs = [
+                            ("vat_registration_no", vat),
+                            ("email", email),
+                            ("name", name),
+                        ];
+                        let set: Vec<(&str, &str)> =
+                            pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+                        rec(kind, &format!("{prefix}{i:02}"), &set)
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn r4_matching_finds_what_grouping_by_key_finds(
+                contacts in records(EntityKind::Contact, "C"),
+                accounts in records(EntityKind::Customer, "K"),
+            ) {
+                let tiers = [tier(&["vat_registration_no"]), tier(&["email"]), tier(&["name"])];
+                let (cs, accs): (Vec<&Record>, Vec<&Record>) =
+                    (contacts.iter().collect(), accounts.iter().collect());
+                let out = match_records("CUST", &tiers, &cs, &accs);
+                let mut matches: Vec<(String, String, usize)> = (out.matches.iter())
+                    .map(|(c, a, t)| (c.to_string(), a.to_string(), *t))
+                    .collect();
+                matches.sort();
+                let mut ambiguous: Vec<(Vec<String>, Vec<String>)> = (out.ambiguous.iter())
+                    .map(|a| (a.contact_ids.clone(), a.account_ids.clone()))
+                    .collect();
+                ambiguous.sort();
+                let got = (matches, ambiguous, out.unmatched_accounts.clone());
+                prop_assert_eq!(got, plain(&tiers, &contacts, &accounts));
+            }
+        }
+    }
 }
