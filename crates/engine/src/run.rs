@@ -349,7 +349,10 @@ impl<'a> Engine<'a> {
         let link_counts = self.per_relation(|code| self.state.count_links(code))?;
         let any_links = link_counts.iter().any(|n| *n > 0);
         let pending = Pending::load(&*self.state)?;
-        let needed = Needed::of(&relations, &directives, &*self.state, &pending)?;
+        let mut needed = Needed::of(&relations, &directives, &*self.state, &pending)?;
+        if self.partition.is_matcher() && !self.partition.is_whole() {
+            needed.marked_by_others(&relations, &*self.state, self.partition)?;
+        }
         // First pass: keep what changed and what the run needs; unchanged records
         // stream by. Accounts first: a deleted account's contact must be read to lose
         // the code (R9).

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use tandem_connector::Connector;
+use tandem_model::EntityKind;
 use tandem_state::{Side, StateStore};
 use tracing::info;
 
@@ -111,6 +112,47 @@ impl Needed {
 
 /// Marks as deleted the records of `known` that a complete read did not return: a full
 /// listing that completed, or a read by id, holds every one that exists (R16).
+impl Needed {
+    /// For the matcher of partitioned runs: the linked records another partition found
+    /// deleted and marked to be looked at again (`Cut::forgets`: their unlink is the
+    /// matcher's). They are read (by id, from a change-reading connector) and gone if a
+    /// complete read lacks them. The matcher may never have remembered them: a link
+    /// whose intent another partition settled left the record's hash in that
+    /// partition's scope alone, and the link then outlived its record.
+    pub(crate) fn marked_by_others(
+        &mut self,
+        relations: &Relations,
+        state: &dyn StateStore,
+        partition: crate::Partition,
+    ) -> Result<(), EngineError> {
+        let marked = |connector: &str, kind: EntityKind| -> Result<Vec<String>, EngineError> {
+            let own = partition.scope(connector, kind);
+            let mut ids = Vec::new();
+            for scope in relations.scopes_of(connector, kind) {
+                if scope != own {
+                    ids.extend(state.rechecks(&scope)?);
+                }
+            }
+            Ok(ids)
+        };
+        for (r, relation) in relations.relations.iter().enumerate() {
+            let ids = marked(&relation.connector, relation.kind)?;
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            for link in state.links_of_accounts(&relation.code, &ids)? {
+                self.accounts[r].insert(link.account_id.clone());
+                self.linked_accounts[r].insert(link.account_id);
+            }
+        }
+        let ids = marked(&relations.contacts_connector, EntityKind::Contact)?;
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for link in state.links_of_contacts(&ids)? {
+            self.contacts.insert(link.contact_id.clone());
+            self.linked_contacts.insert(link.contact_id);
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn gone_if_missing(read: &mut ScopeRead, known: &HashSet<String>) {
     if read.stats.skipped {
         return;
