@@ -810,11 +810,15 @@ impl<'a> Planner<'a> {
         items: &[T],
         work: impl Fn(&T) -> R + Sync,
     ) -> Vec<R> {
-        let threads = match items.len() < PARALLEL_HUBS {
+        crate::parallel::map_in_order(items, self.threads_for(items.len()), work)
+    }
+
+    /// The threads `items` pieces of work are spread over: one below [`PARALLEL_HUBS`].
+    fn threads_for(&self, items: usize) -> usize {
+        match items < PARALLEL_HUBS {
             true => 1,
             false => self.threads,
-        };
-        crate::parallel::map_in_order(items, threads, work)
+        }
     }
 
     /// [`Planner::on_cores`], the results part by part (one per thread), for a caller
@@ -824,10 +828,7 @@ impl<'a> Planner<'a> {
         items: &[T],
         work: impl Fn(&T) -> R + Sync,
     ) -> Vec<Vec<R>> {
-        let threads = match items.len() < PARALLEL_HUBS {
-            true => 1,
-            false => self.threads,
-        };
+        let threads = self.threads_for(items.len());
         crate::parallel::map_parts(items, threads, |part| part.iter().map(&work).collect())
     }
 

@@ -108,11 +108,7 @@ impl Needed {
         );
         Ok(needed)
     }
-}
 
-/// Marks as deleted the records of `known` that a complete read did not return: a full
-/// listing that completed, or a read by id, holds every one that exists (R16).
-impl Needed {
     /// For the matcher of partitioned runs: the linked records another partition found
     /// deleted and marked to be looked at again (`Cut::forgets`: their unlink is the
     /// matcher's). They are read (by id, from a change-reading connector) and gone if a
@@ -153,6 +149,8 @@ impl Needed {
     }
 }
 
+/// Marks as deleted the records of `known` that a complete read did not return: a full
+/// listing that completed, or a read by id, holds every one that exists (R16).
 pub(crate) fn gone_if_missing(read: &mut ScopeRead, known: &HashSet<String>) {
     if read.stats.skipped {
         return;
