@@ -130,6 +130,16 @@ impl Deployment {
         fs::write(self.path(rel), content).unwrap();
     }
 
+    /// Replaces a file whole, as an editor that saves by renaming does: a process
+    /// reading it meanwhile (a worker) sees the old content or the new, never an
+    /// empty or a half-written file.
+    pub fn replace(&self, rel: &str, content: &str) {
+        let path = self.path(rel);
+        let staged = path.with_extension("staged");
+        fs::write(&staged, content).unwrap();
+        fs::rename(&staged, &path).unwrap();
+    }
+
     pub fn read(&self, rel: &str) -> String {
         fs::read_to_string(self.path(rel)).unwrap_or_default()
     }

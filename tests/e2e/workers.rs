@@ -275,30 +275,59 @@ fn partitioned(
     (reference, d, first)
 }
 
+/// Waits until `worker` has polled once after this call (`-v` logs each poll): a run
+/// in flight now has ended, and every later run begins after now. Polls and runs
+/// take turns.
+fn polled_after_now(worker: &mut Service) {
+    let (mark, started) = (worker.log().len(), Instant::now());
+    while !worker.log()[mark..].contains("polled") {
+        worker.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no poll within 60 s:\n{}",
+            worker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The batches of writes a worker sent, in (a part of) its log (`-v`).
 fn writes_sent(log: &str) -> usize {
     log.lines().filter(|l| l.contains("sending writes")).count()
 }
 
-/// Adds a row to a data file, its columns named; the others empty.
-fn append_row(d: &Deployment, file: &str, cells: &[(&str, String)]) {
+/// A row of a data file: its cells by column name.
+type Row<'a> = Vec<(&'a str, String)>;
+
+/// Adds rows to a data file, their columns named and the others empty, in one
+/// replacement of the file: a worker reads it before or after, whole.
+fn append_rows(d: &Deployment, file: &str, rows: &[Row]) {
     let mut text = d.read(file);
     let header = text.lines().next().unwrap_or_default().to_owned();
-    let row: Vec<&str> = header
-        .split(',')
-        .map(|column| {
-            let cell = cells.iter().find(|(name, _)| *name == column);
-            cell.map_or("", |(_, value)| value.as_str())
-        })
-        .collect();
-    text.push_str(&row.join(","));
-    text.push('\n');
-    d.write(file, &text);
+    for cells in rows {
+        let row: Vec<&str> = header
+            .split(',')
+            .map(|column| {
+                let cell = cells.iter().find(|(name, _)| *name == column);
+                cell.map_or("", |(_, value)| value.as_str())
+            })
+            .collect();
+        text.push_str(&row.join(","));
+        text.push('\n');
+    }
+    d.replace(file, &text);
+}
+
+/// `n` customers with a name alone: each is given a new contact.
+fn lone_customers(n: usize) -> Vec<Row<'static>> {
+    (0..n)
+        .map(|i| vec![("id", format!("M{i:06}")), ("name", format!("Lone {i}"))])
+        .collect()
 }
 
 /// Replaces `from` by `to` in a data file: an edit by the user of every row it touches.
 fn edit(d: &Deployment, file: &str, from: &str, to: &str) {
-    d.write(file, &d.read(file).replace(from, to));
+    d.replace(file, &d.read(file).replace(from, to));
 }
 
 /// `[state] partitions = 2`: two workers run a partition each and a third stands by.
@@ -365,35 +394,34 @@ fn partitions_share_the_work_and_end_as_one_process_would() {
 
     // The matcher killed: the standby takes partition 0 over at once.
     kill_the_matcher(&mut first, &mut third);
+    // Contacts first: alone, they match nothing and nothing is written.
+    let (mut contacts, mut customers) = (Vec::new(), lone_customers(50));
+    for i in 0..50 {
+        let shared = [
+            ("name", format!("Late {i}")),
+            ("post_code", "1000".into()),
+            ("vat_registration_no", format!("LU{i:08}")),
+        ];
+        let contact = [
+            ("id", format!("X{i:06}")),
+            ("contact_type", "company".into()),
+        ];
+        contacts.push([&contact[..], &shared[..]].concat());
+        let customer = [
+            ("id", format!("L{i:06}")),
+            ("phone", format!("+352 {i:06}")),
+        ];
+        customers.push([&customer[..], &shared[..]].concat());
+    }
     for deployment in [&reference, &d] {
-        for i in 0..50 {
-            let (vat, name) = (format!("LU{i:08}"), format!("Late {i}"));
-            let contact = [
-                ("id", format!("X{i:06}")),
-                ("contact_type", "company".into()),
-            ];
-            let shared = [
-                ("name", name),
-                ("post_code", "1000".into()),
-                ("vat_registration_no", vat),
-            ];
-            append_row(
-                deployment,
-                "crm/contacts.csv",
-                &[&contact[..], &shared[..]].concat(),
-            );
-            let customer = [
-                ("id", format!("L{i:06}")),
-                ("phone", format!("+352 {i:06}")),
-            ];
-            append_row(
-                deployment,
-                "erp/customers.csv",
-                &[&customer[..], &shared[..]].concat(),
-            );
-            let lone = [("id", format!("M{i:06}")), ("name", format!("Lone {i}"))];
-            append_row(deployment, "erp/customers.csv", &lone);
-        }
+        append_rows(deployment, "crm/contacts.csv", &contacts);
+    }
+    // A run that read the contacts before they were added and the customers after
+    // would give the new customers contacts of their own: the customers are added
+    // once no run of the matcher's worker began before the contacts were.
+    polled_after_now(&mut third);
+    for deployment in [&reference, &d] {
+        append_rows(deployment, "erp/customers.csv", &customers);
     }
     ends_as_one_process(&reference, &d, [&mut third, &mut second]);
 }
@@ -434,10 +462,7 @@ fn a_partition_stalled_past_its_lease_is_finished_by_a_spare_and_writes_nothing_
     // The matcher's worker killed: the resumed one, standing by, takes partition 0.
     kill_the_matcher(&mut first, &mut second);
     for deployment in [&reference, &d] {
-        for i in 0..20 {
-            let lone = [("id", format!("M{i:06}")), ("name", format!("Lone {i}"))];
-            append_row(deployment, "erp/customers.csv", &lone);
-        }
+        append_rows(deployment, "erp/customers.csv", &lone_customers(20));
     }
     ends_as_one_process(&reference, &d, [&mut second, &mut third]);
 }
