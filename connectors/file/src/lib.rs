@@ -98,8 +98,25 @@ impl ConnectorFactory for FileConnectorFactory {
 }
 
 /// Records kept in a folder of CSV or JSON Lines files.
+///
+/// A handle on the folder's [`Files`]: a write is carried out on a thread of the
+/// runtime's blocking pool, which takes a handle of its own, so that the run's own
+/// thread goes on (the engine plans its next range of hubs meanwhile) and the
+/// runtime's threads are never held by file I/O.
+#[derive(Debug, Clone)]
+pub struct FileConnector(Arc<Files>);
+
+impl std::ops::Deref for FileConnector {
+    type Target = Files;
+
+    fn deref(&self) -> &Files {
+        &self.0
+    }
+}
+
+/// The folder, and what a [`FileConnector`] remembers of its files between calls.
 #[derive(Debug)]
-pub struct FileConnector {
+pub struct Files {
     folder: PathBuf,
     format: Format,
     /// Writes read, change and replace a whole file; two at once would lose one.
@@ -141,7 +158,7 @@ struct OwnWrites {
 
 impl FileConnector {
     pub fn new(path: PathBuf, format: Format) -> FileConnector {
-        FileConnector {
+        FileConnector(Arc::new(Files {
             folder: path,
             format,
             writing: Mutex::new(()),
@@ -149,7 +166,7 @@ impl FileConnector {
             last_saved: Mutex::new(None),
             listings: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
-        }
+        }))
     }
 
     pub fn folder(&self) -> &Path {
@@ -467,7 +484,19 @@ impl Connector for FileConnector {
         kind: EntityKind,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteOutcome>, ConnectorError> {
-        self.write_all(kind, ops)
+        // Outside a runtime (no pool to hand the write to), it is done in line.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.write_all(kind, ops);
+        }
+        let files = self.clone();
+        match tokio::task::spawn_blocking(move || files.write_all(kind, ops)).await {
+            Ok(outcomes) => outcomes,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ConnectorError::fatal(format!(
+                "the write to {} was cancelled: {e}",
+                self.folder.display()
+            ))),
+        }
     }
 
     async fn fingerprint(&self, kind: EntityKind) -> Result<Option<String>, ConnectorError> {

@@ -20,7 +20,10 @@ mod unlink;
 mod write;
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Timestamp};
@@ -204,7 +207,8 @@ pub(crate) async fn apply(
         .or_else(|| applier.plan_next(planning.as_deref_mut()?))
     {
         let last = planning.as_ref().is_none_or(|p| p.is_done());
-        applier.carry_out(&mut **state, range, last).await?;
+        let ahead = planning.as_deref_mut().filter(|p| !p.is_done());
+        next = applier.carry_out(&mut **state, range, last, ahead).await?;
     }
     applier.remember_reads(&mut **state, person_companies)?;
     crate::failpoint::hit("before_cursor_commit");
@@ -219,32 +223,49 @@ impl Applier<'_> {
     fn plan_next(&mut self, planning: &mut Planning<'_>) -> Option<HubRange> {
         let started = std::time::Instant::now();
         let range = planning.next_range()?;
+        self.count_range(&range, planning, started.elapsed());
+        Some(range)
+    }
+
+    /// A range planned: its hubs counted, its writes added to the progress total.
+    fn count_range(&mut self, range: &HubRange, planning: &Planning<'_>, took: Duration) {
         crate::plan::add_hub_counts(&mut self.plan.counts, &range.hubs, self.relations);
         self.progress.total += crate::plan::hub_writes(&range.hubs) as u64;
         tracing::debug!(
             hubs = range.hubs.len(),
             left = planning.hubs_left(),
-            ms = started.elapsed().as_millis() as u64,
+            ms = took.as_millis() as u64,
             "range planned"
         );
-        Some(range)
     }
 
     /// One range's hubs: intents, updates, links (steps 3 and 4); `last` when no range
-    /// comes after it.
+    /// comes after it. With `ahead`, the next range is planned while this one's updates
+    /// are sent, and returned counted.
     async fn carry_out(
         &mut self,
         state: &mut dyn StateStore,
         range: HubRange,
         last: bool,
-    ) -> Result<(), EngineError> {
+        ahead: Option<&mut Planning<'_>>,
+    ) -> Result<Option<HubRange>, EngineError> {
         // Between ranges is a safe point: everything before is stored.
         if self.stop.is_stopped() {
             return Err(EngineError::Stopped);
         }
         // The steps below carry out the hubs in the plan: this range's alone.
         self.plan.absorb(range);
-        let outcomes = self.writes(state).await?;
+        let (outcomes, next) = match ahead {
+            Some(planning) => {
+                let (outcomes, next) = self.writes_planning_ahead(state, planning).await;
+                let next = next.map(|(range, took)| {
+                    self.count_range(&range, planning, took);
+                    range
+                });
+                (outcomes?, next)
+            }
+            None => (self.writes(state).await?, None),
+        };
         self.settle(state, outcomes, last)?;
         crate::failpoint::hit("after_link_commit");
         self.step("after_link_commit");
@@ -257,7 +278,32 @@ impl Applier<'_> {
             .close_conflicts
             .append(&mut range.close_conflicts);
         self.reported.codes_removed.append(&mut range.codes_removed);
-        Ok(())
+        Ok(next)
+    }
+
+    /// This range's writes and, while they are sent, the next range planned: the
+    /// writes run until the first that waits (a file connector writes on a thread of
+    /// its own), the next range is planned, then the writes go on. Planning is pure:
+    /// it makes the range it would make after them. Holds two ranges' plans at once.
+    async fn writes_planning_ahead(
+        &mut self,
+        state: &mut dyn StateStore,
+        planning: &mut Planning<'_>,
+    ) -> (
+        Result<write::Outcomes, EngineError>,
+        Option<(HubRange, Duration)>,
+    ) {
+        let mut writes = std::pin::pin!(self.writes(state));
+        let begun = std::future::poll_fn(|cx| Poll::Ready(writes.as_mut().poll(cx))).await;
+        let started = std::time::Instant::now();
+        let next = planning
+            .next_range()
+            .map(|range| (range, started.elapsed()));
+        let outcomes = match begun {
+            Poll::Ready(outcomes) => outcomes,
+            Poll::Pending => writes.await,
+        };
+        (outcomes, next)
     }
 
     fn commit(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
@@ -447,7 +493,7 @@ fn commit_behind(
         // Named, so that a profile tells its time from the builder's.
         let writer = std::thread::Builder::new().name("tandem-state".to_owned());
         let writer = writer.spawn_scoped(scope, move || -> Result<(), StateError> {
-            let mut busy = std::time::Duration::ZERO;
+            let mut busy = Duration::ZERO;
             for batch in receiver {
                 let t = std::time::Instant::now();
                 state.commit(batch)?;
