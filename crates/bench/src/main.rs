@@ -584,6 +584,17 @@ fn hubs_per_range() -> anyhow::Result<Option<usize>> {
     }
 }
 
+/// `TANDEM_BENCH_MEMORY_BUDGET`, in MiB: the sync's memory budget (`[sync]
+/// memory_budget`).
+fn memory_budget() -> anyhow::Result<Option<u64>> {
+    let Ok(mib) = std::env::var("TANDEM_BENCH_MEMORY_BUDGET") else {
+        return Ok(None);
+    };
+    let mib: u64 = (mib.parse())
+        .with_context(|| format!("TANDEM_BENCH_MEMORY_BUDGET: `{mib}` is no number of MiB"))?;
+    Ok(Some(mib << 20))
+}
+
 /// Runs one phase; returns its wall time and the records it read or wrote.
 async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     match name {
@@ -607,6 +618,10 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
             engine.set_full_read(name == "second-full");
             if let Some(per_range) = hubs_per_range()? {
                 engine.set_hubs_per_range(per_range);
+                allocator::give_back_freed_memory();
+            }
+            if let Some(budget) = memory_budget()? {
+                engine.set_memory_budget(tandem_engine::MemoryBudget::new(budget));
                 allocator::give_back_freed_memory();
             }
             let started = Instant::now();

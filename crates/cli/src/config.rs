@@ -51,6 +51,61 @@ pub struct RunConfig {
     /// held one range at a time. None: all at once.
     #[serde(default)]
     pub hubs_per_range: Option<u64>,
+    /// The memory a sync may take: its hubs per range are worked out from it once the
+    /// records are read and matched. None: no budget.
+    #[serde(default)]
+    pub memory_budget: Option<ByteSize>,
+}
+
+/// A size, written with its unit: `"512 MiB"`, `"1.5 GiB"`, `"800MB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Units by name, lower case: binary (`KiB`, ...) and decimal (`kB`, ...).
+    const UNITS: [(&'static str, u64); 9] = [
+        ("b", 1),
+        ("kib", 1 << 10),
+        ("mib", 1 << 20),
+        ("gib", 1 << 30),
+        ("tib", 1 << 40),
+        ("kb", 1_000),
+        ("mb", 1_000_000),
+        ("gb", 1_000_000_000),
+        ("tb", 1_000_000_000_000),
+    ];
+
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let wrong = || {
+            format!(
+                "`{text}` is not a size: write a number and a unit, e.g. \"512 MiB\" or \"2 GiB\" \
+                 (units: B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
+            )
+        };
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(wrong)?;
+        let (number, unit) = text.split_at(split);
+        let number: f64 = number.parse().map_err(|_| wrong())?;
+        let unit = unit.trim().to_ascii_lowercase();
+        let (_, scale) = (Self::UNITS.iter())
+            .find(|(name, _)| *name == unit)
+            .ok_or_else(wrong)?;
+        let bytes = number * *scale as f64;
+        match bytes.is_finite() && bytes < u64::MAX as f64 {
+            // Whole bytes: a fraction of a byte means nothing here.
+            true => Ok(ByteSize(bytes as u64)),
+            false => Err(wrong()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ByteSize::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for RunConfig {
@@ -58,6 +113,7 @@ impl Default for RunConfig {
         RunConfig {
             max_delete_share: default_max_delete_share(),
             hubs_per_range: None,
+            memory_budget: None,
         }
     }
 }
@@ -68,6 +124,11 @@ impl RunConfig {
         engine.set_max_delete_share(self.max_delete_share);
         if let Some(per_range) = self.hubs_per_range {
             engine.set_hubs_per_range(usize::try_from(per_range).unwrap_or(usize::MAX));
+        }
+        if let Some(ByteSize(bytes)) = self.memory_budget {
+            engine.set_memory_budget(tandem_engine::MemoryBudget::new(bytes));
+        }
+        if self.hubs_per_range.is_some() || self.memory_budget.is_some() {
             // Ranges are for short memory: freed memory is not kept for the next step.
             crate::allocator::give_back_freed_memory();
         }
@@ -483,6 +544,14 @@ impl Parsed {
             let message = "must be at least 1: the contacts with links a sync plans and \
                            writes at a time, e.g. 100000";
             problems.push(Problem::new("sync.hubs_per_range", message));
+        }
+        if let Some(run) = &self.run
+            && run.hubs_per_range.is_some()
+            && run.memory_budget.is_some()
+        {
+            let message = "is set with sync.hubs_per_range: set one of them, the budget to \
+                           have the ranges worked out from it, or the hubs per range alone";
+            problems.push(Problem::new("sync.memory_budget", message));
         }
         if let Some(state) = &self.state
             && state.lease < MIN_LEASE

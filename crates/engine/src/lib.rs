@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 mod apply;
+pub mod budget;
 pub mod config;
 mod error;
 pub mod failpoint;
@@ -33,6 +34,7 @@ mod stop;
 pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+pub use budget::MemoryBudget;
 pub use config::{
     ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchNormalise, MatchTier,
     RelationConfig, SyncConfig, TemplateRule,

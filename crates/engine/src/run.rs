@@ -44,6 +44,8 @@ pub struct Engine<'a> {
     pub(crate) partition: crate::Partition,
     /// Hubs a sync plans and carries out at a time ([`Planning`]); `usize::MAX`: all.
     pub(crate) hubs_per_range: usize,
+    /// When set, the hubs per range are worked out from it once the head is planned.
+    pub(crate) memory_budget: Option<crate::MemoryBudget>,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -108,6 +110,7 @@ impl<'a> Engine<'a> {
             scopes: crate::stop::ScopeFilter::default(),
             partition: crate::Partition::whole(),
             hubs_per_range: usize::MAX,
+            memory_budget: None,
         };
         engine.connector(
             &engine.relations.contacts_connector,
@@ -159,6 +162,13 @@ impl<'a> Engine<'a> {
     /// partition is planned whole.
     pub fn set_hubs_per_range(&mut self, hubs: usize) {
         self.hubs_per_range = hubs.max(1);
+    }
+
+    /// Works out the hubs per range of each sync from `budget` once its head is planned
+    /// (`[sync] memory_budget`), in place of [`Engine::set_hubs_per_range`]. A worker's
+    /// partition is planned whole.
+    pub fn set_memory_budget(&mut self, budget: crate::MemoryBudget) {
+        self.memory_budget = Some(budget);
     }
 
     /// Reads every scope even when its connector's fingerprint says nothing changed
@@ -320,8 +330,12 @@ impl<'a> Engine<'a> {
         let started = std::time::Instant::now();
         let threads = crate::parallel::cores();
         let (mut planning, mut plan) = Planning::start(relations, input, threads, per_range);
+        let budget = self.memory_budget.filter(|_| self.partition.is_whole());
+        if let Some(per_range) = budget.and_then(|b| b.hubs_per_range(planning.hubs_left())) {
+            planning.set_per_range(per_range);
+        }
         // A run of one range is planned whole: its records go before anything is written.
-        if planning.hubs_left() <= per_range {
+        if planning.hubs_left() <= planning.per_range() {
             planning.rest_into(&mut plan);
         }
         let mut ambiguities = self.standing_ambiguities(&rest.wakes, &mut plan)?;

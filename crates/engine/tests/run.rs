@@ -1334,3 +1334,68 @@ async fn r4_an_account_edited_to_match_an_unchanged_contact_of_a_change_reading_
     assert_eq!(count(&report, "VEND").linked, 1, "{report:#?}");
     assert_eq!(w.crm.all(EntityKind::Contact).len(), 1);
 }
+
+/// `n` contacts and `n` customers that match by VAT number, each customer with a phone
+/// its contact lacks: `n` hubs, each with a write.
+fn matching_pairs(w: &World, n: usize) {
+    for i in 0..n {
+        let vat = format!("BE{i:010}");
+        let contact = Fields::new()
+            .with("name", format!("Company {i}").as_str())
+            .with("vat_registration_no", vat.as_str());
+        w.crm.put(EntityKind::Contact, &format!("C{i:05}"), contact);
+        let customer = Fields::new()
+            .with("name", format!("Company {i}").as_str())
+            .with("vat_registration_no", vat.as_str())
+            .with("phone", format!("+32 2 {i:06}").as_str());
+        w.erp
+            .put(EntityKind::Customer, &format!("K{i:05}"), customer);
+    }
+}
+
+/// `[sync] memory_budget`: with no room left over what the run holds once matched,
+/// the hubs go in ranges of the smallest size; with room for all, at once. Either
+/// way the systems end as a run made whole leaves them.
+#[tokio::test]
+async fn a_memory_budget_plans_the_hubs_in_the_ranges_it_leaves_room_for() {
+    use tandem_engine::budget::{BYTES_BESIDE_HUBS, BYTES_PER_HUB, MIN_HUBS_PER_RANGE};
+    const MIB: u64 = 1 << 20;
+    let hubs = 2 * MIN_HUBS_PER_RANGE + MIN_HUBS_PER_RANGE / 2;
+    let mut whole = world(false);
+    matching_pairs(&whole, hubs);
+    let expected = whole.sync().await;
+    assert_eq!(expected.plan.hubs.len(), hubs);
+    // Held: 100 MiB, from a budget of 100 MiB (ranges of the smallest size), then
+    // of 100 MiB, what a run holds beside its hubs and room for every hub.
+    for (budget, per_range) in [
+        (100 * MIB, MIN_HUBS_PER_RANGE),
+        (
+            100 * MIB + BYTES_BESIDE_HUBS + hubs as u64 * BYTES_PER_HUB,
+            hubs,
+        ),
+    ] {
+        let mut w = world(false);
+        matching_pairs(&w, hubs);
+        let connectors = w.connectors();
+        let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
+        let held = || Some(100 * MIB);
+        engine.set_memory_budget(tandem_engine::MemoryBudget::new(budget).measured_by(held));
+        let report = engine.sync().await.unwrap();
+        assert_eq!(report.plan.hubs.len(), per_range, "budget {budget}");
+        assert_eq!(report.plan.hubs_left_out as usize, hubs - per_range);
+        assert_eq!(report.counts, expected.counts);
+        for kind in [EntityKind::Contact, EntityKind::Customer] {
+            let connector = if kind == EntityKind::Contact {
+                &w.crm
+            } else {
+                &w.erp
+            };
+            let twin = if kind == EntityKind::Contact {
+                &whole.crm
+            } else {
+                &whole.erp
+            };
+            assert_eq!(connector.all(kind), twin.all(kind), "{kind}");
+        }
+    }
+}

@@ -194,6 +194,7 @@ pub(super) const STATE_KEYS: &[(&str, Expect)] = &[
 pub(super) const SYNC_KEYS: &[(&str, Expect)] = &[
     ("max_delete_share", Expect::Number),
     ("hubs_per_range", Expect::Number),
+    ("memory_budget", Expect::Text),
 ];
 pub(super) const SERVICE_KEYS: &[(&str, Expect)] = &[
     ("poll_interval", Expect::Text),

@@ -839,3 +839,42 @@ fn hubs_per_range_is_unset_by_default_and_at_least_one() {
         "{e}"
     );
 }
+
+#[test]
+fn a_memory_budget_is_a_size_with_its_unit_and_not_set_with_hubs_per_range() {
+    assert_eq!(load(BASE, &[]).unwrap().run.memory_budget, None);
+    for (written, bytes) in [
+        ("1 GiB", 1 << 30),
+        ("1.5GiB", 3 << 29),
+        ("512 MiB", 512 << 20),
+        ("800MB", 800_000_000),
+        ("2 gib", 2 << 30),
+    ] {
+        let config = load(
+            &format!("{BASE}\n[sync]\nmemory_budget = \"{written}\"\n"),
+            &[],
+        );
+        assert_eq!(
+            config.unwrap().run.memory_budget,
+            Some(ByteSize(bytes)),
+            "{written}"
+        );
+    }
+    let config = load(BASE, &[("TANDEM__SYNC__MEMORY_BUDGET", "3 GiB")]).unwrap();
+    assert_eq!(config.run.memory_budget, Some(ByteSize(3 << 30)));
+    for wrong in ["1 gig", "GiB", "-1 GiB", "1e3 MiB"] {
+        let e = load_err(
+            &format!("{BASE}\n[sync]\nmemory_budget = \"{wrong}\"\n"),
+            &[],
+        );
+        assert!(e.contains("sync.memory_budget"), "{e}");
+        assert!(e.contains(&format!("`{wrong}` is not a size")), "{e}");
+        assert!(e.contains("\"512 MiB\""), "{e}");
+    }
+    let both = format!("{BASE}\n[sync]\nhubs_per_range = 1000\nmemory_budget = \"1 GiB\"\n");
+    let e = load_err(&both, &[]);
+    assert!(
+        e.contains("sync.memory_budget: is set with sync.hubs_per_range"),
+        "{e}"
+    );
+}

@@ -573,6 +573,11 @@ impl<'a> Planning<'a> {
         self.per_range
     }
 
+    /// Merges `hubs` per range from the next range on (at least one).
+    pub fn set_per_range(&mut self, hubs: usize) {
+        self.per_range = hubs.max(1);
+    }
+
     /// Whether every range was given.
     pub fn is_done(&self) -> bool {
         self.done

@@ -1,0 +1,151 @@
+//! A run's memory budget (`[sync] memory_budget`): how many hubs a sync plans and
+//! carries out at a time, worked out once its head is planned from what the process
+//! holds then (the records read, what the run saw of them, the head's plan) and what
+//! each hub of a range adds while the range is in flight.
+//!
+//! An estimate, not a cap: what a hub costs depends on the data. The figure below was
+//! measured on the benchmark's data (docs/BENCHMARKS.md); what the process holds
+//! before the hubs grows with the records read, and a budget below it gives ranges of
+//! [`MIN_HUBS_PER_RANGE`], with a warning.
+
+use tracing::{info, warn};
+
+/// What a hub costs while its range is in flight: its plan, held twice (the range
+/// being written and the next one being planned), its writes, their outcomes and its
+/// state rows. Measured at a million partners: the peak grew by 3.2 KB per hub of a
+/// range (ranges of 80,000 and 100,000).
+pub const BYTES_PER_HUB: u64 = 3_300;
+
+/// What a run holds besides its hubs while a range is in flight: the files' write
+/// buffers, the state's page cache and batches, the creates' rows. Measured at a
+/// million partners: the peak less what was held once matched less the hubs' share
+/// came to 90 MiB.
+pub const BYTES_BESIDE_HUBS: u64 = 96 << 20;
+
+/// The smallest range a budget gives: each range writes every file it touches, and
+/// smaller ranges would rewrite a million-row file hundreds of times to save a few
+/// MiB (a range of 10,000 hubs takes about 32 MiB).
+pub const MIN_HUBS_PER_RANGE: usize = 10_000;
+
+/// Bytes a run may take, and how to measure what the process holds.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryBudget {
+    bytes: u64,
+    resident: fn() -> Option<u64>,
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes`, measured against what the system counts as this process's
+    /// resident memory.
+    pub fn new(bytes: u64) -> MemoryBudget {
+        MemoryBudget {
+            bytes,
+            resident: resident_bytes,
+        }
+    }
+
+    /// The same budget, measured by `resident` (tests).
+    pub fn measured_by(self, resident: fn() -> Option<u64>) -> MemoryBudget {
+        MemoryBudget { resident, ..self }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Hubs per range for a run with `hubs` hubs left to plan, said in the log; `None`
+    /// when the process's memory cannot be measured here.
+    pub(crate) fn hubs_per_range(&self, hubs: usize) -> Option<usize> {
+        let Some(held) = (self.resident)() else {
+            warn!(
+                "[sync] memory_budget is left aside: this system does not tell a process \
+                 how much memory it holds; set [sync] hubs_per_range instead"
+            );
+            return None;
+        };
+        let per_range = per_range(self.bytes, held);
+        let mib = |bytes: u64| bytes >> 20;
+        if per_range == MIN_HUBS_PER_RANGE && hubs > per_range {
+            warn!(
+                "the memory budget of {} MiB is nearly all taken before any hub is planned \
+                 ({} MiB held once the records are read and matched): ranges of {per_range} \
+                 hubs, each writing every file it touches; raise [sync] memory_budget",
+                mib(self.bytes),
+                mib(held)
+            );
+        }
+        match hubs <= per_range {
+            _ if hubs == 0 => {}
+            true => info!(
+                "memory budget {} MiB, {} MiB held once matched: {hubs} hubs at once",
+                mib(self.bytes),
+                mib(held)
+            ),
+            false => info!(
+                "memory budget {} MiB, {} MiB held once matched: {hubs} hubs in ranges of \
+                 {per_range}",
+                mib(self.bytes),
+                mib(held)
+            ),
+        }
+        Some(per_range)
+    }
+}
+
+/// Hubs per range that fit in what `budget` leaves once `held` is taken.
+fn per_range(budget: u64, held: u64) -> usize {
+    let room = budget
+        .saturating_sub(held)
+        .saturating_sub(BYTES_BESIDE_HUBS);
+    usize::try_from(room / BYTES_PER_HUB)
+        .unwrap_or(usize::MAX)
+        .max(MIN_HUBS_PER_RANGE)
+}
+
+/// This process's resident memory, as Linux counts it (`VmRSS`); `None` elsewhere.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_range_is_what_the_budget_leaves_over_what_is_held_per_hub() {
+        assert_eq!(
+            per_range(1024 * MIB, 700 * MIB),
+            ((324 * MIB - BYTES_BESIDE_HUBS) / BYTES_PER_HUB) as usize
+        );
+        // Nothing left, or less than the smallest range: the smallest range.
+        assert_eq!(per_range(512 * MIB, 700 * MIB), MIN_HUBS_PER_RANGE);
+        assert_eq!(per_range(700 * MIB + 10, 700 * MIB), MIN_HUBS_PER_RANGE);
+        let room = u64::MAX - BYTES_BESIDE_HUBS;
+        assert_eq!(per_range(u64::MAX, 0), (room / BYTES_PER_HUB) as usize);
+    }
+
+    #[test]
+    fn this_process_memory_is_measured_on_linux() {
+        let held = resident_bytes();
+        if cfg!(target_os = "linux") {
+            let held = held.expect("VmRSS in /proc/self/status");
+            assert!(held > MIB && held < 64 * 1024 * MIB, "{held}");
+        }
+    }
+
+    #[test]
+    fn a_budget_that_cannot_be_measured_gives_no_ranges() {
+        let budget = MemoryBudget::new(MIB).measured_by(|| None);
+        assert_eq!(budget.hubs_per_range(1_000_000), None);
+        let budget = MemoryBudget::new(1024 * MIB).measured_by(|| Some(700 * MIB));
+        assert_eq!(
+            budget.hubs_per_range(10),
+            Some(per_range(1024 * MIB, 700 * MIB))
+        );
+    }
+}
