@@ -254,3 +254,23 @@ fn a_sync_range_by_range_ends_where_a_sync_in_one_piece_ends() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(ranged.json(&["plan"])["writes"], 0);
 }
+
+/// `[sync] memory_budget` reaches the sync: the log says what the budget allowed once
+/// the records were read and matched (a few hubs: at once), and the run ends as
+/// without it.
+#[test]
+fn a_sync_with_a_memory_budget_says_what_it_chose() {
+    let whole = synced(crate::support::CONFIG, &[]);
+    let budgeted = Deployment::with_config(crate::support::CONFIG);
+    budgeted.write("crm/contacts.csv", CONTACTS);
+    budgeted.write("erp/customers.csv", CUSTOMERS);
+    budgeted.write("erp/vendors.csv", VENDORS);
+    let budget = [("TANDEM__SYNC__MEMORY_BUDGET", "4 GiB")];
+    let out = budgeted.tandem_env(&["sync", "-v"], &budget);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("memory budget 4096 MiB, "), "{log}");
+    assert!(log.contains("MiB held once matched: "), "{log}");
+    assert!(log.contains(" hubs at once"), "{log}");
+    assert_eq!(budgeted.links(), whole.links());
+}
