@@ -8,6 +8,7 @@
 //! that still has it. Each row a write touches is parsed from its place and must hold
 //! the id the listing found there, or the write is done the full way.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Write};
@@ -23,7 +24,6 @@ use crate::id_index::IdIndex;
 use crate::link;
 use crate::row::{Row, TooLong};
 use crate::table::{self, Table, TextStyle};
-use std::cell::RefCell;
 
 /// Files with fewer rows are rewritten: it costs little, and a rewrite is the path
 /// every write takes.
@@ -446,7 +446,7 @@ const PARSE_BLOCK: usize = if cfg!(test) { 7 } else { 32 << 10 };
 const COPY_BLOCK: usize = if cfg!(test) { 13 } else { 1 << 20 };
 
 /// Copied bytes from this many on are written out at once, not gathered first.
-const SENT_STRAIGHT: usize = 64 << 10;
+const SENT_STRAIGHT: usize = if cfg!(test) { 5 } else { 64 << 10 };
 
 /// A file read through one buffer of `block` bytes: what lies in the buffer is
 /// served from memory, anything else refills it from there on.
