@@ -32,11 +32,22 @@ fn synced(config: &str, env: &[(&str, &str)]) -> Deployment {
     seeded_and_synced(Deployment::with_config(config), env)
 }
 
-/// [`synced`] for a deployment made already.
-fn seeded_and_synced(d: Deployment, env: &[(&str, &str)]) -> Deployment {
+/// A deployment of `config` with the data files written, not synced.
+fn seeded(config: &str) -> Deployment {
+    let d = Deployment::with_config(config);
+    seed(&d);
+    d
+}
+
+fn seed(d: &Deployment) {
     d.write("crm/contacts.csv", CONTACTS);
     d.write("erp/customers.csv", CUSTOMERS);
     d.write("erp/vendors.csv", VENDORS);
+}
+
+/// [`synced`] for a deployment made already.
+fn seeded_and_synced(d: Deployment, env: &[(&str, &str)]) -> Deployment {
+    seed(&d);
     let out = d.tandem_env(&["sync"], env);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(d.links().len(), 5, "{:?}", d.links());
@@ -233,10 +244,7 @@ fn a_sync_that_fails_is_recorded_and_shown_by_status() {
 #[test]
 fn a_sync_range_by_range_ends_where_a_sync_in_one_piece_ends() {
     let whole = synced(crate::support::CONFIG, &[]);
-    let ranged = Deployment::with_config(crate::support::CONFIG);
-    ranged.write("crm/contacts.csv", CONTACTS);
-    ranged.write("erp/customers.csv", CUSTOMERS);
-    ranged.write("erp/vendors.csv", VENDORS);
+    let ranged = seeded(crate::support::CONFIG);
     let out = ranged.tandem_env(&["sync", "-v"], &[("TANDEM__SYNC__HUBS_PER_RANGE", "1")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let shown = crate::support::stdout(&out);
@@ -261,10 +269,7 @@ fn a_sync_range_by_range_ends_where_a_sync_in_one_piece_ends() {
 #[test]
 fn a_sync_with_a_memory_budget_says_what_it_chose() {
     let whole = synced(crate::support::CONFIG, &[]);
-    let budgeted = Deployment::with_config(crate::support::CONFIG);
-    budgeted.write("crm/contacts.csv", CONTACTS);
-    budgeted.write("erp/customers.csv", CUSTOMERS);
-    budgeted.write("erp/vendors.csv", VENDORS);
+    let budgeted = seeded(crate::support::CONFIG);
     let budget = [("TANDEM__SYNC__MEMORY_BUDGET", "4 GiB")];
     let out = budgeted.tandem_env(&["sync", "-v"], &budget);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -32,12 +32,24 @@ fn worker(d: &Deployment, env: &[(&str, &str)]) -> Service {
 /// Waits until some data file differs from `before`: the worker holding the state is
 /// in the middle of its run, between two writes.
 fn wait_for_a_write(d: &Deployment, before: &[String], who: &mut Service) {
+    wait_until(who, "write", Duration::from_secs(120), |_| {
+        files(d) != before
+    });
+}
+
+/// Waits until `done`, `who` running all along; fails after `within`, naming `what`.
+fn wait_until(
+    who: &mut Service,
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut(&mut Service) -> bool,
+) {
     let started = Instant::now();
-    while files(d) == before {
+    while !done(who) {
         who.assert_running();
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no write within 120 s:\n{}",
+            started.elapsed() < within,
+            "no {what} within {within:?}:\n{}",
             who.log()
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -279,16 +291,9 @@ fn partitioned(
 /// in flight now has ended, and every later run begins after now. Polls and runs
 /// take turns.
 fn polled_after_now(worker: &mut Service) {
-    let (mark, started) = (worker.log().len(), Instant::now());
-    while !worker.log()[mark..].contains("polled") {
-        worker.assert_running();
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no poll within 60 s:\n{}",
-            worker.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mark = worker.log().len();
+    let polled = |w: &mut Service| w.log()[mark..].contains("polled");
+    wait_until(worker, "poll", Duration::from_secs(60), polled);
 }
 
 /// The batches of writes a worker sent, in (a part of) its log (`-v`).
