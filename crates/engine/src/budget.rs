@@ -65,7 +65,8 @@ impl MemoryBudget {
         };
         let per_range = per_range(self.bytes, held);
         let mib = |bytes: u64| bytes >> 20;
-        if per_range == MIN_HUBS_PER_RANGE && hubs > per_range {
+        let cramped = room(self.bytes, held) / BYTES_PER_HUB < MIN_HUBS_PER_RANGE as u64;
+        if cramped && hubs > per_range {
             warn!(
                 "the memory budget of {} MiB is nearly all taken before any hub is planned \
                  ({} MiB held once the records are read and matched): ranges of {per_range} \
@@ -94,12 +95,16 @@ impl MemoryBudget {
 
 /// Hubs per range that fit in what `budget` leaves once `held` is taken.
 fn per_range(budget: u64, held: u64) -> usize {
-    let room = budget
-        .saturating_sub(held)
-        .saturating_sub(BYTES_BESIDE_HUBS);
-    usize::try_from(room / BYTES_PER_HUB)
+    usize::try_from(room(budget, held) / BYTES_PER_HUB)
         .unwrap_or(usize::MAX)
         .max(MIN_HUBS_PER_RANGE)
+}
+
+/// What `budget` leaves for the hubs once `held` and what is held beside them are taken.
+fn room(budget: u64, held: u64) -> u64 {
+    budget
+        .saturating_sub(held)
+        .saturating_sub(BYTES_BESIDE_HUBS)
 }
 
 /// This process's resident memory, as Linux counts it (`VmRSS`); `None` elsewhere.
