@@ -127,6 +127,9 @@ mod tests {
             per_range(1024 * MIB, 700 * MIB),
             ((324 * MIB - BYTES_BESIDE_HUBS) / BYTES_PER_HUB) as usize
         );
+        assert_eq!(room(1024 * MIB, 700 * MIB), 324 * MIB - BYTES_BESIDE_HUBS);
+        assert_eq!(room(512 * MIB, 700 * MIB), 0);
+        assert_eq!(room(700 * MIB + BYTES_BESIDE_HUBS, 700 * MIB), 0);
         // Nothing left, or less than the smallest range: the smallest range.
         assert_eq!(per_range(512 * MIB, 700 * MIB), MIN_HUBS_PER_RANGE);
         assert_eq!(per_range(700 * MIB + 10, 700 * MIB), MIN_HUBS_PER_RANGE);
