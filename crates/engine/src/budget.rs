@@ -11,10 +11,11 @@
 use tracing::{info, warn};
 
 /// What a hub costs while its range is in flight: its plan, held twice (the range
-/// being written and the next one being planned), its writes, their outcomes and its
-/// state rows. Measured at a million partners: the peak grew by 3.2 KB per hub of a
-/// range (ranges of 80,000 and 100,000).
-pub const BYTES_PER_HUB: u64 = 3_300;
+/// being written and the next one being planned), its contact's and its accounts'
+/// writes and their outcomes (the two sides are sent at once), and its state rows.
+/// Measured at a million partners: the peak less what was held once matched less
+/// what is held beside the hubs came to 3.9 KB per hub of a range of 80,000.
+pub const BYTES_PER_HUB: u64 = 4_000;
 
 /// What a run holds besides its hubs while a range is in flight: the files' write
 /// buffers, the state's page cache and batches, the creates' rows. Measured at a
@@ -24,7 +25,7 @@ pub const BYTES_BESIDE_HUBS: u64 = 96 << 20;
 
 /// The smallest range a budget gives: each range writes every file it touches, and
 /// smaller ranges would rewrite a million-row file hundreds of times to save a few
-/// MiB (a range of 10,000 hubs takes about 32 MiB).
+/// MiB (a range of 10,000 hubs takes about 38 MiB).
 pub const MIN_HUBS_PER_RANGE: usize = 10_000;
 
 /// Bytes a run may take, and how to measure what the process holds.

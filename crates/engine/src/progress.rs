@@ -50,21 +50,32 @@ pub(crate) fn apply_end(done: u64, total: u64) {
 }
 
 /// Writes of a run that were sent (whatever their outcome), for the progress events.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 pub(crate) struct Applying {
     pub total: u64,
-    pub done: u64,
+    /// Counted through a shared reference: a range's contact and account updates may
+    /// be sent side by side.
+    done: std::sync::atomic::AtomicU64,
 }
 
 impl Applying {
     pub(crate) fn new(total: u64) -> Applying {
         apply_progress(0, total, "start");
-        Applying { total, done: 0 }
+        Applying {
+            total,
+            done: 0.into(),
+        }
     }
 
     /// `n` more writes were sent, in the step `at`.
-    pub(crate) fn advance(&mut self, n: usize, at: &'static str) {
-        self.done += n as u64;
-        apply_progress(self.done, self.total, at);
+    pub(crate) fn advance(&self, n: usize, at: &'static str) {
+        let n = n as u64;
+        let done = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        apply_progress(done, self.total, at);
+    }
+
+    /// The writes sent so far.
+    pub(crate) fn done(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

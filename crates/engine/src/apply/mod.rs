@@ -5,7 +5,9 @@
 //! 2. creates, each one written down as *pending* before the remote call and linked
 //!    right after it, so a crash in between is repaired by the next run (the record
 //!    is found again by its fields) instead of creating a duplicate (`create.rs`);
-//! 3. intents, then contact updates, then account updates per relation (`write.rs`);
+//! 3. intents, then contact updates, then account updates per relation (`write.rs`;
+//!    in a run in ranges, a range's two sides side by side when their connectors
+//!    differ);
 //! 4. links, baselines, the interaction log (R11), failures and parking (R17)
 //!    (`settle.rs`);
 //! 5. content hashes, cursors and fingerprints last (`finish.rs`).
@@ -104,6 +106,8 @@ struct Applier<'e> {
     hubs_left_out: u64,
     /// How many hubs the report shows at most.
     report_cap: usize,
+    /// Whether the hubs go range by range (`write::side_by_side`).
+    in_ranges: bool,
 }
 
 /// What the apply takes from the plan's input, so that a plan made whole lets the
@@ -184,6 +188,7 @@ pub(crate) async fn apply(
         reported: HubRange::default(),
         hubs_left_out: 0,
         report_cap: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
+        in_ranges: !whole,
     };
     info!(run = run_id, "applying");
     // The writes known now: the head's, and the hubs' of a plan made whole; each range
@@ -214,7 +219,7 @@ pub(crate) async fn apply(
     crate::failpoint::hit("before_cursor_commit");
     applier.step("before_cursor_commit");
     applier.finish(&mut **state, &tag).await?;
-    crate::progress::apply_end(applier.progress.done, applier.progress.total);
+    crate::progress::apply_end(applier.progress.done(), applier.progress.total);
     applier.report(&**state, &parked_before)
 }
 

@@ -1,5 +1,6 @@
 //! Step 3: what the writes will do is written down first (R18), then contact updates,
-//! then account updates per relation.
+//! then account updates per relation; in a run in ranges, a range's contact and
+//! account updates go out side by side when they go to different connectors.
 
 use tandem_connector::{Changes, ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Timestamp};
@@ -70,6 +71,13 @@ fn to_changes(changes: &[FieldChange]) -> Changes {
         .collect()
 }
 
+/// What one side's updates answered: where each goes in [`Outcomes`], and the
+/// outcome.
+type Answers<K> = Vec<(K, WriteOutcome)>;
+
+/// A pair by (hub, pair) in the plan.
+type PairKey = (usize, usize);
+
 impl Applier<'_> {
     pub(super) async fn writes(
         &mut self,
@@ -78,17 +86,51 @@ impl Applier<'_> {
         commit_intents(state, &self.plan, self.relations, &self.log)?;
         failpoint::hit("after_intent_commit");
         let mut outcomes = Outcomes::new(&self.plan);
-        self.write_contacts(state, &mut outcomes).await?;
-        self.stopped()?;
-        failpoint::hit("after_contact_updates");
-        self.step("after_contact_updates");
-        for r in 0..self.relations.relations.len() {
-            self.write_accounts(state, r, &mut outcomes).await?;
+        let state = &*state;
+        if self.side_by_side() {
+            // Both sides at once: each goes to a connector of its own.
+            let accounts = async {
+                let mut all = Vec::new();
+                for r in 0..self.relations.relations.len() {
+                    all.push(self.account_updates(state, r).await?);
+                }
+                Ok::<_, EngineError>(all)
+            };
+            let both = futures_util::future::join(self.contact_updates(state), accounts);
+            let (contacts, accounts) = both.await;
+            self.landed_contacts(contacts?, &mut outcomes);
             self.stopped()?;
+            failpoint::hit("after_contact_updates");
+            self.step("after_contact_updates");
+            for answers in accounts? {
+                self.landed_accounts(answers, &mut outcomes);
+            }
+            self.stopped()?;
+        } else {
+            let contacts = self.contact_updates(state).await?;
+            self.landed_contacts(contacts, &mut outcomes);
+            self.stopped()?;
+            failpoint::hit("after_contact_updates");
+            self.step("after_contact_updates");
+            for r in 0..self.relations.relations.len() {
+                let answers = self.account_updates(state, r).await?;
+                self.landed_accounts(answers, &mut outcomes);
+                self.stopped()?;
+            }
         }
         failpoint::hit("after_account_updates");
         self.step("after_account_updates");
         Ok(outcomes)
+    }
+
+    /// Whether a range's contact and account updates go out side by side: in a run
+    /// in ranges (a range's ops are few; a run made whole sends one side after the
+    /// other, not to hold both sides' ops and answers at once), and only when no
+    /// relation's accounts share the contacts' connector (a connector takes one call
+    /// at a time).
+    fn side_by_side(&self) -> bool {
+        let contacts = &self.relations.contacts_connector;
+        self.in_ranges && (self.relations.relations.iter()).all(|r| &r.connector != contacts)
     }
 
     /// A stop asked for during the updates ends the run here: the intents of the
@@ -100,21 +142,18 @@ impl Applier<'_> {
         }
     }
 
-    /// Contact updates; ops are built chunk by chunk from the plan, so a million
+    /// Contact updates; ops are built batch by batch from the plan, so a million
     /// updates are not held twice.
-    async fn write_contacts(
-        &mut self,
-        state: &dyn StateStore,
-        outcomes: &mut Outcomes,
-    ) -> Result<(), EngineError> {
+    async fn contact_updates(&self, state: &dyn StateStore) -> Result<Answers<usize>, EngineError> {
         let connector = self.connector(&self.relations.contacts_connector);
         let max = connector.capabilities().max_batch.max(1);
         let hubs: Vec<usize> = (0..self.plan.hubs.len())
             .filter(|&i| !self.plan.hubs[i].contact_changes.is_empty())
             .collect();
+        let mut answers = Answers::new();
         for chunk in hubs.chunks(max) {
             if self.stop.is_stopped() {
-                return Ok(());
+                break;
             }
             let ops = chunk
                 .iter()
@@ -127,24 +166,28 @@ impl Applier<'_> {
                     }
                 })
                 .collect();
-            let answers = write_all(state, &*connector, EntityKind::Contact, ops).await?;
+            let sent = write_all(state, &*connector, EntityKind::Contact, ops).await?;
             self.progress.advance(chunk.len(), "contact updates");
-            for (&hub, outcome) in chunk.iter().zip(answers) {
-                self.writes += u64::from(outcome.is_ok());
-                outcomes.contacts[hub] = Some(Landed::of(outcome));
-            }
+            answers.extend(chunk.iter().copied().zip(sent));
         }
-        Ok(())
+        Ok(answers)
+    }
+
+    /// What the contact updates answered, counted and kept for settling.
+    fn landed_contacts(&mut self, answers: Answers<usize>, outcomes: &mut Outcomes) {
+        for (hub, outcome) in answers {
+            self.writes += u64::from(outcome.is_ok());
+            outcomes.contacts[hub] = Some(Landed::of(outcome));
+        }
     }
 
     /// The account updates of relation `r`.
-    async fn write_accounts(
-        &mut self,
+    async fn account_updates(
+        &self,
         state: &dyn StateStore,
         r: usize,
-        outcomes: &mut Outcomes,
-    ) -> Result<(), EngineError> {
-        let keys: Vec<(usize, usize)> = self
+    ) -> Result<Answers<PairKey>, EngineError> {
+        let keys: Vec<PairKey> = self
             .plan
             .hubs
             .iter()
@@ -158,15 +201,16 @@ impl Applier<'_> {
             .filter(|(_, pair)| pair.relation == r && !pair.account_changes.is_empty())
             .map(|(key, _)| key)
             .collect();
+        let mut answers = Answers::new();
         if keys.is_empty() {
-            return Ok(());
+            return Ok(answers);
         }
         let relation = &self.relations.relations[r];
         let connector = self.connector(&relation.connector);
         let max = connector.capabilities().max_batch.max(1);
         for chunk in keys.chunks(max) {
             if self.stop.is_stopped() {
-                return Ok(());
+                break;
             }
             let ops = chunk
                 .iter()
@@ -179,14 +223,19 @@ impl Applier<'_> {
                     }
                 })
                 .collect();
-            let answers = write_all(state, &*connector, relation.kind, ops).await?;
+            let sent = write_all(state, &*connector, relation.kind, ops).await?;
             self.progress.advance(chunk.len(), "account updates");
-            for (&(h, p), outcome) in chunk.iter().zip(answers) {
-                self.writes += u64::from(outcome.is_ok());
-                outcomes.accounts[outcomes.pair_offsets[h] + p] = Some(Landed::of(outcome));
-            }
+            answers.extend(chunk.iter().copied().zip(sent));
         }
-        Ok(())
+        Ok(answers)
+    }
+
+    /// What a relation's account updates answered, counted and kept for settling.
+    fn landed_accounts(&mut self, answers: Answers<PairKey>, outcomes: &mut Outcomes) {
+        for ((h, p), outcome) in answers {
+            self.writes += u64::from(outcome.is_ok());
+            outcomes.accounts[outcomes.pair_offsets[h] + p] = Some(Landed::of(outcome));
+        }
     }
 }
 
