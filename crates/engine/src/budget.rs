@@ -50,10 +50,6 @@ impl MemoryBudget {
         MemoryBudget { resident, ..self }
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// Hubs per range for a run with `hubs` hubs left to plan, said in the log; `None`
     /// when the process's memory cannot be measured here.
     pub(crate) fn hubs_per_range(&self, hubs: usize) -> Option<usize> {

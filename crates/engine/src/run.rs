@@ -56,6 +56,14 @@ impl std::fmt::Debug for Engine<'_> {
     }
 }
 
+/// How a run's hubs are planned: all at once (`tandem plan`), or a range at a time
+/// when a sync is set to ([`Engine::per_range`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hubs {
+    AtOnce,
+    InRanges,
+}
+
 /// A run's plan as far as it is made before anything is written: its head, and its
 /// hubs too when it is made in one piece (a `plan`, or a worker's partition).
 pub(crate) struct Prepared {
@@ -208,7 +216,7 @@ impl<'a> Engine<'a> {
     pub async fn plan_with(&mut self, directives: Directives) -> Result<RunReport, EngineError> {
         let (input, rest) = self.read_input(directives).await?;
         let relations = self.relations.clone();
-        let (prepared, _) = self.plan_head(&relations, &input, rest, usize::MAX)?;
+        let (prepared, _) = self.plan_head(&relations, &input, rest, Hubs::AtOnce)?;
         let writes = prepared.plan.write_count() as u64;
         let mut counts = prepared.plan.counts.clone();
         for (c, parked) in counts.iter_mut().zip(&prepared.parked_before) {
@@ -286,12 +294,7 @@ impl<'a> Engine<'a> {
         self.look_again_if_stale(run_id)?;
         let (input, rest) = self.read_input(directives).await?;
         let relations = self.relations.clone();
-        // A partition's plan is cut whole (`Partition::cut`).
-        let per_range = match self.partition.is_whole() {
-            true => self.hubs_per_range,
-            false => usize::MAX,
-        };
-        let (prepared, mut planning) = self.plan_head(&relations, &input, rest, per_range)?;
+        let (prepared, mut planning) = self.plan_head(&relations, &input, rest, Hubs::InRanges)?;
         let refused = (prepared.plan.rejected.iter())
             .find(|r| operator && is_directive(&input.directives, r));
         if let Some(rejection) = refused {
@@ -317,22 +320,34 @@ impl<'a> Engine<'a> {
         report
     }
 
+    /// Hubs per range for a run with `hubs` hubs to merge: a partition's plan is cut
+    /// whole (`Partition::cut`); else as many as the memory budget leaves room for, or
+    /// `[sync] hubs_per_range`.
+    fn per_range(&self, hubs: usize) -> usize {
+        if !self.partition.is_whole() {
+            return usize::MAX;
+        }
+        (self.memory_budget)
+            .and_then(|budget| budget.hubs_per_range(hubs))
+            .unwrap_or(self.hubs_per_range)
+    }
+
     /// Plans the head of a run from what was read ([`Planning`]), and its hubs too when
-    /// they fit in one range of `per_range`; the hubs left come from the [`Planning`]
-    /// returned.
+    /// they fit in one range ([`Engine::per_range`]); the hubs left come from the
+    /// [`Planning`] returned.
     fn plan_head<'i>(
         &mut self,
         relations: &'i Relations,
         input: &'i PlanInput,
         rest: ReadRest,
-        per_range: usize,
+        hubs: Hubs,
     ) -> Result<(Prepared, Planning<'i>), EngineError> {
         let started = std::time::Instant::now();
         let threads = crate::parallel::cores();
-        let (mut planning, mut plan) = Planning::start(relations, input, threads, per_range);
-        let budget = self.memory_budget.filter(|_| self.partition.is_whole());
-        if let Some(per_range) = budget.and_then(|b| b.hubs_per_range(planning.hubs_left())) {
-            planning.set_per_range(per_range);
+        let (mut planning, mut plan) = Planning::start(relations, input, threads, usize::MAX);
+        // Worked out once the head is planned: a budget looks at what the run holds then.
+        if hubs == Hubs::InRanges {
+            planning.set_per_range(self.per_range(planning.hubs_left()));
         }
         // A run of one range is planned whole: its records go before anything is written.
         if planning.hubs_left() <= planning.per_range() {

@@ -250,7 +250,6 @@ impl<'i> Spliced<'i> {
         // In file order, so that the rows are read through the window front to back.
         let mut rows: Vec<usize> = (spliced.named.values()).filter_map(|&row| row).collect();
         rows.sort_unstable();
-        spliced.file.get_mut().block = PARSE_BLOCK;
         for i in rows {
             if !spliced.parse(path, i)? {
                 return Ok(None);
@@ -458,6 +457,8 @@ struct Window {
     /// Where the buffer's bytes start in the file, and how many it holds.
     start: u64,
     len: usize,
+    /// Bytes read at a time: [`PARSE_BLOCK`] while the rows are parsed, then
+    /// [`COPY_BLOCK`] as the file is copied.
     block: usize,
 }
 

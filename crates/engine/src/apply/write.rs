@@ -87,37 +87,24 @@ impl Applier<'_> {
         failpoint::hit("after_intent_commit");
         let mut outcomes = Outcomes::new(&self.plan);
         let state = &*state;
-        if self.side_by_side() {
+        let accounts = if self.side_by_side() {
             // Both sides at once: each goes to a connector of its own.
-            let accounts = async {
-                let mut all = Vec::new();
-                for r in 0..self.relations.relations.len() {
-                    all.push(self.account_updates(state, r).await?);
-                }
-                Ok::<_, EngineError>(all)
-            };
-            let both = futures_util::future::join(self.contact_updates(state), accounts);
+            let both = futures_util::future::join(
+                self.contact_updates(state),
+                self.all_account_updates(state),
+            );
             let (contacts, accounts) = both.await;
-            self.landed_contacts(contacts?, &mut outcomes);
-            self.stopped()?;
-            failpoint::hit("after_contact_updates");
-            self.step("after_contact_updates");
-            for answers in accounts? {
-                self.landed_accounts(answers, &mut outcomes);
-            }
-            self.stopped()?;
+            self.landed_contacts(contacts?, &mut outcomes)?;
+            accounts?
         } else {
             let contacts = self.contact_updates(state).await?;
-            self.landed_contacts(contacts, &mut outcomes);
-            self.stopped()?;
-            failpoint::hit("after_contact_updates");
-            self.step("after_contact_updates");
-            for r in 0..self.relations.relations.len() {
-                let answers = self.account_updates(state, r).await?;
-                self.landed_accounts(answers, &mut outcomes);
-                self.stopped()?;
-            }
+            self.landed_contacts(contacts, &mut outcomes)?;
+            self.all_account_updates(state).await?
+        };
+        for answers in accounts {
+            self.landed_accounts(answers, &mut outcomes);
         }
+        self.stopped()?;
         failpoint::hit("after_account_updates");
         self.step("after_account_updates");
         Ok(outcomes)
@@ -173,12 +160,34 @@ impl Applier<'_> {
         Ok(answers)
     }
 
-    /// What the contact updates answered, counted and kept for settling.
-    fn landed_contacts(&mut self, answers: Answers<usize>, outcomes: &mut Outcomes) {
+    /// What the contact updates answered, counted and kept for settling; the step's
+    /// end, unless a stop was asked for.
+    fn landed_contacts(
+        &mut self,
+        answers: Answers<usize>,
+        outcomes: &mut Outcomes,
+    ) -> Result<(), EngineError> {
         for (hub, outcome) in answers {
             self.writes += u64::from(outcome.is_ok());
             outcomes.contacts[hub] = Some(Landed::of(outcome));
         }
+        self.stopped()?;
+        failpoint::hit("after_contact_updates");
+        self.step("after_contact_updates");
+        Ok(())
+    }
+
+    /// Every relation's account updates, in config order; after a stop is asked for,
+    /// none is sent.
+    async fn all_account_updates(
+        &self,
+        state: &dyn StateStore,
+    ) -> Result<Vec<Answers<PairKey>>, EngineError> {
+        let mut all = Vec::new();
+        for r in 0..self.relations.relations.len() {
+            all.push(self.account_updates(state, r).await?);
+        }
+        Ok(all)
     }
 
     /// The account updates of relation `r`.
