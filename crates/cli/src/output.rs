@@ -383,7 +383,7 @@ fn plan_actions(list: &mut Actions<'_>, report: &RunReport, relations: &Relation
                     c.code,
                     kind(&c.code),
                     c.account_id,
-                    fields(&c.fields)
+                    fields(&c.fields.unpack())
                 ),
             );
         }

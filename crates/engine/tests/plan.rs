@@ -583,7 +583,8 @@ fn r6_contacts_are_created_only_for_unmatched_accounts() {
     let mut expected = fields(&[("name", "New Supplier"), ("contact_type", "company")]);
     expected.set("business_relations", Value::list(vec!["VEND".into()]));
     assert_eq!(
-        plan.creates[0].fields, expected,
+        plan.creates[0].fields.unpack(),
+        expected,
         "R9: the new contact shows its code"
     );
     assert_eq!(plan.ambiguous.len(), 1);

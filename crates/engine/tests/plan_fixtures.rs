@@ -705,7 +705,7 @@ fn render(plan: &Plan, relations: &Relations) -> String {
             "create contact for {} {}{asked}: {}",
             c.code,
             c.account_id,
-            fields(&c.fields)
+            fields(&c.fields.unpack())
         )
         .unwrap();
     }

@@ -35,6 +35,13 @@ impl PackedFields {
     }
 }
 
+/// As the fields it holds.
+impl serde::Serialize for PackedFields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.unpack().serialize(serializer)
+    }
+}
+
 impl fmt::Debug for PackedFields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.unpack(), f)

@@ -3,6 +3,8 @@
 //! right after it, so a crash in between is repaired by the next run instead of
 //! creating a duplicate (R18).
 
+use std::borrow::Cow;
+
 use tandem_connector::{Connector, ConnectorError, WriteOp, Written};
 use tandem_model::{EntityKind, Fields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
@@ -22,7 +24,8 @@ struct CreateJob<'p> {
     side: Side,
     source_id: &'p str,
     source_version: Option<&'p str>,
-    fields: &'p Fields,
+    /// A new contact's, unpacked from the plan's while the creates are carried out.
+    fields: Cow<'p, Fields>,
     baseline: Baseline<'p>,
     /// What the source still has to receive once the record exists (R18).
     intent: Option<&'p Intent>,
@@ -40,15 +43,19 @@ struct CreateJob<'p> {
 enum Baseline<'p> {
     /// Held by the create.
     Held(&'p Fields),
-    /// A new contact's, worked out when its link is made ([`ContactCreate::baseline`]).
-    OfContact(&'p ContactCreate, &'p crate::relation::Relation),
+    /// A new contact's: the account's shared fields, as sent (the two fields a create
+    /// adds are contact fields, never shared with an account), worked out when its
+    /// link is made.
+    OfContact(&'p crate::relation::Relation),
 }
 
 impl CreateJob<'_> {
     fn baseline(&self) -> Fields {
         match self.baseline {
             Baseline::Held(fields) => fields.clone(),
-            Baseline::OfContact(create, relation) => create.baseline(relation),
+            Baseline::OfContact(relation) => {
+                (self.fields).project(&crate::plan::names(&relation.shared))
+            }
         }
     }
 
@@ -56,7 +63,7 @@ impl CreateJob<'_> {
     /// run, it was a third copy of each one's fields.
     fn entry(&self) -> LogEntry {
         LogEntry::Created {
-            fields: self.fields.clone(),
+            fields: self.fields.as_ref().clone(),
             template: self.template,
             requested_by: self.requested_by.map(str::to_owned),
         }
@@ -79,8 +86,8 @@ fn create_jobs<'p>(
         side: Side::Contact,
         source_id: &c.account_id,
         source_version: c.account_version.as_deref(),
-        fields: &c.fields,
-        baseline: Baseline::OfContact(c, &relations.relations[c.relation]),
+        fields: Cow::Owned(c.fields.unpack()),
+        baseline: Baseline::OfContact(&relations.relations[c.relation]),
         intent: None,
         asked: c.asked,
         template: None,
@@ -92,7 +99,7 @@ fn create_jobs<'p>(
         side: Side::Account,
         source_id: &c.contact_id,
         source_version: c.contact_version.as_deref(),
-        fields: &c.fields,
+        fields: Cow::Borrowed(&c.fields),
         baseline: Baseline::Held(&c.baseline),
         intent: (!c.intent.contact.is_empty()).then_some(&c.intent),
         asked: false,
@@ -204,7 +211,7 @@ impl Applier<'_> {
                 code: job.code.to_owned(),
                 side,
                 source_id: job.source_id.to_owned(),
-                fields: job.fields.clone(),
+                fields: job.fields.as_ref().clone(),
                 run_id: Some(self.log.run_id),
                 error: None,
                 failure_count: previous.map_or(0, |p| p.failure_count),
@@ -222,7 +229,7 @@ impl Applier<'_> {
         let ops = chunk
             .iter()
             .map(|j| WriteOp::Create {
-                fields: j.fields.clone(),
+                fields: j.fields.as_ref().clone(),
             })
             .collect();
         let outcomes = write_all(state, connector, kind, ops).await?;
@@ -250,11 +257,11 @@ impl Applier<'_> {
     fn created(&mut self, job: &CreateJob<'_>, written: &Written) {
         let r = job.relation;
         self.writes += 1;
-        let new_hash = record_hash(job.fields, written.version.as_deref());
+        let new_hash = record_hash(&job.fields, written.version.as_deref());
         // Stored with the match keys of the fields it was created with: an edit of it
         // that leaves them wakes no matching (R4). Other relations match it anew
         // through their accounts marked to be looked at again (`recheck_accounts`).
-        let created = |read: &ScopeRead| match_keys(job.fields, &read.key_fields);
+        let created = |read: &ScopeRead| match_keys(&job.fields, &read.key_fields);
         let (contact_id, account_id, contact_version, account_version) = match job.side {
             Side::Contact => {
                 self.accounts[r].settle(job.source_id);
@@ -364,7 +371,7 @@ impl Applier<'_> {
             code: job.code.to_owned(),
             side: job.side,
             source_id: job.source_id.to_owned(),
-            fields: job.fields.clone(),
+            fields: job.fields.as_ref().clone(),
             run_id: Some(self.log.run_id),
             error: (!e.may_have_acted()).then_some(error),
             failure_count: count,

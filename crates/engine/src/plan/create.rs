@@ -72,15 +72,13 @@ impl<'a> Planner<'a> {
                 field::BUSINESS_RELATIONS,
                 Value::list(vec![relation.code.clone()]),
             );
-            // Held until the run ends, for each of what may be 100,000s of creates:
-            // sized to their fields, not to the doubling that set them one by one.
-            fields.shrink_to_fit();
             self.plan.creates.push(ContactCreate {
                 code: relation.code.clone(),
                 relation: r,
                 account_id,
                 account_version: account.version().map(str::to_owned),
-                fields,
+                // Held until the run ends, for each of what may be 100,000s of creates.
+                fields: PackedFields::pack(&fields),
                 asked: by_operator,
             });
         }
