@@ -37,7 +37,7 @@ pub struct MatchOutcome<'p> {
 }
 
 /// The records of both pools that share one key.
-struct Found<'p, R> {
+struct Found<'p, R: ?Sized> {
     contacts: &'p [&'p R],
     accounts: &'p [&'p R],
     /// Positions in the pools.
@@ -45,7 +45,7 @@ struct Found<'p, R> {
     accs: &'p [u32],
 }
 
-impl<R: RecordView> Found<'_, R> {
+impl<R: RecordView + ?Sized> Found<'_, R> {
     /// More than one record on a side: reported, never guessed (R4).
     fn ambiguity(&self, code: &str, tier_number: usize, tier: &Tier) -> Ambiguity {
         let first = self.contacts[self.cs[0] as usize];
@@ -72,7 +72,7 @@ impl<R: RecordView> Found<'_, R> {
 }
 
 /// Matches `contacts` against `accounts` (both unlinked under `code`).
-pub fn match_records<'p, R: RecordView>(
+pub fn match_records<'p, R: RecordView + ?Sized>(
     code: &str,
     tiers: &[Tier],
     contacts: &[&'p R],
@@ -139,7 +139,12 @@ type Keyed = (u128, u32);
 /// sorted: records that share a key lie together, in position order. Sorted, not
 /// gathered in a map of a vector per key: a tier of a million records made a million
 /// vectors, and grew faster than the records did (10M took 11x the time of 1M).
-fn keys_of<R: RecordView>(tier: &Tier, pool: &[&R], open: &[bool], buf: &mut String) -> Vec<Keyed> {
+fn keys_of<R: RecordView + ?Sized>(
+    tier: &Tier,
+    pool: &[&R],
+    open: &[bool],
+    buf: &mut String,
+) -> Vec<Keyed> {
     let mut keys = Vec::new();
     for (i, record) in pool.iter().enumerate() {
         if open[i] && key(tier, record, buf) {
@@ -179,7 +184,7 @@ fn common_keys<'k>(
 /// order (a contact matches at most once). The engine's pools come in id order, and
 /// then position order is id order: sorting a million matches by their ids would
 /// chase two pointers per comparison.
-fn by_contact_id<'p, R: RecordView>(
+fn by_contact_id<'p, R: RecordView + ?Sized>(
     mut matches: Vec<(u32, u32, usize)>,
     contacts: &[&'p R],
     accounts: &[&'p R],
@@ -202,7 +207,7 @@ fn by_contact_id<'p, R: RecordView>(
 /// values never match). Each field in its normalised form (R20): VAT numbers compacted
 /// with the record's country prefix, countries as codes, e-mail domains in any case,
 /// phones as E.164 when the relation asks.
-fn key(tier: &Tier, record: &impl RecordView, buf: &mut String) -> bool {
+fn key(tier: &Tier, record: &(impl RecordView + ?Sized), buf: &mut String) -> bool {
     buf.clear();
     let mut country = None;
     for field in &tier.fields {

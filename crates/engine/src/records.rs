@@ -1,14 +1,14 @@
 //! The records a run read of one scope, held packed and in id order until its plan
 //! is made (see `tandem_model::PackedRecord`).
 
-use tandem_model::{PackedRecord, Record};
+use tandem_model::{PackedRecord, PackedRecords, Record};
 
 /// Records by id: packed, sorted by id, one per id.
 ///
 /// Why not a map of `Record`s: a first sync of a million partners holds two million
 /// records until it has planned; as `Record`s in a `BTreeMap` they took 1.2 GiB (a
-/// 32-byte pair per field, the id twice, the map's nodes), packed in a vector about a
-/// third of that.
+/// 32-byte pair per field, the id twice, the map's nodes), packed about a third of
+/// that, back to back in one buffer ([`PackedRecords`]) a little less again.
 ///
 /// Looked up by binary search over the first eight bytes of each id, held beside the
 /// records (16 MB for two million): a search that read each id from its record
@@ -16,7 +16,7 @@ use tandem_model::{PackedRecord, Record};
 /// second slower than the map.
 #[derive(Debug, Default, Clone)]
 pub struct Records {
-    records: Vec<PackedRecord>,
+    records: PackedRecords,
     /// `prefix` of each record's id, in the same order.
     prefixes: Vec<u64>,
 }
@@ -36,7 +36,7 @@ const PARALLEL_PACKING: usize = 20_000;
 impl Records {
     /// None, for a static.
     pub const EMPTY: Records = Records {
-        records: Vec::new(),
+        records: PackedRecords::new(),
         prefixes: Vec::new(),
     };
 
@@ -56,11 +56,10 @@ impl Records {
 
     /// Adds `record`; one of the same id is replaced.
     pub fn insert(&mut self, record: Record) {
-        let packed = PackedRecord::pack(&record);
         match self.position(&record.id) {
-            Ok(i) => self.records[i] = packed,
+            Ok(i) => self.records.replace(i, &record),
             Err(i) => {
-                self.records.insert(i, packed);
+                self.records.insert(i, &record);
                 self.prefixes.insert(i, prefix(&record.id));
             }
         }
@@ -72,23 +71,13 @@ impl Records {
             records.into_iter().for_each(|r| self.insert(r));
             return;
         }
-        self.records.extend(pack_all(records));
+        self.records.append(pack_all(records));
         self.sort_and_dedup();
     }
 
     fn sort_and_dedup(&mut self) {
         let records = &mut self.records;
-        if !records.is_sorted_by(|a, b| a.cmp_by_id(b).is_lt()) {
-            // Stable: of equal ids the later copy stays later, and wins below.
-            records.sort_by(PackedRecord::cmp_by_id);
-            records.dedup_by(|later, earlier| {
-                let same = later.cmp_by_id(earlier).is_eq();
-                if same {
-                    std::mem::swap(later, earlier);
-                }
-                same
-            });
-        }
+        records.sort_by_id_keeping_last();
         records.shrink_to_fit();
         self.prefixes = records.iter().map(|r| prefix(r.id())).collect();
     }
@@ -97,14 +86,21 @@ impl Records {
         let key = prefix(id);
         let from = self.prefixes.partition_point(|p| *p < key);
         let to = from + self.prefixes[from..].partition_point(|p| *p == key);
-        match self.records[from..to].binary_search_by(|r| r.cmp_id(id)) {
-            Ok(i) => Ok(from + i),
-            Err(i) => Err(from + i),
+        // A binary search of `from..to` by the records' ids.
+        let (mut low, mut high) = (from, to);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.records.get(mid).cmp_id(id) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
         }
+        Err(low)
     }
 
     pub fn get(&self, id: &str) -> Option<&PackedRecord> {
-        self.position(id).ok().map(|i| &self.records[i])
+        self.position(id).ok().map(|i| self.records.get(i))
     }
 
     /// The record and its id, borrowed from it.
@@ -125,18 +121,22 @@ impl Records {
     }
 
     /// In id order (named as a map's, as the planner reads them).
-    pub fn values(&self) -> std::slice::Iter<'_, PackedRecord> {
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &PackedRecord> + Clone + '_ {
         self.records.iter()
     }
 
     /// The records whose ids lie in `[from, to)`, in order; `None` leaves that end
     /// open.
-    pub fn between(&self, from: Option<&str>, to: Option<&str>) -> &[PackedRecord] {
+    pub fn between(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> impl DoubleEndedIterator<Item = &PackedRecord> + ExactSizeIterator + '_ {
         let at = |id: Option<&str>, open: usize| {
             id.map_or(open, |id| self.position(id).unwrap_or_else(|i| i))
         };
         let (start, end) = (at(from, 0), at(to, self.records.len()));
-        &self.records[start..end.max(start)]
+        self.records.range(start..end.max(start))
     }
 
     /// The ids, in order.
@@ -163,9 +163,11 @@ impl FromIterator<(String, Record)> for Records {
 }
 
 /// Packs `records`, each freed once packed, on the machine's cores when they are many.
-fn pack_all(mut records: Vec<Record>) -> Vec<PackedRecord> {
-    let pack = |part: Vec<Record>| -> Vec<PackedRecord> {
-        part.into_iter().map(|r| PackedRecord::pack(&r)).collect()
+fn pack_all(mut records: Vec<Record>) -> PackedRecords {
+    let pack = |part: Vec<Record>| -> PackedRecords {
+        let mut packed = PackedRecords::with_room_for(&part);
+        part.into_iter().for_each(|r| packed.push(&r));
+        packed
     };
     let threads = crate::parallel::cores();
     if records.len() < PARALLEL_PACKING || threads <= 1 {
@@ -182,16 +184,12 @@ fn pack_all(mut records: Vec<Record>) -> Vec<PackedRecord> {
         let workers: Vec<_> = (parts.into_iter())
             .map(|part| scope.spawn(move || pack(part)))
             .collect();
-        let mut out = Vec::new();
+        let mut out = PackedRecords::new();
         for worker in workers {
             let packed = worker
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            if out.is_empty() {
-                out = packed;
-            } else {
-                out.extend(packed);
-            }
+            out.append(packed);
         }
         out
     })

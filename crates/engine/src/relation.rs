@@ -52,7 +52,10 @@ impl Relation {
     /// The template for an account created from `contact`: `Ok(None)` when the
     /// relation has no templates, an error naming the contact's values when it has
     /// some and none applies (R5: never a silent default).
-    pub fn template_for(&self, contact: &impl RecordView) -> Result<Option<&Template>, String> {
+    pub fn template_for(
+        &self,
+        contact: &(impl RecordView + ?Sized),
+    ) -> Result<Option<&Template>, String> {
         if self.templates.is_empty() {
             return Ok(None);
         }
@@ -90,7 +93,7 @@ pub struct Template {
 impl Template {
     /// Values compare trimmed and in any case, and as their field's form (R20): a rule
     /// on `country_code = "CH"` applies to a contact in `Schweiz`.
-    pub fn applies_to(&self, contact: &impl RecordView) -> bool {
+    pub fn applies_to(&self, contact: &(impl RecordView + ?Sized)) -> bool {
         let loose = Comparison::default();
         self.when.iter().all(|(f, want)| {
             let (mut have, mut wanted) = (String::new(), String::new());
@@ -103,7 +106,7 @@ impl Template {
 }
 
 /// A contact's value as templates see it: `contact_type` defaults to `company`.
-fn contact_value(contact: &impl RecordView, field: &FieldName) -> String {
+fn contact_value(contact: &(impl RecordView + ?Sized), field: &FieldName) -> String {
     if field.as_str() == field::CONTACT_TYPE {
         return ContactType::from_field(contact.text_of(field::CONTACT_TYPE))
             .as_str()

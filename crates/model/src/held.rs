@@ -56,18 +56,19 @@ impl RecordView for Record {
     }
 }
 
-/// A [`Record`] in one allocation: a flags byte (deleted, has a version, has a
-/// modification time), the id, the version, the time, then the fields as
-/// [`crate::PackedFields`] writes them.
+/// A [`Record`] packed into bytes: a flags byte (deleted, has a version, has a
+/// modification time), the kind, the id, the version, the time, then the fields as
+/// [`crate::PackedFields`] writes them. Held alone (`Box<PackedRecord>`) or many back
+/// to back in one buffer ([`PackedRecords`]).
 ///
 /// Why: a run holds every record it read until its plan is made. As a `Record` a
 /// contact of ten short fields took about 540 bytes with the map that found it (the
 /// struct, a 32-byte pair per field, the id twice); packed it takes its text and a
 /// few bytes more. Not a stored format: it lives in memory.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
+#[repr(transparent)]
 pub struct PackedRecord {
-    bytes: Box<[u8]>,
-    kind: EntityKind,
+    bytes: [u8],
 }
 
 const DELETED: u8 = 1;
@@ -83,25 +84,59 @@ struct Parts<'b> {
     fields: &'b [u8],
 }
 
+/// Appends `record` packed to `out`.
+fn write(record: &Record, out: &mut Vec<u8>) {
+    let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+    let flags = flag(record.deleted, DELETED)
+        | flag(record.version.is_some(), VERSION)
+        | flag(record.modified_at.is_some(), MODIFIED);
+    out.push(flags);
+    out.push(kind_byte(record.kind));
+    put_str(out, &record.id);
+    if let Some(version) = &record.version {
+        put_str(out, version);
+    }
+    if let Some(at) = record.modified_at {
+        out.extend_from_slice(&at.0.to_le_bytes());
+    }
+    packed::put_fields(out, &record.fields);
+}
+
+/// About what `record` takes packed, to size a buffer once.
+fn size_hint(record: &Record) -> usize {
+    32 + 16 * record.fields.len()
+}
+
+fn kind_byte(kind: EntityKind) -> u8 {
+    EntityKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("every kind is in ALL") as u8
+}
+
 impl PackedRecord {
-    pub fn pack(record: &Record) -> PackedRecord {
-        let mut out = Vec::with_capacity(32 + 16 * record.fields.len());
-        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
-        let flags = flag(record.deleted, DELETED)
-            | flag(record.version.is_some(), VERSION)
-            | flag(record.modified_at.is_some(), MODIFIED);
-        out.push(flags);
-        put_str(&mut out, &record.id);
-        if let Some(version) = &record.version {
-            put_str(&mut out, version);
+    pub fn pack(record: &Record) -> Box<PackedRecord> {
+        let mut out = Vec::with_capacity(size_hint(record));
+        write(record, &mut out);
+        let bytes = Box::into_raw(out.into_boxed_slice());
+        // SAFETY: `PackedRecord` is a transparent wrapper of `[u8]`, so a boxed slice
+        // is a boxed `PackedRecord` of the same layout and allocation; the bytes are
+        // a whole record as `write` packs it, which is what every reader expects.
+        #[allow(unsafe_code)]
+        unsafe {
+            Box::from_raw(bytes as *mut PackedRecord)
         }
-        if let Some(at) = record.modified_at {
-            out.extend_from_slice(&at.0.to_le_bytes());
-        }
-        packed::put_fields(&mut out, &record.fields);
-        PackedRecord {
-            bytes: out.into_boxed_slice(),
-            kind: record.kind,
+    }
+
+    /// The record `bytes` hold: the whole of one record as `write` packed it (the
+    /// readers below walk it without checking, and read its texts as `str`s).
+    fn of(bytes: &[u8]) -> &PackedRecord {
+        // SAFETY: as in `pack`, the layouts are the same; the callers pass the bytes
+        // of one record as `write` packed it (`PackedRecords` keeps where each begins
+        // and ends).
+        #[allow(unsafe_code)]
+        unsafe {
+            &*(bytes as *const [u8] as *const PackedRecord)
         }
     }
 
@@ -109,7 +144,7 @@ impl PackedRecord {
         let parts = self.parts();
         Record {
             id: parts.id.to_owned(),
-            kind: self.kind,
+            kind: self.kind(),
             fields: packed::fields_of(parts.fields),
             version: parts.version.map(str::to_owned),
             modified_at: parts.modified_at,
@@ -119,7 +154,7 @@ impl PackedRecord {
 
     fn parts(&self) -> Parts<'_> {
         let mut bytes = &self.bytes[..];
-        let flags = take(&mut bytes, 1)[0];
+        let flags = take(&mut bytes, 2)[0];
         let id = take_str(&mut bytes);
         let version = (flags & VERSION != 0).then(|| take_str(&mut bytes));
         let modified_at = (flags & MODIFIED != 0).then(|| {
@@ -139,10 +174,10 @@ impl PackedRecord {
         packed::str_of(self.id_bytes())
     }
 
-    /// The id's bytes: it comes first after the flags, read without the rest of the
-    /// head.
+    /// The id's bytes: it comes first after the flags and the kind, read without the
+    /// rest of the head.
     fn id_bytes(&self) -> &[u8] {
-        let mut bytes = &self.bytes[1..];
+        let mut bytes = &self.bytes[2..];
         let n = packed::take_len(&mut bytes);
         &bytes[..n]
     }
@@ -158,7 +193,7 @@ impl PackedRecord {
     }
 
     pub fn kind(&self) -> EntityKind {
-        self.kind
+        EntityKind::ALL[usize::from(self.bytes[1])]
     }
 
     pub fn deleted(&self) -> bool {
@@ -209,6 +244,160 @@ impl PackedRecord {
         changes: impl IntoIterator<Item = (&'c FieldName, &'c Value)>,
     ) -> u64 {
         crate::fields::content_hash_of(packed::packed_entries(self.parts().fields), changes)
+    }
+}
+
+/// Packed records back to back in one buffer, each after its length, found by where
+/// that begins; in the order they were put in, until sorted.
+///
+/// Why not a `Box<PackedRecord>` each: a first sync at ten million partners holds
+/// twenty million records, and each box took 16 bytes for its pointer and length
+/// plus what the allocator rounds it up to; here a record takes the 8 bytes of where
+/// it begins and a byte or two of length. Twenty million allocations, and as many
+/// frees when the run lets them go, are one buffer.
+///
+/// Invariant: each of `starts` is where the length of a record `write` packed begins
+/// in `bytes`, the record right after it; records put in again leave their older
+/// bytes unused.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PackedRecords {
+    bytes: Vec<u8>,
+    starts: Vec<u64>,
+}
+
+impl PackedRecords {
+    pub const fn new() -> PackedRecords {
+        PackedRecords {
+            bytes: Vec::new(),
+            starts: Vec::new(),
+        }
+    }
+
+    /// Room for `records`, so that packing them grows the buffers about once.
+    pub fn with_room_for(records: &[Record]) -> PackedRecords {
+        PackedRecords {
+            bytes: Vec::with_capacity(records.iter().map(size_hint).sum()),
+            starts: Vec::with_capacity(records.len()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Packs `record` after the others.
+    pub fn push(&mut self, record: &Record) {
+        let start = self.put(record);
+        self.starts.push(start);
+    }
+
+    /// Packs `record` in place of the `i`th.
+    pub fn replace(&mut self, i: usize, record: &Record) {
+        self.starts[i] = self.put(record);
+    }
+
+    /// Packs `record` as the `i`th, the ones from there on one further.
+    pub fn insert(&mut self, i: usize, record: &Record) {
+        let start = self.put(record);
+        self.starts.insert(i, start);
+    }
+
+    /// Writes `record` after the buffer's end, after its length: where its length
+    /// begins.
+    fn put(&mut self, record: &Record) -> u64 {
+        let at = self.bytes.len();
+        write(record, &mut self.bytes);
+        // The length goes before the record, known once it is written: a record is
+        // short, and moving it by a byte or two is cheaper than a buffer of its own.
+        let (head, n) = len_bytes(self.bytes.len() - at);
+        self.bytes.splice(at..at, head[..n].iter().copied());
+        at as u64
+    }
+
+    /// The `i`th record.
+    pub fn get(&self, i: usize) -> &PackedRecord {
+        self.at(self.starts[i])
+    }
+
+    /// The record whose length begins at `start`.
+    fn at(&self, start: u64) -> &PackedRecord {
+        let mut rest = &self.bytes[start as usize..];
+        let len = packed::take_len(&mut rest);
+        PackedRecord::of(&rest[..len])
+    }
+
+    /// In their order.
+    pub fn iter(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = &PackedRecord> + ExactSizeIterator + Clone + '_ {
+        self.starts.iter().map(|start| self.at(*start))
+    }
+
+    /// The records from `range.start` to before `range.end`, in their order.
+    pub fn range(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl DoubleEndedIterator<Item = &PackedRecord> + ExactSizeIterator + Clone + '_ {
+        self.starts[range].iter().map(|start| self.at(*start))
+    }
+
+    /// `other`'s records after these.
+    pub fn append(&mut self, other: PackedRecords) {
+        if self.starts.is_empty() && self.bytes.is_empty() {
+            *self = other;
+            return;
+        }
+        let shift = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(&other.bytes);
+        (self.starts).extend(other.starts.iter().map(|s| s + shift));
+    }
+
+    /// Sorted by id, one record per id: of an id put in twice, the later copy, as a
+    /// map keeps it.
+    pub fn sort_by_id_keeping_last(&mut self) {
+        let mut starts = std::mem::take(&mut self.starts);
+        let id = |start: &u64| self.at(*start);
+        if !starts.is_sorted_by(|a, b| id(a).cmp_by_id(id(b)).is_lt()) {
+            // Stable: of equal ids the later copy stays later, and wins below.
+            starts.sort_by(|a, b| id(a).cmp_by_id(id(b)));
+            starts.dedup_by(|later, earlier| {
+                let same = id(later).cmp_by_id(id(earlier)).is_eq();
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+        }
+        self.starts = starts;
+    }
+
+    /// Gives back the room the buffers hold beyond what they use.
+    pub fn shrink_to_fit(&mut self) {
+        self.bytes.shrink_to_fit();
+        self.starts.shrink_to_fit();
+    }
+}
+
+/// `n` as `binary::put_len` writes it, and how many bytes that takes.
+fn len_bytes(mut n: usize) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut i = 0;
+    while n >= 0x80 {
+        out[i] = (n as u8 & 0x7f) | 0x80;
+        n >>= 7;
+        i += 1;
+    }
+    out[i] = n as u8;
+    (out, i + 1)
+}
+
+impl fmt::Debug for PackedRecords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -310,6 +499,86 @@ mod tests {
         }
     }
 
+    /// What `PackedRecords` is asked to do, and a plain list of records to check it by.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Push(Record),
+        Replace(usize, Record),
+        Insert(usize, Record),
+        Append(Vec<Record>),
+        Sort,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        // Long texts too: a record's length takes one, two or three bytes.
+        let long = (record(), 0usize..3).prop_map(|(mut r, size)| {
+            r.fields
+                .set("x_note", Value::text("n".repeat([10, 300, 17_000][size])));
+            r
+        });
+        let any_record = prop_oneof![record(), long];
+        prop_oneof![
+            any_record.clone().prop_map(Step::Push),
+            (any::<usize>(), any_record.clone()).prop_map(|(i, r)| Step::Replace(i, r)),
+            (any::<usize>(), any_record.clone()).prop_map(|(i, r)| Step::Insert(i, r)),
+            prop::collection::vec(any_record, 0..4).prop_map(Step::Append),
+            Just(Step::Sort),
+        ]
+    }
+
+    proptest! {
+        /// Records held back to back answer as a list of the records would: in their
+        /// order, each as packed alone, sorted by id with the later of two copies.
+        #[test]
+        fn records_held_back_to_back_answer_as_a_list_of_them_would(
+            steps in prop::collection::vec(step(), 0..24),
+        ) {
+            let (mut held, mut list) = (PackedRecords::new(), Vec::<Record>::new());
+            for step in steps {
+                match step {
+                    Step::Push(r) => {
+                        held.push(&r);
+                        list.push(r);
+                    }
+                    Step::Replace(i, r) if !list.is_empty() => {
+                        let at = i % list.len();
+                        held.replace(at, &r);
+                        list[at] = r;
+                    }
+                    Step::Insert(i, r) => {
+                        let at = i % (list.len() + 1);
+                        held.insert(at, &r);
+                        list.insert(at, r);
+                    }
+                    Step::Append(rs) => {
+                        let mut other = PackedRecords::with_room_for(&rs);
+                        rs.iter().for_each(|r| other.push(r));
+                        held.append(other);
+                        list.extend(rs);
+                    }
+                    Step::Sort => {
+                        held.sort_by_id_keeping_last();
+                        // As a map keeps them: the last copy of each id.
+                        let map: std::collections::BTreeMap<String, Record> =
+                            list.drain(..).map(|r| (r.id.clone(), r)).collect();
+                        list = map.into_values().collect();
+                    }
+                    Step::Replace(..) => {}
+                }
+                held.shrink_to_fit();
+                prop_assert_eq!(held.len(), list.len());
+                let unpacked: Vec<Record> = held.iter().map(PackedRecord::unpack).collect();
+                prop_assert_eq!(&unpacked, &list);
+                for (i, r) in list.iter().enumerate() {
+                    prop_assert_eq!(held.get(i), &*PackedRecord::pack(r));
+                    prop_assert_eq!(held.get(i).kind(), r.kind);
+                }
+                let tail: Vec<Record> = held.range(list.len() / 2..list.len()).map(PackedRecord::unpack).collect();
+                prop_assert_eq!(&tail[..], &list[list.len() / 2..]);
+            }
+        }
+    }
+
     #[test]
     fn a_packed_contact_takes_less_than_half_of_the_record() {
         let fields = Fields::new()
@@ -326,7 +595,8 @@ mod tests {
         let as_record = size_of::<Record>()
             + record.fields.len() * size_of::<(FieldName, Value)>()
             + record.id.len();
-        let size = packed.bytes.len() + size_of::<PackedRecord>();
+        // Held in a `PackedRecords`: its bytes, their length and where they begin.
+        let size = packed.bytes.len() + 1 + size_of::<u64>();
         assert!(size * 2 < as_record, "{size} against {as_record}");
         assert_eq!(packed.text("city"), Some("Gent"));
         assert_eq!(packed.text("email"), None);

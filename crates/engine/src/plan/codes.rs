@@ -13,7 +13,7 @@ impl<'a> Planner<'a> {
     /// hubs in the plan.
     pub(super) fn reflect_codes(&mut self, (from, to): (Option<&str>, Option<&str>)) {
         let input = self.input;
-        let contacts: Vec<&'a PackedRecord> = (input.contacts.between(from, to).iter())
+        let contacts: Vec<&'a PackedRecord> = (input.contacts.between(from, to))
             .filter(|c| !input.deleted_contacts.contains(c.id()) && self.touched(c.id()))
             .collect();
         // Hubs and contacts are both in id order: each contact's hub is found by moving

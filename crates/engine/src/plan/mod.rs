@@ -406,7 +406,7 @@ pub fn hub_writes(hubs: &[HubPlan]) -> usize {
 /// Whether a contact may hold a relation of `kind` directly (R3): companies may; a
 /// person without a company may be a customer; any other person resolves through its
 /// company.
-pub fn may_hold(contact: &impl RecordView, kind: EntityKind) -> bool {
+pub fn may_hold(contact: &(impl RecordView + ?Sized), kind: EntityKind) -> bool {
     match ContactType::from_field(contact.text_named(&contact_fields::CONTACT_TYPE)) {
         ContactType::Company => true,
         ContactType::Person => {
@@ -433,7 +433,7 @@ pub(super) mod contact_fields {
 
 /// Whether `code` is listed in a contact's `business_relations` field, without
 /// building the list (asked for every contact and relation of a run).
-pub fn lists_code(contact: &impl RecordView, code: &str) -> bool {
+pub fn lists_code(contact: &(impl RecordView + ?Sized), code: &str) -> bool {
     match contact
         .value_of(&contact_fields::BUSINESS_RELATIONS)
         .as_deref()
@@ -445,7 +445,7 @@ pub fn lists_code(contact: &impl RecordView, code: &str) -> bool {
 }
 
 /// The relation codes listed in a contact's `business_relations` field (R5, R9).
-pub fn listed_codes(contact: &impl RecordView) -> Vec<String> {
+pub fn listed_codes(contact: &(impl RecordView + ?Sized)) -> Vec<String> {
     codes_in(
         contact
             .value_of(&contact_fields::BUSINESS_RELATIONS)
@@ -468,7 +468,9 @@ pub(super) fn codes_in(value: Option<&Value>) -> Vec<String> {
 }
 
 /// [`listed_codes`], borrowed from the field where it is text.
-pub(super) fn listed_code_refs(contact: &impl RecordView) -> Vec<std::borrow::Cow<'_, str>> {
+pub(super) fn listed_code_refs(
+    contact: &(impl RecordView + ?Sized),
+) -> Vec<std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
     match contact.text_named(&contact_fields::BUSINESS_RELATIONS) {
         Some(text) => (text.split([';', ',']).map(str::trim))

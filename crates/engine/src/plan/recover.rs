@@ -396,8 +396,8 @@ mod tests {
                 Record::new(EntityKind::Contact, format!("C{i}"), fields)
             })
             .collect();
-        let packed: Vec<PackedRecord> = records.iter().map(PackedRecord::pack).collect();
-        let pool: Vec<&PackedRecord> = packed.iter().collect();
+        let packed: Vec<Box<PackedRecord>> = records.iter().map(PackedRecord::pack).collect();
+        let pool: Vec<&PackedRecord> = packed.iter().map(|p| &**p).collect();
         let sent = records[500].fields.clone();
         let index = SentIndex::new(&pool, std::iter::once(&sent));
         let looked_at = Cell::new(0);
