@@ -398,7 +398,7 @@ fn plan_actions(list: &mut Actions<'_>, report: &RunReport, relations: &Relation
             if !hub.contact_changes.is_empty()
                 && list.action(Marker::Change, format!("contact {}", hub.contact_id))
             {
-                changes(list.out, &hub.contact_changes);
+                changes(list.out, &hub.contact_changes.to_vec());
             }
             for pair in hub.pairs.iter().filter(|p| !p.account_changes.is_empty()) {
                 let header = format!(
@@ -409,7 +409,7 @@ fn plan_actions(list: &mut Actions<'_>, report: &RunReport, relations: &Relation
                     hub.contact_id
                 );
                 if list.action(Marker::Change, header) {
-                    changes(list.out, &pair.account_changes);
+                    changes(list.out, &pair.account_changes.to_vec());
                 }
             }
         }

@@ -14,11 +14,12 @@ use tracing::{info, warn};
 /// being written and the next one being planned), its contact's and its accounts'
 /// writes and their outcomes (the two sides are sent at once), and its state rows.
 /// Measured at a million partners: the peak less what was held once matched less
-/// what is held beside the hubs came to 4.1 KB per hub of a range of 76,677, and
-/// 0.3 KB more keeps the peak under the budget. (It came to 3.9 KB while new
-/// contacts' fields were held unpacked: the many let go after the creates left
-/// room that they no longer do.)
-pub const BYTES_PER_HUB: u64 = 4_400;
+/// what is held beside the hubs came to 3.6 KB per hub of a range of 84,000 (with
+/// the changes of a hub held packed), and 0.3 KB more keeps the peak under the
+/// budget. (It came to 3.9 KB while new contacts' fields were held unpacked, which
+/// left room once let go after the creates; 4.1 KB with them packed and the changes
+/// not.)
+pub const BYTES_PER_HUB: u64 = 3_900;
 
 /// What a run holds besides its hubs while a range is in flight: the files' write
 /// buffers, the state's page cache and batches, the creates' rows. Measured at a

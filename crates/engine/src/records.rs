@@ -54,6 +54,16 @@ impl Records {
         out
     }
 
+    /// Records packed in the order read; of an id sent twice, the last copy.
+    pub fn from_packed(records: PackedRecords) -> Records {
+        let mut out = Records {
+            records,
+            prefixes: Vec::new(),
+        };
+        out.sort_and_dedup();
+        out
+    }
+
     /// Adds `record`; one of the same id is replaced.
     pub fn insert(&mut self, record: Record) {
         match self.position(&record.id) {
@@ -163,7 +173,7 @@ impl FromIterator<(String, Record)> for Records {
 }
 
 /// Packs `records`, each freed once packed, on the machine's cores when they are many.
-fn pack_all(mut records: Vec<Record>) -> PackedRecords {
+pub(crate) fn pack_all(mut records: Vec<Record>) -> PackedRecords {
     let pack = |part: Vec<Record>| -> PackedRecords {
         let mut packed = PackedRecords::with_room_for(&part);
         part.into_iter().for_each(|r| packed.push(&r));

@@ -247,28 +247,34 @@ impl PackedRecord {
     }
 }
 
-/// Packed records back to back in one buffer, each after its length, found by where
-/// that begins; in the order they were put in, until sorted.
+/// Packed records back to back in buffers, each after its length, found by where
+/// that begins; in the order they were put in, until sorted. Records packed apart
+/// (a page of a listing, a part packed on another core) are appended buffer and all,
+/// not copied.
 ///
 /// Why not a `Box<PackedRecord>` each: a first sync at ten million partners holds
 /// twenty million records, and each box took 16 bytes for its pointer and length
 /// plus what the allocator rounds it up to; here a record takes the 8 bytes of where
 /// it begins and a byte or two of length. Twenty million allocations, and as many
-/// frees when the run lets them go, are one buffer.
+/// frees when the run lets them go, are a few hundred buffers.
 ///
-/// Invariant: each of `starts` is where the length of a record `write` packed begins
-/// in `bytes`, the record right after it; records put in again leave their older
-/// bytes unused.
+/// Invariant: each of `starts` is a buffer's number (the high bits, [`OFFSET_BITS`])
+/// and where in it the length of a record `write` packed begins, the record right
+/// after it; records put in again leave their older bytes unused.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct PackedRecords {
-    bytes: Vec<u8>,
+    buffers: Vec<Vec<u8>>,
     starts: Vec<u64>,
 }
+
+/// The bits of a start that say where in its buffer: buffers of up to 1 TiB, and
+/// 2^24 of them.
+const OFFSET_BITS: u32 = 40;
 
 impl PackedRecords {
     pub const fn new() -> PackedRecords {
         PackedRecords {
-            bytes: Vec::new(),
+            buffers: Vec::new(),
             starts: Vec::new(),
         }
     }
@@ -276,7 +282,7 @@ impl PackedRecords {
     /// Room for `records`, so that packing them grows the buffers about once.
     pub fn with_room_for(records: &[Record]) -> PackedRecords {
         PackedRecords {
-            bytes: Vec::with_capacity(records.iter().map(size_hint).sum()),
+            buffers: vec![Vec::with_capacity(records.iter().map(size_hint).sum())],
             starts: Vec::with_capacity(records.len()),
         }
     }
@@ -306,16 +312,21 @@ impl PackedRecords {
         self.starts.insert(i, start);
     }
 
-    /// Writes `record` after the buffer's end, after its length: where its length
-    /// begins.
+    /// Writes `record` at the end of the last buffer, after its length: where its
+    /// length begins.
     fn put(&mut self, record: &Record) -> u64 {
-        let at = self.bytes.len();
-        write(record, &mut self.bytes);
+        if self.buffers.is_empty() {
+            self.buffers.push(Vec::new());
+        }
+        let number = (self.buffers.len() - 1) as u64;
+        let buffer = self.buffers.last_mut().expect("one at least");
+        let at = buffer.len();
+        write(record, buffer);
         // The length goes before the record, known once it is written: a record is
         // short, and moving it by a byte or two is cheaper than a buffer of its own.
-        let (head, n) = len_bytes(self.bytes.len() - at);
-        self.bytes.splice(at..at, head[..n].iter().copied());
-        at as u64
+        let (head, n) = len_bytes(buffer.len() - at);
+        buffer.splice(at..at, head[..n].iter().copied());
+        (number << OFFSET_BITS) | at as u64
     }
 
     /// The `i`th record.
@@ -325,7 +336,8 @@ impl PackedRecords {
 
     /// The record whose length begins at `start`.
     fn at(&self, start: u64) -> &PackedRecord {
-        let mut rest = &self.bytes[start as usize..];
+        let buffer = &self.buffers[(start >> OFFSET_BITS) as usize];
+        let mut rest = &buffer[(start & ((1 << OFFSET_BITS) - 1)) as usize..];
         let len = packed::take_len(&mut rest);
         PackedRecord::of(&rest[..len])
     }
@@ -345,14 +357,10 @@ impl PackedRecords {
         self.starts[range].iter().map(|start| self.at(*start))
     }
 
-    /// `other`'s records after these.
+    /// `other`'s records after these: its buffers join these, uncopied.
     pub fn append(&mut self, other: PackedRecords) {
-        if self.starts.is_empty() && self.bytes.is_empty() {
-            *self = other;
-            return;
-        }
-        let shift = self.bytes.len() as u64;
-        self.bytes.extend_from_slice(&other.bytes);
+        let shift = (self.buffers.len() as u64) << OFFSET_BITS;
+        self.buffers.extend(other.buffers);
         (self.starts).extend(other.starts.iter().map(|s| s + shift));
     }
 
@@ -377,7 +385,8 @@ impl PackedRecords {
 
     /// Gives back the room the buffers hold beyond what they use.
     pub fn shrink_to_fit(&mut self) {
-        self.bytes.shrink_to_fit();
+        self.buffers.iter_mut().for_each(Vec::shrink_to_fit);
+        self.buffers.shrink_to_fit();
         self.starts.shrink_to_fit();
     }
 }

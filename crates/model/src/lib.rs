@@ -21,6 +21,6 @@ pub use fields::{FieldName, Fields, FieldsIter};
 pub use held::{PackedRecord, PackedRecords, RecordView};
 pub use kind::{ContactType, EntityKind, ParseKindError};
 pub use normalise::{CountryCode, PhoneRegion};
-pub use packed::PackedFields;
+pub use packed::{ChangesIter, PackedChanges, PackedFields};
 pub use record::{Record, Timestamp, TimestampError};
 pub use value::{CalendarDate, SmolStr, Value, ValueError};

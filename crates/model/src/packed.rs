@@ -51,14 +51,72 @@ impl fmt::Debug for PackedFields {
 /// Appends `fields` in the packed form.
 pub(crate) fn put_fields(out: &mut Vec<u8>, fields: &Fields) {
     for (name, value) in fields {
-        match field::slot_index(name.slot()) {
-            Some(index) => out.push(index),
-            None => {
-                out.push(OTHER_NAME);
-                put_str(out, name.as_str());
-            }
-        }
+        put_name(out, name);
         put_value(out, value);
+    }
+}
+
+fn put_name(out: &mut Vec<u8>, name: &FieldName) {
+    match field::slot_index(name.slot()) {
+        Some(index) => out.push(index),
+        None => {
+            out.push(OTHER_NAME);
+            put_str(out, name.as_str());
+        }
+    }
+}
+
+/// Changes of fields, each a name and its value before and after, packed as
+/// [`PackedFields`] packs fields: the name, then both values (an empty one too).
+///
+/// Why: a plan holds the changes of every hub it carries out, a first sync at 1M
+/// about eight a hub; as a vector of (name, value, value) each took 56 bytes and
+/// the vector's own 24, packed a few bytes each and the box's 16.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PackedChanges(Box<[u8]>);
+
+impl PackedChanges {
+    pub fn pack<'c>(
+        changes: impl IntoIterator<Item = (&'c FieldName, &'c Value, &'c Value)>,
+    ) -> PackedChanges {
+        let mut out = Vec::new();
+        for (name, old, new) in changes {
+            put_name(&mut out, name);
+            put_value(&mut out, old);
+            put_value(&mut out, new);
+        }
+        PackedChanges(out.into_boxed_slice())
+    }
+
+    /// Each change, unpacked, in the order packed.
+    pub fn iter(&self) -> ChangesIter<'_> {
+        ChangesIter { bytes: &self.0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The changes of a [`PackedChanges`], unpacked one by one: (name, before, after).
+#[derive(Debug, Clone)]
+pub struct ChangesIter<'b> {
+    bytes: &'b [u8],
+}
+
+impl Iterator for ChangesIter<'_> {
+    type Item = (FieldName, Value, Value);
+
+    fn next(&mut self) -> Option<(FieldName, Value, Value)> {
+        let name = take_name(&mut self.bytes)?;
+        let old = take_value(&mut self.bytes);
+        Some((name.field_name(), old, take_value(&mut self.bytes)))
+    }
+}
+
+impl fmt::Debug for PackedChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -258,6 +316,43 @@ pub(crate) fn take_value(bytes: &mut &[u8]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_changes_unpack_to_themselves_in_their_order() {
+        let long = Value::text("a text longer than the twenty-three bytes kept inline".repeat(3));
+        let changes = [
+            (FieldName::new("name"), Value::Null, Value::text("Acme")),
+            (FieldName::new("x_rating"), Value::text("4"), Value::Null),
+            (FieldName::new("city"), long.clone(), Value::text("Gent")),
+            (
+                FieldName::new("business_relations"),
+                Value::list(vec!["CUST".into()]),
+                Value::list(vec!["CUST".into(), "VEND".into()]),
+            ),
+            (
+                FieldName::new("x_since"),
+                Value::Null,
+                Value::date("2026-12-06").unwrap(),
+            ),
+            (
+                FieldName::new("x_member"),
+                Value::Bool(false),
+                Value::Bool(true),
+            ),
+            (
+                FieldName::new("x_score"),
+                Value::Number(2.0),
+                Value::Number(-1.5),
+            ),
+            (FieldName::new("name"), Value::text("Acme"), long),
+        ];
+        let packed = PackedChanges::pack(changes.iter().map(|(n, o, v)| (n, o, v)));
+        assert_eq!(packed.iter().collect::<Vec<_>>(), changes.to_vec());
+        assert!(!packed.is_empty());
+        let none = PackedChanges::pack([]);
+        assert!(none.is_empty());
+        assert_eq!(none.iter().count(), 0);
+    }
 
     #[test]
     fn a_packed_field_set_unpacks_to_itself() {

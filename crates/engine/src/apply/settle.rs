@@ -8,7 +8,7 @@ use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
 
 use super::write::{Landed, Outcomes, link_of};
 use super::{Applier, Failed, commit_behind};
-use crate::plan::{FieldChange, HubPlan, NewLink, PairPlan, PairWas};
+use crate::plan::{FieldChange, FieldChanges, HubPlan, NewLink, PairPlan, PairWas};
 use crate::run::{EngineError, Failure, RECHECK, WRITTEN_UNREAD, record_hash_of};
 use crate::side::{Side, Winner};
 
@@ -235,7 +235,7 @@ impl Applier<'_> {
     }
 
     fn log_update(&mut self, hub: &HubPlan, pair: &PairPlan) {
-        let from_account: Vec<&FieldChange> = hub
+        let from_account: Vec<FieldChange> = hub
             .contact_changes
             .iter()
             .filter(|c| pair.from_account.contains(&c.field))
@@ -344,13 +344,13 @@ impl Applier<'_> {
     /// when the link is next merged, and an edit the account got meanwhile wins, as the
     /// only edit there is. Left as it was, the value met the account's edit at the
     /// retry as a competing contact edit, and the policy could drop the user's edit.
-    fn carried_to(&self, link: &Link, changes: &[FieldChange]) -> Link {
+    fn carried_to(&self, link: &Link, changes: &FieldChanges) -> Link {
         let mut link = link.clone();
         let Some(r) = self.relations.index_of(&link.code) else {
             return link;
         };
         let relation = &self.relations.relations[r];
-        for change in changes {
+        for change in changes.iter() {
             let field = &change.field;
             let carried = relation.shared.contains(field) && !relation.preserve.contains(field);
             if !carried || link.baseline.value(field.as_str()) != &change.old {
@@ -358,9 +358,9 @@ impl Applier<'_> {
             }
             let intent = link.intent.get_or_insert_with(Intent::default);
             if intent.account_before(field.as_str()).is_none() {
-                intent.account.push((field.clone(), change.old.clone()));
+                intent.account.push((field.clone(), change.old));
             }
-            link.baseline.set(field.clone(), change.new.clone());
+            link.baseline.set(change.field, change.new);
         }
         link
     }
@@ -471,10 +471,10 @@ fn after_failure(
 }
 
 /// A change as the log keeps it.
-fn change(c: &FieldChange) -> Change {
+fn change(c: FieldChange) -> Change {
     Change {
         field: c.field.to_string(),
-        old: c.old.clone(),
-        new: c.new.clone(),
+        old: c.old,
+        new: c.new,
     }
 }

@@ -8,7 +8,7 @@ use tandem_state::{IntentBatch, Link, StateBatch, StateStore};
 
 use super::{Applier, COMMIT_EVERY, commit_behind, write_all};
 use crate::failpoint;
-use crate::plan::{FieldChange, HubPlan, PairPlan, Plan};
+use crate::plan::{FieldChanges, HubPlan, PairPlan, Plan};
 use crate::relation::Relations;
 use crate::run::EngineError;
 
@@ -64,11 +64,8 @@ impl Outcomes {
     }
 }
 
-fn to_changes(changes: &[FieldChange]) -> Changes {
-    changes
-        .iter()
-        .map(|c| (c.field.clone(), c.new.clone()))
-        .collect()
+fn to_changes(changes: &FieldChanges) -> Changes {
+    changes.iter().map(|c| (c.field, c.new)).collect()
 }
 
 /// What one side's updates answered: where each goes in [`Outcomes`], and the

@@ -680,7 +680,6 @@ impl<'p> HubView<'p> {
     /// the run: it is sized to what it holds, not to what pushing one by one grew it to
     /// (on a big run, fresh memory is a large part of planning's time).
     fn finish(&self, mut out: HubMerge) -> Merged {
-        out.contact_changes.shrink_to_fit();
         out.conflicts.shrink_to_fit();
         let contact_version = self.contact_version();
         // Sized to the hub's pairs: collecting from `filter_map` would start at four
@@ -694,7 +693,7 @@ impl<'p> HubView<'p> {
                 .then(|| HubPlan {
                     contact_id: self.contact_id.to_owned(),
                     contact_version,
-                    contact_changes: out.contact_changes,
+                    contact_changes: out.contact_changes.into(),
                     pairs,
                     conflicts: out.conflicts,
                     contact_after_hash: None,
@@ -714,8 +713,7 @@ impl<'p> HubView<'p> {
         contact_version: &Option<String>,
     ) -> Option<PairPlan> {
         let p = &self.pairs[i];
-        let mut changes = std::mem::take(&mut out.account_changes[i]);
-        changes.shrink_to_fit();
+        let changes = std::mem::take(&mut out.account_changes[i]);
         let mut brought: Vec<FieldName> = std::mem::take(&mut out.from_account[i])
             .into_iter()
             .filter(|f| out.contact_changes.iter().any(|c| &c.field == f))
@@ -747,7 +745,7 @@ impl<'p> HubView<'p> {
             account_id: p.account_id.to_owned(),
             account_version,
             new_link: p.new_link,
-            account_changes: changes,
+            account_changes: changes.into(),
             from_account: brought,
             updated,
             baseline: PackedFields::pack(baseline),

@@ -297,7 +297,9 @@ pub(crate) async fn read_scope(
         if incremental { 0 } else { stored.known },
     );
     let started = std::time::Instant::now();
-    let mut kept: Vec<Record> = Vec::new();
+    // Packed page by page: a listing of ten million contacts held as `Record`s until
+    // its end took 5 GB more than packed.
+    let mut kept = tandem_model::PackedRecords::new();
     let listing = loop {
         let page = connector
             .read(kind, cursor.as_ref())
@@ -440,23 +442,23 @@ impl Stored {
 
 impl ScopeRead {
     /// The records a listing kept, once it is through.
-    fn keep_all(&mut self, kept: Vec<Record>) {
-        // Packed at once from the kept records, on the cores. A record sent twice keeps
-        // its last copy, as an insert would.
-        self.records = crate::Records::from_read(kept);
+    fn keep_all(&mut self, kept: tandem_model::PackedRecords) {
+        // A record sent twice keeps its last copy, as an insert would.
+        self.records = crate::Records::from_packed(kept);
         self.hashes.shrink_to_fit();
     }
 
-    /// Takes one page: tombstones are deletes; a record is kept when it changed or
-    /// `keep` asks for it, with what was seen of it; every record seen takes its hash
-    /// from `stored`.
+    /// Takes one page: tombstones are deletes; a record is kept (packed into `kept`)
+    /// when it changed or `keep` asks for it, with what was seen of it; every record
+    /// seen takes its hash from `stored`.
     fn take(
         &mut self,
         records: Vec<Record>,
         stored: &StoredHashes,
         keep: &impl Fn(&Record) -> bool,
-        kept: &mut Vec<Record>,
+        kept: &mut tandem_model::PackedRecords,
     ) {
+        let mut taken = Vec::new();
         let mut hashed = hash_all(&records, &self.key_fields, stored);
         first_copy_takes(&records, &mut hashed);
         for (record, read) in records.into_iter().zip(hashed) {
@@ -470,9 +472,10 @@ impl ScopeRead {
             self.stats.changed += u64::from(changed);
             if changed || keep(&record) {
                 (self.hashes).insert(&record.id, Seen::read(read.hash, read.keys, change));
-                kept.push(record);
+                taken.push(record);
             }
         }
+        kept.append(crate::records::pack_all(taken));
     }
 }
 
@@ -619,13 +622,13 @@ mod tests {
             let (records, stored) = page_with_a_copy();
             let scope = Scope::new("erp", EntityKind::Customer);
             let mut read = ScopeRead::empty("erp", scope, None);
-            let mut kept = Vec::new();
+            let mut kept = tandem_model::PackedRecords::new();
             read.take(records, &stored, &|_| false, &mut kept);
             // The first copy is as stored; the second is new, and kept as the record.
-            let kept: Vec<(&str, Option<&Value>)> = (kept.iter())
-                .map(|r| (r.id.as_str(), r.fields.get("name")))
+            let kept: Vec<(String, Option<Value>)> = (kept.iter())
+                .map(|r| (r.id().to_owned(), r.text("name").map(Value::text)))
                 .collect();
-            assert_eq!(kept, [("R20000", Some(&Value::text("Renamed")))]);
+            assert_eq!(kept, [("R20000".to_owned(), Some(Value::text("Renamed")))]);
             let seen: Vec<(&str, Change)> =
                 read.hashes.iter().map(|(id, s)| (id, s.change)).collect();
             assert_eq!(seen, [("R20000", Change::New)]);
