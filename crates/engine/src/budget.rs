@@ -13,13 +13,13 @@ use tracing::{info, warn};
 /// What a hub costs while its range is in flight: its plan, held twice (the range
 /// being written and the next one being planned), its contact's and its accounts'
 /// writes and their outcomes (the two sides are sent at once), and its state rows.
-/// Measured at a million partners: the peak less what was held once matched less
-/// what is held beside the hubs came to 3.6 KB per hub of a range of 84,000 (with
-/// the changes of a hub held packed), and 0.3 KB more keeps the peak under the
-/// budget. (It came to 3.9 KB while new contacts' fields were held unpacked, which
-/// left room once let go after the creates; 4.1 KB with them packed and the changes
-/// not.)
-pub const BYTES_PER_HUB: u64 = 3_900;
+/// Measured at a million partners: the peak of the ranges less what was held once
+/// matched less what is held beside the hubs came to 2.7 KB per hub of ranges of
+/// 96,000 (a hub's changes held packed) and 3.3 KB of ranges of 121,000; 3.5 KB
+/// keeps the peak of a 1 GiB budget under it. The creates go a range's hubs per call
+/// (`Applier::creates_per_call`): sent all at once they were the peak of such a run
+/// (3.6 to 4.1 KB a hub measured so).
+pub const BYTES_PER_HUB: u64 = 3_500;
 
 /// What a run holds besides its hubs while a range is in flight: the files' write
 /// buffers, the state's page cache and batches, the creates' rows. Measured at a
