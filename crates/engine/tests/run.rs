@@ -1399,3 +1399,80 @@ async fn a_memory_budget_plans_the_hubs_in_the_ranges_it_leaves_room_for() {
         }
     }
 }
+
+/// The contacts' connector, remembering how many creates each write call carried.
+#[derive(Debug)]
+struct CountsCreates {
+    inner: Arc<MemoryConnector>,
+    per_call: std::sync::Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl Connector for CountsCreates {
+    fn capabilities(&self) -> tandem_connector::Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn check(&self) -> Result<(), tandem_connector::ConnectorError> {
+        self.inner.check().await
+    }
+
+    async fn read(
+        &self,
+        kind: EntityKind,
+        cursor: Option<&tandem_connector::Cursor>,
+    ) -> Result<tandem_connector::Page, tandem_connector::ConnectorError> {
+        self.inner.read(kind, cursor).await
+    }
+
+    async fn write(
+        &self,
+        kind: EntityKind,
+        ops: Vec<tandem_connector::WriteOp>,
+    ) -> Result<Vec<tandem_connector::WriteOutcome>, tandem_connector::ConnectorError> {
+        let creates = (ops.iter())
+            .filter(|op| matches!(op, tandem_connector::WriteOp::Create { .. }))
+            .count();
+        if creates > 0 {
+            self.per_call.lock().unwrap().push(creates);
+        }
+        self.inner.write(kind, ops).await
+    }
+}
+
+/// In a run in ranges the creates go a range's hubs per call, so that the create step
+/// holds no more than a range does (a memory budget holds through it); a run made
+/// whole sends as many as the connector takes (the memory connector, 500). Either way
+/// every account gets its one contact (R6).
+#[tokio::test]
+async fn creates_go_a_range_at_a_time_in_a_run_in_ranges() {
+    const PER_RANGE: usize = 200;
+    let (hubs, lone) = (2 * PER_RANGE + 10, 2 * PER_RANGE + PER_RANGE / 2);
+    for per_range in [PER_RANGE, usize::MAX] {
+        let mut w = world(false);
+        matching_pairs(&w, hubs);
+        for i in 0..lone {
+            let customer = Fields::new().with("name", format!("Lone {i}").as_str());
+            w.erp
+                .put(EntityKind::Customer, &format!("L{i:05}"), customer);
+        }
+        let crm = Arc::new(CountsCreates {
+            inner: w.crm.clone(),
+            per_call: std::sync::Mutex::new(Vec::new()),
+        });
+        let mut connectors = w.connectors();
+        connectors.insert("crm".into(), crm.clone());
+        let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
+        engine.set_hubs_per_range(per_range);
+        let report = engine.sync().await.unwrap();
+        assert_eq!(report.failed(), 0);
+        let calls = crm.per_call.lock().unwrap().clone();
+        let expected = match per_range {
+            PER_RANGE => vec![PER_RANGE, PER_RANGE, PER_RANGE / 2],
+            _ => vec![lone],
+        };
+        assert_eq!(calls, expected, "ranges of {per_range}");
+        assert_eq!(w.crm.all(EntityKind::Contact).len(), hubs + lone);
+        assert_eq!(w.state.links(Some("CUST")).unwrap().len(), hubs + lone);
+    }
+}
