@@ -27,6 +27,12 @@ pub const BYTES_PER_HUB: u64 = 3_500;
 /// came to 90 MiB.
 pub const BYTES_BESIDE_HUBS: u64 = 96 << 20;
 
+/// What a write call holds per record of the scope it writes, when that is more than
+/// [`BYTES_BESIDE_HUBS`]: a file connector indexes every row of the file it rewrites
+/// (where each row and its id begin). At ten million partners each call of the create
+/// step took about 780 MB before its creates, 78 bytes a contact.
+pub const BYTES_BESIDE_PER_RECORD: u64 = 80;
+
 /// The smallest range a budget gives: each range writes every file it touches, and
 /// smaller ranges would rewrite a million-row file hundreds of times to save a few
 /// MiB (a range of 10,000 hubs takes about 38 MiB).
@@ -54,9 +60,10 @@ impl MemoryBudget {
         MemoryBudget { resident, ..self }
     }
 
-    /// Hubs per range for a run with `hubs` hubs left to plan, said in the log; `None`
-    /// when the process's memory cannot be measured here.
-    pub(crate) fn hubs_per_range(&self, hubs: usize) -> Option<usize> {
+    /// Hubs per range for a run with `hubs` hubs left to plan, whose largest scope read
+    /// holds `largest` records, said in the log; `None` when the process's memory
+    /// cannot be measured here.
+    pub(crate) fn hubs_per_range(&self, hubs: usize, largest: usize) -> Option<usize> {
         let Some(held) = (self.resident)() else {
             warn!(
                 "[sync] memory_budget is left aside: this system does not tell a process \
@@ -64,9 +71,11 @@ impl MemoryBudget {
             );
             return None;
         };
-        let per_range = per_range(self.bytes, held);
+        let beside = beside(largest);
+        let per_range = per_range(self.bytes, held, beside);
         let mib = |bytes: u64| bytes >> 20;
-        let cramped = room(self.bytes, held) / BYTES_PER_HUB < MIN_HUBS_PER_RANGE as u64;
+        let cramped =
+            room(self.bytes, held, beside) / BYTES_PER_HUB < MIN_HUBS_PER_RANGE as u64;
         if cramped && hubs > per_range {
             warn!(
                 "the memory budget of {} MiB is nearly all taken before any hub is planned \
@@ -94,18 +103,24 @@ impl MemoryBudget {
     }
 }
 
-/// Hubs per range that fit in what `budget` leaves once `held` is taken.
-fn per_range(budget: u64, held: u64) -> usize {
-    usize::try_from(room(budget, held) / BYTES_PER_HUB)
+/// Hubs per range that fit in what `budget` leaves once `held` and `beside` are taken.
+fn per_range(budget: u64, held: u64, beside: u64) -> usize {
+    usize::try_from(room(budget, held, beside) / BYTES_PER_HUB)
         .unwrap_or(usize::MAX)
         .max(MIN_HUBS_PER_RANGE)
 }
 
-/// What `budget` leaves for the hubs once `held` and what is held beside them are taken.
-fn room(budget: u64, held: u64) -> u64 {
-    budget
-        .saturating_sub(held)
-        .saturating_sub(BYTES_BESIDE_HUBS)
+/// What `budget` leaves for the hubs once `held` and what is held `beside` them are
+/// taken.
+fn room(budget: u64, held: u64, beside: u64) -> u64 {
+    budget.saturating_sub(held).saturating_sub(beside)
+}
+
+/// What is held beside the hubs when the largest scope read holds `largest` records.
+fn beside(largest: usize) -> u64 {
+    (largest as u64)
+        .saturating_mul(BYTES_BESIDE_PER_RECORD)
+        .max(BYTES_BESIDE_HUBS)
 }
 
 /// This process's resident memory, as Linux counts it (`VmRSS`); `None` elsewhere.
@@ -124,18 +139,34 @@ mod tests {
 
     #[test]
     fn a_range_is_what_the_budget_leaves_over_what_is_held_per_hub() {
+        let beside = BYTES_BESIDE_HUBS;
         assert_eq!(
-            per_range(1024 * MIB, 700 * MIB),
+            per_range(1024 * MIB, 700 * MIB, beside),
             ((324 * MIB - BYTES_BESIDE_HUBS) / BYTES_PER_HUB) as usize
         );
-        assert_eq!(room(1024 * MIB, 700 * MIB), 324 * MIB - BYTES_BESIDE_HUBS);
-        assert_eq!(room(512 * MIB, 700 * MIB), 0);
-        assert_eq!(room(700 * MIB + BYTES_BESIDE_HUBS, 700 * MIB), 0);
+        assert_eq!(room(1024 * MIB, 700 * MIB, beside), 324 * MIB - beside);
+        assert_eq!(room(512 * MIB, 700 * MIB, beside), 0);
+        assert_eq!(room(700 * MIB + beside, 700 * MIB, beside), 0);
         // Nothing left, or less than the smallest range: the smallest range.
-        assert_eq!(per_range(512 * MIB, 700 * MIB), MIN_HUBS_PER_RANGE);
-        assert_eq!(per_range(700 * MIB + 10, 700 * MIB), MIN_HUBS_PER_RANGE);
-        let room = u64::MAX - BYTES_BESIDE_HUBS;
-        assert_eq!(per_range(u64::MAX, 0), (room / BYTES_PER_HUB) as usize);
+        assert_eq!(per_range(512 * MIB, 700 * MIB, beside), MIN_HUBS_PER_RANGE);
+        assert_eq!(per_range(700 * MIB + 10, 700 * MIB, beside), MIN_HUBS_PER_RANGE);
+        let room = u64::MAX - beside;
+        assert_eq!(per_range(u64::MAX, 0, beside), (room / BYTES_PER_HUB) as usize);
+    }
+
+    /// Up to about a million records a scope, the files' buffers and the state's cache;
+    /// beyond, what a write holds per row of the file it rewrites.
+    #[test]
+    fn what_is_held_beside_the_hubs_grows_with_the_largest_scope() {
+        assert_eq!(beside(0), BYTES_BESIDE_HUBS);
+        assert_eq!(beside(1_000_000), BYTES_BESIDE_HUBS);
+        assert_eq!(beside(10_000_000), 10_000_000 * BYTES_BESIDE_PER_RECORD);
+        let budget = MemoryBudget::new(7 * 1024 * MIB).measured_by(|| Some(5 * 1024 * MIB));
+        let room = 2 * 1024 * MIB - 10_000_000 * BYTES_BESIDE_PER_RECORD;
+        assert_eq!(
+            budget.hubs_per_range(usize::MAX, 10_000_000),
+            Some((room / BYTES_PER_HUB) as usize)
+        );
     }
 
     #[test]
@@ -150,11 +181,11 @@ mod tests {
     #[test]
     fn a_budget_that_cannot_be_measured_gives_no_ranges() {
         let budget = MemoryBudget::new(MIB).measured_by(|| None);
-        assert_eq!(budget.hubs_per_range(1_000_000), None);
+        assert_eq!(budget.hubs_per_range(1_000_000, 0), None);
         let budget = MemoryBudget::new(1024 * MIB).measured_by(|| Some(700 * MIB));
         assert_eq!(
-            budget.hubs_per_range(10),
-            Some(per_range(1024 * MIB, 700 * MIB))
+            budget.hubs_per_range(10, 0),
+            Some(per_range(1024 * MIB, 700 * MIB, BYTES_BESIDE_HUBS))
         );
     }
 }

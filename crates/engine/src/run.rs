@@ -320,15 +320,18 @@ impl<'a> Engine<'a> {
         report
     }
 
-    /// Hubs per range for a run with `hubs` hubs to merge: a partition's plan is cut
-    /// whole (`Partition::cut`); else as many as the memory budget leaves room for, or
-    /// `[sync] hubs_per_range`.
-    fn per_range(&self, hubs: usize) -> usize {
+    /// Hubs per range for a run with `hubs` hubs to merge, from `input`: a partition's
+    /// plan is cut whole (`Partition::cut`); else as many as the memory budget leaves
+    /// room for, or `[sync] hubs_per_range`.
+    fn per_range(&self, hubs: usize, input: &PlanInput) -> usize {
         if !self.partition.is_whole() {
             return usize::MAX;
         }
+        let largest = (input.accounts.iter())
+            .map(|a| a.records.len())
+            .fold(input.contacts.len(), usize::max);
         (self.memory_budget)
-            .and_then(|budget| budget.hubs_per_range(hubs))
+            .and_then(|budget| budget.hubs_per_range(hubs, largest))
             .unwrap_or(self.hubs_per_range)
     }
 
@@ -347,7 +350,7 @@ impl<'a> Engine<'a> {
         let (mut planning, mut plan) = Planning::start(relations, input, threads, usize::MAX);
         // Worked out once the head is planned: a budget looks at what the run holds then.
         if hubs == Hubs::InRanges {
-            planning.set_per_range(self.per_range(planning.hubs_left()));
+            planning.set_per_range(self.per_range(planning.hubs_left(), input));
         }
         // A run of one range is planned whole: its records go before anything is written.
         if planning.hubs_left() <= planning.per_range() {
