@@ -8,7 +8,7 @@ use tandem_model::{PackedRecord, PackedRecords, Record};
 /// Why not a map of `Record`s: a first sync of a million partners holds two million
 /// records until it has planned; as `Record`s in a `BTreeMap` they took 1.2 GiB (a
 /// 32-byte pair per field, the id twice, the map's nodes), packed about a third of
-/// that, back to back in one buffer ([`PackedRecords`]) a little less again.
+/// that, back to back in buffers ([`PackedRecords`]) a little less again.
 ///
 /// Looked up by binary search over the first eight bytes of each id, held beside the
 /// records (16 MB for two million): a search that read each id from its record
@@ -46,12 +46,7 @@ impl Records {
 
     /// Records as read, packed; of an id sent twice, the last copy, as a map keeps it.
     pub fn from_read(records: Vec<Record>) -> Records {
-        let mut out = Records {
-            records: pack_all(records),
-            prefixes: Vec::new(),
-        };
-        out.sort_and_dedup();
-        out
+        Records::from_packed(pack_all(records))
     }
 
     /// Records packed in the order read; of an id sent twice, the last copy.
