@@ -74,8 +74,7 @@ impl MemoryBudget {
         let beside = beside(largest);
         let per_range = per_range(self.bytes, held, beside);
         let mib = |bytes: u64| bytes >> 20;
-        let cramped =
-            room(self.bytes, held, beside) / BYTES_PER_HUB < MIN_HUBS_PER_RANGE as u64;
+        let cramped = room(self.bytes, held, beside) / BYTES_PER_HUB < MIN_HUBS_PER_RANGE as u64;
         if cramped && hubs > per_range {
             warn!(
                 "the memory budget of {} MiB is nearly all taken before any hub is planned \
@@ -149,9 +148,15 @@ mod tests {
         assert_eq!(room(700 * MIB + beside, 700 * MIB, beside), 0);
         // Nothing left, or less than the smallest range: the smallest range.
         assert_eq!(per_range(512 * MIB, 700 * MIB, beside), MIN_HUBS_PER_RANGE);
-        assert_eq!(per_range(700 * MIB + 10, 700 * MIB, beside), MIN_HUBS_PER_RANGE);
+        assert_eq!(
+            per_range(700 * MIB + 10, 700 * MIB, beside),
+            MIN_HUBS_PER_RANGE
+        );
         let room = u64::MAX - beside;
-        assert_eq!(per_range(u64::MAX, 0, beside), (room / BYTES_PER_HUB) as usize);
+        assert_eq!(
+            per_range(u64::MAX, 0, beside),
+            (room / BYTES_PER_HUB) as usize
+        );
     }
 
     /// Up to about a million records a scope, the files' buffers and the state's cache;
