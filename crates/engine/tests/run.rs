@@ -1015,11 +1015,23 @@ async fn r17_a_busy_server_never_parks_a_record() {
 }
 
 /// A connector that makes its creates but loses the replies of the first `lose` of
-/// them: what a server does when the connection breaks after it acted.
+/// them: what a server does when the connection breaks after it acted. It remembers
+/// how many creates each write call carried.
 #[derive(Debug)]
 struct LosesCreateReplies {
     inner: Arc<MemoryConnector>,
     lose: std::sync::atomic::AtomicUsize,
+    creates_per_call: std::sync::Mutex<Vec<usize>>,
+}
+
+impl LosesCreateReplies {
+    fn new(inner: Arc<MemoryConnector>, lose: usize) -> LosesCreateReplies {
+        LosesCreateReplies {
+            inner,
+            lose: lose.into(),
+            creates_per_call: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -1050,6 +1062,10 @@ impl Connector for LosesCreateReplies {
             .iter()
             .map(|op| matches!(op, tandem_connector::WriteOp::Create { .. }))
             .collect();
+        let created = creates.iter().filter(|c| **c).count();
+        if created > 0 {
+            self.creates_per_call.lock().unwrap().push(created);
+        }
         let mut outcomes = self.inner.write(kind, ops).await?;
         for (outcome, create) in outcomes.iter_mut().zip(creates) {
             let lost = create
@@ -1076,10 +1092,7 @@ async fn r18_a_create_whose_reply_was_lost_is_found_again_with_the_edit_made_sin
         .with("phone", "050")
         .with("business_relations", Value::list(vec!["CUST".into()]));
     w.crm.put(EntityKind::Contact, "C9", asks);
-    let lossy = Arc::new(LosesCreateReplies {
-        inner: w.erp.clone(),
-        lose: 1.into(),
-    });
+    let lossy = Arc::new(LosesCreateReplies::new(w.erp.clone(), 1));
     let mut connectors = w.connectors();
     connectors.insert("erp".into(), lossy);
     let first = sync_with(&mut w, &connectors).await;
@@ -1400,46 +1413,6 @@ async fn a_memory_budget_plans_the_hubs_in_the_ranges_it_leaves_room_for() {
     }
 }
 
-/// The contacts' connector, remembering how many creates each write call carried.
-#[derive(Debug)]
-struct CountsCreates {
-    inner: Arc<MemoryConnector>,
-    per_call: std::sync::Mutex<Vec<usize>>,
-}
-
-#[async_trait::async_trait]
-impl Connector for CountsCreates {
-    fn capabilities(&self) -> tandem_connector::Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn check(&self) -> Result<(), tandem_connector::ConnectorError> {
-        self.inner.check().await
-    }
-
-    async fn read(
-        &self,
-        kind: EntityKind,
-        cursor: Option<&tandem_connector::Cursor>,
-    ) -> Result<tandem_connector::Page, tandem_connector::ConnectorError> {
-        self.inner.read(kind, cursor).await
-    }
-
-    async fn write(
-        &self,
-        kind: EntityKind,
-        ops: Vec<tandem_connector::WriteOp>,
-    ) -> Result<Vec<tandem_connector::WriteOutcome>, tandem_connector::ConnectorError> {
-        let creates = (ops.iter())
-            .filter(|op| matches!(op, tandem_connector::WriteOp::Create { .. }))
-            .count();
-        if creates > 0 {
-            self.per_call.lock().unwrap().push(creates);
-        }
-        self.inner.write(kind, ops).await
-    }
-}
-
 /// In a run in ranges the creates go a range's hubs per call, so that the create step
 /// holds no more than a range does (a memory budget holds through it); a run made
 /// whole sends as many as the connector takes (the memory connector, 500). Either way
@@ -1456,17 +1429,14 @@ async fn creates_go_a_range_at_a_time_in_a_run_in_ranges() {
             w.erp
                 .put(EntityKind::Customer, &format!("L{i:05}"), customer);
         }
-        let crm = Arc::new(CountsCreates {
-            inner: w.crm.clone(),
-            per_call: std::sync::Mutex::new(Vec::new()),
-        });
+        let crm = Arc::new(LosesCreateReplies::new(w.crm.clone(), 0));
         let mut connectors = w.connectors();
         connectors.insert("crm".into(), crm.clone());
         let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
         engine.set_hubs_per_range(per_range);
         let report = engine.sync().await.unwrap();
         assert_eq!(report.failed(), 0);
-        let calls = crm.per_call.lock().unwrap().clone();
+        let calls = crm.creates_per_call.lock().unwrap().clone();
         let expected = match per_range {
             PER_RANGE => vec![PER_RANGE, PER_RANGE, PER_RANGE / 2],
             _ => vec![lone],
