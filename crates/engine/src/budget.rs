@@ -17,7 +17,7 @@ use tracing::{info, warn};
 /// matched less what is held beside the hubs came to 2.7 KB per hub of ranges of
 /// 96,000 (a hub's changes held packed) and 3.3 KB of ranges of 121,000; 3.5 KB
 /// keeps the peak of a 1 GiB budget under it. The creates go a range's hubs per call
-/// (`Applier::creates_per_call`): sent all at once they were the peak of such a run
+/// (`Applier::per_range`): sent all at once they were the peak of such a run
 /// (3.6 to 4.1 KB a hub measured so).
 pub const BYTES_PER_HUB: u64 = 3_500;
 

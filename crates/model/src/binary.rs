@@ -9,12 +9,22 @@
 use crate::Value;
 
 /// `n` as LEB128: seven bits a byte, the high bit set on all but the last.
-pub fn put_len(out: &mut Vec<u8>, mut n: usize) {
+pub fn put_len(out: &mut Vec<u8>, n: usize) {
+    let (bytes, len) = len_bytes(n);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// The bytes [`put_len`] writes for `n`, and how many they are.
+pub fn len_bytes(mut n: usize) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut i = 0;
     while n >= 0x80 {
-        out.push((n as u8 & 0x7f) | 0x80);
+        out[i] = (n as u8 & 0x7f) | 0x80;
         n >>= 7;
+        i += 1;
     }
-    out.push(n as u8);
+    out[i] = n as u8;
+    (out, i + 1)
 }
 
 /// A text as its length and bytes.

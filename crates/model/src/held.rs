@@ -324,7 +324,7 @@ impl PackedRecords {
         write(record, buffer);
         // The length goes before the record, known once it is written: a record is
         // short, and moving it by a byte or two is cheaper than a buffer of its own.
-        let (head, n) = len_bytes(buffer.len() - at);
+        let (head, n) = crate::binary::len_bytes(buffer.len() - at);
         buffer.splice(at..at, head[..n].iter().copied());
         (number << OFFSET_BITS) | at as u64
     }
@@ -359,6 +359,9 @@ impl PackedRecords {
 
     /// `other`'s records after these: its buffers join these, uncopied.
     pub fn append(&mut self, other: PackedRecords) {
+        if other.is_empty() {
+            return;
+        }
         let shift = (self.buffers.len() as u64) << OFFSET_BITS;
         self.buffers.extend(other.buffers);
         (self.starts).extend(other.starts.iter().map(|s| s + shift));
@@ -389,19 +392,6 @@ impl PackedRecords {
         self.buffers.shrink_to_fit();
         self.starts.shrink_to_fit();
     }
-}
-
-/// `n` as `binary::put_len` writes it, and how many bytes that takes.
-fn len_bytes(mut n: usize) -> ([u8; 10], usize) {
-    let mut out = [0u8; 10];
-    let mut i = 0;
-    while n >= 0x80 {
-        out[i] = (n as u8 & 0x7f) | 0x80;
-        n >>= 7;
-        i += 1;
-    }
-    out[i] = n as u8;
-    (out, i + 1)
 }
 
 impl fmt::Debug for PackedRecords {

@@ -163,7 +163,7 @@ impl Applier<'_> {
         // A run planned range by range holds no whole plan until its end: its report
         // shows as many creates as hubs (180,000 new contacts' fields at 1M took about
         // 100 MB through every range).
-        let cap = self.report_cap;
+        let cap = self.per_range;
         self.plan.creates_left_out = left_out(&mut contacts, cap) + left_out(&mut accounts, cap);
         (self.plan.creates, self.plan.account_creates) = (contacts, accounts);
         done
@@ -178,7 +178,7 @@ impl Applier<'_> {
     ) -> Result<(), EngineError> {
         for group in Self::create_groups(jobs, self.relations.relations.len()) {
             let (connector, kind) = self.side_connector(group[0].side, group[0].relation);
-            let max = (connector.capabilities().max_batch.max(1)).min(self.creates_per_call);
+            let max = (connector.capabilities().max_batch.max(1)).min(self.per_range);
             for chunk in group.chunks(max) {
                 self.create_chunk(state, &*connector, kind, chunk).await?;
             }

@@ -104,12 +104,11 @@ struct Applier<'e> {
     reported: HubRange,
     /// Hubs carried out and not in `reported`.
     hubs_left_out: u64,
-    /// How many hubs the report shows at most.
-    report_cap: usize,
-    /// Creates sent per call at most: in a run in ranges a range's hubs, so that the
-    /// create step holds no more than a range does (a budget's run at 10M took 4.6 GB
-    /// over what it held sending its 1.8M creates in one call).
-    creates_per_call: usize,
+    /// A range's hubs in a run in ranges, else `usize::MAX`: how many hubs the report
+    /// shows at most, and how many creates go per call at most, so that the create
+    /// step holds no more than a range does (a budget's run at 10M took 4.6 GB over
+    /// what it held sending its 1.8M creates in one call).
+    per_range: usize,
     /// Whether the hubs go range by range (`write::side_by_side`).
     in_ranges: bool,
 }
@@ -191,8 +190,7 @@ pub(crate) async fn apply(
         cut,
         reported: HubRange::default(),
         hubs_left_out: 0,
-        report_cap: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
-        creates_per_call: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
+        per_range: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
         in_ranges: !whole,
     };
     info!(run = run_id, "applying");
@@ -280,7 +278,7 @@ impl Applier<'_> {
         crate::failpoint::hit("after_link_commit");
         self.step("after_link_commit");
         let mut range = self.plan.take_range();
-        let room = self.report_cap.saturating_sub(self.reported.hubs.len());
+        let room = self.per_range.saturating_sub(self.reported.hubs.len());
         self.hubs_left_out += range.hubs.len().saturating_sub(room) as u64;
         range.hubs.truncate(room);
         self.reported.hubs.append(&mut range.hubs);

@@ -143,10 +143,6 @@ impl FieldChanges {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    pub fn len(&self) -> usize {
-        self.iter().count()
-    }
 }
 
 impl<'c> IntoIterator for &'c FieldChanges {
@@ -158,23 +154,11 @@ impl<'c> IntoIterator for &'c FieldChanges {
     }
 }
 
-impl From<&[FieldChange]> for FieldChanges {
-    fn from(changes: &[FieldChange]) -> FieldChanges {
+impl From<Vec<FieldChange>> for FieldChanges {
+    fn from(changes: Vec<FieldChange>) -> FieldChanges {
         FieldChanges(PackedChanges::pack(
             changes.iter().map(|c| (&c.field, &c.old, &c.new)),
         ))
-    }
-}
-
-impl From<Vec<FieldChange>> for FieldChanges {
-    fn from(changes: Vec<FieldChange>) -> FieldChanges {
-        FieldChanges::from(&changes[..])
-    }
-}
-
-impl PartialEq<Vec<FieldChange>> for FieldChanges {
-    fn eq(&self, other: &Vec<FieldChange>) -> bool {
-        self.iter().eq(other.iter().cloned())
     }
 }
 
