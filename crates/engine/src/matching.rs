@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 use tandem_model::normalise::{CountryCode, Form};
-use tandem_model::{RecordView, field};
+use tandem_model::{FieldName, RecordView, Value, field};
 
 use crate::relation::Tier;
 
@@ -238,6 +238,20 @@ fn key(tier: &Tier, record: &(impl RecordView + ?Sized), buf: &mut String) -> bo
         buf.push('\u{1f}');
     }
     true
+}
+
+/// Whether `field` of `tier` compares the same holding `old` as holding `new`: a
+/// change matching cannot tell from no change (case, spacing, R20). Without the
+/// record's country, a VAT number without its prefix is compared as it stands.
+pub(crate) fn same_key_value(tier: &Tier, field: &FieldName, old: &Value, new: &Value) -> bool {
+    let form = |value: &Value| {
+        let mut buf = String::new();
+        let text = value.to_cell();
+        (tier.comparison)
+            .push_key(&mut buf, field.as_str(), &text, None)
+            .then_some(buf)
+    };
+    form(old) == form(new)
 }
 
 fn hash(key: &str) -> u128 {

@@ -411,6 +411,7 @@ impl<'a> Engine<'a> {
         };
         crate::progress::plan_start();
         let wakes = wakes(&relations, &directives, &pending, &first);
+        let freed = freed_accounts(&relations, &contacts, &contact_links);
         drop(contact_links);
         let sides = self.sides()?;
         let match_only = second_pass(
@@ -418,6 +419,7 @@ impl<'a> Engine<'a> {
             &relations,
             &sides,
             &wakes,
+            &freed,
             &mut accounts,
             &mut contacts,
         )
@@ -803,6 +805,25 @@ fn is_directive(directives: &Directives, rejection: &crate::plan::Rejection) -> 
 }
 
 /// The ids of the records read and deleted.
+/// Per relation, the accounts whose contact this run found deleted: their links drop
+/// (R12), and they are matched in the same run like any unlinked account (R4).
+fn freed_accounts(
+    relations: &Relations,
+    contacts: &ScopeRead,
+    contact_links: &[Link],
+) -> Vec<HashSet<String>> {
+    let mut freed = vec![HashSet::new(); relations.relations.len()];
+    let dropped = contact_links
+        .iter()
+        .filter(|l| contacts.deleted.contains(&l.contact_id));
+    for link in dropped {
+        if let Some(r) = relations.index_of(&link.code) {
+            freed[r].insert(link.account_id.clone());
+        }
+    }
+    freed
+}
+
 fn ids_of(read: &ScopeRead) -> Vec<&str> {
     (read.records.keys())
         .chain(read.deleted.iter().map(String::as_str))

@@ -388,7 +388,8 @@ impl Applier<'_> {
                 }
             }
         }
-        let hash = match (hub.contact_after_hash, failed || waiting) {
+        let look_again = failed || waiting || (written && self.gives_new_match_keys(hub));
+        let hash = match (hub.contact_after_hash, look_again) {
             (_, true) => Some(RECHECK),
             (Some(after), false) => Some(record_hash_of(after, version.as_deref())),
             (None, false) if written => Some(WRITTEN_UNREAD),
@@ -402,6 +403,25 @@ impl Applier<'_> {
             (Some(hash), None) => self.batch.set_hashes.push((scope, id, hash)),
             (None, _) => {}
         }
+    }
+
+    /// Whether this run wrote into the contact a field a relation it holds no link of
+    /// matches on (a VAT number a vendor brought, R7). Matching never saw that value:
+    /// the contact is looked at again next run, as new, so the relation matches it (R4)
+    /// instead of waiting for a user's edit.
+    fn gives_new_match_keys(&self, hub: &HubPlan) -> bool {
+        let held = |code: &str| {
+            hub.pairs.iter().any(|p| p.code == code)
+                || hub.other_links.iter().any(|l| l.code == code)
+        };
+        let unlinked = (self.relations.relations.iter()).filter(|r| !held(&r.code));
+        let mut tiers = unlinked.flat_map(|r| &r.tiers);
+        tiers.any(|tier| {
+            (hub.contact_changes.iter()).any(|c| {
+                tier.fields.contains(&c.field)
+                    && !crate::matching::same_key_value(tier, &c.field, &c.old, &c.new)
+            })
+        })
     }
 
     /// Open conflicts settled by this range, and the lost codes its writes took off.

@@ -219,12 +219,14 @@ pub(crate) struct Sides<'c> {
 /// what changed: its unchanged unlinked records are read from a full listing too, or a
 /// new or changed record on the other side could not match them (and would get a
 /// duplicate, R6).
+/// Accounts `freed` (per relation: their links drop this run) count as unlinked.
 /// Returns the contacts read only as match candidates.
 pub(crate) async fn second_pass(
     state: &dyn StateStore,
     relations: &Relations,
     sides: &Sides<'_>,
     wakes: &[Wake],
+    freed: &[HashSet<String>],
     accounts: &mut [ScopeRead],
     contacts: &mut ScopeRead,
 ) -> Result<HashSet<String>, EngineError> {
@@ -246,7 +248,8 @@ pub(crate) async fn second_pass(
         if accounts_again {
             let read = &mut accounts[r];
             let more = read_more(&relation.connector, &**connector, relation.kind, |a| {
-                !read.records.contains_key(&a.id) && !linked_accounts.contains(&a.id)
+                !read.records.contains_key(&a.id)
+                    && (!linked_accounts.contains(&a.id) || freed[r].contains(&a.id))
             })
             .await?;
             add_in_play(read, more);
