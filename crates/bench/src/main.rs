@@ -148,6 +148,11 @@ struct Measure {
     /// of the run above what was held before it; file pages mapped by SQLite excluded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run_anon_growth_mib: Option<f64>,
+    /// Incremental only: bytes the measured run wrote through write calls (`wchar` of
+    /// /proc/self/io): the state's pages into SQLite's write-ahead log, as the
+    /// in-memory connectors write no file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_written_kib: Option<f64>,
     /// Initial and recovery only: what the sync left (checked by the runner).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome: Option<Outcome>,
@@ -242,6 +247,7 @@ fn main() -> anyhow::Result<()> {
                 records,
                 run_rss_growth_mib: RUN_RSS_GROWTH_MIB.with(std::cell::Cell::get),
                 run_anon_growth_mib: RUN_ANON_GROWTH_MIB.with(std::cell::Cell::get),
+                run_written_kib: RUN_WRITTEN_KIB.with(std::cell::Cell::get),
                 outcome: None,
                 crashed_wall_s: None,
             };
@@ -440,6 +446,7 @@ fn report(all: &[Measure], json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(all)?);
     } else {
         print_phases(all);
+        print_writes(all);
         print_recoveries(all);
     }
     Ok(())
@@ -475,6 +482,23 @@ fn print_phases(all: &[Measure]) {
                 .map_or_else(|| "-".to_owned(), |g| format!("{g:.0}")),
             m.records,
         );
+    }
+}
+
+/// What the incremental runs wrote into the state, per change carried.
+fn print_writes(all: &[Measure]) {
+    let runs: Vec<(&Measure, f64)> = (all.iter())
+        .filter_map(|m| Some((m, m.run_written_kib?)))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    println!();
+    println!("| N | incremental: state written KiB | per record written KiB |");
+    println!("|---:|---:|---:|");
+    for (m, kib) in runs {
+        let per = kib / m.records.max(1) as f64;
+        println!("| {} | {kib:.0} | {per:.1} |", m.n);
     }
 }
 
@@ -794,6 +818,7 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     drop((contacts, customers));
     let rss_before = rss_mib("VmRSS:");
     let anon_before = rss_mib("RssAnon:");
+    let written_before = written_bytes();
     reset_peak_rss();
     perf_control("enable");
     let started = Instant::now();
@@ -802,6 +827,8 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
         .await?;
     let wall = started.elapsed().as_secs_f64();
     perf_control("disable");
+    let written = (written_bytes() - written_before) as f64 / 1024.0;
+    RUN_WRITTEN_KIB.with(|w| w.set(Some(written)));
     // The connectors hold the whole data set (they stand for the external systems);
     // what the run itself needed is the peak above what was resident before it.
     RUN_RSS_GROWTH_MIB.with(|g| g.set(Some(rss_mib("VmHWM:") - rss_before)));
@@ -813,6 +840,17 @@ async fn incremental(dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
 thread_local! {
     static RUN_RSS_GROWTH_MIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
     static RUN_ANON_GROWTH_MIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+    static RUN_WRITTEN_KIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Bytes this process wrote through write calls so far (`wchar`, /proc/self/io).
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A memory figure of this process from /proc/self/status, in MiB.
