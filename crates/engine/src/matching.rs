@@ -240,6 +240,19 @@ fn key(tier: &Tier, record: &(impl RecordView + ?Sized), buf: &mut String) -> bo
     true
 }
 
+/// The record's keys on `tiers`, hashed, each with its tier's position: what it would
+/// be matched on (tiers where a field is empty give none).
+pub(crate) fn tier_keys<R: RecordView + ?Sized>(tiers: &[Tier], record: &R) -> Vec<(usize, u128)> {
+    let mut buf = String::new();
+    let mut keys = Vec::new();
+    for (t, tier) in tiers.iter().enumerate() {
+        if key(tier, record, &mut buf) {
+            keys.push((t, hash(&buf)));
+        }
+    }
+    keys
+}
+
 /// Whether `field` of `tier` compares the same holding `old` as holding `new`: a
 /// change matching cannot tell from no change (case, spacing, R20). Without the
 /// record's country, a VAT number without its prefix is compared as it stands.

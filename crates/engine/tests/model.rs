@@ -1986,3 +1986,55 @@ async fn r4_accounts_a_deleted_contact_held_match_as_soon_as_they_can() {
         assert_eq!(names(&w), ["CUST:uc12-uk2", "VEND:uc12-uv1"], "{context}");
     }
 }
+
+/// Was a duplicate (R6): a company that is customer and supplier, with no contact, got
+/// two contacts when both relations number contacts, one for each, never merged. Now
+/// the vendor waits a run and is matched to the contact made for the customer (R4);
+/// with partitions too (creates are the matcher's).
+#[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
+async fn r6_a_partner_both_relations_number_gets_one_contact() {
+    let _alone = failpoints_alone();
+    for (incremental, count) in [(false, 1), (true, 1), (false, 2), (true, 2)] {
+        let context = format!("incremental: {incremental}, partitions: {count}");
+        let mut w = World::new(&Case {
+            partitions: count,
+            ..plain_case(incremental)
+        });
+        let mut relations = BTreeMap::new();
+        for (code, kind) in [("CUST", EntityKind::Customer), ("VEND", EntityKind::Vendor)] {
+            let relation = relation(kind, true, ConflictPolicy::ContactWins);
+            relations.insert(code.to_string(), relation);
+        }
+        let contacts = ContactsConfig {
+            connector: "crm".into(),
+            preserve: None,
+        };
+        let config = SyncConfig::new(contacts, relations).unwrap();
+        w.relations = Relations::from_config(&config).with_partitions(count);
+        let vat = ("vat_registration_no", "BE1");
+        w.erp
+            .put(EntityKind::Customer, "uk1", fields(&[("name", "K"), vat]));
+        w.erp
+            .put(EntityKind::Vendor, "uv1", fields(&[("name", "V"), vat]));
+        let mut writes = Vec::new();
+        for _ in 0..3 {
+            let mut round = 0;
+            for index in 0..count {
+                round += partition_sync(&mut w, index, count).await.writes;
+            }
+            writes.push(round);
+        }
+        assert_eq!(w.crm.all(EntityKind::Contact).len(), 1, "{context}");
+        let links = w.state().links(None).unwrap();
+        let pairs: Vec<(&str, &str)> = (links.iter())
+            .map(|l| (l.code.as_str(), l.account_id.as_str()))
+            .collect();
+        assert_eq!(pairs, [("CUST", "uk1"), ("VEND", "uv1")], "{context}");
+        assert_eq!(links[0].contact_id, links[1].contact_id, "{context}");
+        assert_eq!(writes.last(), Some(&0), "{context}: {writes:?}");
+    }
+}

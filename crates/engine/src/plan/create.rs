@@ -20,6 +20,44 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The keys, on relation `r`'s tiers, of the contacts this run creates for other
+    /// relations' accounts (R6): empty when `r` creates no contacts.
+    fn keys_of_new_contacts(&self, r: usize) -> HashSet<(usize, u128)> {
+        let relation = &self.relations.relations[r];
+        if !relation.create_contacts {
+            return HashSet::new();
+        }
+        let others = self.plan.creates.iter().filter(|c| c.relation != r);
+        others
+            .flat_map(|create| {
+                let contact = Record::new(EntityKind::Contact, "", create.fields.unpack());
+                crate::matching::tier_keys(&relation.tiers, &contact)
+            })
+            .collect()
+    }
+
+    /// Whether account `account_id` of relation `r` matches, on one of `r`'s tiers, a
+    /// contact this run creates for another relation (`new_keys`): a party that is
+    /// customer and supplier. It gets no contact of its own; it is looked at again next
+    /// run (`recheck_for_new_contacts`), which matches it to the new contact (R4), or
+    /// creates one if nothing matches then. Two relations creating side by side made
+    /// two contacts for one partner.
+    fn matches_a_new_contact(
+        &self,
+        r: usize,
+        account_id: &str,
+        new_keys: &HashSet<(usize, u128)>,
+    ) -> bool {
+        if new_keys.is_empty() {
+            return false;
+        }
+        let Some(account) = self.accounts(r).records.get(account_id) else {
+            return false;
+        };
+        let tiers = &self.relations.relations[r].tiers;
+        (crate::matching::tier_keys(tiers, account).iter()).any(|k| new_keys.contains(k))
+    }
+
     /// R6: a new company contact for every unmatched account of a relation that numbers
     /// contacts, but not for one whose contact the user deleted (R12), unless asked by
     /// `tandem create-contact`, which works for any relation.
@@ -39,6 +77,7 @@ impl<'a> Planner<'a> {
             .map(|(_, a)| a.as_str())
             .collect();
         let deleted = self.input.contact_deleted.get(r);
+        let new_keys = self.keys_of_new_contacts(r);
         // One create each, but for a few held back: grown by doubling, the list held
         // up to twice the room it needs until the run ends (7 MB of 36,000 creates).
         if relation.create_contacts {
@@ -49,7 +88,8 @@ impl<'a> Planner<'a> {
             // Its contact was deleted (R12), or a create cut short may have made it (R18).
             let held_back = deleted.is_some_and(|d| d.contains(&account_id))
                 || self.contact_deleted_now.contains(&(r, account_id.as_str()))
-                || self.recovery_waiting.contains(&(r, account_id.as_str()));
+                || self.recovery_waiting.contains(&(r, account_id.as_str()))
+                || self.matches_a_new_contact(r, &account_id, &new_keys);
             let wanted = by_operator
                 || (relation.create_contacts
                     && !held_back
