@@ -1795,6 +1795,20 @@ async fn partition_sync(w: &mut World, index: u32, count: u32) -> RunReport {
     engine.sync().await.unwrap()
 }
 
+/// `n` rounds of a run of each of `count` partitions (one whole run each for 1): the
+/// writes of each round.
+async fn rounds(w: &mut World, count: u32, n: usize) -> Vec<u64> {
+    let mut writes = Vec::new();
+    for _ in 0..n {
+        let mut round = 0;
+        for index in 0..count {
+            round += partition_sync(w, index, count).await.writes;
+        }
+        writes.push(round);
+    }
+    writes
+}
+
 /// Was a bug of partitions, found by `model_partitions`. A customer linked by the
 /// matcher is deleted while its contact is edited; the partition holding the contact
 /// ran first, and wrote the contact's edit to the deleted customer ("record uk1 not
@@ -1956,11 +1970,7 @@ async fn r4_accounts_a_deleted_contact_held_match_as_soon_as_they_can() {
         let customer = fields(&[("name", "K"), ("email", "e1@x.be")]);
         w.erp.put(EntityKind::Customer, "uk2", customer);
         // A contact for the customer (R6), then the vendor matched to it by e-mail.
-        for _ in 0..2 {
-            for index in 0..count {
-                partition_sync(&mut w, index, count).await;
-            }
-        }
+        rounds(&mut w, count, 2).await;
         assert_eq!(names(&w), ["CUST:C1-uk2", "VEND:C1-uv1"], "{context}");
         let customer = w.erp.get(EntityKind::Customer, "uk2").unwrap();
         assert_eq!(
@@ -1974,14 +1984,7 @@ async fn r4_accounts_a_deleted_contact_held_match_as_soon_as_they_can() {
         let edited = fields(&[("name", "K"), ("email", "e13@x.be"), vat]);
         w.erp.put(EntityKind::Customer, "uk2", edited);
         w.crm.remove(EntityKind::Contact, "C1");
-        let mut writes = Vec::new();
-        for _ in 0..3 {
-            let mut round = 0;
-            for index in 0..count {
-                round += partition_sync(&mut w, index, count).await.writes;
-            }
-            writes.push(round);
-        }
+        let writes = rounds(&mut w, count, 3).await;
         assert_eq!(writes, [2, 2, 0], "{context}");
         assert_eq!(names(&w), ["CUST:uc12-uk2", "VEND:uc12-uv1"], "{context}");
     }
@@ -2020,14 +2023,7 @@ async fn r6_a_partner_both_relations_number_gets_one_contact() {
             .put(EntityKind::Customer, "uk1", fields(&[("name", "K"), vat]));
         w.erp
             .put(EntityKind::Vendor, "uv1", fields(&[("name", "V"), vat]));
-        let mut writes = Vec::new();
-        for _ in 0..3 {
-            let mut round = 0;
-            for index in 0..count {
-                round += partition_sync(&mut w, index, count).await.writes;
-            }
-            writes.push(round);
-        }
+        let writes = rounds(&mut w, count, 3).await;
         assert_eq!(w.crm.all(EntityKind::Contact).len(), 1, "{context}");
         let links = w.state().links(None).unwrap();
         let pairs: Vec<(&str, &str)> = (links.iter())
