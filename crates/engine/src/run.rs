@@ -804,7 +804,6 @@ fn is_directive(directives: &Directives, rejection: &crate::plan::Rejection) -> 
             .any(|(c, a)| c == code && a == contact)
 }
 
-/// The ids of the records read and deleted.
 /// Per relation, the accounts whose contact this run found deleted: their links drop
 /// (R12), and they are matched in the same run like any unlinked account (R4).
 fn freed_accounts(
@@ -824,6 +823,7 @@ fn freed_accounts(
     freed
 }
 
+/// The ids of the records read and deleted.
 fn ids_of(read: &ScopeRead) -> Vec<&str> {
     (read.records.keys())
         .chain(read.deleted.iter().map(String::as_str))

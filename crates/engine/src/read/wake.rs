@@ -218,8 +218,8 @@ pub(crate) struct Sides<'c> {
 /// first pass let go by (or did not read at all). A change-reading connector sent only
 /// what changed: its unchanged unlinked records are read from a full listing too, or a
 /// new or changed record on the other side could not match them (and would get a
-/// duplicate, R6).
-/// Accounts `freed` (per relation: their links drop this run) count as unlinked.
+/// duplicate, R6). Accounts `freed` (per relation: their links drop this run) count
+/// as unlinked.
 /// Returns the contacts read only as match candidates.
 pub(crate) async fn second_pass(
     state: &dyn StateStore,
