@@ -62,14 +62,7 @@ impl<'a> Planner<'a> {
         let id = contact.id();
         next += rest.partition_point(|h| h.contact_id.as_str() < id);
         match (self.plan.hubs.get_mut(next)).filter(|h| h.contact_id == id) {
-            Some(hub) => {
-                let mut merged = hub.contact_changes.to_vec();
-                for change in changes {
-                    merged.retain(|c| c.field != change.field);
-                    merged.push(change);
-                }
-                hub.contact_changes = merged.into();
-            }
+            Some(hub) => hub.contact_changes = hub.contact_changes.with(&changes),
             None => {
                 new_hubs.push(HubPlan {
                     contact_id: id.to_owned(),

@@ -140,6 +140,13 @@ impl FieldChanges {
         self.iter().collect()
     }
 
+    /// These changes and `more`, each replacing a change of the same field, at the end
+    /// ([`PackedChanges::with`]): the rest stays packed.
+    pub fn with(&self, more: &[FieldChange]) -> FieldChanges {
+        let more: Vec<_> = (more.iter()).map(|c| (&c.field, &c.old, &c.new)).collect();
+        FieldChanges(self.0.with(&more))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
