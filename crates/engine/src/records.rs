@@ -23,11 +23,39 @@ pub struct Records {
 
 /// The first eight bytes of `id`, zero-padded, as a number that orders as the ids do
 /// (a shorter id pads with the smallest byte).
-fn prefix(id: &str) -> u64 {
+pub(crate) fn prefix(id: &str) -> u64 {
     let mut bytes = [0u8; 8];
     let n = id.len().min(8);
     bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
     u64::from_be_bytes(bytes)
+}
+
+/// Where `id` lies in a list of ids in order, held elsewhere, whose [`prefix`]es are
+/// `prefixes`: the positions of the ids equal to it, or the empty range where it would
+/// go. `cmp_at(i)` orders the id at `i` against `id`. The search runs over the
+/// prefixes, side by side in memory, and reads the ids themselves (a pointer each)
+/// only among the few that share `id`'s prefix.
+pub(crate) fn id_range(
+    prefixes: &[u64],
+    id: &str,
+    cmp_at: impl Fn(usize) -> std::cmp::Ordering,
+) -> std::ops::Range<usize> {
+    let key = prefix(id);
+    let from = prefixes.partition_point(|p| *p < key);
+    let to = from + prefixes[from..].partition_point(|p| *p == key);
+    let first = |mut low: usize, mut high: usize, before: &dyn Fn(usize) -> bool| {
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match before(mid) {
+                true => low = mid + 1,
+                false => high = mid,
+            }
+        }
+        low
+    };
+    let start = first(from, to, &|i| cmp_at(i).is_lt());
+    let end = first(start, to, &|i| cmp_at(i).is_eq());
+    start..end
 }
 
 /// From this many records on, packing is split over the machine's cores.
@@ -88,20 +116,11 @@ impl Records {
     }
 
     fn position(&self, id: &str) -> Result<usize, usize> {
-        let key = prefix(id);
-        let from = self.prefixes.partition_point(|p| *p < key);
-        let to = from + self.prefixes[from..].partition_point(|p| *p == key);
-        // A binary search of `from..to` by the records' ids.
-        let (mut low, mut high) = (from, to);
-        while low < high {
-            let mid = low + (high - low) / 2;
-            match self.records.get(mid).cmp_id(id) {
-                std::cmp::Ordering::Less => low = mid + 1,
-                std::cmp::Ordering::Greater => high = mid,
-                std::cmp::Ordering::Equal => return Ok(mid),
-            }
+        let found = id_range(&self.prefixes, id, |i| self.records.get(i).cmp_id(id));
+        match found.is_empty() {
+            true => Err(found.start),
+            false => Ok(found.start),
         }
-        Err(low)
     }
 
     pub fn get(&self, id: &str) -> Option<&PackedRecord> {

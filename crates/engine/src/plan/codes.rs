@@ -58,9 +58,14 @@ impl<'a> Planner<'a> {
         if changes.is_empty() {
             return next;
         }
-        let rest = &self.plan.hubs[next..];
+        // A step or two, in order: both lists are in id order and `next` only moves on,
+        // so the walk is one pass over the hubs. A binary search over the rest instead
+        // read about twenty hubs' ids per contact, each a cache miss (1.7 s at 1M).
         let id = contact.id();
-        next += rest.partition_point(|h| h.contact_id.as_str() < id);
+        let hubs = &self.plan.hubs;
+        while hubs.get(next).is_some_and(|h| h.contact_id.as_str() < id) {
+            next += 1;
+        }
         match (self.plan.hubs.get_mut(next)).filter(|h| h.contact_id == id) {
             Some(hub) => hub.contact_changes = hub.contact_changes.with(&changes),
             None => {
