@@ -415,13 +415,15 @@ impl Applier<'_> {
                 || hub.other_links.iter().any(|l| l.code == code)
         };
         let unlinked = (self.relations.relations.iter()).filter(|r| !held(&r.code));
-        let mut tiers = unlinked.flat_map(|r| &r.tiers);
-        tiers.any(|tier| {
-            (hub.contact_changes.iter()).any(|c| {
-                tier.fields.contains(&c.field)
-                    && !crate::matching::same_key_value(tier, &c.field, &c.old, &c.new)
+        let tiers: Vec<&crate::relation::Tier> = unlinked.flat_map(|r| &r.tiers).collect();
+        // Each change unpacked once (a first sync settles 805,000 hubs at 1M).
+        !tiers.is_empty()
+            && (hub.contact_changes.iter()).any(|c| {
+                (tiers.iter()).any(|tier| {
+                    tier.fields.contains(&c.field)
+                        && !crate::matching::same_key_value(tier, &c.field, &c.old, &c.new)
+                })
             })
-        })
     }
 
     /// Open conflicts settled by this range, and the lost codes its writes took off.

@@ -21,10 +21,11 @@ impl<'a> Planner<'a> {
     }
 
     /// The keys, on relation `r`'s tiers, of the contacts this run creates for other
-    /// relations' accounts (R6): empty when `r` creates no contacts.
-    fn keys_of_new_contacts(&self, r: usize) -> HashSet<(usize, u128)> {
+    /// relations' accounts (R6): empty when `r` creates no contacts, or has no
+    /// `unmatched` account to create one for.
+    fn keys_of_new_contacts(&self, r: usize, unmatched: &[String]) -> HashSet<(usize, u128)> {
         let relation = &self.relations.relations[r];
-        if !relation.create_contacts {
+        if !relation.create_contacts || unmatched.is_empty() {
             return HashSet::new();
         }
         let others = self.plan.creates.iter().filter(|c| c.relation != r);
@@ -77,7 +78,7 @@ impl<'a> Planner<'a> {
             .map(|(_, a)| a.as_str())
             .collect();
         let deleted = self.input.contact_deleted.get(r);
-        let new_keys = self.keys_of_new_contacts(r);
+        let new_keys = self.keys_of_new_contacts(r, &unmatched);
         // One create each, but for a few held back: grown by doubling, the list held
         // up to twice the room it needs until the run ends (7 MB of 36,000 creates).
         if relation.create_contacts {
