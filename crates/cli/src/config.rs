@@ -40,7 +40,7 @@ pub use self::env::Env;
 use self::layers::Sources;
 
 /// The `[sync]` section.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// The share (0 to 1) of a scope's known records a full listing may delete; more,
@@ -55,6 +55,11 @@ pub struct RunConfig {
     /// records are read and matched. None: no budget.
     #[serde(default)]
     pub memory_budget: Option<ByteSize>,
+    /// Where a sync with a memory budget keeps the records it read, in an unnamed
+    /// file mapped into memory; relative to the config file's folder. None: the
+    /// system's temporary folder.
+    #[serde(default)]
+    pub spill_folder: Option<PathBuf>,
 }
 
 /// A size, written with its unit: `"512 MiB"`, `"1.5 GiB"`, `"800MB"`.
@@ -114,13 +119,15 @@ impl Default for RunConfig {
             max_delete_share: default_max_delete_share(),
             hubs_per_range: None,
             memory_budget: None,
+            spill_folder: None,
         }
     }
 }
 
 impl RunConfig {
-    /// Gives `engine` this section's settings, for `tandem sync` and the service alike.
-    pub fn configure(&self, engine: &mut tandem_engine::Engine<'_>) {
+    /// Gives `engine` this section's settings, for `tandem sync` and the service alike;
+    /// relative paths are taken from `base_dir`, the config file's folder.
+    pub fn configure(&self, engine: &mut tandem_engine::Engine<'_>, base_dir: &Path) {
         engine.set_max_delete_share(self.max_delete_share);
         if let Some(per_range) = self.hubs_per_range {
             engine.set_hubs_per_range(usize::try_from(per_range).unwrap_or(usize::MAX));
@@ -128,10 +135,20 @@ impl RunConfig {
         if let Some(ByteSize(bytes)) = self.memory_budget {
             engine.set_memory_budget(tandem_engine::MemoryBudget::new(bytes));
         }
+        if let Some(folder) = self.spill_folder_in(base_dir) {
+            engine.set_spill_folder(folder);
+        }
         if self.hubs_per_range.is_some() || self.memory_budget.is_some() {
             // Ranges are for short memory: freed memory is not kept for the next step.
             crate::allocator::give_back_freed_memory();
         }
+    }
+}
+
+impl RunConfig {
+    /// `spill_folder`, a relative one taken from `base_dir` (the config file's folder).
+    pub fn spill_folder_in(&self, base_dir: &Path) -> Option<PathBuf> {
+        (self.spill_folder.as_ref()).map(|folder| base_dir.join(folder))
     }
 }
 

@@ -761,7 +761,7 @@ async fn run_engine(cli: &Cli, mode: RunMode) -> anyhow::Result<ExitCode> {
     };
     engine.set_full_read(full_read);
     engine.set_allow_deletes(allow_deletes);
-    config.run.configure(&mut engine);
+    config.run.configure(&mut engine, &config.base_dir);
     let report = match mode {
         RunMode::Plan => engine.plan().await.context("plan failed")?,
         RunMode::Sync(None) => engine.sync().await.context("sync failed")?,

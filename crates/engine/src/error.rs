@@ -55,4 +55,15 @@ pub enum EngineError {
     Stopped,
     #[error(transparent)]
     State(#[from] StateError),
+    /// The records past the memory budget could not go to their file.
+    #[error(
+        "cannot keep the records read past [sync] memory_budget in folder {folder}: {source}; \
+         give Tandem a folder it may write to with room for them ([sync] spill_folder, on a \
+         disk, not in memory), or run without a memory budget"
+    )]
+    Spill {
+        folder: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

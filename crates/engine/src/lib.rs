@@ -26,6 +26,7 @@ pub mod relation;
 mod report;
 mod run;
 pub mod side;
+mod spill;
 mod stop;
 
 /// Maps and sets keyed by record ids, hashed with foldhash: the engine hashes millions

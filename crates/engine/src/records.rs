@@ -163,6 +163,12 @@ impl Records {
         self.records.range(start..end.max(start))
     }
 
+    /// Lets the pages of records held in a file go from memory until they are read
+    /// again ([`crate::spill`]); records on the heap stay.
+    pub fn let_go_pages(&self) {
+        self.records.let_go_held();
+    }
+
     /// The ids, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         self.records.iter().map(PackedRecord::id)

@@ -46,6 +46,8 @@ pub struct Engine<'a> {
     pub(crate) hubs_per_range: usize,
     /// When set, the hubs per range are worked out from it once the head is planned.
     pub(crate) memory_budget: Option<crate::MemoryBudget>,
+    /// Where the records a budgeted sync reads are kept ([`Engine::set_spill_folder`]).
+    pub(crate) spill_folder: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -119,6 +121,7 @@ impl<'a> Engine<'a> {
             partition: crate::Partition::whole(),
             hubs_per_range: usize::MAX,
             memory_budget: None,
+            spill_folder: std::env::temp_dir(),
         };
         engine.connector(
             &engine.relations.contacts_connector,
@@ -177,6 +180,18 @@ impl<'a> Engine<'a> {
     /// partition is planned whole.
     pub fn set_memory_budget(&mut self, budget: crate::MemoryBudget) {
         self.memory_budget = Some(budget);
+    }
+
+    /// Where a sync with a memory budget keeps the records it read, in an unnamed file
+    /// mapped into memory (`[sync] spill_folder`; the system's temporary folder by
+    /// default): a folder on a disk, not one held in memory (tmpfs).
+    pub fn set_spill_folder(&mut self, folder: std::path::PathBuf) {
+        self.spill_folder = folder;
+    }
+
+    /// Where the records read go as they come: with a memory budget only.
+    fn spill_folder(&self) -> Option<&std::path::Path> {
+        self.memory_budget.map(|_| self.spill_folder.as_path())
     }
 
     /// Reads every scope even when its connector's fingerprint says nothing changed
@@ -330,6 +345,8 @@ impl<'a> Engine<'a> {
         let largest = (input.accounts.iter())
             .map(|a| a.records.len())
             .fold(input.contacts.len(), usize::max);
+        // What is held once matched, less the records' pages the head read.
+        input.let_go_pages();
         (self.memory_budget)
             .and_then(|budget| budget.hubs_per_range(hubs, largest))
             .unwrap_or(self.hubs_per_range)
@@ -551,6 +568,7 @@ impl<'a> Engine<'a> {
                     fingerprint: ahead.fingerprint(&scope),
                     hashes: ahead.take(&scope),
                     scope,
+                    spill_folder: self.spill_folder(),
                 },
                 |a| wanted.contains(a.id.as_str()),
             )
@@ -647,6 +665,7 @@ impl<'a> Engine<'a> {
                 fingerprint: ahead.fingerprint(&scope),
                 hashes: ahead.take(&scope),
                 scope,
+                spill_folder: self.spill_folder(),
             },
             |c| wanted.contains(&c.id),
         )

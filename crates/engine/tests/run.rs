@@ -1413,6 +1413,59 @@ async fn a_memory_budget_plans_the_hubs_in_the_ranges_it_leaves_room_for() {
     }
 }
 
+/// A sync with a memory budget keeps the records it read in an unnamed file in its
+/// spill folder, mapped into memory: the systems end as without a budget, and a folder
+/// it cannot write to stops the run before anything is written, naming the folder
+/// and the setting.
+#[tokio::test]
+async fn a_memory_budget_keeps_the_records_read_in_the_spill_folder() {
+    let hubs = 300;
+    let mut whole = world(false);
+    matching_pairs(&whole, hubs);
+    let expected = whole.sync().await;
+    let folder = tempfile::tempdir().unwrap();
+    let missing = folder.path().join("missing");
+    for (spill_folder, works) in [(missing.clone(), false), (folder.path().to_owned(), true)] {
+        let mut w = world(false);
+        matching_pairs(&w, hubs);
+        let before = (
+            w.crm.all(EntityKind::Contact),
+            w.erp.all(EntityKind::Customer),
+        );
+        let connectors = w.connectors();
+        let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
+        engine.set_memory_budget(tandem_engine::MemoryBudget::new(1 << 30));
+        engine.set_spill_folder(spill_folder);
+        match engine.sync().await {
+            Ok(report) => {
+                assert!(works);
+                assert_eq!(report.counts, expected.counts);
+                assert_eq!(report.failed(), 0);
+                for kind in [EntityKind::Contact, EntityKind::Customer] {
+                    let (connector, twin) = match kind {
+                        EntityKind::Contact => (&w.crm, &whole.crm),
+                        _ => (&w.erp, &whole.erp),
+                    };
+                    assert_eq!(connector.all(kind), twin.all(kind), "{kind}");
+                }
+            }
+            Err(e) => {
+                assert!(!works, "{e}");
+                let text = e.to_string();
+                assert!(text.contains(&missing.display().to_string()), "{text}");
+                assert!(text.contains("[sync] spill_folder"), "{text}");
+                let after = (
+                    w.crm.all(EntityKind::Contact),
+                    w.erp.all(EntityKind::Customer),
+                );
+                assert_eq!(after, before, "nothing written");
+            }
+        }
+    }
+    // The file has no name: nothing is left in the folder.
+    assert_eq!(std::fs::read_dir(folder.path()).unwrap().count(), 0);
+}
+
 /// In a run in ranges the creates go a range's hubs per call, so that the create step
 /// holds no more than a range does (a memory budget holds through it); a run made
 /// whole sends as many as the connector takes (the memory connector, 500). Either way

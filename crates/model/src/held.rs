@@ -263,9 +263,44 @@ impl PackedRecord {
 /// after it; records put in again leave their older bytes unused.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct PackedRecords {
-    buffers: Vec<Vec<u8>>,
+    buffers: Vec<Buffer>,
     starts: Vec<u64>,
 }
+
+/// Bytes of packed records kept outside the heap once written: a file mapped into
+/// memory, say, whose pages the system may drop and read again. The bytes never
+/// change and stay at the same address while held (records borrowed from them live
+/// as long as the [`PackedRecords`]).
+pub trait HeldBytes: Send + Sync {
+    fn bytes(&self) -> &[u8];
+    /// The bytes are not needed in memory for now: the holder may let the pages go
+    /// (they are read again when next touched).
+    fn let_go(&self);
+}
+
+/// A buffer of packed records: grown on the heap, or handed to a holder once full.
+#[derive(Clone)]
+enum Buffer {
+    Growing(Vec<u8>),
+    Held(std::sync::Arc<dyn HeldBytes>),
+}
+
+impl Buffer {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buffer::Growing(bytes) => bytes,
+            Buffer::Held(held) => held.bytes(),
+        }
+    }
+}
+
+impl PartialEq for Buffer {
+    fn eq(&self, other: &Buffer) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Buffer {}
 
 /// The bits of a start that say where in its buffer: buffers of up to 1 TiB, and
 /// 2^24 of them.
@@ -282,7 +317,9 @@ impl PackedRecords {
     /// Room for `records`, so that packing them grows the buffers about once.
     pub fn with_room_for(records: &[Record]) -> PackedRecords {
         PackedRecords {
-            buffers: vec![Vec::with_capacity(records.iter().map(size_hint).sum())],
+            buffers: vec![Buffer::Growing(Vec::with_capacity(
+                records.iter().map(size_hint).sum(),
+            ))],
             starts: Vec::with_capacity(records.len()),
         }
     }
@@ -315,11 +352,13 @@ impl PackedRecords {
     /// Writes `record` at the end of the last buffer, after its length: where its
     /// length begins.
     fn put(&mut self, record: &Record) -> u64 {
-        if self.buffers.is_empty() {
-            self.buffers.push(Vec::new());
+        if !matches!(self.buffers.last(), Some(Buffer::Growing(_))) {
+            self.buffers.push(Buffer::Growing(Vec::new()));
         }
         let number = (self.buffers.len() - 1) as u64;
-        let buffer = self.buffers.last_mut().expect("one at least");
+        let Some(Buffer::Growing(buffer)) = self.buffers.last_mut() else {
+            unreachable!("a growing buffer was put last")
+        };
         let at = buffer.len();
         write(record, buffer);
         // The length goes before the record, known once it is written: a record is
@@ -336,7 +375,7 @@ impl PackedRecords {
 
     /// The record whose length begins at `start`.
     fn at(&self, start: u64) -> &PackedRecord {
-        let buffer = &self.buffers[(start >> OFFSET_BITS) as usize];
+        let buffer = self.buffers[(start >> OFFSET_BITS) as usize].bytes();
         let mut rest = &buffer[(start & ((1 << OFFSET_BITS) - 1)) as usize..];
         let len = packed::take_len(&mut rest);
         PackedRecord::of(&rest[..len])
@@ -388,9 +427,60 @@ impl PackedRecords {
 
     /// Gives back the room the buffers hold beyond what they use.
     pub fn shrink_to_fit(&mut self) {
-        self.buffers.iter_mut().for_each(Vec::shrink_to_fit);
+        for buffer in &mut self.buffers {
+            if let Buffer::Growing(bytes) = buffer {
+                bytes.shrink_to_fit();
+            }
+        }
         self.buffers.shrink_to_fit();
         self.starts.shrink_to_fit();
+    }
+
+    /// The bytes of the buffers still on the heap.
+    pub fn growing_bytes(&self) -> usize {
+        (self.buffers.iter())
+            .map(|b| match b {
+                Buffer::Growing(bytes) => bytes.len(),
+                Buffer::Held(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Hands every buffer on the heap to `hold`, which answers a holder of the same
+    /// bytes (a file it wrote them to and mapped, say); the heap's copy is freed. The
+    /// records read as before. On an error the buffer not taken stays on the heap.
+    pub fn hold<E>(
+        &mut self,
+        mut hold: impl FnMut(&[u8]) -> Result<std::sync::Arc<dyn HeldBytes>, E>,
+    ) -> Result<(), E> {
+        for buffer in &mut self.buffers {
+            let Buffer::Growing(bytes) = buffer else {
+                continue;
+            };
+            if bytes.is_empty() {
+                continue;
+            }
+            let held = hold(bytes)?;
+            // The length only: comparing the bytes would read a mapped file's every page
+            // back into memory.
+            assert_eq!(
+                held.bytes().len(),
+                bytes.len(),
+                "a holder keeps the bytes given"
+            );
+            *buffer = Buffer::Held(held);
+        }
+        Ok(())
+    }
+
+    /// Tells the holders of the held buffers that their pages are not needed now
+    /// ([`HeldBytes::let_go`]).
+    pub fn let_go_held(&self) {
+        for buffer in &self.buffers {
+            if let Buffer::Held(held) = buffer {
+                held.let_go();
+            }
+        }
     }
 }
 
@@ -506,6 +596,21 @@ mod tests {
         Insert(usize, Record),
         Append(Vec<Record>),
         Sort,
+        /// The buffers on the heap handed to a holder, and its pages let go.
+        Hold,
+    }
+
+    /// Holds bytes as a mapped file would: a copy elsewhere, counting the let-gos.
+    struct Elsewhere(Box<[u8]>, std::sync::atomic::AtomicUsize);
+
+    impl HeldBytes for Elsewhere {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+
+        fn let_go(&self) {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -522,12 +627,14 @@ mod tests {
             (any::<usize>(), any_record.clone()).prop_map(|(i, r)| Step::Insert(i, r)),
             prop::collection::vec(any_record, 0..4).prop_map(Step::Append),
             Just(Step::Sort),
+            Just(Step::Hold),
         ]
     }
 
     proptest! {
         /// Records held back to back answer as a list of the records would: in their
-        /// order, each as packed alone, sorted by id with the later of two copies.
+        /// order, each as packed alone, sorted by id with the later of two copies,
+        /// whether their buffers are on the heap or handed to a holder.
         #[test]
         fn records_held_back_to_back_answer_as_a_list_of_them_would(
             steps in prop::collection::vec(step(), 0..24),
@@ -561,6 +668,19 @@ mod tests {
                         let map: std::collections::BTreeMap<String, Record> =
                             list.drain(..).map(|r| (r.id.clone(), r)).collect();
                         list = map.into_values().collect();
+                    }
+                    Step::Hold => {
+                        let mut holders = Vec::new();
+                        held.hold(|bytes| {
+                            let holder = std::sync::Arc::new(Elsewhere(bytes.into(), 0.into()));
+                            holders.push(holder.clone());
+                            Ok::<_, ()>(holder as std::sync::Arc<dyn HeldBytes>)
+                        }).unwrap();
+                        prop_assert_eq!(held.growing_bytes(), 0);
+                        held.let_go_held();
+                        for holder in holders {
+                            prop_assert_eq!(holder.1.load(std::sync::atomic::Ordering::Relaxed), 1);
+                        }
                     }
                     Step::Replace(..) => {}
                 }

@@ -195,6 +195,7 @@ pub(super) const SYNC_KEYS: &[(&str, Expect)] = &[
     ("max_delete_share", Expect::Number),
     ("hubs_per_range", Expect::Number),
     ("memory_budget", Expect::Text),
+    ("spill_folder", Expect::Text),
 ];
 pub(super) const SERVICE_KEYS: &[(&str, Expect)] = &[
     ("poll_interval", Expect::Text),

@@ -878,3 +878,24 @@ fn a_memory_budget_is_a_size_with_its_unit_and_not_set_with_hubs_per_range() {
         "{e}"
     );
 }
+
+#[test]
+fn a_spill_folder_is_unset_by_default_and_taken_from_the_config_files_folder() {
+    let config = load(BASE, &[]).unwrap();
+    assert_eq!(config.run.spill_folder, None);
+    assert_eq!(config.run.spill_folder_in(Path::new("/etc/tandem")), None);
+    let config = load(
+        &format!("{BASE}\n[sync]\nmemory_budget = \"1 GiB\"\nspill_folder = \"spill\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.run.spill_folder_in(Path::new("/etc/tandem")),
+        Some(PathBuf::from("/etc/tandem/spill"))
+    );
+    let config = load(BASE, &[("TANDEM__SYNC__SPILL_FOLDER", "/var/tmp/tandem")]).unwrap();
+    assert_eq!(
+        config.run.spill_folder_in(Path::new("/etc/tandem")),
+        Some(PathBuf::from("/var/tmp/tandem"))
+    );
+}

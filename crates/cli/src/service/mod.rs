@@ -295,7 +295,9 @@ impl Service<'_> {
         let connectors = self.connectors.clone();
         let mut engine = Engine::new(self.relations.clone(), connectors, &mut *self.state)
             .expect("the connectors were checked against the relations at start");
-        self.config.run.configure(&mut engine);
+        self.config
+            .run
+            .configure(&mut engine, &self.config.base_dir);
         engine.set_partition(self.partition);
         engine
     }

@@ -81,6 +81,16 @@ pub struct PlanInput {
     pub directives: Directives,
 }
 
+impl PlanInput {
+    /// Lets the pages of the records held in a file go from memory until a step reads
+    /// them again ([`crate::Records::let_go_pages`]): between the steps of planning
+    /// and before each range, so that a budgeted run holds the records it works on.
+    pub fn let_go_pages(&self) {
+        self.contacts.let_go_pages();
+        self.accounts.iter().for_each(|a| a.records.let_go_pages());
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct AccountInput {
     pub records: crate::Records,
@@ -661,6 +671,8 @@ impl<'a> Planning<'a> {
         let to = ids.get(end).copied();
         self.next = end;
         self.done = end == ids.len();
+        // The ranges before are done with their records.
+        self.planner.input.let_go_pages();
         let planner = &mut self.planner;
         Some(planner.plan_range(&ids[start..end], (from, to), &self.open_conflicts))
     }
@@ -825,6 +837,7 @@ impl<'a> Planner<'a> {
         self.operator_links();
         step.done("index");
         let premade = self.match_side_by_side();
+        self.input.let_go_pages();
         step.done("match");
         for (r, premade) in premade.into_iter().enumerate() {
             self.match_and_create(r, premade);
@@ -832,6 +845,7 @@ impl<'a> Planner<'a> {
         self.recheck_for_new_contacts();
         // A create found again is also linked now: named once.
         self.plan.done_pending.dedup();
+        self.input.let_go_pages();
         step.done("link and create");
     }
 

@@ -247,6 +247,9 @@ pub(crate) struct HowToRead<'t> {
     pub hashes: Option<StoredHashes>,
     /// The connector's fingerprint of the scope, if taken ahead ([`Prefetch`]).
     pub fingerprint: Option<Option<String>>,
+    /// Where the records kept go as the listing comes, when a memory budget is set
+    /// ([`crate::spill`]); `None` keeps them on the heap.
+    pub spill_folder: Option<&'t std::path::Path>,
 }
 
 /// Reads all pages of one connector and kind. Keeps the records that changed since
@@ -268,18 +271,11 @@ pub(crate) async fn read_scope(
         scope,
         hashes,
         fingerprint,
+        spill_folder,
     } = how;
     let fingerprint = take_fingerprint(connector, connector_name, kind, fingerprint).await?;
     if unchanged(state, &scope, skip_tag, fingerprint.as_deref())? {
-        info!(
-            connector = connector_name,
-            kind = kind.plural(),
-            "not read: unchanged since the last run"
-        );
-        let mut out = ScopeRead::empty(connector_name, scope, fingerprint);
-        out.key_fields = key_fields;
-        out.stats.skipped = true;
-        return Ok(out);
+        return Ok(ScopeRead::skipped(connector_name, scope, fingerprint, key_fields));
     }
     let incremental = connector.capabilities().incremental;
     let mut stored = Stored::new(state, &scope, incremental, hashes)?;
@@ -300,6 +296,10 @@ pub(crate) async fn read_scope(
     // Packed page by page: a listing of ten million contacts held as `Record`s until
     // its end took 5 GB more than packed.
     let mut kept = tandem_model::PackedRecords::new();
+    let mut spill = Spilling {
+        folder: spill_folder,
+        file: None,
+    };
     let listing = loop {
         let page = connector
             .read(kind, cursor.as_ref())
@@ -309,6 +309,7 @@ pub(crate) async fn read_scope(
         let (listing, has_more) = (page.listing, page.has_more);
         cursor = page.cursor;
         out.take(page.records, &stored.hashes, &keep, &mut kept);
+        spill.take(&mut kept, crate::spill::SPILL_CHUNK)?;
         // A change-reading connector's full listing is held against every stored hash.
         let expected = if listing == Listing::Full {
             stored.known
@@ -320,6 +321,7 @@ pub(crate) async fn read_scope(
             break listing;
         }
     };
+    spill.take(&mut kept, 1)?;
     out.keep_all(kept);
     if listing == Listing::Full {
         // Seen before, absent from a completed full listing: deleted, unless that is
@@ -440,11 +442,64 @@ impl Stored {
     }
 }
 
+/// The file a listing's records go to as they come, if any ([`crate::spill`]).
+struct Spilling<'f> {
+    /// `None`: the records stay on the heap.
+    folder: Option<&'f std::path::Path>,
+    /// Made at the first records to go.
+    file: Option<crate::spill::Spill>,
+}
+
+impl Spilling<'_> {
+    /// Moves the records kept to the file once they hold `at_least` bytes on the heap.
+    fn take(
+        &mut self,
+        kept: &mut tandem_model::PackedRecords,
+        at_least: usize,
+    ) -> Result<(), EngineError> {
+        let Some(folder) = self.folder else {
+            return Ok(());
+        };
+        if kept.growing_bytes() < at_least {
+            return Ok(());
+        }
+        let error = |source| EngineError::Spill {
+            folder: folder.to_owned(),
+            source,
+        };
+        let file = match &mut self.file {
+            Some(file) => file,
+            none => none.insert(crate::spill::Spill::new(folder).map_err(error)?),
+        };
+        file.take(kept).map_err(error)
+    }
+}
+
 impl ScopeRead {
+    /// A scope not read: unchanged since the last run.
+    fn skipped(
+        connector_name: &str,
+        scope: Scope,
+        fingerprint: Option<String>,
+        key_fields: std::sync::Arc<[FieldName]>,
+    ) -> ScopeRead {
+        info!(
+            connector = connector_name,
+            kind = scope.kind.plural(),
+            "not read: unchanged since the last run"
+        );
+        let mut out = ScopeRead::empty(connector_name, scope, fingerprint);
+        out.key_fields = key_fields;
+        out.stats.skipped = true;
+        out
+    }
+
     /// The records a listing kept, once it is through.
     fn keep_all(&mut self, kept: tandem_model::PackedRecords) {
         // A record sent twice keeps its last copy, as an insert would.
         self.records = crate::Records::from_packed(kept);
+        // Sorting read every id: those pages are not needed until planning.
+        self.records.let_go_pages();
         self.hashes.shrink_to_fit();
     }
 
