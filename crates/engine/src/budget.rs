@@ -38,6 +38,13 @@ pub const BYTES_BESIDE_PER_RECORD: u64 = 80;
 /// MiB (a range of 10,000 hubs takes about 38 MiB).
 pub const MIN_HUBS_PER_RANGE: usize = 10_000;
 
+/// The share of a budget the records read may take on the heap: past it they go to a
+/// file mapped into memory (`spill.rs`). At a million partners they take about 250 MB,
+/// and with a budget of 1 GiB they stay: the file cost time (its pages are read back
+/// at each step) and saved nothing the budget needed. At ten million they take 2.5 GB,
+/// half of what the run holds once matched.
+pub const RECORDS_SHARE: u64 = 3;
+
 /// Bytes a run may take, and how to measure what the process holds.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryBudget {
@@ -53,6 +60,11 @@ impl MemoryBudget {
             bytes,
             resident: resident_bytes,
         }
+    }
+
+    /// Bytes of records read that stay on the heap; the rest go to a file.
+    pub(crate) fn records_on_heap(&self) -> usize {
+        usize::try_from(self.bytes / RECORDS_SHARE).unwrap_or(usize::MAX)
     }
 
     /// The same budget, measured by `resident` (tests).

@@ -163,6 +163,21 @@ impl Records {
         self.records.range(start..end.max(start))
     }
 
+    /// The bytes the records take, on the heap or in a file.
+    pub fn byte_len(&self) -> usize {
+        self.records.byte_len()
+    }
+
+    /// The bytes of the records still on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.records.growing_bytes()
+    }
+
+    /// Moves the records on the heap to `spill`'s file.
+    pub(crate) fn spill_to(&mut self, spill: &mut crate::spill::Spill) -> std::io::Result<()> {
+        spill.take(&mut self.records)
+    }
+
     /// Lets the pages of records held in a file go from memory until they are read
     /// again ([`crate::spill`]); records on the heap stay.
     pub fn let_go_pages(&self) {

@@ -20,7 +20,7 @@ pub(crate) use crate::read::{
     record_hash_of,
 };
 use crate::read::{
-    FirstPass, HowToRead, Needed, Prefetch, Sides, StoredKeys, Wake, account_key_fields,
+    FirstPass, HowToRead, Needed, Prefetch, Sides, SpillAt, StoredKeys, Wake, account_key_fields,
     contact_key_fields, fetch_missing, gone_if_missing, read_scope, second_pass, unchanged, wakes,
 };
 use crate::relation::Relations;
@@ -189,9 +189,46 @@ impl<'a> Engine<'a> {
         self.spill_folder = folder;
     }
 
-    /// Where the records read go as they come: with a memory budget only.
-    fn spill_folder(&self) -> Option<&std::path::Path> {
-        self.memory_budget.map(|_| self.spill_folder.as_path())
+    /// Where the records of the next scope read go, and from how many of its bytes on,
+    /// when earlier scopes hold `held` bytes of records: with a memory budget only, past
+    /// its share for records ([`crate::budget::RECORDS_SHARE`]).
+    fn spill_at(&self, held: usize) -> Option<SpillAt<'_>> {
+        let budget = self.memory_budget?;
+        Some(SpillAt {
+            folder: &self.spill_folder,
+            after_bytes: budget.records_on_heap().saturating_sub(held),
+        })
+    }
+
+    /// Once every scope is read, the records still on the heap go to a file too if
+    /// all of them pass the budget's share (the scopes read first stayed under it).
+    fn spill_the_rest(
+        &self,
+        accounts: &mut [ScopeRead],
+        contacts: &mut ScopeRead,
+    ) -> Result<(), EngineError> {
+        let Some(budget) = self.memory_budget else {
+            return Ok(());
+        };
+        let mut all: Vec<&mut crate::Records> = (accounts.iter_mut().map(|a| &mut a.records))
+            .chain([&mut contacts.records])
+            .collect();
+        let held: usize = all.iter().map(|r| r.byte_len()).sum();
+        if held <= budget.records_on_heap() || all.iter().all(|r| r.heap_bytes() == 0) {
+            return Ok(());
+        }
+        let folder = &self.spill_folder;
+        let error = |source| EngineError::Spill {
+            folder: folder.clone(),
+            source,
+        };
+        tracing::debug!(bytes = held, "the records read go to a file");
+        let mut spill = crate::spill::Spill::new(folder).map_err(error)?;
+        for records in all.iter_mut().filter(|r| r.heap_bytes() > 0) {
+            records.spill_to(&mut spill).map_err(error)?;
+            records.let_go_pages();
+        }
+        Ok(())
     }
 
     /// Reads every scope even when its connector's fingerprint says nothing changed
@@ -412,7 +449,9 @@ impl<'a> Engine<'a> {
         }
         let mut wanted_contacts = needed.contacts;
         let account_links = self.links_of_accounts(&accounts, any_links, &mut wanted_contacts)?;
-        let mut contacts = self.read_contacts(&wanted_contacts, ahead).await?;
+        let held = accounts.iter().map(|a| a.records.byte_len()).sum();
+        let mut contacts = self.read_contacts(&wanted_contacts, ahead, held).await?;
+        self.spill_the_rest(&mut accounts, &mut contacts)?;
         gone_if_missing(&mut contacts, &needed.linked_contacts);
         let contact_links = match any_links {
             true => self.state.links_of_contacts(&ids_of(&contacts))?,
@@ -568,7 +607,7 @@ impl<'a> Engine<'a> {
                     fingerprint: ahead.fingerprint(&scope),
                     hashes: ahead.take(&scope),
                     scope,
-                    spill_folder: self.spill_folder(),
+                    spill: self.spill_at(accounts.iter().map(|a| a.records.byte_len()).sum()),
                 },
                 |a| wanted.contains(a.id.as_str()),
             )
@@ -645,6 +684,7 @@ impl<'a> Engine<'a> {
         &self,
         wanted: &HashSet<String>,
         mut ahead: Prefetch,
+        held: usize,
     ) -> Result<ScopeRead, EngineError> {
         let tag = self.fingerprint_tag();
         let name = &self.relations.contacts_connector;
@@ -665,7 +705,7 @@ impl<'a> Engine<'a> {
                 fingerprint: ahead.fingerprint(&scope),
                 hashes: ahead.take(&scope),
                 scope,
-                spill_folder: self.spill_folder(),
+                spill: self.spill_at(held),
             },
             |c| wanted.contains(&c.id),
         )

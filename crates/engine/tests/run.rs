@@ -1413,10 +1413,11 @@ async fn a_memory_budget_plans_the_hubs_in_the_ranges_it_leaves_room_for() {
     }
 }
 
-/// A sync with a memory budget keeps the records it read in an unnamed file in its
-/// spill folder, mapped into memory: the systems end as without a budget, and a folder
-/// it cannot write to stops the run before anything is written, naming the folder
-/// and the setting.
+/// A sync whose records take more than a third of its memory budget keeps them in an
+/// unnamed file in its spill folder, mapped into memory: the systems end as without a
+/// budget, and a folder it cannot write to stops the run before anything is written,
+/// naming the folder and the setting. Records under the share stay on the heap: the
+/// folder is not touched.
 #[tokio::test]
 async fn a_memory_budget_keeps_the_records_read_in_the_spill_folder() {
     let hubs = 300;
@@ -1425,7 +1426,12 @@ async fn a_memory_budget_keeps_the_records_read_in_the_spill_folder() {
     let expected = whole.sync().await;
     let folder = tempfile::tempdir().unwrap();
     let missing = folder.path().join("missing");
-    for (spill_folder, works) in [(missing.clone(), false), (folder.path().to_owned(), true)] {
+    let (small, large) = (30 << 10, 1 << 30);
+    for (budget, spill_folder, works) in [
+        (large, missing.clone(), true),
+        (small, missing.clone(), false),
+        (small, folder.path().to_owned(), true),
+    ] {
         let mut w = world(false);
         matching_pairs(&w, hubs);
         let before = (
@@ -1434,7 +1440,7 @@ async fn a_memory_budget_keeps_the_records_read_in_the_spill_folder() {
         );
         let connectors = w.connectors();
         let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
-        engine.set_memory_budget(tandem_engine::MemoryBudget::new(1 << 30));
+        engine.set_memory_budget(tandem_engine::MemoryBudget::new(budget));
         engine.set_spill_folder(spill_folder);
         match engine.sync().await {
             Ok(report) => {

@@ -436,6 +436,11 @@ impl PackedRecords {
         self.starts.shrink_to_fit();
     }
 
+    /// The bytes of every buffer, on the heap or held.
+    pub fn byte_len(&self) -> usize {
+        self.buffers.iter().map(|b| b.bytes().len()).sum()
+    }
+
     /// The bytes of the buffers still on the heap.
     pub fn growing_bytes(&self) -> usize {
         (self.buffers.iter())
@@ -677,6 +682,7 @@ mod tests {
                             Ok::<_, ()>(holder as std::sync::Arc<dyn HeldBytes>)
                         }).unwrap();
                         prop_assert_eq!(held.growing_bytes(), 0);
+                        prop_assert!(held.byte_len() > 0 || held.is_empty());
                         held.let_go_held();
                         for holder in holders {
                             prop_assert_eq!(holder.1.load(std::sync::atomic::Ordering::Relaxed), 1);

@@ -869,6 +869,8 @@ impl<'a> Planner<'a> {
         // Each contact falls in one range: the new links of this one's are done with
         // (a first sync at 1M makes 805,000, held until their range is planned).
         self.new_links.forget_before(bounds.1);
+        // Its records are not read again while its writes go out.
+        self.input.let_go_pages();
         self.plan.take_range()
     }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use tandem_connector::{Connector, ConnectorError, Cursor, Listing, Page};
 use tandem_model::{EntityKind, FieldName, Fields, Record, Value};
 use tandem_state::{Scope, StateStore, StoredHashes, Take, Walk};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::error::EngineError;
 use crate::progress;
@@ -247,9 +247,17 @@ pub(crate) struct HowToRead<'t> {
     pub hashes: Option<StoredHashes>,
     /// The connector's fingerprint of the scope, if taken ahead ([`Prefetch`]).
     pub fingerprint: Option<Option<String>>,
-    /// Where the records kept go as the listing comes, when a memory budget is set
-    /// ([`crate::spill`]); `None` keeps them on the heap.
-    pub spill_folder: Option<&'t std::path::Path>,
+    /// Where the records kept go as the listing comes, when a memory budget asks for
+    /// it ([`crate::spill`]); `None` keeps them on the heap.
+    pub spill: Option<SpillAt<'t>>,
+}
+
+/// Records kept past `after_bytes` go to an unnamed file in `folder`, all of them from
+/// then on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpillAt<'f> {
+    pub folder: &'f std::path::Path,
+    pub after_bytes: usize,
 }
 
 /// Reads all pages of one connector and kind. Keeps the records that changed since
@@ -271,11 +279,16 @@ pub(crate) async fn read_scope(
         scope,
         hashes,
         fingerprint,
-        spill_folder,
+        spill,
     } = how;
     let fingerprint = take_fingerprint(connector, connector_name, kind, fingerprint).await?;
     if unchanged(state, &scope, skip_tag, fingerprint.as_deref())? {
-        return Ok(ScopeRead::skipped(connector_name, scope, fingerprint, key_fields));
+        return Ok(ScopeRead::skipped(
+            connector_name,
+            scope,
+            fingerprint,
+            key_fields,
+        ));
     }
     let incremental = connector.capabilities().incremental;
     let mut stored = Stored::new(state, &scope, incremental, hashes)?;
@@ -296,10 +309,7 @@ pub(crate) async fn read_scope(
     // Packed page by page: a listing of ten million contacts held as `Record`s until
     // its end took 5 GB more than packed.
     let mut kept = tandem_model::PackedRecords::new();
-    let mut spill = Spilling {
-        folder: spill_folder,
-        file: None,
-    };
+    let mut spill = Spilling::at(spill);
     let listing = loop {
         let page = connector
             .read(kind, cursor.as_ref())
@@ -445,31 +455,40 @@ impl Stored {
 /// The file a listing's records go to as they come, if any ([`crate::spill`]).
 struct Spilling<'f> {
     /// `None`: the records stay on the heap.
-    folder: Option<&'f std::path::Path>,
-    /// Made at the first records to go.
+    at: Option<SpillAt<'f>>,
+    /// Made when the records first pass the mark.
     file: Option<crate::spill::Spill>,
 }
 
-impl Spilling<'_> {
-    /// Moves the records kept to the file once they hold `at_least` bytes on the heap.
+impl<'f> Spilling<'f> {
+    fn at(at: Option<SpillAt<'f>>) -> Spilling<'f> {
+        Spilling { at, file: None }
+    }
+
+    /// Moves the records kept to the file once they hold `at_least` bytes on the heap
+    /// and, all told, more than the mark.
     fn take(
         &mut self,
         kept: &mut tandem_model::PackedRecords,
         at_least: usize,
     ) -> Result<(), EngineError> {
-        let Some(folder) = self.folder else {
+        let Some(at) = self.at else {
             return Ok(());
         };
-        if kept.growing_bytes() < at_least {
+        let first = self.file.is_none();
+        if (first && kept.byte_len() <= at.after_bytes) || kept.growing_bytes() < at_least {
             return Ok(());
         }
         let error = |source| EngineError::Spill {
-            folder: folder.to_owned(),
+            folder: at.folder.to_owned(),
             source,
         };
         let file = match &mut self.file {
             Some(file) => file,
-            none => none.insert(crate::spill::Spill::new(folder).map_err(error)?),
+            none => {
+                debug!(bytes = kept.byte_len(), "the records kept go to a file");
+                none.insert(crate::spill::Spill::new(at.folder).map_err(error)?)
+            }
         };
         file.take(kept).map_err(error)
     }
