@@ -38,12 +38,16 @@ pub const BYTES_BESIDE_PER_RECORD: u64 = 80;
 /// MiB (a range of 10,000 hubs takes about 38 MiB).
 pub const MIN_HUBS_PER_RANGE: usize = 10_000;
 
-/// The share of a budget the records read may take on the heap: past it they go to a
-/// file mapped into memory (`spill.rs`). At a million partners they take about 250 MB,
-/// and with a budget of 1 GiB they stay: the file cost time (its pages are read back
-/// at each step) and saved nothing the budget needed. At ten million they take 2.5 GB,
-/// half of what the run holds once matched.
-pub const RECORDS_SHARE: u64 = 3;
+/// The share of a budget the records read may take on the heap (one over this): past
+/// it they go to a file mapped into memory (`spill.rs`), as kept on the heap they
+/// would leave the hubs too little room. Measured at ten million partners, whose
+/// records take 2.5 GB: with a budget of 4 GiB, the records on the heap left ranges
+/// of 10,000 hubs, in a file ranges of 125,000 (466 s); with 7 GiB they stay on the
+/// heap: in a file the run was faster (297 s against 350 s, larger ranges) but took
+/// 8.4 GiB against 6.7 GiB, its mapped pages beside the heap the budget counts. At a
+/// million partners (250 MB) with 1 GiB they stay too: the file cost 1 to 3 s and
+/// saved nothing the budget needed.
+pub const RECORDS_SHARE: u64 = 2;
 
 /// Bytes a run may take, and how to measure what the process holds.
 #[derive(Debug, Clone, Copy)]

@@ -67,3 +67,13 @@ pub enum EngineError {
         source: std::io::Error,
     },
 }
+
+impl EngineError {
+    /// What stops a run whose records could not go to a file in `folder`.
+    pub(crate) fn spill(folder: &std::path::Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
+        move |source| EngineError::Spill {
+            folder: folder.to_owned(),
+            source,
+        }
+    }
+}

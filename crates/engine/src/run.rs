@@ -217,15 +217,11 @@ impl<'a> Engine<'a> {
         if held <= budget.records_on_heap() || all.iter().all(|r| r.heap_bytes() == 0) {
             return Ok(());
         }
-        let folder = &self.spill_folder;
-        let error = |source| EngineError::Spill {
-            folder: folder.clone(),
-            source,
-        };
+        let error = EngineError::spill(&self.spill_folder);
         tracing::debug!(bytes = held, "the records read go to a file");
-        let mut spill = crate::spill::Spill::new(folder).map_err(error)?;
+        let mut spill = crate::spill::Spill::new(&self.spill_folder).map_err(&error)?;
         for records in all.iter_mut().filter(|r| r.heap_bytes() > 0) {
-            records.spill_to(&mut spill).map_err(error)?;
+            records.spill_to(&mut spill).map_err(&error)?;
             records.let_go_pages();
         }
         Ok(())

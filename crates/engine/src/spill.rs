@@ -16,7 +16,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
+use memmap2::{Mmap, MmapOptions};
 use tandem_model::{HeldBytes, PackedRecords};
 
 /// The heap bytes of a listing's records from which they go to the file: few enough
@@ -46,15 +46,20 @@ impl HeldBytes for Mapped {
         &self.0
     }
 
+    #[cfg(unix)]
     fn let_go(&self) {
         // SAFETY: the map is of a file, shared and read-only: the pages it drops are
         // read again from the file when touched, with the same bytes (the segment is
         // never written again). Nothing borrowed from it changes.
         #[allow(unsafe_code)]
-        let dropped = unsafe { self.0.unchecked_advise(UncheckedAdvice::DontNeed) };
+        let dropped = unsafe { self.0.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         // A system that refuses the advice keeps the pages: more memory, same records.
         let _ = dropped;
     }
+
+    /// Elsewhere the system keeps the pages until it needs the memory.
+    #[cfg(not(unix))]
+    fn let_go(&self) {}
 }
 
 impl Spill {
@@ -89,6 +94,7 @@ impl Spill {
         // Planning reads the records out of file order (a contact's accounts, a
         // match): read ahead, each page touched brought 32 from the disk once the
         // system had dropped them (a first sync at 10M in 4 GiB read 137 GB).
+        #[cfg(unix)]
         map.advise(memmap2::Advice::Random)?;
         Ok(Arc::new(Mapped(map)))
     }

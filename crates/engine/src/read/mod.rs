@@ -479,15 +479,12 @@ impl<'f> Spilling<'f> {
         if (first && kept.byte_len() <= at.after_bytes) || kept.growing_bytes() < at_least {
             return Ok(());
         }
-        let error = |source| EngineError::Spill {
-            folder: at.folder.to_owned(),
-            source,
-        };
+        let error = EngineError::spill(at.folder);
         let file = match &mut self.file {
             Some(file) => file,
             none => {
                 debug!(bytes = kept.byte_len(), "the records kept go to a file");
-                none.insert(crate::spill::Spill::new(at.folder).map_err(error)?)
+                none.insert(crate::spill::Spill::new(at.folder).map_err(&error)?)
             }
         };
         file.take(kept).map_err(error)
