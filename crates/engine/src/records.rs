@@ -302,6 +302,29 @@ mod tests {
     }
 
     #[test]
+    fn records_moved_to_a_file_answer_as_before_and_count_as_in_the_file() {
+        let read: Vec<Record> = (0..500).map(|i| record(&id_of(i), i)).collect();
+        let mut records = Records::from_read(read.clone());
+        let on_heap = records.heap_bytes();
+        assert_eq!((on_heap, records.byte_len()), (records.byte_len(), on_heap));
+        let folder = tempfile::tempdir().unwrap();
+        let mut spill = crate::spill::Spill::new(folder.path()).unwrap();
+        records.spill_to(&mut spill).unwrap();
+        records.let_go_pages();
+        assert_eq!((records.heap_bytes(), records.byte_len()), (0, on_heap));
+        let want = Records::from_read(read);
+        let held: Vec<Record> = records.values().map(PackedRecord::unpack).collect();
+        let expected: Vec<Record> = want.values().map(PackedRecord::unpack).collect();
+        assert_eq!(held, expected);
+        for id in (0..520).map(id_of) {
+            assert_eq!(records.contains_key(&id), want.contains_key(&id), "{id}");
+        }
+        // Added after: on the heap again.
+        records.insert(record("C9999", 1));
+        assert!(records.heap_bytes() > 0 && records.contains_key("C9999"));
+    }
+
+    #[test]
     fn many_records_are_packed_on_the_cores_in_their_order() {
         let read: Vec<Record> = (0..PARALLEL_PACKING + 7)
             .map(|i| record(&format!("C{:06}", PARALLEL_PACKING + 7 - i), 1))

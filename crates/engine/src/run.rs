@@ -380,6 +380,14 @@ impl<'a> Engine<'a> {
             .fold(input.contacts.len(), usize::max);
         // What is held once matched, less the records' pages the head read.
         input.let_go_pages();
+        let in_file = input.records_in_files();
+        if in_file > 0 {
+            info!(
+                "{} MiB of the records read are in a file in {}, read as planning needs them",
+                in_file >> 20,
+                self.spill_folder.display()
+            );
+        }
         (self.memory_budget)
             .and_then(|budget| budget.hubs_per_range(hubs, largest))
             .unwrap_or(self.hubs_per_range)

@@ -89,6 +89,12 @@ impl PlanInput {
         self.contacts.let_go_pages();
         self.accounts.iter().for_each(|a| a.records.let_go_pages());
     }
+
+    /// The bytes of the records held in a file, not on the heap.
+    pub fn records_in_files(&self) -> usize {
+        let in_file = |r: &crate::Records| r.byte_len() - r.heap_bytes();
+        (self.accounts.iter().map(|a| in_file(&a.records))).sum::<usize>() + in_file(&self.contacts)
+    }
 }
 
 #[derive(Debug, Default)]
