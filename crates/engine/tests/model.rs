@@ -124,6 +124,9 @@ struct Case {
     partitions: u32,
     /// Hubs a run plans and carries out at a time (`[sync] hubs_per_range`).
     hubs_per_range: usize,
+    /// Every run keeps the records it read in a file mapped into memory (a memory
+    /// budget they pass: `[sync] memory_budget`, `spill.rs`).
+    spill: bool,
 }
 
 fn side() -> impl Strategy<Value = Side> {
@@ -187,8 +190,17 @@ fn case() -> impl Strategy<Value = Case> {
                 steps,
                 partitions: 1,
                 hubs_per_range: usize::MAX,
+                spill: false,
             },
         )
+}
+
+/// A [`case`] whose runs keep the records they read in a file.
+fn spilled_case() -> impl Strategy<Value = Case> {
+    case().prop_map(|case| Case {
+        spill: true,
+        ..case
+    })
 }
 
 /// A [`case`] whose runs plan and carry out one or two hubs at a time: every run of
@@ -251,6 +263,8 @@ struct World {
     /// Partitions per sync ([`Case::partitions`]).
     partitions: u32,
     hubs_per_range: usize,
+    /// [`Case::spill`].
+    spill: bool,
     crm: Arc<MemoryConnector>,
     erp: Arc<MemoryConnector>,
     relations: Relations,
@@ -383,6 +397,7 @@ impl World {
             allow_deletes: case.allow_deletes,
             partitions: case.partitions,
             hubs_per_range: case.hubs_per_range,
+            spill: case.spill,
             _dir: dir,
             next: 0,
             step: 0,
@@ -611,7 +626,7 @@ impl World {
             failpoint::arm_panic(point, nth);
         }
         let (count, turn) = (self.partitions, self.step as u32);
-        let per_range = self.hubs_per_range;
+        let (per_range, spill) = (self.hubs_per_range, self.spill);
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             rt.block_on(async {
                 let mut round: Option<RunReport> = None;
@@ -624,6 +639,11 @@ impl World {
                     engine.set_allow_deletes(allow);
                     engine.set_partition(partition);
                     engine.set_hubs_per_range(per_range);
+                    if spill {
+                        // A budget of a byte: every record read goes to the file; its
+                        // ranges are the smallest, 10,000 hubs, more than a case has.
+                        engine.set_memory_budget(tandem_engine::MemoryBudget::new(1));
+                    }
                     let report = match engine.sync().await {
                         // Each partition judges the deletes among the records it knows:
                         // one may be refused after another went on.
@@ -1233,6 +1253,14 @@ proptest! {
         prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
     }
 
+    /// The model with every run's records read back from a file mapped into memory
+    /// (past a memory budget): the same invariants hold as for records on the heap.
+    #[test]
+    fn model_spilled(case in spilled_case()) {
+        let outcome = run_case(&case);
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
+
     /// The model with every run planned and carried out one or two hubs at a time
     /// (`[sync] hubs_per_range`): the same invariants hold as for a run in one piece.
     #[test]
@@ -1261,6 +1289,7 @@ fn plain_case(incremental: bool) -> Case {
         steps: Vec::new(),
         partitions: 1,
         hubs_per_range: usize::MAX,
+        spill: false,
     }
 }
 
@@ -1713,6 +1742,7 @@ async fn r15_a_retried_link_edited_on_both_sides_is_settled_by_its_policy() {
             steps: Vec::new(),
             partitions: 1,
             hubs_per_range: usize::MAX,
+            spill: false,
         });
         let mail = ("email", "e2@example.com");
         w.crm.put(
