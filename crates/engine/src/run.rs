@@ -191,17 +191,18 @@ impl<'a> Engine<'a> {
 
     /// Where the records of the next scope read go, and from how many of its bytes on,
     /// when earlier scopes hold `held` bytes of records: with a memory budget only, past
-    /// its share for records ([`crate::budget::RECORDS_SHARE`]).
+    /// its share for records while reading ([`crate::budget::READING_SHARE`]).
     fn spill_at(&self, held: usize) -> Option<SpillAt<'_>> {
         let budget = self.memory_budget?;
         Some(SpillAt {
             folder: &self.spill_folder,
-            after_bytes: budget.records_on_heap().saturating_sub(held),
+            after_bytes: budget.records_on_heap_while_read().saturating_sub(held),
         })
     }
 
     /// Once every scope is read, the records still on the heap go to a file too if
-    /// all of them pass the budget's share (the scopes read first stayed under it).
+    /// all of them pass the budget's share ([`crate::budget::RECORDS_SHARE`]; the
+    /// scopes read first stayed under the share while reading).
     fn spill_the_rest(
         &self,
         accounts: &mut [ScopeRead],
