@@ -1413,11 +1413,11 @@ async fn a_memory_budget_plans_the_hubs_in_the_ranges_it_leaves_room_for() {
     }
 }
 
-/// A sync whose records take more than half of its memory budget keeps them in an
+/// A sync whose records pass their share of its memory budget keeps them in an
 /// unnamed file in its spill folder, mapped into memory: the systems end as without a
 /// budget, and a folder it cannot write to stops the run before anything is written,
-/// naming the folder and the setting. Records under the share stay on the heap: the
-/// folder is not touched.
+/// naming the folder and the setting. Records far under the share stay on the heap:
+/// the folder is not touched.
 #[tokio::test]
 async fn a_memory_budget_keeps_the_records_read_in_the_spill_folder() {
     let hubs = 300;
