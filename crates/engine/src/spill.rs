@@ -38,21 +38,37 @@ pub(crate) struct Spill {
     len: u64,
 }
 
-/// One segment of the file, mapped.
-struct Mapped(Mmap);
+/// One segment of the file, mapped: the buffers one call moved, back to back.
+struct Segment(Mmap);
 
-impl HeldBytes for Mapped {
+/// One buffer's bytes in a [`Segment`]. The segment's pages go with its first slice's
+/// `let_go`: the records let all their buffers go together, and a segment of many
+/// small pages of a listing is advised once, not once per page.
+struct Slice {
+    segment: Arc<Segment>,
+    range: std::ops::Range<usize>,
+    first: bool,
+}
+
+impl HeldBytes for Slice {
     fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.segment.0[self.range.clone()]
     }
 
     #[cfg(unix)]
     fn let_go(&self) {
+        if !self.first {
+            return;
+        }
         // SAFETY: the map is of a file, shared and read-only: the pages it drops are
         // read again from the file when touched, with the same bytes (the segment is
         // never written again). Nothing borrowed from it changes.
         #[allow(unsafe_code)]
-        let dropped = unsafe { self.0.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let dropped = unsafe {
+            self.segment
+                .0
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
         // A system that refuses the advice keeps the pages: more memory, same records.
         let _ = dropped;
     }
@@ -76,32 +92,44 @@ impl Spill {
         Ok(Spill { file, len: 0 })
     }
 
-    /// `bytes` written to the file after what it holds, and mapped.
-    pub fn hold(&mut self, bytes: &[u8]) -> std::io::Result<Arc<dyn HeldBytes>> {
+    /// `buffers` written to the file after what it holds, back to back as one
+    /// segment, mapped once: a slice of it for each. One map per call, however many
+    /// pages the buffers came in (a system allows a process some 65,000 maps).
+    pub fn hold(&mut self, buffers: &[&[u8]]) -> std::io::Result<Vec<Arc<dyn HeldBytes>>> {
         let at = self.len.next_multiple_of(SEGMENT_ALIGN);
+        let len: usize = buffers.iter().map(|b| b.len()).sum();
         self.file.seek(SeekFrom::Start(at))?;
-        self.file.write_all(bytes)?;
-        self.len = at + bytes.len() as u64;
+        for bytes in buffers {
+            self.file.write_all(bytes)?;
+        }
+        self.len = at + len as u64;
         // SAFETY: the segment was just written and is never written again; the file
         // has no name, so no other process changes it under the map (see `Spill`).
         #[allow(unsafe_code)]
-        let map = unsafe {
-            MmapOptions::new()
-                .offset(at)
-                .len(bytes.len())
-                .map(&self.file)?
-        };
+        let map = unsafe { MmapOptions::new().offset(at).len(len).map(&self.file)? };
         // Planning reads the records out of file order (a contact's accounts, a
         // match): read ahead, each page touched brought 32 from the disk once the
         // system had dropped them (a first sync at 10M in 4 GiB read 137 GB).
         #[cfg(unix)]
         map.advise(memmap2::Advice::Random)?;
-        Ok(Arc::new(Mapped(map)))
+        let segment = Arc::new(Segment(map));
+        let mut start = 0;
+        let slices = buffers.iter().enumerate().map(|(i, bytes)| {
+            let range = start..start + bytes.len();
+            start = range.end;
+            let slice = Slice {
+                segment: segment.clone(),
+                range,
+                first: i == 0,
+            };
+            Arc::new(slice) as Arc<dyn HeldBytes>
+        });
+        Ok(slices.collect())
     }
 
     /// Moves the heap buffers of `records` into the file.
     pub fn take(&mut self, records: &mut PackedRecords) -> std::io::Result<()> {
-        records.hold(|bytes| self.hold(bytes))
+        records.hold(|buffers| self.hold(buffers))
     }
 }
 
@@ -150,13 +178,16 @@ mod tests {
         };
         let mut records = PackedRecords::new();
         let mut all = Vec::new();
+        // Three calls, each of ten pages of a listing: a segment each.
         for part in 0..3 {
-            let mut page = PackedRecords::new();
-            for i in part * 1000..(part + 1) * 1000 {
-                page.push(&record(i));
-                all.push(record(i));
+            for page in 0..10 {
+                let mut packed = PackedRecords::new();
+                for i in (part * 10 + page) * 100..(part * 10 + page + 1) * 100 {
+                    packed.push(&record(i));
+                    all.push(record(i));
+                }
+                records.append(packed);
             }
-            records.append(page);
             spill.take(&mut records).unwrap();
             assert_eq!(records.growing_bytes(), 0);
         }

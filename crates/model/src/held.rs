@@ -451,29 +451,33 @@ impl PackedRecords {
             .sum()
     }
 
-    /// Hands every buffer on the heap to `hold`, which answers a holder of the same
-    /// bytes (a file it wrote them to and mapped, say); the heap's copy is freed. The
-    /// records read as before. On an error the buffer not taken stays on the heap.
+    /// Hands the buffers on the heap to `hold` all at once, which answers a holder of
+    /// the same bytes for each, in their order (slices of one file it wrote them to and
+    /// mapped, say: one map per call, however many pages the buffers came in); the
+    /// heap's copies are freed. The records read as before. On an error the buffers
+    /// stay on the heap.
     pub fn hold<E>(
         &mut self,
-        mut hold: impl FnMut(&[u8]) -> Result<std::sync::Arc<dyn HeldBytes>, E>,
+        hold: impl FnOnce(&[&[u8]]) -> Result<Vec<std::sync::Arc<dyn HeldBytes>>, E>,
     ) -> Result<(), E> {
-        for buffer in &mut self.buffers {
-            let Buffer::Growing(bytes) = buffer else {
-                continue;
-            };
-            if bytes.is_empty() {
-                continue;
-            }
-            let held = hold(bytes)?;
-            // The length only: comparing the bytes would read a mapped file's every page
-            // back into memory.
-            assert_eq!(
-                held.bytes().len(),
-                bytes.len(),
-                "a holder keeps the bytes given"
-            );
-            *buffer = Buffer::Held(held);
+        let growing: Vec<usize> = (0..self.buffers.len())
+            .filter(|&i| matches!(&self.buffers[i], Buffer::Growing(b) if !b.is_empty()))
+            .collect();
+        if growing.is_empty() {
+            return Ok(());
+        }
+        let bytes: Vec<&[u8]> = growing.iter().map(|&i| self.buffers[i].bytes()).collect();
+        let held = hold(&bytes)?;
+        // The lengths only: comparing the bytes would read a mapped file's every page
+        // back into memory.
+        let lengths = |bytes: &mut dyn Iterator<Item = &[u8]>| bytes.map(<[u8]>::len).collect();
+        let (given, kept): (Vec<usize>, Vec<usize>) = (
+            lengths(&mut bytes.iter().copied()),
+            lengths(&mut held.iter().map(|h| h.bytes())),
+        );
+        assert_eq!(given, kept, "a holder keeps the bytes given");
+        for (i, held) in growing.into_iter().zip(held) {
+            self.buffers[i] = Buffer::Held(held);
         }
         Ok(())
     }
@@ -676,10 +680,14 @@ mod tests {
                     }
                     Step::Hold => {
                         let mut holders = Vec::new();
-                        held.hold(|bytes| {
-                            let holder = std::sync::Arc::new(Elsewhere(bytes.into(), 0.into()));
-                            holders.push(holder.clone());
-                            Ok::<_, ()>(holder as std::sync::Arc<dyn HeldBytes>)
+                        held.hold(|buffers| {
+                            let mut out = Vec::new();
+                            for bytes in buffers {
+                                let holder = std::sync::Arc::new(Elsewhere((*bytes).into(), 0.into()));
+                                holders.push(holder.clone());
+                                out.push(holder as std::sync::Arc<dyn HeldBytes>);
+                            }
+                            Ok::<_, ()>(out)
                         }).unwrap();
                         prop_assert_eq!(held.growing_bytes(), 0);
                         prop_assert!(held.byte_len() > 0 || held.is_empty());

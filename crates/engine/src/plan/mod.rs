@@ -84,7 +84,7 @@ pub struct PlanInput {
 impl PlanInput {
     /// Lets the pages of the records held in a file go from memory until a step reads
     /// them again ([`crate::Records::let_go_pages`]): between the steps of planning
-    /// and before each range, so that a budgeted run holds the records it works on.
+    /// and after each range is planned, so that a budgeted run holds the records it works on.
     pub fn let_go_pages(&self) {
         self.contacts.let_go_pages();
         self.accounts.iter().for_each(|a| a.records.let_go_pages());
@@ -677,8 +677,6 @@ impl<'a> Planning<'a> {
         let to = ids.get(end).copied();
         self.next = end;
         self.done = end == ids.len();
-        // The ranges before are done with their records.
-        self.planner.input.let_go_pages();
         let planner = &mut self.planner;
         Some(planner.plan_range(&ids[start..end], (from, to), &self.open_conflicts))
     }
