@@ -82,7 +82,7 @@ impl Book {
     }
 
     pub(crate) fn create(&self, fields: Fields) -> String {
-        self.write(WriteOp::Create { fields })
+        self.write(WriteOp::create(fields))
     }
 
     pub(crate) fn update(&self, id: &str, changes: &[(&str, &str)]) {

@@ -77,7 +77,7 @@ impl Directory {
             .rt
             .block_on(
                 self.ldap
-                    .write(EntityKind::Contact, vec![WriteOp::Create { fields }]),
+                    .write(EntityKind::Contact, vec![WriteOp::create(fields)]),
             )
             .unwrap();
         out.pop().unwrap().unwrap().id

@@ -484,7 +484,7 @@ impl BusinessCentralConnector {
         op: &WriteOp,
     ) -> Result<(Json, Expect), ConnectorError> {
         match op {
-            WriteOp::Create { fields } => {
+            WriteOp::Create { fields, .. } => {
                 let mut body = self
                     .body(kind, None, fields.iter().map(|(k, v)| (k.as_str(), v)))
                     .await?;

@@ -238,9 +238,7 @@ async fn requests_past_the_budget_are_answered_429_and_retried() {
     let (records, _) = full(c.as_ref(), EntityKind::Customer).await;
     assert_eq!(records.len(), 9);
     let ops = (0..5)
-        .map(|n| WriteOp::Create {
-            fields: Fields::new().with(field::NAME, format!("New {n}")),
-        })
+        .map(|n| WriteOp::create(Fields::new().with(field::NAME, format!("New {n}"))))
         .collect();
     let out = c.write(EntityKind::Customer, ops).await.unwrap();
     assert!(out.iter().all(Result::is_ok), "{out:?}");
@@ -325,9 +323,7 @@ async fn a_batch_whose_reply_was_lost_makes_no_second_record() {
     c.check().await.unwrap();
     proxy.inject("$batch", Fault::DropAfterForward, 1);
     let ops = (0..3)
-        .map(|n| WriteOp::Create {
-            fields: Fields::new().with(field::NAME, format!("Once {n}")),
-        })
+        .map(|n| WriteOp::create(Fields::new().with(field::NAME, format!("Once {n}"))))
         .collect();
     let out = c.write(EntityKind::Customer, ops).await.unwrap();
     assert!(out.iter().all(Result::is_ok), "{out:?}");
@@ -345,11 +341,13 @@ async fn contacts_name_their_company_by_id_and_a_batch_holds_at_most_100() {
         json!({"type": "Company", "displayName": "Acme NV"}),
     );
     let ops: Vec<WriteOp> = (0..100)
-        .map(|n| WriteOp::Create {
-            fields: Fields::new()
-                .with(field::CONTACT_TYPE, "person")
-                .with(field::NAME, format!("Person {n}"))
-                .with(field::COMPANY_ID, company.as_str()),
+        .map(|n| {
+            WriteOp::create(
+                Fields::new()
+                    .with(field::CONTACT_TYPE, "person")
+                    .with(field::NAME, format!("Person {n}"))
+                    .with(field::COMPANY_ID, company.as_str()),
+            )
         })
         .collect();
     let batches = server.stats().batches;

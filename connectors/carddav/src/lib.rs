@@ -211,6 +211,12 @@ impl Connector for CarddavConnector {
         }
     }
 
+    /// `<uuid>.vcf`, as the connector names the cards it creates itself: the engine
+    /// writes it down before the `PUT`, and finds the card by it after a crash (R18).
+    fn new_id(&self, _kind: EntityKind) -> Option<String> {
+        Some(format!("{}.vcf", new_uuid()))
+    }
+
     async fn check(&self) -> Result<(), ConnectorError> {
         self.dav.check().await
     }

@@ -47,7 +47,7 @@ impl CarddavConnector {
 
     async fn write_one(&self, op: WriteOp) -> WriteOutcome {
         match op {
-            WriteOp::Create { fields } => self.create(&fields).await,
+            WriteOp::Create { fields, id } => self.create(&fields, id).await,
             WriteOp::Update {
                 id,
                 version,
@@ -75,16 +75,29 @@ impl CarddavConnector {
         }
     }
 
-    async fn create(&self, fields: &Fields) -> WriteOutcome {
+    /// A new card at `id` (one [`Connector::new_id`] gave: `<uid>.vcf`), or at a fresh
+    /// `<uuid>.vcf`.
+    async fn create(&self, fields: &Fields, id: Option<String>) -> WriteOutcome {
         check_names(&mut fields.iter().map(|(n, _)| n.as_str()), None)?;
-        let uid = new_uuid();
-        let id = format!("{uid}.vcf");
-        let card = mapping::new_card(&uid, fields);
+        let id = id.unwrap_or_else(|| format!("{}.vcf", new_uuid()));
+        let uid = match id.strip_suffix(".vcf") {
+            Some(uid) if !uid.is_empty() && !uid.contains(['/', '?', '#', '%']) => uid,
+            _ => {
+                return Err(ConnectorError::invalid(
+                    Some(&id),
+                    "a card's id is a file name ending in `.vcf`: one `new_id` gave",
+                ));
+            }
+        };
+        let card = mapping::new_card(uid, fields);
         match self.put(&id, &card, ("If-None-Match", "*")).await? {
             Put::Done(w) => Ok(w),
-            // The href is a fresh uuid: a card there with our UID is our first try.
+            // The href is a uuid of our own: a card there with our UID is an earlier
+            // try of this create (a retry after a lost reply, or a run cut short).
             Put::Refused { .. } => match self.get(&id).await {
-                Ok((etag, stored)) if stored.first("UID").map(|p| p.text()) == Some(uid) => {
+                Ok((etag, stored))
+                    if stored.first("UID").map(|p| p.text()).as_deref() == Some(uid) =>
+                {
                     Ok(written(&id, etag))
                 }
                 Ok(_) | Err(ConnectorError::NotFound { .. }) => {

@@ -24,7 +24,7 @@ fn connector(settings: Json) -> CarddavConnector {
 async fn create(c: &CarddavConnector, name: &str) -> Result<(String, String), ConnectorError> {
     let fields = Fields::new().with(field::NAME, name);
     let w = c
-        .write(EntityKind::Contact, vec![WriteOp::Create { fields }])
+        .write(EntityKind::Contact, vec![WriteOp::create(fields)])
         .await?
         .remove(0)?;
     Ok((w.id, w.version.unwrap()))
@@ -212,9 +212,7 @@ async fn eight_writes_run_at_once_by_default() {
     let (proxy, c) = behind_a_proxy(&server, &book).await;
     proxy.inject("PUT ", Fault::Delay(Duration::from_secs(1)), 16);
     let ops = (0..16)
-        .map(|i| WriteOp::Create {
-            fields: Fields::new().with(field::NAME, format!("Card {i}")),
-        })
+        .map(|i| WriteOp::create(Fields::new().with(field::NAME, format!("Card {i}"))))
         .collect();
     let started = Instant::now();
     let out = c.write(EntityKind::Contact, ops).await.unwrap();
@@ -240,9 +238,7 @@ async fn writes_run_concurrently_up_to_the_bound() {
     let c = connector(settings);
     proxy.inject("PUT ", Fault::Delay(Duration::from_millis(700)), 4);
     let ops = (0..4)
-        .map(|i| WriteOp::Create {
-            fields: Fields::new().with(field::NAME, format!("Card {i}")),
-        })
+        .map(|i| WriteOp::create(Fields::new().with(field::NAME, format!("Card {i}"))))
         .collect();
     let started = Instant::now();
     let out = c.write(EntityKind::Contact, ops).await.unwrap();
@@ -298,9 +294,7 @@ async fn every_operation(c: &CarddavConnector) -> String {
             .map(|r| format!("{r:?}")),
     );
     let ops = vec![
-        WriteOp::Create {
-            fields: Fields::new().with(field::NAME, "Echo"),
-        },
+        WriteOp::create(Fields::new().with(field::NAME, "Echo")),
         WriteOp::Update {
             id: "a.vcf".into(),
             version: None,

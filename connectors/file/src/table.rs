@@ -112,7 +112,7 @@ fn apply_one(
     ids: &mut Option<IdAllocator>,
 ) -> WriteOutcome {
     match op {
-        WriteOp::Create { fields } => {
+        WriteOp::Create { fields, .. } => {
             check_names(kind, None, fields.iter().map(|(name, _)| name))?;
             let ids = ids
                 .as_mut()

@@ -167,9 +167,7 @@ async fn unknown_columns_survive_update_create_and_delete_byte_for_byte() {
         CONTACT,
         vec![
             update("C1", None, &[("name", Value::text("Anna"))]),
-            WriteOp::Create {
-                fields: Fields::new().with("name", "Dee"),
-            },
+            WriteOp::create(Fields::new().with("name", "Dee")),
             WriteOp::Delete {
                 id: "C3".into(),
                 version: None,
@@ -227,9 +225,7 @@ async fn written_versions_match_what_a_read_returns() {
         let created = write(
             &c,
             CONTACT,
-            vec![WriteOp::Create {
-                fields: Fields::new().with("name", "Ann"),
-            }],
+            vec![WriteOp::create(Fields::new().with("name", "Ann"))],
         )
         .await;
         let created = ok(&created[0]).clone();
@@ -322,11 +318,11 @@ async fn jsonl_round_trip_keeps_types_and_unknown_keys() {
                 records[0].version.as_deref(),
                 &[("x_score", Value::Number(5.0)), ("x_vip", Value::Null)],
             ),
-            WriteOp::Create {
-                fields: Fields::new()
+            WriteOp::create(
+                Fields::new()
                     .with("name", "Cy")
                     .with("x_vip", Value::Bool(false)),
-            },
+            ),
         ],
     )
     .await;
@@ -377,9 +373,7 @@ async fn malformed_jsonl_names_file_and_line() {
         let expected = format!("{} {message}", path.display());
         assert!(err.to_string().starts_with(&expected), "{err} / {expected}");
         // A write refuses the file too and leaves it as it is.
-        let create = WriteOp::Create {
-            fields: Fields::new().with("name", "x"),
-        };
+        let create = WriteOp::create(Fields::new().with("name", "x"));
         assert!(c.write(EntityKind::Vendor, vec![create]).await.is_err());
         assert_eq!(fs::read_to_string(&path).unwrap(), content);
     }
@@ -394,9 +388,7 @@ async fn creates_continue_the_id_sequence() {
         "id,name\nC0002,Ann\nC0009,Bob\nC0003,Cy\n",
     );
     let c = csv_in(&dir);
-    let create = |name: &str| WriteOp::Create {
-        fields: Fields::new().with("name", name),
-    };
+    let create = |name: &str| WriteOp::create(Fields::new().with("name", name));
     let outcomes = write(&c, CONTACT, vec![create("Dee"), create("Eve")]).await;
     assert_eq!(ok(&outcomes[0]).id, "C0010");
     assert_eq!(ok(&outcomes[1]).id, "C0011");
@@ -410,9 +402,7 @@ async fn creates_continue_the_id_sequence() {
 async fn creates_in_new_files_use_a_prefix_per_kind() {
     let dir = folder();
     let c = csv_in(&dir);
-    let create = || WriteOp::Create {
-        fields: Fields::new().with("name", "Acme").with("city", "Gent"),
-    };
+    let create = || WriteOp::create(Fields::new().with("name", "Acme").with("city", "Gent"));
     for (kind, id) in [
         (EntityKind::Contact, "C0001"),
         (EntityKind::Customer, "K0001"),
@@ -552,9 +542,7 @@ async fn rewrites_leave_no_tmp_file() {
         write(
             &c,
             CONTACT,
-            vec![WriteOp::Create {
-                fields: Fields::new().with("name", "Ann"),
-            }],
+            vec![WriteOp::create(Fields::new().with("name", "Ann"))],
         )
         .await;
         write(
@@ -604,9 +592,7 @@ async fn malformed_csv_names_file_and_line_and_is_left_alone() {
         let expected = format!("{} {message}", path.display());
         assert!(err.to_string().starts_with(&expected), "{err} / {expected}");
         let ops = vec![
-            WriteOp::Create {
-                fields: Fields::new().with("name", "x"),
-            },
+            WriteOp::create(Fields::new().with("name", "x")),
             update("C1", None, &[("name", Value::text("y"))]),
         ];
         let err = c.write(CONTACT, ops).await.unwrap_err();
@@ -682,9 +668,7 @@ async fn modified_at_is_read_and_stamped() {
         CONTACT,
         vec![
             update("C2", None, &[("name", Value::text("Bobby"))]),
-            WriteOp::Create {
-                fields: Fields::new().with("name", "Cy"),
-            },
+            WriteOp::create(Fields::new().with("name", "Cy")),
         ],
     )
     .await;
@@ -733,9 +717,7 @@ async fn fields_the_kind_does_not_have_are_refused() {
         vec![
             update("K1", None, &[("iban", Value::text("BE1"))]),
             update("K1", None, &[("id", Value::text("K2"))]),
-            WriteOp::Create {
-                fields: Fields::new().with("modified_at", "now"),
-            },
+            WriteOp::create(Fields::new().with("modified_at", "now")),
         ],
     )
     .await;
@@ -836,9 +818,7 @@ async fn the_fingerprint_of_a_write_is_that_of_the_file_it_left() {
         };
         let since = c.fingerprint(CONTACT).await.unwrap().unwrap();
         let ops = vec![
-            WriteOp::Create {
-                fields: Fields::new().with("name", "Beta \"quoted\", with a comma"),
-            },
+            WriteOp::create(Fields::new().with("name", "Beta \"quoted\", with a comma")),
             update("C1", None, &[("name", Value::text("Acme, renamed"))]),
         ];
         assert!(
@@ -872,9 +852,7 @@ async fn a_fingerprint_follows_the_content_and_vouches_only_for_own_writes() {
     );
 
     // Own writes: vouched for, ending at the new content.
-    let create = WriteOp::Create {
-        fields: Fields::new().with("name", "Beta"),
-    };
+    let create = WriteOp::create(Fields::new().with("name", "Beta"));
     assert!(write(&c, CONTACT, vec![create.clone()]).await[0].is_ok());
     let after = c
         .fingerprint_after_own_writes(CONTACT, &first)
@@ -945,9 +923,7 @@ async fn a_write_after_an_own_write_keeps_edits_made_in_between() {
             (jsonl_in(&dir), "contacts.jsonl", dir)
         },
     ] {
-        let create = |name: &str| WriteOp::Create {
-            fields: Fields::new().with("name", name),
-        };
+        let create = |name: &str| WriteOp::create(Fields::new().with("name", name));
         let first = write(&c, CONTACT, vec![create("Beta")]).await;
         let beta = ok(&first[0]).clone();
         // Straight after: starts from the saved table; versions stay those of a read.
@@ -1125,9 +1101,7 @@ async fn a_few_rows_written_after_a_listing_are_spliced_into_the_file() {
             id: "C7".into(),
             version: None,
         },
-        WriteOp::Create {
-            fields: Fields::new().with("name", "New"),
-        },
+        WriteOp::create(Fields::new().with("name", "New")),
     ];
     let outcomes = write(&c, CONTACT, ops).await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");

@@ -715,7 +715,7 @@ impl HubSpotConnector {
     ) -> Result<(&'static str, Item, bool), ConnectorError> {
         let relations = self.relations.as_deref();
         match op {
-            WriteOp::Create { fields } => {
+            WriteOp::Create { fields, .. } => {
                 let person = fields
                     .text(tandem_model::field::CONTACT_TYPE)
                     .is_some_and(|t| t.eq_ignore_ascii_case("person"));

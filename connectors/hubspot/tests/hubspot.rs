@@ -145,13 +145,13 @@ async fn persons_carry_their_company_and_changes_come_once() {
         .write(
             EntityKind::Contact,
             vec![
-                WriteOp::Create {
-                    fields: Fields::new()
+                WriteOp::create(
+                    Fields::new()
                         .with(field::CONTACT_TYPE, "person")
                         .with(field::NAME, "Jan Janssens")
                         .with(field::EMAIL, "jan@beta.example")
                         .with(field::COMPANY_ID, format!("company-{beta}")),
-                },
+                ),
                 WriteOp::Update {
                     id: format!("contact-{ann}"),
                     version: person.version.clone(),
@@ -273,17 +273,17 @@ async fn with_a_unique_key_property_a_create_sent_twice_makes_one_record() {
         .write(
             EntityKind::Contact,
             vec![
-                WriteOp::Create {
-                    fields: Fields::new()
+                WriteOp::create(
+                    Fields::new()
                         .with(field::CONTACT_TYPE, "company")
                         .with(field::NAME, "Newco Ltd"),
-                },
-                WriteOp::Create {
-                    fields: Fields::new()
+                ),
+                WriteOp::create(
+                    Fields::new()
                         .with(field::CONTACT_TYPE, "person")
                         .with(field::NAME, "Ann Peeters")
                         .with(field::COMPANY_ID, format!("company-{acme}")),
-                },
+                ),
             ],
         )
         .await

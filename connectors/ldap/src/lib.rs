@@ -450,7 +450,7 @@ impl LdapConnector {
 
     async fn write_one(&self, op: WriteOp) -> WriteOutcome {
         let outcome = match op {
-            WriteOp::Create { fields } => self.create(&fields).await,
+            WriteOp::Create { fields, .. } => self.create(&fields).await,
             WriteOp::Update {
                 id,
                 version,

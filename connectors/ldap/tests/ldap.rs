@@ -209,7 +209,7 @@ fn person(name: &str) -> Fields {
 
 async fn create(c: &dyn Connector, fields: Fields) -> (String, Option<String>) {
     let w = c
-        .write(EntityKind::Contact, vec![WriteOp::Create { fields }])
+        .write(EntityKind::Contact, vec![WriteOp::create(fields)])
         .await
         .unwrap()
         .pop()

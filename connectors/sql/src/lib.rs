@@ -659,7 +659,7 @@ impl SqlConnector {
         op: &WriteOp,
     ) -> Result<Written, ConnectorError> {
         match op {
-            WriteOp::Create { fields } => self.create(conn, table, fields).await,
+            WriteOp::Create { fields, .. } => self.create(conn, table, fields).await,
             WriteOp::Update {
                 id,
                 version,
@@ -1170,7 +1170,7 @@ impl SqlConnector {
 /// mistake worth reporting, not a field to drop.
 fn check_names(kind: EntityKind, op: &WriteOp) -> Result<(), ConnectorError> {
     let names: Vec<&str> = match op {
-        WriteOp::Create { fields } => fields.iter().map(|(n, _)| n.as_str()).collect(),
+        WriteOp::Create { fields, .. } => fields.iter().map(|(n, _)| n.as_str()).collect(),
         WriteOp::Update { changes, .. } => changes.keys().map(|n| n.as_str()).collect(),
         WriteOp::Delete { .. } => Vec::new(),
     };

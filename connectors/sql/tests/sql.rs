@@ -287,12 +287,7 @@ fn customer(name: &str) -> Fields {
 
 async fn create(c: &SqlConnector, name: &str) -> String {
     let out = c
-        .write(
-            EntityKind::Customer,
-            vec![WriteOp::Create {
-                fields: customer(name),
-            }],
-        )
+        .write(EntityKind::Customer, vec![WriteOp::create(customer(name))])
         .await
         .unwrap();
     out[0].as_ref().expect("created").id.clone()
@@ -438,9 +433,7 @@ async fn a_failing_write_leaves_the_rest_of_its_batch() {
                     version: stale.clone(),
                     changes: [(field::CITY.into(), "Nowhere".into())].into(),
                 },
-                WriteOp::Create {
-                    fields: customer("Next Ltd"),
-                },
+                WriteOp::create(customer("Next Ltd")),
                 WriteOp::Delete {
                     id: "999999".into(),
                     version: None,

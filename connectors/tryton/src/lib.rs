@@ -605,7 +605,7 @@ impl TrytonConnector {
         let all_changes: Vec<Changes> = ops
             .iter()
             .map(|op| match op {
-                WriteOp::Create { fields } => mapping::as_changes(fields),
+                WriteOp::Create { fields, .. } => mapping::as_changes(fields),
                 WriteOp::Update { changes, .. } => changes.clone(),
                 WriteOp::Delete { .. } => Changes::new(),
             })
@@ -764,7 +764,7 @@ impl TrytonConnector {
         let all_changes: Vec<Changes> = ops
             .iter()
             .map(|op| match op {
-                WriteOp::Create { fields } => mapping::as_changes(fields),
+                WriteOp::Create { fields, .. } => mapping::as_changes(fields),
                 WriteOp::Update { changes, .. } => changes.clone(),
                 WriteOp::Delete { .. } => Changes::new(),
             })

@@ -20,11 +20,11 @@ fn connector(mut settings: Json) -> TrytonConnector {
 }
 
 fn customer(name: &str) -> WriteOp {
-    WriteOp::Create {
-        fields: Fields::new()
+    WriteOp::create(
+        Fields::new()
             .with(field::NAME, name)
             .with(field::CITY, "Gent"),
-    }
+    )
 }
 
 /// The parties named `name`, asked of Tryton directly.

@@ -581,11 +581,11 @@ async fn tryton_data_maps_and_changes_are_found() {
                     id: id(0).to_string(),
                     version: None,
                 },
-                WriteOp::Create {
-                    fields: Fields::new()
+                WriteOp::create(
+                    Fields::new()
                         .with("name", "Bad VAT")
                         .with("vat_registration_no", "BE0000000001"),
-                },
+                ),
             ],
         )
         .await
@@ -647,12 +647,7 @@ async fn both_roles_updated_in_one_run_are_no_conflict() {
         .with(field::PHONE, "+32 9 100 0001")
         .with(field::CITY, "Ghent");
     let created = connector
-        .write(
-            EntityKind::Customer,
-            vec![WriteOp::Create {
-                fields: fields.clone(),
-            }],
-        )
+        .write(EntityKind::Customer, vec![WriteOp::create(fields.clone())])
         .await
         .unwrap()
         .remove(0)
@@ -920,12 +915,12 @@ async fn r20_country_names_and_vat_numbers_reach_tryton_normalised() {
         .write(
             EntityKind::Customer,
             vec![
-                WriteOp::Create { fields: typed },
-                WriteOp::Create {
-                    fields: Fields::new()
+                WriteOp::create(typed),
+                WriteOp::create(
+                    Fields::new()
                         .with(field::NAME, "Lost Land Ltd")
                         .with(field::COUNTRY_CODE, "Atlantis"),
-                },
+                ),
             ],
         )
         .await

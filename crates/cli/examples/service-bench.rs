@@ -271,7 +271,7 @@ fn main() {
             .with(field::CONTACT_TYPE, "company")
             .with(field::NAME, format!("Bench Partner {i}").as_str())
             .with(field::VAT_REGISTRATION_NO, be_vat(i).as_str());
-        let op = WriteOp::Create { fields };
+        let op = WriteOp::create(fields);
         let written = sides
             .rt
             .block_on(sides.book.write(EntityKind::Contact, vec![op]));

@@ -91,8 +91,14 @@ pub use tandem_model::Changes;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum WriteOp {
-    /// Create a record; the connector assigns its id.
-    Create { fields: Fields },
+    /// Create a record. Without `id` the connector assigns one; with it (an id
+    /// [`Connector::new_id`] gave) the record is made under exactly that id, or the
+    /// create fails with [`ConnectorError::Conflict`] when a record has it already.
+    Create {
+        fields: Fields,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
     /// Change some fields of a record. With `version`, the connector refuses the write
     /// with [`ConnectorError::Conflict`] when the record changed since that version.
     Update {
@@ -105,6 +111,11 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// A create whose id the connector assigns.
+    pub fn create(fields: Fields) -> WriteOp {
+        WriteOp::Create { fields, id: None }
+    }
+
     pub fn id(&self) -> Option<&str> {
         match self {
             WriteOp::Create { .. } => None,
@@ -183,6 +194,17 @@ pub trait Connector: Send + Sync + fmt::Debug {
     /// also starts the record of this instance's own writes (see
     /// [`Connector::fingerprint_after_own_writes`]). The default, `None`, means the
     /// connector cannot tell, and every run reads.
+    /// An id for a record of `kind` not made yet, when this connector lets the caller
+    /// choose ids: a [`WriteOp::Create`] carrying it makes the record under exactly
+    /// that id. The engine writes the id down with the create before sending it, so
+    /// that a run cut short after the create finds the record by its id, however the
+    /// user edited it since (R18). The default, `None`, means the connector assigns
+    /// ids as it creates, and the engine finds such a record again by the values it
+    /// was sent.
+    fn new_id(&self, _kind: EntityKind) -> Option<String> {
+        None
+    }
+
     async fn fingerprint(&self, _kind: EntityKind) -> Result<Option<String>, ConnectorError> {
         Ok(None)
     }

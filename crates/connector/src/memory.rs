@@ -55,6 +55,9 @@ pub struct MemoryConnector {
     incremental: bool,
     page_size: usize,
     id_prefix: String,
+    /// Whether a create may carry the id its record gets ([`Connector::new_id`]).
+    chosen_ids: bool,
+    ids_given: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryConnector {
@@ -72,7 +75,16 @@ impl MemoryConnector {
             incremental,
             page_size: 1000,
             id_prefix: "M".to_owned(),
+            chosen_ids: false,
+            ids_given: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Lets the engine choose the ids of the records it creates, as a system that
+    /// takes the client's ids does (a CardDAV server, a directory).
+    pub fn with_chosen_ids(mut self) -> MemoryConnector {
+        self.chosen_ids = true;
+        self
     }
 
     pub fn with_page_size(mut self, page_size: usize) -> MemoryConnector {
@@ -179,7 +191,19 @@ impl MemoryConnector {
             _ => Ok(()),
         };
         let id = match op {
-            WriteOp::Create { fields } => {
+            WriteOp::Create {
+                fields,
+                id: Some(id),
+            } => {
+                if table.records.contains_key(&id) {
+                    return Err(ConnectorError::Conflict { id });
+                }
+                table
+                    .records
+                    .insert(id.clone(), Record::new(kind, id.clone(), fields));
+                id
+            }
+            WriteOp::Create { fields, id: None } => {
                 table.next_id += 1;
                 let mut id = format!("{prefix}{}", table.next_id);
                 while table.records.contains_key(&id) {
@@ -247,6 +271,12 @@ impl Connector for MemoryConnector {
 
     async fn check(&self) -> Result<(), ConnectorError> {
         Ok(())
+    }
+
+    /// `<prefix>-<n>`: apart from the ids it assigns itself (`<prefix><n>`).
+    fn new_id(&self, _kind: EntityKind) -> Option<String> {
+        let n = (self.ids_given).fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.chosen_ids.then(|| format!("{}-{n}", self.id_prefix))
     }
 
     /// Cursors are `<since>:<after-id>`: changes with a sequence number above `since`,
@@ -364,7 +394,12 @@ impl Connector for MemoryConnector {
         let mut inner = self.lock();
         Ok(ops
             .into_iter()
-            .map(|op| Self::apply(&mut inner, kind, op, &self.id_prefix))
+            .map(|op| match op {
+                WriteOp::Create { id: Some(_), .. } if !self.chosen_ids => Err(
+                    ConnectorError::config("this connector assigns the ids of what it creates"),
+                ),
+                op => Self::apply(&mut inner, kind, op, &self.id_prefix),
+            })
             .collect())
     }
 }
@@ -457,11 +492,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_create_with_a_chosen_id_makes_that_record_once() {
+        let c = MemoryConnector::new(&[EntityKind::Contact], true).with_chosen_ids();
+        let id = c.new_id(EntityKind::Contact).unwrap();
+        assert_ne!(c.new_id(EntityKind::Contact).as_ref(), Some(&id));
+        let create = || WriteOp::Create {
+            fields: Fields::new().with("name", "x"),
+            id: Some(id.clone()),
+        };
+        let out = c.write(EntityKind::Contact, vec![create()]).await.unwrap();
+        assert_eq!(out[0].as_ref().unwrap().id, id);
+        assert_eq!(
+            c.get(EntityKind::Contact, &id).unwrap().fields.text("name"),
+            Some("x")
+        );
+        let again = c.write(EntityKind::Contact, vec![create()]).await.unwrap();
+        assert!(matches!(&again[0], Err(ConnectorError::Conflict { id: at }) if *at == id));
+        assert_eq!(c.all(EntityKind::Contact).len(), 1);
+
+        let assigning = MemoryConnector::new(&[EntityKind::Contact], true);
+        assert_eq!(assigning.new_id(EntityKind::Contact), None);
+        let out = assigning
+            .write(EntityKind::Contact, vec![create()])
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out[0], Err(ConnectorError::Config { .. })),
+            "{out:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn kinds_it_does_not_hold_are_refused() {
         let c = MemoryConnector::new(&[EntityKind::Contact], true);
-        let create = WriteOp::Create {
-            fields: Fields::new().with("name", "x"),
-        };
+        let create = WriteOp::create(Fields::new().with("name", "x"));
         let err = c.write(EntityKind::Vendor, vec![create]).await.unwrap_err();
         assert!(matches!(err, ConnectorError::Config { .. }), "{err:?}");
         assert!(c.read(EntityKind::Vendor, None).await.is_err());

@@ -33,6 +33,7 @@
 //! | `batch` | a batch of `min(max_batch, Options::max_batch)` creates in one call gives one successful outcome per op, with distinct ids. |
 //! | `paging` | the next full listing holds every record of the batch exactly once, over however many pages. |
 //! | `read_ids` | [`Connector::read_ids`] of some records of the batch (or of the listing, without writes), one record that was there before and ids that do not exist returns exactly the existing records asked for, once each, equal (fields and version) to what a full listing shows; the unknown ids are left out, not an error; no ids, no records. |
+//! | `chosen_id` | for a connector whose [`Connector::new_id`] gives ids: two calls give two ids; a create carrying one makes its record under exactly that id, listed once; a second create with the same id makes no second record (it fails with [`ConnectorError::Conflict`], or succeeds as that record). Skipped when the connector assigns ids itself. |
 //! | `changes` | incremental: a read from the cursor the first listing ended with returns exactly the batch's creates, once each, as [`Listing::Changes`]. |
 //! | `round_trip_create` | a record created with every canonical field of the kind and some `x_` extras reads back equal (by parsed value); the version the create reported is the version read. |
 //! | `round_trip_update` | an update that changes every field and clears one, carrying the current version, reads back equal. |
@@ -547,9 +548,7 @@ impl Kit<'_> {
             Err(_) => {}
         }
         if caps.write {
-            let op = WriteOp::Create {
-                fields: (self.o.sample)(kind, 0),
-            };
+            let op = WriteOp::create((self.o.sample)(kind, 0));
             match self.write_one(kind, op).await {
                 Ok(written) => {
                     problems.push(format!(
@@ -751,9 +750,7 @@ impl Kit<'_> {
         // Batch.
         let n = self.o.max_batch.min(caps.max_batch).max(1);
         let ops = (0..n)
-            .map(|i| WriteOp::Create {
-                fields: sample(kind, 10 + i as u32),
-            })
+            .map(|i| WriteOp::create(sample(kind, 10 + i as u32)))
             .collect();
         let batch: Vec<(String, Fields)> = match self.write(kind, ops).await {
             Err(e) => {
@@ -797,6 +794,8 @@ impl Kit<'_> {
             self.read_ids(kind, &initial, &batch).await;
             self.changes(kind, caps, &initial, &batch).await;
         }
+
+        self.chosen_id(kind, created).await;
 
         // Round trip.
         let Some(mut record) = self.round_trip(kind, created).await else {
@@ -868,6 +867,58 @@ impl Kit<'_> {
         self.delete(kind, caps, &record, created).await;
     }
 
+    /// A create under an id [`Connector::new_id`] chose (R18: the engine writes the id
+    /// down before it sends the create, and finds the record by it after a crash).
+    async fn chosen_id(&mut self, kind: EntityKind, created: &mut Created) {
+        const NAME: &str = "chosen_id";
+        let k = Some(kind);
+        let Some(id) = self.c.new_id(kind) else {
+            self.skip(NAME, k, "the connector assigns the ids of what it creates");
+            return;
+        };
+        let mut problems = Vec::new();
+        if self.c.new_id(kind).as_ref() == Some(&id) {
+            problems.push(format!("new_id gave {id} twice"));
+        }
+        let create = || WriteOp::Create {
+            fields: (self.o.sample)(kind, 3),
+            id: Some(id.clone()),
+        };
+        match self.write_one(kind, create()).await {
+            Err(e) => problems.push(format!("a create with the id {id} failed: {e}")),
+            Ok(written) => {
+                created.add(&written.id);
+                if written.id != id {
+                    problems.push(format!("made under {}, not the id given, {id}", written.id));
+                }
+                match self.write_one(kind, create()).await {
+                    Ok(again) if again.id != id => {
+                        created.add(&again.id);
+                        problems.push(format!("a second create with {id} made {}", again.id));
+                    }
+                    Ok(_) | Err(ConnectorError::Conflict { .. }) => {}
+                    Err(e) => problems.push(format!(
+                        "a second create with {id} failed with `{e}`, not a conflict"
+                    )),
+                }
+                match self.list(kind, None).await {
+                    Ok(listed) if listed.count(&id) != 1 => problems.push(format!(
+                        "a full listing holds {id} {} times, not once",
+                        listed.count(&id)
+                    )),
+                    Ok(_) => {}
+                    Err(e) => problems.push(e),
+                }
+            }
+        }
+        self.verdict(
+            NAME,
+            k,
+            problems,
+            format!("made under the id given ({id}), once"),
+        );
+    }
+
     /// Replaces `record` with what a full listing shows now; leaves it as it is when
     /// that fails (the check that uses it then reports the problem).
     async fn refresh(&self, kind: EntityKind, record: &mut Record) {
@@ -926,9 +977,7 @@ impl Kit<'_> {
     async fn write_refused(&mut self, kind: EntityKind) {
         const NAME: &str = "write_refused";
         let k = Some(kind);
-        let op = WriteOp::Create {
-            fields: (self.o.sample)(kind, 0),
-        };
+        let op = WriteOp::create((self.o.sample)(kind, 0));
         match self.write_one(kind, op).await {
             Ok(written) => {
                 self.fail(
@@ -1179,15 +1228,7 @@ impl Kit<'_> {
         const NAME: &str = "round_trip_create";
         let k = Some(kind);
         let fields = (self.o.sample)(kind, 0);
-        let written = match self
-            .write_one(
-                kind,
-                WriteOp::Create {
-                    fields: fields.clone(),
-                },
-            )
-            .await
-        {
+        let written = match self.write_one(kind, WriteOp::create(fields.clone())).await {
             Ok(written) => written,
             Err(e) => {
                 self.fail(
@@ -1431,15 +1472,7 @@ impl Kit<'_> {
             return self.skip(NAME, k, "no Options::unknown_field hook given");
         };
         let fields = (self.o.sample)(kind, 3);
-        let id = match self
-            .write_one(
-                kind,
-                WriteOp::Create {
-                    fields: fields.clone(),
-                },
-            )
-            .await
-        {
+        let id = match self.write_one(kind, WriteOp::create(fields.clone())).await {
             Ok(written) => written.id,
             Err(e) => return self.fail(NAME, k, format!("create failed: {e}")),
         };
@@ -1503,13 +1536,7 @@ impl Kit<'_> {
         let invalid = (self.o.sample)(kind, 5).with(NOT_A_FIELD, "x");
         let before = self.list(kind, None).await.map(|l| l.records.len());
         match self
-            .write(
-                kind,
-                vec![
-                    WriteOp::Create { fields: valid },
-                    WriteOp::Create { fields: invalid },
-                ],
-            )
+            .write(kind, vec![WriteOp::create(valid), WriteOp::create(invalid)])
             .await
         {
             Err(e) => problems.push(format!(
@@ -1623,9 +1650,7 @@ impl Kit<'_> {
         let updated_fields = (self.o.sample)(kind, 7);
         let deleted_id = (caps.delete && batch.len() > 1).then(|| batch[1].0.clone());
         let mut ops = vec![
-            WriteOp::Create {
-                fields: new_fields.clone(),
-            },
+            WriteOp::create(new_fields.clone()),
             WriteOp::Update {
                 id: updated_id.clone(),
                 version: None,

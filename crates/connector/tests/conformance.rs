@@ -82,6 +82,27 @@ async fn full_listing_memory_connector_conforms() {
 }
 
 #[tokio::test]
+async fn a_memory_connector_taking_chosen_ids_conforms() {
+    let c = MemoryConnector::new(&EntityKind::ALL, true).with_chosen_ids();
+    let report = check_conformance(&c, &options()).await;
+    report.assert_passed();
+    let check = report.get("chosen_id", Some(EntityKind::Customer)).unwrap();
+    assert_eq!(check.status, Status::Passed, "{report}");
+    // One that assigns ids itself skips the check.
+    let assigning = MemoryConnector::new(&[EntityKind::Customer], true);
+    let report = check_conformance(&assigning, &options()).await;
+    let check = report.get("chosen_id", Some(EntityKind::Customer)).unwrap();
+    assert_eq!(check.status, Status::Skipped, "{report}");
+}
+
+#[tokio::test]
+async fn the_kit_notices_chosen_ids_that_are_not_honoured() {
+    let report = report_for(Fault::IgnoresChosenIds).await;
+    let message = failed(&report, "chosen_id", K);
+    assert!(message.contains("not the id given"), "{message}");
+}
+
+#[tokio::test]
 async fn options_narrow_the_kinds() {
     let c = MemoryConnector::new(&EntityKind::ALL, true);
     let options = Options {
@@ -125,13 +146,17 @@ enum Fault {
     ReadIdsRefusesUnknown,
     /// `read_ids` returns records with a field the listing does not show.
     ReadIdsAltersRecords,
+    /// Gives ids (`new_id`) but creates under ids of its own.
+    IgnoresChosenIds,
 }
 
 fn broken(fault: Fault) -> Broken {
-    Broken {
-        inner: MemoryConnector::new(&[EntityKind::Customer], true).with_page_size(4),
-        fault,
-    }
+    let inner = MemoryConnector::new(&[EntityKind::Customer], true).with_page_size(4);
+    let inner = match fault {
+        Fault::IgnoresChosenIds => inner.with_chosen_ids(),
+        _ => inner,
+    };
+    Broken { inner, fault }
 }
 
 #[async_trait::async_trait]
@@ -150,6 +175,10 @@ impl Connector for Broken {
 
     async fn check(&self) -> Result<(), ConnectorError> {
         self.inner.check().await
+    }
+
+    fn new_id(&self, kind: EntityKind) -> Option<String> {
+        self.inner.new_id(kind)
     }
 
     async fn read(
@@ -221,12 +250,16 @@ impl Connector for Broken {
                 (Fault::IgnoresVersions, WriteOp::Delete { id, .. }) => {
                     WriteOp::Delete { id, version: None }
                 }
-                (Fault::DropsExtras, WriteOp::Create { fields }) => WriteOp::Create {
+                (Fault::IgnoresChosenIds, WriteOp::Create { fields, .. }) => {
+                    WriteOp::create(fields)
+                }
+                (Fault::DropsExtras, WriteOp::Create { fields, id }) => WriteOp::Create {
                     fields: fields
                         .iter()
                         .filter(|(n, _)| !n.as_str().starts_with("x_"))
                         .map(|(n, v)| (n.clone(), v.clone()))
                         .collect(),
+                    id,
                 },
                 (_, op) => op,
             })

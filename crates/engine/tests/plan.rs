@@ -1077,6 +1077,7 @@ fn pending_contact_create(account: &str, sent: &Fields) -> tandem_state::Pending
         failure_count: 0,
         parked: false,
         updated_at: Timestamp(0),
+        record_id: None,
     }
 }
 

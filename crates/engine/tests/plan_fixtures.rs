@@ -397,6 +397,7 @@ impl Fixture {
                 failure_count: 0,
                 parked: false,
                 updated_at: Timestamp(0),
+                record_id: None,
             };
             for (column, value) in self.pending.row(cells) {
                 match column {

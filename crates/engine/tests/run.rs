@@ -1044,6 +1044,10 @@ impl Connector for LosesCreateReplies {
         self.inner.check().await
     }
 
+    fn new_id(&self, kind: EntityKind) -> Option<String> {
+        self.inner.new_id(kind)
+    }
+
     async fn read(
         &self,
         kind: EntityKind,
@@ -1503,5 +1507,59 @@ async fn creates_go_a_range_at_a_time_in_a_run_in_ranges() {
         assert_eq!(calls, expected, "ranges of {per_range}");
         assert_eq!(w.crm.all(EntityKind::Contact).len(), hubs + lone);
         assert_eq!(w.state.links(Some("CUST")).unwrap().len(), hubs + lone);
+    }
+}
+
+/// R18 with ids the engine chooses, on the account side: a contact asks for a customer
+/// (R5), the ERP makes it but the reply is lost, and the user edits every value of it
+/// before the next run. Found by the values sent it would not be (a second customer);
+/// written down with the id it was sent with, it is found by that id and linked.
+#[tokio::test]
+async fn r18_an_account_created_under_a_chosen_id_is_found_by_it_however_edited() {
+    for incremental in [false, true] {
+        let mut w = world(incremental);
+        w.erp = Arc::new(
+            MemoryConnector::new(&[EntityKind::Customer, EntityKind::Vendor], incremental)
+                .with_id_prefix("K")
+                .with_chosen_ids(),
+        );
+        let asks = Fields::new()
+            .with("name", "Newco")
+            .with("city", "Brugge")
+            .with("phone", "050")
+            .with("business_relations", Value::list(vec!["CUST".into()]));
+        w.crm.put(EntityKind::Contact, "C9", asks);
+        let lossy = Arc::new(LosesCreateReplies::new(w.erp.clone(), 1));
+        let mut connectors = w.connectors();
+        connectors.insert("erp".into(), lossy);
+        let first = sync_with(&mut w, &connectors).await;
+        assert_eq!(count(&first, "CUST").failed, 1, "{:?}", first.failures);
+        let made = w.erp.all(EntityKind::Customer);
+        assert_eq!(made.len(), 1, "made, although the reply was lost");
+        let id = made[0].id.clone();
+        assert_eq!(id, "K-1", "the id chosen");
+        let edited = Fields::new()
+            .with("name", "Newco Holding")
+            .with("city", "Oostende")
+            .with("phone", "059");
+        w.erp.put(EntityKind::Customer, &id, edited);
+
+        let second = sync_with(&mut w, &connectors).await;
+        assert_eq!(second.failed(), 0, "{:?}", second.failures);
+        let context = format!("incremental: {incremental}");
+        assert_eq!(
+            w.erp.all(EntityKind::Customer).len(),
+            1,
+            "{context}: no second customer"
+        );
+        let link = w.state.links_of_accounts("CUST", &[&id]).unwrap();
+        assert_eq!(link.len(), 1, "{context}");
+        assert_eq!(link[0].contact_id, "C9", "{context}");
+        assert_eq!(
+            text(&w.crm, EntityKind::Contact, "C9", "city").as_deref(),
+            Some("Oostende"),
+            "{context}: the edit made since reached the contact"
+        );
+        assert_eq!(sync_with(&mut w, &connectors).await.writes, 0, "{context}");
     }
 }

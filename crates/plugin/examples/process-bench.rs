@@ -38,11 +38,7 @@ async fn measure(connector: &dyn Connector, n: usize) -> (Duration, Duration, us
     let mut next = 0;
     while next < n {
         let end = (next + batch).min(n);
-        let ops = (next..end)
-            .map(|i| WriteOp::Create {
-                fields: customer(i),
-            })
-            .collect();
+        let ops = (next..end).map(|i| WriteOp::create(customer(i))).collect();
         let outcomes = connector.write(EntityKind::Customer, ops).await.unwrap();
         assert!(outcomes.iter().all(Result::is_ok));
         next = end;

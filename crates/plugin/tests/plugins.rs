@@ -271,12 +271,7 @@ async fn a_panicking_plugin_answers_every_call_with_an_error() {
         .unwrap_err();
     assert!(error.to_string().contains("boom in read"), "{error}");
     let error = connector
-        .write(
-            EntityKind::Customer,
-            vec![WriteOp::Create {
-                fields: Fields::new(),
-            }],
-        )
+        .write(EntityKind::Customer, vec![WriteOp::create(Fields::new())])
         .await
         .unwrap_err();
     assert!(error.to_string().contains("boom in write"), "{error}");
@@ -402,12 +397,8 @@ async fn the_file_connector_works_the_same_as_a_plugin() {
         .write(
             EntityKind::Customer,
             vec![
-                WriteOp::Create {
-                    fields: customer("Acme", "Gent"),
-                },
-                WriteOp::Create {
-                    fields: customer("Bolt", "Brugge"),
-                },
+                WriteOp::create(customer("Acme", "Gent")),
+                WriteOp::create(customer("Bolt", "Brugge")),
             ],
         )
         .await
@@ -483,9 +474,7 @@ async fn the_file_connector_works_the_same_as_a_plugin() {
     let error = plugin
         .write(
             EntityKind::Customer,
-            vec![WriteOp::Create {
-                fields: Fields::new().with("nonsense", text("x")),
-            }],
+            vec![WriteOp::create(Fields::new().with("nonsense", text("x")))],
         )
         .await
         .unwrap()
@@ -558,9 +547,9 @@ async fn a_library_is_loaded_once_however_it_is_named() {
     // Two instances of one library, each with its own settings.
     a.write(
         EntityKind::Vendor,
-        vec![WriteOp::Create {
-            fields: Fields::new().with("name", text("Only in a")),
-        }],
+        vec![WriteOp::create(
+            Fields::new().with("name", text("Only in a")),
+        )],
     )
     .await
     .unwrap();

@@ -99,8 +99,10 @@ async fn a_child_that_stops_reading_its_stdin_is_stopped_after_the_timeout() {
     let first = connector.child_id().unwrap();
     // Far more than a pipe holds: writing it blocks until the child reads.
     let ops: Vec<WriteOp> = (0..10)
-        .map(|n| WriteOp::Create {
-            fields: Fields::new().with("name", format!("{n} {}", "x".repeat(100_000)).as_str()),
+        .map(|n| {
+            WriteOp::create(
+                Fields::new().with("name", format!("{n} {}", "x".repeat(100_000)).as_str()),
+            )
         })
         .collect();
     let started = Instant::now();

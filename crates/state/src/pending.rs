@@ -57,6 +57,11 @@ pub struct PendingCreate {
     /// Failed twice with the same error: not retried until retried by hand (R17).
     pub parked: bool,
     pub updated_at: Timestamp,
+    /// The id the record is created under, chosen before it was sent, where its
+    /// connector lets the caller choose ids (`Connector::new_id`): the record a create
+    /// cut short made is then found by it, not by the values sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<String>,
 }
 
 /// A contact's request for an account (R5) or an operator's request that the plan

@@ -44,6 +44,7 @@ const MIGRATIONS: &[Migration] = &[
         sql: MIGRATION_10_HASH_PAGES,
         then: Some(hash_pages::pack_hash_rows),
     },
+    Migration::sql(MIGRATION_11_CREATED_IDS),
 ];
 
 /// A schema migration: its SQL, then, for one that SQL alone cannot do, code run in
@@ -205,6 +206,7 @@ pub const STATE_TABLES: &[StateTable] = &[
             col("failure_count", Integer, false),
             col("parked", Integer, false),
             col("updated_at", Integer, false),
+            col("record_id", Text, true),
         ],
         primary_key: &["code", "side", "source_id"],
     },
@@ -281,6 +283,11 @@ const fn col(name: &'static str, column_type: ColumnType, nullable: bool) -> Col
 /// first sync of 1M partners stored 2.18M hash rows, a third of its state writer's
 /// time. The rows are packed by `hash_pages::pack_hash_rows` after this SQL, which
 /// drops `record_hashes`.
+/// The id a create was sent with, where its connector lets Tandem choose it (R18).
+const MIGRATION_11_CREATED_IDS: &str = "
+ALTER TABLE pending_creates ADD COLUMN record_id TEXT;
+";
+
 pub(super) const MIGRATION_10_HASH_PAGES: &str = "
 CREATE TABLE record_hash_pages (
     scope    INTEGER NOT NULL,
@@ -1140,7 +1147,7 @@ impl StateStore for SqliteState {
             .conn
             .prepare_cached(
                 "SELECT code, side, source_id, fields, run_id, error, failure_count, parked, \
-                 updated_at FROM pending_creates ORDER BY code, side, source_id",
+                 updated_at, record_id FROM pending_creates ORDER BY code, side, source_id",
             )
             .map_err(sql_error(ACTION))?;
         let mut rows = stmt.query([]).map_err(sql_error(ACTION))?;
@@ -1166,6 +1173,7 @@ impl StateStore for SqliteState {
                 failure_count: get(row, 6, ACTION)?,
                 parked: get(row, 7, ACTION)?,
                 updated_at: Timestamp(get(row, 8, ACTION)?),
+                record_id: get(row, 9, ACTION)?,
                 code,
                 side,
                 source_id,
@@ -2454,10 +2462,11 @@ fn close_conflicts(
 
 const UPSERT_PENDING: &str = "
 INSERT INTO pending_creates (code, side, source_id, fields, run_id, error, failure_count,
-                             parked, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                             parked, updated_at, record_id)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
 ON CONFLICT (code, side, source_id) DO UPDATE SET
     fields = excluded.fields,
+    record_id = excluded.record_id,
     run_id = excluded.run_id,
     error = excluded.error,
     failure_count = excluded.failure_count,
@@ -2490,6 +2499,7 @@ fn upsert_pending(conn: &Connection, creates: &[PendingCreate]) -> Result<(), St
             create.failure_count,
             create.parked,
             create.updated_at.0,
+            create.record_id,
         ])
         .map_err(sql_error(ACTION))?;
     }

@@ -387,6 +387,7 @@ mod tests {
                 failure_count: 2,
                 parked: true,
                 updated_at: Timestamp(7),
+                record_id: None,
             }],
             upsert_refused: vec![RefusedRequest {
                 code: "VEND".into(),
@@ -418,6 +419,7 @@ mod tests {
                     failure_count: 0,
                     parked: false,
                     updated_at: Timestamp(9),
+                    record_id: None,
                 }],
             }],
             ..StateBatch::default()

@@ -182,7 +182,7 @@ fn fits_columns(layout: &Layout, ops: &[WriteOp]) -> bool {
         (layout.columns.iter()).any(|c: &Column| c.field() == Some(name))
     };
     ops.iter().all(|op| match op {
-        WriteOp::Create { fields } => fields.iter().all(|(name, _)| has(name)),
+        WriteOp::Create { fields, .. } => fields.iter().all(|(name, _)| has(name)),
         WriteOp::Update { changes, .. } => changes
             .iter()
             .all(|(name, value)| value.is_empty() || has(name)),
@@ -709,9 +709,7 @@ mod tests {
                 version: None,
                 changes,
             },
-            WriteOp::Create {
-                fields: Fields::new().with("name", "Dee"),
-            },
+            WriteOp::create(Fields::new().with("name", "Dee")),
         ];
         let done = write_any(&path, EntityKind::Contact, &index, ops).unwrap();
         let Splice::Done(outcomes, saved) = done else {

@@ -151,7 +151,7 @@ impl<'o> Stream<'o> {
         let mut creates = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let (id, named) = match op {
-                WriteOp::Create { fields } => (
+                WriteOp::Create { fields, .. } => (
                     None,
                     table::check_names(kind, None, fields.iter().map(|(n, _)| n)),
                 ),
@@ -165,7 +165,7 @@ impl<'o> Stream<'o> {
                 continue;
             }
             match op {
-                WriteOp::Create { fields } => {
+                WriteOp::Create { fields, .. } => {
                     fields
                         .iter()
                         .for_each(|(name, _)| _ = layout.column_for(name));
@@ -428,7 +428,7 @@ impl<'o> Stream<'o> {
             None => (None, ""),
         };
         for (&i, id) in creates.iter().zip(ids) {
-            let WriteOp::Create { fields } = &self.ops[i] else {
+            let WriteOp::Create { fields, .. } = &self.ops[i] else {
                 unreachable!("creates holds creates");
             };
             let outcome = match self.layout.new_row(&id, fields, stamp_text, &mut scratch) {
@@ -718,9 +718,9 @@ mod tests {
             id: rows[rows.len() / 2].id.clone(),
             version: None,
         });
-        ops.push(WriteOp::Create {
-            fields: Fields::new().with("name", "New, \"quoted\""),
-        });
+        ops.push(WriteOp::create(
+            Fields::new().with("name", "New, \"quoted\""),
+        ));
         ops.push(update("C3", Some("stale".into()), "name", "never"));
         stream_and_load((&streamed, &loaded), &ops).unwrap();
         // The rows no op names keep their bytes, an empty cell added to each (and the

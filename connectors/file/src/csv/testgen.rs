@@ -176,12 +176,10 @@ pub(super) fn write_ops(
             let fields = Fields::new()
                 .with("name", CELLS[*name])
                 .with("city", CELLS[*city]);
-            WriteOp::Create {
-                fields: match email {
-                    Some(email) => fields.with("email", CELLS[*email]),
-                    None => fields,
-                },
-            }
+            WriteOp::create(match email {
+                Some(email) => fields.with("email", CELLS[*email]),
+                None => fields,
+            })
         }
     };
     ops.iter().map(op).collect()

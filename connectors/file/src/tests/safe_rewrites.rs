@@ -15,9 +15,7 @@ use crate::{FileConnector, Format};
 const CUSTOMER: EntityKind = EntityKind::Customer;
 
 fn create(name: &str) -> WriteOp {
-    WriteOp::Create {
-        fields: Fields::new().with("name", name),
-    }
+    WriteOp::create(Fields::new().with("name", name))
 }
 
 /// The names in a folder, sorted, but the write lock's.

@@ -58,6 +58,10 @@ impl Connector for Timed {
         self.inner.check().await
     }
 
+    fn new_id(&self, kind: EntityKind) -> Option<String> {
+        self.inner.new_id(kind)
+    }
+
     async fn read(
         &self,
         kind: EntityKind,

@@ -694,6 +694,7 @@ mod tests {
             failure_count: 0,
             parked: false,
             updated_at: Timestamp(0),
+            record_id: None,
         };
         let o = Overview {
             state_exists: true,

@@ -219,10 +219,13 @@ impl Applier<'_> {
         }
         let side = chunk[0].side;
         let fields: Vec<Cow<'_, Fields>> = chunk.iter().map(|j| j.fields.unpacked()).collect();
+        let ids: Vec<Option<String>> = (chunk.iter())
+            .map(|job| self.record_id(job, connector, kind))
+            .collect();
         // Written down first, as one record: a crash after the remote create is
         // repaired, not repeated.
         let mut creates = Vec::with_capacity(chunk.len());
-        for (job, fields) in chunk.iter().zip(&fields) {
+        for ((job, fields), id) in chunk.iter().zip(&fields).zip(&ids) {
             let previous = self.previous.creates.get(&job.pending_key());
             creates.push(PendingCreate {
                 code: job.code.to_owned(),
@@ -234,6 +237,7 @@ impl Applier<'_> {
                 failure_count: previous.map_or(0, |p| p.failure_count),
                 parked: false,
                 updated_at: self.log.now,
+                record_id: id.clone(),
             });
             if side == Side::Account {
                 // A request refused before is granted now.
@@ -243,9 +247,10 @@ impl Applier<'_> {
         (self.batch.pending_create_batches).extend(batches_of(self.log.run_id, creates));
         self.commit(state)?;
         failpoint::hit(&format!("before_{side}_create"));
-        let ops = (fields.iter())
-            .map(|f| WriteOp::Create {
+        let ops = (fields.iter().zip(&ids))
+            .map(|(f, id)| WriteOp::Create {
                 fields: f.as_ref().clone(),
+                id: id.clone(),
             })
             .collect();
         let outcomes = write_all(state, connector, kind, ops).await?;
@@ -255,10 +260,11 @@ impl Applier<'_> {
         // the record of the batch goes with the last, once what each create came to is
         // stored. A crash before finds the creates linked so far done (R18).
         commit_behind(state, |committer| {
-            for ((job, fields), outcome) in chunk.iter().zip(&fields).zip(outcomes) {
+            let sent = chunk.iter().zip(&fields).zip(ids);
+            for (((job, fields), id), outcome) in sent.zip(outcomes) {
                 match outcome {
                     Ok(written) => self.created(job, fields, &written),
-                    Err(e) => self.create_failed(job, fields, &e),
+                    Err(e) => self.create_failed(job, fields, id, &e),
                 }
                 committer.send_full(&mut self.batch)?;
             }
@@ -267,6 +273,19 @@ impl Applier<'_> {
         })?;
         failpoint::hit(&format!("after_{side}_create_commit"));
         Ok(())
+    }
+
+    /// The id `job`'s record is to be created under, where `connector` lets the engine
+    /// choose it (R18): the one an earlier attempt was sent with (a record made by it
+    /// would have been found by it, so none has it), else a new one.
+    fn record_id(
+        &self,
+        job: &CreateJob<'_>,
+        connector: &dyn Connector,
+        kind: EntityKind,
+    ) -> Option<String> {
+        let previous = self.previous.creates.get(&job.pending_key());
+        (previous.and_then(|p| p.record_id.clone())).or_else(|| connector.new_id(kind))
     }
 
     /// A create that happened: its link, hashes and log entries.
@@ -355,8 +374,15 @@ impl Applier<'_> {
     /// A create that failed: counted, remembered, parked the second time (R17). One
     /// that may have made its record all the same stays pending without an error, as
     /// a create a crash cut short: the next run finds its record before it creates
-    /// anything (R18).
-    fn create_failed(&mut self, job: &CreateJob<'_>, fields: &Fields, e: &ConnectorError) {
+    /// anything (R18). So does one refused because its chosen id is taken: the
+    /// record there is most likely an earlier attempt's (a retry after a lost reply).
+    fn create_failed(
+        &mut self,
+        job: &CreateJob<'_>,
+        fields: &Fields,
+        record_id: Option<String>,
+        e: &ConnectorError,
+    ) {
         let r = job.relation;
         let error = e.to_string();
         let previous = (self.previous.creates.get(&job.pending_key()))
@@ -389,12 +415,19 @@ impl Applier<'_> {
             source_id: job.source_id.to_owned(),
             fields: fields.clone(),
             run_id: Some(self.log.run_id),
-            error: (!e.may_have_acted()).then_some(error),
+            error: (!may_have_made(e, record_id.is_some())).then_some(error),
             failure_count: count,
             parked,
             updated_at: self.log.now,
+            record_id,
         });
     }
+}
+
+/// Whether a create that failed with `e` may have made its record all the same: a
+/// reply lost, or, for a create sent with its id, that id taken.
+fn may_have_made(e: &ConnectorError, sent_with_id: bool) -> bool {
+    e.may_have_acted() || (sent_with_id && matches!(e, ConnectorError::Conflict { .. }))
 }
 
 #[cfg(test)]
@@ -415,6 +448,7 @@ mod tests {
             failure_count: 0,
             parked: false,
             updated_at: Timestamp(0),
+            record_id: None,
         };
         let creates: Vec<PendingCreate> = (0..2 * COMMIT_EVERY + 1).map(create).collect();
         let batches = batches_of(7, creates.clone());

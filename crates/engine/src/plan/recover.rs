@@ -38,8 +38,10 @@ impl<'a> Planner<'a> {
             .values()
             .filter(|a| !a.deleted() && !self.linked_accounts[r].contains(a.id()))
             .collect();
-        let contacts = SentIndex::new(&pool_contacts, wanted.iter().map(|p| &p.fields));
-        let accounts = SentIndex::new(&pool_accounts, wanted.iter().map(|p| &p.fields));
+        // Creates sent with their record's id are found by it, the others by their values.
+        let by_values = || wanted.iter().filter(|p| p.record_id.is_none());
+        let contacts = SentIndex::new(&pool_contacts, by_values().map(|p| &p.fields));
+        let accounts = SentIndex::new(&pool_accounts, by_values().map(|p| &p.fields));
         for p in wanted {
             let (contact, account) = if p.side == Side::Contact {
                 let Some((a, _)) = self.accounts(r).records.get_key_value(&p.source_id) else {
@@ -49,7 +51,12 @@ impl<'a> Planner<'a> {
                 if self.linked_accounts[r].contains(a) {
                     continue;
                 }
-                match contacts.found(&p.fields, |c| !self.is_linked(r, c.id())) {
+                let free = |c: &PackedRecord| may_hold(c, kind) && !self.is_linked(r, c.id());
+                let found = match &p.record_id {
+                    Some(id) => self.found_by_id(&input.contacts, id, free),
+                    None => contacts.found(&p.fields, |c| !self.is_linked(r, c.id())),
+                };
+                match found {
                     Found::One(c) => (c.id(), a),
                     Found::Several(candidates) => {
                         self.recovery_waits(r, p, &candidates, (&[], &[a]));
@@ -65,7 +72,11 @@ impl<'a> Planner<'a> {
                     continue;
                 }
                 let free = |a: &PackedRecord| !self.linked_accounts[r].contains(a.id());
-                match accounts.found(&p.fields, free) {
+                let found = match &p.record_id {
+                    Some(id) => self.found_by_id(&self.accounts(r).records, id, free),
+                    None => accounts.found(&p.fields, free),
+                };
+                match found {
                     Found::One(a) => (c, a.id()),
                     Found::Several(candidates) => {
                         self.recovery_waits(r, p, &candidates, (&[c], &[]));
@@ -125,13 +136,36 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// The record a create sent with its id made (R18): the record of that id, if it
+    /// is there. One that `free` does not let through (its user made it a person, or
+    /// linked it by hand) is no second record's cue: it waits as an ambiguous find
+    /// would, so its source gets no twin.
+    fn found_by_id(
+        &self,
+        pool: &'a crate::Records,
+        id: &str,
+        free: impl Fn(&PackedRecord) -> bool,
+    ) -> Found<'a> {
+        match pool.get(id) {
+            Some(record) if record.deleted() => Found::None,
+            Some(record) if free(record) => Found::One(record),
+            Some(record) => Found::Several(vec![record]),
+            None => Found::None,
+        }
+    }
+
     /// A contact created for an account the user deleted before the create was linked:
     /// the contact stays and loses the code (R13), which it lists since its create.
     fn source_gone(&mut self, r: usize, p: &'a PendingCreate, contacts: &SentIndex<'a>) {
         if !self.accounts(r).deleted.contains(&p.source_id) {
             return;
         }
-        if let Found::One(contact) = contacts.found(&p.fields, |c| !self.is_linked(r, c.id())) {
+        let free = |c: &PackedRecord| !self.is_linked(r, c.id());
+        let found = match &p.record_id {
+            Some(id) => self.found_by_id(&self.input.contacts, id, free),
+            None => contacts.found(&p.fields, free),
+        };
+        if let Found::One(contact) = found {
             let code = self.relations.relations[r].code.clone();
             self.plan
                 .new_lost_codes

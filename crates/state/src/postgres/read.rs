@@ -341,7 +341,8 @@ pub(crate) async fn pending_creates(
 ) -> Result<Vec<PendingCreate>, StateError> {
     const ACTION: &str = "reading pending creates";
     let rows = sqlx::query(
-        "SELECT code, side, source_id, fields, run_id, error, failure_count, parked, updated_at
+        "SELECT code, side, source_id, fields, run_id, error, failure_count, parked, updated_at,
+                record_id
          FROM pending_creates ORDER BY code, side, source_id",
     )
     .fetch_all(&mut *conn)
@@ -369,6 +370,7 @@ pub(crate) async fn pending_creates(
             failure_count: count(get(row, 6, ACTION)?),
             parked: get::<i64>(row, 7, ACTION)? != 0,
             updated_at: Timestamp(get(row, 8, ACTION)?),
+            record_id: get(row, 9, ACTION)?,
             code,
             side,
             source_id,

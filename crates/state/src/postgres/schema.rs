@@ -17,7 +17,7 @@ use super::pg;
 use crate::StateError;
 
 /// The schema version this store writes: the SQLite store's number of migrations.
-pub(crate) const VERSION: i64 = 10;
+pub(crate) const VERSION: i64 = 11;
 
 /// The version `SCHEMA` makes.
 const FIRST: i64 = 8;
@@ -27,7 +27,11 @@ const FIRST: i64 = 8;
 const MIGRATIONS: &[(i64, &str)] = &[
     (9, MIGRATION_9_CREATE_BATCHES),
     (10, MIGRATION_10_HASH_PAGES),
+    (11, MIGRATION_11_CREATED_IDS),
 ];
+
+/// The id a create was sent with, where its connector lets Tandem choose it (R18).
+const MIGRATION_11_CREATED_IDS: &str = "ALTER TABLE pending_creates ADD COLUMN record_id TEXT;";
 
 /// SQLite's migration 10 packs its content hashes in pages; PostgreSQL keeps a row per
 /// hash (`tandem migrate` copies pages as those rows), so only the version moves.

@@ -804,11 +804,13 @@ async fn upsert_pending(
         }
         sqlx::query(
             "INSERT INTO pending_creates (code, side, source_id, fields, run_id, error,
-                                          failure_count, parked, updated_at)
+                                          failure_count, parked, updated_at, record_id)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                                  $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
+                                  $6::text[], $7::bigint[], $8::bigint[], $9::bigint[],
+                                  $10::text[])
              ON CONFLICT (code, side, source_id) DO UPDATE SET
                  fields = excluded.fields,
+                 record_id = excluded.record_id,
                  run_id = excluded.run_id,
                  error = excluded.error,
                  failure_count = excluded.failure_count,
@@ -839,6 +841,12 @@ async fn upsert_pending(
                 .collect::<Vec<_>>(),
         )
         .bind(chunk.iter().map(|c| c.updated_at.0).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|c| c.record_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await
         .map_err(pg("storing pending creates"))?;

@@ -688,6 +688,7 @@ fn pending(code: &str, side: &str, source: &str) -> PendingCreate {
         failure_count: 0,
         parked: false,
         updated_at: Timestamp(1_700_000_003_000),
+        record_id: None,
     }
 }
 
@@ -994,6 +995,8 @@ both_stores!(pending_creates_are_upserted_and_deleted, |place| {
     failed.parked = true;
     failed.run_id = None;
     failed.updated_at = Timestamp(1_700_000_004_000);
+    // Sent with the id its connector let Tandem choose (R18).
+    failed.record_id = Some("C-7".into());
     commit(
         &mut *state,
         StateBatch {
@@ -2018,6 +2021,7 @@ both_stores!(
         let mut retried = failed.clone();
         retried.error = None;
         retried.run_id = Some(5);
+        retried.record_id = Some("K-3".into());
         let sending = vec![retried.clone(), pending("VEND", "account", "C3")];
         commit(
             &mut *state,

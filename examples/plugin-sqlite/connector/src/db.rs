@@ -399,7 +399,7 @@ fn apply(
     let table = kind.plural();
     let error = |e| sql_error(path, e);
     match op {
-        WriteOp::Create { fields } => {
+        WriteOp::Create { fields, .. } => {
             check_names(kind, None, fields.iter().map(|(name, _)| name))?;
             let id = new_id(conn, kind).map_err(error)?;
             conn.execute(

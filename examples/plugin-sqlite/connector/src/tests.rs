@@ -123,9 +123,7 @@ async fn seeded_records_are_listed_in_pages_then_read_as_changes() {
             K,
             vec![
                 update("acme-3", Some("2"), "city", Value::text("Gent")),
-                WriteOp::Create {
-                    fields: Fields::new().with("name", "New"),
-                },
+                WriteOp::create(Fields::new().with("name", "New")),
                 update("acme-3", Some("2"), "city", Value::text("Stale")),
             ],
         )
@@ -229,9 +227,7 @@ async fn ids_are_never_reused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("erp.db");
     let c = SqliteConnector::open(&path).unwrap();
-    let create = || WriteOp::Create {
-        fields: Fields::new().with("name", "x"),
-    };
+    let create = || WriteOp::create(Fields::new().with("name", "x"));
     let first = ok(&c.write(K, vec![create()]).await.unwrap()[0]).id.clone();
     c.write(
         K,
