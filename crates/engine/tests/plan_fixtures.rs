@@ -410,6 +410,7 @@ impl Fixture {
                     "@error" => pending.error = Some(value.to_owned()),
                     "@failures" => pending.failure_count = number(file, *n, value),
                     "@parked" => pending.parked = yes(file, *n, value),
+                    "@record_id" => pending.record_id = Some(value.to_owned()),
                     other if other.starts_with('@') => {
                         fail(file, *n, format!("unknown column `{other}`"))
                     }
