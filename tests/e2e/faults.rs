@@ -180,10 +180,7 @@ impl Systems {
     }
 
     fn create_cards(&self, cards: Vec<Fields>) {
-        let ops: Vec<WriteOp> = cards
-            .into_iter()
-            .map(WriteOp::create)
-            .collect();
+        let ops: Vec<WriteOp> = cards.into_iter().map(WriteOp::create).collect();
         for chunk in ops.chunks(tandem_connector_carddav::MAX_BATCH) {
             let written = self
                 .book
