@@ -277,15 +277,18 @@ impl Applier<'_> {
 
     /// The id `job`'s record is to be created under, where `connector` lets the engine
     /// choose it (R18): the one an earlier attempt was sent with (a record made by it
-    /// would have been found by it, so none has it), else a new one.
+    /// would have been found by it, so none has it), else a new one. None where the
+    /// connector assigns ids, whatever an earlier attempt was sent with (the config
+    /// may have changed since).
     fn record_id(
         &self,
         job: &CreateJob<'_>,
         connector: &dyn Connector,
         kind: EntityKind,
     ) -> Option<String> {
+        let fresh = connector.new_id(kind)?;
         let previous = self.previous.creates.get(&job.pending_key());
-        (previous.and_then(|p| p.record_id.clone())).or_else(|| connector.new_id(kind))
+        Some(previous.and_then(|p| p.record_id.clone()).unwrap_or(fresh))
     }
 
     /// A create that happened: its link, hashes and log entries.
