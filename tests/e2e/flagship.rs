@@ -609,3 +609,91 @@ fn the_carddav_tryton_example_syncs_and_settles() {
     assert_eq!(counts(&first, "BANK")["linked"], 1, "{first}");
     assert_eq!(run(&["sync"])["writes"], 0);
 }
+
+/// R18 on real servers: a sync makes Nordwind's card in Radicale (VEND numbers
+/// contacts) and is killed before it links it (`after_contact_create`). The user then
+/// edits every value the card was made with: name, e-mail and VAT number. Found by its
+/// values, the card would be a stranger (and, listing VEND, a request for a second
+/// vendor); it was made at the href Tandem wrote down before the `PUT`, so the next
+/// sync finds it there: one card, linked to Nordwind, and the edits reach Tryton.
+#[test]
+fn r18_a_card_made_by_a_killed_sync_is_found_by_its_href_however_edited() {
+    let Some(cards) = CardServer::start(Flavor::Radicale) else {
+        return;
+    };
+    let Some(server) = TrytonServer::start() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = rt.block_on(cards.new_book("killed"));
+    let book = Book {
+        connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
+        rt,
+    };
+    let tryton = Tryton::new(&server);
+    let supplier = tryton.category("Supplier");
+    let nordwind = tryton.create(
+        "party.party",
+        json!({"name": "Nordwind GmbH", "categories": [["add", [supplier]]],
+               "identifiers": [["create", [{"type": "eu_vat", "code": be_vat(3)}]]],
+               "contact_mechanisms": [["create", [{"type": "email", "value": "office@nordwind.example"}]]]}),
+    );
+    let run = Run {
+        d: Deployment::with_config(&config(&url, &cards, &server)),
+        cards: &cards,
+        server: &server,
+        card_password: cards.settings(&url)["password"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let killed = run.d.tandem_env(
+        &["sync"],
+        &[
+            ("TANDEM_FAILPOINT", "after_contact_create"),
+            ("TRYTON_PASSWORD", &server.password),
+            ("CARDDAV_PASSWORD", &run.card_password),
+        ],
+    );
+    assert!(!killed.status.success(), "{}", stderr(&killed));
+    let made = book.all();
+    assert_eq!(made.len(), 1, "the card was made before the kill: {made:?}");
+    let card = made[0].id.clone();
+    assert_eq!(run.link("VEND", &card), None, "not linked yet");
+    book.update(
+        &card,
+        &[
+            ("name", "Nordwind Holding GmbH"),
+            ("email", "hello@nordwind.example"),
+            ("vat_registration_no", be_vat(5).as_str()),
+        ],
+    );
+
+    let report = run.sync();
+    let all = book.all();
+    let ids: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [card.as_str()], "no second card: {report}");
+    assert_eq!(
+        run.link("VEND", &card),
+        Some(nordwind.to_string()),
+        "{report}"
+    );
+    let party = tryton.party(&nordwind.to_string());
+    assert_eq!(party["name"], "Nordwind Holding GmbH", "{party}");
+    assert_eq!(
+        Tryton::mechanism(&party, "email").as_deref(),
+        Some("hello@nordwind.example"),
+        "{party}"
+    );
+    let parties = tryton.call(
+        "party.party",
+        "search_count",
+        vec![json!([["categories", "=", supplier]])],
+    );
+    assert_eq!(parties, json!(1), "no second vendor");
+    let again = run.sync();
+    assert_eq!(again["writes"], json!(0), "{again}");
+}
