@@ -188,12 +188,6 @@ pub trait Connector: Send + Sync + fmt::Debug {
         }
     }
 
-    /// A token for the current records of `kind`, when the connector can tell cheaply
-    /// (a file's content hash): two equal tokens promise that a full read would return
-    /// exactly the same records, so the engine may skip reading. Taking a fingerprint
-    /// also starts the record of this instance's own writes (see
-    /// [`Connector::fingerprint_after_own_writes`]). The default, `None`, means the
-    /// connector cannot tell, and every run reads.
     /// An id for a record of `kind` not made yet, when this connector lets the caller
     /// choose ids: a [`WriteOp::Create`] carrying it makes the record under exactly
     /// that id. The engine writes the id down with the create before sending it, so
@@ -205,6 +199,12 @@ pub trait Connector: Send + Sync + fmt::Debug {
         None
     }
 
+    /// A token for the current records of `kind`, when the connector can tell cheaply
+    /// (a file's content hash): two equal tokens promise that a full read would return
+    /// exactly the same records, so the engine may skip reading. Taking a fingerprint
+    /// also starts the record of this instance's own writes (see
+    /// [`Connector::fingerprint_after_own_writes`]). The default, `None`, means the
+    /// connector cannot tell, and every run reads.
     async fn fingerprint(&self, _kind: EntityKind) -> Result<Option<String>, ConnectorError> {
         Ok(None)
     }

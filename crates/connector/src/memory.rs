@@ -275,8 +275,10 @@ impl Connector for MemoryConnector {
 
     /// `<prefix>-<n>`: apart from the ids it assigns itself (`<prefix><n>`).
     fn new_id(&self, _kind: EntityKind) -> Option<String> {
-        let n = (self.ids_given).fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        self.chosen_ids.then(|| format!("{}-{n}", self.id_prefix))
+        self.chosen_ids.then(|| {
+            let n = (self.ids_given).fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            format!("{}-{n}", self.id_prefix)
+        })
     }
 
     /// Cursors are `<since>:<after-id>`: changes with a sequence number above `since`,
