@@ -100,7 +100,12 @@ pub(crate) fn match_keys(fields: &Fields, names: &[FieldName]) -> u64 {
 
 /// What a run remembers of a record it read: its content hash, its match keys and
 /// whether it changed since the last run.
+///
+/// Packed (18 bytes, not 24 with the hashes' alignment): a run holds one per record
+/// kept, 20 million at a first sync of ten million partners. Its fields are read by
+/// value; the compiler refuses a reference to one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(2))]
 pub(crate) struct Seen {
     pub hash: u64,
     pub keys: u64,

@@ -5,7 +5,9 @@
 //! power of two (up to twice the entries), and each id in an allocation of its own:
 //! about 110 bytes a record, 200 MB at 1M, for the whole run. Here the ids lie end to
 //! end in one buffer, the [`Seen`]s in a vector in the same order, and the hash table
-//! holds only each entry's position (4 bytes a slot): about 50 bytes a record.
+//! holds only each entry's position (4 bytes a slot): about 50 bytes a record. Where
+//! each id ends is 4 bytes and a [`Seen`] 18 (packed): about 40 bytes a record, 0.8 GB
+//! at a first sync of ten million partners (20 million records).
 
 use std::hash::BuildHasher;
 
@@ -17,11 +19,12 @@ use super::Seen;
 /// place and takes the new value, as a map's insert.
 ///
 /// Invariant: `ends`, `seen` and the positions in `index` cover the same entries;
-/// entry `i`'s id is `ids[ends[i - 1]..ends[i]]` (from 0 for the first).
+/// entry `i`'s id is `ids[ends[i - 1]..ends[i]]` (from 0 for the first); the ids of a
+/// scope take less than 4 GiB.
 #[derive(Default, Clone)]
 pub(crate) struct SeenMap {
     ids: String,
-    ends: Vec<usize>,
+    ends: Vec<u32>,
     seen: Vec<Seen>,
     index: HashTable<u32>,
     hasher: foldhash::fast::RandomState,
@@ -67,7 +70,8 @@ impl SeenMap {
         }
         let at = u32::try_from(self.seen.len()).expect("fewer than 2^32 records in a scope");
         self.ids.push_str(id);
-        self.ends.push(self.ids.len());
+        let end = u32::try_from(self.ids.len()).expect("less than 4 GiB of ids in a scope");
+        self.ends.push(end);
         self.seen.push(seen);
         let hash = self.hasher.hash_one(id);
         let (ids, ends, hasher) = (&self.ids, &self.ends, &self.hasher);
@@ -122,9 +126,9 @@ impl<'m> IntoIterator for &'m SeenMap {
 }
 
 /// Entry `i`'s id.
-fn id_at<'m>(ids: &'m str, ends: &[usize], i: usize) -> &'m str {
-    let start = if i == 0 { 0 } else { ends[i - 1] };
-    &ids[start..ends[i]]
+fn id_at<'m>(ids: &'m str, ends: &[u32], i: usize) -> &'m str {
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &ids[start..ends[i] as usize]
 }
 
 #[cfg(test)]
@@ -135,6 +139,12 @@ mod tests {
 
     fn seen(hash: u64) -> Seen {
         Seen::read(hash, hash ^ 1, Change::New)
+    }
+
+    /// What a run holds per record kept: 18 bytes of [`Seen`], not 24.
+    #[test]
+    fn what_is_seen_of_a_record_takes_eighteen_bytes() {
+        assert_eq!(size_of::<Seen>(), 18);
     }
 
     #[test]
