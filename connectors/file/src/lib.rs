@@ -26,6 +26,7 @@ mod atomic;
 mod csv;
 mod error;
 mod id_index;
+mod id_list;
 mod jsonl;
 mod link;
 mod lock;

@@ -11,6 +11,7 @@ use tandem_model::{EntityKind, FieldName, Fields, Record, Timestamp, Value, fiel
 
 use crate::error::{FileError, header_error, line_error};
 use crate::id_index::IdIndex;
+use crate::id_list::IdList;
 use crate::link;
 use crate::pieces::{self, Cut};
 use crate::row::{Row, RowBuilder, TooLong};
@@ -629,10 +630,8 @@ pub(crate) struct Listing {
     pieces: Option<Pieces>,
     /// The next piece to read.
     next: usize,
-    /// Every id read so far, end to end, where each ends, its line, and the byte of
-    /// the file its row starts at.
-    ids: String,
-    id_ends: Vec<usize>,
+    /// Every id read so far, its line, and the byte of the file its row starts at.
+    ids: IdList,
     lines: Vec<u64>,
     starts: Vec<u64>,
 }
@@ -653,8 +652,7 @@ impl Listing {
             kind,
             pieces: Pieces::open(path, kind, PIECE_BYTES)?,
             next: 0,
-            ids: String::new(),
-            id_ends: Vec::new(),
+            ids: IdList::default(),
             lines: Vec::new(),
             starts: Vec::new(),
         })
@@ -685,15 +683,12 @@ impl Listing {
             starts,
         } = pieces.parse(range, &record_of(self.kind))?;
         for record in &records {
-            self.ids.push_str(&record.id);
-            self.id_ends.push(self.ids.len());
+            self.ids.push(&record.id);
         }
         self.lines.extend(lines);
         self.starts.extend(starts);
         if self.is_done() {
-            let starts = std::iter::once(0).chain(self.id_ends.iter().copied());
-            let ids = starts.zip(&self.id_ends).map(|(a, &b)| &self.ids[a..b]);
-            table::check_unique(&pieces.path, ids, &self.lines)?;
+            table::check_unique(&pieces.path, self.ids.iter(), &self.lines)?;
         }
         Ok(records)
     }
@@ -709,7 +704,6 @@ impl Listing {
             style: pieces.layout.style,
             size: pieces.size,
             ids: self.ids,
-            id_ends: self.id_ends,
             starts: self.starts,
         })
     }
@@ -733,18 +727,13 @@ impl RowIndex {
             starts,
         } = pieces.parse(0..pieces.starts.len(), &id_of)?;
         table::check_unique(&pieces.path, rows.iter().map(String::as_str), &lines)?;
-        let mut ids = String::with_capacity(rows.iter().map(String::len).sum());
-        let mut id_ends = Vec::with_capacity(rows.len());
-        for id in &rows {
-            ids.push_str(id);
-            id_ends.push(ids.len());
-        }
+        let mut ids = IdList::with_capacity(rows.len(), rows.iter().map(String::len).sum());
+        rows.iter().for_each(|id| ids.push(id));
         Ok(Some(RowIndex {
             headers: pieces.layout.headers,
             style: pieces.layout.style,
             size: pieces.size,
             ids,
-            id_ends,
             starts,
         }))
     }

@@ -21,6 +21,7 @@ use tandem_model::EntityKind;
 use super::{Column, CsvTable, Layout, TOO_LONG, line_error, read_exact_at};
 use crate::atomic::Fingerprinting;
 use crate::id_index::IdIndex;
+use crate::id_list::IdList;
 use crate::link;
 use crate::row::{Row, TooLong};
 use crate::table::{self, Table, TextStyle};
@@ -35,20 +36,18 @@ pub(crate) struct RowIndex {
     pub(super) headers: StringRecord,
     pub(super) style: TextStyle,
     pub(super) size: u64,
-    /// Every id, end to end, and where each ends.
-    pub(super) ids: String,
-    pub(super) id_ends: Vec<usize>,
+    /// Every row's id, in file order.
+    pub(super) ids: IdList,
     pub(super) starts: Vec<u64>,
 }
 
 impl RowIndex {
     fn len(&self) -> usize {
-        self.id_ends.len()
+        self.ids.len()
     }
 
     fn id(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.id_ends[i - 1] };
-        &self.ids[start..self.id_ends[i]]
+        self.ids.get(i)
     }
 
     /// Whether `ops` are few enough for a splice to pay: a write that touches a good
@@ -67,23 +66,20 @@ impl RowIndex {
 /// starts where it is written. The next write of the run splices with it instead of
 /// reading the whole file again.
 struct NextIndex {
-    ids: String,
-    id_ends: Vec<usize>,
+    ids: IdList,
     starts: Vec<u64>,
 }
 
 impl NextIndex {
     fn with_capacity(rows: usize, id_bytes: usize) -> NextIndex {
         NextIndex {
-            ids: String::with_capacity(id_bytes),
-            id_ends: Vec::with_capacity(rows),
+            ids: IdList::with_capacity(rows, id_bytes),
             starts: Vec::with_capacity(rows),
         }
     }
 
     fn push(&mut self, id: &str, start: u64) {
-        self.ids.push_str(id);
-        self.id_ends.push(self.ids.len());
+        self.ids.push(id);
         self.starts.push(start);
     }
 
@@ -112,7 +108,6 @@ impl NextIndex {
             style: index.style,
             size,
             ids: self.ids,
-            id_ends: self.id_ends,
             starts: self.starts,
         }
     }
@@ -357,7 +352,7 @@ impl<'i> Spliced<'i> {
         let id = self.touched.layout.id;
         let inserted = &self.touched.rows[self.parsed.len()..];
         let rows = self.index.len() + inserted.len();
-        let mut next = NextIndex::with_capacity(rows, self.index.ids.len());
+        let mut next = NextIndex::with_capacity(rows, self.index.ids.bytes());
         let mut size = 0;
         self.file.borrow_mut().block = COPY_BLOCK;
         let saved = crate::atomic::replace(&path, |out| {

@@ -27,6 +27,7 @@ use super::{
 };
 use crate::atomic::Fingerprinting;
 use crate::error::{FileError, line_error};
+use crate::id_list::IdList;
 use crate::row::{Row, RowBuilder, TooLong};
 use crate::table::{self, IdAllocator};
 
@@ -503,8 +504,7 @@ impl Default for Part {
 /// id, its line in the file (0 for a created row), and where it starts in the new
 /// file ([`REMOVED`] for none).
 struct Rows {
-    ids: String,
-    id_ends: Vec<usize>,
+    ids: IdList,
     lines: Vec<u64>,
     starts: Vec<u64>,
     /// Whether what was written so far ends a line.
@@ -514,8 +514,7 @@ struct Rows {
 impl Default for Rows {
     fn default() -> Rows {
         Rows {
-            ids: String::new(),
-            id_ends: Vec::new(),
+            ids: IdList::default(),
             lines: Vec::new(),
             starts: Vec::new(),
             ends_line: true,
@@ -525,14 +524,12 @@ impl Default for Rows {
 
 impl Rows {
     fn push(&mut self, id: &str, line: u64) {
-        self.ids.push_str(id);
-        self.id_ends.push(self.ids.len());
+        self.ids.push(id);
         self.lines.push(line);
     }
 
     fn ids(&self) -> impl Iterator<Item = &str> {
-        let starts = std::iter::once(0).chain(self.id_ends.iter().copied());
-        starts.zip(&self.id_ends).map(|(a, &b)| &self.ids[a..b])
+        self.ids.iter()
     }
 
     /// Writes `part` to `out` and takes in its rows and outcomes.
@@ -546,16 +543,9 @@ impl Rows {
         let text = part.text;
         out.write_all(&text)?;
         let Rows {
-            ids,
-            id_ends,
-            lines,
-            starts,
-            ..
+            ids, lines, starts, ..
         } = part.rows;
-        let before = self.ids.len();
-        self.ids.push_str(&ids);
-        self.id_ends
-            .extend(id_ends.into_iter().map(|end| end + before));
+        self.ids.append(ids);
         self.lines.extend(lines);
         let moved = |start| {
             if start == REMOVED {
@@ -580,14 +570,12 @@ impl Rows {
             headers: layout.headers.clone(),
             style: layout.style,
             size,
-            ids: String::with_capacity(self.ids.len()),
-            id_ends: Vec::with_capacity(self.id_ends.len()),
+            ids: IdList::with_capacity(self.ids.len(), self.ids.bytes()),
             starts: Vec::with_capacity(self.starts.len()),
         };
         for (id, &start) in self.ids().zip(&self.starts) {
             if start != REMOVED {
-                index.ids.push_str(id);
-                index.id_ends.push(index.ids.len());
+                index.ids.push(id);
                 index.starts.push(start);
             }
         }
@@ -646,11 +634,10 @@ mod tests {
     /// What `index` says of a file of `bytes`: its header, size, and each row's id and
     /// first byte (a listing may name the LF of the CR LF before it).
     fn first_bytes(index: &RowIndex, bytes: &[u8]) -> (Vec<String>, u64, Vec<(String, u64)>) {
-        let rows = (0..index.id_ends.len()).map(|i| {
+        let rows = (0..index.ids.len()).map(|i| {
             let mut at = index.starts[i] as usize;
             at += bytes[at..].iter().take_while(|&&b| is_line_end(b)).count();
-            let start = if i == 0 { 0 } else { index.id_ends[i - 1] };
-            (index.ids[start..index.id_ends[i]].to_owned(), at as u64)
+            (index.ids.get(i).to_owned(), at as u64)
         });
         let headers = index.headers.iter().map(str::to_owned).collect();
         (headers, index.size, rows.collect())
