@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use tandem_connector_carddav::CarddavConnector;
 use tandem_connector_carddav::testsupport::{CardServer, Flavor};
 use tandem_fake_business_central::{BcServer, Budget, COMPANY_NAME, ENVIRONMENT, Options, TENANT};
 use tandem_model::{Value, field};
@@ -155,15 +154,7 @@ fn radicale_contacts_and_business_central_accounts_stay_in_step() {
         json!({"displayName": "Bank of Tests", "iban": "BE71096123456769"}),
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(cards.new_book("bc"));
-    let book = Book {
-        connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
-        rt,
-    };
+    let (book, url) = Book::new_on(&cards, "bc");
     let c_acme = book.create(
         company("Acme NV")
             .with(field::EMAIL, "info@acme.example")

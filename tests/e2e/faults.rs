@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use tandem_connector::http::testing::{Fault, FaultProxy, RandomFaults};
 use tandem_connector::{BuildContext, Connector, WriteOp};
-use tandem_connector_carddav::CarddavConnector;
 use tandem_connector_carddav::testsupport::{CardServer, PASSWORD, USER};
 use tandem_connector_tryton::testsupport::{DATABASE, TrytonServer};
 use tandem_connector_tryton::{Settings, TrytonConnector};
@@ -139,15 +138,7 @@ impl Systems {
     fn start(name: &str) -> Option<Systems> {
         let cards = CardServer::radicale()?;
         let server = TrytonServer::start()?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let url = rt.block_on(cards.new_book(name));
-        let book = Book {
-            connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
-            rt,
-        };
+        let (book, url) = Book::new_on(&cards, name);
         let book_proxy = FaultProxy::start(cards.port);
         let book_url = url.replace(&cards.base(), &book_proxy.url());
         let tryton = Tryton::new(&server);

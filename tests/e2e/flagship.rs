@@ -72,6 +72,20 @@ pub(crate) struct Book {
 }
 
 impl Book {
+    /// A new address book `name` on `cards`, the CardDAV connector on it, and its URL.
+    pub(crate) fn new_on(cards: &CardServer, name: &str) -> (Book, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = rt.block_on(cards.new_book(name));
+        let book = Book {
+            connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
+            rt,
+        };
+        (book, url)
+    }
+
     pub(crate) fn write(&self, op: WriteOp) -> String {
         self.rt
             .block_on(self.connector.write(EntityKind::Contact, vec![op]))
@@ -158,6 +172,25 @@ pub(crate) struct Run<'a> {
     pub(crate) cards: &'a CardServer,
     pub(crate) server: &'a TrytonServer,
     pub(crate) card_password: String,
+}
+
+impl<'a> Run<'a> {
+    /// A deployment of `config` against the book at `url` on `cards` and `server`.
+    pub(crate) fn new(
+        config: &str,
+        url: &str,
+        cards: &'a CardServer,
+        server: &'a TrytonServer,
+    ) -> Run<'a> {
+        Run {
+            d: Deployment::with_config(config),
+            cards,
+            server,
+            card_password: (cards.settings(url)["password"].as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
 }
 
 impl Run<'_> {
@@ -253,15 +286,7 @@ fn contacts_and_tryton_accounts_stay_in_step(flavor: Flavor) {
     let Some(server) = TrytonServer::start() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(cards.new_book("flagship"));
-    let book = Book {
-        connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
-        rt,
-    };
+    let (book, url) = Book::new_on(&cards, "flagship");
     let tryton = Tryton::new(&server);
     let (customer, supplier) = (tryton.category("Customer"), tryton.category("Supplier"));
 
@@ -320,15 +345,7 @@ fn contacts_and_tryton_accounts_stay_in_step(flavor: Flavor) {
             ),
     );
 
-    let run = Run {
-        d: Deployment::with_config(&config(&url, &cards, &server)),
-        cards: &cards,
-        server: &server,
-        card_password: cards.settings(&url)["password"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    };
+    let run = Run::new(&config(&url, &cards, &server), &url, &cards, &server);
     run.tandem(&["check"]);
     let planned = run.tandem(&["plan"]);
     let first = run.sync();
@@ -624,15 +641,7 @@ fn r18_a_card_made_by_a_killed_sync_is_found_by_its_href_however_edited() {
     let Some(server) = TrytonServer::start() else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(cards.new_book("killed"));
-    let book = Book {
-        connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
-        rt,
-    };
+    let (book, url) = Book::new_on(&cards, "killed");
     let tryton = Tryton::new(&server);
     let supplier = tryton.category("Supplier");
     let nordwind = tryton.create(
@@ -641,15 +650,7 @@ fn r18_a_card_made_by_a_killed_sync_is_found_by_its_href_however_edited() {
                "identifiers": [["create", [{"type": "eu_vat", "code": be_vat(3)}]]],
                "contact_mechanisms": [["create", [{"type": "email", "value": "office@nordwind.example"}]]]}),
     );
-    let run = Run {
-        d: Deployment::with_config(&config(&url, &cards, &server)),
-        cards: &cards,
-        server: &server,
-        card_password: cards.settings(&url)["password"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    };
+    let run = Run::new(&config(&url, &cards, &server), &url, &cards, &server);
     let killed = run.d.tandem_env(
         &["sync"],
         &[

@@ -5,13 +5,12 @@
 //! `Connector::read_ids` or a full listing the engine asks for.
 
 use serde_json::{Value as Json, json};
-use tandem_connector_carddav::CarddavConnector;
 use tandem_connector_carddav::testsupport::CardServer;
 use tandem_connector_tryton::testsupport::TrytonServer;
 use tandem_model::field;
 
 use crate::flagship::{Book, Run, company, config, relations, text};
-use crate::support::{Deployment, counts};
+use crate::support::counts;
 use crate::tryton::{Tryton, be_vat};
 
 /// Both servers, or `None` when the environment is missing (skipped locally).
@@ -19,29 +18,6 @@ fn servers() -> Option<(CardServer, TrytonServer)> {
     let cards = CardServer::radicale()?;
     let server = TrytonServer::start()?;
     Some((cards, server))
-}
-
-/// A new address book, and the CardDAV connector on it.
-fn book(cards: &CardServer, name: &str) -> (Book, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(cards.new_book(name));
-    let book = Book {
-        connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
-        rt,
-    };
-    (book, url)
-}
-
-fn run<'a>(config: &str, url: &str, cards: &'a CardServer, server: &'a TrytonServer) -> Run<'a> {
-    Run {
-        d: Deployment::with_config(config),
-        cards,
-        server,
-        card_password: cards.settings(url)["password"].as_str().unwrap().to_owned(),
-    }
 }
 
 /// The VAT numbers (`eu_vat` identifiers) of a party.
@@ -74,7 +50,7 @@ fn r17_a_write_tryton_refuses_is_retried_parked_and_put_back() {
     let Some((cards, server)) = servers() else {
         return;
     };
-    let (book, url) = book(&cards, "refused");
+    let (book, url) = Book::new_on(&cards, "refused");
     let tryton = Tryton::new(&server);
     let customer = tryton.category("Customer");
     let acme = tryton.create(
@@ -87,7 +63,7 @@ fn r17_a_write_tryton_refuses_is_retried_parked_and_put_back() {
             .with(field::VAT_REGISTRATION_NO, be_vat(1).as_str())
             .with(field::PHONE, "+32 9 100 00 01"),
     );
-    let run = run(&config(&url, &cards, &server), &url, &cards, &server);
+    let run = Run::new(&config(&url, &cards, &server), &url, &cards, &server);
     run.sync();
     assert_eq!(run.link("CUST", &c_acme), Some(acme.to_string()));
 
@@ -149,7 +125,7 @@ fn r4_a_new_customer_is_linked_to_an_unchanged_card() {
     let Some((cards, server)) = servers() else {
         return;
     };
-    let (book, url) = book(&cards, "match");
+    let (book, url) = Book::new_on(&cards, "match");
     let tryton = Tryton::new(&server);
     let customer = tryton.category("Customer");
     let c_zeta = book.create(company("Zeta SA").with(field::EMAIL, "info@zeta.example"));
@@ -159,7 +135,7 @@ fn r4_a_new_customer_is_linked_to_an_unchanged_card() {
         "[relations.CUST]\nkind = \"customer\"\ncreate_contacts = true\n",
     );
     assert!(config.contains("create_contacts = true\nconnector = \"erp\"\nmatch"));
-    let run = run(&config, &url, &cards, &server);
+    let run = Run::new(&config, &url, &cards, &server);
     run.sync();
     assert_eq!(
         run.sync()["writes"],
@@ -212,7 +188,7 @@ fn r4_r5_link_and_create_by_hand_on_unchanged_records() {
     let Some((cards, server)) = servers() else {
         return;
     };
-    let (book, url) = book(&cards, "byhand");
+    let (book, url) = Book::new_on(&cards, "byhand");
     let tryton = Tryton::new(&server);
     let customer = tryton.category("Customer");
     let lonely = tryton.create(
@@ -230,7 +206,7 @@ fn r4_r5_link_and_create_by_hand_on_unchanged_records() {
             .with(field::CITY, "Gent")
             .with(field::PHONE, "+32 9 777 00 02"),
     );
-    let run = run(&config(&url, &cards, &server), &url, &cards, &server);
+    let run = Run::new(&config(&url, &cards, &server), &url, &cards, &server);
     run.sync();
     assert_eq!(run.link("CUST", &c_lonely), None, "nothing matches");
     assert_eq!(run.sync()["writes"], 0, "nothing changes from now on");
@@ -290,10 +266,10 @@ fn r2_a_party_that_is_customer_and_supplier_is_linked_under_both_codes() {
     let Some((cards, server)) = servers() else {
         return;
     };
-    let (book, url) = book(&cards, "twofold");
+    let (book, url) = Book::new_on(&cards, "twofold");
     let tryton = Tryton::new(&server);
     let (customer, supplier) = (tryton.category("Customer"), tryton.category("Supplier"));
-    let run = run(&config(&url, &cards, &server), &url, &cards, &server);
+    let run = Run::new(&config(&url, &cards, &server), &url, &cards, &server);
     run.sync();
 
     let dual = tryton.create(

@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use serde_json::{Value as Json, json};
-use tandem_connector_carddav::CarddavConnector;
 use tandem_connector_carddav::testsupport::CardServer;
 use tandem_connector_tryton::Client;
 use tandem_connector_tryton::testsupport::{DATABASE, TrytonServer};
@@ -75,20 +74,6 @@ fn tls_servers() -> Option<(CardServer, TrytonServer)> {
     Some((cards, server))
 }
 
-/// A new address book on `cards`, and the CardDAV connector on it (trusting its CA).
-fn book(cards: &CardServer, name: &str) -> (Book, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(cards.new_book(name));
-    let book = Book {
-        connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
-        rt,
-    };
-    (book, url)
-}
-
 /// Tryton's JSON-RPC over HTTPS, trusting the server's CA.
 fn tryton(server: &TrytonServer) -> Tryton {
     let mut http = tandem_connector_tryton::rpc::default_http();
@@ -154,7 +139,7 @@ fn https_radicale_and_tryton_sync_through_ca_file() {
     let Some((cards, server)) = tls_servers() else {
         return;
     };
-    let (book, url) = book(&cards, "tls");
+    let (book, url) = Book::new_on(&cards, "tls");
     let tryton = tryton(&server);
     let customer = tryton.category("Customer");
     let acme = tryton.create(
@@ -247,7 +232,7 @@ fn a_certificate_not_from_the_trusted_ca_names_the_connector_and_ca_file() {
     let Some((cards, server)) = tls_servers() else {
         return;
     };
-    let (book, url) = book(&cards, "wrong-ca");
+    let (book, url) = Book::new_on(&cards, "wrong-ca");
     let tryton = tryton(&server);
     let customer = tryton.category("Customer");
     tryton.create(

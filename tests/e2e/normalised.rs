@@ -5,7 +5,6 @@
 
 use serde_json::{Value as Json, json};
 use tandem_connector::http::Method;
-use tandem_connector_carddav::CarddavConnector;
 use tandem_connector_carddav::testsupport::CardServer;
 use tandem_connector_tryton::testsupport::TrytonServer;
 use tandem_model::{Value, field};
@@ -35,15 +34,7 @@ struct World {
 fn world(name: &str) -> Option<World> {
     let cards = CardServer::radicale()?;
     let server = TrytonServer::start()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(cards.new_book(name));
-    let book = Book {
-        connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
-        rt,
-    };
+    let (book, url) = Book::new_on(&cards, name);
     let tryton = Tryton::new(&server);
     Some(World {
         cards,

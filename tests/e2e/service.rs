@@ -587,7 +587,6 @@ pub(crate) mod servers {
     use std::time::Duration;
 
     use serde_json::{Value as Json, json};
-    use tandem_connector_carddav::CarddavConnector;
     use tandem_connector_carddav::testsupport::CardServer;
     use tandem_connector_tryton::testsupport::{DATABASE, TrytonServer};
     use tandem_model::field;
@@ -678,15 +677,7 @@ listen = "127.0.0.1:{port}"
         let Some(server) = TrytonServer::start() else {
             return;
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let url = rt.block_on(cards.new_book("service"));
-        let book = Book {
-            connector: CarddavConnector::from_settings(cards.settings(&url)).unwrap(),
-            rt,
-        };
+        let (book, url) = Book::new_on(&cards, "service");
         let tryton = Tryton::new(&server);
         let customer = tryton.category("Customer");
         let acme = tryton.create(
