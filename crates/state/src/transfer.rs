@@ -387,7 +387,8 @@ mod tests {
                 failure_count: 2,
                 parked: true,
                 updated_at: Timestamp(7),
-                record_id: None,
+                // Sent with the id its connector let Tandem choose (R18).
+                record_id: Some("K-5".into()),
             }],
             upsert_refused: vec![RefusedRequest {
                 code: "VEND".into(),
@@ -419,7 +420,7 @@ mod tests {
                     failure_count: 0,
                     parked: false,
                     updated_at: Timestamp(9),
-                    record_id: None,
+                    record_id: Some("C-7.vcf".into()),
                 }],
             }],
             ..StateBatch::default()
