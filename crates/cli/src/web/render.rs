@@ -241,14 +241,16 @@ fn parked(o: &Overview, kinds: &Kinds) -> Markup {
     }
 }
 
-/// `CUST new customer for contact C1`, `CUST new contact for customer K3`.
+/// `CUST new customer for contact C1`, `CUST new contact for customer K3`, with the id
+/// it was sent with where its connector takes chosen ids (R18).
 fn create_label(kinds: &Kinds, p: &PendingCreate) -> String {
     let kind = kinds.of(&p.code);
-    if p.side == Side::Contact {
+    let what = if p.side == Side::Contact {
         format!("{} new contact for {kind} {}", p.code, p.source_id)
     } else {
         format!("{} new {kind} for contact {}", p.code, p.source_id)
-    }
+    };
+    crate::inspect::sent_as(what, p)
 }
 
 fn conflicts(open: &[ConflictEntry], kinds: &Kinds, csrf: &str) -> Markup {
@@ -694,7 +696,7 @@ mod tests {
             failure_count: 0,
             parked: false,
             updated_at: Timestamp(0),
-            record_id: None,
+            record_id: Some("K-9".into()),
         };
         let o = Overview {
             state_exists: true,
@@ -706,7 +708,7 @@ mod tests {
         let html = overview(&o, &kinds(), "t", None).into_string();
         assert!(html.contains("<code>tandem retry CUST C1</code>"), "{html}");
         assert!(html.contains("VEND contact <a href=\"/log?contact=C4\">C4</a> / vendor V4"));
-        assert!(html.contains("CUST new customer for contact C5: started by run 4"));
+        assert!(html.contains("CUST new customer for contact C5 (as K-9): started by run 4"));
     }
 
     #[test]
