@@ -4,7 +4,7 @@
 //! less than 4 GiB (ten million rows of ids of ten bytes take 100 MB).
 
 /// Invariant: `ends` rises, and its last entry is `ids.len()`.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct IdList {
     ids: String,
     ends: Vec<u32>,
@@ -49,22 +49,17 @@ impl IdList {
     }
 }
 
-impl<'a> FromIterator<&'a str> for IdList {
-    fn from_iter<I: IntoIterator<Item = &'a str>>(ids: I) -> IdList {
-        let mut list = IdList::default();
-        ids.into_iter().for_each(|id| list.push(id));
-        list
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ids_read_back_as_pushed_and_appended() {
-        let mut list: IdList = ["C1", "", "C22"].into_iter().collect();
-        list.append(["K7"].into_iter().collect());
+        let mut list = IdList::default();
+        ["C1", "", "C22"].into_iter().for_each(|id| list.push(id));
+        let mut more = IdList::with_capacity(1, 2);
+        more.push("K7");
+        list.append(more);
         assert_eq!(list.len(), 4);
         assert_eq!(list.iter().collect::<Vec<_>>(), ["C1", "", "C22", "K7"]);
         assert_eq!((list.get(2), list.bytes()), ("C22", 7));

@@ -621,21 +621,20 @@ fn parked_line(out: &mut String, what: &str, error: &str, failures: u32, code: &
     );
 }
 
-/// `CUST new customer for contact C1`, `CUST new contact for customer K3`, with the id
-/// it was sent with where its connector takes chosen ids (R18).
 fn create_label(config: &Config, p: &PendingCreate) -> String {
-    let kind = kind_name(config, &p.code);
+    create_text(kind_name(config, &p.code), p)
+}
+
+/// `CUST new customer for contact C1`, `CUST new contact for customer K3`, `kind` the
+/// relation's account kind; with ` (as <id>)` for a create sent with the id its record
+/// gets (R18): where to look for it in its system. The status text's and the status
+/// page's.
+pub(crate) fn create_text(kind: &str, p: &PendingCreate) -> String {
     let what = if p.side == Side::Contact {
         format!("{} new contact for {kind} {}", p.code, p.source_id)
     } else {
         format!("{} new {kind} for contact {}", p.code, p.source_id)
     };
-    sent_as(what, p)
-}
-
-/// `what`, and ` (as <id>)` for a create sent with the id its record gets: where to
-/// look for it in its system.
-pub(crate) fn sent_as(what: String, p: &PendingCreate) -> String {
     match &p.record_id {
         Some(id) => format!("{what} (as {id})"),
         None => what,

@@ -42,12 +42,11 @@ pub(crate) struct Spill {
 struct Segment(Mmap);
 
 /// One buffer's bytes in a [`Segment`]. The segment's pages go with its first slice's
-/// `let_go`: the records let all their buffers go together, and a segment of many
-/// small pages of a listing is advised once, not once per page.
+/// (the one at its start) `let_go`: the records let all their buffers go together,
+/// and a segment of many small pages of a listing is advised once, not once per page.
 struct Slice {
     segment: Arc<Segment>,
     range: std::ops::Range<usize>,
-    first: bool,
 }
 
 impl HeldBytes for Slice {
@@ -57,7 +56,7 @@ impl HeldBytes for Slice {
 
     #[cfg(unix)]
     fn let_go(&self) {
-        if !self.first {
+        if self.range.start != 0 {
             return;
         }
         // SAFETY: the map is of a file, shared and read-only: the pages it drops are
@@ -114,13 +113,12 @@ impl Spill {
         map.advise(memmap2::Advice::Random)?;
         let segment = Arc::new(Segment(map));
         let mut start = 0;
-        let slices = buffers.iter().enumerate().map(|(i, bytes)| {
+        let slices = buffers.iter().map(|bytes| {
             let range = start..start + bytes.len();
             start = range.end;
             let slice = Slice {
                 segment: segment.clone(),
                 range,
-                first: i == 0,
             };
             Arc::new(slice) as Arc<dyn HeldBytes>
         });

@@ -470,11 +470,8 @@ impl PackedRecords {
         let held = hold(&bytes)?;
         // The lengths only: comparing the bytes would read a mapped file's every page
         // back into memory.
-        let lengths = |bytes: &mut dyn Iterator<Item = &[u8]>| bytes.map(<[u8]>::len).collect();
-        let (given, kept): (Vec<usize>, Vec<usize>) = (
-            lengths(&mut bytes.iter().copied()),
-            lengths(&mut held.iter().map(|h| h.bytes())),
-        );
+        let given: Vec<usize> = bytes.iter().map(|b| b.len()).collect();
+        let kept: Vec<usize> = held.iter().map(|h| h.bytes().len()).collect();
         assert_eq!(given, kept, "a holder keeps the bytes given");
         for (i, held) in growing.into_iter().zip(held) {
             self.buffers[i] = Buffer::Held(held);

@@ -5,7 +5,7 @@
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use tandem_model::Value;
 use tandem_state::{
-    ConflictEntry, Interaction, Link, PendingCreate, PendingLink, RefusedRequest, RunRecord, Side,
+    ConflictEntry, Interaction, Link, PendingCreate, PendingLink, RefusedRequest, RunRecord,
 };
 
 use crate::inspect::{details, summary_counts};
@@ -241,16 +241,8 @@ fn parked(o: &Overview, kinds: &Kinds) -> Markup {
     }
 }
 
-/// `CUST new customer for contact C1`, `CUST new contact for customer K3`, with the id
-/// it was sent with where its connector takes chosen ids (R18).
 fn create_label(kinds: &Kinds, p: &PendingCreate) -> String {
-    let kind = kinds.of(&p.code);
-    let what = if p.side == Side::Contact {
-        format!("{} new contact for {kind} {}", p.code, p.source_id)
-    } else {
-        format!("{} new {kind} for contact {}", p.code, p.source_id)
-    };
-    crate::inspect::sent_as(what, p)
+    crate::inspect::create_text(kinds.of(&p.code), p)
 }
 
 fn conflicts(open: &[ConflictEntry], kinds: &Kinds, csrf: &str) -> Markup {
@@ -465,7 +457,7 @@ pub(crate) fn token_form(path: &str, query: &[&(String, String)], wrong: bool) -
 mod tests {
     use serde_json::json;
     use tandem_model::{Fields, Timestamp};
-    use tandem_state::LinkedBy;
+    use tandem_state::{LinkedBy, Side};
 
     use super::*;
 

@@ -219,14 +219,14 @@ impl Applier<'_> {
         }
         let side = chunk[0].side;
         let fields: Vec<Cow<'_, Fields>> = chunk.iter().map(|j| j.fields.unpacked()).collect();
-        let ids: Vec<Option<String>> = (chunk.iter())
-            .map(|job| self.record_id(job, connector, kind))
-            .collect();
         // Written down first, as one record: a crash after the remote create is
         // repaired, not repeated.
         let mut creates = Vec::with_capacity(chunk.len());
-        for ((job, fields), id) in chunk.iter().zip(&fields).zip(&ids) {
+        let mut ids = Vec::with_capacity(chunk.len());
+        for (job, fields) in chunk.iter().zip(&fields) {
             let previous = self.previous.creates.get(&job.pending_key());
+            let id = record_id(previous, connector, kind);
+            ids.push(id.clone());
             creates.push(PendingCreate {
                 code: job.code.to_owned(),
                 side,
@@ -237,7 +237,7 @@ impl Applier<'_> {
                 failure_count: previous.map_or(0, |p| p.failure_count),
                 parked: false,
                 updated_at: self.log.now,
-                record_id: id.clone(),
+                record_id: id,
             });
             if side == Side::Account {
                 // A request refused before is granted now.
@@ -273,22 +273,6 @@ impl Applier<'_> {
         })?;
         failpoint::hit(&format!("after_{side}_create_commit"));
         Ok(())
-    }
-
-    /// The id `job`'s record is to be created under, where `connector` lets the engine
-    /// choose it (R18): the one an earlier attempt was sent with (a record made by it
-    /// would have been found by it, so none has it), else a new one. None where the
-    /// connector assigns ids, whatever an earlier attempt was sent with (the config
-    /// may have changed since).
-    fn record_id(
-        &self,
-        job: &CreateJob<'_>,
-        connector: &dyn Connector,
-        kind: EntityKind,
-    ) -> Option<String> {
-        let fresh = connector.new_id(kind)?;
-        let previous = self.previous.creates.get(&job.pending_key());
-        Some(previous.and_then(|p| p.record_id.clone()).unwrap_or(fresh))
     }
 
     /// A create that happened: its link, hashes and log entries.
@@ -425,6 +409,20 @@ impl Applier<'_> {
             record_id,
         });
     }
+}
+
+/// The id a create is to make its record under, where `connector` lets the engine
+/// choose it (R18): the one its `previous` attempt was sent with (a record made by it
+/// would have been found by it, so none has it), else a new one. None where the
+/// connector assigns ids, whatever an earlier attempt was sent with (the config may
+/// have changed since).
+fn record_id(
+    previous: Option<&PendingCreate>,
+    connector: &dyn Connector,
+    kind: EntityKind,
+) -> Option<String> {
+    let fresh = connector.new_id(kind)?;
+    Some(previous.and_then(|p| p.record_id.clone()).unwrap_or(fresh))
 }
 
 /// Whether a create that failed with `e` may have made its record all the same: a

@@ -53,8 +53,8 @@ impl<'a> Planner<'a> {
                 }
                 let free = |c: &PackedRecord| may_hold(c, kind) && !self.is_linked(r, c.id());
                 let found = match &p.record_id {
-                    Some(id) => self.found_by_id(&input.contacts, id, free),
-                    None => contacts.found(&p.fields, |c| !self.is_linked(r, c.id())),
+                    Some(id) => found_by_id(&input.contacts, id, free),
+                    None => contacts.found(&p.fields, free),
                 };
                 match found {
                     Found::One(c) => (c.id(), a),
@@ -73,7 +73,7 @@ impl<'a> Planner<'a> {
                 }
                 let free = |a: &PackedRecord| !self.linked_accounts[r].contains(a.id());
                 let found = match &p.record_id {
-                    Some(id) => self.found_by_id(&self.accounts(r).records, id, free),
+                    Some(id) => found_by_id(&self.accounts(r).records, id, free),
                     None => accounts.found(&p.fields, free),
                 };
                 match found {
@@ -136,24 +136,6 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// The record a create sent with its id made (R18): the record of that id, if it
-    /// is there. One that `free` does not let through (its user made it a person, or
-    /// linked it by hand) is no second record's cue: it waits as an ambiguous find
-    /// would, so its source gets no twin.
-    fn found_by_id(
-        &self,
-        pool: &'a crate::Records,
-        id: &str,
-        free: impl Fn(&PackedRecord) -> bool,
-    ) -> Found<'a> {
-        match pool.get(id) {
-            Some(record) if record.deleted() => Found::None,
-            Some(record) if free(record) => Found::One(record),
-            Some(record) => Found::Several(vec![record]),
-            None => Found::None,
-        }
-    }
-
     /// A contact created for an account the user deleted before the create was linked:
     /// the contact stays and loses the code (R13), which it lists since its create.
     fn source_gone(&mut self, r: usize, p: &'a PendingCreate, contacts: &SentIndex<'a>) {
@@ -162,7 +144,7 @@ impl<'a> Planner<'a> {
         }
         let free = |c: &PackedRecord| !self.is_linked(r, c.id());
         let found = match &p.record_id {
-            Some(id) => self.found_by_id(&self.input.contacts, id, free),
+            Some(id) => found_by_id(&self.input.contacts, id, free),
             None => contacts.found(&p.fields, free),
         };
         if let Found::One(contact) = found {
@@ -293,6 +275,23 @@ impl<'r> SentIndex<'r> {
                 .filter(|r| half_kept(&r.fields(), sent))
                 .collect(),
         )
+    }
+}
+
+/// The record a create sent with its id made (R18): the record of that id in `pool`,
+/// if it is there. One that `free` does not let through (its user made it a person, or
+/// linked it by hand) is no second record's cue: it waits as an ambiguous find would,
+/// so its source gets no twin.
+fn found_by_id<'r>(
+    pool: &'r crate::Records,
+    id: &str,
+    free: impl Fn(&PackedRecord) -> bool,
+) -> Found<'r> {
+    match pool.get(id) {
+        Some(record) if record.deleted() => Found::None,
+        Some(record) if free(record) => Found::One(record),
+        Some(record) => Found::Several(vec![record]),
+        None => Found::None,
     }
 }
 

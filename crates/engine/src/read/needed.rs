@@ -81,15 +81,15 @@ impl Needed {
             account(&p.code, &p.account_id);
         }
         // The record a create sent with its id made, found again by it (R18).
-        for p in creates.clone().filter(|p| p.side == Side::Account) {
-            if let Some(id) = &p.record_id {
-                account(&p.code, id);
+        for p in creates.clone() {
+            match (&p.record_id, p.side) {
+                (Some(id), Side::Account) => account(&p.code, id),
+                (Some(id), Side::Contact) => {
+                    needed.contacts.insert(id.clone());
+                }
+                (None, _) => {}
             }
         }
-        let created_contacts = (creates.clone())
-            .filter(|p| p.side == Side::Contact)
-            .filter_map(|p| p.record_id.clone());
-        needed.contacts.extend(created_contacts);
         needed.contacts.extend(
             (directives.link.iter().map(|(_, c, _)| c))
                 .chain(directives.create.iter().map(|(_, c)| c))
