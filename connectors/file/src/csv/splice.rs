@@ -264,31 +264,9 @@ impl<'i> Spliced<'i> {
         }
     }
 
-    /// The bytes of row `i`: from its first byte to the next row's (its line end and
-    /// blank lines after it included), the last to the end of the file.
+    /// The bytes of row `i` (see [`Window::range`]).
     fn range(&self, i: usize) -> io::Result<(u64, u64)> {
-        let end = match self.index.starts.get(i + 1) {
-            Some(&next) => self.first_byte(next)?,
-            None => self.index.size,
-        };
-        Ok((self.first_byte(self.index.starts[i])?, end))
-    }
-
-    /// The first byte of the row the listing found at `at`: a reader counts a row from
-    /// where it began looking for it, which after a CR LF is the LF (no row starts
-    /// with a line end: empty lines are no rows).
-    fn first_byte(&self, mut at: u64) -> io::Result<u64> {
-        let mut file = self.file.borrow_mut();
-        loop {
-            let bytes = file.bytes(at, 64)?;
-            if bytes.is_empty() {
-                return Ok(at);
-            }
-            match bytes.iter().position(|b| !matches!(b, b'\r' | b'\n')) {
-                Some(skip) => return Ok(at + skip as u64),
-                None => at += bytes.len() as u64,
-            }
-        }
+        self.file.borrow_mut().range(self.index, i)
     }
 
     /// Parses row `i` of the file into `touched`; false when its bytes are not one row
@@ -348,88 +326,125 @@ impl<'i> Spliced<'i> {
     /// removed one), the bytes after the last, then the inserted rows. Returns its
     /// fingerprint and its index.
     fn splice_into_file(&self) -> Result<(String, RowIndex), ConnectorError> {
-        let path = self.touched.path.clone();
-        let id = self.touched.layout.id;
-        let inserted = &self.touched.rows[self.parsed.len()..];
-        let rows = self.index.len() + inserted.len();
-        let mut next = NextIndex::with_capacity(rows, self.index.ids.bytes());
-        let mut size = 0;
-        self.file.borrow_mut().block = COPY_BLOCK;
-        let saved = crate::atomic::replace(&path, |out| {
-            let layout = &self.touched.layout;
-            let (mut rows, width) = (super::Text::new(layout.style, 0), layout.headers.len());
-            let mut ends_line = true;
-            // Where the old file is copied from, and its next row not in `next`.
-            let (mut pos, mut row) = (0, 0);
-            for (&i, &at) in &self.parsed {
-                let (start, end) = self.range(i)?;
-                let to = out.written() + rows.len();
-                next.copied(self.index, row..i, (pos, to), row > 0);
-                ends_line = self
-                    .copy(out, &mut rows, (pos, start))?
-                    .unwrap_or(ends_line);
-                if let Some(written) = &self.touched.rows[at] {
-                    next.push(&written[id], out.written() + rows.len());
-                    rows.row(written, width)?;
-                    rows.send(out, false)?;
-                    ends_line = true;
-                }
-                (pos, row) = (end, i + 1);
-            }
-            let to = out.written() + rows.len();
-            next.copied(self.index, row..self.index.len(), (pos, to), row > 0);
-            let rest = (pos, self.index.size);
-            ends_line = self.copy(out, &mut rows, rest)?.unwrap_or(ends_line);
-            if inserted.iter().any(Option::is_some) && !ends_line {
-                rows.bytes()
-                    .extend_from_slice(self.touched.layout.style.line_end());
-            }
-            for written in inserted.iter().flatten() {
-                next.push(&written[id], out.written() + rows.len());
-                rows.row(written, width)?;
-                rows.send(out, false)?;
-            }
-            rows.send(out, true)?;
-            size = out.written();
-            Ok(())
-        })?;
-        Ok((saved, next.finish(self.index, size)))
-    }
-
-    /// Copies the file's bytes from `start` to `end` to `out`, after the rows `rows`
-    /// holds (a short run of bytes joins them, a long one goes straight out); whether
-    /// they end a line (`None` when there are none). A system call per megabyte read,
-    /// not one per row: a write of 100,000 rows of a million made seven per row and
-    /// took half a second.
-    fn copy(
-        &self,
-        out: &mut Fingerprinting<'_>,
-        rows: &mut super::Text,
-        (start, end): (u64, u64),
-    ) -> io::Result<Option<bool>> {
+        let layout = &self.touched.layout;
+        let (id, width) = (layout.id, layout.headers.len());
+        let rows = &self.touched.rows;
+        let replaced: Vec<(usize, Option<usize>)> = (self.parsed.iter())
+            .map(|(&i, &at)| (i, rows[at].is_some().then_some(at)))
+            .collect();
+        let added: Vec<(&str, usize)> = (self.parsed.len()..rows.len())
+            .filter_map(|at| rows[at].as_ref().map(|row| (&row[id], at)))
+            .collect();
         let mut file = self.file.borrow_mut();
-        let (mut at, mut last) = (start, None);
-        while at < end {
-            let want = usize::try_from(end - at).unwrap_or(usize::MAX);
-            let bytes = file.bytes(at, want)?;
-            let Some(&end_byte) = bytes.last() else {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file got shorter while it was written",
-                ));
-            };
-            match bytes.len() < SENT_STRAIGHT {
-                true => rows.bytes().extend_from_slice(bytes),
-                false => {
-                    rows.send(out, true)?;
-                    out.write_all(bytes)?;
-                }
-            }
-            rows.send(out, false)?;
-            (at, last) = (at + bytes.len() as u64, Some(end_byte == b'\n'));
-        }
-        Ok(last)
+        let splices = Splices {
+            replaced: &replaced,
+            added: &added,
+        };
+        splice_file(
+            &self.touched.path,
+            self.index,
+            &mut file,
+            &splices,
+            |&at, text| {
+                let row = rows[at].as_ref().expect("only rows kept are written");
+                text.row(row, width)
+            },
+        )
     }
+}
+
+/// What a splice writes in place of rows of a file, and after its last row: `T` says
+/// how to write a row (its place among rows parsed, or in a journal).
+pub(super) struct Splices<'s, T> {
+    /// Rows of the file, in file order, each written anew or removed (`None`).
+    pub(super) replaced: &'s [(usize, Option<T>)],
+    /// Rows added after the last, with their ids.
+    pub(super) added: &'s [(&'s str, T)],
+}
+
+/// Writes the file at `path`, listed as `index` and read through `file`: its bytes up
+/// to each replaced row, the row as `write` writes it (none for a removed one), the
+/// bytes after the last, then the added rows. Returns its fingerprint and its index.
+pub(super) fn splice_file<T>(
+    path: &Path,
+    index: &RowIndex,
+    file: &mut Window,
+    splices: &Splices<'_, T>,
+    mut write: impl FnMut(&T, &mut super::Text) -> io::Result<()>,
+) -> Result<(String, RowIndex), ConnectorError> {
+    let rows = index.len() + splices.added.len();
+    let mut next = NextIndex::with_capacity(rows, index.ids.bytes());
+    let mut size = 0;
+    file.block = COPY_BLOCK;
+    let saved = crate::atomic::replace(path, |out| {
+        let mut text = super::Text::new(index.style, 0);
+        let mut ends_line = true;
+        // Where the old file is copied from, and its next row not in `next`.
+        let (mut pos, mut row) = (0, 0);
+        for (i, put) in splices.replaced {
+            let (start, end) = file.range(index, *i)?;
+            let to = out.written() + text.len();
+            next.copied(index, row..*i, (pos, to), row > 0);
+            ends_line = copy(file, out, &mut text, (pos, start))?.unwrap_or(ends_line);
+            if let Some(put) = put {
+                next.push(index.id(*i), out.written() + text.len());
+                write(put, &mut text)?;
+                text.send(out, false)?;
+                ends_line = true;
+            }
+            (pos, row) = (end, i + 1);
+        }
+        let to = out.written() + text.len();
+        next.copied(index, row..index.len(), (pos, to), row > 0);
+        let rest = (pos, index.size);
+        ends_line = copy(file, out, &mut text, rest)?.unwrap_or(ends_line);
+        if !splices.added.is_empty() && !ends_line {
+            text.bytes().extend_from_slice(index.style.line_end());
+        }
+        for (id, put) in splices.added {
+            next.push(id, out.written() + text.len());
+            write(put, &mut text)?;
+            text.send(out, false)?;
+        }
+        text.send(out, true)?;
+        size = out.written();
+        Ok(())
+    })?;
+    Ok((saved, next.finish(index, size)))
+}
+
+/// Copies the file's bytes from `start` to `end` to `out`, after the rows `text`
+/// holds (a short run of bytes joins them, a long one goes straight out); whether
+/// they end a line (`None` when there are none). A system call per megabyte read,
+/// not one per row: a write of 100,000 rows of a million made seven per row and
+/// took half a second.
+fn copy(
+    file: &mut Window,
+    out: &mut Fingerprinting<'_>,
+    text: &mut super::Text,
+    (start, end): (u64, u64),
+) -> io::Result<Option<bool>> {
+    let (mut at, mut last) = (start, None);
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX);
+        let bytes = file.bytes(at, want)?;
+        let Some(&end_byte) = bytes.last() else {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file got shorter while it was written",
+            ));
+        };
+        match bytes.len() < SENT_STRAIGHT {
+            true => text.bytes().extend_from_slice(bytes),
+            false => {
+                text.send(out, true)?;
+                out.write_all(bytes)?;
+            }
+        }
+        text.send(out, false)?;
+        (at, last) = (at + bytes.len() as u64, Some(end_byte == b'\n'));
+    }
+    Ok(last)
 }
 
 /// The bytes a splice reads at a time around the rows it parses: rows a write touches
@@ -444,7 +459,7 @@ const SENT_STRAIGHT: usize = if cfg!(test) { 5 } else { 64 << 10 };
 
 /// A file read through one buffer of `block` bytes: what lies in the buffer is
 /// served from memory, anything else refills it from there on.
-struct Window {
+pub(super) struct Window {
     file: File,
     /// The file's size as listed: no read goes past it.
     size: u64,
@@ -458,7 +473,7 @@ struct Window {
 }
 
 impl Window {
-    fn new(file: File, size: u64) -> Window {
+    pub(super) fn new(file: File, size: u64) -> Window {
         Window {
             file,
             size,
@@ -471,7 +486,7 @@ impl Window {
 
     /// At most `want` bytes of the file from `at` on, at least one unless `at` is the
     /// end of the file as listed.
-    fn bytes(&mut self, at: u64, want: usize) -> io::Result<&[u8]> {
+    pub(super) fn bytes(&mut self, at: u64, want: usize) -> io::Result<&[u8]> {
         if at >= self.size {
             return Ok(&[]);
         }
@@ -494,6 +509,32 @@ impl Window {
         let from = usize::try_from(at - self.start).unwrap_or(usize::MAX);
         let n = want.min(self.len - from);
         Ok(&self.buf[from..from + n])
+    }
+
+    /// The bytes of row `i` of `index`: from its first byte to the next row's (its
+    /// line end and blank lines after it included), the last to the end of the file.
+    pub(super) fn range(&mut self, index: &RowIndex, i: usize) -> io::Result<(u64, u64)> {
+        let end = match index.starts.get(i + 1) {
+            Some(&next) => self.first_byte(next)?,
+            None => index.size,
+        };
+        Ok((self.first_byte(index.starts[i])?, end))
+    }
+
+    /// The first byte of the row the listing found at `at`: a reader counts a row from
+    /// where it began looking for it, which after a CR LF is the LF (no row starts
+    /// with a line end: empty lines are no rows).
+    fn first_byte(&mut self, mut at: u64) -> io::Result<u64> {
+        loop {
+            let bytes = self.bytes(at, 64)?;
+            if bytes.is_empty() {
+                return Ok(at);
+            }
+            match bytes.iter().position(|b| !matches!(b, b'\r' | b'\n')) {
+                Some(skip) => return Ok(at + skip as u64),
+                None => at += bytes.len() as u64,
+            }
+        }
     }
 }
 
