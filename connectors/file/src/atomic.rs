@@ -131,7 +131,7 @@ fn keep_owner_and_mode(file: &File, original: &Metadata) -> io::Result<()> {
 
 /// Makes the rename durable. Best effort: the new content is already in place, so a
 /// failure here must not report the write as failed.
-fn sync_folder(folder: &Path) {
+pub(crate) fn sync_folder(folder: &Path) {
     #[cfg(unix)]
     let _ = File::open(folder).and_then(|f| f.sync_all());
     #[cfg(not(unix))]

@@ -142,6 +142,11 @@ pub struct Files {
     /// instead of parsing and writing all of it. Dropped when a run starts reading
     /// and by the write that uses it.
     indexes: Mutex<HashMap<EntityKind, (String, csv::RowIndex)>>,
+    /// Per kind, the journal this instance's writes to a big CSV file go to
+    /// (`csv/journal.rs`), folded into the file when anything else touches it.
+    journals: Mutex<HashMap<EntityKind, csv::Journal>>,
+    /// CSV files from this size on are written through a journal.
+    journal_from: u64,
 }
 
 #[derive(Debug)]
@@ -167,9 +172,26 @@ impl FileConnector {
             last_saved: Mutex::new(None),
             listings: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
+            journals: Mutex::new(HashMap::new()),
+            journal_from: JOURNAL_FROM_BYTES,
         }))
     }
 
+    /// The same connector, writing CSV files of `bytes` or more through a journal
+    /// (tests: the default is [`JOURNAL_FROM_BYTES`]).
+    ///
+    /// # Panics
+    /// When the connector is shared already.
+    #[must_use]
+    pub fn journaling_from(mut self, bytes: u64) -> FileConnector {
+        Arc::get_mut(&mut self.0)
+            .expect("set before the connector is shared")
+            .journal_from = bytes;
+        self
+    }
+}
+
+impl Files {
     pub fn folder(&self) -> &Path {
         &self.folder
     }
@@ -294,15 +316,164 @@ impl FileConnector {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let _folder = lock::FolderLock::take(&self.folder)?;
         let path = self.file(kind);
+        let ops = match self.take_journal(kind, &path)? {
+            Some(journal) => match self.write_journaled(kind, &path, journal, ops)? {
+                csv::Splice::Done(outcomes, _) => return Ok(outcomes),
+                csv::Splice::NotHere(ops) => ops,
+            },
+            None => ops,
+        };
         let before = self.content_fingerprint(kind)?;
         let (outcomes, after) = match self.format {
-            Format::Csv => self.write_csv(kind, &path, &before, ops)?,
+            Format::Csv => match self.begin_journal(kind, &path, &before, ops)? {
+                csv::Splice::Done(outcomes, _) => return Ok(outcomes),
+                csv::Splice::NotHere(ops) => self.write_csv(kind, &path, &before, ops)?,
+            },
             Format::Jsonl => self.write_jsonl(kind, &path, &before, ops)?,
         };
         if let Some(own) = self.own_writes_lock().get_mut(&kind) {
             own.writes.push((before, after));
         }
         Ok(outcomes)
+    }
+
+    /// The journal of `kind` this instance keeps, if writes may go on in it: one that
+    /// is full or whose file someone else changed is folded, and one a stopped process
+    /// left is folded row by row. Called with the folder's lock held.
+    fn take_journal(
+        &self,
+        kind: EntityKind,
+        path: &Path,
+    ) -> Result<Option<csv::Journal>, ConnectorError> {
+        match self.journals_lock().remove(&kind) {
+            Some(journal) if journal.still_of(path) && !journal.full() => Ok(Some(journal)),
+            Some(journal) => self.fold(kind, path, journal).map(|()| None),
+            None => self.recover(kind, path).map(|()| None),
+        }
+    }
+
+    /// A write to the CSV file of `kind`, as `before`, through a new journal when the
+    /// file is big and this run indexed it; the ops back otherwise.
+    fn begin_journal(
+        &self,
+        kind: EntityKind,
+        path: &Path,
+        before: &str,
+        ops: Vec<WriteOp>,
+    ) -> Result<csv::Splice, ConnectorError> {
+        let mut indexes = self.indexes_lock();
+        let index = match indexes.remove(&kind) {
+            Some((of, index)) if of == before && index.size() >= self.journal_from => index,
+            other => {
+                indexes.extend(other.map(|index| (kind, index)));
+                return Ok(csv::Splice::NotHere(ops));
+            }
+        };
+        drop(indexes);
+        let journal = csv::Journal::begin(path, before.to_owned(), index)?;
+        self.write_journaled(kind, path, journal, ops)
+    }
+
+    /// A write to the CSV file of `kind` through `journal`, kept for the next write;
+    /// the ops back, with the journal folded, when it cannot take them. After an
+    /// error the journal is let go: the next call folds what it holds on disk.
+    fn write_journaled(
+        &self,
+        kind: EntityKind,
+        path: &Path,
+        mut journal: csv::Journal,
+        ops: Vec<WriteOp>,
+    ) -> Result<csv::Splice, ConnectorError> {
+        match csv::write_journaled(path, kind, &mut journal, ops)? {
+            csv::Splice::Done(outcomes, _) => {
+                self.journals_lock().insert(kind, journal);
+                Ok(csv::Splice::Done(outcomes, None))
+            }
+            csv::Splice::NotHere(ops) => {
+                self.fold(kind, path, journal)?;
+                Ok(csv::Splice::NotHere(ops))
+            }
+        }
+    }
+
+    /// Folds `journal` into the CSV file of `kind`, which it began on: as this
+    /// instance's own write when the file is as the journal found it, else row by
+    /// row. Keeps the file's index for the next write. Called with the folder's lock
+    /// held.
+    fn fold(
+        &self,
+        kind: EntityKind,
+        path: &Path,
+        journal: csv::Journal,
+    ) -> Result<(), ConnectorError> {
+        if !journal.still_of(path) {
+            drop(journal);
+            return self.recover(kind, path);
+        }
+        let before = journal.base().to_owned();
+        let (after, index) = journal.fold(path)?;
+        if let Some(own) = self.own_writes_lock().get_mut(&kind) {
+            own.writes.push((before, after.clone()));
+        }
+        self.indexes_lock().insert(kind, (after, index));
+        Ok(())
+    }
+
+    /// Folds the journal a stopped process left beside the CSV file of `kind`, if
+    /// any, and says what it did. Called with the folder's lock held.
+    fn recover(&self, kind: EntityKind, path: &Path) -> Result<(), ConnectorError> {
+        if self.format != Format::Csv {
+            return Ok(());
+        }
+        let Some(done) = csv::recover(path, kind)? else {
+            return Ok(());
+        };
+        let journal = csv::journal_path(path);
+        tracing::info!(
+            "{}: {} rows written from {}, left by a run that stopped before it was folded \
+             into the file ({} were in the file already)",
+            path.display(),
+            done.applied,
+            journal.display(),
+            done.already
+        );
+        if done.kept > 0 {
+            tracing::warn!(
+                "{}: {} rows written by a run that stopped were edited in the file since; \
+                 the file's rows were kept, and the next run takes them as edits",
+                path.display(),
+                done.kept
+            );
+        }
+        if done.cut_short {
+            tracing::warn!(
+                "{}: the end of {} was cut short by the stop, in a write that had not \
+                 answered: that write was not applied, and the run that stops retries it",
+                path.display(),
+                journal.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Folds the journal of `kind`, this instance's or one a stopped process left,
+    /// before the file is read or its fingerprint taken.
+    fn settle(&self, kind: EntityKind) -> Result<(), ConnectorError> {
+        if self.format != Format::Csv {
+            return Ok(());
+        }
+        let path = self.file(kind);
+        let own = self.journals_lock().contains_key(&kind);
+        if !own && fs::symlink_metadata(csv::journal_path(&path)).is_err() {
+            return Ok(());
+        }
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let _folder = lock::FolderLock::take(&self.folder)?;
+        let journal = self.journals_lock().remove(&kind);
+        match journal {
+            Some(journal) => self.fold(kind, &path, journal),
+            None => self.recover(kind, &path),
+        }
     }
 
     /// A write to the JSON Lines file of `kind`, whose fingerprint is `before`: the file
@@ -401,6 +572,10 @@ impl FileConnector {
         self.indexes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn journals_lock(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKind, csv::Journal>> {
+        self.journals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn own_writes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<EntityKind, OwnWrites>> {
         self.own_writes
             .lock()
@@ -434,6 +609,11 @@ fn fingerprint_size(fingerprint: &str) -> u64 {
     size.and_then(|size| size.parse().ok()).unwrap_or(0)
 }
 
+/// CSV files from this size on are written through a journal (`csv/journal.rs`): at
+/// 100 bytes a row, about 300,000 rows, where rewriting the file per write call of a
+/// run's ranges costs seconds.
+pub const JOURNAL_FROM_BYTES: u64 = 32 << 20;
+
 /// A file not listed this run is scanned for a splice from this size on (about the
 /// 20,000 rows from which a splice pays)...
 const SCAN_FROM_BYTES: u64 = 2 << 20;
@@ -459,6 +639,7 @@ impl Connector for FileConnector {
     async fn check(&self) -> Result<(), ConnectorError> {
         self.check_folder()?;
         for kind in EntityKind::ALL {
+            self.settle(kind)?;
             self.read_all(kind)?;
         }
         Ok(())
@@ -469,6 +650,9 @@ impl Connector for FileConnector {
         kind: EntityKind,
         cursor: Option<&Cursor>,
     ) -> Result<Page, ConnectorError> {
+        if cursor.is_none() {
+            self.settle(kind)?;
+        }
         if self.format == Format::Csv {
             return self.read_page(kind, cursor);
         }
@@ -501,6 +685,7 @@ impl Connector for FileConnector {
     }
 
     async fn fingerprint(&self, kind: EntityKind) -> Result<Option<String>, ConnectorError> {
+        self.settle(kind)?;
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         // A run starts reading: the table kept from the last run's writes, and the
         // index of the last listing, are let go.
@@ -525,6 +710,7 @@ impl Connector for FileConnector {
         kind: EntityKind,
         since: &str,
     ) -> Result<Option<String>, ConnectorError> {
+        self.settle(kind)?;
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let expected = {
             let own = self.own_writes_lock();
@@ -544,6 +730,28 @@ impl Connector for FileConnector {
         };
         let now = self.content_fingerprint(kind)?;
         Ok((now == expected).then_some(now))
+    }
+}
+
+/// What a journal holds goes into its file when the connector is let go (the end of
+/// a run, or of a run stopped by an error): the file is whole again for whoever reads
+/// it next. A process killed before leaves the journal, folded by the next run.
+impl Drop for Files {
+    fn drop(&mut self) {
+        let kinds: Vec<EntityKind> = self.journals.get_mut().map_or_else(
+            |poisoned| poisoned.into_inner().keys().copied().collect(),
+            |journals| journals.keys().copied().collect(),
+        );
+        for kind in kinds {
+            if let Err(e) = self.settle(kind) {
+                tracing::warn!(
+                    "{}: {e}; the writes are kept beside it in {} and go into the file on \
+                     the next run",
+                    self.file(kind).display(),
+                    csv::journal_path(&self.file(kind)).display()
+                );
+            }
+        }
     }
 }
 

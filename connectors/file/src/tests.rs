@@ -1201,3 +1201,129 @@ async fn a_write_to_a_file_with_a_repeated_id_is_refused_on_its_line_and_changes
     );
     assert_eq!(get(&dir, "contacts.csv"), content);
 }
+
+/// A connector that writes CSV files of any size through a journal.
+fn journaling_in(dir: &TempDir) -> FileConnector {
+    csv_in(dir).journaling_from(0)
+}
+
+const TWO: &str = "id,name,city\nC1,Acme,Gent\nC2,Beta,Gent\n";
+
+fn city(id: &str, city: &str) -> WriteOp {
+    update(id, None, &[("city", Value::text(city))])
+}
+
+/// A run's start on `c`: the fingerprint taken and the contacts listed, which leaves
+/// the index a journal begins from.
+async fn run_start(c: &FileConnector) -> String {
+    let since = c.fingerprint(CONTACT).await.unwrap().unwrap();
+    read(c, CONTACT).await;
+    since
+}
+
+fn journal_of_contacts(dir: &TempDir) -> PathBuf {
+    dir.path().join(".contacts.csv.tandem-journal")
+}
+
+#[tokio::test]
+async fn a_big_file_is_written_through_a_journal_and_folded_before_it_is_read() {
+    let dir = folder();
+    put(&dir, "contacts.csv", TWO);
+    let c = journaling_in(&dir);
+    let since = run_start(&c).await;
+    assert!(
+        ok(&write(&c, CONTACT, vec![city("C2", "Brugge")]).await[0])
+            .version
+            .is_some()
+    );
+    // The file as it was; the write beside it.
+    assert_eq!(get(&dir, "contacts.csv"), TWO);
+    assert!(journal_of_contacts(&dir).exists());
+    let records = read(&c, CONTACT).await;
+    assert_eq!(records[1].fields.text("city"), Some("Brugge"));
+    assert_eq!(
+        get(&dir, "contacts.csv"),
+        TWO.replace("Beta,Gent", "Beta,Brugge")
+    );
+    assert!(!journal_of_contacts(&dir).exists());
+    // The fold counts as this instance's own write: the next run may skip the file.
+    let after = c
+        .fingerprint_after_own_writes(CONTACT, &since)
+        .await
+        .unwrap();
+    assert_eq!(after, Some(c.content_fingerprint(CONTACT).unwrap()));
+}
+
+#[tokio::test]
+async fn the_end_of_a_run_folds_the_journal_as_its_own_write() {
+    let dir = folder();
+    put(&dir, "contacts.csv", TWO);
+    let c = journaling_in(&dir);
+    let since = run_start(&c).await;
+    write(&c, CONTACT, vec![city("C1", "Aalst")]).await;
+    write(&c, CONTACT, vec![city("C2", "Brugge")]).await;
+    let after = c
+        .fingerprint_after_own_writes(CONTACT, &since)
+        .await
+        .unwrap();
+    let expected = "id,name,city\nC1,Acme,Aalst\nC2,Beta,Brugge\n";
+    assert_eq!(get(&dir, "contacts.csv"), expected);
+    assert_eq!(after, Some(c.content_fingerprint(CONTACT).unwrap()));
+}
+
+#[tokio::test]
+async fn a_connector_let_go_folds_its_journal() {
+    let dir = folder();
+    put(&dir, "contacts.csv", TWO);
+    let c = journaling_in(&dir);
+    run_start(&c).await;
+    write(&c, CONTACT, vec![city("C2", "Brugge")]).await;
+    assert_eq!(get(&dir, "contacts.csv"), TWO);
+    drop(c);
+    assert_eq!(
+        get(&dir, "contacts.csv"),
+        TWO.replace("Beta,Gent", "Beta,Brugge")
+    );
+    assert!(!journal_of_contacts(&dir).exists());
+}
+
+#[tokio::test]
+async fn a_journal_a_killed_process_left_is_folded_by_the_next() {
+    let dir = folder();
+    put(&dir, "contacts.csv", TWO);
+    let c = journaling_in(&dir);
+    run_start(&c).await;
+    let created = write(
+        &c,
+        CONTACT,
+        vec![WriteOp::create(Fields::new().with("name", "Cera"))],
+    )
+    .await;
+    assert_eq!(ok(&created[0]).id, "C3");
+    // Killed: nothing of the connector runs any more, the journal stays.
+    std::mem::forget(c);
+    assert_eq!(get(&dir, "contacts.csv"), TWO);
+    let next = csv_in(&dir);
+    next.fingerprint(CONTACT).await.unwrap();
+    assert_eq!(get(&dir, "contacts.csv"), format!("{TWO}C3,Cera,\n"));
+    assert!(!journal_of_contacts(&dir).exists());
+}
+
+#[tokio::test]
+async fn a_file_edited_while_its_journal_is_open_keeps_the_edit_and_the_writes() {
+    let dir = folder();
+    put(&dir, "contacts.csv", TWO);
+    let c = journaling_in(&dir);
+    run_start(&c).await;
+    write(&c, CONTACT, vec![city("C2", "Brugge")]).await;
+    // Someone edits the other row meanwhile.
+    put(
+        &dir,
+        "contacts.csv",
+        TWO.replace("Acme,Gent", "Acme NV,Gent"),
+    );
+    let records = read(&c, EntityKind::Contact).await;
+    let names: Vec<_> = records.iter().map(|r| r.fields.text("name")).collect();
+    assert_eq!(names, [Some("Acme NV"), Some("Beta")]);
+    assert_eq!(records[1].fields.text("city"), Some("Brugge"));
+}

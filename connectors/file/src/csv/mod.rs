@@ -17,12 +17,14 @@ use crate::pieces::{self, Cut};
 use crate::row::{Row, RowBuilder, TooLong};
 use crate::table::{self, Table, TextStyle, version_of};
 
+mod journal;
 mod splice;
 mod stream;
 #[cfg(test)]
 mod testgen;
 
-pub(crate) use splice::{RowIndex, Splice, write as splice};
+pub(crate) use journal::{Journal, path_of as journal_path, recover};
+pub(crate) use splice::{RowIndex, Splice, write as splice, write_journaled};
 pub(crate) use stream::write as stream;
 
 /// A file a write saved: the fingerprint of its bytes and where its rows start.

@@ -18,6 +18,7 @@ use csv::{ReaderBuilder, StringRecord};
 use tandem_connector::{ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::EntityKind;
 
+use super::journal::{self, Block, Journal, Tag};
 use super::{Column, CsvTable, Layout, TOO_LONG, line_error, read_exact_at};
 use crate::atomic::Fingerprinting;
 use crate::id_index::IdIndex;
@@ -46,8 +47,13 @@ impl RowIndex {
         self.ids.len()
     }
 
-    fn id(&self, i: usize) -> &str {
+    pub(super) fn id(&self, i: usize) -> &str {
         self.ids.get(i)
+    }
+
+    /// The size of the file it is of.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
     }
 
     /// Whether `ops` are few enough for a splice to pay: a write that touches a good
@@ -144,23 +150,7 @@ fn write_any(
     index: &RowIndex,
     ops: Vec<WriteOp>,
 ) -> Result<Splice, ConnectorError> {
-    if index.starts.len() != index.len() {
-        return Ok(Splice::NotHere(ops));
-    }
-    let layout = Layout::new(path, kind, &index.headers, index.style)?;
-    if !fits_columns(&layout, &ops) {
-        return Ok(Splice::NotHere(ops));
-    }
-    let Some(file) = link::open(path)? else {
-        return Ok(Splice::NotHere(ops));
-    };
-    let size = file
-        .metadata()
-        .map_err(|e| crate::error::FileError::read(path, e))?;
-    if size.len() != index.size {
-        return Ok(Splice::NotHere(ops));
-    }
-    let Some(mut spliced) = Spliced::open(path, file, index, layout, &ops)? else {
+    let Some(mut spliced) = Spliced::of_file(path, kind, index, None, &ops)? else {
         return Ok(Splice::NotHere(ops));
     };
     let (outcomes, changed) = table::apply(&mut spliced, kind, ops);
@@ -169,6 +159,39 @@ fn write_any(
         false => None,
     };
     Ok(Splice::Done(outcomes, saved))
+}
+
+/// Applies `ops` to the file at `path`, which is as `journal` found it, by adding the
+/// rows they write to the journal; the ops back when it cannot take them (a row it
+/// holds, or as for [`write`]). On an error the journal may hold part of the write,
+/// and must be folded as one a stopped process left.
+pub(crate) fn write_journaled(
+    path: &Path,
+    kind: EntityKind,
+    journal: &mut Journal,
+    ops: Vec<WriteOp>,
+) -> Result<Splice, ConnectorError> {
+    let (outcomes, block) = {
+        let index = journal.index();
+        let Some(mut spliced) = Spliced::of_file(path, kind, index, Some(journal), &ops)? else {
+            return Ok(Splice::NotHere(ops));
+        };
+        if spliced.touches_journal() {
+            return Ok(Splice::NotHere(ops));
+        }
+        let (outcomes, changed) = table::apply(&mut spliced, kind, ops);
+        let block = changed.then(|| spliced.journal_block()).transpose();
+        (
+            outcomes,
+            block.map_err(|e| crate::error::FileError::read(path, e))?,
+        )
+    };
+    if let Some(block) = block {
+        let journal_path = journal::path_of(path);
+        (journal.append(block))
+            .map_err(|e| crate::error::FileError::write(&journal_path, &journal_path, e))?;
+    }
+    Ok(Splice::Done(outcomes, None))
 }
 
 /// Whether every field `ops` set has a column already: a new column changes every row.
@@ -202,17 +225,52 @@ struct Spliced<'i> {
     row_of: Vec<usize>,
     /// Rows of the file that are in `touched`, by their number.
     parsed: BTreeMap<usize, usize>,
+    /// The hash of each row parsed as the file has it ([`journal::line_hash`]), in
+    /// the order of `touched`.
+    base: Vec<u64>,
+    /// The journal the write goes to, whose new ids are taken.
+    journal: Option<&'i Journal>,
+    /// The ids the journal adds, by their place in it, made when a create asks.
+    journal_ids: std::cell::OnceCell<IdIndex>,
     /// One CSV reader for every row parsed, fed each row's bytes: building a reader
     /// per row was a third of a first sync's CPU when each write touched 100,000 rows.
     reader: csv::Reader<io::Cursor<Vec<u8>>>,
 }
 
 impl<'i> Spliced<'i> {
+    /// The file at `path`, listed as `index`, for `ops`; `None` when a splice does not
+    /// apply: the index is not of the file, or `ops` add a column.
+    fn of_file(
+        path: &Path,
+        kind: EntityKind,
+        index: &'i RowIndex,
+        journal: Option<&'i Journal>,
+        ops: &[WriteOp],
+    ) -> Result<Option<Spliced<'i>>, ConnectorError> {
+        if index.starts.len() != index.len() {
+            return Ok(None);
+        }
+        let layout = Layout::new(path, kind, &index.headers, index.style)?;
+        if !fits_columns(&layout, ops) {
+            return Ok(None);
+        }
+        let Some(file) = link::open(path)? else {
+            return Ok(None);
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| crate::error::FileError::read(path, e))?;
+        if size.len() != index.size {
+            return Ok(None);
+        }
+        Spliced::open(path, file, (index, journal), layout, ops)
+    }
+
     /// Parses the rows `ops` name; `None` when one is not where the listing found it.
     fn open(
         path: &Path,
         file: File,
-        index: &'i RowIndex,
+        (index, journal): (&'i RowIndex, Option<&'i Journal>),
         layout: Layout,
         ops: &[WriteOp],
     ) -> Result<Option<Spliced<'i>>, ConnectorError> {
@@ -237,6 +295,9 @@ impl<'i> Spliced<'i> {
             touched: CsvTable::empty(path, layout),
             row_of: Vec::new(),
             parsed: BTreeMap::new(),
+            base: Vec::new(),
+            journal,
+            journal_ids: std::cell::OnceCell::new(),
             reader: ReaderBuilder::new()
                 .has_headers(false)
                 .flexible(true)
@@ -287,6 +348,7 @@ impl<'i> Spliced<'i> {
             bytes.extend_from_slice(chunk);
             at += chunk.len() as u64;
         }
+        let base = journal::line_hash(bytes);
         // Back to the start of the bytes, with the reader's state reset.
         let reader = &mut self.reader;
         reader
@@ -309,7 +371,62 @@ impl<'i> Spliced<'i> {
         let at = self.touched.push(row);
         self.row_of.push(i);
         self.parsed.insert(i, at);
+        self.base.push(base);
         Ok(true)
+    }
+
+    /// Whether an op names a row the journal holds (written anew, or added): the
+    /// file has it as it was, so the journal is folded first.
+    fn touches_journal(&self) -> bool {
+        let Some(journal) = self.journal else {
+            return false;
+        };
+        let added = |id: &str| self.journal_row(id).is_some();
+        (self.parsed.keys()).any(|&row| journal.holds_row(row))
+            || (self.named.iter()).any(|(id, row)| row.is_none() && added(id))
+    }
+
+    /// Whether the journal removes row `row` of the file.
+    fn journal_removes(&self, row: usize) -> bool {
+        self.journal.is_some_and(|journal| journal.removes_row(row))
+    }
+
+    /// The place in the journal of a row it adds with `id`.
+    fn journal_row(&self, id: &str) -> Option<usize> {
+        let created = self.journal?.created();
+        let index = self.journal_ids.get_or_init(|| {
+            let mut index = IdIndex::with_capacity(created.len());
+            for k in 0..created.len() {
+                index.insert(created.get(k), k, |k| created.get(k));
+            }
+            index
+        });
+        index.find(id, |k| created.get(k))
+    }
+
+    /// What the write did, as a journal's block: each row parsed written anew or
+    /// removed, each row inserted.
+    fn journal_block(&self) -> io::Result<Block> {
+        let layout = &self.touched.layout;
+        let (id, width) = (layout.id, layout.headers.len());
+        let mut block = Block::default();
+        let mut text = super::Text::new(layout.style, 0);
+        let line = |row: &Row, text: &mut super::Text| -> io::Result<Vec<u8>> {
+            text.row(row, width)?;
+            Ok(std::mem::take(&mut *text.bytes()))
+        };
+        for (&i, &at) in &self.parsed {
+            let (tag, bytes) = match &self.touched.rows[at] {
+                Some(row) => (Tag::Update, line(row, &mut text)?),
+                None => (Tag::Delete, Vec::new()),
+            };
+            block.push(tag, i, self.index.id(i), self.base[at], &bytes);
+        }
+        for row in self.touched.rows[self.parsed.len()..].iter().flatten() {
+            let bytes = line(row, &mut text)?;
+            block.push(Tag::Create, usize::MAX, &row[id], 0, &bytes);
+        }
+        Ok(block)
     }
 
     /// Where row `row` (numbered as in the file) is in `touched`. Every row an op
@@ -540,7 +657,7 @@ impl Window {
 
 /// Every row of a file by its id (its ids are unique: the listing or scan that made
 /// the index checked).
-fn all_rows(index: &RowIndex) -> IdIndex {
+pub(super) fn all_rows(index: &RowIndex) -> IdIndex {
     let mut all = IdIndex::with_capacity(index.len());
     for i in 0..index.len() {
         all.insert(index.id(i), i, |i| index.id(i));
@@ -555,7 +672,11 @@ impl Table for Spliced<'_> {
         }
         // A row of the file not parsed: live unless parsed (and then found above, or
         // removed).
-        self.in_file(id).filter(|i| !self.parsed.contains_key(i))
+        let in_file = (self.in_file(id))
+            .filter(|&i| !self.parsed.contains_key(&i) && !self.journal_removes(i));
+        // A row the journal adds: only a create asks (a write naming one folds the
+        // journal first), to take another id, so it has no number of its own.
+        in_file.or_else(|| self.journal_row(id).map(|_| usize::MAX))
     }
 
     /// In file order, as a full rewrite's table gives them (new ids continue the
@@ -563,11 +684,17 @@ impl Table for Spliced<'_> {
     fn ids(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         let id = self.touched.layout.id;
         let listed = (0..self.index.len()).filter_map(move |i| match self.parsed.get(&i) {
+            None if self.journal_removes(i) => None,
             None => Some(self.index.id(i)),
             Some(&at) => self.touched.rows[at].as_ref().map(|row| &row[id]),
         });
+        let journaled = self.journal.into_iter().flat_map(|j| j.created().iter());
         let inserted = self.touched.rows[self.parsed.len()..].iter().flatten();
-        Box::new(listed.chain(inserted.map(move |row| &row[id])))
+        Box::new(
+            listed
+                .chain(journaled)
+                .chain(inserted.map(move |row| &row[id])),
+        )
     }
 
     fn version(&self, row: usize) -> String {
