@@ -33,6 +33,10 @@ pub(crate) trait Table {
         stamp: Option<Timestamp>,
     ) -> Result<(), ConnectorError>;
     fn remove(&mut self, row: usize);
+    /// Where new ids start: past every id the table holds.
+    fn id_allocator(&self, kind: EntityKind) -> IdAllocator {
+        IdAllocator::new(kind, self.ids())
+    }
 }
 
 /// How a text file is laid out byte for byte, kept on every rewrite: Excel writes a
@@ -91,7 +95,7 @@ pub(crate) fn apply(
     // deletes included, so that no id is handed out twice in one write (the streamed
     // write, which meets deletes as it goes, does the same).
     let creates = ops.iter().any(|op| matches!(op, WriteOp::Create { .. }));
-    let mut ids = creates.then(|| IdAllocator::new(kind, table.ids()));
+    let mut ids = creates.then(|| table.id_allocator(kind));
     let mut changed = false;
     let outcomes = ops
         .into_iter()
@@ -221,7 +225,7 @@ pub(crate) fn version_of(hash: u64) -> String {
 
 /// Hands out ids for created rows: the highest numbered id plus one, in its style
 /// (`C0009` -> `C0010`), or `<kind prefix>0001` when no id ends in digits.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct IdAllocator {
     prefix: String,
     next: u64,

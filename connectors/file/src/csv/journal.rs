@@ -33,12 +33,14 @@ use tandem_model::EntityKind;
 use super::read_exact_at;
 use super::splice::{RowIndex, Splices, Window, all_rows, splice_file};
 use crate::error::FileError;
+use crate::id_index::IdIndex;
 use crate::id_list::IdList;
+use crate::table::IdAllocator;
 
 /// The first bytes of a journal.
 const MAGIC: &[u8; 8] = b"TNDMJRN1";
 
-/// A journal is folded once it holds this many bytes, or half its file if more.
+/// A journal is folded once it holds this many bytes, or as many as its file if more.
 const FOLD_FROM: u64 = if cfg!(test) { 1 } else { 64 << 20 };
 
 /// What an entry does to its row.
@@ -168,8 +170,16 @@ pub(crate) struct Journal {
     /// each.
     rows: Vec<u64>,
     removed: Vec<u64>,
-    /// Ids the journal adds, in order.
+    /// Ids the journal adds, in order, and by id.
     created: IdList,
+    created_index: IdIndex,
+    /// Whether it removes any row.
+    removes_any: bool,
+    /// The file's rows by id, and where its new ids start, made when a write first
+    /// needs them and kept: a create call of a run in ranges would otherwise index
+    /// every row of the file again.
+    all: std::cell::OnceCell<IdIndex>,
+    file_ids: std::cell::OnceCell<IdAllocator>,
 }
 
 impl Journal {
@@ -202,6 +212,10 @@ impl Journal {
             rows,
             removed,
             created: IdList::default(),
+            created_index: IdIndex::default(),
+            removes_any: false,
+            all: std::cell::OnceCell::new(),
+            file_ids: std::cell::OnceCell::new(),
         })
     }
 
@@ -212,7 +226,7 @@ impl Journal {
 
     /// Whether the journal is big enough to fold.
     pub(crate) fn full(&self) -> bool {
-        self.len > (self.index.size / 2).max(FOLD_FROM)
+        self.len > self.index.size.max(FOLD_FROM)
     }
 
     /// The fingerprint of the file when the journal began, which it still has.
@@ -236,6 +250,31 @@ impl Journal {
         &self.created
     }
 
+    /// The place among the rows it adds of the one with `id`.
+    pub(super) fn created_row(&self, id: &str) -> Option<usize> {
+        (self.created_index).find(id, |k| self.created.get(k))
+    }
+
+    /// The file's rows by id.
+    pub(super) fn all_rows(&self) -> &IdIndex {
+        self.all.get_or_init(|| all_rows(&self.index))
+    }
+
+    /// Where new ids start, when the journal can tell without walking every id: it
+    /// removes no row (a rewrite would hand out the id of a removed row that had the
+    /// highest number again). Past the last id it added, else past the file's.
+    pub(super) fn id_allocator(&self, kind: EntityKind) -> Option<IdAllocator> {
+        if self.removes_any {
+            return None;
+        }
+        Some(match self.created.len() {
+            0 => (self.file_ids)
+                .get_or_init(|| IdAllocator::new(kind, self.index.ids.iter()))
+                .clone(),
+            n => IdAllocator::new(kind, std::iter::once(self.created.get(n - 1))),
+        })
+    }
+
     /// Appends `block` and syncs it. On an error the journal may end in a part of it,
     /// so it takes no more: the caller drops it, and the fold of what is on disk
     /// ([`recover`]) ends before that part.
@@ -256,8 +295,13 @@ impl Journal {
         }
         for row in block.removed {
             self.removed[row / 64] |= 1 << (row % 64);
+            self.removes_any = true;
         }
-        self.created.append(block.created);
+        for id in block.created.iter() {
+            self.created.push(id);
+            let (created, k) = (&self.created, self.created.len() - 1);
+            self.created_index.insert(id, k, |k| created.get(k));
+        }
         Ok(())
     }
 

@@ -230,8 +230,6 @@ struct Spliced<'i> {
     base: Vec<u64>,
     /// The journal the write goes to, whose new ids are taken.
     journal: Option<&'i Journal>,
-    /// The ids the journal adds, by their place in it, made when a create asks.
-    journal_ids: std::cell::OnceCell<IdIndex>,
     /// One CSV reader for every row parsed, fed each row's bytes: building a reader
     /// per row was a third of a first sync's CPU when each write touched 100,000 rows.
     reader: csv::Reader<io::Cursor<Vec<u8>>>,
@@ -280,7 +278,13 @@ impl<'i> Spliced<'i> {
                 named.insert(id.clone(), None);
             }
         }
-        if !named.is_empty() {
+        if let Some(journal) = journal {
+            // Found in the journal's index of the file, made once for all its writes.
+            let all = journal.all_rows();
+            for (id, row) in &mut named {
+                *row = all.find(id, |i| index.id(i));
+            }
+        } else if !named.is_empty() {
             for i in 0..index.len() {
                 if let Some(row @ None) = named.get_mut(index.id(i)) {
                     *row = Some(i);
@@ -297,7 +301,6 @@ impl<'i> Spliced<'i> {
             parsed: BTreeMap::new(),
             base: Vec::new(),
             journal,
-            journal_ids: std::cell::OnceCell::new(),
             reader: ReaderBuilder::new()
                 .has_headers(false)
                 .flexible(true)
@@ -318,10 +321,13 @@ impl<'i> Spliced<'i> {
     fn in_file(&self, id: &str) -> Option<usize> {
         match self.named.get(id) {
             Some(&row) => row,
-            None => self
-                .all
-                .get_or_init(|| all_rows(self.index))
-                .find(id, |i| self.index.id(i)),
+            None => {
+                let all = match self.journal {
+                    Some(journal) => journal.all_rows(),
+                    None => self.all.get_or_init(|| all_rows(self.index)),
+                };
+                all.find(id, |i| self.index.id(i))
+            }
         }
     }
 
@@ -393,15 +399,7 @@ impl<'i> Spliced<'i> {
 
     /// The place in the journal of a row it adds with `id`.
     fn journal_row(&self, id: &str) -> Option<usize> {
-        let created = self.journal?.created();
-        let index = self.journal_ids.get_or_init(|| {
-            let mut index = IdIndex::with_capacity(created.len());
-            for k in 0..created.len() {
-                index.insert(created.get(k), k, |k| created.get(k));
-            }
-            index
-        });
-        index.find(id, |k| created.get(k))
+        self.journal?.created_row(id)
     }
 
     /// What the write did, as a journal's block: each row parsed written anew or
@@ -730,6 +728,11 @@ impl Table for Spliced<'_> {
     fn remove(&mut self, row: usize) {
         let at = self.at(row);
         self.touched.remove(at);
+    }
+
+    fn id_allocator(&self, kind: EntityKind) -> table::IdAllocator {
+        let known = self.journal.and_then(|journal| journal.id_allocator(kind));
+        known.unwrap_or_else(|| table::IdAllocator::new(kind, self.ids()))
     }
 }
 
