@@ -53,8 +53,8 @@ V0002,Gamma Supplies,BE0333,+32 3 333
 /// A deployment after a first sync, with changes waiting that make the next run
 /// touch every write point: contact and account creates, updates both ways, a new
 /// link by matching, and the cursor.
-fn prepared() -> Deployment {
-    let d = Deployment::with_config(CONFIG);
+fn prepared(config: &str) -> Deployment {
+    let d = Deployment::with_config(config);
     d.write("crm/contacts.csv", CONTACTS);
     d.write("erp/customers.csv", CUSTOMERS);
     d.write("erp/vendors.csv", VENDORS);
@@ -111,9 +111,30 @@ fn outcome(d: &Deployment) -> Outcome {
     (files, d.links())
 }
 
+/// [`CONFIG`] with every CSV write held in the file connector's journal until the run
+/// folds it (files of 32 MiB or more by default): a kill leaves the writes it made
+/// in the journals, not in the files.
+fn journaled() -> String {
+    let journaled = CONFIG.replace(
+        "type = \"file\"\n",
+        "type = \"file\"\njournal = \"always\"\n",
+    );
+    assert_eq!(journaled.matches("journal").count(), 2);
+    journaled
+}
+
 #[test]
 fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
-    let start = prepared();
+    killed_at_every_point_and_finished(CONFIG);
+}
+
+#[test]
+fn a_sync_killed_with_writes_in_journals_is_finished_by_the_next_run() {
+    killed_at_every_point_and_finished(&journaled());
+}
+
+fn killed_at_every_point_and_finished(config: &str) {
+    let start = prepared(config);
 
     let reference = start.copy();
     let report = reference.sync();
@@ -140,6 +161,7 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
         expected.0[0]
     );
 
+    let mut journals_left = Vec::new();
     for point in tandem_engine::failpoint::POINTS {
         let d = start.copy();
         let out = d.tandem_env(&["sync"], &[("TANDEM_FAILPOINT", point)]);
@@ -152,6 +174,9 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
             "{point}: {}",
             stderr(&out)
         );
+        if journals(&d).next().is_some() {
+            journals_left.push(*point);
+        }
 
         let rerun = d.sync();
         assert_eq!(rerun["failures"], serde_json::json!([]), "{point}: {rerun}");
@@ -165,6 +190,7 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
         for ((name, want), (_, have)) in expected.0.iter().zip(&got.0) {
             assert_eq!(have, want, "{point}: {name} differs");
         }
+        assert_eq!(journals(&d).next(), None, "{point}: a journal was left");
         let status = d.tandem(&["--json", "status"]);
         if status.status.success() {
             let text = String::from_utf8_lossy(&status.stdout);
@@ -174,6 +200,29 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
             );
         }
     }
+    // With journals, the runs killed after their updates left them to the next run.
+    let journaled = config.contains("journal = \"always\"");
+    let expected: &[&str] = match journaled {
+        true => &["after_contact_updates", "after_account_updates"],
+        false => &[],
+    };
+    assert!(
+        expected.iter().all(|point| journals_left.contains(point)),
+        "journals were left after {journals_left:?}"
+    );
+    assert_eq!(journaled, !journals_left.is_empty(), "{journals_left:?}");
+}
+
+/// The journals left beside the data files.
+fn journals(d: &Deployment) -> impl Iterator<Item = String> {
+    [
+        "crm/.contacts.csv",
+        "erp/.customers.csv",
+        "erp/.vendors.csv",
+    ]
+    .into_iter()
+    .map(|file| format!("{file}.tandem-journal"))
+    .filter(|journal| d.path(journal).exists())
 }
 
 /// R18: an edit made on the account after a run was killed, wherever it was killed,
@@ -181,7 +230,18 @@ fn a_sync_killed_at_any_write_point_is_finished_by_the_next_run() {
 /// not mistaken for the contact's own edit, which would win the conflict and revert it.
 #[test]
 fn r18_an_edit_made_after_a_crash_is_not_reverted() {
-    let start = prepared();
+    an_edit_after_a_crash_is_not_reverted(CONFIG);
+}
+
+/// The same with the writes the killed run made still in the journals: the edit is
+/// made to the file, which does not have them yet.
+#[test]
+fn r18_an_edit_made_after_a_crash_with_writes_in_journals_is_not_reverted() {
+    an_edit_after_a_crash_is_not_reverted(&journaled());
+}
+
+fn an_edit_after_a_crash_is_not_reverted(config: &str) {
+    let start = prepared(config);
     for point in tandem_engine::failpoint::POINTS {
         let d = start.copy();
         let out = d.tandem_env(&["sync"], &[("TANDEM_FAILPOINT", point)]);

@@ -69,12 +69,38 @@ impl Format {
     }
 }
 
+/// When writes to a CSV file go through a journal beside it (`csv/journal.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Journal {
+    /// For files of [`JOURNAL_FROM_BYTES`] or more.
+    #[default]
+    Auto,
+    /// For files of any size.
+    Always,
+    /// Never: every write rewrites the file.
+    Never,
+}
+
+impl Journal {
+    /// The size from which a file is written through a journal.
+    fn files_from(self) -> u64 {
+        match self {
+            Journal::Auto => JOURNAL_FROM_BYTES,
+            Journal::Always => 0,
+            Journal::Never => u64::MAX,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
     path: PathBuf,
     #[serde(default)]
     format: Format,
+    #[serde(default)]
+    journal: Journal,
 }
 
 /// Builds [`FileConnector`]s for `type = "file"`.
@@ -92,10 +118,10 @@ impl ConnectorFactory for FileConnectorFactory {
         context: &BuildContext,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
         let settings: Settings = parse_settings(settings)?;
-        Ok(Arc::new(FileConnector::new(
-            context.resolve(&settings.path),
-            settings.format,
-        )))
+        let connector = FileConnector::new(context.resolve(&settings.path), settings.format);
+        Ok(Arc::new(
+            connector.journaling_from(settings.journal.files_from()),
+        ))
     }
 }
 
@@ -179,7 +205,7 @@ impl FileConnector {
     }
 
     /// The same connector, writing CSV files of `bytes` or more through a journal
-    /// (tests: the default is [`JOURNAL_FROM_BYTES`]).
+    /// (the default is [`JOURNAL_FROM_BYTES`]; `u64::MAX`: never).
     ///
     /// # Panics
     /// When the connector is shared already.
@@ -440,8 +466,9 @@ impl Files {
         );
         if done.kept > 0 {
             tracing::warn!(
-                "{}: {} rows written by a run that stopped were edited in the file since; \
-                 the file's rows were kept, and the next run takes them as edits",
+                "{}: {} rows written by a run that stopped were edited or removed in the file \
+                 since; the edited cells were kept (a removed row stays removed), and the \
+                 next run takes them as edits",
                 path.display(),
                 done.kept
             );
@@ -455,6 +482,17 @@ impl Files {
             );
         }
         Ok(())
+    }
+
+    /// Puts every write this instance holds in a journal into its file (a run does at
+    /// its end; also done when the connector is let go).
+    ///
+    /// # Errors
+    /// When a file cannot be written: the writes stay in the journal, for the next
+    /// call or run.
+    pub fn flush(&self) -> Result<(), ConnectorError> {
+        let kinds: Vec<EntityKind> = self.journals_lock().keys().copied().collect();
+        kinds.into_iter().try_for_each(|kind| self.settle(kind))
     }
 
     /// Folds the journal of `kind`, this instance's or one a stopped process left,
@@ -739,19 +777,11 @@ impl Connector for FileConnector {
 /// it next. A process killed before leaves the journal, folded by the next run.
 impl Drop for Files {
     fn drop(&mut self) {
-        let kinds: Vec<EntityKind> = self.journals.get_mut().map_or_else(
-            |poisoned| poisoned.into_inner().keys().copied().collect(),
-            |journals| journals.keys().copied().collect(),
-        );
-        for kind in kinds {
-            if let Err(e) = self.settle(kind) {
-                tracing::warn!(
-                    "{}: {e}; the writes are kept beside it in {} and go into the file on \
-                     the next run",
-                    self.file(kind).display(),
-                    csv::journal_path(&self.file(kind)).display()
-                );
-            }
+        if let Err(e) = self.flush() {
+            tracing::warn!(
+                "{e}; the writes are kept in a journal beside the file (.<file>.tandem-journal) \
+                 and go into the file on the next run"
+            );
         }
     }
 }

@@ -20,8 +20,10 @@
 //! - A journal found on disk (a process stopped before its fold) is folded by checking
 //!   each row: a row as the journal found it gets the journal's; a row already as the
 //!   journal wrote it (the fold had renamed the file) is left; a row edited since keeps
-//!   the edit, which the next run sees as one. A block cut short (its hash does not
-//!   match) ends the journal: its write never answered.
+//!   its edited cells and takes the journal's others (the next run sees the edit as
+//!   one); a row removed since stays removed; a column added since keeps its cells. A
+//!   block cut short (its hash does not match) ends the journal: its write never
+//!   answered.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -30,8 +32,10 @@ use std::path::{Path, PathBuf};
 use tandem_connector::ConnectorError;
 use tandem_model::EntityKind;
 
-use super::read_exact_at;
+use csv::StringRecord;
+
 use super::splice::{RowIndex, Splices, Window, all_rows, splice_file};
+use super::{Layout, read_exact_at};
 use crate::error::FileError;
 use crate::id_index::IdIndex;
 use crate::id_list::IdList;
@@ -66,8 +70,9 @@ impl Tag {
 }
 
 /// The entries of one write call, encoded: per entry its tag, the row of the file it
-/// replaces (`u32::MAX` for a create), its id, the hash of the row as the write found
-/// it ([`line_hash`], 0 for a create) and the row's bytes as written.
+/// replaces (`u32::MAX` for a create), its id, the hash of the row's cells as the
+/// write found it (`Layout::hash`, its version; 0 for a create) and its bytes then
+/// (none for a create), and the row's bytes as written.
 #[derive(Debug, Default)]
 pub(super) struct Block {
     bytes: Vec<u8>,
@@ -79,7 +84,15 @@ pub(super) struct Block {
 }
 
 impl Block {
-    pub(super) fn push(&mut self, tag: Tag, row: usize, id: &str, base: u64, line: &[u8]) {
+    /// Adds the entry of the row `row` with `id`, which was `was` (its hash and
+    /// bytes) and is written as `line`.
+    pub(super) fn push(
+        &mut self,
+        tag: Tag,
+        (row, id): (usize, &str),
+        (base, was): (u64, &[u8]),
+        line: &[u8],
+    ) {
         let row32 = match tag {
             Tag::Create => u32::MAX,
             _ => u32::try_from(row).expect("fewer than 2^32 rows in a file"),
@@ -96,6 +109,7 @@ impl Block {
         self.bytes.extend_from_slice(&row32.to_le_bytes());
         put_bytes(&mut self.bytes, id.as_bytes());
         self.bytes.extend_from_slice(&base.to_le_bytes());
+        put_bytes(&mut self.bytes, was);
         put_bytes(&mut self.bytes, line);
     }
 
@@ -108,16 +122,6 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).expect("a row of less than 4 GiB");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(bytes);
-}
-
-/// The hash of a row's bytes without the line ends after it: what a journal compares
-/// a row of the file with.
-pub(super) fn line_hash(bytes: &[u8]) -> u64 {
-    let end = bytes
-        .iter()
-        .rposition(|b| !matches!(b, b'\r' | b'\n'))
-        .map_or(0, |last| last + 1);
-    xxhash_rust::xxh3::xxh3_64(&bytes[..end])
 }
 
 /// What the system says of a file that changes with any write to it: its device and
@@ -198,14 +202,18 @@ impl Journal {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&path).map_err(write_error)?;
-        (file.write_all(MAGIC).and_then(|()| file.sync_all())).map_err(write_error)?;
+        let headers: Vec<&str> = index.headers.iter().collect();
+        let headers = serde_json::to_vec(&headers).expect("names serialize");
+        let mut head = MAGIC.to_vec();
+        put_bytes(&mut head, &headers);
+        (file.write_all(&head).and_then(|()| file.sync_all())).map_err(write_error)?;
         crate::atomic::sync_folder(crate::error::folder(&path));
         let rows = vec![0; index.starts.len().div_ceil(64)];
         let removed = rows.clone();
         Ok(Journal {
             path,
             file,
-            len: MAGIC.len() as u64,
+            len: head.len() as u64,
             base,
             identity,
             index,
@@ -308,7 +316,7 @@ impl Journal {
     /// Writes the journal's rows into the file at `csv`, which is as the journal found
     /// it, and removes the journal. Returns the file's fingerprint and index.
     pub(crate) fn fold(self, csv: &Path) -> Result<(String, RowIndex), ConnectorError> {
-        let mut replaced: Vec<(usize, Option<(u64, u32)>)> = Vec::new();
+        let mut replaced: Vec<(usize, Option<Line>)> = Vec::new();
         let mut added = Vec::with_capacity(self.created.len());
         let ids = self.created.iter();
         entries(&self.path, |entry| match entry.tag {
@@ -317,7 +325,7 @@ impl Journal {
             Tag::Create => added.push(entry.line()),
         })?;
         replaced.sort_unstable_by_key(|(row, _)| *row);
-        let added: Vec<(&str, (u64, u32))> = ids.zip(added).collect();
+        let added: Vec<(&str, Line)> = ids.zip(added).collect();
         let saved = write(csv, &self.path, &self.index, &replaced, &added)?;
         remove(&self.path)?;
         Ok(saved)
@@ -334,15 +342,47 @@ struct Entry<'b> {
     row: u32,
     id: &'b str,
     base: u64,
+    /// The row's bytes before the write.
+    was: &'b [u8],
     /// Where the row's bytes are in the journal.
     at: u64,
     bytes: &'b [u8],
 }
 
 impl Entry<'_> {
-    fn line(&self) -> (u64, u32) {
-        (self.at, u32::try_from(self.bytes.len()).unwrap_or(u32::MAX))
+    /// The row's bytes, where they are in the journal.
+    fn line(&self) -> Line {
+        Line::Journal(self.at, u32::try_from(self.bytes.len()).unwrap_or(u32::MAX))
     }
+}
+
+/// Where a row a fold writes comes from: the journal's bytes, or bytes made for a file
+/// whose columns changed since the journal began.
+enum Line {
+    Journal(u64, u32),
+    Made(Vec<u8>),
+}
+
+/// The columns of the file when the journal at `path` began; `None` for a journal
+/// that does not start as one.
+fn headers_of(path: &Path) -> Result<Option<StringRecord>, ConnectorError> {
+    let read_error = |e| ConnectorError::from(FileError::read(path, e));
+    let mut file = io::BufReader::new(File::open(path).map_err(read_error)?);
+    Ok(read_head(&mut file).map(|(headers, _)| headers))
+}
+
+/// The magic bytes and the columns at the start of a journal, and their length.
+fn read_head(file: &mut impl Read) -> Option<(StringRecord, u64)> {
+    let mut magic = [0; 8];
+    file.read_exact(&mut magic).ok()?;
+    let mut len = [0; 4];
+    file.read_exact(&mut len).ok()?;
+    let len = u32::from_le_bytes(len);
+    let mut names = vec![0; len as usize];
+    file.read_exact(&mut names).ok()?;
+    let names: Vec<String> = serde_json::from_slice(&names).ok()?;
+    let head = MAGIC.len() as u64 + 4 + u64::from(len);
+    (&magic == MAGIC).then(|| (StringRecord::from(names), head))
 }
 
 /// Calls `each` with every entry of the journal at `path`, block by block, up to the
@@ -350,11 +390,10 @@ impl Entry<'_> {
 fn entries(path: &Path, mut each: impl FnMut(Entry<'_>)) -> Result<bool, ConnectorError> {
     let read_error = |e| ConnectorError::from(FileError::read(path, e));
     let mut file = io::BufReader::new(File::open(path).map_err(read_error)?);
-    let mut magic = [0; 8];
-    if file.read_exact(&mut magic).is_err() || &magic != MAGIC {
+    let Some((_, head)) = read_head(&mut file) else {
         return Ok(true);
-    }
-    let (mut at, mut block) = (MAGIC.len() as u64, Vec::new());
+    };
+    let (mut at, mut block) = (head, Vec::new());
     loop {
         let mut head = [0; 16];
         match file.read_exact(&mut head) {
@@ -394,6 +433,8 @@ fn decode(block: &[u8], at: u64, each: &mut impl FnMut(Entry<'_>)) -> bool {
             let id_len = u32_at(&mut pos)? as usize;
             let id = std::str::from_utf8(take(&mut pos, id_len)?).ok()?;
             let base = u64::from_le_bytes(take(&mut pos, 8)?.try_into().ok()?);
+            let was_len = u32_at(&mut pos)? as usize;
+            let was = take(&mut pos, was_len)?;
             let len = u32_at(&mut pos)? as usize;
             let start = pos;
             let bytes = take(&mut pos, len)?;
@@ -402,6 +443,7 @@ fn decode(block: &[u8], at: u64, each: &mut impl FnMut(Entry<'_>)) -> bool {
                 row,
                 id,
                 base,
+                was,
                 at: at + start as u64,
                 bytes,
             })
@@ -420,19 +462,27 @@ fn write(
     csv: &Path,
     journal: &Path,
     index: &RowIndex,
-    replaced: &[(usize, Option<(u64, u32)>)],
-    added: &[(&str, (u64, u32))],
+    replaced: &[(usize, Option<Line>)],
+    added: &[(&str, Line)],
 ) -> Result<(String, RowIndex), ConnectorError> {
     let read_error = |e| ConnectorError::from(FileError::read(csv, e));
     let lines = File::open(journal).map_err(|e| FileError::read(journal, e))?;
     let file = crate::link::open(csv)?.ok_or_else(|| read_error(io::ErrorKind::NotFound.into()))?;
     let mut window = Window::new(file, index.size);
     let splices = Splices { replaced, added };
-    splice_file(csv, index, &mut window, &splices, |&(at, len), text| {
+    splice_file(csv, index, &mut window, &splices, |line, text| {
         let mut bytes = text.bytes();
-        let start = bytes.len();
-        bytes.resize(start + len as usize, 0);
-        read_exact_at(&lines, &mut bytes[start..], at)
+        match line {
+            Line::Journal(at, len) => {
+                let start = bytes.len();
+                bytes.resize(start + *len as usize, 0);
+                read_exact_at(&lines, &mut bytes[start..], *at)
+            }
+            Line::Made(made) => {
+                bytes.extend_from_slice(made);
+                Ok(())
+            }
+        }
     })
 }
 
@@ -452,8 +502,8 @@ pub(crate) struct Recovered {
     pub(crate) applied: usize,
     /// Rows the file already held as the journal wrote them.
     pub(crate) already: usize,
-    /// Rows edited (or removed) in the file since the journal wrote them: kept as the
-    /// file has them.
+    /// Rows edited (or removed) in the file since the journal wrote them: their
+    /// edited cells kept (a removed row stays removed).
     pub(crate) kept: usize,
     /// Whether the journal ended in a block cut short.
     pub(crate) cut_short: bool,
@@ -475,71 +525,184 @@ pub(crate) fn recover(csv: &Path, kind: EntityKind) -> Result<Option<Recovered>,
             csv.display()
         )));
     };
-    let by_id = all_rows(&index);
-    let file = crate::link::open(csv)?;
-    let mut window = file.map(|file| Window::new(file, index.size));
-    let mut current = |row: usize| -> io::Result<u64> {
-        let window = window.as_mut().expect("a file with rows is open");
-        row_hash(window, &index, row)
+    let Some(headers) = headers_of(&path)? else {
+        // Cut short as it began: it holds no write.
+        remove(&path)?;
+        return Ok(Some(Recovered {
+            cut_short: true,
+            ..Recovered::default()
+        }));
     };
-    let mut done = Recovered::default();
-    let mut replaced = Vec::new();
-    let mut added: Vec<(String, (u64, u32))> = Vec::new();
-    let mut removed = std::collections::HashSet::new();
-    let mut failed = None;
-    done.cut_short = entries(&path, |entry| {
-        let row = by_id.find(entry.id, |i| index.id(i));
-        let now = match row.map(&mut current).transpose() {
-            Ok(now) => now,
-            Err(e) => return failed = Some(e),
-        };
-        let wrote = line_hash(entry.bytes);
-        // A create may take the id of a row the journal removed before it.
-        let row = row.filter(|row| !removed.contains(row));
-        match (entry.tag, row, now) {
-            (Tag::Create, None, _) => added.push((entry.id.to_owned(), entry.line())),
-            (Tag::Update | Tag::Delete, Some(row), Some(now)) if now == entry.base => {
-                let put = (entry.tag == Tag::Update).then(|| entry.line());
-                if put.is_none() {
-                    removed.insert(row);
-                }
-                replaced.push((row, put));
-            }
-            (Tag::Update | Tag::Create, Some(_), Some(now)) if now == wrote => done.already += 1,
-            (Tag::Delete, None, _) => done.already += 1,
-            _ => done.kept += 1,
-        }
-    })?;
-    if let Some(e) = failed {
-        return Err(FileError::read(csv, e).into());
-    }
-    done.applied = replaced.len() + added.len();
-    if done.applied > 0 {
-        replaced.sort_unstable_by_key(|(row, _)| *row);
-        let added: Vec<(&str, (u64, u32))> = (added.iter())
-            .map(|(id, line)| (id.as_str(), *line))
-            .collect();
-        done.saved = Some(write(csv, &path, &index, &replaced, &added)?.0);
-    }
-    remove(&path)?;
-    Ok(Some(done))
+    let mut recovery = Recovery::new(csv, kind, &index, &headers)?;
+    recovery.done.cut_short = entries(&path, |entry| recovery.take(&entry))?;
+    recovery.finish(csv, &path).map(Some)
 }
 
-/// [`line_hash`] of row `row` of the file `index` lists.
-fn row_hash(window: &mut Window, index: &RowIndex, row: usize) -> io::Result<u64> {
-    let (start, end) = window.range(index, row)?;
-    let mut bytes = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0));
-    let mut at = start;
-    while at < end {
-        let want = usize::try_from(end - at).unwrap_or(usize::MAX);
-        let chunk = window.bytes(at, want)?;
-        if chunk.is_empty() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        bytes.extend_from_slice(chunk);
-        at += chunk.len() as u64;
+/// A journal a stopped process left, checked row by row against the file.
+struct Recovery<'i> {
+    index: &'i RowIndex,
+    by_id: IdIndex,
+    window: Option<Window>,
+    /// The columns when the journal began, and now.
+    then: Layout,
+    now: Layout,
+    done: Recovered,
+    replaced: Vec<(usize, Option<Line>)>,
+    added: Vec<(String, Line)>,
+    /// Rows the journal removes: a create after may take the id.
+    removed: std::collections::HashSet<usize>,
+    failed: Option<io::Error>,
+    buf: Vec<u8>,
+}
+
+impl<'i> Recovery<'i> {
+    fn new(
+        csv: &Path,
+        kind: EntityKind,
+        index: &'i RowIndex,
+        headers: &StringRecord,
+    ) -> Result<Recovery<'i>, ConnectorError> {
+        let window = crate::link::open(csv)?.map(|file| Window::new(file, index.size));
+        Ok(Recovery {
+            index,
+            by_id: all_rows(index),
+            window,
+            then: Layout::new(csv, kind, headers, index.style)?,
+            now: Layout::new(csv, kind, &index.headers, index.style)?,
+            done: Recovered::default(),
+            replaced: Vec::new(),
+            added: Vec::new(),
+            removed: std::collections::HashSet::new(),
+            failed: None,
+            buf: Vec::new(),
+        })
     }
-    Ok(line_hash(&bytes))
+
+    /// Decides what becomes of the row of one entry. Rows compare by their cells
+    /// ([`Layout::hash`], a row's version), so a column added since changes nothing.
+    fn take(&mut self, entry: &Entry<'_>) {
+        let found = self.by_id.find(entry.id, |i| self.index.id(i));
+        // A create may take the id of a row the journal removed before it.
+        let row = found.filter(|row| !self.removed.contains(row));
+        let current = match row.map(|row| self.cells(row)).transpose() {
+            Ok(current) => current,
+            Err(e) => return self.failed = Some(e),
+        };
+        let now = (current.as_ref()).map(|cells| self.now.hash(cells.iter(), &mut self.buf));
+        let written = parse_row(entry.bytes).unwrap_or_default();
+        let wrote = self.then.hash(written.iter(), &mut self.buf);
+        match (entry.tag, row.zip(current), now) {
+            (Tag::Create, None, _) => {
+                let line = self.line(entry, &written, None);
+                self.added.push((entry.id.to_owned(), line));
+            }
+            (Tag::Delete, None, _) => self.done.already += 1,
+            (Tag::Update | Tag::Create, Some(_), Some(now)) if now == wrote => {
+                self.done.already += 1;
+            }
+            (Tag::Delete, Some((row, _)), Some(now)) if now == entry.base => {
+                self.removed.insert(row);
+                self.replaced.push((row, None));
+            }
+            (Tag::Update, Some((row, current)), Some(now)) => {
+                let was = parse_row(entry.was).unwrap_or_default();
+                let line = match now == entry.base {
+                    true => self.line(entry, &written, Some(&current)),
+                    false => {
+                        self.done.kept += 1;
+                        self.merged(&written, &was, &current)
+                    }
+                };
+                self.replaced.push((row, Some(line)));
+            }
+            // Removed since, or made by someone else under the id, or edited and then
+            // removed by the journal: the file's.
+            _ => self.done.kept += 1,
+        }
+    }
+
+    /// The row an entry writes: its bytes when the columns are as they were, else
+    /// its cells laid out in the file's columns now, a column it did not know taking
+    /// the file's cell (empty for a new row).
+    fn line(
+        &self,
+        entry: &Entry<'_>,
+        written: &StringRecord,
+        current: Option<&StringRecord>,
+    ) -> Line {
+        if self.then.headers == self.now.headers {
+            return entry.line();
+        }
+        let empty = StringRecord::new();
+        self.laid_out(|name| {
+            cell(&self.then.headers, written, name)
+                .or_else(|| cell(&self.now.headers, current.unwrap_or(&empty), name))
+        })
+    }
+
+    /// A row edited in the file since the journal wrote it, cell by cell: a cell the
+    /// edit left as the journal found it (`was`) takes the journal's, an edited one
+    /// keeps the edit, which the next run then takes as one.
+    fn merged(&self, written: &StringRecord, was: &StringRecord, current: &StringRecord) -> Line {
+        self.laid_out(|name| {
+            let now = cell(&self.now.headers, current, name);
+            let before = cell(&self.then.headers, was, name);
+            match now == before {
+                true => cell(&self.then.headers, written, name).or(now),
+                false => now,
+            }
+        })
+    }
+
+    /// A row in the file's columns now, each cell as `value` gives it by name.
+    fn laid_out<'c>(&self, value: impl Fn(&str) -> Option<&'c str>) -> Line {
+        let cells: Vec<&str> = (self.now.headers.iter())
+            .map(|name| value(name).unwrap_or_default())
+            .collect();
+        let mut text = super::Text::new(self.index.style, 0);
+        text.record(cells.into_iter())
+            .expect("a record is written into memory");
+        Line::Made(text.into_bytes())
+    }
+
+    /// The cells of row `row` of the file.
+    fn cells(&mut self, row: usize) -> io::Result<StringRecord> {
+        let window = self.window.as_mut().expect("a file with rows is open");
+        let bytes = window.row_bytes(self.index, row)?;
+        parse_row(&bytes).ok_or_else(|| io::Error::other("a row changed while it was read"))
+    }
+
+    /// Writes what was decided into the file and removes the journal.
+    fn finish(mut self, csv: &Path, journal: &Path) -> Result<Recovered, ConnectorError> {
+        if let Some(e) = self.failed {
+            return Err(FileError::read(csv, e).into());
+        }
+        self.done.applied = self.replaced.len() + self.added.len();
+        if self.done.applied > 0 {
+            self.replaced.sort_unstable_by_key(|(row, _)| *row);
+            let (ids, lines): (Vec<String>, Vec<Line>) = self.added.into_iter().unzip();
+            let added: Vec<(&str, Line)> = ids.iter().map(String::as_str).zip(lines).collect();
+            let saved = write(csv, journal, self.index, &self.replaced, &added)?;
+            self.done.saved = Some(saved.0);
+        }
+        remove(journal)?;
+        Ok(self.done)
+    }
+}
+
+/// The cell of column `name` of a row whose columns are `headers`.
+fn cell<'r>(headers: &StringRecord, row: &'r StringRecord, name: &str) -> Option<&'r str> {
+    row.get(headers.iter().position(|h| h == name)?)
+}
+
+/// The cells of one row's bytes; `None` when they are not one row.
+fn parse_row(bytes: &[u8]) -> Option<StringRecord> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes);
+    let mut row = StringRecord::new();
+    reader.read_record(&mut row).ok()?.then_some(row)
 }
 
 #[cfg(test)]
@@ -732,7 +895,7 @@ mod tests {
     }
 
     /// A row edited in the file after the stop keeps the edit (the next run sees it as
-    /// one); the journal's other rows go in.
+    /// one) and takes the journal's other cells; the journal's other rows go in.
     #[test]
     fn a_row_edited_after_the_stop_keeps_the_edit() {
         let dir = tempfile::tempdir().unwrap();
@@ -743,10 +906,29 @@ mod tests {
         );
         fs::write(&path, FILE.replace("C2,Beta,Gent", "C2,Beta BV,Gent")).unwrap();
         let done = recover(&path, KIND).unwrap().unwrap();
-        assert_eq!((done.applied, done.kept), (1, 1));
+        assert_eq!((done.applied, done.kept), (2, 1));
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
-            "id,name,city\nC1,Acme,Gent\nC2,Beta BV,Gent\nC3,Cera,Lier\n"
+            "id,name,city\nC1,Acme,Gent\nC2,Beta BV,Brugge\nC3,Cera,Lier\n"
+        );
+    }
+
+    /// A column added to the file after the stop (another program's): the journal's
+    /// rows go in laid out in the file's columns, each keeping the file's cell of the
+    /// new column; the new row gets an empty one.
+    #[test]
+    fn a_column_added_after_the_stop_is_kept_around_the_journals_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = contacts(&dir, FILE);
+        journaled_and_stopped(&path, vec![vec![update("C2", "Brugge"), create("Dee")]]);
+        let widened =
+            "id,name,city,x_note\nC1,Acme,Gent,\nC2,Beta,Gent,\"call, first\"\nC3,Cera,Gent,\n";
+        fs::write(&path, widened).unwrap();
+        let done = recover(&path, KIND).unwrap().unwrap();
+        assert_eq!((done.applied, done.kept), (2, 1));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "id,name,city,x_note\nC1,Acme,Gent,\nC2,Beta,Brugge,\"call, first\"\nC3,Cera,Gent,\nC4,Dee,,\n"
         );
     }
 

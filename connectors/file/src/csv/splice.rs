@@ -225,7 +225,7 @@ struct Spliced<'i> {
     row_of: Vec<usize>,
     /// Rows of the file that are in `touched`, by their number.
     parsed: BTreeMap<usize, usize>,
-    /// The hash of each row parsed as the file has it ([`journal::line_hash`]), in
+    /// The hash of the cells of each row parsed as the file has it (its version), in
     /// the order of `touched`.
     base: Vec<u64>,
     /// The journal the write goes to, whose new ids are taken.
@@ -354,7 +354,6 @@ impl<'i> Spliced<'i> {
             bytes.extend_from_slice(chunk);
             at += chunk.len() as u64;
         }
-        let base = journal::line_hash(bytes);
         // Back to the start of the bytes, with the reader's state reset.
         let reader = &mut self.reader;
         reader
@@ -374,6 +373,7 @@ impl<'i> Spliced<'i> {
         let lens = row.as_byte_record().iter().map(<[u8]>::len);
         let row =
             Row::new(row.as_slice(), lens).map_err(|TooLong| line_error(path, 0, TOO_LONG))?;
+        let base = self.touched.layout.row_hash(&row);
         let at = self.touched.push(row);
         self.row_of.push(i);
         self.parsed.insert(i, at);
@@ -418,11 +418,12 @@ impl<'i> Spliced<'i> {
                 Some(row) => (Tag::Update, line(row, &mut text)?),
                 None => (Tag::Delete, Vec::new()),
             };
-            block.push(tag, i, self.index.id(i), self.base[at], &bytes);
+            let was = self.file.borrow_mut().row_bytes(self.index, i)?;
+            block.push(tag, (i, self.index.id(i)), (self.base[at], &was), &bytes);
         }
         for row in self.touched.rows[self.parsed.len()..].iter().flatten() {
             let bytes = line(row, &mut text)?;
-            block.push(Tag::Create, usize::MAX, &row[id], 0, &bytes);
+            block.push(Tag::Create, (usize::MAX, &row[id]), (0, &[]), &bytes);
         }
         Ok(block)
     }
@@ -634,6 +635,23 @@ impl Window {
             None => index.size,
         };
         Ok((self.first_byte(index.starts[i])?, end))
+    }
+
+    /// The bytes of row `i` of `index` ([`Window::range`]).
+    pub(super) fn row_bytes(&mut self, index: &RowIndex, i: usize) -> io::Result<Vec<u8>> {
+        let (start, end) = self.range(index, i)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0));
+        let mut at = start;
+        while at < end {
+            let want = usize::try_from(end - at).unwrap_or(usize::MAX);
+            let chunk = self.bytes(at, want)?;
+            if chunk.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            bytes.extend_from_slice(chunk);
+            at += chunk.len() as u64;
+        }
+        Ok(bytes)
     }
 
     /// The first byte of the row the listing found at `at`: a reader counts a row from
