@@ -228,8 +228,10 @@ struct Spliced<'i> {
     /// The hash of the cells of each row parsed as the file has it (its version), in
     /// the order of `touched`.
     base: Vec<u64>,
-    /// The journal the write goes to, whose new ids are taken.
+    /// The journal the write goes to, whose new ids are taken, and the bytes of each
+    /// row parsed as the file has it, in the order of `touched`, for the journal.
     journal: Option<&'i Journal>,
+    was: Vec<Vec<u8>>,
     /// One CSV reader for every row parsed, fed each row's bytes: building a reader
     /// per row was a third of a first sync's CPU when each write touched 100,000 rows.
     reader: csv::Reader<io::Cursor<Vec<u8>>>,
@@ -301,6 +303,7 @@ impl<'i> Spliced<'i> {
             parsed: BTreeMap::new(),
             base: Vec::new(),
             journal,
+            was: Vec::new(),
             reader: ReaderBuilder::new()
                 .has_headers(false)
                 .flexible(true)
@@ -331,29 +334,12 @@ impl<'i> Spliced<'i> {
         }
     }
 
-    /// The bytes of row `i` (see [`Window::range`]).
-    fn range(&self, i: usize) -> io::Result<(u64, u64)> {
-        self.file.borrow_mut().range(self.index, i)
-    }
-
     /// Parses row `i` of the file into `touched`; false when its bytes are not one row
     /// of the listed id.
     fn parse(&mut self, path: &Path, i: usize) -> Result<bool, ConnectorError> {
         let read_error = |e| crate::error::FileError::read(path, e);
-        let (start, end) = self.range(i).map_err(read_error)?;
-        let bytes = self.reader.get_mut().get_mut();
-        bytes.clear();
-        let file = self.file.get_mut();
-        let mut at = start;
-        while at < end {
-            let want = usize::try_from(end - at).unwrap_or(usize::MAX);
-            let chunk = file.bytes(at, want).map_err(read_error)?;
-            if chunk.is_empty() {
-                return Err(read_error(io::ErrorKind::UnexpectedEof.into()).into());
-            }
-            bytes.extend_from_slice(chunk);
-            at += chunk.len() as u64;
-        }
+        let bytes = (self.file.get_mut().row_bytes(self.index, i)).map_err(read_error)?;
+        *self.reader.get_mut().get_mut() = bytes;
         // Back to the start of the bytes, with the reader's state reset.
         let reader = &mut self.reader;
         reader
@@ -374,6 +360,9 @@ impl<'i> Spliced<'i> {
         let row =
             Row::new(row.as_slice(), lens).map_err(|TooLong| line_error(path, 0, TOO_LONG))?;
         let base = self.touched.layout.row_hash(&row);
+        if self.journal.is_some() {
+            self.was.push(self.reader.get_ref().get_ref().clone());
+        }
         let at = self.touched.push(row);
         self.row_of.push(i);
         self.parsed.insert(i, at);
@@ -418,8 +407,8 @@ impl<'i> Spliced<'i> {
                 Some(row) => (Tag::Update, line(row, &mut text)?),
                 None => (Tag::Delete, Vec::new()),
             };
-            let was = self.file.borrow_mut().row_bytes(self.index, i)?;
-            block.push(tag, (i, self.index.id(i)), (self.base[at], &was), &bytes);
+            let was = &self.was[at];
+            block.push(tag, (i, self.index.id(i)), (self.base[at], was), &bytes);
         }
         for row in self.touched.rows[self.parsed.len()..].iter().flatten() {
             let bytes = line(row, &mut text)?;
