@@ -467,12 +467,7 @@ fn write(
 ) -> Result<(String, RowIndex), ConnectorError> {
     let read_error = |e| ConnectorError::from(FileError::read(csv, e));
     let lines = File::open(journal).map_err(|e| FileError::read(journal, e))?;
-    // Mapped, not read a row at a time: a fold takes up to millions of rows from all
-    // over the journal, and a read call per row cost seconds.
-    // SAFETY: the journal is appended to and removed only under the folder's lock,
-    // which the caller holds; the map is dropped before the journal is removed.
-    #[allow(unsafe_code)]
-    let lines = unsafe { memmap2::Mmap::map(&lines) }.map_err(|e| FileError::read(journal, e))?;
+    let mut lines = Lines::new(lines).map_err(|e| FileError::read(journal, e))?;
     let file = crate::link::open(csv)?.ok_or_else(|| read_error(io::ErrorKind::NotFound.into()))?;
     let mut window = Window::new(file, index.size);
     let splices = Splices { replaced, added };
@@ -480,12 +475,7 @@ fn write(
         let mut bytes = text.bytes();
         match line {
             Line::Journal(at, len) => {
-                let start = usize::try_from(*at).unwrap_or(usize::MAX);
-                let line = lines.get(start..start.saturating_add(*len as usize));
-                let line = line.ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "the journal got shorter")
-                })?;
-                bytes.extend_from_slice(line);
+                bytes.extend_from_slice(lines.get(*at, *len)?);
                 Ok(())
             }
             Line::Made(made) => {
@@ -494,6 +484,59 @@ fn write(
             }
         }
     })
+}
+
+/// The rows of a journal as a fold takes them, in the order of the file's rows: in
+/// journal order for a file written front to back in ranges (the contacts), from
+/// all over it for the others. A row that follows the last read comes with the next
+/// [`LINES_AHEAD`] bytes, any other is read alone: a read call per row cost seconds
+/// at a million rows, and a map of the journal counted in the process's memory.
+struct Lines {
+    file: File,
+    size: u64,
+    buf: Vec<u8>,
+    /// Where the buffer's bytes start in the journal.
+    start: u64,
+}
+
+/// What a read of rows that follow each other takes at once.
+const LINES_AHEAD: u64 = 256 << 10;
+
+impl Lines {
+    fn new(file: File) -> io::Result<Lines> {
+        let size = file.metadata()?.len();
+        Ok(Lines {
+            file,
+            size,
+            buf: Vec::new(),
+            start: 0,
+        })
+    }
+
+    /// The `len` bytes at `at`.
+    fn get(&mut self, at: u64, len: u32) -> io::Result<&[u8]> {
+        let (end, held) = (at + u64::from(len), self.start + self.buf.len() as u64);
+        if at < self.start || end > held {
+            let follows = at >= held && at - held < LINES_AHEAD;
+            let want = match follows {
+                true => (end - at)
+                    .max(LINES_AHEAD)
+                    .min(self.size.saturating_sub(at)),
+                false => end - at,
+            };
+            self.buf
+                .resize(usize::try_from(want).unwrap_or(usize::MAX), 0);
+            self.start = at;
+            if let Err(e) = super::read_exact_at(&self.file, &mut self.buf, at) {
+                self.buf.clear();
+                return Err(e);
+            }
+        }
+        let from = usize::try_from(at - self.start).unwrap_or(usize::MAX);
+        self.buf
+            .get(from..from + len as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "the journal got shorter"))
+    }
 }
 
 /// Removes the journal at `path`, once what it held is in its file.
