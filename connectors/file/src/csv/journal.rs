@@ -26,7 +26,7 @@
 //!   answered.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use tandem_connector::ConnectorError;
@@ -69,22 +69,33 @@ impl Tag {
     }
 }
 
-/// The entries of one write call, encoded: per entry its tag, the row of the file it
-/// replaces (`u32::MAX` for a create), its id, the hash of the row's cells as the
-/// write found it (`Layout::hash`, its version; 0 for a create) and its bytes then
-/// (none for a create), and the row's bytes as written.
+/// The entries of one write call, written to the journal as they come (a range's
+/// rows held whole took tens of MB beside the write): per entry its tag, the row of
+/// the file it replaces (`u32::MAX` for a create), its id, the hash of the row's cells
+/// as the write found it (`Layout::hash`, its version; 0 for a create) and its bytes
+/// then (none for a create), and the row's bytes as written. The block's length and
+/// hash go before its entries once they are all written.
+pub(super) struct Block<'f> {
+    out: io::BufWriter<&'f File>,
+    /// Where the block starts in the journal.
+    start: u64,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    entry: Vec<u8>,
+    appended: Appended,
+}
+
+/// What a block added to the journal: its bytes, the rows of the file it replaces or
+/// removes, the ones it removes, and the ids it adds.
 #[derive(Debug, Default)]
-pub(super) struct Block {
-    bytes: Vec<u8>,
-    /// The rows of the file it replaces or removes, the ones it removes, and the ids
-    /// it adds.
+pub(super) struct Appended {
+    len: u64,
     rows: Vec<usize>,
     removed: Vec<usize>,
     created: IdList,
 }
 
-impl Block {
-    /// Adds the entry of the row `row` with `id`, which was `was` (its hash and
+impl Block<'_> {
+    /// Writes the entry of the row `row` with `id`, which was `was` (its hash and
     /// bytes) and is written as `line`.
     pub(super) fn push(
         &mut self,
@@ -92,29 +103,52 @@ impl Block {
         (row, id): (usize, &str),
         (base, was): (u64, &[u8]),
         line: &[u8],
-    ) {
+    ) -> io::Result<()> {
         let row32 = match tag {
             Tag::Create => u32::MAX,
             _ => u32::try_from(row).expect("fewer than 2^32 rows in a file"),
         };
+        let appended = &mut self.appended;
         match tag {
-            Tag::Create => self.created.push(id),
-            Tag::Update => self.rows.push(row),
+            Tag::Create => appended.created.push(id),
+            Tag::Update => appended.rows.push(row),
             Tag::Delete => {
-                self.rows.push(row);
-                self.removed.push(row);
+                appended.rows.push(row);
+                appended.removed.push(row);
             }
         }
-        self.bytes.push(tag as u8);
-        self.bytes.extend_from_slice(&row32.to_le_bytes());
-        put_bytes(&mut self.bytes, id.as_bytes());
-        self.bytes.extend_from_slice(&base.to_le_bytes());
-        put_bytes(&mut self.bytes, was);
-        put_bytes(&mut self.bytes, line);
+        let entry = &mut self.entry;
+        entry.clear();
+        entry.push(tag as u8);
+        entry.extend_from_slice(&row32.to_le_bytes());
+        put_bytes(entry, id.as_bytes());
+        entry.extend_from_slice(&base.to_le_bytes());
+        put_bytes(entry, was);
+        put_bytes(entry, line);
+        self.hasher.update(entry);
+        appended.len += entry.len() as u64;
+        self.out.write_all(entry)
     }
 
-    fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+    /// Puts the block's length and hash before it and syncs it.
+    pub(super) fn finish(self) -> io::Result<Appended> {
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        let mut appended = self.appended;
+        if appended.len == 0 {
+            file.set_len(self.start)?;
+            return Ok(appended);
+        }
+        let mut head = [0; 16];
+        head[..8].copy_from_slice(&appended.len.to_le_bytes());
+        head[8..].copy_from_slice(&self.hasher.digest().to_le_bytes());
+        file.seek(io::SeekFrom::Start(self.start))?;
+        file.write_all(&head)?;
+        file.sync_data()?;
+        appended.len += 16;
+        Ok(appended)
     }
 }
 
@@ -198,7 +232,8 @@ impl Journal {
         let write_error = |e| ConnectorError::from(FileError::write(&path, &path, e));
         let identity = Identity::of(csv).map_err(|e| FileError::read(csv, e))?;
         let mut options = OpenOptions::new();
-        options.create_new(true).read(true).append(true);
+        // Not in append mode: a block's head is written after its entries.
+        options.create_new(true).read(true).write(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&path).map_err(write_error)?;
@@ -283,21 +318,26 @@ impl Journal {
         })
     }
 
-    /// Appends `block` and syncs it. On an error the journal may end in a part of it,
-    /// so it takes no more: the caller drops it, and the fold of what is on disk
-    /// ([`recover`]) ends before that part.
-    pub(super) fn append(&mut self, block: Block) -> io::Result<()> {
-        if block.is_empty() {
-            return Ok(());
-        }
-        let len = block.bytes.len() as u64;
-        let mut head = Vec::with_capacity(16);
-        head.extend_from_slice(&len.to_le_bytes());
-        head.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&block.bytes).to_le_bytes());
-        self.file.write_all(&head)?;
-        self.file.write_all(&block.bytes)?;
-        self.file.sync_data()?;
-        self.len += 16 + len;
+    /// A new block at the end of the journal. On an error while it is written the
+    /// journal may end in a part of it, so it takes no more: the caller drops it, and
+    /// the fold of what is on disk ([`recover`]) ends before that part.
+    pub(super) fn block(&self) -> io::Result<Block<'_>> {
+        let mut file = &self.file;
+        file.seek(io::SeekFrom::Start(self.len))?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&[0; 16])?;
+        Ok(Block {
+            out,
+            start: self.len,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            entry: Vec::new(),
+            appended: Appended::default(),
+        })
+    }
+
+    /// Takes in what a block, finished, added.
+    pub(super) fn appended(&mut self, block: Appended) {
+        self.len += block.len;
         for row in block.rows {
             self.rows[row / 64] |= 1 << (row % 64);
         }
@@ -310,7 +350,6 @@ impl Journal {
             let (created, k) = (&self.created, self.created.len() - 1);
             self.created_index.insert(id, k, |k| created.get(k));
         }
-        Ok(())
     }
 
     /// Writes the journal's rows into the file at `csv`, which is as the journal found
@@ -997,6 +1036,28 @@ mod tests {
         let len = fs::metadata(&journal).unwrap().len();
         let file = OpenOptions::new().write(true).open(&journal).unwrap();
         file.set_len(len - 3).unwrap();
+        let done = recover(&path, KIND).unwrap().unwrap();
+        assert_eq!((done.applied, done.cut_short), (1, true));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "id,name,city\nC1,Acme,Aalst\nC2,Beta,Gent\nC3,Cera,Gent\n"
+        );
+    }
+
+    /// A stop between a block's entries and its head (written last) leaves a head of
+    /// zeros: that block is left out.
+    #[test]
+    fn a_block_whose_head_was_not_written_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = contacts(&dir, FILE);
+        let mut journal = Journal::begin(&path, "began".into(), index_of(&path)).unwrap();
+        write_journaled(&path, KIND, &mut journal, vec![update("C1", "Aalst")]).unwrap();
+        let first = usize::try_from(fs::metadata(path_of(&path)).unwrap().len()).unwrap();
+        write_journaled(&path, KIND, &mut journal, vec![update("C2", "Brugge")]).unwrap();
+        drop(journal);
+        let mut bytes = fs::read(path_of(&path)).unwrap();
+        bytes[first..first + 16].fill(0);
+        fs::write(path_of(&path), bytes).unwrap();
         let done = recover(&path, KIND).unwrap().unwrap();
         assert_eq!((done.applied, done.cut_short), (1, true));
         assert_eq!(

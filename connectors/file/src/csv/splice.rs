@@ -18,7 +18,7 @@ use csv::{ReaderBuilder, StringRecord};
 use tandem_connector::{ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::EntityKind;
 
-use super::journal::{self, Block, Journal, Tag};
+use super::journal::{self, Appended, Journal, Tag};
 use super::{Column, CsvTable, Layout, TOO_LONG, line_error, read_exact_at};
 use crate::atomic::Fingerprinting;
 use crate::id_index::IdIndex;
@@ -171,25 +171,23 @@ pub(crate) fn write_journaled(
     journal: &mut Journal,
     ops: Vec<WriteOp>,
 ) -> Result<Splice, ConnectorError> {
-    let (outcomes, block) = {
-        let index = journal.index();
-        let Some(mut spliced) = Spliced::of_file(path, kind, index, Some(journal), &ops)? else {
+    let (outcomes, appended) = {
+        let shared: &Journal = journal;
+        let index = shared.index();
+        let Some(mut spliced) = Spliced::of_file(path, kind, index, Some(shared), &ops)? else {
             return Ok(Splice::NotHere(ops));
         };
         if spliced.touches_journal() {
             return Ok(Splice::NotHere(ops));
         }
         let (outcomes, changed) = table::apply(&mut spliced, kind, ops);
-        let block = changed.then(|| spliced.journal_block()).transpose();
-        (
-            outcomes,
-            block.map_err(|e| crate::error::FileError::read(path, e))?,
-        )
-    };
-    if let Some(block) = block {
+        let appended = changed.then(|| spliced.write_journal(shared)).transpose();
         let journal_path = journal::path_of(path);
-        (journal.append(block))
-            .map_err(|e| crate::error::FileError::write(&journal_path, &journal_path, e))?;
+        let write_error = |e| crate::error::FileError::write(&journal_path, &journal_path, e);
+        (outcomes, appended.map_err(write_error)?)
+    };
+    if let Some(appended) = appended {
+        journal.appended(appended);
     }
     Ok(Splice::Done(outcomes, None))
 }
@@ -391,12 +389,12 @@ impl<'i> Spliced<'i> {
         self.journal?.created_row(id)
     }
 
-    /// What the write did, as a journal's block: each row parsed written anew or
-    /// removed, each row inserted.
-    fn journal_block(&self) -> io::Result<Block> {
+    /// Writes what the write did to `journal` as a block: each row parsed written
+    /// anew or removed, each row inserted.
+    fn write_journal(&self, journal: &Journal) -> io::Result<Appended> {
         let layout = &self.touched.layout;
         let (id, width) = (layout.id, layout.headers.len());
-        let mut block = Block::default();
+        let mut block = journal.block()?;
         let mut text = super::Text::new(layout.style, 0);
         let line = |row: &Row, text: &mut super::Text| -> io::Result<Vec<u8>> {
             text.row(row, width)?;
@@ -408,13 +406,13 @@ impl<'i> Spliced<'i> {
                 None => (Tag::Delete, Vec::new()),
             };
             let was = &self.was[at];
-            block.push(tag, (i, self.index.id(i)), (self.base[at], was), &bytes);
+            block.push(tag, (i, self.index.id(i)), (self.base[at], was), &bytes)?;
         }
         for row in self.touched.rows[self.parsed.len()..].iter().flatten() {
             let bytes = line(row, &mut text)?;
-            block.push(Tag::Create, (usize::MAX, &row[id]), (0, &[]), &bytes);
+            block.push(Tag::Create, (usize::MAX, &row[id]), (0, &[]), &bytes)?;
         }
-        Ok(block)
+        block.finish()
     }
 
     /// Where row `row` (numbered as in the file) is in `touched`. Every row an op
