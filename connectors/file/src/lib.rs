@@ -5,9 +5,9 @@
 //!
 //! Every read is a full listing; a big CSV file is listed a page at a time (pieces of
 //! about 8 MiB, parsed on the machine's cores), so a run never holds all its records
-//! at once. Every write re-reads the file, applies the operations
-//! and replaces the file atomically (a big CSV file: through a journal beside it, folded
-//! into the file in one such rewrite, `csv/journal.rs`), keeping what the file was: a symbolic link stays a
+//! at once. Every write re-reads the file, applies the operations and replaces the file
+//! atomically (a big CSV file: through a journal beside it, folded into the file in one
+//! such rewrite, `csv/journal.rs`), keeping what the file was: a symbolic link stays a
 //! link (its target is replaced), and mode, owner, group, line ends and byte order mark
 //! stay as found. A fingerprint (length and hash of the file's bytes)
 //! lets the engine skip reading a file that did not change since the last run. Columns (CSV) and keys (JSON Lines) that are not
