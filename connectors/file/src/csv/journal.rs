@@ -986,21 +986,27 @@ mod tests {
         assert!(!path_of(&path).exists());
     }
 
+    /// `writes` journaled and left by a stopped process, the file then made `edited`,
+    /// and the journal folded: what the fold did, and the file after.
+    fn folded_after_an_edit(writes: Vec<Vec<WriteOp>>, edited: &str) -> (Recovered, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = contacts(&dir, FILE);
+        journaled_and_stopped(&path, writes);
+        fs::write(&path, edited).unwrap();
+        let done = recover(&path, KIND).unwrap().unwrap();
+        (done, fs::read_to_string(&path).unwrap())
+    }
+
     /// A row edited in the file after the stop keeps the edit (the next run sees it as
     /// one) and takes the journal's other cells; the journal's other rows go in.
     #[test]
     fn a_row_edited_after_the_stop_keeps_the_edit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = contacts(&dir, FILE);
-        journaled_and_stopped(
-            &path,
-            vec![vec![update("C2", "Brugge"), update("C3", "Lier")]],
-        );
-        fs::write(&path, FILE.replace("C2,Beta,Gent", "C2,Beta BV,Gent")).unwrap();
-        let done = recover(&path, KIND).unwrap().unwrap();
+        let writes = vec![vec![update("C2", "Brugge"), update("C3", "Lier")]];
+        let edited = FILE.replace("C2,Beta,Gent", "C2,Beta BV,Gent");
+        let (done, file) = folded_after_an_edit(writes, &edited);
         assert_eq!((done.applied, done.kept), (2, 1));
         assert_eq!(
-            fs::read_to_string(&path).unwrap(),
+            file,
             "id,name,city\nC1,Acme,Gent\nC2,Beta BV,Brugge\nC3,Cera,Lier\n"
         );
     }
@@ -1010,60 +1016,44 @@ mod tests {
     /// new column; the new row gets an empty one.
     #[test]
     fn a_column_added_after_the_stop_is_kept_around_the_journals_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = contacts(&dir, FILE);
-        journaled_and_stopped(&path, vec![vec![update("C2", "Brugge"), create("Dee")]]);
+        let writes = vec![vec![update("C2", "Brugge"), create("Dee")]];
         let widened =
             "id,name,city,x_note\nC1,Acme,Gent,\nC2,Beta,Gent,\"call, first\"\nC3,Cera,Gent,\n";
-        fs::write(&path, widened).unwrap();
-        let done = recover(&path, KIND).unwrap().unwrap();
+        let (done, file) = folded_after_an_edit(writes, widened);
         assert_eq!((done.applied, done.kept), (2, 1));
         assert_eq!(
-            fs::read_to_string(&path).unwrap(),
+            file,
             "id,name,city,x_note\nC1,Acme,Gent,\nC2,Beta,Brugge,\"call, first\"\nC3,Cera,Gent,\nC4,Dee,,\n"
         );
     }
 
     /// A write cut short as it was appended never answered: its block is left out,
-    /// the ones before it go in.
+    /// the ones before it go in; whether the stop cut its last bytes or came before
+    /// its head (written last: zeros).
     #[test]
     fn a_block_cut_short_is_left_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = contacts(&dir, FILE);
-        let writes = vec![vec![update("C1", "Aalst")], vec![update("C2", "Brugge")]];
-        journaled_and_stopped(&path, writes);
-        let journal = path_of(&path);
-        let len = fs::metadata(&journal).unwrap().len();
-        let file = OpenOptions::new().write(true).open(&journal).unwrap();
-        file.set_len(len - 3).unwrap();
-        let done = recover(&path, KIND).unwrap().unwrap();
-        assert_eq!((done.applied, done.cut_short), (1, true));
-        assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            "id,name,city\nC1,Acme,Aalst\nC2,Beta,Gent\nC3,Cera,Gent\n"
-        );
-    }
-
-    /// A stop between a block's entries and its head (written last) leaves a head of
-    /// zeros: that block is left out.
-    #[test]
-    fn a_block_whose_head_was_not_written_is_left_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = contacts(&dir, FILE);
-        let mut journal = Journal::begin(&path, "began".into(), index_of(&path)).unwrap();
-        write_journaled(&path, KIND, &mut journal, vec![update("C1", "Aalst")]).unwrap();
-        let first = usize::try_from(fs::metadata(path_of(&path)).unwrap().len()).unwrap();
-        write_journaled(&path, KIND, &mut journal, vec![update("C2", "Brugge")]).unwrap();
-        drop(journal);
-        let mut bytes = fs::read(path_of(&path)).unwrap();
-        bytes[first..first + 16].fill(0);
-        fs::write(path_of(&path), bytes).unwrap();
-        let done = recover(&path, KIND).unwrap().unwrap();
-        assert_eq!((done.applied, done.cut_short), (1, true));
-        assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            "id,name,city\nC1,Acme,Aalst\nC2,Beta,Gent\nC3,Cera,Gent\n"
-        );
+        /// What a stop did to the journal, given where its second block starts.
+        type Damage = fn(&mut Vec<u8>, usize);
+        let cut_end: Damage = |bytes, _| bytes.truncate(bytes.len() - 3);
+        let no_head: Damage = |bytes, second| bytes[second..second + 16].fill(0);
+        for damage in [cut_end, no_head] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = contacts(&dir, FILE);
+            let mut journal = Journal::begin(&path, "began".into(), index_of(&path)).unwrap();
+            write_journaled(&path, KIND, &mut journal, vec![update("C1", "Aalst")]).unwrap();
+            let second = usize::try_from(fs::metadata(path_of(&path)).unwrap().len()).unwrap();
+            write_journaled(&path, KIND, &mut journal, vec![update("C2", "Brugge")]).unwrap();
+            drop(journal);
+            let mut bytes = fs::read(path_of(&path)).unwrap();
+            damage(&mut bytes, second);
+            fs::write(path_of(&path), bytes).unwrap();
+            let done = recover(&path, KIND).unwrap().unwrap();
+            assert_eq!((done.applied, done.cut_short), (1, true));
+            assert_eq!(
+                fs::read_to_string(&path).unwrap(),
+                "id,name,city\nC1,Acme,Aalst\nC2,Beta,Gent\nC3,Cera,Gent\n"
+            );
+        }
     }
 
     /// A write naming a row the journal holds, or one it adds, is not taken: the
