@@ -4,12 +4,12 @@
 //! call. At ten million partners each rewrite of the contacts file moves a gigabyte,
 //! and the ranges of a 4 GiB budget rewrote it thirty times.
 //!
-//! A write call appends the rows it writes anew to the journal as one block (its
-//! length and hash first) and syncs it before it answers, so a write the engine was
-//! told of is on disk. The file itself is left as it was until the journal is folded:
-//! when the connector next reads, fingerprints or makes a write the journal cannot take
-//! (a row it already holds, a new column), when the journal passes half the file, and
-//! when the connector is dropped.
+//! A write call appends the rows it writes anew (and the rows as it found them) to the
+//! journal as one block (its length and hash first) and syncs it before it answers, so
+//! a write the engine was told of is on disk. The file itself is left as it was until
+//! the journal is folded: when the connector next reads, fingerprints or makes a write
+//! the journal cannot take (a row it already holds, a new column), when the journal is
+//! as big as the file, on `flush`, and when the connector is dropped.
 //!
 //! Invariants:
 //! - While a journal is open, the file is exactly as it was when the journal began
