@@ -226,9 +226,10 @@ struct Spliced<'i> {
     /// The hash of the cells of each row parsed as the file has it (its version), in
     /// the order of `touched`.
     base: Vec<u64>,
-    /// The journal the write goes to, whose new ids are taken, and the bytes of each
-    /// row parsed as the file has it, in the order of `touched`, for the journal.
+    /// The journal the write goes to, whose new ids are taken.
     journal: Option<&'i Journal>,
+    /// With a journal, the bytes of each row parsed as the file has it, in the order
+    /// of `touched`: the journal keeps them beside the row written.
     was: Vec<Vec<u8>>,
     /// One CSV reader for every row parsed, fed each row's bytes: building a reader
     /// per row was a third of a first sync's CPU when each write touched 100,000 rows.
