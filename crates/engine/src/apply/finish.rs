@@ -2,7 +2,7 @@
 //! forgotten; then cursors, ambiguities and fingerprints, last; then the report.
 
 use tandem_state::StateStore;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Applier;
 use crate::matching::Ambiguity;
@@ -142,11 +142,20 @@ impl Applier<'_> {
                 continue;
             };
             let connector = &self.connectors[&read.stats.connector];
-            let now = connector
-                .fingerprint_after_own_writes(read.scope.kind, since)
-                .await
-                .ok()
-                .flatten();
+            let kind = read.scope.kind;
+            // Not knowing only costs the next run a full read; said, not hidden (a file
+            // connector puts the writes it held in a journal into the file here).
+            let now = match connector.fingerprint_after_own_writes(kind, since).await {
+                Ok(now) => now,
+                Err(e) => {
+                    warn!(
+                        connector = %read.stats.connector,
+                        kind = kind.plural(),
+                        "{e}; the next run reads these records in full"
+                    );
+                    None
+                }
+            };
             let fingerprint = now.map(|fingerprint| format!("{tag}:{fingerprint}"));
             self.batch
                 .set_fingerprints
