@@ -592,7 +592,7 @@ mod tests {
     use tandem_model::{FieldName, Fields, Value};
 
     use super::super::testgen::{
-        Op, file_text, index_of, op_adding_columns, rows, style, twins, write_ops,
+        file_text, index_of, op_adding_columns, ops_on, rows, style, twins,
     };
     use super::super::{CsvTable, read};
     use super::*;
@@ -641,16 +641,6 @@ mod tests {
         });
         let headers = index.headers.iter().map(str::to_owned).collect();
         (headers, index.size, rows.collect())
-    }
-
-    /// The ops of `ops` against the file at `path` as it is now.
-    fn ops_on(path: &Path, ops: &[Op]) -> Vec<WriteOp> {
-        let before = read(path, CONTACT).unwrap();
-        let ids: Vec<String> = before.iter().map(|r| r.id.clone()).collect();
-        let versions = (before.iter())
-            .map(|r| (r.id.clone(), r.version.clone().unwrap_or_default()))
-            .collect();
-        write_ops(ops, &ids, &versions)
     }
 
     proptest! {

@@ -185,6 +185,17 @@ pub(super) fn write_ops(
     ops.iter().map(op).collect()
 }
 
+/// The write ops of `ops` against the contacts file at `path` as it is now: the ids
+/// and versions a run read.
+pub(super) fn ops_on(path: &Path, ops: &[Op]) -> Vec<WriteOp> {
+    let rows = super::read(path, EntityKind::Contact).unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let versions = (rows.iter())
+        .map(|r| (r.id.clone(), r.version.clone().unwrap_or_default()))
+        .collect();
+    write_ops(ops, &ids, &versions)
+}
+
 pub(super) fn index_of(path: &Path) -> RowIndex {
     let mut listing = Listing::open(path, EntityKind::Contact).unwrap();
     while !listing.is_done() {
