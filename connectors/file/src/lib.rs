@@ -476,7 +476,7 @@ impl Files {
         if done.cut_short {
             tracing::warn!(
                 "{}: the end of {} was cut short by the stop, in a write that had not \
-                 answered: that write was not applied, and the run that stops retries it",
+                 answered: that write was not applied, and the next sync makes it again",
                 path.display(),
                 journal.display()
             );
