@@ -35,6 +35,46 @@ mod stop;
 pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
+/// An id borrowed from a record read, with its hash worked out once: a map or set of
+/// them grows (a rehash) without reading an id again, and compares two ids' bytes only
+/// when their hashes agree. Why: the records may lie in a file mapped into memory
+/// (`spill.rs`), and a table that read its ids in its own order brought every page of
+/// that file into memory, a whole page-cache folio (up to a MiB) per id (at ten
+/// million partners, 1.5 GB beside the heap while linking; docs/BENCHMARKS.md).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HashedId<'a> {
+    hash: u64,
+    id: &'a str,
+}
+
+impl<'a> HashedId<'a> {
+    pub fn of(id: &'a str) -> HashedId<'a> {
+        use std::hash::BuildHasher;
+        // Fixed, so that two tables agree; the tables hash it again with their seed.
+        const SEED: u64 = 0x7461_6e64_656d_6964;
+        let hash = foldhash::fast::FixedState::with_seed(SEED).hash_one(id);
+        HashedId { hash, id }
+    }
+
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+}
+
+impl std::hash::Hash for HashedId<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for HashedId<'_> {
+    fn eq(&self, other: &HashedId<'_>) -> bool {
+        self.hash == other.hash && self.id == other.id
+    }
+}
+
+impl Eq for HashedId<'_> {}
+
 pub use budget::MemoryBudget;
 pub use config::{
     ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchNormalise, MatchTier,

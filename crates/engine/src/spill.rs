@@ -9,12 +9,20 @@
 //! that what the process holds is the pages in use, not every record. The system
 //! takes back cached pages under memory pressure; a heap copy it cannot.
 //!
+//! Within a step the pages go too: a thread beside the run lets every mapped segment's
+//! pages go each [`LET_GO_EVERY`] ([`Trimmer`]). Matching and the creates read every
+//! record in one step, and without it held up to 2.5 GB of mapped pages beside the
+//! heap at ten million partners; now what is resident is what a step read in the
+//! last hundredth of a second.
+//!
 //! Why not read the records again from the connector by id: what a run plans from
 //! must be what it read and hashed, and a record read again may have changed since.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use memmap2::{Mmap, MmapOptions};
 use tandem_model::{HeldBytes, PackedRecords};
@@ -27,6 +35,12 @@ pub(crate) const SPILL_CHUNK: usize = 64 << 20;
 /// system Tandem runs on.
 const SEGMENT_ALIGN: u64 = 64 << 10;
 
+/// How often the [`Trimmer`] lets the mapped pages go. A step that reads a few bytes
+/// of each record in order faults a page in a microsecond or so: planning the links
+/// and creates at ten million partners held 400 MB between let-gos 100 ms apart. A
+/// let-go of pages not mapped costs next to nothing.
+pub(crate) const LET_GO_EVERY: Duration = Duration::from_millis(10);
+
 /// An unnamed file in a folder, written once per segment and mapped.
 ///
 /// Invariant: a segment is written before it is mapped and never written again; the
@@ -36,10 +50,30 @@ const SEGMENT_ALIGN: u64 = 64 << 10;
 pub(crate) struct Spill {
     file: std::fs::File,
     len: u64,
+    mapped: Arc<Trimmer>,
 }
 
 /// One segment of the file, mapped: the buffers one call moved, back to back.
 struct Segment(Mmap);
+
+impl Segment {
+    /// The pages go from this process's memory until touched again.
+    #[cfg(unix)]
+    fn let_go(&self) {
+        // SAFETY: the map is of a file, shared and read-only: the pages it drops are
+        // read again from the file when touched, with the same bytes (the segment is
+        // never written again), by whichever thread touches them, at the same address.
+        // Nothing borrowed from it changes.
+        #[allow(unsafe_code)]
+        let dropped = unsafe { (self.0).unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        // A system that refuses the advice keeps the pages: more memory, same records.
+        let _ = dropped;
+    }
+
+    /// Elsewhere the system keeps the pages until it needs the memory.
+    #[cfg(not(unix))]
+    fn let_go(&self) {}
+}
 
 /// One buffer's bytes in a [`Segment`]. The segment's pages go with its first slice's
 /// (the one at its start) `let_go`: the records let all their buffers go together,
@@ -54,27 +88,76 @@ impl HeldBytes for Slice {
         &self.segment.0[self.range.clone()]
     }
 
-    #[cfg(unix)]
     fn let_go(&self) {
-        if self.range.start != 0 {
-            return;
+        if self.range.start == 0 {
+            self.segment.let_go();
         }
-        // SAFETY: the map is of a file, shared and read-only: the pages it drops are
-        // read again from the file when touched, with the same bytes (the segment is
-        // never written again). Nothing borrowed from it changes.
-        #[allow(unsafe_code)]
-        let dropped = unsafe {
-            self.segment
-                .0
-                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
-        };
-        // A system that refuses the advice keeps the pages: more memory, same records.
-        let _ = dropped;
+    }
+}
+
+/// The segments of one [`Spill`], let go every [`LET_GO_EVERY`] by a thread of their
+/// own while any is mapped.
+///
+/// Invariant: the thread holds no segment between its let-gos (weak references
+/// only), so a segment is unmapped when its records are dropped; the thread ends once
+/// the [`Spill`] is dropped and every segment is gone.
+#[derive(Debug)]
+struct Trimmer {
+    segments: Mutex<Vec<Weak<Segment>>>,
+    /// Whether the [`Spill`] may still add segments.
+    open: AtomicBool,
+}
+
+impl Trimmer {
+    /// A trimmer whose thread runs while the spill is open or a segment is mapped.
+    fn start() -> Arc<Trimmer> {
+        let trimmer = Arc::new(Trimmer {
+            segments: Mutex::new(Vec::new()),
+            open: AtomicBool::new(true),
+        });
+        let watched = trimmer.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tandem-spill-pages".to_owned())
+            .spawn(move || while watched.let_go_once() {});
+        if let Err(error) = spawned {
+            // The records read the same; only their pages stay until the run lets go.
+            tracing::warn!(%error, "the records' pages in the spill file are let go between steps only");
+        }
+        trimmer
     }
 
-    /// Elsewhere the system keeps the pages until it needs the memory.
-    #[cfg(not(unix))]
-    fn let_go(&self) {}
+    fn add(&self, segment: &Arc<Segment>) {
+        self.segments().push(Arc::downgrade(segment));
+    }
+
+    fn segments(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Segment>>> {
+        // The list is whole whatever panicked while it was held.
+        self.segments.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits [`LET_GO_EVERY`], then lets the pages of every segment still mapped go;
+    /// false once the spill is closed and no segment is left.
+    fn let_go_once(&self) -> bool {
+        std::thread::sleep(LET_GO_EVERY);
+        let live: Vec<Arc<Segment>> = {
+            let mut segments = self.segments();
+            segments.retain(|s| s.strong_count() > 0);
+            if segments.is_empty() && !self.open.load(Ordering::Acquire) {
+                return false;
+            }
+            segments.iter().filter_map(Weak::upgrade).collect()
+        };
+        live.iter().for_each(|segment| segment.let_go());
+        true
+    }
+}
+
+impl Drop for Spill {
+    /// The segments outlive the spill (their records hold them); the thread trims
+    /// them until they are dropped.
+    fn drop(&mut self) {
+        self.mapped.open.store(false, Ordering::Release);
+    }
 }
 
 impl Spill {
@@ -88,7 +171,11 @@ impl Spill {
                  (tmpfs), so they stay in memory; set [sync] spill_folder to a folder on a disk"
             );
         }
-        Ok(Spill { file, len: 0 })
+        Ok(Spill {
+            file,
+            len: 0,
+            mapped: Trimmer::start(),
+        })
     }
 
     /// `buffers` written to the file after what it holds, back to back as one
@@ -112,6 +199,7 @@ impl Spill {
         #[cfg(unix)]
         map.advise(memmap2::Advice::Random)?;
         let segment = Arc::new(Segment(map));
+        self.mapped.add(&segment);
         let mut start = 0;
         let slices = buffers.iter().map(|bytes| {
             let range = start..start + bytes.len();
@@ -198,6 +286,83 @@ mod tests {
         assert!(spill.len > 2 * SEGMENT_ALIGN);
         // Nothing is left in the folder: the file has no name.
         assert_eq!(std::fs::read_dir(folder.path()).unwrap().count(), 0);
+    }
+
+    /// The KiB of the mapping holding `at` that this process has resident
+    /// (`/proc/self/smaps`).
+    #[cfg(target_os = "linux")]
+    fn resident_kib(at: *const u8) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let at = at as usize;
+        let mut lines = smaps.lines();
+        while let Some(line) = lines.next() {
+            let range = line.split(' ').next().unwrap_or_default();
+            let Some((start, end)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            if (start..end).contains(&at) {
+                let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
+                return rss.split_whitespace().nth(1).unwrap().parse().unwrap();
+            }
+        }
+        panic!("no mapping holds {at:#x}");
+    }
+
+    /// Within a step, with nothing calling `let_go`: the pages a read touched go
+    /// again, and the thread that lets them go ends with the spill and its records.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_pages_a_step_reads_go_while_it_runs_and_the_thread_with_the_records() {
+        let folder = tempfile::tempdir().unwrap();
+        let mut spill = Spill::new(folder.path()).unwrap();
+        let bytes: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let held = spill.hold(&[&bytes]).unwrap();
+        let read = held[0].bytes();
+        let touch = || {
+            let sum: u64 = read.iter().step_by(4096).map(|b| u64::from(*b)).sum();
+            assert_eq!(
+                std::hint::black_box(sum),
+                bytes.iter().step_by(4096).map(|b| u64::from(*b)).sum::<u64>()
+            );
+        };
+        // Resident once touched (a let-go may fall between the touch and the look).
+        let seen = (0..20).any(|_| {
+            touch();
+            resident_kib(read.as_ptr()) >= 4 << 10
+        });
+        assert!(seen, "the pages touched were never resident");
+        let gone = (0..400).any(|_| {
+            std::thread::sleep(LET_GO_EVERY);
+            resident_kib(read.as_ptr()) == 0
+        });
+        assert!(
+            gone,
+            "the pages stayed resident: {} KiB",
+            resident_kib(read.as_ptr())
+        );
+        assert_eq!(read, &bytes[..]);
+        let trimmer = Arc::downgrade(&spill.mapped);
+        drop(spill);
+        std::thread::sleep(LET_GO_EVERY * 3);
+        assert!(
+            trimmer.upgrade().is_some(),
+            "the thread ended with records mapped"
+        );
+        drop(held);
+        let ended = (0..400).any(|_| {
+            std::thread::sleep(LET_GO_EVERY);
+            trimmer.upgrade().is_none()
+        });
+        assert!(
+            ended,
+            "the thread goes on once the spill and its records are gone"
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -66,7 +66,7 @@ impl<'a> Planner<'a> {
         &mut self,
         r: usize,
         unmatched: Vec<String>,
-        taken: &crate::IdSet<&str>,
+        taken: &crate::IdSet<crate::HashedId<'_>>,
     ) {
         let relation = &self.relations.relations[r];
         let asked: BTreeSet<&str> = self
@@ -95,7 +95,7 @@ impl<'a> Planner<'a> {
                 || (relation.create_contacts
                     && !held_back
                     && !self.create_parked(&relation.code, Side::Contact, &account_id));
-            if taken.contains(account_id.as_str()) {
+            if taken.contains(&crate::HashedId::of(&account_id)) {
                 continue;
             }
             if !wanted {

@@ -18,7 +18,7 @@ pub(super) type NewLinkOf<'a> = (usize, &'a str, NewLink);
 #[derive(Debug, Default)]
 pub(super) struct NewLinks<'a> {
     /// Before [`NewLinks::settle`].
-    growing: crate::IdMap<&'a str, Vec<NewLinkOf<'a>>>,
+    growing: crate::IdMap<crate::HashedId<'a>, Vec<NewLinkOf<'a>>>,
     /// After it: the contact of each link in `links`, in id order.
     contacts: Vec<&'a str>,
     /// The [`crate::records::prefix`] of each of `contacts`: asked for the links of
@@ -32,7 +32,7 @@ impl<'a> NewLinks<'a> {
     /// Adds a link of `contact`; only before [`NewLinks::settle`].
     pub fn add(&mut self, contact: &'a str, link: NewLinkOf<'a>) {
         debug_assert!(self.contacts.is_empty(), "a link added once settled");
-        let links = self.growing.entry(contact).or_default();
+        let links = self.growing.entry(crate::HashedId::of(contact)).or_default();
         // Most contacts get one: sized to its links, where a push kept room for four.
         links.reserve_exact(1);
         links.push(link);
@@ -44,16 +44,17 @@ impl<'a> NewLinks<'a> {
     }
 
     /// The links of `contact`, in the order added.
-    pub fn of(&self, contact: &str) -> &[NewLinkOf<'a>] {
-        if let Some(links) = self.growing.get(contact) {
-            return links;
+    pub fn of(&self, contact: &'a str) -> &[NewLinkOf<'a>] {
+        if !self.growing.is_empty() {
+            let links = self.growing.get(&crate::HashedId::of(contact));
+            return links.map_or(&[], Vec::as_slice);
         }
         let found =
             crate::records::id_range(&self.prefixes, contact, |i| self.contacts[i].cmp(contact));
         &self.links[found]
     }
 
-    pub fn has(&self, contact: &str) -> bool {
+    pub fn has(&self, contact: &'a str) -> bool {
         !self.of(contact).is_empty()
     }
 
@@ -66,17 +67,27 @@ impl<'a> NewLinks<'a> {
 
     /// From here on only asked: the links in contact order, flat.
     pub fn settle(&mut self) {
-        let mut growing: Vec<(&'a str, Vec<NewLinkOf<'a>>)> =
-            std::mem::take(&mut self.growing).into_iter().collect();
-        growing.sort_unstable_by_key(|(contact, _)| *contact);
-        let count = growing.iter().map(|(_, links)| links.len()).sum::<usize>();
+        let mut growing: Vec<(u64, &'a str, Vec<NewLinkOf<'a>>)> =
+            (std::mem::take(&mut self.growing).into_iter())
+                .map(|(contact, links)| (0, contact.id(), links))
+                .collect();
+        // Each id read once, in the order the ids lie in memory, not the map's: read
+        // at random, the ids of records in a mapped file brought all its pages in
+        // (`crate::HashedId`). Sorted by prefix, the ids themselves are compared only
+        // among those that share one, which lie close together.
+        growing.sort_unstable_by_key(|(_, contact, _)| contact.as_ptr() as usize);
+        for (prefix, contact, _) in &mut growing {
+            *prefix = crate::records::prefix(contact);
+        }
+        growing.sort_unstable_by(|(pa, a, _), (pb, b, _)| pa.cmp(pb).then_with(|| a.cmp(b)));
+        let count = growing.iter().map(|(_, _, links)| links.len()).sum::<usize>();
         self.contacts.reserve_exact(count);
         self.prefixes.reserve_exact(count);
         self.links.reserve_exact(count);
-        for (contact, links) in growing {
+        for (prefix, contact, links) in growing {
             for link in links {
                 self.contacts.push(contact);
-                self.prefixes.push(crate::records::prefix(contact));
+                self.prefixes.push(prefix);
                 self.links.push(link);
             }
         }

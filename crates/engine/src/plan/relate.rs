@@ -7,8 +7,8 @@ use crate::matching::MatchOutcome;
 
 /// What matching one relation found.
 struct Matched<'a> {
-    contacts: crate::IdSet<&'a str>,
-    accounts: crate::IdSet<&'a str>,
+    contacts: crate::IdSet<crate::HashedId<'a>>,
+    accounts: crate::IdSet<crate::HashedId<'a>>,
     /// Contacts in an ambiguous match: never given a new account instead (R4).
     ambiguous: crate::IdSet<String>,
     unmatched_accounts: Vec<String>,
@@ -59,7 +59,7 @@ impl<'a> Planner<'a> {
         let to_create: Vec<(&'a str, Option<&'a str>)> = requests
             .into_iter()
             .filter(|(holder, _)| {
-                !matched.contacts.contains(holder)
+                !matched.contacts.contains(&crate::HashedId::of(holder))
                     && !matched.ambiguous.contains(*holder)
                     && !self.request_parked(code, holder)
             })
@@ -138,8 +138,8 @@ impl<'a> Planner<'a> {
         matched.accounts.reserve(outcome.matches.len());
         self.new_links.reserve(outcome.matches.len());
         for (c, a, tier) in outcome.matches {
-            matched.contacts.insert(c);
-            matched.accounts.insert(a);
+            matched.contacts.insert(crate::HashedId::of(c));
+            matched.accounts.insert(crate::HashedId::of(a));
             self.add_new_link(c, r, a, NewLink::Match { tier });
         }
         self.plan.ambiguous.extend(outcome.ambiguous);
@@ -149,7 +149,7 @@ impl<'a> Planner<'a> {
     /// Pending creates that are done: their source holds the relation now, or was
     /// deleted. A source not read this run (an unchanged file that was skipped) still
     /// wants its create.
-    fn drop_done_pending(&mut self, r: usize, taken: &crate::IdSet<&str>) {
+    fn drop_done_pending(&mut self, r: usize, taken: &crate::IdSet<crate::HashedId<'_>>) {
         let input = self.input;
         let code = self.relations.relations[r].code.as_str();
         for p in input.pending.creates.iter().filter(|p| p.code == code) {
@@ -157,7 +157,7 @@ impl<'a> Planner<'a> {
             let done = match p.side {
                 Side::Contact => {
                     self.linked_accounts[r].contains(source)
-                        || taken.contains(source)
+                        || taken.contains(&crate::HashedId::of(source))
                         || self.accounts(r).deleted.contains(source)
                 }
                 Side::Account => self.contact_is_done(r, source),
