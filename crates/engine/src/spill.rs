@@ -328,7 +328,11 @@ mod tests {
             let sum: u64 = read.iter().step_by(4096).map(|b| u64::from(*b)).sum();
             assert_eq!(
                 std::hint::black_box(sum),
-                bytes.iter().step_by(4096).map(|b| u64::from(*b)).sum::<u64>()
+                bytes
+                    .iter()
+                    .step_by(4096)
+                    .map(|b| u64::from(*b))
+                    .sum::<u64>()
             );
         };
         // Resident once touched (a let-go may fall between the touch and the look).

@@ -32,7 +32,10 @@ impl<'a> NewLinks<'a> {
     /// Adds a link of `contact`; only before [`NewLinks::settle`].
     pub fn add(&mut self, contact: &'a str, link: NewLinkOf<'a>) {
         debug_assert!(self.contacts.is_empty(), "a link added once settled");
-        let links = self.growing.entry(crate::HashedId::of(contact)).or_default();
+        let links = self
+            .growing
+            .entry(crate::HashedId::of(contact))
+            .or_default();
         // Most contacts get one: sized to its links, where a push kept room for four.
         links.reserve_exact(1);
         links.push(link);
@@ -80,7 +83,10 @@ impl<'a> NewLinks<'a> {
             *prefix = crate::records::prefix(contact);
         }
         growing.sort_unstable_by(|(pa, a, _), (pb, b, _)| pa.cmp(pb).then_with(|| a.cmp(b)));
-        let count = growing.iter().map(|(_, _, links)| links.len()).sum::<usize>();
+        let count = growing
+            .iter()
+            .map(|(_, _, links)| links.len())
+            .sum::<usize>();
         self.contacts.reserve_exact(count);
         self.prefixes.reserve_exact(count);
         self.links.reserve_exact(count);
