@@ -150,4 +150,42 @@ mod tests {
         links.forget_before(None);
         assert_eq!(links.contacts().count(), 0);
     }
+
+    proptest::proptest! {
+        /// Added in any order, from ids lying anywhere in memory (some sharing a
+        /// prefix longer than one): once settled, each contact's links are the ones
+        /// added, in the order added, and the contacts come in id order, as a map
+        /// of ids to their links would give them.
+        #[test]
+        fn settled_links_answer_as_a_map_of_ids_to_their_links_would(
+            adds in proptest::collection::vec((0u32..40, 0usize..3), 0..120),
+            scattered in proptest::collection::vec(0u32..40, 0..40),
+        ) {
+            let id_of = |n: u32| match n % 3 {
+                0 => format!("C{n}"),
+                1 => format!("CONTACT-SHARED-{n:03}"),
+                _ => format!("CONTACT-SHARED-{n:03}-{}", n * 7),
+            };
+            // Each id a string of its own, allocated in another order than added.
+            let mut ids: Vec<String> = scattered.iter().map(|n| id_of(*n)).collect();
+            ids.extend((0..40).map(id_of));
+            let find = |n: u32| ids.iter().rfind(|id| **id == id_of(n)).unwrap().as_str();
+            let mut links = NewLinks::default();
+            let mut model: std::collections::BTreeMap<&str, Vec<NewLinkOf>> = Default::default();
+            for (i, (n, r)) in adds.iter().enumerate() {
+                let link = (*r, if i % 2 == 0 { "K" } else { "V" }, NewLink::Match { tier: i });
+                links.add(find(*n), link);
+                model.entry(find(*n)).or_default().push(link);
+            }
+            links.settle();
+            let contacts: Vec<&str> = links.contacts().collect();
+            let want: Vec<&str> = model.keys().copied().collect();
+            proptest::prop_assert_eq!(contacts, want);
+            for n in 0..40 {
+                let id = find(n);
+                let want = model.get(id).map_or(&[][..], Vec::as_slice);
+                proptest::prop_assert_eq!(links.of(id), want);
+            }
+        }
+    }
 }
