@@ -20,7 +20,6 @@
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -53,8 +52,12 @@ pub(crate) struct Spill {
     mapped: Arc<Trimmer>,
 }
 
-/// One segment of the file, mapped: the buffers one call moved, back to back.
-struct Segment(Mmap);
+/// One segment of the file, mapped: the buffers one call moved, back to back. It
+/// keeps its spill's [`Trimmer`] alive, which lets its pages go.
+struct Segment {
+    map: Mmap,
+    _trimmed_by: Arc<Trimmer>,
+}
 
 impl Segment {
     /// The pages go from this process's memory until touched again.
@@ -65,7 +68,7 @@ impl Segment {
         // never written again), by whichever thread touches them, at the same address.
         // Nothing borrowed from it changes.
         #[allow(unsafe_code)]
-        let dropped = unsafe { (self.0).unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        let dropped = unsafe { (self.map).unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         // A system that refuses the advice keeps the pages: more memory, same records.
         let _ = dropped;
     }
@@ -85,7 +88,7 @@ struct Slice {
 
 impl HeldBytes for Slice {
     fn bytes(&self) -> &[u8] {
-        &self.segment.0[self.range.clone()]
+        &self.segment.map[self.range.clone()]
     }
 
     fn let_go(&self) {
@@ -98,31 +101,27 @@ impl HeldBytes for Slice {
 /// The segments of one [`Spill`], let go every [`LET_GO_EVERY`] by a thread of their
 /// own while any is mapped.
 ///
-/// Invariant: the thread holds no segment between its let-gos (weak references
-/// only), so a segment is unmapped when its records are dropped; the thread ends once
-/// the [`Spill`] is dropped and every segment is gone.
-#[derive(Debug)]
+/// Invariant: the thread holds neither the trimmer nor a segment between its
+/// let-gos (weak references only), so a segment is unmapped when its records are
+/// dropped; the trimmer lives while its [`Spill`] or a segment does, and the thread
+/// ends once the trimmer is gone.
+#[derive(Debug, Default)]
 struct Trimmer {
     segments: Mutex<Vec<Weak<Segment>>>,
-    /// Whether the [`Spill`] may still add segments.
-    open: AtomicBool,
 }
 
 impl Trimmer {
-    /// A trimmer whose thread runs while the spill is open or a segment is mapped.
+    /// A trimmer whose thread runs while the spill or a segment holds it.
     fn start() -> Arc<Trimmer> {
-        let trimmer = Arc::new(Trimmer {
-            segments: Mutex::new(Vec::new()),
-            open: AtomicBool::new(true),
-        });
+        let trimmer = Arc::new(Trimmer::default());
         if cfg!(not(unix)) {
             // Nothing to let go there (`Segment::let_go`).
             return trimmer;
         }
-        let watched = trimmer.clone();
+        let watched = Arc::downgrade(&trimmer);
         let spawned = std::thread::Builder::new()
             .name("tandem-spill-pages".to_owned())
-            .spawn(move || while watched.let_go_once() {});
+            .spawn(move || while Trimmer::let_go_once(&watched) {});
         if let Err(error) = spawned {
             // The records read the same; only their pages stay until the run lets go.
             tracing::warn!(%error, "the records' pages in the spill file are let go between steps only");
@@ -140,27 +139,20 @@ impl Trimmer {
     }
 
     /// Waits [`LET_GO_EVERY`], then lets the pages of every segment still mapped go;
-    /// false once the spill is closed and no segment is left.
-    fn let_go_once(&self) -> bool {
+    /// false once the trimmer is gone (its spill and every segment).
+    fn let_go_once(watched: &Weak<Trimmer>) -> bool {
         std::thread::sleep(LET_GO_EVERY);
+        let Some(trimmer) = watched.upgrade() else {
+            return false;
+        };
         let live: Vec<Arc<Segment>> = {
-            let mut segments = self.segments();
+            let mut segments = trimmer.segments();
             segments.retain(|s| s.strong_count() > 0);
-            if segments.is_empty() && !self.open.load(Ordering::Acquire) {
-                return false;
-            }
             segments.iter().filter_map(Weak::upgrade).collect()
         };
+        drop(trimmer);
         live.iter().for_each(|segment| segment.let_go());
         true
-    }
-}
-
-impl Drop for Spill {
-    /// The segments outlive the spill (their records hold them); the thread trims
-    /// them until they are dropped.
-    fn drop(&mut self) {
-        self.mapped.open.store(false, Ordering::Release);
     }
 }
 
@@ -202,7 +194,10 @@ impl Spill {
         // system had dropped them (a first sync at 10M in 4 GiB read 137 GB).
         #[cfg(unix)]
         map.advise(memmap2::Advice::Random)?;
-        let segment = Arc::new(Segment(map));
+        let segment = Arc::new(Segment {
+            map,
+            _trimmed_by: self.mapped.clone(),
+        });
         self.mapped.add(&segment);
         let mut start = 0;
         let slices = buffers.iter().map(|bytes| {
