@@ -73,10 +73,11 @@ impl Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Journal {
-    /// For files of [`JOURNAL_FROM_BYTES`] or more.
+    /// For files of [`JOURNAL_FROM_BYTES`] or more, but not for a write that would
+    /// fill a journal by itself.
     #[default]
     Auto,
-    /// For files of any size.
+    /// For files of any size and writes of any size.
     Always,
     /// Never: every write rewrites the file.
     Never,
@@ -172,7 +173,8 @@ pub struct Files {
     /// Per kind, the journal this instance's writes to a big CSV file go to
     /// (`csv/journal.rs`), folded into the file when anything else touches it.
     journals: Mutex<HashMap<EntityKind, csv::Journal>>,
-    /// CSV files from this size on are written through a journal.
+    /// CSV files from this size on are written through a journal; from 0 (`journal =
+    /// "always"`) even by a write that fills one by itself.
     journal_from: u64,
 }
 
@@ -205,7 +207,8 @@ impl FileConnector {
     }
 
     /// The same connector, writing CSV files of `bytes` or more through a journal
-    /// (the default is [`JOURNAL_FROM_BYTES`]; `u64::MAX`: never).
+    /// (the default is [`JOURNAL_FROM_BYTES`]; `u64::MAX`: never; 0: every write,
+    /// even one that would fill a journal by itself).
     ///
     /// # Panics
     /// When the connector is shared already.
@@ -380,7 +383,8 @@ impl Files {
     }
 
     /// A write to the CSV file of `kind`, as `before`, through a new journal when the
-    /// file is big and this run indexed it; the ops back otherwise.
+    /// file is big, this run indexed it and the ops would not fill the journal alone;
+    /// the ops back otherwise.
     fn begin_journal(
         &self,
         kind: EntityKind,
@@ -390,7 +394,13 @@ impl Files {
     ) -> Result<csv::Splice, ConnectorError> {
         let mut indexes = self.indexes_lock();
         let index = match indexes.remove(&kind) {
-            Some((of, index)) if of == before && index.size() >= self.journal_from => index,
+            Some((of, index))
+                if of == before
+                    && index.size() >= self.journal_from
+                    && (self.journal_from == 0 || !csv::Journal::would_fill(&index, &ops)) =>
+            {
+                index
+            }
             other => {
                 indexes.extend(other.map(|index| (kind, index)));
                 return Ok(csv::Splice::NotHere(ops));

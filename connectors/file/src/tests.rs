@@ -1254,6 +1254,34 @@ async fn a_big_file_is_written_through_a_journal_and_folded_before_it_is_read() 
     assert_eq!(after, Some(c.content_fingerprint(CONTACT).unwrap()));
 }
 
+/// A write that would fill a new journal by itself (a run writing the file in one
+/// call) goes into the file at once; a smaller one waits in the journal. With
+/// `"always"` (`journaling_from(0)`) both wait.
+#[tokio::test]
+async fn a_write_that_would_fill_a_journal_by_itself_goes_into_the_file_at_once() {
+    let rows: String = (1..=20).map(|i| format!("C{i},Name {i},Gent\n")).collect();
+    let content = format!("id,name,city\n{rows}");
+    for (from, changed, waits) in [(1, 1, true), (1, 15, false), (0, 15, true)] {
+        let dir = folder();
+        put(&dir, "contacts.csv", &content);
+        let c = csv_in(&dir).journaling_from(from);
+        run_start(&c).await;
+        let ops = (1..=changed)
+            .map(|i| city(&format!("C{i}"), "Brugge"))
+            .collect();
+        assert!(write(&c, CONTACT, ops).await.iter().all(Result::is_ok));
+        let case = format!("journaling from {from} bytes, {changed} of 20 rows written");
+        assert_eq!(journal_of_contacts(&dir).exists(), waits, "{case}");
+        assert_eq!(get(&dir, "contacts.csv") == content, waits, "{case}");
+        let records = read(&c, CONTACT).await;
+        let moved = records
+            .iter()
+            .filter(|r| r.fields.text("city") == Some("Brugge"));
+        assert_eq!(moved.count(), changed, "{case}");
+        assert!(!journal_of_contacts(&dir).exists(), "{case}");
+    }
+}
+
 #[tokio::test]
 async fn the_end_of_a_run_folds_the_journal_as_its_own_write() {
     let dir = folder();

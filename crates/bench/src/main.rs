@@ -153,6 +153,10 @@ struct Measure {
     /// in-memory connectors write no file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run_written_kib: Option<f64>,
+    /// The floors only: the CPU seconds of the timed part, without loading what it
+    /// stores or writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timed_cpu_s: Option<f64>,
     /// Initial and recovery only: what the sync left (checked by the runner).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome: Option<Outcome>,
@@ -248,6 +252,7 @@ fn main() -> anyhow::Result<()> {
                 run_rss_growth_mib: RUN_RSS_GROWTH_MIB.with(std::cell::Cell::get),
                 run_anon_growth_mib: RUN_ANON_GROWTH_MIB.with(std::cell::Cell::get),
                 run_written_kib: RUN_WRITTEN_KIB.with(std::cell::Cell::get),
+                timed_cpu_s: TIMED_CPU_S.with(std::cell::Cell::get),
                 outcome: None,
                 crashed_wall_s: None,
             };
@@ -263,6 +268,7 @@ const PHASES: &[&str] = &[
     "recovery",
     "state-floor",
     "parse-synced",
+    "write-floor",
     "second",
     "second-full",
     "incremental",
@@ -280,6 +286,9 @@ fn selected(asked: Vec<String>) -> anyhow::Result<Vec<&'static str>> {
     }
     if phases.contains(&"parse-synced") && !phases.contains(&"initial") {
         bail!("`parse-synced` parses the files `initial` left: select both");
+    }
+    if phases.contains(&"write-floor") && !phases.contains(&"initial") {
+        bail!("`write-floor` writes the rows of the files `initial` left: select both");
     }
     Ok(phases)
 }
@@ -446,6 +455,7 @@ fn report(all: &[Measure], json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(all)?);
     } else {
         print_phases(all);
+        print_floors(all);
         print_writes(all);
         print_recoveries(all);
     }
@@ -481,6 +491,41 @@ fn print_phases(all: &[Measure]) {
             m.run_anon_growth_mib
                 .map_or_else(|| "-".to_owned(), |g| format!("{g:.0}")),
             m.records,
+        );
+    }
+}
+
+/// The initial sync's floor: parsing the files, storing its state rows and writing
+/// its files' rows, each by itself. Their sum is the least wall time of work done one
+/// after the other; their CPU over two cores the least with both busy throughout.
+fn print_floors(all: &[Measure]) {
+    let find = |n: usize, phase: &str| all.iter().find(|m| m.n == n && m.phase == phase);
+    let floors: Vec<[&Measure; 3]> = (all.iter())
+        .filter(|m| m.phase == "parse")
+        .filter_map(|p| Some([p, find(p.n, "state-floor")?, find(p.n, "write-floor")?]))
+        .collect();
+    if floors.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "| N | parse + state-floor + write-floor wall s | vs parse | their CPU s | CPU over 2 cores vs parse |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for [parse, state, write] in floors {
+        let wall = parse.wall_s + state.wall_s + write.wall_s;
+        let cpu: f64 = [parse, state, write]
+            .iter()
+            .map(|m| m.timed_cpu_s.unwrap_or(m.cpu_s))
+            .sum();
+        println!(
+            "| {} | {:.2} + {:.2} + {:.2} = {wall:.2} | {:.1}x | {cpu:.2} | {:.1}x |",
+            parse.n,
+            parse.wall_s,
+            state.wall_s,
+            write.wall_s,
+            wall / parse.wall_s,
+            cpu / 2.0 / parse.wall_s,
         );
     }
 }
@@ -654,6 +699,7 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
         }
         "incremental" => incremental(dir, k).await,
         "state-floor" => state_floor(dir),
+        "write-floor" => write_floor(dir).await,
         other => bail!("unknown phase `{other}`"),
     }
 }
@@ -730,7 +776,7 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
     let rows = (links.len() + hashes.len() + interactions.len()) as u64;
     let target = tempfile::tempdir()?;
     let mut state = SqliteState::open(&target.path().join("state.db"), LockMode::Exclusive)?;
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), process_usage().0);
     let (mut links, mut hashes, mut interactions) = (
         links.into_iter(),
         hashes.into_iter(),
@@ -749,7 +795,63 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
         }
         state.commit(batch)?;
     }
-    Ok((started.elapsed().as_secs_f64(), rows))
+    let wall = started.elapsed().as_secs_f64();
+    TIMED_CPU_S.with(|c| c.set(Some(process_usage().0 - cpu_before)));
+    Ok((wall, rows))
+}
+
+/// What writing the files back costs by itself: every row of the three files the
+/// initial sync left, its cells taken from the records and written as CSV (the `csv`
+/// crate, the files' own columns) into new files beside them, with no reading,
+/// planning, splicing or syncing to the disk in the timed part. A floor under the
+/// initial sync's writes, which rewrote most rows of each file.
+async fn write_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
+    let mut files = Vec::new();
+    for (folder, kind) in [
+        ("crm", EntityKind::Contact),
+        ("erp", EntityKind::Customer),
+        ("erp", EntityKind::Vendor),
+    ] {
+        let connector = FileConnector::new(dir.join(folder), Format::Csv);
+        let path = connector.file(kind);
+        let header = std::fs::read_to_string(&path)?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let columns: Vec<String> = header.split(',').map(str::to_owned).collect();
+        let mut records = Vec::new();
+        each_page(&connector, kind, |page| records.extend(page)).await?;
+        files.push((path.with_extension("floor.csv"), columns, records));
+    }
+    let (started, cpu_before) = (Instant::now(), process_usage().0);
+    let mut rows = 0;
+    for (path, columns, records) in &files {
+        let mut out = csv::Writer::from_path(path)?;
+        out.write_record(columns)?;
+        for record in records {
+            for column in columns {
+                let cell = match column.as_str() {
+                    "id" => std::borrow::Cow::Borrowed(record.id.as_str()),
+                    name => record
+                        .fields
+                        .get(name)
+                        .map_or(Default::default(), |v| v.cell()),
+                };
+                out.write_field(cell.as_ref())?;
+            }
+            // The fields written, the record ends.
+            out.write_record(std::iter::empty::<&[u8]>())?;
+            rows += 1;
+        }
+        out.flush()?;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    TIMED_CPU_S.with(|c| c.set(Some(process_usage().0 - cpu_before)));
+    for (path, ..) in &files {
+        std::fs::remove_file(path)?;
+    }
+    Ok((wall, rows))
 }
 
 /// Seeds change-reading in-memory connectors with the data set, syncs them once (not
@@ -841,6 +943,7 @@ thread_local! {
     static RUN_RSS_GROWTH_MIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
     static RUN_ANON_GROWTH_MIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
     static RUN_WRITTEN_KIB: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+    static TIMED_CPU_S: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
 }
 
 /// Bytes this process wrote through write calls so far (`wchar`, /proc/self/io).
