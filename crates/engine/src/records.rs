@@ -178,6 +178,23 @@ impl Records {
         spill.take(&mut self.records)
     }
 
+    /// `records` as read (a listing's order), sorted by id; when they went to
+    /// `spill`'s file in another order, copied there again in id order
+    /// ([`crate::spill::Spill::in_order`]).
+    pub(crate) fn from_spilled(
+        records: PackedRecords,
+        spill: &mut crate::spill::Spill,
+    ) -> std::io::Result<Records> {
+        if records.is_sorted_by_id() {
+            return Ok(Records::from_packed(records));
+        }
+        // The sort reads the ids at random too.
+        let _kept = spill.keep_pages();
+        let mut out = Records::from_packed(records);
+        spill.in_order(&mut out.records)?;
+        Ok(out)
+    }
+
     /// Lets the pages of records held in a file go from memory until they are read
     /// again ([`crate::spill`]); records on the heap stay.
     pub fn let_go_pages(&self) {

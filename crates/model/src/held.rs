@@ -425,6 +425,55 @@ impl PackedRecords {
         self.starts = starts;
     }
 
+    /// Whether the records lie in strictly increasing id order (one per id), as
+    /// [`PackedRecords::sort_by_id_keeping_last`] leaves them without moving any.
+    pub fn is_sorted_by_id(&self) -> bool {
+        (self.starts.iter()).is_sorted_by(|a, b| self.at(**a).cmp_by_id(self.at(**b)).is_lt())
+    }
+
+    /// The records copied into new buffers in their order, so that where they lie
+    /// follows their order (the order they are read in); the old buffers are let go.
+    /// `hold` is called each time the new buffers on the heap reach `chunk` bytes, and
+    /// once at the end: it may hand them to a holder ([`PackedRecords::hold`]), so
+    /// that the heap holds at most a chunk of the copies at a time.
+    ///
+    /// Why: records handed to a holder as a listing came (a file mapped into memory)
+    /// lie in the listing's order; read in id order they are read at random, and each
+    /// read of a mapped file may bring a large part of it into memory.
+    pub fn repack_in_order<E>(
+        &mut self,
+        chunk: usize,
+        mut hold: impl FnMut(&mut PackedRecords) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut copy = PackedRecords {
+            buffers: vec![Buffer::Growing(Vec::with_capacity(
+                chunk.min(self.byte_len()),
+            ))],
+            starts: Vec::with_capacity(self.starts.len()),
+        };
+        for start in &self.starts {
+            let record = &self.at(*start).bytes;
+            let number = (copy.buffers.len() - 1) as u64;
+            let Some(Buffer::Growing(buffer)) = copy.buffers.last_mut() else {
+                unreachable!("the copy's last buffer is a growing one")
+            };
+            copy.starts
+                .push((number << OFFSET_BITS) | buffer.len() as u64);
+            let (head, n) = crate::binary::len_bytes(record.len());
+            buffer.extend_from_slice(&head[..n]);
+            buffer.extend_from_slice(record);
+            if buffer.len() >= chunk {
+                hold(&mut copy)?;
+                copy.buffers
+                    .push(Buffer::Growing(Vec::with_capacity(chunk)));
+            }
+        }
+        hold(&mut copy)?;
+        copy.shrink_to_fit();
+        *self = copy;
+        Ok(())
+    }
+
     /// Gives back the room the buffers hold beyond what they use.
     pub fn shrink_to_fit(&mut self) {
         for buffer in &mut self.buffers {
@@ -604,6 +653,9 @@ mod tests {
         Sort,
         /// The buffers on the heap handed to a holder, and its pages let go.
         Hold,
+        /// Copied in order into new buffers of about this many bytes, each handed to
+        /// a holder or not.
+        Repack(usize, bool),
     }
 
     /// Holds bytes as a mapped file would: a copy elsewhere, counting the let-gos.
@@ -634,6 +686,7 @@ mod tests {
             prop::collection::vec(any_record, 0..4).prop_map(Step::Append),
             Just(Step::Sort),
             Just(Step::Hold),
+            (1usize..400, any::<bool>()).prop_map(|(chunk, hold)| Step::Repack(chunk, hold)),
         ]
     }
 
@@ -670,10 +723,32 @@ mod tests {
                     }
                     Step::Sort => {
                         held.sort_by_id_keeping_last();
+                        prop_assert!(held.is_sorted_by_id());
                         // As a map keeps them: the last copy of each id.
                         let map: std::collections::BTreeMap<String, Record> =
                             list.drain(..).map(|r| (r.id.clone(), r)).collect();
                         list = map.into_values().collect();
+                    }
+                    Step::Repack(chunk, to_holder) => {
+                        held.repack_in_order(chunk, |copy| {
+                            if to_holder {
+                                copy.hold(|buffers| {
+                                    let held = buffers.iter().map(|bytes| {
+                                        let holder = Elsewhere((*bytes).into(), 0.into());
+                                        std::sync::Arc::new(holder) as std::sync::Arc<dyn HeldBytes>
+                                    });
+                                    Ok::<_, ()>(held.collect())
+                                }).map_err(|()| TestCaseError::fail("a holder refused"))?;
+                                prop_assert_eq!(copy.growing_bytes(), 0);
+                            }
+                            Ok(())
+                        })?;
+                        // Where they lie follows their order.
+                        prop_assert!(held.starts.is_sorted());
+                        prop_assert_eq!(held.byte_len(), list.iter().map(|r| {
+                            let len = PackedRecord::pack(r).bytes.len();
+                            len + crate::binary::len_bytes(len).1
+                        }).sum::<usize>());
                     }
                     Step::Hold => {
                         let mut holders = Vec::new();

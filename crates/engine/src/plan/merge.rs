@@ -264,9 +264,36 @@ impl<'p> HubView<'p> {
         let value = self.account_holds(i, f);
         let intent = self.pairs[i].link.and_then(|l| l.intent.as_ref());
         match intent.and_then(|intent| intent.account_before(f.as_str())) {
-            Some(before) if self.pairs[i].account.is_some() && before == value => self.base(i, f),
+            Some(before)
+                if self.pairs[i].account.is_some()
+                    && before == value
+                    && !self.landed(i, intent.map_or(&[], |i| &i.account), |f| {
+                        self.account_holds(i, f)
+                    }) =>
+            {
+                self.base(i, f)
+            }
             _ => value,
         }
+    }
+
+    /// Whether pair `i`'s intended write to a side, `written` (each field with what
+    /// the side held before), landed, the side holding `holds`: a write to a record
+    /// lands whole (one request), so a field holding what it was to get, where it
+    /// held something else before, shows that every field got its value, and one
+    /// holding its old value again was edited back since (R18). Without that, a value
+    /// the user put back after a run cut short wrote it was written over again. Found
+    /// by the model (an account's e-mail cleared after a crash: "expected None").
+    fn landed(
+        &self,
+        i: usize,
+        written: &[(FieldName, Value)],
+        holds: impl Fn(&FieldName) -> &'p Value,
+    ) -> bool {
+        written.iter().any(|(f, before)| {
+            let value = holds(f);
+            value != before && self.same(i, f, value, self.base(i, f))
+        })
     }
 
     /// What the contact holds; when it was not read, the baseline of its first link
@@ -295,8 +322,13 @@ impl<'p> HubView<'p> {
     /// (R18): the write did not land and the contact was not edited since.
     fn intent_not_landed(&self, i: usize, f: &FieldName, holds: &Value) -> bool {
         let intent = self.pairs[i].link.and_then(|l| l.intent.as_ref());
-        self.contact.is_some()
-            && intent.and_then(|intent| intent.contact_before(f.as_str())) == Some(holds)
+        let Some(contact) = self.contact else {
+            return false;
+        };
+        intent.and_then(|intent| intent.contact_before(f.as_str())) == Some(holds)
+            && !self.landed(i, intent.map_or(&[], |i| &i.contact), |f| {
+                contact.fields.value_named(f)
+            })
     }
 
     /// What the contact stands for as pair `i` sees it: its baseline when pair `i`'s

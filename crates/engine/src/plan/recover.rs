@@ -38,60 +38,99 @@ impl<'a> Planner<'a> {
             .values()
             .filter(|a| !a.deleted() && !self.linked_accounts[r].contains(a.id()))
             .collect();
+        // A contact that asked this run's crashed predecessor for an account is no
+        // record a create made for another.
+        let asking: HashSet<&str> = (wanted.iter())
+            .filter(|p| p.side == Side::Account)
+            .map(|p| p.source_id.as_str())
+            .collect();
         // Creates sent with their record's id are found by it, the others by their values.
         let by_values = || wanted.iter().filter(|p| p.record_id.is_none());
         let contacts = SentIndex::new(&pool_contacts, by_values().map(|p| &p.fields));
         let accounts = SentIndex::new(&pool_accounts, by_values().map(|p| &p.fields));
-        for p in wanted {
-            let (contact, account) = if p.side == Side::Contact {
-                let Some((a, _)) = self.accounts(r).records.get_key_value(&p.source_id) else {
-                    self.source_gone(r, p, &contacts);
-                    continue;
-                };
-                if self.linked_accounts[r].contains(a) {
-                    continue;
-                }
-                let free = |c: &PackedRecord| may_hold(c, kind) && !self.is_linked(r, c.id());
-                let found = match &p.record_id {
-                    Some(id) => found_by_id(&input.contacts, id, free),
-                    None => contacts.found(&p.fields, free),
-                };
-                match found {
-                    Found::One(c) => (c.id(), a),
-                    Found::Several(candidates) => {
-                        self.recovery_waits(r, p, &candidates, (&[], &[a]));
-                        continue;
-                    }
-                    Found::None => continue,
-                }
-            } else {
-                let Some((c, _)) = input.contacts.get_key_value(&p.source_id) else {
-                    continue;
-                };
-                if self.is_linked(r, c) {
-                    continue;
-                }
-                let free = |a: &PackedRecord| !self.linked_accounts[r].contains(a.id());
-                let found = match &p.record_id {
-                    Some(id) => found_by_id(&self.accounts(r).records, id, free),
-                    None => accounts.found(&p.fields, free),
-                };
-                match found {
-                    Found::One(a) => (c, a.id()),
-                    Found::Several(candidates) => {
-                        self.recovery_waits(r, p, &candidates, (&[c], &[]));
-                        continue;
-                    }
-                    Found::None => continue,
-                }
-            };
-            self.linked_accounts[r].insert(account);
-            self.add_new_link(contact, r, account, NewLink::Recovered);
-            self.starts.insert((r, contact), &p.fields);
-            let key = (p.code.clone(), p.side, p.source_id.clone());
-            self.plan.done_pending.creates.push(key);
+        let indexes = (&contacts, &accounts, &asking);
+        // By their kind only once every create found by its values is linked: those
+        // are no other create's candidates.
+        let unfound: Vec<&'a PendingCreate> = (wanted.into_iter())
+            .filter(|p| !self.recover_one(r, p, indexes, Look::Values))
+            .collect();
+        for p in unfound {
+            self.recover_one(r, p, indexes, Look::AlsoKind);
         }
     }
+
+    /// The record the create `p` made, looked for `look`'s way: linked when found,
+    /// waited on when several may be it. False when none was found (nor can be: its
+    /// source is gone or linked).
+    fn recover_one(
+        &mut self,
+        r: usize,
+        p: &'a PendingCreate,
+        (contacts, accounts, asking): (&SentIndex<'a>, &SentIndex<'a>, &HashSet<&str>),
+        look: Look,
+    ) -> bool {
+        let input = self.input;
+        let kind = self.relations.relations[r].kind;
+        let (contact, account) = if p.side == Side::Contact {
+            let Some((a, _)) = self.accounts(r).records.get_key_value(&p.source_id) else {
+                self.source_gone(r, p, contacts);
+                return true;
+            };
+            if self.linked_accounts[r].contains(a) {
+                return true;
+            }
+            let free = |c: &PackedRecord| {
+                may_hold(c, kind) && !self.is_linked(r, c.id()) && !asking.contains(c.id())
+            };
+            let found = match &p.record_id {
+                Some(id) => found_by_id(&input.contacts, id, free),
+                None => contacts.found(&p.fields, free, look),
+            };
+            match found {
+                Found::One(c) => (c.id(), a),
+                Found::Several(candidates) => {
+                    self.recovery_waits(r, p, &candidates, (&[], &[a]));
+                    return true;
+                }
+                Found::None => return false,
+            }
+        } else {
+            let Some((c, _)) = input.contacts.get_key_value(&p.source_id) else {
+                return true;
+            };
+            if self.is_linked(r, c) {
+                return true;
+            }
+            let free = |a: &PackedRecord| !self.linked_accounts[r].contains(a.id());
+            let found = match &p.record_id {
+                Some(id) => found_by_id(&self.accounts(r).records, id, free),
+                None => accounts.found(&p.fields, free, look),
+            };
+            match found {
+                Found::One(a) => (c, a.id()),
+                Found::Several(candidates) => {
+                    self.recovery_waits(r, p, &candidates, (&[c], &[]));
+                    return true;
+                }
+                Found::None => return false,
+            }
+        };
+        self.linked_accounts[r].insert(account);
+        self.add_new_link(contact, r, account, NewLink::Recovered);
+        self.starts.insert((r, contact), &p.fields);
+        let key = (p.code.clone(), p.side, p.source_id.clone());
+        self.plan.done_pending.creates.push(key);
+        true
+    }
+}
+
+/// How a create cut short is looked for ([`SentIndex::found`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Look {
+    /// By the values it sent.
+    Values,
+    /// By them, then by its kind ([`SentIndex::found_by_kind`]).
+    AlsoKind,
 }
 
 impl<'a> Planner<'a> {
@@ -145,7 +184,7 @@ impl<'a> Planner<'a> {
         let free = |c: &PackedRecord| !self.is_linked(r, c.id());
         let found = match &p.record_id {
             Some(id) => found_by_id(&self.input.contacts, id, free),
-            None => contacts.found(&p.fields, free),
+            None => contacts.found(&p.fields, free, Look::Values),
         };
         if let Found::One(contact) = found {
             let code = self.relations.relations[r].code.clone();
@@ -164,6 +203,11 @@ impl<'a> Planner<'a> {
 /// finding 25,000 creates again costs a few lookups each, not a walk of the pool each.
 pub(super) struct SentIndex<'r> {
     by_key: HashMap<(&'static str, String), Vec<&'r PackedRecord>>,
+    /// The records listing a code, by the same values, a city's too: what a contact a
+    /// create made still is though all its telling values were edited
+    /// ([`SentIndex::found_by_kind`]). Few: Tandem's own contacts not yet linked, and
+    /// requests (R5).
+    coded_by_key: HashMap<(&'static str, String), Vec<&'r PackedRecord>>,
 }
 
 /// The fields a create is looked up by: any one of them left as sent finds it.
@@ -189,17 +233,27 @@ impl<'r> SentIndex<'r> {
             .collect();
         let names: Vec<FieldName> = keys.iter().map(|k| FieldName::new(k)).collect();
         let mut by_key: HashMap<(&'static str, String), Vec<&'r PackedRecord>> = HashMap::new();
+        let mut coded_by_key = HashMap::new();
+        let codes = FieldName::new(field::BUSINESS_RELATIONS);
         for record in pool {
+            let coded = !codes_in(record.get(&codes).as_ref()).is_empty();
             for (key, name) in keys.iter().zip(&names) {
                 if let Some(value) = record.get(name) {
-                    by_key
-                        .entry((key, index_text(key, &value)))
-                        .or_default()
-                        .push(record);
+                    let at = (*key, index_text(key, &value));
+                    if coded {
+                        coded_by_key
+                            .entry(at.clone())
+                            .or_insert_with(Vec::new)
+                            .push(*record);
+                    }
+                    by_key.entry(at).or_default().push(*record);
                 }
             }
         }
-        SentIndex { by_key }
+        SentIndex {
+            by_key,
+            coded_by_key,
+        }
     }
 
     /// The one record accepted by `free` that holds every value of `sent`; failing
@@ -207,7 +261,7 @@ impl<'r> SentIndex<'r> {
     /// user edited it since the create: merged against the fields sent); failing that,
     /// [`SentIndex::found_loosely`]. `None` when there is none, or more than one at the
     /// first step that finds any (never a guess).
-    fn found(&self, sent: &Fields, free: impl Fn(&PackedRecord) -> bool) -> Found<'r> {
+    fn found(&self, sent: &Fields, free: impl Fn(&PackedRecord) -> bool, look: Look) -> Found<'r> {
         let mut buckets: Vec<(&str, &[&'r PackedRecord])> = KEYS
             .iter()
             .filter_map(|&key| {
@@ -242,7 +296,10 @@ impl<'r> SentIndex<'r> {
                     .filter(|(_, fields)| nearly(fields, sent))
                     .map(|(r, _)| r);
                 match Found::of(near.collect()) {
-                    Found::None => self.found_loosely(sent, free),
+                    Found::None => match (self.found_loosely(sent, &free), look) {
+                        (Found::None, Look::AlsoKind) => self.found_by_kind(sent, &free),
+                        (found, _) => found,
+                    },
                     found => found,
                 }
             }
@@ -260,7 +317,7 @@ impl<'r> SentIndex<'r> {
     /// get a twin and its listed code would read as a request (R5), creating an
     /// account; for an account the user deleted since, that account came back as a
     /// new one.
-    fn found_loosely(&self, sent: &Fields, free: impl Fn(&PackedRecord) -> bool) -> Found<'r> {
+    fn found_loosely(&self, sent: &Fields, free: &impl Fn(&PackedRecord) -> bool) -> Found<'r> {
         let buckets = (IDENTIFYING.iter())
             .filter_map(|&key| {
                 let value = sent.get(key)?;
@@ -268,13 +325,39 @@ impl<'r> SentIndex<'r> {
             })
             .filter(|bucket| bucket.len() <= LOOSE_BUCKET)
             .map(Vec::as_slice);
-        let candidates = distinct_free(buckets, &free);
+        let candidates = distinct_free(buckets, free);
         Found::of(
             candidates
                 .into_iter()
                 .filter(|r| half_kept(&r.fields(), sent))
                 .collect(),
         )
+    }
+
+    /// A contact a create cut short made, edited since in every telling value but
+    /// still of the kind sent (contact type, the codes it was created with) and
+    /// holding one value sent, a city say (R18): never linked, since a request a user
+    /// made (R5) may look the same, but waited on as an ambiguous find is
+    /// ([`Found::Several`], even of one), so its account gets no twin and its listed
+    /// code reads as no request until an operator links it (`tandem link`). Only for a
+    /// create that sent codes: an account holds none. Found by the model ("customer
+    /// uk6 got 2 contacts", "an account nobody asked for").
+    fn found_by_kind(&self, sent: &Fields, free: &impl Fn(&PackedRecord) -> bool) -> Found<'r> {
+        if codes_in(sent.get(field::BUSINESS_RELATIONS)).is_empty() {
+            return Found::None;
+        }
+        let buckets = KEYS.iter().filter_map(|&key| {
+            let value = sent.get(key)?;
+            self.coded_by_key.get(&(key, index_text(key, value)))
+        });
+        let candidates: Vec<&'r PackedRecord> = distinct_free(buckets.map(Vec::as_slice), free)
+            .into_iter()
+            .filter(|r| kind_kept(&r.fields(), sent))
+            .collect();
+        match candidates.is_empty() {
+            true => Found::None,
+            false => Found::Several(candidates),
+        }
     }
 }
 
@@ -434,10 +517,14 @@ mod tests {
         let sent = records[500].fields.clone();
         let index = SentIndex::new(&pool, std::iter::once(&sent));
         let looked_at = Cell::new(0);
-        let found = index.found(&sent, |_| {
-            looked_at.set(looked_at.get() + 1);
-            true
-        });
+        let found = index.found(
+            &sent,
+            |_| {
+                looked_at.set(looked_at.get() + 1);
+                true
+            },
+            Look::Values,
+        );
         assert!(matches!(found, Found::One(r) if r.id() == "C500"));
         assert!(looked_at.get() <= 3, "looked at {}", looked_at.get());
 
@@ -445,6 +532,8 @@ mod tests {
         let mut edited = sent.clone();
         edited.set(field::NAME, Value::text("Company 500 Ltd"));
         let index = SentIndex::new(&pool, std::iter::once(&edited));
-        assert!(matches!(index.found(&edited, |_| true), Found::One(r) if r.id() == "C500"));
+        assert!(
+            matches!(index.found(&edited, |_| true, Look::Values), Found::One(r) if r.id() == "C500")
+        );
     }
 }

@@ -337,7 +337,7 @@ pub(crate) async fn read_scope(
         }
     };
     spill.take(&mut kept, 1)?;
-    out.keep_all(kept);
+    out.keep_all(kept, &mut spill)?;
     if listing == Listing::Full {
         // Seen before, absent from a completed full listing: deleted, unless that is
         // too many to believe.
@@ -515,13 +515,24 @@ impl ScopeRead {
         out
     }
 
-    /// The records a listing kept, once it is through.
-    fn keep_all(&mut self, kept: tandem_model::PackedRecords) {
+    /// The records a listing kept, once it is through; in id order in the spill
+    /// file, if they went there.
+    fn keep_all(
+        &mut self,
+        kept: tandem_model::PackedRecords,
+        spilling: &mut Spilling,
+    ) -> Result<(), EngineError> {
         // A record sent twice keeps its last copy, as an insert would.
-        self.records = crate::Records::from_packed(kept);
+        self.records = match (&mut spilling.file, spilling.at) {
+            (Some(file), Some(at)) => {
+                crate::Records::from_spilled(kept, file).map_err(EngineError::spill(at.folder))?
+            }
+            _ => crate::Records::from_packed(kept),
+        };
         // Sorting read every id: those pages are not needed until planning.
         self.records.let_go_pages();
         self.hashes.shrink_to_fit();
+        Ok(())
     }
 
     /// Takes one page: tombstones are deletes; a record is kept (packed into `kept`)
