@@ -340,16 +340,21 @@ impl<'r> SentIndex<'r> {
     /// made (R5) may look the same, but waited on as an ambiguous find is
     /// ([`Found::Several`], even of one), so its account gets no twin and its listed
     /// code reads as no request until an operator links it (`tandem link`). Only for a
-    /// create that sent codes: an account holds none. Found by the model ("customer
-    /// uk6 got 2 contacts", "an account nobody asked for").
+    /// create that sent codes (an account holds none), among at most [`LOOSE_BUCKET`]
+    /// records listing a code and sharing the value. Found by the model ("customer uk6
+    /// got 2 contacts", "an account nobody asked for").
     fn found_by_kind(&self, sent: &Fields, free: &impl Fn(&PackedRecord) -> bool) -> Found<'r> {
         if codes_in(sent.get(field::BUSINESS_RELATIONS)).is_empty() {
             return Found::None;
         }
-        let buckets = KEYS.iter().filter_map(|&key| {
-            let value = sent.get(key)?;
-            self.coded_by_key.get(&(key, index_text(key, value)))
-        });
+        // A value many requests share identifies nothing: after a run cut short before
+        // its creates went out, each would wait with every create of its city.
+        let buckets = (KEYS.iter())
+            .filter_map(|&key| {
+                let value = sent.get(key)?;
+                self.coded_by_key.get(&(key, index_text(key, value)))
+            })
+            .filter(|bucket| bucket.len() <= LOOSE_BUCKET);
         let candidates: Vec<&'r PackedRecord> = distinct_free(buckets.map(Vec::as_slice), free)
             .into_iter()
             .filter(|r| kind_kept(&r.fields(), sent))
@@ -527,6 +532,44 @@ mod tests {
         );
         assert!(matches!(found, Found::One(r) if r.id() == "C500"));
         assert!(looked_at.get() <= 3, "looked at {}", looked_at.get());
+
+        // Requests of its city (R5), more than a bucket: not waited on, nor walked.
+        let requests: Vec<Record> = (0..1_000)
+            .map(|i| {
+                let fields = Fields::new()
+                    .with(field::NAME, format!("Request {i}").as_str())
+                    .with(field::PHONE, format!("+32 9 {i:06}").as_str())
+                    .with(field::CITY, "Gent")
+                    .with(field::BUSINESS_RELATIONS, "CUST");
+                Record::new(EntityKind::Contact, format!("R{i}"), fields)
+            })
+            .collect();
+        let packed: Vec<Box<PackedRecord>> = requests.iter().map(PackedRecord::pack).collect();
+        let requests: Vec<&PackedRecord> = packed.iter().map(|p| &**p).collect();
+        let asked = Fields::new()
+            .with(field::NAME, "Created")
+            .with(field::PHONE, "+32 9 999 99 99")
+            .with(field::CITY, "Gent")
+            .with(field::BUSINESS_RELATIONS, "CUST");
+        let index = SentIndex::new(&requests, std::iter::once(&asked));
+        looked_at.set(0);
+        let counted = |_: &PackedRecord| {
+            looked_at.set(looked_at.get() + 1);
+            true
+        };
+        assert!(matches!(
+            index.found(&asked, counted, Look::AlsoKind),
+            Found::None
+        ));
+        assert_eq!(looked_at.get(), 0, "a city's requests were walked");
+        // A few: they wait, the create with them.
+        let index = SentIndex::new(&requests[..3], std::iter::once(&asked));
+        let found = index.found(&asked, |_| true, Look::AlsoKind);
+        assert!(matches!(found, Found::Several(r) if r.len() == 3));
+        assert!(matches!(
+            index.found(&asked, |_| true, Look::Values),
+            Found::None
+        ));
 
         // Its name edited since: still found, by its other values.
         let mut edited = sent.clone();
