@@ -173,9 +173,14 @@ impl Records {
         self.records.growing_bytes()
     }
 
-    /// Moves the records on the heap to `spill`'s file.
+    /// Moves the records on the heap to `spill`'s file, in id order: copied there in
+    /// that order when they lie on the heap in another (a listing out of id order,
+    /// sorted since; see [`crate::spill::Spill::in_order`]).
     pub(crate) fn spill_to(&mut self, spill: &mut crate::spill::Spill) -> std::io::Result<()> {
-        spill.take(&mut self.records)
+        match self.records.lie_in_order() {
+            true => spill.take(&mut self.records),
+            false => spill.in_order(&mut self.records),
+        }
     }
 
     /// `records` as read (a listing's order), sorted by id; when they went to
@@ -326,7 +331,10 @@ mod tests {
         assert_eq!((on_heap, records.byte_len()), (records.byte_len(), on_heap));
         let folder = tempfile::tempdir().unwrap();
         let mut spill = crate::spill::Spill::new(folder.path()).unwrap();
+        // Read out of id order: they go to the file in id order.
+        assert!(!records.records.lie_in_order());
         records.spill_to(&mut spill).unwrap();
+        assert!(records.records.lie_in_order());
         records.let_go_pages();
         assert_eq!((records.heap_bytes(), records.byte_len()), (0, on_heap));
         let want = Records::from_read(read);
