@@ -60,8 +60,8 @@ impl<'a> Planner<'a> {
     }
 
     /// The record the create `p` made, looked for `look`'s way: linked when found,
-    /// waited on when several may be it. False when none was found (nor can be: its
-    /// source is gone or linked).
+    /// waited on when several may be it. False when none was found; true when it was
+    /// linked or waits, or needs no looking for (its source is gone or linked).
     fn recover_one(
         &mut self,
         r: usize,
