@@ -258,16 +258,18 @@ impl Spill {
     /// `records` copied into the file again in their order (id order, once sorted),
     /// a [`SPILL_CHUNK`] at a time, their old segments given back.
     ///
-    /// Why: a listing goes to the file as it comes. When it came in another order
-    /// than its ids (a system that lists by name, or numbers its records apart from
-    /// another's), matching and planning, which go in id order, read the file at
+    /// Why: records go to the file in the order they lie in, a listing's: as it
+    /// comes, or from the heap once everything is read. When it came in another
+    /// order than its ids (a system that lists by name, or numbers its records apart
+    /// from another's), matching and planning, which go in id order, read the file at
     /// random, and on Linux with large page-cache folios each such read maps up to
-    /// 1 MiB: at ten million partners with the accounts' rows shuffled, up to 0.9 GB
+    /// 1 MiB: at ten million partners with the accounts' rows shuffled, up to 1 GB
     /// beside the heap. Copied in order, they read it front to back.
     ///
-    /// The copy reads at random, once: call it under [`Spill::keep_pages`], with the
-    /// sort before it, so that each part of the file is mapped once (the listing at
-    /// most, before planning holds anything). Its pages go after it.
+    /// Of records already in the file the copy reads it at random, once: call it
+    /// under [`Spill::keep_pages`], with the sort before it, so that each part of the
+    /// file is mapped once (the listing at most, before planning holds anything).
+    /// Its pages go after it.
     pub fn in_order(&mut self, records: &mut PackedRecords) -> std::io::Result<()> {
         let copied = records.repack_in_order(SPILL_CHUNK, |copy| self.take(copy));
         records.let_go_held();
