@@ -109,10 +109,14 @@ impl Records {
     }
 
     fn sort_and_dedup(&mut self) {
-        let records = &mut self.records;
-        records.sort_by_id_keeping_last();
-        records.shrink_to_fit();
-        self.prefixes = records.iter().map(|r| prefix(r.id())).collect();
+        self.records.sort_by_id_keeping_last();
+        self.index_sorted();
+    }
+
+    /// The prefixes of records already sorted, one per id.
+    fn index_sorted(&mut self) {
+        self.records.shrink_to_fit();
+        self.prefixes = self.records.iter().map(|r| prefix(r.id())).collect();
     }
 
     fn position(&self, id: &str) -> Result<usize, usize> {
@@ -190,12 +194,19 @@ impl Records {
         records: PackedRecords,
         spill: &mut crate::spill::Spill,
     ) -> std::io::Result<Records> {
-        if records.is_sorted_by_id() {
-            return Ok(Records::from_packed(records));
+        let sorted = records.is_sorted_by_id();
+        let mut out = Records {
+            records,
+            prefixes: Vec::new(),
+        };
+        if sorted {
+            // Read once in order; the sort would read the ids again.
+            out.index_sorted();
+            return Ok(out);
         }
         // The sort reads the ids at random too.
         let _kept = spill.keep_pages();
-        let mut out = Records::from_packed(records);
+        out.sort_and_dedup();
         spill.in_order(&mut out.records)?;
         Ok(out)
     }

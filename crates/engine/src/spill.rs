@@ -269,11 +269,9 @@ impl Spill {
     /// Of records already in the file the copy reads it at random, once: call it
     /// under [`Spill::keep_pages`], with the sort before it, so that each part of the
     /// file is mapped once (the listing at most, before planning holds anything).
-    /// Its pages go after it.
+    /// The callers let the pages go after it, as after any move to the file.
     pub fn in_order(&mut self, records: &mut PackedRecords) -> std::io::Result<()> {
-        let copied = records.repack_in_order(SPILL_CHUNK, |copy| self.take(copy));
-        records.let_go_held();
-        copied
+        records.repack_in_order(SPILL_CHUNK, |copy| self.take(copy))
     }
 
     /// No page of this file is let go while the answer is held: for a step that

@@ -409,19 +409,20 @@ impl PackedRecords {
     /// Sorted by id, one record per id: of an id put in twice, the later copy, as a
     /// map keeps it.
     pub fn sort_by_id_keeping_last(&mut self) {
+        if self.is_sorted_by_id() {
+            return;
+        }
         let mut starts = std::mem::take(&mut self.starts);
         let id = |start: &u64| self.at(*start);
-        if !starts.is_sorted_by(|a, b| id(a).cmp_by_id(id(b)).is_lt()) {
-            // Stable: of equal ids the later copy stays later, and wins below.
-            starts.sort_by(|a, b| id(a).cmp_by_id(id(b)));
-            starts.dedup_by(|later, earlier| {
-                let same = id(later).cmp_by_id(id(earlier)).is_eq();
-                if same {
-                    std::mem::swap(later, earlier);
-                }
-                same
-            });
-        }
+        // Stable: of equal ids the later copy stays later, and wins below.
+        starts.sort_by(|a, b| id(a).cmp_by_id(id(b)));
+        starts.dedup_by(|later, earlier| {
+            let same = id(later).cmp_by_id(id(earlier)).is_eq();
+            if same {
+                std::mem::swap(later, earlier);
+            }
+            same
+        });
         self.starts = starts;
     }
 

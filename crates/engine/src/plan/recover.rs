@@ -50,12 +50,14 @@ impl<'a> Planner<'a> {
         let accounts = SentIndex::new(&pool_accounts, by_values().map(|p| &p.fields));
         let indexes = (&contacts, &accounts, &asking);
         // By their kind only once every create found by its values is linked: those
-        // are no other create's candidates.
+        // are no other create's candidates. A create sent with its id is found by it
+        // or not at all.
         let unfound: Vec<&'a PendingCreate> = (wanted.into_iter())
             .filter(|p| !self.recover_one(r, p, indexes, Look::Values))
+            .filter(|p| p.record_id.is_none())
             .collect();
         for p in unfound {
-            self.recover_one(r, p, indexes, Look::AlsoKind);
+            self.recover_one(r, p, indexes, Look::Kind);
         }
     }
 
@@ -129,8 +131,8 @@ impl<'a> Planner<'a> {
 pub(super) enum Look {
     /// By the values it sent.
     Values,
-    /// By them, then by its kind ([`SentIndex::found_by_kind`]).
-    AlsoKind,
+    /// By its kind alone ([`SentIndex::found_by_kind`]), once not found by its values.
+    Kind,
 }
 
 impl<'a> Planner<'a> {
@@ -233,18 +235,16 @@ impl<'r> SentIndex<'r> {
             .collect();
         let names: Vec<FieldName> = keys.iter().map(|k| FieldName::new(k)).collect();
         let mut by_key: HashMap<(&'static str, String), Vec<&'r PackedRecord>> = HashMap::new();
-        let mut coded_by_key = HashMap::new();
+        let mut coded_by_key: HashMap<(&'static str, String), Vec<&'r PackedRecord>> =
+            HashMap::new();
         let codes = FieldName::new(field::BUSINESS_RELATIONS);
         for record in pool {
-            let coded = !codes_in(record.get(&codes).as_ref()).is_empty();
+            let coded = record.get(&codes).is_some_and(|v| !v.is_empty());
             for (key, name) in keys.iter().zip(&names) {
                 if let Some(value) = record.get(name) {
                     let at = (*key, index_text(key, &value));
                     if coded {
-                        coded_by_key
-                            .entry(at.clone())
-                            .or_insert_with(Vec::new)
-                            .push(*record);
+                        coded_by_key.entry(at.clone()).or_default().push(*record);
                     }
                     by_key.entry(at).or_default().push(*record);
                 }
@@ -260,8 +260,12 @@ impl<'r> SentIndex<'r> {
     /// that, the one that holds all of them but one or its name and half of them (the
     /// user edited it since the create: merged against the fields sent); failing that,
     /// [`SentIndex::found_loosely`]. `None` when there is none, or more than one at the
-    /// first step that finds any (never a guess).
+    /// first step that finds any (never a guess). With [`Look::Kind`], by its kind
+    /// alone.
     fn found(&self, sent: &Fields, free: impl Fn(&PackedRecord) -> bool, look: Look) -> Found<'r> {
+        if look == Look::Kind {
+            return self.found_by_kind(sent, &free);
+        }
         let mut buckets: Vec<(&str, &[&'r PackedRecord])> = KEYS
             .iter()
             .filter_map(|&key| {
@@ -296,10 +300,7 @@ impl<'r> SentIndex<'r> {
                     .filter(|(_, fields)| nearly(fields, sent))
                     .map(|(r, _)| r);
                 match Found::of(near.collect()) {
-                    Found::None => match (self.found_loosely(sent, &free), look) {
-                        (Found::None, Look::AlsoKind) => self.found_by_kind(sent, &free),
-                        (found, _) => found,
-                    },
+                    Found::None => self.found_loosely(sent, &free),
                     found => found,
                 }
             }
@@ -558,13 +559,13 @@ mod tests {
             true
         };
         assert!(matches!(
-            index.found(&asked, counted, Look::AlsoKind),
+            index.found(&asked, counted, Look::Kind),
             Found::None
         ));
         assert_eq!(looked_at.get(), 0, "a city's requests were walked");
         // A few: they wait, the create with them.
         let index = SentIndex::new(&requests[..3], std::iter::once(&asked));
-        let found = index.found(&asked, |_| true, Look::AlsoKind);
+        let found = index.found(&asked, |_| true, Look::Kind);
         assert!(matches!(found, Found::Several(r) if r.len() == 3));
         assert!(matches!(
             index.found(&asked, |_| true, Look::Values),
