@@ -53,8 +53,8 @@ pub(crate) fn apply_end(done: u64, total: u64) {
 #[derive(Debug, Default)]
 pub(crate) struct Applying {
     pub total: u64,
-    /// Counted through a shared reference: a range's contact and account updates may
-    /// be sent side by side.
+    /// Counted through a shared reference: the contact and account updates may be
+    /// sent side by side.
     done: std::sync::atomic::AtomicU64,
 }
 

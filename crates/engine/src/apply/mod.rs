@@ -5,9 +5,8 @@
 //! 2. creates, each one written down as *pending* before the remote call and linked
 //!    right after it, so a crash in between is repaired by the next run (the record
 //!    is found again by its fields) instead of creating a duplicate (`create.rs`);
-//! 3. intents, then contact updates, then account updates per relation (`write.rs`;
-//!    in a run in ranges, a range's two sides side by side when their connectors
-//!    differ);
+//! 3. intents, then contact updates and account updates per relation (`write.rs`;
+//!    the two sides side by side when their connectors differ);
 //! 4. links, baselines, the interaction log (R11), failures and parking (R17)
 //!    (`settle.rs`);
 //! 5. content hashes, cursors and fingerprints last (`finish.rs`).
@@ -109,8 +108,6 @@ struct Applier<'e> {
     /// step holds no more than a range does (a budget's run at 10M took 4.6 GB over
     /// what it held sending its 1.8M creates in one call).
     per_range: usize,
-    /// Whether the hubs go range by range (`write::side_by_side`).
-    in_ranges: bool,
 }
 
 /// What the apply takes from the plan's input, so that a plan made whole lets the
@@ -191,7 +188,6 @@ pub(crate) async fn apply(
         reported: HubRange::default(),
         hubs_left_out: 0,
         per_range: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
-        in_ranges: !whole,
     };
     info!(run = run_id, "applying");
     // The writes known now: the head's, and the hubs' of a plan made whole; each range

@@ -1,6 +1,6 @@
-//! Step 3: what the writes will do is written down first (R18), then contact updates,
-//! then account updates per relation; in a run in ranges, a range's contact and
-//! account updates go out side by side when they go to different connectors.
+//! Step 3: what the writes will do is written down first (R18), then contact updates
+//! and account updates per relation, side by side when they go to different
+//! connectors.
 
 use tandem_connector::{Changes, ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::{EntityKind, Timestamp};
@@ -107,14 +107,13 @@ impl Applier<'_> {
         Ok(outcomes)
     }
 
-    /// Whether a range's contact and account updates go out side by side: in a run
-    /// in ranges (a range's ops are few; a run made whole sends one side after the
-    /// other, not to hold both sides' ops and answers at once), and only when no
+    /// Whether the contact and account updates go out side by side: only when no
     /// relation's accounts share the contacts' connector (a connector takes one call
-    /// at a time).
+    /// at a time). A run made whole holds both sides' ops and answers at once, as a
+    /// range does: the memory budget counts a hub's writes on both sides.
     fn side_by_side(&self) -> bool {
         let contacts = &self.relations.contacts_connector;
-        self.in_ranges && (self.relations.relations.iter()).all(|r| &r.connector != contacts)
+        (self.relations.relations.iter()).all(|r| &r.connector != contacts)
     }
 
     /// A stop asked for during the updates ends the run here: the intents of the
