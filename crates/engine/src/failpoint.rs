@@ -15,7 +15,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Every failpoint of a sync, in the order a run passes them.
+/// Every failpoint of a sync, in the order a run passes them (in a plan made whole,
+/// `after_intent_commit` comes with the first creates, before their links are stored).
 pub const POINTS: &[&str] = &[
     "after_unlinks",
     "before_contact_create",

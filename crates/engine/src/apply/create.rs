@@ -4,12 +4,13 @@
 //! creating a duplicate (R18).
 
 use std::borrow::Cow;
+use std::task::Poll;
 
-use tandem_connector::{Connector, ConnectorError, WriteOp, Written};
+use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome, Written};
 use tandem_model::{EntityKind, Fields, PackedFields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
-use super::{Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, write_all};
+use super::{Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, send, write, write_all};
 use crate::failpoint;
 use crate::plan::{AccountCreate, ContactCreate};
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
@@ -253,7 +254,7 @@ impl Applier<'_> {
                 id: id.clone(),
             })
             .collect();
-        let outcomes = write_all(state, connector, kind, ops).await?;
+        let outcomes = self.send_creates(state, connector, kind, ops).await?;
         self.progress.advance(chunk.len(), "creates");
         failpoint::hit(&format!("after_{side}_create"));
         // Stored on a helper thread a transaction at a time while the next is built;
@@ -273,6 +274,37 @@ impl Applier<'_> {
         })?;
         failpoint::hit(&format!("after_{side}_create_commit"));
         Ok(())
+    }
+
+    /// Sends creates `ops`. While a connector writes them, the state's writer is idle:
+    /// the intents of the hubs the plan holds (a plan made whole holds them from the
+    /// start) are stored then, if not yet, since they need only be stored before the
+    /// updates go out (R18). The first sync at 1M stored 805,000 in 0.8 s after its
+    /// creates had gone out.
+    async fn send_creates(
+        &mut self,
+        state: &mut dyn StateStore,
+        connector: &dyn Connector,
+        kind: EntityKind,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOutcome>, EngineError> {
+        if self.intents_stored || self.plan.hubs.is_empty() {
+            return write_all(state, connector, kind, ops).await;
+        }
+        state.confirm_lease()?;
+        let mut sending = std::pin::pin!(send(connector, kind, ops));
+        // Runs until the first wait (a file connector writes on a thread of its own).
+        let begun = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+        let stored = write::commit_intents(state, &self.plan, self.relations, &self.log);
+        let outcomes = match begun {
+            Poll::Ready(outcomes) => outcomes,
+            Poll::Pending => sending.await,
+        };
+        // Its creates are written down: the next run finds them again (R18).
+        stored?;
+        self.intents_stored = true;
+        failpoint::hit("after_intent_commit");
+        Ok(outcomes)
     }
 
     /// A create that happened: its link, hashes and log entries.

@@ -29,7 +29,10 @@ pub(super) fn person_companies(
     // none stored, spent a quarter of a second on those lookups).
     let to_store = |contact: &PackedRecord| companies_stored || contact.text(COMPANY_ID).is_some();
     let company = |contact: &PackedRecord| {
-        (contact.id().to_owned(), contact.text(COMPANY_ID).map(str::to_owned))
+        (
+            contact.id().to_owned(),
+            contact.text(COMPANY_ID).map(str::to_owned),
+        )
     };
     let changed = contacts.changed().count();
     if changed * 8 < input.contacts.len() {

@@ -5,8 +5,9 @@
 //! 2. creates, each one written down as *pending* before the remote call and linked
 //!    right after it, so a crash in between is repaired by the next run (the record
 //!    is found again by its fields) instead of creating a duplicate (`create.rs`);
-//! 3. intents, then contact updates and account updates per relation (`write.rs`;
-//!    the two sides side by side when their connectors differ);
+//! 3. intents (in a plan made whole, stored while the first creates are sent), then
+//!    contact updates and account updates per relation (`write.rs`; the two sides
+//!    side by side when their connectors differ);
 //! 4. links, baselines, the interaction log (R11), failures and parking (R17)
 //!    (`settle.rs`);
 //! 5. content hashes, cursors and fingerprints last (`finish.rs`).
@@ -103,6 +104,9 @@ struct Applier<'e> {
     reported: HubRange,
     /// Hubs carried out and not in `reported`.
     hubs_left_out: u64,
+    /// Whether the intents of the hubs in the plan are stored already: a plan made
+    /// whole stores them while its creates are sent (`create::send_creates`).
+    intents_stored: bool,
     /// A range's hubs in a run in ranges, else `usize::MAX`: how many hubs the report
     /// shows at most, and how many creates go per call at most, so that the create
     /// step holds no more than a range does (a budget's run at 10M took 4.6 GB over
@@ -188,6 +192,7 @@ pub(crate) async fn apply(
         reported: HubRange::default(),
         hubs_left_out: 0,
         per_range: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
+        intents_stored: false,
     };
     info!(run = run_id, "applying");
     // The writes known now: the head's, and the hubs' of a plan made whole; each range
@@ -197,6 +202,12 @@ pub(crate) async fn apply(
         .map_or(0, |r| crate::plan::hub_writes(&r.hubs));
     let known = applier.plan.write_count() + planned_writes;
     applier.progress = crate::progress::Applying::new(known as u64);
+    // A plan made whole holds its hubs from here on, so that their intents can be
+    // stored while the creates go out; its one range is carried out empty.
+    let mut next = planned.map(|range| {
+        applier.plan.absorb(range);
+        HubRange::default()
+    });
     applier.refusals();
     applier.unlinks();
     applier.commit(&mut **state)?;
@@ -205,7 +216,6 @@ pub(crate) async fn apply(
     applier.step("after_creates");
     // Stored before the hashes that make the next run quiet: a quiet run reports them.
     applier.remember_ambiguities(&ambiguities);
-    let mut next = planned;
     while let Some(range) = next
         .take()
         .or_else(|| applier.plan_next(planning.as_deref_mut()?))
@@ -394,9 +404,15 @@ async fn write_all(
     ops: Vec<WriteOp>,
 ) -> Result<Vec<WriteOutcome>, EngineError> {
     state.confirm_lease()?;
+    Ok(send(connector, kind, ops).await)
+}
+
+/// [`write_all`] once the lease is confirmed: borrows no state, so that the state can
+/// be written while the connector writes.
+async fn send(connector: &dyn Connector, kind: EntityKind, ops: Vec<WriteOp>) -> Vec<WriteOutcome> {
     let n = ops.len();
     tracing::debug!(%kind, ops = n, "sending writes");
-    Ok(match connector.write(kind, ops).await {
+    match connector.write(kind, ops).await {
         Ok(outcomes) if outcomes.len() == n => outcomes,
         Ok(outcomes) => {
             let message = format!(
@@ -408,7 +424,7 @@ async fn write_all(
                 .collect()
         }
         Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-    })
+    }
 }
 
 impl Applier<'_> {

@@ -80,8 +80,10 @@ impl Applier<'_> {
         &mut self,
         state: &mut dyn StateStore,
     ) -> Result<Outcomes, EngineError> {
-        commit_intents(state, &self.plan, self.relations, &self.log)?;
-        failpoint::hit("after_intent_commit");
+        if !std::mem::take(&mut self.intents_stored) {
+            commit_intents(state, &self.plan, self.relations, &self.log)?;
+            failpoint::hit("after_intent_commit");
+        }
         let mut outcomes = Outcomes::new(&self.plan);
         let state = &*state;
         let accounts = if self.side_by_side() {
@@ -269,7 +271,7 @@ pub(super) fn link_of(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> Link {
 /// per [`COMMIT_EVERY`] pairs. A run cut short leaves these batches; the next one makes
 /// them link rows, reads both records and finishes the writes, or merges an edit made
 /// meanwhile against that baseline. This run clears them once its links are stored.
-fn commit_intents(
+pub(super) fn commit_intents(
     state: &mut dyn StateStore,
     plan: &Plan,
     relations: &Relations,
