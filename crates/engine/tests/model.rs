@@ -1687,6 +1687,77 @@ fn r12_a_contact_deleted_after_a_crashed_first_run_loses_its_link() {
     }
 }
 
+/// R18 with the intents stored while the creates go out (a plan made whole). A run
+/// that links a contact to a customer and creates a contact for another customer is
+/// cut short once both its intents are stored and its create has gone out, before
+/// the create is linked. The user then edits the linked customer. The next run finds
+/// the create again (no twin), carries out the intended write, and keeps the edit.
+#[test]
+fn r18_a_run_cut_short_while_its_creates_went_out_leaves_intents_and_creates_to_finish() {
+    let _alone = failpoints_alone();
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        w.crm.put(
+            EntityKind::Contact,
+            "uc1",
+            fields(&[
+                ("name", "Acme"),
+                ("email", "a@x.be"),
+                ("contact_type", "company"),
+            ]),
+        );
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            fields(&[("name", "Acme NV"), ("email", "a@x.be")]),
+        );
+        w.erp.put(
+            EntityKind::Customer,
+            "uk2",
+            fields(&[("name", "Beta"), ("city", "Gent")]),
+        );
+        w.sync(Some(("after_intent_commit", 1))).unwrap();
+        assert_eq!(w.snapshots[0].outcome, Outcome::Crashed);
+        assert_eq!(
+            w.crm.all(EntityKind::Contact).len(),
+            2,
+            "incremental: {incremental}: the create went out before the crash"
+        );
+        let intents = w.state().links_with_intent().unwrap();
+        assert_eq!(
+            intents.iter().map(|l| l.account_id.as_str()).collect::<Vec<_>>(),
+            ["uk1"],
+            "incremental: {incremental}: the intent of the matched pair is stored"
+        );
+        let pending = w.state().pending_creates().unwrap();
+        assert_eq!(
+            pending.iter().map(|p| p.source_id.as_str()).collect::<Vec<_>>(),
+            ["uk2"],
+            "incremental: {incremental}: the create is written down, not linked"
+        );
+        let mut edited = w.erp.all(EntityKind::Customer)[0].fields.clone();
+        edited.set("phone", Value::text("+32 9 123 45 67"));
+        w.erp.put(EntityKind::Customer, "uk1", edited);
+        w.sync(None).unwrap();
+        w.sync(None).unwrap();
+        let contacts = w.crm.all(EntityKind::Contact);
+        let uc1 = contacts.iter().find(|c| c.id == "uc1").unwrap();
+        assert_eq!(
+            (contacts.len(), w.erp.all(EntityKind::Customer).len()),
+            (2, 2),
+            "incremental: {incremental}: no twin, no account made"
+        );
+        assert_eq!(
+            uc1.fields.text("phone"),
+            Some("+32 9 123 45 67"),
+            "incremental: {incremental}: the edit made after the crash crossed"
+        );
+        let linked = w.state().links(Some("CUST")).unwrap();
+        assert_eq!(linked.len(), 2, "incremental: {incremental}: {linked:?}");
+        assert!(linked.iter().all(|l| l.intent.is_none()), "{linked:?}");
+    }
+}
+
 /// Was a bug (R18, R6, R5). A run creates a contact for a customer and is cut short before
 /// it links it (`after_contact_create`). The user edits that contact (any shared
 /// field). The next run no longer recognises it as the create it sent (it looks for the
