@@ -1725,13 +1725,19 @@ fn r18_a_run_cut_short_while_its_creates_went_out_leaves_intents_and_creates_to_
         );
         let intents = w.state().links_with_intent().unwrap();
         assert_eq!(
-            intents.iter().map(|l| l.account_id.as_str()).collect::<Vec<_>>(),
+            intents
+                .iter()
+                .map(|l| l.account_id.as_str())
+                .collect::<Vec<_>>(),
             ["uk1"],
             "incremental: {incremental}: the intent of the matched pair is stored"
         );
         let pending = w.state().pending_creates().unwrap();
         assert_eq!(
-            pending.iter().map(|p| p.source_id.as_str()).collect::<Vec<_>>(),
+            pending
+                .iter()
+                .map(|p| p.source_id.as_str())
+                .collect::<Vec<_>>(),
             ["uk2"],
             "incremental: {incremental}: the create is written down, not linked"
         );

@@ -23,10 +23,12 @@ impl<'a> Planner<'a> {
     /// The keys, on relation `r`'s tiers, of the contacts this run creates for other
     /// relations' accounts (R6): empty when `r` creates no contacts, or has no
     /// `unmatched` account to create one for.
-    fn keys_of_new_contacts(&self, r: usize, unmatched: &[String]) -> HashSet<(usize, u128)> {
+    /// Hashed as they are (`IdSet`): the keys are hashes already, and a first sync at
+    /// 1M puts 400,000 in.
+    fn keys_of_new_contacts(&self, r: usize, unmatched: &[String]) -> crate::IdSet<(usize, u128)> {
         let relation = &self.relations.relations[r];
         if !relation.create_contacts || unmatched.is_empty() {
-            return HashSet::new();
+            return crate::IdSet::default();
         }
         let others = self.plan.creates.iter().filter(|c| c.relation != r);
         others
@@ -47,7 +49,7 @@ impl<'a> Planner<'a> {
         &self,
         r: usize,
         account_id: &str,
-        new_keys: &HashSet<(usize, u128)>,
+        new_keys: &crate::IdSet<(usize, u128)>,
     ) -> bool {
         if new_keys.is_empty() {
             return false;

@@ -12,6 +12,7 @@
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 use super::Seen;
 
@@ -64,18 +65,25 @@ impl SeenMap {
 
     /// Sets `id`'s value, replacing one it had.
     pub fn insert(&mut self, id: &str, seen: Seen) {
-        if let Some(i) = self.position(id) {
-            self.seen[i] = seen;
-            return;
-        }
+        // One hash and one probe for both the lookup and the insert: a first sync
+        // inserts two million.
         let at = u32::try_from(self.seen.len()).expect("fewer than 2^32 records in a scope");
-        self.ids.push_str(id);
-        let end = u32::try_from(self.ids.len()).expect("less than 4 GiB of ids in a scope");
-        self.ends.push(end);
-        self.seen.push(seen);
-        let hash = self.hasher.hash_one(id);
         let (ids, ends, hasher) = (&self.ids, &self.ends, &self.hasher);
-        (self.index).insert_unique(hash, at, |&i| hasher.hash_one(id_at(ids, ends, i as usize)));
+        let entry = self.index.entry(
+            hasher.hash_one(id),
+            |&i| id_at(ids, ends, i as usize) == id,
+            |&i| hasher.hash_one(id_at(ids, ends, i as usize)),
+        );
+        match entry {
+            Entry::Occupied(entry) => self.seen[*entry.get() as usize] = seen,
+            Entry::Vacant(entry) => {
+                entry.insert(at);
+                self.ids.push_str(id);
+                let end = u32::try_from(self.ids.len()).expect("less than 4 GiB of ids in a scope");
+                self.ends.push(end);
+                self.seen.push(seen);
+            }
+        }
     }
 
     /// Every entry, in the order first inserted.
