@@ -704,6 +704,55 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
     }
 }
 
+/// `TANDEM_BENCH_STATE_FLOOR_PARTS`: which of the rows `state-floor` stores, a comma
+/// list of `links`, `hashes` and `log` (all by default), to tell what each costs.
+struct FloorParts {
+    links: bool,
+    hashes: bool,
+    log: bool,
+}
+
+impl FloorParts {
+    fn from_env() -> anyhow::Result<FloorParts> {
+        let Ok(list) = std::env::var("TANDEM_BENCH_STATE_FLOOR_PARTS") else {
+            return Ok(FloorParts {
+                links: true,
+                hashes: true,
+                log: true,
+            });
+        };
+        let mut parts = FloorParts {
+            links: false,
+            hashes: false,
+            log: false,
+        };
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "links" => parts.links = true,
+                "hashes" => parts.hashes = true,
+                "log" => parts.log = true,
+                other => anyhow::bail!(
+                    "TANDEM_BENCH_STATE_FLOOR_PARTS: `{other}` is none of links, hashes, log"
+                ),
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Leaves out of `batch` the rows not asked for.
+    fn keep(&self, batch: &mut tandem_state::StateBatch) {
+        if !self.links {
+            batch.upsert_links.clear();
+        }
+        if !self.hashes {
+            batch.set_hashes.clear();
+        }
+        if !self.log {
+            batch.interactions.clear();
+        }
+    }
+}
+
 /// What storing the initial sync's state costs by itself: the links, hashes and log
 /// entries the initial sync wrote, committed again into an empty state through the
 /// same state layer and in batches of the same size, with no reading, planning or
@@ -774,6 +823,7 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
     drop(stmt);
     drop(db);
     let rows = (links.len() + hashes.len() + interactions.len()) as u64;
+    let parts = FloorParts::from_env()?;
     let target = tempfile::tempdir()?;
     let mut state = SqliteState::open(&target.path().join("state.db"), LockMode::Exclusive)?;
     let (started, cpu_before) = (Instant::now(), process_usage().0);
@@ -784,7 +834,7 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
     );
     loop {
         // Each batch as the engine makes them: links with their hashes and log entries.
-        let batch = StateBatch {
+        let mut batch = StateBatch {
             upsert_links: links.by_ref().take(BATCH / 5).collect(),
             set_hashes: hashes.by_ref().take(2 * BATCH / 5).collect(),
             interactions: interactions.by_ref().take(2 * BATCH / 5).collect(),
@@ -793,6 +843,7 @@ fn state_floor(dir: &Path) -> anyhow::Result<(f64, u64)> {
         if batch.is_empty() {
             break;
         }
+        parts.keep(&mut batch);
         state.commit(batch)?;
     }
     let wall = started.elapsed().as_secs_f64();
