@@ -202,12 +202,7 @@ pub(crate) async fn apply(
         .map_or(0, |r| crate::plan::hub_writes(&r.hubs));
     let known = applier.plan.write_count() + planned_writes;
     applier.progress = crate::progress::Applying::new(known as u64);
-    // A plan made whole holds its hubs from here on, so that their intents can be
-    // stored while the creates go out; its one range is carried out empty.
-    let mut next = planned.map(|range| {
-        applier.plan.absorb(range);
-        HubRange::default()
-    });
+    let mut next = planned.map(|range| applier.hold(range));
     applier.refusals();
     applier.unlinks();
     applier.commit(&mut **state)?;
@@ -233,6 +228,14 @@ pub(crate) async fn apply(
 }
 
 impl Applier<'_> {
+    /// A plan made whole's one range, held in the plan from the start of the apply so
+    /// that its intents can be stored while the creates go out
+    /// (`create::send_creates`); what is left to carry out of it is empty.
+    fn hold(&mut self, range: HubRange) -> HubRange {
+        self.plan.absorb(range);
+        HubRange::default()
+    }
+
     /// The next range's hubs, planned and counted.
     fn plan_next(&mut self, planning: &mut Planning<'_>) -> Option<HubRange> {
         let started = std::time::Instant::now();
