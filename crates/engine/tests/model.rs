@@ -1655,24 +1655,11 @@ fn r12_a_contact_deleted_after_a_crashed_first_run_loses_its_link() {
     for incremental in [false, true] {
         let mut w = plain(incremental);
         w.allow_deletes = true;
-        w.crm.put(
-            EntityKind::Contact,
-            "uc1",
-            fields(&[
-                ("name", "Acme"),
-                ("email", "a@x.be"),
-                ("contact_type", "company"),
-            ]),
-        );
+        put_acme_pair(&mut w);
         w.crm.put(
             EntityKind::Contact,
             "uc2",
             fields(&[("name", "Beta"), ("contact_type", "company")]),
-        );
-        w.erp.put(
-            EntityKind::Customer,
-            "uk1",
-            fields(&[("name", "Acme NV"), ("email", "a@x.be")]),
         );
         w.sync(Some(("after_intent_commit", 1))).unwrap();
         assert_eq!(w.snapshots[0].outcome, Outcome::Crashed);
@@ -1687,6 +1674,19 @@ fn r12_a_contact_deleted_after_a_crashed_first_run_loses_its_link() {
     }
 }
 
+/// Contact uc1 and customer uk1, which match by e-mail and differ in name: a first
+/// run links them and writes a name.
+fn put_acme_pair(w: &mut World) {
+    let contact = [
+        ("name", "Acme"),
+        ("email", "a@x.be"),
+        ("contact_type", "company"),
+    ];
+    w.crm.put(EntityKind::Contact, "uc1", fields(&contact));
+    let customer = [("name", "Acme NV"), ("email", "a@x.be")];
+    w.erp.put(EntityKind::Customer, "uk1", fields(&customer));
+}
+
 /// R18 with the intents stored while the creates go out (a plan made whole). A run
 /// that links a contact to a customer and creates a contact for another customer is
 /// cut short once both its intents are stored and its create has gone out, before
@@ -1697,20 +1697,7 @@ fn r18_a_run_cut_short_while_its_creates_went_out_leaves_intents_and_creates_to_
     let _alone = failpoints_alone();
     for incremental in [false, true] {
         let mut w = plain(incremental);
-        w.crm.put(
-            EntityKind::Contact,
-            "uc1",
-            fields(&[
-                ("name", "Acme"),
-                ("email", "a@x.be"),
-                ("contact_type", "company"),
-            ]),
-        );
-        w.erp.put(
-            EntityKind::Customer,
-            "uk1",
-            fields(&[("name", "Acme NV"), ("email", "a@x.be")]),
-        );
+        put_acme_pair(&mut w);
         w.erp.put(
             EntityKind::Customer,
             "uk2",
