@@ -21,13 +21,9 @@ pub struct Records {
     prefixes: Vec<u64>,
 }
 
-/// The first eight bytes of `id`, zero-padded, as a number that orders as the ids do
-/// (a shorter id pads with the smallest byte).
+/// [`tandem_model::id_prefix`] of `id`.
 pub(crate) fn prefix(id: &str) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = id.len().min(8);
-    bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
-    u64::from_be_bytes(bytes)
+    tandem_model::id_prefix(id.as_bytes())
 }
 
 /// Where `id` lies in a list of ids in order, held elsewhere, whose [`prefix`]es are

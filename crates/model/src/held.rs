@@ -588,7 +588,8 @@ impl fmt::Debug for PackedRecord {
 
 /// The first eight bytes of `id`, zero-padded, as a number that orders as the ids do
 /// (a shorter id pads with the smallest byte): ids whose numbers differ order as them.
-fn id_prefix(id: &[u8]) -> u64 {
+/// Compared side by side in memory, they spare reading the ids themselves.
+pub fn id_prefix(id: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     let n = id.len().min(8);
     bytes[..n].copy_from_slice(&id[..n]);

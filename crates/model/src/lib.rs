@@ -18,7 +18,7 @@ pub mod normalise;
 
 pub use changes::Changes;
 pub use fields::{FieldName, Fields, FieldsIter};
-pub use held::{HeldBytes, PackedRecord, PackedRecords, RecordView};
+pub use held::{HeldBytes, PackedRecord, PackedRecords, RecordView, id_prefix};
 pub use kind::{ContactType, EntityKind, ParseKindError};
 pub use normalise::{CountryCode, PhoneRegion};
 pub use packed::{ChangesIter, PackedChanges, PackedFields};
