@@ -200,6 +200,21 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Where the records read stay: the rest in a file past the memory budget
+    /// ([`Engine::spill_the_rest`]), those on the heap laid there in id order
+    /// ([`crate::Records::lay_in_order`]).
+    fn place_records(
+        &self,
+        accounts: &mut [ScopeRead],
+        contacts: &mut ScopeRead,
+    ) -> Result<(), EngineError> {
+        self.spill_the_rest(accounts, contacts)?;
+        (accounts.iter_mut().map(|a| &mut a.records))
+            .chain([&mut contacts.records])
+            .for_each(crate::Records::lay_in_order);
+        Ok(())
+    }
+
     /// Once every scope is read, the records still on the heap go to a file too if
     /// all of them pass the budget's share ([`crate::budget::RECORDS_SHARE`]; the
     /// scopes read first stayed under the share while reading).
@@ -456,7 +471,7 @@ impl<'a> Engine<'a> {
         let account_links = self.links_of_accounts(&accounts, any_links, &mut wanted_contacts)?;
         let held = accounts.iter().map(|a| a.records.byte_len()).sum();
         let mut contacts = self.read_contacts(&wanted_contacts, ahead, held).await?;
-        self.spill_the_rest(&mut accounts, &mut contacts)?;
+        self.place_records(&mut accounts, &mut contacts)?;
         gone_if_missing(&mut contacts, &needed.linked_contacts);
         let contact_links = match any_links {
             true => self.state.links_of_contacts(&ids_of(&contacts))?,
