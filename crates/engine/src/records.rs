@@ -480,7 +480,11 @@ mod tests {
         let after: Vec<Record> = records.values().map(PackedRecord::unpack).collect();
         assert_eq!(after, before);
         for id in (0..520).map(id_of) {
-            let want = read.iter().rev().find(|r| r.id == id).map(|r| r.fields.clone());
+            let want = read
+                .iter()
+                .rev()
+                .find(|r| r.id == id)
+                .map(|r| r.fields.clone());
             let held = records.get(&id).map(|r| r.unpack().fields);
             assert_eq!(held, want, "{id}");
         }
