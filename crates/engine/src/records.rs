@@ -188,8 +188,8 @@ impl Records {
     }
 
     fn sort_and_dedup(&mut self) {
-        self.records.sort_by_id_keeping_last();
-        self.index_sorted();
+        self.prefixes = self.records.sort_by_id_keeping_last();
+        self.records.shrink_to_fit();
     }
 
     /// The prefixes of records already sorted, one per id.

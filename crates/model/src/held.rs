@@ -407,10 +407,14 @@ impl PackedRecords {
     }
 
     /// Sorted by id, one record per id: of an id put in twice, the later copy, as a
-    /// map keeps it.
-    pub fn sort_by_id_keeping_last(&mut self) {
+    /// map keeps it. Answers the [`id_prefix`] of each record kept, in the new order:
+    /// the sort takes them anyway, and taken again after it they would be read at
+    /// random where the records lie in another order.
+    pub fn sort_by_id_keeping_last(&mut self) -> Vec<u64> {
         if self.is_sorted_by_id() {
-            return;
+            return (self.starts.iter())
+                .map(|start| id_prefix(self.at(*start).id_bytes()))
+                .collect();
         }
         let mut starts = std::mem::take(&mut self.starts);
         let id = |start: &u64| self.at(*start);
@@ -423,16 +427,21 @@ impl PackedRecords {
             .collect();
         // Stable: of equal ids the later copy stays later, and wins below.
         keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| id(&a.1).cmp_by_id(id(&b.1))));
-        starts.clear();
-        starts.extend(keyed.into_iter().map(|(_, start)| start));
-        starts.dedup_by(|later, earlier| {
-            let same = id(later).cmp_by_id(id(earlier)).is_eq();
+        keyed.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0 && id(&later.1).cmp_by_id(id(&earlier.1)).is_eq();
             if same {
                 std::mem::swap(later, earlier);
             }
             same
         });
+        starts.clear();
+        let mut prefixes = Vec::with_capacity(keyed.len());
+        for (prefix, start) in keyed {
+            prefixes.push(prefix);
+            starts.push(start);
+        }
         self.starts = starts;
+        prefixes
     }
 
     /// Whether the records lie in strictly increasing id order (one per id), as
