@@ -687,11 +687,11 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
             engine.set_full_read(name == "second-full");
             if let Some(per_range) = hubs_per_range()? {
                 engine.set_hubs_per_range(per_range);
-                allocator::give_back_freed_memory();
+                allocator::keep_freed_memory_briefly();
             }
             if let Some(budget) = memory_budget()? {
                 engine.set_memory_budget(tandem_engine::MemoryBudget::new(budget));
-                allocator::give_back_freed_memory();
+                allocator::keep_freed_memory_briefly();
             }
             let started = Instant::now();
             let report = engine.sync().await?;

@@ -139,8 +139,8 @@ impl RunConfig {
             engine.set_spill_folder(folder);
         }
         if self.hubs_per_range.is_some() || self.memory_budget.is_some() {
-            // Ranges are for short memory: freed memory is not kept for the next step.
-            crate::allocator::give_back_freed_memory();
+            // Ranges are for short memory: freed memory is kept for the next range only.
+            crate::allocator::keep_freed_memory_briefly();
         }
     }
 }
