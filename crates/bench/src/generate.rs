@@ -159,6 +159,32 @@ pub fn generate(dir: &Path, n: usize, shares: Shares) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts the rows of each file `generate` wrote into `dir` in a random order, the same
+/// every time (the header stays first): a listing that comes in no order of ids, as
+/// an export sorted by name or by date would.
+pub fn shuffle_rows(dir: &Path) -> anyhow::Result<()> {
+    let mut rng = Rng(0x5eed_1234_abcd_0002);
+    for file in ["crm/contacts.csv", "erp/customers.csv", "erp/vendors.csv"] {
+        let path = dir.join(file);
+        let text = fs::read_to_string(&path)?;
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        let mut rows: Vec<&str> = lines.collect();
+        // Fisher-Yates.
+        for i in (1..rows.len()).rev() {
+            let j = (rng.next() % (i as u64 + 1)) as usize;
+            rows.swap(i, j);
+        }
+        let mut out = BufWriter::new(fs::File::create(&path)?);
+        writeln!(out, "{header}")?;
+        for row in rows {
+            writeln!(out, "{row}")?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
 pub const CONFIG: &str = r#"[state]
 url = "sqlite://.tandem/state.db"
 
@@ -185,3 +211,49 @@ connector = "erp"
 create_contacts = true
 match = [["vat_registration_no"], ["email"], ["name", "post_code"]]
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows_of(dir: &Path, file: &str) -> Vec<String> {
+        let text = fs::read_to_string(dir.join(file)).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// Shuffled, each file keeps its header first and every row once, in another
+    /// order, the same every time.
+    #[test]
+    fn shuffled_files_hold_the_same_rows_in_a_fixed_other_order() {
+        let (by_id, shuffled, again) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        for dir in [&by_id, &shuffled, &again] {
+            generate(dir.path(), 400, Shares::default()).unwrap();
+        }
+        shuffle_rows(shuffled.path()).unwrap();
+        shuffle_rows(again.path()).unwrap();
+        for file in ["crm/contacts.csv", "erp/customers.csv", "erp/vendors.csv"] {
+            let (original, mixed) = (rows_of(by_id.path(), file), rows_of(shuffled.path(), file));
+            assert_eq!(mixed[0], original[0], "{file}: the header moved");
+            assert_ne!(mixed, original, "{file}: not shuffled");
+            let sorted = |rows: &[String]| {
+                let mut rows = rows.to_vec();
+                rows.sort();
+                rows
+            };
+            assert_eq!(
+                sorted(&mixed),
+                sorted(&original),
+                "{file}: rows lost or added"
+            );
+            assert_eq!(
+                mixed,
+                rows_of(again.path(), file),
+                "{file}: not the same order"
+            );
+        }
+    }
+}

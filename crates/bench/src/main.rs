@@ -51,6 +51,10 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value_t = 10_000)]
         n: usize,
+        /// Puts each file's rows in a random (but fixed) order instead of id order, as
+        /// an export sorted by anything else would have them.
+        #[arg(long)]
+        shuffled: bool,
     },
     /// Generates a data set and measures every phase; prints a table (or JSON).
     Run {
@@ -77,6 +81,9 @@ enum Cmd {
         /// first). `state-floor` measures SQLite only.
         #[arg(long, value_enum, default_value_t = StateKind::Sqlite)]
         state: StateKind,
+        /// Measures on files whose rows are in a random (but fixed) order.
+        #[arg(long)]
+        shuffled: bool,
         #[arg(long)]
         json: bool,
     },
@@ -178,10 +185,14 @@ struct Outcome {
 fn main() -> anyhow::Result<()> {
     allocator::keep_freed_memory();
     match Cli::parse().command {
-        Cmd::Generate { out, n } => {
+        Cmd::Generate { out, n, shuffled } => {
             // With its size in `n`, as `phase <name> --dir` reads it.
-            generate_into(&out, n)?;
-            println!("wrote {n} contacts and {n} accounts to {}", out.display());
+            generate_into(&out, n, Order::of(shuffled))?;
+            let order = if shuffled { ", rows shuffled," } else { "" };
+            println!(
+                "wrote {n} contacts and {n} accounts{order} to {}",
+                out.display()
+            );
             Ok(())
         }
         Cmd::Run {
@@ -191,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             phases,
             failpoint,
             state,
+            shuffled,
             json,
         } => {
             let mut phases = selected(phases)?;
@@ -203,9 +215,18 @@ fn main() -> anyhow::Result<()> {
                     )?)
                 }
             };
-            let all = run(&n, k, runs.max(1), &phases, &failpoint, server.as_ref())?;
+            let order = Order::of(shuffled);
+            let all = run(
+                &n,
+                k,
+                runs.max(1),
+                &phases,
+                &failpoint,
+                order,
+                server.as_ref(),
+            )?;
             if !json {
-                println!("state: {state:?}");
+                println!("state: {state:?}; rows: {}", order.label());
             }
             report(&all, json)
         }
@@ -300,6 +321,7 @@ fn run(
     runs: usize,
     phases: &[&str],
     failpoint: &str,
+    order: Order,
     server: Option<&tandem_test_databases::PostgresServer>,
 ) -> anyhow::Result<Vec<Measure>> {
     let mut all: Vec<Measure> = Vec::new();
@@ -309,7 +331,7 @@ fn run(
             // deterministic) and an empty state.
             let dir = tempfile::tempdir()?;
             eprintln!("generating N = {n} (run {run} of {runs}) ...");
-            generate_into(dir.path(), n)?;
+            generate_into(dir.path(), n, order)?;
             place_state(dir.path(), server)?;
             let mut reference = None;
             for &name in phases {
@@ -329,8 +351,40 @@ fn run(
     Ok(all)
 }
 
-fn generate_into(dir: &Path, n: usize) -> anyhow::Result<()> {
+/// The order of the rows in the files generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    ById,
+    Shuffled,
+}
+
+impl Order {
+    fn of(shuffled: bool) -> Order {
+        if shuffled {
+            Order::Shuffled
+        } else {
+            Order::ById
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Order::ById => "in id order",
+            Order::Shuffled => "shuffled",
+        }
+    }
+}
+
+/// Where a data set says its rows were shuffled (read by `recovery`, which generates
+/// the same data again).
+const SHUFFLED_FILE: &str = "shuffled";
+
+fn generate_into(dir: &Path, n: usize, order: Order) -> anyhow::Result<()> {
     generate::generate(dir, n, generate::Shares::default())?;
+    if order == Order::Shuffled {
+        generate::shuffle_rows(dir)?;
+        std::fs::write(dir.join(SHUFFLED_FILE), "")?;
+    }
     std::fs::write(dir.join("n"), n.to_string())?;
     Ok(())
 }
@@ -378,7 +432,8 @@ fn recovery(
 ) -> anyhow::Result<Measure> {
     let copy = dir.join("recovery");
     let n = std::fs::read_to_string(dir.join("n"))?.trim().parse()?;
-    generate_into(&copy, n)?;
+    let order = Order::of(dir.join(SHUFFLED_FILE).exists());
+    generate_into(&copy, n, order)?;
     place_state(&copy, server)?;
     let crashed_wall_s = crash(&copy, failpoint)?;
     let mut m = run_phase("recovery", &copy, k)?;
@@ -690,7 +745,8 @@ async fn phase(name: &str, dir: &Path, k: usize) -> anyhow::Result<(f64, u64)> {
                 allocator::keep_freed_memory_briefly();
             }
             if let Some(budget) = memory_budget()? {
-                engine.set_memory_budget(tandem_engine::MemoryBudget::new(budget));
+                let budget = tandem_engine::MemoryBudget::new(budget);
+                engine.set_memory_budget(budget.telling(allocator::budget_step));
                 allocator::keep_freed_memory_briefly();
             }
             let started = Instant::now();

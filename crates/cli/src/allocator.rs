@@ -21,16 +21,33 @@ pub fn keep_freed_memory() {
     set_purge_delay(10_000);
 }
 
-/// Keeps freed memory one second, for a run told to hold little (`[sync]
-/// memory_budget` or `hubs_per_range`): memory kept ten seconds counted in its peak
-/// (1,179 to 1,189 MiB instead of 965 to 968 for a first sync of 1M in ranges of
-/// 100,000), but given back at mimalloc's own pace (10 ms) each range faulted its pages
-/// in again: 2.3M page faults instead of 0.6M and 8.4 s of system time instead of 4.1
-/// for a first sync of 1M within 1 GiB, about 2 s of its 20. A budget measures what the
-/// process holds, the memory kept included, and plans its ranges from that
+/// Keeps freed memory one second, for a run in ranges (`[sync] hubs_per_range`, or
+/// `memory_budget` but while the head of its plan is made): memory kept ten seconds
+/// counted in its peak (1,179 to 1,189 MiB instead of 965 to 968 for a first sync of
+/// 1M in ranges of 100,000), but given back at mimalloc's own pace (10 ms) each range
+/// faulted its pages in again: for a first sync of 1M within 1 GiB, 2.3M page faults
+/// instead of 0.6M and 8.4 s of system time instead of 4.1, about 2 s of its 20
 /// (docs/BENCHMARKS.md). `MIMALLOC_PURGE_DELAY`, when set, wins.
 pub fn keep_freed_memory_briefly() {
     set_purge_delay(1_000);
+}
+
+/// A run with a memory budget at `step`: what was freed goes back to the OS now, so
+/// that the step starts from what the run holds; the head of the plan is then made
+/// giving freed memory back at mimalloc's own pace (10 ms), the ranges keeping it a
+/// second ([`keep_freed_memory_briefly`]). At ten million partners with 4 GiB, the
+/// head is the peak: memory kept a second while it was planned put the peak 40 to 76
+/// MiB over the budget.
+pub fn budget_step(step: tandem_engine::MemoryStep) {
+    // SAFETY: `mi_collect` takes no pointer; it gives back what mimalloc holds unused.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
+    match step {
+        tandem_engine::MemoryStep::Planning => set_purge_delay(10),
+        tandem_engine::MemoryStep::Ranges => keep_freed_memory_briefly(),
+    }
 }
 
 /// How long mimalloc keeps freed memory, unless `MIMALLOC_PURGE_DELAY` says.

@@ -129,18 +129,18 @@ impl RunConfig {
     /// relative paths are taken from `base_dir`, the config file's folder.
     pub fn configure(&self, engine: &mut tandem_engine::Engine<'_>, base_dir: &Path) {
         engine.set_max_delete_share(self.max_delete_share);
+        // Ranges are for short memory: freed memory is kept for the next range only.
         if let Some(per_range) = self.hubs_per_range {
             engine.set_hubs_per_range(usize::try_from(per_range).unwrap_or(usize::MAX));
+            crate::allocator::keep_freed_memory_briefly();
         }
         if let Some(ByteSize(bytes)) = self.memory_budget {
-            engine.set_memory_budget(tandem_engine::MemoryBudget::new(bytes));
+            let budget = tandem_engine::MemoryBudget::new(bytes);
+            engine.set_memory_budget(budget.telling(crate::allocator::budget_step));
+            crate::allocator::keep_freed_memory_briefly();
         }
         if let Some(folder) = self.spill_folder_in(base_dir) {
             engine.set_spill_folder(folder);
-        }
-        if self.hubs_per_range.is_some() || self.memory_budget.is_some() {
-            // Ranges are for short memory: freed memory is kept for the next range only.
-            crate::allocator::keep_freed_memory_briefly();
         }
     }
 }

@@ -12,14 +12,16 @@ use tracing::{info, warn};
 
 /// What a hub costs while its range is in flight: its plan, held twice (the range
 /// being written and the next one being planned), its contact's and its accounts'
-/// writes and their outcomes (the two sides are sent at once), and its state rows.
-/// Measured at a million partners: the peak of the ranges less what was held once
-/// matched less what is held beside the hubs came to 2.7 KB per hub of ranges of
-/// 96,000 (a hub's changes held packed) and 3.3 KB of ranges of 121,000; 3.5 KB
-/// keeps the peak of a 1 GiB budget under it. The creates go a range's hubs per call
-/// (`Applier::per_range`): sent all at once they were the peak of such a run
-/// (3.6 to 4.1 KB a hub measured so).
-pub const BYTES_PER_HUB: u64 = 3_500;
+/// writes and their outcomes (the two sides are sent at once), its state rows, and the
+/// memory freed that the allocator keeps a second for the next range to reuse (a
+/// binary in ranges keeps it so: given back at once, each range faulted its pages in
+/// again, 2 s of a first sync of 1M within 1 GiB). Measured at a million partners, with
+/// what is held once matched measured after the allocator gave back what it kept: the
+/// peak less that less what is held beside the hubs came to 4.0 KB per hub of ranges of
+/// 104,000; 5 KB keeps the peak of a 1 GiB budget under it (936 to 959 MiB). The creates
+/// go a range's hubs per call (`Applier::per_range`): sent all at once they were the
+/// peak of such a run.
+pub const BYTES_PER_HUB: u64 = 6_000;
 
 /// What a run holds besides its hubs while a range is in flight: the files' write
 /// buffers, the state's page cache and batches, the creates' rows. Measured at a
@@ -65,6 +67,20 @@ pub const READING_SHARE: u64 = 3;
 pub struct MemoryBudget {
     bytes: u64,
     resident: fn() -> Option<u64>,
+    /// Told where the run is, for the allocator.
+    at: fn(MemoryStep),
+}
+
+/// Where a run with a memory budget is, as the binary's allocator needs to know it:
+/// memory it keeps for reuse counts in the peak, and what a step frees the next may
+/// use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryStep {
+    /// The records are read; the head of the plan is made next, all at once.
+    Planning,
+    /// The head is planned; the process's memory is measured next, then the ranges
+    /// are planned and carried out one after the other.
+    Ranges,
 }
 
 impl MemoryBudget {
@@ -74,7 +90,20 @@ impl MemoryBudget {
         MemoryBudget {
             bytes,
             resident: resident_bytes,
+            at: |_| {},
         }
+    }
+
+    /// The same budget, telling `at` where the run is ([`MemoryStep`]): an allocator
+    /// that keeps freed memory a while gives it back before [`MemoryStep::Ranges`], so
+    /// that what the run let go a moment ago is not measured as held.
+    pub fn telling(self, at: fn(MemoryStep)) -> MemoryBudget {
+        MemoryBudget { at, ..self }
+    }
+
+    /// The run is at `step`.
+    pub(crate) fn reached(&self, step: MemoryStep) {
+        (self.at)(step);
     }
 
     /// Bytes of records read that stay on the heap once every scope is read; past
@@ -98,6 +127,7 @@ impl MemoryBudget {
     /// holds `largest` records, said in the log; `None` when the process's memory
     /// cannot be measured here.
     pub(crate) fn hubs_per_range(&self, hubs: usize, largest: usize) -> Option<usize> {
+        self.reached(MemoryStep::Ranges);
         let Some(held) = (self.resident)() else {
             warn!(
                 "[sync] memory_budget is left aside: this system does not tell a process \

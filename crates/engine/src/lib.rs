@@ -75,7 +75,7 @@ impl PartialEq for HashedId<'_> {
 
 impl Eq for HashedId<'_> {}
 
-pub use budget::MemoryBudget;
+pub use budget::{MemoryBudget, MemoryStep};
 pub use config::{
     ConfigError, ConflictPolicy, ContactsConfig, InitialSide, MatchNormalise, MatchTier,
     RelationConfig, SyncConfig, TemplateRule,

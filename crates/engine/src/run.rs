@@ -208,6 +208,9 @@ impl<'a> Engine<'a> {
         accounts: &mut [ScopeRead],
         contacts: &mut ScopeRead,
     ) -> Result<(), EngineError> {
+        if let Some(budget) = self.memory_budget {
+            budget.reached(crate::budget::MemoryStep::Planning);
+        }
         self.spill_the_rest(accounts, contacts)?;
         (accounts.iter_mut().map(|a| &mut a.records))
             .chain([&mut contacts.records])

@@ -1426,6 +1426,39 @@ async fn a_memory_budget_plans_the_hubs_in_the_ranges_it_leaves_room_for() {
     }
 }
 
+/// A sync with a memory budget tells the allocator where it is: the records read
+/// (the head is planned next), then the head planned, before it measures what the
+/// process holds, so that memory kept for reuse is given back before it is measured.
+#[tokio::test]
+async fn a_memory_budget_tells_the_allocator_its_steps_before_it_measures() {
+    use std::sync::Mutex;
+    use tandem_engine::MemoryStep;
+    /// Each step told, and whether the process's memory was measured before it.
+    static TOLD: Mutex<Vec<(MemoryStep, bool)>> = Mutex::new(Vec::new());
+    static MEASURED: Mutex<bool> = Mutex::new(false);
+    let mut w = world(false);
+    matching_pairs(&w, 30);
+    let connectors = w.connectors();
+    let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
+    let budget = tandem_engine::MemoryBudget::new(1 << 30)
+        .measured_by(|| {
+            *MEASURED.lock().unwrap() = true;
+            Some(1 << 20)
+        })
+        .telling(|step| {
+            let measured = *MEASURED.lock().unwrap();
+            TOLD.lock().unwrap().push((step, measured));
+        });
+    engine.set_memory_budget(budget);
+    let report = engine.sync().await.unwrap();
+    assert_eq!(report.plan.hubs.len(), 30);
+    assert_eq!(
+        *TOLD.lock().unwrap(),
+        [(MemoryStep::Planning, false), (MemoryStep::Ranges, false)]
+    );
+    assert!(*MEASURED.lock().unwrap(), "the budget never measured");
+}
+
 /// A sync whose records pass their share of its memory budget keeps them in an
 /// unnamed file in its spill folder, mapped into memory: the systems end as without a
 /// budget, and a folder it cannot write to stops the run before anything is written,

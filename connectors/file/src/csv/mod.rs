@@ -800,12 +800,13 @@ impl CsvTable {
     }
 
     /// A table of no rows yet, of a file laid out as `layout`.
-    fn empty(path: &Path, layout: Layout) -> CsvTable {
+    /// An empty table with room for `rows` rows.
+    fn with_capacity(path: &Path, layout: Layout, rows: usize) -> CsvTable {
         CsvTable {
             path: path.to_owned(),
             layout,
-            rows: Vec::new(),
-            index: IdIndex::default(),
+            rows: Vec::with_capacity(rows),
+            index: IdIndex::with_capacity(rows),
             scratch: RowBuilder::default(),
         }
     }

@@ -273,7 +273,10 @@ impl<'i> Spliced<'i> {
         layout: Layout,
         ops: &[WriteOp],
     ) -> Result<Option<Spliced<'i>>, ConnectorError> {
-        let mut named: HashMap<String, Option<usize>, _> = HashMap::default();
+        // Sized for every op up front: grown by doubling, the tables rehashed each
+        // row's id again, read from rows all over the heap.
+        let mut named: HashMap<String, Option<usize>, _> =
+            HashMap::with_capacity_and_hasher(ops.len(), Default::default());
         for op in ops {
             if let WriteOp::Update { id, .. } | WriteOp::Delete { id, .. } = op {
                 named.insert(id.clone(), None);
@@ -297,7 +300,8 @@ impl<'i> Spliced<'i> {
             index,
             named,
             all: std::cell::OnceCell::new(),
-            touched: CsvTable::empty(path, layout),
+            // Each op touches or adds one row at most.
+            touched: CsvTable::with_capacity(path, layout, ops.len()),
             row_of: Vec::new(),
             parsed: BTreeMap::new(),
             base: Vec::new(),
