@@ -22,7 +22,7 @@ pub fn keep_freed_memory() {
 }
 
 /// Keeps freed memory one second, for a run in ranges (`[sync] hubs_per_range`, or
-/// `memory_budget` but while the head of its plan is made): memory kept ten seconds
+/// `memory_budget` but for the making of its plan's head): memory kept ten seconds
 /// counted in its peak (1,179 to 1,189 MiB instead of 965 to 968 for a first sync of
 /// 1M in ranges of 100,000), but given back at mimalloc's own pace (10 ms) each range
 /// faulted its pages in again: for a first sync of 1M within 1 GiB, 2.3M page faults

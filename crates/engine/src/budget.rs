@@ -18,9 +18,10 @@ use tracing::{info, warn};
 /// again, 2 s of a first sync of 1M within 1 GiB). Measured at a million partners, with
 /// what is held once matched measured after the allocator gave back what it kept: the
 /// peak less that less what is held beside the hubs came to 4.0 KB per hub of ranges of
-/// 104,000; 5 KB keeps the peak of a 1 GiB budget under it (936 to 959 MiB). The creates
-/// go a range's hubs per call (`Applier::per_range`): sent all at once they were the
-/// peak of such a run.
+/// 104,000. 5 KB kept a 1 GiB budget's peak under it at 1M (936 to 959 MiB) but not a 4
+/// GiB budget's at 10M (4,135 to 4,172 MiB); 6 KB keeps both (885 to 915 MiB, 3,882
+/// MiB). The creates go a range's hubs per call (`Applier::per_range`): sent all at
+/// once they were the peak of such a run.
 pub const BYTES_PER_HUB: u64 = 6_000;
 
 /// What a run holds besides its hubs while a range is in flight: the files' write

@@ -799,8 +799,7 @@ impl CsvTable {
         self.rows[row].as_ref().expect("index only names live rows")
     }
 
-    /// A table of no rows yet, of a file laid out as `layout`.
-    /// An empty table with room for `rows` rows.
+    /// A table of no rows yet, of a file laid out as `layout`, with room for `rows`.
     fn with_capacity(path: &Path, layout: Layout, rows: usize) -> CsvTable {
         CsvTable {
             path: path.to_owned(),
