@@ -133,6 +133,13 @@ fn a_sync_killed_with_writes_in_journals_is_finished_by_the_next_run() {
     killed_at_every_point_and_finished(&journaled());
 }
 
+/// In ranges of one hub: a kill between two ranges, or in the middle of one, leaves
+/// the ranges before it stored and the rest to the next run.
+#[test]
+fn a_sync_in_ranges_killed_at_any_write_point_is_finished_by_the_next_run() {
+    killed_at_every_point_and_finished(&format!("{CONFIG}\n[sync]\nhubs_per_range = 1\n"));
+}
+
 fn killed_at_every_point_and_finished(config: &str) {
     let start = prepared(config);
 

@@ -1674,6 +1674,46 @@ fn r12_a_contact_deleted_after_a_crashed_first_run_loses_its_link() {
     }
 }
 
+/// R18 in ranges: the first range's links clear the run's intents, and the second
+/// range's are stored after them, before its updates. A run in ranges of one hub cut
+/// short once the second range's updates went out leaves that range's intent (had it
+/// been cleared with the first range's, the next run would have nothing to finish
+/// against), and the next run finishes the write.
+#[test]
+fn r18_in_ranges_a_range_s_intents_outlive_the_links_of_the_range_before() {
+    let _alone = failpoints_alone();
+    for incremental in [false, true] {
+        let mut w = World::new(&Case {
+            hubs_per_range: 1,
+            ..plain_case(incremental)
+        });
+        put_acme_pair(&mut w);
+        let contact = [
+            ("name", "Beta"),
+            ("email", "b@x.be"),
+            ("contact_type", "company"),
+        ];
+        w.crm.put(EntityKind::Contact, "uc2", fields(&contact));
+        let customer = [("name", "Beta BV"), ("email", "b@x.be")];
+        w.erp.put(EntityKind::Customer, "uk2", fields(&customer));
+        w.sync(Some(("after_contact_updates", 2))).unwrap();
+        assert_eq!(w.snapshots[0].outcome, Outcome::Crashed);
+        let intents = w.state().links_with_intent().unwrap();
+        assert!(
+            intents.iter().any(|l| l.account_id == "uk2"),
+            "incremental: {incremental}: the second range's intent is gone: {intents:?}"
+        );
+        w.sync(None).unwrap();
+        assert_eq!(
+            w.state().links_with_intent().unwrap(),
+            [],
+            "incremental: {incremental}: the next run left intents"
+        );
+        let links = w.state().links(Some("CUST")).unwrap();
+        assert_eq!(links.len(), 2, "incremental: {incremental}: {links:?}");
+    }
+}
+
 /// Contact uc1 and customer uk1, which match by e-mail and differ in name: a first
 /// run links them and writes a name.
 fn put_acme_pair(w: &mut World) {
