@@ -1688,14 +1688,7 @@ fn r18_in_ranges_a_range_s_intents_outlive_the_links_of_the_range_before() {
             ..plain_case(incremental)
         });
         put_acme_pair(&mut w);
-        let contact = [
-            ("name", "Beta"),
-            ("email", "b@x.be"),
-            ("contact_type", "company"),
-        ];
-        w.crm.put(EntityKind::Contact, "uc2", fields(&contact));
-        let customer = [("name", "Beta BV"), ("email", "b@x.be")];
-        w.erp.put(EntityKind::Customer, "uk2", fields(&customer));
+        put_pair(&mut w, ("uc2", "Beta", "b@x.be"), ("uk2", "Beta BV"));
         w.sync(Some(("after_contact_updates", 2))).unwrap();
         assert_eq!(w.snapshots[0].outcome, Outcome::Crashed);
         let intents = w.state().links_with_intent().unwrap();
@@ -1717,14 +1710,22 @@ fn r18_in_ranges_a_range_s_intents_outlive_the_links_of_the_range_before() {
 /// Contact uc1 and customer uk1, which match by e-mail and differ in name: a first
 /// run links them and writes a name.
 fn put_acme_pair(w: &mut World) {
+    put_pair(w, ("uc1", "Acme", "a@x.be"), ("uk1", "Acme NV"));
+}
+
+/// A company contact (id, name, e-mail) and a customer (id, name) with its e-mail:
+/// they match by e-mail and differ in name.
+fn put_pair(w: &mut World, (contact_id, name, email): (&str, &str, &str), customer: (&str, &str)) {
     let contact = [
-        ("name", "Acme"),
-        ("email", "a@x.be"),
+        ("name", name),
+        ("email", email),
         ("contact_type", "company"),
     ];
-    w.crm.put(EntityKind::Contact, "uc1", fields(&contact));
-    let customer = [("name", "Acme NV"), ("email", "a@x.be")];
-    w.erp.put(EntityKind::Customer, "uk1", fields(&customer));
+    w.crm.put(EntityKind::Contact, contact_id, fields(&contact));
+    let (customer_id, customer_name) = customer;
+    let customer = [("name", customer_name), ("email", email)];
+    w.erp
+        .put(EntityKind::Customer, customer_id, fields(&customer));
 }
 
 /// R18 with the intents stored while the creates go out (a plan made whole). A run
