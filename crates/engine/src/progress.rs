@@ -7,6 +7,8 @@
 //! unknown. Read events name the `connector` and `kind`. Events come once per page
 //! read and once per batch written, so they cost nothing next to the work they count.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tandem_model::EntityKind;
 use tracing::trace;
 
@@ -52,17 +54,19 @@ pub(crate) fn apply_end(done: u64, total: u64) {
 /// Writes of a run that were sent (whatever their outcome), for the progress events.
 #[derive(Debug, Default)]
 pub(crate) struct Applying {
-    pub total: u64,
+    /// Counted through a shared reference, as `done`: a range is planned while the
+    /// range before is sent.
+    total: AtomicU64,
     /// Counted through a shared reference: the contact and account updates may be
     /// sent side by side.
-    done: std::sync::atomic::AtomicU64,
+    done: AtomicU64,
 }
 
 impl Applying {
     pub(crate) fn new(total: u64) -> Applying {
         apply_progress(0, total, "start");
         Applying {
-            total,
+            total: total.into(),
             done: 0.into(),
         }
     }
@@ -70,12 +74,22 @@ impl Applying {
     /// `n` more writes were sent, in the step `at`.
     pub(crate) fn advance(&self, n: usize, at: &'static str) {
         let n = n as u64;
-        let done = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-        apply_progress(done, self.total, at);
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        apply_progress(done, self.total(), at);
+    }
+
+    /// `n` more writes are planned.
+    pub(crate) fn plan_more(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The writes planned so far.
+    pub(crate) fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// The writes sent so far.
     pub(crate) fn done(&self) -> u64 {
-        self.done.load(std::sync::atomic::Ordering::Relaxed)
+        self.done.load(Ordering::Relaxed)
     }
 }

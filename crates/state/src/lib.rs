@@ -228,6 +228,10 @@ pub struct ConflictEntry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntentBatch {
     pub run_id: i64,
+    /// The part of the run the links belong to: a run in ranges stores the intents of
+    /// a range while the links of the range before are still being stored, and clears
+    /// each range's intents by its part alone ([`StateBatch::clear_intent_batches`]).
+    pub part: i64,
     pub links: Vec<Link>,
 }
 
@@ -289,8 +293,9 @@ pub struct StateBatch {
     /// next run makes them link rows ([`StateStore::unpack_intents`]) unless the run
     /// that stored them clears them once its links are stored.
     pub intent_batches: Vec<IntentBatch>,
-    /// Runs whose intent batches are done with: their links are stored.
-    pub clear_intent_batches: Vec<i64>,
+    /// (run, part) whose intent batches are done with: their links are stored. The
+    /// batches of the run's other parts stay.
+    pub clear_intent_batches: Vec<(i64, i64)>,
     /// Person contact -> its company contact (R3, R10); `None` forgets the contact.
     pub set_companies: Vec<(String, Option<String>)>,
     /// (code, contact, account, unlinked): a pair an operator unlinked (`true`), which

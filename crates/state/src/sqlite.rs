@@ -45,6 +45,7 @@ const MIGRATIONS: &[Migration] = &[
         then: Some(hash_pages::pack_hash_rows),
     },
     Migration::sql(MIGRATION_11_CREATED_IDS),
+    Migration::sql(MIGRATION_12_INTENT_PARTS),
 ];
 
 /// A schema migration: its SQL, then, for one that SQL alone cannot do, code run in
@@ -146,6 +147,7 @@ pub const STATE_TABLES: &[StateTable] = &[
             col("id", Integer, false),
             col("run_id", Integer, false),
             col("links", Any, false),
+            col("part", Integer, false),
         ],
         primary_key: &["id"],
     },
@@ -279,15 +281,22 @@ const fn col(name: &'static str, column_type: ColumnType, nullable: bool) -> Col
     }
 }
 
-/// Content hashes packed in pages of about 64 entries (`sqlite/hash_pages.rs`): a
-/// first sync of 1M partners stored 2.18M hash rows, a third of its state writer's
-/// time. The rows are packed by `hash_pages::pack_hash_rows` after this SQL, which
-/// drops `record_hashes`.
+/// The part of its run an intent batch belongs to (R18): a run in ranges stores the
+/// intents of a range while the links of the range before are being stored, and that
+/// commit clears its own range's batches only. Batches stored before are part 0.
+const MIGRATION_12_INTENT_PARTS: &str = "
+ALTER TABLE intent_batches ADD COLUMN part INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The id a create was sent with, where its connector lets Tandem choose it (R18).
 const MIGRATION_11_CREATED_IDS: &str = "
 ALTER TABLE pending_creates ADD COLUMN record_id TEXT;
 ";
 
+/// Content hashes packed in pages of about 64 entries (`sqlite/hash_pages.rs`): a
+/// first sync of 1M partners stored 2.18M hash rows, a third of its state writer's
+/// time. The rows are packed by `hash_pages::pack_hash_rows` after this SQL, which
+/// drops `record_hashes`.
 pub(super) const MIGRATION_10_HASH_PAGES: &str = "
 CREATE TABLE record_hash_pages (
     scope    INTEGER NOT NULL,
@@ -1891,18 +1900,19 @@ fn delete_links(conn: &Connection, keys: &[(String, String)]) -> Result<(), Stat
 fn store_intent_batches(
     conn: &Connection,
     batches: &[IntentBatch],
-    cleared: &[i64],
+    cleared: &[(i64, i64)],
 ) -> Result<(), StateError> {
     const ACTION: &str = "storing intents";
     for batch in batches {
         let links = codec::encode_links(&batch.links);
-        conn.prepare_cached("INSERT INTO intent_batches (run_id, links) VALUES (?1, ?2)")
-            .and_then(|mut stmt| stmt.execute(params![batch.run_id, links]))
+        conn.prepare_cached("INSERT INTO intent_batches (run_id, part, links) VALUES (?1, ?2, ?3)")
+            .and_then(|mut stmt| stmt.execute(params![batch.run_id, batch.part, links]))
             .map_err(sql_error(ACTION))?;
     }
-    for run_id in cleared {
-        conn.prepare_cached("DELETE FROM intent_batches WHERE run_id = ?1")
-            .and_then(|mut stmt| stmt.execute([run_id]))
+    // By part: the batches of the run's later parts stay until their links are stored.
+    for (run_id, part) in cleared {
+        conn.prepare_cached("DELETE FROM intent_batches WHERE run_id = ?1 AND part = ?2")
+            .and_then(|mut stmt| stmt.execute([run_id, part]))
             .map_err(sql_error(ACTION))?;
     }
     Ok(())

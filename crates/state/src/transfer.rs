@@ -406,6 +406,8 @@ mod tests {
             // A run cut short after storing its intents (R18) and its creates.
             intent_batches: vec![IntentBatch {
                 run_id: run,
+                // A later part of the run (R18): copied with its part.
+                part: 2,
                 links: vec![link("CUST", "C6", "K6")],
             }],
             pending_create_batches: vec![crate::PendingCreateBatch {

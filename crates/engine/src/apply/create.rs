@@ -295,7 +295,8 @@ impl Applier<'_> {
         let mut sending = std::pin::pin!(send(connector, kind, ops));
         // Runs until the first wait (a file connector writes on a thread of its own).
         let begun = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
-        let stored = write::commit_intents(state, &self.plan, self.relations, &self.log);
+        let stored =
+            write::commit_intents(state, &self.plan.hubs, self.relations, &self.log, self.part);
         let outcomes = match begun {
             Poll::Ready(outcomes) => outcomes,
             Poll::Pending => sending.await,

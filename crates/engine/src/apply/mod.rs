@@ -21,6 +21,7 @@ mod settle;
 mod unlink;
 mod write;
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -95,8 +96,9 @@ struct Applier<'e> {
     started: std::time::Instant,
     /// Checked between write batches (the safe points).
     stop: crate::StopFlag,
-    /// Writes sent of those planned, for the progress events.
-    progress: crate::progress::Applying,
+    /// Writes sent of those planned, for the progress events; shared with the
+    /// updates of a range sent while the range before is settled.
+    progress: Arc<crate::progress::Applying>,
     /// What this run left to other partitions.
     cut: crate::partition::Cut,
     /// The hubs the report shows, with what they settled: at most as many as one
@@ -107,11 +109,23 @@ struct Applier<'e> {
     /// Whether the intents of the hubs in the plan are stored already: a plan made
     /// whole stores them while its creates are sent (`create::send_creates`).
     intents_stored: bool,
+    /// The part of the run whose intents were stored last: 0 for those of a plan made
+    /// whole, then one per range (`IntentBatch::part`), so that a range's links
+    /// clear its own intents and not those of the range sent after it.
+    part: i64,
     /// A range's hubs in a run in ranges, else `usize::MAX`: how many hubs the report
     /// shows at most, and how many creates go per call at most, so that the create
     /// step holds no more than a range does (a budget's run at 10M took 4.6 GB over
     /// what it held sending its 1.8M creates in one call).
     per_range: usize,
+}
+
+/// A range whose updates were sent, to settle: its hubs, what each write answered,
+/// and the part of the run its intents were stored under.
+struct Sent {
+    range: HubRange,
+    outcomes: write::Outcomes,
+    part: i64,
 }
 
 /// What the apply takes from the plan's input, so that a plan made whole lets the
@@ -187,12 +201,13 @@ pub(crate) async fn apply(
         contact_write_failed: crate::IdSet::default(),
         started: std::time::Instant::now(),
         stop: stop.clone(),
-        progress: crate::progress::Applying::default(),
+        progress: Arc::default(),
         cut,
         reported: HubRange::default(),
         hubs_left_out: 0,
         per_range: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
         intents_stored: false,
+        part: 0,
     };
     info!(run = run_id, "applying");
     // The writes known now: the head's, and the hubs' of a plan made whole; each range
@@ -201,7 +216,7 @@ pub(crate) async fn apply(
         .as_ref()
         .map_or(0, |r| crate::plan::hub_writes(&r.hubs));
     let known = applier.plan.write_count() + planned_writes;
-    applier.progress = crate::progress::Applying::new(known as u64);
+    applier.progress = Arc::new(crate::progress::Applying::new(known as u64));
     let mut next = planned.map(|range| applier.hold(range));
     applier.refusals();
     applier.unlinks();
@@ -211,19 +226,27 @@ pub(crate) async fn apply(
     applier.step("after_creates");
     // Stored before the hashes that make the next run quiet: a quiet run reports them.
     applier.remember_ambiguities(&ambiguities);
+    // A range's links are stored while the next range's updates go out.
+    let mut written = None;
     while let Some(range) = next
         .take()
         .or_else(|| applier.plan_next(planning.as_deref_mut()?))
     {
-        let last = planning.as_ref().is_none_or(|p| p.is_done());
         let ahead = planning.as_deref_mut().filter(|p| !p.is_done());
-        next = applier.carry_out(&mut **state, range, last, ahead).await?;
+        let before = written.take();
+        let (range, planned) = applier
+            .carry_out(&mut **state, range, before, ahead)
+            .await?;
+        (written, next) = (Some(range), planned);
+    }
+    if let Some(range) = written {
+        applier.settle_range(&mut **state, range, true)?;
     }
     applier.remember_reads(&mut **state, person_companies)?;
     crate::failpoint::hit("before_cursor_commit");
     applier.step("before_cursor_commit");
     applier.finish(&mut **state, &tag).await?;
-    crate::progress::apply_end(applier.progress.done(), applier.progress.total);
+    crate::progress::apply_end(applier.progress.done(), applier.progress.total());
     applier.report(&**state, &parked_before)
 }
 
@@ -247,7 +270,7 @@ impl Applier<'_> {
     /// A range planned: its hubs counted, its writes added to the progress total.
     fn count_range(&mut self, range: &HubRange, planning: &Planning<'_>, took: Duration) {
         crate::plan::add_hub_counts(&mut self.plan.counts, &range.hubs, self.relations);
-        self.progress.total += crate::plan::hub_writes(&range.hubs) as u64;
+        (self.progress).plan_more(crate::plan::hub_writes(&range.hubs) as u64);
         tracing::debug!(
             hubs = range.hubs.len(),
             left = planning.hubs_left(),
@@ -256,34 +279,74 @@ impl Applier<'_> {
         );
     }
 
-    /// One range's hubs: intents, updates, links (steps 3 and 4); `last` when no range
-    /// comes after it. With `ahead`, the next range is planned while this one's updates
-    /// are sent, and returned counted.
+    /// One range's hubs: intents, then updates (step 3). While the updates go out,
+    /// the range `before` is settled (step 4) and, with `ahead`, the next range is
+    /// planned and returned counted. Holds two ranges' plans at once, as the range
+    /// sent and the range settled or planned.
     async fn carry_out(
         &mut self,
         state: &mut dyn StateStore,
         range: HubRange,
-        last: bool,
+        before: Option<Sent>,
         ahead: Option<&mut Planning<'_>>,
-    ) -> Result<Option<HubRange>, EngineError> {
+    ) -> Result<(Sent, Option<HubRange>), EngineError> {
         // Between ranges is a safe point: everything before is stored.
         if self.stop.is_stopped() {
+            if let Some(before) = before {
+                self.settle_range(state, before, false)?;
+            }
             return Err(EngineError::Stopped);
         }
-        // The steps below carry out the hubs in the plan: this range's alone.
+        // A plan made whole is held in the plan from the start (`Applier::hold`).
         self.plan.absorb(range);
-        let (outcomes, next) = match ahead {
-            Some(planning) => {
-                let (outcomes, next) = self.writes_planning_ahead(state, planning).await;
-                let next = next.map(|(range, took)| {
-                    self.count_range(&range, planning, took);
-                    range
-                });
-                (outcomes?, next)
-            }
-            None => (self.writes(state).await?, None),
+        let range = self.plan.take_range();
+        self.store_intents(state, &range.hubs)?;
+        let part = self.part;
+        // The state by turns: the updates ask it for the lease, the range before is
+        // stored into it while they wait, never both at once.
+        let state = RefCell::new(state);
+        let lease = || state.borrow().confirm_lease();
+        let (answered, settled, next) = {
+            let sends = self.sends(&range.hubs, &lease);
+            let mut sending = std::pin::pin!(sends.send());
+            // Runs until the first wait (a file connector writes on a thread of its own).
+            let begun = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+            let settled = match before {
+                Some(before) => self.settle_range(&mut **state.borrow_mut(), before, false),
+                None => Ok(()),
+            };
+            let next = match (&settled, ahead) {
+                (Ok(()), Some(planning)) => self.plan_next(planning),
+                _ => None,
+            };
+            let answered = match begun {
+                Poll::Ready(answered) => answered,
+                Poll::Pending => sending.await,
+            };
+            (answered, settled, next)
         };
-        self.settle(state, outcomes, last)?;
+        settled?;
+        let outcomes = self.landed(&range.hubs, answered?)?;
+        Ok((
+            Sent {
+                range,
+                outcomes,
+                part,
+            },
+            next,
+        ))
+    }
+
+    /// Step 4 for a range sent: its links stored, its intents cleared; `last` when no
+    /// range comes after it. Its hubs go to the report as far as it has room.
+    fn settle_range(
+        &mut self,
+        state: &mut dyn StateStore,
+        sent: Sent,
+        last: bool,
+    ) -> Result<(), EngineError> {
+        self.plan.absorb(sent.range);
+        self.settle(state, sent.outcomes, sent.part, last)?;
         crate::failpoint::hit("after_link_commit");
         self.step("after_link_commit");
         let mut range = self.plan.take_range();
@@ -295,32 +358,7 @@ impl Applier<'_> {
             .close_conflicts
             .append(&mut range.close_conflicts);
         self.reported.codes_removed.append(&mut range.codes_removed);
-        Ok(next)
-    }
-
-    /// This range's writes and, while they are sent, the next range planned: the
-    /// writes run until the first that waits (a file connector writes on a thread of
-    /// its own), the next range is planned, then the writes go on. Planning is pure:
-    /// it makes the range it would make after them. Holds two ranges' plans at once.
-    async fn writes_planning_ahead(
-        &mut self,
-        state: &mut dyn StateStore,
-        planning: &mut Planning<'_>,
-    ) -> (
-        Result<write::Outcomes, EngineError>,
-        Option<(HubRange, Duration)>,
-    ) {
-        let mut writes = std::pin::pin!(self.writes(state));
-        let begun = std::future::poll_fn(|cx| Poll::Ready(writes.as_mut().poll(cx))).await;
-        let started = std::time::Instant::now();
-        let next = planning
-            .next_range()
-            .map(|range| (range, started.elapsed()));
-        let outcomes = match begun {
-            Poll::Ready(outcomes) => outcomes,
-            Poll::Pending => writes.await,
-        };
-        (outcomes, next)
+        Ok(())
     }
 
     fn commit(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {

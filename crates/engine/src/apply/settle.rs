@@ -54,12 +54,13 @@ struct Versions {
 }
 
 impl Applier<'_> {
-    /// The range of hubs in the plan; `last` when no range comes after it: the
-    /// pending entries the run is done with go then.
+    /// The range of hubs in the plan, whose intents are those of `part`; `last` when
+    /// no range comes after it: the pending entries the run is done with go then.
     pub(super) fn settle(
         &mut self,
         state: &mut dyn StateStore,
         mut outcomes: Outcomes,
+        part: i64,
         last: bool,
     ) -> Result<(), EngineError> {
         let hubs = std::mem::take(&mut self.plan.hubs);
@@ -72,8 +73,9 @@ impl Applier<'_> {
             if last {
                 self.done_pending();
             }
-            // Every link this run wrote to is stored now: its intents are done with.
-            self.batch.clear_intent_batches.push(self.log.run_id);
+            // Every link of the range is stored now: its intents are done with, and
+            // those of the range sent after it are not.
+            (self.batch.clear_intent_batches).push((self.log.run_id, part));
             committer.send(std::mem::take(&mut self.batch))
         });
         self.plan.hubs = hubs;

@@ -2,15 +2,21 @@
 //! and account updates per relation, side by side when they go to different
 //! connectors.
 
-use tandem_connector::{Changes, ConnectorError, WriteOp, WriteOutcome};
-use tandem_model::{EntityKind, Timestamp};
-use tandem_state::{IntentBatch, Link, StateBatch, StateStore};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
-use super::{Applier, COMMIT_EVERY, commit_behind, write_all};
+use tandem_connector::{Changes, Connector, ConnectorError, WriteOp, WriteOutcome};
+use tandem_model::{EntityKind, Timestamp};
+use tandem_state::{IntentBatch, Link, StateBatch, StateError, StateStore};
+
+use super::{Applier, COMMIT_EVERY, commit_behind, send};
 use crate::failpoint;
-use crate::plan::{FieldChanges, HubPlan, PairPlan, Plan};
+use crate::plan::{FieldChanges, HubPlan, PairPlan};
+use crate::progress::Applying;
 use crate::relation::Relations;
 use crate::run::EngineError;
+use crate::stop::StopFlag;
 
 /// What a write came to, as settling needs it: the record's version after it, or the
 /// error. Not the connector's whole answer (a [`WriteOutcome`]): a first sync at 1M
@@ -43,9 +49,8 @@ pub(super) struct Outcomes {
 }
 
 impl Outcomes {
-    fn new(plan: &Plan) -> Outcomes {
-        let pair_offsets: Vec<usize> = plan
-            .hubs
+    fn new(hubs: &[HubPlan]) -> Outcomes {
+        let pair_offsets: Vec<usize> = hubs
             .iter()
             .scan(0, |next, hub| {
                 let first = *next;
@@ -53,11 +58,9 @@ impl Outcomes {
                 Some(first)
             })
             .collect();
-        let pairs = plan.hubs.iter().map(|h| h.pairs.len()).sum();
+        let pairs = hubs.iter().map(|h| h.pairs.len()).sum();
         Outcomes {
-            contacts: std::iter::repeat_with(|| None)
-                .take(plan.hubs.len())
-                .collect(),
+            contacts: std::iter::repeat_with(|| None).take(hubs.len()).collect(),
             accounts: std::iter::repeat_with(|| None).take(pairs).collect(),
             pair_offsets,
         }
@@ -75,33 +78,86 @@ type Answers<K> = Vec<(K, WriteOutcome)>;
 /// A pair by (hub, pair) in the plan.
 type PairKey = (usize, usize);
 
-impl Applier<'_> {
-    pub(super) async fn writes(
+/// What the updates of one range need, apart from the [`Applier`]: the range before
+/// is settled into the applier while they go out.
+pub(super) struct Sends<'a> {
+    relations: &'a Relations,
+    connectors: &'a HashMap<String, Arc<dyn Connector>>,
+    hubs: &'a [HubPlan],
+    stop: StopFlag,
+    progress: Arc<Applying>,
+    started: Instant,
+    /// Asks the state whether this process still holds it, before each call
+    /// ([`super::write_all`]).
+    lease: &'a dyn Fn() -> Result<(), StateError>,
+}
+
+/// What every update of a range answered, by hub and by relation.
+pub(super) struct Answered {
+    contacts: Answers<usize>,
+    accounts: Vec<Answers<PairKey>>,
+}
+
+impl<'e> Applier<'e> {
+    /// The updates of `hubs`, to send with [`Sends::send`]: they borrow nothing of the
+    /// applier.
+    pub(super) fn sends<'a>(
+        &self,
+        hubs: &'a [HubPlan],
+        lease: &'a dyn Fn() -> Result<(), StateError>,
+    ) -> Sends<'a>
+    where
+        'e: 'a,
+    {
+        Sends {
+            relations: self.relations,
+            connectors: self.connectors,
+            hubs,
+            stop: self.stop.clone(),
+            progress: self.progress.clone(),
+            started: self.started,
+            lease,
+        }
+    }
+
+    /// Stores the intents of `hubs` unless stored already (a plan made whole stores
+    /// them while its creates are sent): before any of their updates is sent (R18).
+    pub(super) fn store_intents(
         &mut self,
         state: &mut dyn StateStore,
-    ) -> Result<Outcomes, EngineError> {
-        if !std::mem::take(&mut self.intents_stored) {
-            commit_intents(state, &self.plan, self.relations, &self.log)?;
-            failpoint::hit("after_intent_commit");
+        hubs: &[HubPlan],
+    ) -> Result<(), EngineError> {
+        if std::mem::take(&mut self.intents_stored) {
+            return Ok(());
         }
-        let mut outcomes = Outcomes::new(&self.plan);
-        let state = &*state;
-        let accounts = if self.side_by_side() {
-            // Both sides at once: each goes to a connector of its own.
-            let both = futures_util::future::join(
-                self.contact_updates(state),
-                self.all_account_updates(state),
-            );
-            let (contacts, accounts) = both.await;
-            self.landed_contacts(contacts?, &mut outcomes)?;
-            accounts?
-        } else {
-            let contacts = self.contact_updates(state).await?;
-            self.landed_contacts(contacts, &mut outcomes)?;
-            self.all_account_updates(state).await?
-        };
-        for answers in accounts {
-            self.landed_accounts(answers, &mut outcomes);
+        self.part += 1;
+        commit_intents(state, hubs, self.relations, &self.log, self.part)?;
+        failpoint::hit("after_intent_commit");
+        Ok(())
+    }
+
+    /// What the updates of `hubs` answered, counted and kept for settling; the step's
+    /// end, unless a stop was asked for.
+    pub(super) fn landed(
+        &mut self,
+        hubs: &[HubPlan],
+        answered: Answered,
+    ) -> Result<Outcomes, EngineError> {
+        let mut outcomes = Outcomes::new(hubs);
+        for (hub, outcome) in answered.contacts {
+            self.writes += u64::from(outcome.is_ok());
+            outcomes.contacts[hub] = Some(Landed::of(outcome));
+        }
+        if self.side_by_side() {
+            // Sent side by side, the contacts' step ends with the accounts'; sent one
+            // after the other, it ended between the two (`Sends::send`).
+            self.stopped()?;
+            failpoint::hit("after_contact_updates");
+            self.step("after_contact_updates");
+        }
+        for ((h, p), outcome) in answered.accounts.into_iter().flatten() {
+            self.writes += u64::from(outcome.is_ok());
+            outcomes.accounts[outcomes.pair_offsets[h] + p] = Some(Landed::of(outcome));
         }
         self.stopped()?;
         failpoint::hit("after_account_updates");
@@ -109,31 +165,70 @@ impl Applier<'_> {
         Ok(outcomes)
     }
 
-    /// Whether the contact and account updates go out side by side: only when no
-    /// relation's accounts share the contacts' connector (a connector takes one call
-    /// at a time). A run made whole holds both sides' ops and answers at once, as a
-    /// range does: the memory budget counts a hub's writes on both sides.
     fn side_by_side(&self) -> bool {
-        let contacts = &self.relations.contacts_connector;
-        (self.relations.relations.iter()).all(|r| &r.connector != contacts)
+        side_by_side(self.relations)
     }
 
     /// A stop asked for during the updates ends the run here: the intents of the
     /// updates not sent are stored, and the next run takes them up (R18).
     fn stopped(&self) -> Result<(), EngineError> {
-        match self.stop.is_stopped() {
-            true => Err(EngineError::Stopped),
-            false => Ok(()),
+        stopped(&self.stop)
+    }
+}
+
+/// Whether the contact and account updates go out side by side: only when no
+/// relation's accounts share the contacts' connector (a connector takes one call at a
+/// time). A run made whole holds both sides' ops and answers at once, as a range
+/// does: the memory budget counts a hub's writes on both sides.
+fn side_by_side(relations: &Relations) -> bool {
+    let contacts = &relations.contacts_connector;
+    (relations.relations.iter()).all(|r| &r.connector != contacts)
+}
+
+fn stopped(stop: &StopFlag) -> Result<(), EngineError> {
+    match stop.is_stopped() {
+        true => Err(EngineError::Stopped),
+        false => Ok(()),
+    }
+}
+
+impl Sends<'_> {
+    /// Contact updates, then account updates per relation; side by side when they go
+    /// to different connectors.
+    pub(super) async fn send(&self) -> Result<Answered, EngineError> {
+        if side_by_side(self.relations) {
+            let both =
+                futures_util::future::join(self.contact_updates(), self.all_account_updates());
+            let (contacts, accounts) = both.await;
+            return Ok(Answered {
+                contacts: contacts?,
+                accounts: accounts?,
+            });
         }
+        let contacts = self.contact_updates().await?;
+        stopped(&self.stop)?;
+        failpoint::hit("after_contact_updates");
+        self.progress.advance(0, "after_contact_updates");
+        tracing::debug!(
+            ms = self.started.elapsed().as_millis() as u64,
+            step = "after_contact_updates",
+            "applying"
+        );
+        let accounts = self.all_account_updates().await?;
+        Ok(Answered { contacts, accounts })
+    }
+
+    fn connector(&self, name: &str) -> Arc<dyn Connector> {
+        self.connectors[name].clone()
     }
 
     /// Contact updates; ops are built batch by batch from the plan, so a million
     /// updates are not held twice.
-    async fn contact_updates(&self, state: &dyn StateStore) -> Result<Answers<usize>, EngineError> {
+    async fn contact_updates(&self) -> Result<Answers<usize>, EngineError> {
         let connector = self.connector(&self.relations.contacts_connector);
         let max = connector.capabilities().max_batch.max(1);
-        let hubs: Vec<usize> = (0..self.plan.hubs.len())
-            .filter(|&i| !self.plan.hubs[i].contact_changes.is_empty())
+        let hubs: Vec<usize> = (0..self.hubs.len())
+            .filter(|&i| !self.hubs[i].contact_changes.is_empty())
             .collect();
         let mut answers = Answers::new();
         for chunk in hubs.chunks(max) {
@@ -143,7 +238,7 @@ impl Applier<'_> {
             let ops = chunk
                 .iter()
                 .map(|&i| {
-                    let h = &self.plan.hubs[i];
+                    let h = &self.hubs[i];
                     WriteOp::Update {
                         id: h.contact_id.clone(),
                         version: h.contact_version.clone(),
@@ -151,51 +246,27 @@ impl Applier<'_> {
                     }
                 })
                 .collect();
-            let sent = write_all(state, &*connector, EntityKind::Contact, ops).await?;
+            (self.lease)()?;
+            let sent = send(&*connector, EntityKind::Contact, ops).await;
             self.progress.advance(chunk.len(), "contact updates");
             answers.extend(chunk.iter().copied().zip(sent));
         }
         Ok(answers)
     }
 
-    /// What the contact updates answered, counted and kept for settling; the step's
-    /// end, unless a stop was asked for.
-    fn landed_contacts(
-        &mut self,
-        answers: Answers<usize>,
-        outcomes: &mut Outcomes,
-    ) -> Result<(), EngineError> {
-        for (hub, outcome) in answers {
-            self.writes += u64::from(outcome.is_ok());
-            outcomes.contacts[hub] = Some(Landed::of(outcome));
-        }
-        self.stopped()?;
-        failpoint::hit("after_contact_updates");
-        self.step("after_contact_updates");
-        Ok(())
-    }
-
     /// Every relation's account updates, in config order; after a stop is asked for,
     /// none is sent.
-    async fn all_account_updates(
-        &self,
-        state: &dyn StateStore,
-    ) -> Result<Vec<Answers<PairKey>>, EngineError> {
+    async fn all_account_updates(&self) -> Result<Vec<Answers<PairKey>>, EngineError> {
         let mut all = Vec::new();
         for r in 0..self.relations.relations.len() {
-            all.push(self.account_updates(state, r).await?);
+            all.push(self.account_updates(r).await?);
         }
         Ok(all)
     }
 
     /// The account updates of relation `r`.
-    async fn account_updates(
-        &self,
-        state: &dyn StateStore,
-        r: usize,
-    ) -> Result<Answers<PairKey>, EngineError> {
+    async fn account_updates(&self, r: usize) -> Result<Answers<PairKey>, EngineError> {
         let keys: Vec<PairKey> = self
-            .plan
             .hubs
             .iter()
             .enumerate()
@@ -222,7 +293,7 @@ impl Applier<'_> {
             let ops = chunk
                 .iter()
                 .map(|&(h, p)| {
-                    let pair = &self.plan.hubs[h].pairs[p];
+                    let pair = &self.hubs[h].pairs[p];
                     WriteOp::Update {
                         id: pair.account_id.clone(),
                         version: pair.account_version.clone(),
@@ -230,19 +301,12 @@ impl Applier<'_> {
                     }
                 })
                 .collect();
-            let sent = write_all(state, &*connector, relation.kind, ops).await?;
+            (self.lease)()?;
+            let sent = send(&*connector, relation.kind, ops).await;
             self.progress.advance(chunk.len(), "account updates");
             answers.extend(chunk.iter().copied().zip(sent));
         }
         Ok(answers)
-    }
-
-    /// What a relation's account updates answered, counted and kept for settling.
-    fn landed_accounts(&mut self, answers: Answers<PairKey>, outcomes: &mut Outcomes) {
-        for ((h, p), outcome) in answers {
-            self.writes += u64::from(outcome.is_ok());
-            outcomes.accounts[outcomes.pair_offsets[h] + p] = Some(Landed::of(outcome));
-        }
     }
 }
 
@@ -273,15 +337,17 @@ pub(super) fn link_of(hub: &HubPlan, pair: &PairPlan, now: Timestamp) -> Link {
 /// meanwhile against that baseline. This run clears them once its links are stored.
 pub(super) fn commit_intents(
     state: &mut dyn StateStore,
-    plan: &Plan,
+    hubs: &[HubPlan],
     relations: &Relations,
     log: &super::Log,
+    part: i64,
 ) -> Result<(), EngineError> {
     commit_behind(state, |committer| {
         let mut links = Vec::new();
         let send = |links: Vec<Link>| {
             let batch = IntentBatch {
                 run_id: log.run_id,
+                part,
                 links,
             };
             committer.send(StateBatch {
@@ -289,7 +355,7 @@ pub(super) fn commit_intents(
                 ..StateBatch::default()
             })
         };
-        for hub in &plan.hubs {
+        for hub in hubs {
             for pair in &hub.pairs {
                 let relation = &relations.relations[pair.relation];
                 if let Some(intent) = pair.intent(hub, relation) {

@@ -17,18 +17,25 @@ use super::pg;
 use crate::StateError;
 
 /// The schema version this store writes: the SQLite store's number of migrations.
-pub(crate) const VERSION: i64 = 11;
+pub(crate) const VERSION: i64 = 12;
 
 /// The version `SCHEMA` makes.
 const FIRST: i64 = 8;
 
 /// The migrations after [`FIRST`], by the version each makes; never edit one that has
 /// shipped. The same changes as SQLite's migrations of the same numbers.
-const MIGRATIONS: &[(i64, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (9, MIGRATION_9_CREATE_BATCHES),
     (10, MIGRATION_10_HASH_PAGES),
     (11, MIGRATION_11_CREATED_IDS),
+    (12, MIGRATION_12_INTENT_PARTS),
 ];
+
+/// The part of its run an intent batch belongs to (R18): a run in ranges clears each
+/// range's batches alone, while the next range's are stored. Batches stored before are
+/// part 0.
+const MIGRATION_12_INTENT_PARTS: &str =
+    "ALTER TABLE intent_batches ADD COLUMN part BIGINT NOT NULL DEFAULT 0;";
 
 /// The id a create was sent with, where its connector lets Tandem choose it (R18).
 const MIGRATION_11_CREATED_IDS: &str = "ALTER TABLE pending_creates ADD COLUMN record_id TEXT;";

@@ -553,6 +553,8 @@ fn a_state_is_copied_table_by_table_and_reads_the_same() {
         .push(("CUST".into(), "C9".into(), "K9".into(), true));
     batch.intent_batches.push(crate::IntentBatch {
         run_id: run,
+        // A later part of the run: copied with its part.
+        part: 3,
         links: vec![link("C4", "K4")],
     });
     from.commit(batch).unwrap();
@@ -763,6 +765,7 @@ fn a_partition_takes_up_the_intents_of_its_own_dead_runs_only() {
     let mut batch = StateBatch::default();
     batch.intent_batches.push(crate::IntentBatch {
         run_id: going_on,
+        part: 0,
         links: vec![link("C4", "K4")],
     });
     second.commit(batch).unwrap();
@@ -874,4 +877,123 @@ fn a_version_8_state_is_migrated_and_keeps_its_rows() {
         });
     state.commit(batch).unwrap();
     assert_eq!(state.pending_creates().unwrap(), vec![retried]);
+}
+
+/// The `run:part` of every intent batch of the state at `url`, in the order stored.
+fn intent_parts(url: &str) -> String {
+    text(
+        url,
+        "SELECT coalesce(string_agg(run_id || ':' || part, ' ' ORDER BY id), '')
+         FROM intent_batches",
+    )
+    .unwrap()
+}
+
+/// A run in ranges clears the intents of one range by its part (R18): the rows of the
+/// run's later parts, and of other runs, stay; several pairs clear in one commit.
+#[test]
+fn r18_intent_batches_are_cleared_by_part_and_a_later_part_stays() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    let mut state = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    let with_intent = |contact: &str, account: &str| Link {
+        intent: Some(crate::Intent {
+            contact: vec![("phone".into(), Value::text("old"))],
+            account: Vec::new(),
+        }),
+        ..link(contact, account)
+    };
+    let batch = |run_id, part, links| crate::IntentBatch {
+        run_id,
+        part,
+        links,
+    };
+    state
+        .commit(StateBatch {
+            intent_batches: vec![
+                batch(7, 1, vec![with_intent("C1", "K1")]),
+                batch(7, 2, vec![with_intent("C2", "K2")]),
+                batch(8, 1, vec![with_intent("C3", "K3")]),
+                batch(8, 2, vec![with_intent("C4", "K4")]),
+            ],
+            ..StateBatch::default()
+        })
+        .unwrap();
+    assert_eq!(intent_parts(&url), "7:1 7:2 8:1 8:2");
+
+    state
+        .commit(StateBatch {
+            clear_intent_batches: vec![(7, 1)],
+            ..links(vec![link("C1", "K1")])
+        })
+        .unwrap();
+    assert_eq!(intent_parts(&url), "7:2 8:1 8:2");
+    state
+        .commit(StateBatch {
+            clear_intent_batches: vec![(8, 1), (8, 2), (9, 0)],
+            ..StateBatch::default()
+        })
+        .unwrap();
+    assert_eq!(intent_parts(&url), "7:2");
+    assert_eq!(
+        state.links_with_intent().unwrap(),
+        vec![with_intent("C2", "K2")]
+    );
+
+    // Cut short: the next run takes up range 2's intents.
+    drop(state);
+    let mut state = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    assert_eq!(state.unpack_intents().unwrap(), 1);
+    assert_eq!(intent_parts(&url), "");
+    assert_eq!(
+        state.links(None).unwrap(),
+        vec![link("C1", "K1"), with_intent("C2", "K2")]
+    );
+}
+
+/// A state of version 11, made as that release made it (the schema, then migrations 9
+/// to 11), holding the intent batch of a run cut short: opened, it gets migration 12,
+/// the batch is part 0 of its run and the next run takes it up.
+#[test]
+fn a_version_11_state_keeps_its_intent_batches_as_part_0() {
+    let Some((_server, url)) = database() else {
+        return;
+    };
+    execute(&url, schema::SCHEMA);
+    for (_, sql) in schema::MIGRATIONS.iter().filter(|(v, _)| *v <= 11) {
+        execute(&url, sql);
+    }
+    let mut intent = link("C1", "K1");
+    intent.intent = Some(crate::Intent {
+        contact: vec![("phone".into(), Value::text("old"))],
+        account: Vec::new(),
+    });
+    let bytes: String = crate::codec::encode_links(std::slice::from_ref(&intent))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    execute(
+        &url,
+        &format!(
+            "INSERT INTO schema_version (version) VALUES (11);
+             INSERT INTO intent_batches (run_id, links) VALUES (4, '\\x{bytes}'::bytea);"
+        ),
+    );
+    let mut state = PgState::open_url(&url, LockMode::Exclusive).unwrap();
+    assert_eq!(
+        text(&url, "SELECT max(version)::text FROM schema_version"),
+        Some(VERSION.to_string())
+    );
+    assert_eq!(intent_parts(&url), "4:0");
+    assert_eq!(state.links_with_intent().unwrap(), vec![intent.clone()]);
+    // Clearing another part of the run leaves it; the next run takes it up.
+    state
+        .commit(StateBatch {
+            clear_intent_batches: vec![(4, 1)],
+            ..StateBatch::default()
+        })
+        .unwrap();
+    assert_eq!(state.unpack_intents().unwrap(), 1);
+    assert_eq!(state.links(None).unwrap(), vec![intent]);
 }

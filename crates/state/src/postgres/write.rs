@@ -952,18 +952,20 @@ async fn delete_by_code_and_contact(
 async fn store_intent_batches(
     tx: &mut PgConnection,
     batches: &[IntentBatch],
-    cleared: &[i64],
+    cleared: &[(i64, i64)],
 ) -> Result<(), StateError> {
     const ACTION: &str = "storing intents";
     if !batches.is_empty() {
         // In order: ids are given in the order of the arrays.
         sqlx::query(
-            "INSERT INTO intent_batches (run_id, links)
-             SELECT b.run_id, b.links
-             FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS b (run_id, links, n)
+            "INSERT INTO intent_batches (run_id, part, links)
+             SELECT b.run_id, b.part, b.links
+             FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])
+                  WITH ORDINALITY AS b (run_id, part, links, n)
              ORDER BY b.n",
         )
         .bind(batches.iter().map(|b| b.run_id).collect::<Vec<_>>())
+        .bind(batches.iter().map(|b| b.part).collect::<Vec<_>>())
         .bind(
             batches
                 .iter()
@@ -975,11 +977,17 @@ async fn store_intent_batches(
         .map_err(pg(ACTION))?;
     }
     if !cleared.is_empty() {
-        sqlx::query("DELETE FROM intent_batches WHERE run_id = ANY($1::bigint[])")
-            .bind(cleared)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg(ACTION))?;
+        // By part: the batches of the run's later parts stay until their links are stored.
+        sqlx::query(
+            "DELETE FROM intent_batches b
+             USING unnest($1::bigint[], $2::bigint[]) AS c (run_id, part)
+             WHERE b.run_id = c.run_id AND b.part = c.part",
+        )
+        .bind(cleared.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(cleared.iter().map(|c| c.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(pg(ACTION))?;
     }
     Ok(())
 }

@@ -1494,7 +1494,11 @@ both_stores!(
         upsert(&mut *state, vec![link("CUST", "C1", "K1")]).unwrap();
         let mut rewritten = with_intent(link("CUST", "C1", "K1"));
         rewritten.baseline = Fields::new().with("name", "New name");
-        let batch = |links| IntentBatch { run_id: 7, links };
+        let batch = |links| IntentBatch {
+            run_id: 7,
+            part: 0,
+            links,
+        };
         commit(
             &mut *state,
             StateBatch {
@@ -1531,7 +1535,7 @@ both_stores!(
             &mut *state,
             StateBatch {
                 upsert_links: vec![link("CUST", "C3", "K3")],
-                clear_intent_batches: vec![7],
+                clear_intent_batches: vec![(7, 0)],
                 ..StateBatch::default()
             },
         );
@@ -1540,6 +1544,77 @@ both_stores!(
             state.links(Some("CUST")).unwrap()[2],
             link("CUST", "C3", "K3")
         );
+    }
+);
+
+// A run in ranges stores the intents of range k+1 while the links of range k are
+// still being stored: range k's commit clears its own part, and range k+1's intents
+// stay, read as links and taken up by the next run if this one is cut short (R18).
+both_stores!(
+    r18_intent_batches_are_cleared_by_part_and_a_later_part_stays,
+    |place| {
+        let mut state = place.open();
+        let batch = |run_id, part, links| IntentBatch {
+            run_id,
+            part,
+            links,
+        };
+        let first = with_intent(link("CUST", "C1", "K1"));
+        let second = with_intent(link("CUST", "C2", "K2"));
+        commit(
+            &mut *state,
+            StateBatch {
+                intent_batches: vec![batch(7, 1, vec![first]), batch(7, 2, vec![second.clone()])],
+                ..StateBatch::default()
+            },
+        );
+        // Range 1's links are stored and its intents cleared; range 2's stay.
+        commit(
+            &mut *state,
+            StateBatch {
+                upsert_links: vec![link("CUST", "C1", "K1")],
+                clear_intent_batches: vec![(7, 1)],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(state.links_with_intent().unwrap(), vec![second.clone()]);
+        assert_eq!(
+            state.links(None).unwrap(),
+            vec![link("CUST", "C1", "K1"), second.clone()]
+        );
+
+        // Several pairs clear in one commit, and only their own parts: another run's
+        // batch of the same part, and a pair with no batch, change nothing else.
+        commit(
+            &mut *state,
+            StateBatch {
+                intent_batches: vec![
+                    batch(8, 1, vec![with_intent(link("VEND", "C3", "V3"))]),
+                    batch(8, 2, vec![with_intent(link("VEND", "C4", "V4"))]),
+                ],
+                ..StateBatch::default()
+            },
+        );
+        commit(
+            &mut *state,
+            StateBatch {
+                clear_intent_batches: vec![(8, 1), (8, 2), (9, 0), (7, 3)],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(state.links_with_intent().unwrap(), vec![second.clone()]);
+
+        // Cut short: the next run takes up range 2's intents as link rows.
+        drop(state);
+        let mut state = place.open();
+        assert_eq!(state.unpack_intents().unwrap(), 1);
+        assert_eq!(state.unpack_intents().unwrap(), 0, "taken up once");
+        assert_eq!(
+            state.links(None).unwrap(),
+            vec![link("CUST", "C1", "K1"), second]
+        );
+        assert_eq!(state.count_links("CUST").unwrap(), 2);
+        assert_eq!(state.count_links("VEND").unwrap(), 0);
     }
 );
 
@@ -1552,6 +1627,7 @@ both_stores!(
             StateBatch {
                 intent_batches: vec![IntentBatch {
                     run_id: 3,
+                    part: 0,
                     links: vec![with_intent(link("CUST", "C1", "K1"))],
                 }],
                 ..StateBatch::default()
@@ -1699,6 +1775,12 @@ fn migration_8_keeps_every_baseline_unlink_conflict_log_entry_and_intent_of_a_v7
             hash.cast_unsigned()
         );
     }
+    // The cut-short run's batch is part 0 of its run (migration 12).
+    let part: i64 = state
+        .conn
+        .query_row("SELECT part FROM intent_batches", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(part, 0);
     // The intents are taken up as before, and new rows are in the compact form.
     assert_eq!(state.unpack_intents().unwrap(), 1);
     assert_eq!(state.links_with_intent().unwrap().len(), 1);
@@ -2326,4 +2408,74 @@ fn migration_10_keeps_every_content_hash_and_link_of_a_v9_state() {
             "{connector} {id}"
         );
     }
+}
+
+/// A state written by the build before migration 12 (`tests/fixtures/state-v11.db`,
+/// see the README there): a second run, cut short once it stored its intents, left the
+/// intent batch of C0002's new address. Migrated, the batch is part 0 of its run, read
+/// as the link it will be, left by the clearing of another part, and taken up.
+#[test]
+fn migration_12_keeps_the_intent_batch_of_a_run_cut_short_in_a_v11_state() {
+    let (_dir, path) = temp();
+    fs::write(&path, include_bytes!("../../tests/fixtures/state-v11.db")).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 11);
+    let old_batches: Vec<i64> = conn
+        .prepare("SELECT run_id FROM intent_batches ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(old_batches, [2]);
+    let old_links: Vec<(String, String, String)> = conn
+        .prepare("SELECT code, contact_id, account_id FROM links ORDER BY code, contact_id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(old_links.len(), 7);
+    drop(conn);
+
+    let mut state = open(&path);
+    assert_eq!(version(&path), MIGRATIONS.len() as i64);
+    let parts: Vec<(i64, i64)> = state
+        .conn
+        .prepare("SELECT run_id, part FROM intent_batches ORDER BY id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(parts, [(2, 0)]);
+    let address = |link: &Link| link.baseline.get("address").cloned();
+    let in_flight = state.links_with_intent().unwrap();
+    assert_eq!(in_flight.len(), 1, "{in_flight:?}");
+    assert_eq!(
+        (in_flight[0].code.as_str(), in_flight[0].contact_id.as_str()),
+        ("CUST", "C0002")
+    );
+    assert_eq!(address(&in_flight[0]), Some(Value::text("Rue Haute 47")));
+    let links = state.links(None).unwrap();
+    let keys: Vec<(String, String, String)> = (links.iter())
+        .map(|l| (l.code.clone(), l.contact_id.clone(), l.account_id.clone()))
+        .collect();
+    assert_eq!(keys, old_links);
+
+    // Clearing another part of the run leaves it; the next run takes it up.
+    commit(
+        &mut state,
+        StateBatch {
+            clear_intent_batches: vec![(2, 1)],
+            ..StateBatch::default()
+        },
+    );
+    assert_eq!(state.unpack_intents().unwrap(), 1);
+    assert_eq!(state.unpack_intents().unwrap(), 0, "taken up once");
+    assert_eq!(state.links(None).unwrap(), links);
+    assert_eq!(state.count_links("CUST").unwrap(), 5);
+    let stored = state.links(Some("CUST")).unwrap();
+    let c0002 = stored.iter().find(|l| l.contact_id == "C0002").unwrap();
+    assert_eq!(address(c0002), Some(Value::text("Rue Haute 47")));
 }
