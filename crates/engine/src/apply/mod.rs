@@ -24,6 +24,7 @@ mod write;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -118,6 +119,22 @@ struct Applier<'e> {
     /// step holds no more than a range does (a budget's run at 10M took 4.6 GB over
     /// what it held sending its 1.8M creates in one call).
     per_range: usize,
+}
+
+/// Polls `future` once more unless it answered already (`done`).
+async fn poll_once<F: Future>(mut future: Pin<&mut F>, done: Poll<F::Output>) -> Poll<F::Output> {
+    match done {
+        Poll::Ready(output) => Poll::Ready(output),
+        Poll::Pending => std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await,
+    }
+}
+
+/// What `future` answered, waiting for it unless it answered already (`done`).
+async fn finish<F: Future>(future: Pin<&mut F>, done: Poll<F::Output>) -> F::Output {
+    match done {
+        Poll::Ready(output) => output,
+        Poll::Pending => future.await,
+    }
 }
 
 /// A range whose updates were sent, to settle: its hubs, what each write answered,
@@ -279,10 +296,10 @@ impl Applier<'_> {
         );
     }
 
-    /// One range's hubs: intents, then updates (step 3). While the updates go out,
-    /// the range `before` is settled (step 4) and, with `ahead`, the next range is
-    /// planned and returned counted. Holds two ranges' plans at once, as the range
-    /// sent and the range settled or planned.
+    /// One range's hubs: intents, unless stored already, then updates (step 3). While
+    /// the updates go out, the range `before` is settled (step 4) and, with `ahead`,
+    /// the next range is planned, its intents stored, and returned counted. Holds two
+    /// ranges' plans at once, as the range sent and the range settled or planned.
     async fn carry_out(
         &mut self,
         state: &mut dyn StateStore,
@@ -306,26 +323,12 @@ impl Applier<'_> {
         // stored into it while they wait, never both at once.
         let state = RefCell::new(state);
         let lease = || state.borrow().confirm_lease();
-        let (answered, settled, next) = {
+        let (answered, between) = {
             let sends = self.sends(&range.hubs, &lease);
-            let mut sending = std::pin::pin!(sends.send());
-            // Runs until the first wait (a file connector writes on a thread of its own).
-            let begun = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
-            let settled = match before {
-                Some(before) => self.settle_range(&mut **state.borrow_mut(), before, false),
-                None => Ok(()),
-            };
-            let next = match (&settled, ahead) {
-                (Ok(()), Some(planning)) => self.plan_next(planning),
-                _ => None,
-            };
-            let answered = match begun {
-                Poll::Ready(answered) => answered,
-                Poll::Pending => sending.await,
-            };
-            (answered, settled, next)
+            let sending = std::pin::pin!(sends.send());
+            self.between_sends(&state, sending, before, ahead).await
         };
-        settled?;
+        let next = between?;
         let outcomes = self.landed(&range.hubs, answered?)?;
         Ok((
             Sent {
@@ -335,6 +338,42 @@ impl Applier<'_> {
             },
             next,
         ))
+    }
+
+    /// What is done while a range's updates go out (`sending`): the range `before`
+    /// settled, then, with `ahead`, the next range planned and its intents stored, so
+    /// that its updates can follow these at once. The updates are polled again after
+    /// each step: a connector's next call (the next relation's) starts only then.
+    /// Returns what the updates answered, and the next range.
+    async fn between_sends<F>(
+        &mut self,
+        state: &RefCell<&mut dyn StateStore>,
+        mut sending: Pin<&mut F>,
+        before: Option<Sent>,
+        ahead: Option<&mut Planning<'_>>,
+    ) -> (F::Output, Result<Option<HubRange>, EngineError>)
+    where
+        F: Future,
+    {
+        // Runs until the first wait (a file connector writes on a thread of its own).
+        let mut answered = poll_once(sending.as_mut(), Poll::Pending).await;
+        let settled = match before {
+            Some(before) => self.settle_range(&mut **state.borrow_mut(), before, false),
+            None => Ok(()),
+        };
+        answered = poll_once(sending.as_mut(), answered).await;
+        let next = match (settled, ahead) {
+            (Ok(()), Some(planning)) => self.plan_next(planning),
+            (Ok(()), None) => None,
+            (Err(e), _) => return (finish(sending, answered).await, Err(e)),
+        };
+        answered = poll_once(sending.as_mut(), answered).await;
+        let stored = match &next {
+            Some(next) => self.store_intents(&mut **state.borrow_mut(), &next.hubs),
+            None => Ok(()),
+        };
+        self.intents_stored = next.is_some();
+        (finish(sending, answered).await, stored.map(|()| next))
     }
 
     /// Step 4 for a range sent: its links stored, its intents cleared; `last` when no
