@@ -174,7 +174,7 @@ pub(crate) async fn apply(
     run_id: i64,
     prepared: Prepared,
     from_input: FromInput,
-    mut planning: Option<&mut Planning<'_>>,
+    planning: Option<&mut Planning<'_>>,
 ) -> Result<RunReport, EngineError> {
     let tag = engine.fingerprint_tag();
     let Engine {
@@ -234,7 +234,7 @@ pub(crate) async fn apply(
         .map_or(0, |r| crate::plan::hub_writes(&r.hubs));
     let known = applier.plan.write_count() + planned_writes;
     applier.progress = Arc::new(crate::progress::Applying::new(known as u64));
-    let mut next = planned.map(|range| applier.hold(range));
+    let next = planned.map(|range| applier.hold(range));
     applier.refusals();
     applier.unlinks();
     applier.commit(&mut **state)?;
@@ -243,22 +243,7 @@ pub(crate) async fn apply(
     applier.step("after_creates");
     // Stored before the hashes that make the next run quiet: a quiet run reports them.
     applier.remember_ambiguities(&ambiguities);
-    // A range's links are stored while the next range's updates go out.
-    let mut written = None;
-    while let Some(range) = next
-        .take()
-        .or_else(|| applier.plan_next(planning.as_deref_mut()?))
-    {
-        let ahead = planning.as_deref_mut().filter(|p| !p.is_done());
-        let before = written.take();
-        let (range, planned) = applier
-            .carry_out(&mut **state, range, before, ahead)
-            .await?;
-        (written, next) = (Some(range), planned);
-    }
-    if let Some(range) = written {
-        applier.settle_range(&mut **state, range, true)?;
-    }
+    applier.carry_out_all(&mut **state, next, planning).await?;
     applier.remember_reads(&mut **state, person_companies)?;
     crate::failpoint::hit("before_cursor_commit");
     applier.step("before_cursor_commit");
@@ -294,6 +279,30 @@ impl Applier<'_> {
             ms = took.as_millis() as u64,
             "range planned"
         );
+    }
+
+    /// Steps 3 and 4 for every range: `next`, then those `planning` has left. A
+    /// range's links are stored while the next range's updates go out.
+    async fn carry_out_all(
+        &mut self,
+        state: &mut dyn StateStore,
+        mut next: Option<HubRange>,
+        mut planning: Option<&mut Planning<'_>>,
+    ) -> Result<(), EngineError> {
+        let mut written = None;
+        while let Some(range) = next
+            .take()
+            .or_else(|| self.plan_next(planning.as_deref_mut()?))
+        {
+            let ahead = planning.as_deref_mut().filter(|p| !p.is_done());
+            let before = written.take();
+            let (range, planned) = self.carry_out(state, range, before, ahead).await?;
+            (written, next) = (Some(range), planned);
+        }
+        match written {
+            Some(range) => self.settle_range(state, range, true),
+            None => Ok(()),
+        }
     }
 
     /// One range's hubs: intents, unless stored already, then updates (step 3). While
