@@ -240,6 +240,10 @@ pub struct IntentBatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingCreateBatch {
     pub run_id: i64,
+    /// The part of the run the creates belong to: a run stores the record of its next
+    /// batch of creates while the batch before is being linked, and clears each batch's
+    /// record by its part alone ([`StateBatch::clear_pending_create_batches`]).
+    pub part: i64,
     pub creates: Vec<PendingCreate>,
 }
 
@@ -280,8 +284,9 @@ pub struct StateBatch {
     /// them to the next, which makes them pending rows
     /// ([`StateStore::unpack_intents`]).
     pub pending_create_batches: Vec<PendingCreateBatch>,
-    /// Runs whose create batches are done with.
-    pub clear_pending_create_batches: Vec<i64>,
+    /// (run, part) whose create batches are done with: what each create came to is
+    /// stored. The batches of the run's other parts stay.
+    pub clear_pending_create_batches: Vec<(i64, i64)>,
     /// Inserted or replaced by (code, contact_id).
     pub upsert_refused: Vec<RefusedRequest>,
     /// (code, contact_id)

@@ -45,7 +45,7 @@ const MIGRATIONS: &[Migration] = &[
         then: Some(hash_pages::pack_hash_rows),
     },
     Migration::sql(MIGRATION_11_CREATED_IDS),
-    Migration::sql(MIGRATION_12_INTENT_PARTS),
+    Migration::sql(MIGRATION_12_BATCH_PARTS),
 ];
 
 /// A schema migration: its SQL, then, for one that SQL alone cannot do, code run in
@@ -157,6 +157,7 @@ pub const STATE_TABLES: &[StateTable] = &[
             col("id", Integer, false),
             col("run_id", Integer, false),
             col("creates", Text, false),
+            col("part", Integer, false),
         ],
         primary_key: &["id"],
     },
@@ -281,11 +282,14 @@ const fn col(name: &'static str, column_type: ColumnType, nullable: bool) -> Col
     }
 }
 
-/// The part of its run an intent batch belongs to (R18): a run in ranges stores the
-/// intents of a range while the links of the range before are being stored, and that
-/// commit clears its own range's batches only. Batches stored before are part 0.
-const MIGRATION_12_INTENT_PARTS: &str = "
+/// The part of its run an intent batch or a create batch belongs to (R18): a run in
+/// ranges stores the intents of a range while the links of the range before are being
+/// stored, and a run stores the record of a batch of creates while the batch before is
+/// being linked; each commit clears its own part's batches only. Batches stored before
+/// are part 0.
+const MIGRATION_12_BATCH_PARTS: &str = "
 ALTER TABLE intent_batches ADD COLUMN part INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE pending_create_batches ADD COLUMN part INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// The id a create was sent with, where its connector lets Tandem choose it (R18).
@@ -2519,18 +2523,21 @@ fn upsert_pending(conn: &Connection, creates: &[PendingCreate]) -> Result<(), St
 fn store_create_batches(
     conn: &Connection,
     batches: &[PendingCreateBatch],
-    cleared: &[i64],
+    cleared: &[(i64, i64)],
 ) -> Result<(), StateError> {
     const ACTION: &str = "storing creates about to be sent";
     for batch in batches {
         let creates = crate::pending::encode_creates(batch)?;
-        conn.prepare_cached("INSERT INTO pending_create_batches (run_id, creates) VALUES (?1, ?2)")
-            .and_then(|mut stmt| stmt.execute(params![batch.run_id, creates]))
-            .map_err(sql_error(ACTION))?;
+        conn.prepare_cached(
+            "INSERT INTO pending_create_batches (run_id, part, creates) VALUES (?1, ?2, ?3)",
+        )
+        .and_then(|mut stmt| stmt.execute(params![batch.run_id, batch.part, creates]))
+        .map_err(sql_error(ACTION))?;
     }
-    for run_id in cleared {
-        conn.prepare_cached("DELETE FROM pending_create_batches WHERE run_id = ?1")
-            .and_then(|mut stmt| stmt.execute([run_id]))
+    // By part: the record of a batch sent after it stays until its creates are linked.
+    for (run_id, part) in cleared {
+        conn.prepare_cached("DELETE FROM pending_create_batches WHERE run_id = ?1 AND part = ?2")
+            .and_then(|mut stmt| stmt.execute([run_id, part]))
             .map_err(sql_error(ACTION))?;
     }
     Ok(())

@@ -412,6 +412,7 @@ mod tests {
             }],
             pending_create_batches: vec![crate::PendingCreateBatch {
                 run_id: run,
+                part: 3,
                 creates: vec![PendingCreate {
                     code: "VEND".into(),
                     side: Side::Contact,

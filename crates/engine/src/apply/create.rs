@@ -10,7 +10,7 @@ use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome, Written
 use tandem_model::{EntityKind, Fields, PackedFields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
-use super::{Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, send, write, write_all};
+use super::{Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, send, write};
 use crate::failpoint;
 use crate::plan::{AccountCreate, ContactCreate};
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
@@ -125,6 +125,16 @@ fn create_jobs<'p>(
     contacts.chain(accounts).collect()
 }
 
+/// A batch of creates sent, to link: the jobs, the fields and ids they were sent with,
+/// what each came to, and the part of the run their record was stored under.
+struct SentCreates<'j, 'p> {
+    chunk: &'j [&'j CreateJob<'p>],
+    fields: Vec<Cow<'p, Fields>>,
+    ids: Vec<Option<String>>,
+    outcomes: Vec<WriteOutcome>,
+    part: i64,
+}
+
 /// Keeps the first `cap` of `creates`; how many it let go.
 fn left_out<T>(creates: &mut Vec<T>, cap: usize) -> u64 {
     let out = creates.len().saturating_sub(cap);
@@ -137,11 +147,15 @@ fn left_out<T>(creates: &mut Vec<T>, cap: usize) -> u64 {
 
 /// `creates` as records of 20,000: one record of 180,000 held its JSON three times
 /// over while it was stored.
-fn batches_of(run_id: i64, mut creates: Vec<PendingCreate>) -> Vec<PendingCreateBatch> {
+fn batches_of(run_id: i64, part: i64, mut creates: Vec<PendingCreate>) -> Vec<PendingCreateBatch> {
     let mut batches = Vec::new();
     while !creates.is_empty() {
         let rest = creates.split_off(creates.len().min(COMMIT_EVERY));
-        batches.push(PendingCreateBatch { run_id, creates });
+        batches.push(PendingCreateBatch {
+            run_id,
+            part,
+            creates,
+        });
         creates = rest;
     }
     batches
@@ -177,14 +191,21 @@ impl Applier<'_> {
         state: &mut dyn StateStore,
         jobs: &[CreateJob<'_>],
     ) -> Result<(), EngineError> {
-        for group in Self::create_groups(jobs, self.relations.relations.len()) {
+        let groups = Self::create_groups(jobs, self.relations.relations.len());
+        // A batch's creates are linked while the next batch is sent.
+        let mut sent = None;
+        for group in &groups {
             let (connector, kind) = self.side_connector(group[0].side, group[0].relation);
             let max = (connector.capabilities().max_batch.max(1)).min(self.per_range);
             for chunk in group.chunks(max) {
-                self.create_chunk(state, &*connector, kind, chunk).await?;
+                let before = sent.take();
+                sent = Some((self.create_chunk(state, &*connector, kind, chunk, before)).await?);
             }
         }
-        Ok(())
+        match sent {
+            Some(sent) => self.link_creates(state, sent),
+            None => Ok(()),
+        }
     }
 
     /// The creates sent together: every relation's new contacts in one group, since
@@ -207,24 +228,61 @@ impl Applier<'_> {
             .collect()
     }
 
-    /// One batch of creates of one side and relation: written down, sent, settled.
-    async fn create_chunk(
+    /// One batch of creates of one side and relation: written down, then sent while
+    /// the batch `before` is linked. Returns what it sent and what each create came to.
+    async fn create_chunk<'j, 'p>(
+        &mut self,
+        state: &mut dyn StateStore,
+        connector: &dyn Connector,
+        kind: EntityKind,
+        chunk: &'j [&'j CreateJob<'p>],
+        before: Option<SentCreates<'j, 'p>>,
+    ) -> Result<SentCreates<'j, 'p>, EngineError> {
+        if self.stop.is_stopped() {
+            if let Some(before) = before {
+                self.link_creates(state, before)?;
+            }
+            return Err(EngineError::Stopped);
+        }
+        let side = chunk[0].side;
+        let fields: Vec<Cow<'p, Fields>> = chunk.iter().map(|j| j.fields.unpacked()).collect();
+        let ids = self.write_down(state, connector, kind, chunk, &fields)?;
+        failpoint::hit(&format!("before_{side}_create"));
+        let ops = (fields.iter().zip(&ids))
+            .map(|(f, id)| WriteOp::Create {
+                fields: f.as_ref().clone(),
+                id: id.clone(),
+            })
+            .collect();
+        let outcomes = self
+            .send_creates(state, connector, kind, ops, before)
+            .await?;
+        self.progress.advance(chunk.len(), "creates");
+        failpoint::hit(&format!("after_{side}_create"));
+        Ok(SentCreates {
+            chunk,
+            fields,
+            ids,
+            outcomes,
+            part: self.create_part,
+        })
+    }
+
+    /// Writes the creates of `chunk` down first, as one record of their own part: a
+    /// crash after the remote create is repaired, not repeated. Returns the id each
+    /// is sent with, where the connector lets Tandem choose it.
+    fn write_down(
         &mut self,
         state: &mut dyn StateStore,
         connector: &dyn Connector,
         kind: EntityKind,
         chunk: &[&CreateJob<'_>],
-    ) -> Result<(), EngineError> {
-        if self.stop.is_stopped() {
-            return Err(EngineError::Stopped);
-        }
+        fields: &[Cow<'_, Fields>],
+    ) -> Result<Vec<Option<String>>, EngineError> {
         let side = chunk[0].side;
-        let fields: Vec<Cow<'_, Fields>> = chunk.iter().map(|j| j.fields.unpacked()).collect();
-        // Written down first, as one record: a crash after the remote create is
-        // repaired, not repeated.
         let mut creates = Vec::with_capacity(chunk.len());
         let mut ids = Vec::with_capacity(chunk.len());
-        for (job, fields) in chunk.iter().zip(&fields) {
+        for (job, fields) in chunk.iter().zip(fields) {
             let previous = self.previous.creates.get(&job.pending_key());
             let id = record_id(previous, connector, kind);
             ids.push(id.clone());
@@ -245,31 +303,33 @@ impl Applier<'_> {
                 self.request_granted(job.code, job.source_id);
             }
         }
-        (self.batch.pending_create_batches).extend(batches_of(self.log.run_id, creates));
+        self.create_part += 1;
+        let batches = batches_of(self.log.run_id, self.create_part, creates);
+        (self.batch.pending_create_batches).extend(batches);
         self.commit(state)?;
-        failpoint::hit(&format!("before_{side}_create"));
-        let ops = (fields.iter().zip(&ids))
-            .map(|(f, id)| WriteOp::Create {
-                fields: f.as_ref().clone(),
-                id: id.clone(),
-            })
-            .collect();
-        let outcomes = self.send_creates(state, connector, kind, ops).await?;
-        self.progress.advance(chunk.len(), "creates");
-        failpoint::hit(&format!("after_{side}_create"));
-        // Stored on a helper thread a transaction at a time while the next is built;
-        // the record of the batch goes with the last, once what each create came to is
-        // stored. A crash before finds the creates linked so far done (R18).
+        Ok(ids)
+    }
+
+    /// What each create of a batch sent came to: links, hashes and log entries, stored
+    /// on a helper thread a transaction at a time while the next is built; the record
+    /// of the batch goes with the last, once what each create came to is stored. A
+    /// crash before finds the creates linked so far done (R18).
+    fn link_creates(
+        &mut self,
+        state: &mut dyn StateStore,
+        sent: SentCreates<'_, '_>,
+    ) -> Result<(), EngineError> {
+        let side = sent.chunk[0].side;
         commit_behind(state, |committer| {
-            let sent = chunk.iter().zip(&fields).zip(ids);
-            for (((job, fields), id), outcome) in sent.zip(outcomes) {
+            let creates = (sent.chunk.iter()).zip(&sent.fields).zip(sent.ids);
+            for (((job, fields), id), outcome) in creates.zip(sent.outcomes) {
                 match outcome {
                     Ok(written) => self.created(job, fields, &written),
                     Err(e) => self.create_failed(job, fields, id, &e),
                 }
                 committer.send_full(&mut self.batch)?;
             }
-            (self.batch.clear_pending_create_batches).push(self.log.run_id);
+            (self.batch.clear_pending_create_batches).push((self.log.run_id, sent.part));
             committer.send(std::mem::take(&mut self.batch))
         })?;
         failpoint::hit(&format!("after_{side}_create_commit"));
@@ -277,34 +337,42 @@ impl Applier<'_> {
     }
 
     /// Sends creates `ops`. While a connector writes them, the state's writer is idle:
-    /// the intents of the hubs the plan holds (a plan made whole holds them from the
-    /// start) are stored then, if not yet, since they need only be stored before the
-    /// updates go out (R18). The first sync at 1M stored 805,000 in 0.8 s after its
-    /// creates had gone out.
+    /// the batch sent `before` is linked, then the intents of the hubs the plan holds
+    /// (a plan made whole holds them from the start) are stored, if not yet, since they
+    /// need only be stored before the updates go out (R18). The first sync at 1M stored
+    /// 805,000 in 0.8 s after its creates had gone out.
     async fn send_creates(
         &mut self,
         state: &mut dyn StateStore,
         connector: &dyn Connector,
         kind: EntityKind,
         ops: Vec<WriteOp>,
+        before: Option<SentCreates<'_, '_>>,
     ) -> Result<Vec<WriteOutcome>, EngineError> {
-        if self.intents_stored || self.plan.hubs.is_empty() {
-            return write_all(state, connector, kind, ops).await;
-        }
         state.confirm_lease()?;
         let mut sending = std::pin::pin!(send(connector, kind, ops));
         // Runs until the first wait (a file connector writes on a thread of its own).
         let begun = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
-        let stored =
-            write::commit_intents(state, &self.plan.hubs, self.relations, &self.log, self.part);
+        let linked = match before {
+            Some(before) => self.link_creates(state, before),
+            None => Ok(()),
+        };
+        let intents = !self.intents_stored && !self.plan.hubs.is_empty() && linked.is_ok();
+        let stored = match intents {
+            true => write::commit_intents(state, &self.plan.hubs, self.relations, &self.log, 0),
+            false => Ok(()),
+        };
         let outcomes = match begun {
             Poll::Ready(outcomes) => outcomes,
             Poll::Pending => sending.await,
         };
         // Its creates are written down: the next run finds them again (R18).
+        linked?;
         stored?;
-        self.intents_stored = true;
-        failpoint::hit("after_intent_commit");
+        if intents {
+            self.intents_stored = true;
+            failpoint::hit("after_intent_commit");
+        }
         Ok(outcomes)
     }
 
@@ -319,8 +387,7 @@ impl Applier<'_> {
         let created = |read: &ScopeRead| match_keys(fields, &read.key_fields);
         let (contact_id, account_id, contact_version, account_version) = match job.side {
             Side::Contact => {
-                self.accounts[r].settle(job.source_id);
-                let read = self.accounts[r].hashes.get(job.source_id).copied();
+                let read = self.accounts[r].settle(job.source_id);
                 let (scope, keys) = (self.contacts.scope.clone(), created(&self.contacts));
                 (self.batch).set_hash_with_keys(scope, written.id.clone(), new_hash, keys);
                 let scope = self.accounts[r].scope.clone();
@@ -485,12 +552,12 @@ mod tests {
             record_id: None,
         };
         let creates: Vec<PendingCreate> = (0..2 * COMMIT_EVERY + 1).map(create).collect();
-        let batches = batches_of(7, creates.clone());
+        let batches = batches_of(7, 2, creates.clone());
         let sizes: Vec<usize> = batches.iter().map(|b| b.creates.len()).collect();
         assert_eq!(sizes, [COMMIT_EVERY, COMMIT_EVERY, 1]);
-        assert!(batches.iter().all(|b| b.run_id == 7));
+        assert!(batches.iter().all(|b| (b.run_id, b.part) == (7, 2)));
         let back: Vec<PendingCreate> = batches.into_iter().flat_map(|b| b.creates).collect();
         assert_eq!(back, creates);
-        assert!(batches_of(7, Vec::new()).is_empty());
+        assert!(batches_of(7, 2, Vec::new()).is_empty());
     }
 }

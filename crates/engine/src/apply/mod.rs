@@ -114,6 +114,10 @@ struct Applier<'e> {
     /// whole, then one per range (`IntentBatch::part`), so that a range's links
     /// clear its own intents and not those of the range sent after it.
     part: i64,
+    /// The part of the run whose creates were written down last
+    /// (`PendingCreateBatch::part`), one per batch: a batch's record is cleared once
+    /// its creates are linked, while the next batch's is kept.
+    create_part: i64,
     /// A range's hubs in a run in ranges, else `usize::MAX`: how many hubs the report
     /// shows at most, and how many creates go per call at most, so that the create
     /// step holds no more than a range does (a budget's run at 10M took 4.6 GB over
@@ -225,6 +229,7 @@ pub(crate) async fn apply(
         per_range: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
         intents_stored: false,
         part: 0,
+        create_part: 0,
     };
     info!(run = run_id, "applying");
     // The writes known now: the head's, and the hubs' of a plan made whole; each range
@@ -483,20 +488,10 @@ fn batch_len(batch: &StateBatch) -> usize {
 
 /// Writes `ops`, turning an error for the whole call into one error per op.
 ///
-/// Asks the state first whether this process still holds it: a worker that stalled
-/// past its lease and was taken over stops here, before its write could undo the
-/// newer holder's (the run ends as after a crash; R18 recovers its intents).
-async fn write_all(
-    state: &dyn StateStore,
-    connector: &dyn Connector,
-    kind: EntityKind,
-    ops: Vec<WriteOp>,
-) -> Result<Vec<WriteOutcome>, EngineError> {
-    state.confirm_lease()?;
-    Ok(send(connector, kind, ops).await)
-}
-
-/// [`write_all`] once the lease is confirmed: borrows no state, so that the state can
+/// The caller asks the state first whether this process still holds it
+/// (`StateStore::confirm_lease`): a worker that stalled past its lease and was taken
+/// over stops there, before its write could undo the newer holder's (the run ends as
+/// after a crash; R18 recovers its intents). Borrows no state, so that the state can
 /// be written while the connector writes.
 async fn send(connector: &dyn Connector, kind: EntityKind, ops: Vec<WriteOp>) -> Vec<WriteOutcome> {
     let n = ops.len();

@@ -51,6 +51,8 @@ struct Versions {
     account_written: bool,
     contact_failed: bool,
     account_failed: bool,
+    /// The hash of the account's match keys as read, if it was.
+    account_keys: Option<u64>,
 }
 
 impl Applier<'_> {
@@ -102,7 +104,7 @@ impl Applier<'_> {
         }
         self.log_conflicts(hub);
         for (p, pair) in hub.pairs.iter().enumerate() {
-            self.accounts[pair.relation].settle(&pair.account_id);
+            let read = self.accounts[pair.relation].settle(&pair.account_id);
             let account_result = outcomes.accounts[outcomes.pair_offsets[h] + p].take();
             let (account_error, account_version) =
                 error_and_version(account_result.as_ref(), &pair.account_version);
@@ -112,6 +114,7 @@ impl Applier<'_> {
                 account_written: account_result.is_some(),
                 contact_failed: contact_error.is_some(),
                 account_failed: account_error.is_some(),
+                account_keys: read.map(|seen| seen.keys),
             };
             match (account_error, &contact_error) {
                 (None, None) => self.pair_done(hub, pair, written),
@@ -179,11 +182,7 @@ impl Applier<'_> {
             (None, true) => Some(WRITTEN_UNREAD),
             (None, false) => None,
         };
-        let keys = self.accounts[pair.relation]
-            .hashes
-            .get(&pair.account_id)
-            .map(|seen| seen.keys);
-        match (hash, keys) {
+        match (hash, written.account_keys) {
             (Some(hash), Some(keys)) => {
                 let id = pair.account_id.clone();
                 self.batch.set_hash_with_keys(scope, id, hash, keys);
@@ -377,7 +376,7 @@ impl Applier<'_> {
         version: &Option<String>,
         failed: bool,
     ) {
-        self.contacts.settle(&hub.contact_id);
+        let read = self.contacts.settle(&hub.contact_id);
         let waiting = hub.conflicts.iter().any(|c| c.winner == Winner::Manual);
         for conflict in hub.conflicts.iter().filter(|c| c.winner == Winner::Manual) {
             for (code, account_id, _) in &conflict.accounts {
@@ -395,9 +394,9 @@ impl Applier<'_> {
             (_, true) => Some(RECHECK),
             (Some(after), false) => Some(record_hash_of(after, version.as_deref())),
             (None, false) if written => Some(WRITTEN_UNREAD),
-            (None, false) => self.contacts.hashes.get(&hub.contact_id).map(|s| s.hash),
+            (None, false) => read.map(|seen| seen.hash),
         };
-        let keys = self.contacts.hashes.get(&hub.contact_id).map(|s| s.keys);
+        let keys = read.map(|seen| seen.keys);
         let scope = self.contacts.scope.clone();
         let id = hub.contact_id.clone();
         match (hash, keys) {

@@ -88,7 +88,7 @@ pub(super) struct Sends<'a> {
     progress: Arc<Applying>,
     started: Instant,
     /// Asks the state whether this process still holds it, before each call
-    /// ([`super::write_all`]).
+    /// ([`super::send`]).
     lease: &'a dyn Fn() -> Result<(), StateError>,
 }
 

@@ -164,11 +164,12 @@ impl Seen {
 
 impl ScopeRead {
     /// Marks record `id`'s hash as settled by the run's outcome ([`Seen::settled`]);
-    /// a record not read has nothing to mark.
-    pub(crate) fn settle(&mut self, id: &str) {
-        if let Some(seen) = self.hashes.get_mut(id) {
-            seen.settled = true;
-        }
+    /// a record not read has nothing to mark. Returns what was read of it: one lookup
+    /// among a million for both (a first sync settles every record).
+    pub(crate) fn settle(&mut self, id: &str) -> Option<Seen> {
+        let seen = self.hashes.get_mut(id)?;
+        seen.settled = true;
+        Some(*seen)
     }
 }
 

@@ -28,14 +28,16 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (9, MIGRATION_9_CREATE_BATCHES),
     (10, MIGRATION_10_HASH_PAGES),
     (11, MIGRATION_11_CREATED_IDS),
-    (12, MIGRATION_12_INTENT_PARTS),
+    (12, MIGRATION_12_BATCH_PARTS),
 ];
 
-/// The part of its run an intent batch belongs to (R18): a run in ranges clears each
-/// range's batches alone, while the next range's are stored. Batches stored before are
-/// part 0.
-const MIGRATION_12_INTENT_PARTS: &str =
-    "ALTER TABLE intent_batches ADD COLUMN part BIGINT NOT NULL DEFAULT 0;";
+/// The part of its run an intent batch or a create batch belongs to (R18): a run
+/// clears each part's batches alone, while the next part's are stored. Batches stored
+/// before are part 0.
+const MIGRATION_12_BATCH_PARTS: &str = "
+ALTER TABLE intent_batches ADD COLUMN part BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE pending_create_batches ADD COLUMN part BIGINT NOT NULL DEFAULT 0;
+";
 
 /// The id a create was sent with, where its connector lets Tandem choose it (R18).
 const MIGRATION_11_CREATED_IDS: &str = "ALTER TABLE pending_creates ADD COLUMN record_id TEXT;";

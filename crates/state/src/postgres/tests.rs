@@ -873,6 +873,7 @@ fn a_version_8_state_is_migrated_and_keeps_its_rows() {
         .pending_create_batches
         .push(crate::PendingCreateBatch {
             run_id: 2,
+            part: 0,
             creates: vec![retried.clone()],
         });
     state.commit(batch).unwrap();

@@ -857,23 +857,32 @@ async fn upsert_pending(
 async fn store_create_batches(
     tx: &mut PgConnection,
     batches: &[PendingCreateBatch],
-    cleared: &[i64],
+    cleared: &[(i64, i64)],
 ) -> Result<(), StateError> {
     const ACTION: &str = "storing creates about to be sent";
     for batch in batches {
-        sqlx::query("INSERT INTO pending_create_batches (run_id, creates) VALUES ($1, $2)")
-            .bind(batch.run_id)
-            .bind(crate::pending::encode_creates(batch)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg(ACTION))?;
+        sqlx::query(
+            "INSERT INTO pending_create_batches (run_id, part, creates) VALUES ($1, $2, $3)",
+        )
+        .bind(batch.run_id)
+        .bind(batch.part)
+        .bind(crate::pending::encode_creates(batch)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg(ACTION))?;
     }
+    // By part: the record of a batch sent after it stays until its creates are linked.
     if !cleared.is_empty() {
-        sqlx::query("DELETE FROM pending_create_batches WHERE run_id = ANY($1::bigint[])")
-            .bind(cleared)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg(ACTION))?;
+        sqlx::query(
+            "DELETE FROM pending_create_batches b
+             USING unnest($1::bigint[], $2::bigint[]) AS c (run_id, part)
+             WHERE b.run_id = c.run_id AND b.part = c.part",
+        )
+        .bind(cleared.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(cleared.iter().map(|c| c.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await
+        .map_err(pg(ACTION))?;
     }
     Ok(())
 }

@@ -1547,6 +1547,60 @@ both_stores!(
     }
 );
 
+// A run stores the record of its next batch of creates while the batch before is
+// being linked: that commit clears its own part, and the next batch's record stays,
+// read as pending creates and made pending rows by the next run if this one is cut
+// short (R18): the creates it sent are found again, not sent twice.
+both_stores!(
+    r18_create_batches_are_cleared_by_part_and_a_later_part_stays,
+    |place| {
+        let mut state = place.open();
+        let batch = |part, creates| PendingCreateBatch {
+            run_id: 7,
+            part,
+            creates,
+        };
+        let second = pending("CUST", "contact", "K2");
+        commit(
+            &mut *state,
+            StateBatch {
+                pending_create_batches: vec![
+                    batch(1, vec![pending("CUST", "contact", "K1")]),
+                    batch(2, vec![second.clone()]),
+                ],
+                ..StateBatch::default()
+            },
+        );
+        // Batch 1's creates are linked and its record cleared; batch 2's stays. A pair
+        // with no batch changes nothing.
+        commit(
+            &mut *state,
+            StateBatch {
+                clear_pending_create_batches: vec![(7, 1), (8, 2)],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(state.pending_creates().unwrap(), vec![second.clone()]);
+        // Cut short: the next run makes batch 2's record pending rows.
+        drop(state);
+        let mut state = place.open();
+        state.unpack_intents().unwrap();
+        assert_eq!(state.pending_creates().unwrap(), vec![second.clone()]);
+        commit(
+            &mut *state,
+            StateBatch {
+                clear_pending_create_batches: vec![(7, 2)],
+                ..StateBatch::default()
+            },
+        );
+        assert_eq!(
+            state.pending_creates().unwrap(),
+            vec![second],
+            "rows by now"
+        );
+    }
+);
+
 // A run in ranges stores the intents of range k+1 while the links of range k are
 // still being stored: range k's commit clears its own part, and range k+1's intents
 // stay, read as links and taken up by the next run if this one is cut short (R18).
@@ -2110,6 +2164,7 @@ both_stores!(
             StateBatch {
                 pending_create_batches: vec![PendingCreateBatch {
                     run_id: 5,
+                    part: 1,
                     creates: sending.clone(),
                 }],
                 ..StateBatch::default()
@@ -2125,7 +2180,7 @@ both_stores!(
         commit(
             &mut *state,
             StateBatch {
-                clear_pending_create_batches: vec![5],
+                clear_pending_create_batches: vec![(5, 1)],
                 ..StateBatch::default()
             },
         );
@@ -2139,6 +2194,7 @@ both_stores!(
             StateBatch {
                 pending_create_batches: vec![PendingCreateBatch {
                     run_id: 6,
+                    part: 0,
                     creates: sending,
                 }],
                 ..StateBatch::default()
@@ -2149,7 +2205,7 @@ both_stores!(
         commit(
             &mut *state,
             StateBatch {
-                clear_pending_create_batches: vec![6],
+                clear_pending_create_batches: vec![(6, 0)],
                 delete_pending: vec![("VEND".into(), Side::Account, "C3".into())],
                 ..StateBatch::default()
             },
@@ -2238,6 +2294,7 @@ fn migration_9_keeps_every_link_log_entry_conflict_unlink_and_pending_create_of_
         StateBatch {
             pending_create_batches: vec![PendingCreateBatch {
                 run_id: 5,
+                part: 0,
                 creates: vec![retried.clone()],
             }],
             ..StateBatch::default()
