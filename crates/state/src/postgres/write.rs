@@ -872,18 +872,45 @@ async fn store_create_batches(
         .map_err(pg(ACTION))?;
     }
     // By part: the record of a batch sent after it stays until its creates are linked.
-    if !cleared.is_empty() {
-        sqlx::query(
+    clear_parts(tx, BatchTable::Creates, cleared, ACTION).await
+}
+
+/// The tables of batches a run stores by part (R18).
+#[derive(Clone, Copy)]
+enum BatchTable {
+    Intents,
+    Creates,
+}
+
+/// Deletes the batches of `table` of each (run, part) in `cleared`: the batches of a
+/// run's other parts stay until their own commit clears them.
+async fn clear_parts(
+    tx: &mut PgConnection,
+    table: BatchTable,
+    cleared: &[(i64, i64)],
+    action: &'static str,
+) -> Result<(), StateError> {
+    if cleared.is_empty() {
+        return Ok(());
+    }
+    let sql = match table {
+        BatchTable::Intents => {
+            "DELETE FROM intent_batches b
+             USING unnest($1::bigint[], $2::bigint[]) AS c (run_id, part)
+             WHERE b.run_id = c.run_id AND b.part = c.part"
+        }
+        BatchTable::Creates => {
             "DELETE FROM pending_create_batches b
              USING unnest($1::bigint[], $2::bigint[]) AS c (run_id, part)
-             WHERE b.run_id = c.run_id AND b.part = c.part",
-        )
+             WHERE b.run_id = c.run_id AND b.part = c.part"
+        }
+    };
+    sqlx::query(sql)
         .bind(cleared.iter().map(|c| c.0).collect::<Vec<_>>())
         .bind(cleared.iter().map(|c| c.1).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
-        .map_err(pg(ACTION))?;
-    }
+        .map_err(pg(action))?;
     Ok(())
 }
 
@@ -985,20 +1012,8 @@ async fn store_intent_batches(
         .await
         .map_err(pg(ACTION))?;
     }
-    if !cleared.is_empty() {
-        // By part: the batches of the run's later parts stay until their links are stored.
-        sqlx::query(
-            "DELETE FROM intent_batches b
-             USING unnest($1::bigint[], $2::bigint[]) AS c (run_id, part)
-             WHERE b.run_id = c.run_id AND b.part = c.part",
-        )
-        .bind(cleared.iter().map(|c| c.0).collect::<Vec<_>>())
-        .bind(cleared.iter().map(|c| c.1).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await
-        .map_err(pg(ACTION))?;
-    }
-    Ok(())
+    // By part: the batches of the run's later parts stay until their links are stored.
+    clear_parts(tx, BatchTable::Intents, cleared, ACTION).await
 }
 
 async fn set_companies(
