@@ -3,9 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tandem_connector::Connector;
 use tandem_connector::memory::MemoryConnector;
+use tandem_connector::{
+    Capabilities, Connector, ConnectorError, Cursor, Page, WriteOp, WriteOutcome,
+};
 use tandem_engine::{
     ContactsConfig, Engine, EngineError, MatchTier, RelationConfig, Relations, StopFlag, SyncConfig,
 };
@@ -115,6 +118,114 @@ async fn a_stop_asked_for_before_the_writes_writes_nothing_and_the_next_run_does
         Some(Value::from("+32 9"))
     );
     assert_eq!(w.crm.all(EntityKind::Contact).len(), 3);
+    assert_eq!(w.engine().sync().await.unwrap().writes, 0);
+}
+
+/// A connector that asks the run to stop once its `nth` write call is made.
+#[derive(Debug)]
+struct StopAtWrite {
+    inner: Arc<MemoryConnector>,
+    stop: StopFlag,
+    nth: usize,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Connector for StopAtWrite {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn check(&self) -> Result<(), ConnectorError> {
+        self.inner.check().await
+    }
+
+    async fn read(
+        &self,
+        kind: EntityKind,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page, ConnectorError> {
+        self.inner.read(kind, cursor).await
+    }
+
+    async fn write(
+        &self,
+        kind: EntityKind,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOutcome>, ConnectorError> {
+        let written = self.inner.write(kind, ops).await;
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
+            self.stop.stop();
+        }
+        written
+    }
+}
+
+/// In ranges of one hub, a range's links are stored while the next range's updates go
+/// out. A stop asked for during range 2's updates: range 1 is stored, its intents
+/// cleared; ranges 2 and 3 keep theirs (range 3's stored ahead, while range 2's
+/// updates went out), and the next run finishes both (R18).
+#[tokio::test]
+async fn r18_a_stop_while_a_range_is_sent_stores_the_range_before_and_keeps_the_intents_after() {
+    let mut w = world();
+    w.linked().await;
+    w.crm
+        .put(EntityKind::Contact, "C3", company("Gamma", "BE03", "+32 3"));
+    w.erp.put(
+        EntityKind::Customer,
+        "K3",
+        company("Gamma", "BE03", "+32 3"),
+    );
+    w.engine().sync().await.unwrap();
+    for (id, vat, name) in [
+        ("K1", "BE01", "Acme"),
+        ("K2", "BE02", "Beta"),
+        ("K3", "BE03", "Gamma"),
+    ] {
+        w.erp
+            .put(EntityKind::Customer, id, company(name, vat, "+32 9"));
+    }
+    let stop = StopFlag::new();
+    let crm = Arc::new(StopAtWrite {
+        inner: w.crm.clone(),
+        stop: stop.clone(),
+        nth: 2,
+        calls: AtomicUsize::new(0),
+    });
+    let mut connectors: HashMap<String, Arc<dyn Connector>> = HashMap::new();
+    connectors.insert("crm".into(), crm);
+    connectors.insert("erp".into(), w.erp.clone());
+    let mut engine = Engine::new(w.relations.clone(), connectors, w.state.as_mut()).unwrap();
+    engine.set_hubs_per_range(1);
+    engine.set_stop_flag(stop);
+    assert!(matches!(engine.sync().await, Err(EngineError::Stopped)));
+    drop(engine);
+    let phones: Vec<Option<Value>> = ["C1", "C2", "C3"]
+        .iter()
+        .map(|id| phone(&w.crm, EntityKind::Contact, id))
+        .collect();
+    let (new, old) = (Some(Value::from("+32 9")), Some(Value::from("+32 3")));
+    assert_eq!(
+        phones,
+        [new.clone(), new.clone(), old],
+        "ranges 1 and 2 sent"
+    );
+    let intents: Vec<String> = (w.state.links_with_intent().unwrap().into_iter())
+        .map(|l| l.contact_id)
+        .collect();
+    assert_eq!(
+        intents,
+        ["C2", "C3"],
+        "range 1's intents cleared, not the others'"
+    );
+
+    w.engine().sync().await.unwrap();
+    let phones: Vec<Option<Value>> = ["C1", "C2", "C3"]
+        .iter()
+        .map(|id| phone(&w.crm, EntityKind::Contact, id))
+        .collect();
+    assert_eq!(phones, [new.clone(), new.clone(), new]);
+    assert!(w.state.links_with_intent().unwrap().is_empty());
     assert_eq!(w.engine().sync().await.unwrap().writes, 0);
 }
 
