@@ -107,8 +107,9 @@ struct Applier<'e> {
     reported: HubRange,
     /// Hubs carried out and not in `reported`.
     hubs_left_out: u64,
-    /// Whether the intents of the hubs in the plan are stored already: a plan made
-    /// whole stores them while its creates are sent (`create::send_creates`).
+    /// Whether the intents of the hubs to carry out next are stored already: a plan
+    /// made whole stores them while its creates are sent (`create::send_creates`), a
+    /// run in ranges while the range before is sent (`Applier::between_sends`).
     intents_stored: bool,
     /// The part of the run whose intents were stored last: 0 for those of a plan made
     /// whole, then one per range (`IntentBatch::part`), so that a range's links
