@@ -10,7 +10,9 @@ use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome, Written
 use tandem_model::{EntityKind, Fields, PackedFields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
-use super::{Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, send, write};
+use super::{
+    Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, finish, poll_once, send, write,
+};
 use crate::failpoint;
 use crate::plan::{AccountCreate, ContactCreate};
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
@@ -352,7 +354,7 @@ impl Applier<'_> {
         state.confirm_lease()?;
         let mut sending = std::pin::pin!(send(connector, kind, ops));
         // Runs until the first wait (a file connector writes on a thread of its own).
-        let begun = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+        let begun = poll_once(sending.as_mut(), Poll::Pending).await;
         let linked = match before {
             Some(before) => self.link_creates(state, before),
             None => Ok(()),
@@ -362,10 +364,7 @@ impl Applier<'_> {
             true => write::commit_intents(state, &self.plan.hubs, self.relations, &self.log, 0),
             false => Ok(()),
         };
-        let outcomes = match begun {
-            Poll::Ready(outcomes) => outcomes,
-            Poll::Pending => sending.await,
-        };
+        let outcomes = finish(sending, begun).await;
         // Its creates are written down: the next run finds them again (R18).
         linked?;
         stored?;
