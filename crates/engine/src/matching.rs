@@ -71,26 +71,26 @@ impl<R: RecordView + ?Sized> Found<'_, R> {
     }
 }
 
-/// Matches `contacts` against `accounts` (both unlinked under `code`).
-pub fn match_records<'p, R: RecordView + ?Sized>(
+/// Matches `contacts` against `accounts` (both unlinked under `code`), making the keys
+/// on `threads` threads.
+pub fn match_records<'p, R: RecordView + Sync + ?Sized>(
     code: &str,
     tiers: &[Tier],
-    contacts: &[&'p R],
-    accounts: &[&'p R],
+    (contacts, accounts): (&[&'p R], &[&'p R]),
+    threads: usize,
 ) -> MatchOutcome<'p> {
     let mut contact_open = vec![true; contacts.len()];
     let mut account_open = vec![true; accounts.len()];
     let mut outcome = MatchOutcome::default();
-    let mut buf = String::new();
     // (contact, account, tier) by position in the pools.
     let mut matches: Vec<(u32, u32, usize)> = Vec::new();
 
     for (t, tier) in tiers.iter().enumerate() {
-        let contact_keys = keys_of(tier, contacts, &contact_open, &mut buf);
+        let contact_keys = keys_of(tier, contacts, &contact_open, threads);
         if contact_keys.is_empty() {
             continue;
         }
-        let account_keys = keys_of(tier, accounts, &account_open, &mut buf);
+        let account_keys = keys_of(tier, accounts, &account_open, threads);
         for (cs, accs) in common_keys(&contact_keys, &account_keys) {
             for &(_, c) in cs {
                 contact_open[c as usize] = false;
@@ -139,19 +139,36 @@ type Keyed = (u128, u32);
 /// sorted: records that share a key lie together, in position order. Sorted, not
 /// gathered in a map of a vector per key: a tier of a million records made a million
 /// vectors, and grew faster than the records did (10M took 11x the time of 1M).
-fn keys_of<R: RecordView + ?Sized>(
+///
+/// One part of the pool per thread, each sorted on its thread: normalising the keys
+/// is most of matching a first sync, and the larger relation's matching used to hold
+/// one core alone once the smaller one was done. The sorted parts are merged by a
+/// stable sort, which takes sorted runs as they are; keys are unique by position, so
+/// the order is the one a single thread gives.
+fn keys_of<R: RecordView + Sync + ?Sized>(
     tier: &Tier,
     pool: &[&R],
     open: &[bool],
-    buf: &mut String,
+    threads: usize,
 ) -> Vec<Keyed> {
-    let mut keys = Vec::new();
-    for (i, record) in pool.iter().enumerate() {
-        if open[i] && key(tier, record, buf) {
-            keys.push((hash(buf), i as u32));
+    let part_len = pool.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<usize> = (0..pool.len()).step_by(part_len).collect();
+    let sorted_parts = crate::parallel::map_parts(&parts, threads, |starts| {
+        let mut buf = String::new();
+        let mut keys = Vec::new();
+        for &start in starts {
+            let end = (start + part_len).min(pool.len());
+            for i in start..end {
+                if open[i] && key(tier, pool[i], &mut buf) {
+                    keys.push((hash(&buf), i as u32));
+                }
+            }
         }
-    }
-    keys.sort_unstable();
+        keys.sort_unstable();
+        keys
+    });
+    let mut keys = sorted_parts.concat();
+    keys.sort();
     keys
 }
 
@@ -401,7 +418,10 @@ mod tests {
         for case in cases {
             let contacts: Vec<&Record> = case.contacts.iter().collect();
             let accounts: Vec<&Record> = case.accounts.iter().collect();
-            let out = match_records("CUST", &case.tiers, &contacts, &accounts);
+            let out = match_records("CUST", &case.tiers, (&contacts, &accounts), 1);
+            // Keys made on several threads match as on one.
+            let on_threads = match_records("CUST", &case.tiers, (&contacts, &accounts), 3);
+            assert_eq!(on_threads, out, "{} on 3 threads", case.name);
             assert_eq!(out.matches, case.matches, "{}", case.name);
             let ambiguous: Vec<_> = out
                 .ambiguous
@@ -429,8 +449,11 @@ mod tests {
         let out = match_records(
             "CUST",
             &tiers,
-            &contacts.iter().collect::<Vec<_>>(),
-            &accounts.iter().collect::<Vec<_>>(),
+            (
+                &contacts.iter().collect::<Vec<_>>(),
+                &accounts.iter().collect::<Vec<_>>(),
+            ),
+            1,
         );
         assert!(out.matches.is_empty());
         assert_eq!(out.ambiguous.len(), 1);
@@ -451,8 +474,11 @@ mod tests {
         let out = match_records(
             "CUST",
             &[exact],
-            &contacts.iter().collect::<Vec<_>>(),
-            &accounts.iter().collect::<Vec<_>>(),
+            (
+                &contacts.iter().collect::<Vec<_>>(),
+                &accounts.iter().collect::<Vec<_>>(),
+            ),
+            1,
         );
         assert!(out.matches.is_empty());
     }
@@ -463,8 +489,11 @@ mod tests {
         let out = match_records(
             "CUST",
             &[tier],
-            &contacts.iter().collect::<Vec<_>>(),
-            &accounts.iter().collect::<Vec<_>>(),
+            (
+                &contacts.iter().collect::<Vec<_>>(),
+                &accounts.iter().collect::<Vec<_>>(),
+            ),
+            1,
         );
         out.matches == vec![("C1", "K1", 1)]
     }
@@ -644,11 +673,12 @@ mod tests {
             fn r4_matching_finds_what_grouping_by_key_finds(
                 contacts in records(EntityKind::Contact, "C"),
                 accounts in records(EntityKind::Customer, "K"),
+                threads in 1..4usize,
             ) {
                 let tiers = [tier(&["vat_registration_no"]), tier(&["email"]), tier(&["name"])];
                 let (cs, accs): (Vec<&Record>, Vec<&Record>) =
                     (contacts.iter().collect(), accounts.iter().collect());
-                let out = match_records("CUST", &tiers, &cs, &accs);
+                let out = match_records("CUST", &tiers, (&cs, &accs), threads);
                 let mut matches: Vec<(String, String, usize)> = (out.matches.iter())
                     .map(|(c, a, t)| (c.to_string(), a.to_string(), *t))
                     .collect();

@@ -18,13 +18,15 @@ use crate::row::{Row, RowBuilder, TooLong};
 use crate::table::{self, Table, TextStyle, version_of};
 
 mod journal;
+mod journaled;
 mod splice;
 mod stream;
 #[cfg(test)]
 mod testgen;
 
 pub(crate) use journal::{Journal, path_of as journal_path, recover};
-pub(crate) use splice::{RowIndex, Splice, write as splice, write_journaled};
+pub(crate) use journaled::write_journaled;
+pub(crate) use splice::{RowIndex, Splice, write as splice};
 pub(crate) use stream::write as stream;
 
 /// A file a write saved: the fingerprint of its bytes and where its rows start.

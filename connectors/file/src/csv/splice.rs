@@ -18,7 +18,6 @@ use csv::{ReaderBuilder, StringRecord};
 use tandem_connector::{ConnectorError, WriteOp, WriteOutcome};
 use tandem_model::EntityKind;
 
-use super::journal::{self, Appended, Journal, Tag};
 use super::{Column, CsvTable, Layout, TOO_LONG, line_error, read_exact_at};
 use crate::atomic::Fingerprinting;
 use crate::id_index::IdIndex;
@@ -43,7 +42,7 @@ pub(crate) struct RowIndex {
 }
 
 impl RowIndex {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.ids.len()
     }
 
@@ -150,7 +149,7 @@ fn write_any(
     index: &RowIndex,
     ops: Vec<WriteOp>,
 ) -> Result<Splice, ConnectorError> {
-    let Some(mut spliced) = Spliced::of_file(path, kind, index, None, &ops)? else {
+    let Some(mut spliced) = Spliced::of_file(path, kind, index, &ops)? else {
         return Ok(Splice::NotHere(ops));
     };
     let (outcomes, changed) = table::apply(&mut spliced, kind, ops);
@@ -161,39 +160,8 @@ fn write_any(
     Ok(Splice::Done(outcomes, saved))
 }
 
-/// Applies `ops` to the file at `path`, which is as `journal` found it, by adding the
-/// rows they write to the journal; the ops back when it cannot take them (a row it
-/// holds, or as for [`write`]). On an error the journal may hold part of the write,
-/// and must be folded as one a stopped process left.
-pub(crate) fn write_journaled(
-    path: &Path,
-    kind: EntityKind,
-    journal: &mut Journal,
-    ops: Vec<WriteOp>,
-) -> Result<Splice, ConnectorError> {
-    let (outcomes, appended) = {
-        let shared: &Journal = journal;
-        let index = shared.index();
-        let Some(mut spliced) = Spliced::of_file(path, kind, index, Some(shared), &ops)? else {
-            return Ok(Splice::NotHere(ops));
-        };
-        if spliced.touches_journal() {
-            return Ok(Splice::NotHere(ops));
-        }
-        let (outcomes, changed) = table::apply(&mut spliced, kind, ops);
-        let appended = changed.then(|| spliced.write_journal(shared)).transpose();
-        let journal_path = journal::path_of(path);
-        let write_error = |e| crate::error::FileError::write(&journal_path, &journal_path, e);
-        (outcomes, appended.map_err(write_error)?)
-    };
-    if let Some(appended) = appended {
-        journal.appended(appended);
-    }
-    Ok(Splice::Done(outcomes, None))
-}
-
 /// Whether every field `ops` set has a column already: a new column changes every row.
-fn fits_columns(layout: &Layout, ops: &[WriteOp]) -> bool {
+pub(super) fn fits_columns(layout: &Layout, ops: &[WriteOp]) -> bool {
     let has = |name: &tandem_model::FieldName| {
         (layout.columns.iter()).any(|c: &Column| c.field() == Some(name))
     };
@@ -223,14 +191,6 @@ struct Spliced<'i> {
     row_of: Vec<usize>,
     /// Rows of the file that are in `touched`, by their number.
     parsed: BTreeMap<usize, usize>,
-    /// The hash of the cells of each row parsed as the file has it (its version), in
-    /// the order of `touched`.
-    base: Vec<u64>,
-    /// The journal the write goes to, whose new ids are taken.
-    journal: Option<&'i Journal>,
-    /// With a journal, the bytes of each row parsed as the file has it, in the order
-    /// of `touched`: the journal keeps them beside the row written.
-    was: Vec<Vec<u8>>,
     /// One CSV reader for every row parsed, fed each row's bytes: building a reader
     /// per row was a third of a first sync's CPU when each write touched 100,000 rows.
     reader: csv::Reader<io::Cursor<Vec<u8>>>,
@@ -243,7 +203,6 @@ impl<'i> Spliced<'i> {
         path: &Path,
         kind: EntityKind,
         index: &'i RowIndex,
-        journal: Option<&'i Journal>,
         ops: &[WriteOp],
     ) -> Result<Option<Spliced<'i>>, ConnectorError> {
         if index.starts.len() != index.len() {
@@ -262,14 +221,14 @@ impl<'i> Spliced<'i> {
         if size.len() != index.size {
             return Ok(None);
         }
-        Spliced::open(path, file, (index, journal), layout, ops)
+        Spliced::open(path, file, index, layout, ops)
     }
 
     /// Parses the rows `ops` name; `None` when one is not where the listing found it.
     fn open(
         path: &Path,
         file: File,
-        (index, journal): (&'i RowIndex, Option<&'i Journal>),
+        index: &'i RowIndex,
         layout: Layout,
         ops: &[WriteOp],
     ) -> Result<Option<Spliced<'i>>, ConnectorError> {
@@ -282,13 +241,7 @@ impl<'i> Spliced<'i> {
                 named.insert(id.clone(), None);
             }
         }
-        if let Some(journal) = journal {
-            // Found in the journal's index of the file, made once for all its writes.
-            let all = journal.all_rows();
-            for (id, row) in &mut named {
-                *row = all.find(id, |i| index.id(i));
-            }
-        } else if !named.is_empty() {
+        if !named.is_empty() {
             for i in 0..index.len() {
                 if let Some(row @ None) = named.get_mut(index.id(i)) {
                     *row = Some(i);
@@ -304,9 +257,6 @@ impl<'i> Spliced<'i> {
             touched: CsvTable::with_capacity(path, layout, ops.len()),
             row_of: Vec::new(),
             parsed: BTreeMap::new(),
-            base: Vec::new(),
-            journal,
-            was: Vec::new(),
             reader: ReaderBuilder::new()
                 .has_headers(false)
                 .flexible(true)
@@ -328,10 +278,7 @@ impl<'i> Spliced<'i> {
         match self.named.get(id) {
             Some(&row) => row,
             None => {
-                let all = match self.journal {
-                    Some(journal) => journal.all_rows(),
-                    None => self.all.get_or_init(|| all_rows(self.index)),
-                };
+                let all = self.all.get_or_init(|| all_rows(self.index));
                 all.find(id, |i| self.index.id(i))
             }
         }
@@ -362,62 +309,10 @@ impl<'i> Spliced<'i> {
         let lens = row.as_byte_record().iter().map(<[u8]>::len);
         let row =
             Row::new(row.as_slice(), lens).map_err(|TooLong| line_error(path, 0, TOO_LONG))?;
-        let base = self.touched.layout.row_hash(&row);
-        if self.journal.is_some() {
-            self.was.push(self.reader.get_ref().get_ref().clone());
-        }
         let at = self.touched.push(row);
         self.row_of.push(i);
         self.parsed.insert(i, at);
-        self.base.push(base);
         Ok(true)
-    }
-
-    /// Whether an op names a row the journal holds (written anew, or added): the
-    /// file has it as it was, so the journal is folded first.
-    fn touches_journal(&self) -> bool {
-        let Some(journal) = self.journal else {
-            return false;
-        };
-        let added = |id: &str| self.journal_row(id).is_some();
-        (self.parsed.keys()).any(|&row| journal.holds_row(row))
-            || (self.named.iter()).any(|(id, row)| row.is_none() && added(id))
-    }
-
-    /// Whether the journal removes row `row` of the file.
-    fn journal_removes(&self, row: usize) -> bool {
-        self.journal.is_some_and(|journal| journal.removes_row(row))
-    }
-
-    /// The place in the journal of a row it adds with `id`.
-    fn journal_row(&self, id: &str) -> Option<usize> {
-        self.journal?.created_row(id)
-    }
-
-    /// Writes what the write did to `journal` as a block: each row parsed written
-    /// anew or removed, each row inserted.
-    fn write_journal(&self, journal: &Journal) -> io::Result<Appended> {
-        let layout = &self.touched.layout;
-        let (id, width) = (layout.id, layout.headers.len());
-        let mut block = journal.block()?;
-        let mut text = super::Text::new(layout.style, 0);
-        let line = |row: &Row, text: &mut super::Text| -> io::Result<Vec<u8>> {
-            text.row(row, width)?;
-            Ok(std::mem::take(&mut *text.bytes()))
-        };
-        for (&i, &at) in &self.parsed {
-            let (tag, bytes) = match &self.touched.rows[at] {
-                Some(row) => (Tag::Update, line(row, &mut text)?),
-                None => (Tag::Delete, Vec::new()),
-            };
-            let was = &self.was[at];
-            block.push(tag, (i, self.index.id(i)), (self.base[at], was), &bytes)?;
-        }
-        for row in self.touched.rows[self.parsed.len()..].iter().flatten() {
-            let bytes = line(row, &mut text)?;
-            block.push(Tag::Create, (usize::MAX, &row[id]), (0, &[]), &bytes)?;
-        }
-        block.finish()
     }
 
     /// Where row `row` (numbered as in the file) is in `touched`. Every row an op
@@ -680,11 +575,7 @@ impl Table for Spliced<'_> {
         }
         // A row of the file not parsed: live unless parsed (and then found above, or
         // removed).
-        let in_file = (self.in_file(id))
-            .filter(|&i| !self.parsed.contains_key(&i) && !self.journal_removes(i));
-        // A row the journal adds: only a create asks (a write naming one folds the
-        // journal first), to take another id, so it has no number of its own.
-        in_file.or_else(|| self.journal_row(id).map(|_| usize::MAX))
+        (self.in_file(id)).filter(|&i| !self.parsed.contains_key(&i))
     }
 
     /// In file order, as a full rewrite's table gives them (new ids continue the
@@ -692,17 +583,11 @@ impl Table for Spliced<'_> {
     fn ids(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         let id = self.touched.layout.id;
         let listed = (0..self.index.len()).filter_map(move |i| match self.parsed.get(&i) {
-            None if self.journal_removes(i) => None,
             None => Some(self.index.id(i)),
             Some(&at) => self.touched.rows[at].as_ref().map(|row| &row[id]),
         });
-        let journaled = self.journal.into_iter().flat_map(|j| j.created().iter());
         let inserted = self.touched.rows[self.parsed.len()..].iter().flatten();
-        Box::new(
-            listed
-                .chain(journaled)
-                .chain(inserted.map(move |row| &row[id])),
-        )
+        Box::new(listed.chain(inserted.map(move |row| &row[id])))
     }
 
     fn version(&self, row: usize) -> String {
@@ -738,11 +623,6 @@ impl Table for Spliced<'_> {
     fn remove(&mut self, row: usize) {
         let at = self.at(row);
         self.touched.remove(at);
-    }
-
-    fn id_allocator(&self, kind: EntityKind) -> table::IdAllocator {
-        let known = self.journal.and_then(|journal| journal.id_allocator(kind));
-        known.unwrap_or_else(|| table::IdAllocator::new(kind, self.ids()))
     }
 }
 

@@ -121,17 +121,18 @@ impl From<ConnectorError> for Stop {
     }
 }
 
-/// A write under way: the ops, and the file's layout with the columns they add.
-struct Stream<'o> {
+/// A write under way: the ops, and the file's layout with the columns they add. A
+/// write held in a journal changes its rows through it too (`journaled`).
+pub(super) struct Stream<'o> {
     path: &'o Path,
     ops: &'o [WriteOp],
-    layout: Layout,
+    pub(super) layout: Layout,
     /// The first and the last op on each id an update or delete names; `next[op]` the
     /// op after `op` on the same id, or [`LAST`].
-    rows_named: HashMap<&'o str, (usize, usize), foldhash::fast::RandomState>,
+    pub(super) rows_named: HashMap<&'o str, (usize, usize), foldhash::fast::RandomState>,
     next: Vec<usize>,
     /// The valid creates, in order.
-    creates: Vec<usize>,
+    pub(super) creates: Vec<usize>,
     /// One stamp per write, as `modified_at` is written, if the file has the column.
     stamp: Option<(Timestamp, String)>,
 }
@@ -139,7 +140,7 @@ struct Stream<'o> {
 impl<'o> Stream<'o> {
     /// Checks each op's field names (an op that fails gets its outcome here) and adds
     /// a column for each field the others set.
-    fn new(
+    pub(super) fn new(
         path: &'o Path,
         mut layout: Layout,
         ops: &'o [WriteOp],
@@ -300,6 +301,17 @@ impl<'o> Stream<'o> {
         let lens = row.as_byte_record().iter().map(<[u8]>::len);
         let row = Row::new(row.as_slice(), lens)
             .map_err(|TooLong| line_error(self.path, line, TOO_LONG))?;
+        Ok(self.apply_to(row, first, outcomes, scratch))
+    }
+
+    /// [`Stream::apply`] to a row made already.
+    pub(super) fn apply_to(
+        &self,
+        row: Row,
+        first: usize,
+        outcomes: &mut Vec<(usize, WriteOutcome)>,
+        scratch: &mut RowBuilder,
+    ) -> Fate {
         let (mut live, mut changed) = (Some(row), false);
         let mut op = first;
         while op != LAST {
@@ -308,11 +320,49 @@ impl<'o> Stream<'o> {
             outcomes.push((op, outcome));
             op = self.next[op];
         }
-        Ok(match (live, changed) {
+        match (live, changed) {
             (None, _) => Fate::Removed,
             (Some(row), true) => Fate::Written(row),
             (Some(_), false) => Fate::Kept,
-        })
+        }
+    }
+
+    /// The ops on an id no row has (from `first` on): each finds no row.
+    pub(super) fn not_found(&self, first: usize, outcomes: &mut [Option<WriteOutcome>]) {
+        let mut scratch = RowBuilder::default();
+        let mut op = first;
+        while op != LAST {
+            outcomes[op] = Some(self.apply_one(&mut None, &self.ops[op], &mut scratch));
+            op = self.next[op];
+        }
+    }
+
+    /// The row create `op` writes as `id`, and its outcome.
+    pub(super) fn create(
+        &self,
+        op: usize,
+        id: String,
+        scratch: &mut RowBuilder,
+    ) -> (Option<Row>, WriteOutcome) {
+        let WriteOp::Create { fields, .. } = &self.ops[op] else {
+            unreachable!("creates holds creates");
+        };
+        let (stamp, stamp_text) = match &self.stamp {
+            Some((at, text)) => (Some(*at), text.as_str()),
+            None => (None, ""),
+        };
+        match self.layout.new_row(&id, fields, stamp_text, scratch) {
+            Ok(row) => {
+                let version = Some(self.layout.version(&row));
+                let written = Written {
+                    version,
+                    id,
+                    modified_at: stamp,
+                };
+                (Some(row), Ok(written))
+            }
+            Err(e) => (None, Err(e)),
+        }
     }
 
     /// One update or delete of the row `live` (`None` once removed).
@@ -424,27 +474,13 @@ impl<'o> Stream<'o> {
         let mut text = self.text(creates.len() * 128);
         let mut part = Part::default();
         let mut scratch = RowBuilder::default();
-        let (stamp, stamp_text) = match &self.stamp {
-            Some((at, text)) => (Some(*at), text.as_str()),
-            None => (None, ""),
-        };
         for (&i, id) in creates.iter().zip(ids) {
-            let WriteOp::Create { fields, .. } = &self.ops[i] else {
-                unreachable!("creates holds creates");
-            };
-            let outcome = match self.layout.new_row(&id, fields, stamp_text, &mut scratch) {
-                Ok(row) => {
-                    part.rows.push(&id, 0);
-                    part.rows.starts.push(text.len());
-                    text.row(&row, self.layout.headers.len())?;
-                    Ok(Written {
-                        version: Some(self.layout.version(&row)),
-                        id,
-                        modified_at: stamp,
-                    })
-                }
-                Err(e) => Err(e),
-            };
+            let (row, outcome) = self.create(i, id, &mut scratch);
+            if let (Some(row), Ok(written)) = (row, &outcome) {
+                part.rows.push(&written.id, 0);
+                part.rows.starts.push(text.len());
+                text.row(&row, self.layout.headers.len())?;
+            }
             part.outcomes.push((i, outcome));
         }
         part.text = text.into_bytes();
@@ -473,7 +509,7 @@ fn is_line_end(byte: u8) -> bool {
 }
 
 /// What an op left of a row of the file.
-enum Fate {
+pub(super) enum Fate {
     /// As it was: its bytes are copied.
     Kept,
     Written(Row),

@@ -103,8 +103,8 @@ impl<'a> Planner<'a> {
         let mut outcome = match_records(
             &relation.code,
             &relation.tiers,
-            &pool_contacts,
-            &pool_accounts,
+            (&pool_contacts, &pool_accounts),
+            self.threads,
         );
         let apart: BTreeSet<(&str, &str)> = input
             .unlinked_pairs
