@@ -603,6 +603,14 @@ pub trait StateStore: Send {
     /// Applies `batch` in one transaction.
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError>;
 
+    /// [`StateStore::commit`], the batch given back (perhaps emptied): a caller that
+    /// commits on a helper thread drops it on the thread that made it, where freeing
+    /// its million strings costs least. At 1M, the helper thread of a first sync spent
+    /// a seventh of its time freeing the batches another thread had made.
+    fn commit_and_return(&mut self, batch: StateBatch) -> Result<StateBatch, StateError> {
+        self.commit(batch).map(|()| StateBatch::default())
+    }
+
     /// Makes the links of every stored intent batch link rows with their intents, and
     /// the creates of every stored create batch pending rows (in place of a row of the
     /// same key), in one transaction, and forgets the batches: what a run cut short left

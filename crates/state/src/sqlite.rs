@@ -966,6 +966,52 @@ impl SqliteState {
 
 const READING_LINKS: &str = "reading links";
 
+impl SqliteState {
+    /// Applies `batch` in one transaction ([`StateStore::commit`]).
+    fn commit_batch(&mut self, batch: &StateBatch) -> Result<(), StateError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // IMMEDIATE takes the write lock up front instead of failing halfway through.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_error("starting a transaction"))?;
+        delete_links(&tx, &batch.delete_links)?;
+        upsert_links(&tx, &batch.upsert_links)?;
+        delete_hashes(&tx, &batch.delete_hashes)?;
+        set_hashes(&tx, &batch.set_hashes, &batch.set_match_keys)?;
+        set_cursors(&tx, &batch.set_cursors)?;
+        set_fingerprints(&tx, &batch.set_fingerprints)?;
+        set_ambiguities(&tx, &batch.set_ambiguities)?;
+        append_interactions(&tx, &batch.interactions)?;
+        upsert_conflicts(&tx, &batch.upsert_conflicts)?;
+        resolve_conflicts(&tx, &batch.resolve_conflicts)?;
+        close_conflicts(&tx, &batch.close_conflicts)?;
+        upsert_pending(&tx, &batch.upsert_pending)?;
+        delete_pending(&tx, &batch.delete_pending)?;
+        store_create_batches(
+            &tx,
+            &batch.pending_create_batches,
+            &batch.clear_pending_create_batches,
+        )?;
+        upsert_refused(&tx, &batch.upsert_refused)?;
+        delete_by_code_and_contact(&tx, "refused_requests", &batch.delete_refused)?;
+        delete_by_code_and_contact(&tx, "pending_links", &batch.delete_pending_links)?;
+        store_intent_batches(&tx, &batch.intent_batches, &batch.clear_intent_batches)?;
+        set_companies(&tx, &batch.set_companies)?;
+        set_unlinked_pairs(&tx, &batch.unlinked_pairs)?;
+        set_contact_deleted(&tx, &batch.contact_deleted)?;
+        set_codes_lost(&tx, &batch.codes_lost)?;
+        // Any early return above drops `tx`, which rolls the whole batch back.
+        tx.commit().map_err(sql_error("committing a batch"))?;
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.nudge();
+        }
+        Ok(())
+    }
+}
+
 impl StateStore for SqliteState {
     /// The database file; for a state in memory, where the file would be.
     fn location(&self) -> String {
@@ -1424,46 +1470,11 @@ impl StateStore for SqliteState {
     /// conflict that does not exist or is closed fails the batch with
     /// [`StateError::UnknownConflict`].
     fn commit(&mut self, batch: StateBatch) -> Result<(), StateError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // IMMEDIATE takes the write lock up front instead of failing halfway through.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_error("starting a transaction"))?;
-        delete_links(&tx, &batch.delete_links)?;
-        upsert_links(&tx, &batch.upsert_links)?;
-        delete_hashes(&tx, &batch.delete_hashes)?;
-        set_hashes(&tx, &batch.set_hashes, &batch.set_match_keys)?;
-        set_cursors(&tx, &batch.set_cursors)?;
-        set_fingerprints(&tx, &batch.set_fingerprints)?;
-        set_ambiguities(&tx, &batch.set_ambiguities)?;
-        append_interactions(&tx, &batch.interactions)?;
-        upsert_conflicts(&tx, &batch.upsert_conflicts)?;
-        resolve_conflicts(&tx, &batch.resolve_conflicts)?;
-        close_conflicts(&tx, &batch.close_conflicts)?;
-        upsert_pending(&tx, &batch.upsert_pending)?;
-        delete_pending(&tx, &batch.delete_pending)?;
-        store_create_batches(
-            &tx,
-            &batch.pending_create_batches,
-            &batch.clear_pending_create_batches,
-        )?;
-        upsert_refused(&tx, &batch.upsert_refused)?;
-        delete_by_code_and_contact(&tx, "refused_requests", &batch.delete_refused)?;
-        delete_by_code_and_contact(&tx, "pending_links", &batch.delete_pending_links)?;
-        store_intent_batches(&tx, &batch.intent_batches, &batch.clear_intent_batches)?;
-        set_companies(&tx, &batch.set_companies)?;
-        set_unlinked_pairs(&tx, &batch.unlinked_pairs)?;
-        set_contact_deleted(&tx, &batch.contact_deleted)?;
-        set_codes_lost(&tx, &batch.codes_lost)?;
-        // Any early return above drops `tx`, which rolls the whole batch back.
-        tx.commit().map_err(sql_error("committing a batch"))?;
-        if let Some(checkpointer) = &self.checkpointer {
-            checkpointer.nudge();
-        }
-        Ok(())
+        self.commit_batch(&batch)
+    }
+
+    fn commit_and_return(&mut self, batch: StateBatch) -> Result<StateBatch, StateError> {
+        self.commit_batch(&batch).map(|()| batch)
     }
 
     fn unpack_intents(&mut self) -> Result<u64, StateError> {

@@ -593,16 +593,20 @@ fn commit_behind(
     build: impl FnOnce(&Committer) -> Result<(), EngineError>,
 ) -> Result<(), EngineError> {
     std::thread::scope(|scope| {
-        // One batch waits while one is committed: memory stays at three batches.
+        // One batch waits while one is committed: memory stays at three batches, and
+        // the ones committed and given back.
         let (sender, receiver) = std::sync::mpsc::sync_channel::<StateBatch>(1);
+        let (give_back, committed) = std::sync::mpsc::channel::<StateBatch>();
         // Named, so that a profile tells its time from the builder's.
         let writer = std::thread::Builder::new().name("tandem-state".to_owned());
         let writer = writer.spawn_scoped(scope, move || -> Result<(), StateError> {
             let mut busy = Duration::ZERO;
             for batch in receiver {
                 let t = std::time::Instant::now();
-                state.commit(batch)?;
+                let done = state.commit_and_return(batch)?;
                 busy += t.elapsed();
+                // Dropped by the builder, which made it; a builder gone drops it here.
+                _ = give_back.send(done);
             }
             tracing::debug!(busy_ms = busy.as_millis() as u64, "state writer");
             Ok(())
@@ -610,20 +614,27 @@ fn commit_behind(
         // As `scope.spawn` would: a process that cannot start a thread cannot run.
         let writer = writer.expect("the system could not start the state writer thread");
         let t = std::time::Instant::now();
-        let built = build(&Committer { sender });
+        let committer = Committer { sender, committed };
+        let built = build(&committer);
         tracing::debug!(build_ms = t.elapsed().as_millis() as u64, "state builder");
+        // The writer ends once the last batch is in.
+        let Committer { sender, committed } = committer;
+        drop(sender);
         let written = writer
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        committed.try_iter().for_each(drop);
         // A failed commit closed the channel: its error explains the failed send.
         written?;
         built
     })
 }
 
-/// Hands batches to the helper thread of [`commit_behind`].
+/// Hands batches to the helper thread of [`commit_behind`], and drops those it gave
+/// back committed.
 struct Committer {
     sender: std::sync::mpsc::SyncSender<StateBatch>,
+    committed: std::sync::mpsc::Receiver<StateBatch>,
 }
 
 impl Committer {
@@ -631,6 +642,7 @@ impl Committer {
         if batch.is_empty() {
             return Ok(());
         }
+        self.committed.try_iter().for_each(drop);
         self.sender
             .send(batch)
             // Only a failed commit ends the writer early; `commit_behind` returns its
