@@ -141,17 +141,25 @@ impl Applier<'_> {
 
     /// Remembered last, with the cursors: a scope that only this run's own writes
     /// changed is not read by the next run while its fingerprint stays the same.
-    /// Anything else forgets it, so the next run reads.
+    /// Anything else forgets it, so the next run reads. Asked of every scope at once:
+    /// a file connector puts the writes it held in a journal into each file here, and
+    /// the files of a first sync at 1M took 0.8 s one after the other.
     async fn remember_fingerprints(&mut self, tag: &str) {
-        for read in std::iter::once(&self.contacts).chain(&self.accounts) {
-            let Some(since) = &read.fingerprint else {
-                continue;
-            };
+        let reads = std::iter::once(&self.contacts).chain(&self.accounts);
+        let asked = reads.filter_map(|read| {
+            let since = read.fingerprint.as_ref()?;
             let connector = &self.connectors[&read.stats.connector];
             let kind = read.scope.kind;
-            // Not knowing only costs the next run a full read; said, not hidden (a file
-            // connector puts the writes it held in a journal into the file here).
-            let now = match connector.fingerprint_after_own_writes(kind, since).await {
+            Some(async move {
+                let now = connector.fingerprint_after_own_writes(kind, since).await;
+                (read, now)
+            })
+        });
+        let answers = futures_util::future::join_all(asked).await;
+        for (read, now) in answers {
+            let kind = read.scope.kind;
+            // Not knowing only costs the next run a full read; said, not hidden.
+            let now = match now {
                 Ok(now) => now,
                 Err(e) => {
                     warn!(
