@@ -140,37 +140,54 @@ type Keyed = (u128, u32);
 /// gathered in a map of a vector per key: a tier of a million records made a million
 /// vectors, and grew faster than the records did (10M took 11x the time of 1M).
 ///
-/// One part of the pool per thread, each sorted on its thread: normalising the keys
-/// is most of matching a first sync, and the larger relation's matching used to hold
-/// one core alone once the smaller one was done. The sorted parts are merged by a
-/// stable sort, which takes sorted runs as they are; keys are unique by position, so
-/// the order is the one a single thread gives.
+/// The keys are made on `threads` threads, each filling its part of one vector in
+/// place (a record without a key leaves [`NO_KEY`]), then sorted on this one: making
+/// them is most of matching a first sync, and the larger relation's matching used to
+/// hold one core alone once the smaller one was done. One vector sorted in place, not
+/// parts put together: at 10M a second copy of the keys would be 240 MB more at the
+/// peak of the run.
 fn keys_of<R: RecordView + Sync + ?Sized>(
     tier: &Tier,
     pool: &[&R],
     open: &[bool],
     threads: usize,
 ) -> Vec<Keyed> {
+    let mut keys: Vec<Keyed> = vec![NO_KEY; pool.len()];
     let part_len = pool.len().div_ceil(threads.max(1)).max(1);
-    let parts: Vec<usize> = (0..pool.len()).step_by(part_len).collect();
-    let sorted_parts = crate::parallel::map_parts(&parts, threads, |starts| {
+    let fill = |start: usize, part: &mut [Keyed]| {
         let mut buf = String::new();
-        let mut keys = Vec::new();
-        for &start in starts {
-            let end = (start + part_len).min(pool.len());
-            for i in start..end {
-                if open[i] && key(tier, pool[i], &mut buf) {
-                    keys.push((hash(&buf), i as u32));
-                }
+        let mut none = 0;
+        for (k, slot) in part.iter_mut().enumerate() {
+            let i = start + k;
+            if open[i] && key(tier, pool[i], &mut buf) {
+                *slot = (hash(&buf), i as u32);
+            } else {
+                none += 1;
             }
         }
-        keys.sort_unstable();
-        keys
+        none
+    };
+    let none: usize = std::thread::scope(|scope| {
+        let mut parts = keys.chunks_mut(part_len).enumerate();
+        let first = parts.next();
+        let others: Vec<_> =
+            (parts.map(|(p, part)| scope.spawn(move || fill(p * part_len, part)))).collect();
+        let mut none = first.map_or(0, |(_, part)| fill(0, part));
+        for other in others {
+            none += other
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
+        none
     });
-    let mut keys = sorted_parts.concat();
-    keys.sort();
+    // Positions are below `u32::MAX`: every `NO_KEY` sorts after the keys.
+    keys.sort_unstable();
+    keys.truncate(keys.len() - none);
     keys
 }
+
+/// A slot of [`keys_of`] whose record has no key.
+const NO_KEY: Keyed = (u128::MAX, u32::MAX);
 
 /// The keys found on both sides ([`keys_of`]), each as its records on either side.
 fn common_keys<'k>(
