@@ -2536,3 +2536,19 @@ fn migration_12_keeps_the_intent_batch_of_a_run_cut_short_in_a_v11_state() {
     let c0002 = stored.iter().find(|l| l.contact_id == "C0002").unwrap();
     assert_eq!(address(c0002), Some(Value::text("Rue Haute 47")));
 }
+
+/// A batch committed and given back is the batch sent, stored as `commit` stores it:
+/// the engine drops it on the thread that built it.
+#[test]
+fn a_batch_committed_and_given_back_is_stored_and_comes_back_whole() {
+    let (_dir, path) = temp();
+    let mut state = open(&path);
+    let batch = StateBatch {
+        upsert_links: vec![link("CUST", "C1", "K1"), link("CUST", "C2", "K2")],
+        ..StateBatch::default()
+    };
+    let back = state.commit_and_return(batch.clone()).unwrap();
+    assert_eq!(back, batch);
+    let stored = state.links_of_contacts(&["C1", "C2"]).unwrap();
+    assert_eq!(stored, batch.upsert_links);
+}
