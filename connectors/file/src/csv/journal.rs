@@ -1094,4 +1094,37 @@ mod tests {
         };
         assert_eq!(outcomes[0].as_ref().unwrap().id, "C5");
     }
+
+    /// A row whose ops all failed (a stale version) is not put in the journal: a
+    /// later write to it is taken, where a journal holding it would be folded first.
+    #[test]
+    fn a_row_whose_ops_all_failed_is_not_held_by_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = contacts(&dir, FILE);
+        let mut journal = Journal::begin(&path, "began".into(), index_of(&path)).unwrap();
+        let WriteOp::Update { id, changes, .. } = update("C2", "Brugge") else {
+            unreachable!("an update");
+        };
+        let version = Some("0000000000000000".into());
+        let stale = WriteOp::Update {
+            id,
+            version,
+            changes,
+        };
+        let ops = vec![stale, update("C3", "Lier")];
+        let Splice::Done(outcomes, _) = write_journaled(&path, KIND, &mut journal, ops).unwrap()
+        else {
+            panic!("journaled");
+        };
+        assert!(matches!(outcomes[0], Err(ConnectorError::Conflict { .. })));
+        assert!(outcomes[1].is_ok());
+        let again = vec![update("C2", "Aalst")];
+        let done = write_journaled(&path, KIND, &mut journal, again).unwrap();
+        assert!(matches!(done, Splice::Done(..)), "the row is not held");
+        journal.fold(&path).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "id,name,city\nC1,Acme,Gent\nC2,Beta,Aalst\nC3,Cera,Lier\n"
+        );
+    }
 }
