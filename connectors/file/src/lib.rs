@@ -720,19 +720,8 @@ impl Connector for FileConnector {
         kind: EntityKind,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<WriteOutcome>, ConnectorError> {
-        // Outside a runtime (no pool to hand the write to), it is done in line.
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.write_all(kind, ops);
-        }
-        let files = self.clone();
-        match tokio::task::spawn_blocking(move || files.write_all(kind, ops)).await {
-            Ok(outcomes) => outcomes,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(ConnectorError::fatal(format!(
-                "the write to {} was cancelled: {e}",
-                self.folder.display()
-            ))),
-        }
+        self.on_pool("the write to", move |files| files.write_all(kind, ops))
+            .await
     }
 
     async fn fingerprint(&self, kind: EntityKind) -> Result<Option<String>, ConnectorError> {
@@ -761,27 +750,39 @@ impl Connector for FileConnector {
         kind: EntityKind,
         since: &str,
     ) -> Result<Option<String>, ConnectorError> {
-        // Folding a journal rewrites the file: on a thread of the pool, as a write,
-        // so that the engine's other scopes are folded meanwhile.
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.fingerprint_after_own_writes_now(kind, since);
-        }
-        let (files, since) = (self.clone(), since.to_owned());
-        let asked = tokio::task::spawn_blocking(move || {
+        // Folding a journal rewrites the file: as a write, so that the engine's other
+        // scopes are folded meanwhile.
+        let since = since.to_owned();
+        self.on_pool("the fingerprint of", move |files| {
             files.fingerprint_after_own_writes_now(kind, &since)
-        });
-        match asked.await {
-            Ok(answer) => answer,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(ConnectorError::fatal(format!(
-                "the fingerprint of {} was cancelled: {e}",
-                self.folder.display()
-            ))),
-        }
+        })
+        .await
     }
 }
 
 impl FileConnector {
+    /// `work` on a thread of the runtime's pool for blocking work, so that the
+    /// runtime's other tasks go on meanwhile; in line outside a runtime (no pool to
+    /// hand it to). `what` names the call in the error of one cancelled.
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl FnOnce(FileConnector) -> Result<T, ConnectorError> + Send + 'static,
+    ) -> Result<T, ConnectorError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return work(self.clone());
+        }
+        let files = self.clone();
+        match tokio::task::spawn_blocking(move || work(files)).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ConnectorError::fatal(format!(
+                "{what} {} was cancelled: {e}",
+                self.folder.display()
+            ))),
+        }
+    }
+
     /// [`Connector::fingerprint_after_own_writes`] on this thread.
     fn fingerprint_after_own_writes_now(
         &self,

@@ -11,8 +11,9 @@
 use tracing::{info, warn};
 
 /// What a hub costs while its range is in flight: its plan, held twice (the range
-/// being written, and the range before it being settled or the next one planned), its contact's and its accounts'
-/// writes and their outcomes (the two sides are sent at once), its state rows, and the
+/// being written, and the range before it being settled or the next one planned), its
+/// contact's and its accounts' writes and their outcomes (the two sides are sent at
+/// once), its state rows, and the
 /// memory freed that the allocator keeps a second for the next range to reuse (a
 /// binary in ranges keeps it so: given back at once, each range faulted its pages in
 /// again, 2 s of a first sync of 1M within 1 GiB). Measured at a million partners, with

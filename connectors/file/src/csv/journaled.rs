@@ -92,7 +92,7 @@ pub(super) fn write(
     else {
         return Ok(None);
     };
-    let created = create_rows(&stream, journal, &mut outcomes)?;
+    let created = create_rows(&stream, journal, &mut outcomes);
     let outcomes: Vec<WriteOutcome> = (outcomes.into_iter())
         .map(|o| o.expect("every op has its outcome"))
         .collect();
@@ -167,7 +167,7 @@ fn change_rows(
             .map_err(|_| crate::error::line_error(path, 0, super::TOO_LONG))?;
         let base = layout.row_hash(&found);
         done.clear();
-        let fate = stream.apply_to(found, first, &mut done, &mut scratch);
+        let fate = stream.apply_to((found, Some(base)), first, &mut done, &mut scratch);
         for (op, outcome) in done.drain(..) {
             outcomes[op] = Some(outcome);
         }
@@ -190,9 +190,9 @@ fn create_rows(
     stream: &Stream<'_>,
     journal: &Journal,
     outcomes: &mut [Option<WriteOutcome>],
-) -> Result<Vec<(String, Row)>, ConnectorError> {
+) -> Vec<Row> {
     if stream.creates.is_empty() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let (index, all, kind) = (journal.index(), journal.all_rows(), stream.layout.kind);
     let mut ids = journal.id_allocator(kind).unwrap_or_else(|| {
@@ -212,13 +212,10 @@ fn create_rows(
     for &op in &stream.creates {
         let id = ids.next(taken);
         let (row, outcome) = stream.create(op, id, &mut scratch);
-        if let Some(row) = row {
-            let id = outcome.as_ref().map(|w| w.id.clone()).unwrap_or_default();
-            created.push((id, row));
-        }
+        created.extend(row);
         outcomes[op] = Some(outcome);
     }
-    Ok(created)
+    created
 }
 
 /// Appends the rows changed and created to the journal as one block.
@@ -226,11 +223,12 @@ fn append(
     journal: &Journal,
     layout: &Layout,
     changed: &[Changed],
-    created: &[(String, Row)],
+    created: &[Row],
 ) -> io::Result<Appended> {
     let index = journal.index();
     let width = layout.headers.len();
     let mut block = journal.block()?;
+    // One buffer for every row's text, emptied after each.
     let mut text = Text::new(layout.style, 0);
     for c in changed {
         let tag = match &c.fate {
@@ -240,21 +238,15 @@ fn append(
             }
             _ => Tag::Delete,
         };
-        let line = std::mem::take(&mut *text.bytes());
+        let mut line = text.bytes();
         block.push(tag, (c.row, index.id(c.row)), (c.base, &c.was), &line)?;
-        *text.bytes() = reuse(line);
+        line.clear();
     }
-    for (id, row) in created {
+    for row in created {
         text.row(row, width)?;
-        let line = std::mem::take(&mut *text.bytes());
-        block.push(Tag::Create, (usize::MAX, id), (0, &[]), &line)?;
-        *text.bytes() = reuse(line);
+        let mut line = text.bytes();
+        block.push(Tag::Create, (usize::MAX, &row[layout.id]), (0, &[]), &line)?;
+        line.clear();
     }
     block.finish()
-}
-
-/// A buffer emptied for the next row: formatted rows reuse one allocation.
-fn reuse(mut line: Vec<u8>) -> Vec<u8> {
-    line.clear();
-    line
 }

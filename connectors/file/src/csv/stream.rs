@@ -29,7 +29,7 @@ use crate::atomic::Fingerprinting;
 use crate::error::{FileError, line_error};
 use crate::id_list::IdList;
 use crate::row::{Row, RowBuilder, TooLong};
-use crate::table::{self, IdAllocator};
+use crate::table::{self, IdAllocator, version_of};
 
 /// No op after this one on the same id.
 const LAST: usize = usize::MAX;
@@ -301,13 +301,14 @@ impl<'o> Stream<'o> {
         let lens = row.as_byte_record().iter().map(<[u8]>::len);
         let row = Row::new(row.as_slice(), lens)
             .map_err(|TooLong| line_error(self.path, line, TOO_LONG))?;
-        Ok(self.apply_to(row, first, outcomes, scratch))
+        Ok(self.apply_to((row, None), first, outcomes, scratch))
     }
 
-    /// [`Stream::apply`] to a row made already.
+    /// [`Stream::apply`] to a row made already, with its [`Layout::row_hash`] when the
+    /// caller has it.
     pub(super) fn apply_to(
         &self,
-        row: Row,
+        (row, mut hash): (Row, Option<u64>),
         first: usize,
         outcomes: &mut Vec<(usize, WriteOutcome)>,
         scratch: &mut RowBuilder,
@@ -315,7 +316,7 @@ impl<'o> Stream<'o> {
         let (mut live, mut changed) = (Some(row), false);
         let mut op = first;
         while op != LAST {
-            let outcome = self.apply_one(&mut live, &self.ops[op], scratch);
+            let outcome = self.apply_one((&mut live, &mut hash), &self.ops[op], scratch);
             changed |= outcome.is_ok();
             outcomes.push((op, outcome));
             op = self.next[op];
@@ -332,7 +333,8 @@ impl<'o> Stream<'o> {
         let mut scratch = RowBuilder::default();
         let mut op = first;
         while op != LAST {
-            outcomes[op] = Some(self.apply_one(&mut None, &self.ops[op], &mut scratch));
+            let outcome = self.apply_one((&mut None, &mut None), &self.ops[op], &mut scratch);
+            outcomes[op] = Some(outcome);
             op = self.next[op];
         }
     }
@@ -365,10 +367,11 @@ impl<'o> Stream<'o> {
         }
     }
 
-    /// One update or delete of the row `live` (`None` once removed).
+    /// One update or delete of the row `live` (`None` once removed), whose hash is
+    /// `hash` when known: made at most once per row.
     fn apply_one(
         &self,
-        live: &mut Option<Row>,
+        (live, hash): (&mut Option<Row>, &mut Option<u64>),
         op: &WriteOp,
         scratch: &mut RowBuilder,
     ) -> WriteOutcome {
@@ -378,8 +381,11 @@ impl<'o> Stream<'o> {
         let row = live
             .as_ref()
             .ok_or_else(|| ConnectorError::NotFound { id: id.clone() })?;
-        if version.as_ref().is_some_and(|v| !self.layout.is_at(row, v)) {
-            return Err(ConnectorError::Conflict { id: id.clone() });
+        if let Some(version) = version {
+            let at = *hash.get_or_insert_with(|| self.layout.row_hash(row));
+            if !Layout::is_at(at, version) {
+                return Err(ConnectorError::Conflict { id: id.clone() });
+            }
         }
         let WriteOp::Update { changes, .. } = op else {
             *live = None;
@@ -391,8 +397,10 @@ impl<'o> Stream<'o> {
         };
         let stamp = self.stamp.as_ref().map(|(_, text)| text.as_str());
         let new = self.layout.changed_row(row, changes, stamp, scratch)?;
-        let version = Some(self.layout.version(&new));
+        let new_hash = self.layout.row_hash(&new);
+        *hash = Some(new_hash);
         *live = Some(new);
+        let version = Some(version_of(new_hash));
         Ok(Written {
             id: id.clone(),
             version,
