@@ -228,6 +228,55 @@ async fn r18_a_stop_while_a_range_is_sent_stores_the_range_before_and_keeps_the_
     assert_eq!(w.engine().sync().await.unwrap().writes, 0);
 }
 
+/// In ranges, the first range is planned and its intents stored while the first
+/// creates go out, as a plan made whole stores its hubs' intents (R18). A stop asked
+/// for during that create: the new contact is linked, range 1 holds its intents and
+/// no update went out; the next run finishes the work.
+#[tokio::test]
+async fn r18_a_run_in_ranges_stores_its_first_range_while_its_creates_go_out() {
+    let mut w = world();
+    w.linked().await;
+    for (id, vat, name) in [("K1", "BE01", "Acme"), ("K2", "BE02", "Beta")] {
+        w.erp
+            .put(EntityKind::Customer, id, company(name, vat, "+32 9"));
+    }
+    w.erp.put(
+        EntityKind::Customer,
+        "K4",
+        company("Delta", "BE04", "+32 4"),
+    );
+    let stop = StopFlag::new();
+    let crm = Arc::new(StopAtWrite {
+        inner: w.crm.clone(),
+        stop: stop.clone(),
+        nth: 1,
+        calls: AtomicUsize::new(0),
+    });
+    let mut engine = w.engine_with_crm(crm);
+    engine.set_hubs_per_range(1);
+    engine.set_stop_flag(stop);
+    assert!(matches!(engine.sync().await, Err(EngineError::Stopped)));
+    drop(engine);
+    let phones = |crm: &MemoryConnector| -> Vec<Option<Value>> {
+        let of = |id| phone(crm, EntityKind::Contact, id);
+        ["C1", "C2"].into_iter().map(of).collect()
+    };
+    let old = [Some(Value::from("+32 1")), Some(Value::from("+32 2"))];
+    assert_eq!(phones(&w.crm), old, "no update sent");
+    assert_eq!(w.crm.all(EntityKind::Contact).len(), 3, "the new contact");
+    let intents: Vec<String> = (w.state.links_with_intent().unwrap().into_iter())
+        .map(|l| l.contact_id)
+        .collect();
+    assert_eq!(intents, ["C1"], "range 1 stored while the create went out");
+
+    w.engine().sync().await.unwrap();
+    let new = Some(Value::from("+32 9"));
+    assert_eq!(phones(&w.crm), [new.clone(), new]);
+    assert_eq!(w.crm.all(EntityKind::Contact).len(), 3, "created once");
+    assert!(w.state.links_with_intent().unwrap().is_empty());
+    assert_eq!(w.engine().sync().await.unwrap().writes, 0);
+}
+
 #[tokio::test]
 async fn a_plan_limited_to_one_connector_reads_only_its_changes() {
     let mut w = world();

@@ -14,7 +14,7 @@ use super::{
     Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, finish, poll_once, send, write,
 };
 use crate::failpoint;
-use crate::plan::{AccountCreate, ContactCreate};
+use crate::plan::{AccountCreate, ContactCreate, Planning};
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
 use crate::side::Side;
 
@@ -164,7 +164,13 @@ fn batches_of(run_id: i64, part: i64, mut creates: Vec<PendingCreate>) -> Vec<Pe
 }
 
 impl Applier<'_> {
-    pub(super) async fn creates(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
+    /// The plan's creates; with `planning`, the first range of hubs is planned and its
+    /// intents stored while the first batch goes out (`send_creates`).
+    pub(super) async fn creates(
+        &mut self,
+        state: &mut dyn StateStore,
+        planning: Option<&mut Planning<'_>>,
+    ) -> Result<(), EngineError> {
         // Taken out while they are carried out, put back for the report.
         let (mut contacts, mut accounts) = (
             std::mem::take(&mut self.plan.creates),
@@ -172,7 +178,7 @@ impl Applier<'_> {
         );
         let relations = self.relations;
         let jobs = create_jobs(&contacts, &accounts, relations);
-        let done = self.create_all(state, &jobs).await;
+        let done = self.create_all(state, &jobs, planning).await;
         drop(jobs);
         // A baseline is what a create's link starts from, stored with the link by now;
         // the report does not show it (a new contact's is never held apart).
@@ -192,6 +198,7 @@ impl Applier<'_> {
         &mut self,
         state: &mut dyn StateStore,
         jobs: &[CreateJob<'_>],
+        mut planning: Option<&mut Planning<'_>>,
     ) -> Result<(), EngineError> {
         let groups = Self::create_groups(jobs, self.relations.relations.len());
         // A batch's creates are linked while the next batch is sent.
@@ -201,7 +208,9 @@ impl Applier<'_> {
             let max = (connector.capabilities().max_batch.max(1)).min(self.per_range);
             for chunk in group.chunks(max) {
                 let before = sent.take();
-                sent = Some((self.create_chunk(state, &*connector, kind, chunk, before)).await?);
+                let ahead = planning.take();
+                let chunk = self.create_chunk(state, (&*connector, kind), chunk, before, ahead);
+                sent = Some(chunk.await?);
             }
         }
         match sent {
@@ -231,14 +240,15 @@ impl Applier<'_> {
     }
 
     /// One batch of creates of one side and relation: written down, then sent while
-    /// the batch `before` is linked. Returns what it sent and what each create came to.
+    /// the batch `before` is linked (and, with `ahead`, the first range planned).
+    /// Returns what it sent and what each create came to.
     async fn create_chunk<'j, 'p>(
         &mut self,
         state: &mut dyn StateStore,
-        connector: &dyn Connector,
-        kind: EntityKind,
+        (connector, kind): (&dyn Connector, EntityKind),
         chunk: &'j [&'j CreateJob<'p>],
         before: Option<SentCreates<'j, 'p>>,
+        ahead: Option<&mut Planning<'_>>,
     ) -> Result<SentCreates<'j, 'p>, EngineError> {
         if self.stop.is_stopped() {
             if let Some(before) = before {
@@ -257,7 +267,7 @@ impl Applier<'_> {
             })
             .collect();
         let outcomes = self
-            .send_creates(state, connector, kind, ops, before)
+            .send_creates(state, (connector, kind, ops), before, ahead)
             .await?;
         self.progress.advance(chunk.len(), "creates");
         failpoint::hit(&format!("after_{side}_create"));
@@ -342,14 +352,16 @@ impl Applier<'_> {
     /// the batch sent `before` is linked, then the intents of the hubs the plan holds
     /// (a plan made whole holds them from the start) are stored, if not yet, since they
     /// need only be stored before the updates go out (R18). The first sync at 1M stored
-    /// 805,000 in 0.8 s after its creates had gone out.
+    /// 805,000 in 0.8 s after its creates had gone out. A run in ranges plans its first
+    /// range here (`ahead`) and holds it as a plan made whole holds its hubs: the first
+    /// batch has nothing before it to link, and the range would otherwise be planned
+    /// once every create is linked, with the connector idle.
     async fn send_creates(
         &mut self,
         state: &mut dyn StateStore,
-        connector: &dyn Connector,
-        kind: EntityKind,
-        ops: Vec<WriteOp>,
+        (connector, kind, ops): (&dyn Connector, EntityKind, Vec<WriteOp>),
         before: Option<SentCreates<'_, '_>>,
+        ahead: Option<&mut Planning<'_>>,
     ) -> Result<Vec<WriteOutcome>, EngineError> {
         state.confirm_lease()?;
         let mut sending = std::pin::pin!(send(connector, kind, ops));
@@ -359,6 +371,12 @@ impl Applier<'_> {
             Some(before) => self.link_creates(state, before),
             None => Ok(()),
         };
+        if let Some(planning) = ahead.filter(|_| self.plan.hubs.is_empty() && linked.is_ok())
+            && let Some(range) = self.plan_next(planning)
+        {
+            self.plan.absorb(range);
+            self.range_held = true;
+        }
         let intents = !self.intents_stored && !self.plan.hubs.is_empty() && linked.is_ok();
         let stored = match intents {
             true => write::commit_intents(state, &self.plan.hubs, self.relations, &self.log, 0),

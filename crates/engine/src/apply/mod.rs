@@ -111,6 +111,9 @@ struct Applier<'e> {
     /// made whole stores them while its creates are sent (`create::send_creates`), a
     /// run in ranges while the range before is sent (`Applier::between_sends`).
     intents_stored: bool,
+    /// Whether a run in ranges planned its first range while its creates went out, and
+    /// holds it in the plan as a plan made whole holds its hubs (`create::send_creates`).
+    range_held: bool,
     /// The part of the run whose intents were stored last: 0 for those of a plan made
     /// whole, then one per range (`IntentBatch::part`), so that a range's links
     /// clear its own intents and not those of the range sent after it.
@@ -229,6 +232,7 @@ pub(crate) async fn apply(
         hubs_left_out: 0,
         per_range: planning.as_ref().map_or(usize::MAX, |p| p.per_range()),
         intents_stored: false,
+        range_held: false,
         part: 0,
         create_part: 0,
     };
@@ -245,8 +249,13 @@ pub(crate) async fn apply(
     applier.unlinks();
     applier.commit(&mut **state)?;
     crate::failpoint::hit("after_unlinks");
-    applier.creates(&mut **state).await?;
+    let mut planning = planning;
+    applier
+        .creates(&mut **state, planning.as_deref_mut())
+        .await?;
     applier.step("after_creates");
+    // A range planned while the creates went out is held, its intents stored.
+    let next = next.or_else(|| applier.range_held.then(HubRange::default));
     // Stored before the hashes that make the next run quiet: a quiet run reports them.
     applier.remember_ambiguities(&ambiguities);
     applier.carry_out_all(&mut **state, next, planning).await?;
@@ -358,8 +367,8 @@ impl Applier<'_> {
     /// What is done while a range's updates go out (`sending`): the range `before`
     /// settled, then, with `ahead`, the next range planned and its intents stored, so
     /// that its updates can follow these at once. The updates are polled again after
-    /// each step: a connector's next call (the next relation's) starts only then.
-    /// Returns what the updates answered, and the next range.
+    /// that (a connector's next call, the next relation's, starts only then). Returns
+    /// what the updates answered, and the next range.
     async fn between_sends<F>(
         &mut self,
         state: &RefCell<&mut dyn StateStore>,
@@ -372,23 +381,10 @@ impl Applier<'_> {
     {
         // Runs until the first wait (a file connector writes on a thread of its own).
         let mut answered = poll_once(sending.as_mut(), Poll::Pending).await;
-        let settled = match before {
-            Some(before) => self.settle_range(&mut **state.borrow_mut(), before, false),
-            None => Ok(()),
-        };
+        let next = self.settle_and_plan(&mut **state.borrow_mut(), before, ahead, false);
         answered = poll_once(sending.as_mut(), answered).await;
-        let next = match (settled, ahead) {
-            (Ok(()), Some(planning)) => self.plan_next(planning),
-            (Ok(()), None) => None,
-            (Err(e), _) => return (finish(sending, answered).await, Err(e)),
-        };
-        answered = poll_once(sending.as_mut(), answered).await;
-        let stored = match &next {
-            Some(next) => self.store_intents(&mut **state.borrow_mut(), &next.hubs),
-            None => Ok(()),
-        };
-        self.intents_stored = next.is_some();
-        (finish(sending, answered).await, stored.map(|()| next))
+        self.intents_stored = matches!(next, Ok(Some(_)));
+        (finish(sending, answered).await, next)
     }
 
     /// Step 4 for a range sent: its links stored, its intents cleared; `last` when no
@@ -399,10 +395,46 @@ impl Applier<'_> {
         sent: Sent,
         last: bool,
     ) -> Result<(), EngineError> {
-        self.plan.absorb(sent.range);
-        self.settle(state, sent.outcomes, sent.part, last)?;
-        crate::failpoint::hit("after_link_commit");
-        self.step("after_link_commit");
+        self.settle_and_plan(state, Some(sent), None, last)
+            .map(drop)
+    }
+
+    /// The range `before` settled (see [`Applier::settle_range`]), then, with `ahead`,
+    /// the next range planned and its intents stored (R18), all through one state
+    /// writer: the next range is planned while the writer stores the last batches of
+    /// the range before, instead of after.
+    fn settle_and_plan(
+        &mut self,
+        state: &mut dyn StateStore,
+        before: Option<Sent>,
+        ahead: Option<&mut Planning<'_>>,
+        last: bool,
+    ) -> Result<Option<HubRange>, EngineError> {
+        let settled = before.is_some();
+        let mut next = None;
+        commit_behind(state, |committer| {
+            if let Some(sent) = before {
+                self.plan.absorb(sent.range);
+                self.settle(committer, sent.outcomes, sent.part, last)?;
+            }
+            next = ahead.and_then(|planning| self.plan_next(planning));
+            let Some(range) = &next else { return Ok(()) };
+            self.part += 1;
+            write::send_intents(committer, &range.hubs, self.relations, &self.log, self.part)
+        })?;
+        if settled {
+            crate::failpoint::hit("after_link_commit");
+            self.step("after_link_commit");
+            self.report_range();
+        }
+        if next.is_some() {
+            crate::failpoint::hit("after_intent_commit");
+        }
+        Ok(next)
+    }
+
+    /// The hubs of the range settled go to the report as far as it has room.
+    fn report_range(&mut self) {
         let mut range = self.plan.take_range();
         let room = self.per_range.saturating_sub(self.reported.hubs.len());
         self.hubs_left_out += range.hubs.len().saturating_sub(room) as u64;
@@ -412,7 +444,6 @@ impl Applier<'_> {
             .close_conflicts
             .append(&mut range.close_conflicts);
         self.reported.codes_removed.append(&mut range.codes_removed);
-        Ok(())
     }
 
     fn commit(&mut self, state: &mut dyn StateStore) -> Result<(), EngineError> {
@@ -593,9 +624,10 @@ fn commit_behind(
     build: impl FnOnce(&Committer) -> Result<(), EngineError>,
 ) -> Result<(), EngineError> {
     std::thread::scope(|scope| {
-        // One batch waits while one is committed: memory stays at three batches, and
-        // the ones committed and given back.
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<StateBatch>(1);
+        // Up to four batches wait while one is committed (a range's settling makes about
+        // a dozen, of a few MB each): the builder finishes ahead of the writer and goes on
+        // to plan the next range while the last ones are stored (`settle_and_plan`).
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<StateBatch>(4);
         let (give_back, committed) = std::sync::mpsc::channel::<StateBatch>();
         // Named, so that a profile tells its time from the builder's.
         let writer = std::thread::Builder::new().name("tandem-state".to_owned());

@@ -4,10 +4,10 @@
 
 use tandem_connector::ConnectorError;
 use tandem_model::Timestamp;
-use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry, StateStore};
+use tandem_state::{Change, ConflictEntry, Intent, Link, LogEntry};
 
 use super::write::{Landed, Outcomes, link_of};
-use super::{Applier, Failed, commit_behind};
+use super::{Applier, Committer, Failed};
 use crate::plan::{FieldChange, FieldChanges, HubPlan, NewLink, PairPlan, PairWas};
 use crate::run::{EngineError, Failure, RECHECK, WRITTEN_UNREAD, record_hash_of};
 use crate::side::{Side, Winner};
@@ -58,15 +58,17 @@ struct Versions {
 impl Applier<'_> {
     /// The range of hubs in the plan, whose intents are those of `part`; `last` when
     /// no range comes after it: the pending entries the run is done with go then.
+    /// Its batches go to `committer`: stored once the committer's
+    /// [`commit_behind`](super::commit_behind) returns.
     pub(super) fn settle(
         &mut self,
-        state: &mut dyn StateStore,
+        committer: &Committer,
         mut outcomes: Outcomes,
         part: i64,
         last: bool,
     ) -> Result<(), EngineError> {
         let hubs = std::mem::take(&mut self.plan.hubs);
-        let built = commit_behind(state, |committer| {
+        let built = (|| {
             for (h, hub) in hubs.iter().enumerate() {
                 self.settle_hub(h, hub, &mut outcomes);
                 committer.send_full(&mut self.batch)?;
@@ -79,7 +81,7 @@ impl Applier<'_> {
             // those of the range sent after it are not.
             (self.batch.clear_intent_batches).push((self.log.run_id, part));
             committer.send(std::mem::take(&mut self.batch))
-        });
+        })();
         self.plan.hubs = hubs;
         built
     }

@@ -10,7 +10,7 @@ use tandem_connector::{Changes, Connector, ConnectorError, WriteOp, WriteOutcome
 use tandem_model::{EntityKind, Timestamp};
 use tandem_state::{IntentBatch, Link, StateBatch, StateError, StateStore};
 
-use super::{Applier, COMMIT_EVERY, commit_behind, send};
+use super::{Applier, COMMIT_EVERY, Committer, commit_behind, send};
 use crate::failpoint;
 use crate::plan::{FieldChanges, HubPlan, PairPlan};
 use crate::progress::Applying;
@@ -343,38 +343,49 @@ pub(super) fn commit_intents(
     part: i64,
 ) -> Result<(), EngineError> {
     commit_behind(state, |committer| {
-        let mut links = Vec::new();
-        let send = |links: Vec<Link>| {
-            let batch = IntentBatch {
-                run_id: log.run_id,
-                part,
-                links,
-            };
-            committer.send(StateBatch {
-                intent_batches: vec![batch],
-                ..StateBatch::default()
-            })
-        };
-        for hub in hubs {
-            for pair in &hub.pairs {
-                let relation = &relations.relations[pair.relation];
-                if let Some(intent) = pair.intent(hub, relation) {
-                    let intent = Some(intent);
-                    links.push(Link {
-                        intent,
-                        ..link_of(hub, pair, log.now)
-                    });
-                }
-            }
-            if links.len() >= COMMIT_EVERY {
-                send(std::mem::take(&mut links))?;
-            }
-        }
-        if links.is_empty() {
-            return Ok(());
-        }
-        send(links)
+        send_intents(committer, hubs, relations, log, part)
     })
+}
+
+/// The intents of `hubs` (see [`commit_intents`]), handed to `committer`.
+pub(super) fn send_intents(
+    committer: &Committer,
+    hubs: &[HubPlan],
+    relations: &Relations,
+    log: &super::Log,
+    part: i64,
+) -> Result<(), EngineError> {
+    let mut links = Vec::new();
+    let send = |links: Vec<Link>| {
+        let batch = IntentBatch {
+            run_id: log.run_id,
+            part,
+            links,
+        };
+        committer.send(StateBatch {
+            intent_batches: vec![batch],
+            ..StateBatch::default()
+        })
+    };
+    for hub in hubs {
+        for pair in &hub.pairs {
+            let relation = &relations.relations[pair.relation];
+            if let Some(intent) = pair.intent(hub, relation) {
+                let intent = Some(intent);
+                links.push(Link {
+                    intent,
+                    ..link_of(hub, pair, log.now)
+                });
+            }
+        }
+        if links.len() >= COMMIT_EVERY {
+            send(std::mem::take(&mut links))?;
+        }
+    }
+    if links.is_empty() {
+        return Ok(());
+    }
+    send(links)
 }
 
 #[cfg(test)]
