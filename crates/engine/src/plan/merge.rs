@@ -166,6 +166,11 @@ pub(super) fn merge_hub<'p>(
     view.finish(out)
 }
 
+/// What a field's merge lists per pair of its hub: a hub has a pair or two, so the
+/// list is kept inline instead of allocated for every field of every hub (eight
+/// million times in a first sync at 1M).
+type Pairs<T> = smallvec::SmallVec<[T; 4]>;
+
 /// One hub's inputs, as the merge of every field reads them. Values are borrowed from
 /// the records and links; only what is written or remembered is copied.
 struct HubView<'p> {
@@ -351,7 +356,7 @@ impl<'p> HubView<'p> {
     }
 
     fn merge_field(&self, f: &FieldName, out: &mut HubMerge) {
-        let involved: Vec<usize> = (0..self.pairs.len())
+        let involved: Pairs<usize> = (0..self.pairs.len())
             .filter(|&i| self.rel(i).shared.contains(f))
             .collect();
         let contact_holds = self.contact_holds(&involved, f);
@@ -492,12 +497,12 @@ impl<'p> HubView<'p> {
         out: &mut HubMerge,
     ) -> Decision<'p> {
         let (contact_holds, contact_value) = contact;
-        let existing: Vec<usize> = involved
+        let existing: Pairs<usize> = involved
             .iter()
             .copied()
             .filter(|&i| self.pairs[i].base.is_some())
             .collect();
-        let mut proposals: Vec<(usize, &'p Value)> = existing
+        let mut proposals: Pairs<(usize, &'p Value)> = existing
             .iter()
             .map(|&i| (i, self.account_value(i, f)))
             .filter(|(i, v)| !self.same(*i, f, v, self.base(*i, f)))
@@ -793,7 +798,7 @@ struct Competing<'p> {
     /// The contact's value, when the contact changed the field.
     contact: Option<&'p Value>,
     /// (pair, value) of each account that changed it and does not wait.
-    proposals: Vec<(usize, &'p Value)>,
+    proposals: Pairs<(usize, &'p Value)>,
 }
 
 pub(super) fn account_beats_contact(

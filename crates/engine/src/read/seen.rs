@@ -29,6 +29,8 @@ pub(crate) struct SeenMap {
     seen: Vec<Seen>,
     index: HashTable<u32>,
     hasher: foldhash::fast::RandomState,
+    /// The entry [`SeenMap::get_mut`] found last: the next one is tried first.
+    last: usize,
 }
 
 impl std::fmt::Debug for SeenMap {
@@ -55,8 +57,19 @@ impl SeenMap {
         self.position(id).map(|i| &self.seen[i])
     }
 
+    /// Tries the entry after the one found last before the table: a run settles its
+    /// records in id order, which is the order a file sorted by id was read in, so
+    /// the next record is the next entry. A first sync settles two million records
+    /// at 1M; each lookup in the table is a cache miss or more (about 0.3 µs), the
+    /// next entry lies beside the last.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Seen> {
-        self.position(id).map(|i| &mut self.seen[i])
+        let next = self.last + 1;
+        let at = match next < self.seen.len() && id_at(&self.ids, &self.ends, next) == id {
+            true => next,
+            false => self.position(id)?,
+        };
+        self.last = at;
+        Some(&mut self.seen[at])
     }
 
     pub fn contains_key(&self, id: &str) -> bool {
@@ -199,6 +212,35 @@ mod tests {
             prop_assert_eq!(held, expected);
             for id in ["", "a", "ab", "abc", "abcd", "d"] {
                 prop_assert_eq!(map.get(id).map(|s| s.hash), oracle.get(id).copied());
+            }
+        }
+
+        /// Looked up for a change, in any order (the order first inserted, which takes
+        /// the entry after the last found, or any other): each id finds its own entry.
+        #[test]
+        fn an_entry_looked_up_for_a_change_is_its_ids_in_any_order(
+            ids in prop::collection::vec("[a-d]{0,3}", 0..100),
+            asked in prop::collection::vec((any::<bool>(), "[a-e]{0,3}"), 0..200),
+        ) {
+            let mut map = SeenMap::default();
+            let mut oracle = std::collections::HashMap::new();
+            for (i, id) in ids.iter().enumerate() {
+                map.insert(id, seen(i as u64));
+                oracle.insert(id.clone(), i as u64);
+            }
+            let in_order: Vec<String> = map.iter().map(|(id, _)| id.to_owned()).collect();
+            let mut next = 0;
+            for (in_turn, other) in &asked {
+                // Half the time the next id first inserted, as a run settles them.
+                let id = match (*in_turn, in_order.get(next)) {
+                    (true, Some(id)) => {
+                        next += 1;
+                        id
+                    }
+                    _ => other,
+                };
+                let found = map.get_mut(id).map(|s| s.hash);
+                prop_assert_eq!(found, oracle.get(id).copied(), "{}", id);
             }
         }
     }
