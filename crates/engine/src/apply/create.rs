@@ -11,10 +11,10 @@ use tandem_model::{EntityKind, Fields, PackedFields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
 use super::{
-    Applier, COMMIT_EVERY, Failed, PendingKey, commit_behind, finish, poll_once, send, write,
+    Applier, COMMIT_EVERY, Failed, PendingKey, Sent, commit_behind, finish, poll_once, send, write,
 };
 use crate::failpoint;
-use crate::plan::{AccountCreate, ContactCreate, Planning};
+use crate::plan::{AccountCreate, ContactCreate, HubRange, Planning};
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
 use crate::side::Side;
 
@@ -129,7 +129,7 @@ fn create_jobs<'p>(
 
 /// A batch of creates sent, to link: the jobs, the fields and ids they were sent with,
 /// what each came to, and the part of the run their record was stored under.
-struct SentCreates<'j, 'p> {
+pub(super) struct SentCreates<'j, 'p> {
     chunk: &'j [&'j CreateJob<'p>],
     fields: Vec<Cow<'p, Fields>>,
     ids: Vec<Option<String>>,
@@ -165,12 +165,15 @@ fn batches_of(run_id: i64, part: i64, mut creates: Vec<PendingCreate>) -> Vec<Pe
 
 impl Applier<'_> {
     /// The plan's creates; with `planning`, the first range of hubs is planned and its
-    /// intents stored while the first batch goes out (`send_creates`).
+    /// intents stored while the first batch goes out (`send_creates`). A range held
+    /// (`held`: a plan made whole's, or the one planned then) is carried out while the
+    /// last batch is linked, and returned with the range planned after it.
     pub(super) async fn creates(
         &mut self,
         state: &mut dyn StateStore,
         planning: Option<&mut Planning<'_>>,
-    ) -> Result<(), EngineError> {
+        held: bool,
+    ) -> Result<Option<(Sent, Option<HubRange>)>, EngineError> {
         // Taken out while they are carried out, put back for the report.
         let (mut contacts, mut accounts) = (
             std::mem::take(&mut self.plan.creates),
@@ -178,7 +181,7 @@ impl Applier<'_> {
         );
         let relations = self.relations;
         let jobs = create_jobs(&contacts, &accounts, relations);
-        let done = self.create_all(state, &jobs, planning).await;
+        let done = self.create_all(state, &jobs, planning, held).await;
         drop(jobs);
         // A baseline is what a create's link starts from, stored with the link by now;
         // the report does not show it (a new contact's is never held apart).
@@ -193,30 +196,35 @@ impl Applier<'_> {
     }
 
     /// `jobs` in their groups, each in chunks of its connector's batch size, or of a
-    /// range's hubs in a run in ranges.
+    /// range's hubs in a run in ranges. A batch's creates are linked while the next
+    /// batch is sent, the last batch's while the range held goes out (see
+    /// [`Applier::creates`]).
     async fn create_all(
         &mut self,
         state: &mut dyn StateStore,
         jobs: &[CreateJob<'_>],
         mut planning: Option<&mut Planning<'_>>,
-    ) -> Result<(), EngineError> {
+        held: bool,
+    ) -> Result<Option<(Sent, Option<HubRange>)>, EngineError> {
         let groups = Self::create_groups(jobs, self.relations.relations.len());
-        // A batch's creates are linked while the next batch is sent.
         let mut sent = None;
         for group in &groups {
             let (connector, kind) = self.side_connector(group[0].side, group[0].relation);
             let max = (connector.capabilities().max_batch.max(1)).min(self.per_range);
             for chunk in group.chunks(max) {
                 let before = sent.take();
-                let ahead = planning.take();
+                let ahead = planning.as_deref_mut().filter(|_| before.is_none());
                 let chunk = self.create_chunk(state, (&*connector, kind), chunk, before, ahead);
                 sent = Some(chunk.await?);
             }
         }
-        match sent {
-            Some(sent) => self.link_creates(state, sent),
-            None => Ok(()),
+        let Some(sent) = sent else { return Ok(None) };
+        if !(held || self.range_held) {
+            return self.link_creates(state, sent).map(|()| None);
         }
+        let ahead = planning.filter(|p| !p.is_done());
+        let range = HubRange::default();
+        (self.carry_out(state, range, None, ahead, Some(sent)).await).map(Some)
     }
 
     /// The creates sent together: every relation's new contacts in one group, since
@@ -326,7 +334,7 @@ impl Applier<'_> {
     /// on a helper thread a transaction at a time while the next is built; the record
     /// of the batch goes with the last, once what each create came to is stored. A
     /// crash before finds the creates linked so far done (R18).
-    fn link_creates(
+    pub(super) fn link_creates(
         &mut self,
         state: &mut dyn StateStore,
         sent: SentCreates<'_, '_>,

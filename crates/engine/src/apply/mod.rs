@@ -249,16 +249,16 @@ pub(crate) async fn apply(
     applier.unlinks();
     applier.commit(&mut **state)?;
     crate::failpoint::hit("after_unlinks");
+    // Stored before the hashes that make the next run quiet: a quiet run reports them.
+    applier.remember_ambiguities(&ambiguities);
     let mut planning = planning;
-    applier
-        .creates(&mut **state, planning.as_deref_mut())
-        .await?;
+    let first = (applier.creates(&mut **state, planning.as_deref_mut(), next.is_some())).await?;
     applier.step("after_creates");
     // A range planned while the creates went out is held, its intents stored.
     let next = next.or_else(|| applier.range_held.then(HubRange::default));
-    // Stored before the hashes that make the next run quiet: a quiet run reports them.
-    applier.remember_ambiguities(&ambiguities);
-    applier.carry_out_all(&mut **state, next, planning).await?;
+    applier
+        .carry_out_all(&mut **state, next, planning, first)
+        .await?;
     applier.remember_reads(&mut **state, person_companies)?;
     crate::failpoint::hit("before_cursor_commit");
     applier.step("before_cursor_commit");
@@ -296,22 +296,28 @@ impl Applier<'_> {
         );
     }
 
-    /// Steps 3 and 4 for every range: `next`, then those `planning` has left. A
-    /// range's links are stored while the next range's updates go out.
+    /// Steps 3 and 4 for every range: `next`, then those `planning` has left; after
+    /// `first`, the range carried out with the last creates (`create::create_all`),
+    /// and the range planned after it. A range's links are stored while the next
+    /// range's updates go out.
     async fn carry_out_all(
         &mut self,
         state: &mut dyn StateStore,
-        mut next: Option<HubRange>,
+        next: Option<HubRange>,
         mut planning: Option<&mut Planning<'_>>,
+        first: Option<(Sent, Option<HubRange>)>,
     ) -> Result<(), EngineError> {
-        let mut written = None;
+        let (mut written, mut next) = match first {
+            Some((sent, planned)) => (Some(sent), planned),
+            None => (None, next),
+        };
         while let Some(range) = next
             .take()
             .or_else(|| self.plan_next(planning.as_deref_mut()?))
         {
             let ahead = planning.as_deref_mut().filter(|p| !p.is_done());
             let before = written.take();
-            let (range, planned) = self.carry_out(state, range, before, ahead).await?;
+            let (range, planned) = self.carry_out(state, range, before, ahead, None).await?;
             (written, next) = (Some(range), planned);
         }
         match written {
@@ -321,18 +327,23 @@ impl Applier<'_> {
     }
 
     /// One range's hubs: intents, unless stored already, then updates (step 3). While
-    /// the updates go out, the range `before` is settled (step 4) and, with `ahead`,
-    /// the next range is planned, its intents stored, and returned counted. Holds two
-    /// ranges' plans at once, as the range sent and the range settled or planned.
+    /// the updates go out, the last `creates` are linked, the range `before` is
+    /// settled (step 4) and, with `ahead`, the next range is planned, its intents
+    /// stored, and returned counted. Holds two ranges' plans at once, as the range
+    /// sent and the range settled or planned.
     async fn carry_out(
         &mut self,
         state: &mut dyn StateStore,
         range: HubRange,
         before: Option<Sent>,
         ahead: Option<&mut Planning<'_>>,
+        creates: Option<create::SentCreates<'_, '_>>,
     ) -> Result<(Sent, Option<HubRange>), EngineError> {
         // Between ranges is a safe point: everything before is stored.
         if self.stop.is_stopped() {
+            if let Some(creates) = creates {
+                self.link_creates(state, creates)?;
+            }
             if let Some(before) = before {
                 self.settle_range(state, before, false)?;
             }
@@ -350,7 +361,8 @@ impl Applier<'_> {
         let (answered, between) = {
             let sends = self.sends(&range.hubs, &lease);
             let sending = std::pin::pin!(sends.send());
-            self.between_sends(&state, sending, before, ahead).await
+            self.between_sends(&state, sending, (creates, before), ahead)
+                .await
         };
         let next = between?;
         let outcomes = self.landed(&range.hubs, answered?)?;
@@ -364,16 +376,17 @@ impl Applier<'_> {
         ))
     }
 
-    /// What is done while a range's updates go out (`sending`): the range `before`
-    /// settled, then, with `ahead`, the next range planned and its intents stored, so
-    /// that its updates can follow these at once. The updates are polled again after
-    /// that (a connector's next call, the next relation's, starts only then). Returns
-    /// what the updates answered, and the next range.
+    /// What is done while a range's updates go out (`sending`): the last creates
+    /// linked and the range `before` settled, then, with `ahead`, the next range
+    /// planned and its intents stored, so that its updates can follow these at once.
+    /// The updates are polled again after that (a connector's next call, the next
+    /// relation's, starts only then). Returns what the updates answered, and the next
+    /// range.
     async fn between_sends<F>(
         &mut self,
         state: &RefCell<&mut dyn StateStore>,
         mut sending: Pin<&mut F>,
-        before: Option<Sent>,
+        (creates, before): (Option<create::SentCreates<'_, '_>>, Option<Sent>),
         ahead: Option<&mut Planning<'_>>,
     ) -> (F::Output, Result<Option<HubRange>, EngineError>)
     where
@@ -381,7 +394,12 @@ impl Applier<'_> {
     {
         // Runs until the first wait (a file connector writes on a thread of its own).
         let mut answered = poll_once(sending.as_mut(), Poll::Pending).await;
-        let next = self.settle_and_plan(&mut **state.borrow_mut(), before, ahead, false);
+        let linked = match creates {
+            Some(creates) => self.link_creates(&mut **state.borrow_mut(), creates),
+            None => Ok(()),
+        };
+        let next = linked
+            .and_then(|()| self.settle_and_plan(&mut **state.borrow_mut(), before, ahead, false));
         answered = poll_once(sending.as_mut(), answered).await;
         self.intents_stored = matches!(next, Ok(Some(_)));
         (finish(sending, answered).await, next)
@@ -416,6 +434,8 @@ impl Applier<'_> {
             if let Some(sent) = before {
                 self.plan.absorb(sent.range);
                 self.settle(committer, sent.outcomes, sent.part, last)?;
+                // Let go before the next range is planned: two ranges' plans at most.
+                self.report_range();
             }
             next = ahead.and_then(|planning| self.plan_next(planning));
             let Some(range) = &next else { return Ok(()) };
@@ -425,7 +445,6 @@ impl Applier<'_> {
         if settled {
             crate::failpoint::hit("after_link_commit");
             self.step("after_link_commit");
-            self.report_range();
         }
         if next.is_some() {
             crate::failpoint::hit("after_intent_commit");
