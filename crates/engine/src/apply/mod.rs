@@ -256,13 +256,8 @@ pub(crate) async fn apply(
     applier.step("after_creates");
     // A range planned while the creates went out is held, its intents stored.
     let next = next.or_else(|| applier.range_held.then(HubRange::default));
-    applier
-        .carry_out_all(&mut **state, next, planning, first)
-        .await?;
-    applier.remember_reads(&mut **state, person_companies)?;
-    crate::failpoint::hit("before_cursor_commit");
-    applier.step("before_cursor_commit");
-    applier.finish(&mut **state, &tag).await?;
+    let last = (applier.carry_out_all(&mut **state, next, planning, first)).await?;
+    (applier.finish(&mut **state, last, person_companies, &tag)).await?;
     crate::progress::apply_end(applier.progress.done(), applier.progress.total());
     applier.report(&**state, &parked_before)
 }
@@ -299,14 +294,15 @@ impl Applier<'_> {
     /// Steps 3 and 4 for every range: `next`, then those `planning` has left; after
     /// `first`, the range carried out with the last creates (`create::create_all`),
     /// and the range planned after it. A range's links are stored while the next
-    /// range's updates go out.
+    /// range's updates go out. Returns the last range sent, to settle
+    /// (`Applier::finish`).
     async fn carry_out_all(
         &mut self,
         state: &mut dyn StateStore,
         next: Option<HubRange>,
         mut planning: Option<&mut Planning<'_>>,
         first: Option<(Sent, Option<HubRange>)>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<Sent>, EngineError> {
         let (mut written, mut next) = match first {
             Some((sent, planned)) => (Some(sent), planned),
             None => (None, next),
@@ -320,10 +316,7 @@ impl Applier<'_> {
             let (range, planned) = self.carry_out(state, range, before, ahead, None).await?;
             (written, next) = (Some(range), planned);
         }
-        match written {
-            Some(range) => self.settle_range(state, range, true),
-            None => Ok(()),
-        }
+        Ok(written)
     }
 
     /// One range's hubs: intents, unless stored already, then updates (step 3). While
