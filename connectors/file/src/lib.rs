@@ -701,18 +701,12 @@ impl Connector for FileConnector {
         kind: EntityKind,
         cursor: Option<&Cursor>,
     ) -> Result<Page, ConnectorError> {
-        if cursor.is_none() {
-            self.settle(kind)?;
-        }
-        if self.format == Format::Csv {
-            return self.read_page(kind, cursor);
-        }
-        Ok(Page {
-            records: self.read_all(kind)?,
-            listing: Listing::Full,
-            cursor: None,
-            has_more: false,
+        // On the pool, as a write: the engine takes one page while the next is parsed.
+        let cursor = cursor.cloned();
+        self.on_pool("the read of", move |files| {
+            files.read_now(kind, cursor.as_ref())
         })
+        .await
     }
 
     async fn write(
@@ -781,6 +775,22 @@ impl FileConnector {
                 self.folder.display()
             ))),
         }
+    }
+
+    /// [`Connector::read`] on this thread.
+    fn read_now(&self, kind: EntityKind, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
+        if cursor.is_none() {
+            self.settle(kind)?;
+        }
+        if self.format == Format::Csv {
+            return self.read_page(kind, cursor);
+        }
+        Ok(Page {
+            records: self.read_all(kind)?,
+            listing: Listing::Full,
+            cursor: None,
+            has_more: false,
+        })
     }
 
     /// [`Connector::fingerprint_after_own_writes`] on this thread.

@@ -15,6 +15,7 @@ mod error;
 pub mod failpoint;
 pub mod matching;
 pub mod operator;
+mod overlap;
 mod parallel;
 pub mod partition;
 mod pending;

@@ -123,7 +123,7 @@ impl Applier<'_> {
         tag: &str,
     ) -> Result<(), EngineError> {
         let mut asked = std::pin::pin!(self.ask_fingerprints());
-        let answered = super::poll_once(asked.as_mut(), Poll::Pending).await;
+        let answered = crate::overlap::poll_once(asked.as_mut(), Poll::Pending).await;
         if let Some(last) = last {
             self.settle_range(state, last, true)?;
         }
@@ -136,7 +136,7 @@ impl Applier<'_> {
                 self.batch.set_cursors.push(cursor);
             }
         }
-        let answers = super::finish(asked, answered).await;
+        let answers = crate::overlap::finish(asked, answered).await;
         self.remember_fingerprints(tag, answers);
         self.commit(state)
     }

@@ -36,6 +36,7 @@ use tandem_state::{
 };
 use tracing::info;
 
+use crate::overlap::{finish, poll_once};
 use crate::pending::Pending;
 use crate::plan::{HubRange, PairWas, Plan, Planning};
 use crate::relation::Relations;
@@ -127,22 +128,6 @@ struct Applier<'e> {
     /// step holds no more than a range does (a budget's run at 10M took 4.6 GB over
     /// what it held sending its 1.8M creates in one call).
     per_range: usize,
-}
-
-/// Polls `future` once more unless it answered already (`done`).
-async fn poll_once<F: Future>(mut future: Pin<&mut F>, done: Poll<F::Output>) -> Poll<F::Output> {
-    match done {
-        Poll::Ready(output) => Poll::Ready(output),
-        Poll::Pending => std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await,
-    }
-}
-
-/// What `future` answered, waiting for it unless it answered already (`done`).
-async fn finish<F: Future>(future: Pin<&mut F>, done: Poll<F::Output>) -> F::Output {
-    match done {
-        Poll::Ready(output) => output,
-        Poll::Pending => future.await,
-    }
 }
 
 /// A range whose updates were sent, to settle: its hubs, what each write answered,
