@@ -2243,6 +2243,69 @@ async fn r19_a_value_tandem_carries_into_a_contact_does_not_beat_an_edit_of_a_pa
     }
 }
 
+/// Found by the model (`model_chosen_ids`, the last case in its regressions). The user
+/// edits a customer's e-mail; the write to its contact fails twice and the pair is
+/// parked, its intent saying the contact, which had no e-mail, is still to get it. A
+/// new vendor then matches the contact and brings its own e-mail into it. Retried, the
+/// parked pair read the contact's new value as the user's edit of the contact, newer
+/// than its baseline, and wrote it over the customer's edit. Tandem's own write is not
+/// an edit: the contact still waits for the customer's value, which wins (R18, R19).
+#[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
+async fn r19_a_value_tandem_carries_into_a_contact_does_not_beat_the_write_a_parked_link_still_owes_it()
+ {
+    let _alone = failpoints_alone();
+    for incremental in [false, true] {
+        let mut w = plain(incremental);
+        let vat = ("vat_registration_no", "BE3");
+        let contact = fields(&[("contact_type", "company"), ("name", "Acme"), vat]);
+        w.crm.put(EntityKind::Contact, "uc1", contact);
+        let customer =
+            |more: &[(&str, &str)]| fields(&[&[("name", "Acme"), vat][..], more].concat());
+        w.erp.put(EntityKind::Customer, "uk1", customer(&[]));
+        plain_sync(&mut w).await.unwrap();
+        // The customer's e-mail edited; writes to the contact fail twice: parked.
+        w.erp.put(
+            EntityKind::Customer,
+            "uk1",
+            customer(&[("email", "k@x.be")]),
+        );
+        w.crm
+            .reject_writes_to(EntityKind::Contact, "uc1", Some("rejected by the test"));
+        plain_sync(&mut w).await.unwrap();
+        plain_sync(&mut w).await.unwrap();
+        assert!(w.state().links(Some("CUST")).unwrap()[0].parked);
+        w.crm.reject_writes_to(EntityKind::Contact, "uc1", None);
+        let vendor = fields(&[("name", "Acme"), vat, ("email", "v@x.be")]);
+        w.erp.put(EntityKind::Vendor, "uv1", vendor);
+        plain_sync(&mut w).await.unwrap();
+        tandem_engine::retry(
+            w.state.as_deref_mut().unwrap(),
+            &w.relations,
+            &RetryTarget::All,
+        )
+        .unwrap();
+        plain_sync(&mut w).await.unwrap();
+        plain_sync(&mut w).await.unwrap();
+        let email = |kind, id| {
+            let record = w.connector(kind).get(kind, id).unwrap();
+            record.fields.text("email").map(str::to_owned)
+        };
+        assert_eq!(
+            [
+                email(EntityKind::Contact, "uc1"),
+                email(EntityKind::Customer, "uk1"),
+                email(EntityKind::Vendor, "uv1"),
+            ],
+            [(); 3].map(|()| Some("k@x.be".to_owned())),
+            "incremental: {incremental}"
+        );
+    }
+}
+
 /// Was a bug, found by `model_partitions` (a chain one round late). A contact holding
 /// a customer and a vendor is deleted; a new contact shares the vendor's e-mail, and
 /// the customer carries the vendor's VAT number (Tandem carried it, R7). The run that

@@ -347,6 +347,12 @@ impl Applier<'_> {
     /// when the link is next merged, and an edit the account got meanwhile wins, as the
     /// only edit there is. Left as it was, the value met the account's edit at the
     /// retry as a competing contact edit, and the policy could drop the user's edit.
+    /// Where the link still intends a write for the contact that the contact had not
+    /// got, the contact now holding Tandem's value still waits for it: that value
+    /// becomes what the intent says the contact held before (R18). Left as it was, the
+    /// contact's new value read as the user's edit of it, and an edit the account got
+    /// before the link was parked was overwritten by the value another relation
+    /// brought (found by the model).
     fn carried_to(&self, link: &Link, changes: &FieldChanges) -> Link {
         let mut link = link.clone();
         let Some(r) = self.relations.index_of(&link.code) else {
@@ -355,6 +361,13 @@ impl Applier<'_> {
         let relation = &self.relations.relations[r];
         for change in changes.iter() {
             let field = &change.field;
+            let waiting = (link.intent.as_mut())
+                .and_then(|i| i.contact.iter_mut().find(|(name, _)| name == field))
+                .filter(|(_, before)| *before == change.old);
+            if let Some((_, before)) = waiting {
+                *before = change.new;
+                continue;
+            }
             let carried = relation.shared.contains(field) && !relation.preserve.contains(field);
             if !carried || link.baseline.value(field.as_str()) != &change.old {
                 continue;
