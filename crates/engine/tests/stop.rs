@@ -74,6 +74,22 @@ impl World {
         Engine::new(self.relations.clone(), connectors, self.state.as_mut()).unwrap()
     }
 
+    /// A sync in ranges of one hub, asked to stop once the contacts connector's `nth`
+    /// write call is made: it stops.
+    async fn stopped_in_ranges_at_crm_write(&mut self, nth: usize) {
+        let stop = StopFlag::new();
+        let crm = Arc::new(StopAtWrite {
+            inner: self.crm.clone(),
+            stop: stop.clone(),
+            nth,
+            calls: AtomicUsize::new(0),
+        });
+        let mut engine = self.engine_with_crm(crm);
+        engine.set_hubs_per_range(1);
+        engine.set_stop_flag(stop);
+        assert!(matches!(engine.sync().await, Err(EngineError::Stopped)));
+    }
+
     /// Two linked pairs and one customer without a contact.
     async fn linked(&mut self) {
         self.crm
@@ -191,18 +207,7 @@ async fn r18_a_stop_while_a_range_is_sent_stores_the_range_before_and_keeps_the_
         w.erp
             .put(EntityKind::Customer, id, company(name, vat, "+32 9"));
     }
-    let stop = StopFlag::new();
-    let crm = Arc::new(StopAtWrite {
-        inner: w.crm.clone(),
-        stop: stop.clone(),
-        nth: 2,
-        calls: AtomicUsize::new(0),
-    });
-    let mut engine = w.engine_with_crm(crm);
-    engine.set_hubs_per_range(1);
-    engine.set_stop_flag(stop);
-    assert!(matches!(engine.sync().await, Err(EngineError::Stopped)));
-    drop(engine);
+    w.stopped_in_ranges_at_crm_write(2).await;
     let phones = |crm: &MemoryConnector| -> Vec<Option<Value>> {
         let of = |id| phone(crm, EntityKind::Contact, id);
         ["C1", "C2", "C3"].into_iter().map(of).collect()
@@ -245,18 +250,7 @@ async fn r18_a_run_in_ranges_stores_its_first_range_while_its_creates_go_out() {
         "K4",
         company("Delta", "BE04", "+32 4"),
     );
-    let stop = StopFlag::new();
-    let crm = Arc::new(StopAtWrite {
-        inner: w.crm.clone(),
-        stop: stop.clone(),
-        nth: 1,
-        calls: AtomicUsize::new(0),
-    });
-    let mut engine = w.engine_with_crm(crm);
-    engine.set_hubs_per_range(1);
-    engine.set_stop_flag(stop);
-    assert!(matches!(engine.sync().await, Err(EngineError::Stopped)));
-    drop(engine);
+    w.stopped_in_ranges_at_crm_write(1).await;
     let phones = |crm: &MemoryConnector| -> Vec<Option<Value>> {
         let of = |id| phone(crm, EntityKind::Contact, id);
         ["C1", "C2"].into_iter().map(of).collect()
