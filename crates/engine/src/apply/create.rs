@@ -166,13 +166,12 @@ fn batches_of(run_id: i64, part: i64, mut creates: Vec<PendingCreate>) -> Vec<Pe
 impl Applier<'_> {
     /// The plan's creates; with `planning`, the first range of hubs is planned and its
     /// intents stored while the first batch goes out (`send_creates`). A range held
-    /// (`held`: a plan made whole's, or the one planned then) is carried out while the
-    /// last batch is linked, and returned with the range planned after it.
+    /// (`Applier::range_held`: a plan made whole's, or the one planned then) is carried
+    /// out while the last batch is linked, and returned with the range planned after it.
     pub(super) async fn creates(
         &mut self,
         state: &mut dyn StateStore,
         planning: Option<&mut Planning<'_>>,
-        held: bool,
     ) -> Result<Option<(Sent, Option<HubRange>)>, EngineError> {
         // Taken out while they are carried out, put back for the report.
         let (mut contacts, mut accounts) = (
@@ -181,7 +180,7 @@ impl Applier<'_> {
         );
         let relations = self.relations;
         let jobs = create_jobs(&contacts, &accounts, relations);
-        let done = self.create_all(state, &jobs, planning, held).await;
+        let done = self.create_all(state, &jobs, planning).await;
         drop(jobs);
         // A baseline is what a create's link starts from, stored with the link by now;
         // the report does not show it (a new contact's is never held apart).
@@ -204,7 +203,6 @@ impl Applier<'_> {
         state: &mut dyn StateStore,
         jobs: &[CreateJob<'_>],
         mut planning: Option<&mut Planning<'_>>,
-        held: bool,
     ) -> Result<Option<(Sent, Option<HubRange>)>, EngineError> {
         let groups = Self::create_groups(jobs, self.relations.relations.len());
         let mut sent = None;
@@ -219,7 +217,7 @@ impl Applier<'_> {
             }
         }
         let Some(sent) = sent else { return Ok(None) };
-        if !(held || self.range_held) {
+        if !self.range_held {
             return self.link_creates(state, sent).map(|()| None);
         }
         let ahead = planning.filter(|p| !p.is_done());
@@ -379,7 +377,7 @@ impl Applier<'_> {
             Some(before) => self.link_creates(state, before),
             None => Ok(()),
         };
-        if let Some(planning) = ahead.filter(|_| self.plan.hubs.is_empty() && linked.is_ok())
+        if let Some(planning) = ahead.filter(|_| !self.range_held && linked.is_ok())
             && let Some(range) = self.plan_next(planning)
         {
             self.plan.absorb(range);

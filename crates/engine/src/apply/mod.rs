@@ -112,8 +112,9 @@ struct Applier<'e> {
     /// made whole stores them while its creates are sent (`create::send_creates`), a
     /// run in ranges while the range before is sent (`Applier::between_sends`).
     intents_stored: bool,
-    /// Whether a run in ranges planned its first range while its creates went out, and
-    /// holds it in the plan as a plan made whole holds its hubs (`create::send_creates`).
+    /// Whether the plan holds the range to carry out first: a plan made whole's hubs,
+    /// from the start (`Applier::hold`), or the first range of a run in ranges,
+    /// planned while its creates went out (`create::send_creates`).
     range_held: bool,
     /// The part of the run whose intents were stored last: 0 for those of a plan made
     /// whole, then one per range (`IntentBatch::part`), so that a range's links
@@ -237,9 +238,9 @@ pub(crate) async fn apply(
     // Stored before the hashes that make the next run quiet: a quiet run reports them.
     applier.remember_ambiguities(&ambiguities);
     let mut planning = planning;
-    let first = (applier.creates(&mut **state, planning.as_deref_mut(), next.is_some())).await?;
+    let first = (applier.creates(&mut **state, planning.as_deref_mut())).await?;
     applier.step("after_creates");
-    // A range planned while the creates went out is held, its intents stored.
+    // A range held (its hubs in the plan) is carried out first.
     let next = next.or_else(|| applier.range_held.then(HubRange::default));
     let last = (applier.carry_out_all(&mut **state, next, planning, first)).await?;
     (applier.finish(&mut **state, last, person_companies, &tag)).await?;
@@ -253,6 +254,7 @@ impl Applier<'_> {
     /// (`create::send_creates`); what is left to carry out of it is empty.
     fn hold(&mut self, range: HubRange) -> HubRange {
         self.plan.absorb(range);
+        self.range_held = true;
         HubRange::default()
     }
 
