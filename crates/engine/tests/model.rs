@@ -15,7 +15,8 @@
 //!    for that field;
 //! 2. one link per code on each side (R2); no contact is created twice for one account
 //!    and no account is created at all (no contact asks for one); every contact the
-//!    engine created belongs to an account;
+//!    engine created belongs to an account (but for the known limits of R18 that
+//!    ARCHITECTURE.md names, each excused where the model sees it happen);
 //! 3. no edit is lost: a field of a pair edited on one side only since the pair's last
 //!    clean run (no failure, no intent, not parked) ends with that value on both sides;
 //!    edited on both sides, it ends with the policy's winner (`contact_wins`,
@@ -269,6 +270,8 @@ struct Edit {
 struct Created {
     step: usize,
     sources: Vec<String>,
+    /// The shared fields it was created with.
+    sent: Fields,
 }
 
 struct World {
@@ -277,6 +280,8 @@ struct World {
     hubs_per_range: usize,
     /// [`Case::spill`].
     spill: bool,
+    /// [`Case::chosen_ids`].
+    chosen_ids: bool,
     crm: Arc<MemoryConnector>,
     erp: Arc<MemoryConnector>,
     relations: Relations,
@@ -301,6 +306,12 @@ struct World {
     /// Customers whose contact, created by a run cut short before linking it, the test
     /// deleted: engine bug 4.
     unlinked_creation_deleted: BTreeSet<String>,
+    /// Contacts created by a run cut short before linking them, then edited by the test
+    /// in every value that finds a create again (name, e-mail, VAT number, phone, city)
+    /// while unlinked, where the connector assigns ids: nothing ties them to their
+    /// create but their kind, as to a request (R5), so they read as requests and their
+    /// customers get another contact: a known limit of R18 (ARCHITECTURE.md).
+    unrecognisable: BTreeSet<String>,
     /// Contacts that held (or were created for) an account the test deleted.
     lost_customer: BTreeSet<String>,
     created: BTreeMap<String, Created>,
@@ -418,6 +429,7 @@ impl World {
             partitions: case.partitions,
             hubs_per_range: case.hubs_per_range,
             spill: case.spill,
+            chosen_ids: case.chosen_ids,
             _dir: dir,
             next: 0,
             step: 0,
@@ -428,6 +440,7 @@ impl World {
             lost_customer: BTreeSet::new(),
             rechecked_when_deleted: BTreeSet::new(),
             unlinked_creation_deleted: BTreeSet::new(),
+            unrecognisable: BTreeSet::new(),
             created: BTreeMap::new(),
             ambiguous: BTreeSet::new(),
             waiting: BTreeSet::new(),
@@ -492,6 +505,7 @@ impl World {
                         fields.remove(field);
                     }
                 }
+                self.note_unrecognisable(&record.id, &fields);
                 self.connector(record.kind)
                     .put(record.kind, &record.id, fields);
                 self.trace.push(format!(
@@ -813,6 +827,7 @@ impl World {
                 Created {
                     step: self.step,
                     sources,
+                    sent: contact.fields.project(&shared),
                 },
             );
         }
@@ -911,9 +926,17 @@ impl World {
                 ));
             }
         }
-        for kind in [EntityKind::Customer, EntityKind::Vendor] {
+        // The account asked for by a contact the engine could not tell from a request.
+        let asked_by_unrecognisable = |code: &str, account: &str| {
+            (links.iter()).any(|l| {
+                l.code == code
+                    && l.account_id == account
+                    && self.unrecognisable.contains(&l.contact_id)
+            })
+        };
+        for (kind, code) in [(EntityKind::Customer, "CUST"), (EntityKind::Vendor, "VEND")] {
             for r in self.erp.all(kind) {
-                if !r.id.starts_with("u") {
+                if !r.id.starts_with("u") && !asked_by_unrecognisable(code, &r.id) {
                     errors.push(format!("(2) an account nobody asked for: {r:?}"));
                 }
             }
@@ -1045,12 +1068,34 @@ impl World {
         }
     }
 
+    /// Notes a contact a run cut short created and did not link, left by the edit to
+    /// `fields` holding no value it was created with that finds a create again
+    /// ([`World::unrecognisable`]).
+    fn note_unrecognisable(&mut self, id: &str, fields: &Fields) {
+        let Some(created) = self.created.get(id) else {
+            return;
+        };
+        let linked = (self.state().links(Some("CUST")).unwrap().iter()).any(|l| l.contact_id == id);
+        const FINDING: [&str; 5] = ["name", "email", "vat_registration_no", "phone", "city"];
+        let holds_one = FINDING.iter().any(|name| {
+            created
+                .sent
+                .get(name)
+                .is_some_and(|v| fields.get(name) == Some(v))
+        });
+        if !self.chosen_ids && !linked && !holds_one {
+            self.unrecognisable.insert(id.to_owned());
+        }
+    }
+
     /// The known limit of R12 over R6 (see
     /// `r18_a_contact_deleted_after_a_crashed_create_is_made_once_again`): the customer's
     /// contact, created by a run cut short before linking it, was deleted by the test;
     /// the next run creates it once again. Left out of the R12 check.
     fn known_limit(&self, customer: &str) -> bool {
         self.unlinked_creation_deleted.contains(customer)
+            || (self.unrecognisable.iter())
+                .any(|c| self.created.get(c).is_some_and(|c| c.sources == [customer]))
     }
 
     #[allow(clippy::too_many_arguments)]
