@@ -1128,24 +1128,21 @@ impl World {
         }
         // Its last clean run, or else the run that made it.
         let clean = |l: &Link| l.failure_count == 0 && !l.parked && l.intent.is_none();
-        let clean_run = |i: &usize, hub: bool| {
-            let mut links = during[*i].links.iter().filter(|l| l.contact_id == c);
-            during[*i].outcome == Outcome::Ok
-                && clean(during[*i].link(code, c).unwrap())
-                && (!hub || links.all(clean))
+        let clean_run = |i: &usize| {
+            during[*i].outcome == Outcome::Ok && clean(during[*i].link(code, c).unwrap())
         };
-        let window = (start..during.len())
-            .rev()
-            .find(|i| clean_run(i, false))
-            .unwrap_or(start);
-        // The last run clean for the whole hub: an edit to another account whose pair
-        // was failing or parked reaches this pair only when that pair goes through,
-        // maybe after this pair's window.
-        let hub_window = (start..during.len())
-            .rev()
-            .find(|i| clean_run(i, true))
-            .unwrap_or(start);
-        let hub_since = during[hub_window].step;
+        let window = (start..during.len()).rev().find(clean_run).unwrap_or(start);
+        // The last run clean for the whole hub, this pair made or not: an edit to
+        // another account whose pair was failing or parked reaches this pair only when
+        // that pair goes through, maybe after this pair's window, and beats a later
+        // edit of the contact where that pair's policy says so (an edit made before
+        // this pair was linked, too).
+        let hub_clean = |s: &Snapshot| {
+            s.outcome == Outcome::Ok && s.links.iter().filter(|l| l.contact_id == c).all(clean)
+        };
+        let hub_since = (during.iter().rev())
+            .find(|s| hub_clean(s))
+            .map_or(0, |s| s.step);
         let since = during[window].step;
         let crashed_since = during[window + 1..]
             .iter()
