@@ -321,6 +321,64 @@ impl StateBatch {
         self.set_hashes.push((scope, id, hash));
     }
 
+    /// Empties the batch but keeps what its lists allocated, so that a run's next batch
+    /// fills them without growing them again (a batch holds 20,000 rows). Every list is
+    /// named: a new one cannot be left full.
+    pub fn clear(&mut self) {
+        let StateBatch {
+            upsert_links,
+            delete_links,
+            set_hashes,
+            set_match_keys,
+            delete_hashes,
+            set_cursors,
+            set_fingerprints,
+            set_ambiguities,
+            interactions,
+            upsert_conflicts,
+            resolve_conflicts,
+            close_conflicts,
+            upsert_pending,
+            delete_pending,
+            pending_create_batches,
+            clear_pending_create_batches,
+            upsert_refused,
+            delete_refused,
+            delete_pending_links,
+            intent_batches,
+            clear_intent_batches,
+            set_companies,
+            unlinked_pairs,
+            contact_deleted,
+            codes_lost,
+        } = self;
+        upsert_links.clear();
+        delete_links.clear();
+        set_hashes.clear();
+        set_match_keys.clear();
+        delete_hashes.clear();
+        set_cursors.clear();
+        set_fingerprints.clear();
+        set_ambiguities.clear();
+        interactions.clear();
+        upsert_conflicts.clear();
+        resolve_conflicts.clear();
+        close_conflicts.clear();
+        upsert_pending.clear();
+        delete_pending.clear();
+        pending_create_batches.clear();
+        clear_pending_create_batches.clear();
+        upsert_refused.clear();
+        delete_refused.clear();
+        delete_pending_links.clear();
+        intent_batches.clear();
+        clear_intent_batches.clear();
+        set_companies.clear();
+        unlinked_pairs.clear();
+        contact_deleted.clear();
+        codes_lost.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.upsert_links.is_empty()
             && self.delete_links.is_empty()
@@ -670,4 +728,22 @@ pub trait StateStore: Send {
         run_id: i64,
         limit: usize,
     ) -> Result<(Vec<Interaction>, u64), StateError>;
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn a_cleared_batch_is_empty_and_keeps_what_its_lists_allocated() {
+        let mut batch = StateBatch::default();
+        batch.set_hash_with_keys(Scope::new("erp", EntityKind::Customer), "K1".into(), 7, 9);
+        batch.delete_links.push(("CUST".into(), "C1".into()));
+        batch.codes_lost.push(("CUST".into(), "C1".into(), true));
+        let capacity = batch.set_hashes.capacity();
+        batch.clear();
+        assert!(batch.is_empty());
+        assert!(batch.set_match_keys.is_empty());
+        assert_eq!(batch.set_hashes.capacity(), capacity);
+    }
 }

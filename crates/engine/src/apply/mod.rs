@@ -681,10 +681,13 @@ impl Committer {
             .map_err(|_| EngineError::Refused("the state writer stopped".to_owned()))
     }
 
-    /// Sends `batch` once it holds enough for a transaction of its own.
+    /// Sends `batch` once it holds enough for a transaction of its own, and goes on in
+    /// a batch given back committed, emptied: its lists are grown already.
     fn send_full(&self, batch: &mut StateBatch) -> Result<(), EngineError> {
         if batch_len(batch) >= COMMIT_EVERY {
-            self.send(std::mem::take(batch))?;
+            let mut next = self.committed.try_recv().unwrap_or_default();
+            next.clear();
+            self.send(std::mem::replace(batch, next))?;
         }
         Ok(())
     }

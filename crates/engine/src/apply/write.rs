@@ -355,7 +355,9 @@ pub(super) fn send_intents(
     log: &super::Log,
     part: i64,
 ) -> Result<(), EngineError> {
-    let mut links = Vec::new();
+    // Sized up front: a batch's links are large, and growing copies them.
+    let capacity = hubs.len().min(COMMIT_EVERY) + 1;
+    let mut links = Vec::with_capacity(capacity);
     let send = |links: Vec<Link>| {
         let batch = IntentBatch {
             run_id: log.run_id,
@@ -379,7 +381,7 @@ pub(super) fn send_intents(
             }
         }
         if links.len() >= COMMIT_EVERY {
-            send(std::mem::take(&mut links))?;
+            send(std::mem::replace(&mut links, Vec::with_capacity(capacity)))?;
         }
     }
     if links.is_empty() {

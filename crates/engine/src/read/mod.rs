@@ -565,7 +565,7 @@ impl ScopeRead {
         keep: &impl Fn(&Record) -> bool,
         kept: &mut tandem_model::PackedRecords,
     ) {
-        let mut taken = Vec::new();
+        let mut taken = Vec::with_capacity(records.len());
         let mut hashed = hash_all(&records, &self.key_fields, stored);
         first_copy_takes(&records, &mut hashed);
         for (record, read) in records.into_iter().zip(hashed) {
