@@ -2334,6 +2334,77 @@ async fn r19_a_value_tandem_carries_into_a_contact_does_not_beat_the_write_a_par
     }
 }
 
+/// Found by the model (`model_chosen_ids`, a case in its regressions), which expected
+/// the contact's last edit to win: it is the policy's call. A customer's pair is
+/// parked with its intent still owing the contact the customer's city; the user edits
+/// the customer's city, a new vendor brings its own city into the contact, and then the
+/// user edits the contact's city. Retried, the customer's pair has both sides edited
+/// since its baseline, and `account_wins` gives it the customer's city, though edited
+/// before the contact's; Tandem writes that into the contact, and the vendor's pair
+/// (`contact_wins`) carries it on as Tandem's own write (R19), so the hub agrees.
+#[tokio::test]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "a current-thread runtime: the guard only keeps other tests' failpoints out"
+)]
+async fn r15_a_parked_pairs_account_edit_wins_over_a_later_contact_edit_under_account_wins_in_the_whole_hub()
+ {
+    let _alone = failpoints_alone();
+    for incremental in [false, true] {
+        let mut w = World::new(&Case {
+            cust: ConflictPolicy::AccountWins,
+            ..plain_case(incremental)
+        });
+        let vat = ("vat_registration_no", "BE3");
+        let contact = |more: &[(&str, &str)]| {
+            fields(
+                &[
+                    &[("contact_type", "company"), ("name", "Acme"), vat][..],
+                    more,
+                ]
+                .concat(),
+            )
+        };
+        let account = |city: &str| fields(&[("name", "Acme"), vat, ("city", city)]);
+        w.crm.put(EntityKind::Contact, "uc1", contact(&[]));
+        w.erp.put(EntityKind::Customer, "uk1", account("Gent"));
+        // The contact is to get the customer's city; its writes fail twice: parked.
+        w.crm
+            .reject_writes_to(EntityKind::Contact, "uc1", Some("rejected by the test"));
+        plain_sync(&mut w).await.unwrap();
+        plain_sync(&mut w).await.unwrap();
+        assert!(w.state().links(Some("CUST")).unwrap()[0].parked);
+        w.crm.reject_writes_to(EntityKind::Contact, "uc1", None);
+        w.erp.put(EntityKind::Customer, "uk1", account("Brugge"));
+        w.erp.put(EntityKind::Vendor, "uv1", account("Antwerpen"));
+        plain_sync(&mut w).await.unwrap();
+        let mut edited = w.crm.get(EntityKind::Contact, "uc1").unwrap().fields;
+        edited.set("city", Value::text("Leuven"));
+        w.crm.put(EntityKind::Contact, "uc1", edited);
+        tandem_engine::retry(
+            w.state.as_deref_mut().unwrap(),
+            &w.relations,
+            &RetryTarget::All,
+        )
+        .unwrap();
+        plain_sync(&mut w).await.unwrap();
+        plain_sync(&mut w).await.unwrap();
+        let city = |kind, id| {
+            let record = w.connector(kind).get(kind, id).unwrap();
+            record.fields.text("city").map(str::to_owned)
+        };
+        assert_eq!(
+            [
+                city(EntityKind::Contact, "uc1"),
+                city(EntityKind::Customer, "uk1"),
+                city(EntityKind::Vendor, "uv1"),
+            ],
+            [(); 3].map(|()| Some("Brugge".to_owned())),
+            "incremental: {incremental}"
+        );
+    }
+}
+
 /// Was a bug, found by `model_partitions` (a chain one round late). A contact holding
 /// a customer and a vendor is deleted; a new contact shares the vendor's e-mail, and
 /// the customer carries the vendor's VAT number (Tandem carried it, R7). The run that
