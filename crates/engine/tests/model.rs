@@ -2261,13 +2261,24 @@ async fn r19_a_value_tandem_carries_into_a_contact_does_not_beat_an_edit_of_a_pa
         let vendor = fields(&[("name", "Acme"), vat, ("email", "v@x.be")]);
         w.erp.put(EntityKind::Vendor, "uv1", vendor);
         plain_sync(&mut w).await.unwrap();
-        retried_all_hold_the_customers_email(&mut w, incremental).await;
+        retried_all_hold(&mut w, "email", "k@x.be", incremental).await;
     }
 }
 
+/// Two syncs of `w` whose writes to contact uc1 fail: its customer's pair is parked.
+/// Writes to uc1 go through again after.
+async fn parked_by_two_rejected_writes(w: &mut World) {
+    w.crm
+        .reject_writes_to(EntityKind::Contact, "uc1", Some("rejected by the test"));
+    plain_sync(w).await.unwrap();
+    plain_sync(w).await.unwrap();
+    assert!(w.state().links(Some("CUST")).unwrap()[0].parked);
+    w.crm.reject_writes_to(EntityKind::Contact, "uc1", None);
+}
+
 /// The parked links of `w` retried, two syncs: contact uc1, customer uk1 and vendor
-/// uv1 all hold the customer's edited e-mail.
-async fn retried_all_hold_the_customers_email(w: &mut World, incremental: bool) {
+/// uv1 all hold `value` in `field`.
+async fn retried_all_hold(w: &mut World, field: &str, value: &str, incremental: bool) {
     tandem_engine::retry(
         w.state.as_deref_mut().unwrap(),
         &w.relations,
@@ -2276,18 +2287,18 @@ async fn retried_all_hold_the_customers_email(w: &mut World, incremental: bool) 
     .unwrap();
     plain_sync(w).await.unwrap();
     plain_sync(w).await.unwrap();
-    let email = |kind, id| {
+    let held = |kind, id| {
         let record = w.connector(kind).get(kind, id).unwrap();
-        record.fields.text("email").map(str::to_owned)
+        record.fields.text(field).map(str::to_owned)
     };
     assert_eq!(
         [
-            email(EntityKind::Contact, "uc1"),
-            email(EntityKind::Customer, "uk1"),
-            email(EntityKind::Vendor, "uv1"),
+            held(EntityKind::Contact, "uc1"),
+            held(EntityKind::Customer, "uk1"),
+            held(EntityKind::Vendor, "uv1"),
         ],
-        [(); 3].map(|()| Some("k@x.be".to_owned())),
-        "incremental: {incremental}"
+        [(); 3].map(|()| Some(value.to_owned())),
+        "{field}, incremental: {incremental}"
     );
 }
 
@@ -2321,16 +2332,11 @@ async fn r19_a_value_tandem_carries_into_a_contact_does_not_beat_the_write_a_par
             "uk1",
             customer(&[("email", "k@x.be")]),
         );
-        w.crm
-            .reject_writes_to(EntityKind::Contact, "uc1", Some("rejected by the test"));
-        plain_sync(&mut w).await.unwrap();
-        plain_sync(&mut w).await.unwrap();
-        assert!(w.state().links(Some("CUST")).unwrap()[0].parked);
-        w.crm.reject_writes_to(EntityKind::Contact, "uc1", None);
+        parked_by_two_rejected_writes(&mut w).await;
         let vendor = fields(&[("name", "Acme"), vat, ("email", "v@x.be")]);
         w.erp.put(EntityKind::Vendor, "uv1", vendor);
         plain_sync(&mut w).await.unwrap();
-        retried_all_hold_the_customers_email(&mut w, incremental).await;
+        retried_all_hold(&mut w, "email", "k@x.be", incremental).await;
     }
 }
 
@@ -2369,39 +2375,14 @@ async fn r15_a_parked_pairs_account_edit_wins_over_a_later_contact_edit_under_ac
         w.crm.put(EntityKind::Contact, "uc1", contact(&[]));
         w.erp.put(EntityKind::Customer, "uk1", account("Gent"));
         // The contact is to get the customer's city; its writes fail twice: parked.
-        w.crm
-            .reject_writes_to(EntityKind::Contact, "uc1", Some("rejected by the test"));
-        plain_sync(&mut w).await.unwrap();
-        plain_sync(&mut w).await.unwrap();
-        assert!(w.state().links(Some("CUST")).unwrap()[0].parked);
-        w.crm.reject_writes_to(EntityKind::Contact, "uc1", None);
+        parked_by_two_rejected_writes(&mut w).await;
         w.erp.put(EntityKind::Customer, "uk1", account("Brugge"));
         w.erp.put(EntityKind::Vendor, "uv1", account("Antwerpen"));
         plain_sync(&mut w).await.unwrap();
         let mut edited = w.crm.get(EntityKind::Contact, "uc1").unwrap().fields;
         edited.set("city", Value::text("Leuven"));
         w.crm.put(EntityKind::Contact, "uc1", edited);
-        tandem_engine::retry(
-            w.state.as_deref_mut().unwrap(),
-            &w.relations,
-            &RetryTarget::All,
-        )
-        .unwrap();
-        plain_sync(&mut w).await.unwrap();
-        plain_sync(&mut w).await.unwrap();
-        let city = |kind, id| {
-            let record = w.connector(kind).get(kind, id).unwrap();
-            record.fields.text("city").map(str::to_owned)
-        };
-        assert_eq!(
-            [
-                city(EntityKind::Contact, "uc1"),
-                city(EntityKind::Customer, "uk1"),
-                city(EntityKind::Vendor, "uv1"),
-            ],
-            [(); 3].map(|()| Some("Brugge".to_owned())),
-            "incremental: {incremental}"
-        );
+        retried_all_hold(&mut w, "city", "Brugge", incremental).await;
     }
 }
 
