@@ -1072,7 +1072,8 @@ impl World {
     /// `fields` holding no value it was created with that finds a create again
     /// ([`World::unrecognisable`]).
     fn note_unrecognisable(&mut self, id: &str, fields: &Fields) {
-        let Some(created) = self.created.get(id) else {
+        // Chosen ids find a create however edited.
+        let Some(created) = self.created.get(id).filter(|_| !self.chosen_ids) else {
             return;
         };
         let linked = (self.state().links(Some("CUST")).unwrap().iter()).any(|l| l.contact_id == id);
@@ -1083,7 +1084,7 @@ impl World {
                 .get(name)
                 .is_some_and(|v| fields.get(name) == Some(v))
         });
-        if !self.chosen_ids && !linked && !holds_one {
+        if !linked && !holds_one {
             self.unrecognisable.insert(id.to_owned());
         }
     }

@@ -321,62 +321,22 @@ impl StateBatch {
         self.set_hashes.push((scope, id, hash));
     }
 
-    /// Empties the batch but keeps what its lists allocated, so that a run's next batch
-    /// fills them without growing them again (a batch holds 20,000 rows). Every list is
-    /// named: a new one cannot be left full.
+    /// Empties the batch, keeping the room of the lists a run's batches fill by the
+    /// thousand (links, hashes, the log), so that its next batch fills them without
+    /// growing them again (a batch holds 20,000 rows). The other lists start anew.
     pub fn clear(&mut self) {
-        let StateBatch {
-            upsert_links,
-            delete_links,
-            set_hashes,
-            set_match_keys,
-            delete_hashes,
-            set_cursors,
-            set_fingerprints,
-            set_ambiguities,
-            interactions,
-            upsert_conflicts,
-            resolve_conflicts,
-            close_conflicts,
-            upsert_pending,
-            delete_pending,
-            pending_create_batches,
-            clear_pending_create_batches,
-            upsert_refused,
-            delete_refused,
-            delete_pending_links,
-            intent_batches,
-            clear_intent_batches,
-            set_companies,
-            unlinked_pairs,
-            contact_deleted,
-            codes_lost,
-        } = self;
-        upsert_links.clear();
-        delete_links.clear();
-        set_hashes.clear();
-        set_match_keys.clear();
-        delete_hashes.clear();
-        set_cursors.clear();
-        set_fingerprints.clear();
-        set_ambiguities.clear();
-        interactions.clear();
-        upsert_conflicts.clear();
-        resolve_conflicts.clear();
-        close_conflicts.clear();
-        upsert_pending.clear();
-        delete_pending.clear();
-        pending_create_batches.clear();
-        clear_pending_create_batches.clear();
-        upsert_refused.clear();
-        delete_refused.clear();
-        delete_pending_links.clear();
-        intent_batches.clear();
-        clear_intent_batches.clear();
-        set_companies.clear();
-        unlinked_pairs.clear();
-        contact_deleted.clear();
-        codes_lost.clear();
+        fn emptied<T>(list: &mut Vec<T>) -> Vec<T> {
+            let mut list = std::mem::take(list);
+            list.clear();
+            list
+        }
+        *self = StateBatch {
+            upsert_links: emptied(&mut self.upsert_links),
+            set_hashes: emptied(&mut self.set_hashes),
+            set_match_keys: emptied(&mut self.set_match_keys),
+            interactions: emptied(&mut self.interactions),
+            ..StateBatch::default()
+        };
     }
 
     pub fn is_empty(&self) -> bool {
