@@ -679,6 +679,13 @@ pub trait StateStore: Send {
     fn confirm_lease(&self) -> Result<(), StateError> {
         Ok(())
     }
+    /// [`StateStore::confirm_lease`] as a handle of its own, which answers as that
+    /// does without borrowing the store: the engine asks it before each write to a
+    /// system while the store is busy storing what the writes before answered. A
+    /// store that overrides `confirm_lease` overrides this too.
+    fn lease_check(&self) -> LeaseCheck {
+        LeaseCheck::held()
+    }
     /// The run `id`, if the state has it.
     fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError>;
     /// The interaction log entries of run `run_id` (R11), oldest first, at most
@@ -688,6 +695,40 @@ pub trait StateStore: Send {
         run_id: i64,
         limit: usize,
     ) -> Result<(Vec<Interaction>, u64), StateError>;
+}
+
+/// Confirms that this process still holds the state's lease, from any thread, apart
+/// from the store ([`StateStore::lease_check`]).
+#[derive(Clone)]
+pub struct LeaseCheck(Option<std::sync::Arc<LeaseConfirm>>);
+
+type LeaseConfirm = dyn Fn() -> Result<(), StateError> + Send + Sync;
+
+impl LeaseCheck {
+    /// For a lock that cannot be lost: always held.
+    pub fn held() -> LeaseCheck {
+        LeaseCheck(None)
+    }
+
+    pub fn new(confirm: impl Fn() -> Result<(), StateError> + Send + Sync + 'static) -> Self {
+        LeaseCheck(Some(std::sync::Arc::new(confirm)))
+    }
+
+    /// As [`StateStore::confirm_lease`].
+    pub fn confirm(&self) -> Result<(), StateError> {
+        self.0.as_ref().map_or(Ok(()), |confirm| confirm())
+    }
+}
+
+impl std::fmt::Debug for LeaseCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.0.is_some() {
+            "asks the store"
+        } else {
+            "always held"
+        };
+        f.debug_tuple("LeaseCheck").field(&what).finish()
+    }
 }
 
 #[cfg(test)]

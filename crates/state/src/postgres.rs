@@ -53,8 +53,8 @@ pub const PARTITION_LEASE: &str = "partition ";
 /// until dropped; with [`LockMode::Shared`] it holds none, for commands that read.
 #[derive(Debug)]
 pub struct PgState {
-    /// Jobs for the store's thread; `None` once dropped.
-    jobs: Option<mpsc::Sender<Job>>,
+    /// Jobs for the store's thread.
+    jobs: Jobs,
     thread: Option<JoinHandle<()>>,
     /// The url with its password hidden, for messages.
     shown: String,
@@ -242,7 +242,10 @@ impl PgState {
         });
         match opened {
             Ok(true) => Ok(Some(PgState {
-                jobs: Some(jobs),
+                jobs: Jobs {
+                    sender: Arc::new(Mutex::new(Some(jobs))),
+                    shown: shown.clone(),
+                },
                 thread: Some(thread),
                 shown,
                 confirmed,
@@ -307,6 +310,27 @@ impl PgState {
         &self,
         job: impl FnOnce(&mut Session) -> Result<R, StateError> + Send + 'static,
     ) -> Result<R, StateError> {
+        self.jobs.run(job)
+    }
+}
+
+/// The way to the store's thread, shared with the store's lease checks
+/// ([`StateStore::lease_check`]). Closed when the store is dropped, however many
+/// copies are held: a copy never keeps the thread from ending.
+#[derive(Debug, Clone)]
+struct Jobs {
+    /// `None` once the store is dropped.
+    sender: Arc<Mutex<Option<mpsc::Sender<Job>>>>,
+    /// The url with its password hidden, for messages.
+    shown: String,
+}
+
+impl Jobs {
+    /// Runs `job` on the store's thread and waits for its answer.
+    fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Session) -> Result<R, StateError> + Send + 'static,
+    ) -> Result<R, StateError> {
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         self.send(Box::new(move |session| {
             let _ = reply_tx.send(job(session));
@@ -316,14 +340,18 @@ impl PgState {
 
     /// Hands `job` to the store's thread.
     fn send(&self, job: Job) -> Result<(), StateError> {
-        self.jobs
-            .as_ref()
-            .ok_or_else(|| self.gone())?
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        (sender.as_ref().ok_or_else(|| self.gone())?)
             .send(job)
             .map_err(|_| self.gone())
     }
 
-    /// The store's thread stopped (a job panicked).
+    /// Closes the way: the thread ends once it has run the jobs sent before.
+    fn close(&self) {
+        drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// The store's thread stopped (a job panicked), or the store was dropped.
     fn gone(&self) -> StateError {
         StateError::Open {
             path: self.shown.clone(),
@@ -332,11 +360,20 @@ impl PgState {
     }
 }
 
+/// Whether the leases were renewed less than half their lifetime ago: they then have
+/// at least that half left, and need not be asked for.
+fn renewed_lately(confirmed: &Confirmed, ttl: Duration) -> bool {
+    match *confirmed.lock().unwrap_or_else(|e| e.into_inner()) {
+        None => true,
+        Some(at) => at.elapsed() < ttl / 2,
+    }
+}
+
 impl Drop for PgState {
     /// Closes the channel, which ends the thread after it released the lease; waits
     /// for that, so that a state dropped can be opened again at once.
     fn drop(&mut self) {
-        drop(self.jobs.take());
+        self.jobs.close();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -542,12 +579,19 @@ impl StateStore for PgState {
     /// lifetime (the lease then has at least that half left); otherwise asks the
     /// server, which also renews it.
     fn confirm_lease(&self) -> Result<(), StateError> {
-        let confirmed = *self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
-        match confirmed {
-            None => Ok(()),
-            Some(at) if at.elapsed() < self.ttl / 2 => Ok(()),
-            Some(_) => self.run(Session::confirm),
+        match renewed_lately(&self.confirmed, self.ttl) {
+            true => Ok(()),
+            false => self.run(Session::confirm),
         }
+    }
+
+    /// As `confirm_lease`, through the store's way to its thread.
+    fn lease_check(&self) -> crate::LeaseCheck {
+        let (jobs, confirmed, ttl) = (self.jobs.clone(), self.confirmed.clone(), self.ttl);
+        crate::LeaseCheck::new(move || match renewed_lately(&confirmed, ttl) {
+            true => Ok(()),
+            false => jobs.run(Session::confirm),
+        })
     }
 
     fn leases(&self) -> Result<Vec<crate::LeaseInfo>, StateError> {

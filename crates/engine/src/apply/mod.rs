@@ -21,12 +21,10 @@ mod settle;
 mod unlink;
 mod write;
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome};
@@ -36,7 +34,7 @@ use tandem_state::{
 };
 use tracing::info;
 
-use crate::overlap::{finish, poll_once};
+use crate::overlap::{Pump, finish, poll_once};
 use crate::pending::Pending;
 use crate::plan::{HubRange, PairWas, Plan, Planning};
 use crate::relation::Relations;
@@ -334,14 +332,14 @@ impl Applier<'_> {
         let range = self.plan.take_range();
         self.store_intents(state, &range.hubs)?;
         let part = self.part;
-        // The state by turns: the updates ask it for the lease, the range before is
-        // stored into it while they wait, never both at once.
-        let state = RefCell::new(state);
-        let lease = || state.borrow().confirm_lease();
+        // The updates ask for the lease apart from the state, which stores the range
+        // before while they go out.
+        let lease = state.lease_check();
+        let lease = || lease.confirm();
         let (answered, between) = {
             let sends = self.sends(&range.hubs, &lease);
             let sending = std::pin::pin!(sends.send());
-            self.between_sends(&state, sending, (creates, before), ahead)
+            self.between_sends(state, sending, (creates, before), ahead)
                 .await
         };
         let next = between?;
@@ -359,13 +357,15 @@ impl Applier<'_> {
     /// What is done while a range's updates go out (`sending`): the last creates
     /// linked and the range `before` settled, then, with `ahead`, the next range
     /// planned and its intents stored, so that its updates can follow these at once.
-    /// The updates are polled again after that (a connector's next call, the next
-    /// relation's, starts only then). Returns what the updates answered, and the next
-    /// range.
+    /// The updates are polled again once the range before is settled, so that a
+    /// connector's next call (the next relation's) goes out while the next range is
+    /// planned: polled only after, it went out once the plan was made, 30 to 60 ms a
+    /// range of a first sync at 1M with the file connector's calls waiting on it.
+    /// Returns what the updates answered, and the next range.
     async fn between_sends<F>(
         &mut self,
-        state: &RefCell<&mut dyn StateStore>,
-        mut sending: Pin<&mut F>,
+        state: &mut dyn StateStore,
+        sending: Pin<&mut F>,
         (creates, before): (Option<create::SentCreates<'_, '_>>, Option<Sent>),
         ahead: Option<&mut Planning<'_>>,
     ) -> (F::Output, Result<Option<HubRange>, EngineError>)
@@ -373,16 +373,17 @@ impl Applier<'_> {
         F: Future,
     {
         // Runs until the first wait (a file connector writes on a thread of its own).
-        let mut answered = poll_once(sending.as_mut(), Poll::Pending).await;
+        let mut sending = Pump::start(sending).await;
         let linked = match creates {
-            Some(creates) => self.link_creates(&mut **state.borrow_mut(), creates),
+            Some(creates) => self.link_creates(state, creates),
             None => Ok(()),
         };
-        let next = linked
-            .and_then(|()| self.settle_and_plan(&mut **state.borrow_mut(), before, ahead, false));
-        answered = poll_once(sending.as_mut(), answered).await;
+        let next = linked.and_then(|()| {
+            self.settle_and_plan(state, before, ahead, false, &mut || sending.poll())
+        });
+        sending.poll();
         self.intents_stored = matches!(next, Ok(Some(_)));
-        (finish(sending, answered).await, next)
+        (sending.finish().await, next)
     }
 
     /// Step 4 for a range sent: its links stored, its intents cleared; `last` when no
@@ -393,20 +394,21 @@ impl Applier<'_> {
         sent: Sent,
         last: bool,
     ) -> Result<(), EngineError> {
-        self.settle_and_plan(state, Some(sent), None, last)
+        self.settle_and_plan(state, Some(sent), None, last, &mut || ())
             .map(drop)
     }
 
     /// The range `before` settled (see [`Applier::settle_range`]), then, with `ahead`,
     /// the next range planned and its intents stored (R18), all through one state
     /// writer: the next range is planned while the writer stores the last batches of
-    /// the range before, instead of after.
+    /// the range before, instead of after. `between` is called once the range before is settled.
     fn settle_and_plan(
         &mut self,
         state: &mut dyn StateStore,
         before: Option<Sent>,
         ahead: Option<&mut Planning<'_>>,
         last: bool,
+        between: &mut dyn FnMut(),
     ) -> Result<Option<HubRange>, EngineError> {
         let settled = before.is_some();
         let mut next = None;
@@ -417,6 +419,7 @@ impl Applier<'_> {
                 // Let go before the next range is planned: two ranges' plans at most.
                 self.report_range();
             }
+            between();
             next = ahead.and_then(|planning| self.plan_next(planning));
             let Some(range) = &next else { return Ok(()) };
             self.part += 1;

@@ -244,9 +244,12 @@ fn a_holder_taken_over_is_told_before_it_writes_to_a_system() {
     };
     let ttl = Duration::from_millis(1_000);
     let stalled = PgState::open_url_with_ttl(&url, LockMode::Exclusive, ttl).unwrap();
+    // What the engine asks while the store itself is busy storing.
+    let check = stalled.lease_check();
     // Idle for longer than its lease: its thread renewed it, the engine may write.
     std::thread::sleep(ttl * 2);
     stalled.confirm_lease().unwrap();
+    check.confirm().unwrap();
     // Stalled past its lease, which another process took over (as a claim does: the
     // next epoch, another owner). Done in SQL: an expired row left to a claim would be
     // renewed first by the holder's own thread, which renews every third of a second.
@@ -262,9 +265,20 @@ fn a_holder_taken_over_is_told_before_it_writes_to_a_system() {
         matches!(&err, StateError::LeaseLost { name, epoch, .. } if name == "state" && *epoch == 1),
         "{err}"
     );
+    // The handle answers the same, from another thread.
+    let err = std::thread::spawn(move || check.confirm())
+        .join()
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(&err, StateError::LeaseLost { .. }), "{err}");
+    // A handle kept does not keep the store's thread from ending with the store.
+    let kept = stalled.lease_check();
+    drop(stalled);
+    assert!(kept.confirm().is_err(), "the store is gone");
     // A store that holds no lease has nothing to lose.
     let reader = PgState::open_url(&url, LockMode::Shared).unwrap();
     reader.confirm_lease().unwrap();
+    reader.lease_check().confirm().unwrap();
 }
 
 #[test]
