@@ -407,7 +407,11 @@ impl Files {
             }
         };
         drop(indexes);
-        let journal = csv::Journal::begin(path, before.to_owned(), index)?;
+        // With the columns the ops add: the first write of a first sync lists each
+        // contact's codes (R9), often in a column the file lacks, and would otherwise
+        // write the whole file at once.
+        let columns = csv::columns_for(path, kind, &index, &ops)?;
+        let journal = csv::Journal::begin_with(path, before.to_owned(), index, columns)?;
         self.write_journaled(kind, path, journal, ops)
     }
 

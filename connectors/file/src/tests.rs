@@ -1254,6 +1254,43 @@ async fn a_big_file_is_written_through_a_journal_and_folded_before_it_is_read() 
     assert_eq!(after, Some(c.content_fingerprint(CONTACT).unwrap()));
 }
 
+/// A first sync lists each contact's codes (R9) in a column the file may lack: the
+/// write that adds it waits in the journal as any other, the file untouched, and the
+/// fold gives the file the column, every other row an empty cell in it.
+#[tokio::test]
+async fn a_write_adding_a_column_waits_in_the_journal_and_the_fold_adds_the_column() {
+    let dir = folder();
+    put(&dir, "contacts.csv", TWO);
+    let c = journaling_in(&dir);
+    run_start(&c).await;
+    let codes = update(
+        "C2",
+        None,
+        &[("business_relations", Value::list(vec!["CUST".into()]))],
+    );
+    let created = WriteOp::create(Fields::new().with("name", "Gamma"));
+    let answers = write(&c, CONTACT, vec![codes, created]).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(get(&dir, "contacts.csv"), TWO);
+    assert!(journal_of_contacts(&dir).exists());
+    // A later write within the journal's columns goes on in it.
+    assert!(
+        ok(&write(&c, CONTACT, vec![city("C1", "Brugge")]).await[0])
+            .version
+            .is_some()
+    );
+    let records = read(&c, CONTACT).await;
+    assert_eq!(
+        records[1].fields.get("business_relations"),
+        Some(&Value::list(vec!["CUST".into()]))
+    );
+    assert_eq!(
+        get(&dir, "contacts.csv"),
+        "id,name,city,business_relations\nC1,Acme,Brugge,\nC2,Beta,Gent,CUST\nC3,Gamma,,\n"
+    );
+    assert!(!journal_of_contacts(&dir).exists());
+}
+
 /// A write that would fill a new journal by itself (a run writing the file in one
 /// call) goes into the file at once; a smaller one waits in the journal. With
 /// `"always"` (`journaling_from(0)`) both wait.

@@ -6,7 +6,9 @@
 //!
 //! A write call appends the rows it writes anew (and the rows as it found them) to the
 //! journal as one block (its length and hash first) and syncs it before it answers, so
-//! a write the engine was told of is on disk. The file itself is left as it was until
+//! a write the engine was told of is on disk. The journal's rows are in its own
+//! columns, listed at its start: the file's, then any the write that began it adds
+//! (the fold adds them to the file, each row it copies padded with empty cells). The file itself is left as it was until
 //! the journal is folded: when the connector next reads, fingerprints or makes a write
 //! the journal cannot take (a row it already holds, a new column), when the journal is
 //! as big as the file, on `flush`, and when the connector is dropped. A call that
@@ -211,6 +213,10 @@ pub(crate) struct Journal {
     base: String,
     identity: Identity,
     index: RowIndex,
+    /// The columns of the rows the journal holds: the file's, then those the first
+    /// write added (a first sync lists each contact's codes, R9, in a column the file
+    /// may not have). The fold gives the file these columns.
+    columns: StringRecord,
     /// Rows of the file the journal holds, and of them the ones it removes, one bit
     /// each.
     rows: Vec<u64>,
@@ -229,12 +235,30 @@ pub(crate) struct Journal {
 
 impl Journal {
     /// A new journal for the file at `csv`, whose fingerprint is `base` and rows
-    /// `index`.
+    /// `index`, with the file's columns.
+    #[cfg(test)]
     pub(crate) fn begin(
         csv: &Path,
         base: String,
         index: RowIndex,
     ) -> Result<Journal, ConnectorError> {
+        let columns = index.headers.clone();
+        Journal::begin_with(csv, base, index, columns)
+    }
+
+    /// A new journal for the file at `csv`, whose fingerprint is `base` and rows
+    /// `index`, its rows in `columns`: the file's, then any it adds.
+    pub(crate) fn begin_with(
+        csv: &Path,
+        base: String,
+        index: RowIndex,
+        columns: StringRecord,
+    ) -> Result<Journal, ConnectorError> {
+        debug_assert!(
+            columns.len() >= index.headers.len()
+                && columns.iter().zip(&index.headers).all(|(a, b)| a == b),
+            "a journal's columns start with its file's"
+        );
         let path = path_of(csv);
         let write_error = |e| ConnectorError::from(FileError::write(&path, &path, e));
         let identity = Identity::of(csv).map_err(|e| FileError::read(csv, e))?;
@@ -244,7 +268,7 @@ impl Journal {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&path).map_err(write_error)?;
-        let headers: Vec<&str> = index.headers.iter().collect();
+        let headers: Vec<&str> = columns.iter().collect();
         let headers = serde_json::to_vec(&headers).expect("names serialize");
         let mut head = MAGIC.to_vec();
         put_bytes(&mut head, &headers);
@@ -259,6 +283,7 @@ impl Journal {
             base,
             identity,
             index,
+            columns,
             rows,
             removed,
             created: IdList::default(),
@@ -304,6 +329,11 @@ impl Journal {
 
     pub(super) fn index(&self) -> &RowIndex {
         &self.index
+    }
+
+    /// The columns of the rows it holds ([`Journal::begin_with`]).
+    pub(super) fn columns(&self) -> &StringRecord {
+        &self.columns
     }
 
     pub(super) fn holds_row(&self, row: usize) -> bool {
@@ -390,7 +420,12 @@ impl Journal {
         })?;
         replaced.sort_unstable_by_key(|(row, _)| *row);
         let added: Vec<(&str, Line)> = ids.zip(added).collect();
-        let saved = write(csv, &self.path, &self.index, &replaced, &added)?;
+        let splices = Splices {
+            replaced: &replaced,
+            added: &added,
+            wider: (self.columns.len() > self.index.headers.len()).then_some(&self.columns),
+        };
+        let saved = write(csv, &self.path, &self.index, &splices)?;
         remove(&self.path)?;
         Ok(saved)
     }
@@ -521,21 +556,19 @@ fn decode(block: &[u8], at: u64, each: &mut impl FnMut(Entry<'_>)) -> bool {
 }
 
 /// Splices the file at `csv`, listed as `index`, with rows read from the journal at
-/// `journal`.
+/// `journal` ([`Splices::wider`]: the columns it gains).
 fn write(
     csv: &Path,
     journal: &Path,
     index: &RowIndex,
-    replaced: &[(usize, Option<Line>)],
-    added: &[(&str, Line)],
+    splices: &Splices<'_, Line>,
 ) -> Result<(String, RowIndex), ConnectorError> {
     let read_error = |e| ConnectorError::from(FileError::read(csv, e));
     let lines = File::open(journal).map_err(|e| FileError::read(journal, e))?;
     let mut lines = Lines::new(lines).map_err(|e| FileError::read(journal, e))?;
     let file = crate::link::open(csv)?.ok_or_else(|| read_error(io::ErrorKind::NotFound.into()))?;
     let mut window = Window::new(file, index.size);
-    let splices = Splices { replaced, added };
-    splice_file(csv, index, &mut window, &splices, |line, text| {
+    splice_file(csv, index, &mut window, splices, |line, text| {
         let mut bytes = text.bytes();
         match line {
             Line::Journal(at, len) => {
@@ -664,6 +697,9 @@ struct Recovery<'i> {
     then: Layout,
     now: Layout,
     same_columns: bool,
+    /// The columns the file is written with: its own, then those only the journal
+    /// has (added by the write that began it), which keep the journal's cells.
+    out: StringRecord,
     done: Recovered,
     replaced: Vec<(usize, Option<Line>)>,
     added: Vec<(String, Line)>,
@@ -681,6 +717,12 @@ impl<'i> Recovery<'i> {
         headers: &StringRecord,
     ) -> Result<Recovery<'i>, ConnectorError> {
         let window = crate::link::open(csv)?.map(|file| Window::new(file, index.size));
+        let mut out = index.headers.clone();
+        for name in headers.iter() {
+            if !out.iter().any(|have| have == name) {
+                out.push_field(name);
+            }
+        }
         Ok(Recovery {
             index,
             by_id: all_rows(index),
@@ -688,6 +730,7 @@ impl<'i> Recovery<'i> {
             then: Layout::new(csv, kind, headers, index.style)?,
             now: Layout::new(csv, kind, &index.headers, index.style)?,
             same_columns: *headers == index.headers,
+            out,
             done: Recovered::default(),
             replaced: Vec::new(),
             added: Vec::new(),
@@ -773,9 +816,10 @@ impl<'i> Recovery<'i> {
         })
     }
 
-    /// A row in the file's columns now, each cell as `value` gives it by name.
+    /// A row in the columns written ([`Recovery::out`]), each cell as `value` gives
+    /// it by name.
     fn laid_out<'c>(&self, value: impl Fn(&str) -> Option<&'c str>) -> Line {
-        let cells: Vec<&str> = (self.now.headers.iter())
+        let cells: Vec<&str> = (self.out.iter())
             .map(|name| value(name).unwrap_or_default())
             .collect();
         let mut text = super::Text::new(self.index.style, 0);
@@ -801,7 +845,12 @@ impl<'i> Recovery<'i> {
             self.replaced.sort_unstable_by_key(|(row, _)| *row);
             let (ids, lines): (Vec<String>, Vec<Line>) = self.added.into_iter().unzip();
             let added: Vec<(&str, Line)> = ids.iter().map(String::as_str).zip(lines).collect();
-            let saved = write(csv, journal, self.index, &self.replaced, &added)?;
+            let splices = Splices {
+                replaced: &self.replaced,
+                added: &added,
+                wider: (self.out.len() > self.index.headers.len()).then_some(&self.out),
+            };
+            let saved = write(csv, journal, self.index, &splices)?;
             self.done.saved = Some(saved.0);
         }
         remove(journal)?;
@@ -832,8 +881,10 @@ mod tests {
     use tandem_connector::{WriteOp, WriteOutcome};
 
     use super::super::splice::Splice;
-    use super::super::testgen::{Op, file_text, index_of, op, ops_on, rows, style, twins};
-    use super::super::{CsvTable, read, write_journaled};
+    use super::super::testgen::{
+        Op, file_text, index_of, op, op_adding_columns, ops_on, rows, style, twins,
+    };
+    use super::super::{CsvTable, columns_for, read, write_journaled};
     use super::*;
     use crate::table;
 
@@ -849,33 +900,45 @@ mod tests {
         outcomes
     }
 
-    /// Each of `writes` into a journal of `journaled` (folded and begun again when it
-    /// cannot take one) and the full way into `rewritten`: both answer alike. Returns
-    /// the journal, not folded.
+    /// A journal of the file at `path` begun for `ops`, as the connector begins one:
+    /// with the columns they add.
+    fn begin_for(path: &Path, base: &str, ops: &[WriteOp]) -> Journal {
+        let index = index_of(path);
+        let columns = columns_for(path, KIND, &index, ops).unwrap();
+        Journal::begin_with(path, base.into(), index, columns).unwrap()
+    }
+
+    /// Each of `writes` into a journal of `journaled` (begun for the first, folded and
+    /// begun again when it cannot take one) and the full way into `rewritten`: both
+    /// answer alike. Returns the journal, not folded.
     fn journal_and_rewrite(
         (journaled, rewritten): (&Path, &Path),
         writes: &[Vec<Op>],
     ) -> Result<Journal, TestCaseError> {
-        let mut journal = Journal::begin(journaled, "began".into(), index_of(journaled)).unwrap();
+        let mut journal = None;
         for ops in writes {
             let ops = ops_on(rewritten, ops);
-            let mut done = write_journaled(journaled, KIND, &mut journal, ops.clone()).unwrap();
+            let mut began = journal.unwrap_or_else(|| begin_for(journaled, "began", &ops));
+            let mut done = write_journaled(journaled, KIND, &mut began, ops.clone()).unwrap();
             if let Splice::NotHere(ops) = done {
-                journal.fold(journaled).unwrap();
-                journal = Journal::begin(journaled, "again".into(), index_of(journaled)).unwrap();
-                done = write_journaled(journaled, KIND, &mut journal, ops).unwrap();
+                began.fold(journaled).unwrap();
+                began = begin_for(journaled, "again", &ops);
+                done = write_journaled(journaled, KIND, &mut began, ops).unwrap();
             }
+            journal = Some(began);
             let Splice::Done(outcomes, _) = done else {
                 return Err(TestCaseError::fail("a fresh journal takes any write"));
             };
             let expected = rewrite(rewritten, ops);
             prop_assert_eq!(format!("{outcomes:?}"), format!("{expected:?}"));
         }
-        Ok(journal)
+        Ok(journal.expect("at least one write"))
     }
 
     /// The two files read back alike, and byte for byte alike when the file was as
-    /// Tandem writes one (no empty line, a line end after the last row).
+    /// Tandem writes one (no empty line, a line end after the last row) and both have
+    /// the same columns (a journal, as a write of the whole file, takes the column of
+    /// an op that failed; a table loaded whole does not).
     fn same_files(
         (journaled, rewritten): (&Path, &Path),
         tandem_style: bool,
@@ -884,7 +947,11 @@ mod tests {
             read(journaled, KIND).unwrap(),
             read(rewritten, KIND).unwrap()
         );
-        if tandem_style {
+        let header = |path: &Path| {
+            let text = fs::read(path).unwrap();
+            text.split(|&b| b == b'\n').next().unwrap().to_vec()
+        };
+        if tandem_style && header(journaled) == header(rewritten) {
             prop_assert_eq!(fs::read(journaled).unwrap(), fs::read(rewritten).unwrap());
         }
         prop_assert!(!path_of(journaled).exists(), "the journal is removed");
@@ -916,6 +983,46 @@ mod tests {
             let listed = index_of(&journaled);
             prop_assert_eq!((index.size(), &index.ids), (listed.size(), &listed.ids));
             same_files((&journaled, &rewritten), style.blank_after.is_empty() && style.last_newline)?;
+        }
+
+        /// As above, with writes that add columns: a journal begun for a write that
+        /// adds a column holds its rows in it, and its fold gives the file the column.
+        #[test]
+        fn writes_adding_columns_journaled_then_folded_read_back_as_rewrites(
+            rows in rows(),
+            style in style(),
+            writes in proptest::collection::vec(
+                proptest::collection::vec(op_adding_columns(), 1..6), 1..5),
+        ) {
+            let (_dir, journaled, rewritten) = twins(&file_text(&rows, &style));
+            let journal = journal_and_rewrite((&journaled, &rewritten), &writes)?;
+            if journal.base() == "began" {
+                prop_assert_eq!(fs::read_to_string(&journaled).unwrap(), file_text(&rows, &style));
+            }
+            let (_, index) = journal.fold(&journaled).unwrap();
+            let listed = index_of(&journaled);
+            prop_assert_eq!(
+                (index.size(), &index.ids, &index.headers),
+                (listed.size(), &listed.ids, &listed.headers)
+            );
+            same_files((&journaled, &rewritten), style.blank_after.is_empty() && style.last_newline)?;
+        }
+
+        /// A journal with a column its file lacks, left by a stopped process, is folded
+        /// by the next with the column: the file reads back as the rewrites left theirs.
+        #[test]
+        fn a_journal_adding_columns_left_by_a_stopped_process_is_folded_with_them(
+            rows in rows(),
+            style in style(),
+            writes in proptest::collection::vec(
+                proptest::collection::vec(op_adding_columns(), 1..6), 1..5),
+        ) {
+            let (_dir, journaled, rewritten) = twins(&file_text(&rows, &style));
+            drop(journal_and_rewrite((&journaled, &rewritten), &writes)?);
+            let done = recover(&journaled, KIND).unwrap().expect("a journal was left");
+            prop_assert_eq!((done.kept, done.cut_short), (0, false));
+            same_files((&journaled, &rewritten), style.blank_after.is_empty() && style.last_newline)?;
+            prop_assert_eq!(recover(&journaled, KIND).unwrap(), None);
         }
 
         /// A journal a stopped process left (never folded) is folded row by row by the

@@ -58,9 +58,22 @@ struct Changed {
     fate: Fate,
 }
 
+/// The columns of the file `index` lists with those `ops` add, in the order a write
+/// of the whole file adds them: what a journal begun for them holds its rows in.
+pub(crate) fn columns_for(
+    path: &Path,
+    kind: EntityKind,
+    index: &super::RowIndex,
+    ops: &[WriteOp],
+) -> Result<StringRecord, ConnectorError> {
+    let layout = Layout::new(path, kind, &index.headers, index.style)?;
+    let mut outcomes: Vec<Option<WriteOutcome>> = (0..ops.len()).map(|_| None).collect();
+    Ok(Stream::new(path, layout, ops, &mut outcomes).layout.headers)
+}
+
 /// Applies `ops` to the file at `path`, which is as `journal` found it; `None` when
 /// the journal cannot take them: an op names a row the journal holds or adds, sets a
-/// field the file has no column for, or a row is not where the listing found it.
+/// field the journal has no column for, or a row is not where the listing found it.
 pub(super) fn write(
     path: &Path,
     kind: EntityKind,
@@ -71,7 +84,7 @@ pub(super) fn write(
     if index.starts.len() != index.len() {
         return Ok(None);
     }
-    let layout = Layout::new(path, kind, &index.headers, index.style)?;
+    let layout = Layout::new(path, kind, journal.columns(), index.style)?;
     if !fits_columns(&layout, ops) {
         return Ok(None);
     }
@@ -157,10 +170,15 @@ fn change_rows(
         let after = reader.read_record(&mut more);
         let layout = &stream.layout;
         if !matches!((one, after), (Ok(true), Ok(false)))
-            || record.len() != layout.headers.len()
+            || record.len() != index.headers.len()
             || record.get(layout.id) != Some(index.id(row))
         {
             return Ok(None);
+        }
+        // As wide as the journal's rows: a column it adds is empty in the file. Empty
+        // cells leave the row's hash, its version, as it was.
+        for _ in record.len()..layout.headers.len() {
+            record.push_field("");
         }
         let lens = record.as_byte_record().iter().map(<[u8]>::len);
         let found = Row::new(record.as_slice(), lens)

@@ -25,7 +25,7 @@ mod stream;
 mod testgen;
 
 pub(crate) use journal::{Journal, path_of as journal_path, recover};
-pub(crate) use journaled::write_journaled;
+pub(crate) use journaled::{columns_for, write_journaled};
 pub(crate) use splice::{RowIndex, Splice, write as splice};
 pub(crate) use stream::write as stream;
 

@@ -107,9 +107,9 @@ impl NextIndex {
         }
     }
 
-    fn finish(self, index: &RowIndex, size: u64) -> RowIndex {
+    fn finish(self, index: &RowIndex, headers: &StringRecord, size: u64) -> RowIndex {
         RowIndex {
-            headers: index.headers.clone(),
+            headers: headers.clone(),
             style: index.style,
             size,
             ids: self.ids,
@@ -342,6 +342,7 @@ impl<'i> Spliced<'i> {
         let splices = Splices {
             replaced: &replaced,
             added: &added,
+            wider: None,
         };
         splice_file(
             &self.touched.path,
@@ -363,6 +364,10 @@ pub(super) struct Splices<'s, T> {
     pub(super) replaced: &'s [(usize, Option<T>)],
     /// Rows added after the last, with their ids.
     pub(super) added: &'s [(&'s str, T)],
+    /// The columns the file is written with when it gains columns (the index's, then
+    /// the new ones): its header is written anew, and each row copied gets an empty
+    /// cell per new column before its line end. Rows written anew are as wide already.
+    pub(super) wider: Option<&'s StringRecord>,
 }
 
 /// Writes the file at `path`, listed as `index` and read through `file`: its bytes up
@@ -379,16 +384,27 @@ pub(super) fn splice_file<T>(
     let mut next = NextIndex::with_capacity(rows, index.ids.bytes());
     let mut size = 0;
     file.block = COPY_BLOCK;
+    let copying = RowCopy {
+        index,
+        pad: (splices.wider).map(|columns| vec![b','; columns.len() - index.headers.len()]),
+    };
     let saved = crate::atomic::replace(path, |out| {
         let mut text = super::Text::new(index.style, 0);
         let mut ends_line = true;
         // Where the old file is copied from, and its next row not in `next`.
         let (mut pos, mut row) = (0, 0);
+        if let Some(columns) = splices.wider {
+            index.style.write_start(&mut *text.bytes())?;
+            text.record(columns.iter())?;
+            pos = match index.starts.first() {
+                Some(&first) => file.first_byte(first)?,
+                None => index.size,
+            };
+        }
         for (i, put) in splices.replaced {
             let (start, end) = file.range(index, *i)?;
-            let to = out.written() + text.len();
-            next.copied(index, row..*i, (pos, to), row > 0);
-            ends_line = copy(file, out, &mut text, (pos, start))?.unwrap_or(ends_line);
+            let copied = copying.rows(file, (out, &mut text), &mut next, row..*i, (pos, start))?;
+            ends_line = copied.unwrap_or(ends_line);
             if let Some(put) = put {
                 next.push(index.id(*i), out.written() + text.len());
                 write(put, &mut text)?;
@@ -397,10 +413,9 @@ pub(super) fn splice_file<T>(
             }
             (pos, row) = (end, i + 1);
         }
-        let to = out.written() + text.len();
-        next.copied(index, row..index.len(), (pos, to), row > 0);
         let rest = (pos, index.size);
-        ends_line = copy(file, out, &mut text, rest)?.unwrap_or(ends_line);
+        let copied = copying.rows(file, (out, &mut text), &mut next, row..index.len(), rest)?;
+        ends_line = copied.unwrap_or(ends_line);
         if !splices.added.is_empty() && !ends_line {
             text.bytes().extend_from_slice(index.style.line_end());
         }
@@ -413,7 +428,57 @@ pub(super) fn splice_file<T>(
         size = out.written();
         Ok(())
     })?;
-    Ok((saved, next.finish(index, size)))
+    let headers = splices.wider.unwrap_or(&index.headers);
+    Ok((saved, next.finish(index, headers, size)))
+}
+
+/// How a splice copies the rows of the file it does not write anew.
+struct RowCopy<'i> {
+    index: &'i RowIndex,
+    /// Put before each row's line end, when the file gains columns: a comma per column.
+    pad: Option<Vec<u8>>,
+}
+
+impl RowCopy<'_> {
+    /// Copies `rows`, which lie from `from` to `to` in the file, after what `text`
+    /// holds, noting where each starts in `next`; whether they end a line (`None` when
+    /// there are none). Without a pad in bulk; with one row by row, a row's cells
+    /// before its line end (rows end in cells, never in a line end: a cell holding one
+    /// is quoted) and the line end and blank lines after it.
+    fn rows(
+        &self,
+        file: &mut Window,
+        (out, text): (&mut Fingerprinting<'_>, &mut super::Text),
+        next: &mut NextIndex,
+        rows: std::ops::Range<usize>,
+        (from, to): (u64, u64),
+    ) -> io::Result<Option<bool>> {
+        let index = self.index;
+        let Some(pad) = &self.pad else {
+            // After a row written anew, the first of these starts right where it ends.
+            let at = out.written() + text.len();
+            next.copied(index, rows.clone(), (from, at), rows.start > 0);
+            return copy(file, out, text, (from, to));
+        };
+        let (mut last, mut bytes) = (None, Vec::new());
+        for i in rows {
+            next.push(index.id(i), out.written() + text.len());
+            file.row_bytes_into(index, i, &mut bytes)?;
+            let cells = bytes.len() - bytes.iter().rev().take_while(|b| is_line_end(**b)).count();
+            let mut held = text.bytes();
+            held.extend_from_slice(&bytes[..cells]);
+            held.extend_from_slice(pad);
+            held.extend_from_slice(&bytes[cells..]);
+            drop(held);
+            text.send(out, false)?;
+            last = Some(cells < bytes.len());
+        }
+        Ok(last)
+    }
+}
+
+fn is_line_end(byte: u8) -> bool {
+    matches!(byte, b'\r' | b'\n')
 }
 
 /// Copies the file's bytes from `start` to `end` to `out`, after the rows `text`
@@ -526,8 +591,21 @@ impl Window {
 
     /// The bytes of row `i` of `index` ([`Window::range`]).
     pub(super) fn row_bytes(&mut self, index: &RowIndex, i: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.row_bytes_into(index, i, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// The bytes of row `i` of `index` ([`Window::range`]), into `bytes`, emptied first.
+    pub(super) fn row_bytes_into(
+        &mut self,
+        index: &RowIndex,
+        i: usize,
+        bytes: &mut Vec<u8>,
+    ) -> io::Result<()> {
         let (start, end) = self.range(index, i)?;
-        let mut bytes = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0));
+        bytes.clear();
+        bytes.reserve(usize::try_from(end - start).unwrap_or(0));
         let mut at = start;
         while at < end {
             let want = usize::try_from(end - at).unwrap_or(usize::MAX);
@@ -538,13 +616,13 @@ impl Window {
             bytes.extend_from_slice(chunk);
             at += chunk.len() as u64;
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// The first byte of the row the listing found at `at`: a reader counts a row from
     /// where it began looking for it, which after a CR LF is the LF (no row starts
     /// with a line end: empty lines are no rows).
-    fn first_byte(&mut self, mut at: u64) -> io::Result<u64> {
+    pub(super) fn first_byte(&mut self, mut at: u64) -> io::Result<u64> {
         loop {
             let bytes = self.bytes(at, 64)?;
             if bytes.is_empty() {
