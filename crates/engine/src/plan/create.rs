@@ -30,13 +30,15 @@ impl<'a> Planner<'a> {
         if !relation.create_contacts || unmatched.is_empty() {
             return crate::IdSet::default();
         }
-        let others = self.plan.creates.iter().filter(|c| c.relation != r);
-        others
-            .flat_map(|create| {
-                let contact = Record::new(EntityKind::Contact, "", create.fields.unpack());
-                crate::matching::tier_keys(&relation.tiers, &contact)
-            })
-            .collect()
+        let others: Vec<&ContactCreate> = (self.plan.creates.iter())
+            .filter(|c| c.relation != r)
+            .collect();
+        // Made on the cores: each create's fields unpacked into a record of its own.
+        let keys = self.on_cores_in_parts(&others, |create| {
+            let contact = Record::new(EntityKind::Contact, "", create.fields.unpack());
+            crate::matching::tier_keys(&relation.tiers, &contact)
+        });
+        keys.into_iter().flatten().flatten().collect()
     }
 
     /// Whether account `account_id` of relation `r` matches, on one of `r`'s tiers, a
@@ -63,7 +65,10 @@ impl<'a> Planner<'a> {
 
     /// R6: a new company contact for every unmatched account of a relation that numbers
     /// contacts, but not for one whose contact the user deleted (R12), unless asked by
-    /// `tandem create-contact`, which works for any relation.
+    /// `tandem create-contact`, which works for any relation. Each account is decided
+    /// and its contact's fields made on the cores (they read the plan, which nothing
+    /// changes meanwhile), then taken into the plan in order: a first sync at 1M
+    /// decides 180,000, a third of its links-and-creates step on one core.
     pub(super) fn create_contacts(
         &mut self,
         r: usize,
@@ -79,51 +84,31 @@ impl<'a> Planner<'a> {
             .filter(|(code, _)| *code == relation.code)
             .map(|(_, a)| a.as_str())
             .collect();
-        let deleted = self.input.contact_deleted.get(r);
         let new_keys = self.keys_of_new_contacts(r, &unmatched);
+        let decide =
+            |account_id: &String| self.contact_create(r, account_id, &asked, &new_keys, taken);
+        let decided = self.on_cores_in_parts(&unmatched, decide);
         // One create each, but for a few held back: grown by doubling, the list held
         // up to twice the room it needs until the run ends (7 MB of 36,000 creates).
         if relation.create_contacts {
             self.plan.creates.reserve_exact(unmatched.len());
         }
-        for account_id in unmatched {
-            let by_operator = asked.contains(account_id.as_str());
-            // Its contact was deleted (R12), or a create cut short may have made it (R18).
-            let held_back = deleted.is_some_and(|d| d.contains(&account_id))
-                || self.contact_deleted_now.contains(&(r, account_id.as_str()))
-                || self.recovery_waiting.contains(&(r, account_id.as_str()))
-                || self.matches_a_new_contact(r, &account_id, &new_keys);
-            let wanted = by_operator
-                || (relation.create_contacts
-                    && !held_back
-                    && !self.create_parked(&relation.code, Side::Contact, &account_id));
-            if taken.contains(&crate::HashedId::of(&account_id)) {
-                continue;
+        for (account_id, decided) in unmatched.into_iter().zip(decided.into_iter().flatten()) {
+            match decided {
+                ContactCreateIs::Taken => {}
+                ContactCreateIs::Left => self.left_unmatched.push((r, account_id)),
+                ContactCreateIs::Made(made) => {
+                    let (account_version, fields, asked) = *made;
+                    self.plan.creates.push(ContactCreate {
+                        code: relation.code.clone(),
+                        relation: r,
+                        account_id,
+                        account_version,
+                        fields,
+                        asked,
+                    });
+                }
             }
-            if !wanted {
-                self.left_unmatched.push((r, account_id));
-                continue;
-            }
-            let account = (self.accounts(r).records.get(&account_id))
-                .expect("unmatched accounts are read accounts");
-            let mut fields = account.fields().project(&names(&relation.shared));
-            fields.set(
-                field::CONTACT_TYPE,
-                Value::text(ContactType::Company.as_str()),
-            );
-            fields.set(
-                field::BUSINESS_RELATIONS,
-                Value::list(vec![relation.code.clone()]),
-            );
-            self.plan.creates.push(ContactCreate {
-                code: relation.code.clone(),
-                relation: r,
-                account_id,
-                account_version: account.version().map(str::to_owned),
-                // Held until the run ends, for each of what may be 100,000s of creates.
-                fields: PackedFields::pack(&fields),
-                asked: by_operator,
-            });
         }
         for account_id in asked {
             if !self
@@ -140,5 +125,65 @@ impl<'a> Planner<'a> {
                 self.reject(&relation.code, account_id, error);
             }
         }
+    }
+}
+
+/// What becomes of an unmatched account ([`Planner::create_contacts`]).
+enum ContactCreateIs {
+    /// Taken by a match: nothing.
+    Taken,
+    /// Left unmatched: looked at again next run.
+    Left,
+    /// A contact made for it: the account's version, the contact's fields, whether an
+    /// operator asked.
+    Made(Box<(Option<String>, PackedFields, bool)>),
+}
+
+impl Planner<'_> {
+    /// R6 for one unmatched account of relation `r`: whether it gets a contact.
+    fn contact_create(
+        &self,
+        r: usize,
+        account_id: &str,
+        asked: &BTreeSet<&str>,
+        new_keys: &crate::IdSet<(usize, u128)>,
+        taken: &crate::IdSet<crate::HashedId<'_>>,
+    ) -> ContactCreateIs {
+        let relation = &self.relations.relations[r];
+        let by_operator = asked.contains(account_id);
+        // Its contact was deleted (R12), or a create cut short may have made it (R18).
+        let deleted = self.input.contact_deleted.get(r);
+        let held_back = deleted.is_some_and(|d| d.contains(account_id))
+            || self.contact_deleted_now.contains(&(r, account_id))
+            || self.recovery_waiting.contains(&(r, account_id))
+            || self.matches_a_new_contact(r, account_id, new_keys);
+        let wanted = by_operator
+            || (relation.create_contacts
+                && !held_back
+                && !self.create_parked(&relation.code, Side::Contact, account_id));
+        if taken.contains(&crate::HashedId::of(account_id)) {
+            return ContactCreateIs::Taken;
+        }
+        if !wanted {
+            return ContactCreateIs::Left;
+        }
+        let account = (self.accounts(r).records.get(account_id))
+            .expect("unmatched accounts are read accounts");
+        let mut fields = account.fields().project(&names(&relation.shared));
+        fields.set(
+            field::CONTACT_TYPE,
+            Value::text(ContactType::Company.as_str()),
+        );
+        fields.set(
+            field::BUSINESS_RELATIONS,
+            Value::list(vec![relation.code.clone()]),
+        );
+        let version = account.version().map(str::to_owned);
+        // Held until the run ends, for each of what may be 100,000s of creates.
+        ContactCreateIs::Made(Box::new((
+            version,
+            PackedFields::pack(&fields),
+            by_operator,
+        )))
     }
 }
