@@ -969,20 +969,7 @@ mod tests {
             style in style(),
             writes in proptest::collection::vec(proptest::collection::vec(op(), 1..6), 1..5),
         ) {
-            let (_dir, journaled, rewritten) = twins(&file_text(&rows, &style));
-            let journal = journal_and_rewrite((&journaled, &rewritten), &writes)?;
-            // Untouched until the fold, but by a fold for a write the journal could not
-            // take (which began the journal again on the file as folded).
-            if journal.base() == "began" {
-                prop_assert_eq!(fs::read_to_string(&journaled).unwrap(), file_text(&rows, &style));
-            }
-            let (fingerprint, index) = journal.fold(&journaled).unwrap();
-            let bytes = fs::read(&journaled).unwrap();
-            let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
-            prop_assert_eq!(fingerprint, crate::fingerprint_of(bytes.len() as u64, hash));
-            let listed = index_of(&journaled);
-            prop_assert_eq!((index.size(), &index.ids), (listed.size(), &listed.ids));
-            same_files((&journaled, &rewritten), style.blank_after.is_empty() && style.last_newline)?;
+            folded_as_rewrites(&rows, &style, &writes)?;
         }
 
         /// As above, with writes that add columns: a journal begun for a write that
@@ -994,35 +981,7 @@ mod tests {
             writes in proptest::collection::vec(
                 proptest::collection::vec(op_adding_columns(), 1..6), 1..5),
         ) {
-            let (_dir, journaled, rewritten) = twins(&file_text(&rows, &style));
-            let journal = journal_and_rewrite((&journaled, &rewritten), &writes)?;
-            if journal.base() == "began" {
-                prop_assert_eq!(fs::read_to_string(&journaled).unwrap(), file_text(&rows, &style));
-            }
-            let (_, index) = journal.fold(&journaled).unwrap();
-            let listed = index_of(&journaled);
-            prop_assert_eq!(
-                (index.size(), &index.ids, &index.headers),
-                (listed.size(), &listed.ids, &listed.headers)
-            );
-            same_files((&journaled, &rewritten), style.blank_after.is_empty() && style.last_newline)?;
-        }
-
-        /// A journal with a column its file lacks, left by a stopped process, is folded
-        /// by the next with the column: the file reads back as the rewrites left theirs.
-        #[test]
-        fn a_journal_adding_columns_left_by_a_stopped_process_is_folded_with_them(
-            rows in rows(),
-            style in style(),
-            writes in proptest::collection::vec(
-                proptest::collection::vec(op_adding_columns(), 1..6), 1..5),
-        ) {
-            let (_dir, journaled, rewritten) = twins(&file_text(&rows, &style));
-            drop(journal_and_rewrite((&journaled, &rewritten), &writes)?);
-            let done = recover(&journaled, KIND).unwrap().expect("a journal was left");
-            prop_assert_eq!((done.kept, done.cut_short), (0, false));
-            same_files((&journaled, &rewritten), style.blank_after.is_empty() && style.last_newline)?;
-            prop_assert_eq!(recover(&journaled, KIND).unwrap(), None);
+            folded_as_rewrites(&rows, &style, &writes)?;
         }
 
         /// A journal a stopped process left (never folded) is folded row by row by the
@@ -1034,13 +993,73 @@ mod tests {
             style in style(),
             writes in proptest::collection::vec(proptest::collection::vec(op(), 1..6), 1..5),
         ) {
-            let (_dir, journaled, rewritten) = twins(&file_text(&rows, &style));
-            drop(journal_and_rewrite((&journaled, &rewritten), &writes)?);
-            let done = recover(&journaled, KIND).unwrap().expect("a journal was left");
-            prop_assert_eq!((done.kept, done.cut_short), (0, false));
-            same_files((&journaled, &rewritten), style.blank_after.is_empty() && style.last_newline)?;
-            prop_assert_eq!(recover(&journaled, KIND).unwrap(), None);
+            recovered_as_rewrites(&rows, &style, &writes)?;
         }
+
+        /// As above, with a journal holding a column its file lacks: the file gains it.
+        #[test]
+        fn a_journal_adding_columns_left_by_a_stopped_process_is_folded_with_them(
+            rows in rows(),
+            style in style(),
+            writes in proptest::collection::vec(
+                proptest::collection::vec(op_adding_columns(), 1..6), 1..5),
+        ) {
+            recovered_as_rewrites(&rows, &style, &writes)?;
+        }
+    }
+
+    /// `writes` journaled into a file of `rows` laid out in `style` and folded: the
+    /// file as the rewrites leave it, its fingerprint and index the fold's.
+    fn folded_as_rewrites(
+        rows: &[(usize, [usize; 3])],
+        style: &super::super::testgen::Style,
+        writes: &[Vec<Op>],
+    ) -> Result<(), TestCaseError> {
+        let (_dir, journaled, rewritten) = twins(&file_text(rows, style));
+        let journal = journal_and_rewrite((&journaled, &rewritten), writes)?;
+        // Untouched until the fold, but by a fold for a write the journal could not
+        // take (which began the journal again on the file as folded).
+        if journal.base() == "began" {
+            prop_assert_eq!(
+                fs::read_to_string(&journaled).unwrap(),
+                file_text(rows, style)
+            );
+        }
+        let (fingerprint, index) = journal.fold(&journaled).unwrap();
+        let bytes = fs::read(&journaled).unwrap();
+        let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+        prop_assert_eq!(fingerprint, crate::fingerprint_of(bytes.len() as u64, hash));
+        let listed = index_of(&journaled);
+        prop_assert_eq!(
+            (index.size(), &index.ids, &index.headers),
+            (listed.size(), &listed.ids, &listed.headers)
+        );
+        same_files(
+            (&journaled, &rewritten),
+            style.blank_after.is_empty() && style.last_newline,
+        )
+    }
+
+    /// `writes` journaled into a file of `rows` laid out in `style`, the journal left
+    /// as a stopped process leaves it, then folded by the next: the file as the
+    /// rewrites leave it, nothing kept from an edit, nothing left to do after.
+    fn recovered_as_rewrites(
+        rows: &[(usize, [usize; 3])],
+        style: &super::super::testgen::Style,
+        writes: &[Vec<Op>],
+    ) -> Result<(), TestCaseError> {
+        let (_dir, journaled, rewritten) = twins(&file_text(rows, style));
+        drop(journal_and_rewrite((&journaled, &rewritten), writes)?);
+        let done = recover(&journaled, KIND)
+            .unwrap()
+            .expect("a journal was left");
+        prop_assert_eq!((done.kept, done.cut_short), (0, false));
+        same_files(
+            (&journaled, &rewritten),
+            style.blank_after.is_empty() && style.last_newline,
+        )?;
+        prop_assert_eq!(recover(&journaled, KIND).unwrap(), None);
+        Ok(())
     }
 
     fn contacts(dir: &tempfile::TempDir, text: &str) -> PathBuf {
