@@ -360,8 +360,8 @@ impl Jobs {
     }
 }
 
-/// Whether the leases were renewed less than half their lifetime ago: they then have
-/// at least that half left, and need not be asked for.
+/// Whether the server need not be asked: no lease is held, or the leases were renewed
+/// less than half their lifetime ago (they have at least that half left).
 fn renewed_lately(confirmed: &Confirmed, ttl: Duration) -> bool {
     match *confirmed.lock().unwrap_or_else(|e| e.into_inner()) {
         None => true,

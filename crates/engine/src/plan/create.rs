@@ -68,7 +68,7 @@ impl<'a> Planner<'a> {
     /// `tandem create-contact`, which works for any relation. Each account is decided
     /// and its contact's fields made on the cores (they read the plan, which nothing
     /// changes meanwhile), then taken into the plan in order: a first sync at 1M
-    /// decides 180,000, a third of its links-and-creates step on one core.
+    /// decides 180,000, nearly half of its links-and-creates step, on one core.
     pub(super) fn create_contacts(
         &mut self,
         r: usize,
