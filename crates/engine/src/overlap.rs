@@ -1,6 +1,8 @@
 //! Work done on this thread while a future runs elsewhere: a connector's call that
 //! waits on a thread of its own (a file connector's, on the blocking pool) is polled
-//! once to start it, the work is done, and the call is awaited after.
+//! once to start it, the work is done, and the call is awaited after ([`Pump`]). A
+//! listing, which asks for its next page before it takes the last, holds its polls
+//! itself ([`poll_once`], [`finish`]).
 
 use std::future::Future;
 use std::pin::Pin;

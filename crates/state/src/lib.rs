@@ -674,15 +674,15 @@ pub trait StateStore: Send {
     /// Whether this store still holds what it locked the state with, asked before
     /// every write to a system: a process that stalled past its lease (stopped,
     /// suspended) and was taken over must not write to a system either, where no
-    /// fence can stop it. [`StateError::LeaseLost`] when it was taken over. A lock
-    /// that cannot be lost (SQLite's, held by the open file) is always held.
+    /// fence can stop it. [`StateError::LeaseLost`] when it was taken over. Asked
+    /// through [`StateStore::lease_check`], the one a store overrides.
     fn confirm_lease(&self) -> Result<(), StateError> {
-        Ok(())
+        self.lease_check().confirm()
     }
-    /// [`StateStore::confirm_lease`] as a handle of its own, which answers as that
-    /// does without borrowing the store: the engine asks it before each write to a
-    /// system while the store is busy storing what the writes before answered. A
-    /// store that overrides `confirm_lease` overrides this too.
+    /// What [`StateStore::confirm_lease`] asks, as a handle of its own that needs no
+    /// borrow of the store: the engine asks it before each write to a system while the
+    /// store is busy storing what the writes before answered. A lock that cannot be
+    /// lost (SQLite's, held by the open file) is always held.
     fn lease_check(&self) -> LeaseCheck {
         LeaseCheck::held()
     }

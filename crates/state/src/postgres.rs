@@ -577,15 +577,7 @@ impl StateStore for PgState {
 
     /// Answers from the last renewal while it is younger than half the lease's
     /// lifetime (the lease then has at least that half left); otherwise asks the
-    /// server, which also renews it.
-    fn confirm_lease(&self) -> Result<(), StateError> {
-        match renewed_lately(&self.confirmed, self.ttl) {
-            true => Ok(()),
-            false => self.run(Session::confirm),
-        }
-    }
-
-    /// As `confirm_lease`, through the store's way to its thread.
+    /// server, which also renews it, through the store's way to its thread.
     fn lease_check(&self) -> crate::LeaseCheck {
         let (jobs, confirmed, ttl) = (self.jobs.clone(), self.confirmed.clone(), self.ttl);
         crate::LeaseCheck::new(move || match renewed_lately(&confirmed, ttl) {

@@ -4,16 +4,14 @@
 //! creating a duplicate (R18).
 
 use std::borrow::Cow;
-use std::task::Poll;
 
 use tandem_connector::{Connector, ConnectorError, WriteOp, WriteOutcome, Written};
 use tandem_model::{EntityKind, Fields, PackedFields};
 use tandem_state::{Intent, Link, LogEntry, PendingCreate, PendingCreateBatch, StateStore};
 
-use super::{
-    Applier, COMMIT_EVERY, Failed, PendingKey, Sent, commit_behind, finish, poll_once, send, write,
-};
+use super::{Applier, COMMIT_EVERY, Failed, PendingKey, Sent, commit_behind, send, write};
 use crate::failpoint;
+use crate::overlap::Pump;
 use crate::plan::{AccountCreate, ContactCreate, HubRange, Planning};
 use crate::run::{EngineError, Failure, RECHECK, ScopeRead, match_keys, record_hash};
 use crate::side::Side;
@@ -370,9 +368,9 @@ impl Applier<'_> {
         ahead: Option<&mut Planning<'_>>,
     ) -> Result<Vec<WriteOutcome>, EngineError> {
         state.confirm_lease()?;
-        let mut sending = std::pin::pin!(send(connector, kind, ops));
+        let sending = std::pin::pin!(send(connector, kind, ops));
         // Runs until the first wait (a file connector writes on a thread of its own).
-        let begun = poll_once(sending.as_mut(), Poll::Pending).await;
+        let sending = Pump::start(sending).await;
         let linked = match before {
             Some(before) => self.link_creates(state, before),
             None => Ok(()),
@@ -388,7 +386,7 @@ impl Applier<'_> {
             true => write::commit_intents(state, &self.plan.hubs, self.relations, &self.log, 0),
             false => Ok(()),
         };
-        let outcomes = finish(sending, begun).await;
+        let outcomes = sending.finish().await;
         // Its creates are written down: the next run finds them again (R18).
         linked?;
         stored?;

@@ -2,7 +2,6 @@
 //! forgotten; then cursors, ambiguities and fingerprints, last; then the report.
 
 use std::future::Future;
-use std::task::Poll;
 
 use tandem_connector::ConnectorError;
 use tandem_state::StateStore;
@@ -122,8 +121,8 @@ impl Applier<'_> {
         person_companies: Vec<(String, Option<String>)>,
         tag: &str,
     ) -> Result<(), EngineError> {
-        let mut asked = std::pin::pin!(self.ask_fingerprints());
-        let answered = crate::overlap::poll_once(asked.as_mut(), Poll::Pending).await;
+        let asked = std::pin::pin!(self.ask_fingerprints());
+        let asked = crate::overlap::Pump::start(asked).await;
         if let Some(last) = last {
             self.settle_range(state, last, true)?;
         }
@@ -136,7 +135,7 @@ impl Applier<'_> {
                 self.batch.set_cursors.push(cursor);
             }
         }
-        let answers = crate::overlap::finish(asked, answered).await;
+        let answers = asked.finish().await;
         self.remember_fingerprints(tag, answers);
         self.commit(state)
     }

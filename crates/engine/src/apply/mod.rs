@@ -34,7 +34,7 @@ use tandem_state::{
 };
 use tracing::info;
 
-use crate::overlap::{Pump, finish, poll_once};
+use crate::overlap::Pump;
 use crate::pending::Pending;
 use crate::plan::{HubRange, PairWas, Plan, Planning};
 use crate::relation::Relations;
@@ -401,7 +401,8 @@ impl Applier<'_> {
     /// The range `before` settled (see [`Applier::settle_range`]), then, with `ahead`,
     /// the next range planned and its intents stored (R18), all through one state
     /// writer: the next range is planned while the writer stores the last batches of
-    /// the range before, instead of after. `between` is called once the range before is settled.
+    /// the range before, instead of after. `between` is called once the range before
+    /// is settled.
     fn settle_and_plan(
         &mut self,
         state: &mut dyn StateStore,
